@@ -1,0 +1,5 @@
+import sys
+
+from katar.cli import main
+
+sys.exit(main())

@@ -1,0 +1,201 @@
+"""The Python API: ``Katar`` and its queues, as in the original katar.
+
+katar = Katar()                                  # sqlite:///katar.db
+queue = katar.queue("emails", persistent=False)
+katar.on("emails.done", lambda task: print(task.id))
+
+async with katar:                                # or let WorkerServer.run() open it
+    task = await queue.enqueue({"to": "a@example.com"}, priority="high")
+    print((await queue.get(task.id)).status)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+from msgspec.structs import replace
+
+from katar.core.engine import Engine, Listener, check_queue_name
+from katar.core.model import (
+    NewTask,
+    QueueOptions,
+    Task,
+    parse_priority,
+    parse_queue_options,
+    parse_task_id,
+)
+from katar.errors import KatarError, TaskNotFound, ValidationError
+from katar.store import open_store
+
+DEFAULT_STORE = "sqlite:///katar.db"
+
+
+def _raw(value: Any) -> msgspec.Raw:
+    try:
+        return msgspec.Raw(msgspec.json.encode(value))
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise ValidationError(f"task data must be JSON-serialisable: {exc}") from exc
+
+
+class Katar:
+    """A queue server's state: a store and its queues.
+
+    ``store`` is a URL: ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or
+    ``memory://``. Declare queues with :meth:`queue` before it opens; :class:`WorkerServer`
+    opens it, or use ``async with katar:`` to work with it directly.
+    """
+
+    def __init__(self, store: str = DEFAULT_STORE, *, reap_interval: float = 0.25) -> None:
+        self.store_url = store
+        self.engine = Engine(open_store(store), reap_interval=reap_interval)
+        self._declared: dict[str, QueueOptions] = {}
+        self._open = False
+
+    @property
+    def is_open(self) -> bool:
+        """True between :meth:`open` and :meth:`close`."""
+        return self._open
+
+    def queue(self, name: str, **options: Any) -> Queue:
+        """Declare a queue with options (see QueueOptions), or get one declared or stored.
+
+        Declared queues are created, or their stored options replaced, when Katar opens:
+        the code (or the configuration file) is the authority on the queues it declares.
+        """
+        check_queue_name(name)
+        if options or (name not in self._declared and not self._open):
+            if self._open:
+                raise KatarError(
+                    f"declare queue {name!r} before Katar opens, or change it at run time "
+                    "with await katar.put_queue(...)"
+                )
+            self._declared[name] = parse_queue_options(options)
+        return Queue(self, name)
+
+    def declare(self, name: str, options: QueueOptions) -> None:
+        """Declare a queue with ready-made options (before Katar opens)."""
+        check_queue_name(name)
+        if self._open:
+            raise KatarError(f"declare queue {name!r} before Katar opens")
+        self._declared[name] = options
+
+    def declared(self, name: str) -> QueueOptions | None:
+        """The options declared for the queue, if any."""
+        return self._declared.get(name)
+
+    async def put_queue(self, name: str, **options: Any) -> Queue:
+        """Create a queue or replace its options while Katar is open."""
+        await self.engine.put_queue(name, parse_queue_options(options))
+        return Queue(self, name)
+
+    def configure(self, name: str, configuration: dict[str, Any]) -> None:
+        """Set the worker configuration of a queue (declaring it if need be)."""
+        options = self._declared.get(name) or self.engine.queues.get(name) or QueueOptions()
+        raw = {**msgspec.structs.asdict(options), "configuration": configuration}
+        self.declare(name, replace(options, configuration=parse_queue_options(raw).configuration))
+
+    def on(self, event: str, listener: Listener) -> None:
+        """Call ``listener(task)`` on each ``"<queue>.<status>"`` change (``*`` for any queue)."""
+        self.engine.on(event, listener)
+
+    async def open(self) -> None:
+        """Open the store and create or update the declared queues."""
+        if not self._open:
+            await self.engine.open(self._declared)
+            self._open = True
+
+    async def close(self) -> None:
+        """Release long polls and close the store."""
+        if self._open:
+            self._open = False
+            await self.engine.close()
+
+    async def __aenter__(self) -> Katar:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+class Queue:
+    """A handle on one queue of a :class:`Katar`; its methods need Katar open."""
+
+    def __init__(self, katar: Katar, name: str) -> None:
+        self.katar = katar
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Queue({self.name!r})"
+
+    @property
+    def options(self) -> QueueOptions:
+        """The queue's options: as stored once open, as declared before."""
+        if self.katar.is_open:
+            return self.katar.engine.options(self.name)
+        return self.katar.declared(self.name) or QueueOptions()
+
+    def on(self, status: str, listener: Listener) -> None:
+        """Call ``listener(task)`` whenever a task of this queue takes ``status``."""
+        self.katar.on(f"{self.name}.{status}", listener)
+
+    async def enqueue(
+        self, data: Any = None, *, priority: int | str = 0, delay: float = 0, paused: bool = False
+    ) -> Task:
+        """Add one task; ``delay`` in seconds; returns the stored task."""
+        (task,) = await self.enqueue_many([data], priority=priority, delay=delay, paused=paused)
+        return task
+
+    async def enqueue_many(
+        self,
+        items: Iterable[Any],
+        *,
+        priority: int | str = 0,
+        delay: float = 0,
+        paused: bool = False,
+    ) -> list[Task]:
+        """Add many tasks in one transaction; returns them in order."""
+        if delay < 0:
+            raise ValidationError("delay must be >= 0 seconds")
+        level = parse_priority(priority)
+        new = [
+            NewTask(data=_raw(item), priority=level, delay_ms=round(delay * 1000), paused=paused)
+            for item in items
+        ]
+        return await self.katar.engine.enqueue(self.name, new)
+
+    async def get(self, task_id: int | str, wait: float = 0) -> Task:
+        """The task; with ``wait``, wait up to that many seconds for it to finish."""
+        return await self.katar.engine.get_task(self.name, _task_id(task_id), wait)
+
+    async def tasks(
+        self, status: str | Sequence[str] | None = None, limit: int = 100, after: int = 0
+    ) -> list[Task]:
+        """Tasks by id, optionally of some statuses."""
+        statuses = [status] if isinstance(status, str) else status
+        return await self.katar.engine.list_tasks(self.name, statuses, limit, after)
+
+    async def cancel(self, task_id: int | str) -> Task:
+        """Cancel a paused or queued task."""
+        return await self.katar.engine.set_status(self.name, _task_id(task_id), "cancelled")
+
+    async def pause(self, task_id: int | str) -> Task:
+        """Pause a queued task."""
+        return await self.katar.engine.set_status(self.name, _task_id(task_id), "paused")
+
+    async def resume(self, task_id: int | str) -> Task:
+        """Queue a paused task again, or retry a failed or cancelled one."""
+        return await self.katar.engine.set_status(self.name, _task_id(task_id), "queued")
+
+    async def delete(self, task_id: int | str) -> None:
+        """Remove a task."""
+        await self.katar.engine.delete_task(self.name, _task_id(task_id))
+
+
+def _task_id(raw: int | str) -> int:
+    task_id = parse_task_id(raw)
+    if task_id is None:
+        raise TaskNotFound(f"no task {raw!r}", _id=str(raw))
+    return task_id

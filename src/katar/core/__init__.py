@@ -1,0 +1,1 @@
+"""The queue model and rules, independent of HTTP and of storage."""

@@ -1,0 +1,344 @@
+"""The engine: Katar's operations over a store, with long polls, leases and events.
+
+The store makes each operation atomic and durable; the engine adds what lives in the
+process: the queues' options (read once, kept current by every change made through this
+engine), the long polls parked on each queue, the reaper that expires leases and promotes
+due tasks, and the callbacks that user code registers for status changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import re
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from katar.core.model import (
+    PUBLIC_STATUS,
+    STATES_OF_STATUS,
+    STATUSES,
+    Ack,
+    NewTask,
+    QueueOptions,
+    State,
+    Task,
+    now_ms,
+)
+from katar.core.rules import is_final
+from katar.errors import QueueNotFound, ShuttingDown, TaskNotFound, ValidationError
+from katar.store.base import Change, Store
+
+log = logging.getLogger("katar")
+
+#: A status-change callback: called with the task in its new status; may be a coroutine.
+Listener = Callable[[Task], Awaitable[None] | None]
+
+QUEUE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def check_queue_name(name: str) -> str:
+    """Return ``name`` if it is a valid queue name, else raise ValidationError."""
+    if not QUEUE_NAME.fullmatch(name):
+        raise ValidationError(
+            f"invalid queue name {name!r}: use 1 to 128 letters, digits, '.', '_', ':' or '-', "
+            "starting with a letter or digit",
+            queue=name,
+        )
+    return name
+
+
+class Engine:
+    """Katar's operations. Open it before use and close it after; all methods are async."""
+
+    def __init__(self, store: Store, *, reap_interval: float = 0.25) -> None:
+        self.store = store
+        self.queues: dict[str, QueueOptions] = {}
+        self.reap_interval = reap_interval
+        self.draining = False
+        self._waiters: dict[str, deque[asyncio.Future[bool]]] = {}
+        self._wakes: dict[str, int] = {}  # per queue: how many wake-ups so far
+        self._task_waiters: dict[int, list[asyncio.Future[Task | None]]] = {}
+        self._listeners: dict[str, list[Listener]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._reaper: asyncio.Task[None] | None = None
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def open(self, declared: Mapping[str, QueueOptions] | None = None) -> None:
+        """Open the store, load its queues, create or update the ``declared`` ones."""
+        await self.store.open()
+        self.queues = await self.store.load_queues()
+        for name, options in (declared or {}).items():
+            await self.put_queue(name, options)
+        self._reaper = asyncio.create_task(self._reap(), name="katar-reaper")
+
+    def begin_shutdown(self) -> None:
+        """Stop parking long polls and release those parked (they answer 204)."""
+        self.draining = True
+        for waiters in self._waiters.values():
+            _release(waiters, False, len(waiters))
+        for futures in self._task_waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)
+
+    async def close(self) -> None:
+        """Release waiters, stop the reaper, and close the store."""
+        self.begin_shutdown()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        await self.store.close()
+
+    # -- queues ----------------------------------------------------------------------------
+
+    def options(self, queue: str) -> QueueOptions:
+        """The queue's options; QueueNotFound when there is no such queue."""
+        try:
+            return self.queues[queue]
+        except KeyError:
+            raise QueueNotFound(queue=queue) from None
+
+    async def put_queue(self, name: str, options: QueueOptions) -> QueueOptions:
+        """Create the queue or replace its options."""
+        check_queue_name(name)
+        await self.store.save_queue(name, options)
+        self.queues[name] = options
+        return options
+
+    async def delete_queue(self, name: str) -> int:
+        """Remove the queue and its tasks; the number of tasks removed."""
+        self.options(name)
+        count = await self.store.delete_queue(name)
+        self.queues.pop(name, None)
+        waiters = self._waiters.pop(name, deque())
+        _release(waiters, True, len(waiters))  # they look again, and find no queue
+        return count
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """Every queue's task counts by public status."""
+        counts = await self.store.counts()
+        result = {}
+        for name in sorted(self.queues):
+            per_status = dict.fromkeys(STATUSES, 0)
+            for state, count in counts.get(name, {}).items():
+                per_status[PUBLIC_STATUS[state]] += count
+            result[name] = per_status
+        return result
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    async def enqueue(self, queue: str, tasks: Sequence[NewTask]) -> list[Task]:
+        """Add tasks to the queue; the new tasks, in order."""
+        self.options(queue)
+        if self.draining:
+            raise ShuttingDown()
+        created = await self.store.enqueue(queue, tasks, now_ms())
+        ready = sum(1 for task in created if task.state is State.READY)
+        if ready:
+            self._wake(queue, ready)
+        if self._listeners:
+            for task in created:
+                self._emit(task)
+        return created
+
+    async def poll(
+        self,
+        queue: str,
+        acks: Sequence[Ack] = (),
+        limit: int = 1,
+        wait: float = 0.0,
+        worker: str | None = None,
+        gone: asyncio.Future[Any] | None = None,
+    ) -> list[Task]:
+        """Apply a worker's acks, then deliver up to ``limit`` tasks (capped by max_batch).
+
+        With ``wait`` > 0 and nothing to deliver, park up to ``wait`` seconds and deliver as
+        soon as a task becomes ready. ``gone`` is a future that completes when the client
+        disconnects: the long poll then ends without claiming anything.
+        """
+        options = self.options(queue)
+        limit = min(limit, options.max_batch)
+        seen = self._wakes.get(queue, 0)
+        result = await self.store.poll(queue, options, acks, limit, worker, now_ms())
+        if result.changes:
+            self._apply(result.changes)
+        if result.delivered or wait <= 0:
+            return result.delivered
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            if self._wakes.get(queue, 0) == seen:  # nothing new since the last look
+                remaining = deadline - loop.time()
+                if remaining <= 0 or self.draining or not await self._park(queue, remaining, gone):
+                    return []
+            seen = self._wakes.get(queue, 0)
+            options = self.options(queue)
+            result = await self.store.poll(queue, options, (), limit, worker, now_ms())
+            if result.delivered:
+                return result.delivered
+
+    async def _park(self, queue: str, timeout: float, gone: asyncio.Future[Any] | None) -> bool:
+        """Wait for a wake-up on the queue: True when woken, False on time-out or hang-up."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        waiters = self._waiters.setdefault(queue, deque())
+        waiters.append(future)
+        timer = loop.call_later(timeout, _settle_bool, future, False)
+
+        def hang_up(_: object) -> None:
+            _settle_bool(future, False)
+
+        if gone is not None:
+            gone.add_done_callback(hang_up)
+        try:
+            woken = await future
+        finally:
+            timer.cancel()
+            if gone is not None:
+                gone.remove_done_callback(hang_up)
+        if not woken:
+            with contextlib.suppress(ValueError):
+                waiters.remove(future)
+        return woken
+
+    def _wake(self, queue: str, count: int) -> None:
+        self._wakes[queue] = self._wakes.get(queue, 0) + 1
+        waiters = self._waiters.get(queue)
+        if waiters:
+            _release(waiters, True, count)
+
+    async def get_task(self, queue: str, task_id: int, wait: float = 0.0) -> Task:
+        """The task; with ``wait`` > 0, wait up to that many seconds for it to finish."""
+        self.options(queue)
+        if wait <= 0 or self.draining:
+            return await self._existing(queue, task_id)
+        future: asyncio.Future[Task | None] = asyncio.get_running_loop().create_future()
+        futures = self._task_waiters.setdefault(task_id, [])
+        futures.append(future)  # before the read, so that no change can slip between
+        try:
+            task = await self._existing(queue, task_id)
+            if is_final(task):
+                return task
+            try:
+                finished = await asyncio.wait_for(future, wait)
+            except TimeoutError:
+                finished = None
+            return finished if finished is not None else await self._existing(queue, task_id)
+        finally:
+            futures.remove(future)
+            if not futures:
+                del self._task_waiters[task_id]
+
+    async def _existing(self, queue: str, task_id: int) -> Task:
+        task = await self.store.get_task(queue, task_id)
+        if task is None:
+            raise TaskNotFound(f"no task {str(task_id)!r} in queue {queue!r}", _id=str(task_id))
+        return task
+
+    async def list_tasks(
+        self, queue: str, status: Iterable[str] | None = None, limit: int = 100, after: int = 0
+    ) -> list[Task]:
+        """Tasks of the queue by id, optionally of some statuses only."""
+        self.options(queue)
+        states = None
+        if status is not None:
+            states = [state for name in status for state in STATES_OF_STATUS[name]]
+        return await self.store.list_tasks(queue, states, limit, after)
+
+    async def set_status(self, queue: str, task_id: int, status: str) -> Task:
+        """Cancel, pause, resume or retry a task; the task as it is afterwards."""
+        self.options(queue)
+        change = await self.store.set_status(queue, task_id, status, now_ms())
+        if change is None:
+            return await self._existing(queue, task_id)
+        self._apply([change])
+        return change.task
+
+    async def delete_task(self, queue: str, task_id: int) -> None:
+        """Remove a task, whatever its status."""
+        self.options(queue)
+        if not await self.store.delete_task(queue, task_id):
+            raise TaskNotFound(f"no task {str(task_id)!r} in queue {queue!r}", _id=str(task_id))
+
+    # -- leases, events --------------------------------------------------------------------
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(self.reap_interval)
+            if not self.queues:
+                continue
+            try:
+                changes = await self.store.expire(dict(self.queues), now_ms())
+            except Exception:
+                log.exception("lease expiry failed; trying again in %.2fs", self.reap_interval)
+                continue
+            if changes:
+                self._apply(changes)
+
+    def _apply(self, changes: Iterable[Change]) -> None:
+        """Wake long polls for tasks that became ready; emit events; settle outcome waits."""
+        ready: dict[str, int] = {}
+        for task, old in changes:
+            if task.state is State.READY:
+                ready[task.queue] = ready.get(task.queue, 0) + 1
+            if PUBLIC_STATUS[old] != task.status:
+                if self._listeners:
+                    self._emit(task)
+                if is_final(task) and task.id in self._task_waiters:
+                    for future in self._task_waiters[task.id]:
+                        if not future.done():
+                            future.set_result(task)
+        for queue, count in ready.items():
+            self._wake(queue, count)
+
+    def on(self, event: str, listener: Listener) -> None:
+        """Call ``listener(task)`` on each status change named ``"<queue>.<status>"``.
+
+        The queue may be ``*`` for every queue. Listeners run on the event loop after the
+        change is stored; a coroutine function is run as a task. Errors are logged.
+        """
+        queue, _, status = event.rpartition(".")
+        if not queue or status not in STATUSES:
+            raise ValidationError(
+                f"invalid event {event!r}: use '<queue>.<status>' with a status among "
+                f"{', '.join(STATUSES)}"
+            )
+        self._listeners.setdefault(event, []).append(listener)
+
+    def _emit(self, task: Task) -> None:
+        status = task.status
+        for event in (f"{task.queue}.{status}", f"*.{status}"):
+            for listener in self._listeners.get(event, ()):
+                try:
+                    outcome = listener(task)
+                    if inspect.isawaitable(outcome):
+                        job = asyncio.ensure_future(outcome)
+                        self._background.add(job)
+                        job.add_done_callback(self._listener_done)
+                except Exception:
+                    log.exception("listener for %s failed", event)
+
+    def _listener_done(self, job: asyncio.Future[Any]) -> None:
+        self._background.discard(job)
+        if not job.cancelled() and job.exception() is not None:
+            log.error("listener failed", exc_info=job.exception())
+
+
+def _settle_bool(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _release(waiters: deque[asyncio.Future[bool]], value: bool, count: int) -> None:
+    while waiters and count > 0:
+        future = waiters.popleft()
+        if not future.done():
+            future.set_result(value)
+            count -= 1

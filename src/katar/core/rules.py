@@ -1,0 +1,184 @@
+"""The queue rules: what each ack, lease expiry and status change does to a task.
+
+Pure functions over :class:`~katar.core.model.Task`. Every store loads the task inside its
+transaction, asks these functions what the new task is, and writes it back, so the rules are
+written once and every store behaves the same.
+
+Each returns the task's new version, or None when nothing changes. A store then writes the
+new version, or removes it where :func:`discard` says the queue keeps no such history.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from msgspec.structs import replace
+
+from katar.core.model import FINAL_STATES, Ack, NewTask, QueueOptions, State, Task
+from katar.errors import Conflict, IllegalTransition, ValidationError
+
+ACK_STATUSES: Final = ("done", "failed", "in progress")
+PATCH_STATUSES: Final = ("cancelled", "paused", "queued")
+
+
+def new_task(queue: str, spec: NewTask, task_id: int, now: int) -> Task:
+    """The stored form of a freshly enqueued task."""
+    run_at = now + spec.delay_ms if spec.delay_ms > 0 else None
+    state = State.PAUSED if spec.paused else State.SCHEDULED if run_at is not None else State.READY
+    return Task(
+        id=task_id,
+        queue=queue,
+        state=state,
+        priority=spec.priority,
+        data=spec.data,
+        created_at=now,
+        updated_at=now,
+        run_at=run_at,
+    )
+
+
+def claimed(task: Task, options: QueueOptions, worker: str | None, now: int) -> Task:
+    """The task as leased to a worker by a claim."""
+    return replace(
+        task,
+        state=State.RUNNING,
+        attempts=task.attempts + 1,
+        worker=worker,
+        lease_until=now + options.timeout,
+        run_at=None,
+        updated_at=now,
+    )
+
+
+def _attempts_spent(task: Task, options: QueueOptions) -> bool:
+    return options.max_attempts > 0 and task.attempts - task.attempt_base >= options.max_attempts
+
+
+def _finish(task: Task, state: State, now: int, **changes: object) -> Task:
+    return replace(task, state=state, lease_until=None, updated_at=now, **changes)
+
+
+def discard(task: Task, options: QueueOptions) -> bool:
+    """True when the store removes the task instead of keeping it: a done or failed task
+    of a queue that keeps no history."""
+    return not options.persistent and task.state in (State.DONE, State.FAILED)
+
+
+def retry_delay(options: QueueOptions, attempts: int) -> int:
+    """Milliseconds before the retry that follows failed delivery number ``attempts``."""
+    if options.retry_delay <= 0:
+        return 0
+    exponent = min(max(attempts - 1, 0), 40)
+    return int(min(options.retry_delay * (2**exponent), options.retry_delay_max))
+
+
+def apply_ack(task: Task, ack: Ack, options: QueueOptions, now: int) -> Task | None:
+    """What a worker's ack does to the task it names.
+
+    An ack applies to the current delivery: the task must be in progress, and ``attempt``,
+    when given, must be the current one. An ack for an earlier delivery (its lease ran out
+    and the task was delivered again, or it is a repeat of an ack already applied) changes
+    nothing and is not an error, so that acks are idempotent and a stale worker can never
+    overwrite a later outcome. An ack for a task that was never delivered, or for a delivery
+    that never happened, is a client mistake: :class:`Conflict`.
+    """
+    if ack.attempt is not None and not 1 <= ack.attempt <= task.attempts:
+        raise Conflict(
+            f"task {task.id} has had {task.attempts} deliveries; "
+            f"attempt {ack.attempt} was never delivered",
+            _id=str(task.id),
+        )
+    current = task.state is State.RUNNING and ack.attempt in (None, task.attempts)
+    if not current:
+        if task.attempts == 0:
+            raise Conflict(
+                f"task {task.id} has not been delivered (status {task.status!r}); "
+                "only a delivered task can be acknowledged",
+                _id=str(task.id),
+            )
+        return None
+    if ack.status == "in progress":
+        return replace(task, lease_until=now + options.timeout, updated_at=now)
+    if ack.status == "done":
+        return _finish(task, State.DONE, now, result=ack.result, error=None)
+    if ack.status != "failed":
+        raise ValidationError(f"ack status must be one of {', '.join(ACK_STATUSES)}")
+    error = ack.error if ack.error is not None else "failed"
+    retry = options.retry_failed if ack.retry is None else ack.retry
+    if retry and not _attempts_spent(task, options):
+        delay = retry_delay(options, task.attempts)
+        return replace(
+            task,
+            state=State.SCHEDULED if delay else State.READY,
+            run_at=now + delay if delay else None,
+            lease_until=None,
+            error=error,
+            updated_at=now,
+        )
+    return _finish(task, State.FAILED, now, error=error)
+
+
+def expire_lease(task: Task, options: QueueOptions, now: int) -> Task | None:
+    """A lease ran out without an ack: deliver the task again, or fail it for good."""
+    message = f"lease expired: no ack within {options.timeout} ms of delivery {task.attempts}"
+    if _attempts_spent(task, options):
+        return _finish(task, State.FAILED, now, error=f"{message}; all attempts are spent")
+    return replace(
+        task, state=State.READY, lease_until=None, run_at=None, error=message, updated_at=now
+    )
+
+
+def promote(task: Task, now: int) -> Task:
+    """A scheduled task whose not-before time has come becomes claimable."""
+    return replace(task, state=State.READY, run_at=None, updated_at=now)
+
+
+def change_status(task: Task, status: str, now: int) -> Task | None:
+    """An operator's PATCH: cancel, pause, resume or retry a task.
+
+    Returns the new task, or None when the task already has that status. Only the
+    transitions of the contract are allowed; any other raises :class:`IllegalTransition`.
+    """
+    if status not in PATCH_STATUSES:
+        raise ValidationError(f"status must be one of {', '.join(PATCH_STATUSES)}")
+    state = task.state
+    if task.status == status:
+        return None
+    if status == "cancelled" and state in (State.PAUSED, State.READY, State.SCHEDULED):
+        return replace(task, state=State.CANCELLED, updated_at=now)
+    if status == "paused" and state in (State.READY, State.SCHEDULED):
+        return replace(task, state=State.PAUSED, updated_at=now)
+    if status == "queued" and state is State.PAUSED:
+        due = task.run_at is None or task.run_at <= now
+        return replace(
+            task,
+            state=State.READY if due else State.SCHEDULED,
+            run_at=None if due else task.run_at,
+            updated_at=now,
+        )
+    if status == "queued" and state in (State.FAILED, State.CANCELLED):
+        # A retry gets a fresh set of attempts; the delivery count itself keeps growing so
+        # that an ack from an old delivery can still be told apart (fencing).
+        return replace(
+            task,
+            state=State.READY,
+            run_at=None,
+            attempt_base=task.attempts,
+            error=None if state is State.CANCELLED else task.error,
+            updated_at=now,
+        )
+    allowed = {
+        "cancelled": "paused or queued",
+        "paused": "queued",
+        "queued": "paused, failed or cancelled",
+    }[status]
+    raise IllegalTransition(
+        f"task {task.id} is {task.status!r}; only a {allowed} task can become {status!r}",
+        _id=str(task.id),
+        status=task.status,
+    )
+
+
+def is_final(task: Task) -> bool:
+    """True once the task is done, failed or cancelled."""
+    return task.state in FINAL_STATES

@@ -1,0 +1,81 @@
+"""Katar's exceptions: one root, a tree that callers can catch precisely.
+
+    KatarError
+    ├── ConfigError            a bad configuration file, option or store URL (start-up)
+    ├── InvalidRequest         the caller's request is malformed or breaks a limit (4xx)
+    │   ├── ValidationError    well-formed JSON with a wrong field (422)
+    │   └── PayloadTooLarge    a body over the size limit (413)
+    ├── NotFound               (404)
+    │   ├── QueueNotFound
+    │   └── TaskNotFound
+    ├── Conflict               the task's state does not allow the request (409)
+    │   └── IllegalTransition
+    ├── ShuttingDown           the server is draining (503)
+    └── StoreError             the store failed (500: a bug)
+        └── StoreUnavailable   the store cannot be reached right now (503)
+
+The HTTP layer maps these to statuses in one table (katar.http.responses); every other
+layer only raises them. Each class's docstring is its default message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KatarError(Exception):
+    """Katar failed."""
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        self.message = message or (self.__doc__ or "").strip()
+        #: Extra JSON-safe fields that tell the caller where the problem is.
+        self.details = details
+        super().__init__(self.message)
+
+
+class ConfigError(KatarError):
+    """The configuration is invalid."""
+
+
+class InvalidRequest(KatarError):
+    """The request is invalid."""
+
+
+class ValidationError(InvalidRequest):
+    """A field of the request is invalid."""
+
+
+class PayloadTooLarge(InvalidRequest):
+    """The request body is too large."""
+
+
+class NotFound(KatarError):
+    """Not found."""
+
+
+class QueueNotFound(NotFound):
+    """Queue not found"""
+
+
+class TaskNotFound(NotFound):
+    """Task not found"""
+
+
+class Conflict(KatarError):
+    """The request conflicts with the task's current state."""
+
+
+class IllegalTransition(Conflict):
+    """The task's status does not allow this transition."""
+
+
+class ShuttingDown(KatarError):
+    """The server is shutting down."""
+
+
+class StoreError(KatarError):
+    """The store failed."""
+
+
+class StoreUnavailable(StoreError):
+    """The store is unavailable."""

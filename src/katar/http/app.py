@@ -1,0 +1,305 @@
+"""The ASGI application: routing, bodies, limits, long polls, error mapping.
+
+Written against raw ASGI rather than a framework: a worker's poll is the hot path of the
+product, and a framework's routing and request objects cost about half of its throughput on
+the development machine (design.md). No SQL and no queue rules here: handlers parse, call the
+engine, and shape the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import parse_qsl
+
+from katar._version import __version__
+from katar.core.engine import Engine, check_queue_name
+from katar.core.model import options_dict, parse_queue_options, parse_task_id
+from katar.errors import (
+    InvalidRequest,
+    KatarError,
+    PayloadTooLarge,
+    ShuttingDown,
+    StoreUnavailable,
+    TaskNotFound,
+)
+from katar.http import parse
+from katar.http.responses import (
+    NO_CONTENT,
+    Response,
+    deliveries,
+    error_response,
+    json_response,
+    task_record,
+)
+
+log = logging.getLogger("katar")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """Bounds on what one request may ask; each breach is answered with a clear 4xx."""
+
+    max_body_bytes: int = 10 * 1024 * 1024  # a request body; 413 above it
+    max_wait: float = 60.0  # seconds a long poll or an outcome wait may hold
+    max_tasks_per_enqueue: int = 10_000  # tasks in one POST .../tasks
+    max_list: int = 1000  # tasks in one page of GET .../tasks
+
+
+class Request:
+    """What a handler gets: the route's parameters, the query string and the body."""
+
+    __slots__ = ("body", "params", "receive", "scope")
+
+    def __init__(
+        self, scope: Scope, receive: Receive, params: tuple[str, ...], body: bytes
+    ) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.params = params
+        self.body = body
+
+    @property
+    def queue(self) -> str:
+        return self.params[0]
+
+    @property
+    def task_id(self) -> int:
+        raw = self.params[1]
+        task_id = parse_task_id(raw)
+        if task_id is None:
+            raise TaskNotFound(f"no task {raw!r} in queue {self.queue!r}", _id=raw)
+        return task_id
+
+    def query(self) -> dict[str, str]:
+        return dict(parse_qsl(self.scope.get("query_string", b"").decode("latin-1")))
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class App:
+    """Katar's HTTP interface over an :class:`~katar.core.engine.Engine`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        limits: Limits | None = None,
+        startup: Callable[[], Awaitable[None]] | None = None,
+        shutdown: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.limits = limits or Limits()
+        self._startup = startup or engine.open
+        self._shutdown = shutdown or engine.close
+        #: (path template, {method: handler}); the template's {names} are path segments.
+        self.routes: Final[list[tuple[str, dict[str, Handler]]]] = [
+            ("/healthz", {"GET": self.healthz}),
+            ("/v1/queues", {"GET": self.list_queues}),
+            (
+                "/v1/queue/{queue}",
+                {
+                    "GET": self.get_configuration,
+                    "POST": self.poll,
+                    "PUT": self.put_queue,
+                    "DELETE": self.delete_queue,
+                },
+            ),
+            ("/v1/queue/{queue}/tasks", {"POST": self.enqueue, "GET": self.list_tasks}),
+            (
+                "/v1/queue/{queue}/tasks/{id}",
+                {"GET": self.get_task, "PATCH": self.patch_task, "DELETE": self.delete_task},
+            ),
+        ]
+        self._by_length: dict[int, list[tuple[tuple[str | None, ...], dict[str, Handler]]]] = {}
+        for path, methods in self.routes:
+            shape = tuple(None if p.startswith("{") else p for p in path.split("/")[1:])
+            self._by_length.setdefault(len(shape), []).append((shape, methods))
+
+    # -- ASGI ------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            response = await self._handle(scope, receive)
+            headers = [*response.headers, (b"content-length", b"%d" % len(response.body))]
+            await send(
+                {"type": "http.response.start", "status": response.status, "headers": headers}
+            )
+            await send({"type": "http.response.body", "body": response.body})
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self._startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self._shutdown()
+                except Exception as exc:
+                    await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _route(self, path: str) -> tuple[dict[str, Handler] | None, tuple[str, ...]]:
+        parts = path.split("/")[1:]
+        if parts and parts[-1] == "":
+            parts.pop()  # a trailing slash names the same resource
+        for shape, methods in self._by_length.get(len(parts), ()):
+            if all(s is None or s == p for s, p in zip(shape, parts, strict=True)):
+                return methods, tuple(p for s, p in zip(shape, parts, strict=True) if s is None)
+        return None, ()
+
+    async def _handle(self, scope: Scope, receive: Receive) -> Response:
+        method = scope["method"]
+        path = scope["path"]
+        methods, params = self._route(path)
+        if methods is None:
+            return json_response({"error": f"no route for {path}; see docs/protocol.md"}, 404)
+        handler = methods.get(method)
+        if handler is None:
+            allowed = ", ".join(methods)
+            return Response(
+                405,
+                b'{"error":"method %s is not allowed on %s; allowed: %s"}'
+                % (method.encode(), path.encode(), allowed.encode()),
+                [(b"content-type", b"application/json"), (b"allow", allowed.encode())],
+            )
+        try:
+            body = (
+                await self._read_body(scope, receive) if method in ("POST", "PUT", "PATCH") else b""
+            )
+            return await handler(Request(scope, receive, params, body))
+        except KatarError as exc:
+            return error_response(exc)
+        except Exception:
+            log.exception("internal error on %s %s", method, path)
+            return json_response({"error": "internal server error; see the server's log"}, 500)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.limits.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidRequest("the client disconnected before sending its body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    # -- worker routes -----------------------------------------------------------------------
+
+    async def get_configuration(self, request: Request) -> Response:
+        options = self.engine.options(request.queue)
+        return json_response({"configuration": options.worker_configuration()})
+
+    async def poll(self, request: Request) -> Response:
+        acks, limit, wait, worker = parse.parse_poll(request.body, self.limits.max_wait)
+        gone = None
+        if wait > 0:
+            gone = asyncio.ensure_future(_disconnected(request.receive))
+        try:
+            tasks = await self.engine.poll(request.queue, acks, limit, wait, worker, gone)
+        finally:
+            if gone is not None:
+                gone.cancel()
+        if not tasks:
+            return NO_CONTENT
+        return Response(200, deliveries(tasks))
+
+    # -- producer and operator routes ----------------------------------------------------------
+
+    async def healthz(self, request: Request) -> Response:
+        if self.engine.draining:
+            raise ShuttingDown("the server is shutting down")
+        try:
+            await self.engine.store.ping()
+        except StoreUnavailable as exc:
+            return json_response({"error": exc.message, "status": "unavailable"}, 503)
+        return json_response({"status": "ok", "version": __version__})
+
+    async def list_queues(self, request: Request) -> Response:
+        stats = await self.engine.stats()
+        queues = [
+            {"name": name, "options": options_dict(self.engine.queues[name]), "counts": counts}
+            for name, counts in stats.items()
+            if name in self.engine.queues
+        ]
+        return json_response({"queues": queues})
+
+    async def put_queue(self, request: Request) -> Response:
+        name = check_queue_name(request.queue)
+        options = parse_queue_options(parse.parse_object(request.body))
+        await self.engine.put_queue(name, options)
+        return json_response(
+            {
+                "name": name,
+                "options": options_dict(options),
+                "configuration": options.worker_configuration(),
+            }
+        )
+
+    async def delete_queue(self, request: Request) -> Response:
+        count = await self.engine.delete_queue(request.queue)
+        return json_response({"deleted": request.queue, "tasks": count})
+
+    async def enqueue(self, request: Request) -> Response:
+        self.engine.options(request.queue)  # an unknown queue is a 404 before a bad body
+        new = parse.parse_enqueue(request.body, self.limits.max_tasks_per_enqueue)
+        created = await self.engine.enqueue(request.queue, new)
+        return json_response({"tasks": [task_record(task) for task in created]}, 201)
+
+    async def list_tasks(self, request: Request) -> Response:
+        query = request.query()
+        statuses = parse.parse_statuses(query.get("status"))
+        limit = int(parse.parse_number(query.get("limit"), "limit", 100, 1, self.limits.max_list))
+        after = int(parse.parse_number(query.get("after"), "after", 0, 0, 2**62))
+        tasks = await self.engine.list_tasks(request.queue, statuses, limit, after)
+        cursor = str(tasks[-1].id) if len(tasks) == limit else None
+        return json_response({"tasks": [task_record(task) for task in tasks], "next": cursor})
+
+    async def get_task(self, request: Request) -> Response:
+        wait = parse.parse_number(request.query().get("wait"), "wait", 0, 0, self.limits.max_wait)
+        task = await self.engine.get_task(request.queue, request.task_id, wait)
+        return json_response(task_record(task))
+
+    async def patch_task(self, request: Request) -> Response:
+        self.engine.options(request.queue)
+        status = parse.parse_patch(request.body)
+        task = await self.engine.set_status(request.queue, request.task_id, status)
+        return json_response(task_record(task))
+
+    async def delete_task(self, request: Request) -> Response:
+        task_id = request.task_id
+        await self.engine.delete_task(request.queue, task_id)
+        return json_response({"_id": str(task_id), "deleted": True})
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client has hung up."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -1,0 +1,172 @@
+"""Request bodies: decoding and validating JSON into the domain's objects.
+
+msgspec decodes and validates in one pass; its messages name the faulty field by path
+(``$.tasks[0].status``), and a hint for the field says what to send instead.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from katar.core.model import (
+    STATUSES,
+    Ack,
+    NewTask,
+    parse_priority,
+)
+from katar.errors import InvalidRequest, ValidationError
+
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+_ABSENT: Final = msgspec.Raw()
+
+
+class AckBody(msgspec.Struct, frozen=True):
+    id: str | int = msgspec.field(name="_id")
+    status: Literal["done", "failed", "in progress"]
+    error: str | None = None
+    result: msgspec.Raw = _ABSENT
+    attempt: Positive | None = None
+    retry: bool | None = None
+
+
+class PollBody(msgspec.Struct, frozen=True):
+    tasks: list[AckBody] = []
+    max: Positive = 1
+    wait: Seconds = 0.0
+    worker: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class TaskBody(msgspec.Struct, frozen=True):
+    data: msgspec.Raw = _ABSENT
+    priority: int | str = 0
+    delay: Seconds = 0.0
+    status: Literal["queued", "paused"] = "queued"
+
+
+class EnqueueBody(TaskBody, frozen=True):
+    tasks: list[TaskBody] | None = None
+
+
+class PatchBody(msgspec.Struct, frozen=True):
+    status: str
+
+
+_HINTS: Final = {
+    "status": "an ack's status is one of done, failed, in progress",
+    "_id": "each ack needs the _id of a delivered task, as a string",
+    "max": "max is the number of tasks to take, an integer >= 1",
+    "wait": "wait is the long poll's length in seconds, a number >= 0",
+    "attempt": "attempt is the delivery number the worker received, an integer >= 1",
+    "priority": "priority is an integer or one of high, normal, low",
+    "delay": "delay is a number of seconds >= 0",
+}
+
+_decoders: dict[type, msgspec.json.Decoder[Any]] = {}
+
+
+def decode(body: bytes, kind: type[Any]) -> Any:
+    """Decode ``body`` as ``kind``; an empty body is an empty object."""
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    try:
+        return decoder.decode(body or b"{}")
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        field = message.rpartition("`")[0].rpartition(".")[2] if "`$." in message else ""
+        hint = _HINTS.get(field.split("[")[0])
+        raise ValidationError(
+            f"invalid request body: {message}" + (f" ({hint})" if hint else "")
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+
+
+def parse_poll(body: bytes, max_wait: float) -> tuple[list[Ack], int, float, str | None]:
+    """A worker's poll: its acks, how many tasks it takes, how long it waits, who it is."""
+    poll: PollBody = decode(body, PollBody)
+    if poll.wait > max_wait:
+        raise ValidationError(f"wait must be at most {max_wait:g} seconds")
+    acks = [
+        Ack(
+            task_id=str(ack.id),
+            status=ack.status,
+            error=ack.error,
+            result=ack.result if ack.result else None,
+            attempt=ack.attempt,
+            retry=ack.retry,
+        )
+        for ack in poll.tasks
+    ]
+    return acks, poll.max, poll.wait, poll.worker
+
+
+def _new_task(body: TaskBody, where: str) -> NewTask:
+    if not body.data:
+        raise ValidationError(f"{where}: data is required (any JSON value, null included)")
+    try:
+        priority = parse_priority(body.priority)
+    except ValidationError as exc:
+        raise ValidationError(f"{where}: {exc.message}") from None
+    return NewTask(
+        data=body.data,
+        priority=priority,
+        delay_ms=round(body.delay * 1000),
+        paused=body.status == "paused",
+    )
+
+
+def parse_enqueue(body: bytes, max_tasks: int) -> list[NewTask]:
+    """One task ``{"data": ...}`` or many ``{"tasks": [...]}``."""
+    parsed: EnqueueBody = decode(body, EnqueueBody)
+    if parsed.tasks is None:
+        return [_new_task(parsed, "task")]
+    if parsed.data:
+        raise ValidationError("send either one task (data, ...) or tasks: [...], not both")
+    if not parsed.tasks:
+        raise ValidationError("tasks must hold at least one task")
+    if len(parsed.tasks) > max_tasks:
+        raise ValidationError(f"at most {max_tasks} tasks per request; split the batch")
+    return [_new_task(task, f"tasks[{i}]") for i, task in enumerate(parsed.tasks)]
+
+
+def parse_object(body: bytes) -> dict[str, Any]:
+    """Any JSON object (an empty body is an empty object)."""
+    parsed: dict[str, Any] = decode(body, dict[str, Any])
+    return parsed
+
+
+def parse_patch(body: bytes) -> str:
+    """The status a PATCH asks for."""
+    patch: PatchBody = decode(body, PatchBody)
+    return patch.status
+
+
+def parse_statuses(raw: str | None) -> list[str] | None:
+    """``?status=queued,failed`` as a list of statuses."""
+    if raw is None or raw == "":
+        return None
+    statuses = [part.strip() for part in raw.split(",")]
+    for status in statuses:
+        if status not in STATUSES:
+            raise ValidationError(
+                f"unknown status {status!r}; use one or more of {', '.join(STATUSES)}, "
+                "separated by commas"
+            )
+    return statuses
+
+
+def parse_number(raw: str | None, name: str, default: float, low: float, high: float) -> float:
+    """A number from the query string, within bounds."""
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be a number, not {raw!r}") from None
+    if not low <= value <= high:
+        raise ValidationError(f"{name} must be from {low:g} to {high:g}")
+    return value

@@ -1,0 +1,100 @@
+"""Responses, and the one table that maps Katar's errors to HTTP statuses."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import msgspec
+
+from katar import errors
+from katar.core.model import Task
+
+JSON_HEADERS: Final = [(b"content-type", b"application/json")]
+
+# Looked up along the exception's class hierarchy, most specific first.
+STATUS_OF_ERROR: Final[dict[type[errors.KatarError], int]] = {
+    errors.PayloadTooLarge: 413,
+    errors.ValidationError: 422,
+    errors.InvalidRequest: 400,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.ShuttingDown: 503,
+    errors.StoreUnavailable: 503,
+    errors.StoreError: 500,
+    errors.ConfigError: 422,
+    errors.KatarError: 500,
+}
+
+_encoder: Final = msgspec.json.Encoder()
+encode: Final = _encoder.encode
+
+
+class Response:
+    """A complete HTTP response: status, headers and body."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(
+        self, status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers if headers is not None else (JSON_HEADERS if body else [])
+
+
+NO_CONTENT: Final = Response(204)
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    """A JSON response."""
+    return Response(status, encode(payload))
+
+
+def error_status(exc: errors.KatarError) -> int:
+    """The HTTP status for a Katar error."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS_OF_ERROR:
+            return STATUS_OF_ERROR[cls]
+    return 500
+
+
+def error_response(exc: errors.KatarError) -> Response:
+    """The JSON error response for a Katar error: ``{"error": message, ...details}``."""
+    return json_response({"error": exc.message, **exc.details}, error_status(exc))
+
+
+def iso(ms: int | None) -> str | None:
+    """A stored time (ms since the epoch) as ISO 8601 in UTC."""
+    if ms is None:
+        return None
+    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def task_record(task: Task) -> dict[str, Any]:
+    """The public JSON record of a task."""
+    return {
+        "_id": str(task.id),
+        "queue": task.queue,
+        "status": task.status,
+        "priority": task.priority,
+        "data": task.data,
+        "attempts": task.attempts,
+        "error": task.error,
+        "result": task.result,
+        "worker": task.worker,
+        "created_at": iso(task.created_at),
+        "updated_at": iso(task.updated_at),
+        "run_at": iso(task.run_at),
+        "lease_expires_at": iso(task.lease_until),
+    }
+
+
+def deliveries(tasks: list[Task]) -> bytes:
+    """The body of a poll that delivers tasks: the data is spliced in as the producer sent it."""
+    parts = [
+        b'{"_id":"%d","data":%b,"attempt":%d}' % (task.id, task.data, task.attempts)
+        for task in tasks
+    ]
+    return b'{"tasks":[' + b",".join(parts) + b"]}"

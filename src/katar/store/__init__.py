@@ -1,0 +1,34 @@
+"""Stores, chosen by URL scheme. See :mod:`katar.store.base` for the contract."""
+
+from __future__ import annotations
+
+from katar.errors import ConfigError
+from katar.store.base import Change, PollResult, Store
+
+__all__ = ["Change", "PollResult", "Store", "open_store"]
+
+SCHEMES = ("sqlite", "memory", "postgresql")
+
+
+def open_store(url: str) -> Store:
+    """The store for ``url`` (not yet opened): ``sqlite:///path.db``, ``memory://``, ..."""
+    scheme, sep, _rest = url.partition("://")
+    if not sep:
+        raise ConfigError(
+            f"invalid store URL {url!r}: expected sqlite:///path.db, memory:// or "
+            "postgresql://user@host:port/dbname"
+        )
+    if scheme == "sqlite":
+        from katar.store.sqlite import SQLiteStore
+
+        return SQLiteStore(url)
+    if scheme == "memory":
+        from katar.store.memory import MemoryStore
+
+        return MemoryStore(url)
+    if scheme in ("postgresql", "postgres"):
+        raise ConfigError(
+            "the PostgreSQL store is not part of this version of Katar yet; "
+            "use sqlite:///path.db or memory://"
+        )
+    raise ConfigError(f"unknown store scheme {scheme!r} in {url!r}; use sqlite:// or memory://")

@@ -1,0 +1,114 @@
+"""The storage contract, in domain operations.
+
+A store persists queues and tasks and performs each operation atomically: an operation
+either applies entirely or not at all. The queue rules themselves live in
+:mod:`katar.core.rules`; a store loads tasks, asks the rules, and writes the outcome.
+
+Every store passes the conformance suite in ``tests/store``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+from katar.core.model import Ack, NewTask, QueueOptions, State, Task
+
+
+class Change(NamedTuple):
+    """A task whose state changed; ``task`` is its new version (its last, if deleted)."""
+
+    task: Task
+    old: State
+
+
+class PollResult(NamedTuple):
+    """What a worker's poll did: the tasks it now holds and the changes its acks made."""
+
+    delivered: list[Task]
+    changes: list[Change]
+
+
+class Store(abc.ABC):
+    """Where queues and tasks live. Chosen by URL with :func:`katar.store.open_store`."""
+
+    #: The URL the store was opened with, without credentials.
+    url: str
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and prepare the schema. Raises StoreUnavailable or ConfigError."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish pending writes and release every resource."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Return when the store answers; raise StoreUnavailable when it does not."""
+
+    @abc.abstractmethod
+    async def load_queues(self) -> dict[str, QueueOptions]:
+        """Every stored queue with its options."""
+
+    @abc.abstractmethod
+    async def save_queue(self, name: str, options: QueueOptions) -> None:
+        """Create the queue, or replace its options."""
+
+    @abc.abstractmethod
+    async def delete_queue(self, name: str) -> int:
+        """Remove the queue and its tasks; the number of tasks removed."""
+
+    @abc.abstractmethod
+    async def enqueue(self, queue: str, tasks: Sequence[NewTask], now: int) -> list[Task]:
+        """Add tasks to an existing queue; the new tasks, in order, with growing ids."""
+
+    @abc.abstractmethod
+    async def poll(
+        self,
+        queue: str,
+        options: QueueOptions,
+        acks: Sequence[Ack],
+        limit: int,
+        worker: str | None,
+        now: int,
+    ) -> PollResult:
+        """Apply ``acks`` in order, then claim up to ``limit`` tasks, in one transaction.
+
+        Claimed tasks are the READY ones of the queue, highest priority first, then lowest
+        id, leased until ``now + options.timeout``. If any ack is rejected, nothing changes
+        and the error is raised with ``details["ack"]``, the index of the faulty ack. An ack
+        for an id this store never issued raises TaskNotFound; one for a task of another
+        queue too; one for a task that is gone (a finished task of a queue without history)
+        changes nothing.
+        """
+
+    @abc.abstractmethod
+    async def get_task(self, queue: str, task_id: int) -> Task | None:
+        """The task, or None when the queue holds no such task."""
+
+    @abc.abstractmethod
+    async def list_tasks(
+        self, queue: str, states: Sequence[State] | None, limit: int, after: int
+    ) -> list[Task]:
+        """Up to ``limit`` tasks with an id above ``after``, by id, optionally by state."""
+
+    @abc.abstractmethod
+    async def counts(self) -> dict[str, dict[State, int]]:
+        """For every queue, its number of tasks in each state (zero counts may be absent)."""
+
+    @abc.abstractmethod
+    async def set_status(self, queue: str, task_id: int, status: str, now: int) -> Change | None:
+        """Apply an operator's status change (see rules.change_status); None if no change.
+
+        Raises TaskNotFound or IllegalTransition.
+        """
+
+    @abc.abstractmethod
+    async def delete_task(self, queue: str, task_id: int) -> bool:
+        """Remove a task; False when the queue holds no such task."""
+
+    @abc.abstractmethod
+    async def expire(self, queues: Mapping[str, QueueOptions], now: int) -> list[Change]:
+        """Re-queue or fail tasks whose lease ran out; make due scheduled tasks READY."""

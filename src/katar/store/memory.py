@@ -1,0 +1,214 @@
+"""``memory://``: a store that lives in the process. Fast, and gone when the process ends.
+
+Every operation runs to completion on the event loop without awaiting, so each one is
+atomic. Heaps keep the claim, the lease expiry and the promotion of due tasks O(log n); their
+entries are checked against the task on the way out, so that a task whose state changed
+since it was pushed is skipped rather than searched for and removed.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping, Sequence
+
+from katar.core import rules
+from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_task_id
+from katar.errors import KatarError, QueueNotFound, TaskNotFound
+from katar.store.base import Change, PollResult, Store
+
+
+class MemoryStore(Store):
+    """Queues and tasks in dictionaries and heaps."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._queues: dict[str, QueueOptions] = {}
+        self._tasks: dict[int, Task] = {}
+        self._ids: dict[str, dict[int, None]] = {}  # per queue, in id order
+        self._ready: dict[str, list[tuple[int, int]]] = {}  # per queue: (-priority, id)
+        self._scheduled: list[tuple[int, int]] = []  # (run_at, id)
+        self._leases: list[tuple[int, int]] = []  # (lease_until, id)
+        self._last_id = 0
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def ping(self) -> None:
+        return None
+
+    async def load_queues(self) -> dict[str, QueueOptions]:
+        return dict(self._queues)
+
+    async def save_queue(self, name: str, options: QueueOptions) -> None:
+        self._queues[name] = options
+        self._ids.setdefault(name, {})
+        self._ready.setdefault(name, [])
+
+    async def delete_queue(self, name: str) -> int:
+        if self._queues.pop(name, None) is None:
+            raise QueueNotFound(queue=name)
+        ids = self._ids.pop(name, {})
+        self._ready.pop(name, None)
+        for task_id in ids:
+            del self._tasks[task_id]
+        return len(ids)
+
+    def _ids_of(self, queue: str) -> dict[int, None]:
+        try:
+            return self._ids[queue]
+        except KeyError:
+            raise QueueNotFound(queue=queue) from None
+
+    def _put(self, task: Task) -> None:
+        self._tasks[task.id] = task
+        if task.state is State.READY:
+            heapq.heappush(self._ready[task.queue], (-task.priority, task.id))
+        elif task.state is State.SCHEDULED:
+            assert task.run_at is not None
+            heapq.heappush(self._scheduled, (task.run_at, task.id))
+        elif task.state is State.RUNNING:
+            assert task.lease_until is not None
+            heapq.heappush(self._leases, (task.lease_until, task.id))
+
+    def _remove(self, task: Task) -> None:
+        del self._tasks[task.id]
+        del self._ids[task.queue][task.id]
+
+    def _write(self, old: Task, new: Task | None, options: QueueOptions) -> Change | None:
+        if new is None:
+            return None
+        if rules.discard(new, options):
+            self._remove(old)
+        else:
+            self._put(new)
+        return Change(new, old.state)
+
+    async def enqueue(self, queue: str, tasks: Sequence[NewTask], now: int) -> list[Task]:
+        ids = self._ids_of(queue)
+        created = []
+        for spec in tasks:
+            self._last_id += 1
+            task = rules.new_task(queue, spec, self._last_id, now)
+            ids[task.id] = None
+            self._put(task)
+            created.append(task)
+        return created
+
+    def _find(self, queue: str, raw_id: str, index: int | None = None) -> Task | None:
+        """The task an ack or request names; None when it existed once and is gone."""
+        task_id = parse_task_id(raw_id)
+        extra = {} if index is None else {"ack": index}
+        if task_id is None or task_id > self._last_id:
+            raise TaskNotFound(f"no task {raw_id!r} in queue {queue!r}", _id=str(raw_id), **extra)
+        task = self._tasks.get(task_id)
+        if task is not None and task.queue != queue:
+            raise TaskNotFound(f"no task {raw_id!r} in queue {queue!r}", _id=str(raw_id), **extra)
+        return task
+
+    async def poll(
+        self,
+        queue: str,
+        options: QueueOptions,
+        acks: Sequence[Ack],
+        limit: int,
+        worker: str | None,
+        now: int,
+    ) -> PollResult:
+        self._ids_of(queue)
+        # Decide every ack before writing any, so that one bad ack changes nothing.
+        decided: dict[int, tuple[Task, Task]] = {}  # id -> (as stored, as decided)
+        for index, ack in enumerate(acks):
+            found = self._find(queue, ack.task_id, index)
+            if found is None:
+                continue
+            first, current = decided.get(found.id, (found, found))
+            try:
+                new = rules.apply_ack(current, ack, options, now)
+            except KatarError as exc:
+                exc.details.setdefault("ack", index)
+                raise
+            if new is not None:
+                decided[found.id] = (first, new)
+        changes = []
+        for first, new in decided.values():
+            change = self._write(first, new, options)
+            if change is not None and change.task.state != change.old:
+                changes.append(change)
+        return PollResult(self._claim(queue, options, limit, worker, now), changes)
+
+    def _claim(
+        self, queue: str, options: QueueOptions, limit: int, worker: str | None, now: int
+    ) -> list[Task]:
+        heap = self._ready[queue]
+        delivered: list[Task] = []
+        while heap and len(delivered) < limit:
+            negative_priority, task_id = heapq.heappop(heap)
+            task = self._tasks.get(task_id)
+            if task is None or task.state is not State.READY or task.priority != -negative_priority:
+                continue
+            leased = rules.claimed(task, options, worker, now)
+            self._put(leased)
+            delivered.append(leased)
+        return delivered
+
+    async def get_task(self, queue: str, task_id: int) -> Task | None:
+        task = self._tasks.get(task_id)
+        return task if task is not None and task.queue == queue else None
+
+    async def list_tasks(
+        self, queue: str, states: Sequence[State] | None, limit: int, after: int
+    ) -> list[Task]:
+        found: list[Task] = []
+        for task_id in self._ids_of(queue):
+            if task_id <= after:
+                continue
+            task = self._tasks[task_id]
+            if states is None or task.state in states:
+                found.append(task)
+                if len(found) >= limit:
+                    break
+        return found
+
+    async def counts(self) -> dict[str, dict[State, int]]:
+        result: dict[str, dict[State, int]] = {name: {} for name in self._queues}
+        for task in self._tasks.values():
+            per_state = result[task.queue]
+            per_state[task.state] = per_state.get(task.state, 0) + 1
+        return result
+
+    async def set_status(self, queue: str, task_id: int, status: str, now: int) -> Change | None:
+        task = await self.get_task(queue, task_id)
+        if task is None:
+            raise TaskNotFound(f"no task {str(task_id)!r} in queue {queue!r}", _id=str(task_id))
+        return self._write(task, rules.change_status(task, status, now), self._queues[queue])
+
+    async def delete_task(self, queue: str, task_id: int) -> bool:
+        task = await self.get_task(queue, task_id)
+        if task is None:
+            return False
+        self._remove(task)
+        return True
+
+    async def expire(self, queues: Mapping[str, QueueOptions], now: int) -> list[Change]:
+        changes: list[Change] = []
+        while self._leases and self._leases[0][0] <= now:
+            lease_until, task_id = heapq.heappop(self._leases)
+            task = self._tasks.get(task_id)
+            if task is None or task.state is not State.RUNNING or task.lease_until != lease_until:
+                continue
+            options = queues[task.queue]
+            change = self._write(task, rules.expire_lease(task, options, now), options)
+            if change is not None:
+                changes.append(change)
+        while self._scheduled and self._scheduled[0][0] <= now:
+            run_at, task_id = heapq.heappop(self._scheduled)
+            task = self._tasks.get(task_id)
+            if task is None or task.state is not State.SCHEDULED or task.run_at != run_at:
+                continue
+            change = self._write(task, rules.promote(task, now), queues[task.queue])
+            if change is not None:
+                changes.append(change)
+        return changes

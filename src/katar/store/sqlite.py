@@ -1,0 +1,553 @@
+"""``sqlite:///path.db``: the default store, one file on local disk.
+
+One writer thread owns the only writing connection. Operations from the event loop queue up
+for it; it takes everything that is waiting, runs each operation inside a SAVEPOINT of one
+shared transaction, commits once, and only then answers them all (group commit). So
+concurrent requests share one commit, a failing operation undoes only itself, and no answer
+is sent before its change is on disk. Reads run on a separate connection and thread: WAL lets
+them proceed while the writer writes.
+
+With ``synchronous=NORMAL`` (the default) a committed transaction survives the process being
+killed; ``?synchronous=full`` in the URL makes it survive a power cut too, at the cost of a
+disk flush per commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import queue as threading_queue
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+
+from katar.core import rules
+from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_task_id
+from katar.errors import (
+    ConfigError,
+    KatarError,
+    QueueNotFound,
+    StoreError,
+    StoreUnavailable,
+    TaskNotFound,
+)
+from katar.store.base import Change, PollResult, Store
+
+T = TypeVar("T")
+
+SCHEMA_VERSION: Final = 1
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS queues (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    options BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: ids are never reused
+    queue_id INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    attempt_base INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    result BLOB,
+    worker TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    run_at INTEGER,
+    lease_until INTEGER
+);
+-- The claim's order, over READY tasks only: scheduled, running and finished tasks never
+-- slow it down however many there are.
+CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (queue_id, priority DESC, id) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS tasks_due ON tasks (run_at) WHERE state = 2;
+CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_until) WHERE state = 3;
+CREATE INDEX IF NOT EXISTS tasks_queue_state ON tasks (queue_id, state, id);
+"""
+
+_COLUMNS: Final = (
+    "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
+    " created_at, updated_at, run_at, lease_until"
+)
+_INSERT: Final = f"INSERT INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_UPDATE: Final = (
+    "UPDATE tasks SET state=?, priority=?, attempts=?, attempt_base=?, error=?, result=?,"
+    " worker=?, updated_at=?, run_at=?, lease_until=? WHERE id=?"
+)
+# The claim in one statement. It does what rules.claimed does, in SQL, because this is the
+# hot path of every worker's poll.
+_CLAIM: Final = (
+    "UPDATE tasks SET state=3, attempts=attempts+1, worker=?, lease_until=?, run_at=NULL,"
+    " updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND state=1"
+    f" ORDER BY priority DESC, id LIMIT ?) RETURNING {_COLUMNS}"
+)
+_EXPIRE_BATCH: Final = 1000
+_MAX_GROUP: Final = 1024  # operations per commit: bounds the latency a large group adds
+
+_Op = Callable[[sqlite3.Connection], Any]
+_Job = tuple[_Op, "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+_options_decoder: Final = msgspec.json.Decoder(QueueOptions)
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """The file path and the ``synchronous`` setting of a ``sqlite://`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/"):
+        raise ConfigError(
+            f"invalid SQLite URL {url!r}: use sqlite:///relative/path.db or "
+            "sqlite:////absolute/path.db"
+        )
+    path = parts.path[1:]
+    if not path:
+        raise ConfigError(f"invalid SQLite URL {url!r}: it names no file")
+    query = parse_qs(parts.query)
+    unknown = set(query) - {"synchronous"}
+    if unknown:
+        raise ConfigError(f"unknown SQLite URL parameter(s): {', '.join(sorted(unknown))}")
+    synchronous = query.get("synchronous", ["normal"])[-1].upper()
+    if synchronous not in ("NORMAL", "FULL"):
+        raise ConfigError("SQLite URL parameter synchronous must be normal or full")
+    return path, synchronous
+
+
+def _translate(exc: sqlite3.Error) -> StoreError:
+    if isinstance(exc, sqlite3.OperationalError):
+        return StoreUnavailable(f"SQLite is unavailable: {exc}")
+    return StoreError(f"SQLite failed: {exc}")
+
+
+class SQLiteStore(Store):
+    """Queues and tasks in one SQLite database file."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._path, self._synchronous = parse_url(url)
+        self._jobs: threading_queue.SimpleQueue[_Job | None] = threading_queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="katar-sqlite-read")
+        self._read_conn: sqlite3.Connection | None = None
+        self._queue_ids: dict[str, int] = {}
+        self._queue_names: dict[int, str] = {}
+        self._last_id = 0
+
+    # -- connections and threads ---------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self._path, isolation_level=None, check_same_thread=False, cached_statements=256
+            )
+            conn.execute("PRAGMA busy_timeout = 5000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute("PRAGMA temp_store = MEMORY")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {self._path!r}: {exc}") from exc
+        return conn
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        conn = await loop.run_in_executor(self._reader, self._prepare)
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(conn,), name="katar-sqlite-write", daemon=True
+        )
+        self._writer.start()
+
+    def _prepare(self) -> sqlite3.Connection:
+        conn = self._connect()
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"the database {self._path!r} was made by a newer Katar "
+                    f"(schema {version}, this one knows {SCHEMA_VERSION})"
+                )
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            for queue_id, name in conn.execute("SELECT id, name FROM queues"):
+                self._queue_ids[name] = queue_id
+                self._queue_names[queue_id] = name
+            row = conn.execute(
+                "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'tasks'), 0),"
+                " coalesce((SELECT max(id) FROM tasks), 0))"
+            ).fetchone()
+            self._last_id = row[0]
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreUnavailable(f"cannot use SQLite database {self._path!r}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._read_conn = self._connect()
+        return conn
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._jobs.put(None)
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
+            self._writer = None
+        if self._read_conn is not None:
+            conn, self._read_conn = self._read_conn, None
+            await asyncio.get_running_loop().run_in_executor(self._reader, conn.close)
+        self._reader.shutdown(wait=True)
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                first = self._jobs.get()
+                if first is None:
+                    return
+                group = [first]
+                stop = False
+                while len(group) < _MAX_GROUP:
+                    try:
+                        job = self._jobs.get_nowait()
+                    except threading_queue.Empty:
+                        break
+                    if job is None:
+                        stop = True
+                        break
+                    group.append(job)
+                self._run_group(conn, group)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _run_group(self, conn: sqlite3.Connection, group: list[_Job]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op, _future, _loop in group:
+                conn.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((True, op(conn)))
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    outcomes.append((False, exc))
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            failure = _translate(exc)
+            outcomes = [(False, failure)] * len(group)
+            # What an operation learned about ids or queues may be undone: reload it.
+            self._reload_ids(conn)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        for (_op, future, loop), (ok, value) in zip(group, outcomes, strict=True):
+            by_loop.setdefault(loop, []).append((future, ok, value))
+        for loop, answers in by_loop.items():
+            # A closed loop raises RuntimeError: nobody waits for these answers any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, answers)
+
+    def _reload_ids(self, conn: sqlite3.Connection) -> None:
+        try:
+            self._queue_ids = {
+                name: qid for qid, name in conn.execute("SELECT id, name FROM queues")
+            }
+            self._queue_names = {qid: name for name, qid in self._queue_ids.items()}
+        except sqlite3.Error:
+            pass
+
+    def _write(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        if self._writer is None:
+            raise StoreUnavailable("the SQLite store is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((op, future, loop))
+        return future
+
+    async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            if self._read_conn is None:
+                raise StoreUnavailable("the SQLite store is not open")
+            try:
+                return op(self._read_conn)
+            except sqlite3.Error as exc:
+                raise _translate(exc) from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._reader, run)
+
+    # -- rows and tasks --------------------------------------------------------------------
+
+    def _task(self, row: Sequence[Any]) -> Task:
+        return Task(
+            id=row[0],
+            queue=self._queue_names[row[1]],
+            state=State(row[2]),
+            priority=row[3],
+            data=msgspec.Raw(row[4]),
+            attempts=row[5],
+            attempt_base=row[6],
+            error=row[7],
+            result=None if row[8] is None else msgspec.Raw(row[8]),
+            worker=row[9],
+            created_at=row[10],
+            updated_at=row[11],
+            run_at=row[12],
+            lease_until=row[13],
+        )
+
+    def _queue_id(self, queue: str) -> int:
+        try:
+            return self._queue_ids[queue]
+        except KeyError:
+            raise QueueNotFound(queue=queue) from None
+
+    def _store_change(
+        self, conn: sqlite3.Connection, old: Task, new: Task | None, options: QueueOptions
+    ) -> Change | None:
+        if new is None:
+            return None
+        if rules.discard(new, options):
+            conn.execute("DELETE FROM tasks WHERE id=?", (new.id,))
+        else:
+            conn.execute(
+                _UPDATE,
+                (
+                    new.state,
+                    new.priority,
+                    new.attempts,
+                    new.attempt_base,
+                    new.error,
+                    None if new.result is None else bytes(new.result),
+                    new.worker,
+                    new.updated_at,
+                    new.run_at,
+                    new.lease_until,
+                    new.id,
+                ),
+            )
+        return Change(new, old.state)
+
+    # -- the contract ------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def load_queues(self) -> dict[str, QueueOptions]:
+        rows = await self._read(
+            lambda conn: conn.execute("SELECT name, options FROM queues").fetchall()
+        )
+        return {name: _options_decoder.decode(options) for name, options in rows}
+
+    async def save_queue(self, name: str, options: QueueOptions) -> None:
+        encoded = msgspec.json.encode(options)
+
+        def op(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "INSERT INTO queues (name, options) VALUES (?, ?) ON CONFLICT (name)"
+                " DO UPDATE SET options = excluded.options RETURNING id",
+                (name, encoded),
+            ).fetchone()
+            self._queue_ids[name] = row[0]
+            self._queue_names[row[0]] = name
+
+        await self._write(op)
+
+    async def delete_queue(self, name: str) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            queue_id = self._queue_id(name)
+            count: int = conn.execute("DELETE FROM tasks WHERE queue_id=?", (queue_id,)).rowcount
+            conn.execute("DELETE FROM queues WHERE id=?", (queue_id,))
+            del self._queue_ids[name]
+            # The id -> name entry stays: reads of the old queue's rows may still be in flight.
+            return count
+
+        return await self._write(op)
+
+    async def enqueue(self, queue: str, tasks: Sequence[NewTask], now: int) -> list[Task]:
+        def op(conn: sqlite3.Connection) -> list[Task]:
+            queue_id = self._queue_id(queue)
+            first = self._last_id + 1
+            created = [
+                rules.new_task(queue, spec, task_id, now)
+                for task_id, spec in zip(itertools.count(first), tasks)
+            ]
+            conn.executemany(
+                _INSERT,
+                [
+                    (
+                        t.id,
+                        queue_id,
+                        t.state,
+                        t.priority,
+                        bytes(t.data),
+                        0,
+                        0,
+                        None,
+                        None,
+                        None,
+                        now,
+                        now,
+                        t.run_at,
+                        None,
+                    )
+                    for t in created
+                ],
+            )
+            self._last_id = first + len(created) - 1
+            return created
+
+        return await self._write(op)
+
+    def _find(self, conn: sqlite3.Connection, queue: str, raw_id: str, index: int) -> Task | None:
+        task_id = parse_task_id(raw_id)
+        if task_id is not None and task_id <= self._last_id:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
+            if row is None:
+                return None  # it existed and is gone: finished in a queue without history
+            task = self._task(row)
+            if task.queue == queue:
+                return task
+        raise TaskNotFound(f"no task {raw_id!r} in queue {queue!r}", _id=str(raw_id), ack=index)
+
+    async def poll(
+        self,
+        queue: str,
+        options: QueueOptions,
+        acks: Sequence[Ack],
+        limit: int,
+        worker: str | None,
+        now: int,
+    ) -> PollResult:
+        def op(conn: sqlite3.Connection) -> PollResult:
+            queue_id = self._queue_id(queue)
+            changes: list[Change] = []
+            for index, ack in enumerate(acks):
+                task = self._find(conn, queue, ack.task_id, index)
+                if task is None:
+                    continue
+                try:
+                    new = rules.apply_ack(task, ack, options, now)
+                except KatarError as exc:
+                    exc.details.setdefault("ack", index)
+                    raise
+                change = self._store_change(conn, task, new, options)
+                if change is not None and change.task.state != change.old:
+                    changes.append(change)
+            delivered: list[Task] = []
+            if limit > 0:
+                rows = conn.execute(
+                    _CLAIM, (worker, now + options.timeout, now, queue_id, limit)
+                ).fetchall()
+                delivered = [self._task(row) for row in rows]
+                if len(delivered) > 1:  # RETURNING promises no order
+                    delivered.sort(key=lambda t: (-t.priority, t.id))
+            return PollResult(delivered, changes)
+
+        return await self._write(op)
+
+    async def get_task(self, queue: str, task_id: int) -> Task | None:
+        def op(conn: sqlite3.Connection) -> Task | None:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
+            if row is None or self._queue_names.get(row[1]) != queue:
+                return None
+            return self._task(row)
+
+        return await self._read(op)
+
+    async def list_tasks(
+        self, queue: str, states: Sequence[State] | None, limit: int, after: int
+    ) -> list[Task]:
+        queue_id = self._queue_id(queue)
+
+        def op(conn: sqlite3.Connection) -> list[Task]:
+            if states is None:
+                sql = f"SELECT {_COLUMNS} FROM tasks WHERE queue_id=? AND id>? ORDER BY id LIMIT ?"
+                rows = conn.execute(sql, (queue_id, after, limit)).fetchall()
+            else:
+                marks = ",".join("?" * len(states))
+                sql = (
+                    f"SELECT {_COLUMNS} FROM tasks WHERE queue_id=? AND state IN ({marks})"
+                    " AND id>? ORDER BY id LIMIT ?"
+                )
+                rows = conn.execute(sql, (queue_id, *map(int, states), after, limit)).fetchall()
+            return [self._task(row) for row in rows]
+
+        return await self._read(op)
+
+    async def counts(self) -> dict[str, dict[State, int]]:
+        def op(conn: sqlite3.Connection) -> dict[str, dict[State, int]]:
+            result: dict[str, dict[State, int]] = {}
+            names = dict(conn.execute("SELECT id, name FROM queues").fetchall())
+            for name in names.values():
+                result[name] = {}
+            for queue_id, state, count in conn.execute(
+                "SELECT queue_id, state, count(*) FROM tasks GROUP BY queue_id, state"
+            ):
+                if queue_id in names:
+                    result[names[queue_id]][State(state)] = count
+            return result
+
+        return await self._read(op)
+
+    async def set_status(self, queue: str, task_id: int, status: str, now: int) -> Change | None:
+        def op(conn: sqlite3.Connection) -> Change | None:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
+            if row is None or self._queue_names.get(row[1]) != queue:
+                raise TaskNotFound(f"no task {str(task_id)!r} in queue {queue!r}", _id=str(task_id))
+            task = self._task(row)
+            # A status change never finishes a task, so the queue's history option plays no
+            # part: any options will do.
+            return self._store_change(conn, task, rules.change_status(task, status, now), _KEEP)
+
+        return await self._write(op)
+
+    async def delete_task(self, queue: str, task_id: int) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            queue_id = self._queue_id(queue)
+            cursor = conn.execute(
+                "DELETE FROM tasks WHERE id=? AND queue_id=?", (task_id, queue_id)
+            )
+            return cursor.rowcount > 0
+
+        return await self._write(op)
+
+    async def expire(self, queues: Mapping[str, QueueOptions], now: int) -> list[Change]:
+        def op(conn: sqlite3.Connection) -> list[Change]:
+            changes: list[Change] = []
+            for sql, decide in (
+                (f"SELECT {_COLUMNS} FROM tasks WHERE state=3 AND lease_until<=? LIMIT ?", True),
+                (f"SELECT {_COLUMNS} FROM tasks WHERE state=2 AND run_at<=? LIMIT ?", False),
+            ):
+                for row in conn.execute(sql, (now, _EXPIRE_BATCH)).fetchall():
+                    task = self._task(row)
+                    options = queues.get(task.queue)
+                    if options is None:
+                        continue
+                    new = (
+                        rules.expire_lease(task, options, now)
+                        if decide
+                        else rules.promote(task, now)
+                    )
+                    change = self._store_change(conn, task, new, options)
+                    if change is not None:
+                        changes.append(change)
+            return changes
+
+        return await self._write(op)
+
+
+_KEEP: Final = QueueOptions(persistent=True)
+
+
+def _settle(answers: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in answers:
+        if future.cancelled():
+            continue
+        if ok:
+            future.set_result(value)
+        elif isinstance(value, sqlite3.Error):
+            future.set_exception(_translate(value))
+        else:
+            future.set_exception(value)
