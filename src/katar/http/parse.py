@@ -76,11 +76,12 @@ def decode(body: bytes, kind: type[Any]) -> Any:
         return decoder.decode(body or b"{}")
     except msgspec.ValidationError as exc:
         message = str(exc)
-        field = message.rpartition("`")[0].rpartition(".")[2] if "`$." in message else ""
+        if "`$" not in message:
+            raise ValidationError(f"the request body must be a JSON object ({message})") from None
+        field = message.rpartition("`")[0].rpartition(".")[2]
         hint = _HINTS.get(field.split("[")[0])
-        raise ValidationError(
-            f"invalid request body: {message}" + (f" ({hint})" if hint else "")
-        ) from None
+        suffix = f" ({hint})" if hint else ""
+        raise ValidationError(f"invalid request body: {message}{suffix}") from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
 

@@ -1,0 +1,220 @@
+"""Producer and operator routes (contract section 3), validation and limits, on every store."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from katar import Katar, Task
+from tests.http.conftest import enqueue, eventually
+
+
+async def test_enqueue_one_task_answers_its_record(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/queue/q/tasks", json={"data": {"to": "a@b"}, "priority": "high"}
+    )
+    assert response.status_code == 201
+    (record,) = response.json()["tasks"]
+    assert record["status"] == "queued" and record["priority"] == 10
+    assert record["data"] == {"to": "a@b"} and record["attempts"] == 0
+    assert record["created_at"].endswith("Z")
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({}, "data is required"),
+        ({"data": 1, "priority": "urgent"}, "priority 'urgent' is unknown"),
+        ({"data": 1, "priority": 1.5}, "$.priority"),
+        ({"data": 1, "delay": -1}, "$.delay"),
+        ({"data": 1, "status": "done"}, "$.status"),
+        ({"tasks": []}, "at least one task"),
+        ({"tasks": [{"data": 1}, {"priority": 1}]}, "tasks[1]: data is required"),
+        ({"tasks": [{"data": 1}], "data": 2}, "not both"),
+    ],
+)
+async def test_bad_enqueues_are_422_and_change_nothing(
+    client: httpx.AsyncClient, body: dict[str, object], fragment: str
+) -> None:
+    response = await client.post("/v1/queue/q/tasks", json=body)
+    assert response.status_code == 422, response.text
+    assert fragment in response.json()["error"]
+    assert (await client.get("/v1/queue/q/tasks")).json()["tasks"] == []
+
+
+async def test_too_many_tasks_per_enqueue(katar: Katar) -> None:
+    from katar.http import App, Limits
+
+    app = App(katar.engine, limits=Limits(max_tasks_per_enqueue=3))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://k") as c:
+        response = await c.post(
+            "/v1/queue/q/tasks", json={"tasks": [{"data": i} for i in range(4)]}
+        )
+    assert response.status_code == 422
+    assert "at most 3 tasks" in response.json()["error"]
+
+
+async def test_invalid_json_is_400(client: httpx.AsyncClient) -> None:
+    for url in ("/v1/queue/q/tasks", "/v1/queue/q"):
+        response = await client.post(url, content=b'{"data": ')
+        assert response.status_code == 400
+        assert "not valid JSON" in response.json()["error"]
+
+
+async def test_a_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/queue/q/tasks", json={"data": "x" * 70_000})
+    assert response.status_code == 413
+    assert "limit of 65536 bytes" in response.json()["error"]
+
+
+async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
+    missing = await client.get("/v2/things")
+    assert missing.status_code == 404 and "no route" in missing.json()["error"]
+    wrong = await client.delete("/v1/queues")
+    assert wrong.status_code == 405
+    assert wrong.headers["allow"] == "GET"
+    assert "not allowed" in wrong.json()["error"]
+
+
+async def test_put_queue_creates_updates_and_persists_options(client: httpx.AsyncClient) -> None:
+    body = {"persistent": True, "timeout": 30000, "configuration": {"interval": 1000, "x": [1]}}
+    response = await client.put("/v1/queue/emails", json=body)
+    assert response.status_code == 200
+    assert response.json()["options"]["timeout"] == 30000
+    assert response.json()["configuration"] == {"interval": 1000, "x": [1]}
+    assert (await client.get("/v1/queue/emails")).json() == {
+        "configuration": {"interval": 1000, "x": [1]}
+    }
+    await client.put("/v1/queue/emails", json={})
+    assert (await client.get("/v1/queue/emails")).json() == {"configuration": {"interval": 30000}}
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "fragment"),
+    [
+        ("ok", {"timeot": 1}, "unknown queue option 'timeot'"),
+        ("ok", {"timeout": 0}, "'timeout' must be an integer from 1"),
+        ("ok", {"persistent": "yes"}, "true or false"),
+        ("ok", {"configuration": []}, "must be an object"),
+        ("ok", {"configuration": {"interval": "soon"}}, "interval"),
+        ("ok", [], "JSON object"),
+        ("bad name!", {}, "invalid queue name"),
+    ],
+)
+async def test_bad_queue_options_are_422(
+    client: httpx.AsyncClient, name: str, body: object, fragment: str
+) -> None:
+    response = await client.put(f"/v1/queue/{name}", json=body)
+    assert response.status_code in (400, 422)
+    assert fragment in response.json()["error"]
+    assert name not in [q["name"] for q in (await client.get("/v1/queues")).json()["queues"]]
+
+
+async def test_list_queues_with_counts_and_delete_a_queue(client: httpx.AsyncClient) -> None:
+    await enqueue(client, "q", {"data": 1}, {"data": 2}, {"data": 3, "status": "paused"})
+    await client.post("/v1/queue/q", json={})
+    queues = {q["name"]: q for q in (await client.get("/v1/queues")).json()["queues"]}
+    assert set(queues) == {"q", "history", "plain"}
+    assert queues["q"]["counts"] == {
+        "paused": 1,
+        "queued": 1,
+        "in progress": 1,
+        "done": 0,
+        "failed": 0,
+        "cancelled": 0,
+    }
+    assert queues["q"]["options"]["persistent"] is True
+    deleted = await client.delete("/v1/queue/q")
+    assert deleted.json() == {"deleted": "q", "tasks": 3}
+    assert (await client.get("/v1/queue/q")).status_code == 404
+    assert (await client.delete("/v1/queue/q")).status_code == 404
+
+
+async def test_list_tasks_by_status_and_page(client: httpx.AsyncClient) -> None:
+    ids = await enqueue(client, "q", *({"data": i} for i in range(5)))
+    await client.post("/v1/queue/q", json={"max": 2})
+    running = (await client.get("/v1/queue/q/tasks", params={"status": "in progress"})).json()
+    assert [t["_id"] for t in running["tasks"]] == ids[:2] and running["next"] is None
+    first = (await client.get("/v1/queue/q/tasks", params={"limit": 3})).json()
+    assert [t["_id"] for t in first["tasks"]] == ids[:3]
+    second = (
+        await client.get("/v1/queue/q/tasks", params={"limit": 3, "after": first["next"]})
+    ).json()
+    assert [t["_id"] for t in second["tasks"]] == ids[3:]
+    both = await client.get("/v1/queue/q/tasks", params={"status": "queued,in progress"})
+    assert len(both.json()["tasks"]) == 5
+    for params in ({"status": "running"}, {"limit": 0}, {"limit": "ten"}, {"limit": 5000}):
+        bad = await client.get("/v1/queue/q/tasks", params=params)
+        assert bad.status_code == 422, params
+
+
+async def test_get_and_delete_a_task(client: httpx.AsyncClient) -> None:
+    (task_id,) = await enqueue(client, "q", {"data": [1, 2]})
+    record = (await client.get(f"/v1/queue/q/tasks/{task_id}")).json()
+    assert record["_id"] == task_id and record["data"] == [1, 2] and record["status"] == "queued"
+    assert (await client.get(f"/v1/queue/history/tasks/{task_id}")).status_code == 404
+    assert (await client.get("/v1/queue/q/tasks/not-an-id")).status_code == 404
+    assert (await client.delete(f"/v1/queue/q/tasks/{task_id}")).json()["deleted"] is True
+    assert (await client.get(f"/v1/queue/q/tasks/{task_id}")).status_code == 404
+    assert (await client.delete(f"/v1/queue/q/tasks/{task_id}")).status_code == 404
+
+
+async def test_get_task_waits_for_its_outcome(client: httpx.AsyncClient) -> None:
+    (task_id,) = await enqueue(client, "plain", {"data": 1})
+    waiting = asyncio.create_task(client.get(f"/v1/queue/plain/tasks/{task_id}?wait=4"))
+    await client.post("/v1/queue/plain", json={})
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    ack = {"_id": task_id, "status": "done", "result": {"ok": True}}
+    await client.post("/v1/queue/plain", json={"tasks": [ack]})
+    record = (await asyncio.wait_for(waiting, 3)).json()
+    # The queue keeps no history, yet the waiting producer still learns the outcome.
+    assert record["status"] == "done" and record["result"] == {"ok": True}
+
+
+async def test_get_task_wait_times_out_with_the_current_record(client: httpx.AsyncClient) -> None:
+    (task_id,) = await enqueue(client, "q", {"data": 1})
+    response = await client.get(f"/v1/queue/q/tasks/{task_id}", params={"wait": 0.1})
+    assert response.status_code == 200 and response.json()["status"] == "queued"
+    assert (
+        await client.get(f"/v1/queue/q/tasks/{task_id}", params={"wait": -1})
+    ).status_code == 422
+
+
+async def test_delayed_task_becomes_available(client: httpx.AsyncClient) -> None:
+    (task_id,) = await enqueue(client, "q", {"data": 1, "delay": 0.1})
+    record = (await client.get(f"/v1/queue/q/tasks/{task_id}")).json()
+    assert record["status"] == "queued" and record["run_at"] is not None
+
+    async def delivered() -> bool:
+        return (await client.post("/v1/queue/q", json={})).status_code == 200
+
+    await eventually(delivered)
+
+
+async def test_delayed_task_wakes_a_long_poll(client: httpx.AsyncClient) -> None:
+    await enqueue(client, "q", {"data": "later", "delay": 0.2})
+    response = await client.post("/v1/queue/q", json={"wait": 4})
+    assert response.status_code == 200 and response.json()["tasks"][0]["data"] == "later"
+
+
+async def test_healthz(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+    assert response.status_code == 200 and response.json()["status"] == "ok"
+
+
+async def test_status_callbacks(client: httpx.AsyncClient, katar: Katar) -> None:
+    seen: list[tuple[str, str]] = []
+    katar.on("q.done", lambda task: seen.append((task.queue, task.status)))
+
+    async def on_any_queued(task: Task) -> None:
+        seen.append(("*", task.status))
+
+    katar.on("*.queued", on_any_queued)
+    (task_id,) = await enqueue(client, "q", {"data": 1})
+    await client.post("/v1/queue/q", json={})
+    await client.post("/v1/queue/q", json={"tasks": [{"_id": task_id, "status": "done"}]})
+    await eventually(lambda: asyncio.sleep(0, len(seen) == 2))
+    assert sorted(seen) == [("*", "queued"), ("q", "done")]

@@ -1,0 +1,383 @@
+"""The store conformance suite: every store must pass every test here.
+
+Time is passed in explicitly (``now``), so leases and delays are tested without sleeping.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from katar.core.model import Ack, NewTask, QueueOptions, State, Task
+from katar.errors import Conflict, IllegalTransition, QueueNotFound, TaskNotFound
+from katar.store import Store, open_store
+from tests.conftest import DURABLE_KINDS, store_url
+
+T0 = 1_700_000_000_000
+KEEP = QueueOptions(persistent=True, timeout=1000, max_attempts=3)
+DROP = QueueOptions(persistent=False, timeout=1000, max_attempts=3)
+
+
+def new(data: object, priority: int = 0, delay_ms: int = 0, paused: bool = False) -> NewTask:
+    return NewTask(
+        data=msgspec.Raw(msgspec.json.encode(data)),
+        priority=priority,
+        delay_ms=delay_ms,
+        paused=paused,
+    )
+
+
+def ack(task: Task | int, status: str = "done", **fields: object) -> Ack:
+    task_id = task.id if isinstance(task, Task) else task
+    return Ack(task_id=str(task_id), status=status, **fields)  # type: ignore[arg-type]
+
+
+def data(task: Task) -> object:
+    return msgspec.json.decode(task.data)
+
+
+async def setup(store: Store, options: QueueOptions = KEEP, name: str = "q") -> None:
+    await store.save_queue(name, options)
+
+
+async def claim(
+    store: Store, limit: int = 1, options: QueueOptions = KEEP, now: int = T0, queue: str = "q"
+) -> list[Task]:
+    return (await store.poll(queue, options, [], limit, "w1", now)).delivered
+
+
+async def test_queues_are_saved_replaced_and_deleted(store: Store) -> None:
+    await store.save_queue("a", KEEP)
+    await store.save_queue("b", DROP)
+    await store.save_queue("a", DROP)
+    assert await store.load_queues() == {"a": DROP, "b": DROP}
+    await store.enqueue("a", [new(1), new(2)], T0)
+    assert await store.delete_queue("a") == 2
+    assert await store.load_queues() == {"b": DROP}
+    with pytest.raises(QueueNotFound):
+        await store.enqueue("a", [new(1)], T0)
+
+
+async def test_enqueue_gives_growing_ids_and_keeps_data_verbatim(store: Store) -> None:
+    await setup(store)
+    raw = msgspec.Raw(b'{"b": 1,  "a": [1, 2.50]}')
+    created = await store.enqueue("q", [NewTask(data=raw), new("x"), new(None)], T0)
+    assert [t.id for t in created] == sorted(t.id for t in created)
+    assert len({t.id for t in created}) == 3
+    assert bytes(created[0].data) == bytes(raw)
+    got = await store.get_task("q", created[0].id)
+    assert got is not None and bytes(got.data) == bytes(raw)
+    assert got.state is State.READY and got.attempts == 0 and got.created_at == T0
+
+
+async def test_delayed_and_paused_tasks_are_not_claimed(store: Store) -> None:
+    await setup(store)
+    delayed, paused = await store.enqueue("q", [new(1, delay_ms=500), new(2, paused=True)], T0)
+    assert delayed.state is State.SCHEDULED and delayed.run_at == T0 + 500
+    assert paused.state is State.PAUSED
+    assert await claim(store) == []
+    assert await store.expire({"q": KEEP}, T0 + 499) == []
+    changes = await store.expire({"q": KEEP}, T0 + 500)
+    assert [(c.task.id, c.task.state, c.old) for c in changes] == [
+        (delayed.id, State.READY, State.SCHEDULED)
+    ]
+    assert [t.id for t in await claim(store, 5)] == [delayed.id]
+
+
+async def test_claim_takes_highest_priority_then_oldest(store: Store) -> None:
+    await setup(store)
+    created = await store.enqueue(
+        "q", [new("low", -10), new("n1"), new("high", 10), new("n2"), new("mid", 5)], T0
+    )
+    by_name = {data(t): t.id for t in created}
+    first = await claim(store, 2)
+    assert [data(t) for t in first] == ["high", "mid"]
+    rest = await claim(store, 10)
+    assert [t.id for t in rest] == [by_name["n1"], by_name["n2"], by_name["low"]]
+
+
+async def test_claim_leases_the_task(store: Store) -> None:
+    await setup(store)
+    await store.enqueue("q", [new(1)], T0)
+    (task,) = await claim(store, now=T0 + 5)
+    assert task.state is State.RUNNING
+    assert task.attempts == 1
+    assert task.worker == "w1"
+    assert task.lease_until == T0 + 5 + KEEP.timeout
+    assert await claim(store) == []
+
+
+async def test_claim_is_per_queue(store: Store) -> None:
+    await setup(store, name="a")
+    await setup(store, name="b")
+    await store.enqueue("a", [new("a")], T0)
+    assert await claim(store, queue="b") == []
+    assert [data(t) for t in await claim(store, queue="a")] == ["a"]
+
+
+async def test_done_keeps_history_with_result_in_a_persistent_queue(store: Store) -> None:
+    await setup(store, KEEP)
+    await store.enqueue("q", [new(1)], T0)
+    (task,) = await claim(store)
+    result = msgspec.Raw(b'{"sent": true}')
+    polled = await store.poll("q", KEEP, [ack(task, result=result)], 1, "w1", T0 + 10)
+    assert polled.delivered == []
+    assert [(c.task.state, c.old) for c in polled.changes] == [(State.DONE, State.RUNNING)]
+    stored = await store.get_task("q", task.id)
+    assert stored is not None and stored.state is State.DONE
+    assert stored.result is not None and bytes(stored.result) == b'{"sent": true}'
+    assert stored.lease_until is None
+
+
+async def test_done_and_failed_tasks_are_removed_from_a_queue_without_history(
+    store: Store,
+) -> None:
+    await setup(store, DROP)
+    await store.enqueue("q", [new(1), new(2)], T0)
+    one, two = await claim(store, 2, DROP)
+    acks = [ack(one), ack(two, "failed", error="boom")]
+    polled = await store.poll("q", DROP, acks, 1, "w1", T0)
+    assert [(c.task.id, c.task.state) for c in polled.changes] == [
+        (one.id, State.DONE),
+        (two.id, State.FAILED),
+    ]
+    assert polled.changes[1].task.error == "boom"
+    assert await store.get_task("q", one.id) is None
+    assert await store.get_task("q", two.id) is None
+
+
+async def test_acks_are_idempotent(store: Store) -> None:
+    for options in (KEEP, DROP):
+        name = f"q{int(options.persistent)}"
+        await setup(store, options, name)
+        await store.enqueue(name, [new(1)], T0)
+        (task,) = await claim(store, 1, options, queue=name)
+        for _ in range(3):
+            await store.poll(name, options, [ack(task)], 0, "w1", T0)
+        again = await store.poll(name, options, [ack(task, "failed", error="late")], 0, "w", T0)
+        assert again.changes == []
+        stored = await store.get_task(name, task.id)
+        if options.persistent:
+            assert stored is not None and stored.state is State.DONE
+        else:
+            assert stored is None
+
+
+async def test_ack_and_claim_happen_in_one_call(store: Store) -> None:
+    await setup(store)
+    await store.enqueue("q", [new(1), new(2)], T0)
+    (first,) = await claim(store)
+    polled = await store.poll("q", KEEP, [ack(first)], 1, "w1", T0)
+    assert [data(t) for t in polled.delivered] == [2]
+    assert [c.task.id for c in polled.changes] == [first.id]
+
+
+async def test_an_ack_for_an_unknown_task_is_not_found(store: Store) -> None:
+    await setup(store)
+    await setup(store, name="other")
+    await store.enqueue("q", [new(1)], T0)
+    (foreign,) = await store.enqueue("other", [new(2)], T0)
+    (mine,) = await claim(store)
+    for bad in ("999999", "abc", "-1", "0", str(foreign.id)):
+        acks = [ack(mine, "in progress"), Ack(task_id=bad, status="done")]
+        with pytest.raises(TaskNotFound) as caught:
+            await store.poll("q", KEEP, acks, 1, "w", T0)
+        assert caught.value.details["ack"] == 1
+
+
+async def test_one_bad_ack_changes_nothing(store: Store) -> None:
+    await setup(store)
+    await store.enqueue("q", [new(1), new(2), new(3)], T0)
+    one, two = await claim(store, 2)
+    with pytest.raises(TaskNotFound):
+        await store.poll("q", KEEP, [ack(one), ack(two, "failed"), ack(999_999)], 5, "w", T0)
+    for task in (one, two):
+        stored = await store.get_task("q", task.id)
+        assert stored is not None and stored.state is State.RUNNING
+    remaining = await claim(store, 5)
+    assert [data(t) for t in remaining] == [3]
+
+
+async def test_an_ack_for_a_task_never_delivered_is_a_conflict(store: Store) -> None:
+    await setup(store)
+    (task,) = await store.enqueue("q", [new(1)], T0)
+    with pytest.raises(Conflict) as caught:
+        await store.poll("q", KEEP, [ack(task)], 1, "w", T0)
+    assert caught.value.details["ack"] == 0
+    stored = await store.get_task("q", task.id)
+    assert stored is not None and stored.state is State.READY
+
+
+async def test_fencing_ignores_an_ack_from_an_expired_delivery(store: Store) -> None:
+    await setup(store)
+    await store.enqueue("q", [new(1)], T0)
+    (first,) = await claim(store)
+    await store.expire({"q": KEEP}, T0 + KEEP.timeout)
+    (second,) = await claim(store, now=T0 + KEEP.timeout + 1)
+    assert second.id == first.id and second.attempts == 2
+    stale = await store.poll("q", KEEP, [ack(first, "failed", attempt=1)], 0, "w", T0 + 1001)
+    assert stale.changes == []
+    stored = await store.get_task("q", first.id)
+    assert stored is not None and stored.state is State.RUNNING
+    await store.poll("q", KEEP, [ack(second, attempt=2)], 0, "w", T0 + 1002)
+    stored = await store.get_task("q", first.id)
+    assert stored is not None and stored.state is State.DONE
+    with pytest.raises(Conflict):
+        await store.poll("q", KEEP, [ack(first, attempt=3)], 0, "w", T0 + 1003)
+
+
+async def test_a_heartbeat_extends_the_lease(store: Store) -> None:
+    await setup(store)
+    await store.enqueue("q", [new(1)], T0)
+    (task,) = await claim(store)
+    beat = await store.poll("q", KEEP, [ack(task, "in progress")], 0, "w", T0 + 900)
+    assert beat.changes == []
+    stored = await store.get_task("q", task.id)
+    assert stored is not None and stored.lease_until == T0 + 900 + KEEP.timeout
+    assert await store.expire({"q": KEEP}, T0 + KEEP.timeout) == []
+    changes = await store.expire({"q": KEEP}, T0 + 900 + KEEP.timeout)
+    assert [c.task.state for c in changes] == [State.READY]
+
+
+async def test_an_expired_lease_requeues_then_fails_when_attempts_are_spent(store: Store) -> None:
+    await setup(store)
+    await store.enqueue("q", [new(1)], T0)
+    now = T0
+    for attempt in range(1, KEEP.max_attempts + 1):
+        (task,) = await claim(store, now=now)
+        assert task.attempts == attempt
+        now += KEEP.timeout
+        (change,) = await store.expire({"q": KEEP}, now)
+        assert change.old is State.RUNNING
+    assert change.task.state is State.FAILED
+    assert change.task.error is not None and "lease expired" in change.task.error
+    assert await claim(store, now=now) == []
+
+
+async def test_failed_with_retry_backs_off_then_fails_for_good(store: Store) -> None:
+    options = QueueOptions(persistent=True, max_attempts=2, retry_delay=100, timeout=1000)
+    await setup(store, options)
+    await store.enqueue("q", [new(1)], T0)
+    (task,) = await claim(store, 1, options)
+    polled = await store.poll(
+        "q", options, [ack(task, "failed", error="e1", retry=True)], 1, "w", T0
+    )
+    assert polled.delivered == []
+    stored = await store.get_task("q", task.id)
+    assert stored is not None and stored.state is State.SCHEDULED and stored.run_at == T0 + 100
+    assert stored.error == "e1"
+    await store.expire({"q": options}, T0 + 100)
+    (task,) = await claim(store, 1, options, now=T0 + 100)
+    await store.poll("q", options, [ack(task, "failed", error="e2", retry=True)], 0, "w", T0 + 101)
+    stored = await store.get_task("q", task.id)
+    assert stored is not None and stored.state is State.FAILED and stored.error == "e2"
+
+
+async def test_failed_follows_the_queue_retry_option_by_default(store: Store) -> None:
+    options = QueueOptions(persistent=True, retry_failed=True, retry_delay=0)
+    await setup(store, options)
+    await store.enqueue("q", [new(1)], T0)
+    (task,) = await claim(store, 1, options)
+    polled = await store.poll("q", options, [ack(task, "failed")], 1, "w", T0)
+    assert [t.attempts for t in polled.delivered] == [2]
+
+
+async def test_status_changes_follow_the_contract(store: Store) -> None:
+    await setup(store)
+    a, b = await store.enqueue("q", [new("a"), new("b")], T0)
+    change = await store.set_status("q", a.id, "paused", T0 + 1)
+    assert change is not None and change.task.state is State.PAUSED
+    assert await store.set_status("q", a.id, "paused", T0 + 2) is None
+    assert [data(t) for t in await claim(store, 5)] == ["b"]
+    with pytest.raises(IllegalTransition):
+        await store.set_status("q", b.id, "cancelled", T0)  # in progress
+    change = await store.set_status("q", a.id, "queued", T0 + 3)
+    assert change is not None and change.task.state is State.READY
+    change = await store.set_status("q", a.id, "cancelled", T0 + 4)
+    assert change is not None and change.task.state is State.CANCELLED
+    with pytest.raises(IllegalTransition):
+        await store.set_status("q", a.id, "paused", T0)
+    change = await store.set_status("q", a.id, "queued", T0 + 5)  # retry a cancelled task
+    assert change is not None and change.task.state is State.READY
+    with pytest.raises(TaskNotFound):
+        await store.set_status("q", 999_999, "paused", T0)
+
+
+async def test_a_retried_failed_task_gets_fresh_attempts_but_keeps_its_count(store: Store) -> None:
+    options = QueueOptions(persistent=True, max_attempts=1)
+    await setup(store, options)
+    await store.enqueue("q", [new(1)], T0)
+    (task,) = await claim(store, 1, options)
+    await store.poll("q", options, [ack(task, "failed", error="x")], 0, "w", T0)
+    with pytest.raises(IllegalTransition):
+        await store.set_status("q", task.id, "paused", T0)
+    await store.set_status("q", task.id, "queued", T0 + 1)
+    (again,) = await claim(store, 1, options)
+    assert again.attempts == 2
+    polled = await store.poll("q", options, [ack(task, "done", attempt=1)], 0, "w", T0 + 2)
+    assert polled.changes == []  # the first delivery's ack cannot settle the second
+    await store.expire({"q": options}, T0 + options.timeout + 10)
+    stored = await store.get_task("q", task.id)
+    assert stored is not None and stored.state is State.FAILED
+
+
+async def test_list_count_and_delete(store: Store) -> None:
+    await setup(store)
+    await setup(store, name="empty")
+    created = await store.enqueue("q", [new(i) for i in range(5)], T0)
+    await claim(store, 2)
+    running = await store.list_tasks("q", [State.RUNNING], 10, 0)
+    assert [t.id for t in running] == [t.id for t in created[:2]]
+    page = await store.list_tasks("q", None, 2, created[1].id)
+    assert [t.id for t in page] == [t.id for t in created[2:4]]
+    counts = await store.counts()
+    assert counts["q"] == {State.RUNNING: 2, State.READY: 3}
+    assert counts["empty"] == {}
+    assert await store.delete_task("q", created[0].id)
+    assert not await store.delete_task("q", created[0].id)
+    assert not await store.delete_task("empty", created[1].id)
+    assert await store.get_task("q", created[0].id) is None
+    assert await store.get_task("empty", created[1].id) is None
+
+
+async def test_ids_are_never_reused(store: Store) -> None:
+    await setup(store, DROP)
+    (first,) = await store.enqueue("q", [new(1)], T0)
+    (task,) = await claim(store, 1, DROP)
+    await store.poll("q", DROP, [ack(task)], 0, "w", T0)
+    (second,) = await store.enqueue("q", [new(2)], T0)
+    assert second.id > first.id
+
+
+async def test_a_claim_at_depth_still_finds_the_best_task(store: Store) -> None:
+    await setup(store)
+    await store.enqueue("q", [new(i) for i in range(5000)], T0)
+    (urgent,) = await store.enqueue("q", [new("urgent", priority=1)], T0)
+    (task,) = await claim(store)
+    assert task.id == urgent.id
+
+
+@pytest.mark.parametrize("kind", DURABLE_KINDS)
+async def test_durable_across_reopen(kind: str, tmp_path: Path) -> None:
+    url = store_url(kind, tmp_path)
+    first = open_store(url)
+    await first.open()
+    await first.save_queue("q", DROP)
+    created = await first.enqueue("q", [new(1), new(2)], T0)
+    (task,) = (await first.poll("q", DROP, [], 1, "w", T0)).delivered
+    await first.poll("q", DROP, [ack(task)], 0, "w", T0)
+    await first.close()
+    second = open_store(url)
+    await second.open()
+    try:
+        assert await second.load_queues() == {"q": DROP}
+        remaining = await second.list_tasks("q", None, 10, 0)
+        assert [t.id for t in remaining] == [created[1].id]
+        (newer,) = await second.enqueue("q", [new(3)], T0)
+        assert newer.id > created[1].id
+        # The finished, deleted task's id is remembered as issued: a late ack is a no-op.
+        assert (await second.poll("q", DROP, [ack(task)], 0, "w", T0)).changes == []
+    finally:
+        await second.close()

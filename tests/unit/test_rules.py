@@ -1,0 +1,134 @@
+"""The queue rules, as pure functions."""
+
+from __future__ import annotations
+
+import itertools
+
+import msgspec
+import pytest
+
+from katar.core import rules
+from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_priority
+from katar.errors import Conflict, IllegalTransition, ValidationError
+
+T0 = 1_000_000
+OPTIONS = QueueOptions(persistent=True, timeout=100, max_attempts=3, retry_delay=10)
+
+
+def task(state: State, attempts: int = 0, **fields: object) -> Task:
+    return Task(
+        id=7,
+        queue="q",
+        state=state,
+        priority=0,
+        data=msgspec.Raw(b"1"),
+        attempts=attempts,
+        created_at=T0,
+        updated_at=T0,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+# The contract's transitions for PATCH: (from status, to status) -> allowed.
+ALLOWED = {
+    ("paused", "cancelled"),
+    ("queued", "cancelled"),
+    ("queued", "paused"),
+    ("paused", "queued"),
+    ("failed", "queued"),
+    ("cancelled", "queued"),
+}
+
+
+@pytest.mark.parametrize(("state", "target"), list(itertools.product(State, rules.PATCH_STATUSES)))
+def test_every_status_change_is_allowed_or_refused_as_the_contract_says(
+    state: State, target: str
+) -> None:
+    current = task(state, attempts=1 if state is State.RUNNING else 0, run_at=T0 + 5)
+    if current.status == target:
+        assert rules.change_status(current, target, T0) is None
+    elif (current.status, target) in ALLOWED:
+        changed = rules.change_status(current, target, T0 + 1)
+        assert changed is not None and changed.status == target and changed.updated_at == T0 + 1
+    else:
+        with pytest.raises(IllegalTransition) as caught:
+            rules.change_status(current, target, T0)
+        assert current.status in caught.value.message
+
+
+def test_unknown_patch_status_is_a_validation_error() -> None:
+    with pytest.raises(ValidationError):
+        rules.change_status(task(State.READY), "done", T0)
+
+
+def test_resuming_a_paused_delayed_task_keeps_its_not_before_time() -> None:
+    resumed = rules.change_status(task(State.PAUSED, run_at=T0 + 50), "queued", T0)
+    assert resumed is not None and resumed.state is State.SCHEDULED and resumed.run_at == T0 + 50
+    due = rules.change_status(task(State.PAUSED, run_at=T0 + 50), "queued", T0 + 50)
+    assert due is not None and due.state is State.READY and due.run_at is None
+
+
+def test_new_tasks_start_ready_scheduled_or_paused() -> None:
+    raw = msgspec.Raw(b"{}")
+    assert rules.new_task("q", NewTask(data=raw), 1, T0).state is State.READY
+    later = rules.new_task("q", NewTask(data=raw, delay_ms=5), 1, T0)
+    assert later.state is State.SCHEDULED and later.run_at == T0 + 5
+    assert rules.new_task("q", NewTask(data=raw, paused=True), 1, T0).state is State.PAUSED
+
+
+def test_backoff_doubles_up_to_its_ceiling() -> None:
+    options = QueueOptions(retry_delay=100, retry_delay_max=1000)
+    assert [rules.retry_delay(options, n) for n in range(1, 7)] == [100, 200, 400, 800, 1000, 1000]
+    assert rules.retry_delay(QueueOptions(retry_delay=0), 3) == 0
+
+
+def test_an_ack_applies_only_to_the_current_delivery() -> None:
+    running = task(State.RUNNING, attempts=2, lease_until=T0 + 100)
+    done = rules.apply_ack(running, Ack(task_id="7", status="done"), OPTIONS, T0)
+    assert done is not None and done.state is State.DONE
+    fenced = rules.apply_ack(running, Ack(task_id="7", status="done", attempt=1), OPTIONS, T0)
+    assert fenced is None
+    with pytest.raises(Conflict):
+        rules.apply_ack(running, Ack(task_id="7", status="done", attempt=3), OPTIONS, T0)
+    with pytest.raises(Conflict):
+        rules.apply_ack(task(State.READY), Ack(task_id="7", status="done"), OPTIONS, T0)
+
+
+def test_failed_retries_while_attempts_remain() -> None:
+    failed = Ack(task_id="7", status="failed", error="e", retry=True)
+    retried = rules.apply_ack(task(State.RUNNING, attempts=2), failed, OPTIONS, T0)
+    assert retried is not None and retried.state is State.SCHEDULED
+    assert retried.run_at == T0 + 20 and retried.error == "e"
+    final = rules.apply_ack(task(State.RUNNING, attempts=3), failed, OPTIONS, T0)
+    assert final is not None and final.state is State.FAILED
+    no_retry = Ack(task_id="7", status="failed")
+    assert rules.apply_ack(task(State.RUNNING, attempts=1), no_retry, OPTIONS, T0).state is (  # type: ignore[union-attr]
+        State.FAILED
+    )
+
+
+def test_unlimited_attempts() -> None:
+    options = QueueOptions(max_attempts=0)
+    expired = rules.expire_lease(task(State.RUNNING, attempts=10_000), options, T0)
+    assert expired is not None and expired.state is State.READY
+
+
+def test_discard_only_finished_tasks_of_queues_without_history() -> None:
+    drop = QueueOptions(persistent=False)
+    assert rules.discard(task(State.DONE), drop)
+    assert rules.discard(task(State.FAILED), drop)
+    assert not rules.discard(task(State.CANCELLED), drop)
+    assert not rules.discard(task(State.DONE), OPTIONS)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("high", 10), ("normal", 0), ("low", -10), (3, 3), (-(2**31), -(2**31))]
+)
+def test_priorities(value: object, expected: int) -> None:
+    assert parse_priority(value) == expected
+
+
+@pytest.mark.parametrize("value", ["urgent", 1.5, True, 2**31, None])
+def test_bad_priorities(value: object) -> None:
+    with pytest.raises(ValidationError):
+        parse_priority(value)
