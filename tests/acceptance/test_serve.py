@@ -1,0 +1,231 @@
+"""``katar serve`` as users run it: a real process, driven over HTTP."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.acceptance.conftest import KatarProcess, run_katar, wait_until
+
+CONFIG = """
+[store]
+url = "sqlite:///data/katar.db"
+
+[queues.emails]
+persistent = true
+timeout = 5000
+max_attempts = 10
+
+[queues.emails.configuration]
+interval = 1000
+smtp_host = "mail.internal"
+"""
+
+
+def write_config(tmp_path: Path, text: str = CONFIG) -> Path:
+    (tmp_path / "data").mkdir(exist_ok=True)
+    path = tmp_path / "katar.toml"
+    path.write_text(text)
+    return path
+
+
+def test_quick_start(tmp_path: Path, servers: list[KatarProcess]) -> None:
+    server = KatarProcess(tmp_path).start()
+    servers.append(server)
+    assert "store sqlite:///katar.db" in server.output()
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert client.put("/v1/queue/emails", json={"persistent": True}).status_code == 200
+        created = client.post("/v1/queue/emails/tasks", json={"data": {"to": "a@example.com"}})
+        assert created.status_code == 201
+        task = client.post("/v1/queue/emails", json={}).json()["tasks"][0]
+        assert task["data"] == {"to": "a@example.com"}
+        ack = {"tasks": [{"_id": task["_id"], "status": "done"}]}
+        assert client.post("/v1/queue/emails", json=ack).status_code == 204
+        assert client.get(f"/v1/queue/emails/tasks/{task['_id']}").json()["status"] == "done"
+    assert (tmp_path / "katar.db").exists()
+
+
+def test_configuration_file_declares_queues_that_persist(
+    tmp_path: Path, servers: list[KatarProcess]
+) -> None:
+    config = write_config(tmp_path)
+    server = KatarProcess(tmp_path, "--config", str(config)).start()
+    servers.append(server)
+    assert "queues: emails" in server.output()
+    expected = {"configuration": {"interval": 1000, "smtp_host": "mail.internal"}}
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert client.get("/v1/queue/emails").json() == expected
+        client.put("/v1/queue/images", json={"timeout": 1234})
+    assert server.terminate() == 0
+    # Restarted without the file (same store): both queues are still there.
+    again = KatarProcess(tmp_path, "--db", "sqlite:///data/katar.db").start()
+    servers.append(again)
+    with httpx.Client(base_url=again.url, timeout=10) as client:
+        assert client.get("/v1/queue/emails").json() == expected
+        queues = {q["name"]: q for q in client.get("/v1/queues").json()["queues"]}
+        assert queues["images"]["options"]["timeout"] == 1234
+
+
+def test_sigterm_releases_long_polls_and_exits_cleanly(
+    tmp_path: Path, servers: list[KatarProcess]
+) -> None:
+    server = KatarProcess(tmp_path, "--db", "sqlite:///k.db").start()
+    servers.append(server)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        client.put("/v1/queue/q", json={"persistent": True})
+        (record,) = client.post("/v1/queue/q/tasks", json={"data": 1}).json()["tasks"]
+        client.post("/v1/queue/q", json={})
+    results: list[int] = []
+
+    def long_poll() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            results.append(client.post("/v1/queue/q", json={"wait": 25}).status_code)
+
+    poller = threading.Thread(target=long_poll)
+    poller.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    assert server.terminate() == 0, server.output()
+    poller.join(10)
+    assert results == [204]
+    assert time.monotonic() - started < 10  # released, not held for its 25 s
+    # The store was closed cleanly and keeps the task, still leased.
+    again = KatarProcess(tmp_path, "--db", "sqlite:///k.db").start()
+    servers.append(again)
+    with httpx.Client(base_url=again.url, timeout=10) as client:
+        assert client.get(f"/v1/queue/q/tasks/{record['_id']}").json()["status"] == "in progress"
+
+
+class Drain:
+    """Workers that drain a queue the way katar-worker-http workers do, with acks piggybacked
+    on the next poll, and a record of what each of them saw."""
+
+    def __init__(self, url: str, queue: str) -> None:
+        self.url = url
+        self.queue = queue
+        self.lock = threading.Lock()
+        self.seq = itertools.count()
+        self.deliveries: list[tuple[int, str, int]] = []  # (seq, id, attempt)
+        self.confirmed: list[tuple[int, str, int]] = []  # acks answered by the server
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+
+    def work(self, name: str, batch: int) -> None:
+        acks: list[dict[str, Any]] = []
+        with httpx.Client(timeout=10) as client:
+            while not self.stop.is_set():
+                body = {"tasks": acks, "max": batch, "worker": name}
+                try:
+                    response = client.post(f"{self.url}/v1/queue/{self.queue}", json=body)
+                except httpx.TransportError:
+                    time.sleep(0.05)  # the server is down: keep the acks, try again
+                    continue
+                if response.status_code not in (200, 204):
+                    with self.lock:
+                        self.errors.append(f"{response.status_code} {response.text}")
+                    time.sleep(0.05)
+                    continue
+                tasks = response.json()["tasks"] if response.status_code == 200 else []
+                with self.lock:
+                    seq = next(self.seq)
+                    self.confirmed.extend((seq, a["_id"], a["attempt"]) for a in acks)
+                    self.deliveries.extend((seq, t["_id"], t["attempt"]) for t in tasks)
+                acks = [{"_id": t["_id"], "status": "done", "attempt": t["attempt"]} for t in tasks]
+                if not tasks:
+                    time.sleep(0.02)
+
+
+def test_kill_9_mid_drain_loses_nothing(tmp_path: Path, servers: list[KatarProcess]) -> None:
+    config = write_config(tmp_path)
+    server = KatarProcess(tmp_path, "--config", str(config)).start()
+    servers.append(server)
+    total = 3000
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for start in range(0, total, 500):
+            body = {"tasks": [{"data": i} for i in range(start, start + 500)]}
+            assert client.post("/v1/queue/emails/tasks", json=body).status_code == 201
+    drain = Drain(server.url, "emails")
+    with ThreadPoolExecutor(8) as pool:
+        for n in range(8):
+            pool.submit(drain.work, f"w{n}", 1 if n < 6 else 5)
+        wait_until(lambda: len(drain.confirmed) >= total // 3)
+        server.kill()
+        restarted = KatarProcess(tmp_path, "--config", str(config)).start()
+        servers.append(restarted)
+        drain.url = restarted.url
+
+        def all_done() -> bool:
+            stats = httpx.get(f"{restarted.url}/v1/queues", timeout=10).json()["queues"]
+            return bool(stats[0]["counts"]["done"] == total)
+
+        wait_until(all_done, seconds=90)
+        drain.stop.set()
+    assert drain.errors == []
+    first_confirmed: dict[str, int] = {}
+    for seq, task_id, _attempt in drain.confirmed:
+        first_confirmed.setdefault(task_id, seq)
+    assert len(first_confirmed) == total
+    redelivered_after_done = [
+        (seq, task_id)
+        for seq, task_id, _attempt in drain.deliveries
+        if seq > first_confirmed[task_id]
+    ]
+    assert redelivered_after_done == []
+    delivered = {task_id for _seq, task_id, _attempt in drain.deliveries}
+    assert len(delivered) == total
+
+
+def test_concurrent_workers_never_get_a_leased_task_twice(
+    tmp_path: Path, servers: list[KatarProcess]
+) -> None:
+    server = KatarProcess(tmp_path, "--db", "sqlite:///k.db").start()
+    servers.append(server)
+    total = 2000
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        client.put("/v1/queue/q", json={"timeout": 600000})
+        body = {"tasks": [{"data": i} for i in range(total)]}
+        assert client.post("/v1/queue/q/tasks", json=body).status_code == 201
+    drain = Drain(server.url, "q")
+    with ThreadPoolExecutor(16) as pool:
+        for n in range(16):
+            pool.submit(drain.work, f"w{n}", 1 + n % 3)
+
+        def drained() -> bool:
+            return len(drain.confirmed) >= total
+
+        wait_until(drained, seconds=60)
+        drain.stop.set()
+    ids = [task_id for _seq, task_id, _attempt in drain.deliveries]
+    assert len(ids) == len(set(ids)) == total
+    assert drain.errors == []
+
+
+def test_startup_errors_are_clear(tmp_path: Path) -> None:
+    bad_toml = write_config(tmp_path, "[queues.emails]\npersistent = tru\n")
+    result = run_katar(tmp_path, "serve", "--config", str(bad_toml))
+    assert result.returncode == 2
+    assert "invalid TOML" in result.stderr and "line 2" in result.stderr
+
+    unknown = write_config(tmp_path, "[queues.emails]\npersistent = true\ntimeot = 5\n")
+    result = run_katar(tmp_path, "serve", "--config", str(unknown))
+    assert result.returncode == 2
+    assert "line 3" in result.stderr and "[queues.emails] timeot" in result.stderr
+
+    result = run_katar(tmp_path, "serve", "--db", "sqlite:///no/such/dir/k.db", "--port", "0")
+    assert result.returncode == 1
+    assert "cannot open SQLite database" in result.stderr
+
+    result = run_katar(tmp_path, "serve", "--db", "mysql://x")
+    assert result.returncode == 2 and "unknown store scheme 'mysql'" in result.stderr
+
+    result = run_katar(tmp_path, "serve", "--host", "0.0.0.0", "--port", "0")
+    assert result.returncode == 2 and "--insecure" in result.stderr
+
+    missing = run_katar(tmp_path, "serve", "--config", str(tmp_path / "nope.toml"))
+    assert missing.returncode == 2 and "cannot read the configuration file" in missing.stderr
