@@ -1,11 +1,14 @@
 """``sqlite:///path.db``: the default store, one file on local disk.
 
-One writer thread owns the only writing connection. Operations from the event loop queue up
-for it; it takes everything that is waiting, runs each operation inside a SAVEPOINT of one
-shared transaction, commits once, and only then answers them all (group commit). So
-concurrent requests share one commit, a failing operation undoes only itself, and no answer
-is sent before its change is on disk. Reads run on a separate connection and thread: WAL lets
-them proceed while the writer writes.
+One connection does all the writing, on the event loop's thread. Writes requested while the
+loop runs its ready callbacks are queued; one callback after them runs each inside a
+SAVEPOINT of a single transaction, commits once, and only then answers them all (group
+commit). So the requests that arrive together share one commit, a failing operation undoes
+only itself, and no answer is sent before its change is committed. Running the writes on
+the loop's thread rather than a thread of their own was measured faster on two cores: no
+hand-off between threads and no contention for the GIL. What could block the loop for long
+is kept off it: reads run on their own connection and thread (WAL lets them proceed while
+the writer writes), and a checkpointer thread copies the WAL back into the database.
 
 With ``synchronous=NORMAL`` (the default) a committed transaction survives the process being
 killed; ``?synchronous=full`` in the URL makes it survive a power cut too, at the cost of a
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import queue as threading_queue
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +43,7 @@ from katar.errors import (
 from katar.store.base import Change, PollResult, Store
 
 T = TypeVar("T")
+log = logging.getLogger("katar")
 
 SCHEMA_VERSION: Final = 1
 _SCHEMA: Final = """
@@ -89,10 +93,9 @@ _CLAIM: Final = (
     f" ORDER BY priority DESC, id LIMIT ?) RETURNING {_COLUMNS}"
 )
 _EXPIRE_BATCH: Final = 1000
-_MAX_GROUP: Final = 1024  # operations per commit: bounds the latency a large group adds
 
 _Op = Callable[[sqlite3.Connection], Any]
-_Job = tuple[_Op, "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+_CHECKPOINT_INTERVAL: Final = 0.5  # seconds between checkpoints of the WAL
 _options_decoder: Final = msgspec.json.Decoder(QueueOptions)
 
 
@@ -129,8 +132,12 @@ class SQLiteStore(Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self._path, self._synchronous = parse_url(url)
-        self._jobs: threading_queue.SimpleQueue[_Job | None] = threading_queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: list[tuple[_Op, asyncio.Future[Any]]] = []
+        self._flush_scheduled = False
+        self._checkpointer: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="katar-sqlite-read")
         self._read_conn: sqlite3.Connection | None = None
         self._queue_ids: dict[str, int] = {}
@@ -155,10 +162,13 @@ class SQLiteStore(Store):
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
         conn = await loop.run_in_executor(self._reader, self._prepare)
-        self._writer = threading.Thread(
-            target=self._write_loop, args=(conn,), name="katar-sqlite-write", daemon=True
+        conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it
+        self._conn = conn
+        self._loop = loop
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="katar-sqlite-checkpoint", daemon=True
         )
-        self._writer.start()
+        self._checkpointer.start()
 
     def _prepare(self) -> sqlite3.Connection:
         conn = self._connect()
@@ -174,11 +184,7 @@ class SQLiteStore(Store):
             for queue_id, name in conn.execute("SELECT id, name FROM queues"):
                 self._queue_ids[name] = queue_id
                 self._queue_names[queue_id] = name
-            row = conn.execute(
-                "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'tasks'), 0),"
-                " coalesce((SELECT max(id) FROM tasks), 0))"
-            ).fetchone()
-            self._last_id = row[0]
+            self._last_id = _last_issued(conn)
         except sqlite3.Error as exc:
             conn.close()
             raise StoreUnavailable(f"cannot use SQLite database {self._path!r}: {exc}") from exc
@@ -189,46 +195,69 @@ class SQLiteStore(Store):
         return conn
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._jobs.put(None)
-            await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
-            self._writer = None
+        if self._conn is not None:
+            if self._pending:
+                self._flush()
+            conn, self._conn = self._conn, None
+            conn.close()
+        self._stopping.set()
+        if self._checkpointer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.join)
+            self._checkpointer = None
         if self._read_conn is not None:
             conn, self._read_conn = self._read_conn, None
             await asyncio.get_running_loop().run_in_executor(self._reader, conn.close)
         self._reader.shutdown(wait=True)
 
-    def _write_loop(self, conn: sqlite3.Connection) -> None:
+    def _checkpoint_loop(self) -> None:
+        """Copy the WAL back into the database off the event loop, so that a commit never
+        waits for a checkpoint's writes and flush."""
         try:
-            while True:
-                first = self._jobs.get()
-                if first is None:
-                    return
-                group = [first]
-                stop = False
-                while len(group) < _MAX_GROUP:
-                    try:
-                        job = self._jobs.get_nowait()
-                    except threading_queue.Empty:
-                        break
-                    if job is None:
-                        stop = True
-                        break
-                    group.append(job)
-                self._run_group(conn, group)
-                if stop:
-                    return
+            conn = self._connect()
+        except StoreError:
+            log.exception("the SQLite checkpointer cannot open the database")
+            return
+        try:
+            while not self._stopping.wait(_CHECKPOINT_INTERVAL):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:
+                    log.warning("SQLite checkpoint failed; trying again", exc_info=True)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            log.warning("final SQLite checkpoint failed", exc_info=True)
         finally:
             conn.close()
 
-    def _run_group(self, conn: sqlite3.Connection, group: list[_Job]) -> None:
+    def _flush(self) -> None:
+        """Run every pending write in one transaction, then answer them (group commit)."""
+        self._flush_scheduled = False
+        group, self._pending = self._pending, []
+        conn = self._conn
+        if conn is None:
+            failure = StoreUnavailable("the SQLite store is closed")
+            outcomes: list[tuple[bool, Any]] = [(False, failure)] * len(group)
+        else:
+            outcomes = self._run_group(conn, [op for op, _ in group])
+        for (_op, future), (ok, value) in zip(group, outcomes, strict=True):
+            if future.cancelled():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def _run_group(self, conn: sqlite3.Connection, ops: list[_Op]) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, _future, _loop in group:
+            for op in ops:
                 conn.execute("SAVEPOINT op")
                 try:
                     outcomes.append((True, op(conn)))
+                except sqlite3.Error as exc:
+                    conn.execute("ROLLBACK TO op")
+                    outcomes.append((False, _translate(exc)))
                 except Exception as exc:
                     conn.execute("ROLLBACK TO op")
                     outcomes.append((False, exc))
@@ -237,33 +266,28 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            failure = _translate(exc)
-            outcomes = [(False, failure)] * len(group)
             # What an operation learned about ids or queues may be undone: reload it.
             self._reload_ids(conn)
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-        for (_op, future, loop), (ok, value) in zip(group, outcomes, strict=True):
-            by_loop.setdefault(loop, []).append((future, ok, value))
-        for loop, answers in by_loop.items():
-            # A closed loop raises RuntimeError: nobody waits for these answers any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, answers)
+            return [(False, _translate(exc))] * len(ops)
+        return outcomes
 
     def _reload_ids(self, conn: sqlite3.Connection) -> None:
-        try:
-            self._queue_ids = {
-                name: qid for qid, name in conn.execute("SELECT id, name FROM queues")
-            }
-            self._queue_names = {qid: name for name, qid in self._queue_ids.items()}
-        except sqlite3.Error:
-            pass
+        with contextlib.suppress(sqlite3.Error):
+            rows = conn.execute("SELECT id, name FROM queues").fetchall()
+            self._queue_ids = {name: qid for qid, name in rows}
+            self._queue_names.update({qid: name for qid, name in rows})
+            self._last_id = max(self._last_id, _last_issued(conn))
 
     def _write(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        if self._writer is None:
+        if self._conn is None or self._loop is None:
             raise StoreUnavailable("the SQLite store is not open")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((op, future, loop))
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._pending.append((op, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            # After the callbacks already ready: the requests that arrived together share
+            # this transaction.
+            self._loop.call_soon(self._flush)
         return future
 
     async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
@@ -541,13 +565,10 @@ class SQLiteStore(Store):
 _KEEP: Final = QueueOptions(persistent=True)
 
 
-def _settle(answers: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for future, ok, value in answers:
-        if future.cancelled():
-            continue
-        if ok:
-            future.set_result(value)
-        elif isinstance(value, sqlite3.Error):
-            future.set_exception(_translate(value))
-        else:
-            future.set_exception(value)
+def _last_issued(conn: sqlite3.Connection) -> int:
+    """The highest task id ever issued, deleted tasks included."""
+    row = conn.execute(
+        "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'tasks'), 0),"
+        " coalesce((SELECT max(id) FROM tasks), 0))"
+    ).fetchone()
+    return int(row[0])
