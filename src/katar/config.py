@@ -59,10 +59,11 @@ class _Located:
         self.lines = text.splitlines()
 
     def line(self, table: str, key: str | None = None) -> int | None:
+        # The table's own header, or failing that the first header inside it.
         header = re.compile(
             r"^\s*\[\[?\s*"
             + r"\s*\.\s*".join(r'(?:"?' + re.escape(part) + r'"?)' for part in table.split("."))
-            + r"\s*\]\]?\s*(#.*)?$"
+            + r"\s*(\]|\.)"
         )
         start = None
         for number, text in enumerate(self.lines, 1):

@@ -170,7 +170,7 @@ class Engine:
         if result.changes:
             self._apply(result.changes)
         if result.delivered or wait <= 0:
-            return result.delivered
+            return self._deliver(result.delivered)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
@@ -182,7 +182,13 @@ class Engine:
             options = self.options(queue)
             result = await self.store.poll(queue, options, (), limit, worker, now_ms())
             if result.delivered:
-                return result.delivered
+                return self._deliver(result.delivered)
+
+    def _deliver(self, tasks: list[Task]) -> list[Task]:
+        if self._listeners:
+            for task in tasks:
+                self._emit(task)
+        return tasks
 
     async def _park(self, queue: str, timeout: float, gone: asyncio.Future[Any] | None) -> bool:
         """Wait for a wake-up on the queue: True when woken, False on time-out or hang-up."""

@@ -1,0 +1,109 @@
+"""The Python API: Katar, its queues, and callbacks, without HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import msgspec
+import pytest
+
+from katar import Katar, KatarError, QueueOptions, WorkerServer
+from katar.errors import IllegalTransition, QueueNotFound, TaskNotFound, ValidationError
+
+
+async def test_produce_inspect_and_change_tasks(make_url: Callable[[], str]) -> None:
+    katar = Katar(make_url())
+    queue = katar.queue("emails", persistent=True, timeout=30000)
+    assert queue.options.timeout == 30000
+    async with katar:
+        first = await queue.enqueue({"to": "a@b"}, priority="high")
+        later = await queue.enqueue("later", delay=60)
+        paused = await queue.enqueue("p", paused=True)
+        assert (first.status, later.status, paused.status) == ("queued", "queued", "paused")
+        assert msgspec.json.decode(first.data) == {"to": "a@b"}
+        assert first.priority == 10 and later.run_at is not None
+        many = await queue.enqueue_many(range(3), priority=-1)
+        assert [msgspec.json.decode(t.data) for t in many] == [0, 1, 2]
+        assert [t.id for t in await queue.tasks("paused")] == [paused.id]
+        assert len(await queue.tasks(["queued", "paused"], limit=2)) == 2
+        assert (await queue.pause(first.id)).status == "paused"
+        assert (await queue.resume(str(first.id))).status == "queued"
+        assert (await queue.cancel(first.id)).status == "cancelled"
+        with pytest.raises(IllegalTransition):
+            await queue.pause(first.id)
+        await queue.delete(paused.id)
+        with pytest.raises(TaskNotFound):
+            await queue.get(paused.id)
+        with pytest.raises(TaskNotFound):
+            await queue.get("nope")
+        assert (await katar.engine.stats())["emails"]["cancelled"] == 1
+
+
+async def test_wait_for_an_outcome_from_python(make_url: Callable[[], str]) -> None:
+    async with Katar(make_url(), reap_interval=0.02) as katar:
+        queue = await katar.put_queue("jobs", persistent=False)
+        task = await queue.enqueue(1)
+        waiter = asyncio.create_task(queue.get(task.id, wait=5))
+        await asyncio.sleep(0.1)  # the waiter is parked before the task finishes
+        (delivered,) = await katar.engine.poll("jobs")
+        from katar.core.model import Ack
+
+        await katar.engine.poll("jobs", [Ack(task_id=str(delivered.id), status="done")], limit=0)
+        finished = await asyncio.wait_for(waiter, 3)
+        assert finished.status == "done"
+
+
+async def test_callbacks_see_every_status_change(make_url: Callable[[], str]) -> None:
+    katar = Katar(make_url(), reap_interval=0.02)
+    queue = katar.queue("q", persistent=True, timeout=50, max_attempts=1)
+    seen: list[str] = []
+    queue.on("in progress", lambda task: seen.append(task.status))
+    katar.on("*.failed", lambda task: seen.append(f"{task.queue} {task.error}"))
+    async with katar:
+        await queue.enqueue(1)
+        await katar.engine.poll("q")
+
+        async def failed() -> None:
+            while len(seen) < 2:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(failed(), 5)
+    assert seen[0] == "in progress"
+    assert seen[1].startswith("q lease expired")
+
+
+def test_bad_declarations_fail_early() -> None:
+    katar = Katar("memory://")
+    with pytest.raises(ValidationError, match="unknown queue option 'timout'"):
+        katar.queue("q", timout=5)
+    with pytest.raises(ValidationError, match="invalid queue name"):
+        katar.queue("no spaces")
+    with pytest.raises(ValidationError, match="invalid event"):
+        katar.on("q.finished", print)
+    with pytest.raises(KatarError, match="unknown store scheme"):
+        Katar("redis://localhost")
+
+
+async def test_declared_queues_replace_stored_options(make_url: Callable[[], str]) -> None:
+    url = make_url()
+    async with Katar(url) as katar:
+        await katar.put_queue("q", timeout=1234)
+        with pytest.raises(KatarError, match="before Katar opens"):
+            katar.queue("q", timeout=5)
+        with pytest.raises(QueueNotFound):
+            await katar.queue("missing").enqueue(1)
+
+
+def test_worker_server_config_mirrors_the_original() -> None:
+    katar = Katar("memory://")
+    queue = katar.queue("emails", persistent=False)
+    server = WorkerServer(katar=katar, port=3000, host="127.0.0.1")
+    assert server.config("emails") == {"interval": 30000}
+    server.config(queue, {"interval": 1000, "custom": "config"})
+    assert server.config("emails") == {"interval": 1000, "custom": "config"}
+    assert katar.declared("emails") == QueueOptions(
+        persistent=False, configuration={"interval": 1000, "custom": "config"}
+    )
+    with pytest.raises(ValidationError):
+        server.config("emails", {"interval": "often"})
