@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.drain import free_port, peak_rss_mb, wait_for_port  # noqa: E402
+from bench.drain import free_port, peak_rss_mb, wait_for_port
 
 
 def request(conn: http.client.HTTPConnection, method: str, path: str, body: object) -> bytes:
