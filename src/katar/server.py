@@ -128,11 +128,24 @@ class WorkerServer:
         )
         server = _Uvicorn(config, self.katar, self._started)
         try:
-            await server.serve()
+            listener = self._listen()
+            await server.serve(sockets=[listener])
         finally:
             await self.katar.close()
-        if not server.started:
-            raise ConfigError(f"could not listen on {self.host}:{self.port}; see the error above")
+
+    def _listen(self) -> socket.socket:
+        """Bind the listening socket here, so that a port in use is a clear start-up error."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind((self.host.strip("[]"), self.port))
+        except OSError as exc:
+            listener.close()
+            raise ConfigError(
+                f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from exc
+        return listener
 
     def _started(self, port: int) -> None:
         self.bound_port = port

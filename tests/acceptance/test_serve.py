@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -226,6 +227,14 @@ def test_startup_errors_are_clear(tmp_path: Path) -> None:
 
     result = run_katar(tmp_path, "serve", "--host", "0.0.0.0", "--port", "0")
     assert result.returncode == 2 and "--insecure" in result.stderr
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = run_katar(tmp_path, "serve", "--db", "memory://", "--port", port)
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
 
     missing = run_katar(tmp_path, "serve", "--config", str(tmp_path / "nope.toml"))
     assert missing.returncode == 2 and "cannot read the configuration file" in missing.stderr
