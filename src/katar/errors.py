@@ -11,8 +11,13 @@
     ├── Conflict               the task's state does not allow the request (409)
     │   └── IllegalTransition
     ├── ShuttingDown           the server is draining (503)
-    └── StoreError             the store failed (500: a bug)
-        └── StoreUnavailable   the store cannot be reached right now (503)
+    ├── StoreError             the store failed (500: a bug)
+    │   └── StoreUnavailable   the store cannot be reached right now (503)
+    └── ClientError            raised by katar.client, never by the server
+        ├── TransportError     no answer: connection refused or reset, time-out (transient)
+        └── APIError           the server answered with an error status
+            ├── RequestRejected    4xx: a mistake in the request; retrying will not help
+            └── ServerUnavailable  5xx: the server or its store failed (transient)
 
 The HTTP layer maps these to statuses in one table (katar.http.responses); every other
 layer only raises them. Each class's docstring is its default message.
@@ -79,3 +84,28 @@ class StoreError(KatarError):
 
 class StoreUnavailable(StoreError):
     """The store is unavailable."""
+
+
+class ClientError(KatarError):
+    """The Katar client failed."""
+
+
+class TransportError(ClientError):
+    """The server could not be reached or did not answer."""
+
+
+class APIError(ClientError):
+    """The server answered with an error status."""
+
+    def __init__(self, message: str | None = None, *, status: int, **details: Any) -> None:
+        super().__init__(message, **details)
+        #: The HTTP status of the answer.
+        self.status = status
+
+
+class RequestRejected(APIError):
+    """The server rejected the request (4xx): fix the request, do not retry it."""
+
+
+class ServerUnavailable(APIError):
+    """The server or its store failed (5xx): try again later."""

@@ -21,6 +21,7 @@ async def test_default_configuration(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/queue/q")
     assert response.status_code == 200
     assert response.json() == {"configuration": {"interval": 30000}}
+    assert response.headers["katar-lease-timeout"] == "60000"
 
 
 async def test_custom_configuration() -> None:
@@ -273,7 +274,18 @@ async def test_max_takes_a_batch_capped_by_the_queue(client: httpx.AsyncClient) 
     await enqueue(client, "small", *({"data": i} for i in range(5)))
     response = await client.post("/v1/queue/small", json={"max": 100})
     assert [t["data"] for t in response.json()["tasks"]] == [0, 1, 2]
-    assert (await client.post("/v1/queue/small", json={"max": 0})).status_code == 422
+    assert (await client.post("/v1/queue/small", json={"max": -1})).status_code == 422
+
+
+async def test_max_0_applies_acks_and_takes_nothing(client: httpx.AsyncClient) -> None:
+    first, _second = await enqueue(client, "q", {"data": 1}, {"data": 2})
+    await client.post("/v1/queue/q", json={})
+    acks = {"tasks": [{"_id": first, "status": "done"}], "max": 0, "wait": 2}
+    response = await client.post("/v1/queue/q", json=acks)
+    assert response.status_code == 204
+    assert (await client.get(f"/v1/queue/q/tasks/{first}")).json()["status"] == "done"
+    queued = (await client.get("/v1/queue/q/tasks", params={"status": "queued"})).json()
+    assert len(queued["tasks"]) == 1
 
 
 async def test_long_poll_wakes_on_enqueue(client: httpx.AsyncClient) -> None:

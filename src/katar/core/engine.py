@@ -159,9 +159,11 @@ class Engine:
     ) -> list[Task]:
         """Apply a worker's acks, then deliver up to ``limit`` tasks (capped by max_batch).
 
-        With ``wait`` > 0 and nothing to deliver, park up to ``wait`` seconds and deliver as
-        soon as a task becomes ready. ``gone`` is a future that completes when the client
-        disconnects: the long poll then ends without claiming anything.
+        ``limit`` 0 applies the acks and takes nothing (a worker resending acks after a
+        transient error must not claim twice). With ``wait`` > 0 and nothing to deliver,
+        park up to ``wait`` seconds and deliver as soon as a task becomes ready. ``gone`` is
+        a future that completes when the client disconnects: the long poll then ends without
+        claiming anything.
         """
         options = self.options(queue)
         limit = min(limit, options.max_batch)
@@ -169,7 +171,7 @@ class Engine:
         result = await self.store.poll(queue, options, acks, limit, worker, now_ms())
         if result.changes:
             self._apply(result.changes)
-        if result.delivered or wait <= 0:
+        if result.delivered or wait <= 0 or limit == 0:
             return self._deliver(result.delivered)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait

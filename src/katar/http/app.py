@@ -28,9 +28,12 @@ from katar.errors import (
 )
 from katar.http import parse
 from katar.http.responses import (
+    JSON_HEADERS,
+    LEASE_HEADER,
     NO_CONTENT,
     Response,
     deliveries,
+    encode,
     error_response,
     json_response,
     task_record,
@@ -216,7 +219,9 @@ class App:
 
     async def get_configuration(self, request: Request) -> Response:
         options = self.engine.options(request.queue)
-        return json_response({"configuration": options.worker_configuration()})
+        # The lease rides in a header: the body is the original protocol's, exactly.
+        headers = [*JSON_HEADERS, (LEASE_HEADER, b"%d" % options.timeout)]
+        return Response(200, encode({"configuration": options.worker_configuration()}), headers)
 
     async def poll(self, request: Request) -> Response:
         acks, limit, wait, worker = parse.parse_poll(request.body, self.limits.max_wait)

@@ -19,6 +19,7 @@ from katar.core.model import (
 from katar.errors import InvalidRequest, ValidationError
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
 _ABSENT: Final = msgspec.Raw()
 
@@ -34,7 +35,7 @@ class AckBody(msgspec.Struct, frozen=True):
 
 class PollBody(msgspec.Struct, frozen=True):
     tasks: list[AckBody] = []
-    max: Positive = 1
+    max: Count = 1
     wait: Seconds = 0.0
     worker: Annotated[str, msgspec.Meta(max_length=200)] | None = None
 
@@ -57,7 +58,7 @@ class PatchBody(msgspec.Struct, frozen=True):
 _HINTS: Final = {
     "status": "an ack's status is one of done, failed, in progress",
     "_id": "each ack needs the _id of a delivered task, as a string",
-    "max": "max is the number of tasks to take, an integer >= 1",
+    "max": "max is the number of tasks to take, an integer >= 0 (0 only applies the acks)",
     "wait": "wait is the long poll's length in seconds, a number >= 0",
     "attempt": "attempt is the delivery number the worker received, an integer >= 1",
     "priority": "priority is an integer or one of high, normal, low",

@@ -11,6 +11,8 @@ from katar import errors
 from katar.core.model import Task
 
 JSON_HEADERS: Final = [(b"content-type", b"application/json")]
+#: On GET /v1/queue/{queue}: the queue's lease in ms, so a worker knows when to heartbeat.
+LEASE_HEADER: Final = b"katar-lease-timeout"
 
 # Looked up along the exception's class hierarchy, most specific first.
 STATUS_OF_ERROR: Final[dict[type[errors.KatarError], int]] = {

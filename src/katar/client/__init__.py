@@ -1,0 +1,34 @@
+"""The Python client: workers and producers over Katar's HTTP protocol, on httpx.
+
+Blocking and asyncio flavours with the same methods: :class:`Worker` / :class:`AsyncWorker`,
+:class:`Producer` / :class:`AsyncProducer`. Errors come from one root,
+:class:`katar.errors.KatarError`: :class:`~katar.errors.TransportError` (no answer),
+:class:`~katar.errors.RequestRejected` (4xx), :class:`~katar.errors.ServerUnavailable` (5xx).
+"""
+
+from katar.client._base import TaskRecord
+from katar.client.producer import AsyncProducer, Producer
+from katar.client.worker import AsyncWorker, Fail, Job, Retry, Worker
+from katar.errors import (
+    APIError,
+    ClientError,
+    RequestRejected,
+    ServerUnavailable,
+    TransportError,
+)
+
+__all__ = [
+    "APIError",
+    "AsyncProducer",
+    "AsyncWorker",
+    "ClientError",
+    "Fail",
+    "Job",
+    "Producer",
+    "RequestRejected",
+    "Retry",
+    "ServerUnavailable",
+    "TaskRecord",
+    "TransportError",
+    "Worker",
+]

@@ -1,0 +1,91 @@
+"""What the producer and the worker share: records, errors from answers, backoff."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Final
+
+import httpx
+import msgspec
+
+from katar.errors import RequestRejected, ServerUnavailable, TransportError
+
+FINAL_STATUSES: Final = frozenset({"done", "failed", "cancelled"})
+
+
+class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A task as the server describes it (``GET /v1/queue/{queue}/tasks/{id}``)."""
+
+    id: str = msgspec.field(name="_id")
+    queue: str
+    status: str
+    priority: int
+    data: Any
+    attempts: int
+    error: str | None = None
+    result: Any = None
+    worker: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    run_at: str | None = None
+    lease_expires_at: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """True once the task is done, failed or cancelled."""
+        return self.status in FINAL_STATUSES
+
+
+_records: Final = msgspec.json.Decoder(dict[str, list[TaskRecord]])
+_record: Final = msgspec.json.Decoder(TaskRecord)
+
+
+def records(response: httpx.Response) -> list[TaskRecord]:
+    """The ``tasks`` of an answer."""
+    return _records.decode(response.content)["tasks"]
+
+
+def record(response: httpx.Response) -> TaskRecord:
+    """The task record an answer holds."""
+    return _record.decode(response.content)
+
+
+def headers(token: str | None) -> dict[str, str]:
+    """The headers every request carries."""
+    result = {"user-agent": "katar-client"}
+    if token:
+        result["authorization"] = f"Bearer {token}"
+    return result
+
+
+def check(response: httpx.Response) -> httpx.Response:
+    """The response, or the error its status means."""
+    if response.status_code < 400:
+        return response
+    try:
+        payload = response.json()
+        message = payload.pop("error") if isinstance(payload, dict) else response.text
+        details = payload if isinstance(payload, dict) else {}
+    except ValueError:
+        message, details = response.text or response.reason_phrase, {}
+    where = f"{response.request.method} {response.request.url.path}"
+    error = RequestRejected if response.status_code < 500 else ServerUnavailable
+    raise error(
+        f"{where}: {response.status_code} {message}", status=response.status_code, **details
+    )
+
+
+def transport_error(exc: httpx.TransportError, method: str, path: str) -> TransportError:
+    """A Katar error for a request that got no answer."""
+    return TransportError(f"{method} {path}: {type(exc).__name__}: {exc or 'no answer'}")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for a failure that may pass by itself: no answer, or a 5xx."""
+    return isinstance(exc, TransportError | ServerUnavailable)
+
+
+def backoff(attempt: int, base: float = 0.1, cap: float = 30.0) -> float:
+    """Seconds to wait before retry number ``attempt`` (1, 2, ...): capped exponential
+    backoff with full jitter, so that many workers do not retry in step."""
+    return random.uniform(0, min(cap, base * 2 ** min(attempt, 30)))

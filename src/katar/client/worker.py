@@ -1,0 +1,412 @@
+"""Workers: run a Python function on the tasks of a queue.
+
+    def send_email(task: Job) -> dict:
+        ...                          # task.data is the producer's JSON, decoded
+        return {"sent": True}        # stored as the task's result
+
+    Worker("http://127.0.0.1:3000", "emails", send_email, concurrency=4).run()
+
+The loop: read the queue's configuration, then poll, carrying the acks of the tasks just
+finished on the same call; long-poll when idle instead of sleeping; take as many tasks as
+there is free capacity; run sync handlers in threads and async ones as tasks; send
+heartbeats for tasks that run longer than a third of the lease. A handler that returns
+reports ``done`` with the return value as ``result``; one that raises reports ``failed`` with
+the exception's text (:class:`Retry` asks for another attempt, :class:`Fail` for none, any
+other exception leaves it to the queue's ``retry_failed``).
+
+No answer, or a 5xx, is retried with capped exponential backoff and jitter, and the acks
+owed are kept until the server has them; a request that may have claimed tasks is never
+sent again (the acks are resent with ``max`` 0). A 4xx is a mistake in the worker's code or
+setup: it stops the worker with :class:`~katar.errors.RequestRejected`.
+
+SIGTERM or SIGINT stops taking tasks, lets the running ones finish (for up to ``grace``
+seconds; past that they are abandoned and the server delivers them again when their lease
+runs out), sends the last acks and returns. A second signal exits the process at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Final
+
+import httpx
+import msgspec
+
+from katar.client._base import backoff, check, headers, is_transient, transport_error
+from katar.errors import ClientError, KatarError, RequestRejected
+
+log = logging.getLogger("katar.client")
+
+DEFAULT_LEASE_MS: Final = 60000
+LEASE_HEADER: Final = "katar-lease-timeout"
+
+
+class Job(msgspec.Struct, frozen=True):
+    """A task delivered to this worker."""
+
+    id: str = msgspec.field(name="_id")
+    data: Any = None
+    attempt: int = 1
+
+
+class Retry(Exception):
+    """Raise from a handler: the task failed; try it again later, while attempts remain."""
+
+
+class Fail(Exception):
+    """Raise from a handler: the task failed for good; do not try it again."""
+
+
+Handler = Callable[[Job], Any]
+_deliveries: Final = msgspec.json.Decoder(dict[str, list[Job]])
+
+
+@dataclass
+class _Running:
+    job: Job
+    beat_at: float  # loop time of the delivery or the last heartbeat
+
+
+def _ack(job: Job, outcome: BaseException | None, result: Any) -> dict[str, Any]:
+    if outcome is None:
+        try:
+            msgspec.json.encode(result)
+        except (TypeError, msgspec.EncodeError) as exc:
+            outcome = Fail(f"the handler's result is not JSON: {exc}")
+        else:
+            return {"_id": job.id, "status": "done", "attempt": job.attempt, "result": result}
+    ack = {
+        "_id": job.id,
+        "status": "failed",
+        "attempt": job.attempt,
+        "error": f"{type(outcome).__name__}: {outcome}",
+    }
+    if isinstance(outcome, Retry | Fail):
+        ack["retry"] = isinstance(outcome, Retry)
+    return ack
+
+
+class AsyncWorker:
+    """Runs ``handler`` on the tasks of ``queue``; see the module's documentation.
+
+    ``transport`` is for tests: an httpx transport such as ``httpx.ASGITransport(app)``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        queue: str,
+        handler: Handler,
+        *,
+        token: str | None = None,
+        concurrency: int = 1,
+        wait: float = 20.0,
+        grace: float = 30.0,
+        name: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.url = url
+        self.queue = queue
+        self.handler = handler
+        self.concurrency = concurrency
+        self.wait = wait
+        self.grace = grace
+        self.name = name or f"{socket.gethostname()}/{os.getpid()}"
+        self._token = token
+        self._transport = transport
+        self._is_async = inspect.iscoroutinefunction(handler)
+        self._pool: ThreadPoolExecutor | None = None
+        self._running: dict[asyncio.Future[None], _Running] = {}
+        self._acks: list[dict[str, Any]] = []
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._stop_deadline = 0.0
+        self._poll_task: asyncio.Task[httpx.Response] | None = None
+        self._long_polling = False
+        #: The queue's worker configuration, once read.
+        self.configuration: dict[str, Any] = {}
+        self.lease = DEFAULT_LEASE_MS / 1000
+        #: Tasks finished (acknowledged to the server) since the worker started.
+        self.processed = 0
+
+    # -- control ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop taking tasks; finish the running ones (within ``grace``), then return."""
+        if not self._stopping:
+            self._stopping = True
+            self._stop_deadline = asyncio.get_running_loop().time() + self.grace
+            log.info("stopping: finishing %d running task(s)", len(self._running))
+            if self._poll_task is not None and self._long_polling:
+                self._poll_task.cancel()  # a long poll would only bring tasks we do not want
+            self._wake.set()
+
+    def _on_signal(self) -> None:
+        if self._stopping:
+            log.warning("second signal: exiting at once")
+            os._exit(130)
+        self.stop()
+
+    async def run(self) -> None:
+        """Work until stopped (SIGTERM, SIGINT or :meth:`stop`)."""
+        loop = asyncio.get_running_loop()
+        signals = threading.current_thread() is threading.main_thread()
+        if signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal)
+        if not self._is_async:
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="katar-worker")
+        try:
+            async with httpx.AsyncClient(
+                base_url=self.url,
+                headers=headers(self._token),
+                timeout=httpx.Timeout(30.0, read=self.wait + 30.0),
+                transport=self._transport,
+            ) as http:
+                await self._work(http)
+        finally:
+            for future in self._running:
+                future.cancel()
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            if signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def _work(self, http: httpx.AsyncClient) -> None:
+        await self._read_configuration(http)
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wake.clear()
+            now = loop.time()
+            if self._stopping:
+                if not self._running and not self._acks:
+                    return
+                if self._running and now >= self._stop_deadline:
+                    log.warning(
+                        "grace period over: abandoning %d task(s); the server will deliver "
+                        "them again when their lease runs out",
+                        len(self._running),
+                    )
+                    for future in self._running:
+                        future.cancel()
+                    self._running.clear()
+            free = 0 if self._stopping else self.concurrency - len(self._running)
+            beats = [r for r in self._running.values() if now - r.beat_at >= self.lease / 3]
+            acks = self._acks[:]
+            if not acks and not beats and free == 0:
+                await self._sleep(self._until_next_beat(now))
+                continue
+            idle = not self._running and not acks and not beats
+            wait = self.wait if idle and not self._stopping else 0.0
+            sent = acks + [
+                {"_id": r.job.id, "status": "in progress", "attempt": r.job.attempt} for r in beats
+            ]
+            try:
+                jobs = await self._poll(http, sent, free, wait)
+            except asyncio.CancelledError:
+                if self._stopping and self._poll_task is not None and self._poll_task.cancelled():
+                    continue  # our own long poll, cut short by stop()
+                raise
+            except KatarError as exc:
+                if not is_transient(exc):
+                    raise
+                await self._recover(http, sent, exc)
+                continue
+            finally:
+                self._poll_task = None
+            self._sent(acks)
+            for running in beats:
+                running.beat_at = now
+            for job in jobs:
+                self._start(job)
+            if not jobs and not (idle and wait > 0):
+                await self._sleep(min(self._interval(), self._until_next_beat(loop.time())))
+
+    async def _read_configuration(self, http: httpx.AsyncClient) -> None:
+        path = f"/v1/queue/{self.queue}"
+        attempt = 0
+        while True:
+            try:
+                try:
+                    response = check(await http.get(path))
+                except httpx.TransportError as exc:
+                    raise transport_error(exc, "GET", path) from exc
+            except ClientError as exc:
+                if not is_transient(exc) or self._stopping:
+                    raise
+                attempt += 1
+                delay = backoff(attempt)
+                log.warning("%s; trying again in %.1fs", exc, delay)
+                await self._sleep(delay)
+                continue
+            self.configuration = response.json()["configuration"]
+            self.lease = int(response.headers.get(LEASE_HEADER, DEFAULT_LEASE_MS)) / 1000
+            log.info(
+                "worker %s on %s%s: configuration %s",
+                self.name,
+                self.url,
+                path,
+                self.configuration,
+            )
+            return
+
+    async def _poll(
+        self, http: httpx.AsyncClient, acks: list[dict[str, Any]], take: int, wait: float
+    ) -> list[Job]:
+        body: dict[str, Any] = {"tasks": acks, "max": take, "worker": self.name}
+        if wait:
+            body["wait"] = wait
+        path = f"/v1/queue/{self.queue}"
+        self._long_polling = wait > 0
+        self._poll_task = asyncio.ensure_future(http.post(path, json=body))
+        try:
+            response = check(await self._poll_task)
+        except httpx.TransportError as exc:
+            raise transport_error(exc, "POST", path) from exc
+        if response.status_code == 204:
+            return []
+        return _deliveries.decode(response.content)["tasks"]
+
+    async def _recover(
+        self, http: httpx.AsyncClient, acks: list[dict[str, Any]], failure: KatarError
+    ) -> None:
+        """After a poll got no answer: send its acks again, claiming nothing, until the
+        server has them (the lost poll may have claimed tasks: those come back when their
+        lease runs out)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            delay = backoff(attempt)
+            log.warning("%s; trying again in %.1fs (%d ack(s) kept)", failure, delay, len(acks))
+            await self._sleep(delay)
+            if self._stopping and asyncio.get_running_loop().time() >= self._stop_deadline:
+                log.error("giving up on %d ack(s): the server is unreachable", len(acks))
+                self._acks.clear()
+                self._running.clear()
+                return
+            if not acks:
+                return
+            try:
+                await self._poll(http, acks, 0, 0.0)
+            except KatarError as exc:
+                if not is_transient(exc):
+                    raise
+                failure = exc
+                continue
+            finally:
+                self._poll_task = None
+            self._sent([a for a in acks if a["status"] != "in progress"])
+            return
+
+    def _sent(self, acks: list[dict[str, Any]]) -> None:
+        """The server has these acks: forget them."""
+        if acks:
+            settled = {id(a) for a in acks}
+            self._acks = [a for a in self._acks if id(a) not in settled]
+            self.processed += len(acks)
+
+    # -- running handlers ------------------------------------------------------------------
+
+    def _start(self, job: Job) -> None:
+        loop = asyncio.get_running_loop()
+        future = asyncio.ensure_future(self._execute(job))
+        self._running[future] = _Running(job, loop.time())
+        future.add_done_callback(self._finished)
+
+    async def _execute(self, job: Job) -> None:
+        try:
+            if self._is_async:
+                result = await self.handler(job)
+            else:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(self._pool, self.handler, job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.info("task %s failed: %s: %s", job.id, type(exc).__name__, exc)
+            self._acks.append(_ack(job, exc, None))
+        else:
+            self._acks.append(_ack(job, None, result))
+
+    def _finished(self, future: asyncio.Future[None]) -> None:
+        self._running.pop(future, None)
+        self._wake.set()
+
+    # -- time --------------------------------------------------------------------------------
+
+    def _interval(self) -> float:
+        interval = self.configuration.get("interval", 30000)
+        return max(float(interval) / 1000, 0.01) if isinstance(interval, int | float) else 30.0
+
+    def _until_next_beat(self, now: float) -> float:
+        if not self._running:
+            return self._interval()
+        due = min(r.beat_at for r in self._running.values()) + self.lease / 3
+        return max(due - now, 0.0)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake as soon as a task finishes or the worker is told to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+
+class Worker:
+    """The blocking flavour of :class:`AsyncWorker`, with the same arguments and methods:
+    ``Worker(url, queue, handler).run()`` works until SIGTERM or SIGINT."""
+
+    def __init__(self, url: str, queue: str, handler: Handler, **options: Any) -> None:
+        self._options = options
+        self._args = (url, queue, handler)
+        self._worker: AsyncWorker | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def processed(self) -> int:
+        """Tasks finished (acknowledged to the server) so far."""
+        return self._worker.processed if self._worker is not None else 0
+
+    def run(self) -> None:
+        """Work until stopped."""
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._worker = AsyncWorker(*self._args, **self._options)
+            await self._worker.run()
+
+        asyncio.run(main())
+
+    def stop(self) -> None:
+        """Stop gracefully; may be called from any thread."""
+        if self._loop is not None and self._worker is not None:
+            self._loop.call_soon_threadsafe(self._worker.stop)
+
+
+def run_worker(worker: AsyncWorker | Worker) -> int:
+    """Run a worker as a command; its exit status."""
+    try:
+        if isinstance(worker, Worker):
+            worker.run()
+        else:
+            asyncio.run(worker.run())
+    except RequestRejected as exc:
+        log.error("the server rejected the worker's request (a bug or a setup error): %s", exc)
+        return 1
+    return 0
+
+
+__all__ = ["AsyncWorker", "Fail", "Job", "Retry", "Worker", "run_worker"]
