@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import itertools
+import json
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Final
 
 from katar import config
 from katar._version import __version__
 from katar.api import Katar
-from katar.errors import ConfigError, StoreError
+from katar.errors import ClientError, ConfigError, StoreError
 from katar.server import WorkerServer
 
 
@@ -39,7 +44,112 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow listening on a non-loopback address without authentication",
     )
+    for name, text in (
+        ("worker", "run a Python function as a worker: katar worker ... module:function"),
+        ("enqueue", "put tasks on a queue: katar enqueue ... DATA (JSON, or - for JSON lines)"),
+    ):
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument(
+            "--url",
+            default=os.environ.get("KATAR_URL", "http://127.0.0.1:3000"),
+            help="the server (default $KATAR_URL, else http://127.0.0.1:3000)",
+        )
+        command.add_argument("--queue", required=True, help="the queue's name")
+        command.add_argument(
+            "--token",
+            default=os.environ.get("KATAR_TOKEN"),
+            help="bearer token (default $KATAR_TOKEN; the variable keeps it out of `ps`)",
+        )
+        if name == "worker":
+            command.add_argument("--concurrency", type=int, default=1, help="tasks at once (1)")
+            command.add_argument("--wait", type=float, default=20.0, help="long poll, s (20)")
+            command.add_argument(
+                "--grace", type=float, default=30.0, help="s to finish tasks on SIGTERM (30)"
+            )
+            command.add_argument("function", help="the handler, as module:function")
+        else:
+            command.add_argument("--priority", help="an integer, or high, normal, low")
+            command.add_argument("--delay", type=float, help="seconds before it may run")
+            command.add_argument("--paused", action="store_true", help="enqueue paused")
+            command.add_argument("data", help="the task's data as JSON; - reads JSON lines")
     return parser
+
+
+def _handler(spec: str) -> Callable[..., Any]:
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigError(f"the handler must be module:function, not {spec!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r}: {exc}") from exc
+    handler = getattr(module, attribute, None)
+    if not callable(handler):
+        raise ConfigError(f"{module_name!r} has no function {attribute!r}")
+    return handler  # type: ignore[no-any-return]
+
+
+def worker(args: argparse.Namespace) -> int:
+    """``katar worker``."""
+    from katar.client.worker import AsyncWorker, run_worker
+
+    if args.concurrency < 1:
+        raise ConfigError("--concurrency must be at least 1")
+    handler = _handler(args.function)
+    return run_worker(
+        AsyncWorker(
+            args.url,
+            args.queue,
+            handler,
+            token=args.token,
+            concurrency=args.concurrency,
+            wait=args.wait,
+            grace=args.grace,
+        )
+    )
+
+
+def _json_lines(lines: Iterable[str]) -> Iterator[Any]:
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"standard input, line {number}: not JSON: {exc}") from exc
+
+
+def enqueue(args: argparse.Namespace) -> int:
+    """``katar enqueue``: prints the new tasks' ids, one per line."""
+    from katar.client import Producer
+
+    raw_priority: str | None = args.priority
+    priority: int | str | None = raw_priority
+    if raw_priority is not None and raw_priority.lstrip("-").isdigit():
+        priority = int(raw_priority)
+    if args.data == "-":
+        items: Iterable[Any] = _json_lines(sys.stdin)
+    else:
+        try:
+            items = [json.loads(args.data)]
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"DATA is not JSON ({exc}); quote strings: '\"text\"'") from exc
+    with Producer(args.url, token=args.token) as producer:
+        batch: list[Any] = []
+        for item in itertools.chain(items, [_END]):
+            if item is not _END:
+                batch.append(item)
+            if batch and (item is _END or len(batch) == _BATCH):
+                tasks = producer.enqueue_many(
+                    args.queue, batch, priority=priority, delay=args.delay, paused=args.paused
+                )
+                print("\n".join(task.id for task in tasks), flush=True)
+                batch = []
+    return 0
+
+
+_END: Final = object()
+_BATCH: Final = 1000
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -70,6 +180,7 @@ def serve(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the process's exit status."""
     args = _parser().parse_args(argv)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -78,10 +189,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             serve(args)
+        elif args.command == "worker":
+            return worker(args)
+        elif args.command == "enqueue":
+            return enqueue(args)
     except ConfigError as exc:
         print(f"katar: error: {exc}", file=sys.stderr)
         return 2
-    except StoreError as exc:
+    except (StoreError, ClientError) as exc:
         print(f"katar: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

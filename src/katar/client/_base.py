@@ -36,13 +36,17 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
         return self.status in FINAL_STATUSES
 
 
-_records: Final = msgspec.json.Decoder(dict[str, list[TaskRecord]])
+class _Tasks(msgspec.Struct):
+    tasks: list[TaskRecord]
+
+
+_records: Final = msgspec.json.Decoder(_Tasks)
 _record: Final = msgspec.json.Decoder(TaskRecord)
 
 
 def records(response: httpx.Response) -> list[TaskRecord]:
     """The ``tasks`` of an answer."""
-    return _records.decode(response.content)["tasks"]
+    return _records.decode(response.content).tasks
 
 
 def record(response: httpx.Response) -> TaskRecord:

@@ -234,8 +234,13 @@ class AsyncWorker:
                 running.beat_at = now
             for job in jobs:
                 self._start(job)
-            if not jobs and not (idle and wait > 0):
+            if jobs or self._stopping:
+                continue
+            if self._running:  # busy: wait for a task to finish, or a heartbeat to fall due
                 await self._sleep(min(self._interval(), self._until_next_beat(loop.time())))
+            elif idle and wait == 0:  # long polls are off: honour the queue's interval
+                await self._sleep(self._interval())
+            # else: the acks are sent and nothing runs: the next turn long-polls at once
 
     async def _read_configuration(self, http: httpx.AsyncClient) -> None:
         path = f"/v1/queue/{self.queue}"

@@ -1,0 +1,231 @@
+"""The Python client against the ASGI app, in process (httpx's ASGI transport)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from katar import Katar
+from katar.client import AsyncProducer, AsyncWorker, Fail, Job, RequestRejected, Retry
+from katar.http import App
+
+URL = "http://katar"
+
+
+@pytest.fixture
+async def katar() -> AsyncIterator[Katar]:
+    instance = Katar("memory://", reap_interval=0.02)
+    instance.queue("q", persistent=True, max_attempts=3, retry_delay=0)
+    instance.queue("short", persistent=True, timeout=300)
+    async with instance:
+        yield instance
+
+
+@pytest.fixture
+def transport(katar: Katar) -> httpx.ASGITransport:
+    return httpx.ASGITransport(app=App(katar.engine))
+
+
+@pytest.fixture
+async def producer(transport: httpx.ASGITransport) -> AsyncIterator[AsyncProducer]:
+    async with AsyncProducer(URL, transport=transport) as client:
+        yield client
+
+
+async def drain(worker: AsyncWorker, producer: AsyncProducer, queue: str, count: int) -> None:
+    """Run the worker until ``count`` tasks of the queue are finished, then stop it."""
+    running = asyncio.create_task(worker.run())
+
+    async def finished() -> None:
+        while len(await producer.tasks(queue, ["done", "failed"], limit=1000)) < count:
+            await asyncio.sleep(0.02)
+
+    try:
+        await asyncio.wait_for(finished(), 20)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 10)
+
+
+async def test_producer_round_trip(producer: AsyncProducer) -> None:
+    task = await producer.enqueue("q", {"to": "a@b"}, priority="high")
+    assert task.status == "queued" and task.priority == 10 and task.data == {"to": "a@b"}
+    many = await producer.enqueue_many("q", [1, 2, 3], delay=60)
+    assert [t.data for t in many] == [1, 2, 3] and all(t.run_at for t in many)
+    assert (await producer.get("q", task.id)).id == task.id
+    page = await producer.tasks("q", limit=2)
+    assert [t.id for t in page] == [task.id, many[0].id]
+    rest = await producer.tasks("q", after=page[-1].id)
+    assert [t.id for t in rest] == [many[1].id, many[2].id]
+    waited = await producer.wait("q", task.id, timeout=0.1)
+    assert not waited.finished
+    with pytest.raises(RequestRejected) as caught:
+        await producer.get("q", "999999")
+    assert caught.value.status == 404 and "no task" in caught.value.message
+    with pytest.raises(RequestRejected):
+        await producer.enqueue("nope", 1)
+
+
+async def test_worker_drains_with_sync_and_async_handlers(
+    transport: httpx.ASGITransport, producer: AsyncProducer
+) -> None:
+    await producer.enqueue_many("q", list(range(40)))
+    threads: set[str] = set()
+
+    def double(task: Job) -> dict[str, int]:
+        threads.add(threading.current_thread().name)
+        time.sleep(0.005)
+        return {"double": task.data * 2}
+
+    worker = AsyncWorker(URL, "q", double, concurrency=4, transport=transport, wait=1)
+    await drain(worker, producer, "q", 40)
+    done = await producer.tasks("q", "done", limit=100)
+    assert sorted(t.result["double"] for t in done) == [n * 2 for n in range(40)]
+    assert all(t.worker == worker.name for t in done)
+    assert len(threads) > 1  # sync handlers ran in threads, several at once
+    assert worker.processed == 40
+
+    async def triple(task: Job) -> int:
+        await asyncio.sleep(0.005)
+        return int(task.data) * 3
+
+    await producer.enqueue_many("q", [100, 200])
+    async_worker = AsyncWorker(URL, "q", triple, concurrency=2, transport=transport, wait=1)
+    await drain(async_worker, producer, "q", 42)
+    results = {t.data: t.result for t in await producer.tasks("q", "done", limit=100)}
+    assert results[100] == 300 and results[200] == 600
+
+
+async def test_handler_exceptions_fail_or_retry(
+    transport: httpx.ASGITransport, producer: AsyncProducer
+) -> None:
+    tasks = await producer.enqueue_many("q", ["retry", "fail", "boom", "ok"])
+    seen: Counter[str] = Counter()
+
+    def handler(task: Job) -> str:
+        seen[task.data] += 1
+        if task.data == "retry":
+            raise Retry("not yet")
+        if task.data == "fail":
+            raise Fail("never")
+        if task.data == "boom":
+            raise ValueError("bad input")
+        return "fine"
+
+    worker = AsyncWorker(URL, "q", handler, transport=transport, wait=0.5)
+    await drain(worker, producer, "q", 4)
+    by_data = {t.data: t for t in [await producer.get("q", t.id) for t in tasks]}
+    assert by_data["retry"].status == "failed" and by_data["retry"].attempts == 3
+    assert by_data["retry"].error == "Retry: not yet"
+    assert by_data["fail"].status == "failed" and by_data["fail"].error == "Fail: never"
+    assert by_data["boom"].status == "failed" and by_data["boom"].error == "ValueError: bad input"
+    assert by_data["ok"].result == "fine"
+    assert seen == {"retry": 3, "fail": 1, "boom": 1, "ok": 1}
+
+
+async def test_heartbeats_keep_a_long_task(
+    transport: httpx.ASGITransport, producer: AsyncProducer
+) -> None:
+    task = await producer.enqueue("short", "slow")
+
+    async def slow(job: Job) -> str:
+        await asyncio.sleep(1.0)  # more than three leases of 300 ms
+        return "finally"
+
+    worker = AsyncWorker(URL, "short", slow, transport=transport, wait=0.5)
+    await drain(worker, producer, "short", 1)
+    record = await producer.get("short", task.id)
+    assert record.status == "done" and record.attempts == 1 and record.result == "finally"
+
+
+async def test_a_4xx_stops_the_worker_with_a_clear_error(transport: httpx.ASGITransport) -> None:
+    worker = AsyncWorker(URL, "missing", lambda job: None, transport=transport)
+    with pytest.raises(RequestRejected, match="404 Queue not found"):
+        await asyncio.wait_for(worker.run(), 10)
+
+
+async def test_stop_finishes_running_tasks_then_returns(
+    transport: httpx.ASGITransport, producer: AsyncProducer
+) -> None:
+    await producer.enqueue_many("q", [1, 2, 3, 4])
+    started = asyncio.Event()
+
+    async def handler(job: Job) -> int:
+        started.set()
+        await asyncio.sleep(0.3)
+        return int(job.data)
+
+    worker = AsyncWorker(URL, "q", handler, concurrency=2, transport=transport, wait=1)
+    running = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 5)
+    worker.stop()
+    await asyncio.wait_for(running, 5)
+    statuses = Counter(t.status for t in await producer.tasks("q"))
+    assert statuses == {"done": 2, "queued": 2}
+
+
+class Flaky(httpx.AsyncBaseTransport):
+    """Loses some answers: every third poll reaches the server, then the client sees a
+    dropped connection (the worst case: the server applied the acks and maybe claimed)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.polls = 0
+        self.lost = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.method == "POST" and request.url.path == "/v1/queue/short":
+            self.polls += 1
+            if self.polls % 3 == 0:
+                self.lost += 1
+                raise httpx.ReadError("connection reset (simulated)", request=request)
+        return response
+
+
+async def test_lost_answers_lose_no_ack_and_never_claim_twice(
+    transport: httpx.ASGITransport, producer: AsyncProducer
+) -> None:
+    await producer.enqueue_many("short", list(range(30)))
+    flaky = Flaky(transport)
+    runs: Counter[int] = Counter()
+
+    def handler(job: Job) -> int:
+        runs[job.data] += 1
+        return int(job.data)
+
+    worker = AsyncWorker(URL, "short", handler, concurrency=3, transport=flaky, wait=0.5)
+    await drain(worker, producer, "short", 30)
+    assert flaky.lost > 3
+    done = await producer.tasks("short", "done", limit=100)
+    assert sorted(t.data for t in done) == list(range(30))
+    # Every ack reached the server in the end: no task ran twice. The deliveries that rode
+    # on lost answers came back when their lease ran out (attempts above 1).
+    assert set(runs.values()) == {1}
+    assert any(t.attempts > 1 for t in done)
+
+
+async def test_producer_waits_for_an_outcome(
+    transport: httpx.ASGITransport, producer: AsyncProducer
+) -> None:
+    task = await producer.enqueue("q", 21)
+
+    async def handler(job: Job) -> Any:
+        await asyncio.sleep(0.1)
+        return int(job.data) * 2
+
+    worker = AsyncWorker(URL, "q", handler, transport=transport, wait=1)
+    running = asyncio.create_task(worker.run())
+    try:
+        outcome = await producer.wait("q", task.id, timeout=10)
+    finally:
+        worker.stop()
+        await running
+    assert outcome.finished and outcome.status == "done" and outcome.result == 42
