@@ -6,12 +6,14 @@ import itertools
 import socket
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from katar.client import Job, Producer, TaskRecord, Worker
 from tests.acceptance.conftest import KatarProcess, run_katar, wait_until
 
 CONFIG = """
@@ -238,3 +240,64 @@ def test_startup_errors_are_clear(tmp_path: Path) -> None:
 
     missing = run_katar(tmp_path, "serve", "--config", str(tmp_path / "nope.toml"))
     assert missing.returncode == 2 and "cannot read the configuration file" in missing.stderr
+
+
+def drain_across_a_restart(
+    tmp_path: Path, servers: list[KatarProcess], *, kill: bool
+) -> tuple[Counter[int], list[TaskRecord]]:
+    """Drain 300 tasks with the Python client's worker while the server restarts (SIGTERM,
+    or kill -9) on the same port; how often each task ran, and the final records."""
+    timeout = 2000 if kill else 600000
+    config = write_config(tmp_path, CONFIG.replace("timeout = 5000", f"timeout = {timeout}"))
+    server = KatarProcess(tmp_path, "--config", str(config)).start()
+    servers.append(server)
+    total = 300
+    runs: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def handler(task: Job) -> int:
+        with lock:
+            runs[task.data] += 1
+        time.sleep(0.005)
+        return int(task.data)
+
+    with Producer(server.url) as producer:
+        producer.enqueue_many("emails", list(range(total)))
+    worker = Worker(server.url, "emails", handler, concurrency=4, wait=5)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_until(lambda: worker.processed >= total // 3)
+        assert worker.processed < total  # the restart comes in the middle of the drain
+        if kill:
+            server.kill()
+        else:
+            assert server.terminate() == 0
+        restarted = KatarProcess(tmp_path, "--config", str(config), "--port", str(server.port))
+        servers.append(restarted.start())
+        with Producer(restarted.url) as producer:
+            wait_until(lambda: len(producer.tasks("emails", "done", limit=1000)) == total, 60)
+            done = producer.tasks("emails", "done", limit=1000)
+    finally:
+        worker.stop()
+        thread.join(30)
+    assert not thread.is_alive()
+    return runs, done
+
+
+def test_the_python_worker_loses_no_ack_across_a_restart(
+    tmp_path: Path, servers: list[KatarProcess]
+) -> None:
+    runs, done = drain_across_a_restart(tmp_path, servers, kill=False)
+    assert sorted(t.result for t in done) == list(range(300))
+    # The lease is 10 minutes: a lost ack would leave its task in progress, not done; and
+    # no task ran twice.
+    assert set(runs.values()) == {1}
+
+
+def test_the_python_worker_rides_out_a_kill_9(tmp_path: Path, servers: list[KatarProcess]) -> None:
+    runs, done = drain_across_a_restart(tmp_path, servers, kill=True)
+    assert sorted(t.result for t in done) == list(range(300))
+    # At least once: a task runs again only after a delivery was lost with the server.
+    for task in done:
+        assert runs[task.data] <= task.attempts
