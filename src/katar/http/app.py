@@ -26,7 +26,7 @@ from katar.errors import (
     StoreUnavailable,
     TaskNotFound,
 )
-from katar.http import parse
+from katar.http import openapi, parse
 from katar.http.responses import (
     JSON_HEADERS,
     LEASE_HEADER,
@@ -107,6 +107,8 @@ class App:
         #: (path template, {method: handler}); the template's {names} are path segments.
         self.routes: Final[list[tuple[str, dict[str, Handler]]]] = [
             ("/healthz", {"GET": self.healthz}),
+            ("/openapi.json", {"GET": self.openapi}),
+            ("/docs", {"GET": self.docs}),
             ("/v1/queues", {"GET": self.list_queues}),
             (
                 "/v1/queue/{queue}",
@@ -248,6 +250,12 @@ class App:
             return json_response({"error": exc.message, "status": "unavailable"}, 503)
         return json_response({"status": "ok", "version": __version__})
 
+    async def openapi(self, request: Request) -> Response:
+        return Response(200, _OPENAPI)
+
+    async def docs(self, request: Request) -> Response:
+        return Response(200, _DOCS_PAGE, [(b"content-type", b"text/html; charset=utf-8")])
+
     async def list_queues(self, request: Request) -> Response:
         stats = await self.engine.stats()
         queues = [
@@ -303,6 +311,10 @@ class App:
         task_id = request.task_id
         await self.engine.delete_task(request.queue, task_id)
         return json_response({"_id": str(task_id), "deleted": True})
+
+
+_OPENAPI: Final = encode(openapi.document())
+_DOCS_PAGE: Final = openapi.page()
 
 
 async def _disconnected(receive: Receive) -> None:

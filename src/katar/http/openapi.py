@@ -1,0 +1,422 @@
+"""The OpenAPI 3.1 document of Katar's HTTP interface, and a page that shows it to people.
+
+Written by hand next to the routes, because the routes are raw ASGI; a test compares its
+paths and methods with the application's route table, so neither can drift from the other.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any, Final
+
+from katar._version import __version__
+
+JSON: Final = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _body(schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _body(_ref("Error"), description)
+
+
+QUEUE_PARAM: Final = {
+    "name": "queue",
+    "in": "path",
+    "required": True,
+    "description": "The queue's name: 1 to 128 letters, digits, '.', '_', ':' or '-'.",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"},
+}
+ID_PARAM: Final = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "The task's id.",
+    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+}
+WAIT_PARAM: Final = {
+    "name": "wait",
+    "in": "query",
+    "description": "Seconds to wait for the task to finish (up to the server's max_wait).",
+    "schema": {"type": "number", "minimum": 0},
+}
+
+_STATUS: Final = {
+    "type": "string",
+    "enum": ["paused", "queued", "in progress", "done", "failed", "cancelled"],
+}
+_PRIORITY: Final = {
+    "description": "Higher runs first; high is 10, normal 0, low -10.",
+    "oneOf": [
+        {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1},
+        {"type": "string", "enum": ["high", "normal", "low"]},
+    ],
+}
+_TIME: Final = {"type": ["string", "null"], "format": "date-time"}
+
+SCHEMAS: Final[dict[str, Any]] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {"type": "string", "description": "What is wrong and what to send."},
+            "ack": {"type": "integer", "description": "The index of the faulty ack."},
+            "_id": {"type": "string"},
+            "queue": {"type": "string"},
+            "status": {"type": "string"},
+        },
+    },
+    "Configuration": {
+        "type": "object",
+        "required": ["configuration"],
+        "properties": {
+            "configuration": {
+                "type": "object",
+                "description": "The queue's worker configuration over {interval: 30000}.",
+                "required": ["interval"],
+                "properties": {"interval": {"type": "integer", "minimum": 0}},
+                "additionalProperties": True,
+            }
+        },
+    },
+    "Ack": {
+        "type": "object",
+        "required": ["_id", "status"],
+        "properties": {
+            "_id": {"type": ["string", "integer"]},
+            "status": {"type": "string", "enum": ["done", "failed", "in progress"]},
+            "error": {"type": ["string", "null"]},
+            "result": {"description": "With done: any JSON, kept with the task."},
+            "attempt": {"type": ["integer", "null"], "minimum": 1},
+            "retry": {"type": ["boolean", "null"]},
+        },
+    },
+    "Poll": {
+        "type": "object",
+        "properties": {
+            "tasks": {"type": "array", "items": _ref("Ack")},
+            "max": {"type": "integer", "minimum": 0, "default": 1},
+            "wait": {"type": "number", "minimum": 0, "default": 0},
+            "worker": {"type": ["string", "null"], "maxLength": 200},
+        },
+    },
+    "Deliveries": {
+        "type": "object",
+        "required": ["tasks"],
+        "properties": {
+            "tasks": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["_id", "data", "attempt"],
+                    "properties": {
+                        "_id": {"type": "string"},
+                        "data": {"description": "The producer's JSON, verbatim."},
+                        "attempt": {"type": "integer", "minimum": 1},
+                    },
+                },
+            }
+        },
+    },
+    "QueueOptions": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "persistent": {"type": "boolean", "default": False},
+            "timeout": {"type": "integer", "minimum": 1, "default": 60000},
+            "max_attempts": {"type": "integer", "minimum": 0, "default": 5},
+            "retry_failed": {"type": "boolean", "default": False},
+            "max_batch": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100},
+            "retry_delay": {"type": "integer", "minimum": 0, "default": 1000},
+            "retry_delay_max": {"type": "integer", "minimum": 0, "default": 3600000},
+            "configuration": {"type": "object", "additionalProperties": True},
+        },
+    },
+    "Queue": {
+        "type": "object",
+        "required": ["name", "options"],
+        "properties": {
+            "name": {"type": "string"},
+            "options": _ref("QueueOptions"),
+            "configuration": {"type": "object"},
+            "counts": {
+                "type": "object",
+                "additionalProperties": {"type": "integer"},
+                "description": "Tasks by status.",
+            },
+        },
+    },
+    "NewTask": {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "data": {"description": "Any JSON, null included."},
+            "priority": _PRIORITY,
+            "delay": {"type": "number", "minimum": 0, "description": "Seconds."},
+            "status": {"type": "string", "enum": ["queued", "paused"], "default": "queued"},
+        },
+    },
+    "Enqueue": {
+        "oneOf": [
+            _ref("NewTask"),
+            {
+                "type": "object",
+                "required": ["tasks"],
+                "properties": {"tasks": {"type": "array", "items": _ref("NewTask"), "minItems": 1}},
+            },
+        ]
+    },
+    "Task": {
+        "type": "object",
+        "required": ["_id", "queue", "status", "priority", "data", "attempts"],
+        "properties": {
+            "_id": {"type": "string"},
+            "queue": {"type": "string"},
+            "status": _STATUS,
+            "priority": {"type": "integer"},
+            "data": {},
+            "attempts": {"type": "integer"},
+            "error": {"type": ["string", "null"]},
+            "result": {},
+            "worker": {"type": ["string", "null"]},
+            "created_at": _TIME,
+            "updated_at": _TIME,
+            "run_at": _TIME,
+            "lease_expires_at": _TIME,
+        },
+    },
+    "Tasks": {
+        "type": "object",
+        "required": ["tasks"],
+        "properties": {
+            "tasks": {"type": "array", "items": _ref("Task")},
+            "next": {"type": ["string", "null"], "description": "The cursor of the next page."},
+        },
+    },
+}
+
+_QUEUE_MISSING: Final = {"404": _error("Queue not found.")}
+_BAD_BODY: Final = {
+    "400": _error("The body is not JSON."),
+    "413": _error("The body is over the size limit."),
+    "422": _error("A field is invalid; the message names it."),
+}
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document."""
+    queue_path = {
+        "parameters": [QUEUE_PARAM],
+        "get": {
+            "summary": "The queue's worker configuration",
+            "operationId": "getConfiguration",
+            "tags": ["workers"],
+            "responses": {
+                "200": {
+                    **_body(_ref("Configuration"), "The configuration."),
+                    "headers": {
+                        "Katar-Lease-Timeout": {
+                            "description": "The queue's lease in ms.",
+                            "schema": {"type": "integer"},
+                        }
+                    },
+                },
+                **_QUEUE_MISSING,
+            },
+        },
+        "post": {
+            "summary": "Apply acks, then take tasks (the worker's poll)",
+            "operationId": "poll",
+            "tags": ["workers"],
+            "requestBody": _body(_ref("Poll"), "Acks and what to take. An empty body is {}."),
+            "responses": {
+                "200": _body(_ref("Deliveries"), "Tasks for this worker."),
+                "204": {"description": "Nothing to take."},
+                **_QUEUE_MISSING,
+                "409": _error("An ack for a task never delivered; nothing was applied."),
+                **_BAD_BODY,
+            },
+        },
+        "put": {
+            "summary": "Create a queue or replace its options",
+            "operationId": "putQueue",
+            "tags": ["operators"],
+            "requestBody": _body(_ref("QueueOptions")),
+            "responses": {"200": _body(_ref("Queue"), "The queue."), **_BAD_BODY},
+        },
+        "delete": {
+            "summary": "Remove a queue and its tasks",
+            "operationId": "deleteQueue",
+            "tags": ["operators"],
+            "responses": {
+                "200": _body(
+                    {
+                        "type": "object",
+                        "properties": {"deleted": {"type": "string"}, "tasks": {"type": "integer"}},
+                    },
+                    "Removed.",
+                ),
+                **_QUEUE_MISSING,
+            },
+        },
+    }
+    tasks_path = {
+        "parameters": [QUEUE_PARAM],
+        "post": {
+            "summary": "Enqueue one task or many",
+            "operationId": "enqueue",
+            "tags": ["producers"],
+            "requestBody": _body(_ref("Enqueue")),
+            "responses": {
+                "201": _body(_ref("Tasks"), "The new tasks."),
+                **_QUEUE_MISSING,
+                **_BAD_BODY,
+            },
+        },
+        "get": {
+            "summary": "List tasks, paged by id",
+            "operationId": "listTasks",
+            "tags": ["producers"],
+            "parameters": [
+                {
+                    "name": "status",
+                    "in": "query",
+                    "description": "One or more statuses, separated by commas.",
+                    "schema": {"type": "string"},
+                },
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                {"name": "after", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": _body(_ref("Tasks"), "A page."),
+                **_QUEUE_MISSING,
+                "422": _error("A bad parameter."),
+            },
+        },
+    }
+    task_path = {
+        "parameters": [QUEUE_PARAM, ID_PARAM],
+        "get": {
+            "summary": "A task; with wait, once it finishes",
+            "operationId": "getTask",
+            "tags": ["producers"],
+            "parameters": [WAIT_PARAM],
+            "responses": {
+                "200": _body(_ref("Task"), "The task."),
+                "404": _error("No such queue or task."),
+                "422": _error("A bad parameter."),
+            },
+        },
+        "patch": {
+            "summary": "Cancel, pause, resume or retry a task",
+            "operationId": "patchTask",
+            "tags": ["operators"],
+            "requestBody": _body(
+                {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["cancelled", "paused", "queued"]}
+                    },
+                }
+            ),
+            "responses": {
+                "200": _body(_ref("Task"), "The task."),
+                "404": _error("No such queue or task."),
+                "409": _error("The task's status does not allow it."),
+                **_BAD_BODY,
+            },
+        },
+        "delete": {
+            "summary": "Remove a task",
+            "operationId": "deleteTask",
+            "tags": ["operators"],
+            "responses": {
+                "200": _body(
+                    {
+                        "type": "object",
+                        "properties": {"_id": {"type": "string"}, "deleted": {"type": "boolean"}},
+                    },
+                    "Removed.",
+                ),
+                "404": _error("No such queue or task."),
+            },
+        },
+    }
+    plain = {"200": {"description": "The document.", "content": {"text/html": {}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Katar",
+            "version": __version__,
+            "description": "An HTTP work-queue server. See docs/protocol.md for the rules.",
+        },
+        "tags": [
+            {"name": "workers", "description": "The katar-worker-http protocol."},
+            {"name": "producers", "description": "Putting tasks on queues, and watching them."},
+            {"name": "operators", "description": "Queues and tasks, by hand."},
+            {"name": "server", "description": "Health and documentation."},
+        ],
+        "paths": {
+            "/healthz": {
+                "get": {
+                    "summary": "Whether the server can reach its store",
+                    "operationId": "health",
+                    "tags": ["server"],
+                    "responses": {
+                        "200": _body({"type": "object"}, "Healthy."),
+                        "503": _error("The store is unavailable, or the server is stopping."),
+                    },
+                }
+            },
+            "/v1/queues": {
+                "get": {
+                    "summary": "Every queue, with its options and task counts",
+                    "operationId": "listQueues",
+                    "tags": ["operators"],
+                    "responses": {
+                        "200": _body(
+                            {
+                                "type": "object",
+                                "properties": {"queues": {"type": "array", "items": _ref("Queue")}},
+                            },
+                            "The queues.",
+                        )
+                    },
+                }
+            },
+            "/v1/queue/{queue}": queue_path,
+            "/v1/queue/{queue}/tasks": tasks_path,
+            "/v1/queue/{queue}/tasks/{id}": task_path,
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "operationId": "openapi",
+                    "tags": ["server"],
+                    "responses": {"200": _body({"type": "object"}, "The document.")},
+                }
+            },
+            "/docs": {
+                "get": {
+                    "summary": "This document, as a page",
+                    "operationId": "docs",
+                    "tags": ["server"],
+                    "responses": plain,
+                }
+            },
+        },
+        "components": {"schemas": SCHEMAS},
+    }
+
+
+def page() -> bytes:
+    """A self-contained page (no scripts from elsewhere: Katar often runs without Internet
+    access) that fetches /openapi.json and lays out every route, its parameters, bodies and
+    answers."""
+    return resources.files("katar.http").joinpath("docs.html").read_bytes()
