@@ -37,15 +37,15 @@ def server(tmp_path: Path) -> Iterator[KatarProcess]:
     process.kill()
 
 
-def katar(server: KatarProcess, *args: str, **options: object) -> subprocess.Popen[str]:
+def katar(server: KatarProcess, *args: str, stdin: int | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "katar", *args],
         cwd=server.cwd,
         env={**os.environ, "KATAR_URL": server.url},
         text=True,
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        **options,  # type: ignore[call-overload]
     )
 
 
