@@ -92,6 +92,13 @@ _CLAIM: Final = (
     " updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND state=1"
     f" ORDER BY priority DESC, id LIMIT ?) RETURNING {_COLUMNS}"
 )
+# A worker's "done" for the current delivery: update, or delete in a queue without history.
+_CURRENT: Final = "id=? AND queue_id=? AND state=3 AND attempts=coalesce(?, attempts)"
+_DONE: Final = (
+    "UPDATE tasks SET state=4, result=?, error=NULL, lease_until=NULL, updated_at=?"
+    f" WHERE {_CURRENT} RETURNING {_COLUMNS}"
+)
+_DONE_DROP: Final = f"DELETE FROM tasks WHERE {_CURRENT} RETURNING {_COLUMNS}"
 _EXPIRE_BATCH: Final = 1000
 
 _Op = Callable[[sqlite3.Connection], Any]
@@ -248,20 +255,23 @@ class SQLiteStore(Store):
                 future.set_exception(value)
 
     def _run_group(self, conn: sqlite3.Connection, ops: list[_Op]) -> list[tuple[bool, Any]]:
+        """Run the operations in one transaction.
+
+        Every operation raises Katar's own errors (a bad request) before it writes
+        anything, so such an error needs no undoing and the others still commit. A SQLite
+        error can strike after a write: it undoes the whole group, and every operation of
+        it fails with StoreUnavailable.
+        """
         outcomes: list[tuple[bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in ops:
-                conn.execute("SAVEPOINT op")
                 try:
                     outcomes.append((True, op(conn)))
-                except sqlite3.Error as exc:
-                    conn.execute("ROLLBACK TO op")
-                    outcomes.append((False, _translate(exc)))
+                except sqlite3.Error:
+                    raise
                 except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
                     outcomes.append((False, exc))
-                conn.execute("RELEASE op")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -447,18 +457,19 @@ class SQLiteStore(Store):
         def op(conn: sqlite3.Connection) -> PollResult:
             queue_id = self._queue_id(queue)
             changes: list[Change] = []
-            for index, ack in enumerate(acks):
-                task = self._find(conn, queue, ack.task_id, index)
-                if task is None:
-                    continue
+            if len(acks) == 1:  # the common case: one write at most, no savepoint needed
+                self._apply_ack(conn, queue, queue_id, options, acks[0], 0, now, changes)
+            elif acks:
+                # A later ack may be refused after earlier ones were written: undo them then.
+                conn.execute("SAVEPOINT acks")
                 try:
-                    new = rules.apply_ack(task, ack, options, now)
-                except KatarError as exc:
-                    exc.details.setdefault("ack", index)
+                    for index, ack in enumerate(acks):
+                        self._apply_ack(conn, queue, queue_id, options, ack, index, now, changes)
+                except KatarError:
+                    conn.execute("ROLLBACK TO acks")
                     raise
-                change = self._store_change(conn, task, new, options)
-                if change is not None and change.task.state != change.old:
-                    changes.append(change)
+                finally:
+                    conn.execute("RELEASE acks")
             delivered: list[Task] = []
             if limit > 0:
                 rows = conn.execute(
@@ -470,6 +481,55 @@ class SQLiteStore(Store):
             return PollResult(delivered, changes)
 
         return await self._write(op)
+
+    def _apply_ack(
+        self,
+        conn: sqlite3.Connection,
+        queue: str,
+        queue_id: int,
+        options: QueueOptions,
+        ack: Ack,
+        index: int,
+        now: int,
+        changes: list[Change],
+    ) -> None:
+        """Apply one ack; a refused ack raises before anything is written."""
+        if ack.status == "done":
+            done = self._ack_done(conn, queue_id, options, ack, now)
+            if done is not None:
+                changes.append(done)
+                return
+        task = self._find(conn, queue, ack.task_id, index)
+        if task is None:
+            return
+        try:
+            new = rules.apply_ack(task, ack, options, now)
+        except KatarError as exc:
+            exc.details.setdefault("ack", index)
+            raise
+        change = self._store_change(conn, task, new, options)
+        if change is not None and change.task.state != change.old:
+            changes.append(change)
+
+    def _ack_done(
+        self, conn: sqlite3.Connection, queue_id: int, options: QueueOptions, ack: Ack, now: int
+    ) -> Change | None:
+        """The hot path of a worker's "done": one statement that finishes the current
+        delivery, or None when the ack is not that simple case (then the rules decide).
+        It writes what rules.apply_ack writes for it, as the claim does for rules.claimed."""
+        task_id = parse_task_id(ack.task_id)
+        if task_id is None:
+            return None
+        if options.persistent:
+            result = None if ack.result is None else bytes(ack.result)
+            row = conn.execute(_DONE, (result, now, task_id, queue_id, ack.attempt)).fetchone()
+            return None if row is None else Change(self._task(row), State.RUNNING)
+        row = conn.execute(_DONE_DROP, (task_id, queue_id, ack.attempt)).fetchone()
+        if row is None:
+            return None
+        final = rules.apply_ack(self._task(row), ack, options, now)
+        assert final is not None and final.state is State.DONE
+        return Change(final, State.RUNNING)
 
     async def get_task(self, queue: str, task_id: int) -> Task | None:
         def op(conn: sqlite3.Connection) -> Task | None:
