@@ -1,0 +1,113 @@
+"""What every benchmark needs: ports, processes, wrk, memory and CPU readings."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wrk(
+    url: str, script: Path, seconds: float, connections: int, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """Start wrk (2 threads) with a Lua script."""
+    command = [
+        "wrk",
+        "-t2",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        url,
+    ]
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def wrk_rate(run: subprocess.Popen[str]) -> float:
+    """The requests per second a finished wrk run printed."""
+    output, _ = run.communicate()
+    for line in output.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    raise RuntimeError(f"wrk printed no rate:\n{output}")
+
+
+def lua(text: str) -> Path:
+    """A throw-away wrk script."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(text)
+    return Path(script.name)
+
+
+@dataclass
+class Server:
+    port: int
+    pid: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextmanager
+def katar(store: str = "sqlite") -> Iterator[Server]:
+    """A fresh ``katar serve`` in a temporary folder, on its default settings."""
+    workdir = Path(tempfile.mkdtemp(prefix="katar-bench-"))
+    url = "memory://" if store == "memory" else "sqlite:///katar.db"
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "katar", "serve", "--port", str(port), "--db", url],
+        cwd=workdir,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield Server(port, process.pid)
+    finally:
+        process.terminate()
+        process.wait(60)
+        shutil.rmtree(workdir, ignore_errors=True)

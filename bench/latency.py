@@ -1,0 +1,123 @@
+"""Long polls: dispatch latency, and what idle long polls cost the server.
+
+A bare HTTP/1.1 client on asyncio streams, so that the client adds as little as possible to
+what is measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        payload = b"" if body is None else json.dumps(body).encode()
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: katar\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + payload)
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(raw[9:12])
+        length = 0
+        for line in raw.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        data = await self.reader.readexactly(length) if length else b""
+        return status, json.loads(data) if data else None
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def raise_file_limit(wanted: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+
+
+async def dispatch(port: int, waiting: int = 100, tasks: int = 300) -> dict[str, float]:
+    """``waiting`` workers hold long polls on an empty queue; tasks are enqueued one by one;
+    the time from each enqueue's answer to a worker's receipt of the task, in ms."""
+    setup = await Connection.open(port)
+    await setup.request("PUT", "/v1/queue/latency", {})
+    received: dict[str, float] = {}
+    stop = asyncio.Event()
+
+    async def worker(connection: Connection) -> None:
+        acks: list[dict[str, str]] = []
+        while not stop.is_set():
+            status, body = await connection.request(
+                "POST", "/v1/queue/latency", {"tasks": acks, "wait": 10}
+            )
+            now = time.perf_counter()
+            acks = []
+            if status == 200:
+                for task in body["tasks"]:
+                    received[task["_id"]] = now
+                    acks.append({"_id": task["_id"], "status": "done"})
+
+    connections = [await Connection.open(port) for _ in range(waiting)]
+    workers = [asyncio.create_task(worker(c)) for c in connections]
+    await asyncio.sleep(1.0)  # every worker is parked
+    answered: dict[str, float] = {}
+    for n in range(tasks):
+        _, body = await setup.request("POST", "/v1/queue/latency/tasks", {"data": n})
+        answered[body["tasks"][0]["_id"]] = time.perf_counter()
+        await asyncio.sleep(0.01)
+    deadline = time.perf_counter() + 30
+    while len(received) < tasks and time.perf_counter() < deadline:
+        await asyncio.sleep(0.01)
+    stop.set()
+    await setup.request("POST", "/v1/queue/latency/tasks", {"tasks": [{"data": 0}] * waiting})
+    await asyncio.wait(workers, timeout=15)
+    for connection in [setup, *connections]:
+        connection.close()
+    latencies = sorted(max(0.0, received[i] - answered[i]) * 1000 for i in answered)
+    return {
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": latencies[int(len(latencies) * 0.99)],
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / float(__import__("os").sysconf("SC_CLK_TCK"))
+
+
+async def idle_cpu(port: int, pid: int, polls: int = 1000, seconds: float = 10.0) -> float:
+    """The server's CPU, in % of one core, while ``polls`` long polls wait on an empty queue."""
+    raise_file_limit(polls + 100)
+    setup = await Connection.open(port)
+    await setup.request("PUT", "/v1/queue/idle", {})
+    connections = [await Connection.open(port) for _ in range(polls)]
+    pending = [
+        asyncio.create_task(c.request("POST", "/v1/queue/idle", {"wait": 60})) for c in connections
+    ]
+    await asyncio.sleep(2.0)  # all parked
+    before = cpu_seconds(pid)
+    await asyncio.sleep(seconds)
+    used = cpu_seconds(pid) - before
+    for task in pending:
+        task.cancel()
+    for connection in [setup, *connections]:
+        connection.close()
+    return used / seconds * 100

@@ -1,0 +1,138 @@
+"""Throughput with wrk: the ceiling, worker drains, enqueues."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.common import HERE, free_port, katar, lua, peak_rss_mb, wait_for_port, wrk, wrk_rate
+
+QUEUE = "bench"
+POST_EMPTY = (
+    'wrk.method = "POST"\nwrk.body = "{}"\nwrk.headers["Content-Type"] = "application/json"\n'
+)
+
+
+def ceiling(connections: int, seconds: float) -> float:
+    """Requests per second of a bare ASGI app on the HTTP server settings Katar uses."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(HERE / "ceiling.py"), str(port)])
+    script = lua(POST_EMPTY)
+    try:
+        wait_for_port(port)
+        return wrk_rate(
+            wrk(f"http://127.0.0.1:{port}/v1/queue/bench", script, seconds, connections)
+        )
+    finally:
+        server.terminate()
+        server.wait(10)
+        script.unlink()
+
+
+NGINX = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir};
+    proxy_temp_path {dir};
+    fastcgi_temp_path {dir};
+    uwsgi_temp_path {dir};
+    scgi_temp_path {dir};
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            default_type application/json;
+            return 200 '{{"tasks":[{{"_id":"1","data":{{"n":1}},"attempt":1}}]}}';
+        }}
+    }}
+}}
+"""
+
+
+def load_generator_ceiling(connections: int, seconds: float) -> float | None:
+    """What wrk with the drain script can send: against one nginx process that answers
+    every poll with a task from memory. None when nginx is not installed."""
+    if shutil.which("nginx") is None:
+        return None
+    workdir = Path(tempfile.mkdtemp(prefix="katar-nginx-"))
+    port = free_port()
+    (workdir / "nginx.conf").write_text(NGINX.format(dir=workdir, port=port))
+    server = subprocess.Popen(
+        ["nginx", "-c", str(workdir / "nginx.conf")], stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_port(port)
+        run = wrk(f"http://127.0.0.1:{port}/", HERE / "drain.lua", seconds, connections)
+        return wrk_rate(run)
+    finally:
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def fill(client: httpx.Client, tasks: int) -> float:
+    """Enqueue ``tasks`` tasks 1,000 per request; tasks per second."""
+    client.put(f"/v1/queue/{QUEUE}", json={"max_batch": 100}).raise_for_status()
+    started = time.perf_counter()
+    for start in range(0, tasks, 1000):
+        count = min(1000, tasks - start)
+        body = {"tasks": [{"data": {"n": start + i}} for i in range(count)]}
+        client.post(f"/v1/queue/{QUEUE}/tasks", json=body).raise_for_status()
+    return tasks / (time.perf_counter() - started)
+
+
+def drain(store: str, tasks: int, batch: int, connections: int) -> dict[str, float]:
+    """Enqueue ``tasks`` in bulk, then drain them with wrk workers that piggyback each ack
+    on their next poll (drain.lua) asking for ``batch`` tasks; tasks per second."""
+    with katar(store) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        fill(client, tasks)
+        started = time.perf_counter()
+        run = wrk(
+            f"{server.url}/v1/queue/{QUEUE}",
+            HERE / "drain.lua",
+            600,
+            connections,
+            {"KATAR_MAX": str(batch)},
+        )
+        left = {"status": "queued,in progress", "limit": "1"}
+        try:
+            while client.get(f"/v1/queue/{QUEUE}/tasks", params=left).json()["tasks"]:
+                time.sleep(0.02)
+                if run.poll() is not None:
+                    raise RuntimeError(f"wrk stopped early:\n{run.communicate()[0]}")
+            elapsed = time.perf_counter() - started
+        finally:
+            run.terminate()
+            run.communicate()
+        return {"tasks_per_s": tasks / elapsed, "peak_rss_mb": peak_rss_mb(server.pid)}
+
+
+def enqueue(store: str, per_request: int, connections: int, seconds: float) -> float:
+    """Tasks per second enqueued by wrk, ``per_request`` tasks in each request."""
+    body: dict[str, object]
+    if per_request == 1:
+        body = {"data": {"n": 1}}
+    else:
+        body = {"tasks": [{"data": {"n": n}} for n in range(per_request)]}
+    script = lua(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = [[{json.dumps(body)}]]\n"
+    )
+    try:
+        with katar(store) as server:
+            httpx.put(f"{server.url}/v1/queue/{QUEUE}", json={}).raise_for_status()
+            url = f"{server.url}/v1/queue/{QUEUE}/tasks"
+            return wrk_rate(wrk(url, script, seconds, connections)) * per_request
+    finally:
+        script.unlink()
