@@ -51,7 +51,7 @@ def wrk(
         "wrk",
         "-t2",
         f"-c{connections}",
-        f"-d{seconds}s",
+        f"-d{max(1, round(seconds))}s",
         "--timeout",
         "10s",
         "-s",

@@ -123,6 +123,7 @@ class WorkerServer:
             log_level="warning",
             access_log=False,
             server_header=False,
+            proxy_headers=False,  # Katar does not use client addresses
             timeout_graceful_shutdown=30,
             **self._ssl,
         )

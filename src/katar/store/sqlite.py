@@ -104,6 +104,7 @@ _EXPIRE_BATCH: Final = 1000
 _Op = Callable[[sqlite3.Connection], Any]
 _CHECKPOINT_INTERVAL: Final = 0.5  # seconds between checkpoints of the WAL
 _options_decoder: Final = msgspec.json.Decoder(QueueOptions)
+_STATES: Final = tuple(State)  # by value: faster than State(value) on the hot path
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -317,7 +318,7 @@ class SQLiteStore(Store):
         return Task(
             id=row[0],
             queue=self._queue_names[row[1]],
-            state=State(row[2]),
+            state=_STATES[row[2]],
             priority=row[3],
             data=msgspec.Raw(row[4]),
             attempts=row[5],
