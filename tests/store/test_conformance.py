@@ -381,3 +381,45 @@ async def test_durable_across_reopen(kind: str, tmp_path: Path) -> None:
         assert (await second.poll("q", DROP, [ack(task)], 0, "w", T0)).changes == []
     finally:
         await second.close()
+
+
+@pytest.mark.parametrize("options", [KEEP, DROP], ids=["history", "no-history"])
+async def test_many_acks_in_one_poll(store: Store, options: QueueOptions) -> None:
+    await setup(store, options)
+    await store.enqueue("q", [new(i) for i in range(6)], T0)
+    tasks = await claim(store, 6, options)
+    results = [msgspec.Raw(msgspec.json.encode({"r": t.id})) for t in tasks]
+    acks = [
+        ack(tasks[0], result=results[0]),
+        ack(tasks[1], result=results[1], attempt=1),
+        ack(tasks[2], "failed", error="x"),
+        ack(tasks[3], attempt=2),  # a delivery that never was: refused, nothing changes
+        ack(tasks[4]),
+        ack(tasks[5], "in progress"),
+    ]
+    with pytest.raises(Conflict) as caught:
+        await store.poll("q", options, acks, 0, "w", T0 + 1)
+    assert caught.value.details["ack"] == 3
+    for task in tasks:
+        stored = await store.get_task("q", task.id)
+        assert stored is not None and stored.state is State.RUNNING
+    del acks[3]
+    polled = await store.poll("q", options, acks, 0, "w", T0 + 2)
+    assert [(c.task.id, c.task.state) for c in polled.changes] == [
+        (tasks[0].id, State.DONE),
+        (tasks[1].id, State.DONE),
+        (tasks[2].id, State.FAILED),
+        (tasks[4].id, State.DONE),
+    ]
+    assert polled.changes[0].task.result is not None
+    assert bytes(polled.changes[0].task.result) == bytes(results[0])
+    for change in polled.changes:
+        stored = await store.get_task("q", change.task.id)
+        if options.persistent:
+            assert stored is not None and stored.state == change.task.state
+        else:
+            assert stored is None
+    running = await store.get_task("q", tasks[5].id)
+    assert running is not None and running.lease_until == T0 + 2 + options.timeout
+    # The same acks again: nothing changes, nothing fails.
+    assert (await store.poll("q", options, acks, 0, "w", T0 + 3)).changes == []

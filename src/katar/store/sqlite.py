@@ -99,6 +99,20 @@ _DONE: Final = (
     f" WHERE {_CURRENT} RETURNING {_COLUMNS}"
 )
 _DONE_DROP: Final = f"DELETE FROM tasks WHERE {_CURRENT} RETURNING {_COLUMNS}"
+# The same for many acks at once; {rows} is "(?,?,?)" per ack: (id, attempt, result).
+_DONE_MATCH: Final = (
+    "t.id = v.column1 AND t.queue_id = ? AND t.state = 3"
+    " AND t.attempts = coalesce(v.column2, t.attempts)"
+)
+_DONE_MANY: Final = (
+    "UPDATE tasks AS t SET state=4, result=v.column3, error=NULL, lease_until=NULL,"
+    " updated_at=? FROM (VALUES {rows}) AS v WHERE " + _DONE_MATCH + f" RETURNING {_COLUMNS}"
+)
+_DONE_DROP_MANY: Final = (
+    "DELETE FROM tasks WHERE id IN (SELECT t.id FROM tasks AS t JOIN (VALUES {rows}) AS v"
+    " ON " + _DONE_MATCH + f") RETURNING {_COLUMNS}"
+)
+_DONE_CHUNK: Final = 300  # acks per statement: 3 variables each, well under SQLite's limit
 _EXPIRE_BATCH: Final = 1000
 
 _Op = Callable[[sqlite3.Connection], Any]
@@ -464,8 +478,7 @@ class SQLiteStore(Store):
                 # A later ack may be refused after earlier ones were written: undo them then.
                 conn.execute("SAVEPOINT acks")
                 try:
-                    for index, ack in enumerate(acks):
-                        self._apply_ack(conn, queue, queue_id, options, ack, index, now, changes)
+                    self._apply_acks(conn, queue, queue_id, options, acks, now, changes)
                 except KatarError:
                     conn.execute("ROLLBACK TO acks")
                     raise
@@ -483,6 +496,33 @@ class SQLiteStore(Store):
 
         return await self._write(op)
 
+    def _apply_acks(
+        self,
+        conn: sqlite3.Connection,
+        queue: str,
+        queue_id: int,
+        options: QueueOptions,
+        acks: Sequence[Ack],
+        now: int,
+        changes: list[Change],
+    ) -> None:
+        """Apply a batch's acks in order. The plain "done"s of the current deliveries go in
+        statements of many rows at once, when no task is named twice (then the order of
+        the acks cannot matter); every other ack goes through the rules one by one."""
+        ids = [parse_task_id(ack.task_id) for ack in acks]
+        done: dict[int, Change] = {}
+        plain = [(i, a) for i, a in zip(ids, acks, strict=True) if a.status == "done" and i]
+        if len(plain) > 1 and len(set(ids)) == len(ids):
+            for start in range(0, len(plain), _DONE_CHUNK):
+                chunk = plain[start : start + _DONE_CHUNK]
+                done.update(self._finish_done(conn, queue_id, options, chunk, now))
+        for index, (task_id, ack) in enumerate(zip(ids, acks, strict=True)):
+            change = done.get(task_id) if task_id is not None else None
+            if change is not None:
+                changes.append(change)
+            else:
+                self._apply_ack(conn, queue, queue_id, options, ack, index, now, changes, not done)
+
     def _apply_ack(
         self,
         conn: sqlite3.Connection,
@@ -493,12 +533,14 @@ class SQLiteStore(Store):
         index: int,
         now: int,
         changes: list[Change],
+        fast: bool = True,
     ) -> None:
         """Apply one ack; a refused ack raises before anything is written."""
-        if ack.status == "done":
-            done = self._ack_done(conn, queue_id, options, ack, now)
-            if done is not None:
-                changes.append(done)
+        task_id = parse_task_id(ack.task_id)
+        if fast and ack.status == "done" and task_id is not None:
+            done = self._finish_done(conn, queue_id, options, [(task_id, ack)], now)
+            if done:
+                changes.extend(done.values())
                 return
         task = self._find(conn, queue, ack.task_id, index)
         if task is None:
@@ -512,25 +554,46 @@ class SQLiteStore(Store):
         if change is not None and change.task.state != change.old:
             changes.append(change)
 
-    def _ack_done(
-        self, conn: sqlite3.Connection, queue_id: int, options: QueueOptions, ack: Ack, now: int
-    ) -> Change | None:
-        """The hot path of a worker's "done": one statement that finishes the current
-        delivery, or None when the ack is not that simple case (then the rules decide).
-        It writes what rules.apply_ack writes for it, as the claim does for rules.claimed."""
-        task_id = parse_task_id(ack.task_id)
-        if task_id is None:
-            return None
-        if options.persistent:
-            result = None if ack.result is None else bytes(ack.result)
-            row = conn.execute(_DONE, (result, now, task_id, queue_id, ack.attempt)).fetchone()
-            return None if row is None else Change(self._task(row), State.RUNNING)
-        row = conn.execute(_DONE_DROP, (task_id, queue_id, ack.attempt)).fetchone()
-        if row is None:
-            return None
-        final = rules.apply_ack(self._task(row), ack, options, now)
-        assert final is not None and final.state is State.DONE
-        return Change(final, State.RUNNING)
+    def _finish_done(
+        self,
+        conn: sqlite3.Connection,
+        queue_id: int,
+        options: QueueOptions,
+        acks: list[tuple[int, Ack]],
+        now: int,
+    ) -> dict[int, Change]:
+        """The hot path of a worker's "done": statements that finish the current deliveries
+        the acks name, and leave any other ack to the rules (the ids missing from the
+        answer). They write what rules.apply_ack writes, as the claim does for
+        rules.claimed."""
+        if len(acks) == 1:
+            ((task_id, ack),) = acks
+            if options.persistent:
+                result = None if ack.result is None else bytes(ack.result)
+                rows = conn.execute(_DONE, (result, now, task_id, queue_id, ack.attempt))
+            else:
+                rows = conn.execute(_DONE_DROP, (task_id, queue_id, ack.attempt))
+        else:
+            rows_sql = ",".join(["(?,?,?)"] * len(acks))
+            values = [
+                v
+                for task_id, ack in acks
+                for v in (task_id, ack.attempt, None if ack.result is None else bytes(ack.result))
+            ]
+            if options.persistent:
+                rows = conn.execute(_DONE_MANY.format(rows=rows_sql), (now, *values, queue_id))
+            else:
+                rows = conn.execute(_DONE_DROP_MANY.format(rows=rows_sql), (*values, queue_id))
+        by_id = {task_id: ack for task_id, ack in acks}
+        changes = {}
+        for row in rows.fetchall():
+            task = self._task(row)
+            if not options.persistent:  # the row as it was: derive its last state
+                finished = rules.apply_ack(task, by_id[task.id], options, now)
+                assert finished is not None and finished.state is State.DONE
+                task = finished
+            changes[task.id] = Change(task, State.RUNNING)
+        return changes
 
     async def get_task(self, queue: str, task_id: int) -> Task | None:
         def op(conn: sqlite3.Connection) -> Task | None:
