@@ -3,7 +3,7 @@ a queue by one client, then drained by four consumers.
 
 - beanstalkd (Debian's package; greenstalk): put, then reserve + delete.
 - Huey on SQLite: enqueue, then drain with its consumer (4 threads).
-- RQ on Redis: enqueue, then drain with 4 ``rq worker --burst`` processes.
+- RQ on Redis: enqueue, then drain with 4 ``rq worker --burst`` processes (SimpleWorker).
 """
 
 from __future__ import annotations

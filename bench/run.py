@@ -47,7 +47,13 @@ def measure_all(args: argparse.Namespace) -> Figures:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "load": f"wrk -t2 -c{c}",
-        "tasks": {"seed": args.tasks, "batched": args.batched_tasks, "peers": args.tasks},
+        "tasks": {
+            "seed": args.tasks,
+            "batched": args.batched_tasks,
+            "beanstalkd": args.tasks,
+            "huey": args.tasks,
+            "rq": args.rq_tasks,
+        },
     }
     step = print
     step("ceiling ...", flush=True)
@@ -91,9 +97,13 @@ def measure_all(args: argparse.Namespace) -> Figures:
     with katar("sqlite") as server:
         figures["idle_cpu_percent"] = asyncio.run(latency.idle_cpu(server.port, server.pid))
     step("peers ...", flush=True)
-    for name, run in (("beanstalkd", peers.beanstalkd), ("huey", peers.huey), ("rq", peers.rq)):
+    for name, run, count in (
+        ("beanstalkd", peers.beanstalkd, args.tasks),
+        ("huey", peers.huey, args.tasks),
+        ("rq", peers.rq, args.rq_tasks),
+    ):
         step(f"  {name} ...", flush=True)
-        runs = [run(args.tasks) for _ in range(r)]
+        runs = [run(count) for _ in range(r)]
         figures[name] = {
             key: {
                 "median": statistics.median(x[key] for x in runs),
@@ -266,11 +276,17 @@ def main() -> None:
         "--tasks", type=int, default=20_000, help="tasks per seed-protocol drain, and per peer run"
     )
     parser.add_argument("--batched-tasks", type=int, default=500_000)
+    parser.add_argument(
+        "--rq-tasks",
+        type=int,
+        default=5_000,
+        help="jobs per RQ run: RQ drains about 100 jobs/s here, 20,000 would take minutes",
+    )
     parser.add_argument("--quick", action="store_true", help="smaller runs, for a try-out")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     if args.quick:
-        args.repeats, args.tasks, args.batched_tasks = 1, 5000, 100_000
+        args.repeats, args.tasks, args.batched_tasks, args.rq_tasks = 1, 5000, 100_000, 1000
     figures = measure_all(args)
     args.out.mkdir(exist_ok=True)
     stem = args.out / f"bench-{figures['date'][:10]}"
