@@ -1,0 +1,68 @@
+"""What only the SQLite store has: its file, its schema versions, its URL."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from katar.errors import ConfigError
+from katar.store.sqlite import SCHEMA_VERSION, SQLiteStore, parse_url
+
+
+async def test_an_older_schema_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE queues (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+                             options BLOB NOT NULL);
+        CREATE TABLE tasks (id INTEGER PRIMARY KEY AUTOINCREMENT, queue_id INTEGER NOT NULL,
+            state INTEGER NOT NULL, priority INTEGER NOT NULL, data BLOB NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0, attempt_base INTEGER NOT NULL DEFAULT 0,
+            error TEXT, result BLOB, worker TEXT, created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL, run_at INTEGER, lease_until INTEGER);
+        CREATE INDEX tasks_queue_state ON tasks (queue_id, state, id);
+        INSERT INTO queues (id, name, options) VALUES (1, 'q', '{}');
+        INSERT INTO tasks (queue_id, state, priority, data, created_at, updated_at)
+            VALUES (1, 4, 0, '1', 1, 1);
+        PRAGMA user_version = 1;
+        """
+    )
+    conn.close()
+    store = SQLiteStore(f"sqlite:///{path}")
+    await store.open()
+    try:
+        assert (await store.counts())["q"] == {4: 1}
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "tasks_queue_state" not in indexes and "tasks_resting" in indexes
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    store = SQLiteStore(f"sqlite:///{path}")
+    with pytest.raises(ConfigError, match="made by a newer Katar"):
+        await store.open()
+    await store.close()
+
+
+def test_urls() -> None:
+    assert parse_url("sqlite:///katar.db") == ("katar.db", "NORMAL")
+    assert parse_url("sqlite:////var/lib/k.db?synchronous=full") == ("/var/lib/k.db", "FULL")
+    for bad in (
+        "sqlite://katar.db",
+        "sqlite:///",
+        "sqlite:///k.db?mode=x",
+        "sqlite:///k?synchronous=off",
+    ):
+        with pytest.raises(ConfigError):
+            parse_url(bad)
