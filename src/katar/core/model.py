@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -91,13 +91,14 @@ class NewTask(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class Ack(msgspec.Struct, kw_only=True, frozen=True):
-    """A worker's report on a delivered task."""
+    """A worker's report on a delivered task, as it comes over the wire (an element of a
+    poll's ``tasks``): msgspec decodes and validates it in one pass."""
 
-    task_id: str
-    status: str  # "done" | "failed" | "in progress"
+    task_id: str | int = msgspec.field(name="_id")
+    status: Literal["done", "failed", "in progress"]
     error: str | None = None
-    result: msgspec.Raw | None = None
-    attempt: int | None = None  # the delivery this ack answers (fencing)
+    result: msgspec.Raw = NULL  # with "done": the worker's JSON, verbatim; null if none
+    attempt: Annotated[int, msgspec.Meta(ge=1)] | None = None  # the delivery it answers
     retry: bool | None = None  # with "failed": None means the queue's retry_failed
 
 

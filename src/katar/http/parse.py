@@ -18,23 +18,13 @@ from katar.core.model import (
 )
 from katar.errors import InvalidRequest, ValidationError
 
-Positive = Annotated[int, msgspec.Meta(ge=1)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
 _ABSENT: Final = msgspec.Raw()
 
 
-class AckBody(msgspec.Struct, frozen=True):
-    id: str | int = msgspec.field(name="_id")
-    status: Literal["done", "failed", "in progress"]
-    error: str | None = None
-    result: msgspec.Raw = _ABSENT
-    attempt: Positive | None = None
-    retry: bool | None = None
-
-
 class PollBody(msgspec.Struct, frozen=True):
-    tasks: list[AckBody] = []
+    tasks: list[Ack] = []
     max: Count = 1
     wait: Seconds = 0.0
     worker: Annotated[str, msgspec.Meta(max_length=200)] | None = None
@@ -92,17 +82,7 @@ def parse_poll(body: bytes, max_wait: float) -> tuple[list[Ack], int, float, str
     poll: PollBody = decode(body, PollBody)
     if poll.wait > max_wait:
         raise ValidationError(f"wait must be at most {max_wait:g} seconds")
-    acks = [
-        Ack(
-            task_id=str(ack.id),
-            status=ack.status,
-            error=ack.error,
-            result=ack.result if ack.result else None,
-            attempt=ack.attempt,
-            retry=ack.retry,
-        )
-        for ack in poll.tasks
-    ]
+    acks = poll.tasks
     return acks, poll.max, poll.wait, poll.worker
 
 

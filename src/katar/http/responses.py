@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -68,8 +69,12 @@ def error_response(exc: errors.KatarError) -> Response:
 
 def iso(ms: int | None) -> str | None:
     """A stored time (ms since the epoch) as ISO 8601 in UTC."""
-    if ms is None:
-        return None
+    return None if ms is None else _iso(ms)
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso(ms: int) -> str:
+    # Cached: the tasks of one enqueue, or of one page, share their times.
     moment = datetime.fromtimestamp(ms / 1000, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 

@@ -97,7 +97,7 @@ class MemoryStore(Store):
             created.append(task)
         return created
 
-    def _find(self, queue: str, raw_id: str, index: int | None = None) -> Task | None:
+    def _find(self, queue: str, raw_id: str | int, index: int | None = None) -> Task | None:
         """The task an ack or request names; None when it existed once and is gone."""
         task_id = parse_task_id(raw_id)
         extra = {} if index is None else {"ack": index}

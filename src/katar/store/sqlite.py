@@ -464,7 +464,9 @@ class SQLiteStore(Store):
 
         return await self._write(op)
 
-    def _find(self, conn: sqlite3.Connection, queue: str, raw_id: str, index: int) -> Task | None:
+    def _find(
+        self, conn: sqlite3.Connection, queue: str, raw_id: str | int, index: int
+    ) -> Task | None:
         task_id = parse_task_id(raw_id)
         if task_id is not None and task_id <= self._last_id:
             row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
@@ -584,17 +586,13 @@ class SQLiteStore(Store):
         if len(acks) == 1:
             ((task_id, ack),) = acks
             if options.persistent:
-                result = None if ack.result is None else bytes(ack.result)
+                result = bytes(ack.result)
                 rows = conn.execute(_DONE, (result, now, task_id, queue_id, ack.attempt))
             else:
                 rows = conn.execute(_DONE_DROP, (task_id, queue_id, ack.attempt))
         else:
             rows_sql = ",".join(["(?,?,?)"] * len(acks))
-            values = [
-                v
-                for task_id, ack in acks
-                for v in (task_id, ack.attempt, None if ack.result is None else bytes(ack.result))
-            ]
+            values = [v for task_id, ack in acks for v in (task_id, ack.attempt, bytes(ack.result))]
             if options.persistent:
                 rows = conn.execute(_DONE_MANY.format(rows=rows_sql), (now, *values, queue_id))
             else:
