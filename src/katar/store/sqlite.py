@@ -1,10 +1,11 @@
 """``sqlite:///path.db``: the default store, one file on local disk.
 
 One connection does all the writing, on the event loop's thread. Writes requested while the
-loop runs its ready callbacks are queued; one callback after them runs each inside a
-SAVEPOINT of a single transaction, commits once, and only then answers them all (group
-commit). So the requests that arrive together share one commit, a failing operation undoes
-only itself, and no answer is sent before its change is committed. Running the writes on
+loop runs its ready callbacks are queued; one callback after them runs them all in a single
+transaction, commits once, and only then answers them all (group commit). So the requests
+that arrive together share one commit, and no answer is sent before its change is
+committed. Each operation refuses a bad request before it writes anything, so a refused
+request changes nothing while the rest of its group commits. Running the writes on
 the loop's thread rather than a thread of their own was measured faster on two cores: no
 hand-off between threads and no contention for the GIL. What could block the loop for long
 is kept off it: reads run on their own connection and thread (WAL lets them proceed while
