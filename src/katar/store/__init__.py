@@ -27,8 +27,9 @@ def open_store(url: str) -> Store:
 
         return MemoryStore(url)
     if scheme in ("postgresql", "postgres"):
-        raise ConfigError(
-            "the PostgreSQL store is not part of this version of Katar yet; "
-            "use sqlite:///path.db or memory://"
-        )
-    raise ConfigError(f"unknown store scheme {scheme!r} in {url!r}; use sqlite:// or memory://")
+        from katar.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ConfigError(
+        f"unknown store scheme {scheme!r} in {url!r}; use sqlite://, memory:// or postgresql://"
+    )

@@ -41,6 +41,7 @@ from katar.errors import (
     StoreUnavailable,
     TaskNotFound,
 )
+from katar.store._rows import COLUMNS, task_from_row
 from katar.store.base import Change, PollResult, Store
 
 T = TypeVar("T")
@@ -83,10 +84,7 @@ CREATE INDEX IF NOT EXISTS tasks_resting ON tasks (queue_id, state, id)
 DROP INDEX IF EXISTS tasks_queue_state;
 """
 
-_COLUMNS: Final = (
-    "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
-    " created_at, updated_at, run_at, lease_until"
-)
+_COLUMNS: Final = COLUMNS
 _INSERT: Final = f"INSERT INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _UPDATE: Final = (
     "UPDATE tasks SET state=?, priority=?, attempts=?, attempt_base=?, error=?, result=?,"
@@ -134,7 +132,6 @@ _EXPIRE_BATCH: Final = 1000
 _Op = Callable[[sqlite3.Connection], Any]
 _CHECKPOINT_INTERVAL: Final = 0.5  # seconds between checkpoints of the WAL
 _options_decoder: Final = msgspec.json.Decoder(QueueOptions)
-_STATES: Final = tuple(State)  # by value: faster than State(value) on the hot path
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -345,22 +342,7 @@ class SQLiteStore(Store):
     # -- rows and tasks --------------------------------------------------------------------
 
     def _task(self, row: Sequence[Any]) -> Task:
-        return Task(
-            id=row[0],
-            queue=self._queue_names[row[1]],
-            state=_STATES[row[2]],
-            priority=row[3],
-            data=msgspec.Raw(row[4]),
-            attempts=row[5],
-            attempt_base=row[6],
-            error=row[7],
-            result=None if row[8] is None else msgspec.Raw(row[8]),
-            worker=row[9],
-            created_at=row[10],
-            updated_at=row[11],
-            run_at=row[12],
-            lease_until=row[13],
-        )
+        return task_from_row(row, self._queue_names[row[1]])
 
     def _queue_id(self, queue: str) -> int:
         try:

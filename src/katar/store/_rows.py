@@ -1,0 +1,36 @@
+"""The row layout that the SQL stores share: the tasks table's columns, and a task from a row."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+import msgspec
+
+from katar.core.model import State, Task
+
+COLUMNS: Final = (
+    "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
+    " created_at, updated_at, run_at, lease_until"
+)
+_STATES: Final = tuple(State)  # by value: faster than State(value) on the hot path
+
+
+def task_from_row(row: Sequence[Any], queue: str) -> Task:
+    """The task a row of ``COLUMNS`` holds; ``queue`` is the name behind its queue_id."""
+    return Task(
+        id=row[0],
+        queue=queue,
+        state=_STATES[row[2]],
+        priority=row[3],
+        data=msgspec.Raw(row[4]),
+        attempts=row[5],
+        attempt_base=row[6],
+        error=row[7],
+        result=None if row[8] is None else msgspec.Raw(row[8]),
+        worker=row[9],
+        created_at=row[10],
+        updated_at=row[11],
+        run_at=row[12],
+        lease_until=row[13],
+    )

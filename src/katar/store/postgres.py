@@ -1,0 +1,508 @@
+"""``postgresql://user@host:port/dbname``: a store that several Katar servers can share.
+
+Needs the optional driver: ``pip install 'katar[postgres]'`` (psycopg 3 and its pool).
+Every operation is one transaction on a pooled connection. Claims take rows with
+``FOR UPDATE SKIP LOCKED``, so servers never hand out the same task and never wait on one
+another; an ack locks the row it changes. Task ids come from one sequence, so they only grow
+across all servers, and a finished task of a queue without history is known by its id being
+at or below the sequence's last value.
+
+URL parameters: ``pool_size`` (connections per server, default 10) and ``schema`` (the
+PostgreSQL schema that holds Katar's tables, default ``katar``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import msgspec
+
+from katar.core import rules
+from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_task_id
+from katar.errors import (
+    ConfigError,
+    KatarError,
+    QueueNotFound,
+    StoreError,
+    StoreUnavailable,
+    TaskNotFound,
+)
+from katar.store._rows import COLUMNS, task_from_row
+from katar.store.base import Change, PollResult, Store
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+    from psycopg_pool import AsyncConnectionPool
+
+SCHEMA_VERSION: Final = 1
+_MIGRATIONS: Final = {
+    1: """
+CREATE TABLE IF NOT EXISTS {s}.queues (
+    id serial PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    options bytea NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {s}.tasks (
+    id bigserial PRIMARY KEY,  -- a sequence: ids only grow, on every server
+    queue_id integer NOT NULL,
+    state smallint NOT NULL,
+    priority integer NOT NULL,
+    data bytea NOT NULL,       -- the producer's JSON, verbatim
+    attempts integer NOT NULL DEFAULT 0,
+    attempt_base integer NOT NULL DEFAULT 0,
+    error text,
+    result bytea,
+    worker text,
+    created_at bigint NOT NULL,
+    updated_at bigint NOT NULL,
+    run_at bigint,
+    lease_until bigint
+);
+CREATE INDEX IF NOT EXISTS tasks_ready ON {s}.tasks (queue_id, priority DESC, id) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS tasks_due ON {s}.tasks (run_at) WHERE state = 2;
+CREATE INDEX IF NOT EXISTS tasks_lease ON {s}.tasks (lease_until) WHERE state = 3;
+CREATE INDEX IF NOT EXISTS tasks_resting ON {s}.tasks (queue_id, state, id)
+    WHERE state IN (0, 4, 5, 6);
+""",
+}
+_SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_EXPIRE_BATCH: Final = 1000
+_options_decoder: Final = msgspec.json.Decoder(QueueOptions)
+_STATE_OF: Final = tuple(State)
+
+
+def parse_url(url: str) -> tuple[str, int, str]:
+    """The connection string, the pool size and the schema of a ``postgresql://`` URL."""
+    parts = urlsplit(url)
+    params = dict(parse_qsl(parts.query))
+    try:
+        pool_size = int(params.pop("pool_size", "10"))
+    except ValueError:
+        raise ConfigError("the PostgreSQL URL's pool_size must be a whole number") from None
+    if not 1 <= pool_size <= 1000:
+        raise ConfigError("the PostgreSQL URL's pool_size must be from 1 to 1000")
+    schema = params.pop("schema", "katar")
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise ConfigError(
+            f"invalid schema {schema!r} in the PostgreSQL URL: lower-case letters, digits, '_'"
+        )
+    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(params), ""))
+    return conninfo, pool_size, schema
+
+
+def _translate(exc: Exception) -> StoreError:
+    import psycopg
+
+    if isinstance(exc, psycopg.OperationalError | psycopg.errors.AdminShutdown):
+        return StoreUnavailable(f"PostgreSQL is unavailable: {exc}")
+    return StoreError(f"PostgreSQL failed: {exc}")
+
+
+class PostgresStore(Store):
+    """Queues and tasks in PostgreSQL, shared by any number of Katar servers."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            import psycopg  # noqa: F401
+            import psycopg_pool  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(
+                "the PostgreSQL store needs its driver: pip install 'katar[postgres]'"
+            ) from exc
+        self._conninfo, self._pool_size, self._schema = parse_url(url)
+        parts = urlsplit(url)
+        self.url = urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))
+        self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
+        self._queue_ids: dict[str, int] = {}
+        self._queue_names: dict[int, str] = {}
+        s = self._schema
+        self._sql = {
+            "task": f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = %s",
+            "lock": f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = %s FOR UPDATE",
+            "update": (
+                f"UPDATE {s}.tasks SET state=%s, priority=%s, attempts=%s, attempt_base=%s,"
+                " error=%s, result=%s, worker=%s, updated_at=%s, run_at=%s, lease_until=%s"
+                " WHERE id=%s"
+            ),
+            "delete": f"DELETE FROM {s}.tasks WHERE id = %s",
+            "insert": (
+                f"INSERT INTO {s}.tasks (queue_id, state, priority, data, created_at,"
+                f" updated_at, run_at) SELECT * FROM unnest(%s::int[], %s::smallint[],"
+                f" %s::int[], %s::bytea[], %s::bigint[], %s::bigint[], %s::bigint[])"
+                f" RETURNING id"
+            ),
+            "claim": (
+                f"UPDATE {s}.tasks SET state=3, attempts=attempts+1, worker=%s,"
+                f" lease_until=%s, run_at=NULL, updated_at=%s WHERE id IN (SELECT id FROM"
+                f" {s}.tasks WHERE queue_id=%s AND state=1 ORDER BY priority DESC, id"
+                f" LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {COLUMNS}"
+            ),
+            "issued": f"SELECT last_value, is_called FROM {s}.tasks_id_seq",
+        }
+
+    # -- connections -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        from psycopg_pool import AsyncConnectionPool
+
+        pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
+            self._conninfo,
+            min_size=1,
+            max_size=self._pool_size,
+            open=False,
+            timeout=10.0,
+            kwargs={"autocommit": True},
+        )
+        try:
+            await pool.open(wait=True, timeout=10.0)
+        except Exception as exc:
+            await pool.close()
+            raise StoreUnavailable(f"cannot connect to PostgreSQL at {self.url}: {exc}") from exc
+        self._pool = pool
+        try:
+            await self._migrate()
+            await self._load_queue_ids()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _migrate(self) -> None:
+        """Apply the migrations this database lacks, one server at a time."""
+        s = self._schema
+        async with self._transaction() as conn:
+            # Servers starting together wait here for one another.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"katar:{s}",))
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {s}.schema_version (version integer NOT NULL)"
+            )
+            row = await (
+                await conn.execute(f"SELECT max(version) FROM {s}.schema_version")
+            ).fetchone()
+            current = (row[0] if row else None) or 0
+            if current > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"the PostgreSQL schema {s!r} was made by a newer Katar (schema {current},"
+                    f" this one knows {SCHEMA_VERSION})"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                await conn.execute(_MIGRATIONS[version].format(s=s))
+                await conn.execute(f"INSERT INTO {s}.schema_version VALUES (%s)", (version,))
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    def _transaction(self) -> Any:
+        return _Transaction(self)
+
+    async def ping(self) -> None:
+        async with self._transaction() as conn:
+            await conn.execute("SELECT 1")
+
+    # -- queues ------------------------------------------------------------------------------
+
+    async def _load_queue_ids(self) -> None:
+        async with self._transaction() as conn:
+            rows = await (
+                await conn.execute(f"SELECT id, name FROM {self._schema}.queues")
+            ).fetchall()
+        self._queue_ids = {name: qid for qid, name in rows}
+        self._queue_names.update({qid: name for qid, name in rows})
+
+    async def _queue_id(self, queue: str) -> int:
+        if queue not in self._queue_ids:  # another server may have made it
+            await self._load_queue_ids()
+        try:
+            return self._queue_ids[queue]
+        except KeyError:
+            raise QueueNotFound(queue=queue) from None
+
+    async def _name(self, conn: AsyncConnection[tuple[Any, ...]], queue_id: int) -> str:
+        if queue_id not in self._queue_names:
+            cursor = await conn.execute(
+                f"SELECT name FROM {self._schema}.queues WHERE id = %s", (queue_id,)
+            )
+            row = await cursor.fetchone()
+            self._queue_names[queue_id] = row[0] if row else f"#{queue_id}"
+        return self._queue_names[queue_id]
+
+    async def _tasks(
+        self, conn: AsyncConnection[tuple[Any, ...]], rows: Sequence[Sequence[Any]]
+    ) -> list[Task]:
+        return [task_from_row(row, await self._name(conn, row[1])) for row in rows]
+
+    async def load_queues(self) -> dict[str, QueueOptions]:
+        async with self._transaction() as conn:
+            rows = await (
+                await conn.execute(f"SELECT id, name, options FROM {self._schema}.queues")
+            ).fetchall()
+        self._queue_ids = {name: qid for qid, name, _ in rows}
+        self._queue_names.update({qid: name for qid, name, _ in rows})
+        return {name: _options_decoder.decode(options) for _, name, options in rows}
+
+    async def save_queue(self, name: str, options: QueueOptions) -> None:
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                f"INSERT INTO {self._schema}.queues (name, options) VALUES (%s, %s)"
+                " ON CONFLICT (name) DO UPDATE SET options = excluded.options RETURNING id",
+                (name, msgspec.json.encode(options)),
+            )
+            row = await cursor.fetchone()
+        assert row is not None
+        self._queue_ids[name] = row[0]
+        self._queue_names[row[0]] = name
+
+    async def delete_queue(self, name: str) -> int:
+        queue_id = await self._queue_id(name)
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                f"DELETE FROM {self._schema}.tasks WHERE queue_id = %s", (queue_id,)
+            )
+            count: int = cursor.rowcount
+            await conn.execute(f"DELETE FROM {self._schema}.queues WHERE id = %s", (queue_id,))
+        self._queue_ids.pop(name, None)
+        return count
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    async def enqueue(self, queue: str, tasks: Sequence[NewTask], now: int) -> list[Task]:
+        queue_id = await self._queue_id(queue)
+        drafts = [rules.new_task(queue, spec, 0, now) for spec in tasks]
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                self._sql["insert"],
+                (
+                    [queue_id] * len(drafts),
+                    [int(t.state) for t in drafts],
+                    [t.priority for t in drafts],
+                    [bytes(t.data) for t in drafts],
+                    [now] * len(drafts),
+                    [now] * len(drafts),
+                    [t.run_at for t in drafts],
+                ),
+            )
+            ids = [row[0] for row in await cursor.fetchall()]
+        # unnest keeps the order of its arrays, and a sequence hands out growing ids.
+        ids.sort()
+        return [msgspec.structs.replace(t, id=i) for t, i in zip(drafts, ids, strict=True)]
+
+    async def _write(
+        self,
+        conn: AsyncConnection[tuple[Any, ...]],
+        old: Task,
+        new: Task | None,
+        options: QueueOptions,
+    ) -> Change | None:
+        if new is None:
+            return None
+        if rules.discard(new, options):
+            await conn.execute(self._sql["delete"], (new.id,))
+        else:
+            await conn.execute(
+                self._sql["update"],
+                (
+                    int(new.state),
+                    new.priority,
+                    new.attempts,
+                    new.attempt_base,
+                    new.error,
+                    None if new.result is None else bytes(new.result),
+                    new.worker,
+                    new.updated_at,
+                    new.run_at,
+                    new.lease_until,
+                    new.id,
+                ),
+            )
+        return Change(new, old.state)
+
+    async def _issued(self, conn: AsyncConnection[tuple[Any, ...]], task_id: int) -> bool:
+        row = await (await conn.execute(self._sql["issued"])).fetchone()
+        return row is not None and bool(row[1]) and task_id <= row[0]
+
+    async def poll(
+        self,
+        queue: str,
+        options: QueueOptions,
+        acks: Sequence[Ack],
+        limit: int,
+        worker: str | None,
+        now: int,
+    ) -> PollResult:
+        queue_id = await self._queue_id(queue)
+        changes: list[Change] = []
+        async with self._transaction() as conn:
+            for index, ack in enumerate(acks):
+                task_id = parse_task_id(ack.task_id)
+                row = None
+                if task_id is not None:
+                    row = await (await conn.execute(self._sql["lock"], (task_id,))).fetchone()
+                if row is None:
+                    if task_id is not None and await self._issued(conn, task_id):
+                        continue  # finished and gone: a queue without history
+                    raise TaskNotFound(
+                        f"no task {ack.task_id!r} in queue {queue!r}",
+                        _id=str(ack.task_id),
+                        ack=index,
+                    )
+                if row[1] != queue_id:
+                    raise TaskNotFound(
+                        f"no task {ack.task_id!r} in queue {queue!r}",
+                        _id=str(ack.task_id),
+                        ack=index,
+                    )
+                task = task_from_row(row, queue)
+                try:
+                    new = rules.apply_ack(task, ack, options, now)
+                except KatarError as exc:
+                    exc.details.setdefault("ack", index)
+                    raise
+                change = await self._write(conn, task, new, options)
+                if change is not None and change.task.state != change.old:
+                    changes.append(change)
+            delivered: list[Task] = []
+            if limit > 0:
+                cursor = await conn.execute(
+                    self._sql["claim"], (worker, now + options.timeout, now, queue_id, limit)
+                )
+                delivered = [task_from_row(row, queue) for row in await cursor.fetchall()]
+                delivered.sort(key=lambda t: (-t.priority, t.id))
+        return PollResult(delivered, changes)
+
+    async def get_task(self, queue: str, task_id: int) -> Task | None:
+        async with self._transaction() as conn:
+            row = await (await conn.execute(self._sql["task"], (task_id,))).fetchone()
+            if row is None or await self._name(conn, row[1]) != queue:
+                return None
+            return task_from_row(row, queue)
+
+    async def list_tasks(
+        self, queue: str, states: Sequence[State] | None, limit: int, after: int
+    ) -> list[Task]:
+        queue_id = await self._queue_id(queue)
+        sql = f"SELECT {COLUMNS} FROM {self._schema}.tasks WHERE queue_id = %s AND id > %s"
+        params: list[Any] = [queue_id, after]
+        if states is not None:
+            sql += " AND state = ANY(%s)"
+            params.append([int(s) for s in states])
+        sql += " ORDER BY id LIMIT %s"
+        params.append(limit)
+        async with self._transaction() as conn:
+            rows = await (await conn.execute(sql, params)).fetchall()
+        return [task_from_row(row, queue) for row in rows]
+
+    async def counts(self) -> dict[str, dict[State, int]]:
+        async with self._transaction() as conn:
+            names = dict(
+                await (await conn.execute(f"SELECT id, name FROM {self._schema}.queues")).fetchall()
+            )
+            rows = await (
+                await conn.execute(
+                    f"SELECT queue_id, state, count(*) FROM {self._schema}.tasks"
+                    " GROUP BY queue_id, state"
+                )
+            ).fetchall()
+        result: dict[str, dict[State, int]] = {name: {} for name in names.values()}
+        for queue_id, state, count in rows:
+            if queue_id in names:
+                result[names[queue_id]][_STATE_OF[state]] = count
+        return result
+
+    async def set_status(self, queue: str, task_id: int, status: str, now: int) -> Change | None:
+        queue_id = await self._queue_id(queue)
+        async with self._transaction() as conn:
+            row = await (await conn.execute(self._sql["lock"], (task_id,))).fetchone()
+            if row is None or row[1] != queue_id:
+                raise TaskNotFound(f"no task {str(task_id)!r} in queue {queue!r}", _id=str(task_id))
+            task = task_from_row(row, queue)
+            new = rules.change_status(task, status, now)
+            # A status change never finishes a task: the history option plays no part.
+            return await self._write(conn, task, new, _KEEP)
+
+    async def delete_task(self, queue: str, task_id: int) -> bool:
+        queue_id = await self._queue_id(queue)
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                f"DELETE FROM {self._schema}.tasks WHERE id = %s AND queue_id = %s",
+                (task_id, queue_id),
+            )
+            deleted: bool = cursor.rowcount > 0
+            return deleted
+
+    async def expire(self, queues: Mapping[str, QueueOptions], now: int) -> list[Change]:
+        s = self._schema
+        changes: list[Change] = []
+        async with self._transaction() as conn:
+            # SKIP LOCKED: each expired delivery is handled by exactly one server.
+            for sql, lease in (
+                (
+                    f"SELECT {COLUMNS} FROM {s}.tasks WHERE state = 3 AND lease_until <= %s"
+                    " ORDER BY lease_until LIMIT %s FOR UPDATE SKIP LOCKED",
+                    True,
+                ),
+                (
+                    f"SELECT {COLUMNS} FROM {s}.tasks WHERE state = 2 AND run_at <= %s"
+                    " ORDER BY run_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                    False,
+                ),
+            ):
+                rows = await (await conn.execute(sql, (now, _EXPIRE_BATCH))).fetchall()
+                for task in await self._tasks(conn, rows):
+                    options = queues.get(task.queue)
+                    if options is None:
+                        continue
+                    new = (
+                        rules.expire_lease(task, options, now)
+                        if lease
+                        else rules.promote(task, now)
+                    )
+                    change = await self._write(conn, task, new, options)
+                    if change is not None:
+                        changes.append(change)
+        return changes
+
+
+_KEEP: Final = QueueOptions(persistent=True)
+
+
+class _Transaction:
+    """``async with``: a pooled connection inside a transaction; driver errors become
+    Katar's (StoreUnavailable when the database cannot be reached)."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        self._connection: Any = None
+        self._transaction: Any = None
+
+    async def __aenter__(self) -> AsyncConnection[tuple[Any, ...]]:
+        import psycopg
+
+        if self.store._pool is None:
+            raise StoreUnavailable("the PostgreSQL store is not open")
+        try:
+            self._connection = self.store._pool.connection()
+            conn = await self._connection.__aenter__()
+            self._transaction = conn.transaction()
+            await self._transaction.__aenter__()
+        except (psycopg.Error, OSError) as exc:
+            raise _translate(exc) from exc
+        except Exception as exc:  # the pool's own time-out
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+        return conn  # type: ignore[no-any-return]
+
+    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        import psycopg
+
+        try:
+            await self._transaction.__aexit__(kind, exc, tb)
+        except psycopg.Error as error:
+            await self._connection.__aexit__(type(error), error, None)
+            raise _translate(error) from error
+        await self._connection.__aexit__(kind, exc, tb)
+        if isinstance(exc, psycopg.Error):
+            raise _translate(exc) from exc
