@@ -74,6 +74,7 @@ class Engine:
         self.queues = await self.store.load_queues()
         for name, options in (declared or {}).items():
             await self.put_queue(name, options)
+        await self.store.listen(self._remote)
         self._reaper = asyncio.create_task(self._reap(), name="katar-reaper")
 
     def begin_shutdown(self) -> None:
@@ -274,6 +275,24 @@ class Engine:
         self.options(queue)
         if not await self.store.delete_task(queue, task_id):
             raise TaskNotFound(f"no task {str(task_id)!r} in queue {queue!r}", _id=str(task_id))
+
+    def _remote(self, kind: str, value: str, count: int) -> None:
+        """What a server sharing the store did (see Store.listen)."""
+        if kind == "ready":
+            self._wake(value, count)
+        elif kind in ("queues", "resync"):
+            job = asyncio.ensure_future(self._reload_queues(kind == "resync"))
+            self._background.add(job)
+            job.add_done_callback(self._background.discard)
+
+    async def _reload_queues(self, wake_all: bool) -> None:
+        try:
+            self.queues = await self.store.load_queues()
+        except Exception:
+            log.exception("reloading the queues failed")
+        if wake_all:  # events may have been missed: every long poll looks again
+            for queue, waiters in self._waiters.items():
+                self._wake(queue, len(waiters))
 
     # -- leases, events --------------------------------------------------------------------
 

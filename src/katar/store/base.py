@@ -10,7 +10,7 @@ Every store passes the conformance suite in ``tests/store``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 from katar.core.model import Ack, NewTask, QueueOptions, State, Task
@@ -108,6 +108,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_task(self, queue: str, task_id: int) -> bool:
         """Remove a task; False when the queue holds no such task."""
+
+    async def listen(self, notify: Callable[[str, str, int], None]) -> None:
+        """Call ``notify(kind, value, count)`` for what the servers sharing this store do,
+        until the store closes: ``("ready", queue, n)`` when n tasks became ready,
+        ``("queues", name, 0)`` when a queue was created, changed or deleted, and
+        ``("resync", "", 0)`` after a gap in which events may have been missed. A store
+        that only one server can use has nothing to tell, and keeps this default."""
+        return None
 
     @abc.abstractmethod
     async def expire(self, queues: Mapping[str, QueueOptions], now: int) -> list[Change]:

@@ -13,8 +13,12 @@ PostgreSQL schema that holds Katar's tables, default ``katar``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -36,6 +40,8 @@ from katar.store.base import Change, PollResult, Store
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
     from psycopg_pool import AsyncConnectionPool
+
+log = logging.getLogger("katar")
 
 SCHEMA_VERSION: Final = 1
 _MIGRATIONS: Final = {
@@ -118,6 +124,8 @@ class PostgresStore(Store):
         self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
         self._queue_ids: dict[str, int] = {}
         self._queue_names: dict[int, str] = {}
+        self._channel = f"katar_{self._schema}"
+        self._listener: asyncio.Task[None] | None = None
         s = self._schema
         self._sql = {
             "task": f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = %s",
@@ -193,12 +201,68 @@ class PostgresStore(Store):
                 await conn.execute(f"INSERT INTO {s}.schema_version VALUES (%s)", (version,))
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
 
     def _transaction(self) -> Any:
         return _Transaction(self)
+
+    # -- what the other servers do -----------------------------------------------------------
+
+    async def _notify(self, conn: AsyncConnection[tuple[Any, ...]], payload: str) -> None:
+        # Delivered to every listening server when the transaction commits, and not at all
+        # if it rolls back.
+        await conn.execute("SELECT pg_notify(%s, %s)", (self._channel, payload))
+
+    async def _notify_ready(
+        self, conn: AsyncConnection[tuple[Any, ...]], tasks: Iterable[Task]
+    ) -> None:
+        ready = Counter(task.queue for task in tasks if task.state is State.READY)
+        for queue, count in ready.items():
+            await self._notify(conn, f"r:{count}:{queue}")
+
+    async def listen(self, notify: Callable[[str, str, int], None]) -> None:
+        listening = asyncio.Event()
+        self._listener = asyncio.create_task(self._listen(notify, listening))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(listening.wait(), 10)
+
+    async def _listen(
+        self, notify: Callable[[str, str, int], None], listening: asyncio.Event
+    ) -> None:
+        """LISTEN on a connection of its own, for as long as the store is open; after a
+        lost connection, connect again (with backoff) and say that events were missed."""
+        import psycopg
+
+        delay = 0.1
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+                async with conn:
+                    await conn.execute(f"LISTEN {self._channel}")
+                    if listening.is_set():
+                        notify("resync", "", 0)
+                    listening.set()
+                    delay = 0.1
+                    async for event in conn.notifies():
+                        kind, _, rest = event.payload.partition(":")
+                        if kind == "r":
+                            count, _, queue = rest.partition(":")
+                            notify("ready", queue, int(count))
+                        elif kind == "q":
+                            notify("queues", rest, 0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("PostgreSQL notifications lost (%s); reconnecting in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def ping(self) -> None:
         async with self._transaction() as conn:
@@ -253,6 +317,7 @@ class PostgresStore(Store):
                 (name, msgspec.json.encode(options)),
             )
             row = await cursor.fetchone()
+            await self._notify(conn, f"q:{name}")
         assert row is not None
         self._queue_ids[name] = row[0]
         self._queue_names[row[0]] = name
@@ -265,6 +330,7 @@ class PostgresStore(Store):
             )
             count: int = cursor.rowcount
             await conn.execute(f"DELETE FROM {self._schema}.queues WHERE id = %s", (queue_id,))
+            await self._notify(conn, f"q:{name}")
         self._queue_ids.pop(name, None)
         return count
 
@@ -287,6 +353,7 @@ class PostgresStore(Store):
                 ),
             )
             ids = [row[0] for row in await cursor.fetchall()]
+            await self._notify_ready(conn, drafts)
         # unnest keeps the order of its arrays, and a sequence hands out growing ids.
         ids.sort()
         return [msgspec.structs.replace(t, id=i) for t, i in zip(drafts, ids, strict=True)]
@@ -372,6 +439,7 @@ class PostgresStore(Store):
                 )
                 delivered = [task_from_row(row, queue) for row in await cursor.fetchall()]
                 delivered.sort(key=lambda t: (-t.priority, t.id))
+            await self._notify_ready(conn, (change.task for change in changes))
         return PollResult(delivered, changes)
 
     async def get_task(self, queue: str, task_id: int) -> Task | None:
@@ -422,7 +490,10 @@ class PostgresStore(Store):
             task = task_from_row(row, queue)
             new = rules.change_status(task, status, now)
             # A status change never finishes a task: the history option plays no part.
-            return await self._write(conn, task, new, _KEEP)
+            change = await self._write(conn, task, new, _KEEP)
+            if change is not None:
+                await self._notify_ready(conn, [change.task])
+            return change
 
     async def delete_task(self, queue: str, task_id: int) -> bool:
         queue_id = await self._queue_id(queue)
@@ -464,6 +535,7 @@ class PostgresStore(Store):
                     change = await self._write(conn, task, new, options)
                     if change is not None:
                         changes.append(change)
+            await self._notify_ready(conn, (change.task for change in changes))
         return changes
 
 
