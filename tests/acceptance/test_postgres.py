@@ -1,0 +1,153 @@
+"""Several ``katar serve`` processes on one PostgreSQL database."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.acceptance.conftest import KatarProcess, wait_until
+from tests.acceptance.test_serve import Drain
+from tests.conftest import store_url
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> str:
+    """A PostgreSQL URL with a schema of this test's own (skips without PostgreSQL)."""
+    return store_url("postgres", tmp_path)
+
+
+@pytest.fixture
+def three(tmp_path: Path, database: str) -> Iterator[list[KatarProcess]]:
+    """Three servers on one database, started at the same moment (their migrations meet
+    on the advisory lock)."""
+    servers = [KatarProcess(tmp_path, "--db", database) for _ in range(3)]
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda server: server.start(), servers))
+    yield servers
+    for server in servers:
+        server.kill()
+
+
+def test_three_servers_share_the_work(three: list[KatarProcess]) -> None:
+    total = 20_000
+    with httpx.Client(base_url=three[0].url, timeout=60) as client:
+        client.put("/v1/queue/shared", json={"timeout": 600000}).raise_for_status()
+        for start in range(0, total, 1000):
+            body = {"tasks": [{"data": n} for n in range(start, start + 1000)]}
+            client.post("/v1/queue/shared/tasks", json=body).raise_for_status()
+    drains = [Drain(server.url, "shared") for server in three]
+    with ThreadPoolExecutor(12) as pool:
+        for n in range(12):
+            pool.submit(drains[n % 3].work, f"w{n}", 1 + n % 4)
+
+        def finished() -> bool:
+            return sum(len(d.confirmed) for d in drains) >= total
+
+        wait_until(finished, seconds=120)
+        for drain in drains:
+            drain.stop.set()
+    assert [d.errors for d in drains] == [[], [], []]
+    delivered = [task_id for d in drains for _seq, task_id, _attempt in d.deliveries]
+    # The lease is 10 minutes: a task delivered twice would have been handed out twice
+    # while leased.
+    assert len(delivered) == len(set(delivered)) == total
+    assert all(d.deliveries for d in drains)  # every server took its share
+    stats = httpx.get(f"{three[2].url}/v1/queues", timeout=10).json()["queues"]
+    assert stats[0]["counts"]["queued"] == 0 and stats[0]["counts"]["in progress"] == 0
+
+
+def test_a_long_poll_wakes_for_an_enqueue_on_another_server(three: list[KatarProcess]) -> None:
+    first, second, _ = three
+    httpx.put(f"{first.url}/v1/queue/wake", json={}, timeout=10).raise_for_status()
+    answers: list[httpx.Response] = []
+
+    def long_poll() -> None:
+        answers.append(httpx.post(f"{first.url}/v1/queue/wake", json={"wait": 20}, timeout=30))
+
+    poller = threading.Thread(target=long_poll)
+    poller.start()
+    time.sleep(0.5)  # parked on the first server
+    created = httpx.post(f"{second.url}/v1/queue/wake/tasks", json={"data": "hi"}, timeout=10)
+    poller.join(30)
+    assert answers and answers[0].status_code == 200  # not 204: the 20 s did not run out
+    assert answers[0].json()["tasks"][0]["_id"] == created.json()["tasks"][0]["_id"]
+
+
+def test_a_queue_made_on_one_server_is_known_to_the_others(three: list[KatarProcess]) -> None:
+    first, second, third = three
+    body = {"configuration": {"interval": 5}}
+    httpx.put(f"{first.url}/v1/queue/later", json=body, timeout=10).raise_for_status()
+
+    def known() -> bool:
+        answer = httpx.get(f"{third.url}/v1/queue/later", timeout=10)
+        return answer.status_code == 200 and answer.json()["configuration"]["interval"] == 5
+
+    wait_until(known, seconds=10)
+    httpx.delete(f"{second.url}/v1/queue/later", timeout=10).raise_for_status()
+    wait_until(lambda: httpx.get(f"{third.url}/v1/queue/later").status_code == 404, 10)
+
+
+def _cluster(action: str) -> None:
+    versions = sorted(p.name for p in Path("/etc/postgresql").iterdir())
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", action],
+        check=True,
+        timeout=60,
+    )
+
+
+def test_a_postgresql_restart_mid_drain(tmp_path: Path, database: str) -> None:
+    if shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir():
+        pytest.skip("needs a local PostgreSQL cluster that pg_ctlcluster can restart")
+    server = KatarProcess(tmp_path, "--db", database).start()
+    total = 3000
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            client.put("/v1/queue/q", json={"persistent": True, "timeout": 3000}).raise_for_status()
+            for start in range(0, total, 1000):
+                body = {"tasks": [{"data": n} for n in range(start, start + 1000)]}
+                client.post("/v1/queue/q/tasks", json=body).raise_for_status()
+        drain = Drain(server.url, "q")
+        with ThreadPoolExecutor(4) as pool:
+            for n in range(4):
+                pool.submit(drain.work, f"w{n}", 1 + n % 2)
+            wait_until(lambda: len(drain.confirmed) >= total // 3)
+            _cluster("stop")
+            try:
+                with httpx.Client(base_url=server.url, timeout=30) as client:
+                    started = time.monotonic()
+                    health = client.get("/healthz")
+                    refused = client.post("/v1/queue/q/tasks", json={"data": "during"})
+                    waited = time.monotonic() - started
+            finally:
+                _cluster("start")
+            assert health.status_code == 503 and "unavailable" in health.json()["error"]
+            assert refused.status_code == 503, refused.text
+            assert waited < 25  # bounded: the pool gives up after 10 s
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                wait_until(lambda: client.get("/healthz").status_code == 200, 60)
+                after = client.post("/v1/queue/q/tasks", json={"data": "after"})
+                assert after.status_code == 201
+
+                def all_done() -> bool:
+                    counts = client.get("/v1/queues").json()["queues"][0]["counts"]
+                    return bool(counts["done"] == total + 1)
+
+                wait_until(all_done, seconds=120)
+            drain.stop.set()
+    finally:
+        server.kill()
+    assert {error.split()[0] for error in drain.errors} <= {"503"}
+    first_confirmed: dict[str, int] = {}
+    for seq, task_id, _attempt in drain.confirmed:
+        first_confirmed.setdefault(task_id, seq)
+    redelivered = [t for seq, t, _a in drain.deliveries if seq > first_confirmed.get(t, seq)]
+    assert redelivered == []
