@@ -44,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow listening on a non-loopback address without authentication",
     )
+    migrate = commands.add_parser(
+        "migrate",
+        help="create or upgrade the store's schema, then exit",
+        description="Create or upgrade the store's schema (katar serve does it too, at start).",
+    )
+    migrate.add_argument("--config", metavar="FILE", help="a TOML configuration file")
+    migrate.add_argument("--db", metavar="URL", help="the store URL (default: the file's)")
     for name, text in (
         ("worker", "run a Python function as a worker: katar worker ... module:function"),
         ("enqueue", "put tasks on a queue: katar enqueue ... DATA (JSON, or - for JSON lines)"),
@@ -152,6 +159,24 @@ _END: Final = object()
 _BATCH: Final = 1000
 
 
+def migrate(args: argparse.Namespace) -> int:
+    """``katar migrate``: open the store, which brings its schema up to date, and close it."""
+    import asyncio
+
+    from katar.store import open_store
+
+    settings = config.load(args.config) if args.config else config.Settings()
+    store = open_store(args.db or settings.store_url)
+
+    async def run() -> None:
+        await store.open()
+        await store.close()
+
+    asyncio.run(run())
+    print(f"katar: the store {store.url} is up to date", file=sys.stderr)
+    return 0
+
+
 def serve(args: argparse.Namespace) -> None:
     """``katar serve``."""
     settings = config.load(args.config) if args.config else config.Settings()
@@ -189,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             serve(args)
+        elif args.command == "migrate":
+            return migrate(args)
         elif args.command == "worker":
             return worker(args)
         elif args.command == "enqueue":

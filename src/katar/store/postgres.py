@@ -120,7 +120,8 @@ class PostgresStore(Store):
             ) from exc
         self._conninfo, self._pool_size, self._schema = parse_url(url)
         parts = urlsplit(url)
-        self.url = urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))
+        where = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+        self.url = urlunsplit((parts.scheme, where, parts.path, "", ""))  # no credentials
         self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
         self._queue_ids: dict[str, int] = {}
         self._queue_names: dict[int, str] = {}
