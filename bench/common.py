@@ -96,18 +96,59 @@ class Server:
 @contextmanager
 def katar(store: str = "sqlite") -> Iterator[Server]:
     """A fresh ``katar serve`` in a temporary folder, on its default settings."""
-    workdir = Path(tempfile.mkdtemp(prefix="katar-bench-"))
     url = "memory://" if store == "memory" else "sqlite:///katar.db"
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "katar", "serve", "--port", str(port), "--db", url],
-        cwd=workdir,
-        stderr=subprocess.DEVNULL,
-    )
+    with katars(url, 1) as servers:
+        yield servers[0]
+
+
+#: The PostgreSQL server for the PostgreSQL figures (skipped when it does not answer).
+POSTGRES_URL = os.environ.get("KATAR_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def postgres_available() -> bool:
     try:
-        wait_for_port(port)
-        yield Server(port, process.pid)
+        import psycopg
+
+        psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
+    except Exception:
+        return False
+    return True
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A store URL on a fresh PostgreSQL schema, dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    schema = f"katar_bench_{uuid.uuid4().hex[:10]}"
+    try:
+        yield f"{POSTGRES_URL}?schema={schema}&pool_size=20"
     finally:
-        process.terminate()
-        process.wait(60)
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@contextmanager
+def katars(url: str, count: int) -> Iterator[list[Server]]:
+    """``count`` ``katar serve`` processes on the store ``url``, each in its own folder."""
+    workdir = Path(tempfile.mkdtemp(prefix="katar-bench-"))
+    processes = []
+    try:
+        for _ in range(count):
+            port = free_port()
+            process = subprocess.Popen(
+                [sys.executable, "-m", "katar", "serve", "--port", str(port), "--db", url],
+                cwd=workdir,
+                stderr=subprocess.DEVNULL,
+            )
+            processes.append((port, process))
+            wait_for_port(port)
+        yield [Server(port, process.pid) for port, process in processes]
+    finally:
+        for _, process in processes:
+            process.terminate()
+        for _, process in processes:
+            process.wait(60)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import depth, latency, peers, throughput
-from bench.common import HERE, katar
+from bench.common import HERE, katar, postgres_available
 
 Figures = dict[str, Any]
 
@@ -73,6 +73,17 @@ def measure_all(args: argparse.Namespace) -> Figures:
                 "max": max(x["tasks_per_s"] for x in runs),
                 "peak_rss_mb": max(x["peak_rss_mb"] for x in runs),
             }
+    if postgres_available():
+        for servers in (1, 2):
+            for name, tasks, batch in (("seed", args.tasks // 2, 1), ("batched", 100_000, 100)):
+                step(f"drain postgres {name}, {servers} server(s) ...", flush=True)
+                runs = [throughput.drain_postgres(servers, tasks, batch, c) for _ in range(r)]
+                rates = [run["tasks_per_s"] for run in runs]
+                figures[f"drain_{name}_postgres_{servers}"] = {
+                    "median": statistics.median(rates),
+                    "min": min(rates),
+                    "max": max(rates),
+                }
     step("enqueue ...", flush=True)
     figures["enqueue_single_sqlite"] = spread(
         lambda: throughput.enqueue("sqlite", 1, c, seconds), r
@@ -206,6 +217,11 @@ def table(f: Figures) -> str:
     for store in ("sqlite", "memory"):
         lines.append(f"{f'drain, seed protocol, {store}':<44}{rate(f'drain_seed_{store}')}")
         lines.append(f"{f'drain, max 100, {store}':<44}{rate(f'drain_batched_{store}')}")
+    for servers in (1, 2):
+        for name, label in (("seed", "seed protocol"), ("batched", "max 100")):
+            key = f"drain_{name}_postgres_{servers}"
+            if key in f:
+                lines.append(f"{f'drain, {label}, postgres, {servers} server(s)':<44}{rate(key)}")
     lines.append(f"{'enqueue, 1 per request, sqlite':<44}{rate('enqueue_single_sqlite')}")
     lines.append(f"{'enqueue, 1,000 per request, sqlite':<44}{rate('enqueue_bulk_sqlite')}")
     for peer in ("beanstalkd", "huey", "rq"):

@@ -12,7 +12,19 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import HERE, free_port, katar, lua, peak_rss_mb, wait_for_port, wrk, wrk_rate
+from bench.common import (
+    HERE,
+    Server,
+    free_port,
+    katar,
+    katars,
+    lua,
+    peak_rss_mb,
+    postgres_schema,
+    wait_for_port,
+    wrk,
+    wrk_rate,
+)
 
 QUEUE = "bench"
 POST_EMPTY = (
@@ -95,27 +107,47 @@ def fill(client: httpx.Client, tasks: int) -> float:
 def drain(store: str, tasks: int, batch: int, connections: int) -> dict[str, float]:
     """Enqueue ``tasks`` in bulk, then drain them with wrk workers that piggyback each ack
     on their next poll (drain.lua) asking for ``batch`` tasks; tasks per second."""
-    with katar(store) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+    with katar(store) as server:
+        return _drain([server], tasks, batch, connections)
+
+
+def drain_postgres(servers: int, tasks: int, batch: int, connections: int) -> dict[str, float]:
+    """The same on PostgreSQL, with ``servers`` Katar processes sharing the database and
+    the connections shared among them (one wrk per server)."""
+    with postgres_schema() as url, katars(url, servers) as running:
+        return _drain(running, tasks, batch, connections)
+
+
+def _drain(servers: list[Server], tasks: int, batch: int, connections: int) -> dict[str, float]:
+    with httpx.Client(base_url=servers[0].url, timeout=60) as client:
         fill(client, tasks)
         started = time.perf_counter()
-        run = wrk(
-            f"{server.url}/v1/queue/{QUEUE}",
-            HERE / "drain.lua",
-            600,
-            connections,
-            {"KATAR_MAX": str(batch)},
-        )
+        runs = [
+            wrk(
+                f"{server.url}/v1/queue/{QUEUE}",
+                HERE / "drain.lua",
+                600,
+                connections // len(servers),
+                {"KATAR_MAX": str(batch)},
+            )
+            for server in servers
+        ]
         left = {"status": "queued,in progress", "limit": "1"}
         try:
             while client.get(f"/v1/queue/{QUEUE}/tasks", params=left).json()["tasks"]:
                 time.sleep(0.02)
-                if run.poll() is not None:
-                    raise RuntimeError(f"wrk stopped early:\n{run.communicate()[0]}")
+                for run in runs:
+                    if run.poll() is not None:
+                        raise RuntimeError(f"wrk stopped early:\n{run.communicate()[0]}")
             elapsed = time.perf_counter() - started
         finally:
-            run.terminate()
-            run.communicate()
-        return {"tasks_per_s": tasks / elapsed, "peak_rss_mb": peak_rss_mb(server.pid)}
+            for run in runs:
+                run.terminate()
+                run.communicate()
+        return {
+            "tasks_per_s": tasks / elapsed,
+            "peak_rss_mb": max(peak_rss_mb(server.pid) for server in servers),
+        }
 
 
 def enqueue(store: str, per_request: int, connections: int, seconds: float) -> float:
