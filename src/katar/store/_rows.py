@@ -34,3 +34,22 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
         run_at=row[12],
         lease_until=row[13],
     )
+
+
+def update_values(task: Task) -> tuple[Any, ...]:
+    """The parameters of an UPDATE that writes ``task`` back: the changeable columns in the
+    order state, priority, attempts, attempt_base, error, result, worker, updated_at,
+    run_at, lease_until, then the id."""
+    return (
+        int(task.state),
+        task.priority,
+        task.attempts,
+        task.attempt_base,
+        task.error,
+        None if task.result is None else bytes(task.result),
+        task.worker,
+        task.updated_at,
+        task.run_at,
+        task.lease_until,
+        task.id,
+    )

@@ -34,7 +34,7 @@ from katar.errors import (
     StoreUnavailable,
     TaskNotFound,
 )
-from katar.store._rows import COLUMNS, task_from_row
+from katar.store._rows import COLUMNS, task_from_row, update_values
 from katar.store.base import Change, PollResult, Store
 
 if TYPE_CHECKING:
@@ -373,19 +373,7 @@ class PostgresStore(Store):
         else:
             await conn.execute(
                 self._sql["update"],
-                (
-                    int(new.state),
-                    new.priority,
-                    new.attempts,
-                    new.attempt_base,
-                    new.error,
-                    None if new.result is None else bytes(new.result),
-                    new.worker,
-                    new.updated_at,
-                    new.run_at,
-                    new.lease_until,
-                    new.id,
-                ),
+                update_values(new),
             )
         return Change(new, old.state)
 

@@ -41,7 +41,7 @@ from katar.errors import (
     StoreUnavailable,
     TaskNotFound,
 )
-from katar.store._rows import COLUMNS, task_from_row
+from katar.store._rows import COLUMNS, task_from_row, update_values
 from katar.store.base import Change, PollResult, Store
 
 T = TypeVar("T")
@@ -360,19 +360,7 @@ class SQLiteStore(Store):
         else:
             conn.execute(
                 _UPDATE,
-                (
-                    new.state,
-                    new.priority,
-                    new.attempts,
-                    new.attempt_base,
-                    new.error,
-                    None if new.result is None else bytes(new.result),
-                    new.worker,
-                    new.updated_at,
-                    new.run_at,
-                    new.lease_until,
-                    new.id,
-                ),
+                update_values(new),
             )
         return Change(new, old.state)
 
