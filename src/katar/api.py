@@ -137,6 +137,12 @@ class Queue:
             return self.katar.engine.options(self.name)
         return self.katar.declared(self.name) or QueueOptions()
 
+    def _id(self, raw: int | str) -> int:
+        task_id = parse_task_id(raw)
+        if task_id is None:
+            raise TaskNotFound.named(raw, self.name)
+        return task_id
+
     def on(self, status: str, listener: Listener) -> None:
         """Call ``listener(task)`` whenever a task of this queue takes ``status``."""
         self.katar.on(f"{self.name}.{status}", listener)
@@ -168,7 +174,7 @@ class Queue:
 
     async def get(self, task_id: int | str, wait: float = 0) -> Task:
         """The task; with ``wait``, wait up to that many seconds for it to finish."""
-        return await self.katar.engine.get_task(self.name, _task_id(task_id), wait)
+        return await self.katar.engine.get_task(self.name, self._id(task_id), wait)
 
     async def tasks(
         self, status: str | Sequence[str] | None = None, limit: int = 100, after: int = 0
@@ -179,23 +185,16 @@ class Queue:
 
     async def cancel(self, task_id: int | str) -> Task:
         """Cancel a paused or queued task."""
-        return await self.katar.engine.set_status(self.name, _task_id(task_id), "cancelled")
+        return await self.katar.engine.set_status(self.name, self._id(task_id), "cancelled")
 
     async def pause(self, task_id: int | str) -> Task:
         """Pause a queued task."""
-        return await self.katar.engine.set_status(self.name, _task_id(task_id), "paused")
+        return await self.katar.engine.set_status(self.name, self._id(task_id), "paused")
 
     async def resume(self, task_id: int | str) -> Task:
         """Queue a paused task again, or retry a failed or cancelled one."""
-        return await self.katar.engine.set_status(self.name, _task_id(task_id), "queued")
+        return await self.katar.engine.set_status(self.name, self._id(task_id), "queued")
 
     async def delete(self, task_id: int | str) -> None:
         """Remove a task."""
-        await self.katar.engine.delete_task(self.name, _task_id(task_id))
-
-
-def _task_id(raw: int | str) -> int:
-    task_id = parse_task_id(raw)
-    if task_id is None:
-        raise TaskNotFound(f"no task {raw!r}", _id=str(raw))
-    return task_id
+        await self.katar.engine.delete_task(self.name, self._id(task_id))

@@ -65,6 +65,11 @@ class QueueNotFound(NotFound):
 class TaskNotFound(NotFound):
     """Task not found"""
 
+    @classmethod
+    def named(cls, task_id: object, queue: str, **details: Any) -> TaskNotFound:
+        """The error for a task id that the queue does not hold (``details`` locate it)."""
+        return cls(f"no task {str(task_id)!r} in queue {queue!r}", _id=str(task_id), **details)
+
 
 class Conflict(KatarError):
     """The request conflicts with the task's current state."""

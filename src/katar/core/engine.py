@@ -248,7 +248,7 @@ class Engine:
     async def _existing(self, queue: str, task_id: int) -> Task:
         task = await self.store.get_task(queue, task_id)
         if task is None:
-            raise TaskNotFound(f"no task {str(task_id)!r} in queue {queue!r}", _id=str(task_id))
+            raise TaskNotFound.named(task_id, queue)
         return task
 
     async def list_tasks(
@@ -274,7 +274,7 @@ class Engine:
         """Remove a task, whatever its status."""
         self.options(queue)
         if not await self.store.delete_task(queue, task_id):
-            raise TaskNotFound(f"no task {str(task_id)!r} in queue {queue!r}", _id=str(task_id))
+            raise TaskNotFound.named(task_id, queue)
 
     def _remote(self, kind: str, value: str, count: int) -> None:
         """What a server sharing the store did (see Store.listen)."""

@@ -79,7 +79,7 @@ class Request:
         raw = self.params[1]
         task_id = parse_task_id(raw)
         if task_id is None:
-            raise TaskNotFound(f"no task {raw!r} in queue {self.queue!r}", _id=raw)
+            raise TaskNotFound.named(raw, self.queue)
         return task_id
 
     def query(self) -> dict[str, str]:

@@ -7,8 +7,6 @@ from katar.store.base import Change, PollResult, Store
 
 __all__ = ["Change", "PollResult", "Store", "open_store"]
 
-SCHEMES = ("sqlite", "memory", "postgresql")
-
 
 def open_store(url: str) -> Store:
     """The store for ``url`` (not yet opened): ``sqlite:///path.db``, ``memory://``, ..."""

@@ -102,10 +102,10 @@ class MemoryStore(Store):
         task_id = parse_task_id(raw_id)
         extra = {} if index is None else {"ack": index}
         if task_id is None or task_id > self._last_id:
-            raise TaskNotFound(f"no task {raw_id!r} in queue {queue!r}", _id=str(raw_id), **extra)
+            raise TaskNotFound.named(raw_id, queue, **extra)
         task = self._tasks.get(task_id)
         if task is not None and task.queue != queue:
-            raise TaskNotFound(f"no task {raw_id!r} in queue {queue!r}", _id=str(raw_id), **extra)
+            raise TaskNotFound.named(raw_id, queue, **extra)
         return task
 
     async def poll(
@@ -182,7 +182,7 @@ class MemoryStore(Store):
     async def set_status(self, queue: str, task_id: int, status: str, now: int) -> Change | None:
         task = await self.get_task(queue, task_id)
         if task is None:
-            raise TaskNotFound(f"no task {str(task_id)!r} in queue {queue!r}", _id=str(task_id))
+            raise TaskNotFound.named(task_id, queue)
         return self._write(task, rules.change_status(task, status, now), self._queues[queue])
 
     async def delete_task(self, queue: str, task_id: int) -> bool:

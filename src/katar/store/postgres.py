@@ -401,17 +401,9 @@ class PostgresStore(Store):
                 if row is None:
                     if task_id is not None and await self._issued(conn, task_id):
                         continue  # finished and gone: a queue without history
-                    raise TaskNotFound(
-                        f"no task {ack.task_id!r} in queue {queue!r}",
-                        _id=str(ack.task_id),
-                        ack=index,
-                    )
+                    raise TaskNotFound.named(ack.task_id, queue, ack=index)
                 if row[1] != queue_id:
-                    raise TaskNotFound(
-                        f"no task {ack.task_id!r} in queue {queue!r}",
-                        _id=str(ack.task_id),
-                        ack=index,
-                    )
+                    raise TaskNotFound.named(ack.task_id, queue, ack=index)
                 task = task_from_row(row, queue)
                 try:
                     new = rules.apply_ack(task, ack, options, now)
@@ -475,7 +467,7 @@ class PostgresStore(Store):
         async with self._transaction() as conn:
             row = await (await conn.execute(self._sql["lock"], (task_id,))).fetchone()
             if row is None or row[1] != queue_id:
-                raise TaskNotFound(f"no task {str(task_id)!r} in queue {queue!r}", _id=str(task_id))
+                raise TaskNotFound.named(task_id, queue)
             task = task_from_row(row, queue)
             new = rules.change_status(task, status, now)
             # A status change never finishes a task: the history option plays no part.

@@ -216,10 +216,7 @@ class SQLiteStore(Store):
                 )
             conn.executescript(_SCHEMA)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            for queue_id, name in conn.execute("SELECT id, name FROM queues"):
-                self._queue_ids[name] = queue_id
-                self._queue_names[queue_id] = name
-            self._last_id = _last_issued(conn)
+            self._load_ids(conn)
         except sqlite3.Error as exc:
             conn.close()
             raise StoreUnavailable(f"cannot use SQLite database {self._path!r}: {exc}") from exc
@@ -305,16 +302,17 @@ class SQLiteStore(Store):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             # What an operation learned about ids or queues may be undone: reload it.
-            self._reload_ids(conn)
+            with contextlib.suppress(sqlite3.Error):
+                self._load_ids(conn)
             return [(False, _translate(exc))] * len(ops)
         return outcomes
 
-    def _reload_ids(self, conn: sqlite3.Connection) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            rows = conn.execute("SELECT id, name FROM queues").fetchall()
-            self._queue_ids = {name: qid for qid, name in rows}
-            self._queue_names.update({qid: name for qid, name in rows})
-            self._last_id = max(self._last_id, _last_issued(conn))
+    def _load_ids(self, conn: sqlite3.Connection) -> None:
+        """Read the queues' ids and the highest task id issued."""
+        rows = conn.execute("SELECT id, name FROM queues").fetchall()
+        self._queue_ids = {name: qid for qid, name in rows}
+        self._queue_names.update({qid: name for qid, name in rows})
+        self._last_id = max(self._last_id, _last_issued(conn))
 
     def _write(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         if self._conn is None or self._loop is None:
@@ -446,7 +444,7 @@ class SQLiteStore(Store):
             task = self._task(row)
             if task.queue == queue:
                 return task
-        raise TaskNotFound(f"no task {raw_id!r} in queue {queue!r}", _id=str(raw_id), ack=index)
+        raise TaskNotFound.named(raw_id, queue, ack=index)
 
     async def poll(
         self,
@@ -631,7 +629,7 @@ class SQLiteStore(Store):
         def op(conn: sqlite3.Connection) -> Change | None:
             row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
             if row is None or self._queue_names.get(row[1]) != queue:
-                raise TaskNotFound(f"no task {str(task_id)!r} in queue {queue!r}", _id=str(task_id))
+                raise TaskNotFound.named(task_id, queue)
             task = self._task(row)
             # A status change never finishes a task, so the queue's history option plays no
             # part: any options will do.
