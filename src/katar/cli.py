@@ -15,7 +15,9 @@ from typing import Any, Final
 from katar import config
 from katar._version import __version__
 from katar.api import Katar
-from katar.errors import ClientError, ConfigError, StoreError
+from katar.core.engine import MAX_QUEUE_NAME, check_queue_name
+from katar.errors import ClientError, ConfigError, StoreError, ValidationError
+from katar.http.auth import ALL_QUEUES, Role, digest, new_token
 from katar.server import WorkerServer
 
 
@@ -42,8 +44,28 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--insecure",
         action="store_true",
-        help="allow listening on a non-loopback address without authentication",
+        help="allow listening on a non-loopback address with no tokens configured",
     )
+    serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate")
+    serve.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
+    token = commands.add_parser(
+        "token",
+        help="make a new token and print the [[tokens]] block for the configuration file",
+        description="Print a new random token, then the [[tokens]] block that declares it "
+        "(holding only its SHA-256). Give the token to its user; paste the block into the "
+        "configuration file and restart the server.",
+    )
+    token.add_argument(
+        "--role", required=True, choices=[role.label for role in Role], help="what it may do"
+    )
+    token.add_argument(
+        "--queue",
+        action="append",
+        required=True,
+        metavar="QUEUE",
+        help='a queue it may use (repeat for more; "*" for every queue)',
+    )
+    token.add_argument("--name", default="", help="a label for people, such as the worker's name")
     migrate = commands.add_parser(
         "migrate",
         help="create or upgrade the store's schema, then exit",
@@ -66,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
             "--token",
             default=os.environ.get("KATAR_TOKEN"),
             help="bearer token (default $KATAR_TOKEN; the variable keeps it out of `ps`)",
+        )
+        command.add_argument(
+            "--ca-file",
+            default=os.environ.get("KATAR_CA_FILE"),
+            metavar="FILE",
+            help="verify an https server with this CA bundle (default $KATAR_CA_FILE, else "
+            "the system's)",
         )
         if name == "worker":
             command.add_argument("--concurrency", type=int, default=1, help="tasks at once (1)")
@@ -110,6 +139,7 @@ def worker(args: argparse.Namespace) -> int:
             args.queue,
             handler,
             token=args.token,
+            verify=args.ca_file or True,
             concurrency=args.concurrency,
             wait=args.wait,
             grace=args.grace,
@@ -141,7 +171,7 @@ def enqueue(args: argparse.Namespace) -> int:
             items = [json.loads(args.data)]
         except json.JSONDecodeError as exc:
             raise ConfigError(f"DATA is not JSON ({exc}); quote strings: '\"text\"'") from exc
-    with Producer(args.url, token=args.token) as producer:
+    with Producer(args.url, token=args.token, verify=args.ca_file or True) as producer:
         batch: list[Any] = []
         for item in itertools.chain(items, [_END]):
             if item is not _END:
@@ -177,6 +207,29 @@ def migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def token(args: argparse.Namespace) -> int:
+    """``katar token``: a new token on the first line, then its block for the file."""
+    queues = list(dict.fromkeys(args.queue))
+    for queue in queues:
+        if queue != ALL_QUEUES:
+            check_queue_name(queue, MAX_QUEUE_NAME)
+    secret = new_token()
+    block = [
+        "[[tokens]]",
+        *([f"name = {json.dumps(args.name)}"] if args.name else []),
+        f'token_sha256 = "{digest(secret).hex()}"',
+        f'role = "{args.role}"',
+        f"queues = {json.dumps(queues)}",
+    ]
+    print(secret)
+    print(
+        "# The token is shown once: give it to its user (for example as KATAR_TOKEN).\n"
+        "# Paste this block into the configuration file, then restart the server:",
+    )
+    print("\n".join(block))
+    return 0
+
+
 def serve(args: argparse.Namespace) -> None:
     """``katar serve``."""
     settings = config.load(args.config) if args.config else config.Settings()
@@ -189,6 +242,10 @@ def serve(args: argparse.Namespace) -> None:
     if args.db is not None:
         settings.store_url = args.db
     settings.insecure = settings.insecure or args.insecure
+    if args.tls_cert is not None:
+        settings.tls_cert = args.tls_cert
+    if args.tls_key is not None:
+        settings.tls_key = args.tls_key
     katar = Katar(settings.store_url)
     for name, options in settings.queues.items():
         katar.declare(name, options)
@@ -198,6 +255,9 @@ def serve(args: argparse.Namespace) -> None:
         port=settings.port,
         insecure=settings.insecure,
         limits=settings.limits,
+        tokens=settings.tokens,
+        tls_cert=settings.tls_cert,
+        tls_key=settings.tls_key,
     )
     server.run()
 
@@ -220,7 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return worker(args)
         elif args.command == "enqueue":
             return enqueue(args)
-    except ConfigError as exc:
+        elif args.command == "token":
+            return token(args)
+    except (ConfigError, ValidationError) as exc:
         print(f"katar: error: {exc}", file=sys.stderr)
         return 2
     except (StoreError, ClientError) as exc:

@@ -7,6 +7,8 @@ url = "sqlite:///katar.db"
 [server]               # optional; the command line's flags win over it
 host = "127.0.0.1"
 port = 3000
+tls_cert = "/etc/katar/cert.pem"   # both, to serve HTTPS
+tls_key = "/etc/katar/key.pem"
 
 [limits]               # optional; see katar.http.Limits for the defaults
 max_body_bytes = 10485760
@@ -15,6 +17,12 @@ max_body_bytes = 10485760
 persistent = true
 [queues.emails.configuration]
 interval = 1000
+
+[[tokens]]             # none: the server is open (and then only on loopback addresses)
+name = "mailer"        # optional, for people
+token_sha256 = "..."   # `katar token` prints a token and this block
+role = "worker"        # worker, producer or admin
+queues = ["emails"]    # or ["*"]
 ```
 """
 
@@ -27,10 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from katar.core.engine import QUEUE_NAME
+from katar.core.engine import MAX_QUEUE_NAME, check_queue_name
 from katar.core.model import QueueOptions, parse_queue_options
 from katar.errors import ConfigError, ValidationError
 from katar.http import Limits
+from katar.http.auth import ALL_QUEUES, Role, Token
 
 DEFAULT_STORE: Final = "sqlite:///katar.db"
 DEFAULT_HOST: Final = "127.0.0.1"
@@ -47,6 +56,9 @@ class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     insecure: bool = False
+    tls_cert: str | None = None  # PEM certificate chain; with tls_key, serve HTTPS
+    tls_key: str | None = None
+    tokens: list[Token] = field(default_factory=list)  # none: an open server
     limits: Limits = field(default_factory=Limits)
     queues: dict[str, QueueOptions] = field(default_factory=dict)
 
@@ -58,8 +70,9 @@ class _Located:
         self.path = path
         self.lines = text.splitlines()
 
-    def line(self, table: str, key: str | None = None) -> int | None:
-        # The table's own header, or failing that the first header inside it.
+    def line(self, table: str, key: str | None = None, occurrence: int = 1) -> int | None:
+        # The table's own header (its n-th, for an array of tables), or failing that the
+        # first header inside it.
         header = re.compile(
             r"^\s*\[\[?\s*"
             + r"\s*\.\s*".join(r'(?:"?' + re.escape(part) + r'"?)' for part in table.split("."))
@@ -68,6 +81,9 @@ class _Located:
         start = None
         for number, text in enumerate(self.lines, 1):
             if start is None and header.match(text):
+                occurrence -= 1
+                if occurrence > 0:
+                    continue
                 start = number
                 if key is None:
                     return number
@@ -78,8 +94,10 @@ class _Located:
                     return number
         return start
 
-    def error(self, message: str, table: str, key: str | None = None) -> ConfigError:
-        line = self.line(table, key)
+    def error(
+        self, message: str, table: str, key: str | None = None, occurrence: int = 1
+    ) -> ConfigError:
+        line = self.line(table, key, occurrence)
         where = f"{self.path}, line {line}" if line else self.path
         name = f"[{table}] {key}" if key else f"[{table}]"
         return ConfigError(f"{where}: {name}: {message}")
@@ -114,12 +132,6 @@ def parse(raw: dict[str, Any], where: _Located) -> Settings:
     for key in raw:
         if key not in _TABLES:
             raise where.error(f"unknown table; expected one of {', '.join(_TABLES)}", key)
-    if "tokens" in raw:
-        raise where.error(
-            "authentication is not available in this version of Katar yet; remove the "
-            "[[tokens]] blocks and keep the server on a loopback address or a private network",
-            "tokens",
-        )
     store = _table(raw, "store", where)
     for key, value in store.items():
         if key != "url":
@@ -129,27 +141,85 @@ def parse(raw: dict[str, Any], where: _Located) -> Settings:
         settings.store_url = value
     server = _table(raw, "server", where)
     for key, value in server.items():
-        if key == "host" and isinstance(value, str):
-            settings.host = value
-        elif key == "port" and isinstance(value, int) and 0 <= value <= 65535:
+        if key == "port":
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+                raise where.error("must be an integer from 0 to 65535", "server", key)
             settings.port = value
-        elif key in ("host", "port"):
-            expected = "a string" if key == "host" else "an integer from 0 to 65535"
-            raise where.error(f"must be {expected}", "server", key)
+        elif key in ("host", "tls_cert", "tls_key"):
+            if not isinstance(value, str) or not value:
+                raise where.error("must be a non-empty string", "server", key)
+            setattr(settings, key, value)
         else:
-            raise where.error("unknown key; the [server] table takes host and port", "server", key)
+            raise where.error(
+                "unknown key; the [server] table takes host, port, tls_cert and tls_key",
+                "server",
+                key,
+            )
     settings.limits = _limits(_table(raw, "limits", where), where)
     for name, options in _table(raw, "queues", where).items():
         table = f"queues.{name}"
-        if not QUEUE_NAME.fullmatch(name):
-            raise where.error(
-                "invalid queue name: use letters, digits, '.', '_', ':' or '-'", table
-            )
         try:
+            check_queue_name(name, settings.limits.max_queue_name)
             settings.queues[name] = parse_queue_options(options)
         except ValidationError as exc:
             raise where.error(exc.message, table, exc.details.get("option")) from None
+    settings.tokens = _tokens(raw.get("tokens", []), where)
     return settings
+
+
+_TOKEN_KEYS: Final = ("token_sha256", "role", "queues", "name")
+
+
+def _tokens(raw: Any, where: _Located) -> list[Token]:
+    if not isinstance(raw, list):
+        raise where.error("must be an array of tables: write each one as [[tokens]]", "tokens")
+    tokens: list[Token] = []
+    seen: set[bytes] = set()
+    for number, entry in enumerate(raw, 1):
+        # Errors say which block, counting from 1, since the blocks have no names of their own.
+        def error(message: str, key: str | None = None, number: int = number) -> ConfigError:
+            return where.error(f"block {number}: {message}", "tokens", key, number)
+
+        if not isinstance(entry, dict):
+            raise error("must be a table")
+        for key in entry:
+            if key not in _TOKEN_KEYS:
+                raise error(f"unknown key; expected one of {', '.join(_TOKEN_KEYS)}", key)
+        hexdigest = entry.get("token_sha256")
+        if not isinstance(hexdigest, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", hexdigest):
+            raise error(
+                "token_sha256 must be the 64 hex digits of the token's SHA-256 "
+                "(`katar token` prints a token with its block)",
+                "token_sha256",
+            )
+        sha256 = bytes.fromhex(hexdigest)
+        if sha256 in seen:
+            raise error("the same token_sha256 is declared twice", "token_sha256")
+        seen.add(sha256)
+        role = entry.get("role")
+        roles = [r.label for r in Role]
+        if role not in roles:
+            raise error(f"role must be one of {', '.join(roles)}", "role")
+        queues = entry.get("queues")
+        if (
+            not isinstance(queues, list)
+            or not queues
+            or not all(isinstance(q, str) for q in queues)
+        ):
+            raise error('queues must be a list of queue names, or ["*"] for every queue', "queues")
+        for queue in queues:
+            if queue != ALL_QUEUES:
+                try:
+                    check_queue_name(queue, MAX_QUEUE_NAME)
+                except ValidationError as exc:
+                    raise error(exc.message, "queues") from None
+        name = entry.get("name", "")
+        if not isinstance(name, str):
+            raise error("name must be a string", "name")
+        tokens.append(
+            Token(sha256=sha256, role=Role[role.upper()], queues=frozenset(queues), name=name)
+        )
+    return tokens
 
 
 def _limits(raw: dict[str, Any], where: _Located) -> Limits:
@@ -162,4 +232,7 @@ def _limits(raw: dict[str, Any], where: _Located) -> Limits:
         if not number_ok or (fields[key] == "int" and not isinstance(value, int)):
             raise where.error(f"must be a positive {fields[key]}", "limits", key)
         values[key] = value
-    return Limits(**values)
+    try:
+        return Limits(**values)
+    except ConfigError as exc:
+        raise where.error(exc.message, "limits") from None

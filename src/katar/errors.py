@@ -5,6 +5,11 @@
     ├── InvalidRequest         the caller's request is malformed or breaks a limit (4xx)
     │   ├── ValidationError    well-formed JSON with a wrong field (422)
     │   └── PayloadTooLarge    a body over the size limit (413)
+    ├── AccessDenied           the request's token does not allow it
+    │   ├── Unauthenticated    no token, or one the server does not know (401)
+    │   └── Forbidden          a known token whose role or queues forbid this (403)
+    ├── TooManyRequests        a server-wide limit is reached for now (429)
+    ├── RequestTimeout         the client sent its request too slowly (408)
     ├── NotFound               (404)
     │   ├── QueueNotFound
     │   └── TaskNotFound
@@ -17,7 +22,7 @@
         ├── TransportError     no answer: connection refused or reset, time-out (transient)
         └── APIError           the server answered with an error status
             ├── RequestRejected    4xx: a mistake in the request; retrying will not help
-            └── ServerUnavailable  5xx: the server or its store failed (transient)
+            └── ServerUnavailable  5xx, 408 or 429: the server cannot answer now (transient)
 
 The HTTP layer maps these to statuses in one table (katar.http.responses); every other
 layer only raises them. Each class's docstring is its default message.
@@ -52,6 +57,26 @@ class ValidationError(InvalidRequest):
 
 class PayloadTooLarge(InvalidRequest):
     """The request body is too large."""
+
+
+class AccessDenied(KatarError):
+    """Access denied."""
+
+
+class Unauthenticated(AccessDenied):
+    """This server requires a token: send the header Authorization: Bearer <token>."""
+
+
+class Forbidden(AccessDenied):
+    """This token does not allow the request."""
+
+
+class TooManyRequests(KatarError):
+    """The server is at a limit; try again shortly."""
+
+
+class RequestTimeout(KatarError):
+    """The request was not received in time."""
 
 
 class NotFound(KatarError):
@@ -113,4 +138,4 @@ class RequestRejected(APIError):
 
 
 class ServerUnavailable(APIError):
-    """The server or its store failed (5xx): try again later."""
+    """The server cannot answer now (5xx, 408, 429): try again later."""

@@ -11,15 +11,18 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable
+import ssl
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from katar._version import __version__
 from katar.api import Katar, Queue
 from katar.errors import ConfigError
 from katar.http import App, Limits
+from katar.http.auth import Token
 
 log = logging.getLogger("katar")
 
@@ -67,17 +70,29 @@ class WorkerServer:
         host: str = "127.0.0.1",
         insecure: bool = False,
         limits: Limits | None = None,
-        ssl: dict[str, Any] | None = None,
+        tokens: Iterable[Token] = (),
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> None:
         self.katar = katar
         self.port = port
         self.host = host
         self.insecure = insecure
         self.limits = limits or Limits()
+        self.tokens = tuple(tokens)
+        if (tls_cert is None) != (tls_key is None):
+            raise ConfigError("TLS needs both a certificate (tls_cert) and its key (tls_key)")
+        self.tls_cert = tls_cert
+        self.tls_key = tls_key
         #: The port actually bound, once serving (useful with port 0).
         self.bound_port: int | None = None
-        self._ssl = ssl or {}
-        self.app = App(katar.engine, limits=self.limits, startup=katar.open, shutdown=katar.close)
+        self.app = App(
+            katar.engine,
+            limits=self.limits,
+            tokens=self.tokens,
+            startup=katar.open,
+            shutdown=katar.close,
+        )
 
     def config(
         self, queue: Queue | str, configuration: dict[str, Any] | None = None
@@ -104,28 +119,22 @@ class WorkerServer:
 
     async def serve(self) -> None:
         """Open Katar, serve until a signal, shut down gracefully."""
-        if not is_loopback(self.host) and not self.insecure:
-            raise ConfigError(
-                f"refusing to listen on {self.host}: no tokens are configured, so anyone who "
-                "reaches the port could use every queue. Listen on 127.0.0.1, or pass "
-                "--insecure (insecure=True) on an isolated network"
-            )
-        if not is_loopback(self.host):
-            log.warning("listening on %s without authentication (--insecure)", self.host)
+        self._check_exposure()
+        ssl = self._ssl_options()
         await self.katar.open()
         config = uvicorn.Config(
             self.app,
             host=self.host,
             port=self.port,
             loop="none",
-            http="httptools",
+            http=_guarded_protocol(self.limits.head_timeout),
             lifespan="off",  # Katar is opened above and closed by _Uvicorn.shutdown
             log_level="warning",
             access_log=False,
             server_header=False,
             proxy_headers=False,  # Katar does not use client addresses
             timeout_graceful_shutdown=30,
-            **self._ssl,
+            **ssl,
         )
         server = _Uvicorn(config, self.katar, self._started)
         try:
@@ -133,6 +142,44 @@ class WorkerServer:
             await server.serve(sockets=[listener])
         finally:
             await self.katar.close()
+
+    def _check_exposure(self) -> None:
+        """Refuse an open server on a reachable address; warn about what remains exposed."""
+        if is_loopback(self.host):
+            return
+        if not self.tokens and not self.insecure:
+            raise ConfigError(
+                f"refusing to listen on {self.host}: no tokens are configured, so anyone who "
+                "reaches the port could use every queue. Configure [[tokens]] (see `katar "
+                "token`), listen on 127.0.0.1, or pass --insecure (insecure=True) on an "
+                "isolated network"
+            )
+        if not self.tokens:
+            log.warning(
+                "INSECURE: listening on %s with no tokens (--insecure): anyone who reaches the "
+                "port can read, change and delete every queue",
+                self.host,
+            )
+        elif self.tls_cert is None:
+            log.warning(
+                "listening on %s without TLS: tokens and tasks cross the network in clear "
+                "text unless a TLS-terminating proxy is in front (--tls-cert, --tls-key)",
+                self.host,
+            )
+
+    def _ssl_options(self) -> dict[str, Any]:
+        """uvicorn's TLS settings; the files are checked here for a clear start-up error."""
+        if self.tls_cert is None or self.tls_key is None:
+            return {}
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot use the TLS certificate {self.tls_cert!r} with the key "
+                f"{self.tls_key!r}: {exc}"
+            ) from exc
+        return {"ssl_certfile": self.tls_cert, "ssl_keyfile": self.tls_key}
 
     def _listen(self) -> socket.socket:
         """Bind the listening socket here, so that a port in use is a clear start-up error."""
@@ -150,15 +197,73 @@ class WorkerServer:
 
     def _started(self, port: int) -> None:
         self.bound_port = port
-        scheme = "https" if self._ssl else "http"
+        scheme = "https" if self.tls_cert else "http"
         host = f"[{self.host}]" if ":" in self.host else self.host
         queues = ", ".join(sorted(self.katar.engine.queues)) or "none yet"
+        access = f"{len(self.tokens)} tokens" if self.tokens else "open (no tokens)"
         log.info(
-            "katar %s serving on %s://%s:%d, store %s, queues: %s",
+            "katar %s serving on %s://%s:%d, store %s, access: %s, queues: %s",
             __version__,
             scheme,
             host,
             port,
             self.katar.store_url,
+            access,
             queues,
         )
+
+
+def _guarded_protocol(head_timeout: float) -> type[HttpToolsProtocol]:
+    """uvicorn's HTTP protocol, cutting off clients that are too slow to send a request's head.
+
+    uvicorn bounds only the idle time after a response, and any byte resets that: a client
+    sending its headers a byte at a time (slowloris), or nothing at all after connecting,
+    would hold a connection for ever. Slow bodies are bounded by the application.
+    """
+
+    class GuardedProtocol(HttpToolsProtocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()  # for the next request's head
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(head_timeout, self._timed_out)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _timed_out(self) -> None:
+            self._head_timer = None
+            if self.cycle is not None and not self.cycle.response_complete:
+                return  # a request is being answered; its head arrived in time
+            if not self.transport.is_closing():
+                self.transport.write(_head_timeout_answer(head_timeout))
+                self.transport.close()
+
+    return GuardedProtocol
+
+
+def _head_timeout_answer(seconds: float) -> bytes:
+    body = b'{"error":"the request line and headers did not arrive within %g seconds"}' % seconds
+    return (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(body), body)
+    )

@@ -8,6 +8,9 @@ import pytest
 
 from katar import config
 from katar.errors import ConfigError
+from katar.http.auth import Role, Token, digest
+
+H = "a" * 64
 
 
 def load(tmp_path: Path, text: str) -> config.Settings:
@@ -51,6 +54,34 @@ smtp = {host = "mail", port = 25}
     assert settings.queues["images.resize"].timeout == 60000
 
 
+def test_tokens_and_tls(tmp_path: Path) -> None:
+    settings = load(
+        tmp_path,
+        f"""
+[server]
+tls_cert = "cert.pem"
+tls_key = "key.pem"
+
+[[tokens]]
+name = "mailer"
+token_sha256 = "{digest("w").hex()}"
+role = "worker"
+queues = ["emails", "sms"]
+
+[[tokens]]
+token_sha256 = "{digest("a").hex().upper()}"
+role = "admin"
+queues = ["*"]
+""",
+    )
+    assert (settings.tls_cert, settings.tls_key) == ("cert.pem", "key.pem")
+    worker, admin = settings.tokens
+    assert worker == Token(
+        sha256=digest("w"), role=Role.WORKER, queues=frozenset({"emails", "sms"}), name="mailer"
+    )
+    assert admin.role is Role.ADMIN and admin.all_queues and admin.sha256 == digest("a")
+
+
 def test_defaults(tmp_path: Path) -> None:
     settings = load(tmp_path, "")
     assert settings.store_url == "sqlite:///katar.db"
@@ -74,7 +105,31 @@ def test_defaults(tmp_path: Path) -> None:
         ),
         ("[queues.emails.configuration]\ninterval = -5\n", "[queues.emails] configuration"),
         ('[queues."bad name"]\n', "invalid queue name"),
-        ("[[tokens]]\nrole = 'worker'\n", "authentication is not available"),
+        ("[[tokens]]\nrole = 'worker'\n", "line 1: [tokens] token_sha256: block 1: token_sha256 must be"),
+        (
+            f"[[tokens]]\ntoken_sha256 = '{H}'\nrole = 'worker'\nqueues = ['*']\n\n"
+            f"[[tokens]]\ntoken_sha256 = '{H.upper()}'\nrole = 'admin'\nqueues = ['*']\n",
+            "line 7: [tokens] token_sha256: block 2: the same token_sha256 is declared twice",
+        ),
+        (
+            f"[[tokens]]\ntoken_sha256 = '{H}'\nrole = 'root'\nqueues = ['*']\n",
+            "line 3: [tokens] role: block 1: role must be one of worker, producer, admin",
+        ),
+        (
+            f"[[tokens]]\ntoken_sha256 = '{H}'\nrole = 'worker'\n",
+            'block 1: queues must be a list of queue names, or ["*"]',
+        ),
+        (
+            f"[[tokens]]\ntoken_sha256 = '{H}'\nrole = 'worker'\nqueues = ['a b']\n",
+            "line 4: [tokens] queues: block 1: invalid queue name 'a b'",
+        ),
+        (
+            f"[[tokens]]\ntoken = 'secret'\ntoken_sha256 = '{H}'\nrole = 'worker'\n",
+            "line 2: [tokens] token: block 1: unknown key",
+        ),
+        ("[tokens]\nrole = 'x'\n", "[tokens]: must be an array of tables"),
+        ("[server]\ntls_cert = ''\n", "[server] tls_cert: must be a non-empty string"),
+        ("[limits]\nmax_queue_name = 300\n", "max_queue_name must be from 1 to 255"),
         ("[store\n", "invalid TOML"),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import ssl
 from typing import Any, Final
 
 import httpx
@@ -11,6 +12,19 @@ import msgspec
 from katar.errors import RequestRejected, ServerUnavailable, TransportError
 
 FINAL_STATUSES: Final = frozenset({"done", "failed", "cancelled"})
+# 4xx answers that say "not now" rather than "not this": too slow, too many long polls.
+_TRY_AGAIN: Final = frozenset({408, 429})
+
+#: What a client verifies the server's certificate with: True for the system's CAs, a CA
+#: bundle's path (PEM), an ssl.SSLContext, or False (never outside tests).
+Verify = bool | str | ssl.SSLContext
+
+
+def tls(verify: Verify) -> bool | ssl.SSLContext:
+    """httpx's ``verify`` for a :data:`Verify`."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return verify
 
 
 class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,7 +87,8 @@ def check(response: httpx.Response) -> httpx.Response:
     except ValueError:
         message, details = response.text or response.reason_phrase, {}
     where = f"{response.request.method} {response.request.url.path}"
-    error = RequestRejected if response.status_code < 500 else ServerUnavailable
+    transient = response.status_code >= 500 or response.status_code in _TRY_AGAIN
+    error = ServerUnavailable if transient else RequestRejected
     raise error(
         f"{where}: {response.status_code} {message}", status=response.status_code, **details
     )

@@ -17,10 +17,12 @@ import httpx
 
 from katar.client._base import (
     TaskRecord,
+    Verify,
     check,
     headers,
     record,
     records,
+    tls,
     transport_error,
 )
 from katar.errors import ValidationError
@@ -66,11 +68,16 @@ class Producer:
         url: str,
         *,
         token: str | None = None,
+        verify: Verify = True,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._http = httpx.Client(
-            base_url=url, headers=headers(token), timeout=timeout, transport=transport
+            base_url=url,
+            headers=headers(token),
+            verify=tls(verify),
+            timeout=timeout,
+            transport=transport,
         )
 
     def __enter__(self) -> Producer:
@@ -155,11 +162,16 @@ class AsyncProducer:
         url: str,
         *,
         token: str | None = None,
+        verify: Verify = True,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._http = httpx.AsyncClient(
-            base_url=url, headers=headers(token), timeout=timeout, transport=transport
+            base_url=url,
+            headers=headers(token),
+            verify=tls(verify),
+            timeout=timeout,
+            transport=transport,
         )
 
     async def __aenter__(self) -> AsyncProducer:

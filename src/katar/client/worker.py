@@ -42,7 +42,15 @@ from typing import Any, Final
 import httpx
 import msgspec
 
-from katar.client._base import backoff, check, headers, is_transient, transport_error
+from katar.client._base import (
+    Verify,
+    backoff,
+    check,
+    headers,
+    is_transient,
+    tls,
+    transport_error,
+)
 from katar.errors import ClientError, KatarError, RequestRejected
 
 log = logging.getLogger("katar.client")
@@ -109,6 +117,7 @@ class AsyncWorker:
         handler: Handler,
         *,
         token: str | None = None,
+        verify: Verify = True,
         concurrency: int = 1,
         wait: float = 20.0,
         grace: float = 30.0,
@@ -125,6 +134,7 @@ class AsyncWorker:
         self.grace = grace
         self.name = name or f"{socket.gethostname()}/{os.getpid()}"
         self._token = token
+        self._verify = tls(verify)
         self._transport = transport
         self._is_async = inspect.iscoroutinefunction(handler)
         self._pool: ThreadPoolExecutor | None = None
@@ -172,6 +182,7 @@ class AsyncWorker:
             async with httpx.AsyncClient(
                 base_url=self.url,
                 headers=headers(self._token),
+                verify=self._verify,
                 timeout=httpx.Timeout(30.0, read=self.wait + 30.0),
                 transport=self._transport,
             ) as http:

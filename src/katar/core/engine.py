@@ -37,16 +37,20 @@ log = logging.getLogger("katar")
 #: A status-change callback: called with the task in its new status; may be a coroutine.
 Listener = Callable[[Task], Awaitable[None] | None]
 
-QUEUE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+# The characters are fixed: a name travels in URLs, file keys and PostgreSQL notifications.
+QUEUE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+#: The longest queue name any server accepts; [limits] max_queue_name may lower it.
+MAX_QUEUE_NAME: Final = 255
 
 
-def check_queue_name(name: str) -> str:
+def check_queue_name(name: str, max_length: int = 128) -> str:
     """Return ``name`` if it is a valid queue name, else raise ValidationError."""
-    if not QUEUE_NAME.fullmatch(name):
+    max_length = min(max_length, MAX_QUEUE_NAME)
+    if len(name) > max_length or not QUEUE_NAME.fullmatch(name):
         raise ValidationError(
-            f"invalid queue name {name!r}: use 1 to 128 letters, digits, '.', '_', ':' or '-', "
-            "starting with a letter or digit",
-            queue=name,
+            f"invalid queue name {name[: max_length + 10]!r}: use 1 to {max_length} letters, "
+            "digits, '.', '_', ':' or '-', starting with a letter or digit",
+            queue=name[: max_length + 10],
         )
     return name
 
@@ -108,7 +112,7 @@ class Engine:
 
     async def put_queue(self, name: str, options: QueueOptions) -> QueueOptions:
         """Create the queue or replace its options."""
-        check_queue_name(name)
+        check_queue_name(name, MAX_QUEUE_NAME)
         await self.store.save_queue(name, options)
         self.queues[name] = options
         return options

@@ -10,23 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
 from katar._version import __version__
-from katar.core.engine import Engine, check_queue_name
+from katar.core.engine import MAX_QUEUE_NAME, Engine, check_queue_name
 from katar.core.model import options_dict, parse_queue_options, parse_task_id
 from katar.errors import (
+    ConfigError,
     InvalidRequest,
     KatarError,
     PayloadTooLarge,
+    RequestTimeout,
     ShuttingDown,
     StoreUnavailable,
     TaskNotFound,
+    TooManyRequests,
 )
 from katar.http import openapi, parse
+from katar.http.auth import Access, Authenticator, Token
 from katar.http.responses import (
     JSON_HEADERS,
     LEASE_HEADER,
@@ -52,23 +56,39 @@ class Limits:
     """Bounds on what one request may ask; each breach is answered with a clear 4xx."""
 
     max_body_bytes: int = 10 * 1024 * 1024  # a request body; 413 above it
-    max_wait: float = 60.0  # seconds a long poll or an outcome wait may hold
-    max_tasks_per_enqueue: int = 10_000  # tasks in one POST .../tasks
-    max_list: int = 1000  # tasks in one page of GET .../tasks
+    max_task_bytes: int = 1024 * 1024  # one task's data, as JSON; 413 above it
+    max_tasks_per_enqueue: int = 10_000  # tasks in one POST .../tasks; 422 above it
+    max_wait: float = 60.0  # seconds a long poll or an outcome wait may hold; 422 above it
+    max_long_polls: int = 10_000  # long polls held at once by this server; 429 above it
+    max_list: int = 1000  # tasks in one page of GET .../tasks; 422 above it
+    max_queue_name: int = 128  # characters in a new queue's name; 422 above it
+    head_timeout: float = 10.0  # seconds to send a request's line and headers; then cut off
+    body_timeout: float = 30.0  # seconds to send a request's body; 408 after it
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_queue_name <= MAX_QUEUE_NAME:
+            raise ConfigError(f"max_queue_name must be from 1 to {MAX_QUEUE_NAME}")
 
 
 class Request:
     """What a handler gets: the route's parameters, the query string and the body."""
 
-    __slots__ = ("body", "params", "receive", "scope")
+    __slots__ = ("body", "params", "receive", "scope", "token")
 
     def __init__(
-        self, scope: Scope, receive: Receive, params: tuple[str, ...], body: bytes
+        self,
+        scope: Scope,
+        receive: Receive,
+        params: tuple[str, ...],
+        body: bytes,
+        token: Token | None,
     ) -> None:
         self.scope = scope
         self.receive = receive
         self.params = params
         self.body = body
+        #: The caller's token; None when the server has no tokens (or the route is open).
+        self.token = token
 
     @property
     def queue(self) -> str:
@@ -87,6 +107,7 @@ class Request:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+Route = tuple[Handler, Access]
 
 
 class App:
@@ -97,6 +118,7 @@ class App:
         engine: Engine,
         *,
         limits: Limits | None = None,
+        tokens: Iterable[Token] = (),
         startup: Callable[[], Awaitable[None]] | None = None,
         shutdown: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
@@ -104,28 +126,39 @@ class App:
         self.limits = limits or Limits()
         self._startup = startup or engine.open
         self._shutdown = shutdown or engine.close
-        #: (path template, {method: handler}); the template's {names} are path segments.
-        self.routes: Final[list[tuple[str, dict[str, Handler]]]] = [
-            ("/healthz", {"GET": self.healthz}),
-            ("/openapi.json", {"GET": self.openapi}),
-            ("/docs", {"GET": self.docs}),
-            ("/v1/queues", {"GET": self.list_queues}),
+        self.auth = Authenticator(tokens)
+        self.long_polls = 0  # long polls held now (bounded by limits.max_long_polls)
+        open_, worker, producer, admin = Access.OPEN, Access.WORKER, Access.PRODUCER, Access.ADMIN
+        #: (path template, {method: (handler, access rule)}); {names} are path segments. Every
+        #: route states its access rule here: a test walks this table to check them all.
+        self.routes: Final[list[tuple[str, dict[str, Route]]]] = [
+            ("/healthz", {"GET": (self.healthz, open_)}),
+            ("/openapi.json", {"GET": (self.openapi, open_)}),
+            ("/docs", {"GET": (self.docs, open_)}),
+            ("/v1/queues", {"GET": (self.list_queues, admin)}),
             (
                 "/v1/queue/{queue}",
                 {
-                    "GET": self.get_configuration,
-                    "POST": self.poll,
-                    "PUT": self.put_queue,
-                    "DELETE": self.delete_queue,
+                    "GET": (self.get_configuration, worker),
+                    "POST": (self.poll, worker),
+                    "PUT": (self.put_queue, admin),
+                    "DELETE": (self.delete_queue, admin),
                 },
             ),
-            ("/v1/queue/{queue}/tasks", {"POST": self.enqueue, "GET": self.list_tasks}),
+            (
+                "/v1/queue/{queue}/tasks",
+                {"POST": (self.enqueue, producer), "GET": (self.list_tasks, producer)},
+            ),
             (
                 "/v1/queue/{queue}/tasks/{id}",
-                {"GET": self.get_task, "PATCH": self.patch_task, "DELETE": self.delete_task},
+                {
+                    "GET": (self.get_task, producer),
+                    "PATCH": (self.patch_task, admin),
+                    "DELETE": (self.delete_task, admin),
+                },
             ),
         ]
-        self._by_length: dict[int, list[tuple[tuple[str | None, ...], dict[str, Handler]]]] = {}
+        self._by_length: dict[int, list[tuple[tuple[str | None, ...], dict[str, Route]]]] = {}
         for path, methods in self.routes:
             shape = tuple(None if p.startswith("{") else p for p in path.split("/")[1:])
             self._by_length.setdefault(len(shape), []).append((shape, methods))
@@ -163,7 +196,7 @@ class App:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    def _route(self, path: str) -> tuple[dict[str, Handler] | None, tuple[str, ...]]:
+    def _route(self, path: str) -> tuple[dict[str, Route] | None, tuple[str, ...]]:
         parts = path.split("/")[1:]
         if parts and parts[-1] == "":
             parts.pop()  # a trailing slash names the same resource
@@ -178,8 +211,8 @@ class App:
         methods, params = self._route(path)
         if methods is None:
             return json_response({"error": f"no route for {path}; see docs/protocol.md"}, 404)
-        handler = methods.get(method)
-        if handler is None:
+        route = methods.get(method)
+        if route is None:
             allowed = ", ".join(methods)
             return Response(
                 405,
@@ -187,11 +220,16 @@ class App:
                 % (method.encode(), path.encode(), allowed.encode()),
                 [(b"content-type", b"application/json"), (b"allow", allowed.encode())],
             )
+        handler, access = route
         try:
+            token = None
+            if self.auth.enabled and access is not Access.OPEN:
+                token = self.auth.authenticate(scope["headers"])
+                self.auth.authorize(token, access, params[0] if params else None)
             body = (
                 await self._read_body(scope, receive) if method in ("POST", "PUT", "PATCH") else b""
             )
-            return await handler(Request(scope, receive, params, body))
+            return await handler(Request(scope, receive, params, body, token))
         except KatarError as exc:
             return error_response(exc)
         except Exception:
@@ -203,6 +241,16 @@ class App:
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
                 raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
+        try:
+            async with asyncio.timeout(self.limits.body_timeout):
+                return await self._receive_body(receive, limit)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request body did not arrive within {self.limits.body_timeout:g} seconds"
+            ) from None
+
+    @staticmethod
+    async def _receive_body(receive: Receive, limit: int) -> bytes:
         chunks = []
         size = 0
         while True:
@@ -227,14 +275,21 @@ class App:
 
     async def poll(self, request: Request) -> Response:
         acks, limit, wait, worker = parse.parse_poll(request.body, self.limits.max_wait)
-        gone = None
-        if wait > 0:
-            gone = asyncio.ensure_future(_disconnected(request.receive))
+        if wait <= 0:
+            tasks = await self.engine.poll(request.queue, acks, limit, wait, worker, None)
+            return Response(200, deliveries(tasks)) if tasks else NO_CONTENT
+        if self.long_polls >= self.limits.max_long_polls:
+            raise TooManyRequests(
+                f"this server holds its limit of {self.limits.max_long_polls} long polls; "
+                "retry in a moment (the operator can raise [limits] max_long_polls)"
+            )
+        self.long_polls += 1
+        gone = asyncio.ensure_future(_disconnected(request.receive))
         try:
             tasks = await self.engine.poll(request.queue, acks, limit, wait, worker, gone)
         finally:
-            if gone is not None:
-                gone.cancel()
+            self.long_polls -= 1
+            gone.cancel()
         if not tasks:
             return NO_CONTENT
         return Response(200, deliveries(tasks))
@@ -258,15 +313,16 @@ class App:
 
     async def list_queues(self, request: Request) -> Response:
         stats = await self.engine.stats()
+        token = request.token
         queues = [
             {"name": name, "options": options_dict(self.engine.queues[name]), "counts": counts}
             for name, counts in stats.items()
-            if name in self.engine.queues
+            if name in self.engine.queues and (token is None or token.may_use(name))
         ]
         return json_response({"queues": queues})
 
     async def put_queue(self, request: Request) -> Response:
-        name = check_queue_name(request.queue)
+        name = check_queue_name(request.queue, self.limits.max_queue_name)
         options = parse_queue_options(parse.parse_object(request.body))
         await self.engine.put_queue(name, options)
         return json_response(
@@ -283,7 +339,9 @@ class App:
 
     async def enqueue(self, request: Request) -> Response:
         self.engine.options(request.queue)  # an unknown queue is a 404 before a bad body
-        new = parse.parse_enqueue(request.body, self.limits.max_tasks_per_enqueue)
+        new = parse.parse_enqueue(
+            request.body, self.limits.max_tasks_per_enqueue, self.limits.max_task_bytes
+        )
         created = await self.engine.enqueue(request.queue, new)
         return json_response({"tasks": [task_record(task) for task in created]}, 201)
 

@@ -16,7 +16,7 @@ from katar.core.model import (
     NewTask,
     parse_priority,
 )
-from katar.errors import InvalidRequest, ValidationError
+from katar.errors import InvalidRequest, PayloadTooLarge, ValidationError
 
 Count = Annotated[int, msgspec.Meta(ge=0)]
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
@@ -86,9 +86,14 @@ def parse_poll(body: bytes, max_wait: float) -> tuple[list[Ack], int, float, str
     return acks, poll.max, poll.wait, poll.worker
 
 
-def _new_task(body: TaskBody, where: str) -> NewTask:
+def _new_task(body: TaskBody, where: str, max_bytes: int) -> NewTask:
     if not body.data:
         raise ValidationError(f"{where}: data is required (any JSON value, null included)")
+    if len(body.data) > max_bytes:
+        raise PayloadTooLarge(
+            f"{where}: data is {len(body.data)} bytes of JSON, over the limit of {max_bytes}; "
+            "store large payloads elsewhere and enqueue a reference to them"
+        )
     try:
         priority = parse_priority(body.priority)
     except ValidationError as exc:
@@ -101,18 +106,18 @@ def _new_task(body: TaskBody, where: str) -> NewTask:
     )
 
 
-def parse_enqueue(body: bytes, max_tasks: int) -> list[NewTask]:
+def parse_enqueue(body: bytes, max_tasks: int, max_task_bytes: int) -> list[NewTask]:
     """One task ``{"data": ...}`` or many ``{"tasks": [...]}``."""
     parsed: EnqueueBody = decode(body, EnqueueBody)
     if parsed.tasks is None:
-        return [_new_task(parsed, "task")]
+        return [_new_task(parsed, "task", max_task_bytes)]
     if parsed.data:
         raise ValidationError("send either one task (data, ...) or tasks: [...], not both")
     if not parsed.tasks:
         raise ValidationError("tasks must hold at least one task")
     if len(parsed.tasks) > max_tasks:
         raise ValidationError(f"at most {max_tasks} tasks per request; split the batch")
-    return [_new_task(task, f"tasks[{i}]") for i, task in enumerate(parsed.tasks)]
+    return [_new_task(task, f"tasks[{i}]", max_task_bytes) for i, task in enumerate(parsed.tasks)]
 
 
 def parse_object(body: bytes) -> dict[str, Any]:

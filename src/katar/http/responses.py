@@ -20,6 +20,10 @@ STATUS_OF_ERROR: Final[dict[type[errors.KatarError], int]] = {
     errors.PayloadTooLarge: 413,
     errors.ValidationError: 422,
     errors.InvalidRequest: 400,
+    errors.Unauthenticated: 401,
+    errors.Forbidden: 403,
+    errors.RequestTimeout: 408,
+    errors.TooManyRequests: 429,
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.ShuttingDown: 503,
@@ -27,6 +31,13 @@ STATUS_OF_ERROR: Final[dict[type[errors.KatarError], int]] = {
     errors.StoreError: 500,
     errors.ConfigError: 422,
     errors.KatarError: 500,
+}
+
+# Headers an error's answer carries beside its JSON body (RFC 6750 for the bearer challenge).
+HEADERS_OF_ERROR: Final[dict[type[errors.KatarError], list[tuple[bytes, bytes]]]] = {
+    errors.Unauthenticated: [*JSON_HEADERS, (b"www-authenticate", b'Bearer realm="katar"')],
+    errors.TooManyRequests: [*JSON_HEADERS, (b"retry-after", b"1")],
+    errors.RequestTimeout: [*JSON_HEADERS, (b"connection", b"close")],
 }
 
 _encoder: Final = msgspec.json.Encoder()
@@ -64,7 +75,8 @@ def error_status(exc: errors.KatarError) -> int:
 
 def error_response(exc: errors.KatarError) -> Response:
     """The JSON error response for a Katar error: ``{"error": message, ...details}``."""
-    return json_response({"error": exc.message, **exc.details}, error_status(exc))
+    body = encode({"error": exc.message, **exc.details})
+    return Response(error_status(exc), body, HEADERS_OF_ERROR.get(type(exc)))
 
 
 def iso(ms: int | None) -> str | None:
