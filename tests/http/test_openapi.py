@@ -37,3 +37,20 @@ async def test_the_page_renders_the_document(client: httpx.AsyncClient) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     assert 'fetch("openapi.json")' in response.text
+
+
+async def test_the_document_states_each_operations_role(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    roles = {
+        (path, method.upper()): operation.get("x-katar-role")
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method != "parameters"
+    }
+    from tests.http.test_auth import EXPECTED
+
+    assert roles == {
+        route: None if role is None else role.name.lower() for route, role in EXPECTED.items()
+    }
+    assert document["paths"]["/healthz"]["get"]["security"] == [{}]
+    assert "401" in document["paths"]["/v1/queue/{queue}"]["post"]["responses"]

@@ -218,3 +218,24 @@ async def test_status_callbacks(client: httpx.AsyncClient, katar: Katar) -> None
     await client.post("/v1/queue/q", json={"tasks": [{"_id": task_id, "status": "done"}]})
     await eventually(lambda: asyncio.sleep(0, len(seen) == 2))
     assert sorted(seen) == [("*", "queued"), ("q", "done")]
+
+
+async def test_metrics_in_prometheus_text_format(client: httpx.AsyncClient) -> None:
+    await enqueue(client, "q", {"data": 1}, {"data": 2})
+    assert (await client.post("/v1/queue/q", json={})).status_code == 200
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    lines = response.text.splitlines()
+    assert 'katar_tasks{queue="q",status="queued"} 1' in lines
+    assert 'katar_tasks{queue="q",status="in progress"} 1' in lines
+    assert 'katar_enqueued_total{queue="q"} 2' in lines
+    assert 'katar_delivered_total{queue="q"} 1' in lines
+    assert "katar_long_polls 0" in lines
+    assert (
+        'katar_http_requests_total{method="POST",route="/v1/queue/{queue}/tasks",status="201"} 1'
+        in lines
+    )
+    for line in lines:  # every sample is "name{labels} number"
+        if not line.startswith("#"):
+            float(line.rpartition(" ")[2])

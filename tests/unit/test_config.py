@@ -105,7 +105,10 @@ def test_defaults(tmp_path: Path) -> None:
         ),
         ("[queues.emails.configuration]\ninterval = -5\n", "[queues.emails] configuration"),
         ('[queues."bad name"]\n', "invalid queue name"),
-        ("[[tokens]]\nrole = 'worker'\n", "line 1: [tokens] token_sha256: block 1: token_sha256 must be"),
+        (
+            "[[tokens]]\nrole = 'worker'\n",
+            "line 1: [tokens] token_sha256: block 1: token_sha256 must be",
+        ),
         (
             f"[[tokens]]\ntoken_sha256 = '{H}'\nrole = 'worker'\nqueues = ['*']\n\n"
             f"[[tokens]]\ntoken_sha256 = '{H.upper()}'\nrole = 'admin'\nqueues = ['*']\n",

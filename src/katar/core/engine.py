@@ -15,6 +15,7 @@ import logging
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from katar.core.model import (
@@ -55,6 +56,14 @@ def check_queue_name(name: str, max_length: int = 128) -> str:
     return name
 
 
+@dataclass(slots=True)
+class Counters:
+    """What this process has done since it started, per queue (for /metrics)."""
+
+    enqueued: dict[str, int] = field(default_factory=dict)
+    delivered: dict[str, int] = field(default_factory=dict)
+
+
 class Engine:
     """Katar's operations. Open it before use and close it after; all methods are async."""
 
@@ -69,6 +78,8 @@ class Engine:
         self._listeners: dict[str, list[Listener]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
+        #: Tasks enqueued and delivered by this process since it started, per queue.
+        self.counters = Counters()
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -145,6 +156,8 @@ class Engine:
         if self.draining:
             raise ShuttingDown()
         created = await self.store.enqueue(queue, tasks, now_ms())
+        enqueued = self.counters.enqueued
+        enqueued[queue] = enqueued.get(queue, 0) + len(created)
         ready = sum(1 for task in created if task.state is State.READY)
         if ready:
             self._wake(queue, ready)
@@ -192,6 +205,10 @@ class Engine:
                 return self._deliver(result.delivered)
 
     def _deliver(self, tasks: list[Task]) -> list[Task]:
+        if tasks:
+            delivered = self.counters.delivered
+            queue = tasks[0].queue
+            delivered[queue] = delivered.get(queue, 0) + len(tasks)
         if self._listeners:
             for task in tasks:
                 self._emit(task)

@@ -20,6 +20,7 @@ from katar.core.engine import MAX_QUEUE_NAME, Engine, check_queue_name
 from katar.core.model import options_dict, parse_queue_options, parse_task_id
 from katar.errors import (
     ConfigError,
+    Forbidden,
     InvalidRequest,
     KatarError,
     PayloadTooLarge,
@@ -29,8 +30,8 @@ from katar.errors import (
     TaskNotFound,
     TooManyRequests,
 )
-from katar.http import openapi, parse
-from katar.http.auth import Access, Authenticator, Token
+from katar.http import metrics, openapi, parse
+from katar.http.auth import Access, Authenticator, Role, Token
 from katar.http.responses import (
     JSON_HEADERS,
     LEASE_HEADER,
@@ -108,6 +109,8 @@ class Request:
 
 Handler = Callable[[Request], Awaitable[Response]]
 Route = tuple[Handler, Access]
+#: The route label of requests that match no route.
+UNROUTED: Final = "other"
 
 
 class App:
@@ -135,6 +138,7 @@ class App:
             ("/healthz", {"GET": (self.healthz, open_)}),
             ("/openapi.json", {"GET": (self.openapi, open_)}),
             ("/docs", {"GET": (self.docs, open_)}),
+            ("/metrics", {"GET": (self.metrics, admin)}),
             ("/v1/queues", {"GET": (self.list_queues, admin)}),
             (
                 "/v1/queue/{queue}",
@@ -158,17 +162,27 @@ class App:
                 },
             ),
         ]
-        self._by_length: dict[int, list[tuple[tuple[str | None, ...], dict[str, Route]]]] = {}
+        self._by_length: dict[int, list[tuple[str, tuple[str | None, ...], dict[str, Route]]]] = {}
         for path, methods in self.routes:
             shape = tuple(None if p.startswith("{") else p for p in path.split("/")[1:])
-            self._by_length.setdefault(len(shape), []).append((shape, methods))
+            self._by_length.setdefault(len(shape), []).append((path, shape, methods))
+        roles = {
+            (path, method): None if access is Access.OPEN else Role(access.value).label
+            for path, methods in self.routes
+            for method, (_handler, access) in methods.items()
+        }
+        self._openapi = encode(openapi.document(roles))
+        #: Requests answered, by (method, route template, status): for /metrics.
+        self.requests: dict[tuple[str, str, int], int] = {}
 
     # -- ASGI ------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            response = await self._handle(scope, receive)
+            template, response = await self._handle(scope, receive)
+            key = (scope["method"], template, response.status)
+            self.requests[key] = self.requests.get(key, 0) + 1
             headers = [*response.headers, (b"content-length", b"%d" % len(response.body))]
             await send(
                 {"type": "http.response.start", "status": response.status, "headers": headers}
@@ -196,30 +210,37 @@ class App:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    def _route(self, path: str) -> tuple[dict[str, Route] | None, tuple[str, ...]]:
+    def _route(self, path: str) -> tuple[str, dict[str, Route] | None, tuple[str, ...]]:
         parts = path.split("/")[1:]
         if parts and parts[-1] == "":
             parts.pop()  # a trailing slash names the same resource
-        for shape, methods in self._by_length.get(len(parts), ()):
+        for template, shape, methods in self._by_length.get(len(parts), ()):
             if all(s is None or s == p for s, p in zip(shape, parts, strict=True)):
-                return methods, tuple(p for s, p in zip(shape, parts, strict=True) if s is None)
-        return None, ()
+                params = tuple(p for s, p in zip(shape, parts, strict=True) if s is None)
+                return template, methods, params
+        return UNROUTED, None, ()
 
-    async def _handle(self, scope: Scope, receive: Receive) -> Response:
+    async def _handle(self, scope: Scope, receive: Receive) -> tuple[str, Response]:
+        """The answer to a request, and the route template it took (for the metrics)."""
         method = scope["method"]
         path = scope["path"]
-        methods, params = self._route(path)
+        template, methods, params = self._route(path)
         if methods is None:
-            return json_response({"error": f"no route for {path}; see docs/protocol.md"}, 404)
+            error = {"error": f"no route for {path}; see /docs"}
+            return template, json_response(error, 404)
         route = methods.get(method)
         if route is None:
             allowed = ", ".join(methods)
-            return Response(
-                405,
-                b'{"error":"method %s is not allowed on %s; allowed: %s"}'
-                % (method.encode(), path.encode(), allowed.encode()),
-                [(b"content-type", b"application/json"), (b"allow", allowed.encode())],
+            error = {"error": f"method {method} is not allowed on {path}; allowed: {allowed}"}
+            return template, Response(
+                405, encode(error), [*JSON_HEADERS, (b"allow", allowed.encode())]
             )
+        return template, await self._dispatch(scope, receive, route, params)
+
+    async def _dispatch(
+        self, scope: Scope, receive: Receive, route: Route, params: tuple[str, ...]
+    ) -> Response:
+        method = scope["method"]
         handler, access = route
         try:
             token = None
@@ -233,7 +254,7 @@ class App:
         except KatarError as exc:
             return error_response(exc)
         except Exception:
-            log.exception("internal error on %s %s", method, path)
+            log.exception("internal error on %s %s", method, scope["path"])
             return json_response({"error": "internal server error; see the server's log"}, 500)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
@@ -306,10 +327,20 @@ class App:
         return json_response({"status": "ok", "version": __version__})
 
     async def openapi(self, request: Request) -> Response:
-        return Response(200, _OPENAPI)
+        return Response(200, self._openapi)
 
     async def docs(self, request: Request) -> Response:
         return Response(200, _DOCS_PAGE, [(b"content-type", b"text/html; charset=utf-8")])
+
+    async def metrics(self, request: Request) -> Response:
+        if request.token is not None and not request.token.all_queues:
+            raise Forbidden(
+                'the metrics cover every queue: they need an admin token whose queues are ["*"]'
+            )
+        text = metrics.render(
+            await self.engine.stats(), self.engine.counters, self.requests, self.long_polls
+        )
+        return Response(200, text, [(b"content-type", metrics.CONTENT_TYPE)])
 
     async def list_queues(self, request: Request) -> Response:
         stats = await self.engine.stats()
@@ -371,7 +402,6 @@ class App:
         return json_response({"_id": str(task_id), "deleted": True})
 
 
-_OPENAPI: Final = encode(openapi.document())
 _DOCS_PAGE: Final = openapi.page()
 
 

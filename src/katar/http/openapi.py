@@ -209,8 +209,43 @@ _BAD_BODY: Final = {
 }
 
 
-def document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document."""
+_DENIED: Final = {
+    "401": _error("No token, or one this server does not know (only when tokens are set)."),
+    "403": _error("The token's role or queues do not allow this."),
+}
+_SLOW: Final = {"408": _error("The body did not arrive within the server's body_timeout.")}
+_BUSY: Final = {"429": _error("The server holds its limit of long polls; retry shortly.")}
+_BODY_METHODS: Final = ("post", "put", "patch")
+
+
+def document(roles: dict[tuple[str, str], str | None]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document; ``roles`` gives each (path, METHOD) the least role it
+    needs when the server has tokens (None: open to all)."""
+    doc = _paths()
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            if method == "parameters":
+                continue
+            role = roles[(path, method.upper())]
+            responses = operation["responses"]
+            if role is None:
+                operation["security"] = [{}]
+            else:
+                operation["x-katar-role"] = role
+                operation["description"] = (
+                    f"With tokens configured: a {role} token"
+                    + ("" if role == "admin" else " (or a higher role)")
+                    + (" whose queues include this one." if "{queue}" in path else ".")
+                )
+                responses.update(_DENIED)
+            if method in _BODY_METHODS:
+                responses.update(_SLOW)
+            if operation["operationId"] == "poll":
+                responses.update(_BUSY)
+    return doc
+
+
+def _paths() -> dict[str, Any]:
     queue_path = {
         "parameters": [QUEUE_PARAM],
         "get": {
@@ -410,8 +445,33 @@ def document() -> dict[str, Any]:
                     "responses": plain,
                 }
             },
+            "/metrics": {
+                "get": {
+                    "summary": "Task counts, rates and requests, for Prometheus",
+                    "operationId": "metrics",
+                    "tags": ["server"],
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus's text format 0.0.4.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
         },
-        "components": {"schemas": SCHEMAS},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A token from `katar token`, declared in the server's "
+                    "configuration file. A server with no tokens is open and ignores it.",
+                }
+            },
+        },
+        # Either a token, or none (a server without tokens).
+        "security": [{"bearer": []}, {}],
     }
 
 

@@ -1,0 +1,245 @@
+"""Tokens and roles (contract section 4): every role x every route x own and foreign queue."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from katar import Katar
+from katar.http import App
+from katar.http.auth import Access, Role, Token, digest
+
+# The access rule each route must have. A route added to the application without a line here
+# fails test_every_route_has_an_explicit_rule: a new route cannot slip in unprotected.
+EXPECTED: dict[tuple[str, str], Role | None] = {
+    ("/healthz", "GET"): None,
+    ("/openapi.json", "GET"): None,
+    ("/docs", "GET"): None,
+    ("/metrics", "GET"): Role.ADMIN,
+    ("/v1/queues", "GET"): Role.ADMIN,
+    ("/v1/queue/{queue}", "GET"): Role.WORKER,
+    ("/v1/queue/{queue}", "POST"): Role.WORKER,
+    ("/v1/queue/{queue}", "PUT"): Role.ADMIN,
+    ("/v1/queue/{queue}", "DELETE"): Role.ADMIN,
+    ("/v1/queue/{queue}/tasks", "POST"): Role.PRODUCER,
+    ("/v1/queue/{queue}/tasks", "GET"): Role.PRODUCER,
+    ("/v1/queue/{queue}/tasks/{id}", "GET"): Role.PRODUCER,
+    ("/v1/queue/{queue}/tasks/{id}", "PATCH"): Role.ADMIN,
+    ("/v1/queue/{queue}/tasks/{id}", "DELETE"): Role.ADMIN,
+}
+
+# A body that the handler accepts, so that an allowed request reaches its normal answer.
+BODIES: dict[tuple[str, str], Any] = {
+    ("/v1/queue/{queue}", "POST"): {},
+    ("/v1/queue/{queue}", "PUT"): {"timeout": 30000},
+    ("/v1/queue/{queue}/tasks", "POST"): {"data": {"n": 1}},
+    ("/v1/queue/{queue}/tasks/{id}", "PATCH"): {"status": "cancelled"},
+}
+
+SECRETS = {
+    "worker": "katar_worker-secret",
+    "producer": "katar_producer-secret",
+    "admin": "katar_admin-secret",  # scoped to the own queue, like the others
+    "root": "katar_root-secret",  # admin of every queue
+}
+TOKENS = [
+    Token(sha256=digest(SECRETS["worker"]), role=Role.WORKER, queues=frozenset({"own"})),
+    Token(sha256=digest(SECRETS["producer"]), role=Role.PRODUCER, queues=frozenset({"own"})),
+    Token(sha256=digest(SECRETS["admin"]), role=Role.ADMIN, queues=frozenset({"own"})),
+    Token(sha256=digest(SECRETS["root"]), role=Role.ADMIN, queues=frozenset({"*"}), name="ops"),
+]
+ROLE_OF = {"worker": Role.WORKER, "producer": Role.PRODUCER, "admin": Role.ADMIN}
+
+
+@pytest.fixture
+async def katar() -> AsyncIterator[Katar]:
+    instance = Katar("memory://")
+    instance.queue("own", persistent=True)
+    instance.queue("foreign", persistent=True)
+    await instance.open()
+    try:
+        yield instance
+    finally:
+        await instance.close()
+
+
+@pytest.fixture
+async def http(katar: Katar) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=App(katar.engine, tokens=TOKENS))
+    async with httpx.AsyncClient(transport=transport, base_url="http://katar") as client:
+        yield client
+
+
+def bearer(who: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {SECRETS[who]}"}
+
+
+async def task_in(katar: Katar, queue: str) -> str:
+    [task] = await katar.engine.enqueue(queue, [_new()])
+    return str(task.id)
+
+
+def _new() -> Any:
+    from katar.core.model import NewTask
+
+    return NewTask(data=b"1", priority=0, delay_ms=0, paused=False)
+
+
+async def call(
+    http: httpx.AsyncClient,
+    katar: Katar,
+    path: str,
+    method: str,
+    queue: str,
+    headers: dict[str, str],
+) -> httpx.Response:
+    url = path.replace("{queue}", queue)
+    if "{id}" in url:
+        url = url.replace("{id}", await task_in(katar, queue))
+    body = BODIES.get((path, method))
+    return await http.request(method, url, json=body, headers=headers)
+
+
+def test_every_route_has_an_explicit_rule(katar: Katar) -> None:
+    app = App(katar.engine, tokens=TOKENS)
+    rules = {
+        (path, method): access
+        for path, methods in app.routes
+        for method, (_handler, access) in methods.items()
+    }
+    assert set(rules) == set(EXPECTED), "a route was added or removed: update EXPECTED"
+    for route, access in rules.items():
+        wanted = Access.OPEN if EXPECTED[route] is None else Access(EXPECTED[route])
+        assert access is wanted, route
+
+
+@pytest.mark.parametrize(("path", "method"), sorted(EXPECTED))
+@pytest.mark.parametrize("who", ["nobody", "stranger", "worker", "producer", "admin", "root"])
+@pytest.mark.parametrize("queue", ["own", "foreign"])
+async def test_the_access_matrix(
+    http: httpx.AsyncClient, katar: Katar, path: str, method: str, who: str, queue: str
+) -> None:
+    needed = EXPECTED[(path, method)]
+    if who == "nobody":
+        headers = {}
+    elif who == "stranger":
+        headers = {"authorization": "Bearer katar_not-a-known-token"}
+    else:
+        headers = bearer(who)
+    before = await katar.engine.stats()
+    response = await call(http, katar, path, method, queue, headers)
+    assert response.status_code < 500, response.text
+    role = Role.ADMIN if who == "root" else ROLE_OF.get(who)
+    if needed is None:
+        assert response.status_code not in (401, 403), response.text
+    elif role is None:
+        assert response.status_code == 401, response.text
+        assert response.headers["www-authenticate"] == 'Bearer realm="katar"'
+    elif role < needed:
+        assert response.status_code == 403, response.text
+        assert response.json()["needs"] == needed.name.lower()
+    elif "{queue}" in path and queue == "foreign" and who != "root":
+        assert response.status_code == 403, response.text
+        assert response.json() == {
+            "error": "this token may not use the queue 'foreign'",
+            "queue": "foreign",
+        }
+    elif path == "/metrics" and who != "root":
+        assert response.status_code == 403, response.text  # metrics cover every queue
+    else:
+        assert response.status_code not in (401, 403), response.text
+        return
+    # A refused request changes nothing (the route's own task, made above, aside).
+    after = await katar.engine.stats()
+    if "{id}" in path:
+        after[queue]["queued"] -= 1
+    assert after == before
+
+
+async def test_401_bodies_say_what_to_send_and_nothing_about_the_tokens(
+    http: httpx.AsyncClient,
+) -> None:
+    missing = await http.post("/v1/queue/own", json={})
+    assert missing.status_code == 401
+    assert "Authorization: Bearer <token>" in missing.json()["error"]
+    basic = await http.post("/v1/queue/own", json={}, headers={"authorization": "Basic eDp5"})
+    assert basic.status_code == 401
+    assert "must be 'Bearer <token>'" in basic.json()["error"]
+    for secret in ("katar_worker-secre", "katar_worker-secretx", "", "x" * 5000):
+        wrong = await http.post(
+            "/v1/queue/own", json={}, headers={"authorization": f"Bearer {secret}"}
+        )
+        assert wrong.status_code == 401, secret
+        assert set(wrong.json()) == {"error"}
+        assert "ops" not in wrong.text and "worker" not in wrong.text
+
+
+async def test_the_scheme_is_case_insensitive_and_spaces_are_forgiven(
+    http: httpx.AsyncClient,
+) -> None:
+    for header in (f"bearer {SECRETS['worker']}", f"BEARER  {SECRETS['worker']} "):
+        response = await http.post("/v1/queue/own", json={}, headers={"authorization": header})
+        assert response.status_code == 204, header
+
+
+async def test_a_scoped_admin_lists_only_its_queues(http: httpx.AsyncClient) -> None:
+    scoped = await http.get("/v1/queues", headers=bearer("admin"))
+    assert [q["name"] for q in scoped.json()["queues"]] == ["own"]
+    everything = await http.get("/v1/queues", headers=bearer("root"))
+    assert sorted(q["name"] for q in everything.json()["queues"]) == ["foreign", "own"]
+
+
+async def test_a_worker_drains_its_queue_with_its_token(
+    http: httpx.AsyncClient, katar: Katar
+) -> None:
+    task = await task_in(katar, "own")
+    polled = await http.post("/v1/queue/own", json={}, headers=bearer("worker"))
+    assert polled.json()["tasks"][0]["_id"] == task
+    acked = await http.post(
+        "/v1/queue/own",
+        json={"tasks": [{"_id": task, "status": "done"}]},
+        headers=bearer("worker"),
+    )
+    assert acked.status_code == 204
+    record = await http.get(f"/v1/queue/own/tasks/{task}", headers=bearer("producer"))
+    assert record.json()["status"] == "done"
+
+
+async def test_a_forbidden_ack_changes_nothing(http: httpx.AsyncClient, katar: Katar) -> None:
+    task = await task_in(katar, "foreign")
+    polled = await http.post("/v1/queue/foreign", json={}, headers=bearer("root"))
+    assert polled.status_code == 200
+    refused = await http.post(
+        "/v1/queue/foreign",
+        json={"tasks": [{"_id": task, "status": "done"}]},
+        headers=bearer("worker"),
+    )
+    assert refused.status_code == 403
+    record = await http.get(f"/v1/queue/foreign/tasks/{task}", headers=bearer("root"))
+    assert record.json()["status"] == "in progress"
+
+
+async def test_tokens_never_reach_the_log(
+    http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    for who in SECRETS:
+        await http.post("/v1/queue/own", json={"max": "x"}, headers=bearer(who))
+        await http.delete("/v1/queue/foreign", headers=bearer(who))
+    await http.get("/v1/queues", headers={"authorization": "Bearer katar_guess"})
+    text = caplog.text
+    assert not any(secret in text for secret in SECRETS.values())
+    assert "katar_guess" not in text
+
+
+async def test_an_open_server_needs_no_token(katar: Katar) -> None:
+    transport = httpx.ASGITransport(app=App(katar.engine))
+    async with httpx.AsyncClient(transport=transport, base_url="http://katar") as client:
+        assert (await client.delete("/v1/queue/foreign")).status_code == 200
+        # A token sent to an open server is not checked: there is nothing to check it against.
+        response = await client.post("/v1/queue/own", json={}, headers=bearer("worker"))
+        assert response.status_code == 204
