@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-READY = re.compile(r"serving on http://127\.0\.0\.1:(\d+)")
+READY = re.compile(r"serving on (https?)://127\.0\.0\.1:(\d+)")
 
 
 class KatarProcess:
@@ -25,12 +25,13 @@ class KatarProcess:
         self.args = args
         self.lines: list[str] = []
         self.port = 0
+        self.scheme = "http"
         self.process: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> KatarProcess:
         command = [sys.executable, "-m", "katar", "serve", "--port", "0", *self.args]
@@ -57,7 +58,7 @@ class KatarProcess:
             self.lines.append(line)
             match = READY.search(line)
             if match:
-                self.port = int(match.group(1))
+                self.scheme, self.port = match.group(1), int(match.group(2))
                 started.set()
 
     def output(self) -> str:
