@@ -78,9 +78,11 @@ def test_https_with_tokens_end_to_end(
     assert server.url.startswith("https://") and "access: 3 tokens" in server.output()
 
     # The client verifies the server's certificate against the test's CA ...
-    with httpx.Client(base_url=server.url, timeout=10) as unverified:
-        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-            unverified.get("/healthz")
+    with (
+        httpx.Client(base_url=server.url, timeout=10) as unverified,
+        pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"),
+    ):
+        unverified.get("/healthz")
     context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
     with httpx.Client(base_url=server.url, timeout=10, verify=context) as client:
         assert client.get("/healthz").status_code == 200  # open
@@ -130,7 +132,7 @@ def test_a_bad_certificate_is_a_clear_startup_error(tmp_path: Path) -> None:
 
 def read_until_closed(sock: socket.socket, seconds: float) -> bytes:
     sock.settimeout(seconds)
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         chunk = sock.recv(4096)
         if not chunk:
@@ -166,7 +168,7 @@ def test_slow_and_silent_clients_are_cut_off(tmp_path: Path, servers: list[Katar
     with socket.create_connection(address) as slow_body:  # headers at once, body never
         slow_body.sendall(
             b"POST /v1/queue/q/tasks HTTP/1.1\r\nHost: k\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 100\r\n\r\n{\"data\""
+            b'Content-Length: 100\r\n\r\n{"data"'
         )
         answer = read_until_closed(slow_body, 10)
     assert answer.startswith(b"HTTP/1.1 408 ")

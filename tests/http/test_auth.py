@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from katar import Katar
+from katar.core.model import NewTask
 from katar.http import App
 from katar.http.auth import Access, Role, Token, digest
 
@@ -83,10 +85,8 @@ async def task_in(katar: Katar, queue: str) -> str:
     return str(task.id)
 
 
-def _new() -> Any:
-    from katar.core.model import NewTask
-
-    return NewTask(data=b"1", priority=0, delay_ms=0, paused=False)
+def _new() -> NewTask:
+    return NewTask(data=msgspec.Raw(b"1"), priority=0, delay_ms=0, paused=False)
 
 
 async def call(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import httpx
@@ -109,7 +109,7 @@ async def test_long_polls_beyond_the_limit_are_429_and_their_acks_untouched(
 
 
 async def test_a_body_that_does_not_arrive_in_time_is_408(app: App, katar: Katar) -> None:
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
     first = True
 
     async def receive() -> dict[str, Any]:
@@ -120,7 +120,7 @@ async def test_a_body_that_does_not_arrive_in_time_is_408(app: App, katar: Katar
         await asyncio.sleep(3600)  # the rest never comes
         raise AssertionError
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     scope = {

@@ -98,7 +98,7 @@ class Ack(msgspec.Struct, kw_only=True, frozen=True):
     status: Literal["done", "failed", "in progress"]
     error: str | None = None
     result: msgspec.Raw = NULL  # with "done": the worker's JSON, verbatim; null if none
-    attempt: Annotated[int, msgspec.Meta(ge=1)] | None = None  # the delivery it answers
+    attempt: Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)] | None = None  # the delivery acked
     retry: bool | None = None  # with "failed": None means the queue's retry_failed
 
 
@@ -119,7 +119,12 @@ class QueueOptions(msgspec.Struct, kw_only=True, frozen=True):
         return {**DEFAULT_CONFIGURATION, **self.configuration}
 
 
-_OPTION_LIMITS: Final = {
+#: The longest delay a task may be given, in seconds: ten years, beyond any schedule, and well
+#: inside what timestamps (and ISO dates) can represent.
+MAX_DELAY: Final = 10 * 366 * 24 * 3600
+
+#: The integer options' bounds, in QueueOptions's order.
+OPTION_LIMITS: Final = {
     "timeout": (1, 2**31 - 1),
     "max_attempts": (0, 2**31 - 1),
     "max_batch": (1, 10_000),
@@ -127,7 +132,14 @@ _OPTION_LIMITS: Final = {
     "retry_delay_max": (0, 2**31 - 1),
 }
 _BOOL_OPTIONS: Final = ("persistent", "retry_failed")
-OPTION_NAMES: Final = (*_BOOL_OPTIONS, *_OPTION_LIMITS, "configuration")
+OPTION_NAMES: Final = (*_BOOL_OPTIONS, *OPTION_LIMITS, "configuration")
+
+
+def _whole(value: Any) -> Any:
+    """A float with no fraction as an int: JSON has one number type, so 30000.0 is 30000."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return value
 
 
 def parse_queue_options(raw: Any) -> QueueOptions:
@@ -137,6 +149,7 @@ def parse_queue_options(raw: Any) -> QueueOptions:
     """
     if not isinstance(raw, dict):
         raise ValidationError('queue options must be a JSON object, e.g. {"timeout": 30000}')
+    raw = {key: _whole(value) for key, value in raw.items()}
     for key, value in raw.items():
         if key not in OPTION_NAMES:
             raise ValidationError(
@@ -145,8 +158,8 @@ def parse_queue_options(raw: Any) -> QueueOptions:
             )
         if key in _BOOL_OPTIONS and not isinstance(value, bool):
             raise ValidationError(f"queue option {key!r} must be true or false", option=key)
-        if key in _OPTION_LIMITS:
-            low, high = _OPTION_LIMITS[key]
+        if key in OPTION_LIMITS:
+            low, high = OPTION_LIMITS[key]
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ValidationError(
                     f"queue option {key!r} must be an integer from {low} to {high}", option=key
@@ -157,6 +170,8 @@ def parse_queue_options(raw: Any) -> QueueOptions:
                     "queue option 'configuration' must be an object, e.g. {\"interval\": 1000}",
                     option=key,
                 )
+            if "interval" in value:
+                value = raw[key] = {**value, "interval": _whole(value["interval"])}
             interval = value.get("interval", 0)
             if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
                 raise ValidationError(
@@ -196,7 +211,7 @@ def parse_priority(value: Any) -> int:
 def parse_task_id(task_id: str | int) -> int | None:
     """The store id behind a client's task id, or None when it cannot be one of ours."""
     if isinstance(task_id, int) and not isinstance(task_id, bool):
-        return task_id if task_id > 0 else None
+        return task_id if 0 < task_id < 2**63 else None
     if isinstance(task_id, str) and task_id.isascii() and task_id.isdigit() and len(task_id) < 19:
         value = int(task_id)
         return value if value > 0 else None

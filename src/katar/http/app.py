@@ -171,7 +171,8 @@ class App:
             for path, methods in self.routes
             for method, (_handler, access) in methods.items()
         }
-        self._openapi = encode(openapi.document(roles))
+        #: The OpenAPI document, as served at /openapi.json.
+        self.openapi_json = encode(openapi.document(roles, self.limits))
         #: Requests answered, by (method, route template, status): for /metrics.
         self.requests: dict[tuple[str, str, int], int] = {}
 
@@ -327,7 +328,7 @@ class App:
         return json_response({"status": "ok", "version": __version__})
 
     async def openapi(self, request: Request) -> Response:
-        return Response(200, self._openapi)
+        return Response(200, self.openapi_json)
 
     async def docs(self, request: Request) -> Response:
         return Response(200, _DOCS_PAGE, [(b"content-type", b"text/html; charset=utf-8")])

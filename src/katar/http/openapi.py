@@ -6,10 +6,15 @@ paths and methods with the application's route table, so neither can drift from 
 
 from __future__ import annotations
 
+import copy
 from importlib import resources
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from katar._version import __version__
+from katar.core.model import MAX_DELAY, OPTION_LIMITS
+
+if TYPE_CHECKING:
+    from katar.http.app import Limits
 
 JSON: Final = "application/json"
 
@@ -30,8 +35,9 @@ QUEUE_PARAM: Final = {
     "name": "queue",
     "in": "path",
     "required": True,
-    "description": "The queue's name: 1 to 128 letters, digits, '.', '_', ':' or '-'.",
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"},
+    "description": "The queue's name: letters, digits, '.', '_', ':' or '-' (up to the "
+    "server's max_queue_name, 128 by default).",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]*$"},
 }
 ID_PARAM: Final = {
     "name": "id",
@@ -51,6 +57,7 @@ _STATUS: Final = {
     "type": "string",
     "enum": ["paused", "queued", "in progress", "done", "failed", "cancelled"],
 }
+_ANY_STATUS: Final = "|".join(_STATUS["enum"])
 _PRIORITY: Final = {
     "description": "Higher runs first; high is 10, normal 0, low -10.",
     "oneOf": [
@@ -93,7 +100,7 @@ SCHEMAS: Final[dict[str, Any]] = {
             "status": {"type": "string", "enum": ["done", "failed", "in progress"]},
             "error": {"type": ["string", "null"]},
             "result": {"description": "With done: any JSON, kept with the task."},
-            "attempt": {"type": ["integer", "null"], "minimum": 1},
+            "attempt": {"type": ["integer", "null"], "minimum": 1, "maximum": 2**31 - 1},
             "retry": {"type": ["boolean", "null"]},
         },
     },
@@ -129,13 +136,18 @@ SCHEMAS: Final[dict[str, Any]] = {
         "additionalProperties": False,
         "properties": {
             "persistent": {"type": "boolean", "default": False},
-            "timeout": {"type": "integer", "minimum": 1, "default": 60000},
-            "max_attempts": {"type": "integer", "minimum": 0, "default": 5},
             "retry_failed": {"type": "boolean", "default": False},
-            "max_batch": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100},
-            "retry_delay": {"type": "integer", "minimum": 0, "default": 1000},
-            "retry_delay_max": {"type": "integer", "minimum": 0, "default": 3600000},
-            "configuration": {"type": "object", "additionalProperties": True},
+            **{
+                name: {"type": "integer", "minimum": low, "maximum": high, "default": default}
+                for (name, (low, high)), default in zip(
+                    OPTION_LIMITS.items(), (60000, 5, 100, 1000, 3600000), strict=True
+                )
+            },
+            "configuration": {
+                "type": "object",
+                "additionalProperties": True,
+                "properties": {"interval": {"type": "integer", "minimum": 0}},
+            },
         },
     },
     "Queue": {
@@ -158,7 +170,12 @@ SCHEMAS: Final[dict[str, Any]] = {
         "properties": {
             "data": {"description": "Any JSON, null included."},
             "priority": _PRIORITY,
-            "delay": {"type": "number", "minimum": 0, "description": "Seconds."},
+            "delay": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": MAX_DELAY,
+                "description": "Seconds before the task may run (at most ten years).",
+            },
             "status": {"type": "string", "enum": ["queued", "paused"], "default": "queued"},
         },
     },
@@ -218,10 +235,24 @@ _BUSY: Final = {"429": _error("The server holds its limit of long polls; retry s
 _BODY_METHODS: Final = ("post", "put", "patch")
 
 
-def document(roles: dict[tuple[str, str], str | None]) -> dict[str, Any]:
-    """The OpenAPI 3.1 document; ``roles`` gives each (path, METHOD) the least role it
-    needs when the server has tokens (None: open to all)."""
-    doc = _paths()
+def document(roles: dict[tuple[str, str], str | None], limits: Limits) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of a server with these ``limits``; ``roles`` gives each
+    (path, METHOD) the least role it needs when the server has tokens (None: open to all)."""
+    doc = copy.deepcopy(_paths())
+    schemas = doc["components"]["schemas"]
+    schemas["Poll"]["properties"]["wait"]["maximum"] = limits.max_wait
+    schemas["Enqueue"]["oneOf"][1]["properties"]["tasks"]["maxItems"] = limits.max_tasks_per_enqueue
+    paths = doc["paths"]
+    paths["/v1/queue/{queue}/tasks/{id}"]["get"]["parameters"][0]["schema"]["maximum"] = (
+        limits.max_wait
+    )
+    for parameter in paths["/v1/queue/{queue}/tasks"]["get"]["parameters"]:
+        if parameter["name"] == "limit":
+            parameter["schema"]["maximum"] = limits.max_list
+    for item in paths.values():
+        for parameter in item.get("parameters", ()):
+            if parameter["name"] == "queue":
+                parameter["schema"]["maxLength"] = limits.max_queue_name
     for path, operations in doc["paths"].items():
         for method, operation in operations.items():
             if method == "parameters":
@@ -307,7 +338,7 @@ def _paths() -> dict[str, Any]:
             "summary": "Enqueue one task or many",
             "operationId": "enqueue",
             "tags": ["producers"],
-            "requestBody": _body(_ref("Enqueue")),
+            "requestBody": {**_body(_ref("Enqueue")), "required": True},
             "responses": {
                 "201": _body(_ref("Tasks"), "The new tasks."),
                 **_QUEUE_MISSING,
@@ -323,10 +354,18 @@ def _paths() -> dict[str, Any]:
                     "name": "status",
                     "in": "query",
                     "description": "One or more statuses, separated by commas.",
-                    "schema": {"type": "string"},
+                    "schema": {
+                        "type": "string",
+                        "pattern": f"^({_ANY_STATUS})(,({_ANY_STATUS}))*$",
+                    },
                 },
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-                {"name": "after", "in": "query", "schema": {"type": "string"}},
+                {
+                    "name": "after",
+                    "in": "query",
+                    "description": "The cursor: the next page's tasks come after this id.",
+                    "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                },
             ],
             "responses": {
                 "200": _body(_ref("Tasks"), "A page."),
@@ -352,15 +391,21 @@ def _paths() -> dict[str, Any]:
             "summary": "Cancel, pause, resume or retry a task",
             "operationId": "patchTask",
             "tags": ["operators"],
-            "requestBody": _body(
-                {
-                    "type": "object",
-                    "required": ["status"],
-                    "properties": {
-                        "status": {"type": "string", "enum": ["cancelled", "paused", "queued"]}
-                    },
-                }
-            ),
+            "requestBody": {
+                "required": True,
+                **_body(
+                    {
+                        "type": "object",
+                        "required": ["status"],
+                        "properties": {
+                            "status": {
+                                "type": "string",
+                                "enum": ["cancelled", "paused", "queued"],
+                            }
+                        },
+                    }
+                ),
+            },
             "responses": {
                 "200": _body(_ref("Task"), "The task."),
                 "404": _error("No such queue or task."),

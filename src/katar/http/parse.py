@@ -11,6 +11,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from katar.core.model import (
+    MAX_DELAY,
     STATUSES,
     Ack,
     NewTask,
@@ -20,6 +21,7 @@ from katar.errors import InvalidRequest, PayloadTooLarge, ValidationError
 
 Count = Annotated[int, msgspec.Meta(ge=0)]
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
+Delay = Annotated[float, msgspec.Meta(ge=0, le=MAX_DELAY)]
 _ABSENT: Final = msgspec.Raw()
 
 
@@ -33,7 +35,7 @@ class PollBody(msgspec.Struct, frozen=True):
 class TaskBody(msgspec.Struct, frozen=True):
     data: msgspec.Raw = _ABSENT
     priority: int | str = 0
-    delay: Seconds = 0.0
+    delay: Delay = 0.0
     status: Literal["queued", "paused"] = "queued"
 
 
@@ -52,7 +54,7 @@ _HINTS: Final = {
     "wait": "wait is the long poll's length in seconds, a number >= 0",
     "attempt": "attempt is the delivery number the worker received, an integer >= 1",
     "priority": "priority is an integer or one of high, normal, low",
-    "delay": "delay is a number of seconds >= 0",
+    "delay": f"delay is a number of seconds from 0 to {MAX_DELAY} (ten years)",
 }
 
 _decoders: dict[type, msgspec.json.Decoder[Any]] = {}
@@ -62,7 +64,8 @@ def decode(body: bytes, kind: type[Any]) -> Any:
     """Decode ``body`` as ``kind``; an empty body is an empty object."""
     decoder = _decoders.get(kind)
     if decoder is None:
-        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+        # Lax, as pydantic is: 932.0 and "932" are the number 932 (JSON has one number type).
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind, strict=False)
     try:
         return decoder.decode(body or b"{}")
     except msgspec.ValidationError as exc:

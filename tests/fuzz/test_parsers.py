@@ -1,0 +1,177 @@
+"""Hypothesis on the request parsers and the routes that write: no 5xx, no hang, and a
+rejected request changes nothing in the store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from katar import Katar
+from katar.errors import InvalidRequest
+from katar.http import App, Limits, parse
+
+# CI runs a fixed sample, so that it passes or fails the same way each time; set
+# KATAR_FUZZ_EXAMPLES to explore further with fresh random examples.
+EXAMPLES = os.environ.get("KATAR_FUZZ_EXAMPLES")
+FUZZ = settings(
+    max_examples=int(EXAMPLES or 300),
+    derandomize=EXAMPLES is None,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    database=None,
+)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+numbers = st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=5) | st.none()
+acks = st.fixed_dictionaries(
+    {},
+    optional={
+        "_id": st.sampled_from(["1", "2", "3", "999", "", "x", "-1", 2**63, 2**64 - 1])
+        | st.integers()
+        | json_values,
+        "status": st.sampled_from(["done", "failed", "in progress", "queued", ""]) | json_values,
+        "error": st.text(max_size=10) | json_values,
+        "result": json_values,
+        "attempt": numbers,
+        "retry": st.booleans() | json_values,
+    },
+)
+poll_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "tasks": st.lists(acks, max_size=4) | json_values,
+        "max": numbers,
+        "wait": st.sampled_from([0, -1, 1e309, "1", None]),
+        "worker": st.text(max_size=300) | json_values,
+    },
+)
+new_tasks = st.fixed_dictionaries(
+    {},
+    optional={
+        "data": json_values,
+        "priority": numbers | st.sampled_from(["high", "normal", "low", "urgent"]),
+        "delay": numbers,
+        "status": st.sampled_from(["queued", "paused", "done"]) | json_values,
+    },
+)
+enqueue_bodies = new_tasks | st.fixed_dictionaries(
+    {"tasks": st.lists(new_tasks, max_size=8) | json_values}, optional={"data": json_values}
+)
+patch_bodies = st.fixed_dictionaries(
+    {},
+    optional={"status": st.sampled_from(["cancelled", "paused", "queued", "done"]) | json_values},
+)
+queue_bodies = st.dictionaries(
+    st.sampled_from(
+        ["persistent", "timeout", "max_attempts", "max_batch", "retry_delay", "configuration", "x"]
+    ),
+    json_values | numbers,
+    max_size=4,
+)
+
+
+def encoded(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
+    """Bodies: the strategy's JSON, or raw bytes, or JSON cut short."""
+    as_json = strategy.map(lambda value: json.dumps(value).encode())
+    return as_json | st.binary(max_size=64) | as_json.map(lambda body: body[: len(body) // 2])
+
+
+@given(encoded(poll_bodies | enqueue_bodies | patch_bodies | queue_bodies))
+@FUZZ
+def test_parsers_accept_or_raise_invalid_request(body: bytes) -> None:
+    for parser in (
+        lambda: parse.parse_poll(body, 60),
+        lambda: parse.parse_enqueue(body, 100, 1024),
+        lambda: parse.parse_patch(body),
+        lambda: parse.parse_object(body),
+    ):
+        with contextlib.suppress(InvalidRequest):
+            parser()
+
+
+class Harness:
+    """One App on a memory store, driven from a synchronous hypothesis test."""
+
+    def __init__(self, url: str) -> None:
+        self.runner = asyncio.Runner()
+        self.katar = Katar(url, reap_interval=3600)
+        self.katar.queue("q", persistent=True, max_attempts=3)
+        self.runner.run(self.katar.open())
+        app = App(self.katar.engine, limits=Limits(max_wait=0.05, max_tasks_per_enqueue=5))
+        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://k")
+        # Tasks in every state, so that acks and PATCHes meet real ids.
+        self.request("POST", "/v1/queue/q/tasks", b'{"tasks":[{"data":1},{"data":2},{"data":3}]}')
+        self.request("POST", "/v1/queue/q", b'{"max":2}')
+        self.request("POST", "/v1/queue/q", b'{"tasks":[{"_id":"1","status":"done"}],"max":0}')
+
+    def request(self, method: str, path: str, body: bytes) -> httpx.Response:
+        async def send() -> httpx.Response:
+            return await asyncio.wait_for(self.http.request(method, path, content=body), 10)
+
+        return self.runner.run(send())
+
+    def snapshot(self) -> Any:
+        async def read() -> Any:
+            engine = self.katar.engine
+            tasks = await engine.list_tasks("q", None, 1000, 0)
+            return dict(engine.queues), [
+                (t.id, t.state, t.attempts, t.data, t.error, t.result, t.priority, t.run_at)
+                for t in tasks
+            ]
+
+        return self.runner.run(read())
+
+    def close(self) -> None:
+        self.runner.run(self.http.aclose())
+        self.runner.run(self.katar.close())
+        self.runner.close()
+
+
+@pytest.fixture(scope="module", params=["memory", "sqlite"])
+def harness(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Harness]:
+    folder = tmp_path_factory.mktemp("fuzz")
+    instance = Harness("memory://" if request.param == "memory" else f"sqlite:///{folder}/k.db")
+    yield instance
+    instance.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "bodies"),
+    [
+        ("POST", "/v1/queue/q", poll_bodies),
+        ("POST", "/v1/queue/q/tasks", enqueue_bodies),
+        ("PATCH", "/v1/queue/q/tasks/2", patch_bodies),
+        ("PUT", "/v1/queue/q", queue_bodies),
+    ],
+)
+def test_no_5xx_and_a_rejected_request_changes_nothing(
+    harness: Harness, method: str, path: str, bodies: st.SearchStrategy[Any]
+) -> None:
+    @given(encoded(bodies))
+    @FUZZ
+    def check(body: bytes) -> None:
+        before = harness.snapshot()
+        response = harness.request(method, path, body)
+        assert response.status_code < 500, (body, response.text)
+        if response.status_code >= 400:
+            assert isinstance(response.json()["error"], str)
+            assert harness.snapshot() == before, (body, response.text)
+
+    check()

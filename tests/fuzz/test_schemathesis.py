@@ -1,0 +1,108 @@
+"""Schemathesis against the OpenAPI document: no 5xx and answers as documented."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+import uvicorn
+from hypothesis import HealthCheck, settings
+from schemathesis import GenerationMode
+
+from katar import Katar
+from katar.http import App
+from katar.http.auth import Role, Token, digest
+
+ADMIN = "katar_fuzz-admin"
+WORKER = "katar_fuzz-worker"
+TOKENS = [
+    Token(sha256=digest(ADMIN), role=Role.ADMIN, queues=frozenset({"*"})),
+    Token(sha256=digest(WORKER), role=Role.WORKER, queues=frozenset({"q"})),
+]
+
+# The document depends only on the routes and the limits, so any App with defaults gives it.
+schema = schemathesis.openapi.from_dict(json.loads(App(Katar("memory://").engine).openapi_json))
+# Valid requests and invalid ones: both must be answered, never with a 5xx.
+schema.config.generation.update(modes=list(GenerationMode))
+
+
+class Server:
+    """An App on a memory store, served by uvicorn on a thread."""
+
+    def __init__(self, *, tokens: list[Token]) -> None:
+        self.katar = Katar("memory://")
+        self.katar.queue("q", persistent=True)
+        app = App(self.katar.engine, tokens=tokens, startup=self.katar.open)
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()))
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        while not self.server.started:
+            self.thread.join(0.02)
+            assert self.thread.is_alive()
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+
+
+@pytest.fixture(scope="module")
+def open_server() -> Iterator[str]:
+    with Server(tokens=[]) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def guarded_server() -> Iterator[str]:
+    with Server(tokens=TOKENS) as url:
+        yield url
+
+
+# CI runs a fixed sample, so that it passes or fails the same way each time; set
+# KATAR_FUZZ_EXAMPLES to explore further with fresh random examples.
+EXAMPLES = os.environ.get("KATAR_FUZZ_EXAMPLES")
+FUZZ = settings(
+    max_examples=int(EXAMPLES or 40),
+    derandomize=EXAMPLES is None,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    database=None,
+)
+
+
+@schema.parametrize()
+@FUZZ
+def test_an_open_server(case: schemathesis.Case[Any], open_server: str) -> None:
+    case.call_and_validate(base_url=open_server, timeout=30)
+
+
+@schema.parametrize()
+@FUZZ
+def test_a_server_with_tokens(case: schemathesis.Case[Any], guarded_server: str) -> None:
+    case.call_and_validate(
+        base_url=guarded_server, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30
+    )
+
+
+@schema.parametrize()
+@FUZZ
+def test_a_server_with_tokens_and_a_worker_or_no_token(
+    case: schemathesis.Case[Any], guarded_server: str
+) -> None:
+    worker = case.call(base_url=guarded_server, headers={"Authorization": f"Bearer {WORKER}"})
+    assert worker.status_code < 500, worker.text
+    anonymous = case.call(base_url=guarded_server)
+    assert anonymous.status_code < 500, anonymous.text
+    if case.path not in ("/healthz", "/openapi.json", "/docs"):
+        # 401, unless the request names no route (a path or method that does not exist).
+        assert anonymous.status_code in (401, 404, 405), anonymous.text
