@@ -15,6 +15,17 @@ from katar._version import __version__
 from katar.api import Katar, Queue
 from katar.core.model import QueueOptions, Task
 from katar.errors import KatarError
+from katar.http.auth import Role, Token
 from katar.server import WorkerServer
 
-__all__ = ["Katar", "KatarError", "Queue", "QueueOptions", "Task", "WorkerServer", "__version__"]
+__all__ = [
+    "Katar",
+    "KatarError",
+    "Queue",
+    "QueueOptions",
+    "Role",
+    "Task",
+    "Token",
+    "WorkerServer",
+    "__version__",
+]

@@ -58,6 +58,21 @@ class Token:
     queues: frozenset[str]  # the queues it may touch; ALL_QUEUES for every one
     name: str = ""  # a label for people (the file's optional ``name``)
 
+    @classmethod
+    def declare(
+        cls, *, sha256: str, role: str | Role, queues: Iterable[str], name: str = ""
+    ) -> Token:
+        """A token as a ``[[tokens]]`` block declares it: the hex digest, and the role by name.
+
+        ``Token.declare(sha256=digest(secret).hex(), role="worker", queues=["emails"])``
+        """
+        return cls(
+            sha256=bytes.fromhex(sha256),
+            role=role if isinstance(role, Role) else Role[role.upper()],
+            queues=frozenset(queues),
+            name=name,
+        )
+
     @property
     def all_queues(self) -> bool:
         return ALL_QUEUES in self.queues
@@ -123,9 +138,9 @@ class Authenticator:
             return
         needed = Role(access.value)
         if token.role < needed:
+            wanted = "an admin" if needed is Role.ADMIN else f"a {needed.label} or admin"
             raise Forbidden(
-                f"a {token.role.label} token may not do this; it needs a "
-                f"{needed.label}{'' if needed is Role.ADMIN else ' or admin'} token",
+                f"a {token.role.label} token may not do this; it needs {wanted} token",
                 role=token.role.label,
                 needs=needed.label,
             )
