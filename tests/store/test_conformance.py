@@ -5,6 +5,7 @@ Time is passed in explicitly (``now``), so leases and delays are tested without 
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import msgspec
@@ -423,3 +424,39 @@ async def test_many_acks_in_one_poll(store: Store, options: QueueOptions) -> Non
     assert running is not None and running.lease_until == T0 + 2 + options.timeout
     # The same acks again: nothing changes, nothing fails.
     assert (await store.poll("q", options, acks, 0, "w", T0 + 3)).changes == []
+
+
+@pytest.mark.parametrize("options", [KEEP, DROP], ids=["history", "no-history"])
+async def test_concurrent_polls_ack_and_claim_as_if_one_after_another(
+    store: Store, options: QueueOptions
+) -> None:
+    # Polls sent together may be served together (SQLite makes their "done"s and claims in
+    # one statement each): every outcome must still be one that some order of them gives.
+    await setup(store, options)
+    await store.enqueue("q", [new(n, priority=n % 3) for n in range(12)], T0)
+    first = await claim(store, limit=4, options=options)
+    never_delivered = (await store.enqueue("q", [new("late")], T0))[0]
+    polls = [
+        store.poll("q", options, [ack(first[0])], 2, None, T0 + 1),
+        store.poll("q", options, [ack(first[0])], 2, None, T0 + 1),  # the same ack again
+        store.poll("q", options, [ack(never_delivered)], 3, None, T0 + 1),  # refused
+        store.poll("q", options, [ack(first[1], "failed", error="x")], 1, "w2", T0 + 1),
+        store.poll("q", options, [ack(first[2])], 0, None, T0 + 1),
+        store.poll("q", options, [ack(first[3])], 3, "w2", T0 + 1),
+    ]
+    results = await asyncio.gather(*polls, return_exceptions=True)
+    assert isinstance(results[2], Conflict)
+    answered = [r for r in results if not isinstance(r, BaseException)]
+    delivered = [task for result in answered for task in result.delivered]
+    assert [len(r.delivered) for r in answered] == [2, 2, 1, 0, 3]
+    assert len({task.id for task in delivered}) == 8  # nobody shares a task
+    changed = [change.task.id for result in answered for change in result.changes]
+    assert sorted(changed) == sorted(t.id for t in first)  # each ack took effect once
+    # What was left and what was taken agree with the priorities: nothing taken ranks
+    # below something left.
+    left = await claim(store, limit=20, options=options, now=T0 + 2)
+    worst_taken = max((-t.priority, t.id) for t in delivered)
+    assert left and all((-t.priority, t.id) > worst_taken for t in left)
+    if options.persistent:
+        record = await store.get_task("q", first[0].id)
+        assert record is not None and record.status == "done"

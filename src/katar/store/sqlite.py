@@ -130,6 +130,48 @@ _COUNTS: Final = (
 _EXPIRE_BATCH: Final = 1000
 
 _Op = Callable[[sqlite3.Connection], Any]
+
+
+class _Poll:
+    """A poll whose "done" and claim are made with the group's others at the end of its
+    transaction (see SQLiteStore._finish_polls)."""
+
+    __slots__ = (
+        "changes",
+        "delivered",
+        "done",
+        "error",
+        "limit",
+        "now",
+        "options",
+        "queue",
+        "queue_id",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        queue: str,
+        queue_id: int,
+        options: QueueOptions,
+        worker: str | None,
+        limit: int,
+        now: int,
+        changes: list[Change],
+        done: tuple[int, Ack] | None,
+    ) -> None:
+        self.queue = queue
+        self.queue_id = queue_id
+        self.options = options
+        self.worker = worker
+        self.limit = limit
+        self.now = now
+        self.changes = changes  # what the poll's acks changed
+        self.done = done  # its one "done" ack, when that is all it acks: (task id, ack)
+        self.error: KatarError | None = None  # the refusal of that ack, if refused
+        self.delivered: list[Task] = []
+
+
 _CHECKPOINT_INTERVAL: Final = 0.5  # seconds between checkpoints of the WAL
 _options_decoder: Final = msgspec.json.Decoder(QueueOptions)
 
@@ -170,6 +212,7 @@ class SQLiteStore(Store):
         self._conn: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[tuple[_Op, asyncio.Future[Any]]] = []
+        self._polls: list[_Poll] = []  # the running group's polls, finished together
         self._flush_scheduled = False
         self._checkpointer: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -297,8 +340,17 @@ class SQLiteStore(Store):
                     raise
                 except Exception as exc:
                     outcomes.append((False, exc))
+            if self._polls:
+                self._finish_polls(conn)
+                outcomes = [
+                    (False, value.error)
+                    if ok and isinstance(value, _Poll) and value.error is not None
+                    else (ok, value)
+                    for ok, value in outcomes
+                ]
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            self._polls = []
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             # What an operation learned about ids or queues may be undone: reload it.
@@ -455,11 +507,17 @@ class SQLiteStore(Store):
         worker: str | None,
         now: int,
     ) -> PollResult:
-        def op(conn: sqlite3.Connection) -> PollResult:
+        def op(conn: sqlite3.Connection) -> PollResult | _Poll:
             queue_id = self._queue_id(queue)
             changes: list[Change] = []
+            done = None
             if len(acks) == 1:  # the common case: one write at most, no savepoint needed
-                self._apply_ack(conn, queue, queue_id, options, acks[0], 0, now, changes)
+                ack = acks[0]
+                task_id = parse_task_id(ack.task_id) if ack.status == "done" else None
+                if task_id is not None:
+                    done = (task_id, ack)  # made with the group's others
+                else:
+                    self._apply_ack(conn, queue, queue_id, options, ack, 0, now, changes)
             elif acks:
                 # A later ack may be refused after earlier ones were written: undo them then.
                 conn.execute("SAVEPOINT acks")
@@ -470,17 +528,76 @@ class SQLiteStore(Store):
                     raise
                 finally:
                     conn.execute("RELEASE acks")
-            delivered: list[Task] = []
-            if limit > 0:
-                rows = conn.execute(
-                    _CLAIM, (worker, now + options.timeout, now, queue_id, limit)
-                ).fetchall()
-                delivered = [self._task(row) for row in rows]
-                if len(delivered) > 1:  # RETURNING promises no order
-                    delivered.sort(key=lambda t: (-t.priority, t.id))
-            return PollResult(delivered, changes)
+            if limit > 0 or done is not None:
+                poll = _Poll(queue, queue_id, options, worker, limit, now, changes, done)
+                self._polls.append(poll)
+                return poll
+            return PollResult([], changes)
 
-        return await self._write(op)
+        outcome = await self._write(op)
+        if isinstance(outcome, _Poll):
+            return PollResult(outcome.delivered, outcome.changes)
+        return outcome
+
+    def _finish_polls(self, conn: sqlite3.Connection) -> None:
+        """Make the "done"s and the claims of every poll of the transaction: one statement
+        for the polls of one queue together, instead of one each. The polls of a group
+        commit are concurrent requests, so applying their acks, then serving them in arrival
+        order from one claim, is a valid order; it saves most of two statements' fixed cost
+        per poll (about 5 us each, a fifth of what one task may cost at half the ceiling)."""
+        polls, self._polls = self._polls, []
+        by_queue: dict[tuple[int, bool], list[_Poll]] = {}
+        for poll in polls:
+            if poll.done is not None:
+                by_queue.setdefault((poll.queue_id, poll.options.persistent), []).append(poll)
+        for (queue_id, _persistent), acking in by_queue.items():
+            first: dict[int, _Poll] = {}
+            for poll in acking:
+                assert poll.done is not None
+                first.setdefault(poll.done[0], poll)
+            now = max(poll.now for poll in acking)
+            batch = [poll.done for poll in first.values() if poll.done is not None]
+            finished: dict[int, Change] = {}
+            for start in range(0, len(batch), _DONE_CHUNK):
+                chunk = batch[start : start + _DONE_CHUNK]
+                finished.update(self._finish_done(conn, queue_id, acking[0].options, chunk, now))
+            for poll in acking:
+                assert poll.done is not None
+                task_id, ack = poll.done
+                change = finished.get(task_id) if first[task_id] is poll else None
+                if change is not None:
+                    poll.changes.append(change)
+                    continue
+                try:  # not the current delivery, or a repeat: the rules decide
+                    self._apply_ack(
+                        conn,
+                        poll.queue,
+                        queue_id,
+                        poll.options,
+                        ack,
+                        0,
+                        poll.now,
+                        poll.changes,
+                        fast=False,
+                    )
+                except KatarError as exc:
+                    poll.error = exc
+        claims: dict[tuple[int, str | None, int], list[_Poll]] = {}
+        for poll in polls:
+            if poll.limit > 0 and poll.error is None:
+                key = (poll.queue_id, poll.worker, poll.options.timeout)
+                claims.setdefault(key, []).append(poll)
+        for (queue_id, worker, timeout), claiming in claims.items():
+            total = sum(poll.limit for poll in claiming)
+            now = max(poll.now for poll in claiming)
+            rows = conn.execute(_CLAIM, (worker, now + timeout, now, queue_id, total)).fetchall()
+            tasks = [self._task(row) for row in rows]
+            if len(tasks) > 1:  # RETURNING promises no order
+                tasks.sort(key=lambda t: (-t.priority, t.id))
+            start = 0
+            for poll in claiming:
+                poll.delivered = tasks[start : start + poll.limit]
+                start += poll.limit
 
     def _apply_acks(
         self,
