@@ -6,29 +6,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from katar import Katar
 from katar.errors import InvalidRequest
 from katar.http import App, Limits, parse
+from tests.fuzz import fuzz_settings
 
-# CI runs a fixed sample, so that it passes or fails the same way each time; set
-# KATAR_FUZZ_EXAMPLES to explore further with fresh random examples.
-EXAMPLES = os.environ.get("KATAR_FUZZ_EXAMPLES")
-FUZZ = settings(
-    max_examples=int(EXAMPLES or 300),
-    derandomize=EXAMPLES is None,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    database=None,
-)
+FUZZ = fuzz_settings(300)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),

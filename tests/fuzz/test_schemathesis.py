@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -12,12 +11,12 @@ from typing import Any
 import pytest
 import schemathesis
 import uvicorn
-from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 
 from katar import Katar
 from katar.http import App
 from katar.http.auth import Role, Token, digest
+from tests.fuzz import fuzz_settings
 
 ADMIN = "katar_fuzz-admin"
 WORKER = "katar_fuzz-worker"
@@ -68,16 +67,7 @@ def guarded_server() -> Iterator[str]:
         yield url
 
 
-# CI runs a fixed sample, so that it passes or fails the same way each time; set
-# KATAR_FUZZ_EXAMPLES to explore further with fresh random examples.
-EXAMPLES = os.environ.get("KATAR_FUZZ_EXAMPLES")
-FUZZ = settings(
-    max_examples=int(EXAMPLES or 40),
-    derandomize=EXAMPLES is None,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    database=None,
-)
+FUZZ = fuzz_settings(40)
 
 
 @schema.parametrize()
