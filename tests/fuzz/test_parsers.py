@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from katar import Katar
 from katar.errors import InvalidRequest
 from katar.http import App, Limits, parse
+from tests.conftest import STORE_KINDS, store_url
 from tests.fuzz import fuzz_settings
 
 FUZZ = fuzz_settings(300)
@@ -133,12 +135,9 @@ class Harness:
         self.runner.close()
 
 
-@pytest.fixture(scope="module", params=["memory", "sqlite"])
-def harness(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Harness]:
-    folder = tmp_path_factory.mktemp("fuzz")
-    instance = Harness("memory://" if request.param == "memory" else f"sqlite:///{folder}/k.db")
+@pytest.fixture(params=STORE_KINDS)
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    instance = Harness(store_url(request.param, tmp_path))
     yield instance
     instance.close()
 
