@@ -111,7 +111,12 @@ def test_a_postgresql_restart_mid_drain(tmp_path: Path, database: str) -> None:
     total = 3000
     try:
         with httpx.Client(base_url=server.url, timeout=60) as client:
-            client.put("/v1/queue/q", json={"persistent": True, "timeout": 3000}).raise_for_status()
+            # A lease longer than the outage: a lease that ran out while PostgreSQL was down
+            # would make a worker's late ack a silent no-op (an ack for an earlier delivery),
+            # and the task's redelivery after it correct, which the check below cannot tell
+            # from a lost ack.
+            options = {"persistent": True, "timeout": 120_000}
+            client.put("/v1/queue/q", json=options).raise_for_status()
             for start in range(0, total, 1000):
                 body = {"tasks": [{"data": n} for n in range(start, start + 1000)]}
                 client.post("/v1/queue/q/tasks", json=body).raise_for_status()
