@@ -245,12 +245,16 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        self.waiting_for_body = True  # until the message is complete (at once if bodiless)
+        # The body's time starts now; the message may complete at once (no body).
+        self.waiting_since = self.loop.time()
+        self.waiting_for_body = True
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self.waiting_since = None
         self.waiting_for_body = False
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.waiting_since = None  # the app answers now
+        # else it answered early (a 413, say) and the next request's head is awaited.
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
