@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,16 +20,30 @@ async def katar(make_url: Callable[[], str]) -> AsyncIterator[Katar]:
     instance.queue("q", persistent=True)
     instance.queue("history", persistent=True, timeout=200, max_attempts=2)
     instance.queue("plain")  # the original katar's dummy queue: no history
-    await instance.open()
-    try:
+    async with opened(instance):
         yield instance
-    finally:
-        await instance.close()
 
 
 @pytest.fixture
 async def client(katar: Katar) -> AsyncIterator[httpx.AsyncClient]:
     app = App(katar.engine, limits=Limits(max_wait=5, max_body_bytes=64 * 1024))
+    async with asgi_client(app) as http:
+        yield http
+
+
+@contextlib.asynccontextmanager
+async def opened(katar: Katar) -> AsyncIterator[Katar]:
+    """``katar`` opened (declare its queues first), and closed at the end."""
+    await katar.open()
+    try:
+        yield katar
+    finally:
+        await katar.close()
+
+
+@contextlib.asynccontextmanager
+async def asgi_client(app: App) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client that calls ``app`` in-process."""
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://katar") as http:
         yield http

@@ -14,6 +14,7 @@ from katar import Katar
 from katar.core.model import NewTask
 from katar.http import App
 from katar.http.auth import Access, Role, Token, digest
+from tests.http.conftest import asgi_client, opened
 
 # The access rule each route must have. A route added to the application without a line here
 # fails test_every_route_has_an_explicit_rule: a new route cannot slip in unprotected.
@@ -62,17 +63,13 @@ async def katar() -> AsyncIterator[Katar]:
     instance = Katar("memory://")
     instance.queue("own", persistent=True)
     instance.queue("foreign", persistent=True)
-    await instance.open()
-    try:
+    async with opened(instance):
         yield instance
-    finally:
-        await instance.close()
 
 
 @pytest.fixture
 async def http(katar: Katar) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=App(katar.engine, tokens=TOKENS))
-    async with httpx.AsyncClient(transport=transport, base_url="http://katar") as client:
+    async with asgi_client(App(katar.engine, tokens=TOKENS)) as client:
         yield client
 
 
@@ -237,8 +234,7 @@ async def test_tokens_never_reach_the_log(
 
 
 async def test_an_open_server_needs_no_token(katar: Katar) -> None:
-    transport = httpx.ASGITransport(app=App(katar.engine))
-    async with httpx.AsyncClient(transport=transport, base_url="http://katar") as client:
+    async with asgi_client(App(katar.engine)) as client:
         assert (await client.delete("/v1/queue/foreign")).status_code == 200
         # A token sent to an open server is not checked: there is nothing to check it against.
         response = await client.post("/v1/queue/own", json={}, headers=bearer("worker"))

@@ -10,6 +10,7 @@ import pytest
 
 from katar import Katar
 from katar.http import App, Limits
+from tests.http.conftest import asgi_client, opened
 
 LIMITS = Limits(
     max_body_bytes=4096,
@@ -26,11 +27,8 @@ LIMITS = Limits(
 async def katar() -> AsyncIterator[Katar]:
     instance = Katar("memory://")
     instance.queue("q", persistent=True, max_batch=3)
-    await instance.open()
-    try:
+    async with opened(instance):
         yield instance
-    finally:
-        await instance.close()
 
 
 @pytest.fixture
@@ -40,8 +38,7 @@ def app(katar: Katar) -> App:
 
 @pytest.fixture
 async def http(app: App) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://katar") as client:
+    async with asgi_client(app) as client:
         yield client
 
 
