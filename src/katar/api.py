@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 from msgspec.structs import replace
 
-from katar.core.engine import MAX_QUEUE_NAME, Engine, Listener, check_queue_name
+from katar.core.engine import Engine, Listener, check_queue_name
 from katar.core.model import (
     NewTask,
     QueueOptions,
@@ -64,7 +64,7 @@ class Katar:
         Declared queues are created, or their stored options replaced, when Katar opens:
         the code (or the configuration file) is the authority on the queues it declares.
         """
-        check_queue_name(name, MAX_QUEUE_NAME)
+        check_queue_name(name)
         if options or (name not in self._declared and not self._open):
             if self._open:
                 raise KatarError(
@@ -76,7 +76,7 @@ class Katar:
 
     def declare(self, name: str, options: QueueOptions) -> None:
         """Declare a queue with ready-made options (before Katar opens)."""
-        check_queue_name(name, MAX_QUEUE_NAME)
+        check_queue_name(name)
         if self._open:
             raise KatarError(f"declare queue {name!r} before Katar opens")
         self._declared[name] = options

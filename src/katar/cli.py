@@ -15,7 +15,7 @@ from typing import Any, Final
 from katar import config
 from katar._version import __version__
 from katar.api import Katar
-from katar.core.engine import MAX_QUEUE_NAME, check_queue_name
+from katar.core.engine import check_queue_name
 from katar.errors import ClientError, ConfigError, StoreError, ValidationError
 from katar.http.auth import ALL_QUEUES, Role, digest, new_token
 from katar.server import WorkerServer
@@ -212,7 +212,7 @@ def token(args: argparse.Namespace) -> int:
     queues = list(dict.fromkeys(args.queue))
     for queue in queues:
         if queue != ALL_QUEUES:
-            check_queue_name(queue, MAX_QUEUE_NAME)
+            check_queue_name(queue)
     secret = new_token()
     block = [
         "[[tokens]]",

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from katar.core.engine import MAX_QUEUE_NAME, check_queue_name
+from katar.core.engine import check_queue_name
 from katar.core.model import QueueOptions, parse_queue_options
 from katar.errors import ConfigError, ValidationError
 from katar.http import Limits
@@ -210,7 +210,7 @@ def _tokens(raw: Any, where: _Located) -> list[Token]:
         for queue in queues:
             if queue != ALL_QUEUES:
                 try:
-                    check_queue_name(queue, MAX_QUEUE_NAME)
+                    check_queue_name(queue)
                 except ValidationError as exc:
                     raise error(exc.message, "queues") from None
         name = entry.get("name", "")

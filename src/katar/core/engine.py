@@ -44,9 +44,9 @@ QUEUE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 MAX_QUEUE_NAME: Final = 255
 
 
-def check_queue_name(name: str, max_length: int = 128) -> str:
-    """Return ``name`` if it is a valid queue name, else raise ValidationError."""
-    max_length = min(max_length, MAX_QUEUE_NAME)
+def check_queue_name(name: str, max_length: int = MAX_QUEUE_NAME) -> str:
+    """Return ``name`` if it is a valid queue name of at most ``max_length`` characters
+    (a server's [limits] max_queue_name for new queues), else raise ValidationError."""
     if len(name) > max_length or not QUEUE_NAME.fullmatch(name):
         raise ValidationError(
             f"invalid queue name {name[: max_length + 10]!r}: use 1 to {max_length} letters, "
@@ -123,7 +123,7 @@ class Engine:
 
     async def put_queue(self, name: str, options: QueueOptions) -> QueueOptions:
         """Create the queue or replace its options."""
-        check_queue_name(name, MAX_QUEUE_NAME)
+        check_queue_name(name)
         await self.store.save_queue(name, options)
         self.queues[name] = options
         return options
