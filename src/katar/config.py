@@ -174,7 +174,7 @@ def _tokens(raw: Any, where: _Located) -> list[Token]:
     if not isinstance(raw, list):
         raise where.error("must be an array of tables: write each one as [[tokens]]", "tokens")
     tokens: list[Token] = []
-    seen: set[bytes] = set()
+    seen: set[str] = set()
     for number, entry in enumerate(raw, 1):
         # Errors say which block, counting from 1, since the blocks have no names of their own.
         def error(message: str, key: str | None = None, number: int = number) -> ConfigError:
@@ -192,7 +192,7 @@ def _tokens(raw: Any, where: _Located) -> list[Token]:
                 "(`katar token` prints a token with its block)",
                 "token_sha256",
             )
-        sha256 = bytes.fromhex(hexdigest)
+        sha256 = hexdigest.lower()
         if sha256 in seen:
             raise error("the same token_sha256 is declared twice", "token_sha256")
         seen.add(sha256)
@@ -216,9 +216,7 @@ def _tokens(raw: Any, where: _Located) -> list[Token]:
         name = entry.get("name", "")
         if not isinstance(name, str):
             raise error("name must be a string", "name")
-        tokens.append(
-            Token(sha256=sha256, role=Role[role.upper()], queues=frozenset(queues), name=name)
-        )
+        tokens.append(Token.declare(sha256=hexdigest, role=role, queues=queues, name=name))
     return tokens
 
 
