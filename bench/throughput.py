@@ -111,6 +111,23 @@ def drain(store: str, tasks: int, batch: int, connections: int) -> dict[str, flo
         return _drain([server], tasks, batch, connections)
 
 
+def drain_minimal(tasks: int, batch: int, connections: int) -> dict[str, float]:
+    """The same against bench/minimal.py: the raw ASGI and SQLite drain that the targets
+    were set against (no validation, no leases, no fencing), served as the ceiling is."""
+    workdir = Path(tempfile.mkdtemp(prefix="katar-minimal-"))
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "minimal.py"), str(port), str(workdir / "minimal.db")]
+    )
+    try:
+        wait_for_port(port)
+        return _drain([Server(port, server.pid)], tasks, batch, connections)
+    finally:
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def drain_postgres(servers: int, tasks: int, batch: int, connections: int) -> dict[str, float]:
     """The same on PostgreSQL, with ``servers`` Katar processes sharing the database and
     the connections shared among them (one wrk per server)."""
