@@ -384,8 +384,26 @@ async def test_durable_across_reopen(kind: str, tmp_path: Path) -> None:
         await second.close()
 
 
+def unwatched(store: Store, watched: bool) -> None:
+    """With ``watched`` False, tell the store that nobody needs finished tasks (Store.watch):
+    it may then leave them out of the changes it reports, and must do all else the same."""
+    if not watched:
+        store.watch = lambda: False
+
+
+def reported(changes: list[tuple[int, State]], watched: bool) -> list[tuple[int, State]]:
+    """The changes a store must report: all of them; unwatched, it may omit the "done"s,
+    so only the others are compared."""
+    return [c for c in changes if watched or c[1] is not State.DONE]
+
+
+WATCHED = pytest.mark.parametrize("watched", [True, False], ids=["watched", "unwatched"])
+
+
+@WATCHED
 @pytest.mark.parametrize("options", [KEEP, DROP], ids=["history", "no-history"])
-async def test_many_acks_in_one_poll(store: Store, options: QueueOptions) -> None:
+async def test_many_acks_in_one_poll(store: Store, options: QueueOptions, watched: bool) -> None:
+    unwatched(store, watched)
     await setup(store, options)
     await store.enqueue("q", [new(i) for i in range(6)], T0)
     tasks = await claim(store, 6, options)
@@ -406,32 +424,41 @@ async def test_many_acks_in_one_poll(store: Store, options: QueueOptions) -> Non
         assert stored is not None and stored.state is State.RUNNING
     del acks[3]
     polled = await store.poll("q", options, acks, 0, "w", T0 + 2)
-    assert [(c.task.id, c.task.state) for c in polled.changes] == [
+    finished = [
         (tasks[0].id, State.DONE),
         (tasks[1].id, State.DONE),
         (tasks[2].id, State.FAILED),
         (tasks[4].id, State.DONE),
     ]
-    assert polled.changes[0].task.result is not None
-    assert bytes(polled.changes[0].task.result) == bytes(results[0])
-    for change in polled.changes:
-        stored = await store.get_task("q", change.task.id)
+    changes = [(c.task.id, c.task.state) for c in polled.changes]
+    assert reported(changes, watched) == reported(finished, watched)
+    if watched:
+        assert polled.changes[0].task.result is not None
+        assert bytes(polled.changes[0].task.result) == bytes(results[0])
+    for task_id, state in finished:
+        stored = await store.get_task("q", task_id)
         if options.persistent:
-            assert stored is not None and stored.state == change.task.state
+            assert stored is not None and stored.state == state
         else:
             assert stored is None
+    if options.persistent:
+        kept = await store.get_task("q", tasks[0].id)
+        assert kept is not None and kept.result is not None
+        assert bytes(kept.result) == bytes(results[0])
     running = await store.get_task("q", tasks[5].id)
     assert running is not None and running.lease_until == T0 + 2 + options.timeout
     # The same acks again: nothing changes, nothing fails.
     assert (await store.poll("q", options, acks, 0, "w", T0 + 3)).changes == []
 
 
+@WATCHED
 @pytest.mark.parametrize("options", [KEEP, DROP], ids=["history", "no-history"])
 async def test_concurrent_polls_ack_and_claim_as_if_one_after_another(
-    store: Store, options: QueueOptions
+    store: Store, options: QueueOptions, watched: bool
 ) -> None:
     # Polls sent together may be served together (SQLite makes their "done"s and claims in
     # one statement each): every outcome must still be one that some order of them gives.
+    unwatched(store, watched)
     await setup(store, options)
     await store.enqueue("q", [new(n, priority=n % 3) for n in range(12)], T0)
     first = await claim(store, limit=4, options=options)
@@ -450,8 +477,12 @@ async def test_concurrent_polls_ack_and_claim_as_if_one_after_another(
     delivered = [task for result in answered for task in result.delivered]
     assert [len(r.delivered) for r in answered] == [2, 2, 1, 0, 3]
     assert len({task.id for task in delivered}) == 8  # nobody shares a task
-    changed = [change.task.id for result in answered for change in result.changes]
-    assert sorted(changed) == sorted(t.id for t in first)  # each ack took effect once
+    changes = [(c.task.id, c.task.state) for result in answered for c in result.changes]
+    acked = [(t.id, State.FAILED if t is first[1] else State.DONE) for t in first]
+    assert sorted(reported(changes, watched)) == sorted(reported(acked, watched))  # once each
+    for task_id, state in acked:  # and is stored (or gone, in a queue without history)
+        stored = await store.get_task("q", task_id)
+        assert (stored and stored.state) is (state if options.persistent else None)
     # What was left and what was taken agree with the priorities: nothing taken ranks
     # below something left.
     left = await claim(store, limit=20, options=options, now=T0 + 2)

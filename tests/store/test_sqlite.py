@@ -10,8 +10,16 @@ import pytest
 from katar.errors import ConfigError
 from katar.store.sqlite import SCHEMA_VERSION, SQLiteStore, parse_url
 
+OLD_INDEXES = {
+    # Schema 1: one index over every state.
+    1: "CREATE INDEX tasks_queue_state ON tasks (queue_id, state, id);",
+    # Schema 2: the tasks at rest, with an IN list that cost every write a temporary b-tree.
+    2: "CREATE INDEX tasks_resting ON tasks (queue_id, state, id) WHERE state IN (0, 4, 5, 6);",
+}
 
-async def test_an_older_schema_is_upgraded(tmp_path: Path) -> None:
+
+@pytest.mark.parametrize("version", sorted(OLD_INDEXES))
+async def test_an_older_schema_is_upgraded(tmp_path: Path, version: int) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
     conn.executescript(
@@ -23,12 +31,12 @@ async def test_an_older_schema_is_upgraded(tmp_path: Path) -> None:
             attempts INTEGER NOT NULL DEFAULT 0, attempt_base INTEGER NOT NULL DEFAULT 0,
             error TEXT, result BLOB, worker TEXT, created_at INTEGER NOT NULL,
             updated_at INTEGER NOT NULL, run_at INTEGER, lease_until INTEGER);
-        CREATE INDEX tasks_queue_state ON tasks (queue_id, state, id);
         INSERT INTO queues (id, name, options) VALUES (1, 'q', '{}');
         INSERT INTO tasks (queue_id, state, priority, data, created_at, updated_at)
             VALUES (1, 4, 0, '1', 1, 1);
-        PRAGMA user_version = 1;
         """
+        + OLD_INDEXES[version]
+        + f"PRAGMA user_version = {version};"
     )
     conn.close()
     store = SQLiteStore(f"sqlite:///{path}")
@@ -39,7 +47,8 @@ async def test_an_older_schema_is_upgraded(tmp_path: Path) -> None:
         await store.close()
     conn = sqlite3.connect(path)
     indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-    assert "tasks_queue_state" not in indexes and "tasks_resting" in indexes
+    assert indexes & {"tasks_queue_state", "tasks_resting"} == set()
+    assert "tasks_at_rest" in indexes
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
 

@@ -54,6 +54,32 @@ async def test_wait_for_an_outcome_from_python(make_url: Callable[[], str]) -> N
         assert finished.status == "done"
 
 
+@pytest.mark.parametrize("persistent", [True, False], ids=["history", "no-history"])
+async def test_a_done_listener_sees_tasks_finished_together(
+    make_url: Callable[[], str], persistent: bool
+) -> None:
+    # Unwatched, a store may skip building finished tasks (Store.watch); a "done" listener
+    # watches, so it must get every one, with the worker's result, whether the acks came
+    # one per poll (served together) or many in one.
+    from katar.core.model import Ack
+
+    katar = Katar(make_url())
+    queue = katar.queue("q", persistent=persistent)
+    seen: list[tuple[int, object]] = []
+    queue.on("done", lambda task: seen.append((task.id, msgspec.json.decode(task.result))))
+    async with katar:
+        tasks = await queue.enqueue_many(range(6))
+        held = await katar.engine.poll("q", limit=6)
+
+        def done(task_id: int) -> Ack:
+            return Ack(task_id=str(task_id), status="done", result=msgspec.Raw(b"%d" % task_id))
+
+        singles = [katar.engine.poll("q", [done(t.id)], limit=0) for t in held[:3]]
+        await asyncio.gather(*singles)
+        await katar.engine.poll("q", [done(t.id) for t in held[3:]], limit=0)
+    assert sorted(seen) == [(t.id, t.id) for t in tasks]
+
+
 async def test_callbacks_see_every_status_change(make_url: Callable[[], str]) -> None:
     katar = Katar(make_url(), reap_interval=0.02)
     queue = katar.queue("q", persistent=True, timeout=50, max_attempts=1)

@@ -76,6 +76,7 @@ class Engine:
         self._wakes: dict[str, int] = {}  # per queue: how many wake-ups so far
         self._task_waiters: dict[int, list[asyncio.Future[Task | None]]] = {}
         self._listeners: dict[str, list[Listener]] = {}
+        store.watch = self._watching
         self._background: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
         #: Tasks enqueued and delivered by this process since it started, per queue.
@@ -359,6 +360,11 @@ class Engine:
                 f"{', '.join(STATUSES)}"
             )
         self._listeners.setdefault(event, []).append(listener)
+
+    def _watching(self) -> bool:
+        """Whether anyone needs the final version of a task finished "done" (Store.watch):
+        a listener for "done" events, or a wait for a task's outcome."""
+        return bool(self._task_waiters) or any(e.endswith(".done") for e in self._listeners)
 
     def _emit(self, task: Task) -> None:
         status = task.status

@@ -35,6 +35,11 @@ class Store(abc.ABC):
 
     #: The URL the store was opened with, without credentials.
     url: str
+    #: Whether anyone needs the final version of a task a worker finishes ("done"): event
+    #: listeners, or a producer waiting for the outcome. Asked as the acks are applied; when
+    #: it answers False, a store may leave those tasks out of ``PollResult.changes`` and
+    #: spare building them. None (no engine has said) counts as True. The engine sets it.
+    watch: Callable[[], bool] | None = None
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -81,7 +86,8 @@ class Store(abc.ABC):
         and the error is raised with ``details["ack"]``, the index of the faulty ack. An ack
         for an id this store never issued raises TaskNotFound; one for a task of another
         queue too; one for a task that is gone (a finished task of a queue without history)
-        changes nothing.
+        changes nothing. ``changes`` holds every task whose status the acks changed, except
+        those finished while :attr:`watch` answers False.
         """
 
     @abc.abstractmethod

@@ -48,8 +48,13 @@ from katar.store.base import Change, PollResult, Store
 T = TypeVar("T")
 log = logging.getLogger("katar")
 
-SCHEMA_VERSION: Final = 2
-_SCHEMA: Final = """
+SCHEMA_VERSION: Final = 3
+# The tasks at rest: paused (0), done (4), failed (5), cancelled (6). Not "state IN (0, 4, 5,
+# 6)": SQLite evaluates a partial index's condition for every row a statement writes, and an
+# IN list builds a temporary b-tree each time (a 4 KiB page zeroed): 56,000 instructions per
+# task claimed and finished, a third of the batched drain's SQLite time (callgrind).
+_AT_REST: Final = "state NOT BETWEEN 1 AND 3"
+_SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS queues (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -79,10 +84,10 @@ CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_until) WHERE state = 3;
 -- Listing and counting the tasks that rest: paused, done, failed, cancelled. The tasks on
 -- the hot path (ready, running) stay out of it, so a claim and a "done" maintain one index
 -- entry fewer each; their counts come from the partial indexes above.
-CREATE INDEX IF NOT EXISTS tasks_resting ON tasks (queue_id, state, id)
-    WHERE state IN (0, 4, 5, 6);
--- Schema 1 had the index above over every state.
+CREATE INDEX IF NOT EXISTS tasks_at_rest ON tasks (queue_id, state, id) WHERE {_AT_REST};
+-- Schema 1 had the index above over every state; schema 2 had it with an IN list.
 DROP INDEX IF EXISTS tasks_queue_state;
+DROP INDEX IF EXISTS tasks_resting;
 """
 
 _COLUMNS: Final = COLUMNS
@@ -99,12 +104,13 @@ _CLAIM: Final = (
     f" ORDER BY priority DESC, id LIMIT ?) RETURNING {_COLUMNS}"
 )
 # A worker's "done" for the current delivery: update, or delete in a queue without history.
+# {returning} is every column, or only the id when nobody needs the finished tasks.
 _CURRENT: Final = "id=? AND queue_id=? AND state=3 AND attempts=coalesce(?, attempts)"
 _DONE: Final = (
     "UPDATE tasks SET state=4, result=?, error=NULL, lease_until=NULL, updated_at=?"
-    f" WHERE {_CURRENT} RETURNING {_COLUMNS}"
+    f" WHERE {_CURRENT} RETURNING {{returning}}"
 )
-_DONE_DROP: Final = f"DELETE FROM tasks WHERE {_CURRENT} RETURNING {_COLUMNS}"
+_DONE_DROP: Final = f"DELETE FROM tasks WHERE {_CURRENT} RETURNING {{returning}}"
 # The same for many acks at once; {rows} is "(?,?,?)" per ack: (id, attempt, result).
 _DONE_MATCH: Final = (
     "t.id = v.column1 AND t.queue_id = ? AND t.state = 3"
@@ -112,11 +118,11 @@ _DONE_MATCH: Final = (
 )
 _DONE_MANY: Final = (
     "UPDATE tasks AS t SET state=4, result=v.column3, error=NULL, lease_until=NULL,"
-    " updated_at=? FROM (VALUES {rows}) AS v WHERE " + _DONE_MATCH + f" RETURNING {_COLUMNS}"
+    " updated_at=? FROM (VALUES {rows}) AS v WHERE " + _DONE_MATCH + " RETURNING {returning}"
 )
 _DONE_DROP_MANY: Final = (
     "DELETE FROM tasks WHERE id IN (SELECT t.id FROM tasks AS t JOIN (VALUES {rows}) AS v"
-    " ON " + _DONE_MATCH + f") RETURNING {_COLUMNS}"
+    " ON " + _DONE_MATCH + ") RETURNING {returning}"
 )
 _DONE_CHUNK: Final = 300  # acks per statement: 3 variables each, well under SQLite's limit
 _RESTING: Final = frozenset({State.PAUSED, State.DONE, State.FAILED, State.CANCELLED})
@@ -125,8 +131,7 @@ _COUNTS: Final = (
     "SELECT queue_id, 1, count(*) FROM tasks WHERE state = 1 GROUP BY queue_id",
     "SELECT queue_id, 2, count(*) FROM tasks WHERE state = 2 GROUP BY queue_id",
     "SELECT queue_id, 3, count(*) FROM tasks WHERE state = 3 GROUP BY queue_id",
-    "SELECT queue_id, state, count(*) FROM tasks WHERE state IN (0, 4, 5, 6)"
-    " GROUP BY queue_id, state",
+    f"SELECT queue_id, state, count(*) FROM tasks WHERE {_AT_REST} GROUP BY queue_id, state",
 )
 _EXPIRE_BATCH: Final = 1000
 
@@ -538,9 +543,10 @@ class SQLiteStore(Store):
             now = max(poll.now for poll, _id, _ack in acking)
             finished = self._finish_done(conn, queue_id, acking[0][0].options, batch, now)
             for poll, task_id, ack in acking:
-                change = finished.get(task_id) if first[task_id] is poll else None
-                if change is not None:
-                    poll.changes.append(change)
+                if first[task_id] is poll and task_id in finished:
+                    change = finished[task_id]
+                    if change is not None:
+                        poll.changes.append(change)
                     continue
                 try:  # not the current delivery, or a repeat: the rules decide
                     self._apply_ack(
@@ -588,14 +594,15 @@ class SQLiteStore(Store):
         statements of many rows at once, when no task is named twice (then the order of
         the acks cannot matter); every other ack goes through the rules one by one."""
         ids = [parse_task_id(ack.task_id) for ack in acks]
-        done: dict[int, Change] = {}
+        done: dict[int, Change | None] = {}
         plain = [(i, a) for i, a in zip(ids, acks, strict=True) if a.status == "done" and i]
         if len(plain) > 1 and len(set(ids)) == len(ids):
             done = self._finish_done(conn, queue_id, options, plain, now)
         for index, (task_id, ack) in enumerate(zip(ids, acks, strict=True)):
-            change = done.get(task_id) if task_id is not None else None
-            if change is not None:
-                changes.append(change)
+            if task_id in done:
+                change = done[task_id]
+                if change is not None:
+                    changes.append(change)
             else:
                 self._apply_ack(conn, queue, queue_id, options, ack, index, now, changes, not done)
 
@@ -616,7 +623,7 @@ class SQLiteStore(Store):
         if fast and ack.status == "done" and task_id is not None:
             done = self._finish_done(conn, queue_id, options, [(task_id, ack)], now)
             if done:
-                changes.extend(done.values())
+                changes.extend(change for change in done.values() if change is not None)
                 return
         task = self._find(conn, queue, ack.task_id, index)
         if task is None:
@@ -637,16 +644,24 @@ class SQLiteStore(Store):
         options: QueueOptions,
         acks: list[tuple[int, Ack]],
         now: int,
-    ) -> dict[int, Change]:
+    ) -> dict[int, Change | None]:
         """The hot path of a worker's "done": statements that finish the current deliveries
         the acks name, and leave any other ack to the rules (the ids missing from the
         answer). They write what rules.apply_ack writes, as the claim does for
-        rules.claimed. Any number of acks: long batches go in chunks of _DONE_CHUNK."""
-        changes: dict[int, Change] = {}
+        rules.claimed. Any number of acks: long batches go in chunks of _DONE_CHUNK.
+
+        A finished task maps to its change, or to None when nobody watches (see
+        Store.watch): then only the ids come back, and no task is built."""
+        changes: dict[int, Change | None] = {}
+        quiet = self.watch is not None and not self.watch()
         for start in range(0, len(acks), _DONE_CHUNK):
             chunk = acks[start : start + _DONE_CHUNK]
+            if quiet:
+                for (task_id,) in self._done_rows(conn, queue_id, options, chunk, now, "id"):
+                    changes[task_id] = None
+                continue
             by_id = dict(chunk)
-            for row in self._done_rows(conn, queue_id, options, chunk, now):
+            for row in self._done_rows(conn, queue_id, options, chunk, now, _COLUMNS):
                 task = self._task(row)
                 if not options.persistent:  # the row as it was: derive its last state
                     finished = rules.apply_ack(task, by_id[task.id], options, now)
@@ -662,20 +677,26 @@ class SQLiteStore(Store):
         options: QueueOptions,
         acks: list[tuple[int, Ack]],
         now: int,
+        returning: str,
     ) -> list[Any]:
-        """The rows one statement finished: updated (history kept) or deleted (as they were)."""
+        """The rows one statement finished: updated (history kept) or deleted (as they were),
+        with the ``returning`` columns."""
         if len(acks) == 1:
             ((task_id, ack),) = acks
             if options.persistent:
-                result = bytes(ack.result)
-                return conn.execute(_DONE, (result, now, task_id, queue_id, ack.attempt)).fetchall()
-            return conn.execute(_DONE_DROP, (task_id, queue_id, ack.attempt)).fetchall()
+                sql = _DONE.format(returning=returning)
+                one = (bytes(ack.result), now, task_id, queue_id, ack.attempt)
+                return conn.execute(sql, one).fetchall()
+            sql = _DONE_DROP.format(returning=returning)
+            return conn.execute(sql, (task_id, queue_id, ack.attempt)).fetchall()
         rows_sql = ",".join(["(?,?,?)"] * len(acks))
         values = [v for task_id, ack in acks for v in (task_id, ack.attempt, bytes(ack.result))]
         if options.persistent:
-            sql, parameters = _DONE_MANY.format(rows=rows_sql), (now, *values, queue_id)
+            sql = _DONE_MANY.format(rows=rows_sql, returning=returning)
+            parameters: tuple[Any, ...] = (now, *values, queue_id)
         else:
-            sql, parameters = _DONE_DROP_MANY.format(rows=rows_sql), (*values, queue_id)
+            sql = _DONE_DROP_MANY.format(rows=rows_sql, returning=returning)
+            parameters = (*values, queue_id)
         return conn.execute(sql, parameters).fetchall()
 
     async def get_task(self, queue: str, task_id: int) -> Task | None:
@@ -704,7 +725,7 @@ class SQLiteStore(Store):
                 resting = _RESTING.issuperset(states)
                 sql = (
                     f"SELECT {_COLUMNS} FROM tasks WHERE queue_id=? AND state IN ({literal})"
-                    + (" AND state IN (0, 4, 5, 6)" if resting else "")
+                    + (f" AND {_AT_REST}" if resting else "")
                     + " AND id>? ORDER BY id LIMIT ?"
                 )
                 rows = conn.execute(sql, (queue_id, after, limit)).fetchall()
