@@ -66,7 +66,7 @@ async def test_a_done_listener_sees_tasks_finished_together(
     katar = Katar(make_url())
     queue = katar.queue("q", persistent=persistent)
     seen: list[tuple[int, object]] = []
-    queue.on("done", lambda task: seen.append((task.id, msgspec.json.decode(task.result))))
+    queue.on("done", lambda task: seen.append((task.id, msgspec.json.decode(task.result or b""))))
     async with katar:
         tasks = await queue.enqueue_many(range(6))
         held = await katar.engine.poll("q", limit=6)
