@@ -9,7 +9,7 @@ from typing import Any, Final
 import msgspec
 
 from katar import errors
-from katar.core.model import Task
+from katar.core.model import PUBLIC_STATUS, Task
 
 JSON_HEADERS: Final = [(b"content-type", b"application/json")]
 #: On GET /v1/queue/{queue}: the queue's lease in ms, so a worker knows when to heartbeat.
@@ -91,23 +91,42 @@ def _iso(ms: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def task_record(task: Task) -> dict[str, Any]:
+class TaskRecord(msgspec.Struct, kw_only=True):
+    """The public JSON record of a task. A struct rather than a dict: a bulk enqueue answers
+    with one per task, and msgspec builds and encodes these in half the time."""
+
+    id: str = msgspec.field(name="_id")
+    queue: str
+    status: str
+    priority: int
+    data: msgspec.Raw
+    attempts: int
+    error: str | None
+    result: msgspec.Raw | None
+    worker: str | None
+    created_at: str | None
+    updated_at: str | None
+    run_at: str | None
+    lease_expires_at: str | None
+
+
+def task_record(task: Task) -> TaskRecord:
     """The public JSON record of a task."""
-    return {
-        "_id": str(task.id),
-        "queue": task.queue,
-        "status": task.status,
-        "priority": task.priority,
-        "data": task.data,
-        "attempts": task.attempts,
-        "error": task.error,
-        "result": task.result,
-        "worker": task.worker,
-        "created_at": iso(task.created_at),
-        "updated_at": iso(task.updated_at),
-        "run_at": iso(task.run_at),
-        "lease_expires_at": iso(task.lease_until),
-    }
+    return TaskRecord(
+        id=str(task.id),
+        queue=task.queue,
+        status=PUBLIC_STATUS[task.state],
+        priority=task.priority,
+        data=task.data,
+        attempts=task.attempts,
+        error=task.error,
+        result=task.result,
+        worker=task.worker,
+        created_at=_iso(task.created_at),
+        updated_at=_iso(task.updated_at),
+        run_at=iso(task.run_at),
+        lease_expires_at=iso(task.lease_until),
+    )
 
 
 def deliveries(tasks: list[Task]) -> bytes:
