@@ -110,6 +110,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 Route = tuple[Handler, Access]
 #: The route label of requests that match no route.
 UNROUTED: Final = "other"
+_ROUTES_REMEMBERED: Final = 4096  # paths whose route is remembered
 
 
 class App:
@@ -173,6 +174,7 @@ class App:
         }
         #: The OpenAPI document, as served at /openapi.json.
         self.openapi_json = encode(openapi.document(roles, self.limits))
+        self._routed: dict[str, tuple[str, dict[str, Route] | None, tuple[str, ...]]] = {}
         #: Requests answered, by (method, route template, status): for /metrics.
         self.requests: dict[tuple[str, str, int], int] = {}
 
@@ -212,6 +214,17 @@ class App:
                 return
 
     def _route(self, path: str) -> tuple[str, dict[str, Route] | None, tuple[str, ...]]:
+        # Workers poll the same few paths over and over: remember the answers, within a
+        # bound, so that random paths cannot grow the cache without limit.
+        known = self._routed.get(path)
+        if known is None:
+            known = self._match(path)
+            if len(self._routed) >= _ROUTES_REMEMBERED:
+                self._routed.clear()
+            self._routed[path] = known
+        return known
+
+    def _match(self, path: str) -> tuple[str, dict[str, Route] | None, tuple[str, ...]]:
         parts = path.split("/")[1:]
         if parts and parts[-1] == "":
             parts.pop()  # a trailing slash names the same resource
