@@ -73,6 +73,14 @@ def measure_all(args: argparse.Namespace) -> Figures:
                 "max": max(x["tasks_per_s"] for x in runs),
                 "peak_rss_mb": max(x["peak_rss_mb"] for x in runs),
             }
+    for name, tasks, batch in (("seed", args.tasks, 1), ("batched", args.batched_tasks, 100)):
+        step(f"drain minimal {name} ...", flush=True)
+        rates = [throughput.drain_minimal(tasks, batch, c)["tasks_per_s"] for _ in range(r)]
+        figures[f"drain_{name}_minimal"] = {
+            "median": statistics.median(rates),
+            "min": min(rates),
+            "max": max(rates),
+        }
     if postgres_available():
         for servers in (1, 2):
             for name, tasks, batch in (("seed", args.tasks // 2, 1), ("batched", 100_000, 100)):
@@ -136,10 +144,12 @@ def targets(f: Figures) -> list[tuple[str, str, str, bool]]:
     bean = f["beanstalkd"]["drain_per_s"]["median"]
     depths = f["depth"]
     deepest = max(depths, key=int)
+    minimal = f.get("drain_seed_minimal", {}).get("median")
+    versus = f", {seed / minimal:.2f}x minimal" if minimal else ""
     rows = [
         (
             "seed drain, SQLite",
-            f"{seed:,.0f}/s = {seed / ceiling:.0%} of ceiling",
+            f"{seed:,.0f}/s = {seed / ceiling:.0%} of ceiling{versus}",
             ">= 50% of ceiling",
             seed >= 0.5 * ceiling,
         ),
@@ -217,6 +227,10 @@ def table(f: Figures) -> str:
     for store in ("sqlite", "memory"):
         lines.append(f"{f'drain, seed protocol, {store}':<44}{rate(f'drain_seed_{store}')}")
         lines.append(f"{f'drain, max 100, {store}':<44}{rate(f'drain_batched_{store}')}")
+    for name, label in (("seed", "seed protocol"), ("batched", "max 100")):
+        key = f"drain_{name}_minimal"
+        if key in f:
+            lines.append(f"{f'minimal raw ASGI+SQLite drain, {label}':<44}{rate(key)}")
     for servers in (1, 2):
         for name, label in (("seed", "seed protocol"), ("batched", "max 100")):
             key = f"drain_{name}_postgres_{servers}"
@@ -255,6 +269,8 @@ def chart(f: Figures, path: Path) -> None:
         ("Katar drain, max 100 (SQLite)", f["drain_batched_sqlite"], "katar"),
         ("Katar drain, 1/request (SQLite)", f["drain_seed_sqlite"], "katar"),
         ("Katar enqueue, 1,000/request", f["enqueue_bulk_sqlite"], "katar"),
+        ("minimal raw drain, max 100", f["drain_batched_minimal"], "ceiling"),
+        ("minimal raw drain, 1/request", f["drain_seed_minimal"], "ceiling"),
         ("Katar enqueue, 1/request", f["enqueue_single_sqlite"], "katar"),
         ("beanstalkd drain", f["beanstalkd"]["drain_per_s"], "peer"),
         ("beanstalkd put", f["beanstalkd"]["enqueue_per_s"], "peer"),
