@@ -42,7 +42,13 @@ from katar.errors import (
     StoreUnavailable,
     TaskNotFound,
 )
-from katar.store._rows import COLUMNS, task_from_row, update_values
+from katar.store._rows import (
+    CLAIMED_COLUMNS,
+    COLUMNS,
+    claimed_from_row,
+    task_from_row,
+    update_values,
+)
 from katar.store.base import Change, PollResult, Store
 
 T = TypeVar("T")
@@ -113,7 +119,7 @@ _UPDATE: Final = (
 _CLAIM: Final = (
     "UPDATE tasks SET state=3, attempts=attempts+1, worker=?, lease_until=?, run_at=NULL,"
     " updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND state=1"
-    f" ORDER BY priority DESC, id LIMIT ?) RETURNING {_COLUMNS}"
+    f" ORDER BY priority DESC, id LIMIT ?) RETURNING {CLAIMED_COLUMNS}"
 )
 _CLAIM_ANONYMOUS: Final = _CLAIM.replace("worker=?", "worker=NULL")  # no worker name given
 # A worker's "done" for the current delivery: update, or delete in a queue without history.
@@ -578,9 +584,11 @@ class SQLiteStore(Store):
             else:
                 claim = conn.execute(_CLAIM, (worker, now + timeout, now, queue_id, total))
             rows = claim.fetchall()
-            tasks = [self._task(row) for row in rows]
-            if len(tasks) > 1:  # RETURNING promises no order
-                tasks.sort(key=lambda t: (-t.priority, t.id))
+            if len(rows) > 1:  # RETURNING promises no order
+                rows.sort(key=lambda row: (-row[1], row[0]))
+            name = self._queue_names[queue_id]
+            lease_until = now + timeout
+            tasks = [claimed_from_row(row, name, worker, now, lease_until) for row in rows]
             start = 0
             for poll in claiming:
                 poll.delivered = tasks[start : start + poll.limit]
