@@ -144,6 +144,11 @@ _DONE_DROP_MANY: Final = (
     "DELETE FROM tasks WHERE id IN (SELECT t.id FROM tasks AS t JOIN (VALUES {rows}) AS v"
     " ON " + _DONE_MATCH + ") RETURNING {returning}"
 )
+# The same when no ack names its delivery, so there is nothing to match but ids: no join
+# (a tenth fewer instructions per task); {ids} is "?" per ack.
+_DONE_DROP_IDS: Final = (
+    "DELETE FROM tasks WHERE id IN ({ids}) AND queue_id=? AND state=3 RETURNING {returning}"
+)
 _DONE_CHUNK: Final = 300  # acks per statement: 3 variables each, well under SQLite's limit
 _RESTING: Final = frozenset({State.PAUSED, State.DONE, State.FAILED, State.CANCELLED})
 # Counts by state, each query served by a partial index.
@@ -709,10 +714,13 @@ class SQLiteStore(Store):
             for task_id, ack in acks:
                 parameters += (task_id, ack.attempt or 0, bytearray(ack.result))
             sql = _DONE_MANY.format(rows=",".join(["(?,?,?)"] * len(acks)), returning=returning)
-        else:
+        elif any(ack.attempt for _id, ack in acks):
             for task_id, ack in acks:
                 parameters += (task_id, ack.attempt or 0)
             sql = _DONE_DROP_MANY.format(rows=",".join(["(?,?)"] * len(acks)), returning=returning)
+        else:
+            parameters += (task_id for task_id, _ack in acks)
+            sql = _DONE_DROP_IDS.format(ids=",".join("?" * len(acks)), returning=returning)
         parameters.append(queue_id)
         return conn.execute(sql, parameters).fetchall()
 
