@@ -1,7 +1,7 @@
 """The ceiling: a bare ASGI app that answers a small JSON POST, served exactly as
 ``katar serve`` serves Katar (uvicorn, uvloop, httptools, no access log).
 
-    python bench/ceiling.py PORT
+    python -m bench.ceiling PORT
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ async def app(
     await send({"type": "http.response.body", "body": BODY})
 
 
-if __name__ == "__main__":
+def serve(asgi: Callable[..., Awaitable[None]], port: int) -> None:
+    """Serve ``asgi`` as ``katar serve`` serves Katar: every bare baseline runs through this."""
     uvicorn.run(
-        app,
+        asgi,
         host="127.0.0.1",
-        port=int(sys.argv[1]),
+        port=port,
         loop="uvloop",
         http="httptools",
         lifespan="off",
@@ -44,3 +45,7 @@ if __name__ == "__main__":
         server_header=False,
         proxy_headers=False,
     )
+
+
+if __name__ == "__main__":
+    serve(app, int(sys.argv[1]))

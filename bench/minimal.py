@@ -1,6 +1,6 @@
 """The minimal drain the speed targets were set against: raw ASGI and SQLite, nothing else.
 
-    python bench/minimal.py PORT DB
+    python -m bench.minimal PORT DB
 
 What issue 4 describes as "about 80 lines of raw ASGI and SQLite (WAL, synchronous=NORMAL,
 one transaction per request, no validation, no fencing, no history)", served exactly as the
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import uvicorn
+from bench.ceiling import serve
 
 Message = MutableMapping[str, Any]
 JSON = [(b"content-type", b"application/json")]
@@ -86,15 +86,4 @@ async def app(
 
 
 if __name__ == "__main__":
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=int(sys.argv[1]),
-        loop="uvloop",
-        http="httptools",
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-    )
+    serve(app, int(sys.argv[1]))

@@ -35,7 +35,7 @@ POST_EMPTY = (
 def ceiling(connections: int, seconds: float) -> float:
     """Requests per second of a bare ASGI app on the HTTP server settings Katar uses."""
     port = free_port()
-    server = subprocess.Popen([sys.executable, str(HERE / "ceiling.py"), str(port)])
+    server = subprocess.Popen([sys.executable, "-m", "bench.ceiling", str(port)], cwd=HERE.parent)
     script = lua(POST_EMPTY)
     try:
         wait_for_port(port)
@@ -117,7 +117,8 @@ def drain_minimal(tasks: int, batch: int, connections: int) -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="katar-minimal-"))
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, str(HERE / "minimal.py"), str(port), str(workdir / "minimal.db")]
+        [sys.executable, "-m", "bench.minimal", str(port), str(workdir / "minimal.db")],
+        cwd=HERE.parent,
     )
     try:
         wait_for_port(port)
