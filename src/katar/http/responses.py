@@ -129,17 +129,13 @@ def task_record(task: Task) -> TaskRecord:
     )
 
 
+_DELIVERY: Final = b'{"_id":"%d","data":%b,"attempt":%d}'
+
+
 def deliveries(tasks: list[Task]) -> bytes:
     """The body of a poll that delivers tasks: the data is spliced in as the producer sent it."""
-    if len(tasks) == 1:  # the seed protocol's poll
+    if len(tasks) == 1:  # the seed protocol's poll: no list to build and join
         task = tasks[0]
-        return b'{"tasks":[{"_id":"%d","data":%b,"attempt":%d}]}' % (
-            task.id,
-            task.data,
-            task.attempts,
-        )
-    parts = [
-        b'{"_id":"%d","data":%b,"attempt":%d}' % (task.id, task.data, task.attempts)
-        for task in tasks
-    ]
+        return b'{"tasks":[' + _DELIVERY % (task.id, task.data, task.attempts) + b"]}"
+    parts = [_DELIVERY % (task.id, task.data, task.attempts) for task in tasks]
     return b'{"tasks":[' + b",".join(parts) + b"]}"
