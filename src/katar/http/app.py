@@ -274,22 +274,19 @@ class App:
                 raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
         # A body too slow to arrive is cut off by the server (katar.server.GuardedProtocol):
         # a timer here, per request, would cost a quarter of the routing.
-        message = await receive()
         chunks: list[bytes] = []
         size = 0
         while True:
+            message = await receive()
             if message["type"] == "http.disconnect":
                 raise InvalidRequest("the client disconnected before sending its body")
             chunk: bytes = message.get("body", b"")
-            if not chunks and not message.get("more_body", False) and len(chunk) <= limit:
-                return chunk  # the whole body at once: the common case
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
             chunks.append(chunk)
             if not message.get("more_body", False):
-                return b"".join(chunks)
-            message = await receive()
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     # -- worker routes -----------------------------------------------------------------------
 
