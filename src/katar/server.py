@@ -16,14 +16,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from katar._version import __version__
 from katar.api import Katar, Queue
-from katar.errors import ConfigError, RequestTimeout
+from katar.errors import ConfigError
 from katar.http import App, Limits
 from katar.http.auth import Token
-from katar.http.responses import error_response
+from katar.http.protocol import HttpProtocol, sweep
 
 log = logging.getLogger("katar")
 
@@ -55,8 +54,13 @@ class _Uvicorn(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started and self.servers:
-            sweeper = _Sweeper(self.server_state.connections, self.limits)
-            self._sweeper = asyncio.create_task(sweeper.run(), name="katar-sweeper")
+            sweeper = sweep(
+                self.server_state.connections,
+                self.limits.head_timeout,
+                self.limits.body_timeout,
+                self.config.timeout_keep_alive,
+            )
+            self._sweeper = asyncio.create_task(sweeper, name="katar-sweeper")
             self.on_started(self.servers[0].sockets[0].getsockname()[1])
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -138,7 +142,7 @@ class WorkerServer:
             host=self.host,
             port=self.port,
             loop="none",
-            http=GuardedProtocol,
+            http=HttpProtocol,
             lifespan="off",  # Katar is opened above and closed by _Uvicorn.shutdown
             log_level="warning",
             access_log=False,
@@ -222,78 +226,3 @@ class WorkerServer:
             access,
             queues,
         )
-
-
-class GuardedProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol, noting when a connection started waiting for a client.
-
-    uvicorn bounds only the idle time after a response, and any byte resets that: a client
-    sending its headers a byte at a time (slowloris), nothing at all after connecting, or a
-    body that never comes would hold a connection for ever. Each connection records when it
-    began waiting for a request's head or body; :class:`_Sweeper` cuts off those that wait
-    too long. A timestamp per phase costs far less than a timer per request (one timer
-    scheduled and cancelled per request is ~2 us, a tenth of a poll's budget).
-    """
-
-    #: loop.time() when the connection began waiting for the client; None while answering.
-    waiting_since: float | None = None
-    waiting_for_body = False
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self.waiting_since = self.loop.time()
-
-    def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        # The body's time starts now; the message may complete at once (no body).
-        self.waiting_since = self.loop.time()
-        self.waiting_for_body = True
-
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self.waiting_for_body = False
-        if self.cycle is not None and not self.cycle.response_complete:
-            self.waiting_since = None  # the app answers now
-        # else it answered early (a 413, say) and the next request's head is awaited.
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self.cycle is None or self.cycle.response_complete:  # no pipelined request runs
-            self.waiting_since = self.loop.time()
-
-    def cut_off(self, seconds: float) -> None:
-        """Answer 408 and close: the client took more than ``seconds`` to send."""
-        what = "request body" if self.waiting_for_body else "request line and headers"
-        self.waiting_since = None
-        if self.transport.is_closing():
-            return
-        response = error_response(
-            RequestTimeout(f"the {what} did not arrive within {seconds:g} seconds")
-        )
-        head = [b"HTTP/1.1 408 Request Timeout"]
-        head += [name + b": " + value for name, value in response.headers]
-        head.append(b"content-length: %d" % len(response.body))
-        self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + response.body)
-        self.transport.close()
-
-
-class _Sweeper:
-    """Cuts off connections whose client is too slow to send a request's head or body."""
-
-    def __init__(self, connections: set[Any], limits: Limits) -> None:
-        self.connections = connections
-        self.limits = limits
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        head, body = self.limits.head_timeout, self.limits.body_timeout
-        period = min(1.0, head / 4, body / 4)
-        while True:
-            await asyncio.sleep(period)
-            now = loop.time()
-            for connection in list(self.connections):
-                since = getattr(connection, "waiting_since", None)
-                if since is not None:
-                    limit = body if connection.waiting_for_body else head
-                    if now - since > limit:
-                        connection.cut_off(limit)

@@ -1,9 +1,11 @@
-"""The ASGI application: routing, bodies, limits, long polls, error mapping.
+"""The HTTP application: routing, bodies, limits, long polls, error mapping.
 
-Written against raw ASGI rather than a framework: a worker's poll is the hot path of the
-product, and a framework's routing and request objects cost about half of its throughput on
-the development machine (design.md). No SQL and no queue rules here: handlers parse, call the
-engine, and shape the answer.
+Written without a framework: a worker's poll is the hot path of the product, and a
+framework's routing and request objects cost about half of its throughput on the development
+machine (design.md). The app has two entries over one core: :meth:`App.respond` for
+``katar serve``'s own HTTP/1.1 protocol (katar.http.protocol), which hands over whole
+requests, and the ASGI callable, for any ASGI server and for in-process clients. No SQL and
+no queue rules here: handlers parse, call the engine, and shape the answer.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+#: Returns a future that completes when the request's client hangs up (for long polls).
+HangUp = Callable[[], "asyncio.Future[Any]"]
+#: Methods whose requests carry a body the app reads.
+BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,22 +80,23 @@ class Limits:
 class Request:
     """What a handler gets: the route's parameters, the query string and the body."""
 
-    __slots__ = ("body", "params", "receive", "scope", "token")
+    __slots__ = ("body", "hang_up", "params", "query_string", "token")
 
     def __init__(
         self,
-        scope: Scope,
-        receive: Receive,
         params: tuple[str, ...],
+        query_string: bytes,
         body: bytes,
         token: Token | None,
+        hang_up: HangUp,
     ) -> None:
-        self.scope = scope
-        self.receive = receive
         self.params = params
+        self.query_string = query_string
         self.body = body
         #: The caller's token; None when the server has no tokens (or the route is open).
         self.token = token
+        #: A future that completes when the client hangs up.
+        self.hang_up = hang_up
 
     @property
     def queue(self) -> str:
@@ -103,11 +111,36 @@ class Request:
         return task_id
 
     def query(self) -> dict[str, str]:
-        return dict(parse_qsl(self.scope.get("query_string", b"").decode("latin-1")))
+        return dict(parse_qsl(self.query_string.decode("latin-1")))
 
 
 Handler = Callable[[Request], Awaitable[Response]]
 Route = tuple[Handler, Access]
+
+
+class Admission:
+    """A request routed and its token checked (App.admit): the handler to call, or the
+    answer that refuses it."""
+
+    __slots__ = ("handler", "params", "refusal", "template", "token")
+
+    def __init__(
+        self,
+        template: str,
+        handler: Handler | None,
+        params: tuple[str, ...],
+        token: Token | None,
+        refusal: Response | None,
+    ) -> None:
+        #: The route's template, for the metrics ("other" when no route matched).
+        self.template = template
+        self.handler = handler
+        self.params = params
+        self.token = token
+        #: The answer when the request is refused (no route or method, a bad token).
+        self.refusal = refusal
+
+
 #: The route label of requests that match no route.
 UNROUTED: Final = "other"
 _ROUTES_REMEMBERED: Final = 4096  # paths whose route is remembered
@@ -178,15 +211,88 @@ class App:
         #: Requests answered, by (method, route template, status): for /metrics.
         self.requests: dict[tuple[str, str, int], int] = {}
 
-    # -- ASGI ------------------------------------------------------------------------------
+    # -- entries ---------------------------------------------------------------------------
+
+    def admit(self, method: str, path: str, headers: Headers) -> Admission:
+        """Route a request and check its token, before its body is read: a refused request's
+        body is never buffered."""
+        template, methods, params = self._route(path)
+        if methods is None:
+            error = {"error": f"no route for {path}; see /docs"}
+            return Admission(template, None, params, None, json_response(error, 404))
+        route = methods.get(method)
+        if route is None:
+            allowed = ", ".join(methods)
+            error = {"error": f"method {method} is not allowed on {path}; allowed: {allowed}"}
+            refusal = Response(405, encode(error), [*JSON_HEADERS, (b"allow", allowed.encode())])
+            return Admission(template, None, params, None, refusal)
+        handler, access = route
+        token = None
+        if self._guarded and access is not Access.OPEN:
+            try:
+                token = self.auth.authenticate(headers)
+                self.auth.authorize(token, access, params[0] if params else None)
+            except KatarError as exc:
+                return Admission(template, None, params, None, error_response(exc))
+        return Admission(template, handler, params, token, None)
+
+    async def respond(
+        self,
+        method: str,
+        path: str,
+        admission: Admission,
+        query_string: bytes,
+        body: bytes,
+        hang_up: HangUp,
+    ) -> Response:
+        """The answer to an admitted request (see :meth:`admit`) whose body has arrived."""
+        response = admission.refusal
+        if response is None:
+            assert admission.handler is not None
+            request = Request(admission.params, query_string, body, admission.token, hang_up)
+            try:
+                response = await admission.handler(request)
+            except KatarError as exc:
+                response = error_response(exc)
+            except Exception:
+                log.exception("internal error on %s %s", method, path)
+                error = {"error": "internal server error; see the server's log"}
+                response = json_response(error, 500)
+        self.count(method, admission.template, response.status)
+        return response
+
+    def count(self, method: str, template: str, status: int) -> None:
+        """Count an answered request, for /metrics."""
+        key = (method, template, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI entry."""
         kind = scope["type"]
         if kind == "http":
-            template, response = await self._handle(scope, receive)
-            key = (scope["method"], template, response.status)
-            self.requests[key] = self.requests.get(key, 0) + 1
-            headers = [*response.headers, (b"content-length", b"%d" % len(response.body))]
+            method = scope["method"]
+            admission = self.admit(method, scope["path"], scope["headers"])
+            hang_up = _AsgiHangUp(receive)
+            body = b""
+            try:
+                if admission.refusal is None and method in BODY_METHODS:
+                    body = await self._read_body(scope, receive)
+                response = await self.respond(
+                    method,
+                    scope["path"],
+                    admission,
+                    scope.get("query_string", b""),
+                    body,
+                    hang_up,
+                )
+            except KatarError as exc:  # the body, refused as it came
+                response = error_response(exc)
+                self.count(method, admission.template, response.status)
+            finally:
+                hang_up.close()
+            headers = response.headers
+            if response.status != 204:
+                headers = [*headers, (b"content-length", b"%d" % len(response.body))]
             await send(
                 {"type": "http.response.start", "status": response.status, "headers": headers}
             )
@@ -234,46 +340,13 @@ class App:
                 return template, methods, params
         return UNROUTED, None, ()
 
-    async def _handle(self, scope: Scope, receive: Receive) -> tuple[str, Response]:
-        """The answer to a request, and the route template it took (for the metrics)."""
-        method = scope["method"]
-        path = scope["path"]
-        template, methods, params = self._route(path)
-        if methods is None:
-            error = {"error": f"no route for {path}; see /docs"}
-            return template, json_response(error, 404)
-        route = methods.get(method)
-        if route is None:
-            allowed = ", ".join(methods)
-            error = {"error": f"method {method} is not allowed on {path}; allowed: {allowed}"}
-            return template, Response(
-                405, encode(error), [*JSON_HEADERS, (b"allow", allowed.encode())]
-            )
-        handler, access = route
-        try:
-            token = None
-            if self._guarded and access is not Access.OPEN:
-                token = self.auth.authenticate(scope["headers"])
-                self.auth.authorize(token, access, params[0] if params else None)
-            body = (
-                await self._read_body(scope, receive) if method in ("POST", "PUT", "PATCH") else b""
-            )
-            return template, await handler(Request(scope, receive, params, body, token))
-        except KatarError as exc:
-            return template, error_response(exc)
-        except Exception:
-            log.exception("internal error on %s %s", method, path)
-            error = {"error": "internal server error; see the server's log"}
-            return template, json_response(error, 500)
-
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """An ASGI request's body, refused (PayloadTooLarge) as soon as it is over the limit."""
         limit = self.limits.max_body_bytes
         # Refused before anything is read: no "100 Continue" invites a body that is too big.
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
                 raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
-        # A body too slow to arrive is cut off by the server (katar.server.GuardedProtocol):
-        # a timer here, per request, would cost a quarter of the routing.
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -307,12 +380,12 @@ class App:
                 "retry in a moment (the operator can raise [limits] max_long_polls)"
             )
         self.long_polls += 1
-        gone = asyncio.ensure_future(_disconnected(request.receive))
         try:
-            tasks = await self.engine.poll(request.queue, acks, limit, wait, worker, gone)
+            tasks = await self.engine.poll(
+                request.queue, acks, limit, wait, worker, request.hang_up()
+            )
         finally:
             self.long_polls -= 1
-            gone.cancel()
         if not tasks:
             return NO_CONTENT
         return Response(200, deliveries(tasks))
@@ -407,7 +480,25 @@ class App:
 _DOCS_PAGE: Final = openapi.page()
 
 
-async def _disconnected(receive: Receive) -> None:
-    """Return once the client has hung up."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
+class _AsgiHangUp:
+    """An ASGI request's hang-up future, made on first use (a long poll's) and cancelled
+    when the request is answered."""
+
+    __slots__ = ("future", "receive")
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.future: asyncio.Future[Any] | None = None
+
+    def __call__(self) -> asyncio.Future[Any]:
+        if self.future is None:
+            self.future = asyncio.ensure_future(self._disconnected())
+        return self.future
+
+    async def _disconnected(self) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+
+    def close(self) -> None:
+        if self.future is not None:
+            self.future.cancel()
