@@ -1,17 +1,21 @@
-"""An in-process client against the ASGI app, over every store."""
+"""Clients of the app over every store, and both ways in: through ASGI (in-process), and
+through Katar's own HTTP protocol on a loopback socket (as ``katar serve`` answers)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from katar import Katar
 from katar.http import App, Limits
+from katar.http.protocol import HttpProtocol, sweep
 
 
 @pytest.fixture
@@ -24,10 +28,17 @@ async def katar(make_url: Callable[[], str]) -> AsyncIterator[Katar]:
         yield instance
 
 
+@pytest.fixture(params=["asgi", "http"])
+def via(request: pytest.FixtureRequest) -> str:
+    """How requests reach the app: "asgi" in-process, or "http" over Katar's protocol."""
+    value: str = request.param
+    return value
+
+
 @pytest.fixture
-async def client(katar: Katar) -> AsyncIterator[httpx.AsyncClient]:
+async def client(katar: Katar, via: str) -> AsyncIterator[httpx.AsyncClient]:
     app = App(katar.engine, limits=Limits(max_wait=5, max_body_bytes=64 * 1024))
-    async with asgi_client(app) as http:
+    async with app_client(app, via) as http:
         yield http
 
 
@@ -42,11 +53,46 @@ async def opened(katar: Katar) -> AsyncIterator[Katar]:
 
 
 @contextlib.asynccontextmanager
-async def asgi_client(app: App) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client that calls ``app`` in-process."""
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://katar") as http:
+async def app_client(app: App, via: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of ``app``: in-process through ASGI (``via`` "asgi"), or over a
+    loopback socket through Katar's HTTP protocol ("http")."""
+    if via == "asgi":
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://katar") as http:
+            yield http
+        return
+    async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
         yield http
+
+
+@contextlib.asynccontextmanager
+async def served(
+    app: App, timeouts: tuple[float, float, float] | None = None
+) -> AsyncIterator[str]:
+    """``app`` served on a loopback port by Katar's HTTP protocol, in this event loop; its
+    base URL. (The app's engine is opened and closed by the caller.) With ``timeouts``
+    (head, body, keep-alive), slow and idle connections are swept as ``katar serve`` does."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        app, http=HttpProtocol, loop="none", lifespan="off", log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
+    sweeper = None
+    try:
+        while not server.started:
+            assert not serving.done(), "the test server did not start"
+            await asyncio.sleep(0.01)
+        if timeouts is not None:
+            sweeper = asyncio.create_task(sweep(server.server_state.connections, *timeouts))
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        if sweeper is not None:
+            sweeper.cancel()
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
+        listener.close()
 
 
 async def enqueue(client: httpx.AsyncClient, queue: str, *tasks: dict[str, Any]) -> list[str]:

@@ -14,7 +14,7 @@ from katar import Katar
 from katar.core.model import NewTask
 from katar.http import App
 from katar.http.auth import Access, Role, Token, digest
-from tests.http.conftest import asgi_client, opened
+from tests.http.conftest import app_client, opened
 
 # The access rule each route must have. A route added to the application without a line here
 # fails test_every_route_has_an_explicit_rule: a new route cannot slip in unprotected.
@@ -68,8 +68,8 @@ async def katar() -> AsyncIterator[Katar]:
 
 
 @pytest.fixture
-async def http(katar: Katar) -> AsyncIterator[httpx.AsyncClient]:
-    async with asgi_client(App(katar.engine, tokens=TOKENS)) as client:
+async def http(katar: Katar, via: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(App(katar.engine, tokens=TOKENS), via) as client:
         yield client
 
 
@@ -158,7 +158,7 @@ async def test_the_access_matrix(
 
 
 async def test_401_bodies_say_what_to_send_and_nothing_about_the_tokens(
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient, via: str
 ) -> None:
     missing = await http.post("/v1/queue/own", json={})
     assert missing.status_code == 401
@@ -166,7 +166,10 @@ async def test_401_bodies_say_what_to_send_and_nothing_about_the_tokens(
     basic = await http.post("/v1/queue/own", json={}, headers={"authorization": "Basic eDp5"})
     assert basic.status_code == 401
     assert "must be 'Bearer <token>'" in basic.json()["error"]
-    for secret in ("katar_worker-secre", "katar_worker-secretx", "", "x" * 5000):
+    secrets = ["katar_worker-secre", "katar_worker-secretx", "x" * 5000]
+    if via == "asgi":  # on the wire a value cannot end in a space: clients refuse to send it
+        secrets.append("")
+    for secret in secrets:
         wrong = await http.post(
             "/v1/queue/own", json={}, headers={"authorization": f"Bearer {secret}"}
         )
@@ -176,9 +179,12 @@ async def test_401_bodies_say_what_to_send_and_nothing_about_the_tokens(
 
 
 async def test_the_scheme_is_case_insensitive_and_spaces_are_forgiven(
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient, via: str
 ) -> None:
-    for header in (f"bearer {SECRETS['worker']}", f"BEARER  {SECRETS['worker']} "):
+    headers = [f"bearer {SECRETS['worker']}", f"BEARER  {SECRETS['worker']}"]
+    if via == "asgi":  # on the wire a value cannot end in a space: clients refuse to send it
+        headers.append(f"Bearer {SECRETS['worker']} ")
+    for header in headers:
         response = await http.post("/v1/queue/own", json={}, headers={"authorization": header})
         assert response.status_code == 204, header
 
@@ -233,8 +239,8 @@ async def test_tokens_never_reach_the_log(
     assert "katar_guess" not in text
 
 
-async def test_an_open_server_needs_no_token(katar: Katar) -> None:
-    async with asgi_client(App(katar.engine)) as client:
+async def test_an_open_server_needs_no_token(katar: Katar, via: str) -> None:
+    async with app_client(App(katar.engine), via) as client:
         assert (await client.delete("/v1/queue/foreign")).status_code == 200
         # A token sent to an open server is not checked: there is nothing to check it against.
         response = await client.post("/v1/queue/own", json={}, headers=bearer("worker"))

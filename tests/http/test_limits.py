@@ -10,7 +10,7 @@ import pytest
 
 from katar import Katar
 from katar.http import App, Limits
-from tests.http.conftest import asgi_client, opened
+from tests.http.conftest import app_client, opened
 
 LIMITS = Limits(
     max_body_bytes=4096,
@@ -37,8 +37,8 @@ def app(katar: Katar) -> App:
 
 
 @pytest.fixture
-async def http(app: App) -> AsyncIterator[httpx.AsyncClient]:
-    async with asgi_client(app) as client:
+async def http(app: App, via: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(app, via) as client:
         yield client
 
 

@@ -1,0 +1,240 @@
+"""Katar's own HTTP/1.1 protocol on the wire: what the app's tests, made through a client
+library, do not send (pipelines, chunked and oversized bodies, Expect, HTTP/1.0, garbage,
+hang-ups, idle connections)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from katar import Katar
+from katar.http import App, Limits
+from tests.http.conftest import opened, served
+
+LIMIT = 2048
+
+
+@pytest.fixture
+async def katar() -> AsyncIterator[Katar]:
+    instance = Katar("memory://")
+    instance.queue("q", persistent=True)
+    async with opened(instance):
+        yield instance
+
+
+@pytest.fixture
+async def app(katar: Katar) -> App:
+    return App(katar.engine, limits=Limits(max_body_bytes=LIMIT, max_wait=5))
+
+
+@pytest.fixture
+async def port(app: App) -> AsyncIterator[int]:
+    async with served(app) as url:
+        yield int(url.rsplit(":", 1)[1])
+
+
+class Wire:
+    """A raw connection: bytes out, HTTP answers parsed back."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def answer(self, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
+        """The next answer: status, headers (lower-case names), body."""
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 10)
+        status_line, *lines = head.decode("latin-1").split("\r\n")[:-2]
+        headers = dict(line.lower().split(": ", 1) for line in lines)
+        length = 0 if head_only else int(headers.get("content-length", "0"))
+        body = await asyncio.wait_for(self.reader.readexactly(length), 10)
+        return int(status_line.split()[1]), headers, body
+
+    async def closed(self) -> bool:
+        """True when the server closes the connection with nothing more to say."""
+        return await asyncio.wait_for(self.reader.read(), 10) == b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@pytest.fixture
+async def wire(port: int) -> AsyncIterator[Wire]:
+    connection = Wire(*await asyncio.open_connection("127.0.0.1", port))
+    yield connection
+    connection.close()
+
+
+def request(method: str, target: str, body: bytes = b"", *extra: str) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", "Host: katar", *extra]
+    if body or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def test_pipelined_requests_are_answered_in_order(wire: Wire) -> None:
+    await wire.send(
+        request("POST", "/v1/queue/q/tasks", b'{"data": 1}')
+        + request("POST", "/v1/queue/q", b"{}")
+        + request("GET", "/v1/queue/q/tasks/1")
+        + request("POST", "/v1/queue/q", b'{"tasks": [{"_id": "1", "status": "done"}]}')
+        + request("GET", "/v1/queue/q/tasks/1")
+    )
+    statuses = []
+    bodies = []
+    for _ in range(5):
+        status, _headers, body = await wire.answer()
+        statuses.append(status)
+        bodies.append(json.loads(body) if body else {})
+    assert statuses == [201, 200, 200, 204, 200]
+    assert bodies[1] == {"tasks": [{"_id": "1", "data": 1, "attempt": 1}]}
+    assert bodies[2]["status"] == "in progress"
+    assert bodies[4]["status"] == "done"
+
+
+async def test_a_long_pipeline_is_read_in_turns_and_answered_whole(wire: Wire) -> None:
+    # More than a connection holds queued (16): it stops reading, then reads on.
+    await wire.send(b"".join(request("GET", f"/v1/queue/q/tasks/{n}") for n in range(1, 41)))
+    for n in range(1, 41):
+        status, _headers, body = await wire.answer()
+        assert status == 404 and f"'{n}'" in json.loads(body)["error"]
+
+
+async def test_answers_carry_a_date_and_their_length_and_204s_no_length(wire: Wire) -> None:
+    await wire.send(request("POST", "/v1/queue/q", b"{}"))
+    status, headers, _body = await wire.answer()
+    assert status == 204 and "content-length" not in headers and "date" in headers
+    await wire.send(request("GET", "/healthz"))
+    status, headers, body = await wire.answer()
+    assert status == 200 and int(headers["content-length"]) == len(body) > 0
+    assert headers["content-type"] == "application/json"
+
+
+async def test_a_chunked_body_is_read_whole(wire: Wire, katar: Katar) -> None:
+    body = b'{"tasks": [{"data": "chunked"}]}'
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:10], body[10:]))
+    await wire.send(
+        b"POST /v1/queue/q/tasks HTTP/1.1\r\nHost: katar\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + chunked
+        + b"0\r\n\r\n"
+    )
+    status, _headers, _body = await wire.answer()
+    assert status == 201
+    assert bytes((await katar.queue("q").tasks())[0].data) == b'"chunked"'
+
+
+async def test_expect_100_continue_is_answered_before_the_body(wire: Wire) -> None:
+    body = b'{"data": 1}'
+    head = request("POST", "/v1/queue/q/tasks", body, "Expect: 100-continue")
+    await wire.send(head[: -len(body)])
+    line = await asyncio.wait_for(wire.reader.readuntil(b"\r\n\r\n"), 10)
+    assert line == b"HTTP/1.1 100 Continue\r\n\r\n"
+    await wire.send(body)
+    status, _headers, _body = await wire.answer()
+    assert status == 201
+
+
+async def test_a_body_over_the_limit_is_413_closed_and_changes_nothing(
+    port: int, katar: Katar
+) -> None:
+    declared = Wire(*await asyncio.open_connection("127.0.0.1", port))
+    big = json.dumps({"data": "x" * LIMIT}).encode()
+    await declared.send(request("POST", "/v1/queue/q/tasks", big))
+    status, headers, body = await declared.answer()
+    assert status == 413 and headers["connection"] == "close"
+    assert f"over the limit of {LIMIT} bytes" in json.loads(body)["error"]
+    assert await declared.closed()
+    declared.close()
+
+    chunked = Wire(*await asyncio.open_connection("127.0.0.1", port))
+    await chunked.send(
+        b"POST /v1/queue/q/tasks HTTP/1.1\r\nHost: katar\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    for start in range(0, len(big), 500):
+        part = big[start : start + 500]
+        await chunked.send(b"%x\r\n%s\r\n" % (len(part), part))
+    status, _headers, _body = await chunked.answer()
+    assert status == 413
+    assert await chunked.closed()
+    chunked.close()
+    assert await katar.queue("q").tasks() == []
+
+
+async def test_a_refused_request_keeps_the_connection_in_step(wire: Wire) -> None:
+    await wire.send(request("POST", "/v1/nowhere", b'{"data": "ignored"}'))
+    status, _headers, _body = await wire.answer()
+    assert status == 404
+    await wire.send(request("GET", "/healthz"))
+    status, _headers, _body = await wire.answer()
+    assert status == 200
+
+
+async def test_garbage_is_400_and_closed(wire: Wire) -> None:
+    await wire.send(b"HELLO\x00 there\r\n\r\n")
+    status, headers, body = await wire.answer()
+    assert status == 400 and headers["connection"] == "close"
+    assert "invalid HTTP request" in json.loads(body)["error"]
+    assert await wire.closed()
+
+
+async def test_head_answers_without_a_body(wire: Wire) -> None:
+    await wire.send(request("HEAD", "/healthz"))
+    status, headers, _ = await wire.answer(head_only=True)
+    assert status == 405 and int(headers["content-length"]) > 0
+    await wire.send(request("GET", "/healthz"))  # the next answer starts right after the head
+    status, _headers, body = await wire.answer()
+    assert status == 200 and json.loads(body)["status"] == "ok"
+
+
+async def test_http_1_0_and_connection_close_end_the_connection(port: int) -> None:
+    for head in (
+        b"GET /healthz HTTP/1.0\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: katar\r\nConnection: close\r\n\r\n",
+    ):
+        wire = Wire(*await asyncio.open_connection("127.0.0.1", port))
+        await wire.send(head)
+        status, headers, _body = await wire.answer()
+        assert status == 200 and headers["connection"] == "close"
+        assert await wire.closed()
+        wire.close()
+
+
+async def test_a_long_poll_ends_when_its_client_hangs_up(port: int, app: App, katar: Katar) -> None:
+    wire = Wire(*await asyncio.open_connection("127.0.0.1", port))
+    await wire.send(request("POST", "/v1/queue/q", b'{"wait": 5}'))
+    for _ in range(500):
+        if app.long_polls == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert app.long_polls == 1
+    wire.close()
+    for _ in range(500):
+        if app.long_polls == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert app.long_polls == 0
+    # The poll is gone: a task enqueued now waits for the next worker.
+    task = await katar.queue("q").enqueue({"n": 1})
+    assert (await katar.queue("q").get(task.id)).status == "queued"
+
+
+async def test_idle_connections_are_closed_and_silent_ones_cut_off(app: App) -> None:
+    async with served(app, (0.4, 0.4, 0.2)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        idle = Wire(*await asyncio.open_connection("127.0.0.1", port))
+        await idle.send(request("GET", "/healthz"))
+        assert (await idle.answer())[0] == 200
+        assert await idle.closed()  # quietly, once the keep-alive ran out
+        idle.close()
+
+        silent = Wire(*await asyncio.open_connection("127.0.0.1", port))
+        status, _headers, body = await silent.answer()
+        assert status == 408
+        assert b"request line and headers did not arrive" in body
+        silent.close()
