@@ -1,5 +1,7 @@
-"""The ceiling: a bare ASGI app that answers a small JSON POST, served exactly as
-``katar serve`` serves Katar (uvicorn, uvloop, httptools, no access log).
+"""The ceiling: a bare ASGI app that answers a small JSON POST, on the server and settings
+``katar serve`` runs (uvicorn, uvloop, httptools, no access log). ``katar serve`` itself
+answers through its own HTTP protocol (katar.http.protocol) in place of uvicorn's ASGI
+one: bench/run measures that floor too.
 
     python -m bench.ceiling PORT
 """
@@ -32,7 +34,8 @@ async def app(
 
 
 def serve(asgi: Callable[..., Awaitable[None]], port: int) -> None:
-    """Serve ``asgi`` as ``katar serve`` serves Katar: every bare baseline runs through this."""
+    """Serve ``asgi`` on uvicorn as ``katar serve`` is set up: every bare baseline runs
+    through this."""
     uvicorn.run(
         asgi,
         host="127.0.0.1",

@@ -3,8 +3,10 @@
     bench/run [--repeats 3] [--quick]
 
 Server and load generator share the machine, so throughput is also given as a ratio to a
-ceiling measured in the same run (a bare ASGI app on the HTTP server settings that
-``katar serve`` uses), and each figure is the median of the repeats with its spread.
+ceiling measured in the same run (a bare ASGI app on uvicorn with the settings that
+``katar serve`` uses: uvloop, httptools, no access log), and each figure is the median of
+the repeats with its spread. ``katar serve`` answers through its own HTTP protocol rather
+than ASGI; its floor (a route that needs no store) is measured beside the ceiling.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ def measure_all(args: argparse.Namespace) -> Figures:
     step = print
     step("ceiling ...", flush=True)
     figures["ceiling"] = spread(lambda: throughput.ceiling(c, seconds), r)
+    step("katar floor ...", flush=True)
+    figures["katar_floor"] = spread(lambda: throughput.floor(c, seconds), r)
     step("load generator ...", flush=True)
     if throughput.load_generator_ceiling(c, 1) is not None:
         figures["load_generator"] = spread(
@@ -222,6 +226,8 @@ def table(f: Figures) -> str:
         f"{'figure':<44}{'per second':>12}  spread, ratio to the ceiling",
         f"{'ceiling: bare ASGI, req/s':<44}{rate('ceiling')}",
     ]
+    if "katar_floor" in f:
+        lines.append(f"{'floor: katar serve, GET configuration':<44}{rate('katar_floor')}")
     if "load_generator" in f:
         lines.append(f"{'load generator: wrk + drain.lua vs nginx':<44}{rate('load_generator')}")
     for store in ("sqlite", "memory"):
@@ -279,6 +285,7 @@ def chart(f: Figures, path: Path) -> None:
         ("RQ (Redis) drain", f["rq"]["drain_per_s"], "peer"),
         ("RQ (Redis) enqueue", f["rq"]["enqueue_per_s"], "peer"),
         ("ceiling: bare ASGI, req/s", f["ceiling"], "ceiling"),
+        ("floor: katar serve, GET config, req/s", f["katar_floor"], "ceiling"),
     ]
     colours = {"katar": "#2a7ab0", "peer": "#999999", "ceiling": "#e0a030"}
     fig, ax = plt.subplots(figsize=(9, 5.5))

@@ -48,6 +48,19 @@ def ceiling(connections: int, seconds: float) -> float:
         script.unlink()
 
 
+def floor(connections: int, seconds: float) -> float:
+    """Requests per second of ``katar serve`` answering what needs no store: a worker's
+    ``GET /v1/queue/{queue}`` (its configuration). The floor of Katar's own HTTP protocol
+    and routing, beside the ASGI ceiling."""
+    script = lua('wrk.method = "GET"\n')
+    try:
+        with katar("sqlite") as server:
+            httpx.put(f"{server.url}/v1/queue/{QUEUE}", json={}).raise_for_status()
+            return wrk_rate(wrk(f"{server.url}/v1/queue/{QUEUE}", script, seconds, connections))
+    finally:
+        script.unlink()
+
+
 NGINX = """
 worker_processes 1;
 daemon off;
