@@ -238,3 +238,24 @@ async def test_idle_connections_are_closed_and_silent_ones_cut_off(app: App) -> 
         assert status == 408
         assert b"request line and headers did not arrive" in body
         silent.close()
+
+
+async def test_an_upgrade_is_ignored_and_the_request_answered_with_its_body(
+    wire: Wire, katar: Katar
+) -> None:
+    # What a Java HttpClient sends by default: every request asks for h2c.
+    upgrade = ("Connection: Upgrade, HTTP2-Settings", "Upgrade: h2c", "HTTP2-Settings: AAEAAAA")
+    await wire.send(request("POST", "/v1/queue/q/tasks", b'{"data": "up"}', *upgrade))
+    status, _headers, body = await wire.answer()
+    assert status == 201 and json.loads(body)["tasks"][0]["data"] == "up"
+    await wire.send(request("POST", "/v1/queue/q", b"{}", *upgrade) + request("GET", "/healthz"))
+    status, _headers, body = await wire.answer()
+    assert status == 200 and json.loads(body)["tasks"][0]["data"] == "up"
+    assert (await wire.answer())[0] == 200  # the connection goes on in HTTP/1.1
+
+
+async def test_connect_is_400(wire: Wire) -> None:
+    await wire.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    status, _headers, body = await wire.answer()
+    assert status == 400 and "not a proxy" in json.loads(body)["error"]
+    assert await wire.closed()

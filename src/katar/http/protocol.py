@@ -11,7 +11,7 @@ Here a request's head is routed and its token checked as soon as it is parsed
 
 Connections keep alive, and answer pipelined requests in order; a client too slow to send a
 request's head or body is answered 408 and cut off, an idle one closed quietly
-(:func:`sweep`).
+(:func:`sweep`). Requests to upgrade (to h2c, websockets) are answered in HTTP/1.1.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ class HttpProtocol(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.expect_continue = False
+        self.upgrading = False  # the request asks to upgrade: it is parsed again without
         self.method = ""
         self.path = ""
         self.query = b""
@@ -133,9 +134,15 @@ class HttpProtocol(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.last = True  # what follows is another protocol's: answer, then close
-            self._read()
+        except httptools.HttpParserUpgrade as upgrade:
+            # Katar speaks HTTP/1.1 only, and may ignore an Upgrade (RFC 9110, 7.8); llhttp
+            # stops at the head, leaving the body unread. Parse the request again without
+            # it (a Java HttpClient asks for h2c on every request by default).
+            rest = data[upgrade.args[0] :]
+            head = self._head_without_upgrade()
+            self.parser = httptools.HttpRequestParser(self)
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+            self.data_received(head + rest)
         except httptools.HttpParserError as exc:
             cause = exc.__context__  # what a callback raised
             if isinstance(cause, KatarError):
@@ -196,6 +203,11 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.method = method = self.parser.get_method().decode("ascii")
+        if method == "CONNECT":
+            raise InvalidRequest("CONNECT is not supported: Katar is not a proxy")
+        if self.parser.should_upgrade():
+            self.upgrading = True  # see data_received: the request is parsed again
+            return
         try:
             url = httptools.parse_url(self.url)
             path = url.path.decode("ascii")
@@ -228,6 +240,8 @@ class HttpProtocol(asyncio.Protocol):
             self.chunks.append(body)
 
     def on_message_complete(self) -> None:
+        if self.upgrading:
+            return
         self.in_message = self.waiting_for_body = False
         chunks = self.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -242,6 +256,25 @@ class HttpProtocol(asyncio.Protocol):
             self._read()
         else:
             self._answer(item)
+
+    def _head_without_upgrade(self) -> bytes:
+        """The head of the request being parsed, without its Upgrade and the Connection
+        options that name it."""
+        self.upgrading = False
+        version = self.parser.get_http_version()
+        lines = [b"%s %s HTTP/%s" % (self.method.encode(), self.url, version.encode())]
+        for name, value in self.headers:
+            if name in (b"upgrade", b"http2-settings"):
+                continue
+            if name == b"connection":
+                options = [o.strip() for o in value.split(b",")]
+                value = b", ".join(
+                    o for o in options if o.lower() not in (b"upgrade", b"http2-settings")
+                )
+                if not value:
+                    continue
+            lines.append(name + b": " + value)
+        return b"\r\n".join(lines) + b"\r\n\r\n"
 
     def _too_large(self) -> str:
         return f"the request body is over the limit of {self.limit} bytes"
