@@ -353,8 +353,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def _read(self) -> None:
         """Pause reading while the client does not read its answers, or has too many
-        requests queued, or once no more requests will be read."""
-        want = not (self.write_paused or self.last or len(self.pending) >= _PIPELINE)
+        requests queued. (Once no more requests will be read, reading goes on, and what
+        comes is dropped: a hang-up must still end a long poll.)"""
+        want = not (self.write_paused or len(self.pending) >= _PIPELINE)
         if want != self.reading and self.transport is not None and not self.gone:
             self.reading = want
             if want:
