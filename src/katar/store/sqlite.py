@@ -1,15 +1,15 @@
 """``sqlite:///path.db``: the default store, one file on local disk.
 
-One connection does all the writing, on the event loop's thread. Writes requested while the
-loop runs its ready callbacks are queued; one callback after them runs them all in a single
-transaction, commits once, and only then answers them all (group commit). So the requests
-that arrive together share one commit, and no answer is sent before its change is
-committed. Each operation refuses a bad request before it writes anything, so a refused
-request changes nothing while the rest of its group commits. Running the writes on
-the loop's thread rather than a thread of their own was measured faster on two cores: no
-hand-off between threads and no contention for the GIL. What could block the loop for long
-is kept off it: reads run on their own connection and thread (WAL lets them proceed while
-the writer writes), and a checkpointer thread copies the WAL back into the database.
+One connection does all the writing, on the event loop's thread. Writes requested over two
+turns of the loop are queued; one callback then runs them all in a single transaction,
+commits once, and only then answers them all (group commit). So the requests that arrive
+together share one commit, and no answer is sent before its change is committed. Each
+operation refuses a bad request before it writes anything, so a refused request changes
+nothing while the rest of its group commits. Running the writes on the loop's thread rather
+than a thread of their own was measured faster on two cores: no hand-off between threads and
+no contention for the GIL. What could block the loop for long is kept off it: reads run on
+their own connection and thread (WAL lets them proceed while the writer writes), and a
+checkpointer thread copies the WAL back into the database.
 
 With ``synchronous=NORMAL`` (the default) a committed transaction survives the process being
 killed; ``?synchronous=full`` in the URL makes it survive a power cut too, at the cost of a
@@ -159,6 +159,12 @@ _COUNTS: Final = (
     f"SELECT queue_id, state, count(*) FROM tasks WHERE {_AT_REST} GROUP BY queue_id, state",
 )
 _EXPIRE_BATCH: Final = 1000
+# How many times the event loop goes round (reading the sockets each time) between a group's
+# first write and its commit. Under load each round brings the requests that arrived during
+# the last: waiting two rounds took a group from ~11 polls to more and the one-task drain from
+# ~22,000 to ~26,000 tasks/s (32 connections, wrk, same sitting); the dispatch latency's p99
+# did not move (0.65 ms). Idle, a round with nothing to do costs microseconds.
+_GATHER_ROUNDS: Final = 2
 
 _Op = Callable[[sqlite3.Connection], Any]
 
@@ -222,6 +228,7 @@ class SQLiteStore(Store):
         self._pending: list[tuple[_Op, asyncio.Future[Any]]] = []
         self._polls: list[_Poll] = []  # the running group's polls, finished together
         self._flush_scheduled = False
+        self._rounds = 0  # times the loop went round since the first pending write
         self._checkpointer: threading.Thread | None = None
         self._stopping = threading.Event()
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="katar-sqlite-read")
@@ -312,9 +319,18 @@ class SQLiteStore(Store):
         finally:
             conn.close()
 
+    def _gather(self) -> None:
+        """Flush the pending writes, once the loop has gone round _GATHER_ROUNDS times."""
+        if self._rounds < _GATHER_ROUNDS and self._loop is not None:
+            self._rounds += 1
+            self._loop.call_soon(self._gather)
+            return
+        self._flush()
+
     def _flush(self) -> None:
         """Run every pending write in one transaction, then answer them (group commit)."""
         self._flush_scheduled = False
+        self._rounds = 0
         group, self._pending = self._pending, []
         conn = self._conn
         if conn is None:
@@ -381,9 +397,7 @@ class SQLiteStore(Store):
         self._pending.append((op, future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            # After the callbacks already ready: the requests that arrived together share
-            # this transaction.
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self._gather)
         return future
 
     async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
