@@ -4,7 +4,8 @@
     ├── ConfigError            a bad configuration file, option or store URL (start-up)
     ├── InvalidRequest         the caller's request is malformed or breaks a limit (4xx)
     │   ├── ValidationError    well-formed JSON with a wrong field (422)
-    │   └── PayloadTooLarge    a body over the size limit (413)
+    │   ├── PayloadTooLarge    a body over the size limit (413)
+    │   └── HeadTooLarge       a request line and headers over the size limit (431)
     ├── AccessDenied           the request's token does not allow it
     │   ├── Unauthenticated    no token, or one the server does not know (401)
     │   └── Forbidden          a known token whose role or queues forbid this (403)
@@ -57,6 +58,10 @@ class ValidationError(InvalidRequest):
 
 class PayloadTooLarge(InvalidRequest):
     """The request body is too large."""
+
+
+class HeadTooLarge(InvalidRequest):
+    """The request line and headers are too large."""
 
 
 class AccessDenied(KatarError):

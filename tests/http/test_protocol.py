@@ -12,6 +12,7 @@ import pytest
 
 from katar import Katar
 from katar.http import App, Limits
+from katar.http.protocol import MAX_HEAD
 from tests.http.conftest import opened, served
 
 LIMIT = 2048
@@ -238,9 +239,10 @@ async def test_idle_connections_are_closed_and_silent_ones_cut_off(app: App) -> 
         idle.close()
 
         silent = Wire(*await asyncio.open_connection("127.0.0.1", port))
-        status, _headers, body = await silent.answer()
-        assert status == 408
-        assert b"request line and headers did not arrive" in body
+        head = await asyncio.wait_for(silent.reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 408 ")
+        assert head.count(b"connection: close") == 1
+        assert b"request line and headers did not arrive" in await silent.reader.read()
         silent.close()
 
 
@@ -263,3 +265,17 @@ async def test_connect_is_400(wire: Wire) -> None:
     status, _headers, body = await wire.answer()
     assert status == 400 and "not a proxy" in json.loads(body)["error"]
     assert await wire.closed()
+
+
+async def test_a_head_over_the_limit_is_431_and_closed(port: int) -> None:
+    for head in (
+        b"GET /" + b"x" * (MAX_HEAD + 1) + b" HTTP/1.1\r\nHost: katar\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: katar\r\n" + b"X-Big: " + b"y" * MAX_HEAD + b"\r\n\r\n",
+    ):
+        wire = Wire(*await asyncio.open_connection("127.0.0.1", port))
+        await wire.send(head)
+        status, headers, body = await wire.answer()
+        assert status == 431 and headers["connection"] == "close"
+        assert f"over {MAX_HEAD} bytes" in json.loads(body)["error"]
+        assert await wire.closed()
+        wire.close()

@@ -27,7 +27,13 @@ import httptools
 import uvicorn
 from uvicorn.server import ServerState
 
-from katar.errors import InvalidRequest, KatarError, PayloadTooLarge, RequestTimeout
+from katar.errors import (
+    HeadTooLarge,
+    InvalidRequest,
+    KatarError,
+    PayloadTooLarge,
+    RequestTimeout,
+)
 from katar.http.app import BODY_METHODS, Admission, App
 from katar.http.responses import JSON_HEADERS, Response, error_response
 
@@ -42,6 +48,8 @@ _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: Complete requests a connection may hold behind the one being answered; beyond, it stops
 #: reading until the queue shortens.
 _PIPELINE: Final = 16
+#: Bytes of a request's line and headers; beyond, 431 (llhttp itself sets no bound).
+MAX_HEAD: Final = 64 * 1024
 
 #: A complete request awaiting its answer: method, path, admission, query string, body,
 #: and whether the connection stays open afterwards.
@@ -80,6 +88,7 @@ class HttpProtocol(asyncio.Protocol):
         # The request being parsed.
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.head_size = 0
         self.expect_continue = False
         self.upgrading = False  # the request asks to upgrade: it is parsed again without
         self.method = ""
@@ -190,12 +199,18 @@ class HttpProtocol(asyncio.Protocol):
         self.answered = False
         self.url = b""
         self.headers = []
+        self.head_size = 0
         self.expect_continue = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > MAX_HEAD:
+            raise HeadTooLarge(f"the request's target is over {MAX_HEAD} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > MAX_HEAD:
+            raise HeadTooLarge(f"the request's headers are over {MAX_HEAD} bytes")
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_continue = True
@@ -325,7 +340,7 @@ class HttpProtocol(asyncio.Protocol):
         body = response.body
         if status != 204:
             parts.append(b"content-length: %d\r\n" % len(body))
-        if not keep_alive:
+        if not keep_alive and (b"connection", b"close") not in response.headers:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
         if method != "HEAD":

@@ -18,6 +18,7 @@ LEASE_HEADER: Final = b"katar-lease-timeout"
 # Looked up along the exception's class hierarchy, most specific first.
 STATUS_OF_ERROR: Final[dict[type[errors.KatarError], int]] = {
     errors.PayloadTooLarge: 413,
+    errors.HeadTooLarge: 431,
     errors.ValidationError: 422,
     errors.InvalidRequest: 400,
     errors.Unauthenticated: 401,
