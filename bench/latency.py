@@ -98,9 +98,17 @@ async def dispatch(port: int, waiting: int = 100, tasks: int = 300) -> dict[str,
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime + stime
-    return ticks / float(__import__("os").sysconf("SC_CLK_TCK"))
+    """The CPU time of all the process's threads, from the scheduler's own count
+    (schedstat, in ns): utime and stime are sampled at each clock tick, too coarse for a
+    process that wakes briefly a few times a second."""
+    tasks = Path(f"/proc/{pid}/task")
+    total = 0
+    for task in tasks.iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # a thread that ended meanwhile
+    return total / 1e9
 
 
 async def idle_cpu(port: int, pid: int, polls: int = 1000, seconds: float = 10.0) -> float:

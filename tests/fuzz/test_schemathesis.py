@@ -16,6 +16,7 @@ from schemathesis import GenerationMode
 from katar import Katar
 from katar.http import App
 from katar.http.auth import Role, Token, digest
+from katar.http.protocol import HttpProtocol
 from tests.fuzz import fuzz_settings
 
 ADMIN = "katar_fuzz-admin"
@@ -32,13 +33,16 @@ schema.config.generation.update(modes=list(GenerationMode))
 
 
 class Server:
-    """An App on a memory store, served by uvicorn on a thread."""
+    """An App on a memory store, served on a thread as ``katar serve`` serves it: uvicorn's
+    server with Katar's HTTP protocol."""
 
     def __init__(self, *, tokens: list[Token]) -> None:
         self.katar = Katar("memory://")
         self.katar.queue("q", persistent=True)
         app = App(self.katar.engine, tokens=tokens, startup=self.katar.open)
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="warning", http=HttpProtocol
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()))
 
