@@ -7,6 +7,7 @@ what is measured.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import resource
 import statistics
@@ -104,10 +105,8 @@ def cpu_seconds(pid: int) -> float:
     tasks = Path(f"/proc/{pid}/task")
     total = 0
     for task in tasks.iterdir():
-        try:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread ended
             total += int((task / "schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            pass  # a thread that ended meanwhile
     return total / 1e9
 
 
