@@ -118,6 +118,19 @@ Handler = Callable[[Request], Awaitable[Response]]
 Route = tuple[Handler, Access]
 
 
+def body_too_large(limit: int) -> PayloadTooLarge:
+    """The refusal of a request body over ``limit`` bytes."""
+    return PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
+
+
+def check_declared_length(headers: Headers, limit: int) -> None:
+    """Refuse a body whose Content-Length is over ``limit`` before any of it is read: no
+    "100 Continue" invites a body that is too big."""
+    for name, value in headers:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise body_too_large(limit)
+
+
 class Admission:
     """A request routed and its token checked (App.admit): the handler to call, or the
     answer that refuses it."""
@@ -343,10 +356,7 @@ class App:
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         """An ASGI request's body, refused (PayloadTooLarge) as soon as it is over the limit."""
         limit = self.limits.max_body_bytes
-        # Refused before anything is read: no "100 Continue" invites a body that is too big.
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
+        check_declared_length(scope["headers"], limit)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -356,7 +366,7 @@ class App:
             chunk: bytes = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
+                raise body_too_large(limit)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -31,10 +31,15 @@ from katar.errors import (
     HeadTooLarge,
     InvalidRequest,
     KatarError,
-    PayloadTooLarge,
     RequestTimeout,
 )
-from katar.http.app import BODY_METHODS, Admission, App
+from katar.http.app import (
+    BODY_METHODS,
+    Admission,
+    App,
+    body_too_large,
+    check_declared_length,
+)
 from katar.http.responses import JSON_HEADERS, Response, error_response
 
 log = logging.getLogger("katar")
@@ -237,10 +242,7 @@ class HttpProtocol(asyncio.Protocol):
         self.chunks = []
         self.size = 0
         if self.keep_body:
-            for name, value in self.headers:
-                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                    # Refused before the body is sent: no "100 Continue" invites it.
-                    raise PayloadTooLarge(self._too_large())
+            check_declared_length(self.headers, self.limit)
         if self.expect_continue and not self.answering and not self.pending:
             assert self.transport is not None
             self.transport.write(_CONTINUE)
@@ -251,7 +253,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.keep_body:
             self.size += len(body)
             if self.size > self.limit:
-                raise PayloadTooLarge(self._too_large())
+                raise body_too_large(self.limit)
             self.chunks.append(body)
 
     def on_message_complete(self) -> None:
@@ -290,9 +292,6 @@ class HttpProtocol(asyncio.Protocol):
                     continue
             lines.append(name + b": " + value)
         return b"\r\n".join(lines) + b"\r\n\r\n"
-
-    def _too_large(self) -> str:
-        return f"the request body is over the limit of {self.limit} bytes"
 
     # -- answers ---------------------------------------------------------------------------
 
