@@ -233,7 +233,8 @@ class WorkerServer:
     def _started(self, port: int) -> None:
         self.bound_port = port
         scheme = "https" if self.tls_cert else "http"
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        bare = self.host.strip("[]")  # --host may be given as ::1 or as [::1]
+        host = f"[{bare}]" if ":" in bare else bare
         queues = ", ".join(sorted(self.katar.engine.queues)) or "none yet"
         access = f"{len(self.tokens)} tokens" if self.tokens else "open (no tokens)"
         log.info(

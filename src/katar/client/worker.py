@@ -97,7 +97,9 @@ def _ack(job: Job, outcome: BaseException | None, result: Any) -> dict[str, Any]
         "_id": job.id,
         "status": "failed",
         "attempt": job.attempt,
-        "error": f"{type(outcome).__name__}: {outcome}",
+        # The server refuses NUL in text: an odd exception message must not get the ack
+        # refused (and the task redelivered until its attempts run out).
+        "error": f"{type(outcome).__name__}: {outcome}".replace("\x00", "\\x00"),
     }
     if isinstance(outcome, Retry | Fail):
         ack["retry"] = isinstance(outcome, Retry)

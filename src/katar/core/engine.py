@@ -27,6 +27,7 @@ from katar.core.model import (
     QueueOptions,
     State,
     Task,
+    check_text,
     now_ms,
 )
 from katar.core.rules import is_final
@@ -190,6 +191,7 @@ class Engine:
         """
         options = self.options(queue)
         limit = min(limit, options.max_batch)
+        check_text(worker, acks)
         seen = self._wakes.get(queue, 0)
         result = await self.store.poll(queue, options, acks, limit, worker, now_ms())
         if result.changes or result.delivered:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -48,6 +49,9 @@ PRIORITY_MIN: Final = -(2**31)
 PRIORITY_MAX: Final = 2**31 - 1
 
 DEFAULT_CONFIGURATION: Final = {"interval": 30000}
+#: The longest poll interval a queue's configuration may give workers, in ms: what a
+#: 32-bit timer holds (about 24.8 days), and so what any worker can wait.
+MAX_INTERVAL: Final = 2**31 - 1
 
 NULL: Final = msgspec.Raw(b"null")
 
@@ -173,9 +177,14 @@ def parse_queue_options(raw: Any) -> QueueOptions:
             if "interval" in value:
                 value = raw[key] = {**value, "interval": _whole(value["interval"])}
             interval = value.get("interval", 0)
-            if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
+            if (
+                isinstance(interval, bool)
+                or not isinstance(interval, int)
+                or not 0 <= interval <= MAX_INTERVAL
+            ):
                 raise ValidationError(
-                    "configuration.interval must be a whole number of milliseconds >= 0",
+                    "configuration.interval must be a whole number of milliseconds from 0 to "
+                    f"{MAX_INTERVAL}",
                     option=key,
                 )
             try:
@@ -212,7 +221,24 @@ def parse_task_id(task_id: str | int) -> int | None:
     """The store id behind a client's task id, or None when it cannot be one of ours."""
     if isinstance(task_id, int) and not isinstance(task_id, bool):
         return task_id if 0 < task_id < 2**63 else None
-    if isinstance(task_id, str) and task_id.isascii() and task_id.isdigit() and len(task_id) < 19:
-        value = int(task_id)
-        return value if value > 0 else None
+    if (
+        isinstance(task_id, str)
+        and task_id.isascii()
+        and task_id.isdigit()
+        and task_id[0] != "0"  # ids are written in canonical decimal: "01" is no id of ours
+        and len(task_id) < 19
+    ):
+        return int(task_id)
     return None
+
+
+def check_text(worker: str | None, acks: Sequence[Ack]) -> None:
+    """Refuse NUL in the text a poll would store (the worker's name, a failure's error): one
+    store (PostgreSQL) cannot keep it in text, so no store takes it. Task data and results
+    are JSON kept as bytes, and hold any character."""
+    if worker is not None and "\x00" in worker:
+        raise ValidationError("worker must not contain NUL (\\u0000)", field="worker")
+    for i, ack in enumerate(acks):
+        if ack.error is not None and "\x00" in ack.error:
+            where = f"tasks[{i}].error"
+            raise ValidationError(f"{where} must not contain NUL (\\u0000)", field=where, ack=i)

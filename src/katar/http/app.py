@@ -56,6 +56,10 @@ Headers = list[tuple[bytes, bytes]]
 HangUp = Callable[[], "asyncio.Future[Any]"]
 #: Methods whose requests carry a body the app reads.
 BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+#: A delivery's bytes beside its data: {"_id":"<19 digits>","data":,"attempt":<10 digits>},
+_DELIVERY_BYTES: Final = 64
+#: What max_answer_bytes holds beyond one task's data, at least (one task record).
+_ANSWER_MARGIN: Final = 64 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +72,9 @@ class Limits:
     max_wait: float = 60.0  # seconds a long poll or an outcome wait may hold; 422 above it
     max_long_polls: int = 10_000  # long polls held at once by this server; 429 above it
     max_list: int = 1000  # tasks in one page of GET .../tasks; 422 above it
+    #: Bytes of one answer's body: a page of tasks ends early (its "next" says where to go
+    #: on), a poll takes fewer tasks, so that the answer fits.
+    max_answer_bytes: int = 128 * 1024 * 1024
     max_queue_name: int = 128  # characters in a new queue's name; 422 above it
     head_timeout: float = 10.0  # seconds to send a request's line and headers; 408, closed
     body_timeout: float = 30.0  # seconds to send a request's body; 408, closed
@@ -75,6 +82,16 @@ class Limits:
     def __post_init__(self) -> None:
         if not 1 <= self.max_queue_name <= MAX_QUEUE_NAME:
             raise ConfigError(f"max_queue_name must be from 1 to {MAX_QUEUE_NAME}")
+        if self.max_answer_bytes < self.max_task_bytes + _ANSWER_MARGIN:
+            raise ConfigError(
+                f"max_answer_bytes must hold one task: at least max_task_bytes + {_ANSWER_MARGIN}"
+            )
+
+    @property
+    def max_poll(self) -> int:
+        """The most tasks one poll takes, so that its answer fits in max_answer_bytes with
+        tasks of max_task_bytes: the cut is made before tasks are leased."""
+        return max(1, (self.max_answer_bytes - 16) // (self.max_task_bytes + _DELIVERY_BYTES))
 
 
 class Request:
@@ -173,6 +190,7 @@ class App:
     ) -> None:
         self.engine = engine
         self.limits = limits or Limits()
+        self._max_poll = self.limits.max_poll
         self._startup = startup or engine.open
         self._shutdown = shutdown or engine.close
         self.auth = Authenticator(tokens)
@@ -381,6 +399,7 @@ class App:
 
     async def poll(self, request: Request) -> Response:
         acks, limit, wait, worker = parse.parse_poll(request.body, self.limits.max_wait)
+        limit = min(limit, self._max_poll)
         if wait <= 0:
             tasks = await self.engine.poll(request.queue, acks, limit, wait, worker, None)
             return Response(200, deliveries(tasks)) if tasks else NO_CONTENT
@@ -466,9 +485,35 @@ class App:
         statuses = parse.parse_statuses(query.get("status"))
         limit = int(parse.parse_number(query.get("limit"), "limit", 100, 1, self.limits.max_list))
         after = int(parse.parse_number(query.get("after"), "after", 0, 0, 2**62))
-        tasks = await self.engine.list_tasks(request.queue, statuses, limit, after)
-        cursor = str(tasks[-1].id) if len(tasks) == limit else None
-        return json_response({"tasks": [task_record(task) for task in tasks], "next": cursor})
+        # The page ends early if its records would be over max_answer_bytes; and it is read
+        # in batches of what fits with tasks of max_task_bytes, so that neither the answer nor
+        # what is read for it goes far beyond the bound.
+        budget = self.limits.max_answer_bytes - 64  # the envelope and the cursor
+        task_bytes = self.limits.max_task_bytes
+        records: list[bytes] = []
+        size = 0
+        cursor: int | None = None
+        while len(records) < limit:
+            batch = min(limit - len(records), max(1, (budget - size) // task_bytes))
+            tasks = await self.engine.list_tasks(request.queue, statuses, batch, after)
+            for task in tasks:
+                record = encode(task_record(task))
+                if records and size + len(record) + 1 > budget:
+                    cursor = after  # the page is full: the next one starts after the last
+                    break
+                records.append(record)
+                size += len(record) + 1
+                after = task.id
+            else:
+                if len(tasks) < batch:
+                    break  # no more tasks
+                if len(records) == limit:
+                    cursor = after
+                continue
+            break
+        next_page = encode(None if cursor is None else str(cursor))
+        body = b'{"tasks":[%b],"next":%b}' % (b",".join(records), next_page)
+        return Response(200, body)
 
     async def get_task(self, request: Request) -> Response:
         wait = parse.parse_number(request.query().get("wait"), "wait", 0, 0, self.limits.max_wait)

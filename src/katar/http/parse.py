@@ -6,6 +6,7 @@ msgspec decodes and validates in one pass; its messages name the faulty field by
 
 from __future__ import annotations
 
+import itertools
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -56,12 +57,71 @@ _HINTS: Final = {
     "priority": "priority is an integer or one of high, normal, low",
     "delay": f"delay is a number of seconds from 0 to {MAX_DELAY} (ten years)",
 }
+# Where a field's name means something else: an enqueue's "status" is a new task's.
+_HINTS_OF: Final[dict[type, dict[str, str]]] = {
+    EnqueueBody: {**_HINTS, "status": "a new task's status is queued (the default) or paused"},
+}
+
+#: How deeply arrays and objects may nest in a task's data, in a result, and in any other
+#: request body (counted from the body's own object). Beyond, a consumer's parser may run
+#: out of stack (Python's gives up near 1000 levels, and sooner on a deep call stack).
+MAX_DEPTH: Final = 64
+_TO_SQUARE: Final = bytes.maketrans(b"{}", b"[]")
+_NOT_SKELETON: Final = bytes(sorted(set(range(256)) - set(b'"[]{}')))
+_STEPS: Final = bytes.maketrans(b"[]", b"\x01\xff")
+_PASSES: Final = 8
+#: JSON this short cannot nest over MAX_DEPTH levels (each takes two bytes): the callers
+#: look no further, so that small tasks and results cost one comparison.
+SHALLOW: Final = 2 * MAX_DEPTH
 
 _decoders: dict[type, msgspec.json.Decoder[Any]] = {}
 
 
+def too_deep(json: bytes | msgspec.Raw) -> bool:
+    """Whether JSON text nests arrays and objects over :data:`MAX_DEPTH` levels. Cheap when
+    it is short (a level takes two bytes) or has few brackets; otherwise byte-level
+    operations that run in C, and a loop in Python only for what is left after a few levels
+    are peeled off."""
+    if len(json) <= SHALLOW:
+        return False
+    text = bytes(json)
+    if text.count(b"[") + text.count(b"{") <= MAX_DEPTH:
+        return False
+    if b"\\" in text:  # drop escapes, so that an escaped quote does not end a string
+        text = text.replace(b"\\\\", b"").replace(b'\\"', b"")
+    # Quotes and brackets only. Adjacent quotes go (strings without brackets, or the end of
+    # one and the start of the next: nothing between them counts); then the brackets
+    # between quotes, those inside strings.
+    nesting = text.translate(_TO_SQUARE, _NOT_SKELETON).replace(b'""', b"")
+    if b'"' in nesting:
+        nesting = b"".join(nesting.split(b'"')[::2])
+    # Each pass removes the innermost level: shallow JSON is empty after a few.
+    for _ in range(_PASSES):
+        if b"[]" not in nesting:
+            return False  # nothing left, or brackets that do not match: the parser says so
+        nesting = nesting.replace(b"[]", b"")
+    left = MAX_DEPTH - _PASSES
+    if b"[" * (left + 1) in nesting:
+        return True
+    return max(itertools.accumulate(memoryview(nesting.translate(_STEPS)).cast("b"))) > left
+
+
+def _nesting_error(what: str) -> str:
+    return f"{what} nests arrays and objects over {MAX_DEPTH} levels deep"
+
+
 def decode(body: bytes, kind: type[Any]) -> Any:
-    """Decode ``body`` as ``kind``; an empty body is an empty object."""
+    """Decode ``body`` as ``kind``; an empty body is an empty object.
+
+    msgspec passes a task's data and a result on unread: the body's bytes are checked to be
+    UTF-8 here, and the callers check how deep those values nest (:func:`too_deep`)."""
+    if not body.isascii():  # the common case costs one scan; only other text is decoded
+        try:
+            body.decode()
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest(
+                f"the request body is not valid UTF-8 (byte {exc.start})"
+            ) from None
     decoder = _decoders.get(kind)
     if decoder is None:
         # Lax, as pydantic is: 932.0 and "932" are the number 932 (JSON has one number type).
@@ -73,11 +133,13 @@ def decode(body: bytes, kind: type[Any]) -> Any:
         if "`$" not in message:
             raise ValidationError(f"the request body must be a JSON object ({message})") from None
         field = message.rpartition("`")[0].rpartition(".")[2]
-        hint = _HINTS.get(field.split("[")[0])
+        hint = _HINTS_OF.get(kind, _HINTS).get(field.split("[")[0])
         suffix = f" ({hint})" if hint else ""
         raise ValidationError(f"invalid request body: {message}{suffix}") from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:  # nested far deeper than MAX_DEPTH
+        raise InvalidRequest(_nesting_error("the request body")) from None
 
 
 def parse_poll(body: bytes, max_wait: float) -> tuple[list[Ack], int, float, str | None]:
@@ -86,17 +148,23 @@ def parse_poll(body: bytes, max_wait: float) -> tuple[list[Ack], int, float, str
     if poll.wait > max_wait:
         raise ValidationError(f"wait must be at most {max_wait:g} seconds")
     acks = poll.tasks
+    for i, ack in enumerate(acks):
+        if len(ack.result) > SHALLOW and too_deep(ack.result):
+            raise ValidationError(_nesting_error(f"tasks[{i}].result"), ack=i)
     return acks, poll.max, poll.wait, poll.worker
 
 
 def _new_task(body: TaskBody, where: str, max_bytes: int) -> NewTask:
-    if not body.data:
+    size = len(body.data)
+    if not size:
         raise ValidationError(f"{where}: data is required (any JSON value, null included)")
-    if len(body.data) > max_bytes:
+    if size > max_bytes:
         raise PayloadTooLarge(
-            f"{where}: data is {len(body.data)} bytes of JSON, over the limit of {max_bytes}; "
+            f"{where}: data is {size} bytes of JSON, over the limit of {max_bytes}; "
             "store large payloads elsewhere and enqueue a reference to them"
         )
+    if size > SHALLOW and too_deep(body.data):
+        raise ValidationError(_nesting_error(f"{where}: data"))
     try:
         priority = parse_priority(body.priority)
     except ValidationError as exc:
@@ -125,6 +193,8 @@ def parse_enqueue(body: bytes, max_tasks: int, max_task_bytes: int) -> list[NewT
 
 def parse_object(body: bytes) -> dict[str, Any]:
     """Any JSON object (an empty body is an empty object)."""
+    if too_deep(body):
+        raise InvalidRequest(_nesting_error("the request body"))
     parsed: dict[str, Any] = decode(body, dict[str, Any])
     return parsed
 

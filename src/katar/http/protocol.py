@@ -51,8 +51,13 @@ _STATUS_LINES: Final = {
 _JSON_HEAD: Final = b"".join(name + b": " + value + b"\r\n" for name, value in JSON_HEADERS)
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: Complete requests a connection may hold behind the one being answered; beyond, it stops
-#: reading until the queue shortens.
+#: parsing and reading until the queue shortens.
 _PIPELINE: Final = 16
+#: Bytes parsed at a time, so that a burst of pipelined requests is not all parsed at once:
+#: between slices the queue's bound is checked, and the rest waits, unparsed, for room.
+#: (Small enough that one slice holds a few hundred tiny requests at most; large enough that
+#: a big body costs few calls.)
+_SLICE: Final = 16 * 1024
 #: Bytes of a request's line and headers; beyond, 431 (llhttp itself sets no bound).
 MAX_HEAD: Final = 64 * 1024
 
@@ -105,12 +110,17 @@ class HttpProtocol(asyncio.Protocol):
         self.size = 0
         # Requests complete and not yet answered, the first being answered when `answering`.
         self.pending: deque[_Item] = deque()
+        self.queued = 0  # bytes of the bodies in `pending`, bounded like one body
+        self.unparsed = b""  # received, not parsed yet: the queue was full (reading paused)
         self.answering = False
         self.last = False  # no request after those pending (a bad request, an upgrade)
         self.final: Response | None = None  # the answer to a bad request, after those pending
         self.stopping = False  # the server shuts down: close after the current answer
         self.reading = True
         self.write_paused = False
+        #: loop.time() since when the client has not read its answers (writing is paused):
+        #: past the body timeout, the connection is dropped (:func:`sweep`).
+        self.stalled_since: float | None = None
         self.lost: asyncio.Future[None] | None = None
         self.gone = False
         #: loop.time() when the connection began waiting for the client; None while
@@ -132,6 +142,7 @@ class HttpProtocol(asyncio.Protocol):
         self.server_state.connections.discard(self)
         self.gone = True
         self.pending.clear()
+        self.unparsed = b""
         if self.lost is not None and not self.lost.done():
             self.lost.set_result(None)
 
@@ -146,34 +157,59 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.last:
             return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            # Katar speaks HTTP/1.1 only, and may ignore an Upgrade (RFC 9110, 7.8); llhttp
-            # stops at the head, leaving the body unread. Parse the request again without
-            # it (a Java HttpClient asks for h2c on every request by default).
-            rest = data[upgrade.args[0] :]
-            head = self._head_without_upgrade()
-            self.parser = httptools.HttpRequestParser(self)
-            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
-            self.data_received(head + rest)
-        except httptools.HttpParserError as exc:
-            cause = exc.__context__  # what a callback raised
-            if isinstance(cause, KatarError):
-                self._end(cause)
-            elif isinstance(exc, httptools.HttpParserCallbackError) and cause is not None:
-                log.error("internal error reading a request", exc_info=cause)
-                self._end(KatarError("internal server error; see the server's log"))
-            else:
-                self._end(InvalidRequest(f"invalid HTTP request: {exc}"))
+        if self.unparsed:  # arrived as reading was being paused: parsed after the rest
+            self.unparsed += data
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Parse ``data`` a slice at a time; when the queue of requests is full, keep the
+        rest unparsed (and reading paused) until it shortens (:meth:`_next`). Iterative, not
+        recursive: a pipeline of upgrade requests is re-parsed in this loop."""
+        while data and not self.last:
+            if len(self.pending) >= _PIPELINE or self.queued > self.limit:
+                self.unparsed = data
+                break
+            piece, data = (data, b"") if len(data) <= _SLICE else (data[:_SLICE], data[_SLICE:])
+            try:
+                self.parser.feed_data(piece)
+            except httptools.HttpParserUpgrade as upgrade:
+                # Katar speaks HTTP/1.1 only, and may ignore an Upgrade (RFC 9110, 7.8);
+                # llhttp stops at the head, leaving the body unread. Parse the request again
+                # without it (a Java HttpClient asks for h2c on every request by default).
+                data = self._head_without_upgrade() + piece[upgrade.args[0] :] + data
+                self.parser = httptools.HttpRequestParser(self)
+                self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+            except httptools.HttpParserError as exc:
+                cause = exc.__context__  # what a callback raised
+                if isinstance(cause, KatarError):
+                    self._end(cause)
+                elif isinstance(exc, httptools.HttpParserCallbackError) and cause is not None:
+                    log.error("internal error reading a request", exc_info=cause)
+                    self._end(KatarError("internal server error; see the server's log"))
+                else:
+                    self._end(InvalidRequest(f"invalid HTTP request: {exc}"))
+                return
+        self._read()
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.stalled_since = self.loop.time()
         self._read()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.stalled_since = None
+        if self.pending:
+            self._next()  # an answer held back while the client was not reading
         self._read()
+
+    def drop_stalled(self) -> None:
+        """Drop a connection whose client has not read its answers for too long: what is
+        buffered for it is freed (closing would wait for the client to read it)."""
+        self.stalled_since = None
+        if self.transport is not None:
+            self.transport.abort()
 
     def shutdown(self) -> None:
         """Graceful shutdown (called by uvicorn): close once the current answer is out."""
@@ -219,6 +255,13 @@ class HttpProtocol(asyncio.Protocol):
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_continue = True
+        elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            # llhttp takes any list ending in chunked as chunked, but Katar decodes no
+            # content coding (gzip...): such a body would reach the app still encoded.
+            raise InvalidRequest(
+                f"Transfer-Encoding {value.decode('latin-1')!r} is not supported: send the "
+                "body as it is, with Content-Length or Transfer-Encoding: chunked alone"
+            )
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -268,8 +311,9 @@ class HttpProtocol(asyncio.Protocol):
         self.admission = None
         if not keep_alive:
             self.last = True
-        if self.answering:
+        if self.answering or self.write_paused or self.pending:
             self.pending.append(item)
+            self.queued += len(body)
             self._read()
         else:
             self._answer(item)
@@ -316,8 +360,24 @@ class HttpProtocol(asyncio.Protocol):
         self.answering = False
         if not keep_alive:
             self._close()
-        elif self.pending:
-            self._answer(self.pending.popleft())
+        else:
+            self._next()
+
+    def _next(self) -> None:
+        """After an answer: answer the next request queued, unless the client is not reading
+        its answers (then :meth:`resume_writing` does, so that answers never pile up in the
+        transport's buffer); or send the final answer; or wait for a request."""
+        if self.answering:
+            return
+        if self.pending:
+            if self.write_paused:
+                return
+            item = self.pending.popleft()
+            self.queued -= len(item[4])
+            self._answer(item)
+            if self.unparsed:  # room in the queue: parse what waited for it
+                data, self.unparsed = self.unparsed, b""
+                self._feed(data)
             self._read()
         elif self.final is not None:
             self._write(self.final, self.method, keep_alive=False)
@@ -355,7 +415,7 @@ class HttpProtocol(asyncio.Protocol):
         self._read()
         template = self.admission.template if self.admission is not None else "other"
         self.app.count(self.method or "-", template, response.status)
-        if self.answering:
+        if self.answering or self.pending:
             self.final = response  # after the requests that came before it
             return
         self._write(response, self.method, keep_alive=False)
@@ -369,7 +429,7 @@ class HttpProtocol(asyncio.Protocol):
         """Pause reading while the client does not read its answers, or has too many
         requests queued. (Once no more requests will be read, reading goes on, and what
         comes is dropped: a hang-up must still end a long poll.)"""
-        want = not (self.write_paused or len(self.pending) >= _PIPELINE)
+        want = not (self.write_paused or self.unparsed or len(self.pending) >= _PIPELINE)
         if want != self.reading and self.transport is not None and not self.gone:
             self.reading = want
             if want:
@@ -391,6 +451,10 @@ async def sweep(
         await asyncio.sleep(period)
         now = loop.time()
         for connection in list(connections):
+            stalled = connection.stalled_since
+            if stalled is not None and now - stalled > body_timeout:
+                connection.drop_stalled()
+                continue
             since = connection.waiting_since
             if since is None:
                 continue
