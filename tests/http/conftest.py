@@ -67,11 +67,15 @@ async def app_client(app: App, via: str) -> AsyncIterator[httpx.AsyncClient]:
 
 @contextlib.asynccontextmanager
 async def served(
-    app: App, timeouts: tuple[float, float, float] | None = None
+    app: App,
+    timeouts: tuple[float, float, float] | None = None,
+    connections: list[set[Any]] | None = None,
 ) -> AsyncIterator[str]:
     """``app`` served on a loopback port by Katar's HTTP protocol, in this event loop; its
     base URL. (The app's engine is opened and closed by the caller.) With ``timeouts``
-    (head, body, keep-alive), slow and idle connections are swept as ``katar serve`` does."""
+    (head, body, keep-alive), slow and idle connections are swept as ``katar serve`` does.
+    ``connections``, if given, receives the set of the server's open connections (their
+    :class:`HttpProtocol` objects), to look into."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     config = uvicorn.Config(
@@ -84,6 +88,8 @@ async def served(
         while not server.started:
             assert not serving.done(), "the test server did not start"
             await asyncio.sleep(0.01)
+        if connections is not None:
+            connections.append(server.server_state.connections)
         if timeouts is not None:
             sweeper = asyncio.create_task(sweep(server.server_state.connections, *timeouts))
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from katar import Katar
 from katar.http import App, Limits
 from katar.http.protocol import MAX_HEAD
-from tests.http.conftest import opened, served
+from tests.http.conftest import eventually, opened, served
 
 LIMIT = 2048
 
@@ -279,3 +281,98 @@ async def test_a_head_over_the_limit_is_431_and_closed(port: int) -> None:
         assert f"over {MAX_HEAD} bytes" in json.loads(body)["error"]
         assert await wire.closed()
         wire.close()
+
+
+async def _raw_client(port: int) -> socket.socket:
+    """A blocking-free raw client socket with a small receive buffer: a client that does not
+    read its answers fills it soon."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return sock
+
+
+async def test_a_client_that_does_not_read_holds_a_bounded_amount_of_memory(app: App) -> None:
+    # Thousands of pipelined requests for a large answer, never read: the server stops
+    # answering once its writes are paused and stops parsing once a few requests queue, so
+    # what it holds for the connection stays near one transport buffer plus one answer.
+    one = request("GET", "/openapi.json")
+    requests = one * 3000
+    answer = len(app.openapi_json)
+    sets: list[set[Any]] = []
+    async with served(app, connections=sets) as url:
+        sock = await _raw_client(int(url.rsplit(":", 1)[1]))
+        # Sent aside: the server may stop reading before all of it is in.
+        sending = asyncio.create_task(asyncio.get_running_loop().sock_sendall(sock, requests))
+        try:
+            await eventually(lambda: _true(bool(sets[0])))
+            (connection,) = sets[0]
+
+            async def held_back() -> bool:
+                return connection.write_paused and not connection.answering
+
+            await eventually(held_back)
+            for _ in range(5):  # and it stays so: nothing more is answered meanwhile
+                buffered = connection.transport.get_write_buffer_size()
+                assert buffered <= 64 * 1024 + 2 * answer
+                # The queue's bound (16), and what one slice of parsing (16 KiB) holds.
+                assert len(connection.pending) <= 16 + 16 * 1024 // len(one)
+                assert len(connection.unparsed) <= len(requests)
+                await asyncio.sleep(0.05)
+            answered = app.requests[("GET", "/openapi.json", 200)]
+            assert answered < 3000
+            assert answered * answer < 4 * 1024 * 1024 + buffered
+        finally:
+            sending.cancel()
+            sock.close()
+
+
+async def test_a_stalled_reader_is_dropped_after_the_body_timeout(app: App) -> None:
+    sets: list[set[Any]] = []
+    async with served(app, (5, 0.3, 5), connections=sets) as url:
+        sock = await _raw_client(int(url.rsplit(":", 1)[1]))
+        requests = request("GET", "/openapi.json") * 3000
+        sending = asyncio.create_task(asyncio.get_running_loop().sock_sendall(sock, requests))
+        try:
+            await eventually(lambda: _true(bool(sets[0])))
+            await eventually(lambda: _true(not sets[0]))  # gone: its buffers freed
+        finally:
+            sending.cancel()
+            sock.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_a_long_pipeline_in_one_piece_is_answered_in_order(wire: Wire) -> None:
+    # Far more requests than one slice of parsing and the queue hold: parsed in turns.
+    count = 3000
+    await wire.send(b"".join(request("GET", f"/v1/queue/q/tasks/{n}") for n in range(count)))
+    for n in range(count):
+        status, _headers, body = await wire.answer()
+        assert status == 404 and f"'{n}'" in json.loads(body)["error"]
+
+
+async def test_pipelined_upgrade_requests_do_not_recurse(wire: Wire) -> None:
+    upgrade = ("Connection: Upgrade", "Upgrade: h2c")
+    count = 3000
+    await wire.send(request("GET", "/healthz", b"", *upgrade) * count)
+    for _ in range(count):
+        status, _headers, body = await wire.answer()
+        assert status == 200 and json.loads(body)["status"] == "ok"
+
+
+@pytest.mark.parametrize("coding", ["gzip, chunked", "chunked, chunked", "deflate,chunked"])
+async def test_a_transfer_coding_other_than_chunked_is_400(
+    wire: Wire, katar: Katar, coding: str
+) -> None:
+    await wire.send(
+        f"POST /v1/queue/q/tasks HTTP/1.1\r\nHost: katar\r\nTransfer-Encoding: {coding}\r\n\r\n"
+        "b\r\n{\"data\": 1}\r\n0\r\n\r\n".encode()
+    )
+    status, headers, body = await wire.answer()
+    assert status == 400 and headers["connection"] == "close"
+    assert "Transfer-Encoding" in json.loads(body)["error"]
+    assert await katar.queue("q").tasks() == []
