@@ -229,3 +229,17 @@ async def test_producer_waits_for_an_outcome(
         worker.stop()
         await running
     assert outcome.finished and outcome.status == "done" and outcome.result == 42
+
+
+async def test_an_exception_message_with_nul_still_fails_its_task(
+    transport: httpx.ASGITransport, producer: AsyncProducer
+) -> None:
+    # The server refuses NUL in an error: the worker escapes it, so the ack goes through.
+    (task,) = await producer.enqueue_many("q", ["odd"])
+
+    def handler(job: Job) -> None:
+        raise Fail("bad\x00byte")
+
+    await drain(AsyncWorker(URL, "q", handler, transport=transport, wait=0.5), producer, "q", 1)
+    finished = await producer.get("q", task.id)
+    assert finished.status == "failed" and finished.error == "Fail: bad\\x00byte"

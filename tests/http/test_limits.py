@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from katar import Katar
+from katar import Katar, QueueOptions
+from katar.errors import ConfigError
 from katar.http import App, Limits
 from tests.http.conftest import app_client, opened
 
@@ -101,3 +102,60 @@ async def test_long_polls_beyond_the_limit_are_429_and_their_acks_untouched(
     answers = await asyncio.gather(*held)
     assert [a.status_code for a in answers] == [200, 200]
     assert app.long_polls == 0
+
+
+# Answers are bounded: tasks of up to 1000 bytes, answers of at most 64 KiB + 1000 bytes.
+SMALL_ANSWERS = Limits(max_task_bytes=1000, max_answer_bytes=64 * 1024 + 1000, max_list=1000)
+
+
+@pytest.fixture
+async def bounded(katar: Katar, via: str) -> AsyncIterator[httpx.AsyncClient]:
+    katar.engine.queues["big"] = QueueOptions(persistent=True, max_batch=1000)
+    await katar.engine.store.save_queue("big", katar.engine.queues["big"])
+    async with app_client(App(katar.engine, limits=SMALL_ANSWERS), via) as client:
+        yield client
+
+
+async def test_a_page_of_tasks_is_cut_to_fit_and_next_goes_on(
+    bounded: httpx.AsyncClient,
+) -> None:
+    data = "x" * 900
+    for _ in range(2):
+        sent = await bounded.post("/v1/queue/big/tasks", json={"tasks": [{"data": data}] * 60})
+        assert sent.status_code == 201
+    seen: list[str] = []
+    after = "0"
+    pages = 0
+    while after is not None:
+        response = await bounded.get(f"/v1/queue/big/tasks?limit=1000&after={after}")
+        assert response.status_code == 200
+        assert len(response.content) <= SMALL_ANSWERS.max_answer_bytes
+        page = response.json()
+        seen += [record["_id"] for record in page["tasks"]]
+        after = page["next"]
+        pages += 1
+    assert len(seen) == len(set(seen)) == 120  # every task once, over several pages
+    assert pages >= 2
+
+
+async def test_a_poll_takes_fewer_tasks_so_that_its_answer_fits(
+    bounded: httpx.AsyncClient, katar: Katar
+) -> None:
+    data = "x" * 998  # 1000 bytes of JSON: the most a task may hold
+    await bounded.post("/v1/queue/big/tasks", json={"tasks": [{"data": data}] * 100})
+    response = await bounded.post("/v1/queue/big", json={"max": 100})
+    assert response.status_code == 200
+    assert len(response.content) <= SMALL_ANSWERS.max_answer_bytes
+    taken = len(response.json()["tasks"])
+    assert taken == SMALL_ANSWERS.max_poll < 100
+    # The tasks left out were not leased: no attempt counted.
+    counts = await katar.engine.stats()
+    assert counts["big"]["in progress"] == taken and counts["big"]["queued"] == 100 - taken
+    queued = await katar.engine.list_tasks("big", ["queued"], 1000, 0)
+    assert all(task.attempts == 0 for task in queued)
+
+
+def test_an_answer_bound_too_small_for_one_task_is_refused() -> None:
+    with pytest.raises(ConfigError, match="max_answer_bytes must hold one task"):
+        Limits(max_task_bytes=1024 * 1024, max_answer_bytes=1024 * 1024)
+    assert Limits().max_poll >= QueueOptions().max_batch  # the defaults cut no default poll

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import httpx
 import pytest
 
 from katar import Katar, Task
+from katar.http import parse
 from tests.http.conftest import enqueue, eventually
 
 
@@ -239,3 +241,78 @@ async def test_metrics_in_prometheus_text_format(client: httpx.AsyncClient) -> N
     for line in lines:  # every sample is "name{labels} number"
         if not line.startswith("#"):
             float(line.rpartition(" ")[2])
+
+
+async def test_the_status_hint_of_an_enqueue_speaks_of_new_tasks(
+    client: httpx.AsyncClient,
+) -> None:
+    for body in ({"data": 1, "status": "done"}, {"tasks": [{"data": 1, "status": "done"}]}):
+        response = await client.post("/v1/queue/q/tasks", json=body)
+        assert response.status_code == 422
+        error = response.json()["error"]
+        assert "queued (the default) or paused" in error and "ack" not in error
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"data": "caf\xe9"}',  # Latin-1, not UTF-8
+        b'{"data": {"name": "\xff\xfe"}}',
+        b'{"tasks": [{"data": 1}, {"data": ["ok", "\xc3"]}]}',  # a sequence cut short
+        b'{"data": "\xed\xa0\x80"}',  # an encoded surrogate
+    ],
+)
+async def test_bytes_that_are_not_utf8_are_400_and_nothing_is_stored(
+    client: httpx.AsyncClient, body: bytes
+) -> None:
+    response = await client.post("/v1/queue/q/tasks", content=body)
+    assert response.status_code == 400, response.text
+    assert "not valid UTF-8" in response.json()["error"]
+    assert (await client.get("/v1/queue/q/tasks")).json()["tasks"] == []
+    fine = await client.post("/v1/queue/q/tasks", content='{"data": "café ✓"}'.encode())
+    assert fine.status_code == 201 and fine.json()["tasks"][0]["data"] == "café ✓"
+
+
+def nested(levels: int) -> bytes:
+    return b"[" * levels + b"]" * levels
+
+
+async def test_deep_nesting_is_refused_with_a_4xx_and_one_line_at_most(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    limit = parse.MAX_DEPTH
+    assert limit >= 64
+    accepted = await client.post("/v1/queue/q/tasks", content=b'{"data":%s}' % nested(limit))
+    assert accepted.status_code == 201
+    for body in (
+        b'{"data":%s}' % nested(limit + 1),
+        b'{"tasks":[{"data":1},{"data":%s}]}' % nested(limit + 1),
+        b'{"data":%s}' % nested(990),
+        b'{"data":%s}' % nested(30_000),
+    ):
+        response = await client.post("/v1/queue/q/tasks", content=body)
+        assert response.status_code == 400, response.text
+        assert f"over {limit} levels deep" in response.json()["error"]
+    options = b'{"configuration": {"deep": %s}}' % nested(limit)
+    assert (await client.put("/v1/queue/q", content=options)).status_code == 400
+    assert len((await client.get("/v1/queue/q/tasks")).json()["tasks"]) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_ids_are_canonical_decimal(client: httpx.AsyncClient) -> None:
+    (task_id,) = await enqueue(client, "q", {"data": 1})
+    assert task_id == "1"
+    assert (await client.get("/v1/queue/q/tasks/1")).status_code == 200
+    for alias in ("01", "001", "0"):
+        assert (await client.get(f"/v1/queue/q/tasks/{alias}")).status_code == 404, alias
+
+
+@pytest.mark.parametrize("interval", [2**31, 10**20, 1e20, 10**30, 1e30, -1, 1.5])
+async def test_an_interval_beyond_its_bound_is_422_whatever_its_size(
+    client: httpx.AsyncClient, interval: float
+) -> None:
+    response = await client.put("/v1/queue/q", json={"configuration": {"interval": interval}})
+    assert response.status_code == 422, response.text
+    assert "from 0 to 2147483647" in response.json()["error"]
+    good = await client.put("/v1/queue/q", json={"configuration": {"interval": 2**31 - 1}})
+    assert good.status_code == 200

@@ -370,7 +370,7 @@ async def test_a_transfer_coding_other_than_chunked_is_400(
 ) -> None:
     await wire.send(
         f"POST /v1/queue/q/tasks HTTP/1.1\r\nHost: katar\r\nTransfer-Encoding: {coding}\r\n\r\n"
-        "b\r\n{\"data\": 1}\r\n0\r\n\r\n".encode()
+        'b\r\n{"data": 1}\r\n0\r\n\r\n'.encode()
     )
     status, headers, body = await wire.answer()
     assert status == 400 and headers["connection"] == "close"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import Any
 
 import httpx
 
@@ -339,3 +340,39 @@ async def test_concurrent_workers_never_share_a_leased_task(client: httpx.AsyncC
         await client.get("/v1/queue/q/tasks", params={"status": "done", "limit": 1000})
     ).json()
     assert len(listing["tasks"]) == 300
+
+
+async def test_nul_in_stored_text_is_422_on_every_store(client: httpx.AsyncClient) -> None:
+    # PostgreSQL's text cannot hold NUL: every store refuses it alike, naming the field.
+    first, second = await enqueue(client, "q", {"data": "a\u0000b"}, {"data": 2})
+    refused = await client.post("/v1/queue/q", json={"worker": "w\u00001"})
+    assert refused.status_code == 422 and "worker" in refused.json()["error"]
+    polled = await client.post("/v1/queue/q", json={"max": 2})
+    assert polled.json()["tasks"][0]["data"] == "a\u0000b"  # in data: kept faithfully
+    acks: list[dict[str, Any]] = [
+        {"_id": first, "status": "done", "result": {"r": "\u0000"}},
+        {"_id": second, "status": "failed", "error": "bad\u0000byte"},
+    ]
+    refused = await client.post("/v1/queue/q", json={"tasks": acks})
+    assert refused.status_code == 422 and refused.json()["ack"] == 1
+    assert "tasks[1].error" in refused.json()["error"]
+    for task_id in (first, second):  # nothing changed
+        assert (await client.get(f"/v1/queue/q/tasks/{task_id}")).json()["status"] == "in progress"
+    acks[1]["error"] = "bad byte"
+    assert (await client.post("/v1/queue/q", json={"tasks": acks})).status_code == 204
+    done = (await client.get(f"/v1/queue/q/tasks/{first}")).json()
+    assert done["result"] == {"r": "\u0000"}
+
+
+async def test_a_result_that_is_not_utf8_or_too_deep_is_refused(
+    client: httpx.AsyncClient,
+) -> None:
+    (task_id,) = await enqueue(client, "q", {"data": 1})
+    await client.post("/v1/queue/q", json={})
+    ack = b'{"tasks":[{"_id":"%s","status":"done","result":%s}]}'
+    bad = await client.post("/v1/queue/q", content=ack % (task_id.encode(), b'"\xff"'))
+    assert bad.status_code == 400 and "UTF-8" in bad.json()["error"]
+    deep = b"[" * 65 + b"]" * 65
+    bad = await client.post("/v1/queue/q", content=ack % (task_id.encode(), deep))
+    assert bad.status_code == 400 and "tasks[0].result" in bad.json()["error"]
+    assert (await client.get(f"/v1/queue/q/tasks/{task_id}")).json()["status"] == "in progress"

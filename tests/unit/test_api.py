@@ -161,3 +161,37 @@ async def test_an_idle_server_reaps_less_often_and_still_expires_leases() -> Non
                 break
             await asyncio.sleep(0.01)
         assert (await queue.get(task.id)).status == "queued"
+
+
+async def test_nul_in_a_worker_name_or_an_error_is_refused_through_the_engine(
+    make_url: Callable[[], str],
+) -> None:
+    # The same answer on every store, from the Python API as from HTTP: a ValidationError
+    # that names the field, and nothing changed.
+    from katar.core.model import Ack
+
+    katar = Katar(make_url())
+    queue = katar.queue("q", persistent=True)
+    async with katar:
+        task = await queue.enqueue({"nul": "\u0000"})
+        with pytest.raises(ValidationError, match="worker"):
+            await katar.engine.poll("q", (), 1, 0, "w\u0000")
+        (delivered,) = await katar.engine.poll("q", (), 1, 0, "w1")
+        assert msgspec.json.decode(delivered.data) == {"nul": "\u0000"}
+        failed = Ack(task_id=str(task.id), status="failed", error="x\u0000y")
+        with pytest.raises(ValidationError, match=r"tasks\[0\].error") as refused:
+            await katar.engine.poll("q", [failed], 0, 0, "w1")
+        assert refused.value.details["ack"] == 0
+        assert (await queue.get(task.id)).status == "in progress"
+
+
+@pytest.mark.parametrize(
+    ("host", "shown"), [("::1", "[::1]"), ("[::1]", "[::1]"), ("127.0.0.1", "127.0.0.1")]
+)
+def test_the_start_line_shows_an_ipv6_host_in_one_pair_of_brackets(
+    host: str, shown: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = WorkerServer(katar=Katar("memory://"), host=host, port=0)
+    with caplog.at_level("INFO", logger="katar"):
+        server._started(3000)
+    assert f"serving on http://{shown}:3000," in caplog.text

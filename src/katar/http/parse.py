@@ -150,7 +150,7 @@ def parse_poll(body: bytes, max_wait: float) -> tuple[list[Ack], int, float, str
     acks = poll.tasks
     for i, ack in enumerate(acks):
         if len(ack.result) > SHALLOW and too_deep(ack.result):
-            raise ValidationError(_nesting_error(f"tasks[{i}].result"), ack=i)
+            raise InvalidRequest(_nesting_error(f"tasks[{i}].result"), ack=i)
     return acks, poll.max, poll.wait, poll.worker
 
 
@@ -164,7 +164,7 @@ def _new_task(body: TaskBody, where: str, max_bytes: int) -> NewTask:
             "store large payloads elsewhere and enqueue a reference to them"
         )
     if size > SHALLOW and too_deep(body.data):
-        raise ValidationError(_nesting_error(f"{where}: data"))
+        raise InvalidRequest(_nesting_error(f"{where}: data"))
     try:
         priority = parse_priority(body.priority)
     except ValidationError as exc:
