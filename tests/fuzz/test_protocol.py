@@ -41,6 +41,9 @@ class Transport(asyncio.Transport):
     def is_closing(self) -> bool:
         return self.closed
 
+    def get_write_buffer_size(self) -> int:
+        return 0  # everything is "sent" at once
+
     def pause_reading(self) -> None:
         pass
 
@@ -66,6 +69,7 @@ extra_headers = st.lists(
             "Connection: Upgrade",
             "Upgrade: h2c",
             "Transfer-Encoding: chunked",
+            "Transfer-Encoding: gzip, chunked",
             "Content-Length: 5",
             "Content-Length: -1",
             "Content-Length: 99999999999999999999",
@@ -108,16 +112,27 @@ class Harness:
         self.config = uvicorn.Config(app, http=HttpProtocol, loop="none")
         self.state = ServerState()
 
-    def feed(self, chunks: list[bytes]) -> bytes:
+    def feed(self, chunks: list[bytes], stalled: bool = False) -> bytes:
+        """The answers to ``chunks``; with ``stalled``, the client reads none of them until
+        every chunk is sent (the transport asks to pause writing first)."""
+
         async def run() -> bytes:
             protocol = HttpProtocol(self.config, self.state, {})
             transport = Transport()
             protocol.connection_made(transport)
+            if stalled:
+                protocol.pause_writing()
             for chunk in chunks:
                 if transport.closed:
                     break
                 protocol.data_received(chunk)
                 await asyncio.sleep(0)
+            if stalled:
+                for _ in range(100):  # the answer begun before the pause, if any
+                    if not self.state.tasks:
+                        break
+                    await asyncio.sleep(0.005)
+                protocol.resume_writing()
             for _ in range(100):  # let the answers be written
                 if not self.state.tasks:
                     break
@@ -141,11 +156,11 @@ def harness() -> Iterator[Harness]:
 
 
 @fuzz_settings(300)
-@given(chunks=streams())
+@given(chunks=streams(), stalled=st.booleans())
 def test_any_bytes_get_well_formed_answers_and_never_a_5xx(
-    harness: Harness, chunks: list[bytes]
+    harness: Harness, chunks: list[bytes], stalled: bool
 ) -> None:
-    answers = harness.feed(chunks).replace(b"HTTP/1.1 100 Continue\r\n\r\n", b"")
+    answers = harness.feed(chunks, stalled).replace(b"HTTP/1.1 100 Continue\r\n\r\n", b"")
     while answers:  # each answer: a status line, headers, and exactly its body
         head, separator, answers = answers.partition(b"\r\n\r\n")
         assert separator, head

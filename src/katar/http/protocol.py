@@ -118,9 +118,11 @@ class HttpProtocol(asyncio.Protocol):
         self.stopping = False  # the server shuts down: close after the current answer
         self.reading = True
         self.write_paused = False
-        #: loop.time() since when the client has not read its answers (writing is paused):
-        #: past the body timeout, the connection is dropped (:func:`sweep`).
+        #: loop.time() since when the client has read nothing of its answers (writing is
+        #: paused and the buffer does not shrink): past the body timeout, the connection is
+        #: dropped (:func:`sweep`). `stalled_size` is the buffer's size then.
         self.stalled_since: float | None = None
+        self.stalled_size = 0
         self.lost: asyncio.Future[None] | None = None
         self.gone = False
         #: loop.time() when the connection began waiting for the client; None while
@@ -195,6 +197,7 @@ class HttpProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.write_paused = True
         self.stalled_since = self.loop.time()
+        self.stalled_size = self.transport.get_write_buffer_size() if self.transport else 0
         self._read()
 
     def resume_writing(self) -> None:
@@ -204,12 +207,19 @@ class HttpProtocol(asyncio.Protocol):
             self._next()  # an answer held back while the client was not reading
         self._read()
 
-    def drop_stalled(self) -> None:
-        """Drop a connection whose client has not read its answers for too long: what is
-        buffered for it is freed (closing would wait for the client to read it)."""
-        self.stalled_since = None
-        if self.transport is not None:
-            self.transport.abort()
+    def check_stalled(self, now: float, limit: float) -> None:
+        """Drop the connection if its client has read nothing of its answers for ``limit``
+        seconds: what is buffered for it is freed (closing would wait for the client to read
+        it). A client that reads, however slowly, is not stalled."""
+        since, transport = self.stalled_since, self.transport
+        if since is None or transport is None:
+            return
+        size = transport.get_write_buffer_size()
+        if size < self.stalled_size:
+            self.stalled_since, self.stalled_size = now, size
+        elif now - since > limit:
+            self.stalled_since = None
+            transport.abort()
 
     def shutdown(self) -> None:
         """Graceful shutdown (called by uvicorn): close once the current answer is out."""
@@ -451,9 +461,8 @@ async def sweep(
         await asyncio.sleep(period)
         now = loop.time()
         for connection in list(connections):
-            stalled = connection.stalled_since
-            if stalled is not None and now - stalled > body_timeout:
-                connection.drop_stalled()
+            if connection.stalled_since is not None:
+                connection.check_stalled(now, body_timeout)
                 continue
             since = connection.waiting_since
             if since is None:
