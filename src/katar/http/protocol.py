@@ -167,19 +167,31 @@ class HttpProtocol(asyncio.Protocol):
     def _feed(self, data: bytes) -> None:
         """Parse ``data`` a slice at a time; when the queue of requests is full, keep the
         rest unparsed (and reading paused) until it shortens (:meth:`_next`). Iterative, not
-        recursive: a pipeline of upgrade requests is re-parsed in this loop."""
-        while data and not self.last:
-            if len(self.pending) >= _PIPELINE or self.queued > self.limit:
-                self.unparsed = data
+        recursive, and without copying ``data``: a pipeline of upgrade requests is re-parsed
+        in this loop."""
+        start = 0
+        head = b""  # an upgrade request's head, rewritten, to parse before its body
+        while not self.last:
+            if head:
+                piece, head = head, b""
+            elif start < len(data):
+                if len(self.pending) >= _PIPELINE or self.queued > self.limit:
+                    self.unparsed = data[start:]
+                    break
+                whole = not start and len(data) <= _SLICE  # the usual case: no copy
+                piece = data if whole else data[start : start + _SLICE]
+                start += len(piece)
+            else:
                 break
-            piece, data = (data, b"") if len(data) <= _SLICE else (data[:_SLICE], data[_SLICE:])
             try:
                 self.parser.feed_data(piece)
             except httptools.HttpParserUpgrade as upgrade:
                 # Katar speaks HTTP/1.1 only, and may ignore an Upgrade (RFC 9110, 7.8);
                 # llhttp stops at the head, leaving the body unread. Parse the request again
-                # without it (a Java HttpClient asks for h2c on every request by default).
-                data = self._head_without_upgrade() + piece[upgrade.args[0] :] + data
+                # without it (a Java HttpClient asks for h2c on every request by default):
+                # its head rewritten, then its body from where llhttp stopped.
+                start -= len(piece) - upgrade.args[0]
+                head = self._head_without_upgrade()
                 self.parser = httptools.HttpRequestParser(self)
                 self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
             except httptools.HttpParserError as exc:
