@@ -11,12 +11,13 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
 
 from katar._version import __version__
-from katar.core.model import MAX_DELAY, OPTION_LIMITS
+from katar.core.model import MAX_DELAY, MAX_INTERVAL, OPTION_LIMITS
 
 if TYPE_CHECKING:
     from katar.http.app import Limits
 
 JSON: Final = "application/json"
+_INTERVAL: Final = {"type": "integer", "minimum": 0, "maximum": MAX_INTERVAL}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -87,7 +88,7 @@ SCHEMAS: Final[dict[str, Any]] = {
                 "type": "object",
                 "description": "The queue's worker configuration over {interval: 30000}.",
                 "required": ["interval"],
-                "properties": {"interval": {"type": "integer", "minimum": 0}},
+                "properties": {"interval": _INTERVAL},
                 "additionalProperties": True,
             }
         },
@@ -146,7 +147,7 @@ SCHEMAS: Final[dict[str, Any]] = {
             "configuration": {
                 "type": "object",
                 "additionalProperties": True,
-                "properties": {"interval": {"type": "integer", "minimum": 0}},
+                "properties": {"interval": _INTERVAL},
             },
         },
     },
@@ -213,7 +214,11 @@ SCHEMAS: Final[dict[str, Any]] = {
         "required": ["tasks"],
         "properties": {
             "tasks": {"type": "array", "items": _ref("Task")},
-            "next": {"type": ["string", "null"], "description": "The cursor of the next page."},
+            "next": {
+                "type": ["string", "null"],
+                "description": "The cursor of the next page; a page may end early to keep "
+                "its answer within the server's max_answer_bytes.",
+            },
         },
     },
 }

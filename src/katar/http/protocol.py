@@ -177,7 +177,8 @@ class HttpProtocol(asyncio.Protocol):
             elif start < len(data):
                 if len(self.pending) >= _PIPELINE or self.queued > self.limit:
                     self.unparsed = data[start:]
-                    break
+                    self._read()  # paused until the queue shortens
+                    return
                 whole = not start and len(data) <= _SLICE  # the usual case: no copy
                 piece = data if whole else data[start : start + _SLICE]
                 start += len(piece)
@@ -204,7 +205,6 @@ class HttpProtocol(asyncio.Protocol):
                 else:
                     self._end(InvalidRequest(f"invalid HTTP request: {exc}"))
                 return
-        self._read()
 
     def pause_writing(self) -> None:
         self.write_paused = True
