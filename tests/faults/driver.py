@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 
-#: The statuses a store fault may cause: the store is unavailable (503), or, where the store
-#: cannot tell whether a write committed, the outcome is unknown (a 5xx of its own).
-FAULT_STATUSES = frozenset({500, 502, 503, 504})
+#: The status a store fault may cause: the store is unavailable, or cannot tell whether a write
+#: committed (both 503; any other 5xx is a bug).
+FAULT_STATUSES = frozenset({503})
 
 
 @dataclass
