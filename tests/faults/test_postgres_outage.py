@@ -17,7 +17,7 @@ TOTAL = 600
 
 
 def test_postgres_restart_under_load(
-    tmp_path: Path, servers: list[KatarProcess], private_postgres: PrivatePostgres
+    private_postgres: PrivatePostgres, tmp_path: Path, servers: list[KatarProcess]
 ) -> None:
     url = f"{private_postgres.url}?pool_size=4"
     server = KatarProcess(tmp_path, "--db", url).start()
