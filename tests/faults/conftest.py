@@ -10,12 +10,21 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 from tests.acceptance.conftest import servers  # noqa: F401  (the fixture, for this folder)
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def cannot(reason: str) -> NoReturn:
+    """Skip a fault this machine cannot make, with the reason; in CI
+    (KATAR_REQUIRE_FAULTS=1), where every fault must run, fail instead."""
+    if os.environ.get("KATAR_REQUIRE_FAULTS") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 def free_port() -> int:
@@ -90,9 +99,9 @@ class PrivatePostgres:
 @pytest.fixture
 def private_postgres() -> Iterator[PrivatePostgres]:
     if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"no PostgreSQL 15 binaries in {PG_BIN}")
+        cannot(f"no PostgreSQL 15 binaries in {PG_BIN}")
     if os.geteuid() != 0 or shutil.which("runuser") is None:
-        pytest.skip("a private PostgreSQL runs as the user postgres: needs root and runuser")
+        cannot("a private PostgreSQL runs as the user postgres: needs root and runuser")
     directory = Path(tempfile.mkdtemp(prefix="katar-faults-pg-"))
     server = PrivatePostgres(directory)
     try:
@@ -101,7 +110,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         server.start()
     except (LookupError, OSError, subprocess.SubprocessError) as exc:
         shutil.rmtree(directory, ignore_errors=True)
-        pytest.skip(f"cannot run a private PostgreSQL here: {exc}")
+        cannot(f"cannot run a private PostgreSQL here: {exc}")
     try:
         yield server
     finally:
@@ -145,10 +154,10 @@ def small_disk() -> Iterator[SmallDisk]:
         )
     except OSError as exc:
         directory.rmdir()
-        pytest.skip(f"cannot mount a tmpfs to fill: {exc}")
+        cannot(f"cannot mount a tmpfs to fill: {exc}")
     if mounted.returncode != 0:
         directory.rmdir()
-        pytest.skip(f"cannot mount a tmpfs to fill: {mounted.stderr.strip()}")
+        cannot(f"cannot mount a tmpfs to fill: {mounted.stderr.strip()}")
     try:
         yield SmallDisk(directory)
     finally:
