@@ -170,6 +170,8 @@ class Clients:
                 response = self._post(client, f"/v1/queue/{self.queue}", body)
                 if response is None:
                     continue  # keep the acks, and send them again
+                if response.status_code == 409 and self._drop_refused(acks, response):
+                    continue  # the rest of the acks go again
                 if response.status_code not in (200, 204):
                     ledger.unexpected(response)
                     time.sleep(0.05)
@@ -186,6 +188,18 @@ class Clients:
                 ]
                 if not tasks:
                     time.sleep(0.02)
+
+    @staticmethod
+    def _drop_refused(acks: list[dict[str, Any]], response: httpx.Response) -> bool:
+        """Drop the ack that a 409 names: its task's lease ran out while the server was
+        away and another worker holds it now, so this ack may change nothing. False when
+        the 409 names none of the acks."""
+        refused = response.json().get("_id")
+        kept = [ack for ack in acks if ack["_id"] != refused]
+        if len(kept) == len(acks):
+            return False
+        acks[:] = kept
+        return True
 
 
 def records(url: str, queue: str) -> dict[str, dict[str, Any]]:
