@@ -83,7 +83,20 @@ def test_the_health_check_reports_a_full_disk(
     server = start(small_disk, tmp_path, servers)
     with httpx.Client(base_url=server.url, timeout=30) as client:
         fill_until_refused(client, small_disk, Ledger())
-        health = client.get("/healthz")
-        assert health.status_code == 503, health.text
+        # Small writes may still fit in space the WAL already has; once one is refused too,
+        # the health check must not say 200 while the next write is refused.
+        for _ in range(500):
+            if client.post("/v1/queue/full/tasks", json={"data": "small"}).status_code == 201:
+                continue
+            health = client.get("/healthz")
+            if health.status_code == 503:
+                break
+            assert health.status_code == 200, health.text
+            after = client.post("/v1/queue/full/tasks", json={"data": "small"})
+            assert after.status_code == 201, f"/healthz said 200, then: {after.text}"
+        else:
+            raise AssertionError("a full disk never refused a small enqueue")
+        assert "error" in health.json()
         small_disk.free()
         wait_until(lambda: client.get("/healthz").status_code == 200, seconds=30)
+        assert client.post("/v1/queue/full/tasks", json={"data": "after"}).status_code == 201
