@@ -55,6 +55,7 @@ class Load:
     done: int = 0
     failed: int = 0
     errors: int = 0
+    wal_peak_mb: float | None = None  # the WAL's largest size seen, read twice a second
     #: Tasks enqueued and not yet acknowledged, over the whole run (a failed ack counts as
     #: an end, though the task may come back: an estimate from below).
     outstanding: int = 0
@@ -63,6 +64,8 @@ class Load:
         """This window's figures, and start a new window."""
         window = Load(self.enqueue_ms, self.poll_ms, self.enqueued, self.done, self.failed)
         window.errors, window.outstanding = self.errors, self.outstanding
+        window.wal_peak_mb = self.wal_peak_mb
+        self.wal_peak_mb = None
         self.enqueue_ms, self.poll_ms = [], []
         self.enqueued = self.done = self.failed = self.errors = 0
         return window
@@ -172,6 +175,16 @@ async def work(port: int, load: Load, batch: int, seed: int, stop: asyncio.Event
         connection.close()
 
 
+async def watch_wal(wal: Path, load: Load, stop: asyncio.Event) -> None:
+    """Keep the WAL's peak size between two samples: a sample alone would miss it."""
+    while not stop.is_set():
+        size = file_mb(wal)
+        if size is not None and (load.wal_peak_mb is None or size > load.wal_peak_mb):
+            load.wal_peak_mb = size
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+
+
 async def backlog(port: int) -> dict[str, int]:
     """The queue's task counts (on a connection of its own: an idle one would be closed
     between samples)."""
@@ -200,6 +213,8 @@ async def soak(server: Server, wal: Path | None, args: argparse.Namespace) -> li
         asyncio.create_task(work(server.port, load, 10, 1, stop)),
         asyncio.create_task(work(server.port, load, 50, 2, stop)),
     ]
+    if wal is not None:
+        clients.append(asyncio.create_task(watch_wal(wal, load, stop)))
     samples = []
     start = last = time.perf_counter()
     end = start + args.duration * 60
@@ -212,10 +227,13 @@ async def soak(server: Server, wal: Path | None, args: argparse.Namespace) -> li
             now = time.perf_counter()
             window, seconds, last = load.take(), now - last, now
             counts = await backlog(server.port)
+            wal_now = file_mb(wal)
+            peak = window.wal_peak_mb or 0.0
             samples.append(
                 {
                     "t_s": round(now - start),
-                    "wal_mb": file_mb(wal),
+                    "wal_mb": wal_now,
+                    "wal_peak_mb": None if wal_now is None else max(peak, wal_now),
                     "rss_mb": proc_status(server.pid, "VmRSS"),
                     "fds": open_fds(server.pid),
                     "enqueued_per_s": window.enqueued / seconds,
@@ -240,6 +258,7 @@ async def soak(server: Server, wal: Path | None, args: argparse.Namespace) -> li
 COLUMNS = (
     ("t_s", "t (s)", "{:.0f}"),
     ("wal_mb", "WAL MB", "{:.1f}"),
+    ("wal_peak_mb", "WAL peak", "{:.1f}"),
     ("rss_mb", "RSS MB", "{:.1f}"),
     ("fds", "fds", "{:.0f}"),
     ("enqueued_per_s", "enq/s", "{:,.0f}"),
@@ -268,7 +287,7 @@ def row(sample: dict[str, Any]) -> str:
 def summary(samples: list[dict[str, Any]], warmup: float) -> dict[str, Any]:
     """The figures the targets are about."""
     settled = [s for s in samples if s["t_s"] >= warmup] or samples[-1:]
-    wal = [s["wal_mb"] for s in samples if s["wal_mb"] is not None]
+    wal = [s["wal_peak_mb"] for s in samples if s["wal_peak_mb"] is not None]
     return {
         "wal_max_mb": max(wal) if wal else None,
         "rss_after_warmup_mb": settled[0]["rss_mb"],
