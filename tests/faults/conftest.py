@@ -16,6 +16,9 @@ import pytest
 
 from tests.acceptance.conftest import servers  # noqa: F401  (the fixture, for this folder)
 
+# The driver's checks are plain asserts: have pytest explain them.
+pytest.register_assert_rewrite("tests.faults.driver")
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 

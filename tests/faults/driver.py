@@ -13,9 +13,10 @@ from typing import Any
 
 import httpx
 
-#: The status a store fault may cause: the store is unavailable, or cannot tell whether a write
-#: committed (both 503; any other 5xx is a bug).
-FAULT_STATUSES = frozenset({503})
+#: The statuses a store fault may cause: the store is unavailable (503), or it cannot tell
+#: whether a write committed (the outcome is unknown: 503, or 504 where the server tells that
+#: case apart). Any other 5xx is a bug.
+FAULT_STATUSES = frozenset({503, 504})
 
 
 @dataclass
