@@ -11,7 +11,7 @@ from tests.acceptance.conftest import KatarProcess, wait_until
 from tests.conftest import store_url
 from tests.faults.driver import Clients, Ledger, counts, records
 
-TOTAL = 1000
+TOTAL = 600
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
