@@ -1,0 +1,168 @@
+"""What the fault suite needs beside ``katar serve`` in a subprocess (the acceptance suite's
+harness): a private PostgreSQL server that a test may stop and start, and a small disk."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+from tests.acceptance.conftest import servers  # noqa: F401  (the fixture, for this folder)
+
+# The driver's checks are plain asserts: have pytest explain them.
+pytest.register_assert_rewrite("tests.faults.driver")
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def cannot(reason: str) -> NoReturn:
+    """Skip a fault this machine cannot make, with the reason; in CI
+    (KATAR_REQUIRE_FAULTS=1), where every fault must run, fail instead."""
+    if os.environ.get("KATAR_REQUIRE_FAULTS") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own, run as the user postgres from a temporary
+    directory: stopping it disturbs nobody else."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.data = directory / "data"
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _pg(self, *args: str, timeout: float = 60) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *args],
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+
+    def init(self) -> None:
+        self._pg(
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        )
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.directory} "
+            "-c fsync=off -c full_page_writes=off"
+        )
+        self._pg(
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.directory / "log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop it: "fast" ends every session as a restart does, "immediate" as a crash."""
+        self._pg(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    if not (PG_BIN / "initdb").exists():
+        cannot(f"no PostgreSQL 15 binaries in {PG_BIN}")
+    if os.geteuid() != 0 or shutil.which("runuser") is None:
+        cannot("a private PostgreSQL runs as the user postgres: needs root and runuser")
+    directory = Path(tempfile.mkdtemp(prefix="katar-faults-pg-"))
+    server = PrivatePostgres(directory)
+    try:
+        shutil.chown(directory, "postgres")
+        server.init()
+        server.start()
+    except (LookupError, OSError, subprocess.SubprocessError) as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        cannot(f"cannot run a private PostgreSQL here: {exc}")
+    try:
+        yield server
+    finally:
+        if server.running():
+            server.stop("immediate")
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+class SmallDisk:
+    """A tmpfs of a few MiB mounted on a temporary directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.filler = path / "filler"
+
+    def fill(self) -> None:
+        """Take every free byte."""
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            for size in (1 << 16, 4096, 512, 1):
+                with contextlib.suppress(OSError):
+                    while os.write(fd, b"\0" * size):
+                        pass
+        finally:
+            os.close(fd)
+
+    def free(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def small_disk() -> Iterator[SmallDisk]:
+    directory = Path(tempfile.mkdtemp(prefix="katar-faults-disk-"))
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(directory)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except OSError as exc:
+        directory.rmdir()
+        cannot(f"cannot mount a tmpfs to fill: {exc}")
+    if mounted.returncode != 0:
+        directory.rmdir()
+        cannot(f"cannot mount a tmpfs to fill: {mounted.stderr.strip()}")
+    try:
+        yield SmallDisk(directory)
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False, timeout=30)
+        directory.rmdir()

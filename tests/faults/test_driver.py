@@ -1,0 +1,51 @@
+"""The fault suite's check catches what it is meant to catch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.faults.driver import Ledger
+
+
+def done(attempts: int) -> dict[str, Any]:
+    return {"status": "done", "attempts": attempts}
+
+
+def ledger() -> Ledger:
+    book = Ledger()
+    book.created = {"1": 0, "2": 0}
+    book.deliveries = [(1, "1", 1), (1, "2", 1)]
+    book.acked = [(3, "1", 1), (3, "2", 1)]
+    return book
+
+
+def test_a_clean_run_passes() -> None:
+    ledger().check({"1": done(1), "2": done(1)})
+
+
+def test_a_stale_ack_is_no_redelivery() -> None:
+    book = ledger()
+    # Delivered again by a poll sent before the first delivery's ack was answered: the
+    # lease had run out, the ack changed nothing, the second delivery's ack stands.
+    book.deliveries.append((2, "1", 2))
+    book.acked.append((5, "1", 2))
+    book.check({"1": done(2), "2": done(1)})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda b, r: r.pop("2"), "answered 201 are gone"),
+        (lambda b, r: r.update({"2": {"status": "queued", "attempts": 1}}), "not done"),
+        (lambda b, r: b.deliveries.append((4, "1", 2)), "delivered again"),
+        (lambda b, r: r.update({"3": done(1)}), None),  # a task nobody enqueued
+    ],
+)
+def test_a_broken_promise_fails(change: Any, message: str | None) -> None:
+    book = ledger()
+    records = {"1": done(1), "2": done(1)}
+    change(book, records)
+    with pytest.raises(AssertionError, match=message):
+        book.check(records)

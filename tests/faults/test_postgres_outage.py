@@ -1,0 +1,64 @@
+"""PostgreSQL goes away under load and comes back: the server answers 503 meanwhile, then
+serves again by itself, without a restart."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from tests.acceptance.conftest import KatarProcess, wait_until
+from tests.faults.conftest import PrivatePostgres
+from tests.faults.driver import FAULT_STATUSES, Clients, Ledger, counts, records
+
+TOTAL = 600
+
+
+def test_postgres_restart_under_load(
+    private_postgres: PrivatePostgres, tmp_path: Path, servers: list[KatarProcess]
+) -> None:
+    url = f"{private_postgres.url}?pool_size=4"
+    server = KatarProcess(tmp_path, "--db", url).start()
+    servers.append(server)
+    options = {"persistent": True, "timeout": 2000, "max_attempts": 0}
+    httpx.put(f"{server.url}/v1/queue/pg", json=options, timeout=10).raise_for_status()
+    ledger = Ledger()
+    clients = Clients(server.url, "pg", ledger)
+    try:
+        clients.produce(TOTAL, batch=10)
+        clients.work("w0", 1)
+        clients.work("w1", 5)
+        wait_until(lambda: len(ledger.acked) >= 50)
+
+        private_postgres.stop("fast")  # every session ends, as in a restart
+        with httpx.Client(base_url=server.url, timeout=30) as client, ThreadPoolExecutor(2) as pool:
+            # Both at once: each may wait for the store's connection time-out.
+            body = {"data": "during the outage"}
+            enqueuing = pool.submit(client.post, "/v1/queue/pg/tasks", json=body)
+            health = pool.submit(client.get, "/healthz").result()
+            enqueue = enqueuing.result()
+            assert enqueue.status_code in FAULT_STATUSES, enqueue.text
+            assert "error" in enqueue.json()
+            assert health.status_code == 503, health.text
+            time.sleep(0.5)  # the clients meet the outage too
+            private_postgres.start()
+
+            def healthy() -> bool:
+                return client.get("/healthz").status_code == 200
+
+            wait_until(healthy, seconds=30)
+            assert client.post("/v1/queue/pg/tasks", json={"data": "after"}).status_code == 201
+            ledger.unconfirmed += 2  # those tasks are not the drain's to check: extras
+
+        def drained() -> bool:
+            now = counts(server.url, "pg")
+            idle = now["queued"] == now["in progress"] == 0
+            return clients.produced and idle and now["done"] >= len(ledger.created)
+
+        wait_until(drained, seconds=60)
+    finally:
+        clients.stop()
+    assert server.process is not None and server.process.poll() is None  # never restarted
+    ledger.check(records(server.url, "pg"))
