@@ -244,7 +244,7 @@ async def test_an_unexpected_error_in_a_group_fails_it_whole_and_the_next_one_wo
             asyncio.gather(*group, return_exceptions=True), timeout=10
         )
         assert all(type(outcome) is StoreError for outcome in outcomes), outcomes
-        tracebacks = [r for r in caplog.records if r.exc_info and "injected" in r.exc_text]
+        tracebacks = [r for r in caplog.records if r.exc_info and "injected" in str(r.exc_info[1])]
         assert len(tracebacks) == 1
         monkeypatch.setattr(SQLiteStore, "_finish_polls", finish)
         # Rolled back: the claim and the enqueue are undone, and the next group works.
