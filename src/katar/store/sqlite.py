@@ -435,6 +435,8 @@ class SQLiteStore(Store):
                 try:
                     if not self._checkpoint_once(conn, "RESTART" if restart else "PASSIVE"):
                         self._written.set()  # try again after the rest
+                        # and hold no write back for a restart before then
+                        self._restart_after = time.monotonic() + _CHECKPOINT_INTERVAL
                 finally:
                     if restart:
                         self._loop_call(self._release)
