@@ -273,9 +273,14 @@ class SQLiteStore(Store):
         self._wal_path = self._path + "-wal"
         self._wal_limit = _WAL_LIMIT  # tests make it and _wal_kept small
         self._wal_kept = _WAL_KEPT
-        # The writer holds its groups back while the checkpointer restarts the WAL; set on
-        # the loop's thread, cleared there when the checkpointer says it is done.
+        # A restart of the WAL, asked by the writer (on the loop's thread) once the WAL passed
+        # its bound: the checkpointer copies the WAL back without holding anything up, then
+        # has the writer hold its groups back (_hold, set on the loop's thread, which then
+        # sets _held) for the little that was written meanwhile, and restarts the WAL.
+        # Both end on the loop's thread, in _release.
+        self._restart_wanted = False
         self._hold = False
+        self._held = threading.Event()
         self._restart_after = 0.0  # monotonic time before which no restart is asked again
         # The last write's failure when the disk refused it (full, I/O error), until a write
         # succeeds: the store cannot write, and ping says so.
@@ -395,7 +400,11 @@ class SQLiteStore(Store):
 
     async def close(self) -> None:
         # A restart of the WAL in progress holds the writes back: let it end first.
-        while self._hold and self._checkpointer is not None and self._checkpointer.is_alive():
+        while (
+            self._restart_wanted
+            and self._checkpointer is not None
+            and self._checkpointer.is_alive()
+        ):
             await asyncio.sleep(0.005)
         if self._conn is not None:
             if self._pending:
@@ -431,11 +440,18 @@ class SQLiteStore(Store):
                 if self._stopping.is_set():
                     break
                 self._written.clear()
-                restart = self._hold
+                restart = self._restart_wanted
                 try:
-                    if not self._checkpoint_once(conn, "RESTART" if restart else "PASSIVE"):
+                    ok = self._checkpoint_once(conn, "PASSIVE")
+                    if ok and restart:
+                        self._held.clear()
+                        self._loop_call(self._begin_hold)
+                        # The loop's thread answers within a turn; one that stopped never.
+                        if self._held.wait(5):
+                            ok = self._checkpoint_once(conn, "RESTART")
+                    if not ok:
                         self._written.set()  # try again after the rest
-                        # and hold no write back for a restart before then
+                        # and ask no restart before then
                         self._restart_after = time.monotonic() + _CHECKPOINT_INTERVAL
                 finally:
                     if restart:
@@ -446,7 +462,7 @@ class SQLiteStore(Store):
         finally:
             self._no_checkpoint_on_close(conn)
             conn.close()
-            if self._hold:
+            if self._restart_wanted:
                 self._loop_call(self._release)
 
     def _checkpoint_once(self, conn: Any, mode: str) -> bool:
@@ -526,18 +542,25 @@ class SQLiteStore(Store):
 
     def _release(self) -> None:
         """The WAL's restart is over (or abandoned): run the writes held back."""
-        if not self._hold:
+        if not self._restart_wanted:
             return
-        self._hold = False
+        self._restart_wanted = self._hold = False
         if self._flush_scheduled:
             self._flush()
 
-    def _wal_full(self) -> bool:
-        """Whether the WAL passed its bound (one stat: about a microsecond a group)."""
+    def _begin_hold(self) -> None:
+        """Hold the writes back (between two groups: on the loop's thread, no transaction
+        is open, so the checkpointer will not wait for one) and tell the checkpointer."""
+        if self._restart_wanted:
+            self._hold = True
+            self._held.set()
+
+    def _wal_size(self) -> int:
+        """The WAL file's size (one stat: a microsecond or two a group that wrote)."""
         try:
-            return os.stat(self._wal_path).st_size > self._wal_limit
+            return os.stat(self._wal_path).st_size
         except OSError:
-            return False
+            return 0
 
     def _gather(self) -> None:
         """Flush the pending writes, once the loop has gone round _GATHER_ROUNDS times."""
@@ -563,8 +586,15 @@ class SQLiteStore(Store):
             if conn.total_changes != self._changes:
                 self._changes = conn.total_changes
                 self._written.set()
-                if self._wal_full() and time.monotonic() >= self._restart_after:
-                    self._hold_for_restart()
+                if not self._restart_wanted:
+                    if (
+                        self._wal_size() > self._wal_limit
+                        and time.monotonic() >= self._restart_after
+                    ):
+                        self._ask_restart()
+                elif not self._hold and self._wal_size() > 2 * self._wal_limit:
+                    # Written faster than the checkpoint copies: the writes wait for it now.
+                    self._hold = True
         for (_op, future), (ok, value) in zip(group, outcomes, strict=True):
             if future.cancelled():
                 continue
@@ -573,10 +603,10 @@ class SQLiteStore(Store):
             else:
                 future.set_exception(value)
 
-    def _hold_for_restart(self) -> None:
-        """Hold the next groups back and have the checkpointer restart the WAL."""
+    def _ask_restart(self) -> None:
+        """Have the checkpointer restart the WAL now."""
         if self._checkpointer is not None and self._checkpointer.is_alive():
-            self._hold = True
+            self._restart_wanted = True
             self._written.set()
             self._wake.set()
 
