@@ -11,6 +11,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +285,68 @@ def test_migrate_says_what_it_did_on_postgres(
     assert "created the schema (version " in capsys.readouterr().err
     assert cli.main(["migrate", "--db", url]) == 0
     assert "already up to date" in capsys.readouterr().err
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs, where this process may mount one (root, no sandbox forbidding it)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    try:
+        run = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except OSError as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {exc}")
+    if run.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {run.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], timeout=30, check=False)
+
+
+def _fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, bytes(4096))
+    except OSError:
+        pass  # no space left
+    finally:
+        os.close(fd)
+    return filler
+
+
+async def test_a_full_disk_fails_ping_and_a_restart_on_it_works(tiny_disk: Path) -> None:
+    path = tiny_disk / "katar.db"
+    store = await _opened(path)
+    try:
+        await store.save_queue(QUEUE, QueueOptions())
+        filler = _fill(tiny_disk)
+        with pytest.raises(StoreUnavailable, match="full"):
+            await store.enqueue(QUEUE, [_task(30000)], 1)
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+    finally:
+        await store.close()
+    store = await _opened(path)  # on the full disk: the start writes nothing
+    try:
+        assert store.schema_change == (SCHEMA_VERSION, SCHEMA_VERSION)
+        assert QUEUE in await store.load_queues()
+        filler.unlink()
+        for _ in range(200):  # the checkpointer retries every half second
+            try:
+                await store.ping()
+                break
+            except StoreUnavailable:
+                await asyncio.sleep(0.05)
+        await store.ping()
+        await store.enqueue(QUEUE, [_task(30000)], 1)
+    finally:
+        await store.close()
