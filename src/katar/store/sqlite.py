@@ -200,6 +200,9 @@ _WAL_LIMIT: Final = 16 * 1024 * 1024
 _WAL_KEPT: Final = 4 * 1024 * 1024
 # How long the RESTART checkpoint waits for a read in progress (ms), the writer held back.
 _RESTART_WAIT_MS: Final = 1000
+# The free space a disk that refused writes must have again before the store says it can
+# write: a little more than one large request.
+_ROOM: Final = 1024 * 1024
 _LOG_EVERY: Final = 60.0  # seconds between two log lines of a checkpoint that keeps failing
 # SQLite's primary result codes for a write refused by the disk: no space, or an I/O error.
 _SQLITE_IOERR: Final = 10
@@ -736,8 +739,17 @@ class SQLiteStore(Store):
         if self._write_failure is None:
             await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
             return
-        # The last write failed for the disk: only a write can tell it works again. This
-        # one rewrites a value unchanged, one page of WAL.
+        # The last write failed for the disk. A small write may well succeed where the
+        # last failed (the WAL's file has room left from earlier writes), so ask the file
+        # system for room first; then write, to know the disk works: this rewrites a value
+        # unchanged, one page of WAL.
+        folder = os.path.dirname(os.path.abspath(self._path))
+        try:
+            stats = os.statvfs(folder)
+        except OSError as exc:
+            raise StoreUnavailable(f"SQLite cannot write: {exc}") from exc
+        if stats.f_bavail * stats.f_frsize < _ROOM:
+            raise StoreUnavailable(self._write_failure.message)
         await self._write(lambda conn: conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}"))
 
     async def load_queues(self) -> dict[str, QueueOptions]:
