@@ -190,7 +190,8 @@ _BATCH: Final = 1000
 
 
 def migrate(args: argparse.Namespace) -> int:
-    """``katar migrate``: open the store, which brings its schema up to date, and close it."""
+    """``katar migrate``: open the store, which brings its schema up to date, close it, and
+    say what it did."""
     import asyncio
 
     from katar.store import open_store
@@ -203,7 +204,16 @@ def migrate(args: argparse.Namespace) -> int:
         await store.close()
 
     asyncio.run(run())
-    print(f"katar: the store {store.url} is up to date", file=sys.stderr)
+    change = store.schema_change
+    if change is None:
+        done = f"the store {store.url} keeps no schema: nothing to migrate"
+    elif change[0] == 0:
+        done = f"created the schema (version {change[1]}) in the store {store.url}"
+    elif change[0] < change[1]:
+        done = f"upgraded the store {store.url} from schema {change[0]} to {change[1]}"
+    else:
+        done = f"the store {store.url} is already up to date (schema {change[1]})"
+    print(f"katar: {done}", file=sys.stderr)
     return 0
 
 

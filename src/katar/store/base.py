@@ -40,6 +40,10 @@ class Store(abc.ABC):
     #: it answers False, a store may leave those tasks out of ``PollResult.changes`` and
     #: spare building them. None (no engine has said) counts as True. The engine sets it.
     watch: Callable[[], bool] | None = None
+    #: What :meth:`open` did to a stored schema: (the version it found, the version it
+    #: left), equal when nothing changed, 0 found when it created the schema. None for a
+    #: store that keeps no schema.
+    schema_change: tuple[int, int] | None = None
 
     @abc.abstractmethod
     async def open(self) -> None:

@@ -200,6 +200,7 @@ class PostgresStore(Store):
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 await conn.execute(_MIGRATIONS[version].format(s=s))
                 await conn.execute(f"INSERT INTO {s}.schema_version VALUES (%s)", (version,))
+        self.schema_change = (current, SCHEMA_VERSION)
 
     async def close(self) -> None:
         if self._listener is not None:
