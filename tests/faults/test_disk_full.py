@@ -76,7 +76,6 @@ def test_a_full_disk_refuses_writes_then_recovers(
     ledger.check(records(server.url, "full"))
 
 
-@pytest.mark.xfail(strict=True, reason="defect 9 of the hardening issue: /healthz says 200")
 def test_the_health_check_reports_a_full_disk(
     small_disk: SmallDisk, tmp_path: Path, servers: list[KatarProcess]
 ) -> None:

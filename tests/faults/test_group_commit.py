@@ -48,10 +48,6 @@ class FaultyConnection:
         return getattr(self._conn, name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect 12 of the hardening issue: a group commit hangs on an unexpected exception",
-)
 @pytest.mark.parametrize("where", ["write", "commit"])
 async def test_an_exception_inside_a_group(where: str, tmp_path: Path) -> None:
     # No lease reaping meanwhile: its writes would make groups of their own.
