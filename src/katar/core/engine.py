@@ -226,8 +226,10 @@ class Engine:
         result = await self.store.poll(queue, options, acks, limit, worker, now)
         if result.changes:
             self._apply(result.changes)
-        if result.delivered:
-            self._leased(result.delivered)
+        if result.delivered:  # _leased, inline: this is every worker's poll
+            lease_until = result.delivered[0].lease_until
+            if lease_until is not None and (self._due is None or lease_until < self._due):
+                self._expect(lease_until)
         if result.delivered or wait <= 0 or limit == 0:
             return self._deliver(result.delivered)
         deadline = now + wait * 1000
