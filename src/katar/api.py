@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 from msgspec.structs import replace
 
+from katar.core.clock import Clock
 from katar.core.engine import Engine, Listener, check_queue_name
 from katar.core.model import (
     NewTask,
@@ -44,12 +45,20 @@ class Katar:
 
     ``store`` is a URL: ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or
     ``memory://``. Declare queues with :meth:`queue` before it opens; :class:`WorkerServer`
-    opens it, or use ``async with katar:`` to work with it directly.
+    opens it, or use ``async with katar:`` to work with it directly. ``clock`` is where the
+    time comes from (the system's by default; tests pass a FakeClock); ``reap_interval`` is
+    how long, in seconds, lease expiry waits before trying again after the store failed it.
     """
 
-    def __init__(self, store: str = DEFAULT_STORE, *, reap_interval: float = 0.25) -> None:
+    def __init__(
+        self,
+        store: str = DEFAULT_STORE,
+        *,
+        reap_interval: float = 0.25,
+        clock: Clock | None = None,
+    ) -> None:
         self.store_url = store
-        self.engine = Engine(open_store(store), reap_interval=reap_interval)
+        self.engine = Engine(open_store(store), reap_interval=reap_interval, clock=clock)
         self._declared: dict[str, QueueOptions] = {}
         self._open = False
 

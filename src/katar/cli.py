@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from katar import config
@@ -105,10 +106,29 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("function", help="the handler, as module:function")
         else:
             command.add_argument("--priority", help="an integer, or high, normal, low")
-            command.add_argument("--delay", type=float, help="seconds before it may run")
+            later = command.add_mutually_exclusive_group()
+            later.add_argument("--delay", type=float, help="seconds before it may run")
+            later.add_argument(
+                "--run-at",
+                type=_iso_time,
+                metavar="TIME",
+                help="ISO 8601 time before which it may not run, e.g. 2030-01-31T09:00:00Z "
+                "(UTC when it names no zone)",
+            )
             command.add_argument("--paused", action="store_true", help="enqueue paused")
             command.add_argument("data", help="the task's data as JSON; - reads JSON lines")
     return parser
+
+
+def _iso_time(text: str) -> datetime:
+    """``--run-at``: an ISO 8601 time; UTC when it names no zone, as the server reads it."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time, e.g. 2030-01-31T09:00:00Z"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _handler(spec: str) -> Callable[..., Any]:
@@ -178,7 +198,12 @@ def enqueue(args: argparse.Namespace) -> int:
                 batch.append(item)
             if batch and (item is _END or len(batch) == _BATCH):
                 tasks = producer.enqueue_many(
-                    args.queue, batch, priority=priority, delay=args.delay, paused=args.paused
+                    args.queue,
+                    batch,
+                    priority=priority,
+                    delay=args.delay,
+                    paused=args.paused,
+                    run_at=args.run_at,
                 )
                 print("\n".join(task.id for task in tasks), flush=True)
                 batch = []

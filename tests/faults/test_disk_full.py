@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.acceptance.conftest import KatarProcess, wait_until
 from tests.faults.conftest import SmallDisk

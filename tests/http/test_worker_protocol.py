@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from katar import Katar, WorkerServer
-from tests.http.conftest import enqueue, eventually
+from katar.core.clock import FakeClock
+from katar.http import App, Limits
+from tests.http.conftest import app_client, enqueue, eventually, opened
 
 # -- the original katar-worker-http cases ------------------------------------------------
 
@@ -239,16 +242,25 @@ async def test_lease_expiry_fails_the_task_when_attempts_are_spent(
     assert record["attempts"] == 2 and "lease expired" in record["error"]
 
 
-async def test_heartbeats_keep_the_lease(client: httpx.AsyncClient, katar: Katar) -> None:
-    (task_id,) = await enqueue(client, "history", {"data": 1})
-    await client.post("/v1/queue/history", json={"worker": "w-1"})
-    beat = {"tasks": [{"_id": task_id, "status": "in progress", "attempt": 1}]}
-    for _ in range(8):  # 8 x 50 ms = twice the 200 ms lease
-        assert (await client.post("/v1/queue/history", json=beat)).status_code == 204
-        await asyncio.sleep(0.05)
-    record = (await client.get(f"/v1/queue/history/tasks/{task_id}")).json()
-    assert record["status"] == "in progress" and record["attempts"] == 1
-    assert record["worker"] == "w-1"
+async def test_heartbeats_keep_the_lease(make_url: Callable[[], str], via: str) -> None:
+    # On a fake clock: real sleeps stretch under load past the lease, and fail the test.
+    clock = FakeClock()
+    katar = Katar(make_url(), clock=clock)
+    katar.queue("history", persistent=True, timeout=200, max_attempts=2)
+    app = App(katar.engine, limits=Limits(max_wait=5))
+    async with opened(katar), app_client(app, via) as client:
+        (task_id,) = await enqueue(client, "history", {"data": 1})
+        await client.post("/v1/queue/history", json={"worker": "w-1"})
+        beat = {"tasks": [{"_id": task_id, "status": "in progress", "attempt": 1}]}
+        for _ in range(8):  # 8 x 150 ms: six times the 200 ms lease
+            assert (await client.post("/v1/queue/history", json=beat)).status_code == 204
+            await clock.advance(150)
+        record = (await client.get(f"/v1/queue/history/tasks/{task_id}")).json()
+        assert record["status"] == "in progress" and record["attempts"] == 1
+        assert record["worker"] == "w-1"
+        await clock.advance(50)  # 200 ms after the last heartbeat: the lease ends
+        again = (await client.post("/v1/queue/history", json={})).json()
+        assert again["tasks"][0]["attempt"] == 2
 
 
 async def test_attempt_never_delivered_is_409(client: httpx.AsyncClient) -> None:

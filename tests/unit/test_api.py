@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import msgspec
 import pytest
 
 from katar import Katar, KatarError, QueueOptions, WorkerServer
 from katar.errors import IllegalTransition, QueueNotFound, TaskNotFound, ValidationError
-from katar.store.base import Change
 
 
 async def test_produce_inspect_and_change_tasks(make_url: Callable[[], str]) -> None:
@@ -134,33 +133,6 @@ def test_worker_server_config_mirrors_the_original() -> None:
     )
     with pytest.raises(ValidationError):
         server.config("emails", {"interval": "often"})
-
-
-async def test_an_idle_server_reaps_less_often_and_still_expires_leases() -> None:
-    katar = Katar("memory://", reap_interval=0.01)
-    queue = katar.queue("q", timeout=100)
-    reaps = 0
-    async with katar:
-        store = katar.engine.store
-        expire = store.expire
-
-        async def counted(queues: Mapping[str, QueueOptions], now: int) -> list[Change]:
-            nonlocal reaps
-            reaps += 1
-            return await expire(queues, now)
-
-        store.expire = counted  # type: ignore[method-assign]
-        await asyncio.sleep(0.5)
-        # Every 10 ms that would be ~50 reaps; backing off to 80 ms, well under half.
-        assert 0 < reaps < 25
-        task = await queue.enqueue("x")
-        polled = await katar.engine.poll("q")
-        assert [t.id for t in polled] == [task.id]
-        for _ in range(200):  # its 100 ms lease runs out while nothing else happens
-            if (await queue.get(task.id)).status == "queued":
-                break
-            await asyncio.sleep(0.01)
-        assert (await queue.get(task.id)).status == "queued"
 
 
 async def test_nul_in_a_worker_name_or_an_error_is_refused_through_the_engine(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -31,12 +32,22 @@ from katar.errors import ValidationError
 LONGEST_WAIT = 60.0
 
 
-def _task_body(data: Any, priority: int | str | None, delay: float | None, paused: bool) -> Any:
+def _task_body(
+    data: Any,
+    priority: int | str | None,
+    delay: float | None,
+    paused: bool,
+    run_at: datetime | None = None,
+) -> Any:
     body: dict[str, Any] = {"data": data}
     if priority is not None:
         body["priority"] = priority
     if delay:
         body["delay"] = delay
+    if run_at is not None:
+        if run_at.tzinfo is None:  # the server would read it as UTC: say which zone instead
+            raise ValidationError("run_at needs a time zone, e.g. datetime.now(timezone.utc)")
+        body["run_at"] = run_at.astimezone(UTC).isoformat()
     if paused:
         body["status"] = "paused"
     return body
@@ -52,9 +63,13 @@ def _list_params(status: str | Iterable[str] | None, limit: int, after: str | No
 
 
 def _many_body(
-    items: Iterable[Any], priority: int | str | None, delay: float | None, paused: bool
+    items: Iterable[Any],
+    priority: int | str | None,
+    delay: float | None,
+    paused: bool,
+    run_at: datetime | None = None,
 ) -> Any:
-    tasks = [_task_body(item, priority, delay, paused) for item in items]
+    tasks = [_task_body(item, priority, delay, paused, run_at) for item in items]
     if not tasks:
         raise ValidationError("enqueue_many needs at least one task")
     return {"tasks": tasks}
@@ -105,9 +120,13 @@ class Producer:
         priority: int | str | None = None,
         delay: float | None = None,
         paused: bool = False,
+        run_at: datetime | None = None,
     ) -> TaskRecord:
-        """Put one task on the queue; its record."""
-        (task,) = self.enqueue_many(queue, [data], priority=priority, delay=delay, paused=paused)
+        """Put one task on the queue; its record. ``delay`` (seconds) or ``run_at`` (an
+        aware datetime) hold it back until then."""
+        (task,) = self.enqueue_many(
+            queue, [data], priority=priority, delay=delay, paused=paused, run_at=run_at
+        )
         return task
 
     def enqueue_many(
@@ -118,9 +137,10 @@ class Producer:
         priority: int | str | None = None,
         delay: float | None = None,
         paused: bool = False,
+        run_at: datetime | None = None,
     ) -> list[TaskRecord]:
         """Put many tasks on the queue in one request (one transaction); their records."""
-        body = _many_body(items, priority, delay, paused)
+        body = _many_body(items, priority, delay, paused, run_at)
         return records(self._send("POST", f"/v1/queue/{queue}/tasks", body))
 
     def get(self, queue: str, task_id: str) -> TaskRecord:
@@ -201,10 +221,11 @@ class AsyncProducer:
         priority: int | str | None = None,
         delay: float | None = None,
         paused: bool = False,
+        run_at: datetime | None = None,
     ) -> TaskRecord:
-        """Put one task on the queue; its record."""
+        """Put one task on the queue; its record (see Producer.enqueue)."""
         tasks = await self.enqueue_many(
-            queue, [data], priority=priority, delay=delay, paused=paused
+            queue, [data], priority=priority, delay=delay, paused=paused, run_at=run_at
         )
         return tasks[0]
 
@@ -216,9 +237,10 @@ class AsyncProducer:
         priority: int | str | None = None,
         delay: float | None = None,
         paused: bool = False,
+        run_at: datetime | None = None,
     ) -> list[TaskRecord]:
         """Put many tasks on the queue in one request (one transaction); their records."""
-        body = _many_body(items, priority, delay, paused)
+        body = _many_body(items, priority, delay, paused, run_at)
         return records(await self._send("POST", f"/v1/queue/{queue}/tasks", body))
 
     async def get(self, queue: str, task_id: str) -> TaskRecord:

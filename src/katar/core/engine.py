@@ -4,6 +4,13 @@ The store makes each operation atomic and durable; the engine adds what lives in
 process: the queues' options (read once, kept current by every change made through this
 engine), the long polls parked on each queue, the reaper that expires leases and promotes
 due tasks, and the callbacks that user code registers for status changes.
+
+Time comes from a :class:`~katar.core.clock.Clock`. The reaper sleeps until the earliest
+deadline the engine knows (a lease's end, a delay's end): the store's own earliest, read
+after each reap, or an earlier one the engine just made (a claim, an enqueue with a delay, a
+retry's backoff), which re-arms the timer at once. With nothing due it sleeps until something
+happens, except on a store other servers write to (see Store.shared). A poll never waits on
+the timer: one made past a known deadline reaps first, so it finds what came due.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from katar.core.clock import Clock, SystemClock, Timer
 from katar.core.model import (
     PUBLIC_STATUS,
     STATES_OF_STATUS,
@@ -28,7 +36,6 @@ from katar.core.model import (
     State,
     Task,
     check_text,
-    now_ms,
 )
 from katar.core.rules import is_final
 from katar.errors import QueueNotFound, ShuttingDown, TaskNotFound, ValidationError
@@ -43,8 +50,9 @@ Listener = Callable[[Task], Awaitable[None] | None]
 QUEUE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 #: The longest queue name any server accepts; [limits] max_queue_name may lower it.
 MAX_QUEUE_NAME: Final = 255
-#: An idle server reaps at least every this many reap intervals (see Engine._reap).
-_IDLE_REAPS: Final = 8
+#: On a store that other servers write to (Store.shared), the longest the reaper sleeps, in
+#: ms: their leases and delays are due without this server hearing of them.
+HOUSEKEEPING_MS: Final = 1000
 
 
 def check_queue_name(name: str, max_length: int = MAX_QUEUE_NAME) -> str:
@@ -70,10 +78,14 @@ class Counters:
 class Engine:
     """Katar's operations. Open it before use and close it after; all methods are async."""
 
-    def __init__(self, store: Store, *, reap_interval: float = 0.25) -> None:
+    def __init__(
+        self, store: Store, *, reap_interval: float = 0.25, clock: Clock | None = None
+    ) -> None:
         self.store = store
         self.queues: dict[str, QueueOptions] = {}
+        #: Seconds before the reaper tries again after the store failed it.
         self.reap_interval = reap_interval
+        self.clock: Clock = clock if clock is not None else SystemClock()
         self.draining = False
         self._waiters: dict[str, deque[asyncio.Future[bool]]] = {}
         self._wakes: dict[str, int] = {}  # per queue: how many wake-ups so far
@@ -82,7 +94,12 @@ class Engine:
         store.watch = self._watching
         self._background: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
-        self._busy = False  # a task was enqueued, delivered or changed since the last reap
+        self._due: int | None = None  # the earliest deadline known: when the next reap is due
+        self._timer: Timer | None = None  # armed for _due
+        self._alarm = asyncio.Event()  # _due has come: the reaper's cue
+        self._reap_lock = asyncio.Lock()  # one reap at a time; polls past _due wait for it
+        self._reaping = False
+        self._noted: int | None = None  # the earliest deadline made while a reap ran
         #: Tasks enqueued and delivered by this process since it started, per queue.
         self.counters = Counters()
 
@@ -95,6 +112,10 @@ class Engine:
         for name, options in (declared or {}).items():
             await self.put_queue(name, options)
         await self.store.listen(self._remote)
+        # Leases and delays left by an earlier run: the first reap is at the earliest of them.
+        self._expect(await self.store.next_deadline())
+        if self.store.shared:
+            self._expect(self.clock.now_ms() + HOUSEKEEPING_MS)
         self._reaper = asyncio.create_task(self._reap(), name="katar-reaper")
 
     def begin_shutdown(self) -> None:
@@ -115,6 +136,10 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
             self._reaper = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._due = None
         await self.store.close()
 
     # -- queues ----------------------------------------------------------------------------
@@ -160,13 +185,16 @@ class Engine:
         self.options(queue)
         if self.draining:
             raise ShuttingDown()
-        created = await self.store.enqueue(queue, tasks, now_ms())
-        self._busy = True
+        created = await self.store.enqueue(queue, tasks, self.clock.now_ms())
         enqueued = self.counters.enqueued
         enqueued[queue] = enqueued.get(queue, 0) + len(created)
         ready = sum(1 for task in created if task.state is State.READY)
         if ready:
             self._wake(queue, ready)
+        if ready < len(created):  # delayed (or paused) tasks: a delay's end may come first
+            for task in created:
+                if task.state is State.SCHEDULED:
+                    self._expect(task.run_at)
         if self._listeners:
             for task in created:
                 self._emit(task)
@@ -193,25 +221,33 @@ class Engine:
         limit = min(limit, options.max_batch)
         check_text(worker, acks)
         seen = self._wakes.get(queue, 0)
-        result = await self.store.poll(queue, options, acks, limit, worker, now_ms())
-        if result.changes or result.delivered:
-            self._busy = True
+        clock = self.clock
+        now = clock.now_ms()
+        if self._due is not None and self._due <= now:
+            now = await self._catch_up(now)
+        result = await self.store.poll(queue, options, acks, limit, worker, now)
         if result.changes:
             self._apply(result.changes)
+        if result.delivered:  # _leased, inline: this is every worker's poll
+            lease_until = result.delivered[0].lease_until
+            if lease_until is not None and (self._due is None or lease_until < self._due):
+                self._expect(lease_until)
         if result.delivered or wait <= 0 or limit == 0:
             return self._deliver(result.delivered)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
+        deadline = now + wait * 1000
         while True:
             if self._wakes.get(queue, 0) == seen:  # nothing new since the last look
-                remaining = deadline - loop.time()
-                if remaining <= 0 or self.draining or not await self._park(queue, remaining, gone):
+                remaining = deadline - clock.now_ms()
+                if remaining <= 0 or self.draining or not await self._park(queue, deadline, gone):
                     return []
             seen = self._wakes.get(queue, 0)
             options = self.options(queue)
-            result = await self.store.poll(queue, options, (), limit, worker, now_ms())
+            now = clock.now_ms()
+            if self._due is not None and self._due <= now:
+                now = await self._catch_up(now)
+            result = await self.store.poll(queue, options, (), limit, worker, now)
             if result.delivered:
-                self._busy = True
+                self._leased(result.delivered)
                 return self._deliver(result.delivered)
 
     def _deliver(self, tasks: list[Task]) -> list[Task]:
@@ -224,13 +260,21 @@ class Engine:
                 self._emit(task)
         return tasks
 
-    async def _park(self, queue: str, timeout: float, gone: asyncio.Future[Any] | None) -> bool:
-        """Wait for a wake-up on the queue: True when woken, False on time-out or hang-up."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
+    def _leased(self, tasks: list[Task]) -> None:
+        # The tasks of one claim share one lease (now + the queue's timeout): the first
+        # stands for them all. The lease's end is a deadline, earlier than the known one
+        # when the timer is idle or this queue's timeout is shorter than another's.
+        lease_until = tasks[0].lease_until
+        if lease_until is not None and (self._due is None or lease_until < self._due):
+            self._expect(lease_until)
+
+    async def _park(self, queue: str, until: float, gone: asyncio.Future[Any] | None) -> bool:
+        """Wait for a wake-up on the queue: True when woken, False once the clock reaches
+        ``until`` (ms) or on hang-up."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         waiters = self._waiters.setdefault(queue, deque())
         waiters.append(future)
-        timer = loop.call_later(timeout, _settle_bool, future, False)
+        timer = self.clock.call_at(until, lambda: _settle_bool(future, False))
 
         def hang_up(_: object) -> None:
             _settle_bool(future, False)
@@ -295,8 +339,7 @@ class Engine:
     async def set_status(self, queue: str, task_id: int, status: str) -> Task:
         """Cancel, pause, resume or retry a task; the task as it is afterwards."""
         self.options(queue)
-        change = await self.store.set_status(queue, task_id, status, now_ms())
-        self._busy = True
+        change = await self.store.set_status(queue, task_id, status, self.clock.now_ms())
         if change is None:
             return await self._existing(queue, task_id)
         self._apply([change])
@@ -311,7 +354,6 @@ class Engine:
     def _remote(self, kind: str, value: str, count: int) -> None:
         """What a server sharing the store did (see Store.listen)."""
         if kind == "ready":
-            self._busy = True
             self._wake(value, count)
         elif kind in ("queues", "resync"):
             job = asyncio.ensure_future(self._reload_queues(kind == "resync"))
@@ -329,29 +371,63 @@ class Engine:
 
     # -- leases, events --------------------------------------------------------------------
 
+    def _expect(self, when: int | None) -> None:
+        """A deadline exists at ``when`` (ms): arm the timer for it if it is the earliest."""
+        if when is None:
+            return
+        if self._reaping and (self._noted is None or when < self._noted):
+            self._noted = when  # the running reap arms the timer for it when it ends
+        if self._due is not None and self._due <= when:
+            return
+        self._due = when
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.clock.call_at(when, self._ring)
+
+    def _ring(self) -> None:
+        self._timer = None
+        self._alarm.set()
+
     async def _reap(self) -> None:
-        # Every reap_interval while tasks come and go. A reap that finds nothing, with
-        # nothing done since the last, doubles the wait, up to _IDLE_REAPS intervals: on a
-        # virtual machine each wake-up of an idle server costs CPU (measured, a reap four
-        # times a second was most of an idle server's 2% to 4% of a core).
-        wait = self.reap_interval
         while True:
-            await asyncio.sleep(wait)
-            self._busy, busy = False, self._busy
-            if not self.queues:
-                continue
+            await self._alarm.wait()
+            self._alarm.clear()
+            await self._catch_up(self.clock.now_ms())
+
+    async def _catch_up(self, now: int) -> int:
+        """Reap if a known deadline is at or before ``now``; the time afterwards. A reap
+        already running is waited for, and is enough if it ended past the deadline."""
+        async with self._reap_lock:
+            if self._due is None or self._due > now:
+                if self._due is not None and self._timer is None:  # it rang early: re-arm
+                    self._timer = self.clock.call_at(self._due, self._ring)
+                return now
+            now = self.clock.now_ms()
+            self._reaping, self._noted = True, None
             try:
-                changes = await self.store.expire(dict(self.queues), now_ms())
+                changes = await self.store.expire(dict(self.queues), now)
+                if changes:
+                    self._apply(changes)
+                next_due = await self.store.next_deadline()
+                if not changes and next_due is not None and next_due <= now:
+                    # Due, yet nothing to do: another server holds it (PostgreSQL's SKIP
+                    # LOCKED) or its queue is not loaded yet. Look again soon, not at once.
+                    next_due = now + round(self.reap_interval * 1000)
             except Exception:
                 log.exception("lease expiry failed; trying again in %.2fs", self.reap_interval)
-                wait = self.reap_interval
-                continue
-            if changes:
-                self._apply(changes)
-            if changes or busy or self._busy:
-                wait = self.reap_interval
-            else:
-                wait = min(wait * 2, self.reap_interval * _IDLE_REAPS)
+                next_due = now + round(self.reap_interval * 1000)
+            finally:
+                self._reaping = False
+            noted = self._noted
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._due = None
+            self._expect(next_due)
+            self._expect(noted)
+            if self.store.shared:
+                self._expect(now + HOUSEKEEPING_MS)
+            return self.clock.now_ms()
 
     def _apply(self, changes: Iterable[Change]) -> None:
         """Wake long polls for tasks that became ready; emit events; settle outcome waits."""
@@ -359,6 +435,8 @@ class Engine:
         for task, old in changes:
             if task.state is State.READY:
                 ready[task.queue] = ready.get(task.queue, 0) + 1
+            elif task.state is State.SCHEDULED:  # a retry's backoff, a resumed delayed task
+                self._expect(task.run_at)
             if PUBLIC_STATUS[old] != task.status:
                 if self._listeners:
                     self._emit(task)

@@ -91,6 +91,7 @@ class NewTask(msgspec.Struct, kw_only=True, frozen=True):
     data: msgspec.Raw
     priority: int = 0
     delay_ms: int = 0
+    run_at: int | None = None  # not before this time (ms since the epoch), instead of a delay
     paused: bool = False
 
 

@@ -23,7 +23,9 @@ PATCH_STATUSES: Final = ("cancelled", "paused", "queued")
 
 def new_task(queue: str, spec: NewTask, task_id: int, now: int) -> Task:
     """The stored form of a freshly enqueued task."""
-    run_at = now + spec.delay_ms if spec.delay_ms > 0 else None
+    # A run_at that has passed means now, as a delay of 0 does.
+    later = spec.run_at if spec.run_at is not None else now + spec.delay_ms
+    run_at = later if later > now else None
     state = State.PAUSED if spec.paused else State.SCHEDULED if run_at is not None else State.READY
     return Task(
         id=task_id,

@@ -177,6 +177,12 @@ SCHEMAS: Final[dict[str, Any]] = {
                 "maximum": MAX_DELAY,
                 "description": "Seconds before the task may run (at most ten years).",
             },
+            "run_at": {
+                "type": "string",
+                "format": "date-time",
+                "description": "ISO 8601 time before which the task may not run, instead of"
+                " delay (UTC when it names no zone; a past time means now).",
+            },
             "status": {"type": "string", "enum": ["queued", "paused"], "default": "queued"},
         },
     },

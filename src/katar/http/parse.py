@@ -7,6 +7,7 @@ msgspec decodes and validates in one pass; its messages name the faulty field by
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -16,6 +17,7 @@ from katar.core.model import (
     STATUSES,
     Ack,
     NewTask,
+    now_ms,
     parse_priority,
 )
 from katar.errors import InvalidRequest, PayloadTooLarge, ValidationError
@@ -36,7 +38,8 @@ class PollBody(msgspec.Struct, frozen=True):
 class TaskBody(msgspec.Struct, frozen=True):
     data: msgspec.Raw = _ABSENT
     priority: int | str = 0
-    delay: Delay = 0.0
+    delay: Delay | None = None
+    run_at: str | None = None
     status: Literal["queued", "paused"] = "queued"
 
 
@@ -56,6 +59,7 @@ _HINTS: Final = {
     "attempt": "attempt is the delivery number the worker received, an integer >= 1",
     "priority": "priority is an integer or one of high, normal, low",
     "delay": f"delay is a number of seconds from 0 to {MAX_DELAY} (ten years)",
+    "run_at": "run_at is an ISO 8601 time, e.g. 2030-01-31T09:00:00Z (UTC when it names no zone)",
 }
 # Where a field's name means something else: an enqueue's "status" is a new task's.
 _HINTS_OF: Final[dict[type, dict[str, str]]] = {
@@ -172,9 +176,28 @@ def _new_task(body: TaskBody, where: str, max_bytes: int) -> NewTask:
     return NewTask(
         data=body.data,
         priority=priority,
-        delay_ms=round(body.delay * 1000),
+        delay_ms=round(body.delay * 1000) if body.delay is not None else 0,
+        run_at=None if body.run_at is None else _run_at(body, where),
         paused=body.status == "paused",
     )
+
+
+def _run_at(body: TaskBody, where: str) -> int:
+    """A task's run_at in ms since the epoch; a time that has passed is kept (it means now)."""
+    if body.delay is not None:
+        raise ValidationError(f"{where}: give delay or run_at, not both")
+    assert body.run_at is not None
+    try:
+        when = datetime.fromisoformat(body.run_at)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        run_at = round(when.timestamp() * 1000)
+    except (ValueError, OverflowError):
+        hint = _HINTS["run_at"]
+        raise ValidationError(f"{where}: invalid run_at {body.run_at[:64]!r} ({hint})") from None
+    if run_at > now_ms() + MAX_DELAY * 1000:
+        raise ValidationError(f"{where}: run_at must be at most ten years ahead")
+    return run_at
 
 
 def parse_enqueue(body: bytes, max_tasks: int, max_task_bytes: int) -> list[NewTask]:

@@ -44,6 +44,10 @@ class Store(abc.ABC):
     #: left), equal when nothing changed, 0 found when it created the schema. None for a
     #: store that keeps no schema.
     schema_change: tuple[int, int] | None = None
+    #: Whether other servers may write to this store, making deadlines (leases, delays) that
+    #: this one hears nothing of: its engine then looks for due tasks at least once a second
+    #: even when it knows of none. False for a store only one server can use.
+    shared: bool = False
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -130,3 +134,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def expire(self, queues: Mapping[str, QueueOptions], now: int) -> list[Change]:
         """Re-queue or fail tasks whose lease ran out; make due scheduled tasks READY."""
+
+    @abc.abstractmethod
+    async def next_deadline(self) -> int | None:
+        """The earliest time (ms) at which a task will need :meth:`expire`: the earliest
+        lease end of a task in progress, or the earliest not-before time of a scheduled one;
+        None when there is no such task. A time in the past means some are due now."""

@@ -212,3 +212,20 @@ class MemoryStore(Store):
             if change is not None:
                 changes.append(change)
         return changes
+
+    async def next_deadline(self) -> int | None:
+        earliest = None
+        for heap, state, field in (
+            (self._leases, State.RUNNING, "lease_until"),
+            (self._scheduled, State.SCHEDULED, "run_at"),
+        ):
+            # Entries whose task has moved on are dropped here, as expire would drop them.
+            while heap:
+                when, task_id = heap[0]
+                task = self._tasks.get(task_id)
+                if task is not None and task.state is state and getattr(task, field) == when:
+                    if earliest is None or when < earliest:
+                        earliest = when
+                    break
+                heapq.heappop(heap)
+        return earliest

@@ -110,6 +110,8 @@ def _translate(exc: Exception) -> StoreError:
 class PostgresStore(Store):
     """Queues and tasks in PostgreSQL, shared by any number of Katar servers."""
 
+    shared = True  # other servers' leases and delays: see Store.shared
+
     def __init__(self, url: str) -> None:
         try:
             import psycopg  # noqa: F401
@@ -519,6 +521,18 @@ class PostgresStore(Store):
                         changes.append(change)
             await self._notify_ready(conn, (change.task for change in changes))
         return changes
+
+    async def next_deadline(self) -> int | None:
+        s = self._schema
+        # LEAST ignores NULLs; each min() is one step down the partial index it names.
+        async with self._transaction() as conn:
+            row = await (
+                await conn.execute(
+                    f"SELECT LEAST((SELECT min(lease_until) FROM {s}.tasks WHERE state = 3),"
+                    f" (SELECT min(run_at) FROM {s}.tasks WHERE state = 2))"
+                )
+            ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
 
 _KEEP: Final = QueueOptions(persistent=True)
