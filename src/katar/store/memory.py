@@ -126,7 +126,7 @@ class MemoryStore(Store):
                 continue
             first, current = decided.get(found.id, (found, found))
             try:
-                new = rules.apply_ack(current, ack, options, now)
+                new = rules.apply_ack(current, ack, options, now, worker)
             except KatarError as exc:
                 exc.details.setdefault("ack", index)
                 raise

@@ -406,7 +406,7 @@ class PostgresStore(Store):
                     raise TaskNotFound.named(ack.task_id, queue, ack=index)
                 task = task_from_row(row, queue)
                 try:
-                    new = rules.apply_ack(task, ack, options, now)
+                    new = rules.apply_ack(task, ack, options, now, worker)
                 except KatarError as exc:
                     exc.details.setdefault("ack", index)
                     raise
