@@ -30,7 +30,14 @@ from katar.core.model import (
     now_ms,
 )
 from katar.core.rules import is_final
-from katar.errors import QueueNotFound, ShuttingDown, TaskNotFound, ValidationError
+from katar.errors import (
+    QueueNotFound,
+    ShuttingDown,
+    StoreUnavailable,
+    TaskNotFound,
+    ValidationError,
+)
+from katar.logs import Outages
 from katar.store.base import Change, Store
 
 log = logging.getLogger("katar")
@@ -84,6 +91,8 @@ class Engine:
         self._busy = False  # a task was enqueued, delivered or changed since the last reap
         #: Tasks enqueued and delivered by this process since it started, per queue.
         self.counters = Counters()
+        #: The store's outages, logged once each (by the reaper, and the HTTP app's requests).
+        self.outages = Outages()
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -129,6 +138,8 @@ class Engine:
         """Create the queue or replace its options."""
         check_queue_name(name)
         await self.store.save_queue(name, options)
+        if name not in self.queues:
+            log.info("queue %s created", name)
         self.queues[name] = options
         return options
 
@@ -137,6 +148,7 @@ class Engine:
         self.options(name)
         count = await self.store.delete_queue(name)
         self.queues.pop(name, None)
+        log.info("queue %s deleted with its %d task(s)", name, count)
         waiters = self._waiters.pop(name, deque())
         _release(waiters, True, len(waiters))  # they look again, and find no queue
         return count
@@ -340,6 +352,11 @@ class Engine:
                 continue
             try:
                 changes = await self.store.expire(dict(self.queues), now_ms())
+                self.outages.up()
+            except StoreUnavailable as exc:  # said once per outage, not at every reap
+                self.outages.down(exc.message)
+                wait = self.reap_interval
+                continue
             except Exception:
                 log.exception("lease expiry failed; trying again in %.2fs", self.reap_interval)
                 wait = self.reap_interval

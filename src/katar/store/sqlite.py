@@ -42,6 +42,7 @@ from katar.errors import (
     StoreUnavailable,
     TaskNotFound,
 )
+from katar.logs import mask_credentials
 from katar.store._rows import (
     CLAIMED_COLUMNS,
     COLUMNS,
@@ -209,12 +210,12 @@ def parse_url(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/"):
         raise ConfigError(
-            f"invalid SQLite URL {url!r}: use sqlite:///relative/path.db or "
+            f"invalid SQLite URL {mask_credentials(url)!r}: use sqlite:///relative/path.db or "
             "sqlite:////absolute/path.db"
         )
     path = parts.path[1:]
     if not path:
-        raise ConfigError(f"invalid SQLite URL {url!r}: it names no file")
+        raise ConfigError(f"invalid SQLite URL {mask_credentials(url)!r}: it names no file")
     query = parse_qs(parts.query)
     unknown = set(query) - {"synchronous"}
     if unknown:
@@ -235,7 +236,7 @@ class SQLiteStore(Store):
     """Queues and tasks in one SQLite database file."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        self.url = mask_credentials(url)
         self._path, self._synchronous = parse_url(url)
         self._conn: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
