@@ -6,14 +6,13 @@ import argparse
 import importlib
 import itertools
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from katar import config
+from katar import config, logs
 from katar._version import __version__
 from katar.api import Katar
 from katar.core.engine import check_queue_name
@@ -49,6 +48,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate")
     serve.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
+    serve.add_argument(
+        "--log-level", choices=logs.LEVELS, help="the least severe lines to log (default info)"
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        help="text lines, or one JSON object a line (time, level, message, fields); default text",
+    )
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log a line per answered request: method, route, status, time, bytes",
+    )
     token = commands.add_parser(
         "token",
         help="make a new token and print the [[tokens]] block for the configuration file",
@@ -281,6 +293,12 @@ def serve(args: argparse.Namespace) -> None:
         settings.tls_cert = args.tls_cert
     if args.tls_key is not None:
         settings.tls_key = args.tls_key
+    if args.log_level is not None:
+        settings.log_level = args.log_level
+    if args.log_format is not None:
+        settings.log_format = args.log_format
+    settings.access_log = settings.access_log or args.access_log
+    logs.configure(settings.log_level, settings.log_format)
     katar = Katar(settings.store_url)
     for name, options in settings.queues.items():
         katar.declare(name, options)
@@ -293,6 +311,7 @@ def serve(args: argparse.Namespace) -> None:
         tokens=settings.tokens,
         tls_cert=settings.tls_cert,
         tls_key=settings.tls_key,
+        access_log=settings.access_log,
     )
     server.run()
 
@@ -300,12 +319,7 @@ def serve(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the process's exit status."""
     args = _parser().parse_args(argv)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure()  # katar serve configures it again from its flags and file
     try:
         if args.command == "serve":
             serve(args)
@@ -318,10 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "token":
             return token(args)
     except (ConfigError, ValidationError) as exc:
-        print(f"katar: error: {exc}", file=sys.stderr)
+        print(f"katar: error: {logs.mask_credentials(str(exc))}", file=sys.stderr)
         return 2
     except (StoreError, ClientError) as exc:
-        print(f"katar: error: {exc}", file=sys.stderr)
+        print(f"katar: error: {logs.mask_credentials(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -18,6 +18,11 @@ persistent = true
 [queues.emails.configuration]
 interval = 1000
 
+[logging]              # optional; the command line's flags win over it
+level = "info"         # debug, info, warning or error
+format = "text"        # or "json": one object a line
+access_log = false     # a line per answered request
+
 [[tokens]]             # none: the server is open (and then only on loopback addresses)
 name = "mailer"        # optional, for people
 token_sha256 = "..."   # `katar token` prints a token and this block
@@ -35,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from katar import logs
 from katar.core.engine import check_queue_name
 from katar.core.model import QueueOptions, parse_queue_options
 from katar.errors import ConfigError, ValidationError
@@ -45,7 +51,7 @@ DEFAULT_STORE: Final = "sqlite:///katar.db"
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 3000
 
-_TABLES: Final = ("store", "server", "limits", "queues", "tokens")
+_TABLES: Final = ("store", "server", "limits", "logging", "queues", "tokens")
 
 
 @dataclass(kw_only=True)
@@ -61,6 +67,9 @@ class Settings:
     tokens: list[Token] = field(default_factory=list)  # none: an open server
     limits: Limits = field(default_factory=Limits)
     queues: dict[str, QueueOptions] = field(default_factory=dict)
+    log_level: str = "info"
+    log_format: str = "text"
+    access_log: bool = False
 
 
 class _Located:
@@ -156,6 +165,7 @@ def parse(raw: dict[str, Any], where: _Located) -> Settings:
                 key,
             )
     settings.limits = _limits(_table(raw, "limits", where), where)
+    _logging(_table(raw, "logging", where), where, settings)
     for name, options in _table(raw, "queues", where).items():
         table = f"queues.{name}"
         try:
@@ -218,6 +228,25 @@ def _tokens(raw: Any, where: _Located) -> list[Token]:
             raise error("name must be a string", "name")
         tokens.append(Token.declare(sha256=hexdigest, role=role, queues=queues, name=name))
     return tokens
+
+
+def _logging(raw: dict[str, Any], where: _Located, settings: Settings) -> None:
+    for key, value in raw.items():
+        if key == "access_log":
+            if not isinstance(value, bool):
+                raise where.error("must be true or false", "logging", key)
+            settings.access_log = value
+        elif key in ("level", "format"):
+            choices = logs.LEVELS if key == "level" else logs.FORMATS
+            if value not in choices:
+                raise where.error(f"must be one of {', '.join(choices)}", "logging", key)
+            setattr(settings, "log_level" if key == "level" else "log_format", value)
+        else:
+            raise where.error(
+                "unknown key; the [logging] table takes level, format and access_log",
+                "logging",
+                key,
+            )
 
 
 def _limits(raw: dict[str, Any], where: _Located) -> Limits:

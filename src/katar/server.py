@@ -25,6 +25,7 @@ from katar.errors import ConfigError
 from katar.http import App, Limits
 from katar.http.auth import Token
 from katar.http.protocol import HttpProtocol, sweep
+from katar.logs import mask_credentials
 
 log = logging.getLogger("katar")
 
@@ -86,9 +87,11 @@ class _Uvicorn(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        log.info("katar stopping: finishing the requests in flight")
         self.katar.engine.begin_shutdown()  # long polls answer now, not when they time out
         await super().shutdown(sockets)
         await self.katar.close()
+        log.info("katar stopped")
         # uvicorn re-raises the signal it caught once it is done, which would end the
         # process with the signal's status; a graceful stop exits 0 instead.
         self._captured_signals.clear()
@@ -108,6 +111,7 @@ class WorkerServer:
         tokens: Iterable[Token] = (),
         tls_cert: str | None = None,
         tls_key: str | None = None,
+        access_log: bool = False,
     ) -> None:
         self.katar = katar
         self.port = port
@@ -127,6 +131,7 @@ class WorkerServer:
             tokens=self.tokens,
             startup=katar.open,
             shutdown=katar.close,
+            access_log=access_log,
         )
 
     def config(
@@ -165,6 +170,7 @@ class WorkerServer:
             http=HttpProtocol,
             lifespan="off",  # Katar is opened above and closed by _Uvicorn.shutdown
             log_level="warning",
+            log_config=None,  # its lines go to Katar's handlers, in Katar's format
             access_log=False,
             server_header=False,
             proxy_headers=False,  # Katar does not use client addresses
@@ -243,7 +249,7 @@ class WorkerServer:
             scheme,
             host,
             port,
-            self.katar.store_url,
+            mask_credentials(self.katar.store_url),
             access,
             queues,
         )

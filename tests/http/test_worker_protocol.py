@@ -388,3 +388,31 @@ async def test_a_result_that_is_not_utf8_or_too_deep_is_refused(
     bad = await client.post("/v1/queue/q", content=ack % (task_id.encode(), deep))
     assert bad.status_code == 400 and "tasks[0].result" in bad.json()["error"]
     assert (await client.get(f"/v1/queue/q/tasks/{task_id}")).json()["status"] == "in progress"
+
+
+async def test_a_named_worker_cannot_ack_another_workers_task(client: httpx.AsyncClient) -> None:
+    for queue in ("q", "plain"):  # with history and without: two different "done" paths
+        alices, bobs, spare = await enqueue(client, queue, {"data": 1}, {"data": 2}, {"data": 3})
+        await client.post(f"/v1/queue/{queue}", json={"worker": "alice"})
+        await client.post(f"/v1/queue/{queue}", json={"worker": "bob"})
+        records = [f"/v1/queue/{queue}/tasks/{i}" for i in (alices, bobs)]
+        before = [(await client.get(record)).content for record in records]
+        for acks, index in (
+            ([{"_id": alices, "status": "done"}], 0),
+            ([{"_id": bobs, "status": "done"}, {"_id": alices, "status": "failed"}], 1),
+            ([{"_id": alices, "status": "in progress"}], 0),
+        ):
+            # A refused batch changes nothing: neither the acks nor the claim it asked for.
+            body = {"worker": "bob", "max": 1, "tasks": acks}
+            response = await client.post(f"/v1/queue/{queue}", json=body)
+            assert response.status_code == 409, response.text
+            assert response.json()["_id"] == alices and response.json()["ack"] == index
+            assert "another worker" in response.json()["error"]
+            assert [(await client.get(record)).content for record in records] == before
+        left = await client.get(f"/v1/queue/{queue}/tasks", params={"status": "queued"})
+        assert [t["_id"] for t in left.json()["tasks"]] == [spare]
+        # The owner acks its own; a poll with no name (the original protocol) any task.
+        own = {"worker": "bob", "tasks": [{"_id": bobs, "status": "done"}], "max": 0}
+        assert (await client.post(f"/v1/queue/{queue}", json=own)).status_code == 204
+        anyone = {"tasks": [{"_id": alices, "status": "done"}], "max": 0}
+        assert (await client.post(f"/v1/queue/{queue}", json=anyone)).status_code == 204

@@ -13,7 +13,7 @@ import pytest
 
 from katar.core.model import Ack, NewTask, QueueOptions, State, Task
 from katar.errors import Conflict, IllegalTransition, QueueNotFound, TaskNotFound
-from katar.store import Store, open_store
+from katar.store import PollResult, Store, open_store
 from tests.conftest import DURABLE_KINDS, store_url
 
 T0 = 1_700_000_000_000
@@ -157,7 +157,7 @@ async def test_acks_are_idempotent(store: Store) -> None:
         (task,) = await claim(store, 1, options, queue=name)
         for _ in range(3):
             await store.poll(name, options, [ack(task)], 0, "w1", T0)
-        again = await store.poll(name, options, [ack(task, "failed", error="late")], 0, "w", T0)
+        again = await store.poll(name, options, [ack(task, "failed", error="late")], 0, "w1", T0)
         assert again.changes == []
         stored = await store.get_task(name, task.id)
         if options.persistent:
@@ -184,7 +184,7 @@ async def test_an_ack_for_an_unknown_task_is_not_found(store: Store) -> None:
     for bad in ("999999", "abc", "-1", "0", str(foreign.id)):
         acks = [ack(mine, "in progress"), Ack(task_id=bad, status="done")]
         with pytest.raises(TaskNotFound) as caught:
-            await store.poll("q", KEEP, acks, 1, "w", T0)
+            await store.poll("q", KEEP, acks, 1, "w1", T0)
         assert caught.value.details["ack"] == 1
 
 
@@ -193,7 +193,7 @@ async def test_one_bad_ack_changes_nothing(store: Store) -> None:
     await store.enqueue("q", [new(1), new(2), new(3)], T0)
     one, two = await claim(store, 2)
     with pytest.raises(TaskNotFound):
-        await store.poll("q", KEEP, [ack(one), ack(two, "failed"), ack(999_999)], 5, "w", T0)
+        await store.poll("q", KEEP, [ack(one), ack(two, "failed"), ack(999_999)], 5, "w1", T0)
     for task in (one, two):
         stored = await store.get_task("q", task.id)
         assert stored is not None and stored.state is State.RUNNING
@@ -205,7 +205,7 @@ async def test_an_ack_for_a_task_never_delivered_is_a_conflict(store: Store) -> 
     await setup(store)
     (task,) = await store.enqueue("q", [new(1)], T0)
     with pytest.raises(Conflict) as caught:
-        await store.poll("q", KEEP, [ack(task)], 1, "w", T0)
+        await store.poll("q", KEEP, [ack(task)], 1, "w1", T0)
     assert caught.value.details["ack"] == 0
     stored = await store.get_task("q", task.id)
     assert stored is not None and stored.state is State.READY
@@ -218,22 +218,22 @@ async def test_fencing_ignores_an_ack_from_an_expired_delivery(store: Store) -> 
     await store.expire({"q": KEEP}, T0 + KEEP.timeout)
     (second,) = await claim(store, now=T0 + KEEP.timeout + 1)
     assert second.id == first.id and second.attempts == 2
-    stale = await store.poll("q", KEEP, [ack(first, "failed", attempt=1)], 0, "w", T0 + 1001)
+    stale = await store.poll("q", KEEP, [ack(first, "failed", attempt=1)], 0, "w1", T0 + 1001)
     assert stale.changes == []
     stored = await store.get_task("q", first.id)
     assert stored is not None and stored.state is State.RUNNING
-    await store.poll("q", KEEP, [ack(second, attempt=2)], 0, "w", T0 + 1002)
+    await store.poll("q", KEEP, [ack(second, attempt=2)], 0, "w1", T0 + 1002)
     stored = await store.get_task("q", first.id)
     assert stored is not None and stored.state is State.DONE
     with pytest.raises(Conflict):
-        await store.poll("q", KEEP, [ack(first, attempt=3)], 0, "w", T0 + 1003)
+        await store.poll("q", KEEP, [ack(first, attempt=3)], 0, "w1", T0 + 1003)
 
 
 async def test_a_heartbeat_extends_the_lease(store: Store) -> None:
     await setup(store)
     await store.enqueue("q", [new(1)], T0)
     (task,) = await claim(store)
-    beat = await store.poll("q", KEEP, [ack(task, "in progress")], 0, "w", T0 + 900)
+    beat = await store.poll("q", KEEP, [ack(task, "in progress")], 0, "w1", T0 + 900)
     assert beat.changes == []
     stored = await store.get_task("q", task.id)
     assert stored is not None and stored.lease_until == T0 + 900 + KEEP.timeout
@@ -263,7 +263,7 @@ async def test_failed_with_retry_backs_off_then_fails_for_good(store: Store) -> 
     await store.enqueue("q", [new(1)], T0)
     (task,) = await claim(store, 1, options)
     polled = await store.poll(
-        "q", options, [ack(task, "failed", error="e1", retry=True)], 1, "w", T0
+        "q", options, [ack(task, "failed", error="e1", retry=True)], 1, "w1", T0
     )
     assert polled.delivered == []
     stored = await store.get_task("q", task.id)
@@ -271,7 +271,7 @@ async def test_failed_with_retry_backs_off_then_fails_for_good(store: Store) -> 
     assert stored.error == "e1"
     await store.expire({"q": options}, T0 + 100)
     (task,) = await claim(store, 1, options, now=T0 + 100)
-    await store.poll("q", options, [ack(task, "failed", error="e2", retry=True)], 0, "w", T0 + 101)
+    await store.poll("q", options, [ack(task, "failed", error="e2", retry=True)], 0, "w1", T0 + 101)
     stored = await store.get_task("q", task.id)
     assert stored is not None and stored.state is State.FAILED and stored.error == "e2"
 
@@ -281,7 +281,7 @@ async def test_failed_follows_the_queue_retry_option_by_default(store: Store) ->
     await setup(store, options)
     await store.enqueue("q", [new(1)], T0)
     (task,) = await claim(store, 1, options)
-    polled = await store.poll("q", options, [ack(task, "failed")], 1, "w", T0)
+    polled = await store.poll("q", options, [ack(task, "failed")], 1, "w1", T0)
     assert [t.attempts for t in polled.delivered] == [2]
 
 
@@ -311,13 +311,13 @@ async def test_a_retried_failed_task_gets_fresh_attempts_but_keeps_its_count(sto
     await setup(store, options)
     await store.enqueue("q", [new(1)], T0)
     (task,) = await claim(store, 1, options)
-    await store.poll("q", options, [ack(task, "failed", error="x")], 0, "w", T0)
+    await store.poll("q", options, [ack(task, "failed", error="x")], 0, "w1", T0)
     with pytest.raises(IllegalTransition):
         await store.set_status("q", task.id, "paused", T0)
     await store.set_status("q", task.id, "queued", T0 + 1)
     (again,) = await claim(store, 1, options)
     assert again.attempts == 2
-    polled = await store.poll("q", options, [ack(task, "done", attempt=1)], 0, "w", T0 + 2)
+    polled = await store.poll("q", options, [ack(task, "done", attempt=1)], 0, "w1", T0 + 2)
     assert polled.changes == []  # the first delivery's ack cannot settle the second
     await store.expire({"q": options}, T0 + options.timeout + 10)
     stored = await store.get_task("q", task.id)
@@ -347,7 +347,7 @@ async def test_ids_are_never_reused(store: Store) -> None:
     await setup(store, DROP)
     (first,) = await store.enqueue("q", [new(1)], T0)
     (task,) = await claim(store, 1, DROP)
-    await store.poll("q", DROP, [ack(task)], 0, "w", T0)
+    await store.poll("q", DROP, [ack(task)], 0, "w1", T0)
     (second,) = await store.enqueue("q", [new(2)], T0)
     assert second.id > first.id
 
@@ -367,8 +367,8 @@ async def test_durable_across_reopen(kind: str, tmp_path: Path) -> None:
     await first.open()
     await first.save_queue("q", DROP)
     created = await first.enqueue("q", [new(1), new(2)], T0)
-    (task,) = (await first.poll("q", DROP, [], 1, "w", T0)).delivered
-    await first.poll("q", DROP, [ack(task)], 0, "w", T0)
+    (task,) = (await first.poll("q", DROP, [], 1, "w1", T0)).delivered
+    await first.poll("q", DROP, [ack(task)], 0, "w1", T0)
     await first.close()
     second = open_store(url)
     await second.open()
@@ -379,7 +379,7 @@ async def test_durable_across_reopen(kind: str, tmp_path: Path) -> None:
         (newer,) = await second.enqueue("q", [new(3)], T0)
         assert newer.id > created[1].id
         # The finished, deleted task's id is remembered as issued: a late ack is a no-op.
-        assert (await second.poll("q", DROP, [ack(task)], 0, "w", T0)).changes == []
+        assert (await second.poll("q", DROP, [ack(task)], 0, "w1", T0)).changes == []
     finally:
         await second.close()
 
@@ -417,13 +417,13 @@ async def test_many_acks_in_one_poll(store: Store, options: QueueOptions, watche
         ack(tasks[5], "in progress"),
     ]
     with pytest.raises(Conflict) as caught:
-        await store.poll("q", options, acks, 0, "w", T0 + 1)
+        await store.poll("q", options, acks, 0, "w1", T0 + 1)
     assert caught.value.details["ack"] == 3
     for task in tasks:
         stored = await store.get_task("q", task.id)
         assert stored is not None and stored.state is State.RUNNING
     del acks[3]
-    polled = await store.poll("q", options, acks, 0, "w", T0 + 2)
+    polled = await store.poll("q", options, acks, 0, "w1", T0 + 2)
     finished = [
         (tasks[0].id, State.DONE),
         (tasks[1].id, State.DONE),
@@ -448,7 +448,7 @@ async def test_many_acks_in_one_poll(store: Store, options: QueueOptions, watche
     running = await store.get_task("q", tasks[5].id)
     assert running is not None and running.lease_until == T0 + 2 + options.timeout
     # The same acks again: nothing changes, nothing fails.
-    assert (await store.poll("q", options, acks, 0, "w", T0 + 3)).changes == []
+    assert (await store.poll("q", options, acks, 0, "w1", T0 + 3)).changes == []
 
 
 @WATCHED
@@ -467,9 +467,9 @@ async def test_concurrent_polls_ack_and_claim_as_if_one_after_another(
         store.poll("q", options, [ack(first[0])], 2, None, T0 + 1),
         store.poll("q", options, [ack(first[0])], 2, None, T0 + 1),  # the same ack again
         store.poll("q", options, [ack(never_delivered)], 3, None, T0 + 1),  # refused
-        store.poll("q", options, [ack(first[1], "failed", error="x")], 1, "w2", T0 + 1),
+        store.poll("q", options, [ack(first[1], "failed", error="x")], 1, "w1", T0 + 1),
         store.poll("q", options, [ack(first[2])], 0, None, T0 + 1),
-        store.poll("q", options, [ack(first[3])], 3, "w2", T0 + 1),
+        store.poll("q", options, [ack(first[3])], 3, "w1", T0 + 1),
     ]
     results = await asyncio.gather(*polls, return_exceptions=True)
     assert isinstance(results[2], Conflict)
@@ -491,3 +491,103 @@ async def test_concurrent_polls_ack_and_claim_as_if_one_after_another(
     if options.persistent:
         record = await store.get_task("q", first[0].id)
         assert record is not None and record.status == "done"
+
+
+# -- ownership: a named worker acks only its own deliveries ------------------------------------
+
+
+async def claim_as(
+    store: Store, worker: str | None, limit: int, options: QueueOptions, now: int = T0
+) -> list[Task]:
+    return (await store.poll("q", options, [], limit, worker, now)).delivered
+
+
+@WATCHED
+@pytest.mark.parametrize("options", [KEEP, DROP], ids=["history", "no-history"])
+@pytest.mark.parametrize("status", ["done", "failed", "in progress"])
+async def test_a_named_worker_cannot_ack_another_workers_delivery(
+    store: Store, options: QueueOptions, watched: bool, status: str
+) -> None:
+    unwatched(store, watched)
+    await setup(store, options)
+    await store.enqueue("q", [new(1), new(2)], T0)
+    (theirs,) = await claim_as(store, "alice", 1, options)
+    (mine,) = await claim_as(store, "bob", 1, options)
+    # Alone, and after an ack of bob's own in the same poll: refused, and nothing changes.
+    for acks, index in (([ack(theirs, status)], 0), ([ack(mine), ack(theirs, status)], 1)):
+        with pytest.raises(Conflict) as caught:
+            await store.poll("q", options, acks, 1, "bob", T0 + 1)
+        assert caught.value.details == {"_id": str(theirs.id), "ack": index}
+        for task in (theirs, mine):
+            assert await store.get_task("q", task.id) == task
+    # The owner may; so may a poll that gives no name (the original protocol).
+    polled = await store.poll("q", options, [ack(theirs, status)], 0, "alice", T0 + 2)
+    polled = await store.poll("q", options, [ack(mine, status)], 0, None, T0 + 2)
+    if status == "in progress":
+        for task in (theirs, mine):
+            stored = await store.get_task("q", task.id)
+            assert stored is not None and stored.lease_until == T0 + 2 + options.timeout
+    else:
+        assert reported([(c.task.id, c.task.state) for c in polled.changes], watched) == (
+            reported([(mine.id, State.DONE if status == "done" else State.FAILED)], watched)
+        )
+
+
+@pytest.mark.parametrize("options", [KEEP, DROP], ids=["history", "no-history"])
+async def test_a_delivery_leased_without_a_name_is_anyones(
+    store: Store, options: QueueOptions
+) -> None:
+    await setup(store, options)
+    await store.enqueue("q", [new(1), new(2)], T0)
+    first, second = await claim_as(store, None, 2, options)
+    assert first.worker is None
+    await store.poll("q", options, [ack(first), ack(second, attempt=1)], 0, "bob", T0 + 1)
+    for task in (first, second):
+        stored = await store.get_task("q", task.id)
+        assert (stored and stored.state) is (State.DONE if options.persistent else None)
+
+
+async def test_ownership_follows_the_current_delivery(store: Store) -> None:
+    await setup(store, KEEP)
+    (task,) = await store.enqueue("q", [new(1)], T0)
+    await claim_as(store, "alice", 1, KEEP)
+    await store.expire({"q": KEEP}, T0 + KEEP.timeout)
+    await claim_as(store, "carol", 1, KEEP, T0 + KEEP.timeout + 1)
+    # Alice's ack of her own, expired delivery stays a silent no-op...
+    late = await store.poll("q", KEEP, [ack(task, attempt=1)], 0, "alice", T0 + 2000)
+    assert late.changes == []
+    # ...but without naming it, it names carol's delivery: refused.
+    with pytest.raises(Conflict):
+        await store.poll("q", KEEP, [ack(task, "failed")], 0, "alice", T0 + 2000)
+    stored = await store.get_task("q", task.id)
+    assert stored is not None and stored.state is State.RUNNING and stored.worker == "carol"
+    done = await store.poll("q", KEEP, [ack(task, attempt=2)], 0, "carol", T0 + 2001)
+    assert [(c.task.id, c.task.state) for c in done.changes] == [(task.id, State.DONE)]
+
+
+@WATCHED
+@pytest.mark.parametrize("options", [KEEP, DROP], ids=["history", "no-history"])
+async def test_concurrent_acks_from_named_and_anonymous_polls(
+    store: Store, options: QueueOptions, watched: bool
+) -> None:
+    # Served together (SQLite makes their "done"s in shared statements), each poll still
+    # gets the answer the ownership rule gives it alone.
+    unwatched(store, watched)
+    await setup(store, options)
+    await store.enqueue("q", [new(n) for n in range(5)], T0)
+    alices = await claim_as(store, "alice", 3, options)
+    bobs = await claim_as(store, "bob", 2, options)
+    polls = [
+        store.poll("q", options, [ack(alices[0])], 0, "alice", T0 + 1),
+        store.poll("q", options, [ack(alices[1])], 1, "bob", T0 + 1),  # refused
+        store.poll("q", options, [ack(bobs[0])], 0, "bob", T0 + 1),
+        store.poll("q", options, [ack(alices[2])], 0, None, T0 + 1),
+        store.poll("q", options, [ack(bobs[1])], 0, "alice", T0 + 1),  # refused
+    ]
+    results = await asyncio.gather(*polls, return_exceptions=True)
+    assert [type(r) for r in results] == [PollResult, Conflict, PollResult, PollResult, Conflict]
+    for task in (alices[1], bobs[1]):
+        assert await store.get_task("q", task.id) == task
+    for task in (alices[0], bobs[0], alices[2]):
+        stored = await store.get_task("q", task.id)
+        assert (stored and stored.state) is (State.DONE if options.persistent else None)

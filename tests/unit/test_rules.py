@@ -94,6 +94,21 @@ def test_an_ack_applies_only_to_the_current_delivery() -> None:
         rules.apply_ack(task(State.READY), Ack(task_id="7", status="done"), OPTIONS, T0)
 
 
+@pytest.mark.parametrize("status", ["done", "failed", "in progress"])
+def test_a_named_worker_acks_only_deliveries_leased_to_it_or_to_no_name(status: str) -> None:
+    alices = task(State.RUNNING, attempts=2, worker="alice", lease_until=T0 + 100)
+    ack = Ack(task_id="7", status=status)  # type: ignore[arg-type]
+    with pytest.raises(Conflict, match="leased to another worker"):
+        rules.apply_ack(alices, ack, OPTIONS, T0, "bob")
+    assert rules.apply_ack(alices, ack, OPTIONS, T0, "alice") is not None
+    assert rules.apply_ack(alices, ack, OPTIONS, T0, None) is not None  # the original protocol
+    nameless = task(State.RUNNING, attempts=1, lease_until=T0 + 100)
+    assert rules.apply_ack(nameless, ack, OPTIONS, T0, "bob") is not None
+    # An earlier delivery's ack stays a silent no-op, whoever sends it.
+    earlier = Ack(task_id="7", status=status, attempt=1)  # type: ignore[arg-type]
+    assert rules.apply_ack(alices, earlier, OPTIONS, T0, "bob") is None
+
+
 def test_failed_retries_while_attempts_remain() -> None:
     failed = Ack(task_id="7", status="failed", error="e", retry=True)
     retried = rules.apply_ack(task(State.RUNNING, attempts=2), failed, OPTIONS, T0)

@@ -34,6 +34,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -125,6 +126,7 @@ class AsyncWorker:
         grace: float = 30.0,
         name: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        summary_interval: float = 60.0,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -152,6 +154,11 @@ class AsyncWorker:
         self.lease = DEFAULT_LEASE_MS / 1000
         #: Tasks finished (acknowledged to the server) since the worker started.
         self.processed = 0
+        #: Handlers that returned, and that raised, since the worker started.
+        self.done = 0
+        self.failed = 0
+        self.summary_interval = summary_interval
+        self._summarized = (0, 0, time.monotonic())  # done, failed, when: the last summary
 
     # -- control ---------------------------------------------------------------------------
 
@@ -180,6 +187,7 @@ class AsyncWorker:
                 loop.add_signal_handler(sig, self._on_signal)
         if not self._is_async:
             self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="katar-worker")
+        summaries = asyncio.ensure_future(self._summarize())
         try:
             async with httpx.AsyncClient(
                 base_url=self.url,
@@ -190,6 +198,8 @@ class AsyncWorker:
             ) as http:
                 await self._work(http)
         finally:
+            summaries.cancel()
+            self._summary()  # the last one, as the worker stops
             for future in self._running:
                 future.cancel()
             if self._pool is not None:
@@ -356,10 +366,50 @@ class AsyncWorker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.info("task %s failed: %s: %s", job.id, type(exc).__name__, exc)
-            self._acks.append(_ack(job, exc, None))
+            ack = _ack(job, exc, None)
+            # A Retry or Fail is the handler's own verdict: its message says it all. Any
+            # other exception is unexpected: its traceback is what the operator needs.
+            trace = None if isinstance(exc, Retry | Fail) else exc
+            self._failure(job, ack, trace)
         else:
-            self._acks.append(_ack(job, None, result))
+            ack = _ack(job, None, result)
+            if ack["status"] == "failed":  # a result that is not JSON
+                self._failure(job, ack, None)
+            else:
+                self.done += 1
+        self._acks.append(ack)
+
+    def _failure(self, job: Job, ack: dict[str, Any], trace: BaseException | None) -> None:
+        self.failed += 1
+        log.warning(
+            "task %s failed (attempt %d): %s", job.id, job.attempt, ack["error"], exc_info=trace
+        )
+
+    async def _summarize(self) -> None:
+        """Every ``summary_interval`` seconds, a summary line (see :meth:`_summary`)."""
+        while True:
+            await asyncio.sleep(self.summary_interval)
+            self._summary()
+
+    def _summary(self) -> None:
+        """Tasks done and failed since the last summary, and the rate; and since the start.
+        Nothing when nothing happened: an idle worker stays quiet."""
+        now = time.monotonic()
+        done, failed = self.done - self._summarized[0], self.failed - self._summarized[1]
+        elapsed = max(now - self._summarized[2], 1e-3)
+        self._summarized = (self.done, self.failed, now)
+        if done or failed:
+            log.info(
+                "worker %s: %d done, %d failed in the last %.0fs (%.1f tasks/s); "
+                "%d done, %d failed since it started",
+                self.name,
+                done,
+                failed,
+                elapsed,
+                (done + failed) / elapsed,
+                self.done,
+                self.failed,
+            )
 
     def _finished(self, future: asyncio.Future[None]) -> None:
         self._running.pop(future, None)

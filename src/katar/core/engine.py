@@ -38,7 +38,14 @@ from katar.core.model import (
     check_text,
 )
 from katar.core.rules import is_final
-from katar.errors import QueueNotFound, ShuttingDown, TaskNotFound, ValidationError
+from katar.errors import (
+    QueueNotFound,
+    ShuttingDown,
+    StoreUnavailable,
+    TaskNotFound,
+    ValidationError,
+)
+from katar.logs import Outages
 from katar.store.base import Change, Store
 
 log = logging.getLogger("katar")
@@ -102,6 +109,8 @@ class Engine:
         self._noted: int | None = None  # the earliest deadline made while a reap ran
         #: Tasks enqueued and delivered by this process since it started, per queue.
         self.counters = Counters()
+        #: The store's outages, logged once each (by the reaper, and the HTTP app's requests).
+        self.outages = Outages()
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -155,6 +164,8 @@ class Engine:
         """Create the queue or replace its options."""
         check_queue_name(name)
         await self.store.save_queue(name, options)
+        if name not in self.queues:
+            log.info("queue %s created", name)
         self.queues[name] = options
         return options
 
@@ -163,6 +174,7 @@ class Engine:
         self.options(name)
         count = await self.store.delete_queue(name)
         self.queues.pop(name, None)
+        log.info("queue %s deleted with its %d task(s)", name, count)
         waiters = self._waiters.pop(name, deque())
         _release(waiters, True, len(waiters))  # they look again, and find no queue
         return count
@@ -406,6 +418,7 @@ class Engine:
             self._reaping, self._noted = True, None
             try:
                 changes = await self.store.expire(dict(self.queues), now)
+                self.outages.up()
                 if changes:
                     self._apply(changes)
                 next_due = await self.store.next_deadline()
@@ -413,6 +426,9 @@ class Engine:
                     # Due, yet nothing to do: another server holds it (PostgreSQL's SKIP
                     # LOCKED) or its queue is not loaded yet. Look again soon, not at once.
                     next_due = now + round(self.reap_interval * 1000)
+            except StoreUnavailable as exc:  # said once per outage, not at every reap
+                self.outages.down(exc.message)
+                next_due = now + round(self.reap_interval * 1000)
             except Exception:
                 log.exception("lease expiry failed; trying again in %.2fs", self.reap_interval)
                 next_due = now + round(self.reap_interval * 1000)

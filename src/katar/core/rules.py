@@ -74,15 +74,21 @@ def retry_delay(options: QueueOptions, attempts: int) -> int:
     return int(min(options.retry_delay * (2**exponent), options.retry_delay_max))
 
 
-def apply_ack(task: Task, ack: Ack, options: QueueOptions, now: int) -> Task | None:
-    """What a worker's ack does to the task it names.
+def apply_ack(
+    task: Task, ack: Ack, options: QueueOptions, now: int, worker: str | None = None
+) -> Task | None:
+    """What a worker's ack does to the task it names; ``worker`` is the name the acking
+    poll gave, None for an anonymous poll.
 
     An ack applies to the current delivery: the task must be in progress, and ``attempt``,
     when given, must be the current one. An ack for an earlier delivery (its lease ran out
     and the task was delivered again, or it is a repeat of an ack already applied) changes
     nothing and is not an error, so that acks are idempotent and a stale worker can never
     overwrite a later outcome. An ack for a task that was never delivered, or for a delivery
-    that never happened, is a client mistake: :class:`Conflict`.
+    that never happened, is a client mistake: :class:`Conflict`. So is a named worker's ack
+    of a delivery leased to another named worker (ownership); an anonymous poll, as the
+    original protocol sends it, may ack any delivery, and a named one any delivery leased
+    without a name.
     """
     if ack.attempt is not None and not 1 <= ack.attempt <= task.attempts:
         raise Conflict(
@@ -99,6 +105,12 @@ def apply_ack(task: Task, ack: Ack, options: QueueOptions, now: int) -> Task | N
                 _id=str(task.id),
             )
         return None
+    if not owns(task, worker):
+        raise Conflict(
+            f"task {task.id} is leased to another worker (delivery {task.attempts}); "
+            f"worker {worker!r} may only acknowledge its own deliveries",
+            _id=str(task.id),
+        )
     if ack.status == "in progress":
         return replace(task, lease_until=now + options.timeout, updated_at=now)
     if ack.status == "done":
@@ -118,6 +130,12 @@ def apply_ack(task: Task, ack: Ack, options: QueueOptions, now: int) -> Task | N
             updated_at=now,
         )
     return _finish(task, State.FAILED, now, error=error)
+
+
+def owns(task: Task, worker: str | None) -> bool:
+    """Whether a poll naming ``worker`` (None: an anonymous poll) may acknowledge the
+    task's current delivery. The SQL stores' fast "done" statements match the same rows."""
+    return worker is None or task.worker is None or task.worker == worker
 
 
 def expire_lease(task: Task, options: QueueOptions, now: int) -> Task | None:

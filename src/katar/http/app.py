@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -44,6 +45,7 @@ from katar.http.responses import (
     json_response,
     task_record,
 )
+from katar.logs import log_access
 
 log = logging.getLogger("katar")
 
@@ -152,7 +154,7 @@ class Admission:
     """A request routed and its token checked (App.admit): the handler to call, or the
     answer that refuses it."""
 
-    __slots__ = ("handler", "params", "refusal", "template", "token")
+    __slots__ = ("handler", "params", "refusal", "started", "template", "token")
 
     def __init__(
         self,
@@ -161,6 +163,7 @@ class Admission:
         params: tuple[str, ...],
         token: Token | None,
         refusal: Response | None,
+        started: float | None = None,
     ) -> None:
         #: The route's template, for the metrics ("other" when no route matched).
         self.template = template
@@ -169,8 +172,12 @@ class Admission:
         self.token = token
         #: The answer when the request is refused (no route or method, a bad token).
         self.refusal = refusal
+        #: When the request's head arrived (time.perf_counter()), if the access log is on.
+        self.started = started
 
 
+#: Handlers that answer without the store: their success says nothing about an outage's end.
+_STORELESS: Final = frozenset({"get_configuration", "openapi", "docs"})
 #: The route label of requests that match no route.
 UNROUTED: Final = "other"
 _ROUTES_REMEMBERED: Final = 4096  # paths whose route is remembered
@@ -187,8 +194,13 @@ class App:
         tokens: Iterable[Token] = (),
         startup: Callable[[], Awaitable[None]] | None = None,
         shutdown: Callable[[], Awaitable[None]] | None = None,
+        access_log: bool = False,
     ) -> None:
         self.engine = engine
+        #: Log a line per answered request (katar.logs.log_access).
+        self.access_log = access_log
+        #: Store outages, said once each (shared with the engine's background work).
+        self.outages = engine.outages
         self.limits = limits or Limits()
         self._max_poll = self.limits.max_poll
         self._startup = startup or engine.open
@@ -247,16 +259,17 @@ class App:
     def admit(self, method: str, path: str, headers: Headers) -> Admission:
         """Route a request and check its token, before its body is read: a refused request's
         body is never buffered."""
+        started = time.perf_counter() if self.access_log else None
         template, methods, params = self._route(path)
         if methods is None:
             error = {"error": f"no route for {path}; see /docs"}
-            return Admission(template, None, params, None, json_response(error, 404))
+            return Admission(template, None, params, None, json_response(error, 404), started)
         route = methods.get(method)
         if route is None:
             allowed = ", ".join(methods)
             error = {"error": f"method {method} is not allowed on {path}; allowed: {allowed}"}
             refusal = Response(405, encode(error), [*JSON_HEADERS, (b"allow", allowed.encode())])
-            return Admission(template, None, params, None, refusal)
+            return Admission(template, None, params, None, refusal, started)
         handler, access = route
         token = None
         if self._guarded and access is not Access.OPEN:
@@ -264,8 +277,9 @@ class App:
                 token = self.auth.authenticate(headers)
                 self.auth.authorize(token, access, params[0] if params else None)
             except KatarError as exc:
-                return Admission(template, None, params, None, error_response(exc))
-        return Admission(template, handler, params, token, None)
+                refusal = error_response(exc)
+                return Admission(template, None, params, None, refusal, started)
+        return Admission(template, handler, params, token, None, started)
 
     async def respond(
         self,
@@ -285,17 +299,46 @@ class App:
                 response = await admission.handler(request)
             except KatarError as exc:
                 response = error_response(exc)
+                if response.status >= 500:
+                    self._failed(method, path, exc)
             except Exception:
                 log.exception("internal error on %s %s", method, path)
                 error = {"error": "internal server error; see the server's log"}
                 response = json_response(error, 500)
-        self.count(method, admission.template, response.status)
+            else:
+                if self.outages.since is not None and response.status < 500:
+                    self._answered(admission.handler)
+        self.count(method, admission.template, response.status, len(response.body), admission)
         return response
 
-    def count(self, method: str, template: str, status: int) -> None:
-        """Count an answered request, for /metrics."""
+    def _answered(self, handler: Handler) -> None:
+        """A request answered during an outage: the store is back if the handler used it."""
+        if getattr(handler, "__name__", "") not in _STORELESS:
+            self.outages.up()
+
+    def _failed(self, method: str, path: str, exc: KatarError) -> None:
+        """Log a 5xx once: a store outage once for all its requests, a shutdown not at all
+        (both are expected 503s), anything else with its traceback (a 500 is a bug)."""
+        if isinstance(exc, StoreUnavailable):
+            self.outages.down(exc.message)
+        elif not isinstance(exc, ShuttingDown):
+            log.error("internal error on %s %s: %s", method, path, exc.message, exc_info=exc)
+
+    def count(
+        self,
+        method: str,
+        template: str,
+        status: int,
+        size: int = -1,
+        admission: Admission | None = None,
+    ) -> None:
+        """Count an answered request, for /metrics; and with the access log on, log it
+        (``size``: the body's bytes, -1 if unknown; the time taken from ``admission``)."""
         key = (method, template, status)
         self.requests[key] = self.requests.get(key, 0) + 1
+        if self.access_log:
+            started = admission.started if admission is not None else None
+            log_access(method, template, status, size, started)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry."""
@@ -318,7 +361,7 @@ class App:
                 )
             except KatarError as exc:  # the body, refused as it came
                 response = error_response(exc)
-                self.count(method, admission.template, response.status)
+                self.count(method, admission.template, response.status, -1, admission)
             finally:
                 hang_up.close()
             headers = response.headers
@@ -427,6 +470,7 @@ class App:
         try:
             await self.engine.store.ping()
         except StoreUnavailable as exc:
+            self.outages.down(exc.message)
             return json_response({"error": exc.message, "status": "unavailable"}, 503)
         return json_response({"status": "ok", "version": __version__})
 

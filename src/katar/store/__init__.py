@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from katar.errors import ConfigError
+from katar.logs import mask_credentials
 from katar.store.base import Change, PollResult, Store
 
 __all__ = ["Change", "PollResult", "Store", "open_store"]
@@ -13,8 +14,8 @@ def open_store(url: str) -> Store:
     scheme, sep, _rest = url.partition("://")
     if not sep:
         raise ConfigError(
-            f"invalid store URL {url!r}: expected sqlite:///path.db, memory:// or "
-            "postgresql://user@host:port/dbname"
+            f"invalid store URL {mask_credentials(url)!r}: expected sqlite:///path.db, "
+            "memory:// or postgresql://user@host:port/dbname"
         )
     if scheme == "sqlite":
         from katar.store.sqlite import SQLiteStore
@@ -29,5 +30,6 @@ def open_store(url: str) -> Store:
 
         return PostgresStore(url)
     raise ConfigError(
-        f"unknown store scheme {scheme!r} in {url!r}; use sqlite://, memory:// or postgresql://"
+        f"unknown store scheme {scheme!r} in {mask_credentials(url)!r}; use sqlite://, "
+        "memory:// or postgresql://"
     )

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from katar.core import rules
 from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_task_id
 from katar.errors import KatarError, QueueNotFound, TaskNotFound
+from katar.logs import mask_credentials
 from katar.store.base import Change, PollResult, Store
 
 
@@ -21,7 +22,7 @@ class MemoryStore(Store):
     """Queues and tasks in dictionaries and heaps."""
 
     def __init__(self, url: str = "memory://") -> None:
-        self.url = url
+        self.url = mask_credentials(url)
         self._queues: dict[str, QueueOptions] = {}
         self._tasks: dict[int, Task] = {}
         self._ids: dict[str, dict[int, None]] = {}  # per queue, in id order
@@ -126,7 +127,7 @@ class MemoryStore(Store):
                 continue
             first, current = decided.get(found.id, (found, found))
             try:
-                new = rules.apply_ack(current, ack, options, now)
+                new = rules.apply_ack(current, ack, options, now, worker)
             except KatarError as exc:
                 exc.details.setdefault("ack", index)
                 raise

@@ -34,6 +34,7 @@ from katar.errors import (
     StoreUnavailable,
     TaskNotFound,
 )
+from katar.logs import mask_credentials
 from katar.store._rows import COLUMNS, task_from_row, update_values
 from katar.store.base import Change, PollResult, Store
 
@@ -99,12 +100,12 @@ def parse_url(url: str) -> tuple[str, int, str]:
     return conninfo, pool_size, schema
 
 
-def _translate(exc: Exception) -> StoreError:
+def _translate(exc: Exception, url: str) -> StoreError:
     import psycopg
 
     if isinstance(exc, psycopg.OperationalError | psycopg.errors.AdminShutdown):
-        return StoreUnavailable(f"PostgreSQL is unavailable: {exc}")
-    return StoreError(f"PostgreSQL failed: {exc}")
+        return StoreUnavailable(mask_credentials(f"PostgreSQL is unavailable: {exc}", url))
+    return StoreError(mask_credentials(f"PostgreSQL failed: {exc}", url))
 
 
 class PostgresStore(Store):
@@ -121,9 +122,8 @@ class PostgresStore(Store):
                 "the PostgreSQL store needs its driver: pip install 'katar[postgres]'"
             ) from exc
         self._conninfo, self._pool_size, self._schema = parse_url(url)
-        parts = urlsplit(url)
-        where = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-        self.url = urlunsplit((parts.scheme, where, parts.path, "", ""))  # no credentials
+        self.url = mask_credentials(url)
+        self._raw_url = url  # to mask its password in the driver's messages too
         self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
         self._queue_ids: dict[str, int] = {}
         self._queue_names: dict[int, str] = {}
@@ -171,7 +171,9 @@ class PostgresStore(Store):
             await pool.open(wait=True, timeout=10.0)
         except Exception as exc:
             await pool.close()
-            raise StoreUnavailable(f"cannot connect to PostgreSQL at {self.url}: {exc}") from exc
+            raise StoreUnavailable(
+                self._masked(f"cannot connect to PostgreSQL at {self.url}: {exc}")
+            ) from exc
         self._pool = pool
         try:
             await self._migrate()
@@ -217,6 +219,9 @@ class PostgresStore(Store):
     def _transaction(self) -> Any:
         return _Transaction(self)
 
+    def _masked(self, message: str) -> str:
+        return mask_credentials(message, self._raw_url)
+
     # -- what the other servers do -----------------------------------------------------------
 
     async def _notify(self, conn: AsyncConnection[tuple[Any, ...]], payload: str) -> None:
@@ -245,6 +250,7 @@ class PostgresStore(Store):
         import psycopg
 
         delay = 0.1
+        lost = False  # said once per loss, not at every attempt to reconnect
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
@@ -252,6 +258,9 @@ class PostgresStore(Store):
                     await conn.execute(f"LISTEN {self._channel}")
                     if listening.is_set():
                         notify("resync", "", 0)
+                    if lost:
+                        log.warning("PostgreSQL notifications are back")
+                        lost = False
                     listening.set()
                     delay = 0.1
                     async for event in conn.notifies():
@@ -264,7 +273,12 @@ class PostgresStore(Store):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("PostgreSQL notifications lost (%s); reconnecting in %.1fs", exc, delay)
+                if not lost:
+                    log.warning(
+                        "PostgreSQL notifications lost (%s); reconnecting until it answers",
+                        self._masked(str(exc)),
+                    )
+                    lost = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -409,7 +423,7 @@ class PostgresStore(Store):
                     raise TaskNotFound.named(ack.task_id, queue, ack=index)
                 task = task_from_row(row, queue)
                 try:
-                    new = rules.apply_ack(task, ack, options, now)
+                    new = rules.apply_ack(task, ack, options, now, worker)
                 except KatarError as exc:
                     exc.details.setdefault("ack", index)
                     raise
@@ -558,7 +572,7 @@ class _Transaction:
             self._transaction = conn.transaction()
             await self._transaction.__aenter__()
         except (psycopg.Error, OSError) as exc:
-            raise _translate(exc) from exc
+            raise _translate(exc, self.store._raw_url) from exc
         except Exception as exc:  # the pool's own time-out
             raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
         return conn  # type: ignore[no-any-return]
@@ -570,7 +584,7 @@ class _Transaction:
             await self._transaction.__aexit__(kind, exc, tb)
         except psycopg.Error as error:
             await self._connection.__aexit__(type(error), error, None)
-            raise _translate(error) from error
+            raise _translate(error, self.store._raw_url) from error
         await self._connection.__aexit__(kind, exc, tb)
         if isinstance(exc, psycopg.Error):
-            raise _translate(exc) from exc
+            raise _translate(exc, self.store._raw_url) from exc

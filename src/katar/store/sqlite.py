@@ -45,6 +45,7 @@ from katar.errors import (
     StoreUnavailable,
     TaskNotFound,
 )
+from katar.logs import mask_credentials
 from katar.store._rows import (
     CLAIMED_COLUMNS,
     COLUMNS,
@@ -133,6 +134,12 @@ _DONE: Final = (
     f" WHERE {_CURRENT} RETURNING {{returning}}"
 )
 _DONE_DROP: Final = f"DELETE FROM tasks WHERE {_CURRENT} RETURNING {{returning}}"
+# The same for an ack from a poll that names its worker (rules.owns): the delivery must be
+# leased to that name or to none. A row it does not match falls through to the rules, which
+# refuse it. Anonymous polls keep the statements without it.
+_OWNER: Final = " AND (worker IS NULL OR worker=?)"
+_DONE_OWNED: Final = _DONE.replace(" RETURNING", _OWNER + " RETURNING")
+_DONE_DROP_OWNED: Final = _DONE_DROP.replace(" RETURNING", _OWNER + " RETURNING")
 # The same for many acks at once; {rows} is "(?,?,?)" per ack: (id, attempt, result), or
 # "(?,?)" when the task is dropped (its result is not kept).
 _DONE_MATCH: Final = (
@@ -146,6 +153,14 @@ _DONE_MANY: Final = (
 _DONE_DROP_MANY: Final = (
     "DELETE FROM tasks WHERE id IN (SELECT t.id FROM tasks AS t JOIN (VALUES {rows}) AS v"
     " ON " + _DONE_MATCH + ") RETURNING {returning}"
+)
+# With the acking worker's name as the rows' last column: (id, attempt, result, worker),
+# or (id, attempt, worker) when the task is dropped.
+_DONE_MANY_OWNED: Final = _DONE_MANY.replace(
+    " RETURNING", " AND (t.worker IS NULL OR t.worker = v.column4) RETURNING"
+)
+_DONE_DROP_MANY_OWNED: Final = _DONE_DROP_MANY.replace(
+    ") RETURNING", " AND (t.worker IS NULL OR t.worker = v.column3)) RETURNING"
 )
 # The same when no ack names its delivery, so there is nothing to match but ids: no join
 # (a tenth fewer instructions per task); {ids} is "?" per ack.
@@ -220,12 +235,12 @@ def parse_url(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/"):
         raise ConfigError(
-            f"invalid SQLite URL {url!r}: use sqlite:///relative/path.db or "
+            f"invalid SQLite URL {mask_credentials(url)!r}: use sqlite:///relative/path.db or "
             "sqlite:////absolute/path.db"
         )
     path = parts.path[1:]
     if not path:
-        raise ConfigError(f"invalid SQLite URL {url!r}: it names no file")
+        raise ConfigError(f"invalid SQLite URL {mask_credentials(url)!r}: it names no file")
     query = parse_qs(parts.query)
     unknown = set(query) - {"synchronous"}
     if unknown:
@@ -252,7 +267,7 @@ class SQLiteStore(Store):
     """Queues and tasks in one SQLite database file."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        self.url = mask_credentials(url)
         self._path, self._synchronous = parse_url(url)
         self._conn: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -838,12 +853,12 @@ class SQLiteStore(Store):
                 if task_id is not None:
                     done = (task_id, ack)  # made with the group's others
                 else:
-                    self._apply_ack(conn, queue, queue_id, options, ack, 0, now, changes)
+                    self._apply_ack(conn, queue, queue_id, options, ack, 0, now, changes, worker)
             elif acks:
                 # A later ack may be refused after earlier ones were written: undo them then.
                 conn.execute("SAVEPOINT acks")
                 try:
-                    self._apply_acks(conn, queue, queue_id, options, acks, now, changes)
+                    self._apply_acks(conn, queue, queue_id, options, acks, now, changes, worker)
                 except KatarError:
                     conn.execute("ROLLBACK TO acks")
                     raise
@@ -867,19 +882,23 @@ class SQLiteStore(Store):
         order from one claim, is a valid order; it saves most of two statements' fixed cost
         per poll (about 5 us each, a fifth of what one task may cost at half the ceiling)."""
         polls, self._polls = self._polls, []
-        by_queue: dict[tuple[int, bool], list[tuple[_Poll, int, Ack]]] = {}
+        # Polls that name their worker go in statements of their own, that match the owner.
+        by_queue: dict[tuple[int, bool, bool], list[tuple[_Poll, int, Ack]]] = {}
         for poll in polls:
             if poll.done is not None:
-                by_queue.setdefault((poll.queue_id, poll.options.persistent), []).append(
-                    (poll, *poll.done)
-                )
-        for (queue_id, _persistent), acking in by_queue.items():
+                key = (poll.queue_id, poll.options.persistent, poll.worker is not None)
+                by_queue.setdefault(key, []).append((poll, *poll.done))
+        for (queue_id, _persistent, named), acking in by_queue.items():
             first: dict[int, _Poll] = {}  # a task named twice: the first poll's ack is it
             for poll, task_id, _ack in acking:
                 first.setdefault(task_id, poll)
             batch = [(task_id, ack) for poll, task_id, ack in acking if first[task_id] is poll]
             now = max(poll.now for poll, _id, _ack in acking)
-            finished = self._finish_done(conn, queue_id, acking[0][0].options, batch, now)
+            owners = None
+            if named:
+                owners = [p.worker or "" for p, task_id, _ack in acking if first[task_id] is p]
+            options = acking[0][0].options
+            finished = self._finish_done(conn, queue_id, options, batch, now, owners)
             for poll, task_id, ack in acking:
                 if first[task_id] is poll and task_id in finished:
                     change = finished[task_id]
@@ -896,6 +915,7 @@ class SQLiteStore(Store):
                         0,
                         poll.now,
                         poll.changes,
+                        poll.worker,
                         fast=False,
                     )
                 except KatarError as exc:
@@ -933,6 +953,7 @@ class SQLiteStore(Store):
         acks: Sequence[Ack],
         now: int,
         changes: list[Change],
+        worker: str | None,
     ) -> None:
         """Apply a batch's acks in order. The plain "done"s of the current deliveries go in
         statements of many rows at once, when no task is named twice (then the order of
@@ -941,14 +962,17 @@ class SQLiteStore(Store):
         done: dict[int, Change | None] = {}
         plain = [(i, a) for i, a in zip(ids, acks, strict=True) if a.status == "done" and i]
         if len(plain) > 1 and len(set(ids)) == len(ids):
-            done = self._finish_done(conn, queue_id, options, plain, now)
+            owners = None if worker is None else [worker] * len(plain)
+            done = self._finish_done(conn, queue_id, options, plain, now, owners)
         for index, (task_id, ack) in enumerate(zip(ids, acks, strict=True)):
             if task_id in done:
                 change = done[task_id]
                 if change is not None:
                     changes.append(change)
             else:
-                self._apply_ack(conn, queue, queue_id, options, ack, index, now, changes, not done)
+                self._apply_ack(
+                    conn, queue, queue_id, options, ack, index, now, changes, worker, not done
+                )
 
     def _apply_ack(
         self,
@@ -960,12 +984,15 @@ class SQLiteStore(Store):
         index: int,
         now: int,
         changes: list[Change],
+        worker: str | None,
         fast: bool = True,
     ) -> None:
-        """Apply one ack; a refused ack raises before anything is written."""
+        """Apply one ack from a poll naming ``worker`` (None: anonymous); a refused ack
+        raises before anything is written."""
         task_id = parse_task_id(ack.task_id)
         if fast and ack.status == "done" and task_id is not None:
-            done = self._finish_done(conn, queue_id, options, [(task_id, ack)], now)
+            owners = None if worker is None else [worker]
+            done = self._finish_done(conn, queue_id, options, [(task_id, ack)], now, owners)
             if done:
                 changes.extend(change for change in done.values() if change is not None)
                 return
@@ -973,7 +1000,7 @@ class SQLiteStore(Store):
         if task is None:
             return
         try:
-            new = rules.apply_ack(task, ack, options, now)
+            new = rules.apply_ack(task, ack, options, now, worker)
         except KatarError as exc:
             exc.details.setdefault("ack", index)
             raise
@@ -988,6 +1015,7 @@ class SQLiteStore(Store):
         options: QueueOptions,
         acks: list[tuple[int, Ack]],
         now: int,
+        owners: list[str] | None = None,
     ) -> dict[int, Change | None]:
         """The hot path of a worker's "done": statements that finish the current deliveries
         the acks name, and leave any other ack to the rules (the ids missing from the
@@ -995,19 +1023,24 @@ class SQLiteStore(Store):
         rules.claimed. Any number of acks: long batches go in chunks of _DONE_CHUNK.
 
         A finished task maps to its change, or to None when nobody watches (see
-        Store.watch): then only the ids come back, and no task is built."""
+        Store.watch): then only the ids come back, and no task is built. ``owners``, for
+        acks from polls that name their worker, holds each ack's worker: a delivery leased
+        to another name is left to the rules (which refuse it)."""
         changes: dict[int, Change | None] = {}
         quiet = self.watch is not None and not self.watch()
         for start in range(0, len(acks), _DONE_CHUNK):
             chunk = acks[start : start + _DONE_CHUNK]
+            owned = None if owners is None else owners[start : start + _DONE_CHUNK]
             if quiet:
-                for (task_id,) in self._done_rows(conn, queue_id, options, chunk, now, "id"):
+                rows = self._done_rows(conn, queue_id, options, chunk, now, "id", owned)
+                for (task_id,) in rows:
                     changes[task_id] = None
                 continue
             by_id = dict(chunk)
-            for row in self._done_rows(conn, queue_id, options, chunk, now, _COLUMNS):
+            for row in self._done_rows(conn, queue_id, options, chunk, now, _COLUMNS, owned):
                 task = self._task(row)
                 if not options.persistent:  # the row as it was: derive its last state
+                    # It matched its owner (or no owner was asked): the rules need none.
                     finished = rules.apply_ack(task, by_id[task.id], options, now)
                     assert finished is not None and finished.state is State.DONE
                     task = finished
@@ -1022,9 +1055,14 @@ class SQLiteStore(Store):
         acks: list[tuple[int, Ack]],
         now: int,
         returning: str,
+        owners: list[str] | None,
     ) -> list[Any]:
         """The rows one statement finished: updated (history kept) or deleted (as they were),
         with the ``returning`` columns."""
+        if owners is not None:
+            return SQLiteStore._owned_done_rows(
+                conn, queue_id, options, acks, now, returning, owners
+            )
         if len(acks) == 1:
             ((task_id, ack),) = acks
             if options.persistent:
@@ -1046,6 +1084,41 @@ class SQLiteStore(Store):
         else:
             parameters += (task_id for task_id, _ack in acks)
             sql = _DONE_DROP_IDS.format(ids=",".join("?" * len(acks)), returning=returning)
+        parameters.append(queue_id)
+        return conn.execute(sql, parameters).fetchall()
+
+    @staticmethod
+    def _owned_done_rows(
+        conn: sqlite3.Connection,
+        queue_id: int,
+        options: QueueOptions,
+        acks: list[tuple[int, Ack]],
+        now: int,
+        returning: str,
+        owners: list[str],
+    ) -> list[Any]:
+        """:meth:`_done_rows` for acks from polls that name their worker: each row also
+        matches its delivery's owner."""
+        if len(acks) == 1:
+            ((task_id, ack),) = acks
+            if options.persistent:
+                sql = _DONE_OWNED.format(returning=returning)
+                one = (bytearray(ack.result), now, task_id, queue_id, ack.attempt or 0, owners[0])
+                return conn.execute(sql, one).fetchall()
+            sql = _DONE_DROP_OWNED.format(returning=returning)
+            return conn.execute(sql, (task_id, queue_id, ack.attempt or 0, owners[0])).fetchall()
+        parameters: list[Any] = []
+        if options.persistent:
+            parameters.append(now)
+            for (task_id, ack), owner in zip(acks, owners, strict=True):
+                parameters += (task_id, ack.attempt or 0, bytearray(ack.result), owner)
+            rows = ",".join(["(?,?,?,?)"] * len(acks))
+            sql = _DONE_MANY_OWNED.format(rows=rows, returning=returning)
+        else:
+            for (task_id, ack), owner in zip(acks, owners, strict=True):
+                parameters += (task_id, ack.attempt or 0, owner)
+            rows = ",".join(["(?,?,?)"] * len(acks))
+            sql = _DONE_DROP_MANY_OWNED.format(rows=rows, returning=returning)
         parameters.append(queue_id)
         return conn.execute(sql, parameters).fetchall()
 
