@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from katar.core import idempotency
 from katar.core.model import (
     PUBLIC_STATUS,
     STATES_OF_STATUS,
@@ -44,6 +45,8 @@ QUEUE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 MAX_QUEUE_NAME: Final = 255
 #: An idle server reaps at least every this many reap intervals (see Engine._reap).
 _IDLE_REAPS: Final = 8
+#: How often expired idempotency keys are pruned, in ms.
+_PRUNE_EVERY_MS: Final = 60_000
 
 
 def check_queue_name(name: str, max_length: int = MAX_QUEUE_NAME) -> str:
@@ -82,6 +85,7 @@ class Engine:
         self._background: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
         self._busy = False  # a task was enqueued, delivered or changed since the last reap
+        self._next_prune = 0  # when to prune expired idempotency keys next (ms)
         #: Tasks enqueued and delivered by this process since it started, per queue.
         self.counters = Counters()
 
@@ -154,12 +158,24 @@ class Engine:
 
     # -- tasks -----------------------------------------------------------------------------
 
-    async def enqueue(self, queue: str, tasks: Sequence[NewTask]) -> list[Task]:
-        """Add tasks to the queue; the new tasks, in order."""
+    async def enqueue(
+        self, queue: str, tasks: Sequence[NewTask], key: str | None = None
+    ) -> list[Task]:
+        """Add tasks to the queue; the new tasks, in order.
+
+        With an idempotency ``key`` (see katar.core.idempotency) that this queue saw in the
+        last 24 hours: create nothing and return the tasks as that enqueue created them.
+        """
         self.options(queue)
         if self.draining:
             raise ShuttingDown()
-        created = await self.store.enqueue(queue, tasks, now_ms())
+        if key is None:
+            created = await self.store.enqueue(queue, tasks, now_ms())
+        else:
+            once = idempotency.idempotency(key, tasks)
+            created, new = await self.store.enqueue_once(queue, tasks, now_ms(), once)
+            if not new:
+                return created
         self._busy = True
         enqueued = self.counters.enqueued
         enqueued[queue] = enqueued.get(queue, 0) + len(created)
@@ -338,6 +354,7 @@ class Engine:
             self._busy, busy = False, self._busy
             if not self.queues:
                 continue
+            await self._prune_keys()
             try:
                 changes = await self.store.expire(dict(self.queues), now_ms())
             except Exception:
@@ -350,6 +367,20 @@ class Engine:
                 wait = self.reap_interval
             else:
                 wait = min(wait * 2, self.reap_interval * _IDLE_REAPS)
+
+    async def _prune_keys(self) -> None:
+        """Forget the expired idempotency keys, at most once a minute: housekeeping, never
+        in a request (a store ignores expired keys meanwhile)."""
+        now = now_ms()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + _PRUNE_EVERY_MS
+        try:
+            before = idempotency.fresh_since(now)
+            while await self.store.prune_keys(before) >= idempotency.PRUNE_BATCH:
+                pass  # each batch is a transaction of its own: others go in between
+        except Exception:
+            log.exception("pruning idempotency keys failed; trying again in a minute")
 
     def _apply(self, changes: Iterable[Change]) -> None:
         """Wake long polls for tasks that became ready; emit events; settle outcome waits."""

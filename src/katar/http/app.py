@@ -30,6 +30,7 @@ from katar.errors import (
     StoreUnavailable,
     TaskNotFound,
     TooManyRequests,
+    ValidationError,
 )
 from katar.http import metrics, openapi, parse
 from katar.http.auth import Access, Authenticator, Role, Token
@@ -80,7 +81,7 @@ class Limits:
 class Request:
     """What a handler gets: the route's parameters, the query string and the body."""
 
-    __slots__ = ("body", "hang_up", "params", "query_string", "token")
+    __slots__ = ("body", "hang_up", "headers", "params", "query_string", "token")
 
     def __init__(
         self,
@@ -89,6 +90,7 @@ class Request:
         body: bytes,
         token: Token | None,
         hang_up: HangUp,
+        headers: Headers,
     ) -> None:
         self.params = params
         self.query_string = query_string
@@ -97,6 +99,8 @@ class Request:
         self.token = token
         #: A future that completes when the client hangs up.
         self.hang_up = hang_up
+        #: The request's headers, names in lower case.
+        self.headers = headers
 
     @property
     def queue(self) -> str:
@@ -131,11 +135,14 @@ def check_declared_length(headers: Headers, limit: int) -> None:
             raise body_too_large(limit)
 
 
+_NO_HEADERS: Final[Headers] = []
+
+
 class Admission:
     """A request routed and its token checked (App.admit): the handler to call, or the
     answer that refuses it."""
 
-    __slots__ = ("handler", "params", "refusal", "template", "token")
+    __slots__ = ("handler", "headers", "params", "refusal", "template", "token")
 
     def __init__(
         self,
@@ -144,7 +151,10 @@ class Admission:
         params: tuple[str, ...],
         token: Token | None,
         refusal: Response | None,
+        headers: Headers = _NO_HEADERS,
     ) -> None:
+        #: The request's headers, for the handler (none kept for a refused request).
+        self.headers = headers
         #: The route's template, for the metrics ("other" when no route matched).
         self.template = template
         self.handler = handler
@@ -247,7 +257,7 @@ class App:
                 self.auth.authorize(token, access, params[0] if params else None)
             except KatarError as exc:
                 return Admission(template, None, params, None, error_response(exc))
-        return Admission(template, handler, params, token, None)
+        return Admission(template, handler, params, token, None, headers)
 
     async def respond(
         self,
@@ -262,7 +272,9 @@ class App:
         response = admission.refusal
         if response is None:
             assert admission.handler is not None
-            request = Request(admission.params, query_string, body, admission.token, hang_up)
+            request = Request(
+                admission.params, query_string, body, admission.token, hang_up, admission.headers
+            )
             try:
                 response = await admission.handler(request)
             except KatarError as exc:
@@ -458,7 +470,13 @@ class App:
         new = parse.parse_enqueue(
             request.body, self.limits.max_tasks_per_enqueue, self.limits.max_task_bytes
         )
-        created = await self.engine.enqueue(request.queue, new)
+        key = None
+        for name, value in request.headers:
+            if name == b"idempotency-key":
+                if key is not None:
+                    raise ValidationError("send at most one Idempotency-Key header")
+                key = value.decode("latin-1")
+        created = await self.engine.enqueue(request.queue, new, key)
         return json_response({"tasks": [task_record(task) for task in created]}, 201)
 
     async def list_tasks(self, request: Request) -> Response:
