@@ -32,9 +32,7 @@ async def test_a_repeat_creates_nothing_and_answers_the_first_tasks(store: Store
     tasks = [new({"n": 1}, priority=5), new(2, delay_ms=500), new(3, paused=True)]
     first, created = await store.enqueue_once("q", tasks, T0, idempotency("k1", tasks))
     assert created
-    again, created_again = await store.enqueue_once(
-        "q", tasks, T0 + 1000, idempotency("k1", tasks)
-    )
+    again, created_again = await store.enqueue_once("q", tasks, T0 + 1000, idempotency("k1", tasks))
     assert not created_again
     assert again == first  # the records as first created: ids, times, states
     assert await all_ids(store) == [task.id for task in first]
@@ -163,9 +161,7 @@ async def test_two_postgres_servers_racing_with_one_key_create_once(
             await server.close()
 
 
-@pytest.mark.parametrize(
-    "key", ["", "x" * 256, "é", "tab\there", "nl\n", "\x00", "\x7f"], ids=repr
-)
+@pytest.mark.parametrize("key", ["", "x" * 256, "é", "tab\there", "nl\n", "\x00", "\x7f"], ids=repr)
 def test_invalid_keys_are_refused(key: str) -> None:
     with pytest.raises(ValidationError, match="Idempotency-Key"):
         check_key(key)
