@@ -157,10 +157,18 @@ class Queue:
         self.katar.on(f"{self.name}.{status}", listener)
 
     async def enqueue(
-        self, data: Any = None, *, priority: int | str = 0, delay: float = 0, paused: bool = False
+        self,
+        data: Any = None,
+        *,
+        priority: int | str = 0,
+        delay: float = 0,
+        paused: bool = False,
+        idempotency_key: str | None = None,
     ) -> Task:
         """Add one task; ``delay`` in seconds; returns the stored task."""
-        (task,) = await self.enqueue_many([data], priority=priority, delay=delay, paused=paused)
+        (task,) = await self.enqueue_many(
+            [data], priority=priority, delay=delay, paused=paused, idempotency_key=idempotency_key
+        )
         return task
 
     async def enqueue_many(
@@ -170,8 +178,12 @@ class Queue:
         priority: int | str = 0,
         delay: float = 0,
         paused: bool = False,
+        idempotency_key: str | None = None,
     ) -> list[Task]:
-        """Add many tasks in one transaction; returns them in order."""
+        """Add many tasks in one transaction; returns them in order. With an
+        ``idempotency_key`` used on this queue in the last 24 hours (and the same tasks),
+        create nothing and return the tasks that enqueue created: retrying after an
+        OutcomeUnknown (a lost PostgreSQL commit) is then safe."""
         if delay < 0:
             raise ValidationError("delay must be >= 0 seconds")
         level = parse_priority(priority)
@@ -179,7 +191,7 @@ class Queue:
             NewTask(data=_raw(item), priority=level, delay_ms=round(delay * 1000), paused=paused)
             for item in items
         ]
-        return await self.katar.engine.enqueue(self.name, new)
+        return await self.katar.engine.enqueue(self.name, new, idempotency_key)
 
     async def get(self, task_id: int | str, wait: float = 0) -> Task:
         """The task; with ``wait``, wait up to that many seconds for it to finish."""

@@ -19,6 +19,7 @@
     ├── ShuttingDown           the server is draining (503)
     ├── StoreError             the store failed (500: a bug)
     │   └── StoreUnavailable   the store cannot be reached right now (503)
+    │       └── OutcomeUnknown the connection was lost while committing: done or not (504)
     └── ClientError            raised by katar.client, never by the server
         ├── TransportError     no answer: connection refused or reset, time-out (transient)
         └── APIError           the server answered with an error status
@@ -119,6 +120,17 @@ class StoreError(KatarError):
 
 class StoreUnavailable(StoreError):
     """The store is unavailable."""
+
+
+class OutcomeUnknown(StoreUnavailable):
+    """The connection to the store was lost while it committed the change: it may or may not
+    have been made. Retrying an enqueue with the same Idempotency-Key is safe (it creates
+    nothing twice); acks are idempotent."""
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        # The answer says so in a field of its own, not only in prose, for clients to test.
+        super().__init__(message or " ".join((self.__doc__ or "").split()), **details)
+        self.details["outcome"] = "unknown"
 
 
 class ClientError(KatarError):

@@ -150,7 +150,9 @@ def test_a_postgresql_restart_mid_drain(tmp_path: Path, database: str) -> None:
             drain.stop.set()
     finally:
         server.kill()
-    assert {error.split()[0] for error in drain.errors} <= {"503"}
+    # 503: nothing was done; 504: a poll whose COMMIT the outage cut (its outcome unknown,
+    # so its acks are resent, which is safe).
+    assert {error.split()[0] for error in drain.errors} <= {"503", "504"}
     first_confirmed: dict[str, int] = {}
     for seq, task_id, _attempt in drain.confirmed:
         first_confirmed.setdefault(task_id, seq)

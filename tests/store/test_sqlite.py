@@ -15,6 +15,8 @@ OLD_INDEXES = {
     1: "CREATE INDEX tasks_queue_state ON tasks (queue_id, state, id);",
     # Schema 2: the tasks at rest, with an IN list that cost every write a temporary b-tree.
     2: "CREATE INDEX tasks_resting ON tasks (queue_id, state, id) WHERE state IN (0, 4, 5, 6);",
+    # Schema 3: the index of today, without the idempotency keys' table.
+    3: "CREATE INDEX tasks_at_rest ON tasks (queue_id, state, id) WHERE state NOT BETWEEN 1 AND 3;",
 }
 
 
@@ -49,6 +51,8 @@ async def test_an_older_schema_is_upgraded(tmp_path: Path, version: int) -> None
     indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert indexes & {"tasks_queue_state", "tasks_resting"} == set()
     assert "tasks_at_rest" in indexes
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "idempotency_keys" in tables
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
 

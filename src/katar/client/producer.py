@@ -2,6 +2,11 @@
 
 ``Producer`` blocks; ``AsyncProducer`` has the same methods, to be awaited.
 
+Every enqueue carries an ``Idempotency-Key`` (a fresh uuid4 per call, or the caller's own)
+and is sent again with the same key when it got no answer or a transient error (5xx, 408,
+429), up to ``retries`` times with backoff: the server creates its tasks once however many
+times the request arrives, so a lost answer never makes duplicates.
+
     with Producer("http://127.0.0.1:3000") as producer:
         task = producer.enqueue("emails", {"to": "a@example.com"}, priority="high")
         outcome = producer.wait("emails", task.id, timeout=60)
@@ -9,7 +14,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -19,17 +26,35 @@ import httpx
 from katar.client._base import (
     TaskRecord,
     Verify,
+    backoff,
     check,
     headers,
+    is_transient,
     record,
     records,
     tls,
     transport_error,
 )
-from katar.errors import ValidationError
+from katar.errors import KatarError, ValidationError
 
 #: The server's longest outcome wait per request (its max_wait, 60 s by default).
 LONGEST_WAIT = 60.0
+#: Times an enqueue is sent again after a transient failure, by default.
+RETRIES = 5
+#: The longest pause between two tries of an enqueue, in seconds.
+_RETRY_CAP = 5.0
+
+
+def _key(idempotency_key: str | None) -> dict[str, str]:
+    """The headers of one logical enqueue: its key, the same on every retry."""
+    return {"idempotency-key": idempotency_key or str(uuid.uuid4())}
+
+
+def _retry_in(exc: KatarError, attempt: int, retries: int) -> float | None:
+    """Seconds to wait before sending an enqueue again after ``exc``, or None to give up."""
+    if attempt > retries or not is_transient(exc):
+        return None
+    return backoff(attempt, cap=_RETRY_CAP)
 
 
 def _task_body(
@@ -85,8 +110,11 @@ class Producer:
         token: str | None = None,
         verify: Verify = True,
         timeout: float = 30.0,
+        retries: int = RETRIES,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        #: Times an enqueue is sent again after no answer or a 5xx, 408 or 429.
+        self.retries = retries
         self._http = httpx.Client(
             base_url=url,
             headers=headers(token),
@@ -105,12 +133,31 @@ class Producer:
         """Close the connections."""
         self._http.close()
 
-    def _send(self, method: str, path: str, json: Any = None, params: Any = None) -> httpx.Response:
+    def _send(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        params: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
         try:
-            response = self._http.request(method, path, json=json, params=params)
+            response = self._http.request(method, path, json=json, params=params, headers=headers)
         except httpx.TransportError as exc:
             raise transport_error(exc, method, path) from exc
         return check(response)
+
+    def _enqueue(self, queue: str, body: Any, idempotency_key: str | None) -> list[TaskRecord]:
+        key, attempt = _key(idempotency_key), 0
+        while True:
+            try:
+                return records(self._send("POST", f"/v1/queue/{queue}/tasks", body, None, key))
+            except KatarError as exc:
+                attempt += 1
+                pause = _retry_in(exc, attempt, self.retries)
+                if pause is None:
+                    raise
+            time.sleep(pause)
 
     def enqueue(
         self,
@@ -121,11 +168,19 @@ class Producer:
         delay: float | None = None,
         paused: bool = False,
         run_at: datetime | None = None,
+        idempotency_key: str | None = None,
     ) -> TaskRecord:
         """Put one task on the queue; its record. ``delay`` (seconds) or ``run_at`` (an
-        aware datetime) hold it back until then."""
+        aware datetime) hold it back until then; see :meth:`enqueue_many` for
+        ``idempotency_key``."""
         (task,) = self.enqueue_many(
-            queue, [data], priority=priority, delay=delay, paused=paused, run_at=run_at
+            queue,
+            [data],
+            priority=priority,
+            delay=delay,
+            paused=paused,
+            run_at=run_at,
+            idempotency_key=idempotency_key,
         )
         return task
 
@@ -138,10 +193,16 @@ class Producer:
         delay: float | None = None,
         paused: bool = False,
         run_at: datetime | None = None,
+        idempotency_key: str | None = None,
     ) -> list[TaskRecord]:
-        """Put many tasks on the queue in one request (one transaction); their records."""
+        """Put many tasks on the queue in one request (one transaction); their records.
+        ``delay`` (seconds) or ``run_at`` (an aware datetime) hold them back until then.
+
+        Sent again after a transient failure, under one ``Idempotency-Key``: a fresh one
+        per call, or ``idempotency_key`` (1 to 255 printable ASCII characters) to make a
+        later call with the same key and tasks, within 24 hours, create nothing again."""
         body = _many_body(items, priority, delay, paused, run_at)
-        return records(self._send("POST", f"/v1/queue/{queue}/tasks", body))
+        return self._enqueue(queue, body, idempotency_key)
 
     def get(self, queue: str, task_id: str) -> TaskRecord:
         """The task's record."""
@@ -184,8 +245,11 @@ class AsyncProducer:
         token: str | None = None,
         verify: Verify = True,
         timeout: float = 30.0,
+        retries: int = RETRIES,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        #: Times an enqueue is sent again after no answer or a 5xx, 408 or 429.
+        self.retries = retries
         self._http = httpx.AsyncClient(
             base_url=url,
             headers=headers(token),
@@ -205,13 +269,35 @@ class AsyncProducer:
         await self._http.aclose()
 
     async def _send(
-        self, method: str, path: str, json: Any = None, params: Any = None
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        params: Any = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         try:
-            response = await self._http.request(method, path, json=json, params=params)
+            response = await self._http.request(
+                method, path, json=json, params=params, headers=headers
+            )
         except httpx.TransportError as exc:
             raise transport_error(exc, method, path) from exc
         return check(response)
+
+    async def _enqueue(
+        self, queue: str, body: Any, idempotency_key: str | None
+    ) -> list[TaskRecord]:
+        key, attempt = _key(idempotency_key), 0
+        while True:
+            try:
+                answer = await self._send("POST", f"/v1/queue/{queue}/tasks", body, None, key)
+                return records(answer)
+            except KatarError as exc:
+                attempt += 1
+                pause = _retry_in(exc, attempt, self.retries)
+                if pause is None:
+                    raise
+            await asyncio.sleep(pause)
 
     async def enqueue(
         self,
@@ -222,10 +308,19 @@ class AsyncProducer:
         delay: float | None = None,
         paused: bool = False,
         run_at: datetime | None = None,
+        idempotency_key: str | None = None,
     ) -> TaskRecord:
-        """Put one task on the queue; its record (see Producer.enqueue)."""
+        """Put one task on the queue; its record. ``delay`` (seconds) or ``run_at`` (an
+        aware datetime) hold it back until then; see :meth:`enqueue_many` for
+        ``idempotency_key``."""
         tasks = await self.enqueue_many(
-            queue, [data], priority=priority, delay=delay, paused=paused, run_at=run_at
+            queue,
+            [data],
+            priority=priority,
+            delay=delay,
+            paused=paused,
+            run_at=run_at,
+            idempotency_key=idempotency_key,
         )
         return tasks[0]
 
@@ -238,10 +333,12 @@ class AsyncProducer:
         delay: float | None = None,
         paused: bool = False,
         run_at: datetime | None = None,
+        idempotency_key: str | None = None,
     ) -> list[TaskRecord]:
-        """Put many tasks on the queue in one request (one transaction); their records."""
+        """Put many tasks on the queue in one request (one transaction); their records
+        (see Producer.enqueue_many)."""
         body = _many_body(items, priority, delay, paused, run_at)
-        return records(await self._send("POST", f"/v1/queue/{queue}/tasks", body))
+        return await self._enqueue(queue, body, idempotency_key)
 
     async def get(self, queue: str, task_id: str) -> TaskRecord:
         """The task's record."""

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from katar.core import idempotency
 from katar.core.clock import Clock, SystemClock, Timer
 from katar.core.model import (
     PUBLIC_STATUS,
@@ -60,6 +61,8 @@ MAX_QUEUE_NAME: Final = 255
 #: On a store that other servers write to (Store.shared), the longest the reaper sleeps, in
 #: ms: their leases and delays are due without this server hearing of them.
 HOUSEKEEPING_MS: Final = 1000
+#: How often expired idempotency keys are pruned, in ms.
+_PRUNE_EVERY_MS: Final = 60_000
 
 
 def check_queue_name(name: str, max_length: int = MAX_QUEUE_NAME) -> str:
@@ -107,6 +110,8 @@ class Engine:
         self._reap_lock = asyncio.Lock()  # one reap at a time; polls past _due wait for it
         self._reaping = False
         self._noted: int | None = None  # the earliest deadline made while a reap ran
+        self._next_prune: int | None = None  # when to prune idempotency keys next (ms)
+        self._last_keyed: int | None = None  # when an enqueue last stored a key (ms)
         #: Tasks enqueued and delivered by this process since it started, per queue.
         self.counters = Counters()
         #: The store's outages, logged once each (by the reaper, and the HTTP app's requests).
@@ -192,12 +197,29 @@ class Engine:
 
     # -- tasks -----------------------------------------------------------------------------
 
-    async def enqueue(self, queue: str, tasks: Sequence[NewTask]) -> list[Task]:
-        """Add tasks to the queue; the new tasks, in order."""
+    async def enqueue(
+        self, queue: str, tasks: Sequence[NewTask], key: str | None = None
+    ) -> list[Task]:
+        """Add tasks to the queue; the new tasks, in order.
+
+        With an idempotency ``key`` (see katar.core.idempotency) that this queue saw in the
+        last 24 hours: create nothing and return the tasks as that enqueue created them.
+        """
         self.options(queue)
         if self.draining:
             raise ShuttingDown()
-        created = await self.store.enqueue(queue, tasks, self.clock.now_ms())
+        now = self.clock.now_ms()
+        if key is None:
+            created = await self.store.enqueue(queue, tasks, now)
+        else:
+            once = idempotency.idempotency(key, tasks)
+            created, new = await self.store.enqueue_once(queue, tasks, now, once)
+            if not new:
+                return created
+            self._last_keyed = now
+            if self._next_prune is None:  # keys to forget: the reaper prunes once a minute
+                self._next_prune = now + _PRUNE_EVERY_MS
+                self._expect(self._next_prune)
         enqueued = self.counters.enqueued
         enqueued[queue] = enqueued.get(queue, 0) + len(created)
         ready = sum(1 for task in created if task.state is State.READY)
@@ -404,7 +426,10 @@ class Engine:
         while True:
             await self._alarm.wait()
             self._alarm.clear()
-            await self._catch_up(self.clock.now_ms())
+            now = await self._catch_up(self.clock.now_ms())
+            if self._next_prune is not None and self._next_prune <= now:
+                await self._prune_keys(now)
+                self._expect(self._next_prune)
 
     async def _catch_up(self, now: int) -> int:
         """Reap if a known deadline is at or before ``now``; the time afterwards. A reap
@@ -441,9 +466,24 @@ class Engine:
             self._due = None
             self._expect(next_due)
             self._expect(noted)
+            self._expect(self._next_prune)
             if self.store.shared:
                 self._expect(now + HOUSEKEEPING_MS)
             return self.clock.now_ms()
+
+    async def _prune_keys(self, now: int) -> None:
+        """Forget the expired idempotency keys, once a minute while keys may be stored:
+        housekeeping, never in a request (a store ignores expired keys meanwhile). Keys left
+        by an earlier run are pruned after this run's first enqueue with a key."""
+        self._next_prune = None
+        try:
+            before = idempotency.fresh_since(now)
+            while await self.store.prune_keys(before) >= idempotency.PRUNE_BATCH:
+                pass  # each batch is a transaction of its own: others go in between
+        except Exception:
+            log.exception("pruning idempotency keys failed; trying again in a minute")
+        if self._last_keyed is not None and idempotency.fresh_since(now) <= self._last_keyed:
+            self._next_prune = now + _PRUNE_EVERY_MS  # keys still to expire
 
     def _apply(self, changes: Iterable[Change]) -> None:
         """Wake long polls for tasks that became ready; emit events; settle outcome waits."""

@@ -31,6 +31,7 @@ from katar.errors import (
     StoreUnavailable,
     TaskNotFound,
     TooManyRequests,
+    ValidationError,
 )
 from katar.http import metrics, openapi, parse
 from katar.http.auth import Access, Authenticator, Role, Token
@@ -99,7 +100,7 @@ class Limits:
 class Request:
     """What a handler gets: the route's parameters, the query string and the body."""
 
-    __slots__ = ("body", "hang_up", "params", "query_string", "token")
+    __slots__ = ("body", "hang_up", "headers", "params", "query_string", "token")
 
     def __init__(
         self,
@@ -108,6 +109,7 @@ class Request:
         body: bytes,
         token: Token | None,
         hang_up: HangUp,
+        headers: Headers,
     ) -> None:
         self.params = params
         self.query_string = query_string
@@ -116,6 +118,8 @@ class Request:
         self.token = token
         #: A future that completes when the client hangs up.
         self.hang_up = hang_up
+        #: The request's headers, names in lower case.
+        self.headers = headers
 
     @property
     def queue(self) -> str:
@@ -150,11 +154,14 @@ def check_declared_length(headers: Headers, limit: int) -> None:
             raise body_too_large(limit)
 
 
+_NO_HEADERS: Final[Headers] = []
+
+
 class Admission:
     """A request routed and its token checked (App.admit): the handler to call, or the
     answer that refuses it."""
 
-    __slots__ = ("handler", "params", "refusal", "started", "template", "token")
+    __slots__ = ("handler", "headers", "params", "refusal", "started", "template", "token")
 
     def __init__(
         self,
@@ -164,7 +171,10 @@ class Admission:
         token: Token | None,
         refusal: Response | None,
         started: float | None = None,
+        headers: Headers = _NO_HEADERS,
     ) -> None:
+        #: The request's headers, for the handler (none kept for a refused request).
+        self.headers = headers
         #: The route's template, for the metrics ("other" when no route matched).
         self.template = template
         self.handler = handler
@@ -279,7 +289,7 @@ class App:
             except KatarError as exc:
                 refusal = error_response(exc)
                 return Admission(template, None, params, None, refusal, started)
-        return Admission(template, handler, params, token, None, started)
+        return Admission(template, handler, params, token, None, started, headers)
 
     async def respond(
         self,
@@ -294,7 +304,9 @@ class App:
         response = admission.refusal
         if response is None:
             assert admission.handler is not None
-            request = Request(admission.params, query_string, body, admission.token, hang_up)
+            request = Request(
+                admission.params, query_string, body, admission.token, hang_up, admission.headers
+            )
             try:
                 response = await admission.handler(request)
             except KatarError as exc:
@@ -521,7 +533,13 @@ class App:
         new = parse.parse_enqueue(
             request.body, self.limits.max_tasks_per_enqueue, self.limits.max_task_bytes
         )
-        created = await self.engine.enqueue(request.queue, new)
+        key = None
+        for name, value in request.headers:
+            if name == b"idempotency-key":
+                if key is not None:
+                    raise ValidationError("send at most one Idempotency-Key header")
+                key = value.decode("latin-1")
+        created = await self.engine.enqueue(request.queue, new, key)
         return json_response({"tasks": [task_record(task) for task in created]}, 201)
 
     async def list_tasks(self, request: Request) -> Response:

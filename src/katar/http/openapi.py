@@ -349,11 +349,28 @@ def _paths() -> dict[str, Any]:
             "summary": "Enqueue one task or many",
             "operationId": "enqueue",
             "tags": ["producers"],
+            "parameters": [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "description": (
+                        "Makes a retry safe: a repeat with the same key on the same queue"
+                        " within 24 hours creates nothing and answers what the first answered;"
+                        " the same key with another body is a 422."
+                    ),
+                    "schema": {"type": "string", "pattern": "^[\\x20-\\x7e]{1,255}$"},
+                }
+            ],
             "requestBody": {**_body(_ref("Enqueue")), "required": True},
             "responses": {
                 "201": _body(_ref("Tasks"), "The new tasks."),
                 **_QUEUE_MISSING,
                 **_BAD_BODY,
+                "503": _error("The store is unavailable: nothing was enqueued."),
+                "504": _error(
+                    "The store's connection was lost while it committed (outcome"
+                    ' "unknown"): retry with the same Idempotency-Key.'
+                ),
             },
         },
         "get": {

@@ -28,6 +28,9 @@ STATUS_OF_ERROR: Final[dict[type[errors.KatarError], int]] = {
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.ShuttingDown: 503,
+    # Not 503, which says that nothing was done: like a gateway whose upstream did not
+    # answer, Katar cannot tell whether the store committed.
+    errors.OutcomeUnknown: 504,
     errors.StoreUnavailable: 503,
     errors.StoreError: 500,
     errors.ConfigError: 422,

@@ -13,6 +13,7 @@ import abc
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
+from katar.core.idempotency import Idempotency
 from katar.core.model import Ack, NewTask, QueueOptions, State, Task
 
 
@@ -28,6 +29,14 @@ class PollResult(NamedTuple):
 
     delivered: list[Task]
     changes: list[Change]
+
+
+class Enqueued(NamedTuple):
+    """What an enqueue under an idempotency key did."""
+
+    tasks: list[Task]
+    #: False when the key had been used: nothing was created, ``tasks`` are the first's.
+    created: bool
 
 
 class Store(abc.ABC):
@@ -76,6 +85,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def enqueue(self, queue: str, tasks: Sequence[NewTask], now: int) -> list[Task]:
         """Add tasks to an existing queue; the new tasks, in order, with growing ids."""
+
+    @abc.abstractmethod
+    async def enqueue_once(
+        self, queue: str, tasks: Sequence[NewTask], now: int, once: Idempotency
+    ) -> Enqueued:
+        """Enqueue under an idempotency key (see katar.core.idempotency), atomically with
+        the key's record. When the queue has a record of the key created after
+        ``fresh_since(now)``, create nothing: answer the first enqueue's tasks as it created
+        them, or raise KeyReused if its digest differs. Concurrent enqueues with one key,
+        from any number of servers, create at most once."""
+
+    @abc.abstractmethod
+    async def prune_keys(self, before: int) -> int:
+        """Forget up to idempotency.PRUNE_BATCH keys created at or before ``before``, oldest
+        first; how many."""
 
     @abc.abstractmethod
     async def poll(

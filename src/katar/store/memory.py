@@ -11,11 +11,12 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping, Sequence
 
-from katar.core import rules
+from katar.core import idempotency, rules
+from katar.core.idempotency import Idempotency
 from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_task_id
 from katar.errors import KatarError, QueueNotFound, TaskNotFound
 from katar.logs import mask_credentials
-from katar.store.base import Change, PollResult, Store
+from katar.store.base import Change, Enqueued, PollResult, Store
 
 
 class MemoryStore(Store):
@@ -30,6 +31,8 @@ class MemoryStore(Store):
         self._scheduled: list[tuple[int, int]] = []  # (run_at, id)
         self._leases: list[tuple[int, int]] = []  # (lease_until, id)
         self._last_id = 0
+        # (queue, key) -> (digest, ids, created): the idempotency keys, oldest first.
+        self._keys: dict[tuple[str, str], tuple[bytes, tuple[int, ...], int]] = {}
 
     async def open(self) -> None:
         return None
@@ -55,6 +58,8 @@ class MemoryStore(Store):
         self._ready.pop(name, None)
         for task_id in ids:
             del self._tasks[task_id]
+        for queue_key in [queue_key for queue_key in self._keys if queue_key[0] == name]:
+            del self._keys[queue_key]
         return len(ids)
 
     def _ids_of(self, queue: str) -> dict[int, None]:
@@ -97,6 +102,31 @@ class MemoryStore(Store):
             self._put(task)
             created.append(task)
         return created
+
+    async def enqueue_once(
+        self, queue: str, tasks: Sequence[NewTask], now: int, once: Idempotency
+    ) -> Enqueued:
+        self._ids_of(queue)
+        found = self._keys.get((queue, once.key))
+        if found is not None and found[2] > idempotency.fresh_since(now):
+            stored_digest, ids, created = found
+            first = idempotency.replay(queue, tasks, stored_digest, ids, created, once)
+            return Enqueued(first, False)
+        new = await self.enqueue(queue, tasks, now)
+        # Popped first so that the dict stays in creation order, which prune_keys relies on.
+        self._keys.pop((queue, once.key), None)
+        self._keys[(queue, once.key)] = (once.digest, tuple(task.id for task in new), now)
+        return Enqueued(new, True)
+
+    async def prune_keys(self, before: int) -> int:
+        expired = []
+        for queue_key, (_digest, _ids, created) in self._keys.items():
+            if created > before:
+                break
+            expired.append(queue_key)
+        for queue_key in expired:
+            del self._keys[queue_key]
+        return len(expired)
 
     def _find(self, queue: str, raw_id: str | int, index: int | None = None) -> Task | None:
         """The task an ack or request names; None when it existed once and is gone."""

@@ -24,11 +24,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
-from katar.core import rules
+from katar.core import idempotency, rules
+from katar.core.idempotency import Idempotency
 from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_task_id
 from katar.errors import (
     ConfigError,
     KatarError,
+    OutcomeUnknown,
     QueueNotFound,
     StoreError,
     StoreUnavailable,
@@ -36,7 +38,7 @@ from katar.errors import (
 )
 from katar.logs import mask_credentials
 from katar.store._rows import COLUMNS, task_from_row, update_values
-from katar.store.base import Change, PollResult, Store
+from katar.store.base import Change, Enqueued, PollResult, Store
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("katar")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -73,6 +75,17 @@ CREATE INDEX IF NOT EXISTS tasks_due ON {s}.tasks (run_at) WHERE state = 2;
 CREATE INDEX IF NOT EXISTS tasks_lease ON {s}.tasks (lease_until) WHERE state = 3;
 CREATE INDEX IF NOT EXISTS tasks_resting ON {s}.tasks (queue_id, state, id)
     WHERE state IN (0, 4, 5, 6);
+""",
+    2: """
+CREATE TABLE IF NOT EXISTS {s}.idempotency_keys (
+    queue_id integer NOT NULL,
+    key text NOT NULL,
+    digest bytea NOT NULL,
+    ids bytea,                 -- katar.core.idempotency.pack_ids; set by the same transaction
+    created bigint NOT NULL,
+    PRIMARY KEY (queue_id, key)  -- what decides between servers racing with one key
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_created ON {s}.idempotency_keys (created);
 """,
 }
 _SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -216,8 +229,9 @@ class PostgresStore(Store):
             pool, self._pool = self._pool, None
             await pool.close()
 
-    def _transaction(self) -> Any:
-        return _Transaction(self)
+    def _transaction(self, writes: bool = True) -> Any:
+        # writes=False: a transaction that only reads, whose lost COMMIT loses nothing.
+        return _Transaction(self, writes)
 
     def _masked(self, message: str) -> str:
         return mask_credentials(message, self._raw_url)
@@ -283,13 +297,13 @@ class PostgresStore(Store):
                 delay = min(delay * 2, 5.0)
 
     async def ping(self) -> None:
-        async with self._transaction() as conn:
+        async with self._transaction(writes=False) as conn:
             await conn.execute("SELECT 1")
 
     # -- queues ------------------------------------------------------------------------------
 
     async def _load_queue_ids(self) -> None:
-        async with self._transaction() as conn:
+        async with self._transaction(writes=False) as conn:
             rows = await (
                 await conn.execute(f"SELECT id, name FROM {self._schema}.queues")
             ).fetchall()
@@ -319,7 +333,7 @@ class PostgresStore(Store):
         return [task_from_row(row, await self._name(conn, row[1])) for row in rows]
 
     async def load_queues(self) -> dict[str, QueueOptions]:
-        async with self._transaction() as conn:
+        async with self._transaction(writes=False) as conn:
             rows = await (
                 await conn.execute(f"SELECT id, name, options FROM {self._schema}.queues")
             ).fetchall()
@@ -348,6 +362,9 @@ class PostgresStore(Store):
             )
             count: int = cursor.rowcount
             await conn.execute(f"DELETE FROM {self._schema}.queues WHERE id = %s", (queue_id,))
+            await conn.execute(
+                f"DELETE FROM {self._schema}.idempotency_keys WHERE queue_id = %s", (queue_id,)
+            )
             await self._notify(conn, f"q:{name}")
         self._queue_ids.pop(name, None)
         return count
@@ -356,25 +373,83 @@ class PostgresStore(Store):
 
     async def enqueue(self, queue: str, tasks: Sequence[NewTask], now: int) -> list[Task]:
         queue_id = await self._queue_id(queue)
-        drafts = [rules.new_task(queue, spec, 0, now) for spec in tasks]
         async with self._transaction() as conn:
-            cursor = await conn.execute(
-                self._sql["insert"],
-                (
-                    [queue_id] * len(drafts),
-                    [int(t.state) for t in drafts],
-                    [t.priority for t in drafts],
-                    [bytes(t.data) for t in drafts],
-                    [now] * len(drafts),
-                    [now] * len(drafts),
-                    [t.run_at for t in drafts],
-                ),
-            )
-            ids = [row[0] for row in await cursor.fetchall()]
-            await self._notify_ready(conn, drafts)
+            return await self._insert(conn, queue_id, queue, tasks, now)
+
+    async def _insert(
+        self,
+        conn: AsyncConnection[tuple[Any, ...]],
+        queue_id: int,
+        queue: str,
+        tasks: Sequence[NewTask],
+        now: int,
+    ) -> list[Task]:
+        drafts = [rules.new_task(queue, spec, 0, now) for spec in tasks]
+        cursor = await conn.execute(
+            self._sql["insert"],
+            (
+                [queue_id] * len(drafts),
+                [int(t.state) for t in drafts],
+                [t.priority for t in drafts],
+                [bytes(t.data) for t in drafts],
+                [now] * len(drafts),
+                [now] * len(drafts),
+                [t.run_at for t in drafts],
+            ),
+        )
+        ids = [row[0] for row in await cursor.fetchall()]
+        await self._notify_ready(conn, drafts)
         # unnest keeps the order of its arrays, and a sequence hands out growing ids.
         ids.sort()
         return [msgspec.structs.replace(t, id=i) for t, i in zip(drafts, ids, strict=True)]
+
+    async def enqueue_once(
+        self, queue: str, tasks: Sequence[NewTask], now: int, once: Idempotency
+    ) -> Enqueued:
+        queue_id = await self._queue_id(queue)
+        s = self._schema
+        async with self._transaction() as conn:
+            # The key's row first: a server enqueueing with the same key at the same moment
+            # waits here for this transaction, then finds the key taken (the primary key
+            # decides; a row that has expired is taken over).
+            cursor = await conn.execute(
+                f"INSERT INTO {s}.idempotency_keys AS k (queue_id, key, digest, created)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (queue_id, key) DO UPDATE SET"
+                " digest = excluded.digest, ids = NULL, created = excluded.created"
+                " WHERE k.created <= %s RETURNING 1",
+                (queue_id, once.key, once.digest, now, idempotency.fresh_since(now)),
+            )
+            if await cursor.fetchone() is None:
+                cursor = await conn.execute(
+                    f"SELECT digest, ids, created FROM {s}.idempotency_keys"
+                    " WHERE queue_id = %s AND key = %s",
+                    (queue_id, once.key),
+                )
+                row = await cursor.fetchone()
+                assert row is not None and row[1] is not None  # committed with its ids
+                digest, ids, created = row
+                first = idempotency.replay(
+                    queue, tasks, digest, idempotency.unpack_ids(ids), created, once
+                )
+                return Enqueued(first, False)
+            new = await self._insert(conn, queue_id, queue, tasks, now)
+            await conn.execute(
+                f"UPDATE {s}.idempotency_keys SET ids = %s WHERE queue_id = %s AND key = %s",
+                (idempotency.pack_ids([t.id for t in new]), queue_id, once.key),
+            )
+            return Enqueued(new, True)
+
+    async def prune_keys(self, before: int) -> int:
+        s = self._schema
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                f"DELETE FROM {s}.idempotency_keys WHERE (queue_id, key) IN (SELECT queue_id,"
+                f" key FROM {s}.idempotency_keys WHERE created <= %s ORDER BY created LIMIT %s"
+                " FOR UPDATE SKIP LOCKED)",
+                (before, idempotency.PRUNE_BATCH),
+            )
+            pruned: int = cursor.rowcount
+            return pruned
 
     async def _write(
         self,
@@ -441,7 +516,7 @@ class PostgresStore(Store):
         return PollResult(delivered, changes)
 
     async def get_task(self, queue: str, task_id: int) -> Task | None:
-        async with self._transaction() as conn:
+        async with self._transaction(writes=False) as conn:
             row = await (await conn.execute(self._sql["task"], (task_id,))).fetchone()
             if row is None or await self._name(conn, row[1]) != queue:
                 return None
@@ -458,12 +533,12 @@ class PostgresStore(Store):
             params.append([int(s) for s in states])
         sql += " ORDER BY id LIMIT %s"
         params.append(limit)
-        async with self._transaction() as conn:
+        async with self._transaction(writes=False) as conn:
             rows = await (await conn.execute(sql, params)).fetchall()
         return [task_from_row(row, queue) for row in rows]
 
     async def counts(self) -> dict[str, dict[State, int]]:
-        async with self._transaction() as conn:
+        async with self._transaction(writes=False) as conn:
             names = dict(
                 await (await conn.execute(f"SELECT id, name FROM {self._schema}.queues")).fetchall()
             )
@@ -554,11 +629,14 @@ _KEEP: Final = QueueOptions(persistent=True)
 
 class _Transaction:
     """``async with``: a pooled connection inside a transaction; driver errors become
-    Katar's (StoreUnavailable when the database cannot be reached)."""
+    Katar's (StoreUnavailable when the database cannot be reached, OutcomeUnknown when the
+    connection is lost while a transaction that writes commits)."""
 
-    def __init__(self, store: PostgresStore) -> None:
+    def __init__(self, store: PostgresStore, writes: bool) -> None:
         self.store = store
+        self._writes = writes
         self._connection: Any = None
+        self._conn: Any = None
         self._transaction: Any = None
 
     async def __aenter__(self) -> AsyncConnection[tuple[Any, ...]]:
@@ -568,7 +646,7 @@ class _Transaction:
             raise StoreUnavailable("the PostgreSQL store is not open")
         try:
             self._connection = self.store._pool.connection()
-            conn = await self._connection.__aenter__()
+            self._conn = conn = await self._connection.__aenter__()
             self._transaction = conn.transaction()
             await self._transaction.__aenter__()
         except (psycopg.Error, OSError) as exc:
@@ -580,10 +658,20 @@ class _Transaction:
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         import psycopg
 
+        if exc is None and self._conn.broken:
+            # Lost since the last statement: COMMIT cannot be sent (psycopg does not even
+            # try, nor say so), and PostgreSQL rolls the transaction back. Nothing happened.
+            error = psycopg.OperationalError("the connection was lost before COMMIT")
+            await self._connection.__aexit__(type(error), error, None)
+            raise _translate(error, self.store._raw_url)
         try:
             await self._transaction.__aexit__(kind, exc, tb)
         except psycopg.Error as error:
             await self._connection.__aexit__(type(error), error, None)
+            if exc is None and self._writes and isinstance(error, psycopg.OperationalError):
+                # Lost during or after COMMIT: PostgreSQL may have committed or not.
+                cause = mask_credentials(f"PostgreSQL: {error}", self.store._raw_url)
+                raise OutcomeUnknown(cause=cause) from error
             raise _translate(error, self.store._raw_url) from error
         await self._connection.__aexit__(kind, exc, tb)
         if isinstance(exc, psycopg.Error):

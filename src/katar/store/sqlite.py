@@ -35,7 +35,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
-from katar.core import rules
+from katar.core import idempotency, rules
+from katar.core.idempotency import Idempotency
 from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_task_id
 from katar.errors import (
     ConfigError,
@@ -53,12 +54,12 @@ from katar.store._rows import (
     task_from_row,
     update_values,
 )
-from katar.store.base import Change, PollResult, Store
+from katar.store.base import Change, Enqueued, PollResult, Store
 
 T = TypeVar("T")
 log = logging.getLogger("katar")
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4  # 4: idempotency_keys
 # The tasks at rest: paused (0), done (4), failed (5), cancelled (6). Not "state IN (0, 4, 5,
 # 6)": SQLite evaluates a partial index's condition for every row a statement writes, and an
 # IN list builds a temporary b-tree each time (a 4 KiB page zeroed): 56,000 instructions per
@@ -95,6 +96,16 @@ CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_until) WHERE state = 3;
 -- the hot path (ready, running) stay out of it, so a claim and a "done" maintain one index
 -- entry fewer each; their counts come from the partial indexes above.
 CREATE INDEX IF NOT EXISTS tasks_at_rest ON tasks (queue_id, state, id) WHERE {_AT_REST};
+-- An enqueue's Idempotency-Key: the ids it created (katar.core.idempotency.pack_ids).
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    queue_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    ids BLOB NOT NULL,
+    created INTEGER NOT NULL,
+    PRIMARY KEY (queue_id, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created);
 -- Schema 1 had the index above over every state; schema 2 had it with an IN list.
 DROP INDEX IF EXISTS tasks_queue_state;
 DROP INDEX IF EXISTS tasks_resting;
@@ -252,6 +263,9 @@ def parse_url(url: str) -> tuple[str, str]:
 
 
 def _translate(exc: sqlite3.Error) -> StoreError:
+    # Never OutcomeUnknown: the database is a file of this process, so a COMMIT that
+    # returns an error did not commit (SQLite's atomic commit), and one that was never
+    # answered means the process died, and with it the request.
     if isinstance(exc, sqlite3.OperationalError) or _disk_refused(exc):
         return StoreUnavailable(f"SQLite is unavailable: {exc}")
     return StoreError(f"SQLite failed: {exc}")
@@ -792,6 +806,7 @@ class SQLiteStore(Store):
             queue_id = self._queue_id(name)
             count: int = conn.execute("DELETE FROM tasks WHERE queue_id=?", (queue_id,)).rowcount
             conn.execute("DELETE FROM queues WHERE id=?", (queue_id,))
+            conn.execute("DELETE FROM idempotency_keys WHERE queue_id=?", (queue_id,))
             del self._queue_ids[name]
             # The id -> name entry stays: reads of the old queue's rows may still be in flight.
             return count
@@ -800,24 +815,72 @@ class SQLiteStore(Store):
 
     async def enqueue(self, queue: str, tasks: Sequence[NewTask], now: int) -> list[Task]:
         def op(conn: sqlite3.Connection) -> list[Task]:
+            return self._insert(conn, self._queue_id(queue), queue, tasks, now)
+
+        return await self._write(op)
+
+    def _insert(
+        self,
+        conn: sqlite3.Connection,
+        queue_id: int,
+        queue: str,
+        tasks: Sequence[NewTask],
+        now: int,
+    ) -> list[Task]:
+        first = self._last_id + 1
+        created = [
+            rules.new_task(queue, spec, task_id, now)
+            for task_id, spec in zip(itertools.count(first), tasks)
+        ]
+
+        def row(t: Task) -> tuple[Any, ...]:
+            return (t.id, queue_id, int(t.state), t.priority, bytearray(t.data), now, now)
+
+        ready = [row(t) for t in created if t.run_at is None]
+        if ready:
+            conn.executemany(_INSERT, ready)
+        if len(ready) < len(created):
+            later = [(*row(t), t.run_at) for t in created if t.run_at is not None]
+            conn.executemany(_INSERT_LATER, later)
+        self._last_id = first + len(created) - 1
+        return created
+
+    async def enqueue_once(
+        self, queue: str, tasks: Sequence[NewTask], now: int, once: Idempotency
+    ) -> Enqueued:
+        def op(conn: sqlite3.Connection) -> Enqueued:
             queue_id = self._queue_id(queue)
-            first = self._last_id + 1
-            created = [
-                rules.new_task(queue, spec, task_id, now)
-                for task_id, spec in zip(itertools.count(first), tasks)
-            ]
+            # One writer: nothing can come between this look and the insert below.
+            found = conn.execute(
+                "SELECT digest, ids, created FROM idempotency_keys"
+                " WHERE queue_id=? AND key=? AND created>?",
+                (queue_id, once.key, idempotency.fresh_since(now)),
+            ).fetchone()
+            if found is not None:
+                digest, ids, created = found
+                first = idempotency.replay(
+                    queue, tasks, digest, idempotency.unpack_ids(ids), created, once
+                )
+                return Enqueued(first, False)
+            new = self._insert(conn, queue_id, queue, tasks, now)
+            conn.execute(
+                "INSERT OR REPLACE INTO idempotency_keys (queue_id, key, digest, ids, created)"
+                " VALUES (?,?,?,?,?)",
+                (queue_id, once.key, once.digest, idempotency.pack_ids([t.id for t in new]), now),
+            )
+            return Enqueued(new, True)
 
-            def row(t: Task) -> tuple[Any, ...]:
-                return (t.id, queue_id, int(t.state), t.priority, bytearray(t.data), now, now)
+        return await self._write(op)
 
-            ready = [row(t) for t in created if t.run_at is None]
-            if ready:
-                conn.executemany(_INSERT, ready)
-            if len(ready) < len(created):
-                later = [(*row(t), t.run_at) for t in created if t.run_at is not None]
-                conn.executemany(_INSERT_LATER, later)
-            self._last_id = first + len(created) - 1
-            return created
+    async def prune_keys(self, before: int) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            # In batches: one write group must not hold the event loop for long.
+            cursor = conn.execute(
+                "DELETE FROM idempotency_keys WHERE (queue_id, key) IN (SELECT queue_id, key"
+                " FROM idempotency_keys WHERE created<=? ORDER BY created LIMIT ?)",
+                (before, idempotency.PRUNE_BATCH),
+            )
+            return cursor.rowcount
 
         return await self._write(op)
 

@@ -1,0 +1,112 @@
+"""Idempotency keys on enqueue: the rules every store applies the same way.
+
+A producer that lost an enqueue's answer (a reset connection, a time-out, an outcome the
+store could not tell) cannot know whether its tasks were created. Sent again with the same
+``Idempotency-Key``, the enqueue creates nothing and answers what the first answered.
+
+A store keeps, per (queue, key): a digest of the request, the ids it created, and when.
+That is the whole answer: a repeat carries the same tasks (its digest says so), so their
+records as first created follow from the ids and the time (:func:`replay`), and a key costs
+a few dozen bytes however large its tasks. A key is kept for :data:`KEY_TTL_MS`; a store
+ignores older ones and the engine prunes them in its housekeeping, never in a request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from typing import Final, NamedTuple
+
+import msgspec
+
+from katar.core import rules
+from katar.core.model import NewTask, Task
+from katar.errors import ValidationError
+
+#: How long a key is remembered, in ms.
+KEY_TTL_MS: Final = 24 * 3600 * 1000
+#: The most expired keys one prune_keys call removes (each call is one short transaction).
+PRUNE_BATCH: Final = 5000
+#: The longest key accepted, in characters.
+MAX_KEY_LENGTH: Final = 255
+_KEY: Final = re.compile(rf"[\x20-\x7e]{{1,{MAX_KEY_LENGTH}}}")
+_HEADER: Final = "Idempotency-Key"
+_runs: Final = msgspec.json.Decoder(list[tuple[int, int]])
+
+
+class Idempotency(NamedTuple):
+    """An enqueue's key and the digest of what it asks."""
+
+    key: str
+    digest: bytes
+
+
+class KeyReused(ValidationError):
+    """This Idempotency-Key was already used on this queue, with a different request."""
+
+
+def check_key(raw: bytes | str) -> str:
+    """The key of an ``Idempotency-Key`` header: 1 to 255 printable ASCII characters."""
+    key = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+    if not _KEY.fullmatch(key):
+        raise ValidationError(
+            f"invalid {_HEADER} header: use 1 to {MAX_KEY_LENGTH} printable ASCII characters",
+            header=_HEADER,
+        )
+    return key
+
+
+def digest(tasks: Sequence[NewTask]) -> bytes:
+    """What identifies an enqueue's request: its tasks' fields, data byte for byte. Two
+    bodies that differ only in whitespace between fields ask the same."""
+    hasher = hashlib.sha256()
+    for task in tasks:
+        data = bytes(task.data)
+        hasher.update(b"%d,%d,%d,%d:" % (task.priority, task.delay_ms, task.paused, len(data)))
+        hasher.update(data)
+    return hasher.digest()
+
+
+def idempotency(key: bytes | str, tasks: Sequence[NewTask]) -> Idempotency:
+    """The key checked, with the digest of ``tasks``."""
+    return Idempotency(check_key(key), digest(tasks))
+
+
+def pack_ids(ids: Sequence[int]) -> bytes:
+    """The ids an enqueue created, as a store keeps them: runs of consecutive ids, as JSON
+    ``[[first, count], ...]`` (one run when no other server enqueued at the same moment)."""
+    runs: list[list[int]] = []
+    for task_id in ids:
+        if runs and runs[-1][0] + runs[-1][1] == task_id:
+            runs[-1][1] += 1
+        else:
+            runs.append([task_id, 1])
+    return msgspec.json.encode(runs)
+
+
+def unpack_ids(packed: bytes) -> list[int]:
+    """The ids that :func:`pack_ids` packed."""
+    runs = _runs.decode(packed)
+    return [task_id for first, count in runs for task_id in range(first, first + count)]
+
+
+def fresh_since(now: int) -> int:
+    """Keys created at or before this time are expired at ``now``."""
+    return now - KEY_TTL_MS
+
+
+def replay(
+    queue: str,
+    tasks: Sequence[NewTask],
+    stored_digest: bytes,
+    ids: Sequence[int],
+    created: int,
+    wanted: Idempotency,
+) -> list[Task]:
+    """The first enqueue's tasks as it created them, for a repeat that asks ``tasks``;
+    KeyReused if the repeat asks something else."""
+    if stored_digest != wanted.digest or len(ids) != len(tasks):
+        raise KeyReused(header=_HEADER, key=wanted.key)
+    pairs = zip(tasks, ids, strict=True)
+    return [rules.new_task(queue, spec, task_id, created) for spec, task_id in pairs]
