@@ -1,0 +1,395 @@
+"""The stores against the reference model: random sequences of operations, every answer and
+every task record compared.
+
+Each example opens a fresh store of one kind and drives it directly, with an explicit fake
+clock (``now``), beside a :class:`~tests.model.reference.Model`. After every step the whole
+state is compared: each queue's tasks, the counts and the queues. The rules here only
+generate operations and compare answers; what the answers must be is the model's business.
+
+CI runs a fixed sample (derandomized); ``KATAR_MODEL_EXAMPLES=N`` runs N fresh random
+examples per store, ``KATAR_MODEL_STEPS`` sets the steps per example.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from katar.core.model import Ack, NewTask, QueueOptions, State, Task
+from katar.errors import KatarError
+from katar.store import Change, Store, open_store
+from tests.conftest import POSTGRES_URL, STORE_KINDS, store_url
+from tests.model.reference import MChange, Model, MTask, Refusal
+
+T = TypeVar("T")
+
+T0 = 1_700_000_000_000
+QUEUES = ("a", "b")
+UNKNOWN_QUEUE = "nowhere"
+WORKERS = (None, "w1", "w2")
+
+_examples = os.environ.get("KATAR_MODEL_EXAMPLES")
+SETTINGS = settings(
+    max_examples=int(_examples or 40),
+    stateful_step_count=int(os.environ.get("KATAR_MODEL_STEPS") or 30),
+    derandomize=_examples is None,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+
+# -- inputs --------------------------------------------------------------------------------
+
+json_values = st.sampled_from([None, 0, 1, -7, 2.5, "x", "été ✓", [], [1, "a"], {"k": {"n": 1}}])
+raw_json = json_values.map(lambda value: msgspec.Raw(msgspec.json.encode(value)))
+# No NUL: how a store keeps "\x00" in a text column is checked elsewhere (contract 13).
+texts = st.text(alphabet=st.characters(blacklist_characters="\x00"), max_size=8)
+
+options_strategy = st.builds(
+    QueueOptions,
+    persistent=st.booleans(),
+    timeout=st.sampled_from([1000, 2000, 60000]),
+    max_attempts=st.sampled_from([0, 1, 2, 3]),
+    retry_failed=st.booleans(),
+    max_batch=st.sampled_from([1, 3, 100]),
+    retry_delay=st.sampled_from([0, 100, 1000]),
+    retry_delay_max=st.sampled_from([0, 150, 3_600_000]),
+)
+new_task_strategy = st.builds(
+    NewTask,
+    data=raw_json,
+    priority=st.sampled_from([0, 0, 1, 10, -10, 2**31 - 1, -(2**31)]),
+    delay_ms=st.sampled_from([0, 0, 0, 500, 1000, 5000]),
+    paused=st.booleans(),
+)
+# Ids no store can have issued, in the forms a client may send.
+garbage_ids = st.sampled_from(["0", "-1", "abc", "", "1e3", " 1", "99999999999999999999", 0, -5])
+
+
+def record(task: Task) -> tuple[Any, ...]:
+    """The fields of a stored task that the model predicts."""
+    return (
+        task.id,
+        task.queue,
+        task.state,
+        task.priority,
+        bytes(task.data),
+        task.attempts,
+        task.error,
+        None if task.result is None else bytes(task.result),
+        task.worker,
+        task.created_at,
+        task.updated_at,
+        task.run_at,
+        task.lease_until,
+    )
+
+
+def expected(task: MTask) -> tuple[Any, ...]:
+    return (
+        task.id,
+        task.queue,
+        task.state,
+        task.priority,
+        task.data,
+        task.attempts,
+        task.error,
+        task.result,
+        task.worker,
+        task.created_at,
+        task.updated_at,
+        task.run_at,
+        task.lease_until,
+    )
+
+
+def change_records(changes: list[Change]) -> list[tuple[Any, ...]]:
+    # The contract orders neither acks' changes nor expiries: compare them by task id.
+    return sorted((record(c.task), c.old) for c in changes)
+
+
+def expected_changes(changes: list[MChange]) -> list[tuple[Any, ...]]:
+    return sorted((expected(c.task), c.old) for c in changes)
+
+
+# -- the machine ---------------------------------------------------------------------------
+
+
+class StoreVersusModel(RuleBasedStateMachine):
+    """One store and the model, driven by the same operations."""
+
+    def __init__(self, make_url: Callable[[], str], cleanup: Callable[[str], None]) -> None:
+        super().__init__()
+        self.runner = asyncio.Runner()
+        self.url = make_url()
+        self.cleanup = cleanup
+        self.store: Store = open_store(self.url)
+        self.run(self.store.open())
+        self.watching = True
+        self.store.watch = lambda: self.watching
+        self.model = Model()
+        self.now = T0
+
+    def run(self, job: Coroutine[Any, Any, T]) -> T:
+        return self.runner.run(asyncio.wait_for(job, 30))
+
+    def teardown(self) -> None:
+        try:
+            self.run(self.store.close())
+        finally:
+            self.runner.close()
+            self.cleanup(self.url)
+
+    def same(
+        self, job: Coroutine[Any, Any, T], predicted: Callable[[], Any]
+    ) -> tuple[T, Any] | None:
+        """Run the store's operation and the model's. When the model refuses, the store
+        must raise the same error (None); else the store's answer and the model's."""
+        try:
+            want = predicted()
+        except Refusal as refusal:
+            with pytest.raises(KatarError) as caught:
+                self.run(job)
+            assert type(caught.value) is refusal.kind, (caught.value, refusal)
+            assert caught.value.details.get("ack") == refusal.ack, caught.value.details
+            return None
+        return self.run(job), want
+
+    # -- drawing ids -------------------------------------------------------------------------
+
+    def draw_id(self, data: st.DataObject, queue: str) -> str | int:
+        """A task id a client might name: mostly tasks of the queue, sometimes others."""
+        mine = [t.id for t in self.model.of_queue(queue)]
+        running = [t.id for t in self.model.of_queue(queue) if t.state is State.RUNNING]
+        others = [t.id for t in self.model.tasks.values() if t.queue != queue]
+        gone = [i for i in range(1, self.model.issued + 1) if i not in self.model.tasks]
+        kinds = [
+            k
+            for k, ids in (
+                ("running", running),
+                ("running", running),
+                ("mine", mine),
+                ("other", others),
+                ("gone", gone),
+            )
+            if ids
+        ]
+        kind = data.draw(st.sampled_from([*kinds, "never", "garbage"]))
+        if kind == "garbage":
+            return data.draw(garbage_ids)
+        if kind == "never":
+            task_id = self.model.issued + data.draw(st.integers(1, 3))
+        else:
+            pool = {"running": running, "mine": mine, "other": others, "gone": gone}[kind]
+            task_id = data.draw(st.sampled_from(pool))
+        return data.draw(st.sampled_from([str(task_id), task_id]))
+
+    def draw_ack(self, data: st.DataObject, queue: str) -> Ack:
+        task_id = self.draw_id(data, queue)
+        task = self.model.tasks.get(task_id if isinstance(task_id, int) else -1)
+        if isinstance(task_id, str) and task_id.isdigit() and len(task_id) < 19:
+            task = self.model.tasks.get(int(task_id))
+        attempts = task.attempts if task is not None else 1
+        status = data.draw(st.sampled_from(["done", "failed", "in progress"]))
+        attempt = data.draw(
+            st.sampled_from(
+                [None, None, attempts, attempts, max(attempts - 1, 1), attempts + 1],
+            )
+        )
+        fields: dict[str, Any] = {"attempt": attempt or None}
+        if status == "failed":
+            fields["error"] = data.draw(st.none() | texts)
+            fields["retry"] = data.draw(st.sampled_from([None, True, False]))
+        if status == "done":
+            fields["result"] = data.draw(raw_json)
+        return Ack(task_id=task_id, status=status, **fields)
+
+    # -- rules -------------------------------------------------------------------------------
+
+    @initialize(options=options_strategy)
+    def first_queue(self, options: QueueOptions) -> None:
+        self.run(self.store.save_queue(QUEUES[0], options))
+        self.model.save_queue(QUEUES[0], options)
+
+    @rule(name=st.sampled_from(QUEUES), options=options_strategy)
+    def put_queue(self, name: str, options: QueueOptions) -> None:
+        self.run(self.store.save_queue(name, options))
+        self.model.save_queue(name, options)
+
+    @rule(name=st.sampled_from([*QUEUES, UNKNOWN_QUEUE]))
+    def delete_queue(self, name: str) -> None:
+        answers = self.same(self.store.delete_queue(name), lambda: self.model.delete_queue(name))
+        if answers is not None:
+            got, want = answers
+            assert got == want
+
+    @rule(
+        queue=st.sampled_from([*QUEUES, *QUEUES, UNKNOWN_QUEUE]),
+        specs=st.lists(new_task_strategy, min_size=1, max_size=4),
+    )
+    def enqueue(self, queue: str, specs: list[NewTask]) -> None:
+        answers = self.same(
+            self.store.enqueue(queue, specs, self.now),
+            lambda: self.model.enqueue(queue, specs, self.now),
+        )
+        if answers is not None:
+            got, want = answers
+            assert [record(t) for t in got] == [expected(t) for t in want]
+
+    @rule(data=st.data())
+    def poll(self, data: st.DataObject) -> None:
+        queue = data.draw(st.sampled_from([*QUEUES, *QUEUES, *QUEUES, UNKNOWN_QUEUE]))
+        acks = [self.draw_ack(data, queue) for _ in range(data.draw(st.integers(0, 4)))]
+        worker = data.draw(st.sampled_from(WORKERS))
+        if not self.model.ownership and any(self.model.owner_conflict(a, worker) for a in acks):
+            worker = None  # an anonymous poll may ack any delivery
+        requested = data.draw(st.integers(0, 4))
+        options = self.model.queues.get(queue, QueueOptions())
+        limit = min(requested, options.max_batch)  # as the engine caps it
+        answers = self.same(
+            self.store.poll(queue, options, acks, limit, worker, self.now),
+            lambda: self.model.poll(queue, acks, limit, worker, self.now),
+        )
+        if answers is None:
+            return
+        got, (delivered, changes) = answers
+        assert [record(t) for t in got.delivered] == [expected(t) for t in delivered]
+        got_changes = change_records(got.changes)
+        want_changes = expected_changes(changes)
+        if not self.watching:
+            # Nobody watches: a store may leave out the tasks its acks finished "done".
+            want_changes = [
+                c for c in want_changes if c[0][2] is not State.DONE or c in got_changes
+            ]
+        assert got_changes == want_changes
+
+    # PATCH, DELETE and listing name a queue the engine has checked exists.
+    @precondition(lambda self: bool(self.model.queues))
+    @rule(data=st.data(), status=st.sampled_from(["cancelled", "paused", "queued", "done"]))
+    def set_status(self, data: st.DataObject, status: str) -> None:
+        queue = data.draw(st.sampled_from(sorted(self.model.queues)))
+        task_id = data.draw(st.integers(1, self.model.issued + 2))
+        answers = self.same(
+            self.store.set_status(queue, task_id, status, self.now),
+            lambda: self.model.set_status(queue, task_id, status, self.now),
+        )
+        if answers is None:
+            return
+        got, want = answers
+        if want is None:
+            assert got is None
+        else:
+            assert got is not None
+            assert (record(got.task), got.old) == (expected(want.task), want.old)
+
+    @precondition(lambda self: bool(self.model.queues))
+    @rule(data=st.data())
+    def delete_task(self, data: st.DataObject) -> None:
+        queue = data.draw(st.sampled_from(sorted(self.model.queues)))
+        task_id = data.draw(st.integers(1, self.model.issued + 2))
+        assert self.run(self.store.delete_task(queue, task_id)) == self.model.delete_task(
+            queue, task_id
+        )
+
+    @rule(ms=st.sampled_from([1, 100, 499, 500, 999, 1000, 1001, 2000, 5000, 60000]))
+    def advance_clock(self, ms: int) -> None:
+        self.now += ms
+
+    @rule()
+    def expire(self) -> None:
+        got = self.run(self.store.expire(dict(self.model.queues), self.now))
+        assert change_records(got) == expected_changes(self.model.expire(self.now))
+
+    @rule(watching=st.booleans())
+    def watch(self, watching: bool) -> None:
+        self.watching = watching
+
+    @precondition(lambda self: bool(self.model.queues))
+    @rule(data=st.data())
+    def list_page(self, data: st.DataObject) -> None:
+        queue = data.draw(st.sampled_from(sorted(self.model.queues)))
+        states = data.draw(st.none() | st.lists(st.sampled_from(list(State)), unique=True))
+        limit = data.draw(st.integers(1, 5))
+        after = data.draw(st.integers(0, self.model.issued + 1))
+        got = self.run(self.store.list_tasks(queue, states, limit, after))
+        want = [
+            t
+            for t in self.model.of_queue(queue)
+            if t.id > after and (states is None or t.state in states)
+        ][:limit]
+        assert [record(t) for t in got] == [expected(t) for t in want]
+
+    @precondition(lambda self: self.model.issued > 0)
+    @rule(data=st.data())
+    def get_task(self, data: st.DataObject) -> None:
+        queue = data.draw(st.sampled_from([*QUEUES, UNKNOWN_QUEUE]))
+        task_id = data.draw(st.integers(1, self.model.issued + 1))
+        got = self.run(self.store.get_task(queue, task_id))
+        want = self.model.tasks.get(task_id)
+        if want is None or want.queue != queue:
+            assert got is None
+        else:
+            assert got is not None and record(got) == expected(want)
+
+    # -- the whole state, after every step ---------------------------------------------------
+
+    @invariant()
+    def same_state(self) -> None:
+        assert self.run(self.store.load_queues()) == self.model.queues
+        for queue in self.model.queues:
+            got = self.run(self.store.list_tasks(queue, None, 10_000, 0))
+            assert [record(t) for t in got] == [expected(t) for t in self.model.of_queue(queue)]
+        counts = {
+            name: {state: n for state, n in per_state.items() if n}
+            for name, per_state in self.run(self.store.counts()).items()
+        }
+        assert counts == self.model.counts()
+
+
+# -- one test per store --------------------------------------------------------------------
+
+
+def _drop_schema(url: str) -> None:
+    """Drop the PostgreSQL schema of one example at once: a long run makes thousands."""
+    import psycopg
+
+    schema = url.split("schema=")[1].split("&")[0]
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_store_behaves_as_the_model(kind: str, tmp_path: Path) -> None:
+    store_url(kind, tmp_path)  # skips (or fails, in CI) when the store is not available
+    counter = itertools.count()
+
+    def make_url() -> str:
+        folder = tmp_path / str(next(counter))
+        folder.mkdir()
+        return store_url(kind, folder)
+
+    def cleanup(url: str) -> None:
+        if kind == "sqlite":
+            shutil.rmtree(Path(url.removeprefix("sqlite:///")).parent)
+        elif kind == "postgres":
+            _drop_schema(url)
+
+    run_state_machine_as_test(lambda: StoreVersusModel(make_url, cleanup), settings=SETTINGS)
