@@ -343,4 +343,5 @@ def backoff(options: QueueOptions, attempts: int) -> int:
     ``retry_delay``, doubled for each delivery before it, at most ``retry_delay_max``."""
     if options.retry_delay <= 0:
         return 0
-    return min(options.retry_delay * 2 ** min(max(attempts - 1, 0), 40), options.retry_delay_max)
+    doubled: int = options.retry_delay * 2 ** min(max(attempts - 1, 0), 40)
+    return min(doubled, options.retry_delay_max)
