@@ -153,7 +153,8 @@ class Model:
             created.append(replace(task))
         return created
 
-    def _parse_id(self, raw: str | int) -> int | None:
+    def parse_id(self, raw: str | int) -> int | None:
+        """The id a client's task id names, or None when it cannot name one."""
         if isinstance(raw, int):
             return raw if 0 < raw <= MAX_ID else None
         if raw and all("0" <= c <= "9" for c in raw) and len(raw) < 19 and int(raw) > 0:
@@ -162,7 +163,7 @@ class Model:
 
     def owner_conflict(self, ack: Ack, worker: str | None) -> bool:
         """Whether the ack names a live delivery leased to another named worker."""
-        task_id = self._parse_id(ack.task_id)
+        task_id = self.parse_id(ack.task_id)
         task = self.tasks.get(task_id) if task_id is not None else None
         return (
             worker is not None
@@ -187,7 +188,7 @@ class Model:
         before = {task_id: task.state for task_id, task in work.items()}
         last: dict[int, MTask] = {}  # each acked task's last version, gone or not
         for index, ack in enumerate(acks):
-            task_id = self._parse_id(ack.task_id)
+            task_id = self.parse_id(ack.task_id)
             if task_id is None or task_id > self.issued:
                 raise Refusal(TaskNotFound, ack=index)
             task = work.get(task_id)
