@@ -499,3 +499,28 @@ def test_store_behaves_as_the_model(kind: str, tmp_path: Path) -> None:
     # hypothesis takes any factory of machines, though its annotation says a class.
     factory: Any = lambda: StoreVersusModel(make_url, cleanup)  # noqa: E731
     run_state_machine_as_test(factory, settings=SETTINGS)
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+async def test_an_ack_after_one_that_finished_the_task_in_the_same_poll(
+    kind: str, tmp_path: Path
+) -> None:
+    """Found by the model on the memory store: in a queue without history, a second ack of a
+    task the same poll finished answered 409 (attempt 2 was never delivered) where the SQL
+    stores, and the rule for a task that is gone, change nothing."""
+    store = open_store(store_url(kind, tmp_path))
+    await store.open()
+    try:
+        options = QueueOptions(persistent=False)
+        await store.save_queue("q", options)
+        (task,) = await store.enqueue("q", [NewTask(data=msgspec.Raw(b"1"))], T0)
+        await store.poll("q", options, [], 1, None, T0)
+        acks = [
+            Ack(task_id=str(task.id), status="done"),
+            Ack(task_id=task.id, status="done", attempt=2),
+        ]
+        result = await store.poll("q", options, acks, 0, None, T0)
+        assert [change.task.state for change in result.changes] == [State.DONE]
+        assert await store.get_task("q", task.id) is None
+    finally:
+        await store.close()
