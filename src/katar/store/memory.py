@@ -156,6 +156,8 @@ class MemoryStore(Store):
             if found is None:
                 continue
             first, current = decided.get(found.id, (found, found))
+            if rules.discard(current, options):
+                continue  # finished by an earlier ack of this poll: gone, as in the SQL stores
             try:
                 new = rules.apply_ack(current, ack, options, now, worker)
             except KatarError as exc:

@@ -1,0 +1,348 @@
+"""A reference model of the storage contract: plain Python, written from the contract alone.
+
+This is what the stores are checked against (see test_stateful.py). It deliberately does
+not import :mod:`katar.core.rules`, nor any store: those are what it checks. It uses only
+katar's public types (the states, the tasks, acks and options a caller builds, the error
+classes a caller catches) to speak the stores' language.
+
+The state is plain: a dict of tasks by id, a dict of queues, the highest id issued. Each
+operation is one method that returns what the store should answer, or raises the error it
+should raise, and changes the state only when it succeeds (an operation is atomic).
+
+To model a new operation or option: add a field to :class:`MTask` or read the option in
+the method it affects, add a method here, and one rule in test_stateful.py that calls the
+store and this method and compares them.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+from katar.core.model import Ack, NewTask, QueueOptions, State
+from katar.errors import (
+    Conflict,
+    IllegalTransition,
+    KatarError,
+    QueueNotFound,
+    TaskNotFound,
+    ValidationError,
+)
+
+#: What PATCH may ask for, and from which public statuses (contract section 3).
+PATCH_FROM: Final = {
+    "cancelled": ("paused", "queued"),
+    "paused": ("queued",),
+    "queued": ("paused", "failed", "cancelled"),
+}
+#: The highest id a client may name (ids are positive 63-bit integers).
+MAX_ID: Final = 2**63 - 1
+
+
+@dataclass
+class MTask:
+    """A task as the model knows it: the fields of a stored task that callers can see.
+
+    ``budget_from`` is the number of deliveries at the last manual retry: a retry gives a
+    fresh set of ``max_attempts`` while ``attempts`` keeps counting (it fences stale acks).
+    """
+
+    id: int
+    queue: str
+    state: State
+    priority: int
+    data: bytes
+    created_at: int
+    updated_at: int
+    attempts: int = 0
+    budget_from: int = 0
+    error: str | None = None
+    result: bytes | None = None
+    worker: str | None = None
+    run_at: int | None = None
+    lease_until: int | None = None
+
+    @property
+    def status(self) -> str:
+        if self.state in (State.READY, State.SCHEDULED):
+            return "queued"
+        return {
+            State.PAUSED: "paused",
+            State.RUNNING: "in progress",
+            State.DONE: "done",
+            State.FAILED: "failed",
+            State.CANCELLED: "cancelled",
+        }[self.state]
+
+
+@dataclass(frozen=True)
+class MChange:
+    """A task whose state an operation changed: its new version and its state before."""
+
+    task: MTask
+    old: State
+
+
+@dataclass(frozen=True)
+class Refusal(Exception):
+    """The error a store must raise: its class, and the details that locate the fault."""
+
+    kind: type[KatarError]
+    ack: int | None = None  # the index of the faulty ack, for a poll
+
+
+@dataclass
+class Model:
+    """Every queue and every task, as the contract says they must be."""
+
+    queues: dict[str, QueueOptions] = field(default_factory=dict)
+    tasks: dict[int, MTask] = field(default_factory=dict)  # by id: ids grow, so in id order
+    issued: int = 0  # the highest task id ever issued
+    #: Section 13's ownership rule (an ack naming a task leased to another named worker is
+    #: a 409). Off until the stores enforce it; while off, the test never sends such acks.
+    ownership: bool = False
+
+    # -- queues ------------------------------------------------------------------------------
+
+    def save_queue(self, name: str, options: QueueOptions) -> None:
+        self.queues[name] = options
+
+    def delete_queue(self, name: str) -> int:
+        if name not in self.queues:
+            raise Refusal(QueueNotFound)
+        del self.queues[name]
+        gone = [t.id for t in self.tasks.values() if t.queue == name]
+        for task_id in gone:
+            del self.tasks[task_id]
+        return len(gone)
+
+    def _options(self, queue: str) -> QueueOptions:
+        if queue not in self.queues:
+            raise Refusal(QueueNotFound)
+        return self.queues[queue]
+
+    def of_queue(self, queue: str) -> list[MTask]:
+        return [t for t in self.tasks.values() if t.queue == queue]
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    def enqueue(self, queue: str, specs: list[NewTask], now: int) -> list[MTask]:
+        self._options(queue)
+        created = []
+        for spec in specs:
+            self.issued += 1
+            run_at = now + spec.delay_ms if spec.delay_ms > 0 else None
+            if spec.paused:
+                state = State.PAUSED
+            elif run_at is not None:
+                state = State.SCHEDULED
+            else:
+                state = State.READY
+            task = MTask(
+                id=self.issued,
+                queue=queue,
+                state=state,
+                priority=spec.priority,
+                data=bytes(spec.data),
+                created_at=now,
+                updated_at=now,
+                run_at=run_at,
+            )
+            self.tasks[task.id] = task
+            created.append(replace(task))
+        return created
+
+    def parse_id(self, raw: str | int) -> int | None:
+        """The id a client's task id names, or None when it cannot name one."""
+        if isinstance(raw, int):
+            return raw if 0 < raw <= MAX_ID else None
+        if raw and all("0" <= c <= "9" for c in raw) and len(raw) < 19 and int(raw) > 0:
+            return int(raw)
+        return None
+
+    def owner_conflict(self, ack: Ack, worker: str | None) -> bool:
+        """Whether the ack names a live delivery leased to another named worker."""
+        task_id = self.parse_id(ack.task_id)
+        task = self.tasks.get(task_id) if task_id is not None else None
+        return (
+            worker is not None
+            and task is not None
+            and task.state is State.RUNNING
+            and task.worker is not None
+            and task.worker != worker
+            and ack.attempt in (None, task.attempts)
+        )
+
+    def poll(
+        self,
+        queue: str,
+        acks: list[Ack],
+        limit: int,
+        worker: str | None,
+        now: int,
+    ) -> tuple[list[MTask], list[MChange]]:
+        """Apply the acks in order, each as if alone, then claim; all or nothing."""
+        options = self._options(queue)
+        work = copy.deepcopy(self.tasks)
+        before = {task_id: task.state for task_id, task in work.items()}
+        last: dict[int, MTask] = {}  # each acked task's last version, gone or not
+        for index, ack in enumerate(acks):
+            task_id = self.parse_id(ack.task_id)
+            if task_id is None or task_id > self.issued:
+                raise Refusal(TaskNotFound, ack=index)
+            task = work.get(task_id)
+            if task is None:
+                continue  # issued and gone: a finished task of a queue without history
+            if task.queue != queue:
+                raise Refusal(TaskNotFound, ack=index)
+            if self.ownership and self.owner_conflict(ack, worker):
+                raise Refusal(Conflict, ack=index)
+            if ack.attempt is not None and not 1 <= ack.attempt <= task.attempts:
+                raise Refusal(Conflict, ack=index)  # a delivery that never happened
+            if task.attempts == 0:
+                raise Refusal(Conflict, ack=index)  # never delivered
+            if task.state is not State.RUNNING or ack.attempt not in (None, task.attempts):
+                continue  # an earlier delivery's ack, or a repeat: changes nothing
+            self._ack(task, ack, options, now)
+            last[task_id] = task
+            if not options.persistent and task.state in (State.DONE, State.FAILED):
+                del work[task_id]  # a queue without history keeps no finished task
+        changes = [
+            MChange(replace(task), before[task_id])
+            for task_id, task in last.items()
+            if task.state != before[task_id]
+        ]
+        ready = sorted(
+            (t for t in work.values() if t.queue == queue and t.state is State.READY),
+            key=lambda t: (-t.priority, t.id),
+        )
+        delivered = []
+        for task in ready[:limit]:
+            task.state = State.RUNNING
+            task.attempts += 1
+            task.worker = worker
+            task.lease_until = now + options.timeout
+            task.run_at = None
+            task.updated_at = now
+            delivered.append(replace(task))
+        self.tasks = work
+        return delivered, changes
+
+    def _ack(self, task: MTask, ack: Ack, options: QueueOptions, now: int) -> None:
+        """What an ack for the current delivery does (the task is in progress)."""
+        task.updated_at = now
+        if ack.status == "in progress":
+            task.lease_until = now + options.timeout
+            return
+        task.lease_until = None
+        if ack.status == "done":
+            task.state = State.DONE
+            task.result = bytes(ack.result)
+            task.error = None
+            return
+        task.error = "failed" if ack.error is None else ack.error
+        retry = options.retry_failed if ack.retry is None else ack.retry
+        if retry and not self._spent(task, options):
+            delay = backoff(options, task.attempts)
+            task.state = State.SCHEDULED if delay else State.READY
+            task.run_at = now + delay if delay else None
+        else:
+            task.state = State.FAILED
+
+    @staticmethod
+    def _spent(task: MTask, options: QueueOptions) -> bool:
+        limit = options.max_attempts
+        return limit > 0 and task.attempts - task.budget_from >= limit
+
+    def expire(self, now: int) -> list[MChange]:
+        """Leases that ran out: deliver again, or fail once the attempts are spent. Then
+        scheduled tasks whose time has come become ready."""
+        changes = []
+        for task in list(self.tasks.values()):
+            if task.state is not State.RUNNING or task.lease_until is None:
+                continue
+            if task.lease_until > now:
+                continue
+            options = self.queues[task.queue]
+            message = (
+                f"lease expired: no ack within {options.timeout} ms of delivery {task.attempts}"
+            )
+            task.lease_until = None
+            task.updated_at = now
+            if self._spent(task, options):
+                task.state = State.FAILED
+                task.error = f"{message}; all attempts are spent"
+                if not options.persistent:
+                    del self.tasks[task.id]
+            else:
+                task.state = State.READY
+                task.run_at = None
+                task.error = message
+            changes.append(MChange(replace(task), State.RUNNING))
+        for task in self.tasks.values():
+            if task.state is State.SCHEDULED and task.run_at is not None and task.run_at <= now:
+                task.state = State.READY
+                task.run_at = None
+                task.updated_at = now
+                changes.append(MChange(replace(task), State.SCHEDULED))
+        return changes
+
+    def _in_queue(self, queue: str, task_id: int) -> MTask:
+        task = self.tasks.get(task_id)
+        if task is None or task.queue != queue:
+            raise Refusal(TaskNotFound)
+        return task
+
+    def set_status(self, queue: str, task_id: int, status: str, now: int) -> MChange | None:
+        """An operator's PATCH; None when the task already has that status."""
+        self._options(queue)
+        task = self._in_queue(queue, task_id)
+        if status not in PATCH_FROM:
+            raise Refusal(ValidationError)
+        if task.status == status:
+            return None
+        if task.status not in PATCH_FROM[status]:
+            raise Refusal(IllegalTransition)
+        old = task.state
+        task.updated_at = now
+        if status == "cancelled":
+            task.state = State.CANCELLED
+        elif status == "paused":
+            task.state = State.PAUSED
+        elif old is State.PAUSED:  # resume: due now, or still waiting for its time
+            if task.run_at is None or task.run_at <= now:
+                task.state, task.run_at = State.READY, None
+            else:
+                task.state = State.SCHEDULED
+        else:  # retry a failed or cancelled task, with a fresh set of attempts
+            task.state = State.READY
+            task.run_at = None
+            task.budget_from = task.attempts
+            if old is State.CANCELLED:
+                task.error = None
+        return MChange(replace(task), old)
+
+    def delete_task(self, queue: str, task_id: int) -> bool:
+        self._options(queue)
+        task = self.tasks.get(task_id)
+        if task is None or task.queue != queue:
+            return False
+        del self.tasks[task_id]
+        return True
+
+    def counts(self) -> dict[str, dict[State, int]]:
+        result: dict[str, dict[State, int]] = {name: {} for name in self.queues}
+        for task in self.tasks.values():
+            per_state = result[task.queue]
+            per_state[task.state] = per_state.get(task.state, 0) + 1
+        return result
+
+
+def backoff(options: QueueOptions, attempts: int) -> int:
+    """Milliseconds before the retry after failed delivery number ``attempts``:
+    ``retry_delay``, doubled for each delivery before it, at most ``retry_delay_max``."""
+    if options.retry_delay <= 0:
+        return 0
+    doubled: int = options.retry_delay * 2 ** min(max(attempts - 1, 0), 40)
+    return min(doubled, options.retry_delay_max)
