@@ -74,4 +74,4 @@ def test_lazy_names_are_the_real_ones() -> None:
     assert Limits is AppLimits
     assert {"Katar", "WorkerServer", "Token", "KatarError"} <= set(dir(katar))
     with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
-        _ = katar.Nothing  # type: ignore[attr-defined]
+        _ = katar.Nothing
