@@ -39,65 +39,97 @@ async function handle(data) {
   return { by: "node", square: data.n * data.n };
 }
 
-// 1. Read the queue's configuration: how often to poll, and anything else it holds.
-async function readConfiguration() {
-  for (;;) {
-    try {
-      const response = await fetch(`${url}/v1/queue/${queue}`, { headers });
-      if (response.ok) return (await response.json()).configuration;
-      if (response.status < 500) throw new Error(`${response.status} ${await response.text()}`);
-    } catch (error) {
-      if (!(error instanceof TypeError)) throw error; // TypeError: no answer from the server
-    }
-    if (stopping) process.exit(0);
-    console.error(`cannot read the configuration of ${queue}; trying again`);
-    await nap(1000);
+// 401, 403 and 404 are setup mistakes (the token, or the queue's name): retrying cannot help.
+const MISCONFIGURED = {
+  401: "the server does not know this token: set KATAR_TOKEN to a valid one",
+  403: `this token may not use the queue ${queue}`,
+  404: `the server has no queue ${queue}: create it, or fix the name`,
+};
+function stopIfMisconfigured(status, text) {
+  if (!(status in MISCONFIGURED)) return;
+  console.error(`stopping: ${MISCONFIGURED[status]} (${status} ${text})`);
+  process.exit(1);
+}
+
+// No answer (status 0), a 5xx, 408 or 429: "try again later".
+const transient = (status) => status === 0 || status >= 500 || status === 408 || status === 429;
+
+// Waits longer after each failure in a row: 0.5, 1, 2 ... up to 30 s, with jitter.
+let failures = 0;
+async function backOff(status) {
+  failures += 1;
+  const delay = Math.round(Math.min(30000, 250 * 2 ** failures) * (0.5 + Math.random() / 2));
+  console.error(`no answer from the server (${status}); trying again in ${delay} ms`);
+  await nap(delay);
+}
+
+// One request: returns {status, body, text}; status 0 means no answer at all.
+async function request(options) {
+  try {
+    const response = await fetch(`${url}/v1/queue/${queue}`, { headers, ...options });
+    const text = await response.text();
+    const body = response.status === 200 ? JSON.parse(text) : null;
+    return { status: response.status, body, text };
+  } catch {
+    return { status: 0, body: null, text: "" };
   }
 }
 
-// One poll: returns {status, tasks}; status 0 means no answer at all.
-async function poll(acks, max) {
-  try {
-    const response = await fetch(`${url}/v1/queue/${queue}`, {
-      method: "POST",
-      headers,
-      body: JSON.stringify({ tasks: acks, max }),
-    });
-    if (response.status === 200) return { status: 200, tasks: (await response.json()).tasks };
-    return { status: response.status, tasks: [], text: await response.text() };
-  } catch {
-    return { status: 0, tasks: [] };
+// 1. Read the queue's configuration: how often to poll, and anything else it holds.
+async function readConfiguration() {
+  for (;;) {
+    const { status, body, text } = await request({});
+    if (status === 200) return body.configuration;
+    stopIfMisconfigured(status, text);
+    if (stopping) process.exit(0);
+    if (transient(status)) {
+      await backOff(status);
+    } else {
+      console.error(`the server rejected the request (${status}): ${text}`);
+      process.exit(1);
+    }
   }
 }
 
 const configuration = await readConfiguration();
+failures = 0;
 const interval = configuration.interval;
 console.error(`node worker ready on ${queue}, polling every ${interval} ms`);
 
-// 2. Poll. The acks of the task just finished ride on the request for the next one.
+// 2. Poll. The acks of the tasks just finished ride on the request for the next ones.
 let acks = [];
-let failures = 0;
+let take = 1;
 for (;;) {
-  if (stopping && acks.length === 0) break;
-  const take = stopping ? 0 : 1; // last call: report, take nothing
-  const { status, tasks, text } = await poll(acks, take);
-  if (status >= 400 && status < 500) {
-    console.error(`the server rejected the request (${status}): ${text}`);
-    process.exit(1);
+  if (stopping) {
+    if (acks.length === 0) break;
+    take = 0; // last call: report, take nothing
   }
-  if (status === 0 || status >= 500) {
-    // No answer or a 5xx: keep the acks, back off (capped), try again.
-    failures += 1;
-    const delay = Math.min(5000, 250 * 2 ** failures);
-    console.error(`no answer from the server (${status}); trying again in ${delay} ms`);
-    await nap(delay);
+  const { status, body, text } = await request({
+    method: "POST",
+    body: JSON.stringify({ tasks: acks, max: take }),
+  });
+  stopIfMisconfigured(status, text);
+  if (transient(status)) {
+    // Keep the acks and resend them with "max": 0: the lost request may have claimed a task
+    // already, and asking again would claim another.
+    take = 0;
+    await backOff(status);
+    continue;
+  }
+  if (status !== 200 && status !== 204) {
+    // 400, 409, 422: a bug in the acks; the error says which. Drop them and go on.
+    console.error(`the server rejected the acks (${status}): ${text}`);
+    acks = [];
+    take = 1;
     continue;
   }
   failures = 0;
   acks = [];
-  if (take === 0) break;
+  const asked = take;
+  take = 1;
+  const tasks = status === 200 ? body.tasks : [];
   if (tasks.length === 0) {
-    await nap(interval); // nothing to do: wait for the next poll
+    if (asked > 0) await nap(interval); // nothing to do: wait for the next poll
     continue;
   }
   for (const task of tasks) {

@@ -9,14 +9,35 @@ The Python API mirrors the original Node.js katar and katar-worker-http:
     worker_server = WorkerServer(katar=katar, port=3000, host="127.0.0.1")
     worker_server.config(queue, {"interval": 1000})
     worker_server.run()
+
+The server's names are imported on first use (PEP 562), so that ``import katar.client`` on a
+worker host loads neither the server nor its dependencies (uvicorn, httptools, the stores).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from katar._version import __version__
-from katar.api import Katar, Queue
-from katar.core.model import QueueOptions, Task
 from katar.errors import KatarError
-from katar.http.auth import Role, Token
-from katar.server import WorkerServer
+
+if TYPE_CHECKING:
+    from katar.api import Katar, Queue
+    from katar.core.model import QueueOptions, Task
+    from katar.http.auth import Role, Token
+    from katar.server import WorkerServer
+
+# name -> the module that defines it
+_LAZY = {
+    "Katar": "katar.api",
+    "Queue": "katar.api",
+    "QueueOptions": "katar.core.model",
+    "Task": "katar.core.model",
+    "Role": "katar.http.auth",
+    "Token": "katar.http.auth",
+    "WorkerServer": "katar.server",
+}
 
 __all__ = [
     "Katar",
@@ -29,3 +50,16 @@ __all__ = [
     "WorkerServer",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'katar' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once: later look-ups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

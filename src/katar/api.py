@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 from msgspec.structs import replace
 
+from katar._defaults import DEFAULT_STORE
 from katar.core.clock import Clock
 from katar.core.engine import Engine, Listener, check_queue_name
 from katar.core.model import (
@@ -29,8 +30,6 @@ from katar.core.model import (
 )
 from katar.errors import KatarError, TaskNotFound, ValidationError
 from katar.store import open_store
-
-DEFAULT_STORE = "sqlite:///katar.db"
 
 
 def _raw(value: Any) -> msgspec.Raw:

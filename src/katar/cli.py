@@ -1,4 +1,8 @@
-"""The ``katar`` command: a thin layer over the Python API and the configuration file."""
+"""The ``katar`` command: a thin layer over the Python API and the configuration file.
+
+Each command imports what it needs when it runs: ``katar worker`` and ``katar enqueue`` load
+the client only, not the server (uvicorn, the engine, the stores).
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from katar import config, logs
+from katar import logs
+from katar._defaults import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_STORE
 from katar._version import __version__
-from katar.api import Katar
-from katar.core.engine import check_queue_name
 from katar.errors import ClientError, ConfigError, StoreError, ValidationError
-from katar.http.auth import ALL_QUEUES, Role, digest, new_token
-from katar.server import WorkerServer
+from katar.http.auth import Role
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,15 +33,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve Katar's HTTP interface. Flags override the configuration file.",
     )
     serve.add_argument("--config", metavar="FILE", help="a TOML configuration file")
-    serve.add_argument("--host", help=f"address to listen on (default {config.DEFAULT_HOST})")
+    serve.add_argument("--host", help=f"address to listen on (default {DEFAULT_HOST})")
     serve.add_argument(
-        "--port", type=int, help=f"port to listen on (default {config.DEFAULT_PORT}; 0 picks one)"
+        "--port", type=int, help=f"port to listen on (default {DEFAULT_PORT}; 0 picks one)"
     )
     serve.add_argument(
         "--db",
         metavar="URL",
-        help=f"store URL: sqlite:///path.db, sqlite:////abs/path.db, memory:// "
-        f"(default {config.DEFAULT_STORE})",
+        help="store URL: sqlite:///path.db, sqlite:////abs/path.db, memory://, "
+        f"postgresql://user@host:port/dbname (default {DEFAULT_STORE})",
     )
     serve.add_argument(
         "--insecure",
@@ -231,6 +233,7 @@ def migrate(args: argparse.Namespace) -> int:
     say what it did."""
     import asyncio
 
+    from katar import config
     from katar.store import open_store
 
     settings = config.load(args.config) if args.config else config.Settings()
@@ -256,6 +259,9 @@ def migrate(args: argparse.Namespace) -> int:
 
 def token(args: argparse.Namespace) -> int:
     """``katar token``: a new token on the first line, then its block for the file."""
+    from katar.core.engine import check_queue_name
+    from katar.http.auth import ALL_QUEUES, digest, new_token
+
     queues = list(dict.fromkeys(args.queue))
     for queue in queues:
         if queue != ALL_QUEUES:
@@ -279,6 +285,10 @@ def token(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> None:
     """``katar serve``."""
+    from katar import config
+    from katar.api import Katar
+    from katar.server import WorkerServer
+
     settings = config.load(args.config) if args.config else config.Settings()
     if args.host is not None:
         settings.host = args.host

@@ -41,15 +41,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from katar import logs
+from katar._defaults import DEFAULT_HOST as DEFAULT_HOST
+from katar._defaults import DEFAULT_PORT as DEFAULT_PORT
+from katar._defaults import DEFAULT_STORE as DEFAULT_STORE
 from katar.core.engine import check_queue_name
 from katar.core.model import QueueOptions, parse_queue_options
 from katar.errors import ConfigError, ValidationError
 from katar.http import Limits
 from katar.http.auth import ALL_QUEUES, Role, Token
-
-DEFAULT_STORE: Final = "sqlite:///katar.db"
-DEFAULT_HOST: Final = "127.0.0.1"
-DEFAULT_PORT: Final = 3000
 
 _TABLES: Final = ("store", "server", "limits", "logging", "queues", "tokens")
 

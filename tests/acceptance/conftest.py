@@ -9,20 +9,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Final
 
 import pytest
 
 READY = re.compile(r"serving on (https?)://127\.0\.0\.1:(\d+)")
+KATAR: Final = (sys.executable, "-m", "katar")
 
 
 class KatarProcess:
     """One ``katar serve`` process on a free loopback port."""
 
-    def __init__(self, cwd: Path, *args: str) -> None:
+    def __init__(self, cwd: Path, *args: str, katar: Sequence[str] = KATAR) -> None:
         self.cwd = cwd
         self.args = args
+        self.katar = katar  # the command that runs katar
         self.lines: list[str] = []
         self.port = 0
         self.scheme = "http"
@@ -34,7 +37,7 @@ class KatarProcess:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> KatarProcess:
-        command = [sys.executable, "-m", "katar", "serve", "--port", "0", *self.args]
+        command = [*self.katar, "serve", "--port", "0", *self.args]
         self.lines = []
         self.process = subprocess.Popen(
             command,

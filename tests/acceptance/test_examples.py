@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from katar.client import Job, Producer, Worker
+from katar.http.auth import digest, new_token
 from tests.acceptance.conftest import KatarProcess, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,14 +50,19 @@ def require(language: str) -> list[str]:
 
 
 class Example:
-    def __init__(self, language: str, url: str, queue: str, log: Path) -> None:
+    def __init__(
+        self, language: str, url: str, queue: str, log: Path, token: str | None = None
+    ) -> None:
         self.language = language
         self.log = log
         command = require(language)
+        env = {k: v for k, v in os.environ.items() if k != "KATAR_TOKEN"}
+        if token is not None:
+            env["KATAR_TOKEN"] = token
         with log.open("w") as stderr:
             self.process = subprocess.Popen(
                 [*command, queue],
-                env={**os.environ, "KATAR_URL": url},
+                env={**env, "KATAR_URL": url},
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
             )
@@ -68,6 +74,15 @@ class Example:
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(30)
+
+    def exit_status(self) -> int:
+        """Its status once it stops by itself (killed after 30 s if it does not)."""
+        try:
+            return self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise AssertionError(f"{self.language} did not stop:\n{self.log.read_text()}") from None
 
 
 @pytest.fixture
@@ -91,7 +106,7 @@ def test_each_example_drains_a_queue(language: str, server: KatarProcess, tmp_pa
             def drained() -> bool:
                 return len(producer.tasks("squares", "done")) == 25
 
-            wait_until(drained)
+            wait_until(drained, seconds=90)  # a jq per field: slow on a busy machine
             done = producer.tasks("squares", "done")
     finally:
         status = example.stop()
@@ -138,3 +153,90 @@ def test_four_examples_and_the_python_worker_side_by_side(
     assert all(t.result["square"] == t.data["n"] ** 2 for t in done)
     by = Counter(t.result["by"] for t in done)
     assert set(by) == {*LANGUAGES, "katar.client"}, by
+
+
+# The examples that docs/workers.md's error table is checked on (Python's and Java's have
+# their own error handling, exercised above).
+STRICT = ["shell", "node"]
+
+
+@pytest.mark.parametrize("language", STRICT)
+@pytest.mark.parametrize(
+    "status",
+    [
+        pytest.param(401, id="no token"),
+        pytest.param(403, id="another queue's token"),
+        pytest.param(404, id="no such queue"),
+    ],
+)
+def test_a_setup_mistake_stops_the_example_with_a_clear_message(
+    language: str, status: int, tmp_path: Path
+) -> None:
+    secret = new_token()
+    (tmp_path / "katar.toml").write_text(
+        f'[queues.squares]\n[queues.other]\n\n[[tokens]]\ntoken_sha256 = "{digest(secret).hex()}"\n'
+        'role = "worker"\nqueues = ["other", "nosuch"]\n'
+    )
+    server = KatarProcess(tmp_path, "--config", "katar.toml").start()
+    try:
+        token, queue = {
+            401: (None, "squares"),
+            403: (secret, "squares"),
+            404: (secret, "nosuch"),
+        }[status]
+        example = Example(language, server.url, queue, tmp_path / "log", token=token)
+        assert example.exit_status() == 1
+    finally:
+        server.kill()
+    log = example.log.read_text()
+    assert "stopping: " in log and f"({status} " in log, log
+    assert "trying again" not in log
+
+
+@pytest.mark.parametrize("language", STRICT)
+def test_a_queue_deleted_under_a_running_example_stops_it(
+    language: str, server: KatarProcess, tmp_path: Path
+) -> None:
+    example = Example(language, server.url, "squares", tmp_path / "log")
+    try:
+        wait_until(example.ready)
+        httpx.delete(f"{server.url}/v1/queue/squares").raise_for_status()
+        assert example.exit_status() == 1
+    finally:
+        if example.process.poll() is None:
+            example.process.kill()
+            example.process.wait(10)
+    assert "has no queue squares" in example.log.read_text()
+
+
+@pytest.mark.parametrize("language", STRICT)
+def test_the_example_backs_off_while_the_server_is_down_then_resumes(
+    language: str, server: KatarProcess, tmp_path: Path
+) -> None:
+    example = Example(language, server.url, "squares", tmp_path / "log")
+    restarted: KatarProcess | None = None
+    try:
+        wait_until(example.ready)
+        server.kill()
+
+        def retries() -> int:
+            return example.log.read_text().count("no answer from the server")
+
+        wait_until(lambda: retries() >= 2)
+        before = retries()
+        time.sleep(1)
+        # Backing off, not spinning: a loop without a pause makes dozens of tries a second.
+        assert retries() - before <= 3, example.log.read_text()
+        assert example.process.poll() is None
+        restarted = KatarProcess(server.cwd, "--db", "sqlite:///k.db", "--port", str(server.port))
+        restarted.start()
+        with Producer(restarted.url) as producer:
+            producer.enqueue_many("squares", [{"n": n} for n in range(5)])
+            wait_until(lambda: len(producer.tasks("squares", "done")) == 5, seconds=60)
+        assert example.stop() == 0, example.log.read_text()
+    finally:
+        if example.process.poll() is None:
+            example.process.kill()
+            example.process.wait(10)
+        if restarted is not None:
+            restarted.kill()

@@ -51,9 +51,11 @@ def test_three_servers_share_the_work(three: list[KatarProcess]) -> None:
         def finished() -> bool:
             return sum(len(d.confirmed) for d in drains) >= total
 
-        wait_until(finished, seconds=120)
-        for drain in drains:
-            drain.stop.set()
+        try:
+            wait_until(finished, seconds=120)
+        finally:  # on a failure too: the pool's exit waits for its threads
+            for drain in drains:
+                drain.stop.set()
     assert [d.errors for d in drains] == [[], [], []]
     delivered = [task_id for d in drains for _seq, task_id, _attempt in d.deliveries]
     # The lease is 10 minutes: a task delivered twice would have been handed out twice
@@ -121,7 +123,7 @@ def test_a_postgresql_restart_mid_drain(tmp_path: Path, database: str) -> None:
                 body = {"tasks": [{"data": n} for n in range(start, start + 1000)]}
                 client.post("/v1/queue/q/tasks", json=body).raise_for_status()
         drain = Drain(server.url, "q")
-        with ThreadPoolExecutor(4) as pool:
+        with ThreadPoolExecutor(4) as pool, drain:
             for n in range(4):
                 pool.submit(drain.work, f"w{n}", 1 + n % 2)
             wait_until(lambda: len(drain.confirmed) >= total // 3)

@@ -119,6 +119,14 @@ class Drain:
         self.errors: list[str] = []
         self.stop = threading.Event()
 
+    def __enter__(self) -> Drain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Inside the pool's block, so that a failed check stops the workers before the
+        # pool's exit waits for them (else it waits for ever).
+        self.stop.set()
+
     def work(self, name: str, batch: int) -> None:
         acks: list[dict[str, Any]] = []
         with httpx.Client(timeout=10) as client:
@@ -154,7 +162,7 @@ def test_kill_9_mid_drain_loses_nothing(tmp_path: Path, servers: list[KatarProce
             body = {"tasks": [{"data": i} for i in range(start, start + 500)]}
             assert client.post("/v1/queue/emails/tasks", json=body).status_code == 201
     drain = Drain(server.url, "emails")
-    with ThreadPoolExecutor(8) as pool:
+    with ThreadPoolExecutor(8) as pool, drain:
         for n in range(8):
             pool.submit(drain.work, f"w{n}", 1 if n < 6 else 5)
         wait_until(lambda: len(drain.confirmed) >= total // 3)
@@ -195,7 +203,7 @@ def test_concurrent_workers_never_get_a_leased_task_twice(
         body = {"tasks": [{"data": i} for i in range(total)]}
         assert client.post("/v1/queue/q/tasks", json=body).status_code == 201
     drain = Drain(server.url, "q")
-    with ThreadPoolExecutor(16) as pool:
+    with ThreadPoolExecutor(16) as pool, drain:
         for n in range(16):
             pool.submit(drain.work, f"w{n}", 1 + n % 3)
 

@@ -144,7 +144,12 @@ async def test_list_tasks_by_status_and_page(client: httpx.AsyncClient) -> None:
     second = (
         await client.get("/v1/queue/q/tasks", params={"limit": 3, "after": first["next"]})
     ).json()
-    assert [t["_id"] for t in second["tasks"]] == ids[3:]
+    assert [t["_id"] for t in second["tasks"]] == ids[3:] and second["next"] is None
+    # A full last page still has a next, which leads to an empty page (docs/protocol.md).
+    full = (await client.get("/v1/queue/q/tasks", params={"limit": 5})).json()
+    assert full["next"] == ids[4]
+    after = (await client.get("/v1/queue/q/tasks", params={"after": full["next"]})).json()
+    assert after == {"tasks": [], "next": None}
     both = await client.get("/v1/queue/q/tasks", params={"status": "queued,in progress"})
     assert len(both.json()["tasks"]) == 5
     for params in ({"status": "running"}, {"limit": 0}, {"limit": "ten"}, {"limit": 5000}):

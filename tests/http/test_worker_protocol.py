@@ -186,6 +186,10 @@ async def test_status_transitions_over_patch(client: httpx.AsyncClient) -> None:
     await client.post("/v1/queue/q", json={"tasks": [{"_id": task_id, "status": "failed"}]})
     retried = await patch("queued")
     assert retried.status_code == 200 and retried.json()["status"] == "queued"
+    # A retry keeps the delivery count and the last error (docs/protocol.md, PATCH).
+    assert retried.json()["attempts"] == 1 and retried.json()["error"] == "failed"
+    (delivery,) = (await client.post("/v1/queue/q", json={})).json()["tasks"]
+    assert delivery["attempt"] == 2
     assert (
         await client.patch("/v1/queue/q/tasks/999999", json={"status": "paused"})
     ).status_code == 404
