@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from katar import config
+from katar import Katar, config
 from katar.core.model import QueueOptions, parse_queue_options
 from katar.errors import ConfigError, ValidationError
 from katar.http.auth import Role, Token, digest
@@ -233,3 +233,11 @@ def test_queue_options_take_whole_floats() -> None:
     options = parse_queue_options({"timeout": 30000.0, "configuration": {"interval": 2e3}})
     assert options == QueueOptions(timeout=30000, configuration={"interval": 2000})
     assert parse_queue_options({}) == QueueOptions()
+
+
+def test_the_python_api_goes_through_the_same_struct() -> None:
+    katar = Katar("memory://")
+    katar.queue("q", timeout=30000.0, configuration={"interval": 5})
+    assert katar.declared("q") == QueueOptions(timeout=30000, configuration={"interval": 5})
+    with pytest.raises(ValidationError, match="'max_batch' must be an integer from 1 to 10000"):
+        katar.queue("r", max_batch=0)
