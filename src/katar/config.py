@@ -183,10 +183,15 @@ class _Located:
         """The line of the key at ``path`` (an int counts blocks of an array of tables), or
         else of the nearest table header above it; None when neither is in the text."""
         names = [str(step) for step in path if isinstance(step, str)]
-        occurrence = next((step + 1 for step in path if isinstance(step, int)), 1)
+        # The block of an array of tables that an index after a table's name points at.
+        blocks = [
+            after + 1 if isinstance(after, int) else 1
+            for step, after in zip(path, [*path[1:], None], strict=True)
+            if isinstance(step, str)
+        ]
         # The key in its table, or a dotted or inline key that holds it in a table above.
         for cut in range(len(names) - 1, -1, -1):
-            section = self._section(names[:cut], occurrence if "tokens" in names[:cut] else 1)
+            section = self._section(names[:cut], blocks[cut - 1] if cut else 1)
             if section is None:
                 continue
             key = re.compile(r'^\s*["\']?' + re.escape(names[cut]) + r'["\']?\s*[=.]')
@@ -194,9 +199,7 @@ class _Located:
                 if key.match(self.lines[number]):
                     return number + 1
         for cut in range(len(names), 0, -1):
-            section = self._section(
-                names[:cut], occurrence if "tokens" in names[:cut] else 1, inner=True
-            )
+            section = self._section(names[:cut], blocks[cut - 1], inner=True)
             if section is not None:
                 return section[0]
         return None
