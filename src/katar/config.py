@@ -36,21 +36,96 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
+
+import msgspec
 
 from katar import logs
 from katar._defaults import DEFAULT_HOST as DEFAULT_HOST
 from katar._defaults import DEFAULT_PORT as DEFAULT_PORT
 from katar._defaults import DEFAULT_STORE as DEFAULT_STORE
+from katar.core import typed
 from katar.core.engine import check_queue_name
-from katar.core.model import QueueOptions, parse_queue_options
+from katar.core.model import QueueOptions, option_error, queue_options
 from katar.errors import ConfigError, ValidationError
 from katar.http import Limits
 from katar.http.auth import ALL_QUEUES, Role, Token
 
-_TABLES: Final = ("store", "server", "limits", "logging", "queues", "tokens")
+
+def _one_of(choices: typing.Iterable[str]) -> msgspec.Meta:
+    """The constraint on a string that must be one of ``choices``, named in its errors."""
+    choices = tuple(choices)
+    pattern = "^(" + "|".join(re.escape(c) for c in choices) + ")$"
+    return msgspec.Meta(pattern=pattern, description=f"one of {', '.join(choices)}")
+
+
+_NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class _Store(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    url: Annotated[str, msgspec.Meta(description='a string such as "sqlite:///katar.db"')] = (
+        DEFAULT_STORE
+    )
+
+
+class _Server(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    host: _NonEmpty = DEFAULT_HOST
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = DEFAULT_PORT
+    tls_cert: _NonEmpty | None = None  # TOML has no null: None is "not given"
+    tls_key: _NonEmpty | None = None
+
+
+class _Logging(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    level: Annotated[str, _one_of(logs.LEVELS)] = "info"
+    format: Annotated[str, _one_of(logs.FORMATS)] = "text"
+    access_log: bool = False
+
+
+class _TokenBlock(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    token_sha256: Annotated[
+        str,
+        msgspec.Meta(
+            pattern="^[0-9a-fA-F]{64}$",
+            description="the 64 hex digits of the token's SHA-256 "
+            "(`katar token` prints a token with its block)",
+        ),
+    ]
+    role: Annotated[str, _one_of(r.label for r in Role)]
+    queues: Annotated[
+        list[str],
+        msgspec.Meta(min_length=1, description='a list of queue names, or ["*"] for every queue'),
+    ]
+    name: str = ""
+
+
+class _File(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    store: _Store = msgspec.field(default_factory=_Store)
+    server: _Server = msgspec.field(default_factory=_Server)
+    # Converted on their own: limits by the struct made from Limits below; each queue by
+    # QueueOptions, since msgspec's error paths do not name a dict's keys (the queue).
+    limits: dict[str, Any] = msgspec.field(default_factory=dict)
+    logging: _Logging = msgspec.field(default_factory=_Logging)
+    queues: dict[str, Any] = msgspec.field(default_factory=dict)
+    tokens: Annotated[
+        list[_TokenBlock],
+        msgspec.Meta(description="an array of tables: write each one as [[tokens]]"),
+    ] = msgspec.field(default_factory=list)
+
+
+#: The [limits] table: Limits's fields, each a positive number of its type.
+_Limits: Final = msgspec.defstruct(
+    "_Limits",
+    [
+        (f.name, Annotated[kind, msgspec.Meta(gt=0)], f.default)
+        for f in dataclasses.fields(Limits)
+        for kind in [typing.get_type_hints(Limits)[f.name]]
+    ],
+    kw_only=True,
+    forbid_unknown_fields=True,
+)
 
 
 @dataclass(kw_only=True)
@@ -78,37 +153,93 @@ class _Located:
         self.path = path
         self.lines = text.splitlines()
 
-    def line(self, table: str, key: str | None = None, occurrence: int = 1) -> int | None:
-        # The table's own header (its n-th, for an array of tables), or failing that the
-        # first header inside it.
-        header = re.compile(
-            r"^\s*\[\[?\s*"
-            + r"\s*\.\s*".join(r'(?:"?' + re.escape(part) + r'"?)' for part in table.split("."))
-            + r"\s*(\]|\.)"
-        )
-        start = None
-        for number, text in enumerate(self.lines, 1):
-            if start is None and header.match(text):
-                occurrence -= 1
-                if occurrence > 0:
-                    continue
-                start = number
-                if key is None:
-                    return number
-            elif start is not None:
-                if re.match(r"^\s*\[", text):
-                    break
-                if key is not None and re.match(r'^\s*"?' + re.escape(key) + r'"?\s*=', text):
-                    return number
-        return start
+    def _section(
+        self, table: typing.Sequence[str], occurrence: int = 1, inner: bool = False
+    ) -> tuple[int, int] | None:
+        """The lines (first, after last) of a table's own part of the file: from its header
+        (its n-th, for an array of tables) to the next header; the top of the file for ().
+        With ``inner``, the header of a table inside it will do."""
+        start = 0
+        if table:
+            header = re.compile(
+                r"^\s*\[\[?\s*"
+                + r"\s*\.\s*".join(r'["\']?' + re.escape(part) + r'["\']?' for part in table)
+                + (r"\s*[].]" if inner else r"\s*\]")
+            )
+            for number, text in enumerate(self.lines):
+                if header.match(text):
+                    occurrence -= 1
+                    if occurrence == 0:
+                        start = number + 1
+                        break
+            else:
+                return None
+        end = start
+        while end < len(self.lines) and not re.match(r"^\s*\[", self.lines[end]):
+            end += 1
+        return start, end
 
-    def error(
-        self, message: str, table: str, key: str | None = None, occurrence: int = 1
-    ) -> ConfigError:
-        line = self.line(table, key, occurrence)
+    def line(self, path: typing.Sequence[str | int]) -> int | None:
+        """The line of the key at ``path`` (an int counts blocks of an array of tables), or
+        else of the nearest table header above it; None when neither is in the text."""
+        names = [str(step) for step in path if isinstance(step, str)]
+        # The block of an array of tables that an index after a table's name points at.
+        blocks = [
+            after + 1 if isinstance(after, int) else 1
+            for step, after in zip(path, [*path[1:], None], strict=True)
+            if isinstance(step, str)
+        ]
+        # The key in its table, or a dotted or inline key that holds it in a table above.
+        for cut in range(len(names) - 1, -1, -1):
+            section = self._section(names[:cut], blocks[cut - 1] if cut else 1)
+            if section is None:
+                continue
+            key = re.compile(r'^\s*["\']?' + re.escape(names[cut]) + r'["\']?\s*[=.]')
+            for number in range(*section):
+                if key.match(self.lines[number]):
+                    return number + 1
+        for cut in range(len(names), 0, -1):
+            section = self._section(names[:cut], blocks[cut - 1], inner=True)
+            if section is not None:
+                return section[0]
+        return None
+
+    def error(self, path: typing.Sequence[str | int], message: str) -> ConfigError:
+        """An error for the key at ``path``: "FILE, line N: [TABLE] KEY: MESSAGE"."""
+        line = self.line(path)
         where = f"{self.path}, line {line}" if line else self.path
-        name = f"[{table}] {key}" if key else f"[{table}]"
-        return ConfigError(f"{where}: {name}: {message}")
+        names = [_toml_key(step) for step in path if isinstance(step, str)]
+        if len(names) == 1:
+            return ConfigError(f"{where}: [{names[0]}]: {message}")
+        return ConfigError(f"{where}: [{'.'.join(names[:-1])}] {names[-1]}: {message}")
+
+    def invalid(self, exc: typed.Invalid, at: typing.Sequence[str | int] = ()) -> ConfigError:
+        """The error for a value that does not fit its type, found at ``at`` + its path."""
+        path = (*at, *exc.path)
+        names = [step for step in path if isinstance(step, str)]
+        if path and path[0] == "tokens" and len(path) > 1:
+            block = f"block {int(path[1]) + 1}: "
+            if len(path) == 2:
+                return self.error(path, f"{block}must be a table")
+            if exc.problem == "unknown":
+                return self.error(
+                    path, f"{block}unknown key; expected one of {', '.join(exc.choices)}"
+                )
+            return self.error(path, f"{block}{path[-1]} {exc.must()}")
+        if exc.problem == "unknown":
+            if len(names) == 1:
+                return self.error(path, f"unknown table; expected one of {', '.join(exc.choices)}")
+            table = ".".join(_toml_key(n) for n in names[:-1])
+            return self.error(path, f"unknown key; the [{table}] table takes {_and(exc.choices)}")
+        return self.error(path, exc.must())
+
+
+def _toml_key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else f'"{name}"'
+
+
+def _and(words: typing.Sequence[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
 def load(path: str | Path) -> Settings:
@@ -127,138 +258,68 @@ def load(path: str | Path) -> Settings:
     return parse(raw, _Located(str(path), text))
 
 
-def _table(raw: dict[str, Any], name: str, where: _Located) -> dict[str, Any]:
-    value = raw.get(name, {})
-    if not isinstance(value, dict):
-        raise where.error("must be a table", name)
-    return value
-
-
 def parse(raw: dict[str, Any], where: _Located) -> Settings:
     """Settings from a decoded TOML document."""
-    settings = Settings()
-    for key in raw:
-        if key not in _TABLES:
-            raise where.error(f"unknown table; expected one of {', '.join(_TABLES)}", key)
-    store = _table(raw, "store", where)
-    for key, value in store.items():
-        if key != "url":
-            raise where.error("unknown key; the [store] table takes url", "store", key)
-        if not isinstance(value, str):
-            raise where.error('must be a string such as "sqlite:///katar.db"', "store", key)
-        settings.store_url = value
-    server = _table(raw, "server", where)
-    for key, value in server.items():
-        if key == "port":
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
-                raise where.error("must be an integer from 0 to 65535", "server", key)
-            settings.port = value
-        elif key in ("host", "tls_cert", "tls_key"):
-            if not isinstance(value, str) or not value:
-                raise where.error("must be a non-empty string", "server", key)
-            setattr(settings, key, value)
-        else:
-            raise where.error(
-                "unknown key; the [server] table takes host, port, tls_cert and tls_key",
-                "server",
-                key,
-            )
-    settings.limits = _limits(_table(raw, "limits", where), where)
-    _logging(_table(raw, "logging", where), where, settings)
-    for name, options in _table(raw, "queues", where).items():
-        table = f"queues.{name}"
+    try:
+        file = typed.convert(raw, _File, object_word="a table")
+    except typed.Invalid as exc:
+        raise where.invalid(exc) from None
+    try:
+        limits = typed.convert(file.limits, _Limits, object_word="a table")
+    except typed.Invalid as exc:
+        raise where.invalid(exc, ("limits",)) from None
+    try:
+        settings_limits = Limits(**msgspec.structs.asdict(limits))
+    except ConfigError as exc:
+        raise where.error(["limits"], exc.message) from None
+    settings = Settings(
+        store_url=file.store.url,
+        host=file.server.host,
+        port=file.server.port,
+        tls_cert=file.server.tls_cert,
+        tls_key=file.server.tls_key,
+        limits=settings_limits,
+        log_level=file.logging.level,
+        log_format=file.logging.format,
+        access_log=file.logging.access_log,
+    )
+    for name, table in file.queues.items():
         try:
             check_queue_name(name, settings.limits.max_queue_name)
-            settings.queues[name] = parse_queue_options(options)
         except ValidationError as exc:
-            raise where.error(exc.message, table, exc.details.get("option")) from None
-    settings.tokens = _tokens(raw.get("tokens", []), where)
+            raise where.error(["queues", name], exc.message) from None
+        try:
+            settings.queues[name] = queue_options(table)
+        except typed.Invalid as exc:
+            path = ("queues", name, *exc.path)
+            if not exc.path:
+                raise where.error(path, "must be a table") from None
+            raise where.error(path, option_error(exc)) from None
+    settings.tokens = _tokens(file.tokens, where)
     return settings
 
 
-_TOKEN_KEYS: Final = ("token_sha256", "role", "queues", "name")
-
-
-def _tokens(raw: Any, where: _Located) -> list[Token]:
-    if not isinstance(raw, list):
-        raise where.error("must be an array of tables: write each one as [[tokens]]", "tokens")
+def _tokens(blocks: list[_TokenBlock], where: _Located) -> list[Token]:
     tokens: list[Token] = []
     seen: set[str] = set()
-    for number, entry in enumerate(raw, 1):
+    for index, block in enumerate(blocks):
         # Errors say which block, counting from 1, since the blocks have no names of their own.
-        def error(message: str, key: str | None = None, number: int = number) -> ConfigError:
-            return where.error(f"block {number}: {message}", "tokens", key, number)
+        def error(message: str, key: str, index: int = index) -> ConfigError:
+            return where.error(("tokens", index, key), f"block {index + 1}: {message}")
 
-        if not isinstance(entry, dict):
-            raise error("must be a table")
-        for key in entry:
-            if key not in _TOKEN_KEYS:
-                raise error(f"unknown key; expected one of {', '.join(_TOKEN_KEYS)}", key)
-        hexdigest = entry.get("token_sha256")
-        if not isinstance(hexdigest, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", hexdigest):
-            raise error(
-                "token_sha256 must be the 64 hex digits of the token's SHA-256 "
-                "(`katar token` prints a token with its block)",
-                "token_sha256",
-            )
-        sha256 = hexdigest.lower()
+        sha256 = block.token_sha256.lower()
         if sha256 in seen:
             raise error("the same token_sha256 is declared twice", "token_sha256")
         seen.add(sha256)
-        role = entry.get("role")
-        roles = [r.label for r in Role]
-        if role not in roles:
-            raise error(f"role must be one of {', '.join(roles)}", "role")
-        queues = entry.get("queues")
-        if (
-            not isinstance(queues, list)
-            or not queues
-            or not all(isinstance(q, str) for q in queues)
-        ):
-            raise error('queues must be a list of queue names, or ["*"] for every queue', "queues")
-        for queue in queues:
+        for queue in block.queues:
             if queue != ALL_QUEUES:
                 try:
                     check_queue_name(queue)
                 except ValidationError as exc:
                     raise error(exc.message, "queues") from None
-        name = entry.get("name", "")
-        if not isinstance(name, str):
-            raise error("name must be a string", "name")
-        tokens.append(Token.declare(sha256=hexdigest, role=role, queues=queues, name=name))
-    return tokens
-
-
-def _logging(raw: dict[str, Any], where: _Located, settings: Settings) -> None:
-    for key, value in raw.items():
-        if key == "access_log":
-            if not isinstance(value, bool):
-                raise where.error("must be true or false", "logging", key)
-            settings.access_log = value
-        elif key in ("level", "format"):
-            choices = logs.LEVELS if key == "level" else logs.FORMATS
-            if value not in choices:
-                raise where.error(f"must be one of {', '.join(choices)}", "logging", key)
-            setattr(settings, "log_level" if key == "level" else "log_format", value)
-        else:
-            raise where.error(
-                "unknown key; the [logging] table takes level, format and access_log",
-                "logging",
-                key,
+        tokens.append(
+            Token.declare(
+                sha256=block.token_sha256, role=block.role, queues=block.queues, name=block.name
             )
-
-
-def _limits(raw: dict[str, Any], where: _Located) -> Limits:
-    fields = {f.name: f.type for f in dataclasses.fields(Limits)}
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in fields:
-            raise where.error(f"unknown limit; expected one of {', '.join(fields)}", "limits", key)
-        number_ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
-        if not number_ok or (fields[key] == "int" and not isinstance(value, int)):
-            raise where.error(f"must be a positive {fields[key]}", "limits", key)
-        values[key] = value
-    try:
-        return Limits(**values)
-    except ConfigError as exc:
-        raise where.error(exc.message, "limits") from None
+        )
+    return tokens

@@ -93,11 +93,24 @@ async def test_put_queue_creates_updates_and_persists_options(client: httpx.Asyn
     assert (await client.get("/v1/queue/emails")).json() == {"configuration": {"interval": 30000}}
 
 
+async def test_put_queue_takes_whole_floats_as_integers(client: httpx.AsyncClient) -> None:
+    # JSON has one number type: 30000.0 is 30000, and is answered as such.
+    body = b'{"timeout": 30000.0, "configuration": {"interval": 1e3, "ratio": 1.0}}'
+    response = await client.put("/v1/queue/floats", content=body)
+    assert response.status_code == 200
+    assert '"timeout":30000,' in response.text
+    assert response.json()["configuration"] == {"interval": 1000, "ratio": 1.0}
+    refused = await client.put("/v1/queue/floats", json={"retry_delay": -1})
+    assert refused.status_code == 422 and refused.json()["option"] == "retry_delay"
+
+
 @pytest.mark.parametrize(
     ("name", "body", "fragment"),
     [
         ("ok", {"timeot": 1}, "unknown queue option 'timeot'"),
         ("ok", {"timeout": 0}, "'timeout' must be an integer from 1"),
+        ("ok", {"timeout": "30000"}, "'timeout' must be an integer from 1"),
+        ("ok", {"max_batch": 10.5}, "'max_batch' must be an integer from 1 to 10000"),
         ("ok", {"persistent": "yes"}, "true or false"),
         ("ok", {"configuration": []}, "must be an object"),
         ("ok", {"configuration": {"interval": "soon"}}, "interval"),

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from katar import config
-from katar.errors import ConfigError
+from katar import Katar, config
+from katar.core.model import QueueOptions, parse_queue_options
+from katar.errors import ConfigError, ValidationError
 from katar.http.auth import Role, Token, digest
 
 H = "a" * 64
@@ -103,7 +104,11 @@ def test_defaults(tmp_path: Path) -> None:
             "[queues.emails]\n\n\nretries = 3\n",
             "line 4: [queues.emails] retries: unknown queue option",
         ),
-        ("[queues.emails.configuration]\ninterval = -5\n", "[queues.emails] configuration"),
+        (
+            "[queues.emails.configuration]\ninterval = -5\n",
+            "line 2: [queues.emails.configuration] interval: queue option 'configuration.interval'"
+            " must be a whole number of milliseconds from 0 to 2147483647",
+        ),
         ('[queues."bad name"]\n', "invalid queue name"),
         (
             "[[tokens]]\nrole = 'worker'\n",
@@ -146,3 +151,93 @@ def test_errors_name_the_key_and_line(tmp_path: Path, text: str, fragment: str) 
 def test_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the configuration file"):
         config.load(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        # A key written inline, or as a dotted key, is found on its line all the same.
+        (
+            "[queues.emails]\npersistent = true\nconfiguration = {interval = 1.5}\n",
+            "line 3: [queues.emails.configuration] interval: queue option "
+            "'configuration.interval' must be a whole number",
+        ),
+        (
+            "[queues.emails]\n\nconfiguration.interval = -1\n",
+            "line 3: [queues.emails.configuration] interval:",
+        ),
+        (
+            '[queues."images.resize"]\ntimeout = 0\n',
+            "line 2: [queues.\"images.resize\"] timeout: queue option 'timeout' must be an "
+            "integer from 1 to 2147483647",
+        ),
+        ("[queues]\nsms = {}\nemails = 5\n", "line 3: [queues] emails: must be a table"),
+        ("store = 5\n", "line 1: [store]: must be a table"),
+        (
+            f"[[tokens]]\ntoken_sha256 = '{H}'\nrole = 'worker'\nqueues = ['*']\n\n"
+            f"[[tokens]]\ntoken_sha256 = '{'b' * 64}'\nrole = 'worker'\nqueues = []\n",
+            "line 9: [tokens] queues: block 2: queues must be a list of queue names",
+        ),
+        ("[limits]\n\nmax_wait = 0\n", "line 3: [limits] max_wait: must be a positive number"),
+        ("[limits]\nmax_list = 0\n", "line 2: [limits] max_list: must be a positive integer"),
+        ("[limits]\nfoo = 1\n", "line 2: [limits] foo: unknown key; the [limits] table takes"),
+        (
+            "[logging]\nlevel = 'loud'\n",
+            "line 2: [logging] level: must be one of debug, info, warning, error",
+        ),
+        ("[server]\nport = '3000'\n", "line 2: [server] port: must be an integer from 0 to"),
+    ],
+)
+def test_nested_keys_and_their_lines(tmp_path: Path, text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, text)
+    assert fragment in str(caught.value)
+
+
+def test_whole_floats_are_integers(tmp_path: Path) -> None:
+    """JSON and TOML floats with no fraction stand for integers; other values keep their
+    type (a queue's own configuration is sent to workers as it is)."""
+    settings = load(
+        tmp_path,
+        "[server]\nport = 4000.0\n"
+        "[queues.q]\ntimeout = 5e3\n[queues.q.configuration]\ninterval = 1000.0\nratio = 1.0\n",
+    )
+    assert settings.port == 4000 and isinstance(settings.port, int)
+    options = settings.queues["q"]
+    assert options.timeout == 5000 and isinstance(options.timeout, int)
+    assert options.worker_configuration() == {"interval": 1000, "ratio": 1.0}
+    assert isinstance(options.configuration["interval"], int)
+    assert isinstance(options.configuration["ratio"], float)
+
+
+@pytest.mark.parametrize(
+    ("raw", "option", "fragment"),
+    [
+        ({"timeout": "30000"}, "timeout", "'timeout' must be an integer from 1 to 2147483647"),
+        ({"max_batch": 2.5}, "max_batch", "'max_batch' must be an integer from 1 to 10000"),
+        ({"max_attempts": True}, "max_attempts", "'max_attempts' must be an integer from 0"),
+        ({"retry_failed": 1}, "retry_failed", "'retry_failed' must be true or false"),
+        ({"configuration": {1: 2}}, "configuration", "must be an object with string keys"),
+        ({"configuration": {"x": object()}}, "configuration", "must hold JSON values only"),
+        ({"timout": 1}, "timout", "unknown queue option 'timout'; expected one of persistent"),
+    ],
+)
+def test_queue_options_errors_name_the_option(raw: object, option: str, fragment: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        parse_queue_options(raw)
+    assert fragment in caught.value.message
+    assert caught.value.details == {"option": option}
+
+
+def test_queue_options_take_whole_floats() -> None:
+    options = parse_queue_options({"timeout": 30000.0, "configuration": {"interval": 2e3}})
+    assert options == QueueOptions(timeout=30000, configuration={"interval": 2000})
+    assert parse_queue_options({}) == QueueOptions()
+
+
+def test_the_python_api_goes_through_the_same_struct() -> None:
+    katar = Katar("memory://")
+    katar.queue("q", timeout=30000.0, configuration={"interval": 5})
+    assert katar.declared("q") == QueueOptions(timeout=30000, configuration={"interval": 5})
+    with pytest.raises(ValidationError, match="'max_batch' must be an integer from 1 to 10000"):
+        katar.queue("r", max_batch=0)

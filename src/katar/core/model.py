@@ -13,6 +13,7 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from katar.core import typed
 from katar.errors import ValidationError
 
 
@@ -48,7 +49,6 @@ PRIORITY_NAMES: Final = {"high": 10, "normal": 0, "low": -10}
 PRIORITY_MIN: Final = -(2**31)
 PRIORITY_MAX: Final = 2**31 - 1
 
-DEFAULT_CONFIGURATION: Final = {"interval": 30000}
 #: The longest poll interval a queue's configuration may give workers, in ms: what a
 #: 32-bit timer holds (about 24.8 days), and so what any worker can wait.
 MAX_INTERVAL: Final = 2**31 - 1
@@ -107,17 +107,53 @@ class Ack(msgspec.Struct, kw_only=True, frozen=True):
     retry: bool | None = None  # with "failed": None means the queue's retry_failed
 
 
-class QueueOptions(msgspec.Struct, kw_only=True, frozen=True):
-    """A queue's options: the keys of a ``[queues.NAME]`` table, with their defaults."""
+#: Milliseconds, or counts, that a 32-bit signed integer holds: what every worker can use.
+_INT32: Final = 2**31 - 1
+
+Interval = Annotated[
+    int,
+    msgspec.Meta(
+        ge=0,
+        le=MAX_INTERVAL,
+        description=f"a whole number of milliseconds from 0 to {MAX_INTERVAL}",
+    ),
+]
+
+
+class WorkerConfiguration(msgspec.Struct, kw_only=True, frozen=True):
+    """The keys of a queue's configuration that Katar reads itself. The others are the
+    queue's own, sent to workers as they are: a conversion to this struct ignores them."""
+
+    interval: Interval = 30000  # ms a worker waits between polls that found no task
+
+
+DEFAULT_CONFIGURATION: Final = msgspec.structs.asdict(WorkerConfiguration())
+
+
+class QueueOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A queue's options: the keys of a ``[queues.NAME]`` table and of a ``PUT`` body, with
+    their defaults and bounds. Build one from plain data with :func:`parse_queue_options`,
+    which checks the bounds (the constructor does not)."""
 
     persistent: bool = False  # keep done and failed tasks as history
-    timeout: int = 60000  # lease in ms
-    max_attempts: int = 5  # deliveries before a task fails for good; 0 = no limit
+    timeout: Annotated[int, msgspec.Meta(ge=1, le=_INT32)] = 60000  # lease in ms
+    #: deliveries before a task fails for good; 0 = no limit
+    max_attempts: Annotated[int, msgspec.Meta(ge=0, le=_INT32)] = 5
     retry_failed: bool = False  # a "failed" ack re-queues the task while attempts remain
-    max_batch: int = 100  # the most tasks one poll may take with "max"
-    retry_delay: int = 1000  # ms before the first retry of a failed task; doubles each time
-    retry_delay_max: int = 3_600_000  # ms: the backoff's ceiling
-    configuration: dict[str, Any] = msgspec.field(default_factory=dict)
+    #: the most tasks one poll may take with "max"
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+    #: ms before the first retry of a failed task; doubles each time
+    retry_delay: Annotated[int, msgspec.Meta(ge=0, le=_INT32)] = 1000
+    retry_delay_max: Annotated[int, msgspec.Meta(ge=0, le=_INT32)] = 3_600_000  # the ceiling
+    #: Sent to workers merged over DEFAULT_CONFIGURATION; its WorkerConfiguration keys are
+    #: checked by parse_queue_options.
+    configuration: Annotated[
+        dict[str, Any],
+        msgspec.Meta(
+            description='an object, e.g. {"interval": 1000}',
+            extra_json_schema={"properties": {"interval": msgspec.json.schema(Interval)}},
+        ),
+    ] = msgspec.field(default_factory=dict)
 
     def worker_configuration(self) -> dict[str, Any]:
         """The configuration sent to workers: the custom one merged over the default."""
@@ -128,73 +164,49 @@ class QueueOptions(msgspec.Struct, kw_only=True, frozen=True):
 #: inside what timestamps (and ISO dates) can represent.
 MAX_DELAY: Final = 10 * 366 * 24 * 3600
 
-#: The integer options' bounds, in QueueOptions's order.
-OPTION_LIMITS: Final = {
-    "timeout": (1, 2**31 - 1),
-    "max_attempts": (0, 2**31 - 1),
-    "max_batch": (1, 10_000),
-    "retry_delay": (0, 2**31 - 1),
-    "retry_delay_max": (0, 2**31 - 1),
-}
-_BOOL_OPTIONS: Final = ("persistent", "retry_failed")
-OPTION_NAMES: Final = (*_BOOL_OPTIONS, *OPTION_LIMITS, "configuration")
+
+def queue_options(raw: Any) -> QueueOptions:
+    """Queue options from plain data (decoded JSON or TOML, keyword arguments), checked
+    against QueueOptions's types and bounds. Raises :class:`typed.Invalid`."""
+    options = typed.convert(raw, QueueOptions)
+    configuration = options.configuration
+    if not configuration:
+        return options
+    try:
+        known = typed.convert(configuration, WorkerConfiguration)
+    except typed.Invalid as exc:
+        exc.path = ("configuration", *exc.path)
+        raise
+    try:
+        msgspec.json.encode(configuration)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise typed.Invalid(
+            ("configuration",), "invalid", "", reason=f"must hold JSON values only: {exc}"
+        ) from exc
+    if "interval" in configuration:  # 1000.0 was taken as 1000: workers get the integer
+        configuration = {**configuration, "interval": known.interval}
+        options = msgspec.structs.replace(options, configuration=configuration)
+    return options
 
 
-def _whole(value: Any) -> Any:
-    """A float with no fraction as an int: JSON has one number type, so 30000.0 is 30000."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
-        return int(value)
-    return value
+def option_error(exc: typed.Invalid) -> str:
+    """The message for queue options that :func:`queue_options` refused."""
+    if not exc.path:
+        return 'queue options must be a JSON object, e.g. {"timeout": 30000}'
+    name = ".".join(str(step) for step in exc.path)
+    if exc.problem == "unknown":
+        return f"unknown queue option {name!r}; expected one of {', '.join(exc.choices)}"
+    return f"queue option {name!r} {exc.must()}"
 
 
 def parse_queue_options(raw: Any) -> QueueOptions:
-    """Validate a mapping of queue options (from JSON, TOML or keyword arguments).
-
-    Raises :class:`ValidationError` whose ``details["option"]`` names the faulty key.
-    """
-    if not isinstance(raw, dict):
-        raise ValidationError('queue options must be a JSON object, e.g. {"timeout": 30000}')
-    raw = {key: _whole(value) for key, value in raw.items()}
-    for key, value in raw.items():
-        if key not in OPTION_NAMES:
-            raise ValidationError(
-                f"unknown queue option {key!r}; expected one of {', '.join(OPTION_NAMES)}",
-                option=key,
-            )
-        if key in _BOOL_OPTIONS and not isinstance(value, bool):
-            raise ValidationError(f"queue option {key!r} must be true or false", option=key)
-        if key in OPTION_LIMITS:
-            low, high = OPTION_LIMITS[key]
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ValidationError(
-                    f"queue option {key!r} must be an integer from {low} to {high}", option=key
-                )
-        if key == "configuration":
-            if not isinstance(value, dict):
-                raise ValidationError(
-                    "queue option 'configuration' must be an object, e.g. {\"interval\": 1000}",
-                    option=key,
-                )
-            if "interval" in value:
-                value = raw[key] = {**value, "interval": _whole(value["interval"])}
-            interval = value.get("interval", 0)
-            if (
-                isinstance(interval, bool)
-                or not isinstance(interval, int)
-                or not 0 <= interval <= MAX_INTERVAL
-            ):
-                raise ValidationError(
-                    "configuration.interval must be a whole number of milliseconds from 0 to "
-                    f"{MAX_INTERVAL}",
-                    option=key,
-                )
-            try:
-                msgspec.json.encode(value)
-            except (TypeError, msgspec.EncodeError) as exc:
-                raise ValidationError(
-                    f"configuration must hold JSON values only: {exc}", option=key
-                ) from exc
-    return QueueOptions(**raw)
+    """Queue options from plain data, as :func:`queue_options`, for a request or a call:
+    raises :class:`ValidationError` whose ``details["option"]`` names the faulty option."""
+    try:
+        return queue_options(raw)
+    except typed.Invalid as exc:
+        details = {"option": str(exc.path[0])} if exc.path else {}
+        raise ValidationError(option_error(exc), **details) from None
 
 
 def options_dict(options: QueueOptions) -> dict[str, Any]:

@@ -10,14 +10,28 @@ import copy
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
+
 from katar._version import __version__
-from katar.core.model import MAX_DELAY, MAX_INTERVAL, OPTION_LIMITS
+from katar.core.model import MAX_DELAY, Interval, QueueOptions
 
 if TYPE_CHECKING:
     from katar.http.app import Limits
 
 JSON: Final = "application/json"
-_INTERVAL: Final = {"type": "integer", "minimum": 0, "maximum": MAX_INTERVAL}
+_INTERVAL: Final = msgspec.json.schema(Interval)
+
+
+def _struct(kind: type[msgspec.Struct]) -> dict[str, Any]:
+    """The JSON schema of a struct, with its constraints and defaults, without the
+    docstring (written for programmers)."""
+    _, components = msgspec.json.schema_components([kind])
+    schema: dict[str, Any] = components[kind.__name__]
+    return {
+        k: v
+        for k, v in schema.items()
+        if k not in ("title", "description") and not (k == "required" and not v)
+    }
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -132,25 +146,7 @@ SCHEMAS: Final[dict[str, Any]] = {
             }
         },
     },
-    "QueueOptions": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "persistent": {"type": "boolean", "default": False},
-            "retry_failed": {"type": "boolean", "default": False},
-            **{
-                name: {"type": "integer", "minimum": low, "maximum": high, "default": default}
-                for (name, (low, high)), default in zip(
-                    OPTION_LIMITS.items(), (60000, 5, 100, 1000, 3600000), strict=True
-                )
-            },
-            "configuration": {
-                "type": "object",
-                "additionalProperties": True,
-                "properties": {"interval": _INTERVAL},
-            },
-        },
-    },
+    "QueueOptions": _struct(QueueOptions),
     "Queue": {
         "type": "object",
         "required": ["name", "options"],
