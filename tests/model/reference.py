@@ -101,7 +101,7 @@ class Model:
     issued: int = 0  # the highest task id ever issued
     #: Section 13's ownership rule (an ack naming a task leased to another named worker is
     #: a 409). Off until the stores enforce it; while off, the test never sends such acks.
-    ownership: bool = False
+    ownership: bool = True
 
     # -- queues ------------------------------------------------------------------------------
 
