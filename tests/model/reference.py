@@ -113,7 +113,7 @@ class Model:
     issued: int = 0  # the highest task id ever issued
     keys: dict[tuple[str, str], Keyed] = field(default_factory=dict)  # by (queue, key)
     #: Section 13's ownership rule (an ack naming a task leased to another named worker is
-    #: a 409). Off until the stores enforce it; while off, the test never sends such acks.
+    #: a 409). Every store enforces it; turned off, the test never sends such acks.
     ownership: bool = True
 
     # -- queues ------------------------------------------------------------------------------
