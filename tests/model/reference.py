@@ -20,6 +20,7 @@ import copy
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from katar.core.idempotency import KeyReused
 from katar.core.model import Ack, NewTask, QueueOptions, State
 from katar.errors import (
     Conflict,
@@ -38,6 +39,8 @@ PATCH_FROM: Final = {
 }
 #: The highest id a client may name (ids are positive 63-bit integers).
 MAX_ID: Final = 2**63 - 1
+#: How long an Idempotency-Key is remembered, in ms (contract section 8: 24 hours).
+KEY_TTL: Final = 24 * 3600 * 1000
 
 
 @dataclass
@@ -85,6 +88,15 @@ class MChange:
 
 
 @dataclass(frozen=True)
+class Keyed:
+    """What an enqueue under an Idempotency-Key left: its request, its tasks as created."""
+
+    request: tuple[tuple[int, int, int | None, bool, bytes], ...]
+    tasks: list[MTask]
+    created: int
+
+
+@dataclass(frozen=True)
 class Refusal(Exception):
     """The error a store must raise: its class, and the details that locate the fault."""
 
@@ -99,9 +111,10 @@ class Model:
     queues: dict[str, QueueOptions] = field(default_factory=dict)
     tasks: dict[int, MTask] = field(default_factory=dict)  # by id: ids grow, so in id order
     issued: int = 0  # the highest task id ever issued
+    keys: dict[tuple[str, str], Keyed] = field(default_factory=dict)  # by (queue, key)
     #: Section 13's ownership rule (an ack naming a task leased to another named worker is
-    #: a 409). Off until the stores enforce it; while off, the test never sends such acks.
-    ownership: bool = False
+    #: a 409). Every store enforces it; turned off, the test never sends such acks.
+    ownership: bool = True
 
     # -- queues ------------------------------------------------------------------------------
 
@@ -112,6 +125,8 @@ class Model:
         if name not in self.queues:
             raise Refusal(QueueNotFound)
         del self.queues[name]
+        for queue_key in [queue_key for queue_key in self.keys if queue_key[0] == name]:
+            del self.keys[queue_key]
         gone = [t.id for t in self.tasks.values() if t.queue == name]
         for task_id in gone:
             del self.tasks[task_id]
@@ -132,7 +147,9 @@ class Model:
         created = []
         for spec in specs:
             self.issued += 1
-            run_at = now + spec.delay_ms if spec.delay_ms > 0 else None
+            # A run_at stands for the delay; one that has passed means now (section 7).
+            later = now + spec.delay_ms if spec.run_at is None else spec.run_at
+            run_at = later if later > now else None
             if spec.paused:
                 state = State.PAUSED
             elif run_at is not None:
@@ -152,6 +169,37 @@ class Model:
             self.tasks[task.id] = task
             created.append(replace(task))
         return created
+
+    def enqueue_once(
+        self, queue: str, specs: list[NewTask], now: int, key: str
+    ) -> tuple[list[MTask], bool]:
+        """An enqueue with an Idempotency-Key: a repeat within KEY_TTL of the first creates
+        nothing and answers the first's tasks as created (a different request: 422); the
+        tasks and whether they were created."""
+        self._options(queue)
+        request = tuple(
+            (spec.priority, spec.delay_ms, spec.run_at, spec.paused, bytes(spec.data))
+            for spec in specs
+        )
+        first = self.keys.get((queue, key))
+        if first is not None and first.created > now - KEY_TTL:
+            if first.request != request:
+                raise Refusal(KeyReused)
+            return [replace(task) for task in first.tasks], False
+        created = self.enqueue(queue, specs, now)
+        self.keys[(queue, key)] = Keyed(request, [replace(task) for task in created], now)
+        return created, True
+
+    def prune_keys(self, before: int, most: int) -> int:
+        """Forget up to ``most`` keys created at or before ``before``; how many."""
+        old = sorted(
+            (keyed.created, queue_key)
+            for queue_key, keyed in self.keys.items()
+            if keyed.created <= before
+        )
+        for _created, queue_key in old[:most]:
+            del self.keys[queue_key]
+        return len(old[:most])
 
     def parse_id(self, raw: str | int) -> int | None:
         """The id a client's task id names, or None when it cannot name one."""
@@ -183,6 +231,11 @@ class Model:
         now: int,
     ) -> tuple[list[MTask], list[MChange]]:
         """Apply the acks in order, each as if alone, then claim; all or nothing."""
+        changes = self.poll_acks(queue, acks, worker, now)
+        return self.claim(queue, limit, worker, now), changes
+
+    def poll_acks(self, queue: str, acks: list[Ack], worker: str | None, now: int) -> list[MChange]:
+        """A poll's acks, in order, each as if alone; all or nothing."""
         options = self._options(queue)
         work = copy.deepcopy(self.tasks)
         before = {task_id: task.state for task_id, task in work.items()}
@@ -213,8 +266,14 @@ class Model:
             for task_id, task in last.items()
             if task.state != before[task_id]
         ]
+        self.tasks = work
+        return changes
+
+    def claim(self, queue: str, limit: int, worker: str | None, now: int) -> list[MTask]:
+        """A poll's claim: up to ``limit`` ready tasks, by priority then age."""
+        options = self._options(queue)
         ready = sorted(
-            (t for t in work.values() if t.queue == queue and t.state is State.READY),
+            (t for t in self.tasks.values() if t.queue == queue and t.state is State.READY),
             key=lambda t: (-t.priority, t.id),
         )
         delivered = []
@@ -226,8 +285,7 @@ class Model:
             task.run_at = None
             task.updated_at = now
             delivered.append(replace(task))
-        self.tasks = work
-        return delivered, changes
+        return delivered
 
     def _ack(self, task: MTask, ack: Ack, options: QueueOptions, now: int) -> None:
         """What an ack for the current delivery does (the task is in progress)."""

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from katar.core.idempotency import (
@@ -42,7 +43,10 @@ async def test_a_key_with_another_request_is_refused_and_changes_nothing(store: 
     await setup(store)
     tasks = [new(1)]
     await store.enqueue_once("q", tasks, T0, idempotency("k", tasks))
-    for other in ([new(2)], [new(1), new(1)], [new(1, priority=1)], [new(1, delay_ms=1)]):
+    others = [new(2)], [new(1), new(1)], [new(1, priority=1)], [new(1, delay_ms=1)]
+    # run_at is part of the request: a repeat that asks another time is another request.
+    at = [[msgspec.structs.replace(new(1), run_at=when)] for when in (T0 + 5000, T0 - 1)]
+    for other in (*others, *at):
         with pytest.raises(KeyReused) as refused:
             await store.enqueue_once("q", other, T0, idempotency("k", other))
         assert isinstance(refused.value, ValidationError)  # a 422

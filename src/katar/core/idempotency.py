@@ -58,12 +58,16 @@ def check_key(raw: bytes | str) -> str:
 
 
 def digest(tasks: Sequence[NewTask]) -> bytes:
-    """What identifies an enqueue's request: its tasks' fields, data byte for byte. Two
-    bodies that differ only in whitespace between fields ask the same."""
+    """What identifies an enqueue's request: its tasks' fields (``run_at`` too), data byte
+    for byte. Two bodies that differ only in whitespace between fields ask the same."""
     hasher = hashlib.sha256()
     for task in tasks:
         data = bytes(task.data)
-        hasher.update(b"%d,%d,%d,%d:" % (task.priority, task.delay_ms, task.paused, len(data)))
+        hasher.update(b"%d,%d,%d,%d" % (task.priority, task.delay_ms, task.paused, len(data)))
+        if task.run_at is not None:
+            # Only when given, so that the digests of tasks without one stay as they were.
+            hasher.update(b",@%d" % task.run_at)
+        hasher.update(b":")
         hasher.update(data)
     return hasher.digest()
 
