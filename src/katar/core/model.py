@@ -9,11 +9,46 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Sequence
-from typing import Annotated, Any, Final, Literal
+from typing import Any, Final
 
 import msgspec
 
 from katar.errors import ValidationError
+
+# The wire model's names that the domain shares (what the stores and rules import from here).
+from katar.protocol import (
+    DEFAULT_CONFIGURATION as DEFAULT_CONFIGURATION,
+)
+from katar.protocol import (
+    DEFAULT_LEASE_MS as DEFAULT_LEASE_MS,
+)
+from katar.protocol import (
+    MAX_DELAY as MAX_DELAY,
+)
+from katar.protocol import (
+    MAX_INTERVAL as MAX_INTERVAL,
+)
+from katar.protocol import (
+    NULL as NULL,
+)
+from katar.protocol import (
+    PRIORITY_MAX as PRIORITY_MAX,
+)
+from katar.protocol import (
+    PRIORITY_MIN as PRIORITY_MIN,
+)
+from katar.protocol import (
+    PRIORITY_NAMES as PRIORITY_NAMES,
+)
+from katar.protocol import (
+    STATUSES as STATUSES,
+)
+from katar.protocol import (
+    Ack as Ack,
+)
+from katar.protocol import (
+    Status,
+)
 
 
 class State(enum.IntEnum):
@@ -28,8 +63,9 @@ class State(enum.IntEnum):
     CANCELLED = 6
 
 
-#: The contract's six statuses; READY and SCHEDULED are both "queued".
-PUBLIC_STATUS: Final = {
+#: The public statuses (katar.protocol.STATUSES) of the stored states; READY and SCHEDULED
+#: are both "queued".
+PUBLIC_STATUS: Final[dict[State, Status]] = {
     State.PAUSED: "paused",
     State.READY: "queued",
     State.SCHEDULED: "queued",
@@ -38,22 +74,10 @@ PUBLIC_STATUS: Final = {
     State.FAILED: "failed",
     State.CANCELLED: "cancelled",
 }
-STATUSES: Final = ("paused", "queued", "in progress", "done", "failed", "cancelled")
 STATES_OF_STATUS: Final = {
     status: tuple(s for s, name in PUBLIC_STATUS.items() if name == status) for status in STATUSES
 }
 FINAL_STATES: Final = frozenset({State.DONE, State.FAILED, State.CANCELLED})
-
-PRIORITY_NAMES: Final = {"high": 10, "normal": 0, "low": -10}
-PRIORITY_MIN: Final = -(2**31)
-PRIORITY_MAX: Final = 2**31 - 1
-
-DEFAULT_CONFIGURATION: Final = {"interval": 30000}
-#: The longest poll interval a queue's configuration may give workers, in ms: what a
-#: 32-bit timer holds (about 24.8 days), and so what any worker can wait.
-MAX_INTERVAL: Final = 2**31 - 1
-
-NULL: Final = msgspec.Raw(b"null")
 
 
 def now_ms() -> int:
@@ -95,23 +119,11 @@ class NewTask(msgspec.Struct, kw_only=True, frozen=True):
     paused: bool = False
 
 
-class Ack(msgspec.Struct, kw_only=True, frozen=True):
-    """A worker's report on a delivered task, as it comes over the wire (an element of a
-    poll's ``tasks``): msgspec decodes and validates it in one pass."""
-
-    task_id: str | int = msgspec.field(name="_id")
-    status: Literal["done", "failed", "in progress"]
-    error: str | None = None
-    result: msgspec.Raw = NULL  # with "done": the worker's JSON, verbatim; null if none
-    attempt: Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)] | None = None  # the delivery acked
-    retry: bool | None = None  # with "failed": None means the queue's retry_failed
-
-
 class QueueOptions(msgspec.Struct, kw_only=True, frozen=True):
     """A queue's options: the keys of a ``[queues.NAME]`` table, with their defaults."""
 
     persistent: bool = False  # keep done and failed tasks as history
-    timeout: int = 60000  # lease in ms
+    timeout: int = DEFAULT_LEASE_MS  # lease in ms
     max_attempts: int = 5  # deliveries before a task fails for good; 0 = no limit
     retry_failed: bool = False  # a "failed" ack re-queues the task while attempts remain
     max_batch: int = 100  # the most tasks one poll may take with "max"
@@ -123,10 +135,6 @@ class QueueOptions(msgspec.Struct, kw_only=True, frozen=True):
         """The configuration sent to workers: the custom one merged over the default."""
         return {**DEFAULT_CONFIGURATION, **self.configuration}
 
-
-#: The longest delay a task may be given, in seconds: ten years, beyond any schedule, and well
-#: inside what timestamps (and ISO dates) can represent.
-MAX_DELAY: Final = 10 * 366 * 24 * 3600
 
 #: The integer options' bounds, in QueueOptions's order.
 OPTION_LIMITS: Final = {
