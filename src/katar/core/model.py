@@ -13,42 +13,22 @@ from typing import Any, Final
 
 import msgspec
 
+from katar import protocol
 from katar.errors import ValidationError
+from katar.protocol import Status
 
-# The wire model's names that the domain shares (what the stores and rules import from here).
-from katar.protocol import (
-    DEFAULT_CONFIGURATION as DEFAULT_CONFIGURATION,
-)
-from katar.protocol import (
-    DEFAULT_LEASE_MS as DEFAULT_LEASE_MS,
-)
-from katar.protocol import (
-    MAX_DELAY as MAX_DELAY,
-)
-from katar.protocol import (
-    MAX_INTERVAL as MAX_INTERVAL,
-)
-from katar.protocol import (
-    NULL as NULL,
-)
-from katar.protocol import (
-    PRIORITY_MAX as PRIORITY_MAX,
-)
-from katar.protocol import (
-    PRIORITY_MIN as PRIORITY_MIN,
-)
-from katar.protocol import (
-    PRIORITY_NAMES as PRIORITY_NAMES,
-)
-from katar.protocol import (
-    STATUSES as STATUSES,
-)
-from katar.protocol import (
-    Ack as Ack,
-)
-from katar.protocol import (
-    Status,
-)
+# The wire model's names that the domain shares (the rules, the engine and the stores take
+# them from here): defined once, in katar.protocol.
+Ack = protocol.Ack
+DEFAULT_CONFIGURATION: Final = protocol.DEFAULT_CONFIGURATION
+DEFAULT_LEASE_MS: Final = protocol.DEFAULT_LEASE_MS
+MAX_DELAY: Final = protocol.MAX_DELAY
+MAX_INTERVAL: Final = protocol.MAX_INTERVAL
+NULL: Final = protocol.NULL
+PRIORITY_MAX: Final = protocol.PRIORITY_MAX
+PRIORITY_MIN: Final = protocol.PRIORITY_MIN
+PRIORITY_NAMES: Final = protocol.PRIORITY_NAMES
+STATUSES: Final = protocol.STATUSES
 
 
 class State(enum.IntEnum):

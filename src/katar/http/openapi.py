@@ -10,6 +10,7 @@ that come from the server's limits.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -185,7 +186,10 @@ def _types(operations: Iterable[Operation]) -> list[Any]:
     return kinds
 
 
-def _components(kinds: list[Any], limits: Limits) -> tuple[dict[Any, str], dict[str, Any]]:
+@functools.lru_cache(maxsize=16)
+def _components(kinds: tuple[Any, ...], limits: Limits) -> tuple[dict[Any, str], dict[str, Any]]:
+    # Cached (read only): every app with the same limits has the same schemas, and making
+    # them is most of the document's cost.
     _, schemas = msgspec.json.schema_components(kinds, ref_template=_SCHEMAS)
     names = {kind: kind.__name__ for kind in kinds}
     # What a struct cannot say of itself: a new task's data has no default (its absence is
@@ -236,7 +240,7 @@ def document(routes: Iterable[tuple[str, Mapping[str, Route]]], limits: Limits) 
     table) and ``limits``."""
     routes = list(routes)
     operations = [route.doc for _, methods in routes for route in methods.values()]
-    names, schemas = _components(_types(operations), limits)
+    names, schemas = _components(tuple(_types(operations)), limits)
     paths: dict[str, Any] = {}
     for path, methods in routes:
         item: dict[str, Any] = {}
