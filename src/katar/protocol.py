@@ -55,8 +55,10 @@ PRIORITY_MIN: Final = -(2**31)
 PRIORITY_MAX: Final = 2**31 - 1
 #: The longest worker name a poll may give.
 MAX_WORKER_NAME: Final = 200
-#: An Idempotency-Key: 1 to 255 printable ASCII characters.
-IDEMPOTENCY_KEY_PATTERN: Final = "^[\\x20-\\x7e]{1,255}$"
+#: The longest Idempotency-Key, in characters.
+MAX_IDEMPOTENCY_KEY: Final = 255
+#: An Idempotency-Key: 1 to MAX_IDEMPOTENCY_KEY printable ASCII characters.
+IDEMPOTENCY_KEY_PATTERN: Final = f"^[\\x20-\\x7e]{{1,{MAX_IDEMPOTENCY_KEY}}}$"
 
 NULL: Final = msgspec.Raw(b"null")
 
