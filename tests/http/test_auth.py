@@ -104,9 +104,9 @@ async def call(
 def test_every_route_has_an_explicit_rule(katar: Katar) -> None:
     app = App(katar.engine, tokens=TOKENS)
     rules = {
-        (path, method): access
+        (path, method): route.access
         for path, methods in app.routes
-        for method, (_handler, access) in methods.items()
+        for method, route in methods.items()
     }
     assert set(rules) == set(EXPECTED), "a route was added or removed: update EXPECTED"
     for route, access in rules.items():

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 from openapi_spec_validator import validate
 
 from katar import Katar
-from katar.http import App
+from katar.http import App, Limits
+from katar.protocol import ACK_STATUSES, PATCH_STATUSES, STATUSES
 
 
 async def test_the_document_is_valid_openapi_31(client: httpx.AsyncClient) -> None:
@@ -54,3 +57,36 @@ async def test_the_document_states_each_operations_role(client: httpx.AsyncClien
     }
     assert document["paths"]["/healthz"]["get"]["security"] == [{}]
     assert "401" in document["paths"]["/v1/queue/{queue}"]["post"]["responses"]
+
+
+def test_the_document_keeps_what_the_protocol_promises(katar: Katar) -> None:
+    limits = Limits(max_wait=30, max_tasks_per_enqueue=500, max_list=200, max_queue_name=64)
+    document = json.loads(App(katar.engine, limits=limits).openapi_json)
+    schemas, paths = document["components"]["schemas"], document["paths"]
+    # The schemas come from the wire model's types.
+    assert schemas["TaskRecord"]["properties"]["status"]["enum"] == sorted(STATUSES)
+    assert schemas["Ack"]["properties"]["status"]["enum"] == sorted(ACK_STATUSES)
+    assert schemas["Patch"]["properties"]["status"]["enum"] == sorted(PATCH_STATUSES)
+    assert schemas["NewTask"]["required"] == ["data"]
+    assert "run_at" in schemas["NewTask"]["properties"]
+    # The server's limits are the schema's bounds.
+    assert schemas["Poll"]["properties"]["wait"]["maximum"] == 30
+    assert schemas["Batch"]["properties"]["tasks"]["maxItems"] == 500
+    assert schemas["QueueOptions"]["properties"]["max_batch"]["maximum"] == 10_000
+    item = paths["/v1/queue/{queue}/tasks"]
+    assert item["parameters"][0]["schema"]["maxLength"] == 64
+    limit = next(p for p in item["get"]["parameters"] if p["name"] == "limit")
+    assert limit["schema"]["maximum"] == 200
+    enqueue = item["post"]
+    assert [p["name"] for p in enqueue["parameters"]] == ["Idempotency-Key"]
+    assert {"400", "401", "403", "404", "408", "413", "422", "503", "504"} <= set(
+        enqueue["responses"]
+    )
+    poll = paths["/v1/queue/{queue}"]["post"]["responses"]
+    assert {"200", "204", "409", "429"} <= set(poll)
+    assert poll["409"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Error"
+    }
+    configuration = paths["/v1/queue/{queue}"]["get"]["responses"]["200"]
+    assert "Katar-Lease-Timeout" in configuration["headers"]
+    assert "404" not in paths["/v1/queue/{queue}"]["put"]["responses"]

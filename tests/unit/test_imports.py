@@ -48,6 +48,7 @@ def server_modules(modules: list[str]) -> list[str]:
     "code",
     [
         "import katar.client",
+        "import katar.protocol",
         "from katar.client import Producer, Worker, AsyncProducer, AsyncWorker",
         "import katar; katar.KatarError; katar.__version__",
         # the command line as `katar worker` and `katar enqueue` start: parser, then client

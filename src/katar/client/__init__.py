@@ -6,7 +6,6 @@ Blocking and asyncio flavours with the same methods: :class:`Worker` / :class:`A
 :class:`~katar.errors.RequestRejected` (4xx), :class:`~katar.errors.ServerUnavailable` (5xx).
 """
 
-from katar.client._base import TaskRecord
 from katar.client.producer import AsyncProducer, Producer
 from katar.client.worker import AsyncWorker, Fail, Job, Retry, Worker
 from katar.errors import (
@@ -16,6 +15,7 @@ from katar.errors import (
     ServerUnavailable,
     TransportError,
 )
+from katar.protocol import TaskRecord
 
 __all__ = [
     "APIError",

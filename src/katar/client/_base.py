@@ -1,17 +1,18 @@
-"""What the producer and the worker share: records, errors from answers, backoff."""
+"""What the producer and the worker share: records (katar.protocol's), errors from
+answers, backoff."""
 
 from __future__ import annotations
 
 import random
 import ssl
-from typing import Any, Final
+from typing import Final
 
 import httpx
 import msgspec
 
 from katar.errors import RequestRejected, ServerUnavailable, TransportError
+from katar.protocol import TaskRecord, Tasks
 
-FINAL_STATUSES: Final = frozenset({"done", "failed", "cancelled"})
 # 4xx answers that say "not now" rather than "not this": too slow, too many long polls.
 _TRY_AGAIN: Final = frozenset({408, 429})
 
@@ -27,34 +28,7 @@ def tls(verify: Verify) -> bool | ssl.SSLContext:
     return verify
 
 
-class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """A task as the server describes it (``GET /v1/queue/{queue}/tasks/{id}``)."""
-
-    id: str = msgspec.field(name="_id")
-    queue: str
-    status: str
-    priority: int
-    data: Any
-    attempts: int
-    error: str | None = None
-    result: Any = None
-    worker: str | None = None
-    created_at: str | None = None
-    updated_at: str | None = None
-    run_at: str | None = None
-    lease_expires_at: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        """True once the task is done, failed or cancelled."""
-        return self.status in FINAL_STATUSES
-
-
-class _Tasks(msgspec.Struct):
-    tasks: list[TaskRecord]
-
-
-_records: Final = msgspec.json.Decoder(_Tasks)
+_records: Final = msgspec.json.Decoder(Tasks)
 _record: Final = msgspec.json.Decoder(TaskRecord)
 
 

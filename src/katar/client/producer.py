@@ -24,7 +24,6 @@ from typing import Any
 import httpx
 
 from katar.client._base import (
-    TaskRecord,
     Verify,
     backoff,
     check,
@@ -36,6 +35,7 @@ from katar.client._base import (
     transport_error,
 )
 from katar.errors import KatarError, ValidationError
+from katar.protocol import IDEMPOTENCY_KEY_HEADER, TaskRecord
 
 #: The server's longest outcome wait per request (its max_wait, 60 s by default).
 LONGEST_WAIT = 60.0
@@ -47,7 +47,7 @@ _RETRY_CAP = 5.0
 
 def _key(idempotency_key: str | None) -> dict[str, str]:
     """The headers of one logical enqueue: its key, the same on every retry."""
-    return {"idempotency-key": idempotency_key or str(uuid.uuid4())}
+    return {IDEMPOTENCY_KEY_HEADER: idempotency_key or str(uuid.uuid4())}
 
 
 def _retry_in(exc: KatarError, attempt: int, retries: int) -> float | None:

@@ -53,19 +53,13 @@ from katar.client._base import (
     transport_error,
 )
 from katar.errors import ClientError, KatarError, RequestRejected
+from katar.protocol import DEFAULT_LEASE_MS, LEASE_HEADER, Deliveries, Delivery
 
 log = logging.getLogger("katar.client")
 
-DEFAULT_LEASE_MS: Final = 60000
-LEASE_HEADER: Final = "katar-lease-timeout"
-
-
-class Job(msgspec.Struct, frozen=True):
-    """A task delivered to this worker."""
-
-    id: str = msgspec.field(name="_id")
-    data: Any = None
-    attempt: int = 1
+#: A task delivered to this worker: ``id``, ``data`` (the producer's JSON, decoded) and
+#: ``attempt`` (the delivery's number, from 1).
+Job = Delivery
 
 
 class Retry(Exception):
@@ -77,7 +71,7 @@ class Fail(Exception):
 
 
 Handler = Callable[[Job], Any]
-_deliveries: Final = msgspec.json.Decoder(dict[str, list[Job]])
+_deliveries: Final = msgspec.json.Decoder(Deliveries)
 
 
 @dataclass
@@ -308,7 +302,7 @@ class AsyncWorker:
             raise transport_error(exc, "POST", path) from exc
         if response.status_code == 204:
             return []
-        return _deliveries.decode(response.content)["tasks"]
+        return _deliveries.decode(response.content).tasks
 
     async def _recover(
         self, http: httpx.AsyncClient, acks: list[dict[str, Any]], failure: KatarError

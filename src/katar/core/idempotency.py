@@ -23,15 +23,16 @@ import msgspec
 from katar.core import rules
 from katar.core.model import NewTask, Task
 from katar.errors import ValidationError
+from katar.protocol import IDEMPOTENCY_KEY_HEADER, IDEMPOTENCY_KEY_PATTERN, MAX_IDEMPOTENCY_KEY
 
 #: How long a key is remembered, in ms.
 KEY_TTL_MS: Final = 24 * 3600 * 1000
 #: The most expired keys one prune_keys call removes (each call is one short transaction).
 PRUNE_BATCH: Final = 5000
 #: The longest key accepted, in characters.
-MAX_KEY_LENGTH: Final = 255
-_KEY: Final = re.compile(rf"[\x20-\x7e]{{1,{MAX_KEY_LENGTH}}}")
-_HEADER: Final = "Idempotency-Key"
+MAX_KEY_LENGTH: Final = MAX_IDEMPOTENCY_KEY
+_KEY: Final = re.compile(IDEMPOTENCY_KEY_PATTERN)
+_HEADER: Final = IDEMPOTENCY_KEY_HEADER.title()
 _runs: Final = msgspec.json.Decoder(list[tuple[int, int]])
 
 

@@ -9,12 +9,27 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Sequence
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final
 
 import msgspec
 
+from katar import protocol
 from katar.core import typed
 from katar.errors import ValidationError
+from katar.protocol import Status
+
+# The wire model's names that the domain shares (the rules, the engine and the stores take
+# them from here): defined once, in katar.protocol.
+Ack = protocol.Ack
+DEFAULT_CONFIGURATION: Final = protocol.DEFAULT_CONFIGURATION
+DEFAULT_LEASE_MS: Final = protocol.DEFAULT_LEASE_MS
+MAX_DELAY: Final = protocol.MAX_DELAY
+MAX_INTERVAL: Final = protocol.MAX_INTERVAL
+NULL: Final = protocol.NULL
+PRIORITY_MAX: Final = protocol.PRIORITY_MAX
+PRIORITY_MIN: Final = protocol.PRIORITY_MIN
+PRIORITY_NAMES: Final = protocol.PRIORITY_NAMES
+STATUSES: Final = protocol.STATUSES
 
 
 class State(enum.IntEnum):
@@ -29,8 +44,9 @@ class State(enum.IntEnum):
     CANCELLED = 6
 
 
-#: The contract's six statuses; READY and SCHEDULED are both "queued".
-PUBLIC_STATUS: Final = {
+#: The public statuses (katar.protocol.STATUSES) of the stored states; READY and SCHEDULED
+#: are both "queued".
+PUBLIC_STATUS: Final[dict[State, Status]] = {
     State.PAUSED: "paused",
     State.READY: "queued",
     State.SCHEDULED: "queued",
@@ -39,21 +55,10 @@ PUBLIC_STATUS: Final = {
     State.FAILED: "failed",
     State.CANCELLED: "cancelled",
 }
-STATUSES: Final = ("paused", "queued", "in progress", "done", "failed", "cancelled")
 STATES_OF_STATUS: Final = {
     status: tuple(s for s, name in PUBLIC_STATUS.items() if name == status) for status in STATUSES
 }
 FINAL_STATES: Final = frozenset({State.DONE, State.FAILED, State.CANCELLED})
-
-PRIORITY_NAMES: Final = {"high": 10, "normal": 0, "low": -10}
-PRIORITY_MIN: Final = -(2**31)
-PRIORITY_MAX: Final = 2**31 - 1
-
-#: The longest poll interval a queue's configuration may give workers, in ms: what a
-#: 32-bit timer holds (about 24.8 days), and so what any worker can wait.
-MAX_INTERVAL: Final = 2**31 - 1
-
-NULL: Final = msgspec.Raw(b"null")
 
 
 def now_ms() -> int:
@@ -95,18 +100,6 @@ class NewTask(msgspec.Struct, kw_only=True, frozen=True):
     paused: bool = False
 
 
-class Ack(msgspec.Struct, kw_only=True, frozen=True):
-    """A worker's report on a delivered task, as it comes over the wire (an element of a
-    poll's ``tasks``): msgspec decodes and validates it in one pass."""
-
-    task_id: str | int = msgspec.field(name="_id")
-    status: Literal["done", "failed", "in progress"]
-    error: str | None = None
-    result: msgspec.Raw = NULL  # with "done": the worker's JSON, verbatim; null if none
-    attempt: Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)] | None = None  # the delivery acked
-    retry: bool | None = None  # with "failed": None means the queue's retry_failed
-
-
 #: Milliseconds, or counts, that a 32-bit signed integer holds: what every worker can use.
 _INT32: Final = 2**31 - 1
 
@@ -124,10 +117,8 @@ class WorkerConfiguration(msgspec.Struct, kw_only=True, frozen=True):
     """The keys of a queue's configuration that Katar reads itself. The others are the
     queue's own, sent to workers as they are: a conversion to this struct ignores them."""
 
-    interval: Interval = 30000  # ms a worker waits between polls that found no task
-
-
-DEFAULT_CONFIGURATION: Final = msgspec.structs.asdict(WorkerConfiguration())
+    #: ms a worker waits between polls that found no task
+    interval: Interval = DEFAULT_CONFIGURATION["interval"]
 
 
 class QueueOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -136,7 +127,7 @@ class QueueOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     which checks the bounds (the constructor does not)."""
 
     persistent: bool = False  # keep done and failed tasks as history
-    timeout: Annotated[int, msgspec.Meta(ge=1, le=_INT32)] = 60000  # lease in ms
+    timeout: Annotated[int, msgspec.Meta(ge=1, le=_INT32)] = DEFAULT_LEASE_MS  # lease in ms
     #: deliveries before a task fails for good; 0 = no limit
     max_attempts: Annotated[int, msgspec.Meta(ge=0, le=_INT32)] = 5
     retry_failed: bool = False  # a "failed" ack re-queues the task while attempts remain
@@ -158,11 +149,6 @@ class QueueOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     def worker_configuration(self) -> dict[str, Any]:
         """The configuration sent to workers: the custom one merged over the default."""
         return {**DEFAULT_CONFIGURATION, **self.configuration}
-
-
-#: The longest delay a task may be given, in seconds: ten years, beyond any schedule, and well
-#: inside what timestamps (and ISO dates) can represent.
-MAX_DELAY: Final = 10 * 366 * 24 * 3600
 
 
 def queue_options(raw: Any) -> QueueOptions:

@@ -10,15 +10,12 @@ new version, or removes it where :func:`discard` says the queue keeps no such hi
 
 from __future__ import annotations
 
-from typing import Final
-
 from msgspec.structs import replace
 
 from katar.core.model import FINAL_STATES, Ack, NewTask, QueueOptions, State, Task
 from katar.errors import Conflict, IllegalTransition, ValidationError
-
-ACK_STATUSES: Final = ("done", "failed", "in progress")
-PATCH_STATUSES: Final = ("cancelled", "paused", "queued")
+from katar.protocol import ACK_STATUSES as ACK_STATUSES
+from katar.protocol import PATCH_STATUSES as PATCH_STATUSES
 
 
 def new_task(queue: str, spec: NewTask, task_id: int, now: int) -> Task:

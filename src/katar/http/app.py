@@ -15,12 +15,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from urllib.parse import parse_qsl
 
 from katar._version import __version__
 from katar.core.engine import MAX_QUEUE_NAME, Engine, check_queue_name
-from katar.core.model import options_dict, parse_queue_options, parse_task_id
+from katar.core.model import QueueOptions, parse_queue_options, parse_task_id
 from katar.errors import (
     ConfigError,
     Forbidden,
@@ -34,11 +34,17 @@ from katar.errors import (
     ValidationError,
 )
 from katar.http import metrics, openapi, parse
-from katar.http.auth import Access, Authenticator, Role, Token
+from katar.http.auth import Access, Authenticator, Token
+from katar.http.openapi import IDEMPOTENCY_PARAM, LEASE_HEADERS, LIST_PARAMS, WAIT_PARAM
+from katar.http.openapi import Answer as A
+from katar.http.openapi import Operation as Op
 from katar.http.responses import (
     JSON_HEADERS,
     LEASE_HEADER,
     NO_CONTENT,
+    QueueCreated,
+    QueueInfo,
+    Queues,
     Response,
     deliveries,
     encode,
@@ -47,6 +53,18 @@ from katar.http.responses import (
     task_record,
 )
 from katar.logs import log_access
+from katar.protocol import (
+    IDEMPOTENCY_KEY_HEADER,
+    Configuration,
+    Deliveries,
+    Health,
+    Patch,
+    Poll,
+    QueueDeleted,
+    TaskDeleted,
+    TaskRecord,
+    Tasks,
+)
 
 log = logging.getLogger("katar")
 
@@ -138,7 +156,15 @@ class Request:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
-Route = tuple[Handler, Access]
+
+
+class Route(NamedTuple):
+    """A route's method: its handler, the least role it needs, and what the OpenAPI
+    document says of it (summary, body and answers, as wire model types)."""
+
+    handler: Handler
+    access: Access
+    doc: Op
 
 
 def body_too_large(limit: int) -> PayloadTooLarge:
@@ -219,33 +245,230 @@ class App:
         self._guarded = self.auth.enabled
         self.long_polls = 0  # long polls held now (bounded by limits.max_long_polls)
         open_, worker, producer, admin = Access.OPEN, Access.WORKER, Access.PRODUCER, Access.ADMIN
-        #: (path template, {method: (handler, access rule)}); {names} are path segments. Every
-        #: route states its access rule here: a test walks this table to check them all.
+        #: (path template, {method: route}); {names} are path segments. Every route states its
+        #: access rule here (a test walks this table to check them all), and what the OpenAPI
+        #: document says of it.
         self.routes: Final[list[tuple[str, dict[str, Route]]]] = [
-            ("/healthz", {"GET": (self.healthz, open_)}),
-            ("/openapi.json", {"GET": (self.openapi, open_)}),
-            ("/docs", {"GET": (self.docs, open_)}),
-            ("/metrics", {"GET": (self.metrics, admin)}),
-            ("/v1/queues", {"GET": (self.list_queues, admin)}),
+            (
+                "/healthz",
+                {
+                    "GET": Route(
+                        self.healthz,
+                        open_,
+                        Op(
+                            summary="Whether the server can reach its store",
+                            operation_id="health",
+                            tag="server",
+                            answers={
+                                200: A("Healthy.", Health),
+                                503: "The store is unavailable, or the server is stopping.",
+                            },
+                        ),
+                    )
+                },
+            ),
+            (
+                "/openapi.json",
+                {
+                    "GET": Route(
+                        self.openapi,
+                        open_,
+                        Op(
+                            summary="This document",
+                            operation_id="openapi",
+                            tag="server",
+                            answers={200: A("The document.", {"type": "object"})},
+                            store=False,
+                        ),
+                    )
+                },
+            ),
+            (
+                "/docs",
+                {
+                    "GET": Route(
+                        self.docs,
+                        open_,
+                        Op(
+                            summary="This document, as a page",
+                            operation_id="docs",
+                            tag="server",
+                            answers={200: A("The page.", media="text/html")},
+                            store=False,
+                        ),
+                    )
+                },
+            ),
+            (
+                "/metrics",
+                {
+                    "GET": Route(
+                        self.metrics,
+                        admin,
+                        Op(
+                            summary="Task counts, rates and requests, for Prometheus",
+                            operation_id="metrics",
+                            tag="server",
+                            answers={
+                                200: A(
+                                    "Prometheus's text format 0.0.4.",
+                                    {"type": "string"},
+                                    media="text/plain",
+                                )
+                            },
+                        ),
+                    )
+                },
+            ),
+            (
+                "/v1/queues",
+                {
+                    "GET": Route(
+                        self.list_queues,
+                        admin,
+                        Op(
+                            summary="Every queue, with its options and task counts",
+                            operation_id="listQueues",
+                            tag="operators",
+                            answers={200: A("The queues.", Queues)},
+                        ),
+                    )
+                },
+            ),
             (
                 "/v1/queue/{queue}",
                 {
-                    "GET": (self.get_configuration, worker),
-                    "POST": (self.poll, worker),
-                    "PUT": (self.put_queue, admin),
-                    "DELETE": (self.delete_queue, admin),
+                    "GET": Route(
+                        self.get_configuration,
+                        worker,
+                        Op(
+                            summary="The queue's worker configuration",
+                            operation_id="getConfiguration",
+                            tag="workers",
+                            answers={
+                                200: A("The configuration.", Configuration, headers=LEASE_HEADERS)
+                            },
+                            store=False,
+                        ),
+                    ),
+                    "POST": Route(
+                        self.poll,
+                        worker,
+                        Op(
+                            summary="Apply acks, then take tasks (the worker's poll)",
+                            operation_id="poll",
+                            tag="workers",
+                            body=Poll,
+                            answers={
+                                200: A("Tasks for this worker.", Deliveries),
+                                204: "Nothing to take.",
+                                409: "An ack for a task never delivered; nothing was applied.",
+                                429: "The server holds its limit of long polls; retry shortly.",
+                            },
+                            writes=True,
+                        ),
+                    ),
+                    "PUT": Route(
+                        self.put_queue,
+                        admin,
+                        Op(
+                            summary="Create a queue or replace its options",
+                            operation_id="putQueue",
+                            tag="operators",
+                            body=QueueOptions,
+                            answers={200: A("The queue.", QueueCreated)},
+                            writes=True,
+                        ),
+                    ),
+                    "DELETE": Route(
+                        self.delete_queue,
+                        admin,
+                        Op(
+                            summary="Remove a queue and its tasks",
+                            operation_id="deleteQueue",
+                            tag="operators",
+                            answers={200: A("Removed.", QueueDeleted)},
+                            writes=True,
+                        ),
+                    ),
                 },
             ),
             (
                 "/v1/queue/{queue}/tasks",
-                {"POST": (self.enqueue, producer), "GET": (self.list_tasks, producer)},
+                {
+                    "POST": Route(
+                        self.enqueue,
+                        producer,
+                        Op(
+                            summary="Enqueue one task or many",
+                            operation_id="enqueue",
+                            tag="producers",
+                            body=openapi.ENQUEUE_BODY,
+                            body_required=True,
+                            parameters=(IDEMPOTENCY_PARAM,),
+                            answers={
+                                201: A("The new tasks.", Tasks),
+                                503: "The store is unavailable: nothing was enqueued.",
+                                504: "The store's connection was lost while it committed"
+                                ' (outcome "unknown"): retry with the same Idempotency-Key.',
+                            },
+                            writes=True,
+                        ),
+                    ),
+                    "GET": Route(
+                        self.list_tasks,
+                        producer,
+                        Op(
+                            summary="List tasks, paged by id",
+                            operation_id="listTasks",
+                            tag="producers",
+                            parameters=LIST_PARAMS,
+                            answers={200: A("A page.", Tasks), 422: "A bad parameter."},
+                        ),
+                    ),
+                },
             ),
             (
                 "/v1/queue/{queue}/tasks/{id}",
                 {
-                    "GET": (self.get_task, producer),
-                    "PATCH": (self.patch_task, admin),
-                    "DELETE": (self.delete_task, admin),
+                    "GET": Route(
+                        self.get_task,
+                        producer,
+                        Op(
+                            summary="A task; with wait, once it finishes",
+                            operation_id="getTask",
+                            tag="producers",
+                            parameters=(WAIT_PARAM,),
+                            answers={200: A("The task.", TaskRecord), 422: "A bad parameter."},
+                        ),
+                    ),
+                    "PATCH": Route(
+                        self.patch_task,
+                        admin,
+                        Op(
+                            summary="Cancel, pause, resume or retry a task",
+                            operation_id="patchTask",
+                            tag="operators",
+                            body=Patch,
+                            body_required=True,
+                            answers={
+                                200: A("The task.", TaskRecord),
+                                409: "The task's status does not allow it.",
+                            },
+                            writes=True,
+                        ),
+                    ),
+                    "DELETE": Route(
+                        self.delete_task,
+                        admin,
+                        Op(
+                            summary="Remove a task",
+                            operation_id="deleteTask",
+                            tag="operators",
+                            answers={200: A("Removed.", TaskDeleted)},
+                            writes=True,
+                        ),
+                    ),
                 },
             ),
         ]
@@ -253,13 +476,8 @@ class App:
         for path, methods in self.routes:
             shape = tuple(None if p.startswith("{") else p for p in path.split("/")[1:])
             self._by_length.setdefault(len(shape), []).append((path, shape, methods))
-        roles = {
-            (path, method): None if access is Access.OPEN else Role(access.value).label
-            for path, methods in self.routes
-            for method, (_handler, access) in methods.items()
-        }
         #: The OpenAPI document, as served at /openapi.json.
-        self.openapi_json = encode(openapi.document(roles, self.limits))
+        self.openapi_json = encode(openapi.document(self.routes, self.limits))
         self._routed: dict[str, tuple[str, dict[str, Route] | None, tuple[str, ...]]] = {}
         #: Requests answered, by (method, route template, status): for /metrics.
         self.requests: dict[tuple[str, str, int], int] = {}
@@ -280,7 +498,7 @@ class App:
             error = {"error": f"method {method} is not allowed on {path}; allowed: {allowed}"}
             refusal = Response(405, encode(error), [*JSON_HEADERS, (b"allow", allowed.encode())])
             return Admission(template, None, params, None, refusal, started)
-        handler, access = route
+        handler, access = route.handler, route.access
         token = None
         if self._guarded and access is not Access.OPEN:
             try:
@@ -450,7 +668,7 @@ class App:
         options = self.engine.options(request.queue)
         # The lease rides in a header: the body is the original protocol's, exactly.
         headers = [*JSON_HEADERS, (LEASE_HEADER, b"%d" % options.timeout)]
-        return Response(200, encode({"configuration": options.worker_configuration()}), headers)
+        return Response(200, encode(Configuration(options.worker_configuration())), headers)
 
     async def poll(self, request: Request) -> Response:
         acks, limit, wait, worker = parse.parse_poll(request.body, self.limits.max_wait)
@@ -483,8 +701,8 @@ class App:
             await self.engine.store.ping()
         except StoreUnavailable as exc:
             self.outages.down(exc.message)
-            return json_response({"error": exc.message, "status": "unavailable"}, 503)
-        return json_response({"status": "ok", "version": __version__})
+            return json_response(Health("unavailable", error=exc.message), 503)
+        return json_response(Health("ok", version=__version__))
 
     async def openapi(self, request: Request) -> Response:
         return Response(200, self.openapi_json)
@@ -506,27 +724,21 @@ class App:
         stats = await self.engine.stats()
         token = request.token
         queues = [
-            {"name": name, "options": options_dict(self.engine.queues[name]), "counts": counts}
+            QueueInfo(name, self.engine.queues[name], counts)
             for name, counts in stats.items()
             if name in self.engine.queues and (token is None or token.may_use(name))
         ]
-        return json_response({"queues": queues})
+        return json_response(Queues(queues))
 
     async def put_queue(self, request: Request) -> Response:
         name = check_queue_name(request.queue, self.limits.max_queue_name)
         options = parse_queue_options(parse.parse_object(request.body))
         await self.engine.put_queue(name, options)
-        return json_response(
-            {
-                "name": name,
-                "options": options_dict(options),
-                "configuration": options.worker_configuration(),
-            }
-        )
+        return json_response(QueueCreated(name, options, options.worker_configuration()))
 
     async def delete_queue(self, request: Request) -> Response:
         count = await self.engine.delete_queue(request.queue)
-        return json_response({"deleted": request.queue, "tasks": count})
+        return json_response(QueueDeleted(request.queue, count))
 
     async def enqueue(self, request: Request) -> Response:
         self.engine.options(request.queue)  # an unknown queue is a 404 before a bad body
@@ -535,7 +747,7 @@ class App:
         )
         key = None
         for name, value in request.headers:
-            if name == b"idempotency-key":
+            if name == _IDEMPOTENCY_KEY:
                 if key is not None:
                     raise ValidationError("send at most one Idempotency-Key header")
                 key = value.decode("latin-1")
@@ -591,10 +803,11 @@ class App:
     async def delete_task(self, request: Request) -> Response:
         task_id = request.task_id
         await self.engine.delete_task(request.queue, task_id)
-        return json_response({"_id": str(task_id), "deleted": True})
+        return json_response(TaskDeleted(str(task_id)))
 
 
 _DOCS_PAGE: Final = openapi.page()
+_IDEMPOTENCY_KEY: Final = IDEMPOTENCY_KEY_HEADER.encode()
 
 
 class _AsgiHangUp:

@@ -8,52 +8,19 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Any, Final
 
 import msgspec
 
-from katar.core.model import (
-    MAX_DELAY,
-    STATUSES,
-    Ack,
-    NewTask,
-    now_ms,
-    parse_priority,
-)
+from katar.core.model import Ack, NewTask, now_ms, parse_priority
 from katar.errors import InvalidRequest, PayloadTooLarge, ValidationError
-
-Count = Annotated[int, msgspec.Meta(ge=0)]
-Seconds = Annotated[float, msgspec.Meta(ge=0)]
-Delay = Annotated[float, msgspec.Meta(ge=0, le=MAX_DELAY)]
-_ABSENT: Final = msgspec.Raw()
-
-
-class PollBody(msgspec.Struct, frozen=True):
-    tasks: list[Ack] = []
-    max: Count = 1
-    wait: Seconds = 0.0
-    worker: Annotated[str, msgspec.Meta(max_length=200)] | None = None
-
-
-class TaskBody(msgspec.Struct, frozen=True):
-    data: msgspec.Raw = _ABSENT
-    priority: int | str = 0
-    delay: Delay | None = None
-    run_at: str | None = None
-    status: Literal["queued", "paused"] = "queued"
-
-
-class EnqueueBody(TaskBody, frozen=True):
-    tasks: list[TaskBody] | None = None
-
-
-class PatchBody(msgspec.Struct, frozen=True):
-    status: str
-
+from katar.protocol import MAX_DELAY, STATUSES, Enqueue, Patch, Poll
+from katar.protocol import NewTask as TaskBody
 
 _HINTS: Final = {
     "status": "an ack's status is one of done, failed, in progress",
     "_id": "each ack needs the _id of a delivered task, as a string",
+    "worker": "worker is the worker's name, a string of up to 200 characters",
     "max": "max is the number of tasks to take, an integer >= 0 (0 only applies the acks)",
     "wait": "wait is the long poll's length in seconds, a number >= 0",
     "attempt": "attempt is the delivery number the worker received, an integer >= 1",
@@ -63,7 +30,8 @@ _HINTS: Final = {
 }
 # Where a field's name means something else: an enqueue's "status" is a new task's.
 _HINTS_OF: Final[dict[type, dict[str, str]]] = {
-    EnqueueBody: {**_HINTS, "status": "a new task's status is queued (the default) or paused"},
+    Enqueue: {**_HINTS, "status": "a new task's status is queued (the default) or paused"},
+    Patch: {"status": "a task's status can be set to cancelled, paused or queued"},
 }
 
 #: How deeply arrays and objects may nest in a task's data, in a result, and in any other
@@ -148,7 +116,7 @@ def decode(body: bytes, kind: type[Any]) -> Any:
 
 def parse_poll(body: bytes, max_wait: float) -> tuple[list[Ack], int, float, str | None]:
     """A worker's poll: its acks, how many tasks it takes, how long it waits, who it is."""
-    poll: PollBody = decode(body, PollBody)
+    poll: Poll = decode(body, Poll)
     if poll.wait > max_wait:
         raise ValidationError(f"wait must be at most {max_wait:g} seconds")
     acks = poll.tasks
@@ -202,7 +170,7 @@ def _run_at(body: TaskBody, where: str) -> int:
 
 def parse_enqueue(body: bytes, max_tasks: int, max_task_bytes: int) -> list[NewTask]:
     """One task ``{"data": ...}`` or many ``{"tasks": [...]}``."""
-    parsed: EnqueueBody = decode(body, EnqueueBody)
+    parsed: Enqueue = decode(body, Enqueue)
     if parsed.tasks is None:
         return [_new_task(parsed, "task", max_task_bytes)]
     if parsed.data:
@@ -224,7 +192,7 @@ def parse_object(body: bytes) -> dict[str, Any]:
 
 def parse_patch(body: bytes) -> str:
     """The status a PATCH asks for."""
-    patch: PatchBody = decode(body, PatchBody)
+    patch: Patch = decode(body, Patch)
     return patch.status
 
 

@@ -9,11 +9,12 @@ from typing import Any, Final
 import msgspec
 
 from katar import errors
-from katar.core.model import PUBLIC_STATUS, Task
+from katar.core.model import PUBLIC_STATUS, QueueOptions, Task
+from katar.protocol import LEASE_HEADER as LEASE_HEADER_NAME
+from katar.protocol import TaskRecord, WorkerConfiguration
 
 JSON_HEADERS: Final = [(b"content-type", b"application/json")]
-#: On GET /v1/queue/{queue}: the queue's lease in ms, so a worker knows when to heartbeat.
-LEASE_HEADER: Final = b"katar-lease-timeout"
+LEASE_HEADER: Final = LEASE_HEADER_NAME.encode()
 
 # Looked up along the exception's class hierarchy, most specific first.
 STATUS_OF_ERROR: Final[dict[type[errors.KatarError], int]] = {
@@ -95,23 +96,26 @@ def _iso(ms: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class TaskRecord(msgspec.Struct, kw_only=True):
-    """The public JSON record of a task. A struct rather than a dict: a bulk enqueue answers
-    with one per task, and msgspec builds and encodes these in half the time."""
+class QueueInfo(msgspec.Struct, frozen=True):
+    """A queue as GET /v1/queues lists it: its options and its tasks by status."""
 
-    id: str = msgspec.field(name="_id")
-    queue: str
-    status: str
-    priority: int
-    data: msgspec.Raw
-    attempts: int
-    error: str | None
-    result: msgspec.Raw | None
-    worker: str | None
-    created_at: str | None
-    updated_at: str | None
-    run_at: str | None
-    lease_expires_at: str | None
+    name: str
+    options: QueueOptions
+    counts: dict[str, int]
+
+
+class Queues(msgspec.Struct, frozen=True):
+    """Every queue the caller may see."""
+
+    queues: list[QueueInfo]
+
+
+class QueueCreated(msgspec.Struct, frozen=True):
+    """A queue created or changed: its options, and the configuration workers get."""
+
+    name: str
+    options: QueueOptions
+    configuration: WorkerConfiguration
 
 
 def task_record(task: Task) -> TaskRecord:
@@ -133,6 +137,7 @@ def task_record(task: Task) -> TaskRecord:
     )
 
 
+#: A katar.protocol.Delivery, as a template: the fastest way to build one (the hot path).
 _DELIVERY: Final = b'{"_id":"%d","data":%b,"attempt":%d}'
 
 

@@ -1,0 +1,251 @@
+"""The wire model: what goes over HTTP between Katar and its clients, defined once.
+
+The bodies and answers (as msgspec structs), header names, statuses, defaults and bounds.
+The server decodes requests with these types (katar.http.parse) and encodes answers with
+them (katar.http.responses); the Python client sends and reads them (katar.client); the
+OpenAPI document is generated from them (katar.http.openapi). So this module imports msgspec
+and nothing of the server: a worker host loads it without the server's modules.
+
+Types named here are the contract: a change to one is a change to the protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal, get_args
+
+import msgspec
+
+# -- headers (lower case: HTTP names are case-insensitive, and servers see them so) ----------
+
+#: On ``GET /v1/queue/{queue}``: the queue's lease in ms, so a worker knows when to heartbeat.
+LEASE_HEADER: Final = "katar-lease-timeout"
+#: On an enqueue: makes a retry safe (the server creates the tasks once per key).
+IDEMPOTENCY_KEY_HEADER: Final = "idempotency-key"
+
+# -- statuses -------------------------------------------------------------------------------
+
+Status = Literal["paused", "queued", "in progress", "done", "failed", "cancelled"]
+AckStatus = Literal["done", "failed", "in progress"]
+PatchStatus = Literal["cancelled", "paused", "queued"]
+NewTaskStatus = Literal["queued", "paused"]
+PriorityName = Literal["high", "normal", "low"]
+#: A task's six public statuses.
+STATUSES: Final[tuple[str, ...]] = get_args(Status)
+#: What a worker may report on a delivered task.
+ACK_STATUSES: Final[tuple[str, ...]] = get_args(AckStatus)
+#: What an operator may set a task to.
+PATCH_STATUSES: Final[tuple[str, ...]] = get_args(PatchStatus)
+#: The statuses a task does not leave by itself.
+FINAL_STATUSES: Final = frozenset({"done", "failed", "cancelled"})
+
+# -- defaults and bounds ----------------------------------------------------------------------
+
+#: A queue's lease when its options name none (and what a worker assumes until it knows).
+DEFAULT_LEASE_MS: Final = 60000
+#: The worker configuration every queue gives, under its own.
+DEFAULT_CONFIGURATION: Final = {"interval": 30000}
+#: The longest poll interval a queue's configuration may give workers, in ms: what a
+#: 32-bit timer holds (about 24.8 days), and so what any worker can wait.
+MAX_INTERVAL: Final = 2**31 - 1
+#: The longest delay a task may be given, in seconds: ten years, beyond any schedule, and well
+#: inside what timestamps (and ISO dates) can represent.
+MAX_DELAY: Final = 10 * 366 * 24 * 3600
+PRIORITY_NAMES: Final = {"high": 10, "normal": 0, "low": -10}
+PRIORITY_MIN: Final = -(2**31)
+PRIORITY_MAX: Final = 2**31 - 1
+#: The longest worker name a poll may give.
+MAX_WORKER_NAME: Final = 200
+#: The longest Idempotency-Key, in characters.
+MAX_IDEMPOTENCY_KEY: Final = 255
+#: An Idempotency-Key: 1 to MAX_IDEMPOTENCY_KEY printable ASCII characters.
+IDEMPOTENCY_KEY_PATTERN: Final = f"^[\\x20-\\x7e]{{1,{MAX_IDEMPOTENCY_KEY}}}$"
+
+NULL: Final = msgspec.Raw(b"null")
+
+
+# Factories rather than defaults for the Raw fields: the JSON Schema generator cannot write a
+# Raw default (and an absent result means null, absent data means "missing", not a value).
+def _null() -> msgspec.Raw:
+    return NULL
+
+
+def _absent() -> msgspec.Raw:
+    return msgspec.Raw()
+
+
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+Attempt = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
+Priority = Annotated[
+    Annotated[int, msgspec.Meta(ge=PRIORITY_MIN, le=PRIORITY_MAX)] | PriorityName,
+    msgspec.Meta(description="Higher runs first; high is 10, normal 0, low -10."),
+]
+Time = Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
+#: Any JSON value, passed on verbatim (the server never decodes a task's data or result).
+AnyJson = Annotated[Any, msgspec.Meta(description="Any JSON value, null included.")]
+WorkerConfiguration = Annotated[
+    dict[str, Any],
+    msgspec.Meta(
+        description="The queue's worker configuration, over {interval: 30000}.",
+        extra_json_schema={
+            "required": ["interval"],
+            "properties": {"interval": {"type": "integer", "minimum": 0, "maximum": MAX_INTERVAL}},
+        },
+    ),
+]
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+class Ack(msgspec.Struct, kw_only=True, frozen=True):
+    """A worker's report on a delivered task (an element of a poll's ``tasks``)."""
+
+    task_id: str | int = msgspec.field(name="_id")
+    status: AckStatus
+    error: str | None = None
+    #: With "done": the worker's JSON, verbatim; null if none.
+    result: Annotated[msgspec.Raw, msgspec.Meta(description="With done: any JSON.")] = (
+        msgspec.field(default_factory=_null)
+    )
+    attempt: Attempt | None = None  # the delivery acked
+    retry: bool | None = None  # with "failed": None means the queue's retry_failed
+
+
+class Poll(msgspec.Struct, frozen=True):
+    """A worker's poll: acks to apply, then how many tasks to take and how long to wait."""
+
+    tasks: list[Ack] = []
+    max: Count = 1
+    wait: Seconds = 0.0
+    worker: Annotated[str, msgspec.Meta(max_length=MAX_WORKER_NAME)] | None = None
+
+
+class NewTask(msgspec.Struct, frozen=True):
+    """A task to enqueue. ``data`` is required (the server says so when it is missing)."""
+
+    data: Annotated[msgspec.Raw, msgspec.Meta(description="Any JSON value, null included.")] = (
+        msgspec.field(default_factory=_absent)
+    )
+    priority: Priority = 0
+    delay: (
+        Annotated[
+            float,
+            msgspec.Meta(
+                ge=0,
+                le=MAX_DELAY,
+                description="Seconds before the task may run (ten years at most).",
+            ),
+        ]
+        | None
+    ) = None
+    run_at: (
+        Annotated[
+            Time,
+            msgspec.Meta(
+                description="Time before which the task may not run, instead of delay (UTC when "
+                "it names no zone; a past time means now)."
+            ),
+        ]
+        | None
+    ) = None
+    status: NewTaskStatus = "queued"
+
+
+class Enqueue(NewTask, frozen=True):
+    """One task (the fields of :class:`NewTask`) or many (``tasks``), not both."""
+
+    tasks: list[NewTask] | None = None
+
+
+class Patch(msgspec.Struct, frozen=True):
+    """An operator's change to a task's status."""
+
+    status: PatchStatus
+
+
+# -- answers ----------------------------------------------------------------------------------
+
+
+class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A task as the server describes it. The server fills ``data`` and ``result`` with the
+    JSON it stored (``msgspec.Raw``); a client reads them as Python values."""
+
+    id: str = msgspec.field(name="_id")
+    queue: str
+    status: Status
+    priority: int
+    data: AnyJson
+    attempts: int
+    error: str | None = None
+    result: AnyJson = None
+    worker: str | None = None
+    created_at: Time | None = None
+    updated_at: Time | None = None
+    run_at: Time | None = None
+    lease_expires_at: Time | None = None
+
+    @property
+    def finished(self) -> bool:
+        """True once the task is done, failed or cancelled."""
+        return self.status in FINAL_STATUSES
+
+
+class Tasks(msgspec.Struct, frozen=True):
+    """Tasks: those an enqueue created, or a page of a list (with its cursor)."""
+
+    tasks: list[TaskRecord]
+    #: The next page's cursor; a page may end early to keep its answer within the server's
+    #: max_answer_bytes. Absent from an enqueue's answer.
+    next: str | None = None
+
+
+class Delivery(msgspec.Struct, frozen=True):
+    """A task delivered to a worker."""
+
+    id: str = msgspec.field(name="_id")
+    data: AnyJson = None
+    attempt: Attempt = 1
+
+
+class Deliveries(msgspec.Struct, frozen=True):
+    """A poll's answer when it delivers tasks."""
+
+    tasks: list[Delivery]
+
+
+class Configuration(msgspec.Struct, frozen=True):
+    """A queue's worker configuration (its lease rides in :data:`LEASE_HEADER`)."""
+
+    configuration: WorkerConfiguration
+
+
+class Health(msgspec.Struct, frozen=True):
+    """What /healthz answers: ``ok`` with the version, or ``unavailable`` with the error."""
+
+    status: Literal["ok", "unavailable"]
+    version: str | None = None
+    error: str | None = None
+
+
+class QueueDeleted(msgspec.Struct, frozen=True):
+    """A removed queue, and how many tasks went with it."""
+
+    deleted: str
+    tasks: int
+
+
+class TaskDeleted(msgspec.Struct, frozen=True):
+    """A removed task."""
+
+    id: str = msgspec.field(name="_id")
+    deleted: bool = True
+
+
+class Error(msgspec.Struct, frozen=True):
+    """Every 4xx and 5xx answer: what is wrong and what to send; some errors add details."""
+
+    error: Annotated[str, msgspec.Meta(description="What is wrong and what to send.")]
+    ack: Annotated[int, msgspec.Meta(description="The index of the faulty ack.")] | None = None
+    id: str | None = msgspec.field(name="_id", default=None)
+    queue: str | None = None
+    status: str | None = None
