@@ -23,6 +23,7 @@ import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final
 
 from katar.core import idempotency
@@ -39,6 +40,7 @@ from katar.core.model import (
     check_text,
 )
 from katar.core.rules import is_final
+from katar.core.storage import Change, Store
 from katar.errors import (
     QueueNotFound,
     ShuttingDown,
@@ -47,7 +49,6 @@ from katar.errors import (
     ValidationError,
 )
 from katar.logs import Outages
-from katar.store.base import Change, Store
 
 log = logging.getLogger("katar")
 
@@ -101,7 +102,7 @@ class Engine:
         self._wakes: dict[str, int] = {}  # per queue: how many wake-ups so far
         self._task_waiters: dict[int, list[asyncio.Future[Task | None]]] = {}
         self._listeners: dict[str, list[Listener]] = {}
-        store.watch = self._watching
+        store.attach(self)
         self._background: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
         self._due: int | None = None  # the earliest deadline known: when the next reap is due
@@ -125,7 +126,7 @@ class Engine:
         self.queues = await self.store.load_queues()
         for name, options in (declared or {}).items():
             await self.put_queue(name, options)
-        await self.store.listen(self._remote)
+        await self.store.listen(self)
         # Leases and delays left by an earlier run: the first reap is at the earliest of them.
         self._expect(await self.store.next_deadline())
         if self.store.shared:
@@ -156,7 +157,15 @@ class Engine:
         self._due = None
         await self.store.close()
 
+    async def ping(self) -> None:
+        """Return when the store answers; raise StoreUnavailable when it does not."""
+        await self.store.ping()
+
     # -- queues ----------------------------------------------------------------------------
+
+    def queue_options(self) -> Mapping[str, QueueOptions]:
+        """Every queue this server knows, with its options (a read-only view)."""
+        return MappingProxyType(self.queues)
 
     def options(self, queue: str) -> QueueOptions:
         """The queue's options; QueueNotFound when there is no such queue."""
@@ -385,14 +394,21 @@ class Engine:
         if not await self.store.delete_task(queue, task_id):
             raise TaskNotFound.named(task_id, queue)
 
-    def _remote(self, kind: str, value: str, count: int) -> None:
-        """What a server sharing the store did (see Store.listen)."""
-        if kind == "ready":
-            self._wake(value, count)
-        elif kind in ("queues", "resync"):
-            job = asyncio.ensure_future(self._reload_queues(kind == "resync"))
-            self._background.add(job)
-            job.add_done_callback(self._background.discard)
+    # What a server sharing the store did (the engine is the store's Observer, Store.listen).
+
+    def tasks_ready(self, queue: str, count: int) -> None:
+        self._wake(queue, count)
+
+    def queue_changed(self, name: str) -> None:
+        self._reload_in_background(wake_all=False)
+
+    def resync(self) -> None:
+        self._reload_in_background(wake_all=True)
+
+    def _reload_in_background(self, wake_all: bool) -> None:
+        job = asyncio.ensure_future(self._reload_queues(wake_all))
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
 
     async def _reload_queues(self, wake_all: bool) -> None:
         try:
@@ -517,8 +533,8 @@ class Engine:
             )
         self._listeners.setdefault(event, []).append(listener)
 
-    def _watching(self) -> bool:
-        """Whether anyone needs the final version of a task finished "done" (Store.watch):
+    def watching(self) -> bool:
+        """Whether anyone needs the final version of a task finished "done" (Observer):
         a listener for "done" events, or a wait for a task's outcome."""
         return bool(self._task_waiters) or any(e.endswith(".done") for e in self._listeners)
 

@@ -38,6 +38,7 @@ import msgspec
 from katar.core import idempotency, rules
 from katar.core.idempotency import Idempotency
 from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_task_id
+from katar.core.storage import Change, Enqueued, PollResult, Store
 from katar.errors import (
     ConfigError,
     KatarError,
@@ -54,7 +55,6 @@ from katar.store._rows import (
     task_from_row,
     update_values,
 )
-from katar.store.base import Change, Enqueued, PollResult, Store
 
 T = TypeVar("T")
 log = logging.getLogger("katar")
