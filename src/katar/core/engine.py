@@ -39,12 +39,13 @@ from katar.core.model import (
     Task,
     check_text,
 )
+from katar.core.reaper import _PRUNE_EVERY_MS, HOUSEKEEPING_MS, Reaper
 from katar.core.rules import is_final
 from katar.core.storage import Change, Store
+from katar.core.waits import WaitList, _release
 from katar.errors import (
     QueueNotFound,
     ShuttingDown,
-    StoreUnavailable,
     TaskNotFound,
     ValidationError,
 )
@@ -59,11 +60,6 @@ Listener = Callable[[Task], Awaitable[None] | None]
 QUEUE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 #: The longest queue name any server accepts; [limits] max_queue_name may lower it.
 MAX_QUEUE_NAME: Final = 255
-#: On a store that other servers write to (Store.shared), the longest the reaper sleeps, in
-#: ms: their leases and delays are due without this server hearing of them.
-HOUSEKEEPING_MS: Final = 1000
-#: How often expired idempotency keys are pruned, in ms.
-_PRUNE_EVERY_MS: Final = 60_000
 
 
 def check_queue_name(name: str, max_length: int = MAX_QUEUE_NAME) -> str:
@@ -86,8 +82,12 @@ class Counters:
     delivered: dict[str, int] = field(default_factory=dict)
 
 
-class Engine:
-    """Katar's operations. Open it before use and close it after; all methods are async."""
+class Engine(WaitList, Reaper):
+    """Katar's operations. Open it before use and close it after; all methods are async.
+
+    Its long-poll wait list (katar.core.waits) and its reaper (katar.core.reaper) are
+    modules of their own; the attributes they use are set here.
+    """
 
     def __init__(
         self, store: Store, *, reap_interval: float = 0.25, clock: Clock | None = None
@@ -311,36 +311,6 @@ class Engine:
         if lease_until is not None and (self._due is None or lease_until < self._due):
             self._expect(lease_until)
 
-    async def _park(self, queue: str, until: float, gone: asyncio.Future[Any] | None) -> bool:
-        """Wait for a wake-up on the queue: True when woken, False once the clock reaches
-        ``until`` (ms) or on hang-up."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        waiters = self._waiters.setdefault(queue, deque())
-        waiters.append(future)
-        timer = self.clock.call_at(until, lambda: _settle_bool(future, False))
-
-        def hang_up(_: object) -> None:
-            _settle_bool(future, False)
-
-        if gone is not None:
-            gone.add_done_callback(hang_up)
-        try:
-            woken = await future
-        finally:
-            timer.cancel()
-            if gone is not None:
-                gone.remove_done_callback(hang_up)
-        if not woken:
-            with contextlib.suppress(ValueError):
-                waiters.remove(future)
-        return woken
-
-    def _wake(self, queue: str, count: int) -> None:
-        self._wakes[queue] = self._wakes.get(queue, 0) + 1
-        waiters = self._waiters.get(queue)
-        if waiters:
-            _release(waiters, True, count)
-
     async def get_task(self, queue: str, task_id: int, wait: float = 0.0) -> Task:
         """The task; with ``wait`` > 0, wait up to that many seconds for it to finish."""
         self.options(queue)
@@ -419,87 +389,7 @@ class Engine:
             for queue, waiters in self._waiters.items():
                 self._wake(queue, len(waiters))
 
-    # -- leases, events --------------------------------------------------------------------
-
-    def _expect(self, when: int | None) -> None:
-        """A deadline exists at ``when`` (ms): arm the timer for it if it is the earliest."""
-        if when is None:
-            return
-        if self._reaping and (self._noted is None or when < self._noted):
-            self._noted = when  # the running reap arms the timer for it when it ends
-        if self._due is not None and self._due <= when:
-            return
-        self._due = when
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.clock.call_at(when, self._ring)
-
-    def _ring(self) -> None:
-        self._timer = None
-        self._alarm.set()
-
-    async def _reap(self) -> None:
-        while True:
-            await self._alarm.wait()
-            self._alarm.clear()
-            now = await self._catch_up(self.clock.now_ms())
-            if self._next_prune is not None and self._next_prune <= now:
-                await self._prune_keys(now)
-                self._expect(self._next_prune)
-
-    async def _catch_up(self, now: int) -> int:
-        """Reap if a known deadline is at or before ``now``; the time afterwards. A reap
-        already running is waited for, and is enough if it ended past the deadline."""
-        async with self._reap_lock:
-            if self._due is None or self._due > now:
-                if self._due is not None and self._timer is None:  # it rang early: re-arm
-                    self._timer = self.clock.call_at(self._due, self._ring)
-                return now
-            now = self.clock.now_ms()
-            self._reaping, self._noted = True, None
-            try:
-                changes = await self.store.expire(dict(self.queues), now)
-                self.outages.up()
-                if changes:
-                    self._apply(changes)
-                next_due = await self.store.next_deadline()
-                if not changes and next_due is not None and next_due <= now:
-                    # Due, yet nothing to do: another server holds it (PostgreSQL's SKIP
-                    # LOCKED) or its queue is not loaded yet. Look again soon, not at once.
-                    next_due = now + round(self.reap_interval * 1000)
-            except StoreUnavailable as exc:  # said once per outage, not at every reap
-                self.outages.down(exc.message)
-                next_due = now + round(self.reap_interval * 1000)
-            except Exception:
-                log.exception("lease expiry failed; trying again in %.2fs", self.reap_interval)
-                next_due = now + round(self.reap_interval * 1000)
-            finally:
-                self._reaping = False
-            noted = self._noted
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._due = None
-            self._expect(next_due)
-            self._expect(noted)
-            self._expect(self._next_prune)
-            if self.store.shared:
-                self._expect(now + HOUSEKEEPING_MS)
-            return self.clock.now_ms()
-
-    async def _prune_keys(self, now: int) -> None:
-        """Forget the expired idempotency keys, once a minute while keys may be stored:
-        housekeeping, never in a request (a store ignores expired keys meanwhile). Keys left
-        by an earlier run are pruned after this run's first enqueue with a key."""
-        self._next_prune = None
-        try:
-            before = idempotency.fresh_since(now)
-            while await self.store.prune_keys(before) >= idempotency.PRUNE_BATCH:
-                pass  # each batch is a transaction of its own: others go in between
-        except Exception:
-            log.exception("pruning idempotency keys failed; trying again in a minute")
-        if self._last_keyed is not None and idempotency.fresh_since(now) <= self._last_keyed:
-            self._next_prune = now + _PRUNE_EVERY_MS  # keys still to expire
+    # -- events ----------------------------------------------------------------------------
 
     def _apply(self, changes: Iterable[Change]) -> None:
         """Wake long polls for tasks that became ready; emit events; settle outcome waits."""
@@ -555,16 +445,3 @@ class Engine:
         self._background.discard(job)
         if not job.cancelled() and job.exception() is not None:
             log.error("listener failed", exc_info=job.exception())
-
-
-def _settle_bool(future: asyncio.Future[bool], value: bool) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def _release(waiters: deque[asyncio.Future[bool]], value: bool, count: int) -> None:
-    while waiters and count > 0:
-        future = waiters.popleft()
-        if not future.done():
-            future.set_result(value)
-            count -= 1
