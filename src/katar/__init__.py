@@ -24,8 +24,8 @@ from katar.errors import KatarError
 
 if TYPE_CHECKING:
     from katar.api import Katar, Queue
+    from katar.auth import Role, Token
     from katar.core.model import QueueOptions, Task
-    from katar.http.auth import Role, Token
     from katar.server import WorkerServer
 
 # name -> the module that defines it
@@ -34,8 +34,8 @@ _LAZY = {
     "Queue": "katar.api",
     "QueueOptions": "katar.core.model",
     "Task": "katar.core.model",
-    "Role": "katar.http.auth",
-    "Token": "katar.http.auth",
+    "Role": "katar.auth",
+    "Token": "katar.auth",
     "WorkerServer": "katar.server",
 }
 

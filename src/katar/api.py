@@ -100,7 +100,9 @@ class Katar:
 
     def configure(self, name: str, configuration: dict[str, Any]) -> None:
         """Set the worker configuration of a queue (declaring it if need be)."""
-        options = self._declared.get(name) or self.engine.queues.get(name) or QueueOptions()
+        options = (
+            self._declared.get(name) or self.engine.queue_options().get(name) or QueueOptions()
+        )
         raw = {**msgspec.structs.asdict(options), "configuration": configuration}
         self.declare(name, replace(options, configuration=parse_queue_options(raw).configuration))
 

@@ -19,8 +19,8 @@ from typing import Any, Final
 from katar import logs
 from katar._defaults import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_STORE
 from katar._version import __version__
+from katar.auth import Role
 from katar.errors import ClientError, ConfigError, StoreError, ValidationError
-from katar.http.auth import Role
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -259,8 +259,8 @@ def migrate(args: argparse.Namespace) -> int:
 
 def token(args: argparse.Namespace) -> int:
     """``katar token``: a new token on the first line, then its block for the file."""
+    from katar.auth import ALL_QUEUES, digest, new_token
     from katar.core.engine import check_queue_name
-    from katar.http.auth import ALL_QUEUES, digest, new_token
 
     queues = list(dict.fromkeys(args.queue))
     for queue in queues:

@@ -10,7 +10,7 @@ port = 3000
 tls_cert = "/etc/katar/cert.pem"   # both, to serve HTTPS
 tls_key = "/etc/katar/key.pem"
 
-[limits]               # optional; see katar.http.Limits for the defaults
+[limits]               # optional; see katar.limits.Limits for the defaults
 max_body_bytes = 10485760
 
 [queues.emails]
@@ -47,12 +47,12 @@ from katar import logs
 from katar._defaults import DEFAULT_HOST as DEFAULT_HOST
 from katar._defaults import DEFAULT_PORT as DEFAULT_PORT
 from katar._defaults import DEFAULT_STORE as DEFAULT_STORE
+from katar.auth import ALL_QUEUES, Role, Token
 from katar.core import typed
 from katar.core.engine import check_queue_name
 from katar.core.model import QueueOptions, option_error, queue_options
 from katar.errors import ConfigError, ValidationError
-from katar.http import Limits
-from katar.http.auth import ALL_QUEUES, Role, Token
+from katar.limits import Limits
 
 
 def _one_of(choices: typing.Iterable[str]) -> msgspec.Meta:

@@ -241,7 +241,7 @@ class WorkerServer:
         scheme = "https" if self.tls_cert else "http"
         bare = self.host.strip("[]")  # --host may be given as ::1 or as [::1]
         host = f"[{bare}]" if ":" in bare else bare
-        queues = ", ".join(sorted(self.katar.engine.queues)) or "none yet"
+        queues = ", ".join(sorted(self.katar.engine.queue_options())) or "none yet"
         access = f"{len(self.tokens)} tokens" if self.tokens else "open (no tokens)"
         log.info(
             "katar %s serving on %s://%s:%d, store %s, access: %s, queues: %s",

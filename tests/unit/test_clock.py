@@ -17,8 +17,8 @@ import pytest
 
 from katar import Katar
 from katar.core.clock import FakeClock, settle
-from katar.core.engine import HOUSEKEEPING_MS
 from katar.core.model import Ack, NewTask, QueueOptions, Task
+from katar.core.reaper import HOUSEKEEPING_MS
 from katar.store.base import Change
 
 _BOUND = 10.0  # seconds: the longest a store operation may take here before the test fails

@@ -23,6 +23,7 @@ import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final
 
 from katar.core import idempotency
@@ -38,16 +39,17 @@ from katar.core.model import (
     Task,
     check_text,
 )
+from katar.core.reaper import _PRUNE_EVERY_MS, HOUSEKEEPING_MS, Reaper
 from katar.core.rules import is_final
+from katar.core.storage import Change, Store
+from katar.core.waits import WaitList, _release
 from katar.errors import (
     QueueNotFound,
     ShuttingDown,
-    StoreUnavailable,
     TaskNotFound,
     ValidationError,
 )
 from katar.logs import Outages
-from katar.store.base import Change, Store
 
 log = logging.getLogger("katar")
 
@@ -58,11 +60,6 @@ Listener = Callable[[Task], Awaitable[None] | None]
 QUEUE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 #: The longest queue name any server accepts; [limits] max_queue_name may lower it.
 MAX_QUEUE_NAME: Final = 255
-#: On a store that other servers write to (Store.shared), the longest the reaper sleeps, in
-#: ms: their leases and delays are due without this server hearing of them.
-HOUSEKEEPING_MS: Final = 1000
-#: How often expired idempotency keys are pruned, in ms.
-_PRUNE_EVERY_MS: Final = 60_000
 
 
 def check_queue_name(name: str, max_length: int = MAX_QUEUE_NAME) -> str:
@@ -85,8 +82,12 @@ class Counters:
     delivered: dict[str, int] = field(default_factory=dict)
 
 
-class Engine:
-    """Katar's operations. Open it before use and close it after; all methods are async."""
+class Engine(WaitList, Reaper):
+    """Katar's operations. Open it before use and close it after; all methods are async.
+
+    Its long-poll wait list (katar.core.waits) and its reaper (katar.core.reaper) are
+    modules of their own; the attributes they use are set here.
+    """
 
     def __init__(
         self, store: Store, *, reap_interval: float = 0.25, clock: Clock | None = None
@@ -101,7 +102,7 @@ class Engine:
         self._wakes: dict[str, int] = {}  # per queue: how many wake-ups so far
         self._task_waiters: dict[int, list[asyncio.Future[Task | None]]] = {}
         self._listeners: dict[str, list[Listener]] = {}
-        store.watch = self._watching
+        store.attach(self)
         self._background: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
         self._due: int | None = None  # the earliest deadline known: when the next reap is due
@@ -125,7 +126,7 @@ class Engine:
         self.queues = await self.store.load_queues()
         for name, options in (declared or {}).items():
             await self.put_queue(name, options)
-        await self.store.listen(self._remote)
+        await self.store.listen(self)
         # Leases and delays left by an earlier run: the first reap is at the earliest of them.
         self._expect(await self.store.next_deadline())
         if self.store.shared:
@@ -156,7 +157,15 @@ class Engine:
         self._due = None
         await self.store.close()
 
+    async def ping(self) -> None:
+        """Return when the store answers; raise StoreUnavailable when it does not."""
+        await self.store.ping()
+
     # -- queues ----------------------------------------------------------------------------
+
+    def queue_options(self) -> Mapping[str, QueueOptions]:
+        """Every queue this server knows, with its options (a read-only view)."""
+        return MappingProxyType(self.queues)
 
     def options(self, queue: str) -> QueueOptions:
         """The queue's options; QueueNotFound when there is no such queue."""
@@ -302,36 +311,6 @@ class Engine:
         if lease_until is not None and (self._due is None or lease_until < self._due):
             self._expect(lease_until)
 
-    async def _park(self, queue: str, until: float, gone: asyncio.Future[Any] | None) -> bool:
-        """Wait for a wake-up on the queue: True when woken, False once the clock reaches
-        ``until`` (ms) or on hang-up."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        waiters = self._waiters.setdefault(queue, deque())
-        waiters.append(future)
-        timer = self.clock.call_at(until, lambda: _settle_bool(future, False))
-
-        def hang_up(_: object) -> None:
-            _settle_bool(future, False)
-
-        if gone is not None:
-            gone.add_done_callback(hang_up)
-        try:
-            woken = await future
-        finally:
-            timer.cancel()
-            if gone is not None:
-                gone.remove_done_callback(hang_up)
-        if not woken:
-            with contextlib.suppress(ValueError):
-                waiters.remove(future)
-        return woken
-
-    def _wake(self, queue: str, count: int) -> None:
-        self._wakes[queue] = self._wakes.get(queue, 0) + 1
-        waiters = self._waiters.get(queue)
-        if waiters:
-            _release(waiters, True, count)
-
     async def get_task(self, queue: str, task_id: int, wait: float = 0.0) -> Task:
         """The task; with ``wait`` > 0, wait up to that many seconds for it to finish."""
         self.options(queue)
@@ -385,14 +364,21 @@ class Engine:
         if not await self.store.delete_task(queue, task_id):
             raise TaskNotFound.named(task_id, queue)
 
-    def _remote(self, kind: str, value: str, count: int) -> None:
-        """What a server sharing the store did (see Store.listen)."""
-        if kind == "ready":
-            self._wake(value, count)
-        elif kind in ("queues", "resync"):
-            job = asyncio.ensure_future(self._reload_queues(kind == "resync"))
-            self._background.add(job)
-            job.add_done_callback(self._background.discard)
+    # What a server sharing the store did (the engine is the store's Observer, Store.listen).
+
+    def tasks_ready(self, queue: str, count: int) -> None:
+        self._wake(queue, count)
+
+    def queue_changed(self, name: str) -> None:
+        self._reload_in_background(wake_all=False)
+
+    def resync(self) -> None:
+        self._reload_in_background(wake_all=True)
+
+    def _reload_in_background(self, wake_all: bool) -> None:
+        job = asyncio.ensure_future(self._reload_queues(wake_all))
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
 
     async def _reload_queues(self, wake_all: bool) -> None:
         try:
@@ -403,87 +389,7 @@ class Engine:
             for queue, waiters in self._waiters.items():
                 self._wake(queue, len(waiters))
 
-    # -- leases, events --------------------------------------------------------------------
-
-    def _expect(self, when: int | None) -> None:
-        """A deadline exists at ``when`` (ms): arm the timer for it if it is the earliest."""
-        if when is None:
-            return
-        if self._reaping and (self._noted is None or when < self._noted):
-            self._noted = when  # the running reap arms the timer for it when it ends
-        if self._due is not None and self._due <= when:
-            return
-        self._due = when
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.clock.call_at(when, self._ring)
-
-    def _ring(self) -> None:
-        self._timer = None
-        self._alarm.set()
-
-    async def _reap(self) -> None:
-        while True:
-            await self._alarm.wait()
-            self._alarm.clear()
-            now = await self._catch_up(self.clock.now_ms())
-            if self._next_prune is not None and self._next_prune <= now:
-                await self._prune_keys(now)
-                self._expect(self._next_prune)
-
-    async def _catch_up(self, now: int) -> int:
-        """Reap if a known deadline is at or before ``now``; the time afterwards. A reap
-        already running is waited for, and is enough if it ended past the deadline."""
-        async with self._reap_lock:
-            if self._due is None or self._due > now:
-                if self._due is not None and self._timer is None:  # it rang early: re-arm
-                    self._timer = self.clock.call_at(self._due, self._ring)
-                return now
-            now = self.clock.now_ms()
-            self._reaping, self._noted = True, None
-            try:
-                changes = await self.store.expire(dict(self.queues), now)
-                self.outages.up()
-                if changes:
-                    self._apply(changes)
-                next_due = await self.store.next_deadline()
-                if not changes and next_due is not None and next_due <= now:
-                    # Due, yet nothing to do: another server holds it (PostgreSQL's SKIP
-                    # LOCKED) or its queue is not loaded yet. Look again soon, not at once.
-                    next_due = now + round(self.reap_interval * 1000)
-            except StoreUnavailable as exc:  # said once per outage, not at every reap
-                self.outages.down(exc.message)
-                next_due = now + round(self.reap_interval * 1000)
-            except Exception:
-                log.exception("lease expiry failed; trying again in %.2fs", self.reap_interval)
-                next_due = now + round(self.reap_interval * 1000)
-            finally:
-                self._reaping = False
-            noted = self._noted
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._due = None
-            self._expect(next_due)
-            self._expect(noted)
-            self._expect(self._next_prune)
-            if self.store.shared:
-                self._expect(now + HOUSEKEEPING_MS)
-            return self.clock.now_ms()
-
-    async def _prune_keys(self, now: int) -> None:
-        """Forget the expired idempotency keys, once a minute while keys may be stored:
-        housekeeping, never in a request (a store ignores expired keys meanwhile). Keys left
-        by an earlier run are pruned after this run's first enqueue with a key."""
-        self._next_prune = None
-        try:
-            before = idempotency.fresh_since(now)
-            while await self.store.prune_keys(before) >= idempotency.PRUNE_BATCH:
-                pass  # each batch is a transaction of its own: others go in between
-        except Exception:
-            log.exception("pruning idempotency keys failed; trying again in a minute")
-        if self._last_keyed is not None and idempotency.fresh_since(now) <= self._last_keyed:
-            self._next_prune = now + _PRUNE_EVERY_MS  # keys still to expire
+    # -- events ----------------------------------------------------------------------------
 
     def _apply(self, changes: Iterable[Change]) -> None:
         """Wake long polls for tasks that became ready; emit events; settle outcome waits."""
@@ -517,8 +423,8 @@ class Engine:
             )
         self._listeners.setdefault(event, []).append(listener)
 
-    def _watching(self) -> bool:
-        """Whether anyone needs the final version of a task finished "done" (Store.watch):
+    def watching(self) -> bool:
+        """Whether anyone needs the final version of a task finished "done" (Observer):
         a listener for "done" events, or a wait for a task's outcome."""
         return bool(self._task_waiters) or any(e.endswith(".done") for e in self._listeners)
 
@@ -539,16 +445,3 @@ class Engine:
         self._background.discard(job)
         if not job.cancelled() and job.exception() is not None:
             log.error("listener failed", exc_info=job.exception())
-
-
-def _settle_bool(future: asyncio.Future[bool], value: bool) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def _release(waiters: deque[asyncio.Future[bool]], value: bool, count: int) -> None:
-    while waiters and count > 0:
-        future = waiters.popleft()
-        if not future.done():
-            future.set_result(value)
-            count -= 1

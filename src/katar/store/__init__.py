@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from katar.core.storage import Change, PollResult, Store
 from katar.errors import ConfigError
 from katar.logs import mask_credentials
-from katar.store.base import Change, PollResult, Store
 
 __all__ = ["Change", "PollResult", "Store", "open_store"]
 

@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from katar.core import idempotency, rules
 from katar.core.idempotency import Idempotency
 from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_task_id
+from katar.core.storage import Change, Enqueued, PollResult, Store
 from katar.errors import KatarError, QueueNotFound, TaskNotFound
 from katar.logs import mask_credentials
-from katar.store.base import Change, Enqueued, PollResult, Store
 
 
 class MemoryStore(Store):

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -27,6 +27,7 @@ import msgspec
 from katar.core import idempotency, rules
 from katar.core.idempotency import Idempotency
 from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_task_id
+from katar.core.storage import Change, Enqueued, Observer, PollResult, Store
 from katar.errors import (
     ConfigError,
     KatarError,
@@ -38,7 +39,6 @@ from katar.errors import (
 )
 from katar.logs import mask_credentials
 from katar.store._rows import COLUMNS, task_from_row, update_values
-from katar.store.base import Change, Enqueued, PollResult, Store
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -250,15 +250,13 @@ class PostgresStore(Store):
         for queue, count in ready.items():
             await self._notify(conn, f"r:{count}:{queue}")
 
-    async def listen(self, notify: Callable[[str, str, int], None]) -> None:
+    async def listen(self, observer: Observer) -> None:
         listening = asyncio.Event()
-        self._listener = asyncio.create_task(self._listen(notify, listening))
+        self._listener = asyncio.create_task(self._listen(observer, listening))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(listening.wait(), 10)
 
-    async def _listen(
-        self, notify: Callable[[str, str, int], None], listening: asyncio.Event
-    ) -> None:
+    async def _listen(self, observer: Observer, listening: asyncio.Event) -> None:
         """LISTEN on a connection of its own, for as long as the store is open; after a
         lost connection, connect again (with backoff) and say that events were missed."""
         import psycopg
@@ -271,7 +269,7 @@ class PostgresStore(Store):
                 async with conn:
                     await conn.execute(f"LISTEN {self._channel}")
                     if listening.is_set():
-                        notify("resync", "", 0)
+                        observer.resync()
                     if lost:
                         log.warning("PostgreSQL notifications are back")
                         lost = False
@@ -281,9 +279,9 @@ class PostgresStore(Store):
                         kind, _, rest = event.payload.partition(":")
                         if kind == "r":
                             count, _, queue = rest.partition(":")
-                            notify("ready", queue, int(count))
+                            observer.tasks_ready(queue, int(count))
                         elif kind == "q":
-                            notify("queues", rest, 0)
+                            observer.queue_changed(rest)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

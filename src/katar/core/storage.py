@@ -1,0 +1,196 @@
+"""The storage contract, in domain operations.
+
+A store persists queues and tasks and performs each operation atomically: an operation
+either applies entirely or not at all. The queue rules themselves live in
+:mod:`katar.core.rules`; a store loads tasks, asks the rules, and writes the outcome.
+
+The engine owns this contract (:class:`Store`) and the interface through which a store
+reports to it (:class:`Observer`); the stores in :mod:`katar.store` implement the contract.
+Every store passes the conformance suite in ``tests/store``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple, Protocol
+
+from katar.core.idempotency import Idempotency
+from katar.core.model import Ack, NewTask, QueueOptions, State, Task
+
+
+class Change(NamedTuple):
+    """A task whose state changed; ``task`` is its new version (its last, if deleted)."""
+
+    task: Task
+    old: State
+
+
+class PollResult(NamedTuple):
+    """What a worker's poll did: the tasks it now holds and the changes its acks made."""
+
+    delivered: list[Task]
+    changes: list[Change]
+
+
+class Enqueued(NamedTuple):
+    """What an enqueue under an idempotency key did."""
+
+    tasks: list[Task]
+    #: False when the key had been used: nothing was created, ``tasks`` are the first's.
+    created: bool
+
+
+class Observer(Protocol):
+    """What a store tells the engine it serves, and asks it (see :meth:`Store.attach`).
+
+    The engine implements it; its methods run on the event loop and must not block.
+    """
+
+    def watching(self) -> bool:
+        """Whether anyone needs the final version of a task a worker finishes ("done"):
+        event listeners, or a producer waiting for the outcome (see :attr:`Store.watch`)."""
+        ...
+
+    def tasks_ready(self, queue: str, count: int) -> None:
+        """A server sharing the store made ``count`` tasks of ``queue`` ready."""
+        ...
+
+    def queue_changed(self, name: str) -> None:
+        """A server sharing the store created, changed or deleted the queue ``name``."""
+        ...
+
+    def resync(self) -> None:
+        """The store lost touch for a while: events may have been missed."""
+        ...
+
+
+class Store(abc.ABC):
+    """Where queues and tasks live. Chosen by URL with :func:`katar.store.open_store`."""
+
+    #: The URL the store was opened with, without credentials.
+    url: str
+    #: Whether anyone needs the final version of a task a worker finishes ("done"): the
+    #: observer's :meth:`Observer.watching`, kept bound here by :meth:`attach` because the
+    #: acks ask it on the hot path. Asked as the acks are applied; when it answers False, a
+    #: store may leave those tasks out of ``PollResult.changes`` and spare building them.
+    #: None (no observer attached) counts as True.
+    watch: Callable[[], bool] | None = None
+    #: What :meth:`open` did to a stored schema: (the version it found, the version it
+    #: left), equal when nothing changed, 0 found when it created the schema. None for a
+    #: store that keeps no schema.
+    schema_change: tuple[int, int] | None = None
+    #: Whether other servers may write to this store, making deadlines (leases, delays) that
+    #: this one hears nothing of: its engine then looks for due tasks at least once a second
+    #: even when it knows of none. False for a store only one server can use.
+    shared: bool = False
+
+    def attach(self, observer: Observer) -> None:
+        """Report to ``observer`` from now on: the engine calls it once, before :meth:`open`."""
+        self.watch = observer.watching
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and prepare the schema. Raises StoreUnavailable or ConfigError."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish pending writes and release every resource."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Return when the store answers; raise StoreUnavailable when it does not."""
+
+    @abc.abstractmethod
+    async def load_queues(self) -> dict[str, QueueOptions]:
+        """Every stored queue with its options."""
+
+    @abc.abstractmethod
+    async def save_queue(self, name: str, options: QueueOptions) -> None:
+        """Create the queue, or replace its options."""
+
+    @abc.abstractmethod
+    async def delete_queue(self, name: str) -> int:
+        """Remove the queue and its tasks; the number of tasks removed."""
+
+    @abc.abstractmethod
+    async def enqueue(self, queue: str, tasks: Sequence[NewTask], now: int) -> list[Task]:
+        """Add tasks to an existing queue; the new tasks, in order, with growing ids."""
+
+    @abc.abstractmethod
+    async def enqueue_once(
+        self, queue: str, tasks: Sequence[NewTask], now: int, once: Idempotency
+    ) -> Enqueued:
+        """Enqueue under an idempotency key (see katar.core.idempotency), atomically with
+        the key's record. When the queue has a record of the key created after
+        ``fresh_since(now)``, create nothing: answer the first enqueue's tasks as it created
+        them, or raise KeyReused if its digest differs. Concurrent enqueues with one key,
+        from any number of servers, create at most once."""
+
+    @abc.abstractmethod
+    async def prune_keys(self, before: int) -> int:
+        """Forget up to idempotency.PRUNE_BATCH keys created at or before ``before``, oldest
+        first; how many."""
+
+    @abc.abstractmethod
+    async def poll(
+        self,
+        queue: str,
+        options: QueueOptions,
+        acks: Sequence[Ack],
+        limit: int,
+        worker: str | None,
+        now: int,
+    ) -> PollResult:
+        """Apply ``acks`` in order, then claim up to ``limit`` tasks, in one transaction.
+
+        Claimed tasks are the READY ones of the queue, highest priority first, then lowest
+        id, leased until ``now + options.timeout``. If any ack is rejected, nothing changes
+        and the error is raised with ``details["ack"]``, the index of the faulty ack. An ack
+        for an id this store never issued raises TaskNotFound; one for a task of another
+        queue too; one for a task that is gone (a finished task of a queue without history)
+        changes nothing. ``changes`` holds every task whose status the acks changed, except
+        those finished while :attr:`watch` answers False.
+        """
+
+    @abc.abstractmethod
+    async def get_task(self, queue: str, task_id: int) -> Task | None:
+        """The task, or None when the queue holds no such task."""
+
+    @abc.abstractmethod
+    async def list_tasks(
+        self, queue: str, states: Sequence[State] | None, limit: int, after: int
+    ) -> list[Task]:
+        """Up to ``limit`` tasks with an id above ``after``, by id, optionally by state."""
+
+    @abc.abstractmethod
+    async def counts(self) -> dict[str, dict[State, int]]:
+        """For every queue, its number of tasks in each state (zero counts may be absent)."""
+
+    @abc.abstractmethod
+    async def set_status(self, queue: str, task_id: int, status: str, now: int) -> Change | None:
+        """Apply an operator's status change (see rules.change_status); None if no change.
+
+        Raises TaskNotFound or IllegalTransition.
+        """
+
+    @abc.abstractmethod
+    async def delete_task(self, queue: str, task_id: int) -> bool:
+        """Remove a task; False when the queue holds no such task."""
+
+    async def listen(self, observer: Observer) -> None:
+        """Tell ``observer`` what the servers sharing this store do, until the store closes:
+        :meth:`Observer.tasks_ready`, :meth:`Observer.queue_changed`, and
+        :meth:`Observer.resync` after a gap in which events may have been missed. A store
+        that only one server can use has nothing to tell, and keeps this default."""
+        return None
+
+    @abc.abstractmethod
+    async def expire(self, queues: Mapping[str, QueueOptions], now: int) -> list[Change]:
+        """Re-queue or fail tasks whose lease ran out; make due scheduled tasks READY."""
+
+    @abc.abstractmethod
+    async def next_deadline(self) -> int | None:
+        """The earliest time (ms) at which a task will need :meth:`expire`: the earliest
+        lease end of a task in progress, or the earliest not-before time of a scheduled one;
+        None when there is no such task. A time in the past means some are due now."""

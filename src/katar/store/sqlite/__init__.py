@@ -1,0 +1,16 @@
+"""``sqlite:///path.db``: the default store, one file on local disk.
+
+Its modules: ``schema`` (tables, indexes, version), ``writer`` (the connections, the group
+commit, the checkpointer), ``batch`` (the polls of a group finished with one "done" statement
+and one claim) and ``store`` (the contract's operations).
+
+With ``synchronous=NORMAL`` (the default) a committed transaction survives the process being
+killed; ``?synchronous=full`` in the URL makes it survive a power cut too, at the cost of a
+disk flush per commit.
+"""
+
+from katar.store.sqlite.schema import SCHEMA_VERSION
+from katar.store.sqlite.store import SQLiteStore
+from katar.store.sqlite.writer import parse_url
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore", "parse_url"]

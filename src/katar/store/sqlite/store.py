@@ -1,0 +1,377 @@
+"""The SQLite store's operations (the storage contract, katar.core.storage), over its writer
+(katar.store.sqlite.writer) and its batched "done" and claim (katar.store.sqlite.batch).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sqlite3
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import msgspec
+
+from katar.core import idempotency, rules
+from katar.core.idempotency import Idempotency
+from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_task_id
+from katar.core.storage import Change, Enqueued, PollResult
+from katar.errors import (
+    KatarError,
+    QueueNotFound,
+    StoreUnavailable,
+    TaskNotFound,
+)
+from katar.store._rows import (
+    COLUMNS,
+    task_from_row,
+    update_values,
+)
+from katar.store.sqlite.batch import Batches, _Poll
+from katar.store.sqlite.schema import _AT_REST, SCHEMA_VERSION
+from katar.store.sqlite.writer import _ROOM, GroupCommit
+
+_COLUMNS: Final = COLUMNS
+# Parameters on the hot paths are ints and bytearrays only. Python's sqlite3 binds int, float,
+# str and bytearray directly, but asks its adapter registry about anything else, None and
+# bytes included: ~0.5 to 1 us a parameter, measured, which was a third of a bulk enqueue.
+# So a task's data goes in as a bytearray, None is written as NULL in the SQL, and "no
+# attempt named" is 0 (attempts start at 1).
+_INSERT: Final = (
+    "INSERT INTO tasks (id, queue_id, state, priority, data, created_at, updated_at)"
+    " VALUES (?,?,?,?,?,?,?)"
+)
+_INSERT_LATER: Final = (
+    "INSERT INTO tasks (id, queue_id, state, priority, data, created_at, updated_at, run_at)"
+    " VALUES (?,?,?,?,?,?,?,?)"
+)
+_UPDATE: Final = (
+    "UPDATE tasks SET state=?, priority=?, attempts=?, attempt_base=?, error=?, result=?,"
+    " worker=?, updated_at=?, run_at=?, lease_until=? WHERE id=?"
+)
+_RESTING: Final = frozenset({State.PAUSED, State.DONE, State.FAILED, State.CANCELLED})
+# Counts by state, each query served by a partial index.
+_COUNTS: Final = (
+    "SELECT queue_id, 1, count(*) FROM tasks WHERE state = 1 GROUP BY queue_id",
+    "SELECT queue_id, 2, count(*) FROM tasks WHERE state = 2 GROUP BY queue_id",
+    "SELECT queue_id, 3, count(*) FROM tasks WHERE state = 3 GROUP BY queue_id",
+    f"SELECT queue_id, state, count(*) FROM tasks WHERE {_AT_REST} GROUP BY queue_id, state",
+)
+_EXPIRE_BATCH: Final = 1000
+_options_decoder: Final = msgspec.json.Decoder(QueueOptions)
+
+
+# Batches first: its _finish_polls is the one GroupCommit declares.
+class SQLiteStore(Batches, GroupCommit):
+    """Queues and tasks in one SQLite database file."""
+
+    # -- rows and tasks --------------------------------------------------------------------
+
+    def _task(self, row: Sequence[Any]) -> Task:
+        return task_from_row(row, self._queue_names[row[1]])
+
+    def _queue_id(self, queue: str) -> int:
+        try:
+            return self._queue_ids[queue]
+        except KeyError:
+            raise QueueNotFound(queue=queue) from None
+
+    def _store_change(
+        self, conn: sqlite3.Connection, old: Task, new: Task | None, options: QueueOptions
+    ) -> Change | None:
+        if new is None:
+            return None
+        if rules.discard(new, options):
+            conn.execute("DELETE FROM tasks WHERE id=?", (new.id,))
+        else:
+            conn.execute(
+                _UPDATE,
+                update_values(new),
+            )
+        return Change(new, old.state)
+
+    # -- the contract ------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        if self._checkpoint_refused:
+            raise StoreUnavailable(
+                "SQLite cannot copy its WAL back into the database: the disk refuses writes"
+            )
+        if self._write_failure is None:
+            await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+            return
+        # The last write failed for the disk. A small write may well succeed where the
+        # last failed (the WAL's file has room left from earlier writes), so ask the file
+        # system for room first; then write, to know the disk works: this rewrites a value
+        # unchanged, one page of WAL.
+        folder = os.path.dirname(os.path.abspath(self._path))
+        try:
+            stats = os.statvfs(folder)
+        except OSError as exc:
+            raise StoreUnavailable(f"SQLite cannot write: {exc}") from exc
+        if stats.f_bavail * stats.f_frsize < _ROOM:
+            raise StoreUnavailable(self._write_failure.message)
+        await self._write(lambda conn: conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}"))
+
+    async def load_queues(self) -> dict[str, QueueOptions]:
+        rows = await self._read(
+            lambda conn: conn.execute("SELECT name, options FROM queues").fetchall()
+        )
+        return {name: _options_decoder.decode(options) for name, options in rows}
+
+    async def save_queue(self, name: str, options: QueueOptions) -> None:
+        encoded = msgspec.json.encode(options)
+
+        def op(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "INSERT INTO queues (name, options) VALUES (?, ?) ON CONFLICT (name)"
+                " DO UPDATE SET options = excluded.options RETURNING id",
+                (name, encoded),
+            ).fetchone()
+            self._queue_ids[name] = row[0]
+            self._queue_names[row[0]] = name
+
+        await self._write(op)
+
+    async def delete_queue(self, name: str) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            queue_id = self._queue_id(name)
+            count: int = conn.execute("DELETE FROM tasks WHERE queue_id=?", (queue_id,)).rowcount
+            conn.execute("DELETE FROM queues WHERE id=?", (queue_id,))
+            conn.execute("DELETE FROM idempotency_keys WHERE queue_id=?", (queue_id,))
+            del self._queue_ids[name]
+            # The id -> name entry stays: reads of the old queue's rows may still be in flight.
+            return count
+
+        return await self._write(op)
+
+    async def enqueue(self, queue: str, tasks: Sequence[NewTask], now: int) -> list[Task]:
+        def op(conn: sqlite3.Connection) -> list[Task]:
+            return self._insert(conn, self._queue_id(queue), queue, tasks, now)
+
+        return await self._write(op)
+
+    def _insert(
+        self,
+        conn: sqlite3.Connection,
+        queue_id: int,
+        queue: str,
+        tasks: Sequence[NewTask],
+        now: int,
+    ) -> list[Task]:
+        first = self._last_id + 1
+        created = [
+            rules.new_task(queue, spec, task_id, now)
+            for task_id, spec in zip(itertools.count(first), tasks)
+        ]
+
+        def row(t: Task) -> tuple[Any, ...]:
+            return (t.id, queue_id, int(t.state), t.priority, bytearray(t.data), now, now)
+
+        ready = [row(t) for t in created if t.run_at is None]
+        if ready:
+            conn.executemany(_INSERT, ready)
+        if len(ready) < len(created):
+            later = [(*row(t), t.run_at) for t in created if t.run_at is not None]
+            conn.executemany(_INSERT_LATER, later)
+        self._last_id = first + len(created) - 1
+        return created
+
+    async def enqueue_once(
+        self, queue: str, tasks: Sequence[NewTask], now: int, once: Idempotency
+    ) -> Enqueued:
+        def op(conn: sqlite3.Connection) -> Enqueued:
+            queue_id = self._queue_id(queue)
+            # One writer: nothing can come between this look and the insert below.
+            found = conn.execute(
+                "SELECT digest, ids, created FROM idempotency_keys"
+                " WHERE queue_id=? AND key=? AND created>?",
+                (queue_id, once.key, idempotency.fresh_since(now)),
+            ).fetchone()
+            if found is not None:
+                digest, ids, created = found
+                first = idempotency.replay(
+                    queue, tasks, digest, idempotency.unpack_ids(ids), created, once
+                )
+                return Enqueued(first, False)
+            new = self._insert(conn, queue_id, queue, tasks, now)
+            conn.execute(
+                "INSERT OR REPLACE INTO idempotency_keys (queue_id, key, digest, ids, created)"
+                " VALUES (?,?,?,?,?)",
+                (queue_id, once.key, once.digest, idempotency.pack_ids([t.id for t in new]), now),
+            )
+            return Enqueued(new, True)
+
+        return await self._write(op)
+
+    async def prune_keys(self, before: int) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            # In batches: one write group must not hold the event loop for long.
+            cursor = conn.execute(
+                "DELETE FROM idempotency_keys WHERE (queue_id, key) IN (SELECT queue_id, key"
+                " FROM idempotency_keys WHERE created<=? ORDER BY created LIMIT ?)",
+                (before, idempotency.PRUNE_BATCH),
+            )
+            return cursor.rowcount
+
+        return await self._write(op)
+
+    def _find(
+        self, conn: sqlite3.Connection, queue: str, raw_id: str | int, index: int
+    ) -> Task | None:
+        task_id = parse_task_id(raw_id)
+        if task_id is not None and task_id <= self._last_id:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
+            if row is None:
+                return None  # it existed and is gone: finished in a queue without history
+            task = self._task(row)
+            if task.queue == queue:
+                return task
+        raise TaskNotFound.named(raw_id, queue, ack=index)
+
+    async def poll(
+        self,
+        queue: str,
+        options: QueueOptions,
+        acks: Sequence[Ack],
+        limit: int,
+        worker: str | None,
+        now: int,
+    ) -> PollResult:
+        def op(conn: sqlite3.Connection) -> PollResult | _Poll:
+            queue_id = self._queue_id(queue)
+            changes: list[Change] = []
+            done = None
+            if len(acks) == 1:  # the common case: one write at most, no savepoint needed
+                ack = acks[0]
+                task_id = parse_task_id(ack.task_id) if ack.status == "done" else None
+                if task_id is not None:
+                    done = (task_id, ack)  # made with the group's others
+                else:
+                    self._apply_ack(conn, queue, queue_id, options, ack, 0, now, changes, worker)
+            elif acks:
+                # A later ack may be refused after earlier ones were written: undo them then.
+                conn.execute("SAVEPOINT acks")
+                try:
+                    self._apply_acks(conn, queue, queue_id, options, acks, now, changes, worker)
+                except KatarError:
+                    conn.execute("ROLLBACK TO acks")
+                    raise
+                finally:
+                    conn.execute("RELEASE acks")
+            if limit > 0 or done is not None:
+                poll = _Poll(queue, queue_id, options, worker, limit, now, changes, done)
+                self._polls.append(poll)
+                return poll
+            return PollResult([], changes)
+
+        outcome = await self._write(op)
+        if isinstance(outcome, _Poll):
+            return PollResult(outcome.delivered, outcome.changes)
+        return outcome
+
+    async def get_task(self, queue: str, task_id: int) -> Task | None:
+        def op(conn: sqlite3.Connection) -> Task | None:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
+            if row is None or self._queue_names.get(row[1]) != queue:
+                return None
+            return self._task(row)
+
+        return await self._read(op)
+
+    async def list_tasks(
+        self, queue: str, states: Sequence[State] | None, limit: int, after: int
+    ) -> list[Task]:
+        queue_id = self._queue_id(queue)
+
+        def op(conn: sqlite3.Connection) -> list[Task]:
+            if states is None:
+                sql = f"SELECT {_COLUMNS} FROM tasks WHERE queue_id=? AND id>? ORDER BY id LIMIT ?"
+                rows = conn.execute(sql, (queue_id, after, limit)).fetchall()
+            else:
+                # Resting tasks have their own partial index: SQLite takes it when the
+                # query repeats the index's condition word for word. The other states are
+                # found in id order. The states are our own integers, safe in the SQL.
+                literal = ",".join(str(int(state)) for state in states)
+                resting = _RESTING.issuperset(states)
+                sql = (
+                    f"SELECT {_COLUMNS} FROM tasks WHERE queue_id=? AND state IN ({literal})"
+                    + (f" AND {_AT_REST}" if resting else "")
+                    + " AND id>? ORDER BY id LIMIT ?"
+                )
+                rows = conn.execute(sql, (queue_id, after, limit)).fetchall()
+            return [self._task(row) for row in rows]
+
+        return await self._read(op)
+
+    async def counts(self) -> dict[str, dict[State, int]]:
+        def op(conn: sqlite3.Connection) -> dict[str, dict[State, int]]:
+            result: dict[str, dict[State, int]] = {}
+            names = dict(conn.execute("SELECT id, name FROM queues").fetchall())
+            for name in names.values():
+                result[name] = {}
+            for sql in _COUNTS:
+                for queue_id, state, count in conn.execute(sql):
+                    if queue_id in names:
+                        result[names[queue_id]][State(state)] = count
+            return result
+
+        return await self._read(op)
+
+    async def set_status(self, queue: str, task_id: int, status: str, now: int) -> Change | None:
+        def op(conn: sqlite3.Connection) -> Change | None:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
+            if row is None or self._queue_names.get(row[1]) != queue:
+                raise TaskNotFound.named(task_id, queue)
+            task = self._task(row)
+            # A status change never finishes a task, so the queue's history option plays no
+            # part: any options will do.
+            return self._store_change(conn, task, rules.change_status(task, status, now), _KEEP)
+
+        return await self._write(op)
+
+    async def delete_task(self, queue: str, task_id: int) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            queue_id = self._queue_id(queue)
+            cursor = conn.execute(
+                "DELETE FROM tasks WHERE id=? AND queue_id=?", (task_id, queue_id)
+            )
+            return cursor.rowcount > 0
+
+        return await self._write(op)
+
+    async def expire(self, queues: Mapping[str, QueueOptions], now: int) -> list[Change]:
+        def op(conn: sqlite3.Connection) -> list[Change]:
+            changes: list[Change] = []
+            for sql, decide in (
+                (f"SELECT {_COLUMNS} FROM tasks WHERE state=3 AND lease_until<=? LIMIT ?", True),
+                (f"SELECT {_COLUMNS} FROM tasks WHERE state=2 AND run_at<=? LIMIT ?", False),
+            ):
+                for row in conn.execute(sql, (now, _EXPIRE_BATCH)).fetchall():
+                    task = self._task(row)
+                    options = queues.get(task.queue)
+                    if options is None:
+                        continue
+                    new = (
+                        rules.expire_lease(task, options, now)
+                        if decide
+                        else rules.promote(task, now)
+                    )
+                    change = self._store_change(conn, task, new, options)
+                    if change is not None:
+                        changes.append(change)
+            return changes
+
+        return await self._write(op)
+
+    async def next_deadline(self) -> int | None:
+        # Each min() is one step down the partial indexes tasks_lease and tasks_due.
+        row = await self._read(lambda conn: conn.execute(_NEXT_DEADLINE).fetchone())
+        return None if row[0] is None else int(row[0])
+
+
+_NEXT_DEADLINE: Final = (
+    "SELECT min(t) FROM (SELECT min(lease_until) AS t FROM tasks WHERE state = 3"
+    " UNION ALL SELECT min(run_at) FROM tasks WHERE state = 2)"
+)
+_KEEP: Final = QueueOptions(persistent=True)
