@@ -36,6 +36,9 @@ class Ledger:
     deliveries: list[tuple[int, str, int]] = field(default_factory=list)
     #: (stamp when the answer arrived, id, attempt) for every "done" ack answered 2xx.
     acked: list[tuple[int, str, int]] = field(default_factory=list)
+    #: The stamps when polls were sent that got a fault status or no answer: such a poll may
+    #: have claimed tasks that no worker saw (a 504, or an answer lost on the way).
+    lost_polls: list[int] = field(default_factory=list)
     #: Answers that no fault explains (a 4xx, or a 5xx outside FAULT_STATUSES).
     errors: list[str] = field(default_factory=list)
     #: How many requests got a fault status or no answer.
@@ -69,12 +72,14 @@ class Ledger:
         for _sent, task_id, attempt in self.deliveries:
             highest[task_id] = max(attempt, highest.get(task_id, 0))
         for answered, task_id, attempt in self.acked:
-            # Delivered again, by a poll sent after the "done" was answered: the server
+            if self._maybe_stale(last_sent, answered, task_id, attempt):
+                continue  # a no-op by the contract: the outcome that stands is checked below
+            # The next delivery was handed out after this ack was carried out: the server
             # handed out a task it had acknowledged done.
             again = [
                 (later, sent)
                 for (other, later), sent in last_sent.items()
-                if other == task_id and later > attempt and sent > answered
+                if other == task_id and later > attempt
             ]
             assert again == [], (
                 f"task {task_id} acknowledged done (attempt {attempt}) was delivered again: {again}"
@@ -87,6 +92,17 @@ class Ledger:
             if task_id in self.created and record["attempts"] != highest.get(task_id)
         }
         assert wrong == {}, f"attempts of the final record vs the last delivery seen: {wrong}"
+
+    def _maybe_stale(
+        self, last_sent: dict[tuple[str, int], int], answered: int, task_id: str, attempt: int
+    ) -> bool:
+        """Whether the ack of ``attempt`` answered at ``answered`` may have come after the
+        next delivery (its lease had run out): the next attempt went out on a poll sent
+        before the ack was answered, seen, or unseen on a poll that got no answer."""
+        sent = last_sent.get((task_id, attempt + 1))
+        if sent is not None:
+            return sent < answered
+        return any(lost < answered for lost in self.lost_polls)
 
 
 class Clients:
@@ -170,6 +186,8 @@ class Clients:
                 body = {"tasks": acks, "max": batch, "worker": name}
                 response = self._post(client, f"/v1/queue/{self.queue}", body)
                 if response is None:
+                    with ledger.lock:
+                        ledger.lost_polls.append(sent)
                     continue  # keep the acks, and send them again
                 if response.status_code == 409 and self._drop_refused(acks, response):
                     continue  # the rest of the acks go again

@@ -34,6 +34,37 @@ def test_a_stale_ack_is_no_redelivery() -> None:
     book.check({"1": done(2), "2": done(1)})
 
 
+def test_a_stale_ack_after_an_unseen_delivery_is_no_redelivery() -> None:
+    book = ledger()
+    # Attempt 2 went out on a poll that got no answer (a 504, or a lost answer), sent before
+    # attempt 1's ack was answered: that ack was a no-op; attempt 2's lease ran out, and
+    # attempt 3's ack stands.
+    book.lost_polls.append(2)
+    book.deliveries.append((4, "1", 3))
+    book.acked.append((6, "1", 3))
+    book.check({"1": done(3), "2": done(1)})
+
+
+def test_a_redelivery_after_a_later_lost_poll_is_caught() -> None:
+    book = ledger()
+    # The only poll that got no answer was sent after the ack of attempt 1 was answered: the
+    # "done" was lost, whatever that poll claimed.
+    book.lost_polls.append(4)
+    book.deliveries.append((5, "1", 3))
+    book.acked.append((7, "1", 3))
+    with pytest.raises(AssertionError, match="delivered again"):
+        book.check({"1": done(3), "2": done(1)})
+
+
+def test_a_redelivery_after_a_stale_one_counts_from_the_stale_ack() -> None:
+    book = ledger()
+    # Attempt 2 went out before attempt 1's ack was answered (stale), attempt 3 after it:
+    # attempt 2's lease ran out, no promise broken.
+    book.deliveries += [(2, "1", 2), (4, "1", 3)]
+    book.acked.append((6, "1", 3))
+    book.check({"1": done(3), "2": done(1)})
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -109,6 +109,8 @@ def parse_url(url: str) -> tuple[str, int, str]:
         raise ConfigError(
             f"invalid schema {schema!r} in the PostgreSQL URL: lower-case letters, digits, '_'"
         )
+    # An address that does not answer is an outage, not load: give up on it soon.
+    params.setdefault("connect_timeout", str(CONNECT_TIMEOUT))
     conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(params), ""))
     return conninfo, pool_size, schema
 
@@ -142,6 +144,10 @@ class PostgresStore(Store):
         self._queue_names: dict[int, str] = {}
         self._channel = f"katar_{self._schema}"
         self._listener: asyncio.Task[None] | None = None
+        #: Set while PostgreSQL is known to be unreachable: requests fail at once instead of
+        #: each waiting for the pool's time-out, and this task probes until it answers.
+        self._probe: asyncio.Task[None] | None = None
+        self._retired: set[asyncio.Task[None]] = set()
         s = self._schema
         self._sql = {
             "task": f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = %s",
@@ -170,24 +176,12 @@ class PostgresStore(Store):
     # -- connections -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        from psycopg_pool import AsyncConnectionPool
-
-        pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
-            self._conninfo,
-            min_size=1,
-            max_size=self._pool_size,
-            open=False,
-            timeout=10.0,
-            kwargs={"autocommit": True},
-        )
         try:
-            await pool.open(wait=True, timeout=10.0)
+            self._pool = await self._new_pool(10.0)
         except Exception as exc:
-            await pool.close()
             raise StoreUnavailable(
                 self._masked(f"cannot connect to PostgreSQL at {self.url}: {exc}")
             ) from exc
-        self._pool = pool
         try:
             await self._migrate()
             await self._load_queue_ids()
@@ -219,7 +213,68 @@ class PostgresStore(Store):
                 await conn.execute(f"INSERT INTO {s}.schema_version VALUES (%s)", (version,))
         self.schema_change = (current, SCHEMA_VERSION)
 
+    async def _new_pool(self, wait: float) -> AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]]:
+        """An open pool with one connection made, within ``wait`` seconds."""
+        from psycopg_pool import AsyncConnectionPool
+
+        pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
+            self._conninfo,
+            min_size=1,
+            max_size=self._pool_size,
+            open=False,
+            # Waiting for a connection when all are busy (load, not an outage: an outage
+            # fails at once, see _down).
+            timeout=10.0,
+            kwargs={"autocommit": True},
+        )
+        try:
+            await pool.open(wait=True, timeout=wait)
+        except BaseException:
+            await pool.close()
+            raise
+        return pool
+
+    def _down(self) -> None:
+        """PostgreSQL could not be reached: fail fast until a probe reaches it again."""
+        if self._probe is None and self._pool is not None:
+            self._probe = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        """Try every PROBE_INTERVAL; once PostgreSQL answers, serve from a fresh pool. The
+        old pool's connections are dead, and it would only try again after its own backoff
+        (doubling up to minutes), so it is retired rather than waited for."""
+        import psycopg
+
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            try:
+                # One connection first: it fails at once while nothing listens, where a
+                # pool would retry on its own backoff until its wait ran out.
+                probe = await psycopg.AsyncConnection.connect(self._conninfo)
+                await probe.close()
+                pool = await self._new_pool(10.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                continue
+            old, self._pool = self._pool, pool
+            self._probe = None
+            if old is not None:
+                # Closed once the requests still holding its connections are done.
+                retiring = asyncio.get_running_loop().create_task(old.close(timeout=30.0))
+                self._retired.add(retiring)
+                retiring.add_done_callback(self._retired.discard)
+            return
+
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+            self._probe = None
+        for retiring in list(self._retired):
+            with contextlib.suppress(Exception):
+                await retiring
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -292,7 +347,9 @@ class PostgresStore(Store):
                     )
                     lost = True
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                # Events missed while away: long polls must hear of ready tasks soon after
+                # PostgreSQL is back.
+                delay = min(delay * 2, 1.0)
 
     async def ping(self) -> None:
         async with self._transaction(writes=False) as conn:
@@ -624,6 +681,11 @@ class PostgresStore(Store):
 
 _KEEP: Final = QueueOptions(persistent=True)
 
+#: Seconds to open a connection, unless the URL's ``connect_timeout`` says otherwise.
+CONNECT_TIMEOUT: Final = 3
+#: Seconds between attempts to reach PostgreSQL while it is known to be down.
+PROBE_INTERVAL: Final = 0.25
+
 
 class _Transaction:
     """``async with``: a pooled connection inside a transaction; driver errors become
@@ -640,18 +702,29 @@ class _Transaction:
     async def __aenter__(self) -> AsyncConnection[tuple[Any, ...]]:
         import psycopg
 
-        if self.store._pool is None:
+        store = self.store
+        if store._pool is None:
             raise StoreUnavailable("the PostgreSQL store is not open")
+        if store._probe is not None:
+            raise StoreUnavailable("PostgreSQL is unavailable (reconnecting)")
         try:
-            self._connection = self.store._pool.connection()
+            self._connection = store._pool.connection()
             self._conn = conn = await self._connection.__aenter__()
             self._transaction = conn.transaction()
             await self._transaction.__aenter__()
         except (psycopg.Error, OSError) as exc:
-            raise _translate(exc, self.store._raw_url) from exc
-        except Exception as exc:  # the pool's own time-out
+            raise self._lost(_translate(exc, store._raw_url)) from exc
+        except Exception as exc:
+            # The pool's own time-out: every connection busy (load), or none could be made.
             raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
         return conn  # type: ignore[no-any-return]
+
+    def _lost(self, error: StoreError) -> StoreError:
+        """``error``, after noting an outage when the connection is gone (a deadlock or a
+        cancelled statement leaves it usable: no outage)."""
+        if isinstance(error, StoreUnavailable) and (self._conn is None or self._conn.broken):
+            self.store._down()
+        return error
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         import psycopg
@@ -661,7 +734,7 @@ class _Transaction:
             # try, nor say so), and PostgreSQL rolls the transaction back. Nothing happened.
             error = psycopg.OperationalError("the connection was lost before COMMIT")
             await self._connection.__aexit__(type(error), error, None)
-            raise _translate(error, self.store._raw_url)
+            raise self._lost(_translate(error, self.store._raw_url))
         try:
             await self._transaction.__aexit__(kind, exc, tb)
         except psycopg.Error as error:
@@ -669,8 +742,8 @@ class _Transaction:
             if exc is None and self._writes and isinstance(error, psycopg.OperationalError):
                 # Lost during or after COMMIT: PostgreSQL may have committed or not.
                 cause = mask_credentials(f"PostgreSQL: {error}", self.store._raw_url)
-                raise OutcomeUnknown(cause=cause) from error
-            raise _translate(error, self.store._raw_url) from error
+                raise self._lost(OutcomeUnknown(cause=cause)) from error
+            raise self._lost(_translate(error, self.store._raw_url)) from error
         await self._connection.__aexit__(kind, exc, tb)
         if isinstance(exc, psycopg.Error):
-            raise _translate(exc, self.store._raw_url) from exc
+            raise self._lost(_translate(exc, self.store._raw_url)) from exc

@@ -1,0 +1,48 @@
+"""How the PostgreSQL store notes an outage and comes back from it, on the shared server:
+a connection is ended from inside (as a restart ends every session), never the server."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from katar.errors import StoreUnavailable
+from katar.store.postgres import PostgresStore
+from tests.conftest import store_url
+
+
+async def test_a_lost_connection_fails_fast_then_the_store_comes_back(tmp_path: Path) -> None:
+    store = PostgresStore(store_url("postgres", tmp_path))
+    await store.open()
+    try:
+        with pytest.raises(StoreUnavailable):
+            async with store._transaction() as conn:
+                await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        # Known down: the next request does not wait for a connection, it fails at once.
+        with pytest.raises(StoreUnavailable, match="reconnecting"):
+            await store.ping()
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    await store.ping()
+                    break
+                except StoreUnavailable:
+                    await asyncio.sleep(0.05)
+        assert await store.load_queues() == {}
+    finally:
+        await store.close()
+
+
+async def test_a_cancelled_statement_is_no_outage(tmp_path: Path) -> None:
+    store = PostgresStore(store_url("postgres", tmp_path))
+    await store.open()
+    try:
+        with pytest.raises(StoreUnavailable):
+            async with store._transaction() as conn:
+                await conn.execute("SET LOCAL statement_timeout = 1")
+                await conn.execute("SELECT pg_sleep(1)")
+        await store.ping()  # the connection is fine: no fail-fast period
+    finally:
+        await store.close()
