@@ -69,14 +69,18 @@ async def test_enqueue_gives_growing_ids_and_keeps_data_verbatim(store: Store) -
     assert len({t.id for t in created}) == 3
     assert bytes(created[0].data) == bytes(raw)
     got = await store.get_task("q", created[0].id)
-    assert got is not None and bytes(got.data) == bytes(raw)
-    assert got.state is State.READY and got.attempts == 0 and got.created_at == T0
+    assert got is not None
+    assert bytes(got.data) == bytes(raw)
+    assert got.state is State.READY
+    assert got.attempts == 0
+    assert got.created_at == T0
 
 
 async def test_delayed_and_paused_tasks_are_not_claimed(store: Store) -> None:
     await setup(store)
     delayed, paused = await store.enqueue("q", [new(1, delay_ms=500), new(2, paused=True)], T0)
-    assert delayed.state is State.SCHEDULED and delayed.run_at == T0 + 500
+    assert delayed.state is State.SCHEDULED
+    assert delayed.run_at == T0 + 500
     assert paused.state is State.PAUSED
     assert await claim(store) == []
     assert await store.expire({"q": KEEP}, T0 + 499) == []
@@ -127,8 +131,10 @@ async def test_done_keeps_history_with_result_in_a_persistent_queue(store: Store
     assert polled.delivered == []
     assert [(c.task.state, c.old) for c in polled.changes] == [(State.DONE, State.RUNNING)]
     stored = await store.get_task("q", task.id)
-    assert stored is not None and stored.state is State.DONE
-    assert stored.result is not None and bytes(stored.result) == b'{"sent": true}'
+    assert stored is not None
+    assert stored.state is State.DONE
+    assert stored.result is not None
+    assert bytes(stored.result) == b'{"sent": true}'
     assert stored.lease_until is None
 
 
@@ -161,7 +167,8 @@ async def test_acks_are_idempotent(store: Store) -> None:
         assert again.changes == []
         stored = await store.get_task(name, task.id)
         if options.persistent:
-            assert stored is not None and stored.state is State.DONE
+            assert stored is not None
+            assert stored.state is State.DONE
         else:
             assert stored is None
 
@@ -196,7 +203,8 @@ async def test_one_bad_ack_changes_nothing(store: Store) -> None:
         await store.poll("q", KEEP, [ack(one), ack(two, "failed"), ack(999_999)], 5, "w1", T0)
     for task in (one, two):
         stored = await store.get_task("q", task.id)
-        assert stored is not None and stored.state is State.RUNNING
+        assert stored is not None
+        assert stored.state is State.RUNNING
     remaining = await claim(store, 5)
     assert [data(t) for t in remaining] == [3]
 
@@ -208,7 +216,8 @@ async def test_an_ack_for_a_task_never_delivered_is_a_conflict(store: Store) -> 
         await store.poll("q", KEEP, [ack(task)], 1, "w1", T0)
     assert caught.value.details["ack"] == 0
     stored = await store.get_task("q", task.id)
-    assert stored is not None and stored.state is State.READY
+    assert stored is not None
+    assert stored.state is State.READY
 
 
 async def test_fencing_ignores_an_ack_from_an_expired_delivery(store: Store) -> None:
@@ -217,14 +226,17 @@ async def test_fencing_ignores_an_ack_from_an_expired_delivery(store: Store) -> 
     (first,) = await claim(store)
     await store.expire({"q": KEEP}, T0 + KEEP.timeout)
     (second,) = await claim(store, now=T0 + KEEP.timeout + 1)
-    assert second.id == first.id and second.attempts == 2
+    assert second.id == first.id
+    assert second.attempts == 2
     stale = await store.poll("q", KEEP, [ack(first, "failed", attempt=1)], 0, "w1", T0 + 1001)
     assert stale.changes == []
     stored = await store.get_task("q", first.id)
-    assert stored is not None and stored.state is State.RUNNING
+    assert stored is not None
+    assert stored.state is State.RUNNING
     await store.poll("q", KEEP, [ack(second, attempt=2)], 0, "w1", T0 + 1002)
     stored = await store.get_task("q", first.id)
-    assert stored is not None and stored.state is State.DONE
+    assert stored is not None
+    assert stored.state is State.DONE
     with pytest.raises(Conflict):
         await store.poll("q", KEEP, [ack(first, attempt=3)], 0, "w1", T0 + 1003)
 
@@ -236,7 +248,8 @@ async def test_a_heartbeat_extends_the_lease(store: Store) -> None:
     beat = await store.poll("q", KEEP, [ack(task, "in progress")], 0, "w1", T0 + 900)
     assert beat.changes == []
     stored = await store.get_task("q", task.id)
-    assert stored is not None and stored.lease_until == T0 + 900 + KEEP.timeout
+    assert stored is not None
+    assert stored.lease_until == T0 + 900 + KEEP.timeout
     assert await store.expire({"q": KEEP}, T0 + KEEP.timeout) == []
     changes = await store.expire({"q": KEEP}, T0 + 900 + KEEP.timeout)
     assert [c.task.state for c in changes] == [State.READY]
@@ -253,7 +266,8 @@ async def test_an_expired_lease_requeues_then_fails_when_attempts_are_spent(stor
         (change,) = await store.expire({"q": KEEP}, now)
         assert change.old is State.RUNNING
     assert change.task.state is State.FAILED
-    assert change.task.error is not None and "lease expired" in change.task.error
+    assert change.task.error is not None
+    assert "lease expired" in change.task.error
     assert await claim(store, now=now) == []
 
 
@@ -267,13 +281,17 @@ async def test_failed_with_retry_backs_off_then_fails_for_good(store: Store) -> 
     )
     assert polled.delivered == []
     stored = await store.get_task("q", task.id)
-    assert stored is not None and stored.state is State.SCHEDULED and stored.run_at == T0 + 100
+    assert stored is not None
+    assert stored.state is State.SCHEDULED
+    assert stored.run_at == T0 + 100
     assert stored.error == "e1"
     await store.expire({"q": options}, T0 + 100)
     (task,) = await claim(store, 1, options, now=T0 + 100)
     await store.poll("q", options, [ack(task, "failed", error="e2", retry=True)], 0, "w1", T0 + 101)
     stored = await store.get_task("q", task.id)
-    assert stored is not None and stored.state is State.FAILED and stored.error == "e2"
+    assert stored is not None
+    assert stored.state is State.FAILED
+    assert stored.error == "e2"
 
 
 async def test_failed_follows_the_queue_retry_option_by_default(store: Store) -> None:
@@ -289,19 +307,23 @@ async def test_status_changes_follow_the_contract(store: Store) -> None:
     await setup(store)
     a, b = await store.enqueue("q", [new("a"), new("b")], T0)
     change = await store.set_status("q", a.id, "paused", T0 + 1)
-    assert change is not None and change.task.state is State.PAUSED
+    assert change is not None
+    assert change.task.state is State.PAUSED
     assert await store.set_status("q", a.id, "paused", T0 + 2) is None
     assert [data(t) for t in await claim(store, 5)] == ["b"]
     with pytest.raises(IllegalTransition):
         await store.set_status("q", b.id, "cancelled", T0)  # in progress
     change = await store.set_status("q", a.id, "queued", T0 + 3)
-    assert change is not None and change.task.state is State.READY
+    assert change is not None
+    assert change.task.state is State.READY
     change = await store.set_status("q", a.id, "cancelled", T0 + 4)
-    assert change is not None and change.task.state is State.CANCELLED
+    assert change is not None
+    assert change.task.state is State.CANCELLED
     with pytest.raises(IllegalTransition):
         await store.set_status("q", a.id, "paused", T0)
     change = await store.set_status("q", a.id, "queued", T0 + 5)  # retry a cancelled task
-    assert change is not None and change.task.state is State.READY
+    assert change is not None
+    assert change.task.state is State.READY
     with pytest.raises(TaskNotFound):
         await store.set_status("q", 999_999, "paused", T0)
 
@@ -321,7 +343,8 @@ async def test_a_retried_failed_task_gets_fresh_attempts_but_keeps_its_count(sto
     assert polled.changes == []  # the first delivery's ack cannot settle the second
     await store.expire({"q": options}, T0 + options.timeout + 10)
     stored = await store.get_task("q", task.id)
-    assert stored is not None and stored.state is State.FAILED
+    assert stored is not None
+    assert stored.state is State.FAILED
 
 
 async def test_list_count_and_delete(store: Store) -> None:
@@ -421,7 +444,8 @@ async def test_many_acks_in_one_poll(store: Store, options: QueueOptions, watche
     assert caught.value.details["ack"] == 3
     for task in tasks:
         stored = await store.get_task("q", task.id)
-        assert stored is not None and stored.state is State.RUNNING
+        assert stored is not None
+        assert stored.state is State.RUNNING
     del acks[3]
     polled = await store.poll("q", options, acks, 0, "w1", T0 + 2)
     finished = [
@@ -438,15 +462,18 @@ async def test_many_acks_in_one_poll(store: Store, options: QueueOptions, watche
     for task_id, state in finished:
         stored = await store.get_task("q", task_id)
         if options.persistent:
-            assert stored is not None and stored.state == state
+            assert stored is not None
+            assert stored.state == state
         else:
             assert stored is None
     if options.persistent:
         kept = await store.get_task("q", tasks[0].id)
-        assert kept is not None and kept.result is not None
+        assert kept is not None
+        assert kept.result is not None
         assert bytes(kept.result) == bytes(results[0])
     running = await store.get_task("q", tasks[5].id)
-    assert running is not None and running.lease_until == T0 + 2 + options.timeout
+    assert running is not None
+    assert running.lease_until == T0 + 2 + options.timeout
     # The same acks again: nothing changes, nothing fails.
     assert (await store.poll("q", options, acks, 0, "w1", T0 + 3)).changes == []
 
@@ -487,10 +514,12 @@ async def test_concurrent_polls_ack_and_claim_as_if_one_after_another(
     # below something left.
     left = await claim(store, limit=20, options=options, now=T0 + 2)
     worst_taken = max((-t.priority, t.id) for t in delivered)
-    assert left and all((-t.priority, t.id) > worst_taken for t in left)
+    assert left
+    assert all((-t.priority, t.id) > worst_taken for t in left)
     if options.persistent:
         record = await store.get_task("q", first[0].id)
-        assert record is not None and record.status == "done"
+        assert record is not None
+        assert record.status == "done"
 
 
 # -- ownership: a named worker acks only its own deliveries ------------------------------------
@@ -526,7 +555,8 @@ async def test_a_named_worker_cannot_ack_another_workers_delivery(
     if status == "in progress":
         for task in (theirs, mine):
             stored = await store.get_task("q", task.id)
-            assert stored is not None and stored.lease_until == T0 + 2 + options.timeout
+            assert stored is not None
+            assert stored.lease_until == T0 + 2 + options.timeout
     else:
         assert reported([(c.task.id, c.task.state) for c in polled.changes], watched) == (
             reported([(mine.id, State.DONE if status == "done" else State.FAILED)], watched)
@@ -560,7 +590,9 @@ async def test_ownership_follows_the_current_delivery(store: Store) -> None:
     with pytest.raises(Conflict):
         await store.poll("q", KEEP, [ack(task, "failed")], 0, "alice", T0 + 2000)
     stored = await store.get_task("q", task.id)
-    assert stored is not None and stored.state is State.RUNNING and stored.worker == "carol"
+    assert stored is not None
+    assert stored.state is State.RUNNING
+    assert stored.worker == "carol"
     done = await store.poll("q", KEEP, [ack(task, attempt=2)], 0, "carol", T0 + 2001)
     assert [(c.task.id, c.task.state) for c in done.changes] == [(task.id, State.DONE)]
 
@@ -591,3 +623,25 @@ async def test_concurrent_acks_from_named_and_anonymous_polls(
     for task in (alices[0], bobs[0], alices[2]):
         stored = await store.get_task("q", task.id)
         assert (stored and stored.state) is (State.DONE if options.persistent else None)
+
+
+async def test_concurrent_polls_acking_the_same_tasks_in_opposite_orders(store: Store) -> None:
+    # Each poll locks what it acks: in opposite orders, two PostgreSQL transactions would each
+    # hold one task and wait for the other's (a deadlock that fails one with a 503) unless
+    # the store takes its locks in one order.
+    await setup(store, KEEP)
+    for _ in range(20):
+        first, second = await store.enqueue("q", [new(1), new(2)], T0)
+        await store.poll("q", KEEP, [], 2, None, T0)
+        forth = [ack(first, "failed", error="x"), ack(second, "failed", error="y")]
+        back = [ack(second, "in progress"), ack(first, "in progress")]
+        results = await asyncio.gather(
+            store.poll("q", KEEP, forth, 0, None, T0 + 1),
+            store.poll("q", KEEP, back, 0, None, T0 + 1),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, PollResult) for r in results), results
+        for task in (first, second):
+            stored = await store.get_task("q", task.id)
+            assert stored is not None
+            assert stored.state is State.FAILED

@@ -152,6 +152,7 @@ class PostgresStore(Store):
         self._sql = {
             "task": f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = %s",
             "lock": f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = %s FOR UPDATE",
+            "lock_many": f"SELECT 1 FROM {s}.tasks WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
             "update": (
                 f"UPDATE {s}.tasks SET state=%s, priority=%s, attempts=%s, attempt_base=%s,"
                 " error=%s, result=%s, worker=%s, updated_at=%s, run_at=%s, lease_until=%s"
@@ -481,7 +482,8 @@ class PostgresStore(Store):
                     (queue_id, once.key),
                 )
                 row = await cursor.fetchone()
-                assert row is not None and row[1] is not None  # committed with its ids
+                assert row is not None
+                assert row[1] is not None
                 digest, ids, created = row
                 first = idempotency.replay(
                     queue, tasks, digest, idempotency.unpack_ids(ids), created, once
@@ -540,6 +542,12 @@ class PostgresStore(Store):
         queue_id = await self._queue_id(queue)
         changes: list[Change] = []
         async with self._transaction() as conn:
+            if len(acks) > 1:
+                # Lock the acked tasks in id order first: two polls acking the same tasks in
+                # different orders would otherwise each hold one and wait for the other (a
+                # deadlock, which PostgreSQL breaks by failing one of them).
+                ids = sorted({i for i in map(parse_task_id, (a.task_id for a in acks)) if i})
+                await conn.execute(self._sql["lock_many"], (ids,))
             for index, ack in enumerate(acks):
                 task_id = parse_task_id(ack.task_id)
                 row = None
