@@ -56,7 +56,8 @@ class KatarProcess:
         return self
 
     def _read(self, started: threading.Event) -> None:
-        assert self.process is not None and self.process.stderr is not None
+        assert self.process is not None
+        assert self.process.stderr is not None
         for line in self.process.stderr:
             self.lines.append(line)
             match = READY.search(line)

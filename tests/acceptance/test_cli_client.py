@@ -88,13 +88,17 @@ def test_a_second_signal_stops_the_worker_at_once(server: KatarProcess) -> None:
 def test_clear_errors(server: KatarProcess) -> None:
     bad = katar(server, "enqueue", "--queue", "jobs", "not json")
     _, err = bad.communicate(timeout=30)
-    assert bad.returncode == 2 and "DATA is not JSON" in err
+    assert bad.returncode == 2
+    assert "DATA is not JSON" in err
     missing = katar(server, "enqueue", "--queue", "nope", "1")
     _, err = missing.communicate(timeout=30)
-    assert missing.returncode == 1 and "404 Queue not found" in err
+    assert missing.returncode == 1
+    assert "404 Queue not found" in err
     no_module = katar(server, "worker", "--queue", "jobs", "nowhere:f")
     _, err = no_module.communicate(timeout=30)
-    assert no_module.returncode == 2 and "cannot import 'nowhere'" in err
+    assert no_module.returncode == 2
+    assert "cannot import 'nowhere'" in err
     wrong_queue = katar(server, "worker", "--queue", "nope", "jobs:square")
     _, err = wrong_queue.communicate(timeout=30)
-    assert wrong_queue.returncode == 1 and "404 Queue not found" in err
+    assert wrong_queue.returncode == 1
+    assert "404 Queue not found" in err

@@ -19,7 +19,9 @@ def test_enqueue_run_at(server: KatarProcess) -> None:
         server, "enqueue", "--queue", "jobs", "--delay", "5", "--run-at", "2030-01-01", "1"
     )
     _, err = both.communicate(timeout=30)
-    assert both.returncode == 2 and "not allowed with argument" in err
+    assert both.returncode == 2
+    assert "not allowed with argument" in err
     bad = katar(server, "enqueue", "--queue", "jobs", "--run-at", "soon", "1")
     _, err = bad.communicate(timeout=30)
-    assert bad.returncode == 2 and "not an ISO 8601 time" in err
+    assert bad.returncode == 2
+    assert "not an ISO 8601 time" in err

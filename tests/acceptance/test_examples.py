@@ -189,7 +189,8 @@ def test_a_setup_mistake_stops_the_example_with_a_clear_message(
     finally:
         server.kill()
     log = example.log.read_text()
-    assert "stopping: " in log and f"({status} " in log, log
+    assert "stopping: " in log, log
+    assert f"({status} " in log, log
     assert "trying again" not in log
 
 

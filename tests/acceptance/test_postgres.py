@@ -61,7 +61,8 @@ def test_three_servers_share_the_work(three: list[KatarProcess]) -> None:
     assert len(delivered) == len(set(delivered)) == total
     assert all(d.deliveries for d in drains)  # every server took its share
     stats = httpx.get(f"{three[2].url}/v1/queues", timeout=10).json()["queues"]
-    assert stats[0]["counts"]["queued"] == 0 and stats[0]["counts"]["in progress"] == 0
+    assert stats[0]["counts"]["queued"] == 0
+    assert stats[0]["counts"]["in progress"] == 0
 
 
 def test_a_long_poll_wakes_for_an_enqueue_on_another_server(three: list[KatarProcess]) -> None:
@@ -77,7 +78,8 @@ def test_a_long_poll_wakes_for_an_enqueue_on_another_server(three: list[KatarPro
     time.sleep(0.5)  # parked on the first server
     created = httpx.post(f"{second.url}/v1/queue/wake/tasks", json={"data": "hi"}, timeout=10)
     poller.join(30)
-    assert answers and answers[0].status_code == 200  # not 204: the 20 s did not run out
+    assert answers
+    assert answers[0].status_code == 200
     assert answers[0].json()["tasks"][0]["_id"] == created.json()["tasks"][0]["_id"]
 
 

@@ -32,7 +32,8 @@ def make_token(tmp_path: Path, role: str, *queues: str) -> tuple[str, str]:
 
 def test_katar_token_prints_a_token_and_its_block(tmp_path: Path) -> None:
     secret, block = make_token(tmp_path, "worker", "emails", "sms")
-    assert secret.startswith("katar_") and len(secret) >= 40
+    assert secret.startswith("katar_")
+    assert len(secret) >= 40
     assert block.splitlines() == [
         "[[tokens]]",
         'name = "test worker"',
@@ -42,7 +43,8 @@ def test_katar_token_prints_a_token_and_its_block(tmp_path: Path) -> None:
     ]
     assert make_token(tmp_path, "worker", "emails")[0] != secret  # random every time
     refused = run_katar(tmp_path, "token", "--role", "boss", "--queue", "x")
-    assert refused.returncode == 2 and "invalid choice" in refused.stderr
+    assert refused.returncode == 2
+    assert "invalid choice" in refused.stderr
 
 
 @pytest.fixture
@@ -75,7 +77,8 @@ def test_https_with_tokens_end_to_end(
         str(tmp_path / "server.pem"),
     ).start()
     servers.append(server)
-    assert server.url.startswith("https://") and "access: 3 tokens" in server.output()
+    assert server.url.startswith("https://")
+    assert "access: 3 tokens" in server.output()
 
     # The client verifies the server's certificate against the test's CA ...
     with (
@@ -127,7 +130,8 @@ def test_a_bad_certificate_is_a_clear_startup_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "cannot use the TLS certificate 'bad.pem'" in result.stderr
     half = run_katar(tmp_path, "serve", "--port", "0", "--tls-cert", "bad.pem")
-    assert half.returncode == 2 and "needs both a certificate" in half.stderr
+    assert half.returncode == 2
+    assert "needs both a certificate" in half.stderr
 
 
 def read_until_closed(sock: socket.socket, seconds: float) -> bytes:
@@ -184,4 +188,5 @@ def test_slow_and_silent_clients_are_cut_off(tmp_path: Path, servers: list[Katar
 def test_a_reachable_address_needs_tokens_or_insecure(tmp_path: Path) -> None:
     result = run_katar(tmp_path, "serve", "--host", "0.0.0.0", "--port", "0")
     assert result.returncode == 2
-    assert "no tokens are configured" in result.stderr and "--insecure" in result.stderr
+    assert "no tokens are configured" in result.stderr
+    assert "--insecure" in result.stderr

@@ -221,22 +221,26 @@ def test_startup_errors_are_clear(tmp_path: Path) -> None:
     bad_toml = write_config(tmp_path, "[queues.emails]\npersistent = tru\n")
     result = run_katar(tmp_path, "serve", "--config", str(bad_toml))
     assert result.returncode == 2
-    assert "invalid TOML" in result.stderr and "line 2" in result.stderr
+    assert "invalid TOML" in result.stderr
+    assert "line 2" in result.stderr
 
     unknown = write_config(tmp_path, "[queues.emails]\npersistent = true\ntimeot = 5\n")
     result = run_katar(tmp_path, "serve", "--config", str(unknown))
     assert result.returncode == 2
-    assert "line 3" in result.stderr and "[queues.emails] timeot" in result.stderr
+    assert "line 3" in result.stderr
+    assert "[queues.emails] timeot" in result.stderr
 
     result = run_katar(tmp_path, "serve", "--db", "sqlite:///no/such/dir/k.db", "--port", "0")
     assert result.returncode == 1
     assert "cannot open SQLite database" in result.stderr
 
     result = run_katar(tmp_path, "serve", "--db", "mysql://x")
-    assert result.returncode == 2 and "unknown store scheme 'mysql'" in result.stderr
+    assert result.returncode == 2
+    assert "unknown store scheme 'mysql'" in result.stderr
 
     result = run_katar(tmp_path, "serve", "--host", "0.0.0.0", "--port", "0")
-    assert result.returncode == 2 and "--insecure" in result.stderr
+    assert result.returncode == 2
+    assert "--insecure" in result.stderr
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -247,7 +251,8 @@ def test_startup_errors_are_clear(tmp_path: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
 
     missing = run_katar(tmp_path, "serve", "--config", str(tmp_path / "nope.toml"))
-    assert missing.returncode == 2 and "cannot read the configuration file" in missing.stderr
+    assert missing.returncode == 2
+    assert "cannot read the configuration file" in missing.stderr
 
 
 def drain_across_a_restart(

@@ -44,7 +44,8 @@ async def drain(worker: AsyncWorker, producer: AsyncProducer, queue: str, count:
     running = asyncio.create_task(worker.run())
 
     async def finished() -> None:
-        while len(await producer.tasks(queue, ["done", "failed"], limit=1000)) < count:
+        # ASYNC110: polling a flag set by another thread or process, which cannot set an asyncio event.
+        while len(await producer.tasks(queue, ["done", "failed"], limit=1000)) < count:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
     try:
@@ -56,9 +57,12 @@ async def drain(worker: AsyncWorker, producer: AsyncProducer, queue: str, count:
 
 async def test_producer_round_trip(producer: AsyncProducer) -> None:
     task = await producer.enqueue("q", {"to": "a@b"}, priority="high")
-    assert task.status == "queued" and task.priority == 10 and task.data == {"to": "a@b"}
+    assert task.status == "queued"
+    assert task.priority == 10
+    assert task.data == {"to": "a@b"}
     many = await producer.enqueue_many("q", [1, 2, 3], delay=60)
-    assert [t.data for t in many] == [1, 2, 3] and all(t.run_at for t in many)
+    assert [t.data for t in many] == [1, 2, 3]
+    assert all(t.run_at for t in many)
     assert (await producer.get("q", task.id)).id == task.id
     page = await producer.tasks("q", limit=2)
     assert [t.id for t in page] == [task.id, many[0].id]
@@ -68,7 +72,8 @@ async def test_producer_round_trip(producer: AsyncProducer) -> None:
     assert not waited.finished
     with pytest.raises(RequestRejected) as caught:
         await producer.get("q", "999999")
-    assert caught.value.status == 404 and "no task" in caught.value.message
+    assert caught.value.status == 404
+    assert "no task" in caught.value.message
     with pytest.raises(RequestRejected):
         await producer.enqueue("nope", 1)
 
@@ -100,7 +105,8 @@ async def test_worker_drains_with_sync_and_async_handlers(
     async_worker = AsyncWorker(URL, "q", triple, concurrency=2, transport=transport, wait=1)
     await drain(async_worker, producer, "q", 42)
     results = {t.data: t.result for t in await producer.tasks("q", "done", limit=100)}
-    assert results[100] == 300 and results[200] == 600
+    assert results[100] == 300
+    assert results[200] == 600
 
 
 async def test_handler_exceptions_fail_or_retry(
@@ -122,10 +128,13 @@ async def test_handler_exceptions_fail_or_retry(
     worker = AsyncWorker(URL, "q", handler, transport=transport, wait=0.5)
     await drain(worker, producer, "q", 4)
     by_data = {t.data: t for t in [await producer.get("q", t.id) for t in tasks]}
-    assert by_data["retry"].status == "failed" and by_data["retry"].attempts == 3
+    assert by_data["retry"].status == "failed"
+    assert by_data["retry"].attempts == 3
     assert by_data["retry"].error == "Retry: not yet"
-    assert by_data["fail"].status == "failed" and by_data["fail"].error == "Fail: never"
-    assert by_data["boom"].status == "failed" and by_data["boom"].error == "ValueError: bad input"
+    assert by_data["fail"].status == "failed"
+    assert by_data["fail"].error == "Fail: never"
+    assert by_data["boom"].status == "failed"
+    assert by_data["boom"].error == "ValueError: bad input"
     assert by_data["ok"].result == "fine"
     assert seen == {"retry": 3, "fail": 1, "boom": 1, "ok": 1}
 
@@ -142,7 +151,9 @@ async def test_heartbeats_keep_a_long_task(
     worker = AsyncWorker(URL, "short", slow, transport=transport, wait=0.5)
     await drain(worker, producer, "short", 1)
     record = await producer.get("short", task.id)
-    assert record.status == "done" and record.attempts == 1 and record.result == "finally"
+    assert record.status == "done"
+    assert record.attempts == 1
+    assert record.result == "finally"
 
 
 async def test_a_4xx_stops_the_worker_with_a_clear_error(transport: httpx.ASGITransport) -> None:
@@ -228,7 +239,9 @@ async def test_producer_waits_for_an_outcome(
     finally:
         worker.stop()
         await running
-    assert outcome.finished and outcome.status == "done" and outcome.result == 42
+    assert outcome.finished
+    assert outcome.status == "done"
+    assert outcome.result == 42
 
 
 async def test_an_exception_message_with_nul_still_fails_its_task(
@@ -242,4 +255,5 @@ async def test_an_exception_message_with_nul_still_fails_its_task(
 
     await drain(AsyncWorker(URL, "q", handler, transport=transport, wait=0.5), producer, "q", 1)
     finished = await producer.get("q", task.id)
-    assert finished.status == "failed" and finished.error == "Fail: bad\\x00byte"
+    assert finished.status == "failed"
+    assert finished.error == "Fail: bad\\x00byte"

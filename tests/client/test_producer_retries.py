@@ -89,8 +89,11 @@ async def test_a_retry_after_a_lost_answer_creates_one_task(katar: Katar, how: s
         many = await producer.enqueue_many("q", [1, 2, 3])
     assert await stored(katar) == [task.id, *(t.id for t in many)]
     first, second = flaky.keys[:3], flaky.keys[3:]
-    assert len(first) == 3 and len(set(first)) == 1 and first[0]  # one key, three tries
-    assert len(second) == 1 and second[0] not in first  # a fresh key per call
+    assert len(first) == 3
+    assert len(set(first)) == 1
+    assert first[0]
+    assert len(second) == 1
+    assert second[0] not in first
 
 
 @pytest.mark.parametrize("how", ["reset", "504"])
@@ -104,7 +107,8 @@ async def test_the_blocking_producer_retries_the_same_way(katar: Katar, how: str
 
         ids = await asyncio.to_thread(enqueue)
     assert await stored(katar) == ids
-    assert len(flaky.keys) == 2 and flaky.keys[0] == flaky.keys[1]
+    assert len(flaky.keys) == 2
+    assert flaky.keys[0] == flaky.keys[1]
 
 
 async def test_a_key_of_ones_own_makes_a_later_call_create_nothing(katar: Katar) -> None:
@@ -124,5 +128,6 @@ async def test_retries_end(katar: Katar) -> None:
         async with AsyncProducer(URL, transport=flaky, retries=2) as producer:
             with pytest.raises(error):
                 await producer.enqueue("q", 1)
-        assert len(flaky.keys) == 3 and len(set(flaky.keys)) == 1
+        assert len(flaky.keys) == 3
+        assert len(set(flaky.keys)) == 1
     assert len(await stored(katar)) == 2  # one per call, never one per try

@@ -30,7 +30,8 @@ async def test_async_producer_sends_run_at(app: App) -> None:
         task = await producer.enqueue("q", "x", run_at=later)
         assert task.run_at == "2030-01-31T09:00:00.000Z"
         (past,) = await producer.enqueue_many("q", ["y"], run_at=datetime(2001, 1, 1, tzinfo=UTC))
-        assert past.run_at is None and past.status == "queued"
+        assert past.run_at is None
+        assert past.status == "queued"
 
 
 def test_a_naive_run_at_is_refused_before_sending() -> None:

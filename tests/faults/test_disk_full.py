@@ -61,7 +61,8 @@ def test_a_full_disk_refuses_writes_then_recovers(
             return False
 
         wait_until(writable, seconds=30)
-    assert server.process is not None and server.process.poll() is None  # never restarted
+    assert server.process is not None
+    assert server.process.poll() is None
     clients = Clients(server.url, "full", ledger)
     try:
         clients.work("w", 10)

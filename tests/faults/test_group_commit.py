@@ -89,4 +89,5 @@ async def test_an_exception_inside_a_group(where: str, tmp_path: Path) -> None:
             finished = await client.post("/v1/queue/q", json={"tasks": acks})
             assert finished.status_code == 204
             counts = (await client.get("/v1/queues")).json()["queues"][0]["counts"]
-            assert counts["done"] == 4 and counts["queued"] == counts["in progress"] == 0
+            assert counts["done"] == 4
+            assert counts["queued"] == counts["in progress"] == 0

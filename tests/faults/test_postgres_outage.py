@@ -61,5 +61,6 @@ def test_postgres_restart_under_load(
         wait_until(drained, seconds=60)
     finally:
         clients.stop()
-    assert server.process is not None and server.process.poll() is None  # never restarted
+    assert server.process is not None
+    assert server.process.poll() is None
     ledger.check(records(server.url, "pg"))

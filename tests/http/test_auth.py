@@ -175,7 +175,8 @@ async def test_401_bodies_say_what_to_send_and_nothing_about_the_tokens(
         )
         assert wrong.status_code == 401, secret
         assert set(wrong.json()) == {"error"}
-        assert "ops" not in wrong.text and "worker" not in wrong.text
+        assert "ops" not in wrong.text
+        assert "worker" not in wrong.text
 
 
 async def test_the_scheme_is_case_insensitive_and_spaces_are_forgiven(

@@ -148,5 +148,6 @@ def test_the_error_body_is_json() -> None:
     response = error_response(OutcomeUnknown(cause="PostgreSQL: gone"))
     assert response.status == 504
     body = msgspec.json.decode(response.body)
-    assert body["outcome"] == "unknown" and body["cause"] == "PostgreSQL: gone"
+    assert body["outcome"] == "unknown"
+    assert body["cause"] == "PostgreSQL: gone"
     assert "retrying" in body["error"].lower() or "retry" in body["error"].lower()

@@ -50,7 +50,8 @@ async def test_every_500_is_logged_once_with_its_traceback(
         response = await http.get("/v1/queue/q/tasks", params={"status": "queued"})
     assert response.status_code == 500
     (record,) = errors(caplog)
-    assert record.exc_info is not None and record.exc_info[1] is exc
+    assert record.exc_info is not None
+    assert record.exc_info[1] is exc
     assert "GET /v1/queue/q/tasks" in record.getMessage()
     assert "status=queued" not in record.getMessage()  # the query may hold secrets
 

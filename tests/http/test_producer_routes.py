@@ -19,8 +19,10 @@ async def test_enqueue_one_task_answers_its_record(client: httpx.AsyncClient) ->
     )
     assert response.status_code == 201
     (record,) = response.json()["tasks"]
-    assert record["status"] == "queued" and record["priority"] == 10
-    assert record["data"] == {"to": "a@b"} and record["attempts"] == 0
+    assert record["status"] == "queued"
+    assert record["priority"] == 10
+    assert record["data"] == {"to": "a@b"}
+    assert record["attempts"] == 0
     assert record["created_at"].endswith("Z")
 
 
@@ -73,7 +75,8 @@ async def test_a_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
 
 async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
     missing = await client.get("/v2/things")
-    assert missing.status_code == 404 and "no route" in missing.json()["error"]
+    assert missing.status_code == 404
+    assert "no route" in missing.json()["error"]
     wrong = await client.delete("/v1/queues")
     assert wrong.status_code == 405
     assert wrong.headers["allow"] == "GET"
@@ -101,7 +104,8 @@ async def test_put_queue_takes_whole_floats_as_integers(client: httpx.AsyncClien
     assert '"timeout":30000,' in response.text
     assert response.json()["configuration"] == {"interval": 1000, "ratio": 1.0}
     refused = await client.put("/v1/queue/floats", json={"retry_delay": -1})
-    assert refused.status_code == 422 and refused.json()["option"] == "retry_delay"
+    assert refused.status_code == 422
+    assert refused.json()["option"] == "retry_delay"
 
 
 @pytest.mark.parametrize(
@@ -151,13 +155,15 @@ async def test_list_tasks_by_status_and_page(client: httpx.AsyncClient) -> None:
     ids = await enqueue(client, "q", *({"data": i} for i in range(5)))
     await client.post("/v1/queue/q", json={"max": 2})
     running = (await client.get("/v1/queue/q/tasks", params={"status": "in progress"})).json()
-    assert [t["_id"] for t in running["tasks"]] == ids[:2] and running["next"] is None
+    assert [t["_id"] for t in running["tasks"]] == ids[:2]
+    assert running["next"] is None
     first = (await client.get("/v1/queue/q/tasks", params={"limit": 3})).json()
     assert [t["_id"] for t in first["tasks"]] == ids[:3]
     second = (
         await client.get("/v1/queue/q/tasks", params={"limit": 3, "after": first["next"]})
     ).json()
-    assert [t["_id"] for t in second["tasks"]] == ids[3:] and second["next"] is None
+    assert [t["_id"] for t in second["tasks"]] == ids[3:]
+    assert second["next"] is None
     # A full last page still has a next, which leads to an empty page (docs/protocol.md).
     full = (await client.get("/v1/queue/q/tasks", params={"limit": 5})).json()
     assert full["next"] == ids[4]
@@ -173,7 +179,9 @@ async def test_list_tasks_by_status_and_page(client: httpx.AsyncClient) -> None:
 async def test_get_and_delete_a_task(client: httpx.AsyncClient) -> None:
     (task_id,) = await enqueue(client, "q", {"data": [1, 2]})
     record = (await client.get(f"/v1/queue/q/tasks/{task_id}")).json()
-    assert record["_id"] == task_id and record["data"] == [1, 2] and record["status"] == "queued"
+    assert record["_id"] == task_id
+    assert record["data"] == [1, 2]
+    assert record["status"] == "queued"
     assert (await client.get(f"/v1/queue/history/tasks/{task_id}")).status_code == 404
     assert (await client.get("/v1/queue/q/tasks/not-an-id")).status_code == 404
     assert (await client.delete(f"/v1/queue/q/tasks/{task_id}")).json()["deleted"] is True
@@ -191,13 +199,15 @@ async def test_get_task_waits_for_its_outcome(client: httpx.AsyncClient) -> None
     await client.post("/v1/queue/plain", json={"tasks": [ack]})
     record = (await asyncio.wait_for(waiting, 3)).json()
     # The queue keeps no history, yet the waiting producer still learns the outcome.
-    assert record["status"] == "done" and record["result"] == {"ok": True}
+    assert record["status"] == "done"
+    assert record["result"] == {"ok": True}
 
 
 async def test_get_task_wait_times_out_with_the_current_record(client: httpx.AsyncClient) -> None:
     (task_id,) = await enqueue(client, "q", {"data": 1})
     response = await client.get(f"/v1/queue/q/tasks/{task_id}", params={"wait": 0.1})
-    assert response.status_code == 200 and response.json()["status"] == "queued"
+    assert response.status_code == 200
+    assert response.json()["status"] == "queued"
     assert (
         await client.get(f"/v1/queue/q/tasks/{task_id}", params={"wait": -1})
     ).status_code == 422
@@ -206,7 +216,8 @@ async def test_get_task_wait_times_out_with_the_current_record(client: httpx.Asy
 async def test_delayed_task_becomes_available(client: httpx.AsyncClient) -> None:
     (task_id,) = await enqueue(client, "q", {"data": 1, "delay": 0.1})
     record = (await client.get(f"/v1/queue/q/tasks/{task_id}")).json()
-    assert record["status"] == "queued" and record["run_at"] is not None
+    assert record["status"] == "queued"
+    assert record["run_at"] is not None
 
     async def delivered() -> bool:
         return (await client.post("/v1/queue/q", json={})).status_code == 200
@@ -217,12 +228,14 @@ async def test_delayed_task_becomes_available(client: httpx.AsyncClient) -> None
 async def test_delayed_task_wakes_a_long_poll(client: httpx.AsyncClient) -> None:
     await enqueue(client, "q", {"data": "later", "delay": 0.2})
     response = await client.post("/v1/queue/q", json={"wait": 4})
-    assert response.status_code == 200 and response.json()["tasks"][0]["data"] == "later"
+    assert response.status_code == 200
+    assert response.json()["tasks"][0]["data"] == "later"
 
 
 async def test_healthz(client: httpx.AsyncClient) -> None:
     response = await client.get("/healthz")
-    assert response.status_code == 200 and response.json()["status"] == "ok"
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
 
 
 async def test_status_callbacks(client: httpx.AsyncClient, katar: Katar) -> None:
@@ -268,7 +281,8 @@ async def test_the_status_hint_of_an_enqueue_speaks_of_new_tasks(
         response = await client.post("/v1/queue/q/tasks", json=body)
         assert response.status_code == 422
         error = response.json()["error"]
-        assert "queued (the default) or paused" in error and "ack" not in error
+        assert "queued (the default) or paused" in error
+        assert "ack" not in error
 
 
 @pytest.mark.parametrize(
@@ -288,7 +302,8 @@ async def test_bytes_that_are_not_utf8_are_400_and_nothing_is_stored(
     assert "not valid UTF-8" in response.json()["error"]
     assert (await client.get("/v1/queue/q/tasks")).json()["tasks"] == []
     fine = await client.post("/v1/queue/q/tasks", content='{"data": "café ✓"}'.encode())
-    assert fine.status_code == 201 and fine.json()["tasks"][0]["data"] == "café ✓"
+    assert fine.status_code == 201
+    assert fine.json()["tasks"][0]["data"] == "café ✓"
 
 
 def nested(levels: int) -> bytes:

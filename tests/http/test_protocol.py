@@ -106,16 +106,20 @@ async def test_a_long_pipeline_is_read_in_turns_and_answered_whole(wire: Wire) -
     await wire.send(b"".join(request("GET", f"/v1/queue/q/tasks/{n}") for n in range(1, 41)))
     for n in range(1, 41):
         status, _headers, body = await wire.answer()
-        assert status == 404 and f"'{n}'" in json.loads(body)["error"]
+        assert status == 404
+        assert f"'{n}'" in json.loads(body)["error"]
 
 
 async def test_answers_carry_a_date_and_their_length_and_204s_no_length(wire: Wire) -> None:
     await wire.send(request("POST", "/v1/queue/q", b"{}"))
     status, headers, _body = await wire.answer()
-    assert status == 204 and "content-length" not in headers and "date" in headers
+    assert status == 204
+    assert "content-length" not in headers
+    assert "date" in headers
     await wire.send(request("GET", "/healthz"))
     status, headers, body = await wire.answer()
-    assert status == 200 and int(headers["content-length"]) == len(body) > 0
+    assert status == 200
+    assert int(headers["content-length"]) == len(body) > 0
     assert headers["content-type"] == "application/json"
 
 
@@ -150,7 +154,8 @@ async def test_a_body_over_the_limit_is_413_closed_and_changes_nothing(
     big = json.dumps({"data": "x" * LIMIT}).encode()
     await declared.send(request("POST", "/v1/queue/q/tasks", big))
     status, headers, body = await declared.answer()
-    assert status == 413 and headers["connection"] == "close"
+    assert status == 413
+    assert headers["connection"] == "close"
     assert f"over the limit of {LIMIT} bytes" in json.loads(body)["error"]
     assert await declared.closed()
     declared.close()
@@ -181,7 +186,8 @@ async def test_a_refused_request_keeps_the_connection_in_step(wire: Wire) -> Non
 async def test_garbage_is_400_and_closed(wire: Wire) -> None:
     await wire.send(b"HELLO\x00 there\r\n\r\n")
     status, headers, body = await wire.answer()
-    assert status == 400 and headers["connection"] == "close"
+    assert status == 400
+    assert headers["connection"] == "close"
     assert "invalid HTTP request" in json.loads(body)["error"]
     assert await wire.closed()
 
@@ -189,10 +195,12 @@ async def test_garbage_is_400_and_closed(wire: Wire) -> None:
 async def test_head_answers_without_a_body(wire: Wire) -> None:
     await wire.send(request("HEAD", "/healthz"))
     status, headers, _ = await wire.answer(head_only=True)
-    assert status == 405 and int(headers["content-length"]) > 0
+    assert status == 405
+    assert int(headers["content-length"]) > 0
     await wire.send(request("GET", "/healthz"))  # the next answer starts right after the head
     status, _headers, body = await wire.answer()
-    assert status == 200 and json.loads(body)["status"] == "ok"
+    assert status == 200
+    assert json.loads(body)["status"] == "ok"
 
 
 async def test_http_1_0_and_connection_close_end_the_connection(port: int) -> None:
@@ -203,7 +211,8 @@ async def test_http_1_0_and_connection_close_end_the_connection(port: int) -> No
         wire = Wire(*await asyncio.open_connection("127.0.0.1", port))
         await wire.send(head)
         status, headers, _body = await wire.answer()
-        assert status == 200 and headers["connection"] == "close"
+        assert status == 200
+        assert headers["connection"] == "close"
         assert await wire.closed()
         wire.close()
 
@@ -255,17 +264,20 @@ async def test_an_upgrade_is_ignored_and_the_request_answered_with_its_body(
     upgrade = ("Connection: Upgrade, HTTP2-Settings", "Upgrade: h2c", "HTTP2-Settings: AAEAAAA")
     await wire.send(request("POST", "/v1/queue/q/tasks", b'{"data": "up"}', *upgrade))
     status, _headers, body = await wire.answer()
-    assert status == 201 and json.loads(body)["tasks"][0]["data"] == "up"
+    assert status == 201
+    assert json.loads(body)["tasks"][0]["data"] == "up"
     await wire.send(request("POST", "/v1/queue/q", b"{}", *upgrade) + request("GET", "/healthz"))
     status, _headers, body = await wire.answer()
-    assert status == 200 and json.loads(body)["tasks"][0]["data"] == "up"
+    assert status == 200
+    assert json.loads(body)["tasks"][0]["data"] == "up"
     assert (await wire.answer())[0] == 200  # the connection goes on in HTTP/1.1
 
 
 async def test_connect_is_400(wire: Wire) -> None:
     await wire.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n")
     status, _headers, body = await wire.answer()
-    assert status == 400 and "not a proxy" in json.loads(body)["error"]
+    assert status == 400
+    assert "not a proxy" in json.loads(body)["error"]
     assert await wire.closed()
 
 
@@ -277,7 +289,8 @@ async def test_a_head_over_the_limit_is_431_and_closed(port: int) -> None:
         wire = Wire(*await asyncio.open_connection("127.0.0.1", port))
         await wire.send(head)
         status, headers, body = await wire.answer()
-        assert status == 431 and headers["connection"] == "close"
+        assert status == 431
+        assert headers["connection"] == "close"
         assert f"over {MAX_HEAD} bytes" in json.loads(body)["error"]
         assert await wire.closed()
         wire.close()
@@ -352,7 +365,8 @@ async def test_a_long_pipeline_in_one_piece_is_answered_in_order(wire: Wire) -> 
     await wire.send(b"".join(request("GET", f"/v1/queue/q/tasks/{n}") for n in range(count)))
     for n in range(count):
         status, _headers, body = await wire.answer()
-        assert status == 404 and f"'{n}'" in json.loads(body)["error"]
+        assert status == 404
+        assert f"'{n}'" in json.loads(body)["error"]
 
 
 async def test_pipelined_upgrade_requests_do_not_recurse(wire: Wire) -> None:
@@ -361,7 +375,8 @@ async def test_pipelined_upgrade_requests_do_not_recurse(wire: Wire) -> None:
     await wire.send(request("GET", "/healthz", b"", *upgrade) * count)
     for _ in range(count):
         status, _headers, body = await wire.answer()
-        assert status == 200 and json.loads(body)["status"] == "ok"
+        assert status == 200
+        assert json.loads(body)["status"] == "ok"
 
 
 @pytest.mark.parametrize("coding", ["gzip, chunked", "chunked, chunked", "deflate,chunked"])
@@ -373,6 +388,7 @@ async def test_a_transfer_coding_other_than_chunked_is_400(
         'b\r\n{"data": 1}\r\n0\r\n\r\n'.encode()
     )
     status, headers, body = await wire.answer()
-    assert status == 400 and headers["connection"] == "close"
+    assert status == 400
+    assert headers["connection"] == "close"
     assert "Transfer-Encoding" in json.loads(body)["error"]
     assert await katar.queue("q").tasks() == []

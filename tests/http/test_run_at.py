@@ -36,7 +36,8 @@ async def test_a_past_run_at_means_now(client: httpx.AsyncClient, run_at: str) -
     assert response.status_code == 201, response.text
     assert response.json()["tasks"][0]["run_at"] is None
     polled = await client.post("/v1/queue/q", json={})
-    assert polled.status_code == 200 and polled.json()["tasks"][0]["data"] == 1
+    assert polled.status_code == 200
+    assert polled.json()["tasks"][0]["data"] == 1
 
 
 async def test_run_at_in_a_naive_time_is_utc(client: httpx.AsyncClient) -> None:

@@ -95,7 +95,8 @@ async def test_an_invalid_ack_status_is_422_not_500(client: httpx.AsyncClient) -
     response = await client.post("/v1/queue/q", json={"tasks": [{"_id": task_id, "status": "ok"}]})
     assert response.status_code == 422
     message = response.json()["error"]
-    assert "$.tasks[0].status" in message and "done, failed, in progress" in message
+    assert "$.tasks[0].status" in message
+    assert "done, failed, in progress" in message
 
 
 # -- order, history, transitions -------------------------------------------------------------
@@ -158,7 +159,8 @@ async def test_one_bad_ack_changes_nothing(client: httpx.AsyncClient) -> None:
     await client.post("/v1/queue/q", json={"max": 2})
     acks = [{"_id": first, "status": "done"}, {"_id": "999999", "status": "done"}]
     response = await client.post("/v1/queue/q", json={"tasks": acks})
-    assert response.status_code == 404 and response.json()["ack"] == 1
+    assert response.status_code == 404
+    assert response.json()["ack"] == 1
     for task_id in (first, second):
         assert (await client.get(f"/v1/queue/q/tasks/{task_id}")).json()["status"] == "in progress"
 
@@ -185,9 +187,11 @@ async def test_status_transitions_over_patch(client: httpx.AsyncClient) -> None:
     assert (await patch("done")).status_code == 422
     await client.post("/v1/queue/q", json={"tasks": [{"_id": task_id, "status": "failed"}]})
     retried = await patch("queued")
-    assert retried.status_code == 200 and retried.json()["status"] == "queued"
+    assert retried.status_code == 200
+    assert retried.json()["status"] == "queued"
     # A retry keeps the delivery count and the last error (docs/protocol.md, PATCH).
-    assert retried.json()["attempts"] == 1 and retried.json()["error"] == "failed"
+    assert retried.json()["attempts"] == 1
+    assert retried.json()["error"] == "failed"
     (delivery,) = (await client.post("/v1/queue/q", json={})).json()["tasks"]
     assert delivery["attempt"] == 2
     assert (
@@ -225,7 +229,8 @@ async def test_expired_lease_redelivers_with_the_attempt_count(client: httpx.Asy
     stale = {"tasks": [{"_id": task_id, "status": "failed", "attempt": 1}]}
     assert (await client.post("/v1/queue/history", json=stale)).status_code == 204
     record = (await client.get(f"/v1/queue/history/tasks/{task_id}")).json()
-    assert record["status"] == "in progress" and record["attempts"] == 2
+    assert record["status"] == "in progress"
+    assert record["attempts"] == 2
     done = {"tasks": [{"_id": task_id, "status": "done", "attempt": 2}]}
     assert (await client.post("/v1/queue/history", json=done)).status_code == 204
     assert (await client.get(f"/v1/queue/history/tasks/{task_id}")).json()["status"] == "done"
@@ -243,7 +248,8 @@ async def test_lease_expiry_fails_the_task_when_attempts_are_spent(
 
     await eventually(failed)
     record = (await client.get(f"/v1/queue/history/tasks/{task_id}")).json()
-    assert record["attempts"] == 2 and "lease expired" in record["error"]
+    assert record["attempts"] == 2
+    assert "lease expired" in record["error"]
 
 
 async def test_heartbeats_keep_the_lease(make_url: Callable[[], str], via: str) -> None:
@@ -260,7 +266,8 @@ async def test_heartbeats_keep_the_lease(make_url: Callable[[], str], via: str) 
             assert (await client.post("/v1/queue/history", json=beat)).status_code == 204
             await clock.advance(150)
         record = (await client.get(f"/v1/queue/history/tasks/{task_id}")).json()
-        assert record["status"] == "in progress" and record["attempts"] == 1
+        assert record["status"] == "in progress"
+        assert record["attempts"] == 1
         assert record["worker"] == "w-1"
         await clock.advance(50)  # 200 ms after the last heartbeat: the lease ends
         again = (await client.post("/v1/queue/history", json={})).json()
@@ -362,7 +369,8 @@ async def test_nul_in_stored_text_is_422_on_every_store(client: httpx.AsyncClien
     # PostgreSQL's text cannot hold NUL: every store refuses it alike, naming the field.
     first, second = await enqueue(client, "q", {"data": "a\u0000b"}, {"data": 2})
     refused = await client.post("/v1/queue/q", json={"worker": "w\u00001"})
-    assert refused.status_code == 422 and "worker" in refused.json()["error"]
+    assert refused.status_code == 422
+    assert "worker" in refused.json()["error"]
     polled = await client.post("/v1/queue/q", json={"max": 2})
     assert polled.json()["tasks"][0]["data"] == "a\u0000b"  # in data: kept faithfully
     acks: list[dict[str, Any]] = [
@@ -370,7 +378,8 @@ async def test_nul_in_stored_text_is_422_on_every_store(client: httpx.AsyncClien
         {"_id": second, "status": "failed", "error": "bad\u0000byte"},
     ]
     refused = await client.post("/v1/queue/q", json={"tasks": acks})
-    assert refused.status_code == 422 and refused.json()["ack"] == 1
+    assert refused.status_code == 422
+    assert refused.json()["ack"] == 1
     assert "tasks[1].error" in refused.json()["error"]
     for task_id in (first, second):  # nothing changed
         assert (await client.get(f"/v1/queue/q/tasks/{task_id}")).json()["status"] == "in progress"
@@ -387,10 +396,12 @@ async def test_a_result_that_is_not_utf8_or_too_deep_is_refused(
     await client.post("/v1/queue/q", json={})
     ack = b'{"tasks":[{"_id":"%s","status":"done","result":%s}]}'
     bad = await client.post("/v1/queue/q", content=ack % (task_id.encode(), b'"\xff"'))
-    assert bad.status_code == 400 and "UTF-8" in bad.json()["error"]
+    assert bad.status_code == 400
+    assert "UTF-8" in bad.json()["error"]
     deep = b"[" * 65 + b"]" * 65
     bad = await client.post("/v1/queue/q", content=ack % (task_id.encode(), deep))
-    assert bad.status_code == 400 and "tasks[0].result" in bad.json()["error"]
+    assert bad.status_code == 400
+    assert "tasks[0].result" in bad.json()["error"]
     assert (await client.get(f"/v1/queue/q/tasks/{task_id}")).json()["status"] == "in progress"
 
 
@@ -410,7 +421,8 @@ async def test_a_named_worker_cannot_ack_another_workers_task(client: httpx.Asyn
             body = {"worker": "bob", "max": 1, "tasks": acks}
             response = await client.post(f"/v1/queue/{queue}", json=body)
             assert response.status_code == 409, response.text
-            assert response.json()["_id"] == alices and response.json()["ack"] == index
+            assert response.json()["_id"] == alices
+            assert response.json()["ack"] == index
             assert "another worker" in response.json()["error"]
             assert [(await client.get(record)).content for record in records] == before
         left = await client.get(f"/v1/queue/{queue}/tasks", params={"status": "queued"})

@@ -59,7 +59,9 @@ async def test_keys_are_per_queue(store: Store) -> None:
     tasks = [new(1)]
     in_a, _ = await store.enqueue_once("a", tasks, T0, idempotency("k", tasks))
     in_b, created = await store.enqueue_once("b", tasks, T0, idempotency("k", tasks))
-    assert created and in_b[0].id != in_a[0].id and in_b[0].queue == "b"
+    assert created
+    assert in_b[0].id != in_a[0].id
+    assert in_b[0].queue == "b"
     other = [new(2)]  # another request under the same key, on a third queue: its own
     await setup(store, name="c")
     assert (await store.enqueue_once("c", other, T0, idempotency("k", other))).created
@@ -75,9 +77,11 @@ async def test_a_key_expires_after_24_hours(store: Store) -> None:
     other = [new(2)]
     later = T0 + KEY_TTL_MS
     (second,), created = await store.enqueue_once("q", other, later, idempotency("k", other))
-    assert created and second.id > first.id
+    assert created
+    assert second.id > first.id
     again, created = await store.enqueue_once("q", other, later + 1, idempotency("k", other))
-    assert not created and again == [second]
+    assert not created
+    assert again == [second]
 
 
 async def test_pruning_forgets_expired_keys_only(store: Store) -> None:
@@ -135,7 +139,8 @@ async def test_keys_survive_a_restart_and_servers_share_them(kind: str, tmp_path
     await second.open()
     try:
         again, created = await second.enqueue_once("q", tasks, T0 + 5, idempotency("k", tasks))
-        assert not created and again == made
+        assert not created
+        assert again == made
     finally:
         await second.close()
 

@@ -32,9 +32,12 @@ async def test_schema_1_is_upgraded_with_its_tasks_kept(tmp_path: Path) -> None:
         tasks = [new(1)]
         made = await store.enqueue_once("q", tasks, T0, idempotency("k", tasks))
         again = await store.enqueue_once("q", tasks, T0, idempotency("k", tasks))
-        assert made.created and not again.created and again.tasks == made.tasks
+        assert made.created
+        assert not again.created
+        assert again.tasks == made.tasks
     finally:
         await store.close()
     with psycopg.connect(conninfo, autocommit=True) as conn:
         row = conn.execute(f"SELECT max(version) FROM {schema}.schema_version").fetchone()
-        assert row is not None and row[0] == SCHEMA_VERSION == 2
+        assert row is not None
+        assert row[0] == SCHEMA_VERSION == 2

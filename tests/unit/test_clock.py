@@ -99,7 +99,8 @@ async def test_a_poll_takes_what_came_due_without_waiting_for_the_reaper(
     await asyncio.gather(reaper, return_exceptions=True)
     await clock.set(leased.lease_until)
     (again,) = await _poll(katar, "short")
-    assert again.id == leased.id and again.attempts == 2
+    assert again.id == leased.id
+    assert again.attempts == 2
 
 
 async def test_a_delayed_task_becomes_deliverable_at_its_time(
@@ -129,18 +130,21 @@ async def test_a_long_poll_is_woken_at_the_deadline(katar: Katar, clock: FakeClo
     on_short = asyncio.ensure_future(katar.engine.poll("short", wait=30))
     on_long = asyncio.ensure_future(katar.engine.poll("long", wait=30))
     await settle()
-    assert not on_short.done() and not on_long.done()
+    assert not on_short.done()
+    assert not on_long.done()
     await clock.set(start + 999)
     await settle()
     assert not on_short.done()
     await clock.set(start + 1000)  # the lease ends: the reaper's timer, not a poll, wakes it
     (again,) = await asyncio.wait_for(on_short, _BOUND)
-    assert again.id == leased.id and again.attempts == 2
+    assert again.id == leased.id
+    assert again.attempts == 2
     assert again.lease_until == start + 1000 + 1000  # claimed at the deadline's instant
     assert not on_long.done()
     await clock.set(start + 3000)
     (due,) = await asyncio.wait_for(on_long, _BOUND)
-    assert due.id == delayed.id and due.lease_until == start + 3000 + 60_000
+    assert due.id == delayed.id
+    assert due.lease_until == start + 3000 + 60_000
 
 
 async def test_a_long_poll_ends_empty_when_its_wait_is_over(katar: Katar, clock: FakeClock) -> None:
@@ -167,7 +171,8 @@ async def test_an_idle_engine_arms_no_timer(katar: Katar, clock: FakeClock) -> N
     await _until(lambda: len(reaps) >= 1)
     await _until(lambda: katar.engine._timer is not None or not shared)
     if shared:
-        assert len(clock.armed) == 1 and clock.armed[0] <= clock.now_ms() + HOUSEKEEPING_MS
+        assert len(clock.armed) == 1
+        assert clock.armed[0] <= clock.now_ms() + HOUSEKEEPING_MS
         return
     await _until(lambda: not katar.engine._reap_lock.locked())
     assert clock.armed == []
@@ -193,7 +198,8 @@ async def test_an_earlier_deadline_rearms_the_timer(katar: Katar, clock: FakeClo
     await clock.set(start + 1000)  # the short lease ends, with no poll to notice it
     await _until(lambda: bool(clock.armed) and min(clock.armed) == start + 60_000)
     stored = await katar.engine.get_task("short", short.id)
-    assert stored.status == "queued" and stored.attempts == 1
+    assert stored.status == "queued"
+    assert stored.attempts == 1
 
 
 @_ALONE
@@ -207,7 +213,8 @@ async def test_a_retry_backoff_arms_the_timer(katar: Katar, clock: FakeClock) ->
     polling = asyncio.ensure_future(katar.engine.poll("retried", wait=30))
     await clock.set(start + 2000)
     (again,) = await asyncio.wait_for(polling, _BOUND)
-    assert again.id == task.id and again.attempts == 2
+    assert again.id == task.id
+    assert again.attempts == 2
 
 
 def _ack(task: Task, status: Literal["done", "failed"]) -> Ack:

@@ -48,9 +48,11 @@ smtp = {host = "mail", port = 25}
     )
     assert settings.store_url == "sqlite:///data/k.db"
     assert (settings.host, settings.port) == ("127.0.0.2", 4000)
-    assert settings.limits.max_wait == 20 and settings.limits.max_body_bytes == 1024
+    assert settings.limits.max_wait == 20
+    assert settings.limits.max_body_bytes == 1024
     emails = settings.queues["emails"]
-    assert emails.persistent and emails.timeout == 30000
+    assert emails.persistent
+    assert emails.timeout == 30000
     assert emails.worker_configuration() == {"interval": 1000, "smtp": {"host": "mail", "port": 25}}
     assert settings.queues["images.resize"].timeout == 60000
 
@@ -80,7 +82,9 @@ queues = ["*"]
     assert worker == Token(
         sha256=digest("w"), role=Role.WORKER, queues=frozenset({"emails", "sms"}), name="mailer"
     )
-    assert admin.role is Role.ADMIN and admin.all_queues and admin.sha256 == digest("a")
+    assert admin.role is Role.ADMIN
+    assert admin.all_queues
+    assert admin.sha256 == digest("a")
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -202,9 +206,11 @@ def test_whole_floats_are_integers(tmp_path: Path) -> None:
         "[server]\nport = 4000.0\n"
         "[queues.q]\ntimeout = 5e3\n[queues.q.configuration]\ninterval = 1000.0\nratio = 1.0\n",
     )
-    assert settings.port == 4000 and isinstance(settings.port, int)
+    assert settings.port == 4000
+    assert isinstance(settings.port, int)
     options = settings.queues["q"]
-    assert options.timeout == 5000 and isinstance(options.timeout, int)
+    assert options.timeout == 5000
+    assert isinstance(options.timeout, int)
     assert options.worker_configuration() == {"interval": 1000, "ratio": 1.0}
     assert isinstance(options.configuration["interval"], int)
     assert isinstance(options.configuration["ratio"], float)

@@ -35,7 +35,8 @@ def test_a_reachable_address_without_tokens_is_refused() -> None:
 def test_insecure_is_allowed_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
     server("0.0.0.0", insecure=True)._check_exposure()
-    assert "INSECURE" in caplog.text and "anyone who reaches the port" in caplog.text
+    assert "INSECURE" in caplog.text
+    assert "anyone who reaches the port" in caplog.text
 
 
 def test_tokens_without_tls_warn_about_clear_text(caplog: pytest.LogCaptureFixture) -> None:

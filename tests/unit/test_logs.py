@@ -52,7 +52,8 @@ def test_store_urls_are_masked_by_the_stores() -> None:
     assert store.url == "memory://u:***@x"
     with pytest.raises(ConfigError) as caught:
         open_store("mysql://u:secret@h/db")
-    assert "secret" not in str(caught.value) and "u:***@h" in str(caught.value)
+    assert "secret" not in str(caught.value)
+    assert "u:***@h" in str(caught.value)
 
 
 def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -66,10 +67,12 @@ def test_json_lines_have_time_level_message_and_fields() -> None:
         record("store %s unreachable", "postgresql://u:pw@h/d", route="/x", status=503)
     )
     parsed = json.loads(line)
-    assert parsed["time"].endswith("Z") and parsed["level"] == "warning"
+    assert parsed["time"].endswith("Z")
+    assert parsed["level"] == "warning"
     assert parsed["logger"] == "katar"
     assert parsed["message"] == "store postgresql://u:***@h/d unreachable"
-    assert parsed["route"] == "/x" and parsed["status"] == 503
+    assert parsed["route"] == "/x"
+    assert parsed["status"] == 503
     try:
         raise RuntimeError("boom postgresql://u:pw@h/d")
     except RuntimeError:
@@ -113,7 +116,8 @@ def test_an_outage_is_said_once_and_its_end_once(caplog: pytest.LogCaptureFixtur
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2
     assert messages[0].startswith("store unavailable: PostgreSQL is unavailable")
-    assert messages[1].startswith("store available again") and "(100 operation(s)" in messages[1]
+    assert messages[1].startswith("store available again")
+    assert "(100 operation(s)" in messages[1]
 
 
 def test_the_logging_table(tmp_path: Path) -> None:

@@ -49,7 +49,9 @@ def test_every_status_change_is_allowed_or_refused_as_the_contract_says(
         assert rules.change_status(current, target, T0) is None
     elif (current.status, target) in ALLOWED:
         changed = rules.change_status(current, target, T0 + 1)
-        assert changed is not None and changed.status == target and changed.updated_at == T0 + 1
+        assert changed is not None
+        assert changed.status == target
+        assert changed.updated_at == T0 + 1
     else:
         with pytest.raises(IllegalTransition) as caught:
             rules.change_status(current, target, T0)
@@ -63,16 +65,21 @@ def test_unknown_patch_status_is_a_validation_error() -> None:
 
 def test_resuming_a_paused_delayed_task_keeps_its_not_before_time() -> None:
     resumed = rules.change_status(task(State.PAUSED, run_at=T0 + 50), "queued", T0)
-    assert resumed is not None and resumed.state is State.SCHEDULED and resumed.run_at == T0 + 50
+    assert resumed is not None
+    assert resumed.state is State.SCHEDULED
+    assert resumed.run_at == T0 + 50
     due = rules.change_status(task(State.PAUSED, run_at=T0 + 50), "queued", T0 + 50)
-    assert due is not None and due.state is State.READY and due.run_at is None
+    assert due is not None
+    assert due.state is State.READY
+    assert due.run_at is None
 
 
 def test_new_tasks_start_ready_scheduled_or_paused() -> None:
     raw = msgspec.Raw(b"{}")
     assert rules.new_task("q", NewTask(data=raw), 1, T0).state is State.READY
     later = rules.new_task("q", NewTask(data=raw, delay_ms=5), 1, T0)
-    assert later.state is State.SCHEDULED and later.run_at == T0 + 5
+    assert later.state is State.SCHEDULED
+    assert later.run_at == T0 + 5
     assert rules.new_task("q", NewTask(data=raw, paused=True), 1, T0).state is State.PAUSED
 
 
@@ -85,7 +92,8 @@ def test_backoff_doubles_up_to_its_ceiling() -> None:
 def test_an_ack_applies_only_to_the_current_delivery() -> None:
     running = task(State.RUNNING, attempts=2, lease_until=T0 + 100)
     done = rules.apply_ack(running, Ack(task_id="7", status="done"), OPTIONS, T0)
-    assert done is not None and done.state is State.DONE
+    assert done is not None
+    assert done.state is State.DONE
     fenced = rules.apply_ack(running, Ack(task_id="7", status="done", attempt=1), OPTIONS, T0)
     assert fenced is None
     with pytest.raises(Conflict):
@@ -112,10 +120,13 @@ def test_a_named_worker_acks_only_deliveries_leased_to_it_or_to_no_name(status: 
 def test_failed_retries_while_attempts_remain() -> None:
     failed = Ack(task_id="7", status="failed", error="e", retry=True)
     retried = rules.apply_ack(task(State.RUNNING, attempts=2), failed, OPTIONS, T0)
-    assert retried is not None and retried.state is State.SCHEDULED
-    assert retried.run_at == T0 + 20 and retried.error == "e"
+    assert retried is not None
+    assert retried.state is State.SCHEDULED
+    assert retried.run_at == T0 + 20
+    assert retried.error == "e"
     final = rules.apply_ack(task(State.RUNNING, attempts=3), failed, OPTIONS, T0)
-    assert final is not None and final.state is State.FAILED
+    assert final is not None
+    assert final.state is State.FAILED
     no_retry = Ack(task_id="7", status="failed")
     assert rules.apply_ack(task(State.RUNNING, attempts=1), no_retry, OPTIONS, T0).state is (  # type: ignore[union-attr]
         State.FAILED
@@ -125,7 +136,8 @@ def test_failed_retries_while_attempts_remain() -> None:
 def test_unlimited_attempts() -> None:
     options = QueueOptions(max_attempts=0)
     expired = rules.expire_lease(task(State.RUNNING, attempts=10_000), options, T0)
-    assert expired is not None and expired.state is State.READY
+    assert expired is not None
+    assert expired.state is State.READY
 
 
 def test_discard_only_finished_tasks_of_queues_without_history() -> None:

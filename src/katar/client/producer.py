@@ -355,7 +355,8 @@ class AsyncProducer:
         params = _list_params(status, limit, after)
         return records(await self._send("GET", f"/v1/queue/{queue}/tasks", params=params))
 
-    async def wait(self, queue: str, task_id: str, timeout: float = 60.0) -> TaskRecord:
+    # ASYNC109: a public API: the wait is the caller's, spread over several long polls.
+    async def wait(self, queue: str, task_id: str, timeout: float = 60.0) -> TaskRecord:  # noqa: ASYNC109
         """Wait up to ``timeout`` seconds for the task to finish; its record then (finished
         or not: check ``record.finished``)."""
         deadline = time.monotonic() + timeout

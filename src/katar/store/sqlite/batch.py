@@ -271,7 +271,8 @@ class Batches:
                 if not options.persistent:  # the row as it was: derive its last state
                     # It matched its owner (or no owner was asked): the rules need none.
                     finished = rules.apply_ack(task, by_id[task.id], options, now)
-                    assert finished is not None and finished.state is State.DONE
+                    assert finished is not None
+                    assert finished.state is State.DONE
                     task = finished
                 changes[task.id] = Change(task, State.RUNNING)
         return changes
