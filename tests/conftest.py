@@ -70,3 +70,40 @@ async def store(make_url: Callable[[], str]) -> AsyncIterator[Store]:
         yield opened
     finally:
         await opened.close()
+
+
+# -- no test may leave a thread that keeps pytest from exiting ---------------------------------
+
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _exit_status.append(int(exitstatus))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A worker thread that a test forgot to stop (a client retrying a server that the test
+    has killed) would keep the interpreter alive for ever after the last test: the run would
+    hang until CI's own limit. Name such threads and end the run as failed instead."""
+    import sys
+    import threading
+    import time
+    import traceback
+
+    deadline = time.monotonic() + 15
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    left = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if not left:
+        return
+    frames = sys._current_frames()
+    sys.stderr.write(f"\n!!! tests left {len(left)} thread(s) running; ending the run:\n")
+    for thread in left:
+        sys.stderr.write(f"--- {thread.name}\n")
+        frame = frames.get(thread.ident or 0)
+        if frame is not None:
+            sys.stderr.write("".join(traceback.format_stack(frame)))
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(_exit_status[0] if _exit_status and _exit_status[0] else 1)

@@ -72,8 +72,14 @@ class Example:
         return "ready" in self.log.read_text()
 
     def stop(self) -> int:
+        """SIGTERM, then its exit status; killed if it has not stopped within 30 s (the
+        status then says so: -9), so that no example outlives its test."""
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(30)
+        try:
+            return self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(10)
 
     def exit_status(self) -> int:
         """Its status once it stops by itself (killed after 30 s if it does not)."""
@@ -128,7 +134,8 @@ def test_four_examples_and_the_python_worker_side_by_side(
         return {"by": "katar.client", "square": task.data["n"] ** 2}
 
     worker = Worker(server.url, "squares", square, wait=5)
-    thread = threading.Thread(target=worker.run)
+    # A daemon: should the worker ever fail to stop, the test fails and pytest still exits.
+    thread = threading.Thread(target=worker.run, daemon=True)
     total = 100
     try:
         for example in examples:
@@ -145,8 +152,8 @@ def test_four_examples_and_the_python_worker_side_by_side(
             wait_until(drained)
             done = producer.tasks("squares", "done", limit=1000)
     finally:
-        statuses = {example.language: example.stop() for example in examples}
         worker.stop()
+        statuses = {example.language: example.stop() for example in examples}
         thread.join(30)
     assert statuses == dict.fromkeys(LANGUAGES, 0)
     assert not thread.is_alive()

@@ -73,7 +73,7 @@ def test_a_long_poll_wakes_for_an_enqueue_on_another_server(three: list[KatarPro
     def long_poll() -> None:
         answers.append(httpx.post(f"{first.url}/v1/queue/wake", json={"wait": 20}, timeout=30))
 
-    poller = threading.Thread(target=long_poll)
+    poller = threading.Thread(target=long_poll, daemon=True)
     poller.start()
     time.sleep(0.5)  # parked on the first server
     created = httpx.post(f"{second.url}/v1/queue/wake/tasks", json={"data": "hi"}, timeout=10)

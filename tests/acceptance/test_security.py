@@ -109,7 +109,7 @@ def test_https_with_tokens_end_to_end(
         seen.append(job.data)
 
     worker = Worker(server.url, "emails", handler, token=worker_token, verify=ca_file, wait=1)
-    thread = threading.Thread(target=worker.run)
+    thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
         wait_until(lambda: worker.processed == 20)

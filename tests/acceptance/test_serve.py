@@ -90,7 +90,7 @@ def test_sigterm_releases_long_polls_and_exits_cleanly(
         with httpx.Client(base_url=server.url, timeout=30) as client:
             results.append(client.post("/v1/queue/q", json={"wait": 25}).status_code)
 
-    poller = threading.Thread(target=long_poll)
+    poller = threading.Thread(target=long_poll, daemon=True)
     poller.start()
     time.sleep(0.5)
     started = time.monotonic()
@@ -277,7 +277,7 @@ def drain_across_a_restart(
     with Producer(server.url) as producer:
         producer.enqueue_many("emails", list(range(total)))
     worker = Worker(server.url, "emails", handler, concurrency=4, wait=5)
-    thread = threading.Thread(target=worker.run)
+    thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
         wait_until(lambda: worker.processed >= total // 3)

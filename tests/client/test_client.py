@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from katar import Katar
-from katar.client import AsyncProducer, AsyncWorker, Fail, Job, RequestRejected, Retry
+from katar.client import AsyncProducer, AsyncWorker, Fail, Job, RequestRejected, Retry, Worker
 from katar.http import App
 
 URL = "http://katar"
@@ -257,3 +257,48 @@ async def test_an_exception_message_with_nul_still_fails_its_task(
     finished = await producer.get("q", task.id)
     assert finished.status == "failed"
     assert finished.error == "Fail: bad\\x00byte"
+
+
+class Down(httpx.AsyncBaseTransport):
+    """The queue's configuration answers; then every poll finds the server gone."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            raise httpx.ConnectError("All connection attempts failed", request=request)
+        return await self.inner.handle_async_request(request)
+
+
+async def test_the_backoff_grows_while_the_server_stays_down(
+    transport: httpx.ASGITransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts: list[int] = []
+
+    def no_wait(attempt: int) -> float:
+        attempts.append(attempt)
+        return 0.0
+
+    monkeypatch.setattr("katar.client.worker.backoff", no_wait)
+    worker = AsyncWorker(URL, "q", lambda job: None, transport=Down(transport), wait=1)
+    running = asyncio.create_task(worker.run())
+    try:
+        while len(attempts) < 6:  # noqa: ASYNC110 - counting calls made by the worker's own loop
+            await asyncio.sleep(0.01)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 10)
+    # Each failed poll in a row counts: a dead server is tried less and less often
+    # (it once retried every 0.1 s for ever, because each failure started at attempt 1).
+    assert attempts[:6] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_stop_before_the_worker_runs_is_not_lost() -> None:
+    # Nothing listens there: a worker that ignored the early stop would retry for ever.
+    worker = Worker("http://127.0.0.1:9", "q", lambda job: None)
+    worker.stop()
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive()

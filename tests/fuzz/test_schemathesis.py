@@ -78,7 +78,7 @@ class Server:
             app, host="127.0.0.1", port=0, log_level="warning", http=HttpProtocol
         )
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()))
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
 
     def __enter__(self) -> str:
         self.thread.start()

@@ -143,6 +143,9 @@ class AsyncWorker:
         self._stop_deadline = 0.0
         self._poll_task: asyncio.Task[httpx.Response] | None = None
         self._long_polling = False
+        # Polls in a row that got no answer: the backoff grows with it, so that a server that
+        # is down is tried less and less often, and it starts again at the first answer.
+        self._failures = 0
         #: The queue's worker configuration, once read.
         self.configuration: dict[str, Any] = {}
         self.lease = DEFAULT_LEASE_MS / 1000
@@ -205,6 +208,8 @@ class AsyncWorker:
     # -- the loop --------------------------------------------------------------------------
 
     async def _work(self, http: httpx.AsyncClient) -> None:
+        if self._stopping:  # stopped before it started: nothing to finish, nothing to ask
+            return
         await self._read_configuration(http)
         loop = asyncio.get_running_loop()
         while True:
@@ -246,6 +251,7 @@ class AsyncWorker:
                 continue
             finally:
                 self._poll_task = None
+            self._failures = 0
             self._sent(acks)
             for running in beats:
                 running.beat_at = now
@@ -310,10 +316,9 @@ class AsyncWorker:
         """After a poll got no answer: send its acks again, claiming nothing, until the
         server has them (the lost poll may have claimed tasks: those come back when their
         lease runs out)."""
-        attempt = 0
         while True:
-            attempt += 1
-            delay = backoff(attempt)
+            self._failures += 1
+            delay = backoff(self._failures)
             log.warning("%s; trying again in %.1fs (%d ack(s) kept)", failure, delay, len(acks))
             await self._sleep(delay)
             if self._stopping and asyncio.get_running_loop().time() >= self._stop_deadline:
@@ -332,6 +337,7 @@ class AsyncWorker:
                 continue
             finally:
                 self._poll_task = None
+            self._failures = 0
             self._sent([a for a in acks if a["status"] != "in progress"])
             return
 
@@ -436,6 +442,10 @@ class Worker:
         self._args = (url, queue, handler)
         self._worker: AsyncWorker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # stop() may come from another thread before run() has made its loop: it is kept
+        # here, under the lock, and run() honours it as soon as the worker exists.
+        self._lock = threading.Lock()
+        self._stop_requested = False
 
     @property
     def processed(self) -> int:
@@ -446,16 +456,23 @@ class Worker:
         """Work until stopped."""
 
         async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._worker = AsyncWorker(*self._args, **self._options)
-            await self._worker.run()
+            worker = AsyncWorker(*self._args, **self._options)
+            with self._lock:
+                self._loop = asyncio.get_running_loop()
+                self._worker = worker
+                if self._stop_requested:
+                    worker.stop()
+            await worker.run()
 
         asyncio.run(main())
 
     def stop(self) -> None:
-        """Stop gracefully; may be called from any thread."""
-        if self._loop is not None and self._worker is not None:
-            self._loop.call_soon_threadsafe(self._worker.stop)
+        """Stop gracefully; may be called from any thread, also before :meth:`run` has
+        started (the worker then stops as soon as it starts)."""
+        with self._lock:
+            self._stop_requested = True
+            if self._loop is not None and self._worker is not None:
+                self._loop.call_soon_threadsafe(self._worker.stop)
 
 
 def run_worker(worker: AsyncWorker | Worker) -> int:
