@@ -11,7 +11,7 @@ from katar.core.model import State, Task
 
 COLUMNS: Final = (
     "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
-    " created_at, updated_at, run_at, lease_until"
+    " created_at, updated_at, run_at, lease_until, key"
 )
 _STATES: Final = tuple(State)  # by value: faster than State(value) on the hot path
 
@@ -33,11 +33,14 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
         updated_at=row[11],
         run_at=row[12],
         lease_until=row[13],
+        key=row[14],
     )
 
 
 #: What a claim returns: the columns it does not set itself (see claimed_from_row).
-CLAIMED_COLUMNS: Final = "id, priority, data, attempts, attempt_base, error, result, created_at"
+CLAIMED_COLUMNS: Final = (
+    "id, priority, data, attempts, attempt_base, error, result, created_at, key"
+)
 
 
 def claimed_from_row(
@@ -59,6 +62,7 @@ def claimed_from_row(
         created_at=row[7],
         updated_at=now,
         lease_until=lease_until,
+        key=row[8],
     )
 
 

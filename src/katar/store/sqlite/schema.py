@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Final
 
-SCHEMA_VERSION: Final = 4  # 4: idempotency_keys
+SCHEMA_VERSION: Final = 5  # 4: idempotency_keys; 5: tasks.key
 # The tasks at rest: paused (0), done (4), failed (5), cancelled (6). Not "state IN (0, 4, 5,
 # 6)": SQLite evaluates a partial index's condition for every row a statement writes, and an
 # IN list builds a temporary b-tree each time (a 4 KiB page zeroed): 56,000 instructions per
@@ -30,7 +31,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
     run_at INTEGER,
-    lease_until INTEGER
+    lease_until INTEGER,
+    key TEXT  -- the task's group, for key_concurrency
 );
 -- The claim's order, over READY tasks only: scheduled, running and finished tasks never
 -- slow it down however many there are.
@@ -55,3 +57,20 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created
 DROP INDEX IF EXISTS tasks_queue_state;
 DROP INDEX IF EXISTS tasks_resting;
 """
+
+#: The columns each version added to a table that an older database already has (CREATE
+#: TABLE IF NOT EXISTS leaves it as it is): version -> (table, column, declaration).
+_ADDED: Final = {
+    5: (("tasks", "key", "TEXT"),),
+}
+
+
+def upgrade(conn: sqlite3.Connection, version: int) -> None:
+    """Bring a database from schema ``version`` (0: a new one) to SCHEMA_VERSION. Each step
+    looks before it alters, so that an upgrade cut short can run again."""
+    for added in range(version + 1, SCHEMA_VERSION + 1):
+        for table, column, declaration in _ADDED.get(added, ()):
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if have and column not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    conn.executescript(_SCHEMA)
