@@ -452,7 +452,7 @@ class Engine(WaitList, Reaper):
                 options = self.queues.get(task.queue)
                 if options is not None and options.limited:  # room under a limit
                     ready[task.queue] = ready.get(task.queue, 0) + 1
-            elif task.state is State.SCHEDULED:  # a retry's backoff, a resumed delayed task
+            if task.state is State.SCHEDULED:  # a retry's backoff, a resumed delayed task
                 self._expect(task.run_at)
             if PUBLIC_STATUS[old] != task.status:
                 if self._listeners:
