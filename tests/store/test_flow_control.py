@@ -162,10 +162,10 @@ async def test_concurrency_holds_across_servers(postgres_url: str) -> None:
         held: list[Task] = []
         for _round in range(8):
             # Every server polls at once, each with several polls, acking what it held.
-            acks = [ack(t) for t in held]
+            acks = [ack(t) for t in held]  # from an anonymous poll: it may ack any delivery
             results = await asyncio.gather(
                 *(
-                    s.poll("q", options, acks if i == 0 and j == 0 else [], 2, f"w{i}", T0)
+                    s.poll("q", options, acks if i == j == 0 else [], 2, None, T0)
                     for i, s in enumerate(stores)
                     for j in range(3)
                 )
@@ -214,3 +214,62 @@ async def test_key_concurrency_holds_across_servers(postgres_url: str) -> None:
     finally:
         for store in stores:
             await store.close()
+
+
+# -- fairness between keys ---------------------------------------------------------------------
+
+
+async def _drain_order(store: Store, options: QueueOptions, count: int) -> list[object]:
+    order: list[object] = []
+    for _ in range(count):  # one task a poll, acked by the next: the keys' turns show
+        order += values(await claim(store, 1, options=options))
+    return order
+
+
+async def test_fair_keys_take_turns_so_a_backlog_cannot_starve_another_key(
+    store: Store,
+) -> None:
+    options = limited(fair=True)
+    await store.save_queue("q", options)
+    await store.enqueue("q", [keyed(f"a{n}", "a") for n in range(100)], T0)  # type: ignore[misc]
+    assert values(await claim(store, 30, options=options)) == [f"a{n}" for n in range(30)]
+    # b arrives behind a backlog of 70: its tasks start at the front and alternate with a's.
+    await store.enqueue("q", [keyed(f"b{n}", "b") for n in range(10)], T0)  # type: ignore[misc]
+    order = await _drain_order(store, options, 20)
+    assert order == [x for n in range(30, 40) for x in (f"a{n}", f"b{n - 30}")]
+
+
+async def test_fair_keeps_priority_first_and_groups_tasks_without_a_key(store: Store) -> None:
+    options = limited(fair=True)
+    await store.save_queue("q", options)
+    batch = [keyed(f"a{n}", "a") for n in range(5)] + [keyed(f"n{n}", None) for n in range(3)]
+    await store.enqueue("q", batch, T0)  # type: ignore[arg-type]
+    urgent = msgspec.structs.replace(new("urgent", priority=5), key="a")
+    await store.enqueue("q", [urgent], T0)
+    order = await _drain_order(store, options, 9)
+    assert order == ["urgent", "a0", "n0", "a1", "n1", "a2", "n2", "a3", "a4"]
+
+
+async def test_a_queue_made_fair_gives_its_waiting_tasks_places(store: Store) -> None:
+    await store.save_queue("q", BASE)
+    batch = [keyed(f"a{n}", "a") for n in range(6)] + [keyed(f"b{n}", "b") for n in range(2)]
+    await store.enqueue("q", batch, T0)  # type: ignore[arg-type]
+    options = limited(fair=True)
+    await store.save_queue("q", options)
+    order = await _drain_order(store, options, 8)
+    assert order == ["a0", "b0", "a1", "b1", "a2", "a3", "a4", "a5"]
+    # And back: without fair, the plain order again.
+    await store.enqueue("q", [keyed("c0", "c"), keyed("a6", "a")], T0)  # type: ignore[list-item]
+    await store.save_queue("q", BASE)
+    assert values(await claim(store, 5, options=BASE)) == ["c0", "a6"]
+
+
+async def test_fair_with_key_concurrency_and_concurrency(store: Store) -> None:
+    options = limited(fair=True, key_concurrency=1, concurrency=2)
+    await store.save_queue("q", options)
+    await store.enqueue("q", [keyed(f"a{n}", "a") for n in range(5)], T0)  # type: ignore[misc]
+    await store.enqueue("q", [keyed(f"b{n}", "b") for n in range(5)], T0)  # type: ignore[misc]
+    first = await claim(store, 5, options=options)
+    assert values(first) == ["a0", "b0"]
+    result = await store.poll("q", options, [ack(t) for t in first], 5, "w1", T0)
+    assert values(result.delivered) == ["a1", "b1"]

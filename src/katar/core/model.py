@@ -154,6 +154,8 @@ class QueueOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     rate: Rate | None = None
     #: At most this many tasks of one key in progress at once.
     key_concurrency: Annotated[int, msgspec.Meta(ge=1, le=_INT32)] | None = None
+    #: Among ready tasks of equal priority, deliveries rotate between keys.
+    fair: bool = False
     #: Sent to workers merged over DEFAULT_CONFIGURATION; its WorkerConfiguration keys are
     #: checked by parse_queue_options.
     configuration: Annotated[
@@ -174,6 +176,12 @@ class QueueOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
             or self.rate is not None
             or self.key_concurrency is not None
         )
+
+    @property
+    def custom_claim(self) -> bool:
+        """Whether a claim takes another path than "the first ready tasks in order": a
+        limited queue's, or a fair one's (its own order, see rules.fair_seq)."""
+        return self.limited or self.fair
 
     def worker_configuration(self) -> dict[str, Any]:
         """The configuration sent to workers: the custom one merged over the default."""

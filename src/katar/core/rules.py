@@ -127,6 +127,16 @@ def pick_by_key(
     return picked
 
 
+def fair_seq(last: int | None, front: int) -> int:
+    """A fair queue's order for a new task of a key (start-time fair queuing): one past
+    the key's last task still waiting or running (``last``), but never before the task at
+    the head of the queue (``front``). A claim takes ready tasks by priority, then by this
+    number, then by id, so the keys take turns: a key with a backlog of 100,000 has numbers
+    far ahead, and another key's first task starts at the front. Tasks without a key form
+    one group of their own."""
+    return front if last is None else max(last + 1, front)
+
+
 def blocked_keys(
     running: Mapping[str, int], taken: Mapping[str, int], key_concurrency: int | None
 ) -> list[str]:

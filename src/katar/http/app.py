@@ -729,6 +729,8 @@ class App:
 
     async def patch_queue(self, request: Request) -> Response:
         self.engine.options(request.queue)  # an unknown queue is a 404 before a bad body
+        if not request.body.strip():
+            raise ValidationError('send the options to change, e.g. {"paused": true}')
         changes = parse.parse_object(request.body)
         options = await self.engine.patch_queue(request.queue, changes)
         return json_response(QueueCreated(request.queue, options, options.worker_configuration()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping, Sequence
+from typing import Final
 
 from katar.core import idempotency, rules
 from katar.core.idempotency import Idempotency
@@ -17,6 +18,9 @@ from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_task
 from katar.core.storage import Change, Enqueued, LimitState, PollResult, Store
 from katar.errors import KatarError, QueueNotFound, TaskNotFound
 from katar.logs import mask_credentials
+
+#: The states of a task that waits or runs: a fair group counts them.
+_WAITING: Final = frozenset({State.PAUSED, State.READY, State.SCHEDULED, State.RUNNING})
 
 
 class MemoryStore(Store):
@@ -27,12 +31,17 @@ class MemoryStore(Store):
         self._queues: dict[str, QueueOptions] = {}
         self._tasks: dict[int, Task] = {}
         self._ids: dict[str, dict[int, None]] = {}  # per queue, in id order
-        self._ready: dict[str, list[tuple[int, int]]] = {}  # per queue: (-priority, id)
+        # per queue: (-priority, fair order, id); the fair order is 0 unless the queue is fair
+        self._ready: dict[str, list[tuple[int, int, int]]] = {}
         self._scheduled: list[tuple[int, int]] = []  # (run_at, id)
         self._leases: list[tuple[int, int]] = []  # (lease_until, id)
         self._last_id = 0
         self._running: dict[str, dict[int, None]] = {}  # per queue: the tasks in progress
         self._buckets: dict[str, rules.Bucket] = {}  # per queue with a rate limit
+        # Fair queues (rules.fair_seq): each task's place, and per (queue, key) the number of
+        # its tasks waiting or running and the last place given to one.
+        self._seq: dict[int, int] = {}
+        self._groups: dict[tuple[str, str | None], list[int]] = {}
         # (queue, key) -> (digest, ids, created): the idempotency keys, oldest first.
         self._keys: dict[tuple[str, str], tuple[bytes, tuple[int, ...], int]] = {}
 
@@ -49,12 +58,67 @@ class MemoryStore(Store):
         return dict(self._queues)
 
     async def save_queue(self, name: str, options: QueueOptions) -> None:
+        old = self._queues.get(name)
         self._queues[name] = options
         self._ids.setdefault(name, {})
         self._ready.setdefault(name, [])
         self._running.setdefault(name, {})
         if options.rate is None:
             self._buckets.pop(name, None)
+        if old is not None and old.fair != options.fair:
+            if options.fair:
+                self._place_waiting(name)
+            self._ready[name] = [
+                self._entry(t)
+                for i in self._ids[name]
+                if (t := self._tasks[i]).state is State.READY
+            ]
+            heapq.heapify(self._ready[name])
+
+    def _place_waiting(self, queue: str) -> None:
+        """A queue made fair: its waiting tasks without a place get one, each key's in its
+        own order from the front, so that the keys take turns from now on."""
+        waiting = sorted(
+            (t for i in self._ids[queue] if (t := self._tasks[i]).state in _WAITING),
+            key=lambda t: (-t.priority, t.id),
+        )
+        for task in waiting:
+            if task.id not in self._seq:
+                self._give_place(task, self._groups.get((queue, task.key)), 0)
+                self._count(task, None)
+
+    def _give_place(self, task: Task, group: list[int] | None, front: int) -> None:
+        last = group[1] if group is not None and group[0] > 0 else None
+        seq = rules.fair_seq(last, front)
+        self._seq[task.id] = seq
+        if group is None:
+            self._groups[(task.queue, task.key)] = [0, seq]
+        else:
+            group[1] = max(group[1], seq)
+
+    def _count(self, task: Task, old: Task | None) -> None:
+        """Keep a fair group's count of waiting and running tasks as ``old`` becomes
+        ``task`` (None: it is new, or removed)."""
+        before = old is not None and old.state in _WAITING
+        after = task.state in _WAITING
+        if before != after:
+            group = self._groups[(task.queue, task.key)]
+            group[0] += 1 if after else -1
+
+    def _entry(self, task: Task) -> tuple[int, int, int]:
+        seq = self._seq.get(task.id, 0) if self._queues[task.queue].fair else 0
+        return (-task.priority, seq, task.id)
+
+    def _front(self, queue: str) -> int:
+        """The fair place of the task a claim would take first; 0 when none is ready."""
+        heap = self._ready[queue]
+        while heap:
+            _priority, seq, task_id = heap[0]
+            task = self._tasks.get(task_id)
+            if task is not None and task.state is State.READY and -task.priority == heap[0][0]:
+                return seq
+            heapq.heappop(heap)
+        return 0
 
     async def delete_queue(self, name: str) -> int:
         if self._queues.pop(name, None) is None:
@@ -65,6 +129,9 @@ class MemoryStore(Store):
         self._buckets.pop(name, None)
         for task_id in ids:
             del self._tasks[task_id]
+            self._seq.pop(task_id, None)
+        for group in [group for group in self._groups if group[0] == name]:
+            del self._groups[group]
         for queue_key in [queue_key for queue_key in self._keys if queue_key[0] == name]:
             del self._keys[queue_key]
         return len(ids)
@@ -82,8 +149,10 @@ class MemoryStore(Store):
             self._running[task.queue][task.id] = None
         elif old is not None and old.state is State.RUNNING:
             self._running[task.queue].pop(task.id, None)
+        if task.id in self._seq:
+            self._count(task, old)
         if task.state is State.READY:
-            heapq.heappush(self._ready[task.queue], (-task.priority, task.id))
+            heapq.heappush(self._ready[task.queue], self._entry(task))
         elif task.state is State.SCHEDULED:
             assert task.run_at is not None
             heapq.heappush(self._scheduled, (task.run_at, task.id))
@@ -95,6 +164,8 @@ class MemoryStore(Store):
         del self._tasks[task.id]
         del self._ids[task.queue][task.id]
         self._running[task.queue].pop(task.id, None)
+        if self._seq.pop(task.id, None) is not None and task.state in _WAITING:
+            self._groups[(task.queue, task.key)][0] -= 1
 
     def _write(self, old: Task, new: Task | None, options: QueueOptions) -> Change | None:
         if new is None:
@@ -107,11 +178,15 @@ class MemoryStore(Store):
 
     async def enqueue(self, queue: str, tasks: Sequence[NewTask], now: int) -> list[Task]:
         ids = self._ids_of(queue)
+        fair = self._queues[queue].fair
+        front = self._front(queue) if fair else 0
         created = []
         for spec in tasks:
             self._last_id += 1
             task = rules.new_task(queue, spec, self._last_id, now)
             ids[task.id] = None
+            if fair:
+                self._give_place(task, self._groups.get((queue, task.key)), front)
             self._put(task)
             created.append(task)
         return created
@@ -183,7 +258,7 @@ class MemoryStore(Store):
             change = self._write(first, new, options)
             if change is not None and change.task.state != change.old:
                 changes.append(change)
-        if options.limited and limit > 0:
+        if options.custom_claim and limit > 0:
             return self._claim_limited(queue, options, limit, worker, now, changes)
         return PollResult(self._claim(queue, options, limit, worker, now), changes)
 
@@ -200,11 +275,11 @@ class MemoryStore(Store):
         per key), pass over the keys at their key_concurrency, keeping their place."""
         heap = self._ready[queue]
         delivered: list[Task] = []
-        passed: list[tuple[int, int]] = []
+        passed: list[tuple[int, int, int]] = []
         taken: dict[str, int] = {}
         while heap and len(delivered) < limit:
             entry = heapq.heappop(heap)
-            task = self._tasks.get(entry[1])
+            task = self._tasks.get(entry[2])
             if task is None or task.state is not State.READY or task.priority != -entry[0]:
                 continue
             if running is not None and not rules.pick_by_key(

@@ -89,6 +89,13 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_created ON {s}.idempotency_keys (cre
 """,
     3: """
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS key text;  -- the group key_concurrency counts
+-- A task's place in a fair queue (rules.fair_seq); NULL elsewhere, so that the indexes below
+-- hold only fair queues' tasks and other queues' writes never touch them.
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS fair_seq bigint;
+CREATE INDEX IF NOT EXISTS tasks_fair ON {s}.tasks (queue_id, priority DESC, fair_seq, id)
+    WHERE state = 1 AND fair_seq IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_fair_key ON {s}.tasks (queue_id, key, fair_seq)
+    WHERE fair_seq IS NOT NULL AND state BETWEEN 0 AND 3;
 -- A rate limit's token bucket, shared by every server (rules.Bucket); NULL: full.
 ALTER TABLE {s}.queues ADD COLUMN IF NOT EXISTS bucket_tokens double precision;
 ALTER TABLE {s}.queues ADD COLUMN IF NOT EXISTS bucket_at bigint;
@@ -148,6 +155,7 @@ class PostgresStore(Store):
         self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
         self._queue_ids: dict[str, int] = {}
         self._queue_names: dict[int, str] = {}
+        self._fair: set[int] = set()  # the ids of the fair queues, as last loaded or saved
         self._channel = f"katar_{self._schema}"
         self._listener: asyncio.Task[None] | None = None
         #: Set while PostgreSQL is known to be unreachable: requests fail at once instead of
@@ -193,6 +201,37 @@ class PostgresStore(Store):
                 f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
                 " (key IS NULL OR key <> ALL(%s::text[])) ORDER BY priority DESC, id LIMIT %s"
                 " FOR UPDATE SKIP LOCKED"
+            ),
+            "candidates_fair": (
+                f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
+                " fair_seq IS NOT NULL AND (key IS NULL OR key <> ALL(%s::text[]))"
+                " ORDER BY priority DESC, fair_seq, id LIMIT %s FOR UPDATE SKIP LOCKED"
+            ),
+            # Tasks without a place (enqueued as the queue was made fair) come after.
+            "candidates_unplaced": (
+                f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
+                " fair_seq IS NULL AND (key IS NULL OR key <> ALL(%s::text[]))"
+                " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED"
+            ),
+            "fair_front": (
+                f"SELECT fair_seq FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
+                " fair_seq IS NOT NULL ORDER BY priority DESC, fair_seq, id LIMIT 1"
+            ),
+            "fair_last": (
+                f"SELECT max(fair_seq) FROM {s}.tasks WHERE queue_id = %s AND"
+                " key IS NOT DISTINCT FROM %s AND fair_seq IS NOT NULL AND state BETWEEN 0 AND 3"
+            ),
+            "insert_fair": (
+                f"INSERT INTO {s}.tasks (queue_id, state, priority, data, created_at,"
+                f" updated_at, run_at, key, fair_seq) SELECT * FROM unnest(%s::int[],"
+                f" %s::smallint[], %s::int[], %s::bytea[], %s::bigint[], %s::bigint[],"
+                f" %s::bigint[], %s::text[], %s::bigint[]) RETURNING id"
+            ),
+            "place_waiting": (
+                f"UPDATE {s}.tasks AS t SET fair_seq = r.place FROM (SELECT id, row_number()"
+                " OVER (PARTITION BY key ORDER BY priority DESC, id) - 1 AS place FROM"
+                f" {s}.tasks WHERE queue_id = %s AND state BETWEEN 0 AND 3 AND fair_seq IS NULL)"
+                " AS r WHERE t.id = r.id"
             ),
             "take": (
                 f"UPDATE {s}.tasks SET state=3, attempts=attempts+1, worker=%s,"
@@ -425,7 +464,9 @@ class PostgresStore(Store):
             ).fetchall()
         self._queue_ids = {name: qid for qid, name, _ in rows}
         self._queue_names.update({qid: name for qid, name, _ in rows})
-        return {name: _options_decoder.decode(options) for _, name, options in rows}
+        queues = {name: _options_decoder.decode(options) for _, name, options in rows}
+        self._fair = {self._queue_ids[name] for name, options in queues.items() if options.fair}
+        return queues
 
     async def save_queue(self, name: str, options: QueueOptions) -> None:
         async with self._transaction() as conn:
@@ -435,10 +476,16 @@ class PostgresStore(Store):
                 (name, msgspec.json.encode(options)),
             )
             row = await cursor.fetchone()
+            assert row is not None
+            if options.fair and row[0] not in self._fair:
+                await conn.execute(self._sql["place_waiting"], (row[0],))
             await self._notify(conn, f"q:{name}")
-        assert row is not None
         self._queue_ids[name] = row[0]
         self._queue_names[row[0]] = name
+        if options.fair:
+            self._fair.add(row[0])
+        else:
+            self._fair.discard(row[0])
 
     async def delete_queue(self, name: str) -> int:
         queue_id = await self._queue_id(name)
@@ -471,24 +518,44 @@ class PostgresStore(Store):
         now: int,
     ) -> list[Task]:
         drafts = [rules.new_task(queue, spec, 0, now) for spec in tasks]
-        cursor = await conn.execute(
-            self._sql["insert"],
-            (
-                [queue_id] * len(drafts),
-                [int(t.state) for t in drafts],
-                [t.priority for t in drafts],
-                [bytes(t.data) for t in drafts],
-                [now] * len(drafts),
-                [now] * len(drafts),
-                [t.run_at for t in drafts],
-                [t.key for t in drafts],
-            ),
+        columns: tuple[list[Any], ...] = (
+            [queue_id] * len(drafts),
+            [int(t.state) for t in drafts],
+            [t.priority for t in drafts],
+            [bytes(t.data) for t in drafts],
+            [now] * len(drafts),
+            [now] * len(drafts),
+            [t.run_at for t in drafts],
+            [t.key for t in drafts],
         )
+        if queue_id in self._fair:
+            places = await self._fair_places(conn, queue_id, drafts)
+            cursor = await conn.execute(self._sql["insert_fair"], (*columns, places))
+        else:
+            cursor = await conn.execute(self._sql["insert"], columns)
         ids = [row[0] for row in await cursor.fetchall()]
         await self._notify_ready(conn, drafts)
         # unnest keeps the order of its arrays, and a sequence hands out growing ids.
         ids.sort()
         return [msgspec.structs.replace(t, id=i) for t, i in zip(drafts, ids, strict=True)]
+
+    async def _fair_places(
+        self, conn: AsyncConnection[tuple[Any, ...]], queue_id: int, tasks: Sequence[Task]
+    ) -> list[int]:
+        """Each new task's place in a fair queue (rules.fair_seq)."""
+        head = await (await conn.execute(self._sql["fair_front"], (queue_id,))).fetchone()
+        front = 0 if head is None else int(head[0])
+        last: dict[str | None, int | None] = {}
+        places = []
+        for task in tasks:
+            if task.key not in last:
+                cursor = await conn.execute(self._sql["fair_last"], (queue_id, task.key))
+                found = await cursor.fetchone()
+                last[task.key] = None if found is None or found[0] is None else int(found[0])
+            place = rules.fair_seq(last[task.key], front)
+            last[task.key] = place
+            places.append(place)
+        return places
 
     async def enqueue_once(
         self, queue: str, tasks: Sequence[NewTask], now: int, once: Idempotency
@@ -601,7 +668,7 @@ class PostgresStore(Store):
                     changes.append(change)
             delivered: list[Task] = []
             retry_at = None
-            if limit > 0 and options.limited:
+            if limit > 0 and options.custom_claim:
                 delivered, retry_at = await self._claim_limited(
                     conn, queue, queue_id, options, limit, worker, now
                 )
@@ -625,7 +692,9 @@ class PostgresStore(Store):
         now: int,
     ) -> tuple[list[Task], int | None]:
         sql = self._sql
-        stored = await (await conn.execute(sql["lock_queue"], (queue_id,))).fetchone()
+        stored = None
+        if options.limited:  # a fair queue alone has nothing to count
+            stored = await (await conn.execute(sql["lock_queue"], (queue_id,))).fetchone()
         bucket = None
         if options.rate is not None:
             if stored is None or stored[0] is None:
@@ -633,8 +702,11 @@ class PostgresStore(Store):
             else:
                 bucket = rules.Bucket(stored[0], stored[1])
                 bucket.refill(options.rate, now)
-        row = await (await conn.execute(sql["running"], (queue_id,))).fetchone()
-        allowed = rules.claim_allowance(options, limit, row[0] if row else 0, bucket)
+        running = 0
+        if options.concurrency is not None:
+            row = await (await conn.execute(sql["running"], (queue_id,))).fetchone()
+            running = row[0] if row else 0
+        allowed = rules.claim_allowance(options, limit, running, bucket)
         per_key: dict[str, int] = {}
         if options.key_concurrency is not None and allowed > 0:
             rows = await (await conn.execute(sql["running_keys"], (queue_id,))).fetchall()
@@ -647,8 +719,7 @@ class PostgresStore(Store):
             blocked = rules.blocked_keys(per_key, taken, options.key_concurrency)
             # A few more than wanted: some may belong to keys that fill up on the way.
             chunk = want if options.key_concurrency is None else want * 4 + 16
-            cursor = await conn.execute(sql["candidates"], (queue_id, blocked, chunk))
-            candidates = [(task_id, key) for task_id, key in await cursor.fetchall()]
+            candidates = await self._candidates(conn, queue_id, blocked, chunk)
             ids = rules.pick_by_key(candidates, want, per_key, options.key_concurrency, taken)
             if ids:
                 cursor = await conn.execute(sql["take"], (worker, lease_until, now, ids))
@@ -663,6 +734,21 @@ class PostgresStore(Store):
             if len(delivered) < limit:
                 retry_at = bucket.next_token(options.rate, now)
         return delivered, retry_at
+
+    async def _candidates(
+        self, conn: AsyncConnection[tuple[Any, ...]], queue_id: int, blocked: list[str], chunk: int
+    ) -> list[tuple[int, str | None]]:
+        fair = queue_id in self._fair
+        cursor = await conn.execute(
+            self._sql["candidates_fair" if fair else "candidates"], (queue_id, blocked, chunk)
+        )
+        rows = [(task_id, key) for task_id, key in await cursor.fetchall()]
+        if fair and len(rows) < chunk:
+            cursor = await conn.execute(
+                self._sql["candidates_unplaced"], (queue_id, blocked, chunk - len(rows))
+            )
+            rows += [(task_id, key) for task_id, key in await cursor.fetchall()]
+        return rows
 
     async def limit_state(self, queue: str, options: QueueOptions, now: int) -> LimitState:
         queue_id = await self._queue_id(queue)

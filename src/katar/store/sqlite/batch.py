@@ -85,6 +85,12 @@ _CANDIDATES: Final = (
     "SELECT id, key FROM tasks WHERE queue_id=? AND state=1 AND (key IS NULL OR key NOT IN"
     " (SELECT value FROM json_each(?))) ORDER BY priority DESC, id LIMIT ?"
 )
+# A fair queue's order (rules.fair_seq). A task without a place (enqueued as the queue was
+# made fair) comes after the placed ones, in the plain order.
+_CANDIDATES_FAIR: Final = _CANDIDATES.replace(
+    "state=1 AND", "state=1 AND fair_seq IS NOT NULL AND"
+).replace("priority DESC, id", "priority DESC, fair_seq, id")
+_CANDIDATES_UNPLACED: Final = _CANDIDATES.replace("state=1 AND", "state=1 AND fair_seq IS NULL AND")
 _TAKE: Final = (
     "UPDATE tasks SET state=3, attempts=attempts+1, worker=?, lease_until=?, run_at=NULL,"
     f" updated_at=? WHERE id IN (SELECT value FROM json_each(?)) RETURNING {CLAIMED_COLUMNS}"
@@ -119,6 +125,7 @@ class Batches:
     _store_change: Callable[..., Change | None]
     _find: Callable[..., Any]
     _buckets: dict[int, rules.Bucket]  # per queue with a rate limit (one server per file)
+    _fair: set[int]  # the ids of the fair queues
 
     def _finish_polls(self, conn: sqlite3.Connection) -> None:
         """Make the "done"s and the claims of every poll of the transaction: one statement
@@ -169,7 +176,7 @@ class Batches:
                     poll.error = exc
         claims: dict[tuple[int, str | None, int], list[_Poll]] = {}
         for poll in polls:
-            if poll.limit > 0 and poll.error is None and poll.options.limited:
+            if poll.limit > 0 and poll.error is None and poll.options.custom_claim:
                 # One at a time, in arrival order: each counts what the ones before took.
                 self._claim_limited(conn, poll)
             elif poll.limit > 0 and poll.error is None:
@@ -197,7 +204,9 @@ class Batches:
     def _claim_limited(self, conn: sqlite3.Connection, poll: _Poll) -> None:
         options, queue_id, now = poll.options, poll.queue_id, poll.now
         bucket = self._bucket(queue_id, options, now)
-        running = conn.execute(_RUNNING, (queue_id,)).fetchone()[0]
+        running = 0
+        if options.concurrency is not None:
+            running = conn.execute(_RUNNING, (queue_id,)).fetchone()[0]
         allowed = rules.claim_allowance(options, poll.limit, running, bucket)
         per_key: dict[str, int] = {}
         if options.key_concurrency is not None and allowed > 0:
@@ -211,9 +220,7 @@ class Batches:
             blocked = rules.blocked_keys(per_key, taken, options.key_concurrency)
             # A few more than wanted: some may belong to keys that fill up on the way.
             chunk = want if options.key_concurrency is None else want * 4 + 16
-            rows = conn.execute(
-                _CANDIDATES, (queue_id, msgspec.json.encode(blocked), chunk)
-            ).fetchall()
+            rows = self._candidates(conn, queue_id, msgspec.json.encode(blocked), chunk)
             ids = rules.pick_by_key(rows, want, per_key, options.key_concurrency, taken)
             if ids:
                 took = conn.execute(
@@ -230,6 +237,18 @@ class Batches:
             bucket.take(len(delivered))
             if len(delivered) < poll.limit:
                 poll.retry_at = bucket.next_token(options.rate, now)
+
+    def _candidates(
+        self, conn: sqlite3.Connection, queue_id: int, blocked: bytes, chunk: int
+    ) -> list[tuple[int, str | None]]:
+        if queue_id not in self._fair:
+            return conn.execute(_CANDIDATES, (queue_id, blocked, chunk)).fetchall()
+        rows = conn.execute(_CANDIDATES_FAIR, (queue_id, blocked, chunk)).fetchall()
+        if len(rows) < chunk:
+            rows += conn.execute(
+                _CANDIDATES_UNPLACED, (queue_id, blocked, chunk - len(rows))
+            ).fetchall()
+        return rows
 
     def _bucket(self, queue_id: int, options: QueueOptions, now: int) -> rules.Bucket | None:
         if options.rate is None:

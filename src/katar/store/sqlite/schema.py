@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Final
 
-SCHEMA_VERSION: Final = 5  # 4: idempotency_keys; 5: tasks.key
+SCHEMA_VERSION: Final = 5  # 4: idempotency_keys; 5: tasks.key and fair_seq
 # The tasks at rest: paused (0), done (4), failed (5), cancelled (6). Not "state IN (0, 4, 5,
 # 6)": SQLite evaluates a partial index's condition for every row a statement writes, and an
 # IN list builds a temporary b-tree each time (a 4 KiB page zeroed): 56,000 instructions per
@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     updated_at INTEGER NOT NULL,
     run_at INTEGER,
     lease_until INTEGER,
-    key TEXT  -- the task's group, for key_concurrency
+    key TEXT,  -- the task's group, for key_concurrency and fair
+    fair_seq INTEGER  -- its place in a fair queue (rules.fair_seq); NULL elsewhere
 );
 -- The claim's order, over READY tasks only: scheduled, running and finished tasks never
 -- slow it down however many there are.
@@ -43,6 +44,12 @@ CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_until) WHERE state = 3;
 -- the hot path (ready, running) stay out of it, so a claim and a "done" maintain one index
 -- entry fewer each; their counts come from the partial indexes above.
 CREATE INDEX IF NOT EXISTS tasks_at_rest ON tasks (queue_id, state, id) WHERE {_AT_REST};
+-- A fair queue's claim order, and each key's last place: only tasks of fair queues have a
+-- place, so that other queues' writes never touch these indexes.
+CREATE INDEX IF NOT EXISTS tasks_fair ON tasks (queue_id, priority DESC, fair_seq, id)
+    WHERE state = 1 AND fair_seq IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_fair_key ON tasks (queue_id, key, fair_seq)
+    WHERE fair_seq IS NOT NULL AND state BETWEEN 0 AND 3;
 -- An enqueue's Idempotency-Key: the ids it created (katar.core.idempotency.pack_ids).
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     queue_id INTEGER NOT NULL,
@@ -61,7 +68,7 @@ DROP INDEX IF EXISTS tasks_resting;
 #: The columns each version added to a table that an older database already has (CREATE
 #: TABLE IF NOT EXISTS leaves it as it is): version -> (table, column, declaration).
 _ADDED: Final = {
-    5: (("tasks", "key", "TEXT"),),
+    5: (("tasks", "key", "TEXT"), ("tasks", "fair_seq", "INTEGER")),
 }
 
 

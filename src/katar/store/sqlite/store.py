@@ -50,6 +50,25 @@ _INSERT_LATER: Final = (
     "INSERT INTO tasks (id, queue_id, state, priority, data, created_at, updated_at, run_at)"
     " VALUES (?,?,?,?,?,?,?,?)"
 )
+_INSERT_FAIR: Final = (
+    "INSERT INTO tasks (id, queue_id, state, priority, data, created_at, updated_at, run_at,"
+    " key, fair_seq) VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
+# A fair queue's front (the place of the task a claim takes first), and a key's last place.
+_FAIR_FRONT: Final = (
+    "SELECT fair_seq FROM tasks WHERE queue_id=? AND state=1 AND fair_seq IS NOT NULL"
+    " ORDER BY priority DESC, fair_seq, id LIMIT 1"
+)
+_FAIR_LAST: Final = (
+    "SELECT max(fair_seq) FROM tasks WHERE queue_id=? AND key IS ? AND fair_seq IS NOT NULL"
+    " AND state BETWEEN 0 AND 3"
+)
+# A queue made fair: its waiting tasks get places, each key's in its own order.
+_PLACE_WAITING: Final = (
+    "UPDATE tasks SET fair_seq = r.place FROM (SELECT id, row_number() OVER (PARTITION BY key"
+    " ORDER BY priority DESC, id) - 1 AS place FROM tasks WHERE queue_id=? AND state BETWEEN"
+    " 0 AND 3 AND fair_seq IS NULL) AS r WHERE tasks.id = r.id"
+)
 _UPDATE: Final = (
     "UPDATE tasks SET state=?, priority=?, attempts=?, attempt_base=?, error=?, result=?,"
     " worker=?, updated_at=?, run_at=?, lease_until=? WHERE id=?"
@@ -134,8 +153,14 @@ class SQLiteStore(Batches, GroupCommit):
                 " DO UPDATE SET options = excluded.options RETURNING id",
                 (name, encoded),
             ).fetchone()
-            self._queue_ids[name] = row[0]
-            self._queue_names[row[0]] = name
+            queue_id = row[0]
+            self._queue_ids[name] = queue_id
+            self._queue_names[queue_id] = name
+            if not options.fair:
+                self._fair.discard(queue_id)
+            elif queue_id not in self._fair:
+                self._fair.add(queue_id)
+                conn.execute(_PLACE_WAITING, (queue_id,))
 
         await self._write(op)
 
@@ -174,6 +199,14 @@ class SQLiteStore(Batches, GroupCommit):
         def row(t: Task) -> tuple[Any, ...]:
             return (t.id, queue_id, int(t.state), t.priority, bytearray(t.data), now, now)
 
+        if queue_id in self._fair:
+            places = self._fair_places(conn, queue_id, created)
+            conn.executemany(
+                _INSERT_FAIR,
+                [(*row(t), t.run_at, t.key, p) for t, p in zip(created, places, strict=True)],
+            )
+            self._last_id = first + len(created) - 1
+            return created
         plain = [t for t in created if t.key is None]
         if len(plain) < len(created):
             keyed = [(*row(t), t.run_at, t.key) for t in created if t.key is not None]
@@ -186,6 +219,22 @@ class SQLiteStore(Batches, GroupCommit):
             conn.executemany(_INSERT_LATER, later)
         self._last_id = first + len(created) - 1
         return created
+
+    def _fair_places(
+        self, conn: sqlite3.Connection, queue_id: int, tasks: Sequence[Task]
+    ) -> list[int]:
+        """Each new task's place in a fair queue (rules.fair_seq)."""
+        head = conn.execute(_FAIR_FRONT, (queue_id,)).fetchone()
+        front = 0 if head is None else head[0]
+        last: dict[str | None, int | None] = {}
+        places = []
+        for task in tasks:
+            if task.key not in last:
+                last[task.key] = conn.execute(_FAIR_LAST, (queue_id, task.key)).fetchone()[0]
+            place = rules.fair_seq(last[task.key], front)
+            last[task.key] = place
+            places.append(place)
+        return places
 
     async def enqueue_once(
         self, queue: str, tasks: Sequence[NewTask], now: int, once: Idempotency
