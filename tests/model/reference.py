@@ -287,7 +287,7 @@ class Model:
         ready = sorted(
             (t for t in mine if t.state is State.READY), key=lambda t: (-t.priority, t.id)
         )
-        chosen = []
+        chosen: list[MTask] = []
         for task in ready:
             if len(chosen) >= limit:
                 break
