@@ -42,6 +42,7 @@ from katar.core.model import (
     check_text,
     parse_queue_options,
 )
+from katar.core.outcomes import OutcomeWaits
 from katar.core.reaper import _PRUNE_EVERY_MS, HOUSEKEEPING_MS, Reaper
 from katar.core.rules import is_final
 from katar.core.storage import Change, LimitState, Store
@@ -85,11 +86,12 @@ class Counters:
     delivered: dict[str, int] = field(default_factory=dict)
 
 
-class Engine(WaitList, Reaper):
+class Engine(WaitList, OutcomeWaits, Reaper):
     """Katar's operations. Open it before use and close it after; all methods are async.
 
-    Its long-poll wait list (katar.core.waits) and its reaper (katar.core.reaper) are
-    modules of their own; the attributes they use are set here.
+    Its long-poll wait list (katar.core.waits), its outcome waits (katar.core.outcomes) and
+    its reaper (katar.core.reaper) are modules of their own; the attributes they use are set
+    here.
     """
 
     def __init__(
@@ -141,10 +143,7 @@ class Engine(WaitList, Reaper):
         self.draining = True
         for waiters in self._waiters.values():
             _release(waiters, False, len(waiters))
-        for futures in self._task_waiters.values():
-            for future in futures:
-                if not future.done():
-                    future.set_result(None)
+        self._release_outcomes()
 
     async def close(self) -> None:
         """Release waiters, stop the reaper, and close the store."""
@@ -363,22 +362,7 @@ class Engine(WaitList, Reaper):
         self.options(queue)
         if wait <= 0 or self.draining:
             return await self._existing(queue, task_id)
-        future: asyncio.Future[Task | None] = asyncio.get_running_loop().create_future()
-        futures = self._task_waiters.setdefault(task_id, [])
-        futures.append(future)  # before the read, so that no change can slip between
-        try:
-            task = await self._existing(queue, task_id)
-            if is_final(task):
-                return task
-            try:
-                finished = await asyncio.wait_for(future, wait)
-            except TimeoutError:
-                finished = None
-            return finished if finished is not None else await self._existing(queue, task_id)
-        finally:
-            futures.remove(future)
-            if not futures:
-                del self._task_waiters[task_id]
+        return await self._await_outcome(lambda: self._existing(queue, task_id), task_id, wait)
 
     async def _existing(self, queue: str, task_id: int) -> Task:
         task = await self.store.get_task(queue, task_id)
@@ -458,9 +442,7 @@ class Engine(WaitList, Reaper):
                 if self._listeners:
                     self._emit(task)
                 if is_final(task) and task.id in self._task_waiters:
-                    for future in self._task_waiters[task.id]:
-                        if not future.done():
-                            future.set_result(task)
+                    self._settle_outcome(task)
         for queue, count in ready.items():
             self._wake(queue, count)
 

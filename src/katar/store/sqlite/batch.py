@@ -92,9 +92,10 @@ _CANDIDATES_FAIR: Final = _CANDIDATES.replace(
 ).replace("priority DESC, id", "priority DESC, fair_seq, id")
 _CANDIDATES_UNPLACED: Final = _CANDIDATES.replace("state=1 AND", "state=1 AND fair_seq IS NULL AND")
 _TAKE: Final = (
-    "UPDATE tasks SET state=3, attempts=attempts+1, worker=?, lease_until=?, run_at=NULL,"
+    "UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, lease_until=?, run_at=NULL,"
     f" updated_at=? WHERE id IN (SELECT value FROM json_each(?)) RETURNING {CLAIMED_COLUMNS}"
 )
+_NAME_WORKER: Final = "UPDATE tasks SET worker=? WHERE id IN (SELECT value FROM json_each(?))"
 
 
 @dataclass(slots=True)
@@ -175,14 +176,16 @@ class Batches:
                 except KatarError as exc:
                     poll.error = exc
         claims: dict[tuple[int, str | None, int], list[_Poll]] = {}
+        custom: dict[int, list[_Poll]] = {}
         for poll in polls:
             if poll.limit > 0 and poll.error is None and poll.options.custom_claim:
-                # One at a time, in arrival order: each counts what the ones before took.
-                self._claim_limited(conn, poll)
+                custom.setdefault(poll.queue_id, []).append(poll)
             elif poll.limit > 0 and poll.error is None:
                 claims.setdefault((poll.queue_id, poll.worker, poll.options.timeout), []).append(
                     poll
                 )
+        for claiming in custom.values():
+            self._claim_limited(conn, claiming)
         for (queue_id, worker, timeout), claiming in claims.items():
             total = sum(poll.limit for poll in claiming)
             now = max(poll.now for poll in claiming)
@@ -201,42 +204,57 @@ class Batches:
                 poll.delivered = tasks[start : start + poll.limit]
                 start += poll.limit
 
-    def _claim_limited(self, conn: sqlite3.Connection, poll: _Poll) -> None:
-        options, queue_id, now = poll.options, poll.queue_id, poll.now
+    def _claim_limited(self, conn: sqlite3.Connection, polls: list[_Poll]) -> None:
+        """The claims of a group's polls of one queue whose options are custom_claim: one
+        count and one selection for them all, served in arrival order, so that the limits
+        hold inside the group as between groups (and a group costs what one poll does)."""
+        first = polls[0]
+        options, queue_id = first.options, first.queue_id
+        now = max(poll.now for poll in polls)
+        asked = sum(poll.limit for poll in polls)
         bucket = self._bucket(queue_id, options, now)
         running = 0
         if options.concurrency is not None:
             running = conn.execute(_RUNNING, (queue_id,)).fetchone()[0]
-        allowed = rules.claim_allowance(options, poll.limit, running, bucket)
+        allowed = rules.claim_allowance(options, asked, running, bucket)
         per_key: dict[str, int] = {}
         if options.key_concurrency is not None and allowed > 0:
             per_key = dict(conn.execute(_RUNNING_KEYS, (queue_id,)).fetchall())
         taken: dict[str, int] = {}
         lease_until = now + options.timeout
-        name = self._queue_names[queue_id]
-        delivered: list[Task] = []
-        while len(delivered) < allowed:
-            want = allowed - len(delivered)
+        rows: dict[int, Any] = {}
+        order: list[int] = []
+        while len(order) < allowed:
+            want = allowed - len(order)
             blocked = rules.blocked_keys(per_key, taken, options.key_concurrency)
             # A few more than wanted: some may belong to keys that fill up on the way.
             chunk = want if options.key_concurrency is None else want * 4 + 16
-            rows = self._candidates(conn, queue_id, msgspec.json.encode(blocked), chunk)
-            ids = rules.pick_by_key(rows, want, per_key, options.key_concurrency, taken)
-            if ids:
-                took = conn.execute(
-                    _TAKE, (poll.worker, lease_until, now, msgspec.json.encode(ids))
-                ).fetchall()
-                delivered += [
-                    claimed_from_row(row, name, poll.worker, now, lease_until) for row in took
-                ]
-            if len(rows) < chunk:
+            candidates = self._candidates(conn, queue_id, msgspec.json.encode(blocked), chunk)
+            ids = rules.pick_by_key(candidates, want, per_key, options.key_concurrency, taken)
+            if ids:  # taken now, so that the next look passes them; workers named below
+                took = conn.execute(_TAKE, (lease_until, now, msgspec.json.encode(ids)))
+                rows.update((row[0], row) for row in took)
+                order += ids
+            if len(candidates) < chunk:
                 break  # no more ready tasks that a free key could take
-        delivered.sort(key=lambda task: (-task.priority, task.id))
-        poll.delivered = delivered
-        if bucket is not None and options.rate is not None:
-            bucket.take(len(delivered))
-            if len(delivered) < poll.limit:
-                poll.retry_at = bucket.next_token(options.rate, now)
+        name = self._queue_names[queue_id]
+        start = 0
+        named: dict[str, list[int]] = {}
+        for poll in polls:
+            mine = order[start : start + poll.limit]
+            start += len(mine)
+            poll.delivered = [
+                claimed_from_row(rows[i], name, poll.worker, now, lease_until) for i in mine
+            ]
+            if poll.worker is not None and mine:
+                named.setdefault(poll.worker, []).extend(mine)
+            if bucket is not None and options.rate is not None and len(mine) < poll.limit:
+                bucket_after = rules.Bucket(bucket.tokens - len(order), bucket.at)
+                poll.retry_at = bucket_after.next_token(options.rate, now)
+        for worker, ids in named.items():
+            conn.execute(_NAME_WORKER, (worker, msgspec.json.encode(ids)))
+        if bucket is not None:
+            bucket.take(len(order))
 
     def _candidates(
         self, conn: sqlite3.Connection, queue_id: int, blocked: bytes, chunk: int
