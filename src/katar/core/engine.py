@@ -130,6 +130,10 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         await self.store.open()
         self.queues = await self.store.load_queues()
         for name, options in (declared or {}).items():
+            stored = self.queues.get(name)
+            if stored is not None and stored.paused and not options.paused:
+                # A pause made during an incident outlasts a restart: only PATCH lifts it.
+                options = msgspec.structs.replace(options, paused=True)
             await self.put_queue(name, options)
         await self.store.listen(self)
         # Leases and delays left by an earlier run: the first reap is at the earliest of them.
