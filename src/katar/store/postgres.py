@@ -714,19 +714,26 @@ class PostgresStore(Store):
         taken: dict[str, int] = {}
         lease_until = now + options.timeout
         delivered: list[Task] = []
+        if allowed > 0 and options.key_concurrency is None and queue_id not in self._fair:
+            # Nothing to pick by key: the plain claim, cut to what the limits allow.
+            cursor = await conn.execute(sql["claim"], (worker, lease_until, now, queue_id, allowed))
+            delivered = [task_from_row(row, queue) for row in await cursor.fetchall()]
+            delivered.sort(key=lambda t: (-t.priority, t.id))
+            allowed = 0
         while len(delivered) < allowed:
             want = allowed - len(delivered)
             blocked = rules.blocked_keys(per_key, taken, options.key_concurrency)
-            # A few more than wanted: some may belong to keys that fill up on the way.
-            chunk = want if options.key_concurrency is None else want * 4 + 16
+            # A few more than wanted: some may belong to keys that fill up on the way (the
+            # next look passes over those keys).
+            chunk = want if options.key_concurrency is None else want + 64
             candidates = await self._candidates(conn, queue_id, blocked, chunk)
             ids = rules.pick_by_key(candidates, want, per_key, options.key_concurrency, taken)
             if ids:
                 cursor = await conn.execute(sql["take"], (worker, lease_until, now, ids))
-                delivered += [task_from_row(row, queue) for row in await cursor.fetchall()]
+                took = {row[0]: row for row in await cursor.fetchall()}
+                delivered += [task_from_row(took[i], queue) for i in ids]  # the claim order
             if len(candidates) < chunk:
                 break  # no more ready tasks that a free key could take
-        delivered.sort(key=lambda t: (-t.priority, t.id))
         retry_at = None
         if bucket is not None and options.rate is not None:
             bucket.take(len(delivered))

@@ -14,7 +14,7 @@ from typing import Any, Final
 import msgspec
 
 from katar.core import rules
-from katar.core.model import Ack, QueueOptions, State, Task, parse_task_id
+from katar.core.model import Ack, QueueOptions, Rate, State, Task, parse_task_id
 from katar.core.storage import Change
 from katar.errors import (
     KatarError,
@@ -96,6 +96,21 @@ _TAKE: Final = (
     f" updated_at=? WHERE id IN (SELECT value FROM json_each(?)) RETURNING {CLAIMED_COLUMNS}"
 )
 _NAME_WORKER: Final = "UPDATE tasks SET worker=? WHERE id IN (SELECT value FROM json_each(?))"
+# A fair queue's claim, with no key to count: the plain claim in the fair order (its workers
+# named after, by _NAME_WORKER). Tasks without a place (enqueued as the queue was made fair)
+# come after the placed ones, in the plain order.
+_CLAIM_FAIR: Final = (
+    "UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, lease_until=?, run_at=NULL,"
+    " updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND state=1 AND"
+    " fair_seq IS NOT NULL ORDER BY priority DESC, fair_seq, id LIMIT ?)"
+    f" RETURNING {CLAIMED_COLUMNS}, fair_seq"
+)
+_CLAIM_UNPLACED: Final = (
+    "UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, lease_until=?, run_at=NULL,"
+    " updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND state=1 AND"
+    " fair_seq IS NULL ORDER BY priority DESC, id LIMIT ?)"
+    f" RETURNING {CLAIMED_COLUMNS}, 9223372036854775807"
+)
 
 
 @dataclass(slots=True)
@@ -114,6 +129,7 @@ class _Poll:
     error: KatarError | None = None  # the refusal of that ack, if refused
     delivered: list[Task] = field(default_factory=list)
     retry_at: int | None = None  # see PollResult.retry_at
+    take: int = 0  # what its claim takes: limit, or less where a limit cuts it
 
 
 class Batches:
@@ -175,50 +191,100 @@ class Batches:
                     )
                 except KatarError as exc:
                     poll.error = exc
-        claims: dict[tuple[int, str | None, int], list[_Poll]] = {}
+        # (queue, worker, timeout, fair order) -> the polls that one claim statement serves
+        claims: dict[tuple[int, str | None, int, bool], list[_Poll]] = {}
         custom: dict[int, list[_Poll]] = {}
         for poll in polls:
-            if poll.limit > 0 and poll.error is None and poll.options.custom_claim:
-                custom.setdefault(poll.queue_id, []).append(poll)
-            elif poll.limit > 0 and poll.error is None:
-                claims.setdefault((poll.queue_id, poll.worker, poll.options.timeout), []).append(
-                    poll
-                )
-        for claiming in custom.values():
-            self._claim_limited(conn, claiming)
-        for (queue_id, worker, timeout), claiming in claims.items():
-            total = sum(poll.limit for poll in claiming)
+            if poll.limit > 0 and poll.error is None:
+                poll.take = poll.limit
+                if poll.options.custom_claim:
+                    custom.setdefault(poll.queue_id, []).append(poll)
+                else:
+                    claims.setdefault(
+                        (poll.queue_id, poll.worker, poll.options.timeout, False), []
+                    ).append(poll)
+        charged: list[tuple[rules.Bucket, Rate, list[_Poll]]] = []
+        for queue_id, group in custom.items():
+            options = group[0].options
+            if options.key_concurrency is not None:
+                self._claim_by_key(conn, group)
+                continue
+            # No key to count: the limits cut what the polls take, in arrival order, and
+            # the claim is the plain one (in the fair order for a fair queue).
+            bucket, allowed = self._allowance(conn, group)
+            for poll in group:
+                poll.take = min(poll.limit, allowed)
+                allowed -= poll.take
+                if poll.take:
+                    fair = queue_id in self._fair
+                    statement = (queue_id, poll.worker, options.timeout, fair)
+                    claims.setdefault(statement, []).append(poll)
+            if bucket is not None and options.rate is not None:
+                charged.append((bucket, options.rate, group))
+        for (queue_id, worker, timeout, fair), claiming in claims.items():
+            total = sum(poll.take for poll in claiming)
             now = max(poll.now for poll in claiming)
-            if worker is None:
+            if fair:
+                rows = conn.execute(_CLAIM_FAIR, (now + timeout, now, queue_id, total)).fetchall()
+                if len(rows) < total:
+                    later = (now + timeout, now, queue_id, total - len(rows))
+                    rows += conn.execute(_CLAIM_UNPLACED, later).fetchall()
+            elif worker is None:
                 claim = conn.execute(_CLAIM_ANONYMOUS, (now + timeout, now, queue_id, total))
+                rows = claim.fetchall()
             else:
                 claim = conn.execute(_CLAIM, (worker, now + timeout, now, queue_id, total))
-            rows = claim.fetchall()
+                rows = claim.fetchall()
             if len(rows) > 1:  # RETURNING promises no order
-                rows.sort(key=lambda row: (-row[1], row[0]))
+                if fair:
+                    rows.sort(key=lambda row: (-row[1], row[-1], row[0]))
+                else:
+                    rows.sort(key=lambda row: (-row[1], row[0]))
             name = self._queue_names[queue_id]
             lease_until = now + timeout
             tasks = [claimed_from_row(row, name, worker, now, lease_until) for row in rows]
             start = 0
             for poll in claiming:
-                poll.delivered = tasks[start : start + poll.limit]
-                start += poll.limit
+                poll.delivered = tasks[start : start + poll.take]
+                start += poll.take
+            if fair and worker is not None and rows:
+                conn.execute(_NAME_WORKER, (worker, msgspec.json.encode([r[0] for r in rows])))
+        for bucket, rate, group in charged:  # what was taken, not what was allowed
+            self._charge(bucket, rate, group)
 
-    def _claim_limited(self, conn: sqlite3.Connection, polls: list[_Poll]) -> None:
-        """The claims of a group's polls of one queue whose options are custom_claim: one
-        count and one selection for them all, served in arrival order, so that the limits
-        hold inside the group as between groups (and a group costs what one poll does)."""
+    def _allowance(self, conn: sqlite3.Connection, polls: list[_Poll]) -> tuple[Any, int]:
+        """What a group's polls of one queue may take together (rules.claim_allowance),
+        and the queue's rate bucket refilled to now (None without a rate limit)."""
         first = polls[0]
         options, queue_id = first.options, first.queue_id
         now = max(poll.now for poll in polls)
-        asked = sum(poll.limit for poll in polls)
         bucket = self._bucket(queue_id, options, now)
         running = 0
         if options.concurrency is not None:
             running = conn.execute(_RUNNING, (queue_id,)).fetchone()[0]
-        allowed = rules.claim_allowance(options, asked, running, bucket)
+        asked = sum(poll.limit for poll in polls)
+        return bucket, rules.claim_allowance(options, asked, running, bucket)
+
+    @staticmethod
+    def _charge(bucket: rules.Bucket, rate: Rate, polls: list[_Poll]) -> None:
+        """Spend the tokens of what the polls took; a poll that got less than it asked
+        learns when the next token comes (PollResult.retry_at)."""
+        bucket.take(sum(len(poll.delivered) for poll in polls))
+        now = max(poll.now for poll in polls)
+        for poll in polls:
+            if len(poll.delivered) < poll.limit:
+                poll.retry_at = bucket.next_token(rate, now)
+
+    def _claim_by_key(self, conn: sqlite3.Connection, polls: list[_Poll]) -> None:
+        """The claims of a group's polls of one queue with key_concurrency: one count and
+        one selection for them all, served in arrival order, so that the limits hold inside
+        the group as between groups (and a group costs what one poll does)."""
+        first = polls[0]
+        options, queue_id = first.options, first.queue_id
+        now = max(poll.now for poll in polls)
+        bucket, allowed = self._allowance(conn, polls)
         per_key: dict[str, int] = {}
-        if options.key_concurrency is not None and allowed > 0:
+        if allowed > 0:
             per_key = dict(conn.execute(_RUNNING_KEYS, (queue_id,)).fetchall())
         taken: dict[str, int] = {}
         lease_until = now + options.timeout
@@ -227,9 +293,10 @@ class Batches:
         while len(order) < allowed:
             want = allowed - len(order)
             blocked = rules.blocked_keys(per_key, taken, options.key_concurrency)
-            # A few more than wanted: some may belong to keys that fill up on the way.
-            chunk = want if options.key_concurrency is None else want * 4 + 16
-            candidates = self._candidates(conn, queue_id, msgspec.json.encode(blocked), chunk)
+            # A few more than wanted: some may belong to keys that fill up on the way (the
+            # next look passes over those keys).
+            chunk = want + 64
+            candidates = self._candidates(conn, queue_id, blocked, chunk)
             ids = rules.pick_by_key(candidates, want, per_key, options.key_concurrency, taken)
             if ids:  # taken now, so that the next look passes them; workers named below
                 took = conn.execute(_TAKE, (lease_until, now, msgspec.json.encode(ids)))
@@ -248,23 +315,22 @@ class Batches:
             ]
             if poll.worker is not None and mine:
                 named.setdefault(poll.worker, []).extend(mine)
-            if bucket is not None and options.rate is not None and len(mine) < poll.limit:
-                bucket_after = rules.Bucket(bucket.tokens - len(order), bucket.at)
-                poll.retry_at = bucket_after.next_token(options.rate, now)
         for worker, ids in named.items():
             conn.execute(_NAME_WORKER, (worker, msgspec.json.encode(ids)))
-        if bucket is not None:
-            bucket.take(len(order))
+        if bucket is not None and options.rate is not None:
+            self._charge(bucket, options.rate, polls)
 
     def _candidates(
-        self, conn: sqlite3.Connection, queue_id: int, blocked: bytes, chunk: int
+        self, conn: sqlite3.Connection, queue_id: int, blocked: list[str], chunk: int
     ) -> list[tuple[int, str | None]]:
+        """Ready tasks in claim order, up to ``chunk``, passing over the ``blocked`` keys."""
+        keys = msgspec.json.encode(blocked)
         if queue_id not in self._fair:
-            return conn.execute(_CANDIDATES, (queue_id, blocked, chunk)).fetchall()
-        rows = conn.execute(_CANDIDATES_FAIR, (queue_id, blocked, chunk)).fetchall()
+            return conn.execute(_CANDIDATES, (queue_id, keys, chunk)).fetchall()
+        rows = conn.execute(_CANDIDATES_FAIR, (queue_id, keys, chunk)).fetchall()
         if len(rows) < chunk:
             rows += conn.execute(
-                _CANDIDATES_UNPLACED, (queue_id, blocked, chunk - len(rows))
+                _CANDIDATES_UNPLACED, (queue_id, keys, chunk - len(rows))
             ).fetchall()
         return rows
 
