@@ -17,6 +17,11 @@ OLD_INDEXES = {
     2: "CREATE INDEX tasks_resting ON tasks (queue_id, state, id) WHERE state IN (0, 4, 5, 6);",
     # Schema 3: the index of today, without the idempotency keys' table.
     3: "CREATE INDEX tasks_at_rest ON tasks (queue_id, state, id) WHERE state NOT BETWEEN 1 AND 3;",
+    # Schema 4: the idempotency keys, without the tasks' cancel_requested and progress.
+    4: "CREATE INDEX tasks_at_rest ON tasks (queue_id, state, id) WHERE state NOT BETWEEN 1 AND 3;"
+    "CREATE TABLE idempotency_keys (queue_id INTEGER NOT NULL, key TEXT NOT NULL,"
+    " digest BLOB NOT NULL, ids BLOB NOT NULL, created INTEGER NOT NULL,"
+    " PRIMARY KEY (queue_id, key)) WITHOUT ROWID;",
 }
 
 
@@ -45,9 +50,14 @@ async def test_an_older_schema_is_upgraded(tmp_path: Path, version: int) -> None
     await store.open()
     try:
         assert (await store.counts())["q"] == {4: 1}
+        (old,) = await store.list_tasks("q", None, 10, 0)
+        assert not old.cancel_requested
+        assert old.progress is None
     finally:
         await store.close()
     conn = sqlite3.connect(path)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+    assert {"cancel_requested", "progress"} <= columns
     indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert indexes & {"tasks_queue_state", "tasks_resting"} == set()
     assert "tasks_at_rest" in indexes

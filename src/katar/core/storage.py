@@ -31,6 +31,9 @@ class PollResult(NamedTuple):
 
     delivered: list[Task]
     changes: list[Change]
+    #: The ids of the tasks whose heartbeat in the acks found them cancelled by an operator
+    #: (rules.stops): the worker is told to stop them.
+    cancel: Sequence[int] = ()
 
 
 class Enqueued(NamedTuple):
@@ -150,7 +153,8 @@ class Store(abc.ABC):
         for an id this store never issued raises TaskNotFound; one for a task of another
         queue too; one for a task that is gone (a finished task of a queue without history)
         changes nothing. ``changes`` holds every task whose status the acks changed, except
-        those finished while :attr:`watch` answers False.
+        those finished while :attr:`watch` answers False; ``cancel`` the ids of the tasks
+        whose heartbeat :func:`rules.stops <katar.core.rules.stops>`.
         """
 
     @abc.abstractmethod

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("katar")
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -86,6 +86,11 @@ CREATE TABLE IF NOT EXISTS {s}.idempotency_keys (
     PRIMARY KEY (queue_id, key)  -- what decides between servers racing with one key
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_created ON {s}.idempotency_keys (created);
+""",
+    3: """
+-- Long-running work: an operator's cancel of a task in progress, and the worker's progress.
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS cancel_requested boolean NOT NULL DEFAULT false;
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS progress bytea;  -- the worker's JSON, verbatim
 """,
 }
 _SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -155,8 +160,8 @@ class PostgresStore(Store):
             "lock_many": f"SELECT 1 FROM {s}.tasks WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
             "update": (
                 f"UPDATE {s}.tasks SET state=%s, priority=%s, attempts=%s, attempt_base=%s,"
-                " error=%s, result=%s, worker=%s, updated_at=%s, run_at=%s, lease_until=%s"
-                " WHERE id=%s"
+                " error=%s, result=%s, worker=%s, updated_at=%s, run_at=%s, lease_until=%s,"
+                " cancel_requested=%s, progress=%s WHERE id=%s"
             ),
             "delete": f"DELETE FROM {s}.tasks WHERE id = %s",
             "insert": (
@@ -167,9 +172,9 @@ class PostgresStore(Store):
             ),
             "claim": (
                 f"UPDATE {s}.tasks SET state=3, attempts=attempts+1, worker=%s,"
-                f" lease_until=%s, run_at=NULL, updated_at=%s WHERE id IN (SELECT id FROM"
-                f" {s}.tasks WHERE queue_id=%s AND state=1 ORDER BY priority DESC, id"
-                f" LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {COLUMNS}"
+                f" lease_until=%s, run_at=NULL, progress=NULL, updated_at=%s WHERE id IN"
+                f" (SELECT id FROM {s}.tasks WHERE queue_id=%s AND state=1"
+                f" ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {COLUMNS}"
             ),
             "issued": f"SELECT last_value, is_called FROM {s}.tasks_id_seq",
         }
@@ -541,6 +546,7 @@ class PostgresStore(Store):
     ) -> PollResult:
         queue_id = await self._queue_id(queue)
         changes: list[Change] = []
+        cancel: list[int] = []
         async with self._transaction() as conn:
             if len(acks) > 1:
                 # Lock the acked tasks in id order first: two polls acking the same tasks in
@@ -568,6 +574,8 @@ class PostgresStore(Store):
                 change = await self._write(conn, task, new, options)
                 if change is not None and change.task.state != change.old:
                     changes.append(change)
+                if rules.stops(task if new is None else new, ack, worker):
+                    cancel.append(task.id)
             delivered: list[Task] = []
             if limit > 0:
                 cursor = await conn.execute(
@@ -576,7 +584,7 @@ class PostgresStore(Store):
                 delivered = [task_from_row(row, queue) for row in await cursor.fetchall()]
                 delivered.sort(key=lambda t: (-t.priority, t.id))
             await self._notify_ready(conn, (change.task for change in changes))
-        return PollResult(delivered, changes)
+        return PollResult(delivered, changes, cancel)
 
     async def get_task(self, queue: str, task_id: int) -> Task | None:
         async with self._transaction(writes=False) as conn:

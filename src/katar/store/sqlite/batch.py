@@ -27,13 +27,17 @@ from katar.store._rows import (
 # hot path of every worker's poll.
 _CLAIM: Final = (
     "UPDATE tasks SET state=3, attempts=attempts+1, worker=?, lease_until=?, run_at=NULL,"
-    " updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND state=1"
+    " progress=NULL, updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND state=1"
     f" ORDER BY priority DESC, id LIMIT ?) RETURNING {CLAIMED_COLUMNS}"
 )
 _CLAIM_ANONYMOUS: Final = _CLAIM.replace("worker=?", "worker=NULL")  # no worker name given
 # A worker's "done" for the current delivery: update, or delete in a queue without history.
 # {returning} is every column, or only the id when nobody needs the finished tasks.
-_CURRENT: Final = "id=? AND queue_id=? AND state=3 AND attempts=coalesce(nullif(?, 0), attempts)"
+# A delivery whose cancel an operator asked for is left to the rules (it ends cancelled).
+_CURRENT: Final = (
+    "id=? AND queue_id=? AND state=3 AND attempts=coalesce(nullif(?, 0), attempts)"
+    " AND cancel_requested=0"
+)
 _DONE: Final = (
     "UPDATE tasks SET state=4, result=?, error=NULL, lease_until=NULL, updated_at=?"
     f" WHERE {_CURRENT} RETURNING {{returning}}"
@@ -49,7 +53,7 @@ _DONE_DROP_OWNED: Final = _DONE_DROP.replace(" RETURNING", _OWNER + " RETURNING"
 # "(?,?)" when the task is dropped (its result is not kept).
 _DONE_MATCH: Final = (
     "t.id = v.column1 AND t.queue_id = ? AND t.state = 3"
-    " AND t.attempts = coalesce(nullif(v.column2, 0), t.attempts)"
+    " AND t.attempts = coalesce(nullif(v.column2, 0), t.attempts) AND t.cancel_requested = 0"
 )
 _DONE_MANY: Final = (
     "UPDATE tasks AS t SET state=4, result=v.column3, error=NULL, lease_until=NULL,"
@@ -70,7 +74,8 @@ _DONE_DROP_MANY_OWNED: Final = _DONE_DROP_MANY.replace(
 # The same when no ack names its delivery, so there is nothing to match but ids: no join
 # (a tenth fewer instructions per task); {ids} is "?" per ack.
 _DONE_DROP_IDS: Final = (
-    "DELETE FROM tasks WHERE id IN ({ids}) AND queue_id=? AND state=3 RETURNING {returning}"
+    "DELETE FROM tasks WHERE id IN ({ids}) AND queue_id=? AND state=3 AND cancel_requested=0"
+    " RETURNING {returning}"
 )
 _DONE_CHUNK: Final = 300  # acks per statement: 3 variables each, well under SQLite's limit
 
@@ -90,6 +95,7 @@ class _Poll:
     done: tuple[int, Ack] | None  # its one "done" ack, when that is all it acks: (id, ack)
     error: KatarError | None = None  # the refusal of that ack, if refused
     delivered: list[Task] = field(default_factory=list)
+    cancel: list[int] = field(default_factory=list)  # see PollResult.cancel
 
 
 class Batches:
@@ -183,6 +189,7 @@ class Batches:
         now: int,
         changes: list[Change],
         worker: str | None,
+        cancel: list[int] | None = None,
     ) -> None:
         """Apply a batch's acks in order. The plain "done"s of the current deliveries go in
         statements of many rows at once, when no task is named twice (then the order of
@@ -200,7 +207,17 @@ class Batches:
                     changes.append(change)
             else:
                 self._apply_ack(
-                    conn, queue, queue_id, options, ack, index, now, changes, worker, not done
+                    conn,
+                    queue,
+                    queue_id,
+                    options,
+                    ack,
+                    index,
+                    now,
+                    changes,
+                    worker,
+                    not done,
+                    cancel,
                 )
 
     def _apply_ack(
@@ -215,9 +232,11 @@ class Batches:
         changes: list[Change],
         worker: str | None,
         fast: bool = True,
+        cancel: list[int] | None = None,
     ) -> None:
         """Apply one ack from a poll naming ``worker`` (None: anonymous); a refused ack
-        raises before anything is written."""
+        raises before anything is written. A heartbeat that finds its task cancelled by an
+        operator (rules.stops) adds the task's id to ``cancel``."""
         task_id = parse_task_id(ack.task_id)
         if fast and ack.status == "done" and task_id is not None:
             owners = None if worker is None else [worker]
@@ -236,6 +255,8 @@ class Batches:
         change = self._store_change(conn, task, new, options)
         if change is not None and change.task.state != change.old:
             changes.append(change)
+        if cancel is not None and rules.stops(task if new is None else new, ack, worker):
+            cancel.append(task.id)
 
     def _finish_done(
         self,

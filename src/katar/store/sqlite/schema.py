@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-SCHEMA_VERSION: Final = 4  # 4: idempotency_keys
+SCHEMA_VERSION: Final = 5  # 4: idempotency_keys; 5: tasks.cancel_requested, tasks.progress
 # The tasks at rest: paused (0), done (4), failed (5), cancelled (6). Not "state IN (0, 4, 5,
 # 6)": SQLite evaluates a partial index's condition for every row a statement writes, and an
 # IN list builds a temporary b-tree each time (a 4 KiB page zeroed): 56,000 instructions per
@@ -30,7 +30,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
     run_at INTEGER,
-    lease_until INTEGER
+    lease_until INTEGER,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    progress BLOB
 );
 -- The claim's order, over READY tasks only: scheduled, running and finished tasks never
 -- slow it down however many there are.
@@ -55,3 +57,20 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created
 DROP INDEX IF EXISTS tasks_queue_state;
 DROP INDEX IF EXISTS tasks_resting;
 """
+
+#: Columns added to the tasks table since schema 1, in order: a database made before them
+#: gets them with ALTER TABLE (see added_columns).
+ADDED_COLUMNS: Final = (
+    ("cancel_requested", "INTEGER NOT NULL DEFAULT 0"),  # schema 5
+    ("progress", "BLOB"),  # schema 5: the worker's JSON, verbatim
+)
+
+
+def added_columns(present: set[str]) -> list[str]:
+    """The statements that add the columns of ADDED_COLUMNS missing from a tasks table that
+    has the ``present`` ones."""
+    return [
+        f"ALTER TABLE tasks ADD COLUMN {name} {kind}"
+        for name, kind in ADDED_COLUMNS
+        if name not in present
+    ]

@@ -41,7 +41,7 @@ from katar.errors import (
 )
 from katar.logs import mask_credentials
 from katar.store.sqlite.batch import _Poll
-from katar.store.sqlite.schema import _SCHEMA, SCHEMA_VERSION
+from katar.store.sqlite.schema import _SCHEMA, SCHEMA_VERSION, added_columns
 
 T = TypeVar("T")
 log = logging.getLogger("katar")
@@ -259,6 +259,9 @@ class GroupCommit(Store):
                 # Only then: a start on an unchanged schema writes nothing, so that a server
                 # can start on a full disk.
                 conn.executescript(_SCHEMA)
+                present = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+                for statement in added_columns(present):
+                    conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.schema_change = (version, SCHEMA_VERSION)
             self._load_ids(conn)
