@@ -208,7 +208,7 @@ def test_the_first_ack_after_a_cancel_request_cancels_the_task(status: str) -> N
     assert rules.stops(cancelled, ack, "w") is (status == "in progress")
     # Later acks of that delivery change nothing; a repeated heartbeat hears it again.
     for late in ("done", "failed", "in progress"):
-        stale = Ack(task_id="7", status=late, attempt=2)  # type: ignore[arg-type]
+        stale = Ack(task_id="7", status=late, attempt=2)
         assert rules.apply_ack(cancelled, stale, OPTIONS, T0 + 2, "w") is None
     assert rules.stops(cancelled, beat(attempt=2), "w")
     assert not rules.stops(cancelled, beat(attempt=1), "w")  # an earlier delivery's
