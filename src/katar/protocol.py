@@ -61,6 +61,8 @@ MAX_IDEMPOTENCY_KEY: Final = 255
 IDEMPOTENCY_KEY_PATTERN: Final = f"^[\\x20-\\x7e]{{1,{MAX_IDEMPOTENCY_KEY}}}$"
 
 NULL: Final = msgspec.Raw(b"null")
+#: The longest task key (a group such as a customer), in characters.
+MAX_TASK_KEY: Final = 255
 
 
 # Factories rather than defaults for the Raw fields: the JSON Schema generator cannot write a
@@ -81,6 +83,16 @@ Priority = Annotated[
     msgspec.Meta(description="Higher runs first; high is 10, normal 0, low -10."),
 ]
 Time = Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
+TaskKey = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=MAX_TASK_KEY,
+        pattern="^[^\\x00-\\x1f]+$",
+        description="The task's group (a customer, an account): key_concurrency counts by it."
+        f" 1 to {MAX_TASK_KEY} characters, no control characters.",
+    ),
+]
 #: Any JSON value, passed on verbatim (the server never decodes a task's data or result).
 AnyJson = Annotated[Any, msgspec.Meta(description="Any JSON value, null included.")]
 WorkerConfiguration = Annotated[
@@ -154,6 +166,7 @@ class NewTask(msgspec.Struct, frozen=True):
         | None
     ) = None
     status: NewTaskStatus = "queued"
+    key: TaskKey | None = None
 
 
 class Enqueue(NewTask, frozen=True):
@@ -188,6 +201,7 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: Time | None = None
     run_at: Time | None = None
     lease_expires_at: Time | None = None
+    key: str | None = None
     #: The worker's last reported progress (from a heartbeat); null when none.
     progress: AnyJson = None
     #: An operator asked to cancel the task while it ran (PATCH answered 202).

@@ -42,16 +42,16 @@ async def test_schema_1_is_upgraded_with_its_tasks_kept(tmp_path: Path) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         row = conn.execute(f"SELECT max(version) FROM {schema}.schema_version").fetchone()
         assert row is not None
-        assert row[0] == SCHEMA_VERSION == 3
+        assert row[0] == SCHEMA_VERSION == 4
 
 
-async def test_schema_2_gets_the_columns_of_long_running_work(tmp_path: Path) -> None:
+async def test_schema_3_gets_the_columns_of_long_running_work(tmp_path: Path) -> None:
     url = store_url("postgres", tmp_path)
     conninfo, _pool_size, schema = parse_url(url)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
         conn.execute(f"CREATE TABLE {schema}.schema_version (version integer NOT NULL)")
-        for version in (1, 2):
+        for version in (1, 2, 3):
             conn.execute(_MIGRATIONS[version].format(s=schema))
             conn.execute(f"INSERT INTO {schema}.schema_version VALUES (%s)", (version,))
         conn.execute(f"INSERT INTO {schema}.queues (name, options) VALUES ('q', '{{}}')")
@@ -63,7 +63,7 @@ async def test_schema_2_gets_the_columns_of_long_running_work(tmp_path: Path) ->
     store = PostgresStore(url)
     await store.open()
     try:
-        assert store.schema_change == (2, SCHEMA_VERSION)
+        assert store.schema_change == (3, SCHEMA_VERSION)
         (task,) = await store.list_tasks("q", None, 10, 0)
         assert not task.cancel_requested
         assert task.progress is None

@@ -11,7 +11,7 @@ from katar.core.model import State, Task
 
 COLUMNS: Final = (
     "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
-    " created_at, updated_at, run_at, lease_until, cancel_requested, progress"
+    " created_at, updated_at, run_at, lease_until, key, cancel_requested, progress"
 )
 _STATES: Final = tuple(State)  # by value: faster than State(value) on the hot path
 
@@ -33,13 +33,16 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
         updated_at=row[11],
         run_at=row[12],
         lease_until=row[13],
-        cancel_requested=bool(row[14]),
-        progress=None if row[15] is None else msgspec.Raw(row[15]),
+        key=row[14],
+        cancel_requested=bool(row[15]),
+        progress=None if row[16] is None else msgspec.Raw(row[16]),
     )
 
 
 #: What a claim returns: the columns it does not set itself (see claimed_from_row).
-CLAIMED_COLUMNS: Final = "id, priority, data, attempts, attempt_base, error, result, created_at"
+CLAIMED_COLUMNS: Final = (
+    "id, priority, data, attempts, attempt_base, error, result, created_at, key"
+)
 
 
 def claimed_from_row(
@@ -63,6 +66,7 @@ def claimed_from_row(
         created_at=row[7],
         updated_at=now,
         lease_until=lease_until,
+        key=row[8],
     )
 
 

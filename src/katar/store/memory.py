@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from katar.core import idempotency, rules
 from katar.core.idempotency import Idempotency
 from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_task_id
-from katar.core.storage import Change, Enqueued, PollResult, Store
+from katar.core.storage import Change, Enqueued, LimitState, PollResult, Store
 from katar.errors import KatarError, QueueNotFound, TaskNotFound
 from katar.logs import mask_credentials
 
@@ -31,6 +31,8 @@ class MemoryStore(Store):
         self._scheduled: list[tuple[int, int]] = []  # (run_at, id)
         self._leases: list[tuple[int, int]] = []  # (lease_until, id)
         self._last_id = 0
+        self._running: dict[str, dict[int, None]] = {}  # per queue: the tasks in progress
+        self._buckets: dict[str, rules.Bucket] = {}  # per queue with a rate limit
         # (queue, key) -> (digest, ids, created): the idempotency keys, oldest first.
         self._keys: dict[tuple[str, str], tuple[bytes, tuple[int, ...], int]] = {}
 
@@ -50,12 +52,17 @@ class MemoryStore(Store):
         self._queues[name] = options
         self._ids.setdefault(name, {})
         self._ready.setdefault(name, [])
+        self._running.setdefault(name, {})
+        if options.rate is None:
+            self._buckets.pop(name, None)
 
     async def delete_queue(self, name: str) -> int:
         if self._queues.pop(name, None) is None:
             raise QueueNotFound(queue=name)
         ids = self._ids.pop(name, {})
         self._ready.pop(name, None)
+        self._running.pop(name, None)
+        self._buckets.pop(name, None)
         for task_id in ids:
             del self._tasks[task_id]
         for queue_key in [queue_key for queue_key in self._keys if queue_key[0] == name]:
@@ -69,7 +76,12 @@ class MemoryStore(Store):
             raise QueueNotFound(queue=queue) from None
 
     def _put(self, task: Task) -> None:
+        old = self._tasks.get(task.id)
         self._tasks[task.id] = task
+        if task.state is State.RUNNING:
+            self._running[task.queue][task.id] = None
+        elif old is not None and old.state is State.RUNNING:
+            self._running[task.queue].pop(task.id, None)
         if task.state is State.READY:
             heapq.heappush(self._ready[task.queue], (-task.priority, task.id))
         elif task.state is State.SCHEDULED:
@@ -82,6 +94,7 @@ class MemoryStore(Store):
     def _remove(self, task: Task) -> None:
         del self._tasks[task.id]
         del self._ids[task.queue][task.id]
+        self._running[task.queue].pop(task.id, None)
 
     def _write(self, old: Task, new: Task | None, options: QueueOptions) -> Change | None:
         if new is None:
@@ -173,22 +186,91 @@ class MemoryStore(Store):
             change = self._write(first, new, options)
             if change is not None and change.task.state != change.old:
                 changes.append(change)
-        return PollResult(self._claim(queue, options, limit, worker, now), changes, cancel)
+        if options.limited and limit > 0:
+            limited = self._claim_limited(queue, options, limit, worker, now, changes)
+            return limited._replace(cancel=cancel)
+        return PollResult(self._claim(queue, options, limit, worker, now), changes, cancel=cancel)
 
     def _claim(
-        self, queue: str, options: QueueOptions, limit: int, worker: str | None, now: int
+        self,
+        queue: str,
+        options: QueueOptions,
+        limit: int,
+        worker: str | None,
+        now: int,
+        running: dict[str, int] | None = None,
     ) -> list[Task]:
+        """Take up to ``limit`` ready tasks in order; with ``running`` (tasks in progress
+        per key), pass over the keys at their key_concurrency, keeping their place."""
         heap = self._ready[queue]
         delivered: list[Task] = []
+        passed: list[tuple[int, int]] = []
+        taken: dict[str, int] = {}
         while heap and len(delivered) < limit:
-            negative_priority, task_id = heapq.heappop(heap)
-            task = self._tasks.get(task_id)
-            if task is None or task.state is not State.READY or task.priority != -negative_priority:
+            entry = heapq.heappop(heap)
+            task = self._tasks.get(entry[1])
+            if task is None or task.state is not State.READY or task.priority != -entry[0]:
+                continue
+            if running is not None and not rules.pick_by_key(
+                [(task.id, task.key)], 1, running, options.key_concurrency, taken
+            ):
+                passed.append(entry)
                 continue
             leased = rules.claimed(task, options, worker, now)
             self._put(leased)
             delivered.append(leased)
+        for entry in passed:
+            heapq.heappush(heap, entry)
         return delivered
+
+    def _claim_limited(
+        self,
+        queue: str,
+        options: QueueOptions,
+        limit: int,
+        worker: str | None,
+        now: int,
+        changes: list[Change],
+    ) -> PollResult:
+        in_progress = self._running[queue]
+        bucket = self._bucket(queue, options, now)
+        allowed = rules.claim_allowance(options, limit, len(in_progress), bucket)
+        running: dict[str, int] | None = None
+        if options.key_concurrency is not None:
+            running = self._running_keys(queue)
+        delivered = self._claim(queue, options, allowed, worker, now, running) if allowed else []
+        retry_at = None
+        if bucket is not None and options.rate is not None:
+            bucket.take(len(delivered))
+            if len(delivered) < limit:
+                retry_at = bucket.next_token(options.rate, now)
+        return PollResult(delivered, changes, retry_at)
+
+    def _bucket(self, queue: str, options: QueueOptions, now: int) -> rules.Bucket | None:
+        if options.rate is None:
+            return None
+        bucket = self._buckets.get(queue)
+        if bucket is None:
+            bucket = self._buckets[queue] = rules.Bucket.full(options.rate, now)
+        bucket.refill(options.rate, now)
+        return bucket
+
+    def _running_keys(self, queue: str) -> dict[str, int]:
+        running: dict[str, int] = {}
+        for task_id in self._running[queue]:
+            key = self._tasks[task_id].key
+            if key is not None:
+                running[key] = running.get(key, 0) + 1
+        return running
+
+    async def limit_state(self, queue: str, options: QueueOptions, now: int) -> LimitState:
+        self._ids_of(queue)
+        bucket = self._bucket(queue, options, now)
+        keys = None
+        if options.key_concurrency is not None:
+            limit = options.key_concurrency
+            keys = sum(1 for n in self._running_keys(queue).values() if n >= limit)
+        return LimitState(None if bucket is None else bucket.tokens, keys)
 
     async def get_task(self, queue: str, task_id: int) -> Task | None:
         task = self._tasks.get(task_id)

@@ -27,7 +27,7 @@ import msgspec
 from katar.core import idempotency, rules
 from katar.core.idempotency import Idempotency
 from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_task_id
-from katar.core.storage import Change, Enqueued, Observer, PollResult, Store
+from katar.core.storage import Change, Enqueued, LimitState, Observer, PollResult, Store
 from katar.errors import (
     ConfigError,
     KatarError,
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("katar")
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -88,6 +88,12 @@ CREATE TABLE IF NOT EXISTS {s}.idempotency_keys (
 CREATE INDEX IF NOT EXISTS idempotency_keys_created ON {s}.idempotency_keys (created);
 """,
     3: """
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS key text;  -- the group key_concurrency counts
+-- A rate limit's token bucket, shared by every server (rules.Bucket); NULL: full.
+ALTER TABLE {s}.queues ADD COLUMN IF NOT EXISTS bucket_tokens double precision;
+ALTER TABLE {s}.queues ADD COLUMN IF NOT EXISTS bucket_at bigint;
+""",
+    4: """
 -- Long-running work: an operator's cancel of a task in progress, and the worker's progress.
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS cancel_requested boolean NOT NULL DEFAULT false;
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS progress bytea;  -- the worker's JSON, verbatim
@@ -166,9 +172,9 @@ class PostgresStore(Store):
             "delete": f"DELETE FROM {s}.tasks WHERE id = %s",
             "insert": (
                 f"INSERT INTO {s}.tasks (queue_id, state, priority, data, created_at,"
-                f" updated_at, run_at) SELECT * FROM unnest(%s::int[], %s::smallint[],"
-                f" %s::int[], %s::bytea[], %s::bigint[], %s::bigint[], %s::bigint[])"
-                f" RETURNING id"
+                f" updated_at, run_at, key) SELECT * FROM unnest(%s::int[], %s::smallint[],"
+                f" %s::int[], %s::bytea[], %s::bigint[], %s::bigint[], %s::bigint[],"
+                f" %s::text[]) RETURNING id"
             ),
             "claim": (
                 f"UPDATE {s}.tasks SET state=3, attempts=attempts+1, worker=%s,"
@@ -177,6 +183,30 @@ class PostgresStore(Store):
                 f" ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {COLUMNS}"
             ),
             "issued": f"SELECT last_value, is_called FROM {s}.tasks_id_seq",
+            # A limited queue's claim (QueueOptions.limited). The queue's row is locked
+            # first: the claims of that queue, on every server, count one after another, so
+            # that a concurrency limit is never exceeded, not even for a moment.
+            "lock_queue": (
+                f"SELECT bucket_tokens, bucket_at FROM {s}.queues WHERE id = %s FOR UPDATE"
+            ),
+            "running": f"SELECT count(*) FROM {s}.tasks WHERE queue_id = %s AND state = 3",
+            "running_keys": (
+                f"SELECT key, count(*) FROM {s}.tasks WHERE queue_id = %s AND state = 3"
+                " AND key IS NOT NULL GROUP BY key"
+            ),
+            "candidates": (
+                f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
+                " (key IS NULL OR key <> ALL(%s::text[])) ORDER BY priority DESC, id LIMIT %s"
+                " FOR UPDATE SKIP LOCKED"
+            ),
+            "take": (
+                f"UPDATE {s}.tasks SET state=3, attempts=attempts+1, worker=%s,"
+                f" lease_until=%s, run_at=NULL, progress=NULL, updated_at=%s WHERE id = ANY(%s)"
+                f" RETURNING {COLUMNS}"
+            ),
+            "save_bucket": (
+                f"UPDATE {s}.queues SET bucket_tokens = %s, bucket_at = %s WHERE id = %s"
+            ),
         }
 
     # -- connections -------------------------------------------------------------------------
@@ -456,6 +486,7 @@ class PostgresStore(Store):
                 [now] * len(drafts),
                 [now] * len(drafts),
                 [t.run_at for t in drafts],
+                [t.key for t in drafts],
             ),
         )
         ids = [row[0] for row in await cursor.fetchall()]
@@ -577,14 +608,92 @@ class PostgresStore(Store):
                 if rules.stops(task if new is None else new, ack, worker):
                     cancel.append(task.id)
             delivered: list[Task] = []
-            if limit > 0:
+            retry_at = None
+            if limit > 0 and options.limited:
+                delivered, retry_at = await self._claim_limited(
+                    conn, queue, queue_id, options, limit, worker, now
+                )
+            elif limit > 0:
                 cursor = await conn.execute(
                     self._sql["claim"], (worker, now + options.timeout, now, queue_id, limit)
                 )
                 delivered = [task_from_row(row, queue) for row in await cursor.fetchall()]
                 delivered.sort(key=lambda t: (-t.priority, t.id))
             await self._notify_ready(conn, (change.task for change in changes))
-        return PollResult(delivered, changes, cancel)
+        return PollResult(delivered, changes, retry_at, cancel)
+
+    async def _claim_limited(
+        self,
+        conn: AsyncConnection[tuple[Any, ...]],
+        queue: str,
+        queue_id: int,
+        options: QueueOptions,
+        limit: int,
+        worker: str | None,
+        now: int,
+    ) -> tuple[list[Task], int | None]:
+        sql = self._sql
+        stored = await (await conn.execute(sql["lock_queue"], (queue_id,))).fetchone()
+        bucket = None
+        if options.rate is not None:
+            if stored is None or stored[0] is None:
+                bucket = rules.Bucket.full(options.rate, now)
+            else:
+                bucket = rules.Bucket(stored[0], stored[1])
+                bucket.refill(options.rate, now)
+        row = await (await conn.execute(sql["running"], (queue_id,))).fetchone()
+        allowed = rules.claim_allowance(options, limit, row[0] if row else 0, bucket)
+        per_key: dict[str, int] = {}
+        if options.key_concurrency is not None and allowed > 0:
+            rows = await (await conn.execute(sql["running_keys"], (queue_id,))).fetchall()
+            per_key = {key: count for key, count in rows}
+        taken: dict[str, int] = {}
+        lease_until = now + options.timeout
+        delivered: list[Task] = []
+        while len(delivered) < allowed:
+            want = allowed - len(delivered)
+            blocked = rules.blocked_keys(per_key, taken, options.key_concurrency)
+            # A few more than wanted: some may belong to keys that fill up on the way.
+            chunk = want if options.key_concurrency is None else want * 4 + 16
+            cursor = await conn.execute(sql["candidates"], (queue_id, blocked, chunk))
+            candidates = [(task_id, key) for task_id, key in await cursor.fetchall()]
+            ids = rules.pick_by_key(candidates, want, per_key, options.key_concurrency, taken)
+            if ids:
+                cursor = await conn.execute(sql["take"], (worker, lease_until, now, ids))
+                delivered += [task_from_row(row, queue) for row in await cursor.fetchall()]
+            if len(candidates) < chunk:
+                break  # no more ready tasks that a free key could take
+        delivered.sort(key=lambda t: (-t.priority, t.id))
+        retry_at = None
+        if bucket is not None and options.rate is not None:
+            bucket.take(len(delivered))
+            await conn.execute(sql["save_bucket"], (bucket.tokens, bucket.at, queue_id))
+            if len(delivered) < limit:
+                retry_at = bucket.next_token(options.rate, now)
+        return delivered, retry_at
+
+    async def limit_state(self, queue: str, options: QueueOptions, now: int) -> LimitState:
+        queue_id = await self._queue_id(queue)
+        async with self._transaction(writes=False) as conn:
+            keys = None
+            if options.key_concurrency is not None:
+                limit = options.key_concurrency
+                rows = await (await conn.execute(self._sql["running_keys"], (queue_id,))).fetchall()
+                keys = sum(1 for _key, count in rows if count >= limit)
+            tokens = None
+            if options.rate is not None:
+                row = await (
+                    await conn.execute(
+                        f"SELECT bucket_tokens, bucket_at FROM {self._schema}.queues WHERE id = %s",
+                        (queue_id,),
+                    )
+                ).fetchone()
+                bucket = rules.Bucket.full(options.rate, now)
+                if row is not None and row[0] is not None:
+                    bucket = rules.Bucket(row[0], row[1])
+                    bucket.refill(options.rate, now)
+                tokens = bucket.tokens
+        return LimitState(tokens, keys)
 
     async def get_task(self, queue: str, task_id: int) -> Task | None:
         async with self._transaction(writes=False) as conn:

@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import msgspec
+
 from katar.core import rules
 from katar.core.model import Ack, QueueOptions, State, Task, parse_task_id
 from katar.core.storage import Change
@@ -79,6 +81,21 @@ _DONE_DROP_IDS: Final = (
 )
 _DONE_CHUNK: Final = 300  # acks per statement: 3 variables each, well under SQLite's limit
 
+# A limited queue's claim (QueueOptions.limited): count, pick, then take by id.
+_RUNNING: Final = "SELECT count(*) FROM tasks WHERE queue_id=? AND state=3"
+_RUNNING_KEYS: Final = (
+    "SELECT key, count(*) FROM tasks WHERE queue_id=? AND state=3 AND key IS NOT NULL GROUP BY key"
+)
+_CANDIDATES: Final = (
+    "SELECT id, key FROM tasks WHERE queue_id=? AND state=1 AND (key IS NULL OR key NOT IN"
+    " (SELECT value FROM json_each(?))) ORDER BY priority DESC, id LIMIT ?"
+)
+_TAKE: Final = (
+    "UPDATE tasks SET state=3, attempts=attempts+1, worker=?, lease_until=?, run_at=NULL,"
+    " progress=NULL, updated_at=? WHERE id IN (SELECT value FROM json_each(?))"
+    f" RETURNING {CLAIMED_COLUMNS}"
+)
+
 
 @dataclass(slots=True)
 class _Poll:
@@ -95,6 +112,7 @@ class _Poll:
     done: tuple[int, Ack] | None  # its one "done" ack, when that is all it acks: (id, ack)
     error: KatarError | None = None  # the refusal of that ack, if refused
     delivered: list[Task] = field(default_factory=list)
+    retry_at: int | None = None  # see PollResult.retry_at
     cancel: list[int] = field(default_factory=list)  # see PollResult.cancel
 
 
@@ -107,6 +125,7 @@ class Batches:
     _task: Callable[[Sequence[Any]], Task]
     _store_change: Callable[..., Change | None]
     _find: Callable[..., Any]
+    _buckets: dict[int, rules.Bucket]  # per queue with a rate limit (one server per file)
 
     def _finish_polls(self, conn: sqlite3.Connection) -> None:
         """Make the "done"s and the claims of every poll of the transaction: one statement
@@ -157,7 +176,10 @@ class Batches:
                     poll.error = exc
         claims: dict[tuple[int, str | None, int], list[_Poll]] = {}
         for poll in polls:
-            if poll.limit > 0 and poll.error is None:
+            if poll.limit > 0 and poll.error is None and poll.options.limited:
+                # One at a time, in arrival order: each counts what the ones before took.
+                self._claim_limited(conn, poll)
+            elif poll.limit > 0 and poll.error is None:
                 claims.setdefault((poll.queue_id, poll.worker, poll.options.timeout), []).append(
                     poll
                 )
@@ -178,6 +200,52 @@ class Batches:
             for poll in claiming:
                 poll.delivered = tasks[start : start + poll.limit]
                 start += poll.limit
+
+    def _claim_limited(self, conn: sqlite3.Connection, poll: _Poll) -> None:
+        options, queue_id, now = poll.options, poll.queue_id, poll.now
+        bucket = self._bucket(queue_id, options, now)
+        running = conn.execute(_RUNNING, (queue_id,)).fetchone()[0]
+        allowed = rules.claim_allowance(options, poll.limit, running, bucket)
+        per_key: dict[str, int] = {}
+        if options.key_concurrency is not None and allowed > 0:
+            per_key = dict(conn.execute(_RUNNING_KEYS, (queue_id,)).fetchall())
+        taken: dict[str, int] = {}
+        lease_until = now + options.timeout
+        name = self._queue_names[queue_id]
+        delivered: list[Task] = []
+        while len(delivered) < allowed:
+            want = allowed - len(delivered)
+            blocked = rules.blocked_keys(per_key, taken, options.key_concurrency)
+            # A few more than wanted: some may belong to keys that fill up on the way.
+            chunk = want if options.key_concurrency is None else want * 4 + 16
+            rows = conn.execute(
+                _CANDIDATES, (queue_id, msgspec.json.encode(blocked), chunk)
+            ).fetchall()
+            ids = rules.pick_by_key(rows, want, per_key, options.key_concurrency, taken)
+            if ids:
+                took = conn.execute(
+                    _TAKE, (poll.worker, lease_until, now, msgspec.json.encode(ids))
+                ).fetchall()
+                delivered += [
+                    claimed_from_row(row, name, poll.worker, now, lease_until) for row in took
+                ]
+            if len(rows) < chunk:
+                break  # no more ready tasks that a free key could take
+        delivered.sort(key=lambda task: (-task.priority, task.id))
+        poll.delivered = delivered
+        if bucket is not None and options.rate is not None:
+            bucket.take(len(delivered))
+            if len(delivered) < poll.limit:
+                poll.retry_at = bucket.next_token(options.rate, now)
+
+    def _bucket(self, queue_id: int, options: QueueOptions, now: int) -> rules.Bucket | None:
+        if options.rate is None:
+            return None
+        bucket = self._buckets.get(queue_id)
+        if bucket is None:
+            bucket = self._buckets[queue_id] = rules.Bucket.full(options.rate, now)
+        bucket.refill(options.rate, now)
+        return bucket
 
     def _apply_acks(
         self,

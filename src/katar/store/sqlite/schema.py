@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Final
 
-SCHEMA_VERSION: Final = 5  # 4: idempotency_keys; 5: tasks.cancel_requested, tasks.progress
+SCHEMA_VERSION: Final = 6  # 4: idempotency_keys; 5: tasks.key; 6: tasks.cancel_requested, progress
 # The tasks at rest: paused (0), done (4), failed (5), cancelled (6). Not "state IN (0, 4, 5,
 # 6)": SQLite evaluates a partial index's condition for every row a statement writes, and an
 # IN list builds a temporary b-tree each time (a 4 KiB page zeroed): 56,000 instructions per
@@ -31,8 +32,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     updated_at INTEGER NOT NULL,
     run_at INTEGER,
     lease_until INTEGER,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    progress BLOB
+    key TEXT,  -- the task's group, for key_concurrency
+    cancel_requested INTEGER NOT NULL DEFAULT 0,  -- an operator's cancel of a task in progress
+    progress BLOB  -- the worker's JSON, verbatim, from its last heartbeat
 );
 -- The claim's order, over READY tasks only: scheduled, running and finished tasks never
 -- slow it down however many there are.
@@ -58,19 +60,23 @@ DROP INDEX IF EXISTS tasks_queue_state;
 DROP INDEX IF EXISTS tasks_resting;
 """
 
-#: Columns added to the tasks table since schema 1, in order: a database made before them
-#: gets them with ALTER TABLE (see added_columns).
-ADDED_COLUMNS: Final = (
-    ("cancel_requested", "INTEGER NOT NULL DEFAULT 0"),  # schema 5
-    ("progress", "BLOB"),  # schema 5: the worker's JSON, verbatim
-)
+#: The columns each version added to a table that an older database already has (CREATE
+#: TABLE IF NOT EXISTS leaves it as it is): version -> (table, column, declaration).
+_ADDED: Final = {
+    5: (("tasks", "key", "TEXT"),),
+    6: (
+        ("tasks", "cancel_requested", "INTEGER NOT NULL DEFAULT 0"),
+        ("tasks", "progress", "BLOB"),
+    ),
+}
 
 
-def added_columns(present: set[str]) -> list[str]:
-    """The statements that add the columns of ADDED_COLUMNS missing from a tasks table that
-    has the ``present`` ones."""
-    return [
-        f"ALTER TABLE tasks ADD COLUMN {name} {kind}"
-        for name, kind in ADDED_COLUMNS
-        if name not in present
-    ]
+def upgrade(conn: sqlite3.Connection, version: int) -> None:
+    """Bring a database from schema ``version`` (0: a new one) to SCHEMA_VERSION. Each step
+    looks before it alters, so that an upgrade cut short can run again."""
+    for added in range(version + 1, SCHEMA_VERSION + 1):
+        for table, column, declaration in _ADDED.get(added, ()):
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if have and column not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    conn.executescript(_SCHEMA)

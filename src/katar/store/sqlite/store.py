@@ -15,7 +15,7 @@ import msgspec
 from katar.core import idempotency, rules
 from katar.core.idempotency import Idempotency
 from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_task_id
-from katar.core.storage import Change, Enqueued, PollResult
+from katar.core.storage import Change, Enqueued, LimitState, PollResult
 from katar.errors import (
     KatarError,
     QueueNotFound,
@@ -27,7 +27,7 @@ from katar.store._rows import (
     task_from_row,
     update_values,
 )
-from katar.store.sqlite.batch import Batches, _Poll
+from katar.store.sqlite.batch import _RUNNING_KEYS, Batches, _Poll
 from katar.store.sqlite.schema import _AT_REST, SCHEMA_VERSION
 from katar.store.sqlite.writer import _ROOM, GroupCommit
 
@@ -40,6 +40,11 @@ _COLUMNS: Final = COLUMNS
 _INSERT: Final = (
     "INSERT INTO tasks (id, queue_id, state, priority, data, created_at, updated_at)"
     " VALUES (?,?,?,?,?,?,?)"
+)
+# Any task with a key: every column an enqueue may set.
+_INSERT_ALL: Final = (
+    "INSERT INTO tasks (id, queue_id, state, priority, data, created_at, updated_at, run_at,"
+    " key) VALUES (?,?,?,?,?,?,?,?,?)"
 )
 _INSERT_LATER: Final = (
     "INSERT INTO tasks (id, queue_id, state, priority, data, created_at, updated_at, run_at)"
@@ -170,11 +175,15 @@ class SQLiteStore(Batches, GroupCommit):
         def row(t: Task) -> tuple[Any, ...]:
             return (t.id, queue_id, int(t.state), t.priority, bytearray(t.data), now, now)
 
-        ready = [row(t) for t in created if t.run_at is None]
+        plain = [t for t in created if t.key is None]
+        if len(plain) < len(created):
+            keyed = [(*row(t), t.run_at, t.key) for t in created if t.key is not None]
+            conn.executemany(_INSERT_ALL, keyed)
+        ready = [row(t) for t in plain if t.run_at is None]
         if ready:
             conn.executemany(_INSERT, ready)
-        if len(ready) < len(created):
-            later = [(*row(t), t.run_at) for t in created if t.run_at is not None]
+        if len(ready) < len(plain):
+            later = [(*row(t), t.run_at) for t in plain if t.run_at is not None]
             conn.executemany(_INSERT_LATER, later)
         self._last_id = first + len(created) - 1
         return created
@@ -271,11 +280,11 @@ class SQLiteStore(Batches, GroupCommit):
                 poll.cancel = cancel
                 self._polls.append(poll)
                 return poll
-            return PollResult([], changes, cancel)
+            return PollResult([], changes, cancel=cancel)
 
         outcome = await self._write(op)
         if isinstance(outcome, _Poll):
-            return PollResult(outcome.delivered, outcome.changes, outcome.cancel)
+            return PollResult(outcome.delivered, outcome.changes, outcome.retry_at, outcome.cancel)
         return outcome
 
     async def get_task(self, queue: str, task_id: int) -> Task | None:
@@ -311,6 +320,28 @@ class SQLiteStore(Batches, GroupCommit):
             return [self._task(row) for row in rows]
 
         return await self._read(op)
+
+    async def limit_state(self, queue: str, options: QueueOptions, now: int) -> LimitState:
+        queue_id = self._queue_id(queue)
+
+        def op(conn: sqlite3.Connection) -> LimitState:
+            keys = None
+            if options.key_concurrency is not None:
+                limit = options.key_concurrency
+                per_key = conn.execute(_RUNNING_KEYS, (queue_id,)).fetchall()
+                keys = sum(1 for _key, count in per_key if count >= limit)
+            return LimitState(None, keys)
+
+        state = await self._read(op)
+        if options.rate is None:
+            return state
+        # The writer's thread refills and spends the bucket: look at a copy of it.
+        found = self._buckets.get(queue_id)
+        bucket = rules.Bucket.full(options.rate, now)
+        if found is not None:
+            bucket = rules.Bucket(found.tokens, found.at)
+            bucket.refill(options.rate, now)
+        return state._replace(tokens=bucket.tokens)
 
     async def counts(self) -> dict[str, dict[State, int]]:
         def op(conn: sqlite3.Connection) -> dict[str, dict[State, int]]:

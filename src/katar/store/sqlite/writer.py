@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+from katar.core import rules
 from katar.core.storage import Store
 from katar.errors import (
     ConfigError,
@@ -41,7 +42,7 @@ from katar.errors import (
 )
 from katar.logs import mask_credentials
 from katar.store.sqlite.batch import _Poll
-from katar.store.sqlite.schema import _SCHEMA, SCHEMA_VERSION, added_columns
+from katar.store.sqlite.schema import SCHEMA_VERSION, upgrade
 
 T = TypeVar("T")
 log = logging.getLogger("katar")
@@ -130,6 +131,7 @@ class GroupCommit(Store):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[tuple[_Op, asyncio.Future[Any]]] = []
         self._polls: list[_Poll] = []  # the running group's polls, finished together
+        self._buckets: dict[int, rules.Bucket] = {}  # rate limits' buckets, per queue id
         self._flush_scheduled = False
         self._rounds = 0  # times the loop went round since the first pending write
         self._checkpointer: threading.Thread | None = None
@@ -258,10 +260,7 @@ class GroupCommit(Store):
             if version < SCHEMA_VERSION:
                 # Only then: a start on an unchanged schema writes nothing, so that a server
                 # can start on a full disk.
-                conn.executescript(_SCHEMA)
-                present = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
-                for statement in added_columns(present):
-                    conn.execute(statement)
+                upgrade(conn, version)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.schema_change = (version, SCHEMA_VERSION)
             self._load_ids(conn)
