@@ -206,7 +206,9 @@ class Queue:
         return await self.katar.engine.list_tasks(self.name, statuses, limit, after)
 
     async def cancel(self, task_id: int | str) -> Task:
-        """Cancel a paused or queued task."""
+        """Cancel a paused or queued task; or ask to cancel one in progress, which stays in
+        progress with ``cancel_requested`` until its worker hears of it (its next heartbeat
+        or ack) or its lease ends."""
         return await self.katar.engine.set_status(self.name, self._id(task_id), "cancelled")
 
     async def pause(self, task_id: int | str) -> Task:

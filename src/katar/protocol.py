@@ -121,6 +121,11 @@ class Ack(msgspec.Struct, kw_only=True, frozen=True):
     )
     attempt: Attempt | None = None  # the delivery acked
     retry: bool | None = None  # with "failed": None means the queue's retry_failed
+    #: With "in progress": the worker's JSON, verbatim, kept in the task's record; absent
+    #: (empty) when the heartbeat carries none.
+    progress: Annotated[
+        msgspec.Raw, msgspec.Meta(description="With in progress: any JSON, the task's progress.")
+    ] = msgspec.field(default_factory=_absent)
 
 
 class Poll(msgspec.Struct, frozen=True):
@@ -197,6 +202,10 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
     run_at: Time | None = None
     lease_expires_at: Time | None = None
     key: str | None = None
+    #: The worker's last reported progress (from a heartbeat); null when none.
+    progress: AnyJson = None
+    #: An operator asked to cancel the task while it ran (PATCH answered 202).
+    cancel_requested: bool = False
 
     @property
     def finished(self) -> bool:
@@ -222,9 +231,12 @@ class Delivery(msgspec.Struct, frozen=True):
 
 
 class Deliveries(msgspec.Struct, frozen=True):
-    """A poll's answer when it delivers tasks."""
+    """A poll's answer when it delivers tasks, or tells the worker to stop some."""
 
     tasks: list[Delivery]
+    #: Tasks whose heartbeat in this poll found them cancelled by an operator: the worker
+    #: stops them and sends nothing more for them. Absent when none.
+    cancel: list[str] = []
 
 
 class Configuration(msgspec.Struct, frozen=True):

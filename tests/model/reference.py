@@ -34,7 +34,7 @@ from katar.errors import (
 
 #: What PATCH may ask for, and from which public statuses (contract section 3).
 PATCH_FROM: Final = {
-    "cancelled": ("paused", "queued"),
+    "cancelled": ("paused", "queued", "in progress"),  # in progress: requested (section 9)
     "paused": ("queued",),
     "queued": ("paused", "failed", "cancelled"),
 }
@@ -67,6 +67,8 @@ class MTask:
     run_at: int | None = None
     lease_until: int | None = None
     key: str | None = None
+    cancel_requested: bool = False  # an operator cancelled it while it ran (section 9)
+    progress: bytes | None = None  # the last heartbeat's progress, of this delivery
 
     @property
     def status(self) -> str:
@@ -232,17 +234,23 @@ class Model:
         limit: int,
         worker: str | None,
         now: int,
-    ) -> tuple[list[MTask], list[MChange]]:
-        """Apply the acks in order, each as if alone, then claim; all or nothing."""
-        changes = self.poll_acks(queue, acks, worker, now)
-        return self.claim(queue, limit, worker, now), changes
+    ) -> tuple[list[MTask], list[MChange], list[int]]:
+        """Apply the acks in order, each as if alone, then claim; all or nothing. Also the
+        ids of the tasks the worker is told to stop (section 9)."""
+        changes, cancel = self.poll_acks(queue, acks, worker, now)
+        return self.claim(queue, limit, worker, now), changes, cancel
 
-    def poll_acks(self, queue: str, acks: list[Ack], worker: str | None, now: int) -> list[MChange]:
-        """A poll's acks, in order, each as if alone; all or nothing."""
+    def poll_acks(
+        self, queue: str, acks: list[Ack], worker: str | None, now: int
+    ) -> tuple[list[MChange], list[int]]:
+        """A poll's acks, in order, each as if alone; all or nothing. The changes, and the
+        tasks to stop: each heartbeat of a delivery cancelled at an operator's request,
+        from its lease holder, in the acks' order (a repeated heartbeat hears it again)."""
         options = self._options(queue)
         work = copy.deepcopy(self.tasks)
         before = {task_id: task.state for task_id, task in work.items()}
         last: dict[int, MTask] = {}  # each acked task's last version, gone or not
+        cancel: list[int] = []
         for index, ack in enumerate(acks):
             task_id = self.parse_id(ack.task_id)
             if task_id is None or task_id > self.issued:
@@ -259,8 +267,21 @@ class Model:
             if task.attempts == 0:
                 raise Refusal(Conflict, ack=index)  # never delivered
             if task.state is not State.RUNNING or ack.attempt not in (None, task.attempts):
+                if (
+                    ack.status == "in progress"
+                    and task.state is State.CANCELLED
+                    and task.cancel_requested
+                    and ack.attempt in (None, task.attempts)
+                    and (worker is None or task.worker is None or task.worker == worker)
+                ):
+                    cancel.append(task_id)  # the cancelled delivery's heartbeat, again
                 continue  # an earlier delivery's ack, or a repeat: changes nothing
-            self._ack(task, ack, options, now)
+            if task.cancel_requested:  # its first ack since the cancel: whatever it says
+                self._cancel(task, now)
+                if ack.status == "in progress":
+                    cancel.append(task_id)
+            else:
+                self._ack(task, ack, options, now)
             last[task_id] = task
             if not options.persistent and task.state in (State.DONE, State.FAILED):
                 del work[task_id]  # a queue without history keeps no finished task
@@ -270,7 +291,7 @@ class Model:
             if task.state != before[task_id]
         ]
         self.tasks = work
-        return changes
+        return changes, cancel
 
     def claim(self, queue: str, limit: int, worker: str | None, now: int) -> list[MTask]:
         """A poll's claim: up to ``limit`` ready tasks, by priority then age; none while the
@@ -304,6 +325,7 @@ class Model:
             task.lease_until = now + options.timeout
             task.run_at = None
             task.updated_at = now
+            task.progress = None  # a new delivery reports its own
             delivered.append(replace(task))
         return delivered
 
@@ -312,6 +334,8 @@ class Model:
         task.updated_at = now
         if ack.status == "in progress":
             task.lease_until = now + options.timeout
+            if len(ack.progress):  # absent: the last progress stays
+                task.progress = bytes(ack.progress)
             return
         task.lease_until = None
         if ack.status == "done":
@@ -327,6 +351,16 @@ class Model:
             task.run_at = now + delay if delay else None
         else:
             task.state = State.FAILED
+
+    @staticmethod
+    def _cancel(task: MTask, now: int) -> None:
+        """A task in progress whose cancel was requested ends cancelled."""
+        task.state = State.CANCELLED
+        task.lease_until = None
+        task.updated_at = now
+        task.error = (
+            f"cancelled at the operator's request while in progress (delivery {task.attempts})"
+        )
 
     @staticmethod
     def _spent(task: MTask, options: QueueOptions) -> bool:
@@ -346,6 +380,10 @@ class Model:
             message = (
                 f"lease expired: no ack within {options.timeout} ms of delivery {task.attempts}"
             )
+            if task.cancel_requested:
+                self._cancel(task, now)
+                changes.append(MChange(replace(task), State.RUNNING))
+                continue
             task.lease_until = None
             task.updated_at = now
             if self._spent(task, options):
@@ -383,6 +421,12 @@ class Model:
         if task.status not in PATCH_FROM[status]:
             raise Refusal(IllegalTransition)
         old = task.state
+        if old is State.RUNNING:  # cancelled: only recorded, once
+            if task.cancel_requested:
+                return None
+            task.cancel_requested = True
+            task.updated_at = now
+            return MChange(replace(task), old)
         task.updated_at = now
         if status == "cancelled":
             task.state = State.CANCELLED
@@ -397,6 +441,7 @@ class Model:
             task.state = State.READY
             task.run_at = None
             task.budget_from = task.attempts
+            task.cancel_requested = False
             if old is State.CANCELLED:
                 task.error = None
         return MChange(replace(task), old)

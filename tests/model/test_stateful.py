@@ -132,6 +132,8 @@ def record(task: Task) -> tuple[Any, ...]:
         task.run_at,
         task.lease_until,
         task.key,
+        task.cancel_requested,
+        None if task.progress is None else bytes(task.progress),
     )
 
 
@@ -151,6 +153,8 @@ def expected(task: MTask) -> tuple[Any, ...]:
         task.run_at,
         task.lease_until,
         task.key,
+        task.cancel_requested,
+        task.progress,
     )
 
 
@@ -250,6 +254,7 @@ class StoreVersusModel(RuleBasedStateMachine):
         error = data.draw(st.none() | texts)
         retry = data.draw(st.sampled_from([None, True, False]))
         result = data.draw(raw_json)
+        progress = data.draw(st.none() | raw_json)
         if sound:
             if current is None:
                 return None
@@ -266,6 +271,8 @@ class StoreVersusModel(RuleBasedStateMachine):
             fields["retry"] = retry
         elif status == "done":
             fields["result"] = result
+        elif progress is not None:  # a heartbeat, with progress or without
+            fields["progress"] = progress
         return Ack(task_id=task_id, status=status, **fields)
 
     # -- rules -------------------------------------------------------------------------------
@@ -380,18 +387,20 @@ class StoreVersusModel(RuleBasedStateMachine):
             got, want = answers
             assert self.poll_answer(got) == self.poll_answer(want)
 
-    def poll_answer(self, answer: PollResult | tuple[list[MTask], list[MChange]]) -> Any:
+    def poll_answer(self, answer: PollResult | tuple[list[MTask], list[MChange], list[int]]) -> Any:
         """What a poll answered, store's or model's, in one comparable form."""
         if isinstance(answer, PollResult):
             delivered = [record(t) for t in answer.delivered]
             changes = change_records(answer.changes)
+            cancel = list(answer.cancel)
         else:
             delivered = [expected(t) for t in answer[0]]
             changes = expected_changes(answer[1])
+            cancel = answer[2]
         if not self.watching:
             # Nobody watches: a store may leave out the tasks its acks finished "done".
             changes = [c for c in changes if c[0][2] is not State.DONE]
-        return delivered, changes
+        return delivered, changes, cancel
 
     @precondition(lambda self: bool(self.model.queues))
     @rule(data=st.data(), count=st.sampled_from([2, 3]))
@@ -465,7 +474,7 @@ class StoreVersusModel(RuleBasedStateMachine):
         for acked in itertools.permutations(indexes):
             for claimed in itertools.permutations(indexes):
                 model = copy.deepcopy(self.model)
-                changes: dict[int, list[MChange]] = {}
+                changes: dict[int, tuple[list[MChange], list[int]]] = {}
                 serial = [None] * len(polls)
                 for index in acked:
                     acks, _limit, worker = polls[index]
@@ -477,7 +486,7 @@ class StoreVersusModel(RuleBasedStateMachine):
                     if index in changes:  # a refused poll claims nothing
                         _acks, limit, worker = polls[index]
                         delivered = model.claim(queue, limit, worker, self.now)
-                        serial[index] = self.poll_answer((delivered, changes[index]))
+                        serial[index] = self.poll_answer((delivered, *changes[index]))
                 yield model, serial
 
     # PATCH, DELETE and listing name a queue the engine has checked exists.
@@ -498,6 +507,48 @@ class StoreVersusModel(RuleBasedStateMachine):
         else:
             assert got is not None
             assert (record(got.task), got.old) == (expected(want.task), want.old)
+
+    @precondition(lambda self: bool(self.model.queues))
+    @rule(data=st.data())
+    def cancel_running(self, data: st.DataObject) -> None:
+        """PATCH cancelled on a task in progress (section 9: recorded, the task runs on until
+        its worker hears of it), or on any task of the queue when none runs."""
+        queue = data.draw(st.sampled_from(sorted(self.model.queues)))
+        tasks = self.model.of_queue(queue)
+        running = pick(data, [t.id for t in tasks if t.state is State.RUNNING])
+        anyone = pick(data, [t.id for t in tasks])
+        task_id = running or anyone
+        if task_id is None:
+            return
+        answers = self.same(
+            self.store.set_status(queue, task_id, "cancelled", self.now),
+            lambda: self.model.set_status(queue, task_id, "cancelled", self.now),
+        )
+        if answers is None:
+            return
+        got, want = answers
+        if want is None:
+            assert got is None
+        else:
+            assert got is not None
+            assert (record(got.task), got.old) == (expected(want.task), want.old)
+
+    @precondition(lambda self: bool(self.model.queues))
+    @rule(data=st.data())
+    def heartbeats(self, data: st.DataObject) -> None:
+        """A poll of heartbeats, with progress or without, for tasks in progress (some with
+        their cancel requested: the answer tells the worker to stop them)."""
+        queue = data.draw(st.sampled_from(sorted(self.model.queues)))
+        count = data.draw(st.sampled_from([1, 2, 3]))
+        acks = [
+            ack
+            for _ in range(count)
+            if (ack := self.draw_ack(data, queue, ("in progress",))) is not None
+        ]
+        worker = data.draw(st.sampled_from(WORKERS))
+        if not self.model.ownership and any(self.model.owner_conflict(a, worker) for a in acks):
+            worker = None
+        self.check_poll(data, queue, acks, data.draw(st.sampled_from([0, 1])), worker)
 
     @precondition(lambda self: bool(self.model.queues))
     @rule(data=st.data(), known=st.booleans())

@@ -312,7 +312,7 @@ async def test_status_changes_follow_the_contract(store: Store) -> None:
     assert await store.set_status("q", a.id, "paused", T0 + 2) is None
     assert [data(t) for t in await claim(store, 5)] == ["b"]
     with pytest.raises(IllegalTransition):
-        await store.set_status("q", b.id, "cancelled", T0)  # in progress
+        await store.set_status("q", b.id, "paused", T0)  # in progress
     change = await store.set_status("q", a.id, "queued", T0 + 3)
     assert change is not None
     assert change.task.state is State.READY

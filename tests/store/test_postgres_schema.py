@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import psycopg
 
 from katar.core.idempotency import idempotency
+from katar.core.model import Ack, QueueOptions
 from katar.store.postgres import _MIGRATIONS, SCHEMA_VERSION, PostgresStore, parse_url
 from tests.conftest import store_url
 from tests.store.test_conformance import T0, new
@@ -40,4 +42,37 @@ async def test_schema_1_is_upgraded_with_its_tasks_kept(tmp_path: Path) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         row = conn.execute(f"SELECT max(version) FROM {schema}.schema_version").fetchone()
         assert row is not None
-        assert row[0] == SCHEMA_VERSION == 3
+        assert row[0] == SCHEMA_VERSION == 4
+
+
+async def test_schema_3_gets_the_columns_of_long_running_work(tmp_path: Path) -> None:
+    url = store_url("postgres", tmp_path)
+    conninfo, _pool_size, schema = parse_url(url)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"CREATE TABLE {schema}.schema_version (version integer NOT NULL)")
+        for version in (1, 2, 3):
+            conn.execute(_MIGRATIONS[version].format(s=schema))
+            conn.execute(f"INSERT INTO {schema}.schema_version VALUES (%s)", (version,))
+        conn.execute(f"INSERT INTO {schema}.queues (name, options) VALUES ('q', '{{}}')")
+        conn.execute(
+            f"INSERT INTO {schema}.tasks (queue_id, state, priority, data, attempts, worker,"
+            " created_at, updated_at, lease_until) SELECT id, 3, 0, '1', 1, 'w1', 1, 1,"
+            f" {T0 + 1000} FROM " + schema + ".queues"
+        )
+    store = PostgresStore(url)
+    await store.open()
+    try:
+        assert store.schema_change == (3, SCHEMA_VERSION)
+        (task,) = await store.list_tasks("q", None, 10, 0)
+        assert not task.cancel_requested
+        assert task.progress is None
+        change = await store.set_status("q", task.id, "cancelled", T0)
+        assert change is not None
+        assert change.task.cancel_requested
+        options = QueueOptions(persistent=True)
+        beat = Ack(task_id=str(task.id), status="in progress", progress=msgspec.Raw(b"[1]"))
+        polled = await store.poll("q", options, [beat], 0, "w1", T0 + 1)
+        assert list(polled.cancel) == [task.id]
+    finally:
+        await store.close()

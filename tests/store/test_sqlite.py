@@ -25,6 +25,11 @@ OLD_INDEXES = {
     " digest BLOB NOT NULL, ids BLOB NOT NULL, created INTEGER NOT NULL,"
     " PRIMARY KEY (queue_id, key)) WITHOUT ROWID;",
 }
+# Schema 5: the tasks' key and fair_seq columns, without cancel_requested and progress.
+OLD_INDEXES[5] = (
+    OLD_INDEXES[4]
+    + " ALTER TABLE tasks ADD COLUMN key TEXT; ALTER TABLE tasks ADD COLUMN fair_seq INTEGER;"
+)
 
 
 @pytest.mark.parametrize("version", sorted(OLD_INDEXES))
@@ -52,6 +57,9 @@ async def test_an_older_schema_is_upgraded(tmp_path: Path, version: int) -> None
     await store.open()
     try:
         assert (await store.counts())["q"] == {4: 1}
+        (old,) = await store.list_tasks("q", None, 10, 0)
+        assert not old.cancel_requested
+        assert old.progress is None
         # The columns added since are there: a task with a key goes in and comes back.
         (task,) = await store.enqueue("q", [NewTask(data=msgspec.Raw(b"2"), key="k")], 2)
         assert (await store.get_task("q", task.id)) == task
@@ -59,6 +67,8 @@ async def test_an_older_schema_is_upgraded(tmp_path: Path, version: int) -> None
     finally:
         await store.close()
     conn = sqlite3.connect(path)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+    assert {"cancel_requested", "progress"} <= columns
     indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert indexes & {"tasks_queue_state", "tasks_resting"} == set()
     assert "tasks_at_rest" in indexes

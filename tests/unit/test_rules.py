@@ -47,6 +47,12 @@ def test_every_status_change_is_allowed_or_refused_as_the_contract_says(
     current = task(state, attempts=1 if state is State.RUNNING else 0, run_at=T0 + 5)
     if current.status == target:
         assert rules.change_status(current, target, T0) is None
+    elif (current.status, target) == ("in progress", "cancelled"):  # requested, not made
+        requested = rules.change_status(current, target, T0 + 1)
+        assert requested is not None
+        assert requested.status == "in progress"
+        assert requested.cancel_requested
+        assert rules.change_status(requested, target, T0 + 2) is None  # a repeat: no change
     elif (current.status, target) in ALLOWED:
         changed = rules.change_status(current, target, T0 + 1)
         assert changed is not None
@@ -159,3 +165,62 @@ def test_priorities(value: object, expected: int) -> None:
 def test_bad_priorities(value: object) -> None:
     with pytest.raises(ValidationError):
         parse_priority(value)
+
+
+# -- long-running work: progress and cancel ------------------------------------------------
+
+
+def beat(progress: bytes | None = None, attempt: int | None = None) -> Ack:
+    extra = {} if progress is None else {"progress": msgspec.Raw(progress)}
+    return Ack(task_id="7", status="in progress", attempt=attempt, **extra)  # type: ignore[arg-type]
+
+
+def test_a_heartbeat_with_progress_replaces_it_and_one_without_keeps_it() -> None:
+    running = task(State.RUNNING, attempts=1, lease_until=T0 + 100)
+    first = rules.apply_ack(running, beat(b'{"done":1}'), OPTIONS, T0 + 10)
+    assert first is not None
+    assert first.progress == msgspec.Raw(b'{"done":1}')
+    second = rules.apply_ack(first, beat(b"[2]"), OPTIONS, T0 + 20)
+    assert second is not None
+    assert second.progress == msgspec.Raw(b"[2]")
+    kept = rules.apply_ack(second, beat(), OPTIONS, T0 + 30)
+    assert kept is not None
+    assert kept.progress == msgspec.Raw(b"[2]")
+    assert kept.lease_until == T0 + 30 + OPTIONS.timeout
+    done = rules.apply_ack(kept, Ack(task_id="7", status="done"), OPTIONS, T0 + 40)
+    assert done is not None
+    assert done.progress == msgspec.Raw(b"[2]")  # done keeps the last progress
+    again = rules.claimed(task(State.READY, progress=msgspec.Raw(b"1")), OPTIONS, None, T0)
+    assert again.progress is None  # a new delivery reports its own
+
+
+@pytest.mark.parametrize("status", ["in progress", "done", "failed"])
+def test_the_first_ack_after_a_cancel_request_cancels_the_task(status: str) -> None:
+    requested = rules.change_status(task(State.RUNNING, attempts=2, worker="w"), "cancelled", T0)
+    assert requested is not None
+    ack = Ack(task_id="7", status=status, attempt=2, retry=True)  # type: ignore[arg-type]
+    cancelled = rules.apply_ack(requested, ack, OPTIONS, T0 + 1, "w")
+    assert cancelled is not None
+    assert cancelled.state is State.CANCELLED
+    assert cancelled.error is not None
+    assert "operator" in cancelled.error
+    assert cancelled.lease_until is None
+    assert rules.stops(cancelled, ack, "w") is (status == "in progress")
+    # Later acks of that delivery change nothing; a repeated heartbeat hears it again.
+    for late in ("done", "failed", "in progress"):
+        stale = Ack(task_id="7", status=late, attempt=2)
+        assert rules.apply_ack(cancelled, stale, OPTIONS, T0 + 2, "w") is None
+    assert rules.stops(cancelled, beat(attempt=2), "w")
+    assert not rules.stops(cancelled, beat(attempt=1), "w")  # an earlier delivery's
+    assert not rules.stops(cancelled, beat(attempt=2), "other")  # not the lease holder
+
+
+def test_a_lease_that_ends_after_a_cancel_request_cancels_the_task() -> None:
+    running = task(State.RUNNING, attempts=1, lease_until=T0, cancel_requested=True)
+    expired = rules.expire_lease(running, OPTIONS, T0)
+    assert expired is not None
+    assert expired.state is State.CANCELLED
+    retried = rules.change_status(expired, "queued", T0 + 1)
+    assert retried is not None
+    assert not retried.cancel_requested  # a retry starts afresh
+    assert retried.state is State.READY

@@ -63,9 +63,10 @@ def check(response: httpx.Response) -> httpx.Response:
     where = f"{response.request.method} {response.request.url.path}"
     transient = response.status_code >= 500 or response.status_code in _TRY_AGAIN
     error = ServerUnavailable if transient else RequestRejected
-    raise error(
-        f"{where}: {response.status_code} {message}", status=response.status_code, **details
-    )
+    # The details may name the task's "status" (a 409 of PATCH): kept beside the HTTP one.
+    failure = error(f"{where}: {response.status_code} {message}", status=response.status_code)
+    failure.details.update(details)
+    raise failure
 
 
 def transport_error(exc: httpx.TransportError, method: str, path: str) -> TransportError:

@@ -208,6 +208,14 @@ class Producer:
         """The task's record."""
         return record(self._send("GET", f"/v1/queue/{queue}/tasks/{task_id}"))
 
+    def cancel(self, queue: str, task_id: str) -> TaskRecord:
+        """Cancel the task; its record. A paused or queued task is cancelled at once; one in
+        progress is cancelled when its worker next hears from the server (the record shows
+        ``cancel_requested`` until then: see :meth:`wait`). A finished one: RequestRejected
+        (409), except one already cancelled."""
+        path = f"/v1/queue/{queue}/tasks/{task_id}"
+        return record(self._send("PATCH", path, {"status": "cancelled"}))
+
     def tasks(
         self,
         queue: str,
@@ -343,6 +351,11 @@ class AsyncProducer:
     async def get(self, queue: str, task_id: str) -> TaskRecord:
         """The task's record."""
         return record(await self._send("GET", f"/v1/queue/{queue}/tasks/{task_id}"))
+
+    async def cancel(self, queue: str, task_id: str) -> TaskRecord:
+        """Cancel the task; its record (see :meth:`Producer.cancel`)."""
+        path = f"/v1/queue/{queue}/tasks/{task_id}"
+        return record(await self._send("PATCH", path, {"status": "cancelled"}))
 
     async def tasks(
         self,

@@ -14,6 +14,12 @@ reports ``done`` with the return value as ``result``; one that raises reports ``
 the exception's text (:class:`Retry` asks for another attempt, :class:`Fail` for none, any
 other exception leaves it to the queue's ``retry_failed``).
 
+Long-running work: a handler reports progress with ``job.progress(value)`` (any JSON; the
+next heartbeat carries the latest). When an operator cancels a task in progress, the server
+says so in the answer to its next heartbeat: the worker then cancels an async handler's
+asyncio task, sets ``job.cancelled`` (and ``job.cancel_event``) for a sync handler to see,
+stops heartbeating the task, and sends no ack for it (the server has ended it).
+
 No answer, or a 5xx, is retried with capped exponential backoff and jitter, and the acks
 owed are kept until the server has them; a request that may have claimed tasks is never
 sent again (the acks are resent with ``max`` 0). A 4xx is a mistake in the worker's code or
@@ -53,13 +59,57 @@ from katar.client._base import (
     transport_error,
 )
 from katar.errors import ClientError, KatarError, RequestRejected
-from katar.protocol import DEFAULT_LEASE_MS, LEASE_HEADER, Deliveries, Delivery
+from katar.protocol import DEFAULT_LEASE_MS, LEASE_HEADER, Deliveries
 
 log = logging.getLogger("katar.client")
 
-#: A task delivered to this worker: ``id``, ``data`` (the producer's JSON, decoded) and
-#: ``attempt`` (the delivery's number, from 1).
-Job = Delivery
+_NO_PROGRESS: Final = object()
+
+
+class Job:
+    """A task delivered to this worker: ``id``, ``data`` (the producer's JSON, decoded) and
+    ``attempt`` (the delivery's number, from 1); and the handler's line to the worker while
+    it runs: :meth:`progress`, :attr:`cancelled`, :attr:`cancel_event`."""
+
+    __slots__ = ("_lock", "_progress", "attempt", "cancel_event", "data", "id")
+
+    def __init__(self, id: str, data: Any = None, attempt: int = 1) -> None:
+        self.id = id
+        self.data = data
+        self.attempt = attempt
+        #: Set once an operator has cancelled the task: a sync handler may wait on it, or
+        #: test :attr:`cancelled` between steps, and return early (its result is not sent).
+        self.cancel_event = threading.Event()
+        self._lock = threading.Lock()
+        self._progress: Any = _NO_PROGRESS
+
+    @property
+    def cancelled(self) -> bool:
+        """True once an operator has cancelled the task while it ran."""
+        return self.cancel_event.is_set()
+
+    def progress(self, value: Any) -> None:
+        """Report progress, any JSON value (e.g. ``{"done": 40, "of": 100}``): the next
+        heartbeat carries the latest value, and the task's record shows it. Thread-safe;
+        raises TypeError when ``value`` is not JSON."""
+        try:
+            # A copy, made now: the handler may change its object afterwards.
+            snapshot = msgspec.json.decode(msgspec.json.encode(value))
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise TypeError(f"progress must be a JSON value: {exc}") from None
+        with self._lock:
+            self._progress = snapshot
+
+    def _heartbeat(self) -> dict[str, Any]:
+        """The heartbeat ack of this delivery, with the latest progress if any."""
+        beat = {"_id": self.id, "status": "in progress", "attempt": self.attempt}
+        with self._lock:
+            if self._progress is not _NO_PROGRESS:
+                beat["progress"] = self._progress
+        return beat
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id!r}, data={self.data!r}, attempt={self.attempt!r})"
 
 
 class Retry(Exception):
@@ -154,6 +204,8 @@ class AsyncWorker:
         #: Handlers that returned, and that raised, since the worker started.
         self.done = 0
         self.failed = 0
+        #: Tasks an operator cancelled while their handler ran, since the worker started.
+        self.cancelled = 0
         self.summary_interval = summary_interval
         self._summarized = (0, 0, time.monotonic())  # done, failed, when: the last summary
 
@@ -228,16 +280,18 @@ class AsyncWorker:
                         future.cancel()
                     self._running.clear()
             free = 0 if self._stopping else self.concurrency - len(self._running)
-            beats = [r for r in self._running.values() if now - r.beat_at >= self.lease / 3]
+            beats = [
+                r
+                for r in self._running.values()
+                if now - r.beat_at >= self.lease / 3 and not r.job.cancelled
+            ]
             acks = self._acks[:]
             if not acks and not beats and free == 0:
                 await self._sleep(self._until_next_beat(now))
                 continue
             idle = not self._running and not acks and not beats
             wait = self.wait if idle and not self._stopping else 0.0
-            sent = acks + [
-                {"_id": r.job.id, "status": "in progress", "attempt": r.job.attempt} for r in beats
-            ]
+            sent = acks + [r.job._heartbeat() for r in beats]
             try:
                 jobs = await self._poll(http, sent, free, wait)
             except asyncio.CancelledError:
@@ -296,6 +350,8 @@ class AsyncWorker:
     async def _poll(
         self, http: httpx.AsyncClient, acks: list[dict[str, Any]], take: int, wait: float
     ) -> list[Job]:
+        """Send a poll; the jobs it delivers. The tasks its answer says to stop (an
+        operator cancelled them) are stopped here."""
         body: dict[str, Any] = {"tasks": acks, "max": take, "worker": self.name}
         if wait:
             body["wait"] = wait
@@ -308,7 +364,24 @@ class AsyncWorker:
             raise transport_error(exc, "POST", path) from exc
         if response.status_code == 204:
             return []
-        return _deliveries.decode(response.content).tasks
+        answer = _deliveries.decode(response.content)
+        if answer.cancel:
+            self._cancel(answer.cancel)
+        return [Job(task.id, task.data, task.attempt) for task in answer.tasks]
+
+    def _cancel(self, ids: list[str]) -> None:
+        """Stop the handlers of tasks an operator cancelled: an async one's asyncio task is
+        cancelled, a sync one sees ``job.cancelled``. No heartbeat and no ack is sent for
+        them any more (the server has ended them)."""
+        stop = set(ids)
+        for future, running in self._running.items():
+            job = running.job
+            if job.id in stop and not job.cancelled:
+                job.cancel_event.set()
+                self.cancelled += 1
+                log.info("task %s (attempt %d) cancelled by an operator", job.id, job.attempt)
+                if self._is_async:
+                    future.cancel()
 
     async def _recover(
         self, http: httpx.AsyncClient, acks: list[dict[str, Any]], failure: KatarError
@@ -366,12 +439,16 @@ class AsyncWorker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if job.cancelled:  # stopped early because it was cancelled: nothing to report
+                return
             ack = _ack(job, exc, None)
             # A Retry or Fail is the handler's own verdict: its message says it all. Any
             # other exception is unexpected: its traceback is what the operator needs.
             trace = None if isinstance(exc, Retry | Fail) else exc
             self._failure(job, ack, trace)
         else:
+            if job.cancelled:  # the server has ended it: nothing to report
+                return
             ack = _ack(job, None, result)
             if ack["status"] == "failed":  # a result that is not JSON
                 self._failure(job, ack, None)

@@ -278,6 +278,7 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         wait: float = 0.0,
         worker: str | None = None,
         gone: asyncio.Future[Any] | None = None,
+        cancel: list[int] | None = None,
     ) -> list[Task]:
         """Apply a worker's acks, then deliver up to ``limit`` tasks (capped by max_batch).
 
@@ -285,7 +286,9 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         transient error must not claim twice). With ``wait`` > 0 and nothing to deliver,
         park up to ``wait`` seconds and deliver as soon as a task becomes ready. ``gone`` is
         a future that completes when the client disconnects: the long poll then ends without
-        claiming anything.
+        claiming anything. ``cancel``, when given, receives the ids of the tasks that the
+        worker must stop: those whose heartbeat in ``acks`` found them cancelled by an
+        operator (a poll that has some answers at once, without waiting).
         """
         options = self.options(queue)
         limit = min(limit, options.max_batch)
@@ -300,13 +303,17 @@ class Engine(WaitList, OutcomeWaits, Reaper):
             self._apply(result.changes)
         if acks and options.limited:
             # Finished tasks free room under a limit: the long polls parked on it look again
-            # (the changes may leave out tasks finished "done", see Store.watch).
-            self._wake(queue, sum(1 for ack in acks if ack.status != "in progress"))
+            # (the changes may leave out tasks finished "done", see Store.watch; a heartbeat
+            # that found its task cancelled finished it too).
+            finished = sum(1 for ack in acks if ack.status != "in progress")
+            self._wake(queue, finished + len(result.cancel))
+        if result.cancel and cancel is not None:
+            cancel.extend(dict.fromkeys(result.cancel))  # once each, in the acks' order
         if result.delivered:  # _leased, inline: this is every worker's poll
             lease_until = result.delivered[0].lease_until
             if lease_until is not None and (self._due is None or lease_until < self._due):
                 self._expect(lease_until)
-        if result.delivered or wait <= 0 or limit == 0:
+        if result.delivered or wait <= 0 or limit == 0 or result.cancel:
             return self._deliver(result.delivered)
         deadline = now + wait * 1000
         recheck = self._recheck_at(options, result.retry_at, now)
@@ -385,7 +392,9 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         return await self.store.list_tasks(queue, states, limit, after)
 
     async def set_status(self, queue: str, task_id: int, status: str) -> Task:
-        """Cancel, pause, resume or retry a task; the task as it is afterwards."""
+        """Cancel, pause, resume or retry a task; the task as it is afterwards. A task in
+        progress that is cancelled stays in progress, with ``cancel_requested``, until its
+        worker hears of it (see rules.change_status)."""
         self.options(queue)
         change = await self.store.set_status(queue, task_id, status, self.clock.now_ms())
         if change is None:

@@ -84,6 +84,10 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     run_at: int | None = None  # not before this time (delay, retry backoff)
     lease_until: int | None = None  # while RUNNING: when the lease runs out
     key: str | None = None  # the group (a customer, an account) key_concurrency counts by
+    #: An operator asked to cancel the task while it ran: the lease holder's next heartbeat
+    #: (or ack, or the lease's end) cancels it. Stays True once it is cancelled.
+    cancel_requested: bool = False
+    progress: msgspec.Raw | None = None  # the worker's JSON, verbatim, from its last heartbeat
 
     @property
     def status(self) -> str:

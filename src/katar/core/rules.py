@@ -50,6 +50,7 @@ def claimed(task: Task, options: QueueOptions, worker: str | None, now: int) -> 
         lease_until=now + options.timeout,
         run_at=None,
         updated_at=now,
+        progress=None,  # a new delivery reports its own
     )
 
 
@@ -206,12 +207,18 @@ def apply_ack(
             f"worker {worker!r} may only acknowledge its own deliveries",
             _id=str(task.id),
         )
+    if ack.status not in ACK_STATUSES:
+        raise ValidationError(f"ack status must be one of {', '.join(ACK_STATUSES)}")
+    if task.cancel_requested:
+        # An operator cancelled the delivery: its first ack ends it cancelled, whatever the
+        # ack says (a heartbeat's answer then tells the worker to stop: see stops()).
+        return cancelled(task, now)
     if ack.status == "in progress":
-        return replace(task, lease_until=now + options.timeout, updated_at=now)
+        # A heartbeat with progress replaces the last one; one without keeps it.
+        progress = ack.progress if len(ack.progress) else task.progress
+        return replace(task, lease_until=now + options.timeout, updated_at=now, progress=progress)
     if ack.status == "done":
         return _finish(task, State.DONE, now, result=ack.result, error=None)
-    if ack.status != "failed":
-        raise ValidationError(f"ack status must be one of {', '.join(ACK_STATUSES)}")
     error = ack.error if ack.error is not None else "failed"
     retry = options.retry_failed if ack.retry is None else ack.retry
     if retry and not _attempts_spent(task, options):
@@ -227,6 +234,30 @@ def apply_ack(
     return _finish(task, State.FAILED, now, error=error)
 
 
+def cancelled(task: Task, now: int) -> Task:
+    """A task in progress whose cancel an operator asked for, cancelled now."""
+    return _finish(
+        task,
+        State.CANCELLED,
+        now,
+        error=f"cancelled at the operator's request while in progress (delivery {task.attempts})",
+    )
+
+
+def stops(task: Task, ack: Ack, worker: str | None = None) -> bool:
+    """Whether the answer to ``ack`` tells its worker to stop the task: ``ack`` is a
+    heartbeat of the delivery that an operator cancelled while it ran, from its lease holder.
+    ``task`` is the task after the ack. True again for a repeat of that heartbeat, so that a
+    worker whose answer was lost hears it again."""
+    return (
+        ack.status == "in progress"
+        and task.state is State.CANCELLED
+        and task.cancel_requested
+        and ack.attempt in (None, task.attempts)
+        and owns(task, worker)
+    )
+
+
 def owns(task: Task, worker: str | None) -> bool:
     """Whether a poll naming ``worker`` (None: an anonymous poll) may acknowledge the
     task's current delivery. The SQL stores' fast "done" statements match the same rows."""
@@ -234,7 +265,10 @@ def owns(task: Task, worker: str | None) -> bool:
 
 
 def expire_lease(task: Task, options: QueueOptions, now: int) -> Task | None:
-    """A lease ran out without an ack: deliver the task again, or fail it for good."""
+    """A lease ran out without an ack: deliver the task again, or fail it for good; or
+    cancel it, when an operator asked for that while it ran."""
+    if task.cancel_requested:  # the operator's cancel: the worker never heard of it
+        return cancelled(task, now)
     message = f"lease expired: no ack within {options.timeout} ms of delivery {task.attempts}"
     if _attempts_spent(task, options):
         return _finish(task, State.FAILED, now, error=f"{message}; all attempts are spent")
@@ -251,7 +285,9 @@ def promote(task: Task, now: int) -> Task:
 def change_status(task: Task, status: str, now: int) -> Task | None:
     """An operator's PATCH: cancel, pause, resume or retry a task.
 
-    Returns the new task, or None when the task already has that status. Only the
+    Returns the new task, or None when the task already has that status (or, for a task in
+    progress, already has its cancel requested). Cancelling a task in progress only
+    records the request (``cancel_requested``): see :func:`apply_ack`. Only the
     transitions of the contract are allowed; any other raises :class:`IllegalTransition`.
     """
     if status not in PATCH_STATUSES:
@@ -261,6 +297,12 @@ def change_status(task: Task, status: str, now: int) -> Task | None:
         return None
     if status == "cancelled" and state in (State.PAUSED, State.READY, State.SCHEDULED):
         return replace(task, state=State.CANCELLED, updated_at=now)
+    if status == "cancelled" and state is State.RUNNING:
+        # Recorded only: the task is cancelled at its worker's next heartbeat or ack, or at
+        # its lease's end (apply_ack, expire_lease). A repeat changes nothing.
+        if task.cancel_requested:
+            return None
+        return replace(task, cancel_requested=True, updated_at=now)
     if status == "paused" and state in (State.READY, State.SCHEDULED):
         return replace(task, state=State.PAUSED, updated_at=now)
     if status == "queued" and state is State.PAUSED:
@@ -280,10 +322,11 @@ def change_status(task: Task, status: str, now: int) -> Task | None:
             run_at=None,
             attempt_base=task.attempts,
             error=None if state is State.CANCELLED else task.error,
+            cancel_requested=False,
             updated_at=now,
         )
     allowed = {
-        "cancelled": "paused or queued",
+        "cancelled": "paused, queued or in progress",
         "paused": "queued",
         "queued": "paused, failed or cancelled",
     }[status]

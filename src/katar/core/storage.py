@@ -34,6 +34,9 @@ class PollResult(NamedTuple):
     #: When a rate limit took less than asked: the time (ms) its bucket holds a token again,
     #: which a long poll waits for. None otherwise.
     retry_at: int | None = None
+    #: The ids of the tasks whose heartbeat in the acks found them cancelled by an operator
+    #: (rules.stops): the worker is told to stop them.
+    cancel: Sequence[int] = ()
 
 
 class LimitState(NamedTuple):
@@ -165,7 +168,8 @@ class Store(abc.ABC):
         for an id this store never issued raises TaskNotFound; one for a task of another
         queue too; one for a task that is gone (a finished task of a queue without history)
         changes nothing. ``changes`` holds every task whose status the acks changed, except
-        those finished while :attr:`watch` answers False.
+        those finished while :attr:`watch` answers False; ``cancel`` the ids of the tasks
+        whose heartbeat :func:`rules.stops <katar.core.rules.stops>`.
         """
 
     @abc.abstractmethod

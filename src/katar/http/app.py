@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 
 from katar._version import __version__
 from katar.core.engine import Engine, check_queue_name
-from katar.core.model import QueueOptions, parse_queue_options, parse_task_id
+from katar.core.model import QueueOptions, State, parse_queue_options, parse_task_id
 from katar.errors import (
     Forbidden,
     InvalidRequest,
@@ -324,8 +324,12 @@ class App:
                             tag="workers",
                             body=Poll,
                             answers={
-                                200: A("Tasks for this worker.", Deliveries),
-                                204: "Nothing to take.",
+                                200: A(
+                                    "Tasks for this worker, and the tasks it must stop"
+                                    " (cancel), if any.",
+                                    Deliveries,
+                                ),
+                                204: "Nothing to take, and nothing to stop.",
                                 409: "An ack for a task never delivered; nothing was applied.",
                                 429: "The server holds its limit of long polls; retry shortly.",
                             },
@@ -430,6 +434,12 @@ class App:
                             body_required=True,
                             answers={
                                 200: A("The task.", TaskRecord),
+                                202: A(
+                                    "A task in progress: its cancel is recorded"
+                                    " (cancel_requested); it is cancelled at its worker's next"
+                                    " heartbeat or ack, or when its lease runs out.",
+                                    TaskRecord,
+                                ),
                                 409: "The task's status does not allow it.",
                             },
                             writes=True,
@@ -650,8 +660,14 @@ class App:
     async def poll(self, request: Request) -> Response:
         acks, limit, wait, worker = parse.parse_poll(request.body, self.limits.max_wait)
         limit = min(limit, self._max_poll)
+        # Tasks to stop (a heartbeat found them cancelled): answered 200 even with no task.
+        cancel: list[int] | None = None
+        if any(ack.status == "in progress" for ack in acks):
+            cancel = []
         if wait <= 0:
-            tasks = await self.engine.poll(request.queue, acks, limit, wait, worker, None)
+            tasks = await self.engine.poll(request.queue, acks, limit, wait, worker, None, cancel)
+            if cancel:
+                return Response(200, deliveries(tasks, cancel))
             return Response(200, deliveries(tasks)) if tasks else NO_CONTENT
         if self.long_polls >= self.limits.max_long_polls:
             raise TooManyRequests(
@@ -661,10 +677,12 @@ class App:
         self.long_polls += 1
         try:
             tasks = await self.engine.poll(
-                request.queue, acks, limit, wait, worker, request.hang_up()
+                request.queue, acks, limit, wait, worker, request.hang_up(), cancel
             )
         finally:
             self.long_polls -= 1
+        if cancel:
+            return Response(200, deliveries(tasks, cancel))
         if not tasks:
             return NO_CONTENT
         return Response(200, deliveries(tasks))
@@ -797,6 +815,9 @@ class App:
         self.engine.options(request.queue)
         status = parse.parse_patch(request.body)
         task = await self.engine.set_status(request.queue, request.task_id, status)
+        if status == "cancelled" and task.state is State.RUNNING and task.cancel_requested:
+            # Accepted, not done: the task is cancelled when its worker hears of it.
+            return json_response(task_record(task), 202)
         return json_response(task_record(task))
 
     async def delete_task(self, request: Request) -> Response:

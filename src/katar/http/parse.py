@@ -123,6 +123,8 @@ def parse_poll(body: bytes, max_wait: float) -> tuple[list[Ack], int, float, str
     for i, ack in enumerate(acks):
         if len(ack.result) > SHALLOW and too_deep(ack.result):
             raise InvalidRequest(_nesting_error(f"tasks[{i}].result"), ack=i)
+        if len(ack.progress) > SHALLOW and too_deep(ack.progress):
+            raise InvalidRequest(_nesting_error(f"tasks[{i}].progress"), ack=i)
     return acks, poll.max, poll.wait, poll.worker
 
 

@@ -148,6 +148,8 @@ def task_record(task: Task) -> TaskRecord:
         run_at=iso(task.run_at),
         lease_expires_at=iso(task.lease_until),
         key=task.key,
+        progress=task.progress,
+        cancel_requested=task.cancel_requested,
     )
 
 
@@ -155,8 +157,13 @@ def task_record(task: Task) -> TaskRecord:
 _DELIVERY: Final = b'{"_id":"%d","data":%b,"attempt":%d}'
 
 
-def deliveries(tasks: list[Task]) -> bytes:
-    """The body of a poll that delivers tasks: the data is spliced in as the producer sent it."""
+def deliveries(tasks: list[Task], cancel: list[int] | None = None) -> bytes:
+    """The body of a poll that delivers tasks: the data is spliced in as the producer sent it.
+    With ``cancel``, the ids of the tasks the worker must stop (katar.protocol.Deliveries)."""
+    if cancel:
+        parts = [_DELIVERY % (task.id, task.data, task.attempts) for task in tasks]
+        stop = b",".join(b'"%d"' % task_id for task_id in cancel)
+        return b'{"tasks":[' + b",".join(parts) + b'],"cancel":[' + stop + b"]}"
     if len(tasks) == 1:  # the seed protocol's poll: no list to build and join
         task = tasks[0]
         return b'{"tasks":[' + _DELIVERY % (task.id, task.data, task.attempts) + b"]}"

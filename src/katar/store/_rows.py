@@ -11,7 +11,7 @@ from katar.core.model import State, Task
 
 COLUMNS: Final = (
     "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
-    " created_at, updated_at, run_at, lease_until, key"
+    " created_at, updated_at, run_at, lease_until, key, cancel_requested, progress"
 )
 _STATES: Final = tuple(State)  # by value: faster than State(value) on the hot path
 
@@ -34,6 +34,8 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
         run_at=row[12],
         lease_until=row[13],
         key=row[14],
+        cancel_requested=bool(row[15]),
+        progress=None if row[16] is None else msgspec.Raw(row[16]),
     )
 
 
@@ -47,7 +49,9 @@ def claimed_from_row(
     row: Sequence[Any], queue: str, worker: str | None, now: int, lease_until: int
 ) -> Task:
     """The task a claim returned as a row of ``CLAIMED_COLUMNS``: the claim set the rest
-    (rules.claimed), so it need not travel back from the database."""
+    (rules.claimed), so it need not travel back from the database. A task claimed has no
+    cancel requested (only a task in progress has one) and no progress (the claim clears
+    it)."""
     return Task(
         id=row[0],
         queue=queue,
@@ -69,7 +73,7 @@ def claimed_from_row(
 def update_values(task: Task) -> tuple[Any, ...]:
     """The parameters of an UPDATE that writes ``task`` back: the changeable columns in the
     order state, priority, attempts, attempt_base, error, result, worker, updated_at,
-    run_at, lease_until, then the id."""
+    run_at, lease_until, cancel_requested, progress, then the id."""
     return (
         int(task.state),
         task.priority,
@@ -81,5 +85,7 @@ def update_values(task: Task) -> tuple[Any, ...]:
         task.updated_at,
         task.run_at,
         task.lease_until,
+        task.cancel_requested,
+        None if task.progress is None else bytes(task.progress),
         task.id,
     )

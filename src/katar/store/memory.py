@@ -239,6 +239,7 @@ class MemoryStore(Store):
         self._ids_of(queue)
         # Decide every ack before writing any, so that one bad ack changes nothing.
         decided: dict[int, tuple[Task, Task]] = {}  # id -> (as stored, as decided)
+        cancel: list[int] = []
         for index, ack in enumerate(acks):
             found = self._find(queue, ack.task_id, index)
             if found is None:
@@ -253,14 +254,17 @@ class MemoryStore(Store):
                 raise
             if new is not None:
                 decided[found.id] = (first, new)
+            if rules.stops(current if new is None else new, ack, worker):
+                cancel.append(found.id)
         changes = []
         for first, new in decided.values():
             change = self._write(first, new, options)
             if change is not None and change.task.state != change.old:
                 changes.append(change)
         if options.custom_claim and limit > 0:
-            return self._claim_limited(queue, options, limit, worker, now, changes)
-        return PollResult(self._claim(queue, options, limit, worker, now), changes)
+            limited = self._claim_limited(queue, options, limit, worker, now, changes)
+            return limited._replace(cancel=cancel)
+        return PollResult(self._claim(queue, options, limit, worker, now), changes, cancel=cancel)
 
     def _claim(
         self,

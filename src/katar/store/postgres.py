@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("katar")
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -99,6 +99,11 @@ CREATE INDEX IF NOT EXISTS tasks_fair_key ON {s}.tasks (queue_id, key, fair_seq)
 -- A rate limit's token bucket, shared by every server (rules.Bucket); NULL: full.
 ALTER TABLE {s}.queues ADD COLUMN IF NOT EXISTS bucket_tokens double precision;
 ALTER TABLE {s}.queues ADD COLUMN IF NOT EXISTS bucket_at bigint;
+""",
+    4: """
+-- Long-running work: an operator's cancel of a task in progress, and the worker's progress.
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS cancel_requested boolean NOT NULL DEFAULT false;
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS progress bytea;  -- the worker's JSON, verbatim
 """,
 }
 _SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -169,8 +174,8 @@ class PostgresStore(Store):
             "lock_many": f"SELECT 1 FROM {s}.tasks WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
             "update": (
                 f"UPDATE {s}.tasks SET state=%s, priority=%s, attempts=%s, attempt_base=%s,"
-                " error=%s, result=%s, worker=%s, updated_at=%s, run_at=%s, lease_until=%s"
-                " WHERE id=%s"
+                " error=%s, result=%s, worker=%s, updated_at=%s, run_at=%s, lease_until=%s,"
+                " cancel_requested=%s, progress=%s WHERE id=%s"
             ),
             "delete": f"DELETE FROM {s}.tasks WHERE id = %s",
             "insert": (
@@ -181,9 +186,9 @@ class PostgresStore(Store):
             ),
             "claim": (
                 f"UPDATE {s}.tasks SET state=3, attempts=attempts+1, worker=%s,"
-                f" lease_until=%s, run_at=NULL, updated_at=%s WHERE id IN (SELECT id FROM"
-                f" {s}.tasks WHERE queue_id=%s AND state=1 ORDER BY priority DESC, id"
-                f" LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {COLUMNS}"
+                f" lease_until=%s, run_at=NULL, progress=NULL, updated_at=%s WHERE id IN"
+                f" (SELECT id FROM {s}.tasks WHERE queue_id=%s AND state=1"
+                f" ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {COLUMNS}"
             ),
             "issued": f"SELECT last_value, is_called FROM {s}.tasks_id_seq",
             # A limited queue's claim (QueueOptions.limited). The queue's row is locked
@@ -235,7 +240,7 @@ class PostgresStore(Store):
             ),
             "take": (
                 f"UPDATE {s}.tasks SET state=3, attempts=attempts+1, worker=%s,"
-                f" lease_until=%s, run_at=NULL, updated_at=%s WHERE id = ANY(%s)"
+                f" lease_until=%s, run_at=NULL, progress=NULL, updated_at=%s WHERE id = ANY(%s)"
                 f" RETURNING {COLUMNS}"
             ),
             "save_bucket": (
@@ -639,6 +644,7 @@ class PostgresStore(Store):
     ) -> PollResult:
         queue_id = await self._queue_id(queue)
         changes: list[Change] = []
+        cancel: list[int] = []
         async with self._transaction() as conn:
             if len(acks) > 1:
                 # Lock the acked tasks in id order first: two polls acking the same tasks in
@@ -666,6 +672,8 @@ class PostgresStore(Store):
                 change = await self._write(conn, task, new, options)
                 if change is not None and change.task.state != change.old:
                     changes.append(change)
+                if rules.stops(task if new is None else new, ack, worker):
+                    cancel.append(task.id)
             delivered: list[Task] = []
             retry_at = None
             if limit > 0 and options.custom_claim:
@@ -679,7 +687,7 @@ class PostgresStore(Store):
                 delivered = [task_from_row(row, queue) for row in await cursor.fetchall()]
                 delivered.sort(key=lambda t: (-t.priority, t.id))
             await self._notify_ready(conn, (change.task for change in changes))
-        return PollResult(delivered, changes, retry_at)
+        return PollResult(delivered, changes, retry_at, cancel)
 
     async def _claim_limited(
         self,

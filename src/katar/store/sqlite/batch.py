@@ -29,13 +29,17 @@ from katar.store._rows import (
 # hot path of every worker's poll.
 _CLAIM: Final = (
     "UPDATE tasks SET state=3, attempts=attempts+1, worker=?, lease_until=?, run_at=NULL,"
-    " updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND state=1"
+    " progress=NULL, updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND state=1"
     f" ORDER BY priority DESC, id LIMIT ?) RETURNING {CLAIMED_COLUMNS}"
 )
 _CLAIM_ANONYMOUS: Final = _CLAIM.replace("worker=?", "worker=NULL")  # no worker name given
 # A worker's "done" for the current delivery: update, or delete in a queue without history.
 # {returning} is every column, or only the id when nobody needs the finished tasks.
-_CURRENT: Final = "id=? AND queue_id=? AND state=3 AND attempts=coalesce(nullif(?, 0), attempts)"
+# A delivery whose cancel an operator asked for is left to the rules (it ends cancelled).
+_CURRENT: Final = (
+    "id=? AND queue_id=? AND state=3 AND attempts=coalesce(nullif(?, 0), attempts)"
+    " AND cancel_requested=0"
+)
 _DONE: Final = (
     "UPDATE tasks SET state=4, result=?, error=NULL, lease_until=NULL, updated_at=?"
     f" WHERE {_CURRENT} RETURNING {{returning}}"
@@ -51,7 +55,7 @@ _DONE_DROP_OWNED: Final = _DONE_DROP.replace(" RETURNING", _OWNER + " RETURNING"
 # "(?,?)" when the task is dropped (its result is not kept).
 _DONE_MATCH: Final = (
     "t.id = v.column1 AND t.queue_id = ? AND t.state = 3"
-    " AND t.attempts = coalesce(nullif(v.column2, 0), t.attempts)"
+    " AND t.attempts = coalesce(nullif(v.column2, 0), t.attempts) AND t.cancel_requested = 0"
 )
 _DONE_MANY: Final = (
     "UPDATE tasks AS t SET state=4, result=v.column3, error=NULL, lease_until=NULL,"
@@ -72,7 +76,8 @@ _DONE_DROP_MANY_OWNED: Final = _DONE_DROP_MANY.replace(
 # The same when no ack names its delivery, so there is nothing to match but ids: no join
 # (a tenth fewer instructions per task); {ids} is "?" per ack.
 _DONE_DROP_IDS: Final = (
-    "DELETE FROM tasks WHERE id IN ({ids}) AND queue_id=? AND state=3 RETURNING {returning}"
+    "DELETE FROM tasks WHERE id IN ({ids}) AND queue_id=? AND state=3 AND cancel_requested=0"
+    " RETURNING {returning}"
 )
 _DONE_CHUNK: Final = 300  # acks per statement: 3 variables each, well under SQLite's limit
 
@@ -93,7 +98,8 @@ _CANDIDATES_FAIR: Final = _CANDIDATES.replace(
 _CANDIDATES_UNPLACED: Final = _CANDIDATES.replace("state=1 AND", "state=1 AND fair_seq IS NULL AND")
 _TAKE: Final = (
     "UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, lease_until=?, run_at=NULL,"
-    f" updated_at=? WHERE id IN (SELECT value FROM json_each(?)) RETURNING {CLAIMED_COLUMNS}"
+    " progress=NULL, updated_at=? WHERE id IN (SELECT value FROM json_each(?))"
+    f" RETURNING {CLAIMED_COLUMNS}"
 )
 _NAME_WORKER: Final = "UPDATE tasks SET worker=? WHERE id IN (SELECT value FROM json_each(?))"
 # A fair queue's claim, with no key to count: the plain claim in the fair order (its workers
@@ -101,13 +107,15 @@ _NAME_WORKER: Final = "UPDATE tasks SET worker=? WHERE id IN (SELECT value FROM 
 # come after the placed ones, in the plain order.
 _CLAIM_FAIR: Final = (
     "UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, lease_until=?, run_at=NULL,"
-    " updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND state=1 AND"
+    " progress=NULL, updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND"
+    " state=1 AND"
     " fair_seq IS NOT NULL ORDER BY priority DESC, fair_seq, id LIMIT ?)"
     f" RETURNING {CLAIMED_COLUMNS}, fair_seq"
 )
 _CLAIM_UNPLACED: Final = (
     "UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, lease_until=?, run_at=NULL,"
-    " updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND state=1 AND"
+    " progress=NULL, updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND"
+    " state=1 AND"
     " fair_seq IS NULL ORDER BY priority DESC, id LIMIT ?)"
     f" RETURNING {CLAIMED_COLUMNS}, 9223372036854775807"
 )
@@ -130,6 +138,7 @@ class _Poll:
     delivered: list[Task] = field(default_factory=list)
     retry_at: int | None = None  # see PollResult.retry_at
     take: int = 0  # what its claim takes: limit, or less where a limit cuts it
+    cancel: list[int] = field(default_factory=list)  # see PollResult.cancel
 
 
 class Batches:
@@ -353,6 +362,7 @@ class Batches:
         now: int,
         changes: list[Change],
         worker: str | None,
+        cancel: list[int] | None = None,
     ) -> None:
         """Apply a batch's acks in order. The plain "done"s of the current deliveries go in
         statements of many rows at once, when no task is named twice (then the order of
@@ -370,7 +380,17 @@ class Batches:
                     changes.append(change)
             else:
                 self._apply_ack(
-                    conn, queue, queue_id, options, ack, index, now, changes, worker, not done
+                    conn,
+                    queue,
+                    queue_id,
+                    options,
+                    ack,
+                    index,
+                    now,
+                    changes,
+                    worker,
+                    not done,
+                    cancel,
                 )
 
     def _apply_ack(
@@ -385,9 +405,11 @@ class Batches:
         changes: list[Change],
         worker: str | None,
         fast: bool = True,
+        cancel: list[int] | None = None,
     ) -> None:
         """Apply one ack from a poll naming ``worker`` (None: anonymous); a refused ack
-        raises before anything is written."""
+        raises before anything is written. A heartbeat that finds its task cancelled by an
+        operator (rules.stops) adds the task's id to ``cancel``."""
         task_id = parse_task_id(ack.task_id)
         if fast and ack.status == "done" and task_id is not None:
             owners = None if worker is None else [worker]
@@ -406,6 +428,8 @@ class Batches:
         change = self._store_change(conn, task, new, options)
         if change is not None and change.task.state != change.old:
             changes.append(change)
+        if cancel is not None and rules.stops(task if new is None else new, ack, worker):
+            cancel.append(task.id)
 
     def _finish_done(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Final
 
-SCHEMA_VERSION: Final = 5  # 4: idempotency_keys; 5: tasks.key and fair_seq
+SCHEMA_VERSION: Final = 6  # 4: idempotency_keys; 5: tasks.key, fair_seq; 6: cancel, progress
 # The tasks at rest: paused (0), done (4), failed (5), cancelled (6). Not "state IN (0, 4, 5,
 # 6)": SQLite evaluates a partial index's condition for every row a statement writes, and an
 # IN list builds a temporary b-tree each time (a 4 KiB page zeroed): 56,000 instructions per
@@ -33,7 +33,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     run_at INTEGER,
     lease_until INTEGER,
     key TEXT,  -- the task's group, for key_concurrency and fair
-    fair_seq INTEGER  -- its place in a fair queue (rules.fair_seq); NULL elsewhere
+    fair_seq INTEGER,  -- its place in a fair queue (rules.fair_seq); NULL elsewhere
+    cancel_requested INTEGER NOT NULL DEFAULT 0,  -- an operator's cancel of a task in progress
+    progress BLOB  -- the worker's JSON, verbatim, from its last heartbeat
 );
 -- The claim's order, over READY tasks only: scheduled, running and finished tasks never
 -- slow it down however many there are.
@@ -69,6 +71,10 @@ DROP INDEX IF EXISTS tasks_resting;
 #: TABLE IF NOT EXISTS leaves it as it is): version -> (table, column, declaration).
 _ADDED: Final = {
     5: (("tasks", "key", "TEXT"), ("tasks", "fair_seq", "INTEGER")),
+    6: (
+        ("tasks", "cancel_requested", "INTEGER NOT NULL DEFAULT 0"),
+        ("tasks", "progress", "BLOB"),
+    ),
 }
 
 

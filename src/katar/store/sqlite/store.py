@@ -71,7 +71,8 @@ _PLACE_WAITING: Final = (
 )
 _UPDATE: Final = (
     "UPDATE tasks SET state=?, priority=?, attempts=?, attempt_base=?, error=?, result=?,"
-    " worker=?, updated_at=?, run_at=?, lease_until=? WHERE id=?"
+    " worker=?, updated_at=?, run_at=?, lease_until=?, cancel_requested=?, progress=?"
+    " WHERE id=?"
 )
 _RESTING: Final = frozenset({State.PAUSED, State.DONE, State.FAILED, State.CANCELLED})
 # Counts by state, each query served by a partial index.
@@ -300,6 +301,7 @@ class SQLiteStore(Batches, GroupCommit):
         def op(conn: sqlite3.Connection) -> PollResult | _Poll:
             queue_id = self._queue_id(queue)
             changes: list[Change] = []
+            cancel: list[int] = []
             done = None
             if len(acks) == 1:  # the common case: one write at most, no savepoint needed
                 ack = acks[0]
@@ -307,12 +309,16 @@ class SQLiteStore(Batches, GroupCommit):
                 if task_id is not None:
                     done = (task_id, ack)  # made with the group's others
                 else:
-                    self._apply_ack(conn, queue, queue_id, options, ack, 0, now, changes, worker)
+                    self._apply_ack(
+                        conn, queue, queue_id, options, ack, 0, now, changes, worker, True, cancel
+                    )
             elif acks:
                 # A later ack may be refused after earlier ones were written: undo them then.
                 conn.execute("SAVEPOINT acks")
                 try:
-                    self._apply_acks(conn, queue, queue_id, options, acks, now, changes, worker)
+                    self._apply_acks(
+                        conn, queue, queue_id, options, acks, now, changes, worker, cancel
+                    )
                 except KatarError:
                     conn.execute("ROLLBACK TO acks")
                     raise
@@ -320,13 +326,14 @@ class SQLiteStore(Batches, GroupCommit):
                     conn.execute("RELEASE acks")
             if limit > 0 or done is not None:
                 poll = _Poll(queue, queue_id, options, worker, limit, now, changes, done)
+                poll.cancel = cancel
                 self._polls.append(poll)
                 return poll
-            return PollResult([], changes)
+            return PollResult([], changes, cancel=cancel)
 
         outcome = await self._write(op)
         if isinstance(outcome, _Poll):
-            return PollResult(outcome.delivered, outcome.changes, outcome.retry_at)
+            return PollResult(outcome.delivered, outcome.changes, outcome.retry_at, outcome.cancel)
         return outcome
 
     async def get_task(self, queue: str, task_id: int) -> Task | None:
