@@ -57,14 +57,25 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--only", nargs="*", default=[], help="variants whose name starts so (plain always)"
+    )
+    parser.add_argument("--batch", type=int, choices=[1, 100], help="one drain only")
     args = parser.parse_args()
+    variants = (
+        [name for name in VARIANTS if name == "plain" or any(name.startswith(o) for o in args.only)]
+        if args.only
+        else list(VARIANTS)
+    )
     print(f"store {args.store}, {args.tasks} tasks, {args.connections} connections")
     print(f"| drain | variant | tasks/s (median of {args.repeats}) | vs plain |")
     print("|---|---|---|---|")
     for batch, label in ((1, "seed (1 a poll)"), (100, "batched (100 a poll)")):
-        figures: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        if args.batch is not None and batch != args.batch:
+            continue
+        figures: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.repeats):  # alternating, so that a noisy moment hits them all
-            for name in VARIANTS:
+            for name in variants:
                 figures[name].append(measure(args.store, args.tasks, batch, args.connections, name))
         plain = statistics.median(figures["plain"])
         for name, runs in figures.items():

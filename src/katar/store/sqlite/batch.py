@@ -90,12 +90,10 @@ _CANDIDATES: Final = (
     "SELECT id, key FROM tasks WHERE queue_id=? AND state=1 AND (key IS NULL OR key NOT IN"
     " (SELECT value FROM json_each(?))) ORDER BY priority DESC, id LIMIT ?"
 )
-# A fair queue's order (rules.fair_seq). A task without a place (enqueued as the queue was
-# made fair) comes after the placed ones, in the plain order.
+# A fair queue's order (rules.fair_seq), over its partial index.
 _CANDIDATES_FAIR: Final = _CANDIDATES.replace(
     "state=1 AND", "state=1 AND fair_seq IS NOT NULL AND"
 ).replace("priority DESC, id", "priority DESC, fair_seq, id")
-_CANDIDATES_UNPLACED: Final = _CANDIDATES.replace("state=1 AND", "state=1 AND fair_seq IS NULL AND")
 _TAKE: Final = (
     "UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, lease_until=?, run_at=NULL,"
     " progress=NULL, updated_at=? WHERE id IN (SELECT value FROM json_each(?))"
@@ -103,21 +101,14 @@ _TAKE: Final = (
 )
 _NAME_WORKER: Final = "UPDATE tasks SET worker=? WHERE id IN (SELECT value FROM json_each(?))"
 # A fair queue's claim, with no key to count: the plain claim in the fair order (its workers
-# named after, by _NAME_WORKER). Tasks without a place (enqueued as the queue was made fair)
-# come after the placed ones, in the plain order.
+# named after, by _NAME_WORKER). Every waiting task of a fair queue has a place: one server
+# serves a SQLite file, and it places the waiting tasks as it makes a queue fair.
 _CLAIM_FAIR: Final = (
     "UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, lease_until=?, run_at=NULL,"
     " progress=NULL, updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND"
     " state=1 AND"
     " fair_seq IS NOT NULL ORDER BY priority DESC, fair_seq, id LIMIT ?)"
     f" RETURNING {CLAIMED_COLUMNS}, fair_seq"
-)
-_CLAIM_UNPLACED: Final = (
-    "UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, lease_until=?, run_at=NULL,"
-    " progress=NULL, updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND"
-    " state=1 AND"
-    " fair_seq IS NULL ORDER BY priority DESC, id LIMIT ?)"
-    f" RETURNING {CLAIMED_COLUMNS}, 9223372036854775807"
 )
 
 
@@ -235,9 +226,6 @@ class Batches:
             now = max(poll.now for poll in claiming)
             if fair:
                 rows = conn.execute(_CLAIM_FAIR, (now + timeout, now, queue_id, total)).fetchall()
-                if len(rows) < total:
-                    later = (now + timeout, now, queue_id, total - len(rows))
-                    rows += conn.execute(_CLAIM_UNPLACED, later).fetchall()
             elif worker is None:
                 claim = conn.execute(_CLAIM_ANONYMOUS, (now + timeout, now, queue_id, total))
                 rows = claim.fetchall()
@@ -334,13 +322,11 @@ class Batches:
     ) -> list[tuple[int, str | None]]:
         """Ready tasks in claim order, up to ``chunk``, passing over the ``blocked`` keys."""
         keys = msgspec.json.encode(blocked)
-        if queue_id not in self._fair:
-            return conn.execute(_CANDIDATES, (queue_id, keys, chunk)).fetchall()
-        rows = conn.execute(_CANDIDATES_FAIR, (queue_id, keys, chunk)).fetchall()
-        if len(rows) < chunk:
-            rows += conn.execute(
-                _CANDIDATES_UNPLACED, (queue_id, keys, chunk - len(rows))
-            ).fetchall()
+        fair = queue_id in self._fair
+        candidates = _CANDIDATES_FAIR if fair else _CANDIDATES
+        rows: list[tuple[int, str | None]] = conn.execute(
+            candidates, (queue_id, keys, chunk)
+        ).fetchall()
         return rows
 
     def _bucket(self, queue_id: int, options: QueueOptions, now: int) -> rules.Bucket | None:
