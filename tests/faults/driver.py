@@ -43,6 +43,14 @@ class Ledger:
     errors: list[str] = field(default_factory=list)
     #: How many requests got a fault status or no answer.
     faults: int = 0
+    #: The queue's lease in seconds, when the test knows it: an ack answered that long after
+    #: its delivery arrived may have come after the lease ran out, when the contract lets it
+    #: change nothing (the task goes back to the queue and is delivered again).
+    lease: float | None = None
+    #: (id, attempt) -> when (time.monotonic) the delivery arrived; (id, attempt) -> when its
+    #: ack's answer arrived.
+    received: dict[tuple[str, int], float] = field(default_factory=dict)
+    answered_at: dict[tuple[str, int], float] = field(default_factory=dict)
 
     def stamp(self) -> int:
         with self.lock:
@@ -100,8 +108,15 @@ class Ledger:
         next delivery (its lease had run out): the next attempt went out on a poll sent
         before the ack was answered, seen, or unseen on a poll that got no answer."""
         sent = last_sent.get((task_id, attempt + 1))
+        if sent is not None and sent < answered:
+            return True
+        if self.lease is not None:
+            received = self.received.get((task_id, attempt))
+            acked = self.answered_at.get((task_id, attempt))
+            if received is not None and acked is not None and acked - received >= self.lease:
+                return True  # the lease may have run out before the ack arrived
         if sent is not None:
-            return sent < answered
+            return False
         return any(lost < answered for lost in self.lost_polls)
 
 
@@ -196,10 +211,15 @@ class Clients:
                     time.sleep(0.05)
                     continue
                 answered = ledger.stamp()
+                now = time.monotonic()
                 tasks = response.json()["tasks"] if response.status_code == 200 else []
                 with ledger.lock:
                     ledger.acked.extend((answered, a["_id"], a["attempt"]) for a in acks)
                     ledger.deliveries.extend((sent, t["_id"], t["attempt"]) for t in tasks)
+                    for a in acks:
+                        ledger.answered_at[(a["_id"], a["attempt"])] = now
+                    for t in tasks:
+                        ledger.received[(t["_id"], t["attempt"])] = now
                 acks = [
                     {"_id": t["_id"], "status": "done", "attempt": t["attempt"]}
                     for t in tasks

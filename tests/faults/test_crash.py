@@ -25,7 +25,7 @@ def test_kill_9_mid_drain_then_restart(
     # the server) comes back soon after the restart.
     options = {"persistent": True, "timeout": 1000, "max_attempts": 0}
     httpx.put(f"{server.url}/v1/queue/crash", json=options, timeout=10).raise_for_status()
-    ledger = Ledger()
+    ledger = Ledger(lease=options["timeout"] / 1000)
     clients = Clients(server.url, "crash", ledger)
     try:
         clients.produce(TOTAL, batch=25)

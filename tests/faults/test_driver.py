@@ -80,3 +80,20 @@ def test_a_broken_promise_fails(change: Any, message: str | None) -> None:
     change(book, records)
     with pytest.raises(AssertionError, match=message):
         book.check(records)
+
+
+def test_an_ack_after_the_lease_may_be_a_no_op() -> None:
+    book = ledger()
+    book.lease = 1.0
+    # Attempt 1's ack was held through an outage and answered 5 s after the delivery: the
+    # lease ran out meanwhile, the ack changed nothing, and attempt 2 (sent after the ack's
+    # answer) stands.
+    book.received[("1", 1)] = 100.0
+    book.answered_at[("1", 1)] = 105.0
+    book.deliveries.append((4, "1", 2))
+    book.acked.append((6, "1", 2))
+    book.check({"1": done(2), "2": done(1)})
+    # Within the lease, the same is a redelivery of a task acknowledged done.
+    book.answered_at[("1", 1)] = 100.5
+    with pytest.raises(AssertionError, match="delivered again"):
+        book.check({"1": done(2), "2": done(1)})
