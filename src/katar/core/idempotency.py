@@ -68,6 +68,11 @@ def digest(tasks: Sequence[NewTask]) -> bytes:
         if task.run_at is not None:
             # Only when given, so that the digests of tasks without one stay as they were.
             hasher.update(b",@%d" % task.run_at)
+        extra = (task.timeout, task.max_attempts, task.expires_in_ms, task.unique_for_ms)
+        if extra != (None, None, None, None) or task.unique_key is not None:
+            # The same: only when given. The key goes in as JSON, so that no text can pass
+            # for another field.
+            hasher.update(msgspec.json.encode([*extra, task.unique_key]))
         hasher.update(b":")
         hasher.update(data)
     return hasher.digest()
@@ -78,12 +83,19 @@ def idempotency(key: bytes | str, tasks: Sequence[NewTask]) -> Idempotency:
     return Idempotency(check_key(key), digest(tasks))
 
 
+def pack(tasks: Sequence[Task]) -> bytes:
+    """The tasks an enqueue answered, as a store keeps them (:func:`pack_ids`): a duplicate
+    (an existing task that held the unique_key asked for) by its id negated."""
+    return pack_ids([-task.id if task.duplicate else task.id for task in tasks])
+
+
 def pack_ids(ids: Sequence[int]) -> bytes:
     """The ids an enqueue created, as a store keeps them: runs of consecutive ids, as JSON
-    ``[[first, count], ...]`` (one run when no other server enqueued at the same moment)."""
+    ``[[first, count], ...]`` (one run when no other server enqueued at the same moment).
+    A negative id is a duplicate's (see :func:`pack`): a run of its own."""
     runs: list[list[int]] = []
     for task_id in ids:
-        if runs and runs[-1][0] + runs[-1][1] == task_id:
+        if runs and task_id > 0 and runs[-1][0] > 0 and runs[-1][0] + runs[-1][1] == task_id:
             runs[-1][1] += 1
         else:
             runs.append([task_id, 1])
@@ -114,4 +126,9 @@ def replay(
     if stored_digest != wanted.digest or len(ids) != len(tasks):
         raise KeyReused(header=_HEADER, key=wanted.key)
     pairs = zip(tasks, ids, strict=True)
-    return [rules.new_task(queue, spec, task_id, created) for spec, task_id in pairs]
+    return [
+        rules.new_task(queue, spec, task_id, created)
+        if task_id > 0
+        else rules.duplicate(rules.new_task(queue, spec, -task_id, created))
+        for spec, task_id in pairs
+    ]

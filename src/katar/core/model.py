@@ -83,6 +83,15 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     updated_at: int
     run_at: int | None = None  # not before this time (delay, retry backoff)
     lease_until: int | None = None  # while RUNNING: when the lease runs out
+    timeout: int | None = None  # this task's lease in ms, over the queue's timeout
+    max_attempts: int | None = None  # this task's max_attempts, over the queue's
+    #: until then (ms), a task never delivered may wait; then it is cancelled (rules.expire)
+    expires_at: int | None = None
+    unique_key: str | None = None  # while this task holds it, its queue takes no other
+    unique_until: int | None = None  # the key is held until then whatever the status (ms)
+    #: Not stored: set on an enqueue's answer when the task is an existing one that held the
+    #: unique_key asked for (nothing was created for it).
+    duplicate: bool = False
 
     @property
     def status(self) -> str:
@@ -98,6 +107,11 @@ class NewTask(msgspec.Struct, kw_only=True, frozen=True):
     delay_ms: int = 0
     run_at: int | None = None  # not before this time (ms since the epoch), instead of a delay
     paused: bool = False
+    timeout: int | None = None  # the lease of this task's deliveries, in ms
+    max_attempts: int | None = None  # deliveries before it fails for good; 0 = no limit
+    expires_in_ms: int | None = None  # cancelled if not delivered within this time
+    unique_key: str | None = None
+    unique_for_ms: int | None = None  # the key stays taken this long after creation
 
 
 #: Milliseconds, or counts, that a 32-bit signed integer holds: what every worker can use.

@@ -14,7 +14,7 @@ import msgspec
 
 from katar.core.model import Ack, NewTask, now_ms, parse_priority
 from katar.errors import InvalidRequest, PayloadTooLarge, ValidationError
-from katar.protocol import MAX_DELAY, STATUSES, Enqueue, Patch, Poll
+from katar.protocol import MAX_DELAY, MAX_UNIQUE_KEY, STATUSES, Enqueue, Patch, Poll
 from katar.protocol import NewTask as TaskBody
 
 _HINTS: Final = {
@@ -27,6 +27,11 @@ _HINTS: Final = {
     "priority": "priority is an integer or one of high, normal, low",
     "delay": f"delay is a number of seconds from 0 to {MAX_DELAY} (ten years)",
     "run_at": "run_at is an ISO 8601 time, e.g. 2030-01-31T09:00:00Z (UTC when it names no zone)",
+    "timeout": "timeout is the task's lease in ms, an integer from 1 to 2147483647",
+    "max_attempts": "max_attempts is an integer from 0 (no limit) to 2147483647",
+    "expires_in": f"expires_in is a number of seconds above 0, at most {MAX_DELAY}",
+    "unique_key": f"unique_key is a string of 1 to {MAX_UNIQUE_KEY} printable characters",
+    "unique_for": f"unique_for is a number of seconds above 0, at most {MAX_DELAY}",
 }
 # Where a field's name means something else: an enqueue's "status" is a new task's.
 _HINTS_OF: Final[dict[type, dict[str, str]]] = {
@@ -141,12 +146,19 @@ def _new_task(body: TaskBody, where: str, max_bytes: int) -> NewTask:
         priority = parse_priority(body.priority)
     except ValidationError as exc:
         raise ValidationError(f"{where}: {exc.message}") from None
+    if body.unique_for is not None and body.unique_key is None:
+        raise ValidationError(f"{where}: unique_for needs a unique_key", field="unique_for")
     return NewTask(
         data=body.data,
         priority=priority,
         delay_ms=round(body.delay * 1000) if body.delay is not None else 0,
         run_at=None if body.run_at is None else _run_at(body, where),
         paused=body.status == "paused",
+        timeout=body.timeout,
+        max_attempts=body.max_attempts,
+        expires_in_ms=None if body.expires_in is None else max(1, round(body.expires_in * 1000)),
+        unique_key=body.unique_key,
+        unique_for_ms=None if body.unique_for is None else max(1, round(body.unique_for * 1000)),
     )
 
 

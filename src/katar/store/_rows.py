@@ -11,7 +11,8 @@ from katar.core.model import State, Task
 
 COLUMNS: Final = (
     "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
-    " created_at, updated_at, run_at, lease_until"
+    " created_at, updated_at, run_at, lease_until, timeout, max_attempts, expires_at,"
+    " unique_key, unique_until"
 )
 _STATES: Final = tuple(State)  # by value: faster than State(value) on the hot path
 
@@ -33,18 +34,27 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
         updated_at=row[11],
         run_at=row[12],
         lease_until=row[13],
+        timeout=row[14],
+        max_attempts=row[15],
+        expires_at=row[16],
+        unique_key=row[17],
+        unique_until=row[18],
     )
 
 
 #: What a claim returns: the columns it does not set itself (see claimed_from_row).
-CLAIMED_COLUMNS: Final = "id, priority, data, attempts, attempt_base, error, result, created_at"
+CLAIMED_COLUMNS: Final = (
+    "id, priority, data, attempts, attempt_base, error, result, created_at,"
+    " timeout, max_attempts, expires_at, unique_key, unique_until"
+)
 
 
 def claimed_from_row(
     row: Sequence[Any], queue: str, worker: str | None, now: int, lease_until: int
 ) -> Task:
     """The task a claim returned as a row of ``CLAIMED_COLUMNS``: the claim set the rest
-    (rules.claimed), so it need not travel back from the database."""
+    (rules.claimed), so it need not travel back from the database. ``lease_until`` is the
+    queue's lease; a task with a timeout of its own has its own (rules.lease_ms)."""
     return Task(
         id=row[0],
         queue=queue,
@@ -58,14 +68,19 @@ def claimed_from_row(
         worker=worker,
         created_at=row[7],
         updated_at=now,
-        lease_until=lease_until,
+        lease_until=lease_until if row[8] is None else now + row[8],
+        timeout=row[8],
+        max_attempts=row[9],
+        expires_at=row[10],
+        unique_key=row[11],
+        unique_until=row[12],
     )
 
 
 def update_values(task: Task) -> tuple[Any, ...]:
     """The parameters of an UPDATE that writes ``task`` back: the changeable columns in the
     order state, priority, attempts, attempt_base, error, result, worker, updated_at,
-    run_at, lease_until, then the id."""
+    run_at, lease_until, expires_at, then the id."""
     return (
         int(task.state),
         task.priority,
@@ -77,5 +92,6 @@ def update_values(task: Task) -> tuple[Any, ...]:
         task.updated_at,
         task.run_at,
         task.lease_until,
+        task.expires_at,
         task.id,
     )

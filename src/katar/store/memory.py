@@ -30,6 +30,11 @@ class MemoryStore(Store):
         self._ready: dict[str, list[tuple[int, int]]] = {}  # per queue: (-priority, id)
         self._scheduled: list[tuple[int, int]] = []  # (run_at, id)
         self._leases: list[tuple[int, int]] = []  # (lease_until, id)
+        self._expiries: list[tuple[int, int]] = []  # (expires_at, id) of tasks never delivered
+        # (queue, unique_key) -> the id of the last task created with it.
+        self._unique: dict[tuple[str, str], int] = {}
+        # (unique_until, id): finished tasks kept while they hold their key (rules.discard).
+        self._kept: list[tuple[int, int]] = []
         self._last_id = 0
         # (queue, key) -> (digest, ids, created): the idempotency keys, oldest first.
         self._keys: dict[tuple[str, str], tuple[bytes, tuple[int, ...], int]] = {}
@@ -60,6 +65,8 @@ class MemoryStore(Store):
             del self._tasks[task_id]
         for queue_key in [queue_key for queue_key in self._keys if queue_key[0] == name]:
             del self._keys[queue_key]
+        for queue_key in [queue_key for queue_key in self._unique if queue_key[0] == name]:
+            del self._unique[queue_key]
         return len(ids)
 
     def _ids_of(self, queue: str) -> dict[int, None]:
@@ -78,6 +85,11 @@ class MemoryStore(Store):
         elif task.state is State.RUNNING:
             assert task.lease_until is not None
             heapq.heappush(self._leases, (task.lease_until, task.id))
+        expiry = rules.expiry(task)
+        if expiry is not None:  # pushed again at each change: stale entries are skipped
+            heapq.heappush(self._expiries, (expiry, task.id))
+        if task.unique_until is not None and task.state in (State.DONE, State.FAILED):
+            heapq.heappush(self._kept, (task.unique_until, task.id))
 
     def _remove(self, task: Task) -> None:
         del self._tasks[task.id]
@@ -96,10 +108,18 @@ class MemoryStore(Store):
         ids = self._ids_of(queue)
         created = []
         for spec in tasks:
+            if spec.unique_key is not None:
+                holder_id = self._unique.get((queue, spec.unique_key))
+                holder = None if holder_id is None else self._tasks.get(holder_id)
+                if holder is not None and rules.holds_key(holder, now):
+                    created.append(rules.duplicate(holder))
+                    continue
             self._last_id += 1
             task = rules.new_task(queue, spec, self._last_id, now)
             ids[task.id] = None
             self._put(task)
+            if task.unique_key is not None:
+                self._unique[(queue, task.unique_key)] = task.id
             created.append(task)
         return created
 
@@ -115,7 +135,8 @@ class MemoryStore(Store):
         new = await self.enqueue(queue, tasks, now)
         # Popped first so that the dict stays in creation order, which prune_keys relies on.
         self._keys.pop((queue, once.key), None)
-        self._keys[(queue, once.key)] = (once.digest, tuple(task.id for task in new), now)
+        packed = tuple(-task.id if task.duplicate else task.id for task in new)
+        self._keys[(queue, once.key)] = (once.digest, packed, now)
         return Enqueued(new, True)
 
     async def prune_keys(self, before: int) -> int:
@@ -170,10 +191,16 @@ class MemoryStore(Store):
             change = self._write(first, new, options)
             if change is not None and change.task.state != change.old:
                 changes.append(change)
-        return PollResult(self._claim(queue, options, limit, worker, now), changes)
+        return PollResult(self._claim(queue, options, limit, worker, now, changes), changes)
 
     def _claim(
-        self, queue: str, options: QueueOptions, limit: int, worker: str | None, now: int
+        self,
+        queue: str,
+        options: QueueOptions,
+        limit: int,
+        worker: str | None,
+        now: int,
+        changes: list[Change],
     ) -> list[Task]:
         heap = self._ready[queue]
         delivered: list[Task] = []
@@ -181,6 +208,11 @@ class MemoryStore(Store):
             negative_priority, task_id = heapq.heappop(heap)
             task = self._tasks.get(task_id)
             if task is None or task.state is not State.READY or task.priority != -negative_priority:
+                continue
+            if rules.expired(task, now):  # its expiry came before the reaper did
+                change = self._write(task, rules.expire(task, now), options)
+                if change is not None:
+                    changes.append(change)
                 continue
             leased = rules.claimed(task, options, worker, now)
             self._put(leased)
@@ -236,6 +268,20 @@ class MemoryStore(Store):
             change = self._write(task, rules.expire_lease(task, options, now), options)
             if change is not None:
                 changes.append(change)
+        while self._expiries and self._expiries[0][0] <= now:
+            _at, task_id = heapq.heappop(self._expiries)
+            task = self._tasks.get(task_id)
+            if task is None or task.queue not in queues:
+                continue
+            change = self._write(task, rules.expire(task, now), queues[task.queue])
+            if change is not None:
+                changes.append(change)
+        while self._kept and self._kept[0][0] <= now:
+            _at, task_id = heapq.heappop(self._kept)
+            task = self._tasks.get(task_id)
+            kept_options = None if task is None else queues.get(task.queue)
+            if task and kept_options and rules.sweepable(task, kept_options, now):
+                self._remove(task)
         while self._scheduled and self._scheduled[0][0] <= now:
             run_at, task_id = heapq.heappop(self._scheduled)
             task = self._tasks.get(task_id)
@@ -248,6 +294,13 @@ class MemoryStore(Store):
 
     async def next_deadline(self) -> int | None:
         earliest = None
+        while self._expiries:
+            when, task_id = self._expiries[0]
+            task = self._tasks.get(task_id)
+            if task is not None and rules.expiry(task) == when:
+                earliest = when
+                break
+            heapq.heappop(self._expiries)
         for heap, state, field in (
             (self._leases, State.RUNNING, "lease_until"),
             (self._scheduled, State.SCHEDULED, "run_at"),

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("katar")
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -86,6 +86,19 @@ CREATE TABLE IF NOT EXISTS {s}.idempotency_keys (
     PRIMARY KEY (queue_id, key)  -- what decides between servers racing with one key
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_created ON {s}.idempotency_keys (created);
+""",
+    3: """
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS timeout integer;  -- NULL: the queue's
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS max_attempts integer;  -- NULL: the queue's
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS expires_at bigint;
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS unique_key text;
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS unique_until bigint;
+CREATE INDEX IF NOT EXISTS tasks_expiry ON {s}.tasks (expires_at)
+    WHERE expires_at IS NOT NULL AND attempts = 0 AND state < 3;
+CREATE INDEX IF NOT EXISTS tasks_unique ON {s}.tasks (queue_id, unique_key)
+    WHERE unique_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_kept ON {s}.tasks (unique_until)
+    WHERE unique_until IS NOT NULL AND state BETWEEN 4 AND 5;
 """,
 }
 _SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -155,8 +168,8 @@ class PostgresStore(Store):
             "lock_many": f"SELECT 1 FROM {s}.tasks WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
             "update": (
                 f"UPDATE {s}.tasks SET state=%s, priority=%s, attempts=%s, attempt_base=%s,"
-                " error=%s, result=%s, worker=%s, updated_at=%s, run_at=%s, lease_until=%s"
-                " WHERE id=%s"
+                " error=%s, result=%s, worker=%s, updated_at=%s, run_at=%s, lease_until=%s,"
+                " expires_at=%s WHERE id=%s"
             ),
             "delete": f"DELETE FROM {s}.tasks WHERE id = %s",
             "insert": (
@@ -165,11 +178,28 @@ class PostgresStore(Store):
                 f" %s::int[], %s::bytea[], %s::bigint[], %s::bigint[], %s::bigint[])"
                 f" RETURNING id"
             ),
+            # With the per-task options and unique keys (see _insert_special).
+            "insert_full": (
+                f"INSERT INTO {s}.tasks (queue_id, state, priority, data, created_at,"
+                f" updated_at, run_at, timeout, max_attempts, expires_at, unique_key,"
+                f" unique_until) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                f" RETURNING id"
+            ),
+            # The task that holds a unique_key (rules.holds_key), by the index tasks_unique.
+            "holder": (
+                f"SELECT {COLUMNS} FROM {s}.tasks WHERE queue_id = %s AND unique_key = %s"
+                " AND unique_key IS NOT NULL AND (state < 4 OR unique_until > %s)"
+                " ORDER BY id LIMIT 1"
+            ),
+            # A task's own timeout makes its own lease (rules.lease_ms); a task never
+            # delivered whose expiry has come (rules.expired) is left for the reaper.
             "claim": (
                 f"UPDATE {s}.tasks SET state=3, attempts=attempts+1, worker=%s,"
-                f" lease_until=%s, run_at=NULL, updated_at=%s WHERE id IN (SELECT id FROM"
-                f" {s}.tasks WHERE queue_id=%s AND state=1 ORDER BY priority DESC, id"
-                f" LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {COLUMNS}"
+                f" lease_until=%s + coalesce(timeout, %s), run_at=NULL, updated_at=%s"
+                f" WHERE id IN (SELECT id FROM {s}.tasks WHERE queue_id=%s AND state=1"
+                f" AND (expires_at IS NULL OR attempts > 0 OR expires_at > %s)"
+                f" ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED)"
+                f" RETURNING {COLUMNS}"
             ),
             "issued": f"SELECT last_value, is_called FROM {s}.tasks_id_seq",
         }
@@ -440,6 +470,8 @@ class PostgresStore(Store):
         tasks: Sequence[NewTask],
         now: int,
     ) -> list[Task]:
+        if any(map(rules.special, tasks)):
+            return await self._insert_special(conn, queue_id, queue, tasks, now)
         drafts = [rules.new_task(queue, spec, 0, now) for spec in tasks]
         cursor = await conn.execute(
             self._sql["insert"],
@@ -458,6 +490,58 @@ class PostgresStore(Store):
         # unnest keeps the order of its arrays, and a sequence hands out growing ids.
         ids.sort()
         return [msgspec.structs.replace(t, id=i) for t, i in zip(drafts, ids, strict=True)]
+
+    async def _insert_special(
+        self,
+        conn: AsyncConnection[tuple[Any, ...]],
+        queue_id: int,
+        queue: str,
+        tasks: Sequence[NewTask],
+        now: int,
+    ) -> list[Task]:
+        """:meth:`_insert` for tasks with per-task options or unique keys, one by one: a
+        unique_key held by a task of the queue (one of this batch's included) creates
+        nothing, and answers that task. Servers enqueueing one key at once take turns: each
+        transaction first takes an advisory lock on each of its (queue, key) pairs, in one
+        order (no deadlock), held until it commits; then looks, then inserts. The next one
+        to get the lock sees the committed row (READ COMMITTED reads anew each statement)."""
+        keys = sorted({spec.unique_key for spec in tasks if spec.unique_key is not None})
+        for key in keys:
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                (f"katar:{self._schema}:unique:{queue_id}:{key}",),
+            )
+        answered: list[Task] = []
+        for spec in tasks:
+            if spec.unique_key is not None:
+                cursor = await conn.execute(self._sql["holder"], (queue_id, spec.unique_key, now))
+                row = await cursor.fetchone()
+                if row is not None:
+                    answered.append(rules.duplicate(task_from_row(row, queue)))
+                    continue
+            t = rules.new_task(queue, spec, 0, now)
+            cursor = await conn.execute(
+                self._sql["insert_full"],
+                (
+                    queue_id,
+                    int(t.state),
+                    t.priority,
+                    bytes(t.data),
+                    now,
+                    now,
+                    t.run_at,
+                    t.timeout,
+                    t.max_attempts,
+                    t.expires_at,
+                    t.unique_key,
+                    t.unique_until,
+                ),
+            )
+            row = await cursor.fetchone()
+            assert row is not None
+            answered.append(msgspec.structs.replace(t, id=row[0]))
+        await self._notify_ready(conn, (t for t in answered if not t.duplicate))
+        return answered
 
     async def enqueue_once(
         self, queue: str, tasks: Sequence[NewTask], now: int, once: Idempotency
@@ -492,7 +576,7 @@ class PostgresStore(Store):
             new = await self._insert(conn, queue_id, queue, tasks, now)
             await conn.execute(
                 f"UPDATE {s}.idempotency_keys SET ids = %s WHERE queue_id = %s AND key = %s",
-                (idempotency.pack_ids([t.id for t in new]), queue_id, once.key),
+                (idempotency.pack(new), queue_id, once.key),
             )
             return Enqueued(new, True)
 
@@ -571,7 +655,8 @@ class PostgresStore(Store):
             delivered: list[Task] = []
             if limit > 0:
                 cursor = await conn.execute(
-                    self._sql["claim"], (worker, now + options.timeout, now, queue_id, limit)
+                    self._sql["claim"],
+                    (worker, now, options.timeout, now, queue_id, now, limit),
                 )
                 delivered = [task_from_row(row, queue) for row in await cursor.fetchall()]
                 delivered.sort(key=lambda t: (-t.priority, t.id))
@@ -653,6 +738,11 @@ class PostgresStore(Store):
                     True,
                 ),
                 (
+                    f"SELECT {COLUMNS} FROM {s}.tasks WHERE {_EXPIRY} AND expires_at <= %s"
+                    " ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                    None,
+                ),
+                (
                     f"SELECT {COLUMNS} FROM {s}.tasks WHERE state = 2 AND run_at <= %s"
                     " ORDER BY run_at LIMIT %s FOR UPDATE SKIP LOCKED",
                     False,
@@ -664,13 +754,29 @@ class PostgresStore(Store):
                     if options is None:
                         continue
                     new = (
-                        rules.expire_lease(task, options, now)
+                        rules.expire(task, now)
+                        if lease is None
+                        else rules.expire_lease(task, options, now)
                         if lease
                         else rules.promote(task, now)
                     )
                     change = await self._write(conn, task, new, options)
                     if change is not None:
                         changes.append(change)
+            # Finished tasks kept only while they held their unique_key (rules.discard):
+            # removed at the first reap after that.
+            rows = await (
+                await conn.execute(
+                    f"SELECT {COLUMNS} FROM {s}.tasks WHERE unique_until IS NOT NULL"
+                    " AND state BETWEEN 4 AND 5 AND unique_until <= %s LIMIT %s"
+                    " FOR UPDATE SKIP LOCKED",
+                    (now, _EXPIRE_BATCH),
+                )
+            ).fetchall()
+            for task in await self._tasks(conn, rows):
+                options = queues.get(task.queue)
+                if options is not None and rules.sweepable(task, options, now):
+                    await conn.execute(self._sql["delete"], (task.id,))
             await self._notify_ready(conn, (change.task for change in changes))
         return changes
 
@@ -681,13 +787,17 @@ class PostgresStore(Store):
             row = await (
                 await conn.execute(
                     f"SELECT LEAST((SELECT min(lease_until) FROM {s}.tasks WHERE state = 3),"
-                    f" (SELECT min(run_at) FROM {s}.tasks WHERE state = 2))"
+                    f" (SELECT min(run_at) FROM {s}.tasks WHERE state = 2),"
+                    f" (SELECT min(expires_at) FROM {s}.tasks WHERE {_EXPIRY}))"
                 )
             ).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
 
 _KEEP: Final = QueueOptions(persistent=True)
+# Tasks never delivered that expire (rules.expiry), by the partial index tasks_expiry.
+_EXPIRY: Final = "expires_at IS NOT NULL AND attempts = 0 AND state < 3"
+
 
 #: Seconds to open a connection, unless the URL's ``connect_timeout`` says otherwise.
 CONNECT_TIMEOUT: Final = 3

@@ -25,9 +25,13 @@ from katar.store._rows import (
 
 # The claim in one statement. It does what rules.claimed does, in SQL, because this is the
 # hot path of every worker's poll.
+# A task's own timeout makes its own lease (rules.lease_ms); a task never delivered whose
+# expiry has come (rules.expired) is left for the reaper to cancel.
 _CLAIM: Final = (
-    "UPDATE tasks SET state=3, attempts=attempts+1, worker=?, lease_until=?, run_at=NULL,"
-    " updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND state=1"
+    "UPDATE tasks SET state=3, attempts=attempts+1, worker=?,"
+    " lease_until=?+coalesce(timeout, ?), run_at=NULL, updated_at=? WHERE id IN"
+    " (SELECT id FROM tasks WHERE queue_id=? AND state=1"
+    " AND (expires_at IS NULL OR attempts > 0 OR expires_at > ?)"
     f" ORDER BY priority DESC, id LIMIT ?) RETURNING {CLAIMED_COLUMNS}"
 )
 _CLAIM_ANONYMOUS: Final = _CLAIM.replace("worker=?", "worker=NULL")  # no worker name given
@@ -38,7 +42,10 @@ _DONE: Final = (
     "UPDATE tasks SET state=4, result=?, error=NULL, lease_until=NULL, updated_at=?"
     f" WHERE {_CURRENT} RETURNING {{returning}}"
 )
-_DONE_DROP: Final = f"DELETE FROM tasks WHERE {_CURRENT} RETURNING {{returning}}"
+# A task that holds its unique_key past its end (unique_for) is kept: left to the rules.
+_DONE_DROP: Final = (
+    f"DELETE FROM tasks WHERE {_CURRENT} AND unique_until IS NULL RETURNING {{returning}}"
+)
 # The same for an ack from a poll that names its worker (rules.owns): the delivery must be
 # leased to that name or to none. A row it does not match falls through to the rules, which
 # refuse it. Anonymous polls keep the statements without it.
@@ -57,7 +64,7 @@ _DONE_MANY: Final = (
 )
 _DONE_DROP_MANY: Final = (
     "DELETE FROM tasks WHERE id IN (SELECT t.id FROM tasks AS t JOIN (VALUES {rows}) AS v"
-    " ON " + _DONE_MATCH + ") RETURNING {returning}"
+    " ON " + _DONE_MATCH + " AND t.unique_until IS NULL) RETURNING {returning}"
 )
 # With the acking worker's name as the rows' last column: (id, attempt, result, worker),
 # or (id, attempt, worker) when the task is dropped.
@@ -70,7 +77,8 @@ _DONE_DROP_MANY_OWNED: Final = _DONE_DROP_MANY.replace(
 # The same when no ack names its delivery, so there is nothing to match but ids: no join
 # (a tenth fewer instructions per task); {ids} is "?" per ack.
 _DONE_DROP_IDS: Final = (
-    "DELETE FROM tasks WHERE id IN ({ids}) AND queue_id=? AND state=3 RETURNING {returning}"
+    "DELETE FROM tasks WHERE id IN ({ids}) AND queue_id=? AND state=3 AND unique_until IS NULL"
+    " RETURNING {returning}"
 )
 _DONE_CHUNK: Final = 300  # acks per statement: 3 variables each, well under SQLite's limit
 
@@ -158,10 +166,11 @@ class Batches:
         for (queue_id, worker, timeout), claiming in claims.items():
             total = sum(poll.limit for poll in claiming)
             now = max(poll.now for poll in claiming)
+            lease = (now, timeout, now, queue_id, now, total)
             if worker is None:
-                claim = conn.execute(_CLAIM_ANONYMOUS, (now + timeout, now, queue_id, total))
+                claim = conn.execute(_CLAIM_ANONYMOUS, lease)
             else:
-                claim = conn.execute(_CLAIM, (worker, now + timeout, now, queue_id, total))
+                claim = conn.execute(_CLAIM, (worker, *lease))
             rows = claim.fetchall()
             if len(rows) > 1:  # RETURNING promises no order
                 rows.sort(key=lambda row: (-row[1], row[0]))

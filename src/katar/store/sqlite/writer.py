@@ -41,7 +41,7 @@ from katar.errors import (
 )
 from katar.logs import mask_credentials
 from katar.store.sqlite.batch import _Poll
-from katar.store.sqlite.schema import _SCHEMA, SCHEMA_VERSION
+from katar.store.sqlite.schema import _SCHEMA, ADDED_IN_5, SCHEMA_VERSION
 
 T = TypeVar("T")
 log = logging.getLogger("katar")
@@ -258,6 +258,11 @@ class GroupCommit(Store):
             if version < SCHEMA_VERSION:
                 # Only then: a start on an unchanged schema writes nothing, so that a server
                 # can start on a full disk.
+                if version:
+                    columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+                    for column, statement in ADDED_IN_5.items():
+                        if column not in columns:
+                            conn.execute(statement)
                 conn.executescript(_SCHEMA)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.schema_change = (version, SCHEMA_VERSION)
