@@ -252,9 +252,9 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: Time | None = None  # when a task never delivered is cancelled
     unique_key: str | None = None
     unique_until: Time | None = None  # the unique_key is held until then, whatever the status
-    #: In an enqueue's answer: this is an existing task, which held the unique_key asked
-    #: for; nothing was created. Absent otherwise.
-    duplicate: bool | msgspec.UnsetType = msgspec.UNSET
+    #: In an enqueue's answer: true when this is an existing task, which held the
+    #: unique_key asked for (nothing was created for it); false otherwise.
+    duplicate: bool = False
 
     @property
     def finished(self) -> bool:

@@ -63,11 +63,11 @@ async def test_records_show_the_task_options(client: httpx.AsyncClient) -> None:
     assert record["expires_at"].endswith("Z")
     assert record["unique_key"] == "order-7"
     assert record["unique_until"].endswith("Z")
-    assert "duplicate" not in record
+    assert record["duplicate"] is False
     plain = (await client.post("/v1/queue/q/tasks", json={"data": 2})).json()["tasks"][0]
     for field in ("timeout", "max_attempts", "expires_at", "unique_key", "unique_until"):
         assert plain[field] is None
-    assert "duplicate" not in plain
+    assert plain["duplicate"] is False
     got = (await client.get(f"/v1/queue/q/tasks/{record['_id']}")).json()
     assert got["timeout"] == 5000
     assert got["unique_key"] == "order-7"
@@ -87,7 +87,7 @@ async def test_a_duplicate_is_200_with_the_existing_task(client: httpx.AsyncClie
         json={"tasks": [{"data": 3, "unique_key": "k"}, {"data": 4, "unique_key": "j"}]},
     )
     assert mixed.status_code == 201  # something was created
-    assert [r.get("duplicate", False) for r in mixed.json()["tasks"]] == [True, False]
+    assert [r["duplicate"] for r in mixed.json()["tasks"]] == [True, False]
     # With an Idempotency-Key, a repeat answers the same status again.
     headers = {"Idempotency-Key": "once"}
     body = {"data": 5, "unique_key": "k"}
@@ -108,9 +108,7 @@ async def test_a_delivery_carries_the_task_timeout(client: httpx.AsyncClient) ->
     assert "timeout" not in delivered[1]
 
 
-async def test_expiry_happens_on_time(
-    make_url: Callable[[], str], via: str
-) -> None:
+async def test_expiry_happens_on_time(make_url: Callable[[], str], via: str) -> None:
     clock = FakeClock()
     katar = Katar(make_url(), clock=clock)
     katar.queue("q", persistent=True)

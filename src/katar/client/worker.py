@@ -9,7 +9,8 @@
 The loop: read the queue's configuration, then poll, carrying the acks of the tasks just
 finished on the same call; long-poll when idle instead of sleeping; take as many tasks as
 there is free capacity; run sync handlers in threads and async ones as tasks; send
-heartbeats for tasks that run longer than a third of the lease. A handler that returns
+heartbeats for tasks that run longer than a third of the lease (the task's own timeout when
+its delivery carries one, else the queue's). A handler that returns
 reports ``done`` with the return value as ``result``; one that raises reports ``failed`` with
 the exception's text (:class:`Retry` asks for another attempt, :class:`Fail` for none, any
 other exception leaves it to the queue's ``retry_failed``).
@@ -228,7 +229,7 @@ class AsyncWorker:
                         future.cancel()
                     self._running.clear()
             free = 0 if self._stopping else self.concurrency - len(self._running)
-            beats = [r for r in self._running.values() if now - r.beat_at >= self.lease / 3]
+            beats = [r for r in self._running.values() if now - r.beat_at >= self._beat_every(r)]
             acks = self._acks[:]
             if not acks and not beats and free == 0:
                 await self._sleep(self._until_next_beat(now))
@@ -424,8 +425,14 @@ class AsyncWorker:
     def _until_next_beat(self, now: float) -> float:
         if not self._running:
             return self._interval()
-        due = min(r.beat_at for r in self._running.values()) + self.lease / 3
+        due = min(r.beat_at + self._beat_every(r) for r in self._running.values())
         return max(due - now, 0.0)
+
+    def _beat_every(self, running: _Running) -> float:
+        """Seconds between two heartbeats of a task: a third of its lease, which is the
+        task's own timeout when its delivery carries one, else the queue's."""
+        timeout = running.job.timeout
+        return (self.lease if timeout is None else timeout / 1000) / 3
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake as soon as a task finishes or the worker is told to stop."""

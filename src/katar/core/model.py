@@ -230,6 +230,36 @@ def parse_priority(value: Any) -> int:
     return value
 
 
+def task_options(body: protocol.NewTask, where: str = "task") -> dict[str, Any]:
+    """The per-task options of a task to enqueue, as :class:`NewTask` fields, from the wire's
+    (``timeout`` ms, ``max_attempts``, ``expires_in`` and ``unique_for`` seconds,
+    ``unique_key``), whose types and bounds :class:`katar.protocol.NewTask` checks."""
+    if body.unique_for is not None and body.unique_key is None:
+        raise ValidationError(f"{where}: unique_for needs a unique_key", field="unique_for")
+    return {
+        "timeout": body.timeout,
+        "max_attempts": body.max_attempts,
+        "expires_in_ms": None if body.expires_in is None else _ms(body.expires_in),
+        "unique_key": body.unique_key,
+        "unique_for_ms": None if body.unique_for is None else _ms(body.unique_for),
+    }
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))  # above 0 s: never 0 ms
+
+
+def parse_task_options(**raw: Any) -> dict[str, Any]:
+    """:func:`task_options` from keyword arguments (the Python API's), checked as a request's
+    fields are; the None ones are left out."""
+    given = {name: value for name, value in raw.items() if value is not None}
+    try:
+        body = msgspec.convert(given, protocol.NewTask)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(f"invalid task option: {exc}") from None
+    return task_options(body)
+
+
 def parse_task_id(task_id: str | int) -> int | None:
     """The store id behind a client's task id, or None when it cannot be one of ours."""
     if isinstance(task_id, int) and not isinstance(task_id, bool):

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import msgspec
 
-from katar.core.model import Ack, NewTask, now_ms, parse_priority
+from katar.core.model import Ack, NewTask, now_ms, parse_priority, task_options
 from katar.errors import InvalidRequest, PayloadTooLarge, ValidationError
 from katar.protocol import MAX_DELAY, MAX_UNIQUE_KEY, STATUSES, Enqueue, Patch, Poll
 from katar.protocol import NewTask as TaskBody
@@ -146,19 +146,13 @@ def _new_task(body: TaskBody, where: str, max_bytes: int) -> NewTask:
         priority = parse_priority(body.priority)
     except ValidationError as exc:
         raise ValidationError(f"{where}: {exc.message}") from None
-    if body.unique_for is not None and body.unique_key is None:
-        raise ValidationError(f"{where}: unique_for needs a unique_key", field="unique_for")
     return NewTask(
         data=body.data,
         priority=priority,
         delay_ms=round(body.delay * 1000) if body.delay is not None else 0,
         run_at=None if body.run_at is None else _run_at(body, where),
         paused=body.status == "paused",
-        timeout=body.timeout,
-        max_attempts=body.max_attempts,
-        expires_in_ms=None if body.expires_in is None else max(1, round(body.expires_in * 1000)),
-        unique_key=body.unique_key,
-        unique_for_ms=None if body.unique_for is None else max(1, round(body.unique_for * 1000)),
+        **task_options(body, where),
     )
 
 

@@ -139,7 +139,7 @@ def task_record(task: Task) -> TaskRecord:
         expires_at=iso(task.expires_at),
         unique_key=task.unique_key,
         unique_until=iso(task.unique_until),
-        duplicate=True if task.duplicate else msgspec.UNSET,
+        duplicate=task.duplicate,
     )
 
 
