@@ -113,6 +113,12 @@ def fresh_since(now: int) -> int:
     return now - KEY_TTL_MS
 
 
+def current(first: Task, found: Task | None) -> Task:
+    """What a repeat answers for a task of the first answer: as the first created it, but
+    a duplicate as it is now (``found``), when it still exists."""
+    return first if found is None or not first.duplicate else rules.duplicate(found)
+
+
 def replay(
     queue: str,
     tasks: Sequence[NewTask],
@@ -122,7 +128,9 @@ def replay(
     wanted: Idempotency,
 ) -> list[Task]:
     """The first enqueue's tasks as it created them, for a repeat that asks ``tasks``;
-    KeyReused if the repeat asks something else."""
+    KeyReused if the repeat asks something else. A duplicate (a task that held the
+    unique_key asked for) is built from the request, marked ``duplicate``: the store answers
+    the task itself instead while it exists (see :func:`current`)."""
     if stored_digest != wanted.digest or len(ids) != len(tasks):
         raise KeyReused(header=_HEADER, key=wanted.key)
     pairs = zip(tasks, ids, strict=True)

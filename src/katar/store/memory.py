@@ -131,13 +131,19 @@ class MemoryStore(Store):
         if found is not None and found[2] > idempotency.fresh_since(now):
             stored_digest, ids, created = found
             first = idempotency.replay(queue, tasks, stored_digest, ids, created, once)
-            return Enqueued(first, False)
+            return Enqueued([self._current(t) for t in first], False)
         new = await self.enqueue(queue, tasks, now)
         # Popped first so that the dict stays in creation order, which prune_keys relies on.
         self._keys.pop((queue, once.key), None)
         packed = tuple(-task.id if task.duplicate else task.id for task in new)
         self._keys[(queue, once.key)] = (once.digest, packed, now)
         return Enqueued(new, True)
+
+    def _current(self, first: Task) -> Task:
+        if not first.duplicate:
+            return first
+        found = self._tasks.get(first.id)
+        return idempotency.current(first, found if found and found.queue == first.queue else None)
 
     async def prune_keys(self, before: int) -> int:
         expired = []
@@ -191,7 +197,7 @@ class MemoryStore(Store):
             change = self._write(first, new, options)
             if change is not None and change.task.state != change.old:
                 changes.append(change)
-        return PollResult(self._claim(queue, options, limit, worker, now, changes), changes)
+        return PollResult(self._claim(queue, options, limit, worker, now), changes)
 
     def _claim(
         self,
@@ -200,7 +206,6 @@ class MemoryStore(Store):
         limit: int,
         worker: str | None,
         now: int,
-        changes: list[Change],
     ) -> list[Task]:
         heap = self._ready[queue]
         delivered: list[Task] = []
@@ -209,10 +214,10 @@ class MemoryStore(Store):
             task = self._tasks.get(task_id)
             if task is None or task.state is not State.READY or task.priority != -negative_priority:
                 continue
-            if rules.expired(task, now):  # its expiry came before the reaper did
-                change = self._write(task, rules.expire(task, now), options)
-                if change is not None:
-                    changes.append(change)
+            if rules.expired(task, now):
+                # Its expiry came before the reaper did: the reaper cancels it (as in the SQL
+                # stores). Out of the heap: it cannot become claimable again without a change
+                # of state, which pushes it anew.
                 continue
             leased = rules.claimed(task, options, worker, now)
             self._put(leased)

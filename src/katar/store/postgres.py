@@ -97,7 +97,7 @@ CREATE INDEX IF NOT EXISTS tasks_expiry ON {s}.tasks (expires_at)
     WHERE expires_at IS NOT NULL AND attempts = 0 AND state < 3;
 CREATE INDEX IF NOT EXISTS tasks_unique ON {s}.tasks (queue_id, unique_key)
     WHERE unique_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS tasks_kept ON {s}.tasks (unique_until)
+CREATE INDEX IF NOT EXISTS tasks_kept ON {s}.tasks (queue_id, unique_until)
     WHERE unique_until IS NOT NULL AND state BETWEEN 4 AND 5;
 """,
 }
@@ -572,7 +572,16 @@ class PostgresStore(Store):
                 first = idempotency.replay(
                     queue, tasks, digest, idempotency.unpack_ids(ids), created, once
                 )
-                return Enqueued(first, False)
+                answer = []
+                for task in first:
+                    found = None
+                    if task.duplicate:  # answered as it is now (see idempotency.current)
+                        cursor = await conn.execute(self._sql["task"], (task.id,))
+                        row = await cursor.fetchone()
+                        if row is not None and row[1] == queue_id:
+                            found = task_from_row(row, queue)
+                    answer.append(idempotency.current(task, found))
+                return Enqueued(answer, False)
             new = await self._insert(conn, queue_id, queue, tasks, now)
             await conn.execute(
                 f"UPDATE {s}.idempotency_keys SET ids = %s WHERE queue_id = %s AND key = %s",
@@ -765,14 +774,21 @@ class PostgresStore(Store):
                         changes.append(change)
             # Finished tasks kept only while they held their unique_key (rules.discard):
             # removed at the first reap after that.
-            rows = await (
-                await conn.execute(
+            # Only queues without history keep tasks so.
+            dropping = [
+                queue_id
+                for name, options in queues.items()
+                if not options.persistent and (queue_id := self._queue_ids.get(name)) is not None
+            ]
+            rows = []
+            if dropping:
+                cursor = await conn.execute(
                     f"SELECT {COLUMNS} FROM {s}.tasks WHERE unique_until IS NOT NULL"
-                    " AND state BETWEEN 4 AND 5 AND unique_until <= %s LIMIT %s"
-                    " FOR UPDATE SKIP LOCKED",
-                    (now, _EXPIRE_BATCH),
+                    " AND state BETWEEN 4 AND 5 AND queue_id = ANY(%s) AND unique_until <= %s"
+                    " LIMIT %s FOR UPDATE SKIP LOCKED",
+                    (dropping, now, _EXPIRE_BATCH),
                 )
-            ).fetchall()
+                rows = await cursor.fetchall()
             for task in await self._tasks(conn, rows):
                 options = queues.get(task.queue)
                 if options is not None and rules.sweepable(task, options, now):

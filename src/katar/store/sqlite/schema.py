@@ -53,7 +53,7 @@ CREATE INDEX IF NOT EXISTS tasks_expiry ON tasks (expires_at)
 CREATE INDEX IF NOT EXISTS tasks_unique ON tasks (queue_id, unique_key)
     WHERE unique_key IS NOT NULL;
 -- Finished tasks that a queue without history keeps while they hold their key.
-CREATE INDEX IF NOT EXISTS tasks_kept ON tasks (unique_until)
+CREATE INDEX IF NOT EXISTS tasks_kept ON tasks (queue_id, unique_until)
     WHERE unique_until IS NOT NULL AND state BETWEEN 4 AND 5;
 -- An enqueue's Idempotency-Key: the ids it created (katar.core.idempotency.pack_ids).
 CREATE TABLE IF NOT EXISTS idempotency_keys (

@@ -250,7 +250,7 @@ class SQLiteStore(Batches, GroupCommit):
                 first = idempotency.replay(
                     queue, tasks, digest, idempotency.unpack_ids(ids), created, once
                 )
-                return Enqueued(first, False)
+                return Enqueued([self._current(conn, queue_id, t) for t in first], False)
             new = self._insert(conn, queue_id, queue, tasks, now)
             conn.execute(
                 "INSERT OR REPLACE INTO idempotency_keys (queue_id, key, digest, ids, created)"
@@ -260,6 +260,15 @@ class SQLiteStore(Batches, GroupCommit):
             return Enqueued(new, True)
 
         return await self._write(op)
+
+    def _current(self, conn: sqlite3.Connection, queue_id: int, first: Task) -> Task:
+        """A repeat's answer for a task of the first (see idempotency.current)."""
+        if not first.duplicate:
+            return first
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM tasks WHERE id=? AND queue_id=?", (first.id, queue_id)
+        ).fetchone()
+        return idempotency.current(first, None if row is None else self._task(row))
 
     async def prune_keys(self, before: int) -> int:
         def op(conn: sqlite3.Connection) -> int:
@@ -422,7 +431,15 @@ class SQLiteStore(Batches, GroupCommit):
                         changes.append(change)
             # Finished tasks kept only while they held their unique_key (rules.discard):
             # removed at the first reap after that.
-            for row in conn.execute(_KEPT, (now, _EXPIRE_BATCH)).fetchall():
+            # Only queues without history keep tasks so: their ids are ours, safe in the SQL.
+            dropping = [
+                queue_id
+                for name, options in queues.items()
+                if not options.persistent and (queue_id := self._queue_ids.get(name)) is not None
+            ]
+            kept = _KEPT.format(ids=",".join(map(str, dropping)))
+            rows = conn.execute(kept, (now, _EXPIRE_BATCH)).fetchall() if dropping else []
+            for row in rows:
                 task = self._task(row)
                 options = queues.get(task.queue)
                 if options is not None and rules.sweepable(task, options, now):
@@ -443,7 +460,7 @@ _EXPIRY: Final = "expires_at IS NOT NULL AND attempts = 0 AND state < 3"
 _EXPIRED: Final = f"{_EXPIRY} AND expires_at<=? LIMIT ?"
 _KEPT: Final = (
     f"SELECT {COLUMNS} FROM tasks WHERE unique_until IS NOT NULL AND state BETWEEN 4 AND 5"
-    " AND unique_until<=? LIMIT ?"
+    " AND queue_id IN ({ids}) AND unique_until<=? LIMIT ?"
 )
 _NEXT_DEADLINE: Final = (
     "SELECT min(t) FROM (SELECT min(lease_until) AS t FROM tasks WHERE state = 3"
