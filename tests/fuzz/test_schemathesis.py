@@ -115,9 +115,9 @@ def fresh_key(case: schemathesis.Case[Any]) -> None:
     """A valid Idempotency-Key made unique to the case. The generator draws few distinct
     keys ("0" often), and the server answers a key reused with another body with its
     documented 422, which the schema cannot state; an invalid key is left to be refused."""
-    headers: dict[str, Any] = case.headers or {}
-    key = headers.get("Idempotency-Key")
-    if key is None:
+    headers = case.headers
+    key = None if headers is None else headers.get("Idempotency-Key")
+    if headers is None or key is None:
         return
     try:
         check_key(key)
