@@ -182,14 +182,20 @@ class PostgresStore(Store):
             "insert_full": (
                 f"INSERT INTO {s}.tasks (queue_id, state, priority, data, created_at,"
                 f" updated_at, run_at, timeout, max_attempts, expires_at, unique_key,"
-                f" unique_until) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                f" RETURNING id"
+                f" unique_until) SELECT * FROM unnest(%s::int[], %s::smallint[], %s::int[],"
+                f" %s::bytea[], %s::bigint[], %s::bigint[], %s::bigint[], %s::int[],"
+                f" %s::int[], %s::bigint[], %s::text[], %s::bigint[]) RETURNING id"
             ),
-            # The task that holds a unique_key (rules.holds_key), by the index tasks_unique.
-            "holder": (
-                f"SELECT {COLUMNS} FROM {s}.tasks WHERE queue_id = %s AND unique_key = %s"
-                " AND unique_key IS NOT NULL AND (state < 4 OR unique_until > %s)"
-                " ORDER BY id LIMIT 1"
+            # One transaction at a time per (queue, unique_key), in one order: no deadlock.
+            "lock_keys": (
+                "SELECT pg_advisory_xact_lock(h) FROM (SELECT hashtextextended(k, 0) AS h"
+                " FROM unnest(%s::text[]) AS k ORDER BY 1) AS keys"
+            ),
+            # The tasks that hold unique_keys (rules.holds_key), by the index tasks_unique.
+            "holders": (
+                f"SELECT DISTINCT ON (unique_key) {COLUMNS} FROM {s}.tasks WHERE queue_id = %s"
+                " AND unique_key = ANY(%s) AND unique_key IS NOT NULL"
+                " AND (state < 4 OR unique_until > %s) ORDER BY unique_key, id"
             ),
             # A task's own timeout makes its own lease (rules.lease_ms); a task never
             # delivered whose expiry has come (rules.expired) is left for the reaper.
@@ -499,49 +505,67 @@ class PostgresStore(Store):
         tasks: Sequence[NewTask],
         now: int,
     ) -> list[Task]:
-        """:meth:`_insert` for tasks with per-task options or unique keys, one by one: a
-        unique_key held by a task of the queue (one of this batch's included) creates
-        nothing, and answers that task. Servers enqueueing one key at once take turns: each
-        transaction first takes an advisory lock on each of its (queue, key) pairs, in one
-        order (no deadlock), held until it commits; then looks, then inserts. The next one
-        to get the lock sees the committed row (READ COMMITTED reads anew each statement)."""
+        """:meth:`_insert` for tasks with per-task options or unique keys: a unique_key held
+        by a task of the queue (one of this batch's included) creates nothing, and answers
+        that task. Servers enqueueing one key at once take turns: each transaction first
+        takes an advisory lock on each of its (queue, key) pairs, in one order (no
+        deadlock), held until it commits; then looks, then inserts. The next one to get the
+        lock sees the committed row (READ COMMITTED reads anew at each statement)."""
         keys = sorted({spec.unique_key for spec in tasks if spec.unique_key is not None})
-        for key in keys:
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                (f"katar:{self._schema}:unique:{queue_id}:{key}",),
-            )
-        answered: list[Task] = []
+        holders: dict[str, Task] = {}
+        if keys:
+            lock_names = [f"katar:{self._schema}:unique:{queue_id}:{key}" for key in keys]
+            await conn.execute(self._sql["lock_keys"], (lock_names,))
+            cursor = await conn.execute(self._sql["holders"], (queue_id, keys, now))
+            for row in await cursor.fetchall():
+                holder = task_from_row(row, queue)
+                assert holder.unique_key is not None
+                holders[holder.unique_key] = rules.duplicate(holder)
+        answered: list[Task | int] = []  # a duplicate, or the index of a task to create
+        drafts: list[Task] = []
+        taken: dict[str, int] = {}  # a key this batch takes: the index of its draft
         for spec in tasks:
-            if spec.unique_key is not None:
-                cursor = await conn.execute(self._sql["holder"], (queue_id, spec.unique_key, now))
-                row = await cursor.fetchone()
-                if row is not None:
-                    answered.append(rules.duplicate(task_from_row(row, queue)))
-                    continue
-            t = rules.new_task(queue, spec, 0, now)
+            key = spec.unique_key
+            if key is not None and key in holders:
+                answered.append(holders[key])
+            elif key is not None and key in taken:
+                answered.append(-1 - taken[key])  # a duplicate of this batch's draft
+            else:
+                if key is not None:
+                    taken[key] = len(drafts)
+                answered.append(len(drafts))
+                drafts.append(rules.new_task(queue, spec, 0, now))
+        ids: list[int] = []
+        if drafts:
             cursor = await conn.execute(
                 self._sql["insert_full"],
                 (
-                    queue_id,
-                    int(t.state),
-                    t.priority,
-                    bytes(t.data),
-                    now,
-                    now,
-                    t.run_at,
-                    t.timeout,
-                    t.max_attempts,
-                    t.expires_at,
-                    t.unique_key,
-                    t.unique_until,
+                    [queue_id] * len(drafts),
+                    [int(t.state) for t in drafts],
+                    [t.priority for t in drafts],
+                    [bytes(t.data) for t in drafts],
+                    [now] * len(drafts),
+                    [now] * len(drafts),
+                    [t.run_at for t in drafts],
+                    [t.timeout for t in drafts],
+                    [t.max_attempts for t in drafts],
+                    [t.expires_at for t in drafts],
+                    [t.unique_key for t in drafts],
+                    [t.unique_until for t in drafts],
                 ),
             )
-            row = await cursor.fetchone()
-            assert row is not None
-            answered.append(msgspec.structs.replace(t, id=row[0]))
-        await self._notify_ready(conn, (t for t in answered if not t.duplicate))
-        return answered
+            # unnest keeps the order of its arrays, and a sequence hands out growing ids.
+            ids = sorted(row[0] for row in await cursor.fetchall())
+            await self._notify_ready(conn, drafts)
+        created = [msgspec.structs.replace(t, id=i) for t, i in zip(drafts, ids, strict=True)]
+        return [
+            entry
+            if isinstance(entry, Task)
+            else created[entry]
+            if entry >= 0
+            else rules.duplicate(created[-1 - entry])
+            for entry in answered
+        ]
 
     async def enqueue_once(
         self, queue: str, tasks: Sequence[NewTask], now: int, once: Idempotency
