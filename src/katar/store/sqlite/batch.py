@@ -20,6 +20,7 @@ from katar.errors import (
 from katar.store._rows import (
     CLAIMED_COLUMNS,
     COLUMNS,
+    OPTIONS_COLUMNS,
     claimed_from_row,
 )
 
@@ -34,6 +35,8 @@ _CLAIM: Final = (
     " AND (expires_at IS NULL OR attempts > 0 OR expires_at > ?)"
     f" ORDER BY priority DESC, id LIMIT ?) RETURNING {CLAIMED_COLUMNS}"
 )
+# The other options of a claimed task that has some (see CLAIMED_COLUMNS).
+_OPTIONS: Final = f"SELECT {OPTIONS_COLUMNS} FROM tasks WHERE id=?"
 _CLAIM_ANONYMOUS: Final = _CLAIM.replace("worker=?", "worker=NULL")  # no worker name given
 # A worker's "done" for the current delivery: update, or delete in a queue without history.
 # {returning} is every column, or only the id when nobody needs the finished tasks.
@@ -176,7 +179,17 @@ class Batches:
                 rows.sort(key=lambda row: (-row[1], row[0]))
             name = self._queue_names[queue_id]
             lease_until = now + timeout
-            tasks = [claimed_from_row(row, name, worker, now, lease_until) for row in rows]
+            tasks = [
+                claimed_from_row(
+                    row,
+                    name,
+                    worker,
+                    now,
+                    lease_until,
+                    None if row[9] else conn.execute(_OPTIONS, (row[0],)).fetchone(),
+                )
+                for row in rows
+            ]
             start = 0
             for poll in claiming:
                 poll.delivered = tasks[start : start + poll.limit]
