@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -106,13 +107,29 @@ def load_generator_ceiling(connections: int, seconds: float) -> float | None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def fill(client: httpx.Client, tasks: int) -> float:
-    """Enqueue ``tasks`` tasks 1,000 per request; tasks per second."""
-    client.put(f"/v1/queue/{QUEUE}", json={"max_batch": 100}).raise_for_status()
+#: What a bench task carries beside its data (a key, a unique key), from its number.
+Extra = Callable[[int], dict[str, object]]
+
+
+def fill(
+    client: httpx.Client,
+    tasks: int,
+    options: dict[str, object] | None = None,
+    extra: Extra | None = None,
+) -> float:
+    """Enqueue ``tasks`` tasks 1,000 per request, on a queue with ``options``, each with
+    ``extra(n)``'s fields; tasks per second."""
+    body_options = {"max_batch": 100, **(options or {})}
+    client.put(f"/v1/queue/{QUEUE}", json=body_options).raise_for_status()
     started = time.perf_counter()
     for start in range(0, tasks, 1000):
         count = min(1000, tasks - start)
-        body = {"tasks": [{"data": {"n": start + i}} for i in range(count)]}
+        body = {
+            "tasks": [
+                {"data": {"n": n}, **(extra(n) if extra else {})}
+                for n in range(start, start + count)
+            ]
+        }
         client.post(f"/v1/queue/{QUEUE}/tasks", json=body).raise_for_status()
     return tasks / (time.perf_counter() - started)
 
@@ -149,9 +166,16 @@ def drain_postgres(servers: int, tasks: int, batch: int, connections: int) -> di
         return _drain(running, tasks, batch, connections)
 
 
-def _drain(servers: list[Server], tasks: int, batch: int, connections: int) -> dict[str, float]:
+def _drain(
+    servers: list[Server],
+    tasks: int,
+    batch: int,
+    connections: int,
+    options: dict[str, object] | None = None,
+    extra: Extra | None = None,
+) -> dict[str, float]:
     with httpx.Client(base_url=servers[0].url, timeout=60) as client:
-        fill(client, tasks)
+        fill(client, tasks, options, extra)
         started = time.perf_counter()
         runs = [
             wrk(

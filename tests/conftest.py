@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -37,6 +40,24 @@ def store_url(kind: str, tmp_path: Path) -> str:
         separator = "&" if "?" in POSTGRES_URL else "?"
         return f"{POSTGRES_URL}{separator}schema={schema}&pool_size=4"
     return f"sqlite:///{tmp_path / 'katar.db'}"
+
+
+@contextlib.contextmanager
+def tmpfs(directory: Path, size: str, unavailable: Callable[[str], NoReturn]) -> Iterator[Path]:
+    """A tmpfs of ``size`` (e.g. "8m") mounted on the empty ``directory`` for a disk-full
+    test, unmounted after. Where this process may not mount one (not root, a sandbox),
+    ``unavailable`` is called with the reason (pytest.skip, or a failure in CI)."""
+    command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)]
+    try:
+        mounted = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    except OSError as exc:
+        unavailable(f"cannot mount a tmpfs here: {exc}")
+    if mounted.returncode != 0:
+        unavailable(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False, timeout=30)
 
 
 @pytest.fixture(autouse=True)

@@ -66,6 +66,8 @@ MAX_UNIQUE_KEY: Final = 255
 UNIQUE_KEY_PATTERN: Final = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"
 
 NULL: Final = msgspec.Raw(b"null")
+#: The longest task key (a group such as a customer), in characters.
+MAX_TASK_KEY: Final = 255
 
 
 # Factories rather than defaults for the Raw fields: the JSON Schema generator cannot write a
@@ -86,6 +88,16 @@ Priority = Annotated[
     msgspec.Meta(description="Higher runs first; high is 10, normal 0, low -10."),
 ]
 Time = Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
+TaskKey = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=MAX_TASK_KEY,
+        pattern="^[^\\x00-\\x1f]+$",
+        description="The task's group (a customer, an account): key_concurrency counts by it."
+        f" 1 to {MAX_TASK_KEY} characters, no control characters.",
+    ),
+]
 #: Any JSON value, passed on verbatim (the server never decodes a task's data or result).
 AnyJson = Annotated[Any, msgspec.Meta(description="Any JSON value, null included.")]
 WorkerConfiguration = Annotated[
@@ -154,6 +166,7 @@ class NewTask(msgspec.Struct, frozen=True):
         | None
     ) = None
     status: NewTaskStatus = "queued"
+    key: TaskKey | None = None
     timeout: (
         Annotated[
             int,
@@ -247,6 +260,7 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: Time | None = None
     run_at: Time | None = None
     lease_expires_at: Time | None = None
+    key: str | None = None
     timeout: int | None = None  # the task's own lease in ms, when it has one
     max_attempts: int | None = None  # the task's own max_attempts, when it has one
     expires_at: Time | None = None  # when a task never delivered is cancelled

@@ -95,3 +95,45 @@ def test_a_queue_made_on_one_server_is_known_to_the_others(three: list[KatarProc
     wait_until(known, seconds=10)
     httpx.delete(f"{second.url}/v1/queue/later", timeout=10).raise_for_status()
     wait_until(lambda: httpx.get(f"{third.url}/v1/queue/later").status_code == 404, 10)
+
+
+def test_a_concurrency_limit_holds_across_three_servers(three: list[KatarProcess]) -> None:
+    total = 300
+    with httpx.Client(base_url=three[0].url, timeout=60) as client:
+        options = {"timeout": 600000, "concurrency": 2, "key_concurrency": 1}
+        client.put("/v1/queue/narrow", json=options).raise_for_status()
+        body = {"tasks": [{"data": n, "key": f"k{n % 5}"} for n in range(total)]}
+        client.post("/v1/queue/narrow/tasks", json=body).raise_for_status()
+    drains = [Drain(server.url, "narrow") for server in three]
+    seen: list[dict[str, int]] = []
+
+    def sample(stop: threading.Event) -> None:
+        with httpx.Client(base_url=three[1].url, timeout=10) as client:
+            while not stop.is_set():
+                (queue,) = client.get("/v1/queues").json()["queues"]
+                seen.append(queue["limits"])
+
+    stop = threading.Event()
+    with ThreadPoolExecutor(10) as pool:
+        sampler = pool.submit(sample, stop)
+        for n in range(9):
+            pool.submit(drains[n % 3].work, f"w{n}", 2)
+
+        def finished() -> bool:
+            return sum(len(d.confirmed) for d in drains) >= total
+
+        try:
+            wait_until(finished, seconds=120)
+        finally:
+            stop.set()
+            for drain in drains:
+                drain.stop.set()
+        sampler.result()
+    assert [d.errors for d in drains] == [[], [], []]
+    delivered = [task_id for d in drains for _seq, task_id, _attempt in d.deliveries]
+    assert len(delivered) == len(set(delivered)) == total
+    assert seen
+    # Every sample, from the database's point of view: never a third task in progress, so
+    # never more than two keys holding their one task.
+    assert max(s["in_progress"] for s in seen) <= 2
+    assert max(s["keys_at_limit"] for s in seen) <= 2

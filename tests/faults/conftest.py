@@ -15,6 +15,7 @@ from typing import NoReturn
 import pytest
 
 from tests.acceptance.conftest import servers  # noqa: F401  (the fixture, for this folder)
+from tests.conftest import tmpfs
 
 # The driver's checks are plain asserts: have pytest explain them.
 pytest.register_assert_rewrite("tests.faults.driver")
@@ -148,21 +149,7 @@ class SmallDisk:
 def small_disk() -> Iterator[SmallDisk]:
     directory = Path(tempfile.mkdtemp(prefix="katar-faults-disk-"))
     try:
-        mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(directory)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except OSError as exc:
-        directory.rmdir()
-        cannot(f"cannot mount a tmpfs to fill: {exc}")
-    if mounted.returncode != 0:
-        directory.rmdir()
-        cannot(f"cannot mount a tmpfs to fill: {mounted.stderr.strip()}")
-    try:
-        yield SmallDisk(directory)
+        with tmpfs(directory, "8m", cannot):
+            yield SmallDisk(directory)
     finally:
-        subprocess.run(["umount", "-l", str(directory)], check=False, timeout=30)
         directory.rmdir()

@@ -27,6 +27,7 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("/v1/queue/{queue}", "GET"): Role.WORKER,
     ("/v1/queue/{queue}", "POST"): Role.WORKER,
     ("/v1/queue/{queue}", "PUT"): Role.ADMIN,
+    ("/v1/queue/{queue}", "PATCH"): Role.ADMIN,
     ("/v1/queue/{queue}", "DELETE"): Role.ADMIN,
     ("/v1/queue/{queue}/tasks", "POST"): Role.PRODUCER,
     ("/v1/queue/{queue}/tasks", "GET"): Role.PRODUCER,
@@ -39,6 +40,7 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
 BODIES: dict[tuple[str, str], Any] = {
     ("/v1/queue/{queue}", "POST"): {},
     ("/v1/queue/{queue}", "PUT"): {"timeout": 30000},
+    ("/v1/queue/{queue}", "PATCH"): {"paused": False},
     ("/v1/queue/{queue}/tasks", "POST"): {"data": {"n": 1}},
     ("/v1/queue/{queue}/tasks/{id}", "PATCH"): {"status": "cancelled"},
 }

@@ -17,6 +17,7 @@ store and this method and compares them.
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Final
 
@@ -65,6 +66,7 @@ class MTask:
     worker: str | None = None
     run_at: int | None = None
     lease_until: int | None = None
+    key: str | None = None
     timeout: int | None = None  # its own lease, over the queue's
     max_attempts: int | None = None  # its own, over the queue's
     expires_at: int | None = None  # cancelled then, if never delivered (section 8)
@@ -300,18 +302,32 @@ class Model:
         return changes
 
     def claim(self, queue: str, limit: int, worker: str | None, now: int) -> list[MTask]:
-        """A poll's claim: up to ``limit`` ready tasks, by priority then age."""
+        """A poll's claim: up to ``limit`` ready tasks, by priority then age; none while the
+        queue is paused, no more than its concurrency leaves room for, and none of a key
+        that has key_concurrency tasks in progress (its later tasks wait their turn)."""
         options = self._options(queue)
+        if options.paused:
+            return []
+        mine = [t for t in self.tasks.values() if t.queue == queue]
+        running = [t for t in mine if t.state is State.RUNNING]
+        if options.concurrency is not None:
+            limit = min(limit, options.concurrency - len(running))
+        per_key = Counter(t.key for t in running if t.key is not None)
         ready = sorted(
-            (
-                t
-                for t in self.tasks.values()
-                if t.queue == queue and t.state is State.READY and not self._expired(t, now)
-            ),
+            (t for t in mine if t.state is State.READY and not self._expired(t, now)),
             key=lambda t: (-t.priority, t.id),
         )
+        chosen: list[MTask] = []
+        for task in ready:
+            if len(chosen) >= limit:
+                break
+            if options.key_concurrency is not None and task.key is not None:
+                if per_key[task.key] >= options.key_concurrency:
+                    continue
+                per_key[task.key] += 1
+            chosen.append(task)
         delivered = []
-        for task in ready[:limit]:
+        for task in chosen:
             task.state = State.RUNNING
             task.attempts += 1
             task.worker = worker
@@ -484,6 +500,7 @@ def new_task(queue: str, spec: NewTask, task_id: int, now: int) -> MTask:
         created_at=now,
         updated_at=now,
         run_at=run_at,
+        key=spec.key,
         timeout=spec.timeout,
         max_attempts=spec.max_attempts,
         expires_at=None if spec.expires_in_ms is None else now + spec.expires_in_ms,

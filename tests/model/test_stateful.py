@@ -86,6 +86,9 @@ options_strategy = st.builds(
     max_batch=st.sampled_from([100, 3, 1]),
     retry_delay=st.sampled_from([0, 100, 1000]),
     retry_delay_max=st.sampled_from([3_600_000, 150, 0]),
+    paused=st.sampled_from([False, False, False, True]),
+    concurrency=st.sampled_from([None, None, 1, 2]),
+    key_concurrency=st.sampled_from([None, None, 1]),
 )
 new_task_strategy = st.builds(
     NewTask,
@@ -96,6 +99,7 @@ new_task_strategy = st.builds(
     # run_at wins (the HTTP layer refuses both at once).
     run_at=st.sampled_from([None, None, None, T0 - 1, T0 + 500, T0 + 3000, T0 + 100_000]),
     paused=st.sampled_from([False, False, False, True]),
+    key=st.sampled_from([None, "a", "b"]),
     # The per-task options and unique keys (section 8): mostly absent.
     timeout=st.sampled_from([None, None, None, 500, 3000]),
     max_attempts=st.sampled_from([None, None, None, 0, 1, 4]),
@@ -138,6 +142,7 @@ def record(task: Task) -> tuple[Any, ...]:
         task.updated_at,
         task.run_at,
         task.lease_until,
+        task.key,
         task.timeout,
         task.max_attempts,
         task.expires_at,
@@ -162,6 +167,7 @@ def expected(task: MTask) -> tuple[Any, ...]:
         task.updated_at,
         task.run_at,
         task.lease_until,
+        task.key,
         task.timeout,
         task.max_attempts,
         task.expires_at,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from katar.core.model import NewTask
 from katar.errors import ConfigError
 from katar.store.sqlite import SCHEMA_VERSION, SQLiteStore, parse_url
 
@@ -17,6 +19,11 @@ OLD_INDEXES = {
     2: "CREATE INDEX tasks_resting ON tasks (queue_id, state, id) WHERE state IN (0, 4, 5, 6);",
     # Schema 3: the index of today, without the idempotency keys' table.
     3: "CREATE INDEX tasks_at_rest ON tasks (queue_id, state, id) WHERE state NOT BETWEEN 1 AND 3;",
+    # Schema 4: the idempotency keys' table, without the tasks' key column.
+    4: "CREATE INDEX tasks_at_rest ON tasks (queue_id, state, id) WHERE state NOT BETWEEN 1 AND 3;"
+    " CREATE TABLE idempotency_keys (queue_id INTEGER NOT NULL, key TEXT NOT NULL,"
+    " digest BLOB NOT NULL, ids BLOB NOT NULL, created INTEGER NOT NULL,"
+    " PRIMARY KEY (queue_id, key)) WITHOUT ROWID;",
 }
 
 
@@ -45,6 +52,10 @@ async def test_an_older_schema_is_upgraded(tmp_path: Path, version: int) -> None
     await store.open()
     try:
         assert (await store.counts())["q"] == {4: 1}
+        # The columns added since are there: a task with a key goes in and comes back.
+        (task,) = await store.enqueue("q", [NewTask(data=msgspec.Raw(b"2"), key="k")], 2)
+        assert (await store.get_task("q", task.id)) == task
+        assert task.key == "k"
     finally:
         await store.close()
     conn = sqlite3.connect(path)

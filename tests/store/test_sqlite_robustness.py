@@ -23,7 +23,7 @@ from katar.core.model import Ack, NewTask, QueueOptions
 from katar.errors import ConfigError, StoreError, StoreUnavailable
 from katar.store import open_store
 from katar.store.sqlite import SCHEMA_VERSION, SQLiteStore
-from tests.conftest import store_url
+from tests.conftest import store_url, tmpfs
 
 QUEUE = "q"
 KIB = 1024
@@ -296,22 +296,8 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 3 MiB tmpfs, where this process may mount one (root, no sandbox forbidding it)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    try:
-        run = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except OSError as exc:
-        pytest.skip(f"cannot mount a tmpfs here: {exc}")
-    if run.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {run.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], timeout=30, check=False)
+    with tmpfs(mount, "3m", pytest.skip) as disk:
+        yield disk
 
 
 def _fill(disk: Path) -> Path:

@@ -123,6 +123,24 @@ async def test_declared_queues_replace_stored_options(make_url: Callable[[], str
             await katar.queue("missing").enqueue(1)
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite"])
+async def test_a_pause_outlasts_a_restart_that_declares_the_queue(
+    make_url: Callable[[], str],
+) -> None:
+    url = make_url()
+    katar = Katar(url)
+    katar.queue("q", timeout=1000)
+    async with katar:
+        await katar.engine.patch_queue("q", {"paused": True})
+    again = Katar(url)
+    again.queue("q", timeout=2000)  # the file changed, and says nothing of a pause
+    async with again:
+        options = again.engine.options("q")
+        assert (options.timeout, options.paused) == (2000, True)
+        await again.engine.patch_queue("q", {"paused": False})
+        assert not again.engine.options("q").paused
+
+
 def test_worker_server_config_mirrors_the_original() -> None:
     katar = Katar("memory://")
     queue = katar.queue("emails", persistent=False)

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
+import msgspec
+
 from katar.core import idempotency
 from katar.core.clock import Clock, SystemClock, Timer
 from katar.core.model import (
@@ -38,10 +40,12 @@ from katar.core.model import (
     State,
     Task,
     check_text,
+    parse_queue_options,
 )
+from katar.core.outcomes import OutcomeWaits
 from katar.core.reaper import _PRUNE_EVERY_MS, HOUSEKEEPING_MS, Reaper
 from katar.core.rules import is_final
-from katar.core.storage import Change, Store
+from katar.core.storage import Change, LimitState, Store
 from katar.core.waits import WaitList, _release
 from katar.errors import (
     QueueNotFound,
@@ -82,11 +86,12 @@ class Counters:
     delivered: dict[str, int] = field(default_factory=dict)
 
 
-class Engine(WaitList, Reaper):
+class Engine(WaitList, OutcomeWaits, Reaper):
     """Katar's operations. Open it before use and close it after; all methods are async.
 
-    Its long-poll wait list (katar.core.waits) and its reaper (katar.core.reaper) are
-    modules of their own; the attributes they use are set here.
+    Its long-poll wait list (katar.core.waits), its outcome waits (katar.core.outcomes) and
+    its reaper (katar.core.reaper) are modules of their own; the attributes they use are set
+    here.
     """
 
     def __init__(
@@ -125,6 +130,10 @@ class Engine(WaitList, Reaper):
         await self.store.open()
         self.queues = await self.store.load_queues()
         for name, options in (declared or {}).items():
+            stored = self.queues.get(name)
+            if stored is not None and stored.paused and not options.paused:
+                # A pause made during an incident outlasts a restart: only PATCH lifts it.
+                options = msgspec.structs.replace(options, paused=True)
             await self.put_queue(name, options)
         await self.store.listen(self)
         # Leases and delays left by an earlier run: the first reap is at the earliest of them.
@@ -138,10 +147,7 @@ class Engine(WaitList, Reaper):
         self.draining = True
         for waiters in self._waiters.values():
             _release(waiters, False, len(waiters))
-        for futures in self._task_waiters.values():
-            for future in futures:
-                if not future.done():
-                    future.set_result(None)
+        self._release_outcomes()
 
     async def close(self) -> None:
         """Release waiters, stop the reaper, and close the store."""
@@ -178,10 +184,24 @@ class Engine(WaitList, Reaper):
         """Create the queue or replace its options."""
         check_queue_name(name)
         await self.store.save_queue(name, options)
-        if name not in self.queues:
+        old = self.queues.get(name)
+        if old is None:
             log.info("queue %s created", name)
+        elif old.paused != options.paused:
+            log.info("queue %s %s", name, "paused" if options.paused else "resumed")
         self.queues[name] = options
+        if old is not None and old != options:
+            self._wake_all(name)  # resumed, or a limit moved: the long polls look again
         return options
+
+    async def patch_queue(self, name: str, changes: Mapping[str, Any]) -> QueueOptions:
+        """Change some of the queue's options and keep the others (top-level keys: a
+        ``configuration`` given replaces the whole configuration; null removes a limit)."""
+        current = msgspec.to_builtins(self.options(name))
+        return await self.put_queue(name, parse_queue_options({**current, **changes}))
+
+    def _wake_all(self, queue: str) -> None:
+        self._wake(queue, len(self._waiters.get(queue, ())))
 
     async def delete_queue(self, name: str) -> int:
         """Remove the queue and its tasks; the number of tasks removed."""
@@ -192,6 +212,13 @@ class Engine(WaitList, Reaper):
         waiters = self._waiters.pop(name, deque())
         _release(waiters, True, len(waiters))  # they look again, and find no queue
         return count
+
+    async def limit_state(self, queue: str) -> LimitState:
+        """Where the queue stands against its rate limit and key_concurrency."""
+        options = self.options(queue)
+        if options.rate is None and options.key_concurrency is None:
+            return LimitState()
+        return await self.store.limit_state(queue, options, self.clock.now_ms())
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """Every queue's task counts by public status."""
@@ -277,6 +304,10 @@ class Engine(WaitList, Reaper):
         result = await self.store.poll(queue, options, acks, limit, worker, now)
         if result.changes:
             self._apply(result.changes)
+        if acks and options.limited:
+            # Finished tasks free room under a limit: the long polls parked on it look again
+            # (the changes may leave out tasks finished "done", see Store.watch).
+            self._wake(queue, sum(1 for ack in acks if ack.status != "in progress"))
         if result.delivered:  # _leased, inline: this is every worker's poll
             lease_until = result.delivered[0].lease_until
             if len(result.delivered) > 1:  # tasks with a timeout of their own lease apart
@@ -286,11 +317,18 @@ class Engine(WaitList, Reaper):
         if result.delivered or wait <= 0 or limit == 0:
             return self._deliver(result.delivered)
         deadline = now + wait * 1000
+        recheck = self._recheck_at(options, result.retry_at, now)
         while True:
             if self._wakes.get(queue, 0) == seen:  # nothing new since the last look
-                remaining = deadline - clock.now_ms()
-                if remaining <= 0 or self.draining or not await self._park(queue, deadline, gone):
+                if deadline - clock.now_ms() <= 0 or self.draining:
                     return []
+                until = deadline if recheck is None else min(deadline, recheck)
+                if not await self._park(queue, until, gone):
+                    if self.draining or (gone is not None and gone.done()):
+                        return []
+                    if clock.now_ms() >= deadline:
+                        return []
+                    # else: a limit's time to look again has come (see _recheck_at)
             seen = self._wakes.get(queue, 0)
             options = self.options(queue)
             now = clock.now_ms()
@@ -300,6 +338,18 @@ class Engine(WaitList, Reaper):
             if result.delivered:
                 self._leased(result.delivered)
                 return self._deliver(result.delivered)
+            recheck = self._recheck_at(options, result.retry_at, now)
+
+    def _recheck_at(self, options: QueueOptions, retry_at: int | None, now: int) -> int | None:
+        """When a long poll on a limited queue looks again without a wake-up: when the rate
+        limit's bucket holds a token again; on a store other servers share, at least every
+        HOUSEKEEPING_MS, since a task they finish frees room that this server hears nothing
+        of. A pause is lifted through the queue's options, which wake every long poll."""
+        if retry_at is not None:
+            return retry_at
+        if options.limited and not options.paused and self.store.shared:
+            return now + HOUSEKEEPING_MS
+        return None
 
     def _deliver(self, tasks: list[Task]) -> list[Task]:
         if tasks:
@@ -324,22 +374,7 @@ class Engine(WaitList, Reaper):
         self.options(queue)
         if wait <= 0 or self.draining:
             return await self._existing(queue, task_id)
-        future: asyncio.Future[Task | None] = asyncio.get_running_loop().create_future()
-        futures = self._task_waiters.setdefault(task_id, [])
-        futures.append(future)  # before the read, so that no change can slip between
-        try:
-            task = await self._existing(queue, task_id)
-            if is_final(task):
-                return task
-            try:
-                finished = await asyncio.wait_for(future, wait)
-            except TimeoutError:
-                finished = None
-            return finished if finished is not None else await self._existing(queue, task_id)
-        finally:
-            futures.remove(future)
-            if not futures:
-                del self._task_waiters[task_id]
+        return await self._await_outcome(lambda: self._existing(queue, task_id), task_id, wait)
 
     async def _existing(self, queue: str, task_id: int) -> Task:
         task = await self.store.get_task(queue, task_id)
@@ -389,10 +424,14 @@ class Engine(WaitList, Reaper):
         job.add_done_callback(self._background.discard)
 
     async def _reload_queues(self, wake_all: bool) -> None:
+        old = self.queues
         try:
             self.queues = await self.store.load_queues()
         except Exception:
             log.exception("reloading the queues failed")
+        for queue, options in self.queues.items():
+            if queue in old and old[queue] != options:
+                self._wake_all(queue)  # another server resumed it or moved a limit
         if wake_all:  # events may have been missed: every long poll looks again
             for queue, waiters in self._waiters.items():
                 self._wake(queue, len(waiters))
@@ -405,15 +444,17 @@ class Engine(WaitList, Reaper):
         for task, old in changes:
             if task.state is State.READY:
                 ready[task.queue] = ready.get(task.queue, 0) + 1
-            elif task.state is State.SCHEDULED:  # a retry's backoff, a resumed delayed task
+            elif old is State.RUNNING and task.state is not State.RUNNING:
+                options = self.queues.get(task.queue)
+                if options is not None and options.limited:  # room under a limit
+                    ready[task.queue] = ready.get(task.queue, 0) + 1
+            if task.state is State.SCHEDULED:  # a retry's backoff, a resumed delayed task
                 self._expect(task.run_at)
             if PUBLIC_STATUS[old] != task.status:
                 if self._listeners:
                     self._emit(task)
                 if is_final(task) and task.id in self._task_waiters:
-                    for future in self._task_waiters[task.id]:
-                        if not future.done():
-                            future.set_result(task)
+                    self._settle_outcome(task)
         for queue, count in ready.items():
             self._wake(queue, count)
 

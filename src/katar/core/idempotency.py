@@ -58,6 +58,10 @@ def check_key(raw: bytes | str) -> str:
     return key
 
 
+#: The fields that digest() writes out one by one; any other a task sets goes in as JSON.
+_DIGESTED: Final = frozenset({"data", "priority", "delay_ms", "paused", "run_at"})
+
+
 def digest(tasks: Sequence[NewTask]) -> bytes:
     """What identifies an enqueue's request: its tasks' fields (``run_at`` too), data byte
     for byte. Two bodies that differ only in whitespace between fields ask the same."""
@@ -68,11 +72,13 @@ def digest(tasks: Sequence[NewTask]) -> bytes:
         if task.run_at is not None:
             # Only when given, so that the digests of tasks without one stay as they were.
             hasher.update(b",@%d" % task.run_at)
-        extra = (task.timeout, task.max_attempts, task.expires_in_ms, task.unique_for_ms)
-        if extra != (None, None, None, None) or task.unique_key is not None:
-            # The same: only when given. The key goes in as JSON, so that no text can pass
-            # for another field.
-            hasher.update(msgspec.json.encode([*extra, task.unique_key]))
+        extra = {
+            name: value
+            for name in task.__struct_fields__
+            if name not in _DIGESTED and (value := getattr(task, name)) is not None
+        }
+        if extra:  # the later fields, only when given, for the same reason
+            hasher.update(b",+" + msgspec.json.encode(extra))
         hasher.update(b":")
         hasher.update(data)
     return hasher.digest()

@@ -83,6 +83,7 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     updated_at: int
     run_at: int | None = None  # not before this time (delay, retry backoff)
     lease_until: int | None = None  # while RUNNING: when the lease runs out
+    key: str | None = None  # the group (a customer, an account) key_concurrency counts by
     timeout: int | None = None  # this task's lease in ms, over the queue's timeout
     max_attempts: int | None = None  # this task's max_attempts, over the queue's
     #: until then (ms), a task never delivered may wait; then it is cancelled (rules.expire)
@@ -107,6 +108,7 @@ class NewTask(msgspec.Struct, kw_only=True, frozen=True):
     delay_ms: int = 0
     run_at: int | None = None  # not before this time (ms since the epoch), instead of a delay
     paused: bool = False
+    key: str | None = None
     timeout: int | None = None  # the lease of this task's deliveries, in ms
     max_attempts: int | None = None  # deliveries before it fails for good; 0 = no limit
     expires_in_ms: int | None = None  # cancelled if not delivered within this time
@@ -135,6 +137,14 @@ class WorkerConfiguration(msgspec.Struct, kw_only=True, frozen=True):
     interval: Interval = DEFAULT_CONFIGURATION["interval"]
 
 
+class Rate(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A queue's rate limit: ``limit`` deliveries per ``period`` ms on average, from a
+    bucket of ``limit`` tokens that starts full and refills evenly over ``period``."""
+
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+    period: Annotated[int, msgspec.Meta(ge=1, le=_INT32)]  # ms
+
+
 class QueueOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """A queue's options: the keys of a ``[queues.NAME]`` table and of a ``PUT`` body, with
     their defaults and bounds. Build one from plain data with :func:`parse_queue_options`,
@@ -150,6 +160,16 @@ class QueueOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     #: ms before the first retry of a failed task; doubles each time
     retry_delay: Annotated[int, msgspec.Meta(ge=0, le=_INT32)] = 1000
     retry_delay_max: Annotated[int, msgspec.Meta(ge=0, le=_INT32)] = 3_600_000  # the ceiling
+    #: While true, polls take nothing (long polls wait); acks and enqueues still work.
+    paused: bool = False
+    #: At most this many tasks of the queue in progress at once, over every server.
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=_INT32)] | None = None
+    #: At most rate.limit deliveries per rate.period ms, over every server.
+    rate: Rate | None = None
+    #: At most this many tasks of one key in progress at once.
+    key_concurrency: Annotated[int, msgspec.Meta(ge=1, le=_INT32)] | None = None
+    #: Among ready tasks of equal priority, deliveries rotate between keys.
+    fair: bool = False
     #: Sent to workers merged over DEFAULT_CONFIGURATION; its WorkerConfiguration keys are
     #: checked by parse_queue_options.
     configuration: Annotated[
@@ -159,6 +179,23 @@ class QueueOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
             extra_json_schema={"properties": {"interval": msgspec.json.schema(Interval)}},
         ),
     ] = msgspec.field(default_factory=dict)
+
+    @property
+    def limited(self) -> bool:
+        """Whether a claim must count before it takes (see rules.claim_allowance): a
+        queue with none of these options takes the claim's fast path."""
+        return (
+            self.paused
+            or self.concurrency is not None
+            or self.rate is not None
+            or self.key_concurrency is not None
+        )
+
+    @property
+    def custom_claim(self) -> bool:
+        """Whether a claim takes another path than "the first ready tasks in order": a
+        limited queue's, or a fair one's (its own order, see rules.fair_seq)."""
+        return self.limited or self.fair
 
     def worker_configuration(self) -> dict[str, Any]:
         """The configuration sent to workers: the custom one merged over the default."""

@@ -10,11 +10,13 @@ new version, or removes it where :func:`discard` says the queue keeps no such hi
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 from msgspec.structs import replace
 
-from katar.core.model import FINAL_STATES, Ack, NewTask, QueueOptions, State, Task
+from katar.core.model import FINAL_STATES, Ack, NewTask, QueueOptions, Rate, State, Task
 from katar.errors import Conflict, IllegalTransition, ValidationError
 from katar.protocol import ACK_STATUSES as ACK_STATUSES
 from katar.protocol import PATCH_STATUSES as PATCH_STATUSES
@@ -35,6 +37,7 @@ def new_task(queue: str, spec: NewTask, task_id: int, now: int) -> Task:
         created_at=now,
         updated_at=now,
         run_at=run_at,
+        key=spec.key,
         timeout=spec.timeout,
         max_attempts=spec.max_attempts,
         expires_at=None if spec.expires_in_ms is None else now + spec.expires_in_ms,
@@ -70,6 +73,100 @@ def claimed(task: Task, options: QueueOptions, worker: str | None, now: int) -> 
         run_at=None,
         updated_at=now,
     )
+
+
+# -- flow control: what a claim of a limited queue may take (QueueOptions.limited) -----------
+
+
+class Bucket:
+    """A rate limit's token bucket: ``tokens`` as of ``at`` (ms). It holds at most
+    rate.limit tokens and starts full, so that at most 2 x limit deliveries fall in any one
+    period: a full bucket, then what refills while it is spent."""
+
+    __slots__ = ("at", "tokens")
+
+    def __init__(self, tokens: float, at: int) -> None:
+        self.tokens = tokens
+        self.at = at
+
+    @classmethod
+    def full(cls, rate: Rate, now: int) -> Bucket:
+        return cls(float(rate.limit), now)
+
+    def refill(self, rate: Rate, now: int) -> None:
+        """Add what has dripped in since ``at``, up to the bucket's size."""
+        if now > self.at:
+            self.tokens = min(
+                float(rate.limit), self.tokens + (now - self.at) * rate.limit / rate.period
+            )
+            self.at = now
+
+    def take(self, count: int) -> None:
+        self.tokens -= count
+
+    def next_token(self, rate: Rate, now: int) -> int:
+        """When (ms) the bucket will hold a whole token again."""
+        missing = 1.0 - self.tokens
+        if missing <= 0:
+            return now
+        return now + math.ceil(missing * rate.period / rate.limit)
+
+
+def claim_allowance(options: QueueOptions, limit: int, running: int, bucket: Bucket | None) -> int:
+    """How many tasks a poll asking for ``limit`` may take from a queue that has
+    ``running`` tasks in progress and whose rate ``bucket`` is refilled to now."""
+    if options.paused:
+        return 0
+    allowed = limit
+    if options.concurrency is not None:
+        allowed = min(allowed, options.concurrency - running)
+    if options.rate is not None and bucket is not None:
+        allowed = min(allowed, math.floor(bucket.tokens))
+    return max(allowed, 0)
+
+
+def pick_by_key(
+    candidates: Iterable[tuple[int, str | None]],
+    want: int,
+    running: Mapping[str, int],
+    key_concurrency: int | None,
+    taken: dict[str, int],
+) -> list[int]:
+    """From ready tasks (id, key) in claim order, the ids a claim takes: up to ``want``,
+    skipping a task whose key already has ``key_concurrency`` in progress (``running``) or
+    taken by this claim (``taken``, updated). Skipping keeps the order within each key: a
+    key's later task is never taken before an earlier one that was skipped."""
+    picked: list[int] = []
+    for task_id, key in candidates:
+        if len(picked) >= want:
+            break
+        if key is not None and key_concurrency is not None:
+            now_taken = taken.get(key, 0)
+            if running.get(key, 0) + now_taken >= key_concurrency:
+                continue
+            taken[key] = now_taken + 1
+        picked.append(task_id)
+    return picked
+
+
+def fair_seq(last: int | None, front: int) -> int:
+    """A fair queue's order for a new task of a key (start-time fair queuing): one past
+    the key's last task still waiting or running (``last``), but never before the task at
+    the head of the queue (``front``). A claim takes ready tasks by priority, then by this
+    number, then by id, so the keys take turns: a key with a backlog of 100,000 has numbers
+    far ahead, and another key's first task starts at the front. Tasks without a key form
+    one group of their own."""
+    return front if last is None else max(last + 1, front)
+
+
+def blocked_keys(
+    running: Mapping[str, int], taken: Mapping[str, int], key_concurrency: int | None
+) -> list[str]:
+    """The keys a claim must pass over: those at their key_concurrency."""
+    if key_concurrency is None:
+        return []
+    keys = set(running) | set(taken)
+    return sorted(k for k in keys if running.get(k, 0) + taken.get(k, 0) >= key_concurrency)
 
 
 def _attempts_spent(task: Task, options: QueueOptions) -> bool:

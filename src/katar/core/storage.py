@@ -31,6 +31,18 @@ class PollResult(NamedTuple):
 
     delivered: list[Task]
     changes: list[Change]
+    #: When a rate limit took less than asked: the time (ms) its bucket holds a token again,
+    #: which a long poll waits for. None otherwise.
+    retry_at: int | None = None
+
+
+class LimitState(NamedTuple):
+    """Where a queue stands against its flow-control options (GET /v1/queues)."""
+
+    #: Tokens left in the rate limit's bucket now; None without a rate limit.
+    tokens: float | None = None
+    #: Keys with key_concurrency tasks in progress; None without key_concurrency.
+    keys_at_limit: int | None = None
 
 
 class Enqueued(NamedTuple):
@@ -151,13 +163,21 @@ class Store(abc.ABC):
 
         Claimed tasks are the READY ones of the queue whose expiry (rules.expired) has not
         come, highest priority first, then lowest id, leased until ``now`` plus their own
-        timeout or ``options.timeout`` (rules.lease_ms). If any ack is rejected, nothing changes
+        timeout or ``options.timeout`` (rules.lease_ms). A queue whose options are
+        ``limited`` takes what rules.claim_allowance allows, and passes over the tasks of
+        keys at their key_concurrency (rules.pick_by_key), counting what is in progress on
+        every server that shares the store, atomically with the claim. If any ack is
+        rejected, nothing changes
         and the error is raised with ``details["ack"]``, the index of the faulty ack. An ack
         for an id this store never issued raises TaskNotFound; one for a task of another
         queue too; one for a task that is gone (a finished task of a queue without history)
         changes nothing. ``changes`` holds every task whose status the acks changed, except
         those finished while :attr:`watch` answers False.
         """
+
+    @abc.abstractmethod
+    async def limit_state(self, queue: str, options: QueueOptions, now: int) -> LimitState:
+        """The queue's rate bucket and keys at their limit (see :class:`LimitState`)."""
 
     @abc.abstractmethod
     async def get_task(self, queue: str, task_id: int) -> Task | None:

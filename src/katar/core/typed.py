@@ -83,8 +83,11 @@ def _whole_numbers(value: Any, kind: inspect.Type) -> Any:
         kind = kind.type
     if isinstance(kind, inspect.UnionType):
         ints = [t for t in kind.types if isinstance(t, inspect.IntType | inspect.Metadata)]
+        structs = [t for t in kind.types if isinstance(t, inspect.StructType)]
         if len(ints) == 1 and not any(isinstance(t, inspect.FloatType) for t in kind.types):
             kind = ints[0]
+        elif len(structs) == 1 and isinstance(value, dict):  # an optional struct, e.g. rate
+            kind = structs[0]
     if isinstance(kind, inspect.IntType):
         if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
             return int(value)

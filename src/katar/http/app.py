@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Final, NamedTuple
 from urllib.parse import parse_qsl
 
@@ -42,6 +42,7 @@ from katar.http.responses import (
     NO_CONTENT,
     QueueCreated,
     QueueInfo,
+    QueueLimits,
     Queues,
     Response,
     deliveries,
@@ -339,6 +340,19 @@ class App:
                             operation_id="putQueue",
                             tag="operators",
                             body=QueueOptions,
+                            answers={200: A("The queue.", QueueCreated)},
+                            writes=True,
+                        ),
+                    ),
+                    "PATCH": Route(
+                        self.patch_queue,
+                        admin,
+                        Op(
+                            summary="Change some of a queue's options, keep the others",
+                            operation_id="patchQueue",
+                            tag="operators",
+                            body=openapi.QUEUE_PATCH_BODY,
+                            body_required=True,
                             answers={200: A("The queue.", QueueCreated)},
                             writes=True,
                         ),
@@ -693,17 +707,38 @@ class App:
         known = self.engine.queue_options()
         token = request.token
         queues = [
-            QueueInfo(name, known[name], counts)
+            QueueInfo(name, known[name], counts, await self._limits(name, known[name], counts))
             for name, counts in stats.items()
             if name in known and (token is None or token.may_use(name))
         ]
         return json_response(Queues(queues))
+
+    async def _limits(
+        self, name: str, options: QueueOptions, counts: Mapping[str, int]
+    ) -> QueueLimits | None:
+        if not options.limited:
+            return None
+        state = await self.engine.limit_state(name)
+        return QueueLimits(
+            in_progress=counts.get("in progress", 0),
+            concurrency=options.concurrency,
+            tokens=None if state.tokens is None else round(state.tokens, 3),
+            keys_at_limit=state.keys_at_limit,
+        )
 
     async def put_queue(self, request: Request) -> Response:
         name = check_queue_name(request.queue, self.limits.max_queue_name)
         options = parse_queue_options(parse.parse_object(request.body))
         await self.engine.put_queue(name, options)
         return json_response(QueueCreated(name, options, options.worker_configuration()))
+
+    async def patch_queue(self, request: Request) -> Response:
+        self.engine.options(request.queue)  # an unknown queue is a 404 before a bad body
+        if not request.body.strip():
+            raise ValidationError('send the options to change, e.g. {"paused": true}')
+        changes = parse.parse_object(request.body)
+        options = await self.engine.patch_queue(request.queue, changes)
+        return json_response(QueueCreated(request.queue, options, options.worker_configuration()))
 
     async def delete_queue(self, request: Request) -> Response:
         count = await self.engine.delete_queue(request.queue)

@@ -132,6 +132,8 @@ LEASE_HEADERS: Final = {
 }
 #: An enqueue's body: one task or a batch, as the document shows it.
 ENQUEUE_BODY: Final = "Enqueue"
+#: A PATCH of a queue: some of QueueOptions's keys.
+QUEUE_PATCH_BODY: Final = "QueuePatch"
 
 _DENIED: Final = {
     401: "No token, or one this server does not know (only when tokens are set).",
@@ -221,6 +223,16 @@ def _components(kinds: tuple[Any, ...], limits: Limits) -> tuple[dict[Any, str],
         # are another struct's, which ignores the queue's own keys.
         options["properties"]["configuration"]["properties"] = {
             "interval": msgspec.json.schema(Interval)
+        }
+        schemas[QUEUE_PATCH_BODY] = {
+            "description": "Some of a queue's options: those given replace the queue's, the"
+            " others stay as they are; null removes a limit.",
+            "type": "object",
+            "properties": {
+                name: {k: v for k, v in schema.items() if k != "default"}
+                for name, schema in options["properties"].items()
+            },
+            "additionalProperties": False,
         }
     return names, schemas
 

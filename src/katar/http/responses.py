@@ -96,12 +96,25 @@ def _iso(ms: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class QueueLimits(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Where a queue with flow-control options stands against them."""
+
+    in_progress: int  # tasks in progress now, on every server
+    concurrency: int | None = None  # the queue's concurrency option
+    #: Whole deliveries the rate limit allows now (its bucket's tokens).
+    tokens: float | None = None
+    #: Keys with key_concurrency tasks in progress: their other tasks wait.
+    keys_at_limit: int | None = None
+
+
 class QueueInfo(msgspec.Struct, frozen=True):
-    """A queue as GET /v1/queues lists it: its options and its tasks by status."""
+    """A queue as GET /v1/queues lists it: its options, its tasks by status and, when it has
+    flow-control options, where it stands against them."""
 
     name: str
     options: QueueOptions
     counts: dict[str, int]
+    limits: QueueLimits | None = None
 
 
 class Queues(msgspec.Struct, frozen=True):
@@ -134,6 +147,7 @@ def task_record(task: Task) -> TaskRecord:
         updated_at=_iso(task.updated_at),
         run_at=iso(task.run_at),
         lease_expires_at=iso(task.lease_until),
+        key=task.key,
         timeout=task.timeout,
         max_attempts=task.max_attempts,
         expires_at=iso(task.expires_at),

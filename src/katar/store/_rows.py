@@ -11,7 +11,7 @@ from katar.core.model import State, Task
 
 COLUMNS: Final = (
     "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
-    " created_at, updated_at, run_at, lease_until, timeout, max_attempts, expires_at,"
+    " created_at, updated_at, run_at, lease_until, key, timeout, max_attempts, expires_at,"
     " unique_key, unique_until"
 )
 _STATES: Final = tuple(State)  # by value: faster than State(value) on the hot path
@@ -34,11 +34,12 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
         updated_at=row[11],
         run_at=row[12],
         lease_until=row[13],
-        timeout=row[14],
-        max_attempts=row[15],
-        expires_at=row[16],
-        unique_key=row[17],
-        unique_until=row[18],
+        key=row[14],
+        timeout=row[15],
+        max_attempts=row[16],
+        expires_at=row[17],
+        unique_key=row[18],
+        unique_until=row[19],
     )
 
 
@@ -47,7 +48,7 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
 #: read apart, in OPTIONS_COLUMNS, for the few that have some. Fewer columns to return and
 #: convert on every claim.
 CLAIMED_COLUMNS: Final = (
-    "id, priority, data, attempts, attempt_base, error, result, created_at, timeout,"
+    "id, priority, data, attempts, attempt_base, error, result, created_at, key, timeout,"
     " coalesce(max_attempts, expires_at, unique_until, unique_key) IS NULL"
 )
 OPTIONS_COLUMNS: Final = "max_attempts, expires_at, unique_key, unique_until"
@@ -64,9 +65,9 @@ def claimed_from_row(
     """The task a claim returned as a row of ``CLAIMED_COLUMNS``: the claim set the rest
     (rules.claimed), so it need not travel back from the database. ``lease_until`` is the
     queue's lease; a task with a timeout of its own has its own (rules.lease_ms). When the
-    row says the task has other options of its own (``row[9]`` false), ``options`` is its
+    row says the task has other options of its own (``row[10]`` false), ``options`` is its
     row of ``OPTIONS_COLUMNS``."""
-    timeout = row[8]
+    timeout = row[9]
     task = Task(
         id=row[0],
         queue=queue,
@@ -81,9 +82,10 @@ def claimed_from_row(
         created_at=row[7],
         updated_at=now,
         lease_until=lease_until if timeout is None else now + timeout,
+        key=row[8],
         timeout=timeout,
     )
-    if row[9]:
+    if row[10]:
         return task
     assert options is not None
     max_attempts, expires_at, unique_key, unique_until = options

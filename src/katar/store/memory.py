@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping, Sequence
+from typing import Final
 
 from katar.core import idempotency, rules
 from katar.core.idempotency import Idempotency
 from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_task_id
-from katar.core.storage import Change, Enqueued, PollResult, Store
+from katar.core.storage import Change, Enqueued, LimitState, PollResult, Store
 from katar.errors import KatarError, QueueNotFound, TaskNotFound
 from katar.logs import mask_credentials
+
+#: The states of a task that waits or runs: a fair group counts them.
+_WAITING: Final = frozenset({State.PAUSED, State.READY, State.SCHEDULED, State.RUNNING})
 
 
 class MemoryStore(Store):
@@ -27,7 +31,8 @@ class MemoryStore(Store):
         self._queues: dict[str, QueueOptions] = {}
         self._tasks: dict[int, Task] = {}
         self._ids: dict[str, dict[int, None]] = {}  # per queue, in id order
-        self._ready: dict[str, list[tuple[int, int]]] = {}  # per queue: (-priority, id)
+        # per queue: (-priority, fair order, id); the fair order is 0 unless the queue is fair
+        self._ready: dict[str, list[tuple[int, int, int]]] = {}
         self._scheduled: list[tuple[int, int]] = []  # (run_at, id)
         self._leases: list[tuple[int, int]] = []  # (lease_until, id)
         self._expiries: list[tuple[int, int]] = []  # (expires_at, id) of tasks never delivered
@@ -36,6 +41,12 @@ class MemoryStore(Store):
         # (unique_until, id): finished tasks kept while they hold their key (rules.discard).
         self._kept: list[tuple[int, int]] = []
         self._last_id = 0
+        self._running: dict[str, dict[int, None]] = {}  # per queue: the tasks in progress
+        self._buckets: dict[str, rules.Bucket] = {}  # per queue with a rate limit
+        # Fair queues (rules.fair_seq): each task's place, and per (queue, key) the number of
+        # its tasks waiting or running and the last place given to one.
+        self._seq: dict[int, int] = {}
+        self._groups: dict[tuple[str, str | None], list[int]] = {}
         # (queue, key) -> (digest, ids, created): the idempotency keys, oldest first.
         self._keys: dict[tuple[str, str], tuple[bytes, tuple[int, ...], int]] = {}
 
@@ -52,17 +63,80 @@ class MemoryStore(Store):
         return dict(self._queues)
 
     async def save_queue(self, name: str, options: QueueOptions) -> None:
+        old = self._queues.get(name)
         self._queues[name] = options
         self._ids.setdefault(name, {})
         self._ready.setdefault(name, [])
+        self._running.setdefault(name, {})
+        if options.rate is None:
+            self._buckets.pop(name, None)
+        if old is not None and old.fair != options.fair:
+            if options.fair:
+                self._place_waiting(name)
+            self._ready[name] = [
+                self._entry(t)
+                for i in self._ids[name]
+                if (t := self._tasks[i]).state is State.READY
+            ]
+            heapq.heapify(self._ready[name])
+
+    def _place_waiting(self, queue: str) -> None:
+        """A queue made fair: its waiting tasks without a place get one, each key's in its
+        own order from the front, so that the keys take turns from now on."""
+        waiting = sorted(
+            (t for i in self._ids[queue] if (t := self._tasks[i]).state in _WAITING),
+            key=lambda t: (-t.priority, t.id),
+        )
+        for task in waiting:
+            if task.id not in self._seq:
+                self._give_place(task, self._groups.get((queue, task.key)), 0)
+                self._count(task, None)
+
+    def _give_place(self, task: Task, group: list[int] | None, front: int) -> None:
+        last = group[1] if group is not None and group[0] > 0 else None
+        seq = rules.fair_seq(last, front)
+        self._seq[task.id] = seq
+        if group is None:
+            self._groups[(task.queue, task.key)] = [0, seq]
+        else:
+            group[1] = max(group[1], seq)
+
+    def _count(self, task: Task, old: Task | None) -> None:
+        """Keep a fair group's count of waiting and running tasks as ``old`` becomes
+        ``task`` (None: it is new, or removed)."""
+        before = old is not None and old.state in _WAITING
+        after = task.state in _WAITING
+        if before != after:
+            group = self._groups[(task.queue, task.key)]
+            group[0] += 1 if after else -1
+
+    def _entry(self, task: Task) -> tuple[int, int, int]:
+        seq = self._seq.get(task.id, 0) if self._queues[task.queue].fair else 0
+        return (-task.priority, seq, task.id)
+
+    def _front(self, queue: str) -> int:
+        """The fair place of the task a claim would take first; 0 when none is ready."""
+        heap = self._ready[queue]
+        while heap:
+            _priority, seq, task_id = heap[0]
+            task = self._tasks.get(task_id)
+            if task is not None and task.state is State.READY and -task.priority == heap[0][0]:
+                return seq
+            heapq.heappop(heap)
+        return 0
 
     async def delete_queue(self, name: str) -> int:
         if self._queues.pop(name, None) is None:
             raise QueueNotFound(queue=name)
         ids = self._ids.pop(name, {})
         self._ready.pop(name, None)
+        self._running.pop(name, None)
+        self._buckets.pop(name, None)
         for task_id in ids:
             del self._tasks[task_id]
+            self._seq.pop(task_id, None)
+        for group in [group for group in self._groups if group[0] == name]:
+            del self._groups[group]
         for queue_key in [queue_key for queue_key in self._keys if queue_key[0] == name]:
             del self._keys[queue_key]
         for queue_key in [queue_key for queue_key in self._unique if queue_key[0] == name]:
@@ -76,9 +150,16 @@ class MemoryStore(Store):
             raise QueueNotFound(queue=queue) from None
 
     def _put(self, task: Task) -> None:
+        old = self._tasks.get(task.id)
         self._tasks[task.id] = task
+        if task.state is State.RUNNING:
+            self._running[task.queue][task.id] = None
+        elif old is not None and old.state is State.RUNNING:
+            self._running[task.queue].pop(task.id, None)
+        if task.id in self._seq:
+            self._count(task, old)
         if task.state is State.READY:
-            heapq.heappush(self._ready[task.queue], (-task.priority, task.id))
+            heapq.heappush(self._ready[task.queue], self._entry(task))
         elif task.state is State.SCHEDULED:
             assert task.run_at is not None
             heapq.heappush(self._scheduled, (task.run_at, task.id))
@@ -94,6 +175,9 @@ class MemoryStore(Store):
     def _remove(self, task: Task) -> None:
         del self._tasks[task.id]
         del self._ids[task.queue][task.id]
+        self._running[task.queue].pop(task.id, None)
+        if self._seq.pop(task.id, None) is not None and task.state in _WAITING:
+            self._groups[(task.queue, task.key)][0] -= 1
 
     def _write(self, old: Task, new: Task | None, options: QueueOptions) -> Change | None:
         if new is None:
@@ -106,6 +190,8 @@ class MemoryStore(Store):
 
     async def enqueue(self, queue: str, tasks: Sequence[NewTask], now: int) -> list[Task]:
         ids = self._ids_of(queue)
+        fair = self._queues[queue].fair
+        front = self._front(queue) if fair else 0
         created = []
         for spec in tasks:
             if spec.unique_key is not None:
@@ -117,6 +203,8 @@ class MemoryStore(Store):
             self._last_id += 1
             task = rules.new_task(queue, spec, self._last_id, now)
             ids[task.id] = None
+            if fair:
+                self._give_place(task, self._groups.get((queue, task.key)), front)
             self._put(task)
             if task.unique_key is not None:
                 self._unique[(queue, task.unique_key)] = task.id
@@ -197,6 +285,8 @@ class MemoryStore(Store):
             change = self._write(first, new, options)
             if change is not None and change.task.state != change.old:
                 changes.append(change)
+        if options.custom_claim and limit > 0:
+            return self._claim_limited(queue, options, limit, worker, now, changes)
         return PollResult(self._claim(queue, options, limit, worker, now), changes)
 
     def _claim(
@@ -206,23 +296,84 @@ class MemoryStore(Store):
         limit: int,
         worker: str | None,
         now: int,
+        running: dict[str, int] | None = None,
     ) -> list[Task]:
+        """Take up to ``limit`` ready tasks in order; with ``running`` (tasks in progress
+        per key), pass over the keys at their key_concurrency, keeping their place."""
         heap = self._ready[queue]
         delivered: list[Task] = []
+        passed: list[tuple[int, int, int]] = []
+        taken: dict[str, int] = {}
         while heap and len(delivered) < limit:
-            negative_priority, task_id = heapq.heappop(heap)
-            task = self._tasks.get(task_id)
-            if task is None or task.state is not State.READY or task.priority != -negative_priority:
+            entry = heapq.heappop(heap)
+            task = self._tasks.get(entry[2])
+            if task is None or task.state is not State.READY or task.priority != -entry[0]:
                 continue
             if rules.expired(task, now):
                 # Its expiry came before the reaper did: the reaper cancels it (as in the SQL
                 # stores). Out of the heap: it cannot become claimable again without a change
                 # of state, which pushes it anew.
                 continue
+            if running is not None and not rules.pick_by_key(
+                [(task.id, task.key)], 1, running, options.key_concurrency, taken
+            ):
+                passed.append(entry)
+                continue
             leased = rules.claimed(task, options, worker, now)
             self._put(leased)
             delivered.append(leased)
+        for entry in passed:
+            heapq.heappush(heap, entry)
         return delivered
+
+    def _claim_limited(
+        self,
+        queue: str,
+        options: QueueOptions,
+        limit: int,
+        worker: str | None,
+        now: int,
+        changes: list[Change],
+    ) -> PollResult:
+        in_progress = self._running[queue]
+        bucket = self._bucket(queue, options, now)
+        allowed = rules.claim_allowance(options, limit, len(in_progress), bucket)
+        running: dict[str, int] | None = None
+        if options.key_concurrency is not None:
+            running = self._running_keys(queue)
+        delivered = self._claim(queue, options, allowed, worker, now, running) if allowed else []
+        retry_at = None
+        if bucket is not None and options.rate is not None:
+            bucket.take(len(delivered))
+            if len(delivered) < limit:
+                retry_at = bucket.next_token(options.rate, now)
+        return PollResult(delivered, changes, retry_at)
+
+    def _bucket(self, queue: str, options: QueueOptions, now: int) -> rules.Bucket | None:
+        if options.rate is None:
+            return None
+        bucket = self._buckets.get(queue)
+        if bucket is None:
+            bucket = self._buckets[queue] = rules.Bucket.full(options.rate, now)
+        bucket.refill(options.rate, now)
+        return bucket
+
+    def _running_keys(self, queue: str) -> dict[str, int]:
+        running: dict[str, int] = {}
+        for task_id in self._running[queue]:
+            key = self._tasks[task_id].key
+            if key is not None:
+                running[key] = running.get(key, 0) + 1
+        return running
+
+    async def limit_state(self, queue: str, options: QueueOptions, now: int) -> LimitState:
+        self._ids_of(queue)
+        bucket = self._bucket(queue, options, now)
+        keys = None
+        if options.key_concurrency is not None:
+            limit = options.key_concurrency
+            keys = sum(1 for n in self._running_keys(queue).values() if n >= limit)
+        return LimitState(None if bucket is None else bucket.tokens, keys)
 
     async def get_task(self, queue: str, task_id: int) -> Task | None:
         task = self._tasks.get(task_id)

@@ -27,7 +27,7 @@ import msgspec
 from katar.core import idempotency, rules
 from katar.core.idempotency import Idempotency
 from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_task_id
-from katar.core.storage import Change, Enqueued, Observer, PollResult, Store
+from katar.core.storage import Change, Enqueued, LimitState, Observer, PollResult, Store
 from katar.errors import (
     ConfigError,
     KatarError,
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("katar")
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -88,6 +88,19 @@ CREATE TABLE IF NOT EXISTS {s}.idempotency_keys (
 CREATE INDEX IF NOT EXISTS idempotency_keys_created ON {s}.idempotency_keys (created);
 """,
     3: """
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS key text;  -- the group key_concurrency counts
+-- A task's place in a fair queue (rules.fair_seq); NULL elsewhere, so that the indexes below
+-- hold only fair queues' tasks and other queues' writes never touch them.
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS fair_seq bigint;
+CREATE INDEX IF NOT EXISTS tasks_fair ON {s}.tasks (queue_id, priority DESC, fair_seq, id)
+    WHERE state = 1 AND fair_seq IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_fair_key ON {s}.tasks (queue_id, key, fair_seq)
+    WHERE fair_seq IS NOT NULL AND state BETWEEN 0 AND 3;
+-- A rate limit's token bucket, shared by every server (rules.Bucket); NULL: full.
+ALTER TABLE {s}.queues ADD COLUMN IF NOT EXISTS bucket_tokens double precision;
+ALTER TABLE {s}.queues ADD COLUMN IF NOT EXISTS bucket_at bigint;
+""",
+    4: """
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS timeout integer;  -- NULL: the queue's
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS max_attempts integer;  -- NULL: the queue's
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS expires_at bigint;
@@ -155,6 +168,7 @@ class PostgresStore(Store):
         self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
         self._queue_ids: dict[str, int] = {}
         self._queue_names: dict[int, str] = {}
+        self._fair: set[int] = set()  # the ids of the fair queues, as last loaded or saved
         self._channel = f"katar_{self._schema}"
         self._listener: asyncio.Task[None] | None = None
         #: Set while PostgreSQL is known to be unreachable: requests fail at once instead of
@@ -174,17 +188,18 @@ class PostgresStore(Store):
             "delete": f"DELETE FROM {s}.tasks WHERE id = %s",
             "insert": (
                 f"INSERT INTO {s}.tasks (queue_id, state, priority, data, created_at,"
-                f" updated_at, run_at) SELECT * FROM unnest(%s::int[], %s::smallint[],"
-                f" %s::int[], %s::bytea[], %s::bigint[], %s::bigint[], %s::bigint[])"
-                f" RETURNING id"
+                f" updated_at, run_at, key) SELECT * FROM unnest(%s::int[], %s::smallint[],"
+                f" %s::int[], %s::bytea[], %s::bigint[], %s::bigint[], %s::bigint[],"
+                f" %s::text[]) RETURNING id"
             ),
             # With the per-task options and unique keys (see _insert_special).
             "insert_full": (
                 f"INSERT INTO {s}.tasks (queue_id, state, priority, data, created_at,"
-                f" updated_at, run_at, timeout, max_attempts, expires_at, unique_key,"
-                f" unique_until) SELECT * FROM unnest(%s::int[], %s::smallint[], %s::int[],"
-                f" %s::bytea[], %s::bigint[], %s::bigint[], %s::bigint[], %s::int[],"
-                f" %s::int[], %s::bigint[], %s::text[], %s::bigint[]) RETURNING id"
+                f" updated_at, run_at, key, fair_seq, timeout, max_attempts, expires_at,"
+                f" unique_key, unique_until) SELECT * FROM unnest(%s::int[], %s::smallint[],"
+                f" %s::int[], %s::bytea[], %s::bigint[], %s::bigint[], %s::bigint[],"
+                f" %s::text[], %s::bigint[], %s::int[], %s::int[], %s::bigint[], %s::text[],"
+                f" %s::bigint[]) RETURNING id"
             ),
             # One transaction at a time per (queue, unique_key), in one order: no deadlock.
             "lock_keys": (
@@ -208,6 +223,65 @@ class PostgresStore(Store):
                 f" RETURNING {COLUMNS}"
             ),
             "issued": f"SELECT last_value, is_called FROM {s}.tasks_id_seq",
+            # A limited queue's claim (QueueOptions.limited). The queue's row is locked
+            # first: the claims of that queue, on every server, count one after another, so
+            # that a concurrency limit is never exceeded, not even for a moment.
+            "lock_queue": (
+                f"SELECT bucket_tokens, bucket_at FROM {s}.queues WHERE id = %s FOR UPDATE"
+            ),
+            "running": f"SELECT count(*) FROM {s}.tasks WHERE queue_id = %s AND state = 3",
+            "running_keys": (
+                f"SELECT key, count(*) FROM {s}.tasks WHERE queue_id = %s AND state = 3"
+                " AND key IS NOT NULL GROUP BY key"
+            ),
+            # Each passes over the tasks whose expiry has come (rules.expired).
+            "candidates": (
+                f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
+                " (expires_at IS NULL OR attempts > 0 OR expires_at > %s) AND"
+                " (key IS NULL OR key <> ALL(%s::text[])) ORDER BY priority DESC, id LIMIT %s"
+                " FOR UPDATE SKIP LOCKED"
+            ),
+            "candidates_fair": (
+                f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
+                " (expires_at IS NULL OR attempts > 0 OR expires_at > %s) AND"
+                " fair_seq IS NOT NULL AND (key IS NULL OR key <> ALL(%s::text[]))"
+                " ORDER BY priority DESC, fair_seq, id LIMIT %s FOR UPDATE SKIP LOCKED"
+            ),
+            # Tasks without a place (enqueued as the queue was made fair) come after.
+            "candidates_unplaced": (
+                f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
+                " (expires_at IS NULL OR attempts > 0 OR expires_at > %s) AND"
+                " fair_seq IS NULL AND (key IS NULL OR key <> ALL(%s::text[]))"
+                " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED"
+            ),
+            "fair_front": (
+                f"SELECT fair_seq FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
+                " fair_seq IS NOT NULL ORDER BY priority DESC, fair_seq, id LIMIT 1"
+            ),
+            "fair_last": (
+                f"SELECT max(fair_seq) FROM {s}.tasks WHERE queue_id = %s AND"
+                " key IS NOT DISTINCT FROM %s AND fair_seq IS NOT NULL AND state BETWEEN 0 AND 3"
+            ),
+            "insert_fair": (
+                f"INSERT INTO {s}.tasks (queue_id, state, priority, data, created_at,"
+                f" updated_at, run_at, key, fair_seq) SELECT * FROM unnest(%s::int[],"
+                f" %s::smallint[], %s::int[], %s::bytea[], %s::bigint[], %s::bigint[],"
+                f" %s::bigint[], %s::text[], %s::bigint[]) RETURNING id"
+            ),
+            "place_waiting": (
+                f"UPDATE {s}.tasks AS t SET fair_seq = r.place FROM (SELECT id, row_number()"
+                " OVER (PARTITION BY key ORDER BY priority DESC, id) - 1 AS place FROM"
+                f" {s}.tasks WHERE queue_id = %s AND state BETWEEN 0 AND 3 AND fair_seq IS NULL)"
+                " AS r WHERE t.id = r.id"
+            ),
+            "take": (
+                f"UPDATE {s}.tasks SET state=3, attempts=attempts+1, worker=%s,"
+                f" lease_until=%s + coalesce(timeout, %s), run_at=NULL, updated_at=%s"
+                f" WHERE id = ANY(%s) RETURNING {COLUMNS}"
+            ),
+            "save_bucket": (
+                f"UPDATE {s}.queues SET bucket_tokens = %s, bucket_at = %s WHERE id = %s"
+            ),
         }
 
     # -- connections -------------------------------------------------------------------------
@@ -431,7 +505,9 @@ class PostgresStore(Store):
             ).fetchall()
         self._queue_ids = {name: qid for qid, name, _ in rows}
         self._queue_names.update({qid: name for qid, name, _ in rows})
-        return {name: _options_decoder.decode(options) for _, name, options in rows}
+        queues = {name: _options_decoder.decode(options) for _, name, options in rows}
+        self._fair = {self._queue_ids[name] for name, options in queues.items() if options.fair}
+        return queues
 
     async def save_queue(self, name: str, options: QueueOptions) -> None:
         async with self._transaction() as conn:
@@ -441,10 +517,16 @@ class PostgresStore(Store):
                 (name, msgspec.json.encode(options)),
             )
             row = await cursor.fetchone()
+            assert row is not None
+            if options.fair and row[0] not in self._fair:
+                await conn.execute(self._sql["place_waiting"], (row[0],))
             await self._notify(conn, f"q:{name}")
-        assert row is not None
         self._queue_ids[name] = row[0]
         self._queue_names[row[0]] = name
+        if options.fair:
+            self._fair.add(row[0])
+        else:
+            self._fair.discard(row[0])
 
     async def delete_queue(self, name: str) -> int:
         queue_id = await self._queue_id(name)
@@ -479,18 +561,21 @@ class PostgresStore(Store):
         if any(map(rules.special, tasks)):
             return await self._insert_special(conn, queue_id, queue, tasks, now)
         drafts = [rules.new_task(queue, spec, 0, now) for spec in tasks]
-        cursor = await conn.execute(
-            self._sql["insert"],
-            (
-                [queue_id] * len(drafts),
-                [int(t.state) for t in drafts],
-                [t.priority for t in drafts],
-                [bytes(t.data) for t in drafts],
-                [now] * len(drafts),
-                [now] * len(drafts),
-                [t.run_at for t in drafts],
-            ),
+        columns: tuple[list[Any], ...] = (
+            [queue_id] * len(drafts),
+            [int(t.state) for t in drafts],
+            [t.priority for t in drafts],
+            [bytes(t.data) for t in drafts],
+            [now] * len(drafts),
+            [now] * len(drafts),
+            [t.run_at for t in drafts],
+            [t.key for t in drafts],
         )
+        if queue_id in self._fair:
+            places = await self._fair_places(conn, queue_id, drafts)
+            cursor = await conn.execute(self._sql["insert_fair"], (*columns, places))
+        else:
+            cursor = await conn.execute(self._sql["insert"], columns)
         ids = [row[0] for row in await cursor.fetchall()]
         await self._notify_ready(conn, drafts)
         # unnest keeps the order of its arrays, and a sequence hands out growing ids.
@@ -537,6 +622,9 @@ class PostgresStore(Store):
                 drafts.append(rules.new_task(queue, spec, 0, now))
         ids: list[int] = []
         if drafts:
+            places: Sequence[int | None] = [None] * len(drafts)
+            if queue_id in self._fair:
+                places = await self._fair_places(conn, queue_id, drafts)
             cursor = await conn.execute(
                 self._sql["insert_full"],
                 (
@@ -547,6 +635,8 @@ class PostgresStore(Store):
                     [now] * len(drafts),
                     [now] * len(drafts),
                     [t.run_at for t in drafts],
+                    [t.key for t in drafts],
+                    list(places),
                     [t.timeout for t in drafts],
                     [t.max_attempts for t in drafts],
                     [t.expires_at for t in drafts],
@@ -566,6 +656,24 @@ class PostgresStore(Store):
             else rules.duplicate(created[-1 - entry])
             for entry in answered
         ]
+
+    async def _fair_places(
+        self, conn: AsyncConnection[tuple[Any, ...]], queue_id: int, tasks: Sequence[Task]
+    ) -> list[int]:
+        """Each new task's place in a fair queue (rules.fair_seq)."""
+        head = await (await conn.execute(self._sql["fair_front"], (queue_id,))).fetchone()
+        front = 0 if head is None else int(head[0])
+        last: dict[str | None, int | None] = {}
+        places = []
+        for task in tasks:
+            if task.key not in last:
+                cursor = await conn.execute(self._sql["fair_last"], (queue_id, task.key))
+                found = await cursor.fetchone()
+                last[task.key] = None if found is None or found[0] is None else int(found[0])
+            place = rules.fair_seq(last[task.key], front)
+            last[task.key] = place
+            places.append(place)
+        return places
 
     async def enqueue_once(
         self, queue: str, tasks: Sequence[NewTask], now: int, once: Idempotency
@@ -686,7 +794,12 @@ class PostgresStore(Store):
                 if change is not None and change.task.state != change.old:
                     changes.append(change)
             delivered: list[Task] = []
-            if limit > 0:
+            retry_at = None
+            if limit > 0 and options.custom_claim:
+                delivered, retry_at = await self._claim_limited(
+                    conn, queue, queue_id, options, limit, worker, now
+                )
+            elif limit > 0:
                 cursor = await conn.execute(
                     self._sql["claim"],
                     (worker, now, options.timeout, now, queue_id, now, limit),
@@ -694,7 +807,113 @@ class PostgresStore(Store):
                 delivered = [task_from_row(row, queue) for row in await cursor.fetchall()]
                 delivered.sort(key=lambda t: (-t.priority, t.id))
             await self._notify_ready(conn, (change.task for change in changes))
-        return PollResult(delivered, changes)
+        return PollResult(delivered, changes, retry_at)
+
+    async def _claim_limited(
+        self,
+        conn: AsyncConnection[tuple[Any, ...]],
+        queue: str,
+        queue_id: int,
+        options: QueueOptions,
+        limit: int,
+        worker: str | None,
+        now: int,
+    ) -> tuple[list[Task], int | None]:
+        sql = self._sql
+        stored = None
+        if options.limited:  # a fair queue alone has nothing to count
+            stored = await (await conn.execute(sql["lock_queue"], (queue_id,))).fetchone()
+        bucket = None
+        if options.rate is not None:
+            if stored is None or stored[0] is None:
+                bucket = rules.Bucket.full(options.rate, now)
+            else:
+                bucket = rules.Bucket(stored[0], stored[1])
+                bucket.refill(options.rate, now)
+        running = 0
+        if options.concurrency is not None:
+            row = await (await conn.execute(sql["running"], (queue_id,))).fetchone()
+            running = row[0] if row else 0
+        allowed = rules.claim_allowance(options, limit, running, bucket)
+        per_key: dict[str, int] = {}
+        if options.key_concurrency is not None and allowed > 0:
+            rows = await (await conn.execute(sql["running_keys"], (queue_id,))).fetchall()
+            per_key = {key: count for key, count in rows}
+        taken: dict[str, int] = {}
+        lease = (now, options.timeout)  # rules.lease_ms: the task's own timeout, else this
+        delivered: list[Task] = []
+        if allowed > 0 and options.key_concurrency is None and queue_id not in self._fair:
+            # Nothing to pick by key: the plain claim, cut to what the limits allow.
+            claim = (worker, *lease, now, queue_id, now, allowed)
+            cursor = await conn.execute(sql["claim"], claim)
+            delivered = [task_from_row(row, queue) for row in await cursor.fetchall()]
+            delivered.sort(key=lambda t: (-t.priority, t.id))
+            allowed = 0
+        while len(delivered) < allowed:
+            want = allowed - len(delivered)
+            blocked = rules.blocked_keys(per_key, taken, options.key_concurrency)
+            # A few more than wanted: some may belong to keys that fill up on the way (the
+            # next look passes over those keys).
+            chunk = want if options.key_concurrency is None else want + 64
+            candidates = await self._candidates(conn, queue_id, blocked, chunk, now)
+            ids = rules.pick_by_key(candidates, want, per_key, options.key_concurrency, taken)
+            if ids:
+                cursor = await conn.execute(sql["take"], (worker, *lease, now, ids))
+                took = {row[0]: row for row in await cursor.fetchall()}
+                delivered += [task_from_row(took[i], queue) for i in ids]  # the claim order
+            if len(candidates) < chunk:
+                break  # no more ready tasks that a free key could take
+        retry_at = None
+        if bucket is not None and options.rate is not None:
+            bucket.take(len(delivered))
+            await conn.execute(sql["save_bucket"], (bucket.tokens, bucket.at, queue_id))
+            if len(delivered) < limit:
+                retry_at = bucket.next_token(options.rate, now)
+        return delivered, retry_at
+
+    async def _candidates(
+        self,
+        conn: AsyncConnection[tuple[Any, ...]],
+        queue_id: int,
+        blocked: list[str],
+        chunk: int,
+        now: int,
+    ) -> list[tuple[int, str | None]]:
+        fair = queue_id in self._fair
+        cursor = await conn.execute(
+            self._sql["candidates_fair" if fair else "candidates"],
+            (queue_id, now, blocked, chunk),
+        )
+        rows = [(task_id, key) for task_id, key in await cursor.fetchall()]
+        if fair and len(rows) < chunk:
+            cursor = await conn.execute(
+                self._sql["candidates_unplaced"], (queue_id, now, blocked, chunk - len(rows))
+            )
+            rows += [(task_id, key) for task_id, key in await cursor.fetchall()]
+        return rows
+
+    async def limit_state(self, queue: str, options: QueueOptions, now: int) -> LimitState:
+        queue_id = await self._queue_id(queue)
+        async with self._transaction(writes=False) as conn:
+            keys = None
+            if options.key_concurrency is not None:
+                limit = options.key_concurrency
+                rows = await (await conn.execute(self._sql["running_keys"], (queue_id,))).fetchall()
+                keys = sum(1 for _key, count in rows if count >= limit)
+            tokens = None
+            if options.rate is not None:
+                row = await (
+                    await conn.execute(
+                        f"SELECT bucket_tokens, bucket_at FROM {self._schema}.queues WHERE id = %s",
+                        (queue_id,),
+                    )
+                ).fetchone()
+                bucket = rules.Bucket.full(options.rate, now)
+                if row is not None and row[0] is not None:
+                    bucket = rules.Bucket(row[0], row[1])
+                    bucket.refill(options.rate, now)
+                tokens = bucket.tokens
+        return LimitState(tokens, keys)
 
     async def get_task(self, queue: str, task_id: int) -> Task | None:
         async with self._transaction(writes=False) as conn:

@@ -11,8 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import msgspec
+
 from katar.core import rules
-from katar.core.model import Ack, QueueOptions, State, Task, parse_task_id
+from katar.core.model import Ack, QueueOptions, Rate, State, Task, parse_task_id
 from katar.core.storage import Change
 from katar.errors import (
     KatarError,
@@ -28,12 +30,13 @@ from katar.store._rows import (
 # hot path of every worker's poll.
 # A task's own timeout makes its own lease (rules.lease_ms); a task never delivered whose
 # expiry has come (rules.expired) is left for the reaper to cancel.
+# Every claim below takes (now, queue timeout) for its lease and now for the expiry.
+_LEASE: Final = "lease_until=?+coalesce(timeout, ?)"
+_NOT_EXPIRED: Final = "(expires_at IS NULL OR attempts > 0 OR expires_at > ?)"
 _CLAIM: Final = (
-    "UPDATE tasks SET state=3, attempts=attempts+1, worker=?,"
-    " lease_until=?+coalesce(timeout, ?), run_at=NULL, updated_at=? WHERE id IN"
-    " (SELECT id FROM tasks WHERE queue_id=? AND state=1"
-    " AND (expires_at IS NULL OR attempts > 0 OR expires_at > ?)"
-    f" ORDER BY priority DESC, id LIMIT ?) RETURNING {CLAIMED_COLUMNS}"
+    f"UPDATE tasks SET state=3, attempts=attempts+1, worker=?, {_LEASE}, run_at=NULL,"
+    " updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND state=1"
+    f" AND {_NOT_EXPIRED} ORDER BY priority DESC, id LIMIT ?) RETURNING {CLAIMED_COLUMNS}"
 )
 # The other options of a claimed task that has some (see CLAIMED_COLUMNS).
 _OPTIONS: Final = f"SELECT {OPTIONS_COLUMNS} FROM tasks WHERE id=?"
@@ -85,6 +88,43 @@ _DONE_DROP_IDS: Final = (
 )
 _DONE_CHUNK: Final = 300  # acks per statement: 3 variables each, well under SQLite's limit
 
+# A limited queue's claim (QueueOptions.limited): count, pick, then take by id.
+_RUNNING: Final = "SELECT count(*) FROM tasks WHERE queue_id=? AND state=3"
+_RUNNING_KEYS: Final = (
+    "SELECT key, count(*) FROM tasks WHERE queue_id=? AND state=3 AND key IS NOT NULL GROUP BY key"
+)
+_CANDIDATES: Final = (
+    f"SELECT id, key FROM tasks WHERE queue_id=? AND state=1 AND {_NOT_EXPIRED} AND"
+    " (key IS NULL OR key NOT IN (SELECT value FROM json_each(?)))"
+    " ORDER BY priority DESC, id LIMIT ?"
+)
+# A fair queue's order (rules.fair_seq). A task without a place (enqueued as the queue was
+# made fair) comes after the placed ones, in the plain order.
+_CANDIDATES_FAIR: Final = _CANDIDATES.replace(
+    "state=1 AND", "state=1 AND fair_seq IS NOT NULL AND"
+).replace("priority DESC, id", "priority DESC, fair_seq, id")
+_CANDIDATES_UNPLACED: Final = _CANDIDATES.replace("state=1 AND", "state=1 AND fair_seq IS NULL AND")
+_TAKE: Final = (
+    f"UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, {_LEASE}, run_at=NULL,"
+    f" updated_at=? WHERE id IN (SELECT value FROM json_each(?)) RETURNING {CLAIMED_COLUMNS}"
+)
+_NAME_WORKER: Final = "UPDATE tasks SET worker=? WHERE id IN (SELECT value FROM json_each(?))"
+# A fair queue's claim, with no key to count: the plain claim in the fair order (its workers
+# named after, by _NAME_WORKER). Tasks without a place (enqueued as the queue was made fair)
+# come after the placed ones, in the plain order.
+_CLAIM_FAIR: Final = (
+    f"UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, {_LEASE}, run_at=NULL,"
+    " updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND state=1 AND"
+    f" fair_seq IS NOT NULL AND {_NOT_EXPIRED} ORDER BY priority DESC, fair_seq, id LIMIT ?)"
+    f" RETURNING {CLAIMED_COLUMNS}, fair_seq"
+)
+_CLAIM_UNPLACED: Final = (
+    f"UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, {_LEASE}, run_at=NULL,"
+    " updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND state=1 AND"
+    f" fair_seq IS NULL AND {_NOT_EXPIRED} ORDER BY priority DESC, id LIMIT ?)"
+    f" RETURNING {CLAIMED_COLUMNS}, 9223372036854775807"
+)
+
 
 @dataclass(slots=True)
 class _Poll:
@@ -101,6 +141,8 @@ class _Poll:
     done: tuple[int, Ack] | None  # its one "done" ack, when that is all it acks: (id, ack)
     error: KatarError | None = None  # the refusal of that ack, if refused
     delivered: list[Task] = field(default_factory=list)
+    retry_at: int | None = None  # see PollResult.retry_at
+    take: int = 0  # what its claim takes: limit, or less where a limit cuts it
 
 
 class Batches:
@@ -112,6 +154,8 @@ class Batches:
     _task: Callable[[Sequence[Any]], Task]
     _store_change: Callable[..., Change | None]
     _find: Callable[..., Any]
+    _buckets: dict[int, rules.Bucket]  # per queue with a rate limit (one server per file)
+    _fair: set[int]  # the ids of the fair queues
 
     def _finish_polls(self, conn: sqlite3.Connection) -> None:
         """Make the "done"s and the claims of every poll of the transaction: one statement
@@ -160,40 +204,172 @@ class Batches:
                     )
                 except KatarError as exc:
                     poll.error = exc
-        claims: dict[tuple[int, str | None, int], list[_Poll]] = {}
+        # (queue, worker, timeout, fair order) -> the polls that one claim statement serves
+        claims: dict[tuple[int, str | None, int, bool], list[_Poll]] = {}
+        custom: dict[int, list[_Poll]] = {}
         for poll in polls:
             if poll.limit > 0 and poll.error is None:
-                claims.setdefault((poll.queue_id, poll.worker, poll.options.timeout), []).append(
-                    poll
-                )
-        for (queue_id, worker, timeout), claiming in claims.items():
-            total = sum(poll.limit for poll in claiming)
+                poll.take = poll.limit
+                if poll.options.custom_claim:
+                    custom.setdefault(poll.queue_id, []).append(poll)
+                else:
+                    claims.setdefault(
+                        (poll.queue_id, poll.worker, poll.options.timeout, False), []
+                    ).append(poll)
+        charged: list[tuple[rules.Bucket, Rate, list[_Poll]]] = []
+        for queue_id, group in custom.items():
+            options = group[0].options
+            if options.key_concurrency is not None:
+                self._claim_by_key(conn, group)
+                continue
+            # No key to count: the limits cut what the polls take, in arrival order, and
+            # the claim is the plain one (in the fair order for a fair queue).
+            bucket, allowed = self._allowance(conn, group)
+            for poll in group:
+                poll.take = min(poll.limit, allowed)
+                allowed -= poll.take
+                if poll.take:
+                    fair = queue_id in self._fair
+                    statement = (queue_id, poll.worker, options.timeout, fair)
+                    claims.setdefault(statement, []).append(poll)
+            if bucket is not None and options.rate is not None:
+                charged.append((bucket, options.rate, group))
+        for (queue_id, worker, timeout, fair), claiming in claims.items():
+            total = sum(poll.take for poll in claiming)
             now = max(poll.now for poll in claiming)
             lease = (now, timeout, now, queue_id, now, total)
-            if worker is None:
-                claim = conn.execute(_CLAIM_ANONYMOUS, lease)
+            if fair:
+                rows = conn.execute(_CLAIM_FAIR, lease).fetchall()
+                if len(rows) < total:
+                    later = (now, timeout, now, queue_id, now, total - len(rows))
+                    rows += conn.execute(_CLAIM_UNPLACED, later).fetchall()
+            elif worker is None:
+                rows = conn.execute(_CLAIM_ANONYMOUS, lease).fetchall()
             else:
-                claim = conn.execute(_CLAIM, (worker, *lease))
-            rows = claim.fetchall()
+                rows = conn.execute(_CLAIM, (worker, *lease)).fetchall()
             if len(rows) > 1:  # RETURNING promises no order
-                rows.sort(key=lambda row: (-row[1], row[0]))
+                if fair:
+                    rows.sort(key=lambda row: (-row[1], row[-1], row[0]))
+                else:
+                    rows.sort(key=lambda row: (-row[1], row[0]))
             name = self._queue_names[queue_id]
             lease_until = now + timeout
-            tasks = [
-                claimed_from_row(
-                    row,
-                    name,
-                    worker,
-                    now,
-                    lease_until,
-                    None if row[9] else conn.execute(_OPTIONS, (row[0],)).fetchone(),
-                )
-                for row in rows
-            ]
+            tasks = [self._claimed(conn, row, name, worker, now, lease_until) for row in rows]
             start = 0
             for poll in claiming:
-                poll.delivered = tasks[start : start + poll.limit]
-                start += poll.limit
+                poll.delivered = tasks[start : start + poll.take]
+                start += poll.take
+            if fair and worker is not None and rows:
+                conn.execute(_NAME_WORKER, (worker, msgspec.json.encode([r[0] for r in rows])))
+        for bucket, rate, group in charged:  # what was taken, not what was allowed
+            self._charge(bucket, rate, group)
+
+    @staticmethod
+    def _claimed(
+        conn: sqlite3.Connection,
+        row: Any,
+        queue: str,
+        worker: str | None,
+        now: int,
+        lease_until: int,
+    ) -> Task:
+        """The task a claim returned (see CLAIMED_COLUMNS): its other options of its own
+        are read apart, for the few tasks that have some."""
+        options = None if row[10] else conn.execute(_OPTIONS, (row[0],)).fetchone()
+        return claimed_from_row(row, queue, worker, now, lease_until, options)
+
+    def _allowance(self, conn: sqlite3.Connection, polls: list[_Poll]) -> tuple[Any, int]:
+        """What a group's polls of one queue may take together (rules.claim_allowance),
+        and the queue's rate bucket refilled to now (None without a rate limit)."""
+        first = polls[0]
+        options, queue_id = first.options, first.queue_id
+        now = max(poll.now for poll in polls)
+        bucket = self._bucket(queue_id, options, now)
+        running = 0
+        if options.concurrency is not None:
+            running = conn.execute(_RUNNING, (queue_id,)).fetchone()[0]
+        asked = sum(poll.limit for poll in polls)
+        return bucket, rules.claim_allowance(options, asked, running, bucket)
+
+    @staticmethod
+    def _charge(bucket: rules.Bucket, rate: Rate, polls: list[_Poll]) -> None:
+        """Spend the tokens of what the polls took; a poll that got less than it asked
+        learns when the next token comes (PollResult.retry_at)."""
+        bucket.take(sum(len(poll.delivered) for poll in polls))
+        now = max(poll.now for poll in polls)
+        for poll in polls:
+            if len(poll.delivered) < poll.limit:
+                poll.retry_at = bucket.next_token(rate, now)
+
+    def _claim_by_key(self, conn: sqlite3.Connection, polls: list[_Poll]) -> None:
+        """The claims of a group's polls of one queue with key_concurrency: one count and
+        one selection for them all, served in arrival order, so that the limits hold inside
+        the group as between groups (and a group costs what one poll does)."""
+        first = polls[0]
+        options, queue_id = first.options, first.queue_id
+        now = max(poll.now for poll in polls)
+        bucket, allowed = self._allowance(conn, polls)
+        per_key: dict[str, int] = {}
+        if allowed > 0:
+            per_key = dict(conn.execute(_RUNNING_KEYS, (queue_id,)).fetchall())
+        taken: dict[str, int] = {}
+        lease_until = now + options.timeout
+        rows: dict[int, Any] = {}
+        order: list[int] = []
+        while len(order) < allowed:
+            want = allowed - len(order)
+            blocked = rules.blocked_keys(per_key, taken, options.key_concurrency)
+            # A few more than wanted: some may belong to keys that fill up on the way (the
+            # next look passes over those keys).
+            chunk = want + 64
+            candidates = self._candidates(conn, queue_id, blocked, chunk, now)
+            ids = rules.pick_by_key(candidates, want, per_key, options.key_concurrency, taken)
+            if ids:  # taken now, so that the next look passes them; workers named below
+                lease = (now, options.timeout, now, msgspec.json.encode(ids))
+                took = conn.execute(_TAKE, lease)
+                rows.update((row[0], row) for row in took)
+                order += ids
+            if len(candidates) < chunk:
+                break  # no more ready tasks that a free key could take
+        name = self._queue_names[queue_id]
+        start = 0
+        named: dict[str, list[int]] = {}
+        for poll in polls:
+            mine = order[start : start + poll.limit]
+            start += len(mine)
+            poll.delivered = [
+                self._claimed(conn, rows[i], name, poll.worker, now, lease_until) for i in mine
+            ]
+            if poll.worker is not None and mine:
+                named.setdefault(poll.worker, []).extend(mine)
+        for worker, ids in named.items():
+            conn.execute(_NAME_WORKER, (worker, msgspec.json.encode(ids)))
+        if bucket is not None and options.rate is not None:
+            self._charge(bucket, options.rate, polls)
+
+    def _candidates(
+        self, conn: sqlite3.Connection, queue_id: int, blocked: list[str], chunk: int, now: int
+    ) -> list[tuple[int, str | None]]:
+        """Ready tasks in claim order, up to ``chunk``, passing over the ``blocked`` keys
+        (and the tasks whose expiry has come)."""
+        keys = msgspec.json.encode(blocked)
+        if queue_id not in self._fair:
+            return conn.execute(_CANDIDATES, (queue_id, now, keys, chunk)).fetchall()
+        rows = conn.execute(_CANDIDATES_FAIR, (queue_id, now, keys, chunk)).fetchall()
+        if len(rows) < chunk:
+            rows += conn.execute(
+                _CANDIDATES_UNPLACED, (queue_id, now, keys, chunk - len(rows))
+            ).fetchall()
+        return rows
+
+    def _bucket(self, queue_id: int, options: QueueOptions, now: int) -> rules.Bucket | None:
+        if options.rate is None:
+            return None
+        bucket = self._buckets.get(queue_id)
+        if bucket is None:
+            bucket = self._buckets[queue_id] = rules.Bucket.full(options.rate, now)
+        bucket.refill(options.rate, now)
+        return bucket
 
     def _apply_acks(
         self,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Final
 
-SCHEMA_VERSION: Final = 5  # 4: idempotency_keys; 5: per-task options and uniqueness
+SCHEMA_VERSION: Final = 6  # 4: idempotency_keys; 5: tasks.key and fair_seq; 6: task options
 # The tasks at rest: paused (0), done (4), failed (5), cancelled (6). Not "state IN (0, 4, 5,
 # 6)": SQLite evaluates a partial index's condition for every row a statement writes, and an
 # IN list builds a temporary b-tree each time (a 4 KiB page zeroed): 56,000 instructions per
@@ -31,6 +32,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     updated_at INTEGER NOT NULL,
     run_at INTEGER,
     lease_until INTEGER,
+    key TEXT,  -- the task's group, for key_concurrency and fair
+    fair_seq INTEGER,  -- its place in a fair queue (rules.fair_seq); NULL elsewhere
     timeout INTEGER,       -- the task's own lease (ms); NULL: the queue's
     max_attempts INTEGER,  -- the task's own max_attempts; NULL: the queue's
     expires_at INTEGER,    -- a task never delivered is cancelled then
@@ -46,6 +49,12 @@ CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_until) WHERE state = 3;
 -- the hot path (ready, running) stay out of it, so a claim and a "done" maintain one index
 -- entry fewer each; their counts come from the partial indexes above.
 CREATE INDEX IF NOT EXISTS tasks_at_rest ON tasks (queue_id, state, id) WHERE {_AT_REST};
+-- A fair queue's claim order, and each key's last place: only tasks of fair queues have a
+-- place, so that other queues' writes never touch these indexes.
+CREATE INDEX IF NOT EXISTS tasks_fair ON tasks (queue_id, priority DESC, fair_seq, id)
+    WHERE state = 1 AND fair_seq IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_fair_key ON tasks (queue_id, key, fair_seq)
+    WHERE fair_seq IS NOT NULL AND state BETWEEN 0 AND 3;
 -- The expiry of tasks never delivered (rules.expiry), and the unique keys held
 -- (rules.holds_key): partial indexes, so that tasks without either cost nothing.
 CREATE INDEX IF NOT EXISTS tasks_expiry ON tasks (expires_at)
@@ -70,14 +79,26 @@ DROP INDEX IF EXISTS tasks_queue_state;
 DROP INDEX IF EXISTS tasks_resting;
 """
 
-#: Schema 5's columns, added to the tasks table of an older schema before _SCHEMA runs.
-ADDED_IN_5: Final = {
-    column: f"ALTER TABLE tasks ADD COLUMN {column} {kind}"
-    for column, kind in (
-        ("timeout", "INTEGER"),
-        ("max_attempts", "INTEGER"),
-        ("expires_at", "INTEGER"),
-        ("unique_key", "TEXT"),
-        ("unique_until", "INTEGER"),
-    )
+#: The columns each version added to a table that an older database already has (CREATE
+#: TABLE IF NOT EXISTS leaves it as it is): version -> (table, column, declaration).
+_ADDED: Final = {
+    5: (("tasks", "key", "TEXT"), ("tasks", "fair_seq", "INTEGER")),
+    6: (
+        ("tasks", "timeout", "INTEGER"),
+        ("tasks", "max_attempts", "INTEGER"),
+        ("tasks", "expires_at", "INTEGER"),
+        ("tasks", "unique_key", "TEXT"),
+        ("tasks", "unique_until", "INTEGER"),
+    ),
 }
+
+
+def upgrade(conn: sqlite3.Connection, version: int) -> None:
+    """Bring a database from schema ``version`` (0: a new one) to SCHEMA_VERSION. Each step
+    looks before it alters, so that an upgrade cut short can run again."""
+    for added in range(version + 1, SCHEMA_VERSION + 1):
+        for table, column, declaration in _ADDED.get(added, ()):
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if have and column not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    conn.executescript(_SCHEMA)

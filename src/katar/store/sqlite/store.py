@@ -15,7 +15,7 @@ import msgspec
 from katar.core import idempotency, rules
 from katar.core.idempotency import Idempotency
 from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_task_id
-from katar.core.storage import Change, Enqueued, PollResult
+from katar.core.storage import Change, Enqueued, LimitState, PollResult
 from katar.errors import (
     KatarError,
     QueueNotFound,
@@ -27,7 +27,7 @@ from katar.store._rows import (
     task_from_row,
     update_values,
 )
-from katar.store.sqlite.batch import Batches, _Poll
+from katar.store.sqlite.batch import _RUNNING_KEYS, Batches, _Poll
 from katar.store.sqlite.schema import _AT_REST, SCHEMA_VERSION
 from katar.store.sqlite.writer import _ROOM, GroupCommit
 
@@ -41,9 +41,33 @@ _INSERT: Final = (
     "INSERT INTO tasks (id, queue_id, state, priority, data, created_at, updated_at)"
     " VALUES (?,?,?,?,?,?,?)"
 )
+# Any task with a key: every column an enqueue may set.
+_INSERT_ALL: Final = (
+    "INSERT INTO tasks (id, queue_id, state, priority, data, created_at, updated_at, run_at,"
+    " key) VALUES (?,?,?,?,?,?,?,?,?)"
+)
 _INSERT_LATER: Final = (
     "INSERT INTO tasks (id, queue_id, state, priority, data, created_at, updated_at, run_at)"
     " VALUES (?,?,?,?,?,?,?,?)"
+)
+_INSERT_FAIR: Final = (
+    "INSERT INTO tasks (id, queue_id, state, priority, data, created_at, updated_at, run_at,"
+    " key, fair_seq) VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
+# A fair queue's front (the place of the task a claim takes first), and a key's last place.
+_FAIR_FRONT: Final = (
+    "SELECT fair_seq FROM tasks WHERE queue_id=? AND state=1 AND fair_seq IS NOT NULL"
+    " ORDER BY priority DESC, fair_seq, id LIMIT 1"
+)
+_FAIR_LAST: Final = (
+    "SELECT max(fair_seq) FROM tasks WHERE queue_id=? AND key IS ? AND fair_seq IS NOT NULL"
+    " AND state BETWEEN 0 AND 3"
+)
+# A queue made fair: its waiting tasks get places, each key's in its own order.
+_PLACE_WAITING: Final = (
+    "UPDATE tasks SET fair_seq = r.place FROM (SELECT id, row_number() OVER (PARTITION BY key"
+    " ORDER BY priority DESC, id) - 1 AS place FROM tasks WHERE queue_id=? AND state BETWEEN"
+    " 0 AND 3 AND fair_seq IS NULL) AS r WHERE tasks.id = r.id"
 )
 _UPDATE: Final = (
     "UPDATE tasks SET state=?, priority=?, attempts=?, attempt_base=?, error=?, result=?,"
@@ -52,8 +76,8 @@ _UPDATE: Final = (
 # A task with per-task options or a unique_key (rare): every column, in one statement.
 _INSERT_FULL: Final = (
     "INSERT INTO tasks (id, queue_id, state, priority, data, created_at, updated_at, run_at,"
-    " timeout, max_attempts, expires_at, unique_key, unique_until)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " key, fair_seq, timeout, max_attempts, expires_at, unique_key, unique_until)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 # The task that holds a unique_key (rules.holds_key), if any: by the partial index tasks_unique.
 _HOLDER: Final = (
@@ -140,8 +164,14 @@ class SQLiteStore(Batches, GroupCommit):
                 " DO UPDATE SET options = excluded.options RETURNING id",
                 (name, encoded),
             ).fetchone()
-            self._queue_ids[name] = row[0]
-            self._queue_names[row[0]] = name
+            queue_id = row[0]
+            self._queue_ids[name] = queue_id
+            self._queue_names[queue_id] = name
+            if not options.fair:
+                self._fair.discard(queue_id)
+            elif queue_id not in self._fair:
+                self._fair.add(queue_id)
+                conn.execute(_PLACE_WAITING, (queue_id,))
 
         await self._write(op)
 
@@ -182,11 +212,23 @@ class SQLiteStore(Batches, GroupCommit):
         def row(t: Task) -> tuple[Any, ...]:
             return (t.id, queue_id, int(t.state), t.priority, bytearray(t.data), now, now)
 
-        ready = [row(t) for t in created if t.run_at is None]
+        if queue_id in self._fair:
+            places = self._fair_places(conn, queue_id, created)
+            conn.executemany(
+                _INSERT_FAIR,
+                [(*row(t), t.run_at, t.key, p) for t, p in zip(created, places, strict=True)],
+            )
+            self._last_id = first + len(created) - 1
+            return created
+        plain = [t for t in created if t.key is None]
+        if len(plain) < len(created):
+            keyed = [(*row(t), t.run_at, t.key) for t in created if t.key is not None]
+            conn.executemany(_INSERT_ALL, keyed)
+        ready = [row(t) for t in plain if t.run_at is None]
         if ready:
             conn.executemany(_INSERT, ready)
-        if len(ready) < len(created):
-            later = [(*row(t), t.run_at) for t in created if t.run_at is not None]
+        if len(ready) < len(plain):
+            later = [(*row(t), t.run_at) for t in plain if t.run_at is not None]
             conn.executemany(_INSERT_LATER, later)
         self._last_id = first + len(created) - 1
         return created
@@ -199,22 +241,36 @@ class SQLiteStore(Batches, GroupCommit):
         tasks: Sequence[NewTask],
         now: int,
     ) -> list[Task]:
-        """:meth:`_insert` for tasks with per-task options or unique keys, one by one: a
-        unique_key held by a task of the queue (one of this batch's included) creates
-        nothing, and answers that task. The single writer makes the look and the insert
-        atomic: the operations of a group run one after the other, each seeing the rows
-        the earlier ones wrote."""
+        """:meth:`_insert` for tasks with per-task options or unique keys: a unique_key
+        held by a task of the queue (one of this batch's included) creates nothing, and
+        answers that task. The single writer makes the look and the insert atomic: the
+        operations of a group run one after the other, each seeing the rows the earlier
+        ones wrote."""
         answered: list[Task] = []
+        created: list[Task] = []
+        taken: dict[str, Task] = {}  # the keys this batch takes
         for spec in tasks:
-            if spec.unique_key is not None:
-                found = conn.execute(_HOLDER, (queue_id, spec.unique_key, now)).fetchone()
+            key = spec.unique_key
+            if key is not None:
+                if key in taken:
+                    answered.append(rules.duplicate(taken[key]))
+                    continue
+                found = conn.execute(_HOLDER, (queue_id, key, now)).fetchone()
                 if found is not None:
                     answered.append(rules.duplicate(self._task(found)))
                     continue
             self._last_id += 1
-            t = rules.new_task(queue, spec, self._last_id, now)
-            conn.execute(
-                _INSERT_FULL,
+            task = rules.new_task(queue, spec, self._last_id, now)
+            if key is not None:
+                taken[key] = task
+            created.append(task)
+            answered.append(task)
+        places: Sequence[int | None] = [None] * len(created)
+        if queue_id in self._fair:
+            places = self._fair_places(conn, queue_id, created)
+        conn.executemany(
+            _INSERT_FULL,
+            [
                 (
                     t.id,
                     queue_id,
@@ -224,15 +280,34 @@ class SQLiteStore(Batches, GroupCommit):
                     now,
                     now,
                     t.run_at,
+                    t.key,
+                    place,
                     t.timeout,
                     t.max_attempts,
                     t.expires_at,
                     t.unique_key,
                     t.unique_until,
-                ),
-            )
-            answered.append(t)
+                )
+                for t, place in zip(created, places, strict=True)
+            ],
+        )
         return answered
+
+    def _fair_places(
+        self, conn: sqlite3.Connection, queue_id: int, tasks: Sequence[Task]
+    ) -> list[int]:
+        """Each new task's place in a fair queue (rules.fair_seq)."""
+        head = conn.execute(_FAIR_FRONT, (queue_id,)).fetchone()
+        front = 0 if head is None else head[0]
+        last: dict[str | None, int | None] = {}
+        places = []
+        for task in tasks:
+            if task.key not in last:
+                last[task.key] = conn.execute(_FAIR_LAST, (queue_id, task.key)).fetchone()[0]
+            place = rules.fair_seq(last[task.key], front)
+            last[task.key] = place
+            places.append(place)
+        return places
 
     async def enqueue_once(
         self, queue: str, tasks: Sequence[NewTask], now: int, once: Idempotency
@@ -333,7 +408,7 @@ class SQLiteStore(Batches, GroupCommit):
 
         outcome = await self._write(op)
         if isinstance(outcome, _Poll):
-            return PollResult(outcome.delivered, outcome.changes)
+            return PollResult(outcome.delivered, outcome.changes, outcome.retry_at)
         return outcome
 
     async def get_task(self, queue: str, task_id: int) -> Task | None:
@@ -369,6 +444,28 @@ class SQLiteStore(Batches, GroupCommit):
             return [self._task(row) for row in rows]
 
         return await self._read(op)
+
+    async def limit_state(self, queue: str, options: QueueOptions, now: int) -> LimitState:
+        queue_id = self._queue_id(queue)
+
+        def op(conn: sqlite3.Connection) -> LimitState:
+            keys = None
+            if options.key_concurrency is not None:
+                limit = options.key_concurrency
+                per_key = conn.execute(_RUNNING_KEYS, (queue_id,)).fetchall()
+                keys = sum(1 for _key, count in per_key if count >= limit)
+            return LimitState(None, keys)
+
+        state = await self._read(op)
+        if options.rate is None:
+            return state
+        # The writer's thread refills and spends the bucket: look at a copy of it.
+        found = self._buckets.get(queue_id)
+        bucket = rules.Bucket.full(options.rate, now)
+        if found is not None:
+            bucket = rules.Bucket(found.tokens, found.at)
+            bucket.refill(options.rate, now)
+        return state._replace(tokens=bucket.tokens)
 
     async def counts(self) -> dict[str, dict[State, int]]:
         def op(conn: sqlite3.Connection) -> dict[str, dict[State, int]]:

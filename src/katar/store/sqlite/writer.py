@@ -32,6 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+import msgspec
+
+from katar.core import rules
 from katar.core.storage import Store
 from katar.errors import (
     ConfigError,
@@ -41,7 +44,7 @@ from katar.errors import (
 )
 from katar.logs import mask_credentials
 from katar.store.sqlite.batch import _Poll
-from katar.store.sqlite.schema import _SCHEMA, ADDED_IN_5, SCHEMA_VERSION
+from katar.store.sqlite.schema import SCHEMA_VERSION, upgrade
 
 T = TypeVar("T")
 log = logging.getLogger("katar")
@@ -117,6 +120,13 @@ def _disk_refused(exc: sqlite3.Error) -> bool:
     return code is not None and code & 0xFF in (_SQLITE_FULL, _SQLITE_IOERR)
 
 
+class _Fair(msgspec.Struct):
+    fair: bool = False
+
+
+_fair_decoder: Final = msgspec.json.Decoder(_Fair)  # a queue's options: is it fair?
+
+
 class GroupCommit(Store):
     """The database file, its connections and threads, and the writes' group commit: the
     base of SQLiteStore, which adds the contract's operations (katar.store.sqlite.store)."""
@@ -130,6 +140,8 @@ class GroupCommit(Store):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[tuple[_Op, asyncio.Future[Any]]] = []
         self._polls: list[_Poll] = []  # the running group's polls, finished together
+        self._buckets: dict[int, rules.Bucket] = {}  # rate limits' buckets, per queue id
+        self._fair: set[int] = set()  # the ids of the fair queues
         self._flush_scheduled = False
         self._rounds = 0  # times the loop went round since the first pending write
         self._checkpointer: threading.Thread | None = None
@@ -258,12 +270,7 @@ class GroupCommit(Store):
             if version < SCHEMA_VERSION:
                 # Only then: a start on an unchanged schema writes nothing, so that a server
                 # can start on a full disk.
-                if version:
-                    columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
-                    for column, statement in ADDED_IN_5.items():
-                        if column not in columns:
-                            conn.execute(statement)
-                conn.executescript(_SCHEMA)
+                upgrade(conn, version)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.schema_change = (version, SCHEMA_VERSION)
             self._load_ids(conn)
@@ -556,9 +563,10 @@ class GroupCommit(Store):
 
     def _load_ids(self, conn: sqlite3.Connection) -> None:
         """Read the queues' ids and the highest task id issued."""
-        rows = conn.execute("SELECT id, name FROM queues").fetchall()
-        self._queue_ids = {name: qid for qid, name in rows}
-        self._queue_names.update({qid: name for qid, name in rows})
+        rows = conn.execute("SELECT id, name, options FROM queues").fetchall()
+        self._queue_ids = {name: qid for qid, name, _options in rows}
+        self._queue_names.update({qid: name for qid, name, _options in rows})
+        self._fair = {qid for qid, _name, options in rows if _fair_decoder.decode(options).fair}
         self._last_id = max(self._last_id, _last_issued(conn))
 
     def _write(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:

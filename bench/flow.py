@@ -1,0 +1,76 @@
+"""Flow control's cost: the seed drain (one task a poll) and the batched drain (100 a poll)
+on queues with flow-control options that do not bind, each beside the same drain on a plain
+queue, in the same run, alternating, on one store.
+
+    python -m bench.flow [--store sqlite|postgres] [--tasks N] [--repeats R]
+
+Prints a table of tasks per second and each variant's ratio to the plain drain (the median
+of the repeats). docs/benchmarks.md keeps the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+from collections.abc import Iterator
+
+from bench.common import katars, postgres_schema
+from bench.throughput import Extra, _drain
+
+KEYS = 1000
+
+
+def _keyed(n: int) -> dict[str, object]:
+    return {"key": f"customer-{n % KEYS}"}
+
+
+#: name -> (queue options, each task's extra fields)
+VARIANTS: dict[str, tuple[dict[str, object], Extra | None]] = {
+    "plain": ({}, None),
+    "concurrency (not binding)": ({"concurrency": 100_000}, None),
+    "rate (not binding)": ({"rate": {"limit": 1_000_000, "period": 1000}}, None),
+    f"key_concurrency 1, {KEYS} keys": ({"key_concurrency": 1}, _keyed),
+    f"fair, {KEYS} keys": ({"fair": True}, _keyed),
+}
+
+
+@contextlib.contextmanager
+def _store(store: str) -> Iterator[str]:
+    """A fresh store's URL: a new PostgreSQL schema, or a SQLite file in the server's folder."""
+    if store == "postgres":
+        with postgres_schema() as url:
+            yield url
+    else:
+        yield "sqlite:///katar.db"
+
+
+def measure(store: str, tasks: int, batch: int, connections: int, name: str) -> float:
+    options, extra = VARIANTS[name]
+    with _store(store) as url, katars(url, 1) as servers:
+        return _drain(servers, tasks, batch, connections, options, extra)["tasks_per_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    print(f"store {args.store}, {args.tasks} tasks, {args.connections} connections")
+    print(f"| drain | variant | tasks/s (median of {args.repeats}) | vs plain |")
+    print("|---|---|---|---|")
+    for batch, label in ((1, "seed (1 a poll)"), (100, "batched (100 a poll)")):
+        figures: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        for _ in range(args.repeats):  # alternating, so that a noisy moment hits them all
+            for name in VARIANTS:
+                figures[name].append(measure(args.store, args.tasks, batch, args.connections, name))
+        plain = statistics.median(figures["plain"])
+        for name, runs in figures.items():
+            median = statistics.median(runs)
+            print(f"| {label} | {name} | {median:,.0f} | {median / plain:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The engine's outcome waits: producers waiting for a task to finish (GET with ``wait``).
+
+A wait registers before it reads the task, so that no change can slip between the read and
+the wait; the engine settles the waits of a task when it sees the task finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from katar.core.model import Task
+from katar.core.rules import is_final
+
+
+class OutcomeWaits:
+    """The outcome waits of an Engine, per task id (the Engine sets the attribute)."""
+
+    _task_waiters: dict[int, list[asyncio.Future[Task | None]]]
+
+    async def _await_outcome(
+        self, read: Callable[[], Awaitable[Task]], task_id: int, wait: float
+    ) -> Task:
+        """The task once it is final, or as it is after ``wait`` seconds (or at shutdown);
+        ``read`` reads it from the store."""
+        future: asyncio.Future[Task | None] = asyncio.get_running_loop().create_future()
+        futures = self._task_waiters.setdefault(task_id, [])
+        futures.append(future)  # before the read, so that no change can slip between
+        try:
+            task = await read()
+            if is_final(task):
+                return task
+            try:
+                finished = await asyncio.wait_for(future, wait)
+            except TimeoutError:
+                finished = None
+            return finished if finished is not None else await read()
+        finally:
+            futures.remove(future)
+            if not futures:
+                del self._task_waiters[task_id]
+
+    def _settle_outcome(self, task: Task) -> None:
+        """The task finished: answer whoever waits for it."""
+        for future in self._task_waiters.get(task.id, ()):
+            if not future.done():
+                future.set_result(task)
+
+    def _release_outcomes(self) -> None:
+        """Shutting down: every wait answers with the task as it is now."""
+        for futures in self._task_waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)

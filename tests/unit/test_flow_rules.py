@@ -1,0 +1,71 @@
+"""The flow-control rules (katar.core.rules), pure, on explicit times."""
+
+from __future__ import annotations
+
+import pytest
+
+from katar.core import rules
+from katar.core.model import QueueOptions, Rate, queue_options
+from katar.core.typed import Invalid
+
+T0 = 1_700_000_000_000
+RATE = Rate(limit=4, period=1000)
+
+
+def test_a_bucket_starts_full_refills_evenly_and_never_overflows() -> None:
+    bucket = rules.Bucket.full(RATE, T0)
+    assert bucket.tokens == 4
+    bucket.take(4)
+    bucket.refill(RATE, T0 + 250)
+    assert bucket.tokens == pytest.approx(1.0)
+    bucket.refill(RATE, T0 + 10_000)
+    assert bucket.tokens == 4  # a long idle time fills it, no more
+    bucket.refill(RATE, T0 + 5_000)  # a clock that steps back adds nothing
+    assert bucket.tokens == 4
+
+
+def test_the_next_token_comes_when_a_whole_one_has_dripped_in() -> None:
+    bucket = rules.Bucket(0.5, T0)
+    assert bucket.next_token(RATE, T0) == T0 + 125
+    assert rules.Bucket(1.0, T0).next_token(RATE, T0) == T0
+
+
+def test_the_allowance_is_the_tightest_limit() -> None:
+    plain = QueueOptions()
+    assert rules.claim_allowance(plain, 10, 1000, None) == 10
+    assert rules.claim_allowance(QueueOptions(paused=True), 10, 0, None) == 0
+    assert rules.claim_allowance(QueueOptions(concurrency=3), 10, 1, None) == 2
+    assert rules.claim_allowance(QueueOptions(concurrency=3), 10, 5, None) == 0
+    rated = QueueOptions(rate=RATE, concurrency=10)
+    assert rules.claim_allowance(rated, 10, 0, rules.Bucket(2.9, T0)) == 2
+
+
+def test_pick_by_key_keeps_each_keys_order_and_counts_what_runs() -> None:
+    candidates = [(1, "a"), (2, "a"), (3, "b"), (4, None), (5, "c"), (6, "b")]
+    taken: dict[str, int] = {}
+    picked = rules.pick_by_key(candidates, 10, {"c": 1}, 1, taken)
+    assert picked == [1, 3, 4]
+    assert taken == {"a": 1, "b": 1}
+    assert rules.blocked_keys({"c": 1}, taken, 1) == ["a", "b", "c"]
+    assert rules.pick_by_key(candidates, 2, {}, None, {}) == [1, 2]
+
+
+def test_a_fair_place_is_one_past_the_keys_last_but_never_before_the_front() -> None:
+    assert rules.fair_seq(None, 40) == 40
+    assert rules.fair_seq(90, 40) == 91
+    assert rules.fair_seq(10, 40) == 40
+
+
+def test_limits_are_checked_with_the_option_named() -> None:
+    for raw, path in (
+        ({"concurrency": 0}, ("concurrency",)),
+        ({"rate": {"limit": 0, "period": 10}}, ("rate", "limit")),
+        ({"rate": {"limit": 1}}, ("rate", "period")),
+        ({"rate": {"limit": 1, "period": 1, "burst": 2}}, ("rate", "burst")),
+        ({"key_concurrency": -1}, ("key_concurrency",)),
+        ({"fair": "yes"}, ("fair",)),
+    ):
+        with pytest.raises(Invalid) as caught:
+            queue_options(raw)
+        assert caught.value.path == path, raw
+    assert queue_options({"rate": {"limit": 2.0, "period": 100}}).rate == Rate(limit=2, period=100)
