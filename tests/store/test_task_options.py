@@ -285,3 +285,47 @@ async def test_servers_racing_with_one_key_create_once(
     finally:
         for server in servers:
             await server.close()
+
+
+# -- with the queue options of flow control -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flow",
+    [
+        {"fair": True},
+        {"key_concurrency": 1},
+        {"concurrency": 5},
+        {"fair": True, "key_concurrency": 2, "concurrency": 5},
+    ],
+    ids=repr,
+)
+async def test_task_options_on_limited_and_fair_queues(store: Store, flow: dict[str, Any]) -> None:
+    options = msgspec.structs.replace(KEEP, **flow)
+    await store.save_queue("q", options)
+    tasks = [
+        new("a0", key="a", timeout=200, unique_key="u"),
+        new("a1", key="a", unique_key="u"),  # a duplicate of a0
+        new("b0", key="b", expires_in_ms=100),
+        new("b1", key="b", max_attempts=1),
+        new("c0", key="c"),
+    ]
+    created = await store.enqueue("q", tasks, T0)
+    assert [t.duplicate for t in created] == [False, True, False, False, False]
+    assert created[1].id == created[0].id
+    # b0 expires before any claim: it is passed over, then cancelled by the reaper.
+    delivered = await claim(store, T0 + 100, limit=5, options=options)
+    assert sorted(msgspec.json.decode(t.data) for t in delivered) == ["a0", "b1", "c0"]
+    by_data = {msgspec.json.decode(t.data): t for t in delivered}
+    assert by_data["a0"].lease_until == T0 + 300
+    assert by_data["a0"].timeout == 200
+    assert by_data["c0"].lease_until == T0 + 1100
+    assert by_data["b1"].max_attempts == 1
+    changes = await store.expire({"q": options}, T0 + 300)
+    assert sorted((msgspec.json.decode(c.task.data), c.task.state) for c in changes) == [
+        ("a0", State.READY),
+        ("b0", State.CANCELLED),
+    ]
+    changes = await store.expire({"q": options}, T0 + 1100)
+    states = sorted((msgspec.json.decode(c.task.data), c.task.state) for c in changes)
+    assert states == [("b1", State.FAILED), ("c0", State.READY)]
