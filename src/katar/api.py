@@ -27,6 +27,7 @@ from katar.core.model import (
     parse_priority,
     parse_queue_options,
     parse_task_id,
+    parse_task_options,
 )
 from katar.errors import KatarError, TaskNotFound, ValidationError
 from katar.store import open_store
@@ -165,10 +166,27 @@ class Queue:
         delay: float = 0,
         paused: bool = False,
         idempotency_key: str | None = None,
+        # ASYNC109: the task's lease (the wire's and the queue option's name), not the call's.
+        timeout: int | None = None,  # noqa: ASYNC109
+        max_attempts: int | None = None,
+        expires_in: float | None = None,
+        unique_key: str | None = None,
+        unique_for: float | None = None,
     ) -> Task:
-        """Add one task; ``delay`` in seconds; returns the stored task."""
+        """Add one task; ``delay`` in seconds; returns the stored task. The task's own
+        options are those of :meth:`enqueue_many`; while a task of the queue holds
+        ``unique_key``, nothing is created and that task is returned, ``duplicate`` true."""
         (task,) = await self.enqueue_many(
-            [data], priority=priority, delay=delay, paused=paused, idempotency_key=idempotency_key
+            [data],
+            priority=priority,
+            delay=delay,
+            paused=paused,
+            idempotency_key=idempotency_key,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            expires_in=expires_in,
+            unique_keys=None if unique_key is None else [unique_key],
+            unique_for=unique_for,
         )
         return task
 
@@ -180,17 +198,43 @@ class Queue:
         delay: float = 0,
         paused: bool = False,
         idempotency_key: str | None = None,
+        # ASYNC109: the task's lease (the wire's and the queue option's name), not the call's.
+        timeout: int | None = None,  # noqa: ASYNC109
+        max_attempts: int | None = None,
+        expires_in: float | None = None,
+        unique_keys: Sequence[str | None] | None = None,
+        unique_for: float | None = None,
     ) -> list[Task]:
         """Add many tasks in one transaction; returns them in order. With an
         ``idempotency_key`` used on this queue in the last 24 hours (and the same tasks),
         create nothing and return the tasks that enqueue created: retrying after an
-        OutcomeUnknown (a lost PostgreSQL commit) is then safe."""
+        OutcomeUnknown (a lost PostgreSQL commit) is then safe.
+
+        Each task's own options: ``timeout`` (its lease in ms), ``max_attempts`` (0: no
+        limit), ``expires_in`` (seconds), as the HTTP fields of the same names;
+        ``unique_keys``, one key (or None) per task, and ``unique_for`` (seconds)."""
         if delay < 0:
             raise ValidationError("delay must be >= 0 seconds")
         level = parse_priority(priority)
+        items = list(items)
+        keys = [None] * len(items) if unique_keys is None else list(unique_keys)
+        if len(keys) != len(items):
+            raise ValidationError("unique_keys needs one key (or None) per task")
         new = [
-            NewTask(data=_raw(item), priority=level, delay_ms=round(delay * 1000), paused=paused)
-            for item in items
+            NewTask(
+                data=_raw(item),
+                priority=level,
+                delay_ms=round(delay * 1000),
+                paused=paused,
+                **parse_task_options(
+                    timeout=timeout,
+                    max_attempts=max_attempts,
+                    expires_in=expires_in,
+                    unique_key=key,
+                    unique_for=unique_for,
+                ),
+            )
+            for item, key in zip(items, keys, strict=True)
         ]
         return await self.katar.engine.enqueue(self.name, new, idempotency_key)
 

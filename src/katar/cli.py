@@ -130,6 +130,33 @@ def _parser() -> argparse.ArgumentParser:
                 "(UTC when it names no zone)",
             )
             command.add_argument("--paused", action="store_true", help="enqueue paused")
+            command.add_argument(
+                "--timeout", type=int, metavar="MS", help="the task's lease in ms (the queue's)"
+            )
+            command.add_argument(
+                "--max-attempts",
+                type=int,
+                metavar="N",
+                help="deliveries before it fails for good (the queue's); 0: no limit",
+            )
+            command.add_argument(
+                "--expires-in",
+                type=float,
+                metavar="SECONDS",
+                help="cancel the task if it is not delivered within this time",
+            )
+            command.add_argument(
+                "--unique-key",
+                metavar="KEY",
+                help="create nothing while a task of the queue holds this key (the id printed"
+                " is then that task's); with JSON lines, only the first task is created",
+            )
+            command.add_argument(
+                "--unique-for",
+                type=float,
+                metavar="SECONDS",
+                help="hold the unique key this long, whatever the task's status",
+            )
             command.add_argument("data", help="the task's data as JSON; - reads JSON lines")
     return parser
 
@@ -194,6 +221,8 @@ def enqueue(args: argparse.Namespace) -> int:
     """``katar enqueue``: prints the new tasks' ids, one per line."""
     from katar.client import Producer
 
+    if args.unique_for is not None and args.unique_key is None:
+        raise ConfigError("--unique-for needs --unique-key")
     raw_priority: str | None = args.priority
     priority: int | str | None = raw_priority
     if raw_priority is not None and raw_priority.lstrip("-").isdigit():
@@ -218,6 +247,11 @@ def enqueue(args: argparse.Namespace) -> int:
                     delay=args.delay,
                     paused=args.paused,
                     run_at=args.run_at,
+                    timeout=args.timeout,
+                    max_attempts=args.max_attempts,
+                    expires_in=args.expires_in,
+                    unique_keys=args.unique_key,
+                    unique_for=args.unique_for,
                 )
                 print("\n".join(task.id for task in tasks), flush=True)
                 batch = []

@@ -60,6 +60,11 @@ MAX_IDEMPOTENCY_KEY: Final = 255
 #: An Idempotency-Key: 1 to MAX_IDEMPOTENCY_KEY printable ASCII characters.
 IDEMPOTENCY_KEY_PATTERN: Final = f"^[\\x20-\\x7e]{{1,{MAX_IDEMPOTENCY_KEY}}}$"
 
+#: The longest unique_key of a task, in characters.
+MAX_UNIQUE_KEY: Final = 255
+#: A unique_key: printable characters (no control character).
+UNIQUE_KEY_PATTERN: Final = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"
+
 NULL: Final = msgspec.Raw(b"null")
 #: The longest task key (a group such as a customer), in characters.
 MAX_TASK_KEY: Final = 255
@@ -167,6 +172,65 @@ class NewTask(msgspec.Struct, frozen=True):
     ) = None
     status: NewTaskStatus = "queued"
     key: TaskKey | None = None
+    timeout: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=1,
+                le=2**31 - 1,
+                description="This task's lease in ms, instead of the queue's timeout.",
+            ),
+        ]
+        | None
+    ) = None
+    max_attempts: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=0,
+                le=2**31 - 1,
+                description="Deliveries before this task fails for good, instead of the "
+                "queue's max_attempts; 0: no limit.",
+            ),
+        ]
+        | None
+    ) = None
+    expires_in: (
+        Annotated[
+            float,
+            msgspec.Meta(
+                gt=0,
+                le=MAX_DELAY,
+                description="Seconds: a task not delivered within this time is cancelled.",
+            ),
+        ]
+        | None
+    ) = None
+    unique_key: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1,
+                max_length=MAX_UNIQUE_KEY,
+                pattern=UNIQUE_KEY_PATTERN,
+                description="While a task of the queue with this key is paused, queued or in "
+                "progress, an enqueue of the key creates nothing and answers that task.",
+            ),
+        ]
+        | None
+    ) = None
+    unique_for: (
+        Annotated[
+            float,
+            msgspec.Meta(
+                gt=0,
+                le=MAX_DELAY,
+                description="Seconds after its creation that the task holds its unique_key "
+                "whatever its status (needs unique_key).",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class Enqueue(NewTask, frozen=True):
@@ -206,6 +270,14 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
     progress: AnyJson = None
     #: An operator asked to cancel the task while it ran (PATCH answered 202).
     cancel_requested: bool = False
+    timeout: int | None = None  # the task's own lease in ms, when it has one
+    max_attempts: int | None = None  # the task's own max_attempts, when it has one
+    expires_at: Time | None = None  # when a task never delivered is cancelled
+    unique_key: str | None = None
+    unique_until: Time | None = None  # the unique_key is held until then, whatever the status
+    #: In an enqueue's answer: true when this is an existing task, which held the
+    #: unique_key asked for (nothing was created for it); false otherwise.
+    duplicate: bool = False
 
     @property
     def finished(self) -> bool:
@@ -228,6 +300,9 @@ class Delivery(msgspec.Struct, frozen=True):
     id: str = msgspec.field(name="_id")
     data: AnyJson = None
     attempt: Attempt = 1
+    #: The task's own lease in ms, when it has one (else the queue's, LEASE_HEADER): the
+    #: worker heartbeats it within that time.
+    timeout: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
 class Deliveries(msgspec.Struct, frozen=True):

@@ -69,6 +69,12 @@ class MTask:
     key: str | None = None
     cancel_requested: bool = False  # an operator cancelled it while it ran (section 9)
     progress: bytes | None = None  # the last heartbeat's progress, of this delivery
+    timeout: int | None = None  # its own lease, over the queue's
+    max_attempts: int | None = None  # its own, over the queue's
+    expires_at: int | None = None  # cancelled then, if never delivered (section 8)
+    unique_key: str | None = None
+    unique_until: int | None = None  # holds its key until then, whatever its status
+    duplicate: bool = False  # in an enqueue's answer: an existing task holding the key
 
     @property
     def status(self) -> str:
@@ -95,7 +101,7 @@ class MChange:
 class Keyed:
     """What an enqueue under an Idempotency-Key left: its request, its tasks as created."""
 
-    request: tuple[tuple[int, int, int | None, bool, bytes], ...]
+    request: tuple[tuple[object, ...], ...]
     tasks: list[MTask]
     created: int
 
@@ -146,31 +152,28 @@ class Model:
 
     # -- tasks ---------------------------------------------------------------------------------
 
+    def holder(self, queue: str, key: str, now: int) -> MTask | None:
+        """The task of the queue that holds ``key``: paused, queued or in progress, or
+        within its unique_until whatever its status (section 8); the oldest, if several."""
+        for task in self.tasks.values():
+            if task.queue != queue or task.unique_key != key:
+                continue
+            active = task.state in (State.PAUSED, State.READY, State.SCHEDULED, State.RUNNING)
+            if active or (task.unique_until is not None and task.unique_until > now):
+                return task
+        return None
+
     def enqueue(self, queue: str, specs: list[NewTask], now: int) -> list[MTask]:
         self._options(queue)
         created = []
         for spec in specs:
+            if spec.unique_key is not None:
+                holder = self.holder(queue, spec.unique_key, now)
+                if holder is not None:  # nothing created: the answer is the holder
+                    created.append(replace(holder, duplicate=True))
+                    continue
             self.issued += 1
-            # A run_at stands for the delay; one that has passed means now (section 7).
-            later = now + spec.delay_ms if spec.run_at is None else spec.run_at
-            run_at = later if later > now else None
-            if spec.paused:
-                state = State.PAUSED
-            elif run_at is not None:
-                state = State.SCHEDULED
-            else:
-                state = State.READY
-            task = MTask(
-                id=self.issued,
-                queue=queue,
-                state=state,
-                priority=spec.priority,
-                data=bytes(spec.data),
-                created_at=now,
-                updated_at=now,
-                run_at=run_at,
-                key=spec.key,
-            )
+            task = new_task(queue, spec, self.issued, now)
             self.tasks[task.id] = task
             created.append(replace(task))
         return created
@@ -183,17 +186,43 @@ class Model:
         tasks and whether they were created."""
         self._options(queue)
         request = tuple(
-            (spec.priority, spec.delay_ms, spec.run_at, spec.paused, bytes(spec.data))
+            (
+                spec.priority,
+                spec.delay_ms,
+                spec.run_at,
+                spec.paused,
+                bytes(spec.data),
+                spec.timeout,
+                spec.max_attempts,
+                spec.expires_in_ms,
+                spec.unique_key,
+                spec.unique_for_ms,
+            )
             for spec in specs
         )
         first = self.keys.get((queue, key))
         if first is not None and first.created > now - KEY_TTL:
             if first.request != request:
                 raise Refusal(KeyReused)
-            return [replace(task) for task in first.tasks], False
+            again = [
+                self._again(t, spec, first.created)
+                for t, spec in zip(first.tasks, specs, strict=True)
+            ]
+            return again, False
         created = self.enqueue(queue, specs, now)
         self.keys[(queue, key)] = Keyed(request, [replace(task) for task in created], now)
         return created, True
+
+    def _again(self, first: MTask, spec: NewTask, answered: int) -> MTask:
+        """A repeat's answer for a task of the first answer: as created then; a duplicate
+        (the task that held the key) as it is now, or, once gone, as the request describes
+        it, with the holder's id and the first answer's time."""
+        if not first.duplicate:
+            return replace(first)
+        now = self.tasks.get(first.id)
+        if now is not None and now.queue == first.queue:
+            return replace(now, duplicate=True)
+        return replace(new_task(first.queue, spec, first.id, answered), duplicate=True)
 
     def prune_keys(self, before: int, most: int) -> int:
         """Forget up to ``most`` keys created at or before ``before``; how many."""
@@ -283,7 +312,7 @@ class Model:
             else:
                 self._ack(task, ack, options, now)
             last[task_id] = task
-            if not options.persistent and task.state in (State.DONE, State.FAILED):
+            if task.state in (State.DONE, State.FAILED) and not self._kept(task, options, now):
                 del work[task_id]  # a queue without history keeps no finished task
         changes = [
             MChange(replace(task), before[task_id])
@@ -306,7 +335,8 @@ class Model:
             limit = min(limit, options.concurrency - len(running))
         per_key = Counter(t.key for t in running if t.key is not None)
         ready = sorted(
-            (t for t in mine if t.state is State.READY), key=lambda t: (-t.priority, t.id)
+            (t for t in mine if t.state is State.READY and not self._expired(t, now)),
+            key=lambda t: (-t.priority, t.id),
         )
         chosen: list[MTask] = []
         for task in ready:
@@ -322,7 +352,7 @@ class Model:
             task.state = State.RUNNING
             task.attempts += 1
             task.worker = worker
-            task.lease_until = now + options.timeout
+            task.lease_until = now + self._lease(task, options)
             task.run_at = None
             task.updated_at = now
             task.progress = None  # a new delivery reports its own
@@ -333,7 +363,7 @@ class Model:
         """What an ack for the current delivery does (the task is in progress)."""
         task.updated_at = now
         if ack.status == "in progress":
-            task.lease_until = now + options.timeout
+            task.lease_until = now + self._lease(task, options)
             if len(ack.progress):  # absent: the last progress stays
                 task.progress = bytes(ack.progress)
             return
@@ -364,8 +394,27 @@ class Model:
 
     @staticmethod
     def _spent(task: MTask, options: QueueOptions) -> bool:
-        limit = options.max_attempts
+        limit = options.max_attempts if task.max_attempts is None else task.max_attempts
         return limit > 0 and task.attempts - task.budget_from >= limit
+
+    @staticmethod
+    def _lease(task: MTask, options: QueueOptions) -> int:
+        return options.timeout if task.timeout is None else task.timeout
+
+    @staticmethod
+    def _expired(task: MTask, now: int) -> bool:
+        """A task never delivered, still waiting, whose expires_at has come."""
+        return (
+            task.expires_at is not None
+            and task.expires_at <= now
+            and task.attempts == 0
+            and task.state in (State.PAUSED, State.READY, State.SCHEDULED)
+        )
+
+    @staticmethod
+    def _kept(task: MTask, options: QueueOptions, now: int) -> bool:
+        """Whether a queue without history keeps a finished task: while it holds its key."""
+        return options.persistent or (task.unique_until is not None and task.unique_until > now)
 
     def expire(self, now: int) -> list[MChange]:
         """Leases that ran out: deliver again, or fail once the attempts are spent. Then
@@ -377,9 +426,8 @@ class Model:
             if task.lease_until > now:
                 continue
             options = self.queues[task.queue]
-            message = (
-                f"lease expired: no ack within {options.timeout} ms of delivery {task.attempts}"
-            )
+            lease = self._lease(task, options)
+            message = f"lease expired: no ack within {lease} ms of delivery {task.attempts}"
             if task.cancel_requested:
                 self._cancel(task, now)
                 changes.append(MChange(replace(task), State.RUNNING))
@@ -389,13 +437,27 @@ class Model:
             if self._spent(task, options):
                 task.state = State.FAILED
                 task.error = f"{message}; all attempts are spent"
-                if not options.persistent:
+                if not self._kept(task, options, now):
                     del self.tasks[task.id]
             else:
                 task.state = State.READY
                 task.run_at = None
                 task.error = message
             changes.append(MChange(replace(task), State.RUNNING))
+        for task in self.tasks.values():
+            if self._expired(task, now):
+                assert task.expires_at is not None
+                old = task.state
+                task.state = State.CANCELLED
+                task.run_at = None
+                task.error = f"expired: not delivered within {(task.expires_at - task.created_at) / 1000:g} s"
+                task.updated_at = now
+                changes.append(MChange(replace(task), old))
+        for task in list(self.tasks.values()):
+            options = self.queues[task.queue]
+            finished = task.state in (State.DONE, State.FAILED)
+            if finished and task.unique_until is not None and not self._kept(task, options, now):
+                del self.tasks[task.id]  # kept while it held its key: that time is over
         for task in self.tasks.values():
             if task.state is State.SCHEDULED and task.run_at is not None and task.run_at <= now:
                 task.state = State.READY
@@ -442,6 +504,7 @@ class Model:
             task.run_at = None
             task.budget_from = task.attempts
             task.cancel_requested = False
+            task.expires_at = None  # the operator's retry: no expiry any more
             if old is State.CANCELLED:
                 task.error = None
         return MChange(replace(task), old)
@@ -460,6 +523,35 @@ class Model:
             per_state = result[task.queue]
             per_state[task.state] = per_state.get(task.state, 0) + 1
         return result
+
+
+def new_task(queue: str, spec: NewTask, task_id: int, now: int) -> MTask:
+    """A task as an enqueue at ``now`` creates it."""
+    # A run_at stands for the delay; one that has passed means now (section 7).
+    later = now + spec.delay_ms if spec.run_at is None else spec.run_at
+    run_at = later if later > now else None
+    if spec.paused:
+        state = State.PAUSED
+    elif run_at is not None:
+        state = State.SCHEDULED
+    else:
+        state = State.READY
+    return MTask(
+        id=task_id,
+        queue=queue,
+        state=state,
+        priority=spec.priority,
+        data=bytes(spec.data),
+        created_at=now,
+        updated_at=now,
+        run_at=run_at,
+        key=spec.key,
+        timeout=spec.timeout,
+        max_attempts=spec.max_attempts,
+        expires_at=None if spec.expires_in_ms is None else now + spec.expires_in_ms,
+        unique_key=spec.unique_key,
+        unique_until=None if spec.unique_for_ms is None else now + spec.unique_for_ms,
+    )
 
 
 def backoff(options: QueueOptions, attempts: int) -> int:

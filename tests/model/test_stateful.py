@@ -100,6 +100,17 @@ new_task_strategy = st.builds(
     run_at=st.sampled_from([None, None, None, T0 - 1, T0 + 500, T0 + 3000, T0 + 100_000]),
     paused=st.sampled_from([False, False, False, True]),
     key=st.sampled_from([None, "a", "b"]),
+    # The per-task options and unique keys (section 8): mostly absent.
+    timeout=st.sampled_from([None, None, None, 500, 3000]),
+    max_attempts=st.sampled_from([None, None, None, 0, 1, 4]),
+    expires_in_ms=st.sampled_from([None, None, None, 500, 1000, 4000]),
+    unique_key=st.sampled_from([None, None, "u1", "u2"]),
+    unique_for_ms=st.sampled_from([None, None, 1000, 10_000]),
+).map(
+    # unique_for without unique_key is refused before any store sees it
+    lambda spec: (
+        spec if spec.unique_key is not None else msgspec.structs.replace(spec, unique_for_ms=None)
+    )
 )
 KEYS = ("k1", "k2")
 requests = st.sampled_from([1, 2, 4, 0])  # how many tasks a poll asks for
@@ -134,6 +145,12 @@ def record(task: Task) -> tuple[Any, ...]:
         task.key,
         task.cancel_requested,
         None if task.progress is None else bytes(task.progress),
+        task.timeout,
+        task.max_attempts,
+        task.expires_at,
+        task.unique_key,
+        task.unique_until,
+        task.duplicate,
     )
 
 
@@ -155,6 +172,12 @@ def expected(task: MTask) -> tuple[Any, ...]:
         task.key,
         task.cancel_requested,
         task.progress,
+        task.timeout,
+        task.max_attempts,
+        task.expires_at,
+        task.unique_key,
+        task.unique_until,
+        task.duplicate,
     )
 
 
@@ -341,6 +364,8 @@ class StoreVersusModel(RuleBasedStateMachine):
                     {"run_at": (first.run_at or self.now) + 1},
                     {"paused": not first.paused},
                     {"data": msgspec.Raw(bytes(first.data) + b" ")},
+                    {"timeout": (first.timeout or 1) + 1},
+                    {"unique_key": (first.unique_key or "") + "x"},
                 ]
                 change = data.draw(st.sampled_from(changes))
                 specs = [msgspec.structs.replace(first, **change), *last[1:]]

@@ -30,6 +30,11 @@ OLD_INDEXES[5] = (
     OLD_INDEXES[4]
     + " ALTER TABLE tasks ADD COLUMN key TEXT; ALTER TABLE tasks ADD COLUMN fair_seq INTEGER;"
 )
+# Schema 6: with cancel_requested and progress, without the tasks' own options.
+OLD_INDEXES[6] = (
+    OLD_INDEXES[5] + " ALTER TABLE tasks ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;"
+    " ALTER TABLE tasks ADD COLUMN progress BLOB;"
+)
 
 
 @pytest.mark.parametrize("version", sorted(OLD_INDEXES))

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
+import msgspec
 import pytest
 
 from katar import Katar
 from katar.core.clock import FakeClock, settle
-from katar.core.idempotency import KEY_TTL_MS, KeyReused, idempotency
+from katar.core.idempotency import KEY_TTL_MS, KeyReused, digest, idempotency
+from katar.core.model import NewTask
 from katar.errors import ValidationError
 from katar.store.base import Store
 from tests.store.test_conformance import new
@@ -79,3 +82,25 @@ async def test_housekeeping_prunes_expired_keys_once_a_minute(
         await pruned(calls, 2)
         assert calls == [1, 0]  # "new" stays for 24 hours, so the pruning goes on
         assert not (await store.enqueue_once("q", tasks, now, idempotency("new", tasks))).created
+
+
+def test_the_digest_covers_the_task_options_and_keeps_older_digests() -> None:
+    plain = [
+        NewTask(data=msgspec.Raw(b"1")),
+        NewTask(data=msgspec.Raw(b"[2]"), priority=3, delay_ms=5, run_at=7, paused=True),
+    ]
+    # Keys stored before the task options existed still match their repeats.
+    assert digest(plain).hex() == (
+        "f621c9004f209965706bee6c5e4f3f88e51519f277715b49d2403d92a7f6af01"
+    )
+    variants: list[dict[str, Any]] = [
+        {"timeout": 5},
+        {"max_attempts": 0},
+        {"expires_in_ms": 5},
+        {"unique_key": "k"},
+        {"unique_key": "k", "unique_for_ms": 5},
+        {"unique_key": "5"},
+    ]
+    digests = {digest([NewTask(data=msgspec.Raw(b"1"), **v)]) for v in variants}
+    assert len(digests) == len(variants)
+    assert digest(plain[:1]) not in digests

@@ -224,3 +224,68 @@ def test_a_lease_that_ends_after_a_cancel_request_cancels_the_task() -> None:
     assert retried is not None
     assert not retried.cancel_requested  # a retry starts afresh
     assert retried.state is State.READY
+
+
+# -- per-task options and unique keys ------------------------------------------------------
+
+
+def test_a_task_timeout_overrides_the_queue_lease() -> None:
+    own = rules.claimed(task(State.READY, timeout=40), OPTIONS, "w", T0)
+    assert own.lease_until == T0 + 40
+    assert rules.claimed(task(State.READY), OPTIONS, "w", T0).lease_until == T0 + 100
+    beat = rules.apply_ack(own, Ack(task_id="7", status="in progress"), OPTIONS, T0 + 10)
+    assert beat is not None
+    assert beat.lease_until == T0 + 50
+    expired = rules.expire_lease(own, OPTIONS, T0 + 40)
+    assert expired is not None
+    assert expired.error == "lease expired: no ack within 40 ms of delivery 1"
+
+
+@pytest.mark.parametrize(
+    ("own", "deliveries", "spent"), [(1, 1, True), (5, 3, False), (0, 99, False)]
+)
+def test_a_task_max_attempts_overrides_the_queue(own: int, deliveries: int, spent: bool) -> None:
+    running = task(State.RUNNING, attempts=deliveries, max_attempts=own, lease_until=T0)
+    after = rules.expire_lease(running, OPTIONS, T0)
+    assert after is not None
+    assert (after.state is State.FAILED) is spent
+
+
+def test_a_task_expires_only_while_it_waits_never_delivered() -> None:
+    waiting = task(State.SCHEDULED, expires_at=T0 + 5, run_at=T0 + 9)
+    assert rules.expiry(waiting) == T0 + 5
+    assert rules.expire(waiting, T0 + 4) is None
+    cancelled = rules.expire(waiting, T0 + 5)
+    assert cancelled is not None
+    assert cancelled.state is State.CANCELLED
+    assert cancelled.run_at is None
+    assert cancelled.error == "expired: not delivered within 0.005 s"
+    assert rules.expiry(task(State.READY, attempts=1, expires_at=T0)) is None  # delivered
+    assert rules.expiry(task(State.RUNNING, attempts=1, expires_at=T0)) is None
+    assert rules.expiry(task(State.PAUSED, expires_at=T0)) == T0
+    retried = rules.change_status(cancelled, "queued", T0 + 6)
+    assert retried is not None
+    assert retried.expires_at is None  # an operator's retry lifts it
+
+
+def test_who_holds_a_unique_key() -> None:
+    for state in (State.PAUSED, State.READY, State.SCHEDULED, State.RUNNING):
+        assert rules.holds_key(task(state, unique_key="k"), T0)
+    for state in (State.DONE, State.FAILED, State.CANCELLED):
+        assert not rules.holds_key(task(state, unique_key="k"), T0)
+        held = task(state, unique_key="k", unique_until=T0 + 1)
+        assert rules.holds_key(held, T0)
+        assert not rules.holds_key(held, T0 + 1)
+    assert not rules.holds_key(task(State.READY), T0)
+    assert rules.duplicate(task(State.READY)).duplicate
+
+
+def test_a_queue_without_history_keeps_a_finished_task_while_it_holds_its_key() -> None:
+    drop = QueueOptions(persistent=False)
+    done = task(State.DONE, unique_key="k", unique_until=T0 + 10)
+    assert not rules.discard(done, drop)
+    assert not rules.sweepable(done, drop, T0 + 9)
+    assert rules.sweepable(done, drop, T0 + 10)
+    assert not rules.sweepable(done, OPTIONS, T0 + 10)  # a queue with history keeps it
+    assert rules.discard(task(State.DONE, unique_key="k", unique_until=T0), drop)
+    assert rules.discard(task(State.DONE), drop)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,14 +57,36 @@ def _retry_in(exc: KatarError, attempt: int, retries: int) -> float | None:
     return backoff(attempt, cap=_RETRY_CAP)
 
 
+def task_options(
+    timeout: int | None = None,
+    max_attempts: int | None = None,
+    expires_in: float | None = None,
+    unique_for: float | None = None,
+) -> dict[str, Any]:
+    """The per-task options of an enqueue's tasks, as the wire has them (the given ones)."""
+    given = {
+        "timeout": timeout,
+        "max_attempts": max_attempts,
+        "expires_in": expires_in,
+        "unique_for": unique_for,
+    }
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def _task_body(
     data: Any,
     priority: int | str | None,
     delay: float | None,
     paused: bool,
     run_at: datetime | None = None,
+    options: dict[str, Any] | None = None,
+    unique_key: str | None = None,
 ) -> Any:
     body: dict[str, Any] = {"data": data}
+    if options:
+        body.update(options)
+    if unique_key is not None:
+        body["unique_key"] = unique_key
     if priority is not None:
         body["priority"] = priority
     if delay:
@@ -93,10 +115,20 @@ def _many_body(
     delay: float | None,
     paused: bool,
     run_at: datetime | None = None,
+    options: dict[str, Any] | None = None,
+    unique_keys: Sequence[str | None] | str | None = None,
 ) -> Any:
-    tasks = [_task_body(item, priority, delay, paused, run_at) for item in items]
+    tasks = [_task_body(item, priority, delay, paused, run_at, options) for item in items]
     if not tasks:
         raise ValidationError("enqueue_many needs at least one task")
+    if isinstance(unique_keys, str):
+        unique_keys = [unique_keys] * len(tasks)
+    if unique_keys is not None:
+        if len(unique_keys) != len(tasks):
+            raise ValidationError("unique_keys needs one key (or None) per task")
+        for task, key in zip(tasks, unique_keys, strict=True):
+            if key is not None:
+                task["unique_key"] = key
     return {"tasks": tasks}
 
 
@@ -169,10 +201,17 @@ class Producer:
         paused: bool = False,
         run_at: datetime | None = None,
         idempotency_key: str | None = None,
+        timeout: int | None = None,
+        max_attempts: int | None = None,
+        expires_in: float | None = None,
+        unique_key: str | None = None,
+        unique_for: float | None = None,
     ) -> TaskRecord:
         """Put one task on the queue; its record. ``delay`` (seconds) or ``run_at`` (an
         aware datetime) hold it back until then; see :meth:`enqueue_many` for
-        ``idempotency_key``."""
+        ``idempotency_key`` and the task's own options. While another task of the queue
+        holds ``unique_key``, nothing is created: the record is that task's, with
+        ``duplicate`` true."""
         (task,) = self.enqueue_many(
             queue,
             [data],
@@ -181,6 +220,11 @@ class Producer:
             paused=paused,
             run_at=run_at,
             idempotency_key=idempotency_key,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            expires_in=expires_in,
+            unique_keys=None if unique_key is None else [unique_key],
+            unique_for=unique_for,
         )
         return task
 
@@ -194,14 +238,27 @@ class Producer:
         paused: bool = False,
         run_at: datetime | None = None,
         idempotency_key: str | None = None,
+        timeout: int | None = None,
+        max_attempts: int | None = None,
+        expires_in: float | None = None,
+        unique_keys: Sequence[str | None] | str | None = None,
+        unique_for: float | None = None,
     ) -> list[TaskRecord]:
         """Put many tasks on the queue in one request (one transaction); their records.
         ``delay`` (seconds) or ``run_at`` (an aware datetime) hold them back until then.
 
         Sent again after a transient failure, under one ``Idempotency-Key``: a fresh one
         per call, or ``idempotency_key`` (1 to 255 printable ASCII characters) to make a
-        later call with the same key and tasks, within 24 hours, create nothing again."""
-        body = _many_body(items, priority, delay, paused, run_at)
+        later call with the same key and tasks, within 24 hours, create nothing again.
+
+        Each task's own options: ``timeout`` (its lease in ms, instead of the queue's),
+        ``max_attempts`` (instead of the queue's; 0: no limit), ``expires_in`` (seconds: a
+        task not delivered by then is cancelled). ``unique_keys``: one key (or None) per
+        task, or one key for all (then the first is created, the others are its
+        duplicates); ``unique_for`` (seconds) holds each key that long whatever the task's
+        status."""
+        options = task_options(timeout, max_attempts, expires_in, unique_for)
+        body = _many_body(items, priority, delay, paused, run_at, options, unique_keys)
         return self._enqueue(queue, body, idempotency_key)
 
     def get(self, queue: str, task_id: str) -> TaskRecord:
@@ -317,10 +374,18 @@ class AsyncProducer:
         paused: bool = False,
         run_at: datetime | None = None,
         idempotency_key: str | None = None,
+        # ASYNC109: the task's lease (the wire's and the queue option's name), not the call's.
+        timeout: int | None = None,  # noqa: ASYNC109
+        max_attempts: int | None = None,
+        expires_in: float | None = None,
+        unique_key: str | None = None,
+        unique_for: float | None = None,
     ) -> TaskRecord:
         """Put one task on the queue; its record. ``delay`` (seconds) or ``run_at`` (an
         aware datetime) hold it back until then; see :meth:`enqueue_many` for
-        ``idempotency_key``."""
+        ``idempotency_key`` and the task's own options. While another task of the queue
+        holds ``unique_key``, nothing is created: the record is that task's, with
+        ``duplicate`` true."""
         tasks = await self.enqueue_many(
             queue,
             [data],
@@ -329,6 +394,11 @@ class AsyncProducer:
             paused=paused,
             run_at=run_at,
             idempotency_key=idempotency_key,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            expires_in=expires_in,
+            unique_keys=None if unique_key is None else [unique_key],
+            unique_for=unique_for,
         )
         return tasks[0]
 
@@ -342,10 +412,17 @@ class AsyncProducer:
         paused: bool = False,
         run_at: datetime | None = None,
         idempotency_key: str | None = None,
+        # ASYNC109: the task's lease (the wire's and the queue option's name), not the call's.
+        timeout: int | None = None,  # noqa: ASYNC109
+        max_attempts: int | None = None,
+        expires_in: float | None = None,
+        unique_keys: Sequence[str | None] | str | None = None,
+        unique_for: float | None = None,
     ) -> list[TaskRecord]:
         """Put many tasks on the queue in one request (one transaction); their records
         (see Producer.enqueue_many)."""
-        body = _many_body(items, priority, delay, paused, run_at)
+        options = task_options(timeout, max_attempts, expires_in, unique_for)
+        body = _many_body(items, priority, delay, paused, run_at, options, unique_keys)
         return await self._enqueue(queue, body, idempotency_key)
 
     async def get(self, queue: str, task_id: str) -> TaskRecord:

@@ -9,7 +9,8 @@
 The loop: read the queue's configuration, then poll, carrying the acks of the tasks just
 finished on the same call; long-poll when idle instead of sleeping; take as many tasks as
 there is free capacity; run sync handlers in threads and async ones as tasks; send
-heartbeats for tasks that run longer than a third of the lease. A handler that returns
+heartbeats for tasks that run longer than a third of the lease (the task's own timeout when
+its delivery carries one, else the queue's). A handler that returns
 reports ``done`` with the return value as ``result``; one that raises reports ``failed`` with
 the exception's text (:class:`Retry` asks for another attempt, :class:`Fail` for none, any
 other exception leaves it to the queue's ``retry_failed``).
@@ -71,12 +72,16 @@ class Job:
     ``attempt`` (the delivery's number, from 1); and the handler's line to the worker while
     it runs: :meth:`progress`, :attr:`cancelled`, :attr:`cancel_event`."""
 
-    __slots__ = ("_lock", "_progress", "attempt", "cancel_event", "data", "id")
+    __slots__ = ("_lock", "_progress", "attempt", "cancel_event", "data", "id", "timeout")
 
-    def __init__(self, id: str, data: Any = None, attempt: int = 1) -> None:
+    def __init__(
+        self, id: str, data: Any = None, attempt: int = 1, timeout: int | None = None
+    ) -> None:
         self.id = id
         self.data = data
         self.attempt = attempt
+        #: The task's own lease in ms, when its delivery carries one (else the queue's).
+        self.timeout = timeout
         #: Set once an operator has cancelled the task: a sync handler may wait on it, or
         #: test :attr:`cancelled` between steps, and return early (its result is not sent).
         self.cancel_event = threading.Event()
@@ -283,7 +288,7 @@ class AsyncWorker:
             beats = [
                 r
                 for r in self._running.values()
-                if now - r.beat_at >= self.lease / 3 and not r.job.cancelled
+                if now - r.beat_at >= self._beat_every(r) and not r.job.cancelled
             ]
             acks = self._acks[:]
             if not acks and not beats and free == 0:
@@ -367,7 +372,7 @@ class AsyncWorker:
         answer = _deliveries.decode(response.content)
         if answer.cancel:
             self._cancel(answer.cancel)
-        return [Job(task.id, task.data, task.attempt) for task in answer.tasks]
+        return [Job(task.id, task.data, task.attempt, task.timeout) for task in answer.tasks]
 
     def _cancel(self, ids: list[str]) -> None:
         """Stop the handlers of tasks an operator cancelled: an async one's asyncio task is
@@ -501,8 +506,14 @@ class AsyncWorker:
     def _until_next_beat(self, now: float) -> float:
         if not self._running:
             return self._interval()
-        due = min(r.beat_at for r in self._running.values()) + self.lease / 3
+        due = min(r.beat_at + self._beat_every(r) for r in self._running.values())
         return max(due - now, 0.0)
+
+    def _beat_every(self, running: _Running) -> float:
+        """Seconds between two heartbeats of a task: a third of its lease, which is the
+        task's own timeout when its delivery carries one, else the queue's."""
+        timeout = running.job.timeout
+        return (self.lease if timeout is None else timeout / 1000) / 3
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake as soon as a task finishes or the worker is told to stop."""

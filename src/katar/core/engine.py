@@ -256,6 +256,9 @@ class Engine(WaitList, OutcomeWaits, Reaper):
             if self._next_prune is None:  # keys to forget: the reaper prunes once a minute
                 self._next_prune = now + _PRUNE_EVERY_MS
                 self._expect(self._next_prune)
+        answered = created
+        if any(task.duplicate for task in created):  # unique_keys already held: not new
+            created = [task for task in created if not task.duplicate]
         enqueued = self.counters.enqueued
         enqueued[queue] = enqueued.get(queue, 0) + len(created)
         ready = sum(1 for task in created if task.state is State.READY)
@@ -265,10 +268,13 @@ class Engine(WaitList, OutcomeWaits, Reaper):
             for task in created:
                 if task.state is State.SCHEDULED:
                     self._expect(task.run_at)
+        for task in created:
+            if task.expires_at is not None:  # a deadline (expires_in) to keep
+                self._expect(task.expires_at)
         if self._listeners:
             for task in created:
                 self._emit(task)
-        return created
+        return answered
 
     async def poll(
         self,
@@ -311,6 +317,8 @@ class Engine(WaitList, OutcomeWaits, Reaper):
             cancel.extend(dict.fromkeys(result.cancel))  # once each, in the acks' order
         if result.delivered:  # _leased, inline: this is every worker's poll
             lease_until = result.delivered[0].lease_until
+            if len(result.delivered) > 1:  # tasks with a timeout of their own lease apart
+                lease_until = min(t.lease_until or 0 for t in result.delivered) or None
             if lease_until is not None and (self._due is None or lease_until < self._due):
                 self._expect(lease_until)
         if result.delivered or wait <= 0 or limit == 0 or result.cancel:
@@ -361,10 +369,10 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         return tasks
 
     def _leased(self, tasks: list[Task]) -> None:
-        # The tasks of one claim share one lease (now + the queue's timeout): the first
-        # stands for them all. The lease's end is a deadline, earlier than the known one
-        # when the timer is idle or this queue's timeout is shorter than another's.
-        lease_until = tasks[0].lease_until
+        # The lease's end is a deadline, earlier than the known one when the timer is idle
+        # or this lease is shorter than another's. The tasks of one claim lease for the
+        # queue's timeout, or for their own.
+        lease_until = min(t.lease_until or 0 for t in tasks) or None
         if lease_until is not None and (self._due is None or lease_until < self._due):
             self._expect(lease_until)
 

@@ -89,12 +89,19 @@ def idempotency(key: bytes | str, tasks: Sequence[NewTask]) -> Idempotency:
     return Idempotency(check_key(key), digest(tasks))
 
 
+def pack(tasks: Sequence[Task]) -> bytes:
+    """The tasks an enqueue answered, as a store keeps them (:func:`pack_ids`): a duplicate
+    (an existing task that held the unique_key asked for) by its id negated."""
+    return pack_ids([-task.id if task.duplicate else task.id for task in tasks])
+
+
 def pack_ids(ids: Sequence[int]) -> bytes:
     """The ids an enqueue created, as a store keeps them: runs of consecutive ids, as JSON
-    ``[[first, count], ...]`` (one run when no other server enqueued at the same moment)."""
+    ``[[first, count], ...]`` (one run when no other server enqueued at the same moment).
+    A negative id is a duplicate's (see :func:`pack`): a run of its own."""
     runs: list[list[int]] = []
     for task_id in ids:
-        if runs and runs[-1][0] + runs[-1][1] == task_id:
+        if runs and task_id > 0 and runs[-1][0] > 0 and runs[-1][0] + runs[-1][1] == task_id:
             runs[-1][1] += 1
         else:
             runs.append([task_id, 1])
@@ -112,6 +119,12 @@ def fresh_since(now: int) -> int:
     return now - KEY_TTL_MS
 
 
+def current(first: Task, found: Task | None) -> Task:
+    """What a repeat answers for a task of the first answer: as the first created it, but
+    a duplicate as it is now (``found``), when it still exists."""
+    return first if found is None or not first.duplicate else rules.duplicate(found)
+
+
 def replay(
     queue: str,
     tasks: Sequence[NewTask],
@@ -121,8 +134,15 @@ def replay(
     wanted: Idempotency,
 ) -> list[Task]:
     """The first enqueue's tasks as it created them, for a repeat that asks ``tasks``;
-    KeyReused if the repeat asks something else."""
+    KeyReused if the repeat asks something else. A duplicate (a task that held the
+    unique_key asked for) is built from the request, marked ``duplicate``: the store answers
+    the task itself instead while it exists (see :func:`current`)."""
     if stored_digest != wanted.digest or len(ids) != len(tasks):
         raise KeyReused(header=_HEADER, key=wanted.key)
     pairs = zip(tasks, ids, strict=True)
-    return [rules.new_task(queue, spec, task_id, created) for spec, task_id in pairs]
+    return [
+        rules.new_task(queue, spec, task_id, created)
+        if task_id > 0
+        else rules.duplicate(rules.new_task(queue, spec, -task_id, created))
+        for spec, task_id in pairs
+    ]

@@ -88,6 +88,15 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     #: (or ack, or the lease's end) cancels it. Stays True once it is cancelled.
     cancel_requested: bool = False
     progress: msgspec.Raw | None = None  # the worker's JSON, verbatim, from its last heartbeat
+    timeout: int | None = None  # this task's lease in ms, over the queue's timeout
+    max_attempts: int | None = None  # this task's max_attempts, over the queue's
+    #: until then (ms), a task never delivered may wait; then it is cancelled (rules.expire)
+    expires_at: int | None = None
+    unique_key: str | None = None  # while this task holds it, its queue takes no other
+    unique_until: int | None = None  # the key is held until then whatever the status (ms)
+    #: Not stored: set on an enqueue's answer when the task is an existing one that held the
+    #: unique_key asked for (nothing was created for it).
+    duplicate: bool = False
 
     @property
     def status(self) -> str:
@@ -104,6 +113,11 @@ class NewTask(msgspec.Struct, kw_only=True, frozen=True):
     run_at: int | None = None  # not before this time (ms since the epoch), instead of a delay
     paused: bool = False
     key: str | None = None
+    timeout: int | None = None  # the lease of this task's deliveries, in ms
+    max_attempts: int | None = None  # deliveries before it fails for good; 0 = no limit
+    expires_in_ms: int | None = None  # cancelled if not delivered within this time
+    unique_key: str | None = None
+    unique_for_ms: int | None = None  # the key stays taken this long after creation
 
 
 #: Milliseconds, or counts, that a 32-bit signed integer holds: what every worker can use.
@@ -255,6 +269,36 @@ def parse_priority(value: Any) -> int:
     if not PRIORITY_MIN <= value <= PRIORITY_MAX:
         raise ValidationError(f"priority must be between {PRIORITY_MIN} and {PRIORITY_MAX}")
     return value
+
+
+def task_options(body: protocol.NewTask, where: str = "task") -> dict[str, Any]:
+    """The per-task options of a task to enqueue, as :class:`NewTask` fields, from the wire's
+    (``timeout`` ms, ``max_attempts``, ``expires_in`` and ``unique_for`` seconds,
+    ``unique_key``), whose types and bounds :class:`katar.protocol.NewTask` checks."""
+    if body.unique_for is not None and body.unique_key is None:
+        raise ValidationError(f"{where}: unique_for needs a unique_key", field="unique_for")
+    return {
+        "timeout": body.timeout,
+        "max_attempts": body.max_attempts,
+        "expires_in_ms": None if body.expires_in is None else _ms(body.expires_in),
+        "unique_key": body.unique_key,
+        "unique_for_ms": None if body.unique_for is None else _ms(body.unique_for),
+    }
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))  # above 0 s: never 0 ms
+
+
+def parse_task_options(**raw: Any) -> dict[str, Any]:
+    """:func:`task_options` from keyword arguments (the Python API's), checked as a request's
+    fields are; the None ones are left out."""
+    given = {name: value for name, value in raw.items() if value is not None}
+    try:
+        body = msgspec.convert(given, protocol.NewTask)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(f"invalid task option: {exc}") from None
+    return task_options(body)
 
 
 def parse_task_id(task_id: str | int) -> int | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 from msgspec.structs import replace
 
@@ -37,7 +38,28 @@ def new_task(queue: str, spec: NewTask, task_id: int, now: int) -> Task:
         updated_at=now,
         run_at=run_at,
         key=spec.key,
+        timeout=spec.timeout,
+        max_attempts=spec.max_attempts,
+        expires_at=None if spec.expires_in_ms is None else now + spec.expires_in_ms,
+        unique_key=spec.unique_key,
+        unique_until=None if spec.unique_for_ms is None else now + spec.unique_for_ms,
     )
+
+
+def special(spec: NewTask) -> bool:
+    """Whether a task to enqueue has per-task options or a unique_key: the SQL stores write
+    such tasks one by one, looking for the key's holder first."""
+    return (
+        spec.unique_key is not None
+        or spec.timeout is not None
+        or spec.max_attempts is not None
+        or spec.expires_in_ms is not None
+    )
+
+
+def lease_ms(task: Task, options: QueueOptions) -> int:
+    """The lease of the task's deliveries: its own timeout, else its queue's."""
+    return options.timeout if task.timeout is None else task.timeout
 
 
 def claimed(task: Task, options: QueueOptions, worker: str | None, now: int) -> Task:
@@ -47,7 +69,7 @@ def claimed(task: Task, options: QueueOptions, worker: str | None, now: int) -> 
         state=State.RUNNING,
         attempts=task.attempts + 1,
         worker=worker,
-        lease_until=now + options.timeout,
+        lease_until=now + lease_ms(task, options),
         run_at=None,
         updated_at=now,
         progress=None,  # a new delivery reports its own
@@ -149,7 +171,8 @@ def blocked_keys(
 
 
 def _attempts_spent(task: Task, options: QueueOptions) -> bool:
-    return options.max_attempts > 0 and task.attempts - task.attempt_base >= options.max_attempts
+    limit = options.max_attempts if task.max_attempts is None else task.max_attempts
+    return limit > 0 and task.attempts - task.attempt_base >= limit
 
 
 def _finish(task: Task, state: State, now: int, **changes: object) -> Task:
@@ -158,8 +181,72 @@ def _finish(task: Task, state: State, now: int, **changes: object) -> Task:
 
 def discard(task: Task, options: QueueOptions) -> bool:
     """True when the store removes the task instead of keeping it: a done or failed task
-    of a queue that keeps no history."""
-    return not options.persistent and task.state in (State.DONE, State.FAILED)
+    of a queue that keeps no history, unless its unique_key is held past the moment it
+    finished (unique_for): then it stays until :func:`sweepable`."""
+    return (
+        not options.persistent
+        and task.state in (State.DONE, State.FAILED)
+        and (task.unique_until is None or task.unique_until <= task.updated_at)
+    )
+
+
+def sweepable(task: Task, options: QueueOptions, now: int) -> bool:
+    """True for a finished task that a queue without history kept only while its
+    unique_key was held (see :func:`discard`), once that time has passed."""
+    return (
+        not options.persistent
+        and task.state in (State.DONE, State.FAILED)
+        and task.unique_until is not None
+        and task.unique_until <= now
+    )
+
+
+#: The states in which a task holds its unique_key whatever its unique_until.
+_HOLDING: Final = frozenset({State.PAUSED, State.READY, State.SCHEDULED, State.RUNNING})
+#: The states in which a task that was never delivered expires at its expires_at.
+_WAITING: Final = frozenset({State.PAUSED, State.READY, State.SCHEDULED})
+
+
+def holds_key(task: Task, now: int) -> bool:
+    """Whether the task keeps another task with its unique_key out of its queue at ``now``:
+    while it is paused, queued or in progress, and until its unique_until in any status."""
+    return task.unique_key is not None and (
+        task.state in _HOLDING or (task.unique_until is not None and task.unique_until > now)
+    )
+
+
+def duplicate(task: Task) -> Task:
+    """An existing task as an enqueue that asked for its unique_key answers it."""
+    return replace(task, duplicate=True)
+
+
+def expiry(task: Task) -> int | None:
+    """When the task expires (ms): its expires_at while it waits and was never delivered;
+    None when it does not (any more). A delivery before that time lifts the expiry for good."""
+    if task.expires_at is None or task.attempts or task.state not in _WAITING:
+        return None
+    return task.expires_at
+
+
+def expired(task: Task, now: int) -> bool:
+    """Whether the task's expiry has come: no claim may deliver it any more."""
+    at = expiry(task)
+    return at is not None and at <= now
+
+
+def expire(task: Task, now: int) -> Task | None:
+    """A task not delivered by its expires_at: cancelled, its error saying so."""
+    if not expired(task, now):
+        return None
+    assert task.expires_at is not None
+    waited = (task.expires_at - task.created_at) / 1000
+    return replace(
+        task,
+        state=State.CANCELLED,
+        run_at=None,
+        error=f"expired: not delivered within {waited:g} s",
+        updated_at=now,
+    )
 
 
 def retry_delay(options: QueueOptions, attempts: int) -> int:
@@ -216,7 +303,8 @@ def apply_ack(
     if ack.status == "in progress":
         # A heartbeat with progress replaces the last one; one without keeps it.
         progress = ack.progress if len(ack.progress) else task.progress
-        return replace(task, lease_until=now + options.timeout, updated_at=now, progress=progress)
+        lease_until = now + lease_ms(task, options)
+        return replace(task, lease_until=lease_until, updated_at=now, progress=progress)
     if ack.status == "done":
         return _finish(task, State.DONE, now, result=ack.result, error=None)
     error = ack.error if ack.error is not None else "failed"
@@ -269,7 +357,8 @@ def expire_lease(task: Task, options: QueueOptions, now: int) -> Task | None:
     cancel it, when an operator asked for that while it ran."""
     if task.cancel_requested:  # the operator's cancel: the worker never heard of it
         return cancelled(task, now)
-    message = f"lease expired: no ack within {options.timeout} ms of delivery {task.attempts}"
+    lease = lease_ms(task, options)
+    message = f"lease expired: no ack within {lease} ms of delivery {task.attempts}"
     if _attempts_spent(task, options):
         return _finish(task, State.FAILED, now, error=f"{message}; all attempts are spent")
     return replace(
@@ -315,11 +404,13 @@ def change_status(task: Task, status: str, now: int) -> Task | None:
         )
     if status == "queued" and state in (State.FAILED, State.CANCELLED):
         # A retry gets a fresh set of attempts; the delivery count itself keeps growing so
-        # that an ack from an old delivery can still be told apart (fencing).
+        # that an ack from an old delivery can still be told apart (fencing). It is the
+        # operator's decision: an expiry (expires_in) no longer applies.
         return replace(
             task,
             state=State.READY,
             run_at=None,
+            expires_at=None,
             attempt_base=task.attempts,
             error=None if state is State.CANCELLED else task.error,
             cancel_requested=False,

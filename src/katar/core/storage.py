@@ -130,7 +130,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def enqueue(self, queue: str, tasks: Sequence[NewTask], now: int) -> list[Task]:
-        """Add tasks to an existing queue; the new tasks, in order, with growing ids."""
+        """Add tasks to an existing queue; the new tasks, in order, with growing ids.
+
+        A task whose unique_key a task of the queue holds (rules.holds_key; one of this
+        batch included) is not created: its place in the answer is the holder, marked
+        with rules.duplicate. Concurrent enqueues of one key, from any number of servers,
+        create one task."""
 
     @abc.abstractmethod
     async def enqueue_once(
@@ -159,11 +164,13 @@ class Store(abc.ABC):
     ) -> PollResult:
         """Apply ``acks`` in order, then claim up to ``limit`` tasks, in one transaction.
 
-        Claimed tasks are the READY ones of the queue, highest priority first, then lowest
-        id, leased until ``now + options.timeout``. A queue whose options are ``limited``
-        takes what rules.claim_allowance allows, and passes over the tasks of keys at their
-        key_concurrency (rules.pick_by_key), counting what is in progress on every server
-        that shares the store, atomically with the claim. If any ack is rejected, nothing changes
+        Claimed tasks are the READY ones of the queue whose expiry (rules.expired) has not
+        come, highest priority first, then lowest id, leased until ``now`` plus their own
+        timeout or ``options.timeout`` (rules.lease_ms). A queue whose options are
+        ``limited`` takes what rules.claim_allowance allows, and passes over the tasks of
+        keys at their key_concurrency (rules.pick_by_key), counting what is in progress on
+        every server that shares the store, atomically with the claim. If any ack is
+        rejected, nothing changes
         and the error is raised with ``details["ack"]``, the index of the faulty ack. An ack
         for an id this store never issued raises TaskNotFound; one for a task of another
         queue too; one for a task that is gone (a finished task of a queue without history)
@@ -210,10 +217,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def expire(self, queues: Mapping[str, QueueOptions], now: int) -> list[Change]:
-        """Re-queue or fail tasks whose lease ran out; make due scheduled tasks READY."""
+        """Re-queue or fail tasks whose lease ran out; cancel the tasks never delivered
+        whose expiry has come (rules.expire); make due scheduled tasks READY. Also remove
+        the finished tasks that a queue without history kept while they held their
+        unique_key, once that time has passed (rules.sweepable): no change is reported."""
 
     @abc.abstractmethod
     async def next_deadline(self) -> int | None:
         """The earliest time (ms) at which a task will need :meth:`expire`: the earliest
-        lease end of a task in progress, or the earliest not-before time of a scheduled one;
-        None when there is no such task. A time in the past means some are due now."""
+        lease end of a task in progress, not-before time of a scheduled one, or expiry of
+        one never delivered (rules.expiry); None when there is no such task. A time in the
+        past means some are due now."""

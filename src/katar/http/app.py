@@ -389,6 +389,11 @@ class App:
                             parameters=(IDEMPOTENCY_PARAM,),
                             answers={
                                 201: A("The new tasks.", Tasks),
+                                200: A(
+                                    "Nothing created: each task's unique_key was held; the"
+                                    " tasks that hold them, each with duplicate true.",
+                                    Tasks,
+                                ),
                                 503: "The store is unavailable: nothing was enqueued.",
                                 504: "The store's connection was lost while it committed"
                                 ' (outcome "unknown"): retry with the same Idempotency-Key.',
@@ -769,7 +774,9 @@ class App:
                     raise ValidationError("send at most one Idempotency-Key header")
                 key = value.decode("latin-1")
         created = await self.engine.enqueue(request.queue, new, key)
-        return json_response({"tasks": [task_record(task) for task in created]}, 201)
+        # 200 when every task was a duplicate (a unique_key already held): nothing created.
+        status = 200 if all(task.duplicate for task in created) else 201
+        return json_response({"tasks": [task_record(task) for task in created]}, status)
 
     async def list_tasks(self, request: Request) -> Response:
         query = request.query()

@@ -194,12 +194,21 @@ def _components(kinds: tuple[Any, ...], limits: Limits) -> tuple[dict[Any, str],
     _, schemas = msgspec.json.schema_components(kinds, ref_template=_SCHEMAS)
     names = {kind: kind.__name__ for kind in kinds}
     # What a struct cannot say of itself: a new task's data has no default (its absence is
-    # refused with a message of its own), and delay and run_at exclude each other.
+    # refused with a message of its own), delay and run_at exclude each other, and
+    # unique_for needs a unique_key.
     schemas["NewTask"]["required"] = ["data"]
     schemas["NewTask"]["not"] = {
         "required": ["delay", "run_at"],
         "properties": {"delay": {"type": "number"}, "run_at": {"type": "string"}},
     }
+    schemas["NewTask"]["allOf"] = [
+        {
+            "not": {
+                "required": ["unique_for"],
+                "properties": {"unique_for": {"type": "number"}, "unique_key": {"type": "null"}},
+            }
+        }
+    ]
     schemas["Batch"]["properties"]["tasks"].update(
         minItems=1, maxItems=limits.max_tasks_per_enqueue
     )

@@ -12,9 +12,9 @@ from typing import Any, Final
 
 import msgspec
 
-from katar.core.model import Ack, NewTask, now_ms, parse_priority
+from katar.core.model import Ack, NewTask, now_ms, parse_priority, task_options
 from katar.errors import InvalidRequest, PayloadTooLarge, ValidationError
-from katar.protocol import MAX_DELAY, STATUSES, Enqueue, Patch, Poll
+from katar.protocol import MAX_DELAY, MAX_UNIQUE_KEY, STATUSES, Enqueue, Patch, Poll
 from katar.protocol import NewTask as TaskBody
 
 _HINTS: Final = {
@@ -27,6 +27,11 @@ _HINTS: Final = {
     "priority": "priority is an integer or one of high, normal, low",
     "delay": f"delay is a number of seconds from 0 to {MAX_DELAY} (ten years)",
     "run_at": "run_at is an ISO 8601 time, e.g. 2030-01-31T09:00:00Z (UTC when it names no zone)",
+    "timeout": "timeout is the task's lease in ms, an integer from 1 to 2147483647",
+    "max_attempts": "max_attempts is an integer from 0 (no limit) to 2147483647",
+    "expires_in": f"expires_in is a number of seconds above 0, at most {MAX_DELAY}",
+    "unique_key": f"unique_key is a string of 1 to {MAX_UNIQUE_KEY} printable characters",
+    "unique_for": f"unique_for is a number of seconds above 0, at most {MAX_DELAY}",
 }
 # Where a field's name means something else: an enqueue's "status" is a new task's.
 _HINTS_OF: Final[dict[type, dict[str, str]]] = {
@@ -150,6 +155,7 @@ def _new_task(body: TaskBody, where: str, max_bytes: int) -> NewTask:
         run_at=None if body.run_at is None else _run_at(body, where),
         paused=body.status == "paused",
         key=body.key,
+        **task_options(body, where),
     )
 
 

@@ -150,22 +150,34 @@ def task_record(task: Task) -> TaskRecord:
         key=task.key,
         progress=task.progress,
         cancel_requested=task.cancel_requested,
+        timeout=task.timeout,
+        max_attempts=task.max_attempts,
+        expires_at=iso(task.expires_at),
+        unique_key=task.unique_key,
+        unique_until=iso(task.unique_until),
+        duplicate=task.duplicate,
     )
 
 
 #: A katar.protocol.Delivery, as a template: the fastest way to build one (the hot path).
 _DELIVERY: Final = b'{"_id":"%d","data":%b,"attempt":%d}'
+#: The same for a task with a lease of its own (its timeout).
+_DELIVERY_TIMEOUT: Final = b'{"_id":"%d","data":%b,"attempt":%d,"timeout":%d}'
+
+
+def _delivery(task: Task) -> bytes:
+    if task.timeout is None:
+        return _DELIVERY % (task.id, task.data, task.attempts)
+    return _DELIVERY_TIMEOUT % (task.id, task.data, task.attempts, task.timeout)
 
 
 def deliveries(tasks: list[Task], cancel: list[int] | None = None) -> bytes:
     """The body of a poll that delivers tasks: the data is spliced in as the producer sent it.
     With ``cancel``, the ids of the tasks the worker must stop (katar.protocol.Deliveries)."""
     if cancel:
-        parts = [_DELIVERY % (task.id, task.data, task.attempts) for task in tasks]
+        parts = [_delivery(task) for task in tasks]
         stop = b",".join(b'"%d"' % task_id for task_id in cancel)
         return b'{"tasks":[' + b",".join(parts) + b'],"cancel":[' + stop + b"]}"
     if len(tasks) == 1:  # the seed protocol's poll: no list to build and join
-        task = tasks[0]
-        return b'{"tasks":[' + _DELIVERY % (task.id, task.data, task.attempts) + b"]}"
-    parts = [_DELIVERY % (task.id, task.data, task.attempts) for task in tasks]
-    return b'{"tasks":[' + b",".join(parts) + b"]}"
+        return b'{"tasks":[' + _delivery(tasks[0]) + b"]}"
+    return b'{"tasks":[' + b",".join([_delivery(task) for task in tasks]) + b"]}"

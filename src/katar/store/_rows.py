@@ -11,7 +11,8 @@ from katar.core.model import State, Task
 
 COLUMNS: Final = (
     "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
-    " created_at, updated_at, run_at, lease_until, key, cancel_requested, progress"
+    " created_at, updated_at, run_at, lease_until, key, cancel_requested, progress, timeout,"
+    " max_attempts, expires_at, unique_key, unique_until"
 )
 _STATES: Final = tuple(State)  # by value: faster than State(value) on the hot path
 
@@ -36,23 +37,41 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
         key=row[14],
         cancel_requested=bool(row[15]),
         progress=None if row[16] is None else msgspec.Raw(row[16]),
+        timeout=row[17],
+        max_attempts=row[18],
+        expires_at=row[19],
+        unique_key=row[20],
+        unique_until=row[21],
     )
 
 
-#: What a claim returns: the columns it does not set itself (see claimed_from_row).
+#: What a claim returns: the columns it does not set itself (see claimed_from_row), the
+#: task's timeout, and whether it has none of its other own options (most tasks): those are
+#: read apart, in OPTIONS_COLUMNS, for the few that have some. Fewer columns to return and
+#: convert on every claim.
 CLAIMED_COLUMNS: Final = (
-    "id, priority, data, attempts, attempt_base, error, result, created_at, key"
+    "id, priority, data, attempts, attempt_base, error, result, created_at, key, timeout,"
+    " coalesce(max_attempts, expires_at, unique_until, unique_key) IS NULL"
 )
+OPTIONS_COLUMNS: Final = "max_attempts, expires_at, unique_key, unique_until"
 
 
 def claimed_from_row(
-    row: Sequence[Any], queue: str, worker: str | None, now: int, lease_until: int
+    row: Sequence[Any],
+    queue: str,
+    worker: str | None,
+    now: int,
+    lease_until: int,
+    options: Sequence[Any] | None = None,
 ) -> Task:
     """The task a claim returned as a row of ``CLAIMED_COLUMNS``: the claim set the rest
-    (rules.claimed), so it need not travel back from the database. A task claimed has no
-    cancel requested (only a task in progress has one) and no progress (the claim clears
-    it)."""
-    return Task(
+    (rules.claimed), so it need not travel back from the database. ``lease_until`` is the
+    queue's lease; a task with a timeout of its own has its own (rules.lease_ms). When the
+    row says the task has other options of its own (``row[10]`` false), ``options`` is its
+    row of ``OPTIONS_COLUMNS``. A task claimed has no cancel requested (only a task in
+    progress has one) and no progress (the claim clears it)."""
+    timeout = row[9]
+    task = Task(
         id=row[0],
         queue=queue,
         state=State.RUNNING,
@@ -65,15 +84,27 @@ def claimed_from_row(
         worker=worker,
         created_at=row[7],
         updated_at=now,
-        lease_until=lease_until,
+        lease_until=lease_until if timeout is None else now + timeout,
         key=row[8],
+        timeout=timeout,
+    )
+    if row[10]:
+        return task
+    assert options is not None
+    max_attempts, expires_at, unique_key, unique_until = options
+    return msgspec.structs.replace(
+        task,
+        max_attempts=max_attempts,
+        expires_at=expires_at,
+        unique_key=unique_key,
+        unique_until=unique_until,
     )
 
 
 def update_values(task: Task) -> tuple[Any, ...]:
     """The parameters of an UPDATE that writes ``task`` back: the changeable columns in the
     order state, priority, attempts, attempt_base, error, result, worker, updated_at,
-    run_at, lease_until, cancel_requested, progress, then the id."""
+    run_at, lease_until, cancel_requested, progress, expires_at, then the id."""
     return (
         int(task.state),
         task.priority,
@@ -87,5 +118,6 @@ def update_values(task: Task) -> tuple[Any, ...]:
         task.lease_until,
         task.cancel_requested,
         None if task.progress is None else bytes(task.progress),
+        task.expires_at,
         task.id,
     )

@@ -35,6 +35,11 @@ class MemoryStore(Store):
         self._ready: dict[str, list[tuple[int, int, int]]] = {}
         self._scheduled: list[tuple[int, int]] = []  # (run_at, id)
         self._leases: list[tuple[int, int]] = []  # (lease_until, id)
+        self._expiries: list[tuple[int, int]] = []  # (expires_at, id) of tasks never delivered
+        # (queue, unique_key) -> the id of the last task created with it.
+        self._unique: dict[tuple[str, str], int] = {}
+        # (unique_until, id): finished tasks kept while they hold their key (rules.discard).
+        self._kept: list[tuple[int, int]] = []
         self._last_id = 0
         self._running: dict[str, dict[int, None]] = {}  # per queue: the tasks in progress
         self._buckets: dict[str, rules.Bucket] = {}  # per queue with a rate limit
@@ -134,6 +139,8 @@ class MemoryStore(Store):
             del self._groups[group]
         for queue_key in [queue_key for queue_key in self._keys if queue_key[0] == name]:
             del self._keys[queue_key]
+        for queue_key in [queue_key for queue_key in self._unique if queue_key[0] == name]:
+            del self._unique[queue_key]
         return len(ids)
 
     def _ids_of(self, queue: str) -> dict[int, None]:
@@ -159,6 +166,11 @@ class MemoryStore(Store):
         elif task.state is State.RUNNING:
             assert task.lease_until is not None
             heapq.heappush(self._leases, (task.lease_until, task.id))
+        expiry = rules.expiry(task)
+        if expiry is not None:  # pushed again at each change: stale entries are skipped
+            heapq.heappush(self._expiries, (expiry, task.id))
+        if task.unique_until is not None and task.state in (State.DONE, State.FAILED):
+            heapq.heappush(self._kept, (task.unique_until, task.id))
 
     def _remove(self, task: Task) -> None:
         del self._tasks[task.id]
@@ -182,12 +194,20 @@ class MemoryStore(Store):
         front = self._front(queue) if fair else 0
         created = []
         for spec in tasks:
+            if spec.unique_key is not None:
+                holder_id = self._unique.get((queue, spec.unique_key))
+                holder = None if holder_id is None else self._tasks.get(holder_id)
+                if holder is not None and rules.holds_key(holder, now):
+                    created.append(rules.duplicate(holder))
+                    continue
             self._last_id += 1
             task = rules.new_task(queue, spec, self._last_id, now)
             ids[task.id] = None
             if fair:
                 self._give_place(task, self._groups.get((queue, task.key)), front)
             self._put(task)
+            if task.unique_key is not None:
+                self._unique[(queue, task.unique_key)] = task.id
             created.append(task)
         return created
 
@@ -199,12 +219,19 @@ class MemoryStore(Store):
         if found is not None and found[2] > idempotency.fresh_since(now):
             stored_digest, ids, created = found
             first = idempotency.replay(queue, tasks, stored_digest, ids, created, once)
-            return Enqueued(first, False)
+            return Enqueued([self._current(t) for t in first], False)
         new = await self.enqueue(queue, tasks, now)
         # Popped first so that the dict stays in creation order, which prune_keys relies on.
         self._keys.pop((queue, once.key), None)
-        self._keys[(queue, once.key)] = (once.digest, tuple(task.id for task in new), now)
+        packed = tuple(-task.id if task.duplicate else task.id for task in new)
+        self._keys[(queue, once.key)] = (once.digest, packed, now)
         return Enqueued(new, True)
+
+    def _current(self, first: Task) -> Task:
+        if not first.duplicate:
+            return first
+        found = self._tasks.get(first.id)
+        return idempotency.current(first, found if found and found.queue == first.queue else None)
 
     async def prune_keys(self, before: int) -> int:
         expired = []
@@ -285,6 +312,11 @@ class MemoryStore(Store):
             entry = heapq.heappop(heap)
             task = self._tasks.get(entry[2])
             if task is None or task.state is not State.READY or task.priority != -entry[0]:
+                continue
+            if rules.expired(task, now):
+                # Its expiry came before the reaper did: the reaper cancels it (as in the SQL
+                # stores). Out of the heap: it cannot become claimable again without a change
+                # of state, which pushes it anew.
                 continue
             if running is not None and not rules.pick_by_key(
                 [(task.id, task.key)], 1, running, options.key_concurrency, taken
@@ -396,6 +428,20 @@ class MemoryStore(Store):
             change = self._write(task, rules.expire_lease(task, options, now), options)
             if change is not None:
                 changes.append(change)
+        while self._expiries and self._expiries[0][0] <= now:
+            _at, task_id = heapq.heappop(self._expiries)
+            task = self._tasks.get(task_id)
+            if task is None or task.queue not in queues:
+                continue
+            change = self._write(task, rules.expire(task, now), queues[task.queue])
+            if change is not None:
+                changes.append(change)
+        while self._kept and self._kept[0][0] <= now:
+            _at, task_id = heapq.heappop(self._kept)
+            task = self._tasks.get(task_id)
+            kept_options = None if task is None else queues.get(task.queue)
+            if task and kept_options and rules.sweepable(task, kept_options, now):
+                self._remove(task)
         while self._scheduled and self._scheduled[0][0] <= now:
             run_at, task_id = heapq.heappop(self._scheduled)
             task = self._tasks.get(task_id)
@@ -408,6 +454,13 @@ class MemoryStore(Store):
 
     async def next_deadline(self) -> int | None:
         earliest = None
+        while self._expiries:
+            when, task_id = self._expiries[0]
+            task = self._tasks.get(task_id)
+            if task is not None and rules.expiry(task) == when:
+                earliest = when
+                break
+            heapq.heappop(self._expiries)
         for heap, state, field in (
             (self._leases, State.RUNNING, "lease_until"),
             (self._scheduled, State.SCHEDULED, "run_at"),

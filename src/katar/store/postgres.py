@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("katar")
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -104,6 +104,19 @@ ALTER TABLE {s}.queues ADD COLUMN IF NOT EXISTS bucket_at bigint;
 -- Long-running work: an operator's cancel of a task in progress, and the worker's progress.
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS cancel_requested boolean NOT NULL DEFAULT false;
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS progress bytea;  -- the worker's JSON, verbatim
+""",
+    5: """
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS timeout integer;  -- NULL: the queue's
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS max_attempts integer;  -- NULL: the queue's
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS expires_at bigint;
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS unique_key text;
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS unique_until bigint;
+CREATE INDEX IF NOT EXISTS tasks_expiry ON {s}.tasks (expires_at)
+    WHERE expires_at IS NOT NULL AND attempts = 0 AND state < 3;
+CREATE INDEX IF NOT EXISTS tasks_unique ON {s}.tasks (queue_id, unique_key)
+    WHERE unique_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_kept ON {s}.tasks (queue_id, unique_until)
+    WHERE unique_until IS NOT NULL AND state BETWEEN 4 AND 5;
 """,
 }
 _SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -175,7 +188,7 @@ class PostgresStore(Store):
             "update": (
                 f"UPDATE {s}.tasks SET state=%s, priority=%s, attempts=%s, attempt_base=%s,"
                 " error=%s, result=%s, worker=%s, updated_at=%s, run_at=%s, lease_until=%s,"
-                " cancel_requested=%s, progress=%s WHERE id=%s"
+                " cancel_requested=%s, progress=%s, expires_at=%s WHERE id=%s"
             ),
             "delete": f"DELETE FROM {s}.tasks WHERE id = %s",
             "insert": (
@@ -184,11 +197,35 @@ class PostgresStore(Store):
                 f" %s::int[], %s::bytea[], %s::bigint[], %s::bigint[], %s::bigint[],"
                 f" %s::text[]) RETURNING id"
             ),
+            # With the per-task options and unique keys (see _insert_special).
+            "insert_full": (
+                f"INSERT INTO {s}.tasks (queue_id, state, priority, data, created_at,"
+                f" updated_at, run_at, key, fair_seq, timeout, max_attempts, expires_at,"
+                f" unique_key, unique_until) SELECT * FROM unnest(%s::int[], %s::smallint[],"
+                f" %s::int[], %s::bytea[], %s::bigint[], %s::bigint[], %s::bigint[],"
+                f" %s::text[], %s::bigint[], %s::int[], %s::int[], %s::bigint[], %s::text[],"
+                f" %s::bigint[]) RETURNING id"
+            ),
+            # One transaction at a time per (queue, unique_key), in one order: no deadlock.
+            "lock_keys": (
+                "SELECT pg_advisory_xact_lock(h) FROM (SELECT hashtextextended(k, 0) AS h"
+                " FROM unnest(%s::text[]) AS k ORDER BY 1) AS keys"
+            ),
+            # The tasks that hold unique_keys (rules.holds_key), by the index tasks_unique.
+            "holders": (
+                f"SELECT DISTINCT ON (unique_key) {COLUMNS} FROM {s}.tasks WHERE queue_id = %s"
+                " AND unique_key = ANY(%s) AND unique_key IS NOT NULL"
+                " AND (state < 4 OR unique_until > %s) ORDER BY unique_key, id"
+            ),
+            # A task's own timeout makes its own lease (rules.lease_ms); a task never
+            # delivered whose expiry has come (rules.expired) is left for the reaper.
             "claim": (
                 f"UPDATE {s}.tasks SET state=3, attempts=attempts+1, worker=%s,"
-                f" lease_until=%s, run_at=NULL, progress=NULL, updated_at=%s WHERE id IN"
-                f" (SELECT id FROM {s}.tasks WHERE queue_id=%s AND state=1"
-                f" ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {COLUMNS}"
+                f" lease_until=%s + coalesce(timeout, %s), run_at=NULL, progress=NULL,"
+                f" updated_at=%s WHERE id IN (SELECT id FROM {s}.tasks WHERE queue_id=%s"
+                f" AND state=1 AND (expires_at IS NULL OR attempts > 0 OR expires_at > %s)"
+                f" ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED)"
+                f" RETURNING {COLUMNS}"
             ),
             "issued": f"SELECT last_value, is_called FROM {s}.tasks_id_seq",
             # A limited queue's claim (QueueOptions.limited). The queue's row is locked
@@ -202,19 +239,23 @@ class PostgresStore(Store):
                 f"SELECT key, count(*) FROM {s}.tasks WHERE queue_id = %s AND state = 3"
                 " AND key IS NOT NULL GROUP BY key"
             ),
+            # Each passes over the tasks whose expiry has come (rules.expired).
             "candidates": (
                 f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
+                " (expires_at IS NULL OR attempts > 0 OR expires_at > %s) AND"
                 " (key IS NULL OR key <> ALL(%s::text[])) ORDER BY priority DESC, id LIMIT %s"
                 " FOR UPDATE SKIP LOCKED"
             ),
             "candidates_fair": (
                 f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
+                " (expires_at IS NULL OR attempts > 0 OR expires_at > %s) AND"
                 " fair_seq IS NOT NULL AND (key IS NULL OR key <> ALL(%s::text[]))"
                 " ORDER BY priority DESC, fair_seq, id LIMIT %s FOR UPDATE SKIP LOCKED"
             ),
             # Tasks without a place (enqueued as the queue was made fair) come after.
             "candidates_unplaced": (
                 f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
+                " (expires_at IS NULL OR attempts > 0 OR expires_at > %s) AND"
                 " fair_seq IS NULL AND (key IS NULL OR key <> ALL(%s::text[]))"
                 " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED"
             ),
@@ -240,8 +281,8 @@ class PostgresStore(Store):
             ),
             "take": (
                 f"UPDATE {s}.tasks SET state=3, attempts=attempts+1, worker=%s,"
-                f" lease_until=%s, run_at=NULL, progress=NULL, updated_at=%s WHERE id = ANY(%s)"
-                f" RETURNING {COLUMNS}"
+                f" lease_until=%s + coalesce(timeout, %s), run_at=NULL, progress=NULL,"
+                f" updated_at=%s WHERE id = ANY(%s) RETURNING {COLUMNS}"
             ),
             "save_bucket": (
                 f"UPDATE {s}.queues SET bucket_tokens = %s, bucket_at = %s WHERE id = %s"
@@ -522,6 +563,8 @@ class PostgresStore(Store):
         tasks: Sequence[NewTask],
         now: int,
     ) -> list[Task]:
+        if any(map(rules.special, tasks)):
+            return await self._insert_special(conn, queue_id, queue, tasks, now)
         drafts = [rules.new_task(queue, spec, 0, now) for spec in tasks]
         columns: tuple[list[Any], ...] = (
             [queue_id] * len(drafts),
@@ -543,6 +586,81 @@ class PostgresStore(Store):
         # unnest keeps the order of its arrays, and a sequence hands out growing ids.
         ids.sort()
         return [msgspec.structs.replace(t, id=i) for t, i in zip(drafts, ids, strict=True)]
+
+    async def _insert_special(
+        self,
+        conn: AsyncConnection[tuple[Any, ...]],
+        queue_id: int,
+        queue: str,
+        tasks: Sequence[NewTask],
+        now: int,
+    ) -> list[Task]:
+        """:meth:`_insert` for tasks with per-task options or unique keys: a unique_key held
+        by a task of the queue (one of this batch's included) creates nothing, and answers
+        that task. Servers enqueueing one key at once take turns: each transaction first
+        takes an advisory lock on each of its (queue, key) pairs, in one order (no
+        deadlock), held until it commits; then looks, then inserts. The next one to get the
+        lock sees the committed row (READ COMMITTED reads anew at each statement)."""
+        keys = sorted({spec.unique_key for spec in tasks if spec.unique_key is not None})
+        holders: dict[str, Task] = {}
+        if keys:
+            lock_names = [f"katar:{self._schema}:unique:{queue_id}:{key}" for key in keys]
+            await conn.execute(self._sql["lock_keys"], (lock_names,))
+            cursor = await conn.execute(self._sql["holders"], (queue_id, keys, now))
+            for row in await cursor.fetchall():
+                holder = task_from_row(row, queue)
+                assert holder.unique_key is not None
+                holders[holder.unique_key] = rules.duplicate(holder)
+        answered: list[Task | int] = []  # a duplicate, or the index of a task to create
+        drafts: list[Task] = []
+        taken: dict[str, int] = {}  # a key this batch takes: the index of its draft
+        for spec in tasks:
+            key = spec.unique_key
+            if key is not None and key in holders:
+                answered.append(holders[key])
+            elif key is not None and key in taken:
+                answered.append(-1 - taken[key])  # a duplicate of this batch's draft
+            else:
+                if key is not None:
+                    taken[key] = len(drafts)
+                answered.append(len(drafts))
+                drafts.append(rules.new_task(queue, spec, 0, now))
+        ids: list[int] = []
+        if drafts:
+            places: Sequence[int | None] = [None] * len(drafts)
+            if queue_id in self._fair:
+                places = await self._fair_places(conn, queue_id, drafts)
+            cursor = await conn.execute(
+                self._sql["insert_full"],
+                (
+                    [queue_id] * len(drafts),
+                    [int(t.state) for t in drafts],
+                    [t.priority for t in drafts],
+                    [bytes(t.data) for t in drafts],
+                    [now] * len(drafts),
+                    [now] * len(drafts),
+                    [t.run_at for t in drafts],
+                    [t.key for t in drafts],
+                    list(places),
+                    [t.timeout for t in drafts],
+                    [t.max_attempts for t in drafts],
+                    [t.expires_at for t in drafts],
+                    [t.unique_key for t in drafts],
+                    [t.unique_until for t in drafts],
+                ),
+            )
+            # unnest keeps the order of its arrays, and a sequence hands out growing ids.
+            ids = sorted(row[0] for row in await cursor.fetchall())
+            await self._notify_ready(conn, drafts)
+        created = [msgspec.structs.replace(t, id=i) for t, i in zip(drafts, ids, strict=True)]
+        return [
+            entry
+            if isinstance(entry, Task)
+            else created[entry]
+            if entry >= 0
+            else rules.duplicate(created[-1 - entry])
+            for entry in answered
+        ]
 
     async def _fair_places(
         self, conn: AsyncConnection[tuple[Any, ...]], queue_id: int, tasks: Sequence[Task]
@@ -591,11 +709,20 @@ class PostgresStore(Store):
                 first = idempotency.replay(
                     queue, tasks, digest, idempotency.unpack_ids(ids), created, once
                 )
-                return Enqueued(first, False)
+                answer = []
+                for task in first:
+                    found = None
+                    if task.duplicate:  # answered as it is now (see idempotency.current)
+                        cursor = await conn.execute(self._sql["task"], (task.id,))
+                        row = await cursor.fetchone()
+                        if row is not None and row[1] == queue_id:
+                            found = task_from_row(row, queue)
+                    answer.append(idempotency.current(task, found))
+                return Enqueued(answer, False)
             new = await self._insert(conn, queue_id, queue, tasks, now)
             await conn.execute(
                 f"UPDATE {s}.idempotency_keys SET ids = %s WHERE queue_id = %s AND key = %s",
-                (idempotency.pack_ids([t.id for t in new]), queue_id, once.key),
+                (idempotency.pack(new), queue_id, once.key),
             )
             return Enqueued(new, True)
 
@@ -682,7 +809,8 @@ class PostgresStore(Store):
                 )
             elif limit > 0:
                 cursor = await conn.execute(
-                    self._sql["claim"], (worker, now + options.timeout, now, queue_id, limit)
+                    self._sql["claim"],
+                    (worker, now, options.timeout, now, queue_id, now, limit),
                 )
                 delivered = [task_from_row(row, queue) for row in await cursor.fetchall()]
                 delivered.sort(key=lambda t: (-t.priority, t.id))
@@ -720,11 +848,12 @@ class PostgresStore(Store):
             rows = await (await conn.execute(sql["running_keys"], (queue_id,))).fetchall()
             per_key = {key: count for key, count in rows}
         taken: dict[str, int] = {}
-        lease_until = now + options.timeout
+        lease = (now, options.timeout)  # rules.lease_ms: the task's own timeout, else this
         delivered: list[Task] = []
         if allowed > 0 and options.key_concurrency is None and queue_id not in self._fair:
             # Nothing to pick by key: the plain claim, cut to what the limits allow.
-            cursor = await conn.execute(sql["claim"], (worker, lease_until, now, queue_id, allowed))
+            claim = (worker, *lease, now, queue_id, now, allowed)
+            cursor = await conn.execute(sql["claim"], claim)
             delivered = [task_from_row(row, queue) for row in await cursor.fetchall()]
             delivered.sort(key=lambda t: (-t.priority, t.id))
             allowed = 0
@@ -734,10 +863,10 @@ class PostgresStore(Store):
             # A few more than wanted: some may belong to keys that fill up on the way (the
             # next look passes over those keys).
             chunk = want if options.key_concurrency is None else want + 64
-            candidates = await self._candidates(conn, queue_id, blocked, chunk)
+            candidates = await self._candidates(conn, queue_id, blocked, chunk, now)
             ids = rules.pick_by_key(candidates, want, per_key, options.key_concurrency, taken)
             if ids:
-                cursor = await conn.execute(sql["take"], (worker, lease_until, now, ids))
+                cursor = await conn.execute(sql["take"], (worker, *lease, now, ids))
                 took = {row[0]: row for row in await cursor.fetchall()}
                 delivered += [task_from_row(took[i], queue) for i in ids]  # the claim order
             if len(candidates) < chunk:
@@ -751,16 +880,22 @@ class PostgresStore(Store):
         return delivered, retry_at
 
     async def _candidates(
-        self, conn: AsyncConnection[tuple[Any, ...]], queue_id: int, blocked: list[str], chunk: int
+        self,
+        conn: AsyncConnection[tuple[Any, ...]],
+        queue_id: int,
+        blocked: list[str],
+        chunk: int,
+        now: int,
     ) -> list[tuple[int, str | None]]:
         fair = queue_id in self._fair
         cursor = await conn.execute(
-            self._sql["candidates_fair" if fair else "candidates"], (queue_id, blocked, chunk)
+            self._sql["candidates_fair" if fair else "candidates"],
+            (queue_id, now, blocked, chunk),
         )
         rows = [(task_id, key) for task_id, key in await cursor.fetchall()]
         if fair and len(rows) < chunk:
             cursor = await conn.execute(
-                self._sql["candidates_unplaced"], (queue_id, blocked, chunk - len(rows))
+                self._sql["candidates_unplaced"], (queue_id, now, blocked, chunk - len(rows))
             )
             rows += [(task_id, key) for task_id, key in await cursor.fetchall()]
         return rows
@@ -863,6 +998,11 @@ class PostgresStore(Store):
                     True,
                 ),
                 (
+                    f"SELECT {COLUMNS} FROM {s}.tasks WHERE {_EXPIRY} AND expires_at <= %s"
+                    " ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                    None,
+                ),
+                (
                     f"SELECT {COLUMNS} FROM {s}.tasks WHERE state = 2 AND run_at <= %s"
                     " ORDER BY run_at LIMIT %s FOR UPDATE SKIP LOCKED",
                     False,
@@ -874,13 +1014,36 @@ class PostgresStore(Store):
                     if options is None:
                         continue
                     new = (
-                        rules.expire_lease(task, options, now)
+                        rules.expire(task, now)
+                        if lease is None
+                        else rules.expire_lease(task, options, now)
                         if lease
                         else rules.promote(task, now)
                     )
                     change = await self._write(conn, task, new, options)
                     if change is not None:
                         changes.append(change)
+            # Finished tasks kept only while they held their unique_key (rules.discard):
+            # removed at the first reap after that.
+            # Only queues without history keep tasks so.
+            dropping = [
+                queue_id
+                for name, options in queues.items()
+                if not options.persistent and (queue_id := self._queue_ids.get(name)) is not None
+            ]
+            rows = []
+            if dropping:
+                cursor = await conn.execute(
+                    f"SELECT {COLUMNS} FROM {s}.tasks WHERE unique_until IS NOT NULL"
+                    " AND state BETWEEN 4 AND 5 AND queue_id = ANY(%s) AND unique_until <= %s"
+                    " LIMIT %s FOR UPDATE SKIP LOCKED",
+                    (dropping, now, _EXPIRE_BATCH),
+                )
+                rows = await cursor.fetchall()
+            for task in await self._tasks(conn, rows):
+                options = queues.get(task.queue)
+                if options is not None and rules.sweepable(task, options, now):
+                    await conn.execute(self._sql["delete"], (task.id,))
             await self._notify_ready(conn, (change.task for change in changes))
         return changes
 
@@ -891,13 +1054,17 @@ class PostgresStore(Store):
             row = await (
                 await conn.execute(
                     f"SELECT LEAST((SELECT min(lease_until) FROM {s}.tasks WHERE state = 3),"
-                    f" (SELECT min(run_at) FROM {s}.tasks WHERE state = 2))"
+                    f" (SELECT min(run_at) FROM {s}.tasks WHERE state = 2),"
+                    f" (SELECT min(expires_at) FROM {s}.tasks WHERE {_EXPIRY}))"
                 )
             ).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
 
 _KEEP: Final = QueueOptions(persistent=True)
+# Tasks never delivered that expire (rules.expiry), by the partial index tasks_expiry.
+_EXPIRY: Final = "expires_at IS NOT NULL AND attempts = 0 AND state < 3"
+
 
 #: Seconds to open a connection, unless the URL's ``connect_timeout`` says otherwise.
 CONNECT_TIMEOUT: Final = 3

@@ -22,16 +22,24 @@ from katar.errors import (
 from katar.store._rows import (
     CLAIMED_COLUMNS,
     COLUMNS,
+    OPTIONS_COLUMNS,
     claimed_from_row,
 )
 
 # The claim in one statement. It does what rules.claimed does, in SQL, because this is the
 # hot path of every worker's poll.
+# A task's own timeout makes its own lease (rules.lease_ms); a task never delivered whose
+# expiry has come (rules.expired) is left for the reaper to cancel.
+# Every claim below takes (now, queue timeout) for its lease and now for the expiry.
+_LEASE: Final = "lease_until=?+coalesce(timeout, ?)"
+_NOT_EXPIRED: Final = "(expires_at IS NULL OR attempts > 0 OR expires_at > ?)"
 _CLAIM: Final = (
-    "UPDATE tasks SET state=3, attempts=attempts+1, worker=?, lease_until=?, run_at=NULL,"
-    " progress=NULL, updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND state=1"
-    f" ORDER BY priority DESC, id LIMIT ?) RETURNING {CLAIMED_COLUMNS}"
+    f"UPDATE tasks SET state=3, attempts=attempts+1, worker=?, {_LEASE}, run_at=NULL,"
+    " progress=NULL, updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND"
+    f" state=1 AND {_NOT_EXPIRED} ORDER BY priority DESC, id LIMIT ?) RETURNING {CLAIMED_COLUMNS}"
 )
+# The other options of a claimed task that has some (see CLAIMED_COLUMNS).
+_OPTIONS: Final = f"SELECT {OPTIONS_COLUMNS} FROM tasks WHERE id=?"
 _CLAIM_ANONYMOUS: Final = _CLAIM.replace("worker=?", "worker=NULL")  # no worker name given
 # A worker's "done" for the current delivery: update, or delete in a queue without history.
 # {returning} is every column, or only the id when nobody needs the finished tasks.
@@ -44,7 +52,10 @@ _DONE: Final = (
     "UPDATE tasks SET state=4, result=?, error=NULL, lease_until=NULL, updated_at=?"
     f" WHERE {_CURRENT} RETURNING {{returning}}"
 )
-_DONE_DROP: Final = f"DELETE FROM tasks WHERE {_CURRENT} RETURNING {{returning}}"
+# A task that holds its unique_key past its end (unique_for) is kept: left to the rules.
+_DONE_DROP: Final = (
+    f"DELETE FROM tasks WHERE {_CURRENT} AND unique_until IS NULL RETURNING {{returning}}"
+)
 # The same for an ack from a poll that names its worker (rules.owns): the delivery must be
 # leased to that name or to none. A row it does not match falls through to the rules, which
 # refuse it. Anonymous polls keep the statements without it.
@@ -63,7 +74,7 @@ _DONE_MANY: Final = (
 )
 _DONE_DROP_MANY: Final = (
     "DELETE FROM tasks WHERE id IN (SELECT t.id FROM tasks AS t JOIN (VALUES {rows}) AS v"
-    " ON " + _DONE_MATCH + ") RETURNING {returning}"
+    " ON " + _DONE_MATCH + " AND t.unique_until IS NULL) RETURNING {returning}"
 )
 # With the acking worker's name as the rows' last column: (id, attempt, result, worker),
 # or (id, attempt, worker) when the task is dropped.
@@ -77,6 +88,7 @@ _DONE_DROP_MANY_OWNED: Final = _DONE_DROP_MANY.replace(
 # (a tenth fewer instructions per task); {ids} is "?" per ack.
 _DONE_DROP_IDS: Final = (
     "DELETE FROM tasks WHERE id IN ({ids}) AND queue_id=? AND state=3 AND cancel_requested=0"
+    " AND unique_until IS NULL"
     " RETURNING {returning}"
 )
 _DONE_CHUNK: Final = 300  # acks per statement: 3 variables each, well under SQLite's limit
@@ -87,15 +99,16 @@ _RUNNING_KEYS: Final = (
     "SELECT key, count(*) FROM tasks WHERE queue_id=? AND state=3 AND key IS NOT NULL GROUP BY key"
 )
 _CANDIDATES: Final = (
-    "SELECT id, key FROM tasks WHERE queue_id=? AND state=1 AND (key IS NULL OR key NOT IN"
-    " (SELECT value FROM json_each(?))) ORDER BY priority DESC, id LIMIT ?"
+    f"SELECT id, key FROM tasks WHERE queue_id=? AND state=1 AND {_NOT_EXPIRED} AND"
+    " (key IS NULL OR key NOT IN (SELECT value FROM json_each(?)))"
+    " ORDER BY priority DESC, id LIMIT ?"
 )
 # A fair queue's order (rules.fair_seq), over its partial index.
 _CANDIDATES_FAIR: Final = _CANDIDATES.replace(
     "state=1 AND", "state=1 AND fair_seq IS NOT NULL AND"
 ).replace("priority DESC, id", "priority DESC, fair_seq, id")
 _TAKE: Final = (
-    "UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, lease_until=?, run_at=NULL,"
+    f"UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, {_LEASE}, run_at=NULL,"
     " progress=NULL, updated_at=? WHERE id IN (SELECT value FROM json_each(?))"
     f" RETURNING {CLAIMED_COLUMNS}"
 )
@@ -104,11 +117,10 @@ _NAME_WORKER: Final = "UPDATE tasks SET worker=? WHERE id IN (SELECT value FROM 
 # named after, by _NAME_WORKER). Every waiting task of a fair queue has a place: one server
 # serves a SQLite file, and it places the waiting tasks as it makes a queue fair.
 _CLAIM_FAIR: Final = (
-    "UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, lease_until=?, run_at=NULL,"
+    f"UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, {_LEASE}, run_at=NULL,"
     " progress=NULL, updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND"
-    " state=1 AND"
-    " fair_seq IS NOT NULL ORDER BY priority DESC, fair_seq, id LIMIT ?)"
-    f" RETURNING {CLAIMED_COLUMNS}, fair_seq"
+    f" state=1 AND fair_seq IS NOT NULL AND {_NOT_EXPIRED} ORDER BY priority DESC, fair_seq, id"
+    f" LIMIT ?) RETURNING {CLAIMED_COLUMNS}, fair_seq"
 )
 
 
@@ -224,14 +236,13 @@ class Batches:
         for (queue_id, worker, timeout, fair), claiming in claims.items():
             total = sum(poll.take for poll in claiming)
             now = max(poll.now for poll in claiming)
+            lease = (now, timeout, now, queue_id, now, total)
             if fair:
-                rows = conn.execute(_CLAIM_FAIR, (now + timeout, now, queue_id, total)).fetchall()
+                rows = conn.execute(_CLAIM_FAIR, lease).fetchall()
             elif worker is None:
-                claim = conn.execute(_CLAIM_ANONYMOUS, (now + timeout, now, queue_id, total))
-                rows = claim.fetchall()
+                rows = conn.execute(_CLAIM_ANONYMOUS, lease).fetchall()
             else:
-                claim = conn.execute(_CLAIM, (worker, now + timeout, now, queue_id, total))
-                rows = claim.fetchall()
+                rows = conn.execute(_CLAIM, (worker, *lease)).fetchall()
             if len(rows) > 1:  # RETURNING promises no order
                 if fair:
                     rows.sort(key=lambda row: (-row[1], row[-1], row[0]))
@@ -239,7 +250,7 @@ class Batches:
                     rows.sort(key=lambda row: (-row[1], row[0]))
             name = self._queue_names[queue_id]
             lease_until = now + timeout
-            tasks = [claimed_from_row(row, name, worker, now, lease_until) for row in rows]
+            tasks = [self._claimed(conn, row, name, worker, now, lease_until) for row in rows]
             start = 0
             for poll in claiming:
                 poll.delivered = tasks[start : start + poll.take]
@@ -248,6 +259,20 @@ class Batches:
                 conn.execute(_NAME_WORKER, (worker, msgspec.json.encode([r[0] for r in rows])))
         for bucket, rate, group in charged:  # what was taken, not what was allowed
             self._charge(bucket, rate, group)
+
+    @staticmethod
+    def _claimed(
+        conn: sqlite3.Connection,
+        row: Any,
+        queue: str,
+        worker: str | None,
+        now: int,
+        lease_until: int,
+    ) -> Task:
+        """The task a claim returned (see CLAIMED_COLUMNS): its other options of its own
+        are read apart, for the few tasks that have some."""
+        options = None if row[10] else conn.execute(_OPTIONS, (row[0],)).fetchone()
+        return claimed_from_row(row, queue, worker, now, lease_until, options)
 
     def _allowance(self, conn: sqlite3.Connection, polls: list[_Poll]) -> tuple[Any, int]:
         """What a group's polls of one queue may take together (rules.claim_allowance),
@@ -293,10 +318,11 @@ class Batches:
             # A few more than wanted: some may belong to keys that fill up on the way (the
             # next look passes over those keys).
             chunk = want + 64
-            candidates = self._candidates(conn, queue_id, blocked, chunk)
+            candidates = self._candidates(conn, queue_id, blocked, chunk, now)
             ids = rules.pick_by_key(candidates, want, per_key, options.key_concurrency, taken)
             if ids:  # taken now, so that the next look passes them; workers named below
-                took = conn.execute(_TAKE, (lease_until, now, msgspec.json.encode(ids)))
+                lease = (now, options.timeout, now, msgspec.json.encode(ids))
+                took = conn.execute(_TAKE, lease)
                 rows.update((row[0], row) for row in took)
                 order += ids
             if len(candidates) < chunk:
@@ -308,7 +334,7 @@ class Batches:
             mine = order[start : start + poll.limit]
             start += len(mine)
             poll.delivered = [
-                claimed_from_row(rows[i], name, poll.worker, now, lease_until) for i in mine
+                self._claimed(conn, rows[i], name, poll.worker, now, lease_until) for i in mine
             ]
             if poll.worker is not None and mine:
                 named.setdefault(poll.worker, []).extend(mine)
@@ -318,14 +344,15 @@ class Batches:
             self._charge(bucket, options.rate, polls)
 
     def _candidates(
-        self, conn: sqlite3.Connection, queue_id: int, blocked: list[str], chunk: int
+        self, conn: sqlite3.Connection, queue_id: int, blocked: list[str], chunk: int, now: int
     ) -> list[tuple[int, str | None]]:
-        """Ready tasks in claim order, up to ``chunk``, passing over the ``blocked`` keys."""
+        """Ready tasks in claim order, up to ``chunk``, passing over the ``blocked`` keys
+        (and the tasks whose expiry has come)."""
         keys = msgspec.json.encode(blocked)
         fair = queue_id in self._fair
         candidates = _CANDIDATES_FAIR if fair else _CANDIDATES
         rows: list[tuple[int, str | None]] = conn.execute(
-            candidates, (queue_id, keys, chunk)
+            candidates, (queue_id, now, keys, chunk)
         ).fetchall()
         return rows
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Final
 
-SCHEMA_VERSION: Final = 6  # 4: idempotency_keys; 5: tasks.key, fair_seq; 6: cancel, progress
+SCHEMA_VERSION: Final = 7  # 4: idempotency keys; 5: key, fair_seq; 6: cancel, progress; 7: options
 # The tasks at rest: paused (0), done (4), failed (5), cancelled (6). Not "state IN (0, 4, 5,
 # 6)": SQLite evaluates a partial index's condition for every row a statement writes, and an
 # IN list builds a temporary b-tree each time (a 4 KiB page zeroed): 56,000 instructions per
@@ -35,7 +35,12 @@ CREATE TABLE IF NOT EXISTS tasks (
     key TEXT,  -- the task's group, for key_concurrency and fair
     fair_seq INTEGER,  -- its place in a fair queue (rules.fair_seq); NULL elsewhere
     cancel_requested INTEGER NOT NULL DEFAULT 0,  -- an operator's cancel of a task in progress
-    progress BLOB  -- the worker's JSON, verbatim, from its last heartbeat
+    progress BLOB,  -- the worker's JSON, verbatim, from its last heartbeat
+    timeout INTEGER,       -- the task's own lease (ms); NULL: the queue's
+    max_attempts INTEGER,  -- the task's own max_attempts; NULL: the queue's
+    expires_at INTEGER,    -- a task never delivered is cancelled then
+    unique_key TEXT,
+    unique_until INTEGER   -- the key is held until then, whatever the state
 );
 -- The claim's order, over READY tasks only: scheduled, running and finished tasks never
 -- slow it down however many there are.
@@ -52,6 +57,15 @@ CREATE INDEX IF NOT EXISTS tasks_fair ON tasks (queue_id, priority DESC, fair_se
     WHERE state = 1 AND fair_seq IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_fair_key ON tasks (queue_id, key, fair_seq)
     WHERE fair_seq IS NOT NULL AND state BETWEEN 0 AND 3;
+-- The expiry of tasks never delivered (rules.expiry), and the unique keys held
+-- (rules.holds_key): partial indexes, so that tasks without either cost nothing.
+CREATE INDEX IF NOT EXISTS tasks_expiry ON tasks (expires_at)
+    WHERE expires_at IS NOT NULL AND attempts = 0 AND state < 3;
+CREATE INDEX IF NOT EXISTS tasks_unique ON tasks (queue_id, unique_key)
+    WHERE unique_key IS NOT NULL;
+-- Finished tasks that a queue without history keeps while they hold their key.
+CREATE INDEX IF NOT EXISTS tasks_kept ON tasks (queue_id, unique_until)
+    WHERE unique_until IS NOT NULL AND state BETWEEN 4 AND 5;
 -- An enqueue's Idempotency-Key: the ids it created (katar.core.idempotency.pack_ids).
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     queue_id INTEGER NOT NULL,
@@ -74,6 +88,13 @@ _ADDED: Final = {
     6: (
         ("tasks", "cancel_requested", "INTEGER NOT NULL DEFAULT 0"),
         ("tasks", "progress", "BLOB"),
+    ),
+    7: (
+        ("tasks", "timeout", "INTEGER"),
+        ("tasks", "max_attempts", "INTEGER"),
+        ("tasks", "expires_at", "INTEGER"),
+        ("tasks", "unique_key", "TEXT"),
+        ("tasks", "unique_until", "INTEGER"),
     ),
 }
 

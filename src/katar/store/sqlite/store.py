@@ -71,8 +71,19 @@ _PLACE_WAITING: Final = (
 )
 _UPDATE: Final = (
     "UPDATE tasks SET state=?, priority=?, attempts=?, attempt_base=?, error=?, result=?,"
-    " worker=?, updated_at=?, run_at=?, lease_until=?, cancel_requested=?, progress=?"
-    " WHERE id=?"
+    " worker=?, updated_at=?, run_at=?, lease_until=?, cancel_requested=?, progress=?,"
+    " expires_at=? WHERE id=?"
+)
+# A task with per-task options or a unique_key (rare): every column, in one statement.
+_INSERT_FULL: Final = (
+    "INSERT INTO tasks (id, queue_id, state, priority, data, created_at, updated_at, run_at,"
+    " key, fair_seq, timeout, max_attempts, expires_at, unique_key, unique_until)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+# The task that holds a unique_key (rules.holds_key), if any: by the partial index tasks_unique.
+_HOLDER: Final = (
+    f"SELECT {COLUMNS} FROM tasks WHERE queue_id=? AND unique_key=? AND unique_key IS NOT NULL"
+    " AND (state < 4 OR unique_until > ?) ORDER BY id LIMIT 1"
 )
 _RESTING: Final = frozenset({State.PAUSED, State.DONE, State.FAILED, State.CANCELLED})
 # Counts by state, each query served by a partial index.
@@ -191,6 +202,8 @@ class SQLiteStore(Batches, GroupCommit):
         tasks: Sequence[NewTask],
         now: int,
     ) -> list[Task]:
+        if any(map(rules.special, tasks)):
+            return self._insert_special(conn, queue_id, queue, tasks, now)
         first = self._last_id + 1
         created = [
             rules.new_task(queue, spec, task_id, now)
@@ -220,6 +233,66 @@ class SQLiteStore(Batches, GroupCommit):
             conn.executemany(_INSERT_LATER, later)
         self._last_id = first + len(created) - 1
         return created
+
+    def _insert_special(
+        self,
+        conn: sqlite3.Connection,
+        queue_id: int,
+        queue: str,
+        tasks: Sequence[NewTask],
+        now: int,
+    ) -> list[Task]:
+        """:meth:`_insert` for tasks with per-task options or unique keys: a unique_key
+        held by a task of the queue (one of this batch's included) creates nothing, and
+        answers that task. The single writer makes the look and the insert atomic: the
+        operations of a group run one after the other, each seeing the rows the earlier
+        ones wrote."""
+        answered: list[Task] = []
+        created: list[Task] = []
+        taken: dict[str, Task] = {}  # the keys this batch takes
+        for spec in tasks:
+            key = spec.unique_key
+            if key is not None:
+                if key in taken:
+                    answered.append(rules.duplicate(taken[key]))
+                    continue
+                found = conn.execute(_HOLDER, (queue_id, key, now)).fetchone()
+                if found is not None:
+                    answered.append(rules.duplicate(self._task(found)))
+                    continue
+            self._last_id += 1
+            task = rules.new_task(queue, spec, self._last_id, now)
+            if key is not None:
+                taken[key] = task
+            created.append(task)
+            answered.append(task)
+        places: Sequence[int | None] = [None] * len(created)
+        if queue_id in self._fair:
+            places = self._fair_places(conn, queue_id, created)
+        conn.executemany(
+            _INSERT_FULL,
+            [
+                (
+                    t.id,
+                    queue_id,
+                    int(t.state),
+                    t.priority,
+                    bytearray(t.data),
+                    now,
+                    now,
+                    t.run_at,
+                    t.key,
+                    place,
+                    t.timeout,
+                    t.max_attempts,
+                    t.expires_at,
+                    t.unique_key,
+                    t.unique_until,
+                )
+                for t, place in zip(created, places, strict=True)
+            ],
+        )
+        return answered
 
     def _fair_places(
         self, conn: sqlite3.Connection, queue_id: int, tasks: Sequence[Task]
@@ -253,16 +326,25 @@ class SQLiteStore(Batches, GroupCommit):
                 first = idempotency.replay(
                     queue, tasks, digest, idempotency.unpack_ids(ids), created, once
                 )
-                return Enqueued(first, False)
+                return Enqueued([self._current(conn, queue_id, t) for t in first], False)
             new = self._insert(conn, queue_id, queue, tasks, now)
             conn.execute(
                 "INSERT OR REPLACE INTO idempotency_keys (queue_id, key, digest, ids, created)"
                 " VALUES (?,?,?,?,?)",
-                (queue_id, once.key, once.digest, idempotency.pack_ids([t.id for t in new]), now),
+                (queue_id, once.key, once.digest, idempotency.pack(new), now),
             )
             return Enqueued(new, True)
 
         return await self._write(op)
+
+    def _current(self, conn: sqlite3.Connection, queue_id: int, first: Task) -> Task:
+        """A repeat's answer for a task of the first (see idempotency.current)."""
+        if not first.duplicate:
+            return first
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM tasks WHERE id=? AND queue_id=?", (first.id, queue_id)
+        ).fetchone()
+        return idempotency.current(first, None if row is None else self._task(row))
 
     async def prune_keys(self, before: int) -> int:
         def op(conn: sqlite3.Connection) -> int:
@@ -433,6 +515,7 @@ class SQLiteStore(Batches, GroupCommit):
             changes: list[Change] = []
             for sql, decide in (
                 (f"SELECT {_COLUMNS} FROM tasks WHERE state=3 AND lease_until<=? LIMIT ?", True),
+                (f"SELECT {_COLUMNS} FROM tasks WHERE {_EXPIRED}", None),
                 (f"SELECT {_COLUMNS} FROM tasks WHERE state=2 AND run_at<=? LIMIT ?", False),
             ):
                 for row in conn.execute(sql, (now, _EXPIRE_BATCH)).fetchall():
@@ -441,13 +524,30 @@ class SQLiteStore(Batches, GroupCommit):
                     if options is None:
                         continue
                     new = (
-                        rules.expire_lease(task, options, now)
+                        rules.expire(task, now)
+                        if decide is None
+                        else rules.expire_lease(task, options, now)
                         if decide
                         else rules.promote(task, now)
                     )
                     change = self._store_change(conn, task, new, options)
                     if change is not None:
                         changes.append(change)
+            # Finished tasks kept only while they held their unique_key (rules.discard):
+            # removed at the first reap after that.
+            # Only queues without history keep tasks so: their ids are ours, safe in the SQL.
+            dropping = [
+                queue_id
+                for name, options in queues.items()
+                if not options.persistent and (queue_id := self._queue_ids.get(name)) is not None
+            ]
+            kept = _KEPT.format(ids=",".join(map(str, dropping)))
+            rows = conn.execute(kept, (now, _EXPIRE_BATCH)).fetchall() if dropping else []
+            for row in rows:
+                task = self._task(row)
+                options = queues.get(task.queue)
+                if options is not None and rules.sweepable(task, options, now):
+                    conn.execute("DELETE FROM tasks WHERE id=?", (task.id,))
             return changes
 
         return await self._write(op)
@@ -458,8 +558,18 @@ class SQLiteStore(Batches, GroupCommit):
         return None if row[0] is None else int(row[0])
 
 
+# Tasks never delivered whose expiry has come (rules.expiry), by the partial index
+# tasks_expiry.
+_EXPIRY: Final = "expires_at IS NOT NULL AND attempts = 0 AND state < 3"
+_EXPIRED: Final = f"{_EXPIRY} AND expires_at<=? LIMIT ?"
+_KEPT: Final = (
+    f"SELECT {COLUMNS} FROM tasks WHERE unique_until IS NOT NULL AND state BETWEEN 4 AND 5"
+    " AND queue_id IN ({ids}) AND unique_until<=? LIMIT ?"
+)
 _NEXT_DEADLINE: Final = (
     "SELECT min(t) FROM (SELECT min(lease_until) AS t FROM tasks WHERE state = 3"
-    " UNION ALL SELECT min(run_at) FROM tasks WHERE state = 2)"
+    " UNION ALL SELECT min(run_at) FROM tasks WHERE state = 2"
+    f" UNION ALL SELECT min(expires_at) FROM tasks WHERE {_EXPIRY})"
 )
+
 _KEEP: Final = QueueOptions(persistent=True)

@@ -1,0 +1,110 @@
+"""Per-task options and unique keys from the Python clients, the embedded API and the CLI;
+the worker's heartbeats follow a task's own timeout."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from katar import Katar, cli
+from katar.client import AsyncProducer, AsyncWorker, Job
+from katar.errors import ValidationError
+from katar.http import App
+from tests.http.conftest import served
+
+URL = "http://katar"
+
+
+@pytest.fixture
+async def katar() -> AsyncIterator[Katar]:
+    instance = Katar("memory://", reap_interval=0.02)
+    instance.queue("q", persistent=True)  # the default lease: 60 s
+    async with instance:
+        yield instance
+
+
+@pytest.fixture
+async def producer(katar: Katar) -> AsyncIterator[AsyncProducer]:
+    transport = httpx.ASGITransport(app=App(katar.engine))
+    async with AsyncProducer(URL, transport=transport) as client:
+        yield client
+
+
+async def test_the_producer_sends_task_options(producer: AsyncProducer) -> None:
+    task = await producer.enqueue(
+        "q", 1, timeout=300, max_attempts=2, expires_in=60, unique_key="k", unique_for=30
+    )
+    assert task.timeout == 300
+    assert task.max_attempts == 2
+    assert task.expires_at is not None
+    assert task.unique_key == "k"
+    assert task.unique_until is not None
+    assert not task.duplicate
+    again = await producer.enqueue("q", 2, unique_key="k")
+    assert again.duplicate
+    assert again.id == task.id
+    many = await producer.enqueue_many("q", [3, 4, 5], unique_keys=["a", None, "a"])
+    assert [t.duplicate for t in many] == [False, False, True]
+    same = await producer.enqueue_many("q", [6, 7], unique_keys="b")
+    assert [t.duplicate for t in same] == [False, True]
+    with pytest.raises(ValidationError, match="one key"):
+        await producer.enqueue_many("q", [8, 9], unique_keys=["c"])
+
+
+async def test_the_embedded_api_takes_and_checks_task_options(katar: Katar) -> None:
+    queue = katar.queue("q")
+    task = await queue.enqueue(1, timeout=300, max_attempts=0, expires_in=1.5, unique_key="k")
+    assert task.timeout == 300
+    assert task.max_attempts == 0
+    assert task.expires_at == task.created_at + 1500
+    assert (await queue.enqueue(2, unique_key="k")).duplicate
+    for bad in ({"timeout": 0}, {"expires_in": -1}, {"unique_for": 5}, {"max_attempts": -1}):
+        with pytest.raises(ValidationError):
+            await queue.enqueue(3, **bad)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        await queue.enqueue(3, unique_key="a\nb")
+
+
+async def test_the_worker_heartbeats_by_the_task_timeout(
+    katar: Katar, producer: AsyncProducer
+) -> None:
+    task = await producer.enqueue("q", "slow", timeout=300)
+
+    async def slow(job: Job) -> str:
+        assert job.timeout == 300
+        await asyncio.sleep(1.0)  # more than three leases of 300 ms (the queue's is 60 s)
+        return "finally"
+
+    transport = httpx.ASGITransport(app=App(katar.engine))
+    worker = AsyncWorker(URL, "q", slow, transport=transport, wait=0.5)
+    running = asyncio.create_task(worker.run())
+    try:
+        record = await producer.wait("q", task.id, timeout=20)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 10)
+    assert record.status == "done"
+    assert record.attempts == 1
+
+
+async def test_the_cli_enqueues_with_task_options(
+    katar: Katar, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with served(App(katar.engine)) as url:
+        args = ["enqueue", "--url", url, "--queue", "q", "--timeout", "500", "--max-attempts", "0"]
+        args += ["--expires-in", "30", "--unique-key", "k", "--unique-for", "60", '"x"']
+        assert await asyncio.to_thread(cli.main, args) == 0
+        first = capsys.readouterr().out.strip()
+        assert await asyncio.to_thread(cli.main, args) == 0
+        assert capsys.readouterr().out.strip() == first  # a duplicate: the holder's id
+        bad = ["enqueue", "--url", url, "--queue", "q", "--unique-for", "5", "1"]
+        assert await asyncio.to_thread(cli.main, bad) != 0
+    record = await katar.queue("q").get(first)
+    assert record.timeout == 500
+    assert record.max_attempts == 0
+    assert record.unique_key == "k"
+    assert record.expires_at is not None
+    assert record.unique_until == record.created_at + 60_000
