@@ -172,6 +172,7 @@ class Queue:
         expires_in: float | None = None,
         unique_key: str | None = None,
         unique_for: float | None = None,
+        key: str | None = None,
     ) -> Task:
         """Add one task; ``delay`` in seconds; returns the stored task. The task's own
         options are those of :meth:`enqueue_many`; while a task of the queue holds
@@ -187,6 +188,7 @@ class Queue:
             expires_in=expires_in,
             unique_keys=None if unique_key is None else [unique_key],
             unique_for=unique_for,
+            key=key,
         )
         return task
 
@@ -204,6 +206,7 @@ class Queue:
         expires_in: float | None = None,
         unique_keys: Sequence[str | None] | None = None,
         unique_for: float | None = None,
+        key: str | None = None,
     ) -> list[Task]:
         """Add many tasks in one transaction; returns them in order. With an
         ``idempotency_key`` used on this queue in the last 24 hours (and the same tasks),
@@ -212,7 +215,8 @@ class Queue:
 
         Each task's own options: ``timeout`` (its lease in ms), ``max_attempts`` (0: no
         limit), ``expires_in`` (seconds), as the HTTP fields of the same names;
-        ``unique_keys``, one key (or None) per task, and ``unique_for`` (seconds)."""
+        ``unique_keys``, one key (or None) per task, and ``unique_for`` (seconds); ``key``,
+        the tasks' group, which the queue's ``key_concurrency`` and ``fair`` count by."""
         if delay < 0:
             raise ValidationError("delay must be >= 0 seconds")
         level = parse_priority(priority)
@@ -230,11 +234,12 @@ class Queue:
                     timeout=timeout,
                     max_attempts=max_attempts,
                     expires_in=expires_in,
-                    unique_key=key,
+                    unique_key=unique,
                     unique_for=unique_for,
+                    key=key,
                 ),
             )
-            for item, key in zip(items, keys, strict=True)
+            for item, unique in zip(items, keys, strict=True)
         ]
         return await self.katar.engine.enqueue(self.name, new, idempotency_key)
 

@@ -146,6 +146,11 @@ def _parser() -> argparse.ArgumentParser:
                 help="cancel the task if it is not delivered within this time",
             )
             command.add_argument(
+                "--key",
+                help="the tasks' group (a customer, an account): the queue's key_concurrency"
+                " and fair count by it",
+            )
+            command.add_argument(
                 "--unique-key",
                 metavar="KEY",
                 help="create nothing while a task of the queue holds this key (the id printed"
@@ -252,6 +257,7 @@ def enqueue(args: argparse.Namespace) -> int:
                     expires_in=args.expires_in,
                     unique_keys=args.unique_key,
                     unique_for=args.unique_for,
+                    key=args.key,
                 )
                 print("\n".join(task.id for task in tasks), flush=True)
                 batch = []

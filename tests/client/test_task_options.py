@@ -108,3 +108,21 @@ async def test_the_cli_enqueues_with_task_options(
     assert record.unique_key == "k"
     assert record.expires_at is not None
     assert record.unique_until == record.created_at + 60_000
+
+
+async def test_a_task_key_from_the_producer_the_api_and_the_cli(
+    katar: Katar, producer: AsyncProducer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (await producer.enqueue("q", 1, key="customer-1")).key == "customer-1"
+    many = await producer.enqueue_many("q", [2, 3], key="customer-2")
+    assert [t.key for t in many] == ["customer-2", "customer-2"]
+    queue = katar.queue("q")
+    assert (await queue.enqueue(4, key="customer-3")).key == "customer-3"
+    for bad in ("", "x" * 256, "a\tb"):
+        with pytest.raises(ValidationError):
+            await queue.enqueue(5, key=bad)
+    async with served(App(katar.engine)) as url:
+        args = ["enqueue", "--url", url, "--queue", "q", "--key", "customer-4", "6"]
+        assert await asyncio.to_thread(cli.main, args) == 0
+    record = await queue.get(capsys.readouterr().out.strip())
+    assert record.key == "customer-4"

@@ -133,10 +133,23 @@ async def test_a_seed_worker_works_unchanged_on_a_queue_with_every_option(
             "concurrency": 2,
             "key_concurrency": 1,
             "rate": {"limit": 1000, "period": 1000},
+            "fair": True,
             "configuration": {"interval": 10},
         },
     )
-    tasks = [{"data": n, "key": f"k{n % 3}"} for n in range(9)]
+    # Every task option too: a key, a unique key, its own lease and attempts, an expiry.
+    tasks = [
+        {
+            "data": n,
+            "key": f"k{n % 3}",
+            "unique_key": f"u{n}",
+            "unique_for": 60,
+            "timeout": 30000,
+            "max_attempts": 2,
+            "expires_in": 600,
+        }
+        for n in range(9)
+    ]
     await client.post("/v1/queue/p/tasks", json={"tasks": tasks})
     assert (await client.get("/v1/queue/p")).json() == {"configuration": {"interval": 10}}
     done: list[int] = []

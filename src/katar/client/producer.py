@@ -62,9 +62,11 @@ def task_options(
     max_attempts: int | None = None,
     expires_in: float | None = None,
     unique_for: float | None = None,
+    key: str | None = None,
 ) -> dict[str, Any]:
     """The per-task options of an enqueue's tasks, as the wire has them (the given ones)."""
     given = {
+        "key": key,
         "timeout": timeout,
         "max_attempts": max_attempts,
         "expires_in": expires_in,
@@ -206,6 +208,7 @@ class Producer:
         expires_in: float | None = None,
         unique_key: str | None = None,
         unique_for: float | None = None,
+        key: str | None = None,
     ) -> TaskRecord:
         """Put one task on the queue; its record. ``delay`` (seconds) or ``run_at`` (an
         aware datetime) hold it back until then; see :meth:`enqueue_many` for
@@ -225,6 +228,7 @@ class Producer:
             expires_in=expires_in,
             unique_keys=None if unique_key is None else [unique_key],
             unique_for=unique_for,
+            key=key,
         )
         return task
 
@@ -243,6 +247,7 @@ class Producer:
         expires_in: float | None = None,
         unique_keys: Sequence[str | None] | str | None = None,
         unique_for: float | None = None,
+        key: str | None = None,
     ) -> list[TaskRecord]:
         """Put many tasks on the queue in one request (one transaction); their records.
         ``delay`` (seconds) or ``run_at`` (an aware datetime) hold them back until then.
@@ -256,8 +261,9 @@ class Producer:
         task not delivered by then is cancelled). ``unique_keys``: one key (or None) per
         task, or one key for all (then the first is created, the others are its
         duplicates); ``unique_for`` (seconds) holds each key that long whatever the task's
-        status."""
-        options = task_options(timeout, max_attempts, expires_in, unique_for)
+        status. ``key``: the tasks' group (a customer, an account), which the queue's
+        ``key_concurrency`` and ``fair`` count by."""
+        options = task_options(timeout, max_attempts, expires_in, unique_for, key)
         body = _many_body(items, priority, delay, paused, run_at, options, unique_keys)
         return self._enqueue(queue, body, idempotency_key)
 
@@ -380,6 +386,7 @@ class AsyncProducer:
         expires_in: float | None = None,
         unique_key: str | None = None,
         unique_for: float | None = None,
+        key: str | None = None,
     ) -> TaskRecord:
         """Put one task on the queue; its record. ``delay`` (seconds) or ``run_at`` (an
         aware datetime) hold it back until then; see :meth:`enqueue_many` for
@@ -399,6 +406,7 @@ class AsyncProducer:
             expires_in=expires_in,
             unique_keys=None if unique_key is None else [unique_key],
             unique_for=unique_for,
+            key=key,
         )
         return tasks[0]
 
@@ -418,10 +426,11 @@ class AsyncProducer:
         expires_in: float | None = None,
         unique_keys: Sequence[str | None] | str | None = None,
         unique_for: float | None = None,
+        key: str | None = None,
     ) -> list[TaskRecord]:
         """Put many tasks on the queue in one request (one transaction); their records
         (see Producer.enqueue_many)."""
-        options = task_options(timeout, max_attempts, expires_in, unique_for)
+        options = task_options(timeout, max_attempts, expires_in, unique_for, key)
         body = _many_body(items, priority, delay, paused, run_at, options, unique_keys)
         return await self._enqueue(queue, body, idempotency_key)
 

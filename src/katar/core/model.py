@@ -273,11 +273,12 @@ def parse_priority(value: Any) -> int:
 
 def task_options(body: protocol.NewTask, where: str = "task") -> dict[str, Any]:
     """The per-task options of a task to enqueue, as :class:`NewTask` fields, from the wire's
-    (``timeout`` ms, ``max_attempts``, ``expires_in`` and ``unique_for`` seconds,
+    (``key``, ``timeout`` ms, ``max_attempts``, ``expires_in`` and ``unique_for`` seconds,
     ``unique_key``), whose types and bounds :class:`katar.protocol.NewTask` checks."""
     if body.unique_for is not None and body.unique_key is None:
         raise ValidationError(f"{where}: unique_for needs a unique_key", field="unique_for")
     return {
+        "key": body.key,
         "timeout": body.timeout,
         "max_attempts": body.max_attempts,
         "expires_in_ms": None if body.expires_in is None else _ms(body.expires_in),

@@ -154,7 +154,6 @@ def _new_task(body: TaskBody, where: str, max_bytes: int) -> NewTask:
         delay_ms=round(body.delay * 1000) if body.delay is not None else 0,
         run_at=None if body.run_at is None else _run_at(body, where),
         paused=body.status == "paused",
-        key=body.key,
         **task_options(body, where),
     )
 
