@@ -175,7 +175,7 @@ def _drain(
     extra: Extra | None = None,
 ) -> dict[str, float]:
     with httpx.Client(base_url=servers[0].url, timeout=60) as client:
-        fill(client, tasks, options, extra)
+        filled = fill(client, tasks, options, extra)
         started = time.perf_counter()
         runs = [
             wrk(
@@ -201,6 +201,7 @@ def _drain(
                 run.communicate()
         return {
             "tasks_per_s": tasks / elapsed,
+            "enqueued_per_s": filled,
             "peak_rss_mb": max(peak_rss_mb(server.pid) for server in servers),
         }
 
