@@ -263,6 +263,11 @@ class PostgresStore(Store):
                 f"SELECT fair_seq FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
                 " fair_seq IS NOT NULL ORDER BY priority DESC, fair_seq, id LIMIT 1"
             ),
+            "fair_lasts": (
+                f"SELECT k, (SELECT max(fair_seq) FROM {s}.tasks WHERE queue_id = %s AND"
+                " key = k AND fair_seq IS NOT NULL AND state BETWEEN 0 AND 3)"
+                " FROM unnest(%s::text[]) AS k"
+            ),
             "fair_last": (
                 f"SELECT max(fair_seq) FROM {s}.tasks WHERE queue_id = %s AND"
                 " key IS NOT DISTINCT FROM %s AND fair_seq IS NOT NULL AND state BETWEEN 0 AND 3"
@@ -665,16 +670,22 @@ class PostgresStore(Store):
     async def _fair_places(
         self, conn: AsyncConnection[tuple[Any, ...]], queue_id: int, tasks: Sequence[Task]
     ) -> list[int]:
-        """Each new task's place in a fair queue (rules.fair_seq)."""
+        """Each new task's place in a fair queue (rules.fair_seq): the batch's keys' last
+        places in one statement."""
         head = await (await conn.execute(self._sql["fair_front"], (queue_id,))).fetchone()
         front = 0 if head is None else int(head[0])
-        last: dict[str | None, int | None] = {}
+        keys = {task.key for task in tasks}
+        named = sorted(k for k in keys if k is not None)
+        cursor = await conn.execute(self._sql["fair_lasts"], (queue_id, named))
+        last: dict[str | None, int | None] = {
+            key: None if seq is None else int(seq) for key, seq in await cursor.fetchall()
+        }
+        if None in keys:
+            cursor = await conn.execute(self._sql["fair_last"], (queue_id, None))
+            found = await cursor.fetchone()
+            last[None] = None if found is None or found[0] is None else int(found[0])
         places = []
         for task in tasks:
-            if task.key not in last:
-                cursor = await conn.execute(self._sql["fair_last"], (queue_id, task.key))
-                found = await cursor.fetchone()
-                last[task.key] = None if found is None or found[0] is None else int(found[0])
             place = rules.fair_seq(last[task.key], front)
             last[task.key] = place
             places.append(place)
