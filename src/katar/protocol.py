@@ -248,7 +248,7 @@ class Patch(msgspec.Struct, frozen=True):
 # -- answers ----------------------------------------------------------------------------------
 
 
-class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
+class TaskRecord(msgspec.Struct, frozen=True):
     """A task as the server describes it. The server fills ``data`` and ``result`` with the
     JSON it stored (``msgspec.Raw``); a client reads them as Python values."""
 

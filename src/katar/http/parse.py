@@ -148,12 +148,26 @@ def _new_task(body: TaskBody, where: str, max_bytes: int) -> NewTask:
         priority = parse_priority(body.priority)
     except ValidationError as exc:
         raise ValidationError(f"{where}: {exc.message}") from None
+    delay_ms = round(body.delay * 1000) if body.delay is not None else 0
+    run_at = None if body.run_at is None else _run_at(body, where)
+    paused = body.status == "paused"
+    if (
+        body.key is None
+        and body.unique_key is None
+        and body.timeout is None
+        and body.max_attempts is None
+        and body.expires_in is None
+        and body.unique_for is None
+    ):  # most tasks: no option of their own, nothing more to convert
+        return NewTask(
+            data=body.data, priority=priority, delay_ms=delay_ms, run_at=run_at, paused=paused
+        )
     return NewTask(
         data=body.data,
         priority=priority,
-        delay_ms=round(body.delay * 1000) if body.delay is not None else 0,
-        run_at=None if body.run_at is None else _run_at(body, where),
-        paused=body.status == "paused",
+        delay_ms=delay_ms,
+        run_at=run_at,
+        paused=paused,
         **task_options(body, where),
     )
 
