@@ -14,12 +14,11 @@ from urllib.parse import unquote
 
 import httptools
 
-from katar.errors import HeadTooLarge, InvalidRequest
+from katar.errors import InvalidRequest
 from katar.http.app import (
     BODY_METHODS,
     Admission,
     App,
-    body_too_large,
     check_declared_length,
 )
 
@@ -54,65 +53,29 @@ ANSWERED: Final = Stage.ANSWERED
 
 
 class Cycle:
-    """One request: what the parser has given of it so far, then what the app needs to answer
-    it. Its head and body chunks are let go once it is complete, so that a queued request
-    holds its body alone."""
+    """One request: what the parser has given of it so far (the connection's parser callbacks
+    fill it in), then what the app needs to answer it. Its head and body chunks are let go
+    once it is complete, so that a queued request holds its body alone."""
 
-    __slots__ = (
-        "admission",
-        "body",
-        "chunks",
-        "expect_continue",
-        "head_size",
-        "headers",
-        "keep_alive",
-        "keep_body",
-        "method",
-        "path",
-        "query",
-        "size",
-        "stage",
-        "url",
-    )
+    # Defaults on the class: a request sets only what it has (a cycle is made per request).
+    stage = HEAD
+    url = b""
+    head_size = 0
+    expect_continue = False
+    method = ""
+    path = ""
+    query = b""
+    admission: Admission | None = None
+    keep_body = False  # False: the body is not the app's (refused, or a GET's)
+    size = 0
+    body = b""
+    keep_alive = True
 
     def __init__(self) -> None:
-        self.stage = HEAD
-        self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.head_size = 0
-        self.expect_continue = False
-        self.method = ""
-        self.path = ""
-        self.query = b""
-        self.admission: Admission | None = None
-        self.keep_body = False  # False: the body is not the app's (refused, or a GET's)
         self.chunks: list[bytes] = []
-        self.size = 0
-        self.body = b""
-        self.keep_alive = True
 
     # -- the head --------------------------------------------------------------------------
-
-    def add_url(self, url: bytes) -> None:
-        self.url += url
-        if len(self.url) > MAX_HEAD:
-            raise HeadTooLarge(f"the request's target is over {MAX_HEAD} bytes")
-
-    def add_header(self, name: bytes, value: bytes) -> None:
-        self.head_size += len(name) + len(value) + 4
-        if self.head_size > MAX_HEAD:
-            raise HeadTooLarge(f"the request's headers are over {MAX_HEAD} bytes")
-        name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
-            self.expect_continue = True
-        elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":
-            # llhttp takes any list ending in chunked as chunked, but Katar decodes no
-            # content coding (gzip...): such a body would reach the app still encoded.
-            raise InvalidRequest(
-                f"Transfer-Encoding {value.decode('latin-1')!r} is not supported: send the "
-                "body as it is, with Content-Length or Transfer-Encoding: chunked alone"
-            )
-        self.headers.append((name, value))
 
     def admit(self, method: str, upgrade: bool, app: App, limit: int) -> None:
         """The head is parsed: route it and check its token (:meth:`App.admit`: a refused
@@ -156,13 +119,6 @@ class Cycle:
         return b"\r\n".join(lines) + b"\r\n\r\n"
 
     # -- the body and the answer -----------------------------------------------------------
-
-    def add_body(self, body: bytes, limit: int) -> None:
-        if self.keep_body:
-            self.size += len(body)
-            if self.size > limit:
-                raise body_too_large(limit)
-            self.chunks.append(body)
 
     def complete(self, keep_alive: bool) -> None:
         """Read whole: its body joined, its head let go."""

@@ -32,8 +32,8 @@ import httptools
 import uvicorn
 from uvicorn.server import ServerState
 
-from katar.errors import InvalidRequest, KatarError, RequestTimeout
-from katar.http.app import App
+from katar.errors import HeadTooLarge, InvalidRequest, KatarError, RequestTimeout
+from katar.http.app import App, body_too_large
 from katar.http.cycle import BODY as STAGE_BODY
 from katar.http.cycle import MAX_HEAD, UPGRADE, Cycle
 from katar.http.responses import JSON_HEADERS, Response, error_response
@@ -304,10 +304,27 @@ class HttpProtocol(asyncio.Protocol):
             self._to(HEAD)
 
     def on_url(self, url: bytes) -> None:
-        self.cycle.add_url(url)
+        cycle = self.cycle
+        cycle.url += url
+        if len(cycle.url) > MAX_HEAD:
+            raise HeadTooLarge(f"the request's target is over {MAX_HEAD} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.cycle.add_header(name, value)
+        cycle = self.cycle
+        cycle.head_size += len(name) + len(value) + 4
+        if cycle.head_size > MAX_HEAD:
+            raise HeadTooLarge(f"the request's headers are over {MAX_HEAD} bytes")
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            cycle.expect_continue = True
+        elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            # llhttp takes any list ending in chunked as chunked, but Katar decodes no
+            # content coding (gzip...): such a body would reach the app still encoded.
+            raise InvalidRequest(
+                f"Transfer-Encoding {value.decode('latin-1')!r} is not supported: send the "
+                "body as it is, with Content-Length or Transfer-Encoding: chunked alone"
+            )
+        cycle.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser, cycle = self.parser, self.cycle
@@ -321,7 +338,12 @@ class HttpProtocol(asyncio.Protocol):
         self._to(BODY)
 
     def on_body(self, body: bytes) -> None:
-        self.cycle.add_body(body, self.limit)
+        cycle = self.cycle
+        if cycle.keep_body:
+            cycle.size += len(body)
+            if cycle.size > self.limit:
+                raise body_too_large(self.limit)
+            cycle.chunks.append(body)
 
     def on_message_complete(self) -> None:
         cycle = self.cycle
