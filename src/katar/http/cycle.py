@@ -57,23 +57,38 @@ class Cycle:
     fill it in), then what the app needs to answer it. Its head and body chunks are let go
     once it is complete, so that a queued request holds its body alone."""
 
-    # Defaults on the class: a request sets only what it has (a cycle is made per request).
-    stage = HEAD
-    url = b""
-    head_size = 0
-    expect_continue = False
-    method = ""
-    path = ""
-    query = b""
-    admission: Admission | None = None
-    keep_body = False  # False: the body is not the app's (refused, or a GET's)
-    size = 0
-    body = b""
-    keep_alive = True
+    __slots__ = (
+        "admission",
+        "body",
+        "chunks",
+        "expect_continue",
+        "head_size",
+        "headers",
+        "keep_alive",
+        "keep_body",
+        "method",
+        "path",
+        "query",
+        "size",
+        "stage",
+        "url",
+    )
 
     def __init__(self) -> None:
+        self.stage = HEAD
+        self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.head_size = 0
+        self.expect_continue = False
+        self.method = ""
+        self.path = ""
+        self.query = b""
+        self.admission: Admission | None = None
+        self.keep_body = False  # False: the body is not the app's (refused, or a GET's)
         self.chunks: list[bytes] = []
+        self.size = 0
+        self.body = b""
+        self.keep_alive = True
 
     # -- the head --------------------------------------------------------------------------
 
