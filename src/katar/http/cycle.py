@@ -37,7 +37,7 @@ class Stage(enum.Enum):
     HEAD = "head"  # its line and headers are being parsed
     UPGRADE = "upgrade"  # its head asks to upgrade: it is parsed again without
     BODY = "body"  # routed and admitted; its body is being read
-    COMPLETE = "complete"  # read whole: waits, queued, for the answers before it
+    COMPLETE = "complete"  # read whole; queued while the requests before it are answered
     ANSWERING = "answering"  # the app answers it
     ANSWERED = "answered"  # its answer is written (or its client is gone)
 
