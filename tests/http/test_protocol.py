@@ -392,3 +392,21 @@ async def test_a_transfer_coding_other_than_chunked_is_400(
     assert headers["connection"] == "close"
     assert "Transfer-Encoding" in json.loads(body)["error"]
     assert await katar.queue("q").tasks() == []
+
+
+async def test_a_request_queued_behind_a_long_poll_is_not_cut_off(app: App) -> None:
+    # The head timeout is the client's to meet: a request whose head and body arrived whole
+    # waits for the long poll before it without a clock running on it.
+    async with served(app, (0.3, 5, 5)) as url:
+        wire = Wire(*await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        try:
+            poll = request("POST", "/v1/queue/q", b'{"wait": 1}')
+            await wire.send(poll + request("GET", "/healthz"))
+            assert (await wire.answer())[0] == 204
+            assert (await wire.answer())[0] == 200
+            await wire.send(request("GET", "/healthz"))
+            status, headers, _ = await wire.answer()
+            assert status == 200  # not the 408 of a head that "did not arrive"
+            assert "connection" not in headers
+        finally:
+            wire.close()

@@ -32,12 +32,14 @@ from katar.core import idempotency
 from katar.core.clock import Clock, SystemClock, Timer
 from katar.core.model import (
     PUBLIC_STATUS,
+    READY,
+    RUNNING,
+    SCHEDULED,
     STATES_OF_STATUS,
     STATUSES,
     Ack,
     NewTask,
     QueueOptions,
-    State,
     Task,
     check_text,
     parse_queue_options,
@@ -261,12 +263,12 @@ class Engine(WaitList, OutcomeWaits, Reaper):
             created = [task for task in created if not task.duplicate]
         enqueued = self.counters.enqueued
         enqueued[queue] = enqueued.get(queue, 0) + len(created)
-        ready = sum(1 for task in created if task.state is State.READY)
+        ready = sum(1 for task in created if task.state is READY)
         if ready:
             self._wake(queue, ready)
         if ready < len(created):  # delayed (or paused) tasks: a delay's end may come first
             for task in created:
-                if task.state is State.SCHEDULED:
+                if task.state is SCHEDULED:
                     self._expect(task.run_at)
         for task in created:
             if task.expires_at is not None:  # a deadline (expires_in) to keep
@@ -451,13 +453,13 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         """Wake long polls for tasks that became ready; emit events; settle outcome waits."""
         ready: dict[str, int] = {}
         for task, old in changes:
-            if task.state is State.READY:
+            if task.state is READY:
                 ready[task.queue] = ready.get(task.queue, 0) + 1
-            elif old is State.RUNNING and task.state is not State.RUNNING:
+            elif old is RUNNING and task.state is not RUNNING:
                 options = self.queues.get(task.queue)
                 if options is not None and options.limited:  # room under a limit
                     ready[task.queue] = ready.get(task.queue, 0) + 1
-            if task.state is State.SCHEDULED:  # a retry's backoff, a resumed delayed task
+            if task.state is SCHEDULED:  # a retry's backoff, a resumed delayed task
                 self._expect(task.run_at)
             if PUBLIC_STATUS[old] != task.status:
                 if self._listeners:

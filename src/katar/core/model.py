@@ -44,6 +44,18 @@ class State(enum.IntEnum):
     CANCELLED = 6
 
 
+# The states by themselves, for the hot paths: on CPython 3.11 every ``State.X`` goes through
+# the enum's metaclass (its __getattr__ hook builds a method wrapper each time), a few hundred
+# instructions, and the rules and stores name states several times a task.
+PAUSED: Final = State.PAUSED
+READY: Final = State.READY
+SCHEDULED: Final = State.SCHEDULED
+RUNNING: Final = State.RUNNING
+DONE: Final = State.DONE
+FAILED: Final = State.FAILED
+CANCELLED: Final = State.CANCELLED
+
+
 #: The public statuses (katar.protocol.STATUSES) of the stored states; READY and SCHEDULED
 #: are both "queued".
 PUBLIC_STATUS: Final[dict[State, Status]] = {

@@ -16,7 +16,22 @@ from typing import Final
 
 from msgspec.structs import replace
 
-from katar.core.model import FINAL_STATES, Ack, NewTask, QueueOptions, Rate, State, Task
+from katar.core.model import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    FINAL_STATES,
+    PAUSED,
+    READY,
+    RUNNING,
+    SCHEDULED,
+    Ack,
+    NewTask,
+    QueueOptions,
+    Rate,
+    State,
+    Task,
+)
 from katar.errors import Conflict, IllegalTransition, ValidationError
 from katar.protocol import ACK_STATUSES as ACK_STATUSES
 from katar.protocol import PATCH_STATUSES as PATCH_STATUSES
@@ -27,7 +42,7 @@ def new_task(queue: str, spec: NewTask, task_id: int, now: int) -> Task:
     # A run_at that has passed means now, as a delay of 0 does.
     later = spec.run_at if spec.run_at is not None else now + spec.delay_ms
     run_at = later if later > now else None
-    state = State.PAUSED if spec.paused else State.SCHEDULED if run_at is not None else State.READY
+    state = PAUSED if spec.paused else SCHEDULED if run_at is not None else READY
     return Task(
         id=task_id,
         queue=queue,
@@ -66,7 +81,7 @@ def claimed(task: Task, options: QueueOptions, worker: str | None, now: int) -> 
     """The task as leased to a worker by a claim."""
     return replace(
         task,
-        state=State.RUNNING,
+        state=RUNNING,
         attempts=task.attempts + 1,
         worker=worker,
         lease_until=now + lease_ms(task, options),
@@ -185,7 +200,7 @@ def discard(task: Task, options: QueueOptions) -> bool:
     finished (unique_for): then it stays until :func:`sweepable`."""
     return (
         not options.persistent
-        and task.state in (State.DONE, State.FAILED)
+        and task.state in (DONE, FAILED)
         and (task.unique_until is None or task.unique_until <= task.updated_at)
     )
 
@@ -195,16 +210,16 @@ def sweepable(task: Task, options: QueueOptions, now: int) -> bool:
     unique_key was held (see :func:`discard`), once that time has passed."""
     return (
         not options.persistent
-        and task.state in (State.DONE, State.FAILED)
+        and task.state in (DONE, FAILED)
         and task.unique_until is not None
         and task.unique_until <= now
     )
 
 
 #: The states in which a task holds its unique_key whatever its unique_until.
-_HOLDING: Final = frozenset({State.PAUSED, State.READY, State.SCHEDULED, State.RUNNING})
+_HOLDING: Final = frozenset({PAUSED, READY, SCHEDULED, RUNNING})
 #: The states in which a task that was never delivered expires at its expires_at.
-_WAITING: Final = frozenset({State.PAUSED, State.READY, State.SCHEDULED})
+_WAITING: Final = frozenset({PAUSED, READY, SCHEDULED})
 
 
 def holds_key(task: Task, now: int) -> bool:
@@ -242,7 +257,7 @@ def expire(task: Task, now: int) -> Task | None:
     waited = (task.expires_at - task.created_at) / 1000
     return replace(
         task,
-        state=State.CANCELLED,
+        state=CANCELLED,
         run_at=None,
         error=f"expired: not delivered within {waited:g} s",
         updated_at=now,
@@ -279,7 +294,7 @@ def apply_ack(
             f"attempt {ack.attempt} was never delivered",
             _id=str(task.id),
         )
-    current = task.state is State.RUNNING and ack.attempt in (None, task.attempts)
+    current = task.state is RUNNING and ack.attempt in (None, task.attempts)
     if not current:
         if task.attempts == 0:
             raise Conflict(
@@ -306,27 +321,27 @@ def apply_ack(
         lease_until = now + lease_ms(task, options)
         return replace(task, lease_until=lease_until, updated_at=now, progress=progress)
     if ack.status == "done":
-        return _finish(task, State.DONE, now, result=ack.result, error=None)
+        return _finish(task, DONE, now, result=ack.result, error=None)
     error = ack.error if ack.error is not None else "failed"
     retry = options.retry_failed if ack.retry is None else ack.retry
     if retry and not _attempts_spent(task, options):
         delay = retry_delay(options, task.attempts)
         return replace(
             task,
-            state=State.SCHEDULED if delay else State.READY,
+            state=SCHEDULED if delay else READY,
             run_at=now + delay if delay else None,
             lease_until=None,
             error=error,
             updated_at=now,
         )
-    return _finish(task, State.FAILED, now, error=error)
+    return _finish(task, FAILED, now, error=error)
 
 
 def cancelled(task: Task, now: int) -> Task:
     """A task in progress whose cancel an operator asked for, cancelled now."""
     return _finish(
         task,
-        State.CANCELLED,
+        CANCELLED,
         now,
         error=f"cancelled at the operator's request while in progress (delivery {task.attempts})",
     )
@@ -339,7 +354,7 @@ def stops(task: Task, ack: Ack, worker: str | None = None) -> bool:
     worker whose answer was lost hears it again."""
     return (
         ack.status == "in progress"
-        and task.state is State.CANCELLED
+        and task.state is CANCELLED
         and task.cancel_requested
         and ack.attempt in (None, task.attempts)
         and owns(task, worker)
@@ -360,15 +375,13 @@ def expire_lease(task: Task, options: QueueOptions, now: int) -> Task | None:
     lease = lease_ms(task, options)
     message = f"lease expired: no ack within {lease} ms of delivery {task.attempts}"
     if _attempts_spent(task, options):
-        return _finish(task, State.FAILED, now, error=f"{message}; all attempts are spent")
-    return replace(
-        task, state=State.READY, lease_until=None, run_at=None, error=message, updated_at=now
-    )
+        return _finish(task, FAILED, now, error=f"{message}; all attempts are spent")
+    return replace(task, state=READY, lease_until=None, run_at=None, error=message, updated_at=now)
 
 
 def promote(task: Task, now: int) -> Task:
     """A scheduled task whose not-before time has come becomes claimable."""
-    return replace(task, state=State.READY, run_at=None, updated_at=now)
+    return replace(task, state=READY, run_at=None, updated_at=now)
 
 
 def change_status(task: Task, status: str, now: int) -> Task | None:
@@ -384,35 +397,35 @@ def change_status(task: Task, status: str, now: int) -> Task | None:
     state = task.state
     if task.status == status:
         return None
-    if status == "cancelled" and state in (State.PAUSED, State.READY, State.SCHEDULED):
-        return replace(task, state=State.CANCELLED, updated_at=now)
-    if status == "cancelled" and state is State.RUNNING:
+    if status == "cancelled" and state in (PAUSED, READY, SCHEDULED):
+        return replace(task, state=CANCELLED, updated_at=now)
+    if status == "cancelled" and state is RUNNING:
         # Recorded only: the task is cancelled at its worker's next heartbeat or ack, or at
         # its lease's end (apply_ack, expire_lease). A repeat changes nothing.
         if task.cancel_requested:
             return None
         return replace(task, cancel_requested=True, updated_at=now)
-    if status == "paused" and state in (State.READY, State.SCHEDULED):
-        return replace(task, state=State.PAUSED, updated_at=now)
-    if status == "queued" and state is State.PAUSED:
+    if status == "paused" and state in (READY, SCHEDULED):
+        return replace(task, state=PAUSED, updated_at=now)
+    if status == "queued" and state is PAUSED:
         due = task.run_at is None or task.run_at <= now
         return replace(
             task,
-            state=State.READY if due else State.SCHEDULED,
+            state=READY if due else SCHEDULED,
             run_at=None if due else task.run_at,
             updated_at=now,
         )
-    if status == "queued" and state in (State.FAILED, State.CANCELLED):
+    if status == "queued" and state in (FAILED, CANCELLED):
         # A retry gets a fresh set of attempts; the delivery count itself keeps growing so
         # that an ack from an old delivery can still be told apart (fencing). It is the
         # operator's decision: an expiry (expires_in) no longer applies.
         return replace(
             task,
-            state=State.READY,
+            state=READY,
             run_at=None,
             expires_at=None,
             attempt_base=task.attempts,
-            error=None if state is State.CANCELLED else task.error,
+            error=None if state is CANCELLED else task.error,
             cancel_requested=False,
             updated_at=now,
         )

@@ -12,35 +12,33 @@ Here a request's head is routed and its token checked as soon as it is parsed
 Connections keep alive, and answer pipelined requests in order; a client too slow to send a
 request's head or body is answered 408 and cut off, an idle one closed quietly
 (:func:`sweep`). Requests to upgrade (to h2c, websockets) are answered in HTTP/1.1.
+
+A connection (:class:`HttpProtocol`) owns what outlives a request: the transport, the parser,
+the queue of requests received and not yet answered, flow control and keep-alive; where it is
+is one :class:`Phase`. Each request is a :class:`katar.http.cycle.Cycle`, with its own
+:class:`katar.http.cycle.Stage`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import http
 import logging
 from collections import deque
 from typing import Any, Final, cast
-from urllib.parse import unquote
 
 import httptools
 import uvicorn
 from uvicorn.server import ServerState
 
-from katar.errors import (
-    HeadTooLarge,
-    InvalidRequest,
-    KatarError,
-    RequestTimeout,
-)
-from katar.http.app import (
-    BODY_METHODS,
-    Admission,
-    App,
-    body_too_large,
-    check_declared_length,
-)
+from katar.errors import HeadTooLarge, InvalidRequest, KatarError, RequestTimeout
+from katar.http.app import App, body_too_large
+from katar.http.cycle import BODY as STAGE_BODY
+from katar.http.cycle import MAX_HEAD, UPGRADE, Cycle
 from katar.http.responses import JSON_HEADERS, Response, error_response
+
+__all__ = ["MAX_HEAD", "HttpProtocol", "Phase", "sweep"]
 
 log = logging.getLogger("katar")
 
@@ -58,12 +56,6 @@ _PIPELINE: Final = 16
 #: (Small enough that one slice holds a few hundred tiny requests at most; large enough that
 #: a big body costs few calls.)
 _SLICE: Final = 16 * 1024
-#: Bytes of a request's line and headers; beyond, 431 (llhttp itself sets no bound).
-MAX_HEAD: Final = 64 * 1024
-
-#: A complete request awaiting its answer: method, path, admission, query string, body,
-#: and whether the connection stays open afterwards.
-_Item = tuple[str, str, Admission, bytes, bytes, bool]
 
 
 def _head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -71,6 +63,46 @@ def _head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
     if headers is JSON_HEADERS:
         return line + _JSON_HEAD
     return line + b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+
+
+class Phase(enum.Enum):
+    """Where a connection is: what it waits for its client to send, or how far it has got
+    in ending. Every change is :meth:`HttpProtocol._to`'s.
+
+    While it waits (HEAD, BODY, IDLE) a clock runs for :func:`sweep`. A connection that
+    ends goes one way only: LAST, then STOPPING, then CLOSING, then CLOSED, any of them
+    skipped; once it ends, it reads no more requests (what arrives is dropped).
+    """
+
+    # name = (label, rank: 0 while open, then in the order a connection ends; clock runs)
+    HEAD = ("head", 0, True)  # a request's line and headers: a connection's first, or one begun
+    BODY = ("body", 0, True)  # the body of the request being parsed
+    BUSY = ("busy", 0, False)  # nothing: its requests are being answered, or wait, queued
+    IDLE = ("idle", 0, True)  # kept alive after its answers: the next request
+    LAST = ("last", 1, False)  # no more requests (the last said close, or the input is
+    # broken): those received are answered, then `final` if any, then it closes
+    STOPPING = ("stopping", 2, False)  # the server shuts down: it closes after this answer
+    CLOSING = ("closing", 3, False)  # the server closed (or aborted) the transport
+    CLOSED = ("closed", 4, False)  # the transport is gone
+
+    rank: int
+    timed: bool
+
+    def __init__(self, label: str, rank: int, timed: bool) -> None:
+        self.rank = rank
+        self.timed = timed
+
+
+# Enum members through their class cost a lookup in the metaclass on every use (3.11):
+# the protocol changes phase several times a request.
+HEAD: Final = Phase.HEAD
+BODY: Final = Phase.BODY
+BUSY: Final = Phase.BUSY
+IDLE: Final = Phase.IDLE
+LAST: Final = Phase.LAST
+STOPPING: Final = Phase.STOPPING
+CLOSING: Final = Phase.CLOSING
+CLOSED: Final = Phase.CLOSED
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -95,54 +127,50 @@ class HttpProtocol(asyncio.Protocol):
         # Answer the requests before a "Connection: close" one, then close (as uvicorn does).
         self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
         self.transport: asyncio.Transport | None = None
-        # The request being parsed.
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.head_size = 0
-        self.expect_continue = False
-        self.upgrading = False  # the request asks to upgrade: it is parsed again without
-        self.method = ""
-        self.path = ""
-        self.query = b""
-        self.admission: Admission | None = None
-        self.keep_body = False  # False: the body is not the app's (refused, or a GET's)
-        self.chunks: list[bytes] = []
-        self.size = 0
-        # Requests complete and not yet answered, the first being answered when `answering`.
-        self.pending: deque[_Item] = deque()
+        self.phase = HEAD
+        #: loop.time() when the phase's clock started (HEAD, BODY, IDLE).
+        self.since = 0.0
+        #: The request being parsed, or the last one parsed.
+        self.cycle = Cycle()
+        #: The request being answered.
+        self.answering: Cycle | None = None
+        #: Requests complete and not yet answered, in order.
+        self.pending: deque[Cycle] = deque()
         self.queued = 0  # bytes of the bodies in `pending`, bounded like one body
         self.unparsed = b""  # received, not parsed yet: the queue was full (reading paused)
-        self.answering = False
-        self.last = False  # no request after those pending (a bad request, an upgrade)
         self.final: Response | None = None  # the answer to a bad request, after those pending
-        self.stopping = False  # the server shuts down: close after the current answer
-        self.reading = True
+        # Flow control, set by the transport and orthogonal to the phase: `write_paused`
+        # between pause_writing and resume_writing; `reading` mirrors the transport's own
+        # reading state, so that it is paused and resumed once each.
         self.write_paused = False
+        self.reading = True
         #: loop.time() since when the client has read nothing of its answers (writing is
         #: paused and the buffer does not shrink): past the body timeout, the connection is
-        #: dropped (:func:`sweep`). `stalled_size` is the buffer's size then.
+        #: dropped (:meth:`overdue`). `stalled_size` is the buffer's size then.
         self.stalled_since: float | None = None
         self.stalled_size = 0
         self.lost: asyncio.Future[None] | None = None
-        self.gone = False
-        #: loop.time() when the connection began waiting for the client; None while
-        #: answering. What it waits for: a request's head (`in_message` and not
-        #: `waiting_for_body`), its body, or, idle after an answer, the next request.
-        self.waiting_since: float | None = None
-        self.in_message = False
-        self.waiting_for_body = False
-        self.answered = False  # idle after an answer, as opposed to a silent new connection
+
+    def _to(self, phase: Phase) -> None:
+        """The one place the phase changes. Entering a waiting phase starts its clock (again);
+        a connection that ends does not wait any more, nor goes back."""
+        current = self.phase
+        if current.rank and phase.rank <= current.rank:
+            return
+        self.phase = phase
+        if phase.timed:
+            self.since = self.loop.time()
 
     # -- connection ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.server_state.connections.add(self)  # type: ignore[arg-type]
-        self.waiting_since = self.loop.time()
+        self._to(HEAD)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server_state.connections.discard(self)
-        self.gone = True
+        self._to(CLOSED)
         self.pending.clear()
         self.unparsed = b""
         if self.lost is not None and not self.lost.done():
@@ -152,12 +180,12 @@ class HttpProtocol(asyncio.Protocol):
         """A future that completes when the client hangs up (for a long poll)."""
         if self.lost is None:
             self.lost = self.loop.create_future()
-            if self.gone:
+            if self.phase is CLOSED:
                 self.lost.set_result(None)
         return self.lost
 
     def data_received(self, data: bytes) -> None:
-        if self.last:
+        if self.phase.rank:
             return
         if self.unparsed:  # arrived as reading was being paused: parsed after the rest
             self.unparsed += data
@@ -171,7 +199,7 @@ class HttpProtocol(asyncio.Protocol):
         in this loop."""
         start = 0
         head = b""  # an upgrade request's head, rewritten, to parse before its body
-        while not self.last:
+        while not self.phase.rank:
             if head:
                 piece, head = head, b""
             elif start < len(data):
@@ -192,7 +220,7 @@ class HttpProtocol(asyncio.Protocol):
                 # without it (a Java HttpClient asks for h2c on every request by default):
                 # its head rewritten, then its body from where llhttp stopped.
                 start -= len(piece) - upgrade.args[0]
-                head = self._head_without_upgrade()
+                head = self.cycle.head_without_upgrade(self.parser.get_http_version())
                 self.parser = httptools.HttpRequestParser(self)
                 self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
             except httptools.HttpParserError as exc:
@@ -219,6 +247,25 @@ class HttpProtocol(asyncio.Protocol):
             self._next()  # an answer held back while the client was not reading
         self._read()
 
+    def overdue(self, now: float, head: float, body: float, keep_alive: float) -> None:
+        """Act on the connection's clock (called by :func:`sweep`): cut off a client that
+        took more than ``head`` seconds to send a request's line and headers, or ``body``
+        its body (408); close one idle for ``keep_alive`` seconds; drop one that read none of
+        its answers for ``body`` seconds."""
+        if self.stalled_since is not None:
+            self.check_stalled(now, body)
+            return
+        phase = self.phase
+        if not phase.timed:
+            return
+        if phase is IDLE:
+            if now - self.since > keep_alive:
+                self.close_idle()
+            return
+        limit = body if phase is BODY else head
+        if now - self.since > limit:
+            self.cut_off(limit)
+
     def check_stalled(self, now: float, limit: float) -> None:
         """Drop the connection if its client has read nothing of its answers for ``limit``
         seconds: what is buffered for it is freed (closing would wait for the client to read
@@ -231,52 +278,45 @@ class HttpProtocol(asyncio.Protocol):
             self.stalled_since, self.stalled_size = now, size
         elif now - since > limit:
             self.stalled_since = None
+            self._to(CLOSING)
             transport.abort()
 
     def shutdown(self) -> None:
         """Graceful shutdown (called by uvicorn): close once the current answer is out."""
-        self.stopping = True
-        if not self.answering and self.transport is not None:
-            self.transport.close()
+        self._to(STOPPING)
+        if self.answering is None:
+            self._close()
 
     def cut_off(self, seconds: float) -> None:
         """Answer 408 and close: the client took more than ``seconds`` to send."""
-        what = "request body" if self.waiting_for_body else "request line and headers"
-        self.waiting_since = None
+        what = "request body" if self.phase is BODY else "request line and headers"
         self._end(RequestTimeout(f"the {what} did not arrive within {seconds:g} seconds"))
 
     def close_idle(self) -> None:
         """Close a connection idle after an answer (its keep-alive ran out)."""
-        self.waiting_since = None
-        if self.transport is not None:
-            self.transport.close()
+        self._close()
 
     # -- parser callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self.in_message = True
-        self.method = ""
-        self.admission = None
-        if self.waiting_since is None or self.answered:
-            self.waiting_since = self.loop.time()  # the head's time starts now
-        self.answered = False
-        self.url = b""
-        self.headers = []
-        self.head_size = 0
-        self.expect_continue = False
+        self.cycle = Cycle()
+        if self.phase is not HEAD:  # a new connection's clock runs from its start
+            self._to(HEAD)
 
     def on_url(self, url: bytes) -> None:
-        self.url += url
-        if len(self.url) > MAX_HEAD:
+        cycle = self.cycle
+        cycle.url += url
+        if len(cycle.url) > MAX_HEAD:
             raise HeadTooLarge(f"the request's target is over {MAX_HEAD} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.head_size += len(name) + len(value) + 4
-        if self.head_size > MAX_HEAD:
+        cycle = self.cycle
+        cycle.head_size += len(name) + len(value) + 4
+        if cycle.head_size > MAX_HEAD:
             raise HeadTooLarge(f"the request's headers are over {MAX_HEAD} bytes")
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
-            self.expect_continue = True
+            cycle.expect_continue = True
         elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":
             # llhttp takes any list ending in chunked as chunked, but Katar decodes no
             # content coding (gzip...): such a body would reach the app still encoded.
@@ -284,102 +324,68 @@ class HttpProtocol(asyncio.Protocol):
                 f"Transfer-Encoding {value.decode('latin-1')!r} is not supported: send the "
                 "body as it is, with Content-Length or Transfer-Encoding: chunked alone"
             )
-        self.headers.append((name, value))
+        cycle.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.method = method = self.parser.get_method().decode("ascii")
-        if method == "CONNECT":
-            raise InvalidRequest("CONNECT is not supported: Katar is not a proxy")
-        if self.parser.should_upgrade():
-            self.upgrading = True  # see data_received: the request is parsed again
-            return
-        try:
-            url = httptools.parse_url(self.url)
-            path = url.path.decode("ascii")
-        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
-            raise InvalidRequest("the request's target is not a valid URL path") from None
-        if "%" in path:
-            path = unquote(path)
-        self.path = path
-        self.query = url.query or b""
-        self.admission = admission = self.app.admit(method, path, self.headers)
-        self.keep_body = admission.refusal is None and method in BODY_METHODS
-        self.chunks = []
-        self.size = 0
-        if self.keep_body:
-            check_declared_length(self.headers, self.limit)
-        if self.expect_continue and not self.answering and not self.pending:
+        parser, cycle = self.parser, self.cycle
+        method = parser.get_method().decode("ascii")
+        cycle.admit(method, parser.should_upgrade(), self.app, self.limit)
+        if cycle.stage is UPGRADE:
+            return  # see _feed: the request is parsed again
+        if cycle.expect_continue and self.answering is None and not self.pending:
             assert self.transport is not None
             self.transport.write(_CONTINUE)
-        self.waiting_for_body = True
-        self.waiting_since = self.loop.time()
+        self._to(BODY)
 
     def on_body(self, body: bytes) -> None:
-        if self.keep_body:
-            self.size += len(body)
-            if self.size > self.limit:
+        cycle = self.cycle
+        if cycle.keep_body:
+            cycle.size += len(body)
+            if cycle.size > self.limit:
                 raise body_too_large(self.limit)
-            self.chunks.append(body)
+            cycle.chunks.append(body)
 
     def on_message_complete(self) -> None:
-        if self.upgrading:
+        cycle = self.cycle
+        if cycle.stage is UPGRADE:
             return
-        self.in_message = self.waiting_for_body = False
-        chunks = self.chunks
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        assert self.admission is not None
-        keep_alive = self.parser.should_keep_alive()
-        item = (self.method, self.path, self.admission, self.query, body, keep_alive)
-        self.admission = None
-        if not keep_alive:
-            self.last = True
-        if self.answering or self.write_paused or self.pending:
-            self.pending.append(item)
-            self.queued += len(body)
+        cycle.complete(self.parser.should_keep_alive())
+        if not cycle.keep_alive:
+            self._to(LAST)
+        if self.answering is not None or self.write_paused or self.pending:
+            self.pending.append(cycle)
+            self.queued += len(cycle.body)
+            self._to(BUSY)  # the client is not waited for: its request is whole
             self._read()
         else:
-            self._answer(item)
-
-    def _head_without_upgrade(self) -> bytes:
-        """The head of the request being parsed, without its Upgrade and the Connection
-        options that name it."""
-        self.upgrading = False
-        version = self.parser.get_http_version()
-        lines = [b"%s %s HTTP/%s" % (self.method.encode(), self.url, version.encode())]
-        for name, value in self.headers:
-            if name in (b"upgrade", b"http2-settings"):
-                continue
-            if name == b"connection":
-                options = [o.strip() for o in value.split(b",")]
-                value = b", ".join(
-                    o for o in options if o.lower() not in (b"upgrade", b"http2-settings")
-                )
-                if not value:
-                    continue
-            lines.append(name + b": " + value)
-        return b"\r\n".join(lines) + b"\r\n\r\n"
+            self._answer(cycle)
 
     # -- answers ---------------------------------------------------------------------------
 
-    def _answer(self, item: _Item) -> None:
-        self.answering = True
-        self.waiting_since = None
-        task = self.loop.create_task(self._respond(item))
+    def _answer(self, cycle: Cycle) -> None:
+        self.answering = cycle
+        cycle.start()
+        self._to(BUSY)
+        task = self.loop.create_task(self._respond(cycle))
         tasks = self.server_state.tasks
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    async def _respond(self, item: _Item) -> None:
-        method, path, admission, query, body, keep_alive = item
+    async def _respond(self, cycle: Cycle) -> None:
+        method, admission = cycle.method, cycle.admission
+        assert admission is not None
         try:
-            response = await self.app.respond(method, path, admission, query, body, self.hang_up)
+            response = await self.app.respond(
+                method, cycle.path, admission, cycle.query, cycle.body, self.hang_up
+            )
         except BaseException:  # cancelled (a forced shutdown): the app answers all else
             self._close()
             raise
-        keep_alive = keep_alive and not self.stopping
+        keep_alive = cycle.keep_alive and self.phase is not STOPPING
         self._write(response, method, keep_alive)
         self.server_state.total_requests += 1
-        self.answering = False
+        cycle.finish()
+        self.answering = None
         if not keep_alive:
             self._close()
         else:
@@ -389,26 +395,26 @@ class HttpProtocol(asyncio.Protocol):
         """After an answer: answer the next request queued, unless the client is not reading
         its answers (then :meth:`resume_writing` does, so that answers never pile up in the
         transport's buffer); or send the final answer; or wait for a request."""
-        if self.answering:
+        if self.answering is not None:
             return
         if self.pending:
             if self.write_paused:
                 return
-            item = self.pending.popleft()
-            self.queued -= len(item[4])
-            self._answer(item)
+            cycle = self.pending.popleft()
+            self.queued -= len(cycle.body)
+            self._answer(cycle)
             if self.unparsed:  # room in the queue: parse what waited for it
                 data, self.unparsed = self.unparsed, b""
                 self._feed(data)
             self._read()
         elif self.final is not None:
-            self._write(self.final, self.method, keep_alive=False)
+            self._write(self.final, self.cycle.method, keep_alive=False)
             self._close()
-        elif self.last:
+        elif self.phase is LAST:
             self._close()
         else:
-            self.answered = not self.in_message
-            self.waiting_since = self.loop.time()
+            # Idle; or, if a request began meanwhile, its clock starts again now.
+            self._to(IDLE if self.phase is BUSY else self.phase)
 
     def _write(self, response: Response, method: str, keep_alive: bool) -> None:
         transport = self.transport
@@ -432,18 +438,20 @@ class HttpProtocol(asyncio.Protocol):
         """Answer a request that cannot be parsed or finished with ``answer`` once the
         earlier ones are answered, and close: the connection cannot be read further."""
         response = error_response(answer) if isinstance(answer, KatarError) else answer
-        self.last = True
-        self.waiting_since = None
+        cycle = self.cycle
+        self._to(LAST)
         self._read()
-        template = self.admission.template if self.admission is not None else "other"
-        self.app.count(self.method or "-", template, response.status)
-        if self.answering or self.pending:
+        admission = cycle.admission if cycle.stage is STAGE_BODY else None
+        template = admission.template if admission is not None else "other"
+        self.app.count(cycle.method or "-", template, response.status)
+        if self.answering is not None or self.pending:
             self.final = response  # after the requests that came before it
             return
-        self._write(response, self.method, keep_alive=False)
+        self._write(response, cycle.method, keep_alive=False)
         self._close()
 
     def _close(self) -> None:
+        self._to(CLOSING)
         if self.transport is not None:
             self.transport.close()
 
@@ -452,7 +460,7 @@ class HttpProtocol(asyncio.Protocol):
         requests queued. (Once no more requests will be read, reading goes on, and what
         comes is dropped: a hang-up must still end a long poll.)"""
         want = not (self.write_paused or self.unparsed or len(self.pending) >= _PIPELINE)
-        if want != self.reading and self.transport is not None and not self.gone:
+        if want != self.reading and self.transport is not None and self.phase is not CLOSED:
             self.reading = want
             if want:
                 self.transport.resume_reading()
@@ -464,25 +472,13 @@ async def sweep(
     connections: set[Any], head_timeout: float, body_timeout: float, keep_alive: float
 ) -> None:
     """Cut off connections whose client is too slow to send a request's head or body (408),
-    and close those idle after an answer for ``keep_alive`` seconds. One timestamp per
-    connection and one sweep for all costs far less than a timer per request (~2 us each, a
-    tenth of a poll's budget)."""
+    and close those idle after an answer for ``keep_alive`` seconds
+    (:meth:`HttpProtocol.overdue`). One timestamp per connection and one sweep for all costs
+    far less than a timer per request (~2 us each, a tenth of a poll's budget)."""
     loop = asyncio.get_running_loop()
     period = min(1.0, head_timeout / 4, body_timeout / 4, keep_alive / 4)
     while True:
         await asyncio.sleep(period)
         now = loop.time()
         for connection in list(connections):
-            if connection.stalled_since is not None:
-                connection.check_stalled(now, body_timeout)
-                continue
-            since = connection.waiting_since
-            if since is None:
-                continue
-            if connection.answered:
-                if now - since > keep_alive:
-                    connection.close_idle()
-                continue
-            limit = body_timeout if connection.waiting_for_body else head_timeout
-            if now - since > limit:
-                connection.cut_off(limit)
+            connection.overdue(now, head_timeout, body_timeout, keep_alive)

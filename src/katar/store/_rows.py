@@ -7,7 +7,7 @@ from typing import Any, Final
 
 import msgspec
 
-from katar.core.model import State, Task
+from katar.core.model import RUNNING, State, Task
 
 COLUMNS: Final = (
     "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
@@ -74,7 +74,7 @@ def claimed_from_row(
     task = Task(
         id=row[0],
         queue=queue,
-        state=State.RUNNING,
+        state=RUNNING,
         priority=row[1],
         data=msgspec.Raw(row[2]),
         attempts=row[3],

@@ -14,13 +14,26 @@ from typing import Final
 
 from katar.core import idempotency, rules
 from katar.core.idempotency import Idempotency
-from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_task_id
+from katar.core.model import (
+    DONE,
+    FAILED,
+    PAUSED,
+    READY,
+    RUNNING,
+    SCHEDULED,
+    Ack,
+    NewTask,
+    QueueOptions,
+    State,
+    Task,
+    parse_task_id,
+)
 from katar.core.storage import Change, Enqueued, LimitState, PollResult, Store
 from katar.errors import KatarError, QueueNotFound, TaskNotFound
 from katar.logs import mask_credentials
 
 #: The states of a task that waits or runs: a fair group counts them.
-_WAITING: Final = frozenset({State.PAUSED, State.READY, State.SCHEDULED, State.RUNNING})
+_WAITING: Final = frozenset({PAUSED, READY, SCHEDULED, RUNNING})
 
 
 class MemoryStore(Store):
@@ -74,9 +87,7 @@ class MemoryStore(Store):
             if options.fair:
                 self._place_waiting(name)
             self._ready[name] = [
-                self._entry(t)
-                for i in self._ids[name]
-                if (t := self._tasks[i]).state is State.READY
+                self._entry(t) for i in self._ids[name] if (t := self._tasks[i]).state is READY
             ]
             heapq.heapify(self._ready[name])
 
@@ -120,7 +131,7 @@ class MemoryStore(Store):
         while heap:
             _priority, seq, task_id = heap[0]
             task = self._tasks.get(task_id)
-            if task is not None and task.state is State.READY and -task.priority == heap[0][0]:
+            if task is not None and task.state is READY and -task.priority == heap[0][0]:
                 return seq
             heapq.heappop(heap)
         return 0
@@ -152,24 +163,24 @@ class MemoryStore(Store):
     def _put(self, task: Task) -> None:
         old = self._tasks.get(task.id)
         self._tasks[task.id] = task
-        if task.state is State.RUNNING:
+        if task.state is RUNNING:
             self._running[task.queue][task.id] = None
-        elif old is not None and old.state is State.RUNNING:
+        elif old is not None and old.state is RUNNING:
             self._running[task.queue].pop(task.id, None)
         if task.id in self._seq:
             self._count(task, old)
-        if task.state is State.READY:
+        if task.state is READY:
             heapq.heappush(self._ready[task.queue], self._entry(task))
-        elif task.state is State.SCHEDULED:
+        elif task.state is SCHEDULED:
             assert task.run_at is not None
             heapq.heappush(self._scheduled, (task.run_at, task.id))
-        elif task.state is State.RUNNING:
+        elif task.state is RUNNING:
             assert task.lease_until is not None
             heapq.heappush(self._leases, (task.lease_until, task.id))
         expiry = rules.expiry(task)
         if expiry is not None:  # pushed again at each change: stale entries are skipped
             heapq.heappush(self._expiries, (expiry, task.id))
-        if task.unique_until is not None and task.state in (State.DONE, State.FAILED):
+        if task.unique_until is not None and task.state in (DONE, FAILED):
             heapq.heappush(self._kept, (task.unique_until, task.id))
 
     def _remove(self, task: Task) -> None:
@@ -311,7 +322,7 @@ class MemoryStore(Store):
         while heap and len(delivered) < limit:
             entry = heapq.heappop(heap)
             task = self._tasks.get(entry[2])
-            if task is None or task.state is not State.READY or task.priority != -entry[0]:
+            if task is None or task.state is not READY or task.priority != -entry[0]:
                 continue
             if rules.expired(task, now):
                 # Its expiry came before the reaper did: the reaper cancels it (as in the SQL
@@ -422,7 +433,7 @@ class MemoryStore(Store):
         while self._leases and self._leases[0][0] <= now:
             lease_until, task_id = heapq.heappop(self._leases)
             task = self._tasks.get(task_id)
-            if task is None or task.state is not State.RUNNING or task.lease_until != lease_until:
+            if task is None or task.state is not RUNNING or task.lease_until != lease_until:
                 continue
             options = queues[task.queue]
             change = self._write(task, rules.expire_lease(task, options, now), options)
@@ -445,7 +456,7 @@ class MemoryStore(Store):
         while self._scheduled and self._scheduled[0][0] <= now:
             run_at, task_id = heapq.heappop(self._scheduled)
             task = self._tasks.get(task_id)
-            if task is None or task.state is not State.SCHEDULED or task.run_at != run_at:
+            if task is None or task.state is not SCHEDULED or task.run_at != run_at:
                 continue
             change = self._write(task, rules.promote(task, now), queues[task.queue])
             if change is not None:
@@ -462,8 +473,8 @@ class MemoryStore(Store):
                 break
             heapq.heappop(self._expiries)
         for heap, state, field in (
-            (self._leases, State.RUNNING, "lease_until"),
-            (self._scheduled, State.SCHEDULED, "run_at"),
+            (self._leases, RUNNING, "lease_until"),
+            (self._scheduled, SCHEDULED, "run_at"),
         ):
             # Entries whose task has moved on are dropped here, as expire would drop them.
             while heap:

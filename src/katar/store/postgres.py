@@ -26,7 +26,7 @@ import msgspec
 
 from katar.core import idempotency, rules
 from katar.core.idempotency import Idempotency
-from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_task_id
+from katar.core.model import READY, Ack, NewTask, QueueOptions, State, Task, parse_task_id
 from katar.core.storage import Change, Enqueued, LimitState, Observer, PollResult, Store
 from katar.errors import (
     ConfigError,
@@ -422,7 +422,7 @@ class PostgresStore(Store):
     async def _notify_ready(
         self, conn: AsyncConnection[tuple[Any, ...]], tasks: Iterable[Task]
     ) -> None:
-        ready = Counter(task.queue for task in tasks if task.state is State.READY)
+        ready = Counter(task.queue for task in tasks if task.state is READY)
         for queue, count in ready.items():
             await self._notify(conn, f"r:{count}:{queue}")
 

@@ -14,7 +14,7 @@ from typing import Any, Final
 import msgspec
 
 from katar.core import rules
-from katar.core.model import Ack, QueueOptions, Rate, State, Task, parse_task_id
+from katar.core.model import DONE, RUNNING, Ack, QueueOptions, Rate, Task, parse_task_id
 from katar.core.storage import Change
 from katar.errors import (
     KatarError,
@@ -479,9 +479,9 @@ class Batches:
                     # It matched its owner (or no owner was asked): the rules need none.
                     finished = rules.apply_ack(task, by_id[task.id], options, now)
                     assert finished is not None
-                    assert finished.state is State.DONE
+                    assert finished.state is DONE
                     task = finished
-                changes[task.id] = Change(task, State.RUNNING)
+                changes[task.id] = Change(task, RUNNING)
         return changes
 
     @staticmethod

@@ -1,0 +1,156 @@
+"""Instructions ``katar serve`` executes to drain a queue, counted by callgrind: a figure that
+other load on the machine does not move, for A/B comparisons of two checkouts.
+
+The server runs under ``valgrind --tool=callgrind`` with ``--src`` first on its PYTHONPATH
+(this checkout's src by default; another checkout's to compare). The queue is filled in bulk
+first; counting starts once it is full (``callgrind_control -z``) and ends once it is drained
+(``callgrind_control -d``). ``--connections`` workers poll in turn for ``--batch`` tasks
+each, with the previous answer's acks on each poll, as bench/drain.lua does. Prints one JSON
+line: the instructions in all, per task and per poll.
+
+    python -m bench.instructions --store sqlite --batch 100
+    python -m bench.instructions --src ../other/src --store sqlite --batch 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import HERE, free_port
+
+QUEUE = "bench"
+
+
+def _wait_for_server(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(f"{url}/healthz", timeout=5).raise_for_status()
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _worker(url: str, batch: int, tasks: int, drained: list[int], lock: threading.Lock) -> None:
+    acks: list[dict[str, str]] = []
+    with httpx.Client(base_url=url, timeout=600) as client:
+        while True:
+            body: dict[str, Any] = {"max": batch}
+            if acks:
+                body["tasks"] = acks
+            response = client.post(f"/v1/queue/{QUEUE}", json=body)
+            response.raise_for_status()
+            got = response.json()["tasks"] if response.status_code == 200 else []
+            with lock:
+                drained[0] += len(got)
+                drained[1] += 1
+                done = drained[0] >= tasks
+            acks = [{"_id": task["_id"], "status": "done"} for task in got]
+            if not acks and done:
+                return
+
+
+def count(src: Path, store: str, tasks: int, batch: int, connections: int) -> dict[str, Any]:
+    """Instructions the server spends on the drain."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    workdir = Path(tempfile.mkdtemp(prefix="katar-instructions-"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    out = workdir / "callgrind.out"
+    env = {**os.environ, "PYTHONPATH": str(src), "PYTHONHASHSEED": "0"}
+    db = "memory://" if store == "memory" else "sqlite:///katar.db"
+    server = subprocess.Popen(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            "-m",
+            "katar",
+            "serve",
+            "--port",
+            str(port),
+            "--db",
+            db,
+        ],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_server(url, 300)
+        with httpx.Client(base_url=url, timeout=600) as client:
+            client.put(f"/v1/queue/{QUEUE}", json={"max_batch": max(batch, 1)}).raise_for_status()
+            for start in range(0, tasks, 1000):
+                n = min(1000, tasks - start)
+                body = {"tasks": [{"data": {"n": start + i}} for i in range(n)]}
+                client.post(f"/v1/queue/{QUEUE}/tasks", json=body).raise_for_status()
+        time.sleep(1)  # the fill's last group commit
+        control = ["callgrind_control"]
+        subprocess.run([*control, "-z", str(server.pid)], check=True, capture_output=True)
+        drained = [0, 0]
+        lock = threading.Lock()
+        workers = [
+            threading.Thread(target=_worker, args=(url, batch, tasks, drained, lock))
+            for _ in range(connections)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        subprocess.run([*control, "-d", str(server.pid)], check=True, capture_output=True)
+        dump = Path(f"{out}.1")
+        total = next(
+            int(line.split()[1])
+            for line in dump.read_text().splitlines()
+            if line.startswith("summary:")
+        )
+        return {
+            "src": str(src),
+            "store": store,
+            "tasks": tasks,
+            "batch": batch,
+            "polls": drained[1],
+            "instructions": total,
+            "per_task": round(total / tasks),
+            "per_poll": round(total / drained[1]),
+        }
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(120)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--src", type=Path, default=HERE.parent / "src")
+    parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--batch", type=int, default=100, help="max of each poll")
+    parser.add_argument("--connections", type=int, default=4)
+    args = parser.parse_args()
+    print(json.dumps(count(args.src, args.store, args.tasks, args.batch, args.connections)))
+
+
+if __name__ == "__main__":
+    main()
