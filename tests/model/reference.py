@@ -500,6 +500,11 @@ class Model:
             else:
                 task.state = State.SCHEDULED
         else:  # retry a failed or cancelled task, with a fresh set of attempts
+            if task.unique_key is not None and self.holder(queue, task.unique_key, now) not in (
+                None,
+                task,
+            ):
+                raise Refusal(Conflict)  # another task took the key meanwhile
             task.state = State.READY
             task.run_at = None
             task.budget_from = task.attempts

@@ -14,6 +14,7 @@ import pytest
 
 from katar.core.idempotency import idempotency
 from katar.core.model import Ack, NewTask, QueueOptions, State, Task
+from katar.errors import Conflict
 from katar.store import Store, open_store
 
 T0 = 1_700_000_000_000
@@ -329,3 +330,28 @@ async def test_task_options_on_limited_and_fair_queues(store: Store, flow: dict[
     changes = await store.expire({"q": options}, T0 + 1100)
     states = sorted((msgspec.json.decode(c.task.data), c.task.state) for c in changes)
     assert states == [("b1", State.FAILED), ("c0", State.READY)]
+
+
+async def test_a_retry_cannot_take_a_unique_key_another_task_holds(store: Store) -> None:
+    await store.save_queue("q", KEEP)
+    (first,) = await store.enqueue("q", [new(1, unique_key="k")], T0)
+    await store.set_status("q", first.id, "cancelled", T0)
+    # The cancelled task no longer holds its key: another task takes it.
+    (second,) = await store.enqueue("q", [new(2, unique_key="k")], T0)
+    assert not second.duplicate
+    assert second.id != first.id
+    with pytest.raises(Conflict, match=f"task {second.id} holds its unique_key"):
+        await store.set_status("q", first.id, "queued", T0 + 1)
+    still = await store.get_task("q", first.id)
+    assert still is not None
+    assert still.state is State.CANCELLED  # nothing changed
+    # Once the holder is finished, the retry may take the key back.
+    (taken,) = (await store.poll("q", KEEP, [], 1, "w", T0 + 2)).delivered
+    assert taken.id == second.id
+    await store.poll("q", KEEP, [ack(taken)], 0, "w", T0 + 3)
+    change = await store.set_status("q", first.id, "queued", T0 + 4)
+    assert change is not None
+    assert change.task.state is State.READY
+    (third,) = await store.enqueue("q", [new(3, unique_key="k")], T0 + 5)
+    assert third.duplicate
+    assert third.id == first.id

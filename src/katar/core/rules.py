@@ -230,6 +230,21 @@ def holds_key(task: Task, now: int) -> bool:
     )
 
 
+def retakes_key(old: Task, new: Task | None, now: int) -> bool:
+    """Whether an operator's change (a retry of a failed or cancelled task) makes the task
+    hold its unique_key again: the store must then check that no other task holds it."""
+    return new is not None and not holds_key(old, now) and holds_key(new, now)
+
+
+def key_taken(task: Task, holder: Task) -> Conflict:
+    """The refusal of a retry whose unique_key another task now holds."""
+    return Conflict(
+        f"task {task.id} cannot be queued again: task {holder.id} holds its unique_key "
+        f"{task.unique_key!r}; retry it once that task is finished (or delete one of them)",
+        _id=str(task.id),
+    )
+
+
 def duplicate(task: Task) -> Task:
     """An existing task as an enqueue that asked for its unique_key answers it."""
     return replace(task, duplicate=True)

@@ -419,7 +419,15 @@ class MemoryStore(Store):
         task = await self.get_task(queue, task_id)
         if task is None:
             raise TaskNotFound.named(task_id, queue)
-        return self._write(task, rules.change_status(task, status, now), self._queues[queue])
+        new = rules.change_status(task, status, now)
+        if rules.retakes_key(task, new, now):
+            assert task.unique_key is not None
+            holder_id = self._unique.get((queue, task.unique_key))
+            holder = None if holder_id in (None, task.id) else self._tasks.get(holder_id or 0)
+            if holder is not None and rules.holds_key(holder, now):
+                raise rules.key_taken(task, holder)
+            self._unique[(queue, task.unique_key)] = task.id
+        return self._write(task, new, self._queues[queue])
 
     async def delete_task(self, queue: str, task_id: int) -> bool:
         task = await self.get_task(queue, task_id)

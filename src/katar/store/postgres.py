@@ -981,6 +981,16 @@ class PostgresStore(Store):
                 raise TaskNotFound.named(task_id, queue)
             task = task_from_row(row, queue)
             new = rules.change_status(task, status, now)
+            if rules.retakes_key(task, new, now):
+                # As an enqueue of the key would: its lock, then a look for another holder.
+                key = task.unique_key
+                lock_name = f"katar:{self._schema}:unique:{queue_id}:{key}"
+                await conn.execute(self._sql["lock_keys"], ([lock_name],))
+                cursor = await conn.execute(self._sql["holders"], (queue_id, [key], now))
+                for found in await cursor.fetchall():
+                    holder = task_from_row(found, queue)
+                    if holder.id != task.id:
+                        raise rules.key_taken(task, holder)
             # A status change never finishes a task: the history option plays no part.
             change = await self._write(conn, task, new, _KEEP)
             if change is not None:

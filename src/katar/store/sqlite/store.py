@@ -513,9 +513,16 @@ class SQLiteStore(Batches, GroupCommit):
             if row is None or self._queue_names.get(row[1]) != queue:
                 raise TaskNotFound.named(task_id, queue)
             task = self._task(row)
+            new = rules.change_status(task, status, now)
+            if rules.retakes_key(task, new, now):
+                keys = msgspec.json.encode([task.unique_key])
+                for found in conn.execute(_HOLDERS, (row[1], now, keys)):
+                    holder = self._task(found)
+                    if holder.id != task.id:
+                        raise rules.key_taken(task, holder)
             # A status change never finishes a task, so the queue's history option plays no
             # part: any options will do.
-            return self._store_change(conn, task, rules.change_status(task, status, now), _KEEP)
+            return self._store_change(conn, task, new, _KEEP)
 
         return await self._write(op)
 
