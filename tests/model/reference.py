@@ -17,6 +17,7 @@ store and this method and compares them.
 from __future__ import annotations
 
 import copy
+import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Final
@@ -125,16 +126,20 @@ class Model:
     #: Section 13's ownership rule (an ack naming a task leased to another named worker is
     #: a 409). Every store enforces it; turned off, the test never sends such acks.
     ownership: bool = True
+    #: Each rate-limited queue's token bucket: [tokens, as of when (ms)]; absent: full.
+    buckets: dict[str, list[float]] = field(default_factory=dict)
 
     # -- queues ------------------------------------------------------------------------------
 
     def save_queue(self, name: str, options: QueueOptions) -> None:
         self.queues[name] = options
+        self.buckets.pop(name, None)  # new options: a rate limit starts with a full bucket
 
     def delete_queue(self, name: str) -> int:
         if name not in self.queues:
             raise Refusal(QueueNotFound)
         del self.queues[name]
+        self.buckets.pop(name, None)
         for queue_key in [queue_key for queue_key in self.keys if queue_key[0] == name]:
             del self.keys[queue_key]
         gone = [t.id for t in self.tasks.values() if t.queue == name]
@@ -333,6 +338,16 @@ class Model:
         running = [t for t in mine if t.state is State.RUNNING]
         if options.concurrency is not None:
             limit = min(limit, options.concurrency - len(running))
+        bucket = None
+        if options.rate is not None:  # limit tokens, refilled evenly over period, from full
+            rate = options.rate
+            bucket = self.buckets.setdefault(queue, [float(rate.limit), now])
+            if now > bucket[1]:
+                bucket[0] = min(
+                    float(rate.limit), bucket[0] + (now - bucket[1]) * rate.limit / rate.period
+                )
+                bucket[1] = now
+            limit = min(limit, math.floor(bucket[0]))
         per_key = Counter(t.key for t in running if t.key is not None)
         ready = sorted(
             (t for t in mine if t.state is State.READY and not self._expired(t, now)),
@@ -347,6 +362,8 @@ class Model:
                     continue
                 per_key[task.key] += 1
             chosen.append(task)
+        if bucket is not None:
+            bucket[0] -= len(chosen)
         delivered = []
         for task in chosen:
             task.state = State.RUNNING

@@ -36,7 +36,7 @@ from hypothesis.stateful import (
 )
 
 from katar.core import idempotency
-from katar.core.model import Ack, NewTask, QueueOptions, State, Task
+from katar.core.model import Ack, NewTask, QueueOptions, Rate, State, Task
 from katar.errors import KatarError
 from katar.store import Change, PollResult, Store, open_store
 from tests.conftest import POSTGRES_URL, STORE_KINDS, store_url
@@ -89,6 +89,7 @@ options_strategy = st.builds(
     paused=st.sampled_from([False, False, False, True]),
     concurrency=st.sampled_from([None, None, 1, 2]),
     key_concurrency=st.sampled_from([None, None, 1]),
+    rate=st.sampled_from([None, None, Rate(limit=2, period=1000), Rate(limit=1, period=300)]),
 )
 new_task_strategy = st.builds(
     NewTask,

@@ -273,3 +273,14 @@ async def test_fair_with_key_concurrency_and_concurrency(store: Store) -> None:
     assert values(first) == ["a0", "b0"]
     result = await store.poll("q", options, [ack(t) for t in first], 5, "w1", T0)
     assert values(result.delivered) == ["a1", "b1"]
+
+
+async def test_new_options_start_a_rate_limit_with_a_full_bucket(store: Store) -> None:
+    options = limited(rate=Rate(limit=2, period=1000))
+    await store.save_queue("q", options)
+    await store.enqueue("q", [new(n) for n in range(10)], T0)
+    assert len(await claim(store, 10, options=options, now=T0)) == 2
+    assert await claim(store, 10, options=options, now=T0) == []
+    changed = limited(rate=Rate(limit=3, period=1000))  # any change of the options
+    await store.save_queue("q", changed)
+    assert len(await claim(store, 10, options=changed, now=T0)) == 3

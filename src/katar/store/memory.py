@@ -81,8 +81,7 @@ class MemoryStore(Store):
         self._ids.setdefault(name, {})
         self._ready.setdefault(name, [])
         self._running.setdefault(name, {})
-        if options.rate is None:
-            self._buckets.pop(name, None)
+        self._buckets.pop(name, None)  # new options: a rate limit starts with a full bucket
         if old is not None and old.fair != options.fair:
             if options.fair:
                 self._place_waiting(name)

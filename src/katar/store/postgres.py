@@ -523,7 +523,9 @@ class PostgresStore(Store):
         async with self._transaction() as conn:
             cursor = await conn.execute(
                 f"INSERT INTO {self._schema}.queues (name, options) VALUES (%s, %s)"
-                " ON CONFLICT (name) DO UPDATE SET options = excluded.options RETURNING id",
+                # New options: a rate limit starts with a full bucket (NULL: full).
+                " ON CONFLICT (name) DO UPDATE SET options = excluded.options,"
+                " bucket_tokens = NULL, bucket_at = NULL RETURNING id",
                 (name, msgspec.json.encode(options)),
             )
             row = await cursor.fetchone()

@@ -176,6 +176,7 @@ class SQLiteStore(Batches, GroupCommit):
             queue_id = row[0]
             self._queue_ids[name] = queue_id
             self._queue_names[queue_id] = name
+            self._buckets.pop(queue_id, None)  # new options: a rate limit starts full
             if not options.fair:
                 self._fair.discard(queue_id)
             elif queue_id not in self._fair:
