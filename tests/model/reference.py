@@ -45,6 +45,10 @@ MAX_ID: Final = 2**63 - 1
 KEY_TTL: Final = 24 * 3600 * 1000
 
 
+#: The states of a task that waits or runs: a fair key's places count among these.
+_WAITING = (State.PAUSED, State.READY, State.SCHEDULED, State.RUNNING)
+
+
 @dataclass
 class MTask:
     """A task as the model knows it: the fields of a stored task that callers can see.
@@ -76,6 +80,10 @@ class MTask:
     unique_key: str | None = None
     unique_until: int | None = None  # holds its key until then, whatever its status
     duplicate: bool = False  # in an enqueue's answer: an existing task holding the key
+    #: Its place in a fair queue (section 8, fair): one past its key's last task waiting or
+    #: running, never before the queue's head; given at enqueue while the queue is fair, to
+    #: the waiting tasks when a queue becomes fair, at a retry that lacks one. Kept after.
+    seq: int | None = None
 
     @property
     def status(self) -> str:
@@ -132,6 +140,20 @@ class Model:
     # -- queues ------------------------------------------------------------------------------
 
     def save_queue(self, name: str, options: QueueOptions) -> None:
+        old = self.queues.get(name)
+        if options.fair and (old is None or not old.fair):  # made fair: places, key by key
+            waiting = sorted(
+                (
+                    t
+                    for t in self.tasks.values()
+                    if t.queue == name and t.state in _WAITING and t.seq is None
+                ),
+                key=lambda t: (-t.priority, t.id),
+            )
+            counted: Counter[str | None] = Counter()
+            for task in waiting:
+                task.seq = counted[task.key]
+                counted[task.key] += 1
         self.queues[name] = options
         self.buckets.pop(name, None)  # new options: a rate limit starts with a full bucket
 
@@ -168,8 +190,33 @@ class Model:
                 return task
         return None
 
+    def _front(self, queue: str) -> int:
+        """A fair queue's head: the place of the ready task a claim takes first; 0 if none."""
+        placed = [
+            t
+            for t in self.tasks.values()
+            if t.queue == queue and t.state is State.READY and t.seq is not None
+        ]
+        if not placed:
+            return 0
+        head = min(placed, key=lambda t: (-t.priority, t.seq or 0, t.id))
+        return head.seq or 0
+
+    def _last(self, queue: str, key: str | None) -> int | None:
+        places = [
+            t.seq
+            for t in self.tasks.values()
+            if t.queue == queue and t.key == key and t.state in _WAITING and t.seq is not None
+        ]
+        return max(places) if places else None
+
+    def _place(self, task: MTask, front: int) -> None:
+        last = self._last(task.queue, task.key)
+        task.seq = front if last is None else max(last + 1, front)
+
     def enqueue(self, queue: str, specs: list[NewTask], now: int) -> list[MTask]:
-        self._options(queue)
+        fair = self._options(queue).fair
+        front = self._front(queue) if fair else 0
         created = []
         for spec in specs:
             if spec.unique_key is not None:
@@ -179,6 +226,8 @@ class Model:
                     continue
             self.issued += 1
             task = new_task(queue, spec, self.issued, now)
+            if fair:
+                self._place(task, front)
             self.tasks[task.id] = task
             created.append(replace(task))
         return created
@@ -202,6 +251,7 @@ class Model:
                 spec.expires_in_ms,
                 spec.unique_key,
                 spec.unique_for_ms,
+                spec.key,
             )
             for spec in specs
         )
@@ -351,7 +401,9 @@ class Model:
         per_key = Counter(t.key for t in running if t.key is not None)
         ready = sorted(
             (t for t in mine if t.state is State.READY and not self._expired(t, now)),
-            key=lambda t: (-t.priority, t.id),
+            key=(lambda t: (-t.priority, t.seq or 0, t.id))
+            if options.fair
+            else (lambda t: (-t.priority, 0, t.id)),
         )
         chosen: list[MTask] = []
         for task in ready:
@@ -529,6 +581,11 @@ class Model:
             task.expires_at = None  # the operator's retry: no expiry any more
             if old is State.CANCELLED:
                 task.error = None
+            if self.queues[queue].fair and task.seq is None:  # finished before it was fair
+                task.state = old  # not waiting while its place is worked out
+                front = self._front(queue)
+                task.state = State.READY
+                self._place(task, front)
         return MChange(replace(task), old)
 
     def delete_task(self, queue: str, task_id: int) -> bool:

@@ -284,3 +284,16 @@ async def test_new_options_start_a_rate_limit_with_a_full_bucket(store: Store) -
     changed = limited(rate=Rate(limit=3, period=1000))  # any change of the options
     await store.save_queue("q", changed)
     assert len(await claim(store, 10, options=changed, now=T0)) == 3
+
+
+async def test_a_retry_in_a_fair_queue_gets_a_place(store: Store) -> None:
+    await store.save_queue("q", BASE)
+    (old,) = await store.enqueue("q", [keyed("old", "a")], T0)  # type: ignore[list-item]
+    await store.set_status("q", old.id, "cancelled", T0)
+    options = limited(fair=True)
+    await store.save_queue("q", options)  # made fair: the cancelled task waits for nothing
+    await store.enqueue("q", [keyed(f"b{n}", "b") for n in range(3)], T0)  # type: ignore[misc]
+    await store.set_status("q", old.id, "queued", T0 + 1)  # a retry: it needs a place
+    order = await _drain_order(store, options, 4)
+    assert sorted(order) == ["b0", "b1", "b2", "old"]  # delivered, not stranded
+    assert order[0] in ("b0", "old")

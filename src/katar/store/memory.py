@@ -56,10 +56,11 @@ class MemoryStore(Store):
         self._last_id = 0
         self._running: dict[str, dict[int, None]] = {}  # per queue: the tasks in progress
         self._buckets: dict[str, rules.Bucket] = {}  # per queue with a rate limit
-        # Fair queues (rules.fair_seq): each task's place, and per (queue, key) the number of
-        # its tasks waiting or running and the last place given to one.
+        # Fair queues (rules.fair_seq): each task's place, and per (queue, key) a heap of the
+        # places of its tasks, (-place, id): the first whose task still waits or runs is the
+        # key's last place (entries of tasks that moved on are dropped as they come up).
         self._seq: dict[int, int] = {}
-        self._groups: dict[tuple[str, str | None], list[int]] = {}
+        self._groups: dict[tuple[str, str | None], list[tuple[int, int]]] = {}
         # (queue, key) -> (digest, ids, created): the idempotency keys, oldest first.
         self._keys: dict[tuple[str, str], tuple[bytes, tuple[int, ...], int]] = {}
 
@@ -94,31 +95,33 @@ class MemoryStore(Store):
         """A queue made fair: its waiting tasks without a place get one, each key's in its
         own order from the front, so that the keys take turns from now on."""
         waiting = sorted(
-            (t for i in self._ids[queue] if (t := self._tasks[i]).state in _WAITING),
+            (
+                t
+                for i in self._ids[queue]
+                if (t := self._tasks[i]).state in _WAITING and t.id not in self._seq
+            ),
             key=lambda t: (-t.priority, t.id),
         )
+        places: dict[str | None, int] = {}  # as the SQL stores number them: per key, from 0
         for task in waiting:
-            if task.id not in self._seq:
-                self._give_place(task, self._groups.get((queue, task.key)), 0)
-                self._count(task, None)
+            place = places.get(task.key, 0)
+            places[task.key] = place + 1
+            self._place(task, place)
 
-    def _give_place(self, task: Task, group: list[int] | None, front: int) -> None:
-        last = group[1] if group is not None and group[0] > 0 else None
-        seq = rules.fair_seq(last, front)
-        self._seq[task.id] = seq
-        if group is None:
-            self._groups[(task.queue, task.key)] = [0, seq]
-        else:
-            group[1] = max(group[1], seq)
+    def _place(self, task: Task, place: int) -> None:
+        self._seq[task.id] = place
+        heapq.heappush(self._groups.setdefault((task.queue, task.key), []), (-place, task.id))
 
-    def _count(self, task: Task, old: Task | None) -> None:
-        """Keep a fair group's count of waiting and running tasks as ``old`` becomes
-        ``task`` (None: it is new, or removed)."""
-        before = old is not None and old.state in _WAITING
-        after = task.state in _WAITING
-        if before != after:
-            group = self._groups[(task.queue, task.key)]
-            group[0] += 1 if after else -1
+    def _last_place(self, queue: str, key: str | None) -> int | None:
+        """The highest place among the key's tasks that wait or run; None when none does."""
+        group = self._groups.get((queue, key))
+        while group:
+            negative, task_id = group[0]
+            task = self._tasks.get(task_id)
+            if task is not None and task.state in _WAITING and self._seq.get(task_id) == -negative:
+                return -negative
+            heapq.heappop(group)
+        return None
 
     def _entry(self, task: Task) -> tuple[int, int, int]:
         seq = self._seq.get(task.id, 0) if self._queues[task.queue].fair else 0
@@ -166,8 +169,14 @@ class MemoryStore(Store):
             self._running[task.queue][task.id] = None
         elif old is not None and old.state is RUNNING:
             self._running[task.queue].pop(task.id, None)
-        if task.id in self._seq:
-            self._count(task, old)
+        seq = self._seq.get(task.id)
+        if (
+            seq is not None
+            and task.state in _WAITING
+            and (old is None or old.state not in _WAITING)
+        ):
+            # Waiting again (a retry): its place counts again for its key.
+            heapq.heappush(self._groups.setdefault((task.queue, task.key), []), (-seq, task.id))
         if task.state is READY:
             heapq.heappush(self._ready[task.queue], self._entry(task))
         elif task.state is SCHEDULED:
@@ -186,8 +195,7 @@ class MemoryStore(Store):
         del self._tasks[task.id]
         del self._ids[task.queue][task.id]
         self._running[task.queue].pop(task.id, None)
-        if self._seq.pop(task.id, None) is not None and task.state in _WAITING:
-            self._groups[(task.queue, task.key)][0] -= 1
+        self._seq.pop(task.id, None)
 
     def _write(self, old: Task, new: Task | None, options: QueueOptions) -> Change | None:
         if new is None:
@@ -214,7 +222,7 @@ class MemoryStore(Store):
             task = rules.new_task(queue, spec, self._last_id, now)
             ids[task.id] = None
             if fair:
-                self._give_place(task, self._groups.get((queue, task.key)), front)
+                self._place(task, rules.fair_seq(self._last_place(queue, task.key), front))
             self._put(task)
             if task.unique_key is not None:
                 self._unique[(queue, task.unique_key)] = task.id
@@ -426,6 +434,10 @@ class MemoryStore(Store):
             if holder is not None and rules.holds_key(holder, now):
                 raise rules.key_taken(task, holder)
             self._unique[(queue, task.unique_key)] = task.id
+        fair = self._queues[queue].fair
+        if fair and new is not None and new.state in _WAITING and task.id not in self._seq:
+            # A retry of a task finished before the queue became fair: it needs a place.
+            self._place(new, rules.fair_seq(self._last_place(queue, task.key), self._front(queue)))
         return self._write(task, new, self._queues[queue])
 
     async def delete_task(self, queue: str, task_id: int) -> bool:

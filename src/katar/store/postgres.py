@@ -995,6 +995,15 @@ class PostgresStore(Store):
                         raise rules.key_taken(task, holder)
             # A status change never finishes a task: the history option plays no part.
             change = await self._write(conn, task, new, _KEEP)
+            waiting = (State.PAUSED, State.READY, State.SCHEDULED)
+            if change is not None and queue_id in self._fair and change.task.state in waiting:
+                # A retry of a task finished before the queue became fair: it needs a place.
+                (place,) = await self._fair_places(conn, queue_id, [change.task])
+                await conn.execute(
+                    f"UPDATE {self._schema}.tasks SET fair_seq = %s WHERE id = %s"
+                    " AND fair_seq IS NULL",
+                    (place, task.id),
+                )
             if change is not None:
                 await self._notify_ready(conn, [change.task])
             return change

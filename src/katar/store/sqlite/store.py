@@ -74,6 +74,9 @@ _PLACE_WAITING: Final = (
     " ORDER BY priority DESC, id) - 1 AS place FROM tasks WHERE queue_id=? AND state BETWEEN"
     " 0 AND 3 AND fair_seq IS NULL) AS r WHERE tasks.id = r.id"
 )
+_PLACE_ONE: Final = "UPDATE tasks SET fair_seq=? WHERE id=? AND fair_seq IS NULL"
+#: The states of a task that waits or runs (a fair key's places count among these).
+_WAITING: Final = frozenset({State.PAUSED, State.READY, State.SCHEDULED, State.RUNNING})
 _UPDATE: Final = (
     "UPDATE tasks SET state=?, priority=?, attempts=?, attempt_base=?, error=?, result=?,"
     " worker=?, updated_at=?, run_at=?, lease_until=?, cancel_requested=?, progress=?,"
@@ -523,7 +526,12 @@ class SQLiteStore(Batches, GroupCommit):
                         raise rules.key_taken(task, holder)
             # A status change never finishes a task, so the queue's history option plays no
             # part: any options will do.
-            return self._store_change(conn, task, new, _KEEP)
+            change = self._store_change(conn, task, new, _KEEP)
+            if change is not None and row[1] in self._fair and change.task.state in _WAITING:
+                # A retry of a task finished before the queue became fair: it needs a place.
+                (place,) = self._fair_places(conn, row[1], [change.task])
+                conn.execute(_PLACE_ONE, (place, task.id))
+            return change
 
         return await self._write(op)
 
