@@ -71,6 +71,8 @@ STATES_OF_STATUS: Final = {
     status: tuple(s for s, name in PUBLIC_STATUS.items() if name == status) for status in STATUSES
 }
 FINAL_STATES: Final = frozenset({State.DONE, State.FAILED, State.CANCELLED})
+#: The states of a task that waits or runs: paused, queued or in progress.
+UNFINISHED: Final = frozenset(State) - FINAL_STATES
 
 
 def now_ms() -> int:

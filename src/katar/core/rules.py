@@ -11,8 +11,8 @@ new version, or removes it where :func:`discard` says the queue keeps no such hi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from typing import Final
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
 
 from msgspec.structs import replace
 
@@ -25,6 +25,7 @@ from katar.core.model import (
     READY,
     RUNNING,
     SCHEDULED,
+    UNFINISHED,
     Ack,
     NewTask,
     QueueOptions,
@@ -109,6 +110,25 @@ class Bucket:
     def full(cls, rate: Rate, now: int) -> Bucket:
         return cls(float(rate.limit), now)
 
+    @classmethod
+    def stored(cls, rate: Rate, now: int, tokens: float | None, at: int | None) -> Bucket:
+        """A bucket kept as (tokens, at), refilled to ``now``; full when none was kept."""
+        if tokens is None or at is None:
+            return cls.full(rate, now)
+        bucket = cls(tokens, at)
+        bucket.refill(rate, now)
+        return bucket
+
+    @classmethod
+    def kept_in(cls, buckets: dict[Any, Bucket], name: Any, rate: Rate, now: int) -> Bucket:
+        """The bucket a server keeps in ``buckets`` under ``name``, made full the first time,
+        refilled to ``now`` (the stores that one server serves keep theirs in memory)."""
+        bucket = buckets.get(name)
+        if bucket is None:
+            bucket = buckets[name] = cls.full(rate, now)
+        bucket.refill(rate, now)
+        return bucket
+
     def refill(self, rate: Rate, now: int) -> None:
         """Add what has dripped in since ``at``, up to the bucket's size."""
         if now > self.at:
@@ -175,6 +195,19 @@ def fair_seq(last: int | None, front: int) -> int:
     return front if last is None else max(last + 1, front)
 
 
+def fair_places(
+    keys: Sequence[str | None], last: dict[str | None, int | None], front: int
+) -> list[int]:
+    """The places (fair_seq) of new tasks with these keys, in order, given each key's last
+    place (``last``, updated) and the queue's front."""
+    places = []
+    for key in keys:
+        place = fair_seq(last[key], front)
+        last[key] = place
+        places.append(place)
+    return places
+
+
 def blocked_keys(
     running: Mapping[str, int], taken: Mapping[str, int], key_concurrency: int | None
 ) -> list[str]:
@@ -216,8 +249,6 @@ def sweepable(task: Task, options: QueueOptions, now: int) -> bool:
     )
 
 
-#: The states in which a task holds its unique_key whatever its unique_until.
-_HOLDING: Final = frozenset({PAUSED, READY, SCHEDULED, RUNNING})
 #: The states in which a task that was never delivered expires at its expires_at.
 _WAITING: Final = frozenset({PAUSED, READY, SCHEDULED})
 
@@ -226,7 +257,7 @@ def holds_key(task: Task, now: int) -> bool:
     """Whether the task keeps another task with its unique_key out of its queue at ``now``:
     while it is paused, queued or in progress, and until its unique_until in any status."""
     return task.unique_key is not None and (
-        task.state in _HOLDING or (task.unique_until is not None and task.unique_until > now)
+        task.state in UNFINISHED or (task.unique_until is not None and task.unique_until > now)
     )
 
 

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping, Sequence
-from typing import Final
 
 from katar.core import idempotency, rules
 from katar.core.idempotency import Idempotency
 from katar.core.model import (
     DONE,
     FAILED,
-    PAUSED,
     READY,
     RUNNING,
     SCHEDULED,
+    UNFINISHED,
     Ack,
     NewTask,
     QueueOptions,
@@ -31,9 +30,6 @@ from katar.core.model import (
 from katar.core.storage import Change, Enqueued, LimitState, PollResult, Store
 from katar.errors import KatarError, QueueNotFound, TaskNotFound
 from katar.logs import mask_credentials
-
-#: The states of a task that waits or runs: a fair group counts them.
-_WAITING: Final = frozenset({PAUSED, READY, SCHEDULED, RUNNING})
 
 
 class MemoryStore(Store):
@@ -98,7 +94,7 @@ class MemoryStore(Store):
             (
                 t
                 for i in self._ids[queue]
-                if (t := self._tasks[i]).state in _WAITING and t.id not in self._seq
+                if (t := self._tasks[i]).state in UNFINISHED and t.id not in self._seq
             ),
             key=lambda t: (-t.priority, t.id),
         )
@@ -118,7 +114,11 @@ class MemoryStore(Store):
         while group:
             negative, task_id = group[0]
             task = self._tasks.get(task_id)
-            if task is not None and task.state in _WAITING and self._seq.get(task_id) == -negative:
+            if (
+                task is not None
+                and task.state in UNFINISHED
+                and self._seq.get(task_id) == -negative
+            ):
                 return -negative
             heapq.heappop(group)
         return None
@@ -172,8 +172,8 @@ class MemoryStore(Store):
         seq = self._seq.get(task.id)
         if (
             seq is not None
-            and task.state in _WAITING
-            and (old is None or old.state not in _WAITING)
+            and task.state in UNFINISHED
+            and (old is None or old.state not in UNFINISHED)
         ):
             # Waiting again (a retry): its place counts again for its key.
             heapq.heappush(self._groups.setdefault((task.queue, task.key), []), (-seq, task.id))
@@ -374,11 +374,7 @@ class MemoryStore(Store):
     def _bucket(self, queue: str, options: QueueOptions, now: int) -> rules.Bucket | None:
         if options.rate is None:
             return None
-        bucket = self._buckets.get(queue)
-        if bucket is None:
-            bucket = self._buckets[queue] = rules.Bucket.full(options.rate, now)
-        bucket.refill(options.rate, now)
-        return bucket
+        return rules.Bucket.kept_in(self._buckets, queue, options.rate, now)
 
     def _running_keys(self, queue: str) -> dict[str, int]:
         running: dict[str, int] = {}
@@ -435,7 +431,7 @@ class MemoryStore(Store):
                 raise rules.key_taken(task, holder)
             self._unique[(queue, task.unique_key)] = task.id
         fair = self._queues[queue].fair
-        if fair and new is not None and new.state in _WAITING and task.id not in self._seq:
+        if fair and new is not None and new.state in UNFINISHED and task.id not in self._seq:
             # A retry of a task finished before the queue became fair: it needs a place.
             self._place(new, rules.fair_seq(self._last_place(queue, task.key), self._front(queue)))
         return self._write(task, new, self._queues[queue])

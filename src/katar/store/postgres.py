@@ -26,7 +26,16 @@ import msgspec
 
 from katar.core import idempotency, rules
 from katar.core.idempotency import Idempotency
-from katar.core.model import READY, Ack, NewTask, QueueOptions, State, Task, parse_task_id
+from katar.core.model import (
+    READY,
+    UNFINISHED,
+    Ack,
+    NewTask,
+    QueueOptions,
+    State,
+    Task,
+    parse_task_id,
+)
 from katar.core.storage import Change, Enqueued, LimitState, Observer, PollResult, Store
 from katar.errors import (
     ConfigError,
@@ -119,6 +128,23 @@ CREATE INDEX IF NOT EXISTS tasks_kept ON {s}.tasks (queue_id, unique_until)
     WHERE unique_until IS NOT NULL AND state BETWEEN 4 AND 5;
 """,
 }
+
+
+def _columns(queue_id: int, tasks: Sequence[Task], now: int) -> tuple[list[Any], ...]:
+    """The arrays of an insert's columns that every new task has: queue_id, state, priority,
+    data, created_at, updated_at, run_at, key (the statements unnest them)."""
+    return (
+        [queue_id] * len(tasks),
+        [int(t.state) for t in tasks],
+        [t.priority for t in tasks],
+        [bytes(t.data) for t in tasks],
+        [now] * len(tasks),
+        [now] * len(tasks),
+        [t.run_at for t in tasks],
+        [t.key for t in tasks],
+    )
+
+
 _SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _EXPIRE_BATCH: Final = 1000
 _options_decoder: Final = msgspec.json.Decoder(QueueOptions)
@@ -573,16 +599,7 @@ class PostgresStore(Store):
         if any(map(rules.special, tasks)):
             return await self._insert_special(conn, queue_id, queue, tasks, now)
         drafts = [rules.new_task(queue, spec, 0, now) for spec in tasks]
-        columns: tuple[list[Any], ...] = (
-            [queue_id] * len(drafts),
-            [int(t.state) for t in drafts],
-            [t.priority for t in drafts],
-            [bytes(t.data) for t in drafts],
-            [now] * len(drafts),
-            [now] * len(drafts),
-            [t.run_at for t in drafts],
-            [t.key for t in drafts],
-        )
+        columns = _columns(queue_id, drafts, now)
         if queue_id in self._fair:
             places = await self._fair_places(conn, queue_id, drafts)
             cursor = await conn.execute(self._sql["insert_fair"], (*columns, places))
@@ -640,14 +657,7 @@ class PostgresStore(Store):
             cursor = await conn.execute(
                 self._sql["insert_full"],
                 (
-                    [queue_id] * len(drafts),
-                    [int(t.state) for t in drafts],
-                    [t.priority for t in drafts],
-                    [bytes(t.data) for t in drafts],
-                    [now] * len(drafts),
-                    [now] * len(drafts),
-                    [t.run_at for t in drafts],
-                    [t.key for t in drafts],
+                    *_columns(queue_id, drafts, now),
                     list(places),
                     [t.timeout for t in drafts],
                     [t.max_attempts for t in drafts],
@@ -686,12 +696,7 @@ class PostgresStore(Store):
             cursor = await conn.execute(self._sql["fair_last"], (queue_id, None))
             found = await cursor.fetchone()
             last[None] = None if found is None or found[0] is None else int(found[0])
-        places = []
-        for task in tasks:
-            place = rules.fair_seq(last[task.key], front)
-            last[task.key] = place
-            places.append(place)
-        return places
+        return rules.fair_places([task.key for task in tasks], last, front)
 
     async def enqueue_once(
         self, queue: str, tasks: Sequence[NewTask], now: int, once: Idempotency
@@ -846,11 +851,8 @@ class PostgresStore(Store):
             stored = await (await conn.execute(sql["lock_queue"], (queue_id,))).fetchone()
         bucket = None
         if options.rate is not None:
-            if stored is None or stored[0] is None:
-                bucket = rules.Bucket.full(options.rate, now)
-            else:
-                bucket = rules.Bucket(stored[0], stored[1])
-                bucket.refill(options.rate, now)
+            tokens, at = (None, None) if stored is None else stored
+            bucket = rules.Bucket.stored(options.rate, now, tokens, at)
         running = 0
         if options.concurrency is not None:
             row = await (await conn.execute(sql["running"], (queue_id,))).fetchone()
@@ -929,11 +931,8 @@ class PostgresStore(Store):
                         (queue_id,),
                     )
                 ).fetchone()
-                bucket = rules.Bucket.full(options.rate, now)
-                if row is not None and row[0] is not None:
-                    bucket = rules.Bucket(row[0], row[1])
-                    bucket.refill(options.rate, now)
-                tokens = bucket.tokens
+                stored_tokens, at = (None, None) if row is None else row
+                tokens = rules.Bucket.stored(options.rate, now, stored_tokens, at).tokens
         return LimitState(tokens, keys)
 
     async def get_task(self, queue: str, task_id: int) -> Task | None:
@@ -995,8 +994,7 @@ class PostgresStore(Store):
                         raise rules.key_taken(task, holder)
             # A status change never finishes a task: the history option plays no part.
             change = await self._write(conn, task, new, _KEEP)
-            waiting = (State.PAUSED, State.READY, State.SCHEDULED)
-            if change is not None and queue_id in self._fair and change.task.state in waiting:
+            if change is not None and queue_id in self._fair and change.task.state in UNFINISHED:
                 # A retry of a task finished before the queue became fair: it needs a place.
                 (place,) = await self._fair_places(conn, queue_id, [change.task])
                 await conn.execute(

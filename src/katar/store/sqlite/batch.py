@@ -359,11 +359,7 @@ class Batches:
     def _bucket(self, queue_id: int, options: QueueOptions, now: int) -> rules.Bucket | None:
         if options.rate is None:
             return None
-        bucket = self._buckets.get(queue_id)
-        if bucket is None:
-            bucket = self._buckets[queue_id] = rules.Bucket.full(options.rate, now)
-        bucket.refill(options.rate, now)
-        return bucket
+        return rules.Bucket.kept_in(self._buckets, queue_id, options.rate, now)
 
     def _apply_acks(
         self,

@@ -14,7 +14,7 @@ import msgspec
 
 from katar.core import idempotency, rules
 from katar.core.idempotency import Idempotency
-from katar.core.model import Ack, NewTask, QueueOptions, State, Task, parse_task_id
+from katar.core.model import UNFINISHED, Ack, NewTask, QueueOptions, State, Task, parse_task_id
 from katar.core.storage import Change, Enqueued, LimitState, PollResult
 from katar.errors import (
     KatarError,
@@ -75,8 +75,6 @@ _PLACE_WAITING: Final = (
     " 0 AND 3 AND fair_seq IS NULL) AS r WHERE tasks.id = r.id"
 )
 _PLACE_ONE: Final = "UPDATE tasks SET fair_seq=? WHERE id=? AND fair_seq IS NULL"
-#: The states of a task that waits or runs (a fair key's places count among these).
-_WAITING: Final = frozenset({State.PAUSED, State.READY, State.SCHEDULED, State.RUNNING})
 _UPDATE: Final = (
     "UPDATE tasks SET state=?, priority=?, attempts=?, attempt_base=?, error=?, result=?,"
     " worker=?, updated_at=?, run_at=?, lease_until=?, cancel_requested=?, progress=?,"
@@ -326,12 +324,7 @@ class SQLiteStore(Batches, GroupCommit):
         )
         if None in keys:
             last[None] = conn.execute(_FAIR_LAST, (queue_id, None)).fetchone()[0]
-        places = []
-        for task in tasks:
-            place = rules.fair_seq(last[task.key], front)
-            last[task.key] = place
-            places.append(place)
-        return places
+        return rules.fair_places([task.key for task in tasks], last, front)
 
     async def enqueue_once(
         self, queue: str, tasks: Sequence[NewTask], now: int, once: Idempotency
@@ -491,11 +484,8 @@ class SQLiteStore(Batches, GroupCommit):
             return state
         # The writer's thread refills and spends the bucket: look at a copy of it.
         found = self._buckets.get(queue_id)
-        bucket = rules.Bucket.full(options.rate, now)
-        if found is not None:
-            bucket = rules.Bucket(found.tokens, found.at)
-            bucket.refill(options.rate, now)
-        return state._replace(tokens=bucket.tokens)
+        tokens, at = (None, None) if found is None else (found.tokens, found.at)
+        return state._replace(tokens=rules.Bucket.stored(options.rate, now, tokens, at).tokens)
 
     async def counts(self) -> dict[str, dict[State, int]]:
         def op(conn: sqlite3.Connection) -> dict[str, dict[State, int]]:
@@ -527,7 +517,7 @@ class SQLiteStore(Batches, GroupCommit):
             # A status change never finishes a task, so the queue's history option plays no
             # part: any options will do.
             change = self._store_change(conn, task, new, _KEEP)
-            if change is not None and row[1] in self._fair and change.task.state in _WAITING:
+            if change is not None and row[1] in self._fair and change.task.state in UNFINISHED:
                 # A retry of a task finished before the queue became fair: it needs a place.
                 (place,) = self._fair_places(conn, row[1], [change.task])
                 conn.execute(_PLACE_ONE, (place, task.id))
