@@ -42,6 +42,23 @@ def store_url(kind: str, tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'katar.db'}"
 
 
+@pytest.fixture
+async def shared_stores(store_kind: str, make_url: Callable[[], str]) -> AsyncIterator[list[Store]]:
+    """Three stores open on one PostgreSQL schema, as three servers sharing a database; a
+    test that asks for them skips on the stores that only one server can use."""
+    if store_kind != "postgres":
+        pytest.skip("only PostgreSQL is shared by servers")
+    url = make_url()
+    stores = [open_store(url) for _ in range(3)]
+    try:
+        for store in stores:
+            await store.open()
+        yield stores
+    finally:
+        for store in stores:
+            await store.close()
+
+
 @contextlib.contextmanager
 def tmpfs(directory: Path, size: str, unavailable: Callable[[str], NoReturn]) -> Iterator[Path]:
     """A tmpfs of ``size`` (e.g. "8m") mounted on the empty ``directory`` for a disk-full

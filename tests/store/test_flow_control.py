@@ -7,13 +7,12 @@ PostgreSQL tests at the end run several stores on one schema, as several servers
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import msgspec
 import pytest
 
 from katar.core.model import QueueOptions, Rate, State, Task
-from katar.store import Store, open_store
+from katar.store import Store
 from tests.store.test_conformance import T0, ack, claim, new
 
 BASE = QueueOptions(persistent=True, timeout=1000, max_attempts=3)
@@ -139,81 +138,55 @@ async def test_a_queue_without_limits_reports_no_state(store: Store) -> None:
 # -- several servers on one PostgreSQL ---------------------------------------------------------
 
 
-@pytest.fixture
-def postgres_url(store_kind: str, make_url: Callable[[], str]) -> str:
-    if store_kind != "postgres":
-        pytest.skip("only PostgreSQL is shared by servers")
-    return make_url()
-
-
-async def _servers(url: str, count: int) -> list[Store]:
-    stores = [open_store(url) for _ in range(count)]
-    for store in stores:
-        await store.open()
-    return stores
-
-
-async def test_concurrency_holds_across_servers(postgres_url: str) -> None:
-    stores = await _servers(postgres_url, 3)
+async def test_concurrency_holds_across_servers(shared_stores: list[Store]) -> None:
+    stores = shared_stores
     options = limited(concurrency=3)
-    try:
-        await stores[0].save_queue("q", options)
-        await stores[0].enqueue("q", [new(n) for n in range(60)], T0)
-        held: list[Task] = []
-        for _round in range(8):
-            # Every server polls at once, each with several polls, acking what it held.
-            acks = [ack(t) for t in held]  # from an anonymous poll: it may ack any delivery
-            results = await asyncio.gather(
-                *(
-                    s.poll("q", options, acks if i == j == 0 else [], 2, None, T0)
-                    for i, s in enumerate(stores)
-                    for j in range(3)
-                )
+    await stores[0].save_queue("q", options)
+    await stores[0].enqueue("q", [new(n) for n in range(60)], T0)
+    held: list[Task] = []
+    for _round in range(8):
+        # Every server polls at once, each with several polls, acking what it held.
+        acks = [ack(t) for t in held]  # from an anonymous poll: it may ack any delivery
+        results = await asyncio.gather(
+            *(
+                s.poll("q", options, acks if i == j == 0 else [], 2, None, T0)
+                for i, s in enumerate(stores)
+                for j in range(3)
             )
-            held = [t for r in results for t in r.delivered]
-            assert len(held) <= 3
-            assert await running(stores[0]) <= 3
-        assert held
-    finally:
-        for store in stores:
-            await store.close()
+        )
+        held = [t for r in results for t in r.delivered]
+        assert len(held) <= 3
+        assert await running(stores[0]) <= 3
+    assert held
 
 
-async def test_a_rate_limit_holds_across_servers(postgres_url: str) -> None:
-    stores = await _servers(postgres_url, 3)
+async def test_a_rate_limit_holds_across_servers(shared_stores: list[Store]) -> None:
+    stores = shared_stores
     options = limited(rate=Rate(limit=4, period=1000))
-    try:
-        await stores[0].save_queue("q", options)
-        await stores[0].enqueue("q", [new(n) for n in range(60)], T0)
-        results = await asyncio.gather(
-            *(s.poll("q", options, [], 3, f"w{i}", T0) for i, s in enumerate(stores * 3))
-        )
-        assert sum(len(r.delivered) for r in results) == 4
-        later = await asyncio.gather(
-            *(s.poll("q", options, [], 3, f"w{i}", T0 + 500) for i, s in enumerate(stores))
-        )
-        assert sum(len(r.delivered) for r in later) == 2
-    finally:
-        for store in stores:
-            await store.close()
+    await stores[0].save_queue("q", options)
+    await stores[0].enqueue("q", [new(n) for n in range(60)], T0)
+    results = await asyncio.gather(
+        *(s.poll("q", options, [], 3, f"w{i}", T0) for i, s in enumerate(stores * 3))
+    )
+    assert sum(len(r.delivered) for r in results) == 4
+    later = await asyncio.gather(
+        *(s.poll("q", options, [], 3, f"w{i}", T0 + 500) for i, s in enumerate(stores))
+    )
+    assert sum(len(r.delivered) for r in later) == 2
 
 
-async def test_key_concurrency_holds_across_servers(postgres_url: str) -> None:
-    stores = await _servers(postgres_url, 3)
+async def test_key_concurrency_holds_across_servers(shared_stores: list[Store]) -> None:
+    stores = shared_stores
     options = limited(key_concurrency=1)
-    try:
-        await stores[0].save_queue("q", options)
-        batch = [keyed(n, f"k{n % 4}") for n in range(40)]
-        await stores[0].enqueue("q", batch, T0)  # type: ignore[arg-type]
-        results = await asyncio.gather(
-            *(s.poll("q", options, [], 2, f"w{i}", T0) for i, s in enumerate(stores * 2))
-        )
-        taken = [t for r in results for t in r.delivered]
-        assert sorted(t.key or "" for t in taken) == ["k0", "k1", "k2", "k3"]
-        assert sorted(int(str(v)) for v in values(taken)) == [0, 1, 2, 3]  # each key's first
-    finally:
-        for store in stores:
-            await store.close()
+    await stores[0].save_queue("q", options)
+    batch = [keyed(n, f"k{n % 4}") for n in range(40)]
+    await stores[0].enqueue("q", batch, T0)  # type: ignore[arg-type]
+    results = await asyncio.gather(
+        *(s.poll("q", options, [], 2, f"w{i}", T0) for i, s in enumerate(stores * 2))
+    )
+    taken = [t for r in results for t in r.delivered]
+    assert sorted(t.key or "" for t in taken) == ["k0", "k1", "k2", "k3"]
+    assert sorted(int(str(v)) for v in values(taken)) == [0, 1, 2, 3]  # each key's first
 
 
 # -- fairness between keys ---------------------------------------------------------------------

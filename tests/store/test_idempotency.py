@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -146,28 +145,19 @@ async def test_keys_survive_a_restart_and_servers_share_them(kind: str, tmp_path
 
 
 async def test_two_postgres_servers_racing_with_one_key_create_once(
-    make_url: Callable[[], str], store_kind: str
+    shared_stores: list[Store],
 ) -> None:
-    if store_kind != "postgres":
-        pytest.skip("only PostgreSQL is shared by servers")
-    url = make_url()
-    servers = [open_store(url) for _ in range(3)]
+    servers = shared_stores
+    await setup(servers[0])
     for server in servers:
-        await server.open()
-    try:
-        await setup(servers[0])
-        for server in servers:
-            await server.load_queues()
-        tasks = [new(n) for n in range(50)]
-        outcomes = await asyncio.gather(
-            *(s.enqueue_once("q", tasks, T0, idempotency("race", tasks)) for s in servers * 3)
-        )
-        assert sum(outcome.created for outcome in outcomes) == 1
-        assert len({tuple(task.id for task in outcome.tasks) for outcome in outcomes}) == 1
-        assert len(await all_ids(servers[0])) == 50
-    finally:
-        for server in servers:
-            await server.close()
+        await server.load_queues()
+    tasks = [new(n) for n in range(50)]
+    outcomes = await asyncio.gather(
+        *(s.enqueue_once("q", tasks, T0, idempotency("race", tasks)) for s in servers * 3)
+    )
+    assert sum(outcome.created for outcome in outcomes) == 1
+    assert len({tuple(task.id for task in outcome.tasks) for outcome in outcomes}) == 1
+    assert len(await all_ids(servers[0])) == 50
 
 
 @pytest.mark.parametrize("key", ["", "x" * 256, "é", "tab\there", "nl\n", "\x00", "\x7f"], ids=repr)

@@ -6,7 +6,6 @@ Time is passed in explicitly (``now``), so leases and expiries are tested withou
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -15,7 +14,7 @@ import pytest
 from katar.core.idempotency import idempotency
 from katar.core.model import Ack, NewTask, QueueOptions, State, Task
 from katar.errors import Conflict
-from katar.store import Store, open_store
+from katar.store import Store
 
 T0 = 1_700_000_000_000
 KEEP = QueueOptions(persistent=True, timeout=1000, max_attempts=3, retry_delay=0)
@@ -258,34 +257,23 @@ async def test_an_idempotent_repeat_answers_the_duplicates_again(store: Store) -
     assert idempotency("i", other).digest != idempotency("i", tasks).digest
 
 
-async def test_servers_racing_with_one_key_create_once(
-    make_url: Callable[[], str], store_kind: str
-) -> None:
-    if store_kind != "postgres":
-        pytest.skip("only PostgreSQL is shared by servers")
-    url = make_url()
-    servers = [open_store(url) for _ in range(3)]
+async def test_servers_racing_with_one_key_create_once(shared_stores: list[Store]) -> None:
+    servers = shared_stores
+    await servers[0].save_queue("q", KEEP)
     for server in servers:
-        await server.open()
-    try:
-        await servers[0].save_queue("q", KEEP)
-        for server in servers:
-            await server.load_queues()
-        for round_ in range(5):
-            key = f"k{round_}"
-            outcomes = await asyncio.gather(
-                *(
-                    s.enqueue("q", [new(n, unique_key=key), new(n, unique_key=f"{key}-2")], T0)
-                    for n, s in enumerate(servers * 4)
-                )
+        await server.load_queues()
+    for round_ in range(5):
+        key = f"k{round_}"
+        outcomes = await asyncio.gather(
+            *(
+                s.enqueue("q", [new(n, unique_key=key), new(n, unique_key=f"{key}-2")], T0)
+                for n, s in enumerate(servers * 4)
             )
-            created = [t for tasks in outcomes for t in tasks if not t.duplicate]
-            assert len(created) == 2
-            assert len({t.id for tasks in outcomes for t in tasks}) == 2
-        assert len(await servers[1].list_tasks("q", None, 100, 0)) == 10
-    finally:
-        for server in servers:
-            await server.close()
+        )
+        created = [t for tasks in outcomes for t in tasks if not t.duplicate]
+        assert len(created) == 2
+        assert len({t.id for tasks in outcomes for t in tasks}) == 2
+    assert len(await servers[1].list_tasks("q", None, 100, 0)) == 10
 
 
 # -- with the queue options of flow control -----------------------------------------------------
