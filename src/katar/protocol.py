@@ -233,6 +233,46 @@ class NewTask(msgspec.Struct, frozen=True):
     ) = None
 
 
+BulkAction = Literal["retry", "cancel", "delete"]
+#: What a bulk action may do: retry (failed or cancelled tasks), cancel (paused or queued
+#: ones), delete (any task not in progress).
+BULK_ACTIONS: Final[tuple[str, ...]] = get_args(BulkAction)
+#: The longest ``error`` substring a listing or a bulk filter may search for.
+MAX_ERROR_FILTER: Final = 1000
+
+
+class TaskFilter(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Which tasks of a queue a bulk action (or a listing) selects: every condition given
+    must hold. ``before`` and ``after`` bound the time the task was created."""
+
+    status: list[Status] | None = None
+    ids: Annotated[list[str], msgspec.Meta(max_length=10_000)] | None = None
+    key: str | None = None
+    worker: str | None = None
+    error: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1,
+                max_length=MAX_ERROR_FILTER,
+                description="A substring of the task's error (case-sensitive).",
+            ),
+        ]
+        | None
+    ) = None
+    before: Time | None = None
+    after: Time | None = None
+
+
+class Bulk(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An action on every task of a queue that a filter selects."""
+
+    action: BulkAction
+    filter: TaskFilter = TaskFilter()
+    #: Count only: ``matched`` and how many the action would change; nothing changes.
+    dry_run: bool = False
+
+
 class Enqueue(NewTask, frozen=True):
     """One task (the fields of :class:`NewTask`) or many (``tasks``), not both."""
 
@@ -246,6 +286,23 @@ class Patch(msgspec.Struct, frozen=True):
 
 
 # -- answers ----------------------------------------------------------------------------------
+
+
+DeliveryOutcome = Literal["done", "failed", "expired", "cancelled"]
+#: The most deliveries a task record's ``history`` shows (the last ones).
+HISTORY_LENGTH: Final = 20
+
+
+class DeliveryRecord(msgspec.Struct, frozen=True):
+    """One delivery of a task: to whom, when, and how it ended (``outcome`` null while it
+    runs; "expired": its lease ran out without an ack)."""
+
+    attempt: int
+    worker: str | None
+    started_at: Time
+    ended_at: Time | None = None
+    outcome: DeliveryOutcome | None = None
+    error: str | None = None
 
 
 class TaskRecord(msgspec.Struct, frozen=True):
@@ -278,11 +335,36 @@ class TaskRecord(msgspec.Struct, frozen=True):
     #: In an enqueue's answer: true when this is an existing task, which held the
     #: unique_key asked for (nothing was created for it); false otherwise.
     duplicate: bool = False
+    #: The last deliveries (at most HISTORY_LENGTH), oldest first.
+    history: list[DeliveryRecord] = []
 
     @property
     def finished(self) -> bool:
         """True once the task is done, failed or cancelled."""
         return self.status in FINAL_STATUSES
+
+
+class BulkDone(msgspec.Struct, frozen=True):
+    """What a bulk action did: the tasks its filter selected, and those it changed (with
+    ``dry_run``: would change)."""
+
+    matched: int
+    changed: int
+
+
+class WorkerSeen(msgspec.Struct, frozen=True):
+    """A worker that polled in the last hour (by the name its polls give)."""
+
+    name: str
+    queues: list[str]
+    last_poll: Time
+    in_progress: int
+
+
+class Workers(msgspec.Struct, frozen=True):
+    """The workers seen (GET /v1/workers)."""
+
+    workers: list[WorkerSeen]
 
 
 class Tasks(msgspec.Struct, frozen=True):

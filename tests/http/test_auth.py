@@ -23,7 +23,7 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("/openapi.json", "GET"): None,
     ("/docs", "GET"): None,
     ("/metrics", "GET"): Role.ADMIN,
-    ("/v1/queues", "GET"): Role.ADMIN,
+    ("/v1/queues", "GET"): Role.PRODUCER,
     ("/v1/queue/{queue}", "GET"): Role.WORKER,
     ("/v1/queue/{queue}", "POST"): Role.WORKER,
     ("/v1/queue/{queue}", "PUT"): Role.ADMIN,
@@ -34,6 +34,8 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("/v1/queue/{queue}/tasks/{id}", "GET"): Role.PRODUCER,
     ("/v1/queue/{queue}/tasks/{id}", "PATCH"): Role.ADMIN,
     ("/v1/queue/{queue}/tasks/{id}", "DELETE"): Role.ADMIN,
+    ("/v1/queue/{queue}/tasks/bulk", "POST"): Role.ADMIN,
+    ("/v1/workers", "GET"): Role.PRODUCER,
 }
 
 # A body that the handler accepts, so that an allowed request reaches its normal answer.
@@ -43,6 +45,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("/v1/queue/{queue}", "PATCH"): {"paused": False},
     ("/v1/queue/{queue}/tasks", "POST"): {"data": {"n": 1}},
     ("/v1/queue/{queue}/tasks/{id}", "PATCH"): {"status": "cancelled"},
+    ("/v1/queue/{queue}/tasks/bulk", "POST"): {"action": "retry"},
 }
 
 SECRETS = {

@@ -31,33 +31,48 @@ import msgspec
 from katar.core import idempotency
 from katar.core.clock import Clock, SystemClock, Timer
 from katar.core.model import (
+    EVERY_TASK,
+    FINAL_STATES,
     PUBLIC_STATUS,
     READY,
     RUNNING,
     SCHEDULED,
-    STATES_OF_STATUS,
     STATUSES,
     Ack,
     NewTask,
     QueueOptions,
     Task,
+    TaskFilter,
     check_text,
     parse_queue_options,
 )
 from katar.core.outcomes import OutcomeWaits
 from katar.core.reaper import _PRUNE_EVERY_MS, HOUSEKEEPING_MS, Reaper
-from katar.core.rules import is_final
+from katar.core.rules import BULK_STATES, is_final, prune_before
 from katar.core.storage import Change, LimitState, Store
 from katar.core.waits import WaitList, _release
 from katar.errors import (
     QueueNotFound,
     ShuttingDown,
+    StoreUnavailable,
     TaskNotFound,
     ValidationError,
 )
 from katar.logs import Outages
 
 log = logging.getLogger("katar")
+
+#: The tasks one step of a bulk action takes, in one transaction: small enough that the
+#: polls queued behind it wait milliseconds, large enough that a million tasks take seconds.
+BULK_STEP: Final = 1000
+#: The finished tasks one transaction of the pruner removes (see Engine.prune_finished).
+PRUNE_BATCH: Final = 1000
+#: Seconds between two passes of the pruner.
+RETENTION_EVERY: Final = 60
+#: GET /v1/workers lists the workers seen in this last time (ms).
+WORKERS_SEEN_MS: Final = 3_600_000
+#: The most worker names remembered (names are the clients' to choose).
+MAX_WORKERS_SEEN: Final = 10_000
 
 #: A status-change callback: called with the task in its new status; may be a coroutine.
 Listener = Callable[[Task], Awaitable[None] | None]
@@ -112,6 +127,9 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         store.attach(self)
         self._background: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
+        #: Per worker name: the queues it polled, each with its last poll (ms).
+        self._seen: dict[str, dict[str, int]] = {}
         self._due: int | None = None  # the earliest deadline known: when the next reap is due
         self._timer: Timer | None = None  # armed for _due
         self._alarm = asyncio.Event()  # _due has come: the reaper's cue
@@ -143,6 +161,7 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         if self.store.shared:
             self._expect(self.clock.now_ms() + HOUSEKEEPING_MS)
         self._reaper = asyncio.create_task(self._reap(), name="katar-reaper")
+        self._pruner = asyncio.create_task(self._retain(), name="katar-retention")
 
     def begin_shutdown(self) -> None:
         """Stop parking long polls and release those parked (they answer 204)."""
@@ -154,11 +173,12 @@ class Engine(WaitList, OutcomeWaits, Reaper):
     async def close(self) -> None:
         """Release waiters, stop the reaper, and close the store."""
         self.begin_shutdown()
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-            self._reaper = None
+        for job in (self._reaper, self._pruner):
+            if job is not None:
+                job.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
+        self._reaper = self._pruner = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -221,6 +241,85 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         if options.rate is None and options.key_concurrency is None:
             return LimitState()
         return await self.store.limit_state(queue, options, self.clock.now_ms())
+
+    async def oldest_queued(self) -> dict[str, int]:
+        """For every queue with ready tasks, when its head (the next task a poll takes)
+        became ready (ms): how long the queue keeps work waiting."""
+        return await self.store.heads()
+
+    def saw(self, worker: str, queue: str, now: int) -> None:
+        """A poll of ``queue`` named ``worker`` at ``now`` (GET /v1/workers)."""
+        seen = self._seen.get(worker)
+        if seen is None:
+            if len(self._seen) >= MAX_WORKERS_SEEN:
+                self._forget_workers(now)
+            seen = self._seen[worker] = {}
+        seen[queue] = now
+
+    def _forget_workers(self, now: int) -> None:
+        """Drop the workers not seen for WORKERS_SEEN_MS; if that is not enough (names are
+        the clients' to choose), the longest unseen."""
+        since = now - WORKERS_SEEN_MS
+        last = {name: max(queues.values()) for name, queues in self._seen.items()}
+        for name, at in last.items():
+            if at < since:
+                del self._seen[name]
+        if len(self._seen) >= MAX_WORKERS_SEEN:
+            for name in sorted(self._seen, key=last.__getitem__)[: len(self._seen) // 10 + 1]:
+                del self._seen[name]
+
+    async def workers(
+        self, visible: Callable[[str], bool] = lambda _queue: True
+    ) -> list[tuple[str, list[str], int, int]]:
+        """The workers that polled this server in the last WORKERS_SEEN_MS, by name:
+        (name, the queues they polled that ``visible`` lets through, last poll (ms), tasks
+        in progress leased to that name on those queues)."""
+        now = self.clock.now_ms()
+        since = now - WORKERS_SEEN_MS
+        running = await self.store.running_by_worker()
+        found = []
+        for name, polled in sorted(self._seen.items()):
+            queues = sorted(q for q, at in polled.items() if at >= since and visible(q))
+            if queues:
+                last = max(polled[q] for q in queues)
+                busy = sum(running.get((q, name), 0) for q in queues)
+                found.append((name, queues, last, busy))
+        return found
+
+    async def prune_finished(self) -> int:
+        """Retention: remove the finished tasks that their queue's ``keep`` no longer keeps,
+        in batches of PRUNE_BATCH (each a transaction of its own); how many."""
+        pruned = 0
+        for queue, options in list(self.queues.items()):
+            for state in FINAL_STATES:
+                now = self.clock.now_ms()
+                before = prune_before(options, state, now)
+                if before is None:
+                    continue
+                try:
+                    while True:
+                        count = await self.store.prune(queue, state, before, now, PRUNE_BATCH)
+                        pruned += count
+                        if count < PRUNE_BATCH:
+                            break
+                        await asyncio.sleep(0)  # let requests go first
+                except QueueNotFound:
+                    break  # deleted meanwhile
+        if pruned:
+            log.info("retention: %d finished task(s) removed", pruned)
+        return pruned
+
+    async def _retain(self) -> None:
+        """The pruner: once every RETENTION_EVERY seconds, off the requests' path."""
+        while True:
+            await asyncio.sleep(RETENTION_EVERY)
+            try:
+                await self.prune_finished()
+                self.outages.up()
+            except StoreUnavailable as exc:
+                self.outages.down(exc.message)
+            except Exception:
+                log.exception("retention failed; trying again in %d s", RETENTION_EVERY)
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """Every queue's task counts by public status."""
@@ -304,6 +403,8 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         seen = self._wakes.get(queue, 0)
         clock = self.clock
         now = clock.now_ms()
+        if worker is not None:
+            self.saw(worker, queue, now)
         if self._due is not None and self._due <= now:
             now = await self._catch_up(now)
         result = await self.store.poll(queue, options, acks, limit, worker, now)
@@ -392,14 +493,52 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         return task
 
     async def list_tasks(
-        self, queue: str, status: Iterable[str] | None = None, limit: int = 100, after: int = 0
+        self,
+        queue: str,
+        where: TaskFilter = EVERY_TASK,
+        limit: int = 100,
+        after: int = 0,
+        newest_first: bool = False,
     ) -> list[Task]:
-        """Tasks of the queue by id, optionally of some statuses only."""
+        """Tasks of the queue that ``where`` selects, by id (descending, ``newest_first``),
+        from the cursor ``after`` (an id; 0 for the first page)."""
         self.options(queue)
-        states = None
-        if status is not None:
-            states = [state for name in status for state in STATES_OF_STATUS[name]]
-        return await self.store.list_tasks(queue, states, limit, after)
+        return await self.store.list_tasks(queue, where, limit, after, newest_first)
+
+    async def bulk(
+        self, queue: str, action: str, where: TaskFilter, dry_run: bool = False
+    ) -> tuple[int, int]:
+        """Retry, cancel or delete every task of the queue that ``where`` selects:
+        (matched, changed). Applied in steps of BULK_STEP tasks, each atomic, so that other
+        requests go in between; a task that the filter selects once a step has passed it
+        (enqueued meanwhile) is not touched. ``dry_run`` counts and changes nothing."""
+        self.options(queue)
+        if action not in BULK_STATES:
+            raise ValidationError(f"unknown action {action!r}; use retry, cancel or delete")
+        if dry_run:
+            matched = await self.store.count_tasks(queue, where)
+            applies = BULK_STATES[action]
+            states = applies if where.states is None else applies.intersection(where.states)
+            changed = 0
+            if states:
+                narrowed = msgspec.structs.replace(where, states=tuple(sorted(states)))
+                changed = await self.store.count_tasks(queue, narrowed)
+            return matched, changed
+        matched = changed = after = 0
+        while True:
+            step = await self.store.bulk(
+                queue, action, where, self.clock.now_ms(), after, BULK_STEP
+            )
+            matched += step.matched
+            changed += step.changed
+            after = step.last
+            if step.changes:
+                self._apply(step.changes)
+            if step.matched < BULK_STEP:
+                break
+        if changed:
+            log.info("%s: %s of %d task(s) matched: %d changed", queue, action, matched, changed)
+        return matched, changed
 
     async def set_status(self, queue: str, task_id: int, status: str) -> Task:
         """Cancel, pause, resume or retry a task; the task as it is afterwards. A task in

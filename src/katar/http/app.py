@@ -48,6 +48,7 @@ from katar.http.responses import (
     deliveries,
     encode,
     error_response,
+    iso_time,
     json_response,
     task_record,
 )
@@ -55,6 +56,8 @@ from katar.limits import Limits as Limits
 from katar.logs import log_access
 from katar.protocol import (
     IDEMPOTENCY_KEY_HEADER,
+    Bulk,
+    BulkDone,
     Configuration,
     Deliveries,
     Health,
@@ -64,6 +67,8 @@ from katar.protocol import (
     TaskDeleted,
     TaskRecord,
     Tasks,
+    Workers,
+    WorkerSeen,
 )
 
 log = logging.getLogger("katar")
@@ -289,9 +294,10 @@ class App:
                 {
                     "GET": Route(
                         self.list_queues,
-                        admin,
+                        producer,
                         Op(
-                            summary="Every queue, with its options and task counts",
+                            summary="Every queue the token may use, with its options and"
+                            " task counts",
                             operation_id="listQueues",
                             tag="operators",
                             answers={200: A("The queues.", Queues)},
@@ -412,6 +418,46 @@ class App:
                             answers={200: A("A page.", Tasks), 422: "A bad parameter."},
                         ),
                     ),
+                },
+            ),
+            (
+                "/v1/queue/{queue}/tasks/bulk",
+                {
+                    "POST": Route(
+                        self.bulk,
+                        admin,
+                        Op(
+                            summary="Retry, cancel or delete every task a filter selects",
+                            operation_id="bulk",
+                            tag="operators",
+                            body=Bulk,
+                            body_required=True,
+                            answers={
+                                200: A(
+                                    "What the filter matched, and what the action changed"
+                                    " (with dry_run: would change).",
+                                    BulkDone,
+                                ),
+                                422: "A bad action or filter.",
+                            },
+                            writes=True,
+                        ),
+                    )
+                },
+            ),
+            (
+                "/v1/workers",
+                {
+                    "GET": Route(
+                        self.workers,
+                        producer,
+                        Op(
+                            summary="The workers seen in the last hour",
+                            operation_id="listWorkers",
+                            tag="operators",
+                            answers={200: A("The workers.", Workers)},
+                        ),
+                    )
                 },
             ),
             (
@@ -724,12 +770,32 @@ class App:
         stats = await self.engine.stats()
         known = self.engine.queue_options()
         token = request.token
+        heads = await self.engine.oldest_queued()
+        now = self.engine.clock.now_ms()
         queues = [
-            QueueInfo(name, known[name], counts, await self._limits(name, known[name], counts))
+            QueueInfo(
+                name,
+                known[name],
+                counts,
+                await self._limits(name, known[name], counts),
+                None if name not in heads else max(0, now - heads[name]) / 1000,
+            )
             for name, counts in stats.items()
             if name in known and (token is None or token.may_use(name))
         ]
         return json_response(Queues(queues))
+
+    async def workers(self, request: Request) -> Response:
+        token = request.token
+        seen = await self.engine.workers(lambda q: token is None or token.may_use(q))
+        return json_response(
+            Workers(
+                [
+                    WorkerSeen(name, queues, iso_time(last), busy)
+                    for name, queues, last, busy in seen
+                ]
+            )
+        )
 
     async def _limits(
         self, name: str, options: QueueOptions, counts: Mapping[str, int]
@@ -778,9 +844,18 @@ class App:
         status = 200 if all(task.duplicate for task in created) else 201
         return json_response({"tasks": [task_record(task) for task in created]}, status)
 
+    async def bulk(self, request: Request) -> Response:
+        self.engine.options(request.queue)  # an unknown queue is a 404 before a bad body
+        action, where, dry_run = parse.parse_bulk(request.body)
+        matched, changed = await self.engine.bulk(request.queue, action, where, dry_run)
+        return json_response(BulkDone(matched, changed))
+
     async def list_tasks(self, request: Request) -> Response:
         query = request.query()
-        statuses = parse.parse_statuses(query.get("status"))
+        where = parse.parse_listing(query)
+        order = query.get("order", "asc")
+        if order not in ("asc", "desc"):
+            raise ValidationError(f"order must be asc or desc, not {order[:20]!r}")
         limit = int(parse.parse_number(query.get("limit"), "limit", 100, 1, self.limits.max_list))
         after = int(parse.parse_number(query.get("after"), "after", 0, 0, 2**62))
         # The page ends early if its records would be over max_answer_bytes; and it is read
@@ -793,7 +868,9 @@ class App:
         cursor: int | None = None
         while len(records) < limit:
             batch = min(limit - len(records), max(1, (budget - size) // task_bytes))
-            tasks = await self.engine.list_tasks(request.queue, statuses, batch, after)
+            tasks = await self.engine.list_tasks(
+                request.queue, where, batch, after, newest_first=order == "desc"
+            )
             for task in tasks:
                 record = encode(task_record(task))
                 if records and size + len(record) + 1 > budget:

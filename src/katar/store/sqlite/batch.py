@@ -35,8 +35,9 @@ _LEASE: Final = "lease_until=?+coalesce(timeout, ?)"
 _NOT_EXPIRED: Final = "(expires_at IS NULL OR attempts > 0 OR expires_at > ?)"
 _CLAIM: Final = (
     f"UPDATE tasks SET state=3, attempts=attempts+1, worker=?, {_LEASE}, run_at=NULL,"
-    " progress=NULL, updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND"
-    f" state=1 AND {_NOT_EXPIRED} ORDER BY priority DESC, id LIMIT ?) RETURNING {CLAIMED_COLUMNS}"
+    " progress=NULL, updated_at=?, started_at=? WHERE id IN (SELECT id FROM tasks WHERE"
+    f" queue_id=? AND state=1 AND {_NOT_EXPIRED} ORDER BY priority DESC, id LIMIT ?)"
+    f" RETURNING {CLAIMED_COLUMNS}"
 )
 # The other options of a claimed task that has some (see CLAIMED_COLUMNS).
 _OPTIONS: Final = f"SELECT {OPTIONS_COLUMNS} FROM tasks WHERE id=?"
@@ -109,7 +110,7 @@ _CANDIDATES_FAIR: Final = _CANDIDATES.replace(
 ).replace("priority DESC, id", "priority DESC, fair_seq, id")
 _TAKE: Final = (
     f"UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, {_LEASE}, run_at=NULL,"
-    " progress=NULL, updated_at=? WHERE id IN (SELECT value FROM json_each(?))"
+    " progress=NULL, updated_at=?, started_at=? WHERE id IN (SELECT value FROM json_each(?))"
     f" RETURNING {CLAIMED_COLUMNS}"
 )
 _NAME_WORKER: Final = "UPDATE tasks SET worker=? WHERE id IN (SELECT value FROM json_each(?))"
@@ -118,9 +119,9 @@ _NAME_WORKER: Final = "UPDATE tasks SET worker=? WHERE id IN (SELECT value FROM 
 # serves a SQLite file, and it places the waiting tasks as it makes a queue fair.
 _CLAIM_FAIR: Final = (
     f"UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, {_LEASE}, run_at=NULL,"
-    " progress=NULL, updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND"
-    f" state=1 AND fair_seq IS NOT NULL AND {_NOT_EXPIRED} ORDER BY priority DESC, fair_seq, id"
-    f" LIMIT ?) RETURNING {CLAIMED_COLUMNS}, fair_seq"
+    " progress=NULL, updated_at=?, started_at=? WHERE id IN (SELECT id FROM tasks WHERE"
+    f" queue_id=? AND state=1 AND fair_seq IS NOT NULL AND {_NOT_EXPIRED}"
+    f" ORDER BY priority DESC, fair_seq, id LIMIT ?) RETURNING {CLAIMED_COLUMNS}, fair_seq"
 )
 
 
@@ -236,7 +237,7 @@ class Batches:
         for (queue_id, worker, timeout, fair), claiming in claims.items():
             total = sum(poll.take for poll in claiming)
             now = max(poll.now for poll in claiming)
-            lease = (now, timeout, now, queue_id, now, total)
+            lease = (now, timeout, now, now, queue_id, now, total)
             if fair:
                 rows = conn.execute(_CLAIM_FAIR, lease).fetchall()
             elif worker is None:
@@ -321,7 +322,7 @@ class Batches:
             candidates = self._candidates(conn, queue_id, blocked, chunk, now)
             ids = rules.pick_by_key(candidates, want, per_key, options.key_concurrency, taken)
             if ids:  # taken now, so that the next look passes them; workers named below
-                lease = (now, options.timeout, now, msgspec.json.encode(ids))
+                lease = (now, options.timeout, now, now, msgspec.json.encode(ids))
                 took = conn.execute(_TAKE, lease)
                 rows.update((row[0], row) for row in took)
                 order += ids
