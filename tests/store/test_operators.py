@@ -9,7 +9,16 @@ from __future__ import annotations
 import msgspec
 
 from katar.core import rules
-from katar.core.model import EVERY_TASK, Keep, NewTask, QueueOptions, State, Task, TaskFilter
+from katar.core.model import (
+    EVERY_TASK,
+    Delivery,
+    Keep,
+    NewTask,
+    QueueOptions,
+    State,
+    Task,
+    TaskFilter,
+)
 from katar.protocol import HISTORY_LENGTH
 from katar.store import Store
 from tests.store.test_conformance import DROP, KEEP, T0, ack, claim, new, setup
@@ -36,11 +45,11 @@ async def test_a_task_delivered_once_has_one_delivery_and_no_stored_history(stor
     (task,) = await claim(store)
     running = await stored(store, task)
     assert running.started_at == T0
-    assert rules.deliveries(running) == [rules.Delivery(1, "w1", T0, None, None, None)]
+    assert rules.deliveries(running) == [Delivery(1, "w1", T0, None, None, None)]
     await store.poll("q", KEEP, [ack(task, "done")], 0, "w1", T0 + 5)
     done = await stored(store, task)
     assert done.history is None  # the row describes its only delivery
-    assert rules.deliveries(done) == [rules.Delivery(1, "w1", T0, T0 + 5, "done", None)]
+    assert rules.deliveries(done) == [Delivery(1, "w1", T0, T0 + 5, "done", None)]
 
 
 async def test_history_records_failures_expiries_and_the_last_outcome(store: Store) -> None:
