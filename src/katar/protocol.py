@@ -314,6 +314,29 @@ class Deliveries(msgspec.Struct, frozen=True):
     cancel: list[str] = []
 
 
+class Rates(msgspec.Struct, frozen=True):
+    """A queue's tasks per second over one interval of the throughput history."""
+
+    enqueued: float
+    done: float
+    failed: float
+
+
+class ThroughputSample(msgspec.Struct, frozen=True):
+    """Each queue's rates over the interval that ends at ``at``."""
+
+    at: Time
+    queues: dict[str, Rates]
+
+
+class Throughput(msgspec.Struct, frozen=True):
+    """GET /v1/throughput: tasks per second of the token's queues, sampled every
+    ``interval`` seconds, oldest first."""
+
+    interval: int
+    samples: list[ThroughputSample]
+
+
 class Configuration(msgspec.Struct, frozen=True):
     """A queue's worker configuration (its lease rides in :data:`LEASE_HEADER`)."""
 
