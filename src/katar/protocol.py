@@ -285,6 +285,29 @@ class TaskRecord(msgspec.Struct, frozen=True):
         return self.status in FINAL_STATUSES
 
 
+class BulkDone(msgspec.Struct, frozen=True):
+    """What a bulk action did: the tasks its filter selected, and those it changed (with
+    ``dry_run``: would change)."""
+
+    matched: int
+    changed: int
+
+
+class WorkerSeen(msgspec.Struct, frozen=True):
+    """A worker that polled in the last hour (by the name its polls give)."""
+
+    name: str
+    queues: list[str]
+    last_poll: Time
+    in_progress: int
+
+
+class Workers(msgspec.Struct, frozen=True):
+    """The workers seen (GET /v1/workers)."""
+
+    workers: list[WorkerSeen]
+
+
 class Tasks(msgspec.Struct, frozen=True):
     """Tasks: those an enqueue created, or a page of a list (with its cursor)."""
 
@@ -312,6 +335,27 @@ class Deliveries(msgspec.Struct, frozen=True):
     #: Tasks whose heartbeat in this poll found them cancelled by an operator: the worker
     #: stops them and sends nothing more for them. Absent when none.
     cancel: list[str] = []
+
+
+class QueueSummary(msgspec.Struct, frozen=True):
+    """A queue as GET /v1/queues lists it, as a client reads it: its options (section 8 of
+    the protocol), its tasks by status, and where it stands against its limits, if any."""
+
+    name: str
+    options: dict[str, Any]
+    counts: dict[str, int]
+    limits: dict[str, Any] | None = None
+
+    @property
+    def paused(self) -> bool:
+        """Whether the queue is paused (its polls take nothing)."""
+        return bool(self.options.get("paused", False))
+
+
+class QueueList(msgspec.Struct, frozen=True):
+    """GET /v1/queues, as a client reads it."""
+
+    queues: list[QueueSummary]
 
 
 class Rates(msgspec.Struct, frozen=True):
