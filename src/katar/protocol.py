@@ -396,6 +396,50 @@ class Deliveries(msgspec.Struct, frozen=True):
     cancel: list[str] = []
 
 
+class QueueSummary(msgspec.Struct, frozen=True):
+    """A queue as GET /v1/queues lists it, as a client reads it: its options (section 8 of
+    the protocol), its tasks by status, and where it stands against its limits, if any."""
+
+    name: str
+    options: dict[str, Any]
+    counts: dict[str, int]
+    limits: dict[str, Any] | None = None
+
+    @property
+    def paused(self) -> bool:
+        """Whether the queue is paused (its polls take nothing)."""
+        return bool(self.options.get("paused", False))
+
+
+class QueueList(msgspec.Struct, frozen=True):
+    """GET /v1/queues, as a client reads it."""
+
+    queues: list[QueueSummary]
+
+
+class Rates(msgspec.Struct, frozen=True):
+    """A queue's tasks per second over one interval of the throughput history."""
+
+    enqueued: float
+    done: float
+    failed: float
+
+
+class ThroughputSample(msgspec.Struct, frozen=True):
+    """Each queue's rates over the interval that ends at ``at``."""
+
+    at: Time
+    queues: dict[str, Rates]
+
+
+class Throughput(msgspec.Struct, frozen=True):
+    """GET /v1/throughput: tasks per second of the token's queues, sampled every
+    ``interval`` seconds, oldest first."""
+
+    interval: int
+    samples: list[ThroughputSample]
+
+
 class Configuration(msgspec.Struct, frozen=True):
     """A queue's worker configuration (its lease rides in :data:`LEASE_HEADER`)."""
 

@@ -24,6 +24,7 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("/docs", "GET"): None,
     ("/metrics", "GET"): Role.ADMIN,
     ("/v1/queues", "GET"): Role.PRODUCER,
+    ("/v1/throughput", "GET"): Role.PRODUCER,
     ("/v1/queue/{queue}", "GET"): Role.WORKER,
     ("/v1/queue/{queue}", "POST"): Role.WORKER,
     ("/v1/queue/{queue}", "PUT"): Role.ADMIN,

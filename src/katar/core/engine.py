@@ -22,7 +22,6 @@ import logging
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -30,9 +29,13 @@ import msgspec
 
 from katar.core import idempotency
 from katar.core.clock import Clock, SystemClock, Timer
+from katar.core.counters import Counters
 from katar.core.model import (
+    CANCELLED,
     EVERY_TASK,
+    FAILED,
     FINAL_STATES,
+    PAUSED,
     PUBLIC_STATUS,
     READY,
     RUNNING,
@@ -45,6 +48,7 @@ from katar.core.model import (
     TaskFilter,
     check_text,
     parse_queue_options,
+    parse_task_id,
 )
 from katar.core.outcomes import OutcomeWaits
 from katar.core.reaper import _PRUNE_EVERY_MS, HOUSEKEEPING_MS, Reaper
@@ -81,6 +85,9 @@ Listener = Callable[[Task], Awaitable[None] | None]
 QUEUE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 #: The longest queue name any server accepts; [limits] max_queue_name may lower it.
 MAX_QUEUE_NAME: Final = 255
+#: The most deliveries whose start the engine remembers for katar_run_seconds: past that
+#: many unacknowledged deliveries, new ones go unmeasured (their acks still count).
+MAX_TIMED_DELIVERIES: Final = 100_000
 
 
 def check_queue_name(name: str, max_length: int = MAX_QUEUE_NAME) -> str:
@@ -93,14 +100,6 @@ def check_queue_name(name: str, max_length: int = MAX_QUEUE_NAME) -> str:
             queue=name[: max_length + 10],
         )
     return name
-
-
-@dataclass(slots=True)
-class Counters:
-    """What this process has done since it started, per queue (for /metrics)."""
-
-    enqueued: dict[str, int] = field(default_factory=dict)
-    delivered: dict[str, int] = field(default_factory=dict)
 
 
 class Engine(WaitList, OutcomeWaits, Reaper):
@@ -138,8 +137,13 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         self._noted: int | None = None  # the earliest deadline made while a reap ran
         self._next_prune: int | None = None  # when to prune idempotency keys next (ms)
         self._last_keyed: int | None = None  # when an enqueue last stored a key (ms)
-        #: Tasks enqueued and delivered by this process since it started, per queue.
+        #: What this process has done since it started, per queue (katar.core.counters).
         self.counters = Counters()
+        #: When this process delivered each task it leased (ms, by task id): popped at the
+        #: ack that ends the delivery (observed in katar_run_seconds) or when the lease runs
+        #: out. The "done" fast path of the stores builds no task, so the ack's own id is
+        #: what finds the start. Bounded by MAX_TIMED_DELIVERIES.
+        self._delivered_at: dict[int, int] = {}
         #: The store's outages, logged once each (by the reaper, and the HTTP app's requests).
         self.outages = Outages()
 
@@ -230,6 +234,7 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         self.options(name)
         count = await self.store.delete_queue(name)
         self.queues.pop(name, None)
+        self.counters.forget(name)
         log.info("queue %s deleted with its %d task(s)", name, count)
         waiters = self._waiters.pop(name, deque())
         _release(waiters, True, len(waiters))  # they look again, and find no queue
@@ -408,8 +413,12 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         if self._due is not None and self._due <= now:
             now = await self._catch_up(now)
         result = await self.store.poll(queue, options, acks, limit, worker, now)
+        if acks:
+            self._count_acks(queue, acks, now)
         if result.changes:
             self._apply(result.changes)
+        if result.held is not None:
+            self.counters.limited(queue, result.held)
         if acks and options.limited:
             # Finished tasks free room under a limit: the long polls parked on it look again
             # (the changes may leave out tasks finished "done", see Store.watch; a heartbeat
@@ -425,7 +434,7 @@ class Engine(WaitList, OutcomeWaits, Reaper):
             if lease_until is not None and (self._due is None or lease_until < self._due):
                 self._expect(lease_until)
         if result.delivered or wait <= 0 or limit == 0 or result.cancel:
-            return self._deliver(result.delivered)
+            return self._deliver(result.delivered, now)
         deadline = now + wait * 1000
         recheck = self._recheck_at(options, result.retry_at, now)
         while True:
@@ -445,9 +454,11 @@ class Engine(WaitList, OutcomeWaits, Reaper):
             if self._due is not None and self._due <= now:
                 now = await self._catch_up(now)
             result = await self.store.poll(queue, options, (), limit, worker, now)
+            if result.held is not None:
+                self.counters.limited(queue, result.held)
             if result.delivered:
                 self._leased(result.delivered)
-                return self._deliver(result.delivered)
+                return self._deliver(result.delivered, now)
             recheck = self._recheck_at(options, result.retry_at, now)
 
     def _recheck_at(self, options: QueueOptions, retry_at: int | None, now: int) -> int | None:
@@ -461,15 +472,44 @@ class Engine(WaitList, OutcomeWaits, Reaper):
             return now + HOUSEKEEPING_MS
         return None
 
-    def _deliver(self, tasks: list[Task]) -> list[Task]:
+    def _deliver(self, tasks: list[Task], now: int) -> list[Task]:
         if tasks:
-            delivered = self.counters.delivered
+            counters = self.counters
+            delivered = counters.delivered
             queue = tasks[0].queue
             delivered[queue] = delivered.get(queue, 0) + len(tasks)
+            started = self._delivered_at
+            for task in tasks:
+                if task.attempts == 1:  # the first delivery: how long the task waited
+                    # Since its creation, a delay included: a claimed task keeps no run_at.
+                    counters.observe(counters.wait, queue, now - task.created_at)
+                if len(started) < MAX_TIMED_DELIVERIES:
+                    started[task.id] = now
         if self._listeners:
             for task in tasks:
                 self._emit(task)
         return tasks
+
+    def _count_acks(self, queue: str, acks: Sequence[Ack], now: int) -> None:
+        """Count the "done" acks of an applied poll, and observe how long each delivery an
+        ack ends (done or failed) ran, when this process made it. The failed acks are counted
+        from the changes (_apply), which every store reports, unlike those of "done"."""
+        done = 0
+        started = self._delivered_at
+        counters = self.counters
+        for ack in acks:
+            status = ack.status
+            if status == "in progress":
+                continue
+            if status == "done":
+                done += 1
+            if started:
+                task_id = parse_task_id(ack.task_id)
+                at = None if task_id is None else started.pop(task_id, None)
+                if at is not None:
+                    counters.observe(counters.run, queue, now - at)
+        if done:
+            counters.add(counters.done, queue, done)
 
     def _leased(self, tasks: list[Task]) -> None:
         # The lease's end is a deadline, earlier than the known one when the timer is idle
@@ -533,7 +573,7 @@ class Engine(WaitList, OutcomeWaits, Reaper):
             changed += step.changed
             after = step.last
             if step.changes:
-                self._apply(step.changes)
+                self._apply(step.changes, operator=True)
             if step.matched < BULK_STEP:
                 break
         if changed:
@@ -548,7 +588,7 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         change = await self.store.set_status(queue, task_id, status, self.clock.now_ms())
         if change is None:
             return await self._existing(queue, task_id)
-        self._apply([change])
+        self._apply([change], operator=True)
         return change.task
 
     async def delete_task(self, queue: str, task_id: int) -> None:
@@ -588,13 +628,24 @@ class Engine(WaitList, OutcomeWaits, Reaper):
 
     # -- events ----------------------------------------------------------------------------
 
-    def _apply(self, changes: Iterable[Change]) -> None:
-        """Wake long polls for tasks that became ready; emit events; settle outcome waits."""
+    def _apply(
+        self, changes: Iterable[Change], *, expired: bool = False, operator: bool = False
+    ) -> None:
+        """Wake long polls for tasks that became ready; emit events; settle outcome waits;
+        count what happened. The changes come from a worker's acks unless ``expired`` (the
+        reaper's) or ``operator`` (a status set over HTTP or the API)."""
         ready: dict[str, int] = {}
         for task, old in changes:
-            if task.state is READY:
+            state = task.state
+            if old is RUNNING and state is not RUNNING:
+                self._count_end(task, expired)
+            elif state is CANCELLED and old is not CANCELLED:
+                self.counters.add(self.counters.cancellations, task.queue)
+            elif operator and (old is FAILED or old is CANCELLED) and state is not old:
+                self.counters.add(self.counters.retries, task.queue)
+            if state is READY:
                 ready[task.queue] = ready.get(task.queue, 0) + 1
-            elif old is RUNNING and task.state is not RUNNING:
+            elif old is RUNNING and state is not RUNNING:
                 options = self.queues.get(task.queue)
                 if options is not None and options.limited:  # room under a limit
                     ready[task.queue] = ready.get(task.queue, 0) + 1
@@ -607,6 +658,20 @@ class Engine(WaitList, OutcomeWaits, Reaper):
                     self._settle_outcome(task)
         for queue, count in ready.items():
             self._wake(queue, count)
+
+    def _count_end(self, task: Task, expired: bool) -> None:
+        """Count a delivery that ended other than "done" by its ack (those are counted from
+        the acks, _count_acks): its lease ran out, or a "failed" ack ended it."""
+        counters, queue, state = self.counters, task.queue, task.state
+        if expired:
+            counters.add(counters.lease_expiries, queue)
+            self._delivered_at.pop(task.id, None)
+        elif state is FAILED or state is READY or state is SCHEDULED:
+            counters.add(counters.failed, queue)
+        if state is READY or state is SCHEDULED or state is PAUSED:
+            counters.add(counters.retries, queue)
+        elif state is CANCELLED:
+            counters.add(counters.cancellations, queue)
 
     def on(self, event: str, listener: Listener) -> None:
         """Call ``listener(task)`` on each status change named ``"<queue>.<status>"``.

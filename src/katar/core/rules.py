@@ -216,6 +216,19 @@ def claim_allowance(options: QueueOptions, limit: int, running: int, bucket: Buc
     return max(allowed, 0)
 
 
+def held_by(options: QueueOptions, limit: int, running: int, bucket: Bucket | None) -> str | None:
+    """Which limit made claim_allowance (same arguments) allow fewer than ``limit`` tasks:
+    "paused", "concurrency" or "rate" (the first that did, in that order); None if none.
+    Counted in the metrics as a limited poll."""
+    if options.paused:
+        return "paused"
+    if options.concurrency is not None and options.concurrency - running < limit:
+        return "concurrency"
+    if options.rate is not None and bucket is not None and math.floor(bucket.tokens) < limit:
+        return "rate"
+    return None
+
+
 def pick_by_key(
     candidates: Iterable[tuple[int, str | None]],
     want: int,

@@ -37,6 +37,9 @@ class PollResult(NamedTuple):
     #: The ids of the tasks whose heartbeat in the acks found them cancelled by an operator
     #: (rules.stops): the worker is told to stop them.
     cancel: Sequence[int] = ()
+    #: When a limit let the claim take fewer tasks than asked, and the claim took all the
+    #: limit allowed: that limit (rules.held_by). None otherwise. For the metrics.
+    held: str | None = None
 
 
 class LimitState(NamedTuple):

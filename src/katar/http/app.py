@@ -31,7 +31,7 @@ from katar.errors import (
     TooManyRequests,
     ValidationError,
 )
-from katar.http import metrics, openapi, parse
+from katar.http import metrics, openapi, parse, throughput
 from katar.http.auth import Access, Authenticator, Token
 from katar.http.openapi import IDEMPOTENCY_PARAM, LEASE_HEADERS, LIST_PARAMS, WAIT_PARAM
 from katar.http.openapi import Answer as A
@@ -67,6 +67,7 @@ from katar.protocol import (
     TaskDeleted,
     TaskRecord,
     Tasks,
+    Throughput,
     Workers,
     WorkerSeen,
 )
@@ -182,7 +183,7 @@ class Admission:
 
 
 #: Handlers that answer without the store: their success says nothing about an outage's end.
-_STORELESS: Final = frozenset({"get_configuration", "openapi", "docs"})
+_STORELESS: Final = frozenset({"get_configuration", "openapi", "docs", "get_throughput"})
 #: The route label of requests that match no route.
 UNROUTED: Final = "other"
 _ROUTES_REMEMBERED: Final = 4096  # paths whose route is remembered
@@ -213,6 +214,9 @@ class App:
         self.auth = Authenticator(tokens)
         self._guarded = self.auth.enabled
         self.long_polls = 0  # long polls held now (bounded by limits.max_long_polls)
+        #: The throughput history (GET /v1/throughput), sampled while the app runs: started
+        #: and stopped with its lifespan (katar serve: by the server, around serving).
+        self.throughput = throughput.Sampler(engine.counters, time.time)
         open_, worker, producer, admin = Access.OPEN, Access.WORKER, Access.PRODUCER, Access.ADMIN
         #: (path template, {method: route}); {names} are path segments. Every route states its
         #: access rule here (a test walks this table to check them all), and what the OpenAPI
@@ -285,6 +289,31 @@ class App:
                                     media="text/plain",
                                 )
                             },
+                        ),
+                    )
+                },
+            ),
+            (
+                "/v1/throughput",
+                {
+                    "GET": Route(
+                        self.get_throughput,
+                        producer,
+                        Op(
+                            summary="Tasks enqueued, done and failed per second, per queue,"
+                            " over the last minutes",
+                            operation_id="throughput",
+                            tag="operators",
+                            parameters=(openapi.SECONDS_PARAM,),
+                            answers={
+                                200: A(
+                                    "Samples every interval seconds, oldest first, of the"
+                                    " token's queues.",
+                                    Throughput,
+                                ),
+                                422: "A bad parameter.",
+                            },
+                            store=False,
                         ),
                     )
                 },
@@ -651,8 +680,10 @@ class App:
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                self.throughput.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.throughput.stop()
                 try:
                     await self._shutdown()
                 except Exception as exc:
@@ -761,10 +792,28 @@ class App:
             raise Forbidden(
                 'the metrics cover every queue: they need an admin token whose queues are ["*"]'
             )
+        engine = self.engine
         text = metrics.render(
-            await self.engine.stats(), self.engine.counters, self.requests, self.long_polls
+            await engine.stats(),
+            engine.counters,
+            self.requests,
+            self.long_polls,
+            await engine.oldest_queued(),
+            engine.clock.now_ms(),
         )
         return Response(200, text, [(b"content-type", metrics.CONTENT_TYPE)])
+
+    async def get_throughput(self, request: Request) -> Response:
+        seconds = parse.parse_number(
+            request.query().get("seconds"),
+            "seconds",
+            throughput.MAX_SECONDS,
+            throughput.INTERVAL,
+            throughput.MAX_SECONDS,
+        )
+        token = request.token
+        visible = (lambda queue: True) if token is None else token.may_use
+        return json_response(self.throughput.history(seconds, visible))
 
     async def list_queues(self, request: Request) -> Response:
         stats = await self.engine.stats()

@@ -364,6 +364,7 @@ class MemoryStore(Store):
         in_progress = self._running[queue]
         bucket = self._bucket(queue, options, now)
         allowed = rules.claim_allowance(options, limit, len(in_progress), bucket)
+        held = rules.held_by(options, limit, len(in_progress), bucket)
         running: dict[str, int] | None = None
         if options.key_concurrency is not None:
             running = self._running_keys(queue)
@@ -373,7 +374,9 @@ class MemoryStore(Store):
             bucket.take(len(delivered))
             if len(delivered) < limit:
                 retry_at = bucket.next_token(options.rate, now)
-        return PollResult(delivered, changes, retry_at)
+        if len(delivered) < allowed:  # fewer ready tasks than allowed: no limit held it
+            held = None
+        return PollResult(delivered, changes, retry_at, held=held)
 
     def _bucket(self, queue: str, options: QueueOptions, now: int) -> rules.Bucket | None:
         if options.rate is None:

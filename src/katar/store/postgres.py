@@ -835,9 +835,9 @@ class PostgresStore(Store):
                 if rules.stops(task if new is None else new, ack, worker):
                     cancel.append(task.id)
             delivered: list[Task] = []
-            retry_at = None
+            retry_at = held = None
             if limit > 0 and options.custom_claim:
-                delivered, retry_at = await self._claim_limited(
+                delivered, retry_at, held = await self._claim_limited(
                     conn, queue, queue_id, options, limit, worker, now
                 )
             elif limit > 0:
@@ -848,7 +848,7 @@ class PostgresStore(Store):
                 delivered = [task_from_row(row, queue) for row in await cursor.fetchall()]
                 delivered.sort(key=lambda t: (-t.priority, t.id))
             await self._notify_ready(conn, (change.task for change in changes))
-        return PollResult(delivered, changes, retry_at, cancel)
+        return PollResult(delivered, changes, retry_at, cancel, held)
 
     async def _claim_limited(
         self,
@@ -859,7 +859,7 @@ class PostgresStore(Store):
         limit: int,
         worker: str | None,
         now: int,
-    ) -> tuple[list[Task], int | None]:
+    ) -> tuple[list[Task], int | None, str | None]:
         sql = self._sql
         stored = None
         if options.limited:  # a fair queue alone has nothing to count
@@ -873,6 +873,7 @@ class PostgresStore(Store):
             row = await (await conn.execute(sql["running"], (queue_id,))).fetchone()
             running = row[0] if row else 0
         allowed = rules.claim_allowance(options, limit, running, bucket)
+        held, allowance = rules.held_by(options, limit, running, bucket), allowed
         per_key: dict[str, int] = {}
         if options.key_concurrency is not None and allowed > 0:
             rows = await (await conn.execute(sql["running_keys"], (queue_id,))).fetchall()
@@ -907,7 +908,9 @@ class PostgresStore(Store):
             await conn.execute(sql["save_bucket"], (bucket.tokens, bucket.at, queue_id))
             if len(delivered) < limit:
                 retry_at = bucket.next_token(options.rate, now)
-        return delivered, retry_at
+        if len(delivered) < allowance:  # fewer ready tasks than allowed: no limit held it
+            held = None
+        return delivered, retry_at, held
 
     async def _candidates(
         self,

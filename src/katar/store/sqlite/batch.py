@@ -143,6 +143,7 @@ class _Poll:
     retry_at: int | None = None  # see PollResult.retry_at
     take: int = 0  # what its claim takes: limit, or less where a limit cuts it
     cancel: list[int] = field(default_factory=list)  # see PollResult.cancel
+    held: str | None = None  # the limit that cut its take (rules.held_by), if one did
 
 
 class Batches:
@@ -224,10 +225,12 @@ class Batches:
                 continue
             # No key to count: the limits cut what the polls take, in arrival order, and
             # the claim is the plain one (in the fair order for a fair queue).
-            bucket, allowed = self._allowance(conn, group)
+            bucket, allowed, held = self._allowance(conn, group)
             for poll in group:
                 poll.take = min(poll.limit, allowed)
                 allowed -= poll.take
+                if poll.take < poll.limit:
+                    poll.held = held
                 if poll.take:
                     fair = queue_id in self._fair
                     statement = (queue_id, poll.worker, options.timeout, fair)
@@ -275,9 +278,12 @@ class Batches:
         options = None if row[10] else conn.execute(_OPTIONS, (row[0],)).fetchone()
         return claimed_from_row(row, queue, worker, now, lease_until, options)
 
-    def _allowance(self, conn: sqlite3.Connection, polls: list[_Poll]) -> tuple[Any, int]:
+    def _allowance(
+        self, conn: sqlite3.Connection, polls: list[_Poll]
+    ) -> tuple[Any, int, str | None]:
         """What a group's polls of one queue may take together (rules.claim_allowance),
-        and the queue's rate bucket refilled to now (None without a rate limit)."""
+        the queue's rate bucket refilled to now (None without a rate limit), and the limit
+        that cut it (rules.held_by)."""
         first = polls[0]
         options, queue_id = first.options, first.queue_id
         now = max(poll.now for poll in polls)
@@ -286,7 +292,8 @@ class Batches:
         if options.concurrency is not None:
             running = conn.execute(_RUNNING, (queue_id,)).fetchone()[0]
         asked = sum(poll.limit for poll in polls)
-        return bucket, rules.claim_allowance(options, asked, running, bucket)
+        allowed = rules.claim_allowance(options, asked, running, bucket)
+        return bucket, allowed, rules.held_by(options, asked, running, bucket)
 
     @staticmethod
     def _charge(bucket: rules.Bucket, rate: Rate, polls: list[_Poll]) -> None:
@@ -305,7 +312,7 @@ class Batches:
         first = polls[0]
         options, queue_id = first.options, first.queue_id
         now = max(poll.now for poll in polls)
-        bucket, allowed = self._allowance(conn, polls)
+        bucket, allowed, held = self._allowance(conn, polls)
         per_key: dict[str, int] = {}
         if allowed > 0:
             per_key = dict(conn.execute(_RUNNING_KEYS, (queue_id,)).fetchall())
@@ -334,6 +341,8 @@ class Batches:
         for poll in polls:
             mine = order[start : start + poll.limit]
             start += len(mine)
+            if len(mine) < poll.limit and len(order) >= allowed:  # the limit cut its share
+                poll.take, poll.held = len(mine), held
             poll.delivered = [
                 self._claimed(conn, rows[i], name, poll.worker, now, lease_until) for i in mine
             ]

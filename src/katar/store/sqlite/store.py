@@ -443,7 +443,11 @@ class SQLiteStore(Batches, GroupCommit):
 
         outcome = await self._write(op)
         if isinstance(outcome, _Poll):
-            return PollResult(outcome.delivered, outcome.changes, outcome.retry_at, outcome.cancel)
+            # A limit held the poll back when it cut the take and the claim filled what remained.
+            held = outcome.held if len(outcome.delivered) >= outcome.take else None
+            return PollResult(
+                outcome.delivered, outcome.changes, outcome.retry_at, outcome.cancel, held
+            )
         return outcome
 
     async def get_task(self, queue: str, task_id: int) -> Task | None:
