@@ -566,14 +566,22 @@ class Engine(WaitList, OutcomeWaits, Reaper):
             return matched, changed
         matched = changed = after = 0
         while True:
-            step = await self.store.bulk(
-                queue, action, where, self.clock.now_ms(), after, BULK_STEP
-            )
+            now = self.clock.now_ms()
+            # Each change is reported (built) only when someone watches tasks one by one.
+            report = bool(self._listeners or self._task_waiters)
+            step = await self.store.bulk(queue, action, where, now, after, BULK_STEP, report)
             matched += step.matched
             changed += step.changed
             after = step.last
             if step.changes:
                 self._apply(step.changes, operator=True)
+            unreported = step.changed - len(step.changes)
+            if unreported and action != "delete":
+                counters = self.counters
+                counter = counters.retries if action == "retry" else counters.cancellations
+                counters.add(counter, queue, unreported)
+                if action == "retry":
+                    self._wake(queue, unreported)
             if step.matched < BULK_STEP:
                 break
         if changed:

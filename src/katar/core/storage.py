@@ -216,12 +216,21 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def bulk(
-        self, queue: str, action: str, where: TaskFilter, now: int, after: int, limit: int
+        self,
+        queue: str,
+        action: str,
+        where: TaskFilter,
+        now: int,
+        after: int,
+        limit: int,
+        report: bool = True,
     ) -> BulkStep:
         """One step of a bulk action, in one transaction: take the first ``limit`` tasks
         that ``where`` selects with an id above ``after``, and apply ``action`` to each in
         rules.BULK_STATES[action]: "retry" and "cancel" as rules.bulk_change says (a retry
-        whose unique_key another task holds is skipped), "delete" removes them."""
+        whose unique_key another task holds is skipped), "delete" removes them. Without
+        ``report``, a store may leave out of ``changes`` the tasks it changed in SQL, without
+        building them (``changed`` counts them all): nobody watches those tasks one by one."""
 
     @abc.abstractmethod
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:

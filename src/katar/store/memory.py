@@ -426,7 +426,14 @@ class MemoryStore(Store):
         return sum(1 for task_id in self._ids_of(queue) if where.matches(tasks[task_id]))
 
     async def bulk(
-        self, queue: str, action: str, where: TaskFilter, now: int, after: int, limit: int
+        self,
+        queue: str,
+        action: str,
+        where: TaskFilter,
+        now: int,
+        after: int,
+        limit: int,
+        report: bool = True,
     ) -> BulkStep:
         selected: list[Task] = []
         for task_id in self._ids_of(queue):

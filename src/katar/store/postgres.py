@@ -49,6 +49,7 @@ from katar.errors import (
     TaskNotFound,
 )
 from katar.logs import mask_credentials
+from katar.protocol import HISTORY_LENGTH
 from katar.store._rows import COLUMNS, Dialect, task_from_row, update_values, where_sql
 
 if TYPE_CHECKING:
@@ -216,6 +217,7 @@ class PostgresStore(Store):
         s = self._schema
         self._sql = {
             "task": f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = %s",
+            "tasks": f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = ANY(%s)",
             "lock": f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = %s FOR UPDATE",
             "lock_many": f"SELECT 1 FROM {s}.tasks WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
             "update": (
@@ -323,6 +325,23 @@ class PostgresStore(Store):
                 f"UPDATE {s}.tasks SET state=3, attempts=attempts+1, worker=%s,"
                 f" lease_until=%s + coalesce(timeout, %s), run_at=NULL, progress=NULL,"
                 f" updated_at=%s, started_at=%s WHERE id = ANY(%s) RETURNING {COLUMNS}"
+            ),
+            # A bulk action's step in SQL (Store.bulk): what rules.bulk_change does. A retry
+            # moves the task's last delivery into its history (rules.archive: the old row's
+            # attempts, worker, started_at, updated_at as its end, its outcome, its error).
+            "bulk_delete": f"DELETE FROM {s}.tasks WHERE id = ANY(%s)",
+            "bulk_cancel": f"UPDATE {s}.tasks SET state = 6, updated_at = %s WHERE id = ANY(%s)",
+            "bulk_retry": (
+                f"UPDATE {s}.tasks AS t SET state = 1, run_at = NULL, expires_at = NULL,"
+                " attempt_base = t.attempts, error = CASE WHEN t.state = 6 THEN NULL ELSE"
+                " t.error END, cancel_requested = false, updated_at = %s, history = CASE WHEN"
+                " t.started_at IS NULL THEN t.history ELSE convert_to((CASE WHEN"
+                f" jsonb_array_length(x.h) >= {HISTORY_LENGTH} THEN x.h - 0 ELSE x.h END ||"
+                " jsonb_build_array(jsonb_build_array(t.attempts, t.worker, t.started_at,"
+                " t.updated_at, CASE t.state WHEN 5 THEN 'failed' ELSE 'cancelled' END,"
+                " t.error)))::text, 'UTF8') END, started_at = NULL FROM (SELECT id,"
+                " coalesce(convert_from(history, 'UTF8')::jsonb, '[]'::jsonb) AS h"
+                f" FROM {s}.tasks WHERE id = ANY(%s)) AS x WHERE t.id = x.id"
             ),
             # Retention (rules.prune_before, holds_key: in SQL), the oldest first.
             "prune": (
@@ -989,41 +1008,84 @@ class PostgresStore(Store):
         return count
 
     async def bulk(
-        self, queue: str, action: str, where: TaskFilter, now: int, after: int, limit: int
+        self,
+        queue: str,
+        action: str,
+        where: TaskFilter,
+        now: int,
+        after: int,
+        limit: int,
+        report: bool = True,
     ) -> BulkStep:
         queue_id = await self._queue_id(queue)
         conditions, params = where_sql(where, _DIALECT)
         s = self._schema
-        columns = "id, state" if action == "delete" else COLUMNS
-        sql = (
-            f"SELECT {columns} FROM {s}.tasks WHERE queue_id = %s{conditions} AND id > %s"
+        select = (
+            f"FROM {s}.tasks WHERE queue_id = %s{conditions} AND id > %s"
             " ORDER BY id LIMIT %s FOR UPDATE"
         )
+        args = (queue_id, *params, after, limit)
         states = rules.BULK_STATES[action]
+        # In SQL, without building the tasks: a delete; a cancel or a retry that nobody
+        # watches, except a retry that must take a unique_key back or a place in a fair
+        # queue (the rules do those).
+        in_sql = action == "delete" or (
+            not report and (action == "cancel" or queue_id not in self._fair)
+        )
         async with self._transaction() as conn:
-            rows = await (await conn.execute(sql, (queue_id, *params, after, limit))).fetchall()
+            if not in_sql:
+                rows = await (await conn.execute(f"SELECT {COLUMNS} {select}", args)).fetchall()
+                return await self._bulk_by_rules(conn, queue_id, queue, action, rows, now, after)
+            found = await conn.execute(f"SELECT id, state, unique_key {select}", args)
+            rows = await found.fetchall()
             if not rows:
                 return BulkStep(0, 0, after, [])
-            last = rows[-1][0]
-            if action == "delete":
-                ids = [task_id for task_id, state in rows if _STATE_OF[state] in states]
-                await conn.execute(f"DELETE FROM {s}.tasks WHERE id = ANY(%s)", (ids,))
-                return BulkStep(len(rows), len(ids), last, [])
-            changes: list[Change] = []
-            for row in rows:
-                task = task_from_row(row, queue)
-                new = rules.bulk_change(task, action, now)
-                if new is None:
-                    continue
-                try:
-                    async with conn.transaction():  # a savepoint: a refused retry undoes itself
-                        change = await self._change(conn, queue_id, task, new, now)
-                except Conflict:
-                    continue  # a retry whose unique_key another task holds now
-                if change is not None:
-                    changes.append(change)
-            await self._notify_ready(conn, (change.task for change in changes))
-            return BulkStep(len(rows), len(changes), last, changes)
+            applies = [(r[0], r[2]) for r in rows if _STATE_OF[r[1]] in states]
+            keyed = [i for i, key in applies if key is not None] if action == "retry" else []
+            ids = [i for i, key in applies if key is None] if keyed else [i for i, _ in applies]
+            times = () if action == "delete" else (now,)
+            await conn.execute(self._sql[f"bulk_{action}"], (*times, ids))
+            step = BulkStep(len(rows), len(ids), rows[-1][0], [])
+            if keyed:  # retries that take their unique_key back: by the rules
+                full = await conn.execute(
+                    f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = ANY(%s)", (keyed,)
+                )
+                more = await self._bulk_by_rules(
+                    conn, queue_id, queue, action, await full.fetchall(), now, after
+                )
+                step = step._replace(changed=step.changed + more.changed, changes=more.changes)
+            if action == "retry" and ids:
+                await self._notify(conn, f"r:{len(ids)}:{queue}")
+            return step
+
+    async def _bulk_by_rules(
+        self,
+        conn: AsyncConnection[tuple[Any, ...]],
+        queue_id: int,
+        queue: str,
+        action: str,
+        rows: list[tuple[Any, ...]],
+        now: int,
+        after: int,
+    ) -> BulkStep:
+        """A step of a retry or a cancel, task by task, as rules.bulk_change says."""
+        if not rows:
+            return BulkStep(0, 0, after, [])
+        changes: list[Change] = []
+        for row in rows:
+            task = task_from_row(row, queue)
+            new = rules.bulk_change(task, action, now)
+            if new is None:
+                continue
+            try:
+                async with conn.transaction():  # a savepoint: a refused retry undoes itself
+                    change = await self._change(conn, queue_id, task, new, now)
+            except Conflict:
+                continue  # a retry whose unique_key another task holds now
+            if change is not None:
+                changes.append(change)
+        await self._notify_ready(conn, (change.task for change in changes))
+        return BulkStep(len(rows), len(changes), rows[-1][0], changes)
 
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:
         queue_id = await self._queue_id(queue)

@@ -32,6 +32,7 @@ from katar.errors import (
     StoreUnavailable,
     TaskNotFound,
 )
+from katar.protocol import HISTORY_LENGTH
 from katar.store._rows import (
     COLUMNS,
     Dialect,
@@ -497,40 +498,75 @@ class SQLiteStore(Batches, GroupCommit):
         return conditions, params
 
     async def bulk(
-        self, queue: str, action: str, where: TaskFilter, now: int, after: int, limit: int
+        self,
+        queue: str,
+        action: str,
+        where: TaskFilter,
+        now: int,
+        after: int,
+        limit: int,
+        report: bool = True,
     ) -> BulkStep:
         queue_id = self._queue_id(queue)
         conditions, params = self._where(where)
-        columns = "id, state" if action == "delete" else _COLUMNS
-        sql = (
-            f"SELECT {columns} FROM tasks WHERE queue_id=?{conditions} AND id>? ORDER BY id LIMIT ?"
-        )
+        select = f"FROM tasks WHERE queue_id=?{conditions} AND id>? ORDER BY id LIMIT ?"
         states = rules.BULK_STATES[action]
+        # In SQL, without building the tasks: a delete; a cancel or a retry that nobody
+        # watches, except a retry that must take a unique_key back or a place in a fair
+        # queue (the rules do those).
+        in_sql = action == "delete" or (
+            not report and (action == "cancel" or queue_id not in self._fair)
+        )
+
+        args = (queue_id, *params, after, limit)
 
         def op(conn: sqlite3.Connection) -> BulkStep:
-            rows = conn.execute(sql, (queue_id, *params, after, limit)).fetchall()
+            if not in_sql:
+                rows = conn.execute(f"SELECT {_COLUMNS} {select}", args).fetchall()
+                return self._bulk_by_rules(conn, queue_id, action, rows, now, after)
+            rows = conn.execute(f"SELECT id, state, unique_key {select}", args).fetchall()
             if not rows:
                 return BulkStep(0, 0, after, [])
-            last = rows[-1][0]
-            if action == "delete":
-                ids = [task_id for task_id, state in rows if _STATES[state] in states]
-                conn.execute(_DELETE_IDS, (msgspec.json.encode(ids),))
-                return BulkStep(len(rows), len(ids), last, [])
-            changes: list[Change] = []
-            for row in rows:
-                task = self._task(row)
-                new = rules.bulk_change(task, action, now)
-                if new is None:
-                    continue
-                try:
-                    change = self._change(conn, queue_id, task, new, now)
-                except Conflict:
-                    continue  # a retry whose unique_key another task holds now
-                if change is not None:
-                    changes.append(change)
-            return BulkStep(len(rows), len(changes), last, changes)
+            applies = [(r[0], r[2]) for r in rows if _STATES[r[1]] in states]
+            keyed = [i for i, key in applies if key is not None] if action == "retry" else []
+            ids = [i for i, key in applies if key is None] if keyed else [i for i, _ in applies]
+            times = () if action == "delete" else (now,)
+            conn.execute(_BULK_SQL[action], (*times, _json(ids)))
+            step = BulkStep(len(rows), len(ids), rows[-1][0], [])
+            if keyed:  # retries that take their unique_key back: by the rules
+                sql = f"SELECT {_COLUMNS} FROM tasks WHERE id IN ({_JSON_IDS})"
+                full = conn.execute(sql, (_json(keyed),)).fetchall()
+                more = self._bulk_by_rules(conn, queue_id, action, full, now, after)
+                step = step._replace(changed=step.changed + more.changed, changes=more.changes)
+            return step
 
         return await self._write(op)
+
+    def _bulk_by_rules(
+        self,
+        conn: sqlite3.Connection,
+        queue_id: int,
+        action: str,
+        rows: list[Any],
+        now: int,
+        after: int,
+    ) -> BulkStep:
+        """A step of a retry or a cancel, task by task, as rules.bulk_change says."""
+        if not rows:
+            return BulkStep(0, 0, after, [])
+        changes: list[Change] = []
+        for row in rows:
+            task = self._task(row)
+            new = rules.bulk_change(task, action, now)
+            if new is None:
+                continue
+            try:
+                change = self._change(conn, queue_id, task, new, now)
+            except Conflict:
+                continue  # a retry whose unique_key another task holds now
+            if change is not None:
+                changes.append(change)
+        return BulkStep(len(rows), len(changes), rows[-1][0], changes)
 
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:
         queue_id = self._queue_id(queue)
@@ -704,7 +740,30 @@ _DIALECT: Final = Dialect(
     contains="instr(error, ?) > 0",
 )
 _STATES: Final = tuple(State)
-_DELETE_IDS: Final = "DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?))"
+_JSON_IDS: Final = "SELECT value FROM json_each(?)"
+# A bulk action's step in SQL (Store.bulk): what rules.bulk_change does, for the tasks given.
+# A retry moves the task's last delivery into its history (rules.archive: the old row's
+# attempts, worker, started_at, updated_at as its end, its outcome, its error).
+_BULK_SQL: Final = {
+    "delete": f"DELETE FROM tasks WHERE id IN ({_JSON_IDS})",
+    "cancel": f"UPDATE tasks SET state=6, updated_at=? WHERE id IN ({_JSON_IDS})",
+    "retry": (
+        "UPDATE tasks SET state=1, run_at=NULL, expires_at=NULL, attempt_base=attempts,"
+        " error=CASE WHEN state=6 THEN NULL ELSE error END, cancel_requested=0, updated_at=?,"
+        " history=CASE WHEN started_at IS NULL THEN history ELSE json_insert(CASE WHEN"
+        f" json_array_length(coalesce(history, '[]')) >= {HISTORY_LENGTH} THEN"
+        " json_remove(history, '$[0]') ELSE coalesce(history, '[]') END, '$[#]',"
+        " json_array(attempts, worker, started_at, updated_at,"
+        " CASE state WHEN 5 THEN 'failed' ELSE 'cancelled' END, error)) END, started_at=NULL"
+        f" WHERE id IN ({_JSON_IDS})"
+    ),
+}
+
+
+def _json(ids: list[int]) -> bytes:
+    return msgspec.json.encode(ids)
+
+
 # Retention (rules.prune_before, holds_key: in SQL): finished at or before the time given,
 # and holding no unique_key, by the partial index tasks_at_rest in id order (the oldest first).
 _PRUNE: Final = (
