@@ -145,7 +145,8 @@ def where_sql(where: TaskFilter, dialect: Dialect) -> tuple[str, list[Any]]:
     sql: list[str] = []
     params: list[Any] = []
     if where.states is not None:
-        sql.append(f"state IN ({','.join(str(int(state)) for state in where.states)})")
+        listed = ",".join(str(int(state)) for state in where.states)
+        sql.append(f"state IN ({listed})" if listed else "1 = 0")  # no state: no task
     if where.ids is not None:
         sql.append(dialect.ids)
         params.append(dialect.ids_value(where.ids))
