@@ -245,7 +245,7 @@ function Limits({ limits, options }) {
   return html`<span class=${full ? "warn" : ""}>${parts.join(" · ")}${full ? " (full)" : ""}</span>`;
 }
 
-function QueueCard({ queue, samples, estimated, canAct, onChanged }) {
+function QueueCard({ queue, samples, canAct, onChanged }) {
   const paused = queue.options && queue.options.paused;
   return html`
     <article class="card queue" aria-labelledby="q-${queue.name}">
@@ -271,7 +271,6 @@ function QueueCard({ queue, samples, estimated, canAct, onChanged }) {
         <div><dt>Limits</dt><dd><${Limits} limits=${queue.limits} /></dd></div>
       </dl>
       <${Chart} label=${queue.name} samples=${samples || []} span=${CHART_SECONDS} />
-      ${estimated && html`<p class="hint">Rates estimated from the counts this page has seen.</p>`}
     </article>
   `;
 }
@@ -308,13 +307,16 @@ function Overview({ who }) {
       <${Problem} error=${error} />
       ${queues === null && !error && html`<p class="muted" aria-busy="true">Loading…</p>`}
       ${queues && queues.length === 0 && html`<p class="muted">No queues yet. A queue appears once it is declared or a task is enqueued.</p>`}
+      ${estimated &&
+      queues &&
+      queues.length > 0 &&
+      html`<p class="hint">Rates per second are estimated from the counts this page has seen since it opened.</p>`}
       <div class="cards">
         ${(queues || []).map(
           (queue) => html`<${QueueCard}
             key=${queue.name}
             queue=${queue}
             samples=${samples[queue.name]}
-            estimated=${estimated}
             canAct=${who.role === "admin"}
             onChanged=${refresh}
           />`,
@@ -765,7 +767,9 @@ function Workers() {
     <section class="page">
       <h1>Workers</h1>
       <p class="hint">The workers that polled in the last hour, by the name they give (<code>worker</code> in their poll).</p>
-      <${Problem} error=${error} />
+      ${error && error.status === 404
+        ? html`<p class="problem" role="alert">This server does not list workers: it is older than this dashboard.</p>`
+        : html`<${Problem} error=${error} />`}
       ${workers &&
       html`<div class="table-wrap"><table>
         <thead><tr><th scope="col">Worker</th><th scope="col">Queues</th><th scope="col">Last poll</th><th scope="col">In progress</th></tr></thead>

@@ -33,6 +33,10 @@ export function rate(value) {
  */
 export function Chart({ label, samples, span }) {
   const now = Date.now();
+  // The x axis covers what there is to show, from one minute up to `span`: a page that has
+  // just opened (and counts rates itself) does not squeeze its first seconds to one side.
+  const first = samples.length ? samples[0].at : now;
+  span = Math.min(span, Math.max(60, Math.ceil((now - first) / 60000) * 60));
   const start = now - span * 1000;
   const shown = samples.filter((s) => s.at >= start);
   const top = niceMax(Math.max(0, ...shown.flatMap((s) => SERIES.map((k) => s[k] || 0))));
@@ -43,6 +47,9 @@ export function Chart({ label, samples, span }) {
   const minutes = Math.round(span / 60);
   return html`
     <figure class="chart">
+      <div class="scale" aria-hidden="true">
+        <span>per second, last ${minutes} min</span><span>${rate(top)}</span>
+      </div>
       <svg
         viewBox="0 0 ${WIDTH} ${HEIGHT}"
         preserveAspectRatio="none"
@@ -52,7 +59,7 @@ export function Chart({ label, samples, span }) {
         <line class="grid" x1="0" y1="0.5" x2=${WIDTH} y2="0.5" />
         <line class="grid" x1="0" y1=${HEIGHT / 2} x2=${WIDTH} y2=${HEIGHT / 2} />
         <line class="axis" x1="0" y1=${HEIGHT - 0.5} x2=${WIDTH} y2=${HEIGHT - 0.5} />
-        ${SERIES.map(
+        ${[...SERIES].reverse().map(
           (k) =>
             html`<polyline
               class="line ${k}"
@@ -61,7 +68,6 @@ export function Chart({ label, samples, span }) {
         )}
       </svg>
       <figcaption>
-        <span class="scale">${rate(top)}/s max · ${minutes} min</span>
         ${SERIES.map(
           (k) =>
             html`<span class="key ${k}"><i aria-hidden="true"></i>${k} ${last ? rate(last[k] || 0) : "–"}/s</span>`,
