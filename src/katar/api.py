@@ -24,10 +24,12 @@ from katar.core.model import (
     NewTask,
     QueueOptions,
     Task,
+    TaskFilter,
     parse_priority,
     parse_queue_options,
     parse_task_id,
     parse_task_options,
+    states_of,
 )
 from katar.errors import KatarError, TaskNotFound, ValidationError
 from katar.store import open_store
@@ -252,7 +254,8 @@ class Queue:
     ) -> list[Task]:
         """Tasks by id, optionally of some statuses."""
         statuses = [status] if isinstance(status, str) else status
-        return await self.katar.engine.list_tasks(self.name, statuses, limit, after)
+        where = TaskFilter(states=states_of(statuses))
+        return await self.katar.engine.list_tasks(self.name, where, limit, after)
 
     async def cancel(self, task_id: int | str) -> Task:
         """Cancel a paused or queued task; or ask to cancel one in progress, which stays in

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from katar import logs
+from katar import cli_admin, logs
 from katar._defaults import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_STORE
 from katar._version import __version__
 from katar.auth import Role
@@ -93,24 +93,8 @@ def _parser() -> argparse.ArgumentParser:
         ("enqueue", "put tasks on a queue: katar enqueue ... DATA (JSON, or - for JSON lines)"),
     ):
         command = commands.add_parser(name, help=text, description=text)
-        command.add_argument(
-            "--url",
-            default=os.environ.get("KATAR_URL", "http://127.0.0.1:3000"),
-            help="the server (default $KATAR_URL, else http://127.0.0.1:3000)",
-        )
+        _connection(command)
         command.add_argument("--queue", required=True, help="the queue's name")
-        command.add_argument(
-            "--token",
-            default=os.environ.get("KATAR_TOKEN"),
-            help="bearer token (default $KATAR_TOKEN; the variable keeps it out of `ps`)",
-        )
-        command.add_argument(
-            "--ca-file",
-            default=os.environ.get("KATAR_CA_FILE"),
-            metavar="FILE",
-            help="verify an https server with this CA bundle (default $KATAR_CA_FILE, else "
-            "the system's)",
-        )
         if name == "worker":
             command.add_argument("--concurrency", type=int, default=1, help="tasks at once (1)")
             command.add_argument("--wait", type=float, default=20.0, help="long poll, s (20)")
@@ -163,7 +147,29 @@ def _parser() -> argparse.ArgumentParser:
                 help="hold the unique key this long, whatever the task's status",
             )
             command.add_argument("data", help="the task's data as JSON; - reads JSON lines")
+    cli_admin.add_parsers(commands, _connection)
     return parser
+
+
+def _connection(command: argparse.ArgumentParser) -> None:
+    """The options of the commands that talk to a server: where, and with which token."""
+    command.add_argument(
+        "--url",
+        default=os.environ.get("KATAR_URL", "http://127.0.0.1:3000"),
+        help="the server (default $KATAR_URL, else http://127.0.0.1:3000)",
+    )
+    command.add_argument(
+        "--token",
+        default=os.environ.get("KATAR_TOKEN"),
+        help="bearer token (default $KATAR_TOKEN; the variable keeps it out of `ps`)",
+    )
+    command.add_argument(
+        "--ca-file",
+        default=os.environ.get("KATAR_CA_FILE"),
+        metavar="FILE",
+        help="verify an https server with this CA bundle (default $KATAR_CA_FILE, else "
+        "the system's)",
+    )
 
 
 def _iso_time(text: str) -> datetime:
@@ -381,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return enqueue(args)
         elif args.command == "token":
             return token(args)
+        elif args.command in cli_admin.COMMANDS:
+            return cli_admin.run(args)
     except (ConfigError, ValidationError) as exc:
         print(f"katar: error: {logs.mask_credentials(str(exc))}", file=sys.stderr)
         return 2

@@ -234,6 +234,46 @@ class NewTask(msgspec.Struct, frozen=True):
     ) = None
 
 
+BulkAction = Literal["retry", "cancel", "delete"]
+#: What a bulk action may do: retry (failed or cancelled tasks), cancel (paused or queued
+#: ones), delete (any task not in progress).
+BULK_ACTIONS: Final[tuple[str, ...]] = get_args(BulkAction)
+#: The longest ``error`` substring a listing or a bulk filter may search for.
+MAX_ERROR_FILTER: Final = 1000
+
+
+class TaskFilter(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Which tasks of a queue a bulk action (or a listing) selects: every condition given
+    must hold. ``before`` and ``after`` bound the time the task was created."""
+
+    status: list[Status] | None = None
+    ids: Annotated[list[str], msgspec.Meta(max_length=10_000)] | None = None
+    key: str | None = None
+    worker: str | None = None
+    error: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1,
+                max_length=MAX_ERROR_FILTER,
+                description="A substring of the task's error (case-sensitive).",
+            ),
+        ]
+        | None
+    ) = None
+    before: Time | None = None
+    after: Time | None = None
+
+
+class Bulk(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An action on every task of a queue that a filter selects."""
+
+    action: BulkAction
+    filter: TaskFilter = TaskFilter()
+    #: Count only: ``matched`` and how many the action would change; nothing changes.
+    dry_run: bool = False
+
+
 class Enqueue(NewTask, frozen=True):
     """One task (the fields of :class:`NewTask`) or many (``tasks``), not both."""
 
@@ -247,6 +287,23 @@ class Patch(msgspec.Struct, frozen=True):
 
 
 # -- answers ----------------------------------------------------------------------------------
+
+
+DeliveryOutcome = Literal["done", "failed", "expired", "cancelled"]
+#: The most deliveries a task record's ``history`` shows (the last ones).
+HISTORY_LENGTH: Final = 20
+
+
+class DeliveryRecord(msgspec.Struct, frozen=True):
+    """One delivery of a task: to whom, when, and how it ended (``outcome`` null while it
+    runs; "expired": its lease ran out without an ack)."""
+
+    attempt: int
+    worker: str | None
+    started_at: Time
+    ended_at: Time | None = None
+    outcome: DeliveryOutcome | None = None
+    error: str | None = None
 
 
 class TaskRecord(msgspec.Struct, frozen=True):
@@ -279,11 +336,36 @@ class TaskRecord(msgspec.Struct, frozen=True):
     #: In an enqueue's answer: true when this is an existing task, which held the
     #: unique_key asked for (nothing was created for it); false otherwise.
     duplicate: bool = False
+    #: The last deliveries (at most HISTORY_LENGTH), oldest first.
+    history: list[DeliveryRecord] = []
 
     @property
     def finished(self) -> bool:
         """True once the task is done, failed or cancelled."""
         return self.status in FINAL_STATUSES
+
+
+class BulkDone(msgspec.Struct, frozen=True):
+    """What a bulk action did: the tasks its filter selected, and those it changed (with
+    ``dry_run``: would change)."""
+
+    matched: int
+    changed: int
+
+
+class WorkerSeen(msgspec.Struct, frozen=True):
+    """A worker that polled in the last hour (by the name its polls give)."""
+
+    name: str
+    queues: list[str]
+    last_poll: Time
+    in_progress: int
+
+
+class Workers(msgspec.Struct, frozen=True):
+    """The workers seen (GET /v1/workers)."""
+
+    workers: list[WorkerSeen]
 
 
 class Tasks(msgspec.Struct, frozen=True):
@@ -313,6 +395,50 @@ class Deliveries(msgspec.Struct, frozen=True):
     #: Tasks whose heartbeat in this poll found them cancelled by an operator: the worker
     #: stops them and sends nothing more for them. Absent when none.
     cancel: list[str] = []
+
+
+class QueueSummary(msgspec.Struct, frozen=True):
+    """A queue as GET /v1/queues lists it, as a client reads it: its options (section 8 of
+    the protocol), its tasks by status, and where it stands against its limits, if any."""
+
+    name: str
+    options: dict[str, Any]
+    counts: dict[str, int]
+    limits: dict[str, Any] | None = None
+
+    @property
+    def paused(self) -> bool:
+        """Whether the queue is paused (its polls take nothing)."""
+        return bool(self.options.get("paused", False))
+
+
+class QueueList(msgspec.Struct, frozen=True):
+    """GET /v1/queues, as a client reads it."""
+
+    queues: list[QueueSummary]
+
+
+class Rates(msgspec.Struct, frozen=True):
+    """A queue's tasks per second over one interval of the throughput history."""
+
+    enqueued: float
+    done: float
+    failed: float
+
+
+class ThroughputSample(msgspec.Struct, frozen=True):
+    """Each queue's rates over the interval that ends at ``at``."""
+
+    at: Time
+    queues: dict[str, Rates]
+
+
+class Throughput(msgspec.Struct, frozen=True):
+    """GET /v1/throughput: tasks per second of the token's queues, sampled every
+    ``interval`` seconds, oldest first."""
+
+    interval: int
+    samples: list[ThroughputSample]
 
 
 class Configuration(msgspec.Struct, frozen=True):

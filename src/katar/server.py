@@ -162,6 +162,7 @@ class WorkerServer:
         self._check_exposure()
         ssl = self._ssl_options()
         await self.katar.open()
+        self.app.throughput.start()  # the app's lifespan is off: the server runs it
         config = uvicorn.Config(
             self.app,
             host=self.host,
@@ -182,6 +183,7 @@ class WorkerServer:
             listener = self._listen()
             await server.serve(sockets=[listener])
         finally:
+            await self.app.throughput.stop()
             await self.katar.close()
 
     def _check_exposure(self) -> None:

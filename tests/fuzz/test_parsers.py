@@ -161,7 +161,7 @@ class Harness:
     def snapshot(self) -> Any:
         async def read() -> Any:
             engine = self.katar.engine
-            tasks = await engine.list_tasks("q", None, 1000, 0)
+            tasks = await engine.list_tasks("q", limit=1000)
             return dict(engine.queues), [
                 (t.id, t.state, t.attempts, t.data, t.error, t.result, t.priority, t.run_at)
                 for t in tasks

@@ -26,7 +26,8 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("/ui/{asset}", "GET"): None,
     ("/v1/token", "GET"): Role.WORKER,
     ("/metrics", "GET"): Role.ADMIN,
-    ("/v1/queues", "GET"): Role.ADMIN,
+    ("/v1/queues", "GET"): Role.PRODUCER,
+    ("/v1/throughput", "GET"): Role.PRODUCER,
     ("/v1/queue/{queue}", "GET"): Role.WORKER,
     ("/v1/queue/{queue}", "POST"): Role.WORKER,
     ("/v1/queue/{queue}", "PUT"): Role.ADMIN,
@@ -37,6 +38,8 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("/v1/queue/{queue}/tasks/{id}", "GET"): Role.PRODUCER,
     ("/v1/queue/{queue}/tasks/{id}", "PATCH"): Role.ADMIN,
     ("/v1/queue/{queue}/tasks/{id}", "DELETE"): Role.ADMIN,
+    ("/v1/queue/{queue}/tasks/bulk", "POST"): Role.ADMIN,
+    ("/v1/workers", "GET"): Role.PRODUCER,
 }
 
 # A body that the handler accepts, so that an allowed request reaches its normal answer.
@@ -46,6 +49,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("/v1/queue/{queue}", "PATCH"): {"paused": False},
     ("/v1/queue/{queue}/tasks", "POST"): {"data": {"n": 1}},
     ("/v1/queue/{queue}/tasks/{id}", "PATCH"): {"status": "cancelled"},
+    ("/v1/queue/{queue}/tasks/bulk", "POST"): {"action": "retry"},
 }
 
 SECRETS = {

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from katar import Katar, QueueOptions
+from katar.core.model import TaskFilter, states_of
 from katar.errors import ConfigError
 from katar.http import App, Limits
 from tests.http.conftest import app_client, opened
@@ -153,7 +154,7 @@ async def test_a_poll_takes_fewer_tasks_so_that_its_answer_fits(
     counts = await katar.engine.stats()
     assert counts["big"]["in progress"] == taken
     assert counts["big"]["queued"] == 100 - taken
-    queued = await katar.engine.list_tasks("big", ["queued"], 1000, 0)
+    queued = await katar.engine.list_tasks("big", TaskFilter(states=states_of(["queued"])), 1000)
     assert all(task.attempts == 0 for task in queued)
 
 

@@ -262,8 +262,8 @@ async def test_metrics_in_prometheus_text_format(client: httpx.AsyncClient) -> N
     lines = response.text.splitlines()
     assert 'katar_tasks{queue="q",status="queued"} 1' in lines
     assert 'katar_tasks{queue="q",status="in progress"} 1' in lines
-    assert 'katar_enqueued_total{queue="q"} 2' in lines
-    assert 'katar_delivered_total{queue="q"} 1' in lines
+    assert 'katar_tasks_enqueued_total{queue="q"} 2' in lines
+    assert 'katar_tasks_delivered_total{queue="q"} 1' in lines
     assert "katar_long_polls 0" in lines
     assert (
         'katar_http_requests_total{method="POST",route="/v1/queue/{queue}/tasks",status="201"} 1'

@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from katar.core.model import Ack, NewTask, QueueOptions, State, Task
+from katar.core.model import EVERY_TASK, Ack, NewTask, QueueOptions, State, Task, TaskFilter
 from katar.errors import Conflict, IllegalTransition, QueueNotFound, TaskNotFound
 from katar.store import PollResult, Store, open_store
 from tests.conftest import DURABLE_KINDS, store_url
@@ -352,9 +352,9 @@ async def test_list_count_and_delete(store: Store) -> None:
     await setup(store, name="empty")
     created = await store.enqueue("q", [new(i) for i in range(5)], T0)
     await claim(store, 2)
-    running = await store.list_tasks("q", [State.RUNNING], 10, 0)
+    running = await store.list_tasks("q", TaskFilter(states=(State.RUNNING,)), 10, 0)
     assert [t.id for t in running] == [t.id for t in created[:2]]
-    page = await store.list_tasks("q", None, 2, created[1].id)
+    page = await store.list_tasks("q", EVERY_TASK, 2, created[1].id)
     assert [t.id for t in page] == [t.id for t in created[2:4]]
     counts = await store.counts()
     assert counts["q"] == {State.RUNNING: 2, State.READY: 3}
@@ -397,7 +397,7 @@ async def test_durable_across_reopen(kind: str, tmp_path: Path) -> None:
     await second.open()
     try:
         assert await second.load_queues() == {"q": DROP}
-        remaining = await second.list_tasks("q", None, 10, 0)
+        remaining = await second.list_tasks("q", EVERY_TASK, 10, 0)
         assert [t.id for t in remaining] == [created[1].id]
         (newer,) = await second.enqueue("q", [new(3)], T0)
         assert newer.id > created[1].id

@@ -17,6 +17,7 @@ from katar.core.idempotency import (
     pack_ids,
     unpack_ids,
 )
+from katar.core.model import EVERY_TASK
 from katar.errors import QueueNotFound, ValidationError
 from katar.store import Store, open_store
 from tests.conftest import DURABLE_KINDS, store_url
@@ -24,7 +25,7 @@ from tests.store.test_conformance import KEEP, T0, new, setup
 
 
 async def all_ids(store: Store, queue: str = "q") -> list[int]:
-    return [task.id for task in await store.list_tasks(queue, None, 1000, 0)]
+    return [task.id for task in await store.list_tasks(queue, EVERY_TASK, 1000, 0)]
 
 
 async def test_a_repeat_creates_nothing_and_answers_the_first_tasks(store: Store) -> None:

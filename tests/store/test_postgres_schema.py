@@ -8,7 +8,7 @@ import msgspec
 import psycopg
 
 from katar.core.idempotency import idempotency
-from katar.core.model import Ack, QueueOptions
+from katar.core.model import EVERY_TASK, Ack, QueueOptions
 from katar.store.postgres import _MIGRATIONS, SCHEMA_VERSION, PostgresStore, parse_url
 from tests.conftest import store_url
 from tests.store.test_conformance import T0, new
@@ -42,7 +42,7 @@ async def test_schema_1_is_upgraded_with_its_tasks_kept(tmp_path: Path) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         row = conn.execute(f"SELECT max(version) FROM {schema}.schema_version").fetchone()
         assert row is not None
-        assert row[0] == SCHEMA_VERSION == 5
+        assert row[0] == SCHEMA_VERSION == 6
 
 
 async def test_schema_3_gets_the_columns_of_long_running_work(tmp_path: Path) -> None:
@@ -64,7 +64,7 @@ async def test_schema_3_gets_the_columns_of_long_running_work(tmp_path: Path) ->
     await store.open()
     try:
         assert store.schema_change == (3, SCHEMA_VERSION)
-        (task,) = await store.list_tasks("q", None, 10, 0)
+        (task,) = await store.list_tasks("q", EVERY_TASK, 10, 0)
         assert not task.cancel_requested
         assert task.progress is None
         change = await store.set_status("q", task.id, "cancelled", T0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from katar.core.model import NewTask
+from katar.core.model import EVERY_TASK, NewTask
 from katar.errors import ConfigError
 from katar.store.sqlite import SCHEMA_VERSION, SQLiteStore, parse_url
 
@@ -62,7 +62,7 @@ async def test_an_older_schema_is_upgraded(tmp_path: Path, version: int) -> None
     await store.open()
     try:
         assert (await store.counts())["q"] == {4: 1}
-        (old,) = await store.list_tasks("q", None, 10, 0)
+        (old,) = await store.list_tasks("q", EVERY_TASK, 10, 0)
         assert not old.cancel_requested
         assert old.progress is None
         # The columns added since are there: a task with a key goes in and comes back.

@@ -19,7 +19,7 @@ import msgspec
 import pytest
 
 from katar import cli
-from katar.core.model import Ack, NewTask, QueueOptions
+from katar.core.model import EVERY_TASK, Ack, NewTask, QueueOptions
 from katar.errors import ConfigError, StoreError, StoreUnavailable
 from katar.store import open_store
 from katar.store.sqlite import SCHEMA_VERSION, SQLiteStore
@@ -56,7 +56,7 @@ async def test_the_wal_stays_bounded_under_continuous_writes(tmp_path: Path) -> 
             enqueued, polled, _listed = await asyncio.gather(
                 store.enqueue(QUEUE, [_task(2000) for _ in range(8)], 1),
                 store.poll(QUEUE, QueueOptions(persistent=True), [], 8, "w", 1),
-                store.list_tasks(QUEUE, None, 20, 0),
+                store.list_tasks(QUEUE, EVERY_TASK, 20, 0),
             )
             acks = [Ack(task_id=task.id, status="done") for task in polled.delivered]
             await store.poll(QUEUE, QueueOptions(persistent=True), acks, 0, "w", 1)

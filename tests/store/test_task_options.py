@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from katar.core.idempotency import idempotency
-from katar.core.model import Ack, NewTask, QueueOptions, State, Task
+from katar.core.model import EVERY_TASK, Ack, NewTask, QueueOptions, State, Task
 from katar.errors import Conflict
 from katar.store import Store
 
@@ -228,7 +228,7 @@ async def test_a_batch_with_a_key_twice_creates_the_first_only(store: Store) -> 
     )
     assert [t.duplicate for t in created] == [False, True, False, False]
     assert created[1].id == created[0].id
-    assert len(await store.list_tasks("q", None, 100, 0)) == 3
+    assert len(await store.list_tasks("q", EVERY_TASK, 100, 0)) == 3
 
 
 async def test_concurrent_enqueues_of_one_key_create_once(store: Store) -> None:
@@ -273,7 +273,7 @@ async def test_servers_racing_with_one_key_create_once(shared_stores: list[Store
         created = [t for tasks in outcomes for t in tasks if not t.duplicate]
         assert len(created) == 2
         assert len({t.id for tasks in outcomes for t in tasks}) == 2
-    assert len(await servers[1].list_tasks("q", None, 100, 0)) == 10
+    assert len(await servers[1].list_tasks("q", EVERY_TASK, 100, 0)) == 10
 
 
 # -- with the queue options of flow control -----------------------------------------------------

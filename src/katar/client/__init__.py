@@ -15,20 +15,23 @@ from katar.errors import (
     ServerUnavailable,
     TransportError,
 )
-from katar.protocol import TaskRecord
+from katar.protocol import BulkDone, QueueSummary, TaskRecord, WorkerSeen
 
 __all__ = [
     "APIError",
     "AsyncProducer",
     "AsyncWorker",
+    "BulkDone",
     "ClientError",
     "Fail",
     "Job",
     "Producer",
+    "QueueSummary",
     "RequestRejected",
     "Retry",
     "ServerUnavailable",
     "TaskRecord",
     "TransportError",
     "Worker",
+    "WorkerSeen",
 ]

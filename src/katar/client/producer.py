@@ -19,9 +19,10 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import httpx
+import msgspec
 
 from katar.client._base import (
     Verify,
@@ -35,7 +36,15 @@ from katar.client._base import (
     transport_error,
 )
 from katar.errors import KatarError, ValidationError
-from katar.protocol import IDEMPOTENCY_KEY_HEADER, TaskRecord
+from katar.protocol import (
+    IDEMPOTENCY_KEY_HEADER,
+    BulkDone,
+    QueueList,
+    QueueSummary,
+    TaskRecord,
+    Workers,
+    WorkerSeen,
+)
 
 #: The server's longest outcome wait per request (its max_wait, 60 s by default).
 LONGEST_WAIT = 60.0
@@ -102,13 +111,53 @@ def _task_body(
     return body
 
 
-def _list_params(status: str | Iterable[str] | None, limit: int, after: str | None) -> Any:
+def _list_params(
+    status: str | Iterable[str] | None,
+    limit: int,
+    after: str | None,
+    key: str | None = None,
+    worker: str | None = None,
+    error: str | None = None,
+) -> Any:
     params: dict[str, Any] = {"limit": limit}
     if status is not None:
         params["status"] = status if isinstance(status, str) else ",".join(status)
-    if after is not None:
-        params["after"] = after
+    for name, value in (("after", after), ("key", key), ("worker", worker), ("error", error)):
+        if value is not None:
+            params[name] = value
     return params
+
+
+def _bulk_body(
+    action: str,
+    status: str | Iterable[str] | None,
+    ids: Iterable[str] | None,
+    key: str | None,
+    worker: str | None,
+    error: str | None,
+    before: datetime | None,
+    after: datetime | None,
+) -> Any:
+    """A bulk action's body: the action, and the filter of the conditions given."""
+    selected: dict[str, Any] = {}
+    if status is not None:
+        selected["status"] = [status] if isinstance(status, str) else list(status)
+    if ids is not None:
+        selected["ids"] = list(ids)
+    for name, text in (("key", key), ("worker", worker), ("error", error)):
+        if text is not None:
+            selected[name] = text
+    for name, when in (("before", before), ("after", after)):
+        if when is not None:
+            if when.tzinfo is None:
+                raise ValidationError(f"{name} needs a time zone, e.g. datetime.now(UTC)")
+            selected[name] = when.astimezone(UTC).isoformat()
+    return {"action": action, "filter": selected}
+
+
+_queue_list: Final = msgspec.json.Decoder(QueueList)
+_bulk_done: Final = msgspec.json.Decoder(BulkDone)
+_workers: Final = msgspec.json.Decoder(Workers)
 
 
 def _many_body(
@@ -285,10 +334,50 @@ class Producer:
         status: str | Iterable[str] | None = None,
         limit: int = 100,
         after: str | None = None,
+        *,
+        key: str | None = None,
+        worker: str | None = None,
+        error: str | None = None,
     ) -> list[TaskRecord]:
-        """A page of the queue's tasks by id; pass the last id as ``after`` for the next."""
-        params = _list_params(status, limit, after)
+        """A page of the queue's tasks by id; pass the last id as ``after`` for the next.
+        ``key``, ``worker`` and ``error`` (a substring of the task's error) filter it."""
+        params = _list_params(status, limit, after, key, worker, error)
         return records(self._send("GET", f"/v1/queue/{queue}/tasks", params=params))
+
+    def queues(self) -> list[QueueSummary]:
+        """Every queue the token may see, with its options and task counts by status."""
+        return _queue_list.decode(self._send("GET", "/v1/queues").content).queues
+
+    def bulk(
+        self,
+        queue: str,
+        action: str,
+        *,
+        status: str | Iterable[str] | None = None,
+        ids: Iterable[str] | None = None,
+        key: str | None = None,
+        worker: str | None = None,
+        error: str | None = None,
+        before: datetime | None = None,
+        after: datetime | None = None,
+    ) -> BulkDone:
+        """Apply ``action`` ("retry", "cancel" or "delete") to every task of the queue that
+        the filter selects (every condition given must hold; ``before`` and ``after`` bound
+        the task's creation). How many matched, and how many it changed."""
+        body = _bulk_body(action, status, ids, key, worker, error, before, after)
+        return _bulk_done.decode(self._send("POST", f"/v1/queue/{queue}/tasks/bulk", body).content)
+
+    def pause(self, queue: str) -> None:
+        """Pause the queue: its polls take nothing until :meth:`resume`."""
+        self._send("PATCH", f"/v1/queue/{queue}", {"paused": True})
+
+    def resume(self, queue: str) -> None:
+        """Resume a paused queue."""
+        self._send("PATCH", f"/v1/queue/{queue}", {"paused": False})
+
+    def workers(self) -> list[WorkerSeen]:
+        """The workers seen in the last hour on the token's queues."""
+        return _workers.decode(self._send("GET", "/v1/workers").content).workers
 
     def wait(self, queue: str, task_id: str, timeout: float = 60.0) -> TaskRecord:
         """Wait up to ``timeout`` seconds for the task to finish; its record then (finished
@@ -449,10 +538,48 @@ class AsyncProducer:
         status: str | Iterable[str] | None = None,
         limit: int = 100,
         after: str | None = None,
+        *,
+        key: str | None = None,
+        worker: str | None = None,
+        error: str | None = None,
     ) -> list[TaskRecord]:
-        """A page of the queue's tasks by id; pass the last id as ``after`` for the next."""
-        params = _list_params(status, limit, after)
+        """A page of the queue's tasks by id (see :meth:`Producer.tasks`)."""
+        params = _list_params(status, limit, after, key, worker, error)
         return records(await self._send("GET", f"/v1/queue/{queue}/tasks", params=params))
+
+    async def queues(self) -> list[QueueSummary]:
+        """Every queue the token may see, with its options and task counts by status."""
+        return _queue_list.decode((await self._send("GET", "/v1/queues")).content).queues
+
+    async def bulk(
+        self,
+        queue: str,
+        action: str,
+        *,
+        status: str | Iterable[str] | None = None,
+        ids: Iterable[str] | None = None,
+        key: str | None = None,
+        worker: str | None = None,
+        error: str | None = None,
+        before: datetime | None = None,
+        after: datetime | None = None,
+    ) -> BulkDone:
+        """Apply ``action`` to every task the filter selects (see :meth:`Producer.bulk`)."""
+        body = _bulk_body(action, status, ids, key, worker, error, before, after)
+        answer = await self._send("POST", f"/v1/queue/{queue}/tasks/bulk", body)
+        return _bulk_done.decode(answer.content)
+
+    async def pause(self, queue: str) -> None:
+        """Pause the queue: its polls take nothing until :meth:`resume`."""
+        await self._send("PATCH", f"/v1/queue/{queue}", {"paused": True})
+
+    async def resume(self, queue: str) -> None:
+        """Resume a paused queue."""
+        await self._send("PATCH", f"/v1/queue/{queue}", {"paused": False})
+
+    async def workers(self) -> list[WorkerSeen]:
+        """The workers seen in the last hour on the token's queues."""
+        return _workers.decode((await self._send("GET", "/v1/workers")).content).workers
 
     # ASYNC109: a public API: the wait is the caller's, spread over several long polls.
     async def wait(self, queue: str, task_id: str, timeout: float = 60.0) -> TaskRecord:  # noqa: ASYNC109

@@ -22,7 +22,6 @@ import logging
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -30,34 +29,54 @@ import msgspec
 
 from katar.core import idempotency
 from katar.core.clock import Clock, SystemClock, Timer
+from katar.core.counters import Counters
 from katar.core.model import (
+    CANCELLED,
+    EVERY_TASK,
+    FAILED,
+    FINAL_STATES,
+    PAUSED,
     PUBLIC_STATUS,
     READY,
     RUNNING,
     SCHEDULED,
-    STATES_OF_STATUS,
     STATUSES,
     Ack,
     NewTask,
     QueueOptions,
     Task,
+    TaskFilter,
     check_text,
     parse_queue_options,
+    parse_task_id,
 )
 from katar.core.outcomes import OutcomeWaits
 from katar.core.reaper import _PRUNE_EVERY_MS, HOUSEKEEPING_MS, Reaper
-from katar.core.rules import is_final
+from katar.core.rules import BULK_STATES, is_final, prune_before
 from katar.core.storage import Change, LimitState, Store
 from katar.core.waits import WaitList, _release
 from katar.errors import (
     QueueNotFound,
     ShuttingDown,
+    StoreUnavailable,
     TaskNotFound,
     ValidationError,
 )
 from katar.logs import Outages
 
 log = logging.getLogger("katar")
+
+#: The tasks one step of a bulk action takes, in one transaction: small enough that the
+#: polls queued behind it wait milliseconds, large enough that a million tasks take seconds.
+BULK_STEP: Final = 1000
+#: The finished tasks one transaction of the pruner removes (see Engine.prune_finished).
+PRUNE_BATCH: Final = 1000
+#: Seconds between two passes of the pruner.
+RETENTION_EVERY: Final = 60
+#: GET /v1/workers lists the workers seen in this last time (ms).
+WORKERS_SEEN_MS: Final = 3_600_000
+#: The most worker names remembered (names are the clients' to choose).
+MAX_WORKERS_SEEN: Final = 10_000
 
 #: A status-change callback: called with the task in its new status; may be a coroutine.
 Listener = Callable[[Task], Awaitable[None] | None]
@@ -66,6 +85,9 @@ Listener = Callable[[Task], Awaitable[None] | None]
 QUEUE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 #: The longest queue name any server accepts; [limits] max_queue_name may lower it.
 MAX_QUEUE_NAME: Final = 255
+#: The most deliveries whose start the engine remembers for katar_run_seconds: past that
+#: many unacknowledged deliveries, new ones go unmeasured (their acks still count).
+MAX_TIMED_DELIVERIES: Final = 100_000
 
 
 def check_queue_name(name: str, max_length: int = MAX_QUEUE_NAME) -> str:
@@ -78,14 +100,6 @@ def check_queue_name(name: str, max_length: int = MAX_QUEUE_NAME) -> str:
             queue=name[: max_length + 10],
         )
     return name
-
-
-@dataclass(slots=True)
-class Counters:
-    """What this process has done since it started, per queue (for /metrics)."""
-
-    enqueued: dict[str, int] = field(default_factory=dict)
-    delivered: dict[str, int] = field(default_factory=dict)
 
 
 class Engine(WaitList, OutcomeWaits, Reaper):
@@ -112,6 +126,9 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         store.attach(self)
         self._background: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
+        #: Per worker name: the queues it polled, each with its last poll (ms).
+        self._seen: dict[str, dict[str, int]] = {}
         self._due: int | None = None  # the earliest deadline known: when the next reap is due
         self._timer: Timer | None = None  # armed for _due
         self._alarm = asyncio.Event()  # _due has come: the reaper's cue
@@ -120,8 +137,13 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         self._noted: int | None = None  # the earliest deadline made while a reap ran
         self._next_prune: int | None = None  # when to prune idempotency keys next (ms)
         self._last_keyed: int | None = None  # when an enqueue last stored a key (ms)
-        #: Tasks enqueued and delivered by this process since it started, per queue.
+        #: What this process has done since it started, per queue (katar.core.counters).
         self.counters = Counters()
+        #: When this process delivered each task it leased (ms, by task id): popped at the
+        #: ack that ends the delivery (observed in katar_run_seconds) or when the lease runs
+        #: out. The "done" fast path of the stores builds no task, so the ack's own id is
+        #: what finds the start. Bounded by MAX_TIMED_DELIVERIES.
+        self._delivered_at: dict[int, int] = {}
         #: The store's outages, logged once each (by the reaper, and the HTTP app's requests).
         self.outages = Outages()
 
@@ -143,6 +165,7 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         if self.store.shared:
             self._expect(self.clock.now_ms() + HOUSEKEEPING_MS)
         self._reaper = asyncio.create_task(self._reap(), name="katar-reaper")
+        self._pruner = asyncio.create_task(self._retain(), name="katar-retention")
 
     def begin_shutdown(self) -> None:
         """Stop parking long polls and release those parked (they answer 204)."""
@@ -154,11 +177,12 @@ class Engine(WaitList, OutcomeWaits, Reaper):
     async def close(self) -> None:
         """Release waiters, stop the reaper, and close the store."""
         self.begin_shutdown()
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-            self._reaper = None
+        for job in (self._reaper, self._pruner):
+            if job is not None:
+                job.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
+        self._reaper = self._pruner = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -210,6 +234,7 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         self.options(name)
         count = await self.store.delete_queue(name)
         self.queues.pop(name, None)
+        self.counters.forget(name)
         log.info("queue %s deleted with its %d task(s)", name, count)
         waiters = self._waiters.pop(name, deque())
         _release(waiters, True, len(waiters))  # they look again, and find no queue
@@ -221,6 +246,85 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         if options.rate is None and options.key_concurrency is None:
             return LimitState()
         return await self.store.limit_state(queue, options, self.clock.now_ms())
+
+    async def oldest_queued(self) -> dict[str, int]:
+        """For every queue with ready tasks, when its head (the next task a poll takes)
+        became ready (ms): how long the queue keeps work waiting."""
+        return await self.store.heads()
+
+    def saw(self, worker: str, queue: str, now: int) -> None:
+        """A poll of ``queue`` named ``worker`` at ``now`` (GET /v1/workers)."""
+        seen = self._seen.get(worker)
+        if seen is None:
+            if len(self._seen) >= MAX_WORKERS_SEEN:
+                self._forget_workers(now)
+            seen = self._seen[worker] = {}
+        seen[queue] = now
+
+    def _forget_workers(self, now: int) -> None:
+        """Drop the workers not seen for WORKERS_SEEN_MS; if that is not enough (names are
+        the clients' to choose), the longest unseen."""
+        since = now - WORKERS_SEEN_MS
+        last = {name: max(queues.values()) for name, queues in self._seen.items()}
+        for name, at in last.items():
+            if at < since:
+                del self._seen[name]
+        if len(self._seen) >= MAX_WORKERS_SEEN:
+            for name in sorted(self._seen, key=last.__getitem__)[: len(self._seen) // 10 + 1]:
+                del self._seen[name]
+
+    async def workers(
+        self, visible: Callable[[str], bool] = lambda _queue: True
+    ) -> list[tuple[str, list[str], int, int]]:
+        """The workers that polled this server in the last WORKERS_SEEN_MS, by name:
+        (name, the queues they polled that ``visible`` lets through, last poll (ms), tasks
+        in progress leased to that name on those queues)."""
+        now = self.clock.now_ms()
+        since = now - WORKERS_SEEN_MS
+        running = await self.store.running_by_worker()
+        found = []
+        for name, polled in sorted(self._seen.items()):
+            queues = sorted(q for q, at in polled.items() if at >= since and visible(q))
+            if queues:
+                last = max(polled[q] for q in queues)
+                busy = sum(running.get((q, name), 0) for q in queues)
+                found.append((name, queues, last, busy))
+        return found
+
+    async def prune_finished(self) -> int:
+        """Retention: remove the finished tasks that their queue's ``keep`` no longer keeps,
+        in batches of PRUNE_BATCH (each a transaction of its own); how many."""
+        pruned = 0
+        for queue, options in list(self.queues.items()):
+            for state in FINAL_STATES:
+                now = self.clock.now_ms()
+                before = prune_before(options, state, now)
+                if before is None:
+                    continue
+                try:
+                    while True:
+                        count = await self.store.prune(queue, state, before, now, PRUNE_BATCH)
+                        pruned += count
+                        if count < PRUNE_BATCH:
+                            break
+                        await asyncio.sleep(0)  # let requests go first
+                except QueueNotFound:
+                    break  # deleted meanwhile
+        if pruned:
+            log.info("retention: %d finished task(s) removed", pruned)
+        return pruned
+
+    async def _retain(self) -> None:
+        """The pruner: once every RETENTION_EVERY seconds, off the requests' path."""
+        while True:
+            await asyncio.sleep(RETENTION_EVERY)
+            try:
+                await self.prune_finished()
+                self.outages.up()
+            except StoreUnavailable as exc:
+                self.outages.down(exc.message)
+            except Exception:
+                log.exception("retention failed; trying again in %d s", RETENTION_EVERY)
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """Every queue's task counts by public status."""
@@ -304,11 +408,17 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         seen = self._wakes.get(queue, 0)
         clock = self.clock
         now = clock.now_ms()
+        if worker is not None:
+            self.saw(worker, queue, now)
         if self._due is not None and self._due <= now:
             now = await self._catch_up(now)
         result = await self.store.poll(queue, options, acks, limit, worker, now)
+        if acks:
+            self._count_acks(queue, acks, now)
         if result.changes:
             self._apply(result.changes)
+        if result.held is not None:
+            self.counters.limited(queue, result.held)
         if acks and options.limited:
             # Finished tasks free room under a limit: the long polls parked on it look again
             # (the changes may leave out tasks finished "done", see Store.watch; a heartbeat
@@ -324,7 +434,7 @@ class Engine(WaitList, OutcomeWaits, Reaper):
             if lease_until is not None and (self._due is None or lease_until < self._due):
                 self._expect(lease_until)
         if result.delivered or wait <= 0 or limit == 0 or result.cancel:
-            return self._deliver(result.delivered)
+            return self._deliver(result.delivered, now)
         deadline = now + wait * 1000
         recheck = self._recheck_at(options, result.retry_at, now)
         while True:
@@ -344,9 +454,11 @@ class Engine(WaitList, OutcomeWaits, Reaper):
             if self._due is not None and self._due <= now:
                 now = await self._catch_up(now)
             result = await self.store.poll(queue, options, (), limit, worker, now)
+            if result.held is not None:
+                self.counters.limited(queue, result.held)
             if result.delivered:
                 self._leased(result.delivered)
-                return self._deliver(result.delivered)
+                return self._deliver(result.delivered, now)
             recheck = self._recheck_at(options, result.retry_at, now)
 
     def _recheck_at(self, options: QueueOptions, retry_at: int | None, now: int) -> int | None:
@@ -360,15 +472,44 @@ class Engine(WaitList, OutcomeWaits, Reaper):
             return now + HOUSEKEEPING_MS
         return None
 
-    def _deliver(self, tasks: list[Task]) -> list[Task]:
+    def _deliver(self, tasks: list[Task], now: int) -> list[Task]:
         if tasks:
-            delivered = self.counters.delivered
+            counters = self.counters
+            delivered = counters.delivered
             queue = tasks[0].queue
             delivered[queue] = delivered.get(queue, 0) + len(tasks)
+            started = self._delivered_at
+            for task in tasks:
+                if task.attempts == 1:  # the first delivery: how long the task waited
+                    # Since its creation, a delay included: a claimed task keeps no run_at.
+                    counters.observe(counters.wait, queue, now - task.created_at)
+                if len(started) < MAX_TIMED_DELIVERIES:
+                    started[task.id] = now
         if self._listeners:
             for task in tasks:
                 self._emit(task)
         return tasks
+
+    def _count_acks(self, queue: str, acks: Sequence[Ack], now: int) -> None:
+        """Count the "done" acks of an applied poll, and observe how long each delivery an
+        ack ends (done or failed) ran, when this process made it. The failed acks are counted
+        from the changes (_apply), which every store reports, unlike those of "done"."""
+        done = 0
+        started = self._delivered_at
+        counters = self.counters
+        for ack in acks:
+            status = ack.status
+            if status == "in progress":
+                continue
+            if status == "done":
+                done += 1
+            if started:
+                task_id = parse_task_id(ack.task_id)
+                at = None if task_id is None else started.pop(task_id, None)
+                if at is not None:
+                    counters.observe(counters.run, queue, now - at)
+        if done:
+            counters.add(counters.done, queue, done)
 
     def _leased(self, tasks: list[Task]) -> None:
         # The lease's end is a deadline, earlier than the known one when the timer is idle
@@ -392,14 +533,52 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         return task
 
     async def list_tasks(
-        self, queue: str, status: Iterable[str] | None = None, limit: int = 100, after: int = 0
+        self,
+        queue: str,
+        where: TaskFilter = EVERY_TASK,
+        limit: int = 100,
+        after: int = 0,
+        newest_first: bool = False,
     ) -> list[Task]:
-        """Tasks of the queue by id, optionally of some statuses only."""
+        """Tasks of the queue that ``where`` selects, by id (descending, ``newest_first``),
+        from the cursor ``after`` (an id; 0 for the first page)."""
         self.options(queue)
-        states = None
-        if status is not None:
-            states = [state for name in status for state in STATES_OF_STATUS[name]]
-        return await self.store.list_tasks(queue, states, limit, after)
+        return await self.store.list_tasks(queue, where, limit, after, newest_first)
+
+    async def bulk(
+        self, queue: str, action: str, where: TaskFilter, dry_run: bool = False
+    ) -> tuple[int, int]:
+        """Retry, cancel or delete every task of the queue that ``where`` selects:
+        (matched, changed). Applied in steps of BULK_STEP tasks, each atomic, so that other
+        requests go in between; a task that the filter selects once a step has passed it
+        (enqueued meanwhile) is not touched. ``dry_run`` counts and changes nothing."""
+        self.options(queue)
+        if action not in BULK_STATES:
+            raise ValidationError(f"unknown action {action!r}; use retry, cancel or delete")
+        if dry_run:
+            matched = await self.store.count_tasks(queue, where)
+            applies = BULK_STATES[action]
+            states = applies if where.states is None else applies.intersection(where.states)
+            changed = 0
+            if states:
+                narrowed = msgspec.structs.replace(where, states=tuple(sorted(states)))
+                changed = await self.store.count_tasks(queue, narrowed)
+            return matched, changed
+        matched = changed = after = 0
+        while True:
+            step = await self.store.bulk(
+                queue, action, where, self.clock.now_ms(), after, BULK_STEP
+            )
+            matched += step.matched
+            changed += step.changed
+            after = step.last
+            if step.changes:
+                self._apply(step.changes, operator=True)
+            if step.matched < BULK_STEP:
+                break
+        if changed:
+            log.info("%s: %s of %d task(s) matched: %d changed", queue, action, matched, changed)
+        return matched, changed
 
     async def set_status(self, queue: str, task_id: int, status: str) -> Task:
         """Cancel, pause, resume or retry a task; the task as it is afterwards. A task in
@@ -409,7 +588,7 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         change = await self.store.set_status(queue, task_id, status, self.clock.now_ms())
         if change is None:
             return await self._existing(queue, task_id)
-        self._apply([change])
+        self._apply([change], operator=True)
         return change.task
 
     async def delete_task(self, queue: str, task_id: int) -> None:
@@ -449,13 +628,24 @@ class Engine(WaitList, OutcomeWaits, Reaper):
 
     # -- events ----------------------------------------------------------------------------
 
-    def _apply(self, changes: Iterable[Change]) -> None:
-        """Wake long polls for tasks that became ready; emit events; settle outcome waits."""
+    def _apply(
+        self, changes: Iterable[Change], *, expired: bool = False, operator: bool = False
+    ) -> None:
+        """Wake long polls for tasks that became ready; emit events; settle outcome waits;
+        count what happened. The changes come from a worker's acks unless ``expired`` (the
+        reaper's) or ``operator`` (a status set over HTTP or the API)."""
         ready: dict[str, int] = {}
         for task, old in changes:
-            if task.state is READY:
+            state = task.state
+            if old is RUNNING and state is not RUNNING:
+                self._count_end(task, expired)
+            elif state is CANCELLED and old is not CANCELLED:
+                self.counters.add(self.counters.cancellations, task.queue)
+            elif operator and (old is FAILED or old is CANCELLED) and state is not old:
+                self.counters.add(self.counters.retries, task.queue)
+            if state is READY:
                 ready[task.queue] = ready.get(task.queue, 0) + 1
-            elif old is RUNNING and task.state is not RUNNING:
+            elif old is RUNNING and state is not RUNNING:
                 options = self.queues.get(task.queue)
                 if options is not None and options.limited:  # room under a limit
                     ready[task.queue] = ready.get(task.queue, 0) + 1
@@ -468,6 +658,20 @@ class Engine(WaitList, OutcomeWaits, Reaper):
                     self._settle_outcome(task)
         for queue, count in ready.items():
             self._wake(queue, count)
+
+    def _count_end(self, task: Task, expired: bool) -> None:
+        """Count a delivery that ended other than "done" by its ack (those are counted from
+        the acks, _count_acks): its lease ran out, or a "failed" ack ended it."""
+        counters, queue, state = self.counters, task.queue, task.state
+        if expired:
+            counters.add(counters.lease_expiries, queue)
+            self._delivered_at.pop(task.id, None)
+        elif state is FAILED or state is READY or state is SCHEDULED:
+            counters.add(counters.failed, queue)
+        if state is READY or state is SCHEDULED or state is PAUSED:
+            counters.add(counters.retries, queue)
+        elif state is CANCELLED:
+            counters.add(counters.cancellations, queue)
 
     def on(self, event: str, listener: Listener) -> None:
         """Call ``listener(task)`` on each status change named ``"<queue>.<status>"``.

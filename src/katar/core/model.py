@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -108,6 +108,12 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     expires_at: int | None = None
     unique_key: str | None = None  # while this task holds it, its queue takes no other
     unique_until: int | None = None  # the key is held until then whatever the status (ms)
+    #: When the current (or last) delivery started (ms); None once that delivery is in
+    #: ``history``, and for a task never delivered. See rules.deliveries.
+    started_at: int | None = None
+    #: The earlier deliveries, as stored (rules.archive): a JSON array of Delivery arrays,
+    #: kept as bytes so that reading a task never decodes it. None when there are none.
+    history: msgspec.Raw | None = None
     #: Not stored: set on an enqueue's answer when the task is an existing one that held the
     #: unique_key asked for (nothing was created for it).
     duplicate: bool = False
@@ -116,6 +122,55 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     def status(self) -> str:
         """The public status: one of :data:`STATUSES`."""
         return PUBLIC_STATUS[self.state]
+
+
+class Delivery(msgspec.Struct, frozen=True, array_like=True):
+    """One delivery of a task that has ended (times in ms): how a task's ``history`` is
+    stored, as arrays, since every task record carries it."""
+
+    attempt: int
+    worker: str | None
+    started_at: int | None
+    ended_at: int | None
+    outcome: str | None  # katar.protocol.DeliveryOutcome; None while it runs
+    error: str | None
+
+
+class TaskFilter(msgspec.Struct, kw_only=True, frozen=True):
+    """The tasks of a queue that a listing or a bulk action selects: every condition given
+    holds. ``before`` and ``after`` bound ``created_at`` (ms; before is exclusive, after
+    inclusive)."""
+
+    states: tuple[State, ...] | None = None
+    ids: tuple[int, ...] | None = None
+    key: str | None = None
+    worker: str | None = None
+    error: str | None = None  # a substring of the error
+    before: int | None = None
+    after: int | None = None
+
+    def matches(self, task: Task) -> bool:
+        """Whether ``task`` is one of those selected (for the stores that filter in Python;
+        the SQL stores write the same conditions)."""
+        return (
+            (self.states is None or task.state in self.states)
+            and (self.ids is None or task.id in self.ids)
+            and (self.key is None or task.key == self.key)
+            and (self.worker is None or task.worker == self.worker)
+            and (self.error is None or (task.error is not None and self.error in task.error))
+            and (self.before is None or task.created_at < self.before)
+            and (self.after is None or task.created_at >= self.after)
+        )
+
+
+EVERY_TASK: Final = TaskFilter()
+
+
+def states_of(statuses: Iterable[str] | None) -> tuple[State, ...] | None:
+    """The stored states of some public statuses (None: every state)."""
+    if statuses is None:
+        return None
+    return tuple(state for status in statuses for state in STATES_OF_STATUS[status])
 
 
 class NewTask(msgspec.Struct, kw_only=True, frozen=True):
@@ -163,6 +218,26 @@ class Rate(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True
     period: Annotated[int, msgspec.Meta(ge=1, le=_INT32)]  # ms
 
 
+_DAY: Final = 86_400_000
+_RETENTION_MAX: Final = 100 * 366 * _DAY  # a century, in ms: beyond any need, within int64
+Retention = Annotated[int, msgspec.Meta(ge=0, le=_RETENTION_MAX)] | None
+
+
+class Keep(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """How long (ms) a queue keeps its finished tasks after they finished, by status; None
+    keeps them for ever. Done and failed tasks stay only in a persistent queue (or while
+    they hold a unique_key); cancelled ones in every queue. The defaults bound a busy
+    queue's store: a day of done tasks, a week of failed and cancelled ones to look into."""
+
+    done: Retention = _DAY
+    failed: Retention = 7 * _DAY
+    cancelled: Retention = 7 * _DAY
+
+    def of(self, state: State) -> int | None:
+        """The retention of finished tasks in ``state``."""
+        return self.done if state is DONE else self.failed if state is FAILED else self.cancelled
+
+
 class QueueOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """A queue's options: the keys of a ``[queues.NAME]`` table and of a ``PUT`` body, with
     their defaults and bounds. Build one from plain data with :func:`parse_queue_options`,
@@ -188,6 +263,8 @@ class QueueOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     key_concurrency: Annotated[int, msgspec.Meta(ge=1, le=_INT32)] | None = None
     #: Among ready tasks of equal priority, deliveries rotate between keys.
     fair: bool = False
+    #: How long finished tasks are kept (retention); see Keep.
+    keep: Keep = Keep()
     #: Sent to workers merged over DEFAULT_CONFIGURATION; its WorkerConfiguration keys are
     #: checked by parse_queue_options.
     configuration: Annotated[

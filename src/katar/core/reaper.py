@@ -47,7 +47,9 @@ class Reaper(abc.ABC):
     _last_keyed: int | None
 
     @abc.abstractmethod
-    def _apply(self, changes: Iterable[Change]) -> None:
+    def _apply(
+        self, changes: Iterable[Change], *, expired: bool = False, operator: bool = False
+    ) -> None:
         """Act on what the expiry changed (Engine._apply)."""
 
     def _expect(self, when: int | None) -> None:
@@ -90,7 +92,7 @@ class Reaper(abc.ABC):
                 changes = await self.store.expire(dict(self.queues), now)
                 self.outages.up()
                 if changes:
-                    self._apply(changes)
+                    self._apply(changes, expired=True)
                 next_due = await self.store.next_deadline()
                 if not changes and next_due is not None and next_due <= now:
                     # Due, yet nothing to do: another server holds it (PostgreSQL's SKIP

@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
+import msgspec
 from msgspec.structs import replace
 
 from katar.core.model import (
@@ -27,6 +28,7 @@ from katar.core.model import (
     SCHEDULED,
     UNFINISHED,
     Ack,
+    Delivery,
     NewTask,
     QueueOptions,
     Rate,
@@ -35,6 +37,7 @@ from katar.core.model import (
 )
 from katar.errors import Conflict, IllegalTransition, ValidationError
 from katar.protocol import ACK_STATUSES as ACK_STATUSES
+from katar.protocol import HISTORY_LENGTH
 from katar.protocol import PATCH_STATUSES as PATCH_STATUSES
 
 
@@ -89,7 +92,59 @@ def claimed(task: Task, options: QueueOptions, worker: str | None, now: int) -> 
         run_at=None,
         updated_at=now,
         progress=None,  # a new delivery reports its own
+        started_at=now,
     )
+
+
+# -- delivery history (the task record's ``history``) ------------------------------------------
+#
+# A task's row describes its current or last delivery (attempts, worker, started_at, and its
+# state, error and updated_at once it ended): the common task, delivered once and done, writes
+# no history at all. A delivery whose end the row cannot keep describing (the task waits or
+# runs again, or its outcome is not its state's: an expired lease) moves into ``history``.
+
+_history_decoder: Final = msgspec.json.Decoder(list[Delivery])
+_OUTCOME_OF_STATE: Final = {DONE: "done", FAILED: "failed", CANCELLED: "cancelled"}
+
+
+def _current(task: Task) -> Delivery | None:
+    """The delivery the row describes, if any."""
+    if task.started_at is None:
+        return None
+    outcome = _OUTCOME_OF_STATE.get(task.state)
+    return Delivery(
+        task.attempts,
+        task.worker,
+        task.started_at,
+        None if outcome is None else task.updated_at,
+        outcome,
+        task.error if outcome is not None and outcome != "done" else None,
+    )
+
+
+def archive(task: Task, outcome: str | None = None, now: int | None = None, **changes: Any) -> Task:
+    """``task`` with ``changes``, its current delivery moved into its history (the last
+    HISTORY_LENGTH kept), ended at ``now`` with ``outcome`` and the error in ``changes``,
+    or, without an outcome, as its state says (a finished task retried)."""
+    current = _current(task)
+    if current is None:
+        return replace(task, **changes)
+    if outcome is not None:
+        error = changes.get("error", task.error) if outcome != "done" else None
+        current = Delivery(current.attempt, current.worker, current.started_at, now, outcome, error)
+    past = [] if task.history is None else _history_decoder.decode(task.history)
+    past.append(current)
+    history = msgspec.Raw(msgspec.json.encode(past[-HISTORY_LENGTH:]))
+    return replace(task, started_at=None, history=history, **changes)
+
+
+def deliveries(task: Task) -> list[Delivery]:
+    """The task's deliveries, oldest first: the last HISTORY_LENGTH."""
+    past = [] if task.history is None else _history_decoder.decode(task.history)
+    current = _current(task)
+    if current is not None:
+        past.append(current)
+    return past[-HISTORY_LENGTH:]
 
 
 # -- flow control: what a claim of a limited queue may take (QueueOptions.limited) -----------
@@ -159,6 +214,19 @@ def claim_allowance(options: QueueOptions, limit: int, running: int, bucket: Buc
     if options.rate is not None and bucket is not None:
         allowed = min(allowed, math.floor(bucket.tokens))
     return max(allowed, 0)
+
+
+def held_by(options: QueueOptions, limit: int, running: int, bucket: Bucket | None) -> str | None:
+    """Which limit made claim_allowance (same arguments) allow fewer than ``limit`` tasks:
+    "paused", "concurrency" or "rate" (the first that did, in that order); None if none.
+    Counted in the metrics as a limited poll."""
+    if options.paused:
+        return "paused"
+    if options.concurrency is not None and options.concurrency - running < limit:
+        return "concurrency"
+    if options.rate is not None and bucket is not None and math.floor(bucket.tokens) < limit:
+        return "rate"
+    return None
 
 
 def pick_by_key(
@@ -372,8 +440,10 @@ def apply_ack(
     retry = options.retry_failed if ack.retry is None else ack.retry
     if retry and not _attempts_spent(task, options):
         delay = retry_delay(options, task.attempts)
-        return replace(
+        return archive(
             task,
+            "failed",
+            now,
             state=SCHEDULED if delay else READY,
             run_at=now + delay if delay else None,
             lease_until=None,
@@ -421,8 +491,20 @@ def expire_lease(task: Task, options: QueueOptions, now: int) -> Task | None:
     lease = lease_ms(task, options)
     message = f"lease expired: no ack within {lease} ms of delivery {task.attempts}"
     if _attempts_spent(task, options):
-        return _finish(task, FAILED, now, error=f"{message}; all attempts are spent")
-    return replace(task, state=READY, lease_until=None, run_at=None, error=message, updated_at=now)
+        error = f"{message}; all attempts are spent"
+        return archive(
+            task, "expired", now, state=FAILED, lease_until=None, updated_at=now, error=error
+        )
+    return archive(
+        task,
+        "expired",
+        now,
+        state=READY,
+        lease_until=None,
+        run_at=None,
+        error=message,
+        updated_at=now,
+    )
 
 
 def promote(task: Task, now: int) -> Task:
@@ -465,7 +547,7 @@ def change_status(task: Task, status: str, now: int) -> Task | None:
         # A retry gets a fresh set of attempts; the delivery count itself keeps growing so
         # that an ack from an old delivery can still be told apart (fencing). It is the
         # operator's decision: an expiry (expires_in) no longer applies.
-        return replace(
+        return archive(
             task,
             state=READY,
             run_at=None,
@@ -490,3 +572,34 @@ def change_status(task: Task, status: str, now: int) -> Task | None:
 def is_final(task: Task) -> bool:
     """True once the task is done, failed or cancelled."""
     return task.state in FINAL_STATES
+
+
+# -- operators: bulk actions and retention ----------------------------------------------------
+
+#: The states each bulk action applies to, as PATCH would (katar.protocol.BULK_ACTIONS):
+#: retry a failed or cancelled task, cancel a paused or queued one, delete any task not in
+#: progress (a worker holds it: cancel it first).
+BULK_STATES: Final[Mapping[str, frozenset[State]]] = {
+    "retry": frozenset({FAILED, CANCELLED}),
+    "cancel": frozenset({PAUSED, READY, SCHEDULED}),
+    "delete": frozenset(State) - {RUNNING},
+}
+_BULK_STATUS: Final = {"retry": "queued", "cancel": "cancelled"}
+
+
+def bulk_change(task: Task, action: str, now: int) -> Task | None:
+    """What a bulk ``retry`` or ``cancel`` does to one task: its new version, or None when
+    the action does not apply to its state (a bulk action skips such tasks, where PATCH
+    would refuse them). A ``delete`` changes no task: the store removes those in
+    BULK_STATES["delete"]."""
+    if task.state not in BULK_STATES[action]:
+        return None
+    return change_status(task, _BULK_STATUS[action], now)
+
+
+def prune_before(options: QueueOptions, state: State, now: int) -> int | None:
+    """Retention (QueueOptions.keep): the finished tasks in ``state`` that finished at or
+    before this time (ms) are removed, unless they hold their unique_key (holds_key); None
+    when the queue keeps them for ever."""
+    keep = options.keep.of(state)
+    return None if keep is None else now - keep

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 from katar.core.idempotency import Idempotency
-from katar.core.model import Ack, NewTask, QueueOptions, State, Task
+from katar.core.model import Ack, NewTask, QueueOptions, State, Task, TaskFilter
 
 
 class Change(NamedTuple):
@@ -37,6 +37,9 @@ class PollResult(NamedTuple):
     #: The ids of the tasks whose heartbeat in the acks found them cancelled by an operator
     #: (rules.stops): the worker is told to stop them.
     cancel: Sequence[int] = ()
+    #: When a limit let the claim take fewer tasks than asked, and the claim took all the
+    #: limit allowed: that limit (rules.held_by). None otherwise. For the metrics.
+    held: str | None = None
 
 
 class LimitState(NamedTuple):
@@ -46,6 +49,19 @@ class LimitState(NamedTuple):
     tokens: float | None = None
     #: Keys with key_concurrency tasks in progress; None without key_concurrency.
     keys_at_limit: int | None = None
+
+
+class BulkStep(NamedTuple):
+    """One step (one transaction) of a bulk action: see :meth:`Store.bulk`."""
+
+    #: The tasks the filter selected in this step (at most the step's limit).
+    matched: int
+    #: Those the action changed (or removed).
+    changed: int
+    #: The highest id the step looked at: the next step starts after it.
+    last: int
+    #: The changes of a retry or a cancel (a delete reports none).
+    changes: list[Change]
 
 
 class Enqueued(NamedTuple):
@@ -189,9 +205,38 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_tasks(
-        self, queue: str, states: Sequence[State] | None, limit: int, after: int
+        self, queue: str, where: TaskFilter, limit: int, after: int, newest_first: bool = False
     ) -> list[Task]:
-        """Up to ``limit`` tasks with an id above ``after``, by id, optionally by state."""
+        """Up to ``limit`` tasks that ``where`` selects, by id: those above ``after``; or,
+        ``newest_first``, by id descending, those below ``after`` (0: from the newest)."""
+
+    @abc.abstractmethod
+    async def count_tasks(self, queue: str, where: TaskFilter) -> int:
+        """How many tasks ``where`` selects."""
+
+    @abc.abstractmethod
+    async def bulk(
+        self, queue: str, action: str, where: TaskFilter, now: int, after: int, limit: int
+    ) -> BulkStep:
+        """One step of a bulk action, in one transaction: take the first ``limit`` tasks
+        that ``where`` selects with an id above ``after``, and apply ``action`` to each in
+        rules.BULK_STATES[action]: "retry" and "cancel" as rules.bulk_change says (a retry
+        whose unique_key another task holds is skipped), "delete" removes them."""
+
+    @abc.abstractmethod
+    async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:
+        """Remove up to ``limit`` finished tasks of the queue in ``state`` that finished at
+        or before ``before`` (rules.prune_before) and hold no unique_key at ``now``
+        (rules.holds_key); how many."""
+
+    @abc.abstractmethod
+    async def heads(self) -> dict[str, int]:
+        """For every queue with ready tasks: when the task at its head (the next a claim
+        takes) became ready (ms)."""
+
+    @abc.abstractmethod
+    async def running_by_worker(self) -> dict[tuple[str, str | None], int]:
+        """The tasks in progress, counted by (queue, worker)."""
 
     @abc.abstractmethod
     async def counts(self) -> dict[str, dict[State, int]]:

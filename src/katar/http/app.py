@@ -33,7 +33,7 @@ from katar.errors import (
     TooManyRequests,
     ValidationError,
 )
-from katar.http import metrics, openapi, parse
+from katar.http import metrics, openapi, parse, throughput
 from katar.http.auth import ALL_QUEUES, Access, Authenticator, Token
 from katar.http.openapi import IDEMPOTENCY_PARAM, LEASE_HEADERS, LIST_PARAMS, WAIT_PARAM
 from katar.http.openapi import Answer as A
@@ -50,6 +50,7 @@ from katar.http.responses import (
     deliveries,
     encode,
     error_response,
+    iso_time,
     json_response,
     task_record,
 )
@@ -57,6 +58,8 @@ from katar.limits import Limits as Limits
 from katar.logs import log_access
 from katar.protocol import (
     IDEMPOTENCY_KEY_HEADER,
+    Bulk,
+    BulkDone,
     Configuration,
     Deliveries,
     Health,
@@ -67,7 +70,10 @@ from katar.protocol import (
     TaskDeleted,
     TaskRecord,
     Tasks,
+    Throughput,
     TokenInfo,
+    Workers,
+    WorkerSeen,
 )
 
 log = logging.getLogger("katar")
@@ -182,7 +188,7 @@ class Admission:
 
 #: Handlers that answer without the store: their success says nothing about an outage's end.
 _STORELESS: Final = frozenset(
-    {"get_configuration", "openapi", "docs", "ui_page", "ui_asset", "token_info"}
+    {"get_configuration", "openapi", "docs", "get_throughput", "ui_page", "ui_asset", "token_info"}
 )
 #: The route label of requests that match no route.
 UNROUTED: Final = "other"
@@ -214,6 +220,9 @@ class App:
         self.auth = Authenticator(tokens)
         self._guarded = self.auth.enabled
         self.long_polls = 0  # long polls held now (bounded by limits.max_long_polls)
+        #: The throughput history (GET /v1/throughput), sampled while the app runs: started
+        #: and stopped with its lifespan (katar serve: by the server, around serving).
+        self.throughput = throughput.Sampler(engine.counters, time.time)
         open_, worker, producer, admin = Access.OPEN, Access.WORKER, Access.PRODUCER, Access.ADMIN
         #: (path template, {method: route}); {names} are path segments. Every route states its
         #: access rule here (a test walks this table to check them all), and what the OpenAPI
@@ -343,13 +352,39 @@ class App:
                 },
             ),
             (
+                "/v1/throughput",
+                {
+                    "GET": Route(
+                        self.get_throughput,
+                        producer,
+                        Op(
+                            summary="Tasks enqueued, done and failed per second, per queue,"
+                            " over the last minutes",
+                            operation_id="throughput",
+                            tag="operators",
+                            parameters=(openapi.SECONDS_PARAM,),
+                            answers={
+                                200: A(
+                                    "Samples every interval seconds, oldest first, of the"
+                                    " token's queues.",
+                                    Throughput,
+                                ),
+                                422: "A bad parameter.",
+                            },
+                            store=False,
+                        ),
+                    )
+                },
+            ),
+            (
                 "/v1/queues",
                 {
                     "GET": Route(
                         self.list_queues,
-                        admin,
+                        producer,
                         Op(
-                            summary="Every queue, with its options and task counts",
+                            summary="Every queue the token may use, with its options and"
+                            " task counts",
                             operation_id="listQueues",
                             tag="operators",
                             answers={200: A("The queues.", Queues)},
@@ -470,6 +505,46 @@ class App:
                             answers={200: A("A page.", Tasks), 422: "A bad parameter."},
                         ),
                     ),
+                },
+            ),
+            (
+                "/v1/queue/{queue}/tasks/bulk",
+                {
+                    "POST": Route(
+                        self.bulk,
+                        admin,
+                        Op(
+                            summary="Retry, cancel or delete every task a filter selects",
+                            operation_id="bulk",
+                            tag="operators",
+                            body=Bulk,
+                            body_required=True,
+                            answers={
+                                200: A(
+                                    "What the filter matched, and what the action changed"
+                                    " (with dry_run: would change).",
+                                    BulkDone,
+                                ),
+                                422: "A bad action or filter.",
+                            },
+                            writes=True,
+                        ),
+                    )
+                },
+            ),
+            (
+                "/v1/workers",
+                {
+                    "GET": Route(
+                        self.workers,
+                        producer,
+                        Op(
+                            summary="The workers seen in the last hour",
+                            operation_id="listWorkers",
+                            tag="operators",
+                            answers={200: A("The workers.", Workers)},
+                        ),
+                    )
                 },
             ),
             (
@@ -663,8 +738,10 @@ class App:
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                self.throughput.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.throughput.stop()
                 try:
                     await self._shutdown()
                 except Exception as exc:
@@ -794,21 +871,59 @@ class App:
             raise Forbidden(
                 'the metrics cover every queue: they need an admin token whose queues are ["*"]'
             )
+        engine = self.engine
         text = metrics.render(
-            await self.engine.stats(), self.engine.counters, self.requests, self.long_polls
+            await engine.stats(),
+            engine.counters,
+            self.requests,
+            self.long_polls,
+            await engine.oldest_queued(),
+            engine.clock.now_ms(),
         )
         return Response(200, text, [(b"content-type", metrics.CONTENT_TYPE)])
+
+    async def get_throughput(self, request: Request) -> Response:
+        seconds = parse.parse_number(
+            request.query().get("seconds"),
+            "seconds",
+            throughput.MAX_SECONDS,
+            throughput.INTERVAL,
+            throughput.MAX_SECONDS,
+        )
+        token = request.token
+        visible = (lambda queue: True) if token is None else token.may_use
+        return json_response(self.throughput.history(seconds, visible))
 
     async def list_queues(self, request: Request) -> Response:
         stats = await self.engine.stats()
         known = self.engine.queue_options()
         token = request.token
+        heads = await self.engine.oldest_queued()
+        now = self.engine.clock.now_ms()
         queues = [
-            QueueInfo(name, known[name], counts, await self._limits(name, known[name], counts))
+            QueueInfo(
+                name,
+                known[name],
+                counts,
+                await self._limits(name, known[name], counts),
+                None if name not in heads else max(0, now - heads[name]) / 1000,
+            )
             for name, counts in stats.items()
             if name in known and (token is None or token.may_use(name))
         ]
         return json_response(Queues(queues))
+
+    async def workers(self, request: Request) -> Response:
+        token = request.token
+        seen = await self.engine.workers(lambda q: token is None or token.may_use(q))
+        return json_response(
+            Workers(
+                [
+                    WorkerSeen(name, queues, iso_time(last), busy)
+                    for name, queues, last, busy in seen
+                ]
+            )
+        )
 
     async def _limits(
         self, name: str, options: QueueOptions, counts: Mapping[str, int]
@@ -857,9 +972,18 @@ class App:
         status = 200 if all(task.duplicate for task in created) else 201
         return json_response({"tasks": [task_record(task) for task in created]}, status)
 
+    async def bulk(self, request: Request) -> Response:
+        self.engine.options(request.queue)  # an unknown queue is a 404 before a bad body
+        action, where, dry_run = parse.parse_bulk(request.body)
+        matched, changed = await self.engine.bulk(request.queue, action, where, dry_run)
+        return json_response(BulkDone(matched, changed))
+
     async def list_tasks(self, request: Request) -> Response:
         query = request.query()
-        statuses = parse.parse_statuses(query.get("status"))
+        where = parse.parse_listing(query)
+        order = query.get("order", "asc")
+        if order not in ("asc", "desc"):
+            raise ValidationError(f"order must be asc or desc, not {order[:20]!r}")
         limit = int(parse.parse_number(query.get("limit"), "limit", 100, 1, self.limits.max_list))
         after = int(parse.parse_number(query.get("after"), "after", 0, 0, 2**62))
         # The page ends early if its records would be over max_answer_bytes; and it is read
@@ -872,7 +996,9 @@ class App:
         cursor: int | None = None
         while len(records) < limit:
             batch = min(limit - len(records), max(1, (budget - size) // task_bytes))
-            tasks = await self.engine.list_tasks(request.queue, statuses, batch, after)
+            tasks = await self.engine.list_tasks(
+                request.queue, where, batch, after, newest_first=order == "desc"
+            )
             for task in tasks:
                 record = encode(task_record(task))
                 if records and size + len(record) + 1 > budget:

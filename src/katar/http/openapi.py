@@ -104,6 +104,12 @@ WAIT_PARAM: Final = {
     "description": "Seconds to wait for the task to finish (up to the server's max_wait).",
     "schema": {"type": "number", "minimum": 0},
 }
+SECONDS_PARAM: Final = {
+    "name": "seconds",
+    "in": "query",
+    "description": "How far back the history goes, in seconds (2 to 600; default 600).",
+    "schema": {"type": "number", "minimum": 2, "maximum": 600},
+}
 _ANY_STATUS: Final = "|".join(STATUSES)
 LIST_PARAMS: Final = (
     {

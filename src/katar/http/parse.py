@@ -12,9 +12,27 @@ from typing import Any, Final
 
 import msgspec
 
-from katar.core.model import Ack, NewTask, now_ms, parse_priority, task_options
+from katar import protocol
+from katar.core.model import (
+    Ack,
+    NewTask,
+    TaskFilter,
+    now_ms,
+    parse_priority,
+    parse_task_id,
+    states_of,
+    task_options,
+)
 from katar.errors import InvalidRequest, PayloadTooLarge, ValidationError
-from katar.protocol import MAX_DELAY, MAX_UNIQUE_KEY, STATUSES, Enqueue, Patch, Poll
+from katar.protocol import (
+    MAX_DELAY,
+    MAX_ERROR_FILTER,
+    MAX_UNIQUE_KEY,
+    STATUSES,
+    Enqueue,
+    Patch,
+    Poll,
+)
 from katar.protocol import NewTask as TaskBody
 
 _HINTS: Final = {
@@ -37,6 +55,11 @@ _HINTS: Final = {
 _HINTS_OF: Final[dict[type, dict[str, str]]] = {
     Enqueue: {**_HINTS, "status": "a new task's status is queued (the default) or paused"},
     Patch: {"status": "a task's status can be set to cancelled, paused or queued"},
+    protocol.Bulk: {
+        "action": "action is one of retry, cancel, delete",
+        "status": "filter.status is a list of statuses: paused, queued, in progress, done,"
+        " failed, cancelled",
+    },
 }
 
 #: How deeply arrays and objects may nest in a task's data, in a result, and in any other
@@ -177,17 +200,67 @@ def _run_at(body: TaskBody, where: str) -> int:
     if body.delay is not None:
         raise ValidationError(f"{where}: give delay or run_at, not both")
     assert body.run_at is not None
-    try:
-        when = datetime.fromisoformat(body.run_at)
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        run_at = round(when.timestamp() * 1000)
-    except (ValueError, OverflowError):
-        hint = _HINTS["run_at"]
-        raise ValidationError(f"{where}: invalid run_at {body.run_at[:64]!r} ({hint})") from None
+    run_at = parse_time(body.run_at, "run_at", where)
     if run_at > now_ms() + MAX_DELAY * 1000:
         raise ValidationError(f"{where}: run_at must be at most ten years ahead")
     return run_at
+
+
+def parse_time(text: str, name: str, where: str = "") -> int:
+    """An ISO 8601 time (UTC when it names no zone) in ms since the epoch; ``name`` and
+    ``where`` say which, when it is not one."""
+    try:
+        when = datetime.fromisoformat(text)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return round(when.timestamp() * 1000)
+    except (ValueError, OverflowError):
+        hint = "use an ISO 8601 time, e.g. 2030-01-31T09:00:00Z (UTC when it names no zone)"
+        prefix = f"{where}: " if where else ""
+        raise ValidationError(f"{prefix}invalid {name} {text[:64]!r}: {hint}") from None
+
+
+def task_filter(raw: protocol.TaskFilter) -> TaskFilter:
+    """The domain's filter from the wire's (a bulk body's, a listing's query)."""
+    ids = None
+    if raw.ids is not None:
+        ids = tuple(parse_task_id(text) or _no_id(text) for text in raw.ids)
+    return TaskFilter(
+        states=states_of(raw.status),
+        ids=ids,
+        key=raw.key,
+        worker=raw.worker,
+        error=raw.error,
+        before=None if raw.before is None else parse_time(raw.before, "filter.before"),
+        after=None if raw.after is None else parse_time(raw.after, "filter.after"),
+    )
+
+
+def _no_id(text: str) -> int:
+    raise ValidationError(f"filter.ids: {text[:40]!r} is not a task id", field="filter.ids")
+
+
+def parse_bulk(body: bytes) -> tuple[str, TaskFilter, bool]:
+    """A bulk action's body: (action, filter, dry_run)."""
+    bulk: protocol.Bulk = decode(body, protocol.Bulk)
+    return bulk.action, task_filter(bulk.filter), bulk.dry_run
+
+
+def parse_listing(query: dict[str, str]) -> TaskFilter:
+    """A listing's filter from its query string: status (commas), key, worker, error,
+    created_before and created_after (``after`` is the listing's cursor)."""
+    error = query.get("error") or None
+    if error is not None and len(error) > MAX_ERROR_FILTER:
+        raise ValidationError(f"error must be at most {MAX_ERROR_FILTER} characters")
+    raw = protocol.TaskFilter(
+        status=parse_statuses(query.get("status")),  # type: ignore[arg-type]
+        key=query.get("key") or None,
+        worker=query.get("worker") or None,
+        error=error,
+        before=query.get("created_before") or None,
+        after=query.get("created_after") or None,
+    )
+    return task_filter(raw)
 
 
 def parse_enqueue(body: bytes, max_tasks: int, max_task_bytes: int) -> list[NewTask]:

@@ -9,9 +9,10 @@ from typing import Any, Final
 import msgspec
 
 from katar import errors
+from katar.core import rules
 from katar.core.model import PUBLIC_STATUS, QueueOptions, Task
 from katar.protocol import LEASE_HEADER as LEASE_HEADER_NAME
-from katar.protocol import TaskRecord, WorkerConfiguration
+from katar.protocol import DeliveryRecord, TaskRecord, WorkerConfiguration
 
 JSON_HEADERS: Final = [(b"content-type", b"application/json")]
 LEASE_HEADER: Final = LEASE_HEADER_NAME.encode()
@@ -115,6 +116,9 @@ class QueueInfo(msgspec.Struct, frozen=True):
     options: QueueOptions
     counts: dict[str, int]
     limits: QueueLimits | None = None
+    #: Seconds the task at the queue's head (the next a poll takes) has been ready; null
+    #: when no task is ready.
+    oldest_queued_age: float | None = None
 
 
 class Queues(msgspec.Struct, frozen=True):
@@ -158,7 +162,27 @@ def task_record(task: Task) -> TaskRecord:
         task.unique_key,
         None if task.unique_until is None else _iso(task.unique_until),
         task.duplicate,
+        _history(task) if task.started_at is not None or task.history is not None else [],
     )
+
+
+def _history(task: Task) -> list[DeliveryRecord]:
+    return [
+        DeliveryRecord(
+            d.attempt,
+            d.worker,
+            _iso(d.started_at or 0),
+            None if d.ended_at is None else _iso(d.ended_at),
+            d.outcome,  # type: ignore[arg-type]  # rules.archive writes only the four
+            d.error,
+        )
+        for d in rules.deliveries(task)
+    ]
+
+
+def iso_time(ms: int) -> str:
+    """A time in ms since the epoch as the records write it (ISO 8601, UTC, in ms)."""
+    return _iso(ms)
 
 
 #: A katar.protocol.Delivery, as a template: the fastest way to build one (the hot path).

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
-from katar.core.model import RUNNING, State, Task
+from katar.core.model import RUNNING, State, Task, TaskFilter
 
 COLUMNS: Final = (
     "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
     " created_at, updated_at, run_at, lease_until, key, cancel_requested, progress, timeout,"
-    " max_attempts, expires_at, unique_key, unique_until"
+    " max_attempts, expires_at, unique_key, unique_until, started_at, history"
 )
 _STATES: Final = tuple(State)  # by value: faster than State(value) on the hot path
 
@@ -42,6 +42,8 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
         expires_at=row[19],
         unique_key=row[20],
         unique_until=row[21],
+        started_at=row[22],
+        history=None if row[23] is None else msgspec.Raw(row[23]),
     )
 
 
@@ -87,6 +89,7 @@ def claimed_from_row(
         lease_until=lease_until if timeout is None else now + timeout,
         key=row[8],
         timeout=timeout,
+        started_at=now,
     )
     if row[10]:
         return task
@@ -104,7 +107,8 @@ def claimed_from_row(
 def update_values(task: Task) -> tuple[Any, ...]:
     """The parameters of an UPDATE that writes ``task`` back: the changeable columns in the
     order state, priority, attempts, attempt_base, error, result, worker, updated_at,
-    run_at, lease_until, cancel_requested, progress, expires_at, then the id."""
+    run_at, lease_until, cancel_requested, progress, expires_at, started_at, history, then
+    the id."""
     return (
         int(task.state),
         task.priority,
@@ -119,5 +123,43 @@ def update_values(task: Task) -> tuple[Any, ...]:
         task.cancel_requested,
         None if task.progress is None else bytes(task.progress),
         task.expires_at,
+        task.started_at,
+        None if task.history is None else bytes(task.history),
         task.id,
     )
+
+
+class Dialect(NamedTuple):
+    """How one SQL store writes what :func:`where_sql` needs."""
+
+    param: str  # a parameter's placeholder
+    ids: str  # "id is one of the list in one parameter"
+    ids_value: Callable[[Sequence[int]], Any]  # that parameter from the ids
+    contains: str  # "error contains the parameter", in the store's functions
+
+
+def where_sql(where: TaskFilter, dialect: Dialect) -> tuple[str, list[Any]]:
+    """The conditions of a TaskFilter (TaskFilter.matches, in SQL), each after " AND ", and
+    their parameters. The states are our own integers, written into the SQL."""
+    p = dialect.param
+    sql: list[str] = []
+    params: list[Any] = []
+    if where.states is not None:
+        sql.append(f"state IN ({','.join(str(int(state)) for state in where.states)})")
+    if where.ids is not None:
+        sql.append(dialect.ids)
+        params.append(dialect.ids_value(where.ids))
+    for column, value in (("key", where.key), ("worker", where.worker)):
+        if value is not None:
+            sql.append(f"{column} = {p}")
+            params.append(value)
+    if where.error is not None:
+        sql.append(dialect.contains)
+        params.append(where.error)
+    if where.before is not None:
+        sql.append(f"created_at < {p}")
+        params.append(where.before)
+    if where.after is not None:
+        sql.append(f"created_at >= {p}")
+        params.append(where.after)
+    return "".join(f" AND {condition}" for condition in sql), params

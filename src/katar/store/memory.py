@@ -9,7 +9,7 @@ since it was pushed is skipped rather than searched for and removed.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from katar.core import idempotency, rules
 from katar.core.idempotency import Idempotency
@@ -25,10 +25,11 @@ from katar.core.model import (
     QueueOptions,
     State,
     Task,
+    TaskFilter,
     parse_task_id,
 )
-from katar.core.storage import Change, Enqueued, LimitState, PollResult, Store
-from katar.errors import KatarError, QueueNotFound, TaskNotFound
+from katar.core.storage import BulkStep, Change, Enqueued, LimitState, PollResult, Store
+from katar.errors import Conflict, KatarError, QueueNotFound, TaskNotFound
 from katar.logs import mask_credentials
 
 
@@ -129,14 +130,17 @@ class MemoryStore(Store):
 
     def _front(self, queue: str) -> int:
         """The fair place of the task a claim would take first; 0 when none is ready."""
+        return 0 if self._head(queue) is None else self._ready[queue][0][1]
+
+    def _head(self, queue: str) -> Task | None:
+        """The task a claim would take first (stale entries dropped on the way)."""
         heap = self._ready[queue]
         while heap:
-            _priority, seq, task_id = heap[0]
-            task = self._tasks.get(task_id)
+            task = self._tasks.get(heap[0][2])
             if task is not None and task.state is READY and -task.priority == heap[0][0]:
-                return seq
+                return task
             heapq.heappop(heap)
-        return 0
+        return None
 
     async def delete_queue(self, name: str) -> int:
         if self._queues.pop(name, None) is None:
@@ -360,6 +364,7 @@ class MemoryStore(Store):
         in_progress = self._running[queue]
         bucket = self._bucket(queue, options, now)
         allowed = rules.claim_allowance(options, limit, len(in_progress), bucket)
+        held = rules.held_by(options, limit, len(in_progress), bucket)
         running: dict[str, int] | None = None
         if options.key_concurrency is not None:
             running = self._running_keys(queue)
@@ -369,7 +374,9 @@ class MemoryStore(Store):
             bucket.take(len(delivered))
             if len(delivered) < limit:
                 retry_at = bucket.next_token(options.rate, now)
-        return PollResult(delivered, changes, retry_at)
+        if len(delivered) < allowed:  # fewer ready tasks than allowed: no limit held it
+            held = None
+        return PollResult(delivered, changes, retry_at, held=held)
 
     def _bucket(self, queue: str, options: QueueOptions, now: int) -> rules.Bucket | None:
         if options.rate is None:
@@ -398,18 +405,83 @@ class MemoryStore(Store):
         return task if task is not None and task.queue == queue else None
 
     async def list_tasks(
-        self, queue: str, states: Sequence[State] | None, limit: int, after: int
+        self, queue: str, where: TaskFilter, limit: int, after: int, newest_first: bool = False
     ) -> list[Task]:
+        ids: Iterable[int] = self._ids_of(queue)
+        if newest_first:
+            ids = (i for i in reversed(self._ids_of(queue)) if not after or i < after)
         found: list[Task] = []
-        for task_id in self._ids_of(queue):
-            if task_id <= after:
+        for task_id in ids:
+            if not newest_first and task_id <= after:
                 continue
             task = self._tasks[task_id]
-            if states is None or task.state in states:
+            if where.matches(task):
                 found.append(task)
                 if len(found) >= limit:
                     break
         return found
+
+    async def count_tasks(self, queue: str, where: TaskFilter) -> int:
+        tasks = self._tasks
+        return sum(1 for task_id in self._ids_of(queue) if where.matches(tasks[task_id]))
+
+    async def bulk(
+        self, queue: str, action: str, where: TaskFilter, now: int, after: int, limit: int
+    ) -> BulkStep:
+        selected: list[Task] = []
+        for task_id in self._ids_of(queue):
+            task = self._tasks[task_id]
+            if task_id > after and where.matches(task):
+                selected.append(task)
+                if len(selected) >= limit:
+                    break
+        if not selected:
+            return BulkStep(0, 0, after, [])
+        last = selected[-1].id
+        if action == "delete":
+            deleted = [task for task in selected if task.state in rules.BULK_STATES[action]]
+            for task in deleted:
+                self._remove(task)
+            return BulkStep(len(selected), len(deleted), last, [])
+        changes: list[Change] = []
+        for task in selected:
+            new = rules.bulk_change(task, action, now)
+            if new is None:
+                continue
+            try:
+                change = self._change(queue, task, new, now)
+            except Conflict:
+                continue  # a retry whose unique_key another task holds now
+            if change is not None:
+                changes.append(change)
+        return BulkStep(len(selected), len(changes), last, changes)
+
+    async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:
+        pruned: list[Task] = []
+        for task_id in self._ids_of(queue):
+            task = self._tasks[task_id]
+            if task.state is state and task.updated_at <= before and not rules.holds_key(task, now):
+                pruned.append(task)
+                if len(pruned) >= limit:
+                    break
+        for task in pruned:
+            self._remove(task)
+        return len(pruned)
+
+    async def heads(self) -> dict[str, int]:
+        return {
+            queue: head.updated_at
+            for queue in self._queues
+            if (head := self._head(queue)) is not None
+        }
+
+    async def running_by_worker(self) -> dict[tuple[str, str | None], int]:
+        counts: dict[tuple[str, str | None], int] = {}
+        for queue, running in self._running.items():
+            for task_id in running:
+                found = (queue, self._tasks[task_id].worker)
+                counts[found] = counts.get(found, 0) + 1
+        return counts
 
     async def counts(self) -> dict[str, dict[State, int]]:
         result: dict[str, dict[State, int]] = {name: {} for name in self._queues}
@@ -422,7 +494,10 @@ class MemoryStore(Store):
         task = await self.get_task(queue, task_id)
         if task is None:
             raise TaskNotFound.named(task_id, queue)
-        new = rules.change_status(task, status, now)
+        return self._change(queue, task, rules.change_status(task, status, now), now)
+
+    def _change(self, queue: str, task: Task, new: Task | None, now: int) -> Change | None:
+        """Write an operator's change to a task (a PATCH's, a bulk action's)."""
         if rules.retakes_key(task, new, now):
             assert task.unique_key is not None
             holder_id = self._unique.get((queue, task.unique_key))

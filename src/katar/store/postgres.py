@@ -34,11 +34,13 @@ from katar.core.model import (
     QueueOptions,
     State,
     Task,
+    TaskFilter,
     parse_task_id,
 )
-from katar.core.storage import Change, Enqueued, LimitState, Observer, PollResult, Store
+from katar.core.storage import BulkStep, Change, Enqueued, LimitState, Observer, PollResult, Store
 from katar.errors import (
     ConfigError,
+    Conflict,
     KatarError,
     OutcomeUnknown,
     QueueNotFound,
@@ -47,7 +49,7 @@ from katar.errors import (
     TaskNotFound,
 )
 from katar.logs import mask_credentials
-from katar.store._rows import COLUMNS, task_from_row, update_values
+from katar.store._rows import COLUMNS, Dialect, task_from_row, update_values, where_sql
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -55,7 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("katar")
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -126,6 +128,11 @@ CREATE INDEX IF NOT EXISTS tasks_unique ON {s}.tasks (queue_id, unique_key)
     WHERE unique_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_kept ON {s}.tasks (queue_id, unique_until)
     WHERE unique_until IS NOT NULL AND state BETWEEN 4 AND 5;
+""",
+    6: """
+-- Delivery history: when the current (or last) delivery started; the earlier ones.
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS started_at bigint;
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS history bytea;  -- rules.archive's JSON
 """,
 }
 
@@ -214,7 +221,8 @@ class PostgresStore(Store):
             "update": (
                 f"UPDATE {s}.tasks SET state=%s, priority=%s, attempts=%s, attempt_base=%s,"
                 " error=%s, result=%s, worker=%s, updated_at=%s, run_at=%s, lease_until=%s,"
-                " cancel_requested=%s, progress=%s, expires_at=%s WHERE id=%s"
+                " cancel_requested=%s, progress=%s, expires_at=%s, started_at=%s, history=%s"
+                " WHERE id=%s"
             ),
             "delete": f"DELETE FROM {s}.tasks WHERE id = %s",
             "insert": (
@@ -248,7 +256,8 @@ class PostgresStore(Store):
             "claim": (
                 f"UPDATE {s}.tasks SET state=3, attempts=attempts+1, worker=%s,"
                 f" lease_until=%s + coalesce(timeout, %s), run_at=NULL, progress=NULL,"
-                f" updated_at=%s WHERE id IN (SELECT id FROM {s}.tasks WHERE queue_id=%s"
+                f" updated_at=%s, started_at=%s WHERE id IN (SELECT id FROM {s}.tasks"
+                f" WHERE queue_id=%s"
                 f" AND state=1 AND (expires_at IS NULL OR attempts > 0 OR expires_at > %s)"
                 f" ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED)"
                 f" RETURNING {COLUMNS}"
@@ -313,7 +322,13 @@ class PostgresStore(Store):
             "take": (
                 f"UPDATE {s}.tasks SET state=3, attempts=attempts+1, worker=%s,"
                 f" lease_until=%s + coalesce(timeout, %s), run_at=NULL, progress=NULL,"
-                f" updated_at=%s WHERE id = ANY(%s) RETURNING {COLUMNS}"
+                f" updated_at=%s, started_at=%s WHERE id = ANY(%s) RETURNING {COLUMNS}"
+            ),
+            # Retention (rules.prune_before, holds_key: in SQL), the oldest first.
+            "prune": (
+                f"DELETE FROM {s}.tasks WHERE id IN (SELECT id FROM {s}.tasks WHERE"
+                " queue_id = %s AND state = %s AND updated_at <= %s AND (unique_until IS NULL"
+                " OR unique_until <= %s) ORDER BY id LIMIT %s)"
             ),
             "save_bucket": (
                 f"UPDATE {s}.queues SET bucket_tokens = %s, bucket_at = %s WHERE id = %s"
@@ -820,20 +835,20 @@ class PostgresStore(Store):
                 if rules.stops(task if new is None else new, ack, worker):
                     cancel.append(task.id)
             delivered: list[Task] = []
-            retry_at = None
+            retry_at = held = None
             if limit > 0 and options.custom_claim:
-                delivered, retry_at = await self._claim_limited(
+                delivered, retry_at, held = await self._claim_limited(
                     conn, queue, queue_id, options, limit, worker, now
                 )
             elif limit > 0:
                 cursor = await conn.execute(
                     self._sql["claim"],
-                    (worker, now, options.timeout, now, queue_id, now, limit),
+                    (worker, now, options.timeout, now, now, queue_id, now, limit),
                 )
                 delivered = [task_from_row(row, queue) for row in await cursor.fetchall()]
                 delivered.sort(key=lambda t: (-t.priority, t.id))
             await self._notify_ready(conn, (change.task for change in changes))
-        return PollResult(delivered, changes, retry_at, cancel)
+        return PollResult(delivered, changes, retry_at, cancel, held)
 
     async def _claim_limited(
         self,
@@ -844,7 +859,7 @@ class PostgresStore(Store):
         limit: int,
         worker: str | None,
         now: int,
-    ) -> tuple[list[Task], int | None]:
+    ) -> tuple[list[Task], int | None, str | None]:
         sql = self._sql
         stored = None
         if options.limited:  # a fair queue alone has nothing to count
@@ -858,6 +873,7 @@ class PostgresStore(Store):
             row = await (await conn.execute(sql["running"], (queue_id,))).fetchone()
             running = row[0] if row else 0
         allowed = rules.claim_allowance(options, limit, running, bucket)
+        held, allowance = rules.held_by(options, limit, running, bucket), allowed
         per_key: dict[str, int] = {}
         if options.key_concurrency is not None and allowed > 0:
             rows = await (await conn.execute(sql["running_keys"], (queue_id,))).fetchall()
@@ -867,7 +883,7 @@ class PostgresStore(Store):
         delivered: list[Task] = []
         if allowed > 0 and options.key_concurrency is None and queue_id not in self._fair:
             # Nothing to pick by key: the plain claim, cut to what the limits allow.
-            claim = (worker, *lease, now, queue_id, now, allowed)
+            claim = (worker, *lease, now, now, queue_id, now, allowed)
             cursor = await conn.execute(sql["claim"], claim)
             delivered = [task_from_row(row, queue) for row in await cursor.fetchall()]
             delivered.sort(key=lambda t: (-t.priority, t.id))
@@ -881,7 +897,7 @@ class PostgresStore(Store):
             candidates = await self._candidates(conn, queue_id, blocked, chunk, now)
             ids = rules.pick_by_key(candidates, want, per_key, options.key_concurrency, taken)
             if ids:
-                cursor = await conn.execute(sql["take"], (worker, *lease, now, ids))
+                cursor = await conn.execute(sql["take"], (worker, *lease, now, now, ids))
                 took = {row[0]: row for row in await cursor.fetchall()}
                 delivered += [task_from_row(took[i], queue) for i in ids]  # the claim order
             if len(candidates) < chunk:
@@ -892,7 +908,9 @@ class PostgresStore(Store):
             await conn.execute(sql["save_bucket"], (bucket.tokens, bucket.at, queue_id))
             if len(delivered) < limit:
                 retry_at = bucket.next_token(options.rate, now)
-        return delivered, retry_at
+        if len(delivered) < allowance:  # fewer ready tasks than allowed: no limit held it
+            held = None
+        return delivered, retry_at, held
 
     async def _candidates(
         self,
@@ -943,19 +961,100 @@ class PostgresStore(Store):
             return task_from_row(row, queue)
 
     async def list_tasks(
-        self, queue: str, states: Sequence[State] | None, limit: int, after: int
+        self, queue: str, where: TaskFilter, limit: int, after: int, newest_first: bool = False
     ) -> list[Task]:
         queue_id = await self._queue_id(queue)
-        sql = f"SELECT {COLUMNS} FROM {self._schema}.tasks WHERE queue_id = %s AND id > %s"
-        params: list[Any] = [queue_id, after]
-        if states is not None:
-            sql += " AND state = ANY(%s)"
-            params.append([int(s) for s in states])
-        sql += " ORDER BY id LIMIT %s"
-        params.append(limit)
+        conditions, params = where_sql(where, _DIALECT)
+        if newest_first:
+            page, order = (" AND id < %s" if after else ""), " ORDER BY id DESC"
+        else:
+            page, order = " AND id > %s", " ORDER BY id"
+        sql = (
+            f"SELECT {COLUMNS} FROM {self._schema}.tasks WHERE queue_id = %s{conditions}{page}"
+            f"{order} LIMIT %s"
+        )
+        args = (queue_id, *params, *((after,) if page else ()), limit)
         async with self._transaction(writes=False) as conn:
-            rows = await (await conn.execute(sql, params)).fetchall()
+            rows = await (await conn.execute(sql, args)).fetchall()
         return [task_from_row(row, queue) for row in rows]
+
+    async def count_tasks(self, queue: str, where: TaskFilter) -> int:
+        queue_id = await self._queue_id(queue)
+        conditions, params = where_sql(where, _DIALECT)
+        sql = f"SELECT count(*) FROM {self._schema}.tasks WHERE queue_id = %s{conditions}"
+        async with self._transaction(writes=False) as conn:
+            row = await (await conn.execute(sql, (queue_id, *params))).fetchone()
+        assert row is not None
+        count: int = row[0]
+        return count
+
+    async def bulk(
+        self, queue: str, action: str, where: TaskFilter, now: int, after: int, limit: int
+    ) -> BulkStep:
+        queue_id = await self._queue_id(queue)
+        conditions, params = where_sql(where, _DIALECT)
+        s = self._schema
+        columns = "id, state" if action == "delete" else COLUMNS
+        sql = (
+            f"SELECT {columns} FROM {s}.tasks WHERE queue_id = %s{conditions} AND id > %s"
+            " ORDER BY id LIMIT %s FOR UPDATE"
+        )
+        states = rules.BULK_STATES[action]
+        async with self._transaction() as conn:
+            rows = await (await conn.execute(sql, (queue_id, *params, after, limit))).fetchall()
+            if not rows:
+                return BulkStep(0, 0, after, [])
+            last = rows[-1][0]
+            if action == "delete":
+                ids = [task_id for task_id, state in rows if _STATE_OF[state] in states]
+                await conn.execute(f"DELETE FROM {s}.tasks WHERE id = ANY(%s)", (ids,))
+                return BulkStep(len(rows), len(ids), last, [])
+            changes: list[Change] = []
+            for row in rows:
+                task = task_from_row(row, queue)
+                new = rules.bulk_change(task, action, now)
+                if new is None:
+                    continue
+                try:
+                    async with conn.transaction():  # a savepoint: a refused retry undoes itself
+                        change = await self._change(conn, queue_id, task, new, now)
+                except Conflict:
+                    continue  # a retry whose unique_key another task holds now
+                if change is not None:
+                    changes.append(change)
+            await self._notify_ready(conn, (change.task for change in changes))
+            return BulkStep(len(rows), len(changes), last, changes)
+
+    async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:
+        queue_id = await self._queue_id(queue)
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                self._sql["prune"], (queue_id, int(state), before, now, limit)
+            )
+            pruned: int = cursor.rowcount
+            return pruned
+
+    async def heads(self) -> dict[str, int]:
+        s = self._schema
+        async with self._transaction(writes=False) as conn:
+            rows = await (
+                await conn.execute(
+                    f"SELECT q.name, (SELECT updated_at FROM {s}.tasks WHERE queue_id = q.id"
+                    f" AND state = 1 ORDER BY priority DESC, id LIMIT 1) FROM {s}.queues AS q"
+                )
+            ).fetchall()
+        return {name: at for name, at in rows if at is not None}
+
+    async def running_by_worker(self) -> dict[tuple[str, str | None], int]:
+        s = self._schema
+        async with self._transaction(writes=False) as conn:
+            rows = await (
+                await conn.execute(
+                    f"SELECT q.name, t.worker, count(*) FROM {s}.tasks AS t JOIN {s}.queues AS q"
+                    " ON q.id = t.queue_id WHERE t.state = 3 GROUP BY q.name, t.worker"
+                )
+            ).fetchall()
+        return {(name, worker): count for name, worker, count in rows}
 
     async def counts(self) -> dict[str, dict[State, int]]:
         async with self._transaction(writes=False) as conn:
@@ -981,30 +1080,42 @@ class PostgresStore(Store):
             if row is None or row[1] != queue_id:
                 raise TaskNotFound.named(task_id, queue)
             task = task_from_row(row, queue)
-            new = rules.change_status(task, status, now)
-            if rules.retakes_key(task, new, now):
-                # As an enqueue of the key would: its lock, then a look for another holder.
-                key = task.unique_key
-                lock_name = f"katar:{self._schema}:unique:{queue_id}:{key}"
-                await conn.execute(self._sql["lock_keys"], ([lock_name],))
-                cursor = await conn.execute(self._sql["holders"], (queue_id, [key], now))
-                for found in await cursor.fetchall():
-                    holder = task_from_row(found, queue)
-                    if holder.id != task.id:
-                        raise rules.key_taken(task, holder)
-            # A status change never finishes a task: the history option plays no part.
-            change = await self._write(conn, task, new, _KEEP)
-            if change is not None and queue_id in self._fair and change.task.state in UNFINISHED:
-                # A retry of a task finished before the queue became fair: it needs a place.
-                (place,) = await self._fair_places(conn, queue_id, [change.task])
-                await conn.execute(
-                    f"UPDATE {self._schema}.tasks SET fair_seq = %s WHERE id = %s"
-                    " AND fair_seq IS NULL",
-                    (place, task.id),
-                )
+            change = await self._change(
+                conn, queue_id, task, rules.change_status(task, status, now), now
+            )
             if change is not None:
                 await self._notify_ready(conn, [change.task])
             return change
+
+    async def _change(
+        self,
+        conn: AsyncConnection[tuple[Any, ...]],
+        queue_id: int,
+        task: Task,
+        new: Task | None,
+        now: int,
+    ) -> Change | None:
+        """Write an operator's change to a task (a PATCH's, a bulk action's)."""
+        if rules.retakes_key(task, new, now):
+            # As an enqueue of the key would: its lock, then a look for another holder.
+            key = task.unique_key
+            lock_name = f"katar:{self._schema}:unique:{queue_id}:{key}"
+            await conn.execute(self._sql["lock_keys"], ([lock_name],))
+            cursor = await conn.execute(self._sql["holders"], (queue_id, [key], now))
+            for found in await cursor.fetchall():
+                holder = task_from_row(found, task.queue)
+                if holder.id != task.id:
+                    raise rules.key_taken(task, holder)
+        # A status change never finishes a task: the history option plays no part.
+        change = await self._write(conn, task, new, _KEEP)
+        if change is not None and queue_id in self._fair and change.task.state in UNFINISHED:
+            # A retry of a task finished before the queue became fair: it needs a place.
+            (place,) = await self._fair_places(conn, queue_id, [change.task])
+            await conn.execute(
+                f"UPDATE {self._schema}.tasks SET fair_seq = %s WHERE id = %s AND fair_seq IS NULL",
+                (place, task.id),
+            )
+        return change
 
     async def delete_task(self, queue: str, task_id: int) -> bool:
         queue_id = await self._queue_id(queue)
@@ -1092,6 +1203,9 @@ class PostgresStore(Store):
 
 
 _KEEP: Final = QueueOptions(persistent=True)
+_DIALECT: Final = Dialect(
+    param="%s", ids="id = ANY(%s)", ids_value=list, contains="strpos(error, %s) > 0"
+)
 # Tasks never delivered that expire (rules.expiry), by the partial index tasks_expiry.
 _EXPIRY: Final = "expires_at IS NOT NULL AND attempts = 0 AND state < 3"
 

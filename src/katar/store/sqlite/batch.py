@@ -35,8 +35,9 @@ _LEASE: Final = "lease_until=?+coalesce(timeout, ?)"
 _NOT_EXPIRED: Final = "(expires_at IS NULL OR attempts > 0 OR expires_at > ?)"
 _CLAIM: Final = (
     f"UPDATE tasks SET state=3, attempts=attempts+1, worker=?, {_LEASE}, run_at=NULL,"
-    " progress=NULL, updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND"
-    f" state=1 AND {_NOT_EXPIRED} ORDER BY priority DESC, id LIMIT ?) RETURNING {CLAIMED_COLUMNS}"
+    " progress=NULL, updated_at=?, started_at=? WHERE id IN (SELECT id FROM tasks WHERE"
+    f" queue_id=? AND state=1 AND {_NOT_EXPIRED} ORDER BY priority DESC, id LIMIT ?)"
+    f" RETURNING {CLAIMED_COLUMNS}"
 )
 # The other options of a claimed task that has some (see CLAIMED_COLUMNS).
 _OPTIONS: Final = f"SELECT {OPTIONS_COLUMNS} FROM tasks WHERE id=?"
@@ -109,7 +110,7 @@ _CANDIDATES_FAIR: Final = _CANDIDATES.replace(
 ).replace("priority DESC, id", "priority DESC, fair_seq, id")
 _TAKE: Final = (
     f"UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, {_LEASE}, run_at=NULL,"
-    " progress=NULL, updated_at=? WHERE id IN (SELECT value FROM json_each(?))"
+    " progress=NULL, updated_at=?, started_at=? WHERE id IN (SELECT value FROM json_each(?))"
     f" RETURNING {CLAIMED_COLUMNS}"
 )
 _NAME_WORKER: Final = "UPDATE tasks SET worker=? WHERE id IN (SELECT value FROM json_each(?))"
@@ -118,9 +119,9 @@ _NAME_WORKER: Final = "UPDATE tasks SET worker=? WHERE id IN (SELECT value FROM 
 # serves a SQLite file, and it places the waiting tasks as it makes a queue fair.
 _CLAIM_FAIR: Final = (
     f"UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, {_LEASE}, run_at=NULL,"
-    " progress=NULL, updated_at=? WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND"
-    f" state=1 AND fair_seq IS NOT NULL AND {_NOT_EXPIRED} ORDER BY priority DESC, fair_seq, id"
-    f" LIMIT ?) RETURNING {CLAIMED_COLUMNS}, fair_seq"
+    " progress=NULL, updated_at=?, started_at=? WHERE id IN (SELECT id FROM tasks WHERE"
+    f" queue_id=? AND state=1 AND fair_seq IS NOT NULL AND {_NOT_EXPIRED}"
+    f" ORDER BY priority DESC, fair_seq, id LIMIT ?) RETURNING {CLAIMED_COLUMNS}, fair_seq"
 )
 
 
@@ -142,6 +143,7 @@ class _Poll:
     retry_at: int | None = None  # see PollResult.retry_at
     take: int = 0  # what its claim takes: limit, or less where a limit cuts it
     cancel: list[int] = field(default_factory=list)  # see PollResult.cancel
+    held: str | None = None  # the limit that cut its take (rules.held_by), if one did
 
 
 class Batches:
@@ -223,10 +225,12 @@ class Batches:
                 continue
             # No key to count: the limits cut what the polls take, in arrival order, and
             # the claim is the plain one (in the fair order for a fair queue).
-            bucket, allowed = self._allowance(conn, group)
+            bucket, allowed, held = self._allowance(conn, group)
             for poll in group:
                 poll.take = min(poll.limit, allowed)
                 allowed -= poll.take
+                if poll.take < poll.limit:
+                    poll.held = held
                 if poll.take:
                     fair = queue_id in self._fair
                     statement = (queue_id, poll.worker, options.timeout, fair)
@@ -236,7 +240,7 @@ class Batches:
         for (queue_id, worker, timeout, fair), claiming in claims.items():
             total = sum(poll.take for poll in claiming)
             now = max(poll.now for poll in claiming)
-            lease = (now, timeout, now, queue_id, now, total)
+            lease = (now, timeout, now, now, queue_id, now, total)
             if fair:
                 rows = conn.execute(_CLAIM_FAIR, lease).fetchall()
             elif worker is None:
@@ -274,9 +278,12 @@ class Batches:
         options = None if row[10] else conn.execute(_OPTIONS, (row[0],)).fetchone()
         return claimed_from_row(row, queue, worker, now, lease_until, options)
 
-    def _allowance(self, conn: sqlite3.Connection, polls: list[_Poll]) -> tuple[Any, int]:
+    def _allowance(
+        self, conn: sqlite3.Connection, polls: list[_Poll]
+    ) -> tuple[Any, int, str | None]:
         """What a group's polls of one queue may take together (rules.claim_allowance),
-        and the queue's rate bucket refilled to now (None without a rate limit)."""
+        the queue's rate bucket refilled to now (None without a rate limit), and the limit
+        that cut it (rules.held_by)."""
         first = polls[0]
         options, queue_id = first.options, first.queue_id
         now = max(poll.now for poll in polls)
@@ -285,7 +292,8 @@ class Batches:
         if options.concurrency is not None:
             running = conn.execute(_RUNNING, (queue_id,)).fetchone()[0]
         asked = sum(poll.limit for poll in polls)
-        return bucket, rules.claim_allowance(options, asked, running, bucket)
+        allowed = rules.claim_allowance(options, asked, running, bucket)
+        return bucket, allowed, rules.held_by(options, asked, running, bucket)
 
     @staticmethod
     def _charge(bucket: rules.Bucket, rate: Rate, polls: list[_Poll]) -> None:
@@ -304,7 +312,7 @@ class Batches:
         first = polls[0]
         options, queue_id = first.options, first.queue_id
         now = max(poll.now for poll in polls)
-        bucket, allowed = self._allowance(conn, polls)
+        bucket, allowed, held = self._allowance(conn, polls)
         per_key: dict[str, int] = {}
         if allowed > 0:
             per_key = dict(conn.execute(_RUNNING_KEYS, (queue_id,)).fetchall())
@@ -321,7 +329,7 @@ class Batches:
             candidates = self._candidates(conn, queue_id, blocked, chunk, now)
             ids = rules.pick_by_key(candidates, want, per_key, options.key_concurrency, taken)
             if ids:  # taken now, so that the next look passes them; workers named below
-                lease = (now, options.timeout, now, msgspec.json.encode(ids))
+                lease = (now, options.timeout, now, now, msgspec.json.encode(ids))
                 took = conn.execute(_TAKE, lease)
                 rows.update((row[0], row) for row in took)
                 order += ids
@@ -333,6 +341,8 @@ class Batches:
         for poll in polls:
             mine = order[start : start + poll.limit]
             start += len(mine)
+            if len(mine) < poll.limit and len(order) >= allowed:  # the limit cut its share
+                poll.take, poll.held = len(mine), held
             poll.delivered = [
                 self._claimed(conn, rows[i], name, poll.worker, now, lease_until) for i in mine
             ]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Final
 
-SCHEMA_VERSION: Final = 7  # 4: idempotency keys; 5: key, fair_seq; 6: cancel, progress; 7: options
+SCHEMA_VERSION: Final = 8  # 4: idempotency keys; 5: key, fair_seq; 6: cancel, progress; 7: options
+# 8: delivery history
 # The tasks at rest: paused (0), done (4), failed (5), cancelled (6). Not "state IN (0, 4, 5,
 # 6)": SQLite evaluates a partial index's condition for every row a statement writes, and an
 # IN list builds a temporary b-tree each time (a 4 KiB page zeroed): 56,000 instructions per
@@ -40,7 +41,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     max_attempts INTEGER,  -- the task's own max_attempts; NULL: the queue's
     expires_at INTEGER,    -- a task never delivered is cancelled then
     unique_key TEXT,
-    unique_until INTEGER   -- the key is held until then, whatever the state
+    unique_until INTEGER,  -- the key is held until then, whatever the state
+    started_at INTEGER,    -- when the current (or last) delivery started
+    history BLOB           -- the earlier deliveries (rules.archive)
 );
 -- The claim's order, over READY tasks only: scheduled, running and finished tasks never
 -- slow it down however many there are.
@@ -96,6 +99,7 @@ _ADDED: Final = {
         ("tasks", "unique_key", "TEXT"),
         ("tasks", "unique_until", "INTEGER"),
     ),
+    8: (("tasks", "started_at", "INTEGER"), ("tasks", "history", "BLOB")),
 }
 
 

@@ -14,9 +14,19 @@ import msgspec
 
 from katar.core import idempotency, rules
 from katar.core.idempotency import Idempotency
-from katar.core.model import UNFINISHED, Ack, NewTask, QueueOptions, State, Task, parse_task_id
-from katar.core.storage import Change, Enqueued, LimitState, PollResult
+from katar.core.model import (
+    UNFINISHED,
+    Ack,
+    NewTask,
+    QueueOptions,
+    State,
+    Task,
+    TaskFilter,
+    parse_task_id,
+)
+from katar.core.storage import BulkStep, Change, Enqueued, LimitState, PollResult
 from katar.errors import (
+    Conflict,
     KatarError,
     QueueNotFound,
     StoreUnavailable,
@@ -24,8 +34,10 @@ from katar.errors import (
 )
 from katar.store._rows import (
     COLUMNS,
+    Dialect,
     task_from_row,
     update_values,
+    where_sql,
 )
 from katar.store.sqlite.batch import _RUNNING_KEYS, Batches, _Poll
 from katar.store.sqlite.schema import _AT_REST, SCHEMA_VERSION
@@ -78,7 +90,7 @@ _PLACE_ONE: Final = "UPDATE tasks SET fair_seq=? WHERE id=? AND fair_seq IS NULL
 _UPDATE: Final = (
     "UPDATE tasks SET state=?, priority=?, attempts=?, attempt_base=?, error=?, result=?,"
     " worker=?, updated_at=?, run_at=?, lease_until=?, cancel_requested=?, progress=?,"
-    " expires_at=? WHERE id=?"
+    " expires_at=?, started_at=?, history=? WHERE id=?"
 )
 # A task with per-task options or a unique_key (rare): every column, in one statement.
 _INSERT_FULL: Final = (
@@ -431,7 +443,11 @@ class SQLiteStore(Batches, GroupCommit):
 
         outcome = await self._write(op)
         if isinstance(outcome, _Poll):
-            return PollResult(outcome.delivered, outcome.changes, outcome.retry_at, outcome.cancel)
+            # A limit held the poll back when it cut the take and the claim filled what remained.
+            held = outcome.held if len(outcome.delivered) >= outcome.take else None
+            return PollResult(
+                outcome.delivered, outcome.changes, outcome.retry_at, outcome.cancel, held
+            )
         return outcome
 
     async def get_task(self, queue: str, task_id: int) -> Task | None:
@@ -444,27 +460,105 @@ class SQLiteStore(Batches, GroupCommit):
         return await self._read(op)
 
     async def list_tasks(
-        self, queue: str, states: Sequence[State] | None, limit: int, after: int
+        self, queue: str, where: TaskFilter, limit: int, after: int, newest_first: bool = False
     ) -> list[Task]:
         queue_id = self._queue_id(queue)
+        conditions, params = self._where(where)
+        if newest_first:
+            page, order = (" AND id<?" if after else ""), " ORDER BY id DESC"
+        else:
+            page, order = " AND id>?", " ORDER BY id"
+        sql = f"SELECT {_COLUMNS} FROM tasks WHERE queue_id=?{conditions}{page}{order} LIMIT ?"
+        args = (queue_id, *params, *((after,) if page else ()), limit)
 
         def op(conn: sqlite3.Connection) -> list[Task]:
-            if states is None:
-                sql = f"SELECT {_COLUMNS} FROM tasks WHERE queue_id=? AND id>? ORDER BY id LIMIT ?"
-                rows = conn.execute(sql, (queue_id, after, limit)).fetchall()
-            else:
-                # Resting tasks have their own partial index: SQLite takes it when the
-                # query repeats the index's condition word for word. The other states are
-                # found in id order. The states are our own integers, safe in the SQL.
-                literal = ",".join(str(int(state)) for state in states)
-                resting = _RESTING.issuperset(states)
-                sql = (
-                    f"SELECT {_COLUMNS} FROM tasks WHERE queue_id=? AND state IN ({literal})"
-                    + (f" AND {_AT_REST}" if resting else "")
-                    + " AND id>? ORDER BY id LIMIT ?"
-                )
-                rows = conn.execute(sql, (queue_id, after, limit)).fetchall()
-            return [self._task(row) for row in rows]
+            return [self._task(row) for row in conn.execute(sql, args).fetchall()]
+
+        return await self._read(op)
+
+    async def count_tasks(self, queue: str, where: TaskFilter) -> int:
+        queue_id = self._queue_id(queue)
+        conditions, params = self._where(where)
+        sql = f"SELECT count(*) FROM tasks WHERE queue_id=?{conditions}"
+
+        def op(conn: sqlite3.Connection) -> int:
+            count: int = conn.execute(sql, (queue_id, *params)).fetchone()[0]
+            return count
+
+        return await self._read(op)
+
+    @staticmethod
+    def _where(where: TaskFilter) -> tuple[str, list[Any]]:
+        conditions, params = where_sql(where, _DIALECT)
+        if where.states is not None and _RESTING.issuperset(where.states):
+            # Resting tasks have their own partial index: SQLite takes it when the query
+            # repeats the index's condition word for word.
+            conditions += f" AND {_AT_REST}"
+        return conditions, params
+
+    async def bulk(
+        self, queue: str, action: str, where: TaskFilter, now: int, after: int, limit: int
+    ) -> BulkStep:
+        queue_id = self._queue_id(queue)
+        conditions, params = self._where(where)
+        columns = "id, state" if action == "delete" else _COLUMNS
+        sql = (
+            f"SELECT {columns} FROM tasks WHERE queue_id=?{conditions} AND id>? ORDER BY id LIMIT ?"
+        )
+        states = rules.BULK_STATES[action]
+
+        def op(conn: sqlite3.Connection) -> BulkStep:
+            rows = conn.execute(sql, (queue_id, *params, after, limit)).fetchall()
+            if not rows:
+                return BulkStep(0, 0, after, [])
+            last = rows[-1][0]
+            if action == "delete":
+                ids = [task_id for task_id, state in rows if _STATES[state] in states]
+                conn.execute(_DELETE_IDS, (msgspec.json.encode(ids),))
+                return BulkStep(len(rows), len(ids), last, [])
+            changes: list[Change] = []
+            for row in rows:
+                task = self._task(row)
+                new = rules.bulk_change(task, action, now)
+                if new is None:
+                    continue
+                try:
+                    change = self._change(conn, queue_id, task, new, now)
+                except Conflict:
+                    continue  # a retry whose unique_key another task holds now
+                if change is not None:
+                    changes.append(change)
+            return BulkStep(len(rows), len(changes), last, changes)
+
+        return await self._write(op)
+
+    async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:
+        queue_id = self._queue_id(queue)
+
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(_PRUNE, (queue_id, int(state), before, now, limit)).rowcount
+
+        return await self._write(op)
+
+    async def heads(self) -> dict[str, int]:
+        def op(conn: sqlite3.Connection) -> dict[str, int]:
+            names = self._queue_names
+            return {
+                names[queue_id]: at
+                for queue_id, at in conn.execute(_HEADS)
+                if at is not None and queue_id in names
+            }
+
+        return await self._read(op)
+
+    async def running_by_worker(self) -> dict[tuple[str, str | None], int]:
+        def op(conn: sqlite3.Connection) -> dict[tuple[str, str | None], int]:
+            names = self._queue_names
+            return {
+                (names[queue_id], worker): count
+                for queue_id, worker, count in conn.execute(_RUNNING_BY_WORKER)
+                if queue_id in names
+            }
 
         return await self._read(op)
 
@@ -507,23 +601,28 @@ class SQLiteStore(Batches, GroupCommit):
             if row is None or self._queue_names.get(row[1]) != queue:
                 raise TaskNotFound.named(task_id, queue)
             task = self._task(row)
-            new = rules.change_status(task, status, now)
-            if rules.retakes_key(task, new, now):
-                keys = msgspec.json.encode([task.unique_key])
-                for found in conn.execute(_HOLDERS, (row[1], now, keys)):
-                    holder = self._task(found)
-                    if holder.id != task.id:
-                        raise rules.key_taken(task, holder)
-            # A status change never finishes a task, so the queue's history option plays no
-            # part: any options will do.
-            change = self._store_change(conn, task, new, _KEEP)
-            if change is not None and row[1] in self._fair and change.task.state in UNFINISHED:
-                # A retry of a task finished before the queue became fair: it needs a place.
-                (place,) = self._fair_places(conn, row[1], [change.task])
-                conn.execute(_PLACE_ONE, (place, task.id))
-            return change
+            return self._change(conn, row[1], task, rules.change_status(task, status, now), now)
 
         return await self._write(op)
+
+    def _change(
+        self, conn: sqlite3.Connection, queue_id: int, task: Task, new: Task | None, now: int
+    ) -> Change | None:
+        """Write an operator's change to a task (a PATCH's, a bulk action's)."""
+        if rules.retakes_key(task, new, now):
+            keys = msgspec.json.encode([task.unique_key])
+            for found in conn.execute(_HOLDERS, (queue_id, now, keys)):
+                holder = self._task(found)
+                if holder.id != task.id:
+                    raise rules.key_taken(task, holder)
+        # A status change never finishes a task, so the queue's history option plays no
+        # part: any options will do.
+        change = self._store_change(conn, task, new, _KEEP)
+        if change is not None and queue_id in self._fair and change.task.state in UNFINISHED:
+            # A retry of a task finished before the queue became fair: it needs a place.
+            (place,) = self._fair_places(conn, queue_id, [change.task])
+            conn.execute(_PLACE_ONE, (place, task.id))
+        return change
 
     async def delete_task(self, queue: str, task_id: int) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
@@ -598,3 +697,26 @@ _NEXT_DEADLINE: Final = (
 )
 
 _KEEP: Final = QueueOptions(persistent=True)
+_DIALECT: Final = Dialect(
+    param="?",
+    ids="id IN (SELECT value FROM json_each(?))",
+    ids_value=lambda ids: msgspec.json.encode(list(ids)),
+    contains="instr(error, ?) > 0",
+)
+_STATES: Final = tuple(State)
+_DELETE_IDS: Final = "DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?))"
+# Retention (rules.prune_before, holds_key: in SQL): finished at or before the time given,
+# and holding no unique_key, by the partial index tasks_at_rest in id order (the oldest first).
+_PRUNE: Final = (
+    "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND state=?"
+    f" AND {_AT_REST} AND updated_at<=? AND (unique_until IS NULL OR unique_until<=?)"
+    " ORDER BY id LIMIT ?)"
+)
+# Each queue's head, one step down the index tasks_ready.
+_HEADS: Final = (
+    "SELECT id, (SELECT updated_at FROM tasks WHERE queue_id=queues.id AND state=1"
+    " ORDER BY priority DESC, id LIMIT 1) FROM queues"
+)
+_RUNNING_BY_WORKER: Final = (
+    "SELECT queue_id, worker, count(*) FROM tasks WHERE state=3 GROUP BY queue_id, worker"
+)

@@ -1,0 +1,216 @@
+"""The operator's commands of ``katar``: queues, tasks, retry, pause, resume, workers.
+
+Each one is a call of the Python client (katar.client.Producer) over HTTP, printed as an
+aligned table for people, or as JSON with ``--json`` for scripts. The server's refusals
+reach the user as its message, with exit status 1 (katar.cli maps the errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from katar.errors import ConfigError
+from katar.protocol import STATUSES
+
+if TYPE_CHECKING:  # loaded when a command runs: `katar serve` needs no HTTP client
+    from katar.client import Producer
+
+#: The operator's commands: name -> help.
+COMMANDS: Final = {
+    "queues": "list the queues with their task counts",
+    "tasks": "list a queue's tasks: katar tasks QUEUE [--status S ...]",
+    "retry": "retry every failed task of a queue (or those of --status)",
+    "pause": "pause a queue: its workers' polls take nothing until resumed",
+    "resume": "resume a paused queue",
+    "workers": "list the workers seen in the last hour",
+}
+#: The most characters of a task's error a table shows.
+_ERROR_WIDTH: Final = 60
+
+
+def add_parsers(commands: Any, connection: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Declare the commands on ``commands`` (argparse's subparsers); ``connection`` adds
+    the options every client command has (--url, --token, --ca-file)."""
+    for name, text in COMMANDS.items():
+        command = commands.add_parser(name, help=text, description=text[0].upper() + text[1:])
+        connection(command)
+        command.add_argument(
+            "--json", action="store_true", help="print JSON for scripts instead of a table"
+        )
+        if name in ("tasks", "retry", "pause", "resume"):
+            command.add_argument("queue", metavar="QUEUE", help="the queue's name")
+        if name in ("tasks", "retry"):
+            command.add_argument(
+                "--status",
+                action="append",
+                choices=STATUSES,
+                metavar="STATUS",
+                help=f"only tasks of this status (repeat for more): {', '.join(STATUSES)}"
+                + ("" if name == "tasks" else " (default failed)"),
+            )
+            command.add_argument("--key", help="only tasks of this key")
+            command.add_argument("--error", metavar="TEXT", help="only tasks whose error has TEXT")
+        if name == "tasks":
+            command.add_argument(
+                "--limit", type=int, default=20, metavar="N", help="show N tasks (default 20)"
+            )
+            command.add_argument("--worker", help="only tasks its worker last held")
+            command.add_argument("--after", metavar="ID", help="start after this task id")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the operator's command ``args.command``."""
+    from katar.client import Producer
+
+    with Producer(args.url, token=args.token, verify=args.ca_file or True) as producer:
+        return _RUNNERS[args.command](producer, args)
+
+
+def _queues(producer: Producer, args: argparse.Namespace) -> int:
+    queues = producer.queues()
+    if args.json:
+        return _print_json([msgspec.to_builtins(queue) for queue in queues])
+    rows = [
+        [
+            queue.name,
+            "paused" if queue.paused else "active",
+            *(str(queue.counts.get(status, 0)) for status in STATUSES),
+        ]
+        for queue in queues
+    ]
+    _print_table(["QUEUE", "STATE", *(s.upper() for s in STATUSES)], rows, numeric_from=2)
+    return 0
+
+
+def _tasks(producer: Producer, args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise _usage("--limit must be at least 1")
+    tasks = producer.tasks(
+        args.queue,
+        args.status,
+        args.limit,
+        args.after,
+        key=args.key,
+        worker=args.worker,
+        error=args.error,
+    )
+    if args.json:
+        return _print_json([msgspec.to_builtins(task) for task in tasks])
+    now = datetime.now(UTC)
+    rows = [
+        [
+            task.id,
+            task.status,
+            str(task.priority),
+            str(task.attempts),
+            _age(task.created_at, now),
+            task.key or "",
+            task.worker or "",
+            _one_line(task.error or ""),
+        ]
+        for task in tasks
+    ]
+    header = ["ID", "STATUS", "PRIORITY", "ATTEMPTS", "AGE", "KEY", "WORKER", "ERROR"]
+    _print_table(header, rows)
+    return 0
+
+
+def _retry(producer: Producer, args: argparse.Namespace) -> int:
+    status = args.status or ["failed"]
+    done = producer.bulk(args.queue, "retry", status=status, key=args.key, error=args.error)
+    if args.json:
+        return _print_json(msgspec.to_builtins(done))
+    print(f"retried {done.changed} of the {done.matched} task(s) that matched")
+    return 0
+
+
+def _pause(producer: Producer, args: argparse.Namespace) -> int:
+    producer.pause(args.queue)
+    return _said(args, {"queue": args.queue, "paused": True}, f"queue {args.queue} paused")
+
+
+def _resume(producer: Producer, args: argparse.Namespace) -> int:
+    producer.resume(args.queue)
+    return _said(args, {"queue": args.queue, "paused": False}, f"queue {args.queue} resumed")
+
+
+def _workers(producer: Producer, args: argparse.Namespace) -> int:
+    workers = producer.workers()
+    if args.json:
+        return _print_json([msgspec.to_builtins(worker) for worker in workers])
+    now = datetime.now(UTC)
+    rows = [
+        [w.name, ",".join(w.queues), _age(w.last_poll, now), str(w.in_progress)] for w in workers
+    ]
+    _print_table(["WORKER", "QUEUES", "LAST POLL", "IN PROGRESS"], rows)
+    return 0
+
+
+_RUNNERS: Final[dict[str, Callable[[Producer, argparse.Namespace], int]]] = {
+    "queues": _queues,
+    "tasks": _tasks,
+    "retry": _retry,
+    "pause": _pause,
+    "resume": _resume,
+    "workers": _workers,
+}
+
+
+def _usage(message: str) -> ConfigError:
+    return ConfigError(message)  # exit status 2, as katar.cli maps it
+
+
+def _said(args: argparse.Namespace, value: Any, text: str) -> int:
+    if args.json:
+        return _print_json(value)
+    print(text)
+    return 0
+
+
+def _print_json(value: Any) -> int:
+    json.dump(value, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _print_table(
+    header: Sequence[str], rows: Iterable[Sequence[str]], numeric_from: int = -1
+) -> None:
+    """Columns aligned to their widest cell; those from ``numeric_from`` on to the right."""
+    table = [list(header), *(list(row) for row in rows)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        cells = [
+            cell.rjust(width) if 0 <= numeric_from <= i else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
+
+
+def _age(when: str | None, now: datetime) -> str:
+    """How long ago an ISO time was, for people: 45s, 12m, 3h, 2d."""
+    if not when:
+        return ""
+    try:
+        then = datetime.fromisoformat(when)
+    except ValueError:
+        return when
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    seconds = max(int((now - then).total_seconds()), 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _ERROR_WIDTH else text[: _ERROR_WIDTH - 1] + "…"

@@ -1,0 +1,133 @@
+"""What this process has done since it started, per queue: the counters and histograms that
+``GET /metrics`` and the throughput history read.
+
+The histograms are written here rather than taken from a Prometheus client library: the
+engine observes one on every delivery and every ack, so an observation must be a bisect into
+a fixed list of bounds and two additions, without allocating; and the exposition is a few
+lines of text (katar.http.metrics). A library would also keep a second, global registry of
+figures beside the engine's own.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import Final
+
+#: Upper bounds of the histograms' buckets, in seconds (Prometheus's ``le``), from a
+#: millisecond to a day: a task's wait and run time span that range. ``+Inf`` is implicit.
+BUCKETS: Final[tuple[float, ...]] = (
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    21600.0,
+    86400.0,
+)
+_BOUNDS_MS: Final = tuple(bound * 1000 for bound in BUCKETS)
+
+#: Why a limit held a poll back (katar_limited_polls_total's ``reason``).
+LIMIT_REASONS: Final = ("rate", "concurrency", "paused")
+
+
+class Histogram:
+    """Observations of a duration, in buckets (counts per bucket, not yet cumulative)."""
+
+    __slots__ = ("count", "counts", "sum_ms")
+
+    def __init__(self) -> None:
+        #: Per bucket of BUCKETS, then one for what is above the last bound.
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.count = 0
+        self.sum_ms = 0
+
+    def observe(self, ms: int) -> None:
+        """Count one duration of ``ms`` milliseconds (a negative one, from a clock that
+        stepped back, counts as 0)."""
+        if ms < 0:
+            ms = 0
+        self.counts[bisect_left(_BOUNDS_MS, ms)] += 1
+        self.count += 1
+        self.sum_ms += ms
+
+    def cumulative(self) -> list[int]:
+        """The count at or below each bound of BUCKETS, then the total (``+Inf``)."""
+        total, result = 0, []
+        for count in self.counts:
+            total += count
+            result.append(total)
+        return result
+
+
+def _add(counter: dict[str, int], queue: str, n: int = 1) -> None:
+    counter[queue] = counter.get(queue, 0) + n
+
+
+@dataclass(slots=True)
+class Counters:
+    """What this process has done since it started, per queue (for /metrics)."""
+
+    enqueued: dict[str, int] = field(default_factory=dict)
+    delivered: dict[str, int] = field(default_factory=dict)
+    #: "done" acks this server applied.
+    done: dict[str, int] = field(default_factory=dict)
+    #: "failed" acks this server applied, the task retried or not.
+    failed: dict[str, int] = field(default_factory=dict)
+    #: Tasks queued again: after a failed ack or an expired lease, or by an operator.
+    retries: dict[str, int] = field(default_factory=dict)
+    #: Deliveries whose lease ran out without an ack.
+    lease_expiries: dict[str, int] = field(default_factory=dict)
+    #: Tasks that became cancelled (by an operator, an expiry, a dependency).
+    cancellations: dict[str, int] = field(default_factory=dict)
+    #: Polls a limit held back, per (queue, reason of LIMIT_REASONS).
+    limited_polls: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Seconds from enqueue (or the end of a delay) to the first delivery.
+    wait: dict[str, Histogram] = field(default_factory=dict)
+    #: Seconds from a delivery to the ack that ended it (done or failed).
+    run: dict[str, Histogram] = field(default_factory=dict)
+
+    def add(self, counter: dict[str, int], queue: str, n: int = 1) -> None:
+        """Add ``n`` to the queue's count in ``counter`` (one of this object's)."""
+        _add(counter, queue, n)
+
+    def limited(self, queue: str, reason: str) -> None:
+        """Count a poll that a limit held back."""
+        key = (queue, reason)
+        self.limited_polls[key] = self.limited_polls.get(key, 0) + 1
+
+    def observe(self, histograms: dict[str, Histogram], queue: str, ms: int) -> None:
+        """Observe a duration in the queue's histogram of ``histograms`` (wait or run)."""
+        histogram = histograms.get(queue)
+        if histogram is None:
+            histogram = histograms[queue] = Histogram()
+        histogram.observe(ms)
+
+    def forget(self, queue: str) -> None:
+        """Drop a deleted queue's figures (a queue created again starts from zero)."""
+        for counter in (
+            self.enqueued,
+            self.delivered,
+            self.done,
+            self.failed,
+            self.retries,
+            self.lease_expiries,
+            self.cancellations,
+        ):
+            counter.pop(queue, None)
+        for histograms in (self.wait, self.run):
+            histograms.pop(queue, None)
+        for key in [key for key in self.limited_polls if key[0] == queue]:
+            del self.limited_polls[key]

@@ -1,0 +1,122 @@
+"""`katar queues`, `tasks`, `retry`, `pause`, `resume`, `workers` against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from katar.client import Producer
+from tests.acceptance.conftest import KatarProcess
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KatarProcess]:
+    cwd: Path = tmp_path_factory.mktemp("admin")
+    process = KatarProcess(cwd, "--db", "sqlite:///k.db").start()
+    httpx.put(f"{process.url}/v1/queue/jobs", json={"persistent": True}).raise_for_status()
+    with Producer(process.url) as producer:
+        producer.enqueue_many("jobs", [1, 2, 3], key="acme")
+    # Two tasks fail for good, one is done, by a worker named "w1".
+    poll = httpx.post(f"{process.url}/v1/queue/jobs", json={"max": 3, "worker": "w1"})
+    ids = [task["_id"] for task in poll.json()["tasks"]]
+    acks = [{"_id": ids[0], "status": "done"}]
+    acks += [{"_id": i, "status": "failed", "error": "SMTP refused\nthe mail"} for i in ids[1:]]
+    body = {"tasks": acks, "max": 0, "worker": "w1"}
+    httpx.post(f"{process.url}/v1/queue/jobs", json=body).raise_for_status()
+    yield process
+    process.kill()
+
+
+def katar(server: KatarProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "katar", *args],
+        cwd=server.cwd,
+        env={**os.environ, "KATAR_URL": server.url},
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def test_queues_as_a_table_and_as_json(server: KatarProcess) -> None:
+    table = katar(server, "queues")
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()
+    assert header.split()[:3] == ["QUEUE", "STATE", "PAUSED"]
+    assert row.split() == ["jobs", "active", "0", "0", "0", "1", "2", "0"]
+    assert header.index("FAILED") + len("FAILED") == row.index("2") + 1  # right-aligned
+    listed = json.loads(katar(server, "queues", "--json").stdout)
+    assert [q["name"] for q in listed] == ["jobs"]
+    assert listed[0]["counts"]["failed"] == 2
+
+
+def test_tasks_filtered_by_status_and_error(server: KatarProcess) -> None:
+    table = katar(server, "tasks", "jobs", "--status", "failed", "--error", "SMTP")
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == [
+        "ID",
+        "STATUS",
+        "PRIORITY",
+        "ATTEMPTS",
+        "AGE",
+        "KEY",
+        "WORKER",
+        "ERROR",
+    ]
+    assert len(rows) == 2
+    assert all("failed" in row and "acme" in row and "SMTP refused the mail" in row for row in rows)
+    listed = json.loads(katar(server, "tasks", "jobs", "--status", "done", "--json").stdout)
+    assert [t["status"] for t in listed] == ["done"]
+
+
+def test_pause_and_resume(server: KatarProcess) -> None:
+    paused = katar(server, "pause", "jobs")
+    assert paused.returncode == 0, paused.stderr
+    assert paused.stdout.strip() == "queue jobs paused"
+    assert "paused" in katar(server, "queues").stdout.splitlines()[1].split()[1]
+    resumed = katar(server, "resume", "jobs", "--json")
+    assert json.loads(resumed.stdout) == {"queue": "jobs", "paused": False}
+    assert katar(server, "queues").stdout.splitlines()[1].split()[1] == "active"
+
+
+def test_workers(server: KatarProcess) -> None:
+    table = katar(server, "workers")
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()
+    assert header.split()[:2] == ["WORKER", "QUEUES"]
+    assert row.split()[:2] == ["w1", "jobs"]
+    (seen,) = json.loads(katar(server, "workers", "--json").stdout)
+    assert seen["name"] == "w1"
+    assert seen["in_progress"] == 0
+
+
+def test_retry_the_failed_tasks(server: KatarProcess) -> None:
+    retried = katar(server, "retry", "jobs", "--json")
+    assert retried.returncode == 0, retried.stderr
+    assert json.loads(retried.stdout) == {"matched": 2, "changed": 2}
+    again = katar(server, "retry", "jobs")
+    assert again.stdout.strip() == "retried 0 of the 0 task(s) that matched"
+    with Producer(server.url) as producer:
+        assert len(producer.tasks("jobs", "queued")) == 2
+
+
+def test_clear_errors(server: KatarProcess) -> None:
+    missing = katar(server, "tasks", "nope")
+    assert missing.returncode == 1
+    assert "404 Queue not found" in missing.stderr
+    usage = katar(server, "tasks", "jobs", "--status", "lost")
+    assert usage.returncode == 2
+    assert "invalid choice: 'lost'" in usage.stderr
+    bad_limit = katar(server, "tasks", "jobs", "--limit", "0")
+    assert bad_limit.returncode == 2
+    assert "--limit must be at least 1" in bad_limit.stderr
+    no_queue = katar(server, "pause")
+    assert no_queue.returncode == 2

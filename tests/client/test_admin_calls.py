@@ -1,0 +1,58 @@
+"""The producers' operator calls (queues, pause, resume, bulk, workers) against the app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import httpx
+import pytest
+
+from katar import Katar
+from katar.client import AsyncProducer, RequestRejected
+from katar.errors import ValidationError
+from katar.http import App
+
+URL = "http://katar"
+
+
+@pytest.fixture
+async def producer() -> AsyncIterator[AsyncProducer]:
+    katar = Katar("memory://")
+    katar.queue("q", persistent=True)
+    async with katar:
+        transport = httpx.ASGITransport(app=App(katar.engine))
+        async with AsyncProducer(URL, transport=transport) as client:
+            yield client
+
+
+async def test_queues_pause_and_resume(producer: AsyncProducer) -> None:
+    await producer.enqueue_many("q", [1, 2])
+    (queue,) = await producer.queues()
+    assert (queue.name, queue.paused, queue.counts["queued"]) == ("q", False, 2)
+    await producer.pause("q")
+    assert (await producer.queues())[0].paused
+    await producer.resume("q")
+    assert not (await producer.queues())[0].paused
+    with pytest.raises(RequestRejected, match="404 Queue not found"):
+        await producer.pause("nope")
+
+
+async def test_listing_filters_reach_the_server(producer: AsyncProducer) -> None:
+    await producer.enqueue_many("q", [1, 2], key="acme")
+    await producer.enqueue("q", 3, key="other")
+    listed = await producer.tasks("q", "queued", key="acme")
+    assert [task.key for task in listed] == ["acme", "acme"]
+
+
+async def test_bulk_needs_aware_times(producer: AsyncProducer) -> None:
+    with pytest.raises(ValidationError, match="before needs a time zone"):
+        await producer.bulk("q", "retry", before=datetime(2030, 1, 1))
+
+
+async def test_bulk_and_workers(producer: AsyncProducer) -> None:
+    (task,) = await producer.enqueue_many("q", [1])
+    await producer.cancel("q", task.id)
+    done = await producer.bulk("q", "retry", status="cancelled")
+    assert (done.matched, done.changed) == (1, 1)
+    assert await producer.workers() == []
