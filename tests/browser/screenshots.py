@@ -31,9 +31,13 @@ def scene(api: httpx.Client) -> str:
     api.put("/v1/queue/emails", json={"persistent": True, "max_attempts": 3})
     api.put("/v1/queue/reports", json={"persistent": True, "concurrency": 2})
     api.put("/v1/queue/thumbnails", json={"persistent": True})
-    emails = [{"data": {"to": f"user{n}@example.com", "template": "welcome"}} for n in range(40)]
-    for task in emails:
-        task["key"] = task["data"]["to"]  # type: ignore[index]
+    emails = [
+        {
+            "data": {"to": f"user{n}@example.com", "template": "welcome"},
+            "key": f"user{n}@example.com",
+        }
+        for n in range(40)
+    ]
     api.post("/v1/queue/emails/tasks", json={"tasks": emails})
     taken = api.post("/v1/queue/emails", json={"max": 30, "worker": "mailer-1"}).json()["tasks"]
     acks = []
@@ -48,7 +52,7 @@ def scene(api: httpx.Client) -> str:
     api.post("/v1/queue/reports", json={"max": 2, "worker": "reporter-a"})
     api.post("/v1/queue/thumbnails/tasks", json={"tasks": [{"data": n} for n in range(120)]})
     api.patch("/v1/queue/thumbnails", json={"paused": True})
-    return next(a["_id"] for a in acks if a["status"] == "failed")
+    return str(next(a["_id"] for a in acks if a["status"] == "failed"))
 
 
 def traffic(api: httpx.Client, stop: threading.Event) -> None:

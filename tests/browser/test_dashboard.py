@@ -84,7 +84,11 @@ def test_a_newcomer_finds_a_failed_task_and_retries_it(
     ).click()
     page.get_by_role("link", name=f"#{first}", exact=True).click()
     expect(page.get_by_role("heading", name=f"Task #{first}")).to_be_visible()
-    expect(page.get_by_text("SMTP 550: mailbox unavailable")).to_be_visible()
+    expect(page.get_by_role("region", name="Error")).to_contain_text(
+        "SMTP 550: mailbox unavailable"
+    )
+    deliveries = page.get_by_role("region", name="Deliveries")
+    expect(deliveries.get_by_role("cell", name="mailer-1")).to_be_visible()
     page.get_by_role("button", name="Retry").click()
     expect(page.get_by_role("status")).to_have_text("Queued again.")
     assert api.get(f"/v1/queue/{name}/tasks/{first}").json()["status"] == "queued"
@@ -129,7 +133,7 @@ def test_a_producer_token_may_look_but_not_act(
     ).to_have_count(0)
 
     page.goto(f"{server.url}/ui#/task/{PRODUCER_QUEUE}/{failed}")
-    expect(page.get_by_text("card declined")).to_be_visible()
+    expect(page.get_by_role("region", name="Error")).to_contain_text("card declined")
     expect(page.get_by_role("button", name=re.compile("Retry|Cancel|Delete"))).to_have_count(0)
 
     # And the API refuses the token, whatever a page might send (the browser logs the 403).

@@ -458,7 +458,7 @@ function Filters({ queue, status, query }) {
   return html`
     <form class="filters" onSubmit=${apply} aria-label="Filter tasks">
       ${field("key", "Key")} ${field("worker", "Worker")} ${field("error", "Error contains")}
-      ${field("from", "From", "datetime-local")} ${field("to", "To", "datetime-local")}
+      ${field("from", "Created from", "datetime-local")} ${field("to", "Created before", "datetime-local")}
       <div class="buttons">
         <button type="submit" class="primary">Filter</button>
         <button type="button" onClick=${clear}>Clear</button>
@@ -478,6 +478,8 @@ function QueuePage({ who, name, query }) {
   const listQuery = new URLSearchParams({ order: "desc", limit: String(PAGE) });
   if (status) listQuery.set("status", status);
   for (const f of ["key", "worker", "error"]) if (query.get(f)) listQuery.set(f, query.get(f));
+  if (query.get("from")) listQuery.set("created_after", new Date(query.get("from")).toISOString());
+  if (query.get("to")) listQuery.set("created_before", new Date(query.get("to")).toISOString());
   if (cursor) listQuery.set("after", cursor);
   const [page, error, refresh] = usePoll(() => api("GET", queuePath(name, `/tasks?${listQuery}`)), [
     "tasks",
@@ -544,8 +546,6 @@ function QueuePage({ who, name, query }) {
         )}
       </nav>
       <${Filters} key=${query.toString()} queue=${name} status=${status} query=${query} />
-      ${(query.get("from") || query.get("to")) &&
-      html`<p class="hint">From and To narrow the actions on every matching task; the list shows every time, newest first.</p>`}
       ${message && html`<p class="notice" role="status">${message}</p>`}
       <${Problem} error=${error} />
       ${canAct &&
@@ -643,7 +643,7 @@ function QueuePage({ who, name, query }) {
 
 function Block({ label, value }) {
   if (value === null || value === undefined) return null;
-  return html`<section class="block"><h2>${label}</h2><pre tabindex="0">${typeof value === "string" ? value : json(value)}</pre></section>`;
+  return html`<section class="block" aria-label=${label}><h2>${label}</h2><pre tabindex="0">${typeof value === "string" ? value : json(value)}</pre></section>`;
 }
 
 function Progress({ value }) {
@@ -726,7 +726,7 @@ function TaskPage({ who, queue, id }) {
         <${Block} label="Error" value=${task.error} />
         <${Block} label="Data" value=${task.data} />
         <${Block} label="Result" value=${task.result} />
-        <section class="block">
+        <section class="block" aria-label="Deliveries">
           <h2>Deliveries</h2>
           ${task.history && task.history.length
             ? html`<div class="table-wrap"><table>

@@ -70,7 +70,7 @@ export function Chart({ label, samples, span }) {
       <figcaption>
         ${SERIES.map(
           (k) =>
-            html`<span class="key ${k}"><i aria-hidden="true"></i>${k} ${last ? rate(last[k] || 0) : "–"}/s</span>`,
+            html`<span class="key ${k}"><i aria-hidden="true"></i>${k} ${last ? rate(last[k] || 0) : 0}/s</span>`,
         )}
       </figcaption>
     </figure>
