@@ -178,3 +178,26 @@ def test_every_page_stays_on_this_server_and_logs_no_error(
     dialog.get_by_label("Task as JSON").fill('{"data": {"to": "someone"}}')
     dialog.get_by_role("button", name="Enqueue").click()
     expect(page.get_by_role("status")).to_contain_text("Enqueued task")
+
+
+def test_the_keyboard_is_enough(page: Page, server: KatarProcess, api: httpx.Client) -> None:
+    name = queue(api, "keys")
+    fail_tasks(api, name, ["first", "second"])
+    page.goto(f"{server.url}/ui#/queue/{name}?status=failed")
+    page.get_by_label("Token").focus()
+    page.keyboard.type(TOKENS["admin"])
+    page.keyboard.press("Enter")
+    retry_all = page.get_by_role("button", name="Retry all…")
+    retry_all.focus()
+    page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("2 tasks match")
+    page.keyboard.press("Escape")
+    expect(dialog).to_have_count(0)
+    assert counts(api, name)["failed"] == 2  # closing the dialog changed nothing
+    # The error filter, typed and submitted with Enter.
+    page.get_by_label("Error contains").focus()
+    page.keyboard.type("seco")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("cell", name="second")).to_be_visible()
+    expect(page.get_by_role("cell", name="first")).to_have_count(0)
