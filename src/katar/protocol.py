@@ -28,6 +28,7 @@ Status = Literal["paused", "queued", "in progress", "done", "failed", "cancelled
 AckStatus = Literal["done", "failed", "in progress"]
 PatchStatus = Literal["cancelled", "paused", "queued"]
 NewTaskStatus = Literal["queued", "paused"]
+RoleName = Literal["worker", "producer", "admin"]
 PriorityName = Literal["high", "normal", "low"]
 #: A task's six public statuses.
 STATUSES: Final[tuple[str, ...]] = get_args(Status)
@@ -459,6 +460,17 @@ class QueueDeleted(msgspec.Struct, frozen=True):
 
     deleted: str
     tasks: int
+
+
+class TokenInfo(msgspec.Struct, frozen=True):
+    """What the caller's token may do (``GET /v1/token``), so that a client such as the
+    dashboard shows only what it may use. Without tokens on the server: admin of every queue,
+    and ``auth`` false."""
+
+    role: RoleName
+    queues: list[str]  # ["*"] for every queue
+    name: str  # the token's label in the configuration file ("" if none)
+    auth: bool  # whether the server asks for tokens at all
 
 
 class TaskDeleted(msgspec.Struct, frozen=True):

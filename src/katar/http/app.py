@@ -14,9 +14,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, cast
 from urllib.parse import parse_qsl
 
+from katar import ui
 from katar._version import __version__
 from katar.core.engine import Engine, check_queue_name
 from katar.core.model import QueueOptions, State, parse_queue_options, parse_task_id
@@ -24,6 +25,7 @@ from katar.errors import (
     Forbidden,
     InvalidRequest,
     KatarError,
+    NotFound,
     PayloadTooLarge,
     ShuttingDown,
     StoreUnavailable,
@@ -32,7 +34,7 @@ from katar.errors import (
     ValidationError,
 )
 from katar.http import metrics, openapi, parse, throughput
-from katar.http.auth import Access, Authenticator, Token
+from katar.http.auth import ALL_QUEUES, Access, Authenticator, Token
 from katar.http.openapi import IDEMPOTENCY_PARAM, LEASE_HEADERS, LIST_PARAMS, WAIT_PARAM
 from katar.http.openapi import Answer as A
 from katar.http.openapi import Operation as Op
@@ -64,10 +66,12 @@ from katar.protocol import (
     Patch,
     Poll,
     QueueDeleted,
+    RoleName,
     TaskDeleted,
     TaskRecord,
     Tasks,
     Throughput,
+    TokenInfo,
     Workers,
     WorkerSeen,
 )
@@ -183,7 +187,9 @@ class Admission:
 
 
 #: Handlers that answer without the store: their success says nothing about an outage's end.
-_STORELESS: Final = frozenset({"get_configuration", "openapi", "docs", "get_throughput"})
+_STORELESS: Final = frozenset(
+    {"get_configuration", "openapi", "docs", "get_throughput", "ui_page", "ui_asset", "token_info"}
+)
 #: The route label of requests that match no route.
 UNROUTED: Final = "other"
 _ROUTES_REMEMBERED: Final = 4096  # paths whose route is remembered
@@ -267,6 +273,58 @@ class App:
                             operation_id="docs",
                             tag="server",
                             answers={200: A("The page.", media="text/html")},
+                            store=False,
+                        ),
+                    )
+                },
+            ),
+            (
+                "/ui",
+                {
+                    "GET": Route(
+                        self.ui_page,
+                        open_,
+                        Op(
+                            summary="The dashboard (its data comes from this API, with a token)",
+                            operation_id="dashboard",
+                            tag="server",
+                            answers={200: A("The page.", media="text/html")},
+                            store=False,
+                        ),
+                    )
+                },
+            ),
+            (
+                "/ui/{asset}",
+                {
+                    "GET": Route(
+                        self.ui_asset,
+                        open_,
+                        Op(
+                            summary="A file of the dashboard (script, style sheet, image)",
+                            operation_id="dashboardAsset",
+                            tag="server",
+                            answers={
+                                200: A("The file.", media="*/*"),
+                                304: "The browser's copy (If-None-Match) is current.",
+                                404: "No such file.",
+                            },
+                            store=False,
+                        ),
+                    )
+                },
+            ),
+            (
+                "/v1/token",
+                {
+                    "GET": Route(
+                        self.token_info,
+                        worker,
+                        Op(
+                            summary="What the caller's token may do: role, queues, name",
+                            operation_id="tokenInfo",
+                            tag="server",
+                            answers={200: A("The token's rights.", TokenInfo)},
                             store=False,
                         ),
                     )
@@ -786,6 +844,27 @@ class App:
 
     async def docs(self, request: Request) -> Response:
         return Response(200, _DOCS_PAGE, [(b"content-type", b"text/html; charset=utf-8")])
+
+    async def ui_page(self, request: Request) -> Response:
+        return self._ui(ui.INDEX, request)
+
+    async def ui_asset(self, request: Request) -> Response:
+        return self._ui(request.params[0], request)
+
+    def _ui(self, name: str, request: Request) -> Response:
+        asset = ui.find(name)
+        if asset is None:
+            raise NotFound(f"the dashboard has no file {name!r}; open /ui")
+        tag = next((v for k, v in request.headers if k == b"if-none-match"), None)
+        return Response(*ui.answer(asset, tag))
+
+    async def token_info(self, request: Request) -> Response:
+        token = request.token
+        if token is None:  # a server without tokens is open: anyone may do anything
+            return json_response(TokenInfo("admin", [ALL_QUEUES], "", auth=False))
+        return json_response(
+            TokenInfo(cast(RoleName, token.role.label), sorted(token.queues), token.name, auth=True)
+        )
 
     async def metrics(self, request: Request) -> Response:
         if request.token is not None and not request.token.all_queues:

@@ -90,7 +90,14 @@ ID_PARAM: Final = {
     "description": "The task's id.",
     "schema": {"type": "string", "pattern": "^[0-9]+$"},
 }
-_PATH_PARAMS: Final = {"{queue}": QUEUE_PARAM, "{id}": ID_PARAM}
+ASSET_PARAM: Final = {
+    "name": "asset",
+    "in": "path",
+    "required": True,
+    "description": "The file's name, as the dashboard's page names it.",
+    "schema": {"type": "string"},
+}
+_PATH_PARAMS: Final = {"{queue}": QUEUE_PARAM, "{id}": ID_PARAM, "{asset}": ASSET_PARAM}
 WAIT_PARAM: Final = {
     "name": "wait",
     "in": "query",
@@ -285,7 +292,7 @@ def document(routes: Iterable[tuple[str, Mapping[str, Route]]], limits: Limits) 
             {"name": "workers", "description": "The katar-worker-http protocol."},
             {"name": "producers", "description": "Putting tasks on queues, and watching them."},
             {"name": "operators", "description": "Queues and tasks, by hand."},
-            {"name": "server", "description": "Health and documentation."},
+            {"name": "server", "description": "Health, documentation and the dashboard."},
         ],
         "paths": paths,
         "components": {
