@@ -28,6 +28,7 @@ from katar.core import idempotency, rules
 from katar.core.idempotency import Idempotency
 from katar.core.model import (
     READY,
+    RUNNING,
     UNFINISHED,
     Ack,
     NewTask,
@@ -343,6 +344,24 @@ class PostgresStore(Store):
                 " coalesce(convert_from(history, 'UTF8')::jsonb, '[]'::jsonb) AS h"
                 f" FROM {s}.tasks WHERE id = ANY(%s)) AS x WHERE t.id = x.id"
             ),
+            # Workers' "done"s (rules.apply_ack, in SQL), many at once: the rows are locked
+            # in id order first, so that two polls cannot deadlock. A named worker's ack
+            # matches only its own deliveries, or those leased without a name (rules.owns).
+            "done_keep": (
+                f"WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::int[], %s::bytea[])"
+                f" AS v(id, attempt, result)), locked AS (SELECT id FROM {s}.tasks WHERE"
+                " id = ANY(%s) ORDER BY id FOR UPDATE)"
+                f" UPDATE {s}.tasks AS t SET state = 4, result = v.result, error = NULL,"
+                " lease_until = NULL, updated_at = %s FROM v WHERE t.id = v.id AND t.id IN"
+                f" (SELECT id FROM locked) AND {_DONE_MATCH} RETURNING {_T_COLUMNS}"
+            ),
+            "done_drop": (
+                f"WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::int[]) AS v(id, attempt)),"
+                f" locked AS (SELECT id FROM {s}.tasks WHERE id = ANY(%s) ORDER BY id FOR"
+                f" UPDATE) DELETE FROM {s}.tasks AS t USING v WHERE t.id = v.id AND t.id IN"
+                f" (SELECT id FROM locked) AND {_DONE_MATCH} AND t.unique_until IS NULL"
+                f" RETURNING {_T_COLUMNS}"
+            ),
             # Retention (rules.prune_before, holds_key: in SQL), the oldest first.
             "prune": (
                 f"DELETE FROM {s}.tasks WHERE id IN (SELECT id FROM {s}.tasks WHERE"
@@ -353,6 +372,10 @@ class PostgresStore(Store):
                 f"UPDATE {s}.queues SET bucket_tokens = %s, bucket_at = %s WHERE id = %s"
             ),
         }
+        for name in ("done_keep", "done_drop"):  # only the ids, when nobody watches
+            self._sql[f"{name}_ids"] = self._sql[name].replace(
+                f"RETURNING {_T_COLUMNS}", "RETURNING t.id"
+            )
 
     # -- connections -------------------------------------------------------------------------
 
@@ -825,14 +848,26 @@ class PostgresStore(Store):
         changes: list[Change] = []
         cancel: list[int] = []
         async with self._transaction() as conn:
-            if len(acks) > 1:
+            ids = [parse_task_id(ack.task_id) for ack in acks]
+            done: dict[int, Change | None] = {}
+            plain = [(i, a) for i, a in zip(ids, acks, strict=True) if a.status == "done" and i]
+            if plain and len(set(ids)) == len(ids):
+                # No task named twice: the order of the acks cannot matter, and the plain
+                # "done"s of current deliveries go in one statement (the rest by the rules).
+                done = await self._finish_done(conn, queue, queue_id, options, plain, now, worker)
+            rest = [i for i in ids if i not in done]
+            if len(rest) > 1:
                 # Lock the acked tasks in id order first: two polls acking the same tasks in
                 # different orders would otherwise each hold one and wait for the other (a
                 # deadlock, which PostgreSQL breaks by failing one of them).
-                ids = sorted({i for i in map(parse_task_id, (a.task_id for a in acks)) if i})
-                await conn.execute(self._sql["lock_many"], (ids,))
+                await conn.execute(self._sql["lock_many"], (sorted({i for i in rest if i}),))
             for index, ack in enumerate(acks):
-                task_id = parse_task_id(ack.task_id)
+                task_id = ids[index]
+                if task_id in done:
+                    finished = done[task_id]
+                    if finished is not None:
+                        changes.append(finished)
+                    continue
                 row = None
                 if task_id is not None:
                     row = await (await conn.execute(self._sql["lock"], (task_id,))).fetchone()
@@ -868,6 +903,46 @@ class PostgresStore(Store):
                 delivered.sort(key=lambda t: (-t.priority, t.id))
             await self._notify_ready(conn, (change.task for change in changes))
         return PollResult(delivered, changes, retry_at, cancel, held)
+
+    async def _finish_done(
+        self,
+        conn: AsyncConnection[tuple[Any, ...]],
+        queue: str,
+        queue_id: int,
+        options: QueueOptions,
+        acks: list[tuple[int, Ack]],
+        now: int,
+        worker: str | None,
+    ) -> dict[int, Change | None]:
+        """The hot path of workers' "done"s: one statement finishes the current deliveries
+        the acks name (locking them in id order), as rules.apply_ack would; an ack it does
+        not match (stale, refused, a task with its cancel requested or holding a unique_key
+        past its end) is left to the rules. A finished task maps to its change, or to None
+        when nobody watches (Store.watch): then only ids come back."""
+        watching = self.watch is None or self.watch()
+        ids = [task_id for task_id, _ack in acks]
+        attempts = [ack.attempt or 0 for _id, ack in acks]
+        if options.persistent:
+            results = [None if ack.result is None else bytes(ack.result) for _id, ack in acks]
+            sql = self._sql["done_keep" if watching else "done_keep_ids"]
+            args: tuple[Any, ...] = (ids, attempts, results, ids, now, queue_id, worker, worker)
+        else:
+            sql = self._sql["done_drop" if watching else "done_drop_ids"]
+            args = (ids, attempts, ids, queue_id, worker, worker)
+        rows = await (await conn.execute(sql, args)).fetchall()
+        if not watching:
+            return dict.fromkeys((row[0] for row in rows), None)
+        if options.persistent:  # the rows as updated
+            return {row[0]: Change(task_from_row(row, queue), RUNNING) for row in rows}
+        # The rows as they were before the delete: their last version is the rules' "done".
+        by_id = dict(acks)
+        finished: dict[int, Change | None] = {}
+        for row in rows:
+            task = task_from_row(row, queue)
+            last = rules.apply_ack(task, by_id[task.id], options, now, worker)
+            assert last is not None
+            finished[task.id] = Change(last, RUNNING)
+        return finished
 
     async def _claim_limited(
         self,
@@ -1265,6 +1340,13 @@ class PostgresStore(Store):
 
 
 _KEEP: Final = QueueOptions(persistent=True)
+# A "done" for the current delivery (rules.apply_ack): its attempt if named, no cancel
+# requested (the rules end such a delivery cancelled), and the worker's own (rules.owns).
+_DONE_MATCH: Final = (
+    "t.queue_id = %s AND t.state = 3 AND t.attempts = coalesce(nullif(v.attempt, 0), t.attempts)"
+    " AND NOT t.cancel_requested AND (%s::text IS NULL OR t.worker IS NULL OR t.worker = %s)"
+)
+_T_COLUMNS: Final = ", ".join(f"t.{column.strip()}" for column in COLUMNS.split(","))
 _DIALECT: Final = Dialect(
     param="%s", ids="id = ANY(%s)", ids_value=list, contains="strpos(error, %s) > 0"
 )
