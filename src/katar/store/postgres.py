@@ -50,7 +50,7 @@ from katar.errors import (
     TaskNotFound,
 )
 from katar.logs import mask_credentials
-from katar.protocol import HISTORY_LENGTH
+from katar.protocol import HISTORY_LENGTH, MAX_DELAY
 from katar.store._rows import COLUMNS, Dialect, task_from_row, update_values, where_sql
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("katar")
 
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -135,6 +135,46 @@ CREATE INDEX IF NOT EXISTS tasks_kept ON {s}.tasks (queue_id, unique_until)
 -- Delivery history: when the current (or last) delivery started; the earlier ones.
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS started_at bigint;
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS history bytea;  -- rules.archive's JSON
+""",
+    7: """
+-- Transactional enqueue: an application enqueues inside its own transaction, and the task
+-- exists exactly when that transaction commits. The notification, sent at the commit, wakes
+-- the long polls of every server (as an enqueue over HTTP does).
+CREATE OR REPLACE FUNCTION {s}.enqueue(
+    queue text, data jsonb, priority integer DEFAULT 0, delay_s double precision DEFAULT 0
+) RETURNS bigint LANGUAGE plpgsql AS $katar$
+DECLARE
+    found_queue integer;
+    now_ms bigint := floor(extract(epoch FROM clock_timestamp()) * 1000);
+    due bigint;
+    created bigint;
+BEGIN
+    SELECT id INTO found_queue FROM {s}.queues WHERE name = queue;
+    IF found_queue IS NULL THEN
+        RAISE EXCEPTION 'katar: no queue %; create it first (PUT /v1/queue/%)', queue, queue
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    IF data IS NULL THEN
+        RAISE EXCEPTION 'katar: data must be JSON (''null''::jsonb for none), not SQL NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF delay_s IS NULL OR delay_s < 0 OR delay_s > {max_delay} THEN
+        RAISE EXCEPTION 'katar: delay_s must be from 0 to {max_delay} seconds, not %', delay_s
+            USING ERRCODE = 'numeric_value_out_of_range';
+    END IF;
+    IF delay_s > 0 THEN
+        due := now_ms + ceil(delay_s * 1000);
+    END IF;
+    INSERT INTO {s}.tasks (queue_id, state, priority, data, created_at, updated_at, run_at)
+        VALUES (found_queue, CASE WHEN due IS NULL THEN 1 ELSE 2 END, coalesce(priority, 0),
+                convert_to(data::text, 'UTF8'), now_ms, now_ms, due)
+        RETURNING id INTO created;
+    IF due IS NULL THEN
+        PERFORM pg_notify('{channel}', 'r:1:' || queue);
+    END IF;
+    RETURN created;
+END
+$katar$;
 """,
 }
 
@@ -413,7 +453,10 @@ class PostgresStore(Store):
                     f" this one knows {SCHEMA_VERSION})"
                 )
             for version in range(current + 1, SCHEMA_VERSION + 1):
-                await conn.execute(_MIGRATIONS[version].format(s=s))
+                sql = _MIGRATIONS[version].format(
+                    s=s, channel=self._channel, max_delay=MAX_DELAY
+                )
+                await conn.execute(sql)
                 await conn.execute(f"INSERT INTO {s}.schema_version VALUES (%s)", (version,))
         self.schema_change = (current, SCHEMA_VERSION)
 
