@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
         help="text lines, or one JSON object a line (time, level, message, fields); default text",
     )
     serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="serve with N processes sharing the port (PostgreSQL store only; default 1)",
+    )
+    serve.add_argument(
         "--access-log",
         action="store_true",
         help="log a line per answered request: method, route, status, time, bytes",
@@ -329,9 +336,9 @@ def token(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve(args: argparse.Namespace) -> None:
-    """``katar serve``."""
-    from katar import config
+def serve(args: argparse.Namespace) -> int:
+    """``katar serve``; its exit status."""
+    from katar import config, processes
     from katar.api import Katar
     from katar.server import WorkerServer
 
@@ -369,7 +376,21 @@ def serve(args: argparse.Namespace) -> None:
         tls_key=settings.tls_key,
         access_log=settings.access_log,
     )
-    server.run()
+    workers = args.workers
+    if workers == 1:
+        server.run()
+        return 0
+    if not 1 <= workers <= processes.MAX_WORKERS:
+        raise ConfigError(f"--workers must be from 1 to {processes.MAX_WORKERS}")
+    if not settings.store_url.startswith(("postgresql:", "postgres:")):
+        raise ConfigError(
+            "--workers needs the PostgreSQL store: several processes share a PostgreSQL"
+            " database, while one SQLite file is served by one process (and a memory store"
+            " lives in one)"
+        )
+    server.check_exposure()
+    listener = server.listen()
+    return processes.serve_many(listener, workers, lambda: server.run(listener))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -378,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure()  # katar serve configures it again from its flags and file
     try:
         if args.command == "serve":
-            serve(args)
+            return serve(args)
         elif args.command == "migrate":
             return migrate(args)
         elif args.command == "worker":

@@ -453,9 +453,7 @@ class PostgresStore(Store):
                     f" this one knows {SCHEMA_VERSION})"
                 )
             for version in range(current + 1, SCHEMA_VERSION + 1):
-                sql = _MIGRATIONS[version].format(
-                    s=s, channel=self._channel, max_delay=MAX_DELAY
-                )
+                sql = _MIGRATIONS[version].format(s=s, channel=self._channel, max_delay=MAX_DELAY)
                 await conn.execute(sql)
                 await conn.execute(f"INSERT INTO {s}.schema_version VALUES (%s)", (version,))
         self.schema_change = (current, SCHEMA_VERSION)
