@@ -108,6 +108,8 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     expires_at: int | None = None
     unique_key: str | None = None  # while this task holds it, its queue takes no other
     unique_until: int | None = None  # the key is held until then whatever the status (ms)
+    schedule: str | None = None  # the schedule that made the task, if one did
+    scheduled_for: int | None = None  # the tick (ms) of that schedule it was made for
     #: Not stored: set on an enqueue's answer when the task is an existing one that held the
     #: unique_key asked for (nothing was created for it).
     duplicate: bool = False

@@ -12,7 +12,7 @@ from katar.core.model import RUNNING, State, Task
 COLUMNS: Final = (
     "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
     " created_at, updated_at, run_at, lease_until, key, cancel_requested, progress, timeout,"
-    " max_attempts, expires_at, unique_key, unique_until"
+    " max_attempts, expires_at, unique_key, unique_until, schedule, scheduled_for"
 )
 _STATES: Final = tuple(State)  # by value: faster than State(value) on the hot path
 
@@ -42,6 +42,8 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
         expires_at=row[19],
         unique_key=row[20],
         unique_until=row[21],
+        schedule=row[22],
+        scheduled_for=row[23],
     )
 
 

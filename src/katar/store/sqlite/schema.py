@@ -5,7 +5,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Final
 
-SCHEMA_VERSION: Final = 7  # 4: idempotency keys; 5: key, fair_seq; 6: cancel, progress; 7: options
+# 4: idempotency keys; 5: key, fair_seq; 6: cancel, progress; 7: options; 8: schedules
+SCHEMA_VERSION: Final = 8
 # The tasks at rest: paused (0), done (4), failed (5), cancelled (6). Not "state IN (0, 4, 5,
 # 6)": SQLite evaluates a partial index's condition for every row a statement writes, and an
 # IN list builds a temporary b-tree each time (a 4 KiB page zeroed): 56,000 instructions per
@@ -40,7 +41,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     max_attempts INTEGER,  -- the task's own max_attempts; NULL: the queue's
     expires_at INTEGER,    -- a task never delivered is cancelled then
     unique_key TEXT,
-    unique_until INTEGER   -- the key is held until then, whatever the state
+    unique_until INTEGER,  -- the key is held until then, whatever the state
+    schedule TEXT,         -- the schedule that made the task
+    scheduled_for INTEGER  -- and the tick it was made for
 );
 -- The claim's order, over READY tasks only: scheduled, running and finished tasks never
 -- slow it down however many there are.
@@ -76,6 +79,16 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     PRIMARY KEY (queue_id, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created);
+-- Schedules (katar.core.schedule): the spec as JSON, and where its ticks stand. The cursor
+-- is advanced by compare-and-set when a tick is fired, in the transaction that inserts the
+-- tick's task (Store.fire_schedule).
+CREATE TABLE IF NOT EXISTS schedules (
+    name TEXT PRIMARY KEY,
+    spec BLOB NOT NULL,
+    cursor INTEGER NOT NULL,
+    last_tick INTEGER,
+    last_task INTEGER
+);
 -- Schema 1 had the index above over every state; schema 2 had it with an IN list.
 DROP INDEX IF EXISTS tasks_queue_state;
 DROP INDEX IF EXISTS tasks_resting;
@@ -96,6 +109,8 @@ _ADDED: Final = {
         ("tasks", "unique_key", "TEXT"),
         ("tasks", "unique_until", "INTEGER"),
     ),
+    # Schedules: the schedules table is created by _SCHEMA.
+    8: (("tasks", "schedule", "TEXT"), ("tasks", "scheduled_for", "INTEGER")),
 }
 
 
