@@ -119,8 +119,6 @@ class Scheduler(abc.ABC):
                 )
                 self.schedules[name] = schedule
                 if fired.task is not None:
-                    log.info(
-                        "schedule %s: task %d in queue %s", name, fired.task.id, spec.queue
-                    )
+                    log.info("schedule %s: task %d in queue %s", name, fired.task.id, spec.queue)
                     self._made(fired.task)
         return refused

@@ -595,7 +595,8 @@ class SQLiteStore(Batches, GroupCommit):
 
         def op(conn: sqlite3.Connection) -> Schedule:
             row = conn.execute(
-                "INSERT INTO schedules (name, spec, cursor) VALUES (?, ?, ?) ON CONFLICT (name)"
+                "INSERT INTO schedules (name, spec, cursor) VALUES (?, ?, coalesce(?, 0))"
+                " ON CONFLICT (name)"
                 " DO UPDATE SET spec = excluded.spec, cursor = coalesce(?, cursor)"
                 " RETURNING name, spec, cursor, last_tick, last_task",
                 (name, encoded, cursor, cursor),
