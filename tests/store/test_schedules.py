@@ -47,7 +47,8 @@ async def test_a_tick_is_fired_once_with_its_task(store: Store) -> None:
     await store.save_queue("q", KEEP)
     await store.save_schedule("s", HOURLY, T0)
     fired = await store.fire_schedule("s", T0, TICK, task_of(HOURLY), TICK)
-    assert fired.won and fired.task is not None
+    assert fired.won
+    assert fired.task is not None
     task = fired.task
     assert (task.schedule, task.scheduled_for, task.state) == ("s", TICK, State.READY)
     assert msgspec.json.decode(task.data) == {"report": 1}
@@ -61,7 +62,8 @@ async def test_a_tick_is_fired_once_with_its_task(store: Store) -> None:
     # A claimed task keeps its schedule fields in its record.
     (claimed,) = await claim(store, now=TICK)
     stored = await store.get_task("q", claimed.id)
-    assert stored is not None and stored.scheduled_for == TICK
+    assert stored is not None
+    assert stored.scheduled_for == TICK
 
 
 async def test_a_tick_without_a_task_moves_the_cursor_only(store: Store) -> None:
@@ -102,7 +104,8 @@ async def test_overlap_skip_holds_back_while_the_last_task_is_unfinished(store: 
     assert third == (True, None)
     await store.poll("q", KEEP, [ack(running)], 0, "w1", TICK + 3)
     fourth = await store.fire_schedule("s", TICK + 2, TICK + 3, task_of(skip), TICK + 3)
-    assert fourth.won and fourth.task is not None
+    assert fourth.won
+    assert fourth.task is not None
     (schedule,) = (await store.load_schedules()).values()
     assert (schedule.cursor, schedule.last_task) == (TICK + 3, fourth.task.id)
     # "allow": a task at every tick, finished or not.

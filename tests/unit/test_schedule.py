@@ -46,7 +46,8 @@ def spec(cron: str, timezone: str = "UTC", **fields: object) -> ScheduleSpec:
 def test_syntax(cron: str, after: str, expected: list[str]) -> None:
     ticks = next_ticks(spec(cron), ms(after), 4)
     assert [iso(t)[-5:] for t in ticks] == expected
-    assert ticks == sorted(ticks) and ticks[0] > ms(after)
+    assert ticks == sorted(ticks)
+    assert ticks[0] > ms(after)
 
 
 def test_names_steps_and_lists_give_the_right_days() -> None:
