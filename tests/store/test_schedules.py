@@ -37,6 +37,8 @@ async def test_schedules_are_saved_replaced_and_deleted(store: Store) -> None:
     assert (replaced.spec, replaced.cursor) == (other, T0)
     moved = await store.save_schedule("s", HOURLY, T0 + 5)  # resumed: the cursor moves
     assert moved.cursor == T0 + 5
+    kept = await store.save_schedule("s", HOURLY, T0 + 1)  # never back
+    assert kept.cursor == T0 + 5
     assert await store.load_schedules() == {"s": moved}
     assert await store.delete_schedule("s") is True
     assert await store.delete_schedule("s") is False

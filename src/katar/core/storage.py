@@ -233,8 +233,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def save_schedule(self, name: str, spec: ScheduleSpec, cursor: int | None) -> Schedule:
         """Create the schedule (its cursor at ``cursor``) or replace its spec, keeping where
-        its ticks stand, or moving its cursor to ``cursor`` when that is not None (a schedule
-        resumed: the ticks of its pause pass). A new schedule needs a ``cursor``."""
+        its ticks stand, or moving its cursor forward to ``cursor`` when that is not None and
+        later (a schedule resumed: the ticks of its pause pass). A cursor never moves back:
+        two servers declaring one new schedule at once cannot undo a tick the first fired. A
+        new schedule needs a ``cursor``."""
 
     @abc.abstractmethod
     async def delete_schedule(self, name: str) -> bool:

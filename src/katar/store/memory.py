@@ -517,7 +517,7 @@ class MemoryStore(Store):
             assert cursor is not None, "a new schedule needs a cursor"
             saved = Schedule(name=name, spec=spec, cursor=cursor)
         else:
-            moved = old.cursor if cursor is None else cursor
+            moved = old.cursor if cursor is None else max(cursor, old.cursor)
             saved = msgspec.structs.replace(old, spec=spec, cursor=moved)
         self._schedules[name] = saved
         return saved

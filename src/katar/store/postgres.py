@@ -1133,7 +1133,7 @@ class PostgresStore(Store):
                     f"INSERT INTO {self._schema}.schedules (name, spec, cursor)"
                     " VALUES (%s, %s, coalesce(%s, 0)) ON CONFLICT (name)"
                     " DO UPDATE SET spec = excluded.spec,"
-                    f" cursor = coalesce(%s, {self._schema}.schedules.cursor)"
+                    f" cursor = GREATEST(%s, {self._schema}.schedules.cursor)"
                     " RETURNING name, spec, cursor, last_tick, last_task",
                     (name, msgspec.json.encode(spec), cursor, cursor),
                 )

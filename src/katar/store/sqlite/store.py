@@ -597,7 +597,7 @@ class SQLiteStore(Batches, GroupCommit):
             row = conn.execute(
                 "INSERT INTO schedules (name, spec, cursor) VALUES (?, ?, coalesce(?, 0))"
                 " ON CONFLICT (name)"
-                " DO UPDATE SET spec = excluded.spec, cursor = coalesce(?, cursor)"
+                " DO UPDATE SET spec = excluded.spec, cursor = max(coalesce(?, cursor), cursor)"
                 " RETURNING name, spec, cursor, last_tick, last_task",
                 (name, encoded, cursor, cursor),
             ).fetchone()
