@@ -12,7 +12,7 @@ from katar.core.model import NewTask, State
 from katar.core.schedule import ScheduleSpec, parse_schedule
 from katar.errors import QueueNotFound
 from katar.store import Store, open_store
-from tests.store.test_conformance import KEEP, T0, ack, claim, new
+from tests.store.test_conformance import KEEP, T0, ack, claim
 
 HOURLY = parse_schedule({"cron": "0 * * * *", "queue": "q", "data": {"report": 1}})
 TICK = T0 + 3_600_000
@@ -165,4 +165,3 @@ async def test_servers_firing_one_tick_make_one_task(shared_stores: list[Store])
         assert sum(o.task is not None for o in outcomes) == 1
     tasks = await a.list_tasks("q", None, 100, 0)
     assert [t.scheduled_for for t in tasks] == [TICK, TICK + 1, TICK + 2, TICK + 3, TICK + 4]
-    assert new  # the suite's helpers, shared

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ def iso(value: int) -> str:
     return datetime.fromtimestamp(value / 1000, UTC).strftime("%Y-%m-%dT%H:%M")
 
 
-def spec(cron: str, timezone: str = "UTC", **fields: object) -> ScheduleSpec:
+def spec(cron: str, timezone: str = "UTC", **fields: Any) -> ScheduleSpec:
     return parse_schedule({"cron": cron, "queue": "q", "timezone": timezone, **fields})
 
 
@@ -108,7 +109,7 @@ def test_last_tick_by() -> None:
     assert last_tick_by(hourly, ms("2026-03-02T10:59:00Z")) == ms("2026-03-02T10:00:00Z")
 
 
-def schedule(cron: str, cursor: str, **fields: object) -> Schedule:
+def schedule(cron: str, cursor: str, **fields: Any) -> Schedule:
     return Schedule(name="s", spec=spec(cron, **fields), cursor=ms(cursor))
 
 

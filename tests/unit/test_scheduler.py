@@ -3,7 +3,7 @@ restarts on a durable store without firing a tick twice, catch_up both ways, and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
@@ -36,7 +36,7 @@ async def tasks(katar: Katar) -> list[Task]:
     return await katar.engine.list_tasks("q")
 
 
-def count(katar: Katar, n: int) -> Callable[[], object]:
+def count(katar: Katar, n: int) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return len(await tasks(katar)) >= n
 

@@ -175,13 +175,14 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
     async def close(self) -> None:
         """Release waiters, stop the reaper, and close the store."""
         self.begin_shutdown()
-        for job in (self._reaper, self._scheduler):
-            if job is not None:
-                job.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await job
-        self._reaper = self._scheduler = None
-        self._arm_schedules(None)
+        if self._scheduler is not None:
+            await self._stop_schedules(self._scheduler)
+            self._scheduler = None
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

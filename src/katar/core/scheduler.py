@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
 
 import msgspec
@@ -34,6 +35,7 @@ class Scheduler(abc.ABC):
     clock: Clock
     queues: dict[str, QueueOptions]
     reap_interval: float
+    draining: bool  # set when the engine closes: the scheduler ends after its current pass
     #: The schedules as last read from the store or changed through this engine.
     schedules: dict[str, Schedule]
     _schedule_alarm: asyncio.Event
@@ -48,6 +50,19 @@ class Scheduler(abc.ABC):
         """Observer: another server changed a schedule: look again now."""
         self._schedule_alarm.set()
 
+    async def _stop_schedules(self, job: asyncio.Task[None]) -> None:
+        """End the scheduler (``draining`` is set): it finishes the pass it is in, if any.
+        Not a cancel in the middle of a store call: a driver may turn that into an error
+        the loop would take for an outage, and go on."""
+        self._schedule_alarm.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(job), 10)
+        except TimeoutError:
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+        self._arm_schedules(None)
+
     def _arm_schedules(self, when: int | None) -> None:
         if self._schedule_timer is not None:
             self._schedule_timer.cancel()
@@ -60,6 +75,8 @@ class Scheduler(abc.ABC):
         while True:
             await self._schedule_alarm.wait()
             self._schedule_alarm.clear()
+            if self.draining:
+                return
             now = self.clock.now_ms()
             try:
                 refused = await self._fire_due(now)
