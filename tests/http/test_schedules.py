@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from pathlib import Path
+
 import httpx
+import pytest
+
+from katar import Katar
+from katar.cli import main
+from katar.http import App
+from tests.http.conftest import opened, served
 
 
 async def test_a_schedule_is_created_read_listed_paused_and_deleted(
@@ -99,3 +109,48 @@ async def test_the_routes_are_in_the_openapi_document(client: httpx.AsyncClient)
     paths = (await client.get("/openapi.json")).json()["paths"]
     assert set(paths["/v1/schedules/{schedule}"]) == {"parameters", "get", "put", "patch", "delete"}
     assert paths["/v1/schedules"]["get"]["operationId"] == "listSchedules"
+
+
+async def test_katar_schedules_lists_pauses_resumes_and_deletes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    katar = Katar(f"sqlite:///{tmp_path / 'k.db'}")
+    katar.queue("reports")
+    katar.schedule("nightly", "30 2 * * *", "reports", timezone="Europe/Berlin")
+    async with opened(katar), served(App(katar.engine)) as url:
+
+        errors: list[str] = []
+
+        async def cli(*args: str) -> tuple[int, str]:
+            status = await asyncio.to_thread(main, ["schedules", *args, "--url", url])
+            said = capsys.readouterr()
+            errors.append(said.err)
+            return status, said.out
+
+        status, table = await cli()
+        assert status == 0
+        header, row = table.splitlines()
+        assert header.split() == [
+            "NAME",
+            "CRON",
+            "TIMEZONE",
+            "QUEUE",
+            "PAUSED",
+            "NEXT",
+            "TICK",
+            "LAST",
+            "TASK",
+        ]
+        assert row.split()[:3] == ["nightly", "30", "2"]
+        assert "Europe/Berlin" in row
+        assert row.split()[-1] == "-"
+        assert await cli("pause", "nightly") == (0, "schedule nightly paused\n")
+        assert (await katar.schedules())[0].spec.paused
+        status, listed = await cli("--json")
+        assert json.loads(listed)["schedules"][0]["paused"] is True
+        assert await cli("resume", "nightly") == (0, "schedule nightly resumed\n")
+        assert await cli("delete", "nightly") == (0, "schedule nightly deleted\n")
+        assert await katar.schedules() == []
+        assert (await cli("delete", "nightly"))[0] == 1  # 404: said on standard error
+        assert "no schedule 'nightly'" in errors[-1]
+        assert (await cli("pause"))[0] == 2
