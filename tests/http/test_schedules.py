@@ -71,7 +71,6 @@ async def test_errors_say_what_to_fix_and_change_nothing(client: httpx.AsyncClie
         ({"cron": "61 * * * *", "queue": "q"}, "cron", "Bad minute"),
         ({"cron": "* * *", "queue": "q"}, "cron", "use five fields"),
         ({"cron": "* * * * *", "queue": "q", "timezone": "Mars/Base"}, "timezone", "Mars/Base"),
-        ({"cron": "* * * * *", "queue": "nope"}, "queue", "no queue 'nope'"),
         ({"cron": "* * * * *", "queue": "q", "overlap": "no"}, "overlap", "overlap"),
         ({"cron": "* * * * *"}, "queue", "'queue' is required"),
         ({"cron": "* * * * *", "queue": "q", "when": 1}, "when", "unknown schedule field"),
@@ -81,6 +80,12 @@ async def test_errors_say_what_to_fix_and_change_nothing(client: httpx.AsyncClie
         assert answer.status_code == 422, answer.text
         assert answer.json()["field"] == field
         assert words in answer.json()["error"]
+    no_queue = await client.put("/v1/schedules/s", json={"cron": "* * * * *", "queue": "nope"})
+    assert no_queue.status_code == 404
+    assert no_queue.json() == {
+        "error": "schedule 's': no queue 'nope'; create the queue first",
+        "queue": "nope",
+    }
     assert (await client.put("/v1/schedules/s", json=[1])).status_code == 422
     assert (await client.put("/v1/schedules/s", content=b"{")).status_code == 400
     bad_name = await client.put("/v1/schedules/-x", json={"cron": "* * * * *", "queue": "q"})
@@ -118,7 +123,6 @@ async def test_katar_schedules_lists_pauses_resumes_and_deletes(
     katar.queue("reports")
     katar.schedule("nightly", "30 2 * * *", "reports", timezone="Europe/Berlin")
     async with opened(katar), served(App(katar.engine)) as url:
-
         errors: list[str] = []
 
         async def cli(*args: str) -> tuple[int, str]:

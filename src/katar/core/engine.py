@@ -277,9 +277,8 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         after now; a schedule resumed (paused before, not now) skips the ticks of its pause."""
         check_name(name)
         if spec.queue not in self.queues:
-            raise ValidationError(
+            raise QueueNotFound(
                 f"schedule {name!r}: no queue {spec.queue!r}; create the queue first",
-                field="queue",
                 queue=spec.queue,
             )
         old = (await self.store.load_schedules()).get(name)  # another server's, maybe

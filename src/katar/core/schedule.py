@@ -47,15 +47,36 @@ _NAME_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuv
 MAX_NAME: Final = 255
 
 
+# The formats name what JSON Schema cannot state (the OpenAPI document shows them).
+Cron = Annotated[
+    str,
+    msgspec.Meta(
+        description="five fields: minute hour day-of-month month day-of-week",
+        extra_json_schema={"format": "cron", "examples": ["30 2 * * MON-FRI"]},
+    ),
+]
+TimeZone = Annotated[
+    str,
+    msgspec.Meta(
+        description="an IANA time zone name",
+        extra_json_schema={"format": "iana-time-zone", "examples": ["Europe/Berlin"]},
+    ),
+]
+Priority = (
+    Annotated[int, msgspec.Meta(ge=PRIORITY_MIN, le=PRIORITY_MAX)]
+    | Literal["high", "normal", "low"]
+)
+
+
 class ScheduleSpec(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """What a schedule does: the keys of a ``[schedules.NAME]`` table and of a PUT body.
     Build one with :func:`parse_schedule`, which checks the cron and the zone."""
 
-    cron: str  # five fields, in the zone below
+    cron: Cron  # five fields, in the zone below
     queue: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME)]
-    timezone: str = "UTC"  # an IANA name
+    timezone: TimeZone = "UTC"  # an IANA name
     data: Any = None  # the data of each task, as JSON
-    priority: int | str = 0  # an integer, or "high", "normal", "low"
+    priority: Priority = 0  # an integer, or "high", "normal", "low"
     #: "skip": no new task while the last one this schedule made is unfinished (the tick is
     #: used up); "allow": a task at every tick.
     overlap: Literal["skip", "allow"] = "allow"
@@ -115,20 +136,7 @@ def parse_schedule(raw: Any) -> ScheduleSpec:
 
 
 def _priority(value: int | str) -> int:
-    if isinstance(value, str):
-        if value not in PRIORITY_NAMES:
-            raise ValidationError(
-                f"schedule field 'priority' {value!r} is unknown; use an integer or one of "
-                "high, normal, low",
-                field="priority",
-            )
-        return PRIORITY_NAMES[value]
-    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
-        raise ValidationError(
-            f"schedule field 'priority' must be between {PRIORITY_MIN} and {PRIORITY_MAX}",
-            field="priority",
-        )
-    return value
+    return PRIORITY_NAMES[value] if isinstance(value, str) else value
 
 
 def zone(name: str) -> zoneinfo.ZoneInfo:

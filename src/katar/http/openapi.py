@@ -332,8 +332,8 @@ def _operation(
         shared.update(_DENIED)
     if "{queue}" in path and method != "PUT":  # a PUT creates the queue it names
         shared[404] = "No such queue or task." if "{id}" in path else "No such queue."
-    if "{schedule}" in path and method != "PUT":
-        shared[404] = "No such schedule."
+    if "{schedule}" in path:  # a PUT creates the schedule, on a queue that must exist
+        shared[404] = "No such queue." if method == "PUT" else "No such schedule."
     if method in _BODY_METHODS:
         shared.update({**_BAD_BODY, **_SLOW})
         shown["requestBody"] = {
