@@ -8,7 +8,7 @@ import pytest
 
 from katar import Katar, config
 from katar.core.model import QueueOptions, parse_queue_options
-from katar.errors import ConfigError, QueueNotFound, ValidationError
+from katar.errors import ConfigError, ValidationError
 from katar.http.auth import Role, Token, digest
 
 H = "a" * 64
@@ -322,6 +322,8 @@ async def test_file_schedules_are_made_at_start_and_others_stay(tmp_path: Path) 
 async def test_a_schedule_on_an_unknown_queue_stops_the_start(tmp_path: Path) -> None:
     katar = Katar(f"sqlite:///{tmp_path / 'k.db'}")
     katar.schedule("s", "0 * * * *", "missing")
-    with pytest.raises(QueueNotFound, match="no queue 'missing'; create the queue first"):
+    with pytest.raises(
+        ConfigError, match=r"\[schedules.s\] queue: schedule 's': no queue 'missing'"
+    ):
         await katar.open()
     await katar.engine.close()

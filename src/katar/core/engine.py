@@ -52,6 +52,7 @@ from katar.core.scheduler import Scheduler
 from katar.core.storage import Change, LimitState, Store
 from katar.core.waits import WaitList, _release
 from katar.errors import (
+    ConfigError,
     QueueNotFound,
     ScheduleNotFound,
     ShuttingDown,
@@ -155,7 +156,10 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
             kept = self.schedules.get(name)
             if kept is not None and kept.spec.paused and not spec.paused:
                 spec = msgspec.structs.replace(spec, paused=True)  # as a queue's pause
-            await self.put_schedule(name, spec)
+            try:
+                await self.put_schedule(name, spec)
+            except QueueNotFound as exc:  # a mistake in the declaration: start-up stops
+                raise ConfigError(f"[schedules.{name}] queue: {exc.message}") from None
         await self.store.listen(self)
         # Leases and delays left by an earlier run: the first reap is at the earliest of them.
         self._expect(await self.store.next_deadline())
