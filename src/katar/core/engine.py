@@ -513,6 +513,7 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
 
     def resync(self) -> None:
         self._reload_in_background(wake_all=True)
+        self._schedule_alarm.set()  # a schedule changed meanwhile: read them again
 
     def _reload_in_background(self, wake_all: bool) -> None:
         job = asyncio.ensure_future(self._reload_queues(wake_all))

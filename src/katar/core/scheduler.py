@@ -5,8 +5,9 @@ scheduler reads the schedules from the store (other servers may have fired or ch
 and fires what is due, each step one compare-and-set of the schedule's cursor in the store
 (Store.fire_schedule): however many servers share the store, each tick makes one task, and
 no server leads. A change made through this engine, or heard of from another server
-(Observer.schedules_changed), rings it at once; on a store other servers share it also looks
-every HOUSEKEEPING_MS, in case a notification was lost.
+(Observer.schedules_changed, or a resync after notifications were lost), rings it at once;
+on a store other servers share, a server that has schedules also looks every
+HOUSEKEEPING_MS.
 """
 
 from __future__ import annotations
@@ -92,7 +93,9 @@ class Scheduler(abc.ABC):
             except Exception:
                 log.exception("firing schedules failed; trying again in %.2fs", self.reap_interval)
                 wake = now + round(self.reap_interval * 1000)
-            if self.store.shared:
+            if self.store.shared and self.schedules:
+                # A notification lost (a server changed a schedule) is seen within a second;
+                # with no schedule at all, an idle server arms nothing for them.
                 housekeeping = self.clock.now_ms() + HOUSEKEEPING_MS
                 wake = housekeeping if wake is None else min(wake, housekeeping)
             self._arm_schedules(wake)
