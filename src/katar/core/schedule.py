@@ -9,10 +9,11 @@ daylight saving is Katar's own and the same everywhere:
 - a wall-clock time that happens twice (the hour repeated in autumn) is one tick, at its
   first occurrence.
 
-A schedule's ticks after a moment and before it are found by walking the wall clock from a
-few hours around that moment (further than any zone's offset changes) and keeping the first
-tick on the right side: the mapping from wall clock to UTC above is monotonic, so the first
-one found is the nearest.
+A schedule's ticks after a moment and before it are found by walking the wall clock from the
+moment's wall time (for the ticks before it, from later by as much as the clocks went back,
+when the moment is in the second pass of a repeated hour), keeping the first tick on the
+right side: the mapping from wall clock to UTC above is monotonic, so the first one found is
+the nearest.
 """
 
 from __future__ import annotations
@@ -41,8 +42,6 @@ MISSED_MS: Final = 60_000
 #: the configuration file, the HTTP interface or the Python API; ``katar serve`` logs a
 #: warning when it is set.
 SECONDS_FOR_TESTS: Final = "KATAR_TEST_SECOND_TICKS"
-# Further than any zone's change of offset (at most 2 hours, in Antarctica's Troll).
-_AROUND: Final = timedelta(hours=3)
 _NAME_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
 MAX_NAME: Final = 255
 
@@ -189,9 +188,21 @@ def _utc(wall: datetime, tz: zoneinfo.ZoneInfo) -> datetime | None:
 
 def _walk(spec: ScheduleSpec, after_ms: int, reverse: bool) -> Iterator[int]:
     tz = zone(spec.timezone)
-    moment = datetime.fromtimestamp(after_ms / 1000, UTC)
-    wall = moment.astimezone(tz).replace(tzinfo=None, microsecond=0)
-    start = wall + _AROUND if reverse else wall - _AROUND
+    local = datetime.fromtimestamp(after_ms / 1000, UTC).astimezone(tz)
+    wall = local.replace(tzinfo=None, microsecond=0)
+    if reverse:
+        # Ticks up to the moment. In the second pass of a repeated hour, wall times later
+        # than the moment's happened at their first pass, before it: start that much later.
+        first_pass = local.replace(fold=0).utcoffset()
+        now_offset = local.utcoffset()
+        assert first_pass is not None
+        assert now_offset is not None
+        later = max(first_pass - now_offset, timedelta(0))
+        start = wall + later + timedelta(seconds=1)  # cronsim's reverse walk starts before
+    else:
+        # A wall time before the moment's is never after it: the first passes of repeated
+        # times come first, and skipped ones are no ticks.
+        start = wall
     for tick in CronSim(spec.cron, start, reverse=reverse):
         found = _utc(tick, tz)
         if found is None:
