@@ -165,3 +165,23 @@ async def test_a_schedule_made_at_run_time_fires_and_a_deleted_one_stops(url: st
         await clock.set(FIRST + 10 * MINUTE)
         assert len(await tasks(katar)) == 1
         assert await katar.schedules() == []
+
+
+async def test_a_deleted_queue_lets_the_ticks_pass(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock(START)
+    async with server(url, clock) as katar:
+        await katar.engine.delete_queue("q")
+        await clock.set(FIRST)
+
+        async def passed() -> bool:
+            (schedule,) = await katar.schedules()
+            return schedule.last_tick == FIRST
+
+        await eventually(passed)
+        assert "schedule every-minute: no queue q: its tick passes without a task" in caplog.text
+        await katar.put_queue("q")
+        await clock.set(FIRST + MINUTE)
+        await eventually(count(katar, 1))
+        assert [t.scheduled_for for t in await tasks(katar)] == [FIRST + MINUTE]

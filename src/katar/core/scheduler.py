@@ -20,11 +20,11 @@ import logging
 import msgspec
 
 from katar.core.clock import Clock, Timer
-from katar.core.model import NewTask, QueueOptions, Task
+from katar.core.model import NewTask, Task
 from katar.core.reaper import HOUSEKEEPING_MS
 from katar.core.schedule import Schedule, due, wake_at
 from katar.core.storage import Store
-from katar.errors import KatarError, StoreUnavailable
+from katar.errors import KatarError, QueueNotFound, StoreUnavailable
 
 log = logging.getLogger("katar")
 
@@ -34,7 +34,6 @@ class Scheduler(abc.ABC):
 
     store: Store
     clock: Clock
-    queues: dict[str, QueueOptions]
     reap_interval: float
     draining: bool  # set when the engine closes: the scheduler ends after its current pass
     #: The schedules as last read from the store or changed through this engine.
@@ -102,7 +101,7 @@ class Scheduler(abc.ABC):
 
     async def _fire_due(self, now: int) -> bool:
         """Fire every tick due at ``now``, as the store has the schedules; whether the store
-        refused one (its queue deleted meanwhile, say)."""
+        refused one."""
         refused = False
         self.schedules = await self.store.load_schedules()
         for name, schedule in list(self.schedules.items()):
@@ -110,19 +109,25 @@ class Scheduler(abc.ABC):
                 spec = schedule.spec
                 task = None
                 if step.task:
-                    if spec.queue in self.queues:
-                        data = msgspec.Raw(msgspec.json.encode(spec.data))
-                        task = NewTask(data=data, priority=int(spec.priority))
-                    else:
+                    data = msgspec.Raw(msgspec.json.encode(spec.data))
+                    task = NewTask(data=data, priority=int(spec.priority))
+                try:
+                    try:
+                        fired = await self.store.fire_schedule(
+                            name, schedule.cursor, step.tick, task, now
+                        )
+                    except QueueNotFound:
+                        # The store is the authority on queues (another server may have made
+                        # the queue, and this one not heard yet): only when it has none does
+                        # the tick pass without a task.
                         log.warning(
                             "schedule %s: no queue %s: its tick passes without a task",
                             name,
                             spec.queue,
                         )
-                try:
-                    fired = await self.store.fire_schedule(
-                        name, schedule.cursor, step.tick, task, now
-                    )
+                        fired = await self.store.fire_schedule(
+                            name, schedule.cursor, step.tick, None, now
+                        )
                 except KatarError as exc:
                     if isinstance(exc, StoreUnavailable):
                         raise
