@@ -333,6 +333,8 @@ class TaskRecord(msgspec.Struct, frozen=True):
     expires_at: Time | None = None  # when a task never delivered is cancelled
     unique_key: str | None = None
     unique_until: Time | None = None  # the unique_key is held until then, whatever the status
+    schedule: str | None = None  # the schedule that made the task, if one did
+    scheduled_for: Time | None = None  # the tick of that schedule it was made for
     #: In an enqueue's answer: true when this is an existing task, which held the
     #: unique_key asked for (nothing was created for it); false otherwise.
     duplicate: bool = False

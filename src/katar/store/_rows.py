@@ -12,7 +12,8 @@ from katar.core.model import RUNNING, State, Task, TaskFilter
 COLUMNS: Final = (
     "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
     " created_at, updated_at, run_at, lease_until, key, cancel_requested, progress, timeout,"
-    " max_attempts, expires_at, unique_key, unique_until, started_at, history"
+    " max_attempts, expires_at, unique_key, unique_until, started_at, history, schedule,"
+    " scheduled_for"
 )
 _STATES: Final = tuple(State)  # by value: faster than State(value) on the hot path
 
@@ -44,6 +45,8 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
         unique_until=row[21],
         started_at=row[22],
         history=None if row[23] is None else msgspec.Raw(row[23]),
+        schedule=row[24],
+        scheduled_for=row[25],
     )
 
 

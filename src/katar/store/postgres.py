@@ -38,7 +38,17 @@ from katar.core.model import (
     TaskFilter,
     parse_task_id,
 )
-from katar.core.storage import BulkStep, Change, Enqueued, LimitState, Observer, PollResult, Store
+from katar.core.schedule import Schedule, ScheduleSpec
+from katar.core.storage import (
+    BulkStep,
+    Change,
+    Enqueued,
+    Fired,
+    LimitState,
+    Observer,
+    PollResult,
+    Store,
+)
 from katar.errors import (
     ConfigError,
     Conflict,
@@ -59,7 +69,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("katar")
 
-SCHEMA_VERSION: Final = 7
+SCHEMA_VERSION: Final = 8
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -176,6 +186,19 @@ BEGIN
 END
 $katar$;
 """,
+    # Schedules (katar.core.schedule). The cursor is advanced by compare-and-set in the
+    # transaction that inserts the tick's task: of servers firing one tick, one wins.
+    8: """
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS schedule text;
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS scheduled_for bigint;
+CREATE TABLE IF NOT EXISTS {s}.schedules (
+    name text PRIMARY KEY,
+    spec bytea NOT NULL,
+    cursor bigint NOT NULL,
+    last_tick bigint,
+    last_task bigint
+);
+""",
 }
 
 
@@ -197,6 +220,7 @@ def _columns(queue_id: int, tasks: Sequence[Task], now: int) -> tuple[list[Any],
 _SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _EXPIRE_BATCH: Final = 1000
 _options_decoder: Final = msgspec.json.Decoder(QueueOptions)
+_spec_decoder: Final = msgspec.json.Decoder(ScheduleSpec)
 _STATE_OF: Final = tuple(State)
 
 
@@ -582,6 +606,8 @@ class PostgresStore(Store):
                             observer.tasks_ready(queue, int(count))
                         elif kind == "q":
                             observer.queue_changed(rest)
+                        elif kind == "s":
+                            observer.schedules_changed()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -1378,6 +1404,88 @@ class PostgresStore(Store):
                 )
             ).fetchone()
         return None if row is None or row[0] is None else int(row[0])
+
+    # -- schedules ---------------------------------------------------------------------------
+
+    async def load_schedules(self) -> dict[str, Schedule]:
+        async with self._transaction(writes=False) as conn:
+            rows = await (
+                await conn.execute(
+                    f"SELECT name, spec, cursor, last_tick, last_task FROM {self._schema}.schedules"
+                )
+            ).fetchall()
+        return {row[0]: _schedule(row) for row in rows}
+
+    async def save_schedule(self, name: str, spec: ScheduleSpec, cursor: int | None) -> Schedule:
+        async with self._transaction() as conn:
+            row = await (
+                await conn.execute(
+                    f"INSERT INTO {self._schema}.schedules (name, spec, cursor)"
+                    " VALUES (%s, %s, coalesce(%s, 0)) ON CONFLICT (name)"
+                    " DO UPDATE SET spec = excluded.spec,"
+                    f" cursor = GREATEST(%s, {self._schema}.schedules.cursor)"
+                    " RETURNING name, spec, cursor, last_tick, last_task",
+                    (name, msgspec.json.encode(spec), cursor, cursor),
+                )
+            ).fetchone()
+            await self._notify(conn, "s:")
+        assert row is not None
+        return _schedule(row)
+
+    async def delete_schedule(self, name: str) -> bool:
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                f"DELETE FROM {self._schema}.schedules WHERE name = %s", (name,)
+            )
+            await self._notify(conn, "s:")
+            return bool(cursor.rowcount)
+
+    async def fire_schedule(
+        self, name: str, cursor: int, tick: int, task: NewTask | None, now: int
+    ) -> Fired:
+        s = self._schema
+        async with self._transaction() as conn:
+            # The compare-and-set: of servers firing one tick at once, the first locks the
+            # row; the others wait for its commit, then find the cursor moved and match none.
+            row = await (
+                await conn.execute(
+                    f"UPDATE {s}.schedules SET cursor = %s, last_tick = %s"
+                    " WHERE name = %s AND cursor = %s RETURNING spec, last_task",
+                    (tick, tick, name, cursor),
+                )
+            ).fetchone()
+            if row is None:
+                return Fired(False)
+            spec, last_task = _spec_decoder.decode(row[0]), row[1]
+            if task is None:
+                return Fired(True)
+            if spec.overlap == "skip" and last_task is not None:
+                found = await (
+                    await conn.execute(f"SELECT state FROM {s}.tasks WHERE id = %s", (last_task,))
+                ).fetchone()
+                if found is not None and State(found[0]) in UNFINISHED:
+                    return Fired(True)
+            queue_id = await self._queue_id(spec.queue)
+            (created,) = await self._insert(conn, queue_id, spec.queue, [task], now)
+            await conn.execute(
+                f"UPDATE {s}.tasks SET schedule = %s, scheduled_for = %s WHERE id = %s",
+                (name, tick, created.id),
+            )
+            await conn.execute(
+                f"UPDATE {s}.schedules SET last_task = %s WHERE name = %s", (created.id, name)
+            )
+        return Fired(True, msgspec.structs.replace(created, schedule=name, scheduled_for=tick))
+
+
+def _schedule(row: Sequence[Any]) -> Schedule:
+    name, spec, cursor, last_tick, last_task = row
+    return Schedule(
+        name=name,
+        spec=_spec_decoder.decode(spec),
+        cursor=cursor,
+        last_tick=last_tick,
+        last_task=last_task,
+    )
 
 
 _KEEP: Final = QueueOptions(persistent=True)
