@@ -436,6 +436,10 @@ class PostgresStore(Store):
                 f"UPDATE {s}.queues SET bucket_tokens = %s, bucket_at = %s WHERE id = %s"
             ),
         }
+        # The plain claim, passing over the tasks that the poll's acks name.
+        self._sql["claim_except"] = self._sql["claim"].replace(
+            " ORDER BY priority DESC", " AND id <> ALL(%s::bigint[]) ORDER BY priority DESC"
+        )
         for name in ("done_keep", "done_drop"):  # only the ids, when nobody watches
             self._sql[f"{name}_ids"] = self._sql[name].replace(
                 f"RETURNING {_T_COLUMNS}", "RETURNING t.id"
@@ -918,10 +922,35 @@ class PostgresStore(Store):
             ids = [parse_task_id(ack.task_id) for ack in acks]
             done: dict[int, Change | None] = {}
             plain = [(i, a) for i, a in zip(ids, acks, strict=True) if a.status == "done" and i]
-            if plain and len(set(ids)) == len(ids):
-                # No task named twice: the order of the acks cannot matter, and the plain
-                # "done"s of current deliveries go in one statement (the rest by the rules).
-                done = await self._finish_done(conn, queue, queue_id, options, plain, now, worker)
+            # No task named twice: the order of the acks cannot matter, and the plain "done"s
+            # of current deliveries go in one statement (the rest by the rules).
+            batched = bool(plain) and len(set(ids)) == len(ids)
+            # The plain claim, when the acks are all plain "done"s (none makes a task ready,
+            # none frees room under a limit): sent with them, in one round trip, leaving out
+            # the tasks acked (which the rules would refuse to ack before their delivery).
+            early = limit > 0 and not options.custom_claim and (not acks or len(plain) == len(acks))
+            delivered: list[Task] = []
+            if batched or early:
+                async with conn.pipeline():
+                    finishing = None
+                    if batched:
+                        sql, args = self._done_statement(queue_id, options, plain, now, worker)
+                        finishing = await conn.execute(sql, args)
+                    claiming = None
+                    if early:
+                        claim = (worker, now, options.timeout, now, now, queue_id, now)
+                        if acks:
+                            claiming = await conn.execute(
+                                self._sql["claim_except"], (*claim, [i for i, _ in plain], limit)
+                            )
+                        else:
+                            claiming = await conn.execute(self._sql["claim"], (*claim, limit))
+                if finishing is not None:
+                    rows = await finishing.fetchall()
+                    done = self._done_changes(rows, queue, options, plain, now, worker)
+                if claiming is not None:
+                    delivered = [task_from_row(row, queue) for row in await claiming.fetchall()]
+                    delivered.sort(key=lambda t: (-t.priority, t.id))
             rest = [i for i in ids if i not in done]
             if len(rest) > 1:
                 # Lock the acked tasks in id order first: two polls acking the same tasks in
@@ -955,9 +984,10 @@ class PostgresStore(Store):
                     changes.append(change)
                 if rules.stops(task if new is None else new, ack, worker):
                     cancel.append(task.id)
-            delivered: list[Task] = []
             retry_at = held = None
-            if limit > 0 and options.custom_claim:
+            if early:
+                pass  # claimed above
+            elif limit > 0 and options.custom_claim:
                 delivered, retry_at, held = await self._claim_limited(
                     conn, queue, queue_id, options, limit, worker, now
                 )
@@ -971,33 +1001,41 @@ class PostgresStore(Store):
             await self._notify_ready(conn, (change.task for change in changes))
         return PollResult(delivered, changes, retry_at, cancel, held)
 
-    async def _finish_done(
+    def _done_statement(
         self,
-        conn: AsyncConnection[tuple[Any, ...]],
-        queue: str,
         queue_id: int,
         options: QueueOptions,
         acks: list[tuple[int, Ack]],
         now: int,
         worker: str | None,
-    ) -> dict[int, Change | None]:
+    ) -> tuple[str, tuple[Any, ...]]:
         """The hot path of workers' "done"s: one statement finishes the current deliveries
         the acks name (locking them in id order), as rules.apply_ack would; an ack it does
         not match (stale, refused, a task with its cancel requested or holding a unique_key
-        past its end) is left to the rules. A finished task maps to its change, or to None
-        when nobody watches (Store.watch): then only ids come back."""
+        past its end) is left to the rules. It returns every column of the tasks finished,
+        or only their ids when nobody watches (Store.watch)."""
         watching = self.watch is None or self.watch()
         ids = [task_id for task_id, _ack in acks]
         attempts = [ack.attempt or 0 for _id, ack in acks]
         if options.persistent:
             results = [None if ack.result is None else bytes(ack.result) for _id, ack in acks]
             sql = self._sql["done_keep" if watching else "done_keep_ids"]
-            args: tuple[Any, ...] = (ids, attempts, results, ids, now, queue_id, worker, worker)
-        else:
-            sql = self._sql["done_drop" if watching else "done_drop_ids"]
-            args = (ids, attempts, ids, queue_id, worker, worker)
-        rows = await (await conn.execute(sql, args)).fetchall()
-        if not watching:
+            return sql, (ids, attempts, results, ids, now, queue_id, worker, worker)
+        sql = self._sql["done_drop" if watching else "done_drop_ids"]
+        return sql, (ids, attempts, ids, queue_id, worker, worker)
+
+    @staticmethod
+    def _done_changes(
+        rows: list[tuple[Any, ...]],
+        queue: str,
+        options: QueueOptions,
+        acks: list[tuple[int, Ack]],
+        now: int,
+        worker: str | None,
+    ) -> dict[int, Change | None]:
+        """What _done_statement's rows say: each finished task's change, or None when only
+        its id came back."""
+        if rows and len(rows[0]) == 1:
             return dict.fromkeys((row[0] for row in rows), None)
         if options.persistent:  # the rows as updated
             return {row[0]: Change(task_from_row(row, queue), RUNNING) for row in rows}
