@@ -15,28 +15,29 @@ CELERY_REDIS = os.environ.get("KATAR_BENCH_CELERY_REDIS", "redis://127.0.0.1:637
 CELERY_RUNS = "katar-bench:celery-runs"
 
 
+def noop(n: int) -> None:
+    """The job."""
+
+
+async def noop_async(n: int) -> None:
+    """The job, for procrastinate's worker, which runs on asyncio."""
+
+
 def make_procrastinate() -> Any:
     import procrastinate
 
-    app = procrastinate.App(connector=procrastinate.SyncPsycopgConnector(conninfo=PROCRASTINATE_URL))
-
-    @app.task(name="noop")
-    def noop(n: int) -> None:
-        """The job."""
-
+    connector = procrastinate.SyncPsycopgConnector(conninfo=PROCRASTINATE_URL)
+    app = procrastinate.App(connector=connector)
+    app.task(name="noop")(noop)
     return app
 
 
 def make_procrastinate_async() -> Any:
-    """The same app for its worker, which runs on asyncio."""
+    """The same app for its worker."""
     import procrastinate
 
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=PROCRASTINATE_URL))
-
-    @app.task(name="noop")
-    async def noop(n: int) -> None:
-        """The job."""
-
+    app.task(name="noop")(noop_async)
     return app
 
 
@@ -49,11 +50,11 @@ def make_celery() -> Any:
     app.conf.worker_hijack_root_logger = False
     counter = redis.Redis.from_url(CELERY_REDIS)
 
-    @app.task(name="noop")
-    def noop(n: int) -> None:
+    def counted_noop(n: int) -> None:
         """The job; the count is the harness's check, not the peer's work."""
         counter.incr(CELERY_RUNS)
 
+    app.task(name="noop")(counted_noop)
     return app
 
 

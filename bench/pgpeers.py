@@ -107,7 +107,15 @@ def procrastinate(jobs: int) -> Figures:
     with psycopg.connect(url, autocommit=True) as conn:
         if not conn.execute("SELECT to_regclass('procrastinate_jobs')").fetchone()[0]:  # type: ignore[index]
             subprocess.run(
-                [sys.executable, "-m", "procrastinate", "--app", "bench.pg_peer_tasks.PROCRASTINATE", "schema", "--apply"],
+                [
+                    sys.executable,
+                    "-m",
+                    "procrastinate",
+                    "--app",
+                    "bench.pg_peer_tasks.PROCRASTINATE",
+                    "schema",
+                    "--apply",
+                ],
                 env=_env(KATAR_BENCH_PROCRASTINATE=url),
                 cwd=HERE.parent,
                 check=True,
@@ -215,7 +223,7 @@ def _until(done: Callable[[], bool], workers: list[subprocess.Popen[bytes]]) -> 
     while not done():
         for worker in workers:
             if worker.poll() is not None:
-                raise RuntimeError(f"a worker stopped early ({worker.args})")
+                raise RuntimeError(f"a worker stopped early ({worker.args!r})")
         time.sleep(0.02)
     return time.perf_counter() - started
 
@@ -252,13 +260,16 @@ def katar_url(store: str) -> Iterator[str]:
 
 def katar_enqueue(store: str, jobs: int) -> float:
     """Tasks per second that one client adds one per request."""
-    with katar_url(store) as url, katars(url, 1) as servers:
-        with httpx.Client(base_url=servers[0].url, timeout=60) as client:
-            client.put(f"/v1/queue/{QUEUE}", json={}).raise_for_status()
-            started = time.perf_counter()
-            for n in range(jobs):
-                client.post(f"/v1/queue/{QUEUE}/tasks", json={"data": {"n": n}}).raise_for_status()
-            return jobs / (time.perf_counter() - started)
+    with (
+        katar_url(store) as url,
+        katars(url, 1) as servers,
+        httpx.Client(base_url=servers[0].url, timeout=60) as client,
+    ):
+        client.put(f"/v1/queue/{QUEUE}", json={}).raise_for_status()
+        started = time.perf_counter()
+        for n in range(jobs):
+            client.post(f"/v1/queue/{QUEUE}/tasks", json={"data": {"n": n}}).raise_for_status()
+        return jobs / (time.perf_counter() - started)
 
 
 def katar_drain(store: str, jobs: int, batch: int) -> Figures:
@@ -268,7 +279,6 @@ def katar_drain(store: str, jobs: int, batch: int) -> Figures:
         server = servers[0]
         with httpx.Client(base_url=server.url, timeout=60) as client:
             filled = fill(client, jobs)
-            started = time.perf_counter()
             run = wrk(
                 f"{server.url}/v1/queue/{QUEUE}",
                 HERE / "drain.lua",
@@ -285,7 +295,9 @@ def katar_drain(store: str, jobs: int, batch: int) -> Figures:
             finally:
                 run.send_signal(signal.SIGINT)  # wrk then prints its summary and the count
                 output = run.communicate(timeout=30)[0]
-    delivered = [int(line.split()[1]) for line in output.splitlines() if line.startswith("delivered:")]
+    delivered = [
+        int(line.split()[1]) for line in output.splitlines() if line.startswith("delivered:")
+    ]
     _check(f"Katar {store}", jobs, delivered[0] if delivered else -1, jobs)
     return {"enqueue_batch_per_s": filled, "drain_per_s": jobs / elapsed}
 
@@ -355,23 +367,47 @@ def table(results: dict[str, Any]) -> str:
 
 def targets(results: dict[str, Any]) -> str:
     pairs = [
-        ("seed drain (1 a poll) vs graphile-worker defaults", "katar_pg_1", "graphile_defaults", "drain_per_s"),
-        ("batched drain (max 100) vs graphile-worker batched", "katar_pg_100", "graphile_batched", "drain_per_s"),
-        ("enqueue 1,000 a request vs graphile-worker add_jobs", "katar_pg_100", "graphile_batched", "enqueue_batch_per_s"),
+        (
+            "seed drain (1 a poll) vs graphile-worker defaults",
+            "katar_pg_1",
+            "graphile_defaults",
+            "drain_per_s",
+        ),
+        (
+            "batched drain (max 100) vs graphile-worker batched",
+            "katar_pg_100",
+            "graphile_batched",
+            "drain_per_s",
+        ),
+        (
+            "enqueue 1,000 a request vs graphile-worker add_jobs",
+            "katar_pg_100",
+            "graphile_batched",
+            "enqueue_batch_per_s",
+        ),
     ]
-    lines = ["| Katar on PostgreSQL | Katar | peer | ratio | target met |", "|---|---:|---:|---:|---|"]
+    lines = [
+        "| Katar on PostgreSQL | Katar | peer | ratio | target met |",
+        "|---|---:|---:|---:|---|",
+    ]
     for label, ours, theirs, name in pairs:
         if ours in results and theirs in results:
             a, b = results[ours][name], results[theirs][name]
-            lines.append(f"| {label} | {a:,.0f} | {b:,.0f} | {a / b:.2f}x | {'yes' if a >= b else 'no'} |")
+            lines.append(
+                f"| {label} | {a:,.0f} | {b:,.0f} | {a / b:.2f}x | {'yes' if a >= b else 'no'} |"
+            )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", help="comma-separated keys: " + ", ".join(k for k, _, _ in SYSTEMS))
+    parser.add_argument(
+        "--only", help="comma-separated keys: " + ", ".join(k for k, _, _ in SYSTEMS)
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     date = datetime.now(UTC).isoformat(timespec="seconds")
@@ -382,7 +418,9 @@ def main() -> None:
     )
     args.out.mkdir(exist_ok=True)
     path = args.out / f"pgpeers-{date[:10]}"
-    path.with_suffix(".json").write_text(json.dumps({"date": date, "jobs": args.jobs, **results}, indent=2))
+    path.with_suffix(".json").write_text(
+        json.dumps({"date": date, "jobs": args.jobs, **results}, indent=2)
+    )
     path.with_suffix(".md").write_text(text + "\n")
     print(text)
 
