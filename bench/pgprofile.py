@@ -39,6 +39,9 @@ from bench.pgpeers import database
 from bench.throughput import QUEUE, fill
 
 DB = "bench_katar"
+#: py-spy from bench/.venv beside this interpreter, else from the PATH.
+_BESIDE = Path(sys.executable).parent / "py-spy"
+PY_SPY = str(_BESIDE) if _BESIDE.exists() else "py-spy"
 CONNECTIONS = 32
 
 
@@ -249,7 +252,7 @@ def timed(tasks: int, out: Path) -> dict[str, Any]:
             flame = out / f"pyspy-{re.sub(r'[^a-z0-9]+', '-', name)}.txt"
             spy = subprocess.Popen(
                 [
-                    "py-spy",
+                    PY_SPY,
                     "record",
                     "--pid",
                     str(srv.pid),
@@ -328,9 +331,10 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--skip-timed", action="store_true")
+    parser.add_argument("--skip-counted", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(exist_ok=True)
-    results = {"counted": counted(args.tasks)}
+    results = {} if args.skip_counted else {"counted": counted(args.tasks)}
     if not args.skip_timed:
         results["timed"] = timed(args.tasks, args.out)
     path = args.out / "pgprofile.json"
