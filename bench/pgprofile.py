@@ -175,6 +175,44 @@ def pg_counters() -> dict[str, float]:
     }
 
 
+def wal_lsn() -> str:
+    import psycopg
+
+    with psycopg.connect(database(DB), autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def katar_wal(start: str, end: str) -> dict[str, float]:
+    """The WAL written for Katar's database between two positions, from pg_walinspect (no
+    preloading needed, unlike pg_stat_statements): the records that touch its relations and
+    the commit records of their transactions; the rest of a shared server's WAL left out."""
+    import psycopg
+
+    with psycopg.connect(database(DB), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        row = conn.execute(
+            "WITH r AS (SELECT * FROM pg_get_wal_records_info(%s::pg_lsn, %s::pg_lsn)),"
+            " ours AS (SELECT * FROM r WHERE block_ref LIKE %s),"
+            " commits AS (SELECT * FROM r WHERE resource_manager = 'Transaction'"
+            "  AND xid IN (SELECT xid FROM ours))"
+            " SELECT (SELECT coalesce(sum(record_length), 0) FROM ours),"
+            " (SELECT coalesce(sum(fpi_length), 0) FROM ours), (SELECT count(*) FROM ours),"
+            " (SELECT coalesce(sum(record_length), 0) FROM commits),"
+            " (SELECT count(*) FROM commits)",
+            (start, end, f"%rel %/{_database_oid(conn)}/%"),
+        ).fetchone()
+    assert row is not None
+    names = ("wal_bytes", "wal_fpi_bytes", "wal_records", "commit_bytes", "commit_records")
+    return dict(zip(names, [float(x) for x in row], strict=True))
+
+
+def _database_oid(conn: Any) -> int:
+    row = conn.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()
+    return int(row[0])
+
+
 def drain(srv: Server, tasks: int, batch: int) -> int:
     """Drain the queue with wrk; the requests it made."""
     run = wrk(
@@ -268,13 +306,17 @@ def timed(tasks: int, out: Path) -> dict[str, Any]:
                 stderr=subprocess.DEVNULL,
             )
             time.sleep(1)
-            counters, cpu, started = pg_counters(), cpu_seconds(srv.pid), time.perf_counter()
+            counters, lsn = pg_counters(), wal_lsn()
+            cpu, started = cpu_seconds(srv.pid), time.perf_counter()
             requests = phase(srv, n)
             elapsed = time.perf_counter() - started
-            after, cpu_after = pg_counters(), cpu_seconds(srv.pid)
+            after, cpu_after, lsn_after = pg_counters(), cpu_seconds(srv.pid), wal_lsn()
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
         delta = {key: after[key] - counters[key] for key in counters}
+        delta["cluster_wal_bytes"] = delta.pop("wal_bytes")
+        delta["cluster_wal_records"] = delta.pop("wal_records")
+        delta.update(katar_wal(lsn, lsn_after))
         results[name] = {
             "tasks": n,
             "requests": requests,
