@@ -326,7 +326,11 @@ SYSTEMS: list[tuple[str, str, Callable[[int], Figures]]] = [
 ]
 
 
-def measure_all(jobs: int, repeats: int, only: set[str] | None) -> dict[str, Any]:
+def measure_all(
+    jobs: int, repeats: int, only: set[str] | None, save: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    """Every system's figures, the medians of ``repeats`` runs; ``save`` is given the
+    results so far after each system (a long run interrupted keeps what it measured)."""
     results: dict[str, Any] = {}
     for key, label, measure in SYSTEMS:
         if only and key not in only:
@@ -335,6 +339,7 @@ def measure_all(jobs: int, repeats: int, only: set[str] | None) -> dict[str, Any
         runs = [measure(jobs) for _ in range(repeats)]
         results[key] = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
         results[key]["runs"] = runs
+        save(results)
     return results
 
 

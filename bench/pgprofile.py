@@ -38,7 +38,7 @@ from bench.common import HERE, Server, free_port, wait_for_port, wrk
 from bench.pgpeers import database
 from bench.throughput import QUEUE, fill
 
-DB = "bench_katar"
+DB = "bench_katar_profile"  # its own: pg_stat_database and the WAL filter are per database
 #: py-spy from bench/.venv beside this interpreter, else from the PATH.
 _BESIDE = Path(sys.executable).parent / "py-spy"
 PY_SPY = str(_BESIDE) if _BESIDE.exists() else "py-spy"
