@@ -416,18 +416,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     date = datetime.now(UTC).isoformat(timespec="seconds")
-    results = measure_all(args.jobs, args.repeats, set(args.only.split(",")) if args.only else None)
-    text = (
-        f"{machine()}; {date}; N = {args.jobs:,}, median of {args.repeats}\n\n"
-        f"{table(results)}\n\n{targets(results)}"
-    )
     args.out.mkdir(exist_ok=True)
     path = args.out / f"pgpeers-{date[:10]}"
-    path.with_suffix(".json").write_text(
-        json.dumps({"date": date, "jobs": args.jobs, **results}, indent=2)
-    )
-    path.with_suffix(".md").write_text(text + "\n")
-    print(text)
+
+    def save(results: dict[str, Any]) -> str:
+        text = (
+            f"{machine()}; {date}; N = {args.jobs:,}, median of {args.repeats}\n\n"
+            f"{table(results)}\n\n{targets(results)}"
+        )
+        figures = {"date": date, "jobs": args.jobs, "repeats": args.repeats, **results}
+        path.with_suffix(".json").write_text(json.dumps(figures, indent=2))
+        path.with_suffix(".md").write_text(text + "\n")
+        return text
+
+    only = set(args.only.split(",")) if args.only else None
+    print(save(measure_all(args.jobs, args.repeats, only, save)))
 
 
 if __name__ == "__main__":
