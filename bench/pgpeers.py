@@ -327,7 +327,7 @@ SYSTEMS: list[tuple[str, str, Callable[[int], Figures]]] = [
 
 
 def measure_all(
-    jobs: int, repeats: int, only: set[str] | None, save: Callable[[dict[str, Any]], None]
+    jobs: int, repeats: int, only: set[str] | None, save: Callable[[dict[str, Any]], object]
 ) -> dict[str, Any]:
     """Every system's figures, the medians of ``repeats`` runs; ``save`` is given the
     results so far after each system (a long run interrupted keeps what it measured)."""
