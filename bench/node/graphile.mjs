@@ -23,7 +23,7 @@ if (isChild) {
         worker: {
           connectionString: args.url,
           concurrentJobs: CONCURRENCY,
-          maxPoolSize: CONCURRENCY + 1,
+          // maxPoolSize as it comes (10): a shared server's 100 connections go fast.
           ...batching,
         },
       },

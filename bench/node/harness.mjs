@@ -55,6 +55,13 @@ export async function drain(remaining) {
     const worker = fork(process.argv[1], process.argv.slice(2), {
       env: { ...process.env, KATAR_BENCH_CHILD: "1" },
     });
+    // A worker that dies leaves its jobs locked: the drain would never end.
+    worker.on("exit", (code) => {
+      if (code !== 0) {
+        console.error(`a worker process exited with ${code}`);
+        process.exit(1);
+      }
+    });
     await new Promise((resolve) => worker.once("message", resolve));
     children.push(worker);
   }
