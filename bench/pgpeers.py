@@ -392,7 +392,7 @@ def targets(results: dict[str, Any]) -> str:
         ),
     ]
     lines = [
-        "| Katar on PostgreSQL | Katar | peer | ratio | target met |",
+        "| Katar on PostgreSQL | Katar | peer | ratio | goal met |",
         "|---|---:|---:|---:|---|",
     ]
     for label, ours, theirs, name in pairs:
