@@ -133,7 +133,7 @@ class Request:
         return task_id
 
     def query(self) -> dict[str, str]:
-        return dict(parse_qsl(self.query_string.decode("latin-1")))
+        return dict(parse_qsl(self.query_string.decode("latin-1"), keep_blank_values=True))
 
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -306,8 +306,9 @@ def parse_statuses(raw: str | None) -> list[str] | None:
 
 
 def parse_number(raw: str | None, name: str, default: float, low: float, high: float) -> float:
-    """A number from the query string, within bounds."""
-    if raw is None or raw == "":
+    """A number from the query string, within bounds (absent: ``default``; given empty, as
+    ``?limit=``, it is no number)."""
+    if raw is None:
         return default
     try:
         value = float(raw)
