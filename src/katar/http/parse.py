@@ -13,6 +13,7 @@ from typing import Any, Final
 import msgspec
 
 from katar import protocol
+from katar.core import rules
 from katar.core.model import (
     Ack,
     NewTask,
@@ -181,6 +182,7 @@ def _new_task(body: TaskBody, where: str, max_bytes: int) -> NewTask:
         and body.max_attempts is None
         and body.expires_in is None
         and body.unique_for is None
+        and body.after is None
     ):  # most tasks: no option of their own, nothing more to convert
         return NewTask(
             data=body.data, priority=priority, delay_ms=delay_ms, run_at=run_at, paused=paused
@@ -192,7 +194,26 @@ def _new_task(body: TaskBody, where: str, max_bytes: int) -> NewTask:
         run_at=run_at,
         paused=paused,
         **task_options(body, where),
+        **_after(body.after, where),
     )
+
+
+def _after(after: list[str] | None, where: str) -> dict[str, tuple[int, ...]]:
+    """A task's ``after``: the ids it names, and its "$n" references to earlier tasks of the
+    request (whose order the engine checks)."""
+    if not after:
+        return {}
+    ids: list[int] = []
+    refs: list[int] = []
+    for item in after:
+        if item.startswith("$") and 1 < len(item) < 8 and item[1:].isascii() and item[1:].isdigit():
+            refs.append(int(item[1:]))
+            continue
+        task_id = parse_task_id(item)
+        if task_id is None:
+            raise rules.unknown_parent(where, item[:64])
+        ids.append(task_id)
+    return {"after": tuple(ids), "refs": tuple(refs)}
 
 
 def _run_at(body: TaskBody, where: str) -> int:
