@@ -17,7 +17,9 @@ from katar.errors import ValidationError
 from katar.store import Store
 from tests.store.test_conformance import DROP, KEEP, T0, ack, claim, new, setup
 
-RETRY = QueueOptions(persistent=True, timeout=1000, max_attempts=3, retry_failed=True, retry_delay=0)
+RETRY = QueueOptions(
+    persistent=True, timeout=1000, max_attempts=3, retry_failed=True, retry_delay=0
+)
 
 
 def child(value: object, *after: int, refs: Sequence[int] = (), delay_ms: int = 0) -> NewTask:
@@ -255,5 +257,3 @@ async def test_a_paused_waiting_task_waits_again_when_resumed(store: Store) -> N
     assert (await stored(store, waiting)).state is State.PAUSED  # a pause holds it
     resumed = await store.set_status("q", waiting.id, "queued", T0 + 4)
     assert resumed is not None and resumed.task.state is State.READY
-
-

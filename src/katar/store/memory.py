@@ -603,7 +603,8 @@ class MemoryStore(Store):
         """Whether the task names a parent that is not finished (not done, failed or
         cancelled): resumed or retried, it waits for it again."""
         return any(
-            not done and (parent := self._tasks.get(parent_id)) is not None
+            not done
+            and (parent := self._tasks.get(parent_id)) is not None
             and parent.state in UNFINISHED
             for parent_id, (done, _result) in self._edges.get(task.id, {}).items()
         )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Final
 
-SCHEMA_VERSION: Final = 8  # 4: idempotency keys; 5: key, fair_seq; 6: cancel, progress; 7: options
-# 8: delivery history
+SCHEMA_VERSION: Final = 10  # 4: idempotency keys; 5: key, fair_seq; 6: cancel, progress; 7: options
+# 8: delivery history; 10: dependencies
 # The tasks at rest: paused (0), done (4), failed (5), cancelled (6). Not "state IN (0, 4, 5,
 # 6)": SQLite evaluates a partial index's condition for every row a statement writes, and an
 # IN list builds a temporary b-tree each time (a 4 KiB page zeroed): 56,000 instructions per
@@ -43,7 +43,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     unique_key TEXT,
     unique_until INTEGER,  -- the key is held until then, whatever the state
     started_at INTEGER,    -- when the current (or last) delivery started
-    history BLOB           -- the earlier deliveries (rules.archive)
+    history BLOB,          -- the earlier deliveries (rules.archive)
+    parents INTEGER NOT NULL DEFAULT 0,   -- how many tasks it waits for (after)
+    children INTEGER NOT NULL DEFAULT 0   -- 1: tasks wait for it (its end settles them)
 );
 -- The claim's order, over READY tasks only: scheduled, running and finished tasks never
 -- slow it down however many there are.
@@ -69,6 +71,19 @@ CREATE INDEX IF NOT EXISTS tasks_unique ON tasks (queue_id, unique_key)
 -- Finished tasks that a queue without history keeps while they hold their key.
 CREATE INDEX IF NOT EXISTS tasks_kept ON tasks (queue_id, unique_until)
     WHERE unique_until IS NOT NULL AND state BETWEEN 4 AND 5;
+-- Dependencies: one edge per (child, parent), with the parent's result once it is done, so
+-- that the results outlive the parent (a queue without history removes it at once). The
+-- partial indexes hold the edges still waiting: a parent's end finds its children, and a
+-- child's "is any parent not done" is one probe, however many parents it has.
+CREATE TABLE IF NOT EXISTS deps (
+    child_id INTEGER NOT NULL,
+    parent_id INTEGER NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    result BLOB,
+    PRIMARY KEY (child_id, parent_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deps_parent ON deps (parent_id) WHERE done = 0;
+CREATE INDEX IF NOT EXISTS deps_pending ON deps (child_id) WHERE done = 0;
 -- An enqueue's Idempotency-Key: the ids it created (katar.core.idempotency.pack_ids).
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     queue_id INTEGER NOT NULL,
@@ -100,6 +115,10 @@ _ADDED: Final = {
         ("tasks", "unique_until", "INTEGER"),
     ),
     8: (("tasks", "started_at", "INTEGER"), ("tasks", "history", "BLOB")),
+    10: (
+        ("tasks", "parents", "INTEGER NOT NULL DEFAULT 0"),
+        ("tasks", "children", "INTEGER NOT NULL DEFAULT 0"),
+    ),
 }
 
 

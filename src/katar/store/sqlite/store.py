@@ -22,6 +22,7 @@ from katar.core.model import (
     State,
     Task,
     TaskFilter,
+    now_ms,
     parse_task_id,
 )
 from katar.core.storage import BulkStep, Change, Enqueued, LimitState, PollResult
@@ -40,6 +41,7 @@ from katar.store._rows import (
     where_sql,
 )
 from katar.store.sqlite.batch import _RUNNING_KEYS, Batches, _Poll
+from katar.store.sqlite.deps import Dependencies
 from katar.store.sqlite.schema import _AT_REST, SCHEMA_VERSION
 from katar.store.sqlite.writer import _ROOM, GroupCommit
 
@@ -95,8 +97,8 @@ _UPDATE: Final = (
 # A task with per-task options or a unique_key (rare): every column, in one statement.
 _INSERT_FULL: Final = (
     "INSERT INTO tasks (id, queue_id, state, priority, data, created_at, updated_at, run_at,"
-    " key, fair_seq, timeout, max_attempts, expires_at, unique_key, unique_until)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " key, fair_seq, timeout, max_attempts, expires_at, unique_key, unique_until, parents)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 # The task that holds a unique_key (rules.holds_key), if any: by the partial index tasks_unique.
 # The tasks that hold the unique_keys of a batch, by the partial index tasks_unique: one
@@ -119,7 +121,7 @@ _options_decoder: Final = msgspec.json.Decoder(QueueOptions)
 
 
 # Batches first: its _finish_polls is the one GroupCommit declares.
-class SQLiteStore(Batches, GroupCommit):
+class SQLiteStore(Batches, Dependencies, GroupCommit):
     """Queues and tasks in one SQLite database file."""
 
     # -- rows and tasks --------------------------------------------------------------------
@@ -134,12 +136,21 @@ class SQLiteStore(Batches, GroupCommit):
             raise QueueNotFound(queue=queue) from None
 
     def _store_change(
-        self, conn: sqlite3.Connection, old: Task, new: Task | None, options: QueueOptions
+        self,
+        conn: sqlite3.Connection,
+        old: Task,
+        new: Task | None,
+        options: QueueOptions,
+        also: list[Change],
     ) -> Change | None:
+        """Write a task's new version; the tasks its end settles go in ``also``."""
         if new is None:
             return None
+        self._settle(conn, old, new, new.updated_at, also)
         if rules.discard(new, options):
             conn.execute("DELETE FROM tasks WHERE id=?", (new.id,))
+            if new.parents:
+                self._forget(conn, [new.id])
         else:
             conn.execute(
                 _UPDATE,
@@ -198,9 +209,23 @@ class SQLiteStore(Batches, GroupCommit):
 
         await self._write(op)
 
-    async def delete_queue(self, name: str) -> int:
+    async def delete_queue(self, name: str, now: int | None = None) -> int:
+        when = now_ms() if now is None else now
+
         def op(conn: sqlite3.Connection) -> int:
             queue_id = self._queue_id(name)
+            # The tasks of other queues that wait for this one's are cancelled.
+            also: list[Change] = []
+            for row in conn.execute(
+                f"SELECT {_COLUMNS} FROM tasks WHERE queue_id=? AND children=1", (queue_id,)
+            ).fetchall():
+                self._settle(conn, self._task(row), None, when, also)
+            settled.extend(change for change in also if change.task.queue != name)
+            conn.execute(
+                "DELETE FROM deps WHERE child_id IN (SELECT id FROM tasks WHERE queue_id=?"
+                " AND parents>0)",
+                (queue_id,),
+            )
             count: int = conn.execute("DELETE FROM tasks WHERE queue_id=?", (queue_id,)).rowcount
             conn.execute("DELETE FROM queues WHERE id=?", (queue_id,))
             conn.execute("DELETE FROM idempotency_keys WHERE queue_id=?", (queue_id,))
@@ -208,7 +233,10 @@ class SQLiteStore(Batches, GroupCommit):
             # The id -> name entry stays: reads of the old queue's rows may still be in flight.
             return count
 
-        return await self._write(op)
+        settled: list[Change] = []
+        count = await self._write(op)
+        self.report(settled)
+        return count
 
     async def enqueue(self, queue: str, tasks: Sequence[NewTask], now: int) -> list[Task]:
         def op(conn: sqlite3.Connection) -> list[Task]:
@@ -272,6 +300,8 @@ class SQLiteStore(Batches, GroupCommit):
         answered: list[Task] = []
         created: list[Task] = []
         taken: dict[str, Task] = {}  # the keys this batch takes
+        parents = self._parents(conn, tasks)
+        edges: list[tuple[int, int, int, bytes | None]] = []
         wanted = {spec.unique_key for spec in tasks if spec.unique_key is not None}
         holders: dict[str | None, Task] = {}
         if wanted:
@@ -291,6 +321,8 @@ class SQLiteStore(Batches, GroupCommit):
                     continue
             self._last_id += 1
             task = rules.new_task(queue, spec, self._last_id, now)
+            if spec.after or spec.refs:
+                task = self._depend(task, spec, parents, answered, edges)
             if key is not None:
                 taken[key] = task
             created.append(task)
@@ -317,10 +349,12 @@ class SQLiteStore(Batches, GroupCommit):
                     t.expires_at,
                     t.unique_key,
                     t.unique_until,
+                    t.parents,
                 )
                 for t, place in zip(created, places, strict=True)
             ],
         )
+        self._link(conn, edges)
         return answered
 
     def _fair_places(
@@ -455,7 +489,18 @@ class SQLiteStore(Batches, GroupCommit):
             row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
             if row is None or self._queue_names.get(row[1]) != queue:
                 return None
-            return self._task(row)
+            return self._view(conn, self._task(row))
+
+        return await self._read(op)
+
+    async def queues_of(self, ids: Sequence[int]) -> dict[int, str]:
+        def op(conn: sqlite3.Connection) -> dict[int, str]:
+            rows = conn.execute(
+                "SELECT id, queue_id FROM tasks WHERE id IN (SELECT value FROM json_each(?))",
+                (msgspec.json.encode(list(ids)),),
+            )
+            names = self._queue_names
+            return {task_id: names[queue_id] for task_id, queue_id in rows if queue_id in names}
 
         return await self._read(op)
 
@@ -472,7 +517,7 @@ class SQLiteStore(Batches, GroupCommit):
         args = (queue_id, *params, *((after,) if page else ()), limit)
 
         def op(conn: sqlite3.Connection) -> list[Task]:
-            return [self._task(row) for row in conn.execute(sql, args).fetchall()]
+            return [self._view(conn, self._task(row)) for row in conn.execute(sql, args).fetchall()]
 
         return await self._read(op)
 
@@ -501,7 +546,7 @@ class SQLiteStore(Batches, GroupCommit):
     ) -> BulkStep:
         queue_id = self._queue_id(queue)
         conditions, params = self._where(where)
-        columns = "id, state" if action == "delete" else _COLUMNS
+        columns = _COLUMNS
         sql = (
             f"SELECT {columns} FROM tasks WHERE queue_id=?{conditions} AND id>? ORDER BY id LIMIT ?"
         )
@@ -512,31 +557,51 @@ class SQLiteStore(Batches, GroupCommit):
             if not rows:
                 return BulkStep(0, 0, after, [])
             last = rows[-1][0]
+            also: list[Change] = []
             if action == "delete":
-                ids = [task_id for task_id, state in rows if _STATES[state] in states]
-                conn.execute(_DELETE_IDS, (msgspec.json.encode(ids),))
-                return BulkStep(len(rows), len(ids), last, [])
+                deleted = [task for row in rows if (task := self._task(row)).state in states]
+                self._delete(conn, deleted, now, also)
+                ids = {task.id for task in deleted}
+                settled.extend(change for change in also if change.task.id not in ids)
+                return BulkStep(len(rows), len(deleted), last, [])
             changes: list[Change] = []
             for row in rows:
                 task = self._task(row)
-                new = rules.bulk_change(task, action, now)
+                if also:  # a cascade of this step may have changed it
+                    row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task.id,))
+                    task = self._task(row.fetchone())
+                new = rules.bulk_change(task, action, now, self._still_waits(conn, task))
                 if new is None:
                     continue
                 try:
-                    change = self._change(conn, queue_id, task, new, now)
+                    change = self._change(conn, queue_id, task, new, now, also)
                 except Conflict:
                     continue  # a retry whose unique_key another task holds now
                 if change is not None:
                     changes.append(change)
-            return BulkStep(len(rows), len(changes), last, changes)
+            return BulkStep(len(rows), len(changes), last, changes + also)
 
-        return await self._write(op)
+        settled: list[Change] = []
+        step = await self._write(op)
+        self.report(settled)
+        return step
+
+    def _delete(
+        self, conn: sqlite3.Connection, tasks: Sequence[Task], now: int, also: list[Change]
+    ) -> None:
+        """Remove tasks: those that waited for them are cancelled (``also``)."""
+        for task in tasks:
+            self._settle(conn, task, None, now, also)
+        conn.execute(_DELETE_IDS, (msgspec.json.encode([task.id for task in tasks]),))
+        self._forget(conn, [task.id for task in tasks if task.parents])
 
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:
         queue_id = self._queue_id(queue)
 
         def op(conn: sqlite3.Connection) -> int:
-            return conn.execute(_PRUNE, (queue_id, int(state), before, now, limit)).rowcount
+            rows = conn.execute(_PRUNE, (queue_id, int(state), before, now, limit)).fetchall()
+            self._forget(conn, [task_id for task_id, parents in rows if parents])
+            return len(rows)
 
         return await self._write(op)
 
@@ -601,12 +666,23 @@ class SQLiteStore(Batches, GroupCommit):
             if row is None or self._queue_names.get(row[1]) != queue:
                 raise TaskNotFound.named(task_id, queue)
             task = self._task(row)
-            return self._change(conn, row[1], task, rules.change_status(task, status, now), now)
+            new = rules.change_status(task, status, now, self._still_waits(conn, task))
+            change = self._change(conn, row[1], task, new, now, settled)
+            return None if change is None else change._replace(task=self._view(conn, change.task))
 
-        return await self._write(op)
+        settled: list[Change] = []
+        change = await self._write(op)
+        self.report(settled)
+        return change
 
     def _change(
-        self, conn: sqlite3.Connection, queue_id: int, task: Task, new: Task | None, now: int
+        self,
+        conn: sqlite3.Connection,
+        queue_id: int,
+        task: Task,
+        new: Task | None,
+        now: int,
+        also: list[Change],
     ) -> Change | None:
         """Write an operator's change to a task (a PATCH's, a bulk action's)."""
         if rules.retakes_key(task, new, now):
@@ -617,22 +693,30 @@ class SQLiteStore(Batches, GroupCommit):
                     raise rules.key_taken(task, holder)
         # A status change never finishes a task, so the queue's history option plays no
         # part: any options will do.
-        change = self._store_change(conn, task, new, _KEEP)
+        change = self._store_change(conn, task, new, _KEEP, also)
         if change is not None and queue_id in self._fair and change.task.state in UNFINISHED:
             # A retry of a task finished before the queue became fair: it needs a place.
             (place,) = self._fair_places(conn, queue_id, [change.task])
             conn.execute(_PLACE_ONE, (place, task.id))
         return change
 
-    async def delete_task(self, queue: str, task_id: int) -> bool:
+    async def delete_task(self, queue: str, task_id: int, now: int | None = None) -> bool:
+        when = now_ms() if now is None else now
+
         def op(conn: sqlite3.Connection) -> bool:
             queue_id = self._queue_id(queue)
-            cursor = conn.execute(
-                "DELETE FROM tasks WHERE id=? AND queue_id=?", (task_id, queue_id)
-            )
-            return cursor.rowcount > 0
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM tasks WHERE id=? AND queue_id=?", (task_id, queue_id)
+            ).fetchone()
+            if row is None:
+                return False
+            self._delete(conn, [self._task(row)], when, settled)
+            return True
 
-        return await self._write(op)
+        settled: list[Change] = []
+        deleted = await self._write(op)
+        self.report(settled)
+        return deleted
 
     async def expire(self, queues: Mapping[str, QueueOptions], now: int) -> list[Change]:
         def op(conn: sqlite3.Connection) -> list[Change]:
@@ -654,7 +738,7 @@ class SQLiteStore(Batches, GroupCommit):
                         if decide
                         else rules.promote(task, now)
                     )
-                    change = self._store_change(conn, task, new, options)
+                    change = self._store_change(conn, task, new, options, changes)
                     if change is not None:
                         changes.append(change)
             # Finished tasks kept only while they held their unique_key (rules.discard):
@@ -672,6 +756,8 @@ class SQLiteStore(Batches, GroupCommit):
                 options = queues.get(task.queue)
                 if options is not None and rules.sweepable(task, options, now):
                     conn.execute("DELETE FROM tasks WHERE id=?", (task.id,))
+                    if task.parents:
+                        self._forget(conn, [task.id])
             return changes
 
         return await self._write(op)
@@ -710,7 +796,7 @@ _DELETE_IDS: Final = "DELETE FROM tasks WHERE id IN (SELECT value FROM json_each
 _PRUNE: Final = (
     "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND state=?"
     f" AND {_AT_REST} AND updated_at<=? AND (unique_until IS NULL OR unique_until<=?)"
-    " ORDER BY id LIMIT ?)"
+    " ORDER BY id LIMIT ?) RETURNING id, parents"
 )
 # Each queue's head, one step down the index tasks_ready.
 _HEADS: Final = (
