@@ -122,11 +122,13 @@ async def test_a_chain_runs_across_two_queues(store: Store) -> None:
     assert await claim(store, options=DROP, queue="store") == []
     await finish(store, first, {"words": 3}, KEEP, "parse")
     (got,) = await claim(store, options=DROP, queue="store")
-    assert got.id == second.id and results(got) == {str(first.id): {"words": 3}}
+    assert got.id == second.id
+    assert results(got) == {str(first.id): {"words": 3}}
     done = ack(got, "done", result=msgspec.Raw(b'"saved"'))
     await store.poll("store", DROP, [done], 0, "w1", T0 + 2)
     (last,) = await claim(store, queue="parse")
-    assert last.id == third.id and results(last) == {str(second.id): "saved"}
+    assert last.id == third.id
+    assert results(last) == {str(second.id): "saved"}
 
 
 async def test_a_failure_cancels_the_children_and_theirs(store: Store) -> None:
@@ -140,9 +142,14 @@ async def test_a_failure_cancels_the_children_and_theirs(store: Store) -> None:
     cancelled = {c.task.id: c.task for c in changes if c.task.state is State.CANCELLED}
     assert set(cancelled) == {middle.id, leaf.id}
     m, lf = await stored(store, middle), await stored(store, leaf)
-    assert m.state is State.CANCELLED and lf.state is State.CANCELLED
-    assert m.error is not None and f"task {root.id} " in m.error and "failed" in m.error
-    assert lf.error is not None and f"task {middle.id} " in lf.error and "cancelled" in lf.error
+    assert m.state is State.CANCELLED
+    assert lf.state is State.CANCELLED
+    assert m.error is not None
+    assert f"task {root.id} " in m.error
+    assert "failed" in m.error
+    assert lf.error is not None
+    assert f"task {middle.id} " in lf.error
+    assert "cancelled" in lf.error
     assert await claim(store) == []
 
 
@@ -160,7 +167,8 @@ async def test_children_keep_waiting_while_a_failed_parent_is_retried(store: Sto
     assert (await stored(store, waiting)).state is State.WAITING
     await finish(store, parent, "finally", RETRY)
     (got,) = await claim(store, options=RETRY)
-    assert got.id == waiting.id and results(got) == {str(parent.id): "finally"}
+    assert got.id == waiting.id
+    assert results(got) == {str(parent.id): "finally"}
 
 
 async def test_a_lease_that_fails_the_parent_for_good_cancels_the_children(store: Store) -> None:
@@ -186,12 +194,16 @@ async def test_cancelling_or_deleting_a_parent_cancels_its_children(store: Store
     change = await store.set_status("q", first.id, "cancelled", T0 + 1)
     assert change is not None
     got = await stored(store, a)
-    assert got.state is State.CANCELLED and got.error is not None and "cancelled" in got.error
+    assert got.state is State.CANCELLED
+    assert got.error is not None
+    assert "cancelled" in got.error
     assert [c.task.id for c in recorder.seen] == [a.id]
     assert await store.delete_task("q", second.id, T0 + 2)
     got = await stored(store, b)
-    assert got.state is State.CANCELLED and got.error is not None
-    assert f"task {second.id} " in got.error and "deleted" in got.error
+    assert got.state is State.CANCELLED
+    assert got.error is not None
+    assert f"task {second.id} " in got.error
+    assert "deleted" in got.error
     assert [c.task.id for c in recorder.seen] == [a.id, b.id]
 
 
@@ -199,12 +211,14 @@ async def test_references_name_earlier_tasks_of_the_same_enqueue(store: Store) -
     await setup(store)
     batch = [new("a"), new("b"), child("ab", refs=(0, 1)), child("abc", refs=(2,))]
     a, b, ab, abc = await store.enqueue("q", batch, T0)
-    assert ab.state is State.WAITING and ab.waiting_for == (a.id, b.id)
+    assert ab.state is State.WAITING
+    assert ab.waiting_for == (a.id, b.id)
     assert abc.waiting_for == (ab.id,)
     await finish(store, a, "A")
     await finish(store, b, "B")
     (got,) = await claim(store)
-    assert got.id == ab.id and results(got) == {str(a.id): "A", str(b.id): "B"}
+    assert got.id == ab.id
+    assert results(got) == {str(a.id): "A", str(b.id): "B"}
 
 
 async def test_parents_must_exist(store: Store) -> None:
@@ -225,9 +239,11 @@ async def test_a_parent_already_finished_counts_as_it_ended(store: Store) -> Non
     ready, cancelled = await store.enqueue(
         "q", [child("r", done.id), child("c", done.id, failed.id)], T0 + 2
     )
-    assert ready.state is State.READY and results(ready) == {str(done.id): 42}
+    assert ready.state is State.READY
+    assert results(ready) == {str(done.id): 42}
     assert cancelled.state is State.CANCELLED
-    assert cancelled.error is not None and f"task {failed.id} " in cancelled.error
+    assert cancelled.error is not None
+    assert f"task {failed.id} " in cancelled.error
     (got,) = await claim(store, now=T0 + 3)
     assert got.id == ready.id
 
@@ -251,9 +267,11 @@ async def test_a_paused_waiting_task_waits_again_when_resumed(store: Store) -> N
     (waiting,) = await store.enqueue("q", [child("c", parent.id)], T0)
     await store.set_status("q", waiting.id, "paused", T0 + 1)
     resumed = await store.set_status("q", waiting.id, "queued", T0 + 2)
-    assert resumed is not None and resumed.task.state is State.WAITING
+    assert resumed is not None
+    assert resumed.task.state is State.WAITING
     await store.set_status("q", waiting.id, "paused", T0 + 3)
     await finish(store, parent, "p")
     assert (await stored(store, waiting)).state is State.PAUSED  # a pause holds it
     resumed = await store.set_status("q", waiting.id, "queued", T0 + 4)
-    assert resumed is not None and resumed.task.state is State.READY
+    assert resumed is not None
+    assert resumed.task.state is State.READY
