@@ -291,9 +291,10 @@ class Store(abc.ABC):
     async def expire(self, queues: Mapping[str, QueueOptions], now: int) -> list[Change]:
         """Re-queue or fail tasks whose lease ran out (a task's end settles the tasks that
         wait for it, as every change does: rules.release, rules.orphaned); cancel the tasks
-        never delivered whose expiry has come (rules.expire); make due scheduled tasks READY. Also remove
-        the finished tasks that a queue without history kept while they held their
-        unique_key, once that time has passed (rules.sweepable): no change is reported."""
+        never delivered whose expiry has come (rules.expire); make due scheduled tasks READY.
+        Also remove the finished tasks that a queue without history kept while they held
+        their unique_key, once that time has passed (rules.sweepable): no change is
+        reported."""
 
     @abc.abstractmethod
     async def next_deadline(self) -> int | None:
