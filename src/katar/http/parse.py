@@ -198,7 +198,7 @@ def _new_task(body: TaskBody, where: str, max_bytes: int) -> NewTask:
     )
 
 
-def _after(after: list[str] | None, where: str) -> dict[str, tuple[int, ...]]:
+def _after(after: list[str] | None, where: str) -> dict[str, Any]:
     """A task's ``after``: the ids it names, and its "$n" references to earlier tasks of the
     request (whose order the engine checks)."""
     if not after:

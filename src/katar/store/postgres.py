@@ -35,6 +35,7 @@ from katar.core.model import (
     State,
     Task,
     TaskFilter,
+    now_ms,
     parse_task_id,
 )
 from katar.core.storage import BulkStep, Change, Enqueued, LimitState, Observer, PollResult, Store
@@ -49,7 +50,8 @@ from katar.errors import (
     TaskNotFound,
 )
 from katar.logs import mask_credentials
-from katar.store._rows import COLUMNS, Dialect, task_from_row, update_values, where_sql
+from katar.store._rows import COLUMNS, Dialect, task_from_row, update_values, view, where_sql
+from katar.store.postgres_deps import PostgresDependencies
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -57,7 +59,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("katar")
 
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 8
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -134,6 +136,27 @@ CREATE INDEX IF NOT EXISTS tasks_kept ON {s}.tasks (queue_id, unique_until)
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS started_at bigint;
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS history bytea;  -- rules.archive's JSON
 """,
+    # 7: schedules (their own migration).
+    8: """
+-- Dependencies (after): how many tasks a task waits for, and whether tasks wait for it.
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS parents integer NOT NULL DEFAULT 0;
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS children boolean NOT NULL DEFAULT false;
+-- One edge per (child, parent), with the parent's result once it is done, so that the
+-- results outlive the parent (a queue without history removes it at once). The partial
+-- indexes hold the edges still waiting: a parent's end finds its children, and a child's
+-- "is any parent not done" is one probe, however many parents it has.
+CREATE TABLE IF NOT EXISTS {s}.deps (
+    child_id bigint NOT NULL,
+    parent_id bigint NOT NULL,
+    done boolean NOT NULL DEFAULT false,
+    result bytea,
+    PRIMARY KEY (child_id, parent_id)
+);
+CREATE INDEX IF NOT EXISTS deps_parent ON {s}.deps (parent_id) WHERE NOT done;
+CREATE INDEX IF NOT EXISTS deps_pending ON {s}.deps (child_id) WHERE NOT done;
+-- Tasks waiting for others (state 7) rest, as paused and finished ones do.
+CREATE INDEX IF NOT EXISTS tasks_waiting ON {s}.tasks (queue_id, id) WHERE state = 7;
+""",
 }
 
 
@@ -187,7 +210,7 @@ def _translate(exc: Exception, url: str) -> StoreError:
     return StoreError(mask_credentials(f"PostgreSQL failed: {exc}", url))
 
 
-class PostgresStore(Store):
+class PostgresStore(PostgresDependencies, Store):
     """Queues and tasks in PostgreSQL, shared by any number of Katar servers."""
 
     shared = True  # other servers' leases and delays: see Store.shared
@@ -235,10 +258,10 @@ class PostgresStore(Store):
             "insert_full": (
                 f"INSERT INTO {s}.tasks (queue_id, state, priority, data, created_at,"
                 f" updated_at, run_at, key, fair_seq, timeout, max_attempts, expires_at,"
-                f" unique_key, unique_until) SELECT * FROM unnest(%s::int[], %s::smallint[],"
-                f" %s::int[], %s::bytea[], %s::bigint[], %s::bigint[], %s::bigint[],"
-                f" %s::text[], %s::bigint[], %s::int[], %s::int[], %s::bigint[], %s::text[],"
-                f" %s::bigint[]) RETURNING id"
+                f" unique_key, unique_until, parents, id) SELECT * FROM unnest(%s::int[],"
+                f" %s::smallint[], %s::int[], %s::bytea[], %s::bigint[], %s::bigint[],"
+                f" %s::bigint[], %s::text[], %s::bigint[], %s::int[], %s::int[], %s::bigint[],"
+                f" %s::text[], %s::bigint[], %s::int[], %s::bigint[]) RETURNING id"
             ),
             # One transaction at a time per (queue, unique_key), in one order: no deadlock.
             "lock_keys": (
@@ -328,11 +351,14 @@ class PostgresStore(Store):
             "prune": (
                 f"DELETE FROM {s}.tasks WHERE id IN (SELECT id FROM {s}.tasks WHERE"
                 " queue_id = %s AND state = %s AND updated_at <= %s AND (unique_until IS NULL"
-                " OR unique_until <= %s) ORDER BY id LIMIT %s)"
+                " OR unique_until <= %s) ORDER BY id LIMIT %s) RETURNING id, parents"
             ),
             "save_bucket": (
                 f"UPDATE {s}.queues SET bucket_tokens = %s, bucket_at = %s WHERE id = %s"
             ),
+            # Ids taken ahead for a batch whose tasks name one another ("$n" in after).
+            "next_ids": f"SELECT nextval('{s}.tasks_id_seq') FROM generate_series(1, %s)",
+            **self._deps_sql(),
         }
 
     # -- connections -------------------------------------------------------------------------
@@ -371,7 +397,8 @@ class PostgresStore(Store):
                     f" this one knows {SCHEMA_VERSION})"
                 )
             for version in range(current + 1, SCHEMA_VERSION + 1):
-                await conn.execute(_MIGRATIONS[version].format(s=s))
+                if version in _MIGRATIONS:  # a version may belong to another branch's work
+                    await conn.execute(_MIGRATIONS[version].format(s=s))
                 await conn.execute(f"INSERT INTO {s}.schema_version VALUES (%s)", (version,))
         self.schema_change = (current, SCHEMA_VERSION)
 
@@ -581,9 +608,27 @@ class PostgresStore(Store):
         else:
             self._fair.discard(row[0])
 
-    async def delete_queue(self, name: str) -> int:
+    async def delete_queue(self, name: str, now: int | None = None) -> int:
         queue_id = await self._queue_id(name)
+        when = now_ms() if now is None else now
+        settled: list[Change] = []
         async with self._transaction() as conn:
+            # The tasks of other queues that wait for this one's are cancelled.
+            cursor = await conn.execute(
+                f"SELECT {COLUMNS} FROM {self._schema}.tasks WHERE queue_id = %s AND children"
+                " ORDER BY id FOR UPDATE",
+                (queue_id,),
+            )
+            also: list[Change] = []
+            for row in await cursor.fetchall():
+                await self._settle(conn, self._sql, task_from_row(row, name), None, when, also)
+            settled = [change for change in also if change.task.queue != name]
+            await self._notify_ready(conn, (change.task for change in settled))
+            await conn.execute(
+                f"DELETE FROM {self._schema}.deps WHERE child_id IN (SELECT id FROM"
+                f" {self._schema}.tasks WHERE queue_id = %s AND parents > 0)",
+                (queue_id,),
+            )
             cursor = await conn.execute(
                 f"DELETE FROM {self._schema}.tasks WHERE queue_id = %s", (queue_id,)
             )
@@ -594,6 +639,7 @@ class PostgresStore(Store):
             )
             await self._notify(conn, f"q:{name}")
         self._queue_ids.pop(name, None)
+        self.report(settled)
         return count
 
     # -- tasks -------------------------------------------------------------------------------
@@ -653,17 +699,36 @@ class PostgresStore(Store):
         answered: list[Task | int] = []  # a duplicate, or the index of a task to create
         drafts: list[Task] = []
         taken: dict[str, int] = {}  # a key this batch takes: the index of its draft
+        sql = self._sql
+        parents = await self._parents(conn, sql, tasks)
+        # Ids are taken first: a task's edges, and the errors of those cancelled at once,
+        # name the ids of the batch's earlier tasks.
+        cursor = await conn.execute(sql["next_ids"], (len(tasks),))
+        free = sorted(row[0] for row in await cursor.fetchall())
+        edges: list[tuple[int, int, bool, bytes | None]] = []
+        made: list[Task] = []  # each answered task, as far as this batch knows it
         for spec in tasks:
             key = spec.unique_key
             if key is not None and key in holders:
                 answered.append(holders[key])
+                made.append(holders[key])
             elif key is not None and key in taken:
                 answered.append(-1 - taken[key])  # a duplicate of this batch's draft
+                made.append(drafts[taken[key]])
             else:
                 if key is not None:
                     taken[key] = len(drafts)
                 answered.append(len(drafts))
-                drafts.append(rules.new_task(queue, spec, 0, now))
+                draft = rules.new_task(queue, spec, free[len(drafts)], now)
+                if spec.after or spec.refs:
+                    mine = {parent_id: parents[parent_id] for parent_id in spec.after}
+                    for ref in spec.refs:  # new in this request: never done
+                        mine[made[ref].id] = (made[ref].state, None)
+                    draft, mine_edges = self._depend(draft, mine)
+                    edges += [(draft.id, *edge) for edge in mine_edges]
+                    draft = view(draft, mine_edges)
+                drafts.append(draft)
+                made.append(draft)
         ids: list[int] = []
         if drafts:
             places: Sequence[int | None] = [None] * len(drafts)
@@ -679,10 +744,12 @@ class PostgresStore(Store):
                     [t.expires_at for t in drafts],
                     [t.unique_key for t in drafts],
                     [t.unique_until for t in drafts],
+                    [t.parents for t in drafts],
+                    [t.id for t in drafts],
                 ),
             )
-            # unnest keeps the order of its arrays, and a sequence hands out growing ids.
             ids = sorted(row[0] for row in await cursor.fetchall())
+            await self._link(conn, sql, edges)
             await self._notify_ready(conn, drafts)
         created = [msgspec.structs.replace(t, id=i) for t, i in zip(drafts, ids, strict=True)]
         return [
@@ -777,11 +844,16 @@ class PostgresStore(Store):
         old: Task,
         new: Task | None,
         options: QueueOptions,
+        also: list[Change],
     ) -> Change | None:
+        """Write a task's new version; the tasks its end settles go in ``also``."""
         if new is None:
             return None
+        await self._settle(conn, self._sql, old, new, new.updated_at, also)
         if rules.discard(new, options):
             await conn.execute(self._sql["delete"], (new.id,))
+            if new.parents:
+                await self._forget(conn, self._sql, [new.id])
         else:
             await conn.execute(
                 self._sql["update"],
@@ -829,9 +901,11 @@ class PostgresStore(Store):
                 except KatarError as exc:
                     exc.details.setdefault("ack", index)
                     raise
-                change = await self._write(conn, task, new, options)
+                also: list[Change] = []
+                change = await self._write(conn, task, new, options, also)
                 if change is not None and change.task.state != change.old:
                     changes.append(change)
+                changes += also
                 if rules.stops(task if new is None else new, ack, worker):
                     cancel.append(task.id)
             delivered: list[Task] = []
@@ -847,6 +921,7 @@ class PostgresStore(Store):
                 )
                 delivered = [task_from_row(row, queue) for row in await cursor.fetchall()]
                 delivered.sort(key=lambda t: (-t.priority, t.id))
+            delivered = await self._views(conn, self._sql, delivered)
             await self._notify_ready(conn, (change.task for change in changes))
         return PollResult(delivered, changes, retry_at, cancel, held)
 
@@ -958,7 +1033,18 @@ class PostgresStore(Store):
             row = await (await conn.execute(self._sql["task"], (task_id,))).fetchone()
             if row is None or await self._name(conn, row[1]) != queue:
                 return None
-            return task_from_row(row, queue)
+            (task,) = await self._views(conn, self._sql, [task_from_row(row, queue)])
+            return task
+
+    async def queues_of(self, ids: Sequence[int]) -> dict[int, str]:
+        async with self._transaction(writes=False) as conn:
+            cursor = await conn.execute(
+                f"SELECT id, queue_id FROM {self._schema}.tasks WHERE id = ANY(%s)", (list(ids),)
+            )
+            return {
+                task_id: await self._name(conn, queue_id)
+                for task_id, queue_id in await cursor.fetchall()
+            }
 
     async def list_tasks(
         self, queue: str, where: TaskFilter, limit: int, after: int, newest_first: bool = False
@@ -976,7 +1062,8 @@ class PostgresStore(Store):
         args = (queue_id, *params, *((after,) if page else ()), limit)
         async with self._transaction(writes=False) as conn:
             rows = await (await conn.execute(sql, args)).fetchall()
-        return [task_from_row(row, queue) for row in rows]
+            tasks = [task_from_row(row, queue) for row in rows]
+            return await self._views(conn, self._sql, tasks)
 
     async def count_tasks(self, queue: str, where: TaskFilter) -> int:
         queue_id = await self._queue_id(queue)
@@ -994,7 +1081,7 @@ class PostgresStore(Store):
         queue_id = await self._queue_id(queue)
         conditions, params = where_sql(where, _DIALECT)
         s = self._schema
-        columns = "id, state" if action == "delete" else COLUMNS
+        columns = COLUMNS
         sql = (
             f"SELECT {columns} FROM {s}.tasks WHERE queue_id = %s{conditions} AND id > %s"
             " ORDER BY id LIMIT %s FOR UPDATE"
@@ -1005,25 +1092,51 @@ class PostgresStore(Store):
             if not rows:
                 return BulkStep(0, 0, after, [])
             last = rows[-1][0]
+            also: list[Change] = []
             if action == "delete":
-                ids = [task_id for task_id, state in rows if _STATE_OF[state] in states]
-                await conn.execute(f"DELETE FROM {s}.tasks WHERE id = ANY(%s)", (ids,))
-                return BulkStep(len(rows), len(ids), last, [])
-            changes: list[Change] = []
-            for row in rows:
-                task = task_from_row(row, queue)
-                new = rules.bulk_change(task, action, now)
-                if new is None:
-                    continue
-                try:
-                    async with conn.transaction():  # a savepoint: a refused retry undoes itself
-                        change = await self._change(conn, queue_id, task, new, now)
-                except Conflict:
-                    continue  # a retry whose unique_key another task holds now
-                if change is not None:
-                    changes.append(change)
-            await self._notify_ready(conn, (change.task for change in changes))
-            return BulkStep(len(rows), len(changes), last, changes)
+                deleted = [t for row in rows if (t := task_from_row(row, queue)).state in states]
+                await self._delete(conn, deleted, now, also)
+                ids = {task.id for task in deleted}
+                settled = [change for change in also if change.task.id not in ids]
+                await self._notify_ready(conn, (change.task for change in settled))
+            else:
+                changes: list[Change] = []
+                for row in rows:
+                    task = task_from_row(row, queue)
+                    if also:  # a cascade of this step may have changed it
+                        found = await (await conn.execute(self._sql["task"], (task.id,))).fetchone()
+                        assert found is not None
+                        task = task_from_row(found, queue)
+                    waits = await self._still_waits(conn, self._sql, task)
+                    new = rules.bulk_change(task, action, now, waits)
+                    if new is None:
+                        continue
+                    try:
+                        async with conn.transaction():  # a savepoint: a refused retry undoes it
+                            change = await self._change(conn, queue_id, task, new, now, also)
+                    except Conflict:
+                        continue  # a retry whose unique_key another task holds now
+                    if change is not None:
+                        changes.append(change)
+                changes += also
+                await self._notify_ready(conn, (change.task for change in changes))
+                return BulkStep(len(rows), len(changes) - len(also), last, changes)
+        self.report(settled)
+        return BulkStep(len(rows), len(deleted), last, [])
+
+    async def _delete(
+        self,
+        conn: AsyncConnection[tuple[Any, ...]],
+        tasks: Sequence[Task],
+        now: int,
+        also: list[Change],
+    ) -> None:
+        """Remove tasks: those that waited for them are cancelled (``also``)."""
+        for task in tasks:
+            await self._settle(conn, self._sql, task, None, now, also)
+        ids = [task.id for task in tasks]
+        await conn.execute(f"DELETE FROM {self._schema}.tasks WHERE id = ANY(%s)", (ids,))
+        await self._forget(conn, self._sql, [task.id for task in tasks if task.parents])
 
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:
         queue_id = await self._queue_id(queue)
@@ -1031,8 +1144,9 @@ class PostgresStore(Store):
             cursor = await conn.execute(
                 self._sql["prune"], (queue_id, int(state), before, now, limit)
             )
-            pruned: int = cursor.rowcount
-            return pruned
+            rows = await cursor.fetchall()
+            await self._forget(conn, self._sql, [task_id for task_id, parents in rows if parents])
+            return len(rows)
 
     async def heads(self) -> dict[str, int]:
         s = self._schema
@@ -1080,12 +1194,17 @@ class PostgresStore(Store):
             if row is None or row[1] != queue_id:
                 raise TaskNotFound.named(task_id, queue)
             task = task_from_row(row, queue)
+            waits = await self._still_waits(conn, self._sql, task)
+            also: list[Change] = []
             change = await self._change(
-                conn, queue_id, task, rules.change_status(task, status, now), now
+                conn, queue_id, task, rules.change_status(task, status, now, waits), now, also
             )
             if change is not None:
-                await self._notify_ready(conn, [change.task])
-            return change
+                await self._notify_ready(conn, [change.task, *(c.task for c in also)])
+                (viewed,) = await self._views(conn, self._sql, [change.task])
+                change = change._replace(task=viewed)
+        self.report(also)
+        return change
 
     async def _change(
         self,
@@ -1094,6 +1213,7 @@ class PostgresStore(Store):
         task: Task,
         new: Task | None,
         now: int,
+        also: list[Change],
     ) -> Change | None:
         """Write an operator's change to a task (a PATCH's, a bulk action's)."""
         if rules.retakes_key(task, new, now):
@@ -1107,7 +1227,7 @@ class PostgresStore(Store):
                 if holder.id != task.id:
                     raise rules.key_taken(task, holder)
         # A status change never finishes a task: the history option plays no part.
-        change = await self._write(conn, task, new, _KEEP)
+        change = await self._write(conn, task, new, _KEEP, also)
         if change is not None and queue_id in self._fair and change.task.state in UNFINISHED:
             # A retry of a task finished before the queue became fair: it needs a place.
             (place,) = await self._fair_places(conn, queue_id, [change.task])
@@ -1117,15 +1237,18 @@ class PostgresStore(Store):
             )
         return change
 
-    async def delete_task(self, queue: str, task_id: int) -> bool:
+    async def delete_task(self, queue: str, task_id: int, now: int | None = None) -> bool:
         queue_id = await self._queue_id(queue)
+        also: list[Change] = []
         async with self._transaction() as conn:
-            cursor = await conn.execute(
-                f"DELETE FROM {self._schema}.tasks WHERE id = %s AND queue_id = %s",
-                (task_id, queue_id),
-            )
-            deleted: bool = cursor.rowcount > 0
-            return deleted
+            row = await (await conn.execute(self._sql["lock"], (task_id,))).fetchone()
+            if row is None or row[1] != queue_id:
+                return False
+            when = now_ms() if now is None else now
+            await self._delete(conn, [task_from_row(row, queue)], when, also)
+            await self._notify_ready(conn, (change.task for change in also))
+        self.report(also)
+        return True
 
     async def expire(self, queues: Mapping[str, QueueOptions], now: int) -> list[Change]:
         s = self._schema
@@ -1161,7 +1284,7 @@ class PostgresStore(Store):
                         if lease
                         else rules.promote(task, now)
                     )
-                    change = await self._write(conn, task, new, options)
+                    change = await self._write(conn, task, new, options, changes)
                     if change is not None:
                         changes.append(change)
             # Finished tasks kept only while they held their unique_key (rules.discard):
@@ -1185,6 +1308,7 @@ class PostgresStore(Store):
                 options = queues.get(task.queue)
                 if options is not None and rules.sweepable(task, options, now):
                     await conn.execute(self._sql["delete"], (task.id,))
+                    await self._forget(conn, self._sql, [task.id] if task.parents else [])
             await self._notify_ready(conn, (change.task for change in changes))
         return changes
 
