@@ -151,8 +151,9 @@ def where_sql(where: TaskFilter, dialect: Dialect) -> tuple[str, list[Any]]:
     p = dialect.param
     sql: list[str] = []
     params: list[Any] = []
-    if where.states is not None:
-        sql.append(f"state IN ({','.join(str(int(state)) for state in where.states)})")
+    if where.states is not None:  # none at all selects nothing ("IN ()" is no SQL to all)
+        states = ",".join(str(int(state)) for state in where.states)
+        sql.append(f"state IN ({states})" if states else "1 = 0")
     if where.ids is not None:
         sql.append(dialect.ids)
         params.append(dialect.ids_value(where.ids))

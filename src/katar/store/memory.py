@@ -126,6 +126,7 @@ class MemoryStore(Store):
             if (
                 task is not None
                 and task.state in UNFINISHED
+                and task.state is not WAITING  # as the SQL stores' index of places
                 and self._seq.get(task_id) == -negative
             ):
                 return -negative
@@ -315,7 +316,7 @@ class MemoryStore(Store):
             self._last_id += 1
             task = rules.new_task(queue, spec, self._last_id, now)
             if spec.after or spec.refs:
-                named = dict.fromkeys((*spec.after, *(created[n].id for n in spec.refs)))
+                named = sorted({*spec.after, *(created[n].id for n in spec.refs)})
                 task = self._link(task, [self._tasks[parent_id] for parent_id in named])
             ids[task.id] = None
             if fair:

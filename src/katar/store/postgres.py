@@ -258,10 +258,10 @@ class PostgresStore(PostgresDependencies, Store):
             "insert_full": (
                 f"INSERT INTO {s}.tasks (queue_id, state, priority, data, created_at,"
                 f" updated_at, run_at, key, fair_seq, timeout, max_attempts, expires_at,"
-                f" unique_key, unique_until, parents, id) SELECT * FROM unnest(%s::int[],"
+                f" unique_key, unique_until, parents, id, error) SELECT * FROM unnest(%s::int[],"
                 f" %s::smallint[], %s::int[], %s::bytea[], %s::bigint[], %s::bigint[],"
                 f" %s::bigint[], %s::text[], %s::bigint[], %s::int[], %s::int[], %s::bigint[],"
-                f" %s::text[], %s::bigint[], %s::int[], %s::bigint[]) RETURNING id"
+                f" %s::text[], %s::bigint[], %s::int[], %s::bigint[], %s::text[]) RETURNING id"
             ),
             # One transaction at a time per (queue, unique_key), in one order: no deadlock.
             "lock_keys": (
@@ -272,7 +272,7 @@ class PostgresStore(PostgresDependencies, Store):
             "holders": (
                 f"SELECT DISTINCT ON (unique_key) {COLUMNS} FROM {s}.tasks WHERE queue_id = %s"
                 " AND unique_key = ANY(%s) AND unique_key IS NOT NULL"
-                " AND (state < 4 OR unique_until > %s) ORDER BY unique_key, id"
+                " AND (state < 4 OR state = 7 OR unique_until > %s) ORDER BY unique_key, id"
             ),
             # A task's own timeout makes its own lease (rules.lease_ms); a task never
             # delivered whose expiry has come (rules.expired) is left for the reaper.
@@ -339,7 +339,8 @@ class PostgresStore(PostgresDependencies, Store):
             "place_waiting": (
                 f"UPDATE {s}.tasks AS t SET fair_seq = r.place FROM (SELECT id, row_number()"
                 " OVER (PARTITION BY key ORDER BY priority DESC, id) - 1 AS place FROM"
-                f" {s}.tasks WHERE queue_id = %s AND state BETWEEN 0 AND 3 AND fair_seq IS NULL)"
+                f" {s}.tasks WHERE queue_id = %s AND (state BETWEEN 0 AND 3 OR state = 7)"
+                " AND fair_seq IS NULL)"
                 " AS r WHERE t.id = r.id"
             ),
             "take": (
@@ -702,9 +703,18 @@ class PostgresStore(PostgresDependencies, Store):
         sql = self._sql
         parents = await self._parents(conn, sql, tasks)
         # Ids are taken first: a task's edges, and the errors of those cancelled at once,
-        # name the ids of the batch's earlier tasks.
-        cursor = await conn.execute(sql["next_ids"], (len(tasks),))
-        free = sorted(row[0] for row in await cursor.fetchall())
+        # name the ids of the batch's earlier tasks. As many as there are tasks to create:
+        # an id taken and not used would count as a task that existed (see _issued).
+        fresh, seen = 0, set()
+        for spec in tasks:
+            key = spec.unique_key
+            if key is None or (key not in holders and key not in seen):
+                fresh += 1
+                seen.add(key)
+        free: list[int] = []
+        if fresh:
+            cursor = await conn.execute(sql["next_ids"], (fresh,))
+            free = sorted(row[0] for row in await cursor.fetchall())
         edges: list[tuple[int, int, bool, bytes | None]] = []
         made: list[Task] = []  # each answered task, as far as this batch knows it
         for spec in tasks:
@@ -722,8 +732,10 @@ class PostgresStore(PostgresDependencies, Store):
                 draft = rules.new_task(queue, spec, free[len(drafts)], now)
                 if spec.after or spec.refs:
                     mine = {parent_id: parents[parent_id] for parent_id in spec.after}
-                    for ref in spec.refs:  # new in this request: never done
-                        mine[made[ref].id] = (made[ref].state, None)
+                    for ref in spec.refs:  # new in this request, or a unique_key's holder
+                        earlier = made[ref]
+                        result = None if earlier.result is None else bytes(earlier.result)
+                        mine[earlier.id] = (earlier.state, result)
                     draft, mine_edges = self._depend(draft, mine)
                     edges += [(draft.id, *edge) for edge in mine_edges]
                     draft = view(draft, mine_edges)
@@ -746,6 +758,7 @@ class PostgresStore(PostgresDependencies, Store):
                     [t.unique_until for t in drafts],
                     [t.parents for t in drafts],
                     [t.id for t in drafts],
+                    [t.error for t in drafts],  # a task cancelled at once: its parent failed
                 ),
             )
             ids = sorted(row[0] for row in await cursor.fetchall())

@@ -93,7 +93,8 @@ class Dependencies:
             mine[parent_id] = parents[parent_id]
         for ref in spec.refs:
             earlier = answered[ref]
-            mine[earlier.id] = (earlier.state, None)  # new in this request: never done
+            result = None if earlier.result is None else bytes(earlier.result)
+            mine[earlier.id] = (earlier.state, result)  # new, or a unique_key's holder
         ordered = sorted(mine.items())
         task = rules.depend(task, [(parent_id, state) for parent_id, (state, _r) in ordered])
         mine_edges = [

@@ -85,8 +85,8 @@ _FAIR_LAST: Final = (
 # A queue made fair: its waiting tasks get places, each key's in its own order.
 _PLACE_WAITING: Final = (
     "UPDATE tasks SET fair_seq = r.place FROM (SELECT id, row_number() OVER (PARTITION BY key"
-    " ORDER BY priority DESC, id) - 1 AS place FROM tasks WHERE queue_id=? AND state BETWEEN"
-    " 0 AND 3 AND fair_seq IS NULL) AS r WHERE tasks.id = r.id"
+    " ORDER BY priority DESC, id) - 1 AS place FROM tasks WHERE queue_id=? AND (state BETWEEN"
+    " 0 AND 3 OR state = 7) AND fair_seq IS NULL) AS r WHERE tasks.id = r.id"
 )
 _PLACE_ONE: Final = "UPDATE tasks SET fair_seq=? WHERE id=? AND fair_seq IS NULL"
 _UPDATE: Final = (
@@ -97,15 +97,15 @@ _UPDATE: Final = (
 # A task with per-task options or a unique_key (rare): every column, in one statement.
 _INSERT_FULL: Final = (
     "INSERT INTO tasks (id, queue_id, state, priority, data, created_at, updated_at, run_at,"
-    " key, fair_seq, timeout, max_attempts, expires_at, unique_key, unique_until, parents)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " key, fair_seq, timeout, max_attempts, expires_at, unique_key, unique_until, parents,"
+    " error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 # The task that holds a unique_key (rules.holds_key), if any: by the partial index tasks_unique.
 # The tasks that hold the unique_keys of a batch, by the partial index tasks_unique: one
 # statement for the batch (a statement costs microseconds, an index probe far less).
 _HOLDERS: Final = (
     f"SELECT {COLUMNS} FROM tasks WHERE id IN (SELECT (SELECT id FROM tasks WHERE queue_id=?"
-    " AND unique_key=k.value AND unique_key IS NOT NULL AND (state < 4 OR unique_until > ?)"
+    " AND unique_key=k.value AND unique_key IS NOT NULL AND (state < 4 OR state = 7 OR unique_until > ?)"
     " ORDER BY id LIMIT 1) FROM json_each(?) AS k)"
 )
 _RESTING: Final = frozenset({State.PAUSED, State.DONE, State.FAILED, State.CANCELLED})
@@ -350,6 +350,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
                     t.unique_key,
                     t.unique_until,
                     t.parents,
+                    t.error,  # a task cancelled at once: its parent had failed
                 )
                 for t, place in zip(created, places, strict=True)
             ],
