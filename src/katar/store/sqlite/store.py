@@ -105,7 +105,8 @@ _INSERT_FULL: Final = (
 # statement for the batch (a statement costs microseconds, an index probe far less).
 _HOLDERS: Final = (
     f"SELECT {COLUMNS} FROM tasks WHERE id IN (SELECT (SELECT id FROM tasks WHERE queue_id=?"
-    " AND unique_key=k.value AND unique_key IS NOT NULL AND (state < 4 OR state = 7 OR unique_until > ?)"
+    " AND unique_key=k.value AND unique_key IS NOT NULL"
+    " AND (state < 4 OR state = 7 OR unique_until > ?)"
     " ORDER BY id LIMIT 1) FROM json_each(?) AS k)"
 )
 _RESTING: Final = frozenset({State.PAUSED, State.DONE, State.FAILED, State.CANCELLED})
