@@ -70,7 +70,8 @@ async def fan_in(store: Store, parents: int) -> dict[str, float]:
     finish, _ = await timed(finish_all)
     deliver, result = await timed(lambda: store.poll("in", OPTIONS, [], 1, "w", T0 + 2))
     (child,) = result.delivered
-    assert child.after is not None and len(msgspec.json.decode(child.after)) == parents
+    assert child.after is not None
+    assert len(msgspec.json.decode(child.after)) == parents
     return {"enqueue": enqueue, "parents_done": finish, "deliver": deliver}
 
 
