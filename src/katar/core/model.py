@@ -414,6 +414,35 @@ def parse_task_options(**raw: Any) -> dict[str, Any]:
     return task_options(body)
 
 
+def unknown_parent(where: str, parent_id: int | str) -> ValidationError:
+    """The refusal of an ``after`` that names no task this server's store holds (or none
+    the caller's token may see: the same words, so that they tell nothing)."""
+    return ValidationError(
+        f"{where}.after: task {parent_id} not found; a task can only wait for tasks that exist",
+        field="after",
+        _id=str(parent_id),
+    )
+
+
+def parse_after(after: Sequence[str | int], where: str) -> dict[str, Any]:
+    """A task's ``after`` as :class:`NewTask` fields: the ids it names (``after``) and its
+    "$n" references to earlier tasks of the same enqueue (``refs``, whose order the engine
+    checks). An item that can be neither is refused as an unknown task."""
+    ids: list[int] = []
+    refs: list[int] = []
+    for item in after:
+        if isinstance(item, str) and item.startswith("$") and 1 < len(item) < 8:
+            digits = item[1:]
+            if digits.isascii() and digits.isdigit():
+                refs.append(int(digits))
+                continue
+        task_id = parse_task_id(item)
+        if task_id is None:
+            raise unknown_parent(where, str(item)[:64])
+        ids.append(task_id)
+    return {"after": tuple(ids), "refs": tuple(refs)}
+
+
 def parse_task_id(task_id: str | int) -> int | None:
     """The store id behind a client's task id, or None when it cannot be one of ours."""
     if isinstance(task_id, int) and not isinstance(task_id, bool):

@@ -36,6 +36,7 @@ from katar.core.model import (
     State,
     Task,
 )
+from katar.core.model import unknown_parent as unknown_parent  # the stores take it here
 from katar.errors import Conflict, IllegalTransition, ValidationError
 from katar.protocol import ACK_STATUSES as ACK_STATUSES
 from katar.protocol import HISTORY_LENGTH
@@ -637,16 +638,6 @@ def depend(task: Task, parents: Sequence[tuple[int, State]]) -> Task:
     if task.state in (READY, SCHEDULED) and any(state is not DONE for _id, state in parents):
         return replace(task, state=WAITING)
     return task
-
-
-def unknown_parent(where: str, parent_id: int | str) -> ValidationError:
-    """The refusal of an ``after`` that names no task this server's store holds (or none
-    the caller's token may see: the same words, so that they tell nothing)."""
-    return ValidationError(
-        f"{where}.after: task {parent_id} not found; a task can only wait for tasks that exist",
-        field="after",
-        _id=str(parent_id),
-    )
 
 
 def orphan_error(parent_id: int, how: str) -> str:

@@ -13,12 +13,12 @@ from typing import Any, Final
 import msgspec
 
 from katar import protocol
-from katar.core import rules
 from katar.core.model import (
     Ack,
     NewTask,
     TaskFilter,
     now_ms,
+    parse_after,
     parse_priority,
     parse_task_id,
     states_of,
@@ -194,26 +194,8 @@ def _new_task(body: TaskBody, where: str, max_bytes: int) -> NewTask:
         run_at=run_at,
         paused=paused,
         **task_options(body, where),
-        **_after(body.after, where),
+        **(parse_after(body.after, where) if body.after else {}),
     )
-
-
-def _after(after: list[str] | None, where: str) -> dict[str, Any]:
-    """A task's ``after``: the ids it names, and its "$n" references to earlier tasks of the
-    request (whose order the engine checks)."""
-    if not after:
-        return {}
-    ids: list[int] = []
-    refs: list[int] = []
-    for item in after:
-        if item.startswith("$") and 1 < len(item) < 8 and item[1:].isascii() and item[1:].isdigit():
-            refs.append(int(item[1:]))
-            continue
-        task_id = parse_task_id(item)
-        if task_id is None:
-            raise rules.unknown_parent(where, item[:64])
-        ids.append(task_id)
-    return {"after": tuple(ids), "refs": tuple(refs)}
 
 
 def _run_at(body: TaskBody, where: str) -> int:
