@@ -6,6 +6,8 @@ Part of the conformance suite (see test_conformance): the same tests run on ever
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 
 import msgspec
@@ -275,3 +277,77 @@ async def test_a_paused_waiting_task_waits_again_when_resumed(store: Store) -> N
     resumed = await store.set_status("q", waiting.id, "queued", T0 + 4)
     assert resumed is not None
     assert resumed.task.state is State.READY
+
+
+# -- several servers on one PostgreSQL ---------------------------------------------------------
+
+
+async def test_parents_finished_at_once_on_several_servers_release_the_child(
+    shared_stores: list[Store],
+) -> None:
+    servers = shared_stores
+    await servers[0].save_queue("q", KEEP)
+    for _round in range(5):
+        parents = await servers[0].enqueue("q", [new(n) for n in range(6)], T0)
+        (waiting,) = await servers[0].enqueue("q", [child("c", *(p.id for p in parents))], T0)
+        claimed = (await servers[0].poll("q", KEEP, [], 6, None, T0)).delivered
+        assert {t.id for t in claimed} == {p.id for p in parents}
+        # Each server finishes two parents, all at the same moment.
+        await asyncio.gather(
+            *(
+                servers[i % 3].poll("q", KEEP, [ack(task, "done")], 0, None, T0 + 1)
+                for i, task in enumerate(claimed)
+            )
+        )
+        released = await stored(servers[1], waiting)
+        assert released.state is State.READY
+        assert released.waiting_for == ()
+        (got,) = (await servers[2].poll("q", KEEP, [], 1, None, T0 + 2)).delivered
+        assert got.id == waiting.id
+        await servers[2].poll("q", KEEP, [ack(got, "done")], 0, None, T0 + 3)
+
+
+async def test_a_release_wakes_the_other_servers(shared_stores: list[Store]) -> None:
+    one, other, _third = shared_stores
+    await one.save_queue("q", KEEP)
+    await one.save_queue("next", DROP)
+    heard: list[tuple[str, int]] = []
+
+    class Listener(Recorder):
+        def tasks_ready(self, queue: str, count: int) -> None:
+            heard.append((queue, count))
+
+    listening = asyncio.create_task(other.listen(Listener()))
+    try:
+        (parent,) = await one.enqueue("q", [new("p")], T0)
+        await one.enqueue("next", [child(i, parent.id) for i in range(3)], T0)
+        await asyncio.sleep(0.2)  # the listener is connected; the enqueue woke nobody
+        heard.clear()
+        await finish(store=one, task=parent, result="r")
+        for _ in range(100):
+            if ("next", 3) in heard:
+                break
+            await asyncio.sleep(0.05)
+        assert ("next", 3) in heard
+    finally:
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
+
+
+async def test_a_child_enqueued_as_its_parent_finishes_on_another_server_is_released(
+    shared_stores: list[Store],
+) -> None:
+    enqueuer, acker, _third = shared_stores
+    await enqueuer.save_queue("q", KEEP)
+    for _round in range(10):
+        (parent,) = await enqueuer.enqueue("q", [new("p")], T0)
+        (claimed,) = (await acker.poll("q", KEEP, [], 1, None, T0)).delivered
+        made, _acked = await asyncio.gather(
+            enqueuer.enqueue("q", [child("c", parent.id)], T0),
+            acker.poll("q", KEEP, [ack(claimed, "done")], 0, None, T0 + 1),
+        )
+        got = await stored(enqueuer, made[0])
+        assert got.state is State.READY, got  # never left waiting for a parent that is done
+        (delivered,) = (await acker.poll("q", KEEP, [], 1, None, T0 + 2)).delivered
+        await acker.poll("q", KEEP, [ack(delivered, "done")], 0, None, T0 + 3)
