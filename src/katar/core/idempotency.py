@@ -75,7 +75,8 @@ def digest(tasks: Sequence[NewTask]) -> bytes:
         extra = {
             name: value
             for name in task.__struct_fields__
-            if name not in _DIGESTED and (value := getattr(task, name)) is not None
+            # An empty after (no dependencies) is absent, as None is.
+            if name not in _DIGESTED and (value := getattr(task, name)) not in (None, ())
         }
         if extra:  # the later fields, only when given, for the same reason
             hasher.update(b",+" + msgspec.json.encode(extra))
