@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import msgspec
 import pytest
 
+from katar.core.idempotency import idempotency
 from katar.core.model import EVERY_TASK, NewTask, QueueOptions, State, Task
 from katar.core.storage import Change
 from katar.errors import ValidationError
@@ -351,3 +352,23 @@ async def test_a_child_enqueued_as_its_parent_finishes_on_another_server_is_rele
         assert got.state is State.READY, got  # never left waiting for a parent that is done
         (delivered,) = (await acker.poll("q", KEEP, [], 1, None, T0 + 2)).delivered
         await acker.poll("q", KEEP, [ack(delivered, "done")], 0, None, T0 + 3)
+
+
+async def test_a_repeat_under_an_idempotency_key_answers_the_waiting_task_as_it_is(
+    store: Store,
+) -> None:
+    await setup(store)
+    (parent,) = await store.enqueue("q", [new("p")], T0)
+    tasks = [new("a"), child("b", parent.id, refs=(0,))]
+    once = idempotency("k", tasks)
+    first = await store.enqueue_once("q", tasks, T0, once)
+    assert first.created
+    assert first.tasks[1].waiting_for == (parent.id, first.tasks[0].id)
+    again = await store.enqueue_once("q", tasks, T0 + 1, once)
+    assert not again.created
+    assert [t.id for t in again.tasks] == [t.id for t in first.tasks]
+    assert again.tasks[1].state is State.WAITING
+    assert again.tasks[1].waiting_for == (parent.id, first.tasks[0].id)
+    await store.set_status("q", parent.id, "cancelled", T0 + 2)
+    cancelled = await store.enqueue_once("q", tasks, T0 + 3, once)
+    assert cancelled.tasks[1].state is State.CANCELLED

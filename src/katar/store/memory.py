@@ -344,10 +344,11 @@ class MemoryStore(Store):
         return Enqueued(new, True)
 
     def _current(self, first: Task) -> Task:
-        if not first.duplicate:
+        if not idempotency.read_back(first):
             return first
         found = self._tasks.get(first.id)
-        return idempotency.current(first, found if found and found.queue == first.queue else None)
+        mine = found if found and found.queue == first.queue else None
+        return idempotency.current(first, None if mine is None else self._view(mine))
 
     async def prune_keys(self, before: int) -> int:
         expired = []

@@ -825,11 +825,13 @@ class PostgresStore(PostgresDependencies, Store):
                 answer = []
                 for task in first:
                     found = None
-                    if task.duplicate:  # answered as it is now (see idempotency.current)
+                    if idempotency.read_back(task):  # as it is now (idempotency.current)
                         cursor = await conn.execute(self._sql["task"], (task.id,))
                         row = await cursor.fetchone()
                         if row is not None and row[1] == queue_id:
-                            found = task_from_row(row, queue)
+                            (found,) = await self._views(
+                                conn, self._sql, [task_from_row(row, queue)]
+                            )
                     answer.append(idempotency.current(task, found))
                 return Enqueued(answer, False)
             new = await self._insert(conn, queue_id, queue, tasks, now)

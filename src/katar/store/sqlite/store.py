@@ -403,12 +403,14 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
 
     def _current(self, conn: sqlite3.Connection, queue_id: int, first: Task) -> Task:
         """A repeat's answer for a task of the first (see idempotency.current)."""
-        if not first.duplicate:
+        if not idempotency.read_back(first):
             return first
         row = conn.execute(
             f"SELECT {_COLUMNS} FROM tasks WHERE id=? AND queue_id=?", (first.id, queue_id)
         ).fetchone()
-        return idempotency.current(first, None if row is None else self._task(row))
+        return idempotency.current(
+            first, None if row is None else self._view(conn, self._task(row))
+        )
 
     async def prune_keys(self, before: int) -> int:
         def op(conn: sqlite3.Connection) -> int:
