@@ -32,6 +32,7 @@ from katar.core.model import (
     parse_task_options,
     states_of,
 )
+from katar.core.schedule import Schedule, ScheduleSpec, check_name, parse_schedule
 from katar.errors import KatarError, TaskNotFound, ValidationError
 from katar.store import open_store
 
@@ -63,6 +64,7 @@ class Katar:
         self.store_url = store
         self.engine = Engine(open_store(store), reap_interval=reap_interval, clock=clock)
         self._declared: dict[str, QueueOptions] = {}
+        self._schedules: dict[str, ScheduleSpec] = {}
         self._open = False
 
     @property
@@ -110,14 +112,52 @@ class Katar:
         raw = {**msgspec.structs.asdict(options), "configuration": configuration}
         self.declare(name, replace(options, configuration=parse_queue_options(raw).configuration))
 
+    def schedule(self, name: str, cron: str, queue: str, **fields: Any) -> None:
+        """Declare a schedule (before Katar opens): a task on ``queue`` at each tick of
+        ``cron`` (five fields), with the other fields of a ``[schedules.NAME]`` table
+        (timezone, data, priority, overlap, catch_up, paused). Created, or its stored spec
+        replaced, when Katar opens; at run time, use :meth:`put_schedule`."""
+        check_name(name)
+        if self._open:
+            raise KatarError(f"declare schedule {name!r} before Katar opens, or use put_schedule")
+        self._schedules[name] = parse_schedule({"cron": cron, "queue": queue, **fields})
+
+    def declare_schedule(self, name: str, spec: ScheduleSpec) -> None:
+        """Declare a schedule with a ready-made spec (before Katar opens)."""
+        check_name(name)
+        if self._open:
+            raise KatarError(f"declare schedule {name!r} before Katar opens")
+        self._schedules[name] = spec
+
+    def declared_schedules(self) -> dict[str, ScheduleSpec]:
+        """The schedules declared so far, by name."""
+        return dict(self._schedules)
+
+    async def put_schedule(self, name: str, cron: str, queue: str, **fields: Any) -> Schedule:
+        """Create a schedule or replace it while Katar is open (see :meth:`schedule`)."""
+        spec = parse_schedule({"cron": cron, "queue": queue, **fields})
+        return await self.engine.put_schedule(name, spec)
+
+    async def schedules(self) -> list[Schedule]:
+        """Every schedule, by name."""
+        return await self.engine.list_schedules()
+
+    async def pause_schedule(self, name: str, paused: bool = True) -> Schedule:
+        """Pause a schedule (its ticks pass without a task), or resume it with False."""
+        return await self.engine.patch_schedule(name, {"paused": paused})
+
+    async def delete_schedule(self, name: str) -> None:
+        """Remove a schedule; the tasks it made stay."""
+        await self.engine.delete_schedule(name)
+
     def on(self, event: str, listener: Listener) -> None:
         """Call ``listener(task)`` on each ``"<queue>.<status>"`` change (``*`` for any queue)."""
         self.engine.on(event, listener)
 
     async def open(self) -> None:
-        """Open the store and create or update the declared queues."""
+        """Open the store and create or update the declared queues and schedules."""
         if not self._open:
-            await self.engine.open(self._declared)
+            await self.engine.open(self._declared, self._schedules)
             self._open = True
 
     async def close(self) -> None:

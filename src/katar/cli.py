@@ -10,6 +10,7 @@ import argparse
 import importlib
 import itertools
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -59,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
         help="text lines, or one JSON object a line (time, level, message, fields); default text",
     )
     serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="serve with N processes sharing the port (PostgreSQL store only; default 1)",
+    )
+    serve.add_argument(
         "--access-log",
         action="store_true",
         help="log a line per answered request: method, route, status, time, bytes",
@@ -88,12 +96,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("--config", metavar="FILE", help="a TOML configuration file")
     migrate.add_argument("--db", metavar="URL", help="the store URL (default: the file's)")
+    listing = commands.add_parser(
+        "schedules",
+        help="list the server's schedules, or pause, resume or delete one",
+        description="List the server's schedules (a table, or --json), or pause, resume or"
+        " delete one: katar schedules [pause|resume|delete NAME]. Needs an admin token.",
+    )
+    listing.add_argument("action", nargs="?", choices=("list", "pause", "resume", "delete"))
+    listing.add_argument("name", nargs="?", help="the schedule, for pause, resume and delete")
+    listing.add_argument("--json", action="store_true", help="print the answer's JSON")
     for name, text in (
+        ("schedules", ""),
         ("worker", "run a Python function as a worker: katar worker ... module:function"),
         ("enqueue", "put tasks on a queue: katar enqueue ... DATA (JSON, or - for JSON lines)"),
     ):
-        command = commands.add_parser(name, help=text, description=text)
+        command = listing if name == "schedules" else commands.add_parser(name, help=text)
         _connection(command)
+        if name == "schedules":
+            continue
         command.add_argument("--queue", required=True, help="the queue's name")
         if name == "worker":
             command.add_argument("--concurrency", type=int, default=1, help="tasks at once (1)")
@@ -274,6 +294,68 @@ _END: Final = object()
 _BATCH: Final = 1000
 
 
+def schedules(args: argparse.Namespace) -> int:
+    """``katar schedules``: the server's schedules as a table (or JSON); or pause, resume or
+    delete one."""
+    import httpx
+
+    from katar.errors import RequestRejected, ServerUnavailable, TransportError
+
+    action = args.action or "list"
+    if (action == "list") != (args.name is None):
+        raise ConfigError(
+            f"katar schedules {action} " + ("takes no NAME" if action == "list" else "needs a NAME")
+        )
+    headers = {} if not args.token else {"authorization": f"Bearer {args.token}"}
+    url = args.url.rstrip("/")
+    path = "/v1/schedules" + ("" if args.name is None else f"/{args.name}")
+    method, body = {
+        "list": ("GET", None),
+        "pause": ("PATCH", {"paused": True}),
+        "resume": ("PATCH", {"paused": False}),
+        "delete": ("DELETE", None),
+    }[action]
+    try:
+        with httpx.Client(verify=args.ca_file or True, timeout=30) as http:
+            answer = http.request(method, url + path, json=body, headers=headers)
+    except httpx.HTTPError as exc:
+        raise TransportError(f"{url}: {exc}") from exc
+    if answer.status_code >= 400:
+        try:
+            message = answer.json().get("error", answer.text)
+        except ValueError:
+            message = answer.text
+        kind = RequestRejected if answer.status_code < 500 else ServerUnavailable
+        raise kind(f"{answer.status_code}: {message}", status=answer.status_code)
+    payload = answer.json()
+    if args.json:
+        print(json.dumps(payload, indent=2))
+        return 0
+    if action != "list":
+        state = "deleted" if action == "delete" else "paused" if payload["paused"] else "resumed"
+        print(f"schedule {args.name} {state}")
+        return 0
+    rows = [("NAME", "CRON", "TIMEZONE", "QUEUE", "PAUSED", "NEXT TICK", "LAST TASK")]
+    for item in payload["schedules"]:
+        rows.append(
+            (
+                item["name"],
+                item["cron"],
+                item["timezone"],
+                item["queue"],
+                "yes" if item["paused"] else "no",
+                (item["next_ticks"] or ["-"])[0],
+                item["last_task"] or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return 0
+
+
 def migrate(args: argparse.Namespace) -> int:
     """``katar migrate``: open the store, which brings its schema up to date, close it, and
     say what it did."""
@@ -329,10 +411,11 @@ def token(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve(args: argparse.Namespace) -> None:
-    """``katar serve``."""
-    from katar import config
+def serve(args: argparse.Namespace) -> int:
+    """``katar serve``; its exit status."""
+    from katar import config, processes
     from katar.api import Katar
+    from katar.core.schedule import SECONDS_FOR_TESTS
     from katar.server import WorkerServer
 
     settings = config.load(args.config) if args.config else config.Settings()
@@ -358,6 +441,12 @@ def serve(args: argparse.Namespace) -> None:
     katar = Katar(settings.store_url)
     for name, options in settings.queues.items():
         katar.declare(name, options)
+    for name, spec in settings.schedules.items():
+        katar.declare_schedule(name, spec)
+    if os.environ.get(SECONDS_FOR_TESTS) == "1":
+        logging.getLogger("katar").warning(
+            "%s is set: cron may have a seconds field (for tests only)", SECONDS_FOR_TESTS
+        )
     server = WorkerServer(
         katar=katar,
         host=settings.host,
@@ -369,7 +458,21 @@ def serve(args: argparse.Namespace) -> None:
         tls_key=settings.tls_key,
         access_log=settings.access_log,
     )
-    server.run()
+    workers = args.workers
+    if workers == 1:
+        server.run()
+        return 0
+    if not 1 <= workers <= processes.MAX_WORKERS:
+        raise ConfigError(f"--workers must be from 1 to {processes.MAX_WORKERS}")
+    if not settings.store_url.startswith(("postgresql:", "postgres:")):
+        raise ConfigError(
+            "--workers needs the PostgreSQL store: several processes share a PostgreSQL"
+            " database, while one SQLite file is served by one process (and a memory store"
+            " lives in one)"
+        )
+    server.check_exposure()
+    listener = server.listen()
+    return processes.serve_many(listener, workers, lambda: server.run(listener))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -378,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure()  # katar serve configures it again from its flags and file
     try:
         if args.command == "serve":
-            serve(args)
+            return serve(args)
         elif args.command == "migrate":
             return migrate(args)
         elif args.command == "worker":
@@ -389,6 +492,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return token(args)
         elif args.command in cli_admin.COMMANDS:
             return cli_admin.run(args)
+        elif args.command == "schedules":
+            return schedules(args)
     except (ConfigError, ValidationError) as exc:
         print(f"katar: error: {logs.mask_credentials(str(exc))}", file=sys.stderr)
         return 2

@@ -18,6 +18,12 @@ persistent = true
 [queues.emails.configuration]
 interval = 1000
 
+[schedules.nightly]    # a task on a queue at each tick of a cron
+cron = "30 2 * * *"    # five fields: minute hour day-of-month month day-of-week
+timezone = "Europe/Berlin"
+queue = "emails"
+data = { report = "daily" }
+
 [logging]              # optional; the command line's flags win over it
 level = "info"         # debug, info, warning or error
 format = "text"        # or "json": one object a line
@@ -51,6 +57,8 @@ from katar.auth import ALL_QUEUES, Role, Token
 from katar.core import typed
 from katar.core.engine import check_queue_name
 from katar.core.model import QueueOptions, option_error, queue_options
+from katar.core.schedule import ScheduleSpec, parse_schedule
+from katar.core.schedule import check_name as check_schedule_name
 from katar.errors import ConfigError, ValidationError
 from katar.limits import Limits
 
@@ -109,6 +117,7 @@ class _File(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     limits: dict[str, Any] = msgspec.field(default_factory=dict)
     logging: _Logging = msgspec.field(default_factory=_Logging)
     queues: dict[str, Any] = msgspec.field(default_factory=dict)
+    schedules: dict[str, Any] = msgspec.field(default_factory=dict)  # each by parse_schedule
     tokens: Annotated[
         list[_TokenBlock],
         msgspec.Meta(description="an array of tables: write each one as [[tokens]]"),
@@ -141,6 +150,9 @@ class Settings:
     tokens: list[Token] = field(default_factory=list)  # none: an open server
     limits: Limits = field(default_factory=Limits)
     queues: dict[str, QueueOptions] = field(default_factory=dict)
+    #: Created or updated at start-up; a schedule the store has and the file does not name
+    #: stays as it is (delete it with DELETE /v1/schedules/NAME).
+    schedules: dict[str, ScheduleSpec] = field(default_factory=dict)
     log_level: str = "info"
     log_format: str = "text"
     access_log: bool = False
@@ -295,6 +307,14 @@ def parse(raw: dict[str, Any], where: _Located) -> Settings:
             if not exc.path:
                 raise where.error(path, "must be a table") from None
             raise where.error(path, option_error(exc)) from None
+    for name, table in file.schedules.items():
+        try:
+            check_schedule_name(name)
+            settings.schedules[name] = parse_schedule(table)
+        except ValidationError as exc:
+            field_name = exc.details.get("field")
+            path = ("schedules", name) if field_name is None else ("schedules", name, field_name)
+            raise where.error(path, exc.message) from None
     settings.tokens = _tokens(file.tokens, where)
     return settings
 

@@ -13,7 +13,8 @@
     ├── RequestTimeout         the client sent its request too slowly (408)
     ├── NotFound               (404)
     │   ├── QueueNotFound
-    │   └── TaskNotFound
+    │   ├── TaskNotFound
+    │   └── ScheduleNotFound
     ├── Conflict               the task's state does not allow the request (409)
     │   └── IllegalTransition
     ├── ShuttingDown           the server is draining (503)
@@ -100,6 +101,10 @@ class TaskNotFound(NotFound):
     def named(cls, task_id: object, queue: str, **details: Any) -> TaskNotFound:
         """The error for a task id that the queue does not hold (``details`` locate it)."""
         return cls(f"no task {str(task_id)!r} in queue {queue!r}", _id=str(task_id), **details)
+
+
+class ScheduleNotFound(NotFound):
+    """Schedule not found"""
 
 
 class Conflict(KatarError):

@@ -28,6 +28,7 @@ Status = Literal["paused", "queued", "in progress", "done", "failed", "cancelled
 AckStatus = Literal["done", "failed", "in progress"]
 PatchStatus = Literal["cancelled", "paused", "queued"]
 NewTaskStatus = Literal["queued", "paused"]
+RoleName = Literal["worker", "producer", "admin"]
 PriorityName = Literal["high", "normal", "low"]
 #: A task's six public statuses.
 STATUSES: Final[tuple[str, ...]] = get_args(Status)
@@ -349,6 +350,8 @@ class TaskRecord(msgspec.Struct, frozen=True):
     expires_at: Time | None = None  # when a task never delivered is cancelled
     unique_key: str | None = None
     unique_until: Time | None = None  # the unique_key is held until then, whatever the status
+    schedule: str | None = None  # the schedule that made the task, if one did
+    scheduled_for: Time | None = None  # the tick of that schedule it was made for
     #: In an enqueue's answer: true when this is an existing task, which held the
     #: unique_key asked for (nothing was created for it); false otherwise.
     duplicate: bool = False
@@ -484,6 +487,17 @@ class QueueDeleted(msgspec.Struct, frozen=True):
 
     deleted: str
     tasks: int
+
+
+class TokenInfo(msgspec.Struct, frozen=True):
+    """What the caller's token may do (``GET /v1/token``), so that a client such as the
+    dashboard shows only what it may use. Without tokens on the server: admin of every queue,
+    and ``auth`` false."""
+
+    role: RoleName
+    queues: list[str]  # ["*"] for every queue
+    name: str  # the token's label in the configuration file ("" if none)
+    auth: bool  # whether the server asks for tokens at all
 
 
 class TaskDeleted(msgspec.Struct, frozen=True):

@@ -147,19 +147,20 @@ class WorkerServer:
             self.katar.configure(name, configuration)
         return Queue(self.katar, name).options.worker_configuration()
 
-    def run(self) -> None:
-        """Serve until SIGTERM or SIGINT."""
+    def run(self, listener: socket.socket | None = None) -> None:
+        """Serve until SIGTERM or SIGINT; on ``listener`` (bound) when given, as each of
+        ``katar serve --workers N``'s processes does."""
         try:
             import uvloop
         except ImportError:  # pragma: no cover - uvloop is missing on Windows
-            asyncio.run(self.serve())
+            asyncio.run(self.serve(listener))
             return
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(self.serve())
+            runner.run(self.serve(listener))
 
-    async def serve(self) -> None:
+    async def serve(self, listener: socket.socket | None = None) -> None:
         """Open Katar, serve until a signal, shut down gracefully."""
-        self._check_exposure()
+        self.check_exposure()
         ssl = self._ssl_options()
         await self.katar.open()
         self.app.throughput.start()  # the app's lifespan is off: the server runs it
@@ -180,13 +181,12 @@ class WorkerServer:
         )
         server = _Uvicorn(config, self.katar, self.limits, self._started)
         try:
-            listener = self._listen()
-            await server.serve(sockets=[listener])
+            await server.serve(sockets=[listener or self.listen()])
         finally:
             await self.app.throughput.stop()
             await self.katar.close()
 
-    def _check_exposure(self) -> None:
+    def check_exposure(self) -> None:
         """Refuse an open server on a reachable address; warn about what remains exposed."""
         if is_loopback(self.host):
             return
@@ -224,7 +224,7 @@ class WorkerServer:
             ) from exc
         return {"ssl_certfile": self.tls_cert, "ssl_keyfile": self.tls_key}
 
-    def _listen(self) -> socket.socket:
+    def listen(self) -> socket.socket:
         """Bind the listening socket here, so that a port in use is a clear start-up error."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         listener = socket.socket(family, socket.SOCK_STREAM)

@@ -67,6 +67,9 @@ def test_pip_install_gives_serve_enqueue_and_worker(tmp_path: Path) -> None:
     server = KatarProcess(work, "--db", "sqlite:///k.db", katar=[str(bin_ / "katar")]).start()
     try:
         httpx.put(f"{server.url}/v1/queue/jobs", json={"persistent": True}).raise_for_status()
+        # The dashboard's files ship in the package.
+        for asset in ("/ui", "/ui/app.mjs", "/ui/preact.mjs", "/ui/style.css"):
+            assert httpx.get(f"{server.url}{asset}").status_code == 200, asset
         ids = run(
             bin_ / "katar", "enqueue", "--url", server.url, "--queue", "jobs", '{"n": 7}', cwd=work
         )

@@ -68,6 +68,15 @@ schemathesis.openapi.format(
     ).map(lambda when: when.isoformat().replace("+00:00", "Z")),
 )
 
+# A schedule's cron and time zone: what JSON Schema cannot state is drawn from valid values
+# (the schema names their formats); other strings are refused with a 422 naming the field.
+schemathesis.openapi.format(
+    "cron", st.sampled_from(["* * * * *", "*/15 9-17 * * MON-FRI", "0 0 1 JAN,JUL *", "5 4 L * *"])
+)
+schemathesis.openapi.format(
+    "iana-time-zone", st.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo"])
+)
+
 
 class Server:
     """An App on a memory store, served on a thread as ``katar serve`` serves it: uvicorn's

@@ -12,6 +12,7 @@ import pytest
 
 from katar import Katar
 from katar.core.model import NewTask
+from katar.core.schedule import parse_schedule
 from katar.http import App
 from katar.http.auth import Access, Role, Token, digest
 from tests.http.conftest import app_client, opened
@@ -22,6 +23,9 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("/healthz", "GET"): None,
     ("/openapi.json", "GET"): None,
     ("/docs", "GET"): None,
+    ("/ui", "GET"): None,
+    ("/ui/{asset}", "GET"): None,
+    ("/v1/token", "GET"): Role.WORKER,
     ("/metrics", "GET"): Role.ADMIN,
     ("/v1/queues", "GET"): Role.PRODUCER,
     ("/v1/throughput", "GET"): Role.PRODUCER,
@@ -37,6 +41,11 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("/v1/queue/{queue}/tasks/{id}", "DELETE"): Role.ADMIN,
     ("/v1/queue/{queue}/tasks/bulk", "POST"): Role.ADMIN,
     ("/v1/workers", "GET"): Role.PRODUCER,
+    ("/v1/schedules", "GET"): Role.ADMIN,
+    ("/v1/schedules/{schedule}", "GET"): Role.ADMIN,
+    ("/v1/schedules/{schedule}", "PUT"): Role.ADMIN,
+    ("/v1/schedules/{schedule}", "PATCH"): Role.ADMIN,
+    ("/v1/schedules/{schedule}", "DELETE"): Role.ADMIN,
 }
 
 # A body that the handler accepts, so that an allowed request reaches its normal answer.
@@ -47,6 +56,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("/v1/queue/{queue}/tasks", "POST"): {"data": {"n": 1}},
     ("/v1/queue/{queue}/tasks/{id}", "PATCH"): {"status": "cancelled"},
     ("/v1/queue/{queue}/tasks/bulk", "POST"): {"action": "retry"},
+    ("/v1/schedules/{schedule}", "PATCH"): {"paused": True},
 }
 
 SECRETS = {
@@ -104,6 +114,13 @@ async def call(
     if "{id}" in url:
         url = url.replace("{id}", await task_in(katar, queue))
     body = BODIES.get((path, method))
+    if "{schedule}" in url:  # a schedule of the queue: its queue is the one a token must allow
+        url = url.replace("{schedule}", f"s-{queue}")
+        spec = parse_schedule({"cron": "0 * * * *", "queue": queue})
+        if method == "PUT":
+            body = {"cron": "0 * * * *", "queue": queue}
+        else:
+            await katar.engine.put_schedule(f"s-{queue}", spec)
     return await http.request(method, url, json=body, headers=headers)
 
 
@@ -145,7 +162,7 @@ async def test_the_access_matrix(
     elif role < needed:
         assert response.status_code == 403, response.text
         assert response.json()["needs"] == needed.name.lower()
-    elif "{queue}" in path and queue == "foreign" and who != "root":
+    elif ("{queue}" in path or "{schedule}" in path) and queue == "foreign" and who != "root":
         assert response.status_code == 403, response.text
         assert response.json() == {
             "error": "this token may not use the queue 'foreign'",

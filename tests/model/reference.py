@@ -738,12 +738,63 @@ class Model:
         self._forget(self.tasks, task_id)
         return True
 
+    def bulk(
+        self, queue: str, action: str, states: tuple[State, ...] | None, key: str | None, now: int
+    ) -> tuple[int, int]:
+        """A bulk action on the queue's tasks of ``states`` (None: any) and ``key`` (None:
+        any), applied as the PATCH it stands for, task by task, skipping those it does not
+        apply to: (matched, changed)."""
+        self._options(queue)
+        matched = [
+            t
+            for t in self.of_queue(queue)
+            if (states is None or t.state in states) and (key is None or t.key == key)
+        ]
+        changed = 0
+        for task in matched:
+            if action == "delete":
+                if task.state is not State.RUNNING:
+                    del self.tasks[task.id]
+                    changed += 1
+                continue
+            applies = BULK_FROM[action]
+            if task.state not in applies:
+                continue
+            try:
+                status = "queued" if action == "retry" else "cancelled"
+                if self.set_status(queue, task.id, status, now) is not None:
+                    changed += 1
+            except Refusal:
+                pass  # a retry whose unique_key another task holds
+        return len(matched), changed
+
+    def prune(self, queue: str, state: State, before: int, now: int, most: int) -> int:
+        """Retention: the oldest (by id) finished tasks of ``state`` that finished at or
+        before ``before`` and hold no unique_key at ``now``."""
+        gone = [
+            t
+            for t in self.of_queue(queue)
+            if t.state is state
+            and t.updated_at <= before
+            and not (t.unique_until is not None and t.unique_until > now)
+        ][:most]
+        for task in gone:
+            del self.tasks[task.id]
+        return len(gone)
+
     def counts(self) -> dict[str, dict[State, int]]:
         result: dict[str, dict[State, int]] = {name: {} for name in self.queues}
         for task in self.tasks.values():
             per_state = result[task.queue]
             per_state[task.state] = per_state.get(task.state, 0) + 1
         return result
+
+
+#: What each bulk action applies to (the others it skips); a delete takes all but RUNNING.
+BULK_FROM: Final = {
+    "retry": (State.FAILED, State.CANCELLED),
+    "cancel": (State.PAUSED, State.READY, State.SCHEDULED),
+}
 
 
 def new_task(queue: str, spec: NewTask, task_id: int, now: int) -> MTask:

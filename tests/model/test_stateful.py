@@ -609,6 +609,58 @@ class StoreVersusModel(RuleBasedStateMachine):
         self.check_poll(data, queue, acks, data.draw(st.sampled_from([0, 1])), worker)
 
     @precondition(lambda self: bool(self.model.queues))
+    @rule(
+        data=st.data(),
+        action=st.sampled_from(["retry", "cancel", "delete"]),
+        step=st.sampled_from([1, 2, 1000]),
+        report=st.booleans(),
+    )
+    def bulk(self, data: st.DataObject, action: str, step: int, report: bool) -> None:
+        """A bulk action over a filter (states, key), in steps (each its own transaction),
+        its changes reported or not (the SQL stores then change the tasks in SQL)."""
+        queue = data.draw(st.sampled_from(sorted(self.model.queues)))
+        states = data.draw(st.none() | st.lists(st.sampled_from(list(State)), min_size=1))
+        key = data.draw(st.none() | st.sampled_from(["a", "b"]))
+        where = TaskFilter(states=None if states is None else tuple(states), key=key)
+
+        async def steps() -> tuple[int, int]:
+            matched = changed = after = 0
+            while True:
+                got = await self.store.bulk(queue, action, where, self.now, after, step, report)
+                matched, changed, after = matched + got.matched, changed + got.changed, got.last
+                if got.matched < step:
+                    return matched, changed
+
+        answers = self.same(
+            steps(),
+            lambda: self.model.bulk(
+                queue, action, None if states is None else tuple(states), key, self.now
+            ),
+        )
+        if answers is not None:
+            got, want = answers
+            assert got == want
+
+    @precondition(lambda self: bool(self.model.queues))
+    @rule(
+        data=st.data(),
+        state=st.sampled_from([State.DONE, State.FAILED, State.CANCELLED]),
+        back=st.sampled_from([0, 1, 1000, 100_000]),
+        most=st.sampled_from([1, 1000]),
+    )
+    def prune(self, data: st.DataObject, state: State, back: int, most: int) -> None:
+        """Retention's step: the finished tasks that finished ``back`` ms ago or earlier."""
+        queue = data.draw(st.sampled_from(sorted(self.model.queues)))
+        before = self.now - back
+        answers = self.same(
+            self.store.prune(queue, state, before, self.now, most),
+            lambda: self.model.prune(queue, state, before, self.now, most),
+        )
+        if answers is not None:
+            got, want = answers
+            assert got == want
+
+    @precondition(lambda self: bool(self.model.queues))
     @rule(data=st.data(), known=st.booleans())
     def delete_task(self, data: st.DataObject, known: bool) -> None:
         """DELETE a task of the queue, or any id at all (another queue's, gone, unknown)."""

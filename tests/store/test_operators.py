@@ -268,3 +268,30 @@ async def test_tasks_in_progress_are_counted_per_queue_and_worker(store: Store) 
     await store.poll("q", KEEP, [], 2, "w1", T0)
     await store.poll("q", KEEP, [], 1, None, T0)
     assert await store.running_by_worker() == {("q", "w1"): 2, ("q", None): 1}
+
+
+async def test_a_bulk_step_in_sql_does_what_the_rules_do(store: Store) -> None:
+    """A retry and a cancel that nobody watches may run in SQL (report=False): the tasks end
+    as the rules make them, history included."""
+    results = {}
+    for queue, report in (("rules", True), ("sql", False)):
+        await setup(store, RETRY, queue)
+        await store.enqueue(queue, [new(n) for n in range(4)], T0)
+        await store.set_status(queue, 4 if queue == "rules" else 8, "paused", T0)
+        tasks = (await store.poll(queue, RETRY, [], 2, "w1", T0)).delivered
+        failed = [ack(tasks[0], "failed", error="e0"), ack(tasks[1], "failed", error="e1")]
+        await store.poll(queue, RETRY, failed, 0, "w1", T0 + 1)
+        for task in tasks:  # failed twice: one delivery in history, one in the row
+            await store.set_status(queue, task.id, "queued", T0 + 2)
+            (again,) = (await store.poll(queue, RETRY, [], 1, "w2", T0 + 3)).delivered
+            await store.poll(queue, RETRY, [ack(again, "failed", error="e2")], 0, "w2", T0 + 4)
+        cancel = await store.bulk(queue, "cancel", EVERY_TASK, T0 + 5, 0, 100, report)
+        retry = await store.bulk(queue, "retry", EVERY_TASK, T0 + 6, 0, 100, report)
+        assert (cancel.matched, cancel.changed, retry.changed) == (4, 2, 4)
+        results[queue] = [
+            (t.state, t.attempts, t.attempt_base, t.error, t.started_at, t.cancel_requested,
+             rules.deliveries(t), t.updated_at)
+            for t in await store.list_tasks(queue, EVERY_TASK, 10, 0)
+        ]  # fmt: skip
+    assert results["sql"] == results["rules"]
+    assert [len(r[6]) for r in results["sql"]] == [2, 2, 0, 0]

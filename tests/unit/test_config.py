@@ -247,3 +247,83 @@ def test_the_python_api_goes_through_the_same_struct() -> None:
     assert katar.declared("q") == QueueOptions(timeout=30000, configuration={"interval": 5})
     with pytest.raises(ValidationError, match="'max_batch' must be an integer from 1 to 10000"):
         katar.queue("r", max_batch=0)
+
+
+def test_schedules_in_the_file(tmp_path: Path) -> None:
+    settings = load(
+        tmp_path,
+        """
+[queues.reports]
+
+[schedules.nightly]
+cron = "30 2 * * MON-FRI"
+timezone = "Europe/Berlin"
+queue = "reports"
+data = { kind = "daily" }
+priority = "high"
+overlap = "skip"
+catch_up = true
+""",
+    )
+    spec = settings.schedules["nightly"]
+    assert (spec.cron, spec.timezone, spec.queue) == (
+        "30 2 * * MON-FRI",
+        "Europe/Berlin",
+        "reports",
+    )
+    assert (spec.data, spec.priority, spec.overlap, spec.catch_up) == (
+        {"kind": "daily"},
+        10,
+        "skip",
+        True,
+    )
+    assert spec.paused is False
+
+
+@pytest.mark.parametrize(
+    ("table", "fragment"),
+    [
+        (
+            'cron = "61 * * * *"\nqueue = "q"',
+            "line 3: [schedules.s] cron: invalid cron '61 * * * *': Bad minute",
+        ),
+        (
+            'cron = "* * * * *"\nqueue = "q"\ntimezone = "Nowhere/City"',
+            "line 5: [schedules.s] timezone: unknown time zone 'Nowhere/City'",
+        ),
+        ('cron = "* * * * *"', "[schedules.s] queue: schedule field 'queue' is required"),
+        (
+            'cron = "* * * * *"\nqueue = "q"\nevery = 3',
+            "[schedules.s] every: unknown schedule field 'every'",
+        ),
+    ],
+)
+def test_schedule_errors_name_the_key_and_line(tmp_path: Path, table: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, f"\n[schedules.s]\n{table}\n")
+    assert fragment in str(caught.value)
+
+
+async def test_file_schedules_are_made_at_start_and_others_stay(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    first = Katar(url)
+    first.queue("reports")
+    first.schedule("kept", "0 * * * *", "reports")
+    async with first:
+        await first.put_schedule("made-over-http", "0 0 * * *", "reports")
+    second = Katar(url)
+    second.queue("reports")
+    second.schedule("kept", "*/5 * * * *", "reports")  # the file changed
+    async with second:
+        schedules = {s.name: s.spec.cron for s in await second.schedules()}
+    assert schedules == {"kept": "*/5 * * * *", "made-over-http": "0 0 * * *"}
+
+
+async def test_a_schedule_on_an_unknown_queue_stops_the_start(tmp_path: Path) -> None:
+    katar = Katar(f"sqlite:///{tmp_path / 'k.db'}")
+    katar.schedule("s", "0 * * * *", "missing")
+    with pytest.raises(
+        ConfigError, match=r"\[schedules.s\] queue: schedule 's': no queue 'missing'"
+    ):
+        await katar.open()
+    await katar.engine.close()

@@ -55,10 +55,14 @@ from katar.core.model import (
 from katar.core.outcomes import OutcomeWaits
 from katar.core.reaper import _PRUNE_EVERY_MS, HOUSEKEEPING_MS, Reaper
 from katar.core.rules import BULK_STATES, MAX_PARENTS, is_final, prune_before, unknown_parent
+from katar.core.schedule import Schedule, ScheduleSpec, check_name, parse_schedule
+from katar.core.scheduler import Scheduler
 from katar.core.storage import Change, LimitState, Store
 from katar.core.waits import WaitList, _release
 from katar.errors import (
+    ConfigError,
     QueueNotFound,
+    ScheduleNotFound,
     ShuttingDown,
     StoreUnavailable,
     TaskNotFound,
@@ -104,12 +108,12 @@ def check_queue_name(name: str, max_length: int = MAX_QUEUE_NAME) -> str:
     return name
 
 
-class Engine(WaitList, OutcomeWaits, Reaper):
+class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
     """Katar's operations. Open it before use and close it after; all methods are async.
 
-    Its long-poll wait list (katar.core.waits), its outcome waits (katar.core.outcomes) and
-    its reaper (katar.core.reaper) are modules of their own; the attributes they use are set
-    here.
+    Its long-poll wait list (katar.core.waits), its outcome waits (katar.core.outcomes), its
+    reaper (katar.core.reaper) and its scheduler (katar.core.scheduler) are modules of their
+    own; the attributes they use are set here.
     """
 
     def __init__(
@@ -148,11 +152,21 @@ class Engine(WaitList, OutcomeWaits, Reaper):
         self._delivered_at: dict[int, int] = {}
         #: The store's outages, logged once each (by the reaper, and the HTTP app's requests).
         self.outages = Outages()
+        self.schedules: dict[str, Schedule] = {}
+        self._schedule_alarm = asyncio.Event()  # the scheduler's cue: a tick or a change
+        self._schedule_timer: Timer | None = None
+        self._schedule_due: int | None = None
+        self._scheduler: asyncio.Task[None] | None = None
 
     # -- life cycle ------------------------------------------------------------------------
 
-    async def open(self, declared: Mapping[str, QueueOptions] | None = None) -> None:
-        """Open the store, load its queues, create or update the ``declared`` ones."""
+    async def open(
+        self,
+        declared: Mapping[str, QueueOptions] | None = None,
+        schedules: Mapping[str, ScheduleSpec] | None = None,
+    ) -> None:
+        """Open the store, load its queues and schedules, create or update the ``declared``
+        queues and the ``schedules`` (those the store has and these do not name stay)."""
         await self.store.open()
         self.queues = await self.store.load_queues()
         for name, options in (declared or {}).items():
@@ -161,6 +175,15 @@ class Engine(WaitList, OutcomeWaits, Reaper):
                 # A pause made during an incident outlasts a restart: only PATCH lifts it.
                 options = msgspec.structs.replace(options, paused=True)
             await self.put_queue(name, options)
+        self.schedules = await self.store.load_schedules()
+        for name, spec in (schedules or {}).items():
+            kept = self.schedules.get(name)
+            if kept is not None and kept.spec.paused and not spec.paused:
+                spec = msgspec.structs.replace(spec, paused=True)  # as a queue's pause
+            try:
+                await self.put_schedule(name, spec)
+            except QueueNotFound as exc:  # a mistake in the declaration: start-up stops
+                raise ConfigError(f"[schedules.{name}] queue: {exc.message}") from None
         await self.store.listen(self)
         # Leases and delays left by an earlier run: the first reap is at the earliest of them.
         self._expect(await self.store.next_deadline())
@@ -168,6 +191,8 @@ class Engine(WaitList, OutcomeWaits, Reaper):
             self._expect(self.clock.now_ms() + HOUSEKEEPING_MS)
         self._reaper = asyncio.create_task(self._reap(), name="katar-reaper")
         self._pruner = asyncio.create_task(self._retain(), name="katar-retention")
+        self._schedule_alarm.set()  # ticks due now, or missed while no server ran
+        self._scheduler = asyncio.create_task(self._run_schedules(), name="katar-scheduler")
 
     def begin_shutdown(self) -> None:
         """Stop parking long polls and release those parked (they answer 204)."""
@@ -179,6 +204,9 @@ class Engine(WaitList, OutcomeWaits, Reaper):
     async def close(self) -> None:
         """Release waiters, stop the reaper, and close the store."""
         self.begin_shutdown()
+        if self._scheduler is not None:
+            await self._stop_schedules(self._scheduler)
+            self._scheduler = None
         for job in (self._reaper, self._pruner):
             if job is not None:
                 job.cancel()
@@ -339,6 +367,63 @@ class Engine(WaitList, OutcomeWaits, Reaper):
                 per_status[WAITING_COUNT if state is WAITING else PUBLIC_STATUS[state]] += count
             result[name] = per_status
         return result
+
+    # -- schedules (katar.core.schedule; fired by katar.core.scheduler) --------------------
+
+    async def list_schedules(self) -> list[Schedule]:
+        """Every schedule, by name, as the store has it now."""
+        self.schedules = await self.store.load_schedules()
+        return [self.schedules[name] for name in sorted(self.schedules)]
+
+    async def get_schedule(self, name: str) -> Schedule:
+        """The schedule as the store has it now; ScheduleNotFound when there is none."""
+        self.schedules = await self.store.load_schedules()
+        try:
+            return self.schedules[name]
+        except KeyError:
+            raise ScheduleNotFound(f"no schedule {name!r}", schedule=name) from None
+
+    async def put_schedule(self, name: str, spec: ScheduleSpec) -> Schedule:
+        """Create the schedule or replace its spec. A new schedule's first tick is the first
+        after now; a schedule resumed (paused before, not now) skips the ticks of its pause."""
+        check_name(name)
+        if spec.queue not in self.queues:
+            raise QueueNotFound(
+                f"schedule {name!r}: no queue {spec.queue!r}; create the queue first",
+                queue=spec.queue,
+            )
+        old = (await self.store.load_schedules()).get(name)  # another server's, maybe
+        now = self.clock.now_ms()
+        cursor = now if old is None or (old.spec.paused and not spec.paused) else None
+        saved = await self.store.save_schedule(name, spec, cursor)
+        if old is None:
+            log.info("schedule %s created", name)
+        elif old.spec.paused != spec.paused:
+            log.info("schedule %s %s", name, "paused" if spec.paused else "resumed")
+        self.schedules[name] = saved
+        self._schedule_alarm.set()
+        return saved
+
+    async def patch_schedule(self, name: str, changes: Mapping[str, Any]) -> Schedule:
+        """Change some fields of the schedule (e.g. ``{"paused": true}``), keep the others."""
+        current = msgspec.to_builtins((await self.get_schedule(name)).spec)
+        return await self.put_schedule(name, parse_schedule({**current, **changes}))
+
+    async def delete_schedule(self, name: str) -> None:
+        """Remove the schedule; the tasks it made stay."""
+        if not await self.store.delete_schedule(name):
+            raise ScheduleNotFound(f"no schedule {name!r}", schedule=name)
+        self.schedules.pop(name, None)
+        log.info("schedule %s deleted", name)
+        self._schedule_alarm.set()
+
+    def _made(self, task: Task) -> None:
+        enqueued = self.counters.enqueued
+        enqueued[task.queue] = enqueued.get(task.queue, 0) + 1
+        if task.state is READY:
+            self._wake(task.queue, 1)
+        if self._listeners:
+            self._emit(task)
 
     # -- tasks -----------------------------------------------------------------------------
 
@@ -605,14 +690,22 @@ class Engine(WaitList, OutcomeWaits, Reaper):
             return matched, changed
         matched = changed = after = 0
         while True:
-            step = await self.store.bulk(
-                queue, action, where, self.clock.now_ms(), after, BULK_STEP
-            )
+            now = self.clock.now_ms()
+            # Each change is reported (built) only when someone watches tasks one by one.
+            report = bool(self._listeners or self._task_waiters)
+            step = await self.store.bulk(queue, action, where, now, after, BULK_STEP, report)
             matched += step.matched
             changed += step.changed
             after = step.last
             if step.changes:
                 self._apply(step.changes, operator=True)
+            unreported = step.changed - len(step.changes)
+            if unreported and action != "delete":
+                counters = self.counters
+                counter = counters.retries if action == "retry" else counters.cancellations
+                counters.add(counter, queue, unreported)
+                if action == "retry":
+                    self._wake(queue, unreported)
             if step.matched < BULK_STEP:
                 break
         if changed:
@@ -646,6 +739,7 @@ class Engine(WaitList, OutcomeWaits, Reaper):
 
     def resync(self) -> None:
         self._reload_in_background(wake_all=True)
+        self._schedule_alarm.set()  # a schedule changed meanwhile: read them again
 
     def settled(self, changes: list[Change]) -> None:
         self._apply(changes, operator=True)

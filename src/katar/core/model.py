@@ -120,6 +120,8 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     #: The earlier deliveries, as stored (rules.archive): a JSON array of Delivery arrays,
     #: kept as bytes so that reading a task never decodes it. None when there are none.
     history: msgspec.Raw | None = None
+    schedule: str | None = None  # the schedule that made the task, if one did
+    scheduled_for: int | None = None  # the tick (ms) of that schedule it was made for
     #: Not stored: set on an enqueue's answer when the task is an existing one that held the
     #: unique_key asked for (nothing was created for it).
     duplicate: bool = False

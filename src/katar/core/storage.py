@@ -17,6 +17,7 @@ from typing import NamedTuple, Protocol
 
 from katar.core.idempotency import Idempotency
 from katar.core.model import Ack, NewTask, QueueOptions, State, Task, TaskFilter
+from katar.core.schedule import Schedule, ScheduleSpec
 
 
 class Change(NamedTuple):
@@ -72,6 +73,17 @@ class Enqueued(NamedTuple):
     created: bool
 
 
+class Fired(NamedTuple):
+    """What :meth:`Store.fire_schedule` did."""
+
+    #: False when the schedule's cursor had moved (another server fired the tick, or the
+    #: schedule is gone): nothing changed.
+    won: bool
+    #: The task made for the tick; None when none was (no task asked for, or overlap
+    #: "skip" found the last one unfinished).
+    task: Task | None = None
+
+
 class Observer(Protocol):
     """What a store tells the engine it serves, and asks it (see :meth:`Store.attach`).
 
@@ -89,6 +101,10 @@ class Observer(Protocol):
 
     def queue_changed(self, name: str) -> None:
         """A server sharing the store created, changed or deleted the queue ``name``."""
+        ...
+
+    def schedules_changed(self) -> None:
+        """A server sharing the store created, changed or deleted a schedule."""
         ...
 
     def resync(self) -> None:
@@ -237,12 +253,21 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def bulk(
-        self, queue: str, action: str, where: TaskFilter, now: int, after: int, limit: int
+        self,
+        queue: str,
+        action: str,
+        where: TaskFilter,
+        now: int,
+        after: int,
+        limit: int,
+        report: bool = True,
     ) -> BulkStep:
         """One step of a bulk action, in one transaction: take the first ``limit`` tasks
         that ``where`` selects with an id above ``after``, and apply ``action`` to each in
         rules.BULK_STATES[action]: "retry" and "cancel" as rules.bulk_change says (a retry
-        whose unique_key another task holds is skipped), "delete" removes them."""
+        whose unique_key another task holds is skipped), "delete" removes them. Without
+        ``report``, a store may leave out of ``changes`` the tasks it changed in SQL, without
+        building them (``changed`` counts them all): nobody watches those tasks one by one."""
 
     @abc.abstractmethod
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:
@@ -280,9 +305,40 @@ class Store(abc.ABC):
     async def queues_of(self, ids: Sequence[int]) -> dict[int, str]:
         """The queue of each task of ``ids`` that exists (the others are left out)."""
 
+    # -- schedules (katar.core.schedule) -----------------------------------------------------
+
+    @abc.abstractmethod
+    async def load_schedules(self) -> dict[str, Schedule]:
+        """Every stored schedule."""
+
+    @abc.abstractmethod
+    async def save_schedule(self, name: str, spec: ScheduleSpec, cursor: int | None) -> Schedule:
+        """Create the schedule (its cursor at ``cursor``) or replace its spec, keeping where
+        its ticks stand, or moving its cursor forward to ``cursor`` when that is not None and
+        later (a schedule resumed: the ticks of its pause pass). A cursor never moves back:
+        two servers declaring one new schedule at once cannot undo a tick the first fired. A
+        new schedule needs a ``cursor``."""
+
+    @abc.abstractmethod
+    async def delete_schedule(self, name: str) -> bool:
+        """Remove the schedule (not the tasks it made); False when there was none."""
+
+    @abc.abstractmethod
+    async def fire_schedule(
+        self, name: str, cursor: int, tick: int, task: NewTask | None, now: int
+    ) -> Fired:
+        """Use up the schedule's ticks up to ``tick``, in one transaction: move its cursor
+        from ``cursor`` to ``tick`` (compare-and-set: when the stored cursor is not
+        ``cursor``, change nothing and answer ``won`` False), set its last tick, and insert
+        ``task`` into the schedule's queue with ``schedule`` and ``scheduled_for`` (the
+        tick) set, unless the schedule's overlap is "skip" and the last task it made is
+        unfinished. However many servers fire one tick at once, one wins. Raises
+        QueueNotFound (changing nothing) when the queue does not exist."""
+
     async def listen(self, observer: Observer) -> None:
         """Tell ``observer`` what the servers sharing this store do, until the store closes:
-        :meth:`Observer.tasks_ready`, :meth:`Observer.queue_changed`, and
+        :meth:`Observer.tasks_ready`, :meth:`Observer.queue_changed`,
+        :meth:`Observer.schedules_changed`, and
         :meth:`Observer.resync` after a gap in which events may have been missed. A store
         that only one server can use has nothing to tell, and keeps this default."""
         return None

@@ -14,16 +14,20 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, cast
 from urllib.parse import parse_qsl
 
+from katar import ui
 from katar._version import __version__
 from katar.core.engine import Engine, check_queue_name
 from katar.core.model import QueueOptions, State, parse_queue_options, parse_task_id
+from katar.core.schedule import Schedule, ScheduleSpec, parse_schedule
+from katar.core.schedule import check_name as check_schedule_name
 from katar.errors import (
     Forbidden,
     InvalidRequest,
     KatarError,
+    NotFound,
     PayloadTooLarge,
     ShuttingDown,
     StoreUnavailable,
@@ -32,7 +36,7 @@ from katar.errors import (
     ValidationError,
 )
 from katar.http import metrics, openapi, parse, throughput
-from katar.http.auth import Access, Authenticator, Token
+from katar.http.auth import ALL_QUEUES, Access, Authenticator, Token
 from katar.http.openapi import IDEMPOTENCY_PARAM, LEASE_HEADERS, LIST_PARAMS, WAIT_PARAM
 from katar.http.openapi import Answer as A
 from katar.http.openapi import Operation as Op
@@ -45,11 +49,16 @@ from katar.http.responses import (
     QueueLimits,
     Queues,
     Response,
+    ScheduleDeleted,
+    SchedulePause,
+    ScheduleRecord,
+    Schedules,
     deliveries,
     encode,
     error_response,
     iso_time,
     json_response,
+    schedule_record,
     task_record,
 )
 from katar.limits import Limits as Limits
@@ -64,10 +73,12 @@ from katar.protocol import (
     Patch,
     Poll,
     QueueDeleted,
+    RoleName,
     TaskDeleted,
     TaskRecord,
     Tasks,
     Throughput,
+    TokenInfo,
     Workers,
     WorkerSeen,
 )
@@ -183,7 +194,9 @@ class Admission:
 
 
 #: Handlers that answer without the store: their success says nothing about an outage's end.
-_STORELESS: Final = frozenset({"get_configuration", "openapi", "docs", "get_throughput"})
+_STORELESS: Final = frozenset(
+    {"get_configuration", "openapi", "docs", "get_throughput", "ui_page", "ui_asset", "token_info"}
+)
 #: The route label of requests that match no route.
 UNROUTED: Final = "other"
 _ROUTES_REMEMBERED: Final = 4096  # paths whose route is remembered
@@ -273,6 +286,58 @@ class App:
                 },
             ),
             (
+                "/ui",
+                {
+                    "GET": Route(
+                        self.ui_page,
+                        open_,
+                        Op(
+                            summary="The dashboard (its data comes from this API, with a token)",
+                            operation_id="dashboard",
+                            tag="server",
+                            answers={200: A("The page.", media="text/html")},
+                            store=False,
+                        ),
+                    )
+                },
+            ),
+            (
+                "/ui/{asset}",
+                {
+                    "GET": Route(
+                        self.ui_asset,
+                        open_,
+                        Op(
+                            summary="A file of the dashboard (script, style sheet, image)",
+                            operation_id="dashboardAsset",
+                            tag="server",
+                            answers={
+                                200: A("The file.", media="*/*"),
+                                304: "The browser's copy (If-None-Match) is current.",
+                                404: "No such file.",
+                            },
+                            store=False,
+                        ),
+                    )
+                },
+            ),
+            (
+                "/v1/token",
+                {
+                    "GET": Route(
+                        self.token_info,
+                        worker,
+                        Op(
+                            summary="What the caller's token may do: role, queues, name",
+                            operation_id="tokenInfo",
+                            tag="server",
+                            answers={200: A("The token's rights.", TokenInfo)},
+                            store=False,
+                        ),
+                    )
+                },
+            ),
+            (
                 "/metrics",
                 {
                     "GET": Route(
@@ -332,6 +397,73 @@ class App:
                             answers={200: A("The queues.", Queues)},
                         ),
                     )
+                },
+            ),
+            (
+                "/v1/schedules",
+                {
+                    "GET": Route(
+                        self.list_schedules,
+                        admin,
+                        Op(
+                            summary="Every schedule, with its next ticks and last task",
+                            operation_id="listSchedules",
+                            tag="schedules",
+                            answers={200: A("The schedules.", Schedules)},
+                        ),
+                    )
+                },
+            ),
+            (
+                "/v1/schedules/{schedule}",
+                {
+                    "GET": Route(
+                        self.get_schedule,
+                        admin,
+                        Op(
+                            summary="A schedule, with its next ticks and last task",
+                            operation_id="getSchedule",
+                            tag="schedules",
+                            answers={200: A("The schedule.", ScheduleRecord)},
+                        ),
+                    ),
+                    "PUT": Route(
+                        self.put_schedule,
+                        admin,
+                        Op(
+                            summary="Create a schedule or replace it",
+                            operation_id="putSchedule",
+                            tag="schedules",
+                            body=ScheduleSpec,
+                            body_required=True,
+                            answers={200: A("The schedule.", ScheduleRecord)},
+                            writes=True,
+                        ),
+                    ),
+                    "PATCH": Route(
+                        self.patch_schedule,
+                        admin,
+                        Op(
+                            summary="Pause or resume a schedule",
+                            operation_id="patchSchedule",
+                            tag="schedules",
+                            body=SchedulePause,
+                            body_required=True,
+                            answers={200: A("The schedule.", ScheduleRecord)},
+                            writes=True,
+                        ),
+                    ),
+                    "DELETE": Route(
+                        self.delete_schedule,
+                        admin,
+                        Op(
+                            summary="Remove a schedule (the tasks it made stay)",
+                            operation_id="deleteSchedule",
+                            tag="schedules",
+                            answers={200: A("Removed.", ScheduleDeleted)},
+                            writes=True,
+                        ),
+                    ),
                 },
             ),
             (
@@ -570,7 +702,10 @@ class App:
         if self._guarded and access is not Access.OPEN:
             try:
                 token = self.auth.authenticate(headers)
-                self.auth.authorize(token, access, params[0] if params else None)
+                # The first parameter of a route under /v1/queue/ is the queue the token
+                # must allow; a schedule's queue is checked by its handler.
+                scoped = params[0] if params and "{queue}" in template else None
+                self.auth.authorize(token, access, scoped)
             except KatarError as exc:
                 refusal = error_response(exc)
                 return Admission(template, None, params, None, refusal, started)
@@ -787,6 +922,27 @@ class App:
     async def docs(self, request: Request) -> Response:
         return Response(200, _DOCS_PAGE, [(b"content-type", b"text/html; charset=utf-8")])
 
+    async def ui_page(self, request: Request) -> Response:
+        return self._ui(ui.INDEX, request)
+
+    async def ui_asset(self, request: Request) -> Response:
+        return self._ui(request.params[0], request)
+
+    def _ui(self, name: str, request: Request) -> Response:
+        asset = ui.find(name)
+        if asset is None:
+            raise NotFound(f"the dashboard has no file {name!r}; open /ui")
+        tag = next((v for k, v in request.headers if k == b"if-none-match"), None)
+        return Response(*ui.answer(asset, tag))
+
+    async def token_info(self, request: Request) -> Response:
+        token = request.token
+        if token is None:  # a server without tokens is open: anyone may do anything
+            return json_response(TokenInfo("admin", [ALL_QUEUES], "", auth=False))
+        return json_response(
+            TokenInfo(cast(RoleName, token.role.label), sorted(token.queues), token.name, auth=True)
+        )
+
     async def metrics(self, request: Request) -> Response:
         if request.token is not None and not request.token.all_queues:
             raise Forbidden(
@@ -876,6 +1032,58 @@ class App:
     async def delete_queue(self, request: Request) -> Response:
         count = await self.engine.delete_queue(request.queue)
         return json_response(QueueDeleted(request.queue, count))
+
+    # -- schedules ---------------------------------------------------------------------------
+
+    def _may_schedule(self, request: Request, queue: str) -> None:
+        """A token limited to some queues manages the schedules of those queues only."""
+        token = request.token
+        if token is not None and not token.may_use(queue):
+            raise Forbidden(f"this token may not use the queue {queue!r}", queue=queue)
+
+    async def _schedule(self, request: Request) -> Schedule:
+        schedule = await self.engine.get_schedule(request.params[0])
+        self._may_schedule(request, schedule.spec.queue)
+        return schedule
+
+    def _schedule_answer(self, schedule: Schedule) -> Response:
+        return json_response(schedule_record(schedule, self.engine.clock.now_ms()))
+
+    async def list_schedules(self, request: Request) -> Response:
+        token = request.token
+        now = self.engine.clock.now_ms()
+        records = [
+            schedule_record(schedule, now)
+            for schedule in await self.engine.list_schedules()
+            if token is None or token.may_use(schedule.spec.queue)
+        ]
+        return json_response(Schedules(records))
+
+    async def get_schedule(self, request: Request) -> Response:
+        return self._schedule_answer(await self._schedule(request))
+
+    async def put_schedule(self, request: Request) -> Response:
+        name = check_schedule_name(request.params[0])
+        spec = parse_schedule(parse.parse_object(request.body))
+        self._may_schedule(request, spec.queue)
+        return self._schedule_answer(await self.engine.put_schedule(name, spec))
+
+    async def patch_schedule(self, request: Request) -> Response:
+        await self._schedule(request)  # an unknown schedule is a 404 before a bad body
+        changes = parse.parse_object(request.body)
+        if set(changes) != {"paused"} or not isinstance(changes["paused"], bool):
+            raise ValidationError(
+                'send {"paused": true} to pause the schedule or {"paused": false} to resume it;'
+                " PUT replaces its other fields",
+                field="paused",
+            )
+        schedule = await self.engine.patch_schedule(request.params[0], changes)
+        return self._schedule_answer(schedule)
+
+    async def delete_schedule(self, request: Request) -> Response:
+        await self._schedule(request)
+        await self.engine.delete_schedule(request.params[0])
+        return json_response(ScheduleDeleted(request.params[0]))
 
     async def enqueue(self, request: Request) -> Response:
         self.engine.options(request.queue)  # an unknown queue is a 404 before a bad body

@@ -90,7 +90,26 @@ ID_PARAM: Final = {
     "description": "The task's id.",
     "schema": {"type": "string", "pattern": "^[0-9]+$"},
 }
-_PATH_PARAMS: Final = {"{queue}": QUEUE_PARAM, "{id}": ID_PARAM}
+ASSET_PARAM: Final = {
+    "name": "asset",
+    "in": "path",
+    "required": True,
+    "description": "The file's name, as the dashboard's page names it.",
+    "schema": {"type": "string"},
+}
+SCHEDULE_PARAM: Final = {
+    "name": "schedule",
+    "in": "path",
+    "required": True,
+    "description": "The schedule's name: letters, digits, '.', '_', ':' or '-' (up to 255).",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]*$", "maxLength": 255},
+}
+_PATH_PARAMS: Final = {
+    "{queue}": QUEUE_PARAM,
+    "{id}": ID_PARAM,
+    "{asset}": ASSET_PARAM,
+    "{schedule}": SCHEDULE_PARAM,
+}
 WAIT_PARAM: Final = {
     "name": "wait",
     "in": "query",
@@ -285,7 +304,8 @@ def document(routes: Iterable[tuple[str, Mapping[str, Route]]], limits: Limits) 
             {"name": "workers", "description": "The katar-worker-http protocol."},
             {"name": "producers", "description": "Putting tasks on queues, and watching them."},
             {"name": "operators", "description": "Queues and tasks, by hand."},
-            {"name": "server", "description": "Health and documentation."},
+            {"name": "schedules", "description": "Tasks enqueued at the ticks of a cron."},
+            {"name": "server", "description": "Health, documentation and the dashboard."},
         ],
         "paths": paths,
         "components": {
@@ -330,6 +350,8 @@ def _operation(
         shared.update(_DENIED)
     if "{queue}" in path and method != "PUT":  # a PUT creates the queue it names
         shared[404] = "No such queue or task." if "{id}" in path else "No such queue."
+    if "{schedule}" in path:  # a PUT creates the schedule, on a queue that must exist
+        shared[404] = "No such queue." if method == "PUT" else "No such schedule."
     if method in _BODY_METHODS:
         shared.update({**_BAD_BODY, **_SLOW})
         shown["requestBody"] = {

@@ -11,8 +11,9 @@ import msgspec
 from katar import errors
 from katar.core import rules
 from katar.core.model import PUBLIC_STATUS, QueueOptions, Task
+from katar.core.schedule import Schedule, next_ticks
 from katar.protocol import LEASE_HEADER as LEASE_HEADER_NAME
-from katar.protocol import DeliveryRecord, TaskRecord, WorkerConfiguration
+from katar.protocol import AnyJson, DeliveryRecord, TaskRecord, Time, WorkerConfiguration
 
 JSON_HEADERS: Final = [(b"content-type", b"application/json")]
 LEASE_HEADER: Final = LEASE_HEADER_NAME.encode()
@@ -135,6 +136,62 @@ class QueueCreated(msgspec.Struct, frozen=True):
     configuration: WorkerConfiguration
 
 
+class ScheduleRecord(msgspec.Struct, frozen=True):
+    """A schedule: its fields, its next ticks, and its last tick and task."""
+
+    name: str
+    cron: str
+    timezone: str
+    queue: str
+    data: AnyJson
+    priority: int
+    overlap: str
+    catch_up: bool
+    paused: bool
+    #: The next ticks (at most 5), as UTC times; none while paused.
+    next_ticks: list[Time]
+    last_tick: Time | None
+    last_task: str | None
+
+
+class Schedules(msgspec.Struct, frozen=True):
+    """Every schedule the caller may see, by name."""
+
+    schedules: list[ScheduleRecord]
+
+
+class ScheduleDeleted(msgspec.Struct, frozen=True):
+    """A schedule removed (the tasks it made stay)."""
+
+    deleted: str
+
+
+class SchedulePause(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Pause or resume a schedule: while paused, its ticks pass without a task."""
+
+    paused: bool
+
+
+def schedule_record(schedule: Schedule, now: int) -> ScheduleRecord:
+    """The public JSON record of a schedule, its next ticks counted from ``now``."""
+    spec = schedule.spec
+    ticks = [] if spec.paused else next_ticks(spec, max(now, schedule.cursor))
+    return ScheduleRecord(
+        schedule.name,
+        spec.cron,
+        spec.timezone,
+        spec.queue,
+        spec.data,
+        int(spec.priority),
+        spec.overlap,
+        spec.catch_up,
+        spec.paused,
+        [_iso(tick) for tick in ticks],
+        iso(schedule.last_tick),
+        None if schedule.last_task is None else str(schedule.last_task),
+    )
+
+
 def task_record(task: Task) -> TaskRecord:
     """The public JSON record of a task."""
     # Positional, in TaskRecord's field order: a struct built from keywords costs twice as
@@ -161,6 +218,8 @@ def task_record(task: Task) -> TaskRecord:
         None if task.expires_at is None else _iso(task.expires_at),
         task.unique_key,
         None if task.unique_until is None else _iso(task.unique_until),
+        task.schedule,
+        None if task.scheduled_for is None else _iso(task.scheduled_for),
         task.duplicate,
         _history(task) if task.started_at is not None or task.history is not None else [],
         [str(parent_id) for parent_id in task.waiting_for] if task.waiting_for else [],

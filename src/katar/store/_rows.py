@@ -13,8 +13,8 @@ from katar.core.rules import after_json
 COLUMNS: Final = (
     "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
     " created_at, updated_at, run_at, lease_until, key, cancel_requested, progress, timeout,"
-    " max_attempts, expires_at, unique_key, unique_until, started_at, history, parents,"
-    " children"
+    " max_attempts, expires_at, unique_key, unique_until, started_at, history, schedule,"
+    " scheduled_for, parents, children"
 )
 _STATES: Final = tuple(State)  # by value: faster than State(value) on the hot path
 
@@ -46,8 +46,10 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
         unique_until=row[21],
         started_at=row[22],
         history=None if row[23] is None else msgspec.Raw(row[23]),
-        parents=row[24],
-        children=bool(row[25]),
+        schedule=row[24],
+        scheduled_for=row[25],
+        parents=row[26],
+        children=bool(row[27]),
     )
 
 
@@ -151,9 +153,9 @@ def where_sql(where: TaskFilter, dialect: Dialect) -> tuple[str, list[Any]]:
     p = dialect.param
     sql: list[str] = []
     params: list[Any] = []
-    if where.states is not None:  # none at all selects nothing ("IN ()" is no SQL to all)
-        states = ",".join(str(int(state)) for state in where.states)
-        sql.append(f"state IN ({states})" if states else "1 = 0")
+    if where.states is not None:
+        listed = ",".join(str(int(state)) for state in where.states)
+        sql.append(f"state IN ({listed})" if listed else "1 = 0")  # no state: no task
     if where.ids is not None:
         sql.append(dialect.ids)
         params.append(dialect.ids_value(where.ids))

@@ -32,7 +32,8 @@ from katar.core.model import (
     now_ms,
     parse_task_id,
 )
-from katar.core.storage import BulkStep, Change, Enqueued, LimitState, PollResult, Store
+from katar.core.schedule import Schedule, ScheduleSpec
+from katar.core.storage import BulkStep, Change, Enqueued, Fired, LimitState, PollResult, Store
 from katar.errors import Conflict, KatarError, QueueNotFound, TaskNotFound
 from katar.logs import mask_credentials
 
@@ -64,6 +65,7 @@ class MemoryStore(Store):
         self._groups: dict[tuple[str, str | None], list[tuple[int, int]]] = {}
         # (queue, key) -> (digest, ids, created): the idempotency keys, oldest first.
         self._keys: dict[tuple[str, str], tuple[bytes, tuple[int, ...], int]] = {}
+        self._schedules: dict[str, Schedule] = {}
         # Dependencies: per child, its parents in the order it named them, each with
         # (done, result); per parent, the children still waiting for it to end.
         self._edges: dict[int, dict[int, tuple[bool, bytes | None]]] = {}
@@ -523,7 +525,14 @@ class MemoryStore(Store):
         return sum(1 for task_id in self._ids_of(queue) if where.matches(tasks[task_id]))
 
     async def bulk(
-        self, queue: str, action: str, where: TaskFilter, now: int, after: int, limit: int
+        self,
+        queue: str,
+        action: str,
+        where: TaskFilter,
+        now: int,
+        after: int,
+        limit: int,
+        report: bool = True,
     ) -> BulkStep:
         selected: list[Task] = []
         for task_id in self._ids_of(queue):
@@ -696,3 +705,48 @@ class MemoryStore(Store):
                     break
                 heapq.heappop(heap)
         return earliest
+
+    # -- schedules ---------------------------------------------------------------------------
+
+    async def load_schedules(self) -> dict[str, Schedule]:
+        return dict(self._schedules)
+
+    async def save_schedule(self, name: str, spec: ScheduleSpec, cursor: int | None) -> Schedule:
+        old = self._schedules.get(name)
+        if old is None:
+            assert cursor is not None, "a new schedule needs a cursor"
+            saved = Schedule(name=name, spec=spec, cursor=cursor)
+        else:
+            moved = old.cursor if cursor is None else max(cursor, old.cursor)
+            saved = msgspec.structs.replace(old, spec=spec, cursor=moved)
+        self._schedules[name] = saved
+        return saved
+
+    async def delete_schedule(self, name: str) -> bool:
+        return self._schedules.pop(name, None) is not None
+
+    async def fire_schedule(
+        self, name: str, cursor: int, tick: int, task: NewTask | None, now: int
+    ) -> Fired:
+        schedule = self._schedules.get(name)
+        if schedule is None or schedule.cursor != cursor:
+            return Fired(False)
+        made = None
+        if task is not None and not self._overlaps(schedule):
+            (created,) = await self.enqueue(schedule.spec.queue, [task], now)
+            made = msgspec.structs.replace(created, schedule=name, scheduled_for=tick)
+            self._tasks[made.id] = made
+        self._schedules[name] = msgspec.structs.replace(
+            schedule,
+            cursor=tick,
+            last_tick=tick,
+            last_task=schedule.last_task if made is None else made.id,
+        )
+        return Fired(True, made)
+
+    def _overlaps(self, schedule: Schedule) -> bool:
+        """Whether overlap "skip" holds the tick back: the last task is unfinished."""
+        if schedule.spec.overlap != "skip" or schedule.last_task is None:
+            return False
+        last = self._tasks.get(schedule.last_task)
+        return last is not None and last.state in UNFINISHED

@@ -28,6 +28,7 @@ from katar.core import idempotency, rules
 from katar.core.idempotency import Idempotency
 from katar.core.model import (
     READY,
+    RUNNING,
     UNFINISHED,
     Ack,
     NewTask,
@@ -38,7 +39,17 @@ from katar.core.model import (
     now_ms,
     parse_task_id,
 )
-from katar.core.storage import BulkStep, Change, Enqueued, LimitState, Observer, PollResult, Store
+from katar.core.schedule import Schedule, ScheduleSpec
+from katar.core.storage import (
+    BulkStep,
+    Change,
+    Enqueued,
+    Fired,
+    LimitState,
+    Observer,
+    PollResult,
+    Store,
+)
 from katar.errors import (
     ConfigError,
     Conflict,
@@ -50,6 +61,7 @@ from katar.errors import (
     TaskNotFound,
 )
 from katar.logs import mask_credentials
+from katar.protocol import HISTORY_LENGTH, MAX_DELAY
 from katar.store._rows import COLUMNS, Dialect, task_from_row, update_values, view, where_sql
 from katar.store.postgres_deps import PostgresDependencies
 
@@ -59,7 +71,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("katar")
 
-SCHEMA_VERSION: Final = 8
+SCHEMA_VERSION: Final = 9
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -136,8 +148,61 @@ CREATE INDEX IF NOT EXISTS tasks_kept ON {s}.tasks (queue_id, unique_until)
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS started_at bigint;
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS history bytea;  -- rules.archive's JSON
 """,
-    # 7: schedules (their own migration).
+    7: """
+-- Transactional enqueue: an application enqueues inside its own transaction, and the task
+-- exists exactly when that transaction commits. The notification, sent at the commit, wakes
+-- the long polls of every server (as an enqueue over HTTP does).
+CREATE OR REPLACE FUNCTION {s}.enqueue(
+    queue text, data jsonb, priority integer DEFAULT 0, delay_s double precision DEFAULT 0
+) RETURNS bigint LANGUAGE plpgsql AS $katar$
+DECLARE
+    found_queue integer;
+    now_ms bigint := floor(extract(epoch FROM clock_timestamp()) * 1000);
+    due bigint;
+    created bigint;
+BEGIN
+    SELECT id INTO found_queue FROM {s}.queues WHERE name = queue;
+    IF found_queue IS NULL THEN
+        RAISE EXCEPTION 'katar: no queue %; create it first (PUT /v1/queue/%)', queue, queue
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    IF data IS NULL THEN
+        RAISE EXCEPTION 'katar: data must be JSON (''null''::jsonb for none), not SQL NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF delay_s IS NULL OR delay_s < 0 OR delay_s > {max_delay} THEN
+        RAISE EXCEPTION 'katar: delay_s must be from 0 to {max_delay} seconds, not %', delay_s
+            USING ERRCODE = 'numeric_value_out_of_range';
+    END IF;
+    IF delay_s > 0 THEN
+        due := now_ms + ceil(delay_s * 1000);
+    END IF;
+    INSERT INTO {s}.tasks (queue_id, state, priority, data, created_at, updated_at, run_at)
+        VALUES (found_queue, CASE WHEN due IS NULL THEN 1 ELSE 2 END, coalesce(priority, 0),
+                convert_to(data::text, 'UTF8'), now_ms, now_ms, due)
+        RETURNING id INTO created;
+    IF due IS NULL THEN
+        PERFORM pg_notify('{channel}', 'r:1:' || queue);
+    END IF;
+    RETURN created;
+END
+$katar$;
+""",
+    # Schedules (katar.core.schedule). The cursor is advanced by compare-and-set in the
+    # transaction that inserts the tick's task: of servers firing one tick, one wins.
     8: """
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS schedule text;
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS scheduled_for bigint;
+CREATE TABLE IF NOT EXISTS {s}.schedules (
+    name text PRIMARY KEY,
+    spec bytea NOT NULL,
+    cursor bigint NOT NULL,
+    last_tick bigint,
+    last_task bigint
+);
+""",
+    # Dependencies (after): the edges, and the two columns that keep them off the others.
+    9: """
 -- Dependencies (after): how many tasks a task waits for, and whether tasks wait for it.
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS parents integer NOT NULL DEFAULT 0;
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS children boolean NOT NULL DEFAULT false;
@@ -178,6 +243,7 @@ def _columns(queue_id: int, tasks: Sequence[Task], now: int) -> tuple[list[Any],
 _SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _EXPIRE_BATCH: Final = 1000
 _options_decoder: Final = msgspec.json.Decoder(QueueOptions)
+_spec_decoder: Final = msgspec.json.Decoder(ScheduleSpec)
 _STATE_OF: Final = tuple(State)
 
 
@@ -239,6 +305,7 @@ class PostgresStore(PostgresDependencies, Store):
         s = self._schema
         self._sql = {
             "task": f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = %s",
+            "tasks": f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = ANY(%s)",
             "lock": f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = %s FOR UPDATE",
             "lock_many": f"SELECT 1 FROM {s}.tasks WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
             "update": (
@@ -348,6 +415,41 @@ class PostgresStore(PostgresDependencies, Store):
                 f" lease_until=%s + coalesce(timeout, %s), run_at=NULL, progress=NULL,"
                 f" updated_at=%s, started_at=%s WHERE id = ANY(%s) RETURNING {COLUMNS}"
             ),
+            # A bulk action's step in SQL (Store.bulk): what rules.bulk_change does. A retry
+            # moves the task's last delivery into its history (rules.archive: the old row's
+            # attempts, worker, started_at, updated_at as its end, its outcome, its error).
+            "bulk_delete": f"DELETE FROM {s}.tasks WHERE id = ANY(%s)",
+            "bulk_cancel": f"UPDATE {s}.tasks SET state = 6, updated_at = %s WHERE id = ANY(%s)",
+            "bulk_retry": (
+                f"UPDATE {s}.tasks AS t SET state = 1, run_at = NULL, expires_at = NULL,"
+                " attempt_base = t.attempts, error = CASE WHEN t.state = 6 THEN NULL ELSE"
+                " t.error END, cancel_requested = false, updated_at = %s, history = CASE WHEN"
+                " t.started_at IS NULL THEN t.history ELSE convert_to((CASE WHEN"
+                f" jsonb_array_length(x.h) >= {HISTORY_LENGTH} THEN x.h - 0 ELSE x.h END ||"
+                " jsonb_build_array(jsonb_build_array(t.attempts, t.worker, t.started_at,"
+                " t.updated_at, CASE t.state WHEN 5 THEN 'failed' ELSE 'cancelled' END,"
+                " t.error)))::text, 'UTF8') END, started_at = NULL FROM (SELECT id,"
+                " coalesce(convert_from(history, 'UTF8')::jsonb, '[]'::jsonb) AS h"
+                f" FROM {s}.tasks WHERE id = ANY(%s)) AS x WHERE t.id = x.id"
+            ),
+            # Workers' "done"s (rules.apply_ack, in SQL), many at once: the rows are locked
+            # in id order first, so that two polls cannot deadlock. A named worker's ack
+            # matches only its own deliveries, or those leased without a name (rules.owns).
+            "done_keep": (
+                f"WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::int[], %s::bytea[])"
+                f" AS v(id, attempt, result)), locked AS (SELECT id FROM {s}.tasks WHERE"
+                " id = ANY(%s) ORDER BY id FOR UPDATE)"
+                f" UPDATE {s}.tasks AS t SET state = 4, result = v.result, error = NULL,"
+                " lease_until = NULL, updated_at = %s FROM v WHERE t.id = v.id AND t.id IN"
+                f" (SELECT id FROM locked) AND {_DONE_MATCH} RETURNING {_T_COLUMNS}"
+            ),
+            "done_drop": (
+                f"WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::int[]) AS v(id, attempt)),"
+                f" locked AS (SELECT id FROM {s}.tasks WHERE id = ANY(%s) ORDER BY id FOR"
+                f" UPDATE) DELETE FROM {s}.tasks AS t USING v WHERE t.id = v.id AND t.id IN"
+                f" (SELECT id FROM locked) AND {_DONE_MATCH} AND t.unique_until IS NULL"
+                f" RETURNING {_T_COLUMNS}"
+            ),
             # Retention (rules.prune_before, holds_key: in SQL), the oldest first.
             "prune": (
                 f"DELETE FROM {s}.tasks WHERE id IN (SELECT id FROM {s}.tasks WHERE"
@@ -361,6 +463,19 @@ class PostgresStore(PostgresDependencies, Store):
             "next_ids": f"SELECT nextval('{s}.tasks_id_seq') FROM generate_series(1, %s)",
             **self._deps_sql(),
         }
+        # The plain claim, passing over the tasks that the poll's acks name; and taking
+        # nothing when one of them has children (its "done" may make some ready: the claim
+        # is made after the acks then).
+        self._sql["claim_except"] = self._sql["claim"].replace(
+            " ORDER BY priority DESC",
+            " AND id <> ALL(%s::bigint[]) AND NOT EXISTS (SELECT 1 FROM"
+            f" {s}.tasks AS a WHERE a.id = ANY(%s::bigint[]) AND a.children)"
+            " ORDER BY priority DESC",
+        )
+        for name in ("done_keep", "done_drop"):  # only the ids, when nobody watches
+            self._sql[f"{name}_ids"] = self._sql[name].replace(
+                f"RETURNING {_T_COLUMNS}", "RETURNING t.id"
+            )
 
     # -- connections -------------------------------------------------------------------------
 
@@ -398,8 +513,8 @@ class PostgresStore(PostgresDependencies, Store):
                     f" this one knows {SCHEMA_VERSION})"
                 )
             for version in range(current + 1, SCHEMA_VERSION + 1):
-                if version in _MIGRATIONS:  # a version may belong to another branch's work
-                    await conn.execute(_MIGRATIONS[version].format(s=s))
+                sql = _MIGRATIONS[version].format(s=s, channel=self._channel, max_delay=MAX_DELAY)
+                await conn.execute(sql)
                 await conn.execute(f"INSERT INTO {s}.schema_version VALUES (%s)", (version,))
         self.schema_change = (current, SCHEMA_VERSION)
 
@@ -527,6 +642,8 @@ class PostgresStore(PostgresDependencies, Store):
                             observer.tasks_ready(queue, int(count))
                         elif kind == "q":
                             observer.queue_changed(rest)
+                        elif kind == "s":
+                            observer.schedules_changed()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -893,14 +1010,53 @@ class PostgresStore(PostgresDependencies, Store):
         changes: list[Change] = []
         cancel: list[int] = []
         async with self._transaction() as conn:
-            if len(acks) > 1:
+            ids = [parse_task_id(ack.task_id) for ack in acks]
+            done: dict[int, Change | None] = {}
+            plain = [(i, a) for i, a in zip(ids, acks, strict=True) if a.status == "done" and i]
+            # No task named twice: the order of the acks cannot matter, and the plain "done"s
+            # of current deliveries go in one statement (the rest by the rules).
+            batched = bool(plain) and len(set(ids)) == len(ids)
+            # The plain claim, when the acks are all plain "done"s (none makes a task ready,
+            # none frees room under a limit): sent with them, in one round trip, leaving out
+            # the tasks acked (which the rules would refuse to ack before their delivery).
+            early = limit > 0 and not options.custom_claim and (not acks or len(plain) == len(acks))
+            delivered: list[Task] = []
+            if batched or early:
+                async with conn.pipeline():
+                    finishing = None
+                    if batched:
+                        sql, args = self._done_statement(queue_id, options, plain, now, worker)
+                        finishing = await conn.execute(sql, args)
+                    claiming = None
+                    if early:
+                        claim = (worker, now, options.timeout, now, now, queue_id, now)
+                        if acks:
+                            acked = [i for i, _ in plain]
+                            claiming = await conn.execute(
+                                self._sql["claim_except"], (*claim, acked, acked, limit)
+                            )
+                        else:
+                            claiming = await conn.execute(self._sql["claim"], (*claim, limit))
+                if finishing is not None:
+                    rows = await finishing.fetchall()
+                    done = self._done_changes(rows, queue, options, plain, now, worker)
+                if claiming is not None:
+                    delivered = [task_from_row(row, queue) for row in await claiming.fetchall()]
+                    delivered.sort(key=lambda t: (-t.priority, t.id))
+            rest = [i for i in ids if i not in done]
+            linked = False  # an acked task has children: the early claim took nothing
+            if len(rest) > 1:
                 # Lock the acked tasks in id order first: two polls acking the same tasks in
                 # different orders would otherwise each hold one and wait for the other (a
                 # deadlock, which PostgreSQL breaks by failing one of them).
-                ids = sorted({i for i in map(parse_task_id, (a.task_id for a in acks)) if i})
-                await conn.execute(self._sql["lock_many"], (ids,))
+                await conn.execute(self._sql["lock_many"], (sorted({i for i in rest if i}),))
             for index, ack in enumerate(acks):
-                task_id = parse_task_id(ack.task_id)
+                task_id = ids[index]
+                if task_id in done:
+                    finished = done[task_id]
+                    if finished is not None:
+                        changes.append(finished)
+                    continue
                 row = None
                 if task_id is not None:
                     row = await (await conn.execute(self._sql["lock"], (task_id,))).fetchone()
@@ -911,6 +1067,7 @@ class PostgresStore(PostgresDependencies, Store):
                 if row[1] != queue_id:
                     raise TaskNotFound.named(ack.task_id, queue, ack=index)
                 task = task_from_row(row, queue)
+                linked = linked or task.children
                 try:
                     new = rules.apply_ack(task, ack, options, now, worker)
                 except KatarError as exc:
@@ -923,9 +1080,10 @@ class PostgresStore(PostgresDependencies, Store):
                 changes += also
                 if rules.stops(task if new is None else new, ack, worker):
                     cancel.append(task.id)
-            delivered: list[Task] = []
             retry_at = held = None
-            if limit > 0 and options.custom_claim:
+            if early and not linked:
+                pass  # claimed above
+            elif limit > 0 and options.custom_claim:
                 delivered, retry_at, held = await self._claim_limited(
                     conn, queue, queue_id, options, limit, worker, now
                 )
@@ -939,6 +1097,54 @@ class PostgresStore(PostgresDependencies, Store):
             delivered = await self._views(conn, self._sql, delivered)
             await self._notify_ready(conn, (change.task for change in changes))
         return PollResult(delivered, changes, retry_at, cancel, held)
+
+    def _done_statement(
+        self,
+        queue_id: int,
+        options: QueueOptions,
+        acks: list[tuple[int, Ack]],
+        now: int,
+        worker: str | None,
+    ) -> tuple[str, tuple[Any, ...]]:
+        """The hot path of workers' "done"s: one statement finishes the current deliveries
+        the acks name (locking them in id order), as rules.apply_ack would; an ack it does
+        not match (stale, refused, a task with its cancel requested or holding a unique_key
+        past its end) is left to the rules. It returns every column of the tasks finished,
+        or only their ids when nobody watches (Store.watch)."""
+        watching = self.watch is None or self.watch()
+        ids = [task_id for task_id, _ack in acks]
+        attempts = [ack.attempt or 0 for _id, ack in acks]
+        if options.persistent:
+            results = [None if ack.result is None else bytes(ack.result) for _id, ack in acks]
+            sql = self._sql["done_keep" if watching else "done_keep_ids"]
+            return sql, (ids, attempts, results, ids, now, queue_id, worker, worker)
+        sql = self._sql["done_drop" if watching else "done_drop_ids"]
+        return sql, (ids, attempts, ids, queue_id, worker, worker)
+
+    @staticmethod
+    def _done_changes(
+        rows: list[tuple[Any, ...]],
+        queue: str,
+        options: QueueOptions,
+        acks: list[tuple[int, Ack]],
+        now: int,
+        worker: str | None,
+    ) -> dict[int, Change | None]:
+        """What _done_statement's rows say: each finished task's change, or None when only
+        its id came back."""
+        if rows and len(rows[0]) == 1:
+            return dict.fromkeys((row[0] for row in rows), None)
+        if options.persistent:  # the rows as updated
+            return {row[0]: Change(task_from_row(row, queue), RUNNING) for row in rows}
+        # The rows as they were before the delete: their last version is the rules' "done".
+        by_id = dict(acks)
+        finished: dict[int, Change | None] = {}
+        for row in rows:
+            task = task_from_row(row, queue)
+            last = rules.apply_ack(task, by_id[task.id], options, now, worker)
+            assert last is not None
+            finished[task.id] = Change(last, RUNNING)
+        return finished
 
     async def _claim_limited(
         self,
@@ -1091,53 +1297,74 @@ class PostgresStore(PostgresDependencies, Store):
         return count
 
     async def bulk(
-        self, queue: str, action: str, where: TaskFilter, now: int, after: int, limit: int
+        self,
+        queue: str,
+        action: str,
+        where: TaskFilter,
+        now: int,
+        after: int,
+        limit: int,
+        report: bool = True,
     ) -> BulkStep:
         queue_id = await self._queue_id(queue)
         conditions, params = where_sql(where, _DIALECT)
         s = self._schema
-        columns = COLUMNS
-        sql = (
-            f"SELECT {columns} FROM {s}.tasks WHERE queue_id = %s{conditions} AND id > %s"
+        select = (
+            f"FROM {s}.tasks WHERE queue_id = %s{conditions} AND id > %s"
             " ORDER BY id LIMIT %s FOR UPDATE"
         )
+        args = (queue_id, *params, after, limit)
         states = rules.BULK_STATES[action]
+        # In SQL, without building the tasks: a delete; a cancel or a retry that nobody
+        # watches, except a retry that must take a unique_key back or a place in a fair
+        # queue (the rules do those).
+        in_sql = action == "delete" or (
+            not report and (action == "cancel" or queue_id not in self._fair)
+        )
         async with self._transaction() as conn:
-            rows = await (await conn.execute(sql, (queue_id, *params, after, limit))).fetchall()
+            if not in_sql:
+                rows = await (await conn.execute(f"SELECT {COLUMNS} {select}", args)).fetchall()
+                return await self._bulk_by_rules(conn, queue_id, queue, action, rows, now, after)
+            settled: list[Change] = []
+            found = await conn.execute(
+                f"SELECT id, state, unique_key, parents > 0 OR children {select}", args
+            )
+            rows = await found.fetchall()
             if not rows:
                 return BulkStep(0, 0, after, [])
-            last = rows[-1][0]
-            also: list[Change] = []
-            if action == "delete":
-                deleted = [t for row in rows if (t := task_from_row(row, queue)).state in states]
-                await self._delete(conn, deleted, now, also)
-                ids = {task.id for task in deleted}
-                settled = [change for change in also if change.task.id not in ids]
-                await self._notify_ready(conn, (change.task for change in settled))
-            else:
-                changes: list[Change] = []
-                for row in rows:
-                    task = task_from_row(row, queue)
-                    if also:  # a cascade of this step may have changed it
-                        found = await (await conn.execute(self._sql["task"], (task.id,))).fetchone()
-                        assert found is not None
-                        task = task_from_row(found, queue)
-                    waits = await self._still_waits(conn, self._sql, task)
-                    new = rules.bulk_change(task, action, now, waits)
-                    if new is None:
-                        continue
-                    try:
-                        async with conn.transaction():  # a savepoint: a refused retry undoes it
-                            change = await self._change(conn, queue_id, task, new, now, also)
-                    except Conflict:
-                        continue  # a retry whose unique_key another task holds now
-                    if change is not None:
-                        changes.append(change)
-                changes += also
-                await self._notify_ready(conn, (change.task for change in changes))
-                return BulkStep(len(rows), len(changes) - len(also), last, changes)
+            # Tasks with dependencies settle others when they end, or wait again when
+            # retried: by the rules, as retries that take their unique_key back.
+            applies = [(r[0], r[2], r[3]) for r in rows if _STATE_OF[r[1]] in states]
+            linked = [i for i, _key, deps in applies if deps]
+            keyed = [i for i, key, deps in applies if key is not None and not deps]
+            keyed = keyed if action == "retry" else []
+            apart = set(linked) | set(keyed)
+            ids = [i for i, _key, _deps in applies if i not in apart]
+            times = () if action == "delete" else (now,)
+            await conn.execute(self._sql[f"bulk_{action}"], (*times, ids))
+            step = BulkStep(len(rows), len(ids), rows[-1][0], [])
+            if apart:
+                full = await conn.execute(
+                    f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = ANY(%s) ORDER BY id",
+                    (sorted(apart),),
+                )
+                if action == "delete":
+                    deleted = [task_from_row(row, queue) for row in await full.fetchall()]
+                    also: list[Change] = []
+                    await self._delete(conn, deleted, now, also)
+                    gone = {task.id for task in deleted} | set(ids)
+                    settled = [change for change in also if change.task.id not in gone]
+                    await self._notify_ready(conn, (change.task for change in settled))
+                    step = step._replace(changed=step.changed + len(deleted))
+                else:
+                    more = await self._bulk_by_rules(
+                        conn, queue_id, queue, action, await full.fetchall(), now, after
+                    )
+                    step = step._replace(changed=step.changed + more.changed, changes=more.changes)
+            if action == "retry" and ids:
+                await self._notify(conn, f"r:{len(ids)}:{queue}")
         self.report(settled)
-        return BulkStep(len(rows), len(deleted), last, [])
+        return step
 
     async def _delete(
         self,
@@ -1152,6 +1379,41 @@ class PostgresStore(PostgresDependencies, Store):
         ids = [task.id for task in tasks]
         await conn.execute(f"DELETE FROM {self._schema}.tasks WHERE id = ANY(%s)", (ids,))
         await self._forget(conn, self._sql, [task.id for task in tasks if task.parents])
+
+    async def _bulk_by_rules(
+        self,
+        conn: AsyncConnection[tuple[Any, ...]],
+        queue_id: int,
+        queue: str,
+        action: str,
+        rows: list[tuple[Any, ...]],
+        now: int,
+        after: int,
+    ) -> BulkStep:
+        """A step of a retry or a cancel, task by task, as rules.bulk_change says."""
+        if not rows:
+            return BulkStep(0, 0, after, [])
+        changes: list[Change] = []
+        also: list[Change] = []  # the tasks that waited for those cancelled
+        for row in rows:
+            task = task_from_row(row, queue)
+            if also:  # a cascade of this step may have changed it
+                found = await (await conn.execute(self._sql["task"], (task.id,))).fetchone()
+                assert found is not None
+                task = task_from_row(found, queue)
+            waits = await self._still_waits(conn, self._sql, task)
+            new = rules.bulk_change(task, action, now, waits)
+            if new is None:
+                continue
+            try:
+                async with conn.transaction():  # a savepoint: a refused retry undoes itself
+                    change = await self._change(conn, queue_id, task, new, now, also)
+            except Conflict:
+                continue  # a retry whose unique_key another task holds now
+            if change is not None:
+                changes.append(change)
+        await self._notify_ready(conn, (change.task for change in [*changes, *also]))
+        return BulkStep(len(rows), len(changes), rows[-1][0], changes + also)
 
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:
         queue_id = await self._queue_id(queue)
@@ -1340,8 +1602,100 @@ class PostgresStore(PostgresDependencies, Store):
             ).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
+    # -- schedules ---------------------------------------------------------------------------
+
+    async def load_schedules(self) -> dict[str, Schedule]:
+        async with self._transaction(writes=False) as conn:
+            rows = await (
+                await conn.execute(
+                    f"SELECT name, spec, cursor, last_tick, last_task FROM {self._schema}.schedules"
+                )
+            ).fetchall()
+        return {row[0]: _schedule(row) for row in rows}
+
+    async def save_schedule(self, name: str, spec: ScheduleSpec, cursor: int | None) -> Schedule:
+        async with self._transaction() as conn:
+            row = await (
+                await conn.execute(
+                    f"INSERT INTO {self._schema}.schedules (name, spec, cursor)"
+                    " VALUES (%s, %s, coalesce(%s, 0)) ON CONFLICT (name)"
+                    " DO UPDATE SET spec = excluded.spec,"
+                    f" cursor = GREATEST(%s, {self._schema}.schedules.cursor)"
+                    " RETURNING name, spec, cursor, last_tick, last_task",
+                    (name, msgspec.json.encode(spec), cursor, cursor),
+                )
+            ).fetchone()
+            await self._notify(conn, "s:")
+        assert row is not None
+        return _schedule(row)
+
+    async def delete_schedule(self, name: str) -> bool:
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                f"DELETE FROM {self._schema}.schedules WHERE name = %s", (name,)
+            )
+            await self._notify(conn, "s:")
+            return bool(cursor.rowcount)
+
+    async def fire_schedule(
+        self, name: str, cursor: int, tick: int, task: NewTask | None, now: int
+    ) -> Fired:
+        s = self._schema
+        async with self._transaction() as conn:
+            # The compare-and-set: of servers firing one tick at once, the first locks the
+            # row; the others wait for its commit, then find the cursor moved and match none.
+            row = await (
+                await conn.execute(
+                    f"UPDATE {s}.schedules SET cursor = %s, last_tick = %s"
+                    " WHERE name = %s AND cursor = %s RETURNING spec, last_task",
+                    (tick, tick, name, cursor),
+                )
+            ).fetchone()
+            if row is None:
+                return Fired(False)
+            spec, last_task = _spec_decoder.decode(row[0]), row[1]
+            if task is None:
+                return Fired(True)
+            if spec.overlap == "skip" and last_task is not None:
+                found = await (
+                    await conn.execute(f"SELECT state FROM {s}.tasks WHERE id = %s", (last_task,))
+                ).fetchone()
+                if found is not None and State(found[0]) in UNFINISHED:
+                    return Fired(True)
+            queue_id = await self._queue_id(spec.queue)
+            (created,) = await self._insert(conn, queue_id, spec.queue, [task], now)
+            await conn.execute(
+                f"UPDATE {s}.tasks SET schedule = %s, scheduled_for = %s WHERE id = %s",
+                (name, tick, created.id),
+            )
+            await conn.execute(
+                f"UPDATE {s}.schedules SET last_task = %s WHERE name = %s", (created.id, name)
+            )
+        return Fired(True, msgspec.structs.replace(created, schedule=name, scheduled_for=tick))
+
+
+def _schedule(row: Sequence[Any]) -> Schedule:
+    name, spec, cursor, last_tick, last_task = row
+    return Schedule(
+        name=name,
+        spec=_spec_decoder.decode(spec),
+        cursor=cursor,
+        last_tick=last_tick,
+        last_task=last_task,
+    )
+
 
 _KEEP: Final = QueueOptions(persistent=True)
+# A "done" for the current delivery (rules.apply_ack): its attempt if named, no cancel
+# requested (the rules end such a delivery cancelled), and the worker's own (rules.owns).
+# A task with dependencies (parents, or children waiting for it) is left to the rules too:
+# its end settles the edges (katar.store.postgres_deps).
+_DONE_MATCH: Final = (
+    "t.queue_id = %s AND t.state = 3 AND t.attempts = coalesce(nullif(v.attempt, 0), t.attempts)"
+    " AND NOT t.cancel_requested AND (%s::text IS NULL OR t.worker IS NULL OR t.worker = %s)"
+    " AND t.parents = 0 AND NOT t.children"
+)
+_T_COLUMNS: Final = ", ".join(f"t.{column.strip()}" for column in COLUMNS.split(","))
 _DIALECT: Final = Dialect(
     param="%s", ids="id = ANY(%s)", ids_value=list, contains="strpos(error, %s) > 0"
 )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import sqlite3
 from typing import Final
 
-SCHEMA_VERSION: Final = 10  # 4: idempotency keys; 5: key, fair_seq; 6: cancel, progress; 7: options
-# 8: delivery history; 10: dependencies
+# 4: idempotency keys; 5: key, fair_seq; 6: cancel, progress; 7: options; 8: delivery history;
+# 9: schedules; 10: dependencies
+SCHEMA_VERSION: Final = 10
 # The tasks at rest: paused (0), done (4), failed (5), cancelled (6). Not "state IN (0, 4, 5,
 # 6)": SQLite evaluates a partial index's condition for every row a statement writes, and an
 # IN list builds a temporary b-tree each time (a 4 KiB page zeroed): 56,000 instructions per
@@ -44,6 +45,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     unique_until INTEGER,  -- the key is held until then, whatever the state
     started_at INTEGER,    -- when the current (or last) delivery started
     history BLOB,          -- the earlier deliveries (rules.archive)
+    schedule TEXT,         -- the schedule that made the task
+    scheduled_for INTEGER, -- and the tick it was made for
     parents INTEGER NOT NULL DEFAULT 0,   -- how many tasks it waits for (after)
     children INTEGER NOT NULL DEFAULT 0   -- 1: tasks wait for it (its end settles them)
 );
@@ -94,6 +97,16 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     PRIMARY KEY (queue_id, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created);
+-- Schedules (katar.core.schedule): the spec as JSON, and where its ticks stand. The cursor
+-- is advanced by compare-and-set when a tick is fired, in the transaction that inserts the
+-- tick's task (Store.fire_schedule).
+CREATE TABLE IF NOT EXISTS schedules (
+    name TEXT PRIMARY KEY,
+    spec BLOB NOT NULL,
+    cursor INTEGER NOT NULL,
+    last_tick INTEGER,
+    last_task INTEGER
+);
 -- Schema 1 had the index above over every state; schema 2 had it with an IN list.
 DROP INDEX IF EXISTS tasks_queue_state;
 DROP INDEX IF EXISTS tasks_resting;
@@ -115,6 +128,8 @@ _ADDED: Final = {
         ("tasks", "unique_until", "INTEGER"),
     ),
     8: (("tasks", "started_at", "INTEGER"), ("tasks", "history", "BLOB")),
+    # Schedules: the schedules table is created by _SCHEMA.
+    9: (("tasks", "schedule", "TEXT"), ("tasks", "scheduled_for", "INTEGER")),
     10: (
         ("tasks", "parents", "INTEGER NOT NULL DEFAULT 0"),
         ("tasks", "children", "INTEGER NOT NULL DEFAULT 0"),

@@ -25,7 +25,8 @@ from katar.core.model import (
     now_ms,
     parse_task_id,
 )
-from katar.core.storage import BulkStep, Change, Enqueued, LimitState, PollResult
+from katar.core.schedule import Schedule, ScheduleSpec
+from katar.core.storage import BulkStep, Change, Enqueued, Fired, LimitState, PollResult
 from katar.errors import (
     Conflict,
     KatarError,
@@ -33,6 +34,7 @@ from katar.errors import (
     StoreUnavailable,
     TaskNotFound,
 )
+from katar.protocol import HISTORY_LENGTH
 from katar.store._rows import (
     COLUMNS,
     Dialect,
@@ -119,6 +121,7 @@ _COUNTS: Final = (
 )
 _EXPIRE_BATCH: Final = 1000
 _options_decoder: Final = msgspec.json.Decoder(QueueOptions)
+_spec_decoder: Final = msgspec.json.Decoder(ScheduleSpec)
 
 
 # Batches first: its _finish_polls is the one GroupCommit declares.
@@ -546,44 +549,61 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
         return conditions, params
 
     async def bulk(
-        self, queue: str, action: str, where: TaskFilter, now: int, after: int, limit: int
+        self,
+        queue: str,
+        action: str,
+        where: TaskFilter,
+        now: int,
+        after: int,
+        limit: int,
+        report: bool = True,
     ) -> BulkStep:
         queue_id = self._queue_id(queue)
         conditions, params = self._where(where)
-        columns = _COLUMNS
-        sql = (
-            f"SELECT {columns} FROM tasks WHERE queue_id=?{conditions} AND id>? ORDER BY id LIMIT ?"
-        )
+        select = f"FROM tasks WHERE queue_id=?{conditions} AND id>? ORDER BY id LIMIT ?"
         states = rules.BULK_STATES[action]
+        # In SQL, without building the tasks: a delete; a cancel or a retry that nobody
+        # watches, except a retry that must take a unique_key back or a place in a fair
+        # queue (the rules do those).
+        in_sql = action == "delete" or (
+            not report and (action == "cancel" or queue_id not in self._fair)
+        )
+
+        args = (queue_id, *params, after, limit)
 
         def op(conn: sqlite3.Connection) -> BulkStep:
-            rows = conn.execute(sql, (queue_id, *params, after, limit)).fetchall()
+            if not in_sql:
+                rows = conn.execute(f"SELECT {_COLUMNS} {select}", args).fetchall()
+                return self._bulk_by_rules(conn, queue_id, action, rows, now, after)
+            rows = conn.execute(
+                f"SELECT id, state, unique_key, parents + children {select}", args
+            ).fetchall()
             if not rows:
                 return BulkStep(0, 0, after, [])
-            last = rows[-1][0]
-            also: list[Change] = []
+            # Tasks with dependencies settle others when they end, or wait again when
+            # retried: by the rules, as retries that take their unique_key back.
+            applies = [(r[0], r[2], r[3]) for r in rows if _STATES[r[1]] in states]
+            linked = [i for i, _key, deps in applies if deps]
+            keyed = [i for i, key, deps in applies if key is not None and not deps]
+            keyed = keyed if action == "retry" else []
+            apart = set(linked) | set(keyed)
+            ids = [i for i, _key, _deps in applies if i not in apart]
+            times = () if action == "delete" else (now,)
+            conn.execute(_BULK_SQL[action], (*times, _json(ids)))
+            step = BulkStep(len(rows), len(ids), rows[-1][0], [])
+            if not apart:
+                return step
+            sql = f"SELECT {_COLUMNS} FROM tasks WHERE id IN ({_JSON_IDS})"
+            full = conn.execute(sql, (_json(sorted(apart)),)).fetchall()
             if action == "delete":
-                deleted = [task for row in rows if (task := self._task(row)).state in states]
+                deleted = [self._task(row) for row in full]
+                also: list[Change] = []
                 self._delete(conn, deleted, now, also)
-                ids = {task.id for task in deleted}
-                settled.extend(change for change in also if change.task.id not in ids)
-                return BulkStep(len(rows), len(deleted), last, [])
-            changes: list[Change] = []
-            for row in rows:
-                task = self._task(row)
-                if also:  # a cascade of this step may have changed it
-                    row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task.id,))
-                    task = self._task(row.fetchone())
-                new = rules.bulk_change(task, action, now, self._still_waits(conn, task))
-                if new is None:
-                    continue
-                try:
-                    change = self._change(conn, queue_id, task, new, now, also)
-                except Conflict:
-                    continue  # a retry whose unique_key another task holds now
-                if change is not None:
-                    changes.append(change)
-            return BulkStep(len(rows), len(changes), last, changes + also)
+                gone = {task.id for task in deleted} | set(ids)
+                settled.extend(change for change in also if change.task.id not in gone)
+                return step._replace(changed=step.changed + len(deleted))
+            more = self._bulk_by_rules(conn, queue_id, action, full, now, after)
+            return step._replace(changed=step.changed + more.changed, changes=more.changes)
 
         settled: list[Change] = []
         step = await self._write(op)
@@ -596,8 +616,38 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
         """Remove tasks: those that waited for them are cancelled (``also``)."""
         for task in tasks:
             self._settle(conn, task, None, now, also)
-        conn.execute(_DELETE_IDS, (msgspec.json.encode([task.id for task in tasks]),))
+        conn.execute(_BULK_SQL["delete"], (_json([task.id for task in tasks]),))
         self._forget(conn, [task.id for task in tasks if task.parents])
+
+    def _bulk_by_rules(
+        self,
+        conn: sqlite3.Connection,
+        queue_id: int,
+        action: str,
+        rows: list[Any],
+        now: int,
+        after: int,
+    ) -> BulkStep:
+        """A step of a retry or a cancel, task by task, as rules.bulk_change says."""
+        if not rows:
+            return BulkStep(0, 0, after, [])
+        changes: list[Change] = []
+        also: list[Change] = []  # the tasks that waited for those cancelled
+        for row in rows:
+            task = self._task(row)
+            if also:  # a cascade of this step may have changed it
+                again = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task.id,))
+                task = self._task(again.fetchone())
+            new = rules.bulk_change(task, action, now, self._still_waits(conn, task))
+            if new is None:
+                continue
+            try:
+                change = self._change(conn, queue_id, task, new, now, also)
+            except Conflict:
+                continue  # a retry whose unique_key another task holds now
+            if change is not None:
+                changes.append(change)
+        return BulkStep(len(rows), len(changes), rows[-1][0], changes + also)
 
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:
         queue_id = self._queue_id(queue)
@@ -771,6 +821,84 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
         row = await self._read(lambda conn: conn.execute(_NEXT_DEADLINE).fetchone())
         return None if row[0] is None else int(row[0])
 
+    # -- schedules ---------------------------------------------------------------------------
+
+    async def load_schedules(self) -> dict[str, Schedule]:
+        rows = await self._read(lambda conn: conn.execute(_SCHEDULES).fetchall())
+        return {row[0]: _schedule(row) for row in rows}
+
+    async def save_schedule(self, name: str, spec: ScheduleSpec, cursor: int | None) -> Schedule:
+        encoded = msgspec.json.encode(spec)
+
+        def op(conn: sqlite3.Connection) -> Schedule:
+            row = conn.execute(
+                "INSERT INTO schedules (name, spec, cursor) VALUES (?, ?, coalesce(?, 0))"
+                " ON CONFLICT (name)"
+                " DO UPDATE SET spec = excluded.spec, cursor = max(coalesce(?, cursor), cursor)"
+                " RETURNING name, spec, cursor, last_tick, last_task",
+                (name, encoded, cursor, cursor),
+            ).fetchone()
+            return _schedule(row)
+
+        return await self._write(op)
+
+    async def delete_schedule(self, name: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM schedules WHERE name=?", (name,)).rowcount > 0
+
+        return await self._write(op)
+
+    async def fire_schedule(
+        self, name: str, cursor: int, tick: int, task: NewTask | None, now: int
+    ) -> Fired:
+        def op(conn: sqlite3.Connection) -> Fired:
+            # One writer: nothing comes between this compare and the set below.
+            row = conn.execute(
+                "SELECT spec, last_task FROM schedules WHERE name=? AND cursor=?", (name, cursor)
+            ).fetchone()
+            if row is None:
+                return Fired(False)
+            spec, last_task = _spec_decoder.decode(row[0]), row[1]
+            made = None
+            if task is not None and not (spec.overlap == "skip" and _unfinished(conn, last_task)):
+                queue_id = self._queue_id(spec.queue)
+                (created,) = self._insert(conn, queue_id, spec.queue, [task], now)
+                conn.execute(
+                    "UPDATE tasks SET schedule=?, scheduled_for=? WHERE id=?",
+                    (name, tick, created.id),
+                )
+                made = msgspec.structs.replace(created, schedule=name, scheduled_for=tick)
+                last_task = made.id
+            conn.execute(
+                "UPDATE schedules SET cursor=?, last_tick=?, last_task=? WHERE name=?",
+                (tick, tick, last_task, name),
+            )
+            return Fired(True, made)
+
+        return await self._write(op)
+
+
+_SCHEDULES: Final = "SELECT name, spec, cursor, last_tick, last_task FROM schedules"
+
+
+def _schedule(row: Sequence[Any]) -> Schedule:
+    name, spec, cursor, last_tick, last_task = row
+    return Schedule(
+        name=name,
+        spec=_spec_decoder.decode(spec),
+        cursor=cursor,
+        last_tick=last_tick,
+        last_task=last_task,
+    )
+
+
+def _unfinished(conn: sqlite3.Connection, task_id: int | None) -> bool:
+    """Whether the task exists and is paused, queued or in progress (overlap "skip")."""
+    if task_id is None:
+        return False
+    row = conn.execute("SELECT state FROM tasks WHERE id=?", (task_id,)).fetchone()
+    return row is not None and State(row[0]) in UNFINISHED
+
 
 # Tasks never delivered whose expiry has come (rules.expiry), by the partial index
 # tasks_expiry.
@@ -794,7 +922,30 @@ _DIALECT: Final = Dialect(
     contains="instr(error, ?) > 0",
 )
 _STATES: Final = tuple(State)
-_DELETE_IDS: Final = "DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?))"
+_JSON_IDS: Final = "SELECT value FROM json_each(?)"
+# A bulk action's step in SQL (Store.bulk): what rules.bulk_change does, for the tasks given.
+# A retry moves the task's last delivery into its history (rules.archive: the old row's
+# attempts, worker, started_at, updated_at as its end, its outcome, its error).
+_BULK_SQL: Final = {
+    "delete": f"DELETE FROM tasks WHERE id IN ({_JSON_IDS})",
+    "cancel": f"UPDATE tasks SET state=6, updated_at=? WHERE id IN ({_JSON_IDS})",
+    "retry": (
+        "UPDATE tasks SET state=1, run_at=NULL, expires_at=NULL, attempt_base=attempts,"
+        " error=CASE WHEN state=6 THEN NULL ELSE error END, cancel_requested=0, updated_at=?,"
+        " history=CASE WHEN started_at IS NULL THEN history ELSE json_insert(CASE WHEN"
+        f" json_array_length(coalesce(history, '[]')) >= {HISTORY_LENGTH} THEN"
+        " json_remove(history, '$[0]') ELSE coalesce(history, '[]') END, '$[#]',"
+        " json_array(attempts, worker, started_at, updated_at,"
+        " CASE state WHEN 5 THEN 'failed' ELSE 'cancelled' END, error)) END, started_at=NULL"
+        f" WHERE id IN ({_JSON_IDS})"
+    ),
+}
+
+
+def _json(ids: list[int]) -> bytes:
+    return msgspec.json.encode(ids)
+
+
 # Retention (rules.prune_before, holds_key: in SQL): finished at or before the time given,
 # and holding no unique_key, by the partial index tasks_at_rest in id order (the oldest first).
 _PRUNE: Final = (

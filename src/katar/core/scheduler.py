@@ -1,0 +1,149 @@
+"""The engine's scheduler: fires the schedules' ticks (katar.core.schedule).
+
+One timer is armed for the earliest tick to come among the schedules; when it rings, the
+scheduler reads the schedules from the store (other servers may have fired or changed them)
+and fires what is due, each step one compare-and-set of the schedule's cursor in the store
+(Store.fire_schedule): however many servers share the store, each tick makes one task, and
+no server leads. A change made through this engine, or heard of from another server
+(Observer.schedules_changed, or a resync after notifications were lost), rings it at once;
+on a store other servers share, a server that has schedules also looks every
+HOUSEKEEPING_MS.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+
+import msgspec
+
+from katar.core.clock import Clock, Timer
+from katar.core.model import NewTask, Task
+from katar.core.reaper import HOUSEKEEPING_MS
+from katar.core.schedule import Schedule, due, wake_at
+from katar.core.storage import Store
+from katar.errors import KatarError, QueueNotFound, StoreUnavailable
+
+log = logging.getLogger("katar")
+
+
+class Scheduler(abc.ABC):
+    """The schedules of an Engine (the Engine sets the attributes)."""
+
+    store: Store
+    clock: Clock
+    reap_interval: float
+    draining: bool  # set when the engine closes: the scheduler ends after its current pass
+    #: The schedules as last read from the store or changed through this engine.
+    schedules: dict[str, Schedule]
+    _schedule_alarm: asyncio.Event
+    _schedule_timer: Timer | None
+    _schedule_due: int | None
+
+    @abc.abstractmethod
+    def _made(self, task: Task) -> None:
+        """A schedule made ``task``: wake the long polls of its queue (Engine)."""
+
+    def schedules_changed(self) -> None:
+        """Observer: another server changed a schedule: look again now."""
+        self._schedule_alarm.set()
+
+    async def _stop_schedules(self, job: asyncio.Task[None]) -> None:
+        """End the scheduler (``draining`` is set): it finishes the pass it is in, if any.
+        Not a cancel in the middle of a store call: a driver may turn that into an error
+        the loop would take for an outage, and go on."""
+        self._schedule_alarm.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(job), 10)
+        except TimeoutError:
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+        self._arm_schedules(None)
+
+    def _arm_schedules(self, when: int | None) -> None:
+        if self._schedule_timer is not None:
+            self._schedule_timer.cancel()
+            self._schedule_timer = None
+        self._schedule_due = when
+        if when is not None:
+            self._schedule_timer = self.clock.call_at(when, self._schedule_alarm.set)
+
+    async def _run_schedules(self) -> None:
+        while True:
+            await self._schedule_alarm.wait()
+            self._schedule_alarm.clear()
+            if self.draining:
+                return
+            now = self.clock.now_ms()
+            try:
+                refused = await self._fire_due(now)
+                wake = min(
+                    (t for s in self.schedules.values() if (t := wake_at(s)) is not None),
+                    default=None,
+                )
+                if refused and wake is not None:  # not at once again: after a pause
+                    wake = max(wake, now + round(self.reap_interval * 1000))
+            except StoreUnavailable as exc:
+                log.warning("schedules not fired: %s", exc.message)
+                wake = now + round(self.reap_interval * 1000)
+            except Exception:
+                log.exception("firing schedules failed; trying again in %.2fs", self.reap_interval)
+                wake = now + round(self.reap_interval * 1000)
+            if self.store.shared and self.schedules:
+                # A notification lost (a server changed a schedule) is seen within a second;
+                # with no schedule at all, an idle server arms nothing for them.
+                housekeeping = self.clock.now_ms() + HOUSEKEEPING_MS
+                wake = housekeeping if wake is None else min(wake, housekeeping)
+            self._arm_schedules(wake)
+
+    async def _fire_due(self, now: int) -> bool:
+        """Fire every tick due at ``now``, as the store has the schedules; whether the store
+        refused one."""
+        refused = False
+        self.schedules = await self.store.load_schedules()
+        for name, schedule in list(self.schedules.items()):
+            for step in due(schedule, now):
+                spec = schedule.spec
+                task = None
+                if step.task:
+                    data = msgspec.Raw(msgspec.json.encode(spec.data))
+                    task = NewTask(data=data, priority=int(spec.priority))
+                try:
+                    try:
+                        fired = await self.store.fire_schedule(
+                            name, schedule.cursor, step.tick, task, now
+                        )
+                    except QueueNotFound:
+                        # The store is the authority on queues (another server may have made
+                        # the queue, and this one not heard yet): only when it has none does
+                        # the tick pass without a task.
+                        log.warning(
+                            "schedule %s: no queue %s: its tick passes without a task",
+                            name,
+                            spec.queue,
+                        )
+                        fired = await self.store.fire_schedule(
+                            name, schedule.cursor, step.tick, None, now
+                        )
+                except KatarError as exc:
+                    if isinstance(exc, StoreUnavailable):
+                        raise
+                    log.warning("schedule %s not fired: %s", name, exc.message)
+                    refused = True
+                    break
+                if not fired.won:
+                    break  # another server fired it, or the schedule changed: read it again
+                schedule = msgspec.structs.replace(
+                    schedule,
+                    cursor=step.tick,
+                    last_tick=step.tick,
+                    last_task=schedule.last_task if fired.task is None else fired.task.id,
+                )
+                self.schedules[name] = schedule
+                if fired.task is not None:
+                    log.info("schedule %s: task %d in queue %s", name, fired.task.id, spec.queue)
+                    self._made(fired.task)
+        return refused

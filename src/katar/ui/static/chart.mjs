@@ -1,0 +1,78 @@
+// A small live chart of a queue's throughput: enqueued, done and failed per second over the
+// last minutes, drawn as SVG. Written here rather than vendored: three lines on one axis need
+// no charting library, and SVG takes its colours from the style sheet, so light and dark
+// themes need no code.
+import { h } from "./preact.mjs";
+import htm from "./htm.mjs";
+
+const html = htm.bind(h);
+
+export const SERIES = ["enqueued", "done", "failed"];
+const WIDTH = 300;
+const HEIGHT = 80;
+
+function niceMax(value) {
+  if (value <= 1) return 1;
+  const power = 10 ** Math.floor(Math.log10(value));
+  for (const step of [1, 2, 5, 10]) {
+    if (value <= step * power) return step * power;
+  }
+  return 10 * power;
+}
+
+export function rate(value) {
+  if (Number.isInteger(value)) return value.toLocaleString();
+  if (value >= 100) return Math.round(value).toLocaleString();
+  if (value >= 10) return value.toFixed(1);
+  return value.toFixed(value === 0 ? 0 : 2);
+}
+
+/**
+ * samples: [{at: ms since epoch, enqueued, done, failed}], oldest first.
+ * span: the seconds the x axis covers, ending now.
+ */
+export function Chart({ label, samples, span }) {
+  const now = Date.now();
+  // The x axis covers what there is to show, from one minute up to `span`: a page that has
+  // just opened (and counts rates itself) does not squeeze its first seconds to one side.
+  const first = samples.length ? samples[0].at : now;
+  span = Math.min(span, Math.max(60, Math.ceil((now - first) / 60000) * 60));
+  const start = now - span * 1000;
+  const shown = samples.filter((s) => s.at >= start);
+  const top = niceMax(Math.max(0, ...shown.flatMap((s) => SERIES.map((k) => s[k] || 0))));
+  const x = (at) => (((at - start) / (span * 1000)) * WIDTH).toFixed(1);
+  const y = (v) => (HEIGHT - (v / top) * HEIGHT).toFixed(1);
+  const last = shown.length ? shown[shown.length - 1] : null;
+  const now_ = SERIES.map((k) => `${k} ${last ? rate(last[k] || 0) : 0} per second`).join(", ");
+  const minutes = Math.round(span / 60);
+  return html`
+    <figure class="chart">
+      <div class="scale" aria-hidden="true">
+        <span>per second, last ${minutes} min</span><span>${rate(top)}</span>
+      </div>
+      <svg
+        viewBox="0 0 ${WIDTH} ${HEIGHT}"
+        preserveAspectRatio="none"
+        role="img"
+        aria-label="${label}: throughput over the last ${minutes} minutes; now ${now_}"
+      >
+        <line class="grid" x1="0" y1="0.5" x2=${WIDTH} y2="0.5" />
+        <line class="grid" x1="0" y1=${HEIGHT / 2} x2=${WIDTH} y2=${HEIGHT / 2} />
+        <line class="axis" x1="0" y1=${HEIGHT - 0.5} x2=${WIDTH} y2=${HEIGHT - 0.5} />
+        ${[...SERIES].reverse().map(
+          (k) =>
+            html`<polyline
+              class="line ${k}"
+              points=${shown.map((s) => `${x(s.at)},${y(s[k] || 0)}`).join(" ")}
+            />`,
+        )}
+      </svg>
+      <figcaption>
+        ${SERIES.map(
+          (k) =>
+            html`<span class="key ${k}"><i aria-hidden="true"></i>${k} ${last ? rate(last[k] || 0) : 0}/s</span>`,
+        )}
+      </figcaption>
+    </figure>
+  `;
+}

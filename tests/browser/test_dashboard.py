@@ -1,0 +1,203 @@
+"""The dashboard in a real browser against a real ``katar serve`` with tokens: a newcomer
+signs in, finds the failed tasks, looks at one and retries them; a producer only looks."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.acceptance.conftest import KatarProcess
+from tests.browser.conftest import PRODUCER_QUEUE, TOKENS, Watch, counts, fail_tasks, sign_in
+
+
+def queue(api: httpx.Client, name: str) -> str:
+    response = api.put(f"/v1/queue/{name}", json={"persistent": True})
+    assert response.status_code == 200, response.text
+    return name
+
+
+def card(page: Page, name: str) -> object:
+    return page.get_by_role("article").filter(has=page.get_by_role("heading", name=name))
+
+
+def test_nothing_is_shown_before_a_token_is_accepted(
+    page: Page, server: KatarProcess, api: httpx.Client
+) -> None:
+    queue(api, "secret-plans")
+    page.goto(f"{server.url}/ui")
+    token = page.get_by_label("Token")
+    expect(token).to_be_visible()
+    token.fill("katar_not-a-token")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("The token was not accepted")
+    expect(page.get_by_text("secret-plans")).to_have_count(0)
+    token.fill(TOKENS["admin"])
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="secret-plans")).to_be_visible()
+    expect(page.get_by_text("ops · admin · every queue")).to_be_visible()
+    # Signing out forgets the token: a reload asks for one again.
+    page.get_by_role("button", name="Sign out").click()
+    page.reload()
+    expect(page.get_by_label("Token")).to_be_visible()
+    expect(page.get_by_text("secret-plans")).to_have_count(0)
+
+
+def test_the_overview_shows_a_queue_and_its_counts(
+    page: Page, server: KatarProcess, api: httpx.Client
+) -> None:
+    name = queue(api, "overview")
+    api.post(f"/v1/queue/{name}/tasks", json={"tasks": [{"data": n} for n in range(3)]})
+    fail_tasks(api, name, ["boom"])
+    sign_in(page, server, "admin")
+    counts_of = page.get_by_role("list", name=f"Tasks of {name} by status")
+    expect(counts_of.get_by_role("link", name="3 queued")).to_be_visible()
+    expect(counts_of.get_by_role("link", name="1 failed")).to_be_visible()
+    expect(counts_of.get_by_role("link", name="0 done")).to_be_visible()
+
+
+def test_the_counts_move_without_a_reload(
+    page: Page, server: KatarProcess, api: httpx.Client
+) -> None:
+    name = queue(api, "live")
+    sign_in(page, server, "admin")
+    queued = page.get_by_role("list", name=f"Tasks of {name} by status").locator(
+        '[data-status="queued"]'
+    )
+    expect(queued).to_have_text("0")
+    page.evaluate("window.notReloaded = true")
+    api.post(f"/v1/queue/{name}/tasks", json={"tasks": [{"data": n} for n in range(5)]})
+    expect(queued).to_have_text("5")
+    assert page.evaluate("window.notReloaded") is True
+
+
+def test_a_newcomer_finds_a_failed_task_and_retries_it(
+    page: Page, server: KatarProcess, api: httpx.Client
+) -> None:
+    name = queue(api, "emails")
+    [first, _] = fail_tasks(api, name, ["SMTP 550: mailbox unavailable", "timeout"])
+    sign_in(page, server, "admin")
+    page.get_by_role("list", name=f"Tasks of {name} by status").get_by_role(
+        "link", name="2 failed"
+    ).click()
+    page.get_by_role("link", name=f"#{first}", exact=True).click()
+    expect(page.get_by_role("heading", name=f"Task #{first}")).to_be_visible()
+    expect(page.get_by_role("region", name="Error")).to_contain_text(
+        "SMTP 550: mailbox unavailable"
+    )
+    deliveries = page.get_by_role("region", name="Deliveries")
+    expect(deliveries.get_by_role("cell", name="mailer-1")).to_be_visible()
+    page.get_by_role("button", name="Retry").click()
+    expect(page.get_by_role("status")).to_have_text("Queued again.")
+    assert api.get(f"/v1/queue/{name}/tasks/{first}").json()["status"] == "queued"
+
+
+def test_a_bulk_retry_of_failed_tasks(
+    page: Page, server: KatarProcess, api: httpx.Client, routes: dict[str, str | None]
+) -> None:
+    if "POST /v1/queue/{queue}/tasks/bulk" not in routes:
+        pytest.skip("this server has no bulk route (POST /v1/queue/{queue}/tasks/bulk)")
+    name = queue(api, "bulk")
+    fail_tasks(api, name, ["a", "b", "c"])
+    api.post(f"/v1/queue/{name}/tasks", json={"data": "still queued"})
+    sign_in(page, server, "admin", f"#/queue/{name}?status=failed")
+    page.get_by_role("button", name="Retry all…").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("3 tasks match; 3 will be retried")
+    dialog.get_by_role("button", name="Retry 3 tasks").click()
+    expect(page.get_by_role("status")).to_have_text("3 of 3 matching tasks retried.")
+    assert counts(api, name)["failed"] == 0
+    assert counts(api, name)["queued"] == 4
+
+
+def test_a_producer_token_may_look_but_not_act(
+    page: Page, server: KatarProcess, api: httpx.Client, routes: dict[str, str | None], watch: Watch
+) -> None:
+    if routes["GET /v1/queues"] != "producer":
+        pytest.skip("this server lists queues to admin tokens only (GET /v1/queues)")
+    [failed] = fail_tasks(api, PRODUCER_QUEUE, ["card declined"])
+    queue(api, "not-for-the-shop")
+    sign_in(page, server, "producer")
+    expect(page.get_by_text("shop · producer, read-only · orders")).to_be_visible()
+    expect(page.get_by_role("heading", name=PRODUCER_QUEUE)).to_be_visible()
+    expect(page.get_by_text("not-for-the-shop")).to_have_count(0)
+    expect(page.get_by_role("button", name=re.compile("Pause|Resume"))).to_have_count(0)
+
+    page.goto(f"{server.url}/ui#/queue/{PRODUCER_QUEUE}?status=failed")
+    expect(page.get_by_role("link", name=f"#{failed}", exact=True)).to_be_visible()
+    expect(page.get_by_role("checkbox")).to_have_count(0)
+    expect(
+        page.get_by_role("button", name=re.compile("Retry|Cancel|Delete|Purge|Enqueue"))
+    ).to_have_count(0)
+
+    page.goto(f"{server.url}/ui#/task/{PRODUCER_QUEUE}/{failed}")
+    expect(page.get_by_role("region", name="Error")).to_contain_text("card declined")
+    expect(page.get_by_role("button", name=re.compile("Retry|Cancel|Delete"))).to_have_count(0)
+
+    # And the API refuses the token, whatever a page might send (the browser logs the 403).
+    watch.expected_failures.add(f"/v1/queue/{PRODUCER_QUEUE}/tasks/{failed}")
+    status = page.evaluate(
+        """async ([queue, id]) => (await fetch(`/v1/queue/${queue}/tasks/${id}`, {
+            method: "PATCH",
+            headers: {
+                Authorization: `Bearer ${sessionStorage.getItem("katar.token")}`,
+                "Content-Type": "application/json",
+            },
+            body: JSON.stringify({status: "queued"}),
+        })).status""",
+        [PRODUCER_QUEUE, failed],
+    )
+    assert status == 403
+    assert api.get(f"/v1/queue/{PRODUCER_QUEUE}/tasks/{failed}").json()["status"] == "failed"
+
+
+def test_every_page_stays_on_this_server_and_logs_no_error(
+    page: Page, server: KatarProcess, api: httpx.Client, watch: Watch
+) -> None:
+    name = queue(api, "tour")
+    [task] = fail_tasks(api, name, ["oops"])
+    sign_in(page, server, "admin")
+    for where, heading in [
+        (f"#/queue/{name}", name),
+        (f"#/task/{name}/{task}", f"Task #{task}"),
+        ("#/workers", "Workers"),
+        ("#/", "Queues"),
+    ]:
+        page.goto(f"{server.url}/ui{where}")
+        expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
+    page.goto(f"{server.url}/ui#/queue/{name}")
+    page.get_by_role("button", name="Enqueue…").click()
+    dialog = page.get_by_role("dialog")
+    # A task the server refuses: its message is shown (and the browser logs the 422).
+    watch.expected_failures.add(f"/v1/queue/{name}/tasks")
+    dialog.get_by_label("Task as JSON").fill('{"data": 1, "priority": "urgent"}')
+    dialog.get_by_role("button", name="Enqueue").click()
+    expect(dialog.get_by_role("alert")).to_contain_text("The server refused the input")
+    dialog.get_by_label("Task as JSON").fill('{"data": {"to": "someone"}}')
+    dialog.get_by_role("button", name="Enqueue").click()
+    expect(page.get_by_role("status")).to_contain_text("Enqueued task")
+
+
+def test_the_keyboard_is_enough(page: Page, server: KatarProcess, api: httpx.Client) -> None:
+    name = queue(api, "keys")
+    fail_tasks(api, name, ["first", "second"])
+    page.goto(f"{server.url}/ui#/queue/{name}?status=failed")
+    page.get_by_label("Token").focus()
+    page.keyboard.type(TOKENS["admin"])
+    page.keyboard.press("Enter")
+    retry_all = page.get_by_role("button", name="Retry all…")
+    retry_all.focus()
+    page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("2 tasks match")
+    page.keyboard.press("Escape")
+    expect(dialog).to_have_count(0)
+    assert counts(api, name)["failed"] == 2  # closing the dialog changed nothing
+    # The error filter, typed and submitted with Enter.
+    page.get_by_label("Error contains").focus()
+    page.keyboard.type("seco")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("cell", name="second")).to_be_visible()
+    expect(page.get_by_role("cell", name="first")).to_have_count(0)

@@ -1,0 +1,160 @@
+"""The schedule routes over HTTP: create, read, list, pause, resume, delete, and their errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from katar import Katar
+from katar.cli import main
+from katar.http import App
+from tests.http.conftest import opened, served
+
+
+async def test_a_schedule_is_created_read_listed_paused_and_deleted(
+    client: httpx.AsyncClient,
+) -> None:
+    body = {
+        "cron": "30 2 * * MON-FRI",
+        "timezone": "Europe/Berlin",
+        "queue": "q",
+        "data": {"report": "daily"},
+        "priority": "high",
+        "overlap": "skip",
+    }
+    put = await client.put("/v1/schedules/nightly", json=body)
+    assert put.status_code == 200, put.text
+    record = put.json()
+    assert record["name"] == "nightly"
+    assert (record["cron"], record["timezone"], record["queue"]) == (
+        "30 2 * * MON-FRI",
+        "Europe/Berlin",
+        "q",
+    )
+    assert (record["data"], record["priority"], record["overlap"]) == (
+        {"report": "daily"},
+        10,
+        "skip",
+    )
+    assert (record["catch_up"], record["paused"]) == (False, False)
+    assert (record["last_tick"], record["last_task"]) == (None, None)
+    ticks = record["next_ticks"]
+    assert len(ticks) == 5
+    assert ticks == sorted(ticks)
+    assert all(t.endswith("Z") for t in ticks)
+    assert all(t[11:16] in ("00:30", "01:30") for t in ticks)  # 02:30 in Berlin, in UTC
+    got = await client.get("/v1/schedules/nightly")
+    assert got.json() == record
+    listed = await client.get("/v1/schedules")
+    assert listed.json() == {"schedules": [record]}
+    paused = await client.patch("/v1/schedules/nightly", json={"paused": True})
+    assert paused.status_code == 200
+    assert (paused.json()["paused"], paused.json()["next_ticks"]) == (True, [])
+    resumed = await client.patch("/v1/schedules/nightly", json={"paused": False})
+    assert resumed.json()["paused"] is False
+    assert resumed.json()["next_ticks"] == ticks
+    # PUT replaces the whole schedule; the fields left out take their defaults.
+    replaced = await client.put("/v1/schedules/nightly", json={"cron": "0 * * * *", "queue": "q"})
+    assert (replaced.json()["timezone"], replaced.json()["overlap"]) == ("UTC", "allow")
+    deleted = await client.delete("/v1/schedules/nightly")
+    assert deleted.status_code == 200
+    assert deleted.json() == {"deleted": "nightly"}
+    assert (await client.get("/v1/schedules")).json() == {"schedules": []}
+
+
+async def test_errors_say_what_to_fix_and_change_nothing(client: httpx.AsyncClient) -> None:
+    cases = [
+        ({"cron": "61 * * * *", "queue": "q"}, "cron", "Bad minute"),
+        ({"cron": "* * *", "queue": "q"}, "cron", "use five fields"),
+        ({"cron": "* * * * *", "queue": "q", "timezone": "Mars/Base"}, "timezone", "Mars/Base"),
+        ({"cron": "* * * * *", "queue": "q", "overlap": "no"}, "overlap", "overlap"),
+        ({"cron": "* * * * *"}, "queue", "'queue' is required"),
+        ({"cron": "* * * * *", "queue": "q", "when": 1}, "when", "unknown schedule field"),
+    ]
+    for body, field, words in cases:
+        answer = await client.put("/v1/schedules/s", json=body)
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["field"] == field
+        assert words in answer.json()["error"]
+    no_queue = await client.put("/v1/schedules/s", json={"cron": "* * * * *", "queue": "nope"})
+    assert no_queue.status_code == 404
+    assert no_queue.json() == {
+        "error": "schedule 's': no queue 'nope'; create the queue first",
+        "queue": "nope",
+    }
+    assert (await client.put("/v1/schedules/s", json=[1])).status_code == 422
+    assert (await client.put("/v1/schedules/s", content=b"{")).status_code == 400
+    bad_name = await client.put("/v1/schedules/-x", json={"cron": "* * * * *", "queue": "q"})
+    assert bad_name.status_code == 422
+    assert "invalid schedule name" in bad_name.json()["error"]
+    assert (await client.get("/v1/schedules")).json() == {"schedules": []}
+    for method in ("GET", "PATCH", "DELETE"):
+        missing = await client.request(method, "/v1/schedules/s", json={"paused": True})
+        assert missing.status_code == 404
+        assert missing.json()["error"] == "no schedule 's'"
+    await client.put("/v1/schedules/s", json={"cron": "* * * * *", "queue": "q"})
+    for body in ({"paused": "yes"}, {"cron": "0 * * * *"}, {}):
+        answer = await client.patch("/v1/schedules/s", json=body)
+        assert answer.status_code == 422, answer.text
+        assert "paused" in answer.json()["error"]
+    assert (await client.get("/v1/schedules/s")).json()["paused"] is False
+
+
+async def test_scheduled_tasks_show_their_schedule(client: httpx.AsyncClient) -> None:
+    created = await client.post("/v1/queue/q/tasks", json={"data": 1})
+    (record,) = created.json()["tasks"]
+    assert (record["schedule"], record["scheduled_for"]) == (None, None)
+
+
+async def test_the_routes_are_in_the_openapi_document(client: httpx.AsyncClient) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert set(paths["/v1/schedules/{schedule}"]) == {"parameters", "get", "put", "patch", "delete"}
+    assert paths["/v1/schedules"]["get"]["operationId"] == "listSchedules"
+
+
+async def test_katar_schedules_lists_pauses_resumes_and_deletes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    katar = Katar(f"sqlite:///{tmp_path / 'k.db'}")
+    katar.queue("reports")
+    katar.schedule("nightly", "30 2 * * *", "reports", timezone="Europe/Berlin")
+    async with opened(katar), served(App(katar.engine)) as url:
+        errors: list[str] = []
+
+        async def cli(*args: str) -> tuple[int, str]:
+            status = await asyncio.to_thread(main, ["schedules", *args, "--url", url])
+            said = capsys.readouterr()
+            errors.append(said.err)
+            return status, said.out
+
+        status, table = await cli()
+        assert status == 0
+        header, row = table.splitlines()
+        assert header.split() == [
+            "NAME",
+            "CRON",
+            "TIMEZONE",
+            "QUEUE",
+            "PAUSED",
+            "NEXT",
+            "TICK",
+            "LAST",
+            "TASK",
+        ]
+        assert row.split()[:3] == ["nightly", "30", "2"]
+        assert "Europe/Berlin" in row
+        assert row.split()[-1] == "-"
+        assert await cli("pause", "nightly") == (0, "schedule nightly paused\n")
+        assert (await katar.schedules())[0].spec.paused
+        status, listed = await cli("--json")
+        assert json.loads(listed)["schedules"][0]["paused"] is True
+        assert await cli("resume", "nightly") == (0, "schedule nightly resumed\n")
+        assert await cli("delete", "nightly") == (0, "schedule nightly deleted\n")
+        assert await katar.schedules() == []
+        assert (await cli("delete", "nightly"))[0] == 1  # 404: said on standard error
+        assert "no schedule 'nightly'" in errors[-1]
+        assert (await cli("pause"))[0] == 2
