@@ -372,3 +372,16 @@ async def test_a_repeat_under_an_idempotency_key_answers_the_waiting_task_as_it_
     await store.set_status("q", parent.id, "cancelled", T0 + 2)
     cancelled = await store.enqueue_once("q", tasks, T0 + 3, once)
     assert cancelled.tasks[1].state is State.CANCELLED
+
+
+async def test_the_poll_that_finishes_a_parent_takes_the_child_it_released(store: Store) -> None:
+    await setup(store)
+    (parent,) = await store.enqueue("q", [new("p", priority=-5)], T0)
+    (waiting,) = await store.enqueue("q", [child("c", parent.id)], T0)
+    (claimed,) = await claim(store)
+    await store.enqueue("q", [new("later", priority=-10)], T0)
+    done = ack(claimed, "done", result=msgspec.Raw(b"1"))
+    result = await store.poll("q", KEEP, [done], 1, "w1", T0 + 1)
+    # Acks first, then the claim: the child, ready now and first in order, is taken.
+    assert [t.id for t in result.delivered] == [waiting.id]
+    assert results(result.delivered[0]) == {str(parent.id): 1}
