@@ -25,6 +25,7 @@ from katar.core.model import (
     QueueOptions,
     Task,
     TaskFilter,
+    parse_after,
     parse_priority,
     parse_queue_options,
     parse_task_id,
@@ -215,10 +216,12 @@ class Queue:
         unique_key: str | None = None,
         unique_for: float | None = None,
         key: str | None = None,
+        after: Sequence[int | str] | None = None,
     ) -> Task:
         """Add one task; ``delay`` in seconds; returns the stored task. The task's own
         options are those of :meth:`enqueue_many`; while a task of the queue holds
-        ``unique_key``, nothing is created and that task is returned, ``duplicate`` true."""
+        ``unique_key``, nothing is created and that task is returned, ``duplicate`` true.
+        ``after``: the ids of the tasks (of any queue) it waits for (see enqueue_many)."""
         (task,) = await self.enqueue_many(
             [data],
             priority=priority,
@@ -231,6 +234,7 @@ class Queue:
             unique_keys=None if unique_key is None else [unique_key],
             unique_for=unique_for,
             key=key,
+            afters=None if after is None else [after],
         )
         return task
 
@@ -249,6 +253,7 @@ class Queue:
         unique_keys: Sequence[str | None] | None = None,
         unique_for: float | None = None,
         key: str | None = None,
+        afters: Sequence[Sequence[int | str] | None] | None = None,
     ) -> list[Task]:
         """Add many tasks in one transaction; returns them in order. With an
         ``idempotency_key`` used on this queue in the last 24 hours (and the same tasks),
@@ -258,7 +263,10 @@ class Queue:
         Each task's own options: ``timeout`` (its lease in ms), ``max_attempts`` (0: no
         limit), ``expires_in`` (seconds), as the HTTP fields of the same names;
         ``unique_keys``, one key (or None) per task, and ``unique_for`` (seconds); ``key``,
-        the tasks' group, which the queue's ``key_concurrency`` and ``fair`` count by."""
+        the tasks' group, which the queue's ``key_concurrency`` and ``fair`` count by;
+        ``afters``, one list (or None) per task of the ids of the tasks it waits for, where
+        ``"$n"`` names the n-th task of this call (an earlier one): it runs once they are
+        all done, with their results in its ``after``, and is cancelled if one fails."""
         if delay < 0:
             raise ValidationError("delay must be >= 0 seconds")
         level = parse_priority(priority)
@@ -266,6 +274,9 @@ class Queue:
         keys = [None] * len(items) if unique_keys is None else list(unique_keys)
         if len(keys) != len(items):
             raise ValidationError("unique_keys needs one key (or None) per task")
+        waits = [None] * len(items) if afters is None else list(afters)
+        if len(waits) != len(items):
+            raise ValidationError("afters needs one list of task ids (or None) per task")
         new = [
             NewTask(
                 data=_raw(item),
@@ -280,8 +291,9 @@ class Queue:
                     unique_for=unique_for,
                     key=key,
                 ),
+                **(parse_after(wait, f"tasks[{i}]") if wait else {}),
             )
-            for item, unique in zip(items, keys, strict=True)
+            for i, (item, unique, wait) in enumerate(zip(items, keys, waits, strict=True))
         ]
         return await self.katar.engine.enqueue(self.name, new, idempotency_key)
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from katar.errors import ConfigError
-from katar.protocol import STATUSES
+from katar.protocol import STATUSES, WAITING_COUNT
 
 if TYPE_CHECKING:  # loaded when a command runs: `katar serve` needs no HTTP client
     from katar.client import Producer
@@ -73,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
         return _RUNNERS[args.command](producer, args)
 
 
+#: The counts `katar queues` shows: by status, and the queued tasks waiting for others.
+_COUNTED: Final = (*STATUSES, WAITING_COUNT)
+
+
 def _queues(producer: Producer, args: argparse.Namespace) -> int:
     queues = producer.queues()
     if args.json:
@@ -81,11 +85,11 @@ def _queues(producer: Producer, args: argparse.Namespace) -> int:
         [
             queue.name,
             "paused" if queue.paused else "active",
-            *(str(queue.counts.get(status, 0)) for status in STATUSES),
+            *(str(queue.counts.get(status, 0)) for status in _COUNTED),
         ]
         for queue in queues
     ]
-    _print_table(["QUEUE", "STATE", *(s.upper() for s in STATUSES)], rows, numeric_from=2)
+    _print_table(["QUEUE", "STATE", *(s.upper() for s in _COUNTED)], rows, numeric_from=2)
     return 0
 
 

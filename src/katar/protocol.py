@@ -38,6 +38,11 @@ ACK_STATUSES: Final[tuple[str, ...]] = get_args(AckStatus)
 PATCH_STATUSES: Final[tuple[str, ...]] = get_args(PatchStatus)
 #: The statuses a task does not leave by itself.
 FINAL_STATUSES: Final = frozenset({"done", "failed", "cancelled"})
+#: The most tasks one task may wait for (``after``).
+MAX_AFTER: Final = 10_000
+#: GET /v1/queues counts under this key, apart from "queued", the queued tasks that wait
+#: for others (``after``); their own status stays "queued", with ``waiting_for`` non-empty.
+WAITING_COUNT: Final = "waiting"
 
 # -- defaults and bounds ----------------------------------------------------------------------
 
@@ -232,6 +237,18 @@ class NewTask(msgspec.Struct, frozen=True):
         ]
         | None
     ) = None
+    after: (
+        Annotated[
+            list[str],
+            msgspec.Meta(
+                max_length=MAX_AFTER,
+                description='Tasks this one waits for: ids of existing tasks, and in a batch "$n" '
+                "for the n-th task of the same request (0-based, an earlier one). It is "
+                "delivered once all are done, with their results; cancelled if one fails.",
+            ),
+        ]
+        | None
+    ) = None
 
 
 BulkAction = Literal["retry", "cancel", "delete"]
@@ -340,6 +357,11 @@ class TaskRecord(msgspec.Struct, frozen=True):
     duplicate: bool = False
     #: The last deliveries (at most HISTORY_LENGTH), oldest first.
     history: list[DeliveryRecord] = []
+    #: The ids of the tasks it waits for that are not done yet (``after`` at enqueue).
+    waiting_for: list[str] = []
+    #: The results of the tasks it waited for that are done, by id; null for a task that
+    #: waits for none: a JSON object ``{"<id>": <result>, ...}``.
+    after: AnyJson = None
 
     @property
     def finished(self) -> bool:
@@ -388,6 +410,9 @@ class Delivery(msgspec.Struct, frozen=True):
     #: The task's own lease in ms, when it has one (else the queue's, LEASE_HEADER): the
     #: worker heartbeats it within that time.
     timeout: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    #: For a task that waited for others (``after``): their results, a JSON object
+    #: ``{"<id>": <result>, ...}`` (fan-in). Absent for other tasks.
+    after: AnyJson = None
 
 
 class Deliveries(msgspec.Struct, frozen=True):

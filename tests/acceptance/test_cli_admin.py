@@ -50,7 +50,7 @@ def test_queues_as_a_table_and_as_json(server: KatarProcess) -> None:
     assert table.returncode == 0, table.stderr
     header, row = table.stdout.splitlines()
     assert header.split()[:3] == ["QUEUE", "STATE", "PAUSED"]
-    assert row.split() == ["jobs", "active", "0", "0", "0", "1", "2", "0"]
+    assert row.split() == ["jobs", "active", "0", "0", "0", "1", "2", "0", "0"]  # last: waiting
     assert header.index("FAILED") + len("FAILED") == row.index("2") + 1  # right-aligned
     listed = json.loads(katar(server, "queues", "--json").stdout)
     assert [q["name"] for q in listed] == ["jobs"]

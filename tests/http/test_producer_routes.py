@@ -143,6 +143,7 @@ async def test_list_queues_with_counts_and_delete_a_queue(client: httpx.AsyncCli
         "done": 0,
         "failed": 0,
         "cancelled": 0,
+        "waiting": 0,
     }
     assert queues["q"]["options"]["persistent"] is True
     deleted = await client.delete("/v1/queue/q")

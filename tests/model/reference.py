@@ -45,8 +45,13 @@ MAX_ID: Final = 2**63 - 1
 KEY_TTL: Final = 24 * 3600 * 1000
 
 
-#: The states of a task that waits or runs: a fair key's places count among these.
+#: The states of a task that waits or runs: a fair key's places count among these (not a
+#: task that waits for others: it keeps its place, and pushes no later task of its key back).
 _WAITING = (State.PAUSED, State.READY, State.SCHEDULED, State.RUNNING)
+#: The states of a task that waits or runs, whatever for (section 11: WAITING is "queued").
+_UNFINISHED = (*_WAITING, State.WAITING)
+#: The states of a task that its parent's failure, cancellation or deletion cancels.
+_ORPHANABLE = (State.PAUSED, State.READY, State.SCHEDULED, State.WAITING)
 
 
 @dataclass
@@ -84,10 +89,15 @@ class MTask:
     #: running, never before the queue's head; given at enqueue while the queue is fair, to
     #: the waiting tasks when a queue becomes fair, at a retry that lacks one. Kept after.
     seq: int | None = None
+    #: The tasks it waits for (section 11, after), by id.
+    parents: tuple[int, ...] = ()
+    #: As shown (Model.shown): the parents not done yet, and the results of those done.
+    waiting_for: tuple[int, ...] = ()
+    after: bytes | None = None
 
     @property
     def status(self) -> str:
-        if self.state in (State.READY, State.SCHEDULED):
+        if self.state in (State.READY, State.SCHEDULED, State.WAITING):
             return "queued"
         return {
             State.PAUSED: "paused",
@@ -136,6 +146,8 @@ class Model:
     ownership: bool = True
     #: Each rate-limited queue's token bucket: [tokens, as of when (ms)]; absent: full.
     buckets: dict[str, list[float]] = field(default_factory=dict)
+    #: Dependencies: per child, its parents' (done, result), kept while the child is.
+    edges: dict[int, dict[int, tuple[bool, bytes | None]]] = field(default_factory=dict)
 
     # -- queues ------------------------------------------------------------------------------
 
@@ -146,7 +158,7 @@ class Model:
                 (
                     t
                     for t in self.tasks.values()
-                    if t.queue == name and t.state in _WAITING and t.seq is None
+                    if t.queue == name and t.state in _UNFINISHED and t.seq is None
                 ),
                 key=lambda t: (-t.priority, t.id),
             )
@@ -157,7 +169,7 @@ class Model:
         self.queues[name] = options
         self.buckets.pop(name, None)  # new options: a rate limit starts with a full bucket
 
-    def delete_queue(self, name: str) -> int:
+    def delete_queue(self, name: str, now: int) -> int:
         if name not in self.queues:
             raise Refusal(QueueNotFound)
         del self.queues[name]
@@ -166,7 +178,9 @@ class Model:
             del self.keys[queue_key]
         gone = [t.id for t in self.tasks.values() if t.queue == name]
         for task_id in gone:
-            del self.tasks[task_id]
+            self._ended(self.tasks, self.tasks[task_id], None, now, [])
+        for task_id in gone:
+            self._forget(self.tasks, task_id)
         return len(gone)
 
     def _options(self, queue: str) -> QueueOptions:
@@ -175,7 +189,76 @@ class Model:
         return self.queues[queue]
 
     def of_queue(self, queue: str) -> list[MTask]:
-        return [t for t in self.tasks.values() if t.queue == queue]
+        """The queue's tasks, as shown (see shown)."""
+        return [self.shown(t) for t in self.tasks.values() if t.queue == queue]
+
+    # -- dependencies (section 11) -------------------------------------------------------------
+
+    def shown(self, task: MTask) -> MTask:
+        """A copy of the task with its parents as its record shows them."""
+        if not task.parents:
+            return replace(task)
+        edges = sorted(self.edges.get(task.id, {}).items())
+        results = [b'"%d":%b' % (p, r or b"null") for p, (done, r) in edges if done]
+        return replace(
+            task,
+            waiting_for=tuple(p for p, (done, _r) in edges if not done),
+            after=b"{" + b",".join(results) + b"}",
+        )
+
+    def _ended(
+        self,
+        tasks: dict[int, MTask],
+        parent: MTask,
+        new: State | None,
+        now: int,
+        changes: list[MChange],
+    ) -> None:
+        """A task that waited or ran is now ``new`` (None: deleted): the tasks waiting for
+        it are released when it is done and it was their last not done, cancelled when it
+        failed for good, was cancelled or deleted, and theirs after them."""
+        if parent.state not in _UNFINISHED or new in _UNFINISHED:
+            return
+        how = {
+            None: "was deleted",
+            State.DONE: "done",
+            State.FAILED: "failed",
+            State.CANCELLED: "was cancelled",
+        }[new]
+        children = [
+            child_id
+            for child_id, edges in self.edges.items()
+            if parent.id in edges and not edges[parent.id][0] and child_id in tasks
+        ]
+        for child_id in children:
+            child = tasks[child_id]
+            edges = self.edges[child_id]
+            if how == "done":
+                edges[parent.id] = (True, parent.result)
+                if child.state is State.WAITING and all(done for done, _r in edges.values()):
+                    due = child.run_at is None or child.run_at <= now
+                    child.state = State.READY if due else State.SCHEDULED
+                    child.run_at = None if due else child.run_at
+                    child.updated_at = now
+                    changes.append(MChange(replace(child), State.WAITING))
+            elif child.state in _ORPHANABLE:
+                old = child.state
+                child.state = State.CANCELLED
+                child.run_at = None
+                child.error = f"cancelled: task {parent.id} it waited for {how}"
+                child.updated_at = now
+                changes.append(MChange(replace(child), old))
+                self._ended(tasks, replace(child, state=old), State.CANCELLED, now, changes)
+
+    def _forget(self, tasks: dict[int, MTask], task_id: int) -> None:
+        del tasks[task_id]
+        self.edges.pop(task_id, None)
+
+    def _still_waits(self, task: MTask) -> bool:
+        return any(
+            not done and (p := self.tasks.get(parent_id)) is not None and p.state in _UNFINISHED
+            for parent_id, (done, _r) in self.edges.get(task.id, {}).items()
+        )
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -185,7 +268,7 @@ class Model:
         for task in self.tasks.values():
             if task.queue != queue or task.unique_key != key:
                 continue
-            active = task.state in (State.PAUSED, State.READY, State.SCHEDULED, State.RUNNING)
+            active = task.state in _UNFINISHED
             if active or (task.unique_until is not None and task.unique_until > now):
                 return task
         return None
@@ -217,7 +300,10 @@ class Model:
     def enqueue(self, queue: str, specs: list[NewTask], now: int) -> list[MTask]:
         fair = self._options(queue).fair
         front = self._front(queue) if fair else 0
-        created = []
+        for spec in specs:
+            if any(parent_id not in self.tasks for parent_id in spec.after):
+                raise Refusal(ValidationError)
+        created: list[MTask] = []
         for spec in specs:
             if spec.unique_key is not None:
                 holder = self.holder(queue, spec.unique_key, now)
@@ -226,11 +312,35 @@ class Model:
                     continue
             self.issued += 1
             task = new_task(queue, spec, self.issued, now)
+            if spec.after or spec.refs:
+                self._depend(task, sorted({*spec.after, *(created[n].id for n in spec.refs)}))
             if fair:
                 self._place(task, front)
             self.tasks[task.id] = task
-            created.append(replace(task))
+            created.append(self.shown(task))
         return created
+
+    def _depend(self, task: MTask, parents: list[int]) -> None:
+        """A new task that waits for ``parents``: it waits while one is not done, and is
+        cancelled at once when one already failed or was cancelled (the first by id)."""
+        task.parents = tuple(parents)
+        edges: dict[int, tuple[bool, bytes | None]] = {}
+        for parent_id in parents:
+            parent = self.tasks[parent_id]
+            done = parent.state is State.DONE
+            edges[parent_id] = (done, parent.result if done else None)
+        self.edges[task.id] = edges
+        for parent_id in parents:
+            state = self.tasks[parent_id].state
+            if state in (State.FAILED, State.CANCELLED):
+                how = "failed" if state is State.FAILED else "was cancelled"
+                task.state = State.CANCELLED
+                task.run_at = None
+                task.error = f"cancelled: task {parent_id} it waited for {how}"
+                return
+        waits = any(not done for done, _r in edges.values())
+        if waits and task.state in (State.READY, State.SCHEDULED):
+            task.state = State.WAITING
 
     def enqueue_once(
         self, queue: str, specs: list[NewTask], now: int, key: str
@@ -332,9 +442,27 @@ class Model:
         from its lease holder, in the acks' order (a repeated heartbeat hears it again)."""
         options = self._options(queue)
         work = copy.deepcopy(self.tasks)
+        saved = self.edges
+        self.edges = copy.deepcopy(saved)  # all or nothing, edges too
+        try:
+            return self._poll_acks(queue, options, work, acks, worker, now)
+        except Refusal:
+            self.edges = saved
+            raise
+
+    def _poll_acks(
+        self,
+        queue: str,
+        options: QueueOptions,
+        work: dict[int, MTask],
+        acks: list[Ack],
+        worker: str | None,
+        now: int,
+    ) -> tuple[list[MChange], list[int]]:
         before = {task_id: task.state for task_id, task in work.items()}
         last: dict[int, MTask] = {}  # each acked task's last version, gone or not
         cancel: list[int] = []
+        settled: list[MChange] = []  # the tasks that waited for those the acks ended
         for index, ack in enumerate(acks):
             task_id = self.parse_id(ack.task_id)
             if task_id is None or task_id > self.issued:
@@ -360,22 +488,24 @@ class Model:
                 ):
                     cancel.append(task_id)  # the cancelled delivery's heartbeat, again
                 continue  # an earlier delivery's ack, or a repeat: changes nothing
+            running = task.state
             if task.cancel_requested:  # its first ack since the cancel: whatever it says
                 self._cancel(task, now)
                 if ack.status == "in progress":
                     cancel.append(task_id)
             else:
                 self._ack(task, ack, options, now)
+            self._ended(work, replace(task, state=running), task.state, now, settled)
             last[task_id] = task
             if task.state in (State.DONE, State.FAILED) and not self._kept(task, options, now):
-                del work[task_id]  # a queue without history keeps no finished task
+                self._forget(work, task_id)  # a queue without history keeps no finished task
         changes = [
             MChange(replace(task), before[task_id])
             for task_id, task in last.items()
             if task.state != before[task_id]
         ]
         self.tasks = work
-        return changes, cancel
+        return changes + settled, cancel
 
     def claim(self, queue: str, limit: int, worker: str | None, now: int) -> list[MTask]:
         """A poll's claim: up to ``limit`` ready tasks, by priority then age; none while the
@@ -425,7 +555,7 @@ class Model:
             task.run_at = None
             task.updated_at = now
             task.progress = None  # a new delivery reports its own
-            delivered.append(replace(task))
+            delivered.append(self.shown(task))
         return delivered
 
     def _ack(self, task: MTask, ack: Ack, options: QueueOptions, now: int) -> None:
@@ -500,14 +630,19 @@ class Model:
             if task.cancel_requested:
                 self._cancel(task, now)
                 changes.append(MChange(replace(task), State.RUNNING))
+                self._ended(
+                    self.tasks, replace(task, state=State.RUNNING), task.state, now, changes
+                )
                 continue
             task.lease_until = None
             task.updated_at = now
             if self._spent(task, options):
                 task.state = State.FAILED
                 task.error = f"{message}; all attempts are spent"
+                running = replace(task, state=State.RUNNING)
+                self._ended(self.tasks, running, task.state, now, changes)
                 if not self._kept(task, options, now):
-                    del self.tasks[task.id]
+                    self._forget(self.tasks, task.id)
             else:
                 task.state = State.READY
                 task.run_at = None
@@ -522,11 +657,12 @@ class Model:
                 task.error = f"expired: not delivered within {(task.expires_at - task.created_at) / 1000:g} s"
                 task.updated_at = now
                 changes.append(MChange(replace(task), old))
+                self._ended(self.tasks, replace(task, state=old), task.state, now, changes)
         for task in list(self.tasks.values()):
             options = self.queues[task.queue]
             finished = task.state in (State.DONE, State.FAILED)
             if finished and task.unique_until is not None and not self._kept(task, options, now):
-                del self.tasks[task.id]  # kept while it held its key: that time is over
+                self._forget(self.tasks, task.id)  # kept while it held its key: time is over
         for task in self.tasks.values():
             if task.state is State.SCHEDULED and task.run_at is not None and task.run_at <= now:
                 task.state = State.READY
@@ -559,8 +695,10 @@ class Model:
             task.updated_at = now
             return MChange(replace(task), old)
         task.updated_at = now
+        waits = self._still_waits(task)
         if status == "cancelled":
             task.state = State.CANCELLED
+            self._ended(self.tasks, replace(task, state=old), task.state, now, [])
         elif status == "paused":
             task.state = State.PAUSED
         elif old is State.PAUSED:  # resume: due now, or still waiting for its time
@@ -568,13 +706,15 @@ class Model:
                 task.state, task.run_at = State.READY, None
             else:
                 task.state = State.SCHEDULED
+            if waits:  # and for the tasks it names (section 11)
+                task.state = State.WAITING
         else:  # retry a failed or cancelled task, with a fresh set of attempts
             if task.unique_key is not None and self.holder(queue, task.unique_key, now) not in (
                 None,
                 task,
             ):
                 raise Refusal(Conflict)  # another task took the key meanwhile
-            task.state = State.READY
+            task.state = State.WAITING if waits else State.READY
             task.run_at = None
             task.budget_from = task.attempts
             task.cancel_requested = False
@@ -582,18 +722,20 @@ class Model:
             if old is State.CANCELLED:
                 task.error = None
             if self.queues[queue].fair and task.seq is None:  # finished before it was fair
+                retried = task.state
                 task.state = old  # not waiting while its place is worked out
                 front = self._front(queue)
-                task.state = State.READY
+                task.state = retried
                 self._place(task, front)
-        return MChange(replace(task), old)
+        return MChange(self.shown(task), old)
 
-    def delete_task(self, queue: str, task_id: int) -> bool:
+    def delete_task(self, queue: str, task_id: int, now: int) -> bool:
         self._options(queue)
         task = self.tasks.get(task_id)
         if task is None or task.queue != queue:
             return False
-        del self.tasks[task_id]
+        self._ended(self.tasks, task, None, now, [])
+        self._forget(self.tasks, task_id)
         return True
 
     def bulk(

@@ -128,8 +128,10 @@ def pick(data: st.DataObject, pool: list[T]) -> T | None:
     return pool[index % len(pool)] if pool else None
 
 
-def record(task: Task) -> tuple[Any, ...]:
-    """The fields of a stored task that the model predicts."""
+def record(task: Task, view: bool = True) -> tuple[Any, ...]:
+    """The fields of a stored task that the model predicts (``view``: with its parents as
+    its record shows them; a change, or a duplicate's answer, need not show them)."""
+    shown = view and not task.duplicate
     return (
         task.id,
         task.queue,
@@ -153,10 +155,14 @@ def record(task: Task) -> tuple[Any, ...]:
         task.unique_key,
         task.unique_until,
         task.duplicate,
+        task.parents,
+        task.waiting_for if shown else None,
+        None if not shown or task.after is None else bytes(task.after),
     )
 
 
-def expected(task: MTask) -> tuple[Any, ...]:
+def expected(task: MTask, view: bool = True) -> tuple[Any, ...]:
+    shown = view and not task.duplicate
     return (
         task.id,
         task.queue,
@@ -180,16 +186,19 @@ def expected(task: MTask) -> tuple[Any, ...]:
         task.unique_key,
         task.unique_until,
         task.duplicate,
+        len(task.parents),
+        task.waiting_for if shown else None,
+        task.after if shown else None,
     )
 
 
 def change_records(changes: list[Change]) -> list[tuple[Any, ...]]:
     # The contract orders neither acks' changes nor expiries: compare them by task id.
-    return sorted((record(c.task), c.old) for c in changes)
+    return sorted((record(c.task, view=False), c.old) for c in changes)
 
 
 def expected_changes(changes: list[MChange]) -> list[tuple[Any, ...]]:
-    return sorted((expected(c.task), c.old) for c in changes)
+    return sorted((expected(c.task, view=False), c.old) for c in changes)
 
 
 # -- the machine ---------------------------------------------------------------------------
@@ -300,6 +309,24 @@ class StoreVersusModel(RuleBasedStateMachine):
             fields["progress"] = progress
         return Ack(task_id=task_id, status=status, **fields)
 
+    def draw_after(self, data: st.DataObject, index: int, spec: NewTask) -> NewTask:
+        """The task, mostly as it is, else waiting for tasks (section 11): existing ones of
+        any queue, earlier ones of the same enqueue ("$n"), or, rarely, one never issued."""
+        how = data.draw(st.sampled_from(["none", "none", "ids", "refs", "both", "unknown"]))
+        picks = [data.draw(st.integers(0, 255)) for _ in range(data.draw(st.integers(1, 3)))]
+        existing = sorted(self.model.tasks)
+        ids = tuple(existing[p % len(existing)] for p in picks) if existing else ()
+        refs = tuple(p % index for p in picks) if index else ()
+        if how == "ids":
+            return msgspec.structs.replace(spec, after=ids)
+        if how == "refs":
+            return msgspec.structs.replace(spec, refs=refs)
+        if how == "both":
+            return msgspec.structs.replace(spec, after=ids, refs=refs)
+        if how == "unknown":
+            return msgspec.structs.replace(spec, after=(*ids, self.model.issued + 50))
+        return spec
+
     # -- rules -------------------------------------------------------------------------------
 
     # Hypothesis runs each example with some rules switched off (swarm testing): tasks from
@@ -326,16 +353,20 @@ class StoreVersusModel(RuleBasedStateMachine):
             return
         if name == QUEUES[0]:
             return
-        answers = self.same(self.store.delete_queue(name), lambda: self.model.delete_queue(name))
+        answers = self.same(
+            self.store.delete_queue(name, self.now), lambda: self.model.delete_queue(name, self.now)
+        )
         if answers is not None:
             got, want = answers
             assert got == want
 
     @rule(
+        data=st.data(),
         queue=st.sampled_from([*QUEUES, *QUEUES, UNKNOWN_QUEUE]),
         specs=st.lists(new_task_strategy, min_size=1, max_size=4),
     )
-    def enqueue(self, queue: str, specs: list[NewTask]) -> None:
+    def enqueue(self, data: st.DataObject, queue: str, specs: list[NewTask]) -> None:
+        specs = [self.draw_after(data, index, spec) for index, spec in enumerate(specs)]
         answers = self.same(
             self.store.enqueue(queue, specs, self.now),
             lambda: self.model.enqueue(queue, specs, self.now),
@@ -638,8 +669,8 @@ class StoreVersusModel(RuleBasedStateMachine):
         task_id = data.draw(st.integers(1, self.model.issued + 2))
         if known and mine is not None:
             task_id = mine
-        assert self.run(self.store.delete_task(queue, task_id)) == self.model.delete_task(
-            queue, task_id
+        assert self.run(self.store.delete_task(queue, task_id, self.now)) == self.model.delete_task(
+            queue, task_id, self.now
         )
 
     @rule(
@@ -683,7 +714,7 @@ class StoreVersusModel(RuleBasedStateMachine):
             assert found is None
         else:
             assert found is not None
-            assert record(found) == expected(task)
+            assert record(found) == expected(self.model.shown(task))
 
     # -- the whole state, after every step ---------------------------------------------------
 

@@ -168,10 +168,17 @@ def _many_body(
     run_at: datetime | None = None,
     options: dict[str, Any] | None = None,
     unique_keys: Sequence[str | None] | str | None = None,
+    afters: Sequence[Sequence[str] | None] | None = None,
 ) -> Any:
     tasks = [_task_body(item, priority, delay, paused, run_at, options) for item in items]
     if not tasks:
         raise ValidationError("enqueue_many needs at least one task")
+    if afters is not None:
+        if len(afters) != len(tasks):
+            raise ValidationError("afters needs one list of task ids (or None) per task")
+        for task, after in zip(tasks, afters, strict=True):
+            if after is not None:
+                task["after"] = list(after)
     if isinstance(unique_keys, str):
         unique_keys = [unique_keys] * len(tasks)
     if unique_keys is not None:
@@ -258,12 +265,15 @@ class Producer:
         unique_key: str | None = None,
         unique_for: float | None = None,
         key: str | None = None,
+        after: Sequence[str] | None = None,
     ) -> TaskRecord:
         """Put one task on the queue; its record. ``delay`` (seconds) or ``run_at`` (an
         aware datetime) hold it back until then; see :meth:`enqueue_many` for
         ``idempotency_key`` and the task's own options. While another task of the queue
         holds ``unique_key``, nothing is created: the record is that task's, with
-        ``duplicate`` true."""
+        ``duplicate`` true. ``after``: ids of tasks (of any queue) this one waits for: it is
+        delivered once they are all done, with their results (``Job.after``), and
+        cancelled if one of them fails or is cancelled."""
         (task,) = self.enqueue_many(
             queue,
             [data],
@@ -278,6 +288,7 @@ class Producer:
             unique_keys=None if unique_key is None else [unique_key],
             unique_for=unique_for,
             key=key,
+            afters=None if after is None else [after],
         )
         return task
 
@@ -297,6 +308,7 @@ class Producer:
         unique_keys: Sequence[str | None] | str | None = None,
         unique_for: float | None = None,
         key: str | None = None,
+        afters: Sequence[Sequence[str] | None] | None = None,
     ) -> list[TaskRecord]:
         """Put many tasks on the queue in one request (one transaction); their records.
         ``delay`` (seconds) or ``run_at`` (an aware datetime) hold them back until then.
@@ -311,9 +323,11 @@ class Producer:
         task, or one key for all (then the first is created, the others are its
         duplicates); ``unique_for`` (seconds) holds each key that long whatever the task's
         status. ``key``: the tasks' group (a customer, an account), which the queue's
-        ``key_concurrency`` and ``fair`` count by."""
+        ``key_concurrency`` and ``fair`` count by. ``afters``: for each task, the ids of the
+        tasks it waits for (or None), where ``"$n"`` names the n-th task of this call
+        (0-based, an earlier one): e.g. ``[None, None, ["$0", "$1"]]`` for a fan-in."""
         options = task_options(timeout, max_attempts, expires_in, unique_for, key)
-        body = _many_body(items, priority, delay, paused, run_at, options, unique_keys)
+        body = _many_body(items, priority, delay, paused, run_at, options, unique_keys, afters)
         return self._enqueue(queue, body, idempotency_key)
 
     def get(self, queue: str, task_id: str) -> TaskRecord:
@@ -476,12 +490,15 @@ class AsyncProducer:
         unique_key: str | None = None,
         unique_for: float | None = None,
         key: str | None = None,
+        after: Sequence[str] | None = None,
     ) -> TaskRecord:
         """Put one task on the queue; its record. ``delay`` (seconds) or ``run_at`` (an
         aware datetime) hold it back until then; see :meth:`enqueue_many` for
         ``idempotency_key`` and the task's own options. While another task of the queue
         holds ``unique_key``, nothing is created: the record is that task's, with
-        ``duplicate`` true."""
+        ``duplicate`` true. ``after``: ids of tasks (of any queue) this one waits for: it is
+        delivered once they are all done, with their results (``Job.after``), and
+        cancelled if one of them fails or is cancelled."""
         tasks = await self.enqueue_many(
             queue,
             [data],
@@ -496,6 +513,7 @@ class AsyncProducer:
             unique_keys=None if unique_key is None else [unique_key],
             unique_for=unique_for,
             key=key,
+            afters=None if after is None else [after],
         )
         return tasks[0]
 
@@ -516,11 +534,12 @@ class AsyncProducer:
         unique_keys: Sequence[str | None] | str | None = None,
         unique_for: float | None = None,
         key: str | None = None,
+        afters: Sequence[Sequence[str] | None] | None = None,
     ) -> list[TaskRecord]:
         """Put many tasks on the queue in one request (one transaction); their records
         (see Producer.enqueue_many)."""
         options = task_options(timeout, max_attempts, expires_in, unique_for, key)
-        body = _many_body(items, priority, delay, paused, run_at, options, unique_keys)
+        body = _many_body(items, priority, delay, paused, run_at, options, unique_keys, afters)
         return await self._enqueue(queue, body, idempotency_key)
 
     async def get(self, queue: str, task_id: str) -> TaskRecord:

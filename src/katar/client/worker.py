@@ -68,18 +68,35 @@ _NO_PROGRESS: Final = object()
 
 
 class Job:
-    """A task delivered to this worker: ``id``, ``data`` (the producer's JSON, decoded) and
-    ``attempt`` (the delivery's number, from 1); and the handler's line to the worker while
-    it runs: :meth:`progress`, :attr:`cancelled`, :attr:`cancel_event`."""
+    """A task delivered to this worker: ``id``, ``data`` (the producer's JSON, decoded),
+    ``attempt`` (the delivery's number, from 1) and ``after`` (the results of the tasks it
+    waited for, by id; None for a task that waited for none); and the handler's line to the
+    worker while it runs: :meth:`progress`, :attr:`cancelled`, :attr:`cancel_event`."""
 
-    __slots__ = ("_lock", "_progress", "attempt", "cancel_event", "data", "id", "timeout")
+    __slots__ = (
+        "_lock",
+        "_progress",
+        "after",
+        "attempt",
+        "cancel_event",
+        "data",
+        "id",
+        "timeout",
+    )
 
     def __init__(
-        self, id: str, data: Any = None, attempt: int = 1, timeout: int | None = None
+        self,
+        id: str,
+        data: Any = None,
+        attempt: int = 1,
+        timeout: int | None = None,
+        after: dict[str, Any] | None = None,
     ) -> None:
         self.id = id
         self.data = data
         self.attempt = attempt
+        #: The results of the tasks it waited for (``after`` at enqueue), by id: a fan-in.
+        self.after = after
         #: The task's own lease in ms, when its delivery carries one (else the queue's).
         self.timeout = timeout
         #: Set once an operator has cancelled the task: a sync handler may wait on it, or
@@ -372,7 +389,9 @@ class AsyncWorker:
         answer = _deliveries.decode(response.content)
         if answer.cancel:
             self._cancel(answer.cancel)
-        return [Job(task.id, task.data, task.attempt, task.timeout) for task in answer.tasks]
+        return [
+            Job(task.id, task.data, task.attempt, task.timeout, task.after) for task in answer.tasks
+        ]
 
     def _cancel(self, ids: list[str]) -> None:
         """Stop the handlers of tasks an operator cancelled: an async one's asyncio task is

@@ -41,6 +41,8 @@ from katar.core.model import (
     RUNNING,
     SCHEDULED,
     STATUSES,
+    WAITING,
+    WAITING_COUNT,
     Ack,
     NewTask,
     QueueOptions,
@@ -52,7 +54,7 @@ from katar.core.model import (
 )
 from katar.core.outcomes import OutcomeWaits
 from katar.core.reaper import _PRUNE_EVERY_MS, HOUSEKEEPING_MS, Reaper
-from katar.core.rules import BULK_STATES, is_final, prune_before
+from katar.core.rules import BULK_STATES, MAX_PARENTS, is_final, prune_before, unknown_parent
 from katar.core.schedule import Schedule, ScheduleSpec, check_name, parse_schedule
 from katar.core.scheduler import Scheduler
 from katar.core.storage import Change, LimitState, Store
@@ -260,7 +262,7 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
     async def delete_queue(self, name: str) -> int:
         """Remove the queue and its tasks; the number of tasks removed."""
         self.options(name)
-        count = await self.store.delete_queue(name)
+        count = await self.store.delete_queue(name, self.clock.now_ms())
         self.queues.pop(name, None)
         self.counters.forget(name)
         log.info("queue %s deleted with its %d task(s)", name, count)
@@ -355,13 +357,14 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
                 log.exception("retention failed; trying again in %d s", RETENTION_EVERY)
 
     async def stats(self) -> dict[str, dict[str, int]]:
-        """Every queue's task counts by public status."""
+        """Every queue's task counts by public status, and the queued tasks that wait for
+        others apart from the others (under "waiting", not in "queued")."""
         counts = await self.store.counts()
         result = {}
         for name in sorted(self.queues):
-            per_status = dict.fromkeys(STATUSES, 0)
+            per_status = dict.fromkeys((*STATUSES, WAITING_COUNT), 0)
             for state, count in counts.get(name, {}).items():
-                per_status[PUBLIC_STATUS[state]] += count
+                per_status[WAITING_COUNT if state is WAITING else PUBLIC_STATUS[state]] += count
             result[name] = per_status
         return result
 
@@ -425,16 +428,24 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
     # -- tasks -----------------------------------------------------------------------------
 
     async def enqueue(
-        self, queue: str, tasks: Sequence[NewTask], key: str | None = None
+        self,
+        queue: str,
+        tasks: Sequence[NewTask],
+        key: str | None = None,
+        may_use: Callable[[str], bool] | None = None,
     ) -> list[Task]:
         """Add tasks to the queue; the new tasks, in order.
 
         With an idempotency ``key`` (see katar.core.idempotency) that this queue saw in the
         last 24 hours: create nothing and return the tasks as that enqueue created them.
+        Tasks may wait for others (``after``): ``may_use`` says which queues' tasks the
+        caller may name (None: any), the others are refused as if they did not exist.
         """
         self.options(queue)
         if self.draining:
             raise ShuttingDown()
+        if any(spec.after or spec.refs for spec in tasks):
+            await self._check_after(tasks, may_use)
         now = self.clock.now_ms()
         if key is None:
             created = await self.store.enqueue(queue, tasks, now)
@@ -466,6 +477,34 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
             for task in created:
                 self._emit(task)
         return answered
+
+    async def _check_after(
+        self, tasks: Sequence[NewTask], may_use: Callable[[str], bool] | None
+    ) -> None:
+        """Refuse an ``after`` that names too many tasks, a later task of the batch, or a
+        task that does not exist or that the caller may not see. (The store checks again,
+        in the enqueue's transaction, that each still exists.)"""
+        for index, spec in enumerate(tasks):
+            if len(spec.after) + len(spec.refs) > MAX_PARENTS:
+                raise ValidationError(
+                    f"tasks[{index}].after names more than {MAX_PARENTS} tasks", field="after"
+                )
+            for ref in spec.refs:
+                if not 0 <= ref < index:
+                    raise ValidationError(
+                        f'tasks[{index}].after: "${ref}" must name an earlier task of the '
+                        f"request (0 to {index - 1})",
+                        field="after",
+                    )
+        named = list(dict.fromkeys(i for spec in tasks for i in spec.after))
+        if not named:
+            return
+        found = await self.store.queues_of(named)
+        for index, spec in enumerate(tasks):
+            for parent_id in spec.after:
+                where = found.get(parent_id)
+                if where is None or (may_use is not None and not may_use(where)):
+                    raise unknown_parent(f"tasks[{index}]", parent_id)
 
     async def poll(
         self,
@@ -687,7 +726,7 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
     async def delete_task(self, queue: str, task_id: int) -> None:
         """Remove a task, whatever its status."""
         self.options(queue)
-        if not await self.store.delete_task(queue, task_id):
+        if not await self.store.delete_task(queue, task_id, self.clock.now_ms()):
             raise TaskNotFound.named(task_id, queue)
 
     # What a server sharing the store did (the engine is the store's Observer, Store.listen).
@@ -701,6 +740,9 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
     def resync(self) -> None:
         self._reload_in_background(wake_all=True)
         self._schedule_alarm.set()  # a schedule changed meanwhile: read them again
+
+    def settled(self, changes: list[Change]) -> None:
+        self._apply(changes, operator=True)
 
     def _reload_in_background(self, wake_all: bool) -> None:
         job = asyncio.ensure_future(self._reload_queues(wake_all))

@@ -75,7 +75,8 @@ def digest(tasks: Sequence[NewTask]) -> bytes:
         extra = {
             name: value
             for name in task.__struct_fields__
-            if name not in _DIGESTED and (value := getattr(task, name)) is not None
+            # An empty after (no dependencies) is absent, as None is.
+            if name not in _DIGESTED and (value := getattr(task, name)) not in (None, ())
         }
         if extra:  # the later fields, only when given, for the same reason
             hasher.update(b",+" + msgspec.json.encode(extra))
@@ -121,8 +122,16 @@ def fresh_since(now: int) -> int:
 
 def current(first: Task, found: Task | None) -> Task:
     """What a repeat answers for a task of the first answer: as the first created it, but
-    a duplicate as it is now (``found``), when it still exists."""
-    return first if found is None or not first.duplicate else rules.duplicate(found)
+    a duplicate, or a task that waits for others (its state depended on theirs), as it is
+    now (``found``), when it still exists."""
+    if found is None or not (first.duplicate or first.parents):
+        return first
+    return rules.duplicate(found) if first.duplicate else found
+
+
+def read_back(first: Task) -> bool:
+    """Whether a repeat's answer for ``first`` is read from the store (see current)."""
+    return first.duplicate or bool(first.parents)
 
 
 def replay(
@@ -136,13 +145,20 @@ def replay(
     """The first enqueue's tasks as it created them, for a repeat that asks ``tasks``;
     KeyReused if the repeat asks something else. A duplicate (a task that held the
     unique_key asked for) is built from the request, marked ``duplicate``: the store answers
-    the task itself instead while it exists (see :func:`current`)."""
+    the task itself instead while it exists (see :func:`current`); so is a task that waits
+    for others (``parents`` set)."""
     if stored_digest != wanted.digest or len(ids) != len(tasks):
         raise KeyReused(header=_HEADER, key=wanted.key)
     pairs = zip(tasks, ids, strict=True)
     return [
-        rules.new_task(queue, spec, task_id, created)
+        _parents(rules.new_task(queue, spec, task_id, created), spec)
         if task_id > 0
         else rules.duplicate(rules.new_task(queue, spec, -task_id, created))
         for spec, task_id in pairs
     ]
+
+
+def _parents(task: Task, spec: NewTask) -> Task:
+    if not (spec.after or spec.refs):
+        return task
+    return msgspec.structs.replace(task, parents=len(spec.after) + len(spec.refs))

@@ -30,6 +30,7 @@ PRIORITY_MAX: Final = protocol.PRIORITY_MAX
 PRIORITY_MIN: Final = protocol.PRIORITY_MIN
 PRIORITY_NAMES: Final = protocol.PRIORITY_NAMES
 STATUSES: Final = protocol.STATUSES
+WAITING_COUNT: Final = protocol.WAITING_COUNT
 
 
 class State(enum.IntEnum):
@@ -42,6 +43,9 @@ class State(enum.IntEnum):
     DONE = 4
     FAILED = 5
     CANCELLED = 6
+    #: queued, but some task it names in ``after`` is not done yet: no claim looks at it
+    #: (its public status stays "queued"; GET /v1/queues counts it apart, as "waiting")
+    WAITING = 7
 
 
 # The states by themselves, for the hot paths: on CPython 3.11 every ``State.X`` goes through
@@ -54,10 +58,11 @@ RUNNING: Final = State.RUNNING
 DONE: Final = State.DONE
 FAILED: Final = State.FAILED
 CANCELLED: Final = State.CANCELLED
+WAITING: Final = State.WAITING
 
 
 #: The public statuses (katar.protocol.STATUSES) of the stored states; READY and SCHEDULED
-#: are both "queued".
+#: and WAITING are all "queued".
 PUBLIC_STATUS: Final[dict[State, Status]] = {
     State.PAUSED: "paused",
     State.READY: "queued",
@@ -66,6 +71,7 @@ PUBLIC_STATUS: Final[dict[State, Status]] = {
     State.DONE: "done",
     State.FAILED: "failed",
     State.CANCELLED: "cancelled",
+    State.WAITING: "queued",
 }
 STATES_OF_STATUS: Final = {
     status: tuple(s for s, name in PUBLIC_STATUS.items() if name == status) for status in STATUSES
@@ -119,6 +125,17 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     #: Not stored: set on an enqueue's answer when the task is an existing one that held the
     #: unique_key asked for (nothing was created for it).
     duplicate: bool = False
+    #: How many tasks it named in ``after`` (its parents): 0 for most tasks, which then
+    #: never look at the dependencies' table.
+    parents: int = 0
+    #: Whether some task names it in ``after`` and waits for it: its end must release or
+    #: cancel them, so the stores' fast "done" statements leave it to the slow path.
+    children: bool = False
+    #: Not stored (read from the dependencies with the task, when it has parents): the ids
+    #: of its parents not done yet, and the results of those done, as a JSON object
+    #: ``{"<id>": <result>, ...}`` (the bytes as the workers sent them).
+    waiting_for: tuple[int, ...] = ()
+    after: msgspec.Raw | None = None
 
     @property
     def status(self) -> str:
@@ -189,6 +206,10 @@ class NewTask(msgspec.Struct, kw_only=True, frozen=True):
     expires_in_ms: int | None = None  # cancelled if not delivered within this time
     unique_key: str | None = None
     unique_for_ms: int | None = None  # the key stays taken this long after creation
+    #: The tasks it waits for: ids of existing tasks, and ``refs``, the places (0-based) of
+    #: earlier tasks of the same enqueue ("$n" on the wire), each before its own place.
+    after: tuple[int, ...] = ()
+    refs: tuple[int, ...] = ()
 
 
 #: Milliseconds, or counts, that a 32-bit signed integer holds: what every worker can use.
@@ -393,6 +414,35 @@ def parse_task_options(**raw: Any) -> dict[str, Any]:
     except msgspec.ValidationError as exc:
         raise ValidationError(f"invalid task option: {exc}") from None
     return task_options(body)
+
+
+def unknown_parent(where: str, parent_id: int | str) -> ValidationError:
+    """The refusal of an ``after`` that names no task this server's store holds (or none
+    the caller's token may see: the same words, so that they tell nothing)."""
+    return ValidationError(
+        f"{where}.after: task {parent_id} not found; a task can only wait for tasks that exist",
+        field="after",
+        _id=str(parent_id),
+    )
+
+
+def parse_after(after: Sequence[str | int], where: str) -> dict[str, Any]:
+    """A task's ``after`` as :class:`NewTask` fields: the ids it names (``after``) and its
+    "$n" references to earlier tasks of the same enqueue (``refs``, whose order the engine
+    checks). An item that can be neither is refused as an unknown task."""
+    ids: list[int] = []
+    refs: list[int] = []
+    for item in after:
+        if isinstance(item, str) and item.startswith("$") and 1 < len(item) < 8:
+            digits = item[1:]
+            if digits.isascii() and digits.isdigit():
+                refs.append(int(digits))
+                continue
+        task_id = parse_task_id(item)
+        if task_id is None:
+            raise unknown_parent(where, str(item)[:64])
+        ids.append(task_id)
+    return {"after": tuple(ids), "refs": tuple(refs)}
 
 
 def parse_task_id(task_id: str | int) -> int | None:

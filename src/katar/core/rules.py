@@ -27,6 +27,7 @@ from katar.core.model import (
     RUNNING,
     SCHEDULED,
     UNFINISHED,
+    WAITING,
     Ack,
     Delivery,
     NewTask,
@@ -35,6 +36,7 @@ from katar.core.model import (
     State,
     Task,
 )
+from katar.core.model import unknown_parent as unknown_parent  # the stores take it here
 from katar.errors import Conflict, IllegalTransition, ValidationError
 from katar.protocol import ACK_STATUSES as ACK_STATUSES
 from katar.protocol import HISTORY_LENGTH
@@ -70,6 +72,8 @@ def special(spec: NewTask) -> bool:
     such tasks one by one, looking for the key's holder first."""
     return (
         spec.unique_key is not None
+        or bool(spec.after)
+        or bool(spec.refs)
         or spec.timeout is not None
         or spec.max_attempts is not None
         or spec.expires_in_ms is not None
@@ -512,8 +516,11 @@ def promote(task: Task, now: int) -> Task:
     return replace(task, state=READY, run_at=None, updated_at=now)
 
 
-def change_status(task: Task, status: str, now: int) -> Task | None:
+def change_status(task: Task, status: str, now: int, waiting: bool = False) -> Task | None:
     """An operator's PATCH: cancel, pause, resume or retry a task.
+
+    ``waiting``: the task names in ``after`` a task that is not finished yet (see
+    the store looks): resumed or retried, it waits for it again (WAITING).
 
     Returns the new task, or None when the task already has that status (or, for a task in
     progress, already has its cancel requested). Cancelling a task in progress only
@@ -525,7 +532,7 @@ def change_status(task: Task, status: str, now: int) -> Task | None:
     state = task.state
     if task.status == status:
         return None
-    if status == "cancelled" and state in (PAUSED, READY, SCHEDULED):
+    if status == "cancelled" and state in (PAUSED, READY, SCHEDULED, WAITING):
         return replace(task, state=CANCELLED, updated_at=now)
     if status == "cancelled" and state is RUNNING:
         # Recorded only: the task is cancelled at its worker's next heartbeat or ack, or at
@@ -533,13 +540,13 @@ def change_status(task: Task, status: str, now: int) -> Task | None:
         if task.cancel_requested:
             return None
         return replace(task, cancel_requested=True, updated_at=now)
-    if status == "paused" and state in (READY, SCHEDULED):
+    if status == "paused" and state in (READY, SCHEDULED, WAITING):
         return replace(task, state=PAUSED, updated_at=now)
     if status == "queued" and state is PAUSED:
         due = task.run_at is None or task.run_at <= now
         return replace(
             task,
-            state=READY if due else SCHEDULED,
+            state=WAITING if waiting else READY if due else SCHEDULED,
             run_at=None if due else task.run_at,
             updated_at=now,
         )
@@ -549,7 +556,7 @@ def change_status(task: Task, status: str, now: int) -> Task | None:
         # operator's decision: an expiry (expires_in) no longer applies.
         return archive(
             task,
-            state=READY,
+            state=WAITING if waiting else READY,
             run_at=None,
             expires_at=None,
             attempt_base=task.attempts,
@@ -581,20 +588,20 @@ def is_final(task: Task) -> bool:
 #: progress (a worker holds it: cancel it first).
 BULK_STATES: Final[Mapping[str, frozenset[State]]] = {
     "retry": frozenset({FAILED, CANCELLED}),
-    "cancel": frozenset({PAUSED, READY, SCHEDULED}),
+    "cancel": frozenset({PAUSED, READY, SCHEDULED, WAITING}),
     "delete": frozenset(State) - {RUNNING},
 }
 _BULK_STATUS: Final = {"retry": "queued", "cancel": "cancelled"}
 
 
-def bulk_change(task: Task, action: str, now: int) -> Task | None:
+def bulk_change(task: Task, action: str, now: int, waiting: bool = False) -> Task | None:
     """What a bulk ``retry`` or ``cancel`` does to one task: its new version, or None when
     the action does not apply to its state (a bulk action skips such tasks, where PATCH
     would refuse them). A ``delete`` changes no task: the store removes those in
     BULK_STATES["delete"]."""
     if task.state not in BULK_STATES[action]:
         return None
-    return change_status(task, _BULK_STATUS[action], now)
+    return change_status(task, _BULK_STATUS[action], now, waiting)
 
 
 def prune_before(options: QueueOptions, state: State, now: int) -> int | None:
@@ -603,3 +610,85 @@ def prune_before(options: QueueOptions, state: State, now: int) -> int | None:
     when the queue keeps them for ever."""
     keep = options.keep.of(state)
     return None if keep is None else now - keep
+
+
+# -- dependencies: a task's ``after`` (its parents) and the tasks that wait for it -----------
+#
+# The stores keep one edge per (parent, child) with the parent's result once it is done, so
+# that a child's record and delivery carry the results however long its parents are kept.
+# A parent's end settles its children in the same transaction: "done" releases those whose
+# last unfinished parent it was (release), "failed" or "cancelled" for good, or a deletion,
+# cancels them (orphaned), and that cascades to their own children.
+
+#: The most tasks one task may name in ``after``.
+MAX_PARENTS: Final = 10_000
+#: The states of a child that its parent's failure cancels: any not in progress or finished.
+_ORPHANABLE: Final = frozenset({PAUSED, READY, SCHEDULED, WAITING})
+
+
+def depend(task: Task, parents: Sequence[tuple[int, State]]) -> Task:
+    """A new task that names ``parents`` (their ids and states as it is enqueued): it waits
+    (WAITING) while one is not done; it is cancelled at once if one already failed or was
+    cancelled; a paused task stays paused (resumed, it waits: see change_status)."""
+    task = replace(task, parents=len(parents))
+    for parent_id, state in parents:
+        if state is FAILED or state is CANCELLED:
+            how = "failed" if state is FAILED else "was cancelled"
+            return replace(task, state=CANCELLED, run_at=None, error=orphan_error(parent_id, how))
+    if task.state in (READY, SCHEDULED) and any(state is not DONE for _id, state in parents):
+        return replace(task, state=WAITING)
+    return task
+
+
+def orphan_error(parent_id: int, how: str) -> str:
+    """The error of a task cancelled because of its parent: ``how`` is "failed", "was
+    cancelled" or "was deleted"."""
+    return f"cancelled: task {parent_id} it waited for {how}"
+
+
+def parent_end(old: State | None, new: State | None) -> str | None:
+    """What a task's change means to the tasks that wait for it: "done" (release them),
+    "failed", "was cancelled" or "was deleted" (``new`` None; cancel them), or None
+    (nothing yet: a retry, a heartbeat, a task that was already finished)."""
+    if old is not None and old in FINAL_STATES:
+        return None
+    if new is None:
+        return "was deleted"
+    if new is DONE:
+        return "done"
+    if new is FAILED:
+        return "failed"
+    if new is CANCELLED:
+        return "was cancelled"
+    return None
+
+
+def release(task: Task, now: int) -> Task | None:
+    """A waiting task whose last unfinished parent is done: ready (or scheduled, while its
+    delay runs). None when it does not wait (paused, or retried by an operator)."""
+    if task.state is not WAITING:
+        return None
+    due = task.run_at is None or task.run_at <= now
+    return replace(
+        task,
+        state=READY if due else SCHEDULED,
+        run_at=None if due else task.run_at,
+        updated_at=now,
+    )
+
+
+def orphaned(task: Task, parent_id: int, how: str, now: int) -> Task | None:
+    """A task whose parent failed, was cancelled or deleted (``how``): cancelled, its error
+    naming the parent; None when it runs or has finished."""
+    if task.state not in _ORPHANABLE:
+        return None
+    return replace(
+        task, state=CANCELLED, run_at=None, error=orphan_error(parent_id, how), updated_at=now
+    )
+
+
+def after_json(results: Sequence[tuple[int, bytes | None]]) -> msgspec.Raw:
+    """The ``after`` of a task: its done parents' results as a JSON object keyed by id, the
+    results spliced in as the workers sent them (null for none)."""
+    parts = [b'"%d":%b' % (parent_id, result or b"null") for parent_id, result in results]
+    return msgspec.Raw(b"{" + b",".join(parts) + b"}")

@@ -111,6 +111,11 @@ class Observer(Protocol):
         """The store lost touch for a while: events may have been missed."""
         ...
 
+    def settled(self, changes: list[Change]) -> None:
+        """An operation that reports no changes of its own (a deletion) changed these tasks:
+        the tasks that waited for a deleted task, cancelled (see rules.orphaned)."""
+        ...
+
 
 class Store(abc.ABC):
     """Where queues and tasks live. Chosen by URL with :func:`katar.store.open_store`."""
@@ -132,9 +137,19 @@ class Store(abc.ABC):
     #: even when it knows of none. False for a store only one server can use.
     shared: bool = False
 
+    #: The observer attached (see :meth:`attach`), None before.
+    observer: Observer | None = None
+
     def attach(self, observer: Observer) -> None:
         """Report to ``observer`` from now on: the engine calls it once, before :meth:`open`."""
         self.watch = observer.watching
+        self.observer = observer
+
+    def report(self, changes: list[Change]) -> None:
+        """Tell the observer, if any, of the changes an operation made that it does not
+        return (Observer.settled)."""
+        if changes and self.observer is not None:
+            self.observer.settled(changes)
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -157,12 +172,18 @@ class Store(abc.ABC):
         """Create the queue, or replace its options."""
 
     @abc.abstractmethod
-    async def delete_queue(self, name: str) -> int:
-        """Remove the queue and its tasks; the number of tasks removed."""
+    async def delete_queue(self, name: str, now: int | None = None) -> int:
+        """Remove the queue and its tasks; the number of tasks removed. Tasks of other
+        queues that waited for one of them are cancelled (Observer.settled)."""
 
     @abc.abstractmethod
     async def enqueue(self, queue: str, tasks: Sequence[NewTask], now: int) -> list[Task]:
         """Add tasks to an existing queue; the new tasks, in order, with growing ids.
+
+        A task with ``after`` (ids, and ``refs`` to earlier tasks of the batch) depends on
+        those tasks (rules.depend): every id must name an existing task, of any queue, else
+        ValidationError (rules.unknown_parent) and nothing is created. Tasks read from the
+        store carry ``waiting_for`` and ``after`` (rules.after_json) when they have parents.
 
         A task whose unique_key a task of the queue holds (rules.holds_key; one of this
         batch included) is not created: its place in the answer is the holder, marked
@@ -275,8 +296,14 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def delete_task(self, queue: str, task_id: int) -> bool:
-        """Remove a task; False when the queue holds no such task."""
+    async def delete_task(self, queue: str, task_id: int, now: int | None = None) -> bool:
+        """Remove a task; False when the queue holds no such task. The tasks that waited for
+        it are cancelled, at ``now`` (default: the wall clock), and reported to the observer
+        (Observer.settled)."""
+
+    @abc.abstractmethod
+    async def queues_of(self, ids: Sequence[int]) -> dict[int, str]:
+        """The queue of each task of ``ids`` that exists (the others are left out)."""
 
     # -- schedules (katar.core.schedule) -----------------------------------------------------
 
@@ -318,10 +345,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def expire(self, queues: Mapping[str, QueueOptions], now: int) -> list[Change]:
-        """Re-queue or fail tasks whose lease ran out; cancel the tasks never delivered
-        whose expiry has come (rules.expire); make due scheduled tasks READY. Also remove
-        the finished tasks that a queue without history kept while they held their
-        unique_key, once that time has passed (rules.sweepable): no change is reported."""
+        """Re-queue or fail tasks whose lease ran out (a task's end settles the tasks that
+        wait for it, as every change does: rules.release, rules.orphaned); cancel the tasks
+        never delivered whose expiry has come (rules.expire); make due scheduled tasks READY.
+        Also remove the finished tasks that a queue without history kept while they held
+        their unique_key, once that time has passed (rules.sweepable): no change is
+        reported."""
 
     @abc.abstractmethod
     async def next_deadline(self) -> int | None:

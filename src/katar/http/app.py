@@ -1096,7 +1096,9 @@ class App:
                 if key is not None:
                     raise ValidationError("send at most one Idempotency-Key header")
                 key = value.decode("latin-1")
-        created = await self.engine.enqueue(request.queue, new, key)
+        token = request.token
+        may_use = None if token is None or token.all_queues else token.may_use
+        created = await self.engine.enqueue(request.queue, new, key, may_use)
         # 200 when every task was a duplicate (a unique_key already held): nothing created.
         status = 200 if all(task.duplicate for task in created) else 201
         return json_response({"tasks": [task_record(task) for task in created]}, status)

@@ -18,6 +18,7 @@ from katar.core.model import (
     NewTask,
     TaskFilter,
     now_ms,
+    parse_after,
     parse_priority,
     parse_task_id,
     states_of,
@@ -181,6 +182,7 @@ def _new_task(body: TaskBody, where: str, max_bytes: int) -> NewTask:
         and body.max_attempts is None
         and body.expires_in is None
         and body.unique_for is None
+        and body.after is None
     ):  # most tasks: no option of their own, nothing more to convert
         return NewTask(
             data=body.data, priority=priority, delay_ms=delay_ms, run_at=run_at, paused=paused
@@ -192,6 +194,7 @@ def _new_task(body: TaskBody, where: str, max_bytes: int) -> NewTask:
         run_at=run_at,
         paused=paused,
         **task_options(body, where),
+        **(parse_after(body.after, where) if body.after else {}),
     )
 
 

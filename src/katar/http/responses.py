@@ -222,6 +222,8 @@ def task_record(task: Task) -> TaskRecord:
         None if task.scheduled_for is None else _iso(task.scheduled_for),
         task.duplicate,
         _history(task) if task.started_at is not None or task.history is not None else [],
+        [str(parent_id) for parent_id in task.waiting_for] if task.waiting_for else [],
+        task.after,
     )
 
 
@@ -251,9 +253,23 @@ _DELIVERY_TIMEOUT: Final = b'{"_id":"%d","data":%b,"attempt":%d,"timeout":%d}'
 
 
 def _delivery(task: Task) -> bytes:
+    if task.after is not None:  # the results of the tasks it waited for (fan-in)
+        return _delivery_after(task)
     if task.timeout is None:
         return _DELIVERY % (task.id, task.data, task.attempts)
     return _DELIVERY_TIMEOUT % (task.id, task.data, task.attempts, task.timeout)
+
+
+def _delivery_after(task: Task) -> bytes:
+    assert task.after is not None
+    timeout = b"" if task.timeout is None else b',"timeout":%d' % task.timeout
+    return b'{"_id":"%d","data":%b,"attempt":%d%b,"after":%b}' % (
+        task.id,
+        task.data,
+        task.attempts,
+        timeout,
+        task.after,
+    )
 
 
 def deliveries(tasks: list[Task], cancel: list[int] | None = None) -> bytes:

@@ -8,12 +8,13 @@ from typing import Any, Final, NamedTuple
 import msgspec
 
 from katar.core.model import RUNNING, State, Task, TaskFilter
+from katar.core.rules import after_json
 
 COLUMNS: Final = (
     "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
     " created_at, updated_at, run_at, lease_until, key, cancel_requested, progress, timeout,"
     " max_attempts, expires_at, unique_key, unique_until, started_at, history, schedule,"
-    " scheduled_for"
+    " scheduled_for, parents, children"
 )
 _STATES: Final = tuple(State)  # by value: faster than State(value) on the hot path
 
@@ -47,6 +48,8 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
         history=None if row[23] is None else msgspec.Raw(row[23]),
         schedule=row[24],
         scheduled_for=row[25],
+        parents=row[26],
+        children=bool(row[27]),
     )
 
 
@@ -56,9 +59,9 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
 #: convert on every claim.
 CLAIMED_COLUMNS: Final = (
     "id, priority, data, attempts, attempt_base, error, result, created_at, key, timeout,"
-    " coalesce(max_attempts, expires_at, unique_until, unique_key) IS NULL"
+    " (coalesce(max_attempts, expires_at, unique_until, unique_key) IS NULL AND parents = 0)"
 )
-OPTIONS_COLUMNS: Final = "max_attempts, expires_at, unique_key, unique_until"
+OPTIONS_COLUMNS: Final = "max_attempts, expires_at, unique_key, unique_until, parents, children"
 
 
 def claimed_from_row(
@@ -73,7 +76,8 @@ def claimed_from_row(
     (rules.claimed), so it need not travel back from the database. ``lease_until`` is the
     queue's lease; a task with a timeout of its own has its own (rules.lease_ms). When the
     row says the task has other options of its own (``row[10]`` false), ``options`` is its
-    row of ``OPTIONS_COLUMNS``. A task claimed has no cancel requested (only a task in
+    row of ``OPTIONS_COLUMNS`` (a task with parents counts as one: its results are read
+    apart too). A task claimed has no cancel requested (only a task in
     progress has one) and no progress (the claim clears it)."""
     timeout = row[9]
     task = Task(
@@ -97,13 +101,15 @@ def claimed_from_row(
     if row[10]:
         return task
     assert options is not None
-    max_attempts, expires_at, unique_key, unique_until = options
+    max_attempts, expires_at, unique_key, unique_until, parents, children = options
     return msgspec.structs.replace(
         task,
         max_attempts=max_attempts,
         expires_at=expires_at,
         unique_key=unique_key,
         unique_until=unique_until,
+        parents=parents,
+        children=bool(children),
     )
 
 
@@ -167,3 +173,13 @@ def where_sql(where: TaskFilter, dialect: Dialect) -> tuple[str, list[Any]]:
         sql.append(f"created_at >= {p}")
         params.append(where.after)
     return "".join(f" AND {condition}" for condition in sql), params
+
+
+def view(task: Task, edges: Sequence[tuple[int, Any, Any]]) -> Task:
+    """The task with its dependencies as its record shows them, from its rows of the edges'
+    table: (parent id, done, the parent's result), by parent id."""
+    return msgspec.structs.replace(
+        task,
+        waiting_for=tuple(parent for parent, done, _result in edges if not done),
+        after=after_json([(parent, result) for parent, done, result in edges if done]),
+    )

@@ -22,12 +22,14 @@ from katar.core.model import (
     RUNNING,
     SCHEDULED,
     UNFINISHED,
+    WAITING,
     Ack,
     NewTask,
     QueueOptions,
     State,
     Task,
     TaskFilter,
+    now_ms,
     parse_task_id,
 )
 from katar.core.schedule import Schedule, ScheduleSpec
@@ -64,6 +66,10 @@ class MemoryStore(Store):
         # (queue, key) -> (digest, ids, created): the idempotency keys, oldest first.
         self._keys: dict[tuple[str, str], tuple[bytes, tuple[int, ...], int]] = {}
         self._schedules: dict[str, Schedule] = {}
+        # Dependencies: per child, its parents in the order it named them, each with
+        # (done, result); per parent, the children still waiting for it to end.
+        self._edges: dict[int, dict[int, tuple[bool, bytes | None]]] = {}
+        self._children: dict[int, dict[int, None]] = {}
 
     async def open(self) -> None:
         return None
@@ -122,6 +128,7 @@ class MemoryStore(Store):
             if (
                 task is not None
                 and task.state in UNFINISHED
+                and task.state is not WAITING  # as the SQL stores' index of places
                 and self._seq.get(task_id) == -negative
             ):
                 return -negative
@@ -146,16 +153,23 @@ class MemoryStore(Store):
             heapq.heappop(heap)
         return None
 
-    async def delete_queue(self, name: str) -> int:
-        if self._queues.pop(name, None) is None:
+    async def delete_queue(self, name: str, now: int | None = None) -> int:
+        if name not in self._queues:
             raise QueueNotFound(queue=name)
+        settled: list[Change] = []
+        when = now_ms() if now is None else now
+        for task_id in list(self._ids[name]):
+            self._settle(self._tasks[task_id], None, when, settled)
+        settled = [change for change in settled if change.task.queue != name]
+        del self._queues[name]
         ids = self._ids.pop(name, {})
         self._ready.pop(name, None)
         self._running.pop(name, None)
         self._buckets.pop(name, None)
         for task_id in ids:
-            del self._tasks[task_id]
+            self._forget_edges(self._tasks.pop(task_id))
             self._seq.pop(task_id, None)
+        self.report(settled)
         for group in [group for group in self._groups if group[0] == name]:
             del self._groups[group]
         for queue_key in [queue_key for queue_key in self._keys if queue_key[0] == name]:
@@ -204,21 +218,96 @@ class MemoryStore(Store):
         del self._ids[task.queue][task.id]
         self._running[task.queue].pop(task.id, None)
         self._seq.pop(task.id, None)
+        self._forget_edges(task)
 
-    def _write(self, old: Task, new: Task | None, options: QueueOptions) -> Change | None:
+    def _forget_edges(self, task: Task) -> None:
+        """A task removed: its own edges go (as a child, and as a parent: the children still
+        linked to it were settled when it ended or was deleted)."""
+        self._children.pop(task.id, None)
+        for parent_id in self._edges.pop(task.id, ()):
+            waiting = self._children.get(parent_id)
+            if waiting is not None:
+                waiting.pop(task.id, None)
+
+    def _write(
+        self, old: Task, new: Task | None, options: QueueOptions, also: list[Change]
+    ) -> Change | None:
+        """Write a task's new version; the tasks its end settles go in ``also``."""
         if new is None:
             return None
+        if old.id in self._children:  # before a removal, which forgets its edges
+            self._settle(old, new, new.updated_at, also)
         if rules.discard(new, options):
             self._remove(old)
         else:
             self._put(new)
         return Change(new, old.state)
 
+    def _settle(self, parent: Task, new: Task | None, now: int, also: list[Change]) -> None:
+        """The tasks waiting for ``parent``, now ``new`` (None: deleted): released when it
+        is done and it was their last, cancelled when it failed, was cancelled or deleted
+        (and theirs after them); ``also`` receives their changes."""
+        stack = [(parent.id, rules.parent_end(parent.state, None if new is None else new.state))]
+        result = None if new is None or new.result is None else bytes(new.result)
+        while stack:
+            parent_id, how = stack.pop()
+            if how is None or parent_id not in self._children:
+                continue
+            if how == "done":
+                for child_id in self._children.pop(parent_id):
+                    edges = self._edges[child_id]
+                    edges[parent_id] = (True, result)
+                    child = self._tasks[child_id]
+                    if child.state is WAITING and all(done for done, _r in edges.values()):
+                        released = rules.release(child, now)
+                        assert released is not None
+                        self._put(released)
+                        also.append(Change(self._view(released), child.state))
+                continue
+            for child_id in list(self._children[parent_id]):
+                child = self._tasks[child_id]
+                cancelled = rules.orphaned(child, parent_id, how, now)
+                if cancelled is not None:
+                    self._put(cancelled)  # cancelled tasks stay in every queue
+                    also.append(Change(self._view(cancelled), child.state))
+                    stack.append((child_id, "was cancelled"))
+
+    def _view(self, task: Task) -> Task:
+        """The task with its dependencies as its record shows them."""
+        if not task.parents:
+            return task
+        edges = self._edges.get(task.id, {})
+        return msgspec.structs.replace(
+            task,
+            waiting_for=tuple(p for p, (done, _r) in edges.items() if not done),
+            after=rules.after_json([(p, r) for p, (done, r) in edges.items() if done]),
+        )
+
+    def _link(self, task: Task, parents: Sequence[Task]) -> Task:
+        """A new task and its edges to ``parents`` (rules.depend decides its state)."""
+        task = rules.depend(task, [(p.id, p.state) for p in parents])
+        edges: dict[int, tuple[bool, bytes | None]] = {}
+        for parent in parents:
+            if parent.state is DONE:
+                edges[parent.id] = (True, None if parent.result is None else bytes(parent.result))
+            else:
+                edges[parent.id] = (False, None)
+                self._children.setdefault(parent.id, {})[task.id] = None
+        self._edges[task.id] = edges
+        return task
+
+    async def queues_of(self, ids: Sequence[int]) -> dict[int, str]:
+        return {i: task.queue for i in ids if (task := self._tasks.get(i)) is not None}
+
     async def enqueue(self, queue: str, tasks: Sequence[NewTask], now: int) -> list[Task]:
         ids = self._ids_of(queue)
         fair = self._queues[queue].fair
         front = self._front(queue) if fair else 0
-        created = []
+        for index, spec in enumerate(tasks):
+            for parent_id in spec.after:
+                if parent_id not in self._tasks:
+                    raise rules.unknown_parent(f"tasks[{index}]", parent_id)
+        created: list[Task] = []
         for spec in tasks:
             if spec.unique_key is not None:
                 holder_id = self._unique.get((queue, spec.unique_key))
@@ -228,6 +317,9 @@ class MemoryStore(Store):
                     continue
             self._last_id += 1
             task = rules.new_task(queue, spec, self._last_id, now)
+            if spec.after or spec.refs:
+                named = sorted({*spec.after, *(created[n].id for n in spec.refs)})
+                task = self._link(task, [self._tasks[parent_id] for parent_id in named])
             ids[task.id] = None
             if fair:
                 self._place(task, rules.fair_seq(self._last_place(queue, task.key), front))
@@ -235,7 +327,7 @@ class MemoryStore(Store):
             if task.unique_key is not None:
                 self._unique[(queue, task.unique_key)] = task.id
             created.append(task)
-        return created
+        return [self._view(task) for task in created]
 
     async def enqueue_once(
         self, queue: str, tasks: Sequence[NewTask], now: int, once: Idempotency
@@ -254,10 +346,11 @@ class MemoryStore(Store):
         return Enqueued(new, True)
 
     def _current(self, first: Task) -> Task:
-        if not first.duplicate:
+        if not idempotency.read_back(first):
             return first
         found = self._tasks.get(first.id)
-        return idempotency.current(first, found if found and found.queue == first.queue else None)
+        mine = found if found and found.queue == first.queue else None
+        return idempotency.current(first, None if mine is None else self._view(mine))
 
     async def prune_keys(self, before: int) -> int:
         expired = []
@@ -310,10 +403,12 @@ class MemoryStore(Store):
             if rules.stops(current if new is None else new, ack, worker):
                 cancel.append(found.id)
         changes = []
+        also: list[Change] = []
         for first, new in decided.values():
-            change = self._write(first, new, options)
+            change = self._write(first, new, options, also)
             if change is not None and change.task.state != change.old:
                 changes.append(change)
+        changes += also
         if options.custom_claim and limit > 0:
             limited = self._claim_limited(queue, options, limit, worker, now, changes)
             return limited._replace(cancel=cancel)
@@ -351,7 +446,7 @@ class MemoryStore(Store):
                 continue
             leased = rules.claimed(task, options, worker, now)
             self._put(leased)
-            delivered.append(leased)
+            delivered.append(self._view(leased))
         for entry in passed:
             heapq.heappush(heap, entry)
         return delivered
@@ -406,7 +501,7 @@ class MemoryStore(Store):
 
     async def get_task(self, queue: str, task_id: int) -> Task | None:
         task = self._tasks.get(task_id)
-        return task if task is not None and task.queue == queue else None
+        return self._view(task) if task is not None and task.queue == queue else None
 
     async def list_tasks(
         self, queue: str, where: TaskFilter, limit: int, after: int, newest_first: bool = False
@@ -420,7 +515,7 @@ class MemoryStore(Store):
                 continue
             task = self._tasks[task_id]
             if where.matches(task):
-                found.append(task)
+                found.append(self._view(task))
                 if len(found) >= limit:
                     break
         return found
@@ -449,23 +544,27 @@ class MemoryStore(Store):
         if not selected:
             return BulkStep(0, 0, after, [])
         last = selected[-1].id
+        also: list[Change] = []
         if action == "delete":
             deleted = [task for task in selected if task.state in rules.BULK_STATES[action]]
             for task in deleted:
+                self._settle(task, None, now, also)
                 self._remove(task)
+            self.report([change for change in also if change.task.id in self._tasks])
             return BulkStep(len(selected), len(deleted), last, [])
         changes: list[Change] = []
         for task in selected:
-            new = rules.bulk_change(task, action, now)
+            task = self._tasks.get(task.id, task)  # a cascade of this step may have changed it
+            new = rules.bulk_change(task, action, now, self._still_waits(task))
             if new is None:
                 continue
             try:
-                change = self._change(queue, task, new, now)
+                change = self._change(queue, task, new, now, also)
             except Conflict:
                 continue  # a retry whose unique_key another task holds now
             if change is not None:
                 changes.append(change)
-        return BulkStep(len(selected), len(changes), last, changes)
+        return BulkStep(len(selected), len(changes), last, changes + also)
 
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:
         pruned: list[Task] = []
@@ -502,12 +601,28 @@ class MemoryStore(Store):
         return result
 
     async def set_status(self, queue: str, task_id: int, status: str, now: int) -> Change | None:
-        task = await self.get_task(queue, task_id)
-        if task is None:
+        task = self._tasks.get(task_id)
+        if task is None or task.queue != queue:
             raise TaskNotFound.named(task_id, queue)
-        return self._change(queue, task, rules.change_status(task, status, now), now)
+        new = rules.change_status(task, status, now, self._still_waits(task))
+        also: list[Change] = []
+        change = self._change(queue, task, new, now, also)
+        self.report(also)
+        return None if change is None else change._replace(task=self._view(change.task))
 
-    def _change(self, queue: str, task: Task, new: Task | None, now: int) -> Change | None:
+    def _still_waits(self, task: Task) -> bool:
+        """Whether the task names a parent that is not finished (not done, failed or
+        cancelled): resumed or retried, it waits for it again."""
+        return any(
+            not done
+            and (parent := self._tasks.get(parent_id)) is not None
+            and parent.state in UNFINISHED
+            for parent_id, (done, _result) in self._edges.get(task.id, {}).items()
+        )
+
+    def _change(
+        self, queue: str, task: Task, new: Task | None, now: int, also: list[Change]
+    ) -> Change | None:
         """Write an operator's change to a task (a PATCH's, a bulk action's)."""
         if rules.retakes_key(task, new, now):
             assert task.unique_key is not None
@@ -520,13 +635,16 @@ class MemoryStore(Store):
         if fair and new is not None and new.state in UNFINISHED and task.id not in self._seq:
             # A retry of a task finished before the queue became fair: it needs a place.
             self._place(new, rules.fair_seq(self._last_place(queue, task.key), self._front(queue)))
-        return self._write(task, new, self._queues[queue])
+        return self._write(task, new, self._queues[queue], also)
 
-    async def delete_task(self, queue: str, task_id: int) -> bool:
-        task = await self.get_task(queue, task_id)
-        if task is None:
+    async def delete_task(self, queue: str, task_id: int, now: int | None = None) -> bool:
+        task = self._tasks.get(task_id)
+        if task is None or task.queue != queue:
             return False
+        also: list[Change] = []
+        self._settle(task, None, now_ms() if now is None else now, also)
         self._remove(task)
+        self.report(also)
         return True
 
     async def expire(self, queues: Mapping[str, QueueOptions], now: int) -> list[Change]:
@@ -537,7 +655,7 @@ class MemoryStore(Store):
             if task is None or task.state is not RUNNING or task.lease_until != lease_until:
                 continue
             options = queues[task.queue]
-            change = self._write(task, rules.expire_lease(task, options, now), options)
+            change = self._write(task, rules.expire_lease(task, options, now), options, changes)
             if change is not None:
                 changes.append(change)
         while self._expiries and self._expiries[0][0] <= now:
@@ -545,7 +663,7 @@ class MemoryStore(Store):
             task = self._tasks.get(task_id)
             if task is None or task.queue not in queues:
                 continue
-            change = self._write(task, rules.expire(task, now), queues[task.queue])
+            change = self._write(task, rules.expire(task, now), queues[task.queue], changes)
             if change is not None:
                 changes.append(change)
         while self._kept and self._kept[0][0] <= now:
@@ -559,7 +677,7 @@ class MemoryStore(Store):
             task = self._tasks.get(task_id)
             if task is None or task.state is not SCHEDULED or task.run_at != run_at:
                 continue
-            change = self._write(task, rules.promote(task, now), queues[task.queue])
+            change = self._write(task, rules.promote(task, now), queues[task.queue], changes)
             if change is not None:
                 changes.append(change)
         return changes

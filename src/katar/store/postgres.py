@@ -36,6 +36,7 @@ from katar.core.model import (
     State,
     Task,
     TaskFilter,
+    now_ms,
     parse_task_id,
 )
 from katar.core.schedule import Schedule, ScheduleSpec
@@ -61,7 +62,8 @@ from katar.errors import (
 )
 from katar.logs import mask_credentials
 from katar.protocol import HISTORY_LENGTH, MAX_DELAY
-from katar.store._rows import COLUMNS, Dialect, task_from_row, update_values, where_sql
+from katar.store._rows import COLUMNS, Dialect, task_from_row, update_values, view, where_sql
+from katar.store.postgres_deps import PostgresDependencies
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -69,7 +71,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("katar")
 
-SCHEMA_VERSION: Final = 8
+SCHEMA_VERSION: Final = 9
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -199,6 +201,27 @@ CREATE TABLE IF NOT EXISTS {s}.schedules (
     last_task bigint
 );
 """,
+    # Dependencies (after): the edges, and the two columns that keep them off the others.
+    9: """
+-- Dependencies (after): how many tasks a task waits for, and whether tasks wait for it.
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS parents integer NOT NULL DEFAULT 0;
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS children boolean NOT NULL DEFAULT false;
+-- One edge per (child, parent), with the parent's result once it is done, so that the
+-- results outlive the parent (a queue without history removes it at once). The partial
+-- indexes hold the edges still waiting: a parent's end finds its children, and a child's
+-- "is any parent not done" is one probe, however many parents it has.
+CREATE TABLE IF NOT EXISTS {s}.deps (
+    child_id bigint NOT NULL,
+    parent_id bigint NOT NULL,
+    done boolean NOT NULL DEFAULT false,
+    result bytea,
+    PRIMARY KEY (child_id, parent_id)
+);
+CREATE INDEX IF NOT EXISTS deps_parent ON {s}.deps (parent_id) WHERE NOT done;
+CREATE INDEX IF NOT EXISTS deps_pending ON {s}.deps (child_id) WHERE NOT done;
+-- Tasks waiting for others (state 7) rest, as paused and finished ones do.
+CREATE INDEX IF NOT EXISTS tasks_waiting ON {s}.tasks (queue_id, id) WHERE state = 7;
+""",
 }
 
 
@@ -253,7 +276,7 @@ def _translate(exc: Exception, url: str) -> StoreError:
     return StoreError(mask_credentials(f"PostgreSQL failed: {exc}", url))
 
 
-class PostgresStore(Store):
+class PostgresStore(PostgresDependencies, Store):
     """Queues and tasks in PostgreSQL, shared by any number of Katar servers."""
 
     shared = True  # other servers' leases and delays: see Store.shared
@@ -302,10 +325,10 @@ class PostgresStore(Store):
             "insert_full": (
                 f"INSERT INTO {s}.tasks (queue_id, state, priority, data, created_at,"
                 f" updated_at, run_at, key, fair_seq, timeout, max_attempts, expires_at,"
-                f" unique_key, unique_until) SELECT * FROM unnest(%s::int[], %s::smallint[],"
-                f" %s::int[], %s::bytea[], %s::bigint[], %s::bigint[], %s::bigint[],"
-                f" %s::text[], %s::bigint[], %s::int[], %s::int[], %s::bigint[], %s::text[],"
-                f" %s::bigint[]) RETURNING id"
+                f" unique_key, unique_until, parents, id, error) SELECT * FROM unnest(%s::int[],"
+                f" %s::smallint[], %s::int[], %s::bytea[], %s::bigint[], %s::bigint[],"
+                f" %s::bigint[], %s::text[], %s::bigint[], %s::int[], %s::int[], %s::bigint[],"
+                f" %s::text[], %s::bigint[], %s::int[], %s::bigint[], %s::text[]) RETURNING id"
             ),
             # One transaction at a time per (queue, unique_key), in one order: no deadlock.
             "lock_keys": (
@@ -316,7 +339,7 @@ class PostgresStore(Store):
             "holders": (
                 f"SELECT DISTINCT ON (unique_key) {COLUMNS} FROM {s}.tasks WHERE queue_id = %s"
                 " AND unique_key = ANY(%s) AND unique_key IS NOT NULL"
-                " AND (state < 4 OR unique_until > %s) ORDER BY unique_key, id"
+                " AND (state < 4 OR state = 7 OR unique_until > %s) ORDER BY unique_key, id"
             ),
             # A task's own timeout makes its own lease (rules.lease_ms); a task never
             # delivered whose expiry has come (rules.expired) is left for the reaper.
@@ -383,7 +406,8 @@ class PostgresStore(Store):
             "place_waiting": (
                 f"UPDATE {s}.tasks AS t SET fair_seq = r.place FROM (SELECT id, row_number()"
                 " OVER (PARTITION BY key ORDER BY priority DESC, id) - 1 AS place FROM"
-                f" {s}.tasks WHERE queue_id = %s AND state BETWEEN 0 AND 3 AND fair_seq IS NULL)"
+                f" {s}.tasks WHERE queue_id = %s AND (state BETWEEN 0 AND 3 OR state = 7)"
+                " AND fair_seq IS NULL)"
                 " AS r WHERE t.id = r.id"
             ),
             "take": (
@@ -430,15 +454,23 @@ class PostgresStore(Store):
             "prune": (
                 f"DELETE FROM {s}.tasks WHERE id IN (SELECT id FROM {s}.tasks WHERE"
                 " queue_id = %s AND state = %s AND updated_at <= %s AND (unique_until IS NULL"
-                " OR unique_until <= %s) ORDER BY id LIMIT %s)"
+                " OR unique_until <= %s) ORDER BY id LIMIT %s) RETURNING id, parents"
             ),
             "save_bucket": (
                 f"UPDATE {s}.queues SET bucket_tokens = %s, bucket_at = %s WHERE id = %s"
             ),
+            # Ids taken ahead for a batch whose tasks name one another ("$n" in after).
+            "next_ids": f"SELECT nextval('{s}.tasks_id_seq') FROM generate_series(1, %s)",
+            **self._deps_sql(),
         }
-        # The plain claim, passing over the tasks that the poll's acks name.
+        # The plain claim, passing over the tasks that the poll's acks name; and taking
+        # nothing when one of them has children (its "done" may make some ready: the claim
+        # is made after the acks then).
         self._sql["claim_except"] = self._sql["claim"].replace(
-            " ORDER BY priority DESC", " AND id <> ALL(%s::bigint[]) ORDER BY priority DESC"
+            " ORDER BY priority DESC",
+            " AND id <> ALL(%s::bigint[]) AND NOT EXISTS (SELECT 1 FROM"
+            f" {s}.tasks AS a WHERE a.id = ANY(%s::bigint[]) AND a.children)"
+            " ORDER BY priority DESC",
         )
         for name in ("done_keep", "done_drop"):  # only the ids, when nobody watches
             self._sql[f"{name}_ids"] = self._sql[name].replace(
@@ -694,9 +726,27 @@ class PostgresStore(Store):
         else:
             self._fair.discard(row[0])
 
-    async def delete_queue(self, name: str) -> int:
+    async def delete_queue(self, name: str, now: int | None = None) -> int:
         queue_id = await self._queue_id(name)
+        when = now_ms() if now is None else now
+        settled: list[Change] = []
         async with self._transaction() as conn:
+            # The tasks of other queues that wait for this one's are cancelled.
+            cursor = await conn.execute(
+                f"SELECT {COLUMNS} FROM {self._schema}.tasks WHERE queue_id = %s AND children"
+                " ORDER BY id FOR UPDATE",
+                (queue_id,),
+            )
+            also: list[Change] = []
+            for row in await cursor.fetchall():
+                await self._settle(conn, self._sql, task_from_row(row, name), None, when, also)
+            settled = [change for change in also if change.task.queue != name]
+            await self._notify_ready(conn, (change.task for change in settled))
+            await conn.execute(
+                f"DELETE FROM {self._schema}.deps WHERE child_id IN (SELECT id FROM"
+                f" {self._schema}.tasks WHERE queue_id = %s AND parents > 0)",
+                (queue_id,),
+            )
             cursor = await conn.execute(
                 f"DELETE FROM {self._schema}.tasks WHERE queue_id = %s", (queue_id,)
             )
@@ -707,6 +757,7 @@ class PostgresStore(Store):
             )
             await self._notify(conn, f"q:{name}")
         self._queue_ids.pop(name, None)
+        self.report(settled)
         return count
 
     # -- tasks -------------------------------------------------------------------------------
@@ -766,17 +817,47 @@ class PostgresStore(Store):
         answered: list[Task | int] = []  # a duplicate, or the index of a task to create
         drafts: list[Task] = []
         taken: dict[str, int] = {}  # a key this batch takes: the index of its draft
+        sql = self._sql
+        parents = await self._parents(conn, sql, tasks)
+        # Ids are taken first: a task's edges, and the errors of those cancelled at once,
+        # name the ids of the batch's earlier tasks. As many as there are tasks to create:
+        # an id taken and not used would count as a task that existed (see _issued).
+        fresh, seen = 0, set()
+        for spec in tasks:
+            key = spec.unique_key
+            if key is None or (key not in holders and key not in seen):
+                fresh += 1
+                seen.add(key)
+        free: list[int] = []
+        if fresh:
+            cursor = await conn.execute(sql["next_ids"], (fresh,))
+            free = sorted(row[0] for row in await cursor.fetchall())
+        edges: list[tuple[int, int, bool, bytes | None]] = []
+        made: list[Task] = []  # each answered task, as far as this batch knows it
         for spec in tasks:
             key = spec.unique_key
             if key is not None and key in holders:
                 answered.append(holders[key])
+                made.append(holders[key])
             elif key is not None and key in taken:
                 answered.append(-1 - taken[key])  # a duplicate of this batch's draft
+                made.append(drafts[taken[key]])
             else:
                 if key is not None:
                     taken[key] = len(drafts)
                 answered.append(len(drafts))
-                drafts.append(rules.new_task(queue, spec, 0, now))
+                draft = rules.new_task(queue, spec, free[len(drafts)], now)
+                if spec.after or spec.refs:
+                    mine = {parent_id: parents[parent_id] for parent_id in spec.after}
+                    for ref in spec.refs:  # new in this request, or a unique_key's holder
+                        earlier = made[ref]
+                        result = None if earlier.result is None else bytes(earlier.result)
+                        mine[earlier.id] = (earlier.state, result)
+                    draft, mine_edges = self._depend(draft, mine)
+                    edges += [(draft.id, *edge) for edge in mine_edges]
+                    draft = view(draft, mine_edges)
+                drafts.append(draft)
+                made.append(draft)
         ids: list[int] = []
         if drafts:
             places: Sequence[int | None] = [None] * len(drafts)
@@ -792,10 +873,13 @@ class PostgresStore(Store):
                     [t.expires_at for t in drafts],
                     [t.unique_key for t in drafts],
                     [t.unique_until for t in drafts],
+                    [t.parents for t in drafts],
+                    [t.id for t in drafts],
+                    [t.error for t in drafts],  # a task cancelled at once: its parent failed
                 ),
             )
-            # unnest keeps the order of its arrays, and a sequence hands out growing ids.
             ids = sorted(row[0] for row in await cursor.fetchall())
+            await self._link(conn, sql, edges)
             await self._notify_ready(conn, drafts)
         created = [msgspec.structs.replace(t, id=i) for t, i in zip(drafts, ids, strict=True)]
         return [
@@ -858,11 +942,13 @@ class PostgresStore(Store):
                 answer = []
                 for task in first:
                     found = None
-                    if task.duplicate:  # answered as it is now (see idempotency.current)
+                    if idempotency.read_back(task):  # as it is now (idempotency.current)
                         cursor = await conn.execute(self._sql["task"], (task.id,))
                         row = await cursor.fetchone()
                         if row is not None and row[1] == queue_id:
-                            found = task_from_row(row, queue)
+                            (found,) = await self._views(
+                                conn, self._sql, [task_from_row(row, queue)]
+                            )
                     answer.append(idempotency.current(task, found))
                 return Enqueued(answer, False)
             new = await self._insert(conn, queue_id, queue, tasks, now)
@@ -890,11 +976,16 @@ class PostgresStore(Store):
         old: Task,
         new: Task | None,
         options: QueueOptions,
+        also: list[Change],
     ) -> Change | None:
+        """Write a task's new version; the tasks its end settles go in ``also``."""
         if new is None:
             return None
+        await self._settle(conn, self._sql, old, new, new.updated_at, also)
         if rules.discard(new, options):
             await conn.execute(self._sql["delete"], (new.id,))
+            if new.parents:
+                await self._forget(conn, self._sql, [new.id])
         else:
             await conn.execute(
                 self._sql["update"],
@@ -940,8 +1031,9 @@ class PostgresStore(Store):
                     if early:
                         claim = (worker, now, options.timeout, now, now, queue_id, now)
                         if acks:
+                            acked = [i for i, _ in plain]
                             claiming = await conn.execute(
-                                self._sql["claim_except"], (*claim, [i for i, _ in plain], limit)
+                                self._sql["claim_except"], (*claim, acked, acked, limit)
                             )
                         else:
                             claiming = await conn.execute(self._sql["claim"], (*claim, limit))
@@ -952,6 +1044,7 @@ class PostgresStore(Store):
                     delivered = [task_from_row(row, queue) for row in await claiming.fetchall()]
                     delivered.sort(key=lambda t: (-t.priority, t.id))
             rest = [i for i in ids if i not in done]
+            linked = False  # an acked task has children: the early claim took nothing
             if len(rest) > 1:
                 # Lock the acked tasks in id order first: two polls acking the same tasks in
                 # different orders would otherwise each hold one and wait for the other (a
@@ -974,18 +1067,21 @@ class PostgresStore(Store):
                 if row[1] != queue_id:
                     raise TaskNotFound.named(ack.task_id, queue, ack=index)
                 task = task_from_row(row, queue)
+                linked = linked or task.children
                 try:
                     new = rules.apply_ack(task, ack, options, now, worker)
                 except KatarError as exc:
                     exc.details.setdefault("ack", index)
                     raise
-                change = await self._write(conn, task, new, options)
+                also: list[Change] = []
+                change = await self._write(conn, task, new, options, also)
                 if change is not None and change.task.state != change.old:
                     changes.append(change)
+                changes += also
                 if rules.stops(task if new is None else new, ack, worker):
                     cancel.append(task.id)
             retry_at = held = None
-            if early:
+            if early and not linked:
                 pass  # claimed above
             elif limit > 0 and options.custom_claim:
                 delivered, retry_at, held = await self._claim_limited(
@@ -998,6 +1094,7 @@ class PostgresStore(Store):
                 )
                 delivered = [task_from_row(row, queue) for row in await cursor.fetchall()]
                 delivered.sort(key=lambda t: (-t.priority, t.id))
+            delivered = await self._views(conn, self._sql, delivered)
             await self._notify_ready(conn, (change.task for change in changes))
         return PollResult(delivered, changes, retry_at, cancel, held)
 
@@ -1157,7 +1254,18 @@ class PostgresStore(Store):
             row = await (await conn.execute(self._sql["task"], (task_id,))).fetchone()
             if row is None or await self._name(conn, row[1]) != queue:
                 return None
-            return task_from_row(row, queue)
+            (task,) = await self._views(conn, self._sql, [task_from_row(row, queue)])
+            return task
+
+    async def queues_of(self, ids: Sequence[int]) -> dict[int, str]:
+        async with self._transaction(writes=False) as conn:
+            cursor = await conn.execute(
+                f"SELECT id, queue_id FROM {self._schema}.tasks WHERE id = ANY(%s)", (list(ids),)
+            )
+            return {
+                task_id: await self._name(conn, queue_id)
+                for task_id, queue_id in await cursor.fetchall()
+            }
 
     async def list_tasks(
         self, queue: str, where: TaskFilter, limit: int, after: int, newest_first: bool = False
@@ -1175,7 +1283,8 @@ class PostgresStore(Store):
         args = (queue_id, *params, *((after,) if page else ()), limit)
         async with self._transaction(writes=False) as conn:
             rows = await (await conn.execute(sql, args)).fetchall()
-        return [task_from_row(row, queue) for row in rows]
+            tasks = [task_from_row(row, queue) for row in rows]
+            return await self._views(conn, self._sql, tasks)
 
     async def count_tasks(self, queue: str, where: TaskFilter) -> int:
         queue_id = await self._queue_id(queue)
@@ -1216,27 +1325,60 @@ class PostgresStore(Store):
             if not in_sql:
                 rows = await (await conn.execute(f"SELECT {COLUMNS} {select}", args)).fetchall()
                 return await self._bulk_by_rules(conn, queue_id, queue, action, rows, now, after)
-            found = await conn.execute(f"SELECT id, state, unique_key {select}", args)
+            settled: list[Change] = []
+            found = await conn.execute(
+                f"SELECT id, state, unique_key, parents > 0 OR children {select}", args
+            )
             rows = await found.fetchall()
             if not rows:
                 return BulkStep(0, 0, after, [])
-            applies = [(r[0], r[2]) for r in rows if _STATE_OF[r[1]] in states]
-            keyed = [i for i, key in applies if key is not None] if action == "retry" else []
-            ids = [i for i, key in applies if key is None] if keyed else [i for i, _ in applies]
+            # Tasks with dependencies settle others when they end, or wait again when
+            # retried: by the rules, as retries that take their unique_key back.
+            applies = [(r[0], r[2], r[3]) for r in rows if _STATE_OF[r[1]] in states]
+            linked = [i for i, _key, deps in applies if deps]
+            keyed = [i for i, key, deps in applies if key is not None and not deps]
+            keyed = keyed if action == "retry" else []
+            apart = set(linked) | set(keyed)
+            ids = [i for i, _key, _deps in applies if i not in apart]
             times = () if action == "delete" else (now,)
             await conn.execute(self._sql[f"bulk_{action}"], (*times, ids))
             step = BulkStep(len(rows), len(ids), rows[-1][0], [])
-            if keyed:  # retries that take their unique_key back: by the rules
+            if apart:
                 full = await conn.execute(
-                    f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = ANY(%s)", (keyed,)
+                    f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = ANY(%s) ORDER BY id",
+                    (sorted(apart),),
                 )
-                more = await self._bulk_by_rules(
-                    conn, queue_id, queue, action, await full.fetchall(), now, after
-                )
-                step = step._replace(changed=step.changed + more.changed, changes=more.changes)
+                if action == "delete":
+                    deleted = [task_from_row(row, queue) for row in await full.fetchall()]
+                    also: list[Change] = []
+                    await self._delete(conn, deleted, now, also)
+                    gone = {task.id for task in deleted} | set(ids)
+                    settled = [change for change in also if change.task.id not in gone]
+                    await self._notify_ready(conn, (change.task for change in settled))
+                    step = step._replace(changed=step.changed + len(deleted))
+                else:
+                    more = await self._bulk_by_rules(
+                        conn, queue_id, queue, action, await full.fetchall(), now, after
+                    )
+                    step = step._replace(changed=step.changed + more.changed, changes=more.changes)
             if action == "retry" and ids:
                 await self._notify(conn, f"r:{len(ids)}:{queue}")
-            return step
+        self.report(settled)
+        return step
+
+    async def _delete(
+        self,
+        conn: AsyncConnection[tuple[Any, ...]],
+        tasks: Sequence[Task],
+        now: int,
+        also: list[Change],
+    ) -> None:
+        """Remove tasks: those that waited for them are cancelled (``also``)."""
+        for task in tasks:
+            await self._settle(conn, self._sql, task, None, now, also)
+        ids = [task.id for task in tasks]
+        await conn.execute(f"DELETE FROM {self._schema}.tasks WHERE id = ANY(%s)", (ids,))
+        await self._forget(conn, self._sql, [task.id for task in tasks if task.parents])
 
     async def _bulk_by_rules(
         self,
@@ -1252,20 +1394,26 @@ class PostgresStore(Store):
         if not rows:
             return BulkStep(0, 0, after, [])
         changes: list[Change] = []
+        also: list[Change] = []  # the tasks that waited for those cancelled
         for row in rows:
             task = task_from_row(row, queue)
-            new = rules.bulk_change(task, action, now)
+            if also:  # a cascade of this step may have changed it
+                found = await (await conn.execute(self._sql["task"], (task.id,))).fetchone()
+                assert found is not None
+                task = task_from_row(found, queue)
+            waits = await self._still_waits(conn, self._sql, task)
+            new = rules.bulk_change(task, action, now, waits)
             if new is None:
                 continue
             try:
                 async with conn.transaction():  # a savepoint: a refused retry undoes itself
-                    change = await self._change(conn, queue_id, task, new, now)
+                    change = await self._change(conn, queue_id, task, new, now, also)
             except Conflict:
                 continue  # a retry whose unique_key another task holds now
             if change is not None:
                 changes.append(change)
-        await self._notify_ready(conn, (change.task for change in changes))
-        return BulkStep(len(rows), len(changes), rows[-1][0], changes)
+        await self._notify_ready(conn, (change.task for change in [*changes, *also]))
+        return BulkStep(len(rows), len(changes), rows[-1][0], changes + also)
 
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:
         queue_id = await self._queue_id(queue)
@@ -1273,8 +1421,9 @@ class PostgresStore(Store):
             cursor = await conn.execute(
                 self._sql["prune"], (queue_id, int(state), before, now, limit)
             )
-            pruned: int = cursor.rowcount
-            return pruned
+            rows = await cursor.fetchall()
+            await self._forget(conn, self._sql, [task_id for task_id, parents in rows if parents])
+            return len(rows)
 
     async def heads(self) -> dict[str, int]:
         s = self._schema
@@ -1322,12 +1471,17 @@ class PostgresStore(Store):
             if row is None or row[1] != queue_id:
                 raise TaskNotFound.named(task_id, queue)
             task = task_from_row(row, queue)
+            waits = await self._still_waits(conn, self._sql, task)
+            also: list[Change] = []
             change = await self._change(
-                conn, queue_id, task, rules.change_status(task, status, now), now
+                conn, queue_id, task, rules.change_status(task, status, now, waits), now, also
             )
             if change is not None:
-                await self._notify_ready(conn, [change.task])
-            return change
+                await self._notify_ready(conn, [change.task, *(c.task for c in also)])
+                (viewed,) = await self._views(conn, self._sql, [change.task])
+                change = change._replace(task=viewed)
+        self.report(also)
+        return change
 
     async def _change(
         self,
@@ -1336,6 +1490,7 @@ class PostgresStore(Store):
         task: Task,
         new: Task | None,
         now: int,
+        also: list[Change],
     ) -> Change | None:
         """Write an operator's change to a task (a PATCH's, a bulk action's)."""
         if rules.retakes_key(task, new, now):
@@ -1349,7 +1504,7 @@ class PostgresStore(Store):
                 if holder.id != task.id:
                     raise rules.key_taken(task, holder)
         # A status change never finishes a task: the history option plays no part.
-        change = await self._write(conn, task, new, _KEEP)
+        change = await self._write(conn, task, new, _KEEP, also)
         if change is not None and queue_id in self._fair and change.task.state in UNFINISHED:
             # A retry of a task finished before the queue became fair: it needs a place.
             (place,) = await self._fair_places(conn, queue_id, [change.task])
@@ -1359,15 +1514,18 @@ class PostgresStore(Store):
             )
         return change
 
-    async def delete_task(self, queue: str, task_id: int) -> bool:
+    async def delete_task(self, queue: str, task_id: int, now: int | None = None) -> bool:
         queue_id = await self._queue_id(queue)
+        also: list[Change] = []
         async with self._transaction() as conn:
-            cursor = await conn.execute(
-                f"DELETE FROM {self._schema}.tasks WHERE id = %s AND queue_id = %s",
-                (task_id, queue_id),
-            )
-            deleted: bool = cursor.rowcount > 0
-            return deleted
+            row = await (await conn.execute(self._sql["lock"], (task_id,))).fetchone()
+            if row is None or row[1] != queue_id:
+                return False
+            when = now_ms() if now is None else now
+            await self._delete(conn, [task_from_row(row, queue)], when, also)
+            await self._notify_ready(conn, (change.task for change in also))
+        self.report(also)
+        return True
 
     async def expire(self, queues: Mapping[str, QueueOptions], now: int) -> list[Change]:
         s = self._schema
@@ -1403,7 +1561,7 @@ class PostgresStore(Store):
                         if lease
                         else rules.promote(task, now)
                     )
-                    change = await self._write(conn, task, new, options)
+                    change = await self._write(conn, task, new, options, changes)
                     if change is not None:
                         changes.append(change)
             # Finished tasks kept only while they held their unique_key (rules.discard):
@@ -1427,6 +1585,7 @@ class PostgresStore(Store):
                 options = queues.get(task.queue)
                 if options is not None and rules.sweepable(task, options, now):
                     await conn.execute(self._sql["delete"], (task.id,))
+                    await self._forget(conn, self._sql, [task.id] if task.parents else [])
             await self._notify_ready(conn, (change.task for change in changes))
         return changes
 
@@ -1529,9 +1688,12 @@ def _schedule(row: Sequence[Any]) -> Schedule:
 _KEEP: Final = QueueOptions(persistent=True)
 # A "done" for the current delivery (rules.apply_ack): its attempt if named, no cancel
 # requested (the rules end such a delivery cancelled), and the worker's own (rules.owns).
+# A task with dependencies (parents, or children waiting for it) is left to the rules too:
+# its end settles the edges (katar.store.postgres_deps).
 _DONE_MATCH: Final = (
     "t.queue_id = %s AND t.state = 3 AND t.attempts = coalesce(nullif(v.attempt, 0), t.attempts)"
     " AND NOT t.cancel_requested AND (%s::text IS NULL OR t.worker IS NULL OR t.worker = %s)"
+    " AND t.parents = 0 AND NOT t.children"
 )
 _T_COLUMNS: Final = ", ".join(f"t.{column.strip()}" for column in COLUMNS.split(","))
 _DIALECT: Final = Dialect(

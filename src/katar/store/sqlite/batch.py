@@ -25,6 +25,7 @@ from katar.store._rows import (
     OPTIONS_COLUMNS,
     claimed_from_row,
 )
+from katar.store.sqlite.deps import Dependencies
 
 # The claim in one statement. It does what rules.claimed does, in SQL, because this is the
 # hot path of every worker's poll.
@@ -45,9 +46,11 @@ _CLAIM_ANONYMOUS: Final = _CLAIM.replace("worker=?", "worker=NULL")  # no worker
 # A worker's "done" for the current delivery: update, or delete in a queue without history.
 # {returning} is every column, or only the id when nobody needs the finished tasks.
 # A delivery whose cancel an operator asked for is left to the rules (it ends cancelled).
+# A task with dependencies (parents, or children waiting for it) is left to the rules too:
+# its end settles the edges (katar.store.sqlite.deps).
 _CURRENT: Final = (
     "id=? AND queue_id=? AND state=3 AND attempts=coalesce(nullif(?, 0), attempts)"
-    " AND cancel_requested=0"
+    " AND cancel_requested=0 AND children=0 AND parents=0"
 )
 _DONE: Final = (
     "UPDATE tasks SET state=4, result=?, error=NULL, lease_until=NULL, updated_at=?"
@@ -68,6 +71,7 @@ _DONE_DROP_OWNED: Final = _DONE_DROP.replace(" RETURNING", _OWNER + " RETURNING"
 _DONE_MATCH: Final = (
     "t.id = v.column1 AND t.queue_id = ? AND t.state = 3"
     " AND t.attempts = coalesce(nullif(v.column2, 0), t.attempts) AND t.cancel_requested = 0"
+    " AND t.children = 0 AND t.parents = 0"
 )
 _DONE_MANY: Final = (
     "UPDATE tasks AS t SET state=4, result=v.column3, error=NULL, lease_until=NULL,"
@@ -89,7 +93,7 @@ _DONE_DROP_MANY_OWNED: Final = _DONE_DROP_MANY.replace(
 # (a tenth fewer instructions per task); {ids} is "?" per ack.
 _DONE_DROP_IDS: Final = (
     "DELETE FROM tasks WHERE id IN ({ids}) AND queue_id=? AND state=3 AND cancel_requested=0"
-    " AND unique_until IS NULL"
+    " AND unique_until IS NULL AND children=0 AND parents=0"
     " RETURNING {returning}"
 )
 _DONE_CHUNK: Final = 300  # acks per statement: 3 variables each, well under SQLite's limit
@@ -275,8 +279,11 @@ class Batches:
     ) -> Task:
         """The task a claim returned (see CLAIMED_COLUMNS): its other options of its own
         are read apart, for the few tasks that have some."""
-        options = None if row[10] else conn.execute(_OPTIONS, (row[0],)).fetchone()
-        return claimed_from_row(row, queue, worker, now, lease_until, options)
+        if row[10]:
+            return claimed_from_row(row, queue, worker, now, lease_until)
+        options = conn.execute(_OPTIONS, (row[0],)).fetchone()
+        task = claimed_from_row(row, queue, worker, now, lease_until, options)
+        return Dependencies._view(conn, task)
 
     def _allowance(
         self, conn: sqlite3.Connection, polls: list[_Poll]
@@ -444,9 +451,11 @@ class Batches:
         except KatarError as exc:
             exc.details.setdefault("ack", index)
             raise
-        change = self._store_change(conn, task, new, options)
+        also: list[Change] = []
+        change = self._store_change(conn, task, new, options, also)
         if change is not None and change.task.state != change.old:
             changes.append(change)
+        changes += also
         if cancel is not None and rules.stops(task if new is None else new, ack, worker):
             cancel.append(task.id)
 

@@ -6,8 +6,8 @@ import sqlite3
 from typing import Final
 
 # 4: idempotency keys; 5: key, fair_seq; 6: cancel, progress; 7: options; 8: delivery history;
-# 9: schedules
-SCHEMA_VERSION: Final = 9
+# 9: schedules; 10: dependencies
+SCHEMA_VERSION: Final = 10
 # The tasks at rest: paused (0), done (4), failed (5), cancelled (6). Not "state IN (0, 4, 5,
 # 6)": SQLite evaluates a partial index's condition for every row a statement writes, and an
 # IN list builds a temporary b-tree each time (a 4 KiB page zeroed): 56,000 instructions per
@@ -46,7 +46,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     started_at INTEGER,    -- when the current (or last) delivery started
     history BLOB,          -- the earlier deliveries (rules.archive)
     schedule TEXT,         -- the schedule that made the task
-    scheduled_for INTEGER  -- and the tick it was made for
+    scheduled_for INTEGER, -- and the tick it was made for
+    parents INTEGER NOT NULL DEFAULT 0,   -- how many tasks it waits for (after)
+    children INTEGER NOT NULL DEFAULT 0   -- 1: tasks wait for it (its end settles them)
 );
 -- The claim's order, over READY tasks only: scheduled, running and finished tasks never
 -- slow it down however many there are.
@@ -72,6 +74,19 @@ CREATE INDEX IF NOT EXISTS tasks_unique ON tasks (queue_id, unique_key)
 -- Finished tasks that a queue without history keeps while they hold their key.
 CREATE INDEX IF NOT EXISTS tasks_kept ON tasks (queue_id, unique_until)
     WHERE unique_until IS NOT NULL AND state BETWEEN 4 AND 5;
+-- Dependencies: one edge per (child, parent), with the parent's result once it is done, so
+-- that the results outlive the parent (a queue without history removes it at once). The
+-- partial indexes hold the edges still waiting: a parent's end finds its children, and a
+-- child's "is any parent not done" is one probe, however many parents it has.
+CREATE TABLE IF NOT EXISTS deps (
+    child_id INTEGER NOT NULL,
+    parent_id INTEGER NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    result BLOB,
+    PRIMARY KEY (child_id, parent_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deps_parent ON deps (parent_id) WHERE done = 0;
+CREATE INDEX IF NOT EXISTS deps_pending ON deps (child_id) WHERE done = 0;
 -- An enqueue's Idempotency-Key: the ids it created (katar.core.idempotency.pack_ids).
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     queue_id INTEGER NOT NULL,
@@ -115,6 +130,10 @@ _ADDED: Final = {
     8: (("tasks", "started_at", "INTEGER"), ("tasks", "history", "BLOB")),
     # Schedules: the schedules table is created by _SCHEMA.
     9: (("tasks", "schedule", "TEXT"), ("tasks", "scheduled_for", "INTEGER")),
+    10: (
+        ("tasks", "parents", "INTEGER NOT NULL DEFAULT 0"),
+        ("tasks", "children", "INTEGER NOT NULL DEFAULT 0"),
+    ),
 }
 
 

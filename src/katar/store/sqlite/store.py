@@ -22,6 +22,7 @@ from katar.core.model import (
     State,
     Task,
     TaskFilter,
+    now_ms,
     parse_task_id,
 )
 from katar.core.schedule import Schedule, ScheduleSpec
@@ -42,6 +43,7 @@ from katar.store._rows import (
     where_sql,
 )
 from katar.store.sqlite.batch import _RUNNING_KEYS, Batches, _Poll
+from katar.store.sqlite.deps import Dependencies
 from katar.store.sqlite.schema import _AT_REST, SCHEMA_VERSION
 from katar.store.sqlite.writer import _ROOM, GroupCommit
 
@@ -85,8 +87,8 @@ _FAIR_LAST: Final = (
 # A queue made fair: its waiting tasks get places, each key's in its own order.
 _PLACE_WAITING: Final = (
     "UPDATE tasks SET fair_seq = r.place FROM (SELECT id, row_number() OVER (PARTITION BY key"
-    " ORDER BY priority DESC, id) - 1 AS place FROM tasks WHERE queue_id=? AND state BETWEEN"
-    " 0 AND 3 AND fair_seq IS NULL) AS r WHERE tasks.id = r.id"
+    " ORDER BY priority DESC, id) - 1 AS place FROM tasks WHERE queue_id=? AND (state BETWEEN"
+    " 0 AND 3 OR state = 7) AND fair_seq IS NULL) AS r WHERE tasks.id = r.id"
 )
 _PLACE_ONE: Final = "UPDATE tasks SET fair_seq=? WHERE id=? AND fair_seq IS NULL"
 _UPDATE: Final = (
@@ -97,15 +99,16 @@ _UPDATE: Final = (
 # A task with per-task options or a unique_key (rare): every column, in one statement.
 _INSERT_FULL: Final = (
     "INSERT INTO tasks (id, queue_id, state, priority, data, created_at, updated_at, run_at,"
-    " key, fair_seq, timeout, max_attempts, expires_at, unique_key, unique_until)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " key, fair_seq, timeout, max_attempts, expires_at, unique_key, unique_until, parents,"
+    " error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 # The task that holds a unique_key (rules.holds_key), if any: by the partial index tasks_unique.
 # The tasks that hold the unique_keys of a batch, by the partial index tasks_unique: one
 # statement for the batch (a statement costs microseconds, an index probe far less).
 _HOLDERS: Final = (
     f"SELECT {COLUMNS} FROM tasks WHERE id IN (SELECT (SELECT id FROM tasks WHERE queue_id=?"
-    " AND unique_key=k.value AND unique_key IS NOT NULL AND (state < 4 OR unique_until > ?)"
+    " AND unique_key=k.value AND unique_key IS NOT NULL"
+    " AND (state < 4 OR state = 7 OR unique_until > ?)"
     " ORDER BY id LIMIT 1) FROM json_each(?) AS k)"
 )
 _RESTING: Final = frozenset({State.PAUSED, State.DONE, State.FAILED, State.CANCELLED})
@@ -122,7 +125,7 @@ _spec_decoder: Final = msgspec.json.Decoder(ScheduleSpec)
 
 
 # Batches first: its _finish_polls is the one GroupCommit declares.
-class SQLiteStore(Batches, GroupCommit):
+class SQLiteStore(Batches, Dependencies, GroupCommit):
     """Queues and tasks in one SQLite database file."""
 
     # -- rows and tasks --------------------------------------------------------------------
@@ -137,12 +140,21 @@ class SQLiteStore(Batches, GroupCommit):
             raise QueueNotFound(queue=queue) from None
 
     def _store_change(
-        self, conn: sqlite3.Connection, old: Task, new: Task | None, options: QueueOptions
+        self,
+        conn: sqlite3.Connection,
+        old: Task,
+        new: Task | None,
+        options: QueueOptions,
+        also: list[Change],
     ) -> Change | None:
+        """Write a task's new version; the tasks its end settles go in ``also``."""
         if new is None:
             return None
+        self._settle(conn, old, new, new.updated_at, also)
         if rules.discard(new, options):
             conn.execute("DELETE FROM tasks WHERE id=?", (new.id,))
+            if new.parents:
+                self._forget(conn, [new.id])
         else:
             conn.execute(
                 _UPDATE,
@@ -201,9 +213,23 @@ class SQLiteStore(Batches, GroupCommit):
 
         await self._write(op)
 
-    async def delete_queue(self, name: str) -> int:
+    async def delete_queue(self, name: str, now: int | None = None) -> int:
+        when = now_ms() if now is None else now
+
         def op(conn: sqlite3.Connection) -> int:
             queue_id = self._queue_id(name)
+            # The tasks of other queues that wait for this one's are cancelled.
+            also: list[Change] = []
+            for row in conn.execute(
+                f"SELECT {_COLUMNS} FROM tasks WHERE queue_id=? AND children=1", (queue_id,)
+            ).fetchall():
+                self._settle(conn, self._task(row), None, when, also)
+            settled.extend(change for change in also if change.task.queue != name)
+            conn.execute(
+                "DELETE FROM deps WHERE child_id IN (SELECT id FROM tasks WHERE queue_id=?"
+                " AND parents>0)",
+                (queue_id,),
+            )
             count: int = conn.execute("DELETE FROM tasks WHERE queue_id=?", (queue_id,)).rowcount
             conn.execute("DELETE FROM queues WHERE id=?", (queue_id,))
             conn.execute("DELETE FROM idempotency_keys WHERE queue_id=?", (queue_id,))
@@ -211,7 +237,10 @@ class SQLiteStore(Batches, GroupCommit):
             # The id -> name entry stays: reads of the old queue's rows may still be in flight.
             return count
 
-        return await self._write(op)
+        settled: list[Change] = []
+        count = await self._write(op)
+        self.report(settled)
+        return count
 
     async def enqueue(self, queue: str, tasks: Sequence[NewTask], now: int) -> list[Task]:
         def op(conn: sqlite3.Connection) -> list[Task]:
@@ -275,6 +304,8 @@ class SQLiteStore(Batches, GroupCommit):
         answered: list[Task] = []
         created: list[Task] = []
         taken: dict[str, Task] = {}  # the keys this batch takes
+        parents = self._parents(conn, tasks)
+        edges: list[tuple[int, int, int, bytes | None]] = []
         wanted = {spec.unique_key for spec in tasks if spec.unique_key is not None}
         holders: dict[str | None, Task] = {}
         if wanted:
@@ -294,6 +325,8 @@ class SQLiteStore(Batches, GroupCommit):
                     continue
             self._last_id += 1
             task = rules.new_task(queue, spec, self._last_id, now)
+            if spec.after or spec.refs:
+                task = self._depend(task, spec, parents, answered, edges)
             if key is not None:
                 taken[key] = task
             created.append(task)
@@ -320,10 +353,13 @@ class SQLiteStore(Batches, GroupCommit):
                     t.expires_at,
                     t.unique_key,
                     t.unique_until,
+                    t.parents,
+                    t.error,  # a task cancelled at once: its parent had failed
                 )
                 for t, place in zip(created, places, strict=True)
             ],
         )
+        self._link(conn, edges)
         return answered
 
     def _fair_places(
@@ -370,12 +406,14 @@ class SQLiteStore(Batches, GroupCommit):
 
     def _current(self, conn: sqlite3.Connection, queue_id: int, first: Task) -> Task:
         """A repeat's answer for a task of the first (see idempotency.current)."""
-        if not first.duplicate:
+        if not idempotency.read_back(first):
             return first
         row = conn.execute(
             f"SELECT {_COLUMNS} FROM tasks WHERE id=? AND queue_id=?", (first.id, queue_id)
         ).fetchone()
-        return idempotency.current(first, None if row is None else self._task(row))
+        return idempotency.current(
+            first, None if row is None else self._view(conn, self._task(row))
+        )
 
     async def prune_keys(self, before: int) -> int:
         def op(conn: sqlite3.Connection) -> int:
@@ -458,7 +496,18 @@ class SQLiteStore(Batches, GroupCommit):
             row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
             if row is None or self._queue_names.get(row[1]) != queue:
                 return None
-            return self._task(row)
+            return self._view(conn, self._task(row))
+
+        return await self._read(op)
+
+    async def queues_of(self, ids: Sequence[int]) -> dict[int, str]:
+        def op(conn: sqlite3.Connection) -> dict[int, str]:
+            rows = conn.execute(
+                "SELECT id, queue_id FROM tasks WHERE id IN (SELECT value FROM json_each(?))",
+                (msgspec.json.encode(list(ids)),),
+            )
+            names = self._queue_names
+            return {task_id: names[queue_id] for task_id, queue_id in rows if queue_id in names}
 
         return await self._read(op)
 
@@ -475,7 +524,7 @@ class SQLiteStore(Batches, GroupCommit):
         args = (queue_id, *params, *((after,) if page else ()), limit)
 
         def op(conn: sqlite3.Connection) -> list[Task]:
-            return [self._task(row) for row in conn.execute(sql, args).fetchall()]
+            return [self._view(conn, self._task(row)) for row in conn.execute(sql, args).fetchall()]
 
         return await self._read(op)
 
@@ -526,23 +575,49 @@ class SQLiteStore(Batches, GroupCommit):
             if not in_sql:
                 rows = conn.execute(f"SELECT {_COLUMNS} {select}", args).fetchall()
                 return self._bulk_by_rules(conn, queue_id, action, rows, now, after)
-            rows = conn.execute(f"SELECT id, state, unique_key {select}", args).fetchall()
+            rows = conn.execute(
+                f"SELECT id, state, unique_key, parents + children {select}", args
+            ).fetchall()
             if not rows:
                 return BulkStep(0, 0, after, [])
-            applies = [(r[0], r[2]) for r in rows if _STATES[r[1]] in states]
-            keyed = [i for i, key in applies if key is not None] if action == "retry" else []
-            ids = [i for i, key in applies if key is None] if keyed else [i for i, _ in applies]
+            # Tasks with dependencies settle others when they end, or wait again when
+            # retried: by the rules, as retries that take their unique_key back.
+            applies = [(r[0], r[2], r[3]) for r in rows if _STATES[r[1]] in states]
+            linked = [i for i, _key, deps in applies if deps]
+            keyed = [i for i, key, deps in applies if key is not None and not deps]
+            keyed = keyed if action == "retry" else []
+            apart = set(linked) | set(keyed)
+            ids = [i for i, _key, _deps in applies if i not in apart]
             times = () if action == "delete" else (now,)
             conn.execute(_BULK_SQL[action], (*times, _json(ids)))
             step = BulkStep(len(rows), len(ids), rows[-1][0], [])
-            if keyed:  # retries that take their unique_key back: by the rules
-                sql = f"SELECT {_COLUMNS} FROM tasks WHERE id IN ({_JSON_IDS})"
-                full = conn.execute(sql, (_json(keyed),)).fetchall()
-                more = self._bulk_by_rules(conn, queue_id, action, full, now, after)
-                step = step._replace(changed=step.changed + more.changed, changes=more.changes)
-            return step
+            if not apart:
+                return step
+            sql = f"SELECT {_COLUMNS} FROM tasks WHERE id IN ({_JSON_IDS})"
+            full = conn.execute(sql, (_json(sorted(apart)),)).fetchall()
+            if action == "delete":
+                deleted = [self._task(row) for row in full]
+                also: list[Change] = []
+                self._delete(conn, deleted, now, also)
+                gone = {task.id for task in deleted} | set(ids)
+                settled.extend(change for change in also if change.task.id not in gone)
+                return step._replace(changed=step.changed + len(deleted))
+            more = self._bulk_by_rules(conn, queue_id, action, full, now, after)
+            return step._replace(changed=step.changed + more.changed, changes=more.changes)
 
-        return await self._write(op)
+        settled: list[Change] = []
+        step = await self._write(op)
+        self.report(settled)
+        return step
+
+    def _delete(
+        self, conn: sqlite3.Connection, tasks: Sequence[Task], now: int, also: list[Change]
+    ) -> None:
+        """Remove tasks: those that waited for them are cancelled (``also``)."""
+        for task in tasks:
+            self._settle(conn, task, None, now, also)
+        conn.execute(_BULK_SQL["delete"], (_json([task.id for task in tasks]),))
+        self._forget(conn, [task.id for task in tasks if task.parents])
 
     def _bulk_by_rules(
         self,
@@ -557,24 +632,30 @@ class SQLiteStore(Batches, GroupCommit):
         if not rows:
             return BulkStep(0, 0, after, [])
         changes: list[Change] = []
+        also: list[Change] = []  # the tasks that waited for those cancelled
         for row in rows:
             task = self._task(row)
-            new = rules.bulk_change(task, action, now)
+            if also:  # a cascade of this step may have changed it
+                again = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task.id,))
+                task = self._task(again.fetchone())
+            new = rules.bulk_change(task, action, now, self._still_waits(conn, task))
             if new is None:
                 continue
             try:
-                change = self._change(conn, queue_id, task, new, now)
+                change = self._change(conn, queue_id, task, new, now, also)
             except Conflict:
                 continue  # a retry whose unique_key another task holds now
             if change is not None:
                 changes.append(change)
-        return BulkStep(len(rows), len(changes), rows[-1][0], changes)
+        return BulkStep(len(rows), len(changes), rows[-1][0], changes + also)
 
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:
         queue_id = self._queue_id(queue)
 
         def op(conn: sqlite3.Connection) -> int:
-            return conn.execute(_PRUNE, (queue_id, int(state), before, now, limit)).rowcount
+            rows = conn.execute(_PRUNE, (queue_id, int(state), before, now, limit)).fetchall()
+            self._forget(conn, [task_id for task_id, parents in rows if parents])
+            return len(rows)
 
         return await self._write(op)
 
@@ -639,12 +720,23 @@ class SQLiteStore(Batches, GroupCommit):
             if row is None or self._queue_names.get(row[1]) != queue:
                 raise TaskNotFound.named(task_id, queue)
             task = self._task(row)
-            return self._change(conn, row[1], task, rules.change_status(task, status, now), now)
+            new = rules.change_status(task, status, now, self._still_waits(conn, task))
+            change = self._change(conn, row[1], task, new, now, settled)
+            return None if change is None else change._replace(task=self._view(conn, change.task))
 
-        return await self._write(op)
+        settled: list[Change] = []
+        change = await self._write(op)
+        self.report(settled)
+        return change
 
     def _change(
-        self, conn: sqlite3.Connection, queue_id: int, task: Task, new: Task | None, now: int
+        self,
+        conn: sqlite3.Connection,
+        queue_id: int,
+        task: Task,
+        new: Task | None,
+        now: int,
+        also: list[Change],
     ) -> Change | None:
         """Write an operator's change to a task (a PATCH's, a bulk action's)."""
         if rules.retakes_key(task, new, now):
@@ -655,22 +747,30 @@ class SQLiteStore(Batches, GroupCommit):
                     raise rules.key_taken(task, holder)
         # A status change never finishes a task, so the queue's history option plays no
         # part: any options will do.
-        change = self._store_change(conn, task, new, _KEEP)
+        change = self._store_change(conn, task, new, _KEEP, also)
         if change is not None and queue_id in self._fair and change.task.state in UNFINISHED:
             # A retry of a task finished before the queue became fair: it needs a place.
             (place,) = self._fair_places(conn, queue_id, [change.task])
             conn.execute(_PLACE_ONE, (place, task.id))
         return change
 
-    async def delete_task(self, queue: str, task_id: int) -> bool:
+    async def delete_task(self, queue: str, task_id: int, now: int | None = None) -> bool:
+        when = now_ms() if now is None else now
+
         def op(conn: sqlite3.Connection) -> bool:
             queue_id = self._queue_id(queue)
-            cursor = conn.execute(
-                "DELETE FROM tasks WHERE id=? AND queue_id=?", (task_id, queue_id)
-            )
-            return cursor.rowcount > 0
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM tasks WHERE id=? AND queue_id=?", (task_id, queue_id)
+            ).fetchone()
+            if row is None:
+                return False
+            self._delete(conn, [self._task(row)], when, settled)
+            return True
 
-        return await self._write(op)
+        settled: list[Change] = []
+        deleted = await self._write(op)
+        self.report(settled)
+        return deleted
 
     async def expire(self, queues: Mapping[str, QueueOptions], now: int) -> list[Change]:
         def op(conn: sqlite3.Connection) -> list[Change]:
@@ -692,7 +792,7 @@ class SQLiteStore(Batches, GroupCommit):
                         if decide
                         else rules.promote(task, now)
                     )
-                    change = self._store_change(conn, task, new, options)
+                    change = self._store_change(conn, task, new, options, changes)
                     if change is not None:
                         changes.append(change)
             # Finished tasks kept only while they held their unique_key (rules.discard):
@@ -710,6 +810,8 @@ class SQLiteStore(Batches, GroupCommit):
                 options = queues.get(task.queue)
                 if options is not None and rules.sweepable(task, options, now):
                     conn.execute("DELETE FROM tasks WHERE id=?", (task.id,))
+                    if task.parents:
+                        self._forget(conn, [task.id])
             return changes
 
         return await self._write(op)
@@ -849,7 +951,7 @@ def _json(ids: list[int]) -> bytes:
 _PRUNE: Final = (
     "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND state=?"
     f" AND {_AT_REST} AND updated_at<=? AND (unique_until IS NULL OR unique_until<=?)"
-    " ORDER BY id LIMIT ?)"
+    " ORDER BY id LIMIT ?) RETURNING id, parents"
 )
 # Each queue's head, one step down the index tasks_ready.
 _HEADS: Final = (

@@ -1,0 +1,205 @@
+"""The PostgreSQL store's dependencies (``after``): the edges of a new task, a parent's end
+settling its children (released, or cancelled in cascade), and a task's view of its parents.
+
+The edges live in the ``deps`` table (migration 8). Tasks without parents or children never
+read it: the ``parents`` and ``children`` columns say which tasks need to. Every statement
+takes a parent's children, or a batch's parents, as one array: a parent with 10,000
+children costs a few statements, not one round trip per edge.
+
+Between servers: an enqueue locks the parents it names (FOR UPDATE, in id order) before it
+reads their states, and a parent's end locks its waiting children (in id order) before it
+marks its edges done and looks for their other parents. So a parent cannot end unseen while
+a child naming it is being created, and of two parents of one child ending at once on two
+servers, the second to take the child's lock sees the first's edge done and releases it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from katar.core import rules
+from katar.core.model import DONE, NewTask, State, Task
+from katar.core.storage import Change
+from katar.store._rows import COLUMNS, task_from_row, view
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+
+    Connection = AsyncConnection[tuple[Any, ...]]
+
+_STATES: Final = tuple(State)
+
+
+class PostgresDependencies:
+    """The dependencies' part of PostgresStore, which provides what is declared here."""
+
+    _schema: str
+    _name: Callable[[Any, int], Awaitable[str]]
+
+    def _deps_sql(self) -> dict[str, str]:
+        s = self._schema
+        return {
+            "parents": (
+                f"SELECT id, state, result FROM {s}.tasks WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+            ),
+            "edges_insert": (
+                f"INSERT INTO {s}.deps (child_id, parent_id, done, result) SELECT * FROM"
+                " unnest(%s::bigint[], %s::bigint[], %s::boolean[], %s::bytea[])"
+            ),
+            "has_children": (
+                f"UPDATE {s}.tasks SET children = true WHERE id = ANY(%s) AND NOT children"
+            ),
+            "edges": (
+                f"SELECT child_id, parent_id, done, result FROM {s}.deps WHERE child_id = ANY(%s)"
+                " ORDER BY child_id, parent_id"
+            ),
+            "lock_children": (
+                f"SELECT 1 FROM {s}.tasks WHERE id IN (SELECT child_id FROM {s}.deps WHERE"
+                " parent_id = %s AND NOT done) ORDER BY id FOR UPDATE"
+            ),
+            "parent_done": (
+                f"UPDATE {s}.deps SET done = true, result = %s WHERE parent_id = %s AND NOT done"
+                " RETURNING child_id"
+            ),
+            # rules.release, in SQL: ready, or scheduled while the delay runs.
+            "release": (
+                f"UPDATE {s}.tasks AS t SET state = CASE WHEN run_at > %(now)s THEN 2 ELSE 1 END,"
+                " run_at = CASE WHEN run_at > %(now)s THEN run_at END, updated_at = %(now)s"
+                " WHERE id = ANY(%(ids)s) AND state = 7 AND NOT EXISTS (SELECT 1 FROM"
+                f" {s}.deps AS d WHERE d.child_id = t.id AND NOT d.done) RETURNING {COLUMNS}"
+            ),
+            "orphans": (
+                f"SELECT {COLUMNS} FROM {s}.tasks WHERE id IN (SELECT child_id FROM {s}.deps"
+                " WHERE parent_id = %s AND NOT done) AND state IN (0, 1, 2, 7) ORDER BY id"
+                " FOR UPDATE"
+            ),
+            "cancel": (
+                f"UPDATE {s}.tasks SET state = 6, run_at = NULL, error = %s, updated_at = %s"
+                " WHERE id = ANY(%s)"
+            ),
+            "still_waits": (
+                f"SELECT 1 FROM {s}.deps AS d JOIN {s}.tasks AS p ON p.id = d.parent_id"
+                " WHERE d.child_id = %s AND NOT d.done AND p.state NOT IN (4, 5, 6) LIMIT 1"
+            ),
+            "forget": f"DELETE FROM {s}.deps WHERE child_id = ANY(%s)",
+        }
+
+    async def _parents(
+        self, conn: Connection, sql: dict[str, str], tasks: Sequence[NewTask]
+    ) -> dict[int, tuple[State, bytes | None]]:
+        """The state and result of every task the batch names by id, locked until the
+        enqueue commits; ValidationError for one that does not exist."""
+        named = sorted({i for spec in tasks for i in spec.after})
+        if not named:
+            return {}
+        cursor = await conn.execute(sql["parents"], (named,))
+        found = {row[0]: (_STATES[row[1]], row[2]) for row in await cursor.fetchall()}
+        for index, spec in enumerate(tasks):
+            for parent_id in spec.after:
+                if parent_id not in found:
+                    raise rules.unknown_parent(f"tasks[{index}]", parent_id)
+        return found
+
+    @staticmethod
+    def _depend(
+        task: Task, parents: dict[int, tuple[State, bytes | None]]
+    ) -> tuple[Task, list[tuple[int, bool, bytes | None]]]:
+        """A new task with its parents (id -> state and result; rules.depend), and its edges
+        as (parent, done, result), without its id (not known before the insert)."""
+        ordered = sorted(parents.items())
+        task = rules.depend(task, [(parent_id, state) for parent_id, (state, _r) in ordered])
+        edges = [
+            (parent_id, state is DONE, result if state is DONE else None)
+            for parent_id, (state, result) in ordered
+        ]
+        return task, edges
+
+    @staticmethod
+    async def _link(
+        conn: Connection,
+        sql: dict[str, str],
+        edges: Sequence[tuple[int, int, bool, bytes | None]],
+    ) -> None:
+        """Write the edges (child, parent, done, result) of new tasks, and mark their parents
+        not done as having children."""
+        if not edges:
+            return
+        columns = tuple(list(column) for column in zip(*edges, strict=True))
+        await conn.execute(sql["edges_insert"], columns)
+        waited = sorted({parent for _c, parent, done, _r in edges if not done})
+        if waited:
+            await conn.execute(sql["has_children"], (waited,))
+
+    @staticmethod
+    async def _views(conn: Connection, sql: dict[str, str], tasks: list[Task]) -> list[Task]:
+        """The tasks with their dependencies as their records show them (one statement for
+        those that have parents)."""
+        ids = [task.id for task in tasks if task.parents]
+        if not ids:
+            return tasks
+        edges: dict[int, list[tuple[int, bool, bytes | None]]] = {}
+        for child_id, parent_id, done, result in await (
+            await conn.execute(sql["edges"], (ids,))
+        ).fetchall():
+            edges.setdefault(child_id, []).append((parent_id, done, result))
+        return [view(task, edges.get(task.id, [])) if task.parents else task for task in tasks]
+
+    @staticmethod
+    async def _still_waits(conn: Connection, sql: dict[str, str], task: Task) -> bool:
+        if not task.parents:
+            return False
+        return await (await conn.execute(sql["still_waits"], (task.id,))).fetchone() is not None
+
+    @staticmethod
+    async def _forget(conn: Connection, sql: dict[str, str], child_ids: Sequence[int]) -> None:
+        """Tasks removed: their edges as children go (the results they kept)."""
+        if child_ids:
+            await conn.execute(sql["forget"], (list(child_ids),))
+
+    async def _settle(
+        self,
+        conn: Connection,
+        sql: dict[str, str],
+        parent: Task,
+        new: Task | None,
+        now: int,
+        also: list[Change],
+    ) -> None:
+        """The tasks waiting for ``parent``, now ``new`` (None: deleted): released when it
+        is done and it was their last, cancelled when it failed, was cancelled or deleted
+        (and theirs after them, level by level); ``also`` receives their changes."""
+        if not parent.children:
+            return
+        how = rules.parent_end(parent.state, None if new is None else new.state)
+        if how is None:
+            return
+        if how == "done":
+            assert new is not None
+            result = None if new.result is None else bytes(new.result)
+            await conn.execute(sql["lock_children"], (parent.id,))
+            cursor = await conn.execute(sql["parent_done"], (result, parent.id))
+            children = [row[0] for row in await cursor.fetchall()]
+            if children:
+                cursor = await conn.execute(sql["release"], {"now": now, "ids": children})
+                for row in await cursor.fetchall():
+                    task = task_from_row(row, await self._name(conn, row[1]))
+                    also.append(Change(task, State.WAITING))
+            return
+        level = [(parent.id, how)]
+        while level:
+            below: list[tuple[int, str]] = []
+            for parent_id, ended in level:
+                rows = await (await conn.execute(sql["orphans"], (parent_id,))).fetchall()
+                if not rows:
+                    continue
+                error = rules.orphan_error(parent_id, ended)
+                await conn.execute(sql["cancel"], (error, now, [row[0] for row in rows]))
+                for row in rows:
+                    orphan = task_from_row(row, await self._name(conn, row[1]))
+                    cancelled = rules.orphaned(orphan, parent_id, ended, now)
+                    assert cancelled is not None
+                    also.append(Change(cancelled, orphan.state))
+                    if orphan.children:
+                        below.append((orphan.id, "was cancelled"))
+            level = below

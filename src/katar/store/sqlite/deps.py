@@ -1,0 +1,172 @@
+"""The SQLite store's dependencies (``after``): the edges of a new task, a parent's end
+settling its children (released, or cancelled in cascade), and a task's view of its parents.
+
+The edges live in the ``deps`` table (schema.py). Tasks without parents or children never
+read it: the ``parents`` and ``children`` columns say which tasks need to.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import msgspec
+
+from katar.core import rules
+from katar.core.model import DONE, NewTask, State, Task
+from katar.core.storage import Change
+from katar.store._rows import COLUMNS, view
+
+_STATES: Final = tuple(State)
+_PARENTS: Final = "SELECT id, state, result FROM tasks WHERE id IN (SELECT value FROM json_each(?))"
+_EDGE: Final = "INSERT INTO deps (child_id, parent_id, done, result) VALUES (?,?,?,?)"
+_HAS_CHILDREN: Final = (
+    "UPDATE tasks SET children=1 WHERE id IN (SELECT value FROM json_each(?)) AND children=0"
+)
+_EDGES: Final = "SELECT parent_id, done, result FROM deps WHERE child_id=? ORDER BY parent_id"
+# A parent done: its edges take its result, and answer the children they lead to.
+_PARENT_DONE: Final = (
+    "UPDATE deps SET done=1, result=? WHERE parent_id=? AND done=0 RETURNING child_id"
+)
+# Those children that wait (WAITING) and have no other parent left: ready, or scheduled while
+# their delay runs (rules.release, in SQL). One statement for all of them. The partial index
+# of pending edges, named: by the primary key, a child with 10,000 parents would have its
+# edges scanned at each parent's end.
+_RELEASE: Final = (
+    "UPDATE tasks SET state = CASE WHEN run_at > ?1 THEN 2 ELSE 1 END,"
+    " run_at = CASE WHEN run_at > ?1 THEN run_at END, updated_at = ?1"
+    " WHERE id IN (SELECT value FROM json_each(?2)) AND state = 7"
+    " AND NOT EXISTS (SELECT 1 FROM deps INDEXED BY deps_pending"
+    " WHERE child_id = tasks.id AND done = 0)"
+    f" RETURNING {COLUMNS}"
+)
+# The children a failed, cancelled or deleted parent leaves that are not running or finished
+# (rules.orphaned), and their cancellation.
+_ORPHANS: Final = (
+    f"SELECT {COLUMNS} FROM tasks WHERE id IN (SELECT child_id FROM deps WHERE parent_id=?"
+    " AND done=0) AND state IN (0, 1, 2, 7)"
+)
+_CANCEL: Final = (
+    "UPDATE tasks SET state=6, run_at=NULL, error=?, updated_at=?"
+    " WHERE id IN (SELECT value FROM json_each(?))"
+)
+# Whether a task names a parent that is not finished (rules.change_status's ``waiting``).
+_STILL_WAITS: Final = (
+    "SELECT 1 FROM deps JOIN tasks ON tasks.id = deps.parent_id WHERE deps.child_id=?"
+    " AND deps.done=0 AND tasks.state NOT IN (4, 5, 6) LIMIT 1"
+)
+_FORGET: Final = "DELETE FROM deps WHERE child_id IN (SELECT value FROM json_each(?))"
+
+
+class Dependencies:
+    """The dependencies' part of SQLiteStore, which provides what is declared here."""
+
+    _task: Callable[[Sequence[Any]], Task]
+
+    def _parents(
+        self, conn: sqlite3.Connection, tasks: Sequence[NewTask]
+    ) -> dict[int, tuple[State, bytes | None]]:
+        """The state and result of every task the batch names by id; ValidationError for
+        one that does not exist."""
+        named = sorted({i for spec in tasks for i in spec.after})
+        if not named:
+            return {}
+        found = {
+            row[0]: (_STATES[row[1]], row[2])
+            for row in conn.execute(_PARENTS, (msgspec.json.encode(named),))
+        }
+        for index, spec in enumerate(tasks):
+            for parent_id in spec.after:
+                if parent_id not in found:
+                    raise rules.unknown_parent(f"tasks[{index}]", parent_id)
+        return found
+
+    @staticmethod
+    def _depend(
+        task: Task,
+        spec: NewTask,
+        parents: dict[int, tuple[State, bytes | None]],
+        answered: Sequence[Task],
+        edges: list[tuple[int, int, int, bytes | None]],
+    ) -> Task:
+        """A new task with its parents (rules.depend), its edges added to ``edges``."""
+        mine: dict[int, tuple[State, bytes | None]] = {}
+        for parent_id in spec.after:
+            mine[parent_id] = parents[parent_id]
+        for ref in spec.refs:
+            earlier = answered[ref]
+            result = None if earlier.result is None else bytes(earlier.result)
+            mine[earlier.id] = (earlier.state, result)  # new, or a unique_key's holder
+        ordered = sorted(mine.items())
+        task = rules.depend(task, [(parent_id, state) for parent_id, (state, _r) in ordered])
+        mine_edges = [
+            (task.id, parent_id, int(state is DONE), result if state is DONE else None)
+            for parent_id, (state, result) in ordered
+        ]
+        edges += mine_edges
+        return view(task, [(parent, done, result) for _c, parent, done, result in mine_edges])
+
+    @staticmethod
+    def _link(conn: sqlite3.Connection, edges: list[tuple[int, int, int, bytes | None]]) -> None:
+        """Write the edges of new tasks, and mark their parents not done as having children."""
+        if not edges:
+            return
+        conn.executemany(_EDGE, edges)
+        waited = sorted({parent for _c, parent, done, _r in edges if not done})
+        if waited:
+            conn.execute(_HAS_CHILDREN, (msgspec.json.encode(waited),))
+
+    @staticmethod
+    def _view(conn: sqlite3.Connection, task: Task) -> Task:
+        """The task with its dependencies as its record shows them."""
+        if not task.parents:
+            return task
+        return view(task, conn.execute(_EDGES, (task.id,)).fetchall())
+
+    @staticmethod
+    def _still_waits(conn: sqlite3.Connection, task: Task) -> bool:
+        return bool(task.parents) and conn.execute(_STILL_WAITS, (task.id,)).fetchone() is not None
+
+    @staticmethod
+    def _forget(conn: sqlite3.Connection, child_ids: Sequence[int]) -> None:
+        """Tasks removed: their edges as children go (the results they kept)."""
+        if child_ids:
+            conn.execute(_FORGET, (msgspec.json.encode(list(child_ids)),))
+
+    def _settle(
+        self, conn: sqlite3.Connection, parent: Task, new: Task | None, now: int, also: list[Change]
+    ) -> None:
+        """The tasks waiting for ``parent``, now ``new`` (None: deleted): released when it
+        is done and it was their last, cancelled when it failed, was cancelled or deleted
+        (and theirs after them, level by level); ``also`` receives their changes."""
+        if not parent.children:
+            return
+        how = rules.parent_end(parent.state, None if new is None else new.state)
+        if how is None:
+            return
+        if how == "done":
+            assert new is not None
+            result = None if new.result is None else bytes(new.result)
+            children = [row[0] for row in conn.execute(_PARENT_DONE, (result, parent.id))]
+            if children:
+                rows = conn.execute(_RELEASE, (now, msgspec.json.encode(children))).fetchall()
+                also += [Change(self._task(row), State.WAITING) for row in rows]
+            return
+        level = [(parent.id, how)]
+        while level:
+            below: list[tuple[int, str]] = []
+            for parent_id, ended in level:
+                orphans = [self._task(row) for row in conn.execute(_ORPHANS, (parent_id,))]
+                if not orphans:
+                    continue
+                error = rules.orphan_error(parent_id, ended)
+                ids = msgspec.json.encode([task.id for task in orphans])
+                conn.execute(_CANCEL, (error, now, ids))
+                for orphan in orphans:
+                    cancelled = rules.orphaned(orphan, parent_id, ended, now)
+                    assert cancelled is not None
+                    also.append(Change(cancelled, orphan.state))
+                    if orphan.children:
+                        below.append((orphan.id, "was cancelled"))
+            level = below

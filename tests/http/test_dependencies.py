@@ -1,0 +1,140 @@
+"""Dependencies over HTTP (contract section 11), on every store: ``after`` with ids and
+"$n", ``waiting_for`` in the record, the parents' results in the delivery (fan-in), the
+"waiting" count, a long poll woken by the release, and the refusals (422)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from katar import Katar
+from katar.http import App
+from katar.http.auth import Role, Token, digest
+from tests.http.conftest import app_client, enqueue
+
+
+async def take(client: httpx.AsyncClient, queue: str = "q", **body: Any) -> list[dict[str, Any]]:
+    answer = await client.post(f"/v1/queue/{queue}", json={"worker": "w", **body})
+    if answer.status_code == 204:
+        return []
+    assert answer.status_code == 200, answer.text
+    tasks: list[dict[str, Any]] = answer.json()["tasks"]
+    return tasks
+
+
+async def done(client: httpx.AsyncClient, task_id: str, result: Any, queue: str = "q") -> None:
+    ack = {"_id": task_id, "status": "done", "result": result}
+    answer = await client.post(f"/v1/queue/{queue}", json={"worker": "w", "tasks": [ack], "max": 0})
+    assert answer.status_code == 204, answer.text
+
+
+async def record(client: httpx.AsyncClient, task_id: str, queue: str = "q") -> dict[str, Any]:
+    answer = await client.get(f"/v1/queue/{queue}/tasks/{task_id}")
+    assert answer.status_code == 200, answer.text
+    found: dict[str, Any] = answer.json()
+    return found
+
+
+async def test_a_fan_in_over_http(client: httpx.AsyncClient) -> None:
+    answer = await client.post(
+        "/v1/queue/q/tasks",
+        json={"tasks": [{"data": "a"}, {"data": "b"}, {"data": "sum", "after": ["$0", "$1"]}]},
+    )
+    assert answer.status_code == 201, answer.text
+    a, b, total = answer.json()["tasks"]
+    assert total["status"] == "queued"
+    assert total["waiting_for"] == [a["_id"], b["_id"]]
+    assert total["after"] == {}
+    assert a["waiting_for"] == []
+    assert a["after"] is None
+    counts = (await client.get("/v1/queues")).json()["queues"]
+    (q,) = [queue for queue in counts if queue["name"] == "q"]
+    assert q["counts"]["queued"] == 2
+    assert q["counts"]["waiting"] == 1
+    first, second = await take(client, max=5)
+    assert "after" not in first
+    await done(client, first["_id"], {"n": 1})
+    assert (await record(client, total["_id"]))["waiting_for"] == [b["_id"]]
+    await done(client, second["_id"], [2])
+    (delivered,) = await take(client)
+    assert delivered["_id"] == total["_id"]
+    assert delivered["after"] == {a["_id"]: {"n": 1}, b["_id"]: [2]}
+    final = await record(client, total["_id"])
+    assert final["waiting_for"] == []
+    assert final["after"] == {a["_id"]: {"n": 1}, b["_id"]: [2]}
+
+
+async def test_a_long_poll_wakes_when_the_last_parent_is_done(client: httpx.AsyncClient) -> None:
+    (parent,) = await enqueue(client, "q", {"data": "p"})
+    (child,) = await enqueue(client, "plain", {"data": "c", "after": [parent]})
+    waiting = asyncio.create_task(take(client, "plain", wait=5))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    (got,) = await take(client)
+    await done(client, got["_id"], "ok")
+    (delivered,) = await asyncio.wait_for(waiting, 5)
+    assert delivered["_id"] == child
+    assert delivered["after"] == {parent: "ok"}
+
+
+async def test_a_failed_parent_cancels_the_child(client: httpx.AsyncClient) -> None:
+    parent, child = await enqueue(client, "q", {"data": "p"}, {"data": "c", "after": ["$0"]})
+    (got,) = await take(client)
+    ack = {"_id": got["_id"], "status": "failed", "error": "boom"}
+    answer = await client.post("/v1/queue/q", json={"tasks": [ack], "max": 0})
+    assert answer.status_code == 204
+    found = await record(client, child)
+    assert found["status"] == "cancelled"
+    assert f"task {parent} " in found["error"]
+    assert "failed" in found["error"]
+
+
+async def test_after_must_name_tasks_that_exist(client: httpx.AsyncClient) -> None:
+    (one,) = await enqueue(client, "q", {"data": 1})
+    for after, named in (([one, "999999"], "999999"), (["x"], "x"), (["$1"], "$1")):
+        answer = await client.post("/v1/queue/q/tasks", json={"data": 2, "after": after})
+        assert answer.status_code == 422, answer.text
+        assert named in answer.json()["error"]
+    late = {"tasks": [{"data": 1, "after": ["$1"]}, {"data": 2}]}
+    answer = await client.post("/v1/queue/q/tasks", json=late)
+    assert answer.status_code == 422
+    assert "earlier task" in answer.json()["error"]
+    too_many = {"data": 1, "after": [one] * 10_001}
+    answer = await client.post("/v1/queue/q/tasks", json=too_many)
+    assert answer.status_code in (413, 422)  # the body limit may come first
+    listed = (await client.get("/v1/queue/q/tasks")).json()["tasks"]
+    assert [task["_id"] for task in listed] == [one]  # nothing else was created
+
+
+async def test_a_token_names_only_tasks_of_its_queues(katar: Katar, via: str) -> None:
+    await katar.engine.put_queue("own", katar.engine.options("q"))
+    await katar.engine.put_queue("foreign", katar.engine.options("q"))
+    admin = Token(sha256=digest("root-secret"), role=Role.ADMIN, queues=frozenset({"*"}))
+    producer = Token(sha256=digest("own-secret"), role=Role.PRODUCER, queues=frozenset({"own"}))
+    app = App(katar.engine, tokens=[admin, producer])
+    async with app_client(app, via) as client:
+        root = {"authorization": "Bearer root-secret"}
+        own = {"authorization": "Bearer own-secret"}
+        answer = await client.post("/v1/queue/foreign/tasks", json={"data": 1}, headers=root)
+        hidden = answer.json()["tasks"][0]["_id"]
+        answer = await client.post("/v1/queue/own/tasks", json={"data": 1}, headers=own)
+        mine = answer.json()["tasks"][0]["_id"]
+        refused = await client.post(
+            "/v1/queue/own/tasks", json={"data": 2, "after": [hidden]}, headers=own
+        )
+        assert refused.status_code == 422
+        unknown = await client.post(
+            "/v1/queue/own/tasks", json={"data": 2, "after": ["999999"]}, headers=own
+        )
+        # The same words as for an id that does not exist: nothing is told.
+        assert refused.json()["error"] == unknown.json()["error"].replace("999999", hidden)
+        allowed = await client.post(
+            "/v1/queue/own/tasks", json={"data": 2, "after": [mine]}, headers=own
+        )
+        assert allowed.status_code == 201
+        across = await client.post(
+            "/v1/queue/own/tasks", json={"data": 3, "after": [hidden]}, headers=root
+        )
+        assert across.status_code == 201
