@@ -70,6 +70,9 @@ class Recorder:
     def resync(self) -> None:
         return None
 
+    def schedules_changed(self) -> None:
+        return None
+
     def settled(self, changes: list[Change]) -> None:
         self.seen += changes
 
