@@ -201,3 +201,29 @@ def test_the_keyboard_is_enough(page: Page, server: KatarProcess, api: httpx.Cli
     page.keyboard.press("Enter")
     expect(page.get_by_role("cell", name="second")).to_be_visible()
     expect(page.get_by_role("cell", name="first")).to_have_count(0)
+
+
+def test_schedules_and_a_task_that_waits_for_another(
+    page: Page, server: KatarProcess, api: httpx.Client
+) -> None:
+    name = queue(api, "nightly")
+    made = api.put(
+        "/v1/schedules/nightly-report",
+        json={"cron": "0 3 * * *", "timezone": "Europe/Berlin", "queue": name, "data": {}},
+    )
+    assert made.status_code == 200, made.text
+    [parent] = fail_tasks(api, name, ["first try"])
+    api.patch(f"/v1/queue/{name}/tasks/{parent}", json={"status": "queued"}).raise_for_status()
+    waiting = api.post(f"/v1/queue/{name}/tasks", json={"data": "after", "after": [parent]})
+    assert waiting.status_code == 201, waiting.text
+    child = waiting.json()["tasks"][0]["_id"]
+    sign_in(page, server, "admin", "#/schedules")
+    row = page.get_by_role("row").filter(has_text="nightly-report")
+    expect(row).to_contain_text("0 3 * * *")
+    expect(row).to_contain_text("Europe/Berlin")
+    row.get_by_role("button", name="Pause").click()
+    expect(row).to_contain_text("paused")
+    assert api.get("/v1/schedules/nightly-report").json()["paused"] is True
+    page.goto(f"{server.url}/ui#/task/{name}/{child}")
+    waits = page.get_by_role("region", name="Waiting for")
+    expect(waits).to_contain_text(f"#{parent}")

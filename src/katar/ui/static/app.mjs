@@ -722,7 +722,15 @@ function TaskPage({ who, queue, id }) {
           <div><dt>Updated</dt><dd><${Time} iso=${task.updated_at} /></dd></div>
           <div><dt>Runs at</dt><dd><${Time} iso=${task.run_at} /></dd></div>
           <div><dt>Lease ends</dt><dd><${Time} iso=${task.lease_expires_at ?? task.lease_until} /></dd></div>
+          ${task.schedule &&
+          html`<div><dt>Schedule</dt><dd><a href="#/schedules">${task.schedule}</a>, tick <${Time} iso=${task.scheduled_for} /></dd></div>`}
         </dl>
+        ${task.waiting_for && task.waiting_for.length > 0 &&
+        html`<section class="block" aria-label="Waiting for">
+          <h2>Waiting for</h2>
+          <p>Not delivered until ${task.waiting_for.length === 1 ? "this task is" : "these tasks are"} done: ${task.waiting_for.map((t, i) => html`${i ? ", " : ""}<code>#${t}</code>`)}.</p>
+        </section>`}
+        <${Block} label="Results of the tasks it waited for" value=${task.after} />
         <${Block} label="Error" value=${task.error} />
         <${Block} label="Data" value=${task.data} />
         <${Block} label="Result" value=${task.result} />
@@ -789,6 +797,57 @@ function Workers() {
   `;
 }
 
+// -- schedules -----------------------------------------------------------------------------
+
+function Schedules({ who }) {
+  const [data, error, refresh] = usePoll(() => api("GET", "/v1/schedules"), ["schedules"]);
+  const [failure, setFailure] = useState(null);
+  useEffect(() => {
+    document.title = "Schedules · Katar";
+  }, []);
+  async function pause(name, paused) {
+    try {
+      await api("PATCH", `/v1/schedules/${encodeURIComponent(name)}`, { paused });
+      setFailure(null);
+      refresh();
+    } catch (e) {
+      setFailure(e);
+    }
+  }
+  const schedules = data ? data.schedules : null;
+  return html`
+    <section class="page">
+      <h1>Schedules</h1>
+      <p class="hint">Tasks enqueued at the ticks of a cron, once per tick however many servers run.</p>
+      ${error && error.status === 403
+        ? html`<p class="problem" role="alert">Schedules need an admin token.</p>`
+        : html`<${Problem} error=${failure || error} />`}
+      ${schedules &&
+      html`<div class="table-wrap"><table>
+        <thead><tr><th scope="col">Schedule</th><th scope="col">Cron</th><th scope="col">Queue</th><th scope="col">Next tick</th><th scope="col">Last tick</th><th scope="col">Last task</th><th scope="col">State</th></tr></thead>
+        <tbody>
+          ${schedules.map(
+            (x) => html`<tr key=${x.name}>
+              <td>${x.name}</td>
+              <td><code>${x.cron}</code> <span class="muted">${x.timezone}</span></td>
+              <td><a href=${link(["queue", x.queue])}>${x.queue}</a></td>
+              <td>${x.next_ticks.length ? html`<${Time} iso=${x.next_ticks[0]} />` : "–"}</td>
+              <td><${Time} iso=${x.last_tick} /></td>
+              <td>${x.last_task ? html`<a href=${link(["task", x.queue, x.last_task])}>#${x.last_task}</a>` : "–"}</td>
+              <td>
+                ${x.paused ? html`<span class="badge">paused</span>` : "active"}
+                ${who.role === "admin" &&
+                html` <button type="button" onClick=${() => pause(x.name, !x.paused)}>${x.paused ? "Resume" : "Pause"}</button>`}
+              </td>
+            </tr>`,
+          )}
+        </tbody>
+      </table></div>`}
+      ${schedules && schedules.length === 0 && html`<p class="muted">No schedule yet: declare one in the file (<code>[schedules.NAME]</code>) or with <code>PUT /v1/schedules/NAME</code>.</p>`}
+    </section>
+  `;
+}
+
 // -- the frame -----------------------------------------------------------------------------
 
 function Shell({ who, onSignOut }) {
@@ -801,6 +860,9 @@ function Shell({ who, onSignOut }) {
   else if (first === "workers") {
     section = "workers";
     page = html`<${Workers} />`;
+  } else if (first === "schedules") {
+    section = "schedules";
+    page = html`<${Schedules} who=${who} />`;
   } else page = html`<${Overview} who=${who} />`;
   const scope = who.queues.includes("*") ? "every queue" : who.queues.join(", ");
   const role = who.role === "admin" ? "admin" : `${who.role}, read-only`;
@@ -814,6 +876,7 @@ function Shell({ who, onSignOut }) {
       <nav aria-label="Main">
         <a href="#/" aria-current=${section === "queues" ? "page" : undefined}>Queues</a>
         <a href="#/workers" aria-current=${section === "workers" ? "page" : undefined}>Workers</a>
+        <a href="#/schedules" aria-current=${section === "schedules" ? "page" : undefined}>Schedules</a>
       </nav>
       <span class="who" title=${`Token ${who.name || ""}: ${role}, ${scope}`}>
         ${who.auth ? html`${who.name ? `${who.name} · ` : ""}${role} · ${scope}` : "open server (no tokens)"}
