@@ -392,6 +392,42 @@ class Workers(msgspec.Struct, frozen=True):
     workers: list[WorkerSeen]
 
 
+class ScheduleRecord(msgspec.Struct, frozen=True):
+    """A schedule: its fields, its next ticks, and its last tick and task."""
+
+    name: str
+    cron: str
+    timezone: str
+    queue: str
+    data: AnyJson
+    priority: int
+    overlap: str
+    catch_up: bool
+    paused: bool
+    #: The next ticks (at most 5), as UTC times; none while paused.
+    next_ticks: list[Time]
+    last_tick: Time | None
+    last_task: str | None
+
+
+class Schedules(msgspec.Struct, frozen=True):
+    """Every schedule the caller may see, by name."""
+
+    schedules: list[ScheduleRecord]
+
+
+class ScheduleDeleted(msgspec.Struct, frozen=True):
+    """A schedule removed (the tasks it made stay)."""
+
+    deleted: str
+
+
+class SchedulePause(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Pause or resume a schedule: while paused, its ticks pass without a task."""
+
+    paused: bool
+
+
 class Tasks(msgspec.Struct, frozen=True):
     """Tasks: those an enqueue created, or a page of a list (with its cursor)."""
 

@@ -15,7 +15,7 @@ from katar.errors import (
     ServerUnavailable,
     TransportError,
 )
-from katar.protocol import BulkDone, QueueSummary, TaskRecord, WorkerSeen
+from katar.protocol import BulkDone, QueueSummary, ScheduleRecord, TaskRecord, WorkerSeen
 
 __all__ = [
     "APIError",
@@ -29,6 +29,7 @@ __all__ = [
     "QueueSummary",
     "RequestRejected",
     "Retry",
+    "ScheduleRecord",
     "ServerUnavailable",
     "TaskRecord",
     "TransportError",

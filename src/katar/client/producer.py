@@ -41,6 +41,8 @@ from katar.protocol import (
     BulkDone,
     QueueList,
     QueueSummary,
+    ScheduleRecord,
+    Schedules,
     TaskRecord,
     Workers,
     WorkerSeen,
@@ -158,6 +160,30 @@ def _bulk_body(
 _queue_list: Final = msgspec.json.Decoder(QueueList)
 _bulk_done: Final = msgspec.json.Decoder(BulkDone)
 _workers: Final = msgspec.json.Decoder(Workers)
+_schedules: Final = msgspec.json.Decoder(Schedules)
+_schedule: Final = msgspec.json.Decoder(ScheduleRecord)
+
+
+def _schedule_body(
+    cron: str,
+    queue: str,
+    data: Any,
+    timezone: str,
+    priority: int,
+    overlap: str,
+    catch_up: bool,
+    paused: bool,
+) -> dict[str, Any]:
+    return {
+        "cron": cron,
+        "queue": queue,
+        "data": data,
+        "timezone": timezone,
+        "priority": priority,
+        "overlap": overlap,
+        "catch_up": catch_up,
+        "paused": paused,
+    }
 
 
 def _many_body(
@@ -393,6 +419,38 @@ class Producer:
         """The workers seen in the last hour on the token's queues."""
         return _workers.decode(self._send("GET", "/v1/workers").content).workers
 
+    def schedules(self) -> list[ScheduleRecord]:
+        """Every schedule the token may see (an admin token), with its next ticks."""
+        return _schedules.decode(self._send("GET", "/v1/schedules").content).schedules
+
+    def schedule(
+        self,
+        name: str,
+        cron: str,
+        queue: str,
+        data: Any = None,
+        *,
+        timezone: str = "UTC",
+        priority: int = 0,
+        overlap: str = "allow",
+        catch_up: bool = False,
+        paused: bool = False,
+    ) -> ScheduleRecord:
+        """Create or replace the schedule ``name``: a task on ``queue`` with ``data`` at
+        each tick of the five-field ``cron`` in ``timezone`` (docs/schedules.md)."""
+        body = _schedule_body(cron, queue, data, timezone, priority, overlap, catch_up, paused)
+        return _schedule.decode(self._send("PUT", f"/v1/schedules/{name}", body).content)
+
+    def pause_schedule(self, name: str, paused: bool = True) -> ScheduleRecord:
+        """Pause the schedule (its ticks pass without a task), or resume it (``paused``
+        False)."""
+        answer = self._send("PATCH", f"/v1/schedules/{name}", {"paused": paused})
+        return _schedule.decode(answer.content)
+
+    def delete_schedule(self, name: str) -> None:
+        """Remove the schedule; the tasks it made stay."""
+        self._send("DELETE", f"/v1/schedules/{name}")
+
     def wait(self, queue: str, task_id: str, timeout: float = 60.0) -> TaskRecord:
         """Wait up to ``timeout`` seconds for the task to finish; its record then (finished
         or not: check ``record.finished``)."""
@@ -599,6 +657,38 @@ class AsyncProducer:
     async def workers(self) -> list[WorkerSeen]:
         """The workers seen in the last hour on the token's queues."""
         return _workers.decode((await self._send("GET", "/v1/workers")).content).workers
+
+    async def schedules(self) -> list[ScheduleRecord]:
+        """Every schedule the token may see (an admin token), with its next ticks."""
+        return _schedules.decode((await self._send("GET", "/v1/schedules")).content).schedules
+
+    async def schedule(
+        self,
+        name: str,
+        cron: str,
+        queue: str,
+        data: Any = None,
+        *,
+        timezone: str = "UTC",
+        priority: int = 0,
+        overlap: str = "allow",
+        catch_up: bool = False,
+        paused: bool = False,
+    ) -> ScheduleRecord:
+        """Create or replace the schedule ``name``: a task on ``queue`` with ``data`` at
+        each tick of the five-field ``cron`` in ``timezone`` (docs/schedules.md)."""
+        body = _schedule_body(cron, queue, data, timezone, priority, overlap, catch_up, paused)
+        return _schedule.decode((await self._send("PUT", f"/v1/schedules/{name}", body)).content)
+
+    async def pause_schedule(self, name: str, paused: bool = True) -> ScheduleRecord:
+        """Pause the schedule (its ticks pass without a task), or resume it (``paused``
+        False)."""
+        answer = await self._send("PATCH", f"/v1/schedules/{name}", {"paused": paused})
+        return _schedule.decode(answer.content)
+
+    async def delete_schedule(self, name: str) -> None:
+        """Remove the schedule; the tasks it made stay."""
+        await self._send("DELETE", f"/v1/schedules/{name}")
 
     # ASYNC109: a public API: the wait is the caller's, spread over several long polls.
     async def wait(self, queue: str, task_id: str, timeout: float = 60.0) -> TaskRecord:  # noqa: ASYNC109

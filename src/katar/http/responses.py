@@ -13,7 +13,12 @@ from katar.core import rules
 from katar.core.model import PUBLIC_STATUS, QueueOptions, Task
 from katar.core.schedule import Schedule, next_ticks
 from katar.protocol import LEASE_HEADER as LEASE_HEADER_NAME
-from katar.protocol import AnyJson, DeliveryRecord, TaskRecord, Time, WorkerConfiguration
+from katar.protocol import (
+    DeliveryRecord,
+    ScheduleRecord,
+    TaskRecord,
+    WorkerConfiguration,
+)
 
 JSON_HEADERS: Final = [(b"content-type", b"application/json")]
 LEASE_HEADER: Final = LEASE_HEADER_NAME.encode()
@@ -134,42 +139,6 @@ class QueueCreated(msgspec.Struct, frozen=True):
     name: str
     options: QueueOptions
     configuration: WorkerConfiguration
-
-
-class ScheduleRecord(msgspec.Struct, frozen=True):
-    """A schedule: its fields, its next ticks, and its last tick and task."""
-
-    name: str
-    cron: str
-    timezone: str
-    queue: str
-    data: AnyJson
-    priority: int
-    overlap: str
-    catch_up: bool
-    paused: bool
-    #: The next ticks (at most 5), as UTC times; none while paused.
-    next_ticks: list[Time]
-    last_tick: Time | None
-    last_task: str | None
-
-
-class Schedules(msgspec.Struct, frozen=True):
-    """Every schedule the caller may see, by name."""
-
-    schedules: list[ScheduleRecord]
-
-
-class ScheduleDeleted(msgspec.Struct, frozen=True):
-    """A schedule removed (the tasks it made stay)."""
-
-    deleted: str
-
-
-class SchedulePause(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Pause or resume a schedule: while paused, its ticks pass without a task."""
-
-    paused: bool
 
 
 def schedule_record(schedule: Schedule, now: int) -> ScheduleRecord:
