@@ -44,11 +44,12 @@ class Ledger:
     #: How many requests got a fault status or no answer.
     faults: int = 0
     #: The queue's lease in seconds, when the test knows it: an ack answered that long after
-    #: its delivery arrived may have come after the lease ran out, when the contract lets it
+    #: the poll that got its delivery was sent may have come after the lease ran out, when the contract lets it
     #: change nothing (the task goes back to the queue and is delivered again).
     lease: float | None = None
-    #: (id, attempt) -> when (time.monotonic) the delivery arrived; (id, attempt) -> when its
-    #: ack's answer arrived.
+    #: (id, attempt) -> when (time.monotonic) the poll that got the delivery was sent (its
+    #: lease began no earlier: an answer delayed by the outage arrives late, with the lease
+    #: already running); (id, attempt) -> when its ack's answer arrived.
     received: dict[tuple[str, int], float] = field(default_factory=dict)
     answered_at: dict[tuple[str, int], float] = field(default_factory=dict)
 
@@ -198,6 +199,7 @@ class Clients:
         with httpx.Client(timeout=self.timeout) as client:
             while not self._stop.is_set():
                 sent = ledger.stamp()
+                sent_at = time.monotonic()
                 body = {"tasks": acks, "max": batch, "worker": name}
                 response = self._post(client, f"/v1/queue/{self.queue}", body)
                 if response is None:
@@ -219,7 +221,7 @@ class Clients:
                     for a in acks:
                         ledger.answered_at[(a["_id"], a["attempt"])] = now
                     for t in tasks:
-                        ledger.received[(t["_id"], t["attempt"])] = now
+                        ledger.received[(t["_id"], t["attempt"])] = sent_at
                 acks = [
                     {"_id": t["_id"], "status": "done", "attempt": t["attempt"]}
                     for t in tasks

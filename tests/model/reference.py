@@ -694,6 +694,13 @@ class Model:
             task.cancel_requested = True
             task.updated_at = now
             return MChange(replace(task), old)
+        if (
+            status == "queued"
+            and old in (State.FAILED, State.CANCELLED)
+            and task.unique_key is not None
+            and self.holder(queue, task.unique_key, now) not in (None, task)
+        ):
+            raise Refusal(Conflict)  # another task took the key meanwhile: nothing changes
         task.updated_at = now
         waits = self._still_waits(task)
         if status == "cancelled":

@@ -843,9 +843,12 @@ class PostgresStore(PostgresDependencies, Store):
                 answered.append(-1 - taken[key])  # a duplicate of this batch's draft
                 made.append(drafts[taken[key]])
             else:
-                if key is not None:
-                    taken[key] = len(drafts)
                 answered.append(len(drafts))
+                if len(drafts) == len(free):
+                    # A key whose first task of the batch was cancelled at once (a parent had
+                    # failed): it holds nothing, and the next task of the key is new too.
+                    cursor = await conn.execute(sql["next_ids"], (1,))
+                    free += [row[0] for row in await cursor.fetchall()]
                 draft = rules.new_task(queue, spec, free[len(drafts)], now)
                 if spec.after or spec.refs:
                     mine = {parent_id: parents[parent_id] for parent_id in spec.after}
@@ -856,6 +859,8 @@ class PostgresStore(PostgresDependencies, Store):
                     draft, mine_edges = self._depend(draft, mine)
                     edges += [(draft.id, *edge) for edge in mine_edges]
                     draft = view(draft, mine_edges)
+                if key is not None and rules.holds_key(draft, now):
+                    taken[key] = len(drafts)
                 drafts.append(draft)
                 made.append(draft)
         ids: list[int] = []

@@ -327,7 +327,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
             task = rules.new_task(queue, spec, self._last_id, now)
             if spec.after or spec.refs:
                 task = self._depend(task, spec, parents, answered, edges)
-            if key is not None:
+            if key is not None and rules.holds_key(task, now):  # not one cancelled at once
                 taken[key] = task
             created.append(task)
             answered.append(task)
