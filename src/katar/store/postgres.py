@@ -1024,7 +1024,12 @@ class PostgresStore(PostgresDependencies, Store):
             # The plain claim, when the acks are all plain "done"s (none makes a task ready,
             # none frees room under a limit): sent with them, in one round trip, leaving out
             # the tasks acked (which the rules would refuse to ack before their delivery).
-            early = limit > 0 and not options.custom_claim and (not acks or len(plain) == len(acks))
+            early = (
+                _PIPELINED_CLAIM
+                and limit > 0
+                and not options.custom_claim
+                and (not acks or len(plain) == len(acks))
+            )
             delivered: list[Task] = []
             if batched or early:
                 async with conn.pipeline():
@@ -1691,6 +1696,11 @@ def _schedule(row: Sequence[Any]) -> Schedule:
 
 
 _KEEP: Final = QueueOptions(persistent=True)
+# Sending a poll's claim in one round trip with its "done"s (pipeline mode) is off: with it,
+# the PostgreSQL restart fault test (tests/faults/test_postgres_outage.py) saw an ack
+# answered done whose task was delivered again, in one run of three; without it, none in
+# five. Until that is understood, the claim waits for the acks' answer.
+_PIPELINED_CLAIM: Final = False
 # A "done" for the current delivery (rules.apply_ack): its attempt if named, no cancel
 # requested (the rules end such a delivery cancelled), and the worker's own (rules.owns).
 # A task with dependencies (parents, or children waiting for it) is left to the rules too:
