@@ -16,7 +16,7 @@ import statistics
 from collections.abc import Iterator
 
 from bench.common import katars, postgres_schema
-from bench.throughput import Extra, _drain
+from bench.throughput import Extra, drain_servers
 
 KEYS = 1000
 
@@ -54,7 +54,7 @@ def measure(store: str, tasks: int, batch: int, connections: int, name: str) -> 
     """The drain's tasks per second, and the bulk enqueue's before it (1,000 a request)."""
     options, extra = VARIANTS[name]
     with _store(store) as url, katars(url, 1) as servers:
-        figures = _drain(servers, tasks, batch, connections, options, extra)
+        figures = drain_servers(servers, tasks, batch, connections, options, extra)
         return figures["tasks_per_s"], figures["enqueued_per_s"]
 
 

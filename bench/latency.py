@@ -54,10 +54,22 @@ def raise_file_limit(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
 
 
-async def dispatch(port: int, waiting: int = 100, tasks: int = 300) -> dict[str, float]:
-    """``waiting`` workers hold long polls on an empty queue; tasks are enqueued one by one;
-    the time from each enqueue's answer to a worker's receipt of the task, in ms."""
-    setup = await Connection.open(port)
+async def dispatch(
+    port: int,
+    waiting: int = 100,
+    tasks: int = 300,
+    *,
+    producer: int | None = None,
+    wait: float = 10,
+    pace: float = 0.01,
+) -> dict[str, float]:
+    """``waiting`` workers hold long polls (``wait`` seconds) on an empty queue of the
+    server on ``port``; tasks are enqueued one by one, ``pace`` seconds apart, on the server
+    on ``producer`` (the same one by default; another that shares its store tests the
+    store's wake-ups across servers). The time, in ms, from each enqueue's answer to a
+    worker's receipt of the task (``p50_ms``, ``p99_ms``), and from the enqueue's send
+    (``p50_send_ms``, ``p99_send_ms``, which adds the enqueue's own round trip)."""
+    setup = await Connection.open(producer or port)
     await setup.request("PUT", "/v1/queue/latency", {})
     received: dict[str, float] = {}
     stop = asyncio.Event()
@@ -66,7 +78,7 @@ async def dispatch(port: int, waiting: int = 100, tasks: int = 300) -> dict[str,
         acks: list[dict[str, str]] = []
         while not stop.is_set():
             status, body = await connection.request(
-                "POST", "/v1/queue/latency", {"tasks": acks, "wait": 10}
+                "POST", "/v1/queue/latency", {"tasks": acks, "wait": wait}
             )
             now = time.perf_counter()
             acks = []
@@ -78,11 +90,14 @@ async def dispatch(port: int, waiting: int = 100, tasks: int = 300) -> dict[str,
     connections = [await Connection.open(port) for _ in range(waiting)]
     workers = [asyncio.create_task(worker(c)) for c in connections]
     await asyncio.sleep(1.0)  # every worker is parked
+    sent: dict[str, float] = {}
     answered: dict[str, float] = {}
     for n in range(tasks):
+        before = time.perf_counter()
         _, body = await setup.request("POST", "/v1/queue/latency/tasks", {"data": n})
         answered[body["tasks"][0]["_id"]] = time.perf_counter()
-        await asyncio.sleep(0.01)
+        sent[body["tasks"][0]["_id"]] = before
+        await asyncio.sleep(pace)
     deadline = time.perf_counter() + 30
     # ASYNC110: polling a flag set by another thread or process, which cannot set an asyncio event.
     while len(received) < tasks and time.perf_counter() < deadline:  # noqa: ASYNC110
@@ -92,11 +107,16 @@ async def dispatch(port: int, waiting: int = 100, tasks: int = 300) -> dict[str,
     await asyncio.wait(workers, timeout=15)
     for connection in [setup, *connections]:
         connection.close()
-    latencies = sorted(max(0.0, received[i] - answered[i]) * 1000 for i in answered)
-    return {
-        "p50_ms": statistics.median(latencies),
-        "p99_ms": latencies[int(len(latencies) * 0.99)],
-    }
+    lost = [i for i in answered if i not in received]
+    if lost:
+        raise RuntimeError(f"{len(lost)} of {tasks} tasks reached no worker within 30 s")
+    figures: dict[str, float] = {}
+    for name, start in (("", answered), ("_send", sent)):
+        # A task may reach a worker before its enqueue's answer reaches the producer.
+        latencies = sorted(max(0.0, received[i] - start[i]) * 1000 for i in start)
+        figures[f"p50{name}_ms"] = statistics.median(latencies)
+        figures[f"p99{name}_ms"] = latencies[int(len(latencies) * 0.99)]
+    return figures
 
 
 def cpu_seconds(pid: int) -> float:

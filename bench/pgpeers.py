@@ -7,13 +7,18 @@ Each system: N jobs added by one client one at a time, then N added by one clien
 of 1,000 where it has such a call, then the N drained by its workers doing nothing per job.
 Every drain checks that each job ran once (the workers' own counts), so no figure is taken
 of a broken run. Katar is measured on SQLite and PostgreSQL, drained by wrk (bench/drain.lua,
-32 connections) one task a poll and up to 100 a poll. The Node peers run from bench/node
-(``npm ci`` there), the Python ones from bench/.venv. Prints one markdown table.
+32 connections) one task a poll and up to 100 a poll; on PostgreSQL also by two servers
+on the same schema (16 connections each, drained together), with the dispatch latency
+from an enqueue on one server to a long poll held on the other; beside Katar on SQLite,
+bench/minimal.py's drain, the yardstick of its batched figure. The Node peers run from
+bench/node (``npm ci`` there), the Python ones from bench/.venv. Prints a markdown table
+of the figures, and one of issue 17's targets with whether each is met.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -30,9 +35,10 @@ from typing import Any
 
 import httpx
 
-from bench.common import HERE, katars, wrk
+from bench import latency
+from bench.common import HERE, katars
 from bench.run import machine
-from bench.throughput import QUEUE, fill
+from bench.throughput import QUEUE, drain_minimal, drain_servers
 
 PG = os.environ.get("KATAR_BENCH_PG_SERVER", "postgresql://postgres@127.0.0.1:5432")
 REDIS = os.environ.get("KATAR_BENCH_REDIS_PEERS", "redis://127.0.0.1:6379/14")
@@ -272,34 +278,13 @@ def katar_enqueue(store: str, jobs: int) -> float:
         return jobs / (time.perf_counter() - started)
 
 
-def katar_drain(store: str, jobs: int, batch: int) -> Figures:
-    """Fill one server 1,000 tasks a request, drain it with wrk asking for ``batch`` a poll;
-    checks that wrk was handed each task once."""
-    with katar_url(store) as url, katars(url, 1) as servers:
-        server = servers[0]
-        with httpx.Client(base_url=server.url, timeout=60) as client:
-            filled = fill(client, jobs)
-            run = wrk(
-                f"{server.url}/v1/queue/{QUEUE}",
-                HERE / "drain.lua",
-                600,
-                CONNECTIONS,
-                {"KATAR_MAX": str(batch)},
-            )
-            left = {"status": "queued,in progress", "limit": "1"}
-            try:
-                elapsed = _until(
-                    lambda: not client.get(f"/v1/queue/{QUEUE}/tasks", params=left).json()["tasks"],
-                    [run],  # type: ignore[list-item]
-                )
-            finally:
-                run.send_signal(signal.SIGINT)  # wrk then prints its summary and the count
-                output = run.communicate(timeout=30)[0]
-    delivered = [
-        int(line.split()[1]) for line in output.splitlines() if line.startswith("delivered:")
-    ]
-    _check(f"Katar {store}", jobs, delivered[0] if delivered else -1, jobs)
-    return {"enqueue_batch_per_s": filled, "drain_per_s": jobs / elapsed}
+def katar_drain(store: str, jobs: int, batch: int, servers: int = 1) -> Figures:
+    """Fill ``servers`` Katar processes on one store 1,000 tasks a request, drain them with
+    wrk asking for ``batch`` a poll, the connections split among them; checks that wrk was
+    handed each task once."""
+    with katar_url(store) as url, katars(url, servers) as running:
+        figures = drain_servers(running, jobs, batch, CONNECTIONS)
+    return {"enqueue_batch_per_s": figures["enqueued_per_s"], "drain_per_s": figures["tasks_per_s"]}
 
 
 def katar(store: str, batch: int) -> Callable[[int], Figures]:
@@ -311,12 +296,54 @@ def katar(store: str, batch: int) -> Callable[[int], Figures]:
     return measure
 
 
+def katar_two(batch: int) -> Callable[[int], Figures]:
+    """The drain on two ``katar serve`` processes sharing one PostgreSQL schema, wrk's 32
+    connections 16 on each (the enqueue rows are one server's, so they are not repeated)."""
+
+    def measure(jobs: int) -> Figures:
+        return {"drain_per_s": katar_drain("postgres", jobs, batch, servers=2)["drain_per_s"]}
+
+    return measure
+
+
+#: The cross-server dispatch: tasks enqueued, their pace (s) and the workers' long polls.
+DISPATCH_TASKS, DISPATCH_PACE, DISPATCH_POLLS, DISPATCH_WAIT = 300, 0.02, 50, 30
+
+
+def katar_dispatch(jobs: int) -> Figures:
+    """Two ``katar serve`` on one PostgreSQL schema: workers hold long polls on the first,
+    a producer enqueues one task at a time on the second; the latency from the enqueue's
+    answer to a worker's receipt (bench/latency.py). A fixed number of tasks, not ``jobs``:
+    the pace, not the count, is what is measured."""
+    with katar_url("postgres") as url, katars(url, 2) as (workers, producer):
+        return asyncio.run(
+            latency.dispatch(
+                workers.port,
+                DISPATCH_POLLS,
+                DISPATCH_TASKS,
+                producer=producer.port,
+                wait=DISPATCH_WAIT,
+                pace=DISPATCH_PACE,
+            )
+        )
+
+
+def minimal(jobs: int) -> Figures:
+    """bench/minimal.py's drain, up to 100 a poll, measured as bench/run.py measures it and
+    as Katar's drains are here: the yardstick of Katar's SQLite batched drain."""
+    return {"drain_per_s": drain_minimal(jobs, 100, CONNECTIONS)["tasks_per_s"]}
+
+
 #: (key, label, measure): every system of the table, in its order.
 SYSTEMS: list[tuple[str, str, Callable[[int], Figures]]] = [
     ("katar_pg_1", "Katar, PostgreSQL, 1 task a poll", katar("postgres", 1)),
     ("katar_pg_100", "Katar, PostgreSQL, up to 100 a poll", katar("postgres", 100)),
+    ("katar_pg2_1", "Katar, PostgreSQL, 2 servers, 1 task a poll", katar_two(1)),
+    ("katar_pg2_100", "Katar, PostgreSQL, 2 servers, up to 100 a poll", katar_two(100)),
+    ("katar_pg_dispatch", "Katar, PostgreSQL, dispatch across 2 servers", katar_dispatch),
     ("katar_sqlite_1", "Katar, SQLite, 1 task a poll", katar("sqlite", 1)),
     ("katar_sqlite_100", "Katar, SQLite, up to 100 a poll", katar("sqlite", 100)),
+    ("minimal_100", "minimal drain (bench/minimal.py, SQLite), up to 100 a poll", minimal),
     ("graphile_defaults", "graphile-worker, defaults (PostgreSQL)", graphile("defaults")),
     ("graphile_batched", "graphile-worker, batched (PostgreSQL)", graphile("batched")),
     ("pgboss", "pg-boss, 100 a fetch (PostgreSQL)", pgboss),
@@ -359,8 +386,10 @@ def table(results: dict[str, Any]) -> str:
         "| system | enqueue, 1 a call, /s | enqueue, 1,000 a call, /s | drain, /s |",
         "|---|---:|---:|---:|",
     ]
+    columns = ("enqueue_per_s", "enqueue_batch_per_s", "drain_per_s")
     for key, label, _ in SYSTEMS:
-        if key in results:
+        # The dispatch latency has no rate: it is in targets().
+        if key in results and any(name in results[key] for name in columns):
             row = results[key]
             lines.append(
                 f"| {label} | {cell(row, 'enqueue_per_s', reference)} "
@@ -370,37 +399,68 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: (figure, Katar's key, the reference's key, the rate compared): each met at >= 1.0x.
+RATIOS = [
+    (
+        "seed drain (1 a poll) vs graphile-worker defaults",
+        "katar_pg_1",
+        "graphile_defaults",
+        "drain_per_s",
+    ),
+    (
+        "batched drain (max 100) vs graphile-worker batched",
+        "katar_pg_100",
+        "graphile_batched",
+        "drain_per_s",
+    ),
+    (
+        "enqueue 1,000 a request vs graphile-worker add_jobs",
+        "katar_pg_100",
+        "graphile_batched",
+        "enqueue_batch_per_s",
+    ),
+    ("two servers, 1 a poll, vs one server", "katar_pg2_1", "katar_pg_1", "drain_per_s"),
+    ("two servers, max 100, vs one server", "katar_pg2_100", "katar_pg_100", "drain_per_s"),
+    (
+        "SQLite batched drain vs the minimal drain (max 100)",
+        "katar_sqlite_100",
+        "minimal_100",
+        "drain_per_s",
+    ),
+]
+#: The dispatch latency's target: p99, in ms, from the enqueue's answer.
+DISPATCH_P99_MS = 10.0
+
+
 def targets(results: dict[str, Any]) -> str:
-    pairs = [
-        (
-            "seed drain (1 a poll) vs graphile-worker defaults",
-            "katar_pg_1",
-            "graphile_defaults",
-            "drain_per_s",
-        ),
-        (
-            "batched drain (max 100) vs graphile-worker batched",
-            "katar_pg_100",
-            "graphile_batched",
-            "drain_per_s",
-        ),
-        (
-            "enqueue 1,000 a request vs graphile-worker add_jobs",
-            "katar_pg_100",
-            "graphile_batched",
-            "enqueue_batch_per_s",
-        ),
-    ]
+    """Issue 17's targets, each met when the figure is at least 1.0x its reference in the
+    same run (drains; the bulk enqueue), or under its bound (the dispatch latency)."""
     lines = [
-        "| Katar on PostgreSQL | Katar | peer | ratio | goal met |",
-        "|---|---:|---:|---:|---|",
+        "| target (same run) | Katar | reference | measured | wanted | met |",
+        "|---|---:|---:|---:|---|---|",
     ]
-    for label, ours, theirs, name in pairs:
+
+    def row(label: str, ours: str, theirs: str, measured: str, wanted: str, met: bool) -> None:
+        lines.append(
+            f"| {label} | {ours} | {theirs} | {measured} | {wanted} | {'yes' if met else 'no'} |"
+        )
+
+    for label, ours, theirs, name in RATIOS:
         if ours in results and theirs in results:
             a, b = results[ours][name], results[theirs][name]
-            lines.append(
-                f"| {label} | {a:,.0f} | {b:,.0f} | {a / b:.2f}x | {'yes' if a >= b else 'no'} |"
-            )
+            row(label, f"{a:,.0f}/s", f"{b:,.0f}/s", f"{a / b:.2f}x", ">= 1.00x", a >= b)
+    if "katar_pg_dispatch" in results:
+        d = results["katar_pg_dispatch"]
+        row(
+            f"dispatch p99, {DISPATCH_POLLS} long polls on one server, a task every "
+            f"{DISPATCH_PACE * 1000:.0f} ms enqueued on another (from the enqueue's answer; "
+            f"from its send: p50 {d['p50_send_ms']:.1f} ms, p99 {d['p99_send_ms']:.1f} ms)",
+            f"p50 {d['p50_ms']:.1f} ms",
+            "-",
+            f"{d['p99_ms']:.1f} ms",
+            f"<= {DISPATCH_P99_MS:.0f} ms",
+            d["p99_ms"] <= DISPATCH_P99_MS,
+        )
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -138,7 +139,7 @@ def drain(store: str, tasks: int, batch: int, connections: int) -> dict[str, flo
     """Enqueue ``tasks`` in bulk, then drain them with wrk workers that piggyback each ack
     on their next poll (drain.lua) asking for ``batch`` tasks; tasks per second."""
     with katar(store) as server:
-        return _drain([server], tasks, batch, connections)
+        return drain_servers([server], tasks, batch, connections)
 
 
 def drain_minimal(tasks: int, batch: int, connections: int) -> dict[str, float]:
@@ -152,7 +153,7 @@ def drain_minimal(tasks: int, batch: int, connections: int) -> dict[str, float]:
     )
     try:
         wait_for_port(port)
-        return _drain([Server(port, server.pid)], tasks, batch, connections)
+        return drain_servers([Server(port, server.pid)], tasks, batch, connections)
     finally:
         server.terminate()
         server.wait(10)
@@ -163,10 +164,10 @@ def drain_postgres(servers: int, tasks: int, batch: int, connections: int) -> di
     """The same on PostgreSQL, with ``servers`` Katar processes sharing the database and
     the connections shared among them (one wrk per server)."""
     with postgres_schema() as url, katars(url, servers) as running:
-        return _drain(running, tasks, batch, connections)
+        return drain_servers(running, tasks, batch, connections)
 
 
-def _drain(
+def drain_servers(
     servers: list[Server],
     tasks: int,
     batch: int,
@@ -174,6 +175,10 @@ def _drain(
     options: dict[str, object] | None = None,
     extra: Extra | None = None,
 ) -> dict[str, float]:
+    """Fill the queue through the first server, then drain it with one wrk per server, the
+    ``connections`` split among them, all started together; the clock stops when no task
+    is queued or in progress. Fails unless the wrk runs were handed ``tasks`` tasks between
+    them, so that a task lost or delivered twice gives no figure."""
     with httpx.Client(base_url=servers[0].url, timeout=60) as client:
         filled = fill(client, tasks, options, extra)
         started = time.perf_counter()
@@ -196,9 +201,18 @@ def _drain(
                         raise RuntimeError(f"wrk stopped early:\n{run.communicate()[0]}")
             elapsed = time.perf_counter() - started
         finally:
+            outputs = []
             for run in runs:
-                run.terminate()
-                run.communicate()
+                run.send_signal(signal.SIGINT)  # wrk then prints its summary and the count
+                outputs.append(run.communicate(timeout=30)[0])
+        delivered = [
+            int(line.split()[1])
+            for output in outputs
+            for line in output.splitlines()
+            if line.startswith("delivered:")
+        ]
+        if len(delivered) != len(runs) or sum(delivered) != tasks:
+            raise RuntimeError(f"{sum(delivered)} deliveries for {tasks} tasks:\n{outputs}")
         return {
             "tasks_per_s": tasks / elapsed,
             "enqueued_per_s": filled,
