@@ -28,7 +28,6 @@ from katar.core import idempotency, rules
 from katar.core.idempotency import Idempotency
 from katar.core.model import (
     READY,
-    RUNNING,
     UNFINISHED,
     Ack,
     NewTask,
@@ -64,6 +63,7 @@ from katar.logs import mask_credentials
 from katar.protocol import HISTORY_LENGTH, MAX_DELAY
 from katar.store._rows import COLUMNS, Dialect, task_from_row, update_values, view, where_sql
 from katar.store.postgres_deps import PostgresDependencies
+from katar.store.postgres_group import Done, PostgresGroups, claim, group_sql, plain_dones
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -276,7 +276,7 @@ def _translate(exc: Exception, url: str) -> StoreError:
     return StoreError(mask_credentials(f"PostgreSQL failed: {exc}", url))
 
 
-class PostgresStore(PostgresDependencies, Store):
+class PostgresStore(PostgresGroups, PostgresDependencies, Store):
     """Queues and tasks in PostgreSQL, shared by any number of Katar servers."""
 
     shared = True  # other servers' leases and delays: see Store.shared
@@ -340,17 +340,6 @@ class PostgresStore(PostgresDependencies, Store):
                 f"SELECT DISTINCT ON (unique_key) {COLUMNS} FROM {s}.tasks WHERE queue_id = %s"
                 " AND unique_key = ANY(%s) AND unique_key IS NOT NULL"
                 " AND (state < 4 OR state = 7 OR unique_until > %s) ORDER BY unique_key, id"
-            ),
-            # A task's own timeout makes its own lease (rules.lease_ms); a task never
-            # delivered whose expiry has come (rules.expired) is left for the reaper.
-            "claim": (
-                f"UPDATE {s}.tasks SET state=3, attempts=attempts+1, worker=%s,"
-                f" lease_until=%s + coalesce(timeout, %s), run_at=NULL, progress=NULL,"
-                f" updated_at=%s, started_at=%s WHERE id IN (SELECT id FROM {s}.tasks"
-                f" WHERE queue_id=%s"
-                f" AND state=1 AND (expires_at IS NULL OR attempts > 0 OR expires_at > %s)"
-                f" ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED)"
-                f" RETURNING {COLUMNS}"
             ),
             "issued": f"SELECT last_value, is_called FROM {s}.tasks_id_seq",
             # A limited queue's claim (QueueOptions.limited). The queue's row is locked
@@ -432,24 +421,6 @@ class PostgresStore(PostgresDependencies, Store):
                 " coalesce(convert_from(history, 'UTF8')::jsonb, '[]'::jsonb) AS h"
                 f" FROM {s}.tasks WHERE id = ANY(%s)) AS x WHERE t.id = x.id"
             ),
-            # Workers' "done"s (rules.apply_ack, in SQL), many at once: the rows are locked
-            # in id order first, so that two polls cannot deadlock. A named worker's ack
-            # matches only its own deliveries, or those leased without a name (rules.owns).
-            "done_keep": (
-                f"WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::int[], %s::bytea[])"
-                f" AS v(id, attempt, result)), locked AS (SELECT id FROM {s}.tasks WHERE"
-                " id = ANY(%s) ORDER BY id FOR UPDATE)"
-                f" UPDATE {s}.tasks AS t SET state = 4, result = v.result, error = NULL,"
-                " lease_until = NULL, updated_at = %s FROM v WHERE t.id = v.id AND t.id IN"
-                f" (SELECT id FROM locked) AND {_DONE_MATCH} RETURNING {_T_COLUMNS}"
-            ),
-            "done_drop": (
-                f"WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::int[]) AS v(id, attempt)),"
-                f" locked AS (SELECT id FROM {s}.tasks WHERE id = ANY(%s) ORDER BY id FOR"
-                f" UPDATE) DELETE FROM {s}.tasks AS t USING v WHERE t.id = v.id AND t.id IN"
-                f" (SELECT id FROM locked) AND {_DONE_MATCH} AND t.unique_until IS NULL"
-                f" RETURNING {_T_COLUMNS}"
-            ),
             # Retention (rules.prune_before, holds_key: in SQL), the oldest first.
             "prune": (
                 f"DELETE FROM {s}.tasks WHERE id IN (SELECT id FROM {s}.tasks WHERE"
@@ -462,20 +433,9 @@ class PostgresStore(PostgresDependencies, Store):
             # Ids taken ahead for a batch whose tasks name one another ("$n" in after).
             "next_ids": f"SELECT nextval('{s}.tasks_id_seq') FROM generate_series(1, %s)",
             **self._deps_sql(),
+            **group_sql(s),
         }
-        # The plain claim, passing over the tasks that the poll's acks name; and taking
-        # nothing when one of them has children (its "done" may make some ready: the claim
-        # is made after the acks then).
-        self._sql["claim_except"] = self._sql["claim"].replace(
-            " ORDER BY priority DESC",
-            " AND id <> ALL(%s::bigint[]) AND NOT EXISTS (SELECT 1 FROM"
-            f" {s}.tasks AS a WHERE a.id = ANY(%s::bigint[]) AND a.children)"
-            " ORDER BY priority DESC",
-        )
-        for name in ("done_keep", "done_drop"):  # only the ids, when nobody watches
-            self._sql[f"{name}_ids"] = self._sql[name].replace(
-                f"RETURNING {_T_COLUMNS}", "RETURNING t.id"
-            )
+        self._groups_init()
 
     # -- connections -------------------------------------------------------------------------
 
@@ -585,6 +545,7 @@ class PostgresStore(PostgresDependencies, Store):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
             self._listener = None
+        await self._groups_finish()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
@@ -1012,49 +973,38 @@ class PostgresStore(PostgresDependencies, Store):
         now: int,
     ) -> PollResult:
         queue_id = await self._queue_id(queue)
+        if not options.custom_claim and (ids := plain_dones(acks)) is not None:
+            # The hot path: with the polls that arrive with it (katar.store.postgres_group).
+            return await self._grouped(queue, queue_id, options, acks, ids, limit, worker, now)
+        return await self._poll_alone(queue, options, acks, limit, worker, now)
+
+    async def _poll_alone(
+        self,
+        queue: str,
+        options: QueueOptions,
+        acks: Sequence[Ack],
+        limit: int,
+        worker: str | None,
+        now: int,
+    ) -> PollResult:
+        """A poll in a transaction of its own, every ack by the rules but its plain "done"s."""
+        queue_id = await self._queue_id(queue)
         changes: list[Change] = []
         cancel: list[int] = []
         async with self._transaction() as conn:
             ids = [parse_task_id(ack.task_id) for ack in acks]
-            done: dict[int, Change | None] = {}
-            plain = [(i, a) for i, a in zip(ids, acks, strict=True) if a.status == "done" and i]
+            finished: dict[int, Change | None] = {}
             # No task named twice: the order of the acks cannot matter, and the plain "done"s
             # of current deliveries go in one statement (the rest by the rules).
-            batched = bool(plain) and len(set(ids)) == len(ids)
-            # The plain claim, when the acks are all plain "done"s (none makes a task ready,
-            # none frees room under a limit): sent with them, in one round trip, leaving out
-            # the tasks acked (which the rules would refuse to ack before their delivery).
-            early = (
-                _PIPELINED_CLAIM
-                and limit > 0
-                and not options.custom_claim
-                and (not acks or len(plain) == len(acks))
-            )
-            delivered: list[Task] = []
-            if batched or early:
-                async with conn.pipeline():
-                    finishing = None
-                    if batched:
-                        sql, args = self._done_statement(queue_id, options, plain, now, worker)
-                        finishing = await conn.execute(sql, args)
-                    claiming = None
-                    if early:
-                        claim = (worker, now, options.timeout, now, now, queue_id, now)
-                        if acks:
-                            acked = [i for i, _ in plain]
-                            claiming = await conn.execute(
-                                self._sql["claim_except"], (*claim, acked, acked, limit)
-                            )
-                        else:
-                            claiming = await conn.execute(self._sql["claim"], (*claim, limit))
-                if finishing is not None:
-                    rows = await finishing.fetchall()
-                    done = self._done_changes(rows, queue, options, plain, now, worker)
-                if claiming is not None:
-                    delivered = [task_from_row(row, queue) for row in await claiming.fetchall()]
-                    delivered.sort(key=lambda t: (-t.priority, t.id))
-            rest = [i for i in ids if i not in done]
-            linked = False  # an acked task has children: the early claim took nothing
+            if len(set(ids)) == len(ids):
+                pairs = zip(ids, acks, strict=True)
+                done = Done([(i, a, worker) for i, a in pairs if a.status == "done" and i])
+                if done.acks:
+                    watching = self.watch is None or self.watch()
+                    sql, args = done.statement(self._sql, queue_id, options, now, watching)
+                    rows = await (await conn.execute(sql, args)).fetchall()
+                    finished = done.changes(rows, queue, options, now)
+            rest = [i for i in ids if i not in finished]
             if len(rest) > 1:
                 # Lock the acked tasks in id order first: two polls acking the same tasks in
                 # different orders would otherwise each hold one and wait for the other (a
@@ -1062,10 +1012,10 @@ class PostgresStore(PostgresDependencies, Store):
                 await conn.execute(self._sql["lock_many"], (sorted({i for i in rest if i}),))
             for index, ack in enumerate(acks):
                 task_id = ids[index]
-                if task_id in done:
-                    finished = done[task_id]
-                    if finished is not None:
-                        changes.append(finished)
+                if task_id in finished:
+                    change = finished[task_id]
+                    if change is not None:
+                        changes.append(change)
                     continue
                 row = None
                 if task_id is not None:
@@ -1077,7 +1027,6 @@ class PostgresStore(PostgresDependencies, Store):
                 if row[1] != queue_id:
                     raise TaskNotFound.named(ack.task_id, queue, ack=index)
                 task = task_from_row(row, queue)
-                linked = linked or task.children
                 try:
                     new = rules.apply_ack(task, ack, options, now, worker)
                 except KatarError as exc:
@@ -1091,70 +1040,18 @@ class PostgresStore(PostgresDependencies, Store):
                 if rules.stops(task if new is None else new, ack, worker):
                     cancel.append(task.id)
             retry_at = held = None
-            if early and not linked:
-                pass  # claimed above
-            elif limit > 0 and options.custom_claim:
+            delivered: list[Task] = []
+            if limit > 0 and options.custom_claim:
                 delivered, retry_at, held = await self._claim_limited(
                     conn, queue, queue_id, options, limit, worker, now
                 )
             elif limit > 0:
-                cursor = await conn.execute(
-                    self._sql["claim"],
-                    (worker, now, options.timeout, now, now, queue_id, now, limit),
-                )
-                delivered = [task_from_row(row, queue) for row in await cursor.fetchall()]
-                delivered.sort(key=lambda t: (-t.priority, t.id))
+                workers = [worker] * limit
+                taken = await claim(conn, self._sql, queue, queue_id, options, workers, now)
+                delivered = [task for _slot, task in taken]
             delivered = await self._views(conn, self._sql, delivered)
             await self._notify_ready(conn, (change.task for change in changes))
         return PollResult(delivered, changes, retry_at, cancel, held)
-
-    def _done_statement(
-        self,
-        queue_id: int,
-        options: QueueOptions,
-        acks: list[tuple[int, Ack]],
-        now: int,
-        worker: str | None,
-    ) -> tuple[str, tuple[Any, ...]]:
-        """The hot path of workers' "done"s: one statement finishes the current deliveries
-        the acks name (locking them in id order), as rules.apply_ack would; an ack it does
-        not match (stale, refused, a task with its cancel requested or holding a unique_key
-        past its end) is left to the rules. It returns every column of the tasks finished,
-        or only their ids when nobody watches (Store.watch)."""
-        watching = self.watch is None or self.watch()
-        ids = [task_id for task_id, _ack in acks]
-        attempts = [ack.attempt or 0 for _id, ack in acks]
-        if options.persistent:
-            results = [None if ack.result is None else bytes(ack.result) for _id, ack in acks]
-            sql = self._sql["done_keep" if watching else "done_keep_ids"]
-            return sql, (ids, attempts, results, ids, now, queue_id, worker, worker)
-        sql = self._sql["done_drop" if watching else "done_drop_ids"]
-        return sql, (ids, attempts, ids, queue_id, worker, worker)
-
-    @staticmethod
-    def _done_changes(
-        rows: list[tuple[Any, ...]],
-        queue: str,
-        options: QueueOptions,
-        acks: list[tuple[int, Ack]],
-        now: int,
-        worker: str | None,
-    ) -> dict[int, Change | None]:
-        """What _done_statement's rows say: each finished task's change, or None when only
-        its id came back."""
-        if rows and len(rows[0]) == 1:
-            return dict.fromkeys((row[0] for row in rows), None)
-        if options.persistent:  # the rows as updated
-            return {row[0]: Change(task_from_row(row, queue), RUNNING) for row in rows}
-        # The rows as they were before the delete: their last version is the rules' "done".
-        by_id = dict(acks)
-        finished: dict[int, Change | None] = {}
-        for row in rows:
-            task = task_from_row(row, queue)
-            last = rules.apply_ack(task, by_id[task.id], options, now, worker)
-            assert last is not None
-            finished[task.id] = Change(last, RUNNING)
-        return finished
 
     async def _claim_limited(
         self,
@@ -1189,10 +1086,8 @@ class PostgresStore(PostgresDependencies, Store):
         delivered: list[Task] = []
         if allowed > 0 and options.key_concurrency is None and queue_id not in self._fair:
             # Nothing to pick by key: the plain claim, cut to what the limits allow.
-            claim = (worker, *lease, now, now, queue_id, now, allowed)
-            cursor = await conn.execute(sql["claim"], claim)
-            delivered = [task_from_row(row, queue) for row in await cursor.fetchall()]
-            delivered.sort(key=lambda t: (-t.priority, t.id))
+            claimed = await claim(conn, sql, queue, queue_id, options, [worker] * allowed, now)
+            delivered = [task for _slot, task in claimed]
             allowed = 0
         while len(delivered) < allowed:
             want = allowed - len(delivered)
@@ -1696,21 +1591,6 @@ def _schedule(row: Sequence[Any]) -> Schedule:
 
 
 _KEEP: Final = QueueOptions(persistent=True)
-# Sending a poll's claim in one round trip with its "done"s (pipeline mode) is off: with it,
-# the PostgreSQL restart fault test (tests/faults/test_postgres_outage.py) saw an ack
-# answered done whose task was delivered again, in one run of three; without it, none in
-# five. Until that is understood, the claim waits for the acks' answer.
-_PIPELINED_CLAIM: Final = False
-# A "done" for the current delivery (rules.apply_ack): its attempt if named, no cancel
-# requested (the rules end such a delivery cancelled), and the worker's own (rules.owns).
-# A task with dependencies (parents, or children waiting for it) is left to the rules too:
-# its end settles the edges (katar.store.postgres_deps).
-_DONE_MATCH: Final = (
-    "t.queue_id = %s AND t.state = 3 AND t.attempts = coalesce(nullif(v.attempt, 0), t.attempts)"
-    " AND NOT t.cancel_requested AND (%s::text IS NULL OR t.worker IS NULL OR t.worker = %s)"
-    " AND t.parents = 0 AND NOT t.children"
-)
-_T_COLUMNS: Final = ", ".join(f"t.{column.strip()}" for column in COLUMNS.split(","))
 _DIALECT: Final = Dialect(
     param="%s", ids="id = ANY(%s)", ids_value=list, contains="strpos(error, %s) > 0"
 )

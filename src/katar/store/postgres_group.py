@@ -1,0 +1,310 @@
+"""Group commit on PostgreSQL: the workers' polls of one queue that arrive together share one
+transaction.
+
+A poll on the hot path (its acks all "done"s of distinct tasks, its queue claiming the first
+ready tasks in order) joins the group being gathered for its queue. At most
+``GROUPS_IN_FLIGHT`` groups of a queue run at once, so that while one runs the polls arriving
+gather into the next: under load, 32 workers' polls cost a handful of transactions, not 32.
+A group is one transaction of four round trips (``BEGIN``, one statement for every "done" of
+every poll, one claim for every poll's tasks, ``COMMIT``) and one WAL flush, whatever its
+size. A poll that finds the group gathering adds nothing to its own latency but the wait for
+the group in flight; a poll alone runs at once, as a group of one.
+
+When one "done" of a group does not match its task's current delivery (a stale or refused
+ack, a cancel requested, a unique key held past the end, a task with dependencies), the
+group's transaction is rolled back and its polls run one by one on the rules' path, so that
+each poll's answer, and what it changes, is exactly what it would be alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from katar.core import rules
+from katar.core.model import RUNNING, Ack, QueueOptions, Task, parse_task_id
+from katar.core.storage import Change, PollResult
+from katar.store._rows import COLUMNS, task_from_row
+from katar.store.postgres_deps import PostgresDependencies
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from psycopg import AsyncConnection
+
+    Connection = AsyncConnection[tuple[Any, ...]]
+
+#: Groups of one queue running at once: one gathers while another commits. More would split
+#: the polls into smaller groups (more commits) without more work done in parallel.
+GROUPS_IN_FLIGHT: Final = 2
+
+# A "done" for the current delivery (rules.apply_ack): its attempt if named, no cancel
+# requested (the rules end such a delivery cancelled), and the worker's own (rules.owns).
+# A task with dependencies (parents, or children waiting for it) is left to the rules too:
+# its end settles the edges (katar.store.postgres_deps).
+_DONE_MATCH: Final = (
+    "t.queue_id = %s AND t.state = 3 AND t.attempts = coalesce(nullif(v.attempt, 0), t.attempts)"
+    " AND NOT t.cancel_requested AND (v.worker IS NULL OR t.worker IS NULL OR t.worker = v.worker)"
+    " AND t.parents = 0 AND NOT t.children"
+)
+T_COLUMNS: Final = ", ".join(f"t.{column.strip()}" for column in COLUMNS.split(","))
+
+
+def group_sql(s: str) -> dict[str, str]:
+    """The hot path's statements, in schema ``s``."""
+    sql = {
+        # Workers' "done"s (rules.apply_ack, in SQL), many at once: the rows are locked in id
+        # order first, so that two transactions cannot deadlock.
+        "done_keep": (
+            "WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::int[], %s::bytea[], %s::text[])"
+            f" AS v(id, attempt, result, worker)), locked AS (SELECT id FROM {s}.tasks WHERE"
+            " id = ANY(%s) ORDER BY id FOR UPDATE)"
+            f" UPDATE {s}.tasks AS t SET state = 4, result = v.result, error = NULL,"
+            " lease_until = NULL, updated_at = %s FROM v WHERE t.id = v.id AND t.id IN"
+            f" (SELECT id FROM locked) AND {_DONE_MATCH} RETURNING {T_COLUMNS}"
+        ),
+        "done_drop": (
+            "WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::int[], %s::text[])"
+            f" AS v(id, attempt, worker)), locked AS (SELECT id FROM {s}.tasks WHERE"
+            f" id = ANY(%s) ORDER BY id FOR UPDATE) DELETE FROM {s}.tasks AS t USING v WHERE"
+            f" t.id = v.id AND t.id IN (SELECT id FROM locked) AND {_DONE_MATCH}"
+            f" AND t.unique_until IS NULL RETURNING {T_COLUMNS}"
+        ),
+        # The claim: the first ready tasks in order, each leased to the worker of its slot
+        # (the n-th task taken to the n-th name given). A task's own timeout makes its own
+        # lease (rules.lease_ms); a task never delivered whose expiry has come
+        # (rules.expired) is left for the reaper.
+        "claim": (
+            f"WITH locked AS (SELECT id, priority FROM {s}.tasks WHERE queue_id = %s AND"
+            " state = 1 AND (expires_at IS NULL OR attempts > 0 OR expires_at > %s)"
+            " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED), slots AS (SELECT id,"
+            " row_number() OVER (ORDER BY priority DESC, id) AS slot FROM locked)"
+            f" UPDATE {s}.tasks AS t SET state = 3, attempts = t.attempts + 1,"
+            " worker = (%s::text[])[slots.slot], lease_until = %s + coalesce(t.timeout, %s),"
+            " run_at = NULL, progress = NULL, updated_at = %s, started_at = %s FROM slots"
+            f" WHERE t.id = slots.id RETURNING slots.slot, {T_COLUMNS}"
+        ),
+    }
+    for name in ("done_keep", "done_drop"):  # only the ids, when nobody watches
+        sql[f"{name}_ids"] = sql[name].replace(f"RETURNING {T_COLUMNS}", "RETURNING t.id")
+    return sql
+
+
+def plain_dones(acks: Sequence[Ack]) -> list[int] | None:
+    """The ids the acks name when every one is a "done" of a task of ours, no task twice;
+    else None (the poll takes the rules' path)."""
+    ids: list[int] = []
+    for ack in acks:
+        task_id = parse_task_id(ack.task_id) if ack.status == "done" else None
+        if task_id is None:
+            return None
+        ids.append(task_id)
+    return ids if len(set(ids)) == len(ids) else None
+
+
+@dataclass(slots=True)
+class Done:
+    """The "done"s of one transaction: the acks, with the worker of the poll of each."""
+
+    acks: list[tuple[int, Ack, str | None]] = field(default_factory=list)
+
+    def statement(
+        self, sql: dict[str, str], queue_id: int, options: QueueOptions, now: int, watching: bool
+    ) -> tuple[str, tuple[Any, ...]]:
+        """One statement that finishes the current deliveries the acks name, as
+        rules.apply_ack would; an ack it does not match is left to the rules. It returns
+        every column of the tasks finished, or only their ids when nobody watches
+        (Store.watch)."""
+        ids = [task_id for task_id, _ack, _worker in self.acks]
+        attempts = [ack.attempt or 0 for _id, ack, _worker in self.acks]
+        workers = [worker for _id, _ack, worker in self.acks]
+        if options.persistent:
+            results = [None if a.result is None else bytes(a.result) for _i, a, _w in self.acks]
+            args: tuple[Any, ...] = (ids, attempts, results, workers, ids, now, queue_id)
+            return sql["done_keep" if watching else "done_keep_ids"], args
+        args = (ids, attempts, workers, ids, queue_id)
+        return sql["done_drop" if watching else "done_drop_ids"], args
+
+    def changes(
+        self, rows: list[tuple[Any, ...]], queue: str, options: QueueOptions, now: int
+    ) -> dict[int, Change | None]:
+        """What the statement's rows say: each finished task's change, or None when only
+        its id came back."""
+        if rows and len(rows[0]) == 1:
+            return dict.fromkeys((row[0] for row in rows), None)
+        if options.persistent:  # the rows as updated
+            return {row[0]: Change(task_from_row(row, queue), RUNNING) for row in rows}
+        # The rows as they were before the delete: their last version is the rules' "done".
+        by_id = {task_id: (ack, worker) for task_id, ack, worker in self.acks}
+        finished: dict[int, Change | None] = {}
+        for row in rows:
+            task = task_from_row(row, queue)
+            ack, worker = by_id[task.id]
+            last = rules.apply_ack(task, ack, options, now, worker)
+            assert last is not None
+            finished[task.id] = Change(last, RUNNING)
+        return finished
+
+
+async def claim(
+    conn: Connection,
+    sql: dict[str, str],
+    queue: str,
+    queue_id: int,
+    options: QueueOptions,
+    workers: list[str | None],
+    now: int,
+) -> list[tuple[int, Task]]:
+    """Lease up to ``len(workers)`` ready tasks, the n-th to ``workers[n]``: (slot, task)
+    pairs in the claim's order (priority, then id), slots counted from 0."""
+    args = (queue_id, now, len(workers), workers, now, options.timeout, now, now)
+    rows = await (await conn.execute(sql["claim"], args)).fetchall()
+    return sorted(((row[0] - 1, task_from_row(row[1:], queue)) for row in rows), key=_slot)
+
+
+def _slot(taken: tuple[int, Task]) -> int:
+    return taken[0]
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A poll in a group: what it asks, and where its answer goes."""
+
+    options: QueueOptions
+    acks: Sequence[Ack]
+    ids: list[int]
+    limit: int
+    worker: str | None
+    now: int
+    answer: asyncio.Future[PollResult]
+
+
+class _Mismatch(Exception):
+    """A group's "done" that the rules must decide: the group's polls go one by one."""
+
+
+class PostgresGroups:
+    """The group commit's part of PostgresStore, which provides what is declared here."""
+
+    _sql: dict[str, str]
+    _transaction: Callable[..., Any]
+    _poll_alone: Callable[..., Awaitable[PollResult]]
+    watch: Callable[[], bool] | None
+
+    def _groups_init(self) -> None:
+        #: The polls gathering, per queue, for the next group.
+        self._gathering: dict[str, list[_Waiting]] = {}
+        #: Groups running, per queue.
+        self._running: dict[str, int] = {}
+        self._runners: set[asyncio.Task[None]] = set()
+
+    async def _groups_finish(self) -> None:
+        """Let the groups running end (their polls get their answers) before the pool
+        closes."""
+        while self._runners:
+            await asyncio.gather(*self._runners, return_exceptions=True)
+
+    async def _grouped(
+        self,
+        queue: str,
+        queue_id: int,
+        options: QueueOptions,
+        acks: Sequence[Ack],
+        ids: list[int],
+        limit: int,
+        worker: str | None,
+        now: int,
+    ) -> PollResult:
+        answer: asyncio.Future[PollResult] = asyncio.get_running_loop().create_future()
+        self._gathering.setdefault(queue, []).append(
+            _Waiting(options, acks, ids, limit, worker, now, answer)
+        )
+        if self._running.get(queue, 0) < GROUPS_IN_FLIGHT:
+            self._running[queue] = self._running.get(queue, 0) + 1
+            runner = asyncio.create_task(self._run_groups(queue, queue_id))
+            self._runners.add(runner)
+            runner.add_done_callback(self._runners.discard)
+        return await answer
+
+    async def _run_groups(self, queue: str, queue_id: int) -> None:
+        """Run the queue's groups while polls gather."""
+        try:
+            while group := self._next_group(queue):
+                try:
+                    await self._run_group(queue, queue_id, group)
+                except _Mismatch:
+                    for one in group:
+                        await self._run_alone(queue, one)
+                except Exception as exc:  # the store's error is each poll's answer
+                    for one in group:
+                        if not one.answer.done():
+                            one.answer.set_exception(exc)
+        finally:
+            self._running[queue] -= 1
+
+    def _next_group(self, queue: str) -> list[_Waiting]:
+        """The polls gathered for the queue that can share a transaction: those still
+        waiting, under the same options, naming no task twice (the others wait for the
+        next group)."""
+        gathered = self._gathering.pop(queue, [])
+        group: list[_Waiting] = []
+        later: list[_Waiting] = []
+        named: set[int] = set()
+        for one in gathered:
+            if one.answer.done():  # its request was cancelled
+                continue
+            if group and (one.options is not group[0].options or not named.isdisjoint(one.ids)):
+                later.append(one)
+                continue
+            named.update(one.ids)
+            group.append(one)
+        if later:
+            self._gathering.setdefault(queue, [])[:0] = later
+        return group
+
+    async def _run_alone(self, queue: str, one: _Waiting) -> None:
+        if one.answer.done():
+            return
+        try:
+            result = await self._poll_alone(
+                queue, one.options, one.acks, one.limit, one.worker, one.now
+            )
+        except Exception as exc:
+            if not one.answer.done():
+                one.answer.set_exception(exc)
+        else:
+            if not one.answer.done():
+                one.answer.set_result(result)
+
+    async def _run_group(self, queue: str, queue_id: int, group: list[_Waiting]) -> None:
+        options = group[0].options
+        now = max(one.now for one in group)
+        done = Done(
+            [(i, a, one.worker) for one in group for i, a in zip(one.ids, one.acks, strict=True)]
+        )
+        workers = [one.worker for one in group for _ in range(one.limit)]
+        finished: dict[int, Change | None] = {}
+        taken: list[tuple[int, Task]] = []
+        async with self._transaction() as conn:
+            if done.acks:
+                watching = self.watch is None or self.watch()
+                sql, args = done.statement(self._sql, queue_id, options, now, watching)
+                rows = await (await conn.execute(sql, args)).fetchall()
+                finished = done.changes(rows, queue, options, now)
+                if len(finished) < len(done.acks):
+                    raise _Mismatch
+            if workers:
+                taken = await claim(conn, self._sql, queue, queue_id, options, workers, now)
+                tasks = [task for _slot, task in taken]
+                tasks = await PostgresDependencies._views(conn, self._sql, tasks)
+                taken = [(slot, task) for (slot, _t), task in zip(taken, tasks, strict=True)]
+        first = 0  # each poll's slots: its share of the claim, in the group's order
+        by_slot = dict(taken)
+        for one in group:
+            delivered = [by_slot[s] for s in range(first, first + one.limit) if s in by_slot]
+            first += one.limit
+            changes = [change for i in one.ids if (change := finished.get(i)) is not None]
+            if not one.answer.done():
+                one.answer.set_result(PollResult(delivered, changes))
