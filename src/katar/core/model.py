@@ -129,7 +129,7 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     #: never look at the dependencies' table.
     parents: int = 0
     #: Whether some task names it in ``after`` and waits for it: its end must release or
-    #: cancel them, so the stores' fast "done" statements leave it to the slow path.
+    #: cancel them.
     children: bool = False
     #: Not stored (read from the dependencies with the task, when it has parents): the ids
     #: of its parents not done yet, and the results of those done, as a JSON object

@@ -62,7 +62,6 @@ from katar.errors import (
 from katar.logs import mask_credentials
 from katar.protocol import HISTORY_LENGTH, MAX_DELAY
 from katar.store._rows import COLUMNS, Dialect, task_from_row, update_values, view, where_sql
-from katar.store.postgres_deps import PostgresDependencies
 from katar.store.postgres_group import Done, PostgresGroups, claim, group_sql, plain_dones
 
 if TYPE_CHECKING:
@@ -276,7 +275,7 @@ def _translate(exc: Exception, url: str) -> StoreError:
     return StoreError(mask_credentials(f"PostgreSQL failed: {exc}", url))
 
 
-class PostgresStore(PostgresGroups, PostgresDependencies, Store):
+class PostgresStore(PostgresGroups, Store):
     """Queues and tasks in PostgreSQL, shared by any number of Katar servers."""
 
     shared = True  # other servers' leases and delays: see Store.shared
@@ -1003,7 +1002,8 @@ class PostgresStore(PostgresGroups, PostgresDependencies, Store):
                     watching = self.watch is None or self.watch()
                     sql, args = done.statement(self._sql, queue_id, options, now, watching)
                     rows = await (await conn.execute(sql, args)).fetchall()
-                    finished = done.changes(rows, queue, options, now)
+                    finished = done.changes(rows, queue, options, now, watching)
+                    changes += await self._finish_edges(conn, done, rows, options, now, watching)
             rest = [i for i in ids if i not in finished]
             if len(rest) > 1:
                 # Lock the acked tasks in id order first: two polls acking the same tasks in

@@ -56,11 +56,12 @@ class PostgresDependencies:
             ),
             "lock_children": (
                 f"SELECT 1 FROM {s}.tasks WHERE id IN (SELECT child_id FROM {s}.deps WHERE"
-                " parent_id = %s AND NOT done) ORDER BY id FOR UPDATE"
+                " parent_id = ANY(%s) AND NOT done) ORDER BY id FOR UPDATE"
             ),
-            "parent_done": (
-                f"UPDATE {s}.deps SET done = true, result = %s WHERE parent_id = %s AND NOT done"
-                " RETURNING child_id"
+            "parents_done": (
+                f"UPDATE {s}.deps AS d SET done = true, result = v.result FROM unnest(%s::bigint[],"
+                " %s::bytea[]) AS v(id, result) WHERE d.parent_id = v.id AND NOT d.done"
+                " RETURNING d.child_id"
             ),
             # rules.release, in SQL: ready, or scheduled while the delay runs.
             "release": (
@@ -157,6 +158,28 @@ class PostgresDependencies:
         if child_ids:
             await conn.execute(sql["forget"], (list(child_ids),))
 
+    async def _parents_done(
+        self,
+        conn: Connection,
+        sql: dict[str, str],
+        parents: Sequence[tuple[int, bytes | None]],
+        now: int,
+        also: list[Change],
+    ) -> None:
+        """Parents (id, result) just done: their results go into their children's edges, and
+        the children they were the last to wait for are released (``also`` receives their
+        changes). A statement of each kind for all of them, however many."""
+        ids = [parent_id for parent_id, _result in parents]
+        await conn.execute(sql["lock_children"], (ids,))
+        results = [result for _parent_id, result in parents]
+        cursor = await conn.execute(sql["parents_done"], (ids, results))
+        children = sorted({row[0] for row in await cursor.fetchall()})
+        if children:
+            cursor = await conn.execute(sql["release"], {"now": now, "ids": children})
+            for row in await cursor.fetchall():
+                task = task_from_row(row, await self._name(conn, row[1]))
+                also.append(Change(task, State.WAITING))
+
     async def _settle(
         self,
         conn: Connection,
@@ -177,14 +200,7 @@ class PostgresDependencies:
         if how == "done":
             assert new is not None
             result = None if new.result is None else bytes(new.result)
-            await conn.execute(sql["lock_children"], (parent.id,))
-            cursor = await conn.execute(sql["parent_done"], (result, parent.id))
-            children = [row[0] for row in await cursor.fetchall()]
-            if children:
-                cursor = await conn.execute(sql["release"], {"now": now, "ids": children})
-                for row in await cursor.fetchall():
-                    task = task_from_row(row, await self._name(conn, row[1]))
-                    also.append(Change(task, State.WAITING))
+            await self._parents_done(conn, sql, [(parent.id, result)], now, also)
             return
         level = [(parent.id, how)]
         while level:

@@ -19,7 +19,7 @@ each poll's answer, and what it changes, is exactly what it would be alone.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -42,12 +42,10 @@ GROUPS_IN_FLIGHT: Final = 2
 
 # A "done" for the current delivery (rules.apply_ack): its attempt if named, no cancel
 # requested (the rules end such a delivery cancelled), and the worker's own (rules.owns).
-# A task with dependencies (parents, or children waiting for it) is left to the rules too:
-# its end settles the edges (katar.store.postgres_deps).
+# The edges of the tasks with dependencies are settled after it, all at once (Done.edges).
 _DONE_MATCH: Final = (
     "t.queue_id = %s AND t.state = 3 AND t.attempts = coalesce(nullif(v.attempt, 0), t.attempts)"
     " AND NOT t.cancel_requested AND (v.worker IS NULL OR t.worker IS NULL OR t.worker = v.worker)"
-    " AND t.parents = 0 AND NOT t.children"
 )
 T_COLUMNS: Final = ", ".join(f"t.{column.strip()}" for column in COLUMNS.split(","))
 
@@ -87,8 +85,10 @@ def group_sql(s: str) -> dict[str, str]:
             f" WHERE t.id = slots.id RETURNING slots.slot, {T_COLUMNS}"
         ),
     }
-    for name in ("done_keep", "done_drop"):  # only the ids, when nobody watches
-        sql[f"{name}_ids"] = sql[name].replace(f"RETURNING {T_COLUMNS}", "RETURNING t.id")
+    for name in ("done_keep", "done_drop"):  # what the edges need, when nobody watches
+        sql[f"{name}_ids"] = sql[name].replace(
+            f"RETURNING {T_COLUMNS}", "RETURNING t.id, t.parents, t.children"
+        )
     return sql
 
 
@@ -128,11 +128,16 @@ class Done:
         return sql["done_drop" if watching else "done_drop_ids"], args
 
     def changes(
-        self, rows: list[tuple[Any, ...]], queue: str, options: QueueOptions, now: int
+        self,
+        rows: list[tuple[Any, ...]],
+        queue: str,
+        options: QueueOptions,
+        now: int,
+        watching: bool,
     ) -> dict[int, Change | None]:
-        """What the statement's rows say: each finished task's change, or None when only
-        its id came back."""
-        if rows and len(rows[0]) == 1:
+        """What the statement's rows say: each finished task's change, or None when nobody
+        watches."""
+        if not watching:
             return dict.fromkeys((row[0] for row in rows), None)
         if options.persistent:  # the rows as updated
             return {row[0]: Change(task_from_row(row, queue), RUNNING) for row in rows}
@@ -146,6 +151,21 @@ class Done:
             assert last is not None
             finished[task.id] = Change(last, RUNNING)
         return finished
+
+    def edges(
+        self, rows: list[tuple[Any, ...]], watching: bool
+    ) -> tuple[list[tuple[int, bytes | None]], list[int]]:
+        """Of the tasks the statement finished: those with children, with their results
+        (their children's edges take them); and those with parents (their edges go when the
+        task goes, in a queue without history)."""
+        if watching:  # every column: parents and children are the last two
+            rows = [(row[0], row[-2], row[-1]) for row in rows]
+        results: dict[int, bytes | None] = {
+            task_id: None if ack.result is None else bytes(ack.result)
+            for task_id, ack, _worker in self.acks
+        }
+        parents = [(row[0], results[row[0]]) for row in rows if row[2]]
+        return parents, [row[0] for row in rows if row[1]]
 
 
 async def claim(
@@ -185,12 +205,13 @@ class _Mismatch(Exception):
     """A group's "done" that the rules must decide: the group's polls go one by one."""
 
 
-class PostgresGroups:
+class PostgresGroups(PostgresDependencies):
     """The group commit's part of PostgresStore, which provides what is declared here."""
 
     _sql: dict[str, str]
     _transaction: Callable[..., Any]
     _poll_alone: Callable[..., Awaitable[PollResult]]
+    _notify_ready: Callable[[Connection, Iterable[Task]], Awaitable[None]]
     watch: Callable[[], bool] | None
 
     def _groups_init(self) -> None:
@@ -199,6 +220,26 @@ class PostgresGroups:
         #: Groups running, per queue.
         self._running: dict[str, int] = {}
         self._runners: set[asyncio.Task[None]] = set()
+
+    async def _finish_edges(
+        self,
+        conn: Connection,
+        done: Done,
+        rows: list[tuple[Any, ...]],
+        options: QueueOptions,
+        now: int,
+        watching: bool,
+    ) -> list[Change]:
+        """Settle the edges of the tasks that Done's statement finished: their children are
+        released when they were the last to wait for (their changes returned), and the
+        edges of those removed (a queue without history) go."""
+        parents, children = done.edges(rows, watching)
+        released: list[Change] = []
+        if parents:
+            await self._parents_done(conn, self._sql, parents, now, released)
+        if children and not options.persistent:
+            await self._forget(conn, self._sql, children)
+        return released
 
     async def _groups_finish(self) -> None:
         """Let the groups running end (their polls get their answers) before the pool
@@ -286,25 +327,30 @@ class PostgresGroups:
         )
         workers = [one.worker for one in group for _ in range(one.limit)]
         finished: dict[int, Change | None] = {}
+        released: list[Change] = []  # the children that the "done"s release
         taken: list[tuple[int, Task]] = []
         async with self._transaction() as conn:
             if done.acks:
                 watching = self.watch is None or self.watch()
                 sql, args = done.statement(self._sql, queue_id, options, now, watching)
                 rows = await (await conn.execute(sql, args)).fetchall()
-                finished = done.changes(rows, queue, options, now)
-                if len(finished) < len(done.acks):
+                if len(rows) < len(done.acks):
                     raise _Mismatch
+                finished = done.changes(rows, queue, options, now, watching)
+                released = await self._finish_edges(conn, done, rows, options, now, watching)
             if workers:
                 taken = await claim(conn, self._sql, queue, queue_id, options, workers, now)
                 tasks = [task for _slot, task in taken]
-                tasks = await PostgresDependencies._views(conn, self._sql, tasks)
+                tasks = await self._views(conn, self._sql, tasks)
                 taken = [(slot, task) for (slot, _t), task in zip(taken, tasks, strict=True)]
+            await self._notify_ready(conn, (change.task for change in released))
         first = 0  # each poll's slots: its share of the claim, in the group's order
         by_slot = dict(taken)
         for one in group:
             delivered = [by_slot[s] for s in range(first, first + one.limit) if s in by_slot]
             first += one.limit
             changes = [change for i in one.ids if (change := finished.get(i)) is not None]
+            changes += released  # the engine applies them once: they go with the first poll
+            released = []
             if not one.answer.done():
                 one.answer.set_result(PollResult(delivered, changes))
