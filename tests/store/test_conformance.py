@@ -645,3 +645,22 @@ async def test_concurrent_polls_acking_the_same_tasks_in_opposite_orders(store: 
             stored = await store.get_task("q", task.id)
             assert stored is not None
             assert stored.state is State.FAILED
+
+
+async def test_odd_keys_and_data_are_stored_as_given(store: Store) -> None:
+    # PostgreSQL sends a batch's columns as array literals: quoting must not touch them.
+    await setup(store)
+    keys = ['a"b', "c\\d", "{x,y}", "NULL", " spaced ", "", "é€", None]
+    raw = [b'"\\u00e9 \\" \\\\ {,}"', b"[1, 2]", b'{"k": "NULL"}', b"null"]
+    tasks = [
+        NewTask(data=msgspec.Raw(raw[n % len(raw)]), key=key, priority=-n, delay_ms=n % 2)
+        for n, key in enumerate(keys)
+    ]
+    made = await store.enqueue("q", tasks, T0)
+    for n, (task, key) in enumerate(zip(made, keys, strict=True)):
+        stored = await store.get_task("q", task.id)
+        assert stored is not None
+        assert stored.key == key
+        assert bytes(stored.data) == raw[n % len(raw)]
+        assert stored.priority == -n
+        assert stored.state is (State.SCHEDULED if n % 2 else State.READY)
