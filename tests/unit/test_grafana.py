@@ -27,8 +27,8 @@ def test_the_dashboard_queries_only_metrics_that_exist() -> None:
     counters.add(counters.lease_expiries, "q")
     counters.add(counters.cancellations, "q")
     counters.limited("q", "rate")
-    counters.observe(counters.wait, "q", 5)
-    counters.observe(counters.run, "q", 5)
+    counters.observe(counters.wait, "q", [5])
+    counters.observe(counters.run, "q", [5])
     page = metrics.render({"q": {"queued": 1}}, counters, {}, 0, {"q": 0}, 1000).decode()
     exposed = set(re.findall(r"^(katar_[a-z_]+)", page, re.MULTILINE))
     assert queried

@@ -11,6 +11,7 @@ figures beside the engine's own.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -54,14 +55,19 @@ class Histogram:
         self.count = 0
         self.sum_ms = 0
 
-    def observe(self, ms: int) -> None:
-        """Count one duration of ``ms`` milliseconds (a negative one, from a clock that
-        stepped back, counts as 0)."""
-        if ms < 0:
-            ms = 0
-        self.counts[bisect_left(_BOUNDS_MS, ms)] += 1
-        self.count += 1
-        self.sum_ms += ms
+    def observe(self, durations: Iterable[int]) -> None:
+        """Count durations in milliseconds (a negative one, from a clock that stepped back,
+        counts as 0): those of a poll's tasks at once, this being on every poll's path."""
+        counts = self.counts
+        count = total = 0
+        for ms in durations:
+            if ms < 0:
+                ms = 0
+            counts[bisect_left(_BOUNDS_MS, ms)] += 1
+            count += 1
+            total += ms
+        self.count += count
+        self.sum_ms += total
 
     def cumulative(self) -> list[int]:
         """The count at or below each bound of BUCKETS, then the total (``+Inf``)."""
@@ -108,8 +114,8 @@ class Counters:
         key = (queue, reason)
         self.limited_polls[key] = self.limited_polls.get(key, 0) + 1
 
-    def observe(self, histograms: dict[str, Histogram], queue: str, ms: int) -> None:
-        """Observe a duration in the queue's histogram of ``histograms`` (wait or run)."""
+    def observe(self, histograms: dict[str, Histogram], queue: str, ms: Iterable[int]) -> None:
+        """Observe durations in the queue's histogram of ``histograms`` (wait or run)."""
         histogram = histograms.get(queue)
         if histogram is None:
             histogram = histograms[queue] = Histogram()

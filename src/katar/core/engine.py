@@ -602,13 +602,14 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
             delivered = counters.delivered
             queue = tasks[0].queue
             delivered[queue] = delivered.get(queue, 0) + len(tasks)
+            # The first deliveries: how long the tasks waited, since their creation (a delay
+            # included: a claimed task keeps no run_at).
+            waited = [now - task.created_at for task in tasks if task.attempts == 1]
+            if waited:
+                counters.observe(counters.wait, queue, waited)
             started = self._delivered_at
-            for task in tasks:
-                if task.attempts == 1:  # the first delivery: how long the task waited
-                    # Since its creation, a delay included: a claimed task keeps no run_at.
-                    counters.observe(counters.wait, queue, now - task.created_at)
-                if len(started) < MAX_TIMED_DELIVERIES:
-                    started[task.id] = now
+            if len(started) + len(tasks) <= MAX_TIMED_DELIVERIES:
+                started.update(dict.fromkeys([task.id for task in tasks], now))
         if self._listeners:
             for task in tasks:
                 self._emit(task)
@@ -621,6 +622,7 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         done = 0
         started = self._delivered_at
         counters = self.counters
+        ran: list[int] = []
         for ack in acks:
             status = ack.status
             if status == "in progress":
@@ -631,7 +633,9 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
                 task_id = parse_task_id(ack.task_id)
                 at = None if task_id is None else started.pop(task_id, None)
                 if at is not None:
-                    counters.observe(counters.run, queue, now - at)
+                    ran.append(now - at)
+        if ran:
+            counters.observe(counters.run, queue, ran)
         if done:
             counters.add(counters.done, queue, done)
 
