@@ -15,7 +15,7 @@ servers, the second to take the child's lock sees the first's edge done and rele
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from katar.core import rules
@@ -35,10 +35,21 @@ class PostgresDependencies:
     """The dependencies' part of PostgresStore, which provides what is declared here."""
 
     _schema: str
+    _sql: dict[str, str]
     _name: Callable[[Any, int], Awaitable[str]]
+    _transaction: Callable[..., Any]
 
     def _deps_sql(self) -> dict[str, str]:
         s = self._schema
+        # The page's ids first, as an array: the tasks are then read by their primary key,
+        # whatever the planner makes of the table's size. A child's queue is looked up per
+        # edge (a subquery, not a join the planner could turn into a scan of the tasks).
+        children = (
+            f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = ANY(ARRAY(SELECT d.child_id FROM"
+            f" {s}.deps AS d WHERE d.parent_id = %s AND d.child_id > %s AND (SELECT c.queue_id"
+            f" FROM {s}.tasks AS c WHERE c.id = d.child_id){{queues}} ORDER BY d.child_id"
+            " LIMIT %s)) ORDER BY id"
+        )
         return {
             "parents": (
                 f"SELECT id, state, result FROM {s}.tasks WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
@@ -83,7 +94,37 @@ class PostgresDependencies:
                 " WHERE d.child_id = %s AND NOT d.done AND p.state NOT IN (4, 5, 6) LIMIT 1"
             ),
             "forget": f"DELETE FROM {s}.deps WHERE child_id = ANY(%s)",
+            # A task's children (Store.children), a page of them, over the edges' index by
+            # parent (deps_children, in child order: no sort, however many children);
+            # "children_in" keeps those of some queues. A child removed takes its edges
+            # along; one that is not there is left out all the same.
+            "queue_of": f"SELECT queue_id FROM {s}.tasks WHERE id = %s",
+            "children": children.format(queues=" IS NOT NULL"),
+            "children_in": children.format(
+                queues=f" = ANY(ARRAY(SELECT id FROM {s}.queues WHERE name = ANY(%s)))"
+            ),
         }
+
+    async def children(
+        self,
+        queue: str,
+        task_id: int,
+        limit: int,
+        after: int,
+        queues: Collection[str] | None = None,
+    ) -> list[Task] | None:
+        sql = self._sql
+        async with self._transaction(writes=False) as conn:
+            found = await (await conn.execute(sql["queue_of"], (task_id,))).fetchone()
+            if found is None or await self._name(conn, found[0]) != queue:
+                return None
+            if queues is None:
+                page = await conn.execute(sql["children"], (task_id, after, limit))
+            else:
+                page = await conn.execute(sql["children_in"], (task_id, after, list(queues), limit))
+            rows = await page.fetchall()
+            tasks = [task_from_row(row, await self._name(conn, row[1])) for row in rows]
+            return await self._views(conn, sql, tasks)
 
     async def _parents(
         self, conn: Connection, sql: dict[str, str], tasks: Sequence[NewTask]

@@ -57,12 +57,43 @@ _STILL_WAITS: Final = (
     " AND deps.done=0 AND tasks.state NOT IN (4, 5, 6) LIMIT 1"
 )
 _FORGET: Final = "DELETE FROM deps WHERE child_id IN (SELECT value FROM json_each(?))"
+# A task's children (Store.children), a page of them, over the edges' index by parent
+# (deps_children, in child order: no sort, however many children); {queues} keeps those of
+# some queues only. The join leaves out nothing else: a child removed takes its edges along.
+_CHILDREN: Final = (
+    f"SELECT {COLUMNS} FROM tasks WHERE id IN (SELECT d.child_id FROM deps AS d"
+    " JOIN tasks AS c ON c.id = d.child_id WHERE d.parent_id = ? AND d.child_id > ?{queues}"
+    " ORDER BY d.child_id LIMIT ?) ORDER BY id"
+)
+_IN_QUEUES: Final = " AND c.queue_id IN (SELECT value FROM json_each(?))"
+_QUEUE_OF: Final = "SELECT queue_id FROM tasks WHERE id=?"
 
 
 class Dependencies:
     """The dependencies' part of SQLiteStore, which provides what is declared here."""
 
     _task: Callable[[Sequence[Any]], Task]
+    _queue_names: dict[int, str]
+
+    def _children(
+        self,
+        conn: sqlite3.Connection,
+        queue: str,
+        task_id: int,
+        limit: int,
+        after: int,
+        queue_ids: Sequence[int] | None,
+    ) -> list[Task] | None:
+        """Store.children, in one read (``queue_ids``: the queues to keep, None for all)."""
+        found = conn.execute(_QUEUE_OF, (task_id,)).fetchone()
+        if found is None or self._queue_names.get(found[0]) != queue:
+            return None
+        if queue_ids is None:
+            rows = conn.execute(_CHILDREN.format(queues=""), (task_id, after, limit))
+        else:
+            ids = msgspec.json.encode(list(queue_ids))
+            rows = conn.execute(_CHILDREN.format(queues=_IN_QUEUES), (task_id, after, ids, limit))
+        return [self._view(conn, self._task(row)) for row in rows]
 
     def _parents(
         self, conn: sqlite3.Connection, tasks: Sequence[NewTask]
