@@ -384,6 +384,16 @@ class Producer:
         params = _list_params(status, limit, after, key, worker, error)
         return records(self._send("GET", f"/v1/queue/{queue}/tasks", params=params))
 
+    def children(
+        self, queue: str, task_id: str, limit: int = 100, after: str | None = None
+    ) -> list[TaskRecord]:
+        """A page of the task's children: the tasks, of any queue the token may use, that
+        named it in their ``after``, by id; pass the last id as ``after`` for the next."""
+        params = _list_params(None, limit, after)
+        return records(
+            self._send("GET", f"/v1/queue/{queue}/tasks/{task_id}/children", params=params)
+        )
+
     def queues(self) -> list[QueueSummary]:
         """Every queue the token may see, with its options and task counts by status."""
         return _queue_list.decode(self._send("GET", "/v1/queues").content).queues
@@ -623,6 +633,14 @@ class AsyncProducer:
         """A page of the queue's tasks by id (see :meth:`Producer.tasks`)."""
         params = _list_params(status, limit, after, key, worker, error)
         return records(await self._send("GET", f"/v1/queue/{queue}/tasks", params=params))
+
+    async def children(
+        self, queue: str, task_id: str, limit: int = 100, after: str | None = None
+    ) -> list[TaskRecord]:
+        """A page of the task's children (see :meth:`Producer.children`)."""
+        params = _list_params(None, limit, after)
+        path = f"/v1/queue/{queue}/tasks/{task_id}/children"
+        return records(await self._send("GET", path, params=params))
 
     async def queues(self) -> list[QueueSummary]:
         """Every queue the token may see, with its options and task counts by status."""
