@@ -58,7 +58,9 @@ async def test_after_in_the_embedded_api(katar: Katar) -> None:
         await queue.enqueue_many(["x"], afters=[["$0"]])
 
 
-async def test_a_tasks_children_on_both_producers(katar: Katar, producer: AsyncProducer) -> None:
+async def test_a_tasks_children_and_parents_on_both_producers(
+    katar: Katar, producer: AsyncProducer
+) -> None:
     parent = await producer.enqueue("q", "parent")
     made = [await producer.enqueue(queue, n, after=[parent.id]) for n, queue in enumerate("qq")]
     made.append(await producer.enqueue("short", "other queue", after=[parent.id]))
@@ -71,11 +73,13 @@ async def test_a_tasks_children_on_both_producers(katar: Katar, producer: AsyncP
         (ids[2], "short", [parent.id])
     ]
     assert await producer.children("q", ids[0]) == []
+    assert [task.id for task in await producer.parents("short", ids[2])] == [parent.id]
     async with served(App(katar.engine)) as url:
 
         def blocking() -> list[str]:
             with Producer(url) as blocking_producer:
                 page = blocking_producer.children("q", parent.id, limit=1, after=ids[0])
-                return [task.id for task in page]
+                above = blocking_producer.parents("q", ids[0])
+                return [task.id for task in [*page, *above]]
 
-        assert await asyncio.to_thread(blocking) == [ids[1]]
+        assert await asyncio.to_thread(blocking) == [ids[1], parent.id]

@@ -10,8 +10,9 @@ import pytest
 
 from katar.core.model import EVERY_TASK, NewTask, QueueOptions
 from katar.errors import ConfigError
+from katar.store._rows import CHILDREN, PARENTS
 from katar.store.sqlite import SCHEMA_VERSION, SQLiteStore, parse_url
-from katar.store.sqlite.deps import _CHILDREN, _IN_QUEUES
+from katar.store.sqlite.deps import _IN_QUEUES, _LINKED
 
 OLD_INDEXES = {
     # Schema 1: one index over every state.
@@ -106,7 +107,7 @@ async def test_schema_10_gets_every_edge_indexed_by_parent(tmp_path: Path) -> No
     await store.open()
     try:
         assert store.schema_change == (10, SCHEMA_VERSION)
-        found = await store.children("q", parent.id, 10, 0)
+        found = await store.linked("q", parent.id, 10, 0)
         assert found is not None
         assert [task.id for task in found] == [made.id]
     finally:
@@ -115,15 +116,15 @@ async def test_schema_10_gets_every_edge_indexed_by_parent(tmp_path: Path) -> No
     indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert "deps_children" in indexes
     assert "deps_parent" not in indexes
-    # A page of children walks that index in order: no sort of every child, however many.
-    for queues in ("", _IN_QUEUES):
-        args = (parent.id, 0, "[1]", 100) if queues else (parent.id, 0, 100)
-        plan = " ".join(
-            row[3]
-            for row in conn.execute("EXPLAIN QUERY PLAN " + _CHILDREN.format(queues=queues), args)
-        )
-        assert "deps_children" in plan
-        assert "TEMP B-TREE" not in plan
+    # A page of children walks that index in order, a page of parents the primary key: no
+    # sort of every child or parent, however many.
+    for columns, index in ((CHILDREN, "deps_children"), (PARENTS, "PRIMARY KEY")):
+        for queues in ("", _IN_QUEUES):
+            args = (parent.id, 0, "[1]", 100) if queues else (parent.id, 0, 100)
+            sql = "EXPLAIN QUERY PLAN " + _LINKED.format(queues=queues, **columns)
+            plan = " ".join(row[3] for row in conn.execute(sql, args))
+            assert index in plan
+            assert "TEMP B-TREE" not in plan
     conn.close()
 
 

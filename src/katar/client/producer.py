@@ -394,6 +394,16 @@ class Producer:
             self._send("GET", f"/v1/queue/{queue}/tasks/{task_id}/children", params=params)
         )
 
+    def parents(
+        self, queue: str, task_id: str, limit: int = 100, after: str | None = None
+    ) -> list[TaskRecord]:
+        """A page of the task's parents: the tasks, of any queue the token may use, that it
+        named in its ``after`` and that are still there, by id (see :meth:`children`)."""
+        params = _list_params(None, limit, after)
+        return records(
+            self._send("GET", f"/v1/queue/{queue}/tasks/{task_id}/parents", params=params)
+        )
+
     def queues(self) -> list[QueueSummary]:
         """Every queue the token may see, with its options and task counts by status."""
         return _queue_list.decode(self._send("GET", "/v1/queues").content).queues
@@ -640,6 +650,14 @@ class AsyncProducer:
         """A page of the task's children (see :meth:`Producer.children`)."""
         params = _list_params(None, limit, after)
         path = f"/v1/queue/{queue}/tasks/{task_id}/children"
+        return records(await self._send("GET", path, params=params))
+
+    async def parents(
+        self, queue: str, task_id: str, limit: int = 100, after: str | None = None
+    ) -> list[TaskRecord]:
+        """A page of the task's parents (see :meth:`Producer.parents`)."""
+        params = _list_params(None, limit, after)
+        path = f"/v1/queue/{queue}/tasks/{task_id}/parents"
         return records(await self._send("GET", path, params=params))
 
     async def queues(self) -> list[QueueSummary]:

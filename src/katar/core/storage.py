@@ -302,18 +302,20 @@ class Store(abc.ABC):
         (Observer.settled)."""
 
     @abc.abstractmethod
-    async def children(
+    async def linked(
         self,
         queue: str,
         task_id: int,
         limit: int,
         after: int,
         queues: Collection[str] | None = None,
+        parents: bool = False,
     ) -> list[Task] | None:
         """Up to ``limit`` of the tasks that named the task ``task_id`` of ``queue`` in their
-        ``after`` (its children, of any queue; of ``queues`` only when given), by id, those
-        above ``after``; None when the queue holds no such task. A page costs the same
-        however many children the task has (an index of the edges by parent)."""
+        ``after`` (its children), or with ``parents`` those it named (that are still there),
+        of any queue (of ``queues`` only, when given), by id, those above ``after``; None
+        when the queue holds no such task. A page costs the same however many the task has
+        (the edges are indexed both ways)."""
 
     @abc.abstractmethod
     async def queues_of(self, ids: Sequence[int]) -> dict[int, str]:

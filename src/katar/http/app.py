@@ -653,6 +653,31 @@ class App:
                 },
             ),
             (
+                "/v1/queue/{queue}/tasks/{id}/parents",
+                {
+                    "GET": Route(
+                        self.parents,
+                        producer,
+                        Op(
+                            summary="The tasks a task waits or waited for (its parents)",
+                            operation_id="listParents",
+                            tag="producers",
+                            parameters=PAGE_PARAMS,
+                            answers={
+                                200: A(
+                                    "A page of the tasks, of any queue, that this one named"
+                                    " in its after and that are still there, by id; those of"
+                                    " queues the token may not use are left out.",
+                                    Tasks,
+                                ),
+                                404: "No such task in this queue.",
+                                422: "A bad parameter.",
+                            },
+                        ),
+                    )
+                },
+            ),
+            (
                 "/v1/queue/{queue}/tasks/{id}",
                 {
                     "GET": Route(
@@ -1155,13 +1180,19 @@ class App:
         return await self._page(query, read)
 
     async def children(self, request: Request) -> Response:
+        return await self._linked(request, parents=False)
+
+    async def parents(self, request: Request) -> Response:
+        return await self._linked(request, parents=True)
+
+    async def _linked(self, request: Request, parents: bool) -> Response:
         query = request.query()
         queue, task_id = request.queue, request.task_id
         token = request.token
         may_use = None if token is None or token.all_queues else token.may_use
 
         def read(batch: int, after: int) -> Awaitable[list[Task]]:
-            return self.engine.children(queue, task_id, batch, after, may_use)
+            return self.engine.linked(queue, task_id, batch, after, may_use, parents)
 
         return await self._page(query, read)
 

@@ -17,6 +17,10 @@ COLUMNS: Final = (
     " scheduled_for, parents, children"
 )
 _STATES: Final = tuple(State)  # by value: faster than State(value) on the hot path
+#: The edges' columns (the deps table) that lead from a task to its children, or to its
+#: parents (Store.linked): the task's own, and the other's.
+CHILDREN: Final = {"this": "parent_id", "other": "child_id"}
+PARENTS: Final = {"this": "child_id", "other": "parent_id"}
 
 
 def task_from_row(row: Sequence[Any], queue: str) -> Task:

@@ -307,23 +307,25 @@ class MemoryStore(Store):
         self._edges[task.id] = edges
         return task
 
-    async def children(
+    async def linked(
         self,
         queue: str,
         task_id: int,
         limit: int,
         after: int,
         queues: Collection[str] | None = None,
+        parents: bool = False,
     ) -> list[Task] | None:
-        parent = self._tasks.get(task_id)
-        if parent is None or parent.queue != queue:
+        task = self._tasks.get(task_id)
+        if task is None or task.queue != queue:
             return None
-        named = self._named_by.get(task_id, [])
+        # Both by id: a child's parents were named sorted (_link).
+        ids = list(self._edges.get(task_id, ())) if parents else self._named_by.get(task_id, [])
         found: list[Task] = []
-        for child_id in itertools.islice(named, bisect.bisect_right(named, after), None):
-            child = self._tasks[child_id]
-            if queues is None or child.queue in queues:
-                found.append(self._view(child))
+        for other_id in itertools.islice(ids, bisect.bisect_right(ids, after), None):
+            other = self._tasks.get(other_id)  # a parent removed keeps its edge (its result)
+            if other is not None and (queues is None or other.queue in queues):
+                found.append(self._view(other))
                 if len(found) >= limit:
                     break
         return found

@@ -500,18 +500,19 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
 
         return await self._read(op)
 
-    async def children(
+    async def linked(
         self,
         queue: str,
         task_id: int,
         limit: int,
         after: int,
         queues: Collection[str] | None = None,
+        parents: bool = False,
     ) -> list[Task] | None:
         known = self._queue_ids
         queue_ids = None if queues is None else [known[q] for q in queues if q in known]
         return await self._read(
-            lambda conn: self._children(conn, queue, task_id, limit, after, queue_ids)
+            lambda conn: self._linked(conn, queue, task_id, (limit, after), queue_ids, parents)
         )
 
     async def queues_of(self, ids: Sequence[int]) -> dict[int, str]:

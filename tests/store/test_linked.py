@@ -1,5 +1,6 @@
-"""A task's children over every store (Store.children): the tasks of any queue that named it
-in their ``after``, paged by id, narrowed to some queues, gone with the tasks removed.
+"""A task's children and parents over every store (Store.linked): the tasks of any queue that
+named it in their ``after``, or that it named, paged by id, narrowed to some queues, gone
+with the tasks removed.
 
 Part of the conformance suite (see test_conformance): the same tests run on every store.
 """
@@ -19,8 +20,9 @@ async def ids(
     limit: int = 100,
     after: int = 0,
     queues: list[str] | None = None,
+    parents: bool = False,
 ) -> list[int] | None:
-    found = await store.children(queue, task_id, limit, after, queues)
+    found = await store.linked(queue, task_id, limit, after, queues, parents)
     return None if found is None else [task.id for task in found]
 
 
@@ -30,7 +32,7 @@ async def test_a_task_lists_the_tasks_that_named_it_in_every_queue(store: Store)
     parent, other, alone = await store.enqueue("a", [new("p"), new("o"), new("x")], T0)
     first, second = await store.enqueue("a", [child(1, parent.id), child(2, other.id)], T0)
     (third,) = await store.enqueue("b", [child(3, other.id, parent.id)], T0)
-    found = await store.children("a", parent.id, 100, 0)
+    found = await store.linked("a", parent.id, 100, 0)
     assert found is not None
     assert [(task.id, task.queue) for task in found] == [(first.id, "a"), (third.id, "b")]
     # As records: waiting, and what for.
@@ -48,7 +50,7 @@ async def test_children_stay_listed_once_their_parent_is_done(store: Store) -> N
     await finish(store, parent, {"rows": 2})
     # And a child named after the parent was done: ready at once, listed too.
     (late,) = await store.enqueue("q", [child("late", parent.id)], T0 + 2)
-    found = await store.children("q", parent.id, 100, 0)
+    found = await store.linked("q", parent.id, 100, 0)
     assert found is not None
     assert [task.id for task in found] == [waiting.id, late.id]
     assert {task.state for task in found} == {State.READY}
@@ -117,3 +119,38 @@ async def test_children_removed_are_no_longer_listed(store: Store) -> None:
     await finish(store, parent, "r", KEEP, "a")
     await finish(store, dropped, "done", DROP, "gone")  # a queue without history drops it
     assert await ids(store, "a", parent.id) == [kept.id]
+
+
+async def test_a_task_lists_the_tasks_it_named_that_are_still_there(store: Store) -> None:
+    await setup(store, KEEP, "a")
+    await setup(store, KEEP, "b")
+    (first,) = await store.enqueue("a", [new(1)], T0)
+    (second,) = await store.enqueue("b", [new(2)], T0)
+    third, fourth, waiting = await store.enqueue(
+        "a", [new(3), new(4), child("c", second.id, first.id, refs=(0, 1))], T0
+    )
+    named = [first.id, second.id, third.id, fourth.id]
+    found = await store.linked("a", waiting.id, 100, 0, parents=True)
+    assert found is not None
+    assert [(task.id, task.queue) for task in found] == [
+        (first.id, "a"),
+        (second.id, "b"),
+        (third.id, "a"),
+        (fourth.id, "a"),
+    ]
+    assert await ids(store, "a", waiting.id, limit=2, after=first.id, parents=True) == named[1:3]
+    assert await ids(store, "a", waiting.id, queues=["b"], parents=True) == [second.id]
+    assert await ids(store, "a", first.id, parents=True) == []
+    assert await ids(store, "b", waiting.id, parents=True) is None
+    # A parent done in a queue without history, or deleted, is no longer there: left out
+    # (its result stays with the child).
+    await setup(store, DROP, "gone")
+    (dropped,) = await store.enqueue("gone", [new(5)], T0)
+    (late,) = await store.enqueue("a", [child("late", dropped.id, first.id)], T0)
+    await finish(store, dropped, "kept", DROP, "gone")
+    assert await store.delete_task("a", first.id, T0 + 2)
+    assert await ids(store, "a", late.id, parents=True) == []
+    assert await ids(store, "a", waiting.id, parents=True) == named[1:]
+    gone = await store.get_task("a", late.id)
+    assert gone is not None
+    assert results(gone) == {str(dropped.id): "kept"}
