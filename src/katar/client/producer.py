@@ -130,6 +130,13 @@ def _list_params(
     return params
 
 
+def _linked(
+    queue: str, task_id: str, kind: str, limit: int, after: str | None
+) -> tuple[str, None, Any]:
+    """The path, no body, and the query of a page of a task's children or parents."""
+    return f"/v1/queue/{queue}/tasks/{task_id}/{kind}", None, _list_params(None, limit, after)
+
+
 def _bulk_body(
     action: str,
     status: str | Iterable[str] | None,
@@ -389,20 +396,14 @@ class Producer:
     ) -> list[TaskRecord]:
         """A page of the task's children: the tasks, of any queue the token may use, that
         named it in their ``after``, by id; pass the last id as ``after`` for the next."""
-        params = _list_params(None, limit, after)
-        return records(
-            self._send("GET", f"/v1/queue/{queue}/tasks/{task_id}/children", params=params)
-        )
+        return records(self._send("GET", *_linked(queue, task_id, "children", limit, after)))
 
     def parents(
         self, queue: str, task_id: str, limit: int = 100, after: str | None = None
     ) -> list[TaskRecord]:
         """A page of the task's parents: the tasks, of any queue the token may use, that it
         named in its ``after`` and that are still there, by id (see :meth:`children`)."""
-        params = _list_params(None, limit, after)
-        return records(
-            self._send("GET", f"/v1/queue/{queue}/tasks/{task_id}/parents", params=params)
-        )
+        return records(self._send("GET", *_linked(queue, task_id, "parents", limit, after)))
 
     def queues(self) -> list[QueueSummary]:
         """Every queue the token may see, with its options and task counts by status."""
@@ -648,17 +649,15 @@ class AsyncProducer:
         self, queue: str, task_id: str, limit: int = 100, after: str | None = None
     ) -> list[TaskRecord]:
         """A page of the task's children (see :meth:`Producer.children`)."""
-        params = _list_params(None, limit, after)
-        path = f"/v1/queue/{queue}/tasks/{task_id}/children"
-        return records(await self._send("GET", path, params=params))
+        page = _linked(queue, task_id, "children", limit, after)
+        return records(await self._send("GET", *page))
 
     async def parents(
         self, queue: str, task_id: str, limit: int = 100, after: str | None = None
     ) -> list[TaskRecord]:
         """A page of the task's parents (see :meth:`Producer.parents`)."""
-        params = _list_params(None, limit, after)
-        path = f"/v1/queue/{queue}/tasks/{task_id}/parents"
-        return records(await self._send("GET", path, params=params))
+        page = _linked(queue, task_id, "parents", limit, after)
+        return records(await self._send("GET", *page))
 
     async def queues(self) -> list[QueueSummary]:
         """Every queue the token may see, with its options and task counts by status."""
