@@ -449,6 +449,10 @@ class Delivery(msgspec.Struct, frozen=True):
     #: For a task that waited for others (``after``): their results, a JSON object
     #: ``{"<id>": <result>, ...}`` (fan-in). Absent for other tasks.
     after: AnyJson = None
+    #: For a task made by a schedule: the schedule's name and the tick the task was made
+    #: for. Absent for other tasks.
+    schedule: str | None = None
+    scheduled_for: Time | None = None
 
 
 class Deliveries(msgspec.Struct, frozen=True):

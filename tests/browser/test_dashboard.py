@@ -204,8 +204,9 @@ def test_the_keyboard_is_enough(page: Page, server: KatarProcess, api: httpx.Cli
 
 
 def test_schedules_and_a_task_that_waits_for_another(
-    page: Page, server: KatarProcess, api: httpx.Client
+    page: Page, server: KatarProcess, api: httpx.Client, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    shots = tmp_path_factory.mktemp("pipeline")  # pictures of the pages, to look at
     name = queue(api, "nightly")
     made = api.put(
         "/v1/schedules/nightly-report",
@@ -225,5 +226,33 @@ def test_schedules_and_a_task_that_waits_for_another(
     expect(row).to_contain_text("paused")
     assert api.get("/v1/schedules/nightly-report").json()["paused"] is True
     page.goto(f"{server.url}/ui#/task/{name}/{child}")
-    waits = page.get_by_role("region", name="Waiting for")
-    expect(waits).to_contain_text(f"#{parent}")
+    waits = page.get_by_role("region", name="Tasks it waits for")
+    expect(waits).to_contain_text("Not delivered until this task is done")
+    expect(waits.get_by_role("row").filter(has_text=f"#{parent}")).to_contain_text("queued")
+    # The parent is a link; its page lists the tasks waiting for it, of every queue, a page
+    # at a time.
+    later = api.post(
+        f"/v1/queue/{name}/tasks",
+        json={"tasks": [{"data": n, "after": [parent]} for n in range(20)]},
+    )
+    assert later.status_code == 201, later.text
+    other = queue(api, "nightly-mail")
+    across = api.post(f"/v1/queue/{other}/tasks", json={"data": "mail", "after": [parent]})
+    assert across.status_code == 201, across.text
+    elsewhere = across.json()["tasks"][0]["_id"]
+    waits.get_by_role("link", name=f"#{parent}", exact=True).click()
+    expect(page).to_have_url(re.compile(f"#/task/{name}/{parent}$"))
+    children = page.get_by_role("region", name="Tasks waiting for it")
+    expect(children.get_by_role("row")).to_have_count(21)  # the heading's, and 20 tasks
+    expect(children.get_by_role("link", name=f"#{child}", exact=True)).to_be_visible()
+    expect(children).to_contain_text("queued")
+    page.screenshot(path=str(shots / "children.png"), full_page=True)
+    children.get_by_role("button", name="Next ›").click()
+    expect(children.get_by_role("row")).to_have_count(3)
+    expect(children.get_by_role("link", name=other, exact=True)).to_be_visible()
+    children.get_by_role("link", name=f"#{elsewhere}", exact=True).click()
+    expect(page).to_have_url(re.compile(f"#/task/{other}/{elsewhere}$"))
+    parents = page.get_by_role("region", name="Tasks it waits for")
+    expect(parents.get_by_role("link", name=f"#{parent}", exact=True)).to_be_visible()
+    expect(parents.get_by_role("link", name=name, exact=True)).to_be_visible()
+    page.screenshot(path=str(shots / "parent.png"), full_page=True)

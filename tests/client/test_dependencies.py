@@ -1,15 +1,20 @@
 """Dependencies from the Python client: ``after`` and ``afters`` at enqueue, ``Job.after``
-in the worker (a fan-in), and the record's ``waiting_for``."""
+in the worker (a fan-in), the record's ``waiting_for``, and a task's children on both
+producers."""
 
 from __future__ import annotations
+
+import asyncio
 
 import httpx
 import pytest
 
 from katar import Katar
-from katar.client import AsyncProducer, AsyncWorker, Job
+from katar.client import AsyncProducer, AsyncWorker, Job, Producer
 from katar.errors import ValidationError
+from katar.http import App
 from tests.client.test_client import URL, drain, katar, producer, transport
+from tests.http.conftest import served
 
 __all__ = ["katar", "producer", "transport"]  # the fixtures, shared
 
@@ -51,3 +56,30 @@ async def test_after_in_the_embedded_api(katar: Katar) -> None:
         await queue.enqueue("nope", after=["999999"])
     with pytest.raises(ValidationError, match="earlier task"):
         await queue.enqueue_many(["x"], afters=[["$0"]])
+
+
+async def test_a_tasks_children_and_parents_on_both_producers(
+    katar: Katar, producer: AsyncProducer
+) -> None:
+    parent = await producer.enqueue("q", "parent")
+    made = [await producer.enqueue(queue, n, after=[parent.id]) for n, queue in enumerate("qq")]
+    made.append(await producer.enqueue("short", "other queue", after=[parent.id]))
+    ids = [task.id for task in made]
+    assert [task.id for task in await producer.children("q", parent.id)] == ids
+    first = await producer.children("q", parent.id, limit=2)
+    assert [task.id for task in first] == ids[:2]
+    rest = await producer.children("q", parent.id, after=first[-1].id)
+    assert [(task.id, task.queue, task.waiting_for) for task in rest] == [
+        (ids[2], "short", [parent.id])
+    ]
+    assert await producer.children("q", ids[0]) == []
+    assert [task.id for task in await producer.parents("short", ids[2])] == [parent.id]
+    async with served(App(katar.engine)) as url:
+
+        def blocking() -> list[str]:
+            with Producer(url) as blocking_producer:
+                page = blocking_producer.children("q", parent.id, limit=1, after=ids[0])
+                above = blocking_producer.parents("q", ids[0])
+                return [task.id for task in [*page, *above]]
+
+        assert await asyncio.to_thread(blocking) == [ids[1], parent.id]

@@ -39,6 +39,8 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("/v1/queue/{queue}/tasks/{id}", "GET"): Role.PRODUCER,
     ("/v1/queue/{queue}/tasks/{id}", "PATCH"): Role.ADMIN,
     ("/v1/queue/{queue}/tasks/{id}", "DELETE"): Role.ADMIN,
+    ("/v1/queue/{queue}/tasks/{id}/children", "GET"): Role.PRODUCER,
+    ("/v1/queue/{queue}/tasks/{id}/parents", "GET"): Role.PRODUCER,
     ("/v1/queue/{queue}/tasks/bulk", "POST"): Role.ADMIN,
     ("/v1/workers", "GET"): Role.PRODUCER,
     ("/v1/schedules", "GET"): Role.ADMIN,

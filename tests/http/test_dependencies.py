@@ -138,3 +138,126 @@ async def test_a_token_names_only_tasks_of_its_queues(katar: Katar, via: str) ->
             "/v1/queue/own/tasks", json={"data": 3, "after": [hidden]}, headers=root
         )
         assert across.status_code == 201
+
+
+async def children(
+    client: httpx.AsyncClient, task_id: str, queue: str = "q", kind: str = "children", **query: Any
+) -> dict[str, Any]:
+    answer = await client.get(f"/v1/queue/{queue}/tasks/{task_id}/{kind}", params=query)
+    assert answer.status_code == 200, answer.text
+    page: dict[str, Any] = answer.json()
+    return page
+
+
+async def test_a_task_lists_its_children_a_page_at_a_time(client: httpx.AsyncClient) -> None:
+    (parent, other) = await enqueue(client, "q", {"data": "p"}, {"data": "o"})
+    first, second = await enqueue(
+        client, "q", {"data": 1, "after": [parent]}, {"data": 2, "after": [other, parent]}
+    )
+    (third,) = await enqueue(client, "plain", {"data": 3, "after": [parent]})
+    page = await children(client, parent)
+    assert [(task["_id"], task["queue"]) for task in page["tasks"]] == [
+        (first, "q"),
+        (second, "q"),
+        (third, "plain"),
+    ]
+    assert page["next"] is None
+    # Records, as a task's own: a child waits, for its parents.
+    assert page["tasks"][1]["status"] == "queued"
+    assert page["tasks"][1]["waiting_for"] == [parent, other]
+    # The cursor, as the task listing's.
+    page = await children(client, parent, limit=2)
+    assert [task["_id"] for task in page["tasks"]] == [first, second]
+    assert page["next"] == second
+    page = await children(client, parent, limit=2, after=page["next"])
+    assert [task["_id"] for task in page["tasks"]] == [third]
+    assert page["next"] is None
+    assert (await children(client, other))["tasks"][0]["_id"] == second
+    # And the other way: a task's parents, of any queue, paged the same way.
+    page = await children(client, second, kind="parents", limit=1)
+    assert [(task["_id"], task["queue"]) for task in page["tasks"]] == [(parent, "q")]
+    assert page["next"] == parent
+    page = await children(client, second, kind="parents", after=page["next"])
+    assert [task["_id"] for task in page["tasks"]] == [other]
+    assert page["next"] is None
+    assert (await children(client, third, "plain", "parents"))["tasks"][0]["_id"] == parent
+    assert (await children(client, third, queue="plain"))["tasks"] == []
+    # Once the parent is done, its children stay listed, with its result.
+    (taken, _other) = await take(client, max=2)
+    assert taken["_id"] == parent
+    await done(client, parent, "r")
+    listed = (await children(client, parent))["tasks"]
+    assert [task["after"] for task in listed] == [{parent: "r"}, {parent: "r"}, {parent: "r"}]
+    assert [task["status"] for task in listed] == ["queued", "queued", "queued"]
+    assert listed[0]["waiting_for"] == []
+
+
+async def test_children_and_parents_of_a_task_that_is_not_there(client: httpx.AsyncClient) -> None:
+    (parent,) = await enqueue(client, "q", {"data": "p"})
+    for kind in ("children", "parents"):
+        for path in (
+            f"/v1/queue/q/tasks/999999/{kind}",
+            f"/v1/queue/plain/tasks/{parent}/{kind}",  # a task of another queue
+            f"/v1/queue/q/tasks/x1/{kind}",
+            f"/v1/queue/nowhere/tasks/{parent}/{kind}",
+        ):
+            answer = await client.get(path)
+            assert answer.status_code == 404, path
+            assert "error" in answer.json()
+        for query in ({"limit": "0"}, {"limit": "x"}, {"after": "-1"}):
+            answer = await client.get(f"/v1/queue/q/tasks/{parent}/{kind}", params=query)
+            assert answer.status_code == 422, query
+
+
+async def test_a_token_sees_the_children_and_parents_of_its_queues_only(
+    katar: Katar, via: str
+) -> None:
+    for name in ("own", "foreign"):
+        await katar.engine.put_queue(name, katar.engine.options("q"))
+    admin = Token(sha256=digest("root-secret"), role=Role.ADMIN, queues=frozenset({"*"}))
+    producer = Token(sha256=digest("own-secret"), role=Role.PRODUCER, queues=frozenset({"own"}))
+    worker = Token(sha256=digest("work-secret"), role=Role.WORKER, queues=frozenset({"*"}))
+    app = App(katar.engine, tokens=[admin, producer, worker])
+    async with app_client(app, via) as client:
+        root = {"authorization": "Bearer root-secret"}
+        own = {"authorization": "Bearer own-secret"}
+        (parent,) = [
+            task["_id"]
+            for task in (
+                await client.post("/v1/queue/own/tasks", json={"data": 0}, headers=root)
+            ).json()["tasks"]
+        ]
+        made = {}
+        for name in ("own", "foreign"):
+            answer = await client.post(
+                f"/v1/queue/{name}/tasks", json={"data": name, "after": [parent]}, headers=root
+            )
+            made[name] = answer.json()["tasks"][0]["_id"]
+        path = f"/v1/queue/own/tasks/{parent}/children"
+        everyone = (await client.get(path, headers=root)).json()["tasks"]
+        assert [task["_id"] for task in everyone] == [made["own"], made["foreign"]]
+        mine = (await client.get(path, headers=own)).json()
+        assert [task["_id"] for task in mine["tasks"]] == [made["own"]]
+        assert mine["next"] is None
+        # And a parent in a foreign queue is left out of its child's parents.
+        (hidden,) = [
+            task["_id"]
+            for task in (
+                await client.post("/v1/queue/foreign/tasks", json={"data": 1}, headers=root)
+            ).json()["tasks"]
+        ]
+        answer = await client.post(
+            "/v1/queue/own/tasks", json={"data": 2, "after": [parent, hidden]}, headers=root
+        )
+        both = answer.json()["tasks"][0]["_id"]
+        parents = f"/v1/queue/own/tasks/{both}/parents"
+        assert len((await client.get(parents, headers=root)).json()["tasks"]) == 2
+        seen = (await client.get(parents, headers=own)).json()["tasks"]
+        assert [task["_id"] for task in seen] == [parent]
+        # A child of a foreign queue is no door into it: its own children are not listed.
+        refused = await client.get(
+            f"/v1/queue/foreign/tasks/{made['foreign']}/children", headers=own
+        )
+        assert refused.status_code == 403
+        working = await client.get(path, headers={"authorization": "Bearer work-secret"})
+        assert working.status_code == 403

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -11,8 +12,9 @@ import pytest
 
 from katar import Katar
 from katar.cli import main
-from katar.http import App
-from tests.http.conftest import opened, served
+from katar.core.clock import FakeClock
+from katar.http import App, Limits
+from tests.http.conftest import app_client, eventually, opened, served
 
 
 async def test_a_schedule_is_created_read_listed_paused_and_deleted(
@@ -108,6 +110,34 @@ async def test_scheduled_tasks_show_their_schedule(client: httpx.AsyncClient) ->
     created = await client.post("/v1/queue/q/tasks", json={"data": 1})
     (record,) = created.json()["tasks"]
     assert (record["schedule"], record["scheduled_for"]) == (None, None)
+
+
+async def test_a_scheduled_task_is_delivered_with_its_schedule_and_tick(
+    make_url: Callable[[], str], via: str
+) -> None:
+    clock = FakeClock(start_ms=1_700_000_000_000)  # 2023-11-14T22:13:20Z
+    katar = Katar(make_url(), clock=clock)
+    katar.queue("q", persistent=True)
+    app = App(katar.engine, limits=Limits(max_wait=5))
+    async with opened(katar), app_client(app, via) as client:
+        await client.post("/v1/queue/q/tasks", json={"data": "plain"})
+        body = {"cron": "* * * * *", "queue": "q", "data": {"n": 1}}
+        assert (await client.put("/v1/schedules/every", json=body)).status_code in (200, 201)
+        await clock.advance(60_000)  # the tick of 22:14 comes on the way
+
+        async def fired() -> bool:
+            schedule = (await client.get("/v1/schedules/every")).json()
+            return schedule["last_task"] is not None
+
+        await eventually(fired)  # the store's write is not the clock's to wait for
+        plain, made = (await client.post("/v1/queue/q", json={"max": 2})).json()["tasks"]
+        # A task no schedule made is delivered as it always was: no such fields.
+        assert set(plain) == {"_id", "data", "attempt"}
+        assert made["data"] == {"n": 1}
+        assert made["schedule"] == "every"
+        assert made["scheduled_for"] == "2023-11-14T22:14:00.000Z"
+        record = (await client.get(f"/v1/queue/q/tasks/{made['_id']}")).json()
+        assert (record["schedule"], record["scheduled_for"]) == ("every", made["scheduled_for"])
 
 
 async def test_the_routes_are_in_the_openapi_document(client: httpx.AsyncClient) -> None:

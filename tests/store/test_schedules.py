@@ -8,7 +8,7 @@ import asyncio
 import msgspec
 import pytest
 
-from katar.core.model import EVERY_TASK, NewTask, State
+from katar.core.model import EVERY_TASK, NewTask, QueueOptions, State
 from katar.core.schedule import ScheduleSpec, parse_schedule
 from katar.errors import QueueNotFound
 from katar.store import Store, open_store
@@ -66,6 +66,29 @@ async def test_a_tick_is_fired_once_with_its_task(store: Store) -> None:
     stored = await store.get_task("q", claimed.id)
     assert stored is not None
     assert stored.scheduled_for == TICK
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        KEEP,
+        msgspec.structs.replace(KEEP, concurrency=5),  # the limited queues' claim
+        msgspec.structs.replace(KEEP, fair=True),  # the fair queues' claim
+    ],
+    ids=["plain", "limited", "fair"],
+)
+async def test_a_scheduled_task_is_delivered_with_its_schedule_and_tick(
+    store: Store, options: QueueOptions
+) -> None:
+    await store.save_queue("q", options)
+    await store.save_schedule("s", HOURLY, T0)
+    (plain,) = await store.enqueue("q", [task_of(HOURLY)], T0)
+    fired = await store.fire_schedule("s", T0, TICK, task_of(HOURLY), TICK)
+    assert fired.task is not None
+    first, second = await claim(store, 2, options=options, now=TICK)
+    assert (first.id, second.id) == (plain.id, fired.task.id)
+    assert (first.schedule, first.scheduled_for) == (None, None)
+    assert (second.schedule, second.scheduled_for) == ("s", TICK)
 
 
 async def test_a_tick_without_a_task_moves_the_cursor_only(store: Store) -> None:

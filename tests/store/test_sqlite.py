@@ -8,9 +8,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from katar.core.model import EVERY_TASK, NewTask
+from katar.core.model import EVERY_TASK, NewTask, QueueOptions
 from katar.errors import ConfigError
+from katar.store._rows import CHILDREN, PARENTS
 from katar.store.sqlite import SCHEMA_VERSION, SQLiteStore, parse_url
+from katar.store.sqlite.deps import _IN_QUEUES, _LINKED
 
 OLD_INDEXES = {
     # Schema 1: one index over every state.
@@ -80,6 +82,49 @@ async def test_an_older_schema_is_upgraded(tmp_path: Path, version: int) -> None
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "idempotency_keys" in tables
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+
+
+async def test_schema_10_gets_every_edge_indexed_by_parent(tmp_path: Path) -> None:
+    path = tmp_path / "deps.db"
+    store = SQLiteStore(f"sqlite:///{path}")
+    await store.open()
+    try:
+        await store.save_queue("q", QueueOptions())
+        (parent,) = await store.enqueue("q", [NewTask(data=msgspec.Raw(b"1"))], 1)
+        child = NewTask(data=msgspec.Raw(b"2"), after=(parent.id,))
+        (made,) = await store.enqueue("q", [child], 1)
+    finally:
+        await store.close()
+    # Schema 10: the edges by parent, those still waiting only.
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "DROP INDEX deps_children; CREATE INDEX deps_parent ON deps (parent_id) WHERE done = 0;"
+        " PRAGMA user_version = 10;"
+    )
+    conn.close()
+    store = SQLiteStore(f"sqlite:///{path}")
+    await store.open()
+    try:
+        assert store.schema_change == (10, SCHEMA_VERSION)
+        found = await store.linked("q", parent.id, 10, 0)
+        assert found is not None
+        assert [task.id for task in found] == [made.id]
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "deps_children" in indexes
+    assert "deps_parent" not in indexes
+    # A page of children walks that index in order, a page of parents the primary key: no
+    # sort of every child or parent, however many.
+    for columns, index in ((CHILDREN, "deps_children"), (PARENTS, "PRIMARY KEY")):
+        for queues in ("", _IN_QUEUES):
+            args = (parent.id, 0, "[1]", 100) if queues else (parent.id, 0, 100)
+            sql = "EXPLAIN QUERY PLAN " + _LINKED.format(queues=queues, **columns)
+            plan = " ".join(row[3] for row in conn.execute(sql, args))
+            assert index in plan
+            assert "TEMP B-TREE" not in plan
     conn.close()
 
 

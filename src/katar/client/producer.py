@@ -130,6 +130,13 @@ def _list_params(
     return params
 
 
+def _linked(
+    queue: str, task_id: str, kind: str, limit: int, after: str | None
+) -> tuple[str, None, Any]:
+    """The path, no body, and the query of a page of a task's children or parents."""
+    return f"/v1/queue/{queue}/tasks/{task_id}/{kind}", None, _list_params(None, limit, after)
+
+
 def _bulk_body(
     action: str,
     status: str | Iterable[str] | None,
@@ -384,6 +391,20 @@ class Producer:
         params = _list_params(status, limit, after, key, worker, error)
         return records(self._send("GET", f"/v1/queue/{queue}/tasks", params=params))
 
+    def children(
+        self, queue: str, task_id: str, limit: int = 100, after: str | None = None
+    ) -> list[TaskRecord]:
+        """A page of the task's children: the tasks, of any queue the token may use, that
+        named it in their ``after``, by id; pass the last id as ``after`` for the next."""
+        return records(self._send("GET", *_linked(queue, task_id, "children", limit, after)))
+
+    def parents(
+        self, queue: str, task_id: str, limit: int = 100, after: str | None = None
+    ) -> list[TaskRecord]:
+        """A page of the task's parents: the tasks, of any queue the token may use, that it
+        named in its ``after`` and that are still there, by id (see :meth:`children`)."""
+        return records(self._send("GET", *_linked(queue, task_id, "parents", limit, after)))
+
     def queues(self) -> list[QueueSummary]:
         """Every queue the token may see, with its options and task counts by status."""
         return _queue_list.decode(self._send("GET", "/v1/queues").content).queues
@@ -623,6 +644,20 @@ class AsyncProducer:
         """A page of the queue's tasks by id (see :meth:`Producer.tasks`)."""
         params = _list_params(status, limit, after, key, worker, error)
         return records(await self._send("GET", f"/v1/queue/{queue}/tasks", params=params))
+
+    async def children(
+        self, queue: str, task_id: str, limit: int = 100, after: str | None = None
+    ) -> list[TaskRecord]:
+        """A page of the task's children (see :meth:`Producer.children`)."""
+        page = _linked(queue, task_id, "children", limit, after)
+        return records(await self._send("GET", *page))
+
+    async def parents(
+        self, queue: str, task_id: str, limit: int = 100, after: str | None = None
+    ) -> list[TaskRecord]:
+        """A page of the task's parents (see :meth:`Producer.parents`)."""
+        page = _linked(queue, task_id, "parents", limit, after)
+        return records(await self._send("GET", *page))
 
     async def queues(self) -> list[QueueSummary]:
         """Every queue the token may see, with its options and task counts by status."""

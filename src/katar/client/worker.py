@@ -69,9 +69,11 @@ _NO_PROGRESS: Final = object()
 
 class Job:
     """A task delivered to this worker: ``id``, ``data`` (the producer's JSON, decoded),
-    ``attempt`` (the delivery's number, from 1) and ``after`` (the results of the tasks it
-    waited for, by id; None for a task that waited for none); and the handler's line to the
-    worker while it runs: :meth:`progress`, :attr:`cancelled`, :attr:`cancel_event`."""
+    ``attempt`` (the delivery's number, from 1), ``after`` (the results of the tasks it
+    waited for, by id; None for a task that waited for none), and ``schedule`` and
+    ``scheduled_for`` (the schedule that made it and the tick, ISO 8601 UTC; None for a task
+    no schedule made); and the handler's line to the worker while it runs:
+    :meth:`progress`, :attr:`cancelled`, :attr:`cancel_event`."""
 
     __slots__ = (
         "_lock",
@@ -81,6 +83,8 @@ class Job:
         "cancel_event",
         "data",
         "id",
+        "schedule",
+        "scheduled_for",
         "timeout",
     )
 
@@ -91,12 +95,17 @@ class Job:
         attempt: int = 1,
         timeout: int | None = None,
         after: dict[str, Any] | None = None,
+        schedule: str | None = None,
+        scheduled_for: str | None = None,
     ) -> None:
         self.id = id
         self.data = data
         self.attempt = attempt
         #: The results of the tasks it waited for (``after`` at enqueue), by id: a fan-in.
         self.after = after
+        #: The schedule that made the task, and the tick it was made for.
+        self.schedule = schedule
+        self.scheduled_for = scheduled_for
         #: The task's own lease in ms, when its delivery carries one (else the queue's).
         self.timeout = timeout
         #: Set once an operator has cancelled the task: a sync handler may wait on it, or
@@ -390,7 +399,16 @@ class AsyncWorker:
         if answer.cancel:
             self._cancel(answer.cancel)
         return [
-            Job(task.id, task.data, task.attempt, task.timeout, task.after) for task in answer.tasks
+            Job(
+                task.id,
+                task.data,
+                task.attempt,
+                task.timeout,
+                task.after,
+                task.schedule,
+                task.scheduled_for,
+            )
+            for task in answer.tasks
         ]
 
     def _cancel(self, ids: list[str]) -> None:

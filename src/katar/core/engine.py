@@ -673,6 +673,26 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         self.options(queue)
         return await self.store.list_tasks(queue, where, limit, after, newest_first)
 
+    async def linked(
+        self,
+        queue: str,
+        task_id: int,
+        limit: int = 100,
+        after: int = 0,
+        may_use: Callable[[str], bool] | None = None,
+        parents: bool = False,
+    ) -> list[Task]:
+        """The tasks that named the task in their ``after`` (its children, of any queue),
+        or with ``parents`` those it named that are still there, by id from the cursor
+        ``after``. ``may_use`` says which queues' tasks the caller may see (None: any); the
+        others are left out. TaskNotFound when there is no such task."""
+        self.options(queue)
+        queues = None if may_use is None else [q for q in self.queue_options() if may_use(q)]
+        found = await self.store.linked(queue, task_id, limit, after, queues, parents)
+        if found is None:
+            raise TaskNotFound.named(task_id, queue)
+        return found
+
     async def bulk(
         self, queue: str, action: str, where: TaskFilter, dry_run: bool = False
     ) -> tuple[int, int]:

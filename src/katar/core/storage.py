@@ -12,7 +12,7 @@ Every store passes the conformance suite in ``tests/store``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 from katar.core.idempotency import Idempotency
@@ -300,6 +300,22 @@ class Store(abc.ABC):
         """Remove a task; False when the queue holds no such task. The tasks that waited for
         it are cancelled, at ``now`` (default: the wall clock), and reported to the observer
         (Observer.settled)."""
+
+    @abc.abstractmethod
+    async def linked(
+        self,
+        queue: str,
+        task_id: int,
+        limit: int,
+        after: int,
+        queues: Collection[str] | None = None,
+        parents: bool = False,
+    ) -> list[Task] | None:
+        """Up to ``limit`` of the tasks that named the task ``task_id`` of ``queue`` in their
+        ``after`` (its children), or with ``parents`` those it named (that are still there),
+        of any queue (of ``queues`` only, when given), by id, those above ``after``; None
+        when the queue holds no such task. A page costs the same however many the task has
+        (the edges are indexed both ways)."""
 
     @abc.abstractmethod
     async def queues_of(self, ids: Sequence[int]) -> dict[int, str]:

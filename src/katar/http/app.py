@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 from katar import ui
 from katar._version import __version__
 from katar.core.engine import Engine, check_queue_name
-from katar.core.model import QueueOptions, State, parse_queue_options, parse_task_id
+from katar.core.model import QueueOptions, State, Task, parse_queue_options, parse_task_id
 from katar.core.schedule import Schedule, ScheduleSpec, parse_schedule
 from katar.core.schedule import check_name as check_schedule_name
 from katar.errors import (
@@ -37,7 +37,13 @@ from katar.errors import (
 )
 from katar.http import metrics, openapi, parse, throughput
 from katar.http.auth import ALL_QUEUES, Access, Authenticator, Token
-from katar.http.openapi import IDEMPOTENCY_PARAM, LEASE_HEADERS, LIST_PARAMS, WAIT_PARAM
+from katar.http.openapi import (
+    IDEMPOTENCY_PARAM,
+    LEASE_HEADERS,
+    LIST_PARAMS,
+    PAGE_PARAMS,
+    WAIT_PARAM,
+)
 from katar.http.openapi import Answer as A
 from katar.http.openapi import Operation as Op
 from katar.http.responses import (
@@ -622,6 +628,56 @@ class App:
                 },
             ),
             (
+                "/v1/queue/{queue}/tasks/{id}/children",
+                {
+                    "GET": Route(
+                        self.children,
+                        producer,
+                        Op(
+                            summary="The tasks that wait or waited for a task (its children)",
+                            operation_id="listChildren",
+                            tag="producers",
+                            parameters=PAGE_PARAMS,
+                            answers={
+                                200: A(
+                                    "A page of the tasks, of any queue, that named this one"
+                                    " in their after, by id; those of queues the token may"
+                                    " not use are left out.",
+                                    Tasks,
+                                ),
+                                404: "No such task in this queue.",
+                                422: "A bad parameter.",
+                            },
+                        ),
+                    )
+                },
+            ),
+            (
+                "/v1/queue/{queue}/tasks/{id}/parents",
+                {
+                    "GET": Route(
+                        self.parents,
+                        producer,
+                        Op(
+                            summary="The tasks a task waits or waited for (its parents)",
+                            operation_id="listParents",
+                            tag="producers",
+                            parameters=PAGE_PARAMS,
+                            answers={
+                                200: A(
+                                    "A page of the tasks, of any queue, that this one named"
+                                    " in its after and that are still there, by id; those of"
+                                    " queues the token may not use are left out.",
+                                    Tasks,
+                                ),
+                                404: "No such task in this queue.",
+                                422: "A bad parameter.",
+                            },
+                        ),
+                    )
+                },
+            ),
+            (
                 "/v1/queue/{queue}/tasks/{id}",
                 {
                     "GET": Route(
@@ -1115,6 +1171,37 @@ class App:
         order = query.get("order", "asc")
         if order not in ("asc", "desc"):
             raise ValidationError(f"order must be asc or desc, not {order[:20]!r}")
+
+        def read(batch: int, after: int) -> Awaitable[list[Task]]:
+            return self.engine.list_tasks(
+                request.queue, where, batch, after, newest_first=order == "desc"
+            )
+
+        return await self._page(query, read)
+
+    async def children(self, request: Request) -> Response:
+        return await self._linked(request, parents=False)
+
+    async def parents(self, request: Request) -> Response:
+        return await self._linked(request, parents=True)
+
+    async def _linked(self, request: Request, parents: bool) -> Response:
+        query = request.query()
+        queue, task_id = request.queue, request.task_id
+        token = request.token
+        may_use = None if token is None or token.all_queues else token.may_use
+
+        def read(batch: int, after: int) -> Awaitable[list[Task]]:
+            return self.engine.linked(queue, task_id, batch, after, may_use, parents)
+
+        return await self._page(query, read)
+
+    async def _page(
+        self, query: Mapping[str, str], read: Callable[[int, int], Awaitable[list[Task]]]
+    ) -> Response:
+        """A page of a list of tasks (katar.protocol.Tasks): up to the query's ``limit``
+        records from its cursor ``after``, and the next page's cursor; ``read(n, after)``
+        reads the next ``n`` tasks of the list from the cursor."""
         limit = int(parse.parse_number(query.get("limit"), "limit", 100, 1, self.limits.max_list))
         after = int(parse.parse_number(query.get("after"), "after", 0, 0, 2**62))
         # The page ends early if its records would be over max_answer_bytes; and it is read
@@ -1127,9 +1214,7 @@ class App:
         cursor: int | None = None
         while len(records) < limit:
             batch = min(limit - len(records), max(1, (budget - size) // task_bytes))
-            tasks = await self.engine.list_tasks(
-                request.queue, where, batch, after, newest_first=order == "desc"
-            )
+            tasks = await read(batch, after)
             for task in tasks:
                 record = encode(task_record(task))
                 if records and size + len(record) + 1 > budget:

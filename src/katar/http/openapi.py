@@ -123,13 +123,8 @@ SECONDS_PARAM: Final = {
     "schema": {"type": "number", "minimum": 2, "maximum": 600},
 }
 _ANY_STATUS: Final = "|".join(STATUSES)
-LIST_PARAMS: Final = (
-    {
-        "name": "status",
-        "in": "query",
-        "description": "One or more statuses, separated by commas.",
-        "schema": {"type": "string", "pattern": f"^({_ANY_STATUS})(,({_ANY_STATUS}))*$"},
-    },
+#: The paging of a list of tasks by id: the page's size, and the cursor (``next``).
+PAGE_PARAMS: Final = (
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
     {
         "name": "after",
@@ -137,6 +132,15 @@ LIST_PARAMS: Final = (
         "description": "The cursor: the next page's tasks come after this id.",
         "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
     },
+)
+LIST_PARAMS: Final = (
+    {
+        "name": "status",
+        "in": "query",
+        "description": "One or more statuses, separated by commas.",
+        "schema": {"type": "string", "pattern": f"^({_ANY_STATUS})(,({_ANY_STATUS}))*$"},
+    },
+    *PAGE_PARAMS,
 )
 IDEMPOTENCY_PARAM: Final = {
     "name": IDEMPOTENCY_KEY_HEADER.title(),

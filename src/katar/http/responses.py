@@ -222,23 +222,24 @@ _DELIVERY_TIMEOUT: Final = b'{"_id":"%d","data":%b,"attempt":%d,"timeout":%d}'
 
 
 def _delivery(task: Task) -> bytes:
-    if task.after is not None:  # the results of the tasks it waited for (fan-in)
-        return _delivery_after(task)
+    if task.after is not None or task.schedule is not None:
+        return _delivery_more(task)
     if task.timeout is None:
         return _DELIVERY % (task.id, task.data, task.attempts)
     return _DELIVERY_TIMEOUT % (task.id, task.data, task.attempts, task.timeout)
 
 
-def _delivery_after(task: Task) -> bytes:
-    assert task.after is not None
-    timeout = b"" if task.timeout is None else b',"timeout":%d' % task.timeout
-    return b'{"_id":"%d","data":%b,"attempt":%d%b,"after":%b}' % (
-        task.id,
-        task.data,
-        task.attempts,
-        timeout,
-        task.after,
-    )
+def _delivery_more(task: Task) -> bytes:
+    """The delivery of a task made by a schedule (its name and tick), or that waited for
+    others (their results: fan-in). Each field is there only when set."""
+    more = b"" if task.timeout is None else b',"timeout":%d' % task.timeout
+    if task.schedule is not None:
+        more += b',"schedule":%b' % encode(task.schedule)
+        if task.scheduled_for is not None:
+            more += b',"scheduled_for":"%b"' % _iso(task.scheduled_for).encode()
+    if task.after is not None:
+        more += b',"after":%b' % task.after
+    return b'{"_id":"%d","data":%b,"attempt":%d%b}' % (task.id, task.data, task.attempts, more)
 
 
 def deliveries(tasks: list[Task], cancel: list[int] | None = None) -> bytes:

@@ -17,6 +17,10 @@ COLUMNS: Final = (
     " scheduled_for, parents, children"
 )
 _STATES: Final = tuple(State)  # by value: faster than State(value) on the hot path
+#: The edges' columns (the deps table) that lead from a task to its children, or to its
+#: parents (Store.linked): the task's own, and the other's.
+CHILDREN: Final = {"this": "parent_id", "other": "child_id"}
+PARENTS: Final = {"this": "child_id", "other": "parent_id"}
 
 
 def task_from_row(row: Sequence[Any], queue: str) -> Task:
@@ -55,13 +59,17 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
 
 #: What a claim returns: the columns it does not set itself (see claimed_from_row), the
 #: task's timeout, and whether it has none of its other own options (most tasks): those are
-#: read apart, in OPTIONS_COLUMNS, for the few that have some. Fewer columns to return and
-#: convert on every claim.
+#: read apart, in OPTIONS_COLUMNS, for the few that have some (a schedule's task counts as
+#: one: its delivery names the schedule and the tick). Fewer columns to return and convert
+#: on every claim.
 CLAIMED_COLUMNS: Final = (
     "id, priority, data, attempts, attempt_base, error, result, created_at, key, timeout,"
-    " (coalesce(max_attempts, expires_at, unique_until, unique_key) IS NULL AND parents = 0)"
+    " (coalesce(max_attempts, expires_at, unique_until, unique_key, schedule) IS NULL"
+    " AND parents = 0)"
 )
-OPTIONS_COLUMNS: Final = "max_attempts, expires_at, unique_key, unique_until, parents, children"
+OPTIONS_COLUMNS: Final = (
+    "max_attempts, expires_at, unique_key, unique_until, parents, children, schedule, scheduled_for"
+)
 
 
 def claimed_from_row(
@@ -101,7 +109,7 @@ def claimed_from_row(
     if row[10]:
         return task
     assert options is not None
-    max_attempts, expires_at, unique_key, unique_until, parents, children = options
+    max_attempts, expires_at, unique_key, unique_until, parents, children, schedule, tick = options
     return msgspec.structs.replace(
         task,
         max_attempts=max_attempts,
@@ -110,6 +118,8 @@ def claimed_from_row(
         unique_until=unique_until,
         parents=parents,
         children=bool(children),
+        schedule=schedule,
+        scheduled_for=tick,
     )
 
 

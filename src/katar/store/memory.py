@@ -8,8 +8,10 @@ since it was pushed is skipped rather than searched for and removed.
 
 from __future__ import annotations
 
+import bisect
 import heapq
-from collections.abc import Iterable, Mapping, Sequence
+import itertools
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import msgspec
 
@@ -67,9 +69,11 @@ class MemoryStore(Store):
         self._keys: dict[tuple[str, str], tuple[bytes, tuple[int, ...], int]] = {}
         self._schedules: dict[str, Schedule] = {}
         # Dependencies: per child, its parents in the order it named them, each with
-        # (done, result); per parent, the children still waiting for it to end.
+        # (done, result); per parent, the children still waiting for it to end, and every
+        # child that named it, by id (ids only grow: appended in order, paged by bisection).
         self._edges: dict[int, dict[int, tuple[bool, bytes | None]]] = {}
         self._children: dict[int, dict[int, None]] = {}
+        self._named_by: dict[int, list[int]] = {}
 
     async def open(self) -> None:
         return None
@@ -224,10 +228,16 @@ class MemoryStore(Store):
         """A task removed: its own edges go (as a child, and as a parent: the children still
         linked to it were settled when it ended or was deleted)."""
         self._children.pop(task.id, None)
+        self._named_by.pop(task.id, None)
         for parent_id in self._edges.pop(task.id, ()):
             waiting = self._children.get(parent_id)
             if waiting is not None:
                 waiting.pop(task.id, None)
+            named = self._named_by.get(parent_id)
+            if named is not None:
+                at = bisect.bisect_left(named, task.id)
+                if at < len(named) and named[at] == task.id:
+                    del named[at]
 
     def _write(
         self, old: Task, new: Task | None, options: QueueOptions, also: list[Change]
@@ -288,6 +298,7 @@ class MemoryStore(Store):
         task = rules.depend(task, [(p.id, p.state) for p in parents])
         edges: dict[int, tuple[bool, bytes | None]] = {}
         for parent in parents:
+            self._named_by.setdefault(parent.id, []).append(task.id)
             if parent.state is DONE:
                 edges[parent.id] = (True, None if parent.result is None else bytes(parent.result))
             else:
@@ -295,6 +306,29 @@ class MemoryStore(Store):
                 self._children.setdefault(parent.id, {})[task.id] = None
         self._edges[task.id] = edges
         return task
+
+    async def linked(
+        self,
+        queue: str,
+        task_id: int,
+        limit: int,
+        after: int,
+        queues: Collection[str] | None = None,
+        parents: bool = False,
+    ) -> list[Task] | None:
+        task = self._tasks.get(task_id)
+        if task is None or task.queue != queue:
+            return None
+        # Both by id: a child's parents were named sorted (_link).
+        ids = list(self._edges.get(task_id, ())) if parents else self._named_by.get(task_id, [])
+        found: list[Task] = []
+        for other_id in itertools.islice(ids, bisect.bisect_right(ids, after), None):
+            other = self._tasks.get(other_id)  # a parent removed keeps its edge (its result)
+            if other is not None and (queues is None or other.queue in queues):
+                found.append(self._view(other))
+                if len(found) >= limit:
+                    break
+        return found
 
     async def queues_of(self, ids: Sequence[int]) -> dict[int, str]:
         return {i: task.queue for i in ids if (task := self._tasks.get(i)) is not None}

@@ -70,7 +70,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("katar")
 
-SCHEMA_VERSION: Final = 9
+SCHEMA_VERSION: Final = 10
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -220,6 +220,14 @@ CREATE INDEX IF NOT EXISTS deps_parent ON {s}.deps (parent_id) WHERE NOT done;
 CREATE INDEX IF NOT EXISTS deps_pending ON {s}.deps (child_id) WHERE NOT done;
 -- Tasks waiting for others (state 7) rest, as paused and finished ones do.
 CREATE INDEX IF NOT EXISTS tasks_waiting ON {s}.tasks (queue_id, id) WHERE state = 7;
+""",
+    # A task's children, listed a page at a time (Store.children).
+    10: """
+-- Every edge by parent, in child order: a parent's end finds its children, and a task's
+-- children are listed a page at a time however many it has. It replaces the index of
+-- version 9, which held only the edges still waiting.
+CREATE INDEX IF NOT EXISTS deps_children ON {s}.deps (parent_id, child_id);
+DROP INDEX IF EXISTS {s}.deps_parent;
 """,
 }
 

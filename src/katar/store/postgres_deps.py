@@ -15,13 +15,13 @@ servers, the second to take the child's lock sees the first's edge done and rele
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from katar.core import rules
 from katar.core.model import DONE, NewTask, State, Task
 from katar.core.storage import Change
-from katar.store._rows import COLUMNS, task_from_row, view
+from katar.store._rows import CHILDREN, COLUMNS, PARENTS, task_from_row, view
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -35,10 +35,23 @@ class PostgresDependencies:
     """The dependencies' part of PostgresStore, which provides what is declared here."""
 
     _schema: str
+    _sql: dict[str, str]
     _name: Callable[[Any, int], Awaitable[str]]
+    _transaction: Callable[..., Any]
 
     def _deps_sql(self) -> dict[str, str]:
         s = self._schema
+        # The page's ids first, as an array: the tasks are then read by their primary key,
+        # whatever the planner makes of the table's size. A task's queue is looked up per
+        # edge (a subquery, not a join the planner could turn into a scan of the tasks).
+        linked = (
+            f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = ANY(ARRAY(SELECT d.{{other}} FROM"
+            f" {s}.deps AS d WHERE d.{{this}} = %s AND d.{{other}} > %s AND (SELECT c.queue_id"
+            f" FROM {s}.tasks AS c WHERE c.id = d.{{other}}){{queues}} ORDER BY d.{{other}}"
+            " LIMIT %s)) ORDER BY id"
+        )
+        anywhere = " IS NOT NULL"
+        within = f" = ANY(ARRAY(SELECT id FROM {s}.queues WHERE name = ANY(%s)))"
         return {
             "parents": (
                 f"SELECT id, state, result FROM {s}.tasks WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
@@ -84,7 +97,39 @@ class PostgresDependencies:
                 " WHERE d.child_id = %s AND NOT d.done AND p.state NOT IN (4, 5, 6) LIMIT 1"
             ),
             "forget": f"DELETE FROM {s}.deps WHERE child_id = ANY(%s)",
+            # A page of a task's children (Store.linked), over the edges' index by parent
+            # (deps_children, in child order: no sort, however many children), or of its
+            # parents, over the primary key; "_in": of some queues only. The parents
+            # removed are left out (their edges stay, with their results).
+            "queue_of": f"SELECT queue_id FROM {s}.tasks WHERE id = %s",
+            "linked_children": linked.format(queues=anywhere, **CHILDREN),
+            "linked_children_in": linked.format(queues=within, **CHILDREN),
+            "linked_parents": linked.format(queues=anywhere, **PARENTS),
+            "linked_parents_in": linked.format(queues=within, **PARENTS),
         }
+
+    async def linked(
+        self,
+        queue: str,
+        task_id: int,
+        limit: int,
+        after: int,
+        queues: Collection[str] | None = None,
+        parents: bool = False,
+    ) -> list[Task] | None:
+        sql = self._sql
+        kind = "linked_parents" if parents else "linked_children"
+        async with self._transaction(writes=False) as conn:
+            found = await (await conn.execute(sql["queue_of"], (task_id,))).fetchone()
+            if found is None or await self._name(conn, found[0]) != queue:
+                return None
+            if queues is None:
+                page = await conn.execute(sql[kind], (task_id, after, limit))
+            else:
+                page = await conn.execute(sql[f"{kind}_in"], (task_id, after, list(queues), limit))
+            rows = await page.fetchall()
+            tasks = [task_from_row(row, await self._name(conn, row[1])) for row in rows]
+            return await self._views(conn, sql, tasks)
 
     async def _parents(
         self, conn: Connection, sql: dict[str, str], tasks: Sequence[NewTask]

@@ -16,7 +16,7 @@ import msgspec
 from katar.core import rules
 from katar.core.model import DONE, NewTask, State, Task
 from katar.core.storage import Change
-from katar.store._rows import COLUMNS, view
+from katar.store._rows import CHILDREN, COLUMNS, PARENTS, view
 
 _STATES: Final = tuple(State)
 _PARENTS: Final = "SELECT id, state, result FROM tasks WHERE id IN (SELECT value FROM json_each(?))"
@@ -57,12 +57,47 @@ _STILL_WAITS: Final = (
     " AND deps.done=0 AND tasks.state NOT IN (4, 5, 6) LIMIT 1"
 )
 _FORGET: Final = "DELETE FROM deps WHERE child_id IN (SELECT value FROM json_each(?))"
+# A page of a task's children (Store.linked), over the edges' index by parent
+# (deps_children, in child order: no sort, however many children), or of its parents, over
+# the primary key; {queues} keeps those of some queues only. The join leaves out the parents
+# removed (their edges stay, with their results).
+_LINKED: Final = (
+    f"SELECT {COLUMNS} FROM tasks WHERE id IN (SELECT d.{{other}} FROM deps AS d"
+    " JOIN tasks AS c ON c.id = d.{other} WHERE d.{this} = ? AND d.{other} > ?{queues}"
+    " ORDER BY d.{other} LIMIT ?) ORDER BY id"
+)
+_IN_QUEUES: Final = " AND c.queue_id IN (SELECT value FROM json_each(?))"
+_QUEUE_OF: Final = "SELECT queue_id FROM tasks WHERE id=?"
 
 
 class Dependencies:
     """The dependencies' part of SQLiteStore, which provides what is declared here."""
 
     _task: Callable[[Sequence[Any]], Task]
+    _queue_names: dict[int, str]
+
+    def _linked(
+        self,
+        conn: sqlite3.Connection,
+        queue: str,
+        task_id: int,
+        page: tuple[int, int],
+        queue_ids: Sequence[int] | None,
+        parents: bool,
+    ) -> list[Task] | None:
+        """Store.linked, in one read: ``page`` is (limit, after), ``queue_ids`` the queues to
+        keep (None: all)."""
+        found = conn.execute(_QUEUE_OF, (task_id,)).fetchone()
+        if found is None or self._queue_names.get(found[0]) != queue:
+            return None
+        limit, after = page
+        columns = PARENTS if parents else CHILDREN
+        args: tuple[Any, ...] = (task_id, after, limit)
+        sql = _LINKED.format(queues="", **columns)
+        if queue_ids is not None:
+            sql = _LINKED.format(queues=_IN_QUEUES, **columns)
+            args = (task_id, after, msgspec.json.encode(list(queue_ids)), limit)
+        return [self._view(conn, self._task(row)) for row in conn.execute(sql, args)]
 
     def _parents(
         self, conn: sqlite3.Connection, tasks: Sequence[NewTask]

@@ -6,8 +6,8 @@ import sqlite3
 from typing import Final
 
 # 4: idempotency keys; 5: key, fair_seq; 6: cancel, progress; 7: options; 8: delivery history;
-# 9: schedules; 10: dependencies
-SCHEMA_VERSION: Final = 10
+# 9: schedules; 10: dependencies; 11: the edges by parent, all of them (a task's children)
+SCHEMA_VERSION: Final = 11
 # The tasks at rest: paused (0), done (4), failed (5), cancelled (6). Not "state IN (0, 4, 5,
 # 6)": SQLite evaluates a partial index's condition for every row a statement writes, and an
 # IN list builds a temporary b-tree each time (a 4 KiB page zeroed): 56,000 instructions per
@@ -76,8 +76,10 @@ CREATE INDEX IF NOT EXISTS tasks_kept ON tasks (queue_id, unique_until)
     WHERE unique_until IS NOT NULL AND state BETWEEN 4 AND 5;
 -- Dependencies: one edge per (child, parent), with the parent's result once it is done, so
 -- that the results outlive the parent (a queue without history removes it at once). The
--- partial indexes hold the edges still waiting: a parent's end finds its children, and a
--- child's "is any parent not done" is one probe, however many parents it has.
+-- edges by parent, every one of them in child order, serve a parent's end (it finds its
+-- children) and the listing of a task's children, a page at a time; the partial index of the
+-- edges still waiting makes a child's "is any parent not done" one probe, however many
+-- parents it has.
 CREATE TABLE IF NOT EXISTS deps (
     child_id INTEGER NOT NULL,
     parent_id INTEGER NOT NULL,
@@ -85,7 +87,7 @@ CREATE TABLE IF NOT EXISTS deps (
     result BLOB,
     PRIMARY KEY (child_id, parent_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS deps_parent ON deps (parent_id) WHERE done = 0;
+CREATE INDEX IF NOT EXISTS deps_children ON deps (parent_id, child_id);
 CREATE INDEX IF NOT EXISTS deps_pending ON deps (child_id) WHERE done = 0;
 -- An enqueue's Idempotency-Key: the ids it created (katar.core.idempotency.pack_ids).
 CREATE TABLE IF NOT EXISTS idempotency_keys (
@@ -107,9 +109,11 @@ CREATE TABLE IF NOT EXISTS schedules (
     last_tick INTEGER,
     last_task INTEGER
 );
--- Schema 1 had the index above over every state; schema 2 had it with an IN list.
+-- Schema 1 had the index above over every state; schema 2 had it with an IN list. Schema 10
+-- had the edges by parent for those still waiting only (deps_children replaces it).
 DROP INDEX IF EXISTS tasks_queue_state;
 DROP INDEX IF EXISTS tasks_resting;
+DROP INDEX IF EXISTS deps_parent;
 """
 
 #: The columns each version added to a table that an older database already has (CREATE

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -499,6 +499,21 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
             return self._view(conn, self._task(row))
 
         return await self._read(op)
+
+    async def linked(
+        self,
+        queue: str,
+        task_id: int,
+        limit: int,
+        after: int,
+        queues: Collection[str] | None = None,
+        parents: bool = False,
+    ) -> list[Task] | None:
+        known = self._queue_ids
+        queue_ids = None if queues is None else [known[q] for q in queues if q in known]
+        return await self._read(
+            lambda conn: self._linked(conn, queue, task_id, (limit, after), queue_ids, parents)
+        )
 
     async def queues_of(self, ids: Sequence[int]) -> dict[int, str]:
         def op(conn: sqlite3.Connection) -> dict[int, str]:

@@ -655,6 +655,48 @@ function Progress({ value }) {
   return html`<code>${json(value)}</code>`;
 }
 
+const LINKED_PAGE = 20;
+
+/** A task's children (the tasks that named it in their `after`) or its parents (those it
+ * named, still there), of the queues the token may see, a page at a time; nothing when
+ * there are none. */
+function Linked({ queue, id, kind, title, children }) {
+  const [cursors, setCursors] = useState([null]);
+  const cursor = cursors[cursors.length - 1];
+  const query = new URLSearchParams({ limit: String(LINKED_PAGE) });
+  if (cursor) query.set("after", cursor);
+  const path = queuePath(queue, `/tasks/${encodeURIComponent(id)}/${kind}?${query}`);
+  const [page, error] = usePoll(() => api("GET", path), [kind, path]);
+  if (error) return html`<${Problem} error=${error} />`;
+  if (!page || (page.tasks.length === 0 && cursors.length === 1 && !children)) return null;
+  return html`
+    <section class="block" aria-label=${title}>
+      <h2>${title}</h2>
+      ${children}
+      ${page.tasks.length > 0 &&
+      html`<div class="table-wrap"><table>
+        <thead><tr><th scope="col">Task</th><th scope="col">Queue</th><th scope="col">Status</th><th scope="col">Updated</th></tr></thead>
+        <tbody>
+          ${page.tasks.map(
+            (t) => html`<tr key=${t._id}>
+              <td><a href=${link(["task", t.queue, t._id])}>#${t._id}</a></td>
+              <td><a href=${link(["queue", t.queue])}>${t.queue}</a></td>
+              <td><${Status} status=${t.status} />${t.waiting_for.length > 0 ? html` <span class="muted">(waits for ${count(t.waiting_for.length)})</span>` : ""}</td>
+              <td><${Time} iso=${t.updated_at} /></td>
+            </tr>`,
+          )}
+        </tbody>
+      </table></div>`}
+      ${(cursors.length > 1 || page.next) &&
+      html`<nav class="pager" aria-label=${`Pages of ${title.toLowerCase()}`}>
+        <button type="button" disabled=${cursors.length < 2} onClick=${() => setCursors(cursors.slice(0, -1))}>‹ Previous</button>
+        <span class="muted">Page ${cursors.length}</span>
+        <button type="button" disabled=${!page.next} onClick=${() => setCursors([...cursors, page.next])}>Next ›</button>
+      </nav>`}
+    </section>
+  `;
+}
+
 function TaskPage({ who, queue, id }) {
   const [task, error, refresh] = usePoll(() => api("GET", queuePath(queue, `/tasks/${encodeURIComponent(id)}`)), [
     "task",
@@ -725,15 +767,19 @@ function TaskPage({ who, queue, id }) {
           ${task.schedule &&
           html`<div><dt>Schedule</dt><dd><a href="#/schedules">${task.schedule}</a>, tick <${Time} iso=${task.scheduled_for} /></dd></div>`}
         </dl>
-        ${task.waiting_for && task.waiting_for.length > 0 &&
-        html`<section class="block" aria-label="Waiting for">
-          <h2>Waiting for</h2>
-          <p>Not delivered until ${task.waiting_for.length === 1 ? "this task is" : "these tasks are"} done: ${task.waiting_for.map((t, i) => html`${i ? ", " : ""}<code>#${t}</code>`)}.</p>
-        </section>`}
-        <${Block} label="Results of the tasks it waited for" value=${task.after} />
         <${Block} label="Error" value=${task.error} />
         <${Block} label="Data" value=${task.data} />
         <${Block} label="Result" value=${task.result} />
+        ${task.after !== null &&
+        html`<${Linked} queue=${queue} id=${id} kind="parents" title="Tasks it waits for">
+          <p class="hint">
+            ${task.waiting_for.length > 0
+              ? html`Not delivered until ${task.waiting_for.length === 1 ? "this task is" : `these ${count(task.waiting_for.length)} tasks are`} done: ${task.waiting_for.slice(0, 20).map((t, i) => html`${i ? ", " : ""}<code>#${t}</code>`)}${task.waiting_for.length > 20 ? "…" : ""}.`
+              : "Every one is done: their results are below."}
+          </p>
+        <//>`}
+        <${Block} label="Results of the tasks it waited for" value=${task.after} />
+        <${Linked} queue=${queue} id=${id} kind="children" title="Tasks waiting for it" />
         <section class="block" aria-label="Deliveries">
           <h2>Deliveries</h2>
           ${task.history && task.history.length
