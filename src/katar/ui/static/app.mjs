@@ -778,7 +778,7 @@ function TaskPage({ who, queue, id }) {
               : "Every one is done: their results are below."}
           </p>
         <//>`}
-        <${Block} label="Results of the tasks it waited for" value=${task.after} />
+        <${Block} label="Results of the tasks it waited for" value=${task.after && Object.keys(task.after).length ? task.after : null} />
         <${Linked} queue=${queue} id=${id} kind="children" title="Tasks waiting for it" />
         <section class="block" aria-label="Deliveries">
           <h2>Deliveries</h2>
