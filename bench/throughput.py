@@ -174,13 +174,16 @@ def drain_servers(
     connections: int,
     options: dict[str, object] | None = None,
     extra: Extra | None = None,
+    cpu: Callable[[], float] | None = None,
 ) -> dict[str, float]:
     """Fill the queue through the first server, then drain it with one wrk per server, the
     ``connections`` split among them, all started together; the clock stops when no task
     is queued or in progress. Fails unless the wrk runs were handed ``tasks`` tasks between
-    them, so that a task lost or delivered twice gives no figure."""
+    them, so that a task lost or delivered twice gives no figure. ``cpu``, if given, is read
+    at the drain's start and end: its difference is ``drain_cpu_s``."""
     with httpx.Client(base_url=servers[0].url, timeout=60) as client:
         filled = fill(client, tasks, options, extra)
+        cpu_before = cpu() if cpu else 0.0
         started = time.perf_counter()
         runs = [
             wrk(
@@ -200,6 +203,7 @@ def drain_servers(
                     if run.poll() is not None:
                         raise RuntimeError(f"wrk stopped early:\n{run.communicate()[0]}")
             elapsed = time.perf_counter() - started
+            cpu_used = cpu() - cpu_before if cpu else 0.0
         finally:
             outputs = []
             for run in runs:
@@ -217,6 +221,7 @@ def drain_servers(
             "tasks_per_s": tasks / elapsed,
             "enqueued_per_s": filled,
             "peak_rss_mb": max(peak_rss_mb(server.pid) for server in servers),
+            "drain_cpu_s": cpu_used,
         }
 
 

@@ -43,9 +43,14 @@ GROUPS_IN_FLIGHT: Final = 2
 # A "done" for the current delivery (rules.apply_ack): its attempt if named, no cancel
 # requested (the rules end such a delivery cancelled), and the worker's own (rules.owns).
 # The edges of the tasks with dependencies are settled after it, all at once (Done.edges).
+# "t.state + 0": so that the planner cannot read the tasks by the index of leases (whose
+# condition is "state = 3"): with statistics taken before a drain it judged that index,
+# which holds every task in progress, cheaper than the primary key, and its generic plan
+# then read every leased task at each poll.
 _DONE_MATCH: Final = (
-    "t.queue_id = %s AND t.state = 3 AND t.attempts = coalesce(nullif(v.attempt, 0), t.attempts)"
-    " AND NOT t.cancel_requested AND (v.worker IS NULL OR t.worker IS NULL OR t.worker = v.worker)"
+    "t.queue_id = %s AND t.state + 0 = 3"
+    " AND t.attempts = coalesce(nullif(v.attempt, 0), t.attempts) AND NOT t.cancel_requested"
+    " AND (v.worker IS NULL OR t.worker IS NULL OR t.worker = v.worker)"
 )
 T_COLUMNS: Final = ", ".join(f"t.{column.strip()}" for column in COLUMNS.split(","))
 
