@@ -60,20 +60,25 @@ def group_sql(s: str) -> dict[str, str]:
     sql = {
         # Workers' "done"s (rules.apply_ack, in SQL), many at once: the rows are locked in id
         # order first, so that two transactions cannot deadlock.
+        # The tasks are found by "id = ANY(ARRAY(SELECT ...))": an array the planner cannot
+        # see into, which it takes for a few ids, so that it reads them by the primary key.
+        # Given the array itself it may scan the table instead, as it did on a table not
+        # yet analyzed (140 ms a poll at 20,000 tasks, against 2).
         "done_keep": (
             "WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::int[], %s::bytea[], %s::text[])"
             f" AS v(id, attempt, result, worker)), locked AS (SELECT id FROM {s}.tasks WHERE"
-            " id = ANY(%s) ORDER BY id FOR UPDATE)"
+            " id = ANY(ARRAY(SELECT id FROM v)) ORDER BY id FOR UPDATE)"
             f" UPDATE {s}.tasks AS t SET state = 4, result = v.result, error = NULL,"
-            " lease_until = NULL, updated_at = %s FROM v WHERE t.id = v.id AND t.id IN"
-            f" (SELECT id FROM locked) AND {_DONE_MATCH} RETURNING {T_COLUMNS}"
+            " lease_until = NULL, updated_at = %s FROM v WHERE t.id = ANY(ARRAY(SELECT id FROM"
+            f" locked)) AND t.id = v.id AND {_DONE_MATCH} RETURNING {T_COLUMNS}"
         ),
         "done_drop": (
             "WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::int[], %s::text[])"
             f" AS v(id, attempt, worker)), locked AS (SELECT id FROM {s}.tasks WHERE"
-            f" id = ANY(%s) ORDER BY id FOR UPDATE) DELETE FROM {s}.tasks AS t USING v WHERE"
-            f" t.id = v.id AND t.id IN (SELECT id FROM locked) AND {_DONE_MATCH}"
-            f" AND t.unique_until IS NULL RETURNING {T_COLUMNS}"
+            " id = ANY(ARRAY(SELECT id FROM v)) ORDER BY id FOR UPDATE) DELETE FROM"
+            f" {s}.tasks AS t USING v WHERE t.id = ANY(ARRAY(SELECT id FROM locked))"
+            f" AND t.id = v.id AND {_DONE_MATCH} AND t.unique_until IS NULL"
+            f" RETURNING {T_COLUMNS}"
         ),
         # The claim: the first ready tasks in order, each leased to the worker of its slot
         # (the n-th task taken to the n-th name given). A task's own timeout makes its own
@@ -127,9 +132,9 @@ class Done:
         workers = [worker for _id, _ack, worker in self.acks]
         if options.persistent:
             results = [None if a.result is None else bytes(a.result) for _i, a, _w in self.acks]
-            args: tuple[Any, ...] = (ids, attempts, results, workers, ids, now, queue_id)
+            args: tuple[Any, ...] = (ids, attempts, results, workers, now, queue_id)
             return sql["done_keep" if watching else "done_keep_ids"], args
-        args = (ids, attempts, workers, ids, queue_id)
+        args = (ids, attempts, workers, queue_id)
         return sql["done_drop" if watching else "done_drop_ids"], args
 
     def changes(
