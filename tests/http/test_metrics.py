@@ -81,6 +81,22 @@ async def test_the_task_counters_and_histograms_move(http: httpx.AsyncClient) ->
     assert buckets == sorted(buckets)  # cumulative
 
 
+async def test_a_run_is_timed_whether_the_ack_names_its_task_as_a_string_or_a_number(
+    http: httpx.AsyncClient,
+) -> None:
+    response = await http.post("/v1/queue/q/tasks", json={"tasks": [{"data": n} for n in range(3)]})
+    assert response.status_code == 201
+    first = await take(http, "q", [])
+    second = await take(http, "q", [{"_id": int(first), "status": "done"}])  # a JSON number
+    await take(http, "q", [{"_id": second, "status": "done"}])
+    # Not an id as the server writes it: no such task, and no run to time.
+    response = await http.post("/v1/queue/q", json={"tasks": [{"_id": "01", "status": "done"}]})
+    assert response.status_code == 404
+    after = await metrics(http)
+    assert after['katar_run_seconds_count{queue="q"}'] == 2
+    assert after['katar_wait_seconds_count{queue="q"}'] == 3
+
+
 async def test_an_expired_lease_is_counted(http: httpx.AsyncClient) -> None:
     # "history": a lease of 200 ms, two attempts.
     assert (await http.post("/v1/queue/history/tasks", json={"data": 1})).status_code == 201

@@ -2,15 +2,16 @@
 ``GET /metrics`` and the throughput history read.
 
 The histograms are written here rather than taken from a Prometheus client library: the
-engine observes one on every delivery and every ack, so an observation must be a bisect into
-a fixed list of bounds and two additions, without allocating; and the exposition is a few
-lines of text (katar.http.metrics). A library would also keep a second, global registry of
-figures beside the engine's own.
+engine observes one on every delivery and every ack, so a poll's observations must cost a
+bisect into a fixed list of bounds per distinct duration and a few additions; and the
+exposition is a few lines of text (katar.http.metrics). A library would also keep a second,
+global registry of figures beside the engine's own.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
@@ -58,14 +59,16 @@ class Histogram:
     def observe(self, durations: Iterable[int]) -> None:
         """Count durations in milliseconds (a negative one, from a clock that stepped back,
         counts as 0): those of a poll's tasks at once, this being on every poll's path."""
+        # Counted by value first (in C): a poll's tasks mostly share one duration (they
+        # were delivered together, or enqueued together), so the loop runs a few times.
         counts = self.counts
         count = total = 0
-        for ms in durations:
+        for ms, times in Counter(durations).items():
             if ms < 0:
                 ms = 0
-            counts[bisect_left(_BOUNDS_MS, ms)] += 1
-            count += 1
-            total += ms
+            counts[bisect_left(_BOUNDS_MS, ms)] += times
+            count += times
+            total += ms * times
         self.count += count
         self.sum_ms += total
 

@@ -50,7 +50,6 @@ from katar.core.model import (
     TaskFilter,
     check_text,
     parse_queue_options,
-    parse_task_id,
 )
 from katar.core.outcomes import OutcomeWaits
 from katar.core.reaper import _PRUNE_EVERY_MS, HOUSEKEEPING_MS, Reaper
@@ -145,11 +144,14 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         self._last_keyed: int | None = None  # when an enqueue last stored a key (ms)
         #: What this process has done since it started, per queue (katar.core.counters).
         self.counters = Counters()
-        #: When this process delivered each task it leased (ms, by task id): popped at the
-        #: ack that ends the delivery (observed in katar_run_seconds) or when the lease runs
-        #: out. The "done" fast path of the stores builds no task, so the ack's own id is
-        #: what finds the start. Bounded by MAX_TIMED_DELIVERIES.
-        self._delivered_at: dict[int, int] = {}
+        #: When this process delivered each task it leased (ms, by task id as the wire
+        #: writes it): popped at the ack that ends the delivery (observed in
+        #: katar_run_seconds) or when the lease runs out. The "done" fast path of the stores
+        #: builds no task, so the ack's own id is what finds the start; keyed by the string,
+        #: an ack's id finds it without being parsed again (a tenth of a batched drain's
+        #: instructions went to these metrics: docs/benchmarks.md). Bounded by
+        #: MAX_TIMED_DELIVERIES.
+        self._delivered_at: dict[str, int] = {}
         #: The store's outages, logged once each (by the reaper, and the HTTP app's requests).
         self.outages = Outages()
         self.schedules: dict[str, Schedule] = {}
@@ -609,7 +611,7 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
                 counters.observe(counters.wait, queue, waited)
             started = self._delivered_at
             if len(started) + len(tasks) <= MAX_TIMED_DELIVERIES:
-                started.update(dict.fromkeys([task.id for task in tasks], now))
+                started.update(dict.fromkeys([str(task.id) for task in tasks], now))
         if self._listeners:
             for task in tasks:
                 self._emit(task)
@@ -630,8 +632,8 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
             if status == "done":
                 done += 1
             if started:
-                task_id = parse_task_id(ack.task_id)
-                at = None if task_id is None else started.pop(task_id, None)
+                task_id = ack.task_id
+                at = started.pop(task_id if isinstance(task_id, str) else str(task_id), None)
                 if at is not None:
                     ran.append(now - at)
         if ran:
@@ -825,7 +827,7 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         counters, queue, state = self.counters, task.queue, task.state
         if expired:
             counters.add(counters.lease_expiries, queue)
-            self._delivered_at.pop(task.id, None)
+            self._delivered_at.pop(str(task.id), None)
         elif state is FAILED or state is READY or state is SCHEDULED:
             counters.add(counters.failed, queue)
         if state is READY or state is SCHEDULED or state is PAUSED:
