@@ -606,12 +606,16 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
             delivered[queue] = delivered.get(queue, 0) + len(tasks)
             # The first deliveries: how long the tasks waited, since their creation (a delay
             # included: a claimed task keeps no run_at).
-            waited = [now - task.created_at for task in tasks if task.attempts == 1]
+            started = self._delivered_at
+            timed = len(started) + len(tasks) <= MAX_TIMED_DELIVERIES
+            waited = []
+            for task in tasks:
+                if task.attempts == 1:
+                    waited.append(now - task.created_at)
+                if timed:
+                    started[str(task.id)] = now
             if waited:
                 counters.observe(counters.wait, queue, waited)
-            started = self._delivered_at
-            if len(started) + len(tasks) <= MAX_TIMED_DELIVERIES:
-                started.update(dict.fromkeys([str(task.id) for task in tasks], now))
         if self._listeners:
             for task in tasks:
                 self._emit(task)
