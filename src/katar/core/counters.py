@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Final
 
 #: Upper bounds of the histograms' buckets, in seconds (Prometheus's ``le``), from a
@@ -44,7 +43,6 @@ _BOUNDS_MS: Final = tuple(bound * 1000 for bound in BUCKETS)
 
 #: From how many durations Histogram.observe counts them by value first.
 _GROUPED: Final = 16
-_ONES: Final = repeat(1)
 
 #: Why a limit held a poll back (katar_limited_polls_total's ``reason``).
 LIMIT_REASONS: Final = ("rate", "concurrency", "paused")
@@ -65,22 +63,23 @@ class Histogram:
         """Count durations in milliseconds (a negative one, from a clock that stepped back,
         counts as 0): those of a poll's tasks at once, this being on every poll's path."""
         counts = self.counts
-        count = total = 0
-        # Many are counted by value first (in C): a poll's tasks mostly share one duration
-        # (they were delivered together, or enqueued together), so the loop runs a few
-        # times. A few are counted one by one: a Counter costs more than it saves there.
-        pairs: Iterable[tuple[int, int]] = (
-            Counter(durations).items()
-            if len(durations) >= _GROUPED
-            else zip(durations, _ONES, strict=False)
-        )
-        for ms, times in pairs:
+        if len(durations) < _GROUPED:  # one by one: a Counter costs more than it saves
+            for ms in durations:
+                if ms < 0:
+                    ms = 0
+                counts[bisect_left(_BOUNDS_MS, ms)] += 1
+                self.sum_ms += ms
+            self.count += len(durations)
+            return
+        # Counted by value first (in C): a poll's tasks mostly share one duration (they were
+        # delivered together, or enqueued together), so the loop runs a few times.
+        total = 0
+        for ms, times in Counter(durations).items():
             if ms < 0:
                 ms = 0
             counts[bisect_left(_BOUNDS_MS, ms)] += times
-            count += times
             total += ms * times
-        self.count += count
+        self.count += len(durations)
         self.sum_ms += total
 
     def cumulative(self) -> list[int]:
