@@ -318,5 +318,10 @@ def parse_number(raw: str | None, name: str, default: float, low: float, high: f
     except ValueError:
         raise ValidationError(f"{name} must be a number, not {raw!r}") from None
     if not low <= value <= high:
-        raise ValidationError(f"{name} must be from {low:g} to {high:g}")
+        raise ValidationError(f"{name} must be from {_bound(low)} to {_bound(high)}")
     return value
+
+
+def _bound(value: float) -> str:
+    """A bound as a user would write it: 4611686018427387904, not 4.61169e+18."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
