@@ -135,10 +135,25 @@ def fresh_key(case: schemathesis.Case[Any]) -> None:
     headers["Idempotency-Key"] = str(uuid.uuid4())
 
 
+def no_parents(case: schemathesis.Case[Any]) -> None:
+    """A valid task's ``after`` left out. The schema can say that ``after`` lists strings, not
+    that they name tasks that exist (an id of no task is a documented 422). The sample drawn
+    depends on the tests run before in the same process: alone it held no ``after``, after
+    tests/http it did. Only valid cases are changed: an invalid one stays invalid."""
+    if case.meta is None or case.meta.generation.mode is not GenerationMode.POSITIVE:
+        return
+    body = case.body
+    tasks = body.get("tasks") if isinstance(body, dict) else None
+    for task in tasks if isinstance(tasks, list) else [body]:
+        if isinstance(task, dict):
+            task.pop("after", None)
+
+
 @schema.parametrize()
 @FUZZ
 def test_an_open_server(case: schemathesis.Case[Any], open_server: str) -> None:
     fresh_key(case)
+    no_parents(case)
     case.call_and_validate(base_url=open_server, timeout=30, checks=CHECKS)
 
 
@@ -146,6 +161,7 @@ def test_an_open_server(case: schemathesis.Case[Any], open_server: str) -> None:
 @FUZZ
 def test_a_server_with_tokens(case: schemathesis.Case[Any], guarded_server: str) -> None:
     fresh_key(case)
+    no_parents(case)
     case.call_and_validate(
         base_url=guarded_server,
         headers={"Authorization": f"Bearer {ADMIN}"},
