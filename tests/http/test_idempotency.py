@@ -3,6 +3,7 @@ outcome is unknown."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 from typing import Any
 
@@ -151,3 +152,38 @@ def test_the_error_body_is_json() -> None:
     assert body["outcome"] == "unknown"
     assert body["cause"] == "PostgreSQL: gone"
     assert "retrying" in body["error"].lower() or "retry" in body["error"].lower()
+
+
+async def test_a_connection_lost_during_a_one_statement_enqueue_is_504_outcome_unknown(
+    katar: Katar, store_kind: str, via: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Plain tasks without a key go to PostgreSQL as one statement that commits as it ends:
+    # a connection lost while it runs leaves the outcome unknown (here it did commit).
+    if store_kind != "postgres":
+        pytest.skip("a PostgreSQL connection lost while its statement commits")
+    real_execute = psycopg.AsyncConnection.execute
+
+    async def commit_then_lose_the_connection(
+        self: psycopg.AsyncConnection[Any], query: Any, *args: Any
+    ) -> Any:
+        cursor = await real_execute(self, query, *args)
+        if str(query).startswith("WITH ins AS (INSERT INTO"):
+            self.pgconn.finish()  # gone, with the answer
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return cursor
+
+    async with app_client(App(katar.engine), via) as client:
+        monkeypatch.setattr(psycopg.AsyncConnection, "execute", commit_then_lose_the_connection)
+        response = await client.post(TASKS, json={"data": "once"})
+        monkeypatch.undo()
+        assert response.status_code == 504
+        assert response.json()["outcome"] == "unknown"
+        # A lost connection makes the store probe PostgreSQL before it is used again.
+        for _ in range(100):
+            if (await client.get(TASKS)).status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert await count(client) == 1  # it did commit
+        response = await client.post(TASKS, json={"data": "twice"})
+        assert response.status_code == 201
+        assert await count(client) == 2
