@@ -148,9 +148,8 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         #: writes it): popped at the ack that ends the delivery (observed in
         #: katar_run_seconds) or when the lease runs out. The "done" fast path of the stores
         #: builds no task, so the ack's own id is what finds the start; keyed by the string,
-        #: an ack's id finds it without being parsed again (a tenth of a batched drain's
-        #: instructions went to these metrics: docs/benchmarks.md). Bounded by
-        #: MAX_TIMED_DELIVERIES.
+        #: an ack's id finds it without being parsed again (what these metrics cost a poll:
+        #: docs/benchmarks.md, "Batched drain A/B"). Bounded by MAX_TIMED_DELIVERIES.
         self._delivered_at: dict[str, int] = {}
         #: The store's outages, logged once each (by the reaper, and the HTTP app's requests).
         self.outages = Outages()
