@@ -264,6 +264,18 @@ def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _ready_payload(queue: str, count: int) -> str:
+    """The notification that ``count`` tasks of ``queue`` became ready: a server that hears
+    it wakes that many of its long polls on the queue (see _listen)."""
+    return f"r:{count}:{queue}"
+
+
+def _ready_payloads(tasks: Iterable[Task]) -> list[str]:
+    """The notifications for the ready ones among ``tasks``: one per queue."""
+    ready = Counter(task.queue for task in tasks if task.state is READY)
+    return [_ready_payload(queue, count) for queue, count in ready.items()]
+
+
 def _created(drafts: Sequence[Task], ids: list[int]) -> list[Task]:
     """The tasks an insert created: the drafts with the ids it returned (RETURNING promises
     no order; unnest keeps the order of its arrays, and a sequence hands out growing ids)."""
@@ -607,9 +619,8 @@ class PostgresStore(PostgresGroups, Store):
     async def _notify_ready(
         self, conn: AsyncConnection[tuple[Any, ...]], tasks: Iterable[Task]
     ) -> None:
-        ready = Counter(task.queue for task in tasks if task.state is READY)
-        for queue, count in ready.items():
-            await self._notify(conn, f"r:{count}:{queue}")
+        for payload in _ready_payloads(tasks):
+            await self._notify(conn, payload)
 
     async def listen(self, observer: Observer) -> None:
         listening = asyncio.Event()
@@ -779,10 +790,10 @@ class PostgresStore(PostgresGroups, Store):
         most of what one task enqueued at a time costs."""
         drafts = [rules.new_task(queue, spec, 0, now) for spec in tasks]
         columns = _columns(queue_id, drafts, now)
-        ready = sum(1 for task in drafts if task.state is READY)
+        ready = _ready_payloads(drafts)  # one queue: one notification at most
         async with self._transaction(alone=True) as conn:
             if ready:
-                payload = (*columns, self._channel, f"r:{ready}:{queue}")
+                payload = (*columns, self._channel, *ready)
                 cursor = await conn.execute(self._sql["insert_notify"], payload)
             else:
                 cursor = await conn.execute(self._sql["insert"], columns)
@@ -1327,7 +1338,7 @@ class PostgresStore(PostgresGroups, Store):
                     )
                     step = step._replace(changed=step.changed + more.changed, changes=more.changes)
             if action == "retry" and ids:
-                await self._notify(conn, f"r:{len(ids)}:{queue}")
+                await self._notify(conn, _ready_payload(queue, len(ids)))
         self.report(settled)
         return step
 
@@ -1708,6 +1719,12 @@ class _Transaction:
             self.store._down()
         return error
 
+    def _unknown(self, error: BaseException) -> StoreError:
+        """OutcomeUnknown for ``error``, lost while a write committed, the URL's secrets
+        masked in its cause."""
+        cause = mask_credentials(f"PostgreSQL: {error}", self.store._raw_url)
+        return self._lost(OutcomeUnknown(cause=cause))
+
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         import psycopg
 
@@ -1716,8 +1733,7 @@ class _Transaction:
             if not isinstance(exc, psycopg.Error):
                 return
             if self._writes and self._conn.broken:
-                cause = mask_credentials(f"PostgreSQL: {exc}", self.store._raw_url)
-                raise self._lost(OutcomeUnknown(cause=cause)) from exc
+                raise self._unknown(exc) from exc
             raise self._lost(_translate(exc, self.store._raw_url)) from exc
         if exc is None and self._conn.broken:
             # Lost since the last statement: COMMIT cannot be sent (psycopg does not even
@@ -1731,8 +1747,7 @@ class _Transaction:
             await self._connection.__aexit__(type(error), error, None)
             if exc is None and self._writes and isinstance(error, psycopg.OperationalError):
                 # Lost during or after COMMIT: PostgreSQL may have committed or not.
-                cause = mask_credentials(f"PostgreSQL: {error}", self.store._raw_url)
-                raise self._lost(OutcomeUnknown(cause=cause)) from error
+                raise self._unknown(error) from error
             raise self._lost(_translate(error, self.store._raw_url)) from error
         await self._connection.__aexit__(kind, exc, tb)
         if isinstance(exc, psycopg.Error):
