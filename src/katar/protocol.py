@@ -408,6 +408,8 @@ class ScheduleRecord(msgspec.Struct, frozen=True):
     next_ticks: list[Time]
     last_tick: Time | None
     last_task: str | None
+    #: Why the schedule cannot run (it fires nothing until it is PUT again), or null.
+    error: str | None = None
 
 
 class Schedules(msgspec.Struct, frozen=True):

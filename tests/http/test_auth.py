@@ -164,6 +164,10 @@ async def test_the_access_matrix(
     elif role < needed:
         assert response.status_code == 403, response.text
         assert response.json()["needs"] == needed.name.lower()
+    elif "{schedule}" in path and method != "PUT" and queue == "foreign" and who != "root":
+        # Another scope's schedule is answered as one that does not exist.
+        assert response.status_code == 404, response.text
+        assert response.json() == {"error": "no schedule 's-foreign'", "schedule": "s-foreign"}
     elif ("{queue}" in path or "{schedule}" in path) and queue == "foreign" and who != "root":
         assert response.status_code == 403, response.text
         assert response.json() == {
@@ -220,6 +224,40 @@ async def test_a_scoped_admin_lists_only_its_queues(http: httpx.AsyncClient) -> 
     assert [q["name"] for q in scoped.json()["queues"]] == ["own"]
     everything = await http.get("/v1/queues", headers=bearer("root"))
     assert sorted(q["name"] for q in everything.json()["queues"]) == ["foreign", "own"]
+
+
+async def test_another_scopes_schedule_is_unknown_to_every_verb(
+    http: httpx.AsyncClient, katar: Katar
+) -> None:
+    theirs = {"cron": "0 * * * *", "queue": "foreign", "data": "theirs"}
+    await katar.engine.put_schedule("sb3", parse_schedule(theirs))
+    before = msgspec.to_builtins((await katar.engine.get_schedule("sb3")).spec)
+    admin = bearer("admin")  # an admin of the queue "own" only
+    unknown = await http.get("/v1/schedules/nope", headers=admin)
+    assert unknown.status_code == 404
+    for method, body in [("GET", None), ("PATCH", {"paused": True}), ("DELETE", None)]:
+        answer = await http.request(method, "/v1/schedules/sb3", json=body, headers=admin)
+        assert answer.status_code == 404, (method, answer.text)
+        assert answer.json() == {"error": "no schedule 'sb3'", "schedule": "sb3"}
+        assert "foreign" not in answer.text
+    # A PUT naming a queue of its own may not take over (or move) the other scope's schedule.
+    ours = {"cron": "* * * * *", "queue": "own", "data": "ours"}
+    taken = await http.put("/v1/schedules/sb3", json=ours, headers=admin)
+    assert taken.status_code == 404, taken.text
+    assert "choose another name" in taken.json()["error"]
+    assert "foreign" not in taken.text
+    assert "last_tick" not in taken.text
+    listed = await http.get("/v1/schedules", headers=admin)
+    assert listed.json() == {"schedules": []}
+    kept = await katar.engine.get_schedule("sb3")
+    assert msgspec.to_builtins(kept.spec) == before
+    # Its own schedules it manages; an unscoped admin sees them all.
+    assert (await http.put("/v1/schedules/mine", json=ours, headers=admin)).status_code == 200
+    listed = await http.get("/v1/schedules", headers=admin)
+    assert [s["name"] for s in listed.json()["schedules"]] == ["mine"]
+    everything = await http.get("/v1/schedules", headers=bearer("root"))
+    assert [s["name"] for s in everything.json()["schedules"]] == ["mine", "sb3"]
+    assert (await http.delete("/v1/schedules/sb3", headers=bearer("root"))).status_code == 200
 
 
 async def test_a_worker_drains_its_queue_with_its_token(

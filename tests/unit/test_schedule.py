@@ -8,14 +8,21 @@ from typing import Any
 import pytest
 
 from katar.core.schedule import (
+    HORIZON_YEARS,
+    MAX_CRON,
     MISSED_MS,
     Due,
     Schedule,
     ScheduleSpec,
+    check_fires,
     due,
+    fault,
     last_tick_by,
+    next_tick,
     next_ticks,
     parse_schedule,
+    stored,
+    upcoming,
     wake_at,
 )
 from katar.errors import ValidationError
@@ -180,3 +187,96 @@ def test_seconds_only_with_the_test_setting(monkeypatch: pytest.MonkeyPatch) -> 
         ms("2026-03-02T10:00:01Z"),
         ms("2026-03-02T10:00:02Z"),
     ]
+
+
+# A cron whose every tick falls in the hour skipped when summer time starts: the last Sunday
+# of March in Europe, the second Sunday of March in the United States.
+NEVER = [
+    ("30 2 * 3 7L", "Europe/Berlin"),
+    ("30 2 * 3 SUN#2", "America/New_York"),
+    ("* 2 * 3 7L", "Europe/Berlin"),  # each minute of the hour: one gap stepped over a year
+]
+
+
+@pytest.mark.parametrize(("cron", "timezone"), NEVER)
+def test_a_cron_whose_every_tick_does_not_exist_has_no_tick(cron: str, timezone: str) -> None:
+    never = spec(cron, timezone)
+    start = ms("2026-01-01T00:00:00Z")
+    assert next_tick(never, start) is None  # within the bounds, not an OverflowError
+    with pytest.raises(ValidationError) as caught:
+        check_fires(never, start)
+    assert caught.value.details == {"field": "cron"}
+    assert "never fires" in caught.value.message
+    assert f"within {HORIZON_YEARS} years" in caught.value.message
+    assert "choose times that exist" in caught.value.message
+
+
+def test_ticks_right_after_a_gap_are_found() -> None:
+    # Europe/Berlin, 2026-03-29: 02:00-02:59 do not exist; the walk steps over them whole.
+    hours = spec("*/20 2-3 * * *", "Europe/Berlin")
+    ticks = next_ticks(hours, ms("2026-03-28T23:00:00Z"), 3)  # 00:00 CET on the 29th
+    assert [iso(t) for t in ticks] == [
+        "2026-03-29T01:00",  # 03:00 CEST
+        "2026-03-29T01:20",
+        "2026-03-29T01:40",
+    ]
+    # Backwards over the same gap: from 03:10 CEST, the last tick is 03:00, then 01:40 the
+    # day before is not reached through 02:xx.
+    assert last_tick_by(hours, ms("2026-03-29T01:10:00Z")) == ms("2026-03-29T01:00:00Z")
+    assert last_tick_by(hours, ms("2026-03-29T00:59:00Z")) == ms("2026-03-28T02:40:00Z")
+    # A rare cron still comes: the fifth Monday of February (next in 2044).
+    assert next_tick(spec("0 0 * 2 MON#5"), ms("2026-01-01T00:00:00Z")) == ms(
+        "2044-02-29T00:00:00Z"
+    )
+
+
+def test_a_cron_too_long_or_with_huge_numbers_is_refused() -> None:
+    for cron in ("0" * 4300 + " * * * *", "1," * MAX_CRON + "1 * * * *"):
+        with pytest.raises(ValidationError) as caught:
+            spec(cron)
+        assert caught.value.details["field"] == "cron"
+    with pytest.raises(ValidationError, match="Bad minute"):
+        spec("0" * 500 + "60 * * * *")  # short enough to parse, and out of range
+
+
+def test_a_stored_schedule_that_cannot_run_says_why() -> None:
+    cursor = ms("2026-01-01T00:00:00Z")
+    fine = Schedule(name="s", spec=spec("0 * * * *"), cursor=cursor)
+    assert fault(fine) is None
+    never = Schedule(name="s", spec=spec(*NEVER[0]), cursor=cursor)
+    assert "never fires" in (fault(never) or "")
+    paused = Schedule(name="s", spec=spec(*NEVER[0], paused=True), cursor=cursor)
+    assert "never fires" in (fault(paused) or "")  # shown while paused too
+    # Fields that no PUT accepts, as a database edit leaves them (a struct built directly
+    # is not checked).
+    for bad, words in [
+        (ScheduleSpec(cron="61 * * * *", queue="q"), "Bad minute"),
+        (ScheduleSpec(cron="* * * * *", queue="q", timezone="Mars/Base"), "unknown time zone"),
+    ]:
+        assert words in (fault(Schedule(name="s", spec=bad, cursor=cursor)) or "")
+    far = Schedule(name="s", spec=spec("0 * * * *"), cursor=2**62)
+    assert "cannot be computed" in (fault(far) or "")
+    # One that cannot run fires nothing and shows no tick.
+    broken = Schedule(name="s", spec=spec("* * * * *"), cursor=cursor, error="broken")
+    assert due(broken, cursor + 3_600_000) == []
+    assert wake_at(broken) is None
+    assert upcoming(broken, cursor) == []
+    assert len(upcoming(fine, cursor)) == 5
+
+
+def test_a_stored_record_that_does_not_decode_is_one_schedule_with_its_error() -> None:
+    good = stored("a", b'{"cron": "0 * * * *", "queue": "q"}', 5, 4, 3)
+    assert (good.spec.cron, good.cursor, good.last_tick, good.last_task, good.error) == (
+        "0 * * * *",
+        5,
+        4,
+        3,
+        None,
+    )
+    for raw in (b"not json {{{", b'{"cron": 5, "queue": "q"}', b"[1]", "{}"):
+        bad = stored("b", raw, 5, 4, 3)
+        assert bad.error is not None
+        assert "PUT it again or DELETE it" in bad.error
+        assert fault(bad) == bad.error
+        assert upcoming(bad, 5) == []
+    assert stored("c", b'{"cron": 5, "queue": "q"}', 5, None, None).spec.queue == "q"

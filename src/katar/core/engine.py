@@ -54,7 +54,14 @@ from katar.core.model import (
 from katar.core.outcomes import OutcomeWaits
 from katar.core.reaper import _PRUNE_EVERY_MS, HOUSEKEEPING_MS, Reaper
 from katar.core.rules import BULK_STATES, MAX_PARENTS, is_final, prune_before, unknown_parent
-from katar.core.schedule import Schedule, ScheduleSpec, check_name, parse_schedule
+from katar.core.schedule import (
+    Schedule,
+    ScheduleSpec,
+    check_fires,
+    check_name,
+    not_found,
+    parse_schedule,
+)
 from katar.core.scheduler import Scheduler
 from katar.core.storage import Change, LimitState, Store
 from katar.core.waits import WaitList, _release
@@ -157,6 +164,7 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         self._schedule_alarm = asyncio.Event()  # the scheduler's cue: a tick or a change
         self._schedule_timer: Timer | None = None
         self._schedule_due: int | None = None
+        self._schedule_checks = {}
         self._scheduler: asyncio.Task[None] | None = None
 
     # -- life cycle ------------------------------------------------------------------------
@@ -176,7 +184,7 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
                 # A pause made during an incident outlasts a restart: only PATCH lifts it.
                 options = msgspec.structs.replace(options, paused=True)
             await self.put_queue(name, options)
-        self.schedules = await self.store.load_schedules()
+        self.schedules = await self._load_schedules()
         for name, spec in (schedules or {}).items():
             kept = self.schedules.get(name)
             if kept is not None and kept.spec.paused and not spec.paused:
@@ -185,6 +193,9 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
                 await self.put_schedule(name, spec)
             except QueueNotFound as exc:  # a mistake in the declaration: start-up stops
                 raise ConfigError(f"[schedules.{name}] queue: {exc.message}") from None
+            except ValidationError as exc:  # e.g. a cron that never fires
+                field = exc.details.get("field", "cron")
+                raise ConfigError(f"[schedules.{name}] {field}: {exc.message}") from None
         await self.store.listen(self)
         # Leases and delays left by an earlier run: the first reap is at the earliest of them.
         self._expect(await self.store.next_deadline())
@@ -371,31 +382,56 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
 
     # -- schedules (katar.core.schedule; fired by katar.core.scheduler) --------------------
 
-    async def list_schedules(self) -> list[Schedule]:
-        """Every schedule, by name, as the store has it now."""
-        self.schedules = await self.store.load_schedules()
-        return [self.schedules[name] for name in sorted(self.schedules)]
+    # A token limited to some queues (``may_use``) sees and manages the schedules of those
+    # queues only: another scope's schedule is answered as one that does not exist.
 
-    async def get_schedule(self, name: str) -> Schedule:
-        """The schedule as the store has it now; ScheduleNotFound when there is none."""
-        self.schedules = await self.store.load_schedules()
-        try:
-            return self.schedules[name]
-        except KeyError:
-            raise ScheduleNotFound(f"no schedule {name!r}", schedule=name) from None
+    async def list_schedules(self, may_use: Callable[[str], bool] | None = None) -> list[Schedule]:
+        """Every schedule (of the queues ``may_use`` allows), by name, as the store has it
+        now; one that cannot run has its ``error``."""
+        self.schedules = await self._load_schedules()
+        listed = [self.schedules[name] for name in sorted(self.schedules)]
+        return [s for s in listed if may_use is None or may_use(s.spec.queue)]
 
-    async def put_schedule(self, name: str, spec: ScheduleSpec) -> Schedule:
+    async def get_schedule(
+        self, name: str, may_use: Callable[[str], bool] | None = None
+    ) -> Schedule:
+        """The schedule as the store has it now; ScheduleNotFound when there is none, or
+        when ``may_use`` does not allow its queue."""
+        self.schedules = await self._load_schedules()
+        schedule = self.schedules.get(name)
+        if schedule is None or (may_use is not None and not may_use(schedule.spec.queue)):
+            raise not_found(name)
+        return schedule
+
+    async def put_schedule(
+        self, name: str, spec: ScheduleSpec, may_use: Callable[[str], bool] | None = None
+    ) -> Schedule:
         """Create the schedule or replace its spec. A new schedule's first tick is the first
-        after now; a schedule resumed (paused before, not now) skips the ticks of its pause."""
+        after now; a schedule resumed (paused before, not now), or replacing one that could
+        not run, skips the ticks before now. It must have a tick to come (ValidationError).
+        ``may_use`` must allow the queue of the schedule it replaces (else ScheduleNotFound):
+        the caller checks the new spec's queue."""
         check_name(name)
         if spec.queue not in self.queues:
             raise QueueNotFound(
                 f"schedule {name!r}: no queue {spec.queue!r}; create the queue first",
                 queue=spec.queue,
             )
-        old = (await self.store.load_schedules()).get(name)  # another server's, maybe
         now = self.clock.now_ms()
-        cursor = now if old is None or (old.spec.paused and not spec.paused) else None
+        check_fires(spec, now)
+        old = (await self.store.load_schedules()).get(name)  # another server's, maybe
+        if old is not None and may_use is not None and not may_use(old.spec.queue):
+            raise ScheduleNotFound(
+                f"schedule name {name!r} is taken by a schedule this token may not manage;"
+                " choose another name",
+                schedule=name,
+            )
+        fresh = (
+            old is None
+            or self._checked(old).error is not None
+            or (old.spec.paused and not spec.paused)
+        )
+        cursor = now if fresh else None
         saved = await self.store.save_schedule(name, spec, cursor)
         if old is None:
             log.info("schedule %s created", name)
@@ -405,15 +441,29 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         self._schedule_alarm.set()
         return saved
 
-    async def patch_schedule(self, name: str, changes: Mapping[str, Any]) -> Schedule:
-        """Change some fields of the schedule (e.g. ``{"paused": true}``), keep the others."""
-        current = msgspec.to_builtins((await self.get_schedule(name)).spec)
-        return await self.put_schedule(name, parse_schedule({**current, **changes}))
+    async def patch_schedule(
+        self,
+        name: str,
+        changes: Mapping[str, Any],
+        may_use: Callable[[str], bool] | None = None,
+    ) -> Schedule:
+        """Change some fields of the schedule (e.g. ``{"paused": true}``), keep the others.
+        One that cannot run is refused (ValidationError): PUT it whole, or delete it."""
+        schedule = await self.get_schedule(name, may_use)
+        if schedule.error is not None:
+            raise ValidationError(f"schedule {name!r} cannot run: {schedule.error}", schedule=name)
+        current = msgspec.to_builtins(schedule.spec)
+        return await self.put_schedule(name, parse_schedule({**current, **changes}), may_use)
 
-    async def delete_schedule(self, name: str) -> None:
-        """Remove the schedule; the tasks it made stay."""
+    async def delete_schedule(
+        self, name: str, may_use: Callable[[str], bool] | None = None
+    ) -> None:
+        """Remove the schedule; the tasks it made stay. ScheduleNotFound when there is none,
+        or when ``may_use`` does not allow its queue."""
+        if may_use is not None:
+            await self.get_schedule(name, may_use)
         if not await self.store.delete_schedule(name):
-            raise ScheduleNotFound(f"no schedule {name!r}", schedule=name)
+            raise not_found(name)
         self.schedules.pop(name, None)
         log.info("schedule %s deleted", name)
         self._schedule_alarm.set()

@@ -8,6 +8,10 @@ no server leads. A change made through this engine, or heard of from another ser
 (Observer.schedules_changed, or a resync after notifications were lost), rings it at once;
 on a store other servers share, a server that has schedules also looks every
 HOUSEKEEPING_MS.
+
+A schedule that cannot run (katar.core.schedule.fault: stored before its checks existed, or
+edited in the database) is left out: its error is logged once and shown in its record, and
+the other schedules fire as usual. Each record is checked once per version (spec and cursor).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import msgspec
 from katar.core.clock import Clock, Timer
 from katar.core.model import NewTask, Task
 from katar.core.reaper import HOUSEKEEPING_MS
-from katar.core.schedule import Schedule, due, wake_at
+from katar.core.schedule import Schedule, ScheduleSpec, due, fault, wake_at
 from katar.core.storage import Store
 from katar.errors import KatarError, QueueNotFound, StoreUnavailable
 
@@ -41,6 +45,8 @@ class Scheduler(abc.ABC):
     _schedule_alarm: asyncio.Event
     _schedule_timer: Timer | None
     _schedule_due: int | None
+    #: Per schedule: the version of its record last checked (spec, cursor) and its error.
+    _schedule_checks: dict[str, tuple[ScheduleSpec, int, str | None]]
 
     @abc.abstractmethod
     def _made(self, task: Task) -> None:
@@ -63,6 +69,49 @@ class Scheduler(abc.ABC):
                 await job
         self._arm_schedules(None)
 
+    async def _load_schedules(self) -> dict[str, Schedule]:
+        """The schedules as the store has them, each with its error if it cannot run."""
+        loaded = await self.store.load_schedules()
+        for gone in self._schedule_checks.keys() - loaded.keys():
+            del self._schedule_checks[gone]
+        return {name: self._checked(schedule) for name, schedule in loaded.items()}
+
+    def _checked(self, schedule: Schedule) -> Schedule:
+        """``schedule`` with its ``error`` (katar.core.schedule.fault), found once per version
+        of its record and logged when it appears."""
+        name, spec, cursor = schedule.name, schedule.spec, schedule.cursor
+        known = self._schedule_checks.get(name)
+        if known is not None and known[1] == cursor and known[0] == spec:
+            error = known[2]
+        else:
+            error = fault(schedule)
+            self._note_fault(schedule, error, known)
+        return schedule if error is None else msgspec.structs.replace(schedule, error=error)
+
+    def _note_fault(
+        self,
+        schedule: Schedule,
+        error: str | None,
+        known: tuple[ScheduleSpec, int, str | None] | None,
+    ) -> None:
+        if error is not None and (known is None or known[2] != error):
+            log.error("schedule %s cannot run, its ticks pass: %s", schedule.name, error)
+        self._schedule_checks[schedule.name] = (schedule.spec, schedule.cursor, error)
+
+    def _broken(self, schedule: Schedule, exc: Exception) -> Schedule:
+        """A schedule whose ticks failed to compute although its check passed: set aside as
+        one that cannot run, not retried until its record changes."""
+        error = f"its ticks cannot be computed ({exc!r}); PUT it again or DELETE it"
+        self._note_fault(schedule, error, self._schedule_checks.get(schedule.name))
+        return msgspec.structs.replace(schedule, error=error)
+
+    def _wake_of(self, name: str, schedule: Schedule) -> int | None:
+        try:
+            return wake_at(schedule)
+        except Exception as exc:  # one schedule's failure must not stop the others
+            self.schedules[name] = self._broken(schedule, exc)
+            return None
+
     def _arm_schedules(self, when: int | None) -> None:
         if self._schedule_timer is not None:
             self._schedule_timer.cancel()
@@ -81,7 +130,11 @@ class Scheduler(abc.ABC):
             try:
                 refused = await self._fire_due(now)
                 wake = min(
-                    (t for s in self.schedules.values() if (t := wake_at(s)) is not None),
+                    (
+                        t
+                        for name, s in list(self.schedules.items())
+                        if (t := self._wake_of(name, s)) is not None
+                    ),
                     default=None,
                 )
                 if refused and wake is not None:  # not at once again: after a pause
@@ -103,9 +156,14 @@ class Scheduler(abc.ABC):
         """Fire every tick due at ``now``, as the store has the schedules; whether the store
         refused one."""
         refused = False
-        self.schedules = await self.store.load_schedules()
+        self.schedules = await self._load_schedules()
         for name, schedule in list(self.schedules.items()):
-            for step in due(schedule, now):
+            try:
+                steps = due(schedule, now)  # none for a schedule that cannot run
+            except Exception as exc:  # one schedule's failure must not stop the others
+                self.schedules[name] = self._broken(schedule, exc)
+                continue
+            for step in steps:
                 spec = schedule.spec
                 task = None
                 if step.task:

@@ -1097,35 +1097,35 @@ class App:
         if token is not None and not token.may_use(queue):
             raise Forbidden(f"this token may not use the queue {queue!r}", queue=queue)
 
-    async def _schedule(self, request: Request) -> Schedule:
-        schedule = await self.engine.get_schedule(request.params[0])
-        self._may_schedule(request, schedule.spec.queue)
-        return schedule
+    @staticmethod
+    def _scope(request: Request) -> Callable[[str], bool] | None:
+        """What the token's queues allow: another scope's schedule is answered as unknown."""
+        token = request.token
+        return None if token is None or token.all_queues else token.may_use
 
     def _schedule_answer(self, schedule: Schedule) -> Response:
         return json_response(schedule_record(schedule, self.engine.clock.now_ms()))
 
     async def list_schedules(self, request: Request) -> Response:
-        token = request.token
         now = self.engine.clock.now_ms()
-        records = [
-            schedule_record(schedule, now)
-            for schedule in await self.engine.list_schedules()
-            if token is None or token.may_use(schedule.spec.queue)
-        ]
-        return json_response(Schedules(records))
+        listed = await self.engine.list_schedules(self._scope(request))
+        return json_response(Schedules([schedule_record(s, now) for s in listed]))
 
     async def get_schedule(self, request: Request) -> Response:
-        return self._schedule_answer(await self._schedule(request))
+        schedule = await self.engine.get_schedule(request.params[0], self._scope(request))
+        return self._schedule_answer(schedule)
 
     async def put_schedule(self, request: Request) -> Response:
         name = check_schedule_name(request.params[0])
         spec = parse_schedule(parse.parse_object(request.body))
         self._may_schedule(request, spec.queue)
-        return self._schedule_answer(await self.engine.put_schedule(name, spec))
+        return self._schedule_answer(
+            await self.engine.put_schedule(name, spec, self._scope(request))
+        )
 
     async def patch_schedule(self, request: Request) -> Response:
-        await self._schedule(request)  # an unknown schedule is a 404 before a bad body
+        scope = self._scope(request)
+        await self.engine.get_schedule(request.params[0], scope)  # a 404 before a bad body
         changes = parse.parse_object(request.body)
         if set(changes) != {"paused"} or not isinstance(changes["paused"], bool):
             raise ValidationError(
@@ -1133,12 +1133,11 @@ class App:
                 " PUT replaces its other fields",
                 field="paused",
             )
-        schedule = await self.engine.patch_schedule(request.params[0], changes)
+        schedule = await self.engine.patch_schedule(request.params[0], changes, scope)
         return self._schedule_answer(schedule)
 
     async def delete_schedule(self, request: Request) -> Response:
-        await self._schedule(request)
-        await self.engine.delete_schedule(request.params[0])
+        await self.engine.delete_schedule(request.params[0], self._scope(request))
         return json_response(ScheduleDeleted(request.params[0]))
 
     async def enqueue(self, request: Request) -> Response:

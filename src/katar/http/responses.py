@@ -11,7 +11,7 @@ import msgspec
 from katar import errors
 from katar.core import rules
 from katar.core.model import PUBLIC_STATUS, QueueOptions, Task
-from katar.core.schedule import Schedule, next_ticks
+from katar.core.schedule import Schedule, upcoming
 from katar.protocol import LEASE_HEADER as LEASE_HEADER_NAME
 from katar.protocol import (
     DeliveryRecord,
@@ -144,7 +144,7 @@ class QueueCreated(msgspec.Struct, frozen=True):
 def schedule_record(schedule: Schedule, now: int) -> ScheduleRecord:
     """The public JSON record of a schedule, its next ticks counted from ``now``."""
     spec = schedule.spec
-    ticks = [] if spec.paused else next_ticks(spec, max(now, schedule.cursor))
+    ticks = upcoming(schedule, now)
     return ScheduleRecord(
         schedule.name,
         spec.cron,
@@ -158,6 +158,7 @@ def schedule_record(schedule: Schedule, now: int) -> ScheduleRecord:
         [_iso(tick) for tick in ticks],
         iso(schedule.last_tick),
         None if schedule.last_task is None else str(schedule.last_task),
+        schedule.error,
     )
 
 

@@ -39,6 +39,7 @@ from katar.core.model import (
     parse_task_id,
 )
 from katar.core.schedule import Schedule, ScheduleSpec
+from katar.core.schedule import stored as stored_schedule
 from katar.core.storage import (
     BulkStep,
     Change,
@@ -1652,13 +1653,7 @@ class PostgresStore(PostgresGroups, Store):
 
 def _schedule(row: Sequence[Any]) -> Schedule:
     name, spec, cursor, last_tick, last_task = row
-    return Schedule(
-        name=name,
-        spec=_spec_decoder.decode(spec),
-        cursor=cursor,
-        last_tick=last_tick,
-        last_task=last_task,
-    )
+    return stored_schedule(name, spec, cursor, last_tick, last_task)
 
 
 _KEEP: Final = QueueOptions(persistent=True)

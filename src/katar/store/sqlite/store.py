@@ -26,6 +26,7 @@ from katar.core.model import (
     parse_task_id,
 )
 from katar.core.schedule import Schedule, ScheduleSpec
+from katar.core.schedule import stored as stored_schedule
 from katar.core.storage import BulkStep, Change, Enqueued, Fired, LimitState, PollResult
 from katar.errors import (
     Conflict,
@@ -898,13 +899,7 @@ _SCHEDULES: Final = "SELECT name, spec, cursor, last_tick, last_task FROM schedu
 
 def _schedule(row: Sequence[Any]) -> Schedule:
     name, spec, cursor, last_tick, last_task = row
-    return Schedule(
-        name=name,
-        spec=_spec_decoder.decode(spec),
-        cursor=cursor,
-        last_tick=last_tick,
-        last_task=last_task,
-    )
+    return stored_schedule(name, spec, cursor, last_tick, last_task)
 
 
 def _unfinished(conn: sqlite3.Connection, task_id: int | None) -> bool:
