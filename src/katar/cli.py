@@ -353,6 +353,9 @@ def schedules(args: argparse.Namespace) -> int:
         print(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
+    for item in payload["schedules"]:
+        if item.get("error"):
+            print(f"katar: schedule {item['name']} cannot run: {item['error']}", file=sys.stderr)
     return 0
 
 

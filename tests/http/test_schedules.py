@@ -13,6 +13,7 @@ import pytest
 from katar import Katar
 from katar.cli import main
 from katar.core.clock import FakeClock
+from katar.core.schedule import ScheduleSpec
 from katar.http import App, Limits
 from tests.http.conftest import app_client, eventually, opened, served
 
@@ -188,3 +189,59 @@ async def test_katar_schedules_lists_pauses_resumes_and_deletes(
         assert (await cli("delete", "nightly"))[0] == 1  # 404: said on standard error
         assert "no schedule 'nightly'" in errors[-1]
         assert (await cli("pause"))[0] == 2
+
+
+# Every tick in the hour skipped when summer time starts: such a schedule never fires.
+NEVER_BODIES = [
+    {"cron": "30 2 * 3 7L", "timezone": "Europe/Berlin", "queue": "q"},
+    {"cron": "30 2 * 3 SUN#2", "timezone": "America/New_York", "queue": "q"},
+]
+
+
+async def test_a_schedule_that_never_fires_or_too_long_a_cron_is_422_and_stores_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    for body in NEVER_BODIES:
+        answer = await client.put("/v1/schedules/x", json=body)
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["field"] == "cron"
+        assert "never fires" in answer.json()["error"]
+        assert "choose times that exist" in answer.json()["error"]
+    for cron in ("0" * 4300 + " * * * *", "9" * 4300 + " * * * *"):
+        answer = await client.put("/v1/schedules/x", json={"cron": cron, "queue": "q"})
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["field"] == "cron"
+        assert "over the limit of 1000" in answer.json()["error"]
+    assert (await client.get("/v1/schedules")).json() == {"schedules": []}
+    assert (await client.get("/v1/schedules/x")).status_code == 404
+
+
+async def test_a_stored_schedule_that_cannot_run_is_marked_and_the_others_answer(
+    client: httpx.AsyncClient, katar: Katar, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As a server without the check stored it (or a database edit): straight into the store.
+    never = ScheduleSpec(cron="30 2 * 3 7L", timezone="Europe/Berlin", queue="q")
+    await katar.engine.store.save_schedule("old", never, katar.engine.clock.now_ms())
+    fine = {"cron": "0 * * * *", "queue": "q"}
+    assert (await client.put("/v1/schedules/fine", json=fine)).status_code == 200
+    listed = await client.get("/v1/schedules")
+    assert listed.status_code == 200, listed.text
+    records = {r["name"]: r for r in listed.json()["schedules"]}
+    assert records["fine"]["error"] is None
+    assert len(records["fine"]["next_ticks"]) == 5
+    old = records["old"]
+    assert "never fires" in old["error"]
+    assert (old["next_ticks"], old["cron"], old["queue"]) == ([], "30 2 * 3 7L", "q")
+    assert (await client.get("/v1/schedules/old")).json() == old
+    for _ in range(3):
+        await client.get("/v1/schedules")
+    assert caplog.text.count("schedule old cannot run") == 1  # once, not per look
+    # A pause or resume of it is refused, saying what to do; a PUT that fires replaces it.
+    patched = await client.patch("/v1/schedules/old", json={"paused": True})
+    assert patched.status_code == 422
+    assert "cannot run" in patched.json()["error"]
+    assert "PUT it again or DELETE it" in patched.json()["error"]
+    fixed = await client.put("/v1/schedules/old", json={**NEVER_BODIES[0], "cron": "30 3 * 3 7L"})
+    assert fixed.status_code == 200, fixed.text
+    assert fixed.json()["error"] is None
+    assert len(fixed.json()["next_ticks"]) == 5

@@ -4,6 +4,9 @@ compare-and-set, once per tick however many servers fire it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable
 
 import msgspec
 import pytest
@@ -188,3 +191,51 @@ async def test_servers_firing_one_tick_make_one_task(shared_stores: list[Store])
         assert sum(o.task is not None for o in outcomes) == 1
     tasks = await a.list_tasks("q", EVERY_TASK, 100, 0)
     assert [t.scheduled_for for t in tasks] == [TICK, TICK + 1, TICK + 2, TICK + 3, TICK + 4]
+
+
+def _edit_spec(url: str, name: str, spec: bytes) -> None:
+    """Set a schedule's stored spec behind the store's back, as an edit of the database."""
+    if url.startswith("sqlite:///"):
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as db, db:
+            db.execute("UPDATE schedules SET spec = ? WHERE name = ?", (spec, name))
+        return
+    import psycopg
+
+    from katar.store.postgres import parse_url
+
+    conninfo, _pool_size, schema = parse_url(url)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f"UPDATE {schema}.schedules SET spec = %s WHERE name = %s", (spec, name))
+
+
+@pytest.mark.parametrize(
+    "spec", [b"not json {{{", b'{"cron": 5, "queue": "q"}', b'{"queue": "q", "when": 1}', b"[]"]
+)
+async def test_a_record_that_no_longer_decodes_is_loaded_with_its_error(
+    store_kind: str, make_url: Callable[[], str], spec: bytes
+) -> None:
+    if store_kind == "memory":
+        pytest.skip("the memory store's records are no bytes to edit")
+    url = make_url()
+    store = open_store(url)
+    await store.open()
+    try:
+        await store.save_queue("q", KEEP)
+        good = await store.save_schedule("good", HOURLY, T0)
+        await store.save_schedule("bad", HOURLY, T0)
+    finally:
+        await store.close()
+    _edit_spec(url, "bad", spec)
+    store = open_store(url)
+    await store.open()
+    try:
+        loaded = await store.load_schedules()
+        assert loaded["good"] == good  # the other records read as ever
+        bad = loaded["bad"]
+        assert (bad.name, bad.cursor) == ("bad", T0)
+        assert bad.error is not None
+        assert "its stored record is not a valid schedule" in bad.error
+        if spec.startswith(b"{"):
+            assert bad.spec.queue == "q"  # what can be read of it, for the token scopes
+    finally:
+        await store.close()

@@ -12,6 +12,7 @@ import pytest
 from katar import Katar
 from katar.core.clock import FakeClock
 from katar.core.model import Task
+from katar.core.schedule import ScheduleSpec
 from tests.conftest import store_url
 from tests.http.conftest import eventually
 
@@ -185,3 +186,31 @@ async def test_a_deleted_queue_lets_the_ticks_pass(
         await clock.set(FIRST + MINUTE)
         await eventually(count(katar, 1))
         assert [t.scheduled_for for t in await tasks(katar)] == [FIRST + MINUTE]
+
+
+async def test_a_schedule_that_cannot_run_is_set_aside_and_the_others_fire(
+    make_url: Callable[[], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Records no PUT accepts any more, as an older server stored them (or a database edit):
+    # every tick in the hour skipped in spring, and an unknown time zone.
+    never = ScheduleSpec(cron="30 2 * 3 7L", queue="q", timezone="Europe/Berlin")
+    mars = ScheduleSpec(cron="* * * * *", queue="q", timezone="Mars/Base")
+    clock = FakeClock(START)
+    async with server(make_url(), clock) as katar:
+        store = katar.engine.store
+        await store.save_schedule("never", never, START)
+        await store.save_schedule("mars", mars, START)
+        katar.engine.schedules_changed()  # as another server's notification says
+        for n in range(1, 4):
+            await clock.set(FIRST + (n - 1) * MINUTE)
+            await eventually(count(katar, n))
+        assert {t.schedule for t in await tasks(katar)} == {"every-minute"}
+        found = {s.name: s for s in await katar.schedules()}
+        assert found["every-minute"].error is None
+        assert "never fires" in (found["never"].error or "")
+        assert "unknown time zone 'Mars/Base'" in (found["mars"].error or "")
+        assert (found["never"].last_tick, found["mars"].last_tick) == (None, None)
+    # Logged once each however often the scheduler looked; no pass failed as a whole.
+    assert caplog.text.count("schedule never cannot run") == 1
+    assert caplog.text.count("schedule mars cannot run") == 1
+    assert "firing schedules failed" not in caplog.text

@@ -375,12 +375,14 @@ def fault(schedule: Schedule) -> str | None:
         zone(spec.timezone)
         check_cron(spec.cron)
         if next_tick(spec, schedule.cursor) is None:
-            return _never(spec)
+            reason = _never(spec)
+        else:
+            return None
     except ValidationError as exc:
-        return f"{exc.message}; PUT it again or DELETE it"
+        reason = exc.message
     except (ArithmeticError, ValueError) as exc:  # e.g. a cursor edited past the year 9999
-        return f"its ticks cannot be computed ({exc}); PUT it again or DELETE it"
-    return None
+        reason = f"its ticks cannot be computed ({exc})"
+    return f"{reason}; PUT it again or DELETE it"
 
 
 def upcoming(schedule: Schedule, now: int) -> list[int]:

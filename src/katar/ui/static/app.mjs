@@ -881,9 +881,11 @@ function Schedules({ who }) {
               <td><${Time} iso=${x.last_tick} /></td>
               <td>${x.last_task ? html`<a href=${link(["task", x.queue, x.last_task])}>#${x.last_task}</a>` : "–"}</td>
               <td>
-                ${x.paused ? html`<span class="badge">paused</span>` : "active"}
+                ${x.error ? html`<span class="badge warn">cannot run</span>` : x.paused ? html`<span class="badge">paused</span>` : "active"}
                 ${who.role === "admin" &&
+                !x.error &&
                 html` <button type="button" onClick=${() => pause(x.name, !x.paused)}>${x.paused ? "Resume" : "Pause"}</button>`}
+                ${x.error && html`<p class="problem">${x.error}</p>`}
               </td>
             </tr>`,
           )}
