@@ -57,10 +57,10 @@ from katar.auth import ALL_QUEUES, Role, Token
 from katar.core import typed
 from katar.core.engine import check_queue_name
 from katar.core.model import QueueOptions, option_error, queue_options
-from katar.core.schedule import ScheduleSpec, parse_schedule
+from katar.core.schedule import ScheduleSpec, parse_schedule, task_data
 from katar.core.schedule import check_name as check_schedule_name
 from katar.errors import ConfigError, ValidationError
-from katar.limits import Limits
+from katar.limits import Limits, task_too_large
 
 
 def _one_of(choices: typing.Iterable[str]) -> msgspec.Meta:
@@ -310,11 +310,16 @@ def parse(raw: dict[str, Any], where: _Located) -> Settings:
     for name, table in file.schedules.items():
         try:
             check_schedule_name(name)
-            settings.schedules[name] = parse_schedule(table)
+            spec = parse_schedule(table)
         except ValidationError as exc:
             field_name = exc.details.get("field")
             path = ("schedules", name) if field_name is None else ("schedules", name, field_name)
             raise where.error(path, exc.message) from None
+        size, limit = len(task_data(spec)), settings.limits.max_task_bytes
+        if size > limit:  # its ticks would make tasks that no enqueue may
+            too_large = task_too_large("schedule", size, limit)
+            raise where.error(("schedules", name, "data"), too_large.message)
+        settings.schedules[name] = spec
     settings.tokens = _tokens(file.tokens, where)
     return settings
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from katar.core.engine import MAX_QUEUE_NAME
-from katar.errors import ConfigError
+from katar.errors import ConfigError, PayloadTooLarge
 
 #: A delivery's bytes beside its data: {"_id":"<19 digits>","data":,"attempt":<10 digits>},
 _DELIVERY_BYTES: Final = 64
@@ -48,3 +48,13 @@ class Limits:
         """The most tasks one poll takes, so that its answer fits in max_answer_bytes with
         tasks of max_task_bytes: the cut is made before tasks are leased."""
         return max(1, (self.max_answer_bytes - 16) // (self.max_task_bytes + _DELIVERY_BYTES))
+
+
+def task_too_large(where: str, size: int, max_task_bytes: int) -> PayloadTooLarge:
+    """The error for a task's data of ``size`` bytes of JSON, over ``max_task_bytes`` (the
+    caller compares): for an enqueue's task, and for a schedule, whose ticks make tasks of
+    its data. ``where`` names it, e.g. "tasks[3]" or "schedule"."""
+    return PayloadTooLarge(
+        f"{where}: data is {size} bytes of JSON, over the limit of {max_task_bytes}; "
+        "store large payloads elsewhere and enqueue a reference to them"
+    )

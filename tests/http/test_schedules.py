@@ -13,7 +13,7 @@ import pytest
 from katar import Katar
 from katar.cli import main
 from katar.core.clock import FakeClock
-from katar.core.schedule import ScheduleSpec
+from katar.core.schedule import ScheduleSpec, parse_schedule
 from katar.http import App, Limits
 from tests.http.conftest import app_client, eventually, opened, served
 
@@ -245,3 +245,28 @@ async def test_a_stored_schedule_that_cannot_run_is_marked_and_the_others_answer
     assert fixed.status_code == 200, fixed.text
     assert fixed.json()["error"] is None
     assert len(fixed.json()["next_ticks"]) == 5
+
+
+async def test_a_schedules_data_is_held_to_max_task_bytes_as_an_enqueue(
+    katar: Katar, via: str
+) -> None:
+    limits = Limits(max_task_bytes=1024)
+    big = "x" * 2000
+    async with app_client(App(katar.engine, limits=limits), via) as client:
+        enqueued = await client.post("/v1/queue/q/tasks", json={"data": big})
+        assert enqueued.status_code == 413
+        body = {"cron": "* * * * *", "queue": "q", "data": big}
+        put = await client.put("/v1/schedules/big", json=body)
+        assert put.status_code == 413, put.text
+        # The same answer as the enqueue's, naming the schedule rather than the task.
+        assert put.json() == {"error": enqueued.json()["error"].replace("task:", "schedule:")}
+        assert "data is 2002 bytes of JSON, over the limit of 1024" in put.json()["error"]
+        assert (await client.get("/v1/schedules")).json() == {"schedules": []}
+        # One stored before (or under a higher limit) is refused a PATCH, and left as it is.
+        spec = parse_schedule(body)
+        await katar.engine.put_schedule("big", spec)
+        patched = await client.patch("/v1/schedules/big", json={"paused": True})
+        assert patched.status_code == 413, patched.text
+        assert (await client.get("/v1/schedules/big")).json()["paused"] is False
+        fits = {**body, "data": "x" * 1000}
+        assert (await client.put("/v1/schedules/big", json=fits)).status_code == 200

@@ -304,6 +304,24 @@ def test_schedule_errors_name_the_key_and_line(tmp_path: Path, table: str, fragm
     assert fragment in str(caught.value)
 
 
+def test_a_schedule_whose_data_is_over_max_task_bytes_is_refused(tmp_path: Path) -> None:
+    table = 'cron = "* * * * *"\nqueue = "q"\ndata = "' + "x" * 100 + '"'
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, f"\n[limits]\nmax_task_bytes = 64\n\n[schedules.s]\n{table}\n")
+    assert "[schedules.s] data: schedule: data is 102 bytes of JSON, over the limit of 64" in str(
+        caught.value
+    )
+
+
+async def test_a_schedule_that_never_fires_stops_the_start(tmp_path: Path) -> None:
+    katar = Katar(f"sqlite:///{tmp_path / 'k.db'}")
+    katar.queue("q")
+    katar.schedule("s", "30 2 * 3 7L", "q", timezone="Europe/Berlin")
+    with pytest.raises(ConfigError, match=r"\[schedules.s\] cron: schedule never fires"):
+        await katar.open()
+    await katar.engine.close()
+
+
 async def test_file_schedules_are_made_at_start_and_others_stay(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'k.db'}"
     first = Katar(url)

@@ -157,6 +157,11 @@ def stored(
     )
 
 
+def task_data(spec: ScheduleSpec) -> bytes:
+    """The data of the task each tick makes, as JSON."""
+    return msgspec.json.encode(spec.data)
+
+
 def check_name(name: str) -> str:
     """``name`` if it is a valid schedule name (the characters of a queue name)."""
     if not 0 < len(name) <= MAX_NAME or not _NAME_CHARS.issuperset(name) or name[0] in "._:-":

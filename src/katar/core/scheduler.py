@@ -26,7 +26,7 @@ import msgspec
 from katar.core.clock import Clock, Timer
 from katar.core.model import NewTask, Task
 from katar.core.reaper import HOUSEKEEPING_MS
-from katar.core.schedule import Schedule, ScheduleSpec, due, fault, wake_at
+from katar.core.schedule import Schedule, ScheduleSpec, due, fault, task_data, wake_at
 from katar.core.storage import Store
 from katar.errors import KatarError, QueueNotFound, StoreUnavailable
 
@@ -167,7 +167,7 @@ class Scheduler(abc.ABC):
                 spec = schedule.spec
                 task = None
                 if step.task:
-                    data = msgspec.Raw(msgspec.json.encode(spec.data))
+                    data = msgspec.Raw(task_data(spec))
                     task = NewTask(data=data, priority=int(spec.priority))
                 try:
                     try:

@@ -21,7 +21,7 @@ from katar import ui
 from katar._version import __version__
 from katar.core.engine import Engine, check_queue_name
 from katar.core.model import QueueOptions, State, Task, parse_queue_options, parse_task_id
-from katar.core.schedule import Schedule, ScheduleSpec, parse_schedule
+from katar.core.schedule import Schedule, ScheduleSpec, parse_schedule, task_data
 from katar.core.schedule import check_name as check_schedule_name
 from katar.errors import (
     Forbidden,
@@ -64,6 +64,7 @@ from katar.http.responses import (
     task_record,
 )
 from katar.limits import Limits as Limits
+from katar.limits import task_too_large
 from katar.logs import log_access
 from katar.protocol import (
     IDEMPOTENCY_KEY_HEADER,
@@ -1103,6 +1104,13 @@ class App:
         token = request.token
         return None if token is None or token.all_queues else token.may_use
 
+    def _may_make(self, schedule: Schedule | ScheduleSpec) -> None:
+        """A schedule's ticks make tasks of its data: held to max_task_bytes, as an enqueue."""
+        spec = schedule.spec if isinstance(schedule, Schedule) else schedule
+        size = len(task_data(spec))
+        if size > self.limits.max_task_bytes:
+            raise task_too_large("schedule", size, self.limits.max_task_bytes)
+
     def _schedule_answer(self, schedule: Schedule) -> Response:
         return json_response(schedule_record(schedule, self.engine.clock.now_ms()))
 
@@ -1119,13 +1127,14 @@ class App:
         name = check_schedule_name(request.params[0])
         spec = parse_schedule(parse.parse_object(request.body))
         self._may_schedule(request, spec.queue)
+        self._may_make(spec)
         return self._schedule_answer(
             await self.engine.put_schedule(name, spec, self._scope(request))
         )
 
     async def patch_schedule(self, request: Request) -> Response:
         scope = self._scope(request)
-        await self.engine.get_schedule(request.params[0], scope)  # a 404 before a bad body
+        current = await self.engine.get_schedule(request.params[0], scope)  # 404 first
         changes = parse.parse_object(request.body)
         if set(changes) != {"paused"} or not isinstance(changes["paused"], bool):
             raise ValidationError(
@@ -1133,6 +1142,7 @@ class App:
                 " PUT replaces its other fields",
                 field="paused",
             )
+        self._may_make(current)  # stored before the limit held, or under a higher one
         schedule = await self.engine.patch_schedule(request.params[0], changes, scope)
         return self._schedule_answer(schedule)
 

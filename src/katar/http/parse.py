@@ -24,7 +24,8 @@ from katar.core.model import (
     states_of,
     task_options,
 )
-from katar.errors import InvalidRequest, PayloadTooLarge, ValidationError
+from katar.errors import InvalidRequest, ValidationError
+from katar.limits import task_too_large
 from katar.protocol import (
     MAX_DELAY,
     MAX_ERROR_FILTER,
@@ -162,10 +163,7 @@ def _new_task(body: TaskBody, where: str, max_bytes: int) -> NewTask:
     if not size:
         raise ValidationError(f"{where}: data is required (any JSON value, null included)")
     if size > max_bytes:
-        raise PayloadTooLarge(
-            f"{where}: data is {size} bytes of JSON, over the limit of {max_bytes}; "
-            "store large payloads elsewhere and enqueue a reference to them"
-        )
+        raise task_too_large(where, size, max_bytes)
     if size > SHALLOW and too_deep(body.data):
         raise InvalidRequest(_nesting_error(f"{where}: data"))
     try:
