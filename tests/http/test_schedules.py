@@ -270,3 +270,32 @@ async def test_a_schedules_data_is_held_to_max_task_bytes_as_an_enqueue(
         assert (await client.get("/v1/schedules/big")).json()["paused"] is False
         fits = {**body, "data": "x" * 1000}
         assert (await client.put("/v1/schedules/big", json=fits)).status_code == 200
+
+
+async def test_a_queue_made_on_another_server_a_moment_ago_is_found(
+    store_kind: str, make_url: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if store_kind != "postgres":
+        pytest.skip("only PostgreSQL is shared by servers")
+    url = make_url()
+    one, other = Katar(url), Katar(url)
+    async with opened(one), opened(other):
+        # The other server has not heard of the new queue yet (its notification is late).
+        monkeypatch.setattr(other.engine, "queue_changed", lambda name: None)
+        async with (
+            app_client(App(one.engine), "asgi") as here,
+            app_client(App(other.engine), "asgi") as there,
+        ):
+            assert (await here.put("/v1/queue/reports", json={"persistent": True})).is_success
+            body = {"cron": "0 * * * *", "queue": "reports"}
+            put = await there.put("/v1/schedules/nightly", json=body)
+            assert put.status_code == 200, put.text
+            assert (await here.put("/v1/queue/later", json={})).is_success
+            enqueued = await there.post("/v1/queue/later/tasks", json={"data": 1})
+            assert enqueued.status_code == 201, enqueued.text
+            assert (await there.get("/v1/queue/later")).status_code == 200
+            missing = await there.get("/v1/queue/never-made")
+            assert missing.status_code == 404
+            refused = await there.put("/v1/schedules/x", json={**body, "queue": "never-made"})
+            assert refused.status_code == 404
+            assert "no queue 'never-made'" in refused.json()["error"]

@@ -54,9 +54,11 @@ async def test_queues_are_saved_replaced_and_deleted(store: Store) -> None:
     await store.save_queue("b", DROP)
     await store.save_queue("a", DROP)
     assert await store.load_queues() == {"a": DROP, "b": DROP}
+    assert (await store.load_queue("a"), await store.load_queue("nope")) == (DROP, None)
     await store.enqueue("a", [new(1), new(2)], T0)
     assert await store.delete_queue("a") == 2
     assert await store.load_queues() == {"b": DROP}
+    assert await store.load_queue("a") is None
     with pytest.raises(QueueNotFound):
         await store.enqueue("a", [new(1)], T0)
 
@@ -112,6 +114,19 @@ async def test_claim_leases_the_task(store: Store) -> None:
     assert task.worker == "w1"
     assert task.lease_until == T0 + 5 + KEEP.timeout
     assert await claim(store) == []
+
+
+async def test_a_queue_another_server_made_is_found_by_name(
+    shared_stores: list[Store],
+) -> None:
+    made_here, there, _third = shared_stores
+    await there.load_queues()  # as it started: before the queue existed
+    fair = msgspec.structs.replace(KEEP, fair=True)
+    await made_here.save_queue("new", fair)
+    assert await there.load_queue("new") == fair
+    # Found, it is usable there at once: its tasks go in and out (its fair claim included).
+    (task,) = await there.enqueue("new", [new(1)], T0)
+    assert [t.id for t in await claim(there, options=fair, queue="new")] == [task.id]
 
 
 async def test_claim_is_per_queue(store: Store) -> None:

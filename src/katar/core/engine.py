@@ -248,6 +248,17 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         except KeyError:
             raise QueueNotFound(queue=queue) from None
 
+    async def find_queue(self, name: str) -> QueueOptions | None:
+        """The queue's options; when this server does not know the queue, as the store has
+        them (another server may have made it, its notification not here yet), kept from
+        then on; None when the store has no such queue either."""
+        options = self.queues.get(name)
+        if options is None:
+            options = await self.store.load_queue(name)
+            if options is not None:
+                options = self.queues.setdefault(name, options)  # unless a reload was faster
+        return options
+
     async def put_queue(self, name: str, options: QueueOptions) -> QueueOptions:
         """Create the queue or replace its options."""
         check_queue_name(name)
@@ -412,7 +423,7 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         ``may_use`` must allow the queue of the schedule it replaces (else ScheduleNotFound):
         the caller checks the new spec's queue."""
         check_name(name)
-        if spec.queue not in self.queues:
+        if await self.find_queue(spec.queue) is None:
             raise QueueNotFound(
                 f"schedule {name!r}: no queue {spec.queue!r}; create the queue first",
                 queue=spec.queue,

@@ -168,6 +168,11 @@ class Store(abc.ABC):
         """Every stored queue with its options."""
 
     @abc.abstractmethod
+    async def load_queue(self, name: str) -> QueueOptions | None:
+        """The stored queue's options; None when there is no such queue. For a server that
+        does not know a queue (another server may have made it, and not notified it yet)."""
+
+    @abc.abstractmethod
     async def save_queue(self, name: str, options: QueueOptions) -> None:
         """Create the queue, or replace its options."""
 

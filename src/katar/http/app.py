@@ -785,6 +785,11 @@ class App:
                 admission.params, query_string, body, admission.token, hang_up, admission.headers
             )
             try:
+                params = admission.params
+                if "{queue}" in admission.template and params[0] not in self.engine.queues:
+                    # Made on another server a moment ago, perhaps: the engine looks in the
+                    # store before the handler answers that there is no such queue.
+                    await self.engine.find_queue(params[0])
                 response = await admission.handler(request)
             except KatarError as exc:
                 response = error_response(exc)

@@ -87,6 +87,9 @@ class MemoryStore(Store):
     async def load_queues(self) -> dict[str, QueueOptions]:
         return dict(self._queues)
 
+    async def load_queue(self, name: str) -> QueueOptions | None:
+        return self._queues.get(name)
+
     async def save_queue(self, name: str, options: QueueOptions) -> None:
         old = self._queues.get(name)
         self._queues[name] = options

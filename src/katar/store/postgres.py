@@ -718,6 +718,25 @@ class PostgresStore(PostgresGroups, Store):
         self._fair = {self._queue_ids[name] for name, options in queues.items() if options.fair}
         return queues
 
+    async def load_queue(self, name: str) -> QueueOptions | None:
+        async with self._transaction(writes=False) as conn:
+            row = await (
+                await conn.execute(
+                    f"SELECT id, options FROM {self._schema}.queues WHERE name = %s", (name,)
+                )
+            ).fetchone()
+        if row is None:
+            return None
+        queue_id, encoded = row
+        options = _options_decoder.decode(encoded)
+        self._queue_ids[name] = queue_id
+        self._queue_names[queue_id] = name
+        if options.fair:
+            self._fair.add(queue_id)
+        else:
+            self._fair.discard(queue_id)
+        return options
+
     async def save_queue(self, name: str, options: QueueOptions) -> None:
         async with self._transaction() as conn:
             cursor = await conn.execute(

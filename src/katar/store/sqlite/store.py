@@ -193,6 +193,12 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
         )
         return {name: _options_decoder.decode(options) for name, options in rows}
 
+    async def load_queue(self, name: str) -> QueueOptions | None:
+        row = await self._read(
+            lambda conn: conn.execute("SELECT options FROM queues WHERE name=?", (name,)).fetchone()
+        )
+        return None if row is None else _options_decoder.decode(row[0])
+
     async def save_queue(self, name: str, options: QueueOptions) -> None:
         encoded = msgspec.json.encode(options)
 
