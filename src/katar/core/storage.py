@@ -100,7 +100,9 @@ class Observer(Protocol):
         ...
 
     def queue_changed(self, name: str) -> None:
-        """A server sharing the store created, changed or deleted the queue ``name``."""
+        """A server sharing the store created, changed or deleted the queue ``name`` (empty:
+        some queue, not known which; a store's periodic check found the stored options
+        differ from those last loaded)."""
         ...
 
     def schedules_changed(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 from collections import Counter
@@ -276,6 +277,14 @@ def _ready_payloads(tasks: Iterable[Task]) -> list[str]:
     return [_ready_payload(queue, count) for queue, count in ready.items()]
 
 
+def _options_digest(rows: Iterable[tuple[str, bytes]]) -> str:
+    """A digest of the queues' (name, stored options) in id order, as the statement
+    "options_digest" computes it in SQL: names hold no NUL, the options' JSON no control
+    character, so the separators cannot occur in what they separate."""
+    joined = b"\x01".join(name.encode() + b"\x00" + options for name, options in rows)
+    return hashlib.md5(joined, usedforsecurity=False).hexdigest()
+
+
 def _created(drafts: Sequence[Task], ids: list[int]) -> list[Task]:
     """The tasks an insert created: the drafts with the ids it returned (RETURNING promises
     no order; unnest keeps the order of its arrays, and a sequence hands out growing ids)."""
@@ -341,6 +350,10 @@ class PostgresStore(PostgresGroups, Store):
         self._fair: set[int] = set()  # the ids of the fair queues, as last loaded or saved
         self._channel = f"katar_{self._schema}"
         self._listener: asyncio.Task[None] | None = None
+        self._checker: asyncio.Task[None] | None = None  # _check_options
+        #: The digest of the queue options last loaded (_options_digest).
+        self._options_digest: str | None = None
+        self._malformed_said: float | None = None  # when an odd notification was last said
         #: Set while PostgreSQL is known to be unreachable: requests fail at once instead of
         #: each waiting for the pool's time-out, and this task probes until it answers.
         self._probe: asyncio.Task[None] | None = None
@@ -483,6 +496,11 @@ class PostgresStore(PostgresGroups, Store):
             ),
             # Ids taken ahead for a batch whose tasks name one another ("$n" in after).
             "next_ids": f"SELECT nextval('{s}.tasks_id_seq') FROM generate_series(1, %s)",
+            # What _options_digest computes, in SQL: the periodic check (_check_options).
+            "options_digest": (
+                "SELECT md5(coalesce(string_agg(convert_to(name, 'UTF8') || '\\x00'::bytea"
+                f" || options, '\\x01'::bytea ORDER BY id), ''::bytea)) FROM {s}.queues"
+            ),
             **self._deps_sql(),
             **group_sql(s),
         }
@@ -591,11 +609,12 @@ class PostgresStore(PostgresGroups, Store):
         for retiring in list(self._retired):
             with contextlib.suppress(Exception):
                 await retiring
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        for job in (self._listener, self._checker):
+            if job is not None:
+                job.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
+        self._listener = self._checker = None
         await self._groups_finish()
         if self._pool is not None:
             pool, self._pool = self._pool, None
@@ -625,6 +644,7 @@ class PostgresStore(PostgresGroups, Store):
     async def listen(self, observer: Observer) -> None:
         listening = asyncio.Event()
         self._listener = asyncio.create_task(self._listen(observer, listening))
+        self._checker = asyncio.create_task(self._check_options(observer))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(listening.wait(), 10)
 
@@ -648,14 +668,7 @@ class PostgresStore(PostgresGroups, Store):
                     listening.set()
                     delay = 0.1
                     async for event in conn.notifies():
-                        kind, _, rest = event.payload.partition(":")
-                        if kind == "r":
-                            count, _, queue = rest.partition(":")
-                            observer.tasks_ready(queue, int(count))
-                        elif kind == "q":
-                            observer.queue_changed(rest)
-                        elif kind == "s":
-                            observer.schedules_changed()
+                        self._heard(observer, event.payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -669,6 +682,48 @@ class PostgresStore(PostgresGroups, Store):
                 # Events missed while away: long polls must hear of ready tasks soon after
                 # PostgreSQL is back.
                 delay = min(delay * 2, 1.0)
+
+    def _heard(self, observer: Observer, payload: str) -> None:
+        """Pass a notification on to the observer. Anyone who may connect can NOTIFY on the
+        channel: a payload that Katar does not send is ignored (and said at most once every
+        MALFORMED_EVERY seconds), never a reason to drop the connection."""
+        kind, _, rest = payload.partition(":")
+        if kind == "r":
+            count, _, queue = rest.partition(":")
+            if count.isdigit() and 0 < len(count) <= 9 and queue:
+                observer.tasks_ready(queue, int(count))
+                return
+        elif kind == "q" and rest:
+            observer.queue_changed(rest)
+            return
+        elif kind == "s" and not rest:
+            observer.schedules_changed()
+            return
+        clock = asyncio.get_running_loop().time()
+        if self._malformed_said is None or clock - self._malformed_said >= MALFORMED_EVERY:
+            self._malformed_said = clock
+            log.warning(
+                "ignored a notification on %s that Katar did not send: %r",
+                self._channel,
+                payload[:100],
+            )
+
+    async def _check_options(self, observer: Observer) -> None:
+        """Every OPTIONS_CHECK seconds, compare a digest of the stored queue options with
+        that of the options last loaded: a change this server heard nothing of (a
+        notification lost with a connection, or missed otherwise) is reloaded within
+        seconds, whatever happened to the notifications."""
+        while True:
+            await asyncio.sleep(OPTIONS_CHECK)
+            if self._probe is not None:
+                continue  # down: the reload that follows the outage does it
+            try:
+                async with self._transaction(writes=False) as conn:
+                    row = await (await conn.execute(self._sql["options_digest"])).fetchone()
+            except StoreError:
+                continue  # an outage: said by the requests that meet it
+            if row is not None and row[0] != self._options_digest:
+                observer.queue_changed("")
 
     async def ping(self) -> None:
         async with self._transaction(writes=False) as conn:
@@ -709,12 +764,15 @@ class PostgresStore(PostgresGroups, Store):
     async def load_queues(self) -> dict[str, QueueOptions]:
         async with self._transaction(writes=False) as conn:
             rows = await (
-                await conn.execute(f"SELECT id, name, options FROM {self._schema}.queues")
+                await conn.execute(
+                    f"SELECT id, name, options FROM {self._schema}.queues ORDER BY id"
+                )
             ).fetchall()
         self._queue_ids = {name: qid for qid, name, _ in rows}
         self._queue_names.update({qid: name for qid, name, _ in rows})
         queues = {name: _options_decoder.decode(options) for _, name, options in rows}
         self._fair = {self._queue_ids[name] for name, options in queues.items() if options.fair}
+        self._options_digest = _options_digest((name, bytes(opts)) for _, name, opts in rows)
         return queues
 
     async def save_queue(self, name: str, options: QueueOptions) -> None:
@@ -1673,6 +1731,10 @@ _EXPIRY: Final = "expires_at IS NOT NULL AND attempts = 0 AND state < 3"
 CONNECT_TIMEOUT: Final = 3
 #: Seconds between attempts to reach PostgreSQL while it is known to be down.
 PROBE_INTERVAL: Final = 0.25
+#: Seconds between two checks that the queue options loaded are those stored.
+OPTIONS_CHECK: Final = 2.0
+#: The fewest seconds between two warnings of a notification that Katar did not send.
+MALFORMED_EVERY: Final = 60.0
 
 
 class _Transaction:
