@@ -782,6 +782,9 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
     def settled(self, changes: list[Change]) -> None:
         self._apply(changes, operator=True)
 
+    def now_ms(self) -> int:
+        return self.clock.now_ms()
+
     def _reload_in_background(self, wake_all: bool) -> None:
         """Read the queues' options again soon: one reload at a time, and one more after it
         when asked while it ran (what it read may predate the change it was asked for)."""

@@ -1170,6 +1170,7 @@ class PostgresStore(PostgresGroups, Store):
                     cancel.append(task.id)
             retry_at = held = None
             delivered: list[Task] = []
+            now = self.lease_start(now)  # after the waits for the connection and the locks
             if limit > 0 and options.custom_claim:
                 delivered, retry_at, held = await self._claim_limited(
                     conn, queue, queue_id, options, limit, worker, now
@@ -1196,6 +1197,7 @@ class PostgresStore(PostgresGroups, Store):
         stored = None
         if options.limited:  # a fair queue alone has nothing to count
             stored = await (await conn.execute(sql["lock_queue"], (queue_id,))).fetchone()
+            now = self.lease_start(now)  # the lock may have been waited for
         bucket = None
         if options.rate is not None:
             tokens, at = (None, None) if stored is None else stored

@@ -223,6 +223,7 @@ class PostgresGroups(PostgresDependencies):
     _poll_alone: Callable[..., Awaitable[PollResult]]
     _notify_ready: Callable[[Connection, Iterable[Task]], Awaitable[None]]
     watch: Callable[[], bool] | None
+    lease_start: Callable[[int], int]
 
     def _groups_init(self) -> None:
         #: The polls gathering, per queue, for the next group.
@@ -349,6 +350,9 @@ class PostgresGroups(PostgresDependencies):
                 finished = done.changes(rows, queue, options, now, watching)
                 released = await self._finish_edges(conn, done, rows, options, now, watching)
             if workers:
+                # Leases start now: not when the polls arrived, before the waits for the
+                # connection and the locks (Store.lease_start).
+                now = self.lease_start(now)
                 taken = await claim(conn, self._sql, queue, queue_id, options, workers, now)
                 tasks = [task for _slot, task in taken]
                 tasks = await self._views(conn, self._sql, tasks)
