@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from katar.errors import StoreUnavailable
+from katar.errors import ConfigError, StoreUnavailable
 from katar.store.postgres import PostgresStore
 from tests.conftest import store_url
 
@@ -47,3 +47,42 @@ async def test_a_cancelled_statement_is_no_outage(tmp_path: Path) -> None:
         await store.ping()  # the connection is fine: no fail-fast period
     finally:
         await store.close()
+
+
+async def test_a_transaction_past_its_time_is_cut_and_the_store_comes_back(
+    tmp_path: Path,
+) -> None:
+    store = PostgresStore(store_url("postgres", tmp_path) + "&query_timeout=0.5")
+    await store.open()
+    try:
+        # PostgreSQL cancels a statement past query_timeout itself: no outage.
+        with pytest.raises(StoreUnavailable, match="statement timeout"):
+            async with store._transaction(writes=False) as conn:
+                await conn.execute("SELECT pg_sleep(30)")
+        await store.ping()
+        # A server that answers nothing (here: told to wait without limit) is cut off by
+        # the watchdog a second later, as a lost connection; the store then fails fast.
+        # PT012: the error comes from the second statement; the first sets it up.
+        with pytest.raises(StoreUnavailable, match=r"did not answer within 1\.5s"):  # noqa: PT012
+            async with store._transaction(writes=False) as conn:
+                await conn.execute("SET LOCAL statement_timeout = 0")
+                await conn.execute("SELECT pg_sleep(30)")
+        with pytest.raises(StoreUnavailable, match="reconnecting"):
+            await store.ping()
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    await store.ping()
+                    break
+                except StoreUnavailable:
+                    await asyncio.sleep(0.05)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    "query", ["query_timeout=x", "query_timeout=-1", "health_timeout=0", "health_timeout=1e9"]
+)
+def test_a_time_out_that_is_no_number_of_seconds_is_refused(query: str) -> None:
+    with pytest.raises(ConfigError, match=query.split("=")[0]):
+        PostgresStore(f"postgresql://u@localhost/db?{query}")

@@ -7,8 +7,10 @@ another; an ack locks the row it changes. Task ids come from one sequence, so th
 across all servers, and a finished task of a queue without history is known by its id being
 at or below the sequence's last value.
 
-URL parameters: ``pool_size`` (connections per server, default 10) and ``schema`` (the
-PostgreSQL schema that holds Katar's tables, default ``katar``).
+URL parameters: ``pool_size`` (connections per server, default 10), ``schema`` (the
+PostgreSQL schema that holds Katar's tables, default ``katar``), ``query_timeout`` (seconds a
+transaction may take, default 10; 0: none) and ``health_timeout`` (seconds for /healthz's
+check, default 2).
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
+import os
 import re
+import socket
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -301,6 +306,27 @@ _STATE_OF: Final = tuple(State)
 
 def parse_url(url: str) -> tuple[str, int, str]:
     """The connection string, the pool size and the schema of a ``postgresql://`` URL."""
+    conninfo, pool_size, schema, _timeouts = parse_url_timeouts(url)
+    return conninfo, pool_size, schema
+
+
+def _seconds(params: dict[str, str], name: str, default: float, least: float) -> float:
+    """The URL parameter ``name`` in seconds, from ``least`` to a day."""
+    raw = params.pop(name, None)
+    try:
+        value = default if raw is None else float(raw)
+    except ValueError:
+        value = math.nan
+    if not least <= value <= 86_400:
+        raise ConfigError(
+            f"the PostgreSQL URL's {name} must be a number of seconds from {least:g} to 86400,"
+            f" not {raw!r}"
+        )
+    return value
+
+
+def parse_url_timeouts(url: str) -> tuple[str, int, str, tuple[float, float]]:
+    """:func:`parse_url`, and the URL's (query_timeout, health_timeout) in seconds."""
     parts = urlsplit(url)
     params = dict(parse_qsl(parts.query))
     try:
@@ -309,6 +335,8 @@ def parse_url(url: str) -> tuple[str, int, str]:
         raise ConfigError("the PostgreSQL URL's pool_size must be a whole number") from None
     if not 1 <= pool_size <= 1000:
         raise ConfigError("the PostgreSQL URL's pool_size must be from 1 to 1000")
+    query_timeout = _seconds(params, "query_timeout", QUERY_TIMEOUT, 0)
+    health_timeout = _seconds(params, "health_timeout", HEALTH_TIMEOUT, 0.1)
     schema = params.pop("schema", "katar")
     if not _SCHEMA_NAME.fullmatch(schema):
         raise ConfigError(
@@ -317,7 +345,7 @@ def parse_url(url: str) -> tuple[str, int, str]:
     # An address that does not answer is an outage, not load: give up on it soon.
     params.setdefault("connect_timeout", str(CONNECT_TIMEOUT))
     conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(params), ""))
-    return conninfo, pool_size, schema
+    return conninfo, pool_size, schema, (query_timeout, health_timeout)
 
 
 def _translate(exc: Exception, url: str) -> StoreError:
@@ -341,7 +369,9 @@ class PostgresStore(PostgresGroups, Store):
             raise ConfigError(
                 "the PostgreSQL store needs its driver: pip install 'katar[postgres]'"
             ) from exc
-        self._conninfo, self._pool_size, self._schema = parse_url(url)
+        self._conninfo, self._pool_size, self._schema, timeouts = parse_url_timeouts(url)
+        #: Seconds a transaction may take (0: no bound), and /healthz's check.
+        self._query_timeout, self._health_timeout = timeouts
         self.url = mask_credentials(url)
         self._raw_url = url  # to mask its password in the driver's messages too
         self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
@@ -525,7 +555,8 @@ class PostgresStore(PostgresGroups, Store):
     async def _migrate(self) -> None:
         """Apply the migrations this database lacks, one server at a time."""
         s = self._schema
-        async with self._transaction() as conn:
+        async with self._transaction(limit=0) as conn:  # an index on a large table takes time
+            await conn.execute("SET LOCAL statement_timeout = 0")
             # Servers starting together wait here for one another.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"katar:{s}",))
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
@@ -558,8 +589,9 @@ class PostgresStore(PostgresGroups, Store):
             open=False,
             # Waiting for a connection when all are busy (load, not an outage: an outage
             # fails at once, see _down).
-            timeout=10.0,
+            timeout=self._query_timeout or 10.0,
             kwargs={"autocommit": True},
+            configure=self._configure,
         )
         try:
             await pool.open(wait=True, timeout=wait)
@@ -567,6 +599,13 @@ class PostgresStore(PostgresGroups, Store):
             await pool.close()
             raise
         return pool
+
+    async def _configure(self, conn: AsyncConnection[tuple[Any, ...]]) -> None:
+        """Each new connection: PostgreSQL cancels a statement that outlives query_timeout
+        (a lock waited for, a slow plan), leaving the connection usable; the watchdog of
+        _Transaction, a second later, is for a server that does not answer at all."""
+        milliseconds = round(self._query_timeout * 1000)
+        await conn.execute(f"SET statement_timeout = {milliseconds}")
 
     def _down(self) -> None:
         """PostgreSQL could not be reached: fail fast until a probe reaches it again."""
@@ -620,10 +659,15 @@ class PostgresStore(PostgresGroups, Store):
             pool, self._pool = self._pool, None
             await pool.close()
 
-    def _transaction(self, writes: bool = True, alone: bool = False) -> Any:
+    def _transaction(
+        self, writes: bool = True, alone: bool = False, limit: float | None = None
+    ) -> Any:
         # writes=False: a transaction that only reads, whose lost COMMIT loses nothing.
         # alone=True: no transaction block, for one statement that commits as it ends.
-        return _Transaction(self, writes, alone)
+        # limit: seconds it may take, instead of query_timeout (0: no bound).
+        if limit is None:  # PostgreSQL's statement_timeout first (see _configure)
+            limit = self._query_timeout and self._query_timeout + WATCHDOG_GRACE
+        return _Transaction(self, writes, alone, limit)
 
     def _masked(self, message: str) -> str:
         return mask_credentials(message, self._raw_url)
@@ -726,7 +770,9 @@ class PostgresStore(PostgresGroups, Store):
                 observer.queue_changed("")
 
     async def ping(self) -> None:
-        async with self._transaction(writes=False) as conn:
+        # Bounded by health_timeout, to wait for a connection and for the answer: /healthz
+        # says 503 soon when PostgreSQL does not answer (stopped, or cut off by the network).
+        async with self._transaction(writes=False, limit=self._health_timeout) as conn:
             await conn.execute("SELECT 1")
 
     # -- queues ------------------------------------------------------------------------------
@@ -800,7 +846,9 @@ class PostgresStore(PostgresGroups, Store):
         queue_id = await self._queue_id(name)
         when = now_ms() if now is None else now
         settled: list[Change] = []
-        async with self._transaction() as conn:
+        # No bound: a queue of millions of tasks takes its time to delete.
+        async with self._transaction(limit=0) as conn:
+            await conn.execute("SET LOCAL statement_timeout = 0")
             # The tasks of other queues that wait for this one's are cancelled.
             cursor = await conn.execute(
                 f"SELECT {COLUMNS} FROM {self._schema}.tasks WHERE queue_id = %s AND children"
@@ -1731,6 +1779,13 @@ _EXPIRY: Final = "expires_at IS NOT NULL AND attempts = 0 AND state < 3"
 
 #: Seconds to open a connection, unless the URL's ``connect_timeout`` says otherwise.
 CONNECT_TIMEOUT: Final = 3
+#: Seconds a transaction may take, unless the URL's ``query_timeout`` says otherwise.
+QUERY_TIMEOUT: Final = 10.0
+#: Seconds /healthz waits for PostgreSQL, unless the URL's ``health_timeout`` says otherwise.
+HEALTH_TIMEOUT: Final = 2.0
+#: Seconds after query_timeout before a transaction's connection is cut: PostgreSQL cancels
+#: a slow statement itself first, when it answers at all.
+WATCHDOG_GRACE: Final = 1.0
 #: Seconds between attempts to reach PostgreSQL while it is known to be down.
 PROBE_INTERVAL: Final = 0.25
 #: Seconds between two checks that the queue options loaded are those stored.
@@ -1745,12 +1800,23 @@ class _Transaction:
     connection is lost while a transaction that writes commits). ``alone``: no transaction
     block, for one statement that PostgreSQL commits as it ends (the pool's connections
     are in autocommit); a connection lost during that statement is OutcomeUnknown when it
-    writes, as it may have been committed."""
+    writes, as it may have been committed.
 
-    def __init__(self, store: PostgresStore, writes: bool, alone: bool = False) -> None:
+    ``limit`` (seconds, 0: none) bounds the wait for a connection, and the transaction from
+    then to its end: past it, a watchdog cuts the connection (PostgreSQL stopped, or cut off
+    by the network, answers nothing; a statement would wait for ever), the statement
+    waiting on it fails at once as on a lost connection, and the store fails fast until a
+    probe reaches PostgreSQL again."""
+
+    def __init__(
+        self, store: PostgresStore, writes: bool, alone: bool = False, limit: float = 0
+    ) -> None:
         self.store = store
         self._writes = writes
         self._alone = alone
+        self._limit = limit
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._cut = False
         self._connection: Any = None
         self._conn: Any = None
         self._transaction: Any = None
@@ -1764,21 +1830,52 @@ class _Transaction:
         if store._probe is not None:
             raise StoreUnavailable("PostgreSQL is unavailable (reconnecting)")
         try:
-            self._connection = store._pool.connection()
+            self._connection = store._pool.connection(timeout=self._limit or None)
             self._conn = conn = await self._connection.__aenter__()
+            if self._limit:
+                loop = asyncio.get_running_loop()
+                self._watchdog = loop.call_later(self._limit, self._cut_off)
             if not self._alone:
                 self._transaction = conn.transaction()
                 await self._transaction.__aenter__()
         except (psycopg.Error, OSError) as exc:
+            self._stop_watchdog()
             raise self._lost(_translate(exc, store._raw_url)) from exc
         except Exception as exc:
+            self._stop_watchdog()
             # The pool's own time-out: every connection busy (load), or none could be made.
             raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
         return conn  # type: ignore[no-any-return]
 
+    def _cut_off(self) -> None:
+        """The transaction outlived its limit: shut its connection's socket down. The
+        statement waiting for an answer reads the end of the connection at once (closing
+        the descriptor instead would leave it waiting on a file the loop no longer
+        watches)."""
+        self._watchdog = None
+        self._cut = True
+        with contextlib.suppress(OSError, ValueError):
+            fd = os.dup(self._conn.pgconn.socket)
+            with socket.socket(fileno=fd) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _said(self, error: BaseException) -> str:
+        """What the driver's ``error`` means, for the message."""
+        if self._cut:
+            return f"PostgreSQL did not answer within {self._limit:g}s"
+        return mask_credentials(f"PostgreSQL is unavailable: {error}", self.store._raw_url)
+
     def _lost(self, error: StoreError) -> StoreError:
         """``error``, after noting an outage when the connection is gone (a deadlock or a
         cancelled statement leaves it usable: no outage)."""
+        self._stop_watchdog()
+        if self._cut and type(error) is StoreUnavailable:
+            error = StoreUnavailable(self._said(error))
         if isinstance(error, StoreUnavailable) and (self._conn is None or self._conn.broken):
             self.store._down()
         return error
@@ -1786,10 +1883,16 @@ class _Transaction:
     def _unknown(self, error: BaseException) -> StoreError:
         """OutcomeUnknown for ``error``, lost while a write committed, the URL's secrets
         masked in its cause."""
-        cause = mask_credentials(f"PostgreSQL: {error}", self.store._raw_url)
-        return self._lost(OutcomeUnknown(cause=cause))
+        cause = self._said(error) if self._cut else f"PostgreSQL: {error}"
+        return self._lost(OutcomeUnknown(cause=mask_credentials(cause, self.store._raw_url)))
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            await self._exit(kind, exc, tb)
+        finally:
+            self._stop_watchdog()
+
+    async def _exit(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         import psycopg
 
         if self._alone:
