@@ -105,3 +105,36 @@ def test_a_postgres_that_answers_nothing_is_an_outage_within_bounds(
     assert log.count("store unavailable") == 2, log
     assert log.count("store available again") == 2, log
     assert "Traceback" not in log, log
+
+
+def test_a_restart_of_postgres_is_two_lines_in_the_log(
+    private_postgres: PrivatePostgres, tmp_path: Path, servers: list[KatarProcess]
+) -> None:
+    url = f"{private_postgres.url}?pool_size=4"
+    server = KatarProcess(tmp_path, "--db", url).start()
+    servers.append(server)
+    with httpx.Client(base_url=server.url, timeout=OUTAGE_ANSWER) as client:
+        # What runs in the background meets the outage too: the reaper, the scheduler, the
+        # listener and the reload of the queues that follows its return.
+        client.put("/v1/queue/pg", json={"persistent": True}).raise_for_status()
+        schedule = {"cron": "* * * * *", "queue": "pg"}
+        client.put("/v1/schedules/every-minute", json=schedule).raise_for_status()
+        assert client.post("/v1/queue/pg/tasks", json={"data": 1}).status_code == 201
+        for _ in range(2):  # two outages: two pairs of lines
+            private_postgres.stop("fast")
+            wait_until(lambda: client.get("/healthz").status_code == 503, OUTAGE_ANSWER)
+            for _ in range(4):  # requests during the outage: no line each
+                assert client.post("/v1/queue/pg", json={"max": 1}).status_code == 503
+                time.sleep(0.5)
+            private_postgres.start()
+            wait_until(lambda: client.get("/healthz").status_code == 200, OUTAGE_ANSWER * 4)
+            assert client.post("/v1/queue/pg/tasks", json={"data": 2}).status_code == 201
+            wait_until(lambda: "store available again" in server.output(), OUTAGE_ANSWER)
+    log = server.output()
+    said = [line for line in log.splitlines() if " WARNING " in line or " ERROR " in line]
+    assert len(said) == 4, log
+    assert [("unavailable" in line, "available again" in line) for line in said] == [
+        (True, False),
+        (False, True),
+    ] * 2, log
+    assert "Traceback" not in log, log

@@ -160,7 +160,8 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         #: an ack's id finds it without being parsed again (what these metrics cost a poll:
         #: docs/benchmarks.md, "Batched drain A/B"). Bounded by MAX_TIMED_DELIVERIES.
         self._delivered_at: dict[str, int] = {}
-        #: The store's outages, logged once each (by the reaper, and the HTTP app's requests).
+        #: The store's outages, logged once each (by the reaper, the scheduler, the reload of
+        #: the queues and the HTTP app's requests).
         self.outages = Outages()
         self.schedules: dict[str, Schedule] = {}
         self._schedule_alarm = asyncio.Event()  # the scheduler's cue: a tick or a change

@@ -698,7 +698,9 @@ class PostgresStore(PostgresGroups, Store):
         import psycopg
 
         delay = 0.1
-        lost = False  # said once per loss, not at every attempt to reconnect
+        loop = asyncio.get_running_loop()
+        lost: float | None = None  # since when the connection is lost
+        said = False  # said once per loss, not at every attempt to reconnect
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
@@ -706,9 +708,9 @@ class PostgresStore(PostgresGroups, Store):
                     await conn.execute(f"LISTEN {self._channel}")
                     if listening.is_set():
                         observer.resync()
-                    if lost:
+                    if said:
                         log.warning("PostgreSQL notifications are back")
-                        lost = False
+                    lost, said = None, False
                     listening.set()
                     delay = 0.1
                     async for event in conn.notifies():
@@ -716,12 +718,18 @@ class PostgresStore(PostgresGroups, Store):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not lost:
+                # A restart of PostgreSQL is an outage, said once by the engine: the loss is
+                # worth a line of its own only when it lasts (a proxy that drops LISTEN, a
+                # role that may not connect any more), and long polls wake late meanwhile.
+                lost = loop.time() if lost is None else lost
+                if not said and loop.time() - lost >= LISTEN_LOST_SAID:
                     log.warning(
-                        "PostgreSQL notifications lost (%s); reconnecting until it answers",
+                        "PostgreSQL notifications lost for %.0fs (%s): long polls here do not"
+                        " hear of tasks made on other servers; reconnecting until it answers",
+                        loop.time() - lost,
                         self._masked(str(exc)),
                     )
-                    lost = True
+                    said = True
                 await asyncio.sleep(delay)
                 # Events missed while away: long polls must hear of ready tasks soon after
                 # PostgreSQL is back.
@@ -1790,6 +1798,8 @@ WATCHDOG_GRACE: Final = 1.0
 PROBE_INTERVAL: Final = 0.25
 #: Seconds between two checks that the queue options loaded are those stored.
 OPTIONS_CHECK: Final = 2.0
+#: Seconds the notifications' connection may stay lost before the log says so.
+LISTEN_LOST_SAID: Final = 10.0
 #: The fewest seconds between two warnings of a notification that Katar did not send.
 MALFORMED_EVERY: Final = 60.0
 
