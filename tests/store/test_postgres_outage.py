@@ -4,7 +4,9 @@ a connection is ended from inside (as a restart ends every session), never the s
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -86,3 +88,30 @@ async def test_a_transaction_past_its_time_is_cut_and_the_store_comes_back(
 def test_a_time_out_that_is_no_number_of_seconds_is_refused(query: str) -> None:
     with pytest.raises(ConfigError, match=query.split("=")[0]):
         PostgresStore(f"postgresql://u@localhost/db?{query}")
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"path": "/katar_no_such_database"}, 'database "katar_no_such_database" does not exist'),
+        ({"user": "katar_no_such_role"}, 'role "katar_no_such_role" does not exist'),
+        ({"port": "free"}, "Connection refused"),
+    ],
+    ids=["database", "role", "port"],
+)
+async def test_a_mistake_in_the_url_is_said_at_once_with_its_cause(
+    tmp_path: Path, change: dict[str, str], says: str
+) -> None:
+    parts = urlsplit(store_url("postgres", tmp_path))
+    user, host, port, path = parts.username, parts.hostname, parts.port, parts.path
+    if "port" in change:
+        with socket.socket() as sock:  # a port that nothing listens on
+            sock.bind(("127.0.0.1", 0))
+            host, port = "127.0.0.1", sock.getsockname()[1]
+    user, path = change.get("user", user), change.get("path", path)
+    url = urlunsplit((parts.scheme, f"{user}@{host}:{port}", path, parts.query, ""))
+    store = PostgresStore(url)
+    # Well within the pool's own wait (10 s), which ended in a message without the cause.
+    async with asyncio.timeout(8):
+        with pytest.raises(StoreUnavailable, match=says):
+            await store.open()

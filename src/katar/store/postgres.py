@@ -539,11 +539,19 @@ class PostgresStore(PostgresGroups, Store):
     # -- connections -------------------------------------------------------------------------
 
     async def open(self) -> None:
+        import psycopg
+
         try:
+            # One connection first: a mistake in the URL (no such database or role, a wrong
+            # port or host, a password refused) is said at once with its cause, where the
+            # pool would try again silently until its wait ran out, and say only that.
+            first = await psycopg.AsyncConnection.connect(self._conninfo)
+            await first.close()
             self._pool = await self._new_pool(10.0)
         except Exception as exc:
+            cause = " ".join(str(exc).split())  # the driver's hint comes on lines of its own
             raise StoreUnavailable(
-                self._masked(f"cannot connect to PostgreSQL at {self.url}: {exc}")
+                self._masked(f"cannot connect to PostgreSQL at {self.url}: {cause}")
             ) from exc
         try:
             await self._migrate()
