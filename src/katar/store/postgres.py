@@ -67,7 +67,8 @@ from katar.errors import (
 )
 from katar.logs import mask_credentials
 from katar.protocol import HISTORY_LENGTH, MAX_DELAY
-from katar.store._rows import COLUMNS, Dialect, task_from_row, update_values, view, where_sql
+from katar.store._rows import COLUMNS, Dialect, update_values, view, where_sql
+from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
 from katar.store.postgres_group import Done, PostgresGroups, claim, group_sql, plain_dones
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("katar")
 
-SCHEMA_VERSION: Final = 10
+SCHEMA_VERSION: Final = 11
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -234,6 +235,15 @@ CREATE INDEX IF NOT EXISTS tasks_waiting ON {s}.tasks (queue_id, id) WHERE state
 -- version 9, which held only the edges still waiting.
 CREATE INDEX IF NOT EXISTS deps_children ON {s}.deps (parent_id, child_id);
 DROP INDEX IF EXISTS {s}.deps_parent;
+""",
+    # The transactional enqueue runs with the rights of Katar's role, not the caller's: a
+    # role given EXECUTE on it (and USAGE on the schema) can enqueue through it, and write
+    # nothing else; the search path is fixed, so that the caller's cannot change what its
+    # names mean. Nobody else may call it (a function is PUBLIC's to call by default).
+    11: """
+ALTER FUNCTION {s}.enqueue(text, jsonb, integer, double precision)
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION {s}.enqueue(text, jsonb, integer, double precision) FROM PUBLIC;
 """,
 }
 

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Final
 from katar.core import rules
 from katar.core.model import RUNNING, Ack, QueueOptions, Task, parse_task_id
 from katar.core.storage import Change, PollResult
-from katar.store._rows import COLUMNS, task_from_row
+from katar.store._rows import COLUMNS
+from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
 from katar.store.postgres_deps import PostgresDependencies
 
 if TYPE_CHECKING:
