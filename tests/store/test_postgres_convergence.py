@@ -99,6 +99,14 @@ async def test_a_change_that_no_notification_announced_is_found(
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as admin:
         await admin.execute(f"DELETE FROM {schema}.queues WHERE name = 'r'")
     await until(lambda: "r" not in a.queue_options())
+    # In step again: the digest the check reads is the one of the options loaded, so that
+    # it reloads nothing more while nothing changes.
+    store = a.store
+    assert isinstance(store, PostgresStore)
+    async with store._transaction(writes=False) as conn:
+        row = await (await conn.execute(store._sql["options_digest"])).fetchone()
+    assert row is not None
+    assert row[0] == store._options_digest
 
 
 async def test_a_notification_katar_did_not_send_is_ignored(
