@@ -259,20 +259,26 @@ BULK_ACTIONS: Final[tuple[str, ...]] = get_args(BulkAction)
 MAX_ERROR_FILTER: Final = 1000
 
 
+#: Text that holds no NUL: no task's key, worker or error does (none is stored with one).
+NO_NUL: Final = "^[^\\x00]*$"
+NoNul = Annotated[str, msgspec.Meta(pattern=NO_NUL)]
+
+
 class TaskFilter(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Which tasks of a queue a bulk action (or a listing) selects: every condition given
     must hold. ``before`` and ``after`` bound the time the task was created."""
 
     status: list[Status] | None = None
     ids: Annotated[list[str], msgspec.Meta(max_length=10_000)] | None = None
-    key: str | None = None
-    worker: str | None = None
+    key: NoNul | None = None
+    worker: NoNul | None = None
     error: (
         Annotated[
             str,
             msgspec.Meta(
                 min_length=1,
                 max_length=MAX_ERROR_FILTER,
+                pattern=NO_NUL,
                 description="A substring of the task's error (case-sensitive).",
             ),
         ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -48,6 +49,7 @@ class PrivatePostgres:
         self.directory = directory
         self.data = directory / "data"
         self.port = free_port()
+        self.frozen = False
 
     @property
     def url(self) -> str:
@@ -99,6 +101,33 @@ class PrivatePostgres:
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists()
 
+    def processes(self) -> list[int]:
+        """The postmaster and every process it started (backends, writers)."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        found = [postmaster]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    # "pid (comm) state ppid ...": comm may hold spaces, so after its ")".
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    if int(fields[1]) == postmaster:
+                        found.append(int(entry.name))
+        return found
+
+    def freeze(self) -> None:
+        """Stop every process of this server (SIGSTOP): it accepts connections and answers
+        nothing, as a server that hangs or is cut off by the network."""
+        for pid in self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        for pid in self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self.frozen = False
+
 
 @pytest.fixture
 def private_postgres() -> Iterator[PrivatePostgres]:
@@ -118,6 +147,8 @@ def private_postgres() -> Iterator[PrivatePostgres]:
     try:
         yield server
     finally:
+        if server.frozen:
+            server.thaw()
         if server.running():
             server.stop("immediate")
         shutil.rmtree(directory, ignore_errors=True)

@@ -64,3 +64,77 @@ def test_postgres_restart_under_load(
     assert server.process is not None
     assert server.process.poll() is None
     ledger.check(records(server.url, "pg"))
+
+
+def test_a_postgres_that_answers_nothing_is_an_outage_within_bounds(
+    private_postgres: PrivatePostgres, tmp_path: Path, servers: list[KatarProcess]
+) -> None:
+    # A server that hangs (SIGSTOP: connections accepted, nothing answered) is noticed by
+    # the time-outs: /healthz's, and each transaction's.
+    url = f"{private_postgres.url}?pool_size=4&query_timeout=2&health_timeout=1"
+    server = KatarProcess(tmp_path, "--db", url).start()
+    servers.append(server)
+    with httpx.Client(base_url=server.url, timeout=OUTAGE_ANSWER) as client:
+        client.put("/v1/queue/pg", json={"persistent": True}).raise_for_status()
+        assert client.post("/v1/queue/pg/tasks", json={"data": 1}).status_code == 201
+        # Every answer comes within the client's time-out (a hang would raise instead).
+        for first in ("/healthz", "/v1/queue/pg/tasks"):  # which one meets the hang
+            private_postgres.freeze()
+            try:
+                if first == "/healthz":
+                    health = client.get("/healthz")
+                    assert health.status_code == 503, health.text
+                    assert "did not answer within 1s" in health.json()["error"]
+                enqueue = client.post("/v1/queue/pg/tasks", json={"data": "frozen"})
+                assert enqueue.status_code in FAULT_STATUSES, enqueue.text
+                if first != "/healthz":  # cut while it committed: it may exist, or not
+                    assert enqueue.status_code == 504, enqueue.text
+                    assert enqueue.json()["outcome"] == "unknown"
+                    assert "did not answer within 3s" in enqueue.json()["cause"]
+                assert client.get("/healthz").status_code == 503
+                poll = client.post("/v1/queue/pg", json={"max": 1})
+                assert poll.status_code in FAULT_STATUSES, poll.text
+            finally:
+                private_postgres.thaw()
+            wait_until(lambda: client.get("/healthz").status_code == 200, OUTAGE_ANSWER * 4)
+        assert client.post("/v1/queue/pg/tasks", json={"data": 2}).status_code == 201
+    assert server.process is not None
+    assert server.process.poll() is None
+    log = server.output()
+    # One line when each outage begins, one when it ends; no traceback.
+    assert log.count("store unavailable") == 2, log
+    assert log.count("store available again") == 2, log
+    assert "Traceback" not in log, log
+
+
+def test_a_restart_of_postgres_is_two_lines_in_the_log(
+    private_postgres: PrivatePostgres, tmp_path: Path, servers: list[KatarProcess]
+) -> None:
+    url = f"{private_postgres.url}?pool_size=4"
+    server = KatarProcess(tmp_path, "--db", url).start()
+    servers.append(server)
+    with httpx.Client(base_url=server.url, timeout=OUTAGE_ANSWER) as client:
+        # What runs in the background meets the outage too: the reaper, the scheduler, the
+        # listener and the reload of the queues that follows its return.
+        client.put("/v1/queue/pg", json={"persistent": True}).raise_for_status()
+        schedule = {"cron": "* * * * *", "queue": "pg"}
+        client.put("/v1/schedules/every-minute", json=schedule).raise_for_status()
+        assert client.post("/v1/queue/pg/tasks", json={"data": 1}).status_code == 201
+        for _ in range(2):  # two outages: two pairs of lines
+            private_postgres.stop("fast")
+            wait_until(lambda: client.get("/healthz").status_code == 503, OUTAGE_ANSWER)
+            for _ in range(4):  # requests during the outage: no line each
+                assert client.post("/v1/queue/pg", json={"max": 1}).status_code == 503
+                time.sleep(0.5)
+            private_postgres.start()
+            wait_until(lambda: client.get("/healthz").status_code == 200, OUTAGE_ANSWER * 4)
+            assert client.post("/v1/queue/pg/tasks", json={"data": 2}).status_code == 201
+            wait_until(lambda: "store available again" in server.output(), OUTAGE_ANSWER)
+    log = server.output()
+    said = [line for line in log.splitlines() if " WARNING " in line or " ERROR " in line]
+    assert len(said) == 4, log
+    assert [("unavailable" in line, "available again" in line) for line in said] == [
+        (True, False),
+        (False, True),
+    ] * 2, log
+    assert "Traceback" not in log, log

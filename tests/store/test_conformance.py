@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from katar.core.model import EVERY_TASK, Ack, NewTask, QueueOptions, State, Task, TaskFilter
+from katar.core.storage import Change
 from katar.errors import Conflict, IllegalTransition, QueueNotFound, TaskNotFound
 from katar.store import PollResult, Store, open_store
 from tests.conftest import DURABLE_KINDS, store_url
@@ -127,6 +128,63 @@ async def test_a_queue_another_server_made_is_found_by_name(
     # Found, it is usable there at once: its tasks go in and out (its fair claim included).
     (task,) = await there.enqueue("new", [new(1)], T0)
     assert [t.id for t in await claim(there, options=fair, queue="new")] == [task.id]
+
+
+class Late:
+    """An observer whose clock says the claim runs ``wait`` ms after the poll arrived (it
+    waited for a connection, a lock or the writer)."""
+
+    def __init__(self, wait: int) -> None:
+        self.wait = wait
+
+    def now_ms(self) -> int:
+        return T0 + self.wait
+
+    def watching(self) -> bool:
+        return True
+
+    def tasks_ready(self, queue: str, count: int) -> None:
+        return None
+
+    def queue_changed(self, name: str) -> None:
+        return None
+
+    def resync(self) -> None:
+        return None
+
+    def schedules_changed(self) -> None:
+        return None
+
+    def settled(self, changes: list[Change]) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    "options",
+    [KEEP, DROP, QueueOptions(persistent=True, timeout=1000, concurrency=5)],
+    ids=["keep", "drop", "limited"],
+)
+async def test_a_lease_starts_at_the_claim_not_at_the_poll(
+    store: Store, options: QueueOptions
+) -> None:
+    await setup(store, options)
+    first, *_ = await store.enqueue("q", [new(1), new(2), new(3), new(4)], T0)
+    (task,) = await claim(store, options=options)  # no observer: the poll's time
+    assert task.lease_until == T0 + options.timeout
+    store.attach(Late(7000))
+    for acks in ([], [ack(task, "failed", error="again")]):
+        result = await store.poll("q", options, acks, 1, "w1", T0)
+        (leased,) = result.delivered
+        assert leased.started_at == T0 + 7000
+        assert leased.lease_until == T0 + 7000 + options.timeout
+        stored = await store.get_task("q", leased.id)
+        assert stored is not None
+        assert stored.lease_until == T0 + 7000 + options.timeout
+    # A clock behind the poll's time (another server's, say) never shortens a lease.
+    store.attach(Late(-5000))
+    (last,) = await claim(store, options=options, now=T0 + 100)
+    assert last.lease_until == T0 + 100 + options.timeout
+    assert first.id == task.id
 
 
 async def test_claim_is_per_queue(store: Store) -> None:

@@ -76,6 +76,9 @@ class Recorder:
     def settled(self, changes: list[Change]) -> None:
         self.seen += changes
 
+    def now_ms(self) -> int:
+        return 0  # never later than a poll's own time: leases start at the poll's
+
 
 async def test_fan_in_waits_for_every_parent_and_delivers_their_results(store: Store) -> None:
     await setup(store, DROP)  # no history: the results must outlive their tasks

@@ -5,17 +5,21 @@ transaction. The task exists exactly when that transaction commits, and the long
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
 from katar import Katar
 from katar.core.model import State
+from katar.http import App
 from katar.store.postgres import parse_url
 from tests.conftest import store_url
-from tests.http.conftest import opened
+from tests.http.conftest import app_client, opened
 
 
 @pytest.fixture
@@ -92,3 +96,114 @@ async def test_bad_calls_fail_the_transaction_with_a_clear_message(
         with pytest.raises(psycopg.Error, match=says):
             await app.execute(f"SELECT {schema}.{call}")
     assert (await katar.engine.stats())["emails"]["queued"] == 0
+
+
+@contextlib.asynccontextmanager
+async def role(katar: Katar, *grants: str) -> AsyncIterator[str]:
+    """A role of the test's own that may log in, given ``grants`` ({s}: Katar's schema); its
+    connection string. Dropped at the end, with what it was granted."""
+    conninfo, schema = schema_of(katar)
+    name = f"katar_test_role_{uuid.uuid4().hex[:12]}"
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as admin:
+        database = (await (await admin.execute("SELECT current_database()")).fetchone() or [""])[0]
+        await admin.execute(f"CREATE ROLE {name} LOGIN")
+        try:
+            await admin.execute(f'GRANT CONNECT ON DATABASE "{database}" TO {name}')
+            for grant in grants:
+                await admin.execute(grant.format(s=schema, role=name))
+            parts = urlsplit(conninfo)
+            host = parts.netloc.rpartition("@")[2]
+            yield urlunsplit((parts.scheme, f"{name}@{host}", parts.path, parts.query, ""))
+        finally:
+            await admin.execute(f"DROP OWNED BY {name}")
+            await admin.execute(f"DROP ROLE {name}")
+
+
+_EXECUTE = "GRANT EXECUTE ON FUNCTION {s}.enqueue(text, jsonb, integer, double precision) TO {role}"
+_USAGE = "GRANT USAGE ON SCHEMA {s} TO {role}"
+
+
+async def test_a_role_that_may_only_execute_the_function_enqueues_and_writes_nothing_else(
+    katar: Katar,
+) -> None:
+    _conninfo, schema = schema_of(katar)
+    async with (
+        role(katar, _USAGE, _EXECUTE) as conninfo,
+        await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as app,
+    ):
+        # A search path of the caller's own cannot change what the function's names mean.
+        await app.execute("SET search_path = pg_temp, public")
+        row = await (
+            await app.execute(f"SELECT {schema}.enqueue('emails', '{{\"a\": 1}}', 3)")
+        ).fetchone()
+        assert row is not None
+        for statement in (
+            f"INSERT INTO {schema}.tasks (queue_id, state, priority, data, created_at,"
+            " updated_at) VALUES (1, 1, 0, 'x', 0, 0)",
+            f"UPDATE {schema}.queues SET options = 'x'",
+            f"SELECT data FROM {schema}.tasks",
+            f"SELECT nextval('{schema}.tasks_id_seq')",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                await app.execute(statement)
+    (task,) = await katar.engine.poll("emails", worker="w")
+    assert (task.id, task.priority, bytes(task.data)) == (row[0], 3, b'{"a": 1}')
+
+
+async def test_a_role_without_execute_cannot_enqueue(katar: Katar) -> None:
+    _conninfo, schema = schema_of(katar)
+    async with (
+        role(katar, _USAGE) as conninfo,
+        await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as app,
+    ):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await app.execute(f"SELECT {schema}.enqueue('emails', '1')")
+    assert (await katar.engine.stats())["emails"]["queued"] == 0
+
+
+async def test_a_role_that_may_only_connect_cannot_disturb_the_listeners(
+    katar: Katar,
+) -> None:
+    _conninfo, schema = schema_of(katar)
+    async with (
+        role(katar) as conninfo,
+        await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as other,
+    ):
+        await other.execute(f"NOTIFY katar_{schema}, 'r:x:A'")
+        await other.execute(f"NOTIFY katar_{schema}, 'r:1:emails'")  # a wake-up: harmless
+    # The listener carries on: a long poll wakes at the next enqueue's notification, which
+    # comes from the SQL function (not from this server's own enqueue).
+    conninfo, _ = schema_of(katar)
+    poll = asyncio.ensure_future(katar.engine.poll("emails", wait=30, worker="w"))
+    await asyncio.sleep(0.2)
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as app:
+        await app.execute(f"SELECT {schema}.enqueue('emails', '7')")
+    (task,) = await asyncio.wait_for(poll, 30)
+    assert bytes(task.data) == b"7"
+
+
+async def test_rows_written_around_katar_are_never_sent_as_broken_json(katar: Katar) -> None:
+    conninfo, schema = schema_of(katar)
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as admin:
+        queue_id = (
+            await (
+                await admin.execute(f"SELECT id FROM {schema}.queues WHERE name = 'emails'")
+            ).fetchone()
+            or [0]
+        )[0]
+        for data, result in ((b"not json {{{", b'"\xff"'), (b'{"a": 1} trailing', None)):
+            await admin.execute(
+                f"INSERT INTO {schema}.tasks (queue_id, state, priority, data, result,"
+                " created_at, updated_at) VALUES (%s, 1, 0, %s, %s, 0, 0)",
+                (queue_id, data, result),
+            )
+    app = App(katar.engine)
+    async with app_client(app, "asgi") as http:
+        listed = await http.get("/v1/queue/emails/tasks")
+        assert listed.status_code == 200
+        records = listed.json()["tasks"]  # parses: valid JSON
+        assert [r["data"] for r in records] == ["not json {{{", '{"a": 1} trailing']
+        assert records[0]["result"] == '"\ufffd"'  # the text, as a string
+        polled = await http.post("/v1/queue/emails", json={"max": 2})
+        assert polled.status_code == 200
+        assert [t["data"] for t in polled.json()["tasks"]] == ["not json {{{", '{"a": 1} trailing']

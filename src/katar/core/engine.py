@@ -100,6 +100,10 @@ MAX_QUEUE_NAME: Final = 255
 #: The most deliveries whose start the engine remembers for katar_run_seconds: past that
 #: many unacknowledged deliveries, new ones go unmeasured (their acks still count).
 MAX_TIMED_DELIVERIES: Final = 100_000
+#: Seconds before the first retry of a failed reload of the queues' options, and the most
+#: between two retries (the delay doubles up to it).
+RELOAD_BACKOFF_FIRST: Final = 0.1
+RELOAD_BACKOFF_MAX: Final = 2.0
 
 
 def check_queue_name(name: str, max_length: int = MAX_QUEUE_NAME) -> str:
@@ -137,6 +141,11 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         self._listeners: dict[str, list[Listener]] = {}
         store.attach(self)
         self._background: set[asyncio.Task[Any]] = set()
+        #: The reload of the queues' options running (see _reload_queues), and what the
+        #: next one must do: run at all, and wake every long poll (events were missed).
+        self._reloader: asyncio.Task[None] | None = None
+        self._reload_wanted = False
+        self._reload_wake_all = False
         self._reaper: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
         #: Per worker name: the queues it polled, each with its last poll (ms).
@@ -158,7 +167,8 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         #: an ack's id finds it without being parsed again (what these metrics cost a poll:
         #: docs/benchmarks.md, "Batched drain A/B"). Bounded by MAX_TIMED_DELIVERIES.
         self._delivered_at: dict[str, int] = {}
-        #: The store's outages, logged once each (by the reaper, and the HTTP app's requests).
+        #: The store's outages, logged once each (by the reaper, the scheduler, the reload of
+        #: the queues and the HTTP app's requests).
         self.outages = Outages()
         self.schedules: dict[str, Schedule] = {}
         self._schedule_alarm = asyncio.Event()  # the scheduler's cue: a tick or a change
@@ -219,12 +229,12 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         if self._scheduler is not None:
             await self._stop_schedules(self._scheduler)
             self._scheduler = None
-        for job in (self._reaper, self._pruner):
+        for job in (self._reaper, self._pruner, self._reloader):
             if job is not None:
                 job.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await job
-        self._reaper = self._pruner = None
+        self._reaper = self._pruner = self._reloader = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -834,23 +844,50 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
     def settled(self, changes: list[Change]) -> None:
         self._apply(changes, operator=True)
 
-    def _reload_in_background(self, wake_all: bool) -> None:
-        job = asyncio.ensure_future(self._reload_queues(wake_all))
-        self._background.add(job)
-        job.add_done_callback(self._background.discard)
+    def now_ms(self) -> int:
+        return self.clock.now_ms()
 
-    async def _reload_queues(self, wake_all: bool) -> None:
-        old = self.queues
-        try:
-            self.queues = await self.store.load_queues()
-        except Exception:
-            log.exception("reloading the queues failed")
-        for queue, options in self.queues.items():
-            if queue in old and old[queue] != options:
-                self._wake_all(queue)  # another server resumed it or moved a limit
-        if wake_all:  # events may have been missed: every long poll looks again
-            for queue, waiters in self._waiters.items():
-                self._wake(queue, len(waiters))
+    def _reload_in_background(self, wake_all: bool) -> None:
+        """Read the queues' options again soon: one reload at a time, and one more after it
+        when asked while it ran (what it read may predate the change it was asked for)."""
+        self._reload_wanted = True
+        self._reload_wake_all = self._reload_wake_all or wake_all
+        if self._reloader is None or self._reloader.done():
+            self._reloader = asyncio.create_task(self._reload_queues(), name="katar-reload")
+
+    async def _reload_queues(self) -> None:
+        """Reload until it succeeds: a server that may have missed a change (a pause, a
+        resume, a limit set on another server) must not keep the old options. While the
+        store is unavailable it tries again with backoff, up to RELOAD_BACKOFF_MAX seconds
+        apart; the outage is said once (Outages), not at every attempt."""
+        delay = RELOAD_BACKOFF_FIRST
+        failed = False
+        while self._reload_wanted:
+            self._reload_wanted = False
+            wake_all, self._reload_wake_all = self._reload_wake_all, False
+            old = self.queues
+            try:
+                self.queues = await self.store.load_queues()
+            except Exception as exc:
+                if isinstance(exc, StoreUnavailable):
+                    self.outages.down(exc.message)
+                elif not failed:  # a bug or a bad row: its traceback once, not every retry
+                    log.exception("reloading the queues failed; trying again until it works")
+                failed = True
+                self._reload_wanted = True
+                self._reload_wake_all = self._reload_wake_all or wake_all
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RELOAD_BACKOFF_MAX)
+                continue
+            if failed:
+                self.outages.up()
+                failed, delay = False, RELOAD_BACKOFF_FIRST
+            for queue, options in self.queues.items():
+                if queue in old and old[queue] != options:
+                    self._wake_all(queue)  # another server resumed it or moved a limit
+            if wake_all:  # events may have been missed: every long poll looks again
+                for queue, waiters in self._waiters.items():
+                    self._wake(queue, len(waiters))
 
     # -- events ----------------------------------------------------------------------------
 

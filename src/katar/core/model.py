@@ -168,6 +168,13 @@ class TaskFilter(msgspec.Struct, kw_only=True, frozen=True):
     before: int | None = None
     after: int | None = None
 
+    def __post_init__(self) -> None:
+        # No store keeps NUL in a key, a worker's name or an error (see check_text), and
+        # PostgreSQL cannot even compare text with one: refused alike on every store.
+        for name, value in (("key", self.key), ("worker", self.worker), ("error", self.error)):
+            if value is not None and "\x00" in value:
+                raise ValidationError(f"{name} must not contain NUL (\\u0000)", field=name)
+
     def matches(self, task: Task) -> bool:
         """Whether ``task`` is one of those selected (for the stores that filter in Python;
         the SQL stores write the same conditions)."""

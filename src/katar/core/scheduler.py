@@ -29,6 +29,7 @@ from katar.core.reaper import HOUSEKEEPING_MS
 from katar.core.schedule import Schedule, ScheduleSpec, due, fault, task_data, wake_at
 from katar.core.storage import Store
 from katar.errors import KatarError, QueueNotFound, StoreUnavailable
+from katar.logs import Outages
 
 log = logging.getLogger("katar")
 
@@ -39,6 +40,7 @@ class Scheduler(abc.ABC):
     store: Store
     clock: Clock
     reap_interval: float
+    outages: Outages
     draining: bool  # set when the engine closes: the scheduler ends after its current pass
     #: The schedules as last read from the store or changed through this engine.
     schedules: dict[str, Schedule]
@@ -139,8 +141,8 @@ class Scheduler(abc.ABC):
                 )
                 if refused and wake is not None:  # not at once again: after a pause
                     wake = max(wake, now + round(self.reap_interval * 1000))
-            except StoreUnavailable as exc:
-                log.warning("schedules not fired: %s", exc.message)
+            except StoreUnavailable as exc:  # said once per outage, not at every pass
+                self.outages.down(exc.message)
                 wake = now + round(self.reap_interval * 1000)
             except Exception:
                 log.exception("firing schedules failed; trying again in %.2fs", self.reap_interval)

@@ -100,7 +100,9 @@ class Observer(Protocol):
         ...
 
     def queue_changed(self, name: str) -> None:
-        """A server sharing the store created, changed or deleted the queue ``name``."""
+        """A server sharing the store created, changed or deleted the queue ``name`` (empty:
+        some queue, not known which; a store's periodic check found the stored options
+        differ from those last loaded)."""
         ...
 
     def schedules_changed(self) -> None:
@@ -109,6 +111,11 @@ class Observer(Protocol):
 
     def resync(self) -> None:
         """The store lost touch for a while: events may have been missed."""
+        ...
+
+    def now_ms(self) -> int:
+        """The time now (ms), by the engine's clock: when a claim starts its leases (see
+        :meth:`Store.lease_start`)."""
         ...
 
     def settled(self, changes: list[Change]) -> None:
@@ -144,6 +151,15 @@ class Store(abc.ABC):
         """Report to ``observer`` from now on: the engine calls it once, before :meth:`open`."""
         self.watch = observer.watching
         self.observer = observer
+
+    def lease_start(self, now: int) -> int:
+        """When a claim made at this moment starts its leases (ms): the observer's time read
+        now, at the claim, never before ``now``, when the poll arrived. A poll may wait for
+        a connection, a lock or the writer before its claim; that wait is not taken off the
+        lease, so that every delivery reaches its worker with its whole lease (every store
+        claims by this rule). Without an observer: ``now``."""
+        observer = self.observer
+        return now if observer is None else max(now, observer.now_ms())
 
     def report(self, changes: list[Change]) -> None:
         """Tell the observer, if any, of the changes an operation made that it does not

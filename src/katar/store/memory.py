@@ -446,6 +446,7 @@ class MemoryStore(Store):
             if change is not None and change.task.state != change.old:
                 changes.append(change)
         changes += also
+        now = self.lease_start(now)
         if options.custom_claim and limit > 0:
             limited = self._claim_limited(queue, options, limit, worker, now, changes)
             return limited._replace(cancel=cancel)

@@ -7,16 +7,22 @@ another; an ack locks the row it changes. Task ids come from one sequence, so th
 across all servers, and a finished task of a queue without history is known by its id being
 at or below the sequence's last value.
 
-URL parameters: ``pool_size`` (connections per server, default 10) and ``schema`` (the
-PostgreSQL schema that holds Katar's tables, default ``katar``).
+URL parameters: ``pool_size`` (connections per server, default 10), ``schema`` (the
+PostgreSQL schema that holds Katar's tables, default ``katar``), ``query_timeout`` (seconds a
+transaction may take, default 10; 0: none) and ``health_timeout`` (seconds for /healthz's
+check, default 2).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import math
+import os
 import re
+import socket
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -62,7 +68,8 @@ from katar.errors import (
 )
 from katar.logs import mask_credentials
 from katar.protocol import HISTORY_LENGTH, MAX_DELAY
-from katar.store._rows import COLUMNS, Dialect, task_from_row, update_values, view, where_sql
+from katar.store._rows import COLUMNS, Dialect, update_values, view, where_sql
+from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
 from katar.store.postgres_group import Done, PostgresGroups, claim, group_sql, plain_dones
 
 if TYPE_CHECKING:
@@ -71,7 +78,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("katar")
 
-SCHEMA_VERSION: Final = 10
+SCHEMA_VERSION: Final = 11
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -230,6 +237,15 @@ CREATE INDEX IF NOT EXISTS tasks_waiting ON {s}.tasks (queue_id, id) WHERE state
 CREATE INDEX IF NOT EXISTS deps_children ON {s}.deps (parent_id, child_id);
 DROP INDEX IF EXISTS {s}.deps_parent;
 """,
+    # The transactional enqueue runs with the rights of Katar's role, not the caller's: a
+    # role given EXECUTE on it (and USAGE on the schema) can enqueue through it, and write
+    # nothing else; the search path is fixed, so that the caller's cannot change what its
+    # names mean. Nobody else may call it (a function is PUBLIC's to call by default).
+    11: """
+ALTER FUNCTION {s}.enqueue(text, jsonb, integer, double precision)
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION {s}.enqueue(text, jsonb, integer, double precision) FROM PUBLIC;
+""",
 }
 
 
@@ -277,6 +293,14 @@ def _ready_payloads(tasks: Iterable[Task]) -> list[str]:
     return [_ready_payload(queue, count) for queue, count in ready.items()]
 
 
+def _options_digest(rows: Iterable[tuple[str, bytes]]) -> str:
+    """A digest of the queues' (name, stored options) in id order, as the statement
+    "options_digest" computes it in SQL: names hold no NUL, the options' JSON no control
+    character, so the separators cannot occur in what they separate."""
+    joined = b"\x01".join(name.encode() + b"\x00" + options for name, options in rows)
+    return hashlib.md5(joined, usedforsecurity=False).hexdigest()
+
+
 def _created(drafts: Sequence[Task], ids: list[int]) -> list[Task]:
     """The tasks an insert created: the drafts with the ids it returned (RETURNING promises
     no order; unnest keeps the order of its arrays, and a sequence hands out growing ids)."""
@@ -293,6 +317,27 @@ _STATE_OF: Final = tuple(State)
 
 def parse_url(url: str) -> tuple[str, int, str]:
     """The connection string, the pool size and the schema of a ``postgresql://`` URL."""
+    conninfo, pool_size, schema, _timeouts = parse_url_timeouts(url)
+    return conninfo, pool_size, schema
+
+
+def _seconds(params: dict[str, str], name: str, default: float, least: float) -> float:
+    """The URL parameter ``name`` in seconds, from ``least`` to a day."""
+    raw = params.pop(name, None)
+    try:
+        value = default if raw is None else float(raw)
+    except ValueError:
+        value = math.nan
+    if not least <= value <= 86_400:
+        raise ConfigError(
+            f"the PostgreSQL URL's {name} must be a number of seconds from {least:g} to 86400,"
+            f" not {raw!r}"
+        )
+    return value
+
+
+def parse_url_timeouts(url: str) -> tuple[str, int, str, tuple[float, float]]:
+    """:func:`parse_url`, and the URL's (query_timeout, health_timeout) in seconds."""
     parts = urlsplit(url)
     params = dict(parse_qsl(parts.query))
     try:
@@ -301,6 +346,8 @@ def parse_url(url: str) -> tuple[str, int, str]:
         raise ConfigError("the PostgreSQL URL's pool_size must be a whole number") from None
     if not 1 <= pool_size <= 1000:
         raise ConfigError("the PostgreSQL URL's pool_size must be from 1 to 1000")
+    query_timeout = _seconds(params, "query_timeout", QUERY_TIMEOUT, 0)
+    health_timeout = _seconds(params, "health_timeout", HEALTH_TIMEOUT, 0.1)
     schema = params.pop("schema", "katar")
     if not _SCHEMA_NAME.fullmatch(schema):
         raise ConfigError(
@@ -309,7 +356,7 @@ def parse_url(url: str) -> tuple[str, int, str]:
     # An address that does not answer is an outage, not load: give up on it soon.
     params.setdefault("connect_timeout", str(CONNECT_TIMEOUT))
     conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(params), ""))
-    return conninfo, pool_size, schema
+    return conninfo, pool_size, schema, (query_timeout, health_timeout)
 
 
 def _translate(exc: Exception, url: str) -> StoreError:
@@ -333,7 +380,9 @@ class PostgresStore(PostgresGroups, Store):
             raise ConfigError(
                 "the PostgreSQL store needs its driver: pip install 'katar[postgres]'"
             ) from exc
-        self._conninfo, self._pool_size, self._schema = parse_url(url)
+        self._conninfo, self._pool_size, self._schema, timeouts = parse_url_timeouts(url)
+        #: Seconds a transaction may take (0: no bound), and /healthz's check.
+        self._query_timeout, self._health_timeout = timeouts
         self.url = mask_credentials(url)
         self._raw_url = url  # to mask its password in the driver's messages too
         self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
@@ -342,6 +391,10 @@ class PostgresStore(PostgresGroups, Store):
         self._fair: set[int] = set()  # the ids of the fair queues, as last loaded or saved
         self._channel = f"katar_{self._schema}"
         self._listener: asyncio.Task[None] | None = None
+        self._checker: asyncio.Task[None] | None = None  # _check_options
+        #: The digest of the queue options last loaded (_options_digest).
+        self._options_digest: str | None = None
+        self._malformed_said: float | None = None  # when an odd notification was last said
         #: Set while PostgreSQL is known to be unreachable: requests fail at once instead of
         #: each waiting for the pool's time-out, and this task probes until it answers.
         self._probe: asyncio.Task[None] | None = None
@@ -484,6 +537,11 @@ class PostgresStore(PostgresGroups, Store):
             ),
             # Ids taken ahead for a batch whose tasks name one another ("$n" in after).
             "next_ids": f"SELECT nextval('{s}.tasks_id_seq') FROM generate_series(1, %s)",
+            # What _options_digest computes, in SQL: the periodic check (_check_options).
+            "options_digest": (
+                "SELECT md5(coalesce(string_agg(convert_to(name, 'UTF8') || '\\x00'::bytea"
+                f" || options, '\\x01'::bytea ORDER BY id), ''::bytea)) FROM {s}.queues"
+            ),
             **self._deps_sql(),
             **group_sql(s),
         }
@@ -492,11 +550,19 @@ class PostgresStore(PostgresGroups, Store):
     # -- connections -------------------------------------------------------------------------
 
     async def open(self) -> None:
+        import psycopg
+
         try:
+            # One connection first: a mistake in the URL (no such database or role, a wrong
+            # port or host, a password refused) is said at once with its cause, where the
+            # pool would try again silently until its wait ran out, and say only that.
+            first = await psycopg.AsyncConnection.connect(self._conninfo)
+            await first.close()
             self._pool = await self._new_pool(10.0)
         except Exception as exc:
+            cause = " ".join(str(exc).split())  # the driver's hint comes on lines of its own
             raise StoreUnavailable(
-                self._masked(f"cannot connect to PostgreSQL at {self.url}: {exc}")
+                self._masked(f"cannot connect to PostgreSQL at {self.url}: {cause}")
             ) from exc
         try:
             await self._migrate()
@@ -508,7 +574,8 @@ class PostgresStore(PostgresGroups, Store):
     async def _migrate(self) -> None:
         """Apply the migrations this database lacks, one server at a time."""
         s = self._schema
-        async with self._transaction() as conn:
+        async with self._transaction(limit=0) as conn:  # an index on a large table takes time
+            await conn.execute("SET LOCAL statement_timeout = 0")
             # Servers starting together wait here for one another.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"katar:{s}",))
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
@@ -541,8 +608,9 @@ class PostgresStore(PostgresGroups, Store):
             open=False,
             # Waiting for a connection when all are busy (load, not an outage: an outage
             # fails at once, see _down).
-            timeout=10.0,
+            timeout=self._query_timeout or 10.0,
             kwargs={"autocommit": True},
+            configure=self._configure,
         )
         try:
             await pool.open(wait=True, timeout=wait)
@@ -550,6 +618,13 @@ class PostgresStore(PostgresGroups, Store):
             await pool.close()
             raise
         return pool
+
+    async def _configure(self, conn: AsyncConnection[tuple[Any, ...]]) -> None:
+        """Each new connection: PostgreSQL cancels a statement that outlives query_timeout
+        (a lock waited for, a slow plan), leaving the connection usable; the watchdog of
+        _Transaction, a second later, is for a server that does not answer at all."""
+        milliseconds = round(self._query_timeout * 1000)
+        await conn.execute(f"SET statement_timeout = {milliseconds}")
 
     def _down(self) -> None:
         """PostgreSQL could not be reached: fail fast until a probe reaches it again."""
@@ -592,20 +667,26 @@ class PostgresStore(PostgresGroups, Store):
         for retiring in list(self._retired):
             with contextlib.suppress(Exception):
                 await retiring
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        for job in (self._listener, self._checker):
+            if job is not None:
+                job.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
+        self._listener = self._checker = None
         await self._groups_finish()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
 
-    def _transaction(self, writes: bool = True, alone: bool = False) -> Any:
+    def _transaction(
+        self, writes: bool = True, alone: bool = False, limit: float | None = None
+    ) -> Any:
         # writes=False: a transaction that only reads, whose lost COMMIT loses nothing.
         # alone=True: no transaction block, for one statement that commits as it ends.
-        return _Transaction(self, writes, alone)
+        # limit: seconds it may take, instead of query_timeout (0: no bound).
+        if limit is None:  # PostgreSQL's statement_timeout first (see _configure)
+            limit = self._query_timeout and self._query_timeout + WATCHDOG_GRACE
+        return _Transaction(self, writes, alone, limit)
 
     def _masked(self, message: str) -> str:
         return mask_credentials(message, self._raw_url)
@@ -626,6 +707,7 @@ class PostgresStore(PostgresGroups, Store):
     async def listen(self, observer: Observer) -> None:
         listening = asyncio.Event()
         self._listener = asyncio.create_task(self._listen(observer, listening))
+        self._checker = asyncio.create_task(self._check_options(observer))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(listening.wait(), 10)
 
@@ -635,7 +717,9 @@ class PostgresStore(PostgresGroups, Store):
         import psycopg
 
         delay = 0.1
-        lost = False  # said once per loss, not at every attempt to reconnect
+        loop = asyncio.get_running_loop()
+        lost: float | None = None  # since when the connection is lost
+        said = False  # said once per loss, not at every attempt to reconnect
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
@@ -643,36 +727,79 @@ class PostgresStore(PostgresGroups, Store):
                     await conn.execute(f"LISTEN {self._channel}")
                     if listening.is_set():
                         observer.resync()
-                    if lost:
+                    if said:
                         log.warning("PostgreSQL notifications are back")
-                        lost = False
+                    lost, said = None, False
                     listening.set()
                     delay = 0.1
                     async for event in conn.notifies():
-                        kind, _, rest = event.payload.partition(":")
-                        if kind == "r":
-                            count, _, queue = rest.partition(":")
-                            observer.tasks_ready(queue, int(count))
-                        elif kind == "q":
-                            observer.queue_changed(rest)
-                        elif kind == "s":
-                            observer.schedules_changed()
+                        self._heard(observer, event.payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not lost:
+                # A restart of PostgreSQL is an outage, said once by the engine: the loss is
+                # worth a line of its own only when it lasts (a proxy that drops LISTEN, a
+                # role that may not connect any more), and long polls wake late meanwhile.
+                lost = loop.time() if lost is None else lost
+                if not said and loop.time() - lost >= LISTEN_LOST_SAID:
                     log.warning(
-                        "PostgreSQL notifications lost (%s); reconnecting until it answers",
+                        "PostgreSQL notifications lost for %.0fs (%s): long polls here do not"
+                        " hear of tasks made on other servers; reconnecting until it answers",
+                        loop.time() - lost,
                         self._masked(str(exc)),
                     )
-                    lost = True
+                    said = True
                 await asyncio.sleep(delay)
                 # Events missed while away: long polls must hear of ready tasks soon after
                 # PostgreSQL is back.
                 delay = min(delay * 2, 1.0)
 
+    def _heard(self, observer: Observer, payload: str) -> None:
+        """Pass a notification on to the observer. Anyone who may connect can NOTIFY on the
+        channel: a payload that Katar does not send is ignored (and said at most once every
+        MALFORMED_EVERY seconds), never a reason to drop the connection."""
+        kind, _, rest = payload.partition(":")
+        if kind == "r":
+            count, _, queue = rest.partition(":")
+            if count.isdigit() and 0 < len(count) <= 9 and queue:
+                observer.tasks_ready(queue, int(count))
+                return
+        elif kind == "q" and rest:
+            observer.queue_changed(rest)
+            return
+        elif kind == "s" and not rest:
+            observer.schedules_changed()
+            return
+        clock = asyncio.get_running_loop().time()
+        if self._malformed_said is None or clock - self._malformed_said >= MALFORMED_EVERY:
+            self._malformed_said = clock
+            log.warning(
+                "ignored a notification on %s that Katar did not send: %r",
+                self._channel,
+                payload[:100],
+            )
+
+    async def _check_options(self, observer: Observer) -> None:
+        """Every OPTIONS_CHECK seconds, compare a digest of the stored queue options with
+        that of the options last loaded: a change this server heard nothing of (a
+        notification lost with a connection, or missed otherwise) is reloaded within
+        seconds, whatever happened to the notifications."""
+        while True:
+            await asyncio.sleep(OPTIONS_CHECK)
+            if self._probe is not None:
+                continue  # down: the reload that follows the outage does it
+            try:
+                async with self._transaction(writes=False) as conn:
+                    row = await (await conn.execute(self._sql["options_digest"])).fetchone()
+            except StoreError:
+                continue  # an outage: said by the requests that meet it
+            if row is not None and row[0] != self._options_digest:
+                observer.queue_changed("")
+
     async def ping(self) -> None:
-        async with self._transaction(writes=False) as conn:
+        # Bounded by health_timeout, to wait for a connection and for the answer: /healthz
+        # says 503 soon when PostgreSQL does not answer (stopped, or cut off by the network).
+        async with self._transaction(writes=False, limit=self._health_timeout) as conn:
             await conn.execute("SELECT 1")
 
     # -- queues ------------------------------------------------------------------------------
@@ -710,12 +837,15 @@ class PostgresStore(PostgresGroups, Store):
     async def load_queues(self) -> dict[str, QueueOptions]:
         async with self._transaction(writes=False) as conn:
             rows = await (
-                await conn.execute(f"SELECT id, name, options FROM {self._schema}.queues")
+                await conn.execute(
+                    f"SELECT id, name, options FROM {self._schema}.queues ORDER BY id"
+                )
             ).fetchall()
         self._queue_ids = {name: qid for qid, name, _ in rows}
         self._queue_names.update({qid: name for qid, name, _ in rows})
         queues = {name: _options_decoder.decode(options) for _, name, options in rows}
         self._fair = {self._queue_ids[name] for name, options in queues.items() if options.fair}
+        self._options_digest = _options_digest((name, bytes(opts)) for _, name, opts in rows)
         return queues
 
     async def load_queue(self, name: str) -> QueueOptions | None:
@@ -762,7 +892,9 @@ class PostgresStore(PostgresGroups, Store):
         queue_id = await self._queue_id(name)
         when = now_ms() if now is None else now
         settled: list[Change] = []
-        async with self._transaction() as conn:
+        # No bound: a queue of millions of tasks takes its time to delete.
+        async with self._transaction(limit=0) as conn:
+            await conn.execute("SET LOCAL statement_timeout = 0")
             # The tasks of other queues that wait for this one's are cancelled.
             cursor = await conn.execute(
                 f"SELECT {COLUMNS} FROM {self._schema}.tasks WHERE queue_id = %s AND children"
@@ -1132,6 +1264,7 @@ class PostgresStore(PostgresGroups, Store):
                     cancel.append(task.id)
             retry_at = held = None
             delivered: list[Task] = []
+            now = self.lease_start(now)  # after the waits for the connection and the locks
             if limit > 0 and options.custom_claim:
                 delivered, retry_at, held = await self._claim_limited(
                     conn, queue, queue_id, options, limit, worker, now
@@ -1158,6 +1291,7 @@ class PostgresStore(PostgresGroups, Store):
         stored = None
         if options.limited:  # a fair queue alone has nothing to count
             stored = await (await conn.execute(sql["lock_queue"], (queue_id,))).fetchone()
+            now = self.lease_start(now)  # the lock may have been waited for
         bucket = None
         if options.rate is not None:
             tokens, at = (None, None) if stored is None else stored
@@ -1685,8 +1819,21 @@ _EXPIRY: Final = "expires_at IS NOT NULL AND attempts = 0 AND state < 3"
 
 #: Seconds to open a connection, unless the URL's ``connect_timeout`` says otherwise.
 CONNECT_TIMEOUT: Final = 3
+#: Seconds a transaction may take, unless the URL's ``query_timeout`` says otherwise.
+QUERY_TIMEOUT: Final = 10.0
+#: Seconds /healthz waits for PostgreSQL, unless the URL's ``health_timeout`` says otherwise.
+HEALTH_TIMEOUT: Final = 2.0
+#: Seconds after query_timeout before a transaction's connection is cut: PostgreSQL cancels
+#: a slow statement itself first, when it answers at all.
+WATCHDOG_GRACE: Final = 1.0
 #: Seconds between attempts to reach PostgreSQL while it is known to be down.
 PROBE_INTERVAL: Final = 0.25
+#: Seconds between two checks that the queue options loaded are those stored.
+OPTIONS_CHECK: Final = 2.0
+#: Seconds the notifications' connection may stay lost before the log says so.
+LISTEN_LOST_SAID: Final = 10.0
+#: The fewest seconds between two warnings of a notification that Katar did not send.
+MALFORMED_EVERY: Final = 60.0
 
 
 class _Transaction:
@@ -1695,12 +1842,23 @@ class _Transaction:
     connection is lost while a transaction that writes commits). ``alone``: no transaction
     block, for one statement that PostgreSQL commits as it ends (the pool's connections
     are in autocommit); a connection lost during that statement is OutcomeUnknown when it
-    writes, as it may have been committed."""
+    writes, as it may have been committed.
 
-    def __init__(self, store: PostgresStore, writes: bool, alone: bool = False) -> None:
+    ``limit`` (seconds, 0: none) bounds the wait for a connection, and the transaction from
+    then to its end: past it, a watchdog cuts the connection (PostgreSQL stopped, or cut off
+    by the network, answers nothing; a statement would wait for ever), the statement
+    waiting on it fails at once as on a lost connection, and the store fails fast until a
+    probe reaches PostgreSQL again."""
+
+    def __init__(
+        self, store: PostgresStore, writes: bool, alone: bool = False, limit: float = 0
+    ) -> None:
         self.store = store
         self._writes = writes
         self._alone = alone
+        self._limit = limit
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._cut = False
         self._connection: Any = None
         self._conn: Any = None
         self._transaction: Any = None
@@ -1714,21 +1872,52 @@ class _Transaction:
         if store._probe is not None:
             raise StoreUnavailable("PostgreSQL is unavailable (reconnecting)")
         try:
-            self._connection = store._pool.connection()
+            self._connection = store._pool.connection(timeout=self._limit or None)
             self._conn = conn = await self._connection.__aenter__()
+            if self._limit:
+                loop = asyncio.get_running_loop()
+                self._watchdog = loop.call_later(self._limit, self._cut_off)
             if not self._alone:
                 self._transaction = conn.transaction()
                 await self._transaction.__aenter__()
         except (psycopg.Error, OSError) as exc:
+            self._stop_watchdog()
             raise self._lost(_translate(exc, store._raw_url)) from exc
         except Exception as exc:
+            self._stop_watchdog()
             # The pool's own time-out: every connection busy (load), or none could be made.
             raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
         return conn  # type: ignore[no-any-return]
 
+    def _cut_off(self) -> None:
+        """The transaction outlived its limit: shut its connection's socket down. The
+        statement waiting for an answer reads the end of the connection at once (closing
+        the descriptor instead would leave it waiting on a file the loop no longer
+        watches)."""
+        self._watchdog = None
+        self._cut = True
+        with contextlib.suppress(OSError, ValueError):
+            fd = os.dup(self._conn.pgconn.socket)
+            with socket.socket(fileno=fd) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _said(self, error: BaseException) -> str:
+        """What the driver's ``error`` means, for the message."""
+        if self._cut:
+            return f"PostgreSQL did not answer within {self._limit:g}s"
+        return mask_credentials(f"PostgreSQL is unavailable: {error}", self.store._raw_url)
+
     def _lost(self, error: StoreError) -> StoreError:
         """``error``, after noting an outage when the connection is gone (a deadlock or a
         cancelled statement leaves it usable: no outage)."""
+        self._stop_watchdog()
+        if self._cut and type(error) is StoreUnavailable:
+            error = StoreUnavailable(self._said(error))
         if isinstance(error, StoreUnavailable) and (self._conn is None or self._conn.broken):
             self.store._down()
         return error
@@ -1736,10 +1925,16 @@ class _Transaction:
     def _unknown(self, error: BaseException) -> StoreError:
         """OutcomeUnknown for ``error``, lost while a write committed, the URL's secrets
         masked in its cause."""
-        cause = mask_credentials(f"PostgreSQL: {error}", self.store._raw_url)
-        return self._lost(OutcomeUnknown(cause=cause))
+        cause = self._said(error) if self._cut else f"PostgreSQL: {error}"
+        return self._lost(OutcomeUnknown(cause=mask_credentials(cause, self.store._raw_url)))
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            await self._exit(kind, exc, tb)
+        finally:
+            self._stop_watchdog()
+
+    async def _exit(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         import psycopg
 
         if self._alone:

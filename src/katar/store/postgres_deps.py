@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Final
 from katar.core import rules
 from katar.core.model import DONE, NewTask, State, Task
 from katar.core.storage import Change
-from katar.store._rows import CHILDREN, COLUMNS, PARENTS, task_from_row, view
+from katar.store._rows import CHILDREN, COLUMNS, PARENTS, view
+from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Final
 from katar.core import rules
 from katar.core.model import RUNNING, Ack, QueueOptions, Task, parse_task_id
 from katar.core.storage import Change, PollResult
-from katar.store._rows import COLUMNS, task_from_row
+from katar.store._rows import COLUMNS
+from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
 from katar.store.postgres_deps import PostgresDependencies
 
 if TYPE_CHECKING:
@@ -223,6 +224,7 @@ class PostgresGroups(PostgresDependencies):
     _poll_alone: Callable[..., Awaitable[PollResult]]
     _notify_ready: Callable[[Connection, Iterable[Task]], Awaitable[None]]
     watch: Callable[[], bool] | None
+    lease_start: Callable[[int], int]
 
     def _groups_init(self) -> None:
         #: The polls gathering, per queue, for the next group.
@@ -349,6 +351,9 @@ class PostgresGroups(PostgresDependencies):
                 finished = done.changes(rows, queue, options, now, watching)
                 released = await self._finish_edges(conn, done, rows, options, now, watching)
             if workers:
+                # Leases start now: not when the polls arrived, before the waits for the
+                # connection and the locks (Store.lease_start).
+                now = self.lease_start(now)
                 taken = await claim(conn, self._sql, queue, queue_id, options, workers, now)
                 tasks = [task for _slot, task in taken]
                 tasks = await self._views(conn, self._sql, tasks)

@@ -161,6 +161,7 @@ class Batches:
     _find: Callable[..., Any]
     _buckets: dict[int, rules.Bucket]  # per queue with a rate limit (one server per file)
     _fair: set[int]  # the ids of the fair queues
+    lease_start: Callable[[int], int]
 
     def _finish_polls(self, conn: sqlite3.Connection) -> None:
         """Make the "done"s and the claims of every poll of the transaction: one statement
@@ -209,6 +210,8 @@ class Batches:
                     )
                 except KatarError as exc:
                     poll.error = exc
+        for poll in polls:  # the claims start their leases now (Store.lease_start)
+            poll.now = self.lease_start(poll.now)
         # (queue, worker, timeout, fair order) -> the polls that one claim statement serves
         claims: dict[tuple[int, str | None, int, bool], list[_Poll]] = {}
         custom: dict[int, list[_Poll]] = {}
