@@ -56,6 +56,7 @@ from katar.client._base import (
     check,
     headers,
     is_transient,
+    server_url,
     tls,
     transport_error,
 )
@@ -205,7 +206,7 @@ class AsyncWorker:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self.url = url
+        self.url = server_url(url)
         self.queue = queue
         self.handler = handler
         self.concurrency = concurrency
