@@ -107,6 +107,11 @@ def test_retry_the_failed_tasks(server: KatarProcess) -> None:
     assert again.stdout.strip() == "retried 0 of the 0 task(s) that matched"
     with Producer(server.url) as producer:
         assert len(producer.tasks("jobs", "queued")) == 2
+    # The retried tasks keep their last error and worker: the table says they are old news.
+    _, *rows = katar(server, "tasks", "jobs", "--status", "queued").stdout.splitlines()
+    assert len(rows) == 2
+    assert all("(earlier attempt) w1" in row for row in rows)
+    assert all("(earlier attempt) SMTP refused the mail" in row for row in rows)
 
 
 def test_clear_errors(server: KatarProcess) -> None:
