@@ -204,7 +204,9 @@ async def test_a_declared_queue_that_replaces_stored_options_says_so(
     with caplog.at_level("WARNING", logger="katar"):
         async with again:
             assert not again.engine.options("emails").persistent
-    (line,) = [r.getMessage() for r in caplog.records if "replaces its stored options" in r.getMessage()]
+    (line,) = [
+        r.getMessage() for r in caplog.records if "replaces its stored options" in r.getMessage()
+    ]
     assert line == (
         "queue emails: the configuration file's [queues.emails] replaces its stored options: "
         "configuration {'interval': 1000} -> {}, persistent True -> False"

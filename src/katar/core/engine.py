@@ -107,7 +107,6 @@ def check_queue_name(name: str, max_length: int = MAX_QUEUE_NAME) -> str:
     return name
 
 
-
 def _log_overridden(name: str, stored: QueueOptions, declared: QueueOptions) -> None:
     """Say at start-up which stored options of a queue its ``[queues.NAME]`` table replaces:
     a queue made or changed over HTTP is otherwise reset in silence by a file that names it
@@ -124,6 +123,7 @@ def _log_overridden(name: str, stored: QueueOptions, declared: QueueOptions) -> 
         name,
         changes,
     )
+
 
 class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
     """Katar's operations. Open it before use and close it after; all methods are async.
