@@ -201,6 +201,33 @@ def test_each_example_long_polls_runs_tasks_side_by_side_and_heartbeats(
     assert [t.result["square"] for t in done] == [0, 1, 4]
 
 
+@pytest.mark.parametrize("language", list(LANGUAGES))
+def test_each_example_drops_a_task_an_operator_cancels(
+    language: str, server: KatarProcess, tmp_path: Path
+) -> None:
+    # The answer to a heartbeat names the cancelled task: the example sends nothing more
+    # for it, and goes on with the others.
+    with httpx.Client(base_url=server.url) as client:
+        client.put("/v1/queue/slow", json={"persistent": True, "timeout": 6000}).raise_for_status()
+    example = Example(language, server.url, "slow", tmp_path / "log", concurrency=2)
+    try:
+        wait_until(example.ready)
+        with Producer(server.url) as producer:
+            doomed, kept = producer.enqueue_many(
+                "slow", [{"n": 2, "ms": 9000}, {"n": 3, "ms": 2000}]
+            )
+            wait_until(lambda: producer.get("slow", doomed.id).status == "in progress")
+            assert producer.cancel("slow", doomed.id).status == "in progress"  # 202: requested
+            wait_until(lambda: f"task {doomed.id} was cancelled" in example.log.read_text())
+            wait_until(lambda: producer.get("slow", kept.id).status == "done", seconds=60)
+            cancelled = producer.get("slow", doomed.id)
+    finally:
+        status = example.stop()
+    assert status == 0, example.log.read_text()
+    assert cancelled.status == "cancelled"
+    assert [d.outcome for d in cancelled.history] == ["cancelled"]
+
+
 class Scripted(http.server.ThreadingHTTPServer):
     """A stand-in for Katar that answers as a test needs: queue "q" with one lease, two tasks
     for the first poll, a 404 for any ack of task "1" (as for a task deleted meanwhile), and
