@@ -175,8 +175,10 @@ def _connection(command: argparse.ArgumentParser) -> None:
     """The options of the commands that talk to a server: where, and with which token."""
     command.add_argument(
         "--url",
+        type=_server_url,
         default=os.environ.get("KATAR_URL", "http://127.0.0.1:3000"),
-        help="the server (default $KATAR_URL, else http://127.0.0.1:3000)",
+        help="the server, http://HOST:PORT or https://HOST:PORT; a bare HOST:PORT means"
+        " http:// (default $KATAR_URL, else http://127.0.0.1:3000)",
     )
     command.add_argument(
         "--token",
@@ -190,6 +192,16 @@ def _connection(command: argparse.ArgumentParser) -> None:
         help="verify an https server with this CA bundle (default $KATAR_CA_FILE, else "
         "the system's)",
     )
+
+
+def _server_url(text: str) -> str:
+    """``--url`` (or ``$KATAR_URL``, which argparse checks the same way)."""
+    from katar.client._base import server_url
+
+    try:
+        return server_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (from --url or $KATAR_URL)") from None
 
 
 def _iso_time(text: str) -> datetime:
@@ -219,13 +231,15 @@ def _handler(spec: str) -> Callable[..., Any]:
 
 
 def worker(args: argparse.Namespace) -> int:
-    """``katar worker``."""
-    from katar.client.worker import AsyncWorker, run_worker
+    """``katar worker``; a refused request (a setup mistake) reaches main as its error."""
+    import asyncio
+
+    from katar.client.worker import AsyncWorker
 
     if args.concurrency < 1:
         raise ConfigError("--concurrency must be at least 1")
     handler = _handler(args.function)
-    return run_worker(
+    asyncio.run(
         AsyncWorker(
             args.url,
             args.queue,
@@ -235,8 +249,9 @@ def worker(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             wait=args.wait,
             grace=args.grace,
-        )
+        ).run()
     )
+    return 0
 
 
 def _json_lines(lines: Iterable[str]) -> Iterator[Any]:
@@ -478,34 +493,71 @@ def serve(args: argparse.Namespace) -> int:
     return processes.serve_many(listener, workers, lambda: server.run(listener))
 
 
+_COMMANDS: Final[dict[str, Callable[[argparse.Namespace], int]]] = {
+    "serve": serve,
+    "migrate": migrate,
+    "worker": worker,
+    "enqueue": enqueue,
+    "token": token,
+    "schedules": schedules,
+    **dict.fromkeys(cli_admin.COMMANDS, cli_admin.run),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the process's exit status."""
     args = _parser().parse_args(argv)
     logs.configure()  # katar serve configures it again from its flags and file
     try:
-        if args.command == "serve":
-            return serve(args)
-        elif args.command == "migrate":
-            return migrate(args)
-        elif args.command == "worker":
-            return worker(args)
-        elif args.command == "enqueue":
-            return enqueue(args)
-        elif args.command == "token":
-            return token(args)
-        elif args.command in cli_admin.COMMANDS:
-            return cli_admin.run(args)
-        elif args.command == "schedules":
-            return schedules(args)
+        status = _COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader gone shows here, within the try, not at exit
+        return status
     except (ConfigError, ValidationError) as exc:
         print(f"katar: error: {logs.mask_credentials(str(exc))}", file=sys.stderr)
         return 2
-    except (StoreError, ClientError) as exc:
+    except StoreError as exc:
         print(f"katar: error: {logs.mask_credentials(str(exc))}", file=sys.stderr)
+        return 1
+    except ClientError as exc:
+        print(f"katar: error: {logs.mask_credentials(_for_people(exc, args))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _for_people(exc: ClientError, args: argparse.Namespace) -> str:
+    """A client error in the command line's words: the server speaks of HTTP headers and
+    routes, the user has flags and variables."""
+    from katar.errors import APIError
+
+    url = args.url
+    if not isinstance(exc, APIError):
+        return str(exc)
+    if exc.status == 401:
+        if not args.token:
+            return f"{url} needs a token: pass --token TOKEN or set KATAR_TOKEN"
+        return (
+            f"{url} does not accept this token (from --token or KATAR_TOKEN): it is unknown"
+            " or revoked there; ask the server's operator for one"
+        )
+    queue = exc.details.get("queue")
+    if exc.status == 404 and isinstance(queue, str) and "queue" in exc.message.lower():
+        return (
+            f"no queue {queue!r} on {url}: create it with PUT /v1/queue/{queue}"
+            f" (e.g. curl -X PUT {url}/v1/queue/{queue} -d '{{}}') or a [queues.{queue}]"
+            " table in the server's configuration file"
+        )
+    return str(exc)
+
+
+def _reader_gone() -> int:
+    """The exit status when the output's reader went away (``katar queues --json | head``):
+    no traceback, and the failing flush at exit silenced, as a shell tool ends on SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 128 + 13  # what a shell reports for a command ended by SIGPIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,6 +31,10 @@ COMMANDS: Final = {
     "resume": "resume a paused queue",
     "workers": "list the workers seen in the last hour",
 }
+#: A task's record keeps the error of its last failed attempt and the worker that last held
+#: it: once the task is queued again they belong to an earlier attempt, and the table says so.
+_ERROR_IS_THE_OUTCOME: Final = frozenset({"failed", "cancelled"})
+_WORKER_OF_AN_EARLIER_ATTEMPT: Final = frozenset({"queued", "paused"})
 #: The most characters of a task's error a table shows.
 _ERROR_WIDTH: Final = 60
 
@@ -116,8 +120,8 @@ def _tasks(producer: Producer, args: argparse.Namespace) -> int:
             str(task.attempts),
             _age(task.created_at, now),
             task.key or "",
-            task.worker or "",
-            _one_line(task.error or ""),
+            _earlier(task.worker or "", task.status in _WORKER_OF_AN_EARLIER_ATTEMPT),
+            _one_line(_earlier(task.error or "", task.status not in _ERROR_IS_THE_OUTCOME)),
         ]
         for task in tasks
     ]
@@ -213,6 +217,11 @@ def _age(when: str | None, now: datetime) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def _earlier(text: str, earlier: bool) -> str:
+    """``text``, marked as of an earlier attempt when ``earlier`` (and there is text)."""
+    return f"(earlier attempt) {text}" if text and earlier else text
 
 
 def _one_line(text: str) -> str:

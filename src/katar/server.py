@@ -25,6 +25,7 @@ from katar.errors import ConfigError
 from katar.http import App, Limits
 from katar.http.auth import Token
 from katar.http.protocol import HttpProtocol, sweep
+from katar.logs import configure as configure_logs
 from katar.logs import mask_credentials
 
 log = logging.getLogger("katar")
@@ -149,7 +150,13 @@ class WorkerServer:
 
     def run(self, listener: socket.socket | None = None) -> None:
         """Serve until SIGTERM or SIGINT; on ``listener`` (bound) when given, as each of
-        ``katar serve --workers N``'s processes does."""
+        ``katar serve --workers N``'s processes does.
+
+        A program that has not configured logging gets Katar's own (info lines on standard
+        error), so that it says where it serves, as ``katar serve`` does: Python's default
+        would show warnings only, and the server would start in silence."""
+        if not log.hasHandlers():
+            configure_logs()
         try:
             import uvloop
         except ImportError:  # pragma: no cover - uvloop is missing on Windows

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from katar.auth import digest, new_token
 from katar.client import Producer
 from tests.acceptance.conftest import KatarProcess
 
@@ -106,12 +107,17 @@ def test_retry_the_failed_tasks(server: KatarProcess) -> None:
     assert again.stdout.strip() == "retried 0 of the 0 task(s) that matched"
     with Producer(server.url) as producer:
         assert len(producer.tasks("jobs", "queued")) == 2
+    # The retried tasks keep their last error and worker: the table says they are old news.
+    _, *rows = katar(server, "tasks", "jobs", "--status", "queued").stdout.splitlines()
+    assert len(rows) == 2
+    assert all("(earlier attempt) w1" in row for row in rows)
+    assert all("(earlier attempt) SMTP refused the mail" in row for row in rows)
 
 
 def test_clear_errors(server: KatarProcess) -> None:
     missing = katar(server, "tasks", "nope")
     assert missing.returncode == 1
-    assert "404 Queue not found" in missing.stderr
+    assert f"no queue 'nope' on {server.url}: create it with PUT /v1/queue/nope" in missing.stderr
     usage = katar(server, "tasks", "jobs", "--status", "lost")
     assert usage.returncode == 2
     assert "invalid choice: 'lost'" in usage.stderr
@@ -120,3 +126,41 @@ def test_clear_errors(server: KatarProcess) -> None:
     assert "--limit must be at least 1" in bad_limit.stderr
     no_queue = katar(server, "pause")
     assert no_queue.returncode == 2
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(server: KatarProcess) -> None:
+    # `katar queues --json | head` ended in a BrokenPipeError traceback.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "katar", "tasks", "jobs", "--json"],
+        env={**os.environ, "KATAR_URL": server.url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    process.stdout.close()  # gone before the command writes anything
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 141
+    assert err == ""
+
+
+def test_a_missing_or_unknown_token_is_told_in_flags(tmp_path: Path) -> None:
+    # The 401 said to send an HTTP header; the command line has --token and KATAR_TOKEN.
+    secret = new_token()
+    (tmp_path / "katar.toml").write_text(
+        f'[[tokens]]\ntoken_sha256 = "{digest(secret).hex()}"\nrole = "admin"\nqueues = ["*"]\n'
+    )
+    process = KatarProcess(tmp_path, "--db", "memory://", "--config", "katar.toml").start()
+    try:
+        missing = katar(process, "queues")
+        assert missing.returncode == 1
+        assert (
+            f"{process.url} needs a token: pass --token TOKEN or set KATAR_TOKEN" in missing.stderr
+        )
+        unknown = katar(process, "queues", "--token", "katar_unknown")
+        assert unknown.returncode == 1
+        assert "does not accept this token (from --token or KATAR_TOKEN)" in unknown.stderr
+        good = katar(process, "queues", "--token", secret)
+        assert good.returncode == 0, good.stderr
+    finally:
+        process.kill()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -93,7 +94,7 @@ def test_clear_errors(server: KatarProcess) -> None:
     missing = katar(server, "enqueue", "--queue", "nope", "1")
     _, err = missing.communicate(timeout=30)
     assert missing.returncode == 1
-    assert "404 Queue not found" in err
+    assert f"no queue 'nope' on {server.url}: create it with PUT /v1/queue/nope" in err
     no_module = katar(server, "worker", "--queue", "jobs", "nowhere:f")
     _, err = no_module.communicate(timeout=30)
     assert no_module.returncode == 2
@@ -101,4 +102,66 @@ def test_clear_errors(server: KatarProcess) -> None:
     wrong_queue = katar(server, "worker", "--queue", "nope", "jobs:square")
     _, err = wrong_queue.communicate(timeout=30)
     assert wrong_queue.returncode == 1
-    assert "404 Queue not found" in err
+    assert "no queue 'nope'" in err
+    assert "[queues.nope]" in err
+    assert "Traceback" not in err
+
+
+def test_a_url_without_a_scheme_is_http(server: KatarProcess) -> None:
+    # "--url 127.0.0.1:3951" retried for ever, "localhost:3951" said "unsupported protocol".
+    bare = f"127.0.0.1:{server.port}"
+    enqueued = katar(server, "enqueue", "--queue", "jobs", "--url", bare, '{"n": 2}')
+    out, err = enqueued.communicate(timeout=30)
+    assert enqueued.returncode == 0, err
+    worker = katar(server, "worker", "--queue", "jobs", "--url", bare, "jobs:square")
+    try:
+        with Producer(server.url) as producer:
+            wait_until(lambda: producer.get("jobs", out.strip()).status == "done")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=30)
+    assert worker.returncode == 0
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1:21", "http://", "localhost:port"])
+def test_a_url_that_is_not_a_server_is_a_usage_error(server: KatarProcess, url: str) -> None:
+    for args, env in ((["--url", url], {}), ([], {"KATAR_URL": url})):
+        command = [sys.executable, "-m", "katar", "enqueue", "--queue", "jobs", *args, "1"]
+        done = subprocess.run(
+            command, env={**os.environ, **env}, capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 2
+        assert "must be http://HOST:PORT or https://HOST:PORT" in done.stderr
+        assert "from --url or $KATAR_URL" in done.stderr
+
+
+def test_a_worker_that_cannot_connect_names_the_server(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "jobs.py").write_text(JOBS)
+    log = tmp_path / "worker.log"
+    url = f"http://127.0.0.1:{port}"
+    with log.open("w") as stderr:
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "katar",
+                "worker",
+                "--url",
+                url,
+                "--queue",
+                "jobs",
+                "jobs:square",
+            ],
+            cwd=tmp_path,
+            stderr=stderr,
+            text=True,
+        )
+        try:
+            wait_until(lambda: log.read_text().count("no answer") >= 2)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(30)
+    assert f"GET {url}/v1/queue/jobs: no answer (ConnectError" in log.read_text()

@@ -4,6 +4,7 @@ the access log."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -76,3 +77,24 @@ def test_json_lines(tmp_path: Path) -> None:
     assert access["bytes"] > 0
     assert access["duration_ms"] >= 0
     assert lines[-1]["message"] == "katar stopped"
+
+
+SERVER_FROM_PYTHON = """
+from katar import Katar, WorkerServer
+
+katar = Katar("memory://")
+katar.queue("emails", persistent=False)
+WorkerServer(katar=katar, port=0, host="127.0.0.1").run()
+"""
+
+
+def test_a_server_started_from_python_says_where_it_serves(tmp_path: Path) -> None:
+    # WorkerServer.run() in a program that configures no logging started in silence.
+    (tmp_path / "serve.py").write_text(SERVER_FROM_PYTHON)
+    server = KatarProcess(tmp_path, katar=(sys.executable, "serve.py")).start()
+    try:
+        assert httpx.get(f"{server.url}/v1/queue/emails").status_code == 200
+    finally:
+        assert server.terminate() == 0
+    assert "queues: emails" in server.output()
+    assert "katar stopped" in server.output()

@@ -14,6 +14,8 @@ import pytest
 
 from katar import Katar
 from katar.client import AsyncProducer, AsyncWorker, Fail, Job, RequestRejected, Retry, Worker
+from katar.client._base import backoff, server_url
+from katar.errors import TransportError
 from katar.http import App
 
 URL = "http://katar"
@@ -292,6 +294,78 @@ async def test_the_backoff_grows_while_the_server_stays_down(
     # Each failed poll in a row counts: a dead server is tried less and less often
     # (it once retried every 0.1 s for ever, because each failure started at attempt 1).
     assert attempts[:6] == [1, 2, 3, 4, 5, 6]
+
+
+class Restart(httpx.AsyncBaseTransport):
+    """The configuration answers; polls fail ``down`` times, answer once, then fail again."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, down: int) -> None:
+        self.inner = inner
+        self.down = down
+        self.polls = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            self.polls += 1
+            if self.polls != self.down + 1:
+                raise httpx.ConnectError("All connection attempts failed", request=request)
+        return await self.inner.handle_async_request(request)
+
+
+async def test_the_backoff_starts_again_after_an_answer(
+    transport: httpx.ASGITransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a short restart the pauses grew on and on (11-25 s), keeping the worker away from
+    # a server that was back: the first answer resets them.
+    attempts: list[int] = []
+
+    def no_wait(attempt: int) -> float:
+        attempts.append(attempt)
+        return 0.0
+
+    monkeypatch.setattr("katar.client.worker.backoff", no_wait)
+    worker = AsyncWorker(URL, "q", lambda job: None, transport=Restart(transport, 3), wait=0.01)
+    running = asyncio.create_task(worker.run())
+    try:
+        while len(attempts) < 5:  # noqa: ASYNC110 - counting calls made by the worker's own loop
+            await asyncio.sleep(0.01)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 10)
+    assert attempts[:5] == [1, 2, 3, 1, 2]
+
+
+def test_the_backoff_is_capped() -> None:
+    # A worker waits at most 5 s between tries, however long the server was away.
+    assert all(0 <= backoff(attempt) <= 5.0 for attempt in range(1, 200) for _ in range(20))
+    assert backoff(3, cap=1.0) <= 0.8
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("127.0.0.1:3951", "http://127.0.0.1:3951"),
+        ("localhost:3951", "http://localhost:3951"),
+        ("https://queue.example:443/", "https://queue.example:443"),
+        ("http://[::1]:3000", "http://[::1]:3000"),
+    ],
+)
+def test_a_server_url_without_a_scheme_is_http(given: str, used: str) -> None:
+    assert server_url(given) == used
+    assert AsyncWorker(given, "q", lambda job: None).url == used
+
+
+@pytest.mark.parametrize("given", ["ftp://x:21", "http://", "localhost:port", "https://:443"])
+def test_a_server_url_that_cannot_be_one_is_refused(given: str) -> None:
+    with pytest.raises(ValueError, match="must be http://HOST:PORT or https://HOST:PORT"):
+        server_url(given)
+
+
+async def test_no_answer_names_the_server(transport: httpx.ASGITransport) -> None:
+    # "POST /v1/queue/q: ConnectError" did not say which server could not be reached.
+    async with AsyncProducer(URL, transport=Restart(transport, 100), retries=0) as client:
+        with pytest.raises(TransportError, match="POST http://katar/v1/queue/q/tasks: no answer"):
+            await client.enqueue("q", 1)
 
 
 def test_a_stop_before_the_worker_runs_is_not_lost() -> None:

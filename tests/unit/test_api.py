@@ -187,3 +187,27 @@ def test_the_start_line_shows_an_ipv6_host_in_one_pair_of_brackets(
     with caplog.at_level("INFO", logger="katar"):
         server._started(3000)
     assert f"serving on http://{shown}:3000," in caplog.text
+
+
+async def test_a_declared_queue_that_replaces_stored_options_says_so(
+    tmp_path: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The README's [queues.emails] reset the queue made over HTTP (persistent, its interval)
+    # with no word at start-up.
+    url = f"sqlite:///{tmp_path}/k.db"
+    async with Katar(url) as first:
+        await first.put_queue("emails", persistent=True, configuration={"interval": 1000})
+        await first.put_queue("same", timeout=5000)
+    again = Katar(url)
+    again.queue("emails")
+    again.queue("same", timeout=5000)
+    with caplog.at_level("WARNING", logger="katar"):
+        async with again:
+            assert not again.engine.options("emails").persistent
+    (line,) = [
+        r.getMessage() for r in caplog.records if "replaces its stored options" in r.getMessage()
+    ]
+    assert line == (
+        "queue emails: the configuration file's [queues.emails] replaces its stored options: "
+        "configuration {'interval': 1000} -> {}, persistent True -> False"
+    )

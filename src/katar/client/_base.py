@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import ssl
 from typing import Final
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -19,6 +20,25 @@ _TRY_AGAIN: Final = frozenset({408, 429})
 #: What a client verifies the server's certificate with: True for the system's CAs, a CA
 #: bundle's path (PEM), an ssl.SSLContext, or False (never outside tests).
 Verify = bool | str | ssl.SSLContext
+
+
+def server_url(url: str) -> str:
+    """The server's base URL as clients use it: ``http://`` added to a bare ``HOST:PORT``
+    (as curl reads one), anything but http and https refused with a ValueError that says
+    what is expected."""
+    text = url.strip()
+    if "://" not in text:
+        text = f"http://{text}"
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 (a port that is not a number raises here)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"the server's URL must be http://HOST:PORT or https://HOST:PORT, not {url!r}"
+        )
+    return text.rstrip("/")
 
 
 def tls(verify: Verify) -> bool | ssl.SSLContext:
@@ -70,8 +90,13 @@ def check(response: httpx.Response) -> httpx.Response:
 
 
 def transport_error(exc: httpx.TransportError, method: str, path: str) -> TransportError:
-    """A Katar error for a request that got no answer."""
-    return TransportError(f"{method} {path}: {type(exc).__name__}: {exc or 'no answer'}")
+    """A Katar error for a request that got no answer, naming the server it was sent to
+    (its whole URL: the path alone does not say which server is down)."""
+    try:
+        where = str(exc.request.url)
+    except RuntimeError:  # no request attached (raised before it was built)
+        where = path
+    return TransportError(f"{method} {where}: no answer ({type(exc).__name__}: {exc or '-'})")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -79,7 +104,7 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TransportError | ServerUnavailable)
 
 
-def backoff(attempt: int, base: float = 0.1, cap: float = 30.0) -> float:
+def backoff(attempt: int, base: float = 0.1, cap: float = 5.0) -> float:
     """Seconds to wait before retry number ``attempt`` (1, 2, ...): capped exponential
     backoff with full jitter, so that many workers do not retry in step."""
     return random.uniform(0, min(cap, base * 2 ** min(attempt, 30)))

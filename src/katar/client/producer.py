@@ -32,6 +32,7 @@ from katar.client._base import (
     is_transient,
     record,
     records,
+    server_url,
     tls,
     transport_error,
 )
@@ -239,7 +240,7 @@ class Producer:
         #: Times an enqueue is sent again after no answer or a 5xx, 408 or 429.
         self.retries = retries
         self._http = httpx.Client(
-            base_url=url,
+            base_url=server_url(url),
             headers=headers(token),
             verify=tls(verify),
             timeout=timeout,
@@ -504,7 +505,7 @@ class AsyncProducer:
         #: Times an enqueue is sent again after no answer or a 5xx, 408 or 429.
         self.retries = retries
         self._http = httpx.AsyncClient(
-            base_url=url,
+            base_url=server_url(url),
             headers=headers(token),
             verify=tls(verify),
             timeout=timeout,

@@ -21,10 +21,12 @@ says so in the answer to its next heartbeat: the worker then cancels an async ha
 asyncio task, sets ``job.cancelled`` (and ``job.cancel_event``) for a sync handler to see,
 stops heartbeating the task, and sends no ack for it (the server has ended it).
 
-No answer, or a 5xx, is retried with capped exponential backoff and jitter, and the acks
-owed are kept until the server has them; a request that may have claimed tasks is never
-sent again (the acks are resent with ``max`` 0). A 4xx is a mistake in the worker's code or
-setup: it stops the worker with :class:`~katar.errors.RequestRejected`.
+No answer, or a 5xx, is retried with exponential backoff and jitter, capped at 5 s (so that
+a worker is back within seconds of a server's restart) and started again at the first
+answer; the log names the server's URL. The acks owed are kept until the server has them;
+a request that may have claimed tasks is never sent again (the acks are resent with ``max``
+0). A 4xx is a mistake in the worker's code or setup: it stops the worker with
+:class:`~katar.errors.RequestRejected`.
 
 SIGTERM or SIGINT stops taking tasks, lets the running ones finish (for up to ``grace``
 seconds; past that they are abandoned and the server delivers them again when their lease
@@ -56,6 +58,7 @@ from katar.client._base import (
     check,
     headers,
     is_transient,
+    server_url,
     tls,
     transport_error,
 )
@@ -205,7 +208,7 @@ class AsyncWorker:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self.url = url
+        self.url = server_url(url)
         self.queue = queue
         self.handler = handler
         self.concurrency = concurrency

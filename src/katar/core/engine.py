@@ -118,6 +118,24 @@ def check_queue_name(name: str, max_length: int = MAX_QUEUE_NAME) -> str:
     return name
 
 
+def _log_overridden(name: str, stored: QueueOptions, declared: QueueOptions) -> None:
+    """Say at start-up which stored options of a queue its ``[queues.NAME]`` table replaces:
+    a queue made or changed over HTTP is otherwise reset in silence by a file that names it
+    (every option the table leaves out takes its default)."""
+    old, new = msgspec.to_builtins(stored), msgspec.to_builtins(declared)
+    changes = ", ".join(
+        f"{key} {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key)
+    )
+    log.warning(
+        "queue %s: the configuration file's [queues.%s] replaces its stored options: %s",
+        name,
+        name,
+        changes,
+    )
+
+
 class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
     """Katar's operations. Open it before use and close it after; all methods are async.
 
@@ -193,6 +211,8 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
             if stored is not None and stored.paused and not options.paused:
                 # A pause made during an incident outlasts a restart: only PATCH lifts it.
                 options = msgspec.structs.replace(options, paused=True)
+            if stored is not None and stored != options:
+                _log_overridden(name, stored, options)
             await self.put_queue(name, options)
         self.schedules = await self._load_schedules()
         for name, spec in (schedules or {}).items():

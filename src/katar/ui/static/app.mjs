@@ -48,6 +48,16 @@ function Status({ status }) {
   return html`<span class="status s-${status.replace(" ", "-")}">${status}</span>`;
 }
 
+// A task's record keeps the error of its last failed attempt and the worker that last held
+// it. Once it is queued again (retried, or waiting for its next attempt) they belong to an
+// earlier attempt, and are shown as such rather than as the task's present state.
+const earlierError = (task) => task.error && !["failed", "cancelled"].includes(task.status);
+const earlierWorker = (task) => task.worker && ["queued", "paused"].includes(task.status);
+
+function Earlier({ when, children }) {
+  return when ? html`<span class="muted">earlier attempt: </span>${children}` : children;
+}
+
 function Problem({ error }) {
   if (!error) return null;
   return html`<p class="problem" role="alert">${error.message || String(error)}</p>`;
@@ -150,8 +160,8 @@ function SignIn({ notice, onToken }) {
       <form onSubmit=${submit}>
         <label for="token">Token</label>
         <p class="hint" id="token-hint">
-          This server asks for a token. Paste one your operator gave you (made with
-          <code>katar token</code>). It is kept in this tab only, until you sign out or close it.
+          This server asks for a token. Paste one your operator gave you (made with <code>katar token</code>).
+          It is kept in this tab only, until you sign out or close it.
         </p>
         <input
           id="token"
@@ -340,10 +350,17 @@ function bulkFilter(status, query, ids) {
   return filter;
 }
 
+// `statuses`: the tabs that offer the action, those of the tasks it applies to (a bulk action
+// skips the others, so "Retry all" on the queued tab could only ever say "0 tasks").
 const ACTIONS = {
-  retry: { verb: "Retry", done: "retried", when: "failed or cancelled" },
-  cancel: { verb: "Cancel", done: "cancelled", when: "paused or queued" },
-  delete: { verb: "Delete", done: "deleted", when: "not in progress" },
+  retry: { verb: "Retry", done: "retried", when: "failed or cancelled", statuses: ["failed", "cancelled"] },
+  cancel: { verb: "Cancel", done: "cancelled", when: "paused or queued", statuses: ["paused", "queued"] },
+  delete: {
+    verb: "Delete",
+    done: "deleted",
+    when: "not in progress",
+    statuses: STATUSES.filter((s) => s !== "in progress"),
+  },
 };
 
 /** Asks the server how many tasks a bulk action would change (dry run), says so, then acts. */
@@ -450,7 +467,7 @@ function Filters({ queue, status, query }) {
     location.hash = link(["queue", queue], { status });
   }
   const field = (name, label, type = "search") => html`
-    <div class="field">
+    <div class=${type === "datetime-local" ? "field when" : "field"}>
       <label for="f-${name}">${label}</label>
       <input id="f-${name}" type=${type} value=${values[name]} onInput=${set(name)} />
     </div>
@@ -516,6 +533,7 @@ function QueuePage({ who, name, query }) {
       what: ids ? `${ids.length} selected tasks` : `every ${scope}`,
     });
   const paused = info && info.options && info.options.paused;
+  const offered = Object.entries(ACTIONS).filter(([, spec]) => !status || spec.statuses.includes(status));
   return html`
     <section class="page">
       <nav class="crumbs" aria-label="Breadcrumb"><a href="#/">Queues</a> › <span>${name}</span></nav>
@@ -549,9 +567,10 @@ function QueuePage({ who, name, query }) {
       ${message && html`<p class="notice" role="status">${message}</p>`}
       <${Problem} error=${error} />
       ${canAct &&
+      offered.length > 0 &&
       html`<div class="toolbar" role="group" aria-label="Actions">
         <span class="muted">${selected.size ? `${selected.size} selected:` : `Every ${scope}:`}</span>
-        ${Object.entries(ACTIONS).map(
+        ${offered.map(
           ([action, spec]) => html`<button
             type="button"
             class=${action === "delete" ? "danger" : ""}
@@ -600,8 +619,8 @@ function QueuePage({ who, name, query }) {
                 <td><${Status} status=${task.status} /></td>
                 <td>${task.attempts}</td>
                 <td>${task.key ?? html`<span class="muted">–</span>`}</td>
-                <td>${task.worker ?? html`<span class="muted">–</span>`}</td>
-                <td class="error-text" title=${task.error || ""}>${task.error || ""}</td>
+                <td>${task.worker ? html`<${Earlier} when=${earlierWorker(task)}>${task.worker}<//>` : html`<span class="muted">–</span>`}</td>
+                <td class="error-text" title=${task.error || ""}><${Earlier} when=${earlierError(task)}>${task.error || ""}<//></td>
                 <td><${Time} iso=${task.updated_at} /></td>
               </tr>`,
             )}
@@ -758,7 +777,7 @@ function TaskPage({ who, queue, id }) {
           <div><dt>Priority</dt><dd>${task.priority}</dd></div>
           <div><dt>Attempts</dt><dd>${task.attempts}${task.max_attempts ? ` of ${task.max_attempts}` : ""}</dd></div>
           <div><dt>Key</dt><dd>${task.key ?? "–"}</dd></div>
-          <div><dt>Worker</dt><dd>${task.worker ?? "–"}</dd></div>
+          <div><dt>${earlierWorker(task) ? "Worker (earlier attempt)" : "Worker"}</dt><dd>${task.worker ?? "–"}</dd></div>
           <div><dt>Progress</dt><dd><${Progress} value=${task.progress} /></dd></div>
           <div><dt>Created</dt><dd><${Time} iso=${task.created_at} /></dd></div>
           <div><dt>Updated</dt><dd><${Time} iso=${task.updated_at} /></dd></div>
@@ -767,7 +786,7 @@ function TaskPage({ who, queue, id }) {
           ${task.schedule &&
           html`<div><dt>Schedule</dt><dd><a href="#/schedules">${task.schedule}</a>, tick <${Time} iso=${task.scheduled_for} /></dd></div>`}
         </dl>
-        <${Block} label="Error" value=${task.error} />
+        <${Block} label=${earlierError(task) ? "Error of an earlier attempt" : "Error"} value=${task.error} />
         <${Block} label="Data" value=${task.data} />
         <${Block} label="Result" value=${task.result} />
         ${task.after !== null &&

@@ -33,10 +33,8 @@ export function rate(value) {
  */
 export function Chart({ label, samples, span }) {
   const now = Date.now();
-  // The x axis covers what there is to show, from one minute up to `span`: a page that has
-  // just opened (and counts rates itself) does not squeeze its first seconds to one side.
-  const first = samples.length ? samples[0].at : now;
-  span = Math.min(span, Math.max(60, Math.ceil((now - first) / 60000) * 60));
+  // The x axis always covers the whole `span`, as its label says: the time before the first
+  // sample (a server or a page that has just started) is left blank rather than stretched.
   const start = now - span * 1000;
   const shown = samples.filter((s) => s.at >= start);
   const top = niceMax(Math.max(0, ...shown.flatMap((s) => SERIES.map((k) => s[k] || 0))));
