@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Final, NamedTuple, cast
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote, unquote
 
 from katar import ui
 from katar._version import __version__
@@ -47,6 +47,7 @@ from katar.http.openapi import (
 from katar.http.openapi import Answer as A
 from katar.http.openapi import Operation as Op
 from katar.http.responses import (
+    API_HEADERS,
     JSON_HEADERS,
     LEASE_HEADER,
     NO_CONTENT,
@@ -63,6 +64,7 @@ from katar.http.responses import (
     schedule_record,
     task_record,
 )
+from katar.http.sites import Hosts, cross_site
 from katar.limits import Limits as Limits
 from katar.logs import log_access
 from katar.protocol import (
@@ -100,6 +102,9 @@ Headers = list[tuple[bytes, bytes]]
 HangUp = Callable[[], "asyncio.Future[Any]"]
 #: Methods whose requests carry a body the app reads.
 BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+#: Methods whose routes change something: refused when a browser sends them from another
+#: site's page (katar.http.sites).
+WRITE_METHODS: Final = BODY_METHODS | {"DELETE"}
 
 
 class Request:
@@ -205,7 +210,12 @@ _STORELESS: Final = frozenset(
 )
 #: The route label of requests that match no route.
 UNROUTED: Final = "other"
-_ROUTES_REMEMBERED: Final = 4096  # paths whose route is remembered
+#: The route cache (App._route) remembers paths up to this long (the longest route with a
+#: queue name of the longest kind is about 300 characters)...
+_ROUTE_CACHED_PATH: Final = 512
+#: ...and up to this many bytes of them and their parameters, counted as _route_cost: what
+#: requests with random paths, authenticated or not, can make the server hold (about 1 MB).
+ROUTE_CACHE_BYTES: Final = 1024 * 1024
 
 
 class App:
@@ -220,7 +230,11 @@ class App:
         startup: Callable[[], Awaitable[None]] | None = None,
         shutdown: Callable[[], Awaitable[None]] | None = None,
         access_log: bool = False,
+        allowed_hosts: Iterable[str] | None = None,
     ) -> None:
+        """``allowed_hosts``: on a server without tokens, the Host names answered beside
+        loopback names and addresses (katar.http.sites.Hosts); None answers any Host (an app
+        called in-process, as tests do; ``katar serve`` always gives a list)."""
         self.engine = engine
         #: Log a line per answered request (katar.logs.log_access).
         self.access_log = access_log
@@ -232,6 +246,8 @@ class App:
         self._shutdown = shutdown or engine.close
         self.auth = Authenticator(tokens)
         self._guarded = self.auth.enabled
+        #: The Host names answered, on a server without tokens (None: any).
+        self.hosts = None if allowed_hosts is None or self._guarded else Hosts(allowed_hosts)
         self.long_polls = 0  # long polls held now (bounded by limits.max_long_polls)
         #: The throughput history (GET /v1/throughput), sampled while the app runs: started
         #: and stopped with its lifespan (katar serve: by the server, around serving).
@@ -734,6 +750,7 @@ class App:
         #: The OpenAPI document, as served at /openapi.json.
         self.openapi_json = encode(openapi.document(self.routes, self.limits))
         self._routed: dict[str, tuple[str, dict[str, Route] | None, tuple[str, ...]]] = {}
+        self._routed_bytes = 0  # the route cache's size, as _route_cost counts it
         #: Requests answered, by (method, route template, status): for /metrics.
         self.requests: dict[tuple[str, str, int], int] = {}
 
@@ -741,9 +758,15 @@ class App:
 
     def admit(self, method: str, path: str, headers: Headers) -> Admission:
         """Route a request and check its token, before its body is read: a refused request's
-        body is never buffered."""
+        body is never buffered. ``path`` is the target's path as sent, %-escapes and all:
+        it is split into segments before they are decoded, so that an escaped "/" ("%2F")
+        is part of a queue's name, not a separator."""
         started = time.perf_counter() if self.access_log else None
         template, methods, params = self._route(path)
+        if self.hosts is not None or method in WRITE_METHODS:
+            refusal = self._refuse_site(method, headers)
+            if refusal is not None:
+                return Admission(template, None, params, None, refusal, started)
         if methods is None:
             error = {"error": f"no route for {path}; see /docs"}
             return Admission(template, None, params, None, json_response(error, 404), started)
@@ -766,6 +789,41 @@ class App:
                 refusal = error_response(exc)
                 return Admission(template, None, params, None, refusal, started)
         return Admission(template, handler, params, token, None, started, headers)
+
+    def _refuse_site(self, method: str, headers: Headers) -> Response | None:
+        """The answer that refuses a request from a site this server does not serve
+        (katar.http.sites): on a server without tokens, a Host it does not answer (DNS
+        rebinding); on any server, a browser's request from another site's page to a route
+        that changes something."""
+        host = origin = fetch_site = None
+        for name, value in headers:
+            if name == b"host":
+                host = value
+            elif name == b"origin":
+                origin = value
+            elif name == b"sec-fetch-site":
+                fetch_site = value
+        if self.hosts is not None and not self.hosts.allows(host):
+            shown = (host or b"").decode("latin-1")[:100]
+            return error_response(
+                Forbidden(
+                    f"this server has no tokens and answers only its own host names; "
+                    f"{shown!r} is not one of them. Add it to [server] allowed_hosts "
+                    "(--allowed-host), or configure tokens",
+                    host=shown,
+                )
+            )
+        if method in WRITE_METHODS and cross_site(fetch_site, origin, host):
+            shown = (origin or b"").decode("latin-1")[:100]
+            return error_response(
+                Forbidden(
+                    "a page of another site may not change anything on this server (the "
+                    f"request's Origin is {shown!r}); send it from this server's own pages, "
+                    "or from a program that is not a browser",
+                    origin=shown,
+                )
+            )
+        return None
 
     async def respond(
         self,
@@ -833,7 +891,8 @@ class App:
         kind = scope["type"]
         if kind == "http":
             method = scope["method"]
-            admission = self.admit(method, scope["path"], scope["headers"])
+            path = _raw_path(scope)
+            admission = self.admit(method, path, scope["headers"])
             hang_up = _AsgiHangUp(receive)
             body = b""
             try:
@@ -841,7 +900,7 @@ class App:
                     body = await self._read_body(scope, receive)
                 response = await self.respond(
                     method,
-                    scope["path"],
+                    path,
                     admission,
                     scope.get("query_string", b""),
                     body,
@@ -885,19 +944,29 @@ class App:
 
     def _route(self, path: str) -> tuple[str, dict[str, Route] | None, tuple[str, ...]]:
         # Workers poll the same few paths over and over: remember the answers, within a
-        # bound, so that random paths cannot grow the cache without limit.
+        # bound in bytes, so that random paths cannot make the server hold more.
         known = self._routed.get(path)
         if known is None:
             known = self._match(path)
-            if len(self._routed) >= _ROUTES_REMEMBERED:
-                self._routed.clear()
-            self._routed[path] = known
+            if len(path) <= _ROUTE_CACHED_PATH:
+                cost = _route_cost(path, known[2])
+                if self._routed_bytes + cost > ROUTE_CACHE_BYTES:
+                    self._routed.clear()
+                    self._routed_bytes = 0
+                self._routed[path] = known
+                self._routed_bytes += cost
         return known
+
+    def route_cache_bytes(self) -> int:
+        """The bytes the route cache holds, as _route_cost counts them."""
+        return self._routed_bytes
 
     def _match(self, path: str) -> tuple[str, dict[str, Route] | None, tuple[str, ...]]:
         parts = path.split("/")[1:]
         if parts and parts[-1] == "":
             parts.pop()  # a trailing slash names the same resource
+        if "%" in path:  # decoded once split: "%2F" is a character of a segment
+            parts = [unquote(part) for part in parts]
         for template, shape, methods in self._by_length.get(len(parts), ()):
             if all(s is None or s == p for s, p in zip(shape, parts, strict=True)):
                 params = tuple(p for s, p in zip(shape, parts, strict=True) if s is None)
@@ -976,7 +1045,7 @@ class App:
         return Response(200, self.openapi_json)
 
     async def docs(self, request: Request) -> Response:
-        return Response(200, _DOCS_PAGE, [(b"content-type", b"text/html; charset=utf-8")])
+        return Response(200, *_DOCS_PAGE)
 
     async def ui_page(self, request: Request) -> Response:
         return self._ui(ui.INDEX, request)
@@ -1013,7 +1082,7 @@ class App:
             await engine.oldest_queued(),
             engine.clock.now_ms(),
         )
-        return Response(200, text, [(b"content-type", metrics.CONTENT_TYPE)])
+        return Response(200, text, [(b"content-type", metrics.CONTENT_TYPE), *API_HEADERS])
 
     async def get_throughput(self, request: Request) -> Response:
         seconds = parse.parse_number(
@@ -1255,6 +1324,23 @@ class App:
 
 
 _DOCS_PAGE: Final = openapi.page()
+
+
+def _raw_path(scope: Scope) -> str:
+    """An ASGI request's path as sent, %-escapes and all (App.admit splits it before it
+    decodes it); from its decoded path, escaped again, when the server gives no raw one."""
+    raw = scope.get("raw_path")
+    if raw:
+        return bytes(raw).partition(b"?")[0].decode("latin-1")
+    return quote(scope["path"], safe="/:@!$&'()*+,;=-._~")
+
+
+def _route_cost(path: str, params: tuple[str, ...]) -> int:
+    """What one entry of the route cache holds, in bytes, about: its path, its parameters
+    (their characters, at most 4 bytes each), and the objects around them."""
+    return 4 * (len(path) + sum(len(p) for p in params)) + 64 * len(params) + 300
+
+
 _IDEMPOTENCY_KEY: Final = IDEMPOTENCY_KEY_HEADER.encode()
 
 

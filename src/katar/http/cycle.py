@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 from typing import Final
-from urllib.parse import unquote
 
 import httptools
 
@@ -21,9 +20,19 @@ from katar.http.app import (
     App,
     check_declared_length,
 )
+from katar.http.responses import Response
 
 #: Bytes of a request's line and headers; beyond, 431 (llhttp itself sets no bound).
 MAX_HEAD: Final = 64 * 1024
+
+
+class Refused(Exception):
+    """Raised from a parser callback: answer the request with ``response`` and close the
+    connection (the rest of the request is not read)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status)
+        self.response = response
 
 
 class Stage(enum.Enum):
@@ -103,11 +112,9 @@ class Cycle:
             return
         try:
             url = httptools.parse_url(self.url)
-            path = url.path.decode("ascii")
+            path = url.path.decode("ascii")  # escaped: the app decodes each segment
         except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
             raise InvalidRequest("the request's target is not a valid URL path") from None
-        if "%" in path:
-            path = unquote(path)
         self.path = path
         self.query = url.query or b""
         self.admission = admission = app.admit(method, path, self.headers)

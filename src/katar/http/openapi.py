@@ -10,7 +10,9 @@ that come from the server's limits.
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -378,8 +380,27 @@ def _operation(
     return shown
 
 
-def page() -> bytes:
+def page() -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """A self-contained page (no scripts from elsewhere: Katar often runs without Internet
     access) that fetches /openapi.json and lays out every route, its parameters, bodies and
-    answers."""
-    return resources.files("katar.http").joinpath("docs.html").read_bytes()
+    answers; and its headers. Its script and style are inline: the Content-Security-Policy
+    allows those two by their hashes, and nothing else (as the dashboard's does, katar.ui)."""
+    body = resources.files("katar.http").joinpath("docs.html").read_bytes()
+    hashes = {
+        tag: b"'sha256-%s'" % base64.b64encode(hashlib.sha256(inline).digest())
+        for tag in (b"script", b"style")
+        for inline in [body.split(b"<%s>" % tag, 1)[1].split(b"</%s>" % tag, 1)[0]]
+    }
+    policy = (
+        b"default-src 'none'; connect-src 'self'; script-src %s; style-src %s; "
+        b"img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        % (hashes[b"script"], hashes[b"style"])
+    )
+    headers = [
+        (b"content-type", b"text/html; charset=utf-8"),
+        (b"cache-control", b"no-cache"),
+        (b"content-security-policy", policy),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+    ]
+    return body, headers

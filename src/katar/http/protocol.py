@@ -35,7 +35,7 @@ from uvicorn.server import ServerState
 from katar.errors import HeadTooLarge, InvalidRequest, KatarError, RequestTimeout
 from katar.http.app import App, body_too_large
 from katar.http.cycle import BODY as STAGE_BODY
-from katar.http.cycle import MAX_HEAD, UPGRADE, Cycle
+from katar.http.cycle import MAX_HEAD, UPGRADE, Cycle, Refused
 from katar.http.responses import JSON_HEADERS, Response, error_response
 
 __all__ = ["MAX_HEAD", "HttpProtocol", "Phase", "sweep"]
@@ -227,6 +227,8 @@ class HttpProtocol(asyncio.Protocol):
                 cause = exc.__context__  # what a callback raised
                 if isinstance(cause, KatarError):
                     self._end(cause)
+                elif isinstance(cause, Refused):
+                    self._end(cause.response)
                 elif isinstance(exc, httptools.HttpParserCallbackError) and cause is not None:
                     log.error("internal error reading a request", exc_info=cause)
                     self._end(KatarError("internal server error; see the server's log"))
@@ -332,9 +334,16 @@ class HttpProtocol(asyncio.Protocol):
         cycle.admit(method, parser.should_upgrade(), self.app, self.limit)
         if cycle.stage is UPGRADE:
             return  # see _feed: the request is parsed again
-        if cycle.expect_continue and self.answering is None and not self.pending:
-            assert self.transport is not None
-            self.transport.write(_CONTINUE)
+        if cycle.expect_continue:
+            refusal = cycle.admission.refusal if cycle.admission is not None else None
+            if refusal is not None:
+                # Refused (its route, its token): the body it holds back is never invited.
+                # Answered now, and the connection closed, since whether the client sends
+                # the body anyway cannot be known (RFC 9110, 10.1.1).
+                raise Refused(refusal)
+            if self.answering is None and not self.pending:
+                assert self.transport is not None
+                self.transport.write(_CONTINUE)
         self._to(BODY)
 
     def on_body(self, body: bytes) -> None:
