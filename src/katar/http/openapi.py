@@ -139,8 +139,11 @@ LIST_PARAMS: Final = (
     {
         "name": "status",
         "in": "query",
-        "description": "One or more statuses, separated by commas.",
-        "schema": {"type": "string", "pattern": f"^({_ANY_STATUS})(,({_ANY_STATUS}))*$"},
+        "description": "One or more statuses, separated by commas; empty or absent: any.",
+        "schema": {
+            "type": "string",
+            "pattern": f"^( *({_ANY_STATUS}) *(, *({_ANY_STATUS}) *)*)?$",
+        },
     },
     *PAGE_PARAMS,
 )
