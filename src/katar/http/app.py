@@ -11,9 +11,10 @@ no queue rules here: handlers parse, call the engine, and shape the answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, Final, NamedTuple, cast
 from urllib.parse import parse_qsl, quote, unquote
 
@@ -249,6 +250,8 @@ class App:
         #: The Host names answered, on a server without tokens (None: any).
         self.hosts = None if allowed_hosts is None or self._guarded else Hosts(allowed_hosts)
         self.long_polls = 0  # long polls held now (bounded by limits.max_long_polls)
+        self._long_polls_of_queue: dict[str, int] = {}  # those of each queue, and token
+        self._long_polls_of_token: dict[bytes, int] = {}
         #: The throughput history (GET /v1/throughput), sampled while the app runs: started
         #: and stopped with its lifespan (katar serve: by the server, around serving).
         self.throughput = throughput.Sampler(engine.counters, time.time)
@@ -1011,23 +1014,56 @@ class App:
             if cancel:
                 return Response(200, deliveries(tasks, cancel))
             return Response(200, deliveries(tasks)) if tasks else NO_CONTENT
-        if self.long_polls >= self.limits.max_long_polls:
-            raise TooManyRequests(
-                f"this server holds its limit of {self.limits.max_long_polls} long polls; "
-                "retry in a moment (the operator can raise [limits] max_long_polls)"
-            )
-        self.long_polls += 1
-        try:
+        with self._long_poll(request):
             tasks = await self.engine.poll(
                 request.queue, acks, limit, wait, worker, request.hang_up(), cancel
             )
-        finally:
-            self.long_polls -= 1
         if cancel:
             return Response(200, deliveries(tasks, cancel))
         if not tasks:
             return NO_CONTENT
         return Response(200, deliveries(tasks))
+
+    @contextlib.contextmanager
+    def _long_poll(self, request: Request) -> Iterator[None]:
+        """Hold one of the server's long polls (a poll's or an outcome's wait) for the
+        request's queue and token while the block runs; TooManyRequests when the server, the
+        queue or the token holds its share (Limits.max_long_polls, _per_queue, _per_token)."""
+        limits = self.limits
+        queue, token = request.queue, request.token
+        key = None if token is None else token.sha256
+        by_queue, by_token = self._long_polls_of_queue, self._long_polls_of_token
+        for held, limit, whose, setting in (
+            (self.long_polls, limits.max_long_polls, "this server", "max_long_polls"),
+            (
+                by_queue.get(queue, 0),
+                limits.max_long_polls_per_queue,
+                f"the queue {queue!r}",
+                "max_long_polls_per_queue",
+            ),
+            (
+                0 if key is None else by_token.get(key, 0),
+                limits.max_long_polls_per_token,
+                "this token",
+                "max_long_polls_per_token",
+            ),
+        ):
+            if held >= limit:
+                raise TooManyRequests(
+                    f"{whose} holds its limit of {limit} long polls; retry in a moment (the "
+                    f"operator can raise [limits] {setting})"
+                )
+        self.long_polls += 1
+        by_queue[queue] = by_queue.get(queue, 0) + 1
+        if key is not None:
+            by_token[key] = by_token.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            self.long_polls -= 1
+            _release(by_queue, queue)
+            if key is not None:
+                _release(by_token, key)
 
     # -- producer and operator routes ----------------------------------------------------------
 
@@ -1305,7 +1341,11 @@ class App:
 
     async def get_task(self, request: Request) -> Response:
         wait = parse.parse_number(request.query().get("wait"), "wait", 0, 0, self.limits.max_wait)
-        task = await self.engine.get_task(request.queue, request.task_id, wait)
+        if wait <= 0:
+            task = await self.engine.get_task(request.queue, request.task_id)
+        else:
+            with self._long_poll(request):
+                task = await self.engine.get_task(request.queue, request.task_id, wait)
         return json_response(task_record(task))
 
     async def patch_task(self, request: Request) -> Response:
@@ -1324,6 +1364,15 @@ class App:
 
 
 _DOCS_PAGE: Final = openapi.page()
+
+
+def _release(held: dict[Any, int], key: Any) -> None:
+    """One of ``key``'s long polls is over; a key with none is forgotten."""
+    count = held[key] - 1
+    if count:
+        held[key] = count
+    else:
+        del held[key]
 
 
 def _raw_path(scope: Scope) -> str:
