@@ -405,6 +405,12 @@ def apply_ack(
     of a delivery leased to another named worker (ownership); an anonymous poll, as the
     original protocol sends it, may ack any delivery, and a named one any delivery leased
     without a name.
+
+    The stores call this for the acked queue's own tasks only. An ack naming an id that was
+    issued but is not a task of this queue (finished and gone, or another queue's, in any
+    state) is ignored, the same way whatever that task is: so that acks stay idempotent on
+    queues without history, and a worker's answers tell it nothing of other queues' tasks.
+    An id never issued is a 404.
     """
     if ack.attempt is not None and not 1 <= ack.attempt <= task.attempts:
         raise Conflict(

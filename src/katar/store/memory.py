@@ -397,14 +397,15 @@ class MemoryStore(Store):
         return len(expired)
 
     def _find(self, queue: str, raw_id: str | int, index: int | None = None) -> Task | None:
-        """The task an ack or request names; None when it existed once and is gone."""
+        """The task an ack or request names; None when it existed once and is gone, or is
+        another queue's (see rules.apply_ack)."""
         task_id = parse_task_id(raw_id)
         extra = {} if index is None else {"ack": index}
         if task_id is None or task_id > self._last_id:
             raise TaskNotFound.named(raw_id, queue, **extra)
         task = self._tasks.get(task_id)
         if task is not None and task.queue != queue:
-            raise TaskNotFound.named(raw_id, queue, **extra)
+            return None
         return task
 
     async def poll(

@@ -1096,7 +1096,7 @@ class PostgresStore(PostgresGroups, Store):
                         continue  # finished and gone: a queue without history
                     raise TaskNotFound.named(ack.task_id, queue, ack=index)
                 if row[1] != queue_id:
-                    raise TaskNotFound.named(ack.task_id, queue, ack=index)
+                    continue  # another queue's: ignored, as a gone one (rules.apply_ack)
                 task = task_from_row(row, queue)
                 try:
                     new = rules.apply_ack(task, ack, options, now, worker)

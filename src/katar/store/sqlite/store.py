@@ -436,8 +436,8 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
             if row is None:
                 return None  # it existed and is gone: finished in a queue without history
             task = self._task(row)
-            if task.queue == queue:
-                return task
+            # Another queue's task is ignored as a gone one is (see rules.apply_ack).
+            return task if task.queue == queue else None
         raise TaskNotFound.named(raw_id, queue, ack=index)
 
     async def poll(
