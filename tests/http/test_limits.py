@@ -9,10 +9,10 @@ import httpx
 import pytest
 
 from katar import Katar, QueueOptions
+from katar.core import engine as engine_module
 from katar.core.model import TaskFilter, states_of
 from katar.errors import ConfigError
 from katar.http import App, Limits
-from katar.core import engine as engine_module
 from katar.http.auth import Role, Token, digest
 from tests.http.conftest import app_client, opened
 

@@ -184,9 +184,7 @@ async def test_ack_and_claim_happen_in_one_call(store: Store) -> None:
 
 async def test_an_ack_for_an_unknown_task_is_not_found(store: Store) -> None:
     await setup(store)
-    await setup(store, name="other")
     await store.enqueue("q", [new(1)], T0)
-    (foreign,) = await store.enqueue("other", [new(2)], T0)
     (mine,) = await claim(store)
     for bad in ("999999", "abc", "-1", "0"):
         acks = [ack(mine, "in progress"), Ack(task_id=bad, status="done")]
