@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, quote, unquote
 
 from katar import ui
 from katar._version import __version__
+from katar.core import rules
 from katar.core.engine import Engine, check_queue_name
 from katar.core.model import QueueOptions, State, Task, parse_queue_options, parse_task_id
 from katar.core.schedule import Schedule, ScheduleSpec, parse_schedule
@@ -1011,6 +1012,8 @@ class App:
             cancel = []
         if wait <= 0:
             tasks = await self.engine.poll(request.queue, acks, limit, wait, worker, None, cancel)
+            if request.token is not None and not request.token.all_queues:
+                tasks = [shown(task, request.token) for task in tasks]
             if cancel:
                 return Response(200, deliveries(tasks, cancel))
             return Response(200, deliveries(tasks)) if tasks else NO_CONTENT
@@ -1018,6 +1021,8 @@ class App:
             tasks = await self.engine.poll(
                 request.queue, acks, limit, wait, worker, request.hang_up(), cancel
             )
+        if request.token is not None and not request.token.all_queues:
+            tasks = [shown(task, request.token) for task in tasks]
         if cancel:
             return Response(200, deliveries(tasks, cancel))
         if not tasks:
@@ -1262,7 +1267,8 @@ class App:
         created = await self.engine.enqueue(request.queue, new, key, may_use)
         # 200 when every task was a duplicate (a unique_key already held): nothing created.
         status = 200 if all(task.duplicate for task in created) else 201
-        return json_response({"tasks": [task_record(task) for task in created]}, status)
+        records = [task_record(shown(task, token)) for task in created]
+        return json_response({"tasks": records}, status)
 
     async def bulk(self, request: Request) -> Response:
         self.engine.options(request.queue)  # an unknown queue is a 404 before a bad body
@@ -1282,7 +1288,7 @@ class App:
                 request.queue, where, batch, after, newest_first=order == "desc"
             )
 
-        return await self._page(query, read)
+        return await self._page(query, read, request.token)
 
     async def children(self, request: Request) -> Response:
         return await self._linked(request, parents=False)
@@ -1299,14 +1305,18 @@ class App:
         def read(batch: int, after: int) -> Awaitable[list[Task]]:
             return self.engine.linked(queue, task_id, batch, after, may_use, parents)
 
-        return await self._page(query, read)
+        return await self._page(query, read, token)
 
     async def _page(
-        self, query: Mapping[str, str], read: Callable[[int, int], Awaitable[list[Task]]]
+        self,
+        query: Mapping[str, str],
+        read: Callable[[int, int], Awaitable[list[Task]]],
+        token: Token | None,
     ) -> Response:
         """A page of a list of tasks (katar.protocol.Tasks): up to the query's ``limit``
         records from its cursor ``after``, and the next page's cursor; ``read(n, after)``
-        reads the next ``n`` tasks of the list from the cursor."""
+        reads the next ``n`` tasks of the list from the cursor. Each as ``token`` may see
+        it (:func:`shown`)."""
         limit = int(parse.parse_number(query.get("limit"), "limit", 100, 1, self.limits.max_list))
         after = int(parse.parse_number(query.get("after"), "after", 0, 0, 2**62))
         # The page ends early if its records would be over max_answer_bytes; and it is read
@@ -1321,7 +1331,7 @@ class App:
             batch = min(limit - len(records), max(1, (budget - size) // task_bytes))
             tasks = await read(batch, after)
             for task in tasks:
-                record = encode(task_record(task))
+                record = encode(task_record(shown(task, token)))
                 if records and size + len(record) + 1 > budget:
                     cursor = after  # the page is full: the next one starts after the last
                     break
@@ -1346,12 +1356,13 @@ class App:
         else:
             with self._long_poll(request):
                 task = await self.engine.get_task(request.queue, request.task_id, wait)
-        return json_response(task_record(task))
+        return json_response(task_record(shown(task, request.token)))
 
     async def patch_task(self, request: Request) -> Response:
         self.engine.options(request.queue)
         status = parse.parse_patch(request.body)
         task = await self.engine.set_status(request.queue, request.task_id, status)
+        task = shown(task, request.token)
         if status == "cancelled" and task.state is State.RUNNING and task.cancel_requested:
             # Accepted, not done: the task is cancelled when its worker hears of it.
             return json_response(task_record(task), 202)
@@ -1364,6 +1375,17 @@ class App:
 
 
 _DOCS_PAGE: Final = openapi.page()
+
+
+def shown(task: Task, token: Token | None) -> Task:
+    """The task as the holder of ``token`` may read it: without the ids and results of its
+    parents of queues the token may not use (rules.without_parents). A task's record and its
+    delivery show nothing of another scope's tasks, though a token that may use both queues
+    made it wait for them."""
+    if token is None or not task.foreign or token.all_queues:
+        return task
+    hidden = {parent for parent, queue in task.foreign if not token.may_use(queue)}
+    return rules.without_parents(task, hidden) if hidden else task
 
 
 def _release(held: dict[Any, int], key: Any) -> None:

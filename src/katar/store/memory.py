@@ -72,6 +72,8 @@ class MemoryStore(Store):
         # (done, result); per parent, the children still waiting for it to end, and every
         # child that named it, by id (ids only grow: appended in order, paged by bisection).
         self._edges: dict[int, dict[int, tuple[bool, bytes | None]]] = {}
+        #: Per child: its parents of other queues, with their queues (Task.foreign).
+        self._foreign: dict[int, tuple[tuple[int, str], ...]] = {}
         self._children: dict[int, dict[int, None]] = {}
         self._named_by: dict[int, list[int]] = {}
 
@@ -229,6 +231,7 @@ class MemoryStore(Store):
         linked to it were settled when it ended or was deleted)."""
         self._children.pop(task.id, None)
         self._named_by.pop(task.id, None)
+        self._foreign.pop(task.id, None)
         for parent_id in self._edges.pop(task.id, ()):
             waiting = self._children.get(parent_id)
             if waiting is not None:
@@ -291,6 +294,7 @@ class MemoryStore(Store):
             task,
             waiting_for=tuple(p for p, (done, _r) in edges.items() if not done),
             after=rules.after_json([(p, r) for p, (done, r) in edges.items() if done]),
+            foreign=self._foreign.get(task.id, ()),
         )
 
     def _link(self, task: Task, parents: Sequence[Task]) -> Task:
@@ -305,6 +309,9 @@ class MemoryStore(Store):
                 edges[parent.id] = (False, None)
                 self._children.setdefault(parent.id, {})[task.id] = None
         self._edges[task.id] = edges
+        foreign = tuple((p.id, p.queue) for p in parents if p.queue != task.queue)
+        if foreign:
+            self._foreign[task.id] = foreign
         return task
 
     async def linked(

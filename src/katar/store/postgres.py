@@ -70,7 +70,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("katar")
 
-SCHEMA_VERSION: Final = 10
+SCHEMA_VERSION: Final = 11
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -228,6 +228,10 @@ CREATE INDEX IF NOT EXISTS tasks_waiting ON {s}.tasks (queue_id, id) WHERE state
 -- version 9, which held only the edges still waiting.
 CREATE INDEX IF NOT EXISTS deps_children ON {s}.deps (parent_id, child_id);
 DROP INDEX IF EXISTS {s}.deps_parent;
+""",
+    # An edge's parent queue, when it is not the child's (Task.foreign).
+    11: """
+ALTER TABLE {s}.deps ADD COLUMN IF NOT EXISTS parent_queue text;
 """,
 }
 
@@ -863,7 +867,7 @@ class PostgresStore(PostgresGroups, Store):
         if fresh:
             cursor = await conn.execute(sql["next_ids"], (fresh,))
             free = sorted(row[0] for row in await cursor.fetchall())
-        edges: list[tuple[int, int, bool, bytes | None]] = []
+        edges: list[tuple[int, int, bool, bytes | None, str | None]] = []
         made: list[Task] = []  # each answered task, as far as this batch knows it
         for spec in tasks:
             key = spec.unique_key
@@ -886,7 +890,7 @@ class PostgresStore(PostgresGroups, Store):
                     for ref in spec.refs:  # new in this request, or a unique_key's holder
                         earlier = made[ref]
                         result = None if earlier.result is None else bytes(earlier.result)
-                        mine[earlier.id] = (earlier.state, result)
+                        mine[earlier.id] = (earlier.state, result, earlier.queue)
                     draft, mine_edges = self._depend(draft, mine)
                     edges += [(draft.id, *edge) for edge in mine_edges]
                     draft = view(draft, mine_edges)

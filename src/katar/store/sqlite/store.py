@@ -43,7 +43,7 @@ from katar.store._rows import (
     where_sql,
 )
 from katar.store.sqlite.batch import _RUNNING_KEYS, Batches, _Poll
-from katar.store.sqlite.deps import Dependencies
+from katar.store.sqlite.deps import Dependencies, Edge
 from katar.store.sqlite.schema import _AT_REST, SCHEMA_VERSION
 from katar.store.sqlite.writer import _ROOM, GroupCommit
 
@@ -305,7 +305,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
         created: list[Task] = []
         taken: dict[str, Task] = {}  # the keys this batch takes
         parents = self._parents(conn, tasks)
-        edges: list[tuple[int, int, int, bytes | None]] = []
+        edges: list[Edge] = []
         wanted = {spec.unique_key for spec in tasks if spec.unique_key is not None}
         holders: dict[str | None, Task] = {}
         if wanted:
