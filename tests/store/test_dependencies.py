@@ -407,7 +407,6 @@ async def test_a_task_knows_its_parents_of_other_queues_even_gone(store: Store) 
     (listed,) = [t for t in await store.list_tasks("q", EVERY_TASK, 10, 0) if t.id == kid.id]
     assert listed.foreign == got.foreign
     # A task of the same request ("$0") and one of its own queue are not foreign.
-    (first, second) = await store.enqueue("q", [new(1), child(2, own.id, refs=[0])], T0)
+    _first, second = await store.enqueue("q", [new(1), child(2, own.id, refs=[0])], T0)
     assert second.foreign == ()
     assert (await stored(store, second)).foreign == ()
-    del first
