@@ -185,6 +185,11 @@ def test_the_host_and_origin_rules() -> None:
     hosts = Hosts([])
     assert hosts.allows(None)  # HTTP/1.0 without Host: no browser
     assert not hosts.allows(b"")
+    for n in range(1000):  # what it remembers is bounded, however many hosts it answers
+        assert hosts.allows(b"127.0.0.%d:%s" % (n % 250, b"1" * (n % 500)))
+        assert not hosts.allows(b"evil%d.example" % n)
+    assert len(hosts._known) <= 64
+    assert all(len(header) <= 300 for header in hosts._known)
     assert Hosts(["*"]).allows(b"anything.example")
     assert not cross_site(None, None, b"localhost:3000")
     assert not cross_site(None, b"http://localhost:3000", b"localhost:3000")

@@ -24,9 +24,10 @@ from typing import Final
 #: Host names a server without tokens always answers: loopback names. (Addresses, such as
 #: 127.0.0.1 or [::1], are always answered: a page cannot rebind an address.)
 LOOPBACK_NAMES: Final = ("localhost", ".localhost")
-#: Allowed Host values remembered, so that a request costs one lookup; refused ones are not
-#: remembered (a client could send any number of them).
+#: Allowed Host values remembered, so that a request costs one lookup: this many, of up to
+#: _REMEMBERED_BYTES each; refused ones are not remembered (a client could send any number).
 _REMEMBERED: Final = 64
+_REMEMBERED_BYTES: Final = 300
 #: What a browser's ``Sec-Fetch-Site`` says of a request from this server's own pages, or
 #: typed by the user (a bookmark, the address bar).
 _OWN_SITE: Final = frozenset({b"same-origin", b"none"})
@@ -91,7 +92,7 @@ class Hosts:
             or any(name.endswith(d) or name == d[1:] for d in self.domains)
             or _is_address(name)
         )
-        if allowed and len(self._known) < _REMEMBERED:
+        if allowed and len(self._known) < _REMEMBERED and len(header) <= _REMEMBERED_BYTES:
             self._known[header] = True
         return allowed
 
