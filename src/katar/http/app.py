@@ -66,7 +66,7 @@ from katar.http.responses import (
     schedule_record,
     task_record,
 )
-from katar.http.sites import Hosts, cross_site
+from katar.http.sites import Hosts, SiteHeaders, cross_site, site_headers
 from katar.limits import Limits as Limits
 from katar.logs import log_access
 from katar.protocol import (
@@ -760,15 +760,18 @@ class App:
 
     # -- entries ---------------------------------------------------------------------------
 
-    def admit(self, method: str, path: str, headers: Headers) -> Admission:
+    def admit(
+        self, method: str, path: str, headers: Headers, site: SiteHeaders | None = None
+    ) -> Admission:
         """Route a request and check its token, before its body is read: a refused request's
         body is never buffered. ``path`` is the target's path as sent, %-escapes and all:
         it is split into segments before they are decoded, so that an escaped "/" ("%2F")
-        is part of a queue's name, not a separator."""
+        is part of a queue's name, not a separator. ``site``: its Host, Origin and
+        Sec-Fetch-Site headers, when the caller has them at hand (else they are looked up)."""
         started = time.perf_counter() if self.access_log else None
         template, methods, params = self._route(path)
         if self.hosts is not None or method in WRITE_METHODS:
-            refusal = self._refuse_site(method, headers)
+            refusal = self._refuse_site(method, site or site_headers(headers))
             if refusal is not None:
                 return Admission(template, None, params, None, refusal, started)
         if methods is None:
@@ -794,19 +797,12 @@ class App:
                 return Admission(template, None, params, None, refusal, started)
         return Admission(template, handler, params, token, None, started, headers)
 
-    def _refuse_site(self, method: str, headers: Headers) -> Response | None:
+    def _refuse_site(self, method: str, site: SiteHeaders) -> Response | None:
         """The answer that refuses a request from a site this server does not serve
         (katar.http.sites): on a server without tokens, a Host it does not answer (DNS
         rebinding); on any server, a browser's request from another site's page to a route
         that changes something."""
-        host = origin = fetch_site = None
-        for name, value in headers:
-            if name == b"host":
-                host = value
-            elif name == b"origin":
-                origin = value
-            elif name == b"sec-fetch-site":
-                fetch_site = value
+        host, origin, fetch_site = site
         if self.hosts is not None and not self.hosts.allows(host):
             shown = (host or b"").decode("latin-1")[:100]
             return error_response(

@@ -78,6 +78,7 @@ class Cycle:
         "method",
         "path",
         "query",
+        "site",
         "size",
         "stage",
         "url",
@@ -89,6 +90,9 @@ class Cycle:
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_size = 0
         self.expect_continue = False
+        #: Its headers that say which site sent it (katar.http.sites.SITE_HEADERS), noted
+        #: as they are parsed: the app need not look for them in all of them.
+        self.site: dict[bytes, bytes] = {}
         self.method = ""
         self.path = ""
         self.query = b""
@@ -117,7 +121,8 @@ class Cycle:
             raise InvalidRequest("the request's target is not a valid URL path") from None
         self.path = path
         self.query = url.query or b""
-        self.admission = admission = app.admit(method, path, self.headers)
+        site = (self.site.get(b"host"), self.site.get(b"origin"), self.site.get(b"sec-fetch-site"))
+        self.admission = admission = app.admit(method, path, self.headers, site)
         self.stage = BODY
         self.keep_body = admission.refusal is None and method in BODY_METHODS
         if self.keep_body:

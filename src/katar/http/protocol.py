@@ -37,6 +37,7 @@ from katar.http.app import App, body_too_large
 from katar.http.cycle import BODY as STAGE_BODY
 from katar.http.cycle import MAX_HEAD, UPGRADE, Cycle, Refused
 from katar.http.responses import JSON_HEADERS, Response, error_response
+from katar.http.sites import SITE_HEADERS
 
 __all__ = ["MAX_HEAD", "HttpProtocol", "Phase", "sweep"]
 
@@ -319,6 +320,8 @@ class HttpProtocol(asyncio.Protocol):
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             cycle.expect_continue = True
+        elif name in SITE_HEADERS:
+            cycle.site[name] = value
         elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":
             # llhttp takes any list ending in chunked as chunked, but Katar decodes no
             # content coding (gzip...): such a body would reach the app still encoded.

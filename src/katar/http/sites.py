@@ -97,6 +97,21 @@ class Hosts:
         return allowed
 
 
+#: A request's Host, Origin and Sec-Fetch-Site headers (None: not sent).
+SiteHeaders = tuple[bytes | None, bytes | None, bytes | None]
+#: Their names, as the HTTP layer gives header names (in lower case).
+SITE_HEADERS: Final = frozenset({b"host", b"origin", b"sec-fetch-site"})
+_NONE: Final[SiteHeaders] = (None, None, None)
+
+
+def site_headers(headers: Iterable[tuple[bytes, bytes]]) -> SiteHeaders:
+    """A request's Host, Origin and Sec-Fetch-Site headers, from all of them."""
+    found = {name: value for name, value in headers if name in SITE_HEADERS}
+    if not found:
+        return _NONE
+    return found.get(b"host"), found.get(b"origin"), found.get(b"sec-fetch-site")
+
+
 def cross_site(fetch_site: bytes | None, origin: bytes | None, host: bytes | None) -> bool:
     """Whether a browser sent this request from another site's page: its ``Sec-Fetch-Site``
     says so (same-site counts: another port of the same machine is another origin), or,
