@@ -36,7 +36,7 @@ from katar.errors import HeadTooLarge, InvalidRequest, KatarError, RequestTimeou
 from katar.http.app import App, body_too_large
 from katar.http.cycle import BODY as STAGE_BODY
 from katar.http.cycle import MAX_HEAD, UPGRADE, Cycle, Refused
-from katar.http.responses import JSON_HEADERS, Response, error_response
+from katar.http.responses import API_HEADERS, JSON_HEADERS, Response, error_response
 from katar.http.sites import SITE_HEADERS
 
 __all__ = ["MAX_HEAD", "HttpProtocol", "Phase", "sweep"]
@@ -48,6 +48,7 @@ _STATUS_LINES: Final = {
     for status in http.HTTPStatus
 }
 _JSON_HEAD: Final = b"".join(name + b": " + value + b"\r\n" for name, value in JSON_HEADERS)
+_API_HEAD: Final = b"".join(name + b": " + value + b"\r\n" for name, value in API_HEADERS)
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: Complete requests a connection may hold behind the one being answered; beyond, it stops
 #: parsing and reading until the queue shortens.
@@ -63,6 +64,8 @@ def _head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
     line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
     if headers is JSON_HEADERS:
         return line + _JSON_HEAD
+    if headers is API_HEADERS:  # a 204: an idle poll's answer
+        return line + _API_HEAD
     return line + b"".join(name + b": " + value + b"\r\n" for name, value in headers)
 
 
