@@ -173,6 +173,10 @@ _DENIED: Final = {
     401: "No token, or one this server does not know (only when tokens are set).",
     403: "The token's role or queues do not allow this.",
 }
+#: What refuses any request on a server without tokens, and a write from a browser's page of
+#: another site on any server (docs/protocol.md, "Browsers and host names").
+_OTHER_HOST: Final = "Without tokens: a Host this server does not answer."
+_OTHER_SITE: Final = f"{_OTHER_HOST} A browser's request from another site's page."
 _SLOW: Final = {408: "The body did not arrive within the server's body_timeout."}
 _BAD_BODY: Final = {
     400: "The body is not JSON (or not UTF-8, or nested too deeply).",
@@ -186,6 +190,7 @@ _UNKNOWN: Final = {
     504: "The store's connection was lost while it committed: the outcome is unknown."
 }
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+_WRITE_METHODS: Final = _BODY_METHODS | {"DELETE"}
 
 
 def _path_param(part: str, limits: Limits) -> dict[str, Any]:
@@ -357,6 +362,8 @@ def _operation(
             + (" whose queues include this one." if "{queue}" in path else ".")
         )
         shared.update(_DENIED)
+    other = _OTHER_SITE if method in _WRITE_METHODS else _OTHER_HOST
+    shared[403] = f"{shared[403]} {other}" if 403 in shared else other
     if "{queue}" in path and method != "PUT":  # a PUT creates the queue it names
         shared[404] = "No such queue or task." if "{id}" in path else "No such queue."
     if "{schedule}" in path:  # a PUT creates the schedule, on a queue that must exist
