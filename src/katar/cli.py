@@ -49,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow listening on a non-loopback address with no tokens configured",
     )
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="without tokens, answer requests for this host name too (beside localhost and "
+        "addresses); .example.com allows a domain and its subdomains; repeatable",
+    )
     serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate")
     serve.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
     serve.add_argument(
@@ -446,6 +454,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.db is not None:
         settings.store_url = args.db
     settings.insecure = settings.insecure or args.insecure
+    settings.allowed_hosts = [*settings.allowed_hosts, *args.allowed_host]
     if args.tls_cert is not None:
         settings.tls_cert = args.tls_cert
     if args.tls_key is not None:
@@ -475,6 +484,7 @@ def serve(args: argparse.Namespace) -> int:
         tls_cert=settings.tls_cert,
         tls_key=settings.tls_key,
         access_log=settings.access_log,
+        allowed_hosts=settings.allowed_hosts,
     )
     workers = args.workers
     if workers == 1:

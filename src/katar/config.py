@@ -9,6 +9,7 @@ host = "127.0.0.1"
 port = 3000
 tls_cert = "/etc/katar/cert.pem"   # both, to serve HTTPS
 tls_key = "/etc/katar/key.pem"
+allowed_hosts = ["queue.internal"]  # without tokens: Host names answered beside localhost
 
 [limits]               # optional; see katar.limits.Limits for the defaults
 max_body_bytes = 10485760
@@ -84,6 +85,8 @@ class _Server(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = DEFAULT_PORT
     tls_cert: _NonEmpty | None = None  # TOML has no null: None is "not given"
     tls_key: _NonEmpty | None = None
+    #: Host names a server without tokens answers beside loopback names and addresses.
+    allowed_hosts: list[_NonEmpty] = msgspec.field(default_factory=list)
 
 
 class _Logging(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -147,6 +150,8 @@ class Settings:
     insecure: bool = False
     tls_cert: str | None = None  # PEM certificate chain; with tls_key, serve HTTPS
     tls_key: str | None = None
+    #: Without tokens, the Host names answered beside loopback ones (katar.http.sites).
+    allowed_hosts: list[str] = field(default_factory=list)
     tokens: list[Token] = field(default_factory=list)  # none: an open server
     limits: Limits = field(default_factory=Limits)
     queues: dict[str, QueueOptions] = field(default_factory=dict)
@@ -290,6 +295,7 @@ def parse(raw: dict[str, Any], where: _Located) -> Settings:
         port=file.server.port,
         tls_cert=file.server.tls_cert,
         tls_key=file.server.tls_key,
+        allowed_hosts=file.server.allowed_hosts,
         limits=settings_limits,
         log_level=file.logging.level,
         log_format=file.logging.format,

@@ -26,7 +26,12 @@ class Limits:
     max_task_bytes: int = 1024 * 1024  # one task's data, as JSON; 413 above it
     max_tasks_per_enqueue: int = 10_000  # tasks in one POST .../tasks; 422 above it
     max_wait: float = 60.0  # seconds a long poll or an outcome wait may hold; 422 above it
-    max_long_polls: int = 10_000  # long polls held at once by this server; 429 above it
+    #: Long polls (and outcome waits, GET .../tasks/{id}?wait=) held at once by this server;
+    #: 429 above it. The two below are the shares of it one queue and one token may hold, so
+    #: that the polls of one scope never leave another's none.
+    max_long_polls: int = 10_000
+    max_long_polls_per_queue: int = 2_500
+    max_long_polls_per_token: int = 5_000
     max_list: int = 1000  # tasks in one page of GET .../tasks; 422 above it
     #: Bytes of one answer's body: a page of tasks ends early (its "next" says where to go
     #: on), a poll takes fewer tasks, so that the answer fits.

@@ -67,6 +67,8 @@ MAX_IDEMPOTENCY_KEY: Final = 255
 IDEMPOTENCY_KEY_PATTERN: Final = f"^[\\x20-\\x7e]{{1,{MAX_IDEMPOTENCY_KEY}}}$"
 
 #: The longest unique_key of a task, in characters.
+#: A task id as the records write it: canonical decimal, no leading zero, under 2**63.
+TASK_ID_PATTERN: Final = "^[1-9][0-9]{0,17}$"
 MAX_UNIQUE_KEY: Final = 255
 #: A unique_key: printable characters (no control character).
 UNIQUE_KEY_PATTERN: Final = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"
@@ -269,7 +271,13 @@ class TaskFilter(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     must hold. ``before`` and ``after`` bound the time the task was created."""
 
     status: list[Status] | None = None
-    ids: Annotated[list[str], msgspec.Meta(max_length=10_000)] | None = None
+    ids: (
+        Annotated[
+            list[Annotated[str, msgspec.Meta(pattern=TASK_ID_PATTERN)]],
+            msgspec.Meta(max_length=10_000),
+        ]
+        | None
+    ) = None
     key: NoNul | None = None
     worker: NoNul | None = None
     error: (

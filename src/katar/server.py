@@ -25,6 +25,7 @@ from katar.errors import ConfigError
 from katar.http import App, Limits
 from katar.http.auth import Token
 from katar.http.protocol import HttpProtocol, sweep
+from katar.http.sites import check_host_pattern
 from katar.logs import configure as configure_logs
 from katar.logs import mask_credentials
 
@@ -39,6 +40,15 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _is_name(host: str) -> bool:
+    """Whether ``host`` (--host) is a name, to answer as a Host (addresses always are)."""
+    try:
+        check_host_pattern(host)
+    except ValueError:
+        return False
+    return not host.startswith(".") and host != "*"
 
 
 class _Uvicorn(uvicorn.Server):
@@ -113,7 +123,10 @@ class WorkerServer:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         access_log: bool = False,
+        allowed_hosts: Iterable[str] = (),
     ) -> None:
+        """``allowed_hosts``: without tokens, the Host names answered beside loopback names,
+        addresses and ``host`` (katar.http.sites.Hosts)."""
         self.katar = katar
         self.port = port
         self.host = host
@@ -126,6 +139,12 @@ class WorkerServer:
         self.tls_key = tls_key
         #: The port actually bound, once serving (useful with port 0).
         self.bound_port: int | None = None
+        hosts = [host, *allowed_hosts]
+        for pattern in hosts[1:]:
+            try:
+                check_host_pattern(pattern)
+            except ValueError as exc:
+                raise ConfigError(f"[server] allowed_hosts (--allowed-host): {exc}") from None
         self.app = App(
             katar.engine,
             limits=self.limits,
@@ -133,6 +152,7 @@ class WorkerServer:
             startup=katar.open,
             shutdown=katar.close,
             access_log=access_log,
+            allowed_hosts=hosts if _is_name(host) else hosts[1:],
         )
 
     def config(

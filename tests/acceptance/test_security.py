@@ -158,7 +158,7 @@ def test_slow_and_silent_clients_are_cut_off(tmp_path: Path, servers: list[Katar
     assert time.monotonic() - started < 8
 
     with socket.create_connection(address) as slowloris:  # a header line now and then
-        slowloris.sendall(b"POST /v1/queue/q HTTP/1.1\r\nHost: k\r\n")
+        slowloris.sendall(b"POST /v1/queue/q HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         for n in range(3):
             time.sleep(0.4)
             try:
@@ -171,7 +171,7 @@ def test_slow_and_silent_clients_are_cut_off(tmp_path: Path, servers: list[Katar
 
     with socket.create_connection(address) as slow_body:  # headers at once, body never
         slow_body.sendall(
-            b"POST /v1/queue/q/tasks HTTP/1.1\r\nHost: k\r\nContent-Type: application/json\r\n"
+            b"POST /v1/queue/q/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b'Content-Length: 100\r\n\r\n{"data"'
         )
         answer = read_until_closed(slow_body, 10)
@@ -190,3 +190,30 @@ def test_a_reachable_address_needs_tokens_or_insecure(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "no tokens are configured" in result.stderr
     assert "--insecure" in result.stderr
+
+
+def test_an_open_server_answers_its_own_host_names_only(
+    tmp_path: Path, servers: list[KatarProcess]
+) -> None:
+    config = tmp_path / "katar.toml"
+    config.write_text('[server]\nallowed_hosts = ["queue.lan"]\n[queues.q]\n')
+    server = KatarProcess(
+        tmp_path, "--config", str(config), "--db", "memory://", "--allowed-host", ".corp.lan"
+    ).start()
+    servers.append(server)
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for host in ("localhost", f"127.0.0.1:{server.port}", "queue.lan", "a.corp.lan:80"):
+            assert client.get("/v1/queues", headers={"Host": host}).status_code == 200, host
+        refused = client.post("/v1/queue/q/tasks", json={"data": 1}, headers={"Host": "evil.lan"})
+        assert refused.status_code == 403
+        assert "--allowed-host" in refused.json()["error"]
+        cross = client.post(
+            "/v1/queue/q/tasks",
+            content=b'{"data": 1}',
+            headers={"Content-Type": "text/plain", "Origin": "http://localhost:8000"},
+        )
+        assert cross.status_code == 403
+        assert client.get("/v1/queue/q/tasks").json()["tasks"] == []
+    bad = run_katar(tmp_path, "serve", "--port", "0", "--allowed-host", "http://x")
+    assert bad.returncode == 2
+    assert "allowed_hosts" in bad.stderr

@@ -10,7 +10,7 @@ import httpx
 import msgspec
 import pytest
 
-from katar import Katar
+from katar import Katar, QueueOptions
 from katar.core.model import NewTask
 from katar.core.schedule import parse_schedule
 from katar.http import App
@@ -288,6 +288,46 @@ async def test_a_forbidden_ack_changes_nothing(http: httpx.AsyncClient, katar: K
     assert refused.status_code == 403
     record = await http.get(f"/v1/queue/foreign/tasks/{task}", headers=bearer("root"))
     assert record.json()["status"] == "in progress"
+
+
+async def test_acks_of_another_queues_tasks_answer_alike_whatever_their_state(
+    http: httpx.AsyncClient, katar: Katar
+) -> None:
+    # A worker of "own" acks ids of "foreign": queued, in progress, done, failed, and of a
+    # queue without history, deleted. Each
+    # answer is the one for a task that is gone (ignored), so it tells which of foreign's
+    # tasks finished no more than it changes them.
+    root = bearer("root")
+    await katar.engine.put_queue("gone", QueueOptions())  # no history: done is deleted
+    failed, running, done = [await task_in(katar, "foreign") for _ in range(3)]
+    gone = await task_in(katar, "gone")
+    taken = await http.post("/v1/queue/foreign", json={"max": 3}, headers=root)
+    assert [t["_id"] for t in taken.json()["tasks"]] == [failed, running, done]
+    finish = [{"_id": i, "status": s} for i, s in ((done, "done"), (failed, "failed"))]
+    await http.post("/v1/queue/foreign", json={"tasks": finish, "max": 0}, headers=root)
+    await http.post("/v1/queue/foreign/tasks", json={"data": 1}, headers=root)  # queued
+    await http.post("/v1/queue/gone", json={}, headers=root)
+    ack = {"_id": gone, "status": "done"}
+    await http.post("/v1/queue/gone", json={"tasks": [ack], "max": 0}, headers=root)
+    waiting = (await http.get("/v1/queue/foreign/tasks", headers=root)).json()["tasks"][-1]
+    before = (await http.get("/v1/queue/foreign/tasks", headers=root)).json()
+    answers = set()
+    for task_id in (waiting["_id"], running, done, failed, gone):
+        for status in ("done", "failed", "in progress"):
+            answer = await http.post(
+                "/v1/queue/own",
+                json={"tasks": [{"_id": task_id, "status": status}]},
+                headers=bearer("worker"),
+            )
+            answers.add((answer.status_code, answer.text))
+    assert answers == {(204, "")}
+    assert (await http.get("/v1/queue/foreign/tasks", headers=root)).json() == before
+    never = await http.post(
+        "/v1/queue/own",
+        json={"tasks": [{"_id": "999999", "status": "done"}]},
+        headers=bearer("worker"),
+    )
+    assert never.status_code == 404  # an id never issued, of any queue
 
 
 async def test_tokens_never_reach_the_log(

@@ -267,3 +267,79 @@ async def test_a_token_sees_the_children_and_parents_of_its_queues_only(
         assert refused.status_code == 403
         working = await client.get(path, headers={"authorization": "Bearer work-secret"})
         assert working.status_code == 403
+
+
+async def test_a_token_sees_no_id_nor_result_of_another_scopes_parents(
+    katar: Katar, via: str
+) -> None:
+    # An admin of both queues makes a task of "own" wait for one of "own" and two of
+    # "foreign" (one done, in a queue without history: gone); a producer and a worker of
+    # "own" see only the parent of "own", in the record (GET, listing, enqueue, PATCH) and in
+    # the delivery. The admin sees them all.
+    await katar.engine.put_queue("own", katar.engine.options("q"))
+    await katar.engine.put_queue("foreign", katar.engine.options("plain"))
+    tokens = [
+        Token(sha256=digest("root-secret"), role=Role.ADMIN, queues=frozenset({"*"})),
+        Token(sha256=digest("own-secret"), role=Role.PRODUCER, queues=frozenset({"own"})),
+        Token(sha256=digest("work-secret"), role=Role.WORKER, queues=frozenset({"own"})),
+        Token(sha256=digest("both-secret"), role=Role.ADMIN, queues=frozenset({"own", "foreign"})),
+    ]
+    app = App(katar.engine, tokens=tokens)
+    root = {"authorization": "Bearer root-secret"}
+    own = {"authorization": "Bearer own-secret"}
+    work = {"authorization": "Bearer work-secret"}
+    both = {"authorization": "Bearer both-secret"}
+    async with app_client(app, via) as client:
+
+        async def make(queue: str, body: dict[str, Any], headers: dict[str, str]) -> str:
+            answer = await client.post(f"/v1/queue/{queue}/tasks", json=body, headers=headers)
+            assert answer.status_code == 201, answer.text
+            task_id: str = answer.json()["tasks"][0]["_id"]
+            return task_id
+
+        mine = await make("own", {"data": "mine"}, root)
+        done_away = await make("foreign", {"data": "away"}, root)
+        waits_away = await make("foreign", {"data": "waits", "priority": -1}, root)
+        kid = await make("own", {"data": "kid", "after": [mine, done_away, waits_away]}, both)
+        (away,) = (await client.post("/v1/queue/foreign", json={}, headers=root)).json()["tasks"]
+        assert away["_id"] == done_away
+        ack = {"_id": done_away, "status": "done", "result": {"secret": 42}}
+        answer = await client.post(
+            "/v1/queue/foreign", json={"tasks": [ack], "max": 0}, headers=root
+        )
+        assert answer.status_code == 204
+        gone = await client.get(f"/v1/queue/foreign/tasks/{done_away}", headers=root)
+        assert gone.status_code == 404  # a queue without history: its edge keeps the rest
+
+        url = f"/v1/queue/own/tasks/{kid}"
+        full = (await client.get(url, headers=root)).json()
+        assert full["waiting_for"] == [mine, waits_away]
+        assert full["after"] == {done_away: {"secret": 42}}
+        for headers in (own, both):
+            seen = (await client.get(url, headers=headers)).json()
+            expected = full if headers is both else {**full, "waiting_for": [mine], "after": {}}
+            assert seen == expected
+        listed = (await client.get("/v1/queue/own/tasks", headers=own)).json()["tasks"]
+        (listed_kid,) = [t for t in listed if t["_id"] == kid]
+        assert listed_kid["waiting_for"] == [mine]
+        assert listed_kid["after"] == {}
+        assert "secret" not in (await client.get("/v1/queue/own/tasks", headers=own)).text
+        # Its parents end: the delivery to a worker of "own" carries only its own's result.
+        (task,) = (await client.post("/v1/queue/own", json={}, headers=work)).json()["tasks"]
+        assert task["_id"] == mine
+        ack = {"_id": mine, "status": "done", "result": "ok"}
+        await client.post("/v1/queue/own", json={"tasks": [ack], "max": 0}, headers=work)
+        (task,) = (await client.post("/v1/queue/foreign", json={}, headers=root)).json()["tasks"]
+        ack = {"_id": waits_away, "status": "done", "result": {"secret": 7}}
+        await client.post("/v1/queue/foreign", json={"tasks": [ack], "max": 0}, headers=root)
+        answer = await client.post("/v1/queue/own", json={}, headers=work)
+        (delivery,) = answer.json()["tasks"]
+        assert delivery["_id"] == kid
+        assert delivery["after"] == {mine: "ok"}
+        assert "secret" not in answer.text
+        cancelled = await client.patch(url, json={"status": "cancelled"}, headers=both)
+        assert cancelled.json()["after"] == {
+            mine: "ok",
+            done_away: {"secret": 42},
+            waits_away: {"secret": 7},
+        }

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import httpx
 import pytest
 
 from katar import Katar, QueueOptions
+from katar.core import engine as engine_module
 from katar.core.model import TaskFilter, states_of
 from katar.errors import ConfigError
 from katar.http import App, Limits
+from katar.http.auth import Role, Token, digest
 from tests.http.conftest import app_client, opened
+
+ADMIN_TOKEN = Token(sha256=digest("admin"), role=Role.ADMIN, queues=frozenset({"*"}))
 
 LIMITS = Limits(
     max_body_bytes=4096,
@@ -79,8 +83,8 @@ async def test_queue_names_over_the_length_limit(http: httpx.AsyncClient) -> Non
     assert "use 1 to 12 letters" in response.json()["error"]
     for bad in ("a%20b", "-dash", "%C3%A9t%C3%A9", "a%22b"):
         assert (await http.put(f"/v1/queue/{bad}", json={})).status_code == 422, bad
-    # An encoded slash splits the path: no such route.
-    assert (await http.put("/v1/queue/a%2Fb", json={})).status_code == 404
+    # An encoded slash is a character of the name (an invalid one), not a separator.
+    assert (await http.put("/v1/queue/a%2Fb", json={})).status_code == 422
 
 
 async def test_long_polls_beyond_the_limit_are_429_and_their_acks_untouched(
@@ -162,3 +166,91 @@ def test_an_answer_bound_too_small_for_one_task_is_refused() -> None:
     with pytest.raises(ConfigError, match="max_answer_bytes must hold one task"):
         Limits(max_task_bytes=1024 * 1024, max_answer_bytes=1024 * 1024)
     assert Limits().max_poll >= QueueOptions().max_batch  # the defaults cut no default poll
+
+
+def worker_token(secret: str, *queues: str) -> Token:
+    return Token(sha256=digest(secret), role=Role.WORKER, queues=frozenset(queues))
+
+
+async def test_one_queue_or_one_token_cannot_take_every_long_poll(katar: Katar, via: str) -> None:
+    for name in ("A", "B", "C"):
+        await katar.engine.put_queue(name, QueueOptions())
+    tokens = [worker_token("a", "A"), worker_token("b", "B"), worker_token("ac", "A", "C")]
+    limits = Limits(
+        max_wait=5, max_long_polls=10, max_long_polls_per_queue=3, max_long_polls_per_token=4
+    )
+    app = App(katar.engine, limits=limits, tokens=[*tokens, ADMIN_TOKEN])
+    async with app_client(app, via) as http:
+
+        def poll(secret: str, queue: str) -> Awaitable[httpx.Response]:
+            headers = {"Authorization": f"Bearer {secret}"}
+            return http.post(f"/v1/queue/{queue}", json={"wait": 5}, headers=headers)
+
+        admin = {"Authorization": "Bearer admin"}
+        held = [asyncio.ensure_future(poll("a", "A")) for _ in range(3)]
+        while app.long_polls < 3:  # noqa: ASYNC110  (the app's counter, no event to wait on)
+            await asyncio.sleep(0.01)
+        refused = await poll("a", "A")  # the queue's share is taken: by A's own token
+        assert refused.status_code == 429
+        assert "the queue 'A' holds its limit of 3" in refused.json()["error"]
+        assert "max_long_polls_per_queue" in refused.json()["error"]
+        # An outcome wait on A counts as a long poll of A.
+        paused = {"data": 0, "status": "paused"}  # not delivered to the polls held
+        made = await http.post("/v1/queue/A/tasks", json=paused, headers=admin)
+        task = made.json()["tasks"][0]
+        wait = await http.get(f"/v1/queue/A/tasks/{task['_id']}?wait=1", headers=admin)
+        assert wait.status_code == 429
+        # B's worker is not concerned: its long poll is held, and gets B's task.
+        b = asyncio.ensure_future(poll("b", "B"))
+        while app.long_polls < 4:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        # A token of two queues: its share of the server's long polls is its own.
+        held.append(asyncio.ensure_future(poll("ac", "C")))
+        while app.long_polls < 5:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        await http.post("/v1/queue/B/tasks", json={"data": 1}, headers=admin)
+        assert (await b).status_code == 200
+        await http.post(
+            "/v1/queue/A/tasks", json={"tasks": [{"data": n} for n in range(3)]}, headers=admin
+        )
+        await http.post("/v1/queue/C/tasks", json={"data": 9}, headers=admin)
+        answers = await asyncio.gather(*held)
+        assert [a.status_code for a in answers] == [200, 200, 200, 200]
+        assert app.long_polls == 0
+        # The token of A and C: three long polls of C and one of A make its four.
+        held = [asyncio.ensure_future(poll("ac", "C")) for _ in range(3)]
+        held.append(asyncio.ensure_future(poll("ac", "A")))
+        while app.long_polls < 4:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        refused = await poll("ac", "A")
+        assert refused.status_code == 429
+        assert "this token holds its limit of 4" in refused.json()["error"]
+        await http.post(
+            "/v1/queue/C/tasks", json={"tasks": [{"data": n} for n in range(3)]}, headers=admin
+        )
+        await http.post("/v1/queue/A/tasks", json={"data": 4}, headers=admin)
+        assert [a.status_code for a in await asyncio.gather(*held)] == [200] * 4
+    assert app.long_polls == 0
+
+
+async def test_the_workers_of_one_queue_cannot_push_out_anothers(
+    http: httpx.AsyncClient, katar: Katar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "MAX_WORKERS_SEEN", 20)
+    await katar.engine.put_queue("B", QueueOptions())
+    for name in ("b1", "b2"):
+        assert (await http.post("/v1/queue/B", json={"worker": name})).status_code == 204
+    for n in range(200):  # names from queue q, as many as its clients care to make up
+        assert (await http.post("/v1/queue/q", json={"worker": f"q{n}"})).status_code == 204
+    workers = (await http.get("/v1/workers")).json()["workers"]
+    names = {w["name"]: w["queues"] for w in workers}
+    assert names["b1"] == names["b2"] == ["B"]
+    assert len(names) == 20
+    assert {n for n in names if n.startswith("q")} == {f"q{n}" for n in range(182, 200)}
+    # A new name of B takes the place of q's longest unseen, q having the most.
+    assert (await http.post("/v1/queue/B", json={"worker": "b3"})).status_code == 204
+    workers = (await http.get("/v1/workers")).json()["workers"]
+    names = {w["name"]: w["queues"] for w in workers}
+    assert {"b1", "b2", "b3", "q199"} <= set(names)
+    assert "q182" not in names
+    assert len(names) == 20

@@ -90,3 +90,27 @@ def test_the_document_keeps_what_the_protocol_promises(katar: Katar) -> None:
     configuration = paths["/v1/queue/{queue}"]["get"]["responses"]["200"]
     assert "Katar-Lease-Timeout" in configuration["headers"]
     assert "404" not in paths["/v1/queue/{queue}"]["put"]["responses"]
+
+
+async def test_the_document_and_the_server_agree_on_status_and_ids(
+    client: httpx.AsyncClient,
+) -> None:
+    import re
+
+    document = (await client.get("/openapi.json")).json()
+    listing = document["paths"]["/v1/queue/{queue}/tasks"]["get"]["parameters"]
+    status = re.compile(next(p for p in listing if p["name"] == "status")["schema"]["pattern"])
+    for value, answer in [("", 200), ("queued", 200), ("queued, failed", 200), ("nope", 422)]:
+        response = await client.get("/v1/queue/q/tasks", params={"status": value})
+        assert response.status_code == answer, value
+        assert bool(status.fullmatch(value)) == (answer == 200), value
+    schemas = document["components"]["schemas"]
+    ids = schemas["TaskFilter"]["properties"]["ids"]
+    items = next(s for s in ids["anyOf"] if s.get("type") == "array")["items"]
+    pattern = re.compile(items["pattern"])
+    for value, answer in [("12", 200), ("x1", 422), ("012", 422), ("", 422), ("9" * 19, 422)]:
+        body = {"action": "cancel", "filter": {"ids": [value]}, "dry_run": True}
+        response = await client.post("/v1/queue/q/tasks/bulk", json=body)
+        assert response.status_code == answer, (value, response.text)
+        assert bool(pattern.fullmatch(value)) == (answer == 200), value
+    assert "task ids" in response.json()["error"]

@@ -86,7 +86,7 @@ async def test_bulk_filters_by_creation_time(client: httpx.AsyncClient) -> None:
         ({"action": "explode"}, "action"),
         ({}, "action"),
         ({"action": "retry", "filter": {"status": ["lost"]}}, "status"),
-        ({"action": "retry", "filter": {"ids": ["x1"]}}, "not a task id"),
+        ({"action": "retry", "filter": {"ids": ["x1"]}}, "a list of task ids"),
         ({"action": "retry", "filter": {"before": "yesterday"}}, "ISO 8601"),
         ({"action": "retry", "filter": {"colour": "red"}}, "colour"),
         ({"action": "retry", "filter": {"error": ""}}, "error"),

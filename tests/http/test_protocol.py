@@ -14,6 +14,7 @@ import pytest
 
 from katar import Katar
 from katar.http import App, Limits
+from katar.http.auth import Role, Token, digest
 from katar.http.protocol import MAX_HEAD
 from tests.http.conftest import eventually, opened, served
 
@@ -410,3 +411,41 @@ async def test_a_request_queued_behind_a_long_poll_is_not_cut_off(app: App) -> N
             assert "connection" not in headers
         finally:
             wire.close()
+
+
+async def test_expect_100_continue_is_not_answered_for_a_refused_request(katar: Katar) -> None:
+    # A token is checked before a body is invited: the refusal comes at once, no
+    # "100 Continue" first, and the connection closes (the client may send the body anyway).
+    token = Token(sha256=digest("secret"), role=Role.WORKER, queues=frozenset({"q"}))
+    guarded = App(katar.engine, tokens=[token])
+    async with served(guarded) as url:
+        connection = Wire(*await asyncio.open_connection("127.0.0.1", int(url.rsplit(":")[-1])))
+        body = b'{"data": 1}'
+        head = request("POST", "/v1/queue/q/tasks", body, "Expect: 100-continue")
+        await connection.send(head[: -len(body)])
+        status, headers, answer = await connection.answer()
+        assert status == 401
+        assert headers["connection"] == "close"
+        assert b"Authorization" in answer or b"token" in answer
+        assert await connection.closed()
+        connection.close()
+    assert await katar.queue("q").tasks() == []
+
+
+async def test_an_escaped_slash_is_part_of_a_segment_not_a_separator(
+    wire: Wire, katar: Katar
+) -> None:
+    await katar.queue("q").enqueue({"n": 1})
+    # /v1/queue/q%2Ftasks names the queue "q/tasks" (none), not the task list of "q".
+    await wire.send(request("GET", "/v1/queue/q%2Ftasks"))
+    status, _headers, body = await wire.answer()
+    assert status == 404
+    assert json.loads(body) == {"error": "Queue not found", "queue": "q/tasks"}
+    await wire.send(request("GET", "/v1/queue/q/tasks/1%2Fchildren"))
+    status, _headers, _body = await wire.answer()
+    assert status == 404
+    # Other escapes are decoded in their segment: %71 is "q".
+    await wire.send(request("GET", "/v1/queue/%71/tasks"))
+    status, _headers, body = await wire.answer()
+    assert status == 200
+    assert len(json.loads(body)["tasks"]) == 1

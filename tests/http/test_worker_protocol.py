@@ -34,8 +34,9 @@ async def test_custom_configuration() -> None:
     server = WorkerServer(katar=katar, port=3000, host="127.0.0.1")
     server.config(queue, {"interval": 1000, "custom": "config"})
     assert server.config("emails") == {"interval": 1000, "custom": "config"}
-    transport = httpx.ASGITransport(app=server.app)
-    async with katar, httpx.AsyncClient(transport=transport, base_url="http://k") as client:
+    transport = httpx.ASGITransport(app=server.app)  # without tokens: a loopback Host
+    base = "http://127.0.0.1:3000"
+    async with katar, httpx.AsyncClient(transport=transport, base_url=base) as client:
         response = await client.get("/v1/queue/emails")
     assert response.json() == {"configuration": {"interval": 1000, "custom": "config"}}
 

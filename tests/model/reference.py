@@ -468,10 +468,10 @@ class Model:
             if task_id is None or task_id > self.issued:
                 raise Refusal(TaskNotFound, ack=index)
             task = work.get(task_id)
-            if task is None:
-                continue  # issued and gone: a finished task of a queue without history
-            if task.queue != queue:
-                raise Refusal(TaskNotFound, ack=index)
+            if task is None or task.queue != queue:
+                # Issued and gone (a finished task of a queue without history), or another
+                # queue's: ignored alike, whatever its state.
+                continue
             if self.ownership and self.owner_conflict(ack, worker):
                 raise Refusal(Conflict, ack=index)
             if ack.attempt is not None and not 1 <= ack.attempt <= task.attempts:

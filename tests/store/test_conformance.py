@@ -257,15 +257,42 @@ async def test_ack_and_claim_happen_in_one_call(store: Store) -> None:
 
 async def test_an_ack_for_an_unknown_task_is_not_found(store: Store) -> None:
     await setup(store)
-    await setup(store, name="other")
     await store.enqueue("q", [new(1)], T0)
-    (foreign,) = await store.enqueue("other", [new(2)], T0)
     (mine,) = await claim(store)
-    for bad in ("999999", "abc", "-1", "0", str(foreign.id)):
+    for bad in ("999999", "abc", "-1", "0"):
         acks = [ack(mine, "in progress"), Ack(task_id=bad, status="done")]
         with pytest.raises(TaskNotFound) as caught:
             await store.poll("q", KEEP, acks, 1, "w1", T0)
         assert caught.value.details["ack"] == 1
+
+
+async def test_an_ack_for_another_queues_task_is_ignored_whatever_its_state(
+    store: Store,
+) -> None:
+    # As an ack for a task that is gone: a worker of q learns nothing of other's tasks.
+    await setup(store)
+    await setup(store, name="other")
+    await store.enqueue("q", [new(1)], T0)
+    running, done = await store.enqueue("other", [new(2), new(3)], T0)
+    await store.poll("other", KEEP, [], 2, "w2", T0)
+    await store.poll("other", KEEP, [Ack(task_id=str(done.id), status="done")], 0, "w2", T0)
+    queued, gone = await store.enqueue("other", [new(4), new(5)], T0)
+    await store.delete_task("other", gone.id, T0)
+    before = {t.id: t for t in await store.list_tasks("other", EVERY_TASK, 10, 0, False)}
+    (mine,) = await claim(store)
+    for foreign in (queued, running, done, gone):
+        for status in ("done", "failed", "in progress"):
+            acks = [ack(mine, "in progress"), Ack(task_id=str(foreign.id), status=status)]
+            polled = await store.poll("q", KEEP, acks, 1, "w1", T0)
+            assert [c.task.queue for c in polled.changes] == ["q"] * len(polled.changes)
+            assert polled.cancel == []
+    after = {t.id: t for t in await store.list_tasks("other", EVERY_TASK, 10, 0, False)}
+    assert after == before
+    assert [after[t.id].state for t in (queued, running, done)] == [
+        State.READY,
+        State.RUNNING,
+        State.DONE,
+    ]
 
 
 async def test_one_bad_ack_changes_nothing(store: Store) -> None:

@@ -391,3 +391,25 @@ async def test_the_poll_that_finishes_a_parent_takes_the_child_it_released(store
     # Acks first, then the claim: the child, ready now and first in order, is taken.
     assert [t.id for t in result.delivered] == [waiting.id]
     assert results(result.delivered[0]) == {str(parent.id): 1}
+
+
+async def test_a_task_knows_its_parents_of_other_queues_even_gone(store: Store) -> None:
+    # Task.foreign: what lets a reader that may not use the other queue be shown neither
+    # their ids nor their results; kept in the edge, so it outlives a parent removed.
+    await setup(store)
+    await setup(store, DROP, name="other")  # no history: a done task is removed at once
+    (own,) = await store.enqueue("q", [new("own")], T0)
+    away, waits = await store.enqueue("other", [new("away"), new("waits")], T0)
+    (kid,) = await store.enqueue("q", [child("kid", own.id, away.id, waits.id)], T0)
+    assert kid.foreign == ((away.id, "other"), (waits.id, "other"))
+    await finish(store, away, {"r": 1}, DROP, queue="other")
+    assert await store.get_task("other", away.id) is None  # gone: its edge keeps its queue
+    got = await stored(store, kid)
+    assert got.foreign == ((away.id, "other"), (waits.id, "other"))
+    assert results(got) == {str(away.id): {"r": 1}}
+    (listed,) = [t for t in await store.list_tasks("q", EVERY_TASK, 10, 0) if t.id == kid.id]
+    assert listed.foreign == got.foreign
+    # A task of the same request ("$0") and one of its own queue are not foreign.
+    _first, second = await store.enqueue("q", [new(1), child(2, own.id, refs=[0])], T0)
+    assert second.foreign == ()
+    assert (await stored(store, second)).foreign == ()

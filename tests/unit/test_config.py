@@ -30,10 +30,13 @@ url = "sqlite:///data/k.db"
 [server]
 host = "127.0.0.2"
 port = 4000
+allowed_hosts = ["queue.internal", ".corp"]
 
 [limits]
 max_wait = 20
 max_body_bytes = 1024
+max_long_polls_per_queue = 100
+max_long_polls_per_token = 200
 
 [queues.emails]
 persistent = true
@@ -50,6 +53,9 @@ smtp = {host = "mail", port = 25}
     assert (settings.host, settings.port) == ("127.0.0.2", 4000)
     assert settings.limits.max_wait == 20
     assert settings.limits.max_body_bytes == 1024
+    assert settings.allowed_hosts == ["queue.internal", ".corp"]
+    assert settings.limits.max_long_polls_per_queue == 100
+    assert settings.limits.max_long_polls_per_token == 200
     emails = settings.queues["emails"]
     assert emails.persistent
     assert emails.timeout == 30000

@@ -87,7 +87,8 @@ PRUNE_BATCH: Final = 1000
 RETENTION_EVERY: Final = 60
 #: GET /v1/workers lists the workers seen in this last time (ms).
 WORKERS_SEEN_MS: Final = 3_600_000
-#: The most worker names remembered (names are the clients' to choose).
+#: The most worker names remembered, for all queues (names are the clients' to choose):
+#: beyond, a new name takes the place of the longest unseen of the queue with the most.
 MAX_WORKERS_SEEN: Final = 10_000
 
 #: A status-change callback: called with the task in its new status; may be a coroutine.
@@ -166,8 +167,10 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         self._reload_wake_all = False
         self._reaper: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
-        #: Per worker name: the queues it polled, each with its last poll (ms).
+        #: Per queue: the names of the workers that polled it, each with its last poll (ms),
+        #: oldest first; MAX_WORKERS_SEEN names in all (_names_seen).
         self._seen: dict[str, dict[str, int]] = {}
+        self._names_seen = 0
         self._due: int | None = None  # the earliest deadline known: when the next reap is due
         self._timer: Timer | None = None  # armed for _due
         self._alarm = asyncio.Event()  # _due has come: the reaper's cue
@@ -337,24 +340,24 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
 
     def saw(self, worker: str, queue: str, now: int) -> None:
         """A poll of ``queue`` named ``worker`` at ``now`` (GET /v1/workers)."""
-        seen = self._seen.get(worker)
-        if seen is None:
-            if len(self._seen) >= MAX_WORKERS_SEEN:
-                self._forget_workers(now)
-            seen = self._seen[worker] = {}
-        seen[queue] = now
+        names = self._seen.get(queue)
+        if names is None:
+            names = self._seen[queue] = {}
+        if worker in names:
+            del names[worker]  # each queue's names in the order of their last poll
+        else:
+            if self._names_seen >= MAX_WORKERS_SEEN:
+                self._forget_worker()
+            self._names_seen += 1
+        names[worker] = now
 
-    def _forget_workers(self, now: int) -> None:
-        """Drop the workers not seen for WORKERS_SEEN_MS; if that is not enough (names are
-        the clients' to choose), the longest unseen."""
-        since = now - WORKERS_SEEN_MS
-        last = {name: max(queues.values()) for name, queues in self._seen.items()}
-        for name, at in last.items():
-            if at < since:
-                del self._seen[name]
-        if len(self._seen) >= MAX_WORKERS_SEEN:
-            for name in sorted(self._seen, key=last.__getitem__)[: len(self._seen) // 10 + 1]:
-                del self._seen[name]
+    def _forget_worker(self) -> None:
+        """Make room for a name: forget the longest unseen name of the queue that has the
+        most. Names are the clients' to choose; this way the polls of one queue (one
+        token's scope) never push another queue's workers out, unless it has more."""
+        largest = max(self._seen.values(), key=len)
+        del largest[next(iter(largest))]
+        self._names_seen -= 1
 
     async def workers(
         self, visible: Callable[[str], bool] = lambda _queue: True
@@ -365,13 +368,16 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         now = self.clock.now_ms()
         since = now - WORKERS_SEEN_MS
         running = await self.store.running_by_worker()
+        polled: dict[str, dict[str, int]] = {}
+        for queue, names in self._seen.items():
+            if visible(queue):
+                for name, at in names.items():
+                    if at >= since:
+                        polled.setdefault(name, {})[queue] = at
         found = []
-        for name, polled in sorted(self._seen.items()):
-            queues = sorted(q for q, at in polled.items() if at >= since and visible(q))
-            if queues:
-                last = max(polled[q] for q in queues)
-                busy = sum(running.get((q, name), 0) for q in queues)
-                found.append((name, queues, last, busy))
+        for name, queues in sorted(polled.items()):
+            busy = sum(running.get((q, name), 0) for q in queues)
+            found.append((name, sorted(queues), max(queues.values()), busy))
         return found
 
     async def prune_finished(self) -> int:

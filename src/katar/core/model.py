@@ -136,6 +136,10 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     #: ``{"<id>": <result>, ...}`` (the bytes as the workers sent them).
     waiting_for: tuple[int, ...] = ()
     after: msgspec.Raw | None = None
+    #: Not stored as such (each edge keeps its parent's queue when it is not the task's):
+    #: the parents that are tasks of other queues, each with its queue. A reader whose
+    #: token may not use that queue sees neither their ids nor their results.
+    foreign: tuple[tuple[int, str], ...] = ()
 
     @property
     def status(self) -> str:

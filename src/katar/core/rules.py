@@ -11,7 +11,7 @@ new version, or removes it where :func:`discard` says the queue keeps no such hi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -405,6 +405,12 @@ def apply_ack(
     of a delivery leased to another named worker (ownership); an anonymous poll, as the
     original protocol sends it, may ack any delivery, and a named one any delivery leased
     without a name.
+
+    The stores call this for the acked queue's own tasks only. An ack naming an id that was
+    issued but is not a task of this queue (finished and gone, or another queue's, in any
+    state) is ignored, the same way whatever that task is: so that acks stay idempotent on
+    queues without history, and a worker's answers tell it nothing of other queues' tasks.
+    An id never issued is a 404.
     """
     if ack.attempt is not None and not 1 <= ack.attempt <= task.attempts:
         raise Conflict(
@@ -684,6 +690,21 @@ def orphaned(task: Task, parent_id: int, how: str, now: int) -> Task | None:
         return None
     return replace(
         task, state=CANCELLED, run_at=None, error=orphan_error(parent_id, how), updated_at=now
+    )
+
+
+def without_parents(task: Task, hidden: Collection[int]) -> Task:
+    """The task as a reader who may not see the parents ``hidden`` reads it: neither their
+    ids (``waiting_for``, ``foreign``) nor their results (``after``)."""
+    after = task.after
+    if after is not None:
+        results = msgspec.json.decode(after, type=dict[str, msgspec.Raw])
+        after = after_json([(int(k), bytes(v)) for k, v in results.items() if int(k) not in hidden])
+    return replace(
+        task,
+        waiting_for=tuple(p for p in task.waiting_for if p not in hidden),
+        after=after,
+        foreign=tuple((p, q) for p, q in task.foreign if p not in hidden),
     )
 
 

@@ -11,14 +11,16 @@ no queue rules here: handlers parse, call the engine, and shape the answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, Final, NamedTuple, cast
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote, unquote
 
 from katar import ui
 from katar._version import __version__
+from katar.core import rules
 from katar.core.engine import Engine, check_queue_name
 from katar.core.model import QueueOptions, State, Task, parse_queue_options, parse_task_id
 from katar.core.schedule import Schedule, ScheduleSpec, parse_schedule, task_data
@@ -47,6 +49,7 @@ from katar.http.openapi import (
 from katar.http.openapi import Answer as A
 from katar.http.openapi import Operation as Op
 from katar.http.responses import (
+    API_HEADERS,
     JSON_HEADERS,
     LEASE_HEADER,
     NO_CONTENT,
@@ -63,6 +66,7 @@ from katar.http.responses import (
     schedule_record,
     task_record,
 )
+from katar.http.sites import Hosts, SiteHeaders, cross_site, site_headers
 from katar.limits import Limits as Limits
 from katar.limits import task_too_large
 from katar.logs import log_access
@@ -101,6 +105,9 @@ Headers = list[tuple[bytes, bytes]]
 HangUp = Callable[[], "asyncio.Future[Any]"]
 #: Methods whose requests carry a body the app reads.
 BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+#: Methods whose routes change something: refused when a browser sends them from another
+#: site's page (katar.http.sites).
+WRITE_METHODS: Final = BODY_METHODS | {"DELETE"}
 
 
 class Request:
@@ -206,7 +213,12 @@ _STORELESS: Final = frozenset(
 )
 #: The route label of requests that match no route.
 UNROUTED: Final = "other"
-_ROUTES_REMEMBERED: Final = 4096  # paths whose route is remembered
+#: The route cache (App._route) remembers paths up to this long (the longest route with a
+#: queue name of the longest kind is about 300 characters)...
+_ROUTE_CACHED_PATH: Final = 512
+#: ...and up to this many bytes of them and their parameters, counted as _route_cost: what
+#: requests with random paths, authenticated or not, can make the server hold (about 1 MB).
+ROUTE_CACHE_BYTES: Final = 1024 * 1024
 
 
 class App:
@@ -221,7 +233,11 @@ class App:
         startup: Callable[[], Awaitable[None]] | None = None,
         shutdown: Callable[[], Awaitable[None]] | None = None,
         access_log: bool = False,
+        allowed_hosts: Iterable[str] | None = None,
     ) -> None:
+        """``allowed_hosts``: on a server without tokens, the Host names answered beside
+        loopback names and addresses (katar.http.sites.Hosts); None answers any Host (an app
+        called in-process, as tests do; ``katar serve`` always gives a list)."""
         self.engine = engine
         #: Log a line per answered request (katar.logs.log_access).
         self.access_log = access_log
@@ -233,7 +249,11 @@ class App:
         self._shutdown = shutdown or engine.close
         self.auth = Authenticator(tokens)
         self._guarded = self.auth.enabled
+        #: The Host names answered, on a server without tokens (None: any).
+        self.hosts = None if allowed_hosts is None or self._guarded else Hosts(allowed_hosts)
         self.long_polls = 0  # long polls held now (bounded by limits.max_long_polls)
+        self._long_polls_of_queue: dict[str, int] = {}  # those of each queue, and token
+        self._long_polls_of_token: dict[bytes, int] = {}
         #: The throughput history (GET /v1/throughput), sampled while the app runs: started
         #: and stopped with its lifespan (katar serve: by the server, around serving).
         self.throughput = throughput.Sampler(engine.counters, time.time)
@@ -735,16 +755,26 @@ class App:
         #: The OpenAPI document, as served at /openapi.json.
         self.openapi_json = encode(openapi.document(self.routes, self.limits))
         self._routed: dict[str, tuple[str, dict[str, Route] | None, tuple[str, ...]]] = {}
+        self._routed_bytes = 0  # the route cache's size, as _route_cost counts it
         #: Requests answered, by (method, route template, status): for /metrics.
         self.requests: dict[tuple[str, str, int], int] = {}
 
     # -- entries ---------------------------------------------------------------------------
 
-    def admit(self, method: str, path: str, headers: Headers) -> Admission:
+    def admit(
+        self, method: str, path: str, headers: Headers, site: SiteHeaders | None = None
+    ) -> Admission:
         """Route a request and check its token, before its body is read: a refused request's
-        body is never buffered."""
+        body is never buffered. ``path`` is the target's path as sent, %-escapes and all:
+        it is split into segments before they are decoded, so that an escaped "/" ("%2F")
+        is part of a queue's name, not a separator. ``site``: its Host, Origin and
+        Sec-Fetch-Site headers, when the caller has them at hand (else they are looked up)."""
         started = time.perf_counter() if self.access_log else None
         template, methods, params = self._route(path)
+        if self.hosts is not None or method in WRITE_METHODS:
+            refusal = self._refuse_site(method, site or site_headers(headers))
+            if refusal is not None:
+                return Admission(template, None, params, None, refusal, started)
         if methods is None:
             error = {"error": f"no route for {path}; see /docs"}
             return Admission(template, None, params, None, json_response(error, 404), started)
@@ -767,6 +797,34 @@ class App:
                 refusal = error_response(exc)
                 return Admission(template, None, params, None, refusal, started)
         return Admission(template, handler, params, token, None, started, headers)
+
+    def _refuse_site(self, method: str, site: SiteHeaders) -> Response | None:
+        """The answer that refuses a request from a site this server does not serve
+        (katar.http.sites): on a server without tokens, a Host it does not answer (DNS
+        rebinding); on any server, a browser's request from another site's page to a route
+        that changes something."""
+        host, origin, fetch_site = site
+        if self.hosts is not None and not self.hosts.allows(host):
+            shown = (host or b"").decode("latin-1")[:100]
+            return error_response(
+                Forbidden(
+                    f"this server has no tokens and answers only its own host names; "
+                    f"{shown!r} is not one of them. Add it to [server] allowed_hosts "
+                    "(--allowed-host), or configure tokens",
+                    host=shown,
+                )
+            )
+        if method in WRITE_METHODS and cross_site(fetch_site, origin, host):
+            shown = (origin or b"").decode("latin-1")[:100]
+            return error_response(
+                Forbidden(
+                    "a page of another site may not change anything on this server (the "
+                    f"request's Origin is {shown!r}); send it from this server's own pages, "
+                    "or from a program that is not a browser",
+                    origin=shown,
+                )
+            )
+        return None
 
     async def respond(
         self,
@@ -839,7 +897,8 @@ class App:
         kind = scope["type"]
         if kind == "http":
             method = scope["method"]
-            admission = self.admit(method, scope["path"], scope["headers"])
+            path = _raw_path(scope)
+            admission = self.admit(method, path, scope["headers"])
             hang_up = _AsgiHangUp(receive)
             body = b""
             try:
@@ -847,7 +906,7 @@ class App:
                     body = await self._read_body(scope, receive)
                 response = await self.respond(
                     method,
-                    scope["path"],
+                    path,
                     admission,
                     scope.get("query_string", b""),
                     body,
@@ -891,19 +950,29 @@ class App:
 
     def _route(self, path: str) -> tuple[str, dict[str, Route] | None, tuple[str, ...]]:
         # Workers poll the same few paths over and over: remember the answers, within a
-        # bound, so that random paths cannot grow the cache without limit.
+        # bound in bytes, so that random paths cannot make the server hold more.
         known = self._routed.get(path)
         if known is None:
             known = self._match(path)
-            if len(self._routed) >= _ROUTES_REMEMBERED:
-                self._routed.clear()
-            self._routed[path] = known
+            if len(path) <= _ROUTE_CACHED_PATH:
+                cost = _route_cost(path, known[2])
+                if self._routed_bytes + cost > ROUTE_CACHE_BYTES:
+                    self._routed.clear()
+                    self._routed_bytes = 0
+                self._routed[path] = known
+                self._routed_bytes += cost
         return known
+
+    def route_cache_bytes(self) -> int:
+        """The bytes the route cache holds, as _route_cost counts them."""
+        return self._routed_bytes
 
     def _match(self, path: str) -> tuple[str, dict[str, Route] | None, tuple[str, ...]]:
         parts = path.split("/")[1:]
         if parts and parts[-1] == "":
             parts.pop()  # a trailing slash names the same resource
+        if "%" in path:  # decoded once split: "%2F" is a character of a segment
+            parts = [unquote(part) for part in parts]
         for template, shape, methods in self._by_length.get(len(parts), ()):
             if all(s is None or s == p for s, p in zip(shape, parts, strict=True)):
                 params = tuple(p for s, p in zip(shape, parts, strict=True) if s is None)
@@ -945,26 +1014,63 @@ class App:
             cancel = []
         if wait <= 0:
             tasks = await self.engine.poll(request.queue, acks, limit, wait, worker, None, cancel)
+            if request.token is not None and not request.token.all_queues:
+                tasks = [shown(task, request.token) for task in tasks]
             if cancel:
                 return Response(200, deliveries(tasks, cancel))
             return Response(200, deliveries(tasks)) if tasks else NO_CONTENT
-        if self.long_polls >= self.limits.max_long_polls:
-            raise TooManyRequests(
-                f"this server holds its limit of {self.limits.max_long_polls} long polls; "
-                "retry in a moment (the operator can raise [limits] max_long_polls)"
-            )
-        self.long_polls += 1
-        try:
+        with self._long_poll(request):
             tasks = await self.engine.poll(
                 request.queue, acks, limit, wait, worker, request.hang_up(), cancel
             )
-        finally:
-            self.long_polls -= 1
+        if request.token is not None and not request.token.all_queues:
+            tasks = [shown(task, request.token) for task in tasks]
         if cancel:
             return Response(200, deliveries(tasks, cancel))
         if not tasks:
             return NO_CONTENT
         return Response(200, deliveries(tasks))
+
+    @contextlib.contextmanager
+    def _long_poll(self, request: Request) -> Iterator[None]:
+        """Hold one of the server's long polls (a poll's or an outcome's wait) for the
+        request's queue and token while the block runs; TooManyRequests when the server, the
+        queue or the token holds its share (Limits.max_long_polls, _per_queue, _per_token)."""
+        limits = self.limits
+        queue, token = request.queue, request.token
+        key = None if token is None else token.sha256
+        by_queue, by_token = self._long_polls_of_queue, self._long_polls_of_token
+        for held, limit, whose, setting in (
+            (self.long_polls, limits.max_long_polls, "this server", "max_long_polls"),
+            (
+                by_queue.get(queue, 0),
+                limits.max_long_polls_per_queue,
+                f"the queue {queue!r}",
+                "max_long_polls_per_queue",
+            ),
+            (
+                0 if key is None else by_token.get(key, 0),
+                limits.max_long_polls_per_token,
+                "this token",
+                "max_long_polls_per_token",
+            ),
+        ):
+            if held >= limit:
+                raise TooManyRequests(
+                    f"{whose} holds its limit of {limit} long polls; retry in a moment (the "
+                    f"operator can raise [limits] {setting})"
+                )
+        self.long_polls += 1
+        by_queue[queue] = by_queue.get(queue, 0) + 1
+        if key is not None:
+            by_token[key] = by_token.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            self.long_polls -= 1
+            _release(by_queue, queue)
+            if key is not None:
+                _release(by_token, key)
 
     # -- producer and operator routes ----------------------------------------------------------
 
@@ -982,7 +1088,7 @@ class App:
         return Response(200, self.openapi_json)
 
     async def docs(self, request: Request) -> Response:
-        return Response(200, _DOCS_PAGE, [(b"content-type", b"text/html; charset=utf-8")])
+        return Response(200, *_DOCS_PAGE)
 
     async def ui_page(self, request: Request) -> Response:
         return self._ui(ui.INDEX, request)
@@ -1019,7 +1125,7 @@ class App:
             await engine.oldest_queued(),
             engine.clock.now_ms(),
         )
-        return Response(200, text, [(b"content-type", metrics.CONTENT_TYPE)])
+        return Response(200, text, [(b"content-type", metrics.CONTENT_TYPE), *API_HEADERS])
 
     async def get_throughput(self, request: Request) -> Response:
         seconds = parse.parse_number(
@@ -1171,7 +1277,8 @@ class App:
         created = await self.engine.enqueue(request.queue, new, key, may_use)
         # 200 when every task was a duplicate (a unique_key already held): nothing created.
         status = 200 if all(task.duplicate for task in created) else 201
-        return json_response({"tasks": [task_record(task) for task in created]}, status)
+        records = [task_record(shown(task, token)) for task in created]
+        return json_response({"tasks": records}, status)
 
     async def bulk(self, request: Request) -> Response:
         self.engine.options(request.queue)  # an unknown queue is a 404 before a bad body
@@ -1191,7 +1298,7 @@ class App:
                 request.queue, where, batch, after, newest_first=order == "desc"
             )
 
-        return await self._page(query, read)
+        return await self._page(query, read, request.token)
 
     async def children(self, request: Request) -> Response:
         return await self._linked(request, parents=False)
@@ -1208,14 +1315,18 @@ class App:
         def read(batch: int, after: int) -> Awaitable[list[Task]]:
             return self.engine.linked(queue, task_id, batch, after, may_use, parents)
 
-        return await self._page(query, read)
+        return await self._page(query, read, token)
 
     async def _page(
-        self, query: Mapping[str, str], read: Callable[[int, int], Awaitable[list[Task]]]
+        self,
+        query: Mapping[str, str],
+        read: Callable[[int, int], Awaitable[list[Task]]],
+        token: Token | None,
     ) -> Response:
         """A page of a list of tasks (katar.protocol.Tasks): up to the query's ``limit``
         records from its cursor ``after``, and the next page's cursor; ``read(n, after)``
-        reads the next ``n`` tasks of the list from the cursor."""
+        reads the next ``n`` tasks of the list from the cursor. Each as ``token`` may see
+        it (:func:`shown`)."""
         limit = int(parse.parse_number(query.get("limit"), "limit", 100, 1, self.limits.max_list))
         after = int(parse.parse_number(query.get("after"), "after", 0, 0, 2**62))
         # The page ends early if its records would be over max_answer_bytes; and it is read
@@ -1230,7 +1341,7 @@ class App:
             batch = min(limit - len(records), max(1, (budget - size) // task_bytes))
             tasks = await read(batch, after)
             for task in tasks:
-                record = encode(task_record(task))
+                record = encode(task_record(shown(task, token)))
                 if records and size + len(record) + 1 > budget:
                     cursor = after  # the page is full: the next one starts after the last
                     break
@@ -1250,13 +1361,18 @@ class App:
 
     async def get_task(self, request: Request) -> Response:
         wait = parse.parse_number(request.query().get("wait"), "wait", 0, 0, self.limits.max_wait)
-        task = await self.engine.get_task(request.queue, request.task_id, wait)
-        return json_response(task_record(task))
+        if wait <= 0:
+            task = await self.engine.get_task(request.queue, request.task_id)
+        else:
+            with self._long_poll(request):
+                task = await self.engine.get_task(request.queue, request.task_id, wait)
+        return json_response(task_record(shown(task, request.token)))
 
     async def patch_task(self, request: Request) -> Response:
         self.engine.options(request.queue)
         status = parse.parse_patch(request.body)
         task = await self.engine.set_status(request.queue, request.task_id, status)
+        task = shown(task, request.token)
         if status == "cancelled" and task.state is State.RUNNING and task.cancel_requested:
             # Accepted, not done: the task is cancelled when its worker hears of it.
             return json_response(task_record(task), 202)
@@ -1269,6 +1385,43 @@ class App:
 
 
 _DOCS_PAGE: Final = openapi.page()
+
+
+def shown(task: Task, token: Token | None) -> Task:
+    """The task as the holder of ``token`` may read it: without the ids and results of its
+    parents of queues the token may not use (rules.without_parents). A task's record and its
+    delivery show nothing of another scope's tasks, though a token that may use both queues
+    made it wait for them."""
+    if token is None or not task.foreign or token.all_queues:
+        return task
+    hidden = {parent for parent, queue in task.foreign if not token.may_use(queue)}
+    return rules.without_parents(task, hidden) if hidden else task
+
+
+def _release(held: dict[Any, int], key: Any) -> None:
+    """One of ``key``'s long polls is over; a key with none is forgotten."""
+    count = held[key] - 1
+    if count:
+        held[key] = count
+    else:
+        del held[key]
+
+
+def _raw_path(scope: Scope) -> str:
+    """An ASGI request's path as sent, %-escapes and all (App.admit splits it before it
+    decodes it); from its decoded path, escaped again, when the server gives no raw one."""
+    raw = scope.get("raw_path")
+    if raw:
+        return bytes(raw).partition(b"?")[0].decode("latin-1")
+    return quote(scope["path"], safe="/:@!$&'()*+,;=-._~")
+
+
+def _route_cost(path: str, params: tuple[str, ...]) -> int:
+    """What one entry of the route cache holds, in bytes, about: its path, its parameters
+    (their characters, at most 4 bytes each), and the objects around them."""
+    return 4 * (len(path) + sum(len(p) for p in params)) + 64 * len(params) + 300
+
+
 _IDEMPOTENCY_KEY: Final = IDEMPOTENCY_KEY_HEADER.encode()
 
 

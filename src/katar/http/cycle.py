@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 from typing import Final
-from urllib.parse import unquote
 
 import httptools
 
@@ -21,9 +20,19 @@ from katar.http.app import (
     App,
     check_declared_length,
 )
+from katar.http.responses import Response
 
 #: Bytes of a request's line and headers; beyond, 431 (llhttp itself sets no bound).
 MAX_HEAD: Final = 64 * 1024
+
+
+class Refused(Exception):
+    """Raised from a parser callback: answer the request with ``response`` and close the
+    connection (the rest of the request is not read)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status)
+        self.response = response
 
 
 class Stage(enum.Enum):
@@ -69,6 +78,7 @@ class Cycle:
         "method",
         "path",
         "query",
+        "site",
         "size",
         "stage",
         "url",
@@ -80,6 +90,9 @@ class Cycle:
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_size = 0
         self.expect_continue = False
+        #: Its headers that say which site sent it (katar.http.sites.SITE_HEADERS), noted
+        #: as they are parsed: the app need not look for them in all of them.
+        self.site: dict[bytes, bytes] = {}
         self.method = ""
         self.path = ""
         self.query = b""
@@ -103,14 +116,13 @@ class Cycle:
             return
         try:
             url = httptools.parse_url(self.url)
-            path = url.path.decode("ascii")
+            path = url.path.decode("ascii")  # escaped: the app decodes each segment
         except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
             raise InvalidRequest("the request's target is not a valid URL path") from None
-        if "%" in path:
-            path = unquote(path)
         self.path = path
         self.query = url.query or b""
-        self.admission = admission = app.admit(method, path, self.headers)
+        site = (self.site.get(b"host"), self.site.get(b"origin"), self.site.get(b"sec-fetch-site"))
+        self.admission = admission = app.admit(method, path, self.headers, site)
         self.stage = BODY
         self.keep_body = admission.refusal is None and method in BODY_METHODS
         if self.keep_body:

@@ -10,7 +10,9 @@ that come from the server's limits.
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -137,8 +139,11 @@ LIST_PARAMS: Final = (
     {
         "name": "status",
         "in": "query",
-        "description": "One or more statuses, separated by commas.",
-        "schema": {"type": "string", "pattern": f"^({_ANY_STATUS})(,({_ANY_STATUS}))*$"},
+        "description": "One or more statuses, separated by commas; empty or absent: any.",
+        "schema": {
+            "type": "string",
+            "pattern": f"^( *({_ANY_STATUS}) *(, *({_ANY_STATUS}) *)*)?$",
+        },
     },
     *PAGE_PARAMS,
 )
@@ -168,6 +173,10 @@ _DENIED: Final = {
     401: "No token, or one this server does not know (only when tokens are set).",
     403: "The token's role or queues do not allow this.",
 }
+#: What refuses any request on a server without tokens, and a write from a browser's page of
+#: another site on any server (docs/protocol.md, "Browsers and host names").
+_OTHER_HOST: Final = "Without tokens: a Host this server does not answer."
+_OTHER_SITE: Final = f"{_OTHER_HOST} A browser's request from another site's page."
 _SLOW: Final = {408: "The body did not arrive within the server's body_timeout."}
 _BAD_BODY: Final = {
     400: "The body is not JSON (or not UTF-8, or nested too deeply).",
@@ -181,6 +190,7 @@ _UNKNOWN: Final = {
     504: "The store's connection was lost while it committed: the outcome is unknown."
 }
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+_WRITE_METHODS: Final = _BODY_METHODS | {"DELETE"}
 
 
 def _path_param(part: str, limits: Limits) -> dict[str, Any]:
@@ -352,6 +362,8 @@ def _operation(
             + (" whose queues include this one." if "{queue}" in path else ".")
         )
         shared.update(_DENIED)
+    other = _OTHER_SITE if method in _WRITE_METHODS else _OTHER_HOST
+    shared[403] = f"{shared[403]} {other}" if 403 in shared else other
     if "{queue}" in path and method != "PUT":  # a PUT creates the queue it names
         shared[404] = "No such queue or task." if "{id}" in path else "No such queue."
     if "{schedule}" in path:  # a PUT creates the schedule, on a queue that must exist
@@ -378,8 +390,27 @@ def _operation(
     return shown
 
 
-def page() -> bytes:
+def page() -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """A self-contained page (no scripts from elsewhere: Katar often runs without Internet
     access) that fetches /openapi.json and lays out every route, its parameters, bodies and
-    answers."""
-    return resources.files("katar.http").joinpath("docs.html").read_bytes()
+    answers; and its headers. Its script and style are inline: the Content-Security-Policy
+    allows those two by their hashes, and nothing else (as the dashboard's does, katar.ui)."""
+    body = resources.files("katar.http").joinpath("docs.html").read_bytes()
+    hashes = {
+        tag: b"'sha256-%s'" % base64.b64encode(hashlib.sha256(inline).digest())
+        for tag in (b"script", b"style")
+        for inline in [body.split(b"<%s>" % tag, 1)[1].split(b"</%s>" % tag, 1)[0]]
+    }
+    policy = (
+        b"default-src 'none'; connect-src 'self'; script-src %s; style-src %s; "
+        b"img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        % (hashes[b"script"], hashes[b"style"])
+    )
+    headers = [
+        (b"content-type", b"text/html; charset=utf-8"),
+        (b"cache-control", b"no-cache"),
+        (b"content-security-policy", policy),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+    ]
+    return body, headers

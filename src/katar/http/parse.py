@@ -59,6 +59,7 @@ _HINTS_OF: Final[dict[type, dict[str, str]]] = {
     Patch: {"status": "a task's status can be set to cancelled, paused or queued"},
     protocol.Bulk: {
         "action": "action is one of retry, cancel, delete",
+        "ids": 'filter.ids is a list of task ids, each a string of digits such as "42"',
         "status": "filter.status is a list of statuses: paused, queued, in progress, done,"
         " failed, cancelled",
     },

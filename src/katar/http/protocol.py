@@ -35,8 +35,9 @@ from uvicorn.server import ServerState
 from katar.errors import HeadTooLarge, InvalidRequest, KatarError, RequestTimeout
 from katar.http.app import App, body_too_large
 from katar.http.cycle import BODY as STAGE_BODY
-from katar.http.cycle import MAX_HEAD, UPGRADE, Cycle
-from katar.http.responses import JSON_HEADERS, Response, error_response
+from katar.http.cycle import MAX_HEAD, UPGRADE, Cycle, Refused
+from katar.http.responses import API_HEADERS, JSON_HEADERS, Response, error_response
+from katar.http.sites import SITE_HEADERS
 
 __all__ = ["MAX_HEAD", "HttpProtocol", "Phase", "sweep"]
 
@@ -47,6 +48,7 @@ _STATUS_LINES: Final = {
     for status in http.HTTPStatus
 }
 _JSON_HEAD: Final = b"".join(name + b": " + value + b"\r\n" for name, value in JSON_HEADERS)
+_API_HEAD: Final = b"".join(name + b": " + value + b"\r\n" for name, value in API_HEADERS)
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: Complete requests a connection may hold behind the one being answered; beyond, it stops
 #: parsing and reading until the queue shortens.
@@ -62,6 +64,8 @@ def _head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
     line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
     if headers is JSON_HEADERS:
         return line + _JSON_HEAD
+    if headers is API_HEADERS:  # a 204: an idle poll's answer
+        return line + _API_HEAD
     return line + b"".join(name + b": " + value + b"\r\n" for name, value in headers)
 
 
@@ -227,6 +231,8 @@ class HttpProtocol(asyncio.Protocol):
                 cause = exc.__context__  # what a callback raised
                 if isinstance(cause, KatarError):
                     self._end(cause)
+                elif isinstance(cause, Refused):
+                    self._end(cause.response)
                 elif isinstance(exc, httptools.HttpParserCallbackError) and cause is not None:
                     log.error("internal error reading a request", exc_info=cause)
                     self._end(KatarError("internal server error; see the server's log"))
@@ -317,6 +323,8 @@ class HttpProtocol(asyncio.Protocol):
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             cycle.expect_continue = True
+        elif name in SITE_HEADERS:
+            cycle.site[name] = value
         elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":
             # llhttp takes any list ending in chunked as chunked, but Katar decodes no
             # content coding (gzip...): such a body would reach the app still encoded.
@@ -332,9 +340,16 @@ class HttpProtocol(asyncio.Protocol):
         cycle.admit(method, parser.should_upgrade(), self.app, self.limit)
         if cycle.stage is UPGRADE:
             return  # see _feed: the request is parsed again
-        if cycle.expect_continue and self.answering is None and not self.pending:
-            assert self.transport is not None
-            self.transport.write(_CONTINUE)
+        if cycle.expect_continue:
+            refusal = cycle.admission.refusal if cycle.admission is not None else None
+            if refusal is not None:
+                # Refused (its route, its token): the body it holds back is never invited.
+                # Answered now, and the connection closed, since whether the client sends
+                # the body anyway cannot be known (RFC 9110, 10.1.1).
+                raise Refused(refusal)
+            if self.answering is None and not self.pending:
+                assert self.transport is not None
+                self.transport.write(_CONTINUE)
         self._to(BODY)
 
     def on_body(self, body: bytes) -> None:

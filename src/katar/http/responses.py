@@ -20,7 +20,11 @@ from katar.protocol import (
     WorkerConfiguration,
 )
 
-JSON_HEADERS: Final = [(b"content-type", b"application/json")]
+#: Every answer of the API carries these: answers hold tasks and tokens' rights, so no cache
+#: (a browser's, a proxy's) keeps them; and a browser takes them for what their
+#: Content-Type says, never for a page or a script.
+API_HEADERS: Final = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
+JSON_HEADERS: Final = [(b"content-type", b"application/json"), *API_HEADERS]
 LEASE_HEADER: Final = LEASE_HEADER_NAME.encode()
 
 # Looked up along the exception's class hierarchy, most specific first.
@@ -66,7 +70,7 @@ class Response:
     ) -> None:
         self.status = status
         self.body = body
-        self.headers = headers if headers is not None else (JSON_HEADERS if body else [])
+        self.headers = headers if headers is not None else (JSON_HEADERS if body else API_HEADERS)
 
 
 NO_CONTENT: Final = Response(204)

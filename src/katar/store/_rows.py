@@ -218,11 +218,19 @@ def where_sql(where: TaskFilter, dialect: Dialect) -> tuple[str, list[Any]]:
     return "".join(f" AND {condition}" for condition in sql), params
 
 
-def view(task: Task, edges: Sequence[tuple[int, Any, Any]]) -> Task:
+def view(task: Task, edges: Sequence[tuple[int, Any, Any, str | None]]) -> Task:
     """The task with its dependencies as its record shows them, from its rows of the edges'
-    table: (parent id, done, the parent's result), by parent id."""
+    table: (parent id, done, the parent's result, the parent's queue when it is another
+    than the task's), by parent id."""
     return msgspec.structs.replace(
         task,
-        waiting_for=tuple(parent for parent, done, _result in edges if not done),
-        after=after_json([(parent, result) for parent, done, result in edges if done]),
+        waiting_for=tuple(parent for parent, done, _result, _queue in edges if not done),
+        after=after_json([(parent, result) for parent, done, result, _queue in edges if done]),
+        foreign=tuple((parent, queue) for parent, _d, _r, queue in edges if queue is not None),
     )
+
+
+def foreign_queue(parent_queue: str, child_queue: str) -> str | None:
+    """What an edge keeps of its parent's queue: its name when it is not the child's (an
+    edge within one queue keeps nothing)."""
+    return None if parent_queue == child_queue else parent_queue

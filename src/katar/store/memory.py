@@ -72,6 +72,8 @@ class MemoryStore(Store):
         # (done, result); per parent, the children still waiting for it to end, and every
         # child that named it, by id (ids only grow: appended in order, paged by bisection).
         self._edges: dict[int, dict[int, tuple[bool, bytes | None]]] = {}
+        #: Per child: its parents of other queues, with their queues (Task.foreign).
+        self._foreign: dict[int, tuple[tuple[int, str], ...]] = {}
         self._children: dict[int, dict[int, None]] = {}
         self._named_by: dict[int, list[int]] = {}
 
@@ -232,6 +234,7 @@ class MemoryStore(Store):
         linked to it were settled when it ended or was deleted)."""
         self._children.pop(task.id, None)
         self._named_by.pop(task.id, None)
+        self._foreign.pop(task.id, None)
         for parent_id in self._edges.pop(task.id, ()):
             waiting = self._children.get(parent_id)
             if waiting is not None:
@@ -294,6 +297,7 @@ class MemoryStore(Store):
             task,
             waiting_for=tuple(p for p, (done, _r) in edges.items() if not done),
             after=rules.after_json([(p, r) for p, (done, r) in edges.items() if done]),
+            foreign=self._foreign.get(task.id, ()),
         )
 
     def _link(self, task: Task, parents: Sequence[Task]) -> Task:
@@ -308,6 +312,9 @@ class MemoryStore(Store):
                 edges[parent.id] = (False, None)
                 self._children.setdefault(parent.id, {})[task.id] = None
         self._edges[task.id] = edges
+        foreign = tuple((p.id, p.queue) for p in parents if p.queue != task.queue)
+        if foreign:
+            self._foreign[task.id] = foreign
         return task
 
     async def linked(
@@ -400,14 +407,15 @@ class MemoryStore(Store):
         return len(expired)
 
     def _find(self, queue: str, raw_id: str | int, index: int | None = None) -> Task | None:
-        """The task an ack or request names; None when it existed once and is gone."""
+        """The task an ack or request names; None when it existed once and is gone, or is
+        another queue's (see rules.apply_ack)."""
         task_id = parse_task_id(raw_id)
         extra = {} if index is None else {"ack": index}
         if task_id is None or task_id > self._last_id:
             raise TaskNotFound.named(raw_id, queue, **extra)
         task = self._tasks.get(task_id)
         if task is not None and task.queue != queue:
-            raise TaskNotFound.named(raw_id, queue, **extra)
+            return None
         return task
 
     async def poll(

@@ -78,7 +78,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("katar")
 
-SCHEMA_VERSION: Final = 11
+SCHEMA_VERSION: Final = 12
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -245,6 +245,10 @@ DROP INDEX IF EXISTS {s}.deps_parent;
 ALTER FUNCTION {s}.enqueue(text, jsonb, integer, double precision)
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 REVOKE ALL ON FUNCTION {s}.enqueue(text, jsonb, integer, double precision) FROM PUBLIC;
+""",
+    # An edge's parent queue, when it is not the child's (Task.foreign).
+    12: """
+ALTER TABLE {s}.deps ADD COLUMN IF NOT EXISTS parent_queue text;
 """,
 }
 
@@ -1015,7 +1019,7 @@ class PostgresStore(PostgresGroups, Store):
         if fresh:
             cursor = await conn.execute(sql["next_ids"], (fresh,))
             free = sorted(row[0] for row in await cursor.fetchall())
-        edges: list[tuple[int, int, bool, bytes | None]] = []
+        edges: list[tuple[int, int, bool, bytes | None, str | None]] = []
         made: list[Task] = []  # each answered task, as far as this batch knows it
         for spec in tasks:
             key = spec.unique_key
@@ -1038,7 +1042,7 @@ class PostgresStore(PostgresGroups, Store):
                     for ref in spec.refs:  # new in this request, or a unique_key's holder
                         earlier = made[ref]
                         result = None if earlier.result is None else bytes(earlier.result)
-                        mine[earlier.id] = (earlier.state, result)
+                        mine[earlier.id] = (earlier.state, result, earlier.queue)
                     draft, mine_edges = self._depend(draft, mine)
                     edges += [(draft.id, *edge) for edge in mine_edges]
                     draft = view(draft, mine_edges)
@@ -1248,7 +1252,7 @@ class PostgresStore(PostgresGroups, Store):
                         continue  # finished and gone: a queue without history
                     raise TaskNotFound.named(ack.task_id, queue, ack=index)
                 if row[1] != queue_id:
-                    raise TaskNotFound.named(ack.task_id, queue, ack=index)
+                    continue  # another queue's: ignored, as a gone one (rules.apply_ack)
                 task = task_from_row(row, queue)
                 try:
                     new = rules.apply_ack(task, ack, options, now, worker)

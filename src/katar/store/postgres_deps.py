@@ -1,7 +1,7 @@
 """The PostgreSQL store's dependencies (``after``): the edges of a new task, a parent's end
 settling its children (released, or cancelled in cascade), and a task's view of its parents.
 
-The edges live in the ``deps`` table (migration 8). Tasks without parents or children never
+The edges live in the ``deps`` table (migrations 9 and 11). Tasks without parents or children never
 read it: the ``parents`` and ``children`` columns say which tasks need to. Every statement
 takes a parent's children, or a batch's parents, as one array: a parent with 10,000
 children costs a few statements, not one round trip per edge.
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 from katar.core import rules
 from katar.core.model import DONE, NewTask, State, Task
 from katar.core.storage import Change
-from katar.store._rows import CHILDREN, COLUMNS, PARENTS, view
+from katar.store._rows import CHILDREN, COLUMNS, PARENTS, foreign_queue, view
 from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
 
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     Connection = AsyncConnection[tuple[Any, ...]]
 
 _STATES: Final = tuple(State)
+#: A parent as an enqueue finds it: its state, its result, its queue.
+Parent = tuple[State, bytes | None, str]
 
 
 class PostgresDependencies:
@@ -55,18 +57,19 @@ class PostgresDependencies:
         within = f" = ANY(ARRAY(SELECT id FROM {s}.queues WHERE name = ANY(%s)))"
         return {
             "parents": (
-                f"SELECT id, state, result FROM {s}.tasks WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+                f"SELECT id, state, result, queue_id FROM {s}.tasks WHERE id = ANY(%s) ORDER BY id"
+                " FOR UPDATE"
             ),
             "edges_insert": (
-                f"INSERT INTO {s}.deps (child_id, parent_id, done, result) SELECT * FROM"
-                " unnest(%s::bigint[], %s::bigint[], %s::boolean[], %s::bytea[])"
+                f"INSERT INTO {s}.deps (child_id, parent_id, done, result, parent_queue) SELECT *"
+                " FROM unnest(%s::bigint[], %s::bigint[], %s::boolean[], %s::bytea[], %s::text[])"
             ),
             "has_children": (
                 f"UPDATE {s}.tasks SET children = true WHERE id = ANY(%s) AND NOT children"
             ),
             "edges": (
-                f"SELECT child_id, parent_id, done, result FROM {s}.deps WHERE child_id = ANY(%s)"
-                " ORDER BY child_id, parent_id"
+                f"SELECT child_id, parent_id, done, result, parent_queue FROM {s}.deps"
+                " WHERE child_id = ANY(%s) ORDER BY child_id, parent_id"
             ),
             "lock_children": (
                 f"SELECT 1 FROM {s}.tasks WHERE id IN (SELECT child_id FROM {s}.deps WHERE"
@@ -134,14 +137,17 @@ class PostgresDependencies:
 
     async def _parents(
         self, conn: Connection, sql: dict[str, str], tasks: Sequence[NewTask]
-    ) -> dict[int, tuple[State, bytes | None]]:
-        """The state and result of every task the batch names by id, locked until the
-        enqueue commits; ValidationError for one that does not exist."""
+    ) -> dict[int, Parent]:
+        """The state, result and queue of every task the batch names by id, locked until
+        the enqueue commits; ValidationError for one that does not exist."""
         named = sorted({i for spec in tasks for i in spec.after})
         if not named:
             return {}
         cursor = await conn.execute(sql["parents"], (named,))
-        found = {row[0]: (_STATES[row[1]], row[2]) for row in await cursor.fetchall()}
+        found = {
+            row[0]: (_STATES[row[1]], row[2], await self._name(conn, row[3]))
+            for row in await cursor.fetchall()
+        }
         for index, spec in enumerate(tasks):
             for parent_id in spec.after:
                 if parent_id not in found:
@@ -150,15 +156,21 @@ class PostgresDependencies:
 
     @staticmethod
     def _depend(
-        task: Task, parents: dict[int, tuple[State, bytes | None]]
-    ) -> tuple[Task, list[tuple[int, bool, bytes | None]]]:
-        """A new task with its parents (id -> state and result; rules.depend), and its edges
-        as (parent, done, result), without its id (not known before the insert)."""
+        task: Task, parents: dict[int, Parent]
+    ) -> tuple[Task, list[tuple[int, bool, bytes | None, str | None]]]:
+        """A new task with its parents (id -> state, result and queue; rules.depend), and its
+        edges as (parent, done, result, parent queue if not the task's), without its id (not
+        known before the insert)."""
         ordered = sorted(parents.items())
-        task = rules.depend(task, [(parent_id, state) for parent_id, (state, _r) in ordered])
+        task = rules.depend(task, [(parent_id, state) for parent_id, (state, _r, _q) in ordered])
         edges = [
-            (parent_id, state is DONE, result if state is DONE else None)
-            for parent_id, (state, result) in ordered
+            (
+                parent_id,
+                state is DONE,
+                result if state is DONE else None,
+                foreign_queue(queue, task.queue),
+            )
+            for parent_id, (state, result, queue) in ordered
         ]
         return task, edges
 
@@ -166,15 +178,15 @@ class PostgresDependencies:
     async def _link(
         conn: Connection,
         sql: dict[str, str],
-        edges: Sequence[tuple[int, int, bool, bytes | None]],
+        edges: Sequence[tuple[int, int, bool, bytes | None, str | None]],
     ) -> None:
-        """Write the edges (child, parent, done, result) of new tasks, and mark their parents
-        not done as having children."""
+        """Write the edges (child, parent, done, result, parent queue) of new tasks, and
+        mark their parents not done as having children."""
         if not edges:
             return
         columns = tuple(list(column) for column in zip(*edges, strict=True))
         await conn.execute(sql["edges_insert"], columns)
-        waited = sorted({parent for _c, parent, done, _r in edges if not done})
+        waited = sorted({parent for _c, parent, done, _r, _q in edges if not done})
         if waited:
             await conn.execute(sql["has_children"], (waited,))
 
@@ -185,11 +197,11 @@ class PostgresDependencies:
         ids = [task.id for task in tasks if task.parents]
         if not ids:
             return tasks
-        edges: dict[int, list[tuple[int, bool, bytes | None]]] = {}
-        for child_id, parent_id, done, result in await (
+        edges: dict[int, list[tuple[int, bool, bytes | None, str | None]]] = {}
+        for child_id, parent_id, done, result, queue in await (
             await conn.execute(sql["edges"], (ids,))
         ).fetchall():
-            edges.setdefault(child_id, []).append((parent_id, done, result))
+            edges.setdefault(child_id, []).append((parent_id, done, result, queue))
         return [view(task, edges.get(task.id, [])) if task.parents else task for task in tasks]
 
     @staticmethod

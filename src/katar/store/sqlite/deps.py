@@ -16,15 +16,21 @@ import msgspec
 from katar.core import rules
 from katar.core.model import DONE, NewTask, State, Task
 from katar.core.storage import Change
-from katar.store._rows import CHILDREN, COLUMNS, PARENTS, view
+from katar.store._rows import CHILDREN, COLUMNS, PARENTS, foreign_queue, view
 
 _STATES: Final = tuple(State)
-_PARENTS: Final = "SELECT id, state, result FROM tasks WHERE id IN (SELECT value FROM json_each(?))"
-_EDGE: Final = "INSERT INTO deps (child_id, parent_id, done, result) VALUES (?,?,?,?)"
+_PARENTS: Final = (
+    "SELECT id, state, result, queue_id FROM tasks WHERE id IN (SELECT value FROM json_each(?))"
+)
+_EDGE: Final = (
+    "INSERT INTO deps (child_id, parent_id, done, result, parent_queue) VALUES (?,?,?,?,?)"
+)
 _HAS_CHILDREN: Final = (
     "UPDATE tasks SET children=1 WHERE id IN (SELECT value FROM json_each(?)) AND children=0"
 )
-_EDGES: Final = "SELECT parent_id, done, result FROM deps WHERE child_id=? ORDER BY parent_id"
+_EDGES: Final = (
+    "SELECT parent_id, done, result, parent_queue FROM deps WHERE child_id=? ORDER BY parent_id"
+)
 # A parent done: its edges take its result, and answer the children they lead to.
 _PARENT_DONE: Final = (
     "UPDATE deps SET done=1, result=? WHERE parent_id=? AND done=0 RETURNING child_id"
@@ -70,6 +76,13 @@ _IN_QUEUES: Final = " AND c.queue_id IN (SELECT value FROM json_each(?))"
 _QUEUE_OF: Final = "SELECT queue_id FROM tasks WHERE id=?"
 
 
+#: An edge as the deps table holds it: child, parent, done, the parent's result, and the
+#: parent's queue when it is not the child's (_rows.foreign_queue).
+Edge = tuple[int, int, int, bytes | None, str | None]
+#: A parent as an enqueue finds it: its state, its result, its queue.
+Parent = tuple[State, bytes | None, str]
+
+
 class Dependencies:
     """The dependencies' part of SQLiteStore, which provides what is declared here."""
 
@@ -99,16 +112,14 @@ class Dependencies:
             args = (task_id, after, msgspec.json.encode(list(queue_ids)), limit)
         return [self._view(conn, self._task(row)) for row in conn.execute(sql, args)]
 
-    def _parents(
-        self, conn: sqlite3.Connection, tasks: Sequence[NewTask]
-    ) -> dict[int, tuple[State, bytes | None]]:
-        """The state and result of every task the batch names by id; ValidationError for
-        one that does not exist."""
+    def _parents(self, conn: sqlite3.Connection, tasks: Sequence[NewTask]) -> dict[int, Parent]:
+        """The state, result and queue of every task the batch names by id; ValidationError
+        for one that does not exist."""
         named = sorted({i for spec in tasks for i in spec.after})
         if not named:
             return {}
         found = {
-            row[0]: (_STATES[row[1]], row[2])
+            row[0]: (_STATES[row[1]], row[2], self._queue_names[row[3]])
             for row in conn.execute(_PARENTS, (msgspec.json.encode(named),))
         }
         for index, spec in enumerate(tasks):
@@ -121,34 +132,41 @@ class Dependencies:
     def _depend(
         task: Task,
         spec: NewTask,
-        parents: dict[int, tuple[State, bytes | None]],
+        parents: dict[int, Parent],
         answered: Sequence[Task],
-        edges: list[tuple[int, int, int, bytes | None]],
+        edges: list[Edge],
     ) -> Task:
         """A new task with its parents (rules.depend), its edges added to ``edges``."""
-        mine: dict[int, tuple[State, bytes | None]] = {}
+        mine: dict[int, Parent] = {}
         for parent_id in spec.after:
             mine[parent_id] = parents[parent_id]
         for ref in spec.refs:
             earlier = answered[ref]
             result = None if earlier.result is None else bytes(earlier.result)
-            mine[earlier.id] = (earlier.state, result)  # new, or a unique_key's holder
+            # New, or a unique_key's holder: of this queue.
+            mine[earlier.id] = (earlier.state, result, earlier.queue)
         ordered = sorted(mine.items())
-        task = rules.depend(task, [(parent_id, state) for parent_id, (state, _r) in ordered])
+        task = rules.depend(task, [(parent_id, state) for parent_id, (state, _r, _q) in ordered])
         mine_edges = [
-            (task.id, parent_id, int(state is DONE), result if state is DONE else None)
-            for parent_id, (state, result) in ordered
+            (
+                task.id,
+                parent_id,
+                int(state is DONE),
+                result if state is DONE else None,
+                foreign_queue(queue, task.queue),
+            )
+            for parent_id, (state, result, queue) in ordered
         ]
         edges += mine_edges
-        return view(task, [(parent, done, result) for _c, parent, done, result in mine_edges])
+        return view(task, [edge[1:] for edge in mine_edges])
 
     @staticmethod
-    def _link(conn: sqlite3.Connection, edges: list[tuple[int, int, int, bytes | None]]) -> None:
+    def _link(conn: sqlite3.Connection, edges: list[Edge]) -> None:
         """Write the edges of new tasks, and mark their parents not done as having children."""
         if not edges:
             return
         conn.executemany(_EDGE, edges)
-        waited = sorted({parent for _c, parent, done, _r in edges if not done})
+        waited = sorted({parent for _c, parent, done, _r, _q in edges if not done})
         if waited:
             conn.execute(_HAS_CHILDREN, (msgspec.json.encode(waited),))
 

@@ -6,8 +6,9 @@ import sqlite3
 from typing import Final
 
 # 4: idempotency keys; 5: key, fair_seq; 6: cancel, progress; 7: options; 8: delivery history;
-# 9: schedules; 10: dependencies; 11: the edges by parent, all of them (a task's children)
-SCHEMA_VERSION: Final = 11
+# 9: schedules; 10: dependencies; 11: the edges by parent, all of them (a task's children);
+# 12: an edge's parent queue, when not the child's
+SCHEMA_VERSION: Final = 12
 # The tasks at rest: paused (0), done (4), failed (5), cancelled (6). Not "state IN (0, 4, 5,
 # 6)": SQLite evaluates a partial index's condition for every row a statement writes, and an
 # IN list builds a temporary b-tree each time (a 4 KiB page zeroed): 56,000 instructions per
@@ -85,6 +86,7 @@ CREATE TABLE IF NOT EXISTS deps (
     parent_id INTEGER NOT NULL,
     done INTEGER NOT NULL DEFAULT 0,
     result BLOB,
+    parent_queue TEXT,  -- the parent's queue, when it is not the child's (Task.foreign)
     PRIMARY KEY (child_id, parent_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deps_children ON deps (parent_id, child_id);
@@ -138,6 +140,7 @@ _ADDED: Final = {
         ("tasks", "parents", "INTEGER NOT NULL DEFAULT 0"),
         ("tasks", "children", "INTEGER NOT NULL DEFAULT 0"),
     ),
+    12: (("deps", "parent_queue", "TEXT"),),
 }
 
 

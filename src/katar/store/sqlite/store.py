@@ -44,7 +44,7 @@ from katar.store._rows import (
     where_sql,
 )
 from katar.store.sqlite.batch import _RUNNING_KEYS, Batches, _Poll
-from katar.store.sqlite.deps import Dependencies
+from katar.store.sqlite.deps import Dependencies, Edge
 from katar.store.sqlite.schema import _AT_REST, SCHEMA_VERSION
 from katar.store.sqlite.writer import _ROOM, GroupCommit
 
@@ -312,7 +312,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
         created: list[Task] = []
         taken: dict[str, Task] = {}  # the keys this batch takes
         parents = self._parents(conn, tasks)
-        edges: list[tuple[int, int, int, bytes | None]] = []
+        edges: list[Edge] = []
         wanted = {spec.unique_key for spec in tasks if spec.unique_key is not None}
         holders: dict[str | None, Task] = {}
         if wanted:
@@ -443,8 +443,8 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
             if row is None:
                 return None  # it existed and is gone: finished in a queue without history
             task = self._task(row)
-            if task.queue == queue:
-                return task
+            # Another queue's task is ignored as a gone one is (see rules.apply_ack).
+            return task if task.queue == queue else None
         raise TaskNotFound.named(raw_id, queue, ack=index)
 
     async def poll(
