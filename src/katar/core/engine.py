@@ -144,7 +144,7 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         #: When this process delivered each task it leased, for katar_run_seconds.
         self._delivered_at = DeliveryStarts()
         #: The store's outages, logged once each (by the reaper, and the HTTP app's requests).
-        self.outages = Outages()
+        self.outages = Outages(store.failing)
         self.schedules: dict[str, Schedule] = {}
         self._schedule_alarm = asyncio.Event()  # the scheduler's cue: a tick or a change
         self._schedule_timer: Timer | None = None
