@@ -60,8 +60,10 @@ from katar.http.responses import (
     error_response,
     iso_time,
     json_response,
+    record_body,
     schedule_record,
     task_record,
+    task_records,
 )
 from katar.limits import Limits as Limits
 from katar.logs import log_access
@@ -939,9 +941,9 @@ class App:
             cancel = []
         if wait <= 0:
             tasks = await self.engine.poll(request.queue, acks, limit, wait, worker, None, cancel)
-            if cancel:
-                return Response(200, deliveries(tasks, cancel))
-            return Response(200, deliveries(tasks)) if tasks else NO_CONTENT
+            if cancel or tasks:
+                return Response(200, deliveries(tasks, self.limits.max_answer_bytes, cancel))
+            return NO_CONTENT
         if self.long_polls >= self.limits.max_long_polls:
             raise TooManyRequests(
                 f"this server holds its limit of {self.limits.max_long_polls} long polls; "
@@ -954,11 +956,9 @@ class App:
             )
         finally:
             self.long_polls -= 1
-        if cancel:
-            return Response(200, deliveries(tasks, cancel))
-        if not tasks:
-            return NO_CONTENT
-        return Response(200, deliveries(tasks))
+        if cancel or tasks:
+            return Response(200, deliveries(tasks, self.limits.max_answer_bytes, cancel))
+        return NO_CONTENT
 
     # -- producer and operator routes ----------------------------------------------------------
 
@@ -1157,7 +1157,8 @@ class App:
         created = await self.engine.enqueue(request.queue, new, key, may_use)
         # 200 when every task was a duplicate (a unique_key already held): nothing created.
         status = 200 if all(task.duplicate for task in created) else 201
-        return json_response({"tasks": [task_record(task) for task in created]}, status)
+        made = task_records(created, self.limits.max_answer_bytes - 12)  # {"tasks":[...]}
+        return Response(status, b'{"tasks":[%b]}' % b",".join(made))
 
     async def bulk(self, request: Request) -> Response:
         self.engine.options(request.queue)  # an unknown queue is a 404 before a bad body
@@ -1217,6 +1218,8 @@ class App:
             tasks = await read(batch, after)
             for task in tasks:
                 record = encode(task_record(task))
+                if not records and len(record) > budget:  # its parents' results cut
+                    record = record_body(task, budget)
                 if records and size + len(record) + 1 > budget:
                     cursor = after  # the page is full: the next one starts after the last
                     break
@@ -1237,7 +1240,7 @@ class App:
     async def get_task(self, request: Request) -> Response:
         wait = parse.parse_number(request.query().get("wait"), "wait", 0, 0, self.limits.max_wait)
         task = await self.engine.get_task(request.queue, request.task_id, wait)
-        return json_response(task_record(task))
+        return Response(200, record_body(task, self.limits.max_answer_bytes))
 
     async def patch_task(self, request: Request) -> Response:
         self.engine.options(request.queue)
@@ -1245,8 +1248,8 @@ class App:
         task = await self.engine.set_status(request.queue, request.task_id, status)
         if status == "cancelled" and task.state is State.RUNNING and task.cancel_requested:
             # Accepted, not done: the task is cancelled when its worker hears of it.
-            return json_response(task_record(task), 202)
-        return json_response(task_record(task))
+            return Response(202, record_body(task, self.limits.max_answer_bytes))
+        return Response(200, record_body(task, self.limits.max_answer_bytes))
 
     async def delete_task(self, request: Request) -> Response:
         task_id = request.task_id
