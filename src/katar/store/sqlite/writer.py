@@ -386,26 +386,16 @@ class GroupCommit(Store):
 
     def _checkpoint_once(self, conn: Any, mode: str) -> bool:
         """One checkpoint; False when it failed. A failure for the disk is the disk's
-        outage (_refused_by_disk), logged once; another is logged when it starts, then at
-        most once a minute while it lasts, and its end too (every try, twice a second,
-        fails the same way)."""
+        outage (_refused_by_disk), logged once; another as _checkpoint_failed says, and
+        its end too."""
         try:
             self._checkpoint(conn, mode)
         except sqlite3.Error as exc:
             self._checkpoint_failures += 1
             if _disk_refused(exc):
                 self._refused_by_disk(exc, "copy its WAL back into")
-                return False
-            now = self._clock()
-            if self._checkpoint_failures == 1 or now - self._checkpoint_logged >= _LOG_EVERY:
-                self._checkpoint_logged = now
-                log.warning(
-                    "SQLite checkpoint of %s failed (%d time(s) in a row): %s; retrying,"
-                    " logged again at most once a minute",
-                    self._path,
-                    self._checkpoint_failures,
-                    exc,
-                )
+            else:
+                self._checkpoint_failed(exc)
             return False
         if self._checkpoint_failures:
             log.warning(
@@ -415,6 +405,20 @@ class GroupCommit(Store):
             )
         self._checkpoint_failures = 0
         return True
+
+    def _checkpoint_failed(self, exc: sqlite3.Error) -> None:
+        """Log a checkpoint's failure (not the disk's): when they start, then at most once
+        a minute while they last (every try, twice a second, fails the same way)."""
+        now = self._clock()
+        if self._checkpoint_failures == 1 or now - self._checkpoint_logged >= _LOG_EVERY:
+            self._checkpoint_logged = now
+            log.warning(
+                "SQLite checkpoint of %s failed (%d time(s) in a row): %s; retrying,"
+                " logged again at most once a minute",
+                self._path,
+                self._checkpoint_failures,
+                exc,
+            )
 
     def _refused_by_disk(self, exc: sqlite3.Error, doing: str) -> None:
         """The disk refused a write or a checkpoint."""
@@ -468,8 +472,9 @@ class GroupCommit(Store):
             try:
                 copied = self._checkpoint(conn, "TRUNCATE")
             except sqlite3.Error as exc:
-                if not _disk_refused(exc):
-                    log.warning("SQLite checkpoint of %s failed: %s", self._path, exc)
+                self._checkpoint_failures += 1
+                if not _disk_refused(exc):  # the disk's failures are the outage's
+                    self._checkpoint_failed(exc)
                 return False
             free = self._free()
             if not copied or free is None or free < 2 * self._reserve:
@@ -498,9 +503,9 @@ class GroupCommit(Store):
         return stats.f_bavail * stats.f_frsize
 
     def _refuse_new_tasks(self) -> None:
-        """Raise StoreUnavailable while the disk's refusal lasts (see _refused_by_disk):
-        new tasks would take the space that copying the WAL back needs, where acks and
-        other changes to the tasks there are take little, and finish work."""
+        """Raise StoreUnavailable while the disk's outage lasts (see _disk_outage): new
+        tasks would take the space that copying the WAL back needs, whereas acks and the
+        other changes to existing tasks take little, and finish work."""
         failure = self._disk_failure
         if failure is not None:
             raise failure
