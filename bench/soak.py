@@ -4,13 +4,20 @@ A producer enqueues at a steady rate (some tasks delayed), two workers drain wit
 and carry their acks on their next poll (some acks are failures, retried with backoff).
 Every ``--interval`` seconds it samples the server: the SQLite WAL's size, its resident
 memory (VmRSS) and open file descriptors from /proc, the tasks done and waiting, and the
-latency of the enqueues and polls made since the last sample (p50 and p99). Then it stops
+latency of the enqueues and polls made since the last sample (p50 and p99). On PostgreSQL
+it also samples the size of the tasks table (with its indexes and TOAST). Then it stops
 the server (SIGTERM), timing the graceful stop, and reads the WAL that remains.
+
+With ``--servers 2`` (PostgreSQL), two servers share the store and each worker sends every
+poll to the other server than its last: each server's deliveries are acknowledged through
+the other, so neither sees the acks that end its own deliveries.
 
     .venv/bin/python -m bench.soak                      # 10 minutes on each store
     .venv/bin/python -m bench.soak --duration 1 --store sqlite
+    .venv/bin/python -m bench.soak --store postgres --servers 2 --duration 30 --rate 500
 
-The targets: the WAL stays under 64 MB, and RSS grows by at most 10 MB after the warm-up.
+The targets: the WAL stays under 64 MB, RSS grows by at most 10 MB after the warm-up, and
+the tasks table's size stops growing after the warm-up.
 Prints a table per store and writes JSON to bench/results/soak-<date>.json. PostgreSQL is
 $KATAR_BENCH_POSTGRES (default the local server), skipped when it does not answer.
 """
@@ -143,14 +150,18 @@ async def produce(port: int, load: Load, args: argparse.Namespace, stop: asyncio
         connection.close()
 
 
-async def work(port: int, load: Load, batch: int, seed: int, stop: asyncio.Event) -> None:
+async def work(ports: list[int], load: Load, batch: int, seed: int, stop: asyncio.Event) -> None:
     """A worker that asks for ``batch`` tasks (long polling 1 s) and acks them on its next
-    poll: done, or one in twenty failed (retried with the queue's backoff)."""
-    connection = await Connection.open(port)
+    poll: done, or one in twenty failed (retried with the queue's backoff). With several
+    servers, each poll goes to the next one: the acks to another than the delivery's."""
+    connections = [await Connection.open(port) for port in ports]
     rng = random.Random(seed)
     acks: list[dict[str, Any]] = []
+    polls = 0
     try:
         while not stop.is_set():
+            connection = connections[polls % len(connections)]
+            polls += 1
             body = {"tasks": acks, "max": batch, "wait": 1, "worker": f"soak-{seed}"}
             started = time.perf_counter()
             status, answer = await connection.request("POST", f"/v1/queue/{QUEUE}", body)
@@ -172,7 +183,8 @@ async def work(port: int, load: Load, batch: int, seed: int, stop: asyncio.Event
                     ack["status"] = "done"
                 acks.append(ack)
     finally:
-        connection.close()
+        for connection in connections:
+            connection.close()
 
 
 async def watch_wal(wal: Path, load: Load, stop: asyncio.Event) -> None:
@@ -200,8 +212,28 @@ async def backlog(port: int) -> dict[str, int]:
     return {}
 
 
-async def soak(server: Server, wal: Path | None, args: argparse.Namespace) -> list[dict[str, Any]]:
+def table_mb(url: str) -> float | None:
+    """The size of the tasks table of the PostgreSQL store ``url`` (its schema's), with its
+    indexes and TOAST; None on SQLite."""
+    if not url.startswith("postgres"):
+        return None
+    import psycopg
+
+    base, _, query = url.partition("?")
+    schema = dict(part.split("=", 1) for part in query.split("&") if "=" in part)["schema"]
+    with psycopg.connect(base, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pg_total_relation_size(%s::regclass)", (f"{schema}.tasks",)
+        ).fetchone()
+    return None if row is None else row[0] / MB
+
+
+async def soak(
+    servers: list[Server], url: str, wal: Path | None, args: argparse.Namespace
+) -> list[dict[str, Any]]:
     """Run the load for ``args.duration`` minutes; a sample every ``args.interval`` s."""
+    server = servers[0]
+    ports = [each.port for each in servers]
     setup = await Connection.open(server.port)
     status, _ = await setup.request("PUT", f"/v1/queue/{QUEUE}", OPTIONS)
     setup.close()
@@ -210,8 +242,8 @@ async def soak(server: Server, wal: Path | None, args: argparse.Namespace) -> li
     stop = asyncio.Event()
     clients = [
         asyncio.create_task(produce(server.port, load, args, stop)),
-        asyncio.create_task(work(server.port, load, 10, 1, stop)),
-        asyncio.create_task(work(server.port, load, 50, 2, stop)),
+        asyncio.create_task(work(ports, load, 10, 1, stop)),
+        asyncio.create_task(work(ports[::-1], load, 50, 2, stop)),
     ]
     if wal is not None:
         clients.append(asyncio.create_task(watch_wal(wal, load, stop)))
@@ -234,7 +266,10 @@ async def soak(server: Server, wal: Path | None, args: argparse.Namespace) -> li
                     "t_s": round(now - start),
                     "wal_mb": wal_now,
                     "wal_peak_mb": None if wal_now is None else max(peak, wal_now),
-                    "rss_mb": proc_status(server.pid, "VmRSS"),
+                    # The largest server's, and each one's.
+                    "rss_mb": max(proc_status(each.pid, "VmRSS") for each in servers),
+                    "rss_each_mb": [proc_status(each.pid, "VmRSS") for each in servers],
+                    "table_mb": await asyncio.to_thread(table_mb, url),
                     "fds": open_fds(server.pid),
                     "enqueued_per_s": window.enqueued / seconds,
                     "done_per_s": window.done / seconds,
@@ -261,6 +296,7 @@ COLUMNS = (
     ("wal_peak_mb", "WAL peak", "{:.1f}"),
     ("rss_mb", "RSS MB", "{:.1f}"),
     ("fds", "fds", "{:.0f}"),
+    ("table_mb", "table MB", "{:.1f}"),
     ("enqueued_per_s", "enq/s", "{:,.0f}"),
     ("done_per_s", "done/s", "{:,.0f}"),
     ("waiting", "waiting", "{:,.0f}"),
@@ -288,12 +324,16 @@ def summary(samples: list[dict[str, Any]], warmup: float) -> dict[str, Any]:
     """The figures the targets are about."""
     settled = [s for s in samples if s["t_s"] >= warmup] or samples[-1:]
     wal = [s["wal_peak_mb"] for s in samples if s["wal_peak_mb"] is not None]
+    table = [s["table_mb"] for s in settled if s.get("table_mb") is not None]
     return {
         "wal_max_mb": max(wal) if wal else None,
         "rss_after_warmup_mb": settled[0]["rss_mb"],
         "rss_max_mb": max(s["rss_mb"] for s in samples),
         "rss_growth_after_warmup_mb": max(s["rss_mb"] for s in settled) - settled[0]["rss_mb"],
         "fds_min_max": [min(s["fds"] for s in samples), max(s["fds"] for s in samples)],
+        "table_after_warmup_mb": table[0] if table else None,
+        "table_max_mb": max(table) if table else None,
+        "table_last_mb": table[-1] if table else None,
         "done_per_s": statistics.mean(s["done_per_s"] for s in samples),
         "enqueue_p99_ms_max": max(s["enqueue_p99_ms"] for s in samples),
         "poll_p99_ms_max": max(s["poll_p99_ms"] for s in samples),
@@ -316,10 +356,14 @@ def run_store(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix="katar-soak-"))
     try:
         with store(kind, directory) as (url, wal):
-            print(f"\n{kind}: {args.duration:g} min, a sample every {args.interval:g} s")
+            count = args.servers if kind == "postgres" else 1
+            print(
+                f"\n{kind}: {args.duration:g} min, {count} server(s), "
+                f"a sample every {args.interval:g} s"
+            )
             print(header(), flush=True)
-            with katars(url, 1) as servers:
-                samples = asyncio.run(soak(servers[0], wal, args))
+            with katars(url, count) as servers:
+                samples = asyncio.run(soak(servers, url, wal, args))
                 stopping = time.perf_counter()
             stop_s = time.perf_counter() - stopping  # SIGTERM until the process exited
             result = {
@@ -348,6 +392,12 @@ def main() -> None:
         "--backlog", type=int, default=5000, help="the producer waits while more are unacked"
     )
     parser.add_argument("--store", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        help="servers sharing the PostgreSQL store; the acks go through another (1)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     kinds = ["sqlite", "postgres"] if args.store == "both" else [args.store]

@@ -11,6 +11,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO, Any, Final
 from urllib.parse import unquote, urlsplit
@@ -130,12 +131,18 @@ def log_access(method: str, route: str, status: int, size: int, started: float |
 
 class Outages:
     """Says once when the store becomes unavailable and once when it is back, however many
-    requests fail in between (each of them is answered 503)."""
+    requests fail in between (each of them is answered 503).
 
-    def __init__(self) -> None:
+    ``failing`` tells why the store still cannot serve every request though some succeed
+    (a SQLite disk that refused writes still serves reads and acks): while it gives a
+    reason, a request that succeeds does not end the outage, so that reads and writes that
+    alternate during it do not log a pair of lines each time."""
+
+    def __init__(self, failing: Callable[[], str | None] | None = None) -> None:
         #: When the current outage began (time.monotonic()), None while the store answers.
         self.since: float | None = None
         self.failures = 0
+        self._failing = failing
 
     def down(self, reason: str) -> None:
         """A request or a background job found the store unavailable."""
@@ -148,6 +155,8 @@ class Outages:
     def up(self) -> None:
         """The store answered."""
         if self.since is not None:
+            if self._failing is not None and self._failing() is not None:
+                return  # it answered this one, not yet every one
             lasted = time.monotonic() - self.since
             log.warning(
                 "store available again after %.1fs (%d operation(s) failed meanwhile)",

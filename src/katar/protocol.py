@@ -376,6 +376,9 @@ class TaskRecord(msgspec.Struct, frozen=True):
     #: The results of the tasks it waited for that are done, by id; null for a task that
     #: waits for none: a JSON object ``{"<id>": <result>, ...}``.
     after: AnyJson = None
+    #: The tasks it waited for whose results ``after`` leaves out, for the answer would
+    #: pass the server's max_answer_bytes: read them from those tasks' own records.
+    after_omitted: list[str] = []
 
     @property
     def finished(self) -> bool:
@@ -465,6 +468,10 @@ class Delivery(msgspec.Struct, frozen=True):
     #: For a task that waited for others (``after``): their results, a JSON object
     #: ``{"<id>": <result>, ...}`` (fan-in). Absent for other tasks.
     after: AnyJson = None
+    #: The tasks it waited for whose results ``after`` leaves out, for the answer would
+    #: pass the server's max_answer_bytes: read them from those tasks' own records. Absent
+    #: when none.
+    after_omitted: list[str] = []
     #: For a task made by a schedule: the schedule's name and the tick the task was made
     #: for. Absent for other tasks.
     schedule: str | None = None

@@ -12,7 +12,7 @@ import pytest
 from katar import Katar
 from katar.client import AsyncProducer, AsyncWorker, Job, Producer
 from katar.errors import ValidationError
-from katar.http import App
+from katar.http import App, Limits
 from tests.client.test_client import URL, drain, katar, producer, transport
 from tests.http.conftest import served
 
@@ -42,6 +42,40 @@ async def test_a_fan_in_from_the_python_client(
     later = await producer.enqueue("q", "after all", after=[total.id])
     assert later.status == "queued"
     assert later.waiting_for == []  # its parent was done already
+
+
+async def test_a_worker_reads_the_results_left_out_of_its_delivery(katar: Katar) -> None:
+    """Results past the server's answer bound: ``Job.after`` holds those that fit, and
+    ``Job.after_omitted`` names the others, which the worker reads from their records."""
+    limits = Limits(max_task_bytes=1000, max_answer_bytes=64 * 1024 + 1000)
+    transport = httpx.ASGITransport(app=App(katar.engine, limits=limits))
+    async with AsyncProducer(URL, transport=transport) as producer:
+        tasks = await producer.enqueue_many(
+            "q", [*range(30), "merge"], afters=[*[None] * 30, [f"${n}" for n in range(30)]]
+        )
+        merged: dict[str, object] = {}
+
+        async def handler(job: Job) -> object:
+            if job.after is None:
+                return {"n": job.data, "pad": "p" * 3000}
+            assert job.after_omitted, "30 results of 3 KB do not fit in 65 KB"
+            merged.update(job.after)
+            for parent in job.after_omitted:
+                merged[parent] = (await producer.get("q", parent)).result
+            return len(merged)
+
+        worker = AsyncWorker(URL, "q", handler, transport=transport, wait=0.2, concurrency=8)
+        running = asyncio.create_task(worker.run())
+        try:  # (drain's listing would page: these records are large)
+            for _ in range(1000):
+                if (await producer.get("q", tasks[30].id)).status == "done":
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(running, 10)
+        assert merged == {task.id: {"n": n, "pad": "p" * 3000} for n, task in enumerate(tasks[:30])}
+        assert (await producer.get("q", tasks[30].id)).result == 30
 
 
 async def test_after_in_the_embedded_api(katar: Katar) -> None:

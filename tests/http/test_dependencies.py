@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from katar import Katar
-from katar.http import App
+from katar.http import App, Limits
 from katar.http.auth import Role, Token, digest
 from tests.http.conftest import app_client, enqueue
 
@@ -343,3 +343,85 @@ async def test_a_token_sees_no_id_nor_result_of_another_scopes_parents(
             done_away: {"secret": 42},
             waits_away: {"secret": 7},
         }
+
+
+# Answers of at most 64 KiB + 1000 bytes; results are bounded only by a request's body.
+SMALL_ANSWERS = Limits(max_task_bytes=1000, max_answer_bytes=64 * 1024 + 1000)
+
+
+def _results_of(parents: list[str]) -> dict[str, Any]:
+    """A result of 3,000 bytes each: 40 of them are more than an answer may hold."""
+    return {parent: {"parent": parent, "rows": "r" * 3000} for parent in parents}
+
+
+def _check_cut(carrier: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    """The results an answer carries are exact; with those it leaves out, they are all the
+    parents' (the first by id carried); the ids left out."""
+    after, omitted = carrier["after"], carrier.get("after_omitted", [])
+    assert omitted, "some results are left out"
+    assert after, "as many results as fit are carried"
+    assert sorted([*after, *omitted], key=int) == sorted(results, key=int)
+    assert max(map(int, after)) < min(map(int, omitted))
+    assert all(after[parent] == results[parent] for parent in after)
+    return list(omitted)
+
+
+async def test_a_fan_in_past_the_answer_bound_leaves_results_out(katar: Katar, via: str) -> None:
+    """A child of 40 parents each done with a 3,000-byte result: a GET of it, its delivery,
+    a page that lists it and the enqueue of another such child all stay within
+    max_answer_bytes; the results left out are named, and read from the parents."""
+    async with app_client(App(katar.engine, limits=SMALL_ANSWERS), via) as client:
+        specs = [{"data": n} for n in range(40)]
+        ids = await enqueue(
+            client, "q", *specs, {"data": "merge", "after": [f"${n}" for n in range(40)]}
+        )
+        parents, child = ids[:40], ids[40]
+        results = _results_of(parents)
+        acks = [
+            {"_id": task["_id"], "status": "done", "result": results[task["_id"]]}
+            for task in await take(client, max=40)
+        ]
+        assert len(acks) == 40
+        answer = await client.post("/v1/queue/q", json={"worker": "w", "tasks": acks, "max": 0})
+        assert answer.status_code == 204, answer.text
+        bound = SMALL_ANSWERS.max_answer_bytes
+
+        got = await client.get(f"/v1/queue/q/tasks/{child}")
+        assert got.status_code == 200
+        assert len(got.content) <= bound
+        _check_cut(got.json(), results)
+
+        page = await client.get(f"/v1/queue/q/tasks?after={parents[-1]}&limit=10")
+        assert page.status_code == 200
+        assert len(page.content) <= bound
+        assert page.json()["tasks"][0]["_id"] == child
+        _check_cut(page.json()["tasks"][0], results)
+
+        delivered = await client.post("/v1/queue/q", json={"worker": "w", "max": 10})
+        assert delivered.status_code == 200
+        assert len(delivered.content) <= bound
+        (delivery,) = delivered.json()["tasks"]
+        assert delivery["_id"] == child
+        for parent in _check_cut(delivery, results):  # each from its parent's own record
+            assert (await record(client, parent))["result"] == results[parent]
+
+        # A child enqueued once its parents are done takes their results at once.
+        answer = await client.post(
+            "/v1/queue/q/tasks", json={"tasks": [{"data": "again", "after": parents}] * 2}
+        )
+        assert answer.status_code == 201
+        assert len(answer.content) <= bound
+        first, second = answer.json()["tasks"]
+        _check_cut(first, results)
+        assert second["after"] == {}
+        assert second["after_omitted"] == parents
+
+
+async def test_a_fan_in_within_the_bound_carries_every_result(client: httpx.AsyncClient) -> None:
+    parent, child = await enqueue(client, "q", {"data": 1}, {"data": 2, "after": ["$0"]})
+    (task,) = await take(client)
+    await done(client, task["_id"], {"ok": True})
+    assert (await record(client, child))["after_omitted"] == []
+    (delivery,) = await take(client)
+    assert delivery["after"] == {parent: {"ok": True}}
+    assert "after_omitted" not in delivery

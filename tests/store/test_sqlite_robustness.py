@@ -19,7 +19,7 @@ import msgspec
 import pytest
 
 from katar import cli
-from katar.core.model import EVERY_TASK, Ack, NewTask, QueueOptions
+from katar.core.model import EVERY_TASK, Ack, NewTask, QueueOptions, State
 from katar.errors import ConfigError, StoreError, StoreUnavailable
 from katar.store import open_store
 from katar.store.sqlite import SCHEMA_VERSION, SQLiteStore
@@ -146,51 +146,114 @@ def _full(message: str = "database or disk is full") -> sqlite3.OperationalError
     return error
 
 
-async def test_a_write_the_disk_refuses_makes_ping_fail_until_a_write_succeeds(
+async def _recovered(store: SQLiteStore) -> None:
+    """Wait (10 s at most) for the checkpointer to end the disk's outage."""
+    for _ in range(200):
+        if store.failing() is None:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the store did not recover: {store.failing()}")
+
+
+async def test_after_the_disk_refused_a_write_new_tasks_wait_for_the_wal_copied_back(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="katar")
     store = await _opened(tmp_path / "katar.db")
+    options = QueueOptions(persistent=True)
     try:
-        await store.save_queue(QUEUE, QueueOptions())
+        await store.save_queue(QUEUE, options)
+        (leased,) = await store.enqueue(QUEUE, [_task()], 1)
+        assert (await store.poll(QUEUE, options, [], 1, "w", 2)).delivered
         await store.ping()
         assert store._conn is not None
         pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
         # SQLite's own "database or disk is full": no page beyond those there are.
         store._conn.execute(f"PRAGMA max_page_count = {pages}")
+        free = [0]  # no free space for now: the outage lasts through the checks below
+        store._free = lambda: free[0]  # type: ignore[method-assign]
         with pytest.raises(StoreUnavailable, match="full"):
             await store.enqueue(QUEUE, [_task(20000)], 1)
-        with pytest.raises(StoreUnavailable, match="full"):
-            await store.enqueue(QUEUE, [_task(20000)], 1)
-        assert [r.message for r in caplog.records].count(
-            next(r.message for r in caplog.records if "cannot write" in r.message)
-        ) == 1
-        assert store._write_failure is not None
+        assert store.failing() is not None
+        # New tasks are refused before anything is written, however small; ping fails.
+        with pytest.raises(StoreUnavailable, match="no new tasks"):
+            await store.enqueue(QUEUE, [_task(1)], 3)
+        with pytest.raises(StoreUnavailable, match="no new tasks"):
+            await store.ping()
         store._conn.execute("PRAGMA max_page_count = 1073741823")
-        await store.ping()  # a write that succeeds: the store writes again
-        assert store._write_failure is None
-        await store.enqueue(QUEUE, [_task(20000)], 1)
+        # An ack is applied whenever the disk takes it: it finishes work. That it was
+        # written does not end the outage.
+        ack = Ack(task_id=leased.id, status="done", attempt=1)
+        await store.poll(QUEUE, options, [ack], 0, "w", 4)
+        with pytest.raises(StoreUnavailable, match="no new tasks"):
+            await store.enqueue(QUEUE, [_task(1)], 4)
+        free[0] = 2 * store._reserve
+        await _recovered(store)
+        await store.ping()
+        await store.enqueue(QUEUE, [_task(20000)], 5)
+        counts = (await store.counts())[QUEUE]
+        assert (counts[State.DONE], counts[State.READY]) == (1, 1)
+    finally:
+        await store.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert len([m for m in said if "SQLite cannot write" in m]) == 1
+    assert len([m for m in said if "new tasks are taken again" in m]) == 1
+
+
+async def test_a_nearly_full_disk_refuses_new_tasks_before_it_is_full(tmp_path: Path) -> None:
+    """Below the reserve kept for copying the WAL back, new tasks are refused though the
+    disk would take them; taken again once the WAL is copied back and twice the reserve is
+    free."""
+    reserve = 64 * KIB
+    store = await _opened(tmp_path / "katar.db", _reserve=reserve)
+    free = [10 * reserve]
+    store._free = lambda: free[0]  # type: ignore[method-assign]
+    try:
+        await store.save_queue(QUEUE, QueueOptions())
+        await store.enqueue(QUEUE, [_task(20 * KIB)], 1)
+        free[0] = reserve - 1
+        # The writer looks at the free space each time the WAL grew by a quarter of it.
+        await store.enqueue(QUEUE, [_task(20 * KIB)], 2)
+        assert store.failing() is not None
+        assert "less than the 0.1 MB it keeps" in (store.failing() or "")
+        with pytest.raises(StoreUnavailable, match="no new tasks"):
+            await store.enqueue(QUEUE, [_task(1)], 3)
+        free[0] = 2 * reserve - 1  # not yet: twice the reserve
+        await asyncio.sleep(1.2)  # two rounds of the checkpointer
+        assert store.failing() is not None
+        free[0] = 2 * reserve
+        await _recovered(store)
+        await store.enqueue(QUEUE, [_task(1)], 4)
+        assert sum((await store.counts())[QUEUE].values()) == 3
     finally:
         await store.close()
 
 
-class _Failing:
-    """A connection whose every statement fails as on a full disk, until told not to."""
+def _locked() -> sqlite3.OperationalError:
+    error = sqlite3.OperationalError("database is locked")
+    error.sqlite_errorcode = 5  # SQLITE_BUSY: not the disk's
+    return error
 
-    def __init__(self) -> None:
+
+class _Failing:
+    """A connection whose every statement fails with ``error``, until told not to."""
+
+    def __init__(self, error: sqlite3.Error) -> None:
+        self.error = error
         self.fail = True
         self.statements: list[str] = []
 
     def execute(self, sql: str) -> Any:
         self.statements.append(sql)
         if self.fail:
-            raise _full()
+            raise self.error
         return self
 
     def fetchone(self) -> tuple[int, int, int]:
         return (0, 0, 0)
 
 
-async def test_a_failing_checkpoint_is_logged_once_a_minute_and_fails_ping(
+async def test_a_failing_checkpoint_is_logged_once_a_minute(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The store's own checkpointer stays out of it: the store is not opened.
@@ -198,15 +261,13 @@ async def test_a_failing_checkpoint_is_logged_once_a_minute_and_fails_ping(
     try:
         now = [1000.0]
         store._clock = lambda: now[0]
-        conn = _Failing()
+        conn = _Failing(_locked())
         caplog.set_level(logging.WARNING, logger="katar")
         for _ in range(20):  # ten seconds of tries
             assert not store._checkpoint_once(conn, "PASSIVE")
             now[0] += 0.5
         assert len([r for r in caplog.records if "checkpoint" in r.message]) == 1
         assert caplog.records[-1].exc_info is None  # a line, not a traceback
-        with pytest.raises(StoreUnavailable, match="disk"):
-            await store.ping()
         now[0] += 60
         assert not store._checkpoint_once(conn, "PASSIVE")
         assert len([r for r in caplog.records if "checkpoint" in r.message]) == 2
@@ -214,12 +275,30 @@ async def test_a_failing_checkpoint_is_logged_once_a_minute_and_fails_ping(
         conn.fail = False
         assert store._checkpoint_once(conn, "PASSIVE")
         assert "succeeds again" in caplog.records[-1].message
-        assert not store._checkpoint_refused
+        assert store.failing() is None  # not the disk's: new tasks were never refused
+    finally:
+        await store.close()
+
+
+async def test_a_checkpoint_the_disk_refuses_is_the_disk_outage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'katar.db'}")  # not opened, as above
+    try:
+        conn = _Failing(_full())
+        caplog.set_level(logging.WARNING, logger="katar")
+        for _ in range(20):
+            assert not store._checkpoint_once(conn, "PASSIVE")
+        (line,) = [r.getMessage() for r in caplog.records]
+        assert line.startswith("SQLite cannot copy its WAL back into")
+        assert store.failing() is not None
+        with pytest.raises(StoreUnavailable, match="disk is full"):
+            await store.ping()
         # At shutdown, a disk that refused writes gets no TRUNCATE checkpoint.
-        store._checkpoint_refused = True
+        conn.fail = False
         store._final_checkpoint(conn)
         assert not any("TRUNCATE" in sql for sql in conn.statements)
-        store._checkpoint_refused = False
+        store._disk_failure = None
         store._final_checkpoint(conn)
         assert "PRAGMA wal_checkpoint(TRUNCATE)" in conn.statements
     finally:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
-from katar.core.counters import BUCKETS, Histogram
+from katar.core.counters import BUCKETS, DeliveryStarts, Histogram
 
 
 def _bucket(ms: int) -> int:
@@ -29,3 +31,64 @@ def test_a_histogram_counts_each_duration_in_its_bucket(copies: int) -> None:
         expected[_bucket(ms)] += 1
     assert histogram.counts == expected
     assert histogram.cumulative()[-1] == histogram.count
+
+
+@dataclass(frozen=True)
+class _Task:
+    id: int
+    lease_until: int | None
+
+
+def _delivered(starts: DeliveryStarts, ids: range, now: int, lease: int = 1000) -> None:
+    starts.started([_Task(i, now + lease) for i in ids], now)
+
+
+def test_a_delivery_start_is_taken_out_by_its_ack() -> None:
+    starts = DeliveryStarts()
+    _delivered(starts, range(3), now=100)
+    assert starts.ended("1") == 100
+    assert starts.ended("1") is None  # once
+    assert len(starts) == 2
+
+
+def test_delivery_starts_acked_elsewhere_go_when_their_lease_runs_out() -> None:
+    # A server whose deliveries are acked through another: no ack ever comes here, and no
+    # reap (the other server may reap). What it holds stays at the deliveries in their lease.
+    starts = DeliveryStarts()
+    for second in range(60):
+        _delivered(starts, range(second * 100, second * 100 + 100), now=second * 1000)
+        assert len(starts) <= 200  # this second's and the last's (a 1 s lease)
+    assert starts.ended("5999") == 59_000  # the latest are still timed
+    assert starts.ended("0") is None
+
+
+def test_a_heartbeat_here_keeps_the_start_past_the_first_lease() -> None:
+    starts = DeliveryStarts()
+    _delivered(starts, range(2), now=0)
+    starts.extended("0", now=900)  # the lease runs to 1900 now
+    starts.extended("7", now=900)  # unknown here: nothing
+    _delivered(starts, range(10, 11), now=1500)  # prunes task 1, whose lease ended at 1000
+    assert starts.ended("1") is None
+    assert starts.ended("0") == 0
+    assert len(starts) == 1
+
+
+def test_tasks_with_leases_of_their_own_are_pruned_at_theirs() -> None:
+    starts = DeliveryStarts()
+    starts.started([_Task(1, 500), _Task(2, 5000), _Task(3, None)], 0)
+    assert len(starts) == 2  # a task without a lease is not a delivery to time
+    _delivered(starts, range(10, 11), now=600)
+    assert starts.ended("1") is None
+    assert starts.ended("2") == 0
+
+
+def test_past_the_cap_new_deliveries_go_unmeasured() -> None:
+    starts = DeliveryStarts(limit=10)
+    _delivered(starts, range(8), now=0)
+    _delivered(starts, range(8, 11), now=1)  # 11 would pass the cap
+    assert len(starts) == 8
+    assert starts.ended("9") is None
+    _delivered(starts, range(20, 22), now=2)
+    assert len(starts) == 10
+    _delivered(starts, range(30, 31), now=2000)  # the earlier leases ran out: room again
+    assert len(starts) == 1

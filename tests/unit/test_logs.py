@@ -120,6 +120,28 @@ def test_an_outage_is_said_once_and_its_end_once(caplog: pytest.LogCaptureFixtur
     assert "(100 operation(s)" in messages[1]
 
 
+def test_an_outage_lasts_while_the_store_says_it_still_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A full SQLite disk: reads and acks succeed between refused writes. Each success must
+    # not end the outage (a pair of lines a second), only the store's recovery does.
+    caplog.set_level(logging.INFO)
+    failing: list[str] = []
+    outages = logs.Outages(lambda: failing[0] if failing else None)
+    failing.append("the disk refused a write")
+    for _ in range(50):
+        outages.down("SQLite cannot write: database or disk is full")
+        outages.up()
+    failing.clear()
+    outages.up()
+    outages.up()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert messages[0].startswith("store unavailable: SQLite cannot write")
+    assert messages[1].startswith("store available again")
+    assert "(50 operation(s)" in messages[1]
+
+
 def test_the_logging_table(tmp_path: Path) -> None:
     path = tmp_path / "katar.toml"
     path.write_text('[logging]\nlevel = "debug"\nformat = "json"\naccess_log = true\n')

@@ -73,7 +73,9 @@ _NO_PROGRESS: Final = object()
 class Job:
     """A task delivered to this worker: ``id``, ``data`` (the producer's JSON, decoded),
     ``attempt`` (the delivery's number, from 1), ``after`` (the results of the tasks it
-    waited for, by id; None for a task that waited for none), and ``schedule`` and
+    waited for, by id; None for a task that waited for none; ``after_omitted`` lists those
+    whose results did not fit in the server's answer, to read from their own records), and
+    ``schedule`` and
     ``scheduled_for`` (the schedule that made it and the tick, ISO 8601 UTC; None for a task
     no schedule made); and the handler's line to the worker while it runs:
     :meth:`progress`, :attr:`cancelled`, :attr:`cancel_event`."""
@@ -82,6 +84,7 @@ class Job:
         "_lock",
         "_progress",
         "after",
+        "after_omitted",
         "attempt",
         "cancel_event",
         "data",
@@ -100,12 +103,16 @@ class Job:
         after: dict[str, Any] | None = None,
         schedule: str | None = None,
         scheduled_for: str | None = None,
+        after_omitted: list[str] | None = None,
     ) -> None:
         self.id = id
         self.data = data
         self.attempt = attempt
         #: The results of the tasks it waited for (``after`` at enqueue), by id: a fan-in.
         self.after = after
+        #: The tasks it waited for whose results ``after`` leaves out (the server's answers
+        #: are bounded): read each from its own record (``Producer.get``).
+        self.after_omitted = after_omitted or []
         #: The schedule that made the task, and the tick it was made for.
         self.schedule = schedule
         self.scheduled_for = scheduled_for
@@ -410,6 +417,7 @@ class AsyncWorker:
                 task.after,
                 task.schedule,
                 task.scheduled_for,
+                task.after_omitted,
             )
             for task in answer.tasks
         ]

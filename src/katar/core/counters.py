@@ -14,7 +14,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 #: Upper bounds of the histograms' buckets, in seconds (Prometheus's ``le``), from a
 #: millisecond to a day: a task's wait and run time span that range. ``+Inf`` is implicit.
@@ -43,6 +43,11 @@ _BOUNDS_MS: Final = tuple(bound * 1000 for bound in BUCKETS)
 
 #: From how many durations Histogram.observe counts them by value first.
 _GROUPED: Final = 16
+
+#: The most deliveries whose start a server remembers for katar_run_seconds: past that many
+#: unacknowledged deliveries still in their lease, new ones go unmeasured (their acks still
+#: count).
+MAX_TIMED_DELIVERIES: Final = 100_000
 
 #: Why a limit held a poll back (katar_limited_polls_total's ``reason``).
 LIMIT_REASONS: Final = ("rate", "concurrency", "paused")
@@ -150,3 +155,93 @@ class Counters:
             histograms.pop(queue, None)
         for key in [key for key in self.limited_polls if key[0] == queue]:
             del self.limited_polls[key]
+
+
+class Leased(Protocol):
+    """What DeliveryStarts reads of a delivered task (katar.core.model.Task has it)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def lease_until(self) -> int | None: ...
+
+
+class DeliveryStarts:
+    """When this process delivered each task it leased, for katar_run_seconds: the ack that
+    ends the delivery takes its start (ms) out, by the task's id as the wire writes it.
+
+    The "done" fast path of the stores builds no task, so the ack's own id is what finds the
+    start; keyed by the string, an ack's id finds it without being parsed again (what these
+    metrics cost a poll: docs/benchmarks.md, "Batched drain A/B").
+
+    An entry may never meet its ack here: on a store that servers share, the ack, or the
+    reap of an expired lease, may go through another server. So an entry also goes when the
+    delivery's lease has run out as this process knows it (a heartbeat acked here extends
+    it), and there are at most ``limit`` entries: what is held is bounded by the deliveries
+    in their lease, whoever acks them. A delivery acked here after its lease was extended
+    through another server is not timed.
+    """
+
+    __slots__ = ("_prune_at", "_starts", "limit")
+
+    def __init__(self, limit: int = MAX_TIMED_DELIVERIES) -> None:
+        self.limit = limit
+        #: Per task id: (start, lease end), both ms. Insertion order is about lease order
+        #: (one timeout per queue), which _prune walks from the front. The tasks of one
+        #: delivery share one tuple.
+        self._starts: dict[str, tuple[int, int]] = {}
+        #: The front entry's lease end: no pruning is due before (None: empty).
+        self._prune_at: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def started(self, tasks: Sequence[Leased], now: int) -> None:
+        """Remember the start of the deliveries of ``tasks``, made at ``now``."""
+        starts = self._starts
+        if self._prune_at is not None and self._prune_at <= now:
+            self._prune(now)
+        if len(starts) + len(tasks) > self.limit:
+            return
+        stamp: tuple[int, int] | None = None
+        for task in tasks:
+            until = task.lease_until
+            if until is None:
+                continue
+            if stamp is None or stamp[1] != until:  # a task with a timeout of its own
+                stamp = (now, until)
+            starts[str(task.id)] = stamp
+        if self._prune_at is None and starts:
+            self._prune_at = next(iter(starts.values()))[1]
+
+    def extended(self, task_id: str, now: int) -> None:
+        """A heartbeat for the task was applied here at ``now``: its lease runs as long again
+        from now (the entry moves to the end, with the leases made now)."""
+        stamp = self._starts.pop(task_id, None)
+        if stamp is not None:
+            start, until = stamp
+            # As long as the delivery's own lease: the task's timeout, or its queue's.
+            self._starts[task_id] = (start, now + (until - start))
+            if self._prune_at is None or len(self._starts) == 1:
+                self._prune_at = next(iter(self._starts.values()))[1]
+
+    def ended(self, task_id: str) -> int | None:
+        """The start of the task's delivery, forgotten; None if not known here."""
+        stamp = self._starts.pop(task_id, None)
+        if not self._starts:
+            self._prune_at = None
+        return None if stamp is None else stamp[0]
+
+    def _prune(self, now: int) -> None:
+        """Forget the deliveries from the front whose lease has run out by ``now``."""
+        starts = self._starts
+        expired = []
+        for task_id, (_, until) in starts.items():
+            if until > now:
+                self._prune_at = until
+                break
+            expired.append(task_id)
+        else:
+            self._prune_at = None
+        for task_id in expired:
+            del starts[task_id]

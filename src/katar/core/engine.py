@@ -29,7 +29,7 @@ import msgspec
 
 from katar.core import idempotency
 from katar.core.clock import Clock, SystemClock, Timer
-from katar.core.counters import Counters
+from katar.core.counters import Counters, DeliveryStarts
 from katar.core.model import (
     CANCELLED,
     EVERY_TASK,
@@ -98,9 +98,6 @@ Listener = Callable[[Task], Awaitable[None] | None]
 QUEUE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 #: The longest queue name any server accepts; [limits] max_queue_name may lower it.
 MAX_QUEUE_NAME: Final = 255
-#: The most deliveries whose start the engine remembers for katar_run_seconds: past that
-#: many unacknowledged deliveries, new ones go unmeasured (their acks still count).
-MAX_TIMED_DELIVERIES: Final = 100_000
 #: Seconds before the first retry of a failed reload of the queues' options, and the most
 #: between two retries (the delay doubles up to it).
 RELOAD_BACKOFF_FIRST: Final = 0.1
@@ -181,16 +178,11 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         self._last_keyed: int | None = None  # when an enqueue last stored a key (ms)
         #: What this process has done since it started, per queue (katar.core.counters).
         self.counters = Counters()
-        #: When this process delivered each task it leased (ms, by task id as the wire
-        #: writes it): popped at the ack that ends the delivery (observed in
-        #: katar_run_seconds) or when the lease runs out. The "done" fast path of the stores
-        #: builds no task, so the ack's own id is what finds the start; keyed by the string,
-        #: an ack's id finds it without being parsed again (what these metrics cost a poll:
-        #: docs/benchmarks.md, "Batched drain A/B"). Bounded by MAX_TIMED_DELIVERIES.
-        self._delivered_at: dict[str, int] = {}
+        #: When this process delivered each task it leased, for katar_run_seconds.
+        self._delivered_at = DeliveryStarts()
         #: The store's outages, logged once each (by the reaper, the scheduler, the reload of
         #: the queues and the HTTP app's requests).
-        self.outages = Outages()
+        self.outages = Outages(store.failing)
         self.schedules: dict[str, Schedule] = {}
         self._schedule_alarm = asyncio.Event()  # the scheduler's cue: a tick or a change
         self._schedule_timer: Timer | None = None
@@ -702,14 +694,8 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
             delivered[queue] = delivered.get(queue, 0) + len(tasks)
             # The first deliveries: how long the tasks waited, since their creation (a delay
             # included: a claimed task keeps no run_at).
-            started = self._delivered_at
-            timed = len(started) + len(tasks) <= MAX_TIMED_DELIVERIES
-            waited = []
-            for task in tasks:
-                if task.attempts == 1:
-                    waited.append(now - task.created_at)
-                if timed:
-                    started[str(task.id)] = now
+            waited = [now - task.created_at for task in tasks if task.attempts == 1]
+            self._delivered_at.started(tasks, now)
             if waited:
                 counters.observe(counters.wait, queue, waited)
         if self._listeners:
@@ -727,13 +713,15 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         ran: list[int] = []
         for ack in acks:
             status = ack.status
-            if status == "in progress":
-                continue
             if status == "done":
                 done += 1
             if started:
                 task_id = ack.task_id
-                at = started.pop(task_id if isinstance(task_id, str) else str(task_id), None)
+                key = task_id if isinstance(task_id, str) else str(task_id)
+                if status == "in progress":
+                    started.extended(key, now)
+                    continue
+                at = started.ended(key)
                 if at is not None:
                     ran.append(now - at)
         if ran:
@@ -954,7 +942,7 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         counters, queue, state = self.counters, task.queue, task.state
         if expired:
             counters.add(counters.lease_expiries, queue)
-            self._delivered_at.pop(str(task.id), None)
+            self._delivered_at.ended(str(task.id))
         elif state is FAILED or state is READY or state is SCHEDULED:
             counters.add(counters.failed, queue)
         if state is READY or state is SCHEDULED or state is PAUSED:

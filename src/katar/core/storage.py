@@ -179,6 +179,12 @@ class Store(abc.ABC):
     async def ping(self) -> None:
         """Return when the store answers; raise StoreUnavailable when it does not."""
 
+    def failing(self) -> str | None:
+        """Why the store cannot serve every request though some succeed, or None: a SQLite
+        disk that refused writes is one (reads and acks go on, new tasks are refused). While
+        it gives a reason, a request that succeeds does not end the outage logged."""
+        return None
+
     @abc.abstractmethod
     async def load_queues(self) -> dict[str, QueueOptions]:
         """Every stored queue with its options."""

@@ -63,8 +63,10 @@ from katar.http.responses import (
     error_response,
     iso_time,
     json_response,
+    record_body,
     schedule_record,
     task_record,
+    task_records,
 )
 from katar.http.sites import Hosts, SiteHeaders, cross_site, site_headers
 from katar.limits import Limits as Limits
@@ -1017,8 +1019,10 @@ class App:
             if request.token is not None and not request.token.all_queues:
                 tasks = [shown(task, request.token) for task in tasks]
             if cancel:
-                return Response(200, deliveries(tasks, cancel))
-            return Response(200, deliveries(tasks)) if tasks else NO_CONTENT
+                return Response(200, deliveries(tasks, self.limits.max_answer_bytes, cancel))
+            if not tasks:
+                return NO_CONTENT
+            return Response(200, deliveries(tasks, self.limits.max_answer_bytes))
         with self._long_poll(request):
             tasks = await self.engine.poll(
                 request.queue, acks, limit, wait, worker, request.hang_up(), cancel
@@ -1026,10 +1030,10 @@ class App:
         if request.token is not None and not request.token.all_queues:
             tasks = [shown(task, request.token) for task in tasks]
         if cancel:
-            return Response(200, deliveries(tasks, cancel))
+            return Response(200, deliveries(tasks, self.limits.max_answer_bytes, cancel))
         if not tasks:
             return NO_CONTENT
-        return Response(200, deliveries(tasks))
+        return Response(200, deliveries(tasks, self.limits.max_answer_bytes))
 
     @contextlib.contextmanager
     def _long_poll(self, request: Request) -> Iterator[None]:
@@ -1277,8 +1281,9 @@ class App:
         created = await self.engine.enqueue(request.queue, new, key, may_use)
         # 200 when every task was a duplicate (a unique_key already held): nothing created.
         status = 200 if all(task.duplicate for task in created) else 201
-        records = [task_record(shown(task, token)) for task in created]
-        return json_response({"tasks": records}, status)
+        shown_tasks = [shown(task, token) for task in created]
+        made = task_records(shown_tasks, self.limits.max_answer_bytes - 12)  # {"tasks":[...]}
+        return Response(status, b'{"tasks":[%b]}' % b",".join(made))
 
     async def bulk(self, request: Request) -> Response:
         self.engine.options(request.queue)  # an unknown queue is a 404 before a bad body
@@ -1341,7 +1346,10 @@ class App:
             batch = min(limit - len(records), max(1, (budget - size) // task_bytes))
             tasks = await read(batch, after)
             for task in tasks:
-                record = encode(task_record(shown(task, token)))
+                task = shown(task, token)
+                record = encode(task_record(task))
+                if not records and len(record) > budget:  # its parents' results cut
+                    record = record_body(task, budget)
                 if records and size + len(record) + 1 > budget:
                     cursor = after  # the page is full: the next one starts after the last
                     break
@@ -1366,7 +1374,7 @@ class App:
         else:
             with self._long_poll(request):
                 task = await self.engine.get_task(request.queue, request.task_id, wait)
-        return json_response(task_record(shown(task, request.token)))
+        return Response(200, record_body(shown(task, request.token), self.limits.max_answer_bytes))
 
     async def patch_task(self, request: Request) -> Response:
         self.engine.options(request.queue)
@@ -1375,8 +1383,8 @@ class App:
         task = shown(task, request.token)
         if status == "cancelled" and task.state is State.RUNNING and task.cancel_requested:
             # Accepted, not done: the task is cancelled when its worker hears of it.
-            return json_response(task_record(task), 202)
-        return json_response(task_record(task))
+            return Response(202, record_body(task, self.limits.max_answer_bytes))
+        return Response(200, record_body(task, self.limits.max_answer_bytes))
 
     async def delete_task(self, request: Request) -> Response:
         task_id = request.task_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -166,8 +167,9 @@ def schedule_record(schedule: Schedule, now: int) -> ScheduleRecord:
     )
 
 
-def task_record(task: Task) -> TaskRecord:
-    """The public JSON record of a task."""
+def task_record(task: Task, omitted: list[str] | None = None) -> TaskRecord:
+    """The public JSON record of a task; ``omitted``: the parents whose results its
+    ``after`` leaves out (see fit_results)."""
     # Positional, in TaskRecord's field order: a struct built from keywords costs twice as
     # much, and an enqueue's answer builds one record per task.
     return TaskRecord(
@@ -198,7 +200,72 @@ def task_record(task: Task) -> TaskRecord:
         _history(task) if task.started_at is not None or task.history is not None else [],
         [str(parent_id) for parent_id in task.waiting_for] if task.waiting_for else [],
         task.after,
+        omitted or [],
     )
+
+
+def task_records(tasks: Sequence[Task], max_bytes: int) -> list[bytes]:
+    """The tasks' records, encoded, for one answer: with the commas between them they take
+    at most ``max_bytes``, their parents' results cut as fit_results says."""
+    return fit_results(tasks, max_bytes, lambda task, omitted: encode(task_record(task, omitted)))
+
+
+def record_body(task: Task, max_bytes: int) -> bytes:
+    """An answer that is a task's record: at most ``max_bytes`` (see fit_results)."""
+    return task_records([task], max_bytes)[0]
+
+
+#: A task's ``after`` as the stores build it (rules.after_json): results by parent id.
+_results_decoder: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def fit_results(
+    tasks: Sequence[Task], max_bytes: int, encoded: Callable[[Task, list[str]], bytes]
+) -> list[bytes]:
+    """Each task encoded (a record or a delivery) by ``encoded(task, omitted)``, so that
+    together, with a comma between each, they take at most ``max_bytes``.
+
+    Only the parents' results (``after``, fan-in) give way: a task that waited for many
+    others may carry more than any answer may hold (40 results of 4 MB). Then the results
+    go in task after task, and by parent id within a task, while they fit; the rest are left
+    out, their parents' ids in the task's ``after_omitted``, where a worker or a reader
+    finds which to fetch from the parents' own records. The rest of the answer is bounded
+    by the requests that made the tasks (max_task_bytes, max_poll)."""
+    parts = [encoded(task, []) for task in tasks]
+    if sum(map(len, parts)) + len(parts) - 1 <= max_bytes:
+        return parts  # the common case: a length check
+    # Every result left out, then put back, first come first served, while they fit. A
+    # task's part only shrinks as its results go back in less its ids in after_omitted.
+    bare = [_cut_results(task, 0) for task in tasks]
+    parts = [encoded(task, omitted) for task, omitted in bare]
+    room = max_bytes - (sum(map(len, parts)) + len(parts) - 1)
+    for index, task in enumerate(tasks):
+        if task.after is None or not bare[index][1] or room <= 0:
+            continue
+        cut, omitted = _cut_results(task, room)
+        part = encoded(cut, omitted)
+        room -= len(part) - len(parts[index])
+        parts[index] = part
+    return parts
+
+
+def _cut_results(task: Task, room: int) -> tuple[Task, list[str]]:
+    """The task with the results of its ``after`` that fit in ``room`` more bytes than an
+    empty object, by parent id; and the ids of the parents whose results are left out."""
+    if task.after is None:
+        return task, []
+    results = sorted(_results_decoder.decode(task.after).items(), key=lambda kv: int(kv[0]))
+    kept: list[bytes] = []
+    size = 0
+    for index, (parent, result) in enumerate(results):
+        part = b'"%b":%b' % (parent.encode(), bytes(result))
+        size += len(part) + (1 if kept else 0)
+        if size > room:
+            after = msgspec.Raw(b"{" + b",".join(kept) + b"}")
+            omitted = [parent for parent, _result in results[index:]]
+            return msgspec.structs.replace(task, after=after), omitted
+        kept.append(part)
+    return task, []
 
 
 def _history(task: Task) -> list[DeliveryRecord]:
@@ -226,17 +293,18 @@ _DELIVERY: Final = b'{"_id":"%d","data":%b,"attempt":%d}'
 _DELIVERY_TIMEOUT: Final = b'{"_id":"%d","data":%b,"attempt":%d,"timeout":%d}'
 
 
-def _delivery(task: Task) -> bytes:
+def _delivery(task: Task, omitted: list[str] | None = None) -> bytes:
     if task.after is not None or task.schedule is not None:
-        return _delivery_more(task)
+        return _delivery_more(task, omitted)
     if task.timeout is None:
         return _DELIVERY % (task.id, task.data, task.attempts)
     return _DELIVERY_TIMEOUT % (task.id, task.data, task.attempts, task.timeout)
 
 
-def _delivery_more(task: Task) -> bytes:
+def _delivery_more(task: Task, omitted: list[str] | None = None) -> bytes:
     """The delivery of a task made by a schedule (its name and tick), or that waited for
-    others (their results: fan-in). Each field is there only when set."""
+    others (their results: fan-in, and the parents whose results are left out, see
+    fit_results). Each field is there only when set."""
     more = b"" if task.timeout is None else b',"timeout":%d' % task.timeout
     if task.schedule is not None:
         more += b',"schedule":%b' % encode(task.schedule)
@@ -244,16 +312,25 @@ def _delivery_more(task: Task) -> bytes:
             more += b',"scheduled_for":"%b"' % _iso(task.scheduled_for).encode()
     if task.after is not None:
         more += b',"after":%b' % task.after
+    if omitted:
+        more += b',"after_omitted":%b' % encode(omitted)
     return b'{"_id":"%d","data":%b,"attempt":%d%b}' % (task.id, task.data, task.attempts, more)
 
 
-def deliveries(tasks: list[Task], cancel: list[int] | None = None) -> bytes:
+def deliveries(tasks: list[Task], max_bytes: int, cancel: list[int] | None = None) -> bytes:
     """The body of a poll that delivers tasks: the data is spliced in as the producer sent it.
-    With ``cancel``, the ids of the tasks the worker must stop (katar.protocol.Deliveries)."""
+    With ``cancel``, the ids of the tasks the worker must stop (katar.protocol.Deliveries).
+    At most ``max_bytes``, the tasks' parents' results cut as fit_results says (a poll takes
+    no more tasks than fit with their data: Limits.max_poll)."""
     if cancel:
-        parts = [_delivery(task) for task in tasks]
-        stop = b",".join(b'"%d"' % task_id for task_id in cancel)
-        return b'{"tasks":[' + b",".join(parts) + b'],"cancel":[' + stop + b"]}"
+        end = b'],"cancel":[' + b",".join(b'"%d"' % task_id for task_id in cancel) + b"]}"
+    else:
+        end = b"]}"
     if len(tasks) == 1:  # the seed protocol's poll: no list to build and join
-        return b'{"tasks":[' + _delivery(tasks[0]) + b"]}"
-    return b'{"tasks":[' + b",".join([_delivery(task) for task in tasks]) + b"]}"
+        body = b'{"tasks":[' + _delivery(tasks[0]) + end
+    else:
+        body = b'{"tasks":[' + b",".join([_delivery(task) for task in tasks]) + end
+    if len(body) <= max_bytes:
+        return body
+    parts = fit_results(tasks, max_bytes - len(end) - 10, _delivery)
+    return b'{"tasks":[' + b",".join(parts) + end

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import sqlite3
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final
@@ -32,7 +31,6 @@ from katar.errors import (
     Conflict,
     KatarError,
     QueueNotFound,
-    StoreUnavailable,
     TaskNotFound,
 )
 from katar.protocol import HISTORY_LENGTH
@@ -45,8 +43,8 @@ from katar.store._rows import (
 )
 from katar.store.sqlite.batch import _RUNNING_KEYS, Batches, _Poll
 from katar.store.sqlite.deps import Dependencies, Edge
-from katar.store.sqlite.schema import _AT_REST, SCHEMA_VERSION
-from katar.store.sqlite.writer import _ROOM, GroupCommit
+from katar.store.sqlite.schema import _AT_REST
+from katar.store.sqlite.writer import GroupCommit
 
 _COLUMNS: Final = COLUMNS
 # Parameters on the hot paths are ints and bytearrays only. Python's sqlite3 binds int, float,
@@ -166,26 +164,15 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
     # -- the contract ------------------------------------------------------------------------
 
     async def ping(self) -> None:
-        if self._checkpoint_refused:
-            raise StoreUnavailable(
-                "SQLite cannot copy its WAL back into the database: the disk refuses writes"
-            )
-        if self._write_failure is None:
-            await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
-            return
-        # The last write failed for the disk. A small write may well succeed where the
-        # last failed (the WAL's file has room left from earlier writes), so ask the file
-        # system for room first; then write, to know the disk works: this rewrites a value
-        # unchanged, one page of WAL.
-        # ASYNC240: a local stat, rare (only after a disk failure): not worth a thread.
-        folder = os.path.dirname(os.path.abspath(self._path))  # noqa: ASYNC240
-        try:
-            stats = os.statvfs(folder)
-        except OSError as exc:
-            raise StoreUnavailable(f"SQLite cannot write: {exc}") from exc
-        if stats.f_bavail * stats.f_frsize < _ROOM:
-            raise StoreUnavailable(self._write_failure.message)
-        await self._write(lambda conn: conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}"))
+        # After the disk refused a write, the store is not well until its checkpointer has
+        # copied the WAL back with room to spare (GroupCommit._recover): a small write may
+        # well succeed meanwhile (the WAL's file has room left from earlier writes).
+        self._refuse_new_tasks()
+        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    def failing(self) -> str | None:
+        failure = self._disk_failure
+        return None if failure is None else failure.message
 
     async def load_queues(self) -> dict[str, QueueOptions]:
         rows = await self._read(
@@ -263,6 +250,9 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
         tasks: Sequence[NewTask],
         now: int,
     ) -> list[Task]:
+        # Every new task comes through here (an enqueue, a schedule's tick); refused after
+        # the disk refused a write, before anything is written (the group goes on).
+        self._refuse_new_tasks()
         if any(map(rules.special, tasks)):
             return self._insert_special(conn, queue_id, queue, tasks, now)
         first = self._last_id + 1

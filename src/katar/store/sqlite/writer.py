@@ -70,9 +70,13 @@ _WAL_LIMIT: Final = 16 * 1024 * 1024
 _WAL_KEPT: Final = 4 * 1024 * 1024
 # How long the RESTART checkpoint waits for a read in progress (ms), the writer held back.
 _RESTART_WAIT_MS: Final = 1000
-# The free space a disk that refused writes must have again before the store says it can
-# write: a little more than one large request.
-_ROOM: Final = 1024 * 1024
+_MB: Final = 1024 * 1024
+# The free space kept on the database's file system for copying the WAL back: below it, new
+# tasks are refused until the WAL is copied back and twice as much is free (see
+# _low_space). A copy needs room for the pages it adds to the database; a disk filled to the
+# last byte leaves none, and the store stuck until an operator frees space. A quarter of a
+# file system smaller than 64 MB, at least 1 MB (a little more than one large request).
+_RESERVE: Final = 16 * _MB
 _LOG_EVERY: Final = 60.0  # seconds between two log lines of a checkpoint that keeps failing
 # SQLite's primary result codes for a write refused by the disk: no space, or an I/O error.
 _SQLITE_IOERR: Final = 10
@@ -112,6 +116,20 @@ def _translate(exc: sqlite3.Error) -> StoreError:
     if isinstance(exc, sqlite3.OperationalError) or _disk_refused(exc):
         return StoreUnavailable(f"SQLite is unavailable: {exc}")
     return StoreError(f"SQLite failed: {exc}")
+
+
+def _reserve_for(path: str) -> int:
+    """The free space kept for copying the WAL back on the file system of ``path``: _RESERVE,
+    a quarter of a smaller file system's size, at least one MB."""
+    try:
+        stats = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return _RESERVE
+    return min(_RESERVE, max(_MB, stats.f_blocks * stats.f_frsize // 4))
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / _MB:.1f} MB"
 
 
 def _disk_refused(exc: sqlite3.Error) -> bool:
@@ -169,10 +187,16 @@ class GroupCommit(Store):
         self._hold = False
         self._held = threading.Event()
         self._restart_after = 0.0  # monotonic time before which no restart is asked again
-        # The last write's failure when the disk refused it (full, I/O error), until a write
-        # succeeds: the store cannot write, and ping says so.
-        self._write_failure: StoreUnavailable | None = None
-        self._checkpoint_refused = False  # the last checkpoint failed for the disk
+        # Why the disk refused a write or a checkpoint (full, I/O error), or has less than
+        # _reserve free, until the checkpointer has copied the whole WAL back with the writes
+        # held and twice _reserve is free (_recover): meanwhile new tasks are refused and ping
+        # fails. Set on either thread, under _disk_lock; cleared by the checkpointer while
+        # the writes are held.
+        self._disk_failure: StoreUnavailable | None = None
+        self._reserve = _reserve_for(self._path)
+        self._space_seen = 0  # the WAL's size when the writer last looked at the free space
+        self._disk_since = 0.0  # when it began (monotonic)
+        self._disk_lock = threading.Lock()
         self._checkpoint_failures = 0  # checkpoints failed in a row
         self._checkpoint_logged = 0.0  # when a failing checkpoint was last logged
         self._keep_wal = False  # the WAL is left at shutdown, for the disk refused writes
@@ -328,6 +352,12 @@ class GroupCommit(Store):
                 if self._stopping.is_set():
                     break
                 self._written.clear()
+                if self._disk_failure is not None:
+                    if not self._recover(conn):
+                        self._written.set()  # try again after the rest
+                    self._wake.wait(_CHECKPOINT_INTERVAL)
+                    self._wake.clear()
+                    continue
                 restart = self._restart_wanted
                 try:
                     ok = self._checkpoint_once(conn, "PASSIVE")
@@ -341,6 +371,7 @@ class GroupCommit(Store):
                         self._written.set()  # try again after the rest
                         # and ask no restart before then
                         self._restart_after = time.monotonic() + _CHECKPOINT_INTERVAL
+                    self._low_space()  # a statvfs after writes, twice a second at most
                 finally:
                     if restart:
                         self._loop_call(self._release)
@@ -354,24 +385,17 @@ class GroupCommit(Store):
                 self._loop_call(self._release)
 
     def _checkpoint_once(self, conn: Any, mode: str) -> bool:
-        """One checkpoint; False when it failed. A failure is logged when it starts, then
-        at most once a minute while it lasts, and its end too: a full disk makes every
-        try fail, twice a second."""
+        """One checkpoint; False when it failed. A failure for the disk is the disk's
+        outage (_refused_by_disk), logged once; another as _checkpoint_failed says, and
+        its end too."""
         try:
             self._checkpoint(conn, mode)
         except sqlite3.Error as exc:
-            self._checkpoint_refused = _disk_refused(exc)
             self._checkpoint_failures += 1
-            now = self._clock()
-            if self._checkpoint_failures == 1 or now - self._checkpoint_logged >= _LOG_EVERY:
-                self._checkpoint_logged = now
-                log.warning(
-                    "SQLite checkpoint of %s failed (%d time(s) in a row): %s; retrying,"
-                    " logged again at most once a minute",
-                    self._path,
-                    self._checkpoint_failures,
-                    exc,
-                )
+            if _disk_refused(exc):
+                self._refused_by_disk(exc, "copy its WAL back into")
+            else:
+                self._checkpoint_failed(exc)
             return False
         if self._checkpoint_failures:
             log.warning(
@@ -380,13 +404,116 @@ class GroupCommit(Store):
                 self._checkpoint_failures,
             )
         self._checkpoint_failures = 0
-        self._checkpoint_refused = False
         return True
+
+    def _checkpoint_failed(self, exc: sqlite3.Error) -> None:
+        """Log a checkpoint's failure (not the disk's): when they start, then at most once
+        a minute while they last (every try, twice a second, fails the same way)."""
+        now = self._clock()
+        if self._checkpoint_failures == 1 or now - self._checkpoint_logged >= _LOG_EVERY:
+            self._checkpoint_logged = now
+            log.warning(
+                "SQLite checkpoint of %s failed (%d time(s) in a row): %s; retrying,"
+                " logged again at most once a minute",
+                self._path,
+                self._checkpoint_failures,
+                exc,
+            )
+
+    def _refused_by_disk(self, exc: sqlite3.Error, doing: str) -> None:
+        """The disk refused a write or a checkpoint."""
+        self._disk_outage(f"cannot {doing} {self._path}: {exc}")
+
+    def _disk_outage(self, cause: str) -> None:
+        """From now on, until _recover ends it, new tasks are refused and ping fails.
+        Logged once, however many writes fail meanwhile."""
+        wanted = _megabytes(2 * self._reserve)
+        with self._disk_lock:
+            if self._disk_failure is not None:
+                return
+            self._disk_since = time.monotonic()
+            self._disk_failure = StoreUnavailable(
+                f"SQLite {cause}; it takes no new tasks until its WAL is copied back into the"
+                f" database and {wanted} are free"
+            )
+        log.error(
+            "SQLite %s; new tasks are refused (503) until its WAL is copied back into the"
+            " database and %s are free; acks are applied meanwhile, as far as the disk takes"
+            " them",
+            cause,
+            wanted,
+        )
+        self._written.set()  # the checkpointer tries to recover from now on
+        self._wake.set()
+
+    def _low_space(self) -> None:
+        """Start the disk's outage before the disk is full, while a copy of the WAL back
+        still has room: when less than _reserve is free."""
+        free = self._free()
+        if free is not None and free < self._reserve:
+            self._disk_outage(
+                f"has {_megabytes(free)} free for {self._path}, less than the"
+                f" {_megabytes(self._reserve)} it keeps to copy its WAL back"
+            )
+
+    def _recover(self, conn: sqlite3.Connection) -> bool:
+        """After the disk refused a write: copy the whole WAL back and cut its file to
+        nothing, the writes held meanwhile, so that no write spends the space the copy needs
+        (freed space taken by new writes first would leave the WAL uncopyable, and the store
+        stuck). True once that is done and twice _reserve is free: new tasks are taken
+        again."""
+        self._restart_wanted = True  # _begin_hold holds the writes, _release lets them go
+        self._held.clear()
+        self._loop_call(self._begin_hold)
+        try:
+            # The loop's thread answers within a turn; one that stopped never.
+            if not self._held.wait(5):
+                return False
+            try:
+                copied = self._checkpoint(conn, "TRUNCATE")
+            except sqlite3.Error as exc:
+                self._checkpoint_failures += 1
+                if not _disk_refused(exc):  # the disk's failures are the outage's
+                    self._checkpoint_failed(exc)
+                return False
+            free = self._free()
+            if not copied or free is None or free < 2 * self._reserve:
+                return False
+            with self._disk_lock:
+                self._disk_failure = None
+                lasted = time.monotonic() - self._disk_since
+            self._checkpoint_failures = 0
+        finally:
+            self._loop_call(self._release)
+        log.warning(
+            "SQLite writes to %s again after %.1fs: its WAL is copied back and there is free"
+            " space; new tasks are taken again",
+            self._path,
+            lasted,
+        )
+        return True
+
+    def _free(self) -> int | None:
+        """The bytes free on the database's file system (for this process's user), None if
+        the file system does not say (or the database is in memory)."""
+        try:
+            stats = os.statvfs(os.path.dirname(os.path.abspath(self._path)))
+        except OSError:
+            return None
+        return stats.f_bavail * stats.f_frsize
+
+    def _refuse_new_tasks(self) -> None:
+        """Raise StoreUnavailable while the disk's outage lasts (see _disk_outage): new
+        tasks would take the space that copying the WAL back needs, whereas acks and the
+        other changes to existing tasks take little, and finish work."""
+        failure = self._disk_failure
+        if failure is not None:
+            raise failure
 
     def _final_checkpoint(self, conn: Any) -> None:
         """Empty the WAL at shutdown, unless the disk refused the last writes: copying the
         WAL back may need space the disk has not got, or that an operator just freed."""
-        if self._checkpoint_refused or self._write_failure is not None:
+        if self._disk_failure is not None:
             log.warning(
                 "the disk refused SQLite's last writes: the WAL of %s is left for the next"
                 " start to copy back",
@@ -409,18 +536,20 @@ class GroupCommit(Store):
                     with contextlib.suppress(sqlite3.Error):
                         each.setconfig(option, True)  # type: ignore[attr-defined,unused-ignore]
 
-    def _checkpoint(self, conn: sqlite3.Connection, mode: str) -> None:
-        """One checkpoint; a RESTART waits a bounded time for the reads in progress."""
-        if mode == "RESTART":
+    def _checkpoint(self, conn: sqlite3.Connection, mode: str) -> bool:
+        """One checkpoint; a RESTART or TRUNCATE waits a bounded time for the reads in
+        progress, and returns False if one outlasted it (the WAL was not started again)."""
+        if mode in ("RESTART", "TRUNCATE"):
             conn.execute(f"PRAGMA busy_timeout = {_RESTART_WAIT_MS}")
             try:
-                busy = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
+                busy = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
             finally:
                 conn.execute("PRAGMA busy_timeout = 5000")
-            if busy:  # a read outlasted the wait: the WAL restarts at a later try
+            if busy and mode == "RESTART":  # the WAL restarts at a later try
                 self._restart_after = time.monotonic() + _CHECKPOINT_INTERVAL
-        else:
-            conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            return not busy
+        conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        return True
 
     def _loop_call(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the event loop's thread, if the loop still runs."""
@@ -474,15 +603,19 @@ class GroupCommit(Store):
             if conn.total_changes != self._changes:
                 self._changes = conn.total_changes
                 self._written.set()
+                wal = self._wal_size()
                 if not self._restart_wanted:
-                    if (
-                        self._wal_size() > self._wal_limit
-                        and time.monotonic() >= self._restart_after
-                    ):
+                    if wal > self._wal_limit and time.monotonic() >= self._restart_after:
                         self._ask_restart()
-                elif not self._hold and self._wal_size() > 2 * self._wal_limit:
+                elif not self._hold and wal > 2 * self._wal_limit:
                     # Written faster than the checkpoint copies: the writes wait for it now.
                     self._hold = True
+                if not self._space_seen <= wal < self._space_seen + self._reserve // 4:
+                    # The WAL grew by a quarter of the reserve since the free space was last
+                    # looked at (or restarted): a burst of writes, between the checkpointer's
+                    # looks, must not take the whole reserve.
+                    self._space_seen = wal
+                    self._low_space()
         for (_op, future), (ok, value) in zip(group, outcomes, strict=True):
             if future.cancelled():
                 continue
@@ -528,13 +661,7 @@ class GroupCommit(Store):
             self._undo(conn)
             error = _translate(exc)
             if _disk_refused(exc):
-                if self._write_failure is None:
-                    log.error(
-                        "SQLite cannot write %s: %s; /healthz answers 503 until a write succeeds",
-                        self._path,
-                        exc,
-                    )
-                self._write_failure = StoreUnavailable(f"SQLite cannot write: {exc}")
+                self._refused_by_disk(exc, "write")
             return [(False, error)] * len(ops)
         except Exception:
             log.exception(
@@ -544,9 +671,6 @@ class GroupCommit(Store):
             self._undo(conn)
             failure = StoreError("the store failed on an unexpected error (logged)")
             return [(False, failure)] * len(ops)
-        if self._write_failure is not None:
-            self._write_failure = None
-            log.warning("SQLite writes to %s succeed again", self._path)
         return outcomes
 
     def _undo(self, conn: sqlite3.Connection) -> None:
