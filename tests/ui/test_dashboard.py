@@ -30,7 +30,10 @@ def _node() -> str:
     node = shutil.which("node")
     if node is None:
         reason = "no node on this machine (apt-get install nodejs) for tests/ui/*.test.mjs"
-        if "1" in (os.environ.get("KATAR_REQUIRE_BROWSER"), os.environ.get("KATAR_REQUIRE_EXAMPLES")):
+        if "1" in (
+            os.environ.get("KATAR_REQUIRE_BROWSER"),
+            os.environ.get("KATAR_REQUIRE_EXAMPLES"),
+        ):
             pytest.fail(reason)
         pytest.skip(reason)
     return node
@@ -47,9 +50,13 @@ def test_the_logic_tests_pass() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    # Each file ran, and its tests with it (node --test says "# pass N").
+    # Tests ran, and every one passed (node --test ends with "# tests N", "# pass N").
+    ran = re.search(r"^# tests (\d+)$", done.stdout, re.M)
     passed = re.search(r"^# pass (\d+)$", done.stdout, re.M)
-    assert passed is not None and int(passed.group(1)) >= len(files), done.stdout
+    assert ran is not None, done.stdout
+    assert passed is not None, done.stdout
+    assert int(ran.group(1)) >= len(files), done.stdout
+    assert passed.group(1) == ran.group(1), done.stdout
 
 
 def _imports(name: str) -> set[str]:
