@@ -1,13 +1,17 @@
 """The dashboard's own logic, and the files that make it up.
 
-The logic (routing, formatting, the token's rights, the tasks' actions and filters) is
-tested in JavaScript by tests/ui/*.test.mjs with ``node --test``, which the test below runs
-so that the suite's one command runs them too. Without Node it skips with the reason,
-unless KATAR_REQUIRE_BROWSER=1 or KATAR_REQUIRE_EXAMPLES=1 (as .ci/run sets): then it fails.
+The logic (routing, formatting, the token's rights, the tasks' actions and filters, the
+API calls against a fake fetch) is tested in JavaScript by tests/ui/*.test.mjs with
+``node --test``, which the first test below runs so that the suite's one command runs them
+too; the others hold the dashboard to the server (its routes and their roles) and to its
+page (every module preloaded, every module type-checked). Without Node they skip with the
+reason, unless KATAR_REQUIRE_BROWSER=1 or KATAR_REQUIRE_EXAMPLES=1 (as .ci/run sets): then
+they fail.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from katar import ui
+from katar import Katar, ui
+from katar.http import App
 
 HERE = Path(__file__).resolve().parent
 STATIC = Path(ui.__file__).resolve().parent / "static"
@@ -39,24 +44,37 @@ def _node() -> str:
     return node
 
 
+def _run(*args: str) -> str:
+    """What ``node args`` prints; a failure with its output if it fails."""
+    done = subprocess.run(
+        [_node(), *args], capture_output=True, text=True, timeout=120, check=False, cwd=HERE
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _server_routes() -> dict[str, str | None]:
+    """The server's routes ("GET /v1/workers") and the least role each needs (None: open)."""
+    document = json.loads(App(Katar("memory://").engine).openapi_json)
+    return {
+        f"{method.upper()} {path}": operation.get("x-katar-role")
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method != "parameters"
+    }
+
+
 def test_the_logic_tests_pass() -> None:
     files = sorted(HERE.glob("*.test.mjs"))
     assert files, "no tests/ui/*.test.mjs"
-    done = subprocess.run(
-        [_node(), "--test", *map(str, files)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    out = _run("--test", *(file.name for file in files))
     # Tests ran, and every one passed (node --test ends with "# tests N", "# pass N").
-    ran = re.search(r"^# tests (\d+)$", done.stdout, re.M)
-    passed = re.search(r"^# pass (\d+)$", done.stdout, re.M)
-    assert ran is not None, done.stdout
-    assert passed is not None, done.stdout
-    assert int(ran.group(1)) >= len(files), done.stdout
-    assert passed.group(1) == ran.group(1), done.stdout
+    ran = re.search(r"^# tests (\d+)$", out, re.M)
+    passed = re.search(r"^# pass (\d+)$", out, re.M)
+    assert ran is not None, out
+    assert passed is not None, out
+    assert int(ran.group(1)) >= len(files), out
+    assert passed.group(1) == ran.group(1), out
 
 
 def _imports(name: str) -> set[str]:
@@ -91,3 +109,39 @@ def test_every_module_of_the_dashboard_is_type_checked() -> None:
     assert len(modules) > 10
     for module in modules:
         assert module.read_text(encoding="utf-8").startswith("// @ts-check\n"), module.name
+
+
+def test_the_dashboard_calls_only_routes_the_server_has() -> None:
+    """tests/ui/calls.mjs calls every endpoint function of api.mjs and names the route each
+    reaches (api.test.mjs checks that it does): each is a route of this server."""
+    called = json.loads(_run("calls.mjs"))
+    assert len(called) >= 10
+    assert set(called) <= set(_server_routes())
+
+
+#: The routes behind each action the dashboard offers (rights.mjs, NEEDS).
+RIGHTS = {
+    "pauseQueue": ["PATCH /v1/queue/{queue}"],
+    "enqueue": ["POST /v1/queue/{queue}/tasks"],
+    "changeTasks": [
+        "PATCH /v1/queue/{queue}/tasks/{id}",
+        "DELETE /v1/queue/{queue}/tasks/{id}",
+        "POST /v1/queue/{queue}/tasks/bulk",
+    ],
+    "pauseSchedule": ["PATCH /v1/schedules/{schedule}"],
+}
+RANK = {"worker": 0, "producer": 1, "admin": 2}
+
+
+def test_the_dashboard_offers_no_action_the_server_would_refuse() -> None:
+    """Each action is offered only to roles the server lets do it (never a button that can
+    only answer 403)."""
+    script = 'import("../../src/katar/ui/static/rights.mjs").then((m) => console.log(JSON.stringify(m.NEEDS)))'
+    needs: dict[str, str] = json.loads(_run("--input-type=module", "-e", script))
+    assert set(needs) == set(RIGHTS)
+    server = _server_routes()
+    for right, role in needs.items():
+        for route in RIGHTS[right]:
+            least = server[route]
+            assert least is not None, route
+            assert RANK[role] >= RANK[least], f"{right} is offered to {role}; {route} needs {least}"
