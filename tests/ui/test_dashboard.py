@@ -145,3 +145,18 @@ def test_the_dashboard_offers_no_action_the_server_would_refuse() -> None:
             least = server[route]
             assert least is not None, route
             assert RANK[role] >= RANK[least], f"{right} is offered to {role}; {route} needs {least}"
+
+
+def test_the_type_check_reads_the_types_of_the_vendored_versions() -> None:
+    """tools/dashboard pins the npm packages whose types stand for the vendored files: the
+    versions the vendored files' first lines name."""
+    package = json.loads((HERE.parents[1] / "tools" / "dashboard" / "package.json").read_text())
+    pinned = package["devDependencies"]
+    vendor = STATIC.parent / "vendor"
+    for file, name in [("preact.mjs", "preact"), ("hooks.mjs", "preact"), ("htm.mjs", "htm")]:
+        first = (vendor / file).read_text(encoding="utf-8").partition("\n")[0]
+        version = re.search(r"\b(\d+\.\d+\.\d+)\b", first)
+        assert version is not None, first
+        assert pinned[name] == version.group(1), (
+            f"{file} is {version.group(1)}; types pinned at {pinned[name]}"
+        )
