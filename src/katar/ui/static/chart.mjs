@@ -15,7 +15,7 @@ const WIDTH = 300;
 const HEIGHT = 80;
 
 /**
- * samples: per second, `at` in milliseconds since the epoch, oldest first.
+ * samples: the rates per second at `at` (milliseconds since the epoch), oldest first.
  * span: the seconds the x axis covers, ending now.
  * @param {{label: string, samples: Sample[], span: number}} props
  */

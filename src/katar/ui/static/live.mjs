@@ -17,8 +17,8 @@ const POLL_MS = 2000;
  * @returns {[T | null, any, () => void]}
  */
 export function usePoll(load, deps) {
-  /** @type {[{data: T | null, error: any, key: string | null}, (next: any) => void]} */
-  const [state, setState] = useState(/** @type {{data: T | null, error: any, key: string | null}} */ ({ data: null, error: null, key: null }));
+  /** @typedef {{data: T | null, error: any, key: string | null}} Polled the answer to the question `key` */
+  const [state, setState] = useState(/** @type {Polled} */ ({ data: null, error: null, key: null }));
   const [round, setRound] = useState(0);
   const key = JSON.stringify(deps);
   useEffect(() => {
@@ -34,7 +34,7 @@ export function usePoll(load, deps) {
         const data = await load();
         if (alive) setState({ data, error: null, key });
       } catch (error) {
-        if (alive) setState((/** @type {typeof state} */ s) => ({ data: s.key === key ? s.data : null, error, key }));
+        if (alive) setState((s) => ({ data: s.key === key ? s.data : null, error, key }));
       } finally {
         busy = false;
       }
