@@ -144,14 +144,8 @@ class Watch:
 
 
 @pytest.fixture
-def watch(server: KatarProcess, routes: dict[str, str | None]) -> Watch:
-    watch = Watch(server.url, expected_failures={"/v1/token"})
-    # The dashboard copes with a server that lacks a newer route: it asks once and does
-    # without (the browser logs the 404). Only routes this server does not have are excused.
-    for path in ("/v1/throughput", "/v1/workers"):
-        if f"GET {path}" not in routes:
-            watch.expected_failures.add(path)
-    return watch
+def watch(server: KatarProcess) -> Watch:
+    return Watch(server.url, expected_failures={"/v1/token"})
 
 
 @pytest.fixture

@@ -1,35 +1,23 @@
+// @ts-check
 // A small live chart of a queue's throughput: enqueued, done and failed per second over the
 // last minutes, drawn as SVG. Written here rather than vendored: three lines on one axis need
 // no charting library, and SVG takes its colours from the style sheet, so light and dark
 // themes need no code.
-import { h } from "./preact.mjs";
-import htm from "./htm.mjs";
+import { niceMax, rate } from "./format.mjs";
+import { html } from "./widgets.mjs";
 
-const html = htm.bind(h);
+/** @typedef {"enqueued" | "done" | "failed"} Series */
+/** @typedef {{at: number} & Record<Series, number>} Sample */
 
-export const SERIES = ["enqueued", "done", "failed"];
+/** @type {Series[]} */
+const SERIES = ["enqueued", "done", "failed"];
 const WIDTH = 300;
 const HEIGHT = 80;
 
-function niceMax(value) {
-  if (value <= 1) return 1;
-  const power = 10 ** Math.floor(Math.log10(value));
-  for (const step of [1, 2, 5, 10]) {
-    if (value <= step * power) return step * power;
-  }
-  return 10 * power;
-}
-
-export function rate(value) {
-  if (Number.isInteger(value)) return value.toLocaleString();
-  if (value >= 100) return Math.round(value).toLocaleString();
-  if (value >= 10) return value.toFixed(1);
-  return value.toFixed(value === 0 ? 0 : 2);
-}
-
 /**
- * samples: [{at: ms since epoch, enqueued, done, failed}], oldest first.
+ * samples: the rates per second at `at` (milliseconds since the epoch), oldest first.
  * span: the seconds the x axis covers, ending now.
+ * @param {{label: string, samples: Sample[], span: number}} props
  */
 export function Chart({ label, samples, span }) {
   const now = Date.now();
@@ -38,8 +26,8 @@ export function Chart({ label, samples, span }) {
   const start = now - span * 1000;
   const shown = samples.filter((s) => s.at >= start);
   const top = niceMax(Math.max(0, ...shown.flatMap((s) => SERIES.map((k) => s[k] || 0))));
-  const x = (at) => (((at - start) / (span * 1000)) * WIDTH).toFixed(1);
-  const y = (v) => (HEIGHT - (v / top) * HEIGHT).toFixed(1);
+  const x = (/** @type {number} */ at) => (((at - start) / (span * 1000)) * WIDTH).toFixed(1);
+  const y = (/** @type {number} */ v) => (HEIGHT - (v / top) * HEIGHT).toFixed(1);
   const last = shown.length ? shown[shown.length - 1] : null;
   const now_ = SERIES.map((k) => `${k} ${last ? rate(last[k] || 0) : 0} per second`).join(", ");
   const minutes = Math.round(span / 60);

@@ -1,0 +1,152 @@
+// @ts-check
+// The task vocabulary of the pages: statuses, which actions apply to which tasks, and how a
+// queue page's filters become the API's list and bulk parameters. No DOM: tested with
+// node --test.
+
+/** @typedef {import("./api.mjs").Status} Status */
+/** @typedef {import("./api.mjs").Task} Task */
+/** @typedef {import("./api.mjs").BulkAction} BulkAction */
+
+/**
+ * @typedef {object} Filter A bulk action's filter (POST /v1/queue/{queue}/tasks/bulk).
+ * @property {string[]} [ids]
+ * @property {Status[]} [status]
+ * @property {string} [key]
+ * @property {string} [worker]
+ * @property {string} [error]
+ * @property {string} [after] created at or after, ISO 8601
+ * @property {string} [before] created before, ISO 8601
+ */
+
+/** @type {Status[]} The order of the tabs and of the counts. */
+export const STATUSES = ["failed", "queued", "in progress", "paused", "done", "cancelled"];
+
+/** The filters of a queue's page, as named in the page's URL. */
+export const FILTERS = ["key", "worker", "error", "from", "to"];
+
+/** The filters passed to the API under the same name. */
+const SAME_NAME = ["key", "worker", "error"];
+
+/**
+ * The CSS class of a status: "s-in-progress".
+ * @param {Status} status
+ */
+export function statusClass(status) {
+  return `s-${status.replace(" ", "-")}`;
+}
+
+// A task's record keeps the error of its last failed attempt and the worker that last held
+// it. Once it is queued again (retried, or waiting for its next attempt) they belong to an
+// earlier attempt, and are shown as such rather than as the task's present state.
+
+/** @param {Task} task */
+export const earlierError = (task) => Boolean(task.error) && !["failed", "cancelled"].includes(task.status);
+
+/** @param {Task} task */
+export const earlierWorker = (task) => Boolean(task.worker) && ["queued", "paused"].includes(task.status);
+
+/**
+ * @typedef {object} Action A bulk action as the queue page offers it.
+ * @property {string} verb
+ * @property {string} done
+ * @property {string} when the tasks it changes, in words
+ * @property {Status[]} statuses the tabs that offer it: those of the tasks it applies to
+ */
+
+// A bulk action skips the tasks it does not apply to, so "Retry all" on the queued tab could
+// only ever say "0 tasks": each tab offers the actions that apply to its tasks.
+/** @type {Record<BulkAction, Action>} */
+export const ACTIONS = {
+  retry: { verb: "Retry", done: "retried", when: "failed or cancelled", statuses: ["failed", "cancelled"] },
+  cancel: { verb: "Cancel", done: "cancelled", when: "paused or queued", statuses: ["paused", "queued"] },
+  delete: {
+    verb: "Delete",
+    done: "deleted",
+    when: "not in progress",
+    statuses: STATUSES.filter((s) => s !== "in progress"),
+  },
+};
+
+/**
+ * The bulk actions a tab offers ("": the tab of every task offers them all).
+ * @param {Status | ""} status
+ * @returns {[BulkAction, Action][]}
+ */
+export function offeredActions(status) {
+  const all = /** @type {[BulkAction, Action][]} */ (Object.entries(ACTIONS));
+  return all.filter(([, spec]) => !status || spec.statuses.includes(status));
+}
+
+/**
+ * Which of a task's buttons apply to it now.
+ * @param {Task} task
+ */
+export function taskActions(task) {
+  const s = task.status;
+  return {
+    retry: ["failed", "cancelled"].includes(s),
+    cancel: ["paused", "queued", "in progress"].includes(s) && !task.cancel_requested,
+    delete: s !== "in progress",
+  };
+}
+
+/**
+ * A datetime-local field's value (the reader's time zone) as ISO 8601 in UTC.
+ * @param {string} local
+ */
+function instant(local) {
+  return new Date(local).toISOString();
+}
+
+/**
+ * The filter of a bulk action: the selected `ids`, or the tab's `status` and the page's
+ * filters from `query`.
+ * @param {Status | ""} status
+ * @param {URLSearchParams} query
+ * @param {string[] | null} [ids]
+ * @returns {Filter}
+ */
+export function bulkFilter(status, query, ids) {
+  /** @type {Filter} */
+  const filter = {};
+  if (ids) filter.ids = ids;
+  if (status) filter.status = [status];
+  for (const name of SAME_NAME) {
+    const value = query.get(name);
+    if (value) filter[/** @type {"key" | "worker" | "error"} */ (name)] = value;
+  }
+  const from = query.get("from");
+  if (from) filter.after = instant(from);
+  const to = query.get("to");
+  if (to) filter.before = instant(to);
+  return filter;
+}
+
+/**
+ * The parameters of GET /v1/queue/{queue}/tasks for a page of the queue's tasks, newest
+ * first: the tab's `status`, the filters from `query`, from the `cursor` of the page on.
+ * @param {Status | ""} status
+ * @param {URLSearchParams} query
+ * @param {string | null} cursor
+ * @param {number} limit
+ */
+export function listParams(status, query, cursor, limit) {
+  const params = new URLSearchParams({ order: "desc", limit: String(limit) });
+  if (status) params.set("status", status);
+  for (const name of SAME_NAME) {
+    const value = query.get(name);
+    if (value) params.set(name, value);
+  }
+  const from = query.get("from");
+  if (from) params.set("created_after", instant(from));
+  const to = query.get("to");
+  if (to) params.set("created_before", instant(to));
+  if (cursor) params.set("after", cursor);
+  return params;
+}
+
+/**
+ * Whether `query` filters the tasks beyond their status.
+ * @param {URLSearchParams} query
+ */
+export const filtered = (query) => FILTERS.some((f) => query.get(f));
