@@ -280,6 +280,19 @@ def fair_places(
     return places
 
 
+#: How many ready tasks beyond those it wants a key_concurrency claim reads at its first
+#: look; doubled at each further look, so that passing over many tasks of keys at their
+#: limit takes a few looks, not one per CLAIM_EXTRA tasks.
+CLAIM_EXTRA: Final = 64
+
+
+def unseen_keys(candidates: Iterable[tuple[int, str | None]], known: Mapping[str, int]) -> list[str]:
+    """The keys of the candidates (id, key) whose tasks in progress a claim has not counted
+    yet (not in ``known``), once each, sorted: a claim counts those it meets, not every key
+    in progress."""
+    return sorted({key for _id, key in candidates if key is not None and key not in known})
+
+
 def blocked_keys(
     running: Mapping[str, int], taken: Mapping[str, int], key_concurrency: int | None
 ) -> list[str]:

@@ -42,7 +42,7 @@ from katar.store._rows import (
     update_values,
     where_sql,
 )
-from katar.store.sqlite.batch import _RUNNING_KEYS, Batches, _Poll
+from katar.store.sqlite.batch import _KEYS_AT_LIMIT, Batches, _Poll
 from katar.store.sqlite.deps import Dependencies
 from katar.store.sqlite.schema import _AT_REST, SCHEMA_VERSION
 from katar.store.sqlite.writer import _ROOM, GroupCommit
@@ -703,8 +703,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
             keys = None
             if options.key_concurrency is not None:
                 limit = options.key_concurrency
-                per_key = conn.execute(_RUNNING_KEYS, (queue_id,)).fetchall()
-                keys = sum(1 for _key, count in per_key if count >= limit)
+                keys = conn.execute(_KEYS_AT_LIMIT, (queue_id, limit)).fetchone()[0]
             return LimitState(None, keys)
 
         state = await self._read(op)
