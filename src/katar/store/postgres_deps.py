@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 _STATES: Final = tuple(State)
 
 
+def _bytea(value: bytes | None) -> str:
+    """An element of a bytea array literal: NULL, or the bytes in hex, quoted."""
+    return "NULL" if value is None else f'"\\\\x{value.hex()}"'
+
+
 class PostgresDependencies:
     """The dependencies' part of PostgresStore, which provides what is declared here."""
 
@@ -171,8 +176,13 @@ class PostgresDependencies:
         not done as having children."""
         if not edges:
             return
-        columns = tuple(list(column) for column in zip(*edges, strict=True))
-        await conn.execute(sql["edges_insert"], columns)
+        # Array literals built by str.join: the driver's adaptation of a list, element by
+        # element, cost more than the insert itself (as for the tasks, postgres._columns).
+        children = "{" + ",".join([str(child) for child, _p, _d, _r in edges]) + "}"
+        parents = "{" + ",".join([str(parent) for _c, parent, _d, _r in edges]) + "}"
+        done = "{" + ",".join(["t" if done else "f" for _c, _p, done, _r in edges]) + "}"
+        results = "{" + ",".join([_bytea(result) for _c, _p, _d, result in edges]) + "}"
+        await conn.execute(sql["edges_insert"], (children, parents, done, results))
         waited = sorted({parent for _c, parent, done, _r in edges if not done})
         if waited:
             await conn.execute(sql["has_children"], (waited,))
