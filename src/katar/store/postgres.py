@@ -419,24 +419,26 @@ class PostgresStore(PostgresGroups, Store):
                 f"SELECT count(*) FROM (SELECT 1 FROM {s}.tasks WHERE queue_id = %s AND"
                 " state = 3 AND key IS NOT NULL GROUP BY key HAVING count(*) >= %s) AS k"
             ),
-            # Each passes over the tasks whose expiry has come (rules.expired).
+            # Each passes over the tasks whose expiry has come (rules.expired), and the keys
+            # at their limit by a hashed subplan (NOT IN): "<> ALL(array)" compares each row
+            # with every key, as slow as rows times keys.
             "candidates": (
                 f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
                 " (expires_at IS NULL OR attempts > 0 OR expires_at > %s) AND"
-                " (key IS NULL OR key <> ALL(%s::text[])) ORDER BY priority DESC, id LIMIT %s"
+                " (key IS NULL OR key NOT IN (SELECT unnest(%s::text[]))) ORDER BY priority DESC, id LIMIT %s"
                 " FOR UPDATE SKIP LOCKED"
             ),
             "candidates_fair": (
                 f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
                 " (expires_at IS NULL OR attempts > 0 OR expires_at > %s) AND"
-                " fair_seq IS NOT NULL AND (key IS NULL OR key <> ALL(%s::text[]))"
+                " fair_seq IS NOT NULL AND (key IS NULL OR key NOT IN (SELECT unnest(%s::text[])))"
                 " ORDER BY priority DESC, fair_seq, id LIMIT %s FOR UPDATE SKIP LOCKED"
             ),
             # Tasks without a place (enqueued as the queue was made fair) come after.
             "candidates_unplaced": (
                 f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
                 " (expires_at IS NULL OR attempts > 0 OR expires_at > %s) AND"
-                " fair_seq IS NULL AND (key IS NULL OR key <> ALL(%s::text[]))"
+                " fair_seq IS NULL AND (key IS NULL OR key NOT IN (SELECT unnest(%s::text[])))"
                 " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED"
             ),
             "fair_front": (
