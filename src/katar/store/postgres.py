@@ -425,8 +425,8 @@ class PostgresStore(PostgresGroups, Store):
             "candidates": (
                 f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
                 " (expires_at IS NULL OR attempts > 0 OR expires_at > %s) AND"
-                " (key IS NULL OR key NOT IN (SELECT unnest(%s::text[]))) ORDER BY priority DESC, id LIMIT %s"
-                " FOR UPDATE SKIP LOCKED"
+                " (key IS NULL OR key NOT IN (SELECT unnest(%s::text[])))"
+                " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED"
             ),
             "candidates_fair": (
                 f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
