@@ -98,7 +98,7 @@ class MemoryStore(Store):
         self._ready.setdefault(name, [])
         self._running.setdefault(name, {})
         self._running_keys.setdefault(name, {})
-        self._states.setdefault(name, {})
+        self._states.setdefault(name, dict.fromkeys(State, 0))
         self._buckets.pop(name, None)  # new options: a rate limit starts with a full bucket
         if old is not None and old.fair != options.fair:
             if options.fair:
@@ -199,10 +199,18 @@ class MemoryStore(Store):
     def _put(self, task: Task) -> None:
         old = self._tasks.get(task.id)
         self._tasks[task.id] = task
-        if old is None or old.state is not task.state:
-            self._count(old, -1)
-            self._count(task, 1)
-        if task.state is RUNNING:
+        state = task.state
+        if old is None or old.state is not state:  # counted inline: every claim and ack
+            states = self._states[task.queue]
+            states[state] += 1
+            if old is not None:
+                states[old.state] -= 1
+            if task.key is not None:
+                if state is RUNNING:
+                    self._key_running(task, 1)
+                elif old is not None and old.state is RUNNING:
+                    self._key_running(task, -1)
+        if state is RUNNING:
             self._running[task.queue][task.id] = None
         elif old is not None and old.state is RUNNING:
             self._running[task.queue].pop(task.id, None)
@@ -228,23 +236,21 @@ class MemoryStore(Store):
         if task.unique_until is not None and task.state in (DONE, FAILED):
             heapq.heappush(self._kept, (task.unique_until, task.id))
 
-    def _count(self, task: Task | None, step: int) -> None:
-        """Count ``task`` (a version that enters, ``step`` 1, or leaves, -1) in its queue's
-        tasks per state, and in progress per key."""
-        if task is None:
-            return
-        states = self._states[task.queue]
-        states[task.state] = states.get(task.state, 0) + step
-        if task.state is RUNNING and task.key is not None:
-            keys = self._running_keys[task.queue]
-            running = keys.get(task.key, 0) + step
-            if running:
-                keys[task.key] = running
-            else:
-                del keys[task.key]
+    def _key_running(self, task: Task, step: int) -> None:
+        """One more (``step`` 1) or one fewer (-1) task of the task's key in progress."""
+        keys = self._running_keys[task.queue]
+        assert task.key is not None
+        running = keys.get(task.key, 0) + step
+        if running:
+            keys[task.key] = running
+        else:
+            del keys[task.key]
 
     def _remove(self, task: Task) -> None:
-        self._count(self._tasks.pop(task.id), -1)
+        old = self._tasks.pop(task.id)
+        self._states[old.queue][old.state] -= 1
+        if old.key is not None and old.state is RUNNING:
+            self._key_running(old, -1)
         del self._ids[task.queue][task.id]
         self._running[task.queue].pop(task.id, None)
         self._seq.pop(task.id, None)
