@@ -53,13 +53,7 @@ from katar.core.model import (
 )
 from katar.core.outcomes import OutcomeWaits
 from katar.core.reaper import _PRUNE_EVERY_MS, HOUSEKEEPING_MS, Reaper
-from katar.core.rules import (
-    BULK_STATES,
-    check_edges,
-    is_final,
-    prune_before,
-    unknown_parent,
-)
+from katar.core.rules import BULK_STATES, check_edges, is_final, prune_before, unknown_parent
 from katar.core.schedule import Schedule, ScheduleSpec, check_name, parse_schedule
 from katar.core.scheduler import Scheduler
 from katar.core.storage import Change, LimitState, Store
