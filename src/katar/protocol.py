@@ -44,6 +44,9 @@ MAX_AFTER: Final = 1_000
 #: ``after`` lists), so that one request's work in the store stays small: a store writes
 #: them in the enqueue's one transaction.
 MAX_AFTER_PER_REQUEST: Final = 1_000
+#: The most tasks that may wait for one task over its life (those that name it while it is
+#: unfinished): its end settles them all in one transaction.
+MAX_CHILDREN: Final = 10_000
 #: GET /v1/queues counts under this key, apart from "queued", the queued tasks that wait
 #: for others (``after``); their own status stays "queued", with ``waiting_for`` non-empty.
 WAITING_COUNT: Final = "waiting"
@@ -249,8 +252,8 @@ class NewTask(msgspec.Struct, frozen=True):
                 description='Tasks this one waits for: ids of existing tasks, and in a batch "$n" '
                 "for the n-th task of the same request (0-based, an earlier one). It is "
                 "delivered once all are done, with their results; cancelled if one fails. "
-                f"At most {MAX_AFTER_PER_REQUEST:,} over all the tasks of one request "
-                "(422 beyond).",
+                f"At most {MAX_AFTER_PER_REQUEST:,} over all the tasks of one request, and "
+                f"at most {MAX_CHILDREN:,} tasks may wait for one task (422 beyond).",
             ),
         ]
         | None

@@ -40,6 +40,7 @@ from katar.core.model import unknown_parent as unknown_parent  # the stores take
 from katar.errors import Conflict, IllegalTransition, ValidationError
 from katar.protocol import ACK_STATUSES as ACK_STATUSES
 from katar.protocol import HISTORY_LENGTH, MAX_AFTER, MAX_AFTER_PER_REQUEST
+from katar.protocol import MAX_CHILDREN as MAX_WAITING
 from katar.protocol import PATCH_STATUSES as PATCH_STATUSES
 
 
@@ -639,6 +640,9 @@ def prune_before(options: QueueOptions, state: State, now: int) -> int | None:
 MAX_PARENTS: Final = MAX_AFTER
 #: The most edges one enqueue may create, over all its tasks.
 MAX_EDGES: Final = MAX_AFTER_PER_REQUEST
+#: The most tasks that may wait for one task over its life (those that name it while it is
+#: unfinished): its end settles them all in the transaction of the change that ends it.
+MAX_CHILDREN: Final = MAX_WAITING
 #: The states of a child that its parent's failure cancels: any not in progress or finished.
 _ORPHANABLE: Final = frozenset({PAUSED, READY, SCHEDULED, WAITING})
 
@@ -662,6 +666,24 @@ def check_edges(tasks: Sequence[NewTask]) -> None:
             " request: enqueue the tasks in several requests",
             field="after",
         )
+
+
+def check_children(tasks: Sequence[NewTask], waited: Mapping[int, int]) -> None:
+    """Refuse an enqueue that would make more than MAX_CHILDREN tasks wait for one task
+    (ValidationError, before anything is written). ``waited`` holds, for each unfinished task
+    the batch names by id, how many tasks named it while it was unfinished."""
+    adding: dict[int, int] = {}
+    for spec in tasks:
+        for parent_id in set(spec.after):
+            adding[parent_id] = adding.get(parent_id, 0) + 1
+    for parent_id, count in adding.items():
+        before = waited.get(parent_id)
+        if before is not None and before + count > MAX_CHILDREN:
+            raise ValidationError(
+                f"task {parent_id} has {before:,} tasks waiting for it; at most"
+                f" {MAX_CHILDREN:,} may wait for one task",
+                field="after",
+            )
 
 
 def depend(task: Task, parents: Sequence[tuple[int, State]]) -> Task:

@@ -77,6 +77,8 @@ class MemoryStore(Store):
         # child that named it, by id (ids only grow: appended in order, paged by bisection).
         self._edges: dict[int, dict[int, tuple[bool, bytes | None]]] = {}
         self._children: dict[int, dict[int, None]] = {}
+        # Per task: how many tasks named it while it was not done (rules.MAX_CHILDREN).
+        self._waited: dict[int, int] = {}
         self._named_by: dict[int, list[int]] = {}
 
     async def open(self) -> None:
@@ -261,6 +263,7 @@ class MemoryStore(Store):
         linked to it were settled when it ended or was deleted)."""
         self._children.pop(task.id, None)
         self._named_by.pop(task.id, None)
+        self._waited.pop(task.id, None)
         for parent_id in self._edges.pop(task.id, ()):
             waiting = self._children.get(parent_id)
             if waiting is not None:
@@ -331,6 +334,8 @@ class MemoryStore(Store):
         edges: dict[int, tuple[bool, bytes | None]] = {}
         for parent in parents:
             self._named_by.setdefault(parent.id, []).append(task.id)
+            if parent.state is not DONE:
+                self._waited[parent.id] = self._waited.get(parent.id, 0) + 1
             if parent.state is DONE:
                 edges[parent.id] = (True, None if parent.result is None else bytes(parent.result))
             else:
@@ -369,10 +374,16 @@ class MemoryStore(Store):
         ids = self._ids_of(queue)
         fair = self._queues[queue].fair
         front = self._front(queue) if fair else 0
+        waited: dict[int, int] = {}
         for index, spec in enumerate(tasks):
             for parent_id in spec.after:
-                if parent_id not in self._tasks:
+                parent = self._tasks.get(parent_id)
+                if parent is None:
                     raise rules.unknown_parent(f"tasks[{index}]", parent_id)
+                if parent.state in UNFINISHED:
+                    waited[parent_id] = self._waited.get(parent_id, 0)
+        if waited:
+            rules.check_children(tasks, waited)
         created: list[Task] = []
         for spec in tasks:
             if spec.unique_key is not None:

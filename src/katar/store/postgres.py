@@ -229,13 +229,16 @@ CREATE INDEX IF NOT EXISTS tasks_waiting ON {s}.tasks (queue_id, id) WHERE state
 CREATE INDEX IF NOT EXISTS deps_children ON {s}.deps (parent_id, child_id);
 DROP INDEX IF EXISTS {s}.deps_parent;
 """,
-    # The tasks in progress by key: a key_concurrency claim looks up the keys it meets.
+    # The tasks in progress by key: a key_concurrency claim looks up the keys it meets; the
+    # tasks that wait for a task, counted.
     11: """
 -- The tasks in progress that have a key, by key: a key_concurrency claim counts those of
 -- the keys it meets, one probe a key, however many keys are in progress (tasks without a
 -- key, on the hot path, are never in it).
 CREATE INDEX IF NOT EXISTS tasks_running_key ON {s}.tasks (queue_id, key)
     WHERE state = 3 AND key IS NOT NULL;
+-- How many tasks named the task while it was unfinished (rules.MAX_CHILDREN).
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS children_count integer NOT NULL DEFAULT 0;
 """,
 }
 

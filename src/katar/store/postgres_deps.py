@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from katar.core import rules
-from katar.core.model import DONE, NewTask, State, Task
+from katar.core.model import DONE, FINAL_STATES, NewTask, State, Task
 from katar.core.storage import Change
 from katar.store._rows import CHILDREN, COLUMNS, PARENTS, task_from_row, view
 
@@ -59,14 +59,16 @@ class PostgresDependencies:
         within = f" = ANY(ARRAY(SELECT id FROM {s}.queues WHERE name = ANY(%s)))"
         return {
             "parents": (
-                f"SELECT id, state, result FROM {s}.tasks WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+                f"SELECT id, state, result, children_count FROM {s}.tasks WHERE id = ANY(%s)"
+                " ORDER BY id FOR UPDATE"
             ),
             "edges_insert": (
                 f"INSERT INTO {s}.deps (child_id, parent_id, done, result) SELECT * FROM"
                 " unnest(%s::bigint[], %s::bigint[], %s::boolean[], %s::bytea[])"
             ),
             "has_children": (
-                f"UPDATE {s}.tasks SET children = true WHERE id = ANY(%s) AND NOT children"
+                f"UPDATE {s}.tasks AS t SET children = true, children_count = t.children_count"
+                " + v.n FROM unnest(%s::bigint[], %s::int[]) AS v(id, n) WHERE t.id = v.id"
             ),
             "edges": (
                 f"SELECT child_id, parent_id, done, result FROM {s}.deps WHERE child_id = ANY(%s)"
@@ -145,11 +147,17 @@ class PostgresDependencies:
         if not named:
             return {}
         cursor = await conn.execute(sql["parents"], (named,))
-        found = {row[0]: (_STATES[row[1]], row[2]) for row in await cursor.fetchall()}
+        found: dict[int, tuple[State, bytes | None]] = {}
+        waited: dict[int, int] = {}
+        for task_id, state, result, children in await cursor.fetchall():
+            found[task_id] = (_STATES[state], result)
+            if _STATES[state] not in FINAL_STATES:
+                waited[task_id] = children
         for index, spec in enumerate(tasks):
             for parent_id in spec.after:
                 if parent_id not in found:
                     raise rules.unknown_parent(f"tasks[{index}]", parent_id)
+        rules.check_children(tasks, waited)
         return found
 
     @staticmethod
@@ -183,9 +191,13 @@ class PostgresDependencies:
         done = "{" + ",".join(["t" if done else "f" for _c, _p, done, _r in edges]) + "}"
         results = "{" + ",".join([_bytea(result) for _c, _p, _d, result in edges]) + "}"
         await conn.execute(sql["edges_insert"], (children, parents, done, results))
-        waited = sorted({parent for _c, parent, done, _r in edges if not done})
+        waited: dict[int, int] = {}
+        for _c, parent, settled, _r in edges:
+            if not settled:
+                waited[parent] = waited.get(parent, 0) + 1
         if waited:
-            await conn.execute(sql["has_children"], (waited,))
+            ids, counts = zip(*sorted(waited.items()), strict=True)
+            await conn.execute(sql["has_children"], (list(ids), list(counts)))
 
     @staticmethod
     async def _views(conn: Connection, sql: dict[str, str], tasks: list[Task]) -> list[Task]:

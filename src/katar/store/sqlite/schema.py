@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     schedule TEXT,         -- the schedule that made the task
     scheduled_for INTEGER, -- and the tick it was made for
     parents INTEGER NOT NULL DEFAULT 0,   -- how many tasks it waits for (after)
-    children INTEGER NOT NULL DEFAULT 0   -- 1: tasks wait for it (its end settles them)
+    children INTEGER NOT NULL DEFAULT 0   -- tasks that named it unfinished (its end settles them)
 );
 -- The claim's order, over READY tasks only: scheduled, running and finished tasks never
 -- slow it down however many there are.

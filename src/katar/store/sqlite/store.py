@@ -221,7 +221,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
             # The tasks of other queues that wait for this one's are cancelled.
             also: list[Change] = []
             for row in conn.execute(
-                f"SELECT {_COLUMNS} FROM tasks WHERE queue_id=? AND children=1", (queue_id,)
+                f"SELECT {_COLUMNS} FROM tasks WHERE queue_id=? AND children>0", (queue_id,)
             ).fetchall():
                 self._settle(conn, self._task(row), None, when, also)
             settled.extend(change for change in also if change.task.queue != name)
