@@ -38,8 +38,15 @@ ACK_STATUSES: Final[tuple[str, ...]] = get_args(AckStatus)
 PATCH_STATUSES: Final[tuple[str, ...]] = get_args(PatchStatus)
 #: The statuses a task does not leave by itself.
 FINAL_STATUSES: Final = frozenset({"done", "failed", "cancelled"})
-#: The most tasks one task may wait for (``after``).
-MAX_AFTER: Final = 10_000
+#: The most tasks one task may wait for (``after``): a fan-in of this many parents.
+MAX_AFTER: Final = 1_000
+#: The most dependencies one enqueue may create over all its tasks (the entries of their
+#: ``after`` lists), so that one request's work in the store stays small: a store writes
+#: them in the enqueue's one transaction.
+MAX_AFTER_PER_REQUEST: Final = 1_000
+#: The most tasks that may wait for one task over its life (those that name it while it is
+#: unfinished): its end settles them all in one transaction.
+MAX_CHILDREN: Final = 10_000
 #: GET /v1/queues counts under this key, apart from "queued", the queued tasks that wait
 #: for others (``after``); their own status stays "queued", with ``waiting_for`` non-empty.
 WAITING_COUNT: Final = "waiting"
@@ -246,7 +253,9 @@ class NewTask(msgspec.Struct, frozen=True):
                 max_length=MAX_AFTER,
                 description='Tasks this one waits for: ids of existing tasks, and in a batch "$n" '
                 "for the n-th task of the same request (0-based, an earlier one). It is "
-                "delivered once all are done, with their results; cancelled if one fails.",
+                "delivered once all are done, with their results; cancelled if one fails. "
+                f"At most {MAX_AFTER_PER_REQUEST:,} over all the tasks of one request, and "
+                f"at most {MAX_CHILDREN:,} tasks may wait for one task (422 beyond).",
             ),
         ]
         | None

@@ -12,6 +12,7 @@ import httpx
 from katar import Katar
 from katar.http import App, Limits
 from katar.http.auth import Role, Token, digest
+from katar.protocol import MAX_AFTER, MAX_AFTER_PER_REQUEST
 from tests.http.conftest import app_client, enqueue
 
 
@@ -101,11 +102,37 @@ async def test_after_must_name_tasks_that_exist(client: httpx.AsyncClient) -> No
     answer = await client.post("/v1/queue/q/tasks", json=late)
     assert answer.status_code == 422
     assert "earlier task" in answer.json()["error"]
-    too_many = {"data": 1, "after": [one] * 10_001}
-    answer = await client.post("/v1/queue/q/tasks", json=too_many)
-    assert answer.status_code in (413, 422)  # the body limit may come first
     listed = (await client.get("/v1/queue/q/tasks")).json()["tasks"]
     assert [task["_id"] for task in listed] == [one]  # nothing else was created
+
+
+async def test_the_edges_of_one_request_are_bounded(client: httpx.AsyncClient) -> None:
+    """At most MAX_AFTER parents per task and MAX_AFTER_PER_REQUEST over one request: the
+    fullest request of each kind is taken, one more is a 422 that creates nothing."""
+    parents = await enqueue(client, "q", *({"data": i} for i in range(MAX_AFTER)))
+    before = (await client.get("/v1/queues")).json()["queues"][0]["counts"]
+    # ids and "$n" alike: one id too many, one "$n" too many
+    refused = [
+        {"data": "x", "after": [*parents, parents[0]]},
+        {"tasks": [{"data": 0}, {"data": "x", "after": [*parents[1:], "$0", "$0"]}]},
+    ]
+    per_request = MAX_AFTER_PER_REQUEST // MAX_AFTER
+    whole = [{"data": i, "after": parents} for i in range(per_request)]
+    refused.append({"tasks": [*whole, {"data": "x", "after": [parents[0]]}]})
+    fan_out = [{"data": i, "after": ["$0"]} for i in range(MAX_AFTER_PER_REQUEST + 1)]
+    refused.append({"tasks": [{"data": "root"}, *fan_out]})
+    bounds = (f"length <= {MAX_AFTER}", f"at most {MAX_AFTER_PER_REQUEST:,} in one request")
+    for body, bound in zip(refused, (bounds[0], bounds[0], bounds[1], bounds[1]), strict=True):
+        answer = await client.post("/v1/queue/q/tasks", json=body)
+        assert answer.status_code == 422, answer.text
+        error = answer.json()["error"]
+        assert "after" in error, error
+        assert bound in error, error
+    assert (await client.get("/v1/queues")).json()["queues"][0]["counts"] == before
+    made = await enqueue(client, "q", *whole)
+    assert len(made) == per_request
+    (child,) = await enqueue(client, "q", {"data": "y", "after": parents})
+    assert len((await record(client, child))["waiting_for"]) == MAX_AFTER
 
 
 async def test_a_token_names_only_tasks_of_its_queues(katar: Katar, via: str) -> None:

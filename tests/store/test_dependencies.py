@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import msgspec
 import pytest
 
+from katar.core import rules
 from katar.core.idempotency import idempotency
 from katar.core.model import EVERY_TASK, NewTask, QueueOptions, State, Task
 from katar.core.storage import Change
@@ -237,6 +238,29 @@ async def test_parents_must_exist(store: Store) -> None:
         await store.enqueue("q", [new(2), child(3, one.id, one.id + 1000)], T0)
     assert str(one.id + 1000) in refused.value.message
     assert len(await store.list_tasks("q", EVERY_TASK, 10, 0)) == 1  # nothing created
+
+
+async def test_the_tasks_waiting_for_one_are_bounded(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most MAX_CHILDREN tasks may name a task while it is unfinished (its end settles
+    them in one transaction); beyond, the enqueue is refused and creates nothing. Tasks
+    that name it once it is done wait for nothing, and are not counted."""
+    monkeypatch.setattr(rules, "MAX_CHILDREN", 3)
+    await setup(store)
+    parent, other = await store.enqueue("q", [new("p"), new("o")], T0)
+    await store.enqueue("q", [child(1, parent.id), child(2, parent.id, other.id)], T0)
+    with pytest.raises(ValidationError) as refused:
+        await store.enqueue("q", [child(3, other.id), child(4, parent.id, parent.id)] * 2, T0)
+    assert f"task {parent.id} has 2 tasks waiting for it; at most 3" in refused.value.message
+    assert len(await store.list_tasks("q", EVERY_TASK, 10, 0)) == 4  # nothing created
+    (third,) = await store.enqueue("q", [child(3, parent.id)], T0)
+    assert third.state is State.WAITING
+    with pytest.raises(ValidationError):
+        await store.enqueue("q", [child(4, parent.id)], T0)
+    await finish(store, parent, "r")
+    (late,) = await store.enqueue("q", [child(5, parent.id)], T0 + 2)  # done: not counted
+    assert late.state is State.READY
 
 
 async def test_a_parent_already_finished_counts_as_it_ended(store: Store) -> None:

@@ -100,6 +100,47 @@ async def test_key_concurrency_counts_per_key_and_with_concurrency(store: Store)
     assert await claim(store, 10, options=options) == []
 
 
+async def test_key_concurrency_passes_over_many_keys_held(store: Store) -> None:
+    """A claim that meets hundreds of keys at their limit at the head of the line (more
+    than its first looks read) passes over them in order and takes the free keys behind;
+    a key freed is taken again first; another queue's keys in progress count for nothing."""
+    held = 300
+    options = limited(key_concurrency=1, max_batch=1000)
+    await store.save_queue("q", options)
+    await store.save_queue("other", options)
+    await store.enqueue("other", [keyed(n, f"k{n}") for n in range(held)], T0)  # type: ignore[misc]
+    assert len(await claim(store, held, options=options, queue="other")) == held
+    firsts = [keyed(f"k{n}-0", f"k{n}") for n in range(held)]
+    seconds = [keyed(f"k{n}-1", f"k{n}") for n in range(held)]
+    free = [keyed(f"f{n}", f"f{n}") for n in range(5)]
+    await store.enqueue("q", [*firsts, *seconds, *free, keyed("none", None)], T0)  # type: ignore[list-item]
+    # The same keys in progress on "other" hold nothing here.
+    taken = await claim(store, held, options=options)
+    assert values(taken) == [f"k{n}-0" for n in range(held)]
+    # Every key of the next 300 tasks is held: the claim passes over them.
+    assert values(await claim(store, 3, options=options)) == ["f0", "f1", "f2"]
+    state = await store.limit_state("q", options, T0)
+    assert state.keys_at_limit == held + 3
+    freed = await store.poll("q", options, [ack(taken[7])], 3, "w1", T0)
+    assert values(freed.delivered) == ["k7-1", "f3", "f4"]
+    assert values(await claim(store, 10, options=options)) == ["none"]
+    assert await claim(store, 10, options=options) == []
+
+
+async def test_key_concurrency_above_one_counts_each_key_met(store: Store) -> None:
+    options = limited(key_concurrency=2, max_batch=1000)
+    await store.save_queue("q", options)
+    # 200 keys with one task in progress each, their next two tasks behind them.
+    await store.enqueue("q", [keyed(f"a{n}", f"k{n}") for n in range(200)], T0)  # type: ignore[misc]
+    assert len(await claim(store, 200, options=options)) == 200
+    later = [keyed(f"{step}{n}", f"k{n}") for step in "bc" for n in range(200)]
+    await store.enqueue("q", later, T0)  # type: ignore[arg-type]
+    # Room for one more of each key: the b's, never a c (that would be a key's third).
+    assert values(await claim(store, 1000, options=options)) == [f"b{n}" for n in range(200)]
+    assert await claim(store, 10, options=options) == []
+    assert (await store.limit_state("q", options, T0)).keys_at_limit == 200
+
+
 async def test_a_rate_limit_delivers_a_full_bucket_then_what_refills(store: Store) -> None:
     options = limited(rate=Rate(limit=3, period=1000))
     await store.save_queue("q", options)

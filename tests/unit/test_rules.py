@@ -289,3 +289,18 @@ def test_a_queue_without_history_keeps_a_finished_task_while_it_holds_its_key() 
     assert not rules.sweepable(done, OPTIONS, T0 + 10)  # a queue with history keeps it
     assert rules.discard(task(State.DONE, unique_key="k", unique_until=T0), drop)
     assert rules.discard(task(State.DONE), drop)
+
+
+def test_check_edges_bounds_each_task_and_the_request() -> None:
+    data = msgspec.Raw(b"1")
+    full = NewTask(data=data, after=tuple(range(1, rules.MAX_PARENTS)), refs=(0,))
+    rules.check_edges([NewTask(data=data), full])  # MAX_PARENTS exactly: taken
+    over = NewTask(data=data, after=tuple(range(1, rules.MAX_PARENTS + 1)), refs=(0,))
+    with pytest.raises(
+        ValidationError, match=rf"tasks\[1\]\.after names {rules.MAX_PARENTS + 1:,} tasks"
+    ):
+        rules.check_edges([NewTask(data=data), over])
+    one = NewTask(data=data, after=(1,))
+    rules.check_edges([one] * rules.MAX_EDGES)
+    with pytest.raises(ValidationError, match=f"at most {rules.MAX_EDGES:,} in one request"):
+        rules.check_edges([one] * (rules.MAX_EDGES + 1))

@@ -53,7 +53,7 @@ from katar.core.model import (
 )
 from katar.core.outcomes import OutcomeWaits
 from katar.core.reaper import _PRUNE_EVERY_MS, HOUSEKEEPING_MS, Reaper
-from katar.core.rules import BULK_STATES, MAX_PARENTS, is_final, prune_before, unknown_parent
+from katar.core.rules import BULK_STATES, check_edges, is_final, prune_before, unknown_parent
 from katar.core.schedule import (
     Schedule,
     ScheduleSpec,
@@ -574,11 +574,8 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         """Refuse an ``after`` that names too many tasks, a later task of the batch, or a
         task that does not exist or that the caller may not see. (The store checks again,
         in the enqueue's transaction, that each still exists.)"""
+        check_edges(tasks)
         for index, spec in enumerate(tasks):
-            if len(spec.after) + len(spec.refs) > MAX_PARENTS:
-                raise ValidationError(
-                    f"tasks[{index}].after names more than {MAX_PARENTS} tasks", field="after"
-                )
             for ref in spec.refs:
                 if not 0 <= ref < index:
                     raise ValidationError(

@@ -39,7 +39,8 @@ from katar.core.model import (
 from katar.core.model import unknown_parent as unknown_parent  # the stores take it here
 from katar.errors import Conflict, IllegalTransition, ValidationError
 from katar.protocol import ACK_STATUSES as ACK_STATUSES
-from katar.protocol import HISTORY_LENGTH
+from katar.protocol import HISTORY_LENGTH, MAX_AFTER, MAX_AFTER_PER_REQUEST
+from katar.protocol import MAX_CHILDREN as MAX_WAITING
 from katar.protocol import PATCH_STATUSES as PATCH_STATUSES
 
 
@@ -278,6 +279,21 @@ def fair_places(
         last[key] = place
         places.append(place)
     return places
+
+
+#: How many ready tasks beyond those it wants a key_concurrency claim reads at its first
+#: look; doubled at each further look, so that passing over many tasks of keys at their
+#: limit takes a few looks, not one per CLAIM_EXTRA tasks.
+CLAIM_EXTRA: Final = 64
+
+
+def unseen_keys(
+    candidates: Iterable[tuple[int, str | None]], known: Mapping[str, int]
+) -> list[str]:
+    """The keys of the candidates (id, key) whose tasks in progress a claim has not counted
+    yet (not in ``known``), once each, sorted: a claim counts those it meets, not every key
+    in progress."""
+    return sorted({key for _id, key in candidates if key is not None and key not in known})
 
 
 def blocked_keys(
@@ -627,9 +643,53 @@ def prune_before(options: QueueOptions, state: State, now: int) -> int | None:
 # cancels them (orphaned), and that cascades to their own children.
 
 #: The most tasks one task may name in ``after``.
-MAX_PARENTS: Final = 10_000
+MAX_PARENTS: Final = MAX_AFTER
+#: The most edges one enqueue may create, over all its tasks.
+MAX_EDGES: Final = MAX_AFTER_PER_REQUEST
+#: The most tasks that may wait for one task over its life (those that name it while it is
+#: unfinished): its end settles them all in the transaction of the change that ends it.
+MAX_CHILDREN: Final = MAX_WAITING
 #: The states of a child that its parent's failure cancels: any not in progress or finished.
 _ORPHANABLE: Final = frozenset({PAUSED, READY, SCHEDULED, WAITING})
+
+
+def check_edges(tasks: Sequence[NewTask]) -> None:
+    """Refuse an enqueue whose tasks name more than MAX_PARENTS tasks each, or MAX_EDGES in
+    all (ValidationError, before anything is looked up or written): what one request may
+    make a store write, and a delivery read, stays bounded."""
+    edges = 0
+    for index, spec in enumerate(tasks):
+        named = len(spec.after) + len(spec.refs)
+        if named > MAX_PARENTS:
+            raise ValidationError(
+                f"tasks[{index}].after names {named:,} tasks; at most {MAX_PARENTS:,}",
+                field="after",
+            )
+        edges += named
+    if edges > MAX_EDGES:
+        raise ValidationError(
+            f"the tasks' after lists name {edges:,} tasks in all; at most {MAX_EDGES:,} in one"
+            " request: enqueue the tasks in several requests",
+            field="after",
+        )
+
+
+def check_children(tasks: Sequence[NewTask], waited: Mapping[int, int]) -> None:
+    """Refuse an enqueue that would make more than MAX_CHILDREN tasks wait for one task
+    (ValidationError, before anything is written). ``waited`` holds, for each unfinished task
+    the batch names by id, how many tasks named it while it was unfinished."""
+    adding: dict[int, int] = {}
+    for spec in tasks:
+        for parent_id in set(spec.after):
+            adding[parent_id] = adding.get(parent_id, 0) + 1
+    for parent_id, count in adding.items():
+        before = waited.get(parent_id)
+        if before is not None and before + count > MAX_CHILDREN:
+            raise ValidationError(
+                f"task {parent_id} has {before:,} tasks waiting for it; at most"
+                f" {MAX_CHILDREN:,} may wait for one task",
+                field="after",
+            )
 
 
 def depend(task: Task, parents: Sequence[tuple[int, State]]) -> Task:

@@ -59,6 +59,10 @@ class MemoryStore(Store):
         self._kept: list[tuple[int, int]] = []
         self._last_id = 0
         self._running: dict[str, dict[int, None]] = {}  # per queue: the tasks in progress
+        # Per queue: the tasks in progress per key (key_concurrency looks keys up here), and
+        # the tasks per state (GET /v1/queues): kept as tasks change, never counted by a scan.
+        self._running_keys: dict[str, dict[str, int]] = {}
+        self._states: dict[str, dict[State, int]] = {}
         self._buckets: dict[str, rules.Bucket] = {}  # per queue with a rate limit
         # Fair queues (rules.fair_seq): each task's place, and per (queue, key) a heap of the
         # places of its tasks, (-place, id): the first whose task still waits or runs is the
@@ -75,6 +79,8 @@ class MemoryStore(Store):
         #: Per child: its parents of other queues, with their queues (Task.foreign).
         self._foreign: dict[int, tuple[tuple[int, str], ...]] = {}
         self._children: dict[int, dict[int, None]] = {}
+        # Per task: how many tasks named it while it was not done (rules.MAX_CHILDREN).
+        self._waited: dict[int, int] = {}
         self._named_by: dict[int, list[int]] = {}
 
     async def open(self) -> None:
@@ -98,6 +104,8 @@ class MemoryStore(Store):
         self._ids.setdefault(name, {})
         self._ready.setdefault(name, [])
         self._running.setdefault(name, {})
+        self._running_keys.setdefault(name, {})
+        self._states.setdefault(name, dict.fromkeys(State, 0))
         self._buckets.pop(name, None)  # new options: a rate limit starts with a full bucket
         if old is not None and old.fair != options.fair:
             if options.fair:
@@ -174,6 +182,8 @@ class MemoryStore(Store):
         ids = self._ids.pop(name, {})
         self._ready.pop(name, None)
         self._running.pop(name, None)
+        self._running_keys.pop(name, None)
+        self._states.pop(name, None)
         self._buckets.pop(name, None)
         for task_id in ids:
             self._forget_edges(self._tasks.pop(task_id))
@@ -196,7 +206,18 @@ class MemoryStore(Store):
     def _put(self, task: Task) -> None:
         old = self._tasks.get(task.id)
         self._tasks[task.id] = task
-        if task.state is RUNNING:
+        state = task.state
+        if old is None or old.state is not state:  # counted inline: every claim and ack
+            states = self._states[task.queue]
+            states[state] += 1
+            if old is not None:
+                states[old.state] -= 1
+            if task.key is not None:
+                if state is RUNNING:
+                    self._key_running(task, 1)
+                elif old is not None and old.state is RUNNING:
+                    self._key_running(task, -1)
+        if state is RUNNING:
             self._running[task.queue][task.id] = None
         elif old is not None and old.state is RUNNING:
             self._running[task.queue].pop(task.id, None)
@@ -222,8 +243,21 @@ class MemoryStore(Store):
         if task.unique_until is not None and task.state in (DONE, FAILED):
             heapq.heappush(self._kept, (task.unique_until, task.id))
 
+    def _key_running(self, task: Task, step: int) -> None:
+        """One more (``step`` 1) or one fewer (-1) task of the task's key in progress."""
+        keys = self._running_keys[task.queue]
+        assert task.key is not None
+        running = keys.get(task.key, 0) + step
+        if running:
+            keys[task.key] = running
+        else:
+            del keys[task.key]
+
     def _remove(self, task: Task) -> None:
-        del self._tasks[task.id]
+        old = self._tasks.pop(task.id)
+        self._states[old.queue][old.state] -= 1
+        if old.key is not None and old.state is RUNNING:
+            self._key_running(old, -1)
         del self._ids[task.queue][task.id]
         self._running[task.queue].pop(task.id, None)
         self._seq.pop(task.id, None)
@@ -235,6 +269,7 @@ class MemoryStore(Store):
         self._children.pop(task.id, None)
         self._named_by.pop(task.id, None)
         self._foreign.pop(task.id, None)
+        self._waited.pop(task.id, None)
         for parent_id in self._edges.pop(task.id, ()):
             waiting = self._children.get(parent_id)
             if waiting is not None:
@@ -306,6 +341,8 @@ class MemoryStore(Store):
         edges: dict[int, tuple[bool, bytes | None]] = {}
         for parent in parents:
             self._named_by.setdefault(parent.id, []).append(task.id)
+            if parent.state is not DONE:
+                self._waited[parent.id] = self._waited.get(parent.id, 0) + 1
             if parent.state is DONE:
                 edges[parent.id] = (True, None if parent.result is None else bytes(parent.result))
             else:
@@ -347,10 +384,16 @@ class MemoryStore(Store):
         ids = self._ids_of(queue)
         fair = self._queues[queue].fair
         front = self._front(queue) if fair else 0
+        waited: dict[int, int] = {}
         for index, spec in enumerate(tasks):
             for parent_id in spec.after:
-                if parent_id not in self._tasks:
+                parent = self._tasks.get(parent_id)
+                if parent is None:
                     raise rules.unknown_parent(f"tasks[{index}]", parent_id)
+                if parent.state in UNFINISHED:
+                    waited[parent_id] = self._waited.get(parent_id, 0)
+        if waited:
+            rules.check_children(tasks, waited)
         created: list[Task] = []
         for spec in tasks:
             if spec.unique_key is not None:
@@ -470,11 +513,11 @@ class MemoryStore(Store):
         running: dict[str, int] | None = None,
     ) -> list[Task]:
         """Take up to ``limit`` ready tasks in order; with ``running`` (tasks in progress
-        per key), pass over the keys at their key_concurrency, keeping their place."""
+        per key, kept current as each task is leased), pass over the keys at their
+        key_concurrency, keeping their place."""
         heap = self._ready[queue]
         delivered: list[Task] = []
         passed: list[tuple[int, int, int]] = []
-        taken: dict[str, int] = {}
         while heap and len(delivered) < limit:
             entry = heapq.heappop(heap)
             task = self._tasks.get(entry[2])
@@ -486,7 +529,7 @@ class MemoryStore(Store):
                 # of state, which pushes it anew.
                 continue
             if running is not None and not rules.pick_by_key(
-                [(task.id, task.key)], 1, running, options.key_concurrency, taken
+                [(task.id, task.key)], 1, running, options.key_concurrency, {}
             ):
                 passed.append(entry)
                 continue
@@ -512,7 +555,7 @@ class MemoryStore(Store):
         held = rules.held_by(options, limit, len(in_progress), bucket)
         running: dict[str, int] | None = None
         if options.key_concurrency is not None:
-            running = self._running_keys(queue)
+            running = self._running_keys[queue]
         delivered = self._claim(queue, options, allowed, worker, now, running) if allowed else []
         retry_at = None
         if bucket is not None and options.rate is not None:
@@ -528,21 +571,13 @@ class MemoryStore(Store):
             return None
         return rules.Bucket.kept_in(self._buckets, queue, options.rate, now)
 
-    def _running_keys(self, queue: str) -> dict[str, int]:
-        running: dict[str, int] = {}
-        for task_id in self._running[queue]:
-            key = self._tasks[task_id].key
-            if key is not None:
-                running[key] = running.get(key, 0) + 1
-        return running
-
     async def limit_state(self, queue: str, options: QueueOptions, now: int) -> LimitState:
         self._ids_of(queue)
         bucket = self._bucket(queue, options, now)
         keys = None
         if options.key_concurrency is not None:
             limit = options.key_concurrency
-            keys = sum(1 for n in self._running_keys(queue).values() if n >= limit)
+            keys = sum(1 for n in self._running_keys[queue].values() if n >= limit)
         return LimitState(None if bucket is None else bucket.tokens, keys)
 
     async def get_task(self, queue: str, task_id: int) -> Task | None:
@@ -640,11 +675,10 @@ class MemoryStore(Store):
         return counts
 
     async def counts(self) -> dict[str, dict[State, int]]:
-        result: dict[str, dict[State, int]] = {name: {} for name in self._queues}
-        for task in self._tasks.values():
-            per_state = result[task.queue]
-            per_state[task.state] = per_state.get(task.state, 0) + 1
-        return result
+        return {
+            name: {state: count for state, count in self._states[name].items() if count}
+            for name in self._queues
+        }
 
     async def set_status(self, queue: str, task_id: int, status: str, now: int) -> Change | None:
         task = self._tasks.get(task_id)

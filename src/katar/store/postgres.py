@@ -78,7 +78,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("katar")
 
-SCHEMA_VERSION: Final = 12
+SCHEMA_VERSION: Final = 13
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -249,6 +249,17 @@ REVOKE ALL ON FUNCTION {s}.enqueue(text, jsonb, integer, double precision) FROM 
     # An edge's parent queue, when it is not the child's (Task.foreign).
     12: """
 ALTER TABLE {s}.deps ADD COLUMN IF NOT EXISTS parent_queue text;
+""",
+    # The tasks in progress by key: a key_concurrency claim looks up the keys it meets; the
+    # tasks that wait for a task, counted.
+    13: """
+-- The tasks in progress that have a key, by key: a key_concurrency claim counts those of
+-- the keys it meets, one probe a key, however many keys are in progress (tasks without a
+-- key, on the hot path, are never in it).
+CREATE INDEX IF NOT EXISTS tasks_running_key ON {s}.tasks (queue_id, key)
+    WHERE state = 3 AND key IS NOT NULL;
+-- How many tasks named the task while it was unfinished (rules.MAX_CHILDREN).
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS children_count integer NOT NULL DEFAULT 0;
 """,
 }
 
@@ -458,28 +469,37 @@ class PostgresStore(PostgresGroups, Store):
                 f"SELECT bucket_tokens, bucket_at FROM {s}.queues WHERE id = %s FOR UPDATE"
             ),
             "running": f"SELECT count(*) FROM {s}.tasks WHERE queue_id = %s AND state = 3",
-            "running_keys": (
+            # The tasks in progress of the keys a claim meets (never every key in progress,
+            # whose number has no bound), and the keys at their limit (GET /v1/queues); both
+            # over tasks_running_key.
+            "running_of_keys": (
                 f"SELECT key, count(*) FROM {s}.tasks WHERE queue_id = %s AND state = 3"
-                " AND key IS NOT NULL GROUP BY key"
+                " AND key IS NOT NULL AND key = ANY(%s::text[]) GROUP BY key"
             ),
-            # Each passes over the tasks whose expiry has come (rules.expired).
+            "keys_at_limit": (
+                f"SELECT count(*) FROM (SELECT 1 FROM {s}.tasks WHERE queue_id = %s AND"
+                " state = 3 AND key IS NOT NULL GROUP BY key HAVING count(*) >= %s) AS k"
+            ),
+            # Each passes over the tasks whose expiry has come (rules.expired), and the keys
+            # at their limit by a hashed subplan (NOT IN): "<> ALL(array)" compares each row
+            # with every key, as slow as rows times keys.
             "candidates": (
                 f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
                 " (expires_at IS NULL OR attempts > 0 OR expires_at > %s) AND"
-                " (key IS NULL OR key <> ALL(%s::text[])) ORDER BY priority DESC, id LIMIT %s"
-                " FOR UPDATE SKIP LOCKED"
+                " (key IS NULL OR key NOT IN (SELECT unnest(%s::text[])))"
+                " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED"
             ),
             "candidates_fair": (
                 f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
                 " (expires_at IS NULL OR attempts > 0 OR expires_at > %s) AND"
-                " fair_seq IS NOT NULL AND (key IS NULL OR key <> ALL(%s::text[]))"
+                " fair_seq IS NOT NULL AND (key IS NULL OR key NOT IN (SELECT unnest(%s::text[])))"
                 " ORDER BY priority DESC, fair_seq, id LIMIT %s FOR UPDATE SKIP LOCKED"
             ),
             # Tasks without a place (enqueued as the queue was made fair) come after.
             "candidates_unplaced": (
                 f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
                 " (expires_at IS NULL OR attempts > 0 OR expires_at > %s) AND"
-                " fair_seq IS NULL AND (key IS NULL OR key <> ALL(%s::text[]))"
+                " fair_seq IS NULL AND (key IS NULL OR key NOT IN (SELECT unnest(%s::text[])))"
                 " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED"
             ),
             "fair_front": (
@@ -1306,10 +1326,7 @@ class PostgresStore(PostgresGroups, Store):
             running = row[0] if row else 0
         allowed = rules.claim_allowance(options, limit, running, bucket)
         held, allowance = rules.held_by(options, limit, running, bucket), allowed
-        per_key: dict[str, int] = {}
-        if options.key_concurrency is not None and allowed > 0:
-            rows = await (await conn.execute(sql["running_keys"], (queue_id,))).fetchall()
-            per_key = {key: count for key, count in rows}
+        per_key: dict[str, int] = {}  # in progress, for the keys met so far
         taken: dict[str, int] = {}
         lease = (now, options.timeout)  # rules.lease_ms: the task's own timeout, else this
         delivered: list[Task] = []
@@ -1318,13 +1335,19 @@ class PostgresStore(PostgresGroups, Store):
             claimed = await claim(conn, sql, queue, queue_id, options, [worker] * allowed, now)
             delivered = [task for _slot, task in claimed]
             allowed = 0
+        extra = 0 if options.key_concurrency is None else rules.CLAIM_EXTRA
         while len(delivered) < allowed:
             want = allowed - len(delivered)
             blocked = rules.blocked_keys(per_key, taken, options.key_concurrency)
-            # A few more than wanted: some may belong to keys that fill up on the way (the
-            # next look passes over those keys).
-            chunk = want if options.key_concurrency is None else want + 64
+            # More than wanted: some may belong to keys at their limit, or that fill up on
+            # the way (the next look passes over those keys, and looks further).
+            chunk = want + extra
             candidates = await self._candidates(conn, queue_id, blocked, chunk, now)
+            met = rules.unseen_keys(candidates, per_key) if extra else []
+            if met:
+                per_key.update(dict.fromkeys(met, 0))
+                cursor = await conn.execute(sql["running_of_keys"], (queue_id, met))
+                per_key.update(await cursor.fetchall())
             ids = rules.pick_by_key(candidates, want, per_key, options.key_concurrency, taken)
             if ids:
                 cursor = await conn.execute(sql["take"], (worker, *lease, now, now, ids))
@@ -1332,6 +1355,7 @@ class PostgresStore(PostgresGroups, Store):
                 delivered += [task_from_row(took[i], queue) for i in ids]  # the claim order
             if len(candidates) < chunk:
                 break  # no more ready tasks that a free key could take
+            extra *= 2
         retry_at = None
         if bucket is not None and options.rate is not None:
             bucket.take(len(delivered))
@@ -1369,8 +1393,9 @@ class PostgresStore(PostgresGroups, Store):
             keys = None
             if options.key_concurrency is not None:
                 limit = options.key_concurrency
-                rows = await (await conn.execute(self._sql["running_keys"], (queue_id,))).fetchall()
-                keys = sum(1 for _key, count in rows if count >= limit)
+                cursor = await conn.execute(self._sql["keys_at_limit"], (queue_id, limit))
+                row = await cursor.fetchone()
+                keys = row[0] if row else 0
             tokens = None
             if options.rate is not None:
                 row = await (

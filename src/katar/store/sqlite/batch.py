@@ -100,8 +100,17 @@ _DONE_CHUNK: Final = 300  # acks per statement: 3 variables each, well under SQL
 
 # A limited queue's claim (QueueOptions.limited): count, pick, then take by id.
 _RUNNING: Final = "SELECT count(*) FROM tasks WHERE queue_id=? AND state=3"
-_RUNNING_KEYS: Final = (
-    "SELECT key, count(*) FROM tasks WHERE queue_id=? AND state=3 AND key IS NOT NULL GROUP BY key"
+# A key_concurrency claim counts the tasks in progress of the keys it meets only, over
+# tasks_running_key (one probe a key, named: a range over every key in progress is the
+# other plan): never every key in progress, whose number has no bound.
+_RUNNING_OF_KEYS: Final = (
+    "SELECT key, count(*) FROM tasks INDEXED BY tasks_running_key WHERE queue_id=? AND state=3"
+    " AND key IN (SELECT value FROM json_each(?)) GROUP BY key"
+)
+# The keys at their key_concurrency (GET /v1/queues), over the same index in key order.
+_KEYS_AT_LIMIT: Final = (
+    "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE queue_id=? AND state=3"
+    " AND key IS NOT NULL GROUP BY key HAVING count(*) >= ?)"
 )
 _CANDIDATES: Final = (
     f"SELECT id, key FROM tasks WHERE queue_id=? AND state=1 AND {_NOT_EXPIRED} AND"
@@ -318,25 +327,31 @@ class Batches:
     def _claim_by_key(self, conn: sqlite3.Connection, polls: list[_Poll]) -> None:
         """The claims of a group's polls of one queue with key_concurrency: one count and
         one selection for them all, served in arrival order, so that the limits hold inside
-        the group as between groups (and a group costs what one poll does)."""
+        the group as between groups (and a group costs what one poll does). It counts the
+        tasks in progress of the keys it meets only, so that its cost follows what it takes
+        (and the tasks it passes over), not the number of keys in progress."""
         first = polls[0]
         options, queue_id = first.options, first.queue_id
         now = max(poll.now for poll in polls)
         bucket, allowed, held = self._allowance(conn, polls)
-        per_key: dict[str, int] = {}
-        if allowed > 0:
-            per_key = dict(conn.execute(_RUNNING_KEYS, (queue_id,)).fetchall())
+        per_key: dict[str, int] = {}  # in progress, for the keys met so far
         taken: dict[str, int] = {}
         lease_until = now + options.timeout
         rows: dict[int, Any] = {}
         order: list[int] = []
+        extra = rules.CLAIM_EXTRA
         while len(order) < allowed:
             want = allowed - len(order)
             blocked = rules.blocked_keys(per_key, taken, options.key_concurrency)
-            # A few more than wanted: some may belong to keys that fill up on the way (the
-            # next look passes over those keys).
-            chunk = want + 64
+            # More than wanted: some may belong to keys at their limit, or that fill up on
+            # the way (the next look passes over those keys, and looks further).
+            chunk = want + extra
             candidates = self._candidates(conn, queue_id, blocked, chunk, now)
+            met = rules.unseen_keys(candidates, per_key)
+            if met:
+                per_key.update(dict.fromkeys(met, 0))
+                keys = msgspec.json.encode(met)
+                per_key.update(conn.execute(_RUNNING_OF_KEYS, (queue_id, keys)).fetchall())
             ids = rules.pick_by_key(candidates, want, per_key, options.key_concurrency, taken)
             if ids:  # taken now, so that the next look passes them; workers named below
                 lease = (now, options.timeout, now, now, msgspec.json.encode(ids))
@@ -345,6 +360,7 @@ class Batches:
                 order += ids
             if len(candidates) < chunk:
                 break  # no more ready tasks that a free key could take
+            extra *= 2
         name = self._queue_names[queue_id]
         start = 0
         named: dict[str, list[int]] = {}

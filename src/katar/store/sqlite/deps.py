@@ -14,20 +14,21 @@ from typing import Any, Final
 import msgspec
 
 from katar.core import rules
-from katar.core.model import DONE, NewTask, State, Task
+from katar.core.model import DONE, FINAL_STATES, NewTask, State, Task
 from katar.core.storage import Change
 from katar.store._rows import CHILDREN, COLUMNS, PARENTS, foreign_queue, view
 
 _STATES: Final = tuple(State)
 _PARENTS: Final = (
-    "SELECT id, state, result, queue_id FROM tasks WHERE id IN (SELECT value FROM json_each(?))"
+    "SELECT id, state, result, queue_id, children FROM tasks"
+    " WHERE id IN (SELECT value FROM json_each(?))"
 )
 _EDGE: Final = (
     "INSERT INTO deps (child_id, parent_id, done, result, parent_queue) VALUES (?,?,?,?,?)"
 )
-_HAS_CHILDREN: Final = (
-    "UPDATE tasks SET children=1 WHERE id IN (SELECT value FROM json_each(?)) AND children=0"
-)
+# ``children`` counts the tasks that named the task while it was not done (rules.MAX_CHILDREN);
+# not 0 is what the fast paths look at.
+_HAS_CHILDREN: Final = "UPDATE tasks SET children=children+? WHERE id=?"
 _EDGES: Final = (
     "SELECT parent_id, done, result, parent_queue FROM deps WHERE child_id=? ORDER BY parent_id"
 )
@@ -118,14 +119,19 @@ class Dependencies:
         named = sorted({i for spec in tasks for i in spec.after})
         if not named:
             return {}
-        found = {
-            row[0]: (_STATES[row[1]], row[2], self._queue_names[row[3]])
-            for row in conn.execute(_PARENTS, (msgspec.json.encode(named),))
-        }
+        found: dict[int, Parent] = {}
+        waited: dict[int, int] = {}
+        for task_id, state, result, queue_id, children in conn.execute(
+            _PARENTS, (msgspec.json.encode(named),)
+        ):
+            found[task_id] = (_STATES[state], result, self._queue_names[queue_id])
+            if _STATES[state] not in FINAL_STATES:
+                waited[task_id] = children
         for index, spec in enumerate(tasks):
             for parent_id in spec.after:
                 if parent_id not in found:
                     raise rules.unknown_parent(f"tasks[{index}]", parent_id)
+        rules.check_children(tasks, waited)
         return found
 
     @staticmethod
@@ -166,9 +172,12 @@ class Dependencies:
         if not edges:
             return
         conn.executemany(_EDGE, edges)
-        waited = sorted({parent for _c, parent, done, _r, _q in edges if not done})
+        waited: dict[int, int] = {}
+        for _c, parent, done, _r, _q in edges:
+            if not done:
+                waited[parent] = waited.get(parent, 0) + 1
         if waited:
-            conn.execute(_HAS_CHILDREN, (msgspec.json.encode(waited),))
+            conn.executemany(_HAS_CHILDREN, [(n, parent) for parent, n in sorted(waited.items())])
 
     @staticmethod
     def _view(conn: sqlite3.Connection, task: Task) -> Task:

@@ -7,8 +7,8 @@ from typing import Final
 
 # 4: idempotency keys; 5: key, fair_seq; 6: cancel, progress; 7: options; 8: delivery history;
 # 9: schedules; 10: dependencies; 11: the edges by parent, all of them (a task's children);
-# 12: an edge's parent queue, when not the child's
-SCHEMA_VERSION: Final = 12
+# 12: an edge's parent queue, when not the child's; 13: the tasks in progress by key
+SCHEMA_VERSION: Final = 13
 # The tasks at rest: paused (0), done (4), failed (5), cancelled (6). Not "state IN (0, 4, 5,
 # 6)": SQLite evaluates a partial index's condition for every row a statement writes, and an
 # IN list builds a temporary b-tree each time (a 4 KiB page zeroed): 56,000 instructions per
@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     schedule TEXT,         -- the schedule that made the task
     scheduled_for INTEGER, -- and the tick it was made for
     parents INTEGER NOT NULL DEFAULT 0,   -- how many tasks it waits for (after)
-    children INTEGER NOT NULL DEFAULT 0   -- 1: tasks wait for it (its end settles them)
+    children INTEGER NOT NULL DEFAULT 0   -- tasks that named it unfinished (its end settles them)
 );
 -- The claim's order, over READY tasks only: scheduled, running and finished tasks never
 -- slow it down however many there are.
@@ -66,6 +66,11 @@ CREATE INDEX IF NOT EXISTS tasks_fair ON tasks (queue_id, priority DESC, fair_se
     WHERE state = 1 AND fair_seq IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_fair_key ON tasks (queue_id, key, fair_seq)
     WHERE fair_seq IS NOT NULL AND state BETWEEN 0 AND 3;
+-- The tasks in progress that have a key, by key: a key_concurrency claim looks up how many
+-- tasks of each key it meets are in progress, one probe a key, however many keys are in
+-- progress (tasks without a key, on the hot path, are never in it).
+CREATE INDEX IF NOT EXISTS tasks_running_key ON tasks (queue_id, key)
+    WHERE state = 3 AND key IS NOT NULL;
 -- The expiry of tasks never delivered (rules.expiry), and the unique keys held
 -- (rules.holds_key): partial indexes, so that tasks without either cost nothing.
 CREATE INDEX IF NOT EXISTS tasks_expiry ON tasks (expires_at)

@@ -41,7 +41,7 @@ from katar.store._rows import (
     update_values,
     where_sql,
 )
-from katar.store.sqlite.batch import _RUNNING_KEYS, Batches, _Poll
+from katar.store.sqlite.batch import _KEYS_AT_LIMIT, Batches, _Poll
 from katar.store.sqlite.deps import Dependencies, Edge
 from katar.store.sqlite.schema import _AT_REST
 from katar.store.sqlite.writer import GroupCommit
@@ -215,7 +215,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
             # The tasks of other queues that wait for this one's are cancelled.
             also: list[Change] = []
             for row in conn.execute(
-                f"SELECT {_COLUMNS} FROM tasks WHERE queue_id=? AND children=1", (queue_id,)
+                f"SELECT {_COLUMNS} FROM tasks WHERE queue_id=? AND children>0", (queue_id,)
             ).fetchall():
                 self._settle(conn, self._task(row), None, when, also)
             settled.extend(change for change in also if change.task.queue != name)
@@ -700,8 +700,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
             keys = None
             if options.key_concurrency is not None:
                 limit = options.key_concurrency
-                per_key = conn.execute(_RUNNING_KEYS, (queue_id,)).fetchall()
-                keys = sum(1 for _key, count in per_key if count >= limit)
+                keys = conn.execute(_KEYS_AT_LIMIT, (queue_id, limit)).fetchone()[0]
             return LimitState(None, keys)
 
         state = await self._read(op)
