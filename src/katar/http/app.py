@@ -141,23 +141,25 @@ class App:
             startup=self._startup,
             shutdown=self._shutdown,
         )
-        #: The route table (katar.http.routes), and each route's method as this app answers it:
-        #: its handler, bound to the app, and its access rule.
+        #: The route table (katar.http.routes), as data.
         self.routes: Final = ROUTES
+        #: The routes by their number of segments: (template, shape, each method as this app
+        #: answers it), a shape's None standing for a parameter.
         self._by_length: dict[int, list[tuple[str, tuple[str | None, ...], dict[str, _Bound]]]] = {}
-        #: The handlers of routes that answer without the store: their success says nothing
-        #: about an outage's end.
         storeless: set[Handler] = set()
         for path, routes in ROUTES:
             methods: dict[str, _Bound] = {}
             for method, route in routes.items():
-                # Named in the table as an attribute of Handlers, which App conforms to.
+                # The table names the handler as an attribute of Handlers, which App is
+                # type-checked to implement (end of this module): bound here by that name.
                 handler: Handler = getattr(self, route.handler.__name__)
                 methods[method] = _Bound(handler, route.access)
                 if not route.store:
                     storeless.add(handler)
             shape = tuple(None if p.startswith("{") else p for p in path.split("/")[1:])
             self._by_length.setdefault(len(shape), []).append((path, shape, methods))
+        #: The handlers of routes that answer without the store (Route.store): their success
+        #: says nothing about an outage's end.
         self._storeless = frozenset(storeless)
         #: The OpenAPI document, as served at /openapi.json.
         self.openapi_json = encode(openapi.document(ROUTES, self.limits))
