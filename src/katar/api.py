@@ -19,12 +19,13 @@ from msgspec.structs import replace
 
 from katar._defaults import DEFAULT_STORE
 from katar.core.clock import Clock
-from katar.core.engine import Engine, Listener, check_queue_name
+from katar.core.engine import Engine, Listener
 from katar.core.model import (
     NewTask,
     QueueOptions,
     Task,
     TaskFilter,
+    check_queue_name,
     parse_after,
     parse_priority,
     parse_queue_options,

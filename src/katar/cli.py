@@ -414,7 +414,7 @@ def migrate(args: argparse.Namespace) -> int:
 def token(args: argparse.Namespace) -> int:
     """``katar token``: a new token on the first line, then its block for the file."""
     from katar.auth import ALL_QUEUES, digest, new_token
-    from katar.core.engine import check_queue_name
+    from katar.core.model import check_queue_name
 
     queues = list(dict.fromkeys(args.queue))
     for queue in queues:

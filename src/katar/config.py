@@ -56,8 +56,7 @@ from katar._defaults import DEFAULT_PORT as DEFAULT_PORT
 from katar._defaults import DEFAULT_STORE as DEFAULT_STORE
 from katar.auth import ALL_QUEUES, Role, Token
 from katar.core import typed
-from katar.core.engine import check_queue_name
-from katar.core.model import QueueOptions, option_error, queue_options
+from katar.core.model import QueueOptions, check_queue_name, option_error, queue_options
 from katar.core.schedule import ScheduleSpec, parse_schedule, task_data
 from katar.core.schedule import check_name as check_schedule_name
 from katar.errors import ConfigError, ValidationError

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from katar.core.engine import MAX_QUEUE_NAME
+from katar.core.model import MAX_QUEUE_NAME
 from katar.errors import ConfigError, PayloadTooLarge
 
 #: A delivery's bytes beside its data: {"_id":"<19 digits>","data":,"attempt":<10 digits>},

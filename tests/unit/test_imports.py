@@ -76,3 +76,19 @@ def test_lazy_names_are_the_real_ones() -> None:
     assert {"Katar", "WorkerServer", "Token", "KatarError"} <= set(dir(katar))
     with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
         _ = katar.Nothing
+
+
+@pytest.mark.parametrize(
+    ("code", "absent"),
+    [
+        # The route table is a leaf of the HTTP layer: the OpenAPI builder reads it without
+        # the app, and neither imports the other.
+        ("import katar.http.routes", ["katar.http.app", "katar.http.openapi"]),
+        ("import katar.http.openapi", ["katar.http.app", "katar.http.asgi"]),
+        # The limits need the model's bound on a queue name, not the engine.
+        ("import katar.limits", ["katar.core.engine", "katar.store"]),
+    ],
+)
+def test_a_module_loads_none_above_it(code: str, absent: list[str]) -> None:
+    modules = loaded_after(code)
+    assert [m for m in absent if m in modules] == []

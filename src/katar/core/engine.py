@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -48,6 +47,7 @@ from katar.core.model import (
     QueueOptions,
     Task,
     TaskFilter,
+    check_queue_name,
     check_text,
     parse_queue_options,
 )
@@ -94,26 +94,10 @@ MAX_WORKERS_SEEN: Final = 10_000
 #: A status-change callback: called with the task in its new status; may be a coroutine.
 Listener = Callable[[Task], Awaitable[None] | None]
 
-# The characters are fixed: a name travels in URLs, file keys and PostgreSQL notifications.
-QUEUE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
-#: The longest queue name any server accepts; [limits] max_queue_name may lower it.
-MAX_QUEUE_NAME: Final = 255
 #: Seconds before the first retry of a failed reload of the queues' options, and the most
 #: between two retries (the delay doubles up to it).
 RELOAD_BACKOFF_FIRST: Final = 0.1
 RELOAD_BACKOFF_MAX: Final = 2.0
-
-
-def check_queue_name(name: str, max_length: int = MAX_QUEUE_NAME) -> str:
-    """Return ``name`` if it is a valid queue name of at most ``max_length`` characters
-    (a server's [limits] max_queue_name for new queues), else raise ValidationError."""
-    if len(name) > max_length or not QUEUE_NAME.fullmatch(name):
-        raise ValidationError(
-            f"invalid queue name {name[: max_length + 10]!r}: use 1 to {max_length} letters, "
-            "digits, '.', '_', ':' or '-', starting with a letter or digit",
-            queue=name[: max_length + 10],
-        )
-    return name
 
 
 def _log_overridden(name: str, stored: QueueOptions, declared: QueueOptions) -> None:

@@ -7,6 +7,7 @@ task's payload is never decoded or re-encoded on its way from producer to worker
 from __future__ import annotations
 
 import enum
+import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Final
@@ -454,6 +455,25 @@ def parse_after(after: Sequence[str | int], where: str) -> dict[str, Any]:
             raise unknown_parent(where, str(item)[:64])
         ids.append(task_id)
     return {"after": tuple(ids), "refs": tuple(refs)}
+
+
+# A queue's name: its characters are fixed, for a name travels in URLs, file keys and
+# PostgreSQL notifications.
+QUEUE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+#: The longest queue name any server accepts; [limits] max_queue_name may lower it.
+MAX_QUEUE_NAME: Final = 255
+
+
+def check_queue_name(name: str, max_length: int = MAX_QUEUE_NAME) -> str:
+    """Return ``name`` if it is a valid queue name of at most ``max_length`` characters
+    (a server's [limits] max_queue_name for new queues), else raise ValidationError."""
+    if len(name) > max_length or not QUEUE_NAME.fullmatch(name):
+        raise ValidationError(
+            f"invalid queue name {name[: max_length + 10]!r}: use 1 to {max_length} letters, "
+            "digits, '.', '_', ':' or '-', starting with a letter or digit",
+            queue=name[: max_length + 10],
+        )
+    return name
 
 
 def parse_task_id(task_id: str | int) -> int | None:

@@ -2,52 +2,43 @@
 
 Written without a framework: a worker's poll is the hot path of the product, and a
 framework's routing and request objects cost about half of its throughput on the development
-machine (design.md). The app has two entries over one core: :meth:`App.respond` for
+machine (design.md). The routes are data (katar.http.routes); the app binds them to its
+handlers. It has two entries over one core: :meth:`App.admit` then :meth:`App.respond` for
 ``katar serve``'s own HTTP/1.1 protocol (katar.http.protocol), which hands over whole
-requests, and the ASGI callable, for any ASGI server and for in-process clients. No SQL and
-no queue rules here: handlers parse, call the engine, and shape the answer.
+requests, and the ASGI callable (katar.http.asgi), for any ASGI server and for in-process
+clients. No SQL and no queue rules here: handlers parse, call the engine, and shape the
+answer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
-from typing import Any, Final, NamedTuple, cast
-from urllib.parse import parse_qsl, quote, unquote
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
+from urllib.parse import unquote
 
 from katar import ui
 from katar._version import __version__
 from katar.core import rules
-from katar.core.engine import Engine, check_queue_name
-from katar.core.model import QueueOptions, State, Task, parse_queue_options, parse_task_id
+from katar.core.engine import Engine
+from katar.core.model import QueueOptions, State, Task, check_queue_name, parse_queue_options
 from katar.core.schedule import Schedule, ScheduleSpec, parse_schedule, task_data
 from katar.core.schedule import check_name as check_schedule_name
 from katar.errors import (
     Forbidden,
-    InvalidRequest,
     KatarError,
     NotFound,
-    PayloadTooLarge,
     ShuttingDown,
     StoreUnavailable,
-    TaskNotFound,
     TooManyRequests,
     ValidationError,
 )
 from katar.http import metrics, openapi, parse, throughput
+from katar.http.asgi import Asgi, Receive, Scope, Send
 from katar.http.auth import ALL_QUEUES, Access, Authenticator, Token
-from katar.http.openapi import (
-    IDEMPOTENCY_PARAM,
-    LEASE_HEADERS,
-    LIST_PARAMS,
-    PAGE_PARAMS,
-    WAIT_PARAM,
-)
-from katar.http.openapi import Answer as A
-from katar.http.openapi import Operation as Op
+from katar.http.request import Admission, Handler, HangUp, Headers, Request
 from katar.http.responses import (
     API_HEADERS,
     JSON_HEADERS,
@@ -68,29 +59,21 @@ from katar.http.responses import (
     task_record,
     task_records,
 )
+from katar.http.routes import ROUTES, WRITE_METHODS, Handlers
 from katar.http.sites import Hosts, SiteHeaders, cross_site, site_headers
 from katar.limits import Limits as Limits
 from katar.limits import task_too_large
 from katar.logs import log_access
 from katar.protocol import (
     IDEMPOTENCY_KEY_HEADER,
-    Bulk,
     BulkDone,
     Configuration,
-    Deliveries,
     Health,
-    Patch,
-    Poll,
     QueueDeleted,
     RoleName,
     ScheduleDeleted,
-    SchedulePause,
-    ScheduleRecord,
     Schedules,
     TaskDeleted,
-    TaskRecord,
-    Tasks,
-    Throughput,
     TokenInfo,
     Workers,
     WorkerSeen,
@@ -98,121 +81,15 @@ from katar.protocol import (
 
 log = logging.getLogger("katar")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
-#: Returns a future that completes when the request's client hangs up (for long polls).
-HangUp = Callable[[], "asyncio.Future[Any]"]
-#: Methods whose requests carry a body the app reads.
-BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
-#: Methods whose routes change something: refused when a browser sends them from another
-#: site's page (katar.http.sites).
-WRITE_METHODS: Final = BODY_METHODS | {"DELETE"}
 
-
-class Request:
-    """What a handler gets: the route's parameters, the query string and the body."""
-
-    __slots__ = ("body", "hang_up", "headers", "params", "query_string", "token")
-
-    def __init__(
-        self,
-        params: tuple[str, ...],
-        query_string: bytes,
-        body: bytes,
-        token: Token | None,
-        hang_up: HangUp,
-        headers: Headers,
-    ) -> None:
-        self.params = params
-        self.query_string = query_string
-        self.body = body
-        #: The caller's token; None when the server has no tokens (or the route is open).
-        self.token = token
-        #: A future that completes when the client hangs up.
-        self.hang_up = hang_up
-        #: The request's headers, names in lower case.
-        self.headers = headers
-
-    @property
-    def queue(self) -> str:
-        return self.params[0]
-
-    @property
-    def task_id(self) -> int:
-        raw = self.params[1]
-        task_id = parse_task_id(raw)
-        if task_id is None:
-            raise TaskNotFound.named(raw, self.queue)
-        return task_id
-
-    def query(self) -> dict[str, str]:
-        return dict(parse_qsl(self.query_string.decode("latin-1"), keep_blank_values=True))
-
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-class Route(NamedTuple):
-    """A route's method: its handler, the least role it needs, and what the OpenAPI
-    document says of it (summary, body and answers, as wire model types)."""
+class _Bound(NamedTuple):
+    """A route's method as an app answers it: the handler, bound to the app, and the least
+    role it needs."""
 
     handler: Handler
     access: Access
-    doc: Op
 
 
-def body_too_large(limit: int) -> PayloadTooLarge:
-    """The refusal of a request body over ``limit`` bytes."""
-    return PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
-
-
-def check_declared_length(headers: Headers, limit: int) -> None:
-    """Refuse a body whose Content-Length is over ``limit`` before any of it is read: no
-    "100 Continue" invites a body that is too big."""
-    for name, value in headers:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise body_too_large(limit)
-
-
-_NO_HEADERS: Final[Headers] = []
-
-
-class Admission:
-    """A request routed and its token checked (App.admit): the handler to call, or the
-    answer that refuses it."""
-
-    __slots__ = ("handler", "headers", "params", "refusal", "started", "template", "token")
-
-    def __init__(
-        self,
-        template: str,
-        handler: Handler | None,
-        params: tuple[str, ...],
-        token: Token | None,
-        refusal: Response | None,
-        started: float | None = None,
-        headers: Headers = _NO_HEADERS,
-    ) -> None:
-        #: The request's headers, for the handler (none kept for a refused request).
-        self.headers = headers
-        #: The route's template, for the metrics ("other" when no route matched).
-        self.template = template
-        self.handler = handler
-        self.params = params
-        self.token = token
-        #: The answer when the request is refused (no route or method, a bad token).
-        self.refusal = refusal
-        #: When the request's head arrived (time.perf_counter()), if the access log is on.
-        self.started = started
-
-
-#: Handlers that answer without the store: their success says nothing about an outage's end.
-_STORELESS: Final = frozenset(
-    {"get_configuration", "openapi", "docs", "get_throughput", "ui_page", "ui_asset", "token_info"}
-)
 #: The route label of requests that match no route.
 UNROUTED: Final = "other"
 #: The route cache (App._route) remembers paths up to this long (the longest route with a
@@ -259,504 +136,36 @@ class App:
         #: The throughput history (GET /v1/throughput), sampled while the app runs: started
         #: and stopped with its lifespan (katar serve: by the server, around serving).
         self.throughput = throughput.Sampler(engine.counters, time.time)
-        open_, worker, producer, admin = Access.OPEN, Access.WORKER, Access.PRODUCER, Access.ADMIN
-        #: (path template, {method: route}); {names} are path segments. Every route states its
-        #: access rule here (a test walks this table to check them all), and what the OpenAPI
-        #: document says of it.
-        self.routes: Final[list[tuple[str, dict[str, Route]]]] = [
-            (
-                "/healthz",
-                {
-                    "GET": Route(
-                        self.healthz,
-                        open_,
-                        Op(
-                            summary="Whether the server can reach its store",
-                            operation_id="health",
-                            tag="server",
-                            answers={
-                                200: A("Healthy.", Health),
-                                503: "The store is unavailable, or the server is stopping.",
-                            },
-                        ),
-                    )
-                },
-            ),
-            (
-                "/openapi.json",
-                {
-                    "GET": Route(
-                        self.openapi,
-                        open_,
-                        Op(
-                            summary="This document",
-                            operation_id="openapi",
-                            tag="server",
-                            answers={200: A("The document.", {"type": "object"})},
-                            store=False,
-                        ),
-                    )
-                },
-            ),
-            (
-                "/docs",
-                {
-                    "GET": Route(
-                        self.docs,
-                        open_,
-                        Op(
-                            summary="This document, as a page",
-                            operation_id="docs",
-                            tag="server",
-                            answers={200: A("The page.", media="text/html")},
-                            store=False,
-                        ),
-                    )
-                },
-            ),
-            (
-                "/ui",
-                {
-                    "GET": Route(
-                        self.ui_page,
-                        open_,
-                        Op(
-                            summary="The dashboard (its data comes from this API, with a token)",
-                            operation_id="dashboard",
-                            tag="server",
-                            answers={200: A("The page.", media="text/html")},
-                            store=False,
-                        ),
-                    )
-                },
-            ),
-            (
-                "/ui/{asset}",
-                {
-                    "GET": Route(
-                        self.ui_asset,
-                        open_,
-                        Op(
-                            summary="A file of the dashboard (script, style sheet, image)",
-                            operation_id="dashboardAsset",
-                            tag="server",
-                            answers={
-                                200: A("The file.", media="*/*"),
-                                304: "The browser's copy (If-None-Match) is current.",
-                                404: "No such file.",
-                            },
-                            store=False,
-                        ),
-                    )
-                },
-            ),
-            (
-                "/v1/token",
-                {
-                    "GET": Route(
-                        self.token_info,
-                        worker,
-                        Op(
-                            summary="What the caller's token may do: role, queues, name",
-                            operation_id="tokenInfo",
-                            tag="server",
-                            answers={200: A("The token's rights.", TokenInfo)},
-                            store=False,
-                        ),
-                    )
-                },
-            ),
-            (
-                "/metrics",
-                {
-                    "GET": Route(
-                        self.metrics,
-                        admin,
-                        Op(
-                            summary="Task counts, rates and requests, for Prometheus",
-                            operation_id="metrics",
-                            tag="server",
-                            answers={
-                                200: A(
-                                    "Prometheus's text format 0.0.4.",
-                                    {"type": "string"},
-                                    media="text/plain",
-                                )
-                            },
-                        ),
-                    )
-                },
-            ),
-            (
-                "/v1/throughput",
-                {
-                    "GET": Route(
-                        self.get_throughput,
-                        producer,
-                        Op(
-                            summary="Tasks enqueued, done and failed per second, per queue,"
-                            " over the last minutes",
-                            operation_id="throughput",
-                            tag="operators",
-                            parameters=(openapi.SECONDS_PARAM,),
-                            answers={
-                                200: A(
-                                    "Samples every interval seconds, oldest first, of the"
-                                    " token's queues.",
-                                    Throughput,
-                                ),
-                                422: "A bad parameter.",
-                            },
-                            store=False,
-                        ),
-                    )
-                },
-            ),
-            (
-                "/v1/queues",
-                {
-                    "GET": Route(
-                        self.list_queues,
-                        producer,
-                        Op(
-                            summary="Every queue the token may use, with its options and"
-                            " task counts",
-                            operation_id="listQueues",
-                            tag="operators",
-                            answers={200: A("The queues.", Queues)},
-                        ),
-                    )
-                },
-            ),
-            (
-                "/v1/schedules",
-                {
-                    "GET": Route(
-                        self.list_schedules,
-                        admin,
-                        Op(
-                            summary="Every schedule, with its next ticks and last task",
-                            operation_id="listSchedules",
-                            tag="schedules",
-                            answers={200: A("The schedules.", Schedules)},
-                        ),
-                    )
-                },
-            ),
-            (
-                "/v1/schedules/{schedule}",
-                {
-                    "GET": Route(
-                        self.get_schedule,
-                        admin,
-                        Op(
-                            summary="A schedule, with its next ticks and last task",
-                            operation_id="getSchedule",
-                            tag="schedules",
-                            answers={200: A("The schedule.", ScheduleRecord)},
-                        ),
-                    ),
-                    "PUT": Route(
-                        self.put_schedule,
-                        admin,
-                        Op(
-                            summary="Create a schedule or replace it",
-                            operation_id="putSchedule",
-                            tag="schedules",
-                            body=ScheduleSpec,
-                            body_required=True,
-                            answers={200: A("The schedule.", ScheduleRecord)},
-                            writes=True,
-                        ),
-                    ),
-                    "PATCH": Route(
-                        self.patch_schedule,
-                        admin,
-                        Op(
-                            summary="Pause or resume a schedule",
-                            operation_id="patchSchedule",
-                            tag="schedules",
-                            body=SchedulePause,
-                            body_required=True,
-                            answers={200: A("The schedule.", ScheduleRecord)},
-                            writes=True,
-                        ),
-                    ),
-                    "DELETE": Route(
-                        self.delete_schedule,
-                        admin,
-                        Op(
-                            summary="Remove a schedule (the tasks it made stay)",
-                            operation_id="deleteSchedule",
-                            tag="schedules",
-                            answers={200: A("Removed.", ScheduleDeleted)},
-                            writes=True,
-                        ),
-                    ),
-                },
-            ),
-            (
-                "/v1/queue/{queue}",
-                {
-                    "GET": Route(
-                        self.get_configuration,
-                        worker,
-                        Op(
-                            summary="The queue's worker configuration",
-                            operation_id="getConfiguration",
-                            tag="workers",
-                            answers={
-                                200: A("The configuration.", Configuration, headers=LEASE_HEADERS)
-                            },
-                            store=False,
-                        ),
-                    ),
-                    "POST": Route(
-                        self.poll,
-                        worker,
-                        Op(
-                            summary="Apply acks, then take tasks (the worker's poll)",
-                            operation_id="poll",
-                            tag="workers",
-                            body=Poll,
-                            answers={
-                                200: A(
-                                    "Tasks for this worker, and the tasks it must stop"
-                                    " (cancel), if any.",
-                                    Deliveries,
-                                ),
-                                204: "Nothing to take, and nothing to stop.",
-                                409: "An ack for a task never delivered; nothing was applied.",
-                                429: "The server holds its limit of long polls; retry shortly.",
-                            },
-                            writes=True,
-                        ),
-                    ),
-                    "PUT": Route(
-                        self.put_queue,
-                        admin,
-                        Op(
-                            summary="Create a queue or replace its options",
-                            operation_id="putQueue",
-                            tag="operators",
-                            body=QueueOptions,
-                            answers={200: A("The queue.", QueueCreated)},
-                            writes=True,
-                        ),
-                    ),
-                    "PATCH": Route(
-                        self.patch_queue,
-                        admin,
-                        Op(
-                            summary="Change some of a queue's options, keep the others",
-                            operation_id="patchQueue",
-                            tag="operators",
-                            body=openapi.QUEUE_PATCH_BODY,
-                            body_required=True,
-                            answers={200: A("The queue.", QueueCreated)},
-                            writes=True,
-                        ),
-                    ),
-                    "DELETE": Route(
-                        self.delete_queue,
-                        admin,
-                        Op(
-                            summary="Remove a queue and its tasks",
-                            operation_id="deleteQueue",
-                            tag="operators",
-                            answers={200: A("Removed.", QueueDeleted)},
-                            writes=True,
-                        ),
-                    ),
-                },
-            ),
-            (
-                "/v1/queue/{queue}/tasks",
-                {
-                    "POST": Route(
-                        self.enqueue,
-                        producer,
-                        Op(
-                            summary="Enqueue one task or many",
-                            operation_id="enqueue",
-                            tag="producers",
-                            body=openapi.ENQUEUE_BODY,
-                            body_required=True,
-                            parameters=(IDEMPOTENCY_PARAM,),
-                            answers={
-                                201: A("The new tasks.", Tasks),
-                                200: A(
-                                    "Nothing created: each task's unique_key was held; the"
-                                    " tasks that hold them, each with duplicate true.",
-                                    Tasks,
-                                ),
-                                503: "The store is unavailable: nothing was enqueued.",
-                                504: "The store's connection was lost while it committed"
-                                ' (outcome "unknown"): retry with the same Idempotency-Key.',
-                            },
-                            writes=True,
-                        ),
-                    ),
-                    "GET": Route(
-                        self.list_tasks,
-                        producer,
-                        Op(
-                            summary="List tasks, paged by id",
-                            operation_id="listTasks",
-                            tag="producers",
-                            parameters=LIST_PARAMS,
-                            answers={200: A("A page.", Tasks), 422: "A bad parameter."},
-                        ),
-                    ),
-                },
-            ),
-            (
-                "/v1/queue/{queue}/tasks/bulk",
-                {
-                    "POST": Route(
-                        self.bulk,
-                        admin,
-                        Op(
-                            summary="Retry, cancel or delete every task a filter selects",
-                            operation_id="bulk",
-                            tag="operators",
-                            body=Bulk,
-                            body_required=True,
-                            answers={
-                                200: A(
-                                    "What the filter matched, and what the action changed"
-                                    " (with dry_run: would change).",
-                                    BulkDone,
-                                ),
-                                422: "A bad action or filter.",
-                            },
-                            writes=True,
-                        ),
-                    )
-                },
-            ),
-            (
-                "/v1/workers",
-                {
-                    "GET": Route(
-                        self.workers,
-                        producer,
-                        Op(
-                            summary="The workers seen in the last hour",
-                            operation_id="listWorkers",
-                            tag="operators",
-                            answers={200: A("The workers.", Workers)},
-                        ),
-                    )
-                },
-            ),
-            (
-                "/v1/queue/{queue}/tasks/{id}/children",
-                {
-                    "GET": Route(
-                        self.children,
-                        producer,
-                        Op(
-                            summary="The tasks that wait or waited for a task (its children)",
-                            operation_id="listChildren",
-                            tag="producers",
-                            parameters=PAGE_PARAMS,
-                            answers={
-                                200: A(
-                                    "A page of the tasks, of any queue, that named this one"
-                                    " in their after, by id; those of queues the token may"
-                                    " not use are left out.",
-                                    Tasks,
-                                ),
-                                404: "No such task in this queue.",
-                                422: "A bad parameter.",
-                            },
-                        ),
-                    )
-                },
-            ),
-            (
-                "/v1/queue/{queue}/tasks/{id}/parents",
-                {
-                    "GET": Route(
-                        self.parents,
-                        producer,
-                        Op(
-                            summary="The tasks a task waits or waited for (its parents)",
-                            operation_id="listParents",
-                            tag="producers",
-                            parameters=PAGE_PARAMS,
-                            answers={
-                                200: A(
-                                    "A page of the tasks, of any queue, that this one named"
-                                    " in its after and that are still there, by id; those of"
-                                    " queues the token may not use are left out.",
-                                    Tasks,
-                                ),
-                                404: "No such task in this queue.",
-                                422: "A bad parameter.",
-                            },
-                        ),
-                    )
-                },
-            ),
-            (
-                "/v1/queue/{queue}/tasks/{id}",
-                {
-                    "GET": Route(
-                        self.get_task,
-                        producer,
-                        Op(
-                            summary="A task; with wait, once it finishes",
-                            operation_id="getTask",
-                            tag="producers",
-                            parameters=(WAIT_PARAM,),
-                            answers={200: A("The task.", TaskRecord), 422: "A bad parameter."},
-                        ),
-                    ),
-                    "PATCH": Route(
-                        self.patch_task,
-                        admin,
-                        Op(
-                            summary="Cancel, pause, resume or retry a task",
-                            operation_id="patchTask",
-                            tag="operators",
-                            body=Patch,
-                            body_required=True,
-                            answers={
-                                200: A("The task.", TaskRecord),
-                                202: A(
-                                    "A task in progress: its cancel is recorded"
-                                    " (cancel_requested); it is cancelled at its worker's next"
-                                    " heartbeat or ack, or when its lease runs out.",
-                                    TaskRecord,
-                                ),
-                                409: "The task's status does not allow it.",
-                            },
-                            writes=True,
-                        ),
-                    ),
-                    "DELETE": Route(
-                        self.delete_task,
-                        admin,
-                        Op(
-                            summary="Remove a task",
-                            operation_id="deleteTask",
-                            tag="operators",
-                            answers={200: A("Removed.", TaskDeleted)},
-                            writes=True,
-                        ),
-                    ),
-                },
-            ),
-        ]
-        self._by_length: dict[int, list[tuple[str, tuple[str | None, ...], dict[str, Route]]]] = {}
-        for path, methods in self.routes:
+        self._asgi = Asgi(
+            self,
+            limits=self.limits,
+            throughput=self.throughput,
+            startup=self._startup,
+            shutdown=self._shutdown,
+        )
+        #: The route table (katar.http.routes), as data.
+        self.routes: Final = ROUTES
+        #: The routes by their number of segments: (template, shape, each method as this app
+        #: answers it), a shape's None standing for a parameter.
+        self._by_length: dict[int, list[tuple[str, tuple[str | None, ...], dict[str, _Bound]]]] = {}
+        storeless: set[Handler] = set()
+        for path, routes in ROUTES:
+            methods: dict[str, _Bound] = {}
+            for method, route in routes.items():
+                # The table names the handler as an attribute of Handlers, which App is
+                # type-checked to implement (end of this module): bound here by that name.
+                handler: Handler = getattr(self, route.handler.__name__)
+                methods[method] = _Bound(handler, route.access)
+                if not route.store:
+                    storeless.add(handler)
             shape = tuple(None if p.startswith("{") else p for p in path.split("/")[1:])
             self._by_length.setdefault(len(shape), []).append((path, shape, methods))
+        #: The handlers of routes that answer without the store (Route.store): their success
+        #: says nothing about an outage's end.
+        self._storeless = frozenset(storeless)
         #: The OpenAPI document, as served at /openapi.json.
-        self.openapi_json = encode(openapi.document(self.routes, self.limits))
-        self._routed: dict[str, tuple[str, dict[str, Route] | None, tuple[str, ...]]] = {}
+        self.openapi_json = encode(openapi.document(ROUTES, self.limits))
+        self._routed: dict[str, tuple[str, dict[str, _Bound] | None, tuple[str, ...]]] = {}
         self._routed_bytes = 0  # the route cache's size, as _route_cost counts it
         #: Requests answered, by (method, route template, status): for /metrics.
         self.requests: dict[tuple[str, str, int], int] = {}
@@ -867,7 +276,7 @@ class App:
 
     def _answered(self, handler: Handler) -> None:
         """A request answered during an outage: the store is back if the handler used it."""
-        if getattr(handler, "__name__", "") not in _STORELESS:
+        if handler not in self._storeless:
             self.outages.up()
 
     def _failed(self, method: str, path: str, exc: KatarError) -> None:
@@ -895,62 +304,10 @@ class App:
             log_access(method, template, status, size, started)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The ASGI entry."""
-        kind = scope["type"]
-        if kind == "http":
-            method = scope["method"]
-            path = _raw_path(scope)
-            admission = self.admit(method, path, scope["headers"])
-            hang_up = _AsgiHangUp(receive)
-            body = b""
-            try:
-                if admission.refusal is None and method in BODY_METHODS:
-                    body = await self._read_body(scope, receive)
-                response = await self.respond(
-                    method,
-                    path,
-                    admission,
-                    scope.get("query_string", b""),
-                    body,
-                    hang_up,
-                )
-            except KatarError as exc:  # the body, refused as it came
-                response = error_response(exc)
-                self.count(method, admission.template, response.status, -1, admission)
-            finally:
-                hang_up.close()
-            headers = response.headers
-            if response.status != 204:
-                headers = [*headers, (b"content-length", b"%d" % len(response.body))]
-            await send(
-                {"type": "http.response.start", "status": response.status, "headers": headers}
-            )
-            await send({"type": "http.response.body", "body": response.body})
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
+        """The ASGI entry (katar.http.asgi)."""
+        await self._asgi(scope, receive, send)
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self._startup()
-                except Exception as exc:
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                self.throughput.start()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.throughput.stop()
-                try:
-                    await self._shutdown()
-                except Exception as exc:
-                    await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-
-    def _route(self, path: str) -> tuple[str, dict[str, Route] | None, tuple[str, ...]]:
+    def _route(self, path: str) -> tuple[str, dict[str, _Bound] | None, tuple[str, ...]]:
         # Workers poll the same few paths over and over: remember the answers, within a
         # bound in bytes, so that random paths cannot make the server hold more.
         known = self._routed.get(path)
@@ -969,7 +326,7 @@ class App:
         """The bytes the route cache holds, as _route_cost counts them."""
         return self._routed_bytes
 
-    def _match(self, path: str) -> tuple[str, dict[str, Route] | None, tuple[str, ...]]:
+    def _match(self, path: str) -> tuple[str, dict[str, _Bound] | None, tuple[str, ...]]:
         parts = path.split("/")[1:]
         if parts and parts[-1] == "":
             parts.pop()  # a trailing slash names the same resource
@@ -980,24 +337,6 @@ class App:
                 params = tuple(p for s, p in zip(shape, parts, strict=True) if s is None)
                 return template, methods, params
         return UNROUTED, None, ()
-
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        """An ASGI request's body, refused (PayloadTooLarge) as soon as it is over the limit."""
-        limit = self.limits.max_body_bytes
-        check_declared_length(scope["headers"], limit)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise InvalidRequest("the client disconnected before sending its body")
-            chunk: bytes = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise body_too_large(limit)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     # -- worker routes -----------------------------------------------------------------------
 
@@ -1394,6 +733,11 @@ class App:
 
 _DOCS_PAGE: Final = openapi.page()
 
+if TYPE_CHECKING:
+    # The route table names its handlers as attributes of Handlers, and App binds them by
+    # name: the type check verifies that App has each of them, with its signature.
+    _APP_HANDLERS: type[Handlers] = App
+
 
 def shown(task: Task, token: Token | None) -> Task:
     """The task as the holder of ``token`` may read it: without the ids and results of its
@@ -1415,15 +759,6 @@ def _release(held: dict[Any, int], key: Any) -> None:
         del held[key]
 
 
-def _raw_path(scope: Scope) -> str:
-    """An ASGI request's path as sent, %-escapes and all (App.admit splits it before it
-    decodes it); from its decoded path, escaped again, when the server gives no raw one."""
-    raw = scope.get("raw_path")
-    if raw:
-        return bytes(raw).partition(b"?")[0].decode("latin-1")
-    return quote(scope["path"], safe="/:@!$&'()*+,;=-._~")
-
-
 def _route_cost(path: str, params: tuple[str, ...]) -> int:
     """What one entry of the route cache holds, in bytes, about: its path, its parameters
     (their characters, at most 4 bytes each), and the objects around them."""
@@ -1431,27 +766,3 @@ def _route_cost(path: str, params: tuple[str, ...]) -> int:
 
 
 _IDEMPOTENCY_KEY: Final = IDEMPOTENCY_KEY_HEADER.encode()
-
-
-class _AsgiHangUp:
-    """An ASGI request's hang-up future, made on first use (a long poll's) and cancelled
-    when the request is answered."""
-
-    __slots__ = ("future", "receive")
-
-    def __init__(self, receive: Receive) -> None:
-        self.receive = receive
-        self.future: asyncio.Future[Any] | None = None
-
-    def __call__(self) -> asyncio.Future[Any]:
-        if self.future is None:
-            self.future = asyncio.ensure_future(self._disconnected())
-        return self.future
-
-    async def _disconnected(self) -> None:
-        while (await self.receive())["type"] != "http.disconnect":
-            pass
-
-    def close(self) -> None:
-        if self.future is not None:
-            self.future.cancel()

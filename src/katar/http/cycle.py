@@ -14,13 +14,10 @@ from typing import Final
 import httptools
 
 from katar.errors import InvalidRequest
-from katar.http.app import (
-    BODY_METHODS,
-    Admission,
-    App,
-    check_declared_length,
-)
+from katar.http.app import App
+from katar.http.request import Admission, check_declared_length
 from katar.http.responses import Response
+from katar.http.routes import BODY_METHODS
 
 #: Bytes of a request's line and headers; beyond, 431 (llhttp itself sets no bound).
 MAX_HEAD: Final = 64 * 1024

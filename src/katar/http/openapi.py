@@ -1,11 +1,11 @@
 """The OpenAPI 3.1 document of Katar's HTTP interface, and a page that shows it to people.
 
 Generated, not written: the bodies' and answers' schemas come from the wire model's types
-(katar.protocol, through msgspec's JSON Schema), and the operations from the application's
-route table, where each route states its summary, body and answers (an :class:`Operation`)
-beside its handler and access rule. What is left here is what neither holds: the path and
-query parameters, the answers every guarded or body-reading route shares, and the bounds
-that come from the server's limits.
+(katar.protocol, through msgspec's JSON Schema), and the operations from the route table
+(katar.http.routes), where each route states its summary, body and answers (an
+:class:`~katar.http.routes.Operation`) beside its handler, access rule and use of the store.
+What is left here is what neither holds: the path and query parameters, the answers every
+guarded or body-reading route shares, and the bounds that come from the server's limits.
 """
 
 from __future__ import annotations
@@ -14,27 +14,27 @@ import base64
 import functools
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import msgspec
 
 from katar._version import __version__
 from katar.core.model import Interval
-from katar.protocol import (
-    IDEMPOTENCY_KEY_HEADER,
-    IDEMPOTENCY_KEY_PATTERN,
-    LEASE_HEADER,
-    STATUSES,
-    Error,
-    NewTask,
+from katar.http.auth import Access, Role
+from katar.http.routes import (
+    BODY_METHODS,
+    ENQUEUE_BODY,
+    JSON,
+    QUEUE_PATCH_BODY,
+    WRITE_METHODS,
+    Answer,
+    Operation,
+    Route,
 )
+from katar.limits import Limits
+from katar.protocol import Error, NewTask
 
-if TYPE_CHECKING:
-    from katar.http.app import Limits, Route
-
-JSON: Final = "application/json"
 _SCHEMAS: Final = "#/components/schemas/{name}"
 
 
@@ -43,38 +43,6 @@ class Batch(msgspec.Struct, frozen=True):
     one struct with the fields of both forms; the document shows them as the two they are."""
 
     tasks: list[NewTask]
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One of an operation's answers: its description and what its body holds (a type of the
-    wire model, or None for no body; ``media`` for a body that is not JSON)."""
-
-    description: str
-    body: Any = None
-    media: str = JSON
-    headers: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Operation:
-    """What the document says of a route's method: written beside its handler and access
-    rule in the application's route table."""
-
-    summary: str
-    operation_id: str
-    tag: str
-    #: The request body's type (a wire model type, or a schema for a body whose form the
-    #: type alone does not say); None when the route reads no body.
-    body: Any = None
-    body_required: bool = False
-    #: Answers by status; 4xx and 5xx ones need only a description (their body is an Error).
-    answers: Mapping[int, Answer | str]
-    parameters: tuple[dict[str, Any], ...] = ()
-    #: Whether the route uses the store: if so it may answer 503 (unavailable) and, for a
-    #: write, 504 (the store's commit was cut: outcome unknown).
-    store: bool = True
-    writes: bool = False
 
 
 QUEUE_PARAM: Final[dict[str, Any]] = {
@@ -112,63 +80,6 @@ _PATH_PARAMS: Final = {
     "{asset}": ASSET_PARAM,
     "{schedule}": SCHEDULE_PARAM,
 }
-WAIT_PARAM: Final = {
-    "name": "wait",
-    "in": "query",
-    "description": "Seconds to wait for the task to finish (up to the server's max_wait).",
-    "schema": {"type": "number", "minimum": 0},
-}
-SECONDS_PARAM: Final = {
-    "name": "seconds",
-    "in": "query",
-    "description": "How far back the history goes, in seconds (2 to 600; default 600).",
-    "schema": {"type": "number", "minimum": 2, "maximum": 600},
-}
-_ANY_STATUS: Final = "|".join(STATUSES)
-#: The paging of a list of tasks by id: the page's size, and the cursor (``next``).
-PAGE_PARAMS: Final = (
-    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-    {
-        "name": "after",
-        "in": "query",
-        "description": "The cursor: the next page's tasks come after this id.",
-        "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
-    },
-)
-LIST_PARAMS: Final = (
-    {
-        "name": "status",
-        "in": "query",
-        "description": "One or more statuses, separated by commas; empty or absent: any.",
-        "schema": {
-            "type": "string",
-            "pattern": f"^( *({_ANY_STATUS}) *(, *({_ANY_STATUS}) *)*)?$",
-        },
-    },
-    *PAGE_PARAMS,
-)
-IDEMPOTENCY_PARAM: Final = {
-    "name": IDEMPOTENCY_KEY_HEADER.title(),
-    "in": "header",
-    "description": (
-        "Makes a retry safe: a repeat with the same key on the same queue within 24 hours"
-        " creates nothing and answers what the first answered; the same key with another"
-        " body is a 422."
-    ),
-    "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
-}
-#: The lease header of GET /v1/queue/{queue}, as the document names it.
-LEASE_HEADERS: Final = {
-    "-".join(part.title() for part in LEASE_HEADER.split("-")): {
-        "description": "The queue's lease in ms.",
-        "schema": {"type": "integer"},
-    }
-}
-#: An enqueue's body: one task or a batch, as the document shows it.
-ENQUEUE_BODY: Final = "Enqueue"
-#: A PATCH of a queue: some of QueueOptions's keys.
-QUEUE_PATCH_BODY: Final = "QueuePatch"
-
 _DENIED: Final = {
     401: "No token, or one this server does not know (only when tokens are set).",
     403: "The token's role or queues do not allow this.",
@@ -189,8 +100,6 @@ _UNAVAILABLE: Final = {
 _UNKNOWN: Final = {
     504: "The store's connection was lost while it committed: the outcome is unknown."
 }
-_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
-_WRITE_METHODS: Final = _BODY_METHODS | {"DELETE"}
 
 
 def _path_param(part: str, limits: Limits) -> dict[str, Any]:
@@ -293,8 +202,8 @@ def _answers(given: Mapping[int, Answer | str], names: Mapping[Any, str]) -> dic
 
 
 def document(routes: Iterable[tuple[str, Mapping[str, Route]]], limits: Limits) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of a server with these ``routes`` (the application's route
-    table) and ``limits``."""
+    """The OpenAPI 3.1 document of a server with these ``routes`` (katar.http.routes.ROUTES)
+    and ``limits``."""
     routes = list(routes)
     operations = [route.doc for _, methods in routes for route in methods.values()]
     names, schemas = _components(tuple(_types(operations)), limits)
@@ -341,8 +250,6 @@ def document(routes: Iterable[tuple[str, Mapping[str, Route]]], limits: Limits) 
 def _operation(
     path: str, method: str, route: Route, names: Mapping[Any, str], limits: Limits
 ) -> dict[str, Any]:
-    from katar.http.auth import Access, Role
-
     doc: Operation = route.doc
     # The answers every route of a kind shares, under the route's own (which win).
     shared: dict[int, Answer | str] = {}
@@ -362,19 +269,19 @@ def _operation(
             + (" whose queues include this one." if "{queue}" in path else ".")
         )
         shared.update(_DENIED)
-    other = _OTHER_SITE if method in _WRITE_METHODS else _OTHER_HOST
+    other = _OTHER_SITE if method in WRITE_METHODS else _OTHER_HOST
     shared[403] = f"{shared[403]} {other}" if 403 in shared else other
     if "{queue}" in path and method != "PUT":  # a PUT creates the queue it names
         shared[404] = "No such queue or task." if "{id}" in path else "No such queue."
     if "{schedule}" in path:  # a PUT creates the schedule, on a queue that must exist
         shared[404] = "No such queue." if method == "PUT" else "No such schedule."
-    if method in _BODY_METHODS:
+    if method in BODY_METHODS:
         shared.update({**_BAD_BODY, **_SLOW})
         shown["requestBody"] = {
             "content": {JSON: {"schema": _schema(doc.body, names)}},
             **({"required": True} if doc.body_required else {}),
         }
-    if doc.store:
+    if route.store:
         shared.update(_UNAVAILABLE)
         if doc.writes:
             shared.update(_UNKNOWN)

@@ -33,9 +33,10 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from katar.errors import HeadTooLarge, InvalidRequest, KatarError, RequestTimeout
-from katar.http.app import App, body_too_large
+from katar.http.app import App
 from katar.http.cycle import BODY as STAGE_BODY
 from katar.http.cycle import MAX_HEAD, UPGRADE, Cycle, Refused
+from katar.http.request import body_too_large
 from katar.http.responses import API_HEADERS, JSON_HEADERS, Response, error_response
 from katar.http.sites import SITE_HEADERS
 
