@@ -3,7 +3,8 @@
 The store makes each operation atomic and durable; the engine adds what lives in the
 process: the queues' options (read once, kept current by every change made through this
 engine), the long polls parked on each queue, the reaper that expires leases and promotes
-due tasks, and the callbacks that user code registers for status changes.
+due tasks, the scheduler, and the callbacks that user code registers for status changes.
+Those parts are objects of their own (see Engine), composed here, not inherited.
 
 Time comes from a :class:`~katar.core.clock.Clock`. The reaper sleeps until the earliest
 deadline the engine knows (a lease's end, a delay's end): the store's own earliest, read

@@ -3,6 +3,10 @@ pruning of expired idempotency keys.
 
 One timer is armed for the earliest known deadline; when it rings, the reaper asks the store
 to expire what is due. A poll that finds the deadline past catches up first.
+
+The engine makes one and gives it the store, the clock, the outages log, a view of the
+queues' options and a callback for what a reap changed; the engine's operations tell it of
+the deadlines they make (``expect``) and of the idempotency keys they store (``keyed``).
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ HOUSEKEEPING_MS.
 A schedule that cannot run (katar.core.schedule.fault: stored before its checks existed, or
 edited in the database) is left out: its error is logged once and shown in its record, and
 the other schedules fire as usual. Each record is checked once per version (spec and cursor).
+
+The engine makes one and gives it the store, the clock, the outages log and a callback for
+each task a tick made; the engine's schedule operations read and change the schedules
+through it, and it keeps them between passes.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The engine's wait list: long polls parked on a queue until a task there becomes ready.
 
 Each queue has a deque of parked polls and a count of its wake-ups; a poll compares the
-count before and after its claim, so that a wake-up between the two is never lost.
+count before and after its claim, so that a wake-up between the two is never lost. The
+engine holds one, on its clock.
 """
 
 from __future__ import annotations
