@@ -9,7 +9,6 @@ import httpx
 import pytest
 
 from katar import Katar, QueueOptions
-from katar.core import engine as engine_module
 from katar.core.model import TaskFilter, states_of
 from katar.errors import ConfigError
 from katar.http import App, Limits
@@ -236,7 +235,7 @@ async def test_one_queue_or_one_token_cannot_take_every_long_poll(katar: Katar, 
 async def test_the_workers_of_one_queue_cannot_push_out_anothers(
     http: httpx.AsyncClient, katar: Katar, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine_module, "MAX_WORKERS_SEEN", 20)
+    monkeypatch.setattr(katar.engine._workers, "limit", 20)
     await katar.engine.put_queue("B", QueueOptions())
     for name in ("b1", "b2"):
         assert (await http.post("/v1/queue/B", json={"worker": name})).status_code == 204

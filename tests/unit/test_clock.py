@@ -93,7 +93,7 @@ async def test_a_poll_takes_what_came_due_without_waiting_for_the_reaper(
     await katar.engine.enqueue("short", [_new("x")])
     (leased,) = await _poll(katar, "short")
     assert leased.lease_until is not None
-    reaper = katar.engine._reaper
+    reaper = katar.engine._reaper._job
     assert reaper is not None
     reaper.cancel()  # nothing but the poll itself can expire the lease now
     await asyncio.gather(reaper, return_exceptions=True)
@@ -169,12 +169,12 @@ async def test_an_idle_engine_arms_no_timer(katar: Katar, clock: FakeClock) -> N
     # The timer still rings at the lease's end, finds nothing, and is not armed again.
     await clock.set(leased.lease_until)
     await _until(lambda: len(reaps) >= 1)
-    await _until(lambda: katar.engine._timer is not None or not shared)
+    await _until(lambda: katar.engine._reaper._timer is not None or not shared)
     if shared:
         assert len(clock.armed) == 1
         assert clock.armed[0] <= clock.now_ms() + HOUSEKEEPING_MS
         return
-    await _until(lambda: not katar.engine._reap_lock.locked())
+    await _until(lambda: not katar.engine._reaper._lock.locked())
     assert clock.armed == []
     count = len(reaps)
     await clock.advance(3_600_000)

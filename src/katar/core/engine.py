@@ -3,7 +3,8 @@
 The store makes each operation atomic and durable; the engine adds what lives in the
 process: the queues' options (read once, kept current by every change made through this
 engine), the long polls parked on each queue, the reaper that expires leases and promotes
-due tasks, and the callbacks that user code registers for status changes.
+due tasks, the scheduler, and the callbacks that user code registers for status changes.
+Those parts are objects of their own (see Engine), composed here, not inherited.
 
 Time comes from a :class:`~katar.core.clock.Clock`. The reaper sleeps until the earliest
 deadline the engine knows (a lease's end, a delay's end): the store's own earliest, read
@@ -19,7 +20,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final
@@ -27,7 +27,7 @@ from typing import Any, Final
 import msgspec
 
 from katar.core import idempotency
-from katar.core.clock import Clock, SystemClock, Timer
+from katar.core.clock import Clock, SystemClock
 from katar.core.counters import Counters, DeliveryStarts
 from katar.core.model import (
     CANCELLED,
@@ -52,7 +52,7 @@ from katar.core.model import (
     parse_queue_options,
 )
 from katar.core.outcomes import OutcomeWaits
-from katar.core.reaper import _PRUNE_EVERY_MS, HOUSEKEEPING_MS, Reaper
+from katar.core.reaper import HOUSEKEEPING_MS, Reaper
 from katar.core.rules import BULK_STATES, check_edges, is_final, prune_before, unknown_parent
 from katar.core.schedule import (
     Schedule,
@@ -64,7 +64,8 @@ from katar.core.schedule import (
 )
 from katar.core.scheduler import Scheduler
 from katar.core.storage import Change, LimitState, Store
-from katar.core.waits import WaitList, _release
+from katar.core.waits import WaitList
+from katar.core.workers import WorkerNames
 from katar.errors import (
     ConfigError,
     QueueNotFound,
@@ -118,12 +119,15 @@ def _log_overridden(name: str, stored: QueueOptions, declared: QueueOptions) -> 
     )
 
 
-class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
+class Engine:
     """Katar's operations. Open it before use and close it after; all methods are async.
 
-    Its long-poll wait list (katar.core.waits), its outcome waits (katar.core.outcomes), its
-    reaper (katar.core.reaper) and its scheduler (katar.core.scheduler) are modules of their
-    own; the attributes they use are set here.
+    It is made of objects with their own state, each given what it needs: the long polls
+    parked per queue (katar.core.waits), the producers waiting for an outcome
+    (katar.core.outcomes), the reaper of deadlines (katar.core.reaper), the scheduler
+    (katar.core.scheduler) and the names of the workers seen (katar.core.workers). The
+    engine calls them; the reaper and the scheduler call back through the one callback
+    each is given (what a reap changed, what a tick made).
     """
 
     def __init__(
@@ -135,9 +139,29 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         self.reap_interval = reap_interval
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.draining = False
-        self._waiters: dict[str, deque[asyncio.Future[bool]]] = {}
-        self._wakes: dict[str, int] = {}  # per queue: how many wake-ups so far
-        self._task_waiters: dict[int, list[asyncio.Future[Task | None]]] = {}
+        #: The store's outages, logged once each (by the reaper, the scheduler, the reload of
+        #: the queues and the HTTP app's requests).
+        self.outages = Outages(store.failing)
+        #: What this process has done since it started, per queue (katar.core.counters).
+        self.counters = Counters()
+        self._waits = WaitList(self.clock)
+        self._outcomes = OutcomeWaits()
+        self._reaper = Reaper(
+            store,
+            self.clock,
+            self.outages,
+            queues=self.queue_options,
+            expired=self._expired,
+            retry_interval=reap_interval,
+        )
+        self._scheduler = Scheduler(
+            store, self.clock, self.outages, made=self._made, retry_interval=reap_interval
+        )
+        self._workers = WorkerNames(MAX_WORKERS_SEEN)
+        # The collaborators' methods that the operations call, bound once: a poll calls
+        # them, and through these names the operations read as before.
+        self._wake = self._waits.wake
+        self._expect = self._reaper.expect
         self._listeners: dict[str, list[Listener]] = {}
         store.attach(self)
         self._background: set[asyncio.Task[Any]] = set()
@@ -146,33 +170,9 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         self._reloader: asyncio.Task[None] | None = None
         self._reload_wanted = False
         self._reload_wake_all = False
-        self._reaper: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
-        #: Per queue: the names of the workers that polled it, each with its last poll (ms),
-        #: oldest first; MAX_WORKERS_SEEN names in all (_names_seen).
-        self._seen: dict[str, dict[str, int]] = {}
-        self._names_seen = 0
-        self._due: int | None = None  # the earliest deadline known: when the next reap is due
-        self._timer: Timer | None = None  # armed for _due
-        self._alarm = asyncio.Event()  # _due has come: the reaper's cue
-        self._reap_lock = asyncio.Lock()  # one reap at a time; polls past _due wait for it
-        self._reaping = False
-        self._noted: int | None = None  # the earliest deadline made while a reap ran
-        self._next_prune: int | None = None  # when to prune idempotency keys next (ms)
-        self._last_keyed: int | None = None  # when an enqueue last stored a key (ms)
-        #: What this process has done since it started, per queue (katar.core.counters).
-        self.counters = Counters()
         #: When this process delivered each task it leased, for katar_run_seconds.
         self._delivered_at = DeliveryStarts()
-        #: The store's outages, logged once each (by the reaper, the scheduler, the reload of
-        #: the queues and the HTTP app's requests).
-        self.outages = Outages(store.failing)
-        self.schedules: dict[str, Schedule] = {}
-        self._schedule_alarm = asyncio.Event()  # the scheduler's cue: a tick or a change
-        self._schedule_timer: Timer | None = None
-        self._schedule_due: int | None = None
-        self._schedule_checks = {}
-        self._scheduler: asyncio.Task[None] | None = None
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -193,9 +193,9 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
             if stored is not None and stored != options:
                 _log_overridden(name, stored, options)
             await self.put_queue(name, options)
-        self.schedules = await self._load_schedules()
+        stored_schedules = await self._scheduler.reload()
         for name, spec in (schedules or {}).items():
-            kept = self.schedules.get(name)
+            kept = stored_schedules.get(name)
             if kept is not None and kept.spec.paused and not spec.paused:
                 spec = msgspec.structs.replace(spec, paused=True)  # as a queue's pause
             try:
@@ -206,38 +206,28 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
                 field = exc.details.get("field", "cron")
                 raise ConfigError(f"[schedules.{name}] {field}: {exc.message}") from None
         await self.store.listen(self)
-        # Leases and delays left by an earlier run: the first reap is at the earliest of them.
-        self._expect(await self.store.next_deadline())
-        if self.store.shared:
-            self._expect(self.clock.now_ms() + HOUSEKEEPING_MS)
-        self._reaper = asyncio.create_task(self._reap(), name="katar-reaper")
+        await self._reaper.start()
         self._pruner = asyncio.create_task(self._retain(), name="katar-retention")
-        self._schedule_alarm.set()  # ticks due now, or missed while no server ran
-        self._scheduler = asyncio.create_task(self._run_schedules(), name="katar-scheduler")
+        self._scheduler.start()
 
     def begin_shutdown(self) -> None:
         """Stop parking long polls and release those parked (they answer 204)."""
         self.draining = True
-        for waiters in self._waiters.values():
-            _release(waiters, False, len(waiters))
-        self._release_outcomes()
+        self._scheduler.drain()
+        self._waits.release_all()
+        self._outcomes.release_all()
 
     async def close(self) -> None:
         """Release waiters, stop the reaper, and close the store."""
         self.begin_shutdown()
-        if self._scheduler is not None:
-            await self._stop_schedules(self._scheduler)
-            self._scheduler = None
-        for job in (self._reaper, self._pruner, self._reloader):
+        await self._scheduler.stop()
+        await self._reaper.stop()
+        for job in (self._pruner, self._reloader):
             if job is not None:
                 job.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await job
-        self._reaper = self._pruner = self._reloader = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._due = None
+        self._pruner = self._reloader = None
         await self.store.close()
 
     async def ping(self) -> None:
@@ -279,7 +269,7 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
             log.info("queue %s %s", name, "paused" if options.paused else "resumed")
         self.queues[name] = options
         if old is not None and old != options:
-            self._wake_all(name)  # resumed, or a limit moved: the long polls look again
+            self._waits.wake_all(name)  # resumed, or a limit moved: the long polls look again
         return options
 
     async def patch_queue(self, name: str, changes: Mapping[str, Any]) -> QueueOptions:
@@ -288,9 +278,6 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         current = msgspec.to_builtins(self.options(name))
         return await self.put_queue(name, parse_queue_options({**current, **changes}))
 
-    def _wake_all(self, queue: str) -> None:
-        self._wake(queue, len(self._waiters.get(queue, ())))
-
     async def delete_queue(self, name: str) -> int:
         """Remove the queue and its tasks; the number of tasks removed."""
         self.options(name)
@@ -298,8 +285,7 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         self.queues.pop(name, None)
         self.counters.forget(name)
         log.info("queue %s deleted with its %d task(s)", name, count)
-        waiters = self._waiters.pop(name, deque())
-        _release(waiters, True, len(waiters))  # they look again, and find no queue
+        self._waits.drop(name)  # its long polls look again, and find no queue
         return count
 
     async def limit_state(self, queue: str) -> LimitState:
@@ -314,27 +300,6 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         became ready (ms): how long the queue keeps work waiting."""
         return await self.store.heads()
 
-    def saw(self, worker: str, queue: str, now: int) -> None:
-        """A poll of ``queue`` named ``worker`` at ``now`` (GET /v1/workers)."""
-        names = self._seen.get(queue)
-        if names is None:
-            names = self._seen[queue] = {}
-        if worker in names:
-            del names[worker]  # each queue's names in the order of their last poll
-        else:
-            if self._names_seen >= MAX_WORKERS_SEEN:
-                self._forget_worker()
-            self._names_seen += 1
-        names[worker] = now
-
-    def _forget_worker(self) -> None:
-        """Make room for a name: forget the longest unseen name of the queue that has the
-        most. Names are the clients' to choose; this way the polls of one queue (one
-        token's scope) never push another queue's workers out, unless it has more."""
-        largest = max(self._seen.values(), key=len)
-        del largest[next(iter(largest))]
-        self._names_seen -= 1
-
     async def workers(
         self, visible: Callable[[str], bool] = lambda _queue: True
     ) -> list[tuple[str, list[str], int, int]]:
@@ -344,12 +309,7 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         now = self.clock.now_ms()
         since = now - WORKERS_SEEN_MS
         running = await self.store.running_by_worker()
-        polled: dict[str, dict[str, int]] = {}
-        for queue, names in self._seen.items():
-            if visible(queue):
-                for name, at in names.items():
-                    if at >= since:
-                        polled.setdefault(name, {})[queue] = at
+        polled = self._workers.since(since, visible)
         found = []
         for name, queues in sorted(polled.items()):
             busy = sum(running.get((q, name), 0) for q in queues)
@@ -411,8 +371,8 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
     async def list_schedules(self, may_use: Callable[[str], bool] | None = None) -> list[Schedule]:
         """Every schedule (of the queues ``may_use`` allows), by name, as the store has it
         now; one that cannot run has its ``error``."""
-        self.schedules = await self._load_schedules()
-        listed = [self.schedules[name] for name in sorted(self.schedules)]
+        schedules = await self._scheduler.reload()
+        listed = [schedules[name] for name in sorted(schedules)]
         return [s for s in listed if may_use is None or may_use(s.spec.queue)]
 
     async def get_schedule(
@@ -420,8 +380,7 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
     ) -> Schedule:
         """The schedule as the store has it now; ScheduleNotFound when there is none, or
         when ``may_use`` does not allow its queue."""
-        self.schedules = await self._load_schedules()
-        schedule = self.schedules.get(name)
+        schedule = (await self._scheduler.reload()).get(name)
         if schedule is None or (may_use is not None and not may_use(schedule.spec.queue)):
             raise not_found(name)
         return schedule
@@ -451,7 +410,7 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
             )
         fresh = (
             old is None
-            or self._checked(old).error is not None
+            or self._scheduler.checked(old).error is not None
             or (old.spec.paused and not spec.paused)
         )
         cursor = now if fresh else None
@@ -460,8 +419,7 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
             log.info("schedule %s created", name)
         elif old.spec.paused != spec.paused:
             log.info("schedule %s %s", name, "paused" if spec.paused else "resumed")
-        self.schedules[name] = saved
-        self._schedule_alarm.set()
+        self._scheduler.saved(saved)
         return saved
 
     async def patch_schedule(
@@ -487,9 +445,8 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
             await self.get_schedule(name, may_use)
         if not await self.store.delete_schedule(name):
             raise not_found(name)
-        self.schedules.pop(name, None)
         log.info("schedule %s deleted", name)
-        self._schedule_alarm.set()
+        self._scheduler.deleted(name)
 
     def _made(self, task: Task) -> None:
         enqueued = self.counters.enqueued
@@ -528,10 +485,7 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
             created, new = await self.store.enqueue_once(queue, tasks, now, once)
             if not new:
                 return created
-            self._last_keyed = now
-            if self._next_prune is None:  # keys to forget: the reaper prunes once a minute
-                self._next_prune = now + _PRUNE_EVERY_MS
-                self._expect(self._next_prune)
+            self._reaper.keyed(now)  # keys to forget: the reaper prunes once a minute
         answered = created
         if any(task.duplicate for task in created):  # unique_keys already held: not new
             created = [task for task in created if not task.duplicate]
@@ -600,13 +554,15 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         options = self.options(queue)
         limit = min(limit, options.max_batch)
         check_text(worker, acks)
-        seen = self._wakes.get(queue, 0)
+        wakes = self._waits.wakes
+        seen = wakes.get(queue, 0)
         clock = self.clock
         now = clock.now_ms()
         if worker is not None:
-            self.saw(worker, queue, now)
-        if self._due is not None and self._due <= now:
-            now = await self._catch_up(now)
+            self._workers.saw(worker, queue, now)
+        reaper = self._reaper
+        if reaper.due is not None and reaper.due <= now:
+            now = await reaper.catch_up(now)
         result = await self.store.poll(queue, options, acks, limit, worker, now)
         if acks:
             self._count_acks(queue, acks, now)
@@ -626,28 +582,28 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
             lease_until = result.delivered[0].lease_until
             if len(result.delivered) > 1:  # tasks with a timeout of their own lease apart
                 lease_until = min(t.lease_until or 0 for t in result.delivered) or None
-            if lease_until is not None and (self._due is None or lease_until < self._due):
+            if lease_until is not None and (reaper.due is None or lease_until < reaper.due):
                 self._expect(lease_until)
         if result.delivered or wait <= 0 or limit == 0 or result.cancel:
             return self._deliver(result.delivered, now)
         deadline = now + wait * 1000
         recheck = self._recheck_at(options, result.retry_at, now)
         while True:
-            if self._wakes.get(queue, 0) == seen:  # nothing new since the last look
+            if wakes.get(queue, 0) == seen:  # nothing new since the last look
                 if deadline - clock.now_ms() <= 0 or self.draining:
                     return []
                 until = deadline if recheck is None else min(deadline, recheck)
-                if not await self._park(queue, until, gone):
+                if not await self._waits.park(queue, until, gone):
                     if self.draining or (gone is not None and gone.done()):
                         return []
                     if clock.now_ms() >= deadline:
                         return []
                     # else: a limit's time to look again has come (see _recheck_at)
-            seen = self._wakes.get(queue, 0)
+            seen = wakes.get(queue, 0)
             options = self.options(queue)
             now = clock.now_ms()
-            if self._due is not None and self._due <= now:
-                now = await self._catch_up(now)
+            if reaper.due is not None and reaper.due <= now:
+                now = await reaper.catch_up(now)
             result = await self.store.poll(queue, options, (), limit, worker, now)
             if result.held is not None:
                 self.counters.limited(queue, result.held)
@@ -715,7 +671,8 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         # or this lease is shorter than another's. The tasks of one claim lease for the
         # queue's timeout, or for their own.
         lease_until = min(t.lease_until or 0 for t in tasks) or None
-        if lease_until is not None and (self._due is None or lease_until < self._due):
+        due = self._reaper.due
+        if lease_until is not None and (due is None or lease_until < due):
             self._expect(lease_until)
 
     async def get_task(self, queue: str, task_id: int, wait: float = 0.0) -> Task:
@@ -723,7 +680,7 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         self.options(queue)
         if wait <= 0 or self.draining:
             return await self._existing(queue, task_id)
-        return await self._await_outcome(lambda: self._existing(queue, task_id), task_id, wait)
+        return await self._outcomes.wait(lambda: self._existing(queue, task_id), task_id, wait)
 
     async def _existing(self, queue: str, task_id: int) -> Task:
         task = await self.store.get_task(queue, task_id)
@@ -787,7 +744,7 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
         while True:
             now = self.clock.now_ms()
             # Each change is reported (built) only when someone watches tasks one by one.
-            report = bool(self._listeners or self._task_waiters)
+            report = bool(self._listeners or self._outcomes.waiting)
             step = await self.store.bulk(queue, action, where, now, after, BULK_STEP, report)
             matched += step.matched
             changed += step.changed
@@ -834,7 +791,10 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
 
     def resync(self) -> None:
         self._reload_in_background(wake_all=True)
-        self._schedule_alarm.set()  # a schedule changed meanwhile: read them again
+        self._scheduler.changed()  # a schedule changed meanwhile: read them again
+
+    def schedules_changed(self) -> None:
+        self._scheduler.changed()
 
     def settled(self, changes: list[Change]) -> None:
         self._apply(changes, operator=True)
@@ -879,10 +839,9 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
                 failed, delay = False, RELOAD_BACKOFF_FIRST
             for queue, options in self.queues.items():
                 if queue in old and old[queue] != options:
-                    self._wake_all(queue)  # another server resumed it or moved a limit
+                    self._waits.wake_all(queue)  # another server resumed it or moved a limit
             if wake_all:  # events may have been missed: every long poll looks again
-                for queue, waiters in self._waiters.items():
-                    self._wake(queue, len(waiters))
+                self._waits.wake_every_queue()
 
     # -- events ----------------------------------------------------------------------------
 
@@ -912,10 +871,14 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
             if PUBLIC_STATUS[old] != task.status:
                 if self._listeners:
                     self._emit(task)
-                if is_final(task) and task.id in self._task_waiters:
-                    self._settle_outcome(task)
+                if is_final(task) and task.id in self._outcomes.waiting:
+                    self._outcomes.settle(task)
         for queue, count in ready.items():
             self._wake(queue, count)
+
+    def _expired(self, changes: list[Change]) -> None:
+        """The reaper's changes: leases run out, delays and expiries come."""
+        self._apply(changes, expired=True)
 
     def _count_end(self, task: Task, expired: bool) -> None:
         """Count a delivery that ended other than "done" by its ack (those are counted from
@@ -948,7 +911,7 @@ class Engine(WaitList, OutcomeWaits, Reaper, Scheduler):
     def watching(self) -> bool:
         """Whether anyone needs the final version of a task finished "done" (Observer):
         a listener for "done" events, or a wait for a task's outcome."""
-        return bool(self._task_waiters) or any(e.endswith(".done") for e in self._listeners)
+        return bool(self._outcomes.waiting) or any(e.endswith(".done") for e in self._listeners)
 
     def _emit(self, task: Task) -> None:
         status = task.status

@@ -14,17 +14,18 @@ from katar.core.rules import is_final
 
 
 class OutcomeWaits:
-    """The outcome waits of an Engine, per task id (the Engine sets the attribute)."""
+    """The producers waiting for a task's outcome, per task id."""
 
-    _task_waiters: dict[int, list[asyncio.Future[Task | None]]]
+    def __init__(self) -> None:
+        #: The waits per task id: the engine asks whether a task it sees finish has any
+        #: (a dict, not a method: asked at every change of status).
+        self.waiting: dict[int, list[asyncio.Future[Task | None]]] = {}
 
-    async def _await_outcome(
-        self, read: Callable[[], Awaitable[Task]], task_id: int, wait: float
-    ) -> Task:
+    async def wait(self, read: Callable[[], Awaitable[Task]], task_id: int, wait: float) -> Task:
         """The task once it is final, or as it is after ``wait`` seconds (or at shutdown);
         ``read`` reads it from the store."""
         future: asyncio.Future[Task | None] = asyncio.get_running_loop().create_future()
-        futures = self._task_waiters.setdefault(task_id, [])
+        futures = self.waiting.setdefault(task_id, [])
         futures.append(future)  # before the read, so that no change can slip between
         try:
             task = await read()
@@ -38,17 +39,17 @@ class OutcomeWaits:
         finally:
             futures.remove(future)
             if not futures:
-                del self._task_waiters[task_id]
+                del self.waiting[task_id]
 
-    def _settle_outcome(self, task: Task) -> None:
+    def settle(self, task: Task) -> None:
         """The task finished: answer whoever waits for it."""
-        for future in self._task_waiters.get(task.id, ()):
+        for future in self.waiting.get(task.id, ()):
             if not future.done():
                 future.set_result(task)
 
-    def _release_outcomes(self) -> None:
+    def release_all(self) -> None:
         """Shutting down: every wait answers with the task as it is now."""
-        for futures in self._task_waiters.values():
+        for futures in self.waiting.values():
             for future in futures:
                 if not future.done():
                     future.set_result(None)

@@ -12,14 +12,18 @@ HOUSEKEEPING_MS.
 A schedule that cannot run (katar.core.schedule.fault: stored before its checks existed, or
 edited in the database) is left out: its error is logged once and shown in its record, and
 the other schedules fire as usual. Each record is checked once per version (spec and cursor).
+
+The engine makes one and gives it the store, the clock, the outages log and a callback for
+each task a tick made; the engine's schedule operations read and change the schedules
+through it, and it keeps them between passes.
 """
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import msgspec
 
@@ -34,55 +38,91 @@ from katar.logs import Outages
 log = logging.getLogger("katar")
 
 
-class Scheduler(abc.ABC):
-    """The schedules of an Engine (the Engine sets the attributes)."""
+class Scheduler:
+    """The schedules of an engine, fired at their ticks.
 
-    store: Store
-    clock: Clock
-    reap_interval: float
-    outages: Outages
-    draining: bool  # set when the engine closes: the scheduler ends after its current pass
-    #: The schedules as last read from the store or changed through this engine.
-    schedules: dict[str, Schedule]
-    _schedule_alarm: asyncio.Event
-    _schedule_timer: Timer | None
-    _schedule_due: int | None
-    #: Per schedule: the version of its record last checked (spec, cursor) and its error.
-    _schedule_checks: dict[str, tuple[ScheduleSpec, int, str | None]]
+    ``made`` is told of each task a tick made (the engine wakes its queue's long polls and
+    emits its event); ``retry_interval`` is the seconds before a pass the store failed is
+    tried again.
+    """
 
-    @abc.abstractmethod
-    def _made(self, task: Task) -> None:
-        """A schedule made ``task``: wake the long polls of its queue (Engine)."""
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        outages: Outages,
+        *,
+        made: Callable[[Task], None],
+        retry_interval: float,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.outages = outages
+        self._made = made
+        self.retry_interval = retry_interval
+        #: The schedules as last read from the store or changed through this engine.
+        self.schedules: dict[str, Schedule] = {}
+        self._alarm = asyncio.Event()  # the scheduler's cue: a tick or a change
+        self._timer: Timer | None = None
+        #: Per schedule: the version of its record last checked (spec, cursor) and its error.
+        self._checks: dict[str, tuple[ScheduleSpec, int, str | None]] = {}
+        #: Set when the engine begins to shut down: the scheduler ends after its current pass.
+        self._draining = False
+        self._job: asyncio.Task[None] | None = None
 
-    def schedules_changed(self) -> None:
-        """Observer: another server changed a schedule: look again now."""
-        self._schedule_alarm.set()
+    def start(self) -> None:
+        """Start firing: at once, for the ticks due now or missed while no server ran."""
+        self._alarm.set()
+        self._job = asyncio.create_task(self._run(), name="katar-scheduler")
 
-    async def _stop_schedules(self, job: asyncio.Task[None]) -> None:
-        """End the scheduler (``draining`` is set): it finishes the pass it is in, if any.
-        Not a cancel in the middle of a store call: a driver may turn that into an error
-        the loop would take for an outage, and go on."""
-        self._schedule_alarm.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(job), 10)
-        except TimeoutError:
-            job.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await job
-        self._arm_schedules(None)
+    def drain(self) -> None:
+        """Fire no more once the current pass, if any, ends (the engine shuts down)."""
+        self._draining = True
 
-    async def _load_schedules(self) -> dict[str, Schedule]:
-        """The schedules as the store has them, each with its error if it cannot run."""
+    def changed(self) -> None:
+        """A schedule changed (through this engine, or another server's): look again now."""
+        self._alarm.set()
+
+    def saved(self, schedule: Schedule) -> None:
+        """This engine saved ``schedule``: keep it, and look again now."""
+        self.schedules[schedule.name] = schedule
+        self._alarm.set()
+
+    def deleted(self, name: str) -> None:
+        """This engine deleted the schedule ``name``: look again now."""
+        self.schedules.pop(name, None)
+        self._alarm.set()
+
+    async def stop(self) -> None:
+        """End the scheduler: it finishes the pass it is in, if any. Not a cancel in the
+        middle of a store call: a driver may turn that into an error the loop would take
+        for an outage, and go on."""
+        self._draining = True
+        job, self._job = self._job, None
+        if job is not None:
+            self._alarm.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(job), 10)
+            except TimeoutError:
+                job.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
+        self._arm(None)
+
+    async def reload(self) -> dict[str, Schedule]:
+        """Read the schedules again from the store, each with its error if it cannot run;
+        kept as this engine's (``schedules``) and returned."""
         loaded = await self.store.load_schedules()
-        for gone in self._schedule_checks.keys() - loaded.keys():
-            del self._schedule_checks[gone]
-        return {name: self._checked(schedule) for name, schedule in loaded.items()}
+        for gone in self._checks.keys() - loaded.keys():
+            del self._checks[gone]
+        self.schedules = {name: self.checked(schedule) for name, schedule in loaded.items()}
+        return self.schedules
 
-    def _checked(self, schedule: Schedule) -> Schedule:
+    def checked(self, schedule: Schedule) -> Schedule:
         """``schedule`` with its ``error`` (katar.core.schedule.fault), found once per version
         of its record and logged when it appears."""
         name, spec, cursor = schedule.name, schedule.spec, schedule.cursor
-        known = self._schedule_checks.get(name)
+        known = self._checks.get(name)
         if known is not None and known[1] == cursor and known[0] == spec:
             error = known[2]
         else:
@@ -98,13 +138,13 @@ class Scheduler(abc.ABC):
     ) -> None:
         if error is not None and (known is None or known[2] != error):
             log.error("schedule %s cannot run, its ticks pass: %s", schedule.name, error)
-        self._schedule_checks[schedule.name] = (schedule.spec, schedule.cursor, error)
+        self._checks[schedule.name] = (schedule.spec, schedule.cursor, error)
 
     def _broken(self, schedule: Schedule, exc: Exception) -> Schedule:
         """A schedule whose ticks failed to compute although its check passed: set aside as
         one that cannot run, not retried until its record changes."""
         error = f"its ticks cannot be computed ({exc!r}); PUT it again or DELETE it"
-        self._note_fault(schedule, error, self._schedule_checks.get(schedule.name))
+        self._note_fault(schedule, error, self._checks.get(schedule.name))
         return msgspec.structs.replace(schedule, error=error)
 
     def _wake_of(self, name: str, schedule: Schedule) -> int | None:
@@ -114,19 +154,18 @@ class Scheduler(abc.ABC):
             self.schedules[name] = self._broken(schedule, exc)
             return None
 
-    def _arm_schedules(self, when: int | None) -> None:
-        if self._schedule_timer is not None:
-            self._schedule_timer.cancel()
-            self._schedule_timer = None
-        self._schedule_due = when
+    def _arm(self, when: int | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if when is not None:
-            self._schedule_timer = self.clock.call_at(when, self._schedule_alarm.set)
+            self._timer = self.clock.call_at(when, self._alarm.set)
 
-    async def _run_schedules(self) -> None:
+    async def _run(self) -> None:
         while True:
-            await self._schedule_alarm.wait()
-            self._schedule_alarm.clear()
-            if self.draining:
+            await self._alarm.wait()
+            self._alarm.clear()
+            if self._draining:
                 return
             now = self.clock.now_ms()
             try:
@@ -140,25 +179,25 @@ class Scheduler(abc.ABC):
                     default=None,
                 )
                 if refused and wake is not None:  # not at once again: after a pause
-                    wake = max(wake, now + round(self.reap_interval * 1000))
+                    wake = max(wake, now + round(self.retry_interval * 1000))
             except StoreUnavailable as exc:  # said once per outage, not at every pass
                 self.outages.down(exc.message)
-                wake = now + round(self.reap_interval * 1000)
+                wake = now + round(self.retry_interval * 1000)
             except Exception:
-                log.exception("firing schedules failed; trying again in %.2fs", self.reap_interval)
-                wake = now + round(self.reap_interval * 1000)
+                log.exception("firing schedules failed; trying again in %.2fs", self.retry_interval)
+                wake = now + round(self.retry_interval * 1000)
             if self.store.shared and self.schedules:
                 # A notification lost (a server changed a schedule) is seen within a second;
                 # with no schedule at all, an idle server arms nothing for them.
                 housekeeping = self.clock.now_ms() + HOUSEKEEPING_MS
                 wake = housekeeping if wake is None else min(wake, housekeeping)
-            self._arm_schedules(wake)
+            self._arm(wake)
 
     async def _fire_due(self, now: int) -> bool:
         """Fire every tick due at ``now``, as the store has the schedules; whether the store
         refused one."""
         refused = False
-        self.schedules = await self._load_schedules()
+        await self.reload()
         for name, schedule in list(self.schedules.items()):
             try:
                 steps = due(schedule, now)  # none for a schedule that cannot run

@@ -1,7 +1,8 @@
 """The engine's wait list: long polls parked on a queue until a task there becomes ready.
 
 Each queue has a deque of parked polls and a count of its wake-ups; a poll compares the
-count before and after its claim, so that a wake-up between the two is never lost.
+count before and after its claim, so that a wake-up between the two is never lost. The
+engine holds one, on its clock.
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from katar.core.clock import Clock
 
 
 class WaitList:
-    """The long polls of an Engine, parked per queue (the Engine sets the attributes)."""
+    """The long polls parked per queue, on the ``clock``'s time."""
 
-    clock: Clock
-    _waiters: dict[str, deque[asyncio.Future[bool]]]
-    _wakes: dict[str, int]  # per queue: how many wake-ups so far
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._waiters: dict[str, deque[asyncio.Future[bool]]] = {}
+        #: Per queue: how many wake-ups so far. Read by a poll before its claim and
+        #: compared after it (a dict, not a method: every poll reads it).
+        self.wakes: dict[str, int] = {}
 
-    async def _park(self, queue: str, until: float, gone: asyncio.Future[Any] | None) -> bool:
+    async def park(self, queue: str, until: float, gone: asyncio.Future[Any] | None) -> bool:
         """Wait for a wake-up on the queue: True when woken, False once the clock reaches
         ``until`` (ms) or on hang-up."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -45,11 +49,32 @@ class WaitList:
                 waiters.remove(future)
         return woken
 
-    def _wake(self, queue: str, count: int) -> None:
-        self._wakes[queue] = self._wakes.get(queue, 0) + 1
+    def wake(self, queue: str, count: int) -> None:
+        """``count`` tasks of the queue became ready (or room under its limits): wake as
+        many parked polls, and count the wake-up for the polls between two looks."""
+        self.wakes[queue] = self.wakes.get(queue, 0) + 1
         waiters = self._waiters.get(queue)
         if waiters:
             _release(waiters, True, count)
+
+    def wake_all(self, queue: str) -> None:
+        """Every poll parked on the queue looks again (its options changed)."""
+        self.wake(queue, len(self._waiters.get(queue, ())))
+
+    def wake_every_queue(self) -> None:
+        """Every parked poll looks again (events may have been missed)."""
+        for queue, waiters in self._waiters.items():
+            self.wake(queue, len(waiters))
+
+    def drop(self, queue: str) -> None:
+        """The queue is gone: its parked polls look again (and find no queue)."""
+        waiters = self._waiters.pop(queue, deque())
+        _release(waiters, True, len(waiters))
+
+    def release_all(self) -> None:
+        """Shutting down: every parked poll ends with nothing."""
+        for waiters in self._waiters.values():
+            _release(waiters, False, len(waiters))
 
 
 def _settle_bool(future: asyncio.Future[bool], value: bool) -> None:
