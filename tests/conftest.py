@@ -13,6 +13,7 @@ from typing import NoReturn
 import pytest
 
 from katar.store import Store, open_store
+from tests.helpers.schemas import SchemaPool
 
 #: Every store the conformance suite runs against, by name.
 STORE_KINDS = ["memory", "sqlite", "postgres"]
@@ -26,20 +27,31 @@ _schemas: list[str] = []
 
 
 def store_url(kind: str, tmp_path: Path) -> str:
-    """A URL for a fresh store of ``kind``: a file in ``tmp_path``, or a new schema."""
+    """A URL for a fresh store of ``kind``: a file in ``tmp_path``, or a new schema (one that
+    does not exist yet: opening the store makes it and runs every migration)."""
     if kind == "memory":
         return "memory://"
     if kind == "postgres":
-        if not POSTGRES_URL:
-            reason = "set KATAR_TEST_POSTGRES_URL to run the PostgreSQL tests"
-            if os.environ.get("KATAR_REQUIRE_POSTGRES") == "1":
-                pytest.fail(reason)
-            pytest.skip(reason)
+        require_postgres()
         schema = f"katar_test_{uuid.uuid4().hex[:12]}"
         _schemas.append(schema)
-        separator = "&" if "?" in POSTGRES_URL else "?"
-        return f"{POSTGRES_URL}{separator}schema={schema}&pool_size=4"
+        return postgres_url(schema)
     return f"sqlite:///{tmp_path / 'katar.db'}"
+
+
+def require_postgres() -> None:
+    """Skip the test when no PostgreSQL is given to the tests (fail in CI)."""
+    if not POSTGRES_URL:
+        reason = "set KATAR_TEST_POSTGRES_URL to run the PostgreSQL tests"
+        if os.environ.get("KATAR_REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def postgres_url(schema: str) -> str:
+    """The test server's URL with Katar's tables in ``schema``."""
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    return f"{POSTGRES_URL}{separator}schema={schema}&pool_size=4"
 
 
 @pytest.fixture
@@ -89,15 +101,55 @@ def _drop_test_schemas() -> Iterator[None]:
                 conn.execute(f"DROP SCHEMA IF EXISTS {_schemas.pop()} CASCADE")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked ``storeless`` runs on the memory store only (its parametrization by
+    ``store_kind`` narrowed before the fixture's own applies): what it checks is decided
+    before any store is asked (a request refused by its parsing, a route unknown), so the
+    other stores would only repeat it. Every other test runs on every store."""
+    if (
+        metafunc.definition.get_closest_marker("storeless")
+        and "store_kind" in metafunc.fixturenames
+    ):
+        metafunc.definition.add_marker(pytest.mark.parametrize("store_kind", ["memory"]))
+
+
 @pytest.fixture(params=STORE_KINDS)
 def store_kind(request: pytest.FixtureRequest) -> str:
     kind: str = request.param
     return kind
 
 
+@pytest.fixture(scope="session")
+def schema_pool() -> Iterator[SchemaPool]:
+    """This process's migrated PostgreSQL schemas, dropped at the end of the run."""
+    pool = SchemaPool(POSTGRES_URL)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
 @pytest.fixture
-def make_url(store_kind: str, tmp_path: Path) -> Callable[[], str]:
-    return lambda: store_url(store_kind, tmp_path)
+def make_url(
+    store_kind: str, tmp_path: Path, schema_pool: SchemaPool
+) -> Iterator[Callable[[], str]]:
+    """Makes the URL of an empty store of ``store_kind``, a new one at each call. On
+    PostgreSQL the schema is one that an earlier test left and that was emptied (see
+    SchemaPool): the same as a new one, without running every migration again."""
+    if store_kind != "postgres":
+        yield lambda: store_url(store_kind, tmp_path)
+        return
+    leased: list[str] = []
+
+    def make() -> str:
+        require_postgres()
+        leased.append(schema_pool.lease())
+        return postgres_url(leased[-1])
+
+    yield make
+    for schema in leased:  # after the fixtures that opened stores on it have closed them
+        schema_pool.give_back(schema)
 
 
 @pytest.fixture

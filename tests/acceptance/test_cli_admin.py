@@ -16,6 +16,10 @@ from katar.auth import digest, new_token
 from katar.client import Producer
 from tests.acceptance.conftest import KatarProcess
 
+# Its tests share module-wide fixtures: pytest-xdist runs them in one process (--dist
+# loadgroup), which makes those once.
+pytestmark = pytest.mark.xdist_group("cli-admin")
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KatarProcess]:

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from tests.acceptance.conftest import KatarProcess, wait_until
-from tests.acceptance.test_serve import Drain
 from tests.conftest import store_url
+from tests.helpers.drain import Drain
 
 
 @pytest.fixture

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import itertools
 import socket
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from katar.client import Job, Producer, TaskRecord, Worker
 from tests.acceptance.conftest import KatarProcess, run_katar, wait_until
+from tests.helpers.drain import Drain
 
 CONFIG = """
 [store]
@@ -103,53 +102,6 @@ def test_sigterm_releases_long_polls_and_exits_cleanly(
     servers.append(again)
     with httpx.Client(base_url=again.url, timeout=10) as client:
         assert client.get(f"/v1/queue/q/tasks/{record['_id']}").json()["status"] == "in progress"
-
-
-class Drain:
-    """Workers that drain a queue the way katar-worker-http workers do, with acks piggybacked
-    on the next poll, and a record of what each of them saw."""
-
-    def __init__(self, url: str, queue: str) -> None:
-        self.url = url
-        self.queue = queue
-        self.lock = threading.Lock()
-        self.seq = itertools.count()
-        self.deliveries: list[tuple[int, str, int]] = []  # (seq, id, attempt)
-        self.confirmed: list[tuple[int, str, int]] = []  # acks answered by the server
-        self.errors: list[str] = []
-        self.stop = threading.Event()
-
-    def __enter__(self) -> Drain:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        # Inside the pool's block, so that a failed check stops the workers before the
-        # pool's exit waits for them (else it waits for ever).
-        self.stop.set()
-
-    def work(self, name: str, batch: int) -> None:
-        acks: list[dict[str, Any]] = []
-        with httpx.Client(timeout=10) as client:
-            while not self.stop.is_set():
-                body = {"tasks": acks, "max": batch, "worker": name}
-                try:
-                    response = client.post(f"{self.url}/v1/queue/{self.queue}", json=body)
-                except httpx.TransportError:
-                    time.sleep(0.05)  # the server is down: keep the acks, try again
-                    continue
-                if response.status_code not in (200, 204):
-                    with self.lock:
-                        self.errors.append(f"{response.status_code} {response.text}")
-                    time.sleep(0.05)
-                    continue
-                tasks = response.json()["tasks"] if response.status_code == 200 else []
-                with self.lock:
-                    seq = next(self.seq)
-                    self.confirmed.extend((seq, a["_id"], a["attempt"]) for a in acks)
-                    self.deliveries.extend((seq, t["_id"], t["attempt"]) for t in tasks)
-                acks = [{"_id": t["_id"], "status": "done", "attempt": t["attempt"]} for t in tasks]
-                if not tasks:
-                    time.sleep(0.02)
 
 
 def test_kill_9_mid_drain_loses_nothing(tmp_path: Path, servers: list[KatarProcess]) -> None:

@@ -12,6 +12,10 @@ from playwright.sync_api import Page, expect
 from tests.acceptance.conftest import KatarProcess
 from tests.browser.conftest import PRODUCER_QUEUE, TOKENS, Watch, counts, fail_tasks, sign_in
 
+# Its tests share module-wide fixtures: pytest-xdist runs them in one process (--dist
+# loadgroup), which makes those once.
+pytestmark = pytest.mark.xdist_group("browser")
+
 
 def queue(api: httpx.Client, name: str) -> str:
     response = api.put(f"/v1/queue/{name}", json={"persistent": True})

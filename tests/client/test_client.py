@@ -6,55 +6,15 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from katar import Katar
 from katar.client import AsyncProducer, AsyncWorker, Fail, Job, RequestRejected, Retry, Worker
 from katar.client._base import backoff, server_url
 from katar.errors import TransportError
-from katar.http import App
-
-URL = "http://katar"
-
-
-@pytest.fixture
-async def katar() -> AsyncIterator[Katar]:
-    instance = Katar("memory://", reap_interval=0.02)
-    instance.queue("q", persistent=True, max_attempts=3, retry_delay=0)
-    instance.queue("short", persistent=True, timeout=300)
-    async with instance:
-        yield instance
-
-
-@pytest.fixture
-def transport(katar: Katar) -> httpx.ASGITransport:
-    return httpx.ASGITransport(app=App(katar.engine))
-
-
-@pytest.fixture
-async def producer(transport: httpx.ASGITransport) -> AsyncIterator[AsyncProducer]:
-    async with AsyncProducer(URL, transport=transport) as client:
-        yield client
-
-
-async def drain(worker: AsyncWorker, producer: AsyncProducer, queue: str, count: int) -> None:
-    """Run the worker until ``count`` tasks of the queue are finished, then stop it."""
-    running = asyncio.create_task(worker.run())
-
-    async def finished() -> None:
-        # ASYNC110: polling a flag set by another thread or process, which cannot set an asyncio event.
-        while len(await producer.tasks(queue, ["done", "failed"], limit=1000)) < count:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-
-    try:
-        await asyncio.wait_for(finished(), 20)
-    finally:
-        worker.stop()
-        await asyncio.wait_for(running, 10)
+from tests.client.conftest import URL, drain
 
 
 async def test_producer_round_trip(producer: AsyncProducer) -> None:

@@ -13,10 +13,8 @@ from katar import Katar
 from katar.client import AsyncProducer, AsyncWorker, Job, Producer
 from katar.errors import ValidationError
 from katar.http import App, Limits
-from tests.client.test_client import URL, drain, katar, producer, transport
+from tests.client.conftest import URL, drain
 from tests.http.conftest import served
-
-__all__ = ["katar", "producer", "transport"]  # the fixtures, shared
 
 
 async def test_a_fan_in_from_the_python_client(

@@ -12,7 +12,7 @@ from katar import Katar
 from katar.client import AsyncProducer, AsyncWorker, Job, RequestRejected, ScheduleRecord
 from katar.core.clock import FakeClock
 from katar.http import App
-from tests.client.test_client import drain
+from tests.client.conftest import drain
 
 URL = "http://katar"
 

@@ -9,9 +9,7 @@ import httpx
 import pytest
 
 from katar.client import AsyncProducer, AsyncWorker, Fail, Job
-from tests.client.test_client import URL, drain, katar, producer, transport
-
-__all__ = ["katar", "producer", "transport"]  # the fixtures this module uses
+from tests.client.conftest import URL, drain
 
 
 async def test_the_worker_logs_each_failure_and_a_summary(

@@ -20,6 +20,10 @@ from katar.http import App, Limits
 from katar.http.protocol import HttpProtocol
 from tests.fuzz import fuzz_settings
 
+# Its tests share module-wide fixtures: pytest-xdist runs them in one process (--dist
+# loadgroup), which makes those once.
+pytestmark = pytest.mark.xdist_group("fuzz-protocol")
+
 STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) ")
 
 

@@ -35,6 +35,10 @@ from katar.http.auth import Role, Token, digest
 from katar.http.protocol import HttpProtocol
 from tests.fuzz import fuzz_settings
 
+# Its tests share module-wide fixtures: pytest-xdist runs them in one process (--dist
+# loadgroup), which makes those once.
+pytestmark = pytest.mark.xdist_group("schemathesis")
+
 ADMIN = "katar_fuzz-admin"
 WORKER = "katar_fuzz-worker"
 TOKENS = [

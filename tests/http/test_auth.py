@@ -14,7 +14,8 @@ from katar import Katar, QueueOptions
 from katar.core.model import NewTask
 from katar.core.schedule import parse_schedule
 from katar.http import App
-from katar.http.auth import Access, Role, Token, digest
+from katar.http.auth import Access, Role
+from tests.helpers.tokens import SECRETS, TOKENS, bearer
 from tests.http.conftest import app_client, opened
 
 # The access rule each route must have. A route added to the application without a line here
@@ -61,18 +62,6 @@ BODIES: dict[tuple[str, str], Any] = {
     ("/v1/schedules/{schedule}", "PATCH"): {"paused": True},
 }
 
-SECRETS = {
-    "worker": "katar_worker-secret",
-    "producer": "katar_producer-secret",
-    "admin": "katar_admin-secret",  # scoped to the own queue, like the others
-    "root": "katar_root-secret",  # admin of every queue
-}
-TOKENS = [
-    Token(sha256=digest(SECRETS["worker"]), role=Role.WORKER, queues=frozenset({"own"})),
-    Token(sha256=digest(SECRETS["producer"]), role=Role.PRODUCER, queues=frozenset({"own"})),
-    Token(sha256=digest(SECRETS["admin"]), role=Role.ADMIN, queues=frozenset({"own"})),
-    Token(sha256=digest(SECRETS["root"]), role=Role.ADMIN, queues=frozenset({"*"}), name="ops"),
-]
 ROLE_OF = {"worker": Role.WORKER, "producer": Role.PRODUCER, "admin": Role.ADMIN}
 
 
@@ -89,10 +78,6 @@ async def katar() -> AsyncIterator[Katar]:
 async def http(katar: Katar, via: str) -> AsyncIterator[httpx.AsyncClient]:
     async with app_client(App(katar.engine, tokens=TOKENS), via) as client:
         yield client
-
-
-def bearer(who: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {SECRETS[who]}"}
 
 
 async def task_in(katar: Katar, queue: str) -> str:

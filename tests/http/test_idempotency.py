@@ -60,6 +60,7 @@ async def test_keys_are_per_queue_and_optional(client: httpx.AsyncClient) -> Non
     assert await count(client) == 3
 
 
+@pytest.mark.storeless
 @pytest.mark.parametrize(
     "value", ["x" * 256, b"caf\xc3\xa9", b"tab\there", ""], ids=["long", "utf8", "tab", "empty"]
 )
@@ -72,6 +73,7 @@ async def test_an_invalid_key_is_422_and_creates_nothing(
     assert await count(client) == 0
 
 
+@pytest.mark.storeless
 async def test_two_keys_are_422(client: httpx.AsyncClient) -> None:
     headers = [("Idempotency-Key", "a"), ("Idempotency-Key", "b")]
     response = await client.post(TASKS, json={"data": 1}, headers=headers)

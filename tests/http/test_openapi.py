@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 from openapi_spec_validator import validate
 
 from katar import Katar
 from katar.http import App, Limits
 from katar.protocol import ACK_STATUSES, PATCH_STATUSES, STATUSES
+
+# The document is the application's, whatever the store.
+pytestmark = pytest.mark.storeless
 
 
 async def test_the_document_is_valid_openapi_31(client: httpx.AsyncClient) -> None:

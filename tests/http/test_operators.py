@@ -80,6 +80,7 @@ async def test_bulk_filters_by_creation_time(client: httpx.AsyncClient) -> None:
     assert await listed(client, "status=cancelled") == ids[3:]
 
 
+@pytest.mark.storeless
 @pytest.mark.parametrize(
     ("body", "says"),
     [

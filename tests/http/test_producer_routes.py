@@ -26,6 +26,7 @@ async def test_enqueue_one_task_answers_its_record(client: httpx.AsyncClient) ->
     assert record["created_at"].endswith("Z")
 
 
+@pytest.mark.storeless
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
@@ -48,6 +49,7 @@ async def test_bad_enqueues_are_422_and_change_nothing(
     assert (await client.get("/v1/queue/q/tasks")).json()["tasks"] == []
 
 
+@pytest.mark.storeless
 async def test_too_many_tasks_per_enqueue(katar: Katar) -> None:
     from katar.http import App, Limits
 
@@ -60,6 +62,7 @@ async def test_too_many_tasks_per_enqueue(katar: Katar) -> None:
     assert "at most 3 tasks" in response.json()["error"]
 
 
+@pytest.mark.storeless
 async def test_invalid_json_is_400(client: httpx.AsyncClient) -> None:
     for url in ("/v1/queue/q/tasks", "/v1/queue/q"):
         response = await client.post(url, content=b'{"data": ')
@@ -67,12 +70,14 @@ async def test_invalid_json_is_400(client: httpx.AsyncClient) -> None:
         assert "not valid JSON" in response.json()["error"]
 
 
+@pytest.mark.storeless
 async def test_a_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
     response = await client.post("/v1/queue/q/tasks", json={"data": "x" * 70_000})
     assert response.status_code == 413
     assert "limit of 65536 bytes" in response.json()["error"]
 
 
+@pytest.mark.storeless
 async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
     missing = await client.get("/v2/things")
     assert missing.status_code == 404
@@ -108,6 +113,7 @@ async def test_put_queue_takes_whole_floats_as_integers(client: httpx.AsyncClien
     assert refused.json()["option"] == "retry_delay"
 
 
+@pytest.mark.storeless
 @pytest.mark.parametrize(
     ("name", "body", "fragment"),
     [

@@ -49,6 +49,7 @@ async def test_run_at_in_a_naive_time_is_utc(client: httpx.AsyncClient) -> None:
     assert response.json()["tasks"][0]["run_at"] == later.isoformat() + ".000Z"
 
 
+@pytest.mark.storeless
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [

@@ -141,6 +141,7 @@ async def test_a_scheduled_task_is_delivered_with_its_schedule_and_tick(
         assert (record["schedule"], record["scheduled_for"]) == ("every", made["scheduled_for"])
 
 
+@pytest.mark.storeless
 async def test_the_routes_are_in_the_openapi_document(client: httpx.AsyncClient) -> None:
     paths = (await client.get("/openapi.json")).json()["paths"]
     assert set(paths["/v1/schedules/{schedule}"]) == {"parameters", "get", "put", "patch", "delete"}

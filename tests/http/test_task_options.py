@@ -15,6 +15,7 @@ from katar.http import App, Limits
 from tests.http.conftest import app_client, opened
 
 
+@pytest.mark.storeless
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [

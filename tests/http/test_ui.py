@@ -11,8 +11,8 @@ import pytest
 
 from katar import Katar, ui
 from katar.http import App
+from tests.helpers.tokens import SECRETS, TOKENS, bearer
 from tests.http.conftest import app_client, opened
-from tests.http.test_auth import SECRETS, TOKENS, bearer
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from katar import Katar, WorkerServer
 from katar.core.clock import FakeClock
@@ -90,6 +91,7 @@ async def test_an_unknown_task_id_is_404_not_500(client: httpx.AsyncClient) -> N
     assert response.json() == {"error": "no task '424242' in queue 'q'", "_id": "424242", "ack": 0}
 
 
+@pytest.mark.storeless
 async def test_an_invalid_ack_status_is_422_not_500(client: httpx.AsyncClient) -> None:
     (task_id,) = await enqueue(client, "q", {"data": 1})
     await client.post("/v1/queue/q", json={})

@@ -1,6 +1,7 @@
 """The store conformance suite: every store must pass every test here.
 
-Time is passed in explicitly (``now``), so leases and delays are tested without sleeping.
+Time is passed in explicitly (``now``), so leases and delays are tested without sleeping
+(tests.helpers.store).
 """
 
 from __future__ import annotations
@@ -17,37 +18,8 @@ from katar.errors import Conflict, IllegalTransition, QueueNotFound, TaskNotFoun
 from katar.store import PollResult, Store, open_store
 from tests.conftest import DURABLE_KINDS, store_url
 
-T0 = 1_700_000_000_000
-KEEP = QueueOptions(persistent=True, timeout=1000, max_attempts=3)
-DROP = QueueOptions(persistent=False, timeout=1000, max_attempts=3)
-
-
-def new(data: object, priority: int = 0, delay_ms: int = 0, paused: bool = False) -> NewTask:
-    return NewTask(
-        data=msgspec.Raw(msgspec.json.encode(data)),
-        priority=priority,
-        delay_ms=delay_ms,
-        paused=paused,
-    )
-
-
-def ack(task: Task | int, status: str = "done", **fields: object) -> Ack:
-    task_id = task.id if isinstance(task, Task) else task
-    return Ack(task_id=str(task_id), status=status, **fields)  # type: ignore[arg-type]
-
-
-def data(task: Task) -> object:
-    return msgspec.json.decode(task.data)
-
-
-async def setup(store: Store, options: QueueOptions = KEEP, name: str = "q") -> None:
-    await store.save_queue(name, options)
-
-
-async def claim(
-    store: Store, limit: int = 1, options: QueueOptions = KEEP, now: int = T0, queue: str = "q"
-) -> list[Task]:
-    return (await store.poll(queue, options, [], limit, "w1", now)).delivered
+# The vocabulary of the store tests; other modules import it from tests.helpers.store.
+from tests.helpers.store import DROP, KEEP, T0, ack, claim, data, new, setup
 
 
 async def test_queues_are_saved_replaced_and_deleted(store: Store) -> None:

@@ -8,49 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
 
 import msgspec
 import pytest
 
 from katar.core import rules
 from katar.core.idempotency import idempotency
-from katar.core.model import EVERY_TASK, NewTask, QueueOptions, State, Task
+from katar.core.model import EVERY_TASK, QueueOptions, State, Task
 from katar.core.storage import Change
 from katar.errors import ValidationError
 from katar.store import Store
-from tests.store.test_conformance import DROP, KEEP, T0, ack, claim, new, setup
+from tests.helpers.store import DROP, KEEP, T0, ack, child, claim, finish, new, results, setup
 
 RETRY = QueueOptions(
     persistent=True, timeout=1000, max_attempts=3, retry_failed=True, retry_delay=0
 )
 
 
-def child(value: object, *after: int, refs: Sequence[int] = (), delay_ms: int = 0) -> NewTask:
-    return msgspec.structs.replace(
-        new(value, delay_ms=delay_ms), after=tuple(after), refs=tuple(refs)
-    )
-
-
-def results(task: Task) -> object:
-    assert task.after is not None
-    return msgspec.json.decode(task.after)
-
-
 async def stored(store: Store, task: Task | int, queue: str = "q") -> Task:
     found = await store.get_task(queue, task if isinstance(task, int) else task.id)
     assert found is not None
     return found
-
-
-async def finish(
-    store: Store, task: Task, result: object, options: QueueOptions = KEEP, queue: str = "q"
-) -> list[Change]:
-    """Claim ``task`` (it must be the next one) and ack it done with ``result``."""
-    (claimed,) = await claim(store, options=options, queue=queue)
-    assert claimed.id == task.id
-    done = ack(claimed, "done", result=msgspec.Raw(msgspec.json.encode(result)))
-    return (await store.poll(queue, options, [done], 0, "w1", T0 + 1)).changes
 
 
 class Recorder:

@@ -13,7 +13,7 @@ import pytest
 
 from katar.core.model import QueueOptions, Rate, State, Task
 from katar.store import Store
-from tests.store.test_conformance import T0, ack, claim, new
+from tests.helpers.store import T0, ack, claim, new
 
 BASE = QueueOptions(persistent=True, timeout=1000, max_attempts=3)
 

@@ -21,7 +21,7 @@ from katar.core.model import EVERY_TASK
 from katar.errors import QueueNotFound, ValidationError
 from katar.store import Store, open_store
 from tests.conftest import DURABLE_KINDS, store_url
-from tests.store.test_conformance import KEEP, T0, new, setup
+from tests.helpers.store import KEEP, T0, new, setup
 
 
 async def all_ids(store: Store, queue: str = "q") -> list[int]:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from katar.core.model import State
 from katar.store import Store
-from tests.store.test_conformance import DROP, KEEP, T0, new, setup
-from tests.store.test_dependencies import child, finish, results
+from tests.helpers.store import DROP, KEEP, T0, child, finish, new, results, setup
 
 
 async def ids(

@@ -11,7 +11,7 @@ import pytest
 from katar.core.model import Ack, QueueOptions, State, Task
 from katar.errors import Conflict
 from katar.store import Store
-from tests.store.test_conformance import DROP, KEEP, T0, ack, claim, new, setup
+from tests.helpers.store import DROP, KEEP, T0, ack, claim, new, setup
 
 
 def beat(task: Task, progress: bytes | None = None, **fields: object) -> Ack:

@@ -21,7 +21,7 @@ from katar.core.model import (
 )
 from katar.protocol import HISTORY_LENGTH
 from katar.store import Store
-from tests.store.test_conformance import DROP, KEEP, T0, ack, claim, new, setup
+from tests.helpers.store import DROP, KEEP, T0, ack, claim, new, setup
 
 RETRY = QueueOptions(persistent=True, timeout=1000, max_attempts=0, retry_delay=0)
 

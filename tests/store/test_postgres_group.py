@@ -15,7 +15,7 @@ from katar.core.model import State
 from katar.errors import Conflict
 from katar.store.postgres import PostgresStore
 from tests.conftest import store_url
-from tests.store.test_conformance import DROP, KEEP, T0, ack, claim, data, new, setup
+from tests.helpers.store import DROP, KEEP, T0, ack, claim, data, new, setup
 
 
 @pytest.fixture

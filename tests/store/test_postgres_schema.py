@@ -11,7 +11,7 @@ from katar.core.idempotency import idempotency
 from katar.core.model import EVERY_TASK, Ack, QueueOptions
 from katar.store.postgres import _MIGRATIONS, SCHEMA_VERSION, PostgresStore, parse_url
 from tests.conftest import store_url
-from tests.store.test_conformance import T0, new
+from tests.helpers.store import T0, new
 
 
 async def test_schema_1_is_upgraded_with_its_tasks_kept(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from katar.core.model import EVERY_TASK, NewTask, QueueOptions, State
 from katar.core.schedule import ScheduleSpec, parse_schedule
 from katar.errors import QueueNotFound
 from katar.store import Store, open_store
-from tests.store.test_conformance import KEEP, T0, ack, claim
+from tests.helpers.store import KEEP, T0, ack, claim
 
 HOURLY = parse_schedule({"cron": "0 * * * *", "queue": "q", "data": {"report": 1}})
 TICK = T0 + 3_600_000

@@ -16,7 +16,7 @@ from katar.core.idempotency import KEY_TTL_MS, KeyReused, digest, idempotency
 from katar.core.model import NewTask
 from katar.errors import ValidationError
 from katar.store.base import Store
-from tests.store.test_conformance import new
+from tests.helpers.store import new
 
 
 async def test_a_repeat_creates_counts_and_tells_nothing(make_url: Callable[[], str]) -> None:
