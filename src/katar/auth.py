@@ -1,4 +1,5 @@
-"""Bearer tokens, roles and queue scopes (section 4 of the contract): what a token may do.
+"""Bearer tokens, roles and queue scopes: what a token may do (docs/protocol.md,
+"Authentication").
 
 The configuration file holds each token's SHA-256, never the token, so a leaked file does not
 leak credentials. Nothing here logs a token; katar.http.auth checks a request's token.

@@ -1,5 +1,6 @@
-"""The HTTP side of tokens (section 4 of the contract): a request's ``Authorization`` header
-checked against the configured tokens, and a route's access rule against the token.
+"""The HTTP side of tokens (docs/protocol.md, "Authentication"): a request's
+``Authorization`` header checked against the configured tokens, and a route's access rule
+against the token.
 
 Tokens, roles and digests are not HTTP concepts: they live in :mod:`katar.auth`, and are
 re-exported here. A request's token is hashed and compared with every known digest in constant

@@ -1,4 +1,4 @@
-"""The web dashboard's files, served at ``/ui`` by ``katar serve`` (section 10 of the contract).
+"""The web dashboard's files, served at ``/ui`` by ``katar serve`` (docs/dashboard.md).
 
 The page holds no data: it is plain files (``static/``, and the front-end toolkit in
 ``vendor/``, each with its version and licence noted), and every datum comes from the HTTP
