@@ -140,7 +140,7 @@ class Connections:
             max_size=self.pool_size,
             open=False,
             # Waiting for a connection when all are busy (load, not an outage: an outage
-            # fails at once, see _down).
+            # fails at once, see down).
             timeout=self.query_timeout or 10.0,
             kwargs={"autocommit": True},
             configure=self._configure,
@@ -155,7 +155,7 @@ class Connections:
     async def _configure(self, conn: AsyncConnection[tuple[Any, ...]]) -> None:
         """Each new connection: PostgreSQL cancels a statement that outlives query_timeout
         (a lock waited for, a slow plan), leaving the connection usable; the watchdog of
-        _Transaction, a second later, is for a server that does not answer at all."""
+        Transaction, a second later, is for a server that does not answer at all."""
         milliseconds = round(self.query_timeout * 1000)
         await conn.execute(f"SET statement_timeout = {milliseconds}")
 

@@ -3,7 +3,13 @@ make them, one version after another (``{s}``: the schema's name)."""
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+from katar.errors import ConfigError
+from katar.protocol import MAX_DELAY
+
+if TYPE_CHECKING:
+    from katar.store.postgres.connection import Connections
 
 SCHEMA_VERSION: Final = 13
 _MIGRATIONS: Final = {
@@ -189,3 +195,28 @@ CREATE INDEX IF NOT EXISTS tasks_running_key ON {s}.tasks (queue_id, key)
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS children_count integer NOT NULL DEFAULT 0;
 """,
 }
+
+
+async def migrate(db: Connections, s: str, channel: str) -> tuple[int, int]:
+    """Apply the migrations the schema ``s`` lacks, one server at a time: the versions
+    before and after."""
+    async with db.transaction(limit=0) as conn:  # an index on a large table takes time
+        await conn.execute("SET LOCAL statement_timeout = 0")
+        # Servers starting together wait here for one another.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"katar:{s}",))
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {s}.schema_version (version integer NOT NULL)"
+        )
+        row = await (await conn.execute(f"SELECT max(version) FROM {s}.schema_version")).fetchone()
+        current = (row[0] if row else None) or 0
+        if current > SCHEMA_VERSION:
+            raise ConfigError(
+                f"the PostgreSQL schema {s!r} was made by a newer Katar (schema {current},"
+                f" this one knows {SCHEMA_VERSION})"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            sql = _MIGRATIONS[version].format(s=s, channel=channel, max_delay=MAX_DELAY)
+            await conn.execute(sql)
+            await conn.execute(f"INSERT INTO {s}.schema_version VALUES (%s)", (version,))
+    return current, SCHEMA_VERSION

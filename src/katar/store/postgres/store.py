@@ -59,14 +59,13 @@ from katar.errors import (
     StoreError,
     TaskNotFound,
 )
-from katar.protocol import MAX_DELAY
 from katar.store._rows import COLUMNS, Dialect, update_values, view, where_sql
 from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
 from katar.store.postgres.connection import OPTIONS_CHECK, Connections, Listener
 from katar.store.postgres.deps import Dependencies
 from katar.store.postgres.group import Done, GroupCommit, claim, plain_dones
 from katar.store.postgres.queries import Queries, queries
-from katar.store.postgres.schema import _MIGRATIONS, SCHEMA_VERSION
+from katar.store.postgres.schema import migrate
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -183,37 +182,11 @@ class PostgresStore(Store):
     async def open(self) -> None:
         await self._db.open()
         try:
-            await self._migrate()
+            self.schema_change = await migrate(self._db, self._schema, self._channel)
             await self._load_queue_ids()
         except BaseException:
             await self.close()
             raise
-
-    async def _migrate(self) -> None:
-        """Apply the migrations this database lacks, one server at a time."""
-        s = self._schema
-        async with self._transaction(limit=0) as conn:  # an index on a large table takes time
-            await conn.execute("SET LOCAL statement_timeout = 0")
-            # Servers starting together wait here for one another.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"katar:{s}",))
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {s}.schema_version (version integer NOT NULL)"
-            )
-            row = await (
-                await conn.execute(f"SELECT max(version) FROM {s}.schema_version")
-            ).fetchone()
-            current = (row[0] if row else None) or 0
-            if current > SCHEMA_VERSION:
-                raise ConfigError(
-                    f"the PostgreSQL schema {s!r} was made by a newer Katar (schema {current},"
-                    f" this one knows {SCHEMA_VERSION})"
-                )
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                sql = _MIGRATIONS[version].format(s=s, channel=self._channel, max_delay=MAX_DELAY)
-                await conn.execute(sql)
-                await conn.execute(f"INSERT INTO {s}.schema_version VALUES (%s)", (version,))
-        self.schema_change = (current, SCHEMA_VERSION)
 
     async def close(self) -> None:
         await self._db.stop_probe()
