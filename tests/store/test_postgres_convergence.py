@@ -76,7 +76,7 @@ async def test_a_server_whose_listener_drops_gets_the_changes_made_meanwhile(
     # follows the listener's return meets a store still reconnecting (and fails).
     store = a.store
     assert isinstance(store, PostgresStore)
-    store._down()
+    store._db.down()
     await b.patch_queue("q", {"paused": True, "concurrency": 1})
     await until(lambda: a.options("q").paused and a.options("q").concurrency == 1)
     await b.patch_queue("q", {"paused": False})
@@ -104,7 +104,7 @@ async def test_a_change_that_no_notification_announced_is_found(
     store = a.store
     assert isinstance(store, PostgresStore)
     async with store._transaction(writes=False) as conn:
-        row = await (await conn.execute(store._sql["options_digest"])).fetchone()
+        row = await (await conn.execute(store._sql.options_digest)).fetchone()
     assert row is not None
     assert row[0] == store._options_digest
 

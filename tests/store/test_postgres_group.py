@@ -1,4 +1,4 @@
-"""The PostgreSQL store's group commit (katar.store.postgres_group): polls that arrive
+"""The PostgreSQL store's group commit (katar.store.postgres.group): polls that arrive
 together share one transaction, and each gets what it would get alone."""
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ async def pg(tmp_path: Path) -> AsyncIterator[PostgresStore]:
 def spy_groups(store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The size of each group the store runs, in order."""
     sizes: list[int] = []
-    run = store._run_group
+    run = store._group._run_group
 
     async def counted(queue: str, queue_id: int, group: list[Any]) -> None:
         sizes.append(len(group))
         await run(queue, queue_id, group)
 
-    monkeypatch.setattr(store, "_run_group", counted)
+    monkeypatch.setattr(store._group, "_run_group", counted)
     return sizes
 
 

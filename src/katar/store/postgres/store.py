@@ -19,14 +19,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import math
-import os
-import re
-import socket
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
@@ -60,208 +55,22 @@ from katar.errors import (
     ConfigError,
     Conflict,
     KatarError,
-    OutcomeUnknown,
     QueueNotFound,
     StoreError,
-    StoreUnavailable,
     TaskNotFound,
 )
-from katar.logs import mask_credentials
-from katar.protocol import HISTORY_LENGTH, MAX_DELAY
 from katar.store._rows import COLUMNS, Dialect, update_values, view, where_sql
 from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
-from katar.store.postgres_group import Done, PostgresGroups, claim, group_sql, plain_dones
+from katar.store.postgres.connection import OPTIONS_CHECK, Connections, Listener
+from katar.store.postgres.deps import Dependencies
+from katar.store.postgres.group import Done, GroupCommit, claim, plain_dones
+from katar.store.postgres.queries import Queries, queries
+from katar.store.postgres.schema import migrate
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
-    from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger("katar")
-
-SCHEMA_VERSION: Final = 13
-_MIGRATIONS: Final = {
-    1: """
-CREATE TABLE IF NOT EXISTS {s}.queues (
-    id serial PRIMARY KEY,
-    name text NOT NULL UNIQUE,
-    options bytea NOT NULL
-);
-CREATE TABLE IF NOT EXISTS {s}.tasks (
-    id bigserial PRIMARY KEY,  -- a sequence: ids only grow, on every server
-    queue_id integer NOT NULL,
-    state smallint NOT NULL,
-    priority integer NOT NULL,
-    data bytea NOT NULL,       -- the producer's JSON, verbatim
-    attempts integer NOT NULL DEFAULT 0,
-    attempt_base integer NOT NULL DEFAULT 0,
-    error text,
-    result bytea,
-    worker text,
-    created_at bigint NOT NULL,
-    updated_at bigint NOT NULL,
-    run_at bigint,
-    lease_until bigint
-);
-CREATE INDEX IF NOT EXISTS tasks_ready ON {s}.tasks (queue_id, priority DESC, id) WHERE state = 1;
-CREATE INDEX IF NOT EXISTS tasks_due ON {s}.tasks (run_at) WHERE state = 2;
-CREATE INDEX IF NOT EXISTS tasks_lease ON {s}.tasks (lease_until) WHERE state = 3;
-CREATE INDEX IF NOT EXISTS tasks_resting ON {s}.tasks (queue_id, state, id)
-    WHERE state IN (0, 4, 5, 6);
-""",
-    2: """
-CREATE TABLE IF NOT EXISTS {s}.idempotency_keys (
-    queue_id integer NOT NULL,
-    key text NOT NULL,
-    digest bytea NOT NULL,
-    ids bytea,                 -- katar.core.idempotency.pack_ids; set by the same transaction
-    created bigint NOT NULL,
-    PRIMARY KEY (queue_id, key)  -- what decides between servers racing with one key
-);
-CREATE INDEX IF NOT EXISTS idempotency_keys_created ON {s}.idempotency_keys (created);
-""",
-    3: """
-ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS key text;  -- the group key_concurrency counts
--- A task's place in a fair queue (rules.fair_seq); NULL elsewhere, so that the indexes below
--- hold only fair queues' tasks and other queues' writes never touch them.
-ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS fair_seq bigint;
-CREATE INDEX IF NOT EXISTS tasks_fair ON {s}.tasks (queue_id, priority DESC, fair_seq, id)
-    WHERE state = 1 AND fair_seq IS NOT NULL;
-CREATE INDEX IF NOT EXISTS tasks_fair_key ON {s}.tasks (queue_id, key, fair_seq)
-    WHERE fair_seq IS NOT NULL AND state BETWEEN 0 AND 3;
--- A rate limit's token bucket, shared by every server (rules.Bucket); NULL: full.
-ALTER TABLE {s}.queues ADD COLUMN IF NOT EXISTS bucket_tokens double precision;
-ALTER TABLE {s}.queues ADD COLUMN IF NOT EXISTS bucket_at bigint;
-""",
-    4: """
--- Long-running work: an operator's cancel of a task in progress, and the worker's progress.
-ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS cancel_requested boolean NOT NULL DEFAULT false;
-ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS progress bytea;  -- the worker's JSON, verbatim
-""",
-    5: """
-ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS timeout integer;  -- NULL: the queue's
-ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS max_attempts integer;  -- NULL: the queue's
-ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS expires_at bigint;
-ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS unique_key text;
-ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS unique_until bigint;
-CREATE INDEX IF NOT EXISTS tasks_expiry ON {s}.tasks (expires_at)
-    WHERE expires_at IS NOT NULL AND attempts = 0 AND state < 3;
-CREATE INDEX IF NOT EXISTS tasks_unique ON {s}.tasks (queue_id, unique_key)
-    WHERE unique_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS tasks_kept ON {s}.tasks (queue_id, unique_until)
-    WHERE unique_until IS NOT NULL AND state BETWEEN 4 AND 5;
-""",
-    6: """
--- Delivery history: when the current (or last) delivery started; the earlier ones.
-ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS started_at bigint;
-ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS history bytea;  -- rules.archive's JSON
-""",
-    7: """
--- Transactional enqueue: an application enqueues inside its own transaction, and the task
--- exists exactly when that transaction commits. The notification, sent at the commit, wakes
--- the long polls of every server (as an enqueue over HTTP does).
-CREATE OR REPLACE FUNCTION {s}.enqueue(
-    queue text, data jsonb, priority integer DEFAULT 0, delay_s double precision DEFAULT 0
-) RETURNS bigint LANGUAGE plpgsql AS $katar$
-DECLARE
-    found_queue integer;
-    now_ms bigint := floor(extract(epoch FROM clock_timestamp()) * 1000);
-    due bigint;
-    created bigint;
-BEGIN
-    SELECT id INTO found_queue FROM {s}.queues WHERE name = queue;
-    IF found_queue IS NULL THEN
-        RAISE EXCEPTION 'katar: no queue %; create it first (PUT /v1/queue/%)', queue, queue
-            USING ERRCODE = 'no_data_found';
-    END IF;
-    IF data IS NULL THEN
-        RAISE EXCEPTION 'katar: data must be JSON (''null''::jsonb for none), not SQL NULL'
-            USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF delay_s IS NULL OR delay_s < 0 OR delay_s > {max_delay} THEN
-        RAISE EXCEPTION 'katar: delay_s must be from 0 to {max_delay} seconds, not %', delay_s
-            USING ERRCODE = 'numeric_value_out_of_range';
-    END IF;
-    IF delay_s > 0 THEN
-        due := now_ms + ceil(delay_s * 1000);
-    END IF;
-    INSERT INTO {s}.tasks (queue_id, state, priority, data, created_at, updated_at, run_at)
-        VALUES (found_queue, CASE WHEN due IS NULL THEN 1 ELSE 2 END, coalesce(priority, 0),
-                convert_to(data::text, 'UTF8'), now_ms, now_ms, due)
-        RETURNING id INTO created;
-    IF due IS NULL THEN
-        PERFORM pg_notify('{channel}', 'r:1:' || queue);
-    END IF;
-    RETURN created;
-END
-$katar$;
-""",
-    # Schedules (katar.core.schedule). The cursor is advanced by compare-and-set in the
-    # transaction that inserts the tick's task: of servers firing one tick, one wins.
-    8: """
-ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS schedule text;
-ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS scheduled_for bigint;
-CREATE TABLE IF NOT EXISTS {s}.schedules (
-    name text PRIMARY KEY,
-    spec bytea NOT NULL,
-    cursor bigint NOT NULL,
-    last_tick bigint,
-    last_task bigint
-);
-""",
-    # Dependencies (after): the edges, and the two columns that keep them off the others.
-    9: """
--- Dependencies (after): how many tasks a task waits for, and whether tasks wait for it.
-ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS parents integer NOT NULL DEFAULT 0;
-ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS children boolean NOT NULL DEFAULT false;
--- One edge per (child, parent), with the parent's result once it is done, so that the
--- results outlive the parent (a queue without history removes it at once). The partial
--- indexes hold the edges still waiting: a parent's end finds its children, and a child's
--- "is any parent not done" is one probe, however many parents it has.
-CREATE TABLE IF NOT EXISTS {s}.deps (
-    child_id bigint NOT NULL,
-    parent_id bigint NOT NULL,
-    done boolean NOT NULL DEFAULT false,
-    result bytea,
-    PRIMARY KEY (child_id, parent_id)
-);
-CREATE INDEX IF NOT EXISTS deps_parent ON {s}.deps (parent_id) WHERE NOT done;
-CREATE INDEX IF NOT EXISTS deps_pending ON {s}.deps (child_id) WHERE NOT done;
--- Tasks waiting for others (state 7) rest, as paused and finished ones do.
-CREATE INDEX IF NOT EXISTS tasks_waiting ON {s}.tasks (queue_id, id) WHERE state = 7;
-""",
-    # A task's children, listed a page at a time (Store.children).
-    10: """
--- Every edge by parent, in child order: a parent's end finds its children, and a task's
--- children are listed a page at a time however many it has. It replaces the index of
--- version 9, which held only the edges still waiting.
-CREATE INDEX IF NOT EXISTS deps_children ON {s}.deps (parent_id, child_id);
-DROP INDEX IF EXISTS {s}.deps_parent;
-""",
-    # The transactional enqueue runs with the rights of Katar's role, not the caller's: a
-    # role given EXECUTE on it (and USAGE on the schema) can enqueue through it, and write
-    # nothing else; the search path is fixed, so that the caller's cannot change what its
-    # names mean. Nobody else may call it (a function is PUBLIC's to call by default).
-    11: """
-ALTER FUNCTION {s}.enqueue(text, jsonb, integer, double precision)
-    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-REVOKE ALL ON FUNCTION {s}.enqueue(text, jsonb, integer, double precision) FROM PUBLIC;
-""",
-    # An edge's parent queue, when it is not the child's (Task.foreign).
-    12: """
-ALTER TABLE {s}.deps ADD COLUMN IF NOT EXISTS parent_queue text;
-""",
-    # The tasks in progress by key: a key_concurrency claim looks up the keys it meets; the
-    # tasks that wait for a task, counted.
-    13: """
--- The tasks in progress that have a key, by key: a key_concurrency claim counts those of
--- the keys it meets, one probe a key, however many keys are in progress (tasks without a
--- key, on the hot path, are never in it).
-CREATE INDEX IF NOT EXISTS tasks_running_key ON {s}.tasks (queue_id, key)
-    WHERE state = 3 AND key IS NOT NULL;
--- How many tasks named the task while it was unfinished (rules.MAX_CHILDREN).
-ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS children_count integer NOT NULL DEFAULT 0;
-""",
-}
 
 
 def _columns(queue_id: int, tasks: Sequence[Task], now: int) -> tuple[int | str, ...]:
@@ -323,66 +132,13 @@ def _created(drafts: Sequence[Task], ids: list[int]) -> list[Task]:
     return [msgspec.structs.replace(t, id=i) for t, i in zip(drafts, ids, strict=True)]
 
 
-_SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _EXPIRE_BATCH: Final = 1000
 _options_decoder: Final = msgspec.json.Decoder(QueueOptions)
 _spec_decoder: Final = msgspec.json.Decoder(ScheduleSpec)
 _STATE_OF: Final = tuple(State)
 
 
-def parse_url(url: str) -> tuple[str, int, str]:
-    """The connection string, the pool size and the schema of a ``postgresql://`` URL."""
-    conninfo, pool_size, schema, _timeouts = parse_url_timeouts(url)
-    return conninfo, pool_size, schema
-
-
-def _seconds(params: dict[str, str], name: str, default: float, least: float) -> float:
-    """The URL parameter ``name`` in seconds, from ``least`` to a day."""
-    raw = params.pop(name, None)
-    try:
-        value = default if raw is None else float(raw)
-    except ValueError:
-        value = math.nan
-    if not least <= value <= 86_400:
-        raise ConfigError(
-            f"the PostgreSQL URL's {name} must be a number of seconds from {least:g} to 86400,"
-            f" not {raw!r}"
-        )
-    return value
-
-
-def parse_url_timeouts(url: str) -> tuple[str, int, str, tuple[float, float]]:
-    """:func:`parse_url`, and the URL's (query_timeout, health_timeout) in seconds."""
-    parts = urlsplit(url)
-    params = dict(parse_qsl(parts.query))
-    try:
-        pool_size = int(params.pop("pool_size", "10"))
-    except ValueError:
-        raise ConfigError("the PostgreSQL URL's pool_size must be a whole number") from None
-    if not 1 <= pool_size <= 1000:
-        raise ConfigError("the PostgreSQL URL's pool_size must be from 1 to 1000")
-    query_timeout = _seconds(params, "query_timeout", QUERY_TIMEOUT, 0)
-    health_timeout = _seconds(params, "health_timeout", HEALTH_TIMEOUT, 0.1)
-    schema = params.pop("schema", "katar")
-    if not _SCHEMA_NAME.fullmatch(schema):
-        raise ConfigError(
-            f"invalid schema {schema!r} in the PostgreSQL URL: lower-case letters, digits, '_'"
-        )
-    # An address that does not answer is an outage, not load: give up on it soon.
-    params.setdefault("connect_timeout", str(CONNECT_TIMEOUT))
-    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(params), ""))
-    return conninfo, pool_size, schema, (query_timeout, health_timeout)
-
-
-def _translate(exc: Exception, url: str) -> StoreError:
-    import psycopg
-
-    if isinstance(exc, psycopg.OperationalError | psycopg.errors.AdminShutdown):
-        return StoreUnavailable(mask_credentials(f"PostgreSQL is unavailable: {exc}", url))
-    return StoreError(mask_credentials(f"PostgreSQL failed: {exc}", url))
-
-
-class PostgresStore(PostgresGroups, Store):
+class PostgresStore(Store):
     """Queues and tasks in PostgreSQL, shared by any number of Katar servers."""
 
     shared = True  # other servers' leases and delays: see Store.shared
@@ -395,325 +151,57 @@ class PostgresStore(PostgresGroups, Store):
             raise ConfigError(
                 "the PostgreSQL store needs its driver: pip install 'katar[postgres]'"
             ) from exc
-        self._conninfo, self._pool_size, self._schema, timeouts = parse_url_timeouts(url)
-        #: Seconds a transaction may take (0: no bound), and /healthz's check.
-        self._query_timeout, self._health_timeout = timeouts
-        self.url = mask_credentials(url)
-        self._raw_url = url  # to mask its password in the driver's messages too
-        self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
+        self._db = Connections(url)
+        self._schema = self._db.schema
+        self.url = self._db.url
+        #: A transaction on a pooled connection (Connections.transaction).
+        self._transaction = self._db.transaction
         self._queue_ids: dict[str, int] = {}
         self._queue_names: dict[int, str] = {}
         self._fair: set[int] = set()  # the ids of the fair queues, as last loaded or saved
         self._channel = f"katar_{self._schema}"
-        self._listener: asyncio.Task[None] | None = None
+        self._listener = Listener(self._db, self._channel)
+        self._listening: asyncio.Task[None] | None = None  # Listener.listen
         self._checker: asyncio.Task[None] | None = None  # _check_options
         #: The digest of the queue options last loaded (_options_digest).
         self._options_digest: str | None = None
-        self._malformed_said: float | None = None  # when an odd notification was last said
-        #: Set while PostgreSQL is known to be unreachable: requests fail at once instead of
-        #: each waiting for the pool's time-out, and this task probes until it answers.
-        self._probe: asyncio.Task[None] | None = None
-        self._retired: set[asyncio.Task[None]] = set()
-        s = self._schema
-        # The queue and the time are the same for every task: one value each, not arrays of
-        # equal values (docs/benchmarks.md, the enqueue of 1,000 on PostgreSQL).
-        insert = (
-            f"INSERT INTO {s}.tasks (queue_id, created_at, updated_at, state, priority, data,"
-            f" run_at, key) SELECT %s::int, %s::bigint, %s::bigint, * FROM unnest(%s::smallint[],"
-            f" %s::int[], %s::bytea[], %s::bigint[], %s::text[]) RETURNING id"
+        self._sql = queries(self._schema)
+        self._deps = Dependencies(self._sql, self._name)
+        self._group = GroupCommit(
+            self._sql,
+            self._db,
+            self._deps,
+            self._poll_alone,
+            self._notify_ready,
+            self._watching,
+            self.lease_start,
         )
-        self._sql = {
-            "task": f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = %s",
-            "tasks": f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = ANY(%s)",
-            "lock": f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = %s FOR UPDATE",
-            "lock_many": f"SELECT 1 FROM {s}.tasks WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
-            "update": (
-                f"UPDATE {s}.tasks SET state=%s, priority=%s, attempts=%s, attempt_base=%s,"
-                " error=%s, result=%s, worker=%s, updated_at=%s, run_at=%s, lease_until=%s,"
-                " cancel_requested=%s, progress=%s, expires_at=%s, started_at=%s, history=%s"
-                " WHERE id=%s"
-            ),
-            "delete": f"DELETE FROM {s}.tasks WHERE id = %s",
-            "insert": insert,
-            # The same with the notification that wakes the long polls of every server, in
-            # one statement (_insert_alone): the one-time filter calls pg_notify once.
-            "insert_notify": (
-                f"WITH ins AS ({insert}) SELECT id FROM ins"
-                " WHERE (SELECT true FROM pg_notify(%s, %s))"
-            ),
-            # With the per-task options and unique keys (see _insert_special).
-            "insert_full": (
-                f"INSERT INTO {s}.tasks (queue_id, created_at, updated_at, state, priority,"
-                f" data, run_at, key, fair_seq, timeout, max_attempts, expires_at, unique_key,"
-                f" unique_until, parents, id, error) SELECT %s::int, %s::bigint, %s::bigint, *"
-                f" FROM unnest(%s::smallint[], %s::int[], %s::bytea[], %s::bigint[], %s::text[],"
-                f" %s::bigint[], %s::int[], %s::int[], %s::bigint[], %s::text[], %s::bigint[],"
-                f" %s::int[], %s::bigint[], %s::text[]) RETURNING id"
-            ),
-            # One transaction at a time per (queue, unique_key), in one order: no deadlock.
-            "lock_keys": (
-                "SELECT pg_advisory_xact_lock(h) FROM (SELECT hashtextextended(k, 0) AS h"
-                " FROM unnest(%s::text[]) AS k ORDER BY 1) AS keys"
-            ),
-            # The tasks that hold unique_keys (rules.holds_key), by the index tasks_unique.
-            "holders": (
-                f"SELECT DISTINCT ON (unique_key) {COLUMNS} FROM {s}.tasks WHERE queue_id = %s"
-                " AND unique_key = ANY(%s) AND unique_key IS NOT NULL"
-                " AND (state < 4 OR state = 7 OR unique_until > %s) ORDER BY unique_key, id"
-            ),
-            "issued": f"SELECT last_value, is_called FROM {s}.tasks_id_seq",
-            # A limited queue's claim (QueueOptions.limited). The queue's row is locked
-            # first: the claims of that queue, on every server, count one after another, so
-            # that a concurrency limit is never exceeded, not even for a moment.
-            "lock_queue": (
-                f"SELECT bucket_tokens, bucket_at FROM {s}.queues WHERE id = %s FOR UPDATE"
-            ),
-            "running": f"SELECT count(*) FROM {s}.tasks WHERE queue_id = %s AND state = 3",
-            # The tasks in progress of the keys a claim meets (never every key in progress,
-            # whose number has no bound), and the keys at their limit (GET /v1/queues); both
-            # over tasks_running_key.
-            "running_of_keys": (
-                f"SELECT key, count(*) FROM {s}.tasks WHERE queue_id = %s AND state = 3"
-                " AND key IS NOT NULL AND key = ANY(%s::text[]) GROUP BY key"
-            ),
-            "keys_at_limit": (
-                f"SELECT count(*) FROM (SELECT 1 FROM {s}.tasks WHERE queue_id = %s AND"
-                " state = 3 AND key IS NOT NULL GROUP BY key HAVING count(*) >= %s) AS k"
-            ),
-            # Each passes over the tasks whose expiry has come (rules.expired), and the keys
-            # at their limit by a hashed subplan (NOT IN): "<> ALL(array)" compares each row
-            # with every key, as slow as rows times keys.
-            "candidates": (
-                f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
-                " (expires_at IS NULL OR attempts > 0 OR expires_at > %s) AND"
-                " (key IS NULL OR key NOT IN (SELECT unnest(%s::text[])))"
-                " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED"
-            ),
-            "candidates_fair": (
-                f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
-                " (expires_at IS NULL OR attempts > 0 OR expires_at > %s) AND"
-                " fair_seq IS NOT NULL AND (key IS NULL OR key NOT IN (SELECT unnest(%s::text[])))"
-                " ORDER BY priority DESC, fair_seq, id LIMIT %s FOR UPDATE SKIP LOCKED"
-            ),
-            # Tasks without a place (enqueued as the queue was made fair) come after.
-            "candidates_unplaced": (
-                f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
-                " (expires_at IS NULL OR attempts > 0 OR expires_at > %s) AND"
-                " fair_seq IS NULL AND (key IS NULL OR key NOT IN (SELECT unnest(%s::text[])))"
-                " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED"
-            ),
-            "fair_front": (
-                f"SELECT fair_seq FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
-                " fair_seq IS NOT NULL ORDER BY priority DESC, fair_seq, id LIMIT 1"
-            ),
-            "fair_lasts": (
-                f"SELECT k, (SELECT max(fair_seq) FROM {s}.tasks WHERE queue_id = %s AND"
-                " key = k AND fair_seq IS NOT NULL AND state BETWEEN 0 AND 3)"
-                " FROM unnest(%s::text[]) AS k"
-            ),
-            "fair_last": (
-                f"SELECT max(fair_seq) FROM {s}.tasks WHERE queue_id = %s AND"
-                " key IS NOT DISTINCT FROM %s AND fair_seq IS NOT NULL AND state BETWEEN 0 AND 3"
-            ),
-            "insert_fair": (
-                f"INSERT INTO {s}.tasks (queue_id, created_at, updated_at, state, priority,"
-                f" data, run_at, key, fair_seq) SELECT %s::int, %s::bigint, %s::bigint, * FROM"
-                f" unnest(%s::smallint[], %s::int[], %s::bytea[], %s::bigint[], %s::text[],"
-                f" %s::bigint[]) RETURNING id"
-            ),
-            "place_waiting": (
-                f"UPDATE {s}.tasks AS t SET fair_seq = r.place FROM (SELECT id, row_number()"
-                " OVER (PARTITION BY key ORDER BY priority DESC, id) - 1 AS place FROM"
-                f" {s}.tasks WHERE queue_id = %s AND (state BETWEEN 0 AND 3 OR state = 7)"
-                " AND fair_seq IS NULL)"
-                " AS r WHERE t.id = r.id"
-            ),
-            "take": (
-                f"UPDATE {s}.tasks SET state=3, attempts=attempts+1, worker=%s,"
-                f" lease_until=%s + coalesce(timeout, %s), run_at=NULL, progress=NULL,"
-                f" updated_at=%s, started_at=%s WHERE id = ANY(%s) RETURNING {COLUMNS}"
-            ),
-            # A bulk action's step in SQL (Store.bulk): what rules.bulk_change does. A retry
-            # moves the task's last delivery into its history (rules.archive: the old row's
-            # attempts, worker, started_at, updated_at as its end, its outcome, its error).
-            "bulk_delete": f"DELETE FROM {s}.tasks WHERE id = ANY(%s)",
-            "bulk_cancel": f"UPDATE {s}.tasks SET state = 6, updated_at = %s WHERE id = ANY(%s)",
-            "bulk_retry": (
-                f"UPDATE {s}.tasks AS t SET state = 1, run_at = NULL, expires_at = NULL,"
-                " attempt_base = t.attempts, error = CASE WHEN t.state = 6 THEN NULL ELSE"
-                " t.error END, cancel_requested = false, updated_at = %s, history = CASE WHEN"
-                " t.started_at IS NULL THEN t.history ELSE convert_to((CASE WHEN"
-                f" jsonb_array_length(x.h) >= {HISTORY_LENGTH} THEN x.h - 0 ELSE x.h END ||"
-                " jsonb_build_array(jsonb_build_array(t.attempts, t.worker, t.started_at,"
-                " t.updated_at, CASE t.state WHEN 5 THEN 'failed' ELSE 'cancelled' END,"
-                " t.error)))::text, 'UTF8') END, started_at = NULL FROM (SELECT id,"
-                " coalesce(convert_from(history, 'UTF8')::jsonb, '[]'::jsonb) AS h"
-                f" FROM {s}.tasks WHERE id = ANY(%s)) AS x WHERE t.id = x.id"
-            ),
-            # Retention (rules.prune_before, holds_key: in SQL), the oldest first.
-            "prune": (
-                f"DELETE FROM {s}.tasks WHERE id IN (SELECT id FROM {s}.tasks WHERE"
-                " queue_id = %s AND state = %s AND updated_at <= %s AND (unique_until IS NULL"
-                " OR unique_until <= %s) ORDER BY id LIMIT %s) RETURNING id, parents"
-            ),
-            "save_bucket": (
-                f"UPDATE {s}.queues SET bucket_tokens = %s, bucket_at = %s WHERE id = %s"
-            ),
-            # Ids taken ahead for a batch whose tasks name one another ("$n" in after).
-            "next_ids": f"SELECT nextval('{s}.tasks_id_seq') FROM generate_series(1, %s)",
-            # What _options_digest computes, in SQL: the periodic check (_check_options).
-            "options_digest": (
-                "SELECT md5(coalesce(string_agg(convert_to(name, 'UTF8') || '\\x00'::bytea"
-                f" || options, '\\x01'::bytea ORDER BY id), ''::bytea)) FROM {s}.queues"
-            ),
-            **self._deps_sql(),
-            **group_sql(s),
-        }
-        self._groups_init()
 
     # -- connections -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        import psycopg
-
+        await self._db.open()
         try:
-            # One connection first: a mistake in the URL (no such database or role, a wrong
-            # port or host, a password refused) is said at once with its cause, where the
-            # pool would try again silently until its wait ran out, and say only that.
-            first = await psycopg.AsyncConnection.connect(self._conninfo)
-            await first.close()
-            self._pool = await self._new_pool(10.0)
-        except Exception as exc:
-            cause = " ".join(str(exc).split())  # the driver's hint comes on lines of its own
-            raise StoreUnavailable(
-                self._masked(f"cannot connect to PostgreSQL at {self.url}: {cause}")
-            ) from exc
-        try:
-            await self._migrate()
+            self.schema_change = await migrate(self._db, self._schema, self._channel)
             await self._load_queue_ids()
         except BaseException:
             await self.close()
             raise
 
-    async def _migrate(self) -> None:
-        """Apply the migrations this database lacks, one server at a time."""
-        s = self._schema
-        async with self._transaction(limit=0) as conn:  # an index on a large table takes time
-            await conn.execute("SET LOCAL statement_timeout = 0")
-            # Servers starting together wait here for one another.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"katar:{s}",))
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {s}.schema_version (version integer NOT NULL)"
-            )
-            row = await (
-                await conn.execute(f"SELECT max(version) FROM {s}.schema_version")
-            ).fetchone()
-            current = (row[0] if row else None) or 0
-            if current > SCHEMA_VERSION:
-                raise ConfigError(
-                    f"the PostgreSQL schema {s!r} was made by a newer Katar (schema {current},"
-                    f" this one knows {SCHEMA_VERSION})"
-                )
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                sql = _MIGRATIONS[version].format(s=s, channel=self._channel, max_delay=MAX_DELAY)
-                await conn.execute(sql)
-                await conn.execute(f"INSERT INTO {s}.schema_version VALUES (%s)", (version,))
-        self.schema_change = (current, SCHEMA_VERSION)
-
-    async def _new_pool(self, wait: float) -> AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]]:
-        """An open pool with one connection made, within ``wait`` seconds."""
-        from psycopg_pool import AsyncConnectionPool
-
-        pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
-            self._conninfo,
-            min_size=1,
-            max_size=self._pool_size,
-            open=False,
-            # Waiting for a connection when all are busy (load, not an outage: an outage
-            # fails at once, see _down).
-            timeout=self._query_timeout or 10.0,
-            kwargs={"autocommit": True},
-            configure=self._configure,
-        )
-        try:
-            await pool.open(wait=True, timeout=wait)
-        except BaseException:
-            await pool.close()
-            raise
-        return pool
-
-    async def _configure(self, conn: AsyncConnection[tuple[Any, ...]]) -> None:
-        """Each new connection: PostgreSQL cancels a statement that outlives query_timeout
-        (a lock waited for, a slow plan), leaving the connection usable; the watchdog of
-        _Transaction, a second later, is for a server that does not answer at all."""
-        milliseconds = round(self._query_timeout * 1000)
-        await conn.execute(f"SET statement_timeout = {milliseconds}")
-
-    def _down(self) -> None:
-        """PostgreSQL could not be reached: fail fast until a probe reaches it again."""
-        if self._probe is None and self._pool is not None:
-            self._probe = asyncio.get_running_loop().create_task(self._reconnect())
-
-    async def _reconnect(self) -> None:
-        """Try every PROBE_INTERVAL; once PostgreSQL answers, serve from a fresh pool. The
-        old pool's connections are dead, and it would only try again after its own backoff
-        (doubling up to minutes), so it is retired rather than waited for."""
-        import psycopg
-
-        while True:
-            await asyncio.sleep(PROBE_INTERVAL)
-            try:
-                # One connection first: it fails at once while nothing listens, where a
-                # pool would retry on its own backoff until its wait ran out.
-                probe = await psycopg.AsyncConnection.connect(self._conninfo)
-                await probe.close()
-                pool = await self._new_pool(10.0)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                continue
-            old, self._pool = self._pool, pool
-            self._probe = None
-            if old is not None:
-                # Closed once the requests still holding its connections are done.
-                retiring = asyncio.get_running_loop().create_task(old.close(timeout=30.0))
-                self._retired.add(retiring)
-                retiring.add_done_callback(self._retired.discard)
-            return
-
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
-            self._probe = None
-        for retiring in list(self._retired):
-            with contextlib.suppress(Exception):
-                await retiring
-        for job in (self._listener, self._checker):
+        await self._db.stop_probe()
+        for job in (self._listening, self._checker):
             if job is not None:
                 job.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await job
-        self._listener = self._checker = None
-        await self._groups_finish()
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
+        self._listening = self._checker = None
+        await self._group.finish()
+        await self._db.close()
 
-    def _transaction(
-        self, writes: bool = True, alone: bool = False, limit: float | None = None
-    ) -> Any:
-        # writes=False: a transaction that only reads, whose lost COMMIT loses nothing.
-        # alone=True: no transaction block, for one statement that commits as it ends.
-        # limit: seconds it may take, instead of query_timeout (0: no bound).
-        if limit is None:  # PostgreSQL's statement_timeout first (see _configure)
-            limit = self._query_timeout and self._query_timeout + WATCHDOG_GRACE
-        return _Transaction(self, writes, alone, limit)
-
-    def _masked(self, message: str) -> str:
-        return mask_credentials(message, self._raw_url)
+    def _watching(self) -> bool:
+        """Whether anybody watches the tasks' changes (Store.watch)."""
+        return self.watch is None or self.watch()
 
     # -- what the other servers do -----------------------------------------------------------
 
@@ -730,78 +218,10 @@ class PostgresStore(PostgresGroups, Store):
 
     async def listen(self, observer: Observer) -> None:
         listening = asyncio.Event()
-        self._listener = asyncio.create_task(self._listen(observer, listening))
+        self._listening = asyncio.create_task(self._listener.listen(observer, listening))
         self._checker = asyncio.create_task(self._check_options(observer))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(listening.wait(), 10)
-
-    async def _listen(self, observer: Observer, listening: asyncio.Event) -> None:
-        """LISTEN on a connection of its own, for as long as the store is open; after a
-        lost connection, connect again (with backoff) and say that events were missed."""
-        import psycopg
-
-        delay = 0.1
-        loop = asyncio.get_running_loop()
-        lost: float | None = None  # since when the connection is lost
-        said = False  # said once per loss, not at every attempt to reconnect
-        while True:
-            try:
-                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
-                async with conn:
-                    await conn.execute(f"LISTEN {self._channel}")
-                    if listening.is_set():
-                        observer.resync()
-                    if said:
-                        log.warning("PostgreSQL notifications are back")
-                    lost, said = None, False
-                    listening.set()
-                    delay = 0.1
-                    async for event in conn.notifies():
-                        self._heard(observer, event.payload)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # A restart of PostgreSQL is an outage, said once by the engine: the loss is
-                # worth a line of its own only when it lasts (a proxy that drops LISTEN, a
-                # role that may not connect any more), and long polls wake late meanwhile.
-                lost = loop.time() if lost is None else lost
-                if not said and loop.time() - lost >= LISTEN_LOST_SAID:
-                    log.warning(
-                        "PostgreSQL notifications lost for %.0fs (%s): long polls here do not"
-                        " hear of tasks made on other servers; reconnecting until it answers",
-                        loop.time() - lost,
-                        self._masked(str(exc)),
-                    )
-                    said = True
-                await asyncio.sleep(delay)
-                # Events missed while away: long polls must hear of ready tasks soon after
-                # PostgreSQL is back.
-                delay = min(delay * 2, 1.0)
-
-    def _heard(self, observer: Observer, payload: str) -> None:
-        """Pass a notification on to the observer. Anyone who may connect can NOTIFY on the
-        channel: a payload that Katar does not send is ignored (and said at most once every
-        MALFORMED_EVERY seconds), never a reason to drop the connection."""
-        kind, _, rest = payload.partition(":")
-        if kind == "r":
-            count, _, queue = rest.partition(":")
-            if count.isdigit() and 0 < len(count) <= 9 and queue:
-                observer.tasks_ready(queue, int(count))
-                return
-        elif kind == "q" and rest:
-            observer.queue_changed(rest)
-            return
-        elif kind == "s" and not rest:
-            observer.schedules_changed()
-            return
-        clock = asyncio.get_running_loop().time()
-        if self._malformed_said is None or clock - self._malformed_said >= MALFORMED_EVERY:
-            self._malformed_said = clock
-            log.warning(
-                "ignored a notification on %s that Katar did not send: %r",
-                self._channel,
-                payload[:100],
-            )
 
     async def _check_options(self, observer: Observer) -> None:
         """Every OPTIONS_CHECK seconds, compare a digest of the stored queue options with
@@ -810,11 +230,11 @@ class PostgresStore(PostgresGroups, Store):
         seconds, whatever happened to the notifications."""
         while True:
             await asyncio.sleep(OPTIONS_CHECK)
-            if self._probe is not None:
+            if self._db.probe is not None:
                 continue  # down: the reload that follows the outage does it
             try:
                 async with self._transaction(writes=False) as conn:
-                    row = await (await conn.execute(self._sql["options_digest"])).fetchone()
+                    row = await (await conn.execute(self._sql.options_digest)).fetchone()
             except StoreError:
                 continue  # an outage: said by the requests that meet it
             if row is not None and row[0] != self._options_digest:
@@ -823,7 +243,7 @@ class PostgresStore(PostgresGroups, Store):
     async def ping(self) -> None:
         # Bounded by health_timeout, to wait for a connection and for the answer: /healthz
         # says 503 soon when PostgreSQL does not answer (stopped, or cut off by the network).
-        async with self._transaction(writes=False, limit=self._health_timeout) as conn:
+        async with self._transaction(writes=False, limit=self._db.health_timeout) as conn:
             await conn.execute("SELECT 1")
 
     # -- queues ------------------------------------------------------------------------------
@@ -903,7 +323,7 @@ class PostgresStore(PostgresGroups, Store):
             row = await cursor.fetchone()
             assert row is not None
             if options.fair and row[0] not in self._fair:
-                await conn.execute(self._sql["place_waiting"], (row[0],))
+                await conn.execute(self._sql.place_waiting, (row[0],))
             await self._notify(conn, f"q:{name}")
         self._queue_ids[name] = row[0]
         self._queue_names[row[0]] = name
@@ -927,7 +347,7 @@ class PostgresStore(PostgresGroups, Store):
             )
             also: list[Change] = []
             for row in await cursor.fetchall():
-                await self._settle(conn, self._sql, task_from_row(row, name), None, when, also)
+                await self._deps.settle(conn, task_from_row(row, name), None, when, also)
             settled = [change for change in also if change.task.queue != name]
             await self._notify_ready(conn, (change.task for change in settled))
             await conn.execute(
@@ -970,9 +390,9 @@ class PostgresStore(PostgresGroups, Store):
         async with self._transaction(alone=True) as conn:
             if ready:
                 payload = (*columns, self._channel, *ready)
-                cursor = await conn.execute(self._sql["insert_notify"], payload)
+                cursor = await conn.execute(self._sql.insert_notify, payload)
             else:
-                cursor = await conn.execute(self._sql["insert"], columns)
+                cursor = await conn.execute(self._sql.insert, columns)
             ids = [row[0] for row in await cursor.fetchall()]
         return _created(drafts, ids)
 
@@ -990,9 +410,9 @@ class PostgresStore(PostgresGroups, Store):
         columns = _columns(queue_id, drafts, now)
         if queue_id in self._fair:
             places = await self._fair_places(conn, queue_id, drafts)
-            cursor = await conn.execute(self._sql["insert_fair"], (*columns, places))
+            cursor = await conn.execute(self._sql.insert_fair, (*columns, places))
         else:
-            cursor = await conn.execute(self._sql["insert"], columns)
+            cursor = await conn.execute(self._sql.insert, columns)
         ids = [row[0] for row in await cursor.fetchall()]
         await self._notify_ready(conn, drafts)
         return _created(drafts, ids)
@@ -1015,8 +435,8 @@ class PostgresStore(PostgresGroups, Store):
         holders: dict[str, Task] = {}
         if keys:
             lock_names = [f"katar:{self._schema}:unique:{queue_id}:{key}" for key in keys]
-            await conn.execute(self._sql["lock_keys"], (lock_names,))
-            cursor = await conn.execute(self._sql["holders"], (queue_id, keys, now))
+            await conn.execute(self._sql.lock_keys, (lock_names,))
+            cursor = await conn.execute(self._sql.holders, (queue_id, keys, now))
             for row in await cursor.fetchall():
                 holder = task_from_row(row, queue)
                 assert holder.unique_key is not None
@@ -1025,7 +445,7 @@ class PostgresStore(PostgresGroups, Store):
         drafts: list[Task] = []
         taken: dict[str, int] = {}  # a key this batch takes: the index of its draft
         sql = self._sql
-        parents = await self._parents(conn, sql, tasks)
+        parents = await self._deps.parents(conn, tasks)
         # Ids are taken first: a task's edges, and the errors of those cancelled at once,
         # name the ids of the batch's earlier tasks. As many as there are tasks to create:
         # an id taken and not used would count as a task that existed (see _issued).
@@ -1037,7 +457,7 @@ class PostgresStore(PostgresGroups, Store):
                 seen.add(key)
         free: list[int] = []
         if fresh:
-            cursor = await conn.execute(sql["next_ids"], (fresh,))
+            cursor = await conn.execute(sql.next_ids, (fresh,))
             free = sorted(row[0] for row in await cursor.fetchall())
         edges: list[tuple[int, int, bool, bytes | None, str | None]] = []
         made: list[Task] = []  # each answered task, as far as this batch knows it
@@ -1054,7 +474,7 @@ class PostgresStore(PostgresGroups, Store):
                 if len(drafts) == len(free):
                     # A key whose first task of the batch was cancelled at once (a parent had
                     # failed): it holds nothing, and the next task of the key is new too.
-                    cursor = await conn.execute(sql["next_ids"], (1,))
+                    cursor = await conn.execute(sql.next_ids, (1,))
                     free += [row[0] for row in await cursor.fetchall()]
                 draft = rules.new_task(queue, spec, free[len(drafts)], now)
                 if spec.after or spec.refs:
@@ -1063,7 +483,7 @@ class PostgresStore(PostgresGroups, Store):
                         earlier = made[ref]
                         result = None if earlier.result is None else bytes(earlier.result)
                         mine[earlier.id] = (earlier.state, result, earlier.queue)
-                    draft, mine_edges = self._depend(draft, mine)
+                    draft, mine_edges = self._deps.depend(draft, mine)
                     edges += [(draft.id, *edge) for edge in mine_edges]
                     draft = view(draft, mine_edges)
                 if key is not None and rules.holds_key(draft, now):
@@ -1076,7 +496,7 @@ class PostgresStore(PostgresGroups, Store):
             if queue_id in self._fair:
                 places = await self._fair_places(conn, queue_id, drafts)
             cursor = await conn.execute(
-                self._sql["insert_full"],
+                self._sql.insert_full,
                 (
                     *_columns(queue_id, drafts, now),
                     list(places),
@@ -1091,7 +511,7 @@ class PostgresStore(PostgresGroups, Store):
                 ),
             )
             ids = sorted(row[0] for row in await cursor.fetchall())
-            await self._link(conn, sql, edges)
+            await self._deps.link(conn, edges)
             await self._notify_ready(conn, drafts)
         created = [msgspec.structs.replace(t, id=i) for t, i in zip(drafts, ids, strict=True)]
         return [
@@ -1108,16 +528,16 @@ class PostgresStore(PostgresGroups, Store):
     ) -> list[int]:
         """Each new task's place in a fair queue (rules.fair_seq): the batch's keys' last
         places in one statement."""
-        head = await (await conn.execute(self._sql["fair_front"], (queue_id,))).fetchone()
+        head = await (await conn.execute(self._sql.fair_front, (queue_id,))).fetchone()
         front = 0 if head is None else int(head[0])
         keys = {task.key for task in tasks}
         named = sorted(k for k in keys if k is not None)
-        cursor = await conn.execute(self._sql["fair_lasts"], (queue_id, named))
+        cursor = await conn.execute(self._sql.fair_lasts, (queue_id, named))
         last: dict[str | None, int | None] = {
             key: None if seq is None else int(seq) for key, seq in await cursor.fetchall()
         }
         if None in keys:
-            cursor = await conn.execute(self._sql["fair_last"], (queue_id, None))
+            cursor = await conn.execute(self._sql.fair_last, (queue_id, None))
             found = await cursor.fetchone()
             last[None] = None if found is None or found[0] is None else int(found[0])
         return rules.fair_places([task.key for task in tasks], last, front)
@@ -1155,12 +575,10 @@ class PostgresStore(PostgresGroups, Store):
                 for task in first:
                     found = None
                     if idempotency.read_back(task):  # as it is now (idempotency.current)
-                        cursor = await conn.execute(self._sql["task"], (task.id,))
+                        cursor = await conn.execute(self._sql.task, (task.id,))
                         row = await cursor.fetchone()
                         if row is not None and row[1] == queue_id:
-                            (found,) = await self._views(
-                                conn, self._sql, [task_from_row(row, queue)]
-                            )
+                            (found,) = await self._deps.views(conn, [task_from_row(row, queue)])
                     answer.append(idempotency.current(task, found))
                 return Enqueued(answer, False)
             new = await self._insert(conn, queue_id, queue, tasks, now)
@@ -1193,20 +611,20 @@ class PostgresStore(PostgresGroups, Store):
         """Write a task's new version; the tasks its end settles go in ``also``."""
         if new is None:
             return None
-        await self._settle(conn, self._sql, old, new, new.updated_at, also)
+        await self._deps.settle(conn, old, new, new.updated_at, also)
         if rules.discard(new, options):
-            await conn.execute(self._sql["delete"], (new.id,))
+            await conn.execute(self._sql.delete, (new.id,))
             if new.parents:
-                await self._forget(conn, self._sql, [new.id])
+                await self._deps.forget(conn, [new.id])
         else:
             await conn.execute(
-                self._sql["update"],
+                self._sql.update,
                 update_values(new),
             )
         return Change(new, old.state)
 
     async def _issued(self, conn: AsyncConnection[tuple[Any, ...]], task_id: int) -> bool:
-        row = await (await conn.execute(self._sql["issued"])).fetchone()
+        row = await (await conn.execute(self._sql.issued)).fetchone()
         return row is not None and bool(row[1]) and task_id <= row[0]
 
     async def poll(
@@ -1220,8 +638,8 @@ class PostgresStore(PostgresGroups, Store):
     ) -> PollResult:
         queue_id = await self._queue_id(queue)
         if not options.custom_claim and (ids := plain_dones(acks)) is not None:
-            # The hot path: with the polls that arrive with it (katar.store.postgres_group).
-            return await self._grouped(queue, queue_id, options, acks, ids, limit, worker, now)
+            # The hot path: with the polls that arrive with it (katar.store.postgres.group).
+            return await self._group.poll(queue, queue_id, options, acks, ids, limit, worker, now)
         return await self._poll_alone(queue, options, acks, limit, worker, now)
 
     async def _poll_alone(
@@ -1250,13 +668,15 @@ class PostgresStore(PostgresGroups, Store):
                     sql, args = done.statement(self._sql, queue_id, options, now, watching)
                     rows = await (await conn.execute(sql, args)).fetchall()
                     finished = done.changes(rows, queue, options, now, watching)
-                    changes += await self._finish_edges(conn, done, rows, options, now, watching)
+                    changes += await self._group.finish_edges(
+                        conn, done, rows, options, now, watching
+                    )
             rest = [i for i in ids if i not in finished]
             if len(rest) > 1:
                 # Lock the acked tasks in id order first: two polls acking the same tasks in
                 # different orders would otherwise each hold one and wait for the other (a
                 # deadlock, which PostgreSQL breaks by failing one of them).
-                await conn.execute(self._sql["lock_many"], (sorted({i for i in rest if i}),))
+                await conn.execute(self._sql.lock_many, (sorted({i for i in rest if i}),))
             for index, ack in enumerate(acks):
                 task_id = ids[index]
                 if task_id in finished:
@@ -1266,7 +686,7 @@ class PostgresStore(PostgresGroups, Store):
                     continue
                 row = None
                 if task_id is not None:
-                    row = await (await conn.execute(self._sql["lock"], (task_id,))).fetchone()
+                    row = await (await conn.execute(self._sql.lock, (task_id,))).fetchone()
                 if row is None:
                     if task_id is not None and await self._issued(conn, task_id):
                         continue  # finished and gone: a queue without history
@@ -1297,7 +717,7 @@ class PostgresStore(PostgresGroups, Store):
                 workers = [worker] * limit
                 taken = await claim(conn, self._sql, queue, queue_id, options, workers, now)
                 delivered = [task for _slot, task in taken]
-            delivered = await self._views(conn, self._sql, delivered)
+            delivered = await self._deps.views(conn, delivered)
             await self._notify_ready(conn, (change.task for change in changes))
         return PollResult(delivered, changes, retry_at, cancel, held)
 
@@ -1314,7 +734,7 @@ class PostgresStore(PostgresGroups, Store):
         sql = self._sql
         stored = None
         if options.limited:  # a fair queue alone has nothing to count
-            stored = await (await conn.execute(sql["lock_queue"], (queue_id,))).fetchone()
+            stored = await (await conn.execute(sql.lock_queue, (queue_id,))).fetchone()
             now = self.lease_start(now)  # the lock may have been waited for
         bucket = None
         if options.rate is not None:
@@ -1322,7 +742,7 @@ class PostgresStore(PostgresGroups, Store):
             bucket = rules.Bucket.stored(options.rate, now, tokens, at)
         running = 0
         if options.concurrency is not None:
-            row = await (await conn.execute(sql["running"], (queue_id,))).fetchone()
+            row = await (await conn.execute(sql.running, (queue_id,))).fetchone()
             running = row[0] if row else 0
         allowed = rules.claim_allowance(options, limit, running, bucket)
         held, allowance = rules.held_by(options, limit, running, bucket), allowed
@@ -1346,11 +766,11 @@ class PostgresStore(PostgresGroups, Store):
             met = rules.unseen_keys(candidates, per_key) if extra else []
             if met:
                 per_key.update(dict.fromkeys(met, 0))
-                cursor = await conn.execute(sql["running_of_keys"], (queue_id, met))
+                cursor = await conn.execute(sql.running_of_keys, (queue_id, met))
                 per_key.update(await cursor.fetchall())
             ids = rules.pick_by_key(candidates, want, per_key, options.key_concurrency, taken)
             if ids:
-                cursor = await conn.execute(sql["take"], (worker, *lease, now, now, ids))
+                cursor = await conn.execute(sql.take, (worker, *lease, now, now, ids))
                 took = {row[0]: row for row in await cursor.fetchall()}
                 delivered += [task_from_row(took[i], queue) for i in ids]  # the claim order
             if len(candidates) < chunk:
@@ -1359,7 +779,7 @@ class PostgresStore(PostgresGroups, Store):
         retry_at = None
         if bucket is not None and options.rate is not None:
             bucket.take(len(delivered))
-            await conn.execute(sql["save_bucket"], (bucket.tokens, bucket.at, queue_id))
+            await conn.execute(sql.save_bucket, (bucket.tokens, bucket.at, queue_id))
             if len(delivered) < limit:
                 retry_at = bucket.next_token(options.rate, now)
         if len(delivered) < allowance:  # fewer ready tasks than allowed: no limit held it
@@ -1376,13 +796,13 @@ class PostgresStore(PostgresGroups, Store):
     ) -> list[tuple[int, str | None]]:
         fair = queue_id in self._fair
         cursor = await conn.execute(
-            self._sql["candidates_fair" if fair else "candidates"],
+            self._sql.candidates_fair if fair else self._sql.candidates,
             (queue_id, now, blocked, chunk),
         )
         rows = [(task_id, key) for task_id, key in await cursor.fetchall()]
         if fair and len(rows) < chunk:
             cursor = await conn.execute(
-                self._sql["candidates_unplaced"], (queue_id, now, blocked, chunk - len(rows))
+                self._sql.candidates_unplaced, (queue_id, now, blocked, chunk - len(rows))
             )
             rows += [(task_id, key) for task_id, key in await cursor.fetchall()]
         return rows
@@ -1393,7 +813,7 @@ class PostgresStore(PostgresGroups, Store):
             keys = None
             if options.key_concurrency is not None:
                 limit = options.key_concurrency
-                cursor = await conn.execute(self._sql["keys_at_limit"], (queue_id, limit))
+                cursor = await conn.execute(self._sql.keys_at_limit, (queue_id, limit))
                 row = await cursor.fetchone()
                 keys = row[0] if row else 0
             tokens = None
@@ -1408,12 +828,24 @@ class PostgresStore(PostgresGroups, Store):
                 tokens = rules.Bucket.stored(options.rate, now, stored_tokens, at).tokens
         return LimitState(tokens, keys)
 
+    async def linked(
+        self,
+        queue: str,
+        task_id: int,
+        limit: int,
+        after: int,
+        queues: Collection[str] | None = None,
+        parents: bool = False,
+    ) -> list[Task] | None:
+        async with self._transaction(writes=False) as conn:
+            return await self._deps.linked(conn, queue, task_id, limit, after, queues, parents)
+
     async def get_task(self, queue: str, task_id: int) -> Task | None:
         async with self._transaction(writes=False) as conn:
-            row = await (await conn.execute(self._sql["task"], (task_id,))).fetchone()
+            row = await (await conn.execute(self._sql.task, (task_id,))).fetchone()
             if row is None or await self._name(conn, row[1]) != queue:
                 return None
-            (task,) = await self._views(conn, self._sql, [task_from_row(row, queue)])
+            (task,) = await self._deps.views(conn, [task_from_row(row, queue)])
             return task
 
     async def queues_of(self, ids: Sequence[int]) -> dict[int, str]:
@@ -1443,7 +875,7 @@ class PostgresStore(PostgresGroups, Store):
         async with self._transaction(writes=False) as conn:
             rows = await (await conn.execute(sql, args)).fetchall()
             tasks = [task_from_row(row, queue) for row in rows]
-            return await self._views(conn, self._sql, tasks)
+            return await self._deps.views(conn, tasks)
 
     async def count_tasks(self, queue: str, where: TaskFilter) -> int:
         queue_id = await self._queue_id(queue)
@@ -1500,7 +932,7 @@ class PostgresStore(PostgresGroups, Store):
             apart = set(linked) | set(keyed)
             ids = [i for i, _key, _deps in applies if i not in apart]
             times = () if action == "delete" else (now,)
-            await conn.execute(self._sql[f"bulk_{action}"], (*times, ids))
+            await conn.execute(_bulk_statement(self._sql, action), (*times, ids))
             step = BulkStep(len(rows), len(ids), rows[-1][0], [])
             if apart:
                 full = await conn.execute(
@@ -1534,10 +966,10 @@ class PostgresStore(PostgresGroups, Store):
     ) -> None:
         """Remove tasks: those that waited for them are cancelled (``also``)."""
         for task in tasks:
-            await self._settle(conn, self._sql, task, None, now, also)
+            await self._deps.settle(conn, task, None, now, also)
         ids = [task.id for task in tasks]
         await conn.execute(f"DELETE FROM {self._schema}.tasks WHERE id = ANY(%s)", (ids,))
-        await self._forget(conn, self._sql, [task.id for task in tasks if task.parents])
+        await self._deps.forget(conn, [task.id for task in tasks if task.parents])
 
     async def _bulk_by_rules(
         self,
@@ -1557,10 +989,10 @@ class PostgresStore(PostgresGroups, Store):
         for row in rows:
             task = task_from_row(row, queue)
             if also:  # a cascade of this step may have changed it
-                found = await (await conn.execute(self._sql["task"], (task.id,))).fetchone()
+                found = await (await conn.execute(self._sql.task, (task.id,))).fetchone()
                 assert found is not None
                 task = task_from_row(found, queue)
-            waits = await self._still_waits(conn, self._sql, task)
+            waits = await self._deps.still_waits(conn, task)
             new = rules.bulk_change(task, action, now, waits)
             if new is None:
                 continue
@@ -1577,11 +1009,9 @@ class PostgresStore(PostgresGroups, Store):
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:
         queue_id = await self._queue_id(queue)
         async with self._transaction() as conn:
-            cursor = await conn.execute(
-                self._sql["prune"], (queue_id, int(state), before, now, limit)
-            )
+            cursor = await conn.execute(self._sql.prune, (queue_id, int(state), before, now, limit))
             rows = await cursor.fetchall()
-            await self._forget(conn, self._sql, [task_id for task_id, parents in rows if parents])
+            await self._deps.forget(conn, [task_id for task_id, parents in rows if parents])
             return len(rows)
 
     async def heads(self) -> dict[str, int]:
@@ -1626,18 +1056,18 @@ class PostgresStore(PostgresGroups, Store):
     async def set_status(self, queue: str, task_id: int, status: str, now: int) -> Change | None:
         queue_id = await self._queue_id(queue)
         async with self._transaction() as conn:
-            row = await (await conn.execute(self._sql["lock"], (task_id,))).fetchone()
+            row = await (await conn.execute(self._sql.lock, (task_id,))).fetchone()
             if row is None or row[1] != queue_id:
                 raise TaskNotFound.named(task_id, queue)
             task = task_from_row(row, queue)
-            waits = await self._still_waits(conn, self._sql, task)
+            waits = await self._deps.still_waits(conn, task)
             also: list[Change] = []
             change = await self._change(
                 conn, queue_id, task, rules.change_status(task, status, now, waits), now, also
             )
             if change is not None:
                 await self._notify_ready(conn, [change.task, *(c.task for c in also)])
-                (viewed,) = await self._views(conn, self._sql, [change.task])
+                (viewed,) = await self._deps.views(conn, [change.task])
                 change = change._replace(task=viewed)
         self.report(also)
         return change
@@ -1656,8 +1086,8 @@ class PostgresStore(PostgresGroups, Store):
             # As an enqueue of the key would: its lock, then a look for another holder.
             key = task.unique_key
             lock_name = f"katar:{self._schema}:unique:{queue_id}:{key}"
-            await conn.execute(self._sql["lock_keys"], ([lock_name],))
-            cursor = await conn.execute(self._sql["holders"], (queue_id, [key], now))
+            await conn.execute(self._sql.lock_keys, ([lock_name],))
+            cursor = await conn.execute(self._sql.holders, (queue_id, [key], now))
             for found in await cursor.fetchall():
                 holder = task_from_row(found, task.queue)
                 if holder.id != task.id:
@@ -1677,7 +1107,7 @@ class PostgresStore(PostgresGroups, Store):
         queue_id = await self._queue_id(queue)
         also: list[Change] = []
         async with self._transaction() as conn:
-            row = await (await conn.execute(self._sql["lock"], (task_id,))).fetchone()
+            row = await (await conn.execute(self._sql.lock, (task_id,))).fetchone()
             if row is None or row[1] != queue_id:
                 return False
             when = now_ms() if now is None else now
@@ -1743,8 +1173,8 @@ class PostgresStore(PostgresGroups, Store):
             for task in await self._tasks(conn, rows):
                 options = queues.get(task.queue)
                 if options is not None and rules.sweepable(task, options, now):
-                    await conn.execute(self._sql["delete"], (task.id,))
-                    await self._forget(conn, self._sql, [task.id] if task.parents else [])
+                    await conn.execute(self._sql.delete, (task.id,))
+                    await self._deps.forget(conn, [task.id] if task.parents else [])
             await self._notify_ready(conn, (change.task for change in changes))
         return changes
 
@@ -1833,6 +1263,17 @@ class PostgresStore(PostgresGroups, Store):
         return Fired(True, msgspec.structs.replace(created, schedule=name, scheduled_for=tick))
 
 
+def _bulk_statement(sql: Queries, action: str) -> str:
+    """A bulk action's step in SQL (the actions of rules.BULK_STATES)."""
+    if action == "delete":
+        return sql.bulk_delete
+    if action == "cancel":
+        return sql.bulk_cancel
+    if action == "retry":
+        return sql.bulk_retry
+    raise ValueError(f"no bulk action {action!r}")
+
+
 def _schedule(row: Sequence[Any]) -> Schedule:
     name, spec, cursor, last_tick, last_task = row
     return stored_schedule(name, spec, cursor, last_tick, last_task)
@@ -1844,149 +1285,3 @@ _DIALECT: Final = Dialect(
 )
 # Tasks never delivered that expire (rules.expiry), by the partial index tasks_expiry.
 _EXPIRY: Final = "expires_at IS NOT NULL AND attempts = 0 AND state < 3"
-
-
-#: Seconds to open a connection, unless the URL's ``connect_timeout`` says otherwise.
-CONNECT_TIMEOUT: Final = 3
-#: Seconds a transaction may take, unless the URL's ``query_timeout`` says otherwise.
-QUERY_TIMEOUT: Final = 10.0
-#: Seconds /healthz waits for PostgreSQL, unless the URL's ``health_timeout`` says otherwise.
-HEALTH_TIMEOUT: Final = 2.0
-#: Seconds after query_timeout before a transaction's connection is cut: PostgreSQL cancels
-#: a slow statement itself first, when it answers at all.
-WATCHDOG_GRACE: Final = 1.0
-#: Seconds between attempts to reach PostgreSQL while it is known to be down.
-PROBE_INTERVAL: Final = 0.25
-#: Seconds between two checks that the queue options loaded are those stored.
-OPTIONS_CHECK: Final = 2.0
-#: Seconds the notifications' connection may stay lost before the log says so.
-LISTEN_LOST_SAID: Final = 10.0
-#: The fewest seconds between two warnings of a notification that Katar did not send.
-MALFORMED_EVERY: Final = 60.0
-
-
-class _Transaction:
-    """``async with``: a pooled connection inside a transaction; driver errors become
-    Katar's (StoreUnavailable when the database cannot be reached, OutcomeUnknown when the
-    connection is lost while a transaction that writes commits). ``alone``: no transaction
-    block, for one statement that PostgreSQL commits as it ends (the pool's connections
-    are in autocommit); a connection lost during that statement is OutcomeUnknown when it
-    writes, as it may have been committed.
-
-    ``limit`` (seconds, 0: none) bounds the wait for a connection, and the transaction from
-    then to its end: past it, a watchdog cuts the connection (PostgreSQL stopped, or cut off
-    by the network, answers nothing; a statement would wait for ever), the statement
-    waiting on it fails at once as on a lost connection, and the store fails fast until a
-    probe reaches PostgreSQL again."""
-
-    def __init__(
-        self, store: PostgresStore, writes: bool, alone: bool = False, limit: float = 0
-    ) -> None:
-        self.store = store
-        self._writes = writes
-        self._alone = alone
-        self._limit = limit
-        self._watchdog: asyncio.TimerHandle | None = None
-        self._cut = False
-        self._connection: Any = None
-        self._conn: Any = None
-        self._transaction: Any = None
-
-    async def __aenter__(self) -> AsyncConnection[tuple[Any, ...]]:
-        import psycopg
-
-        store = self.store
-        if store._pool is None:
-            raise StoreUnavailable("the PostgreSQL store is not open")
-        if store._probe is not None:
-            raise StoreUnavailable("PostgreSQL is unavailable (reconnecting)")
-        try:
-            self._connection = store._pool.connection(timeout=self._limit or None)
-            self._conn = conn = await self._connection.__aenter__()
-            if self._limit:
-                loop = asyncio.get_running_loop()
-                self._watchdog = loop.call_later(self._limit, self._cut_off)
-            if not self._alone:
-                self._transaction = conn.transaction()
-                await self._transaction.__aenter__()
-        except (psycopg.Error, OSError) as exc:
-            self._stop_watchdog()
-            raise self._lost(_translate(exc, store._raw_url)) from exc
-        except Exception as exc:
-            self._stop_watchdog()
-            # The pool's own time-out: every connection busy (load), or none could be made.
-            raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
-        return conn  # type: ignore[no-any-return]
-
-    def _cut_off(self) -> None:
-        """The transaction outlived its limit: shut its connection's socket down. The
-        statement waiting for an answer reads the end of the connection at once (closing
-        the descriptor instead would leave it waiting on a file the loop no longer
-        watches)."""
-        self._watchdog = None
-        self._cut = True
-        with contextlib.suppress(OSError, ValueError):
-            fd = os.dup(self._conn.pgconn.socket)
-            with socket.socket(fileno=fd) as sock:
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def _stop_watchdog(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
-
-    def _said(self, error: BaseException) -> str:
-        """What the driver's ``error`` means, for the message."""
-        if self._cut:
-            return f"PostgreSQL did not answer within {self._limit:g}s"
-        return mask_credentials(f"PostgreSQL is unavailable: {error}", self.store._raw_url)
-
-    def _lost(self, error: StoreError) -> StoreError:
-        """``error``, after noting an outage when the connection is gone (a deadlock or a
-        cancelled statement leaves it usable: no outage)."""
-        self._stop_watchdog()
-        if self._cut and type(error) is StoreUnavailable:
-            error = StoreUnavailable(self._said(error))
-        if isinstance(error, StoreUnavailable) and (self._conn is None or self._conn.broken):
-            self.store._down()
-        return error
-
-    def _unknown(self, error: BaseException) -> StoreError:
-        """OutcomeUnknown for ``error``, lost while a write committed, the URL's secrets
-        masked in its cause."""
-        cause = self._said(error) if self._cut else f"PostgreSQL: {error}"
-        return self._lost(OutcomeUnknown(cause=mask_credentials(cause, self.store._raw_url)))
-
-    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        try:
-            await self._exit(kind, exc, tb)
-        finally:
-            self._stop_watchdog()
-
-    async def _exit(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        import psycopg
-
-        if self._alone:
-            await self._connection.__aexit__(kind, exc, tb)
-            if not isinstance(exc, psycopg.Error):
-                return
-            if self._writes and self._conn.broken:
-                raise self._unknown(exc) from exc
-            raise self._lost(_translate(exc, self.store._raw_url)) from exc
-        if exc is None and self._conn.broken:
-            # Lost since the last statement: COMMIT cannot be sent (psycopg does not even
-            # try, nor say so), and PostgreSQL rolls the transaction back. Nothing happened.
-            error = psycopg.OperationalError("the connection was lost before COMMIT")
-            await self._connection.__aexit__(type(error), error, None)
-            raise self._lost(_translate(error, self.store._raw_url))
-        try:
-            await self._transaction.__aexit__(kind, exc, tb)
-        except psycopg.Error as error:
-            await self._connection.__aexit__(type(error), error, None)
-            if exc is None and self._writes and isinstance(error, psycopg.OperationalError):
-                # Lost during or after COMMIT: PostgreSQL may have committed or not.
-                raise self._unknown(error) from error
-            raise self._lost(_translate(error, self.store._raw_url)) from error
-        await self._connection.__aexit__(kind, exc, tb)
-        if isinstance(exc, psycopg.Error):
-            raise self._lost(_translate(exc, self.store._raw_url)) from exc

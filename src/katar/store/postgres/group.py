@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any, Final
 from katar.core import rules
 from katar.core.model import RUNNING, Ack, QueueOptions, Task, parse_task_id
 from katar.core.storage import Change, PollResult
-from katar.store._rows import COLUMNS
 from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
-from katar.store.postgres_deps import PostgresDependencies
+from katar.store.postgres.connection import Connections
+from katar.store.postgres.deps import Dependencies
+from katar.store.postgres.queries import Queries
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -36,71 +37,14 @@ if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
     Connection = AsyncConnection[tuple[Any, ...]]
+    #: The store's poll on the rules' path: queue, options, acks, limit, worker, now.
+    PollAlone = Callable[
+        [str, QueueOptions, Sequence[Ack], int, str | None, int], Awaitable[PollResult]
+    ]
 
 #: Groups of one queue running at once: one gathers while another commits. More would split
 #: the polls into smaller groups (more commits) without more work done in parallel.
 GROUPS_IN_FLIGHT: Final = 2
-
-# A "done" for the current delivery (rules.apply_ack): its attempt if named, no cancel
-# requested (the rules end such a delivery cancelled), and the worker's own (rules.owns).
-# The edges of the tasks with dependencies are settled after it, all at once (Done.edges).
-# "t.state + 0": so that the planner cannot read the tasks by the index of leases (whose
-# condition is "state = 3"): with statistics taken before a drain it judged that index,
-# which holds every task in progress, cheaper than the primary key, and its generic plan
-# then read every leased task at each poll.
-_DONE_MATCH: Final = (
-    "t.queue_id = %s AND t.state + 0 = 3"
-    " AND t.attempts = coalesce(nullif(v.attempt, 0), t.attempts) AND NOT t.cancel_requested"
-    " AND (v.worker IS NULL OR t.worker IS NULL OR t.worker = v.worker)"
-)
-T_COLUMNS: Final = ", ".join(f"t.{column.strip()}" for column in COLUMNS.split(","))
-
-
-def group_sql(s: str) -> dict[str, str]:
-    """The hot path's statements, in schema ``s``."""
-    sql = {
-        # Workers' "done"s (rules.apply_ack, in SQL), many at once: the rows are locked in id
-        # order first, so that two transactions cannot deadlock.
-        # The tasks are found by "id = ANY(ARRAY(SELECT ...))": an array the planner cannot
-        # see into, which it takes for a few ids, so that it reads them by the primary key.
-        # Given the array itself it may scan the table instead, as it did on a table not
-        # yet analyzed (140 ms a poll at 20,000 tasks, against 2).
-        "done_keep": (
-            "WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::int[], %s::bytea[], %s::text[])"
-            f" AS v(id, attempt, result, worker)), locked AS (SELECT id FROM {s}.tasks WHERE"
-            " id = ANY(ARRAY(SELECT id FROM v)) ORDER BY id FOR UPDATE)"
-            f" UPDATE {s}.tasks AS t SET state = 4, result = v.result, error = NULL,"
-            " lease_until = NULL, updated_at = %s FROM v WHERE t.id = ANY(ARRAY(SELECT id FROM"
-            f" locked)) AND t.id = v.id AND {_DONE_MATCH} RETURNING {T_COLUMNS}"
-        ),
-        "done_drop": (
-            "WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::int[], %s::text[])"
-            f" AS v(id, attempt, worker)), locked AS (SELECT id FROM {s}.tasks WHERE"
-            " id = ANY(ARRAY(SELECT id FROM v)) ORDER BY id FOR UPDATE) DELETE FROM"
-            f" {s}.tasks AS t USING v WHERE t.id = ANY(ARRAY(SELECT id FROM locked))"
-            f" AND t.id = v.id AND {_DONE_MATCH} AND t.unique_until IS NULL"
-            f" RETURNING {T_COLUMNS}"
-        ),
-        # The claim: the first ready tasks in order, each leased to the worker of its slot
-        # (the n-th task taken to the n-th name given). A task's own timeout makes its own
-        # lease (rules.lease_ms); a task never delivered whose expiry has come
-        # (rules.expired) is left for the reaper.
-        "claim": (
-            f"WITH locked AS (SELECT id, priority FROM {s}.tasks WHERE queue_id = %s AND"
-            " state = 1 AND (expires_at IS NULL OR attempts > 0 OR expires_at > %s)"
-            " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED), slots AS (SELECT id,"
-            " row_number() OVER (ORDER BY priority DESC, id) AS slot FROM locked)"
-            f" UPDATE {s}.tasks AS t SET state = 3, attempts = t.attempts + 1,"
-            " worker = (%s::text[])[slots.slot], lease_until = %s + coalesce(t.timeout, %s),"
-            " run_at = NULL, progress = NULL, updated_at = %s, started_at = %s FROM slots"
-            f" WHERE t.id = slots.id RETURNING slots.slot, {T_COLUMNS}"
-        ),
-    }
-    for name in ("done_keep", "done_drop"):  # what the edges need, when nobody watches
-        sql[f"{name}_ids"] = sql[name].replace(
-            f"RETURNING {T_COLUMNS}", "RETURNING t.id, t.parents, t.children"
-        )
-    return sql
 
 
 def plain_dones(acks: Sequence[Ack]) -> list[int] | None:
@@ -122,7 +66,7 @@ class Done:
     acks: list[tuple[int, Ack, str | None]] = field(default_factory=list)
 
     def statement(
-        self, sql: dict[str, str], queue_id: int, options: QueueOptions, now: int, watching: bool
+        self, sql: Queries, queue_id: int, options: QueueOptions, now: int, watching: bool
     ) -> tuple[str, tuple[Any, ...]]:
         """One statement that finishes the current deliveries the acks name, as
         rules.apply_ack would; an ack it does not match is left to the rules. It returns
@@ -134,9 +78,9 @@ class Done:
         if options.persistent:
             results = [None if a.result is None else bytes(a.result) for _i, a, _w in self.acks]
             args: tuple[Any, ...] = (ids, attempts, results, workers, now, queue_id)
-            return sql["done_keep" if watching else "done_keep_ids"], args
+            return sql.done_keep if watching else sql.done_keep_ids, args
         args = (ids, attempts, workers, queue_id)
-        return sql["done_drop" if watching else "done_drop_ids"], args
+        return sql.done_drop if watching else sql.done_drop_ids, args
 
     def changes(
         self,
@@ -181,7 +125,7 @@ class Done:
 
 async def claim(
     conn: Connection,
-    sql: dict[str, str],
+    sql: Queries,
     queue: str,
     queue_id: int,
     options: QueueOptions,
@@ -191,7 +135,7 @@ async def claim(
     """Lease up to ``len(workers)`` ready tasks, the n-th to ``workers[n]``: (slot, task)
     pairs in the claim's order (priority, then id), slots counted from 0."""
     args = (queue_id, now, len(workers), workers, now, options.timeout, now, now)
-    rows = await (await conn.execute(sql["claim"], args)).fetchall()
+    rows = await (await conn.execute(sql.claim, args)).fetchall()
     return sorted(((row[0] - 1, task_from_row(row[1:], queue)) for row in rows), key=_slot)
 
 
@@ -216,24 +160,36 @@ class _Mismatch(Exception):
     """A group's "done" that the rules must decide: the group's polls go one by one."""
 
 
-class PostgresGroups(PostgresDependencies):
-    """The group commit's part of PostgresStore, which provides what is declared here."""
+class GroupCommit:
+    """The polls of the hot path, gathered per queue and run as groups, each in one
+    transaction of ``db``; a group that the rules must decide goes poll by poll through
+    ``poll_alone``."""
 
-    _sql: dict[str, str]
-    _transaction: Callable[..., Any]
-    _poll_alone: Callable[..., Awaitable[PollResult]]
-    _notify_ready: Callable[[Connection, Iterable[Task]], Awaitable[None]]
-    watch: Callable[[], bool] | None
-    lease_start: Callable[[int], int]
-
-    def _groups_init(self) -> None:
+    def __init__(
+        self,
+        sql: Queries,
+        db: Connections,
+        deps: Dependencies,
+        poll_alone: PollAlone,
+        notify_ready: Callable[[Connection, Iterable[Task]], Awaitable[None]],
+        watching: Callable[[], bool],
+        lease_start: Callable[[int], int],
+    ) -> None:
+        self._sql = sql
+        self._db = db
+        self._deps = deps
+        self._poll_alone = poll_alone
+        self._notify_ready = notify_ready
+        #: Whether anybody watches the tasks' changes (Store.watch).
+        self._watching = watching
+        self._lease_start = lease_start
         #: The polls gathering, per queue, for the next group.
         self._gathering: dict[str, list[_Waiting]] = {}
         #: Groups running, per queue.
         self._running: dict[str, int] = {}
         self._runners: set[asyncio.Task[None]] = set()
 
-    async def _finish_edges(
+    async def finish_edges(
         self,
         conn: Connection,
         done: Done,
@@ -248,18 +204,18 @@ class PostgresGroups(PostgresDependencies):
         parents, children = done.edges(rows, watching)
         released: list[Change] = []
         if parents:
-            await self._parents_done(conn, self._sql, parents, now, released)
+            await self._deps.parents_done(conn, parents, now, released)
         if children and not options.persistent:
-            await self._forget(conn, self._sql, children)
+            await self._deps.forget(conn, children)
         return released
 
-    async def _groups_finish(self) -> None:
+    async def finish(self) -> None:
         """Let the groups running end (their polls get their answers) before the pool
         closes."""
         while self._runners:
             await asyncio.gather(*self._runners, return_exceptions=True)
 
-    async def _grouped(
+    async def poll(
         self,
         queue: str,
         queue_id: int,
@@ -341,22 +297,22 @@ class PostgresGroups(PostgresDependencies):
         finished: dict[int, Change | None] = {}
         released: list[Change] = []  # the children that the "done"s release
         taken: list[tuple[int, Task]] = []
-        async with self._transaction() as conn:
+        async with self._db.transaction() as conn:
             if done.acks:
-                watching = self.watch is None or self.watch()
+                watching = self._watching()
                 sql, args = done.statement(self._sql, queue_id, options, now, watching)
                 rows = await (await conn.execute(sql, args)).fetchall()
                 if len(rows) < len(done.acks):
                     raise _Mismatch
                 finished = done.changes(rows, queue, options, now, watching)
-                released = await self._finish_edges(conn, done, rows, options, now, watching)
+                released = await self.finish_edges(conn, done, rows, options, now, watching)
             if workers:
                 # Leases start now: not when the polls arrived, before the waits for the
                 # connection and the locks (Store.lease_start).
-                now = self.lease_start(now)
+                now = self._lease_start(now)
                 taken = await claim(conn, self._sql, queue, queue_id, options, workers, now)
                 tasks = [task for _slot, task in taken]
-                tasks = await self._views(conn, self._sql, tasks)
+                tasks = await self._deps.views(conn, tasks)
                 taken = [(slot, task) for (slot, _t), task in zip(taken, tasks, strict=True)]
             await self._notify_ready(conn, (change.task for change in released))
         first = 0  # each poll's slots: its share of the claim, in the group's order
