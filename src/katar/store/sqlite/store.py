@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -32,7 +32,6 @@ from katar.core.storage import (
     Enqueued,
     Fired,
     LimitState,
-    Observer,
     PollResult,
     Store,
 )
@@ -150,9 +149,15 @@ class SQLiteStore(Store):
         self._batches.forget(conn)
         self._queues.load(conn)
 
-    def attach(self, observer: Observer) -> None:
-        super().attach(observer)
-        self._batches.watch = self.watch
+    # Store.watch lives on the batches, which ask it on the hot path: set here (by attach, or
+    # by a test), it is theirs.
+    @property
+    def watch(self) -> Callable[[], bool] | None:
+        return self._batches.watch
+
+    @watch.setter
+    def watch(self, watch: Callable[[], bool] | None) -> None:
+        self._batches.watch = watch
 
     async def open(self) -> None:
         await self._writer.open()
