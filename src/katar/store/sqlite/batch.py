@@ -180,7 +180,7 @@ class Batches:
         # refilled and spent on the loop's thread only.
         self.buckets: dict[int, rules.Bucket] = {}
 
-    def forget(self, conn: sqlite3.Connection) -> None:
+    def forget(self) -> None:
         """The group was rolled back: its polls are not finished."""
         self.polls = []
 

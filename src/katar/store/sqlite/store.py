@@ -1,5 +1,6 @@
-"""The SQLite store's operations (the storage contract, katar.core.storage), over its writer
-(katar.store.sqlite.writer) and its batched "done" and claim (katar.store.sqlite.batch).
+"""The SQLite store's operations (the storage contract, katar.core.storage), submitted to its
+writer (katar.store.sqlite.writer), over its queues, its dependencies and its batched acks and
+claims (katar.store.sqlite.queues, .deps, .batch): objects it makes and gives what they need.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ class SQLiteStore(Store):
     def _undone(self, conn: sqlite3.Connection) -> None:
         """A group was rolled back: its polls are not finished, and what its operations
         learned about ids or queues may be undone (read again)."""
-        self._batches.forget(conn)
+        self._batches.forget()
         self._queues.load(conn)
 
     # Store.watch lives on the batches, which ask it on the hot path: set here (by attach, or
