@@ -57,8 +57,8 @@ async def test_an_exception_inside_a_group(where: str, tmp_path: Path) -> None:
     async with opened(katar):
         store = katar.engine.store
         assert isinstance(store, SQLiteStore)
-        faulty = FaultyConnection(store._conn, where)  # type: ignore[arg-type]
-        store._conn = faulty  # type: ignore[assignment]
+        faulty = FaultyConnection(store._writer._conn, where)  # type: ignore[arg-type]
+        store._writer._conn = faulty  # type: ignore[assignment]
         async with app_client(App(katar.engine), "asgi") as client:
             seeded = await client.post("/v1/queue/q/tasks", json={"tasks": [{"data": 0}] * 3})
             assert seeded.status_code == 201

@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from katar.core.model import EVERY_TASK, NewTask, QueueOptions
+from katar.core.model import EVERY_TASK, Ack, NewTask, QueueOptions
 from katar.errors import ConfigError
 from katar.store._rows import CHILDREN, PARENTS
 from katar.store.sqlite import SCHEMA_VERSION, SQLiteStore, parse_url
@@ -150,3 +150,22 @@ def test_urls() -> None:
     ):
         with pytest.raises(ConfigError):
             parse_url(bad)
+
+
+@pytest.mark.parametrize("watched", [True, False], ids=["watched", "unwatched"])
+async def test_store_watch_reaches_the_batched_done(tmp_path: Path, watched: bool) -> None:
+    """Store.watch, however it is set, is what the batched "done" asks: unwatched, it builds
+    no finished task (the quiet path the model test and the benchmarks rely on)."""
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'katar.db'}")
+    store.watch = lambda: watched
+    await store.open()
+    try:
+        options = QueueOptions(persistent=True)
+        await store.save_queue("q", options)
+        await store.enqueue("q", [NewTask(data=msgspec.Raw(b"1"))], 1)
+        (task,) = (await store.poll("q", options, [], 1, "w", 2)).delivered
+        done = Ack(task_id=task.id, status="done", attempt=1)
+        polled = await store.poll("q", options, [done], 0, "w", 3)
+        assert [change.task.id for change in polled.changes] == ([task.id] if watched else [])
+    finally:
+        await store.close()

@@ -26,6 +26,7 @@ from katar.store._rows import (
     claimed_from_row,
 )
 from katar.store.sqlite.deps import Dependencies
+from katar.store.sqlite.queues import Queues
 
 # The claim in one statement. It does what rules.claimed does, in SQL, because this is the
 # hot path of every worker's poll.
@@ -139,9 +140,9 @@ _CLAIM_FAIR: Final = (
 
 
 @dataclass(slots=True)
-class _Poll:
+class Poll:
     """A poll whose "done" and claim are made with the group's others at the end of its
-    transaction (see SQLiteStore._finish_polls)."""
+    transaction (see Batches.finish)."""
 
     queue: str
     queue_id: int
@@ -160,19 +161,30 @@ class _Poll:
 
 
 class Batches:
-    """The batched "done" and claim of SQLiteStore, which provides what is declared here."""
+    """The SQLite store's acks and claims: a worker's acks applied, and the polls of a group
+    commit finished together (:meth:`finish`, the writer's hook before each commit). Given
+    the store's queues, its dependencies and its clock for leases (Store.lease_start);
+    every operation is given the connection it runs on."""
 
-    watch: Callable[[], bool] | None
-    _polls: list[_Poll]
-    _queue_names: dict[int, str]
-    _task: Callable[[Sequence[Any]], Task]
-    _store_change: Callable[..., Change | None]
-    _find: Callable[..., Any]
-    _buckets: dict[int, rules.Bucket]  # per queue with a rate limit (one server per file)
-    _fair: set[int]  # the ids of the fair queues
-    lease_start: Callable[[int], int]
+    def __init__(
+        self, queues: Queues, deps: Dependencies, lease_start: Callable[[int], int]
+    ) -> None:
+        self._queues = queues
+        self._deps = deps
+        self._task = queues.task
+        self.lease_start = lease_start
+        #: Store.watch, kept bound here (the store's attach sets it): asked on the hot path.
+        self.watch: Callable[[], bool] | None = None
+        self.polls: list[Poll] = []  # the running group's polls, finished together
+        # The rate limits' buckets, per queue id: kept in memory (one server per file), and
+        # refilled and spent on the loop's thread only.
+        self.buckets: dict[int, rules.Bucket] = {}
 
-    def _finish_polls(self, conn: sqlite3.Connection) -> None:
+    def forget(self) -> None:
+        """The group was rolled back: its polls are not finished."""
+        self.polls = []
+
+    def finish(self, conn: sqlite3.Connection) -> None:
         """Make the "done"s and the claims of every poll of the transaction: one statement
         for the polls of one queue together, instead of one each. The polls of a group
         commit are concurrent requests, none answered before the commit: their acks are
@@ -180,15 +192,18 @@ class Batches:
         from one claim, so no claim of the group comes before an ack of the group (the
         guarantee docs/architecture.md states). It saves most of two statements' fixed cost
         per poll (about 5 us each, a fifth of what one task may cost at half the ceiling)."""
-        polls, self._polls = self._polls, []
+        polls = self.polls
+        if not polls:
+            return
+        self.polls = []
         # Polls that name their worker go in statements of their own, that match the owner.
-        by_queue: dict[tuple[int, bool, bool], list[tuple[_Poll, int, Ack]]] = {}
+        by_queue: dict[tuple[int, bool, bool], list[tuple[Poll, int, Ack]]] = {}
         for poll in polls:
             if poll.done is not None:
                 key = (poll.queue_id, poll.options.persistent, poll.worker is not None)
                 by_queue.setdefault(key, []).append((poll, *poll.done))
         for (queue_id, _persistent, named), acking in by_queue.items():
-            first: dict[int, _Poll] = {}  # a task named twice: the first poll's ack is it
+            first: dict[int, Poll] = {}  # a task named twice: the first poll's ack is it
             for poll, task_id, _ack in acking:
                 first.setdefault(task_id, poll)
             batch = [(task_id, ack) for poll, task_id, ack in acking if first[task_id] is poll]
@@ -205,7 +220,7 @@ class Batches:
                         poll.changes.append(change)
                     continue
                 try:  # not the current delivery, or a repeat: the rules decide
-                    self._apply_ack(
+                    self.apply_ack(
                         conn,
                         poll.queue,
                         queue_id,
@@ -222,8 +237,8 @@ class Batches:
         for poll in polls:  # the claims start their leases now (Store.lease_start)
             poll.now = self.lease_start(poll.now)
         # (queue, worker, timeout, fair order) -> the polls that one claim statement serves
-        claims: dict[tuple[int, str | None, int, bool], list[_Poll]] = {}
-        custom: dict[int, list[_Poll]] = {}
+        claims: dict[tuple[int, str | None, int, bool], list[Poll]] = {}
+        custom: dict[int, list[Poll]] = {}
         for poll in polls:
             if poll.limit > 0 and poll.error is None:
                 poll.take = poll.limit
@@ -233,7 +248,7 @@ class Batches:
                     claims.setdefault(
                         (poll.queue_id, poll.worker, poll.options.timeout, False), []
                     ).append(poll)
-        charged: list[tuple[rules.Bucket, Rate, list[_Poll]]] = []
+        charged: list[tuple[rules.Bucket, Rate, list[Poll]]] = []
         for queue_id, group in custom.items():
             options = group[0].options
             if options.key_concurrency is not None:
@@ -248,7 +263,7 @@ class Batches:
                 if poll.take < poll.limit:
                     poll.held = held
                 if poll.take:
-                    fair = queue_id in self._fair
+                    fair = queue_id in self._queues.fair
                     statement = (queue_id, poll.worker, options.timeout, fair)
                     claims.setdefault(statement, []).append(poll)
             if bucket is not None and options.rate is not None:
@@ -268,7 +283,7 @@ class Batches:
                     rows.sort(key=lambda row: (-row[1], row[-1], row[0]))
                 else:
                     rows.sort(key=lambda row: (-row[1], row[0]))
-            name = self._queue_names[queue_id]
+            name = self._queues.names[queue_id]
             lease_until = now + timeout
             tasks = [self._claimed(conn, row, name, worker, now, lease_until) for row in rows]
             start = 0
@@ -295,10 +310,10 @@ class Batches:
             return claimed_from_row(row, queue, worker, now, lease_until)
         options = conn.execute(_OPTIONS, (row[0],)).fetchone()
         task = claimed_from_row(row, queue, worker, now, lease_until, options)
-        return Dependencies._view(conn, task)
+        return Dependencies.view_of(conn, task)
 
     def _allowance(
-        self, conn: sqlite3.Connection, polls: list[_Poll]
+        self, conn: sqlite3.Connection, polls: list[Poll]
     ) -> tuple[Any, int, str | None]:
         """What a group's polls of one queue may take together (rules.claim_allowance),
         the queue's rate bucket refilled to now (None without a rate limit), and the limit
@@ -315,7 +330,7 @@ class Batches:
         return bucket, allowed, rules.held_by(options, asked, running, bucket)
 
     @staticmethod
-    def _charge(bucket: rules.Bucket, rate: Rate, polls: list[_Poll]) -> None:
+    def _charge(bucket: rules.Bucket, rate: Rate, polls: list[Poll]) -> None:
         """Spend the tokens of what the polls took; a poll that got less than it asked
         learns when the next token comes (PollResult.retry_at)."""
         bucket.take(sum(len(poll.delivered) for poll in polls))
@@ -324,7 +339,7 @@ class Batches:
             if len(poll.delivered) < poll.limit:
                 poll.retry_at = bucket.next_token(rate, now)
 
-    def _claim_by_key(self, conn: sqlite3.Connection, polls: list[_Poll]) -> None:
+    def _claim_by_key(self, conn: sqlite3.Connection, polls: list[Poll]) -> None:
         """The claims of a group's polls of one queue with key_concurrency: one count and
         one selection for them all, served in arrival order, so that the limits hold inside
         the group as between groups (and a group costs what one poll does). It counts the
@@ -361,7 +376,7 @@ class Batches:
             if len(candidates) < chunk:
                 break  # no more ready tasks that a free key could take
             extra *= 2
-        name = self._queue_names[queue_id]
+        name = self._queues.names[queue_id]
         start = 0
         named: dict[str, list[int]] = {}
         for poll in polls:
@@ -385,7 +400,7 @@ class Batches:
         """Ready tasks in claim order, up to ``chunk``, passing over the ``blocked`` keys
         (and the tasks whose expiry has come)."""
         keys = msgspec.json.encode(blocked)
-        fair = queue_id in self._fair
+        fair = queue_id in self._queues.fair
         candidates = _CANDIDATES_FAIR if fair else _CANDIDATES
         rows: list[tuple[int, str | None]] = conn.execute(
             candidates, (queue_id, now, keys, chunk)
@@ -395,9 +410,9 @@ class Batches:
     def _bucket(self, queue_id: int, options: QueueOptions, now: int) -> rules.Bucket | None:
         if options.rate is None:
             return None
-        return rules.Bucket.kept_in(self._buckets, queue_id, options.rate, now)
+        return rules.Bucket.kept_in(self.buckets, queue_id, options.rate, now)
 
-    def _apply_acks(
+    def apply_acks(
         self,
         conn: sqlite3.Connection,
         queue: str,
@@ -424,7 +439,7 @@ class Batches:
                 if change is not None:
                     changes.append(change)
             else:
-                self._apply_ack(
+                self.apply_ack(
                     conn,
                     queue,
                     queue_id,
@@ -438,7 +453,7 @@ class Batches:
                     cancel,
                 )
 
-    def _apply_ack(
+    def apply_ack(
         self,
         conn: sqlite3.Connection,
         queue: str,
@@ -462,7 +477,7 @@ class Batches:
             if done:
                 changes.extend(change for change in done.values() if change is not None)
                 return
-        task = self._find(conn, queue, ack.task_id, index)
+        task = self._queues.find(conn, queue, ack.task_id, index)
         if task is None:
             return
         try:
@@ -471,7 +486,7 @@ class Batches:
             exc.details.setdefault("ack", index)
             raise
         also: list[Change] = []
-        change = self._store_change(conn, task, new, options, also)
+        change = self._deps.store_change(conn, task, new, options, also)
         if change is not None and change.task.state != change.old:
             changes.append(change)
         changes += also

@@ -8,15 +8,16 @@ read it: the ``parents`` and ``children`` columns say which tasks need to.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import msgspec
 
 from katar.core import rules
-from katar.core.model import DONE, FINAL_STATES, NewTask, State, Task
+from katar.core.model import DONE, FINAL_STATES, NewTask, QueueOptions, State, Task
 from katar.core.storage import Change
-from katar.store._rows import CHILDREN, COLUMNS, PARENTS, foreign_queue, view
+from katar.store._rows import CHILDREN, COLUMNS, PARENTS, foreign_queue, update_values, view
+from katar.store.sqlite.queues import Queues
 
 _STATES: Final = tuple(State)
 _PARENTS: Final = (
@@ -75,6 +76,11 @@ _LINKED: Final = (
 )
 _IN_QUEUES: Final = " AND c.queue_id IN (SELECT value FROM json_each(?))"
 _QUEUE_OF: Final = "SELECT queue_id FROM tasks WHERE id=?"
+_UPDATE: Final = (
+    "UPDATE tasks SET state=?, priority=?, attempts=?, attempt_base=?, error=?, result=?,"
+    " worker=?, updated_at=?, run_at=?, lease_until=?, cancel_requested=?, progress=?,"
+    " expires_at=?, started_at=?, history=? WHERE id=?"
+)
 
 
 #: An edge as the deps table holds it: child, parent, done, the parent's result, and the
@@ -85,12 +91,37 @@ Parent = tuple[State, bytes | None, str]
 
 
 class Dependencies:
-    """The dependencies' part of SQLiteStore, which provides what is declared here."""
+    """The SQLite store's dependencies, over the store's queues (their names, and the tasks
+    built from rows); every operation is given the connection it runs on."""
 
-    _task: Callable[[Sequence[Any]], Task]
-    _queue_names: dict[int, str]
+    def __init__(self, queues: Queues) -> None:
+        self._queues = queues
+        self._task = queues.task
 
-    def _linked(
+    def store_change(
+        self,
+        conn: sqlite3.Connection,
+        old: Task,
+        new: Task | None,
+        options: QueueOptions,
+        also: list[Change],
+    ) -> Change | None:
+        """Write a task's new version; the tasks its end settles go in ``also``."""
+        if new is None:
+            return None
+        self.settle(conn, old, new, new.updated_at, also)
+        if rules.discard(new, options):
+            conn.execute("DELETE FROM tasks WHERE id=?", (new.id,))
+            if new.parents:
+                self.forget(conn, [new.id])
+        else:
+            conn.execute(
+                _UPDATE,
+                update_values(new),
+            )
+        return Change(new, old.state)
+
+    def linked(
         self,
         conn: sqlite3.Connection,
         queue: str,
@@ -102,7 +133,7 @@ class Dependencies:
         """Store.linked, in one read: ``page`` is (limit, after), ``queue_ids`` the queues to
         keep (None: all)."""
         found = conn.execute(_QUEUE_OF, (task_id,)).fetchone()
-        if found is None or self._queue_names.get(found[0]) != queue:
+        if found is None or self._queues.names.get(found[0]) != queue:
             return None
         limit, after = page
         columns = PARENTS if parents else CHILDREN
@@ -111,9 +142,9 @@ class Dependencies:
         if queue_ids is not None:
             sql = _LINKED.format(queues=_IN_QUEUES, **columns)
             args = (task_id, after, msgspec.json.encode(list(queue_ids)), limit)
-        return [self._view(conn, self._task(row)) for row in conn.execute(sql, args)]
+        return [self.view_of(conn, self._task(row)) for row in conn.execute(sql, args)]
 
-    def _parents(self, conn: sqlite3.Connection, tasks: Sequence[NewTask]) -> dict[int, Parent]:
+    def parents(self, conn: sqlite3.Connection, tasks: Sequence[NewTask]) -> dict[int, Parent]:
         """The state, result and queue of every task the batch names by id; ValidationError
         for one that does not exist."""
         named = sorted({i for spec in tasks for i in spec.after})
@@ -124,7 +155,7 @@ class Dependencies:
         for task_id, state, result, queue_id, children in conn.execute(
             _PARENTS, (msgspec.json.encode(named),)
         ):
-            found[task_id] = (_STATES[state], result, self._queue_names[queue_id])
+            found[task_id] = (_STATES[state], result, self._queues.names[queue_id])
             if _STATES[state] not in FINAL_STATES:
                 waited[task_id] = children
         for index, spec in enumerate(tasks):
@@ -135,7 +166,7 @@ class Dependencies:
         return found
 
     @staticmethod
-    def _depend(
+    def depend(
         task: Task,
         spec: NewTask,
         parents: dict[int, Parent],
@@ -167,7 +198,7 @@ class Dependencies:
         return view(task, [edge[1:] for edge in mine_edges])
 
     @staticmethod
-    def _link(conn: sqlite3.Connection, edges: list[Edge]) -> None:
+    def link(conn: sqlite3.Connection, edges: list[Edge]) -> None:
         """Write the edges of new tasks, and mark their parents not done as having children."""
         if not edges:
             return
@@ -180,23 +211,23 @@ class Dependencies:
             conn.executemany(_HAS_CHILDREN, [(n, parent) for parent, n in sorted(waited.items())])
 
     @staticmethod
-    def _view(conn: sqlite3.Connection, task: Task) -> Task:
+    def view_of(conn: sqlite3.Connection, task: Task) -> Task:
         """The task with its dependencies as its record shows them."""
         if not task.parents:
             return task
         return view(task, conn.execute(_EDGES, (task.id,)).fetchall())
 
     @staticmethod
-    def _still_waits(conn: sqlite3.Connection, task: Task) -> bool:
+    def still_waits(conn: sqlite3.Connection, task: Task) -> bool:
         return bool(task.parents) and conn.execute(_STILL_WAITS, (task.id,)).fetchone() is not None
 
     @staticmethod
-    def _forget(conn: sqlite3.Connection, child_ids: Sequence[int]) -> None:
+    def forget(conn: sqlite3.Connection, child_ids: Sequence[int]) -> None:
         """Tasks removed: their edges as children go (the results they kept)."""
         if child_ids:
             conn.execute(_FORGET, (msgspec.json.encode(list(child_ids)),))
 
-    def _settle(
+    def settle(
         self, conn: sqlite3.Connection, parent: Task, new: Task | None, now: int, also: list[Change]
     ) -> None:
         """The tasks waiting for ``parent``, now ``new`` (None: deleted): released when it

@@ -1,12 +1,13 @@
-"""The SQLite store's operations (the storage contract, katar.core.storage), over its writer
-(katar.store.sqlite.writer) and its batched "done" and claim (katar.store.sqlite.batch).
+"""The SQLite store's operations (the storage contract, katar.core.storage), submitted to its
+writer (katar.store.sqlite.writer), over its queues, its dependencies and its batched acks and
+claims (katar.store.sqlite.queues, .deps, .batch): objects it makes and gives what they need.
 """
 
 from __future__ import annotations
 
 import itertools
 import sqlite3
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -26,25 +27,31 @@ from katar.core.model import (
 )
 from katar.core.schedule import Schedule, ScheduleSpec
 from katar.core.schedule import stored as stored_schedule
-from katar.core.storage import BulkStep, Change, Enqueued, Fired, LimitState, PollResult
+from katar.core.storage import (
+    BulkStep,
+    Change,
+    Enqueued,
+    Fired,
+    LimitState,
+    PollResult,
+    Store,
+)
 from katar.errors import (
     Conflict,
     KatarError,
-    QueueNotFound,
     TaskNotFound,
 )
 from katar.protocol import HISTORY_LENGTH
 from katar.store._rows import (
     COLUMNS,
     Dialect,
-    task_from_row,
-    update_values,
     where_sql,
 )
-from katar.store.sqlite.batch import _KEYS_AT_LIMIT, Batches, _Poll
+from katar.store.sqlite.batch import _KEYS_AT_LIMIT, Batches, Poll
 from katar.store.sqlite.deps import Dependencies, Edge
+from katar.store.sqlite.queues import Queues
 from katar.store.sqlite.schema import _AT_REST
-from katar.store.sqlite.writer import GroupCommit
+from katar.store.sqlite.writer import Writer
 
 _COLUMNS: Final = COLUMNS
 # Parameters on the hot paths are ints and bytearrays only. Python's sqlite3 binds int, float,
@@ -90,11 +97,6 @@ _PLACE_WAITING: Final = (
     " 0 AND 3 OR state = 7) AND fair_seq IS NULL) AS r WHERE tasks.id = r.id"
 )
 _PLACE_ONE: Final = "UPDATE tasks SET fair_seq=? WHERE id=? AND fair_seq IS NULL"
-_UPDATE: Final = (
-    "UPDATE tasks SET state=?, priority=?, attempts=?, attempt_base=?, error=?, result=?,"
-    " worker=?, updated_at=?, run_at=?, lease_until=?, cancel_requested=?, progress=?,"
-    " expires_at=?, started_at=?, history=? WHERE id=?"
-)
 # A task with per-task options or a unique_key (rare): every column, in one statement.
 _INSERT_FULL: Final = (
     "INSERT INTO tasks (id, queue_id, state, priority, data, created_at, updated_at, run_at,"
@@ -123,65 +125,68 @@ _options_decoder: Final = msgspec.json.Decoder(QueueOptions)
 _spec_decoder: Final = msgspec.json.Decoder(ScheduleSpec)
 
 
-# Batches first: its _finish_polls is the one GroupCommit declares.
-class SQLiteStore(Batches, Dependencies, GroupCommit):
-    """Queues and tasks in one SQLite database file."""
+class SQLiteStore(Store):
+    """Queues and tasks in one SQLite database file.
 
-    # -- rows and tasks --------------------------------------------------------------------
+    Composed of its writer (the file, its connections, the group commit, the checkpointer),
+    its queues (what it keeps in memory beside the file), its dependencies and its batched
+    acks and claims; each given what it needs. The operations below are submitted to the
+    writer as functions of a connection.
+    """
 
-    def _task(self, row: Sequence[Any]) -> Task:
-        return task_from_row(row, self._queue_names[row[1]])
+    def __init__(self, url: str) -> None:
+        self._queues = queues = Queues()
+        self._deps = Dependencies(queues)
+        self._batches = Batches(queues, self._deps, self.lease_start)
+        self._writer = Writer(
+            url, opened=queues.load, finish=self._batches.finish, undone=self._undone
+        )
+        self.url = self._writer.url
+        self._task = queues.task
 
-    def _queue_id(self, queue: str) -> int:
-        try:
-            return self._queue_ids[queue]
-        except KeyError:
-            raise QueueNotFound(queue=queue) from None
+    def _undone(self, conn: sqlite3.Connection) -> None:
+        """A group was rolled back: its polls are not finished, and what its operations
+        learned about ids or queues may be undone (read again)."""
+        self._batches.forget()
+        self._queues.load(conn)
 
-    def _store_change(
-        self,
-        conn: sqlite3.Connection,
-        old: Task,
-        new: Task | None,
-        options: QueueOptions,
-        also: list[Change],
-    ) -> Change | None:
-        """Write a task's new version; the tasks its end settles go in ``also``."""
-        if new is None:
-            return None
-        self._settle(conn, old, new, new.updated_at, also)
-        if rules.discard(new, options):
-            conn.execute("DELETE FROM tasks WHERE id=?", (new.id,))
-            if new.parents:
-                self._forget(conn, [new.id])
-        else:
-            conn.execute(
-                _UPDATE,
-                update_values(new),
-            )
-        return Change(new, old.state)
+    # Store.watch lives on the batches, which ask it on the hot path: set here (by attach, or
+    # by a test), it is theirs.
+    @property
+    def watch(self) -> Callable[[], bool] | None:
+        return self._batches.watch
+
+    @watch.setter
+    def watch(self, watch: Callable[[], bool] | None) -> None:
+        self._batches.watch = watch
+
+    async def open(self) -> None:
+        await self._writer.open()
+        self.schema_change = self._writer.schema_change
+
+    async def close(self) -> None:
+        await self._writer.close()
 
     # -- the contract ------------------------------------------------------------------------
 
     async def ping(self) -> None:
         # After the disk refused a write, the store is not well until its checkpointer has
-        # copied the WAL back with room to spare (GroupCommit._recover): a small write may
+        # copied the WAL back with room to spare (Writer._recover): a small write may
         # well succeed meanwhile (the WAL's file has room left from earlier writes).
-        self._refuse_new_tasks()
-        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+        self._writer.refuse_new_tasks()
+        await self._writer.read(lambda conn: conn.execute("SELECT 1").fetchone())
 
     def failing(self) -> str | None:
-        failure = self._disk_failure
-        return None if failure is None else failure.message
+        return self._writer.failing()
 
     async def load_queues(self) -> dict[str, QueueOptions]:
-        rows = await self._read(
+        rows = await self._writer.read(
             lambda conn: conn.execute("SELECT name, options FROM queues").fetchall()
         )
         return {name: _options_decoder.decode(options) for name, options in rows}
 
     async def load_queue(self, name: str) -> QueueOptions | None:
-        row = await self._read(
+        row = await self._writer.read(
             lambda conn: conn.execute("SELECT options FROM queues WHERE name=?", (name,)).fetchone()
         )
         return None if row is None else _options_decoder.decode(row[0])
@@ -196,28 +201,27 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
                 (name, encoded),
             ).fetchone()
             queue_id = row[0]
-            self._queue_ids[name] = queue_id
-            self._queue_names[queue_id] = name
-            self._buckets.pop(queue_id, None)  # new options: a rate limit starts full
+            self._queues.added(name, queue_id)
+            self._batches.buckets.pop(queue_id, None)  # new options: a rate limit starts full
             if not options.fair:
-                self._fair.discard(queue_id)
-            elif queue_id not in self._fair:
-                self._fair.add(queue_id)
+                self._queues.fair.discard(queue_id)
+            elif queue_id not in self._queues.fair:
+                self._queues.fair.add(queue_id)
                 conn.execute(_PLACE_WAITING, (queue_id,))
 
-        await self._write(op)
+        await self._writer.write(op)
 
     async def delete_queue(self, name: str, now: int | None = None) -> int:
         when = now_ms() if now is None else now
 
         def op(conn: sqlite3.Connection) -> int:
-            queue_id = self._queue_id(name)
+            queue_id = self._queues.id_of(name)
             # The tasks of other queues that wait for this one's are cancelled.
             also: list[Change] = []
             for row in conn.execute(
                 f"SELECT {_COLUMNS} FROM tasks WHERE queue_id=? AND children>0", (queue_id,)
             ).fetchall():
-                self._settle(conn, self._task(row), None, when, also)
+                self._deps.settle(conn, self._task(row), None, when, also)
             settled.extend(change for change in also if change.task.queue != name)
             conn.execute(
                 "DELETE FROM deps WHERE child_id IN (SELECT id FROM tasks WHERE queue_id=?"
@@ -227,20 +231,20 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
             count: int = conn.execute("DELETE FROM tasks WHERE queue_id=?", (queue_id,)).rowcount
             conn.execute("DELETE FROM queues WHERE id=?", (queue_id,))
             conn.execute("DELETE FROM idempotency_keys WHERE queue_id=?", (queue_id,))
-            del self._queue_ids[name]
+            del self._queues.ids[name]
             # The id -> name entry stays: reads of the old queue's rows may still be in flight.
             return count
 
         settled: list[Change] = []
-        count = await self._write(op)
+        count = await self._writer.write(op)
         self.report(settled)
         return count
 
     async def enqueue(self, queue: str, tasks: Sequence[NewTask], now: int) -> list[Task]:
         def op(conn: sqlite3.Connection) -> list[Task]:
-            return self._insert(conn, self._queue_id(queue), queue, tasks, now)
+            return self._insert(conn, self._queues.id_of(queue), queue, tasks, now)
 
-        return await self._write(op)
+        return await self._writer.write(op)
 
     def _insert(
         self,
@@ -252,10 +256,10 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
     ) -> list[Task]:
         # Every new task comes through here (an enqueue, a schedule's tick); refused after
         # the disk refused a write, before anything is written (the group goes on).
-        self._refuse_new_tasks()
+        self._writer.refuse_new_tasks()
         if any(map(rules.special, tasks)):
             return self._insert_special(conn, queue_id, queue, tasks, now)
-        first = self._last_id + 1
+        first = self._queues.last_id + 1
         created = [
             rules.new_task(queue, spec, task_id, now)
             for task_id, spec in zip(itertools.count(first), tasks)
@@ -264,13 +268,13 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
         def row(t: Task) -> tuple[Any, ...]:
             return (t.id, queue_id, int(t.state), t.priority, bytearray(t.data), now, now)
 
-        if queue_id in self._fair:
+        if queue_id in self._queues.fair:
             places = self._fair_places(conn, queue_id, created)
             conn.executemany(
                 _INSERT_FAIR,
                 [(*row(t), t.run_at, t.key, p) for t, p in zip(created, places, strict=True)],
             )
-            self._last_id = first + len(created) - 1
+            self._queues.last_id = first + len(created) - 1
             return created
         plain = [t for t in created if t.key is None]
         if len(plain) < len(created):
@@ -282,7 +286,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
         if len(ready) < len(plain):
             later = [(*row(t), t.run_at) for t in plain if t.run_at is not None]
             conn.executemany(_INSERT_LATER, later)
-        self._last_id = first + len(created) - 1
+        self._queues.last_id = first + len(created) - 1
         return created
 
     def _insert_special(
@@ -301,7 +305,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
         answered: list[Task] = []
         created: list[Task] = []
         taken: dict[str, Task] = {}  # the keys this batch takes
-        parents = self._parents(conn, tasks)
+        parents = self._deps.parents(conn, tasks)
         edges: list[Edge] = []
         wanted = {spec.unique_key for spec in tasks if spec.unique_key is not None}
         holders: dict[str | None, Task] = {}
@@ -320,16 +324,16 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
                 if found is not None:
                     answered.append(rules.duplicate(found))
                     continue
-            self._last_id += 1
-            task = rules.new_task(queue, spec, self._last_id, now)
+            self._queues.last_id += 1
+            task = rules.new_task(queue, spec, self._queues.last_id, now)
             if spec.after or spec.refs:
-                task = self._depend(task, spec, parents, answered, edges)
+                task = self._deps.depend(task, spec, parents, answered, edges)
             if key is not None and rules.holds_key(task, now):  # not one cancelled at once
                 taken[key] = task
             created.append(task)
             answered.append(task)
         places: Sequence[int | None] = [None] * len(created)
-        if queue_id in self._fair:
+        if queue_id in self._queues.fair:
             places = self._fair_places(conn, queue_id, created)
         conn.executemany(
             _INSERT_FULL,
@@ -356,7 +360,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
                 for t, place in zip(created, places, strict=True)
             ],
         )
-        self._link(conn, edges)
+        self._deps.link(conn, edges)
         return answered
 
     def _fair_places(
@@ -378,7 +382,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
         self, queue: str, tasks: Sequence[NewTask], now: int, once: Idempotency
     ) -> Enqueued:
         def op(conn: sqlite3.Connection) -> Enqueued:
-            queue_id = self._queue_id(queue)
+            queue_id = self._queues.id_of(queue)
             # One writer: nothing can come between this look and the insert below.
             found = conn.execute(
                 "SELECT digest, ids, created FROM idempotency_keys"
@@ -399,7 +403,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
             )
             return Enqueued(new, True)
 
-        return await self._write(op)
+        return await self._writer.write(op)
 
     def _current(self, conn: sqlite3.Connection, queue_id: int, first: Task) -> Task:
         """A repeat's answer for a task of the first (see idempotency.current)."""
@@ -409,7 +413,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
             f"SELECT {_COLUMNS} FROM tasks WHERE id=? AND queue_id=?", (first.id, queue_id)
         ).fetchone()
         return idempotency.current(
-            first, None if row is None else self._view(conn, self._task(row))
+            first, None if row is None else self._deps.view_of(conn, self._task(row))
         )
 
     async def prune_keys(self, before: int) -> int:
@@ -422,20 +426,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
             )
             return cursor.rowcount
 
-        return await self._write(op)
-
-    def _find(
-        self, conn: sqlite3.Connection, queue: str, raw_id: str | int, index: int
-    ) -> Task | None:
-        task_id = parse_task_id(raw_id)
-        if task_id is not None and task_id <= self._last_id:
-            row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
-            if row is None:
-                return None  # it existed and is gone: finished in a queue without history
-            task = self._task(row)
-            # Another queue's task is ignored as a gone one is (see rules.apply_ack).
-            return task if task.queue == queue else None
-        raise TaskNotFound.named(raw_id, queue, ack=index)
+        return await self._writer.write(op)
 
     async def poll(
         self,
@@ -446,8 +437,8 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
         worker: str | None,
         now: int,
     ) -> PollResult:
-        def op(conn: sqlite3.Connection) -> PollResult | _Poll:
-            queue_id = self._queue_id(queue)
+        def op(conn: sqlite3.Connection) -> PollResult | Poll:
+            queue_id = self._queues.id_of(queue)
             changes: list[Change] = []
             cancel: list[int] = []
             done = None
@@ -457,14 +448,14 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
                 if task_id is not None:
                     done = (task_id, ack)  # made with the group's others
                 else:
-                    self._apply_ack(
+                    self._batches.apply_ack(
                         conn, queue, queue_id, options, ack, 0, now, changes, worker, True, cancel
                     )
             elif acks:
                 # A later ack may be refused after earlier ones were written: undo them then.
                 conn.execute("SAVEPOINT acks")
                 try:
-                    self._apply_acks(
+                    self._batches.apply_acks(
                         conn, queue, queue_id, options, acks, now, changes, worker, cancel
                     )
                 except KatarError:
@@ -473,14 +464,16 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
                 finally:
                     conn.execute("RELEASE acks")
             if limit > 0 or done is not None:
-                poll = _Poll(queue, queue_id, options, worker, limit, now, changes, done)
+                poll = Poll(queue, queue_id, options, worker, limit, now, changes, done)
                 poll.cancel = cancel
-                self._polls.append(poll)
+                self._batches.polls.append(poll)
                 return poll
             return PollResult([], changes, cancel=cancel)
 
-        outcome = await self._write(op)
-        if isinstance(outcome, _Poll):
+        outcome = await self._writer.write(op)
+        if isinstance(outcome, Poll):
+            if outcome.error is not None:  # its "done", refused as the group finished it
+                raise outcome.error
             # A limit held the poll back when it cut the take and the claim filled what remained.
             held = outcome.held if len(outcome.delivered) >= outcome.take else None
             return PollResult(
@@ -491,11 +484,11 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
     async def get_task(self, queue: str, task_id: int) -> Task | None:
         def op(conn: sqlite3.Connection) -> Task | None:
             row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
-            if row is None or self._queue_names.get(row[1]) != queue:
+            if row is None or self._queues.names.get(row[1]) != queue:
                 return None
-            return self._view(conn, self._task(row))
+            return self._deps.view_of(conn, self._task(row))
 
-        return await self._read(op)
+        return await self._writer.read(op)
 
     async def linked(
         self,
@@ -506,10 +499,10 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
         queues: Collection[str] | None = None,
         parents: bool = False,
     ) -> list[Task] | None:
-        known = self._queue_ids
+        known = self._queues.ids
         queue_ids = None if queues is None else [known[q] for q in queues if q in known]
-        return await self._read(
-            lambda conn: self._linked(conn, queue, task_id, (limit, after), queue_ids, parents)
+        return await self._writer.read(
+            lambda conn: self._deps.linked(conn, queue, task_id, (limit, after), queue_ids, parents)
         )
 
     async def queues_of(self, ids: Sequence[int]) -> dict[int, str]:
@@ -518,15 +511,15 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
                 "SELECT id, queue_id FROM tasks WHERE id IN (SELECT value FROM json_each(?))",
                 (msgspec.json.encode(list(ids)),),
             )
-            names = self._queue_names
+            names = self._queues.names
             return {task_id: names[queue_id] for task_id, queue_id in rows if queue_id in names}
 
-        return await self._read(op)
+        return await self._writer.read(op)
 
     async def list_tasks(
         self, queue: str, where: TaskFilter, limit: int, after: int, newest_first: bool = False
     ) -> list[Task]:
-        queue_id = self._queue_id(queue)
+        queue_id = self._queues.id_of(queue)
         conditions, params = self._where(where)
         if newest_first:
             page, order = (" AND id<?" if after else ""), " ORDER BY id DESC"
@@ -536,12 +529,15 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
         args = (queue_id, *params, *((after,) if page else ()), limit)
 
         def op(conn: sqlite3.Connection) -> list[Task]:
-            return [self._view(conn, self._task(row)) for row in conn.execute(sql, args).fetchall()]
+            return [
+                self._deps.view_of(conn, self._task(row))
+                for row in conn.execute(sql, args).fetchall()
+            ]
 
-        return await self._read(op)
+        return await self._writer.read(op)
 
     async def count_tasks(self, queue: str, where: TaskFilter) -> int:
-        queue_id = self._queue_id(queue)
+        queue_id = self._queues.id_of(queue)
         conditions, params = self._where(where)
         sql = f"SELECT count(*) FROM tasks WHERE queue_id=?{conditions}"
 
@@ -549,7 +545,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
             count: int = conn.execute(sql, (queue_id, *params)).fetchone()[0]
             return count
 
-        return await self._read(op)
+        return await self._writer.read(op)
 
     @staticmethod
     def _where(where: TaskFilter) -> tuple[str, list[Any]]:
@@ -570,7 +566,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
         limit: int,
         report: bool = True,
     ) -> BulkStep:
-        queue_id = self._queue_id(queue)
+        queue_id = self._queues.id_of(queue)
         conditions, params = self._where(where)
         select = f"FROM tasks WHERE queue_id=?{conditions} AND id>? ORDER BY id LIMIT ?"
         states = rules.BULK_STATES[action]
@@ -578,7 +574,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
         # watches, except a retry that must take a unique_key back or a place in a fair
         # queue (the rules do those).
         in_sql = action == "delete" or (
-            not report and (action == "cancel" or queue_id not in self._fair)
+            not report and (action == "cancel" or queue_id not in self._queues.fair)
         )
 
         args = (queue_id, *params, after, limit)
@@ -618,7 +614,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
             return step._replace(changed=step.changed + more.changed, changes=more.changes)
 
         settled: list[Change] = []
-        step = await self._write(op)
+        step = await self._writer.write(op)
         self.report(settled)
         return step
 
@@ -627,9 +623,9 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
     ) -> None:
         """Remove tasks: those that waited for them are cancelled (``also``)."""
         for task in tasks:
-            self._settle(conn, task, None, now, also)
+            self._deps.settle(conn, task, None, now, also)
         conn.execute(_BULK_SQL["delete"], (_json([task.id for task in tasks]),))
-        self._forget(conn, [task.id for task in tasks if task.parents])
+        self._deps.forget(conn, [task.id for task in tasks if task.parents])
 
     def _bulk_by_rules(
         self,
@@ -650,7 +646,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
             if also:  # a cascade of this step may have changed it
                 again = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task.id,))
                 task = self._task(again.fetchone())
-            new = rules.bulk_change(task, action, now, self._still_waits(conn, task))
+            new = rules.bulk_change(task, action, now, self._deps.still_waits(conn, task))
             if new is None:
                 continue
             try:
@@ -662,39 +658,39 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
         return BulkStep(len(rows), len(changes), rows[-1][0], changes + also)
 
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:
-        queue_id = self._queue_id(queue)
+        queue_id = self._queues.id_of(queue)
 
         def op(conn: sqlite3.Connection) -> int:
             rows = conn.execute(_PRUNE, (queue_id, int(state), before, now, limit)).fetchall()
-            self._forget(conn, [task_id for task_id, parents in rows if parents])
+            self._deps.forget(conn, [task_id for task_id, parents in rows if parents])
             return len(rows)
 
-        return await self._write(op)
+        return await self._writer.write(op)
 
     async def heads(self) -> dict[str, int]:
         def op(conn: sqlite3.Connection) -> dict[str, int]:
-            names = self._queue_names
+            names = self._queues.names
             return {
                 names[queue_id]: at
                 for queue_id, at in conn.execute(_HEADS)
                 if at is not None and queue_id in names
             }
 
-        return await self._read(op)
+        return await self._writer.read(op)
 
     async def running_by_worker(self) -> dict[tuple[str, str | None], int]:
         def op(conn: sqlite3.Connection) -> dict[tuple[str, str | None], int]:
-            names = self._queue_names
+            names = self._queues.names
             return {
                 (names[queue_id], worker): count
                 for queue_id, worker, count in conn.execute(_RUNNING_BY_WORKER)
                 if queue_id in names
             }
 
-        return await self._read(op)
+        return await self._writer.read(op)
 
     async def limit_state(self, queue: str, options: QueueOptions, now: int) -> LimitState:
-        queue_id = self._queue_id(queue)
+        queue_id = self._queues.id_of(queue)
 
         def op(conn: sqlite3.Connection) -> LimitState:
             keys = None
@@ -703,11 +699,11 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
                 keys = conn.execute(_KEYS_AT_LIMIT, (queue_id, limit)).fetchone()[0]
             return LimitState(None, keys)
 
-        state = await self._read(op)
+        state = await self._writer.read(op)
         if options.rate is None:
             return state
         # The writer's thread refills and spends the bucket: look at a copy of it.
-        found = self._buckets.get(queue_id)
+        found = self._batches.buckets.get(queue_id)
         tokens, at = (None, None) if found is None else (found.tokens, found.at)
         return state._replace(tokens=rules.Bucket.stored(options.rate, now, tokens, at).tokens)
 
@@ -723,20 +719,24 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
                         result[names[queue_id]][State(state)] = count
             return result
 
-        return await self._read(op)
+        return await self._writer.read(op)
 
     async def set_status(self, queue: str, task_id: int, status: str, now: int) -> Change | None:
         def op(conn: sqlite3.Connection) -> Change | None:
             row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
-            if row is None or self._queue_names.get(row[1]) != queue:
+            if row is None or self._queues.names.get(row[1]) != queue:
                 raise TaskNotFound.named(task_id, queue)
             task = self._task(row)
-            new = rules.change_status(task, status, now, self._still_waits(conn, task))
+            new = rules.change_status(task, status, now, self._deps.still_waits(conn, task))
             change = self._change(conn, row[1], task, new, now, settled)
-            return None if change is None else change._replace(task=self._view(conn, change.task))
+            return (
+                None
+                if change is None
+                else change._replace(task=self._deps.view_of(conn, change.task))
+            )
 
         settled: list[Change] = []
-        change = await self._write(op)
+        change = await self._writer.write(op)
         self.report(settled)
         return change
 
@@ -758,8 +758,8 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
                     raise rules.key_taken(task, holder)
         # A status change never finishes a task, so the queue's history option plays no
         # part: any options will do.
-        change = self._store_change(conn, task, new, _KEEP, also)
-        if change is not None and queue_id in self._fair and change.task.state in UNFINISHED:
+        change = self._deps.store_change(conn, task, new, _KEEP, also)
+        if change is not None and queue_id in self._queues.fair and change.task.state in UNFINISHED:
             # A retry of a task finished before the queue became fair: it needs a place.
             (place,) = self._fair_places(conn, queue_id, [change.task])
             conn.execute(_PLACE_ONE, (place, task.id))
@@ -769,7 +769,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
         when = now_ms() if now is None else now
 
         def op(conn: sqlite3.Connection) -> bool:
-            queue_id = self._queue_id(queue)
+            queue_id = self._queues.id_of(queue)
             row = conn.execute(
                 f"SELECT {_COLUMNS} FROM tasks WHERE id=? AND queue_id=?", (task_id, queue_id)
             ).fetchone()
@@ -779,7 +779,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
             return True
 
         settled: list[Change] = []
-        deleted = await self._write(op)
+        deleted = await self._writer.write(op)
         self.report(settled)
         return deleted
 
@@ -803,7 +803,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
                         if decide
                         else rules.promote(task, now)
                     )
-                    change = self._store_change(conn, task, new, options, changes)
+                    change = self._deps.store_change(conn, task, new, options, changes)
                     if change is not None:
                         changes.append(change)
             # Finished tasks kept only while they held their unique_key (rules.discard):
@@ -812,7 +812,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
             dropping = [
                 queue_id
                 for name, options in queues.items()
-                if not options.persistent and (queue_id := self._queue_ids.get(name)) is not None
+                if not options.persistent and (queue_id := self._queues.ids.get(name)) is not None
             ]
             kept = _KEPT.format(ids=",".join(map(str, dropping)))
             rows = conn.execute(kept, (now, _EXPIRE_BATCH)).fetchall() if dropping else []
@@ -822,20 +822,20 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
                 if options is not None and rules.sweepable(task, options, now):
                     conn.execute("DELETE FROM tasks WHERE id=?", (task.id,))
                     if task.parents:
-                        self._forget(conn, [task.id])
+                        self._deps.forget(conn, [task.id])
             return changes
 
-        return await self._write(op)
+        return await self._writer.write(op)
 
     async def next_deadline(self) -> int | None:
         # Each min() is one step down the partial indexes tasks_lease and tasks_due.
-        row = await self._read(lambda conn: conn.execute(_NEXT_DEADLINE).fetchone())
+        row = await self._writer.read(lambda conn: conn.execute(_NEXT_DEADLINE).fetchone())
         return None if row[0] is None else int(row[0])
 
     # -- schedules ---------------------------------------------------------------------------
 
     async def load_schedules(self) -> dict[str, Schedule]:
-        rows = await self._read(lambda conn: conn.execute(_SCHEDULES).fetchall())
+        rows = await self._writer.read(lambda conn: conn.execute(_SCHEDULES).fetchall())
         return {row[0]: _schedule(row) for row in rows}
 
     async def save_schedule(self, name: str, spec: ScheduleSpec, cursor: int | None) -> Schedule:
@@ -851,13 +851,13 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
             ).fetchone()
             return _schedule(row)
 
-        return await self._write(op)
+        return await self._writer.write(op)
 
     async def delete_schedule(self, name: str) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
             return conn.execute("DELETE FROM schedules WHERE name=?", (name,)).rowcount > 0
 
-        return await self._write(op)
+        return await self._writer.write(op)
 
     async def fire_schedule(
         self, name: str, cursor: int, tick: int, task: NewTask | None, now: int
@@ -872,7 +872,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
             spec, last_task = _spec_decoder.decode(row[0]), row[1]
             made = None
             if task is not None and not (spec.overlap == "skip" and _unfinished(conn, last_task)):
-                queue_id = self._queue_id(spec.queue)
+                queue_id = self._queues.id_of(spec.queue)
                 (created,) = self._insert(conn, queue_id, spec.queue, [task], now)
                 conn.execute(
                     "UPDATE tasks SET schedule=?, scheduled_for=? WHERE id=?",
@@ -886,7 +886,7 @@ class SQLiteStore(Batches, Dependencies, GroupCommit):
             )
             return Fired(True, made)
 
-        return await self._write(op)
+        return await self._writer.write(op)
 
 
 _SCHEDULES: Final = "SELECT name, spec, cursor, last_tick, last_task FROM schedules"

@@ -18,7 +18,6 @@ disk flush per commit.
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
 import fcntl
@@ -32,10 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-import msgspec
-
-from katar.core import rules
-from katar.core.storage import Store
 from katar.errors import (
     ConfigError,
     KatarError,
@@ -43,7 +38,6 @@ from katar.errors import (
     StoreUnavailable,
 )
 from katar.logs import mask_credentials
-from katar.store.sqlite.batch import _Poll
 from katar.store.sqlite.schema import SCHEMA_VERSION, upgrade
 
 T = TypeVar("T")
@@ -138,28 +132,32 @@ def _disk_refused(exc: sqlite3.Error) -> bool:
     return code is not None and code & 0xFF in (_SQLITE_FULL, _SQLITE_IOERR)
 
 
-class _Fair(msgspec.Struct):
-    fair: bool = False
+_Hook = Callable[[sqlite3.Connection], None]
 
 
-_fair_decoder: Final = msgspec.json.Decoder(_Fair)  # a queue's options: is it fair?
+class Writer:
+    """The database file, its connections and threads, and the writes' group commit.
 
+    Operations are submitted to it (:meth:`write`, :meth:`read`): functions of a connection,
+    run on the event loop's thread (writes, a group in one transaction) or on the reading
+    thread. What the store keeps beside the database is the store's: the writer only calls
+    the three hooks it is given, each with the writing connection: ``opened`` once the
+    schema is ready (on the opening thread, before any write), ``finish`` at the end of
+    every group's transaction, before its commit (the batched polls), and ``undone`` after
+    a group was rolled back (to forget what its operations learned).
+    """
 
-class GroupCommit(Store):
-    """The database file, its connections and threads, and the writes' group commit: the
-    base of SQLiteStore, which adds the contract's operations (katar.store.sqlite.store)."""
-
-    """Queues and tasks in one SQLite database file."""
-
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, opened: _Hook, finish: _Hook, undone: _Hook) -> None:
         self.url = mask_credentials(url)
         self._path, self._synchronous = parse_url(url)
+        self._opened = opened
+        self._finish = finish
+        self._undone = undone
+        #: What open did to the schema (see Store.schema_change).
+        self.schema_change: tuple[int, int] | None = None
         self._conn: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[tuple[_Op, asyncio.Future[Any]]] = []
-        self._polls: list[_Poll] = []  # the running group's polls, finished together
-        self._buckets: dict[int, rules.Bucket] = {}  # rate limits' buckets, per queue id
-        self._fair: set[int] = set()  # the ids of the fair queues
         self._flush_scheduled = False
         self._rounds = 0  # times the loop went round since the first pending write
         self._checkpointer: threading.Thread | None = None
@@ -170,9 +168,6 @@ class GroupCommit(Store):
         self._changes = 0  # the writer's total_changes when _written was last set
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="katar-sqlite-read")
         self._read_conn: sqlite3.Connection | None = None
-        self._queue_ids: dict[str, int] = {}
-        self._queue_names: dict[int, str] = {}
-        self._last_id = 0
         self._lock_fd: int | None = None
         self._lock_key: tuple[int, int] | None = None
         self._wal_path = self._path + "-wal"
@@ -297,7 +292,7 @@ class GroupCommit(Store):
                 upgrade(conn, version)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.schema_change = (version, SCHEMA_VERSION)
-            self._load_ids(conn)
+            self._opened(conn)
             self._read_conn = self._connect()
         except sqlite3.Error as exc:
             conn.close()
@@ -502,7 +497,7 @@ class GroupCommit(Store):
             return None
         return stats.f_bavail * stats.f_frsize
 
-    def _refuse_new_tasks(self) -> None:
+    def refuse_new_tasks(self) -> None:
         """Raise StoreUnavailable while the disk's outage lasts (see _disk_outage): new
         tasks would take the space that copying the WAL back needs, whereas acks and the
         other changes to existing tasks take little, and finish work."""
@@ -648,14 +643,7 @@ class GroupCommit(Store):
                     outcomes.append((True, op(conn)))
                 except KatarError as exc:
                     outcomes.append((False, exc))
-            if self._polls:
-                self._finish_polls(conn)
-                outcomes = [
-                    (False, value.error)
-                    if ok and isinstance(value, _Poll) and value.error is not None
-                    else (ok, value)
-                    for ok, value in outcomes
-                ]
+            self._finish(conn)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._undo(conn)
@@ -674,26 +662,16 @@ class GroupCommit(Store):
         return outcomes
 
     def _undo(self, conn: sqlite3.Connection) -> None:
-        """Roll the group back, and forget what its operations learned."""
-        self._polls = []
+        """Roll the group back, and have the store forget what its operations learned."""
         try:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
         except sqlite3.Error:
             log.exception("SQLite could not roll a failed group back")
-        # What an operation learned about ids or queues may be undone: reload it.
         with contextlib.suppress(sqlite3.Error):
-            self._load_ids(conn)
+            self._undone(conn)
 
-    def _load_ids(self, conn: sqlite3.Connection) -> None:
-        """Read the queues' ids and the highest task id issued."""
-        rows = conn.execute("SELECT id, name, options FROM queues").fetchall()
-        self._queue_ids = {name: qid for qid, name, _options in rows}
-        self._queue_names.update({qid: name for qid, name, _options in rows})
-        self._fair = {qid for qid, _name, options in rows if _fair_decoder.decode(options).fair}
-        self._last_id = max(self._last_id, _last_issued(conn))
-
-    def _write(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def write(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         if self._conn is None or self._loop is None:
             raise StoreUnavailable("the SQLite store is not open")
         future: asyncio.Future[T] = self._loop.create_future()
@@ -703,7 +681,7 @@ class GroupCommit(Store):
             self._loop.call_soon(self._gather)
         return future
 
-    async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+    async def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
         def run() -> T:
             if self._read_conn is None:
                 raise StoreUnavailable("the SQLite store is not open")
@@ -714,15 +692,7 @@ class GroupCommit(Store):
 
         return await asyncio.get_running_loop().run_in_executor(self._reader, run)
 
-    @abc.abstractmethod
-    def _finish_polls(self, conn: sqlite3.Connection) -> None:
-        """Finish the group's polls at the end of its transaction (katar.store.sqlite.batch)."""
-
-
-def _last_issued(conn: sqlite3.Connection) -> int:
-    """The highest task id ever issued, deleted tasks included."""
-    row = conn.execute(
-        "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'tasks'), 0),"
-        " coalesce((SELECT max(id) FROM tasks), 0))"
-    ).fetchone()
-    return int(row[0])
+    def failing(self) -> str | None:
+        """Why the disk refuses new tasks (see _disk_outage), None while it takes them."""
+        failure = self._disk_failure
+        return None if failure is None else failure.message
