@@ -496,14 +496,30 @@ class Deliveries(msgspec.Struct, frozen=True):
     cancel: list[str] = []
 
 
-class QueueSummary(msgspec.Struct, frozen=True):
-    """A queue as GET /v1/queues lists it, as a client reads it: its options (section 8 of
-    the protocol), its tasks by status, and where it stands against its limits, if any."""
+class QueueLimits(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Where a queue with flow-control options stands against them."""
+
+    in_progress: int  # tasks in progress now, on every server
+    concurrency: int | None = None  # the queue's concurrency option
+    #: Whole deliveries the rate limit allows now (its bucket's tokens).
+    tokens: float | None = None
+    #: Keys with key_concurrency tasks in progress: their other tasks wait.
+    keys_at_limit: int | None = None
+
+
+class QueueInfo(msgspec.Struct, frozen=True):
+    """A queue as GET /v1/queues lists it: its options, its tasks by status and, when it has
+    flow-control options, where it stands against them."""
 
     name: str
+    # Plain data, so that a client reads the options a newer server adds: the server fills
+    # it from its checked QueueOptions, whose schema the OpenAPI document gives here.
     options: dict[str, Any]
     counts: dict[str, int]
-    limits: dict[str, Any] | None = None
+    limits: QueueLimits | None = None
+    #: Seconds the task at the queue's head (the next a poll takes) has been ready; null
+    #: when no task is ready.
+    oldest_queued_age: float | None = None
 
     @property
     def paused(self) -> bool:
@@ -511,10 +527,14 @@ class QueueSummary(msgspec.Struct, frozen=True):
         return bool(self.options.get("paused", False))
 
 
-class QueueList(msgspec.Struct, frozen=True):
-    """GET /v1/queues, as a client reads it."""
+class Queues(msgspec.Struct, frozen=True):
+    """Every queue the caller may see."""
 
-    queues: list[QueueSummary]
+    queues: list[QueueInfo]
+
+
+#: The client's name for a listed queue (katar.client exports it).
+QueueSummary = QueueInfo
 
 
 class Rates(msgspec.Struct, frozen=True):

@@ -40,8 +40,8 @@ from katar.errors import KatarError, ValidationError
 from katar.protocol import (
     IDEMPOTENCY_KEY_HEADER,
     BulkDone,
-    QueueList,
-    QueueSummary,
+    QueueInfo,
+    Queues,
     ScheduleRecord,
     Schedules,
     TaskRecord,
@@ -165,7 +165,7 @@ def _bulk_body(
     return {"action": action, "filter": selected}
 
 
-_queue_list: Final = msgspec.json.Decoder(QueueList)
+_queue_list: Final = msgspec.json.Decoder(Queues)
 _bulk_done: Final = msgspec.json.Decoder(BulkDone)
 _workers: Final = msgspec.json.Decoder(Workers)
 _schedules: Final = msgspec.json.Decoder(Schedules)
@@ -406,7 +406,7 @@ class Producer:
         named in its ``after`` and that are still there, by id (see :meth:`children`)."""
         return records(self._send("GET", *_linked(queue, task_id, "parents", limit, after)))
 
-    def queues(self) -> list[QueueSummary]:
+    def queues(self) -> list[QueueInfo]:
         """Every queue the token may see, with its options and task counts by status."""
         return _queue_list.decode(self._send("GET", "/v1/queues").content).queues
 
@@ -660,7 +660,7 @@ class AsyncProducer:
         page = _linked(queue, task_id, "parents", limit, after)
         return records(await self._send("GET", *page))
 
-    async def queues(self) -> list[QueueSummary]:
+    async def queues(self) -> list[QueueInfo]:
         """Every queue the token may see, with its options and task counts by status."""
         return _queue_list.decode((await self._send("GET", "/v1/queues")).content).queues
 

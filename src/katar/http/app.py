@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 from urllib.parse import unquote
 
+import msgspec
+
 from katar import ui
 from katar._version import __version__
 from katar.core import rules
@@ -45,9 +47,6 @@ from katar.http.responses import (
     LEASE_HEADER,
     NO_CONTENT,
     QueueCreated,
-    QueueInfo,
-    QueueLimits,
-    Queues,
     Response,
     deliveries,
     encode,
@@ -70,6 +69,9 @@ from katar.protocol import (
     Configuration,
     Health,
     QueueDeleted,
+    QueueInfo,
+    QueueLimits,
+    Queues,
     RoleName,
     ScheduleDeleted,
     Schedules,
@@ -491,7 +493,7 @@ class App:
         queues = [
             QueueInfo(
                 name,
-                known[name],
+                msgspec.to_builtins(known[name]),
                 counts,
                 await self._limits(name, known[name], counts),
                 None if name not in heads else max(0, now - heads[name]) / 1000,

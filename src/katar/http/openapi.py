@@ -166,6 +166,10 @@ def _components(kinds: tuple[Any, ...], limits: Limits) -> tuple[dict[Any, str],
     }
     schemas["Poll"]["properties"]["wait"]["maximum"] = limits.max_wait
     options = schemas.get("QueueOptions")
+    if "QueueInfo" in schemas and options is not None:
+        # The listing's options are plain data in the wire model (a client reads options it
+        # does not know yet); what the server sends there is a QueueOptions.
+        schemas["QueueInfo"]["properties"]["options"] = _ref("QueueOptions")
     if options is not None:
         # QueueOptions carries its own bounds; the keys of its configuration that Katar reads
         # are another struct's, which ignores the queue's own keys.
