@@ -4,7 +4,7 @@ Written without a framework: a worker's poll is the hot path of the product, and
 framework's routing and request objects cost about half of its throughput on the benchmark
 machine (docs/architecture.md). The routes are data (katar.http.routes); the app binds them
 to its handlers. It has two entries over one core: :meth:`App.admit` then :meth:`App.respond` for
-``katar serve``'s own HTTP/1.1 protocol (katar.http.protocol), which hands over whole
+``katar serve``'s own HTTP/1.1 protocol (katar.http.connection), which hands over whole
 requests, and the ASGI callable (katar.http.asgi), for any ASGI server and for in-process
 clients. No SQL and no queue rules here: handlers parse, call the engine, and shape the
 answer.
