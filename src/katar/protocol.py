@@ -157,7 +157,7 @@ class Poll(msgspec.Struct, frozen=True):
     worker: Annotated[str, msgspec.Meta(max_length=MAX_WORKER_NAME)] | None = None
 
 
-class NewTask(msgspec.Struct, frozen=True):
+class NewTaskBody(msgspec.Struct, frozen=True):
     """A task to enqueue. ``data`` is required (the server says so when it is missing)."""
 
     data: Annotated[msgspec.Raw, msgspec.Meta(description="Any JSON value, null included.")] = (
@@ -275,7 +275,7 @@ NO_NUL: Final = "^[^\\x00]*$"
 NoNul = Annotated[str, msgspec.Meta(pattern=NO_NUL)]
 
 
-class TaskFilter(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class TaskFilterQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Which tasks of a queue a bulk action (or a listing) selects: every condition given
     must hold. ``before`` and ``after`` bound the time the task was created."""
 
@@ -309,15 +309,16 @@ class Bulk(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """An action on every task of a queue that a filter selects."""
 
     action: BulkAction
-    filter: TaskFilter = TaskFilter()
+    filter: TaskFilterQuery = TaskFilterQuery()
     #: Count only: ``matched`` and how many the action would change; nothing changes.
     dry_run: bool = False
 
 
-class Enqueue(NewTask, frozen=True):
+class Enqueue(NewTaskBody, frozen=True):
+    # NewTask: NewTaskBody's name in the OpenAPI document, which shows this docstring.
     """One task (the fields of :class:`NewTask`) or many (``tasks``), not both."""
 
-    tasks: list[NewTask] | None = None
+    tasks: list[NewTaskBody] | None = None
 
 
 class Patch(msgspec.Struct, frozen=True):
@@ -465,7 +466,7 @@ class Tasks(msgspec.Struct, frozen=True):
     next: str | None = None
 
 
-class Delivery(msgspec.Struct, frozen=True):
+class DeliveredTask(msgspec.Struct, frozen=True):
     """A task delivered to a worker."""
 
     id: str = msgspec.field(name="_id")
@@ -490,7 +491,7 @@ class Delivery(msgspec.Struct, frozen=True):
 class Deliveries(msgspec.Struct, frozen=True):
     """A poll's answer when it delivers tasks, or tells the worker to stop some."""
 
-    tasks: list[Delivery]
+    tasks: list[DeliveredTask]
     #: Tasks whose heartbeat in this poll found them cancelled by an operator: the worker
     #: stops them and sends nothing more for them. Absent when none.
     cancel: list[str] = []

@@ -33,16 +33,24 @@ from katar.http.routes import (
     Route,
 )
 from katar.limits import Limits
-from katar.protocol import Error, NewTask
+from katar.protocol import Error, NewTaskBody
 
 _SCHEMAS: Final = "#/components/schemas/{name}"
+#: The document's names for the wire types whose Python names also say their side (a body, a
+#: query, a task as delivered), apart from the engine's types of the same name in
+#: katar.core.model: the document keeps the names clients generated from it use.
+_DOCUMENT_NAMES: Final = {
+    "NewTaskBody": "NewTask",
+    "TaskFilterQuery": "TaskFilter",
+    "DeliveredTask": "Delivery",
+}
 
 
 class Batch(msgspec.Struct, frozen=True):
     """Many tasks in one enqueue. The server decodes an enqueue as katar.protocol.Enqueue,
     one struct with the fields of both forms; the document shows them as the two they are."""
 
-    tasks: list[NewTask]
+    tasks: list[NewTaskBody]
 
 
 QUEUE_PARAM: Final[dict[str, Any]] = {
@@ -109,6 +117,24 @@ def _path_param(part: str, limits: Limits) -> dict[str, Any]:
     return parameter
 
 
+def _named(node: Any) -> Any:
+    """``node`` (a schema) with the wire types' references and titles under their document
+    names (_DOCUMENT_NAMES)."""
+    if isinstance(node, list):
+        return [_named(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    named: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "$ref" and value.startswith(_SCHEMAS.format(name="")):
+            name = value.rpartition("/")[2]
+            value = _SCHEMAS.format(name=_DOCUMENT_NAMES.get(name, name))
+        elif key == "title" and isinstance(value, str):
+            value = _DOCUMENT_NAMES.get(value, value)
+        named[key] = _named(value)
+    return named
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": _SCHEMAS.format(name=name)}
 
@@ -139,8 +165,9 @@ def _types(operations: Iterable[Operation]) -> list[Any]:
 def _components(kinds: tuple[Any, ...], limits: Limits) -> tuple[dict[Any, str], dict[str, Any]]:
     # Cached (read only): every app with the same limits has the same schemas, and making
     # them is most of the document's cost.
-    _, schemas = msgspec.json.schema_components(kinds, ref_template=_SCHEMAS)
-    names = {kind: kind.__name__ for kind in kinds}
+    _, generated = msgspec.json.schema_components(kinds, ref_template=_SCHEMAS)
+    schemas = {_DOCUMENT_NAMES.get(n, n): _named(schema) for n, schema in generated.items()}
+    names = {kind: _DOCUMENT_NAMES.get(kind.__name__, kind.__name__) for kind in kinds}
     # What a struct cannot say of itself: a new task's data has no default (its absence is
     # refused with a message of its own), delay and run_at exclude each other, and
     # unique_for needs a unique_key.

@@ -257,7 +257,7 @@ def iso_time(ms: int) -> str:
     return _iso(ms)
 
 
-#: A katar.protocol.Delivery, as a template: the fastest way to build one (the hot path).
+#: A katar.protocol.DeliveredTask, as a template: the fastest way to build one (the hot path).
 _DELIVERY: Final = b'{"_id":"%d","data":%b,"attempt":%d}'
 #: The same for a task with a lease of its own (its timeout).
 _DELIVERY_TIMEOUT: Final = b'{"_id":"%d","data":%b,"attempt":%d,"timeout":%d}'
