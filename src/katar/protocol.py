@@ -11,7 +11,7 @@ Types named here are the contract: a change to one is a change to the protocol.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal, get_args
+from typing import Annotated, Any, Final, Literal, TypedDict, get_args
 
 import msgspec
 
@@ -125,6 +125,40 @@ WorkerConfiguration = Annotated[
         },
     ),
 ]
+
+# -- the task options of an enqueue call -------------------------------------------------------
+
+
+class TaskOptions(TypedDict, total=False):
+    """A task's own options as the Python enqueue calls take them (keywords), under the
+    wire's names: ``timeout`` (its lease in ms), ``max_attempts`` (0: no limit),
+    ``expires_in`` and ``unique_for`` (seconds), ``key`` (its group). None: not given."""
+
+    timeout: int | None
+    max_attempts: int | None
+    expires_in: float | None
+    unique_for: float | None
+    key: str | None
+
+
+class EnqueueOptions(TaskOptions, total=False):
+    """What every enqueue call takes beside its tasks (``Producer.enqueue``,
+    ``Katar.queue(...).enqueue`` and their ``enqueue_many``): where the tasks go in the
+    queue, whether the call may be repeated safely, and the tasks' own options."""
+
+    priority: int | str | None
+    delay: float | None  # seconds
+    paused: bool
+    idempotency_key: str | None
+
+
+def check_enqueue_options(options: EnqueueOptions, call: str) -> None:
+    """Refuse a keyword ``call`` does not take, as a signature would (the type checker
+    catches it too, but not every caller is checked)."""
+    unknown = sorted(options.keys() - EnqueueOptions.__optional_keys__)
+    if unknown:
+        raise TypeError(f"{call}() got an unexpected keyword argument {unknown[0]!r}")
+
 
 # -- requests ---------------------------------------------------------------------------------
 
