@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from importlib import resources
 from typing import Any, Final
 
@@ -135,6 +135,37 @@ def _named(node: Any) -> Any:
     return named
 
 
+def _references(node: Any) -> Iterator[str]:
+    """The names of the components ``node`` refers to, in the document's order."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _references(item)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                yield value.rpartition("/")[2]
+            else:
+                yield from _references(value)
+
+
+def _in_reference_order(roots: Iterable[str], schemas: dict[str, Any]) -> dict[str, Any]:
+    """``schemas`` each after the first that refers to it, from ``roots`` in order, as the
+    generator lists them: so a reference changed here (see _components) leaves the order,
+    and the document's bytes, as they were. Schemas no root reaches keep their place."""
+    ordered: dict[str, Any] = {}
+
+    def visit(name: str) -> None:
+        if name in ordered or name not in schemas:
+            return
+        ordered[name] = schemas[name]
+        for reference in _references(schemas[name]):
+            visit(reference)
+
+    for root in roots:
+        visit(root)
+    return {**ordered, **schemas}
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": _SCHEMAS.format(name=name)}
 
@@ -213,7 +244,7 @@ def _components(kinds: tuple[Any, ...], limits: Limits) -> tuple[dict[Any, str],
             },
             "additionalProperties": False,
         }
-    return names, schemas
+    return names, _in_reference_order(names.values(), schemas)
 
 
 def _answers(given: Mapping[int, Answer | str], names: Mapping[Any, str]) -> dict[str, Any]:
