@@ -1,6 +1,6 @@
 """The ceiling: a bare ASGI app that answers a small JSON POST, on the server and settings
 ``katar serve`` runs (uvicorn, uvloop, httptools, no access log). ``katar serve`` itself
-answers through its own HTTP protocol (katar.http.protocol) in place of uvicorn's ASGI
+answers through its own HTTP protocol (katar.http.connection) in place of uvicorn's ASGI
 one: bench/run measures that floor too.
 
     python -m bench.ceiling PORT

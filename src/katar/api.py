@@ -12,7 +12,7 @@ async with katar:                                # or let WorkerServer.run() ope
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import msgspec
 from msgspec.structs import replace
@@ -35,6 +35,7 @@ from katar.core.model import (
 )
 from katar.core.schedule import Schedule, ScheduleSpec, check_name, parse_schedule
 from katar.errors import KatarError, TaskNotFound, ValidationError
+from katar.protocol import EnqueueOptions, check_enqueue_options
 from katar.store import open_store
 
 
@@ -206,18 +207,9 @@ class Queue:
         self,
         data: Any = None,
         *,
-        priority: int | str = 0,
-        delay: float = 0,
-        paused: bool = False,
-        idempotency_key: str | None = None,
-        # ASYNC109: the task's lease (the wire's and the queue option's name), not the call's.
-        timeout: int | None = None,  # noqa: ASYNC109
-        max_attempts: int | None = None,
-        expires_in: float | None = None,
         unique_key: str | None = None,
-        unique_for: float | None = None,
-        key: str | None = None,
         after: Sequence[int | str] | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> Task:
         """Add one task; ``delay`` in seconds; returns the stored task. The task's own
         options are those of :meth:`enqueue_many`; while a task of the queue holds
@@ -225,17 +217,9 @@ class Queue:
         ``after``: the ids of the tasks (of any queue) it waits for (see enqueue_many)."""
         (task,) = await self.enqueue_many(
             [data],
-            priority=priority,
-            delay=delay,
-            paused=paused,
-            idempotency_key=idempotency_key,
-            timeout=timeout,
-            max_attempts=max_attempts,
-            expires_in=expires_in,
             unique_keys=None if unique_key is None else [unique_key],
-            unique_for=unique_for,
-            key=key,
             afters=None if after is None else [after],
+            **options,
         )
         return task
 
@@ -243,18 +227,9 @@ class Queue:
         self,
         items: Iterable[Any],
         *,
-        priority: int | str = 0,
-        delay: float = 0,
-        paused: bool = False,
-        idempotency_key: str | None = None,
-        # ASYNC109: the task's lease (the wire's and the queue option's name), not the call's.
-        timeout: int | None = None,  # noqa: ASYNC109
-        max_attempts: int | None = None,
-        expires_in: float | None = None,
         unique_keys: Sequence[str | None] | None = None,
-        unique_for: float | None = None,
-        key: str | None = None,
         afters: Sequence[Sequence[int | str] | None] | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> list[Task]:
         """Add many tasks in one transaction; returns them in order. With an
         ``idempotency_key`` used on this queue in the last 24 hours (and the same tasks),
@@ -268,9 +243,11 @@ class Queue:
         ``afters``, one list (or None) per task of the ids of the tasks it waits for, where
         ``"$n"`` names the n-th task of this call (an earlier one): it runs once they are
         all done, with their results in its ``after``, and is cancelled if one fails."""
+        check_enqueue_options(options, "enqueue_many")
+        delay = options.get("delay") or 0
         if delay < 0:
             raise ValidationError("delay must be >= 0 seconds")
-        level = parse_priority(priority)
+        level = parse_priority(options.get("priority") or 0)
         items = list(items)
         keys = [None] * len(items) if unique_keys is None else list(unique_keys)
         if len(keys) != len(items):
@@ -283,20 +260,20 @@ class Queue:
                 data=_raw(item),
                 priority=level,
                 delay_ms=round(delay * 1000),
-                paused=paused,
+                paused=options.get("paused", False),
                 **parse_task_options(
-                    timeout=timeout,
-                    max_attempts=max_attempts,
-                    expires_in=expires_in,
+                    timeout=options.get("timeout"),
+                    max_attempts=options.get("max_attempts"),
+                    expires_in=options.get("expires_in"),
                     unique_key=unique,
-                    unique_for=unique_for,
-                    key=key,
+                    unique_for=options.get("unique_for"),
+                    key=options.get("key"),
                 ),
                 **(parse_after(wait, f"tasks[{i}]") if wait else {}),
             )
             for i, (item, unique, wait) in enumerate(zip(items, keys, waits, strict=True))
         ]
-        return await self.katar.engine.enqueue(self.name, new, idempotency_key)
+        return await self.katar.engine.enqueue(self.name, new, options.get("idempotency_key"))
 
     async def get(self, task_id: int | str, wait: float = 0) -> Task:
         """The task; with ``wait``, wait up to that many seconds for it to finish."""

@@ -11,7 +11,7 @@ Types named here are the contract: a change to one is a change to the protocol.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal, get_args
+from typing import Annotated, Any, Final, Literal, TypedDict, get_args
 
 import msgspec
 
@@ -126,6 +126,40 @@ WorkerConfiguration = Annotated[
     ),
 ]
 
+# -- the task options of an enqueue call -------------------------------------------------------
+
+
+class TaskOptions(TypedDict, total=False):
+    """A task's own options as the Python enqueue calls take them (keywords), under the
+    wire's names: ``timeout`` (its lease in ms), ``max_attempts`` (0: no limit),
+    ``expires_in`` and ``unique_for`` (seconds), ``key`` (its group). None: not given."""
+
+    timeout: int | None
+    max_attempts: int | None
+    expires_in: float | None
+    unique_for: float | None
+    key: str | None
+
+
+class EnqueueOptions(TaskOptions, total=False):
+    """What every enqueue call takes beside its tasks (``Producer.enqueue``,
+    ``Katar.queue(...).enqueue`` and their ``enqueue_many``): where the tasks go in the
+    queue, whether the call may be repeated safely, and the tasks' own options."""
+
+    priority: int | str | None
+    delay: float | None  # seconds
+    paused: bool
+    idempotency_key: str | None
+
+
+def check_enqueue_options(options: EnqueueOptions, call: str) -> None:
+    """Refuse a keyword ``call`` does not take, as a signature would (the type checker
+    catches it too, but not every caller is checked)."""
+    unknown = sorted(options.keys() - EnqueueOptions.__optional_keys__)
+    if unknown:
+        raise TypeError(f"{call}() got an unexpected keyword argument {unknown[0]!r}")
+
+
 # -- requests ---------------------------------------------------------------------------------
 
 
@@ -157,7 +191,7 @@ class Poll(msgspec.Struct, frozen=True):
     worker: Annotated[str, msgspec.Meta(max_length=MAX_WORKER_NAME)] | None = None
 
 
-class NewTask(msgspec.Struct, frozen=True):
+class NewTaskBody(msgspec.Struct, frozen=True):
     """A task to enqueue. ``data`` is required (the server says so when it is missing)."""
 
     data: Annotated[msgspec.Raw, msgspec.Meta(description="Any JSON value, null included.")] = (
@@ -275,7 +309,7 @@ NO_NUL: Final = "^[^\\x00]*$"
 NoNul = Annotated[str, msgspec.Meta(pattern=NO_NUL)]
 
 
-class TaskFilter(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class TaskFilterQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Which tasks of a queue a bulk action (or a listing) selects: every condition given
     must hold. ``before`` and ``after`` bound the time the task was created."""
 
@@ -309,15 +343,16 @@ class Bulk(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """An action on every task of a queue that a filter selects."""
 
     action: BulkAction
-    filter: TaskFilter = TaskFilter()
+    filter: TaskFilterQuery = TaskFilterQuery()
     #: Count only: ``matched`` and how many the action would change; nothing changes.
     dry_run: bool = False
 
 
-class Enqueue(NewTask, frozen=True):
+class Enqueue(NewTaskBody, frozen=True):
+    # NewTask: NewTaskBody's name in the OpenAPI document, which shows this docstring.
     """One task (the fields of :class:`NewTask`) or many (``tasks``), not both."""
 
-    tasks: list[NewTask] | None = None
+    tasks: list[NewTaskBody] | None = None
 
 
 class Patch(msgspec.Struct, frozen=True):
@@ -465,7 +500,7 @@ class Tasks(msgspec.Struct, frozen=True):
     next: str | None = None
 
 
-class Delivery(msgspec.Struct, frozen=True):
+class DeliveredTask(msgspec.Struct, frozen=True):
     """A task delivered to a worker."""
 
     id: str = msgspec.field(name="_id")
@@ -490,20 +525,36 @@ class Delivery(msgspec.Struct, frozen=True):
 class Deliveries(msgspec.Struct, frozen=True):
     """A poll's answer when it delivers tasks, or tells the worker to stop some."""
 
-    tasks: list[Delivery]
+    tasks: list[DeliveredTask]
     #: Tasks whose heartbeat in this poll found them cancelled by an operator: the worker
     #: stops them and sends nothing more for them. Absent when none.
     cancel: list[str] = []
 
 
-class QueueSummary(msgspec.Struct, frozen=True):
-    """A queue as GET /v1/queues lists it, as a client reads it: its options (section 8 of
-    the protocol), its tasks by status, and where it stands against its limits, if any."""
+class QueueLimits(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Where a queue with flow-control options stands against them."""
+
+    in_progress: int  # tasks in progress now, on every server
+    concurrency: int | None = None  # the queue's concurrency option
+    #: Whole deliveries the rate limit allows now (its bucket's tokens).
+    tokens: float | None = None
+    #: Keys with key_concurrency tasks in progress: their other tasks wait.
+    keys_at_limit: int | None = None
+
+
+class QueueInfo(msgspec.Struct, frozen=True):
+    """A queue as GET /v1/queues lists it: its options, its tasks by status and, when it has
+    flow-control options, where it stands against them."""
 
     name: str
+    # Plain data, so that a client reads the options a newer server adds: the server fills
+    # it from its checked QueueOptions, whose schema the OpenAPI document gives here.
     options: dict[str, Any]
     counts: dict[str, int]
-    limits: dict[str, Any] | None = None
+    limits: QueueLimits | None = None
+    #: Seconds the task at the queue's head (the next a poll takes) has been ready; null
+    #: when no task is ready.
+    oldest_queued_age: float | None = None
 
     @property
     def paused(self) -> bool:
@@ -511,10 +562,14 @@ class QueueSummary(msgspec.Struct, frozen=True):
         return bool(self.options.get("paused", False))
 
 
-class QueueList(msgspec.Struct, frozen=True):
-    """GET /v1/queues, as a client reads it."""
+class Queues(msgspec.Struct, frozen=True):
+    """Every queue the caller may see."""
 
-    queues: list[QueueSummary]
+    queues: list[QueueInfo]
+
+
+#: The client's name for a listed queue (katar.client exports it).
+QueueSummary = QueueInfo
 
 
 class Rates(msgspec.Struct, frozen=True):

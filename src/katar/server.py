@@ -24,7 +24,7 @@ from katar.api import Katar, Queue
 from katar.errors import ConfigError
 from katar.http import App, Limits
 from katar.http.auth import Token
-from katar.http.protocol import HttpProtocol, sweep
+from katar.http.connection import HttpProtocol, sweep
 from katar.http.sites import check_host_pattern
 from katar.logs import configure as configure_logs
 from katar.logs import mask_credentials

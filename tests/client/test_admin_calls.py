@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 
 import httpx
+import msgspec
 import pytest
 
 from katar import Katar
 from katar.client import AsyncProducer, RequestRejected
+from katar.core.clock import FakeClock
 from katar.errors import ValidationError
 from katar.http import App
 
@@ -56,3 +58,24 @@ async def test_bulk_and_workers(producer: AsyncProducer) -> None:
     done = await producer.bulk("q", "retry", status="cancelled")
     assert (done.matched, done.changed) == (1, 1)
     assert await producer.workers() == []
+
+
+async def test_the_client_reads_every_field_the_queue_listing_sends() -> None:
+    # One record on both sides: what the client decodes is all the server sent, limits and
+    # the head's age included.
+    clock = FakeClock()  # the head's age stays the same between the two reads
+    katar = Katar("memory://", clock=clock)
+    katar.queue("q", concurrency=2, rate={"limit": 5, "period": 1000})
+    async with katar:
+        transport = httpx.ASGITransport(app=App(katar.engine))
+        async with (
+            AsyncProducer(URL, transport=transport) as client,
+            httpx.AsyncClient(transport=transport, base_url=URL) as raw,
+        ):
+            await client.enqueue("q", 1)
+            await clock.advance(1500)
+            sent = (await raw.get("/v1/queues")).json()["queues"]
+            read = await client.queues()
+    assert sent[0]["limits"] is not None
+    assert sent[0]["oldest_queued_age"] == 1.5
+    assert [msgspec.to_builtins(queue) for queue in read] == sent

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -13,6 +14,7 @@ from katar import Katar, cli
 from katar.client import AsyncProducer, AsyncWorker, Job
 from katar.errors import ValidationError
 from katar.http import App
+from katar.protocol import EnqueueOptions
 from tests.http.conftest import served
 
 URL = "http://katar"
@@ -126,3 +128,21 @@ async def test_a_task_key_from_the_producer_the_api_and_the_cli(
         assert await asyncio.to_thread(cli.main, args) == 0
     record = await queue.get(capsys.readouterr().out.strip())
     assert record.key == "customer-4"
+
+
+async def test_the_enqueue_calls_take_one_options_structure(
+    katar: Katar, producer: AsyncProducer
+) -> None:
+    # The same EnqueueOptions go to the client and to the embedded API, as keywords; a
+    # keyword neither takes is refused as a signature would refuse it.
+    options: EnqueueOptions = {"priority": "high", "timeout": 300, "key": "k", "delay": 0}
+    sent = await producer.enqueue("q", 1, **options)
+    made = await katar.queue("q").enqueue(2, **options)
+    assert (sent.priority, sent.timeout, sent.key) == (10, 300, "k")
+    assert (made.priority, made.timeout, made.key) == (10, 300, "k")
+    typo: Any = {"max_attempt": 3}
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_attempt'"):
+        await producer.enqueue("q", 3, **typo)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_attempt'"):
+        await katar.queue("q").enqueue_many([3], **typo)
+    assert [task.data for task in await producer.tasks("q")] == [1, 2]

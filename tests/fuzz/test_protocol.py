@@ -17,7 +17,7 @@ from uvicorn.server import ServerState
 
 from katar import Katar
 from katar.http import App, Limits
-from katar.http.protocol import HttpProtocol
+from katar.http.connection import HttpProtocol
 from tests.fuzz import fuzz_settings
 
 # Its tests share module-wide fixtures: pytest-xdist runs them in one process (--dist

@@ -32,7 +32,7 @@ from katar.core.idempotency import check_key
 from katar.errors import ValidationError
 from katar.http import App
 from katar.http.auth import Role, Token, digest
-from katar.http.protocol import HttpProtocol
+from katar.http.connection import HttpProtocol
 from tests.fuzz import fuzz_settings
 
 # Its tests share module-wide fixtures: pytest-xdist runs them in one process (--dist

@@ -15,7 +15,7 @@ import uvicorn
 
 from katar import Katar
 from katar.http import App, Limits
-from katar.http.protocol import HttpProtocol, sweep
+from katar.http.connection import HttpProtocol, sweep
 
 
 @pytest.fixture

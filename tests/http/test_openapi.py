@@ -73,6 +73,12 @@ def test_the_document_keeps_what_the_protocol_promises(katar: Katar) -> None:
     assert schemas["Patch"]["properties"]["status"]["enum"] == sorted(PATCH_STATUSES)
     assert schemas["NewTask"]["required"] == ["data"]
     assert "run_at" in schemas["NewTask"]["properties"]
+    # The wire types' Python names say their side; the document keeps its names for them,
+    # and shows the options the queue listing sends as the queue options they are.
+    assert {"NewTask", "TaskFilter", "Delivery"} <= set(schemas)
+    assert not {"NewTaskBody", "TaskFilterQuery", "DeliveredTask"} & set(schemas)
+    assert schemas["Deliveries"]["properties"]["tasks"]["items"] == _ref("Delivery")
+    assert schemas["QueueInfo"]["properties"]["options"] == _ref("QueueOptions")
     # The server's limits are the schema's bounds.
     assert schemas["Poll"]["properties"]["wait"]["maximum"] == 30
     assert schemas["Batch"]["properties"]["tasks"]["maxItems"] == 500
@@ -118,3 +124,7 @@ async def test_the_document_and_the_server_agree_on_status_and_ids(
         assert response.status_code == answer, (value, response.text)
         assert bool(pattern.fullmatch(value)) == (answer == 200), value
     assert "task ids" in response.json()["error"]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}

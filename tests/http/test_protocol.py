@@ -15,7 +15,7 @@ import pytest
 from katar import Katar
 from katar.http import App, Limits
 from katar.http.auth import Role, Token, digest
-from katar.http.protocol import MAX_HEAD
+from katar.http.connection import MAX_HEAD
 from tests.http.conftest import eventually, opened, served
 
 LIMIT = 2048

@@ -22,7 +22,7 @@ SERVER_MODULES = (
     "katar.core",
     "katar.store",
     "katar.http.app",
-    "katar.http.protocol",
+    "katar.http.connection",
 )
 
 

@@ -15,7 +15,16 @@ from katar.errors import (
     ServerUnavailable,
     TransportError,
 )
-from katar.protocol import BulkDone, QueueSummary, ScheduleRecord, TaskRecord, WorkerSeen
+from katar.protocol import (
+    BulkDone,
+    EnqueueOptions,
+    QueueInfo,
+    QueueSummary,
+    ScheduleRecord,
+    TaskOptions,
+    TaskRecord,
+    WorkerSeen,
+)
 
 __all__ = [
     "APIError",
@@ -23,14 +32,17 @@ __all__ = [
     "AsyncWorker",
     "BulkDone",
     "ClientError",
+    "EnqueueOptions",
     "Fail",
     "Job",
     "Producer",
+    "QueueInfo",
     "QueueSummary",
     "RequestRejected",
     "Retry",
     "ScheduleRecord",
     "ServerUnavailable",
+    "TaskOptions",
     "TaskRecord",
     "TransportError",
     "Worker",

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 import httpx
 import msgspec
@@ -40,13 +40,16 @@ from katar.errors import KatarError, ValidationError
 from katar.protocol import (
     IDEMPOTENCY_KEY_HEADER,
     BulkDone,
-    QueueList,
-    QueueSummary,
+    EnqueueOptions,
+    QueueInfo,
+    Queues,
     ScheduleRecord,
     Schedules,
+    TaskOptions,
     TaskRecord,
     Workers,
     WorkerSeen,
+    check_enqueue_options,
 )
 
 #: The server's longest outcome wait per request (its max_wait, 60 s by default).
@@ -69,21 +72,9 @@ def _retry_in(exc: KatarError, attempt: int, retries: int) -> float | None:
     return backoff(attempt, cap=_RETRY_CAP)
 
 
-def task_options(
-    timeout: int | None = None,
-    max_attempts: int | None = None,
-    expires_in: float | None = None,
-    unique_for: float | None = None,
-    key: str | None = None,
-) -> dict[str, Any]:
+def task_options(options: EnqueueOptions) -> dict[str, Any]:
     """The per-task options of an enqueue's tasks, as the wire has them (the given ones)."""
-    given = {
-        "key": key,
-        "timeout": timeout,
-        "max_attempts": max_attempts,
-        "expires_in": expires_in,
-        "unique_for": unique_for,
-    }
+    given = {name: options.get(name) for name in TaskOptions.__annotations__}
     return {name: value for name, value in given.items() if value is not None}
 
 
@@ -165,7 +156,7 @@ def _bulk_body(
     return {"action": action, "filter": selected}
 
 
-_queue_list: Final = msgspec.json.Decoder(QueueList)
+_queue_list: Final = msgspec.json.Decoder(Queues)
 _bulk_done: Final = msgspec.json.Decoder(BulkDone)
 _workers: Final = msgspec.json.Decoder(Workers)
 _schedules: Final = msgspec.json.Decoder(Schedules)
@@ -196,15 +187,16 @@ def _schedule_body(
 
 def _many_body(
     items: Iterable[Any],
-    priority: int | str | None,
-    delay: float | None,
-    paused: bool,
+    options: EnqueueOptions,
     run_at: datetime | None = None,
-    options: dict[str, Any] | None = None,
     unique_keys: Sequence[str | None] | str | None = None,
     afters: Sequence[Sequence[str] | None] | None = None,
 ) -> Any:
-    tasks = [_task_body(item, priority, delay, paused, run_at, options) for item in items]
+    check_enqueue_options(options, "enqueue_many")
+    own = task_options(options)
+    priority, delay = options.get("priority"), options.get("delay")
+    paused = options.get("paused", False)
+    tasks = [_task_body(item, priority, delay, paused, run_at, own) for item in items]
     if not tasks:
         raise ValidationError("enqueue_many needs at least one task")
     if afters is not None:
@@ -288,18 +280,10 @@ class Producer:
         queue: str,
         data: Any,
         *,
-        priority: int | str | None = None,
-        delay: float | None = None,
-        paused: bool = False,
         run_at: datetime | None = None,
-        idempotency_key: str | None = None,
-        timeout: int | None = None,
-        max_attempts: int | None = None,
-        expires_in: float | None = None,
         unique_key: str | None = None,
-        unique_for: float | None = None,
-        key: str | None = None,
         after: Sequence[str] | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> TaskRecord:
         """Put one task on the queue; its record. ``delay`` (seconds) or ``run_at`` (an
         aware datetime) hold it back until then; see :meth:`enqueue_many` for
@@ -311,18 +295,10 @@ class Producer:
         (task,) = self.enqueue_many(
             queue,
             [data],
-            priority=priority,
-            delay=delay,
-            paused=paused,
             run_at=run_at,
-            idempotency_key=idempotency_key,
-            timeout=timeout,
-            max_attempts=max_attempts,
-            expires_in=expires_in,
             unique_keys=None if unique_key is None else [unique_key],
-            unique_for=unique_for,
-            key=key,
             afters=None if after is None else [after],
+            **options,
         )
         return task
 
@@ -331,18 +307,10 @@ class Producer:
         queue: str,
         items: Iterable[Any],
         *,
-        priority: int | str | None = None,
-        delay: float | None = None,
-        paused: bool = False,
         run_at: datetime | None = None,
-        idempotency_key: str | None = None,
-        timeout: int | None = None,
-        max_attempts: int | None = None,
-        expires_in: float | None = None,
         unique_keys: Sequence[str | None] | str | None = None,
-        unique_for: float | None = None,
-        key: str | None = None,
         afters: Sequence[Sequence[str] | None] | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> list[TaskRecord]:
         """Put many tasks on the queue in one request (one transaction); their records.
         ``delay`` (seconds) or ``run_at`` (an aware datetime) hold them back until then.
@@ -360,9 +328,8 @@ class Producer:
         ``key_concurrency`` and ``fair`` count by. ``afters``: for each task, the ids of the
         tasks it waits for (or None), where ``"$n"`` names the n-th task of this call
         (0-based, an earlier one): e.g. ``[None, None, ["$0", "$1"]]`` for a fan-in."""
-        options = task_options(timeout, max_attempts, expires_in, unique_for, key)
-        body = _many_body(items, priority, delay, paused, run_at, options, unique_keys, afters)
-        return self._enqueue(queue, body, idempotency_key)
+        body = _many_body(items, options, run_at, unique_keys, afters)
+        return self._enqueue(queue, body, options.get("idempotency_key"))
 
     def get(self, queue: str, task_id: str) -> TaskRecord:
         """The task's record."""
@@ -406,7 +373,7 @@ class Producer:
         named in its ``after`` and that are still there, by id (see :meth:`children`)."""
         return records(self._send("GET", *_linked(queue, task_id, "parents", limit, after)))
 
-    def queues(self) -> list[QueueSummary]:
+    def queues(self) -> list[QueueInfo]:
         """Every queue the token may see, with its options and task counts by status."""
         return _queue_list.decode(self._send("GET", "/v1/queues").content).queues
 
@@ -558,19 +525,10 @@ class AsyncProducer:
         queue: str,
         data: Any,
         *,
-        priority: int | str | None = None,
-        delay: float | None = None,
-        paused: bool = False,
         run_at: datetime | None = None,
-        idempotency_key: str | None = None,
-        # ASYNC109: the task's lease (the wire's and the queue option's name), not the call's.
-        timeout: int | None = None,  # noqa: ASYNC109
-        max_attempts: int | None = None,
-        expires_in: float | None = None,
         unique_key: str | None = None,
-        unique_for: float | None = None,
-        key: str | None = None,
         after: Sequence[str] | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> TaskRecord:
         """Put one task on the queue; its record. ``delay`` (seconds) or ``run_at`` (an
         aware datetime) hold it back until then; see :meth:`enqueue_many` for
@@ -582,18 +540,10 @@ class AsyncProducer:
         tasks = await self.enqueue_many(
             queue,
             [data],
-            priority=priority,
-            delay=delay,
-            paused=paused,
             run_at=run_at,
-            idempotency_key=idempotency_key,
-            timeout=timeout,
-            max_attempts=max_attempts,
-            expires_in=expires_in,
             unique_keys=None if unique_key is None else [unique_key],
-            unique_for=unique_for,
-            key=key,
             afters=None if after is None else [after],
+            **options,
         )
         return tasks[0]
 
@@ -602,25 +552,15 @@ class AsyncProducer:
         queue: str,
         items: Iterable[Any],
         *,
-        priority: int | str | None = None,
-        delay: float | None = None,
-        paused: bool = False,
         run_at: datetime | None = None,
-        idempotency_key: str | None = None,
-        # ASYNC109: the task's lease (the wire's and the queue option's name), not the call's.
-        timeout: int | None = None,  # noqa: ASYNC109
-        max_attempts: int | None = None,
-        expires_in: float | None = None,
         unique_keys: Sequence[str | None] | str | None = None,
-        unique_for: float | None = None,
-        key: str | None = None,
         afters: Sequence[Sequence[str] | None] | None = None,
+        **options: Unpack[EnqueueOptions],
     ) -> list[TaskRecord]:
         """Put many tasks on the queue in one request (one transaction); their records
         (see Producer.enqueue_many)."""
-        options = task_options(timeout, max_attempts, expires_in, unique_for, key)
-        body = _many_body(items, priority, delay, paused, run_at, options, unique_keys, afters)
-        return await self._enqueue(queue, body, idempotency_key)
+        body = _many_body(items, options, run_at, unique_keys, afters)
+        return await self._enqueue(queue, body, options.get("idempotency_key"))
 
     async def get(self, queue: str, task_id: str) -> TaskRecord:
         """The task's record."""
@@ -660,7 +600,7 @@ class AsyncProducer:
         page = _linked(queue, task_id, "parents", limit, after)
         return records(await self._send("GET", *page))
 
-    async def queues(self) -> list[QueueSummary]:
+    async def queues(self) -> list[QueueInfo]:
         """Every queue the token may see, with its options and task counts by status."""
         return _queue_list.decode((await self._send("GET", "/v1/queues")).content).queues
 

@@ -397,10 +397,10 @@ def parse_priority(value: Any) -> int:
     return value
 
 
-def task_options(body: protocol.NewTask, where: str = "task") -> dict[str, Any]:
+def task_options(body: protocol.NewTaskBody, where: str = "task") -> dict[str, Any]:
     """The per-task options of a task to enqueue, as :class:`NewTask` fields, from the wire's
     (``key``, ``timeout`` ms, ``max_attempts``, ``expires_in`` and ``unique_for`` seconds,
-    ``unique_key``), whose types and bounds :class:`katar.protocol.NewTask` checks."""
+    ``unique_key``), whose types and bounds :class:`katar.protocol.NewTaskBody` checks."""
     if body.unique_for is not None and body.unique_key is None:
         raise ValidationError(f"{where}: unique_for needs a unique_key", field="unique_for")
     return {
@@ -422,7 +422,7 @@ def parse_task_options(**raw: Any) -> dict[str, Any]:
     fields are; the None ones are left out."""
     given = {name: value for name, value in raw.items() if value is not None}
     try:
-        body = msgspec.convert(given, protocol.NewTask)
+        body = msgspec.convert(given, protocol.NewTaskBody)
     except msgspec.ValidationError as exc:
         raise ValidationError(f"invalid task option: {exc}") from None
     return task_options(body)

@@ -1,5 +1,5 @@
 """Katar's HTTP interface: the app (an ASGI application too) and the HTTP/1.1 protocol
-``katar serve`` answers through (katar.http.protocol).
+``katar serve`` answers through (katar.http.connection).
 
 ``App`` and ``Limits`` are imported on first use (PEP 562), so that the light modules below
 (``katar.http.auth``) can be used without the app and the engine behind it.

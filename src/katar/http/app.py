@@ -4,7 +4,7 @@ Written without a framework: a worker's poll is the hot path of the product, and
 framework's routing and request objects cost about half of its throughput on the benchmark
 machine (docs/architecture.md). The routes are data (katar.http.routes); the app binds them
 to its handlers. It has two entries over one core: :meth:`App.admit` then :meth:`App.respond` for
-``katar serve``'s own HTTP/1.1 protocol (katar.http.protocol), which hands over whole
+``katar serve``'s own HTTP/1.1 protocol (katar.http.connection), which hands over whole
 requests, and the ASGI callable (katar.http.asgi), for any ASGI server and for in-process
 clients. No SQL and no queue rules here: handlers parse, call the engine, and shape the
 answer.
@@ -18,6 +18,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 from urllib.parse import unquote
+
+import msgspec
 
 from katar import ui
 from katar._version import __version__
@@ -45,9 +47,6 @@ from katar.http.responses import (
     LEASE_HEADER,
     NO_CONTENT,
     QueueCreated,
-    QueueInfo,
-    QueueLimits,
-    Queues,
     Response,
     deliveries,
     encode,
@@ -70,6 +69,9 @@ from katar.protocol import (
     Configuration,
     Health,
     QueueDeleted,
+    QueueInfo,
+    QueueLimits,
+    Queues,
     RoleName,
     ScheduleDeleted,
     Schedules,
@@ -491,7 +493,7 @@ class App:
         queues = [
             QueueInfo(
                 name,
-                known[name],
+                msgspec.to_builtins(known[name]),
                 counts,
                 await self._limits(name, known[name], counts),
                 None if name not in heads else max(0, now - heads[name]) / 1000,

@@ -1,6 +1,6 @@
 """The ASGI adapter of the HTTP application: for any ASGI server (uvicorn's own, in tests)
 and for in-process clients (httpx's ASGITransport). ``katar serve`` does not go through it:
-its own HTTP/1.1 protocol (katar.http.protocol) hands whole requests to the application.
+its own HTTP/1.1 protocol (katar.http.connection) hands whole requests to the application.
 
 The adapter turns an ASGI request into the application's two steps, :meth:`admit` before the
 body is read (a refused request's body is never buffered) and :meth:`respond` once it has

@@ -1,7 +1,7 @@
-"""One request on a connection (katar.http.protocol), from its first byte to its answer: its
+"""One request on a connection (katar.http.connection), from its first byte to its answer: its
 head as it is parsed, its admission, its body, and how far it has got (:class:`Stage`).
 
-The connection (:class:`katar.http.protocol.HttpProtocol`) owns what outlives a request (the
+The connection (:class:`katar.http.connection.HttpProtocol`) owns what outlives a request (the
 transport, the parser, the queue of requests, flow control, keep-alive); a :class:`Cycle`
 owns what is one request's, and is dropped once answered.
 """

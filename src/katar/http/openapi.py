@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from importlib import resources
 from typing import Any, Final
 
@@ -33,16 +33,24 @@ from katar.http.routes import (
     Route,
 )
 from katar.limits import Limits
-from katar.protocol import Error, NewTask
+from katar.protocol import Error, NewTaskBody
 
 _SCHEMAS: Final = "#/components/schemas/{name}"
+#: The document's names for the wire types whose Python names also say their side (a body, a
+#: query, a task as delivered), apart from the engine's types of the same name in
+#: katar.core.model: the document keeps the names clients generated from it use.
+_DOCUMENT_NAMES: Final = {
+    "NewTaskBody": "NewTask",
+    "TaskFilterQuery": "TaskFilter",
+    "DeliveredTask": "Delivery",
+}
 
 
 class Batch(msgspec.Struct, frozen=True):
     """Many tasks in one enqueue. The server decodes an enqueue as katar.protocol.Enqueue,
     one struct with the fields of both forms; the document shows them as the two they are."""
 
-    tasks: list[NewTask]
+    tasks: list[NewTaskBody]
 
 
 QUEUE_PARAM: Final[dict[str, Any]] = {
@@ -109,6 +117,55 @@ def _path_param(part: str, limits: Limits) -> dict[str, Any]:
     return parameter
 
 
+def _named(node: Any) -> Any:
+    """``node`` (a schema) with the wire types' references and titles under their document
+    names (_DOCUMENT_NAMES)."""
+    if isinstance(node, list):
+        return [_named(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    named: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "$ref" and value.startswith(_SCHEMAS.format(name="")):
+            name = value.rpartition("/")[2]
+            value = _SCHEMAS.format(name=_DOCUMENT_NAMES.get(name, name))
+        elif key == "title" and isinstance(value, str):
+            value = _DOCUMENT_NAMES.get(value, value)
+        named[key] = _named(value)
+    return named
+
+
+def _references(node: Any) -> Iterator[str]:
+    """The names of the components ``node`` refers to, in the document's order."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _references(item)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                yield value.rpartition("/")[2]
+            else:
+                yield from _references(value)
+
+
+def _in_reference_order(roots: Iterable[str], schemas: dict[str, Any]) -> dict[str, Any]:
+    """``schemas`` each after the first that refers to it, from ``roots`` in order, as the
+    generator lists them: so a reference changed here (see _components) leaves the order,
+    and the document's bytes, as they were. Schemas no root reaches keep their place."""
+    ordered: dict[str, Any] = {}
+
+    def visit(name: str) -> None:
+        if name in ordered or name not in schemas:
+            return
+        ordered[name] = schemas[name]
+        for reference in _references(schemas[name]):
+            visit(reference)
+
+    for root in roots:
+        visit(root)
+    return {**ordered, **schemas}
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": _SCHEMAS.format(name=name)}
 
@@ -139,8 +196,9 @@ def _types(operations: Iterable[Operation]) -> list[Any]:
 def _components(kinds: tuple[Any, ...], limits: Limits) -> tuple[dict[Any, str], dict[str, Any]]:
     # Cached (read only): every app with the same limits has the same schemas, and making
     # them is most of the document's cost.
-    _, schemas = msgspec.json.schema_components(kinds, ref_template=_SCHEMAS)
-    names = {kind: kind.__name__ for kind in kinds}
+    _, generated = msgspec.json.schema_components(kinds, ref_template=_SCHEMAS)
+    schemas = {_DOCUMENT_NAMES.get(n, n): _named(schema) for n, schema in generated.items()}
+    names = {kind: _DOCUMENT_NAMES.get(kind.__name__, kind.__name__) for kind in kinds}
     # What a struct cannot say of itself: a new task's data has no default (its absence is
     # refused with a message of its own), delay and run_at exclude each other, and
     # unique_for needs a unique_key.
@@ -166,6 +224,10 @@ def _components(kinds: tuple[Any, ...], limits: Limits) -> tuple[dict[Any, str],
     }
     schemas["Poll"]["properties"]["wait"]["maximum"] = limits.max_wait
     options = schemas.get("QueueOptions")
+    if "QueueInfo" in schemas and options is not None:
+        # The listing's options are plain data in the wire model (a client reads options it
+        # does not know yet); what the server sends there is a QueueOptions.
+        schemas["QueueInfo"]["properties"]["options"] = _ref("QueueOptions")
     if options is not None:
         # QueueOptions carries its own bounds; the keys of its configuration that Katar reads
         # are another struct's, which ignores the queue's own keys.
@@ -182,7 +244,7 @@ def _components(kinds: tuple[Any, ...], limits: Limits) -> tuple[dict[Any, str],
             },
             "additionalProperties": False,
         }
-    return names, schemas
+    return names, _in_reference_order(names.values(), schemas)
 
 
 def _answers(given: Mapping[int, Answer | str], names: Mapping[Any, str]) -> dict[str, Any]:

@@ -32,10 +32,10 @@ from katar.protocol import (
     MAX_UNIQUE_KEY,
     STATUSES,
     Enqueue,
+    NewTaskBody,
     Patch,
     Poll,
 )
-from katar.protocol import NewTask as TaskBody
 
 _HINTS: Final = {
     "status": "an ack's status is one of done, failed, in progress",
@@ -159,7 +159,7 @@ def parse_poll(body: bytes, max_wait: float) -> tuple[list[Ack], int, float, str
     return acks, poll.max, poll.wait, poll.worker
 
 
-def _new_task(body: TaskBody, where: str, max_bytes: int) -> NewTask:
+def _new_task(body: NewTaskBody, where: str, max_bytes: int) -> NewTask:
     size = len(body.data)
     if not size:
         raise ValidationError(f"{where}: data is required (any JSON value, null included)")
@@ -197,7 +197,7 @@ def _new_task(body: TaskBody, where: str, max_bytes: int) -> NewTask:
     )
 
 
-def _run_at(body: TaskBody, where: str) -> int:
+def _run_at(body: NewTaskBody, where: str) -> int:
     """A task's run_at in ms since the epoch; a time that has passed is kept (it means now)."""
     if body.delay is not None:
         raise ValidationError(f"{where}: give delay or run_at, not both")
@@ -222,7 +222,7 @@ def parse_time(text: str, name: str, where: str = "") -> int:
         raise ValidationError(f"{prefix}invalid {name} {text[:64]!r}: {hint}") from None
 
 
-def task_filter(raw: protocol.TaskFilter) -> TaskFilter:
+def task_filter(raw: protocol.TaskFilterQuery) -> TaskFilter:
     """The domain's filter from the wire's (a bulk body's, a listing's query)."""
     ids = None
     if raw.ids is not None:
@@ -254,7 +254,7 @@ def parse_listing(query: dict[str, str]) -> TaskFilter:
     error = query.get("error") or None
     if error is not None and len(error) > MAX_ERROR_FILTER:
         raise ValidationError(f"error must be at most {MAX_ERROR_FILTER} characters")
-    raw = protocol.TaskFilter(
+    raw = protocol.TaskFilterQuery(
         status=parse_statuses(query.get("status")),  # type: ignore[arg-type]
         key=query.get("key") or None,
         worker=query.get("worker") or None,

@@ -1,7 +1,7 @@
 """A request on its way through the HTTP interface: admitted (routed, its token checked)
 before its body is read, then handed to its route's handler. Shared by the application
 (katar.http.app), its route table (katar.http.routes) and both ways in: ``katar serve``'s own
-protocol (katar.http.cycle, katar.http.protocol) and ASGI (katar.http.asgi).
+protocol (katar.http.cycle, katar.http.connection) and ASGI (katar.http.asgi).
 """
 
 from __future__ import annotations

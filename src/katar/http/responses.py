@@ -108,36 +108,6 @@ def _iso(ms: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class QueueLimits(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Where a queue with flow-control options stands against them."""
-
-    in_progress: int  # tasks in progress now, on every server
-    concurrency: int | None = None  # the queue's concurrency option
-    #: Whole deliveries the rate limit allows now (its bucket's tokens).
-    tokens: float | None = None
-    #: Keys with key_concurrency tasks in progress: their other tasks wait.
-    keys_at_limit: int | None = None
-
-
-class QueueInfo(msgspec.Struct, frozen=True):
-    """A queue as GET /v1/queues lists it: its options, its tasks by status and, when it has
-    flow-control options, where it stands against them."""
-
-    name: str
-    options: QueueOptions
-    counts: dict[str, int]
-    limits: QueueLimits | None = None
-    #: Seconds the task at the queue's head (the next a poll takes) has been ready; null
-    #: when no task is ready.
-    oldest_queued_age: float | None = None
-
-
-class Queues(msgspec.Struct, frozen=True):
-    """Every queue the caller may see."""
-
-    queues: list[QueueInfo]
-
-
 class QueueCreated(msgspec.Struct, frozen=True):
     """A queue created or changed: its options, and the configuration workers get."""
 
@@ -287,7 +257,7 @@ def iso_time(ms: int) -> str:
     return _iso(ms)
 
 
-#: A katar.protocol.Delivery, as a template: the fastest way to build one (the hot path).
+#: A katar.protocol.DeliveredTask, as a template: the fastest way to build one (the hot path).
 _DELIVERY: Final = b'{"_id":"%d","data":%b,"attempt":%d}'
 #: The same for a task with a lease of its own (its timeout).
 _DELIVERY_TIMEOUT: Final = b'{"_id":"%d","data":%b,"attempt":%d,"timeout":%d}'

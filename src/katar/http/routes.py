@@ -18,7 +18,7 @@ from katar.core.model import QueueOptions
 from katar.core.schedule import ScheduleSpec
 from katar.http.auth import Access
 from katar.http.request import Request
-from katar.http.responses import QueueCreated, Queues, Response
+from katar.http.responses import QueueCreated, Response
 from katar.protocol import (
     IDEMPOTENCY_KEY_HEADER,
     IDEMPOTENCY_KEY_PATTERN,
@@ -32,6 +32,7 @@ from katar.protocol import (
     Patch,
     Poll,
     QueueDeleted,
+    Queues,
     ScheduleDeleted,
     SchedulePause,
     ScheduleRecord,

@@ -123,7 +123,7 @@ class HttpProtocol(asyncio.Protocol):
     ) -> None:
         app = config.app
         if not isinstance(app, App):
-            raise TypeError("katar.http.protocol.HttpProtocol serves a katar.http.App only")
+            raise TypeError("katar.http.connection.HttpProtocol serves a katar.http.App only")
         self.app = app
         self.limit = app.limits.max_body_bytes
         self.server_state = server_state
