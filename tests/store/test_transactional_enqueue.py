@@ -106,17 +106,36 @@ async def role(katar: Katar, *grants: str) -> AsyncIterator[str]:
     name = f"katar_test_role_{uuid.uuid4().hex[:12]}"
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as admin:
         database = (await (await admin.execute("SELECT current_database()")).fetchone() or [""])[0]
-        await admin.execute(f"CREATE ROLE {name} LOGIN")
-        try:
+        # The database's privileges are one catalog row that every test process's GRANT and
+        # DROP OWNED rewrite: done at once by two of them, one fails ("tuple concurrently
+        # updated"). An advisory lock takes them in turn, across processes.
+        async with _catalog_lock(admin):
+            await admin.execute(f"CREATE ROLE {name} LOGIN")
             await admin.execute(f'GRANT CONNECT ON DATABASE "{database}" TO {name}')
+        try:
             for grant in grants:
                 await admin.execute(grant.format(s=schema, role=name))
             parts = urlsplit(conninfo)
             host = parts.netloc.rpartition("@")[2]
             yield urlunsplit((parts.scheme, f"{name}@{host}", parts.path, parts.query, ""))
         finally:
-            await admin.execute(f"DROP OWNED BY {name}")
-            await admin.execute(f"DROP ROLE {name}")
+            async with _catalog_lock(admin):
+                await admin.execute(f"DROP OWNED BY {name}")
+                await admin.execute(f"DROP ROLE {name}")
+
+
+@contextlib.asynccontextmanager
+async def _catalog_lock(admin: psycopg.AsyncConnection[tuple[object, ...]]) -> AsyncIterator[None]:
+    """Hold the tests' advisory lock on the shared catalog while the block runs."""
+    await admin.execute("SELECT pg_advisory_lock(%s)", (_CATALOG_LOCK,))
+    try:
+        yield
+    finally:
+        await admin.execute("SELECT pg_advisory_unlock(%s)", (_CATALOG_LOCK,))
+
+
+#: The advisory lock's key: any fixed number no other program of the test server uses.
+_CATALOG_LOCK = 0x6B61746172  # "katar"
 
 
 _EXECUTE = "GRANT EXECUTE ON FUNCTION {s}.enqueue(text, jsonb, integer, double precision) TO {role}"
