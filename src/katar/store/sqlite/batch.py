@@ -19,6 +19,7 @@ from katar.core.storage import Change
 from katar.errors import (
     KatarError,
 )
+from katar.store import _sql as sql
 from katar.store._rows import (
     CLAIMED_COLUMNS,
     COLUMNS,
@@ -34,11 +35,11 @@ from katar.store.sqlite.queues import Queues
 # expiry has come (rules.expired) is left for the reaper to cancel.
 # Every claim below takes (now, queue timeout) for its lease and now for the expiry.
 _LEASE: Final = "lease_until=?+coalesce(timeout, ?)"
-_NOT_EXPIRED: Final = "(expires_at IS NULL OR attempts > 0 OR expires_at > ?)"
+_NOT_EXPIRED: Final = sql.not_expired("?")
 _CLAIM: Final = (
-    f"UPDATE tasks SET state=3, attempts=attempts+1, worker=?, {_LEASE}, run_at=NULL,"
+    f"UPDATE tasks SET state={sql.RUNNING}, attempts=attempts+1, worker=?, {_LEASE}, run_at=NULL,"
     " progress=NULL, updated_at=?, started_at=? WHERE id IN (SELECT id FROM tasks WHERE"
-    f" queue_id=? AND state=1 AND {_NOT_EXPIRED} ORDER BY priority DESC, id LIMIT ?)"
+    f" queue_id=? AND state={sql.READY} AND {_NOT_EXPIRED} ORDER BY priority DESC, id LIMIT ?)"
     f" RETURNING {CLAIMED_COLUMNS}"
 )
 # The other options of a claimed task that has some (see CLAIMED_COLUMNS).
@@ -50,11 +51,11 @@ _CLAIM_ANONYMOUS: Final = _CLAIM.replace("worker=?", "worker=NULL")  # no worker
 # A task with dependencies (parents, or children waiting for it) is left to the rules too:
 # its end settles the edges (katar.store.sqlite.deps).
 _CURRENT: Final = (
-    "id=? AND queue_id=? AND state=3 AND attempts=coalesce(nullif(?, 0), attempts)"
+    f"id=? AND queue_id=? AND state={sql.RUNNING} AND attempts=coalesce(nullif(?, 0), attempts)"
     " AND cancel_requested=0 AND children=0 AND parents=0"
 )
 _DONE: Final = (
-    "UPDATE tasks SET state=4, result=?, error=NULL, lease_until=NULL, updated_at=?"
+    f"UPDATE tasks SET state={sql.DONE}, result=?, error=NULL, lease_until=NULL, updated_at=?"
     f" WHERE {_CURRENT} RETURNING {{returning}}"
 )
 # A task that holds its unique_key past its end (unique_for) is kept: left to the rules.
@@ -70,12 +71,12 @@ _DONE_DROP_OWNED: Final = _DONE_DROP.replace(" RETURNING", _OWNER + " RETURNING"
 # The same for many acks at once; {rows} is "(?,?,?)" per ack: (id, attempt, result), or
 # "(?,?)" when the task is dropped (its result is not kept).
 _DONE_MATCH: Final = (
-    "t.id = v.column1 AND t.queue_id = ? AND t.state = 3"
+    f"t.id = v.column1 AND t.queue_id = ? AND t.state = {sql.RUNNING}"
     " AND t.attempts = coalesce(nullif(v.column2, 0), t.attempts) AND t.cancel_requested = 0"
     " AND t.children = 0 AND t.parents = 0"
 )
 _DONE_MANY: Final = (
-    "UPDATE tasks AS t SET state=4, result=v.column3, error=NULL, lease_until=NULL,"
+    f"UPDATE tasks AS t SET state={sql.DONE}, result=v.column3, error=NULL, lease_until=NULL,"
     " updated_at=? FROM (VALUES {rows}) AS v WHERE " + _DONE_MATCH + " RETURNING {returning}"
 )
 _DONE_DROP_MANY: Final = (
@@ -93,37 +94,40 @@ _DONE_DROP_MANY_OWNED: Final = _DONE_DROP_MANY.replace(
 # The same when no ack names its delivery, so there is nothing to match but ids: no join
 # (a tenth fewer instructions per task); {ids} is "?" per ack.
 _DONE_DROP_IDS: Final = (
-    "DELETE FROM tasks WHERE id IN ({ids}) AND queue_id=? AND state=3 AND cancel_requested=0"
+    "DELETE FROM tasks WHERE id IN ({ids}) AND queue_id=?"
+    f" AND state={sql.RUNNING} AND cancel_requested=0"
     " AND unique_until IS NULL AND children=0 AND parents=0"
     " RETURNING {returning}"
 )
 _DONE_CHUNK: Final = 300  # acks per statement: 3 variables each, well under SQLite's limit
 
 # A limited queue's claim (QueueOptions.limited): count, pick, then take by id.
-_RUNNING: Final = "SELECT count(*) FROM tasks WHERE queue_id=? AND state=3"
+_RUNNING: Final = f"SELECT count(*) FROM tasks WHERE queue_id=? AND state={sql.RUNNING}"
 # A key_concurrency claim counts the tasks in progress of the keys it meets only, over
 # tasks_running_key (one probe a key, named: a range over every key in progress is the
 # other plan): never every key in progress, whose number has no bound.
 _RUNNING_OF_KEYS: Final = (
-    "SELECT key, count(*) FROM tasks INDEXED BY tasks_running_key WHERE queue_id=? AND state=3"
+    "SELECT key, count(*) FROM tasks INDEXED BY tasks_running_key WHERE queue_id=?"
+    f" AND state={sql.RUNNING}"
     " AND key IN (SELECT value FROM json_each(?)) GROUP BY key"
 )
 # The keys at their key_concurrency (GET /v1/queues), over the same index in key order.
 _KEYS_AT_LIMIT: Final = (
-    "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE queue_id=? AND state=3"
+    f"SELECT count(*) FROM (SELECT 1 FROM tasks WHERE queue_id=? AND state={sql.RUNNING}"
     " AND key IS NOT NULL GROUP BY key HAVING count(*) >= ?)"
 )
 _CANDIDATES: Final = (
-    f"SELECT id, key FROM tasks WHERE queue_id=? AND state=1 AND {_NOT_EXPIRED} AND"
+    f"SELECT id, key FROM tasks WHERE queue_id=? AND state={sql.READY} AND {_NOT_EXPIRED} AND"
     " (key IS NULL OR key NOT IN (SELECT value FROM json_each(?)))"
     " ORDER BY priority DESC, id LIMIT ?"
 )
 # A fair queue's order (rules.fair_seq), over its partial index.
 _CANDIDATES_FAIR: Final = _CANDIDATES.replace(
-    "state=1 AND", "state=1 AND fair_seq IS NOT NULL AND"
+    f"state={sql.READY} AND", f"state={sql.READY} AND fair_seq IS NOT NULL AND"
 ).replace("priority DESC, id", "priority DESC, fair_seq, id")
 _TAKE: Final = (
-    f"UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, {_LEASE}, run_at=NULL,"
+    f"UPDATE tasks SET state={sql.RUNNING}, attempts=attempts+1, worker=NULL, {_LEASE},"
+    " run_at=NULL,"
     " progress=NULL, updated_at=?, started_at=? WHERE id IN (SELECT value FROM json_each(?))"
     f" RETURNING {CLAIMED_COLUMNS}"
 )
@@ -132,9 +136,10 @@ _NAME_WORKER: Final = "UPDATE tasks SET worker=? WHERE id IN (SELECT value FROM 
 # named after, by _NAME_WORKER). Every waiting task of a fair queue has a place: one server
 # serves a SQLite file, and it places the waiting tasks as it makes a queue fair.
 _CLAIM_FAIR: Final = (
-    f"UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, {_LEASE}, run_at=NULL,"
+    f"UPDATE tasks SET state={sql.RUNNING}, attempts=attempts+1, worker=NULL, {_LEASE},"
+    " run_at=NULL,"
     " progress=NULL, updated_at=?, started_at=? WHERE id IN (SELECT id FROM tasks WHERE"
-    f" queue_id=? AND state=1 AND fair_seq IS NOT NULL AND {_NOT_EXPIRED}"
+    f" queue_id=? AND state={sql.READY} AND fair_seq IS NOT NULL AND {_NOT_EXPIRED}"
     f" ORDER BY priority DESC, fair_seq, id LIMIT ?) RETURNING {CLAIMED_COLUMNS}, fair_seq"
 )
 
