@@ -626,6 +626,34 @@ def bulk_change(task: Task, action: str, now: int, waiting: bool = False) -> Tas
     return change_status(task, _BULK_STATUS[action], now, waiting)
 
 
+def bulk_in_sql(action: str, report: bool, fair: bool) -> bool:
+    """Whether a SQL store may run a step of a bulk ``action`` as one statement, without
+    building the tasks: a delete; a cancel, or a retry outside a fair queue (a retried task
+    takes a place there: fair_seq), when nobody watches the changes (``report``)."""
+    return action == "delete" or (not report and (action == "cancel" or not fair))
+
+
+def bulk_split(
+    action: str, rows: Iterable[tuple[int, State, str | None, bool]]
+) -> tuple[list[int], set[int]]:
+    """A bulk step run in SQL (bulk_in_sql), over its tasks' (id, state, unique_key, whether
+    it has parents or children): the ids the statement changes, and those left to the rules
+    (bulk_change). Tasks with dependencies settle others when they end, or wait again when
+    retried; a retried task may take its unique_key back (retakes_key). Tasks the action does
+    not apply to (BULK_STATES) are in neither."""
+    states = BULK_STATES[action]
+    ids: list[int] = []
+    apart: set[int] = set()
+    for task_id, state, key, deps in rows:
+        if state not in states:
+            continue
+        if deps or (key is not None and action == "retry"):
+            apart.add(task_id)
+        else:
+            ids.append(task_id)
+    return ids, apart
+
+
 def prune_before(options: QueueOptions, state: State, now: int) -> int | None:
     """Retention (QueueOptions.keep): the finished tasks in ``state`` that finished at or
     before this time (ms) are removed, unless they hold their unique_key (holds_key); None

@@ -905,13 +905,7 @@ class PostgresStore(Store):
             " ORDER BY id LIMIT %s FOR UPDATE"
         )
         args = (queue_id, *params, after, limit)
-        states = rules.BULK_STATES[action]
-        # In SQL, without building the tasks: a delete; a cancel or a retry that nobody
-        # watches, except a retry that must take a unique_key back or a place in a fair
-        # queue (the rules do those).
-        in_sql = action == "delete" or (
-            not report and (action == "cancel" or queue_id not in self._fair)
-        )
+        in_sql = rules.bulk_in_sql(action, report, queue_id in self._fair)
         async with self._transaction() as conn:
             if not in_sql:
                 rows = await (await conn.execute(f"SELECT {COLUMNS} {select}", args)).fetchall()
@@ -923,14 +917,9 @@ class PostgresStore(Store):
             rows = await found.fetchall()
             if not rows:
                 return BulkStep(0, 0, after, [])
-            # Tasks with dependencies settle others when they end, or wait again when
-            # retried: by the rules, as retries that take their unique_key back.
-            applies = [(r[0], r[2], r[3]) for r in rows if _sql.STATES[r[1]] in states]
-            linked = [i for i, _key, deps in applies if deps]
-            keyed = [i for i, key, deps in applies if key is not None and not deps]
-            keyed = keyed if action == "retry" else []
-            apart = set(linked) | set(keyed)
-            ids = [i for i, _key, _deps in applies if i not in apart]
+            ids, apart = rules.bulk_split(
+                action, ((r[0], _sql.STATES[r[1]], r[2], r[3]) for r in rows)
+            )
             times = () if action == "delete" else (now,)
             await conn.execute(_bulk_statement(self._sql, action), (*times, ids))
             step = BulkStep(len(rows), len(ids), rows[-1][0], [])

@@ -571,14 +571,7 @@ class SQLiteStore(Store):
         queue_id = self._queues.id_of(queue)
         conditions, params = self._where(where)
         select = f"FROM tasks WHERE queue_id=?{conditions} AND id>? ORDER BY id LIMIT ?"
-        states = rules.BULK_STATES[action]
-        # In SQL, without building the tasks: a delete; a cancel or a retry that nobody
-        # watches, except a retry that must take a unique_key back or a place in a fair
-        # queue (the rules do those).
-        in_sql = action == "delete" or (
-            not report and (action == "cancel" or queue_id not in self._queues.fair)
-        )
-
+        in_sql = rules.bulk_in_sql(action, report, queue_id in self._queues.fair)
         args = (queue_id, *params, after, limit)
 
         def op(conn: sqlite3.Connection) -> BulkStep:
@@ -590,14 +583,9 @@ class SQLiteStore(Store):
             ).fetchall()
             if not rows:
                 return BulkStep(0, 0, after, [])
-            # Tasks with dependencies settle others when they end, or wait again when
-            # retried: by the rules, as retries that take their unique_key back.
-            applies = [(r[0], r[2], r[3]) for r in rows if _sql.STATES[r[1]] in states]
-            linked = [i for i, _key, deps in applies if deps]
-            keyed = [i for i, key, deps in applies if key is not None and not deps]
-            keyed = keyed if action == "retry" else []
-            apart = set(linked) | set(keyed)
-            ids = [i for i, _key, _deps in applies if i not in apart]
+            ids, apart = rules.bulk_split(
+                action, ((r[0], _sql.STATES[r[1]], r[2], bool(r[3])) for r in rows)
+            )
             times = () if action == "delete" else (now,)
             conn.execute(_BULK_SQL[action], (*times, _json(ids)))
             step = BulkStep(len(rows), len(ids), rows[-1][0], [])
