@@ -234,6 +234,44 @@ def held_by(options: QueueOptions, limit: int, running: int, bucket: Bucket | No
     return None
 
 
+class ClaimPlan:
+    """A claim from a queue with limits, as every store runs it: what the polls asking for
+    ``asked`` tasks may take (``allowed``: claim_allowance) and the limit that cut it
+    (``held``: held_by), from the tasks in progress and the rate bucket refilled to now;
+    then, once the claim took its tasks, ``settle`` spends their tokens, and ``retry_at``
+    and ``held_after`` say what each poll learns. The stores only count, claim and keep the
+    bucket."""
+
+    __slots__ = ("allowed", "bucket", "held", "rate")
+
+    def __init__(
+        self, options: QueueOptions, asked: int, running: int, bucket: Bucket | None
+    ) -> None:
+        self.allowed = claim_allowance(options, asked, running, bucket)
+        self.held = held_by(options, asked, running, bucket)
+        self.rate = options.rate
+        self.bucket = bucket if options.rate is not None else None
+
+    def settle(self, taken: int) -> Bucket | None:
+        """Spend the tokens of what the claim took (not of what it was allowed): the bucket
+        to keep, None without a rate limit."""
+        if self.bucket is not None:
+            self.bucket.take(taken)
+        return self.bucket
+
+    def retry_at(self, asked: int, got: int, now: int) -> int | None:
+        """When a poll that got fewer tasks than it asked may find a token again
+        (PollResult.retry_at), after settle; None without a rate limit."""
+        if self.bucket is None or self.rate is None or got >= asked:
+            return None
+        return self.bucket.next_token(self.rate, now)
+
+    def held_after(self, taken: int) -> str | None:
+        """The limit that held the claim back: none when it took fewer tasks than it was
+        allowed (there were fewer ready tasks: no limit held it)."""
+        return self.held if taken >= self.allowed else None
+
+
 def pick_by_key(
     candidates: Iterable[tuple[int, str | None]],
     want: int,

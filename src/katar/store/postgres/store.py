@@ -744,8 +744,8 @@ class PostgresStore(Store):
         if options.concurrency is not None:
             row = await (await conn.execute(sql.running, (queue_id,))).fetchone()
             running = row[0] if row else 0
-        allowed = rules.claim_allowance(options, limit, running, bucket)
-        held, allowance = rules.held_by(options, limit, running, bucket), allowed
+        plan = rules.ClaimPlan(options, limit, running, bucket)
+        allowed = plan.allowed
         per_key: dict[str, int] = {}  # in progress, for the keys met so far
         taken: dict[str, int] = {}
         lease = (now, options.timeout)  # rules.lease_ms: the task's own timeout, else this
@@ -776,15 +776,10 @@ class PostgresStore(Store):
             if len(candidates) < chunk:
                 break  # no more ready tasks that a free key could take
             extra *= 2
-        retry_at = None
-        if bucket is not None and options.rate is not None:
-            bucket.take(len(delivered))
-            await conn.execute(sql.save_bucket, (bucket.tokens, bucket.at, queue_id))
-            if len(delivered) < limit:
-                retry_at = bucket.next_token(options.rate, now)
-        if len(delivered) < allowance:  # fewer ready tasks than allowed: no limit held it
-            held = None
-        return delivered, retry_at, held
+        spent = plan.settle(len(delivered))
+        if spent is not None:
+            await conn.execute(sql.save_bucket, (spent.tokens, spent.at, queue_id))
+        return delivered, plan.retry_at(limit, len(delivered), now), plan.held_after(len(delivered))
 
     async def _candidates(
         self,

@@ -14,7 +14,7 @@ from typing import Any, Final
 import msgspec
 
 from katar.core import rules
-from katar.core.model import DONE, RUNNING, Ack, QueueOptions, Rate, Task, parse_task_id
+from katar.core.model import DONE, RUNNING, Ack, QueueOptions, Task, parse_task_id
 from katar.core.storage import Change
 from katar.errors import (
     KatarError,
@@ -253,7 +253,7 @@ class Batches:
                     claims.setdefault(
                         (poll.queue_id, poll.worker, poll.options.timeout, False), []
                     ).append(poll)
-        charged: list[tuple[rules.Bucket, Rate, list[Poll]]] = []
+        charged: list[tuple[rules.ClaimPlan, list[Poll]]] = []
         for queue_id, group in custom.items():
             options = group[0].options
             if options.key_concurrency is not None:
@@ -261,18 +261,19 @@ class Batches:
                 continue
             # No key to count: the limits cut what the polls take, in arrival order, and
             # the claim is the plain one (in the fair order for a fair queue).
-            bucket, allowed, held = self._allowance(conn, group)
+            plan = self._allowance(conn, group)
+            allowed = plan.allowed
             for poll in group:
                 poll.take = min(poll.limit, allowed)
                 allowed -= poll.take
                 if poll.take < poll.limit:
-                    poll.held = held
+                    poll.held = plan.held
                 if poll.take:
                     fair = queue_id in self._queues.fair
                     statement = (queue_id, poll.worker, options.timeout, fair)
                     claims.setdefault(statement, []).append(poll)
-            if bucket is not None and options.rate is not None:
-                charged.append((bucket, options.rate, group))
+            if plan.bucket is not None:
+                charged.append((plan, group))
         for (queue_id, worker, timeout, fair), claiming in claims.items():
             total = sum(poll.take for poll in claiming)
             now = max(poll.now for poll in claiming)
@@ -297,8 +298,8 @@ class Batches:
                 start += poll.take
             if fair and worker is not None and rows:
                 conn.execute(_NAME_WORKER, (worker, msgspec.json.encode([r[0] for r in rows])))
-        for bucket, rate, group in charged:  # what was taken, not what was allowed
-            self._charge(bucket, rate, group)
+        for plan, group in charged:  # what was taken, not what was allowed
+            self._charge(plan, group)
 
     @staticmethod
     def _claimed(
@@ -317,12 +318,9 @@ class Batches:
         task = claimed_from_row(row, queue, worker, now, lease_until, options)
         return Dependencies.view_of(conn, task)
 
-    def _allowance(
-        self, conn: sqlite3.Connection, polls: list[Poll]
-    ) -> tuple[Any, int, str | None]:
-        """What a group's polls of one queue may take together (rules.claim_allowance),
-        the queue's rate bucket refilled to now (None without a rate limit), and the limit
-        that cut it (rules.held_by)."""
+    def _allowance(self, conn: sqlite3.Connection, polls: list[Poll]) -> rules.ClaimPlan:
+        """The claim of a group's polls of one queue together, under its limits: the tasks
+        in progress counted, the queue's rate bucket refilled to now."""
         first = polls[0]
         options, queue_id = first.options, first.queue_id
         now = max(poll.now for poll in polls)
@@ -331,18 +329,18 @@ class Batches:
         if options.concurrency is not None:
             running = conn.execute(_RUNNING, (queue_id,)).fetchone()[0]
         asked = sum(poll.limit for poll in polls)
-        allowed = rules.claim_allowance(options, asked, running, bucket)
-        return bucket, allowed, rules.held_by(options, asked, running, bucket)
+        return rules.ClaimPlan(options, asked, running, bucket)
 
     @staticmethod
-    def _charge(bucket: rules.Bucket, rate: Rate, polls: list[Poll]) -> None:
+    def _charge(plan: rules.ClaimPlan, polls: list[Poll]) -> None:
         """Spend the tokens of what the polls took; a poll that got less than it asked
         learns when the next token comes (PollResult.retry_at)."""
-        bucket.take(sum(len(poll.delivered) for poll in polls))
+        plan.settle(sum(len(poll.delivered) for poll in polls))
         now = max(poll.now for poll in polls)
         for poll in polls:
-            if len(poll.delivered) < poll.limit:
-                poll.retry_at = bucket.next_token(rate, now)
+            retry_at = plan.retry_at(poll.limit, len(poll.delivered), now)
+            if retry_at is not None:
+                poll.retry_at = retry_at
 
     def _claim_by_key(self, conn: sqlite3.Connection, polls: list[Poll]) -> None:
         """The claims of a group's polls of one queue with key_concurrency: one count and
@@ -353,7 +351,8 @@ class Batches:
         first = polls[0]
         options, queue_id = first.options, first.queue_id
         now = max(poll.now for poll in polls)
-        bucket, allowed, held = self._allowance(conn, polls)
+        plan = self._allowance(conn, polls)
+        allowed = plan.allowed
         per_key: dict[str, int] = {}  # in progress, for the keys met so far
         taken: dict[str, int] = {}
         lease_until = now + options.timeout
@@ -388,7 +387,7 @@ class Batches:
             mine = order[start : start + poll.limit]
             start += len(mine)
             if len(mine) < poll.limit and len(order) >= allowed:  # the limit cut its share
-                poll.take, poll.held = len(mine), held
+                poll.take, poll.held = len(mine), plan.held
             poll.delivered = [
                 self._claimed(conn, rows[i], name, poll.worker, now, lease_until) for i in mine
             ]
@@ -396,8 +395,8 @@ class Batches:
                 named.setdefault(poll.worker, []).extend(mine)
         for worker, ids in named.items():
             conn.execute(_NAME_WORKER, (worker, msgspec.json.encode(ids)))
-        if bucket is not None and options.rate is not None:
-            self._charge(bucket, options.rate, polls)
+        if plan.bucket is not None:
+            self._charge(plan, polls)
 
     def _candidates(
         self, conn: sqlite3.Connection, queue_id: int, blocked: list[str], chunk: int, now: int
