@@ -69,3 +69,23 @@ def test_limits_are_checked_with_the_option_named() -> None:
             queue_options(raw)
         assert caught.value.path == path, raw
     assert queue_options({"rate": {"limit": 2.0, "period": 100}}).rate == Rate(limit=2, period=100)
+
+
+def test_a_claim_plan_spends_what_was_taken_and_says_what_held_it() -> None:
+    rated = QueueOptions(rate=RATE)
+    plan = rules.ClaimPlan(rated, 10, 0, rules.Bucket(2.5, T0))
+    assert (plan.allowed, plan.held) == (2, "rate")
+    assert plan.settle(2) is plan.bucket  # the tokens of what was taken
+    assert plan.bucket is not None
+    assert plan.bucket.tokens == pytest.approx(0.5)
+    assert plan.retry_at(10, 2, T0) == T0 + 125  # fewer than asked: the next token
+    assert plan.retry_at(2, 2, T0) is None  # all it asked
+    assert plan.held_after(2) == "rate"
+    assert plan.held_after(1) is None  # fewer ready tasks than allowed: no limit held it
+
+
+def test_a_claim_plan_without_a_rate_keeps_no_bucket() -> None:
+    plan = rules.ClaimPlan(QueueOptions(concurrency=3), 10, 1, None)
+    assert (plan.allowed, plan.held) == (2, "concurrency")
+    assert plan.settle(2) is None
+    assert plan.retry_at(10, 2, T0) is None

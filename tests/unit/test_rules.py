@@ -304,3 +304,24 @@ def test_check_edges_bounds_each_task_and_the_request() -> None:
     rules.check_edges([one] * rules.MAX_EDGES)
     with pytest.raises(ValidationError, match=f"at most {rules.MAX_EDGES:,} in one request"):
         rules.check_edges([one] * (rules.MAX_EDGES + 1))
+
+
+def test_bulk_in_sql_leaves_watched_and_fair_retries_to_the_rules() -> None:
+    assert rules.bulk_in_sql("delete", report=True, fair=True)
+    assert rules.bulk_in_sql("cancel", report=False, fair=True)
+    assert rules.bulk_in_sql("retry", report=False, fair=False)
+    assert not rules.bulk_in_sql("retry", report=False, fair=True)  # a place to take
+    assert not rules.bulk_in_sql("cancel", report=True, fair=False)  # someone watches
+
+
+def test_bulk_split_sends_dependencies_and_retried_keys_to_the_rules() -> None:
+    rows = [
+        (1, State.FAILED, None, False),  # a plain retry: in SQL
+        (2, State.FAILED, "k", False),  # takes its unique_key back: by the rules
+        (3, State.CANCELLED, None, True),  # has dependencies: by the rules
+        (4, State.DONE, None, False),  # the action does not apply
+        (5, State.CANCELLED, None, False),
+    ]
+    assert rules.bulk_split("retry", rows) == ([1, 5], {2, 3})
+    assert rules.bulk_split("delete", rows) == ([1, 2, 4, 5], {3})  # a key is no matter
+    assert rules.bulk_split("cancel", rows) == ([], set())

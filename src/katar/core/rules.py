@@ -234,6 +234,44 @@ def held_by(options: QueueOptions, limit: int, running: int, bucket: Bucket | No
     return None
 
 
+class ClaimPlan:
+    """A claim from a queue with limits, as every store runs it: what the polls asking for
+    ``asked`` tasks may take (``allowed``: claim_allowance) and the limit that cut it
+    (``held``: held_by), from the tasks in progress and the rate bucket refilled to now;
+    then, once the claim took its tasks, ``settle`` spends their tokens, and ``retry_at``
+    and ``held_after`` say what each poll learns. The stores only count, claim and keep the
+    bucket."""
+
+    __slots__ = ("allowed", "bucket", "held", "rate")
+
+    def __init__(
+        self, options: QueueOptions, asked: int, running: int, bucket: Bucket | None
+    ) -> None:
+        self.allowed = claim_allowance(options, asked, running, bucket)
+        self.held = held_by(options, asked, running, bucket)
+        self.rate = options.rate
+        self.bucket = bucket if options.rate is not None else None
+
+    def settle(self, taken: int) -> Bucket | None:
+        """Spend the tokens of what the claim took (not of what it was allowed): the bucket
+        to keep, None without a rate limit."""
+        if self.bucket is not None:
+            self.bucket.take(taken)
+        return self.bucket
+
+    def retry_at(self, asked: int, got: int, now: int) -> int | None:
+        """When a poll that got fewer tasks than it asked may find a token again
+        (PollResult.retry_at), after settle; None without a rate limit."""
+        if self.bucket is None or self.rate is None or got >= asked:
+            return None
+        return self.bucket.next_token(self.rate, now)
+
+    def held_after(self, taken: int) -> str | None:
+        """The limit that held the claim back: none when it took fewer tasks than it was
+        allowed (there were fewer ready tasks: no limit held it)."""
+        return self.held if taken >= self.allowed else None
+
+
 def pick_by_key(
     candidates: Iterable[tuple[int, str | None]],
     want: int,
@@ -624,6 +662,34 @@ def bulk_change(task: Task, action: str, now: int, waiting: bool = False) -> Tas
     if task.state not in BULK_STATES[action]:
         return None
     return change_status(task, _BULK_STATUS[action], now, waiting)
+
+
+def bulk_in_sql(action: str, report: bool, fair: bool) -> bool:
+    """Whether a SQL store may run a step of a bulk ``action`` as one statement, without
+    building the tasks: a delete; a cancel, or a retry outside a fair queue (a retried task
+    takes a place there: fair_seq), when nobody watches the changes (``report``)."""
+    return action == "delete" or (not report and (action == "cancel" or not fair))
+
+
+def bulk_split(
+    action: str, rows: Iterable[tuple[int, State, str | None, bool]]
+) -> tuple[list[int], set[int]]:
+    """A bulk step run in SQL (bulk_in_sql), over its tasks' (id, state, unique_key, whether
+    it has parents or children): the ids the statement changes, and those left to the rules
+    (bulk_change). Tasks with dependencies settle others when they end, or wait again when
+    retried; a retried task may take its unique_key back (retakes_key). Tasks the action does
+    not apply to (BULK_STATES) are in neither."""
+    states = BULK_STATES[action]
+    ids: list[int] = []
+    apart: set[int] = set()
+    for task_id, state, key, deps in rows:
+        if state not in states:
+            continue
+        if deps or (key is not None and action == "retry"):
+            apart.add(task_id)
+        else:
+            ids.append(task_id)
+    return ids, apart
 
 
 def prune_before(options: QueueOptions, state: State, now: int) -> int | None:

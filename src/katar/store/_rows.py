@@ -7,8 +7,9 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
-from katar.core.model import RUNNING, State, Task, TaskFilter
+from katar.core.model import RUNNING, Task, TaskFilter
 from katar.core.rules import after_json
+from katar.store._sql import STATES
 
 COLUMNS: Final = (
     "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
@@ -16,7 +17,7 @@ COLUMNS: Final = (
     " max_attempts, expires_at, unique_key, unique_until, started_at, history, schedule,"
     " scheduled_for, parents, children"
 )
-_STATES: Final = tuple(State)  # by value: faster than State(value) on the hot path
+_STATES: Final = STATES  # by value: faster than State(value) on the hot path
 #: The edges' columns (the deps table) that lead from a task to its children, or to its
 #: parents (Store.linked): the task's own, and the other's.
 CHILDREN: Final = {"this": "parent_id", "other": "child_id"}

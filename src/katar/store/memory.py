@@ -551,20 +551,15 @@ class MemoryStore(Store):
     ) -> PollResult:
         in_progress = self._running[queue]
         bucket = self._bucket(queue, options, now)
-        allowed = rules.claim_allowance(options, limit, len(in_progress), bucket)
-        held = rules.held_by(options, limit, len(in_progress), bucket)
+        plan = rules.ClaimPlan(options, limit, len(in_progress), bucket)
+        allowed = plan.allowed
         running: dict[str, int] | None = None
         if options.key_concurrency is not None:
             running = self._running_keys[queue]
         delivered = self._claim(queue, options, allowed, worker, now, running) if allowed else []
-        retry_at = None
-        if bucket is not None and options.rate is not None:
-            bucket.take(len(delivered))
-            if len(delivered) < limit:
-                retry_at = bucket.next_token(options.rate, now)
-        if len(delivered) < allowed:  # fewer ready tasks than allowed: no limit held it
-            held = None
-        return PollResult(delivered, changes, retry_at, held=held)
+        plan.settle(len(delivered))
+        retry_at = plan.retry_at(limit, len(delivered), now)
+        return PollResult(delivered, changes, retry_at, held=plan.held_after(len(delivered)))
 
     def _bucket(self, queue: str, options: QueueOptions, now: int) -> rules.Bucket | None:
         if options.rate is None:

@@ -16,13 +16,14 @@ servers, the second to take the child's lock sees the first's edge done and rele
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from katar.core import rules
 from katar.core.model import DONE, FINAL_STATES, NewTask, State, Task
 from katar.core.storage import Change
 from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
 from katar.store._rows import foreign_queue, view
+from katar.store._sql import STATES
 from katar.store.postgres.queries import Queries
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
     Connection = AsyncConnection[tuple[Any, ...]]
 
-_STATES: Final = tuple(State)
 #: A parent as an enqueue finds it: its state, its result, its queue.
 Parent = tuple[State, bytes | None, str]
 
@@ -92,8 +92,8 @@ class Dependencies:
         found: dict[int, Parent] = {}
         waited: dict[int, int] = {}
         for task_id, state, result, queue_id, children in await cursor.fetchall():
-            found[task_id] = (_STATES[state], result, await self._name(conn, queue_id))
-            if _STATES[state] not in FINAL_STATES:
+            found[task_id] = (STATES[state], result, await self._name(conn, queue_id))
+            if STATES[state] not in FINAL_STATES:
                 waited[task_id] = children
         for index, spec in enumerate(tasks):
             for parent_id in spec.after:

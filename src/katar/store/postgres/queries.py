@@ -9,6 +9,20 @@ from typing import Final
 
 from katar.protocol import HISTORY_LENGTH
 from katar.store._rows import CHILDREN, COLUMNS, PARENTS
+from katar.store._sql import (
+    CANCELLED,
+    DONE,
+    ENDED,
+    FAILED,
+    NOT_STARTED,
+    READY,
+    RUNNING,
+    SCHEDULED,
+    UNDERWAY,
+    WAITING,
+    holds_key,
+    not_expired,
+)
 
 # A "done" for the current delivery (rules.apply_ack): its attempt if named, no cancel
 # requested (the rules end such a delivery cancelled), and the worker's own (rules.owns).
@@ -18,10 +32,11 @@ from katar.store._rows import CHILDREN, COLUMNS, PARENTS
 # which holds every task in progress, cheaper than the primary key, and its generic plan
 # then read every leased task at each poll.
 _DONE_MATCH: Final = (
-    "t.queue_id = %s AND t.state + 0 = 3"
+    f"t.queue_id = %s AND t.state + 0 = {RUNNING}"
     " AND t.attempts = coalesce(nullif(v.attempt, 0), t.attempts) AND NOT t.cancel_requested"
     " AND (v.worker IS NULL OR t.worker IS NULL OR t.worker = v.worker)"
 )
+_NOT_EXPIRED: Final = not_expired("%s")
 T_COLUMNS: Final = ", ".join(f"t.{column.strip()}" for column in COLUMNS.split(","))
 
 
@@ -114,7 +129,7 @@ def queries(s: str) -> Queries:
         "WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::int[], %s::bytea[], %s::text[])"
         f" AS v(id, attempt, result, worker)), locked AS (SELECT id FROM {s}.tasks WHERE"
         " id = ANY(ARRAY(SELECT id FROM v)) ORDER BY id FOR UPDATE)"
-        f" UPDATE {s}.tasks AS t SET state = 4, result = v.result, error = NULL,"
+        f" UPDATE {s}.tasks AS t SET state = {DONE}, result = v.result, error = NULL,"
         " lease_until = NULL, updated_at = %s FROM v WHERE t.id = ANY(ARRAY(SELECT id FROM"
         f" locked)) AND t.id = v.id AND {_DONE_MATCH} RETURNING {T_COLUMNS}"
     )
@@ -162,59 +177,59 @@ def queries(s: str) -> Queries:
         holders=(
             f"SELECT DISTINCT ON (unique_key) {COLUMNS} FROM {s}.tasks WHERE queue_id = %s"
             " AND unique_key = ANY(%s) AND unique_key IS NOT NULL"
-            " AND (state < 4 OR state = 7 OR unique_until > %s) ORDER BY unique_key, id"
+            f" AND {holds_key('%s')} ORDER BY unique_key, id"
         ),
         issued=f"SELECT last_value, is_called FROM {s}.tasks_id_seq",
         # A limited queue's claim (QueueOptions.limited). The queue's row is locked
         # first: the claims of that queue, on every server, count one after another, so
         # that a concurrency limit is never exceeded, not even for a moment.
         lock_queue=(f"SELECT bucket_tokens, bucket_at FROM {s}.queues WHERE id = %s FOR UPDATE"),
-        running=f"SELECT count(*) FROM {s}.tasks WHERE queue_id = %s AND state = 3",
+        running=f"SELECT count(*) FROM {s}.tasks WHERE queue_id = %s AND state = {RUNNING}",
         # The tasks in progress of the keys a claim meets (never every key in progress,
         # whose number has no bound), and the keys at their limit (GET /v1/queues); both
         # over tasks_running_key.
         running_of_keys=(
-            f"SELECT key, count(*) FROM {s}.tasks WHERE queue_id = %s AND state = 3"
+            f"SELECT key, count(*) FROM {s}.tasks WHERE queue_id = %s AND state = {RUNNING}"
             " AND key IS NOT NULL AND key = ANY(%s::text[]) GROUP BY key"
         ),
         keys_at_limit=(
             f"SELECT count(*) FROM (SELECT 1 FROM {s}.tasks WHERE queue_id = %s AND"
-            " state = 3 AND key IS NOT NULL GROUP BY key HAVING count(*) >= %s) AS k"
+            f" state = {RUNNING} AND key IS NOT NULL GROUP BY key HAVING count(*) >= %s) AS k"
         ),
         # Each passes over the tasks whose expiry has come (rules.expired), and the keys
         # at their limit by a hashed subplan (NOT IN): "<> ALL(array)" compares each row
         # with every key, as slow as rows times keys.
         candidates=(
-            f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
-            " (expires_at IS NULL OR attempts > 0 OR expires_at > %s) AND"
+            f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = {READY} AND"
+            f" {_NOT_EXPIRED} AND"
             " (key IS NULL OR key NOT IN (SELECT unnest(%s::text[])))"
             " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED"
         ),
         candidates_fair=(
-            f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
-            " (expires_at IS NULL OR attempts > 0 OR expires_at > %s) AND"
+            f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = {READY} AND"
+            f" {_NOT_EXPIRED} AND"
             " fair_seq IS NOT NULL AND (key IS NULL OR key NOT IN (SELECT unnest(%s::text[])))"
             " ORDER BY priority DESC, fair_seq, id LIMIT %s FOR UPDATE SKIP LOCKED"
         ),
         # Tasks without a place (enqueued as the queue was made fair) come after.
         candidates_unplaced=(
-            f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
-            " (expires_at IS NULL OR attempts > 0 OR expires_at > %s) AND"
+            f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = {READY} AND"
+            f" {_NOT_EXPIRED} AND"
             " fair_seq IS NULL AND (key IS NULL OR key NOT IN (SELECT unnest(%s::text[])))"
             " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED"
         ),
         fair_front=(
-            f"SELECT fair_seq FROM {s}.tasks WHERE queue_id = %s AND state = 1 AND"
+            f"SELECT fair_seq FROM {s}.tasks WHERE queue_id = %s AND state = {READY} AND"
             " fair_seq IS NOT NULL ORDER BY priority DESC, fair_seq, id LIMIT 1"
         ),
         fair_lasts=(
             f"SELECT k, (SELECT max(fair_seq) FROM {s}.tasks WHERE queue_id = %s AND"
-            " key = k AND fair_seq IS NOT NULL AND state BETWEEN 0 AND 3)"
+            f" key = k AND fair_seq IS NOT NULL AND {UNDERWAY})"
             " FROM unnest(%s::text[]) AS k"
         ),
         fair_last=(
             f"SELECT max(fair_seq) FROM {s}.tasks WHERE queue_id = %s AND"
-            " key IS NOT DISTINCT FROM %s AND fair_seq IS NOT NULL AND state BETWEEN 0 AND 3"
+            f" key IS NOT DISTINCT FROM %s AND fair_seq IS NOT NULL AND {UNDERWAY}"
         ),
         insert_fair=(
             f"INSERT INTO {s}.tasks (queue_id, created_at, updated_at, state, priority,"
@@ -225,12 +240,12 @@ def queries(s: str) -> Queries:
         place_waiting=(
             f"UPDATE {s}.tasks AS t SET fair_seq = r.place FROM (SELECT id, row_number()"
             " OVER (PARTITION BY key ORDER BY priority DESC, id) - 1 AS place FROM"
-            f" {s}.tasks WHERE queue_id = %s AND (state BETWEEN 0 AND 3 OR state = 7)"
+            f" {s}.tasks WHERE queue_id = %s AND ({UNDERWAY} OR state = {WAITING})"
             " AND fair_seq IS NULL)"
             " AS r WHERE t.id = r.id"
         ),
         take=(
-            f"UPDATE {s}.tasks SET state=3, attempts=attempts+1, worker=%s,"
+            f"UPDATE {s}.tasks SET state={RUNNING}, attempts=attempts+1, worker=%s,"
             f" lease_until=%s + coalesce(timeout, %s), run_at=NULL, progress=NULL,"
             f" updated_at=%s, started_at=%s WHERE id = ANY(%s) RETURNING {COLUMNS}"
         ),
@@ -238,15 +253,15 @@ def queries(s: str) -> Queries:
         # moves the task's last delivery into its history (rules.archive: the old row's
         # attempts, worker, started_at, updated_at as its end, its outcome, its error).
         bulk_delete=f"DELETE FROM {s}.tasks WHERE id = ANY(%s)",
-        bulk_cancel=f"UPDATE {s}.tasks SET state = 6, updated_at = %s WHERE id = ANY(%s)",
+        bulk_cancel=f"UPDATE {s}.tasks SET state = {CANCELLED}, updated_at = %s WHERE id = ANY(%s)",
         bulk_retry=(
-            f"UPDATE {s}.tasks AS t SET state = 1, run_at = NULL, expires_at = NULL,"
-            " attempt_base = t.attempts, error = CASE WHEN t.state = 6 THEN NULL ELSE"
+            f"UPDATE {s}.tasks AS t SET state = {READY}, run_at = NULL, expires_at = NULL,"
+            f" attempt_base = t.attempts, error = CASE WHEN t.state = {CANCELLED} THEN NULL ELSE"
             " t.error END, cancel_requested = false, updated_at = %s, history = CASE WHEN"
             " t.started_at IS NULL THEN t.history ELSE convert_to((CASE WHEN"
             f" jsonb_array_length(x.h) >= {HISTORY_LENGTH} THEN x.h - 0 ELSE x.h END ||"
             " jsonb_build_array(jsonb_build_array(t.attempts, t.worker, t.started_at,"
-            " t.updated_at, CASE t.state WHEN 5 THEN 'failed' ELSE 'cancelled' END,"
+            f" t.updated_at, CASE t.state WHEN {FAILED} THEN 'failed' ELSE 'cancelled' END,"
             " t.error)))::text, 'UTF8') END, started_at = NULL FROM (SELECT id,"
             " coalesce(convert_from(history, 'UTF8')::jsonb, '[]'::jsonb) AS h"
             f" FROM {s}.tasks WHERE id = ANY(%s)) AS x WHERE t.id = x.id"
@@ -292,23 +307,24 @@ def queries(s: str) -> Queries:
         ),
         # rules.release, in SQL: ready, or scheduled while the delay runs.
         release=(
-            f"UPDATE {s}.tasks AS t SET state = CASE WHEN run_at > %(now)s THEN 2 ELSE 1 END,"
+            f"UPDATE {s}.tasks AS t SET state = CASE WHEN run_at > %(now)s THEN {SCHEDULED}"
+            f" ELSE {READY} END,"
             " run_at = CASE WHEN run_at > %(now)s THEN run_at END, updated_at = %(now)s"
-            " WHERE id = ANY(%(ids)s) AND state = 7 AND NOT EXISTS (SELECT 1 FROM"
+            f" WHERE id = ANY(%(ids)s) AND state = {WAITING} AND NOT EXISTS (SELECT 1 FROM"
             f" {s}.deps AS d WHERE d.child_id = t.id AND NOT d.done) RETURNING {COLUMNS}"
         ),
         orphans=(
             f"SELECT {COLUMNS} FROM {s}.tasks WHERE id IN (SELECT child_id FROM {s}.deps"
-            " WHERE parent_id = %s AND NOT done) AND state IN (0, 1, 2, 7) ORDER BY id"
+            f" WHERE parent_id = %s AND NOT done) AND state IN {NOT_STARTED} ORDER BY id"
             " FOR UPDATE"
         ),
         cancel=(
-            f"UPDATE {s}.tasks SET state = 6, run_at = NULL, error = %s, updated_at = %s"
+            f"UPDATE {s}.tasks SET state = {CANCELLED}, run_at = NULL, error = %s, updated_at = %s"
             " WHERE id = ANY(%s)"
         ),
         still_waits=(
             f"SELECT 1 FROM {s}.deps AS d JOIN {s}.tasks AS p ON p.id = d.parent_id"
-            " WHERE d.child_id = %s AND NOT d.done AND p.state NOT IN (4, 5, 6) LIMIT 1"
+            f" WHERE d.child_id = %s AND NOT d.done AND p.state NOT IN {ENDED} LIMIT 1"
         ),
         forget=f"DELETE FROM {s}.deps WHERE child_id = ANY(%s)",
         # A page of a task's children (Store.linked), over the edges' index by parent
@@ -335,10 +351,10 @@ def queries(s: str) -> Queries:
         # (rules.expired) is left for the reaper.
         claim=(
             f"WITH locked AS (SELECT id, priority FROM {s}.tasks WHERE queue_id = %s AND"
-            " state = 1 AND (expires_at IS NULL OR attempts > 0 OR expires_at > %s)"
+            f" state = {READY} AND {_NOT_EXPIRED}"
             " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED), slots AS (SELECT id,"
             " row_number() OVER (ORDER BY priority DESC, id) AS slot FROM locked)"
-            f" UPDATE {s}.tasks AS t SET state = 3, attempts = t.attempts + 1,"
+            f" UPDATE {s}.tasks AS t SET state = {RUNNING}, attempts = t.attempts + 1,"
             " worker = (%s::text[])[slots.slot], lease_until = %s + coalesce(t.timeout, %s),"
             " run_at = NULL, progress = NULL, updated_at = %s, started_at = %s FROM slots"
             f" WHERE t.id = slots.id RETURNING slots.slot, {T_COLUMNS}"

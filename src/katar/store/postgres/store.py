@@ -59,6 +59,7 @@ from katar.errors import (
     StoreError,
     TaskNotFound,
 )
+from katar.store import _sql
 from katar.store._rows import COLUMNS, Dialect, update_values, view, where_sql
 from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
 from katar.store.postgres.connection import OPTIONS_CHECK, Connections, Listener
@@ -135,7 +136,6 @@ def _created(drafts: Sequence[Task], ids: list[int]) -> list[Task]:
 _EXPIRE_BATCH: Final = 1000
 _options_decoder: Final = msgspec.json.Decoder(QueueOptions)
 _spec_decoder: Final = msgspec.json.Decoder(ScheduleSpec)
-_STATE_OF: Final = tuple(State)
 
 
 class PostgresStore(Store):
@@ -744,8 +744,8 @@ class PostgresStore(Store):
         if options.concurrency is not None:
             row = await (await conn.execute(sql.running, (queue_id,))).fetchone()
             running = row[0] if row else 0
-        allowed = rules.claim_allowance(options, limit, running, bucket)
-        held, allowance = rules.held_by(options, limit, running, bucket), allowed
+        plan = rules.ClaimPlan(options, limit, running, bucket)
+        allowed = plan.allowed
         per_key: dict[str, int] = {}  # in progress, for the keys met so far
         taken: dict[str, int] = {}
         lease = (now, options.timeout)  # rules.lease_ms: the task's own timeout, else this
@@ -776,15 +776,10 @@ class PostgresStore(Store):
             if len(candidates) < chunk:
                 break  # no more ready tasks that a free key could take
             extra *= 2
-        retry_at = None
-        if bucket is not None and options.rate is not None:
-            bucket.take(len(delivered))
-            await conn.execute(sql.save_bucket, (bucket.tokens, bucket.at, queue_id))
-            if len(delivered) < limit:
-                retry_at = bucket.next_token(options.rate, now)
-        if len(delivered) < allowance:  # fewer ready tasks than allowed: no limit held it
-            held = None
-        return delivered, retry_at, held
+        spent = plan.settle(len(delivered))
+        if spent is not None:
+            await conn.execute(sql.save_bucket, (spent.tokens, spent.at, queue_id))
+        return delivered, plan.retry_at(limit, len(delivered), now), plan.held_after(len(delivered))
 
     async def _candidates(
         self,
@@ -905,13 +900,7 @@ class PostgresStore(Store):
             " ORDER BY id LIMIT %s FOR UPDATE"
         )
         args = (queue_id, *params, after, limit)
-        states = rules.BULK_STATES[action]
-        # In SQL, without building the tasks: a delete; a cancel or a retry that nobody
-        # watches, except a retry that must take a unique_key back or a place in a fair
-        # queue (the rules do those).
-        in_sql = action == "delete" or (
-            not report and (action == "cancel" or queue_id not in self._fair)
-        )
+        in_sql = rules.bulk_in_sql(action, report, queue_id in self._fair)
         async with self._transaction() as conn:
             if not in_sql:
                 rows = await (await conn.execute(f"SELECT {COLUMNS} {select}", args)).fetchall()
@@ -923,14 +912,9 @@ class PostgresStore(Store):
             rows = await found.fetchall()
             if not rows:
                 return BulkStep(0, 0, after, [])
-            # Tasks with dependencies settle others when they end, or wait again when
-            # retried: by the rules, as retries that take their unique_key back.
-            applies = [(r[0], r[2], r[3]) for r in rows if _STATE_OF[r[1]] in states]
-            linked = [i for i, _key, deps in applies if deps]
-            keyed = [i for i, key, deps in applies if key is not None and not deps]
-            keyed = keyed if action == "retry" else []
-            apart = set(linked) | set(keyed)
-            ids = [i for i, _key, _deps in applies if i not in apart]
+            ids, apart = rules.bulk_split(
+                action, ((r[0], _sql.STATES[r[1]], r[2], r[3]) for r in rows)
+            )
             times = () if action == "delete" else (now,)
             await conn.execute(_bulk_statement(self._sql, action), (*times, ids))
             step = BulkStep(len(rows), len(ids), rows[-1][0], [])
@@ -1020,7 +1004,8 @@ class PostgresStore(Store):
             rows = await (
                 await conn.execute(
                     f"SELECT q.name, (SELECT updated_at FROM {s}.tasks WHERE queue_id = q.id"
-                    f" AND state = 1 ORDER BY priority DESC, id LIMIT 1) FROM {s}.queues AS q"
+                    f" AND state = {_sql.READY} ORDER BY priority DESC, id LIMIT 1)"
+                    f" FROM {s}.queues AS q"
                 )
             ).fetchall()
         return {name: at for name, at in rows if at is not None}
@@ -1031,7 +1016,8 @@ class PostgresStore(Store):
             rows = await (
                 await conn.execute(
                     f"SELECT q.name, t.worker, count(*) FROM {s}.tasks AS t JOIN {s}.queues AS q"
-                    " ON q.id = t.queue_id WHERE t.state = 3 GROUP BY q.name, t.worker"
+                    f" ON q.id = t.queue_id WHERE t.state = {_sql.RUNNING}"
+                    " GROUP BY q.name, t.worker"
                 )
             ).fetchall()
         return {(name, worker): count for name, worker, count in rows}
@@ -1050,7 +1036,7 @@ class PostgresStore(Store):
         result: dict[str, dict[State, int]] = {name: {} for name in names.values()}
         for queue_id, state, count in rows:
             if queue_id in names:
-                result[names[queue_id]][_STATE_OF[state]] = count
+                result[names[queue_id]][_sql.STATES[state]] = count
         return result
 
     async def set_status(self, queue: str, task_id: int, status: str, now: int) -> Change | None:
@@ -1123,17 +1109,19 @@ class PostgresStore(Store):
             # SKIP LOCKED: each expired delivery is handled by exactly one server.
             for sql, lease in (
                 (
-                    f"SELECT {COLUMNS} FROM {s}.tasks WHERE state = 3 AND lease_until <= %s"
+                    f"SELECT {COLUMNS} FROM {s}.tasks WHERE state = {_sql.RUNNING}"
+                    " AND lease_until <= %s"
                     " ORDER BY lease_until LIMIT %s FOR UPDATE SKIP LOCKED",
                     True,
                 ),
                 (
-                    f"SELECT {COLUMNS} FROM {s}.tasks WHERE {_EXPIRY} AND expires_at <= %s"
+                    f"SELECT {COLUMNS} FROM {s}.tasks WHERE {_sql.HAS_EXPIRY} AND expires_at <= %s"
                     " ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED",
                     None,
                 ),
                 (
-                    f"SELECT {COLUMNS} FROM {s}.tasks WHERE state = 2 AND run_at <= %s"
+                    f"SELECT {COLUMNS} FROM {s}.tasks WHERE state = {_sql.SCHEDULED}"
+                    " AND run_at <= %s"
                     " ORDER BY run_at LIMIT %s FOR UPDATE SKIP LOCKED",
                     False,
                 ),
@@ -1165,7 +1153,7 @@ class PostgresStore(Store):
             if dropping:
                 cursor = await conn.execute(
                     f"SELECT {COLUMNS} FROM {s}.tasks WHERE unique_until IS NOT NULL"
-                    " AND state BETWEEN 4 AND 5 AND queue_id = ANY(%s) AND unique_until <= %s"
+                    f" AND {_sql.ENDED_KEPT} AND queue_id = ANY(%s) AND unique_until <= %s"
                     " LIMIT %s FOR UPDATE SKIP LOCKED",
                     (dropping, now, _EXPIRE_BATCH),
                 )
@@ -1184,9 +1172,10 @@ class PostgresStore(Store):
         async with self._transaction() as conn:
             row = await (
                 await conn.execute(
-                    f"SELECT LEAST((SELECT min(lease_until) FROM {s}.tasks WHERE state = 3),"
-                    f" (SELECT min(run_at) FROM {s}.tasks WHERE state = 2),"
-                    f" (SELECT min(expires_at) FROM {s}.tasks WHERE {_EXPIRY}))"
+                    "SELECT LEAST((SELECT min(lease_until) FROM"
+                    f" {s}.tasks WHERE state = {_sql.RUNNING}),"
+                    f" (SELECT min(run_at) FROM {s}.tasks WHERE state = {_sql.SCHEDULED}),"
+                    f" (SELECT min(expires_at) FROM {s}.tasks WHERE {_sql.HAS_EXPIRY}))"
                 )
             ).fetchone()
         return None if row is None or row[0] is None else int(row[0])
@@ -1283,5 +1272,3 @@ _KEEP: Final = QueueOptions(persistent=True)
 _DIALECT: Final = Dialect(
     param="%s", ids="id = ANY(%s)", ids_value=list, contains="strpos(error, %s) > 0"
 )
-# Tasks never delivered that expire (rules.expiry), by the partial index tasks_expiry.
-_EXPIRY: Final = "expires_at IS NOT NULL AND attempts = 0 AND state < 3"

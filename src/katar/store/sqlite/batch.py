@@ -14,11 +14,12 @@ from typing import Any, Final
 import msgspec
 
 from katar.core import rules
-from katar.core.model import DONE, RUNNING, Ack, QueueOptions, Rate, Task, parse_task_id
+from katar.core.model import DONE, RUNNING, Ack, QueueOptions, Task, parse_task_id
 from katar.core.storage import Change
 from katar.errors import (
     KatarError,
 )
+from katar.store import _sql as sql
 from katar.store._rows import (
     CLAIMED_COLUMNS,
     COLUMNS,
@@ -34,11 +35,11 @@ from katar.store.sqlite.queues import Queues
 # expiry has come (rules.expired) is left for the reaper to cancel.
 # Every claim below takes (now, queue timeout) for its lease and now for the expiry.
 _LEASE: Final = "lease_until=?+coalesce(timeout, ?)"
-_NOT_EXPIRED: Final = "(expires_at IS NULL OR attempts > 0 OR expires_at > ?)"
+_NOT_EXPIRED: Final = sql.not_expired("?")
 _CLAIM: Final = (
-    f"UPDATE tasks SET state=3, attempts=attempts+1, worker=?, {_LEASE}, run_at=NULL,"
+    f"UPDATE tasks SET state={sql.RUNNING}, attempts=attempts+1, worker=?, {_LEASE}, run_at=NULL,"
     " progress=NULL, updated_at=?, started_at=? WHERE id IN (SELECT id FROM tasks WHERE"
-    f" queue_id=? AND state=1 AND {_NOT_EXPIRED} ORDER BY priority DESC, id LIMIT ?)"
+    f" queue_id=? AND state={sql.READY} AND {_NOT_EXPIRED} ORDER BY priority DESC, id LIMIT ?)"
     f" RETURNING {CLAIMED_COLUMNS}"
 )
 # The other options of a claimed task that has some (see CLAIMED_COLUMNS).
@@ -50,11 +51,11 @@ _CLAIM_ANONYMOUS: Final = _CLAIM.replace("worker=?", "worker=NULL")  # no worker
 # A task with dependencies (parents, or children waiting for it) is left to the rules too:
 # its end settles the edges (katar.store.sqlite.deps).
 _CURRENT: Final = (
-    "id=? AND queue_id=? AND state=3 AND attempts=coalesce(nullif(?, 0), attempts)"
+    f"id=? AND queue_id=? AND state={sql.RUNNING} AND attempts=coalesce(nullif(?, 0), attempts)"
     " AND cancel_requested=0 AND children=0 AND parents=0"
 )
 _DONE: Final = (
-    "UPDATE tasks SET state=4, result=?, error=NULL, lease_until=NULL, updated_at=?"
+    f"UPDATE tasks SET state={sql.DONE}, result=?, error=NULL, lease_until=NULL, updated_at=?"
     f" WHERE {_CURRENT} RETURNING {{returning}}"
 )
 # A task that holds its unique_key past its end (unique_for) is kept: left to the rules.
@@ -70,12 +71,12 @@ _DONE_DROP_OWNED: Final = _DONE_DROP.replace(" RETURNING", _OWNER + " RETURNING"
 # The same for many acks at once; {rows} is "(?,?,?)" per ack: (id, attempt, result), or
 # "(?,?)" when the task is dropped (its result is not kept).
 _DONE_MATCH: Final = (
-    "t.id = v.column1 AND t.queue_id = ? AND t.state = 3"
+    f"t.id = v.column1 AND t.queue_id = ? AND t.state = {sql.RUNNING}"
     " AND t.attempts = coalesce(nullif(v.column2, 0), t.attempts) AND t.cancel_requested = 0"
     " AND t.children = 0 AND t.parents = 0"
 )
 _DONE_MANY: Final = (
-    "UPDATE tasks AS t SET state=4, result=v.column3, error=NULL, lease_until=NULL,"
+    f"UPDATE tasks AS t SET state={sql.DONE}, result=v.column3, error=NULL, lease_until=NULL,"
     " updated_at=? FROM (VALUES {rows}) AS v WHERE " + _DONE_MATCH + " RETURNING {returning}"
 )
 _DONE_DROP_MANY: Final = (
@@ -93,37 +94,40 @@ _DONE_DROP_MANY_OWNED: Final = _DONE_DROP_MANY.replace(
 # The same when no ack names its delivery, so there is nothing to match but ids: no join
 # (a tenth fewer instructions per task); {ids} is "?" per ack.
 _DONE_DROP_IDS: Final = (
-    "DELETE FROM tasks WHERE id IN ({ids}) AND queue_id=? AND state=3 AND cancel_requested=0"
+    "DELETE FROM tasks WHERE id IN ({ids}) AND queue_id=?"
+    f" AND state={sql.RUNNING} AND cancel_requested=0"
     " AND unique_until IS NULL AND children=0 AND parents=0"
     " RETURNING {returning}"
 )
 _DONE_CHUNK: Final = 300  # acks per statement: 3 variables each, well under SQLite's limit
 
 # A limited queue's claim (QueueOptions.limited): count, pick, then take by id.
-_RUNNING: Final = "SELECT count(*) FROM tasks WHERE queue_id=? AND state=3"
+_RUNNING: Final = f"SELECT count(*) FROM tasks WHERE queue_id=? AND state={sql.RUNNING}"
 # A key_concurrency claim counts the tasks in progress of the keys it meets only, over
 # tasks_running_key (one probe a key, named: a range over every key in progress is the
 # other plan): never every key in progress, whose number has no bound.
 _RUNNING_OF_KEYS: Final = (
-    "SELECT key, count(*) FROM tasks INDEXED BY tasks_running_key WHERE queue_id=? AND state=3"
+    "SELECT key, count(*) FROM tasks INDEXED BY tasks_running_key WHERE queue_id=?"
+    f" AND state={sql.RUNNING}"
     " AND key IN (SELECT value FROM json_each(?)) GROUP BY key"
 )
 # The keys at their key_concurrency (GET /v1/queues), over the same index in key order.
 _KEYS_AT_LIMIT: Final = (
-    "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE queue_id=? AND state=3"
+    f"SELECT count(*) FROM (SELECT 1 FROM tasks WHERE queue_id=? AND state={sql.RUNNING}"
     " AND key IS NOT NULL GROUP BY key HAVING count(*) >= ?)"
 )
 _CANDIDATES: Final = (
-    f"SELECT id, key FROM tasks WHERE queue_id=? AND state=1 AND {_NOT_EXPIRED} AND"
+    f"SELECT id, key FROM tasks WHERE queue_id=? AND state={sql.READY} AND {_NOT_EXPIRED} AND"
     " (key IS NULL OR key NOT IN (SELECT value FROM json_each(?)))"
     " ORDER BY priority DESC, id LIMIT ?"
 )
 # A fair queue's order (rules.fair_seq), over its partial index.
 _CANDIDATES_FAIR: Final = _CANDIDATES.replace(
-    "state=1 AND", "state=1 AND fair_seq IS NOT NULL AND"
+    f"state={sql.READY} AND", f"state={sql.READY} AND fair_seq IS NOT NULL AND"
 ).replace("priority DESC, id", "priority DESC, fair_seq, id")
 _TAKE: Final = (
-    f"UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, {_LEASE}, run_at=NULL,"
+    f"UPDATE tasks SET state={sql.RUNNING}, attempts=attempts+1, worker=NULL, {_LEASE},"
+    " run_at=NULL,"
     " progress=NULL, updated_at=?, started_at=? WHERE id IN (SELECT value FROM json_each(?))"
     f" RETURNING {CLAIMED_COLUMNS}"
 )
@@ -132,9 +136,10 @@ _NAME_WORKER: Final = "UPDATE tasks SET worker=? WHERE id IN (SELECT value FROM 
 # named after, by _NAME_WORKER). Every waiting task of a fair queue has a place: one server
 # serves a SQLite file, and it places the waiting tasks as it makes a queue fair.
 _CLAIM_FAIR: Final = (
-    f"UPDATE tasks SET state=3, attempts=attempts+1, worker=NULL, {_LEASE}, run_at=NULL,"
+    f"UPDATE tasks SET state={sql.RUNNING}, attempts=attempts+1, worker=NULL, {_LEASE},"
+    " run_at=NULL,"
     " progress=NULL, updated_at=?, started_at=? WHERE id IN (SELECT id FROM tasks WHERE"
-    f" queue_id=? AND state=1 AND fair_seq IS NOT NULL AND {_NOT_EXPIRED}"
+    f" queue_id=? AND state={sql.READY} AND fair_seq IS NOT NULL AND {_NOT_EXPIRED}"
     f" ORDER BY priority DESC, fair_seq, id LIMIT ?) RETURNING {CLAIMED_COLUMNS}, fair_seq"
 )
 
@@ -248,7 +253,7 @@ class Batches:
                     claims.setdefault(
                         (poll.queue_id, poll.worker, poll.options.timeout, False), []
                     ).append(poll)
-        charged: list[tuple[rules.Bucket, Rate, list[Poll]]] = []
+        charged: list[tuple[rules.ClaimPlan, list[Poll]]] = []
         for queue_id, group in custom.items():
             options = group[0].options
             if options.key_concurrency is not None:
@@ -256,18 +261,19 @@ class Batches:
                 continue
             # No key to count: the limits cut what the polls take, in arrival order, and
             # the claim is the plain one (in the fair order for a fair queue).
-            bucket, allowed, held = self._allowance(conn, group)
+            plan = self._allowance(conn, group)
+            allowed = plan.allowed
             for poll in group:
                 poll.take = min(poll.limit, allowed)
                 allowed -= poll.take
                 if poll.take < poll.limit:
-                    poll.held = held
+                    poll.held = plan.held
                 if poll.take:
                     fair = queue_id in self._queues.fair
                     statement = (queue_id, poll.worker, options.timeout, fair)
                     claims.setdefault(statement, []).append(poll)
-            if bucket is not None and options.rate is not None:
-                charged.append((bucket, options.rate, group))
+            if plan.bucket is not None:
+                charged.append((plan, group))
         for (queue_id, worker, timeout, fair), claiming in claims.items():
             total = sum(poll.take for poll in claiming)
             now = max(poll.now for poll in claiming)
@@ -292,8 +298,8 @@ class Batches:
                 start += poll.take
             if fair and worker is not None and rows:
                 conn.execute(_NAME_WORKER, (worker, msgspec.json.encode([r[0] for r in rows])))
-        for bucket, rate, group in charged:  # what was taken, not what was allowed
-            self._charge(bucket, rate, group)
+        for plan, group in charged:  # what was taken, not what was allowed
+            self._charge(plan, group)
 
     @staticmethod
     def _claimed(
@@ -312,12 +318,9 @@ class Batches:
         task = claimed_from_row(row, queue, worker, now, lease_until, options)
         return Dependencies.view_of(conn, task)
 
-    def _allowance(
-        self, conn: sqlite3.Connection, polls: list[Poll]
-    ) -> tuple[Any, int, str | None]:
-        """What a group's polls of one queue may take together (rules.claim_allowance),
-        the queue's rate bucket refilled to now (None without a rate limit), and the limit
-        that cut it (rules.held_by)."""
+    def _allowance(self, conn: sqlite3.Connection, polls: list[Poll]) -> rules.ClaimPlan:
+        """The claim of a group's polls of one queue together, under its limits: the tasks
+        in progress counted, the queue's rate bucket refilled to now."""
         first = polls[0]
         options, queue_id = first.options, first.queue_id
         now = max(poll.now for poll in polls)
@@ -326,18 +329,18 @@ class Batches:
         if options.concurrency is not None:
             running = conn.execute(_RUNNING, (queue_id,)).fetchone()[0]
         asked = sum(poll.limit for poll in polls)
-        allowed = rules.claim_allowance(options, asked, running, bucket)
-        return bucket, allowed, rules.held_by(options, asked, running, bucket)
+        return rules.ClaimPlan(options, asked, running, bucket)
 
     @staticmethod
-    def _charge(bucket: rules.Bucket, rate: Rate, polls: list[Poll]) -> None:
+    def _charge(plan: rules.ClaimPlan, polls: list[Poll]) -> None:
         """Spend the tokens of what the polls took; a poll that got less than it asked
         learns when the next token comes (PollResult.retry_at)."""
-        bucket.take(sum(len(poll.delivered) for poll in polls))
+        plan.settle(sum(len(poll.delivered) for poll in polls))
         now = max(poll.now for poll in polls)
         for poll in polls:
-            if len(poll.delivered) < poll.limit:
-                poll.retry_at = bucket.next_token(rate, now)
+            retry_at = plan.retry_at(poll.limit, len(poll.delivered), now)
+            if retry_at is not None:
+                poll.retry_at = retry_at
 
     def _claim_by_key(self, conn: sqlite3.Connection, polls: list[Poll]) -> None:
         """The claims of a group's polls of one queue with key_concurrency: one count and
@@ -348,7 +351,8 @@ class Batches:
         first = polls[0]
         options, queue_id = first.options, first.queue_id
         now = max(poll.now for poll in polls)
-        bucket, allowed, held = self._allowance(conn, polls)
+        plan = self._allowance(conn, polls)
+        allowed = plan.allowed
         per_key: dict[str, int] = {}  # in progress, for the keys met so far
         taken: dict[str, int] = {}
         lease_until = now + options.timeout
@@ -383,7 +387,7 @@ class Batches:
             mine = order[start : start + poll.limit]
             start += len(mine)
             if len(mine) < poll.limit and len(order) >= allowed:  # the limit cut its share
-                poll.take, poll.held = len(mine), held
+                poll.take, poll.held = len(mine), plan.held
             poll.delivered = [
                 self._claimed(conn, rows[i], name, poll.worker, now, lease_until) for i in mine
             ]
@@ -391,8 +395,8 @@ class Batches:
                 named.setdefault(poll.worker, []).extend(mine)
         for worker, ids in named.items():
             conn.execute(_NAME_WORKER, (worker, msgspec.json.encode(ids)))
-        if bucket is not None and options.rate is not None:
-            self._charge(bucket, options.rate, polls)
+        if plan.bucket is not None:
+            self._charge(plan, polls)
 
     def _candidates(
         self, conn: sqlite3.Connection, queue_id: int, blocked: list[str], chunk: int, now: int

@@ -16,10 +16,10 @@ import msgspec
 from katar.core import rules
 from katar.core.model import DONE, FINAL_STATES, NewTask, QueueOptions, State, Task
 from katar.core.storage import Change
+from katar.store import _sql as sql
 from katar.store._rows import CHILDREN, COLUMNS, PARENTS, foreign_queue, update_values, view
 from katar.store.sqlite.queues import Queues
 
-_STATES: Final = tuple(State)
 _PARENTS: Final = (
     "SELECT id, state, result, queue_id, children FROM tasks"
     " WHERE id IN (SELECT value FROM json_each(?))"
@@ -42,9 +42,9 @@ _PARENT_DONE: Final = (
 # of pending edges, named: by the primary key, a child with 10,000 parents would have its
 # edges scanned at each parent's end.
 _RELEASE: Final = (
-    "UPDATE tasks SET state = CASE WHEN run_at > ?1 THEN 2 ELSE 1 END,"
+    f"UPDATE tasks SET state = CASE WHEN run_at > ?1 THEN {sql.SCHEDULED} ELSE {sql.READY} END,"
     " run_at = CASE WHEN run_at > ?1 THEN run_at END, updated_at = ?1"
-    " WHERE id IN (SELECT value FROM json_each(?2)) AND state = 7"
+    f" WHERE id IN (SELECT value FROM json_each(?2)) AND state = {sql.WAITING}"
     " AND NOT EXISTS (SELECT 1 FROM deps INDEXED BY deps_pending"
     " WHERE child_id = tasks.id AND done = 0)"
     f" RETURNING {COLUMNS}"
@@ -53,16 +53,16 @@ _RELEASE: Final = (
 # (rules.orphaned), and their cancellation.
 _ORPHANS: Final = (
     f"SELECT {COLUMNS} FROM tasks WHERE id IN (SELECT child_id FROM deps WHERE parent_id=?"
-    " AND done=0) AND state IN (0, 1, 2, 7)"
+    f" AND done=0) AND state IN {sql.NOT_STARTED}"
 )
 _CANCEL: Final = (
-    "UPDATE tasks SET state=6, run_at=NULL, error=?, updated_at=?"
+    f"UPDATE tasks SET state={sql.CANCELLED}, run_at=NULL, error=?, updated_at=?"
     " WHERE id IN (SELECT value FROM json_each(?))"
 )
 # Whether a task names a parent that is not finished (rules.change_status's ``waiting``).
 _STILL_WAITS: Final = (
     "SELECT 1 FROM deps JOIN tasks ON tasks.id = deps.parent_id WHERE deps.child_id=?"
-    " AND deps.done=0 AND tasks.state NOT IN (4, 5, 6) LIMIT 1"
+    f" AND deps.done=0 AND tasks.state NOT IN {sql.ENDED} LIMIT 1"
 )
 _FORGET: Final = "DELETE FROM deps WHERE child_id IN (SELECT value FROM json_each(?))"
 # A page of a task's children (Store.linked), over the edges' index by parent
@@ -155,8 +155,8 @@ class Dependencies:
         for task_id, state, result, queue_id, children in conn.execute(
             _PARENTS, (msgspec.json.encode(named),)
         ):
-            found[task_id] = (_STATES[state], result, self._queues.names[queue_id])
-            if _STATES[state] not in FINAL_STATES:
+            found[task_id] = (sql.STATES[state], result, self._queues.names[queue_id])
+            if sql.STATES[state] not in FINAL_STATES:
                 waited[task_id] = children
         for index, spec in enumerate(tasks):
             for parent_id in spec.after:

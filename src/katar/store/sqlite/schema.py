@@ -5,15 +5,12 @@ from __future__ import annotations
 import sqlite3
 from typing import Final
 
+from katar.store._sql import AT_REST, ENDED_KEPT, HAS_EXPIRY, READY, RUNNING, SCHEDULED, UNDERWAY
+
 # 4: idempotency keys; 5: key, fair_seq; 6: cancel, progress; 7: options; 8: delivery history;
 # 9: schedules; 10: dependencies; 11: the edges by parent, all of them (a task's children);
 # 12: an edge's parent queue, when not the child's; 13: the tasks in progress by key
 SCHEMA_VERSION: Final = 13
-# The tasks at rest: paused (0), done (4), failed (5), cancelled (6). Not "state IN (0, 4, 5,
-# 6)": SQLite evaluates a partial index's condition for every row a statement writes, and an
-# IN list builds a temporary b-tree each time (a 4 KiB page zeroed): 56,000 instructions per
-# task claimed and finished, more than the two statements' own work (callgrind).
-_AT_REST: Final = "state NOT BETWEEN 1 AND 3"
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS queues (
     id INTEGER PRIMARY KEY,
@@ -53,33 +50,33 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 -- The claim's order, over READY tasks only: scheduled, running and finished tasks never
 -- slow it down however many there are.
-CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (queue_id, priority DESC, id) WHERE state = 1;
-CREATE INDEX IF NOT EXISTS tasks_due ON tasks (run_at) WHERE state = 2;
-CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_until) WHERE state = 3;
+CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (queue_id, priority DESC, id) WHERE state = {READY};
+CREATE INDEX IF NOT EXISTS tasks_due ON tasks (run_at) WHERE state = {SCHEDULED};
+CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_until) WHERE state = {RUNNING};
 -- Listing and counting the tasks that rest: paused, done, failed, cancelled. The tasks on
 -- the hot path (ready, running) stay out of it, so a claim and a "done" maintain one index
 -- entry fewer each; their counts come from the partial indexes above.
-CREATE INDEX IF NOT EXISTS tasks_at_rest ON tasks (queue_id, state, id) WHERE {_AT_REST};
+CREATE INDEX IF NOT EXISTS tasks_at_rest ON tasks (queue_id, state, id) WHERE {AT_REST};
 -- A fair queue's claim order, and each key's last place: only tasks of fair queues have a
 -- place, so that other queues' writes never touch these indexes.
 CREATE INDEX IF NOT EXISTS tasks_fair ON tasks (queue_id, priority DESC, fair_seq, id)
-    WHERE state = 1 AND fair_seq IS NOT NULL;
+    WHERE state = {READY} AND fair_seq IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_fair_key ON tasks (queue_id, key, fair_seq)
-    WHERE fair_seq IS NOT NULL AND state BETWEEN 0 AND 3;
+    WHERE fair_seq IS NOT NULL AND {UNDERWAY};
 -- The tasks in progress that have a key, by key: a key_concurrency claim looks up how many
 -- tasks of each key it meets are in progress, one probe a key, however many keys are in
 -- progress (tasks without a key, on the hot path, are never in it).
 CREATE INDEX IF NOT EXISTS tasks_running_key ON tasks (queue_id, key)
-    WHERE state = 3 AND key IS NOT NULL;
+    WHERE state = {RUNNING} AND key IS NOT NULL;
 -- The expiry of tasks never delivered (rules.expiry), and the unique keys held
 -- (rules.holds_key): partial indexes, so that tasks without either cost nothing.
 CREATE INDEX IF NOT EXISTS tasks_expiry ON tasks (expires_at)
-    WHERE expires_at IS NOT NULL AND attempts = 0 AND state < 3;
+    WHERE {HAS_EXPIRY};
 CREATE INDEX IF NOT EXISTS tasks_unique ON tasks (queue_id, unique_key)
     WHERE unique_key IS NOT NULL;
 -- Finished tasks that a queue without history keeps while they hold their key.
 CREATE INDEX IF NOT EXISTS tasks_kept ON tasks (queue_id, unique_until)
-    WHERE unique_until IS NOT NULL AND state BETWEEN 4 AND 5;
+    WHERE unique_until IS NOT NULL AND {ENDED_KEPT};
 -- Dependencies: one edge per (child, parent), with the parent's result once it is done, so
 -- that the results outlive the parent (a queue without history removes it at once). The
 -- edges by parent, every one of them in child order, serve a parent's end (it finds its

@@ -42,6 +42,7 @@ from katar.errors import (
     TaskNotFound,
 )
 from katar.protocol import HISTORY_LENGTH
+from katar.store import _sql
 from katar.store._rows import (
     COLUMNS,
     Dialect,
@@ -50,7 +51,6 @@ from katar.store._rows import (
 from katar.store.sqlite.batch import _KEYS_AT_LIMIT, Batches, Poll
 from katar.store.sqlite.deps import Dependencies, Edge
 from katar.store.sqlite.queues import Queues
-from katar.store.sqlite.schema import _AT_REST
 from katar.store.sqlite.writer import Writer
 
 _COLUMNS: Final = COLUMNS
@@ -78,23 +78,24 @@ _INSERT_FAIR: Final = (
 )
 # A fair queue's front (the place of the task a claim takes first), and a key's last place.
 _FAIR_FRONT: Final = (
-    "SELECT fair_seq FROM tasks WHERE queue_id=? AND state=1 AND fair_seq IS NOT NULL"
-    " ORDER BY priority DESC, fair_seq, id LIMIT 1"
+    f"SELECT fair_seq FROM tasks WHERE queue_id=? AND state={_sql.READY}"
+    " AND fair_seq IS NOT NULL ORDER BY priority DESC, fair_seq, id LIMIT 1"
 )
 # The same for every key of a batch, in one statement (each key one probe of tasks_fair_key).
 _FAIR_LASTS: Final = (
     "SELECT k.value, (SELECT max(fair_seq) FROM tasks WHERE queue_id=?1 AND key=k.value"
-    " AND fair_seq IS NOT NULL AND state BETWEEN 0 AND 3) FROM json_each(?2) AS k"
+    f" AND fair_seq IS NOT NULL AND {_sql.UNDERWAY}) FROM json_each(?2) AS k"
 )
 _FAIR_LAST: Final = (
     "SELECT max(fair_seq) FROM tasks WHERE queue_id=? AND key IS ? AND fair_seq IS NOT NULL"
-    " AND state BETWEEN 0 AND 3"
+    f" AND {_sql.UNDERWAY}"
 )
 # A queue made fair: its waiting tasks get places, each key's in its own order.
 _PLACE_WAITING: Final = (
     "UPDATE tasks SET fair_seq = r.place FROM (SELECT id, row_number() OVER (PARTITION BY key"
-    " ORDER BY priority DESC, id) - 1 AS place FROM tasks WHERE queue_id=? AND (state BETWEEN"
-    " 0 AND 3 OR state = 7) AND fair_seq IS NULL) AS r WHERE tasks.id = r.id"
+    " ORDER BY priority DESC, id) - 1 AS place FROM tasks WHERE queue_id=?"
+    f" AND ({_sql.UNDERWAY} OR state = {_sql.WAITING}) AND fair_seq IS NULL) AS r"
+    " WHERE tasks.id = r.id"
 )
 _PLACE_ONE: Final = "UPDATE tasks SET fair_seq=? WHERE id=? AND fair_seq IS NULL"
 # A task with per-task options or a unique_key (rare): every column, in one statement.
@@ -109,16 +110,17 @@ _INSERT_FULL: Final = (
 _HOLDERS: Final = (
     f"SELECT {COLUMNS} FROM tasks WHERE id IN (SELECT (SELECT id FROM tasks WHERE queue_id=?"
     " AND unique_key=k.value AND unique_key IS NOT NULL"
-    " AND (state < 4 OR state = 7 OR unique_until > ?)"
+    f" AND {_sql.holds_key('?')}"
     " ORDER BY id LIMIT 1) FROM json_each(?) AS k)"
 )
 _RESTING: Final = frozenset({State.PAUSED, State.DONE, State.FAILED, State.CANCELLED})
 # Counts by state, each query served by a partial index.
 _COUNTS: Final = (
-    "SELECT queue_id, 1, count(*) FROM tasks WHERE state = 1 GROUP BY queue_id",
-    "SELECT queue_id, 2, count(*) FROM tasks WHERE state = 2 GROUP BY queue_id",
-    "SELECT queue_id, 3, count(*) FROM tasks WHERE state = 3 GROUP BY queue_id",
-    f"SELECT queue_id, state, count(*) FROM tasks WHERE {_AT_REST} GROUP BY queue_id, state",
+    *(
+        f"SELECT queue_id, {state}, count(*) FROM tasks WHERE state = {state} GROUP BY queue_id"
+        for state in (_sql.READY, _sql.SCHEDULED, _sql.RUNNING)
+    ),
+    f"SELECT queue_id, state, count(*) FROM tasks WHERE {_sql.AT_REST} GROUP BY queue_id, state",
 )
 _EXPIRE_BATCH: Final = 1000
 _options_decoder: Final = msgspec.json.Decoder(QueueOptions)
@@ -553,7 +555,7 @@ class SQLiteStore(Store):
         if where.states is not None and _RESTING.issuperset(where.states):
             # Resting tasks have their own partial index: SQLite takes it when the query
             # repeats the index's condition word for word.
-            conditions += f" AND {_AT_REST}"
+            conditions += f" AND {_sql.AT_REST}"
         return conditions, params
 
     async def bulk(
@@ -569,14 +571,7 @@ class SQLiteStore(Store):
         queue_id = self._queues.id_of(queue)
         conditions, params = self._where(where)
         select = f"FROM tasks WHERE queue_id=?{conditions} AND id>? ORDER BY id LIMIT ?"
-        states = rules.BULK_STATES[action]
-        # In SQL, without building the tasks: a delete; a cancel or a retry that nobody
-        # watches, except a retry that must take a unique_key back or a place in a fair
-        # queue (the rules do those).
-        in_sql = action == "delete" or (
-            not report and (action == "cancel" or queue_id not in self._queues.fair)
-        )
-
+        in_sql = rules.bulk_in_sql(action, report, queue_id in self._queues.fair)
         args = (queue_id, *params, after, limit)
 
         def op(conn: sqlite3.Connection) -> BulkStep:
@@ -588,14 +583,9 @@ class SQLiteStore(Store):
             ).fetchall()
             if not rows:
                 return BulkStep(0, 0, after, [])
-            # Tasks with dependencies settle others when they end, or wait again when
-            # retried: by the rules, as retries that take their unique_key back.
-            applies = [(r[0], r[2], r[3]) for r in rows if _STATES[r[1]] in states]
-            linked = [i for i, _key, deps in applies if deps]
-            keyed = [i for i, key, deps in applies if key is not None and not deps]
-            keyed = keyed if action == "retry" else []
-            apart = set(linked) | set(keyed)
-            ids = [i for i, _key, _deps in applies if i not in apart]
+            ids, apart = rules.bulk_split(
+                action, ((r[0], _sql.STATES[r[1]], r[2], bool(r[3])) for r in rows)
+            )
             times = () if action == "delete" else (now,)
             conn.execute(_BULK_SQL[action], (*times, _json(ids)))
             step = BulkStep(len(rows), len(ids), rows[-1][0], [])
@@ -787,9 +777,15 @@ class SQLiteStore(Store):
         def op(conn: sqlite3.Connection) -> list[Change]:
             changes: list[Change] = []
             for sql, decide in (
-                (f"SELECT {_COLUMNS} FROM tasks WHERE state=3 AND lease_until<=? LIMIT ?", True),
+                (
+                    _LEASES_OVER,
+                    True,
+                ),
                 (f"SELECT {_COLUMNS} FROM tasks WHERE {_EXPIRED}", None),
-                (f"SELECT {_COLUMNS} FROM tasks WHERE state=2 AND run_at<=? LIMIT ?", False),
+                (
+                    _DUE,
+                    False,
+                ),
             ):
                 for row in conn.execute(sql, (now, _EXPIRE_BATCH)).fetchall():
                     task = self._task(row)
@@ -907,17 +903,21 @@ def _unfinished(conn: sqlite3.Connection, task_id: int | None) -> bool:
 
 # Tasks never delivered whose expiry has come (rules.expiry), by the partial index
 # tasks_expiry.
-_EXPIRY: Final = "expires_at IS NOT NULL AND attempts = 0 AND state < 3"
-_EXPIRED: Final = f"{_EXPIRY} AND expires_at<=? LIMIT ?"
+_EXPIRED: Final = f"{_sql.HAS_EXPIRY} AND expires_at<=? LIMIT ?"
 _KEPT: Final = (
-    f"SELECT {COLUMNS} FROM tasks WHERE unique_until IS NOT NULL AND state BETWEEN 4 AND 5"
+    f"SELECT {COLUMNS} FROM tasks WHERE unique_until IS NOT NULL AND {_sql.ENDED_KEPT}"
     " AND queue_id IN ({ids}) AND unique_until<=? LIMIT ?"
 )
 _NEXT_DEADLINE: Final = (
-    "SELECT min(t) FROM (SELECT min(lease_until) AS t FROM tasks WHERE state = 3"
-    " UNION ALL SELECT min(run_at) FROM tasks WHERE state = 2"
-    f" UNION ALL SELECT min(expires_at) FROM tasks WHERE {_EXPIRY})"
+    f"SELECT min(t) FROM (SELECT min(lease_until) AS t FROM tasks WHERE state = {_sql.RUNNING}"
+    f" UNION ALL SELECT min(run_at) FROM tasks WHERE state = {_sql.SCHEDULED}"
+    f" UNION ALL SELECT min(expires_at) FROM tasks WHERE {_sql.HAS_EXPIRY})"
 )
+# The leases run out and the delays over, by the partial indexes tasks_lease and tasks_due.
+_LEASES_OVER: Final = (
+    f"SELECT {COLUMNS} FROM tasks WHERE state={_sql.RUNNING} AND lease_until<=? LIMIT ?"
+)
+_DUE: Final = f"SELECT {COLUMNS} FROM tasks WHERE state={_sql.SCHEDULED} AND run_at<=? LIMIT ?"
 
 _KEEP: Final = QueueOptions(persistent=True)
 _DIALECT: Final = Dialect(
@@ -926,22 +926,23 @@ _DIALECT: Final = Dialect(
     ids_value=lambda ids: msgspec.json.encode(list(ids)),
     contains="instr(error, ?) > 0",
 )
-_STATES: Final = tuple(State)
 _JSON_IDS: Final = "SELECT value FROM json_each(?)"
 # A bulk action's step in SQL (Store.bulk): what rules.bulk_change does, for the tasks given.
 # A retry moves the task's last delivery into its history (rules.archive: the old row's
 # attempts, worker, started_at, updated_at as its end, its outcome, its error).
 _BULK_SQL: Final = {
     "delete": f"DELETE FROM tasks WHERE id IN ({_JSON_IDS})",
-    "cancel": f"UPDATE tasks SET state=6, updated_at=? WHERE id IN ({_JSON_IDS})",
+    "cancel": f"UPDATE tasks SET state={_sql.CANCELLED}, updated_at=? WHERE id IN ({_JSON_IDS})",
     "retry": (
-        "UPDATE tasks SET state=1, run_at=NULL, expires_at=NULL, attempt_base=attempts,"
-        " error=CASE WHEN state=6 THEN NULL ELSE error END, cancel_requested=0, updated_at=?,"
+        f"UPDATE tasks SET state={_sql.READY}, run_at=NULL, expires_at=NULL,"
+        f" attempt_base=attempts, error=CASE WHEN state={_sql.CANCELLED} THEN NULL ELSE error"
+        " END, cancel_requested=0, updated_at=?,"
         " history=CASE WHEN started_at IS NULL THEN history ELSE json_insert(CASE WHEN"
         f" json_array_length(coalesce(history, '[]')) >= {HISTORY_LENGTH} THEN"
         " json_remove(history, '$[0]') ELSE coalesce(history, '[]') END, '$[#]',"
         " json_array(attempts, worker, started_at, updated_at,"
-        " CASE state WHEN 5 THEN 'failed' ELSE 'cancelled' END, error)) END, started_at=NULL"
+        f" CASE state WHEN {_sql.FAILED} THEN 'failed' ELSE 'cancelled' END, error)) END,"
+        " started_at=NULL"
         f" WHERE id IN ({_JSON_IDS})"
     ),
 }
@@ -955,14 +956,15 @@ def _json(ids: list[int]) -> bytes:
 # and holding no unique_key, by the partial index tasks_at_rest in id order (the oldest first).
 _PRUNE: Final = (
     "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE queue_id=? AND state=?"
-    f" AND {_AT_REST} AND updated_at<=? AND (unique_until IS NULL OR unique_until<=?)"
+    f" AND {_sql.AT_REST} AND updated_at<=? AND (unique_until IS NULL OR unique_until<=?)"
     " ORDER BY id LIMIT ?) RETURNING id, parents"
 )
 # Each queue's head, one step down the index tasks_ready.
 _HEADS: Final = (
-    "SELECT id, (SELECT updated_at FROM tasks WHERE queue_id=queues.id AND state=1"
+    f"SELECT id, (SELECT updated_at FROM tasks WHERE queue_id=queues.id AND state={_sql.READY}"
     " ORDER BY priority DESC, id LIMIT 1) FROM queues"
 )
 _RUNNING_BY_WORKER: Final = (
-    "SELECT queue_id, worker, count(*) FROM tasks WHERE state=3 GROUP BY queue_id, worker"
+    f"SELECT queue_id, worker, count(*) FROM tasks WHERE state={_sql.RUNNING}"
+    " GROUP BY queue_id, worker"
 )
