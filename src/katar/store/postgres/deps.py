@@ -24,6 +24,7 @@ from katar.core.storage import Change
 from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
 from katar.store._rows import foreign_queue, view
 from katar.store._sql import STATES
+from katar.store.postgres.literals import bools, byteas, ints, texts
 from katar.store.postgres.queries import Queries
 
 if TYPE_CHECKING:
@@ -33,19 +34,6 @@ if TYPE_CHECKING:
 
 #: A parent as an enqueue finds it: its state, its result, its queue.
 Parent = tuple[State, bytes | None, str]
-
-
-def _bytea(value: bytes | None) -> str:
-    """An element of a bytea array literal: NULL, or the bytes in hex, quoted."""
-    return "NULL" if value is None else f'"\\\\x{value.hex()}"'
-
-
-def _text(value: str | None) -> str:
-    """An element of a text array literal: NULL, or the text quoted (backslash and double
-    quote escaped, though queue names have neither)."""
-    if value is None:
-        return "NULL"
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class Dependencies:
@@ -131,14 +119,10 @@ class Dependencies:
         mark their parents not done as having children."""
         if not edges:
             return
-        # Array literals built by str.join: the driver's adaptation of a list, element by
-        # element, cost more than the insert itself (as for the tasks, store._columns).
-        children = "{" + ",".join([str(child) for child, _p, _d, _r, _q in edges]) + "}"
-        parents = "{" + ",".join([str(parent) for _c, parent, _d, _r, _q in edges]) + "}"
-        done = "{" + ",".join(["t" if done else "f" for _c, _p, done, _r, _q in edges]) + "}"
-        results = "{" + ",".join([_bytea(result) for _c, _p, _d, result, _q in edges]) + "}"
-        queues = "{" + ",".join([_text(queue) for _c, _p, _d, _r, queue in edges]) + "}"
-        await conn.execute(self._sql.edges_insert, (children, parents, done, results, queues))
+        # As array literals, as the tasks are (katar.store.postgres.literals).
+        children, parents, done, results, queues = zip(*edges, strict=True)
+        columns = (ints(children), ints(parents), bools(done), byteas(results), texts(queues))
+        await conn.execute(self._sql.edges_insert, columns)
         waited: dict[int, int] = {}
         for _c, parent, settled, _r, _q in edges:
             if not settled:

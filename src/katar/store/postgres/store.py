@@ -65,6 +65,7 @@ from katar.store._rows import checked_task_from_row as task_from_row  # apps wri
 from katar.store.postgres.connection import OPTIONS_CHECK, Connections, Listener
 from katar.store.postgres.deps import Dependencies
 from katar.store.postgres.group import Done, GroupCommit, claim, plain_dones
+from katar.store.postgres.literals import byteas, ints, texts
 from katar.store.postgres.queries import Queries, queries
 from katar.store.postgres.schema import migrate
 
@@ -77,33 +78,17 @@ log = logging.getLogger("katar")
 def _columns(queue_id: int, tasks: Sequence[Task], now: int) -> tuple[int | str, ...]:
     """An insert's parameters for the columns that every new task has: queue_id,
     created_at and updated_at (one value each), then the arrays of state, priority, data,
-    run_at and key (the statements unnest them) as array literals: built by str.join, they
-    cost a fraction of the driver's adaptation of a list element by element, which was
-    most of a large enqueue's time (docs/benchmarks.md)."""
+    run_at and key (the statements unnest them) as array literals (postgres.literals)."""
     return (
         queue_id,
         now,
         now,
-        _ints([int(t.state) for t in tasks]),
-        _ints([t.priority for t in tasks]),
-        "{" + ",".join([f'"\\\\x{bytes(t.data).hex()}"' for t in tasks]) + "}",
-        _ints([t.run_at for t in tasks]),
-        _texts([t.key for t in tasks]),
+        ints([int(t.state) for t in tasks]),
+        ints([t.priority for t in tasks]),
+        byteas([t.data for t in tasks]),
+        ints([t.run_at for t in tasks]),
+        texts([t.key for t in tasks]),
     )
-
-
-def _ints(values: Sequence[int | None]) -> str:
-    """A PostgreSQL array literal of integers (NULL for None)."""
-    return "{" + ",".join(["NULL" if v is None else str(v) for v in values]) + "}"
-
-
-def _texts(values: Sequence[str | None]) -> str:
-    """A PostgreSQL array literal of strings (NULL for None), each quoted."""
-    return "{" + ",".join(["NULL" if v is None else _quoted(v) for v in values]) + "}"
-
-
-def _quoted(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _ready_payload(queue: str, count: int) -> str:
