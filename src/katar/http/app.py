@@ -357,19 +357,20 @@ class App:
             cancel = []
         if wait <= 0:
             tasks = await self.engine.poll(request.queue, acks, limit, wait, worker, None, cancel)
-            if request.token is not None and not request.token.all_queues:
-                tasks = [shown(task, request.token) for task in tasks]
-            if cancel:
-                return Response(200, deliveries(tasks, self.limits.max_answer_bytes, cancel))
-            if not tasks:
-                return NO_CONTENT
-            return Response(200, deliveries(tasks, self.limits.max_answer_bytes))
+            return self._delivered(tasks, request.token, cancel)
         with self._long_poll(request):
             tasks = await self.engine.poll(
                 request.queue, acks, limit, wait, worker, request.hang_up(), cancel
             )
-        if request.token is not None and not request.token.all_queues:
-            tasks = [shown(task, request.token) for task in tasks]
+        return self._delivered(tasks, request.token, cancel)
+
+    def _delivered(
+        self, tasks: list[Task], token: Token | None, cancel: list[int] | None
+    ) -> Response:
+        """A poll's answer: its deliveries as the token may see them (no parent of a queue
+        outside its scope), the cancels it asked for; 204 when there is neither."""
+        if token is not None and not token.all_queues:
+            tasks = [shown(task, token) for task in tasks]
         if cancel:
             return Response(200, deliveries(tasks, self.limits.max_answer_bytes, cancel))
         if not tasks:
