@@ -201,6 +201,8 @@ export class Worker {
         this.log(`the server rejected ${index < 0 ? "the acks" : `ack ${index}`} (${status}): ${answer.text}`);
         const dropped = index < 0 ? sentAcks : [sent[index]];
         this.acks = this.acks.filter((a) => !dropped.includes(a));
+        // A rejected heartbeat: not again before the next is due.
+        if (index >= sentAcks.length) beats[index - sentAcks.length].beatAt = now;
         continue;
       }
       this.failures = 0;

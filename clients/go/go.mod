@@ -1,0 +1,3 @@
+module github.com/katar-dev/katar/clients/go
+
+go 1.19
