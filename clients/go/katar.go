@@ -13,8 +13,8 @@ package katar
 
 import (
 	"bytes"
-	cryptorand "crypto/rand"
 	"context"
+	cryptorand "crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"

@@ -1,12 +1,16 @@
-"""The example workers in four languages, and the Python client's worker, against a live
+"""The example workers in five languages, and the Python client's worker, against a live
 ``katar serve``.
 
 A toolchain missing on the machine skips its example with the reason, unless
-KATAR_REQUIRE_EXAMPLES=1 (as .ci/run sets): then it is a failure.
+KATAR_REQUIRE_EXAMPLES=1 (as .ci/run sets): then it is a failure. The Node.js and Go examples
+use the clients of clients/typescript and clients/go: they are built first, once per process
+(the TypeScript client under a file lock, since test processes share its dist/).
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import http.server
 import json
 import os
@@ -14,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -30,12 +35,16 @@ from tests.acceptance.conftest import KatarProcess, wait_until
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
+CLIENTS = ROOT / "clients"
+GO_EXAMPLE = Path(tempfile.mkdtemp(prefix="katar-go-example-")) / "worker"
+
 # language -> (tools it needs, command line without the queue)
 LANGUAGES = {
     "shell": (["bash", "curl", "jq"], ["bash", str(EXAMPLES / "shell" / "worker.sh")]),
-    "node": (["node"], ["node", str(EXAMPLES / "node" / "worker.mjs")]),
+    "node": (["node", "npm"], ["node", str(EXAMPLES / "node" / "worker.mjs")]),
     "python": ([], [sys.executable, str(EXAMPLES / "python" / "worker.py")]),
     "java": (["java"], ["java", str(EXAMPLES / "java" / "Worker.java")]),
+    "go": (["go"], [str(GO_EXAMPLE)]),
 }
 
 
@@ -48,7 +57,29 @@ def require(language: str) -> list[str]:
         if os.environ.get("KATAR_REQUIRE_EXAMPLES") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
+    _build(language)
     return command
+
+
+@functools.cache
+def _build(language: str) -> None:
+    """Builds the client an example uses (once per process)."""
+    if language == "node":
+        client = CLIENTS / "typescript"
+        # One build at a time: the test processes share node_modules and dist/.
+        with (client / ".build.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (client / "node_modules" / ".bin" / "tsc").exists():
+                _run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], client)
+            else:
+                _run(["npm", "run", "--silent", "build"], client)
+    elif language == "go":
+        _run(["go", "build", "-o", str(GO_EXAMPLE), "."], EXAMPLES / "go")
+
+
+def _run(command: list[str], cwd: Path) -> None:
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}"
 
 
 class Example:
@@ -131,7 +162,7 @@ def test_each_example_drains_a_queue(language: str, server: KatarProcess, tmp_pa
     assert all(t.result["square"] == t.data["n"] ** 2 for t in done)
 
 
-def test_four_examples_and_the_python_worker_side_by_side(
+def test_every_example_and_the_python_worker_side_by_side(
     server: KatarProcess, tmp_path: Path
 ) -> None:
     examples = [
