@@ -88,6 +88,7 @@ func (s *server) start() {
 	cmd := exec.Command(katarBin(s.t), args...)
 	cmd.Dir = s.dir
 	cmd.Env = append(os.Environ(), "PYTHONUNBUFFERED=1")
+	dieWithTheTests(cmd)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		s.t.Fatal(err)

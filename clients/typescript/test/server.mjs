@@ -13,6 +13,20 @@ const repository = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..", 
 export const KATAR = process.env.KATAR_BIN ?? join(repository, ".venv", "bin", "katar");
 const PYTHON = join(dirname(KATAR), "python");
 
+// Servers still running when the test process ends (a failed test, a timeout's SIGTERM) are
+// killed by their PID, so that none outlives the suite.
+const live = new Set();
+process.on("exit", () => {
+  for (const child of live) {
+    try {
+      process.kill(child.pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+});
+for (const signal of ["SIGTERM", "SIGINT"]) process.once(signal, () => process.exit(130));
+
 /** The stores the suite runs on: SQLite always, PostgreSQL when a URL is given. */
 export const STORES = process.env.KATAR_TEST_POSTGRES_URL ? ["sqlite", "postgres"] : ["sqlite"];
 
@@ -47,6 +61,8 @@ export class Server {
     }
     const child = spawn(KATAR, args, { cwd: this.dir, stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, PYTHONUNBUFFERED: "1" } });
     this.process = child;
+    live.add(child);
+    child.on("exit", () => live.delete(child));
     await new Promise((resolvePromise, reject) => {
       const timer = setTimeout(() => reject(new Error(`katar serve did not start:\n${this.output}`)), 30000);
       child.stderr.setEncoding("utf8");
