@@ -369,6 +369,32 @@ func TestGracefulStopFinishesTheRunningTask(t *testing.T) {
 	})
 }
 
+func TestATaskThatOutlastsTheGraceIsAbandoned(t *testing.T) {
+	s := newServer(t, "sqlite", "")
+	s.queue("grace", map[string]any{"timeout": 60000})
+	p := NewProducer(s.url())
+	task, _ := p.Enqueue(background, "grace", 1, nil)
+	var cancelled int32
+	w := NewWorker(s.url(), "grace", func(ctx context.Context, job *Job) (any, error) {
+		<-ctx.Done()
+		atomic.StoreInt32(&cancelled, 1)
+		return nil, ctx.Err()
+	}, WithGrace(200*time.Millisecond), quiet())
+	stop := start(t, w)
+	until(t, 30*time.Second, "running", func() bool {
+		record, err := p.Get(background, "grace", task.ID, 0)
+		return err == nil && record.Status == "in progress"
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	until(t, 10*time.Second, "the handler's context cancelled", func() bool { return atomic.LoadInt32(&cancelled) == 1 })
+	// No ack: the task stays leased until its lease runs out, then is delivered again.
+	if record, _ := p.Get(background, "grace", task.ID, 0); record.Status != "in progress" {
+		t.Fatalf("status %s", record.Status)
+	}
+}
+
 func TestAStopCutsALongPollShort(t *testing.T) {
 	s := newServer(t, "sqlite", "")
 	s.queue("idle", nil)

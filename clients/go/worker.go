@@ -365,7 +365,11 @@ func (r *run) start(job *Job) {
 	go func() {
 		defer cancel()
 		result, err := r.call(ctx, job)
-		r.finished <- finished{entry: entry, ack: outcome(job, result, err)}
+		a := outcome(job, result, err)
+		if a.Status == "failed" && ctx.Err() == nil {
+			r.log.Printf("task %s failed (attempt %d): %s", job.ID, job.Attempt, a.Error)
+		}
+		r.finished <- finished{entry: entry, ack: a}
 	}()
 }
 

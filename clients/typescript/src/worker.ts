@@ -266,6 +266,7 @@ export class Worker {
         JSON.stringify(ack); // a result that is not JSON fails the task instead of the loop
       } catch (error) {
         ack = failure(task, error);
+        if (!entry.cancelled && !entry.controller.signal.aborted) this.log(`task ${task._id} failed (attempt ${ack.attempt}): ${ack.error}`);
       }
       // An abandoned or cancelled task gets no ack: the server has ended it, or will deliver it again.
       if (this.running.get(task._id) === entry) {

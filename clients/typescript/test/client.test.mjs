@@ -204,6 +204,26 @@ for (const store of STORES) {
       assert.equal(started, 1);
     });
 
+    it("abandons a task that outlasts the grace period, aborting its signal", async () => {
+      await server.queue("grace", { timeout: 60000 });
+      const task = await producer.enqueue("grace", {});
+      let aborted = null;
+      const worker = new Worker({
+        url: server.url,
+        queue: "grace",
+        grace: 200,
+        log: quiet,
+        handler: (_, ctx) => new Promise((_, reject) => ctx.signal.addEventListener("abort", () => ((aborted = ctx.signal.reason), reject(ctx.signal.reason)))),
+      });
+      const running = worker.run();
+      await until(async () => (await producer.get("grace", task._id)).status === "in progress", 30, "running");
+      await worker.stop();
+      await running;
+      assert.match(String(aborted?.message), /stopping/);
+      // No ack: the task stays leased until its lease runs out, then is delivered again.
+      assert.equal((await producer.get("grace", task._id)).status, "in progress");
+    });
+
     it("stops on SIGTERM with stopOn, cutting its long poll short", async () => {
       await server.queue("term");
       const script = `
