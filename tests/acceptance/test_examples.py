@@ -66,9 +66,16 @@ def _build(language: str) -> None:
     """Builds the client an example uses (once per process)."""
     if language == "node":
         client = CLIENTS / "typescript"
-        # One build at a time: the test processes share node_modules and dist/.
+        # One build at a time, and none while dist/ is current: the test processes share
+        # node_modules and dist/, which another process's example may be reading.
         with (client / ".build.lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            built = client / "dist" / "index.js"
+            sources = [*(client / "src").glob("*.ts"), client / "package-lock.json"]
+            if built.exists() and all(
+                source.stat().st_mtime <= built.stat().st_mtime for source in sources
+            ):
+                return
             if not (client / "node_modules" / ".bin" / "tsc").exists():
                 _run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], client)
             else:
