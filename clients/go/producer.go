@@ -113,6 +113,12 @@ func (o *EnqueueOptions) fields(data json.RawMessage) map[string]any {
 	return task
 }
 
+// TraceContext is a W3C trace context: the traceparent and tracestate headers' values.
+type TraceContext struct {
+	Traceparent string `json:"traceparent,omitempty"`
+	Tracestate  string `json:"tracestate,omitempty"`
+}
+
 // Producer enqueues tasks, reads them and cancels them. It is safe for concurrent use.
 type Producer struct {
 	connection

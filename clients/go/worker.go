@@ -23,6 +23,9 @@ type Job struct {
 	After        json.RawMessage `json:"after,omitempty"`   // the results of the tasks it waited for
 	Schedule     string          `json:"schedule,omitempty"`
 	ScheduledFor string          `json:"scheduled_for,omitempty"`
+	// Trace is the trace context the task was enqueued with, when the server delivers one
+	// (protocol section 17): hand it to your tracer to link the handler's span.
+	Trace *TraceContext `json:"trace,omitempty"`
 
 	progress  atomic.Value // json.RawMessage
 	cancelled atomic.Bool

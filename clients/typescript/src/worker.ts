@@ -2,6 +2,7 @@
 
 import { type Answer, Connection, type ConnectionOptions, KatarError, backoff, isTransient, segment, sleep } from "./http.js";
 import type { Ack, Delivery } from "./openapi-types.js";
+import type { TraceContext } from "./producer.js";
 
 /** A delivered task, as the server sends it (`_id`, `data`, `attempt`, ...). */
 export type Task = Delivery;
@@ -16,6 +17,11 @@ export interface TaskContext {
   signal: AbortSignal;
   /** Reports progress (any JSON value); the next heartbeat carries the latest. */
   progress(value: unknown): void;
+  /**
+   * The trace context the task was enqueued with (`traceparent`, `tracestate`), when the
+   * server delivers one (protocol section 17): hand it to your tracer to link its span.
+   */
+  trace?: TraceContext;
 }
 
 export type Handler = (task: Task, context: TaskContext) => unknown | Promise<unknown>;
@@ -258,6 +264,8 @@ export class Worker {
         entry.progress = { value, set: true };
       },
     };
+    const trace = (task as { trace?: unknown }).trace;
+    if (trace && typeof trace === "object") context.trace = trace as TraceContext;
     void (async () => {
       let ack: Ack;
       try {
