@@ -20,9 +20,10 @@ from katar.core.scheduler import Scheduler
 from katar.core.storage import Change
 from katar.core.waits import WaitList
 from katar.core.workers import WorkerNames
-from katar.errors import StoreUnavailable, ValidationError
+from katar.errors import ValidationError
 from katar.logs import Outages
 from katar.store.memory import MemoryStore
+from tests.helpers.flaky import Flaky
 
 
 async def test_a_wake_up_before_the_park_is_counted_and_a_park_ends_at_its_time() -> None:
@@ -180,20 +181,8 @@ async def test_listeners_hear_their_queue_and_status_and_a_failing_one_is_logged
     assert "listener for q.done failed" in caplog.text
 
 
-class Unavailable(MemoryStore):
-    """A memory store whose next ``failures`` loads of the queues fail as in an outage."""
-
-    failures = 0
-
-    async def load_queues(self) -> dict[str, QueueOptions]:
-        if self.failures:
-            self.failures -= 1
-            raise StoreUnavailable("the store is unavailable (simulated)")
-        return await super().load_queues()
-
-
 async def test_the_reloader_reads_the_options_until_the_store_answers_once_per_ask() -> None:
-    store = Unavailable()
+    store = Flaky()
     await store.open()
     read: list[tuple[dict[str, QueueOptions], bool]] = []
     reloader = Reloader(store, Outages(), reloaded=lambda queues, wake: read.append((queues, wake)))

@@ -9,11 +9,11 @@ view of the queues' options; ``prune`` is also the engine's public ``prune_finis
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Final
 
+from katar.core import background
 from katar.core.clock import Clock
 from katar.core.model import FINAL_STATES, QueueOptions
 from katar.core.rules import prune_before
@@ -57,10 +57,7 @@ class Pruner:
     async def stop(self) -> None:
         """Stop pruning (a pass under way is cancelled: what it removed stays removed)."""
         job, self._job = self._job, None
-        if job is not None:
-            job.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await job
+        await background.stop(job)
 
     async def prune(self) -> int:
         """Remove the finished tasks that their queue's ``keep`` no longer keeps, in batches

@@ -14,11 +14,11 @@ was read (the engine replaces its options and wakes the long polls they concern)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Final
 
+from katar.core import background
 from katar.core.model import QueueOptions
 from katar.core.storage import Store
 from katar.errors import StoreUnavailable
@@ -65,10 +65,7 @@ class Reloader:
     async def stop(self) -> None:
         """Stop the reload running, if any."""
         job, self._job = self._job, None
-        if job is not None:
-            job.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await job
+        await background.stop(job)
 
     async def _run(self) -> None:
         delay = RELOAD_BACKOFF_FIRST
