@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -16,11 +17,19 @@ from katar.http import App
 URL = "http://katar"
 
 
+#: The queues of the Katar that the tests talk to, with their options. A test module that
+#: wants others states them in a ``QUEUES`` of its own, of the same form.
+QUEUES: dict[str, dict[str, Any]] = {
+    "q": {"persistent": True, "max_attempts": 3, "retry_delay": 0},
+    "short": {"persistent": True, "timeout": 300},
+}
+
+
 @pytest.fixture
-async def katar() -> AsyncIterator[Katar]:
+async def katar(request: pytest.FixtureRequest) -> AsyncIterator[Katar]:
     instance = Katar("memory://", reap_interval=0.02)
-    instance.queue("q", persistent=True, max_attempts=3, retry_delay=0)
-    instance.queue("short", persistent=True, timeout=300)
+    for name, options in getattr(request.module, "QUEUES", QUEUES).items():
+        instance.queue(name, **options)
     async with instance:
         yield instance
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime
 
 import httpx
@@ -18,14 +17,8 @@ from katar.http import App
 URL = "http://katar"
 
 
-@pytest.fixture
-async def producer() -> AsyncIterator[AsyncProducer]:
-    katar = Katar("memory://")
-    katar.queue("q", persistent=True)
-    async with katar:
-        transport = httpx.ASGITransport(app=App(katar.engine))
-        async with AsyncProducer(URL, transport=transport) as client:
-            yield client
+#: The queues of this module's Katar (see conftest.py).
+QUEUES = {"q": {"persistent": True}}
 
 
 async def test_queues_pause_and_resume(producer: AsyncProducer) -> None:

@@ -233,9 +233,11 @@ class Down(httpx.AsyncBaseTransport):
         return await self.inner.handle_async_request(request)
 
 
-async def test_the_backoff_grows_while_the_server_stays_down(
-    transport: httpx.ASGITransport, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def backoffs(
+    transport: httpx.AsyncBaseTransport, monkeypatch: pytest.MonkeyPatch, wait: float, count: int
+) -> list[int]:
+    """Run a worker over ``transport`` until it has paused ``count`` times after failed polls
+    (with no pause at all); the attempt numbers its backoffs were asked for."""
     attempts: list[int] = []
 
     def no_wait(attempt: int) -> float:
@@ -243,14 +245,21 @@ async def test_the_backoff_grows_while_the_server_stays_down(
         return 0.0
 
     monkeypatch.setattr("katar.client.worker.backoff", no_wait)
-    worker = AsyncWorker(URL, "q", lambda job: None, transport=Down(transport), wait=1)
+    worker = AsyncWorker(URL, "q", lambda job: None, transport=transport, wait=wait)
     running = asyncio.create_task(worker.run())
     try:
-        while len(attempts) < 6:  # noqa: ASYNC110 - counting calls made by the worker's own loop
+        while len(attempts) < count:  # noqa: ASYNC110 - counting calls made by the worker's own loop
             await asyncio.sleep(0.01)
     finally:
         worker.stop()
         await asyncio.wait_for(running, 10)
+    return attempts
+
+
+async def test_the_backoff_grows_while_the_server_stays_down(
+    transport: httpx.ASGITransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts = await backoffs(Down(transport), monkeypatch, wait=1, count=6)
     # Each failed poll in a row counts: a dead server is tried less and less often
     # (it once retried every 0.1 s for ever, because each failure started at attempt 1).
     assert attempts[:6] == [1, 2, 3, 4, 5, 6]
@@ -277,21 +286,7 @@ async def test_the_backoff_starts_again_after_an_answer(
 ) -> None:
     # After a short restart the pauses grew on and on (11-25 s), keeping the worker away from
     # a server that was back: the first answer resets them.
-    attempts: list[int] = []
-
-    def no_wait(attempt: int) -> float:
-        attempts.append(attempt)
-        return 0.0
-
-    monkeypatch.setattr("katar.client.worker.backoff", no_wait)
-    worker = AsyncWorker(URL, "q", lambda job: None, transport=Restart(transport, 3), wait=0.01)
-    running = asyncio.create_task(worker.run())
-    try:
-        while len(attempts) < 5:  # noqa: ASYNC110 - counting calls made by the worker's own loop
-            await asyncio.sleep(0.01)
-    finally:
-        worker.stop()
-        await asyncio.wait_for(running, 10)
+    attempts = await backoffs(Restart(transport, 3), monkeypatch, wait=0.01, count=5)
     assert attempts[:5] == [1, 2, 3, 1, 2]
 
 

@@ -5,37 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
 
-from katar import Katar
 from katar.client import AsyncProducer, AsyncWorker, Job, RequestRejected
-from katar.http import App
 
 URL = "http://katar"
 BOUND = 20  # seconds: what no step of these tests may take
 
 
-@pytest.fixture
-async def katar() -> AsyncIterator[Katar]:
-    instance = Katar("memory://", reap_interval=0.02)
-    # A lease of 300 ms: workers heartbeat every 100 ms.
-    instance.queue("long", persistent=True, timeout=300)
-    async with instance:
-        yield instance
-
-
-@pytest.fixture
-def transport(katar: Katar) -> httpx.ASGITransport:
-    return httpx.ASGITransport(app=App(katar.engine))
-
-
-@pytest.fixture
-async def producer(transport: httpx.ASGITransport) -> AsyncIterator[AsyncProducer]:
-    async with AsyncProducer(URL, transport=transport) as client:
-        yield client
+#: The queues of this module's Katar (see conftest.py). A lease of 300 ms: workers
+#: heartbeat every 100 ms.
+QUEUES = {"long": {"persistent": True, "timeout": 300}}
 
 
 async def until(check: Callable[[], Awaitable[bool]]) -> None:

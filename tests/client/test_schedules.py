@@ -3,8 +3,6 @@ a scheduled task as a worker receives it (``Job.schedule``, ``Job.scheduled_for`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 
@@ -17,14 +15,8 @@ from tests.client.conftest import drain
 URL = "http://katar"
 
 
-@pytest.fixture
-async def producer() -> AsyncIterator[AsyncProducer]:
-    katar = Katar("memory://")
-    katar.queue("reports", persistent=True)
-    async with katar:
-        transport = httpx.ASGITransport(app=App(katar.engine))
-        async with AsyncProducer(URL, transport=transport) as client:
-            yield client
+#: The queues of this module's Katar (see conftest.py).
+QUEUES = {"reports": {"persistent": True}}
 
 
 async def test_a_schedule_made_listed_paused_and_deleted(producer: AsyncProducer) -> None:

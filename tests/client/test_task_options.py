@@ -20,12 +20,8 @@ from tests.http.conftest import served
 URL = "http://katar"
 
 
-@pytest.fixture
-async def katar() -> AsyncIterator[Katar]:
-    instance = Katar("memory://", reap_interval=0.02)
-    instance.queue("q", persistent=True)  # the default lease: 60 s
-    async with instance:
-        yield instance
+#: The queues of this module's Katar (see conftest.py): the default lease, 60 s.
+QUEUES = {"q": {"persistent": True}}
 
 
 @pytest.fixture

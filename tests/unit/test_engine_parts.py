@@ -6,18 +6,24 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
+import pytest
 
 from katar.core.clock import FakeClock
-from katar.core.model import DONE, NewTask, QueueOptions, Task
+from katar.core.listeners import Listeners
+from katar.core.model import DONE, Keep, NewTask, QueueOptions, Task
 from katar.core.outcomes import OutcomeWaits
+from katar.core.pruner import Pruner
 from katar.core.reaper import Reaper
+from katar.core.reloader import Reloader
 from katar.core.schedule import parse_schedule
 from katar.core.scheduler import Scheduler
 from katar.core.storage import Change
 from katar.core.waits import WaitList
 from katar.core.workers import WorkerNames
+from katar.errors import ValidationError
 from katar.logs import Outages
 from katar.store.memory import MemoryStore
+from tests.helpers.flaky import Flaky
 
 
 async def test_a_wake_up_before_the_park_is_counted_and_a_park_ends_at_its_time() -> None:
@@ -139,3 +145,79 @@ def test_the_workers_of_one_queue_cannot_push_out_anothers() -> None:
     polled = names.since(0, lambda _queue: True)
     assert polled == {"b1": {"B": 30}, "q7": {"q": 17}, "q8": {"q": 18}, "q9": {"q": 19}}
     assert names.since(18, lambda queue: queue == "q") == {"q8": {"q": 18}, "q9": {"q": 19}}
+
+
+async def test_listeners_hear_their_queue_and_status_and_a_failing_one_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryStore()
+    await store.open()
+    try:
+        await store.save_queue("q", QueueOptions())
+        (task,) = await store.enqueue("q", [NewTask(data=msgspec.Raw(b"1"))], 0)
+    finally:
+        await store.close()
+    listeners = Listeners()
+    heard: list[str] = []
+
+    async def every_queue(task: Task) -> None:
+        heard.append(f"*.{task.status}")
+
+    listeners.on("q.queued", lambda task: heard.append(f"q.{task.status}"))
+    assert not listeners.watching_done()
+    listeners.on("*.done", every_queue)
+
+    def broken(task: Task) -> None:
+        raise RuntimeError(f"a bug in the listener of task {task.id}")
+
+    listeners.on("q.done", broken)
+    assert listeners.watching_done()  # the stores then report each task finished "done"
+    with pytest.raises(ValidationError, match="invalid event"):
+        listeners.on("q.finished", print)
+    listeners.emit(task)
+    listeners.emit(msgspec.structs.replace(task, state=DONE))
+    await asyncio.sleep(0)  # the coroutine listener runs as a task of its own
+    assert heard == ["q.queued", "*.done"]
+    assert "listener for q.done failed" in caplog.text
+
+
+async def test_the_reloader_reads_the_options_until_the_store_answers_once_per_ask() -> None:
+    store = Flaky()
+    await store.open()
+    read: list[tuple[dict[str, QueueOptions], bool]] = []
+    reloader = Reloader(store, Outages(), reloaded=lambda queues, wake: read.append((queues, wake)))
+    try:
+        await store.save_queue("q", QueueOptions(max_batch=7))
+        store.failures = 1
+        reloader.ask(wake_all=False)
+        reloader.ask(wake_all=True)  # asked again before it ran: one reload does for both
+        async with asyncio.timeout(30):
+            while not read:  # noqa: ASYNC110 (the reload runs as a task of its own)
+                await asyncio.sleep(0.01)
+        assert read == [({"q": QueueOptions(max_batch=7)}, True)]
+        assert store.failures == 0
+    finally:
+        await reloader.stop()
+        await store.close()
+
+
+async def test_the_pruner_removes_finished_tasks_past_their_queue_s_retention() -> None:
+    clock = FakeClock()
+    store = MemoryStore()
+    await store.open()
+    queues = {"q": QueueOptions(keep=Keep(cancelled=0)), "kept": QueueOptions()}
+    pruner = Pruner(store, clock, Outages(), queues=lambda: queues)
+    try:
+        ids = []
+        for name, options in queues.items():
+            await store.save_queue(name, options)
+            (task,) = await store.enqueue(name, [NewTask(data=msgspec.Raw(b"1"))], clock.now_ms())
+            await store.set_status(name, task.id, "cancelled", clock.now_ms())
+            ids.append(task.id)
+        await clock.advance(1)
+        assert await pruner.prune() == 1
+        assert await store.get_task("q", ids[0]) is None
+        assert await store.get_task("kept", ids[1]) is not None  # kept a week by default
+    finally:
+        await pruner.stop()
+        await store.close()

@@ -10,20 +10,8 @@ import pytest
 
 from katar.core.engine import Engine
 from katar.core.model import QueueOptions
-from katar.errors import StoreUnavailable
 from katar.store.memory import MemoryStore
-
-
-class Flaky(MemoryStore):
-    """A memory store whose next ``failures`` loads of the queues fail as in an outage."""
-
-    failures = 0
-
-    async def load_queues(self) -> dict[str, QueueOptions]:
-        if self.failures:
-            self.failures -= 1
-            raise StoreUnavailable("PostgreSQL is unavailable (reconnecting)")
-        return await super().load_queues()
+from tests.helpers.flaky import Flaky
 
 
 async def test_a_reload_that_fails_is_tried_until_it_succeeds(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import ssl
-from typing import Final
+from typing import Final, TypedDict
 from urllib.parse import urlsplit
 
 import httpx
@@ -46,6 +46,22 @@ def tls(verify: Verify) -> bool | ssl.SSLContext:
     if isinstance(verify, str):
         return ssl.create_default_context(cafile=verify)
     return verify
+
+
+class Settings(TypedDict):
+    """An httpx client's settings for one server (the producers' two kinds share them)."""
+
+    base_url: str
+    headers: dict[str, str]
+    verify: bool | ssl.SSLContext
+    timeout: float
+
+
+def settings(url: str, token: str | None, verify: Verify, timeout: float) -> Settings:
+    """The settings of a client of the server at ``url``, with ``token``."""
+    return Settings(
+        base_url=server_url(url), headers=headers(token), verify=tls(verify), timeout=timeout
+    )
 
 
 _records: Final = msgspec.json.Decoder(Tasks)

@@ -1,6 +1,8 @@
 """Producers: put tasks on queues, look at them, wait for their outcome.
 
-``Producer`` blocks; ``AsyncProducer`` has the same methods, to be awaited.
+``Producer`` blocks; ``AsyncProducer`` has the same methods, to be awaited. Both only send
+and sleep: what each call sends, checks and reads, and when it tries again, is written once,
+without I/O, in katar.client._calls.
 
 Every enqueue carries an ``Idempotency-Key`` (a fresh uuid4 per call, or the caller's own)
 and is sent again with the same key when it got no answer or a transient error (5xx, 408,
@@ -16,204 +18,27 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
-from typing import Any, Final, Unpack
+from datetime import datetime
+from typing import Any, TypeVar, Unpack
 
 import httpx
-import msgspec
 
-from katar.client._base import (
-    Verify,
-    backoff,
-    check,
-    headers,
-    is_transient,
-    record,
-    records,
-    server_url,
-    tls,
-    transport_error,
-)
-from katar.errors import KatarError, ValidationError
+from katar.client import _calls as calls
+from katar.client._base import Verify, settings
+from katar.client._calls import LONGEST_WAIT, RETRIES, Plan, task_options
 from katar.protocol import (
-    IDEMPOTENCY_KEY_HEADER,
     BulkDone,
     EnqueueOptions,
     QueueInfo,
-    Queues,
     ScheduleRecord,
-    Schedules,
-    TaskOptions,
     TaskRecord,
-    Workers,
     WorkerSeen,
-    check_enqueue_options,
 )
 
-#: The server's longest outcome wait per request (its max_wait, 60 s by default).
-LONGEST_WAIT = 60.0
-#: Times an enqueue is sent again after a transient failure, by default.
-RETRIES = 5
-#: The longest pause between two tries of an enqueue, in seconds.
-_RETRY_CAP = 5.0
+__all__ = ["LONGEST_WAIT", "RETRIES", "AsyncProducer", "Producer", "task_options"]
 
-
-def _key(idempotency_key: str | None) -> dict[str, str]:
-    """The headers of one logical enqueue: its key, the same on every retry."""
-    return {IDEMPOTENCY_KEY_HEADER: idempotency_key or str(uuid.uuid4())}
-
-
-def _retry_in(exc: KatarError, attempt: int, retries: int) -> float | None:
-    """Seconds to wait before sending an enqueue again after ``exc``, or None to give up."""
-    if attempt > retries or not is_transient(exc):
-        return None
-    return backoff(attempt, cap=_RETRY_CAP)
-
-
-def task_options(options: EnqueueOptions) -> dict[str, Any]:
-    """The per-task options of an enqueue's tasks, as the wire has them (the given ones)."""
-    given = {name: options.get(name) for name in TaskOptions.__annotations__}
-    return {name: value for name, value in given.items() if value is not None}
-
-
-def _task_body(
-    data: Any,
-    priority: int | str | None,
-    delay: float | None,
-    paused: bool,
-    run_at: datetime | None = None,
-    options: dict[str, Any] | None = None,
-    unique_key: str | None = None,
-) -> Any:
-    body: dict[str, Any] = {"data": data}
-    if options:
-        body.update(options)
-    if unique_key is not None:
-        body["unique_key"] = unique_key
-    if priority is not None:
-        body["priority"] = priority
-    if delay:
-        body["delay"] = delay
-    if run_at is not None:
-        if run_at.tzinfo is None:  # the server would read it as UTC: say which zone instead
-            raise ValidationError("run_at needs a time zone, e.g. datetime.now(timezone.utc)")
-        body["run_at"] = run_at.astimezone(UTC).isoformat()
-    if paused:
-        body["status"] = "paused"
-    return body
-
-
-def _list_params(
-    status: str | Iterable[str] | None,
-    limit: int,
-    after: str | None,
-    key: str | None = None,
-    worker: str | None = None,
-    error: str | None = None,
-) -> Any:
-    params: dict[str, Any] = {"limit": limit}
-    if status is not None:
-        params["status"] = status if isinstance(status, str) else ",".join(status)
-    for name, value in (("after", after), ("key", key), ("worker", worker), ("error", error)):
-        if value is not None:
-            params[name] = value
-    return params
-
-
-def _linked(
-    queue: str, task_id: str, kind: str, limit: int, after: str | None
-) -> tuple[str, None, Any]:
-    """The path, no body, and the query of a page of a task's children or parents."""
-    return f"/v1/queue/{queue}/tasks/{task_id}/{kind}", None, _list_params(None, limit, after)
-
-
-def _bulk_body(
-    action: str,
-    status: str | Iterable[str] | None,
-    ids: Iterable[str] | None,
-    key: str | None,
-    worker: str | None,
-    error: str | None,
-    before: datetime | None,
-    after: datetime | None,
-) -> Any:
-    """A bulk action's body: the action, and the filter of the conditions given."""
-    selected: dict[str, Any] = {}
-    if status is not None:
-        selected["status"] = [status] if isinstance(status, str) else list(status)
-    if ids is not None:
-        selected["ids"] = list(ids)
-    for name, text in (("key", key), ("worker", worker), ("error", error)):
-        if text is not None:
-            selected[name] = text
-    for name, when in (("before", before), ("after", after)):
-        if when is not None:
-            if when.tzinfo is None:
-                raise ValidationError(f"{name} needs a time zone, e.g. datetime.now(UTC)")
-            selected[name] = when.astimezone(UTC).isoformat()
-    return {"action": action, "filter": selected}
-
-
-_queue_list: Final = msgspec.json.Decoder(Queues)
-_bulk_done: Final = msgspec.json.Decoder(BulkDone)
-_workers: Final = msgspec.json.Decoder(Workers)
-_schedules: Final = msgspec.json.Decoder(Schedules)
-_schedule: Final = msgspec.json.Decoder(ScheduleRecord)
-
-
-def _schedule_body(
-    cron: str,
-    queue: str,
-    data: Any,
-    timezone: str,
-    priority: int,
-    overlap: str,
-    catch_up: bool,
-    paused: bool,
-) -> dict[str, Any]:
-    return {
-        "cron": cron,
-        "queue": queue,
-        "data": data,
-        "timezone": timezone,
-        "priority": priority,
-        "overlap": overlap,
-        "catch_up": catch_up,
-        "paused": paused,
-    }
-
-
-def _many_body(
-    items: Iterable[Any],
-    options: EnqueueOptions,
-    run_at: datetime | None = None,
-    unique_keys: Sequence[str | None] | str | None = None,
-    afters: Sequence[Sequence[str] | None] | None = None,
-) -> Any:
-    check_enqueue_options(options, "enqueue_many")
-    own = task_options(options)
-    priority, delay = options.get("priority"), options.get("delay")
-    paused = options.get("paused", False)
-    tasks = [_task_body(item, priority, delay, paused, run_at, own) for item in items]
-    if not tasks:
-        raise ValidationError("enqueue_many needs at least one task")
-    if afters is not None:
-        if len(afters) != len(tasks):
-            raise ValidationError("afters needs one list of task ids (or None) per task")
-        for task, after in zip(tasks, afters, strict=True):
-            if after is not None:
-                task["after"] = list(after)
-    if isinstance(unique_keys, str):
-        unique_keys = [unique_keys] * len(tasks)
-    if unique_keys is not None:
-        if len(unique_keys) != len(tasks):
-            raise ValidationError("unique_keys needs one key (or None) per task")
-        for task, key in zip(tasks, unique_keys, strict=True):
-            if key is not None:
-                task["unique_key"] = key
-    return {"tasks": tasks}
+T = TypeVar("T")
 
 
 class Producer:
@@ -231,13 +56,7 @@ class Producer:
     ) -> None:
         #: Times an enqueue is sent again after no answer or a 5xx, 408 or 429.
         self.retries = retries
-        self._http = httpx.Client(
-            base_url=server_url(url),
-            headers=headers(token),
-            verify=tls(verify),
-            timeout=timeout,
-            transport=transport,
-        )
+        self._http = httpx.Client(**settings(url, token, verify, timeout), transport=transport)
 
     def __enter__(self) -> Producer:
         return self
@@ -249,31 +68,23 @@ class Producer:
         """Close the connections."""
         self._http.close()
 
-    def _send(
-        self,
-        method: str,
-        path: str,
-        json: Any = None,
-        params: Any = None,
-        headers: dict[str, str] | None = None,
-    ) -> httpx.Response:
+    def _run(self, plan: Plan[T]) -> T:
+        """Carry out a call (katar.client._calls): send its requests, each after its pause,
+        and hand it their responses, or the error of one that got no answer."""
         try:
-            response = self._http.request(method, path, json=json, params=params, headers=headers)
-        except httpx.TransportError as exc:
-            raise transport_error(exc, method, path) from exc
-        return check(response)
-
-    def _enqueue(self, queue: str, body: Any, idempotency_key: str | None) -> list[TaskRecord]:
-        key, attempt = _key(idempotency_key), 0
-        while True:
-            try:
-                return records(self._send("POST", f"/v1/queue/{queue}/tasks", body, None, key))
-            except KatarError as exc:
-                attempt += 1
-                pause = _retry_in(exc, attempt, self.retries)
-                if pause is None:
-                    raise
-            time.sleep(pause)
+            request = next(plan)
+            while True:
+                if request.pause:
+                    time.sleep(request.pause)
+                try:
+                    response = self._http.send(request.build(self._http))
+                except httpx.TransportError as exc:
+                    request = plan.throw(request.failed(exc))
+                else:
+                    request = plan.send(response)
+        except StopIteration as done:
+            result: T = done.value
+            return result
 
     def enqueue(
         self,
@@ -292,15 +103,8 @@ class Producer:
         ``duplicate`` true. ``after``: ids of tasks (of any queue) this one waits for: it is
         delivered once they are all done, with their results (``Job.after``), and
         cancelled if one of them fails or is cancelled."""
-        (task,) = self.enqueue_many(
-            queue,
-            [data],
-            run_at=run_at,
-            unique_keys=None if unique_key is None else [unique_key],
-            afters=None if after is None else [after],
-            **options,
-        )
-        return task
+        plan = calls.enqueue(queue, data, options, run_at, unique_key, after, self.retries)
+        return self._run(plan)
 
     def enqueue_many(
         self,
@@ -328,20 +132,19 @@ class Producer:
         ``key_concurrency`` and ``fair`` count by. ``afters``: for each task, the ids of the
         tasks it waits for (or None), where ``"$n"`` names the n-th task of this call
         (0-based, an earlier one): e.g. ``[None, None, ["$0", "$1"]]`` for a fan-in."""
-        body = _many_body(items, options, run_at, unique_keys, afters)
-        return self._enqueue(queue, body, options.get("idempotency_key"))
+        plan = calls.enqueue_many(queue, items, options, run_at, unique_keys, afters, self.retries)
+        return self._run(plan)
 
     def get(self, queue: str, task_id: str) -> TaskRecord:
         """The task's record."""
-        return record(self._send("GET", f"/v1/queue/{queue}/tasks/{task_id}"))
+        return self._run(calls.get(queue, task_id))
 
     def cancel(self, queue: str, task_id: str) -> TaskRecord:
         """Cancel the task; its record. A paused or queued task is cancelled at once; one in
         progress is cancelled when its worker next hears from the server (the record shows
         ``cancel_requested`` until then: see :meth:`wait`). A finished one: RequestRejected
         (409), except one already cancelled."""
-        path = f"/v1/queue/{queue}/tasks/{task_id}"
-        return record(self._send("PATCH", path, {"status": "cancelled"}))
+        return self._run(calls.cancel(queue, task_id))
 
     def tasks(
         self,
@@ -356,26 +159,25 @@ class Producer:
     ) -> list[TaskRecord]:
         """A page of the queue's tasks by id; pass the last id as ``after`` for the next.
         ``key``, ``worker`` and ``error`` (a substring of the task's error) filter it."""
-        params = _list_params(status, limit, after, key, worker, error)
-        return records(self._send("GET", f"/v1/queue/{queue}/tasks", params=params))
+        return self._run(calls.tasks(queue, status, limit, after, key, worker, error))
 
     def children(
         self, queue: str, task_id: str, limit: int = 100, after: str | None = None
     ) -> list[TaskRecord]:
         """A page of the task's children: the tasks, of any queue the token may use, that
         named it in their ``after``, by id; pass the last id as ``after`` for the next."""
-        return records(self._send("GET", *_linked(queue, task_id, "children", limit, after)))
+        return self._run(calls.linked(queue, task_id, "children", limit, after))
 
     def parents(
         self, queue: str, task_id: str, limit: int = 100, after: str | None = None
     ) -> list[TaskRecord]:
         """A page of the task's parents: the tasks, of any queue the token may use, that it
         named in its ``after`` and that are still there, by id (see :meth:`children`)."""
-        return records(self._send("GET", *_linked(queue, task_id, "parents", limit, after)))
+        return self._run(calls.linked(queue, task_id, "parents", limit, after))
 
     def queues(self) -> list[QueueInfo]:
         """Every queue the token may see, with its options and task counts by status."""
-        return _queue_list.decode(self._send("GET", "/v1/queues").content).queues
+        return self._run(calls.queues())
 
     def bulk(
         self,
@@ -393,24 +195,24 @@ class Producer:
         """Apply ``action`` ("retry", "cancel" or "delete") to every task of the queue that
         the filter selects (every condition given must hold; ``before`` and ``after`` bound
         the task's creation). How many matched, and how many it changed."""
-        body = _bulk_body(action, status, ids, key, worker, error, before, after)
-        return _bulk_done.decode(self._send("POST", f"/v1/queue/{queue}/tasks/bulk", body).content)
+        plan = calls.bulk(queue, action, status, ids, key, worker, error, before, after)
+        return self._run(plan)
 
     def pause(self, queue: str) -> None:
         """Pause the queue: its polls take nothing until :meth:`resume`."""
-        self._send("PATCH", f"/v1/queue/{queue}", {"paused": True})
+        self._run(calls.set_paused(queue, True))
 
     def resume(self, queue: str) -> None:
         """Resume a paused queue."""
-        self._send("PATCH", f"/v1/queue/{queue}", {"paused": False})
+        self._run(calls.set_paused(queue, False))
 
     def workers(self) -> list[WorkerSeen]:
         """The workers seen in the last hour on the token's queues."""
-        return _workers.decode(self._send("GET", "/v1/workers").content).workers
+        return self._run(calls.workers())
 
     def schedules(self) -> list[ScheduleRecord]:
         """Every schedule the token may see (an admin token), with its next ticks."""
-        return _schedules.decode(self._send("GET", "/v1/schedules").content).schedules
+        return self._run(calls.schedules())
 
     def schedule(
         self,
@@ -427,33 +229,24 @@ class Producer:
     ) -> ScheduleRecord:
         """Create or replace the schedule ``name``: a task on ``queue`` with ``data`` at
         each tick of the five-field ``cron`` in ``timezone`` (docs/schedules.md)."""
-        body = _schedule_body(cron, queue, data, timezone, priority, overlap, catch_up, paused)
-        return _schedule.decode(self._send("PUT", f"/v1/schedules/{name}", body).content)
+        plan = calls.schedule(
+            name, cron, queue, data, timezone, priority, overlap, catch_up, paused
+        )
+        return self._run(plan)
 
     def pause_schedule(self, name: str, paused: bool = True) -> ScheduleRecord:
         """Pause the schedule (its ticks pass without a task), or resume it (``paused``
         False)."""
-        answer = self._send("PATCH", f"/v1/schedules/{name}", {"paused": paused})
-        return _schedule.decode(answer.content)
+        return self._run(calls.pause_schedule(name, paused))
 
     def delete_schedule(self, name: str) -> None:
         """Remove the schedule; the tasks it made stay."""
-        self._send("DELETE", f"/v1/schedules/{name}")
+        self._run(calls.delete_schedule(name))
 
     def wait(self, queue: str, task_id: str, timeout: float = 60.0) -> TaskRecord:
         """Wait up to ``timeout`` seconds for the task to finish; its record then (finished
         or not: check ``record.finished``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = max(0.0, min(deadline - time.monotonic(), LONGEST_WAIT))
-            path = f"/v1/queue/{queue}/tasks/{task_id}"
-            try:
-                response = self._http.get(path, params={"wait": left}, timeout=left + 30)
-            except httpx.TransportError as exc:
-                raise transport_error(exc, "GET", path) from exc
-            task = record(check(response))
-            if task.finished or time.monotonic() >= deadline:
-                return task
+        return self._run(calls.wait(queue, task_id, timeout))
 
 
 class AsyncProducer:
@@ -471,13 +264,7 @@ class AsyncProducer:
     ) -> None:
         #: Times an enqueue is sent again after no answer or a 5xx, 408 or 429.
         self.retries = retries
-        self._http = httpx.AsyncClient(
-            base_url=server_url(url),
-            headers=headers(token),
-            verify=tls(verify),
-            timeout=timeout,
-            transport=transport,
-        )
+        self._http = httpx.AsyncClient(**settings(url, token, verify, timeout), transport=transport)
 
     async def __aenter__(self) -> AsyncProducer:
         return self
@@ -489,36 +276,22 @@ class AsyncProducer:
         """Close the connections."""
         await self._http.aclose()
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        json: Any = None,
-        params: Any = None,
-        headers: dict[str, str] | None = None,
-    ) -> httpx.Response:
+    async def _run(self, plan: Plan[T]) -> T:
+        """Carry out a call, as :meth:`Producer._run` does, on the event loop."""
         try:
-            response = await self._http.request(
-                method, path, json=json, params=params, headers=headers
-            )
-        except httpx.TransportError as exc:
-            raise transport_error(exc, method, path) from exc
-        return check(response)
-
-    async def _enqueue(
-        self, queue: str, body: Any, idempotency_key: str | None
-    ) -> list[TaskRecord]:
-        key, attempt = _key(idempotency_key), 0
-        while True:
-            try:
-                answer = await self._send("POST", f"/v1/queue/{queue}/tasks", body, None, key)
-                return records(answer)
-            except KatarError as exc:
-                attempt += 1
-                pause = _retry_in(exc, attempt, self.retries)
-                if pause is None:
-                    raise
-            await asyncio.sleep(pause)
+            request = next(plan)
+            while True:
+                if request.pause:
+                    await asyncio.sleep(request.pause)
+                try:
+                    response = await self._http.send(request.build(self._http))
+                except httpx.TransportError as exc:
+                    request = plan.throw(request.failed(exc))
+                else:
+                    request = plan.send(response)
+        except StopIteration as done:
+            result: T = done.value
+            return result
 
     async def enqueue(
         self,
@@ -530,22 +303,9 @@ class AsyncProducer:
         after: Sequence[str] | None = None,
         **options: Unpack[EnqueueOptions],
     ) -> TaskRecord:
-        """Put one task on the queue; its record. ``delay`` (seconds) or ``run_at`` (an
-        aware datetime) hold it back until then; see :meth:`enqueue_many` for
-        ``idempotency_key`` and the task's own options. While another task of the queue
-        holds ``unique_key``, nothing is created: the record is that task's, with
-        ``duplicate`` true. ``after``: ids of tasks (of any queue) this one waits for: it is
-        delivered once they are all done, with their results (``Job.after``), and
-        cancelled if one of them fails or is cancelled."""
-        tasks = await self.enqueue_many(
-            queue,
-            [data],
-            run_at=run_at,
-            unique_keys=None if unique_key is None else [unique_key],
-            afters=None if after is None else [after],
-            **options,
-        )
-        return tasks[0]
+        """Put one task on the queue; its record (see :meth:`Producer.enqueue`)."""
+        plan = calls.enqueue(queue, data, options, run_at, unique_key, after, self.retries)
+        return await self._run(plan)
 
     async def enqueue_many(
         self,
@@ -559,17 +319,16 @@ class AsyncProducer:
     ) -> list[TaskRecord]:
         """Put many tasks on the queue in one request (one transaction); their records
         (see Producer.enqueue_many)."""
-        body = _many_body(items, options, run_at, unique_keys, afters)
-        return await self._enqueue(queue, body, options.get("idempotency_key"))
+        plan = calls.enqueue_many(queue, items, options, run_at, unique_keys, afters, self.retries)
+        return await self._run(plan)
 
     async def get(self, queue: str, task_id: str) -> TaskRecord:
         """The task's record."""
-        return record(await self._send("GET", f"/v1/queue/{queue}/tasks/{task_id}"))
+        return await self._run(calls.get(queue, task_id))
 
     async def cancel(self, queue: str, task_id: str) -> TaskRecord:
         """Cancel the task; its record (see :meth:`Producer.cancel`)."""
-        path = f"/v1/queue/{queue}/tasks/{task_id}"
-        return record(await self._send("PATCH", path, {"status": "cancelled"}))
+        return await self._run(calls.cancel(queue, task_id))
 
     async def tasks(
         self,
@@ -583,26 +342,23 @@ class AsyncProducer:
         error: str | None = None,
     ) -> list[TaskRecord]:
         """A page of the queue's tasks by id (see :meth:`Producer.tasks`)."""
-        params = _list_params(status, limit, after, key, worker, error)
-        return records(await self._send("GET", f"/v1/queue/{queue}/tasks", params=params))
+        return await self._run(calls.tasks(queue, status, limit, after, key, worker, error))
 
     async def children(
         self, queue: str, task_id: str, limit: int = 100, after: str | None = None
     ) -> list[TaskRecord]:
         """A page of the task's children (see :meth:`Producer.children`)."""
-        page = _linked(queue, task_id, "children", limit, after)
-        return records(await self._send("GET", *page))
+        return await self._run(calls.linked(queue, task_id, "children", limit, after))
 
     async def parents(
         self, queue: str, task_id: str, limit: int = 100, after: str | None = None
     ) -> list[TaskRecord]:
         """A page of the task's parents (see :meth:`Producer.parents`)."""
-        page = _linked(queue, task_id, "parents", limit, after)
-        return records(await self._send("GET", *page))
+        return await self._run(calls.linked(queue, task_id, "parents", limit, after))
 
     async def queues(self) -> list[QueueInfo]:
         """Every queue the token may see, with its options and task counts by status."""
-        return _queue_list.decode((await self._send("GET", "/v1/queues")).content).queues
+        return await self._run(calls.queues())
 
     async def bulk(
         self,
@@ -618,25 +374,24 @@ class AsyncProducer:
         after: datetime | None = None,
     ) -> BulkDone:
         """Apply ``action`` to every task the filter selects (see :meth:`Producer.bulk`)."""
-        body = _bulk_body(action, status, ids, key, worker, error, before, after)
-        answer = await self._send("POST", f"/v1/queue/{queue}/tasks/bulk", body)
-        return _bulk_done.decode(answer.content)
+        plan = calls.bulk(queue, action, status, ids, key, worker, error, before, after)
+        return await self._run(plan)
 
     async def pause(self, queue: str) -> None:
         """Pause the queue: its polls take nothing until :meth:`resume`."""
-        await self._send("PATCH", f"/v1/queue/{queue}", {"paused": True})
+        await self._run(calls.set_paused(queue, True))
 
     async def resume(self, queue: str) -> None:
         """Resume a paused queue."""
-        await self._send("PATCH", f"/v1/queue/{queue}", {"paused": False})
+        await self._run(calls.set_paused(queue, False))
 
     async def workers(self) -> list[WorkerSeen]:
         """The workers seen in the last hour on the token's queues."""
-        return _workers.decode((await self._send("GET", "/v1/workers")).content).workers
+        return await self._run(calls.workers())
 
     async def schedules(self) -> list[ScheduleRecord]:
         """Every schedule the token may see (an admin token), with its next ticks."""
-        return _schedules.decode((await self._send("GET", "/v1/schedules")).content).schedules
+        return await self._run(calls.schedules())
 
     async def schedule(
         self,
@@ -651,33 +406,23 @@ class AsyncProducer:
         catch_up: bool = False,
         paused: bool = False,
     ) -> ScheduleRecord:
-        """Create or replace the schedule ``name``: a task on ``queue`` with ``data`` at
-        each tick of the five-field ``cron`` in ``timezone`` (docs/schedules.md)."""
-        body = _schedule_body(cron, queue, data, timezone, priority, overlap, catch_up, paused)
-        return _schedule.decode((await self._send("PUT", f"/v1/schedules/{name}", body)).content)
+        """Create or replace the schedule ``name`` (see :meth:`Producer.schedule`)."""
+        plan = calls.schedule(
+            name, cron, queue, data, timezone, priority, overlap, catch_up, paused
+        )
+        return await self._run(plan)
 
     async def pause_schedule(self, name: str, paused: bool = True) -> ScheduleRecord:
         """Pause the schedule (its ticks pass without a task), or resume it (``paused``
         False)."""
-        answer = await self._send("PATCH", f"/v1/schedules/{name}", {"paused": paused})
-        return _schedule.decode(answer.content)
+        return await self._run(calls.pause_schedule(name, paused))
 
     async def delete_schedule(self, name: str) -> None:
         """Remove the schedule; the tasks it made stay."""
-        await self._send("DELETE", f"/v1/schedules/{name}")
+        await self._run(calls.delete_schedule(name))
 
     # ASYNC109: a public API: the wait is the caller's, spread over several long polls.
     async def wait(self, queue: str, task_id: str, timeout: float = 60.0) -> TaskRecord:  # noqa: ASYNC109
         """Wait up to ``timeout`` seconds for the task to finish; its record then (finished
         or not: check ``record.finished``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = max(0.0, min(deadline - time.monotonic(), LONGEST_WAIT))
-            path = f"/v1/queue/{queue}/tasks/{task_id}"
-            try:
-                response = await self._http.get(path, params={"wait": left}, timeout=left + 30)
-            except httpx.TransportError as exc:
-                raise transport_error(exc, "GET", path) from exc
-            task = record(check(response))
-            if task.finished or time.monotonic() >= deadline:
-                return task
+        return await self._run(calls.wait(queue, task_id, timeout))

@@ -2,9 +2,10 @@
 
 The store makes each operation atomic and durable; the engine adds what lives in the
 process: the queues' options (read once, kept current by every change made through this
-engine), the long polls parked on each queue, the reaper that expires leases and promotes
-due tasks, the scheduler, and the callbacks that user code registers for status changes.
-Those parts are objects of their own (see Engine), composed here, not inherited.
+engine, and read again by the reloader when another server changed them), the long polls
+parked on each queue, the reaper that expires leases and promotes due tasks, the scheduler,
+the pruner of finished tasks, and the listeners that user code registers for status
+changes. Those parts are objects of their own (see Engine), composed here, not inherited.
 
 Time comes from a :class:`~katar.core.clock.Clock`. The reaper sleeps until the earliest
 deadline the engine knows (a lease's end, a delay's end): the store's own earliest, read
@@ -17,10 +18,8 @@ the timer: one made past a known deadline reaps first, so it finds what came due
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -29,11 +28,12 @@ import msgspec
 from katar.core import idempotency
 from katar.core.clock import Clock, SystemClock
 from katar.core.counters import Counters, DeliveryStarts
+from katar.core.listeners import Listener as Listener  # the API names it from here
+from katar.core.listeners import Listeners
 from katar.core.model import (
     CANCELLED,
     EVERY_TASK,
     FAILED,
-    FINAL_STATES,
     PAUSED,
     PUBLIC_STATUS,
     READY,
@@ -52,8 +52,10 @@ from katar.core.model import (
     parse_queue_options,
 )
 from katar.core.outcomes import OutcomeWaits
+from katar.core.pruner import Pruner
 from katar.core.reaper import HOUSEKEEPING_MS, Reaper
-from katar.core.rules import BULK_STATES, check_edges, is_final, prune_before, unknown_parent
+from katar.core.reloader import Reloader
+from katar.core.rules import BULK_STATES, check_edges, is_final, unknown_parent
 from katar.core.schedule import (
     Schedule,
     ScheduleSpec,
@@ -71,7 +73,6 @@ from katar.errors import (
     QueueNotFound,
     ScheduleNotFound,
     ShuttingDown,
-    StoreUnavailable,
     TaskNotFound,
     ValidationError,
 )
@@ -82,23 +83,11 @@ log = logging.getLogger("katar")
 #: The tasks one step of a bulk action takes, in one transaction: small enough that the
 #: polls queued behind it wait milliseconds, large enough that a million tasks take seconds.
 BULK_STEP: Final = 1000
-#: The finished tasks one transaction of the pruner removes (see Engine.prune_finished).
-PRUNE_BATCH: Final = 1000
-#: Seconds between two passes of the pruner.
-RETENTION_EVERY: Final = 60
 #: GET /v1/workers lists the workers seen in this last time (ms).
 WORKERS_SEEN_MS: Final = 3_600_000
 #: The most worker names remembered, for all queues (names are the clients' to choose):
 #: beyond, a new name takes the place of the longest unseen of the queue with the most.
 MAX_WORKERS_SEEN: Final = 10_000
-
-#: A status-change callback: called with the task in its new status; may be a coroutine.
-Listener = Callable[[Task], Awaitable[None] | None]
-
-#: Seconds before the first retry of a failed reload of the queues' options, and the most
-#: between two retries (the delay doubles up to it).
-RELOAD_BACKOFF_FIRST: Final = 0.1
-RELOAD_BACKOFF_MAX: Final = 2.0
 
 
 def _log_overridden(name: str, stored: QueueOptions, declared: QueueOptions) -> None:
@@ -125,9 +114,11 @@ class Engine:
     It is made of objects with their own state, each given what it needs: the long polls
     parked per queue (katar.core.waits), the producers waiting for an outcome
     (katar.core.outcomes), the reaper of deadlines (katar.core.reaper), the scheduler
-    (katar.core.scheduler) and the names of the workers seen (katar.core.workers). The
-    engine calls them; the reaper and the scheduler call back through the one callback
-    each is given (what a reap changed, what a tick made).
+    (katar.core.scheduler), the names of the workers seen (katar.core.workers), the
+    listeners (katar.core.listeners), the reload of the queues' options
+    (katar.core.reloader) and the pruner (katar.core.pruner). The engine calls them; the
+    reaper, the scheduler and the reloader call back through the one callback each is given
+    (what a reap changed, what a tick made, the options read).
     """
 
     def __init__(
@@ -158,19 +149,16 @@ class Engine:
             store, self.clock, self.outages, made=self._made, retry_interval=reap_interval
         )
         self._workers = WorkerNames(MAX_WORKERS_SEEN)
+        self._events = Listeners()
+        self._reloader = Reloader(store, self.outages, reloaded=self._reloaded)
+        self._pruner = Pruner(store, self.clock, self.outages, queues=self.queue_options)
         # The collaborators' methods that the operations call, bound once: a poll calls
         # them, and through these names the operations read as before.
         self._wake = self._waits.wake
         self._expect = self._reaper.expect
-        self._listeners: dict[str, list[Listener]] = {}
+        self._listeners = self._events.by_event  # a dict: tested before anything is emitted
+        self._emit = self._events.emit
         store.attach(self)
-        self._background: set[asyncio.Task[Any]] = set()
-        #: The reload of the queues' options running (see _reload_queues), and what the
-        #: next one must do: run at all, and wake every long poll (events were missed).
-        self._reloader: asyncio.Task[None] | None = None
-        self._reload_wanted = False
-        self._reload_wake_all = False
-        self._pruner: asyncio.Task[None] | None = None
         #: When this process delivered each task it leased, for katar_run_seconds.
         self._delivered_at = DeliveryStarts()
 
@@ -207,7 +195,7 @@ class Engine:
                 raise ConfigError(f"[schedules.{name}] {field}: {exc.message}") from None
         await self.store.listen(self)
         await self._reaper.start()
-        self._pruner = asyncio.create_task(self._retain(), name="katar-retention")
+        self._pruner.start()
         self._scheduler.start()
 
     def begin_shutdown(self) -> None:
@@ -222,12 +210,8 @@ class Engine:
         self.begin_shutdown()
         await self._scheduler.stop()
         await self._reaper.stop()
-        for job in (self._pruner, self._reloader):
-            if job is not None:
-                job.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await job
-        self._pruner = self._reloader = None
+        await self._pruner.stop()
+        await self._reloader.stop()
         await self.store.close()
 
     async def ping(self) -> None:
@@ -317,39 +301,9 @@ class Engine:
         return found
 
     async def prune_finished(self) -> int:
-        """Retention: remove the finished tasks that their queue's ``keep`` no longer keeps,
-        in batches of PRUNE_BATCH (each a transaction of its own); how many."""
-        pruned = 0
-        for queue, options in list(self.queues.items()):
-            for state in FINAL_STATES:
-                now = self.clock.now_ms()
-                before = prune_before(options, state, now)
-                if before is None:
-                    continue
-                try:
-                    while True:
-                        count = await self.store.prune(queue, state, before, now, PRUNE_BATCH)
-                        pruned += count
-                        if count < PRUNE_BATCH:
-                            break
-                        await asyncio.sleep(0)  # let requests go first
-                except QueueNotFound:
-                    break  # deleted meanwhile
-        if pruned:
-            log.info("retention: %d finished task(s) removed", pruned)
-        return pruned
-
-    async def _retain(self) -> None:
-        """The pruner: once every RETENTION_EVERY seconds, off the requests' path."""
-        while True:
-            await asyncio.sleep(RETENTION_EVERY)
-            try:
-                await self.prune_finished()
-                self.outages.up()
-            except StoreUnavailable as exc:
-                self.outages.down(exc.message)
-            except Exception:
-                log.exception("retention failed; trying again in %d s", RETENTION_EVERY)
+        """Retention: remove the finished tasks that their queue's ``keep`` no longer keeps
+        (katar.core.pruner, which also does it once a minute); how many."""
+        return await self._pruner.prune()
 
     async def stats(self) -> dict[str, dict[str, int]]:
         """Every queue's task counts by public status, and the queued tasks that wait for
@@ -787,10 +741,10 @@ class Engine:
         self._wake(queue, count)
 
     def queue_changed(self, name: str) -> None:
-        self._reload_in_background(wake_all=False)
+        self._reloader.ask(wake_all=False)
 
     def resync(self) -> None:
-        self._reload_in_background(wake_all=True)
+        self._reloader.ask(wake_all=True)
         self._scheduler.changed()  # a schedule changed meanwhile: read them again
 
     def schedules_changed(self) -> None:
@@ -802,46 +756,14 @@ class Engine:
     def now_ms(self) -> int:
         return self.clock.now_ms()
 
-    def _reload_in_background(self, wake_all: bool) -> None:
-        """Read the queues' options again soon: one reload at a time, and one more after it
-        when asked while it ran (what it read may predate the change it was asked for)."""
-        self._reload_wanted = True
-        self._reload_wake_all = self._reload_wake_all or wake_all
-        if self._reloader is None or self._reloader.done():
-            self._reloader = asyncio.create_task(self._reload_queues(), name="katar-reload")
-
-    async def _reload_queues(self) -> None:
-        """Reload until it succeeds: a server that may have missed a change (a pause, a
-        resume, a limit set on another server) must not keep the old options. While the
-        store is unavailable it tries again with backoff, up to RELOAD_BACKOFF_MAX seconds
-        apart; the outage is said once (Outages), not at every attempt."""
-        delay = RELOAD_BACKOFF_FIRST
-        failed = False
-        while self._reload_wanted:
-            self._reload_wanted = False
-            wake_all, self._reload_wake_all = self._reload_wake_all, False
-            old = self.queues
-            try:
-                self.queues = await self.store.load_queues()
-            except Exception as exc:
-                if isinstance(exc, StoreUnavailable):
-                    self.outages.down(exc.message)
-                elif not failed:  # a bug or a bad row: its traceback once, not every retry
-                    log.exception("reloading the queues failed; trying again until it works")
-                failed = True
-                self._reload_wanted = True
-                self._reload_wake_all = self._reload_wake_all or wake_all
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RELOAD_BACKOFF_MAX)
-                continue
-            if failed:
-                self.outages.up()
-                failed, delay = False, RELOAD_BACKOFF_FIRST
-            for queue, options in self.queues.items():
-                if queue in old and old[queue] != options:
-                    self._waits.wake_all(queue)  # another server resumed it or moved a limit
-            if wake_all:  # events may have been missed: every long poll looks again
-                self._waits.wake_every_queue()
+    def _reloaded(self, queues: dict[str, QueueOptions], wake_all: bool) -> None:
+        """The queues' options as the reloader read them: this server's from now on."""
+        old, self.queues = self.queues, queues
+        for queue, options in queues.items():
+            if queue in old and old[queue] != options:
+                self._waits.wake_all(queue)  # another server resumed it or moved a limit
+        if wake_all:  # events may have been missed: every long poll looks again
+            self._waits.wake_every_queue()
 
     # -- events ----------------------------------------------------------------------------
 
@@ -900,33 +822,9 @@ class Engine:
         The queue may be ``*`` for every queue. Listeners run on the event loop after the
         change is stored; a coroutine function is run as a task. Errors are logged.
         """
-        queue, _, status = event.rpartition(".")
-        if not queue or status not in STATUSES:
-            raise ValidationError(
-                f"invalid event {event!r}: use '<queue>.<status>' with a status among "
-                f"{', '.join(STATUSES)}"
-            )
-        self._listeners.setdefault(event, []).append(listener)
+        self._events.on(event, listener)
 
     def watching(self) -> bool:
         """Whether anyone needs the final version of a task finished "done" (Observer):
         a listener for "done" events, or a wait for a task's outcome."""
-        return bool(self._outcomes.waiting) or any(e.endswith(".done") for e in self._listeners)
-
-    def _emit(self, task: Task) -> None:
-        status = task.status
-        for event in (f"{task.queue}.{status}", f"*.{status}"):
-            for listener in self._listeners.get(event, ()):
-                try:
-                    outcome = listener(task)
-                    if inspect.isawaitable(outcome):
-                        job = asyncio.ensure_future(outcome)
-                        self._background.add(job)
-                        job.add_done_callback(self._listener_done)
-                except Exception:
-                    log.exception("listener for %s failed", event)
-
-    def _listener_done(self, job: asyncio.Future[Any]) -> None:
-        self._background.discard(job)
-        if not job.cancelled() and job.exception() is not None:
-            log.error("listener failed", exc_info=job.exception())
+        return bool(self._outcomes.waiting) or self._events.watching_done()

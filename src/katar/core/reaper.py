@@ -12,12 +12,11 @@ the deadlines they make (``expect``) and of the idempotency keys they store (``k
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Final
 
-from katar.core import idempotency
+from katar.core import background, idempotency
 from katar.core.clock import Clock, Timer
 from katar.core.model import QueueOptions
 from katar.core.storage import Change, Store
@@ -80,10 +79,7 @@ class Reaper:
     async def stop(self) -> None:
         """Stop reaping and disarm the timer."""
         job, self._job = self._job, None
-        if job is not None:
-            job.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await job
+        await background.stop(job)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

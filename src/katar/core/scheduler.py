@@ -21,12 +21,12 @@ through it, and it keeps them between passes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 import msgspec
 
+from katar.core import background
 from katar.core.clock import Clock, Timer
 from katar.core.model import NewTask, Task
 from katar.core.reaper import HOUSEKEEPING_MS
@@ -104,9 +104,7 @@ class Scheduler:
             try:
                 await asyncio.wait_for(asyncio.shield(job), 10)
             except TimeoutError:
-                job.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await job
+                await background.stop(job)
         self._arm(None)
 
     async def reload(self) -> dict[str, Schedule]:
