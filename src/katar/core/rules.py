@@ -29,6 +29,7 @@ from katar.core.model import (
     UNFINISHED,
     WAITING,
     Ack,
+    DeadLetter,
     Delivery,
     NewTask,
     QueueOptions,
@@ -514,6 +515,8 @@ def apply_ack(
             error=error,
             updated_at=now,
         )
+    if options.dead_letter is not None:
+        return dead_lettered(task, options.dead_letter, "failed", error, now)
     return _finish(task, FAILED, now, error=error)
 
 
@@ -556,6 +559,8 @@ def expire_lease(task: Task, options: QueueOptions, now: int) -> Task | None:
     message = f"lease expired: no ack within {lease} ms of delivery {task.attempts}"
     if _attempts_spent(task, options):
         error = f"{message}; all attempts are spent"
+        if options.dead_letter is not None:
+            return dead_lettered(task, options.dead_letter, "expired", error, now)
         return archive(
             task, "expired", now, state=FAILED, lease_until=None, updated_at=now, error=error
         )
@@ -569,6 +574,79 @@ def expire_lease(task: Task, options: QueueOptions, now: int) -> Task | None:
         error=message,
         updated_at=now,
     )
+
+
+# -- dead letters and redrive -------------------------------------------------------------------
+#
+# A task that fails for good in a queue with a ``dead_letter`` option moves, in the
+# transaction that fails it, to that queue: the rules return it with another ``queue``, and
+# a store that sees ``new.queue != old.queue`` moves the row (creating the target queue with
+# default options when it does not exist). A move keeps the id, data, key and priority.
+
+
+def moved(task: Task, queue: str, now: int, **changes: Any) -> Task:
+    """The task moved to ``queue`` as queued (READY), with a fresh set of attempts there
+    (its delivery count goes on growing, so that a late ack of an earlier delivery is told
+    apart). What belonged to the queue it leaves goes: its own max_attempts and expiry, its
+    unique_key (held in that queue only), a cancel request, progress."""
+    return archive(
+        task,
+        queue=queue,
+        state=READY,
+        run_at=None,
+        lease_until=None,
+        attempt_base=task.attempts,
+        max_attempts=None,
+        expires_at=None,
+        unique_key=None,
+        unique_until=None,
+        cancel_requested=False,
+        progress=None,
+        updated_at=now,
+        **changes,
+    )
+
+
+def dead_lettered(task: Task, target: str, outcome: str, error: str, now: int) -> Task:
+    """A task in progress that fails for good (its delivery ended ``outcome``, "failed" or
+    "expired", with ``error``) in a queue whose dead_letter option is ``target``: moved
+    there, with ``dead_letter`` saying where from and why. For the tasks that wait for it
+    (``after``), it failed (see dependants_see): they are settled as at a failure, and it
+    no longer has children."""
+    record = DeadLetter(
+        queue=task.queue, error=error, attempts=task.attempts - task.attempt_base, at=now
+    )
+    ended = archive(task, outcome, now, error=error, updated_at=now)
+    return moved(ended, target, now, error=error, dead_letter=record, children=False)
+
+
+def dependants_see(old: Task, new: Task) -> State:
+    """The state the tasks that wait for ``old`` see it end in, now that it is ``new``: a
+    task moved to its dead-letter queue failed (its children are cancelled, unless they run
+    after a failure too); any other change, its new state."""
+    if new.dead_letter is not None and new.queue != old.queue:
+        return FAILED
+    return new.state
+
+
+#: The states of the tasks a redrive moves: queued and due, or delayed (not waiting for
+#: parents: moved, such a task would run before them), and failed (in the dead-letter
+#: queue itself, by its own workers). Paused and cancelled tasks are an operator's choice,
+#: and stay; tasks in progress belong to their worker.
+REDRIVE_STATES: Final = frozenset({READY, SCHEDULED, FAILED})
+
+
+def redrive_target(task: Task, to: str | None) -> str | None:
+    """Where a redrive moves the task: ``to`` when given, else the queue it came from (its
+    dead_letter record); None when it has neither, or would stay where it is."""
+    target = to if to is not None else task.dead_letter.queue if task.dead_letter else None
+    return None if target == task.queue else target
+
+
+def redriven(task: Task, target: str, now: int) -> Task:
+    """A task moved by a redrive to ``target``: queued there with fresh attempts; its error
+    stays (as a retry's does), its dead_letter goes."""
+    return moved(task, target, now, dead_letter=None)
 
 
 def promote(task: Task, now: int) -> Task:

@@ -7,7 +7,7 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
-from katar.core.model import RUNNING, Task, TaskFilter
+from katar.core.model import RUNNING, Task, TaskFilter, decode_dead_letter, encode_dead_letter
 from katar.core.rules import after_json
 from katar.store._sql import STATES
 
@@ -15,7 +15,7 @@ COLUMNS: Final = (
     "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
     " created_at, updated_at, run_at, lease_until, key, cancel_requested, progress, timeout,"
     " max_attempts, expires_at, unique_key, unique_until, started_at, history, schedule,"
-    " scheduled_for, parents, children"
+    " scheduled_for, parents, children, dead_letter"
 )
 _STATES: Final = STATES  # by value: faster than State(value) on the hot path
 #: The edges' columns (the deps table) that lead from a task to its children, or to its
@@ -55,6 +55,7 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
         scheduled_for=row[25],
         parents=row[26],
         children=bool(row[27]),
+        dead_letter=None if row[28] is None else decode_dead_letter(row[28]),
     )
 
 
@@ -178,6 +179,52 @@ def update_values(task: Task) -> tuple[Any, ...]:
         task.expires_at,
         task.started_at,
         None if task.history is None else bytes(task.history),
+        task.id,
+    )
+
+
+#: The columns a move to another queue writes (a dead letter, a redrive: rules.moved), each
+#: with a placeholder, then ``children`` and the id. See move_sql and move_values.
+MOVE_COLUMNS: Final = (
+    "queue_id, fair_seq, state, attempts, attempt_base, error, worker, updated_at, run_at,"
+    " lease_until, cancel_requested, progress, max_attempts, expires_at, unique_key,"
+    " unique_until, started_at, history, dead_letter"
+)
+
+
+def move_sql(table: str, param: str, children: str) -> str:
+    """The UPDATE that moves a task's row to another queue (parameters: move_values).
+    ``children`` keeps the column when its parameter is true, clears it when false (a dead
+    letter's children were settled as at a failure), in the store's types: "children * ?"
+    for an integer count, "children AND %s" for a boolean."""
+    sets = ", ".join(f"{column.strip()}={param}" for column in MOVE_COLUMNS.split(","))
+    return f"UPDATE {table} SET {sets}, children={children} WHERE id={param}"
+
+
+def move_values(task: Task, queue_id: int, fair_seq: int | None) -> tuple[Any, ...]:
+    """The parameters of move_sql for ``task`` as it is in its new queue ``queue_id``, at
+    ``fair_seq`` when that queue is fair."""
+    return (
+        queue_id,
+        fair_seq,
+        int(task.state),
+        task.attempts,
+        task.attempt_base,
+        task.error,
+        task.worker,
+        task.updated_at,
+        task.run_at,
+        task.lease_until,
+        task.cancel_requested,
+        None if task.progress is None else bytes(task.progress),
+        task.max_attempts,
+        task.expires_at,
+        task.unique_key,
+        task.unique_until,
+        task.started_at,
+        None if task.history is None else bytes(task.history),
+        encode_dead_letter(task.dead_letter),
+        task.children,
         task.id,
     )
 
