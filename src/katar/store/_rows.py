@@ -192,13 +192,17 @@ MOVE_COLUMNS: Final = (
 )
 
 
-def move_sql(table: str, param: str, children: str) -> str:
+def move_sql(table: str, param: str, children: str, queue_id: str | None = None) -> str:
     """The UPDATE that moves a task's row to another queue (parameters: move_values).
     ``children`` keeps the column when its parameter is true, clears it when false (a dead
     letter's children were settled as at a failure), in the store's types: "children * ?"
-    for an integer count, "children AND %s" for a boolean."""
-    sets = ", ".join(f"{column.strip()}={param}" for column in MOVE_COLUMNS.split(","))
-    return f"UPDATE {table} SET {sets}, children={children} WHERE id={param}"
+    for an integer count, "children AND %s" for a boolean. ``queue_id``: an expression
+    for the new queue's id instead of a parameter (then move_values' first is left out)."""
+    columns = [column.strip() for column in MOVE_COLUMNS.split(",")]
+    sets = [f"{column}={param}" for column in columns]
+    if queue_id is not None:
+        sets[0] = f"queue_id={queue_id}"
+    return f"UPDATE {table} SET {', '.join(sets)}, children={children} WHERE {table}.id={param}"
 
 
 def move_values(task: Task, queue_id: int, fair_seq: int | None) -> tuple[Any, ...]:
