@@ -61,7 +61,8 @@ async def test_a_failed_ack_not_retried_moves_the_task_to_its_dead_letter_queue(
     (claimed,) = await claim(store, options=ORIGIN, now=T0 + 10)
     result = await store.poll("q", ORIGIN, [ack(claimed, "failed", error="boom")], 0, "w1", T0 + 11)
     (change,) = result.changes
-    assert change.origin == "q" and change.old is RUNNING
+    assert change.origin == "q"
+    assert change.old is RUNNING
     moved = change.task
     assert (moved.queue, moved.state, moved.id) == ("dead", READY, task.id)
     assert moved.dead_letter == DeadLetter(queue="q", error="boom", attempts=1, at=T0 + 11)
@@ -77,7 +78,8 @@ async def test_a_failed_ack_not_retried_moves_the_task_to_its_dead_letter_queue(
     ]
     assert (found.attempts, found.attempt_base, found.max_attempts) == (1, 1, None)
     counts = await store.counts()
-    assert counts["dead"].get(READY) == 1 and not counts["q"].get(RUNNING)
+    assert counts["dead"].get(READY) == 1
+    assert not counts["q"].get(RUNNING)
 
 
 async def test_a_task_in_the_dead_letter_queue_is_delivered_with_fresh_attempts(
@@ -94,8 +96,10 @@ async def test_a_task_in_the_dead_letter_queue_is_delivered_with_fresh_attempts(
     done = await store.poll("dead", DEAD, [ack(again, "done")], 0, "w1", T0 + 7)
     assert [c.task.state.name for c in done.changes if c.task.id == task.id] in ([], ["DONE"])
     found = await store.get_task("dead", task.id)
-    assert found is not None and found.status == "done"
-    assert found.dead_letter is not None and found.dead_letter.queue == "q"
+    assert found is not None
+    assert found.status == "done"
+    assert found.dead_letter is not None
+    assert found.dead_letter.queue == "q"
 
 
 async def test_a_retried_failure_stays_and_the_last_attempt_moves(store: Store) -> None:
@@ -118,8 +122,11 @@ async def test_attempts_spent_by_a_lease_running_out_move_the_task(store: Store)
     (change,) = [c for c in changes if c.task.id == task.id]
     assert (change.origin, change.task.queue, change.task.state) == ("q", "dead", READY)
     record = change.task.dead_letter
-    assert record is not None and record.attempts == 1 and record.at == T0 + 1000
-    assert record.error is not None and "all attempts are spent" in record.error
+    assert record is not None
+    assert record.attempts == 1
+    assert record.at == T0 + 1000
+    assert record.error is not None
+    assert "all attempts are spent" in record.error
     found = await store.get_task("dead", task.id)
     assert found is not None
     assert [d.outcome for d in rules.deliveries(found)] == ["expired"]
@@ -151,7 +158,8 @@ async def test_the_tasks_waiting_for_a_dead_lettered_task_are_cancelled(store: S
     (again,) = await claim(store, options=DEAD, now=T0 + 3, queue="dead")
     await store.poll("dead", DEAD, [ack(again, "done")], 0, "w1", T0 + 4)
     found = await store.get_task("q", waiting.id)
-    assert found is not None and found.state is CANCELLED
+    assert found is not None
+    assert found.state is CANCELLED
 
 
 async def test_a_redrive_moves_tasks_back_to_their_origin(store: Store) -> None:
@@ -199,7 +207,8 @@ async def test_a_redrive_to_a_named_queue_and_tasks_without_an_origin(store: Sto
     step = await store.redrive("dead", "other", MOVABLE, T0 + 200, 0, 10)
     assert (step.matched, step.moved) == (1, 1)
     found = await store.get_task("other", plain.id)
-    assert found is not None and found.state is READY
+    assert found is not None
+    assert found.state is READY
 
 
 async def test_a_redrive_takes_failed_tasks_and_leaves_the_others(store: Store) -> None:
@@ -213,7 +222,8 @@ async def test_a_redrive_takes_failed_tasks_and_leaves_the_others(store: Store) 
     assert claimed.id == ready.id
     await store.poll("dead", DEAD, [ack(claimed, "failed")], 0, "w1", T0 + 1)
     failed = await store.get_task("dead", ready.id)
-    assert failed is not None and failed.state is FAILED
+    assert failed is not None
+    assert failed.state is FAILED
     step = await store.redrive("dead", "other", MOVABLE, T0 + 2, 0, 10)
     assert step.moved == 2  # the failed one and the queued one; the paused one stays
     assert {t.id for t in await store.list_tasks("other", TaskFilter(), 10, 0)} == {
@@ -263,7 +273,8 @@ async def test_a_dead_letter_move_racing_a_retry_happens_once(shared_stores: lis
     where = await first.queues_of([task.id for task in tasks])
     for task in tasks:
         found = await second.get_task(where[task.id], task.id)
-        assert found is not None and found.state is READY
+        assert found is not None
+        assert found.state is READY
         assert (where[task.id] == "dead") == (task.id in moved_by_ack)
         assert (found.dead_letter is not None) == (task.id in moved_by_ack)
     counts = await third.counts()

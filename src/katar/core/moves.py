@@ -146,6 +146,9 @@ class MoveJobs:
             run.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await run
+        if job.state == "running":  # cancelled before it ever ran
+            job.state = "cancelled"
+            job.ended_at = self._clock.now_ms()
         return job
 
     def forget(self, queue: str) -> None:
