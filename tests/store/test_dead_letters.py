@@ -279,7 +279,8 @@ async def test_a_dead_letter_move_racing_a_retry_happens_once(shared_stores: lis
         assert (found.dead_letter is not None) == (task.id in moved_by_ack)
     counts = await third.counts()
     assert counts["q"].get(READY, 0) + counts.get("dead", {}).get(READY, 0) == 20
-    assert await third.load_queue("dead") == QueueOptions()
+    if moved_by_ack:  # the first move made the dead-letter queue
+        assert await third.load_queue("dead") == QueueOptions()
 
 
 async def test_servers_moving_to_a_missing_queue_at_once_create_it_once(
