@@ -41,8 +41,10 @@ from katar.protocol import (
     IDEMPOTENCY_KEY_HEADER,
     BulkDone,
     EnqueueOptions,
+    MoveJobRecord,
     QueueInfo,
     Queues,
+    Redriven,
     ScheduleRecord,
     Schedules,
     TaskOptions,
@@ -158,6 +160,22 @@ def _bulk_body(
 
 _queue_list: Final = msgspec.json.Decoder(Queues)
 _bulk_done: Final = msgspec.json.Decoder(BulkDone)
+_redriven: Final = msgspec.json.Decoder(Redriven)
+_move_job: Final = msgspec.json.Decoder(MoveJobRecord)
+
+
+def _redrive_body(to: str | None, rate: float | None, **where: Any) -> Any:
+    """A redrive's body: the queue to move to (None: each task's origin), the rate (None:
+    at once), and the filter of the conditions given (as a bulk action's)."""
+    selected = _bulk_body("", **where)["filter"]
+    body: dict[str, Any] = {"filter": selected}
+    if to is not None:
+        body["to"] = to
+    if rate is not None:
+        body["rate"] = rate
+    return body
+
+
 _workers: Final = msgspec.json.Decoder(Workers)
 _schedules: Final = msgspec.json.Decoder(Schedules)
 _schedule: Final = msgspec.json.Decoder(ScheduleRecord)
@@ -396,6 +414,49 @@ class Producer:
         body = _bulk_body(action, status, ids, key, worker, error, before, after)
         return _bulk_done.decode(self._send("POST", f"/v1/queue/{queue}/tasks/bulk", body).content)
 
+    def redrive(
+        self,
+        queue: str,
+        *,
+        to: str | None = None,
+        status: str | Iterable[str] | None = None,
+        ids: Iterable[str] | None = None,
+        key: str | None = None,
+        error: str | None = None,
+        before: datetime | None = None,
+        after: datetime | None = None,
+    ) -> Redriven:
+        """Move the waiting tasks (queued or failed) of the queue that the filter selects
+        to ``to``, or each back to the queue it came from (its ``dead_letter`` record),
+        with fresh attempts; at once. How many matched, moved, and had nowhere to go."""
+        where = {"status": status, "ids": ids, "key": key, "worker": None, "error": error}
+        body = _redrive_body(to, None, **where, before=before, after=after)
+        return _redriven.decode(self._send("POST", f"/v1/queue/{queue}/redrive", body).content)
+
+    def start_redrive(
+        self,
+        queue: str,
+        rate: float,
+        *,
+        to: str | None = None,
+        status: str | Iterable[str] | None = None,
+        key: str | None = None,
+        error: str | None = None,
+    ) -> MoveJobRecord:
+        """:meth:`redrive` at ``rate`` tasks a second, in the background on the server:
+        the move job, which :meth:`redrive_job` follows and :meth:`cancel_redrive` stops."""
+        where = {"status": status, "ids": None, "key": key, "worker": None, "error": error}
+        body = _redrive_body(to, rate, **where, before=None, after=None)
+        return _move_job.decode(self._send("POST", f"/v1/queue/{queue}/redrive", body).content)
+
+    def redrive_job(self, queue: str) -> MoveJobRecord:
+        """The queue's last redrive at a rate, as it stands (on the server that runs it)."""
+        return _move_job.decode(self._send("GET", f"/v1/queue/{queue}/redrive").content)
+
+    def cancel_redrive(self, queue: str) -> MoveJobRecord:
+        """Stop the queue's redrive at a rate; what it moved stays moved."""
+        return _move_job.decode(self._send("DELETE", f"/v1/queue/{queue}/redrive").content)
+
     def pause(self, queue: str) -> None:
         """Pause the queue: its polls take nothing until :meth:`resume`."""
         self._send("PATCH", f"/v1/queue/{queue}", {"paused": True})
@@ -621,6 +682,50 @@ class AsyncProducer:
         body = _bulk_body(action, status, ids, key, worker, error, before, after)
         answer = await self._send("POST", f"/v1/queue/{queue}/tasks/bulk", body)
         return _bulk_done.decode(answer.content)
+
+    async def redrive(
+        self,
+        queue: str,
+        *,
+        to: str | None = None,
+        status: str | Iterable[str] | None = None,
+        ids: Iterable[str] | None = None,
+        key: str | None = None,
+        error: str | None = None,
+        before: datetime | None = None,
+        after: datetime | None = None,
+    ) -> Redriven:
+        """Move waiting tasks back where they came from (see :meth:`Producer.redrive`)."""
+        where = {"status": status, "ids": ids, "key": key, "worker": None, "error": error}
+        body = _redrive_body(to, None, **where, before=before, after=after)
+        answer = await self._send("POST", f"/v1/queue/{queue}/redrive", body)
+        return _redriven.decode(answer.content)
+
+    async def start_redrive(
+        self,
+        queue: str,
+        rate: float,
+        *,
+        to: str | None = None,
+        status: str | Iterable[str] | None = None,
+        key: str | None = None,
+        error: str | None = None,
+    ) -> MoveJobRecord:
+        """A redrive at a rate (see :meth:`Producer.start_redrive`)."""
+        where = {"status": status, "ids": None, "key": key, "worker": None, "error": error}
+        body = _redrive_body(to, rate, **where, before=None, after=None)
+        answer = await self._send("POST", f"/v1/queue/{queue}/redrive", body)
+        return _move_job.decode(answer.content)
+
+    async def redrive_job(self, queue: str) -> MoveJobRecord:
+        """The queue's last redrive at a rate (see :meth:`Producer.redrive_job`)."""
+        answer = await self._send("GET", f"/v1/queue/{queue}/redrive")
+        return _move_job.decode(answer.content)
+
+    async def cancel_redrive(self, queue: str) -> MoveJobRecord:
+        """Stop the queue's redrive at a rate (see :meth:`Producer.cancel_redrive`)."""
+        answer = await self._send("DELETE", f"/v1/queue/{queue}/redrive")
+        return _move_job.decode(answer.content)
 
     async def pause(self, queue: str) -> None:
         """Pause the queue: its polls take nothing until :meth:`resume`."""
