@@ -611,13 +611,14 @@ def dead_lettered(task: Task, target: str, outcome: str, error: str, now: int) -
     """A task in progress that fails for good (its delivery ended ``outcome``, "failed" or
     "expired", with ``error``) in a queue whose dead_letter option is ``target``: moved
     there, with ``dead_letter`` saying where from and why. For the tasks that wait for it
-    (``after``), it failed (see dependants_see): they are settled as at a failure, and it
-    no longer has children."""
+    (``after``), it failed (see dependants_see): they are settled as at a failure (and, as
+    after an operator's retry of a failed task, a later success there is no news to the
+    children it cancelled)."""
     record = DeadLetter(
         queue=task.queue, error=error, attempts=task.attempts - task.attempt_base, at=now
     )
     ended = archive(task, outcome, now, error=error, updated_at=now)
-    return moved(ended, target, now, error=error, dead_letter=record, children=False)
+    return moved(ended, target, now, error=error, dead_letter=record)
 
 
 def dependants_see(old: Task, new: Task) -> State:

@@ -184,7 +184,7 @@ def update_values(task: Task) -> tuple[Any, ...]:
 
 
 #: The columns a move to another queue writes (a dead letter, a redrive: rules.moved), each
-#: with a placeholder, then ``children`` and the id. See move_sql and move_values.
+#: with a placeholder, then the id. See move_sql and move_values.
 MOVE_COLUMNS: Final = (
     "queue_id, fair_seq, state, attempts, attempt_base, error, worker, updated_at, run_at,"
     " lease_until, cancel_requested, progress, max_attempts, expires_at, unique_key,"
@@ -192,17 +192,15 @@ MOVE_COLUMNS: Final = (
 )
 
 
-def move_sql(table: str, param: str, children: str, queue_id: str | None = None) -> str:
+def move_sql(table: str, param: str, queue_id: str | None = None) -> str:
     """The UPDATE that moves a task's row to another queue (parameters: move_values).
-    ``children`` keeps the column when its parameter is true, clears it when false (a dead
-    letter's children were settled as at a failure), in the store's types: "children * ?"
-    for an integer count, "children AND %s" for a boolean. ``queue_id``: an expression
-    for the new queue's id instead of a parameter (then move_values' first is left out)."""
+    ``queue_id``: an expression for the new queue's id instead of a parameter (then
+    move_values' first is left out)."""
     columns = [column.strip() for column in MOVE_COLUMNS.split(",")]
     sets = [f"{column}={param}" for column in columns]
     if queue_id is not None:
         sets[0] = f"queue_id={queue_id}"
-    return f"UPDATE {table} SET {', '.join(sets)}, children={children} WHERE {table}.id={param}"
+    return f"UPDATE {table} SET {', '.join(sets)} WHERE {table}.id={param}"
 
 
 def move_values(task: Task, queue_id: int, fair_seq: int | None) -> tuple[Any, ...]:
@@ -228,7 +226,6 @@ def move_values(task: Task, queue_id: int, fair_seq: int | None) -> tuple[Any, .
         task.started_at,
         None if task.history is None else bytes(task.history),
         encode_dead_letter(task.dead_letter),
-        task.children,
         task.id,
     )
 

@@ -320,8 +320,6 @@ class MemoryStore(Store):
         default options when there is none; the tasks its failure settles go in ``also``."""
         if old.id in self._children:
             self._settle(old, new, new.updated_at, also)
-            if rules.dependants_see(old, new) is FAILED:
-                self._children.pop(old.id, None)  # settled for good: a later end is no news
         if new.queue not in self._queues:
             self._save_queue(new.queue, QueueOptions())
         self._detach(old)

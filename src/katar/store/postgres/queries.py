@@ -150,9 +150,7 @@ def queries(s: str) -> Queries:
         # there is no such queue (the store creates it, and moves again).
         move=(
             f"WITH q AS (SELECT id FROM {s}.queues WHERE name = %s FOR SHARE) "
-            + move_sql(f"{s}.tasks", "%s", "children AND %s", queue_id="q.id").replace(
-                " WHERE ", " FROM q WHERE ", 1
-            )
+            + move_sql(f"{s}.tasks", "%s", queue_id="q.id").replace(" WHERE ", " FROM q WHERE ", 1)
             + " RETURNING q.id"
         ),
         create_queue=(

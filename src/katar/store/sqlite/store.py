@@ -130,7 +130,7 @@ _EXPIRE_BATCH: Final = 1000
 # deleted meanwhile): made with default options, as PUT with {} makes one.
 _CREATE_QUEUE: Final = "INSERT INTO queues (name, options) VALUES (?, ?) RETURNING id"
 _DEFAULT_OPTIONS: Final = msgspec.json.encode(QueueOptions())
-_MOVE: Final = move_sql("tasks", "?", "children * ?")
+_MOVE: Final = move_sql("tasks", "?")
 _options_decoder: Final = msgspec.json.Decoder(QueueOptions)
 _spec_decoder: Final = msgspec.json.Decoder(ScheduleSpec)
 
