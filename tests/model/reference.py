@@ -447,10 +447,12 @@ class Model:
         work = copy.deepcopy(self.tasks)
         saved = self.edges
         self.edges = copy.deepcopy(saved)  # all or nothing, edges too
+        queues = dict(self.queues)  # and a dead-letter queue a move made
         try:
             return self._poll_acks(queue, options, work, acks, worker, now)
         except Refusal:
             self.edges = saved
+            self.queues = queues
             raise
 
     def _poll_acks(

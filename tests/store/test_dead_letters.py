@@ -298,3 +298,18 @@ async def test_servers_moving_to_a_missing_queue_at_once_create_it_once(
     await asyncio.gather(*fails)
     assert (await shared_stores[1].counts())["dead"].get(READY) == 9
     assert list(await shared_stores[2].load_queues()) == ["q", "dead"]
+
+
+async def test_a_task_redriven_while_ready_is_claimed_in_its_new_queue_only(
+    store: Store,
+) -> None:
+    """Found by the model test on the memory store: a ready task moved out of a queue was
+    still claimed by the polls of the queue it left."""
+    await setup(store)
+    (task,) = await store.enqueue("dead", [new("ready")], T0)
+    step = await store.redrive("dead", "q", MOVABLE, T0 + 1, 0, 10)
+    assert step.moved == 1
+    assert await claim(store, options=DEAD, now=T0 + 2, queue="dead") == []
+    assert "dead" not in await store.heads()
+    (claimed,) = await claim(store, options=ORIGIN, now=T0 + 3)
+    assert (claimed.id, claimed.queue) == (task.id, "q")

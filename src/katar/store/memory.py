@@ -179,7 +179,12 @@ class MemoryStore(Store):
         heap = self._ready[queue]
         while heap:
             task = self._tasks.get(heap[0][2])
-            if task is not None and task.state is READY and -task.priority == heap[0][0]:
+            if (
+                task is not None
+                and task.state is READY
+                and -task.priority == heap[0][0]
+                and task.queue == queue  # not moved away (a redrive)
+            ):
                 return task
             heapq.heappop(heap)
         return None
@@ -572,6 +577,8 @@ class MemoryStore(Store):
             entry = heapq.heappop(heap)
             task = self._tasks.get(entry[2])
             if task is None or task.state is not READY or task.priority != -entry[0]:
+                continue
+            if task.queue != queue:  # moved away (a redrive) while it was ready here
                 continue
             if rules.expired(task, now):
                 # Its expiry came before the reaper did: the reaper cancels it (as in the SQL
