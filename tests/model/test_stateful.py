@@ -102,6 +102,8 @@ def dead_letter_of(name: str, options: QueueOptions) -> QueueOptions:
     if options.dead_letter == name:
         return msgspec.structs.replace(options, dead_letter=None)
     return options
+
+
 new_task_strategy = st.builds(
     NewTask,
     data=raw_json,

@@ -313,3 +313,13 @@ async def test_a_task_redriven_while_ready_is_claimed_in_its_new_queue_only(
     assert "dead" not in await store.heads()
     (claimed,) = await claim(store, options=ORIGIN, now=T0 + 3)
     assert (claimed.id, claimed.queue) == (task.id, "q")
+
+
+async def test_a_dead_lettered_task_is_delivered_with_its_record(store: Store) -> None:
+    """Found by the model test on SQLite: a claim's task lacked its dead_letter."""
+    await setup(store)
+    task = await keyed(store, "x")
+    moved = await fail(store, task, T0)
+    (claimed,) = await claim(store, options=DEAD, now=T0 + 5, queue="dead")
+    assert claimed.dead_letter == moved.dead_letter
+    assert claimed.dead_letter is not None

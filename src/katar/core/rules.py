@@ -584,24 +584,45 @@ def expire_lease(task: Task, options: QueueOptions, now: int) -> Task | None:
 # default options when it does not exist). A move keeps the id, data, key and priority.
 
 
+#: What a task leaves behind when it moves to another queue: its own max_attempts and
+#: expiry, its unique_key (held in that queue only), a cancel request, progress.
+_LEFT_BEHIND: Final[dict[str, Any]] = {
+    "run_at": None,
+    "max_attempts": None,
+    "expires_at": None,
+    "unique_key": None,
+    "unique_until": None,
+    "cancel_requested": False,
+    "progress": None,
+}
+
+
+def _leaving(task: Task) -> Task:
+    """The task without what it leaves behind in the queue it leaves (_LEFT_BEHIND). Most
+    tasks have none of it: then the task itself (a replace costs per field it names)."""
+    if (
+        task.run_at is None
+        and task.max_attempts is None
+        and task.expires_at is None
+        and task.unique_key is None
+        and task.unique_until is None
+        and task.progress is None
+        and not task.cancel_requested
+    ):
+        return task
+    return replace(task, **_LEFT_BEHIND)
+
+
 def moved(task: Task, queue: str, now: int, **changes: Any) -> Task:
     """The task moved to ``queue`` as queued (READY), with a fresh set of attempts there
     (its delivery count goes on growing, so that a late ack of an earlier delivery is told
-    apart). What belonged to the queue it leaves goes: its own max_attempts and expiry, its
-    unique_key (held in that queue only), a cancel request, progress."""
+    apart), without what it leaves behind (_LEFT_BEHIND)."""
     return archive(
-        task,
+        _leaving(task),
         queue=queue,
         state=READY,
-        run_at=None,
         lease_until=None,
         attempt_base=task.attempts,
-        max_attempts=None,
-        expires_at=None,
-        unique_key=None,
-        unique_until=None,
-        cancel_requested=False,
-        progress=None,
         updated_at=now,
         **changes,
     )
@@ -610,15 +631,24 @@ def moved(task: Task, queue: str, now: int, **changes: Any) -> Task:
 def dead_lettered(task: Task, target: str, outcome: str, error: str, now: int) -> Task:
     """A task in progress that fails for good (its delivery ended ``outcome``, "failed" or
     "expired", with ``error``) in a queue whose dead_letter option is ``target``: moved
-    there, with ``dead_letter`` saying where from and why. For the tasks that wait for it
-    (``after``), it failed (see dependants_see): they are settled as at a failure (and, as
-    after an operator's retry of a failed task, a later success there is no news to the
-    children it cancelled)."""
-    record = DeadLetter(
-        queue=task.queue, error=error, attempts=task.attempts - task.attempt_base, at=now
+    there as :func:`moved` says, with ``dead_letter`` saying where from and why. For the
+    tasks that wait for it (``after``), it failed (see dependants_see): they are settled as
+    at a failure (and, as after an operator's retry of a failed task, a later success there
+    is no news to the children it cancelled). One archive, as a retry's: the move costs
+    what a retry does."""
+    record = DeadLetter(task.queue, error, task.attempts - task.attempt_base, now)
+    return archive(
+        _leaving(task),
+        outcome,
+        now,
+        queue=target,
+        state=READY,
+        lease_until=None,
+        attempt_base=task.attempts,
+        error=error,
+        updated_at=now,
+        dead_letter=record,
     )
-    ended = archive(task, outcome, now, error=error, updated_at=now)
-    return moved(ended, target, now, error=error, dead_letter=record)
 
 
 def dependants_see(old: Task, new: Task) -> State:
