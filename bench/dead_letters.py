@@ -27,7 +27,7 @@ from pathlib import Path
 
 import msgspec
 
-from katar.core.model import EVERY_TASK, Ack, NewTask, QueueOptions
+from katar.core.model import EVERY_TASK, Ack, NewTask, QueueOptions, Task
 from katar.store import Store, open_store
 
 RETRY = QueueOptions(persistent=True, max_attempts=3, retry_failed=True, retry_delay=0)
@@ -42,7 +42,7 @@ async def _fail_all(
     failing acks alone."""
     data = msgspec.Raw(b'{"n":1}')
     await store.enqueue(queue, [NewTask(data=data) for _ in range(tasks)], now)
-    claimed = []
+    claimed: list[Task] = []
     while len(claimed) < tasks:
         claimed += (await store.poll(queue, options, [], batch, "w", now)).delivered
     wall = cpu = 0.0
@@ -89,9 +89,11 @@ async def _main(kind: str, tasks: int, batch: int, rounds: int) -> dict[str, obj
         finally:
             await store.close()
     answer: dict[str, object] = {"store": kind, "tasks": tasks, "batch": batch, "rounds": rounds}
-    for name, spent in figures.items():
-        answer[f"{name}_wall_us"] = round(statistics.median(w for w, _c in spent) / tasks * 1e6, 2)
-        answer[f"{name}_cpu_us"] = round(statistics.median(c for _w, c in spent) / tasks * 1e6, 2)
+    for name, rounds_spent in figures.items():
+        walls = [wall for wall, _cpu in rounds_spent]
+        cpus = [cpu for _wall, cpu in rounds_spent]
+        answer[f"{name}_wall_us"] = round(statistics.median(walls) / tasks * 1e6, 2)
+        answer[f"{name}_cpu_us"] = round(statistics.median(cpus) / tasks * 1e6, 2)
     return answer
 
 

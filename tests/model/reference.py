@@ -502,7 +502,7 @@ class Model:
                 self._ack(task, ack, options, now)
             self._ended(work, replace(task, state=running), task.state, now, settled)
             last[task_id] = task
-            if task.state is State.FAILED and options.dead_letter is not None:
+            if task.status == "failed" and options.dead_letter is not None:
                 self._dead_letter(task, options.dead_letter, now)
             elif task.state in (State.DONE, State.FAILED) and not self._kept(task, options, now):
                 self._forget(work, task_id)  # a queue without history keeps no finished task
