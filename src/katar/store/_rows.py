@@ -18,6 +18,10 @@ COLUMNS: Final = (
     " scheduled_for, parents, children, dead_letter"
 )
 _STATES: Final = STATES  # by value: faster than State(value) on the hot path
+_NAMES: Final = [column.strip() for column in COLUMNS.split(",")]
+#: Where a row of COLUMNS holds ``parents`` and ``children``.
+PARENTS_AT: Final = _NAMES.index("parents")
+CHILDREN_AT: Final = _NAMES.index("children")
 #: The edges' columns (the deps table) that lead from a task to its children, or to its
 #: parents (Store.linked): the task's own, and the other's.
 CHILDREN: Final = {"this": "parent_id", "other": "child_id"}
