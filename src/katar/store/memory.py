@@ -310,7 +310,9 @@ class MemoryStore(Store):
         """Write a task's new version; the tasks its end settles go in ``also``."""
         if new is None:
             return None
-        if new.queue != old.queue:  # to its dead-letter queue (rules.dead_lettered)
+        # To another queue (rules.moved): a move names the other queue's name, never the
+        # object the task holds, so an identity test (cheaper than ==) tells moves apart.
+        if new.queue is not old.queue:
             return self._move(old, new, also)
         if old.id in self._children:  # before a removal, which forgets its edges
             self._settle(old, new, new.updated_at, also)

@@ -599,7 +599,7 @@ class PostgresStore(Store):
         if new is None:
             return None
         await self._deps.settle(conn, old, new, new.updated_at, also)
-        if new.queue != old.queue:
+        if new.queue is not old.queue:  # moved (rules.moved: never the same object)
             await self._move(conn, new)
             (view,) = await self._deps.views(conn, [new])
             return Change(view, old.state, old.queue)

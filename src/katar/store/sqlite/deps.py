@@ -114,7 +114,7 @@ class Dependencies:
         if new is None:
             return None
         self.settle(conn, old, new, new.updated_at, also)
-        if new.queue != old.queue:
+        if new.queue is not old.queue:  # moved (rules.moved: never the same object)
             self._move(conn, new)
             return Change(self.view_of(conn, new), old.state, old.queue)
         if rules.discard(new, options):
