@@ -1,4 +1,5 @@
-"""The operator's commands of ``katar``: queues, tasks, retry, pause, resume, workers.
+"""The operator's commands of ``katar``: queues, tasks, retry, redrive, pause, resume,
+workers.
 
 Each one is a call of the Python client (katar.client.Producer) over HTTP, printed as an
 aligned table for people, or as JSON with ``--json`` for scripts. The server's refusals
@@ -27,10 +28,16 @@ COMMANDS: Final = {
     "queues": "list the queues with their task counts",
     "tasks": "list a queue's tasks: katar tasks QUEUE [--status S ...]",
     "retry": "retry every failed task of a queue (or those of --status)",
+    "redrive": (
+        "move a queue's waiting tasks (queued, failed) back to the queues they came from,"
+        " or --to a queue: katar redrive QUEUE [--to Q] [--rate N] [--status S ...]"
+    ),
     "pause": "pause a queue: its workers' polls take nothing until resumed",
     "resume": "resume a paused queue",
     "workers": "list the workers seen in the last hour",
 }
+#: The statuses a redrive moves (katar.core.rules.REDRIVE_STATES).
+_REDRIVEN: Final = ("queued", "failed")
 #: A task's record keeps the error of its last failed attempt and the worker that last held
 #: it: once the task is queued again they belong to an earlier attempt, and the table says so.
 _ERROR_IS_THE_OUTCOME: Final = frozenset({"failed", "cancelled"})
@@ -48,19 +55,32 @@ def add_parsers(commands: Any, connection: Callable[[argparse.ArgumentParser], N
         command.add_argument(
             "--json", action="store_true", help="print JSON for scripts instead of a table"
         )
-        if name in ("tasks", "retry", "pause", "resume"):
+        if name in ("tasks", "retry", "redrive", "pause", "resume"):
             command.add_argument("queue", metavar="QUEUE", help="the queue's name")
-        if name in ("tasks", "retry"):
+        if name in ("tasks", "retry", "redrive"):
+            choices = _REDRIVEN if name == "redrive" else STATUSES
+            default = {"tasks": "", "retry": " (default failed)", "redrive": " (default both)"}
             command.add_argument(
                 "--status",
                 action="append",
-                choices=STATUSES,
+                choices=choices,
                 metavar="STATUS",
-                help=f"only tasks of this status (repeat for more): {', '.join(STATUSES)}"
-                + ("" if name == "tasks" else " (default failed)"),
+                help=f"only tasks of this status (repeat for more): {', '.join(choices)}"
+                + default[name],
             )
             command.add_argument("--key", help="only tasks of this key")
             command.add_argument("--error", metavar="TEXT", help="only tasks whose error has TEXT")
+        if name == "redrive":
+            command.add_argument(
+                "--to", metavar="QUEUE", help="move them to this queue (default: their origin)"
+            )
+            command.add_argument(
+                "--rate",
+                type=float,
+                metavar="N",
+                help="move at most N tasks a second, in the background on the server"
+                " (follow it with GET /v1/queue/QUEUE/redrive)",
+            )
         if name == "tasks":
             command.add_argument(
                 "--limit", type=int, default=20, metavar="N", help="show N tasks (default 20)"
@@ -139,6 +159,32 @@ def _retry(producer: Producer, args: argparse.Namespace) -> int:
     return 0
 
 
+def _redrive(producer: Producer, args: argparse.Namespace) -> int:
+    if args.rate is not None:
+        if args.rate <= 0:
+            raise _usage("--rate must be above 0 (tasks per second)")
+        job = producer.start_redrive(
+            args.queue, args.rate, to=args.to, status=args.status, key=args.key, error=args.error
+        )
+        if args.json:
+            return _print_json(msgspec.to_builtins(job))
+        print(
+            f"redrive of {job.remaining} task(s) of {args.queue} started at {job.rate:g} a"
+            f" second; follow it with GET /v1/queue/{args.queue}/redrive"
+        )
+        return 0
+    done = producer.redrive(
+        args.queue, to=args.to, status=args.status, key=args.key, error=args.error
+    )
+    if args.json:
+        return _print_json(msgspec.to_builtins(done))
+    where = f"to {args.to}" if args.to else "back to their origin"
+    print(f"moved {done.moved} of the {done.matched} task(s) that matched {where}")
+    if done.no_origin:
+        print(f"{done.no_origin} task(s) stayed: no origin to go back to (name one with --to)")
+    return 0
+
+
 def _pause(producer: Producer, args: argparse.Namespace) -> int:
     producer.pause(args.queue)
     return _said(args, {"queue": args.queue, "paused": True}, f"queue {args.queue} paused")
@@ -165,6 +211,7 @@ _RUNNERS: Final[dict[str, Callable[[Producer, argparse.Namespace], int]]] = {
     "queues": _queues,
     "tasks": _tasks,
     "retry": _retry,
+    "redrive": _redrive,
     "pause": _pause,
     "resume": _resume,
     "workers": _workers,

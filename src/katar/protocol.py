@@ -348,6 +348,17 @@ class Bulk(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dry_run: bool = False
 
 
+class RedriveBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Move the waiting tasks (queued or failed) that a filter selects to another queue,
+    with fresh attempts: to ``to``, or each back to the queue it came from (its
+    ``dead_letter`` record). With ``rate``, at most that many tasks a second, in the
+    background (202: a move job)."""
+
+    to: str | None = None
+    filter: TaskFilterQuery = TaskFilterQuery()
+    rate: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)] | None = None
+
+
 class Enqueue(NewTaskBody, frozen=True):
     # NewTask: NewTaskBody's name in the OpenAPI document, which shows this docstring.
     """One task (the fields of :class:`NewTask`) or many (``tasks``), not both."""
@@ -379,6 +390,16 @@ class DeliveryRecord(msgspec.Struct, frozen=True):
     ended_at: Time | None = None
     outcome: DeliveryOutcome | None = None
     error: str | None = None
+
+
+class DeadLetterRecord(msgspec.Struct, frozen=True):
+    """Where a task in a dead-letter queue failed for good: that queue, its last error, the
+    deliveries it had there, and when it moved."""
+
+    queue: str
+    error: str | None
+    attempts: int
+    at: Time
 
 
 class TaskRecord(msgspec.Struct, frozen=True):
@@ -423,6 +444,9 @@ class TaskRecord(msgspec.Struct, frozen=True):
     #: The tasks it waited for whose results ``after`` leaves out, for the answer would
     #: pass the server's max_answer_bytes: read them from those tasks' own records.
     after_omitted: list[str] = []
+    #: For a task that failed for good in a queue with a dead_letter option and moved here:
+    #: where from and why. Null for other tasks.
+    dead_letter: DeadLetterRecord | None = None
 
     @property
     def finished(self) -> bool:
@@ -436,6 +460,34 @@ class BulkDone(msgspec.Struct, frozen=True):
 
     matched: int
     changed: int
+
+
+class Redriven(msgspec.Struct, frozen=True):
+    """What a redrive did: the tasks the filter selected among those it may move (queued or
+    failed), those it moved, and those it left where they are because they have no queue to
+    go to (no ``to``, and no ``dead_letter`` record naming where they came from)."""
+
+    matched: int
+    moved: int
+    no_origin: int
+
+
+class MoveJobRecord(msgspec.Struct, frozen=True):
+    """A redrive at a rate (a move job) as it stands, on the server that runs it."""
+
+    queue: str
+    to: str | None  # null: each task back to the queue it came from
+    rate: float  # tasks a second
+    #: "running", "completed", "cancelled" (DELETE) or "failed" (see error)
+    state: Literal["running", "completed", "cancelled", "failed"]
+    matched: int
+    moved: int
+    no_origin: int
+    #: The tasks still to look at, as the count when it started tells.
+    remaining: int
+    started_at: Time
+    ended_at: Time | None = None
+    error: str | None = None
 
 
 class WorkerSeen(msgspec.Struct, frozen=True):
@@ -555,6 +607,8 @@ class QueueInfo(msgspec.Struct, frozen=True):
     #: Seconds the task at the queue's head (the next a poll takes) has been ready; null
     #: when no task is ready.
     oldest_queued_age: float | None = None
+    #: The queues whose dead_letter option names this one (they send it their dead).
+    dead_letter_sources: list[str] = []
 
     @property
     def paused(self) -> bool:

@@ -168,3 +168,37 @@ def test_a_missing_or_unknown_token_is_told_in_flags(tmp_path: Path) -> None:
         assert good.returncode == 0, good.stderr
     finally:
         process.kill()
+
+
+def test_redrive_moves_dead_letters_back(server: KatarProcess) -> None:
+    base = server.url
+    options = {"persistent": True, "max_attempts": 1, "dead_letter": "mail.dead"}
+    httpx.put(f"{base}/v1/queue/mail", json=options).raise_for_status()
+    with Producer(base) as producer:
+        producer.enqueue_many("mail", [1, 2, 3])
+        producer.enqueue("mail.dead", "from nowhere")
+    poll = httpx.post(f"{base}/v1/queue/mail", json={"max": 3, "worker": "w1"})
+    acks = [{"_id": t["_id"], "status": "failed"} for t in poll.json()["tasks"]]
+    httpx.post(f"{base}/v1/queue/mail", json={"tasks": acks, "max": 0}).raise_for_status()
+    moved = katar(server, "redrive", "mail.dead")
+    assert moved.returncode == 0, moved.stderr
+    assert moved.stdout.splitlines() == [
+        "moved 3 of the 4 task(s) that matched back to their origin",
+        "1 task(s) stayed: no origin to go back to (name one with --to)",
+    ]
+    told = katar(server, "redrive", "mail.dead", "--to", "jobs", "--json")
+    assert json.loads(told.stdout) == {"matched": 1, "moved": 1, "no_origin": 0}
+    rated = katar(server, "redrive", "mail", "--to", "mail.dead", "--rate", "100", "--json")
+    assert rated.returncode == 0, rated.stderr
+    job = json.loads(rated.stdout)
+    assert (job["queue"], job["to"], job["rate"], job["state"]) == (
+        "mail",
+        "mail.dead",
+        100,
+        "running",
+    )
+    wrong = katar(server, "redrive", "mail", "--status", "done")
+    assert wrong.returncode == 2
+    nowhere = katar(server, "redrive", "mail", "--to", "nope")
+    assert nowhere.returncode == 1
+    assert "nope" in nowhere.stderr

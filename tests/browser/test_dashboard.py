@@ -322,3 +322,32 @@ def test_schedules_and_a_task_that_waits_for_another(
     expect(parents.get_by_role("link", name=f"#{parent}", exact=True)).to_be_visible()
     expect(parents.get_by_role("link", name=name, exact=True)).to_be_visible()
     page.screenshot(path=str(shots / "parent.png"), full_page=True)
+
+
+def test_a_dead_letter_queue_shows_its_sources_and_redrives(
+    page: Page, server: KatarProcess, api: httpx.Client, routes: dict[str, str | None]
+) -> None:
+    if "POST /v1/queue/{queue}/redrive" not in routes:
+        pytest.skip("this server has no redrive route (POST /v1/queue/{queue}/redrive)")
+    options = {"persistent": True, "max_attempts": 1, "dead_letter": "invoices.dead"}
+    assert api.put("/v1/queue/invoices", json=options).status_code in (200, 201)
+    [first, _] = fail_tasks(api, "invoices", ["PDF renderer crashed", "PDF renderer crashed"])
+    sign_in(page, server, "admin", f"#/queue/{PRODUCER_QUEUE}")
+    page.goto(f"{server.url}/ui#/queue/invoices.dead")
+    expect(page.get_by_text("Dead-letter queue of")).to_be_visible()
+    expect(page.get_by_role("link", name="invoices", exact=True)).to_be_visible()
+    page.get_by_role("link", name=f"#{first}", exact=True).click()
+    expect(page.get_by_text("Dead letter from")).to_be_visible()
+    expect(page.get_by_role("region", name="Error of an earlier attempt")).to_contain_text(
+        "PDF renderer crashed"
+    )
+    page.goto(f"{server.url}/ui#/queue/invoices.dead")
+    page.get_by_role("button", name="Redrive all…").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("invoices")
+    dialog.get_by_role("button", name="Redrive").click()
+    expect(page.get_by_role("status")).to_have_text(
+        "2 of 2 matching tasks moved back to the queues they came from."
+    )
+    assert counts(api, "invoices")["queued"] == 2
+    assert counts(api, "invoices.dead")["queued"] == 0

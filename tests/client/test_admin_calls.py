@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 import httpx
@@ -11,6 +12,7 @@ import pytest
 from katar import Katar
 from katar.client import AsyncProducer, RequestRejected
 from katar.core.clock import FakeClock
+from katar.core.model import Ack
 from katar.errors import ValidationError
 from katar.http import App
 
@@ -72,3 +74,33 @@ async def test_the_client_reads_every_field_the_queue_listing_sends() -> None:
     assert sent[0]["limits"] is not None
     assert sent[0]["oldest_queued_age"] == 1.5
     assert [msgspec.to_builtins(queue) for queue in read] == sent
+
+
+async def test_redrive_calls() -> None:
+    katar = Katar("memory://")
+    katar.queue("mail", persistent=True, max_attempts=1, dead_letter="mail.dead")
+    async with katar:
+        transport = httpx.ASGITransport(app=App(katar.engine))
+        async with AsyncProducer(URL, transport=transport) as producer:
+            first, second = await producer.enqueue_many("mail", [1, 2], key="acme")
+            taken = await katar.engine.poll("mail", limit=2)
+            acks = [
+                msgspec.convert({"_id": str(t.id), "status": "failed", "error": "x"}, Ack)
+                for t in taken
+            ]
+            await katar.engine.poll("mail", acks, limit=0)
+            dead = await producer.get("mail.dead", first.id)
+            assert dead.dead_letter is not None
+            assert (dead.dead_letter.queue, dead.dead_letter.error) == ("mail", "x")
+            done = await producer.redrive("mail.dead", ids=[first.id])
+            assert (done.matched, done.moved, done.no_origin) == (1, 1, 0)
+            job = await producer.start_redrive("mail.dead", 1000, status="queued")
+            assert (job.state, job.rate, job.to) == ("running", 1000, None)
+            for _ in range(100):
+                job = await producer.redrive_job("mail.dead")
+                if job.state != "running":
+                    break
+                await asyncio.sleep(0.01)
+            assert (job.state, job.moved) == ("completed", 1)
+            assert (await producer.cancel_redrive("mail.dead")).state == "completed"
+            assert (await producer.get("mail", second.id)).status == "queued"

@@ -52,6 +52,9 @@ def test_the_routes_that_answer_without_the_store() -> None:
         ("/v1/token", "GET"),
         ("/v1/throughput", "GET"),
         ("/v1/queue/{queue}", "GET"),
+        # A redrive's move job lives in the server's process.
+        ("/v1/queue/{queue}/redrive", "GET"),
+        ("/v1/queue/{queue}/redrive", "DELETE"),
     }
 
 

@@ -91,6 +91,9 @@ class MTask:
     seq: int | None = None
     #: The tasks it waits for (section 11, after), by id.
     parents: tuple[int, ...] = ()
+    #: Where it failed for good before it moved to this queue, its dead-letter queue
+    #: (section 14): (that queue, the error, the deliveries it had there, when it moved).
+    dead_letter: tuple[str, str | None, int, int] | None = None
     #: As shown (Model.shown): the parents not done yet, and the results of those done.
     waiting_for: tuple[int, ...] = ()
     after: bytes | None = None
@@ -444,10 +447,12 @@ class Model:
         work = copy.deepcopy(self.tasks)
         saved = self.edges
         self.edges = copy.deepcopy(saved)  # all or nothing, edges too
+        queues = dict(self.queues)  # and a dead-letter queue a move made
         try:
             return self._poll_acks(queue, options, work, acks, worker, now)
         except Refusal:
             self.edges = saved
+            self.queues = queues
             raise
 
     def _poll_acks(
@@ -497,7 +502,9 @@ class Model:
                 self._ack(task, ack, options, now)
             self._ended(work, replace(task, state=running), task.state, now, settled)
             last[task_id] = task
-            if task.state in (State.DONE, State.FAILED) and not self._kept(task, options, now):
+            if task.status == "failed" and options.dead_letter is not None:
+                self._dead_letter(task, options.dead_letter, now)
+            elif task.state in (State.DONE, State.FAILED) and not self._kept(task, options, now):
                 self._forget(work, task_id)  # a queue without history keeps no finished task
         changes = [
             MChange(replace(task), before[task_id])
@@ -641,7 +648,9 @@ class Model:
                 task.error = f"{message}; all attempts are spent"
                 running = replace(task, state=State.RUNNING)
                 self._ended(self.tasks, running, task.state, now, changes)
-                if not self._kept(task, options, now):
+                if options.dead_letter is not None:
+                    self._dead_letter(task, options.dead_letter, now)
+                elif not self._kept(task, options, now):
                     self._forget(self.tasks, task.id)
             else:
                 task.state = State.READY
@@ -788,6 +797,68 @@ class Model:
         for task in gone:
             del self.tasks[task.id]
         return len(gone)
+
+    # -- dead letters and redrive (section 14) -------------------------------------------------
+
+    def _dead_letter(self, task: MTask, target: str, now: int) -> None:
+        """A task that failed for good in a queue with a dead_letter option (its dependants
+        settled as at a failure): moved to that queue, saying where from and why."""
+        record = (task.queue, task.error, task.attempts - task.budget_from, now)
+        self._move(task, target, now)
+        task.dead_letter = record
+
+    def _move(self, task: MTask, target: str, now: int) -> None:
+        """The task moved to ``target`` (made with default options when there is none), as
+        queued, with a fresh set of attempts; what belonged to the queue it left goes (its
+        own max_attempts, expiry and unique_key). Its error stays."""
+        if target not in self.queues:
+            self.queues[target] = QueueOptions()
+        task.queue = target
+        task.state = State.READY
+        task.run_at = None
+        task.lease_until = None
+        task.budget_from = task.attempts
+        task.max_attempts = None
+        task.expires_at = None
+        task.unique_key = None
+        task.unique_until = None
+        task.cancel_requested = False
+        task.progress = None
+        task.updated_at = now
+        task.seq = None
+        if self.queues[target].fair:
+            self._place(task, self._front(target))
+
+    def redrive(
+        self,
+        queue: str,
+        to: str | None,
+        states: tuple[State, ...] | None,
+        key: str | None,
+        now: int,
+    ) -> tuple[int, int]:
+        """Move the queue's queued (due or delayed) and failed tasks of ``states`` and
+        ``key`` to ``to``, or each back to the queue it came from (its dead_letter): the
+        tasks selected, and those moved (a task with nowhere to go stays)."""
+        self._options(queue)
+        movable = (State.READY, State.SCHEDULED, State.FAILED)
+        selected = [
+            t
+            for t in self.tasks.values()
+            if t.queue == queue
+            and t.state in movable
+            and (states is None or t.state in states)
+            and (key is None or t.key == key)
+        ]
+        moved = 0
+        for task in selected:
+            target = to if to is not None else task.dead_letter[0] if task.dead_letter else None
+            if target is None or target == queue:
+                continue
+            self._move(task, target, now)
+            task.dead_letter = None
+            moved += 1
+        return len(selected), moved
 
     def counts(self) -> dict[str, dict[State, int]]:
         result: dict[str, dict[State, int]] = {name: {} for name in self.queues}

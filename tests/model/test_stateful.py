@@ -91,7 +91,19 @@ options_strategy = st.builds(
     key_concurrency=st.sampled_from([None, None, 1]),
     rate=st.sampled_from([None, None, Rate(limit=2, period=1000), Rate(limit=1, period=300)]),
     fair=st.sampled_from([False, False, True]),
+    # Section 14: the other queue, or one the store must create; never the queue itself
+    # (the engine refuses it: see dead_letter_of).
+    dead_letter=st.sampled_from(["b", None, "dead", "a"]),
 )
+
+
+def dead_letter_of(name: str, options: QueueOptions) -> QueueOptions:
+    """The options as the engine lets them reach a store: no queue is its own dead_letter."""
+    if options.dead_letter == name:
+        return msgspec.structs.replace(options, dead_letter=None)
+    return options
+
+
 new_task_strategy = st.builds(
     NewTask,
     data=raw_json,
@@ -158,6 +170,7 @@ def record(task: Task, view: bool = True) -> tuple[Any, ...]:
         task.parents,
         task.waiting_for if shown else None,
         None if not shown or task.after is None else bytes(task.after),
+        None if task.dead_letter is None else tuple(msgspec.structs.astuple(task.dead_letter)),
     )
 
 
@@ -189,6 +202,7 @@ def expected(task: MTask, view: bool = True) -> tuple[Any, ...]:
         len(task.parents),
         task.waiting_for if shown else None,
         task.after if shown else None,
+        task.dead_letter,
     )
 
 
@@ -334,6 +348,7 @@ class StoreVersusModel(RuleBasedStateMachine):
     @initialize(options=options_strategy, specs=st.lists(new_task_strategy, min_size=3, max_size=8))
     def first_queue(self, options: QueueOptions, specs: list[NewTask]) -> None:
         """The first queue, and tasks in it."""
+        options = dead_letter_of(QUEUES[0], options)
         self.run(self.store.save_queue(QUEUES[0], options))
         self.model.save_queue(QUEUES[0], options)
         got = self.run(self.store.enqueue(QUEUES[0], specs, self.now))
@@ -348,6 +363,7 @@ class StoreVersusModel(RuleBasedStateMachine):
     def configure_queue(self, name: str, options: QueueOptions | None) -> None:
         """PUT a queue's options (create or replace), or, with None, DELETE the queue."""
         if options is not None:
+            options = dead_letter_of(name, options)
             self.run(self.store.save_queue(name, options))
             self.model.save_queue(name, options)
             return
@@ -635,6 +651,54 @@ class StoreVersusModel(RuleBasedStateMachine):
             steps(),
             lambda: self.model.bulk(
                 queue, action, None if states is None else tuple(states), key, self.now
+            ),
+        )
+        if answers is not None:
+            got, want = answers
+            assert got == want
+
+    @precondition(lambda self: bool(self.model.queues))
+    @rule(data=st.data())
+    def fail_for_good(self, data: st.DataObject) -> None:
+        """A poll whose acks fail tasks in progress without a retry (section 14: a queue
+        with a dead_letter option moves them), then claims."""
+        queue = data.draw(st.sampled_from(sorted(self.model.queues)))
+        self.check_poll(data, queue, [], data.draw(st.sampled_from([2, 1, 4])), None)  # claim
+        running = [t for t in self.model.of_queue(queue) if t.state is State.RUNNING]
+        error = data.draw(st.none() | texts)
+        acks = [
+            Ack(task_id=str(t.id), status="failed", error=error, retry=False, attempt=t.attempts)
+            for t in running[: data.draw(st.sampled_from([1, 2, 4]))]
+        ]
+        self.check_poll(data, queue, acks, 0, None)
+
+    @precondition(lambda self: bool(self.model.queues))
+    @rule(data=st.data(), step=st.sampled_from([1, 2, 1000]))
+    def redrive(self, data: st.DataObject, step: int) -> None:
+        """A redrive (section 14) over a filter (states, key), in steps: to a queue, or each
+        task back where it came from."""
+        queue = data.draw(st.sampled_from(sorted(self.model.queues)))
+        to = pick(data, [None, *sorted(self.model.queues)])
+        if to == queue:
+            to = None  # the engine refuses it before a store sees it
+        movable = [State.READY, State.SCHEDULED, State.FAILED]
+        states = data.draw(st.none() | st.lists(st.sampled_from(movable), min_size=1, unique=True))
+        key = data.draw(st.none() | st.sampled_from(["a", "b"]))
+        # The engine narrows the filter to the states a redrive moves.
+        where = TaskFilter(states=tuple(sorted(states or movable)), key=key)
+
+        async def steps() -> tuple[int, int]:
+            matched = moved = after = 0
+            while True:
+                got = await self.store.redrive(queue, to, where, self.now, after, step)
+                matched, moved, after = matched + got.matched, moved + got.moved, got.last
+                if got.matched < step:
+                    return matched, moved
+
+        answers = self.same(
+            steps(),
+            lambda: self.model.redrive(
+                queue, to, None if states is None else tuple(states), key, self.now
             ),
         )
         if answers is not None:

@@ -45,6 +45,13 @@ export const CALLS = [
     body: { action: "retry", filter: { status: ["failed"] }, dry_run: true },
   },
   {
+    name: "redrive",
+    call: () => api.redrive("q.dead", { status: ["failed"] }),
+    route: "POST /v1/queue/{queue}/redrive",
+    path: "/v1/queue/q.dead/redrive",
+    body: { filter: { status: ["failed"] } },
+  },
+  {
     name: "getTask",
     call: () => api.getTask("q", "7/8"),
     route: "GET /v1/queue/{queue}/tasks/{id}",

@@ -10,6 +10,8 @@ import {
   filtered,
   listParams,
   offeredActions,
+  redriveDone,
+  redriveFilter,
   statusClass,
   taskActions,
 } from "../../src/katar/ui/static/tasks.mjs";
@@ -98,4 +100,24 @@ test("a page is filtered by any filter but its status", () => {
   assert.equal(filtered(new URLSearchParams({ status: "failed" })), false);
   assert.equal(filtered(new URLSearchParams({ worker: "w" })), true);
   assert.equal(filtered(new URLSearchParams({ key: "" })), false);
+});
+
+test("a redrive's filter: the queued and failed tasks, or the tab's when it has such tasks", () => {
+  const query = new URLSearchParams({ error: "550", key: "acme" });
+  assert.deepEqual(redriveFilter("", query), { status: ["queued", "failed"], key: "acme", error: "550" });
+  assert.deepEqual(redriveFilter("failed", new URLSearchParams()), { status: ["failed"] });
+  assert.equal(redriveFilter("done", query), null);
+  assert.equal(redriveFilter("in progress", query), null);
+});
+
+test("what a redrive did, in words", () => {
+  const n = (/** @type {number} */ x) => String(x);
+  assert.equal(
+    redriveDone({ matched: 3, moved: 3, no_origin: 0 }, n),
+    "3 of 3 matching tasks moved back to the queues they came from.",
+  );
+  assert.equal(
+    redriveDone({ matched: 3, moved: 2, no_origin: 1 }, n),
+    "2 of 3 matching tasks moved back to the queues they came from. 1 stayed: they did not come from another queue.",
+  );
 });

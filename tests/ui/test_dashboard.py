@@ -127,6 +127,7 @@ RIGHTS = {
         "PATCH /v1/queue/{queue}/tasks/{id}",
         "DELETE /v1/queue/{queue}/tasks/{id}",
         "POST /v1/queue/{queue}/tasks/bulk",
+        "POST /v1/queue/{queue}/redrive",
     ],
     "pauseSchedule": ["PATCH /v1/schedules/{schedule}"],
 }

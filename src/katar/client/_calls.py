@@ -31,8 +31,10 @@ from katar.protocol import (
     IDEMPOTENCY_KEY_HEADER,
     BulkDone,
     EnqueueOptions,
+    MoveJobRecord,
     QueueInfo,
     Queues,
+    Redriven,
     ScheduleRecord,
     Schedules,
     TaskOptions,
@@ -110,6 +112,8 @@ _bulk_done: Final = _decoder(BulkDone)
 _workers: Final = _decoder(Workers)
 _schedules: Final = _decoder(Schedules)
 _schedule: Final = _decoder(ScheduleRecord)
+_redriven: Final = _decoder(Redriven)
+_move_job: Final = _decoder(MoveJobRecord)
 
 
 def _nothing(_response: httpx.Response) -> None:
@@ -285,9 +289,7 @@ def linked(
     return _call(Request("GET", path, params=_list_params(None, limit, after)), records)
 
 
-def bulk(
-    queue: str,
-    action: str,
+def _filter(
     status: str | Iterable[str] | None,
     ids: Iterable[str] | None,
     key: str | None,
@@ -295,9 +297,8 @@ def bulk(
     error: str | None,
     before: datetime | None,
     after: datetime | None,
-) -> Plan[BulkDone]:
-    """Apply ``action`` to every task of the queue that the filter selects: the action, and
-    the filter of the conditions given."""
+) -> dict[str, Any]:
+    """A bulk action's or a redrive's filter: the conditions given."""
     selected: dict[str, Any] = {}
     if status is not None:
         selected["status"] = [status] if isinstance(status, str) else list(status)
@@ -311,8 +312,61 @@ def bulk(
             if when.tzinfo is None:
                 raise ValidationError(f"{name} needs a time zone, e.g. datetime.now(UTC)")
             selected[name] = when.astimezone(UTC).isoformat()
-    body = {"action": action, "filter": selected}
+    return selected
+
+
+def bulk(
+    queue: str,
+    action: str,
+    status: str | Iterable[str] | None,
+    ids: Iterable[str] | None,
+    key: str | None,
+    worker: str | None,
+    error: str | None,
+    before: datetime | None,
+    after: datetime | None,
+) -> Plan[BulkDone]:
+    """Apply ``action`` to every task of the queue that the filter selects: the action, and
+    the filter of the conditions given."""
+    body = {"action": action, "filter": _filter(status, ids, key, worker, error, before, after)}
     return _call(Request("POST", f"/v1/queue/{queue}/tasks/bulk", body), _bulk_done)
+
+
+def _redrive_body(to: str | None, rate: float | None, selected: dict[str, Any]) -> Any:
+    """A redrive's body: the queue to move to (None: each task's origin), the rate (None:
+    at once), and the filter."""
+    body: dict[str, Any] = {"filter": selected}
+    if to is not None:
+        body["to"] = to
+    if rate is not None:
+        body["rate"] = rate
+    return body
+
+
+def redrive(
+    queue: str,
+    to: str | None,
+    rate: float | None,
+    status: str | Iterable[str] | None,
+    ids: Iterable[str] | None,
+    key: str | None,
+    error: str | None,
+    before: datetime | None,
+    after: datetime | None,
+) -> Plan[Any]:
+    """Move the waiting tasks that the filter selects: at once (the answer a Redriven), or
+    at ``rate`` tasks a second (the answer the move job's MoveJobRecord)."""
+    selected = _filter(status, ids, key, None, error, before, after)
+    body = _redrive_body(to, rate, selected)
+    return _call(
+        Request("POST", f"/v1/queue/{queue}/redrive", body),
+        _redriven if rate is None else _move_job,
+    )
+
+
+def move_job(queue: str, method: str) -> Plan[MoveJobRecord]:
+    """The queue's redrive at a rate (GET), or its cancellation (DELETE)."""
+    return _call(Request(method, f"/v1/queue/{queue}/redrive"), _move_job)
 
 
 def wait(queue: str, task_id: str, timeout: float) -> Plan[TaskRecord]:

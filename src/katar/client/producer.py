@@ -30,7 +30,9 @@ from katar.client._calls import LONGEST_WAIT, RETRIES, Plan, task_options
 from katar.protocol import (
     BulkDone,
     EnqueueOptions,
+    MoveJobRecord,
     QueueInfo,
+    Redriven,
     ScheduleRecord,
     TaskRecord,
     WorkerSeen,
@@ -197,6 +199,49 @@ class Producer:
         the task's creation). How many matched, and how many it changed."""
         plan = calls.bulk(queue, action, status, ids, key, worker, error, before, after)
         return self._run(plan)
+
+    def redrive(
+        self,
+        queue: str,
+        *,
+        to: str | None = None,
+        status: str | Iterable[str] | None = None,
+        ids: Iterable[str] | None = None,
+        key: str | None = None,
+        error: str | None = None,
+        before: datetime | None = None,
+        after: datetime | None = None,
+    ) -> Redriven:
+        """Move the waiting tasks (queued or failed) of the queue that the filter selects
+        to ``to``, or each back to the queue it came from (its ``dead_letter`` record),
+        with fresh attempts; at once. How many matched, moved, and had nowhere to go."""
+        plan = calls.redrive(queue, to, None, status, ids, key, error, before, after)
+        result: Redriven = self._run(plan)
+        return result
+
+    def start_redrive(
+        self,
+        queue: str,
+        rate: float,
+        *,
+        to: str | None = None,
+        status: str | Iterable[str] | None = None,
+        key: str | None = None,
+        error: str | None = None,
+    ) -> MoveJobRecord:
+        """:meth:`redrive` at ``rate`` tasks a second, in the background on the server:
+        the move job, which :meth:`redrive_job` follows and :meth:`cancel_redrive` stops."""
+        plan = calls.redrive(queue, to, rate, status, None, key, error, None, None)
+        job: MoveJobRecord = self._run(plan)
+        return job
+
+    def redrive_job(self, queue: str) -> MoveJobRecord:
+        """The queue's last redrive at a rate, as it stands (on the server that runs it)."""
+        return self._run(calls.move_job(queue, "GET"))
+
+    def cancel_redrive(self, queue: str) -> MoveJobRecord:
+        """Stop the queue's redrive at a rate; what it moved stays moved."""
+        return self._run(calls.move_job(queue, "DELETE"))
 
     def pause(self, queue: str) -> None:
         """Pause the queue: its polls take nothing until :meth:`resume`."""
@@ -376,6 +421,46 @@ class AsyncProducer:
         """Apply ``action`` to every task the filter selects (see :meth:`Producer.bulk`)."""
         plan = calls.bulk(queue, action, status, ids, key, worker, error, before, after)
         return await self._run(plan)
+
+    async def redrive(
+        self,
+        queue: str,
+        *,
+        to: str | None = None,
+        status: str | Iterable[str] | None = None,
+        ids: Iterable[str] | None = None,
+        key: str | None = None,
+        error: str | None = None,
+        before: datetime | None = None,
+        after: datetime | None = None,
+    ) -> Redriven:
+        """Move waiting tasks back where they came from (see :meth:`Producer.redrive`)."""
+        plan = calls.redrive(queue, to, None, status, ids, key, error, before, after)
+        result: Redriven = await self._run(plan)
+        return result
+
+    async def start_redrive(
+        self,
+        queue: str,
+        rate: float,
+        *,
+        to: str | None = None,
+        status: str | Iterable[str] | None = None,
+        key: str | None = None,
+        error: str | None = None,
+    ) -> MoveJobRecord:
+        """A redrive at a rate (see :meth:`Producer.start_redrive`)."""
+        plan = calls.redrive(queue, to, rate, status, None, key, error, None, None)
+        job: MoveJobRecord = await self._run(plan)
+        return job
+
+    async def redrive_job(self, queue: str) -> MoveJobRecord:
+        """The queue's last redrive at a rate (see :meth:`Producer.redrive_job`)."""
+        return await self._run(calls.move_job(queue, "GET"))
+
+    async def cancel_redrive(self, queue: str) -> MoveJobRecord:
+        """Stop the queue's redrive at a rate (see :meth:`Producer.cancel_redrive`)."""
+        return await self._run(calls.move_job(queue, "DELETE"))
 
     async def pause(self, queue: str) -> None:
         """Pause the queue: its polls take nothing until :meth:`resume`."""

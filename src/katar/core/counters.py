@@ -116,6 +116,11 @@ class Counters:
     lease_expiries: dict[str, int] = field(default_factory=dict)
     #: Tasks that became cancelled (by an operator, an expiry, a dependency).
     cancellations: dict[str, int] = field(default_factory=dict)
+    #: Tasks that failed for good here and moved to the queue's dead-letter queue, by the
+    #: queue they failed in.
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+    #: Tasks a redrive moved out of the queue.
+    redriven: dict[str, int] = field(default_factory=dict)
     #: Polls a limit held back, per (queue, reason of LIMIT_REASONS).
     limited_polls: dict[tuple[str, str], int] = field(default_factory=dict)
     #: Seconds from enqueue (or the end of a delay) to the first delivery.
@@ -149,6 +154,8 @@ class Counters:
             self.retries,
             self.lease_expiries,
             self.cancellations,
+            self.dead_lettered,
+            self.redriven,
         ):
             counter.pop(queue, None)
         for histograms in (self.wait, self.run):

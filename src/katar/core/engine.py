@@ -45,17 +45,20 @@ from katar.core.model import (
     Ack,
     NewTask,
     QueueOptions,
+    State,
     Task,
     TaskFilter,
+    check_dead_letter,
     check_queue_name,
     check_text,
     parse_queue_options,
 )
+from katar.core.moves import MAX_RATE, MoveJob, MoveJobs, Redrive
 from katar.core.outcomes import OutcomeWaits
 from katar.core.pruner import Pruner
 from katar.core.reaper import HOUSEKEEPING_MS, Reaper
 from katar.core.reloader import Reloader
-from katar.core.rules import BULK_STATES, check_edges, is_final, unknown_parent
+from katar.core.rules import BULK_STATES, REDRIVE_STATES, check_edges, is_final, unknown_parent
 from katar.core.schedule import (
     Schedule,
     ScheduleSpec,
@@ -65,7 +68,7 @@ from katar.core.schedule import (
     parse_schedule,
 )
 from katar.core.scheduler import Scheduler
-from katar.core.storage import Change, LimitState, Store
+from katar.core.storage import Change, LimitState, RedriveStep, Store
 from katar.core.waits import WaitList
 from katar.core.workers import WorkerNames
 from katar.errors import (
@@ -161,6 +164,8 @@ class Engine:
         store.attach(self)
         #: When this process delivered each task it leased, for katar_run_seconds.
         self._delivered_at = DeliveryStarts()
+        #: Redrives (katar.core.moves): those at a rate run in the background.
+        self._moves = MoveJobs(store, self.clock, self._redriven, BULK_STEP)
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -173,7 +178,12 @@ class Engine:
         queues and the ``schedules`` (those the store has and these do not name stay)."""
         await self.store.open()
         self.queues = await self.store.load_queues()
-        for name, options in (declared or {}).items():
+        declared = dict(declared or {})
+        # The queues that others name as their dead_letter first: a queue declared with a
+        # dead_letter would otherwise create its target with default options, which the
+        # target's own declaration would then replace (and warn of).
+        targets = {o.dead_letter for o in declared.values() if o.dead_letter is not None}
+        for name, options in sorted(declared.items(), key=lambda item: item[0] not in targets):
             stored = self.queues.get(name)
             if stored is not None and stored.paused and not options.paused:
                 # A pause made during an incident outlasts a restart: only PATCH lifts it.
@@ -208,6 +218,7 @@ class Engine:
     async def close(self) -> None:
         """Release waiters, stop the reaper, and close the store."""
         self.begin_shutdown()
+        await self._moves.close()
         await self._scheduler.stop()
         await self._reaper.stop()
         await self._pruner.stop()
@@ -243,8 +254,13 @@ class Engine:
         return options
 
     async def put_queue(self, name: str, options: QueueOptions) -> QueueOptions:
-        """Create the queue or replace its options."""
+        """Create the queue or replace its options. A ``dead_letter`` queue that does not
+        exist is created with default options."""
         check_queue_name(name)
+        check_dead_letter(name, options)
+        target = options.dead_letter
+        if target is not None and await self.find_queue(target) is None:
+            await self.put_queue(target, QueueOptions())
         await self.store.save_queue(name, options)
         old = self.queues.get(name)
         if old is None:
@@ -268,6 +284,7 @@ class Engine:
         count = await self.store.delete_queue(name, self.clock.now_ms())
         self.queues.pop(name, None)
         self.counters.forget(name)
+        self._moves.forget(name)
         log.info("queue %s deleted with its %d task(s)", name, count)
         self._waits.drop(name)  # its long polls look again, and find no queue
         return count
@@ -639,8 +656,24 @@ class Engine:
     async def _existing(self, queue: str, task_id: int) -> Task:
         task = await self.store.get_task(queue, task_id)
         if task is None:
-            raise TaskNotFound.named(task_id, queue)
+            raise await self._not_here(queue, task_id)
         return task
+
+    async def _not_here(self, queue: str, task_id: int) -> TaskNotFound:
+        """The answer for a task the queue does not hold: when it failed for good there and
+        moved to the queue's dead-letter queue, it says where (``moved_to``), so that a
+        producer holding the id finds it."""
+        where = (await self.store.queues_of([task_id])).get(task_id)
+        if where is not None and where != queue:
+            moved = await self.store.get_task(where, task_id)
+            if moved is not None and moved.dead_letter and moved.dead_letter.queue == queue:
+                return TaskNotFound(
+                    f"task {task_id} is no longer in queue {queue!r}: it failed for good"
+                    f" there and moved to the dead-letter queue {where!r}; read it there",
+                    _id=str(task_id),
+                    moved_to=where,
+                )
+        return TaskNotFound.named(task_id, queue)
 
     async def list_tasks(
         self,
@@ -729,6 +762,86 @@ class Engine:
         self._apply([change], operator=True)
         return change.task
 
+    # -- redrive (katar.core.moves) -----------------------------------------------------------
+
+    async def redrive(
+        self, queue: str, to: str | None = None, where: TaskFilter = EVERY_TASK
+    ) -> Redrive:
+        """Move the waiting tasks of the queue that ``where`` selects (queued, or failed:
+        rules.REDRIVE_STATES) to ``to``, or each back to the queue it came from (its
+        dead_letter record), queued with fresh attempts; in steps of BULK_STEP tasks, each
+        atomic. A task with no queue to go to stays (Redrive.no_origin)."""
+        where = await self._redrive_checks(queue, to, where)
+        done = await self._moves.run(queue, to, where)
+        if done.moved:
+            log.info("%s: redrive moved %d of %d task(s)", queue, done.moved, done.matched)
+        return done
+
+    async def start_redrive(
+        self, queue: str, rate: float, to: str | None = None, where: TaskFilter = EVERY_TASK
+    ) -> MoveJob:
+        """:meth:`redrive` at ``rate`` tasks a second, in the background: the move job,
+        which :meth:`move_job` shows and :meth:`cancel_redrive` stops. It lives in this
+        process (a restart ends it). Conflict when one runs for the queue already."""
+        if not 0 < rate <= MAX_RATE:
+            raise ValidationError(
+                f"rate must be a number of tasks per second above 0 and at most {MAX_RATE:g}",
+                field="rate",
+            )
+        where = await self._redrive_checks(queue, to, where)
+        total = await self.store.count_tasks(queue, where)
+        job = self._moves.start(queue, to, where, rate, total)
+        log.info("%s: redrive of %d task(s) started at %g a second", queue, total, rate)
+        return job
+
+    def move_job(self, queue: str) -> MoveJob:
+        """The queue's last redrive at a rate on this server; NotFound when none."""
+        self.options(queue)
+        return self._moves.job(queue)
+
+    def move_jobs(self) -> list[MoveJob]:
+        """The last redrive at a rate of every queue, on this server."""
+        return self._moves.jobs()
+
+    async def cancel_redrive(self, queue: str) -> MoveJob:
+        """Stop the queue's redrive at a rate; the tasks it moved stay moved."""
+        self.options(queue)
+        return await self._moves.cancel(queue)
+
+    def dead_letter_sources(self, queue: str) -> list[str]:
+        """The queues whose dead_letter option names ``queue``, by name."""
+        return sorted(name for name, o in self.queues.items() if o.dead_letter == queue)
+
+    async def _redrive_checks(self, queue: str, to: str | None, where: TaskFilter) -> TaskFilter:
+        """Refuse a redrive to the queue itself or to no queue; ``where`` narrowed to the
+        states a redrive moves."""
+        self.options(queue)
+        if to is not None:
+            if to == queue:
+                raise ValidationError(
+                    f"to names queue {queue!r} itself; name another queue, or leave it out"
+                    " to move each task back to the queue it came from",
+                    field="to",
+                )
+            if await self.find_queue(to) is None:
+                raise QueueNotFound(f"no queue {to!r} to redrive to; create it first", queue=to)
+        states = REDRIVE_STATES if where.states is None else REDRIVE_STATES & set(where.states)
+        if not states:
+            raise ValidationError(
+                "a redrive moves queued or failed tasks only; ask for those statuses",
+                field="status",
+            )
+        return msgspec.structs.replace(where, states=tuple(sorted(states)))
+
+    async def _redriven(self, queue: str, step: RedriveStep) -> None:
+        """A redrive's step: the engine learns of the queues it created, and of its moves."""
+        for name in step.created:
+            await self.find_queue(name)
+        if step.moved:
+            self.counters.add(self.counters.redriven, queue, step.moved)
+        if step.changes:
+            self._apply(step.changes, operator=True)
+
     async def delete_task(self, queue: str, task_id: int) -> None:
         """Remove a task, whatever its status."""
         self.options(queue)
@@ -774,7 +887,11 @@ class Engine:
         count what happened. The changes come from a worker's acks unless ``expired`` (the
         reaper's) or ``operator`` (a status set over HTTP or the API)."""
         ready: dict[str, int] = {}
-        for task, old in changes:
+        for task, old, origin in changes:
+            if origin is not None:  # moved to another queue: a dead letter, a redrive
+                self._moved(task, old, origin, expired)
+                ready[task.queue] = ready.get(task.queue, 0) + 1
+                continue
             state = task.state
             if old is RUNNING and state is not RUNNING:
                 self._count_end(task, expired)
@@ -797,6 +914,29 @@ class Engine:
                     self._outcomes.settle(task)
         for queue, count in ready.items():
             self._wake(queue, count)
+
+    def _moved(self, task: Task, old: State, origin: str, expired: bool) -> None:
+        """A task that moved from ``origin`` to ``task.queue``, queued there: a dead letter
+        ends its delivery in ``origin`` (counted as a failure or a lease's end, and as a
+        dead letter), and is the end of the task for those waiting for its outcome in
+        ``origin`` (they read it again, and learn where it went)."""
+        counters = self.counters
+        if old is RUNNING:
+            counters.add(counters.dead_lettered, origin)
+            if expired:
+                counters.add(counters.lease_expiries, origin)
+                self._delivered_at.ended(str(task.id))
+            else:
+                counters.add(counters.failed, origin)
+            options = self.queues.get(origin)
+            if options is not None and options.limited:
+                self._wake(origin, 1)  # room under a limit
+        if task.queue not in self.queues:  # the store created it: default options
+            self._reload_in_background(wake_all=False)
+        if self._listeners:
+            self._emit(task)
+        if task.id in self._outcomes.waiting:
+            self._outcomes.moved(task.id)
 
     def _expired(self, changes: list[Change]) -> None:
         """The reaper's changes: leases run out, delays and expiries come."""

@@ -141,11 +141,37 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     #: the parents that are tasks of other queues, each with its queue. A reader whose
     #: token may not use that queue sees neither their ids nor their results.
     foreign: tuple[tuple[int, str], ...] = ()
+    #: Where the task came from when it failed for good in a queue with a ``dead_letter``
+    #: option and moved here (rules.dead_lettered); None for other tasks.
+    dead_letter: DeadLetter | None = None
 
     @property
     def status(self) -> str:
         """The public status: one of :data:`STATUSES`."""
         return PUBLIC_STATUS[self.state]
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """Why a task is in a dead-letter queue: the queue it failed in for good, its last error,
+    the deliveries it had there, and when it moved (ms)."""
+
+    queue: str
+    error: str | None
+    attempts: int
+    at: int
+
+
+_dead_letter_decoder: Final = msgspec.json.Decoder(DeadLetter)
+
+
+def encode_dead_letter(record: DeadLetter | None) -> bytes | None:
+    """A task's dead_letter as the SQL stores keep it (JSON), None for none."""
+    return None if record is None else msgspec.json.encode(record)
+
+
+def decode_dead_letter(stored: bytes | None) -> DeadLetter | None:
+    """A task's dead_letter from its stored JSON."""
+    return None if stored is None else _dead_letter_decoder.decode(stored)
 
 
 class Delivery(msgspec.Struct, frozen=True, array_like=True):
@@ -300,6 +326,10 @@ class QueueOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     fair: bool = False
     #: How long finished tasks are kept (retention); see Keep.
     keep: Keep = Keep()
+    #: A queue name: a task that fails for good here (attempts spent, or a "failed" ack
+    #: not retried) moves to that queue as queued (rules.dead_lettered). Checked by the
+    #: engine (check_dead_letter): a valid queue name, not the queue itself.
+    dead_letter: str | None = None
     #: Sent to workers merged over DEFAULT_CONFIGURATION; its WorkerConfiguration keys are
     #: checked by parse_queue_options.
     configuration: Annotated[
@@ -379,6 +409,26 @@ def parse_queue_options(raw: Any) -> QueueOptions:
 def options_dict(options: QueueOptions) -> dict[str, Any]:
     """The options as a plain JSON-ready mapping."""
     return msgspec.structs.asdict(options)
+
+
+def check_dead_letter(name: str, options: QueueOptions) -> None:
+    """Refuse a ``dead_letter`` option that is no valid queue name, or names the queue
+    itself (its dead would move into the queue they failed in, for ever)."""
+    target = options.dead_letter
+    if target is None:
+        return
+    if len(target) > MAX_QUEUE_NAME or not QUEUE_NAME.fullmatch(target):
+        raise ValidationError(
+            f"queue option 'dead_letter' must be a queue name (1 to {MAX_QUEUE_NAME} letters,"
+            " digits, '.', '_', ':' or '-', starting with a letter or digit)",
+            option="dead_letter",
+        )
+    if target == name:
+        raise ValidationError(
+            f"queue option 'dead_letter' of queue {name!r} names the queue itself; name"
+            f" another queue, e.g. {name + '.dead'!r}",
+            option="dead_letter",
+        )
 
 
 def parse_priority(value: Any) -> int:

@@ -47,6 +47,13 @@ class OutcomeWaits:
             if not future.done():
                 future.set_result(task)
 
+    def moved(self, task_id: int) -> None:
+        """The task left the queue it was waited for in (a dead letter): the waits read
+        it again, and learn where it went."""
+        for future in self.waiting.get(task_id, ()):
+            if not future.done():
+                future.set_result(None)
+
     def release_all(self) -> None:
         """Shutting down: every wait answers with the task as it is now."""
         for futures in self.waiting.values():

@@ -29,6 +29,7 @@ from katar.core.model import (
     UNFINISHED,
     WAITING,
     Ack,
+    DeadLetter,
     Delivery,
     NewTask,
     QueueOptions,
@@ -514,6 +515,8 @@ def apply_ack(
             error=error,
             updated_at=now,
         )
+    if options.dead_letter is not None:
+        return dead_lettered(task, options.dead_letter, "failed", error, now)
     return _finish(task, FAILED, now, error=error)
 
 
@@ -556,6 +559,8 @@ def expire_lease(task: Task, options: QueueOptions, now: int) -> Task | None:
     message = f"lease expired: no ack within {lease} ms of delivery {task.attempts}"
     if _attempts_spent(task, options):
         error = f"{message}; all attempts are spent"
+        if options.dead_letter is not None:
+            return dead_lettered(task, options.dead_letter, "expired", error, now)
         return archive(
             task, "expired", now, state=FAILED, lease_until=None, updated_at=now, error=error
         )
@@ -569,6 +574,110 @@ def expire_lease(task: Task, options: QueueOptions, now: int) -> Task | None:
         error=message,
         updated_at=now,
     )
+
+
+# -- dead letters and redrive -------------------------------------------------------------------
+#
+# A task that fails for good in a queue with a ``dead_letter`` option moves, in the
+# transaction that fails it, to that queue: the rules return it with another ``queue``, and
+# a store that sees ``new.queue != old.queue`` moves the row (creating the target queue with
+# default options when it does not exist). A move keeps the id, data, key and priority.
+
+
+#: What a task leaves behind when it moves to another queue: its own max_attempts and
+#: expiry, its unique_key (held in that queue only), a cancel request, progress.
+_LEFT_BEHIND: Final[dict[str, Any]] = {
+    "run_at": None,
+    "max_attempts": None,
+    "expires_at": None,
+    "unique_key": None,
+    "unique_until": None,
+    "cancel_requested": False,
+    "progress": None,
+}
+
+
+def _leaving(task: Task) -> Task:
+    """The task without what it leaves behind in the queue it leaves (_LEFT_BEHIND). Most
+    tasks have none of it: then the task itself (a replace costs per field it names)."""
+    if (
+        task.run_at is None
+        and task.max_attempts is None
+        and task.expires_at is None
+        and task.unique_key is None
+        and task.unique_until is None
+        and task.progress is None
+        and not task.cancel_requested
+    ):
+        return task
+    return replace(task, **_LEFT_BEHIND)
+
+
+def moved(task: Task, queue: str, now: int, **changes: Any) -> Task:
+    """The task moved to ``queue`` as queued (READY), with a fresh set of attempts there
+    (its delivery count goes on growing, so that a late ack of an earlier delivery is told
+    apart), without what it leaves behind (_LEFT_BEHIND)."""
+    return archive(
+        _leaving(task),
+        queue=queue,
+        state=READY,
+        lease_until=None,
+        attempt_base=task.attempts,
+        updated_at=now,
+        **changes,
+    )
+
+
+def dead_lettered(task: Task, target: str, outcome: str, error: str, now: int) -> Task:
+    """A task in progress that fails for good (its delivery ended ``outcome``, "failed" or
+    "expired", with ``error``) in a queue whose dead_letter option is ``target``: moved
+    there as :func:`moved` says, with ``dead_letter`` saying where from and why. For the
+    tasks that wait for it (``after``), it failed (see dependants_see): they are settled as
+    at a failure (and, as after an operator's retry of a failed task, a later success there
+    is no news to the children it cancelled). One archive, as a retry's: the move costs
+    what a retry does."""
+    record = DeadLetter(task.queue, error, task.attempts - task.attempt_base, now)
+    return archive(
+        _leaving(task),
+        outcome,
+        now,
+        queue=target,
+        state=READY,
+        lease_until=None,
+        attempt_base=task.attempts,
+        error=error,
+        updated_at=now,
+        dead_letter=record,
+    )
+
+
+def dependants_see(old: Task, new: Task) -> State:
+    """The state the tasks that wait for ``old`` see it end in, now that it is ``new``: a
+    task moved to its dead-letter queue failed (its children are cancelled, unless they run
+    after a failure too); any other change, its new state."""
+    if new.dead_letter is not None and new.queue != old.queue:
+        return FAILED
+    return new.state
+
+
+#: The states of the tasks a redrive moves: queued and due, or delayed (not waiting for
+#: parents: moved, such a task would run before them), and failed (in the dead-letter
+#: queue itself, by its own workers). Paused and cancelled tasks are an operator's choice,
+#: and stay; tasks in progress belong to their worker.
+REDRIVE_STATES: Final = frozenset({READY, SCHEDULED, FAILED})
+
+
+def redrive_target(task: Task, to: str | None) -> str | None:
+    """Where a redrive moves the task: ``to`` when given, else the queue it came from (its
+    dead_letter record); None when it has neither, or would stay where it is."""
+    target = to if to is not None else task.dead_letter.queue if task.dead_letter else None
+    return None if target == task.queue else target
+
+
+def redriven(task: Task, target: str, now: int) -> Task:
+    """A task moved by a redrive to ``target``: queued there with fresh attempts; its error
+    stays (as a retry's does), its dead_letter goes."""
+    return moved(task, target, now, dead_letter=None)
 
 
 def promote(task: Task, now: int) -> Task:

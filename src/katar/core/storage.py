@@ -25,6 +25,9 @@ class Change(NamedTuple):
 
     task: Task
     old: State
+    #: The queue the task moved from (a dead letter, a redrive: ``task.queue`` is where it
+    #: is now); None when it stayed in its queue.
+    origin: str | None = None
 
 
 class PollResult(NamedTuple):
@@ -63,6 +66,22 @@ class BulkStep(NamedTuple):
     last: int
     #: The changes of a retry or a cancel (a delete reports none).
     changes: list[Change]
+
+
+class RedriveStep(NamedTuple):
+    """One step (one transaction) of a redrive: see :meth:`Store.redrive`."""
+
+    #: The tasks the filter selected in this step (at most the step's limit).
+    matched: int
+    #: Those moved to their target queue.
+    moved: int
+    #: The highest id the step looked at: the next step starts after it.
+    last: int
+    #: The moved tasks, each as it is now in its target queue (old: its state before).
+    changes: list[Change]
+    #: The target queues that the step created (with default options) because they did
+    #: not exist: a task's origin deleted meanwhile.
+    created: tuple[str, ...] = ()
 
 
 class Enqueued(NamedTuple):
@@ -232,6 +251,13 @@ class Store(abc.ABC):
         """Forget up to idempotency.PRUNE_BATCH keys created at or before ``before``, oldest
         first; how many."""
 
+    # A task that fails for good in a queue with a dead_letter option (an ack's failure, a
+    # lease's end in expire) moves in the same transaction to that queue, as the rules say
+    # (rules.dead_lettered: the new version's ``queue`` differs): the store moves its row
+    # and creates the target queue with default options when it does not exist (on a
+    # shared store, telling the other servers as save_queue does). The move's Change has
+    # the task as it is in its new queue.
+
     @abc.abstractmethod
     async def poll(
         self,
@@ -295,6 +321,16 @@ class Store(abc.ABC):
         whose unique_key another task holds is skipped), "delete" removes them. Without
         ``report``, a store may leave out of ``changes`` the tasks it changed in SQL, without
         building them (``changed`` counts them all): nobody watches those tasks one by one."""
+
+    @abc.abstractmethod
+    async def redrive(
+        self, queue: str, to: str | None, where: TaskFilter, now: int, after: int, limit: int
+    ) -> RedriveStep:
+        """One step of a redrive, in one transaction: take the first ``limit`` tasks that
+        ``where`` selects (the engine narrows its states to rules.REDRIVE_STATES) with an id
+        above ``after``, and move each to rules.redrive_target(task, ``to``) as
+        rules.redriven says, creating that queue with default options when it does not
+        exist. A task without a target stays (counted in ``matched``, not ``moved``)."""
 
     @abc.abstractmethod
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:

@@ -26,12 +26,14 @@ from katar._version import __version__
 from katar.core import rules
 from katar.core.engine import Engine
 from katar.core.model import QueueOptions, State, Task, check_queue_name, parse_queue_options
+from katar.core.moves import MoveJob
 from katar.core.schedule import Schedule, ScheduleSpec, parse_schedule, task_data
 from katar.core.schedule import check_name as check_schedule_name
 from katar.errors import (
     Forbidden,
     KatarError,
     NotFound,
+    QueueNotFound,
     ShuttingDown,
     StoreUnavailable,
     TooManyRequests,
@@ -68,10 +70,12 @@ from katar.protocol import (
     BulkDone,
     Configuration,
     Health,
+    MoveJobRecord,
     QueueDeleted,
     QueueInfo,
     QueueLimits,
     Queues,
+    Redriven,
     RoleName,
     ScheduleDeleted,
     Schedules,
@@ -498,6 +502,11 @@ class App:
                 counts,
                 await self._limits(name, known[name], counts),
                 None if name not in heads else max(0, now - heads[name]) / 1000,
+                [
+                    q
+                    for q in self.engine.dead_letter_sources(name)
+                    if token is None or token.may_use(q)
+                ],
             )
             for name, counts in stats.items()
             if name in known and (token is None or token.may_use(name))
@@ -632,6 +641,24 @@ class App:
         action, where, dry_run = parse.parse_bulk(request.body)
         matched, changed = await self.engine.bulk(request.queue, action, where, dry_run)
         return json_response(BulkDone(matched, changed))
+
+    async def redrive(self, request: Request) -> Response:
+        self.engine.options(request.queue)  # an unknown queue is a 404 before a bad body
+        to, where, rate = parse.parse_redrive(request.body)
+        token = request.token
+        if to is not None and token is not None and not token.may_use(to):
+            raise QueueNotFound(f"no queue {to!r} to redrive to; create it first", queue=to)
+        if rate is None:
+            done = await self.engine.redrive(request.queue, to, where)
+            return json_response(Redriven(done.matched, done.moved, done.no_origin))
+        job = await self.engine.start_redrive(request.queue, rate, to, where)
+        return json_response(_move_job(job), 202)
+
+    async def redrive_job(self, request: Request) -> Response:
+        return json_response(_move_job(self.engine.move_job(request.queue)))
+
+    async def cancel_redrive(self, request: Request) -> Response:
+        return json_response(_move_job(await self.engine.cancel_redrive(request.queue)))
 
     async def list_tasks(self, request: Request) -> Response:
         query = request.query()
@@ -769,3 +796,19 @@ def _route_cost(path: str, params: tuple[str, ...]) -> int:
 
 
 _IDEMPOTENCY_KEY: Final = IDEMPOTENCY_KEY_HEADER.encode()
+
+
+def _move_job(job: MoveJob) -> MoveJobRecord:
+    return MoveJobRecord(
+        job.queue,
+        job.to,
+        job.rate,
+        job.state,
+        job.matched,
+        job.moved,
+        job.no_origin,
+        job.remaining,
+        iso_time(job.started_at),
+        None if job.ended_at is None else iso_time(job.ended_at),
+        job.error,
+    )

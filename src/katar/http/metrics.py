@@ -42,6 +42,12 @@ _COUNTERS: Final = (
         "Tasks cancelled through this server (by an operator, an expiry, a dependency).",
         "cancellations",
     ),
+    (
+        "katar_dead_lettered_total",
+        "Tasks that failed for good in the queue and moved to its dead-letter queue.",
+        "dead_lettered",
+    ),
+    ("katar_redriven_total", "Tasks a redrive moved out of the queue.", "redriven"),
 )
 _LE: Final = (*tuple(f"{bound:g}" for bound in BUCKETS), "+Inf")
 

@@ -17,6 +17,7 @@ from katar.core.model import (
     Ack,
     NewTask,
     TaskFilter,
+    check_queue_name,
     now_ms,
     parse_after,
     parse_priority,
@@ -246,6 +247,15 @@ def parse_bulk(body: bytes) -> tuple[str, TaskFilter, bool]:
     """A bulk action's body: (action, filter, dry_run)."""
     bulk: protocol.Bulk = decode(body, protocol.Bulk)
     return bulk.action, task_filter(bulk.filter), bulk.dry_run
+
+
+def parse_redrive(body: bytes) -> tuple[str | None, TaskFilter, float | None]:
+    """A redrive's body: (to, filter, rate). An empty body moves every waiting task back
+    to where it came from, at once."""
+    redrive: protocol.RedriveBody = decode(body or b"{}", protocol.RedriveBody)
+    if redrive.to is not None:
+        check_queue_name(redrive.to)
+    return redrive.to, task_filter(redrive.filter), redrive.rate
 
 
 def parse_listing(query: dict[str, str]) -> TaskFilter:

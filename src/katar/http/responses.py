@@ -11,10 +11,11 @@ import msgspec
 
 from katar import errors
 from katar.core import rules
-from katar.core.model import PUBLIC_STATUS, QueueOptions, Task
+from katar.core.model import PUBLIC_STATUS, DeadLetter, QueueOptions, Task
 from katar.core.schedule import Schedule, upcoming
 from katar.protocol import LEASE_HEADER as LEASE_HEADER_NAME
 from katar.protocol import (
+    DeadLetterRecord,
     DeliveryRecord,
     ScheduleRecord,
     TaskRecord,
@@ -171,7 +172,12 @@ def task_record(task: Task, omitted: list[str] | None = None) -> TaskRecord:
         [str(parent_id) for parent_id in task.waiting_for] if task.waiting_for else [],
         task.after,
         omitted or [],
+        None if task.dead_letter is None else _dead_letter(task.dead_letter),
     )
+
+
+def _dead_letter(record: DeadLetter) -> DeadLetterRecord:
+    return DeadLetterRecord(record.queue, record.error, record.attempts, _iso(record.at))
 
 
 def task_records(tasks: Sequence[Task], max_bytes: int) -> list[bytes]:

@@ -29,10 +29,13 @@ from katar.protocol import (
     Configuration,
     Deliveries,
     Health,
+    MoveJobRecord,
     Patch,
     Poll,
     QueueDeleted,
     Queues,
+    RedriveBody,
+    Redriven,
     ScheduleDeleted,
     SchedulePause,
     ScheduleRecord,
@@ -167,6 +170,9 @@ class Handlers(Protocol):
     async def enqueue(self, request: Request) -> Response: ...
     async def list_tasks(self, request: Request) -> Response: ...
     async def bulk(self, request: Request) -> Response: ...
+    async def redrive(self, request: Request) -> Response: ...
+    async def redrive_job(self, request: Request) -> Response: ...
+    async def cancel_redrive(self, request: Request) -> Response: ...
     async def workers(self, request: Request) -> Response: ...
     async def children(self, request: Request) -> Response: ...
     async def parents(self, request: Request) -> Response: ...
@@ -558,6 +564,62 @@ ROUTES: Final[tuple[tuple[str, Mapping[str, Route]], ...]] = (
                     writes=True,
                 ),
             )
+        },
+    ),
+    (
+        "/v1/queue/{queue}/redrive",
+        {
+            "POST": Route(
+                Handlers.redrive,
+                Access.ADMIN,
+                Op(
+                    summary="Move waiting tasks back to where they came from, or to a queue",
+                    operation_id="redrive",
+                    tag="operators",
+                    body=RedriveBody,
+                    body_required=False,
+                    answers={
+                        200: A(
+                            "Done: the tasks the filter matched among the queued and failed,"
+                            " those moved, and those left for they have no queue to go to.",
+                            Redriven,
+                        ),
+                        202: A("With a rate: the move job, started.", MoveJobRecord),
+                        404: "No such queue, or no queue named by to.",
+                        409: "A redrive with a rate of this queue runs already.",
+                        422: "A bad filter, to or rate.",
+                    },
+                    writes=True,
+                ),
+            ),
+            "GET": Route(
+                Handlers.redrive_job,
+                Access.ADMIN,
+                Op(
+                    summary="The queue's last redrive with a rate, on this server",
+                    operation_id="getRedrive",
+                    tag="operators",
+                    answers={
+                        200: A("The move job as it stands.", MoveJobRecord),
+                        404: "No such queue, or no redrive with a rate of it on this server.",
+                    },
+                ),
+                store=False,
+            ),
+            "DELETE": Route(
+                Handlers.cancel_redrive,
+                Access.ADMIN,
+                Op(
+                    summary="Stop the queue's redrive with a rate (what it moved stays moved)",
+                    operation_id="cancelRedrive",
+                    tag="operators",
+                    answers={
+                        200: A("The move job as it ended.", MoveJobRecord),
+                        404: "No such queue, or no redrive with a rate of it on this server.",
+                    },
+                ),
+                store=False,
+            ),
         },
     ),
     (

@@ -7,7 +7,7 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
-from katar.core.model import RUNNING, Task, TaskFilter
+from katar.core.model import RUNNING, Task, TaskFilter, decode_dead_letter, encode_dead_letter
 from katar.core.rules import after_json
 from katar.store._sql import STATES
 
@@ -15,9 +15,13 @@ COLUMNS: Final = (
     "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
     " created_at, updated_at, run_at, lease_until, key, cancel_requested, progress, timeout,"
     " max_attempts, expires_at, unique_key, unique_until, started_at, history, schedule,"
-    " scheduled_for, parents, children"
+    " scheduled_for, parents, children, dead_letter"
 )
 _STATES: Final = STATES  # by value: faster than State(value) on the hot path
+_NAMES: Final = [column.strip() for column in COLUMNS.split(",")]
+#: Where a row of COLUMNS holds ``parents`` and ``children``.
+PARENTS_AT: Final = _NAMES.index("parents")
+CHILDREN_AT: Final = _NAMES.index("children")
 #: The edges' columns (the deps table) that lead from a task to its children, or to its
 #: parents (Store.linked): the task's own, and the other's.
 CHILDREN: Final = {"this": "parent_id", "other": "child_id"}
@@ -55,6 +59,7 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
         scheduled_for=row[25],
         parents=row[26],
         children=bool(row[27]),
+        dead_letter=None if row[28] is None else decode_dead_letter(row[28]),
     )
 
 
@@ -98,11 +103,12 @@ def checked_task_from_row(row: Sequence[Any], queue: str) -> Task:
 #: on every claim.
 CLAIMED_COLUMNS: Final = (
     "id, priority, data, attempts, attempt_base, error, result, created_at, key, timeout,"
-    " (coalesce(max_attempts, expires_at, unique_until, unique_key, schedule) IS NULL"
+    " (coalesce(max_attempts, expires_at, unique_until, unique_key, schedule, dead_letter) IS NULL"
     " AND parents = 0)"
 )
 OPTIONS_COLUMNS: Final = (
-    "max_attempts, expires_at, unique_key, unique_until, parents, children, schedule, scheduled_for"
+    "max_attempts, expires_at, unique_key, unique_until, parents, children, schedule,"
+    " scheduled_for, dead_letter"
 )
 
 
@@ -143,7 +149,17 @@ def claimed_from_row(
     if row[10]:
         return task
     assert options is not None
-    max_attempts, expires_at, unique_key, unique_until, parents, children, schedule, tick = options
+    (
+        max_attempts,
+        expires_at,
+        unique_key,
+        unique_until,
+        parents,
+        children,
+        schedule,
+        tick,
+        dead_letter,
+    ) = options
     return msgspec.structs.replace(
         task,
         max_attempts=max_attempts,
@@ -154,6 +170,7 @@ def claimed_from_row(
         children=bool(children),
         schedule=schedule,
         scheduled_for=tick,
+        dead_letter=None if dead_letter is None else decode_dead_letter(dead_letter),
     )
 
 
@@ -178,6 +195,53 @@ def update_values(task: Task) -> tuple[Any, ...]:
         task.expires_at,
         task.started_at,
         None if task.history is None else bytes(task.history),
+        task.id,
+    )
+
+
+#: The columns a move to another queue writes (a dead letter, a redrive: rules.moved), each
+#: with a placeholder, then the id. See move_sql and move_values.
+MOVE_COLUMNS: Final = (
+    "queue_id, fair_seq, state, attempts, attempt_base, error, worker, updated_at, run_at,"
+    " lease_until, cancel_requested, progress, max_attempts, expires_at, unique_key,"
+    " unique_until, started_at, history, dead_letter"
+)
+
+
+def move_sql(table: str, param: str, queue_id: str | None = None) -> str:
+    """The UPDATE that moves a task's row to another queue (parameters: move_values).
+    ``queue_id``: an expression for the new queue's id instead of a parameter (then
+    move_values' first is left out)."""
+    columns = [column.strip() for column in MOVE_COLUMNS.split(",")]
+    sets = [f"{column}={param}" for column in columns]
+    if queue_id is not None:
+        sets[0] = f"queue_id={queue_id}"
+    return f"UPDATE {table} SET {', '.join(sets)} WHERE {table}.id={param}"
+
+
+def move_values(task: Task, queue_id: int, fair_seq: int | None) -> tuple[Any, ...]:
+    """The parameters of move_sql for ``task`` as it is in its new queue ``queue_id``, at
+    ``fair_seq`` when that queue is fair."""
+    return (
+        queue_id,
+        fair_seq,
+        int(task.state),
+        task.attempts,
+        task.attempt_base,
+        task.error,
+        task.worker,
+        task.updated_at,
+        task.run_at,
+        task.lease_until,
+        task.cancel_requested,
+        None if task.progress is None else bytes(task.progress),
+        task.max_attempts,
+        task.expires_at,
+        task.unique_key,
+        task.unique_until,
+        task.started_at,
+        None if task.history is None else bytes(task.history),
+        encode_dead_letter(task.dead_letter),
         task.id,
     )
 

@@ -35,7 +35,16 @@ from katar.core.model import (
     parse_task_id,
 )
 from katar.core.schedule import Schedule, ScheduleSpec
-from katar.core.storage import BulkStep, Change, Enqueued, Fired, LimitState, PollResult, Store
+from katar.core.storage import (
+    BulkStep,
+    Change,
+    Enqueued,
+    Fired,
+    LimitState,
+    PollResult,
+    RedriveStep,
+    Store,
+)
 from katar.errors import Conflict, KatarError, QueueNotFound, TaskNotFound
 from katar.logs import mask_credentials
 
@@ -82,6 +91,8 @@ class MemoryStore(Store):
         # Per task: how many tasks named it while it was not done (rules.MAX_CHILDREN).
         self._waited: dict[int, int] = {}
         self._named_by: dict[int, list[int]] = {}
+        #: The queues whose ids are out of order since a task moved in (see _ordered).
+        self._unsorted: set[str] = set()
 
     async def open(self) -> None:
         return None
@@ -99,6 +110,9 @@ class MemoryStore(Store):
         return self._queues.get(name)
 
     async def save_queue(self, name: str, options: QueueOptions) -> None:
+        self._save_queue(name, options)
+
+    def _save_queue(self, name: str, options: QueueOptions) -> None:
         old = self._queues.get(name)
         self._queues[name] = options
         self._ids.setdefault(name, {})
@@ -165,7 +179,12 @@ class MemoryStore(Store):
         heap = self._ready[queue]
         while heap:
             task = self._tasks.get(heap[0][2])
-            if task is not None and task.state is READY and -task.priority == heap[0][0]:
+            if (
+                task is not None
+                and task.state is READY
+                and -task.priority == heap[0][0]
+                and task.queue == queue  # not moved away (a redrive)
+            ):
                 return task
             heapq.heappop(heap)
         return None
@@ -185,6 +204,7 @@ class MemoryStore(Store):
         self._running_keys.pop(name, None)
         self._states.pop(name, None)
         self._buckets.pop(name, None)
+        self._unsorted.discard(name)
         for task_id in ids:
             self._forget_edges(self._tasks.pop(task_id))
             self._seq.pop(task_id, None)
@@ -254,6 +274,11 @@ class MemoryStore(Store):
             del keys[task.key]
 
     def _remove(self, task: Task) -> None:
+        self._detach(task)
+        self._forget_edges(task)
+
+    def _detach(self, task: Task) -> None:
+        """The task out of its queue's books (its edges stay: see _remove, _move)."""
         old = self._tasks.pop(task.id)
         self._states[old.queue][old.state] -= 1
         if old.key is not None and old.state is RUNNING:
@@ -261,7 +286,6 @@ class MemoryStore(Store):
         del self._ids[task.queue][task.id]
         self._running[task.queue].pop(task.id, None)
         self._seq.pop(task.id, None)
-        self._forget_edges(task)
 
     def _forget_edges(self, task: Task) -> None:
         """A task removed: its own edges go (as a child, and as a parent: the children still
@@ -286,6 +310,10 @@ class MemoryStore(Store):
         """Write a task's new version; the tasks its end settles go in ``also``."""
         if new is None:
             return None
+        # To another queue (rules.moved): a move names the other queue's name, never the
+        # object the task holds, so an identity test (cheaper than ==) tells moves apart.
+        if new.queue is not old.queue:
+            return self._move(old, new, also)
         if old.id in self._children:  # before a removal, which forgets its edges
             self._settle(old, new, new.updated_at, also)
         if rules.discard(new, options):
@@ -294,11 +322,40 @@ class MemoryStore(Store):
             self._put(new)
         return Change(new, old.state)
 
+    def _move(self, old: Task, new: Task, also: list[Change]) -> Change:
+        """Move a task to another queue (a dead letter, a redrive), creating that queue with
+        default options when there is none; the tasks its failure settles go in ``also``."""
+        if old.id in self._children:
+            self._settle(old, new, new.updated_at, also)
+        if new.queue not in self._queues:
+            self._save_queue(new.queue, QueueOptions())
+        self._detach(old)
+        ids = self._ids[new.queue]
+        if ids and next(reversed(ids)) > new.id:
+            self._unsorted.add(new.queue)  # an older id among newer ones: see _ordered
+        ids[new.id] = None
+        if self._queues[new.queue].fair:
+            self._place(
+                new, rules.fair_seq(self._last_place(new.queue, new.key), self._front(new.queue))
+            )
+        self._put(new)
+        return Change(self._view(new), old.state, old.queue)
+
+    def _ordered(self, queue: str) -> dict[int, None]:
+        """The queue's ids in id order (what listings and steps page through): a task moved
+        in from another queue may have come in after newer ones."""
+        ids = self._ids_of(queue)
+        if queue in self._unsorted:
+            self._unsorted.discard(queue)
+            ids = self._ids[queue] = dict.fromkeys(sorted(ids))
+        return ids
+
     def _settle(self, parent: Task, new: Task | None, now: int, also: list[Change]) -> None:
         """The tasks waiting for ``parent``, now ``new`` (None: deleted): released when it
         is done and it was their last, cancelled when it failed, was cancelled or deleted
         (and theirs after them); ``also`` receives their changes."""
-        stack = [(parent.id, rules.parent_end(parent.state, None if new is None else new.state))]
+        ends = None if new is None else rules.dependants_see(parent, new)
+        stack = [(parent.id, rules.parent_end(parent.state, ends))]
         result = None if new is None or new.result is None else bytes(new.result)
         while stack:
             parent_id, how = stack.pop()
@@ -523,6 +580,8 @@ class MemoryStore(Store):
             task = self._tasks.get(entry[2])
             if task is None or task.state is not READY or task.priority != -entry[0]:
                 continue
+            if task.queue != queue:  # moved away (a redrive) while it was ready here
+                continue
             if rules.expired(task, now):
                 # Its expiry came before the reaper did: the reaper cancels it (as in the SQL
                 # stores). Out of the heap: it cannot become claimable again without a change
@@ -582,9 +641,9 @@ class MemoryStore(Store):
     async def list_tasks(
         self, queue: str, where: TaskFilter, limit: int, after: int, newest_first: bool = False
     ) -> list[Task]:
-        ids: Iterable[int] = self._ids_of(queue)
+        ids: Iterable[int] = self._ordered(queue)
         if newest_first:
-            ids = (i for i in reversed(self._ids_of(queue)) if not after or i < after)
+            ids = (i for i in reversed(self._ordered(queue)) if not after or i < after)
         found: list[Task] = []
         for task_id in ids:
             if not newest_first and task_id <= after:
@@ -610,13 +669,7 @@ class MemoryStore(Store):
         limit: int,
         report: bool = True,
     ) -> BulkStep:
-        selected: list[Task] = []
-        for task_id in self._ids_of(queue):
-            task = self._tasks[task_id]
-            if task_id > after and where.matches(task):
-                selected.append(task)
-                if len(selected) >= limit:
-                    break
+        selected = self._select(queue, where, after, limit)
         if not selected:
             return BulkStep(0, 0, after, [])
         last = selected[-1].id
@@ -641,6 +694,37 @@ class MemoryStore(Store):
             if change is not None:
                 changes.append(change)
         return BulkStep(len(selected), len(changes), last, changes + also)
+
+    def _select(self, queue: str, where: TaskFilter, after: int, limit: int) -> list[Task]:
+        """A step's tasks: the first ``limit`` that ``where`` selects above the id ``after``."""
+        selected: list[Task] = []
+        for task_id in self._ordered(queue):
+            task = self._tasks[task_id]
+            if task_id > after and where.matches(task):
+                selected.append(task)
+                if len(selected) >= limit:
+                    break
+        return selected
+
+    async def redrive(
+        self, queue: str, to: str | None, where: TaskFilter, now: int, after: int, limit: int
+    ) -> RedriveStep:
+        selected = self._select(queue, where, after, limit)
+        if not selected:
+            return RedriveStep(0, 0, after, [])
+        changes: list[Change] = []
+        also: list[Change] = []  # none: a redrive moves tasks that do not end
+        created: list[str] = []
+        for task in selected:
+            task = self._tasks.get(task.id, task)
+            target = rules.redrive_target(task, to)
+            if task.queue != queue or task.state not in rules.REDRIVE_STATES or target is None:
+                continue
+            if target not in self._queues:
+                created.append(target)
+            changes.append(self._move(task, rules.redriven(task, target, now), also))
+        moved = len(changes)
+        return RedriveStep(len(selected), moved, selected[-1].id, changes + also, tuple(created))
 
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:
         pruned: list[Task] = []

@@ -188,7 +188,8 @@ class Dependencies:
         (and theirs after them, level by level); ``also`` receives their changes."""
         if not parent.children:
             return
-        how = rules.parent_end(parent.state, None if new is None else new.state)
+        ends = None if new is None else rules.dependants_see(parent, new)
+        how = rules.parent_end(parent.state, ends)
         if how is None:
             return
         if how == "done":

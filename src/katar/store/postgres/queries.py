@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from katar.protocol import HISTORY_LENGTH
-from katar.store._rows import CHILDREN, COLUMNS, PARENTS
+from katar.store._rows import CHILDREN, COLUMNS, PARENTS, move_sql
 from katar.store._sql import (
     CANCELLED,
     DONE,
@@ -97,6 +97,9 @@ class Queries:
     claim: str
     done_keep_ids: str
     done_drop_ids: str
+    move: str
+    create_queue: str
+    queue_id: str
 
 
 def queries(s: str) -> Queries:
@@ -142,6 +145,19 @@ def queries(s: str) -> Queries:
         f" RETURNING {T_COLUMNS}"
     )
     return Queries(
+        # A task moved to another queue (a dead letter, a redrive), named: the queue's row
+        # is locked (FOR SHARE) so that no server deletes it meanwhile; no row moved when
+        # there is no such queue (the store creates it, and moves again).
+        move=(
+            f"WITH q AS (SELECT id FROM {s}.queues WHERE name = %s FOR SHARE) "
+            + move_sql(f"{s}.tasks", "%s", queue_id="q.id").replace(" WHERE ", " FROM q WHERE ", 1)
+            + " RETURNING q.id"
+        ),
+        create_queue=(
+            f"INSERT INTO {s}.queues (name, options) VALUES (%s, %s)"
+            " ON CONFLICT (name) DO NOTHING RETURNING id"
+        ),
+        queue_id=f"SELECT id FROM {s}.queues WHERE name = %s",
         task=f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = %s",
         tasks=f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = ANY(%s)",
         lock=f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = %s FOR UPDATE",

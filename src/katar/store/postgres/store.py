@@ -49,6 +49,7 @@ from katar.core.storage import (
     LimitState,
     Observer,
     PollResult,
+    RedriveStep,
     Store,
 )
 from katar.errors import (
@@ -60,7 +61,7 @@ from katar.errors import (
     TaskNotFound,
 )
 from katar.store import _sql
-from katar.store._rows import COLUMNS, Dialect, update_values, view, where_sql
+from katar.store._rows import COLUMNS, Dialect, move_values, update_values, view, where_sql
 from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
 from katar.store.postgres.connection import OPTIONS_CHECK, Connections, Listener
 from katar.store.postgres.deps import Dependencies
@@ -593,10 +594,15 @@ class PostgresStore(Store):
         options: QueueOptions,
         also: list[Change],
     ) -> Change | None:
-        """Write a task's new version; the tasks its end settles go in ``also``."""
+        """Write a task's new version; the tasks its end settles go in ``also``. A new
+        version in another queue (rules.dead_lettered, rules.redriven) moves the row."""
         if new is None:
             return None
         await self._deps.settle(conn, old, new, new.updated_at, also)
+        if new.queue is not old.queue:  # moved (rules.moved: never the same object)
+            await self._move(conn, new)
+            (view,) = await self._deps.views(conn, [new])
+            return Change(view, old.state, old.queue)
         if rules.discard(new, options):
             await conn.execute(self._sql.delete, (new.id,))
             if new.parents:
@@ -607,6 +613,59 @@ class PostgresStore(Store):
                 update_values(new),
             )
         return Change(new, old.state)
+
+    async def _move(self, conn: AsyncConnection[tuple[Any, ...]], task: Task) -> None:
+        """Write the row of a task moved to another queue, creating that queue with default
+        options when there is none (and telling the other servers, as save_queue does)."""
+        place = None
+        known = self._queue_ids.get(task.queue)
+        if known is not None and known in self._fair:
+            (place,) = await self._fair_places(conn, known, [task])
+        values = move_values(task, 0, place)[1:]
+        for _attempt in range(3):
+            row = await (await conn.execute(self._sql.move, (task.queue, *values))).fetchone()
+            if row is not None:
+                self._queue_ids[task.queue] = row[0]
+                self._queue_names[row[0]] = task.queue
+                return
+            cursor = await conn.execute(self._sql.create_queue, (task.queue, _DEFAULT_OPTIONS))
+            if await cursor.fetchone() is not None:
+                await self._notify(conn, f"q:{task.queue}")
+            # Else another server made it a moment ago: this statement's snapshot may not
+            # see it yet, the move's next statement does.
+        raise StoreError(f"could not move task {task.id} to queue {task.queue!r}")
+
+    async def redrive(
+        self, queue: str, to: str | None, where: TaskFilter, now: int, after: int, limit: int
+    ) -> RedriveStep:
+        queue_id = await self._queue_id(queue)
+        conditions, params = where_sql(where, _DIALECT)
+        select = (
+            f"SELECT {COLUMNS} FROM {self._schema}.tasks WHERE queue_id = %s{conditions}"
+            " AND id > %s ORDER BY id LIMIT %s FOR UPDATE"
+        )
+        changes: list[Change] = []
+        also: list[Change] = []  # none: a redrive moves tasks that do not end
+        created: list[str] = []
+        async with self._transaction() as conn:
+            rows = await (await conn.execute(select, (queue_id, *params, after, limit))).fetchall()
+            if not rows:
+                return RedriveStep(0, 0, after, [])
+            for row in rows:
+                task = task_from_row(row, queue)
+                target = rules.redrive_target(task, to)
+                if target is None or task.state not in rules.REDRIVE_STATES:
+                    continue
+                if target not in self._queue_ids:
+                    created.append(target)
+                change = await self._write(
+                    conn, task, rules.redriven(task, target, now), _KEEP, also
+                )
+                assert change is not None
+                changes.append(change)
+            await self._notify_ready(conn, (change.task for change in changes))
+        moved = len(changes)
+        return RedriveStep(len(rows), moved, rows[-1][0], changes + also, tuple(created))
 
     async def _issued(self, conn: AsyncConnection[tuple[Any, ...]], task_id: int) -> bool:
         row = await (await conn.execute(self._sql.issued)).fetchone()
@@ -1254,6 +1313,9 @@ def _schedule(row: Sequence[Any]) -> Schedule:
 
 
 _KEEP: Final = QueueOptions(persistent=True)
+# A queue a task moves to that does not exist (a dead letter's target, a redrive's origin
+# deleted meanwhile): made with default options, as PUT with {} makes one.
+_DEFAULT_OPTIONS: Final = msgspec.json.encode(QueueOptions())
 _DIALECT: Final = Dialect(
     param="%s", ids="id = ANY(%s)", ids_value=list, contains="strpos(error, %s) > 0"
 )

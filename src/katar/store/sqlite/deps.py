@@ -8,7 +8,7 @@ read it: the ``parents`` and ``children`` columns say which tasks need to.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -94,9 +94,12 @@ class Dependencies:
     """The SQLite store's dependencies, over the store's queues (their names, and the tasks
     built from rows); every operation is given the connection it runs on."""
 
-    def __init__(self, queues: Queues) -> None:
+    def __init__(self, queues: Queues, move: Callable[[sqlite3.Connection, Task], None]) -> None:
         self._queues = queues
         self._task = queues.task
+        #: Write a task's row into another queue (the store's: a queue to create, a place
+        #: in a fair queue).
+        self._move = move
 
     def store_change(
         self,
@@ -106,10 +109,14 @@ class Dependencies:
         options: QueueOptions,
         also: list[Change],
     ) -> Change | None:
-        """Write a task's new version; the tasks its end settles go in ``also``."""
+        """Write a task's new version; the tasks its end settles go in ``also``. A new
+        version in another queue (rules.dead_lettered, rules.redriven) moves the row."""
         if new is None:
             return None
         self.settle(conn, old, new, new.updated_at, also)
+        if new.queue is not old.queue:  # moved (rules.moved: never the same object)
+            self._move(conn, new)
+            return Change(self.view_of(conn, new), old.state, old.queue)
         if rules.discard(new, options):
             conn.execute("DELETE FROM tasks WHERE id=?", (new.id,))
             if new.parents:
@@ -235,7 +242,8 @@ class Dependencies:
         (and theirs after them, level by level); ``also`` receives their changes."""
         if not parent.children:
             return
-        how = rules.parent_end(parent.state, None if new is None else new.state)
+        ends = None if new is None else rules.dependants_see(parent, new)
+        how = rules.parent_end(parent.state, ends)
         if how is None:
             return
         if how == "done":

@@ -34,6 +34,7 @@ from katar.core.storage import (
     Fired,
     LimitState,
     PollResult,
+    RedriveStep,
     Store,
 )
 from katar.errors import (
@@ -46,6 +47,8 @@ from katar.store import _sql
 from katar.store._rows import (
     COLUMNS,
     Dialect,
+    move_sql,
+    move_values,
     where_sql,
 )
 from katar.store.sqlite.batch import _KEYS_AT_LIMIT, Batches, Poll
@@ -123,6 +126,11 @@ _COUNTS: Final = (
     f"SELECT queue_id, state, count(*) FROM tasks WHERE {_sql.AT_REST} GROUP BY queue_id, state",
 )
 _EXPIRE_BATCH: Final = 1000
+# A queue a task moves to that does not exist (a dead letter's target, a redrive's origin
+# deleted meanwhile): made with default options, as PUT with {} makes one.
+_CREATE_QUEUE: Final = "INSERT INTO queues (name, options) VALUES (?, ?) RETURNING id"
+_DEFAULT_OPTIONS: Final = msgspec.json.encode(QueueOptions())
+_MOVE: Final = move_sql("tasks", "?")
 _options_decoder: Final = msgspec.json.Decoder(QueueOptions)
 _spec_decoder: Final = msgspec.json.Decoder(ScheduleSpec)
 
@@ -138,7 +146,7 @@ class SQLiteStore(Store):
 
     def __init__(self, url: str) -> None:
         self._queues = queues = Queues()
-        self._deps = Dependencies(queues)
+        self._deps = Dependencies(queues, self._move)
         self._batches = Batches(queues, self._deps, self.lease_start)
         self._writer = Writer(
             url, opened=queues.load, finish=self._batches.finish, undone=self._undone
@@ -646,6 +654,49 @@ class SQLiteStore(Store):
             if change is not None:
                 changes.append(change)
         return BulkStep(len(rows), len(changes), rows[-1][0], changes + also)
+
+    def _move(self, conn: sqlite3.Connection, task: Task) -> None:
+        """Write the row of a task moved to another queue (Dependencies.store_change),
+        creating that queue with default options when there is none."""
+        queue_id = self._queues.ids.get(task.queue)
+        if queue_id is None:
+            queue_id = conn.execute(_CREATE_QUEUE, (task.queue, _DEFAULT_OPTIONS)).fetchone()[0]
+            self._queues.added(task.queue, queue_id)
+        place = None
+        if queue_id in self._queues.fair:
+            (place,) = self._fair_places(conn, queue_id, [task])
+        conn.execute(_MOVE, move_values(task, queue_id, place))
+
+    async def redrive(
+        self, queue: str, to: str | None, where: TaskFilter, now: int, after: int, limit: int
+    ) -> RedriveStep:
+        queue_id = self._queues.id_of(queue)
+        conditions, params = self._where(where)
+        select = f"SELECT {_COLUMNS} FROM tasks WHERE queue_id=?{conditions} AND id>?"
+        args = (queue_id, *params, after, limit)
+
+        def op(conn: sqlite3.Connection) -> RedriveStep:
+            rows = conn.execute(f"{select} ORDER BY id LIMIT ?", args).fetchall()
+            if not rows:
+                return RedriveStep(0, 0, after, [])
+            changes: list[Change] = []
+            also: list[Change] = []  # none: a redrive moves tasks that do not end
+            created: list[str] = []
+            for row in rows:
+                task = self._task(row)
+                target = rules.redrive_target(task, to)
+                if target is None or task.state not in rules.REDRIVE_STATES:
+                    continue
+                if target not in self._queues.ids:
+                    created.append(target)
+                new = rules.redriven(task, target, now)
+                change = self._deps.store_change(conn, task, new, _KEEP, also)
+                assert change is not None
+                changes.append(change)
+            moved = len(changes)
+            return RedriveStep(len(rows), moved, rows[-1][0], changes + also, tuple(created))
+
+        return await self._writer.write(op)
 
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:
         queue_id = self._queues.id_of(queue)

@@ -21,7 +21,16 @@
  * @property {Partial<Record<Status, number>>} counts
  * @property {number | null} oldest_queued_age seconds
  * @property {Limits | null} limits
- * @property {{paused?: boolean} | null} options
+ * @property {{paused?: boolean, dead_letter?: string | null} | null} options
+ * @property {string[]} [dead_letter_sources] the queues that send it the tasks that fail for good there
+ */
+
+/**
+ * @typedef {object} DeadLetter Where a task in a dead-letter queue failed for good.
+ * @property {string} queue
+ * @property {string | null} error
+ * @property {number} attempts
+ * @property {string} at
  */
 
 /**
@@ -58,6 +67,7 @@
  * @property {Delivery[]} history
  * @property {string[]} waiting_for
  * @property {Record<string, unknown> | null} after
+ * @property {DeadLetter | null} [dead_letter]
  */
 
 /** @typedef {{tasks: Task[], next: string | null}} TaskPage A page of tasks and the cursor of the next. */
@@ -87,6 +97,7 @@
 /** @typedef {{interval: number, samples: {at: string, queues: Record<string, Rates>}[]}} Throughput */
 /** @typedef {"retry" | "cancel" | "delete"} BulkAction */
 /** @typedef {{matched: number, changed: number}} BulkAnswer */
+/** @typedef {{matched: number, moved: number, no_origin: number}} RedriveAnswer */
 
 const KEY = "katar.token";
 
@@ -254,6 +265,15 @@ export const enqueue = (queue, text) => call("POST", queuePath(queue, "/tasks"),
  */
 export const bulk = (queue, action, filter, dryRun) =>
   call("POST", queuePath(queue, "/tasks/bulk"), dryRun ? { action, filter, dry_run: true } : { action, filter });
+
+/**
+ * POST /v1/queue/{queue}/redrive: the queued and failed tasks the filter selects go back to
+ * the queues they came from, at once.
+ * @param {string} queue
+ * @param {import("./tasks.mjs").Filter} filter
+ * @returns {Promise<RedriveAnswer>}
+ */
+export const redrive = (queue, filter) => call("POST", queuePath(queue, "/redrive"), { filter });
 
 /**
  * GET /v1/queue/{queue}/tasks/{id}.

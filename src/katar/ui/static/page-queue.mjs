@@ -2,7 +2,7 @@
 // A queue's page: its tasks a page at a time, by status and filters; and for a token that
 // may, pause, enqueue, purge, and act on the selected or the matching tasks.
 import { useEffect, useState } from "./hooks.mjs";
-import { bulk, enqueue, listQueues, listTasks } from "./api.mjs";
+import { bulk, enqueue, listQueues, listTasks, redrive } from "./api.mjs";
 import { count, duration } from "./format.mjs";
 import { usePoll, useTitle } from "./live.mjs";
 import { may } from "./rights.mjs";
@@ -17,6 +17,8 @@ import {
   filtered,
   listParams,
   offeredActions,
+  redriveDone,
+  redriveFilter,
 } from "./tasks.mjs";
 import { Dialog, Earlier, PauseButton, Problem, Status, Time, html } from "./widgets.mjs";
 
@@ -71,6 +73,40 @@ function BulkDialog({ queue, action, filter, what, onClose, onDone }) {
         >
           ${spec.verb} ${preview ? count(preview.changed) : ""} tasks
         </button>
+      </div>
+    <//>
+  `;
+}
+
+/**
+ * Confirms a redrive of a dead-letter queue's tasks back where they came from, then moves.
+ * @param {{queue: string, sources: string[], filter: Filter, what: string, onClose: () => void,
+ *   onDone: (message: string) => void}} props
+ */
+function RedriveDialog({ queue, sources, filter, what, onClose, onDone }) {
+  const [error, setError] = useState(/** @type {unknown} */ (null));
+  const [busy, setBusy] = useState(false);
+  async function confirm() {
+    setBusy(true);
+    try {
+      onDone(redriveDone(await redrive(queue, filter), count));
+      onClose();
+    } catch (e) {
+      setError(e);
+      setBusy(false);
+    }
+  }
+  return html`
+    <${Dialog} title="Redrive ${what}" onClose=${onClose}>
+      <p>
+        Each task goes back to the queue it failed in
+        (${sources.length ? sources.map((s, i) => html`${i ? ", " : ""}<code>${s}</code>`) : "its origin"}),
+        queued, with a fresh set of attempts. Tasks enqueued here directly have no origin and stay.
+      </p>
+      <${Problem} error=${error} />
+      <div class="buttons">
+        <button type="button" onClick=${onClose}>Keep them here</button>
+        <button type="button" class="primary" disabled=${busy} onClick=${confirm}>Redrive</button>
       </div>
     <//>
   `;
@@ -161,7 +197,8 @@ function Filters({ queue, status, query }) {
 }
 
 /**
- * @typedef {{kind: "bulk", action: BulkAction, filter: Filter, what: string} | {kind: "enqueue"}} Open
+ * @typedef {{kind: "bulk", action: BulkAction, filter: Filter, what: string} | {kind: "enqueue"}
+ *   | {kind: "redrive", filter: Filter, what: string}} Open
  */
 
 /** @param {{who: import("./rights.mjs").Token, name: string, query: URLSearchParams}} props */
@@ -210,6 +247,9 @@ export function QueuePage({ who, name, query }) {
     });
   const paused = Boolean(info && info.options && info.options.paused);
   const offered = offeredActions(status);
+  const sources = (info && info.dead_letter_sources) || [];
+  const target = info && info.options ? info.options.dead_letter : null;
+  const redriven = sources.length > 0 ? redriveFilter(status, query) : null;
   return html`
     <section class="page">
       <nav class="crumbs" aria-label="Breadcrumb"><a href="#/">Queues</a> › <span>${name}</span></nav>
@@ -231,6 +271,13 @@ export function QueuePage({ who, name, query }) {
           </button>`}
         </div>`}
       </header>
+      ${(sources.length > 0 || target) &&
+      html`<p class="dead-letters">
+        ${sources.length > 0 &&
+        html`Dead-letter queue of ${sources.map((s, i) => html`${i ? ", " : ""}<a href=${queueLink(s)}>${s}</a>`)}: the tasks that failed
+          there for good come here.`}
+        ${target && html` Tasks that fail here for good move to <a href=${queueLink(target)}>${target}</a>.`}
+      </p>`}
       <nav class="tabs" aria-label="Status">
         ${/** @type {(Status | "")[]} */ (["", ...STATUSES]).map(
           (s) => html`<a
@@ -256,6 +303,14 @@ export function QueuePage({ who, name, query }) {
             ${spec.verb} ${selected.size ? "selected" : "all"}…
           </button>`,
         )}
+        ${redriven &&
+        !selected.size &&
+        html`<button
+          type="button"
+          onClick=${() => setDialog({ kind: "redrive", filter: redriven, what: `every ${status ? scope : `queued or failed task of ${name}`}` })}
+        >
+          Redrive all…
+        </button>`}
       </div>`}
       <div class="table-wrap">
         <table>
@@ -323,6 +378,16 @@ export function QueuePage({ who, name, query }) {
       html`<${BulkDialog}
         queue=${name}
         action=${dialog.action}
+        filter=${dialog.filter}
+        what=${dialog.what}
+        onClose=${() => setDialog(null)}
+        onDone=${done}
+      />`}
+      ${dialog &&
+      dialog.kind === "redrive" &&
+      html`<${RedriveDialog}
+        queue=${name}
+        sources=${sources}
         filter=${dialog.filter}
         what=${dialog.what}
         onClose=${() => setDialog(null)}

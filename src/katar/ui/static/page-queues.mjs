@@ -84,6 +84,10 @@ function QueueCard({ queue, samples, canPause, onChanged }) {
       <dl class="facts">
         <div><dt>Oldest queued</dt><dd>${duration(queue.oldest_queued_age)}</dd></div>
         <div><dt>Limits</dt><dd><${Limits} limits=${queue.limits} /></dd></div>
+        ${queue.options && queue.options.dead_letter &&
+        html`<div><dt>Dead letters to</dt><dd><a href=${queueLink(queue.options.dead_letter)}>${queue.options.dead_letter}</a></dd></div>`}
+        ${queue.dead_letter_sources && queue.dead_letter_sources.length > 0 &&
+        html`<div><dt>Dead letters of</dt><dd>${queue.dead_letter_sources.join(", ")}</dd></div>`}
       </dl>
       <${Chart} label=${queue.name} samples=${samples || []} span=${CHART_SECONDS} />
     </article>

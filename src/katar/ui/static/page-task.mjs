@@ -130,6 +130,15 @@ export function TaskPage({ who, queue, id }) {
           <div><dt>Updated</dt><dd><${Time} iso=${task.updated_at} /></dd></div>
           <div><dt>Runs at</dt><dd><${Time} iso=${task.run_at} /></dd></div>
           <div><dt>Lease ends</dt><dd><${Time} iso=${task.lease_expires_at} /></dd></div>
+          ${task.dead_letter &&
+          html`<div class="dead-letter">
+            <dt>Dead letter from</dt>
+            <dd>
+              <a href=${queueLink(task.dead_letter.queue)}>${task.dead_letter.queue}</a>, after
+              ${count(task.dead_letter.attempts)} ${task.dead_letter.attempts === 1 ? "delivery" : "deliveries"}, moved
+              <${Time} iso=${task.dead_letter.at} />
+            </dd>
+          </div>`}
           ${task.schedule &&
           html`<div><dt>Schedule</dt><dd><a href="#/schedules">${task.schedule}</a>, tick <${Time} iso=${task.scheduled_for} /></dd></div>`}
         </dl>

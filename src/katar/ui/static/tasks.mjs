@@ -122,6 +122,36 @@ export function bulkFilter(status, query, ids) {
   return filter;
 }
 
+/** @type {Status[]} The statuses of the tasks a redrive moves (queued, and failed there). */
+export const REDRIVEN = ["queued", "failed"];
+
+/**
+ * The filter of a redrive from a queue's page: the tab's status (when a redrive moves such
+ * tasks; null when it moves none) and the page's filters; on the "all" tab, the queued and
+ * failed tasks.
+ * @param {Status | ""} status
+ * @param {URLSearchParams} query
+ * @returns {Filter | null}
+ */
+export function redriveFilter(status, query) {
+  if (status && !REDRIVEN.includes(status)) return null;
+  const filter = bulkFilter(status, query);
+  if (!status) filter.status = [...REDRIVEN];
+  return filter;
+}
+
+/**
+ * What a redrive did, in words.
+ * @param {import("./api.mjs").RedriveAnswer} answer
+ * @param {(n: number) => string} count
+ */
+export function redriveDone(answer, count) {
+  const moved = `${count(answer.moved)} of ${count(answer.matched)} matching tasks moved back to the queues they came from.`;
+  return answer.no_origin
+    ? `${moved} ${count(answer.no_origin)} stayed: they did not come from another queue.`
+    : moved;
+}
+
 /**
  * The parameters of GET /v1/queue/{queue}/tasks for a page of the queue's tasks, newest
  * first: the tab's `status`, the filters from `query`, from the `cursor` of the page on.
