@@ -171,6 +171,8 @@ def task_record(task: Task, omitted: list[str] | None = None) -> TaskRecord:
         [str(parent_id) for parent_id in task.waiting_for] if task.waiting_for else [],
         task.after,
         omitted or [],
+        task.debounce_key,
+        task.debounced,
     )
 
 

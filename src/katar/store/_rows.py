@@ -15,7 +15,7 @@ COLUMNS: Final = (
     "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
     " created_at, updated_at, run_at, lease_until, key, cancel_requested, progress, timeout,"
     " max_attempts, expires_at, unique_key, unique_until, started_at, history, schedule,"
-    " scheduled_for, parents, children"
+    " scheduled_for, debounce_key, parents, children"
 )
 _STATES: Final = STATES  # by value: faster than State(value) on the hot path
 #: The edges' columns (the deps table) that lead from a task to its children, or to its
@@ -53,8 +53,9 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
         history=None if row[23] is None else msgspec.Raw(row[23]),
         schedule=row[24],
         scheduled_for=row[25],
-        parents=row[26],
-        children=bool(row[27]),
+        debounce_key=row[26],
+        parents=row[27],
+        children=bool(row[28]),
     )
 
 

@@ -55,6 +55,9 @@ class MemoryStore(Store):
         self._expiries: list[tuple[int, int]] = []  # (expires_at, id) of tasks never delivered
         # (queue, unique_key) -> the id of the last task created with it.
         self._unique: dict[tuple[str, str], int] = {}
+        # (queue, debounce_key) -> the id of the last task created with it: the only one
+        # that may hold it (rules.holds_debounce), for a key is free when a task takes it.
+        self._debounce: dict[tuple[str, str], int] = {}
         # (unique_until, id): finished tasks kept while they hold their key (rules.discard).
         self._kept: list[tuple[int, int]] = []
         self._last_id = 0
@@ -396,6 +399,11 @@ class MemoryStore(Store):
             rules.check_children(tasks, waited)
         created: list[Task] = []
         for spec in tasks:
+            if spec.debounce_key is not None:
+                held = self._debouncing(queue, spec.debounce_key)
+                if held is not None:
+                    created.append(self._debounce_task(held, spec, now, fair))
+                    continue
             if spec.unique_key is not None:
                 holder_id = self._unique.get((queue, spec.unique_key))
                 holder = None if holder_id is None else self._tasks.get(holder_id)
@@ -413,8 +421,26 @@ class MemoryStore(Store):
             self._put(task)
             if task.unique_key is not None:
                 self._unique[(queue, task.unique_key)] = task.id
+            if task.debounce_key is not None:
+                self._debounce[(queue, task.debounce_key)] = task.id
             created.append(task)
         return [self._view(task) for task in created]
+
+    def _debouncing(self, queue: str, key: str) -> Task | None:
+        """The task of the queue that holds the debounce_key (rules.holds_debounce), if any."""
+        held_id = self._debounce.get((queue, key))
+        held = None if held_id is None else self._tasks.get(held_id)
+        return held if held is not None and rules.holds_debounce(held) else None
+
+    def _debounce_task(self, held: Task, spec: NewTask, now: int, fair: bool) -> Task:
+        """Replace the task that holds spec's debounce_key (rules.debounce); the answer."""
+        new = rules.debounce(held, spec, now)
+        if fair and new.key != held.key:  # another key: a place among that key's tasks
+            self._place(
+                new, rules.fair_seq(self._last_place(new.queue, new.key), self._front(new.queue))
+            )
+        self._put(new)
+        return rules.debounced(new)
 
     async def enqueue_once(
         self, queue: str, tasks: Sequence[NewTask], now: int, once: Idempotency
@@ -428,7 +454,7 @@ class MemoryStore(Store):
         new = await self.enqueue(queue, tasks, now)
         # Popped first so that the dict stays in creation order, which prune_keys relies on.
         self._keys.pop((queue, once.key), None)
-        packed = tuple(-task.id if task.duplicate else task.id for task in new)
+        packed = tuple(-t.id if t.duplicate or t.debounced else t.id for t in new)
         self._keys[(queue, once.key)] = (once.digest, packed, now)
         return Enqueued(new, True)
 

@@ -9,8 +9,9 @@ from katar.store._sql import AT_REST, ENDED_KEPT, HAS_EXPIRY, READY, RUNNING, SC
 
 # 4: idempotency keys; 5: key, fair_seq; 6: cancel, progress; 7: options; 8: delivery history;
 # 9: schedules; 10: dependencies; 11: the edges by parent, all of them (a task's children);
-# 12: an edge's parent queue, when not the child's; 13: the tasks in progress by key
-SCHEMA_VERSION: Final = 13
+# 12: an edge's parent queue, when not the child's; 13: the tasks in progress by key;
+# 14: debounce_key
+SCHEMA_VERSION: Final = 14
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS queues (
     id INTEGER PRIMARY KEY,
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     schedule TEXT,         -- the schedule that made the task
     scheduled_for INTEGER, -- and the tick it was made for
     parents INTEGER NOT NULL DEFAULT 0,   -- how many tasks it waits for (after)
-    children INTEGER NOT NULL DEFAULT 0   -- tasks that named it unfinished (its end settles them)
+    children INTEGER NOT NULL DEFAULT 0,  -- tasks that named it unfinished (its end settles them)
+    debounce_key TEXT  -- while it waits, never delivered, an enqueue of the key replaces it
 );
 -- The claim's order, over READY tasks only: scheduled, running and finished tasks never
 -- slow it down however many there are.
@@ -74,6 +76,11 @@ CREATE INDEX IF NOT EXISTS tasks_expiry ON tasks (expires_at)
     WHERE {HAS_EXPIRY};
 CREATE INDEX IF NOT EXISTS tasks_unique ON tasks (queue_id, unique_key)
     WHERE unique_key IS NOT NULL;
+-- The debounce keys (rules.holds_debounce): the tasks that have one, whatever their state,
+-- so that a claim or an ack (which change the state) never touches this index; the one
+-- writer makes "look, then replace or insert" atomic.
+CREATE INDEX IF NOT EXISTS tasks_debounce ON tasks (queue_id, debounce_key)
+    WHERE debounce_key IS NOT NULL;
 -- Finished tasks that a queue without history keeps while they hold their key.
 CREATE INDEX IF NOT EXISTS tasks_kept ON tasks (queue_id, unique_until)
     WHERE unique_until IS NOT NULL AND {ENDED_KEPT};
@@ -143,6 +150,7 @@ _ADDED: Final = {
         ("tasks", "children", "INTEGER NOT NULL DEFAULT 0"),
     ),
     12: (("deps", "parent_queue", "TEXT"),),
+    14: (("tasks", "debounce_key", "TEXT"),),
 }
 
 
