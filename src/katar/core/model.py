@@ -413,7 +413,7 @@ def task_options(body: protocol.NewTaskBody, where: str = "task") -> dict[str, A
     if body.debounce_key is not None:
         check_debounce(
             where,
-            delayed=body.delay is not None or body.run_at is not None,
+            delayed=bool(body.delay) or body.run_at is not None,
             unique=body.unique_key is not None,
             after=bool(body.after),
         )
@@ -434,8 +434,8 @@ def check_debounce(where: str, *, delayed: bool, unique: bool, after: bool) -> N
     there, the latest here) and ``after`` (a debounced task's due time is its own)."""
     if not delayed:
         raise ValidationError(
-            f"{where}: debounce_key needs a delay or run_at: how long the task waits for a "
-            "later enqueue of its key to replace it",
+            f"{where}: debounce_key needs a delay (above 0 seconds) or a run_at: how long "
+            "the task waits for a later enqueue of its key to replace it",
             field="debounce_key",
         )
     if unique:
@@ -458,7 +458,8 @@ def _ms(seconds: float) -> int:
 
 def parse_task_options(**raw: Any) -> dict[str, Any]:
     """:func:`task_options` from keyword arguments (the Python API's), checked as a request's
-    fields are; the None ones are left out."""
+    fields are; the None ones are left out. A ``delay`` given is checked, and says that the
+    task has one (a debounce_key needs it), but is not among the options returned."""
     given = {name: value for name, value in raw.items() if value is not None}
     try:
         body = msgspec.convert(given, protocol.NewTaskBody)

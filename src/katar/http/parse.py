@@ -27,6 +27,7 @@ from katar.core.model import (
 from katar.errors import InvalidRequest, ValidationError
 from katar.limits import task_too_large
 from katar.protocol import (
+    MAX_DEBOUNCE_KEY,
     MAX_DELAY,
     MAX_ERROR_FILTER,
     MAX_UNIQUE_KEY,
@@ -52,6 +53,7 @@ _HINTS: Final = {
     "expires_in": f"expires_in is a number of seconds above 0, at most {MAX_DELAY}",
     "unique_key": f"unique_key is a string of 1 to {MAX_UNIQUE_KEY} printable characters",
     "unique_for": f"unique_for is a number of seconds above 0, at most {MAX_DELAY}",
+    "debounce_key": f"debounce_key is a string of 1 to {MAX_DEBOUNCE_KEY} printable characters",
 }
 # Where a field's name means something else: an enqueue's "status" is a new task's.
 _HINTS_OF: Final[dict[type, dict[str, str]]] = {
