@@ -425,7 +425,8 @@ def holds_debounce(task: Task) -> bool:
 def debounce(held: Task, spec: NewTask, now: int) -> Task:
     """The task that holds ``spec``'s debounce_key (holds_debounce) once that enqueue has
     replaced it: the latest enqueue's data and options, and its due time, counted from
-    ``now``. It keeps its id and creation time; a paused task stays paused (an operator's
+    ``now``. It keeps its id, its creation time and its place in a fair queue (its turn
+    among the keys, whatever its key now); a paused task stays paused (an operator's
     pause outlives a producer's burst: PATCH it to "queued" to let it run). The store
     writes it, and answers it marked by :func:`debounced`."""
     fresh = new_task(held.queue, spec, held.id, now)

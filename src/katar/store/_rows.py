@@ -99,11 +99,13 @@ def checked_task_from_row(row: Sequence[Any], queue: str) -> Task:
 #: on every claim.
 CLAIMED_COLUMNS: Final = (
     "id, priority, data, attempts, attempt_base, error, result, created_at, key, timeout,"
-    " (coalesce(max_attempts, expires_at, unique_until, unique_key, schedule) IS NULL"
+    " (coalesce(max_attempts, expires_at, unique_until, unique_key, schedule, debounce_key)"
+    " IS NULL"
     " AND parents = 0)"
 )
 OPTIONS_COLUMNS: Final = (
-    "max_attempts, expires_at, unique_key, unique_until, parents, children, schedule, scheduled_for"
+    "max_attempts, expires_at, unique_key, unique_until, parents, children, schedule,"
+    " scheduled_for, debounce_key"
 )
 
 
@@ -144,7 +146,17 @@ def claimed_from_row(
     if row[10]:
         return task
     assert options is not None
-    max_attempts, expires_at, unique_key, unique_until, parents, children, schedule, tick = options
+    (
+        max_attempts,
+        expires_at,
+        unique_key,
+        unique_until,
+        parents,
+        children,
+        schedule,
+        tick,
+        debounce,
+    ) = options
     return msgspec.structs.replace(
         task,
         max_attempts=max_attempts,
@@ -155,6 +167,7 @@ def claimed_from_row(
         children=bool(children),
         schedule=schedule,
         scheduled_for=tick,
+        debounce_key=debounce,
     )
 
 

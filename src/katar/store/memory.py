@@ -150,6 +150,7 @@ class MemoryStore(Store):
                 and task.state in UNFINISHED
                 and task.state is not WAITING  # as the SQL stores' index of places
                 and self._seq.get(task_id) == -negative
+                and task.key == key  # a task debounced to another key counts for that one
             ):
                 return -negative
             heapq.heappop(group)
@@ -435,10 +436,10 @@ class MemoryStore(Store):
     def _debounce_task(self, held: Task, spec: NewTask, now: int, fair: bool) -> Task:
         """Replace the task that holds spec's debounce_key (rules.debounce); the answer."""
         new = rules.debounce(held, spec, now)
-        if fair and new.key != held.key:  # another key: a place among that key's tasks
-            self._place(
-                new, rules.fair_seq(self._last_place(new.queue, new.key), self._front(new.queue))
-            )
+        seq = self._seq.get(held.id)
+        if fair and seq is not None and new.key != held.key:
+            # Its place stays (rules.debounce): it counts for its new key from now on.
+            heapq.heappush(self._groups.setdefault((new.queue, new.key), []), (-seq, new.id))
         self._put(new)
         return rules.debounced(new)
 

@@ -180,16 +180,15 @@ def queries(s: str) -> Queries:
             f"SELECT {COLUMNS} FROM {s}.tasks WHERE queue_id = %s AND debounce_key = ANY(%s)"
             f" AND debounce_key IS NOT NULL AND {HOLDS_DEBOUNCE} ORDER BY id FOR UPDATE"
         ),
-        # A task debounced (rules.debounce); a fair queue's keeps its place unless its key
-        # changed.
+        # A task debounced (rules.debounce); a fair queue's keeps its place.
         debounce=(
             f"UPDATE {s}.tasks AS t SET state = v.state, priority = v.priority, data = v.data,"
             " run_at = v.run_at, key = v.key, timeout = v.timeout, max_attempts = v.max_attempts,"
-            " expires_at = v.expires_at, updated_at = %s, fair_seq = coalesce(v.place, t.fair_seq)"
+            " expires_at = v.expires_at, updated_at = %s"
             " FROM unnest(%s::bigint[], %s::smallint[], %s::int[], %s::bytea[], %s::bigint[],"
-            " %s::text[], %s::int[], %s::int[], %s::bigint[], %s::bigint[])"
-            " AS v(id, state, priority, data, run_at, key, timeout, max_attempts, expires_at,"
-            " place) WHERE t.id = v.id"
+            " %s::text[], %s::int[], %s::int[], %s::bigint[])"
+            " AS v(id, state, priority, data, run_at, key, timeout, max_attempts, expires_at)"
+            " WHERE t.id = v.id"
         ),
         # An operator's retry takes a task out of its debounce (rules.change_status).
         undebounce=f"UPDATE {s}.tasks SET debounce_key = NULL WHERE id = %s",

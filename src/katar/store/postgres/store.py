@@ -464,8 +464,7 @@ class PostgresStore(Store):
             free = sorted(row[0] for row in await cursor.fetchall())
         edges: list[tuple[int, int, bool, bytes | None, str | None]] = []
         made: list[Task] = []  # each answered task, as far as this batch knows it
-        # Existing tasks debounced, by id: their key before, and their new version.
-        replaced: dict[int, tuple[str | None, Task]] = {}
+        replaced: dict[int, Task] = {}  # existing tasks debounced, by id: their new version
         drafted: dict[int, int] = {}  # the batch's tasks with a debounce_key: id -> draft
         for spec in tasks:
             debounce_key = spec.debounce_key
@@ -479,8 +478,7 @@ class PostgresStore(Store):
                     answered = [drafts[index] if e == index else e for e in answered]
                     drafts[index] = new
                 else:
-                    before = replaced.get(held.id, (held.key, held))[0]
-                    replaced[held.id] = (before, new)
+                    replaced[held.id] = new
                 debouncing[debounce_key] = new
                 answered.append(rules.debounced(new))
                 made.append(new)
@@ -517,7 +515,7 @@ class PostgresStore(Store):
                 drafts.append(draft)
                 made.append(draft)
         if replaced:
-            await self._debounce(conn, queue_id, replaced, now)
+            await self._debounce(conn, list(replaced.values()), now)
         ids: list[int] = []
         if drafts:
             places: Sequence[int | None] = [None] * len(drafts)
@@ -553,21 +551,10 @@ class PostgresStore(Store):
         ]
 
     async def _debounce(
-        self,
-        conn: AsyncConnection[tuple[Any, ...]],
-        queue_id: int,
-        replaced: dict[int, tuple[str | None, Task]],
-        now: int,
+        self, conn: AsyncConnection[tuple[Any, ...]], tasks: Sequence[Task], now: int
     ) -> None:
-        """Write the tasks an enqueue debounced (rules.debounce), each with its key before:
-        in a fair queue, one whose key changed takes a place among the new key's tasks."""
-        tasks = [new for _before, new in replaced.values()]
-        moved: dict[int, int] = {}
-        if queue_id in self._fair:
-            rekeyed = [new for before, new in replaced.values() if new.key != before]
-            if rekeyed:
-                places = await self._fair_places(conn, queue_id, rekeyed)
-                moved = {t.id: place for t, place in zip(rekeyed, places, strict=True)}
+        """Write the tasks an enqueue debounced (rules.debounce): a fair queue's keep their
+        places."""
         await conn.execute(
             self._sql.debounce,
             (
@@ -581,7 +568,6 @@ class PostgresStore(Store):
                 [t.timeout for t in tasks],
                 [t.max_attempts for t in tasks],
                 [t.expires_at for t in tasks],
-                [moved.get(t.id) for t in tasks],
             ),
         )
         await self._notify_ready(conn, tasks)

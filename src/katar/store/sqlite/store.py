@@ -121,10 +121,10 @@ _DEBOUNCING: Final = (
     f" AND {_sql.HOLDS_DEBOUNCE}"
 )
 # A task debounced (rules.debounce): what an enqueue of its key replaces. A fair queue's
-# task keeps its place unless its key changed (a place among the new key's tasks).
+# task keeps its place.
 _DEBOUNCE: Final = (
     "UPDATE tasks SET state=?, priority=?, data=?, run_at=?, key=?, timeout=?,"
-    " max_attempts=?, expires_at=?, updated_at=?, fair_seq=coalesce(?, fair_seq) WHERE id=?"
+    " max_attempts=?, expires_at=?, updated_at=? WHERE id=?"
 )
 # An operator's retry takes a task out of its debounce (rules.change_status).
 _UNDEBOUNCE: Final = "UPDATE tasks SET debounce_key=NULL WHERE id=?"
@@ -334,8 +334,7 @@ class SQLiteStore(Store):
                 holder = self._task(row)
                 holders[holder.unique_key] = holder
         debouncing = self._debouncing(conn, queue_id, tasks)
-        # Existing tasks debounced, by id: their key before, and their new version.
-        replaced: dict[int, tuple[str | None, Task]] = {}
+        replaced: dict[int, Task] = {}  # existing tasks debounced, by id: their new version
         fresh: dict[int, int] = {}  # the tasks this batch creates: their places in created
         for spec in tasks:
             debounce_key = spec.debounce_key
@@ -346,8 +345,7 @@ class SQLiteStore(Store):
                     if held.id in fresh:  # created by this batch: written once, as it ends
                         created[fresh[held.id]] = new
                     else:
-                        before = replaced.get(held.id, (held.key, held))[0]
-                        replaced[held.id] = (before, new)
+                        replaced[held.id] = new
                     debouncing[debounce_key] = new
                     answered.append(rules.debounced(new))
                     continue
@@ -372,12 +370,8 @@ class SQLiteStore(Store):
             created.append(task)
             answered.append(task)
         places: Sequence[int | None] = [None] * len(created)
-        moved: dict[int, int] = {}  # the fair places of the tasks debounced to another key
         if queue_id in self._queues.fair:
-            rekeyed = [new for before, new in replaced.values() if new.key != before]
-            fair = self._fair_places(conn, queue_id, [*created, *rekeyed])
-            places = fair[: len(created)]
-            moved = {t.id: place for t, place in zip(rekeyed, fair[len(created) :], strict=True)}
+            places = self._fair_places(conn, queue_id, created)
         if replaced:
             conn.executemany(
                 _DEBOUNCE,
@@ -392,10 +386,9 @@ class SQLiteStore(Store):
                         t.max_attempts,
                         t.expires_at,
                         now,
-                        moved.get(t.id),
                         t.id,
                     )
-                    for _before, t in replaced.values()
+                    for t in replaced.values()
                 ],
             )
         conn.executemany(
