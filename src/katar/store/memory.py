@@ -199,6 +199,8 @@ class MemoryStore(Store):
             del self._keys[queue_key]
         for queue_key in [queue_key for queue_key in self._unique if queue_key[0] == name]:
             del self._unique[queue_key]
+        for queue_key in [queue_key for queue_key in self._debounce if queue_key[0] == name]:
+            del self._debounce[queue_key]
         return len(ids)
 
     def _ids_of(self, queue: str) -> dict[int, None]:
@@ -265,6 +267,10 @@ class MemoryStore(Store):
         del self._ids[task.queue][task.id]
         self._running[task.queue].pop(task.id, None)
         self._seq.pop(task.id, None)
+        if old.debounce_key is not None:  # the key's entry goes with its last task
+            debounce = (old.queue, old.debounce_key)
+            if self._debounce.get(debounce) == old.id:
+                del self._debounce[debounce]
         self._forget_edges(task)
 
     def _forget_edges(self, task: Task) -> None:

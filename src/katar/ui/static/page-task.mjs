@@ -130,6 +130,8 @@ export function TaskPage({ who, queue, id }) {
           <div><dt>Updated</dt><dd><${Time} iso=${task.updated_at} /></dd></div>
           <div><dt>Runs at</dt><dd><${Time} iso=${task.run_at} /></dd></div>
           <div><dt>Lease ends</dt><dd><${Time} iso=${task.lease_expires_at} /></dd></div>
+          ${task.debounce_key &&
+          html`<div><dt>Debounce key</dt><dd title="While it waits, never delivered, an enqueue of this key replaces its data and due time"><code>${task.debounce_key}</code></dd></div>`}
           ${task.schedule &&
           html`<div><dt>Schedule</dt><dd><a href="#/schedules">${task.schedule}</a>, tick <${Time} iso=${task.scheduled_for} /></dd></div>`}
         </dl>
