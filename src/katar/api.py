@@ -242,7 +242,11 @@ class Queue:
         the tasks' group, which the queue's ``key_concurrency`` and ``fair`` count by;
         ``afters``, one list (or None) per task of the ids of the tasks it waits for, where
         ``"$n"`` names the n-th task of this call (an earlier one): it runs once they are
-        all done, with their results in its ``after``, and is cancelled if one fails."""
+        all done, with their results in its ``after``, and is cancelled if one fails.
+        ``debounce_key`` (with a ``delay``): while a task of the queue with that key waits,
+        never delivered, the task replaces it (its data, options and due time) and is
+        answered with ``debounced`` true; the latest enqueue of a key wins, within a call
+        too."""
         check_enqueue_options(options, "enqueue_many")
         delay = options.get("delay") or 0
         if delay < 0:
@@ -268,6 +272,8 @@ class Queue:
                     unique_key=unique,
                     unique_for=options.get("unique_for"),
                     key=options.get("key"),
+                    debounce_key=options.get("debounce_key"),
+                    delay=options.get("delay"),  # debounce_key needs one
                 ),
                 **(parse_after(wait, f"tasks[{i}]") if wait else {}),
             )

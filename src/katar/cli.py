@@ -174,6 +174,13 @@ def _parser() -> argparse.ArgumentParser:
                 metavar="SECONDS",
                 help="hold the unique key this long, whatever the task's status",
             )
+            command.add_argument(
+                "--debounce-key",
+                metavar="KEY",
+                help="with --delay or --run-at: replace the task of the queue with this key"
+                " that waits, never delivered (its data, options and due time; the id printed"
+                " is then that task's); with JSON lines, the last task wins",
+            )
             command.add_argument("data", help="the task's data as JSON; - reads JSON lines")
     cli_admin.add_parsers(commands, _connection)
     return parser
@@ -277,6 +284,10 @@ def enqueue(args: argparse.Namespace) -> int:
 
     if args.unique_for is not None and args.unique_key is None:
         raise ConfigError("--unique-for needs --unique-key")
+    if args.debounce_key is not None and args.delay is None and args.run_at is None:
+        raise ConfigError("--debounce-key needs --delay or --run-at")
+    if args.debounce_key is not None and args.unique_key is not None:
+        raise ConfigError("give --debounce-key or --unique-key, not both")
     raw_priority: str | None = args.priority
     priority: int | str | None = raw_priority
     if raw_priority is not None and raw_priority.lstrip("-").isdigit():
@@ -307,6 +318,7 @@ def enqueue(args: argparse.Namespace) -> int:
                     unique_keys=args.unique_key,
                     unique_for=args.unique_for,
                     key=args.key,
+                    debounce_key=args.debounce_key,
                 )
                 print("\n".join(task.id for task in tasks), flush=True)
                 batch = []

@@ -77,6 +77,8 @@ IDEMPOTENCY_KEY_PATTERN: Final = f"^[\\x20-\\x7e]{{1,{MAX_IDEMPOTENCY_KEY}}}$"
 #: A task id as the records write it: canonical decimal, no leading zero, under 2**63.
 TASK_ID_PATTERN: Final = "^[1-9][0-9]{0,17}$"
 MAX_UNIQUE_KEY: Final = 255
+#: The longest debounce_key of a task, in characters (as a unique_key).
+MAX_DEBOUNCE_KEY: Final = MAX_UNIQUE_KEY
 #: A unique_key: printable characters (no control character).
 UNIQUE_KEY_PATTERN: Final = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"
 
@@ -139,6 +141,9 @@ class TaskOptions(TypedDict, total=False):
     expires_in: float | None
     unique_for: float | None
     key: str | None
+    #: While a task of the queue with this key waits, never delivered, an enqueue of the
+    #: key replaces it (its data, options and due time): the latest wins. Needs a delay.
+    debounce_key: str | None
 
 
 class EnqueueOptions(TaskOptions, total=False):
@@ -276,6 +281,21 @@ class NewTaskBody(msgspec.Struct, frozen=True):
                 le=MAX_DELAY,
                 description="Seconds after its creation that the task holds its unique_key "
                 "whatever its status (needs unique_key).",
+            ),
+        ]
+        | None
+    ) = None
+    debounce_key: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1,
+                max_length=MAX_DEBOUNCE_KEY,
+                pattern=UNIQUE_KEY_PATTERN,
+                description="With a delay or run_at: while a task of the queue with this key "
+                "waits and was never delivered, an enqueue of the key replaces its data and "
+                "options and moves its due time (answered 200, debounced true): the latest "
+                "wins. Not with unique_key or after.",
             ),
         ]
         | None
@@ -447,6 +467,10 @@ class TaskRecord(msgspec.Struct, frozen=True):
     #: For a task that failed for good in a queue with a dead_letter option and moved here:
     #: where from and why. Null for other tasks.
     dead_letter: DeadLetterRecord | None = None
+    debounce_key: str | None = None
+    #: In an enqueue's answer: true when this is an existing task, which waited with the
+    #: debounce_key asked for and took this enqueue's data, options and due time.
+    debounced: bool = False
 
     @property
     def finished(self) -> bool:

@@ -85,6 +85,9 @@ class MTask:
     unique_key: str | None = None
     unique_until: int | None = None  # holds its key until then, whatever its status
     duplicate: bool = False  # in an enqueue's answer: an existing task holding the key
+    #: While it waits, never delivered, an enqueue of this key replaces it (section 14).
+    debounce_key: str | None = None
+    debounced: bool = False  # in an enqueue's answer: an existing task it replaced
     #: Its place in a fair queue (section 8, fair): one past its key's last task waiting or
     #: running, never before the queue's head; given at enqueue while the queue is fair, to
     #: the waiting tasks when a queue becomes fair, at a retry that lacks one. Kept after.
@@ -276,6 +279,30 @@ class Model:
                 return task
         return None
 
+    def debouncing(self, queue: str, key: str) -> MTask | None:
+        """The task of the queue that waits with debounce_key ``key``, never delivered
+        (section 14): paused or queued, not waiting for others, no delivery yet."""
+        for task in self.tasks.values():
+            if (
+                task.queue == queue
+                and task.debounce_key == key
+                and task.attempts == 0
+                and task.state in (State.PAUSED, State.READY, State.SCHEDULED)
+            ):
+                return task
+        return None
+
+    def _debounce(self, task: MTask, spec: NewTask, now: int) -> None:
+        """``task`` as an enqueue of its debounce_key leaves it: the enqueue's data, options
+        and due time; still paused if it was; its id, creation time and fair place kept."""
+        fresh = new_task(task.queue, spec, task.id, now)
+        if task.state is not State.PAUSED:
+            task.state = fresh.state
+        task.priority, task.data, task.run_at = fresh.priority, fresh.data, fresh.run_at
+        task.key, task.timeout, task.max_attempts = fresh.key, fresh.timeout, fresh.max_attempts
+        task.expires_at = fresh.expires_at
+        task.updated_at = now
+
     def _front(self, queue: str) -> int:
         """A fair queue's head: the place of the ready task a claim takes first; 0 if none."""
         placed = [
@@ -308,6 +335,12 @@ class Model:
                 raise Refusal(ValidationError)
         created: list[MTask] = []
         for spec in specs:
+            if spec.debounce_key is not None:
+                waiting = self.debouncing(queue, spec.debounce_key)
+                if waiting is not None:  # nothing created: that task takes this one's place
+                    self._debounce(waiting, spec, now)
+                    created.append(replace(self.shown(waiting), debounced=True))
+                    continue
             if spec.unique_key is not None:
                 holder = self.holder(queue, spec.unique_key, now)
                 if holder is not None:  # nothing created: the answer is the holder
@@ -365,6 +398,7 @@ class Model:
                 spec.unique_key,
                 spec.unique_for_ms,
                 spec.key,
+                spec.debounce_key,
             )
             for spec in specs
         )
@@ -385,10 +419,15 @@ class Model:
         """A repeat's answer for a task of the first answer: as created then; a duplicate
         (the task that held the key) as it is now, or, once gone, as the request describes
         it, with the holder's id and the first answer's time."""
-        if not first.duplicate:
+        if not (first.duplicate or first.debounced):
             return replace(first)
         now = self.tasks.get(first.id)
-        if now is not None and now.queue == first.queue:
+        found = now is not None and now.queue == first.queue
+        if first.debounced:  # the task the first debounced, as it is now (section 14)
+            task = self.shown(now) if now is not None and found else None
+            fresh = new_task(first.queue, spec, first.id, answered)
+            return replace(task or fresh, debounced=True)
+        if now is not None and found:
             return replace(now, duplicate=True)
         return replace(new_task(first.queue, spec, first.id, answered), duplicate=True)
 
@@ -735,6 +774,7 @@ class Model:
             task.budget_from = task.attempts
             task.cancel_requested = False
             task.expires_at = None  # the operator's retry: no expiry any more
+            task.debounce_key = None  # and out of its debounce (section 14)
             if old is State.CANCELLED:
                 task.error = None
             if self.queues[queue].fair and task.seq is None:  # finished before it was fair
@@ -901,6 +941,7 @@ def new_task(queue: str, spec: NewTask, task_id: int, now: int) -> MTask:
         expires_at=None if spec.expires_in_ms is None else now + spec.expires_in_ms,
         unique_key=spec.unique_key,
         unique_until=None if spec.unique_for_ms is None else now + spec.unique_for_ms,
+        debounce_key=spec.debounce_key,
     )
 
 

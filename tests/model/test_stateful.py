@@ -120,12 +120,28 @@ new_task_strategy = st.builds(
     expires_in_ms=st.sampled_from([None, None, None, 500, 1000, 4000]),
     unique_key=st.sampled_from([None, None, "u1", "u2"]),
     unique_for_ms=st.sampled_from([None, None, 1000, 10_000]),
+    # Debounce (section 14): a key of a few, so that enqueues meet the waiting task.
+    debounce_key=st.sampled_from([None, None, None, "d1", "d2"]),
 ).map(
-    # unique_for without unique_key is refused before any store sees it
-    lambda spec: (
+    # What is refused before any store sees it: unique_for without unique_key, and a
+    # debounce_key beside a unique_key or without a delay or run_at (model.check_debounce).
+    lambda spec: _debounced(
         spec if spec.unique_key is not None else msgspec.structs.replace(spec, unique_for_ms=None)
     )
 )
+
+
+def _debounced(spec: NewTask) -> NewTask:
+    """A debounce_key, where one may be, else none; the debounce's time is the delay's."""
+    if spec.debounce_key is None:
+        return spec
+    if spec.unique_key is not None:
+        return msgspec.structs.replace(spec, debounce_key=None)
+    if spec.delay_ms == 0 and spec.run_at is None:
+        return msgspec.structs.replace(spec, delay_ms=1000)
+    return spec
+
+
 KEYS = ("k1", "k2")
 requests = st.sampled_from([1, 2, 4, 0])  # how many tasks a poll asks for
 # Ids no store can have issued, in the forms a client may send.
@@ -143,7 +159,7 @@ def pick(data: st.DataObject, pool: list[T]) -> T | None:
 def record(task: Task, view: bool = True) -> tuple[Any, ...]:
     """The fields of a stored task that the model predicts (``view``: with its parents as
     its record shows them; a change, or a duplicate's answer, need not show them)."""
-    shown = view and not task.duplicate
+    shown = view and not task.duplicate and not task.debounced
     return (
         task.id,
         task.queue,
@@ -167,6 +183,8 @@ def record(task: Task, view: bool = True) -> tuple[Any, ...]:
         task.unique_key,
         task.unique_until,
         task.duplicate,
+        task.debounce_key,
+        task.debounced,
         task.parents,
         task.waiting_for if shown else None,
         None if not shown or task.after is None else bytes(task.after),
@@ -175,7 +193,7 @@ def record(task: Task, view: bool = True) -> tuple[Any, ...]:
 
 
 def expected(task: MTask, view: bool = True) -> tuple[Any, ...]:
-    shown = view and not task.duplicate
+    shown = view and not task.duplicate and not task.debounced
     return (
         task.id,
         task.queue,
@@ -199,6 +217,8 @@ def expected(task: MTask, view: bool = True) -> tuple[Any, ...]:
         task.unique_key,
         task.unique_until,
         task.duplicate,
+        task.debounce_key,
+        task.debounced,
         len(task.parents),
         task.waiting_for if shown else None,
         task.after if shown else None,
@@ -327,6 +347,8 @@ class StoreVersusModel(RuleBasedStateMachine):
         """The task, mostly as it is, else waiting for tasks (section 11): existing ones of
         any queue, earlier ones of the same enqueue ("$n"), or, rarely, one never issued."""
         how = data.draw(st.sampled_from(["none", "none", "ids", "refs", "both", "unknown"]))
+        if spec.debounce_key is not None:  # a task that debounces waits for no other
+            return spec
         picks = [data.draw(st.integers(0, 255)) for _ in range(data.draw(st.integers(1, 3)))]
         existing = sorted(self.model.tasks)
         ids = tuple(existing[p % len(existing)] for p in picks) if existing else ()
@@ -416,6 +438,8 @@ class StoreVersusModel(RuleBasedStateMachine):
                     {"timeout": (first.timeout or 1) + 1},
                     {"unique_key": (first.unique_key or "") + "x"},
                 ]
+                if first.debounce_key is not None:  # a unique_key would not go with it
+                    changes[-1] = {"debounce_key": first.debounce_key + "x"}
                 change = data.draw(st.sampled_from(changes))
                 specs = [msgspec.structs.replace(first, **change), *last[1:]]
         once = idempotency.idempotency(key, specs)

@@ -104,7 +104,10 @@ class Producer:
         holds ``unique_key``, nothing is created: the record is that task's, with
         ``duplicate`` true. ``after``: ids of tasks (of any queue) this one waits for: it is
         delivered once they are all done, with their results (``Job.after``), and
-        cancelled if one of them fails or is cancelled."""
+        cancelled if one of them fails or is cancelled. ``debounce_key`` (with ``delay`` or
+        ``run_at``): while a task of the queue with that key waits, never delivered, this
+        enqueue replaces its data, options and due time: the record is that task's, with
+        ``debounced`` true (the latest enqueue wins, where ``unique_key``'s first wins)."""
         plan = calls.enqueue(queue, data, options, run_at, unique_key, after, self.retries)
         return self._run(plan)
 
@@ -130,7 +133,9 @@ class Producer:
         task not delivered by then is cancelled). ``unique_keys``: one key (or None) per
         task, or one key for all (then the first is created, the others are its
         duplicates); ``unique_for`` (seconds) holds each key that long whatever the task's
-        status. ``key``: the tasks' group (a customer, an account), which the queue's
+        status. ``debounce_key`` (needs ``delay`` or ``run_at``): each task replaces the
+        task of the queue with that key that waits, never delivered (the last of this call
+        wins). ``key``: the tasks' group (a customer, an account), which the queue's
         ``key_concurrency`` and ``fair`` count by. ``afters``: for each task, the ids of the
         tasks it waits for (or None), where ``"$n"`` names the n-th task of this call
         (0-based, an earlier one): e.g. ``[None, None, ["$0", "$1"]]`` for a fan-in."""

@@ -458,8 +458,12 @@ class Engine:
                 return created
             self._reaper.keyed(now)  # keys to forget: the reaper prunes once a minute
         answered = created
-        if any(task.duplicate for task in created):  # unique_keys already held: not new
-            created = [task for task in created if not task.duplicate]
+        if any(task.duplicate or task.debounced for task in created):
+            # unique_keys already held, waiting tasks debounced: not new.
+            created = [task for task in created if not (task.duplicate or task.debounced)]
+            for task in answered:
+                if task.debounced:
+                    self._debounced(task)
         enqueued = self.counters.enqueued
         enqueued[queue] = enqueued.get(queue, 0) + len(created)
         ready = sum(1 for task in created if task.state is READY)
@@ -476,6 +480,15 @@ class Engine:
             for task in created:
                 self._emit(task)
         return answered
+
+    def _debounced(self, task: Task) -> None:
+        """A waiting task that an enqueue debounced: its due time moved (maybe earlier)."""
+        if task.state is READY:  # a run_at that has passed: due at once
+            self._wake(task.queue, 1)
+        elif task.state is SCHEDULED:
+            self._expect(task.run_at)
+        if task.expires_at is not None:
+            self._expect(task.expires_at)
 
     async def _check_after(
         self, tasks: Sequence[NewTask], may_use: Callable[[str], bool] | None

@@ -92,8 +92,9 @@ def idempotency(key: bytes | str, tasks: Sequence[NewTask]) -> Idempotency:
 
 def pack(tasks: Sequence[Task]) -> bytes:
     """The tasks an enqueue answered, as a store keeps them (:func:`pack_ids`): a duplicate
-    (an existing task that held the unique_key asked for) by its id negated."""
-    return pack_ids([-task.id if task.duplicate else task.id for task in tasks])
+    (an existing task that held the unique_key asked for) or a task debounced (an existing
+    one that took the debounce_key's enqueue) by its id negated."""
+    return pack_ids([-task.id if task.duplicate or task.debounced else task.id for task in tasks])
 
 
 def pack_ids(ids: Sequence[int]) -> bytes:
@@ -124,14 +125,16 @@ def current(first: Task, found: Task | None) -> Task:
     """What a repeat answers for a task of the first answer: as the first created it, but
     a duplicate, or a task that waits for others (its state depended on theirs), as it is
     now (``found``), when it still exists."""
-    if found is None or not (first.duplicate or first.parents):
+    if found is None or not (first.duplicate or first.debounced or first.parents):
         return first
+    if first.debounced:
+        return rules.debounced(found)
     return rules.duplicate(found) if first.duplicate else found
 
 
 def read_back(first: Task) -> bool:
     """Whether a repeat's answer for ``first`` is read from the store (see current)."""
-    return first.duplicate or bool(first.parents)
+    return first.duplicate or first.debounced or bool(first.parents)
 
 
 def replay(
@@ -144,7 +147,8 @@ def replay(
 ) -> list[Task]:
     """The first enqueue's tasks as it created them, for a repeat that asks ``tasks``;
     KeyReused if the repeat asks something else. A duplicate (a task that held the
-    unique_key asked for) is built from the request, marked ``duplicate``: the store answers
+    unique_key asked for) is built from the request, marked ``duplicate`` (or
+    ``debounced``, see :func:`_existing`): the store answers
     the task itself instead while it exists (see :func:`current`); so is a task that waits
     for others (``parents`` set)."""
     if stored_digest != wanted.digest or len(ids) != len(tasks):
@@ -153,9 +157,16 @@ def replay(
     return [
         _parents(rules.new_task(queue, spec, task_id, created), spec)
         if task_id > 0
-        else rules.duplicate(rules.new_task(queue, spec, -task_id, created))
+        else _existing(rules.new_task(queue, spec, -task_id, created), spec)
         for spec, task_id in pairs
     ]
+
+
+def _existing(task: Task, spec: NewTask) -> Task:
+    """An existing task that the first enqueue answered (a negated id): debounced when the
+    task asked for a debounce_key, else a duplicate (a unique_key's holder); never both, for
+    a task cannot ask for both (model.check_debounce)."""
+    return rules.debounced(task) if spec.debounce_key is not None else rules.duplicate(task)
 
 
 def _parents(task: Task, spec: NewTask) -> Task:

@@ -126,6 +126,12 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     #: Not stored: set on an enqueue's answer when the task is an existing one that held the
     #: unique_key asked for (nothing was created for it).
     duplicate: bool = False
+    #: While the task waits and was never delivered (rules.holds_debounce), an enqueue of
+    #: this key in its queue replaces it (rules.debounce) instead of creating a task.
+    debounce_key: str | None = None
+    #: Not stored: set on an enqueue's answer when the task is an existing one that the
+    #: enqueue debounced (it took the enqueue's data, options and due time).
+    debounced: bool = False
     #: How many tasks it named in ``after`` (its parents): 0 for most tasks, which then
     #: never look at the dependencies' table.
     parents: int = 0
@@ -244,6 +250,7 @@ class NewTask(msgspec.Struct, kw_only=True, frozen=True):
     expires_in_ms: int | None = None  # cancelled if not delivered within this time
     unique_key: str | None = None
     unique_for_ms: int | None = None  # the key stays taken this long after creation
+    debounce_key: str | None = None  # a waiting task of the key takes this one's place
     #: The tasks it waits for: ids of existing tasks, and ``refs``, the places (0-based) of
     #: earlier tasks of the same enqueue ("$n" on the wire), each before its own place.
     after: tuple[int, ...] = ()
@@ -453,6 +460,13 @@ def task_options(body: protocol.NewTaskBody, where: str = "task") -> dict[str, A
     ``unique_key``), whose types and bounds :class:`katar.protocol.NewTaskBody` checks."""
     if body.unique_for is not None and body.unique_key is None:
         raise ValidationError(f"{where}: unique_for needs a unique_key", field="unique_for")
+    if body.debounce_key is not None:
+        check_debounce(
+            where,
+            delayed=bool(body.delay) or body.run_at is not None,
+            unique=body.unique_key is not None,
+            after=bool(body.after),
+        )
     return {
         "key": body.key,
         "timeout": body.timeout,
@@ -460,7 +474,32 @@ def task_options(body: protocol.NewTaskBody, where: str = "task") -> dict[str, A
         "expires_in_ms": None if body.expires_in is None else _ms(body.expires_in),
         "unique_key": body.unique_key,
         "unique_for_ms": None if body.unique_for is None else _ms(body.unique_for),
+        "debounce_key": body.debounce_key,
     }
+
+
+def check_debounce(where: str, *, delayed: bool, unique: bool, after: bool) -> None:
+    """Refuse a debounce_key without the time the task waits for more of its key (a delay
+    or run_at), or beside an option it contradicts: a unique_key (the first enqueue wins
+    there, the latest here) and ``after`` (a debounced task's due time is its own)."""
+    if not delayed:
+        raise ValidationError(
+            f"{where}: debounce_key needs a delay (above 0 seconds) or a run_at: how long "
+            "the task waits for a later enqueue of its key to replace it",
+            field="debounce_key",
+        )
+    if unique:
+        raise ValidationError(
+            f"{where}: give debounce_key or unique_key, not both (with unique_key the first "
+            "enqueue wins, with debounce_key the latest)",
+            field="debounce_key",
+        )
+    if after:
+        raise ValidationError(
+            f"{where}: a task with a debounce_key cannot wait for others (after): its due "
+            "time is its delay or run_at",
+            field="debounce_key",
+        )
 
 
 def _ms(seconds: float) -> int:
@@ -469,7 +508,8 @@ def _ms(seconds: float) -> int:
 
 def parse_task_options(**raw: Any) -> dict[str, Any]:
     """:func:`task_options` from keyword arguments (the Python API's), checked as a request's
-    fields are; the None ones are left out."""
+    fields are; the None ones are left out. A ``delay`` given is checked, and says that the
+    task has one (a debounce_key needs it), but is not among the options returned."""
     given = {name: value for name, value in raw.items() if value is not None}
     try:
         body = msgspec.convert(given, protocol.NewTaskBody)

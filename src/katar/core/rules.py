@@ -66,14 +66,16 @@ def new_task(queue: str, spec: NewTask, task_id: int, now: int) -> Task:
         expires_at=None if spec.expires_in_ms is None else now + spec.expires_in_ms,
         unique_key=spec.unique_key,
         unique_until=None if spec.unique_for_ms is None else now + spec.unique_for_ms,
+        debounce_key=spec.debounce_key,
     )
 
 
 def special(spec: NewTask) -> bool:
-    """Whether a task to enqueue has per-task options or a unique_key: the SQL stores write
-    such tasks one by one, looking for the key's holder first."""
+    """Whether a task to enqueue has per-task options, a unique_key or a debounce_key: the
+    SQL stores write such tasks one by one, looking for the key's holder first."""
     return (
         spec.unique_key is not None
+        or spec.debounce_key is not None
         or bool(spec.after)
         or bool(spec.refs)
         or spec.timeout is not None
@@ -408,6 +410,46 @@ def duplicate(task: Task) -> Task:
     return replace(task, duplicate=True)
 
 
+#: The states of a task that may hold its debounce_key (with no delivery yet): paused or
+#: queued. Not WAITING: a task with a debounce_key names no parents (model.check_debounce).
+DEBOUNCING: Final = frozenset({PAUSED, READY, SCHEDULED})
+
+
+def holds_debounce(task: Task) -> bool:
+    """Whether an enqueue of the task's debounce_key in its queue replaces the task rather
+    than creating one: while it waits and was never delivered. Its first delivery frees
+    the key for good (a retry after a failure, or an operator's retry, has been delivered
+    or left its debounce: see change_status)."""
+    return task.debounce_key is not None and task.attempts == 0 and task.state in DEBOUNCING
+
+
+def debounce(held: Task, spec: NewTask, now: int) -> Task:
+    """The task that holds ``spec``'s debounce_key (holds_debounce) once that enqueue has
+    replaced it: the latest enqueue's data and options, and its due time, counted from
+    ``now``. It keeps its id, its creation time and its place in a fair queue (its turn
+    among the keys, whatever its key now); a paused task stays paused (an operator's
+    pause outlives a producer's burst: PATCH it to "queued" to let it run). The store
+    writes it, and answers it marked by :func:`debounced`."""
+    fresh = new_task(held.queue, spec, held.id, now)
+    return replace(
+        held,
+        state=PAUSED if held.state is PAUSED else fresh.state,
+        priority=fresh.priority,
+        data=fresh.data,
+        run_at=fresh.run_at,
+        key=fresh.key,
+        timeout=fresh.timeout,
+        max_attempts=fresh.max_attempts,
+        expires_at=fresh.expires_at,
+        updated_at=now,
+    )
+
+
+def debounced(task: Task) -> Task:
+    """A task as an enqueue that debounced it (see :func:`debounce`) answers it."""
+    return replace(task, debounced=True)
+
+
 def expiry(task: Task) -> int | None:
     """When the task expires (ms): its expires_at while it waits and was never delivered;
     None when it does not (any more). A delivery before that time lifts the expiry for good."""
@@ -594,6 +636,9 @@ _LEFT_BEHIND: Final[dict[str, Any]] = {
     "unique_until": None,
     "cancel_requested": False,
     "progress": None,
+    # A key held in the queue it leaves: in the other, it would replace or block a task
+    # that waits there with the same key.
+    "debounce_key": None,
 }
 
 
@@ -608,6 +653,7 @@ def _leaving(task: Task) -> Task:
         and task.unique_until is None
         and task.progress is None
         and not task.cancel_requested
+        and task.debounce_key is None
     ):
         return task
     return replace(task, **_LEFT_BEHIND)
@@ -723,11 +769,14 @@ def change_status(task: Task, status: str, now: int, waiting: bool = False) -> T
         # A retry gets a fresh set of attempts; the delivery count itself keeps growing so
         # that an ack from an old delivery can still be told apart (fencing). It is the
         # operator's decision: an expiry (expires_in) no longer applies.
+        # A task retried by an operator leaves its debounce (debounce_key): it was meant to
+        # run, and a task of the key may have taken its place meanwhile.
         return archive(
             task,
             state=WAITING if waiting else READY,
             run_at=None,
             expires_at=None,
+            debounce_key=None,
             attempt_base=task.attempts,
             error=None if state is CANCELLED else task.error,
             cancel_requested=False,

@@ -630,8 +630,9 @@ class App:
         token = request.token
         may_use = None if token is None or token.all_queues else token.may_use
         created = await self.engine.enqueue(request.queue, new, key, may_use)
-        # 200 when every task was a duplicate (a unique_key already held): nothing created.
-        status = 200 if all(task.duplicate for task in created) else 201
+        # 200 when nothing was created: every task was a duplicate (a unique_key already
+        # held) or debounced an existing task (its debounce_key's).
+        status = 201 if any(not (t.duplicate or t.debounced) for t in created) else 200
         shown_tasks = [shown(task, token) for task in created]
         made = task_records(shown_tasks, self.limits.max_answer_bytes - 12)  # {"tasks":[...]}
         return Response(status, b'{"tasks":[%b]}' % b",".join(made))

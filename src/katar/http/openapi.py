@@ -200,8 +200,8 @@ def _components(kinds: tuple[Any, ...], limits: Limits) -> tuple[dict[Any, str],
     schemas = {_DOCUMENT_NAMES.get(n, n): _named(schema) for n, schema in generated.items()}
     names = {kind: _DOCUMENT_NAMES.get(kind.__name__, kind.__name__) for kind in kinds}
     # What a struct cannot say of itself: a new task's data has no default (its absence is
-    # refused with a message of its own), delay and run_at exclude each other, and
-    # unique_for needs a unique_key.
+    # refused with a message of its own), delay and run_at exclude each other,
+    # unique_for needs a unique_key, and a debounce_key its delay (and no unique_key).
     schemas["NewTask"]["required"] = ["data"]
     schemas["NewTask"]["not"] = {
         "required": ["delay", "run_at"],
@@ -213,7 +213,37 @@ def _components(kinds: tuple[Any, ...], limits: Limits) -> tuple[dict[Any, str],
                 "required": ["unique_for"],
                 "properties": {"unique_for": {"type": "number"}, "unique_key": {"type": "null"}},
             }
-        }
+        },
+        # A debounce_key needs a delay above 0 or a run_at, and goes with neither a
+        # unique_key nor an after that names tasks (model.check_debounce).
+        {
+            "not": {
+                "required": ["debounce_key"],
+                "properties": {
+                    "debounce_key": {"type": "string"},
+                    "delay": {"not": {"type": "number", "exclusiveMinimum": 0}},
+                    "run_at": {"type": "null"},
+                },
+            }
+        },
+        {
+            "not": {
+                "required": ["debounce_key", "unique_key"],
+                "properties": {
+                    "debounce_key": {"type": "string"},
+                    "unique_key": {"type": "string"},
+                },
+            }
+        },
+        {
+            "not": {
+                "required": ["debounce_key", "after"],
+                "properties": {
+                    "debounce_key": {"type": "string"},
+                    "after": {"type": "array", "minItems": 1},
+                },
+            }
+        },
     ]
     schemas["Batch"]["properties"]["tasks"].update(
         minItems=1, maxItems=limits.max_tasks_per_enqueue

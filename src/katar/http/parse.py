@@ -28,6 +28,7 @@ from katar.core.model import (
 from katar.errors import InvalidRequest, ValidationError
 from katar.limits import task_too_large
 from katar.protocol import (
+    MAX_DEBOUNCE_KEY,
     MAX_DELAY,
     MAX_ERROR_FILTER,
     MAX_UNIQUE_KEY,
@@ -53,6 +54,7 @@ _HINTS: Final = {
     "expires_in": f"expires_in is a number of seconds above 0, at most {MAX_DELAY}",
     "unique_key": f"unique_key is a string of 1 to {MAX_UNIQUE_KEY} printable characters",
     "unique_for": f"unique_for is a number of seconds above 0, at most {MAX_DELAY}",
+    "debounce_key": f"debounce_key is a string of 1 to {MAX_DEBOUNCE_KEY} printable characters",
 }
 # Where a field's name means something else: an enqueue's "status" is a new task's.
 _HINTS_OF: Final[dict[type, dict[str, str]]] = {
@@ -183,6 +185,7 @@ def _new_task(body: NewTaskBody, where: str, max_bytes: int) -> NewTask:
         and body.expires_in is None
         and body.unique_for is None
         and body.after is None
+        and body.debounce_key is None
     ):  # most tasks: no option of their own, nothing more to convert
         return NewTask(
             data=body.data, priority=priority, delay_ms=delay_ms, run_at=run_at, paused=paused

@@ -173,6 +173,8 @@ def task_record(task: Task, omitted: list[str] | None = None) -> TaskRecord:
         task.after,
         omitted or [],
         None if task.dead_letter is None else _dead_letter(task.dead_letter),
+        task.debounce_key,
+        task.debounced,
     )
 
 

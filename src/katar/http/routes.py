@@ -517,8 +517,10 @@ ROUTES: Final[tuple[tuple[str, Mapping[str, Route]], ...]] = (
                     answers={
                         201: A("The new tasks.", Tasks),
                         200: A(
-                            "Nothing created: each task's unique_key was held; the"
-                            " tasks that hold them, each with duplicate true.",
+                            "Nothing created: each task's unique_key was held (the"
+                            " tasks that hold them, each with duplicate true) or its"
+                            " debounce_key's waiting task took it (that task, with its"
+                            " new data and due time, debounced true).",
                             Tasks,
                         ),
                         503: "The store is unavailable: nothing was enqueued.",

@@ -15,7 +15,7 @@ COLUMNS: Final = (
     "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
     " created_at, updated_at, run_at, lease_until, key, cancel_requested, progress, timeout,"
     " max_attempts, expires_at, unique_key, unique_until, started_at, history, schedule,"
-    " scheduled_for, parents, children, dead_letter"
+    " scheduled_for, parents, children, dead_letter, debounce_key"
 )
 _STATES: Final = STATES  # by value: faster than State(value) on the hot path
 _NAMES: Final = [column.strip() for column in COLUMNS.split(",")]
@@ -60,6 +60,7 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
         parents=row[26],
         children=bool(row[27]),
         dead_letter=None if row[28] is None else decode_dead_letter(row[28]),
+        debounce_key=row[29],
     )
 
 
@@ -103,12 +104,13 @@ def checked_task_from_row(row: Sequence[Any], queue: str) -> Task:
 #: on every claim.
 CLAIMED_COLUMNS: Final = (
     "id, priority, data, attempts, attempt_base, error, result, created_at, key, timeout,"
-    " (coalesce(max_attempts, expires_at, unique_until, unique_key, schedule, dead_letter) IS NULL"
+    " (coalesce(max_attempts, expires_at, unique_until, unique_key, schedule, dead_letter,"
+    " debounce_key) IS NULL"
     " AND parents = 0)"
 )
 OPTIONS_COLUMNS: Final = (
     "max_attempts, expires_at, unique_key, unique_until, parents, children, schedule,"
-    " scheduled_for, dead_letter"
+    " scheduled_for, dead_letter, debounce_key"
 )
 
 
@@ -159,6 +161,7 @@ def claimed_from_row(
         schedule,
         tick,
         dead_letter,
+        debounce,
     ) = options
     return msgspec.structs.replace(
         task,
@@ -171,6 +174,7 @@ def claimed_from_row(
         schedule=schedule,
         scheduled_for=tick,
         dead_letter=None if dead_letter is None else decode_dead_letter(dead_letter),
+        debounce_key=debounce,
     )
 
 
@@ -204,7 +208,7 @@ def update_values(task: Task) -> tuple[Any, ...]:
 MOVE_COLUMNS: Final = (
     "queue_id, fair_seq, state, attempts, attempt_base, error, worker, updated_at, run_at,"
     " lease_until, cancel_requested, progress, max_attempts, expires_at, unique_key,"
-    " unique_until, started_at, history, dead_letter"
+    " unique_until, started_at, history, dead_letter, debounce_key"
 )
 
 
@@ -242,6 +246,7 @@ def move_values(task: Task, queue_id: int, fair_seq: int | None) -> tuple[Any, .
         task.started_at,
         None if task.history is None else bytes(task.history),
         encode_dead_letter(task.dead_letter),
+        task.debounce_key,
         task.id,
     )
 

@@ -37,6 +37,9 @@ ENDED_KEPT: Final = f"state BETWEEN {DONE} AND {FAILED}"
 ENDED: Final = f"({DONE}, {FAILED}, {CANCELLED})"
 #: The children an end of their parent still reaches (rules.orphaned).
 NOT_STARTED: Final = f"({PAUSED}, {READY}, {SCHEDULED}, {WAITING})"
+#: The tasks that hold their debounce_key (rules.holds_debounce, for a row with one):
+#: waiting (paused, ready, scheduled), never delivered.
+HOLDS_DEBOUNCE: Final = f"attempts = 0 AND state BETWEEN {PAUSED} AND {SCHEDULED}"
 #: The tasks that have an expiry to come (rules.expiry): never delivered, not started.
 HAS_EXPIRY: Final = f"expires_at IS NOT NULL AND attempts = 0 AND state < {RUNNING}"
 

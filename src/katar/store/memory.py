@@ -64,6 +64,9 @@ class MemoryStore(Store):
         self._expiries: list[tuple[int, int]] = []  # (expires_at, id) of tasks never delivered
         # (queue, unique_key) -> the id of the last task created with it.
         self._unique: dict[tuple[str, str], int] = {}
+        # (queue, debounce_key) -> the id of the last task created with it: the only one
+        # that may hold it (rules.holds_debounce), for a key is free when a task takes it.
+        self._debounce: dict[tuple[str, str], int] = {}
         # (unique_until, id): finished tasks kept while they hold their key (rules.discard).
         self._kept: list[tuple[int, int]] = []
         self._last_id = 0
@@ -161,6 +164,7 @@ class MemoryStore(Store):
                 and task.state in UNFINISHED
                 and task.state is not WAITING  # as the SQL stores' index of places
                 and self._seq.get(task_id) == -negative
+                and task.key == key  # a task debounced to another key counts for that one
             ):
                 return -negative
             heapq.heappop(group)
@@ -215,6 +219,8 @@ class MemoryStore(Store):
             del self._keys[queue_key]
         for queue_key in [queue_key for queue_key in self._unique if queue_key[0] == name]:
             del self._unique[queue_key]
+        for queue_key in [queue_key for queue_key in self._debounce if queue_key[0] == name]:
+            del self._debounce[queue_key]
         return len(ids)
 
     def _ids_of(self, queue: str) -> dict[int, None]:
@@ -286,6 +292,10 @@ class MemoryStore(Store):
         del self._ids[task.queue][task.id]
         self._running[task.queue].pop(task.id, None)
         self._seq.pop(task.id, None)
+        if old.debounce_key is not None:  # the key's entry goes with its last task
+            debounce = (old.queue, old.debounce_key)
+            if self._debounce.get(debounce) == old.id:
+                del self._debounce[debounce]
 
     def _forget_edges(self, task: Task) -> None:
         """A task removed: its own edges go (as a child, and as a parent: the children still
@@ -453,6 +463,11 @@ class MemoryStore(Store):
             rules.check_children(tasks, waited)
         created: list[Task] = []
         for spec in tasks:
+            if spec.debounce_key is not None:
+                held = self._debouncing(queue, spec.debounce_key)
+                if held is not None:
+                    created.append(self._debounce_task(held, spec, now, fair))
+                    continue
             if spec.unique_key is not None:
                 holder_id = self._unique.get((queue, spec.unique_key))
                 holder = None if holder_id is None else self._tasks.get(holder_id)
@@ -470,8 +485,26 @@ class MemoryStore(Store):
             self._put(task)
             if task.unique_key is not None:
                 self._unique[(queue, task.unique_key)] = task.id
+            if task.debounce_key is not None:
+                self._debounce[(queue, task.debounce_key)] = task.id
             created.append(task)
         return [self._view(task) for task in created]
+
+    def _debouncing(self, queue: str, key: str) -> Task | None:
+        """The task of the queue that holds the debounce_key (rules.holds_debounce), if any."""
+        held_id = self._debounce.get((queue, key))
+        held = None if held_id is None else self._tasks.get(held_id)
+        return held if held is not None and rules.holds_debounce(held) else None
+
+    def _debounce_task(self, held: Task, spec: NewTask, now: int, fair: bool) -> Task:
+        """Replace the task that holds spec's debounce_key (rules.debounce); the answer."""
+        new = rules.debounce(held, spec, now)
+        seq = self._seq.get(held.id)
+        if fair and seq is not None and new.key != held.key:
+            # Its place stays (rules.debounce): it counts for its new key from now on.
+            heapq.heappush(self._groups.setdefault((new.queue, new.key), []), (-seq, new.id))
+        self._put(new)
+        return rules.debounced(new)
 
     async def enqueue_once(
         self, queue: str, tasks: Sequence[NewTask], now: int, once: Idempotency
@@ -485,7 +518,7 @@ class MemoryStore(Store):
         new = await self.enqueue(queue, tasks, now)
         # Popped first so that the dict stays in creation order, which prune_keys relies on.
         self._keys.pop((queue, once.key), None)
-        packed = tuple(-task.id if task.duplicate else task.id for task in new)
+        packed = tuple(-t.id if t.duplicate or t.debounced else t.id for t in new)
         self._keys[(queue, once.key)] = (once.digest, packed, now)
         return Enqueued(new, True)
 

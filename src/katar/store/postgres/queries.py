@@ -14,6 +14,7 @@ from katar.store._sql import (
     DONE,
     ENDED,
     FAILED,
+    HOLDS_DEBOUNCE,
     NOT_STARTED,
     READY,
     RUNNING,
@@ -53,6 +54,9 @@ class Queries:
     insert: str
     insert_notify: str
     insert_full: str
+    debouncing: str
+    debounce: str
+    undebounce: str
     lock_keys: str
     holders: str
     issued: str
@@ -179,11 +183,31 @@ def queries(s: str) -> Queries:
         insert_full=(
             f"INSERT INTO {s}.tasks (queue_id, created_at, updated_at, state, priority,"
             f" data, run_at, key, fair_seq, timeout, max_attempts, expires_at, unique_key,"
-            f" unique_until, parents, id, error) SELECT %s::int, %s::bigint, %s::bigint, *"
-            f" FROM unnest(%s::smallint[], %s::int[], %s::bytea[], %s::bigint[], %s::text[],"
-            f" %s::bigint[], %s::int[], %s::int[], %s::bigint[], %s::text[], %s::bigint[],"
-            f" %s::int[], %s::bigint[], %s::text[]) RETURNING id"
+            f" unique_until, parents, id, error, debounce_key) SELECT %s::int, %s::bigint,"
+            f" %s::bigint, * FROM unnest(%s::smallint[], %s::int[], %s::bytea[], %s::bigint[],"
+            f" %s::text[], %s::bigint[], %s::int[], %s::int[], %s::bigint[], %s::text[],"
+            f" %s::bigint[], %s::int[], %s::bigint[], %s::text[], %s::text[]) RETURNING id"
         ),
+        # The tasks that hold debounce keys (rules.holds_debounce), by the unique index
+        # tasks_debounce, locked: a claim (SKIP LOCKED) passes over them until the enqueue
+        # that debounces them commits; one a claim holds is read again once it commits, and
+        # no longer holds its key.
+        debouncing=(
+            f"SELECT {COLUMNS} FROM {s}.tasks WHERE queue_id = %s AND debounce_key = ANY(%s)"
+            f" AND debounce_key IS NOT NULL AND {HOLDS_DEBOUNCE} ORDER BY id FOR UPDATE"
+        ),
+        # A task debounced (rules.debounce); a fair queue's keeps its place.
+        debounce=(
+            f"UPDATE {s}.tasks AS t SET state = v.state, priority = v.priority, data = v.data,"
+            " run_at = v.run_at, key = v.key, timeout = v.timeout, max_attempts = v.max_attempts,"
+            " expires_at = v.expires_at, updated_at = %s"
+            " FROM unnest(%s::bigint[], %s::smallint[], %s::int[], %s::bytea[], %s::bigint[],"
+            " %s::text[], %s::int[], %s::int[], %s::bigint[])"
+            " AS v(id, state, priority, data, run_at, key, timeout, max_attempts, expires_at)"
+            " WHERE t.id = v.id"
+        ),
+        # An operator's retry takes a task out of its debounce (rules.change_status).
+        undebounce=f"UPDATE {s}.tasks SET debounce_key = NULL WHERE id = %s",
         # One transaction at a time per (queue, unique_key), in one order: no deadlock.
         lock_keys=(
             "SELECT pg_advisory_xact_lock(h) FROM (SELECT hashtextextended(k, 0) AS h"

@@ -11,7 +11,7 @@ from katar.protocol import MAX_DELAY
 if TYPE_CHECKING:
     from katar.store.postgres.connection import Connections
 
-SCHEMA_VERSION: Final = 14
+SCHEMA_VERSION: Final = 15
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -197,6 +197,13 @@ ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS children_count integer NOT NULL D
     # Dead letters: where a task failed for good, when it moved to a dead-letter queue.
     14: """
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS dead_letter bytea;
+""",
+    # Debounce (debounce_key): at most one task per (queue, key) that waits, never delivered
+    # (rules.holds_debounce), whichever server enqueues it; the index finds it too.
+    15: """
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS debounce_key text;
+CREATE UNIQUE INDEX IF NOT EXISTS tasks_debounce ON {s}.tasks (queue_id, debounce_key)
+    WHERE debounce_key IS NOT NULL AND attempts = 0 AND state BETWEEN 0 AND 2;
 """,
 }
 

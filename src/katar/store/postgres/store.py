@@ -418,10 +418,21 @@ class PostgresStore(Store):
         deadlock), held until it commits; then looks, then inserts. The next one to get the
         lock sees the committed row (READ COMMITTED reads anew at each statement)."""
         keys = sorted({spec.unique_key for spec in tasks if spec.unique_key is not None})
+        debounce_keys = sorted({t.debounce_key for t in tasks if t.debounce_key is not None})
         holders: dict[str, Task] = {}
-        if keys:
-            lock_names = [f"katar:{self._schema}:unique:{queue_id}:{key}" for key in keys]
+        if keys or debounce_keys:
+            prefix = f"katar:{self._schema}"
+            lock_names = [f"{prefix}:unique:{queue_id}:{key}" for key in keys]
+            lock_names += [f"{prefix}:debounce:{queue_id}:{key}" for key in debounce_keys]
             await conn.execute(self._sql.lock_keys, (lock_names,))
+        debouncing: dict[str, Task] = {}
+        if debounce_keys:
+            cursor = await conn.execute(self._sql.debouncing, (queue_id, debounce_keys))
+            for row in await cursor.fetchall():
+                waiting = task_from_row(row, queue)
+                assert waiting.debounce_key is not None
+                debouncing[waiting.debounce_key] = waiting
+        if keys:
             cursor = await conn.execute(self._sql.holders, (queue_id, keys, now))
             for row in await cursor.fetchall():
                 holder = task_from_row(row, queue)
@@ -436,7 +447,14 @@ class PostgresStore(Store):
         # name the ids of the batch's earlier tasks. As many as there are tasks to create:
         # an id taken and not used would count as a task that existed (see _issued).
         fresh, seen = 0, set()
+        seen_debounce: set[str] = set()
         for spec in tasks:
+            if spec.debounce_key is not None:
+                # One task per key at most: the one that holds it, or the batch's first.
+                if spec.debounce_key not in debouncing and spec.debounce_key not in seen_debounce:
+                    fresh += 1
+                    seen_debounce.add(spec.debounce_key)
+                continue
             key = spec.unique_key
             if key is None or (key not in holders and key not in seen):
                 fresh += 1
@@ -447,7 +465,25 @@ class PostgresStore(Store):
             free = sorted(row[0] for row in await cursor.fetchall())
         edges: list[tuple[int, int, bool, bytes | None, str | None]] = []
         made: list[Task] = []  # each answered task, as far as this batch knows it
+        replaced: dict[int, Task] = {}  # existing tasks debounced, by id: their new version
+        drafted: dict[int, int] = {}  # the batch's tasks with a debounce_key: id -> draft
         for spec in tasks:
+            debounce_key = spec.debounce_key
+            held = None if debounce_key is None else debouncing.get(debounce_key)
+            if held is not None:
+                assert debounce_key is not None
+                new = rules.debounce(held, spec, now)
+                if held.id in drafted:  # the batch's own: inserted as the batch leaves it
+                    index = drafted[held.id]
+                    # The places that answered the draft keep it as it was then.
+                    answered = [drafts[index] if e == index else e for e in answered]
+                    drafts[index] = new
+                else:
+                    replaced[held.id] = new
+                debouncing[debounce_key] = new
+                answered.append(rules.debounced(new))
+                made.append(new)
+                continue
             key = spec.unique_key
             if key is not None and key in holders:
                 answered.append(holders[key])
@@ -474,8 +510,13 @@ class PostgresStore(Store):
                     draft = view(draft, mine_edges)
                 if key is not None and rules.holds_key(draft, now):
                     taken[key] = len(drafts)
+                if debounce_key is not None:
+                    debouncing[debounce_key] = draft
+                    drafted[draft.id] = len(drafts)
                 drafts.append(draft)
                 made.append(draft)
+        if replaced:
+            await self._debounce(conn, list(replaced.values()), now)
         ids: list[int] = []
         if drafts:
             places: Sequence[int | None] = [None] * len(drafts)
@@ -494,6 +535,7 @@ class PostgresStore(Store):
                     [t.parents for t in drafts],
                     [t.id for t in drafts],
                     [t.error for t in drafts],  # a task cancelled at once: its parent failed
+                    [t.debounce_key for t in drafts],
                 ),
             )
             ids = sorted(row[0] for row in await cursor.fetchall())
@@ -508,6 +550,28 @@ class PostgresStore(Store):
             else rules.duplicate(created[-1 - entry])
             for entry in answered
         ]
+
+    async def _debounce(
+        self, conn: AsyncConnection[tuple[Any, ...]], tasks: Sequence[Task], now: int
+    ) -> None:
+        """Write the tasks an enqueue debounced (rules.debounce): a fair queue's keep their
+        places."""
+        await conn.execute(
+            self._sql.debounce,
+            (
+                now,
+                [t.id for t in tasks],
+                [int(t.state) for t in tasks],
+                [t.priority for t in tasks],
+                [bytes(t.data) for t in tasks],
+                [t.run_at for t in tasks],
+                [t.key for t in tasks],
+                [t.timeout for t in tasks],
+                [t.max_attempts for t in tasks],
+                [t.expires_at for t in tasks],
+            ),
+        )
+        await self._notify_ready(conn, tasks)
 
     async def _fair_places(
         self, conn: AsyncConnection[tuple[Any, ...]], queue_id: int, tasks: Sequence[Task]
@@ -951,7 +1015,10 @@ class PostgresStore(Store):
                 return await self._bulk_by_rules(conn, queue_id, queue, action, rows, now, after)
             settled: list[Change] = []
             found = await conn.execute(
-                f"SELECT id, state, unique_key, parents > 0 OR children {select}", args
+                # A retry of a task with a unique_key or a debounce_key goes by the rules.
+                f"SELECT id, state, coalesce(unique_key, debounce_key), parents > 0 OR children"
+                f" {select}",
+                args,
             )
             rows = await found.fetchall()
             if not rows:
@@ -1122,6 +1189,9 @@ class PostgresStore(Store):
                 holder = task_from_row(found, task.queue)
                 if holder.id != task.id:
                     raise rules.key_taken(task, holder)
+        if new is not None and new.debounce_key is None and task.debounce_key is not None:
+            # A retry: out of its debounce, before it waits again (tasks_debounce is unique).
+            await conn.execute(self._sql.undebounce, (task.id,))
         # A status change never finishes a task: the history option plays no part.
         change = await self._write(conn, task, new, _KEEP, also)
         if change is not None and queue_id in self._fair and change.task.state in UNFINISHED:

@@ -10,8 +10,8 @@ from katar.store._sql import AT_REST, ENDED_KEPT, HAS_EXPIRY, READY, RUNNING, SC
 # 4: idempotency keys; 5: key, fair_seq; 6: cancel, progress; 7: options; 8: delivery history;
 # 9: schedules; 10: dependencies; 11: the edges by parent, all of them (a task's children);
 # 12: an edge's parent queue, when not the child's; 13: the tasks in progress by key;
-# 14: dead letters (a task's dead_letter record)
-SCHEMA_VERSION: Final = 14
+# 14: dead letters (a task's dead_letter record); 15: debounce_key
+SCHEMA_VERSION: Final = 15
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS queues (
     id INTEGER PRIMARY KEY,
@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     scheduled_for INTEGER, -- and the tick it was made for
     parents INTEGER NOT NULL DEFAULT 0,   -- how many tasks it waits for (after)
     children INTEGER NOT NULL DEFAULT 0,  -- tasks that named it unfinished (its end settles them)
-    dead_letter BLOB  -- where it failed for good, when it moved here (JSON: model.DeadLetter)
+    dead_letter BLOB,  -- where it failed for good, when it moved here (JSON: model.DeadLetter)
+    debounce_key TEXT  -- while it waits, never delivered, an enqueue of the key replaces it
 );
 -- The claim's order, over READY tasks only: scheduled, running and finished tasks never
 -- slow it down however many there are.
@@ -76,6 +77,11 @@ CREATE INDEX IF NOT EXISTS tasks_expiry ON tasks (expires_at)
     WHERE {HAS_EXPIRY};
 CREATE INDEX IF NOT EXISTS tasks_unique ON tasks (queue_id, unique_key)
     WHERE unique_key IS NOT NULL;
+-- The debounce keys (rules.holds_debounce): the tasks that have one, whatever their state,
+-- so that a claim or an ack (which change the state) never touches this index; the one
+-- writer makes "look, then replace or insert" atomic.
+CREATE INDEX IF NOT EXISTS tasks_debounce ON tasks (queue_id, debounce_key)
+    WHERE debounce_key IS NOT NULL;
 -- Finished tasks that a queue without history keeps while they hold their key.
 CREATE INDEX IF NOT EXISTS tasks_kept ON tasks (queue_id, unique_until)
     WHERE unique_until IS NOT NULL AND {ENDED_KEPT};
@@ -146,6 +152,7 @@ _ADDED: Final = {
     ),
     12: (("deps", "parent_queue", "TEXT"),),
     14: (("tasks", "dead_letter", "BLOB"),),
+    15: (("tasks", "debounce_key", "TEXT"),),
 }
 
 

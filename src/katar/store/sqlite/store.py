@@ -105,7 +105,7 @@ _PLACE_ONE: Final = "UPDATE tasks SET fair_seq=? WHERE id=? AND fair_seq IS NULL
 _INSERT_FULL: Final = (
     "INSERT INTO tasks (id, queue_id, state, priority, data, created_at, updated_at, run_at,"
     " key, fair_seq, timeout, max_attempts, expires_at, unique_key, unique_until, parents,"
-    " error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " error, debounce_key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 # The task that holds a unique_key (rules.holds_key), if any: by the partial index tasks_unique.
 # The tasks that hold the unique_keys of a batch, by the partial index tasks_unique: one
@@ -116,6 +116,21 @@ _HOLDERS: Final = (
     f" AND {_sql.holds_key('?')}"
     " ORDER BY id LIMIT 1) FROM json_each(?) AS k)"
 )
+# The tasks that hold the debounce keys of a batch (rules.holds_debounce), by the partial
+# index tasks_debounce.
+_DEBOUNCING: Final = (
+    f"SELECT {COLUMNS} FROM tasks WHERE queue_id=? AND debounce_key IN"
+    " (SELECT value FROM json_each(?)) AND debounce_key IS NOT NULL"
+    f" AND {_sql.HOLDS_DEBOUNCE}"
+)
+# A task debounced (rules.debounce): what an enqueue of its key replaces. A fair queue's
+# task keeps its place.
+_DEBOUNCE: Final = (
+    "UPDATE tasks SET state=?, priority=?, data=?, run_at=?, key=?, timeout=?,"
+    " max_attempts=?, expires_at=?, updated_at=? WHERE id=?"
+)
+# An operator's retry takes a task out of its debounce (rules.change_status).
+_UNDEBOUNCE: Final = "UPDATE tasks SET debounce_key=NULL WHERE id=?"
 _RESTING: Final = frozenset({State.PAUSED, State.DONE, State.FAILED, State.CANCELLED})
 # Counts by state, each query served by a partial index.
 _COUNTS: Final = (
@@ -309,7 +324,9 @@ class SQLiteStore(Store):
     ) -> list[Task]:
         """:meth:`_insert` for tasks with per-task options or unique keys: a unique_key
         held by a task of the queue (one of this batch's included) creates nothing, and
-        answers that task. The single writer makes the look and the insert atomic: the
+        answers that task; a debounce_key held (rules.holds_debounce) replaces that task
+        (rules.debounce), the batch's later tasks of one key replacing its earlier. The
+        single writer makes the look and the insert atomic: the
         operations of a group run one after the other, each seeing the rows the earlier
         ones wrote."""
         answered: list[Task] = []
@@ -324,7 +341,22 @@ class SQLiteStore(Store):
             for row in conn.execute(_HOLDERS, (queue_id, now, keys)):
                 holder = self._task(row)
                 holders[holder.unique_key] = holder
+        debouncing = self._debouncing(conn, queue_id, tasks)
+        replaced: dict[int, Task] = {}  # existing tasks debounced, by id: their new version
+        fresh: dict[int, int] = {}  # the tasks this batch creates: their places in created
         for spec in tasks:
+            debounce_key = spec.debounce_key
+            if debounce_key is not None:
+                held = debouncing.get(debounce_key)
+                if held is not None:
+                    new = rules.debounce(held, spec, now)
+                    if held.id in fresh:  # created by this batch: written once, as it ends
+                        created[fresh[held.id]] = new
+                    else:
+                        replaced[held.id] = new
+                    debouncing[debounce_key] = new
+                    answered.append(rules.debounced(new))
+                    continue
             key = spec.unique_key
             if key is not None:
                 if key in taken:
@@ -340,11 +372,33 @@ class SQLiteStore(Store):
                 task = self._deps.depend(task, spec, parents, answered, edges)
             if key is not None and rules.holds_key(task, now):  # not one cancelled at once
                 taken[key] = task
+            if debounce_key is not None:
+                debouncing[debounce_key] = task
+                fresh[task.id] = len(created)
             created.append(task)
             answered.append(task)
         places: Sequence[int | None] = [None] * len(created)
         if queue_id in self._queues.fair:
             places = self._fair_places(conn, queue_id, created)
+        if replaced:
+            conn.executemany(
+                _DEBOUNCE,
+                [
+                    (
+                        int(t.state),
+                        t.priority,
+                        bytearray(t.data),
+                        t.run_at,
+                        t.key,
+                        t.timeout,
+                        t.max_attempts,
+                        t.expires_at,
+                        now,
+                        t.id,
+                    )
+                    for t in replaced.values()
+                ],
+            )
         conn.executemany(
             _INSERT_FULL,
             [
@@ -366,12 +420,24 @@ class SQLiteStore(Store):
                     t.unique_until,
                     t.parents,
                     t.error,  # a task cancelled at once: its parent had failed
+                    t.debounce_key,
                 )
                 for t, place in zip(created, places, strict=True)
             ],
         )
         self._deps.link(conn, edges)
         return answered
+
+    def _debouncing(
+        self, conn: sqlite3.Connection, queue_id: int, tasks: Sequence[NewTask]
+    ) -> dict[str, Task]:
+        """The tasks of the queue that hold the debounce keys ``tasks`` name, by key."""
+        keys = {spec.debounce_key for spec in tasks if spec.debounce_key is not None}
+        if not keys:
+            return {}
+        rows = conn.execute(_DEBOUNCING, (queue_id, msgspec.json.encode(sorted(keys))))
+        found = [self._task(row) for row in rows]
+        return {task.debounce_key: task for task in found if task.debounce_key is not None}
 
     def _fair_places(
         self, conn: sqlite3.Connection, queue_id: int, tasks: Sequence[Task]
@@ -587,7 +653,10 @@ class SQLiteStore(Store):
                 rows = conn.execute(f"SELECT {_COLUMNS} {select}", args).fetchall()
                 return self._bulk_by_rules(conn, queue_id, action, rows, now, after)
             rows = conn.execute(
-                f"SELECT id, state, unique_key, parents + children {select}", args
+                # A retry of a task with a unique_key or a debounce_key goes by the rules.
+                f"SELECT id, state, coalesce(unique_key, debounce_key), parents + children"
+                f" {select}",
+                args,
             ).fetchall()
             if not rows:
                 return BulkStep(0, 0, after, [])
@@ -797,6 +866,8 @@ class SQLiteStore(Store):
                 holder = self._task(found)
                 if holder.id != task.id:
                     raise rules.key_taken(task, holder)
+        if new is not None and new.debounce_key is None and task.debounce_key is not None:
+            conn.execute(_UNDEBOUNCE, (task.id,))  # a retry: out of its debounce
         # A status change never finishes a task, so the queue's history option plays no
         # part: any options will do.
         change = self._deps.store_change(conn, task, new, _KEEP, also)

@@ -64,6 +64,7 @@
  * @property {string | null} lease_expires_at
  * @property {string | null} schedule
  * @property {string | null} scheduled_for
+ * @property {string | null} debounce_key
  * @property {Delivery[]} history
  * @property {string[]} waiting_for
  * @property {Record<string, unknown> | null} after

@@ -139,6 +139,8 @@ export function TaskPage({ who, queue, id }) {
               <${Time} iso=${task.dead_letter.at} />
             </dd>
           </div>`}
+          ${task.debounce_key &&
+          html`<div><dt>Debounce key</dt><dd title="While it waits, never delivered, an enqueue of this key replaces its data and due time"><code>${task.debounce_key}</code></dd></div>`}
           ${task.schedule &&
           html`<div><dt>Schedule</dt><dd><a href="#/schedules">${task.schedule}</a>, tick <${Time} iso=${task.scheduled_for} /></dd></div>`}
         </dl>
