@@ -540,6 +540,8 @@ class QueueLimits(msgspec.Struct, frozen=True, omit_defaults=True):
     tokens: float | None = None
     #: Keys with key_concurrency tasks in progress: their other tasks wait.
     keys_at_limit: int | None = None
+    #: Keys whose key_rate bucket holds no whole token now: their tasks wait for one.
+    keys_rate_limited: int | None = None
 
 
 class QueueInfo(msgspec.Struct, frozen=True):

@@ -11,6 +11,7 @@ new version, or removes it where :func:`discard` says the queue keeps no such hi
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Final
 
@@ -278,22 +279,154 @@ def pick_by_key(
     running: Mapping[str, int],
     key_concurrency: int | None,
     taken: dict[str, int],
+    rates: KeyRates | None = None,
 ) -> list[int]:
     """From ready tasks (id, key) in claim order, the ids a claim takes: up to ``want``,
     skipping a task whose key already has ``key_concurrency`` in progress (``running``) or
-    taken by this claim (``taken``, updated). Skipping keeps the order within each key: a
-    key's later task is never taken before an earlier one that was skipped."""
+    taken by this claim (``taken``, updated), or whose key_rate bucket (``rates``, updated)
+    holds no whole token more. Skipping keeps the order within each key: a key's later
+    task is never taken before an earlier one that was skipped."""
     picked: list[int] = []
     for task_id, key in candidates:
         if len(picked) >= want:
             break
-        if key is not None and key_concurrency is not None:
+        if key is not None:
             now_taken = taken.get(key, 0)
-            if running.get(key, 0) + now_taken >= key_concurrency:
+            if key_concurrency is not None and running.get(key, 0) + now_taken >= key_concurrency:
+                continue
+            if rates is not None and not rates.allows(key, now_taken):
                 continue
             taken[key] = now_taken + 1
         picked.append(task_id)
     return picked
+
+
+# -- key_rate: a token bucket per task key ----------------------------------------------------
+#
+# A key's bucket is kept as one number, the moment (ms, a float) it is full again: ``full_at``
+# (the "theoretical arrival time" of GCRA). It holds rate.limit tokens less what refills
+# until then, (full_at - now) x limit / period, so it is the queue's Bucket exactly, in one
+# column instead of two; and a bucket whose full_at has passed is full, the same as no bucket
+# at all: the stores drop it (prune), which bounds what they keep by the keys taken from in
+# the last period (a bucket is never emptier than empty, so full_at <= now + period).
+
+
+def key_tokens(rate: Rate, full_at: float | None, now: int) -> float:
+    """The tokens of a key's bucket at ``now`` (full when it has none kept)."""
+    if full_at is None or full_at <= now:
+        return float(rate.limit)
+    return rate.limit - (full_at - now) * rate.limit / rate.period
+
+
+def key_spent(rate: Rate, full_at: float | None, now: int, taken: int) -> float:
+    """The bucket's full_at once ``taken`` more tokens are spent at ``now``."""
+    start = now if full_at is None or full_at < now else full_at
+    return start + taken * rate.period / rate.limit
+
+
+def key_empty_after(rate: Rate, now: int) -> float:
+    """The full_at beyond which a key's bucket holds no whole token at ``now``."""
+    return now + (rate.limit - 1) * rate.period / rate.limit
+
+
+def key_next_token(rate: Rate, full_at: float, now: int) -> int:
+    """When (ms) a bucket that is full at ``full_at`` holds a whole token again."""
+    return max(now, math.ceil(full_at - (rate.limit - 1) * rate.period / rate.limit))
+
+
+class KeyRates:
+    """A claim's view of a key_rate queue's buckets: the full_at of the keys it met
+    (``known``: a store's KeyBuckets, or what a SQL store read of the keys met), what it
+    allows each key, and, for the keys it passed over, when the first next token comes
+    (``next_at``: the poll's retry_at). ``spent`` gives the buckets to keep, once taken."""
+
+    __slots__ = ("known", "next_at", "now", "rate", "skipped")
+
+    def __init__(self, rate: Rate, now: int, known: Mapping[str, float] | None = None) -> None:
+        self.rate = rate
+        self.now = now
+        self.known: Mapping[str, float] = {} if known is None else known
+        self.next_at: int | None = None
+        self.skipped: set[str] = set()  # the keys passed over
+
+    def allows(self, key: str, taken: int) -> bool:
+        """Whether the key's bucket holds a whole token beyond the ``taken`` this claim
+        took; when not, notes when it will (next_at)."""
+        rate, now = self.rate, self.now
+        full_at = self.known.get(key)
+        if full_at is None or full_at <= now:
+            if taken < rate.limit:
+                return True
+            full_at = None
+        elif math.floor(rate.limit - (full_at - now) * rate.limit / rate.period) > taken:
+            return True
+        self.skipped.add(key)
+        at = key_next_token(rate, key_spent(rate, full_at, now, taken), now)
+        if self.next_at is None or at < self.next_at:
+            self.next_at = at
+        return False
+
+    def blocked(self, taken: Mapping[str, int]) -> set[str]:
+        """The keys met whose buckets allow no more (a SQL claim's next look passes them)."""
+        rate, now, known = self.rate, self.now, self.known
+        spent = {
+            k for k, n in taken.items() if math.floor(key_tokens(rate, known.get(k), now)) <= n
+        }
+        return self.skipped | spent
+
+    def spent(self, taken: Mapping[str, int]) -> dict[str, float]:
+        """The full_at of each key the claim took from (``taken``: how many), to keep."""
+        rate, now, known = self.rate, self.now, self.known
+        return {key: key_spent(rate, known.get(key), now, n) for key, n in taken.items() if n}
+
+    def limited_keys(self) -> int:
+        """How many of the known buckets hold no whole token now (GET /v1/queues)."""
+        rate, now = self.rate, self.now
+        return sum(1 for at in self.known.values() if key_tokens(rate, at, now) < 1)
+
+
+class KeyBuckets:
+    """The key_rate buckets a server keeps in memory for one queue (the memory and SQLite
+    stores, which one server serves): key -> full_at, in the order of each key's last
+    take. A key taken from at t is full by t + period, so :meth:`prune`, from the oldest
+    take, drops full buckets until the first that is not: what stays is bounded by the
+    keys taken from within the last period."""
+
+    __slots__ = ("full_at",)
+
+    def __init__(self) -> None:
+        self.full_at: OrderedDict[str, float] = OrderedDict()
+
+    def keep(self, spent: Mapping[str, float]) -> None:
+        """Keep the buckets a claim spent (KeyRates.spent), each now the last taken."""
+        full_at = self.full_at
+        for key, at in spent.items():
+            full_at[key] = at
+            full_at.move_to_end(key)
+
+    def prune(self, now: int) -> None:
+        """Drop the full buckets taken from before any that is not full."""
+        full_at = self.full_at
+        while full_at:
+            if next(iter(full_at.values())) > now:
+                break
+            full_at.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self.full_at)
+
+
+def claim_retry_at(
+    plan: ClaimPlan, asked: int, got: int, now: int, rates: KeyRates | None
+) -> int | None:
+    """When a poll that got fewer tasks than it asked may find one again: the queue's
+    rate's next token (ClaimPlan.retry_at); and when key_rate passed over keys with tasks
+    ready and the queue's limits did not cut the claim, the first of their next tokens
+    (not before the queue's own)."""
+    at = plan.retry_at(asked, got, now)
+    if rates is None or rates.next_at is None or got >= plan.allowed:
+        return at
+    return rates.next_at if at is None else max(at, rates.next_at)
 
 
 def fair_seq(last: int | None, front: int) -> int:

@@ -64,6 +64,9 @@ class MemoryStore(Store):
         self._running_keys: dict[str, dict[str, int]] = {}
         self._states: dict[str, dict[State, int]] = {}
         self._buckets: dict[str, rules.Bucket] = {}  # per queue with a rate limit
+        # Per queue with key_rate: its keys' buckets (apart from the per-key counts of
+        # key_concurrency: only key_rate queues pay for them).
+        self._key_buckets: dict[str, rules.KeyBuckets] = {}
         # Fair queues (rules.fair_seq): each task's place, and per (queue, key) a heap of the
         # places of its tasks, (-place, id): the first whose task still waits or runs is the
         # key's last place (entries of tasks that moved on are dropped as they come up).
@@ -107,6 +110,7 @@ class MemoryStore(Store):
         self._running_keys.setdefault(name, {})
         self._states.setdefault(name, dict.fromkeys(State, 0))
         self._buckets.pop(name, None)  # new options: a rate limit starts with a full bucket
+        self._key_buckets.pop(name, None)  # and so do key_rate's
         if old is not None and old.fair != options.fair:
             if options.fair:
                 self._place_waiting(name)
@@ -185,6 +189,7 @@ class MemoryStore(Store):
         self._running_keys.pop(name, None)
         self._states.pop(name, None)
         self._buckets.pop(name, None)
+        self._key_buckets.pop(name, None)
         for task_id in ids:
             self._forget_edges(self._tasks.pop(task_id))
             self._seq.pop(task_id, None)
@@ -511,13 +516,15 @@ class MemoryStore(Store):
         worker: str | None,
         now: int,
         running: dict[str, int] | None = None,
+        rates: rules.KeyRates | None = None,
     ) -> list[Task]:
         """Take up to ``limit`` ready tasks in order; with ``running`` (tasks in progress
-        per key, kept current as each task is leased), pass over the keys at their
-        key_concurrency, keeping their place."""
+        per key, kept current as each task is leased) or ``rates`` (key_rate's buckets),
+        pass over the keys at their key_concurrency or out of tokens, keeping their place."""
         heap = self._ready[queue]
         delivered: list[Task] = []
         passed: list[tuple[int, int, int]] = []
+        taken: dict[str, int] = {}  # per key, for key_rate (running counts the others)
         while heap and len(delivered) < limit:
             entry = heapq.heappop(heap)
             task = self._tasks.get(entry[2])
@@ -528,11 +535,15 @@ class MemoryStore(Store):
                 # stores). Out of the heap: it cannot become claimable again without a change
                 # of state, which pushes it anew.
                 continue
-            if running is not None and not rules.pick_by_key(
-                [(task.id, task.key)], 1, running, options.key_concurrency, {}
+            key = task.key
+            if key is not None and (
+                (running is not None and running.get(key, 0) >= (options.key_concurrency or 0))
+                or (rates is not None and not rates.allows(key, taken.get(key, 0)))
             ):
                 passed.append(entry)
                 continue
+            if rates is not None and key is not None:
+                taken[key] = taken.get(key, 0) + 1
             leased = rules.claimed(task, options, worker, now)
             self._put(leased)
             delivered.append(self._view(leased))
@@ -556,9 +567,24 @@ class MemoryStore(Store):
         running: dict[str, int] | None = None
         if options.key_concurrency is not None:
             running = self._running_keys[queue]
-        delivered = self._claim(queue, options, allowed, worker, now, running) if allowed else []
+        rates = None
+        if options.key_rate is not None and allowed:
+            buckets = self._key_buckets.get(queue)
+            if buckets is None:
+                buckets = self._key_buckets[queue] = rules.KeyBuckets()
+            buckets.prune(now)
+            rates = rules.KeyRates(options.key_rate, now, buckets.full_at)
+        delivered = (
+            self._claim(queue, options, allowed, worker, now, running, rates) if allowed else []
+        )
         plan.settle(len(delivered))
-        retry_at = plan.retry_at(limit, len(delivered), now)
+        if rates is not None:
+            taken: dict[str, int] = {}
+            for task in delivered:
+                if task.key is not None:
+                    taken[task.key] = taken.get(task.key, 0) + 1
+            self._key_buckets[queue].keep(rates.spent(taken))
+        retry_at = rules.claim_retry_at(plan, limit, len(delivered), now, rates)
         return PollResult(delivered, changes, retry_at, held=plan.held_after(len(delivered)))
 
     def _bucket(self, queue: str, options: QueueOptions, now: int) -> rules.Bucket | None:
@@ -569,11 +595,15 @@ class MemoryStore(Store):
     async def limit_state(self, queue: str, options: QueueOptions, now: int) -> LimitState:
         self._ids_of(queue)
         bucket = self._bucket(queue, options, now)
-        keys = None
+        keys = rate_limited = None
         if options.key_concurrency is not None:
             limit = options.key_concurrency
             keys = sum(1 for n in self._running_keys[queue].values() if n >= limit)
-        return LimitState(None if bucket is None else bucket.tokens, keys)
+        if options.key_rate is not None:
+            buckets = self._key_buckets.get(queue)
+            known = {} if buckets is None else buckets.full_at
+            rate_limited = rules.KeyRates(options.key_rate, now, known).limited_keys()
+        return LimitState(None if bucket is None else bucket.tokens, keys, rate_limited)
 
     async def get_task(self, queue: str, task_id: int) -> Task | None:
         task = self._tasks.get(task_id)
