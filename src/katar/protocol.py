@@ -109,8 +109,8 @@ TaskKey = Annotated[
         min_length=1,
         max_length=MAX_TASK_KEY,
         pattern="^[^\\x00-\\x1f]+$",
-        description="The task's group (a customer, an account): key_concurrency counts by it."
-        f" 1 to {MAX_TASK_KEY} characters, no control characters.",
+        description="The task's group (a customer, an account): key_concurrency, key_rate and"
+        f" fair count by it. 1 to {MAX_TASK_KEY} characters, no control characters.",
     ),
 ]
 #: Any JSON value, passed on verbatim (the server never decodes a task's data or result).

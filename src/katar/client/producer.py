@@ -325,8 +325,8 @@ class Producer:
         task, or one key for all (then the first is created, the others are its
         duplicates); ``unique_for`` (seconds) holds each key that long whatever the task's
         status. ``key``: the tasks' group (a customer, an account), which the queue's
-        ``key_concurrency`` and ``fair`` count by. ``afters``: for each task, the ids of the
-        tasks it waits for (or None), where ``"$n"`` names the n-th task of this call
+        ``key_concurrency``, ``key_rate`` and ``fair`` count by. ``afters``: for each task,
+        the ids of the tasks it waits for (or None), where ``"$n"`` names the n-th task of this call
         (0-based, an earlier one): e.g. ``[None, None, ["$0", "$1"]]`` for a fan-in."""
         body = _many_body(items, options, run_at, unique_keys, afters)
         return self._enqueue(queue, body, options.get("idempotency_key"))
