@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import copy
 import math
-from fractions import Fraction
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from typing import Final
 
 from katar.core.idempotency import KeyReused
@@ -550,9 +550,12 @@ class Model:
         for task in ready:
             if len(chosen) >= limit:
                 break
-            if options.key_concurrency is not None and task.key is not None:
-                if per_key[task.key] >= options.key_concurrency:
-                    continue
+            if (
+                options.key_concurrency is not None
+                and task.key is not None
+                and per_key[task.key] >= options.key_concurrency
+            ):
+                continue
             if options.key_rate is not None and task.key is not None:
                 tokens = self._key_bucket(queue, task.key, options.key_rate, now)[0]
                 if tokens - by_rate[task.key] < 1:  # passed over: the next keys' go on
