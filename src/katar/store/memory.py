@@ -524,6 +524,7 @@ class MemoryStore(Store):
         heap = self._ready[queue]
         delivered: list[Task] = []
         passed: list[tuple[int, int, int]] = []
+        by_key = running is not None or rates is not None
         taken: dict[str, int] = {}  # per key, for key_rate (running counts the others)
         while heap and len(delivered) < limit:
             entry = heapq.heappop(heap)
@@ -535,15 +536,14 @@ class MemoryStore(Store):
                 # stores). Out of the heap: it cannot become claimable again without a change
                 # of state, which pushes it anew.
                 continue
-            key = task.key
-            if key is not None and (
-                (running is not None and running.get(key, 0) >= (options.key_concurrency or 0))
-                or (rates is not None and not rates.allows(key, taken.get(key, 0)))
-            ):
-                passed.append(entry)
-                continue
-            if rates is not None and key is not None:
-                taken[key] = taken.get(key, 0) + 1
+            if by_key and (key := task.key) is not None:
+                if (
+                    running is not None and running.get(key, 0) >= (options.key_concurrency or 0)
+                ) or (rates is not None and not rates.allows(key, taken.get(key, 0))):
+                    passed.append(entry)
+                    continue
+                if rates is not None:
+                    taken[key] = taken.get(key, 0) + 1
             leased = rules.claimed(task, options, worker, now)
             self._put(leased)
             delivered.append(self._view(leased))
