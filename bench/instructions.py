@@ -113,7 +113,7 @@ def count(
             client.put(f"/v1/queue/{QUEUE}", json=queue).raise_for_status()
             for start in range(0, tasks, 1000):
                 n = min(1000, tasks - start)
-                made = [{"data": {"n": start + i}} for i in range(n)]
+                made: list[dict[str, Any]] = [{"data": {"n": start + i}} for i in range(n)]
                 if keys:
                     for i, task in enumerate(made):
                         task["key"] = f"customer-{(start + i) % keys}"
