@@ -75,6 +75,7 @@ async def test_each_key_has_its_own_full_bucket_and_tasks_without_a_key_are_free
     result = await store.poll("q", options, [], 10, "w1", T0)
     assert result.delivered == []
     assert result.retry_at == T0 + 500  # a token a key every 500 ms
+    assert result.held == "key_rate"  # counted in the metrics as a limited poll
     assert by_key(await claim(store, 100, options=options, now=T0 + 500)) == {
         "a": ["a2"],
         "b": ["b2"],

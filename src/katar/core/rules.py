@@ -429,6 +429,15 @@ def claim_retry_at(
     return rates.next_at if at is None else max(at, rates.next_at)
 
 
+def claim_held(plan: ClaimPlan, got: int, rates: KeyRates | None) -> str | None:
+    """The limit that held a claim back (PollResult.held): the queue's (held_after), else
+    "key_rate" when it passed over keys out of tokens and took less than it was allowed."""
+    held = plan.held_after(got)
+    if held is None and rates is not None and rates.skipped and got < plan.allowed:
+        return "key_rate"
+    return held
+
+
 def fair_seq(last: int | None, front: int) -> int:
     """A fair queue's order for a new task of a key (start-time fair queuing): one past
     the key's last task still waiting or running (``last``), but never before the task at

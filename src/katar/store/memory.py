@@ -585,7 +585,8 @@ class MemoryStore(Store):
                     taken[task.key] = taken.get(task.key, 0) + 1
             self._key_buckets[queue].keep(rates.spent(taken))
         retry_at = rules.claim_retry_at(plan, limit, len(delivered), now, rates)
-        return PollResult(delivered, changes, retry_at, held=plan.held_after(len(delivered)))
+        held = rules.claim_held(plan, len(delivered), rates)
+        return PollResult(delivered, changes, retry_at, held=held)
 
     def _bucket(self, queue: str, options: QueueOptions, now: int) -> rules.Bucket | None:
         if options.rate is None:

@@ -790,7 +790,7 @@ class PostgresStore(Store):
             save = (queue_id, now, keys, queue_id, keys, list(kept.values()))
             await conn.execute(sql.save_key_buckets, save)
         retry_at = rules.claim_retry_at(plan, limit, len(delivered), now, rates)
-        return delivered, retry_at, plan.held_after(len(delivered))
+        return delivered, retry_at, rules.claim_held(plan, len(delivered), rates)
 
     async def _candidates(
         self,

@@ -402,6 +402,8 @@ class Batches:
             start += len(mine)
             if len(mine) < poll.limit and len(order) >= allowed:  # the limit cut its share
                 poll.take, poll.held = len(mine), plan.held
+            elif len(mine) < poll.limit and rates is not None and rates.skipped:
+                poll.take, poll.held = len(mine), "key_rate"  # keys out of tokens passed over
             poll.delivered = [
                 self._claimed(conn, rows[i], name, poll.worker, now, lease_until) for i in mine
             ]
