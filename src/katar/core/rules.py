@@ -283,9 +283,9 @@ def pick_by_key(
 ) -> list[int]:
     """From ready tasks (id, key) in claim order, the ids a claim takes: up to ``want``,
     skipping a task whose key already has ``key_concurrency`` in progress (``running``) or
-    taken by this claim (``taken``, updated), or whose key_rate bucket (``rates``, updated)
-    holds no whole token more. Skipping keeps the order within each key: a key's later
-    task is never taken before an earlier one that was skipped."""
+    taken by this claim (``taken``, updated), or whose key_rate bucket (``rates``, whose
+    tokens it takes) holds no whole token more. Skipping keeps the order within each key:
+    a key's later task is never taken before an earlier one that was skipped."""
     picked: list[int] = []
     for task_id, key in candidates:
         if len(picked) >= want:
@@ -294,7 +294,7 @@ def pick_by_key(
             now_taken = taken.get(key, 0)
             if key_concurrency is not None and running.get(key, 0) + now_taken >= key_concurrency:
                 continue
-            if rates is not None and not rates.allows(key, now_taken):
+            if rates is not None and not rates.take(key):
                 continue
             taken[key] = now_taken + 1
         picked.append(task_id)
@@ -336,48 +336,50 @@ def key_next_token(rate: Rate, full_at: float, now: int) -> int:
 
 class KeyRates:
     """A claim's view of a key_rate queue's buckets: the full_at of the keys it met
-    (``known``: a store's KeyBuckets, or what a SQL store read of the keys met), what it
-    allows each key, and, for the keys it passed over, when the first next token comes
-    (``next_at``: the poll's retry_at). ``spent`` gives the buckets to keep, once taken."""
+    (``known``: a store's KeyBuckets, or what a SQL store read of the keys met), the
+    tokens it took from each (``taken``) and the whole ones left (``left``), and, for the
+    keys it passed over, when the first next token comes (``next_at``: the poll's
+    retry_at). ``spent`` gives the buckets to keep, once the claim took its tasks."""
 
-    __slots__ = ("known", "next_at", "now", "rate", "skipped")
+    __slots__ = ("known", "left", "next_at", "now", "rate", "skipped", "taken")
 
     def __init__(self, rate: Rate, now: int, known: Mapping[str, float] | None = None) -> None:
         self.rate = rate
         self.now = now
         self.known: Mapping[str, float] = {} if known is None else known
+        self.left: dict[str, int] = {}  # whole tokens left, per key met
+        self.taken: dict[str, int] = {}  # tokens this claim took, per key
         self.next_at: int | None = None
         self.skipped: set[str] = set()  # the keys passed over
 
-    def allows(self, key: str, taken: int) -> bool:
-        """Whether the key's bucket holds a whole token beyond the ``taken`` this claim
-        took; when not, notes when it will (next_at)."""
-        rate, now = self.rate, self.now
-        full_at = self.known.get(key)
-        if full_at is None or full_at <= now:
-            if taken < rate.limit:
-                return True
-            full_at = None
-        elif math.floor(rate.limit - (full_at - now) * rate.limit / rate.period) > taken:
+    def take(self, key: str) -> bool:
+        """Take a token of the key's bucket for a task the claim takes: False when it holds
+        no whole token more (the task is passed over), noting when it will (next_at)."""
+        left = self.left.get(key)
+        if left is None:
+            left = math.floor(key_tokens(self.rate, self.known.get(key), self.now))
+        if left >= 1:
+            self.left[key] = left - 1
+            self.taken[key] = self.taken.get(key, 0) + 1
             return True
-        self.skipped.add(key)
-        at = key_next_token(rate, key_spent(rate, full_at, now, taken), now)
-        if self.next_at is None or at < self.next_at:
-            self.next_at = at
+        self.left[key] = left
+        if key not in self.skipped:
+            self.skipped.add(key)
+            rate, now = self.rate, self.now
+            full_at = key_spent(rate, self.known.get(key), now, self.taken.get(key, 0))
+            at = key_next_token(rate, full_at, now)
+            if self.next_at is None or at < self.next_at:
+                self.next_at = at
         return False
 
-    def blocked(self, taken: Mapping[str, int]) -> set[str]:
+    def blocked(self) -> set[str]:
         """The keys met whose buckets allow no more (a SQL claim's next look passes them)."""
-        rate, now, known = self.rate, self.now, self.known
-        spent = {
-            k for k, n in taken.items() if math.floor(key_tokens(rate, known.get(k), now)) <= n
-        }
-        return self.skipped | spent
+        return {key for key, left in self.left.items() if left < 1}
 
-    def spent(self, taken: Mapping[str, int]) -> dict[str, float]:
-        """The full_at of each key the claim took from (``taken``: how many), to keep."""
+    def spent(self) -> dict[str, float]:
+        """The full_at of each key the claim took from, to keep."""
         rate, now, known = self.rate, self.now, self.known
-        return {key: key_spent(rate, known.get(key), now, n) for key, n in taken.items() if n}
+        return {key: key_spent(rate, known.get(key), now, n) for key, n in self.taken.items()}
 
     def limited_keys(self) -> int:
         """How many of the known buckets hold no whole token now (GET /v1/queues)."""

@@ -525,7 +525,6 @@ class MemoryStore(Store):
         delivered: list[Task] = []
         passed: list[tuple[int, int, int]] = []
         by_key = running is not None or rates is not None
-        taken: dict[str, int] = {}  # per key, for key_rate (running counts the others)
         while heap and len(delivered) < limit:
             entry = heapq.heappop(heap)
             task = self._tasks.get(entry[2])
@@ -536,14 +535,16 @@ class MemoryStore(Store):
                 # stores). Out of the heap: it cannot become claimable again without a change
                 # of state, which pushes it anew.
                 continue
-            if by_key and (key := task.key) is not None:
-                if (
-                    running is not None and running.get(key, 0) >= (options.key_concurrency or 0)
-                ) or (rates is not None and not rates.allows(key, taken.get(key, 0))):
-                    passed.append(entry)
-                    continue
-                if rates is not None:
-                    taken[key] = taken.get(key, 0) + 1
+            if (
+                by_key
+                and (key := task.key) is not None
+                and (
+                    (running is not None and running.get(key, 0) >= (options.key_concurrency or 0))
+                    or (rates is not None and not rates.take(key))
+                )
+            ):
+                passed.append(entry)
+                continue
             leased = rules.claimed(task, options, worker, now)
             self._put(leased)
             delivered.append(self._view(leased))
@@ -579,11 +580,7 @@ class MemoryStore(Store):
         )
         plan.settle(len(delivered))
         if rates is not None:
-            taken: dict[str, int] = {}
-            for task in delivered:
-                if task.key is not None:
-                    taken[task.key] = taken.get(task.key, 0) + 1
-            self._key_buckets[queue].keep(rates.spent(taken))
+            self._key_buckets[queue].keep(rates.spent())
         retry_at = rules.claim_retry_at(plan, limit, len(delivered), now, rates)
         held = rules.claim_held(plan, len(delivered), rates)
         return PollResult(delivered, changes, retry_at, held=held)

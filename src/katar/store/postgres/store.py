@@ -757,7 +757,7 @@ class PostgresStore(Store):
             want = allowed - len(delivered)
             blocked = rules.blocked_keys(per_key, taken, options.key_concurrency)
             if rates is not None:
-                blocked = sorted(rates.blocked(taken).union(blocked))
+                blocked = sorted(rates.blocked().union(blocked))
             # More than wanted: some may belong to keys at their limit, or that fill up on
             # the way (the next look passes over those keys, and looks further).
             chunk = want + extra
@@ -784,8 +784,8 @@ class PostgresStore(Store):
         spent = plan.settle(len(delivered))
         if spent is not None:
             await conn.execute(sql.save_bucket, (spent.tokens, spent.at, queue_id))
-        if rates is not None and taken:
-            kept = rates.spent(taken)
+        if rates is not None and rates.taken:
+            kept = rates.spent()
             keys = list(kept)
             save = (queue_id, now, keys, queue_id, keys, list(kept.values()))
             await conn.execute(sql.save_key_buckets, save)

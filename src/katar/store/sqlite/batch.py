@@ -373,7 +373,7 @@ class Batches:
             want = allowed - len(order)
             blocked = rules.blocked_keys(per_key, taken, options.key_concurrency)
             if rates is not None:
-                blocked = sorted(rates.blocked(taken).union(blocked))
+                blocked = sorted(rates.blocked().union(blocked))
             # More than wanted: some may belong to keys at their limit, or that fill up on
             # the way (the next look passes over those keys, and looks further).
             chunk = want + extra
@@ -414,7 +414,7 @@ class Batches:
         if plan.bucket is not None:
             self._charge(plan, polls)
         if rates is not None and key_buckets is not None:
-            key_buckets.keep(rates.spent(taken))
+            key_buckets.keep(rates.spent())
             asked = sum(poll.limit for poll in polls)
             retry_at = rules.claim_retry_at(plan, asked, len(order), now, rates)
             if retry_at is not None:
