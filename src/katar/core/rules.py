@@ -336,50 +336,62 @@ def key_next_token(rate: Rate, full_at: float, now: int) -> int:
 
 class KeyRates:
     """A claim's view of a key_rate queue's buckets: the full_at of the keys it met
-    (``known``: a store's KeyBuckets, or what a SQL store read of the keys met), the
-    tokens it took from each (``taken``) and the whole ones left (``left``), and, for the
-    keys it passed over, when the first next token comes (``next_at``: the poll's
+    (``known``: a store's KeyBuckets, or what a SQL store read of the keys met), and per
+    key met, the whole tokens its bucket held and how many the claim took (``met``); for
+    the keys it passed over, when the first next token comes (``next_at``: the poll's
     retry_at). ``spent`` gives the buckets to keep, once the claim took its tasks."""
 
-    __slots__ = ("known", "left", "next_at", "now", "rate", "skipped", "taken")
+    __slots__ = ("known", "met", "next_at", "now", "rate", "skipped")
 
     def __init__(self, rate: Rate, now: int, known: Mapping[str, float] | None = None) -> None:
         self.rate = rate
         self.now = now
         self.known: Mapping[str, float] = {} if known is None else known
-        self.left: dict[str, int] = {}  # whole tokens left, per key met
-        self.taken: dict[str, int] = {}  # tokens this claim took, per key
+        self.met: dict[str, list[int]] = {}  # per key met: [whole tokens, taken]
         self.next_at: int | None = None
         self.skipped: set[str] = set()  # the keys passed over
 
     def take(self, key: str) -> bool:
         """Take a token of the key's bucket for a task the claim takes: False when it holds
         no whole token more (the task is passed over), noting when it will (next_at)."""
-        left = self.left.get(key)
-        if left is None:
-            left = math.floor(key_tokens(self.rate, self.known.get(key), self.now))
-        if left >= 1:
-            self.left[key] = left - 1
-            self.taken[key] = self.taken.get(key, 0) + 1
+        counts = self.met.get(key)
+        if counts is None:
+            full_at = self.known.get(key)
+            if full_at is None or full_at <= self.now:  # full: the common case, kept cheap
+                counts = self.met[key] = [self.rate.limit, 0]
+            else:
+                tokens = math.floor(key_tokens(self.rate, full_at, self.now))
+                counts = self.met[key] = [tokens, 0]
+        if counts[0] > counts[1]:
+            counts[1] += 1
             return True
-        self.left[key] = left
         if key not in self.skipped:
             self.skipped.add(key)
             rate, now = self.rate, self.now
-            full_at = key_spent(rate, self.known.get(key), now, self.taken.get(key, 0))
-            at = key_next_token(rate, full_at, now)
+            at = key_next_token(rate, key_spent(rate, self.known.get(key), now, counts[1]), now)
             if self.next_at is None or at < self.next_at:
                 self.next_at = at
         return False
 
+    @property
+    def taken(self) -> dict[str, int]:
+        """The tokens the claim took, per key it took from."""
+        return {key: counts[1] for key, counts in self.met.items() if counts[1]}
+
     def blocked(self) -> set[str]:
         """The keys met whose buckets allow no more (a SQL claim's next look passes them)."""
-        return {key for key, left in self.left.items() if left < 1}
+        return {key for key, (tokens, taken) in self.met.items() if taken >= tokens}
 
     def spent(self) -> dict[str, float]:
         """The full_at of each key the claim took from, to keep."""
-        rate, now, known = self.rate, self.now, self.known
-        return {key: key_spent(rate, known.get(key), now, n) for key, n in self.taken.items()}
+        now, known = self.now, self.known
+        period, limit = self.rate.period, self.rate.limit
+        spent = {}
+        for key, (_tokens, n) in self.met.items():  # key_spent, inline: many keys a claim
+            if n:
+                at = known.get(key)
+                spent[key] = (now if at is None or at < now else at) + n * period / limit
+        return spent
 
     def limited_keys(self) -> int:
         """How many of the known buckets hold no whole token now (GET /v1/queues)."""
@@ -409,9 +421,12 @@ class KeyBuckets:
     def prune(self, now: int) -> None:
         """Drop the full buckets taken from before any that is not full."""
         full_at = self.full_at
-        while full_at:
-            if next(iter(full_at.values())) > now:
+        full = 0
+        for at in full_at.values():
+            if at > now:
                 break
+            full += 1
+        for _ in range(full):
             full_at.popitem(last=False)
 
     def __len__(self) -> int:
