@@ -2,7 +2,7 @@
 on queues with flow-control options that do not bind, each beside the same drain on a plain
 queue, in the same run, alternating, on one store.
 
-    python -m bench.flow [--store sqlite|postgres] [--tasks N] [--repeats R]
+    python -m bench.flow [--store sqlite|postgres|memory] [--tasks N] [--repeats R]
 
 Prints a table of tasks per second and each variant's ratio to the plain drain (the median
 of the repeats). docs/benchmarks.md keeps the figures.
@@ -35,6 +35,12 @@ VARIANTS: dict[str, tuple[dict[str, object], Extra | None]] = {
     "concurrency (not binding)": ({"concurrency": 100_000}, None),
     "rate (not binding)": ({"rate": {"limit": 1_000_000, "period": 1000}}, None),
     f"key_concurrency 1, {KEYS} keys": ({"key_concurrency": 1}, _keyed),
+    # key_rate beside the same keyed tasks on a queue without it (what it costs by itself).
+    f"keys only, {KEYS} keys": ({}, _keyed),
+    f"key_rate (not binding), {KEYS} keys": (
+        {"key_rate": {"limit": 1_000_000, "period": 1000}},
+        _keyed,
+    ),
     f"fair, {KEYS} keys": ({"fair": True}, _keyed),
     "unique_key on every task": ({}, _unique),
 }
@@ -42,10 +48,13 @@ VARIANTS: dict[str, tuple[dict[str, object], Extra | None]] = {
 
 @contextlib.contextmanager
 def _store(store: str) -> Iterator[str]:
-    """A fresh store's URL: a new PostgreSQL schema, or a SQLite file in the server's folder."""
+    """A fresh store's URL: a new PostgreSQL schema, a SQLite file in the server's folder,
+    or a memory store."""
     if store == "postgres":
         with postgres_schema() as url:
             yield url
+    elif store == "memory":
+        yield "memory://"
     else:
         yield "sqlite:///katar.db"
 
@@ -60,7 +69,7 @@ def measure(store: str, tasks: int, batch: int, connections: int, name: str) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--store", choices=["sqlite", "postgres", "memory"], default="sqlite")
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)

@@ -10,6 +10,10 @@ line: the instructions in all, per task and per poll.
 
     python -m bench.instructions --store sqlite --batch 100
     python -m bench.instructions --src ../other/src --store sqlite --batch 100
+    python -m bench.instructions --store memory --keys 1000 \
+        --options '{"key_rate": {"limit": 1000000, "period": 1000}}'
+
+``--options`` (JSON) adds queue options; ``--keys N`` gives the tasks N keys, in turn.
 """
 
 from __future__ import annotations
@@ -65,7 +69,15 @@ def _worker(url: str, batch: int, tasks: int, drained: list[int], lock: threadin
                 return
 
 
-def count(src: Path, store: str, tasks: int, batch: int, connections: int) -> dict[str, Any]:
+def count(
+    src: Path,
+    store: str,
+    tasks: int,
+    batch: int,
+    connections: int,
+    options: dict[str, Any] | None = None,
+    keys: int = 0,
+) -> dict[str, Any]:
     """Instructions the server spends on the drain."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
@@ -97,10 +109,15 @@ def count(src: Path, store: str, tasks: int, batch: int, connections: int) -> di
     try:
         _wait_for_server(url, 300)
         with httpx.Client(base_url=url, timeout=600) as client:
-            client.put(f"/v1/queue/{QUEUE}", json={"max_batch": max(batch, 1)}).raise_for_status()
+            queue = {"max_batch": max(batch, 1), **(options or {})}
+            client.put(f"/v1/queue/{QUEUE}", json=queue).raise_for_status()
             for start in range(0, tasks, 1000):
                 n = min(1000, tasks - start)
-                body = {"tasks": [{"data": {"n": start + i}} for i in range(n)]}
+                made: list[dict[str, Any]] = [{"data": {"n": start + i}} for i in range(n)]
+                if keys:
+                    for i, task in enumerate(made):
+                        task["key"] = f"customer-{(start + i) % keys}"
+                body = {"tasks": made}
                 client.post(f"/v1/queue/{QUEUE}/tasks", json=body).raise_for_status()
         time.sleep(1)  # the fill's last group commit
         control = ["callgrind_control"]
@@ -127,6 +144,8 @@ def count(src: Path, store: str, tasks: int, batch: int, connections: int) -> di
             "store": store,
             "tasks": tasks,
             "batch": batch,
+            "options": options or {},
+            "keys": keys,
             "polls": drained[1],
             "instructions": total,
             "per_task": round(total / tasks),
@@ -148,8 +167,13 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=100, help="max of each poll")
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--options", type=json.loads, default={}, help="queue options (JSON)")
+    parser.add_argument("--keys", type=int, default=0, help="give the tasks this many keys")
     args = parser.parse_args()
-    print(json.dumps(count(args.src, args.store, args.tasks, args.batch, args.connections)))
+    figures = count(
+        args.src, args.store, args.tasks, args.batch, args.connections, args.options, args.keys
+    )
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

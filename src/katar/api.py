@@ -239,7 +239,8 @@ class Queue:
         Each task's own options: ``timeout`` (its lease in ms), ``max_attempts`` (0: no
         limit), ``expires_in`` (seconds), as the HTTP fields of the same names;
         ``unique_keys``, one key (or None) per task, and ``unique_for`` (seconds); ``key``,
-        the tasks' group, which the queue's ``key_concurrency`` and ``fair`` count by;
+        the tasks' group, which the queue's ``key_concurrency``, ``key_rate`` and ``fair``
+        count by;
         ``afters``, one list (or None) per task of the ids of the tasks it waits for, where
         ``"$n"`` names the n-th task of this call (an earlier one): it runs once they are
         all done, with their results in its ``after``, and is cancelled if one fails.

@@ -159,8 +159,8 @@ def _parser() -> argparse.ArgumentParser:
             )
             command.add_argument(
                 "--key",
-                help="the tasks' group (a customer, an account): the queue's key_concurrency"
-                " and fair count by it",
+                help="the tasks' group (a customer, an account): the queue's key_concurrency,"
+                " key_rate and fair count by it",
             )
             command.add_argument(
                 "--unique-key",

@@ -111,8 +111,8 @@ TaskKey = Annotated[
         min_length=1,
         max_length=MAX_TASK_KEY,
         pattern="^[^\\x00-\\x1f]+$",
-        description="The task's group (a customer, an account): key_concurrency counts by it."
-        f" 1 to {MAX_TASK_KEY} characters, no control characters.",
+        description="The task's group (a customer, an account): key_concurrency, key_rate and"
+        f" fair count by it. 1 to {MAX_TASK_KEY} characters, no control characters.",
     ),
 ]
 #: Any JSON value, passed on verbatim (the server never decodes a task's data or result).
@@ -616,6 +616,8 @@ class QueueLimits(msgspec.Struct, frozen=True, omit_defaults=True):
     tokens: float | None = None
     #: Keys with key_concurrency tasks in progress: their other tasks wait.
     keys_at_limit: int | None = None
+    #: Keys whose key_rate bucket holds no whole token now: their tasks wait for one.
+    keys_rate_limited: int | None = None
 
 
 class QueueInfo(msgspec.Struct, frozen=True):

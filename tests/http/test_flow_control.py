@@ -31,6 +31,8 @@ async def test_a_bad_patch_is_a_422_that_changes_nothing(client: httpx.AsyncClie
         ({"concurrency": 0}, "concurrency"),
         ({"rate": {"limit": 5}}, "rate"),
         ({"key_concurrency": "one"}, "key_concurrency"),
+        ({"key_rate": {"limit": 0, "period": 1000}}, "key_rate"),
+        ({"key_rate": {"limit": 5}}, "key_rate"),
         ({"pause": True}, "pause"),
     ):
         answer = await client.patch("/v1/queue/p", json=body)
@@ -133,6 +135,7 @@ async def test_a_seed_worker_works_unchanged_on_a_queue_with_every_option(
             "concurrency": 2,
             "key_concurrency": 1,
             "rate": {"limit": 1000, "period": 1000},
+            "key_rate": {"limit": 1000, "period": 1000},
             "fair": True,
             "configuration": {"interval": 10},
         },
@@ -166,3 +169,35 @@ async def test_a_seed_worker_works_unchanged_on_a_queue_with_every_option(
         done.append(task["data"])
         acks = [{"_id": task["_id"], "status": "done"}]
     assert sorted(done) == list(range(9))
+
+
+async def test_key_rate_limits_each_key_and_shows_in_the_queue_list(
+    client: httpx.AsyncClient,
+) -> None:
+    put = await client.put("/v1/queue/p", json={"key_rate": {"limit": 2, "period": 60000}})
+    assert put.json()["options"]["key_rate"] == {"limit": 2, "period": 60000}
+    tasks = [{"data": n, "key": "big"} for n in range(10)]
+    tasks += [{"data": 10 + n, "key": f"k{n}"} for n in range(3)] + [{"data": 99}]
+    await client.post("/v1/queue/p/tasks", json={"tasks": tasks})
+    taken = (await client.post("/v1/queue/p", json={"max": 20})).json()["tasks"]
+    # "big" gets its bucket's 2; the other keys are not held back; no key: no key_rate.
+    assert [t["data"] for t in taken] == [0, 1, 10, 11, 12, 99]
+    assert (await client.post("/v1/queue/p", json={"max": 20})).status_code == 204
+    queues = (await client.get("/v1/queues")).json()["queues"]
+    (p,) = [q for q in queues if q["name"] == "p"]
+    assert p["limits"]["keys_rate_limited"] == 1
+    cleared = await client.patch("/v1/queue/p", json={"key_rate": None})
+    assert cleared.json()["options"]["key_rate"] is None
+    assert len((await client.post("/v1/queue/p", json={"max": 20})).json()["tasks"]) == 8
+
+
+async def test_a_long_poll_held_by_key_rate_gets_the_keys_next_token(
+    client: httpx.AsyncClient,
+) -> None:
+    await client.put("/v1/queue/p", json={"key_rate": {"limit": 1, "period": 300}})
+    tasks = [{"data": 1, "key": "a"}, {"data": 2, "key": "a"}]
+    await client.post("/v1/queue/p/tasks", json={"tasks": tasks})
+    assert (await client.post("/v1/queue/p", json={})).status_code == 200
+    answer = await client.post("/v1/queue/p", json={"wait": 5})
+    assert answer.status_code == 200
+    assert answer.json()["tasks"][0]["data"] == 2

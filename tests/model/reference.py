@@ -20,10 +20,11 @@ import copy
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from typing import Final
 
 from katar.core.idempotency import KeyReused
-from katar.core.model import Ack, NewTask, QueueOptions, State
+from katar.core.model import Ack, NewTask, QueueOptions, Rate, State
 from katar.errors import (
     Conflict,
     IllegalTransition,
@@ -152,6 +153,9 @@ class Model:
     ownership: bool = True
     #: Each rate-limited queue's token bucket: [tokens, as of when (ms)]; absent: full.
     buckets: dict[str, list[float]] = field(default_factory=dict)
+    #: key_rate: each (queue, task key)'s token bucket, [tokens, as of when (ms)], in exact
+    #: fractions; absent: full (the stores keep another form of it, and drop full ones).
+    key_buckets: dict[tuple[str, str], list[Fraction]] = field(default_factory=dict)
     #: Dependencies: per child, its parents' (done, result), kept while the child is.
     edges: dict[int, dict[int, tuple[bool, bytes | None]]] = field(default_factory=dict)
 
@@ -174,11 +178,17 @@ class Model:
                 counted[task.key] += 1
         self.queues[name] = options
         self.buckets.pop(name, None)  # new options: a rate limit starts with a full bucket
+        self._forget_key_buckets(name)  # and so does every key's under key_rate
+
+    def _forget_key_buckets(self, name: str) -> None:
+        for pair in [pair for pair in self.key_buckets if pair[0] == name]:
+            del self.key_buckets[pair]
 
     def delete_queue(self, name: str, now: int) -> int:
         if name not in self.queues:
             raise Refusal(QueueNotFound)
         del self.queues[name]
+        self._forget_key_buckets(name)
         self.buckets.pop(name, None)
         for queue_key in [queue_key for queue_key in self.keys if queue_key[0] == name]:
             del self.keys[queue_key]
@@ -582,16 +592,28 @@ class Model:
             else (lambda t: (-t.priority, 0, t.id)),
         )
         chosen: list[MTask] = []
+        by_rate: Counter[str] = Counter()  # taken per key, under key_rate
         for task in ready:
             if len(chosen) >= limit:
                 break
-            if options.key_concurrency is not None and task.key is not None:
-                if per_key[task.key] >= options.key_concurrency:
+            if (
+                options.key_concurrency is not None
+                and task.key is not None
+                and per_key[task.key] >= options.key_concurrency
+            ):
+                continue
+            if options.key_rate is not None and task.key is not None:
+                tokens = self._key_bucket(queue, task.key, options.key_rate, now)[0]
+                if tokens - by_rate[task.key] < 1:  # passed over: the next keys' go on
                     continue
+                by_rate[task.key] += 1
+            if options.key_concurrency is not None and task.key is not None:
                 per_key[task.key] += 1
             chosen.append(task)
         if bucket is not None:
             bucket[0] -= len(chosen)
+        for key, count in by_rate.items():
+            self.key_buckets[(queue, key)][0] -= count
         delivered = []
         for task in chosen:
             task.state = State.RUNNING
@@ -603,6 +625,16 @@ class Model:
             task.progress = None  # a new delivery reports its own
             delivered.append(self.shown(task))
         return delivered
+
+    def _key_bucket(self, queue: str, key: str, rate: Rate, now: int) -> list[Fraction]:
+        """The key's bucket under key_rate, refilled to ``now``: limit tokens, refilled
+        evenly over period, from full."""
+        bucket = self.key_buckets.setdefault((queue, key), [Fraction(rate.limit), Fraction(now)])
+        if now > bucket[1]:
+            refill = (now - bucket[1]) * Fraction(rate.limit, rate.period)
+            bucket[0] = min(Fraction(rate.limit), bucket[0] + refill)
+            bucket[1] = Fraction(now)
+        return bucket
 
     def _ack(self, task: MTask, ack: Ack, options: QueueOptions, now: int) -> None:
         """What an ack for the current delivery does (the task is in progress)."""

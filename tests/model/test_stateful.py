@@ -90,6 +90,7 @@ options_strategy = st.builds(
     concurrency=st.sampled_from([None, None, 1, 2]),
     key_concurrency=st.sampled_from([None, None, 1]),
     rate=st.sampled_from([None, None, Rate(limit=2, period=1000), Rate(limit=1, period=300)]),
+    key_rate=st.sampled_from([None, None, Rate(limit=1, period=300), Rate(limit=2, period=1000)]),
     fair=st.sampled_from([False, False, True]),
     # Section 14: the other queue, or one the store must create; never the queue itself
     # (the engine refuses it: see dead_letter_of).

@@ -75,4 +75,8 @@ test("a queue's limits in words, and whether its concurrency is all taken", () =
     text: "0 running · rate: 0 deliveries available now",
     full: false,
   });
+  assert.deepEqual(limitsSummary({ in_progress: 5, tokens: 2, keys_rate_limited: 3 }), {
+    text: "5 running · rate: 2 deliveries available now · key rate: 3 keys waiting for a token",
+    full: false,
+  });
 });

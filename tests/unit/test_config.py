@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from katar import Katar, config
-from katar.core.model import QueueOptions, parse_queue_options
+from katar.core.model import QueueOptions, Rate, parse_queue_options
 from katar.errors import ConfigError, ValidationError
 from katar.http.auth import Role, Token, digest
 
@@ -41,6 +41,7 @@ max_long_polls_per_token = 200
 [queues.emails]
 persistent = true
 timeout = 30000
+key_rate = {limit = 5, period = 60000}
 
 [queues.emails.configuration]
 interval = 1000
@@ -58,6 +59,7 @@ smtp = {host = "mail", port = 25}
     assert settings.limits.max_long_polls_per_token == 200
     emails = settings.queues["emails"]
     assert emails.persistent
+    assert emails.key_rate == Rate(limit=5, period=60000)
     assert emails.timeout == 30000
     assert emails.worker_configuration() == {"interval": 1000, "smtp": {"host": "mail", "port": 25}}
     assert settings.queues["images.resize"].timeout == 60000

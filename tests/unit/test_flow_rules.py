@@ -64,6 +64,8 @@ def test_limits_are_checked_with_the_option_named() -> None:
         ({"rate": {"limit": 1, "period": 1, "burst": 2}}, ("rate", "burst")),
         ({"key_concurrency": -1}, ("key_concurrency",)),
         ({"fair": "yes"}, ("fair",)),
+        ({"key_rate": {"limit": 0, "period": 10}}, ("key_rate", "limit")),
+        ({"key_rate": {"period": 10}}, ("key_rate", "limit")),
     ):
         with pytest.raises(Invalid) as caught:
             queue_options(raw)
@@ -89,3 +91,51 @@ def test_a_claim_plan_without_a_rate_keeps_no_bucket() -> None:
     assert (plan.allowed, plan.held) == (2, "concurrency")
     assert plan.settle(2) is None
     assert plan.retry_at(10, 2, T0) is None
+
+
+def test_a_key_bucket_kept_as_its_full_moment_is_the_queues_bucket() -> None:
+    # Spent at T0 by 4: empty, full again at T0 + 1000; a token every 250 ms meanwhile.
+    full_at = rules.key_spent(RATE, None, T0, 4)
+    assert full_at == T0 + 1000
+    assert rules.key_tokens(RATE, full_at, T0 + 250) == pytest.approx(1.0)
+    assert rules.key_tokens(RATE, full_at, T0 + 5000) == 4  # full, no more
+    assert rules.key_next_token(RATE, full_at, T0) == T0 + 250
+    # Spending from a bucket that is not full starts from its full moment, not now.
+    assert rules.key_spent(RATE, full_at, T0 + 500, 1) == T0 + 1250
+    assert rules.key_spent(RATE, T0 - 7, T0, 1) == T0 + 250  # full already: from now
+
+
+def test_key_rates_take_what_each_bucket_holds_and_say_when_the_next_comes() -> None:
+    rates = rules.KeyRates(RATE, T0, {"busy": T0 + 900.0})  # busy: 0.4 tokens
+    candidates = [(1, "busy"), (2, "a"), (3, None), (4, "a"), (5, "a"), (6, "a"), (7, "a")]
+    taken: dict[str, int] = {}
+    assert rules.pick_by_key(candidates, 10, {}, None, taken, rates) == [2, 3, 4, 5, 6]
+    assert rates.taken == {"a": 4}
+    assert rates.blocked() == {"busy", "a"}
+    assert rates.next_at == T0 + 150  # busy's first whole token
+    assert rates.spent() == {"a": T0 + 1000}
+
+
+def test_key_buckets_drop_the_full_ones_from_the_oldest_take() -> None:
+    buckets = rules.KeyBuckets()
+    buckets.keep({"a": T0 + 100.0, "b": T0 + 1000.0, "c": T0 + 50.0})
+    buckets.prune(T0 + 200)
+    assert list(buckets.full_at) == ["b", "c"]  # a dropped; c waits behind b, bounded
+    buckets.keep({"a": T0 + 1900.0})
+    buckets.prune(T0 + 1000)
+    assert list(buckets.full_at) == ["a"]
+    assert len(buckets) == 1
+
+
+def test_a_claim_held_by_key_rate_retries_at_the_first_keys_token() -> None:
+    options = QueueOptions(key_rate=RATE, rate=Rate(limit=10, period=1000))
+    plan = rules.ClaimPlan(options, 10, 0, rules.Bucket(10.0, T0))
+    rates = rules.KeyRates(RATE, T0, {"a": T0 + 1000.0})
+    assert not rates.take("a")
+    plan.settle(0)
+    assert rules.claim_retry_at(plan, 10, 0, T0, rates) == T0 + 250
+    assert rules.claim_held(plan, 0, rates) == "key_rate"
+    # Cut by the queue's own rate: its next token, and its reason.
+    empty = rules.ClaimPlan(options, 10, 0, rules.Bucket(0.5, T0))
+    assert rules.claim_retry_at(empty, 10, 0, T0, rates) == T0 + 50
+    assert rules.claim_held(empty, 0, rates) == "rate"

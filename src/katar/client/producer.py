@@ -136,7 +136,8 @@ class Producer:
         status. ``debounce_key`` (needs ``delay`` or ``run_at``): each task replaces the
         task of the queue with that key that waits, never delivered (the last of this call
         wins). ``key``: the tasks' group (a customer, an account), which the queue's
-        ``key_concurrency`` and ``fair`` count by. ``afters``: for each task, the ids of the
+        ``key_concurrency``, ``key_rate`` and ``fair`` count
+        by. ``afters``: for each task, the ids of the
         tasks it waits for (or None), where ``"$n"`` names the n-th task of this call
         (0-based, an earlier one): e.g. ``[None, None, ["$0", "$1"]]`` for a fan-in."""
         plan = calls.enqueue_many(queue, items, options, run_at, unique_keys, afters, self.retries)

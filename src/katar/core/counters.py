@@ -50,7 +50,7 @@ _GROUPED: Final = 16
 MAX_TIMED_DELIVERIES: Final = 100_000
 
 #: Why a limit held a poll back (katar_limited_polls_total's ``reason``).
-LIMIT_REASONS: Final = ("rate", "concurrency", "paused")
+LIMIT_REASONS: Final = ("rate", "concurrency", "paused", "key_rate")
 
 
 class Histogram:

@@ -290,9 +290,9 @@ class Engine:
         return count
 
     async def limit_state(self, queue: str) -> LimitState:
-        """Where the queue stands against its rate limit and key_concurrency."""
+        """Where the queue stands against its rate limits and key_concurrency."""
         options = self.options(queue)
-        if options.rate is None and options.key_concurrency is None:
+        if options.rate is None and options.key_concurrency is None and options.key_rate is None:
             return LimitState()
         return await self.store.limit_state(queue, options, self.clock.now_ms())
 

@@ -329,6 +329,10 @@ class QueueOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     rate: Rate | None = None
     #: At most this many tasks of one key in progress at once.
     key_concurrency: Annotated[int, msgspec.Meta(ge=1, le=_INT32)] | None = None
+    #: At most key_rate.limit deliveries of one key per key_rate.period ms, over every
+    #: server: a bucket per key, as ``rate`` has one per queue. Tasks without a key are
+    #: not bound by it (``rate`` still counts them).
+    key_rate: Rate | None = None
     #: Among ready tasks of equal priority, deliveries rotate between keys.
     fair: bool = False
     #: How long finished tasks are kept (retention); see Keep.
@@ -356,6 +360,7 @@ class QueueOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
             or self.concurrency is not None
             or self.rate is not None
             or self.key_concurrency is not None
+            or self.key_rate is not None
         )
 
     @property

@@ -11,6 +11,7 @@ new version, or removes it where :func:`discard` says the queue keeps no such hi
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Final
 
@@ -281,22 +282,180 @@ def pick_by_key(
     running: Mapping[str, int],
     key_concurrency: int | None,
     taken: dict[str, int],
+    rates: KeyRates | None = None,
 ) -> list[int]:
     """From ready tasks (id, key) in claim order, the ids a claim takes: up to ``want``,
     skipping a task whose key already has ``key_concurrency`` in progress (``running``) or
-    taken by this claim (``taken``, updated). Skipping keeps the order within each key: a
-    key's later task is never taken before an earlier one that was skipped."""
+    taken by this claim (``taken``, updated), or whose key_rate bucket (``rates``, whose
+    tokens it takes) holds no whole token more. Skipping keeps the order within each key:
+    a key's later task is never taken before an earlier one that was skipped."""
     picked: list[int] = []
     for task_id, key in candidates:
         if len(picked) >= want:
             break
-        if key is not None and key_concurrency is not None:
+        if key is not None:
             now_taken = taken.get(key, 0)
-            if running.get(key, 0) + now_taken >= key_concurrency:
+            if key_concurrency is not None and running.get(key, 0) + now_taken >= key_concurrency:
+                continue
+            if rates is not None and not rates.take(key):
                 continue
             taken[key] = now_taken + 1
         picked.append(task_id)
     return picked
+
+
+# -- key_rate: a token bucket per task key ----------------------------------------------------
+#
+# A key's bucket is kept as one number, the moment (ms, a float) it is full again: ``full_at``
+# (the "theoretical arrival time" of GCRA). It holds rate.limit tokens less what refills
+# until then, (full_at - now) x limit / period, so it is the queue's Bucket exactly, in one
+# column instead of two; and a bucket whose full_at has passed is full, the same as no bucket
+# at all: the stores drop it (prune), which bounds what they keep by the keys taken from in
+# the last period (a bucket is never emptier than empty, so full_at <= now + period).
+
+
+def key_tokens(rate: Rate, full_at: float | None, now: int) -> float:
+    """The tokens of a key's bucket at ``now`` (full when it has none kept)."""
+    if full_at is None or full_at <= now:
+        return float(rate.limit)
+    return rate.limit - (full_at - now) * rate.limit / rate.period
+
+
+def key_spent(rate: Rate, full_at: float | None, now: int, taken: int) -> float:
+    """The bucket's full_at once ``taken`` more tokens are spent at ``now``."""
+    start = now if full_at is None or full_at < now else full_at
+    return start + taken * rate.period / rate.limit
+
+
+def key_empty_after(rate: Rate, now: int) -> float:
+    """The full_at beyond which a key's bucket holds no whole token at ``now``."""
+    return now + (rate.limit - 1) * rate.period / rate.limit
+
+
+def key_next_token(rate: Rate, full_at: float, now: int) -> int:
+    """When (ms) a bucket that is full at ``full_at`` holds a whole token again."""
+    return max(now, math.ceil(full_at - (rate.limit - 1) * rate.period / rate.limit))
+
+
+class KeyRates:
+    """A claim's view of a key_rate queue's buckets: the full_at of the keys it met
+    (``known``: a store's KeyBuckets, or what a SQL store read of the keys met), and per
+    key met, the whole tokens its bucket held and how many the claim took (``met``); for
+    the keys it passed over, when the first next token comes (``next_at``: the poll's
+    retry_at). ``spent`` gives the buckets to keep, once the claim took its tasks."""
+
+    __slots__ = ("known", "met", "next_at", "now", "rate", "skipped")
+
+    def __init__(self, rate: Rate, now: int, known: Mapping[str, float] | None = None) -> None:
+        self.rate = rate
+        self.now = now
+        self.known: Mapping[str, float] = {} if known is None else known
+        self.met: dict[str, list[int]] = {}  # per key met: [whole tokens, taken]
+        self.next_at: int | None = None
+        self.skipped: set[str] = set()  # the keys passed over
+
+    def take(self, key: str) -> bool:
+        """Take a token of the key's bucket for a task the claim takes: False when it holds
+        no whole token more (the task is passed over), noting when it will (next_at)."""
+        counts = self.met.get(key)
+        if counts is None:
+            full_at = self.known.get(key)
+            if full_at is None or full_at <= self.now:  # full: the common case, kept cheap
+                counts = self.met[key] = [self.rate.limit, 0]
+            else:
+                tokens = math.floor(key_tokens(self.rate, full_at, self.now))
+                counts = self.met[key] = [tokens, 0]
+        if counts[0] > counts[1]:
+            counts[1] += 1
+            return True
+        if key not in self.skipped:
+            self.skipped.add(key)
+            rate, now = self.rate, self.now
+            at = key_next_token(rate, key_spent(rate, self.known.get(key), now, counts[1]), now)
+            if self.next_at is None or at < self.next_at:
+                self.next_at = at
+        return False
+
+    @property
+    def taken(self) -> dict[str, int]:
+        """The tokens the claim took, per key it took from."""
+        return {key: counts[1] for key, counts in self.met.items() if counts[1]}
+
+    def blocked(self) -> set[str]:
+        """The keys met whose buckets allow no more (a SQL claim's next look passes them)."""
+        return {key for key, (tokens, taken) in self.met.items() if taken >= tokens}
+
+    def spent(self) -> dict[str, float]:
+        """The full_at of each key the claim took from, to keep."""
+        now, known = self.now, self.known
+        period, limit = self.rate.period, self.rate.limit
+        spent = {}
+        for key, (_tokens, n) in self.met.items():  # key_spent, inline: many keys a claim
+            if n:
+                at = known.get(key)
+                spent[key] = (now if at is None or at < now else at) + n * period / limit
+        return spent
+
+    def limited_keys(self) -> int:
+        """How many of the known buckets hold no whole token now (GET /v1/queues)."""
+        rate, now = self.rate, self.now
+        return sum(1 for at in self.known.values() if key_tokens(rate, at, now) < 1)
+
+
+class KeyBuckets:
+    """The key_rate buckets a server keeps in memory for one queue (the memory and SQLite
+    stores, which one server serves): key -> full_at, in the order of each key's last
+    take. A key taken from at t is full by t + period, so :meth:`prune`, from the oldest
+    take, drops full buckets until the first that is not: what stays is bounded by the
+    keys taken from within the last period."""
+
+    __slots__ = ("full_at",)
+
+    def __init__(self) -> None:
+        self.full_at: OrderedDict[str, float] = OrderedDict()
+
+    def keep(self, spent: Mapping[str, float]) -> None:
+        """Keep the buckets a claim spent (KeyRates.spent), each now the last taken."""
+        full_at = self.full_at
+        for key, at in spent.items():
+            full_at[key] = at
+            full_at.move_to_end(key)
+
+    def prune(self, now: int) -> None:
+        """Drop the full buckets taken from before any that is not full."""
+        full_at = self.full_at
+        full = 0
+        for at in full_at.values():
+            if at > now:
+                break
+            full += 1
+        for _ in range(full):
+            full_at.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self.full_at)
+
+
+def claim_retry_at(
+    plan: ClaimPlan, asked: int, got: int, now: int, rates: KeyRates | None
+) -> int | None:
+    """When a poll that got fewer tasks than it asked may find one again: the queue's
+    rate's next token (ClaimPlan.retry_at); and when key_rate passed over keys with tasks
+    ready and the queue's limits did not cut the claim, the first of their next tokens
+    (not before the queue's own)."""
+    at = plan.retry_at(asked, got, now)
+    if rates is None or rates.next_at is None or got >= plan.allowed:
+        return at
+    return rates.next_at if at is None else max(at, rates.next_at)
+
+
+def claim_held(plan: ClaimPlan, got: int, rates: KeyRates | None) -> str | None:
+    """The limit that held a claim back (PollResult.held): the queue's (held_after), else
+    "key_rate" when it passed over keys out of tokens and took less than it was allowed."""
+    held = plan.held_after(got)
+    if held is None and rates is not None and rates.skipped and got < plan.allowed:
+        return "key_rate"
+    return held
 
 
 def fair_seq(last: int | None, front: int) -> int:

@@ -53,6 +53,8 @@ class LimitState(NamedTuple):
     tokens: float | None = None
     #: Keys with key_concurrency tasks in progress; None without key_concurrency.
     keys_at_limit: int | None = None
+    #: Keys whose key_rate bucket holds no whole token now; None without key_rate.
+    keys_rate_limited: int | None = None
 
 
 class BulkStep(NamedTuple):

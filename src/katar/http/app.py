@@ -536,6 +536,7 @@ class App:
             concurrency=options.concurrency,
             tokens=None if state.tokens is None else round(state.tokens, 3),
             keys_at_limit=state.keys_at_limit,
+            keys_rate_limited=state.keys_rate_limited,
         )
 
     async def put_queue(self, request: Request) -> Response:

@@ -102,7 +102,7 @@ def render(
             lines.append(f'{name}{{queue="{_label(queue)}"}} {count}')
     lines += [
         "# HELP katar_limited_polls_total Polls that took fewer tasks than asked because a"
-        " limit (rate, concurrency, paused) allowed no more.",
+        " limit (rate, concurrency, paused, key_rate) allowed no more.",
         "# TYPE katar_limited_polls_total counter",
     ]
     for (queue, reason), count in sorted(counters.limited_polls.items()):

@@ -76,6 +76,9 @@ class MemoryStore(Store):
         self._running_keys: dict[str, dict[str, int]] = {}
         self._states: dict[str, dict[State, int]] = {}
         self._buckets: dict[str, rules.Bucket] = {}  # per queue with a rate limit
+        # Per queue with key_rate: its keys' buckets (apart from the per-key counts of
+        # key_concurrency: only key_rate queues pay for them).
+        self._key_buckets: dict[str, rules.KeyBuckets] = {}
         # Fair queues (rules.fair_seq): each task's place, and per (queue, key) a heap of the
         # places of its tasks, (-place, id): the first whose task still waits or runs is the
         # key's last place (entries of tasks that moved on are dropped as they come up).
@@ -124,6 +127,7 @@ class MemoryStore(Store):
         self._running_keys.setdefault(name, {})
         self._states.setdefault(name, dict.fromkeys(State, 0))
         self._buckets.pop(name, None)  # new options: a rate limit starts with a full bucket
+        self._key_buckets.pop(name, None)  # and so do key_rate's
         if old is not None and old.fair != options.fair:
             if options.fair:
                 self._place_waiting(name)
@@ -209,6 +213,7 @@ class MemoryStore(Store):
         self._states.pop(name, None)
         self._buckets.pop(name, None)
         self._unsorted.discard(name)
+        self._key_buckets.pop(name, None)
         for task_id in ids:
             self._forget_edges(self._tasks.pop(task_id))
             self._seq.pop(task_id, None)
@@ -601,13 +606,15 @@ class MemoryStore(Store):
         worker: str | None,
         now: int,
         running: dict[str, int] | None = None,
+        rates: rules.KeyRates | None = None,
     ) -> list[Task]:
         """Take up to ``limit`` ready tasks in order; with ``running`` (tasks in progress
-        per key, kept current as each task is leased), pass over the keys at their
-        key_concurrency, keeping their place."""
+        per key, kept current as each task is leased) or ``rates`` (key_rate's buckets),
+        pass over the keys at their key_concurrency or out of tokens, keeping their place."""
         heap = self._ready[queue]
         delivered: list[Task] = []
         passed: list[tuple[int, int, int]] = []
+        by_key = running is not None or rates is not None
         while heap and len(delivered) < limit:
             entry = heapq.heappop(heap)
             task = self._tasks.get(entry[2])
@@ -620,8 +627,13 @@ class MemoryStore(Store):
                 # stores). Out of the heap: it cannot become claimable again without a change
                 # of state, which pushes it anew.
                 continue
-            if running is not None and not rules.pick_by_key(
-                [(task.id, task.key)], 1, running, options.key_concurrency, {}
+            if (
+                by_key
+                and (key := task.key) is not None
+                and (
+                    (running is not None and running.get(key, 0) >= (options.key_concurrency or 0))
+                    or (rates is not None and not rates.take(key))
+                )
             ):
                 passed.append(entry)
                 continue
@@ -648,10 +660,22 @@ class MemoryStore(Store):
         running: dict[str, int] | None = None
         if options.key_concurrency is not None:
             running = self._running_keys[queue]
-        delivered = self._claim(queue, options, allowed, worker, now, running) if allowed else []
+        rates = None
+        if options.key_rate is not None and allowed:
+            buckets = self._key_buckets.get(queue)
+            if buckets is None:
+                buckets = self._key_buckets[queue] = rules.KeyBuckets()
+            buckets.prune(now)
+            rates = rules.KeyRates(options.key_rate, now, buckets.full_at)
+        delivered = (
+            self._claim(queue, options, allowed, worker, now, running, rates) if allowed else []
+        )
         plan.settle(len(delivered))
-        retry_at = plan.retry_at(limit, len(delivered), now)
-        return PollResult(delivered, changes, retry_at, held=plan.held_after(len(delivered)))
+        if rates is not None:
+            self._key_buckets[queue].keep(rates.spent())
+        retry_at = rules.claim_retry_at(plan, limit, len(delivered), now, rates)
+        held = rules.claim_held(plan, len(delivered), rates)
+        return PollResult(delivered, changes, retry_at, held=held)
 
     def _bucket(self, queue: str, options: QueueOptions, now: int) -> rules.Bucket | None:
         if options.rate is None:
@@ -661,11 +685,15 @@ class MemoryStore(Store):
     async def limit_state(self, queue: str, options: QueueOptions, now: int) -> LimitState:
         self._ids_of(queue)
         bucket = self._bucket(queue, options, now)
-        keys = None
+        keys = rate_limited = None
         if options.key_concurrency is not None:
             limit = options.key_concurrency
             keys = sum(1 for n in self._running_keys[queue].values() if n >= limit)
-        return LimitState(None if bucket is None else bucket.tokens, keys)
+        if options.key_rate is not None:
+            buckets = self._key_buckets.get(queue)
+            known = {} if buckets is None else buckets.full_at
+            rate_limited = rules.KeyRates(options.key_rate, now, known).limited_keys()
+        return LimitState(None if bucket is None else bucket.tokens, keys, rate_limited)
 
     async def get_task(self, queue: str, task_id: int) -> Task | None:
         task = self._tasks.get(task_id)

@@ -78,6 +78,9 @@ class Queries:
     bulk_retry: str
     prune: str
     save_bucket: str
+    key_buckets: str
+    save_key_buckets: str
+    key_buckets_empty: str
     next_ids: str
     options_digest: str
     parents: str
@@ -313,6 +316,25 @@ def queries(s: str) -> Queries:
             " OR unique_until <= %s) ORDER BY id LIMIT %s) RETURNING id, parents"
         ),
         save_bucket=(f"UPDATE {s}.queues SET bucket_tokens = %s, bucket_at = %s WHERE id = %s"),
+        # key_rate's buckets (rules.KeyRates), under the queue's lock: those of the keys a
+        # claim meets; then those it spent written, and those full again dropped (a full
+        # bucket is no row), but for the keys just written.
+        key_buckets=(
+            f"SELECT key, full_at FROM {s}.key_buckets WHERE queue_id = %s"
+            " AND key = ANY(%s::text[])"
+        ),
+        save_key_buckets=(
+            f"WITH pruned AS (DELETE FROM {s}.key_buckets WHERE queue_id = %s AND full_at <= %s"
+            " AND key NOT IN (SELECT unnest(%s::text[])))"
+            f" INSERT INTO {s}.key_buckets (queue_id, key, full_at)"
+            " SELECT %s, * FROM unnest(%s::text[], %s::float8[])"
+            " ON CONFLICT (queue_id, key) DO UPDATE SET full_at = excluded.full_at"
+        ),
+        # The keys whose bucket holds no whole token at %s (GET /v1/queues): full_at later
+        # than now + (limit - 1) x period / limit.
+        key_buckets_empty=(
+            f"SELECT count(*) FROM {s}.key_buckets WHERE queue_id = %s AND full_at > %s"
+        ),
         # Ids taken ahead for a batch whose tasks name one another ("$n" in after).
         next_ids=f"SELECT nextval('{s}.tasks_id_seq') FROM generate_series(1, %s)",
         # What _options_digest computes, in SQL: the periodic check (_check_options).

@@ -11,7 +11,7 @@ from katar.protocol import MAX_DELAY
 if TYPE_CHECKING:
     from katar.store.postgres.connection import Connections
 
-SCHEMA_VERSION: Final = 15
+SCHEMA_VERSION: Final = 16
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -204,6 +204,20 @@ ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS dead_letter bytea;
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS debounce_key text;
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_debounce ON {s}.tasks (queue_id, debounce_key)
     WHERE debounce_key IS NOT NULL AND attempts = 0 AND state BETWEEN 0 AND 2;
+""",
+    # key_rate: a token bucket per task key, shared by every server.
+    16: """
+-- A key's bucket as the moment (ms) it is full again (rules.KeyRates); no row: full. A claim
+-- of the queue, holding its row's lock, reads the buckets of the keys it meets, writes those
+-- it spent and drops those that are full again (by key_buckets_full): what stays is bounded
+-- by the keys taken from within one period.
+CREATE TABLE IF NOT EXISTS {s}.key_buckets (
+    queue_id integer NOT NULL,
+    key text NOT NULL,
+    full_at double precision NOT NULL,
+    PRIMARY KEY (queue_id, key)
+);
+CREATE INDEX IF NOT EXISTS key_buckets_full ON {s}.key_buckets (queue_id, full_at);
 """,
 }
 

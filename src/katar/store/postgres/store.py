@@ -308,6 +308,10 @@ class PostgresStore(Store):
             )
             row = await cursor.fetchone()
             assert row is not None
+            # key_rate's buckets start full too.
+            await conn.execute(
+                f"DELETE FROM {self._schema}.key_buckets WHERE queue_id = %s", (row[0],)
+            )
             if options.fair and row[0] not in self._fair:
                 await conn.execute(self._sql.place_waiting, (row[0],))
             await self._notify(conn, f"q:{name}")
@@ -346,6 +350,9 @@ class PostgresStore(Store):
             )
             count: int = cursor.rowcount
             await conn.execute(f"DELETE FROM {self._schema}.queues WHERE id = %s", (queue_id,))
+            await conn.execute(
+                f"DELETE FROM {self._schema}.key_buckets WHERE queue_id = %s", (queue_id,)
+            )
             await conn.execute(
                 f"DELETE FROM {self._schema}.idempotency_keys WHERE queue_id = %s", (queue_id,)
             )
@@ -858,15 +865,22 @@ class PostgresStore(Store):
         taken: dict[str, int] = {}
         lease = (now, options.timeout)  # rules.lease_ms: the task's own timeout, else this
         delivered: list[Task] = []
-        if allowed > 0 and options.key_concurrency is None and queue_id not in self._fair:
+        by_key = options.key_concurrency is not None or options.key_rate is not None
+        if allowed > 0 and not by_key and queue_id not in self._fair:
             # Nothing to pick by key: the plain claim, cut to what the limits allow.
             claimed = await claim(conn, sql, queue, queue_id, options, [worker] * allowed, now)
             delivered = [task for _slot, task in claimed]
             allowed = 0
-        extra = 0 if options.key_concurrency is None else rules.CLAIM_EXTRA
+        # key_rate: the buckets of the keys met, read as they are met (the queue's lock,
+        # held, keeps every other server's claim of the queue out until this one commits).
+        known: dict[str, float] = {}
+        rates = None if options.key_rate is None else rules.KeyRates(options.key_rate, now, known)
+        extra = rules.CLAIM_EXTRA if by_key else 0
         while len(delivered) < allowed:
             want = allowed - len(delivered)
             blocked = rules.blocked_keys(per_key, taken, options.key_concurrency)
+            if rates is not None:
+                blocked = sorted(rates.blocked().union(blocked))
             # More than wanted: some may belong to keys at their limit, or that fill up on
             # the way (the next look passes over those keys, and looks further).
             chunk = want + extra
@@ -874,9 +888,15 @@ class PostgresStore(Store):
             met = rules.unseen_keys(candidates, per_key) if extra else []
             if met:
                 per_key.update(dict.fromkeys(met, 0))
-                cursor = await conn.execute(sql.running_of_keys, (queue_id, met))
-                per_key.update(await cursor.fetchall())
-            ids = rules.pick_by_key(candidates, want, per_key, options.key_concurrency, taken)
+                if options.key_concurrency is not None:
+                    cursor = await conn.execute(sql.running_of_keys, (queue_id, met))
+                    per_key.update(await cursor.fetchall())
+                if rates is not None:
+                    cursor = await conn.execute(sql.key_buckets, (queue_id, met))
+                    known.update(await cursor.fetchall())
+            ids = rules.pick_by_key(
+                candidates, want, per_key, options.key_concurrency, taken, rates
+            )
             if ids:
                 cursor = await conn.execute(sql.take, (worker, *lease, now, now, ids))
                 took = {row[0]: row for row in await cursor.fetchall()}
@@ -887,7 +907,13 @@ class PostgresStore(Store):
         spent = plan.settle(len(delivered))
         if spent is not None:
             await conn.execute(sql.save_bucket, (spent.tokens, spent.at, queue_id))
-        return delivered, plan.retry_at(limit, len(delivered), now), plan.held_after(len(delivered))
+        if rates is not None and rates.taken:
+            kept = rates.spent()
+            keys = list(kept)
+            save = (queue_id, now, keys, queue_id, keys, list(kept.values()))
+            await conn.execute(sql.save_key_buckets, save)
+        retry_at = rules.claim_retry_at(plan, limit, len(delivered), now, rates)
+        return delivered, retry_at, rules.claim_held(plan, len(delivered), rates)
 
     async def _candidates(
         self,
@@ -929,7 +955,13 @@ class PostgresStore(Store):
                 ).fetchone()
                 stored_tokens, at = (None, None) if row is None else row
                 tokens = rules.Bucket.stored(options.rate, now, stored_tokens, at).tokens
-        return LimitState(tokens, keys)
+            rate_limited = None
+            if options.key_rate is not None:
+                empty = rules.key_empty_after(options.key_rate, now)
+                cursor = await conn.execute(self._sql.key_buckets_empty, (queue_id, empty))
+                row = await cursor.fetchone()
+                rate_limited = row[0] if row else 0
+        return LimitState(tokens, keys, rate_limited)
 
     async def linked(
         self,

@@ -184,6 +184,8 @@ class Batches:
         # The rate limits' buckets, per queue id: kept in memory (one server per file), and
         # refilled and spent on the loop's thread only.
         self.buckets: dict[int, rules.Bucket] = {}
+        # key_rate's buckets, per queue id, kept the same way (and pruned by the claims).
+        self.key_buckets: dict[int, rules.KeyBuckets] = {}
 
     def forget(self) -> None:
         """The group was rolled back: its polls are not finished."""
@@ -256,7 +258,7 @@ class Batches:
         charged: list[tuple[rules.ClaimPlan, list[Poll]]] = []
         for queue_id, group in custom.items():
             options = group[0].options
-            if options.key_concurrency is not None:
+            if options.key_concurrency is not None or options.key_rate is not None:
                 self._claim_by_key(conn, group)
                 continue
             # No key to count: the limits cut what the polls take, in arrival order, and
@@ -343,11 +345,11 @@ class Batches:
                 poll.retry_at = retry_at
 
     def _claim_by_key(self, conn: sqlite3.Connection, polls: list[Poll]) -> None:
-        """The claims of a group's polls of one queue with key_concurrency: one count and
-        one selection for them all, served in arrival order, so that the limits hold inside
-        the group as between groups (and a group costs what one poll does). It counts the
-        tasks in progress of the keys it meets only, so that its cost follows what it takes
-        (and the tasks it passes over), not the number of keys in progress."""
+        """The claims of a group's polls of one queue with key_concurrency or key_rate: one
+        count and one selection for them all, served in arrival order, so that the limits
+        hold inside the group as between groups (and a group costs what one poll does). It
+        counts the tasks in progress of the keys it meets only, so that its cost follows
+        what it takes (and the tasks it passes over), not the number of keys in progress."""
         first = polls[0]
         options, queue_id = first.options, first.queue_id
         now = max(poll.now for poll in polls)
@@ -358,20 +360,32 @@ class Batches:
         lease_until = now + options.timeout
         rows: dict[int, Any] = {}
         order: list[int] = []
+        rates = key_buckets = None
+        if options.key_rate is not None:
+            key_buckets = self.key_buckets.get(queue_id)
+            if key_buckets is None:
+                key_buckets = self.key_buckets[queue_id] = rules.KeyBuckets()
+            key_buckets.prune(now)
+            rates = rules.KeyRates(options.key_rate, now, key_buckets.full_at)
+        counts = options.key_concurrency is not None
         extra = rules.CLAIM_EXTRA
         while len(order) < allowed:
             want = allowed - len(order)
             blocked = rules.blocked_keys(per_key, taken, options.key_concurrency)
+            if rates is not None:
+                blocked = sorted(rates.blocked().union(blocked))
             # More than wanted: some may belong to keys at their limit, or that fill up on
             # the way (the next look passes over those keys, and looks further).
             chunk = want + extra
             candidates = self._candidates(conn, queue_id, blocked, chunk, now)
-            met = rules.unseen_keys(candidates, per_key)
+            met = rules.unseen_keys(candidates, per_key) if counts else []
             if met:
                 per_key.update(dict.fromkeys(met, 0))
                 keys = msgspec.json.encode(met)
                 per_key.update(conn.execute(_RUNNING_OF_KEYS, (queue_id, keys)).fetchall())
-            ids = rules.pick_by_key(candidates, want, per_key, options.key_concurrency, taken)
+            ids = rules.pick_by_key(
+                candidates, want, per_key, options.key_concurrency, taken, rates
+            )
             if ids:  # taken now, so that the next look passes them; workers named below
                 lease = (now, options.timeout, now, now, msgspec.json.encode(ids))
                 took = conn.execute(_TAKE, lease)
@@ -388,6 +402,8 @@ class Batches:
             start += len(mine)
             if len(mine) < poll.limit and len(order) >= allowed:  # the limit cut its share
                 poll.take, poll.held = len(mine), plan.held
+            elif len(mine) < poll.limit and rates is not None and rates.skipped:
+                poll.take, poll.held = len(mine), "key_rate"  # keys out of tokens passed over
             poll.delivered = [
                 self._claimed(conn, rows[i], name, poll.worker, now, lease_until) for i in mine
             ]
@@ -397,6 +413,14 @@ class Batches:
             conn.execute(_NAME_WORKER, (worker, msgspec.json.encode(ids)))
         if plan.bucket is not None:
             self._charge(plan, polls)
+        if rates is not None and key_buckets is not None:
+            key_buckets.keep(rates.spent())
+            asked = sum(poll.limit for poll in polls)
+            retry_at = rules.claim_retry_at(plan, asked, len(order), now, rates)
+            if retry_at is not None:
+                for poll in polls:
+                    if len(poll.delivered) < poll.limit:
+                        poll.retry_at = retry_at
 
     def _candidates(
         self, conn: sqlite3.Connection, queue_id: int, blocked: list[str], chunk: int, now: int

@@ -228,6 +228,7 @@ class SQLiteStore(Store):
             queue_id = row[0]
             self._queues.added(name, queue_id)
             self._batches.buckets.pop(queue_id, None)  # new options: a rate limit starts full
+            self._batches.key_buckets.pop(queue_id, None)  # and key_rate's buckets
             if not options.fair:
                 self._queues.fair.discard(queue_id)
             elif queue_id not in self._queues.fair:
@@ -257,6 +258,7 @@ class SQLiteStore(Store):
             conn.execute("DELETE FROM queues WHERE id=?", (queue_id,))
             conn.execute("DELETE FROM idempotency_keys WHERE queue_id=?", (queue_id,))
             del self._queues.ids[name]
+            self._batches.key_buckets.pop(queue_id, None)
             # The id -> name entry stays: reads of the old queue's rows may still be in flight.
             return count
 
@@ -810,6 +812,11 @@ class SQLiteStore(Store):
             return LimitState(None, keys)
 
         state = await self._writer.read(op)
+        if options.key_rate is not None:
+            found_keys = self._batches.key_buckets.get(queue_id)
+            known = {} if found_keys is None else dict(found_keys.full_at)  # a copy: see below
+            limited = rules.KeyRates(options.key_rate, now, known).limited_keys()
+            state = state._replace(keys_rate_limited=limited)
         if options.rate is None:
             return state
         # The writer's thread refills and spends the bucket: look at a copy of it.

@@ -13,6 +13,7 @@
  * @property {number | null} [concurrency]
  * @property {number | null} [tokens]
  * @property {number} [keys_at_limit]
+ * @property {number} [keys_rate_limited]
  */
 
 /**

@@ -83,6 +83,7 @@ export function limitsSummary(limits) {
   else parts.push(`${count(limits.in_progress)} running`);
   if (limits.tokens != null) parts.push(`rate: ${limits.tokens} deliveries available now`);
   if (limits.keys_at_limit) parts.push(`${count(limits.keys_at_limit)} keys at their limit`);
+  if (limits.keys_rate_limited) parts.push(`key rate: ${count(limits.keys_rate_limited)} keys waiting for a token`);
   const full = limits.concurrency != null && limits.in_progress >= limits.concurrency;
   return { text: `${parts.join(" · ")}${full ? " (full)" : ""}`, full };
 }

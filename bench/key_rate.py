@@ -1,0 +1,101 @@
+"""What key_rate costs a batched drain, measured in-process: the store's poll called directly
+(8 polls of 100 at a time, each with the acks of the tasks the last one got), 20,000 tasks
+over 1,000 keys, on a queue without key_rate and on the same queue with a key_rate that does
+not bind, alternating, median of the repeats. The figure is tasks per CPU-second of this
+process (the SQLite store's writer thread included), which other load on a shared machine
+moves far less than a wall-clock rate.
+
+    python -m bench.key_rate [--store memory|sqlite|postgres] [--repeats R]
+
+On PostgreSQL the server's own CPU is not counted: the wall-clock rate is printed too.
+docs/benchmarks.md keeps the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+
+import msgspec
+
+from bench.common import postgres_schema
+from katar.core.model import Ack, NewTask, QueueOptions, parse_queue_options
+from katar.store import open_store
+
+T0 = 1_700_000_000_000
+KEYS = 1000
+VARIANTS: dict[str, QueueOptions] = {
+    f"no key_rate, {KEYS} keys": QueueOptions(),
+    f"key_rate (not binding), {KEYS} keys": parse_queue_options(
+        {"key_rate": {"limit": 1_000_000, "period": 1000}}
+    ),
+}
+
+
+@contextlib.contextmanager
+def _url(store: str) -> Iterator[str]:
+    if store == "postgres":
+        with postgres_schema() as url:
+            yield url
+    elif store == "memory":
+        yield "memory://"
+    else:
+        yield f"sqlite:///{tempfile.mkdtemp(prefix='katar-bench-')}/katar.db"
+
+
+async def drain(url: str, options: QueueOptions, tasks: int, polls: int = 8) -> tuple[float, float]:
+    """Tasks per CPU-second and per wall-clock second of the drain."""
+    store = open_store(url)
+    await store.open()
+    try:
+        await store.save_queue("q", options)
+        data = msgspec.Raw(b'{"n": 1}')
+        specs = [NewTask(data=data, key=f"customer-{n % KEYS}") for n in range(tasks)]
+        for start in range(0, tasks, 1000):
+            await store.enqueue("q", specs[start : start + 1000], T0)
+        acks: list[list[Ack]] = [[] for _ in range(polls)]
+        drained = step = 0
+        cpu, wall = time.process_time(), time.perf_counter()
+        while drained < tasks or any(acks):
+            step += 1
+            results = await asyncio.gather(
+                *(store.poll("q", options, acks[i], 100, None, T0 + step) for i in range(polls))
+            )
+            for i, result in enumerate(results):
+                acks[i] = [Ack(task_id=str(t.id), status="done") for t in result.delivered]
+                drained += len(result.delivered)
+        return tasks / (time.process_time() - cpu), tasks / (time.perf_counter() - wall)
+    finally:
+        await store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", choices=["memory", "sqlite", "postgres"], default="memory")
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    wall: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    for _ in range(args.repeats):  # alternating, so that a noisy moment hits both
+        for name, options in VARIANTS.items():
+            with _url(args.store) as url:
+                by_cpu, by_wall = asyncio.run(drain(url, options, args.tasks))
+            cpu[name].append(by_cpu)
+            wall[name].append(by_wall)
+    base_cpu, base_wall = (statistics.median(runs[next(iter(VARIANTS))]) for runs in (cpu, wall))
+    print(f"store {args.store}, {args.tasks} tasks, median of {args.repeats}")
+    print("| variant | tasks per CPU-second | vs none | tasks/s (wall) | vs none |")
+    print("|---|---|---|---|---|")
+    for name in VARIANTS:
+        c, w = statistics.median(cpu[name]), statistics.median(wall[name])
+        print(f"| {name} | {c:,.0f} | {c / base_cpu:.2f} | {w:,.0f} | {w / base_wall:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
