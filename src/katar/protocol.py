@@ -28,6 +28,9 @@ Status = Literal["paused", "queued", "in progress", "done", "failed", "cancelled
 AckStatus = Literal["done", "failed", "in progress"]
 PatchStatus = Literal["cancelled", "paused", "queued"]
 NewTaskStatus = Literal["queued", "paused"]
+#: What the failure (or cancellation) of a task a task waits for does to it: cancel it, or
+#: run it once every task it waits for has ended (section 14).
+AfterFailure = Literal["cancel", "run"]
 RoleName = Literal["worker", "producer", "admin"]
 PriorityName = Literal["high", "normal", "low"]
 #: A task's six public statuses.
@@ -290,6 +293,18 @@ class NewTaskBody(msgspec.Struct, frozen=True):
                 "delivered once all are done, with their results; cancelled if one fails. "
                 f"At most {MAX_AFTER_PER_REQUEST:,} over all the tasks of one request, and "
                 f"at most {MAX_CHILDREN:,} tasks may wait for one task (422 beyond).",
+            ),
+        ]
+        | None
+    ) = None
+    after_failure: (
+        Annotated[
+            AfterFailure,
+            msgspec.Meta(
+                description="With after: what a parent that fails or is cancelled does to "
+                'this task: "cancel" it (the default), or "run": the task waits until every task '
+                "it names has ended, whatever the outcome, and is delivered with after holding, "
+                'per parent, {"status", "result", "error"}.'
             ),
         ]
         | None

@@ -32,6 +32,7 @@ PRIORITY_MIN: Final = protocol.PRIORITY_MIN
 PRIORITY_NAMES: Final = protocol.PRIORITY_NAMES
 STATUSES: Final = protocol.STATUSES
 WAITING_COUNT: Final = protocol.WAITING_COUNT
+AfterFailure = protocol.AfterFailure
 
 
 class State(enum.IntEnum):
@@ -222,6 +223,9 @@ class NewTask(msgspec.Struct, kw_only=True, frozen=True):
     #: earlier tasks of the same enqueue ("$n" on the wire), each before its own place.
     after: tuple[int, ...] = ()
     refs: tuple[int, ...] = ()
+    #: What the end of a parent that is not done does to it: "cancel" it (the default), or
+    #: "run" it once every parent has ended, whatever the outcome (rules.parent_end).
+    after_failure: AfterFailure = "cancel"
 
 
 #: Milliseconds, or counts, that a 32-bit signed integer holds: what every worker can use.
@@ -438,7 +442,9 @@ def unknown_parent(where: str, parent_id: int | str) -> ValidationError:
     )
 
 
-def parse_after(after: Sequence[str | int], where: str) -> dict[str, Any]:
+def parse_after(
+    after: Sequence[str | int], where: str, after_failure: AfterFailure | None = None
+) -> dict[str, Any]:
     """A task's ``after`` as :class:`NewTask` fields: the ids it names (``after``) and its
     "$n" references to earlier tasks of the same enqueue (``refs``, whose order the engine
     checks). An item that can be neither is refused as an unknown task."""
@@ -454,7 +460,19 @@ def parse_after(after: Sequence[str | int], where: str) -> dict[str, Any]:
         if task_id is None:
             raise unknown_parent(where, str(item)[:64])
         ids.append(task_id)
-    return {"after": tuple(ids), "refs": tuple(refs)}
+    parsed: dict[str, Any] = {"after": tuple(ids), "refs": tuple(refs)}
+    if after_failure is not None:
+        parsed["after_failure"] = after_failure
+    return parsed
+
+
+def check_after_failure(after: Sequence[Any] | None, after_failure: str | None, where: str) -> None:
+    """Refuse an ``after_failure`` without a task to wait for: it says what the end of a
+    parent does, and a task without ``after`` has none (422, rather than ignored)."""
+    if after_failure is not None and not after:
+        raise ValidationError(
+            f"{where}: after_failure needs after (the tasks to wait for)", field="after_failure"
+        )
 
 
 # A queue's name: its characters are fixed, for a name travels in URLs, file keys and

@@ -758,11 +758,18 @@ def check_children(tasks: Sequence[NewTask], waited: Mapping[int, int]) -> None:
             )
 
 
-def depend(task: Task, parents: Sequence[tuple[int, State]]) -> Task:
+def depend(task: Task, parents: Sequence[tuple[int, State]], run: bool = False) -> Task:
     """A new task that names ``parents`` (their ids and states as it is enqueued): it waits
     (WAITING) while one is not done; it is cancelled at once if one already failed or was
-    cancelled; a paused task stays paused (resumed, it waits: see change_status)."""
+    cancelled; a paused task stays paused (resumed, it waits: see change_status).
+
+    ``run`` (after_failure "run"): it waits while one is not finished, whatever the way the
+    others ended, and is never cancelled because of them."""
     task = replace(task, parents=len(parents))
+    if run:
+        if task.state in (READY, SCHEDULED) and any(s not in FINAL_STATES for _i, s in parents):
+            return replace(task, state=WAITING)
+        return task
     for parent_id, state in parents:
         if state is FAILED or state is CANCELLED:
             how = "failed" if state is FAILED else "was cancelled"
@@ -780,8 +787,13 @@ def orphan_error(parent_id: int, how: str) -> str:
 
 def parent_end(old: State | None, new: State | None) -> str | None:
     """What a task's change means to the tasks that wait for it: "done" (release them),
-    "failed", "was cancelled" or "was deleted" (``new`` None; cancel them), or None
-    (nothing yet: a retry, a heartbeat, a task that was already finished)."""
+    "failed", "was cancelled" or "was deleted" (``new`` None; cancel them, or release those
+    that run whatever the outcome: after_failure "run"), or None (nothing yet: a retry, a
+    heartbeat, a task that was already finished).
+
+    The one place that decides how a parent ended. A change that takes a task out of its
+    queue unsuccessfully by another way (a move to a dead-letter queue) ends it as
+    "failed" for its children: the stores' ``settle`` takes that ``how`` directly."""
     if old is not None and old in FINAL_STATES:
         return None
     if new is None:
@@ -793,6 +805,44 @@ def parent_end(old: State | None, new: State | None) -> str | None:
     if new is CANCELLED:
         return "was cancelled"
     return None
+
+
+#: The status a child that runs whatever the outcome (after_failure "run") is told of a
+#: parent, by how it ended (parent_end).
+_OUTCOME_STATUS: Final = {
+    "done": "done",
+    "failed": "failed",
+    "was cancelled": "cancelled",
+    "was deleted": "cancelled",
+}
+#: The error it is told of a parent deleted before it ended (which has no error of its own).
+DELETED_ERROR: Final = "deleted before it ended"
+
+
+def outcome(how: str, parent: Task | None) -> bytes:
+    """What a child with after_failure "run" keeps of a parent that ended (``how``, as
+    parent_end says; ``parent`` its new version, None when deleted): the JSON object
+    ``{"status", "result", "error"}`` its ``after`` holds for that parent."""
+    if parent is None:
+        return outcome_json(_OUTCOME_STATUS[how], None, DELETED_ERROR)
+    result = None if parent.result is None else bytes(parent.result)
+    return outcome_json(_OUTCOME_STATUS[how], result, None if how == "done" else parent.error)
+
+
+def outcome_of(state: State, result: bytes | None, error: str | None) -> bytes:
+    """:func:`outcome` of a parent already finished (in ``state``) when the child named it."""
+    how = "done" if state is DONE else "failed" if state is FAILED else "was cancelled"
+    return outcome_json(_OUTCOME_STATUS[how], result, None if state is DONE else error)
+
+
+def outcome_json(status: str, result: bytes | None, error: str | None) -> bytes:
+    """A parent's outcome as a run-anyway child's ``after`` holds it: the result spliced in
+    as the worker sent it."""
+    return b'{"status":"%b","result":%b,"error":%b}' % (
+        status.encode(),
+        result or b"null",
+        msgspec.json.encode(error),
+    )
 
 
 def release(task: Task, now: int) -> Task | None:

@@ -17,6 +17,7 @@ from katar.core.model import (
     Ack,
     NewTask,
     TaskFilter,
+    check_after_failure,
     now_ms,
     parse_after,
     parse_priority,
@@ -182,10 +183,12 @@ def _new_task(body: NewTaskBody, where: str, max_bytes: int) -> NewTask:
         and body.expires_in is None
         and body.unique_for is None
         and body.after is None
+        and body.after_failure is None
     ):  # most tasks: no option of their own, nothing more to convert
         return NewTask(
             data=body.data, priority=priority, delay_ms=delay_ms, run_at=run_at, paused=paused
         )
+    check_after_failure(body.after, body.after_failure, where)
     return NewTask(
         data=body.data,
         priority=priority,
@@ -193,7 +196,7 @@ def _new_task(body: NewTaskBody, where: str, max_bytes: int) -> NewTask:
         run_at=run_at,
         paused=paused,
         **task_options(body, where),
-        **(parse_after(body.after, where) if body.after else {}),
+        **(parse_after(body.after, where, body.after_failure) if body.after else {}),
     )
 
 

@@ -20,6 +20,7 @@ from katar.core.idempotency import Idempotency
 from katar.core.model import (
     DONE,
     FAILED,
+    FINAL_STATES,
     READY,
     RUNNING,
     SCHEDULED,
@@ -82,6 +83,8 @@ class MemoryStore(Store):
         # Per task: how many tasks named it while it was not done (rules.MAX_CHILDREN).
         self._waited: dict[int, int] = {}
         self._named_by: dict[int, list[int]] = {}
+        #: The children that run whatever their parents' outcome (after_failure "run").
+        self._run: set[int] = set()
 
     async def open(self) -> None:
         return None
@@ -270,6 +273,7 @@ class MemoryStore(Store):
         self._named_by.pop(task.id, None)
         self._foreign.pop(task.id, None)
         self._waited.pop(task.id, None)
+        self._run.discard(task.id)
         for parent_id in self._edges.pop(task.id, ()):
             waiting = self._children.get(parent_id)
             if waiting is not None:
@@ -294,34 +298,62 @@ class MemoryStore(Store):
             self._put(new)
         return Change(new, old.state)
 
-    def _settle(self, parent: Task, new: Task | None, now: int, also: list[Change]) -> None:
+    def _settle(
+        self, parent: Task, new: Task | None, now: int, also: list[Change], how: str | None = None
+    ) -> None:
         """The tasks waiting for ``parent``, now ``new`` (None: deleted): released when it
         is done and it was their last, cancelled when it failed, was cancelled or deleted
-        (and theirs after them); ``also`` receives their changes."""
-        stack = [(parent.id, rules.parent_end(parent.state, None if new is None else new.state))]
-        result = None if new is None or new.result is None else bytes(new.result)
+        (and theirs after them), released too when they run whatever the outcome and it
+        was their last (after_failure "run"); ``also`` receives their changes. ``how``:
+        how the parent ended, when another change than ``new`` ends it (rules.parent_end:
+        a dead-letter move ends it as "failed")."""
+        if how is None:
+            how = rules.parent_end(parent.state, None if new is None else new.state)
+        stack = [(parent.id, how, new)]
         while stack:
-            parent_id, how = stack.pop()
-            if how is None or parent_id not in self._children:
+            parent_id, ended, version = stack.pop()
+            if ended is None or parent_id not in self._children:
                 continue
-            if how == "done":
+            if ended == "done":
+                assert version is not None
+                result = None if version.result is None else bytes(version.result)
                 for child_id in self._children.pop(parent_id):
                     edges = self._edges[child_id]
-                    edges[parent_id] = (True, result)
-                    child = self._tasks[child_id]
-                    if child.state is WAITING and all(done for done, _r in edges.values()):
-                        released = rules.release(child, now)
-                        assert released is not None
-                        self._put(released)
-                        also.append(Change(self._view(released), child.state))
+                    if child_id in self._run:
+                        edges[parent_id] = (True, rules.outcome(ended, version))
+                    else:
+                        edges[parent_id] = (True, result)
+                    self._release(child_id, edges, now, also)
                 continue
-            for child_id in list(self._children[parent_id]):
+            waiting = self._children[parent_id]
+            for child_id in list(waiting):
+                if child_id in self._run:
+                    del waiting[child_id]
+                    edges = self._edges[child_id]
+                    edges[parent_id] = (True, rules.outcome(ended, version))
+                    self._release(child_id, edges, now, also)
+                    continue
                 child = self._tasks[child_id]
-                cancelled = rules.orphaned(child, parent_id, how, now)
+                cancelled = rules.orphaned(child, parent_id, ended, now)
                 if cancelled is not None:
                     self._put(cancelled)  # cancelled tasks stay in every queue
                     also.append(Change(self._view(cancelled), child.state))
-                    stack.append((child_id, "was cancelled"))
+                    stack.append((child_id, "was cancelled", cancelled))
+
+    def _release(
+        self,
+        child_id: int,
+        edges: dict[int, tuple[bool, bytes | None]],
+        now: int,
+        also: list[Change],
+    ) -> None:
+        """A child whose parent just ended: ready once it was its last (rules.release)."""
+        child = self._tasks[child_id]
+        if child.state is WAITING and all(done for done, _r in edges.values()):
+            released = rules.release(child, now)
+            assert released is not None
+            self._put(released)
+            also.append(Change(self._view(released), child.state))
 
     def _view(self, task: Task) -> Task:
         """The task with its dependencies as its record shows them."""
@@ -335,16 +367,22 @@ class MemoryStore(Store):
             foreign=self._foreign.get(task.id, ()),
         )
 
-    def _link(self, task: Task, parents: Sequence[Task]) -> Task:
-        """A new task and its edges to ``parents`` (rules.depend decides its state)."""
-        task = rules.depend(task, [(p.id, p.state) for p in parents])
+    def _link(self, task: Task, parents: Sequence[Task], run: bool) -> Task:
+        """A new task and its edges to ``parents`` (rules.depend decides its state); ``run``:
+        it runs whatever their outcome (after_failure "run")."""
+        task = rules.depend(task, [(p.id, p.state) for p in parents], run)
         edges: dict[int, tuple[bool, bytes | None]] = {}
+        if run:
+            self._run.add(task.id)
         for parent in parents:
             self._named_by.setdefault(parent.id, []).append(task.id)
             if parent.state is not DONE:
                 self._waited[parent.id] = self._waited.get(parent.id, 0) + 1
-            if parent.state is DONE:
-                edges[parent.id] = (True, None if parent.result is None else bytes(parent.result))
+            result = None if parent.result is None else bytes(parent.result)
+            if run and parent.state in FINAL_STATES:
+                edges[parent.id] = (True, rules.outcome_of(parent.state, result, parent.error))
+            elif parent.state is DONE:
+                edges[parent.id] = (True, result)
             else:
                 edges[parent.id] = (False, None)
                 self._children.setdefault(parent.id, {})[task.id] = None
@@ -406,7 +444,8 @@ class MemoryStore(Store):
             task = rules.new_task(queue, spec, self._last_id, now)
             if spec.after or spec.refs:
                 named = sorted({*spec.after, *(created[n].id for n in spec.refs)})
-                task = self._link(task, [self._tasks[parent_id] for parent_id in named])
+                parents = [self._tasks[parent_id] for parent_id in named]
+                task = self._link(task, parents, spec.after_failure == "run")
             ids[task.id] = None
             if fair:
                 self._place(task, rules.fair_seq(self._last_place(queue, task.key), front))

@@ -63,7 +63,7 @@ from katar.store import _sql
 from katar.store._rows import COLUMNS, Dialect, update_values, view, where_sql
 from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
 from katar.store.postgres.connection import OPTIONS_CHECK, Connections, Listener
-from katar.store.postgres.deps import Dependencies
+from katar.store.postgres.deps import Dependencies, Edge
 from katar.store.postgres.group import Done, GroupCommit, claim, plain_dones
 from katar.store.postgres.literals import byteas, ints, texts
 from katar.store.postgres.queries import Queries, queries
@@ -444,7 +444,7 @@ class PostgresStore(Store):
         if fresh:
             cursor = await conn.execute(sql.next_ids, (fresh,))
             free = sorted(row[0] for row in await cursor.fetchall())
-        edges: list[tuple[int, int, bool, bytes | None, str | None]] = []
+        edges: list[Edge] = []
         made: list[Task] = []  # each answered task, as far as this batch knows it
         for spec in tasks:
             key = spec.unique_key
@@ -467,10 +467,10 @@ class PostgresStore(Store):
                     for ref in spec.refs:  # new in this request, or a unique_key's holder
                         earlier = made[ref]
                         result = None if earlier.result is None else bytes(earlier.result)
-                        mine[earlier.id] = (earlier.state, result, earlier.queue)
-                    draft, mine_edges = self._deps.depend(draft, mine)
+                        mine[earlier.id] = (earlier.state, result, earlier.queue, earlier.error)
+                    draft, mine_edges = self._deps.depend(draft, mine, spec.after_failure == "run")
                     edges += [(draft.id, *edge) for edge in mine_edges]
-                    draft = view(draft, mine_edges)
+                    draft = view(draft, [edge[:4] for edge in mine_edges])
                 if key is not None and rules.holds_key(draft, now):
                     taken[key] = len(drafts)
                 drafts.append(draft)
