@@ -371,9 +371,18 @@ class Enqueue(NewTaskBody, frozen=True):
 
 
 class Patch(msgspec.Struct, frozen=True):
-    """An operator's change to a task's status."""
+    """An operator's change to a task's status. With ``"status": "queued"``, ``data``,
+    ``priority`` and ``key`` edit the task as it runs again (edit and retry): a paused,
+    queued, failed or cancelled task takes them and a fresh set of attempts; a task in
+    progress is a 409 that changes nothing, and so is a done one."""
 
     status: PatchStatus
+    data: Annotated[
+        msgspec.Raw,
+        msgspec.Meta(description="With status queued: the task's new data (any JSON value)."),
+    ] = msgspec.field(default_factory=_absent)
+    priority: Priority | None = None
+    key: TaskKey | None = None
 
 
 # -- answers ----------------------------------------------------------------------------------

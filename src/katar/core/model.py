@@ -228,6 +228,15 @@ class NewTask(msgspec.Struct, kw_only=True, frozen=True):
     after_failure: AfterFailure = "cancel"
 
 
+class Edit(msgspec.Struct, kw_only=True, frozen=True):
+    """What an edit and retry (a PATCH to "queued" with fields) changes of a task: each
+    field given replaces the task's (None: kept)."""
+
+    data: msgspec.Raw | None = None
+    priority: int | None = None
+    key: str | None = None
+
+
 #: Milliseconds, or counts, that a 32-bit signed integer holds: what every worker can use.
 _INT32: Final = 2**31 - 1
 
@@ -304,6 +313,9 @@ class QueueOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     fair: bool = False
     #: How long finished tasks are kept (retention); see Keep.
     keep: Keep = Keep()
+    #: ms: the expires_in of the queue's tasks that give none of their own (a task not
+    #: delivered within this time is cancelled); None: tasks wait for ever.
+    expires: Annotated[int, msgspec.Meta(ge=1, le=MAX_DELAY * 1000)] | None = None
     #: Sent to workers merged over DEFAULT_CONFIGURATION; its WorkerConfiguration keys are
     #: checked by parse_queue_options.
     configuration: Annotated[

@@ -30,6 +30,7 @@ from katar.core.model import (
     WAITING,
     Ack,
     Delivery,
+    Edit,
     NewTask,
     QueueOptions,
     Rate,
@@ -66,6 +67,15 @@ def new_task(queue: str, spec: NewTask, task_id: int, now: int) -> Task:
         unique_key=spec.unique_key,
         unique_until=None if spec.unique_for_ms is None else now + spec.unique_for_ms,
     )
+
+
+def with_expiry(tasks: Sequence[NewTask], expires: int) -> list[NewTask]:
+    """The tasks of a queue with the ``expires`` option (ms): each that gives no expires_in
+    of its own takes the queue's (a task's own wins)."""
+    return [
+        spec if spec.expires_in_ms is not None else replace(spec, expires_in_ms=expires)
+        for spec in tasks
+    ]
 
 
 def special(spec: NewTask) -> bool:
@@ -576,17 +586,23 @@ def promote(task: Task, now: int) -> Task:
     return replace(task, state=READY, run_at=None, updated_at=now)
 
 
-def change_status(task: Task, status: str, now: int, waiting: bool = False) -> Task | None:
+def change_status(
+    task: Task, status: str, now: int, waiting: bool = False, edit: Edit | None = None
+) -> Task | None:
     """An operator's PATCH: cancel, pause, resume or retry a task.
 
     ``waiting``: the task names in ``after`` a task that is not finished yet (see
     the store looks): resumed or retried, it waits for it again (WAITING).
+
+    ``edit`` (with "queued" only): an edit and retry (see :func:`edit_task`).
 
     Returns the new task, or None when the task already has that status (or, for a task in
     progress, already has its cancel requested). Cancelling a task in progress only
     records the request (``cancel_requested``): see :func:`apply_ack`. Only the
     transitions of the contract are allowed; any other raises :class:`IllegalTransition`.
     """
+    if edit is not None:
+        return edit_task(task, status, now, waiting, edit)
     if status not in PATCH_STATUSES:
         raise ValidationError(f"status must be one of {', '.join(PATCH_STATUSES)}")
     state = task.state
@@ -634,6 +650,49 @@ def change_status(task: Task, status: str, now: int, waiting: bool = False) -> T
         _id=str(task.id),
         status=task.status,
     )
+
+
+#: The states an edit and retry applies to: any but in progress and done.
+EDITABLE: Final = frozenset({PAUSED, READY, SCHEDULED, WAITING, FAILED, CANCELLED})
+
+
+def edit_task(task: Task, status: str, now: int, waiting: bool, edit: Edit) -> Task:
+    """An edit and retry: the task, not in progress and not done, takes the edit's fields
+    and runs again (``status`` must be "queued"): a failed or cancelled one is retried as
+    change_status retries it, a paused one resumes, a queued one keeps its place in time
+    (its delay, the tasks it waits for). Every edit gives a fresh set of attempts, as a
+    retry does; the earlier deliveries stay in the history. In progress: a worker holds
+    the task and its data (409, nothing changes). Done: the outcome stands (its children
+    have its result); enqueue a new task instead (409)."""
+    if status != "queued":
+        raise ValidationError(
+            'data, priority and key are changed with {"status": "queued"} only (edit and retry)',
+            field="status",
+        )
+    if task.state not in EDITABLE:
+        raise IllegalTransition(
+            f"task {task.id} is {task.status!r}; only a paused, queued, failed or cancelled"
+            " task can be edited and run again"
+            + (" (a done task's outcome stands: enqueue a new task)" if task.state is DONE else ""),
+            _id=str(task.id),
+            status=task.status,
+        )
+    changes: dict[str, Any] = {"attempt_base": task.attempts, "updated_at": now}
+    if edit.data is not None:
+        changes["data"] = edit.data
+    if edit.priority is not None:
+        changes["priority"] = edit.priority
+    if edit.key is not None:
+        changes["key"] = edit.key
+    if task.state is PAUSED:
+        resumed = change_status(task, "queued", now, waiting)
+        assert resumed is not None
+        return replace(resumed, **changes)
+    if task.state in (FAILED, CANCELLED):
+        retried = change_status(task, "queued", now, waiting)
+        assert retried is not None
+        return replace(retried, **changes)
+    return replace(task, **changes)
 
 
 def is_final(task: Task) -> bool:

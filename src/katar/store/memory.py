@@ -27,6 +27,7 @@ from katar.core.model import (
     UNFINISHED,
     WAITING,
     Ack,
+    Edit,
     NewTask,
     QueueOptions,
     State,
@@ -714,11 +715,16 @@ class MemoryStore(Store):
             for name in self._queues
         }
 
-    async def set_status(self, queue: str, task_id: int, status: str, now: int) -> Change | None:
+    async def set_status(
+        self, queue: str, task_id: int, status: str, now: int, edit: Edit | None = None
+    ) -> Change | None:
         task = self._tasks.get(task_id)
         if task is None or task.queue != queue:
             raise TaskNotFound.named(task_id, queue)
-        new = rules.change_status(task, status, now, self._still_waits(task))
+        new = rules.change_status(task, status, now, self._still_waits(task), edit)
+        if new is not None and new.key != task.key and task.id in self._seq:
+            # An edit moved it to another key: a fair queue places it as that key's task.
+            del self._seq[task.id]
         also: list[Change] = []
         change = self._change(queue, task, new, now, also)
         self.report(also)

@@ -31,6 +31,7 @@ from katar.core.model import (
     READY,
     UNFINISHED,
     Ack,
+    Edit,
     NewTask,
     QueueOptions,
     State,
@@ -1024,7 +1025,9 @@ class PostgresStore(Store):
                 result[names[queue_id]][_sql.STATES[state]] = count
         return result
 
-    async def set_status(self, queue: str, task_id: int, status: str, now: int) -> Change | None:
+    async def set_status(
+        self, queue: str, task_id: int, status: str, now: int, edit: Edit | None = None
+    ) -> Change | None:
         queue_id = await self._queue_id(queue)
         async with self._transaction() as conn:
             row = await (await conn.execute(self._sql.lock, (task_id,))).fetchone()
@@ -1033,9 +1036,16 @@ class PostgresStore(Store):
             task = task_from_row(row, queue)
             waits = await self._deps.still_waits(conn, task)
             also: list[Change] = []
-            change = await self._change(
-                conn, queue_id, task, rules.change_status(task, status, now, waits), now, also
-            )
+            new = rules.change_status(task, status, now, waits, edit)
+            if edit is not None and new is not None:
+                # What the UPDATE of a status change leaves: an edit's data and key; a fair
+                # queue places a task whose key it changed again, as that key's task.
+                unplace = ", fair_seq = NULL" if new.key != task.key else ""
+                await conn.execute(
+                    f"UPDATE {self._schema}.tasks SET data = %s, key = %s{unplace} WHERE id = %s",
+                    (bytes(new.data), new.key, task.id),
+                )
+            change = await self._change(conn, queue_id, task, new, now, also)
             if change is not None:
                 await self._notify_ready(conn, [change.task, *(c.task for c in also)])
                 (viewed,) = await self._deps.views(conn, [change.task])
