@@ -22,8 +22,10 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+import msgspec
+
 from katar.core.idempotency import KeyReused
-from katar.core.model import Ack, NewTask, QueueOptions, State
+from katar.core.model import Ack, Edit, NewTask, QueueOptions, State
 from katar.errors import (
     Conflict,
     IllegalTransition,
@@ -91,6 +93,8 @@ class MTask:
     seq: int | None = None
     #: The tasks it waits for (section 11, after), by id.
     parents: tuple[int, ...] = ()
+    #: after_failure "run" (section 14): it runs once every parent ended, however.
+    run: bool = False
     #: As shown (Model.shown): the parents not done yet, and the results of those done.
     waiting_for: tuple[int, ...] = ()
     after: bytes | None = None
@@ -233,8 +237,8 @@ class Model:
         for child_id in children:
             child = tasks[child_id]
             edges = self.edges[child_id]
-            if how == "done":
-                edges[parent.id] = (True, parent.result)
+            if how == "done" or child.run:
+                edges[parent.id] = (True, outcome(how, parent) if child.run else parent.result)
                 if child.state is State.WAITING and all(done for done, _r in edges.values()):
                     due = child.run_at is None or child.run_at <= now
                     child.state = State.READY if due else State.SCHEDULED
@@ -299,6 +303,14 @@ class Model:
 
     def enqueue(self, queue: str, specs: list[NewTask], now: int) -> list[MTask]:
         fair = self._options(queue).fair
+        expires = self.queues[queue].expires  # section 14: the tasks' default expires_in
+        if expires is not None:
+            specs = [
+                s
+                if s.expires_in_ms is not None
+                else msgspec.structs.replace(s, expires_in_ms=expires)
+                for s in specs
+            ]
         front = self._front(queue) if fair else 0
         for spec in specs:
             if any(parent_id not in self.tasks for parent_id in spec.after):
@@ -313,24 +325,34 @@ class Model:
             self.issued += 1
             task = new_task(queue, spec, self.issued, now)
             if spec.after or spec.refs:
-                self._depend(task, sorted({*spec.after, *(created[n].id for n in spec.refs)}))
+                named = sorted({*spec.after, *(created[n].id for n in spec.refs)})
+                self._depend(task, named, spec.after_failure == "run")
             if fair:
                 self._place(task, front)
             self.tasks[task.id] = task
             created.append(self.shown(task))
         return created
 
-    def _depend(self, task: MTask, parents: list[int]) -> None:
+    def _depend(self, task: MTask, parents: list[int], run: bool) -> None:
         """A new task that waits for ``parents``: it waits while one is not done, and is
-        cancelled at once when one already failed or was cancelled (the first by id)."""
+        cancelled at once when one already failed or was cancelled (the first by id).
+        ``run`` (section 14): it waits while one is not finished, and is never cancelled;
+        those finished already count with their outcome."""
         task.parents = tuple(parents)
+        task.run = run
         edges: dict[int, tuple[bool, bytes | None]] = {}
         for parent_id in parents:
             parent = self.tasks[parent_id]
+            if run and parent.state in (State.DONE, State.FAILED, State.CANCELLED):
+                how = {State.DONE: "done", State.FAILED: "failed"}.get(parent.state)
+                edges[parent_id] = (True, outcome(how or "was cancelled", parent))
+                continue
             done = parent.state is State.DONE
             edges[parent_id] = (done, parent.result if done else None)
         self.edges[task.id] = edges
         for parent_id in parents:
+            if run:
+                break
             state = self.tasks[parent_id].state
             if state in (State.FAILED, State.CANCELLED):
                 how = "failed" if state is State.FAILED else "was cancelled"
@@ -677,10 +699,15 @@ class Model:
             raise Refusal(TaskNotFound)
         return task
 
-    def set_status(self, queue: str, task_id: int, status: str, now: int) -> MChange | None:
-        """An operator's PATCH; None when the task already has that status."""
+    def set_status(
+        self, queue: str, task_id: int, status: str, now: int, edit: Edit | None = None
+    ) -> MChange | None:
+        """An operator's PATCH; None when the task already has that status. With ``edit``,
+        an edit and retry (section 14)."""
         self._options(queue)
         task = self._in_queue(queue, task_id)
+        if edit is not None:
+            return self._edit(queue, task, status, now, edit)
         if status not in PATCH_FROM:
             raise Refusal(ValidationError)
         if task.status == status:
@@ -734,6 +761,31 @@ class Model:
                 front = self._front(queue)
                 task.state = retried
                 self._place(task, front)
+        return MChange(self.shown(task), old)
+
+    def _edit(self, queue: str, task: MTask, status: str, now: int, edit: Edit) -> MChange:
+        """Edit and retry: with "queued" only; a task in progress or done is refused; a
+        paused one resumes, a failed or cancelled one is retried (as PATCH does); each takes
+        the edit's fields and a fresh set of attempts, and keeps its time and its parents."""
+        if status != "queued":
+            raise Refusal(ValidationError)
+        if task.state in (State.RUNNING, State.DONE):
+            raise Refusal(IllegalTransition)
+        old = task.state
+        if old in (State.PAUSED, State.FAILED, State.CANCELLED):
+            self.set_status(queue, task.id, "queued", now)  # refused: nothing changed
+        moved = edit.key is not None and edit.key != task.key
+        if edit.data is not None:
+            task.data = bytes(edit.data)
+        if edit.priority is not None:
+            task.priority = edit.priority
+        if edit.key is not None:
+            task.key = edit.key
+        task.budget_from = task.attempts
+        task.updated_at = now
+        if moved and self.queues[queue].fair:  # another key's task now: placed as one
+            task.seq = None
+            self._place(task, self._front(queue))
         return MChange(self.shown(task), old)
 
     def delete_task(self, queue: str, task_id: int, now: int) -> bool:
@@ -802,6 +854,22 @@ BULK_FROM: Final = {
     "retry": (State.FAILED, State.CANCELLED),
     "cancel": (State.PAUSED, State.READY, State.SCHEDULED),
 }
+
+
+def outcome(how: str, parent: MTask | None) -> bytes:
+    """What a child with after_failure "run" keeps of a parent that ended (section 14): its
+    status, its result and its error (a deleted parent counts as cancelled)."""
+    status = {"done": "done", "failed": "failed"}.get(how, "cancelled")
+    if how == "was deleted":
+        error: str | None = "deleted before it ended"
+    else:
+        error = None if how == "done" or parent is None else parent.error
+    result = None if parent is None or how == "was deleted" else parent.result
+    return b'{"status":"%b","result":%b,"error":%b}' % (
+        status.encode(),
+        result or b"null",
+        msgspec.json.encode(error),
+    )
 
 
 def new_task(queue: str, spec: NewTask, task_id: int, now: int) -> MTask:

@@ -36,7 +36,18 @@ from hypothesis.stateful import (
 )
 
 from katar.core import idempotency
-from katar.core.model import EVERY_TASK, Ack, NewTask, QueueOptions, Rate, State, Task, TaskFilter
+from katar.core.model import (
+    EVERY_TASK,
+    Ack,
+    Edit,
+    NewTask,
+    QueueOptions,
+    Rate,
+    State,
+    Task,
+    TaskFilter,
+)
+from katar.core.rules import with_expiry
 from katar.errors import KatarError
 from katar.store import Change, PollResult, Store, open_store
 from tests.conftest import POSTGRES_URL, STORE_KINDS, store_url
@@ -91,6 +102,7 @@ options_strategy = st.builds(
     key_concurrency=st.sampled_from([None, None, 1]),
     rate=st.sampled_from([None, None, Rate(limit=2, period=1000), Rate(limit=1, period=300)]),
     fair=st.sampled_from([False, False, True]),
+    expires=st.sampled_from([None, None, None, 1500]),
 )
 new_task_strategy = st.builds(
     NewTask,
@@ -113,6 +125,12 @@ new_task_strategy = st.builds(
     lambda spec: (
         spec if spec.unique_key is not None else msgspec.structs.replace(spec, unique_for_ms=None)
     )
+)
+edits = st.builds(
+    Edit,
+    data=st.none() | raw_json,
+    priority=st.sampled_from([None, None, 5, -3]),
+    key=st.sampled_from([None, None, "a", "b"]),
 )
 KEYS = ("k1", "k2")
 requests = st.sampled_from([1, 2, 4, 0])  # how many tasks a poll asks for
@@ -314,6 +332,10 @@ class StoreVersusModel(RuleBasedStateMachine):
         any queue, earlier ones of the same enqueue ("$n"), or, rarely, one never issued."""
         how = data.draw(st.sampled_from(["none", "none", "ids", "refs", "both", "unknown"]))
         picks = [data.draw(st.integers(0, 255)) for _ in range(data.draw(st.integers(1, 3)))]
+        # Section 14: some run once every parent ended, whatever the outcome.
+        spec = msgspec.structs.replace(
+            spec, after_failure=data.draw(st.sampled_from(["cancel", "cancel", "run"]))
+        )
         existing = sorted(self.model.tasks)
         ids = tuple(existing[p % len(existing)] for p in picks) if existing else ()
         refs = tuple(p % index for p in picks) if index else ()
@@ -327,6 +349,15 @@ class StoreVersusModel(RuleBasedStateMachine):
             return msgspec.structs.replace(spec, after=(*ids, self.model.issued + 50))
         return spec
 
+    def defaults(self, queue: str, specs: list[NewTask]) -> list[NewTask]:
+        """The tasks as the engine hands them to the store: with the queue's ``expires``
+        (section 14) where they give no expires_in of their own. The model is given them
+        as sent, and applies the option itself."""
+        options = self.model.queues.get(queue)
+        if options is None or options.expires is None:
+            return specs
+        return with_expiry(specs, options.expires)
+
     # -- rules -------------------------------------------------------------------------------
 
     # Hypothesis runs each example with some rules switched off (swarm testing): tasks from
@@ -336,7 +367,7 @@ class StoreVersusModel(RuleBasedStateMachine):
         """The first queue, and tasks in it."""
         self.run(self.store.save_queue(QUEUES[0], options))
         self.model.save_queue(QUEUES[0], options)
-        got = self.run(self.store.enqueue(QUEUES[0], specs, self.now))
+        got = self.run(self.store.enqueue(QUEUES[0], self.defaults(QUEUES[0], specs), self.now))
         want = self.model.enqueue(QUEUES[0], specs, self.now)
         assert [record(t) for t in got] == [expected(t) for t in want]
 
@@ -368,7 +399,7 @@ class StoreVersusModel(RuleBasedStateMachine):
     def enqueue(self, data: st.DataObject, queue: str, specs: list[NewTask]) -> None:
         specs = [self.draw_after(data, index, spec) for index, spec in enumerate(specs)]
         answers = self.same(
-            self.store.enqueue(queue, specs, self.now),
+            self.store.enqueue(queue, self.defaults(queue, specs), self.now),
             lambda: self.model.enqueue(queue, specs, self.now),
         )
         if answers is not None:
@@ -404,7 +435,7 @@ class StoreVersusModel(RuleBasedStateMachine):
                 specs = [msgspec.structs.replace(first, **change), *last[1:]]
         once = idempotency.idempotency(key, specs)
         answers = self.same(
-            self.store.enqueue_once(queue, specs, self.now, once),
+            self.store.enqueue_once(queue, self.defaults(queue, specs), self.now, once),
             lambda: self.model.enqueue_once(queue, specs, self.now, key),
         )
         if answers is None:
@@ -553,9 +584,11 @@ class StoreVersusModel(RuleBasedStateMachine):
     def set_status(self, data: st.DataObject, status: str) -> None:
         queue = data.draw(st.sampled_from(sorted(self.model.queues)))
         task_id = data.draw(st.integers(1, self.model.issued + 2))
+        # Section 14, edit and retry: some carry new data, priority or key.
+        edit = data.draw(st.none() | st.none() | edits)
         answers = self.same(
-            self.store.set_status(queue, task_id, status, self.now),
-            lambda: self.model.set_status(queue, task_id, status, self.now),
+            self.store.set_status(queue, task_id, status, self.now, edit),
+            lambda: self.model.set_status(queue, task_id, status, self.now, edit),
         )
         if answers is None:
             return
