@@ -798,34 +798,50 @@ class Model:
         return True
 
     def bulk(
-        self, queue: str, action: str, states: tuple[State, ...] | None, key: str | None, now: int
+        self,
+        queue: str,
+        action: str,
+        states: tuple[State, ...] | None,
+        key: str | None,
+        now: int,
+        step: int = 1000,
     ) -> tuple[int, int]:
         """A bulk action on the queue's tasks of ``states`` (None: any) and ``key`` (None:
         any), applied as the PATCH it stands for, task by task, skipping those it does not
-        apply to: (matched, changed)."""
+        apply to: (matched, changed). It goes in steps of ``step`` tasks by id, each its own
+        transaction: a step selects the tasks as the earlier steps left them (one that an
+        earlier step's cancellation cascaded to may no longer match)."""
         self._options(queue)
-        matched = [
-            t
-            for t in self.of_queue(queue)
-            if (states is None or t.state in states) and (key is None or t.key == key)
-        ]
-        changed = 0
-        for task in matched:
-            if action == "delete":
-                if task.state is not State.RUNNING:
-                    del self.tasks[task.id]
-                    changed += 1
-                continue
-            applies = BULK_FROM[action]
-            if task.state not in applies:
-                continue
-            try:
-                status = "queued" if action == "retry" else "cancelled"
-                if self.set_status(queue, task.id, status, now) is not None:
-                    changed += 1
-            except Refusal:
-                pass  # a retry whose unique_key another task holds
-        return len(matched), changed
+        matched_all = changed = after = 0
+        while True:
+            matched = [
+                t
+                for t in self.of_queue(queue)
+                if t.id > after
+                and (states is None or t.state in states)
+                and (key is None or t.key == key)
+            ][:step]
+            for task in matched:
+                after = task.id
+                if action == "delete":
+                    if task.state is not State.RUNNING and task.id in self.tasks:
+                        # As DELETE: the tasks waiting for it end as it ended (section 11).
+                        self._ended(self.tasks, self.tasks[task.id], None, now, [])
+                        self._forget(self.tasks, task.id)
+                        changed += 1
+                    continue
+                applies = BULK_FROM[action]
+                if task.state not in applies:
+                    continue
+                try:
+                    status = "queued" if action == "retry" else "cancelled"
+                    if self.set_status(queue, task.id, status, now) is not None:
+                        changed += 1
+                except Refusal:
+                    pass  # a retry whose unique_key another task holds
+            matched_all += len(matched)
+            if len(matched) < step:
+                return matched_all, changed
 
     def prune(self, queue: str, state: State, before: int, now: int, most: int) -> int:
         """Retention: the oldest (by id) finished tasks of ``state`` that finished at or
@@ -852,7 +868,8 @@ class Model:
 #: What each bulk action applies to (the others it skips); a delete takes all but RUNNING.
 BULK_FROM: Final = {
     "retry": (State.FAILED, State.CANCELLED),
-    "cancel": (State.PAUSED, State.READY, State.SCHEDULED),
+    # A task waiting for others is "queued" (section 11): cancelled as PATCH would.
+    "cancel": (State.PAUSED, State.READY, State.SCHEDULED, State.WAITING),
 }
 
 
