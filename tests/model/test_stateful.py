@@ -417,6 +417,10 @@ class StoreVersusModel(RuleBasedStateMachine):
     @rule(data=st.data(), spec=new_task_strategy, run=st.sampled_from([True, True, False]))
     def enqueue_child(self, data: st.DataObject, spec: NewTask, run: bool) -> None:
         unfinished = sorted(i for i, t in self.model.tasks.items() if t.state in UNFINISHED)
+        # Mostly tasks in progress: an ack or a lease's end fails them soon.
+        running = [i for i in unfinished if self.model.tasks[i].state is State.RUNNING]
+        if data.draw(st.sampled_from([True, True, False])) and running:
+            unfinished = running
         picks = [data.draw(st.integers(0, 255)) for _ in range(data.draw(st.integers(1, 3)))]
         queue = data.draw(st.sampled_from(sorted(self.model.queues)))
         after = tuple(unfinished[p % len(unfinished)] for p in picks)
@@ -428,6 +432,42 @@ class StoreVersusModel(RuleBasedStateMachine):
         if answers is not None:
             got, want = answers
             assert [record(t) for t in got] == [expected(t) for t in want]
+
+    def waited_for(self) -> list[int]:
+        """The unfinished tasks that others wait for, by id."""
+        tasks = self.model.tasks
+        return sorted(
+            {
+                parent_id
+                for child_id, edges in self.model.edges.items()
+                if child_id in tasks
+                for parent_id, (done, _r) in edges.items()
+                if not done and parent_id in tasks and tasks[parent_id].state in UNFINISHED
+            }
+        )
+
+    # A parent's end, the moment that settles its children (sections 11 and 14): failed by
+    # its worker for good, done, or cancelled by an operator.
+    @precondition(lambda self: bool(self.waited_for()))
+    @rule(data=st.data(), how=st.sampled_from(["failed", "failed", "done", "cancelled"]))
+    def end_a_parent(self, data: st.DataObject, how: str) -> None:
+        parent = self.model.tasks[pick(data, self.waited_for()) or 0]
+        if parent.state is State.RUNNING and how != "cancelled":
+            fields: dict[str, Any] = {"attempt": parent.attempts}
+            if how == "failed":
+                fields.update(error="gave up", retry=False)
+            ended = Ack(task_id=str(parent.id), status=how, **fields)  # type: ignore[arg-type]
+            self.check_poll(data, parent.queue, [ended], 0, parent.worker)
+            return
+        answers = self.same(
+            self.store.set_status(parent.queue, parent.id, "cancelled", self.now),
+            lambda: self.model.set_status(parent.queue, parent.id, "cancelled", self.now),
+        )
+        if answers is not None:
+            got, want = answers
+            assert (got is None) == (want is None)
+            if got is not None:
+                assert (record(got.task), got.old) == (expected(want.task), want.old)
 
     @rule(
         data=st.data(),
