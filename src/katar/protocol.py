@@ -153,6 +153,9 @@ class EnqueueOptions(TaskOptions, total=False):
     delay: float | None  # seconds
     paused: bool
     idempotency_key: str | None
+    #: With afters: "run" makes the tasks that wait for others run once those have all
+    #: ended, whatever the outcome (section 14); "cancel" (the default) cancels them.
+    after_failure: AfterFailure | None
 
 
 def check_enqueue_options(options: EnqueueOptions, call: str) -> None:

@@ -205,6 +205,13 @@ def _many_body(
         for task, after in zip(tasks, afters, strict=True):
             if after is not None:
                 task["after"] = list(after)
+    after_failure = options.get("after_failure")
+    if after_failure is not None:
+        waiting = [task for task in tasks if "after" in task]
+        if not waiting:
+            raise ValidationError("after_failure needs after (the tasks to wait for)")
+        for task in waiting:
+            task["after_failure"] = after_failure
     if isinstance(unique_keys, str):
         unique_keys = [unique_keys] * len(tasks)
     if unique_keys is not None:
@@ -214,6 +221,22 @@ def _many_body(
             if key is not None:
                 task["unique_key"] = key
     return {"tasks": tasks}
+
+
+#: ``data`` not given (None is a task's data too: JSON null).
+UNSET: Any = object()
+
+
+def _retry_body(data: Any, priority: int | str | None, key: str | None) -> dict[str, Any]:
+    """The PATCH of a retry: "queued", and the fields an edit gives."""
+    body: dict[str, Any] = {"status": "queued"}
+    if data is not UNSET:
+        body["data"] = data
+    if priority is not None:
+        body["priority"] = priority
+    if key is not None:
+        body["key"] = key
+    return body
 
 
 class Producer:
@@ -334,6 +357,22 @@ class Producer:
     def get(self, queue: str, task_id: str) -> TaskRecord:
         """The task's record."""
         return record(self._send("GET", f"/v1/queue/{queue}/tasks/{task_id}"))
+
+    def retry(
+        self,
+        queue: str,
+        task_id: str,
+        *,
+        data: Any = UNSET,
+        priority: int | str | None = None,
+        key: str | None = None,
+    ) -> TaskRecord:
+        """Run the task again; its record. A failed or cancelled task is retried, a paused
+        one resumed, with a fresh set of attempts. With ``data``, ``priority`` or ``key``
+        (edit and retry), it runs with those instead, and a queued task takes them too. In
+        progress, or done: RequestRejected (409), nothing changes."""
+        path = f"/v1/queue/{queue}/tasks/{task_id}"
+        return record(self._send("PATCH", path, _retry_body(data, priority, key)))
 
     def cancel(self, queue: str, task_id: str) -> TaskRecord:
         """Cancel the task; its record. A paused or queued task is cancelled at once; one in
@@ -565,6 +604,19 @@ class AsyncProducer:
     async def get(self, queue: str, task_id: str) -> TaskRecord:
         """The task's record."""
         return record(await self._send("GET", f"/v1/queue/{queue}/tasks/{task_id}"))
+
+    async def retry(
+        self,
+        queue: str,
+        task_id: str,
+        *,
+        data: Any = UNSET,
+        priority: int | str | None = None,
+        key: str | None = None,
+    ) -> TaskRecord:
+        """Run the task again, edited or not; its record (see :meth:`Producer.retry`)."""
+        path = f"/v1/queue/{queue}/tasks/{task_id}"
+        return record(await self._send("PATCH", path, _retry_body(data, priority, key)))
 
     async def cancel(self, queue: str, task_id: str) -> TaskRecord:
         """Cancel the task; its record (see :meth:`Producer.cancel`)."""
