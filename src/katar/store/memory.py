@@ -723,8 +723,14 @@ class MemoryStore(Store):
             raise TaskNotFound.named(task_id, queue)
         new = rules.change_status(task, status, now, self._still_waits(task), edit)
         if new is not None and new.key != task.key and task.id in self._seq:
-            # An edit moved it to another key: a fair queue places it as that key's task.
+            # An edit moved it to another key: a fair queue places it as that key's task,
+            # and its entry of the ready heap (by its old place) goes: an operator's rare
+            # change pays for it, not the claims, which check the priority only.
             del self._seq[task.id]
+            heap = self._ready[queue]
+            if any(entry[2] == task.id for entry in heap):
+                heap[:] = [entry for entry in heap if entry[2] != task.id]
+                heapq.heapify(heap)
         also: list[Change] = []
         change = self._change(queue, task, new, now, also)
         self.report(also)
@@ -754,7 +760,8 @@ class MemoryStore(Store):
         fair = self._queues[queue].fair
         if fair and new is not None and new.state in UNFINISHED and task.id not in self._seq:
             # A retry of a task finished before the queue became fair: it needs a place.
-            self._place(new, rules.fair_seq(self._last_place(queue, task.key), self._front(queue)))
+            # (An edit's new key is the key it is placed by.)
+            self._place(new, rules.fair_seq(self._last_place(queue, new.key), self._front(queue)))
         return self._write(task, new, self._queues[queue], also)
 
     async def delete_task(self, queue: str, task_id: int, now: int | None = None) -> bool:
