@@ -274,8 +274,11 @@ class MemoryStore(Store):
         self._named_by.pop(task.id, None)
         self._foreign.pop(task.id, None)
         self._waited.pop(task.id, None)
+        parents = self._edges.pop(task.id, None)
+        if parents is None:  # most tasks: no parents, so no after_failure either
+            return
         self._run.discard(task.id)
-        for parent_id in self._edges.pop(task.id, ()):
+        for parent_id in parents:
             waiting = self._children.get(parent_id)
             if waiting is not None:
                 waiting.pop(task.id, None)
