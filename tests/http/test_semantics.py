@@ -188,3 +188,38 @@ async def test_an_edit_is_held_to_max_task_bytes(make_url: Callable[[], str], vi
         assert response.status_code == 413, response.text
         record = (await client.get(f"/v1/queue/q/tasks/{task_id}")).json()
         assert (record["status"], record["data"]) == ("paused", 1)
+
+
+async def test_outcomes_past_the_answer_bound_are_left_out_and_named(
+    katar: Katar, via: str
+) -> None:
+    """A child that runs anyway, of 40 parents that failed or were done with 3,000 bytes
+    each: its delivery stays within max_answer_bytes, the outcomes left out named in
+    after_omitted, as the results of a default child are."""
+    limits = Limits(max_task_bytes=1000, max_answer_bytes=64 * 1024 + 1000)
+    async with app_client(App(katar.engine, limits=limits), via) as client:
+        refs = [f"${n}" for n in range(40)]
+        body = {
+            "tasks": [
+                *({"data": n} for n in range(40)),
+                {"data": "report", "after": refs, "after_failure": "run"},
+            ]
+        }
+        *parents, child = await enqueue(client, body)
+        delivered = (await client.post("/v1/queue/q", json={"max": 40})).json()["tasks"]
+        acks = [
+            {"_id": t["_id"], "status": "done", "result": {"rows": "r" * 3000}}
+            if n % 2
+            else {"_id": t["_id"], "status": "failed", "error": "e" * 900}
+            for n, t in enumerate(delivered)
+        ]
+        assert (await client.post("/v1/queue/q", json={"tasks": acks, "max": 0})).status_code == 204
+        answer = await client.post("/v1/queue/q", json={"max": 1})
+        assert len(answer.content) <= limits.max_answer_bytes
+        (delivery,) = answer.json()["tasks"]
+        assert delivery["_id"] == child
+        after, omitted = delivery["after"], delivery["after_omitted"]
+        assert after
+        assert omitted
+        assert sorted([*after, *omitted], key=int) == parents
+        assert {outcome["status"] for outcome in after.values()} == {"done", "failed"}
