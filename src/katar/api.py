@@ -21,6 +21,7 @@ from katar._defaults import DEFAULT_STORE
 from katar.core.clock import Clock
 from katar.core.engine import Engine, Listener
 from katar.core.model import (
+    Edit,
     NewTask,
     QueueOptions,
     Task,
@@ -37,6 +38,9 @@ from katar.core.schedule import Schedule, ScheduleSpec, check_name, parse_schedu
 from katar.errors import KatarError, TaskNotFound, ValidationError
 from katar.protocol import EnqueueOptions, check_enqueue_options
 from katar.store import open_store
+
+#: ``data`` not given to a retry (None is a task's data too: JSON null).
+_UNSET: Any = object()
 
 
 def _raw(value: Any) -> msgspec.Raw:
@@ -260,6 +264,9 @@ class Queue:
         waits = [None] * len(items) if afters is None else list(afters)
         if len(waits) != len(items):
             raise ValidationError("afters needs one list of task ids (or None) per task")
+        after_failure = options.get("after_failure")
+        if after_failure is not None and not any(waits):
+            raise ValidationError("after_failure needs afters (the tasks to wait for)")
         new = [
             NewTask(
                 data=_raw(item),
@@ -276,7 +283,7 @@ class Queue:
                     debounce_key=options.get("debounce_key"),
                     delay=options.get("delay"),  # debounce_key needs one
                 ),
-                **(parse_after(wait, f"tasks[{i}]") if wait else {}),
+                **(parse_after(wait, f"tasks[{i}]", after_failure) if wait else {}),
             )
             for i, (item, unique, wait) in enumerate(zip(items, keys, waits, strict=True))
         ]
@@ -307,6 +314,27 @@ class Queue:
     async def resume(self, task_id: int | str) -> Task:
         """Queue a paused task again, or retry a failed or cancelled one."""
         return await self.katar.engine.set_status(self.name, self._id(task_id), "queued")
+
+    async def retry(
+        self,
+        task_id: int | str,
+        *,
+        data: Any = _UNSET,
+        priority: int | str | None = None,
+        key: str | None = None,
+    ) -> Task:
+        """Run a task again: a failed or cancelled one is retried, a paused one resumed,
+        with a fresh set of attempts. With ``data``, ``priority`` or ``key`` (edit and
+        retry), it runs with those instead, and a queued task takes them too. A task in
+        progress or done: IllegalTransition, nothing changes."""
+        edit = None
+        if data is not _UNSET or priority is not None or key is not None:
+            edit = Edit(
+                data=None if data is _UNSET else _raw(data),
+                priority=None if priority is None else parse_priority(priority),
+                key=parse_task_options(key=key).get("key"),
+            )
+        return await self.katar.engine.set_status(self.name, self._id(task_id), "queued", edit)
 
     async def delete(self, task_id: int | str) -> None:
         """Remove a task."""

@@ -81,6 +81,15 @@ def add_parsers(commands: Any, connection: Callable[[argparse.ArgumentParser], N
                 help="move at most N tasks a second, in the background on the server"
                 " (follow it with GET /v1/queue/QUEUE/redrive)",
             )
+        if name == "retry":
+            command.add_argument(
+                "--id", metavar="ID", help="retry this one task (failed, cancelled or paused)"
+            )
+            command.add_argument(
+                "--data",
+                metavar="JSON",
+                help="with --id: run the task with this data instead (edit and retry)",
+            )
         if name == "tasks":
             command.add_argument(
                 "--limit", type=int, default=20, metavar="N", help="show N tasks (default 20)"
@@ -151,6 +160,10 @@ def _tasks(producer: Producer, args: argparse.Namespace) -> int:
 
 
 def _retry(producer: Producer, args: argparse.Namespace) -> int:
+    if args.id is not None:
+        return _retry_one(producer, args)
+    if args.data is not None:
+        raise _usage("--data edits one task: give its --id")
     status = args.status or ["failed"]
     done = producer.bulk(args.queue, "retry", status=status, key=args.key, error=args.error)
     if args.json:
@@ -216,6 +229,23 @@ _RUNNERS: Final[dict[str, Callable[[Producer, argparse.Namespace], int]]] = {
     "resume": _resume,
     "workers": _workers,
 }
+
+
+def _retry_one(producer: Producer, args: argparse.Namespace) -> int:
+    """`katar retry QUEUE --id ID [--data JSON]`: one task, edited or not."""
+    if args.status or args.key or args.error:
+        raise _usage("--id names the task: --status, --key and --error do not apply")
+    edit: dict[str, Any] = {}
+    if args.data is not None:
+        try:
+            edit["data"] = json.loads(args.data)
+        except ValueError as exc:
+            raise _usage(f"--data must be JSON: {exc}") from None
+    task = producer.retry(args.queue, args.id, **edit)
+    if args.json:
+        return _print_json(msgspec.to_builtins(task))
+    print(f"task {task.id} is {task.status} (attempts so far: {task.attempts})")
+    return 0
 
 
 def _usage(message: str) -> ConfigError:

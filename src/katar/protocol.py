@@ -28,6 +28,9 @@ Status = Literal["paused", "queued", "in progress", "done", "failed", "cancelled
 AckStatus = Literal["done", "failed", "in progress"]
 PatchStatus = Literal["cancelled", "paused", "queued"]
 NewTaskStatus = Literal["queued", "paused"]
+#: What the failure (or cancellation) of a task a task waits for does to it: cancel it, or
+#: run it once every task it waits for has ended (section 14).
+AfterFailure = Literal["cancel", "run"]
 RoleName = Literal["worker", "producer", "admin"]
 PriorityName = Literal["high", "normal", "low"]
 #: A task's six public statuses.
@@ -155,6 +158,9 @@ class EnqueueOptions(TaskOptions, total=False):
     delay: float | None  # seconds
     paused: bool
     idempotency_key: str | None
+    #: With afters: "run" makes the tasks that wait for others run once those have all
+    #: ended, whatever the outcome (section 14); "cancel" (the default) cancels them.
+    after_failure: AfterFailure | None
 
 
 def check_enqueue_options(options: EnqueueOptions, call: str) -> None:
@@ -314,6 +320,18 @@ class NewTaskBody(msgspec.Struct, frozen=True):
         ]
         | None
     ) = None
+    after_failure: (
+        Annotated[
+            AfterFailure,
+            msgspec.Meta(
+                description="With after: what a parent that fails or is cancelled does to "
+                'this task: "cancel" it (the default), or "run": the task waits until every task '
+                "it names has ended, whatever the outcome, and is delivered with after holding, "
+                'per parent, {"status", "result", "error"}.'
+            ),
+        ]
+        | None
+    ) = None
 
 
 BulkAction = Literal["retry", "cancel", "delete"]
@@ -387,9 +405,18 @@ class Enqueue(NewTaskBody, frozen=True):
 
 
 class Patch(msgspec.Struct, frozen=True):
-    """An operator's change to a task's status."""
+    """An operator's change to a task's status. With ``"status": "queued"``, ``data``,
+    ``priority`` and ``key`` edit the task as it runs again (edit and retry): a paused,
+    queued, failed or cancelled task takes them and a fresh set of attempts; a task in
+    progress is a 409 that changes nothing, and so is a done one."""
 
     status: PatchStatus
+    data: Annotated[
+        msgspec.Raw,
+        msgspec.Meta(description="With status queued: the task's new data (any JSON value)."),
+    ] = msgspec.field(default_factory=_absent)
+    priority: Priority | None = None
+    key: TaskKey | None = None
 
 
 # -- answers ----------------------------------------------------------------------------------

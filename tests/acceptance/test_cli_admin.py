@@ -118,6 +118,25 @@ def test_retry_the_failed_tasks(server: KatarProcess) -> None:
     assert all("(earlier attempt) SMTP refused the mail" in row for row in rows)
 
 
+def test_retry_one_task_with_new_data(server: KatarProcess) -> None:
+    with Producer(server.url) as producer:
+        task = producer.enqueue("jobs", {"to": "typo"}, paused=True)
+    edited = katar(server, "retry", "jobs", "--id", task.id, "--data", '{"to": "fixed"}')
+    assert edited.returncode == 0, edited.stderr
+    assert edited.stdout.strip() == f"task {task.id} is queued (attempts so far: 0)"
+    with Producer(server.url) as producer:
+        assert producer.get("jobs", task.id).data == {"to": "fixed"}
+        producer.cancel("jobs", task.id)
+    bad = katar(server, "retry", "jobs", "--id", task.id, "--data", "{oops")
+    assert bad.returncode == 2
+    assert "--data must be JSON" in bad.stderr
+    alone = katar(server, "retry", "jobs", "--data", "1")
+    assert alone.returncode == 2
+    assert "give its --id" in alone.stderr
+    # Gone again: the other tests count the queue's tasks.
+    httpx.delete(f"{server.url}/v1/queue/jobs/tasks/{task.id}").raise_for_status()
+
+
 def test_clear_errors(server: KatarProcess) -> None:
     missing = katar(server, "tasks", "nope")
     assert missing.returncode == 1

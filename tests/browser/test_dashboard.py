@@ -93,9 +93,21 @@ def test_a_newcomer_finds_a_failed_task_and_retries_it(
     )
     deliveries = page.get_by_role("region", name="Deliveries")
     expect(deliveries.get_by_role("cell", name="mailer-1")).to_be_visible()
-    page.get_by_role("button", name="Retry").click()
+    page.get_by_role("button", name="Retry", exact=True).click()
     expect(page.get_by_role("status")).to_have_text("Queued again.")
     assert api.get(f"/v1/queue/{name}/tasks/{first}").json()["status"] == "queued"
+    # Edit and retry: the data as JSON in a dialog; bad JSON is said, and nothing is sent.
+    page.get_by_role("button", name="Edit and retry…").click()
+    dialog = page.get_by_role("dialog", name=f"Edit and retry task #{first}")
+    editor = dialog.get_by_role("textbox", name="Data as JSON")
+    editor.fill("{oops")
+    dialog.get_by_role("button", name="Retry with this data").click()
+    expect(dialog).to_contain_text("That is not valid JSON")
+    editor.fill('{"to": "fixed@example.com"}')
+    dialog.get_by_role("button", name="Retry with this data").click()
+    expect(page.get_by_role("status")).to_have_text("Queued again with the new data.")
+    record = api.get(f"/v1/queue/{name}/tasks/{first}").json()
+    assert (record["status"], record["data"]) == ("queued", {"to": "fixed@example.com"})
 
 
 def test_a_bulk_retry_of_failed_tasks(

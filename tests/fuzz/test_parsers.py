@@ -130,7 +130,7 @@ def test_parsers_accept_or_raise_invalid_request(body: bytes) -> None:
     for parser in (
         lambda: parse.parse_poll(body, 60),
         lambda: parse.parse_enqueue(body, 100, 1024),
-        lambda: parse.parse_patch(body),
+        lambda: parse.parse_patch(body, 1024),
         lambda: parse.parse_object(body),
     ):
         with contextlib.suppress(InvalidRequest):

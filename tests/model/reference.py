@@ -23,8 +23,10 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Final
 
+import msgspec
+
 from katar.core.idempotency import KeyReused
-from katar.core.model import Ack, NewTask, QueueOptions, Rate, State
+from katar.core.model import Ack, Edit, NewTask, QueueOptions, Rate, State
 from katar.errors import (
     Conflict,
     IllegalTransition,
@@ -98,6 +100,8 @@ class MTask:
     #: Where it failed for good before it moved to this queue, its dead-letter queue
     #: (section 14): (that queue, the error, the deliveries it had there, when it moved).
     dead_letter: tuple[str, str | None, int, int] | None = None
+    #: after_failure "run" (section 14): it runs once every parent ended, however.
+    run: bool = False
     #: As shown (Model.shown): the parents not done yet, and the results of those done.
     waiting_for: tuple[int, ...] = ()
     after: bytes | None = None
@@ -249,8 +253,8 @@ class Model:
         for child_id in children:
             child = tasks[child_id]
             edges = self.edges[child_id]
-            if how == "done":
-                edges[parent.id] = (True, parent.result)
+            if how == "done" or child.run:
+                edges[parent.id] = (True, outcome(how, parent) if child.run else parent.result)
                 if child.state is State.WAITING and all(done for done, _r in edges.values()):
                     due = child.run_at is None or child.run_at <= now
                     child.state = State.READY if due else State.SCHEDULED
@@ -339,6 +343,14 @@ class Model:
 
     def enqueue(self, queue: str, specs: list[NewTask], now: int) -> list[MTask]:
         fair = self._options(queue).fair
+        expires = self.queues[queue].expires  # section 14: the tasks' default expires_in
+        if expires is not None:
+            specs = [
+                s
+                if s.expires_in_ms is not None
+                else msgspec.structs.replace(s, expires_in_ms=expires)
+                for s in specs
+            ]
         front = self._front(queue) if fair else 0
         for spec in specs:
             if any(parent_id not in self.tasks for parent_id in spec.after):
@@ -359,24 +371,34 @@ class Model:
             self.issued += 1
             task = new_task(queue, spec, self.issued, now)
             if spec.after or spec.refs:
-                self._depend(task, sorted({*spec.after, *(created[n].id for n in spec.refs)}))
+                named = sorted({*spec.after, *(created[n].id for n in spec.refs)})
+                self._depend(task, named, spec.after_failure == "run")
             if fair:
                 self._place(task, front)
             self.tasks[task.id] = task
             created.append(self.shown(task))
         return created
 
-    def _depend(self, task: MTask, parents: list[int]) -> None:
+    def _depend(self, task: MTask, parents: list[int], run: bool) -> None:
         """A new task that waits for ``parents``: it waits while one is not done, and is
-        cancelled at once when one already failed or was cancelled (the first by id)."""
+        cancelled at once when one already failed or was cancelled (the first by id).
+        ``run`` (section 14): it waits while one is not finished, and is never cancelled;
+        those finished already count with their outcome."""
         task.parents = tuple(parents)
+        task.run = run
         edges: dict[int, tuple[bool, bytes | None]] = {}
         for parent_id in parents:
             parent = self.tasks[parent_id]
+            if run and parent.state in (State.DONE, State.FAILED, State.CANCELLED):
+                how = {State.DONE: "done", State.FAILED: "failed"}.get(parent.state)
+                edges[parent_id] = (True, outcome(how or "was cancelled", parent))
+                continue
             done = parent.state is State.DONE
             edges[parent_id] = (done, parent.result if done else None)
         self.edges[task.id] = edges
         for parent_id in parents:
+            if run:
+                break
             state = self.tasks[parent_id].state
             if state in (State.FAILED, State.CANCELLED):
                 how = "failed" if state is State.FAILED else "was cancelled"
@@ -757,10 +779,15 @@ class Model:
             raise Refusal(TaskNotFound)
         return task
 
-    def set_status(self, queue: str, task_id: int, status: str, now: int) -> MChange | None:
-        """An operator's PATCH; None when the task already has that status."""
+    def set_status(
+        self, queue: str, task_id: int, status: str, now: int, edit: Edit | None = None
+    ) -> MChange | None:
+        """An operator's PATCH; None when the task already has that status. With ``edit``,
+        an edit and retry (section 14)."""
         self._options(queue)
         task = self._in_queue(queue, task_id)
+        if edit is not None:
+            return self._edit(queue, task, status, now, edit)
         if status not in PATCH_FROM:
             raise Refusal(ValidationError)
         if task.status == status:
@@ -817,6 +844,31 @@ class Model:
                 self._place(task, front)
         return MChange(self.shown(task), old)
 
+    def _edit(self, queue: str, task: MTask, status: str, now: int, edit: Edit) -> MChange:
+        """Edit and retry: with "queued" only; a task in progress or done is refused; a
+        paused one resumes, a failed or cancelled one is retried (as PATCH does); each takes
+        the edit's fields and a fresh set of attempts, and keeps its time and its parents."""
+        if status != "queued":
+            raise Refusal(ValidationError)
+        if task.state in (State.RUNNING, State.DONE):
+            raise Refusal(IllegalTransition)
+        old = task.state
+        if old in (State.PAUSED, State.FAILED, State.CANCELLED):
+            self.set_status(queue, task.id, "queued", now)  # refused: nothing changed
+        moved = edit.key is not None and edit.key != task.key
+        if edit.data is not None:
+            task.data = bytes(edit.data)
+        if edit.priority is not None:
+            task.priority = edit.priority
+        if edit.key is not None:
+            task.key = edit.key
+        task.budget_from = task.attempts
+        task.updated_at = now
+        if moved and self.queues[queue].fair:  # another key's task now: placed as one
+            task.seq = None
+            self._place(task, self._front(queue))
+        return MChange(self.shown(task), old)
+
     def delete_task(self, queue: str, task_id: int, now: int) -> bool:
         self._options(queue)
         task = self.tasks.get(task_id)
@@ -827,34 +879,50 @@ class Model:
         return True
 
     def bulk(
-        self, queue: str, action: str, states: tuple[State, ...] | None, key: str | None, now: int
+        self,
+        queue: str,
+        action: str,
+        states: tuple[State, ...] | None,
+        key: str | None,
+        now: int,
+        step: int = 1000,
     ) -> tuple[int, int]:
         """A bulk action on the queue's tasks of ``states`` (None: any) and ``key`` (None:
         any), applied as the PATCH it stands for, task by task, skipping those it does not
-        apply to: (matched, changed)."""
+        apply to: (matched, changed). It goes in steps of ``step`` tasks by id, each its own
+        transaction: a step selects the tasks as the earlier steps left them (one that an
+        earlier step's cancellation cascaded to may no longer match)."""
         self._options(queue)
-        matched = [
-            t
-            for t in self.of_queue(queue)
-            if (states is None or t.state in states) and (key is None or t.key == key)
-        ]
-        changed = 0
-        for task in matched:
-            if action == "delete":
-                if task.state is not State.RUNNING:
-                    del self.tasks[task.id]
-                    changed += 1
-                continue
-            applies = BULK_FROM[action]
-            if task.state not in applies:
-                continue
-            try:
-                status = "queued" if action == "retry" else "cancelled"
-                if self.set_status(queue, task.id, status, now) is not None:
-                    changed += 1
-            except Refusal:
-                pass  # a retry whose unique_key another task holds
-        return len(matched), changed
+        matched_all = changed = after = 0
+        while True:
+            matched = [
+                t
+                for t in self.of_queue(queue)
+                if t.id > after
+                and (states is None or t.state in states)
+                and (key is None or t.key == key)
+            ][:step]
+            for task in matched:
+                after = task.id
+                if action == "delete":
+                    if task.state is not State.RUNNING and task.id in self.tasks:
+                        # As DELETE: the tasks waiting for it end as it ended (section 11).
+                        self._ended(self.tasks, self.tasks[task.id], None, now, [])
+                        self._forget(self.tasks, task.id)
+                        changed += 1
+                    continue
+                applies = BULK_FROM[action]
+                if task.state not in applies:
+                    continue
+                try:
+                    status = "queued" if action == "retry" else "cancelled"
+                    if self.set_status(queue, task.id, status, now) is not None:
+                        changed += 1
+                except Refusal:
+                    pass  # a retry whose unique_key another task holds
+            matched_all += len(matched)
+            if len(matched) < step:
+                return matched_all, changed
 
     def prune(self, queue: str, state: State, before: int, now: int, most: int) -> int:
         """Retention: the oldest (by id) finished tasks of ``state`` that finished at or
@@ -943,8 +1011,25 @@ class Model:
 #: What each bulk action applies to (the others it skips); a delete takes all but RUNNING.
 BULK_FROM: Final = {
     "retry": (State.FAILED, State.CANCELLED),
-    "cancel": (State.PAUSED, State.READY, State.SCHEDULED),
+    # A task waiting for others is "queued" (section 11): cancelled as PATCH would.
+    "cancel": (State.PAUSED, State.READY, State.SCHEDULED, State.WAITING),
 }
+
+
+def outcome(how: str, parent: MTask | None) -> bytes:
+    """What a child with after_failure "run" keeps of a parent that ended (section 14): its
+    status, its result and its error (a deleted parent counts as cancelled)."""
+    status = {"done": "done", "failed": "failed"}.get(how, "cancelled")
+    if how == "was deleted":
+        error: str | None = "deleted before it ended"
+    else:
+        error = None if how == "done" or parent is None else parent.error
+    result = None if parent is None or how == "was deleted" else parent.result
+    return b'{"status":"%b","result":%b,"error":%b}' % (
+        status.encode(),
+        result or b"null",
+        msgspec.json.encode(error),
+    )
 
 
 def new_task(queue: str, spec: NewTask, task_id: int, now: int) -> MTask:

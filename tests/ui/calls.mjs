@@ -65,6 +65,13 @@ export const CALLS = [
     body: { status: "queued" },
   },
   {
+    name: "retryWithData",
+    call: () => api.retryWithData("q", "7", { to: "b" }),
+    route: "PATCH /v1/queue/{queue}/tasks/{id}",
+    path: "/v1/queue/q/tasks/7",
+    body: { status: "queued", data: { to: "b" } },
+  },
+  {
     name: "deleteTask",
     call: () => api.deleteTask("q", "7"),
     route: "DELETE /v1/queue/{queue}/tasks/{id}",

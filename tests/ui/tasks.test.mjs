@@ -45,15 +45,17 @@ test("each tab offers the bulk actions that apply to its tasks", () => {
 });
 
 test("a task's buttons apply to its status", () => {
-  assert.deepEqual(taskActions(task({ status: "failed" })), { retry: true, cancel: false, delete: true });
-  assert.deepEqual(taskActions(task({ status: "queued" })), { retry: false, cancel: true, delete: true });
-  assert.deepEqual(taskActions(task({ status: "in progress" })), { retry: false, cancel: true, delete: false });
+  assert.deepEqual(taskActions(task({ status: "failed" })), { retry: true, edit: true, cancel: false, delete: true });
+  assert.deepEqual(taskActions(task({ status: "queued" })), { retry: false, edit: true, cancel: true, delete: true });
+  assert.deepEqual(taskActions(task({ status: "paused" })), { retry: false, edit: true, cancel: true, delete: true });
+  assert.deepEqual(taskActions(task({ status: "in progress" })), { retry: false, edit: false, cancel: true, delete: false });
   assert.deepEqual(taskActions(task({ status: "in progress", cancel_requested: true })), {
     retry: false,
+    edit: false,
     cancel: false,
     delete: false,
   });
-  assert.deepEqual(taskActions(task({ status: "done" })), { retry: false, cancel: false, delete: true });
+  assert.deepEqual(taskActions(task({ status: "done" })), { retry: false, edit: false, cancel: false, delete: true });
 });
 
 test("an error or a worker of a task queued again belongs to an earlier attempt", () => {

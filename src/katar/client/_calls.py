@@ -173,6 +173,13 @@ def _many_body(
         for task, after in zip(tasks, afters, strict=True):
             if after is not None:
                 task["after"] = list(after)
+    after_failure = options.get("after_failure")
+    if after_failure is not None:
+        waiting = [task for task in tasks if "after" in task]
+        if not waiting:
+            raise ValidationError("after_failure needs after (the tasks to wait for)")
+        for task in waiting:
+            task["after_failure"] = after_failure
     if isinstance(unique_keys, str):
         unique_keys = [unique_keys] * len(tasks)
     if unique_keys is not None:
@@ -259,6 +266,24 @@ def _list_params(
 def get(queue: str, task_id: str) -> Plan[TaskRecord]:
     """The task's record."""
     return _call(Request("GET", f"/v1/queue/{queue}/tasks/{task_id}"), record)
+
+
+#: ``data`` not given (None is a task's data too: JSON null).
+UNSET: Any = object()
+
+
+def retry(
+    queue: str, task_id: str, data: Any, priority: int | str | None, key: str | None
+) -> Plan[TaskRecord]:
+    """The PATCH of a retry: "queued", and the fields an edit gives."""
+    body: dict[str, Any] = {"status": "queued"}
+    if data is not UNSET:
+        body["data"] = data
+    if priority is not None:
+        body["priority"] = priority
+    if key is not None:
+        body["key"] = key
+    return _call(Request("PATCH", f"/v1/queue/{queue}/tasks/{task_id}", body), record)
 
 
 def cancel(queue: str, task_id: str) -> Plan[TaskRecord]:

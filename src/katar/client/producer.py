@@ -147,6 +147,21 @@ class Producer:
         """The task's record."""
         return self._run(calls.get(queue, task_id))
 
+    def retry(
+        self,
+        queue: str,
+        task_id: str,
+        *,
+        data: Any = calls.UNSET,
+        priority: int | str | None = None,
+        key: str | None = None,
+    ) -> TaskRecord:
+        """Run the task again; its record. A failed or cancelled task is retried, a paused
+        one resumed, with a fresh set of attempts. With ``data``, ``priority`` or ``key``
+        (edit and retry), it runs with those instead, and a queued task takes them too. In
+        progress, or done: RequestRejected (409), nothing changes."""
+        return self._run(calls.retry(queue, task_id, data, priority, key))
+
     def cancel(self, queue: str, task_id: str) -> TaskRecord:
         """Cancel the task; its record. A paused or queued task is cancelled at once; one in
         progress is cancelled when its worker next hears from the server (the record shows
@@ -376,6 +391,18 @@ class AsyncProducer:
     async def get(self, queue: str, task_id: str) -> TaskRecord:
         """The task's record."""
         return await self._run(calls.get(queue, task_id))
+
+    async def retry(
+        self,
+        queue: str,
+        task_id: str,
+        *,
+        data: Any = calls.UNSET,
+        priority: int | str | None = None,
+        key: str | None = None,
+    ) -> TaskRecord:
+        """Run the task again, edited or not; its record (see :meth:`Producer.retry`)."""
+        return await self._run(calls.retry(queue, task_id, data, priority, key))
 
     async def cancel(self, queue: str, task_id: str) -> TaskRecord:
         """Cancel the task; its record (see :meth:`Producer.cancel`)."""

@@ -43,6 +43,7 @@ from katar.core.model import (
     WAITING,
     WAITING_COUNT,
     Ack,
+    Edit,
     NewTask,
     QueueOptions,
     State,
@@ -58,7 +59,14 @@ from katar.core.outcomes import OutcomeWaits
 from katar.core.pruner import Pruner
 from katar.core.reaper import HOUSEKEEPING_MS, Reaper
 from katar.core.reloader import Reloader
-from katar.core.rules import BULK_STATES, REDRIVE_STATES, check_edges, is_final, unknown_parent
+from katar.core.rules import (
+    BULK_STATES,
+    REDRIVE_STATES,
+    check_edges,
+    is_final,
+    unknown_parent,
+    with_expiry,
+)
 from katar.core.schedule import (
     Schedule,
     ScheduleSpec,
@@ -443,16 +451,19 @@ class Engine:
         Tasks may wait for others (``after``): ``may_use`` says which queues' tasks the
         caller may name (None: any), the others are refused as if they did not exist.
         """
-        self.options(queue)
+        expires = self.options(queue).expires
         if self.draining:
             raise ShuttingDown()
+        given = tasks  # what an idempotency key's digest is of (not the queue's defaults)
+        if expires is not None:  # the queue's default expires_in
+            tasks = with_expiry(tasks, expires)
         if any(spec.after or spec.refs for spec in tasks):
             await self._check_after(tasks, may_use)
         now = self.clock.now_ms()
         if key is None:
             created = await self.store.enqueue(queue, tasks, now)
         else:
-            once = idempotency.idempotency(key, tasks)
+            once = idempotency.idempotency(key, given)
             created, new = await self.store.enqueue_once(queue, tasks, now, once)
             if not new:
                 return created
@@ -764,12 +775,17 @@ class Engine:
             log.info("%s: %s of %d task(s) matched: %d changed", queue, action, matched, changed)
         return matched, changed
 
-    async def set_status(self, queue: str, task_id: int, status: str) -> Task:
+    async def set_status(
+        self, queue: str, task_id: int, status: str, edit: Edit | None = None
+    ) -> Task:
         """Cancel, pause, resume or retry a task; the task as it is afterwards. A task in
         progress that is cancelled stays in progress, with ``cancel_requested``, until its
-        worker hears of it (see rules.change_status)."""
+        worker hears of it (see rules.change_status). With ``edit`` (status "queued"): edit
+        and retry, the task runs again with the edit's data, priority or key (see
+        rules.edit_task)."""
         self.options(queue)
-        change = await self.store.set_status(queue, task_id, status, self.clock.now_ms())
+        now = self.clock.now_ms()
+        change = await self.store.set_status(queue, task_id, status, now, edit)
         if change is None:
             return await self._existing(queue, task_id)
         self._apply([change], operator=True)
@@ -945,7 +961,7 @@ class Engine:
             if options is not None and options.limited:
                 self._wake(origin, 1)  # room under a limit
         if task.queue not in self.queues:  # the store created it: default options
-            self._reload_in_background(wake_all=False)
+            self._reloader.ask(wake_all=False)
         if self._listeners:
             self._emit(task)
         if task.id in self._outcomes.waiting:

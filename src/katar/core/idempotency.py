@@ -60,6 +60,8 @@ def check_key(raw: bytes | str) -> str:
 
 #: The fields that digest() writes out one by one; any other a task sets goes in as JSON.
 _DIGESTED: Final = frozenset({"data", "priority", "delay_ms", "paused", "run_at"})
+#: The later fields whose default is neither None nor empty: left out when they have it.
+_DEFAULTS: Final = {"after_failure": "cancel"}
 
 
 def digest(tasks: Sequence[NewTask]) -> bytes:
@@ -75,8 +77,10 @@ def digest(tasks: Sequence[NewTask]) -> bytes:
         extra = {
             name: value
             for name in task.__struct_fields__
-            # An empty after (no dependencies) is absent, as None is.
-            if name not in _DIGESTED and (value := getattr(task, name)) not in (None, ())
+            # An empty after (no dependencies) is absent, as None is; so is a default.
+            if name not in _DIGESTED
+            and (value := getattr(task, name)) not in (None, ())
+            and _DEFAULTS.get(name) != value
         }
         if extra:  # the later fields, only when given, for the same reason
             hasher.update(b",+" + msgspec.json.encode(extra))

@@ -32,6 +32,7 @@ PRIORITY_MIN: Final = protocol.PRIORITY_MIN
 PRIORITY_NAMES: Final = protocol.PRIORITY_NAMES
 STATUSES: Final = protocol.STATUSES
 WAITING_COUNT: Final = protocol.WAITING_COUNT
+AfterFailure = protocol.AfterFailure
 
 
 class State(enum.IntEnum):
@@ -255,6 +256,18 @@ class NewTask(msgspec.Struct, kw_only=True, frozen=True):
     #: earlier tasks of the same enqueue ("$n" on the wire), each before its own place.
     after: tuple[int, ...] = ()
     refs: tuple[int, ...] = ()
+    #: What the end of a parent that is not done does to it: "cancel" it (the default), or
+    #: "run" it once every parent has ended, whatever the outcome (rules.parent_end).
+    after_failure: AfterFailure = "cancel"
+
+
+class Edit(msgspec.Struct, kw_only=True, frozen=True):
+    """What an edit and retry (a PATCH to "queued" with fields) changes of a task: each
+    field given replaces the task's (None: kept)."""
+
+    data: msgspec.Raw | None = None
+    priority: int | None = None
+    key: str | None = None
 
 
 #: Milliseconds, or counts, that a 32-bit signed integer holds: what every worker can use.
@@ -341,6 +354,9 @@ class QueueOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     #: not retried) moves to that queue as queued (rules.dead_lettered). Checked by the
     #: engine (check_dead_letter): a valid queue name, not the queue itself.
     dead_letter: str | None = None
+    #: ms: the expires_in of the queue's tasks that give none of their own (a task not
+    #: delivered within this time is cancelled); None: tasks wait for ever.
+    expires: Annotated[int, msgspec.Meta(ge=1, le=MAX_DELAY * 1000)] | None = None
     #: Sent to workers merged over DEFAULT_CONFIGURATION; its WorkerConfiguration keys are
     #: checked by parse_queue_options.
     configuration: Annotated[
@@ -533,7 +549,9 @@ def unknown_parent(where: str, parent_id: int | str) -> ValidationError:
     )
 
 
-def parse_after(after: Sequence[str | int], where: str) -> dict[str, Any]:
+def parse_after(
+    after: Sequence[str | int], where: str, after_failure: AfterFailure | None = None
+) -> dict[str, Any]:
     """A task's ``after`` as :class:`NewTask` fields: the ids it names (``after``) and its
     "$n" references to earlier tasks of the same enqueue (``refs``, whose order the engine
     checks). An item that can be neither is refused as an unknown task."""
@@ -549,7 +567,19 @@ def parse_after(after: Sequence[str | int], where: str) -> dict[str, Any]:
         if task_id is None:
             raise unknown_parent(where, str(item)[:64])
         ids.append(task_id)
-    return {"after": tuple(ids), "refs": tuple(refs)}
+    parsed: dict[str, Any] = {"after": tuple(ids), "refs": tuple(refs)}
+    if after_failure is not None:
+        parsed["after_failure"] = after_failure
+    return parsed
+
+
+def check_after_failure(after: Sequence[Any] | None, after_failure: str | None, where: str) -> None:
+    """Refuse an ``after_failure`` without a task to wait for: it says what the end of a
+    parent does, and a task without ``after`` has none (422, rather than ignored)."""
+    if after_failure is not None and not after:
+        raise ValidationError(
+            f"{where}: after_failure needs after (the tasks to wait for)", field="after_failure"
+        )
 
 
 # A queue's name: its characters are fixed, for a name travels in URLs, file keys and

@@ -32,6 +32,7 @@ from katar.core.model import (
     Ack,
     DeadLetter,
     Delivery,
+    Edit,
     NewTask,
     QueueOptions,
     Rate,
@@ -69,6 +70,15 @@ def new_task(queue: str, spec: NewTask, task_id: int, now: int) -> Task:
         unique_until=None if spec.unique_for_ms is None else now + spec.unique_for_ms,
         debounce_key=spec.debounce_key,
     )
+
+
+def with_expiry(tasks: Sequence[NewTask], expires: int) -> list[NewTask]:
+    """The tasks of a queue with the ``expires`` option (ms): each that gives no expires_in
+    of its own takes the queue's (a task's own wins)."""
+    return [
+        spec if spec.expires_in_ms is not None else replace(spec, expires_in_ms=expires)
+        for spec in tasks
+    ]
 
 
 def special(spec: NewTask) -> bool:
@@ -890,17 +900,23 @@ def promote(task: Task, now: int) -> Task:
     return replace(task, state=READY, run_at=None, updated_at=now)
 
 
-def change_status(task: Task, status: str, now: int, waiting: bool = False) -> Task | None:
+def change_status(
+    task: Task, status: str, now: int, waiting: bool = False, edit: Edit | None = None
+) -> Task | None:
     """An operator's PATCH: cancel, pause, resume or retry a task.
 
     ``waiting``: the task names in ``after`` a task that is not finished yet (see
     the store looks): resumed or retried, it waits for it again (WAITING).
+
+    ``edit`` (with "queued" only): an edit and retry (see :func:`edit_task`).
 
     Returns the new task, or None when the task already has that status (or, for a task in
     progress, already has its cancel requested). Cancelling a task in progress only
     records the request (``cancel_requested``): see :func:`apply_ack`. Only the
     transitions of the contract are allowed; any other raises :class:`IllegalTransition`.
     """
+    if edit is not None:
+        return edit_task(task, status, now, waiting, edit)
     if status not in PATCH_STATUSES:
         raise ValidationError(f"status must be one of {', '.join(PATCH_STATUSES)}")
     state = task.state
@@ -951,6 +967,49 @@ def change_status(task: Task, status: str, now: int, waiting: bool = False) -> T
         _id=str(task.id),
         status=task.status,
     )
+
+
+#: The states an edit and retry applies to: any but in progress and done.
+EDITABLE: Final = frozenset({PAUSED, READY, SCHEDULED, WAITING, FAILED, CANCELLED})
+
+
+def edit_task(task: Task, status: str, now: int, waiting: bool, edit: Edit) -> Task:
+    """An edit and retry: the task, not in progress and not done, takes the edit's fields
+    and runs again (``status`` must be "queued"): a failed or cancelled one is retried as
+    change_status retries it, a paused one resumes, a queued one keeps its place in time
+    (its delay, the tasks it waits for). Every edit gives a fresh set of attempts, as a
+    retry does; the earlier deliveries stay in the history. In progress: a worker holds
+    the task and its data (409, nothing changes). Done: the outcome stands (its children
+    have its result); enqueue a new task instead (409)."""
+    if status != "queued":
+        raise ValidationError(
+            'data, priority and key are changed with {"status": "queued"} only (edit and retry)',
+            field="status",
+        )
+    if task.state not in EDITABLE:
+        raise IllegalTransition(
+            f"task {task.id} is {task.status!r}; only a paused, queued, failed or cancelled"
+            " task can be edited and run again"
+            + (" (a done task's outcome stands: enqueue a new task)" if task.state is DONE else ""),
+            _id=str(task.id),
+            status=task.status,
+        )
+    changes: dict[str, Any] = {"attempt_base": task.attempts, "updated_at": now}
+    if edit.data is not None:
+        changes["data"] = edit.data
+    if edit.priority is not None:
+        changes["priority"] = edit.priority
+    if edit.key is not None:
+        changes["key"] = edit.key
+    if task.state is PAUSED:
+        resumed = change_status(task, "queued", now, waiting)
+        assert resumed is not None
+        return replace(resumed, **changes)
+    if task.state in (FAILED, CANCELLED):
+        retried = change_status(task, "queued", now, waiting)
+        assert retried is not None
+        return replace(retried, **changes)
+    return replace(task, **changes)
 
 
 def is_final(task: Task) -> bool:
@@ -1075,11 +1134,18 @@ def check_children(tasks: Sequence[NewTask], waited: Mapping[int, int]) -> None:
             )
 
 
-def depend(task: Task, parents: Sequence[tuple[int, State]]) -> Task:
+def depend(task: Task, parents: Sequence[tuple[int, State]], run: bool = False) -> Task:
     """A new task that names ``parents`` (their ids and states as it is enqueued): it waits
     (WAITING) while one is not done; it is cancelled at once if one already failed or was
-    cancelled; a paused task stays paused (resumed, it waits: see change_status)."""
+    cancelled; a paused task stays paused (resumed, it waits: see change_status).
+
+    ``run`` (after_failure "run"): it waits while one is not finished, whatever the way the
+    others ended, and is never cancelled because of them."""
     task = replace(task, parents=len(parents))
+    if run:
+        if task.state in (READY, SCHEDULED) and any(s not in FINAL_STATES for _i, s in parents):
+            return replace(task, state=WAITING)
+        return task
     for parent_id, state in parents:
         if state is FAILED or state is CANCELLED:
             how = "failed" if state is FAILED else "was cancelled"
@@ -1097,8 +1163,13 @@ def orphan_error(parent_id: int, how: str) -> str:
 
 def parent_end(old: State | None, new: State | None) -> str | None:
     """What a task's change means to the tasks that wait for it: "done" (release them),
-    "failed", "was cancelled" or "was deleted" (``new`` None; cancel them), or None
-    (nothing yet: a retry, a heartbeat, a task that was already finished)."""
+    "failed", "was cancelled" or "was deleted" (``new`` None; cancel them, or release those
+    that run whatever the outcome: after_failure "run"), or None (nothing yet: a retry, a
+    heartbeat, a task that was already finished).
+
+    The one place that decides how a parent ended. A change that takes a task out of its
+    queue unsuccessfully by another way (a move to a dead-letter queue) ends it as
+    "failed" for its children: the stores' ``settle`` takes that ``how`` directly."""
     if old is not None and old in FINAL_STATES:
         return None
     if new is None:
@@ -1110,6 +1181,44 @@ def parent_end(old: State | None, new: State | None) -> str | None:
     if new is CANCELLED:
         return "was cancelled"
     return None
+
+
+#: The status a child that runs whatever the outcome (after_failure "run") is told of a
+#: parent, by how it ended (parent_end).
+_OUTCOME_STATUS: Final = {
+    "done": "done",
+    "failed": "failed",
+    "was cancelled": "cancelled",
+    "was deleted": "cancelled",
+}
+#: The error it is told of a parent deleted before it ended (which has no error of its own).
+DELETED_ERROR: Final = "deleted before it ended"
+
+
+def outcome(how: str, parent: Task | None) -> bytes:
+    """What a child with after_failure "run" keeps of a parent that ended (``how``, as
+    parent_end says; ``parent`` its new version, None when deleted): the JSON object
+    ``{"status", "result", "error"}`` its ``after`` holds for that parent."""
+    if parent is None:
+        return outcome_json(_OUTCOME_STATUS[how], None, DELETED_ERROR)
+    result = None if parent.result is None else bytes(parent.result)
+    return outcome_json(_OUTCOME_STATUS[how], result, None if how == "done" else parent.error)
+
+
+def outcome_of(state: State, result: bytes | None, error: str | None) -> bytes:
+    """:func:`outcome` of a parent already finished (in ``state``) when the child named it."""
+    how = "done" if state is DONE else "failed" if state is FAILED else "was cancelled"
+    return outcome_json(_OUTCOME_STATUS[how], result, None if state is DONE else error)
+
+
+def outcome_json(status: str, result: bytes | None, error: str | None) -> bytes:
+    """A parent's outcome as a run-anyway child's ``after`` holds it: the result spliced in
+    as the worker sent it."""
+    return b'{"status":"%b","result":%b,"error":%b}' % (
+        status.encode(),
+        result or b"null",
+        msgspec.json.encode(error),
+    )
 
 
 def release(task: Task, now: int) -> Task | None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 from katar.core.idempotency import Idempotency
-from katar.core.model import Ack, NewTask, QueueOptions, State, Task, TaskFilter
+from katar.core.model import Ack, Edit, NewTask, QueueOptions, State, Task, TaskFilter
 from katar.core.schedule import Schedule, ScheduleSpec
 
 
@@ -354,8 +354,12 @@ class Store(abc.ABC):
         """For every queue, its number of tasks in each state (zero counts may be absent)."""
 
     @abc.abstractmethod
-    async def set_status(self, queue: str, task_id: int, status: str, now: int) -> Change | None:
+    async def set_status(
+        self, queue: str, task_id: int, status: str, now: int, edit: Edit | None = None
+    ) -> Change | None:
         """Apply an operator's status change (see rules.change_status); None if no change.
+        With ``edit``, an edit and retry (rules.edit_task): the task's data, priority and key
+        as the edit gives them, written in the same transaction.
 
         Raises TaskNotFound or IllegalTransition.
         """

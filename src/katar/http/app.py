@@ -749,8 +749,8 @@ class App:
 
     async def patch_task(self, request: Request) -> Response:
         self.engine.options(request.queue)
-        status = parse.parse_patch(request.body)
-        task = await self.engine.set_status(request.queue, request.task_id, status)
+        status, edit = parse.parse_patch(request.body, self.limits.max_task_bytes)
+        task = await self.engine.set_status(request.queue, request.task_id, status, edit)
         task = shown(task, request.token)
         if status == "cancelled" and task.state is State.RUNNING and task.cancel_requested:
             # Accepted, not done: the task is cancelled when its worker hears of it.

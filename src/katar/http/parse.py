@@ -15,8 +15,10 @@ import msgspec
 from katar import protocol
 from katar.core.model import (
     Ack,
+    Edit,
     NewTask,
     TaskFilter,
+    check_after_failure,
     check_queue_name,
     now_ms,
     parse_after,
@@ -186,10 +188,12 @@ def _new_task(body: NewTaskBody, where: str, max_bytes: int) -> NewTask:
         and body.unique_for is None
         and body.after is None
         and body.debounce_key is None
+        and body.after_failure is None
     ):  # most tasks: no option of their own, nothing more to convert
         return NewTask(
             data=body.data, priority=priority, delay_ms=delay_ms, run_at=run_at, paused=paused
         )
+    check_after_failure(body.after, body.after_failure, where)
     return NewTask(
         data=body.data,
         priority=priority,
@@ -197,7 +201,7 @@ def _new_task(body: NewTaskBody, where: str, max_bytes: int) -> NewTask:
         run_at=run_at,
         paused=paused,
         **task_options(body, where),
-        **(parse_after(body.after, where) if body.after else {}),
+        **(parse_after(body.after, where, body.after_failure) if body.after else {}),
     )
 
 
@@ -300,10 +304,20 @@ def parse_object(body: bytes) -> dict[str, Any]:
     return parsed
 
 
-def parse_patch(body: bytes) -> str:
-    """The status a PATCH asks for."""
+def parse_patch(body: bytes, max_task_bytes: int) -> tuple[str, Edit | None]:
+    """The status a PATCH asks for, and the edit that goes with "queued" (edit and retry:
+    new data, priority or key; None when it carries none). The data is held to
+    max_task_bytes, as an enqueue's."""
     patch: Patch = decode(body, Patch)
-    return patch.status
+    if not patch.data and patch.priority is None and patch.key is None:
+        return patch.status, None
+    size = len(patch.data)
+    if size > max_task_bytes:
+        raise task_too_large("data", size, max_task_bytes)
+    if size > SHALLOW and too_deep(patch.data):
+        raise InvalidRequest(_nesting_error("data"))
+    priority = None if patch.priority is None else parse_priority(patch.priority)
+    return patch.status, Edit(data=patch.data or None, priority=priority, key=patch.key)
 
 
 def parse_statuses(raw: str | None) -> list[str] | None:

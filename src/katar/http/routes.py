@@ -707,7 +707,7 @@ ROUTES: Final[tuple[tuple[str, Mapping[str, Route]], ...]] = (
                 Handlers.patch_task,
                 Access.ADMIN,
                 Op(
-                    summary="Cancel, pause, resume or retry a task",
+                    summary="Cancel, pause, resume or retry a task (retry with an edit)",
                     operation_id="patchTask",
                     tag="operators",
                     body=Patch,
@@ -720,7 +720,10 @@ ROUTES: Final[tuple[tuple[str, Mapping[str, Route]], ...]] = (
                             " heartbeat or ack, or when its lease runs out.",
                             TaskRecord,
                         ),
-                        409: "The task's status does not allow it.",
+                        409: "The task's status does not allow it (an edit: a task in"
+                        " progress or done).",
+                        413: "The edit's data is over max_task_bytes.",
+                        422: "A bad status or field, or an edit with another status than queued.",
                     },
                     writes=True,
                 ),

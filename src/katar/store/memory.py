@@ -20,12 +20,14 @@ from katar.core.idempotency import Idempotency
 from katar.core.model import (
     DONE,
     FAILED,
+    FINAL_STATES,
     READY,
     RUNNING,
     SCHEDULED,
     UNFINISHED,
     WAITING,
     Ack,
+    Edit,
     NewTask,
     QueueOptions,
     State,
@@ -99,6 +101,8 @@ class MemoryStore(Store):
         self._named_by: dict[int, list[int]] = {}
         #: The queues whose ids are out of order since a task moved in (see _ordered).
         self._unsorted: set[str] = set()
+        #: The children that run whatever their parents' outcome (after_failure "run").
+        self._run: set[int] = set()
 
     async def open(self) -> None:
         return None
@@ -309,7 +313,11 @@ class MemoryStore(Store):
         self._named_by.pop(task.id, None)
         self._foreign.pop(task.id, None)
         self._waited.pop(task.id, None)
-        for parent_id in self._edges.pop(task.id, ()):
+        parents = self._edges.pop(task.id, None)
+        if parents is None:  # most tasks: no parents, so no after_failure either
+            return
+        self._run.discard(task.id)
+        for parent_id in parents:
             waiting = self._children.get(parent_id)
             if waiting is not None:
                 waiting.pop(task.id, None)
@@ -365,35 +373,63 @@ class MemoryStore(Store):
             ids = self._ids[queue] = dict.fromkeys(sorted(ids))
         return ids
 
-    def _settle(self, parent: Task, new: Task | None, now: int, also: list[Change]) -> None:
+    def _settle(
+        self, parent: Task, new: Task | None, now: int, also: list[Change], how: str | None = None
+    ) -> None:
         """The tasks waiting for ``parent``, now ``new`` (None: deleted): released when it
         is done and it was their last, cancelled when it failed, was cancelled or deleted
-        (and theirs after them); ``also`` receives their changes."""
-        ends = None if new is None else rules.dependants_see(parent, new)
-        stack = [(parent.id, rules.parent_end(parent.state, ends))]
-        result = None if new is None or new.result is None else bytes(new.result)
+        (and theirs after them), released too when they run whatever the outcome and it
+        was their last (after_failure "run"); ``also`` receives their changes. ``how``:
+        how the parent ended, when another change than ``new`` ends it (rules.parent_end:
+        a dead-letter move ends it as "failed")."""
+        if how is None:
+            ends = None if new is None else rules.dependants_see(parent, new)
+            how = rules.parent_end(parent.state, ends)
+        stack = [(parent.id, how, new)]
         while stack:
-            parent_id, how = stack.pop()
-            if how is None or parent_id not in self._children:
+            parent_id, ended, version = stack.pop()
+            if ended is None or parent_id not in self._children:
                 continue
-            if how == "done":
+            if ended == "done":
+                assert version is not None
+                result = None if version.result is None else bytes(version.result)
                 for child_id in self._children.pop(parent_id):
                     edges = self._edges[child_id]
-                    edges[parent_id] = (True, result)
-                    child = self._tasks[child_id]
-                    if child.state is WAITING and all(done for done, _r in edges.values()):
-                        released = rules.release(child, now)
-                        assert released is not None
-                        self._put(released)
-                        also.append(Change(self._view(released), child.state))
+                    if child_id in self._run:
+                        edges[parent_id] = (True, rules.outcome(ended, version))
+                    else:
+                        edges[parent_id] = (True, result)
+                    self._release(child_id, edges, now, also)
                 continue
-            for child_id in list(self._children[parent_id]):
+            waiting = self._children[parent_id]
+            for child_id in list(waiting):
+                if child_id in self._run:
+                    del waiting[child_id]
+                    edges = self._edges[child_id]
+                    edges[parent_id] = (True, rules.outcome(ended, version))
+                    self._release(child_id, edges, now, also)
+                    continue
                 child = self._tasks[child_id]
-                cancelled = rules.orphaned(child, parent_id, how, now)
+                cancelled = rules.orphaned(child, parent_id, ended, now)
                 if cancelled is not None:
                     self._put(cancelled)  # cancelled tasks stay in every queue
                     also.append(Change(self._view(cancelled), child.state))
-                    stack.append((child_id, "was cancelled"))
+                    stack.append((child_id, "was cancelled", cancelled))
+
+    def _release(
+        self,
+        child_id: int,
+        edges: dict[int, tuple[bool, bytes | None]],
+        now: int,
+        also: list[Change],
+    ) -> None:
+        """A child whose parent just ended: ready once it was its last (rules.release)."""
+        child = self._tasks[child_id]
+        if child.state is WAITING and all(done for done, _r in edges.values()):
+            released = rules.release(child, now)
+            assert released is not None
+            self._put(released)
+            also.append(Change(self._view(released), child.state))
 
     def _view(self, task: Task) -> Task:
         """The task with its dependencies as its record shows them."""
@@ -407,16 +443,22 @@ class MemoryStore(Store):
             foreign=self._foreign.get(task.id, ()),
         )
 
-    def _link(self, task: Task, parents: Sequence[Task]) -> Task:
-        """A new task and its edges to ``parents`` (rules.depend decides its state)."""
-        task = rules.depend(task, [(p.id, p.state) for p in parents])
+    def _link(self, task: Task, parents: Sequence[Task], run: bool) -> Task:
+        """A new task and its edges to ``parents`` (rules.depend decides its state); ``run``:
+        it runs whatever their outcome (after_failure "run")."""
+        task = rules.depend(task, [(p.id, p.state) for p in parents], run)
         edges: dict[int, tuple[bool, bytes | None]] = {}
+        if run:
+            self._run.add(task.id)
         for parent in parents:
             self._named_by.setdefault(parent.id, []).append(task.id)
             if parent.state is not DONE:
                 self._waited[parent.id] = self._waited.get(parent.id, 0) + 1
-            if parent.state is DONE:
-                edges[parent.id] = (True, None if parent.result is None else bytes(parent.result))
+            result = None if parent.result is None else bytes(parent.result)
+            if run and parent.state in FINAL_STATES:
+                edges[parent.id] = (True, rules.outcome_of(parent.state, result, parent.error))
+            elif parent.state is DONE:
+                edges[parent.id] = (True, result)
             else:
                 edges[parent.id] = (False, None)
                 self._children.setdefault(parent.id, {})[task.id] = None
@@ -483,7 +525,8 @@ class MemoryStore(Store):
             task = rules.new_task(queue, spec, self._last_id, now)
             if spec.after or spec.refs:
                 named = sorted({*spec.after, *(created[n].id for n in spec.refs)})
-                task = self._link(task, [self._tasks[parent_id] for parent_id in named])
+                parents = [self._tasks[parent_id] for parent_id in named]
+                task = self._link(task, parents, spec.after_failure == "run")
             ids[task.id] = None
             if fair:
                 self._place(task, rules.fair_seq(self._last_place(queue, task.key), front))
@@ -820,11 +863,22 @@ class MemoryStore(Store):
             for name in self._queues
         }
 
-    async def set_status(self, queue: str, task_id: int, status: str, now: int) -> Change | None:
+    async def set_status(
+        self, queue: str, task_id: int, status: str, now: int, edit: Edit | None = None
+    ) -> Change | None:
         task = self._tasks.get(task_id)
         if task is None or task.queue != queue:
             raise TaskNotFound.named(task_id, queue)
-        new = rules.change_status(task, status, now, self._still_waits(task))
+        new = rules.change_status(task, status, now, self._still_waits(task), edit)
+        if new is not None and new.key != task.key and task.id in self._seq:
+            # An edit moved it to another key: a fair queue places it as that key's task,
+            # and its entry of the ready heap (by its old place) goes: an operator's rare
+            # change pays for it, not the claims, which check the priority only.
+            del self._seq[task.id]
+            heap = self._ready[queue]
+            if any(entry[2] == task.id for entry in heap):
+                heap[:] = [entry for entry in heap if entry[2] != task.id]
+                heapq.heapify(heap)
         also: list[Change] = []
         change = self._change(queue, task, new, now, also)
         self.report(also)
@@ -854,7 +908,8 @@ class MemoryStore(Store):
         fair = self._queues[queue].fair
         if fair and new is not None and new.state in UNFINISHED and task.id not in self._seq:
             # A retry of a task finished before the queue became fair: it needs a place.
-            self._place(new, rules.fair_seq(self._last_place(queue, task.key), self._front(queue)))
+            # (An edit's new key is the key it is placed by.)
+            self._place(new, rules.fair_seq(self._last_place(queue, new.key), self._front(queue)))
         return self._write(task, new, self._queues[queue], also)
 
     async def delete_task(self, queue: str, task_id: int, now: int | None = None) -> bool:

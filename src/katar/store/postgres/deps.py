@@ -32,8 +32,12 @@ if TYPE_CHECKING:
 
     Connection = AsyncConnection[tuple[Any, ...]]
 
-#: A parent as an enqueue finds it: its state, its result, its queue.
-Parent = tuple[State, bytes | None, str]
+#: A parent as an enqueue finds it: its state, its result, its queue, its error.
+Parent = tuple[State, bytes | None, str, str | None]
+#: A new task's edge: child, parent, done, the parent's result (its outcome, rules.outcome,
+#: for a child that runs whatever the outcome), the parent's queue if not the child's, and
+#: whether the child runs whatever the outcome (after_failure "run").
+Edge = tuple[int, int, bool, bytes | None, str | None, bool]
 
 
 class Dependencies:
@@ -79,8 +83,8 @@ class Dependencies:
         cursor = await conn.execute(self._sql.parents, (named,))
         found: dict[int, Parent] = {}
         waited: dict[int, int] = {}
-        for task_id, state, result, queue_id, children in await cursor.fetchall():
-            found[task_id] = (STATES[state], result, await self._name(conn, queue_id))
+        for task_id, state, result, queue_id, children, error in await cursor.fetchall():
+            found[task_id] = (STATES[state], result, await self._name(conn, queue_id), error)
             if STATES[state] not in FINAL_STATES:
                 waited[task_id] = children
         for index, spec in enumerate(tasks):
@@ -92,39 +96,46 @@ class Dependencies:
 
     @staticmethod
     def depend(
-        task: Task, parents: dict[int, Parent]
-    ) -> tuple[Task, list[tuple[int, bool, bytes | None, str | None]]]:
-        """A new task with its parents (id -> state, result and queue; rules.depend), and its
-        edges as (parent, done, result, parent queue if not the task's), without its id (not
-        known before the insert)."""
+        task: Task, parents: dict[int, Parent], run: bool = False
+    ) -> tuple[Task, list[tuple[int, bool, bytes | None, str | None, bool]]]:
+        """A new task with its parents (id -> state, result, queue and error; rules.depend),
+        and its edges as (parent, done, result, parent queue if not the task's, run), without
+        its id (not known before the insert). ``run``: it runs whatever their outcome
+        (after_failure "run"); an edge to a parent already finished then holds its outcome."""
         ordered = sorted(parents.items())
-        task = rules.depend(task, [(parent_id, state) for parent_id, (state, _r, _q) in ordered])
-        edges = [
-            (
-                parent_id,
-                state is DONE,
-                result if state is DONE else None,
-                foreign_queue(queue, task.queue),
-            )
-            for parent_id, (state, result, queue) in ordered
-        ]
+        task = rules.depend(task, [(parent_id, parent[0]) for parent_id, parent in ordered], run)
+        edges = []
+        for parent_id, (state, result, queue, error) in ordered:
+            settled: tuple[bool, bytes | None] = (False, None)
+            if run and state in FINAL_STATES:
+                settled = (True, rules.outcome_of(state, result, error))
+            elif state is DONE:
+                settled = (True, result)
+            edges.append((parent_id, *settled, foreign_queue(queue, task.queue), run))
         return task, edges
 
     async def link(
         self,
         conn: Connection,
-        edges: Sequence[tuple[int, int, bool, bytes | None, str | None]],
+        edges: Sequence[Edge],
     ) -> None:
-        """Write the edges (child, parent, done, result, parent queue) of new tasks, and
-        mark their parents not done as having children."""
+        """Write the edges (child, parent, done, result, parent queue, run) of new tasks,
+        and mark their parents not done as having children."""
         if not edges:
             return
         # As array literals, as the tasks are (katar.store.postgres.literals).
-        children, parents, done, results, queues = zip(*edges, strict=True)
-        columns = (ints(children), ints(parents), bools(done), byteas(results), texts(queues))
+        children, parents, done, results, queues, run = zip(*edges, strict=True)
+        columns = (
+            ints(children),
+            ints(parents),
+            bools(done),
+            byteas(results),
+            texts(queues),
+            bools(run),
+        )
         await conn.execute(self._sql.edges_insert, columns)
         waited: dict[int, int] = {}
-        for _c, parent, settled, _r, _q in edges:
+        for _c, parent, settled, _r, _q, _run in edges:
             if not settled:
                 waited[parent] = waited.get(parent, 0) + 1
         if waited:
@@ -161,14 +172,23 @@ class Dependencies:
         now: int,
         also: list[Change],
     ) -> None:
-        """Parents (id, result) just done: their results go into their children's edges, and
-        the children they were the last to wait for are released (``also`` receives their
-        changes). A statement of each kind for all of them, however many."""
+        """Parents (id, result) just done: their results go into their children's edges (their
+        outcomes, rules.outcome_json, into those of children that run whatever the outcome),
+        and the children they were the last to wait for are released (``also`` receives
+        their changes). A statement of each kind for all of them, however many."""
         ids = [parent_id for parent_id, _result in parents]
         await conn.execute(self._sql.lock_children, (ids,))
         results = [result for _parent_id, result in parents]
-        cursor = await conn.execute(self._sql.parents_done, (ids, results))
-        children = sorted({row[0] for row in await cursor.fetchall()})
+        outcomes = [rules.outcome_json("done", result, None) for result in results]
+        cursor = await conn.execute(self._sql.parents_done, (ids, results, outcomes))
+        await self._release(conn, [row[0] for row in await cursor.fetchall()], now, also)
+
+    async def _release(
+        self, conn: Connection, released: list[int], now: int, also: list[Change]
+    ) -> None:
+        """Children whose edge to a parent just ended: those it was the last to wait for
+        are released (rules.release, in SQL)."""
+        children = sorted(set(released))
         if children:
             cursor = await conn.execute(self._sql.release, {"now": now, "ids": children})
             for row in await cursor.fetchall():
@@ -182,14 +202,19 @@ class Dependencies:
         new: Task | None,
         now: int,
         also: list[Change],
+        how: str | None = None,
     ) -> None:
         """The tasks waiting for ``parent``, now ``new`` (None: deleted): released when it
         is done and it was their last, cancelled when it failed, was cancelled or deleted
-        (and theirs after them, level by level); ``also`` receives their changes."""
+        (and theirs after them, level by level), released too when they run whatever the
+        outcome (after_failure "run") and it was their last; ``also`` receives their
+        changes. ``how``: how the parent ended, when another change than ``new`` ends it
+        (rules.parent_end: a dead-letter move ends it as "failed")."""
         if not parent.children:
             return
-        ends = None if new is None else rules.dependants_see(parent, new)
-        how = rules.parent_end(parent.state, ends)
+        if how is None:
+            ends = None if new is None else rules.dependants_see(parent, new)
+            how = rules.parent_end(parent.state, ends)
         if how is None:
             return
         if how == "done":
@@ -197,10 +222,14 @@ class Dependencies:
             result = None if new.result is None else bytes(new.result)
             await self.parents_done(conn, [(parent.id, result)], now, also)
             return
-        level = [(parent.id, how)]
+        level = [(parent.id, how, new)]
         while level:
-            below: list[tuple[int, str]] = []
-            for parent_id, ended in level:
+            below: list[tuple[int, str, Task | None]] = []
+            for parent_id, ended, version in level:
+                await conn.execute(self._sql.lock_children, ([parent_id],))
+                outcome = rules.outcome(ended, version)
+                cursor = await conn.execute(self._sql.parent_ended, (outcome, parent_id))
+                await self._release(conn, [row[0] for row in await cursor.fetchall()], now, also)
                 rows = await (await conn.execute(self._sql.orphans, (parent_id,))).fetchall()
                 if not rows:
                     continue
@@ -212,5 +241,5 @@ class Dependencies:
                     assert cancelled is not None
                     also.append(Change(cancelled, orphan.state))
                     if orphan.children:
-                        below.append((orphan.id, "was cancelled"))
+                        below.append((orphan.id, "was cancelled", cancelled))
             level = below

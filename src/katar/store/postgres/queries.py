@@ -89,6 +89,7 @@ class Queries:
     edges: str
     lock_children: str
     parents_done: str
+    parent_ended: str
     release: str
     orphans: str
     cancel: str
@@ -343,12 +344,13 @@ def queries(s: str) -> Queries:
             f" || options, '\\x01'::bytea ORDER BY id), ''::bytea)) FROM {s}.queues"
         ),
         parents=(
-            f"SELECT id, state, result, queue_id, children_count FROM {s}.tasks"
+            f"SELECT id, state, result, queue_id, children_count, error FROM {s}.tasks"
             " WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
         ),
         edges_insert=(
-            f"INSERT INTO {s}.deps (child_id, parent_id, done, result, parent_queue) SELECT *"
-            " FROM unnest(%s::bigint[], %s::bigint[], %s::boolean[], %s::bytea[], %s::text[])"
+            f"INSERT INTO {s}.deps (child_id, parent_id, done, result, parent_queue, run)"
+            " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::boolean[], %s::bytea[],"
+            " %s::text[], %s::boolean[])"
         ),
         has_children=(
             f"UPDATE {s}.tasks AS t SET children = true, children_count = t.children_count"
@@ -363,9 +365,16 @@ def queries(s: str) -> Queries:
             " parent_id = ANY(%s) AND NOT done) ORDER BY id FOR UPDATE"
         ),
         parents_done=(
-            f"UPDATE {s}.deps AS d SET done = true, result = v.result FROM unnest(%s::bigint[],"
-            " %s::bytea[]) AS v(id, result) WHERE d.parent_id = v.id AND NOT d.done"
+            f"UPDATE {s}.deps AS d SET done = true, result = CASE WHEN d.run THEN v.outcome"
+            " ELSE v.result END FROM unnest(%s::bigint[], %s::bytea[], %s::bytea[])"
+            " AS v(id, result, outcome) WHERE d.parent_id = v.id AND NOT d.done"
             " RETURNING d.child_id"
+        ),
+        # A parent failed, cancelled or deleted: the edges of the children that run whatever
+        # the outcome take it (rules.outcome).
+        parent_ended=(
+            f"UPDATE {s}.deps SET done = true, result = %s WHERE parent_id = %s AND run"
+            " AND NOT done RETURNING child_id"
         ),
         # rules.release, in SQL: ready, or scheduled while the delay runs.
         release=(

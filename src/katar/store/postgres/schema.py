@@ -11,7 +11,7 @@ from katar.protocol import MAX_DELAY
 if TYPE_CHECKING:
     from katar.store.postgres.connection import Connections
 
-SCHEMA_VERSION: Final = 16
+SCHEMA_VERSION: Final = 17
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -218,6 +218,11 @@ CREATE TABLE IF NOT EXISTS {s}.key_buckets (
     PRIMARY KEY (queue_id, key)
 );
 CREATE INDEX IF NOT EXISTS key_buckets_full ON {s}.key_buckets (queue_id, full_at);
+""",
+    # Dependencies that survive failure (after_failure "run"): the edge says so, and its
+    # result then holds the parent's outcome, {"status", "result", "error"} (rules.outcome).
+    17: """
+ALTER TABLE {s}.deps ADD COLUMN IF NOT EXISTS run boolean NOT NULL DEFAULT false;
 """,
 }
 

@@ -31,6 +31,7 @@ from katar.core.model import (
     READY,
     UNFINISHED,
     Ack,
+    Edit,
     NewTask,
     QueueOptions,
     State,
@@ -64,7 +65,7 @@ from katar.store import _sql
 from katar.store._rows import COLUMNS, Dialect, move_values, update_values, view, where_sql
 from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
 from katar.store.postgres.connection import OPTIONS_CHECK, Connections, Listener
-from katar.store.postgres.deps import Dependencies
+from katar.store.postgres.deps import Dependencies, Edge
 from katar.store.postgres.group import Done, GroupCommit, claim, plain_dones
 from katar.store.postgres.literals import byteas, ints, texts
 from katar.store.postgres.queries import Queries, queries
@@ -470,7 +471,7 @@ class PostgresStore(Store):
         if fresh:
             cursor = await conn.execute(sql.next_ids, (fresh,))
             free = sorted(row[0] for row in await cursor.fetchall())
-        edges: list[tuple[int, int, bool, bytes | None, str | None]] = []
+        edges: list[Edge] = []
         made: list[Task] = []  # each answered task, as far as this batch knows it
         replaced: dict[int, Task] = {}  # existing tasks debounced, by id: their new version
         drafted: dict[int, int] = {}  # the batch's tasks with a debounce_key: id -> draft
@@ -511,10 +512,10 @@ class PostgresStore(Store):
                     for ref in spec.refs:  # new in this request, or a unique_key's holder
                         earlier = made[ref]
                         result = None if earlier.result is None else bytes(earlier.result)
-                        mine[earlier.id] = (earlier.state, result, earlier.queue)
-                    draft, mine_edges = self._deps.depend(draft, mine)
+                        mine[earlier.id] = (earlier.state, result, earlier.queue, earlier.error)
+                    draft, mine_edges = self._deps.depend(draft, mine, spec.after_failure == "run")
                     edges += [(draft.id, *edge) for edge in mine_edges]
-                    draft = view(draft, mine_edges)
+                    draft = view(draft, [edge[:4] for edge in mine_edges])
                 if key is not None and rules.holds_key(draft, now):
                     taken[key] = len(drafts)
                 if debounce_key is not None:
@@ -1182,7 +1183,9 @@ class PostgresStore(Store):
                 result[names[queue_id]][_sql.STATES[state]] = count
         return result
 
-    async def set_status(self, queue: str, task_id: int, status: str, now: int) -> Change | None:
+    async def set_status(
+        self, queue: str, task_id: int, status: str, now: int, edit: Edit | None = None
+    ) -> Change | None:
         queue_id = await self._queue_id(queue)
         async with self._transaction() as conn:
             row = await (await conn.execute(self._sql.lock, (task_id,))).fetchone()
@@ -1191,9 +1194,16 @@ class PostgresStore(Store):
             task = task_from_row(row, queue)
             waits = await self._deps.still_waits(conn, task)
             also: list[Change] = []
-            change = await self._change(
-                conn, queue_id, task, rules.change_status(task, status, now, waits), now, also
-            )
+            new = rules.change_status(task, status, now, waits, edit)
+            if edit is not None and new is not None:
+                # What the UPDATE of a status change leaves: an edit's data and key; a fair
+                # queue places a task whose key it changed again, as that key's task.
+                unplace = ", fair_seq = NULL" if new.key != task.key else ""
+                await conn.execute(
+                    f"UPDATE {self._schema}.tasks SET data = %s, key = %s{unplace} WHERE id = %s",
+                    (bytes(new.data), new.key, task.id),
+                )
+            change = await self._change(conn, queue_id, task, new, now, also)
             if change is not None:
                 await self._notify_ready(conn, [change.task, *(c.task for c in also)])
                 (viewed,) = await self._deps.views(conn, [change.task])

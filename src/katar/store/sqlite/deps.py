@@ -21,11 +21,11 @@ from katar.store._rows import CHILDREN, COLUMNS, PARENTS, foreign_queue, update_
 from katar.store.sqlite.queues import Queues
 
 _PARENTS: Final = (
-    "SELECT id, state, result, queue_id, children FROM tasks"
+    "SELECT id, state, result, queue_id, children, error FROM tasks"
     " WHERE id IN (SELECT value FROM json_each(?))"
 )
 _EDGE: Final = (
-    "INSERT INTO deps (child_id, parent_id, done, result, parent_queue) VALUES (?,?,?,?,?)"
+    "INSERT INTO deps (child_id, parent_id, done, result, parent_queue, run) VALUES (?,?,?,?,?,?)"
 )
 # ``children`` counts the tasks that named the task while it was not done (rules.MAX_CHILDREN);
 # not 0 is what the fast paths look at.
@@ -33,9 +33,16 @@ _HAS_CHILDREN: Final = "UPDATE tasks SET children=children+? WHERE id=?"
 _EDGES: Final = (
     "SELECT parent_id, done, result, parent_queue FROM deps WHERE child_id=? ORDER BY parent_id"
 )
-# A parent done: its edges take its result, and answer the children they lead to.
+# A parent done: its edges take its result (its outcome, rules.outcome, those of children
+# that run whatever the outcome: ``run``), and answer the children they lead to.
 _PARENT_DONE: Final = (
-    "UPDATE deps SET done=1, result=? WHERE parent_id=? AND done=0 RETURNING child_id"
+    "UPDATE deps SET done=1, result=CASE WHEN run THEN ?2 ELSE ?1 END"
+    " WHERE parent_id=?3 AND done=0 RETURNING child_id"
+)
+# A parent failed, cancelled or deleted: the edges of the children that run whatever the
+# outcome take it (rules.outcome), and answer those children.
+_PARENT_ENDED: Final = (
+    "UPDATE deps SET done=1, result=? WHERE parent_id=? AND done=0 AND run=1 RETURNING child_id"
 )
 # Those children that wait (WAITING) and have no other parent left: ready, or scheduled while
 # their delay runs (rules.release, in SQL). One statement for all of them. The partial index
@@ -83,11 +90,13 @@ _UPDATE: Final = (
 )
 
 
-#: An edge as the deps table holds it: child, parent, done, the parent's result, and the
-#: parent's queue when it is not the child's (_rows.foreign_queue).
-Edge = tuple[int, int, int, bytes | None, str | None]
-#: A parent as an enqueue finds it: its state, its result, its queue.
-Parent = tuple[State, bytes | None, str]
+#: An edge as the deps table holds it: child, parent, done, the parent's result (its
+#: outcome, rules.outcome, for a child that runs whatever the outcome), the parent's queue
+#: when it is not the child's (_rows.foreign_queue), and whether the child runs whatever
+#: the outcome (after_failure "run").
+Edge = tuple[int, int, int, bytes | None, str | None, int]
+#: A parent as an enqueue finds it: its state, its result, its queue, its error.
+Parent = tuple[State, bytes | None, str, str | None]
 
 
 class Dependencies:
@@ -159,10 +168,10 @@ class Dependencies:
             return {}
         found: dict[int, Parent] = {}
         waited: dict[int, int] = {}
-        for task_id, state, result, queue_id, children in conn.execute(
+        for task_id, state, result, queue_id, children, error in conn.execute(
             _PARENTS, (msgspec.json.encode(named),)
         ):
-            found[task_id] = (sql.STATES[state], result, self._queues.names[queue_id])
+            found[task_id] = (sql.STATES[state], result, self._queues.names[queue_id], error)
             if sql.STATES[state] not in FINAL_STATES:
                 waited[task_id] = children
         for index, spec in enumerate(tasks):
@@ -188,21 +197,13 @@ class Dependencies:
             earlier = answered[ref]
             result = None if earlier.result is None else bytes(earlier.result)
             # New, or a unique_key's holder: of this queue.
-            mine[earlier.id] = (earlier.state, result, earlier.queue)
+            mine[earlier.id] = (earlier.state, result, earlier.queue, earlier.error)
         ordered = sorted(mine.items())
-        task = rules.depend(task, [(parent_id, state) for parent_id, (state, _r, _q) in ordered])
-        mine_edges = [
-            (
-                task.id,
-                parent_id,
-                int(state is DONE),
-                result if state is DONE else None,
-                foreign_queue(queue, task.queue),
-            )
-            for parent_id, (state, result, queue) in ordered
-        ]
+        run = spec.after_failure == "run"
+        task = rules.depend(task, [(parent_id, parent[0]) for parent_id, parent in ordered], run)
+        mine_edges = [_edge(task, parent_id, parent, run) for parent_id, parent in ordered]
         edges += mine_edges
-        return view(task, [edge[1:] for edge in mine_edges])
+        return view(task, [edge[1:5] for edge in mine_edges])
 
     @staticmethod
     def link(conn: sqlite3.Connection, edges: list[Edge]) -> None:
@@ -211,7 +212,7 @@ class Dependencies:
             return
         conn.executemany(_EDGE, edges)
         waited: dict[int, int] = {}
-        for _c, parent, done, _r, _q in edges:
+        for _c, parent, done, _r, _q, _run in edges:
             if not done:
                 waited[parent] = waited.get(parent, 0) + 1
         if waited:
@@ -235,29 +236,41 @@ class Dependencies:
             conn.execute(_FORGET, (msgspec.json.encode(list(child_ids)),))
 
     def settle(
-        self, conn: sqlite3.Connection, parent: Task, new: Task | None, now: int, also: list[Change]
+        self,
+        conn: sqlite3.Connection,
+        parent: Task,
+        new: Task | None,
+        now: int,
+        also: list[Change],
+        how: str | None = None,
     ) -> None:
         """The tasks waiting for ``parent``, now ``new`` (None: deleted): released when it
         is done and it was their last, cancelled when it failed, was cancelled or deleted
-        (and theirs after them, level by level); ``also`` receives their changes."""
+        (and theirs after them, level by level), released too when they run whatever the
+        outcome (after_failure "run") and it was their last; ``also`` receives their
+        changes. ``how``: how the parent ended, when another change than ``new`` ends it
+        (rules.parent_end: a dead-letter move ends it as "failed")."""
         if not parent.children:
             return
-        ends = None if new is None else rules.dependants_see(parent, new)
-        how = rules.parent_end(parent.state, ends)
+        if how is None:
+            ends = None if new is None else rules.dependants_see(parent, new)
+            how = rules.parent_end(parent.state, ends)
         if how is None:
             return
         if how == "done":
             assert new is not None
             result = None if new.result is None else bytes(new.result)
-            children = [row[0] for row in conn.execute(_PARENT_DONE, (result, parent.id))]
-            if children:
-                rows = conn.execute(_RELEASE, (now, msgspec.json.encode(children))).fetchall()
-                also += [Change(self._task(row), State.WAITING) for row in rows]
+            outcome = rules.outcome(how, new)
+            children = [row[0] for row in conn.execute(_PARENT_DONE, (result, outcome, parent.id))]
+            self._release(conn, children, now, also)
             return
-        level = [(parent.id, how)]
+        level = [(parent.id, how, new)]
         while level:
-            below: list[tuple[int, str]] = []
-            for parent_id, ended in level:
+            below: list[tuple[int, str, Task | None]] = []
+            for parent_id, ended, version in level:
+                outcome = rules.outcome(ended, version)
+                runs = [row[0] for row in conn.execute(_PARENT_ENDED, (outcome, parent_id))]
+                self._release(conn, runs, now, also)
                 orphans = [self._task(row) for row in conn.execute(_ORPHANS, (parent_id,))]
                 if not orphans:
                     continue
@@ -269,5 +282,29 @@ class Dependencies:
                     assert cancelled is not None
                     also.append(Change(cancelled, orphan.state))
                     if orphan.children:
-                        below.append((orphan.id, "was cancelled"))
+                        below.append((orphan.id, "was cancelled", cancelled))
             level = below
+
+    def _release(
+        self, conn: sqlite3.Connection, children: list[int], now: int, also: list[Change]
+    ) -> None:
+        """Children whose edge to a parent just ended: those it was the last to wait for
+        are released (rules.release, in SQL)."""
+        if children:
+            rows = conn.execute(_RELEASE, (now, msgspec.json.encode(children))).fetchall()
+            also += [Change(self._task(row), State.WAITING) for row in rows]
+
+
+def _edge(task: Task, parent_id: int, parent: Parent, run: bool) -> Edge:
+    """The edge of a new task to a parent as it is when the task is enqueued: done (with
+    its result) when the parent is; for a task that runs whatever the outcome, ended (with
+    the outcome) when the parent has finished in any way."""
+    state, result, queue, error = parent
+    settled: tuple[int, bytes | None]
+    if run and state in FINAL_STATES:
+        settled = (1, rules.outcome_of(state, result, error))
+    elif state is DONE:
+        settled = (1, result)
+    else:
+        settled = (0, None)
+    return (task.id, parent_id, *settled, foreign_queue(queue, task.queue), int(run))

@@ -10,8 +10,9 @@ from katar.store._sql import AT_REST, ENDED_KEPT, HAS_EXPIRY, READY, RUNNING, SC
 # 4: idempotency keys; 5: key, fair_seq; 6: cancel, progress; 7: options; 8: delivery history;
 # 9: schedules; 10: dependencies; 11: the edges by parent, all of them (a task's children);
 # 12: an edge's parent queue, when not the child's; 13: the tasks in progress by key;
-# 14: dead letters (a task's dead_letter record); 15: debounce_key
-SCHEMA_VERSION: Final = 15
+# 14: dead letters (a task's dead_letter record); 15: debounce_key;
+# 16: an edge that runs whatever the parent's outcome (after_failure "run")
+SCHEMA_VERSION: Final = 16
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS queues (
     id INTEGER PRIMARY KEY,
@@ -97,6 +98,9 @@ CREATE TABLE IF NOT EXISTS deps (
     done INTEGER NOT NULL DEFAULT 0,
     result BLOB,
     parent_queue TEXT,  -- the parent's queue, when it is not the child's (Task.foreign)
+    -- 1: the child runs whatever the parent's outcome (after_failure "run"); ``result`` then
+    -- holds that outcome, {"status", "result", "error"} (rules.outcome), once it ended.
+    run INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (child_id, parent_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deps_children ON deps (parent_id, child_id);
@@ -153,6 +157,7 @@ _ADDED: Final = {
     12: (("deps", "parent_queue", "TEXT"),),
     14: (("tasks", "dead_letter", "BLOB"),),
     15: (("tasks", "debounce_key", "TEXT"),),
+    16: (("deps", "run", "INTEGER NOT NULL DEFAULT 0"),),
 }
 
 

@@ -17,6 +17,7 @@ from katar.core.idempotency import Idempotency
 from katar.core.model import (
     UNFINISHED,
     Ack,
+    Edit,
     NewTask,
     QueueOptions,
     State,
@@ -101,6 +102,10 @@ _PLACE_WAITING: Final = (
     " WHERE tasks.id = r.id"
 )
 _PLACE_ONE: Final = "UPDATE tasks SET fair_seq=? WHERE id=? AND fair_seq IS NULL"
+# An edit and retry (rules.edit_task): what the UPDATE of a status change does not write,
+# and a fair queue's place of a task whose key it changed (placed again, as a new task).
+_EDIT: Final = "UPDATE tasks SET data=?, key=? WHERE id=?"
+_UNPLACE: Final = "UPDATE tasks SET fair_seq=NULL WHERE id=?"
 # A task with per-task options or a unique_key (rare): every column, in one statement.
 _INSERT_FULL: Final = (
     "INSERT INTO tasks (id, queue_id, state, priority, data, created_at, updated_at, run_at,"
@@ -838,13 +843,19 @@ class SQLiteStore(Store):
 
         return await self._writer.read(op)
 
-    async def set_status(self, queue: str, task_id: int, status: str, now: int) -> Change | None:
+    async def set_status(
+        self, queue: str, task_id: int, status: str, now: int, edit: Edit | None = None
+    ) -> Change | None:
         def op(conn: sqlite3.Connection) -> Change | None:
             row = conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
             if row is None or self._queues.names.get(row[1]) != queue:
                 raise TaskNotFound.named(task_id, queue)
             task = self._task(row)
-            new = rules.change_status(task, status, now, self._deps.still_waits(conn, task))
+            waits = self._deps.still_waits(conn, task)
+            new = rules.change_status(task, status, now, waits, edit)
+            if edit is not None and new is not None:
+                # What the UPDATE of a status change leaves: an edit's data and key.
+                conn.execute(_EDIT, (bytes(new.data), new.key, task.id))
             change = self._change(conn, row[1], task, new, now, settled)
             return (
                 None
@@ -878,6 +889,8 @@ class SQLiteStore(Store):
         # A status change never finishes a task, so the queue's history option plays no
         # part: any options will do.
         change = self._deps.store_change(conn, task, new, _KEEP, also)
+        if new is not None and new.key != task.key and queue_id in self._queues.fair:
+            conn.execute(_UNPLACE, (task.id,))  # an edit's new key: placed as that key's task
         if change is not None and queue_id in self._queues.fair and change.task.state in UNFINISHED:
             # A retry of a task finished before the queue became fair: it needs a place.
             (place,) = self._fair_places(conn, queue_id, [change.task])

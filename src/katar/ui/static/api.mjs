@@ -294,6 +294,16 @@ export const getTask = (queue, id) => call("GET", taskPath(queue, id));
 export const setTaskStatus = (queue, id, status) => call("PATCH", taskPath(queue, id), { status });
 
 /**
+ * PATCH /v1/queue/{queue}/tasks/{id} to "queued" with new data: edit and retry (a paused,
+ * queued, failed or cancelled task runs again with it, a fresh set of attempts).
+ * @param {string} queue
+ * @param {string} id
+ * @param {unknown} data
+ * @returns {Promise<Task>}
+ */
+export const retryWithData = (queue, id, data) => call("PATCH", taskPath(queue, id), { status: "queued", data });
+
+/**
  * DELETE /v1/queue/{queue}/tasks/{id}.
  * @param {string} queue
  * @param {string} id

@@ -2,7 +2,7 @@
 // A task's page: its record, data, result, deliveries and the tasks it waits for or that wait
 // for it; and for a token that may, retry, cancel or delete it.
 import { useState } from "./hooks.mjs";
-import { deleteTask, getTask, linkedTasks, setTaskStatus } from "./api.mjs";
+import { deleteTask, getTask, linkedTasks, retryWithData, setTaskStatus } from "./api.mjs";
 import { count, json } from "./format.mjs";
 import { usePoll, useTitle } from "./live.mjs";
 import { may } from "./rights.mjs";
@@ -63,12 +63,65 @@ function Linked({ queue, id, kind, title, children }) {
   `;
 }
 
+/** @typedef {InputEvent & {currentTarget: HTMLTextAreaElement}} Input */
+
+/**
+ * Edit and retry: the task's data, as JSON, to change before it runs again.
+ * @param {{queue: string, id: string, data: unknown, onClose: () => void, onDone: () => void}} props
+ */
+function EditDialog({ queue, id, data, onClose, onDone }) {
+  const [text, setText] = useState(() => JSON.stringify(data, null, 2));
+  const [error, setError] = useState(/** @type {unknown} */ (null));
+  /** @param {SubmitEvent} event */
+  async function submit(event) {
+    event.preventDefault();
+    let parsed;
+    try {
+      parsed = JSON.parse(text);
+    } catch (e) {
+      setError(new Error(`That is not valid JSON: ${/** @type {Error} */ (e).message}`));
+      return;
+    }
+    try {
+      await retryWithData(queue, id, parsed);
+      onDone();
+      onClose();
+    } catch (e) {
+      setError(e);
+    }
+  }
+  return html`
+    <${Dialog} title="Edit and retry task #${id}" onClose=${onClose}>
+      <form onSubmit=${submit}>
+        <label for="edit-data">Data as JSON</label>
+        <p class="hint" id="edit-hint">
+          The task runs again with this data and a fresh set of attempts; its earlier deliveries stay in its history.
+        </p>
+        <textarea
+          id="edit-data"
+          rows="10"
+          spellcheck="false"
+          aria-describedby="edit-hint"
+          value=${text}
+          onInput=${(/** @type {Input} */ e) => setText(e.currentTarget.value)}
+        ></textarea>
+        <${Problem} error=${error} />
+        <div class="buttons">
+          <button type="button" onClick=${onClose}>Close</button>
+          <button type="submit" class="primary">Retry with this data</button>
+        </div>
+      </form>
+    <//>
+  `;
+}
+
 /** @param {{who: import("./rights.mjs").Token, queue: string, id: string}} props */
 export function TaskPage({ who, queue, id }) {
   const [task, error, refresh] = usePoll(() => getTask(queue, id), ["task", queue, id]);
   const [failure, setFailure] = useState(/** @type {unknown} */ (null));
   const [message, setMessage] = useState("");
   const [confirming, setConfirming] = useState(false);
+  const [editing, setEditing] = useState(false);
   const canChange = may(who, "changeTasks");
   useTitle(`Task ${id} · ${queue}`);
   /**
@@ -110,6 +163,7 @@ export function TaskPage({ who, queue, id }) {
           <button type="button" disabled=${!offered.retry} onClick=${() => act("Queued again.", () => setTaskStatus(queue, id, "queued"))}>
             Retry
           </button>
+          <button type="button" disabled=${!offered.edit} onClick=${() => setEditing(true)}>Edit and retry…</button>
           <button type="button" disabled=${!offered.cancel} onClick=${() => act("Cancelled.", () => setTaskStatus(queue, id, "cancelled"))}>
             Cancel
           </button>
@@ -174,6 +228,19 @@ export function TaskPage({ who, queue, id }) {
             : html`<p class="muted">No delivery recorded.</p>`}
         </section>
       `}
+      ${editing &&
+      task &&
+      html`<${EditDialog}
+        queue=${queue}
+        id=${id}
+        data=${task.data}
+        onClose=${() => setEditing(false)}
+        onDone=${() => {
+          setFailure(null);
+          setMessage("Queued again with the new data.");
+          refresh();
+        }}
+      />`}
       ${confirming &&
       html`<${Dialog} title="Delete task #${id}?" onClose=${() => setConfirming(false)}>
         <p>The task and its history are removed for good.</p>

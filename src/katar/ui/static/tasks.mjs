@@ -85,6 +85,8 @@ export function taskActions(task) {
   const s = task.status;
   return {
     retry: ["failed", "cancelled"].includes(s),
+    // Edit and retry: any task a worker does not hold and whose outcome does not stand.
+    edit: ["paused", "queued", "failed", "cancelled"].includes(s),
     cancel: ["paused", "queued", "in progress"].includes(s) && !task.cancel_requested,
     delete: s !== "in progress",
   };
