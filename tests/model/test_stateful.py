@@ -930,6 +930,9 @@ def _drop_schema(url: str) -> None:
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
+# Forty runs of thirty steps, each on a new store (a PostgreSQL schema migrated from
+# nothing): minutes on a loaded machine, well past the suite's default bound.
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("kind", STORE_KINDS)
 def test_store_behaves_as_the_model(kind: str, tmp_path: Path) -> None:
     store_url(kind, tmp_path)  # skips (or fails, in CI) when the store is not available
