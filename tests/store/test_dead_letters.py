@@ -323,3 +323,16 @@ async def test_a_dead_lettered_task_is_delivered_with_its_record(store: Store) -
     (claimed,) = await claim(store, options=DEAD, now=T0 + 5, queue="dead")
     assert claimed.dead_letter == moved.dead_letter
     assert claimed.dead_letter is not None
+
+
+async def test_a_task_paused_and_resumed_then_dead_lettered_is_not_claimed_where_it_was(
+    store: Store,
+) -> None:
+    await setup(store)
+    task = await keyed(store, "x")
+    await store.set_status("q", task.id, "paused", T0)
+    await store.set_status("q", task.id, "queued", T0)
+    await fail(store, task, T0)
+    assert await claim(store, options=ORIGIN, now=T0 + 5) == []
+    (claimed,) = await claim(store, options=DEAD, now=T0 + 5, queue="dead")
+    assert claimed.id == task.id
