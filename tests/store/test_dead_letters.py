@@ -323,3 +323,32 @@ async def test_a_dead_lettered_task_is_delivered_with_its_record(store: Store) -
     (claimed,) = await claim(store, options=DEAD, now=T0 + 5, queue="dead")
     assert claimed.dead_letter == moved.dead_letter
     assert claimed.dead_letter is not None
+
+
+async def test_a_task_paused_and_resumed_then_dead_lettered_is_not_claimed_where_it_was(
+    store: Store,
+) -> None:
+    await setup(store)
+    task = await keyed(store, "x")
+    await store.set_status("q", task.id, "paused", T0)
+    await store.set_status("q", task.id, "queued", T0)
+    await fail(store, task, T0)
+    assert await claim(store, options=ORIGIN, now=T0 + 5) == []
+    (claimed,) = await claim(store, options=DEAD, now=T0 + 5, queue="dead")
+    assert claimed.id == task.id
+
+
+async def test_a_task_leaves_its_own_options_behind(store: Store) -> None:
+    await setup(store)
+    spec = msgspec.structs.replace(
+        new("own"), max_attempts=1, unique_key="u", expires_in_ms=60_000, timeout=500
+    )
+    (task,) = await store.enqueue("q", [spec], T0)
+    moved = await fail(store, task, T0)
+    found = await store.get_task("dead", task.id)
+    assert found is not None
+    assert found == moved
+    assert (found.max_attempts, found.unique_key, found.expires_at) == (None, None, None)
+    assert found.timeout == 500  # the work's own lease goes with it
+    (again,) = await store.enqueue("q", [spec], T0 + 2)  # the key is free in the origin
+    assert again.id != task.id

@@ -811,19 +811,25 @@ _LEFT_BEHIND: Final[dict[str, Any]] = {
 }
 
 
-def _leaving(task: Task) -> Task:
-    """The task without what it leaves behind in the queue it leaves (_LEFT_BEHIND). Most
-    tasks have none of it: then the task itself (a replace costs per field it names)."""
-    if (
-        task.run_at is None
-        and task.max_attempts is None
+def leaves_behind(task: Task) -> bool:
+    """Whether the task has something to leave behind when it moves (_LEFT_BEHIND, but for
+    run_at, which a move always writes): most tasks have none of it, and a store then writes
+    fewer columns."""
+    return not (
+        task.max_attempts is None
         and task.expires_at is None
         and task.unique_key is None
         and task.unique_until is None
         and task.progress is None
         and not task.cancel_requested
         and task.debounce_key is None
-    ):
+    )
+
+
+def _leaving(task: Task) -> Task:
+    """The task without what it leaves behind in the queue it leaves (_LEFT_BEHIND). Most
+    tasks have none of it: then the task itself (a replace costs per field it names)."""
+    if task.run_at is None and not leaves_behind(task):
         return task
     return replace(task, **_LEFT_BEHIND)
 

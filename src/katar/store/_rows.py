@@ -204,51 +204,57 @@ def update_values(task: Task) -> tuple[Any, ...]:
 
 
 #: The columns a move to another queue writes (a dead letter, a redrive: rules.moved), each
-#: with a placeholder, then the id. See move_sql and move_values.
+#: with a placeholder, then the id: fewer than a retry's UPDATE, so that a dead letter costs
+#: no more than a retry. A task that leaves something behind (rules.leaves_behind) has
+#: LEFT_BEHIND_COLUMNS written too. See move_sql and move_values.
 MOVE_COLUMNS: Final = (
-    "queue_id, fair_seq, state, attempts, attempt_base, error, worker, updated_at, run_at,"
-    " lease_until, cancel_requested, progress, max_attempts, expires_at, unique_key,"
-    " unique_until, started_at, history, dead_letter, debounce_key"
+    "queue_id, fair_seq, state, attempt_base, error, updated_at, run_at, lease_until,"
+    " started_at, history, dead_letter"
+)
+LEFT_BEHIND_COLUMNS: Final = (
+    "cancel_requested, progress, max_attempts, expires_at, unique_key, unique_until,"
+    " debounce_key"
 )
 
 
-def move_sql(table: str, param: str, queue_id: str | None = None) -> str:
-    """The UPDATE that moves a task's row to another queue (parameters: move_values).
-    ``queue_id``: an expression for the new queue's id instead of a parameter (then
-    move_values' first is left out)."""
-    columns = [column.strip() for column in MOVE_COLUMNS.split(",")]
-    sets = [f"{column}={param}" for column in columns]
+def move_sql(table: str, param: str, full: bool, queue_id: str | None = None) -> str:
+    """The UPDATE that moves a task's row to another queue (parameters: move_values), with
+    LEFT_BEHIND_COLUMNS when ``full``. ``queue_id``: an expression for the new queue's id
+    instead of a parameter (then move_values' first is left out)."""
+    names = MOVE_COLUMNS + (f", {LEFT_BEHIND_COLUMNS}" if full else "")
+    sets = [f"{column.strip()}={param}" for column in names.split(",")]
     if queue_id is not None:
         sets[0] = f"queue_id={queue_id}"
     return f"UPDATE {table} SET {', '.join(sets)} WHERE {table}.id={param}"
 
 
-def move_values(task: Task, queue_id: int, fair_seq: int | None) -> tuple[Any, ...]:
+def move_values(task: Task, queue_id: int, fair_seq: int | None, full: bool) -> tuple[Any, ...]:
     """The parameters of move_sql for ``task`` as it is in its new queue ``queue_id``, at
     ``fair_seq`` when that queue is fair."""
-    return (
+    values: tuple[Any, ...] = (
         queue_id,
         fair_seq,
         int(task.state),
-        task.attempts,
         task.attempt_base,
         task.error,
-        task.worker,
         task.updated_at,
         task.run_at,
         task.lease_until,
-        task.cancel_requested,
-        None if task.progress is None else bytes(task.progress),
-        task.max_attempts,
-        task.expires_at,
-        task.unique_key,
-        task.unique_until,
         task.started_at,
         None if task.history is None else bytes(task.history),
         encode_dead_letter(task.dead_letter),
-        task.debounce_key,
-        task.id,
     )
+    if full:
+        values += (
+            task.cancel_requested,
+            None if task.progress is None else bytes(task.progress),
+            task.max_attempts,
+            task.expires_at,
+            task.unique_key,
+            task.unique_until,
+            task.debounce_key,
+        )
+    return (*values, task.id)
 
 
 class Dialect(NamedTuple):

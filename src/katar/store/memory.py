@@ -103,6 +103,9 @@ class MemoryStore(Store):
         self._unsorted: set[str] = set()
         #: The children that run whatever their parents' outcome (after_failure "run").
         self._run: set[int] = set()
+        #: The queues that a task left (a dead letter, a redrive): their heaps of ready tasks
+        #: may hold its entries, which a claim there must pass over (_claim, _head).
+        self._left: set[str] = set()
 
     async def open(self) -> None:
         return None
@@ -218,6 +221,7 @@ class MemoryStore(Store):
         self._buckets.pop(name, None)
         self._unsorted.discard(name)
         self._key_buckets.pop(name, None)
+        self._left.discard(name)
         for task_id in ids:
             self._forget_edges(self._tasks.pop(task_id))
             self._seq.pop(task_id, None)
@@ -352,6 +356,9 @@ class MemoryStore(Store):
             self._settle(old, new, new.updated_at, also)
         if new.queue not in self._queues:
             self._save_queue(new.queue, QueueOptions())
+        # Its heap of ready tasks may hold entries of the task (one per time it became ready),
+        # which would look current once it is ready in its new queue.
+        self._left.add(old.queue)
         self._detach(old)
         ids = self._ids[new.queue]
         if ids and next(reversed(ids)) > new.id:
@@ -658,12 +665,13 @@ class MemoryStore(Store):
         delivered: list[Task] = []
         passed: list[tuple[int, int, int]] = []
         by_key = running is not None or rates is not None
+        left = queue in self._left  # asked once: a plain queue's claim pays nothing per task
         while heap and len(delivered) < limit:
             entry = heapq.heappop(heap)
             task = self._tasks.get(entry[2])
             if task is None or task.state is not READY or task.priority != -entry[0]:
                 continue
-            if task.queue != queue:  # moved away (a redrive) while it was ready here
+            if left and task.queue != queue:  # moved away (a redrive) while ready here
                 continue
             if rules.expired(task, now):
                 # Its expiry came before the reaper did: the reaper cancels it (as in the SQL

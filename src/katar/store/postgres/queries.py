@@ -106,8 +106,20 @@ class Queries:
     done_keep_ids: str
     done_drop_ids: str
     move: str
+    move_full: str
     create_queue: str
     queue_id: str
+
+
+def _move(s: str, full: bool) -> str:
+    """A task moved to another queue (a dead letter, a redrive), named: the queue's row is
+    locked (FOR SHARE) so that no server deletes it meanwhile; no row moves when there is no
+    such queue (the store creates it, and moves again)."""
+    update = move_sql(f"{s}.tasks", "%s", full, queue_id="q.id")
+    update = update.replace(" WHERE ", " FROM q WHERE ", 1)
+    return (
+        f"WITH q AS (SELECT id FROM {s}.queues WHERE name = %s FOR SHARE) {update} RETURNING q.id"
+    )
 
 
 def queries(s: str) -> Queries:
@@ -156,11 +168,8 @@ def queries(s: str) -> Queries:
         # A task moved to another queue (a dead letter, a redrive), named: the queue's row
         # is locked (FOR SHARE) so that no server deletes it meanwhile; no row moved when
         # there is no such queue (the store creates it, and moves again).
-        move=(
-            f"WITH q AS (SELECT id FROM {s}.queues WHERE name = %s FOR SHARE) "
-            + move_sql(f"{s}.tasks", "%s", queue_id="q.id").replace(" WHERE ", " FROM q WHERE ", 1)
-            + " RETURNING q.id"
-        ),
+        move=_move(s, full=False),
+        move_full=_move(s, full=True),
         create_queue=(
             f"INSERT INTO {s}.queues (name, options) VALUES (%s, %s)"
             " ON CONFLICT (name) DO NOTHING RETURNING id"

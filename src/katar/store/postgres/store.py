@@ -672,7 +672,7 @@ class PostgresStore(Store):
             return None
         await self._deps.settle(conn, old, new, new.updated_at, also)
         if new.queue is not old.queue:  # moved (rules.moved: never the same object)
-            await self._move(conn, new)
+            await self._move(conn, old, new)
             (view,) = await self._deps.views(conn, [new])
             return Change(view, old.state, old.queue)
         if rules.discard(new, options):
@@ -686,16 +686,18 @@ class PostgresStore(Store):
             )
         return Change(new, old.state)
 
-    async def _move(self, conn: AsyncConnection[tuple[Any, ...]], task: Task) -> None:
+    async def _move(self, conn: AsyncConnection[tuple[Any, ...]], old: Task, task: Task) -> None:
         """Write the row of a task moved to another queue, creating that queue with default
         options when there is none (and telling the other servers, as save_queue does)."""
         place = None
         known = self._queue_ids.get(task.queue)
         if known is not None and known in self._fair:
             (place,) = await self._fair_places(conn, known, [task])
-        values = move_values(task, 0, place)[1:]
+        full = rules.leaves_behind(old)
+        values = move_values(task, 0, place, full)[1:]
+        sql = self._sql.move_full if full else self._sql.move
         for _attempt in range(3):
-            row = await (await conn.execute(self._sql.move, (task.queue, *values))).fetchone()
+            row = await (await conn.execute(sql, (task.queue, *values))).fetchone()
             if row is not None:
                 self._queue_ids[task.queue] = row[0]
                 self._queue_names[row[0]] = task.queue

@@ -103,7 +103,9 @@ class Dependencies:
     """The SQLite store's dependencies, over the store's queues (their names, and the tasks
     built from rows); every operation is given the connection it runs on."""
 
-    def __init__(self, queues: Queues, move: Callable[[sqlite3.Connection, Task], None]) -> None:
+    def __init__(
+        self, queues: Queues, move: Callable[[sqlite3.Connection, Task, Task], None]
+    ) -> None:
         self._queues = queues
         self._task = queues.task
         #: Write a task's row into another queue (the store's: a queue to create, a place
@@ -124,7 +126,7 @@ class Dependencies:
             return None
         self.settle(conn, old, new, new.updated_at, also)
         if new.queue is not old.queue:  # moved (rules.moved: never the same object)
-            self._move(conn, new)
+            self._move(conn, old, new)
             return Change(self.view_of(conn, new), old.state, old.queue)
         if rules.discard(new, options):
             conn.execute("DELETE FROM tasks WHERE id=?", (new.id,))

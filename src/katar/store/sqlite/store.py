@@ -150,7 +150,8 @@ _EXPIRE_BATCH: Final = 1000
 # deleted meanwhile): made with default options, as PUT with {} makes one.
 _CREATE_QUEUE: Final = "INSERT INTO queues (name, options) VALUES (?, ?) RETURNING id"
 _DEFAULT_OPTIONS: Final = msgspec.json.encode(QueueOptions())
-_MOVE: Final = move_sql("tasks", "?")
+_MOVE: Final = move_sql("tasks", "?", False)
+_MOVE_FULL: Final = move_sql("tasks", "?", True)
 _options_decoder: Final = msgspec.json.Decoder(QueueOptions)
 _spec_decoder: Final = msgspec.json.Decoder(ScheduleSpec)
 
@@ -731,9 +732,9 @@ class SQLiteStore(Store):
                 changes.append(change)
         return BulkStep(len(rows), len(changes), rows[-1][0], changes + also)
 
-    def _move(self, conn: sqlite3.Connection, task: Task) -> None:
+    def _move(self, conn: sqlite3.Connection, old: Task, task: Task) -> None:
         """Write the row of a task moved to another queue (Dependencies.store_change),
-        creating that queue with default options when there is none."""
+        ``old`` before, creating that queue with default options when there is none."""
         queue_id = self._queues.ids.get(task.queue)
         if queue_id is None:
             queue_id = conn.execute(_CREATE_QUEUE, (task.queue, _DEFAULT_OPTIONS)).fetchone()[0]
@@ -741,7 +742,8 @@ class SQLiteStore(Store):
         place = None
         if queue_id in self._queues.fair:
             (place,) = self._fair_places(conn, queue_id, [task])
-        conn.execute(_MOVE, move_values(task, queue_id, place))
+        full = rules.leaves_behind(old)
+        conn.execute(_MOVE_FULL if full else _MOVE, move_values(task, queue_id, place, full))
 
     async def redrive(
         self, queue: str, to: str | None, where: TaskFilter, now: int, after: int, limit: int
