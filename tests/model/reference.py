@@ -250,6 +250,7 @@ class Model:
             for child_id, edges in self.edges.items()
             if parent.id in edges and not edges[parent.id][0] and child_id in tasks
         ]
+        cancelled: list[tuple[MTask, State]] = []
         for child_id in children:
             child = tasks[child_id]
             edges = self.edges[child_id]
@@ -268,7 +269,12 @@ class Model:
                 child.error = f"cancelled: task {parent.id} it waited for {how}"
                 child.updated_at = now
                 changes.append(MChange(replace(child), old))
-                self._ended(tasks, replace(child, state=old), State.CANCELLED, now, changes)
+                cancelled.append((child, old))
+        # Every task waiting for this one is cancelled first, then theirs after them, the
+        # last cancelled first (as the stores walk the tasks a cancel reaches): a task that
+        # waits for both this one and one of its children is cancelled for this one.
+        for child, old in reversed(cancelled):
+            self._ended(tasks, replace(child, state=old), State.CANCELLED, now, changes)
 
     def _forget(self, tasks: dict[int, MTask], task_id: int) -> None:
         del tasks[task_id]
