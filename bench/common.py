@@ -131,6 +131,19 @@ def postgres_schema() -> Iterator[str]:
 
 
 @contextmanager
+def fresh_store(store: str, sqlite: str = "sqlite:///katar.db") -> Iterator[str]:
+    """A fresh store's URL: a new PostgreSQL schema, a memory store, or ``sqlite`` (by
+    default a file in the server's folder)."""
+    if store == "postgres":
+        with postgres_schema() as url:
+            yield url
+    elif store == "memory":
+        yield "memory://"
+    else:
+        yield sqlite
+
+
+@contextmanager
 def katars(url: str, count: int) -> Iterator[list[Server]]:
     """``count`` ``katar serve`` processes on the store ``url``, each in its own folder."""
     workdir = Path(tempfile.mkdtemp(prefix="katar-bench-"))

@@ -11,11 +11,9 @@ of the repeats). docs/benchmarks.md keeps the figures.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
-from collections.abc import Iterator
 
-from bench.common import katars, postgres_schema
+from bench.common import fresh_store, katars
 from bench.throughput import Extra, drain_servers
 
 KEYS = 1000
@@ -46,23 +44,10 @@ VARIANTS: dict[str, tuple[dict[str, object], Extra | None]] = {
 }
 
 
-@contextlib.contextmanager
-def _store(store: str) -> Iterator[str]:
-    """A fresh store's URL: a new PostgreSQL schema, a SQLite file in the server's folder,
-    or a memory store."""
-    if store == "postgres":
-        with postgres_schema() as url:
-            yield url
-    elif store == "memory":
-        yield "memory://"
-    else:
-        yield "sqlite:///katar.db"
-
-
 def measure(store: str, tasks: int, batch: int, connections: int, name: str) -> tuple[float, float]:
     """The drain's tasks per second, and the bulk enqueue's before it (1,000 a request)."""
     options, extra = VARIANTS[name]
-    with _store(store) as url, katars(url, 1) as servers:
+    with fresh_store(store) as url, katars(url, 1) as servers:
         figures = drain_servers(servers, tasks, batch, connections, options, extra)
         return figures["tasks_per_s"], figures["enqueued_per_s"]
 

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
 
 import msgspec
 
-from bench.common import postgres_schema
+from bench.common import fresh_store
 from katar.core.model import Ack, NewTask, QueueOptions, parse_queue_options
 from katar.store import open_store
 
@@ -35,17 +33,6 @@ VARIANTS: dict[str, QueueOptions] = {
         {"key_rate": {"limit": 1_000_000, "period": 1000}}
     ),
 }
-
-
-@contextlib.contextmanager
-def _url(store: str) -> Iterator[str]:
-    if store == "postgres":
-        with postgres_schema() as url:
-            yield url
-    elif store == "memory":
-        yield "memory://"
-    else:
-        yield f"sqlite:///{tempfile.mkdtemp(prefix='katar-bench-')}/katar.db"
 
 
 async def drain(url: str, options: QueueOptions, tasks: int, polls: int = 8) -> tuple[float, float]:
@@ -84,7 +71,8 @@ def main() -> None:
     wall: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for _ in range(args.repeats):  # alternating, so that a noisy moment hits both
         for name, options in VARIANTS.items():
-            with _url(args.store) as url:
+            sqlite = f"sqlite:///{tempfile.mkdtemp(prefix='katar-bench-')}/katar.db"
+            with fresh_store(args.store, sqlite) as url:
                 by_cpu, by_wall = asyncio.run(drain(url, options, args.tasks))
             cpu[name].append(by_cpu)
             wall[name].append(by_wall)
