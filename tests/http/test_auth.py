@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from katar import Katar, QueueOptions
-from katar.core.model import NewTask
+from katar.core.model import Ack, NewTask
 from katar.core.schedule import parse_schedule
 from katar.http import App
 from katar.http.auth import Access, Role
@@ -337,3 +337,21 @@ async def test_an_open_server_needs_no_token(katar: Katar, via: str) -> None:
         # A token sent to an open server is not checked: there is nothing to check it against.
         response = await client.post("/v1/queue/own", json={}, headers=bearer("worker"))
         assert response.status_code == 204
+
+
+async def test_a_scoped_admin_redrives_to_its_own_queues_only(
+    http: httpx.AsyncClient, katar: Katar
+) -> None:
+    """An admin of "own" only cannot move tasks into "foreign" by a redrive of "own": not
+    with ``to`` (an unknown queue to it), nor back to their origin (they stay)."""
+    await katar.put_queue("foreign", persistent=True, max_attempts=1, dead_letter="own")
+    (task,) = await katar.engine.enqueue("foreign", [_new()])
+    (taken,) = await katar.engine.poll("foreign", limit=1)
+    await katar.engine.poll("foreign", [Ack(task_id=str(taken.id), status="failed")], limit=0)
+    assert (await katar.engine.get_task("own", task.id)).dead_letter is not None
+    told = await http.post("/v1/queue/own/redrive", json={"to": "foreign"}, headers=bearer("admin"))
+    assert told.status_code == 404
+    back = await http.post("/v1/queue/own/redrive", headers=bearer("admin"))
+    assert back.json() == {"matched": 1, "moved": 0, "no_origin": 1}
+    root = await http.post("/v1/queue/own/redrive", headers=bearer("root"))
+    assert root.json() == {"matched": 1, "moved": 1, "no_origin": 0}

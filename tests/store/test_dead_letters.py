@@ -352,3 +352,15 @@ async def test_a_task_leaves_its_own_options_behind(store: Store) -> None:
     assert found.timeout == 500  # the work's own lease goes with it
     (again,) = await store.enqueue("q", [spec], T0 + 2)  # the key is free in the origin
     assert again.id != task.id
+
+
+async def test_a_redrive_moves_tasks_to_the_allowed_queues_only(store: Store) -> None:
+    """A token limited to some queues redrives to those only: the others' tasks stay."""
+    await setup(store)
+    task = await keyed(store, "x")
+    await fail(store, task, T0)
+    step = await store.redrive("dead", None, MOVABLE, T0 + 1, 0, 10, frozenset({"dead"}))
+    assert (step.matched, step.moved) == (1, 0)
+    assert await store.get_task("dead", task.id) is not None
+    step = await store.redrive("dead", None, MOVABLE, T0 + 2, 0, 10, frozenset({"q"}))
+    assert (step.matched, step.moved) == (1, 1)

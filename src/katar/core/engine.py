@@ -794,20 +794,31 @@ class Engine:
     # -- redrive (katar.core.moves) -----------------------------------------------------------
 
     async def redrive(
-        self, queue: str, to: str | None = None, where: TaskFilter = EVERY_TASK
+        self,
+        queue: str,
+        to: str | None = None,
+        where: TaskFilter = EVERY_TASK,
+        may_use: Callable[[str], bool] | None = None,
     ) -> Redrive:
         """Move the waiting tasks of the queue that ``where`` selects (queued, or failed:
         rules.REDRIVE_STATES) to ``to``, or each back to the queue it came from (its
         dead_letter record), queued with fresh attempts; in steps of BULK_STEP tasks, each
-        atomic. A task with no queue to go to stays (Redrive.no_origin)."""
+        atomic. A task with no queue to go to stays (Redrive.no_origin), and so does one
+        whose queue ``may_use`` does not allow (None: any), or, with ``may_use``, that is
+        gone."""
         where = await self._redrive_checks(queue, to, where)
-        done = await self._moves.run(queue, to, where)
+        done = await self._moves.run(queue, to, where, self._allowed(may_use))
         if done.moved:
             log.info("%s: redrive moved %d of %d task(s)", queue, done.moved, done.matched)
         return done
 
     async def start_redrive(
-        self, queue: str, rate: float, to: str | None = None, where: TaskFilter = EVERY_TASK
+        self,
+        queue: str,
+        rate: float,
+        to: str | None = None,
+        where: TaskFilter = EVERY_TASK,
+        may_use: Callable[[str], bool] | None = None,
     ) -> MoveJob:
         """:meth:`redrive` at ``rate`` tasks a second, in the background: the move job,
         which :meth:`move_job` shows and :meth:`cancel_redrive` stops. It lives in this
@@ -819,7 +830,7 @@ class Engine:
             )
         where = await self._redrive_checks(queue, to, where)
         total = await self.store.count_tasks(queue, where)
-        job = self._moves.start(queue, to, where, rate, total)
+        job = self._moves.start(queue, to, where, rate, total, self._allowed(may_use))
         log.info("%s: redrive of %d task(s) started at %g a second", queue, total, rate)
         return job
 
@@ -836,6 +847,13 @@ class Engine:
         """Stop the queue's redrive at a rate; the tasks it moved stay moved."""
         self.options(queue)
         return await self._moves.cancel(queue)
+
+    def _allowed(self, may_use: Callable[[str], bool] | None) -> frozenset[str] | None:
+        """The queues a caller limited by ``may_use`` may move tasks to: those it may use
+        that exist now (None: any)."""
+        if may_use is None:
+            return None
+        return frozenset(name for name in self.queues if may_use(name))
 
     def dead_letter_sources(self, queue: str) -> list[str]:
         """The queues whose dead_letter option names ``queue``, by name."""

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Final, Literal
 
 import msgspec
@@ -87,12 +87,19 @@ class MoveJobs:
         self._jobs: dict[str, MoveJob] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
 
-    async def run(self, queue: str, to: str | None, where: TaskFilter) -> Redrive:
-        """Redrive every task ``where`` selects, in steps, to the end."""
+    async def run(
+        self,
+        queue: str,
+        to: str | None,
+        where: TaskFilter,
+        allowed: Collection[str] | None = None,
+    ) -> Redrive:
+        """Redrive every task ``where`` selects, in steps, to the end (to the ``allowed``
+        queues only, when given: see Store.redrive)."""
         matched = moved = after = 0
         while True:
             step = await self._store.redrive(
-                queue, to, where, self._clock.now_ms(), after, self._step
+                queue, to, where, self._clock.now_ms(), after, self._step, allowed
             )
             await self._moved(queue, step)
             matched += step.matched
@@ -102,7 +109,13 @@ class MoveJobs:
                 return Redrive(matched, moved, matched - moved)
 
     def start(
-        self, queue: str, to: str | None, where: TaskFilter, rate: float, total: int
+        self,
+        queue: str,
+        to: str | None,
+        where: TaskFilter,
+        rate: float,
+        total: int,
+        allowed: Collection[str] | None = None,
     ) -> MoveJob:
         """Start a move job at ``rate`` tasks a second; Conflict when one runs for the
         queue already."""
@@ -118,7 +131,7 @@ class MoveJobs:
         )
         self._jobs[queue] = job
         self._runs[queue] = asyncio.create_task(
-            self._run_at_rate(job), name=f"katar-redrive-{queue}"
+            self._run_at_rate(job, allowed), name=f"katar-redrive-{queue}"
         )
         return job
 
@@ -163,7 +176,7 @@ class MoveJobs:
         for queue in list(self._runs):
             await self.cancel(queue)
 
-    async def _run_at_rate(self, job: MoveJob) -> None:
+    async def _run_at_rate(self, job: MoveJob, allowed: Collection[str] | None) -> None:
         per_step = max(1, min(self._step, math.floor(job.rate)))
         after = 0
         try:
@@ -171,7 +184,7 @@ class MoveJobs:
                 began = time.monotonic()
                 try:
                     step = await self._store.redrive(
-                        job.queue, job.to, job.where, self._clock.now_ms(), after, per_step
+                        job.queue, job.to, job.where, self._clock.now_ms(), after, per_step, allowed
                     )
                 except StoreUnavailable:
                     await asyncio.sleep(RETRY_AFTER)

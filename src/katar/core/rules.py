@@ -888,11 +888,17 @@ def dependants_see(old: Task, new: Task) -> State:
 REDRIVE_STATES: Final = frozenset({READY, SCHEDULED, FAILED})
 
 
-def redrive_target(task: Task, to: str | None) -> str | None:
+def redrive_target(
+    task: Task, to: str | None, allowed: Collection[str] | None = None
+) -> str | None:
     """Where a redrive moves the task: ``to`` when given, else the queue it came from (its
-    dead_letter record); None when it has neither, or would stay where it is."""
+    dead_letter record); None when it has neither, would stay where it is, or would go to a
+    queue not among ``allowed`` (None: any; a token scoped to some queues moves tasks to
+    those only)."""
     target = to if to is not None else task.dead_letter.queue if task.dead_letter else None
-    return None if target == task.queue else target
+    if target == task.queue or (allowed is not None and target not in allowed):
+        return None
+    return target
 
 
 def redriven(task: Task, target: str, now: int) -> Task:

@@ -326,13 +326,21 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def redrive(
-        self, queue: str, to: str | None, where: TaskFilter, now: int, after: int, limit: int
+        self,
+        queue: str,
+        to: str | None,
+        where: TaskFilter,
+        now: int,
+        after: int,
+        limit: int,
+        allowed: Collection[str] | None = None,
     ) -> RedriveStep:
         """One step of a redrive, in one transaction: take the first ``limit`` tasks that
         ``where`` selects (the engine narrows its states to rules.REDRIVE_STATES) with an id
         above ``after``, and move each to rules.redrive_target(task, ``to``) as
         rules.redriven says, creating that queue with default options when it does not
-        exist. A task without a target stays (counted in ``matched``, not ``moved``)."""
+        exist. A task without a target, or whose target is not among ``allowed`` (None: any
+        queue), stays (counted in ``matched``, not ``moved``)."""
 
     @abc.abstractmethod
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:

@@ -650,10 +650,12 @@ class App:
         token = request.token
         if to is not None and token is not None and not token.may_use(to):
             raise QueueNotFound(f"no queue {to!r} to redrive to; create it first", queue=to)
+        # A token limited to some queues moves tasks to those only (the others stay).
+        may_use = None if token is None or token.all_queues else token.may_use
         if rate is None:
-            done = await self.engine.redrive(request.queue, to, where)
+            done = await self.engine.redrive(request.queue, to, where, may_use)
             return json_response(Redriven(done.matched, done.moved, done.no_origin))
-        job = await self.engine.start_redrive(request.queue, rate, to, where)
+        job = await self.engine.start_redrive(request.queue, rate, to, where, may_use)
         return json_response(_move_job(job), 202)
 
     async def redrive_job(self, request: Request) -> Response:

@@ -819,7 +819,14 @@ class MemoryStore(Store):
         return selected
 
     async def redrive(
-        self, queue: str, to: str | None, where: TaskFilter, now: int, after: int, limit: int
+        self,
+        queue: str,
+        to: str | None,
+        where: TaskFilter,
+        now: int,
+        after: int,
+        limit: int,
+        allowed: Collection[str] | None = None,
     ) -> RedriveStep:
         selected = self._select(queue, where, after, limit)
         if not selected:
@@ -829,7 +836,7 @@ class MemoryStore(Store):
         created: list[str] = []
         for task in selected:
             task = self._tasks.get(task.id, task)
-            target = rules.redrive_target(task, to)
+            target = rules.redrive_target(task, to, allowed)
             if task.queue != queue or task.state not in rules.REDRIVE_STATES or target is None:
                 continue
             if target not in self._queues:

@@ -710,7 +710,14 @@ class PostgresStore(Store):
         raise StoreError(f"could not move task {task.id} to queue {task.queue!r}")
 
     async def redrive(
-        self, queue: str, to: str | None, where: TaskFilter, now: int, after: int, limit: int
+        self,
+        queue: str,
+        to: str | None,
+        where: TaskFilter,
+        now: int,
+        after: int,
+        limit: int,
+        allowed: Collection[str] | None = None,
     ) -> RedriveStep:
         queue_id = await self._queue_id(queue)
         conditions, params = where_sql(where, _DIALECT)
@@ -727,7 +734,7 @@ class PostgresStore(Store):
                 return RedriveStep(0, 0, after, [])
             for row in rows:
                 task = task_from_row(row, queue)
-                target = rules.redrive_target(task, to)
+                target = rules.redrive_target(task, to, allowed)
                 if target is None or task.state not in rules.REDRIVE_STATES:
                     continue
                 if target not in self._queue_ids:

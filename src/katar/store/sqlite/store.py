@@ -746,7 +746,14 @@ class SQLiteStore(Store):
         conn.execute(_MOVE_FULL if full else _MOVE, move_values(task, queue_id, place, full))
 
     async def redrive(
-        self, queue: str, to: str | None, where: TaskFilter, now: int, after: int, limit: int
+        self,
+        queue: str,
+        to: str | None,
+        where: TaskFilter,
+        now: int,
+        after: int,
+        limit: int,
+        allowed: Collection[str] | None = None,
     ) -> RedriveStep:
         queue_id = self._queues.id_of(queue)
         conditions, params = self._where(where)
@@ -762,7 +769,7 @@ class SQLiteStore(Store):
             created: list[str] = []
             for row in rows:
                 task = self._task(row)
-                target = rules.redrive_target(task, to)
+                target = rules.redrive_target(task, to, allowed)
                 if target is None or task.state not in rules.REDRIVE_STATES:
                     continue
                 if target not in self._queues.ids:
