@@ -47,6 +47,17 @@ export interface Configuration {
   };
 }
 
+/**
+ * Where a task in a dead-letter queue failed for good: that queue, its last error, the
+ * deliveries it had there, and when it moved.
+ */
+export interface DeadLetterRecord {
+  at: string;
+  attempts: number;
+  error: string | null;
+  queue: string;
+}
+
 /** A poll's answer when it delivers tasks, or tells the worker to stop some. */
 export interface Deliveries {
   cancel?: string[];
@@ -113,17 +124,36 @@ export interface Keep {
   failed?: number | null;
 }
 
+/** A redrive at a rate (a move job) as it stands, on the server that runs it. */
+export interface MoveJobRecord {
+  ended_at?: string | null;
+  error?: string | null;
+  matched: number;
+  moved: number;
+  no_origin: number;
+  queue: string;
+  rate: number;
+  remaining: number;
+  started_at: string;
+  state: "cancelled" | "completed" | "failed" | "running";
+  to: string | null;
+}
+
 /** A task to enqueue. ``data`` is required (the server says so when it is missing). */
 export interface NewTask {
   /** Tasks this one waits for: ids of existing tasks, and in a batch "$n" for the n-th task of the same request (0-based, an earlier one). It is delivered once all are done, with their results; cancelled if one fails. At most 1,000 over all the tasks of one request, and at most 10,000 tasks may wait for one task (422 beyond). */
   after?: string[] | null;
+  /** With after: what a parent that fails or is cancelled does to this task: "cancel" it (the default), or "run": the task waits until every task it names has ended, whatever the outcome, and is delivered with after holding, per parent, {"status", "result", "error"}. */
+  after_failure?: "cancel" | "run" | null;
   /** Any JSON value, null included. */
   data: unknown;
+  /** With a delay or run_at: while a task of the queue with this key waits and was never delivered, an enqueue of the key replaces its data and options and moves its due time (answered 200, debounced true): the latest wins. Not with unique_key or after. */
+  debounce_key?: string | null;
   /** Seconds before the task may run (ten years at most). */
   delay?: number | null;
   /** Seconds: a task not delivered within this time is cancelled. */
   expires_in?: number | null;
-  /** The task's group (a customer, an account): key_concurrency counts by it. 1 to 255 characters, no control characters. */
+  /** The task's group (a customer, an account): key_concurrency, key_rate and fair count by it. 1 to 255 characters, no control characters. */
   key?: string | null;
   /** Deliveries before this task fails for good, instead of the queue's max_attempts; 0: no limit. */
   max_attempts?: number | null;
@@ -140,8 +170,19 @@ export interface NewTask {
   unique_key?: string | null;
 }
 
-/** An operator's change to a task's status. */
+/**
+ * An operator's change to a task's status. With ``"status": "queued"``, ``data``,
+ * ``priority`` and ``key`` edit the task as it runs again (edit and retry): a paused,
+ * queued, failed or cancelled task takes them and a fresh set of attempts; a task in
+ * progress is a 409 that changes nothing, and so is a done one.
+ */
 export interface Patch {
+  /** With status queued: the task's new data (any JSON value). */
+  data?: unknown;
+  /** The task's group (a customer, an account): key_concurrency, key_rate and fair count by it. 1 to 255 characters, no control characters. */
+  key?: string | null;
+  /** Higher runs first; high is 10, normal 0, low -10. */
+  priority?: number | "high" | "low" | "normal" | null;
   status: "cancelled" | "paused" | "queued";
 }
 
@@ -177,6 +218,7 @@ export interface QueueInfo {
   counts: {
     [name: string]: number;
   };
+  dead_letter_sources?: string[];
   limits?: QueueLimits | null;
   name: string;
   oldest_queued_age?: number | null;
@@ -188,6 +230,7 @@ export interface QueueLimits {
   concurrency?: number | null;
   in_progress: number;
   keys_at_limit?: number | null;
+  keys_rate_limited?: number | null;
   tokens?: number | null;
 }
 
@@ -203,9 +246,12 @@ export interface QueueOptions {
     /** a whole number of milliseconds from 0 to 2147483647 */
     interval?: number;
   };
+  dead_letter?: string | null;
+  expires?: number | null;
   fair?: boolean;
   keep?: Keep;
   key_concurrency?: number | null;
+  key_rate?: Rate | null;
   max_attempts?: number;
   max_batch?: number;
   paused?: boolean;
@@ -225,9 +271,12 @@ export interface QueuePatch {
     /** a whole number of milliseconds from 0 to 2147483647 */
     interval?: number;
   };
+  dead_letter?: string | null;
+  expires?: number | null;
   fair?: boolean;
   keep?: Keep;
   key_concurrency?: number | null;
+  key_rate?: Rate | null;
   max_attempts?: number;
   max_batch?: number;
   paused?: boolean;
@@ -258,6 +307,29 @@ export interface Rates {
   done: number;
   enqueued: number;
   failed: number;
+}
+
+/**
+ * Move the waiting tasks (queued or failed) that a filter selects to another queue,
+ * with fresh attempts: to ``to``, or each back to the queue it came from (its
+ * ``dead_letter`` record). With ``rate``, at most that many tasks a second, in the
+ * background (202: a move job).
+ */
+export interface RedriveBody {
+  filter?: TaskFilter;
+  rate?: number | null;
+  to?: string | null;
+}
+
+/**
+ * What a redrive did: the tasks the filter selected among those it may move (queued or
+ * failed), those it moved, and those it left where they are because they have no queue to
+ * go to (no ``to``, and no ``dead_letter`` record naming where they came from).
+ */
+export interface Redriven {
+  matched: number;
+  moved: number;
+  no_origin: number;
 }
 
 /** A schedule removed (the tasks it made stay). */
@@ -345,6 +417,9 @@ export interface TaskRecord {
   created_at?: string | null;
   /** Any JSON value, null included. */
   data: unknown;
+  dead_letter?: DeadLetterRecord | null;
+  debounce_key?: string | null;
+  debounced?: boolean;
   duplicate?: boolean;
   error?: string | null;
   expires_at?: string | null;
@@ -457,6 +532,33 @@ export interface Operations {
       503: Error;
       /** The store's connection was lost while it committed: the outcome is unknown. */
       504: Error;
+    };
+  };
+  /**
+   * Stop the queue's redrive with a rate (what it moved stays moved)
+   *
+   * With tokens configured: a admin token whose queues include this one.
+   */
+  cancelRedrive: {
+    method: "DELETE";
+    path: "/v1/queue/{queue}/redrive";
+    role: "admin";
+    pathParams: {
+      /** The queue's name: letters, digits, '.', '_', ':' or '-' (up to the server's max_queue_name, 128 by default). */
+      queue: string;
+    };
+    query: Record<string, never>;
+    headers: Record<string, never>;
+    body: never;
+    responses: {
+      /** The move job as it ended. */
+      200: MoveJobRecord;
+      /** No token, or one this server does not know (only when tokens are set). */
+      401: Error;
+      /** The token's role or queues do not allow this. Without tokens: a Host this server does not answer. A browser's request from another site's page. */
+      403: Error;
+      /** No such queue, or no redrive with a rate of it on this server. */
+      404: Error;
     };
   };
   /** The dashboard (its data comes from this API, with a token) */
@@ -629,7 +731,7 @@ export interface Operations {
     };
     body: Enqueue;
     responses: {
-      /** Nothing created: each task's unique_key was held; the tasks that hold them, each with duplicate true. */
+      /** Nothing created: each task's unique_key was held (the tasks that hold them, each with duplicate true) or its debounce_key's waiting task took it (that task, with its new data and due time, debounced true). */
       200: Tasks;
       /** The new tasks. */
       201: Tasks;
@@ -677,6 +779,33 @@ export interface Operations {
       /** The token's role or queues do not allow this. Without tokens: a Host this server does not answer. */
       403: Error;
       /** No such queue. */
+      404: Error;
+    };
+  };
+  /**
+   * The queue's last redrive with a rate, on this server
+   *
+   * With tokens configured: a admin token whose queues include this one.
+   */
+  getRedrive: {
+    method: "GET";
+    path: "/v1/queue/{queue}/redrive";
+    role: "admin";
+    pathParams: {
+      /** The queue's name: letters, digits, '.', '_', ':' or '-' (up to the server's max_queue_name, 128 by default). */
+      queue: string;
+    };
+    query: Record<string, never>;
+    headers: Record<string, never>;
+    body: never;
+    responses: {
+      /** The move job as it stands. */
+      200: MoveJobRecord;
+      /** No token, or one this server does not know (only when tokens are set). */
+      401: Error;
+      /** The token's role or queues do not allow this. Without tokens: a Host this server does not answer. */
+      403: Error;
+      /** No such queue, or no redrive with a rate of it on this server. */
       404: Error;
     };
   };
@@ -1067,7 +1196,7 @@ export interface Operations {
     };
   };
   /**
-   * Cancel, pause, resume or retry a task
+   * Cancel, pause, resume or retry a task (retry with an edit)
    *
    * With tokens configured: a admin token whose queues include this one.
    */
@@ -1099,11 +1228,11 @@ export interface Operations {
       404: Error;
       /** The body did not arrive within the server's body_timeout. */
       408: Error;
-      /** The task's status does not allow it. */
+      /** The task's status does not allow it (an edit: a task in progress or done). */
       409: Error;
-      /** The body is over the size limit. */
+      /** The edit's data is over max_task_bytes. */
       413: Error;
-      /** A field is invalid; the message names it. */
+      /** A bad status or field, or an edit with another status than queued. */
       422: Error;
       /** The store is unavailable, or the server is stopping: nothing was done. */
       503: Error;
@@ -1225,6 +1354,49 @@ export interface Operations {
       /** The body is over the size limit. */
       413: Error;
       /** A field is invalid; the message names it. */
+      422: Error;
+      /** The store is unavailable, or the server is stopping: nothing was done. */
+      503: Error;
+      /** The store's connection was lost while it committed: the outcome is unknown. */
+      504: Error;
+    };
+  };
+  /**
+   * Move waiting tasks back to where they came from, or to a queue
+   *
+   * With tokens configured: a admin token whose queues include this one.
+   */
+  redrive: {
+    method: "POST";
+    path: "/v1/queue/{queue}/redrive";
+    role: "admin";
+    pathParams: {
+      /** The queue's name: letters, digits, '.', '_', ':' or '-' (up to the server's max_queue_name, 128 by default). */
+      queue: string;
+    };
+    query: Record<string, never>;
+    headers: Record<string, never>;
+    body: RedriveBody;
+    responses: {
+      /** Done: the tasks the filter matched among the queued and failed, those moved, and those left for they have no queue to go to. */
+      200: Redriven;
+      /** With a rate: the move job, started. */
+      202: MoveJobRecord;
+      /** The body is not JSON (or not UTF-8, or nested too deeply). */
+      400: Error;
+      /** No token, or one this server does not know (only when tokens are set). */
+      401: Error;
+      /** The token's role or queues do not allow this. Without tokens: a Host this server does not answer. A browser's request from another site's page. */
+      403: Error;
+      /** No such queue, or no queue named by to. */
+      404: Error;
+      /** The body did not arrive within the server's body_timeout. */
+      408: Error;
+      /** A redrive with a rate of this queue runs already. */
+      409: Error;
+      /** The body is over the size limit. */
+      413: Error;
+      /** A bad filter, to or rate. */
       422: Error;
       /** The store is unavailable, or the server is stopping: nothing was done. */
       503: Error;
