@@ -143,6 +143,14 @@ def archive(task: Task, outcome: str | None = None, now: int | None = None, **ch
     return replace(task, started_at=None, history=history, **changes)
 
 
+def released(task: Task) -> bool:
+    """Whether the task's last delivery ended given back to the queue (a heartbeat with
+    ``lease`` 0), rather than failed or expired: not counted as a failure."""
+    if task.state is not READY or task.started_at is not None or task.history is None:
+        return False
+    return _history_decoder.decode(task.history)[-1].outcome == "released"
+
+
 def deliveries(task: Task) -> list[Delivery]:
     """The task's deliveries, oldest first: the last HISTORY_LENGTH."""
     past = [] if task.history is None else _history_decoder.decode(task.history)
@@ -496,7 +504,19 @@ def apply_ack(
     if ack.status == "in progress":
         # A heartbeat with progress replaces the last one; one without keeps it.
         progress = ack.progress if len(ack.progress) else task.progress
-        lease_until = now + lease_ms(task, options)
+        if ack.lease == 0:  # given back (SQS's visibility 0): queued again, no failure
+            return archive(
+                task,
+                "released",
+                now,
+                state=READY,
+                run_at=None,
+                lease_until=None,
+                updated_at=now,
+                progress=progress,
+            )
+        lease = lease_ms(task, options) if ack.lease is None else ack.lease
+        lease_until = now + lease
         return replace(task, lease_until=lease_until, updated_at=now, progress=progress)
     if ack.status == "done":
         return _finish(task, DONE, now, result=ack.result, error=None)

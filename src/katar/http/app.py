@@ -115,11 +115,14 @@ class App:
         shutdown: Callable[[], Awaitable[None]] | None = None,
         access_log: bool = False,
         allowed_hosts: Iterable[str] | None = None,
+        sqs: Handler | None = None,
     ) -> None:
         """``allowed_hosts``: on a server without tokens, the Host names answered beside
         loopback names and addresses (katar.http.sites.Hosts); None answers any Host (an app
         called in-process, as tests do; ``katar serve`` always gives a list)."""
         self.engine = engine
+        #: The SQS-compatible API's front (katar.sqs), which the server builds: POST /.
+        self._sqs = sqs
         #: Log a line per answered request (katar.logs.log_access).
         self.access_log = access_log
         #: Store outages, said once each (shared with the engine's background work).
@@ -160,7 +163,8 @@ class App:
                 methods[method] = _Bound(handler, route.access)
                 if not route.store:
                     storeless.add(handler)
-            shape = tuple(None if p.startswith("{") else p for p in path.split("/")[1:])
+            segments = path.split("/")[1:] if path != "/" else []
+            shape = tuple(None if p.startswith("{") else p for p in segments)
             self._by_length.setdefault(len(shape), []).append((path, shape, methods))
         #: The handlers of routes that answer without the store (Route.store): their success
         #: says nothing about an outage's end.
@@ -732,6 +736,11 @@ class App:
         task_id = request.task_id
         await self.engine.delete_task(request.queue, task_id)
         return json_response(TaskDeleted(str(task_id)))
+
+    async def sqs(self, request: Request) -> Response:
+        if self._sqs is None:
+            raise NotFound("this server does not answer the SQS API")
+        return await self._sqs(request)
 
 
 _DOCS_PAGE: Final = openapi.page()
