@@ -383,11 +383,15 @@ class Actions:
         kept = _sqs_config(options)
         shown: dict[str, str] = self._settable(options)
         counts = (await self.engine.stats()).get(name, {})
-        shown["ApproximateNumberOfMessages"] = str(counts.get("queued", 0))
-        shown["ApproximateNumberOfMessagesNotVisible"] = str(counts.get("in progress", 0))
-        shown["ApproximateNumberOfMessagesDelayed"] = str(
-            counts.get("scheduled", 0) + counts.get("paused", 0)
+        # The public counts say "queued" for ready and delayed tasks alike: the delayed
+        # ones are counted apart (a count of the queue's tasks with a not-before time).
+        delayed, _ = await self.engine.bulk(
+            name, "cancel", TaskFilter(states=(State.SCHEDULED,)), dry_run=True
         )
+        queued = counts.get("queued", 0) + counts.get("paused", 0)
+        shown["ApproximateNumberOfMessages"] = str(max(0, queued - delayed))
+        shown["ApproximateNumberOfMessagesNotVisible"] = str(counts.get("in progress", 0))
+        shown["ApproximateNumberOfMessagesDelayed"] = str(delayed)
         now = str(self.engine.now_ms() // 1000)
         shown["CreatedTimestamp"] = str(kept.get("CreatedTimestamp", now))
         shown["LastModifiedTimestamp"] = str(kept.get("LastModifiedTimestamp", now))
