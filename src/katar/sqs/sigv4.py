@@ -4,8 +4,8 @@ SigV4QueryAuth): the Authorization header form and the presigned query form.
 The canonical request is the method, the path (URI-encoded again, "/" and "~" kept), the
 query's pairs sorted as sent (the presigned form without ``X-Amz-Signature``), each signed
 header as ``name:value`` with its value's runs of spaces made one, the signed headers'
-names, and the payload's SHA-256 (``x-amz-content-sha256`` when sent; ``UNSIGNED-PAYLOAD``
-for a presigned URL). The string to sign is the algorithm, the request's time, the scope
+names, and the payload's SHA-256 (in both forms: an ``x-amz-content-sha256`` header must be
+that digest; ``UNSIGNED-PAYLOAD`` is refused). The string to sign is the algorithm, the request's time, the scope
 (date/region/service/aws4_request) and the canonical request's SHA-256; the key is derived
 from the secret through the scope's date, region and service. Nothing here logs a secret.
 """
@@ -33,7 +33,6 @@ ALGORITHM: Final = "AWS4-HMAC-SHA256"
 MAX_SKEW: Final = 15 * 60
 #: The longest a presigned URL may be valid (seconds), as AWS allows.
 MAX_EXPIRES: Final = 7 * 24 * 3600
-UNSIGNED_PAYLOAD: Final = "UNSIGNED-PAYLOAD"
 
 Headers = Sequence[tuple[bytes, bytes]]
 
@@ -140,6 +139,8 @@ class Verifier:
                     "Request is missing Authentication Token: sign it with AWS Signature "
                     "Version 4 and an access key of [[aws_credentials]]",
                 )
+            if len(authorization) > 1:
+                raise SqsError(SIGNATURE_DOES_NOT_MATCH, "send one Authorization header")
             algorithm, _, rest = authorization[0].strip().partition(" ")
             fields = {}
             for part in rest.split(","):
@@ -203,11 +204,11 @@ class Verifier:
                 SIGNATURE_DOES_NOT_MATCH,
                 "SignedHeaders must name the host header, in lower case and sorted",
             )
-        if presigned:
-            payload_hash = UNSIGNED_PAYLOAD
-        else:
+        # botocore signs the body's SHA-256 in both forms (an empty body's, for a presigned
+        # GET); only S3 presigns UNSIGNED-PAYLOAD, which would leave a body unprotected.
+        payload_hash = hashlib.sha256(body).hexdigest()
+        if not presigned:
             sent = _header_values(headers, "x-amz-content-sha256")
-            payload_hash = hashlib.sha256(body).hexdigest()
             # The body is always signed: an UNSIGNED-PAYLOAD would let it be changed.
             if sent and sent[0] != payload_hash:
                 raise SqsError(
