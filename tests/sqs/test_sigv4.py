@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,8 @@ secret_env = "KATAR_TEST_WORKER_SECRET"
         del os.environ["KATAR_TEST_WORKER_SECRET"]
     yield process
     process.kill()
-    assert SECRET not in process.output() and "worker-secret" not in process.output()
+    assert SECRET not in process.output()
+    assert "worker-secret" not in process.output()
 
 
 def test_signed_requests(guarded: KatarProcess) -> None:
@@ -123,10 +124,10 @@ def _signed(body: bytes, when: datetime | None = None) -> botocore.awsrequest.AW
         signer.add_auth(request)
     else:
         request.context["timestamp"] = when.strftime("%Y%m%dT%H%M%SZ")
-        signer._modify_request_before_signing(request)  # noqa: SLF001 (a fixed time)
+        signer._modify_request_before_signing(request)
         canonical = signer.canonical_request(request)
         signature = signer.signature(signer.string_to_sign(request, canonical), request)
-        signer._inject_signature_to_request(request, signature)  # noqa: SLF001
+        signer._inject_signature_to_request(request, signature)
     request.headers["Host"] = "127.0.0.1:3000"
     return request
 
@@ -139,7 +140,7 @@ def _verify(request: botocore.awsrequest.AWSRequest, now: float | None = None) -
     body = request.data if isinstance(request.data, bytes) else request.data.encode()
     query = request.url.partition("?")[2]
     path = request.url.split("127.0.0.1:3000", 1)[1].partition("?")[0]
-    when = now if now is not None else datetime.now(timezone.utc).timestamp()
+    when = now if now is not None else datetime.now(UTC).timestamp()
     return verifier.verify(request.method, path, query, headers, body, when)
 
 
@@ -180,11 +181,11 @@ def test_every_tampered_part_is_refused() -> None:
 
 def test_time_skew() -> None:
     body = b"{}"
-    old = datetime.now(timezone.utc) - timedelta(minutes=16)
+    old = datetime.now(UTC) - timedelta(minutes=16)
     with pytest.raises(SqsError) as late:
         _verify(_signed(body, old))
     assert late.value.kind.code == "RequestExpired"
-    recent = datetime.now(timezone.utc) - timedelta(minutes=14)
+    recent = datetime.now(UTC) - timedelta(minutes=14)
     assert _verify(_signed(body, recent)).access_key_id == KEY
 
 

@@ -5,7 +5,8 @@ The canonical request is the method, the path (URI-encoded again, "/" and "~" ke
 query's pairs sorted as sent (the presigned form without ``X-Amz-Signature``), each signed
 header as ``name:value`` with its value's runs of spaces made one, the signed headers'
 names, and the payload's SHA-256 (in both forms: an ``x-amz-content-sha256`` header must be
-that digest; ``UNSIGNED-PAYLOAD`` is refused). The string to sign is the algorithm, the request's time, the scope
+that digest; ``UNSIGNED-PAYLOAD`` is refused).
+The string to sign is the algorithm, the request's time, the scope
 (date/region/service/aws4_request) and the canonical request's SHA-256; the key is derived
 from the secret through the scope's date, region and service. Nothing here logs a secret.
 """
