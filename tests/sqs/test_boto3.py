@@ -1,5 +1,5 @@
 """The SQS API with the real AWS SDK for Python (boto3), unmodified, against ``katar serve``
-on SQLite and on PostgreSQL: queues, messages, visibility, batches, attributes, errors, and
+on every store (memory, SQLite, PostgreSQL): queues, messages, visibility, batches, attributes, errors, and
 the same queue used natively and over SQS."""
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from tests.acceptance.conftest import KatarProcess
 from tests.conftest import store_url
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KatarProcess]:
     """``katar serve`` on a store of this test's own (PostgreSQL skips without one)."""
-    if request.param == "sqlite":
+    if request.param == "memory":
+        url = "memory://"
+    elif request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'katar.db'}"
     else:
         url = store_url("postgres", tmp_path)
