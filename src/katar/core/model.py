@@ -123,6 +123,9 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     history: msgspec.Raw | None = None
     schedule: str | None = None  # the schedule that made the task, if one did
     scheduled_for: int | None = None  # the tick (ms) of that schedule it was made for
+    #: Message attributes (the SQS API's, katar.sqs): a JSON object kept verbatim; None
+    #: for most tasks.
+    attributes: msgspec.Raw | None = None
     #: Not stored: set on an enqueue's answer when the task is an existing one that held the
     #: unique_key asked for (nothing was created for it).
     duplicate: bool = False
@@ -222,6 +225,8 @@ class NewTask(msgspec.Struct, kw_only=True, frozen=True):
     #: earlier tasks of the same enqueue ("$n" on the wire), each before its own place.
     after: tuple[int, ...] = ()
     refs: tuple[int, ...] = ()
+    #: Message attributes (the SQS API's, katar.sqs): a JSON object kept verbatim.
+    attributes: msgspec.Raw | None = None
 
 
 #: Milliseconds, or counts, that a 32-bit signed integer holds: what every worker can use.

@@ -11,7 +11,7 @@ from katar.protocol import MAX_DELAY
 if TYPE_CHECKING:
     from katar.store.postgres.connection import Connections
 
-SCHEMA_VERSION: Final = 13
+SCHEMA_VERSION: Final = 14
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -193,6 +193,10 @@ CREATE INDEX IF NOT EXISTS tasks_running_key ON {s}.tasks (queue_id, key)
     WHERE state = 3 AND key IS NOT NULL;
 -- How many tasks named the task while it was unfinished (rules.MAX_CHILDREN).
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS children_count integer NOT NULL DEFAULT 0;
+""",
+    # A task's message attributes (the SQS API's, katar.sqs): a JSON object; NULL for most.
+    14: """
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS attributes bytea;
 """,
 }
 
