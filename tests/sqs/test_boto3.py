@@ -14,6 +14,7 @@ import botocore.exceptions
 import httpx
 import pytest
 
+from katar.sqs.digest import md5_of_attributes
 from tests.acceptance.conftest import KatarProcess
 from tests.conftest import store_url
 
@@ -203,3 +204,58 @@ def test_native_and_sqs_on_one_queue(server: KatarProcess) -> None:
         sent = sqs.send_message(QueueUrl=url, MessageBody='{"from": "sqs"}')
         polled = http.post("/v1/queue/mixed", json={}).json()["tasks"]
         assert [(t["_id"], t["data"]) for t in polled] == [(sent["MessageId"], '{"from": "sqs"}')]
+
+
+def test_message_attributes(server: KatarProcess) -> None:
+    sqs = client(server.url)
+    url = sqs.create_queue(QueueName="attrs")["QueueUrl"]
+    attributes = {
+        "SellerName": {"DataType": "String", "StringValue": "Example Store"},
+        "price.cents": {"DataType": "Number", "StringValue": "1250"},
+        "price.raw": {"DataType": "Binary", "BinaryValue": b"\x00\x01\xff"},
+    }
+    sent = sqs.send_message(
+        QueueUrl=url,
+        MessageBody="order",
+        MessageAttributes=attributes,
+        MessageSystemAttributes={
+            "AWSTraceHeader": {"DataType": "String", "StringValue": "Root=1-5759e988-bd862e3fe"}
+        },
+    )
+    assert sent["MD5OfMessageAttributes"] == md5_of_attributes(
+        {
+            "SellerName": {"DataType": "String", "StringValue": "Example Store"},
+            "price.cents": {"DataType": "Number", "StringValue": "1250"},
+            "price.raw": {"DataType": "Binary", "BinaryValue": "AAH/"},
+        }
+    )
+    assert "MD5OfMessageSystemAttributes" in sent
+    got = sqs.receive_message(
+        QueueUrl=url,
+        MessageAttributeNames=["price.*"],
+        MessageSystemAttributeNames=["AWSTraceHeader"],
+        VisibilityTimeout=0,
+    )["Messages"][0]
+    assert got["MessageAttributes"] == {
+        "price.cents": {"DataType": "Number", "StringValue": "1250"},
+        "price.raw": {"DataType": "Binary", "BinaryValue": b"\x00\x01\xff"},
+    }
+    assert got["Attributes"] == {"AWSTraceHeader": "Root=1-5759e988-bd862e3fe"}
+    every = sqs.receive_message(QueueUrl=url, MessageAttributeNames=["All"])["Messages"][0]
+    assert every["MD5OfMessageAttributes"] == sent["MD5OfMessageAttributes"]
+    only = sqs.receive_message(QueueUrl=url, MessageAttributeNames=["SellerName"])
+    assert "Messages" not in only  # leased by the receive before
+    sqs.change_message_visibility(
+        QueueUrl=url, ReceiptHandle=every["ReceiptHandle"], VisibilityTimeout=0
+    )
+    seller = sqs.receive_message(QueueUrl=url, MessageAttributeNames=["SellerName"])
+    # The digest of Amazon's own example (the SQS developer guide's SellerName).
+    assert seller["Messages"][0]["MD5OfMessageAttributes"] == "cd28f3b68aeee4b2eac9c66f2f694b58"
+    for bad in (
+        {"AWS.reserved": {"DataType": "String", "StringValue": "x"}},
+        {"n": {"DataType": "Number", "StringValue": "ten"}},
+        {"s": {"DataType": "Blob", "StringValue": "x"}},
+    ):
+        with pytest.raises(botocore.exceptions.ClientError) as refused:
+            sqs.send_message(QueueUrl=url, MessageBody="x", MessageAttributes=bad)
+        assert code(refused.value) == "InvalidParameterValue", bad

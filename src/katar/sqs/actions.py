@@ -466,12 +466,6 @@ class Actions:
         check_body(body)
         attributes = check_attributes(entry.get("MessageAttributes"))
         system = check_attributes(entry.get("MessageSystemAttributes"), system=True)
-        if attributes or system:
-            # Katar does not store message attributes yet: refused rather than lost.
-            raise invalid(
-                "message attributes are not kept by Katar's SQS API yet: send the message "
-                "without MessageAttributes and MessageSystemAttributes"
-            )
         limit = int(_sqs_config(options).get("MaximumMessageSize", MAX_MESSAGE_BYTES))
         size = len(body.encode()) + attributes_size(attributes)
         if size > limit:
@@ -490,10 +484,16 @@ class Actions:
         group = _text(entry, "MessageGroupId", required=False)
         if group is not None and not 1 <= len(group) <= 128:
             raise invalid("MessageGroupId must be 1 to 128 characters.")
+        kept: dict[str, Any] = {}
+        if attributes:
+            kept["MessageAttributes"] = attributes
+        if system:
+            kept["MessageSystemAttributes"] = system
         task = NewTask(
             data=msgspec.Raw(msgspec.json.encode(body)),
             delay_ms=delay * 1000,
             key=group,
+            attributes=msgspec.Raw(msgspec.json.encode(kept)) if kept else None,
         )
         digests: dict[str, Any] = {"MD5OfMessageBody": md5_hex(body.encode())}
         md5 = md5_of_attributes(attributes)
@@ -549,7 +549,7 @@ class Actions:
         for key in wanted:
             if key not in _ALL_MESSAGE_ATTRIBUTES:
                 raise SqsError(sqs_errors.INVALID_ATTRIBUTE_NAME, f"Unknown Attribute {key[:100]}.")
-        _names(params, "MessageAttributeNames")  # checked; none are stored yet
+        names = _names(params, "MessageAttributeNames")
         request_attempt = _text(params, "ReceiveRequestAttemptId", required=False)
         if request_attempt is not None and not 1 <= len(request_attempt) <= 128:
             raise invalid("ReceiveRequestAttemptId must be 1 to 128 characters.")
@@ -591,11 +591,19 @@ class Actions:
                 "MD5OfBody": md5_hex(body.encode()),
                 "Body": body,
             }
+            kept = _stored_attributes(task)
             if wanted:
                 attributes = self._system_attributes(task)
+                trace = kept.get("MessageSystemAttributes", {}).get("AWSTraceHeader")
+                if trace is not None:
+                    attributes["AWSTraceHeader"] = trace["StringValue"]
                 message["Attributes"] = {
                     k: v for k, v in attributes.items() if every or k in wanted
                 }
+            chosen = _chosen(kept.get("MessageAttributes", {}), names)
+            if chosen:
+                message["MessageAttributes"] = chosen
+                message["MD5OfMessageAttributes"] = md5_of_attributes(chosen)
             messages.append(message)
         return {"Messages": messages}
 
@@ -696,6 +704,34 @@ class Actions:
             else:
                 successful.append({"Id": entry["Id"]})
         return {"Successful": successful, "Failed": failed}
+
+
+_stored: Final = msgspec.json.Decoder(dict[str, dict[str, dict[str, str]]])
+
+
+def _stored_attributes(task: Task) -> dict[str, dict[str, dict[str, str]]]:
+    """The message's attributes as the send stored them (none for a native task)."""
+    if task.attributes is None:
+        return {}
+    try:
+        return _stored.decode(task.attributes)
+    except msgspec.DecodeError:  # written by another program: shown as none
+        return {}
+
+
+def _chosen(attributes: dict[str, dict[str, str]], names: list[str]) -> dict[str, dict[str, str]]:
+    """The message attributes a receive asked for: ``All`` (or ``.*``), names, and prefixes
+    ``name.*``."""
+    if not attributes or not names:
+        return {}
+    if "All" in names or ".*" in names:
+        return attributes
+    prefixes = tuple(name[:-1] for name in names if name.endswith(".*"))
+    return {
+        name: value
+        for name, value in attributes.items()
+        if name in names or (prefixes and name.startswith(prefixes))
+    }
 
 
 def _entries(params: Params) -> list[Params]:
