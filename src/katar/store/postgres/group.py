@@ -113,8 +113,8 @@ class Done:
         """Of the tasks the statement finished: those with children, with their results
         (their children's edges take them); and those with parents (their edges go when the
         task goes, in a queue without history)."""
-        if watching:  # every column: parents and children are the last two
-            rows = [(row[0], row[-2], row[-1]) for row in rows]
+        if watching:  # every column (_rows.COLUMNS): parents and children at 26 and 27
+            rows = [(row[0], row[26], row[27]) for row in rows]
         results: dict[int, bytes | None] = {
             task_id: None if ack.result is None else bytes(ack.result)
             for task_id, ack, _worker in self.acks
