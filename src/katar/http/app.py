@@ -94,6 +94,8 @@ class _Bound(NamedTuple):
 
 #: The route label of requests that match no route.
 UNROUTED: Final = "other"
+#: The route label of the SQS query protocol's requests sent to a queue's URL.
+SQS_QUEUE: Final = "/{account}/{queue}"
 #: The route cache (App._route) remembers paths up to this long (the longest route with a
 #: queue name of the longest kind is about 300 characters)...
 _ROUTE_CACHED_PATH: Final = 512
@@ -193,6 +195,11 @@ class App:
             if refusal is not None:
                 return Admission(template, None, params, None, refusal, started)
         if methods is None:
+            queue_path = _queue_url_path(path) if self._sqs is not None else None
+            if queue_path is not None and method == "POST":
+                # The SQS query protocol sends a queue's actions to its URL (katar.sqs): it
+                # authenticates them itself, as POST /.
+                return Admission(SQS_QUEUE, self.sqs, queue_path, None, None, started, headers)
             error = {"error": f"no route for {path}; see /docs"}
             return Admission(template, None, params, None, json_response(error, 404), started)
         route = methods.get(method)
@@ -769,6 +776,15 @@ def _release(held: dict[Any, int], key: Any) -> None:
         held[key] = count
     else:
         del held[key]
+
+
+def _queue_url_path(path: str) -> tuple[str, str] | None:
+    """The account and queue name of an SQS queue URL's path (``/000000000000/name``), if
+    ``path`` is one."""
+    parts = path.split("/")
+    if len(parts) != 3 or not parts[1].isdigit() or len(parts[1]) != 12 or not parts[2]:
+        return None
+    return parts[1], unquote(parts[2])
 
 
 def _route_cost(path: str, params: tuple[str, ...]) -> int:

@@ -212,7 +212,11 @@ class Actions:
     # -- queues ------------------------------------------------------------------------------
 
     def url(self, caller: Caller, name: str) -> str:
-        return f"{self.scheme}://{caller.host}/{self.account}/{quote(name, safe='')}"
+        return self.url_of(caller.host, name)
+
+    def url_of(self, host: str, name: str) -> str:
+        """The queue's URL, as a client that reached this server by ``host`` sees it."""
+        return f"{self.scheme}://{host}/{self.account}/{quote(name, safe='')}"
 
     def arn(self, name: str) -> str:
         return f"arn:aws:sqs:katar:{self.account}:{name}"

@@ -51,6 +51,7 @@ REQUEST_THROTTLED: Final = Kind("RequestThrottled", "RequestThrottled")
 INVALID_PARAMETER_VALUE: Final = Kind("InvalidParameterValue", "InvalidParameterValue")
 MISSING_PARAMETER: Final = Kind("MissingParameter", "MissingParameter")
 INVALID_ACTION: Final = Kind("InvalidAction", "InvalidAction")
+MISSING_ACTION: Final = Kind("MissingAction", "MissingAction")
 ACCESS_DENIED: Final = Kind("AccessDeniedException", "AccessDenied", 403)
 INVALID_CLIENT_TOKEN_ID: Final = Kind("InvalidClientTokenId", "InvalidClientTokenId", 403)
 MISSING_AUTHENTICATION_TOKEN: Final = Kind(
