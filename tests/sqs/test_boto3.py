@@ -259,3 +259,55 @@ def test_message_attributes(server: KatarProcess) -> None:
         with pytest.raises(botocore.exceptions.ClientError) as refused:
             sqs.send_message(QueueUrl=url, MessageBody="x", MessageAttributes=bad)
         assert code(refused.value) == "InvalidParameterValue", bad
+
+
+def test_fifo_queues(server: KatarProcess) -> None:
+    sqs = client(server.url)
+    with pytest.raises(botocore.exceptions.ClientError) as unnamed:
+        sqs.create_queue(QueueName="orders", Attributes={"FifoQueue": "true"})
+    assert code(unnamed.value) == "InvalidParameterValue"
+    url = sqs.create_queue(
+        QueueName="orders.fifo",
+        Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"},
+    )["QueueUrl"]
+    shown = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert (shown["FifoQueue"], shown["DeduplicationScope"]) == ("true", "queue")
+    first = sqs.send_message(QueueUrl=url, MessageBody="a1", MessageGroupId="a")
+    # The same body within 5 minutes: deduplicated (content-based), the first one's answer.
+    again = sqs.send_message(QueueUrl=url, MessageBody="a1", MessageGroupId="a")
+    assert again["MessageId"] == first["MessageId"]
+    assert again["SequenceNumber"] == first["SequenceNumber"]
+    batch = sqs.send_message_batch(
+        QueueUrl=url,
+        Entries=[
+            {"Id": "1", "MessageBody": "a2", "MessageGroupId": "a"},
+            {"Id": "2", "MessageBody": "b1", "MessageGroupId": "b", "MessageDeduplicationId": "x"},
+            {"Id": "3", "MessageBody": "b2", "MessageGroupId": "b", "MessageDeduplicationId": "x"},
+            {"Id": "4", "MessageBody": "c1"},
+        ],
+    )
+    assert [e["Id"] for e in batch["Successful"]] == ["1", "2", "3"]
+    ok = batch["Successful"]
+    assert ok[2]["MessageId"] == ok[1]["MessageId"]  # the same deduplication id
+    assert int(ok[0]["SequenceNumber"]) > int(first["SequenceNumber"])
+    assert [(e["Id"], e["Code"]) for e in batch["Failed"]] == [("4", "MissingParameter")]
+    # One message of a group in flight at a time, in order.
+    got = sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"], VisibilityTimeout=60
+    )["Messages"]
+    assert sorted(m["Body"] for m in got) == ["a1", "b1"]
+    by_body = {m["Body"]: m for m in got}
+    assert by_body["b1"]["Attributes"]["MessageDeduplicationId"] == "x"
+    assert by_body["a1"]["Attributes"]["MessageGroupId"] == "a"
+    assert by_body["a1"]["Attributes"]["SequenceNumber"] == first["SequenceNumber"]
+    assert "Messages" not in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=by_body["a1"]["ReceiptHandle"])
+    after = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert [m["Body"] for m in after] == ["a2"]
+    with pytest.raises(botocore.exceptions.ClientError) as delayed:
+        sqs.send_message(QueueUrl=url, MessageBody="z", MessageGroupId="z", DelaySeconds=5)
+    assert code(delayed.value) == "InvalidParameterValue"
+    plain = sqs.create_queue(QueueName="plain")["QueueUrl"]
+    with pytest.raises(botocore.exceptions.ClientError) as standard:
+        sqs.send_message(QueueUrl=plain, MessageBody="x", MessageDeduplicationId="d")
+    assert code(standard.value) == "InvalidParameterValue"

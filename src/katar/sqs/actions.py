@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ from katar.sqs.handles import Handles
 #: for a FIFO queue).
 _QUEUE_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,80}")
 _BATCH_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,80}")
+#: A MessageGroupId's and a MessageDeduplicationId's characters: alphanumeric and punctuation.
+_DEDUPLICATION_ID: Final = re.compile(r"[!-~]{1,128}")
 MAX_BATCH: Final = 10
 MAX_MESSAGE_BYTES: Final = 262_144
 MAX_WAIT_SECONDS: Final = 20
@@ -67,16 +70,16 @@ _BOUNDS: Final = {
 _SETTABLE: Final = frozenset({*_BOUNDS, "Policy", "SqsManagedSseEnabled"})
 #: Accepted on a standard queue and answered as SQS does, with no effect in Katar.
 _ACCEPTED: Final = frozenset({"KmsMasterKeyId", "KmsDataKeyReusePeriodSeconds"})
-_LATER: Final = frozenset(
-    {
-        "RedrivePolicy",
-        "RedriveAllowPolicy",
-        "FifoQueue",
-        "ContentBasedDeduplication",
-        "DeduplicationScope",
-        "FifoThroughputLimit",
-    }
-)
+_LATER: Final = frozenset({"RedrivePolicy", "RedriveAllowPolicy"})
+#: A FIFO queue's attributes, their values and defaults (the first of each).
+_FIFO: Final = {
+    "FifoQueue": ("true",),
+    "ContentBasedDeduplication": ("false", "true"),
+    "DeduplicationScope": ("queue", "messageGroup"),
+    "FifoThroughputLimit": ("perQueue", "perMessageGroupId"),
+}
+#: How long a FIFO queue remembers a message's deduplication id (SQS: 5 minutes).
+DEDUPLICATION_MS: Final = 5 * 60 * 1000
 _READ_ONLY: Final = (
     "ApproximateNumberOfMessages",
     "ApproximateNumberOfMessagesNotVisible",
@@ -85,7 +88,7 @@ _READ_ONLY: Final = (
     "LastModifiedTimestamp",
     "QueueArn",
 )
-_ALL_QUEUE_ATTRIBUTES: Final = frozenset({*_SETTABLE, *_ACCEPTED, *_LATER, *_READ_ONLY})
+_ALL_QUEUE_ATTRIBUTES: Final = frozenset({*_SETTABLE, *_ACCEPTED, *_LATER, *_READ_ONLY, *_FIFO})
 _MESSAGE_SYSTEM_ATTRIBUTES: Final = (
     "SenderId",
     "SentTimestamp",
@@ -179,6 +182,24 @@ def _names(params: Params, name: str) -> list[str]:
     return value
 
 
+def _sent(task: Task, options: QueueOptions) -> dict[str, str]:
+    """A sent message's id, and in a FIFO queue its sequence number (a duplicate's: the
+    first message's)."""
+    if not _is_fifo(options):
+        return {"MessageId": str(task.id)}
+    return {"MessageId": str(task.id), "SequenceNumber": _sequence(task)}
+
+
+def _sequence(task: Task) -> str:
+    """A FIFO message's SequenceNumber: its id, which grows with each message, as SQS's
+    128-bit numbers shown in 20 digits."""
+    return f"{task.id:020d}"
+
+
+def _is_fifo(options: QueueOptions) -> bool:
+    return _sqs_config(options).get("FifoQueue") == "true"
+
+
 def _sqs_config(options: QueueOptions) -> dict[str, Any]:
     kept = options.configuration.get("sqs")
     return kept if isinstance(kept, dict) else {}
@@ -239,17 +260,23 @@ class Actions:
     async def create_queue(self, params: Params, caller: Caller) -> dict[str, Any]:
         name = _text(params, "QueueName")
         assert name is not None
-        if name.endswith(".fifo"):
-            raise invalid(
-                "FIFO queues are not answered yet by Katar's SQS API; create a standard queue"
-            )
-        if not _QUEUE_NAME.fullmatch(name):
+        fifo = name.endswith(".fifo")
+        if not _QUEUE_NAME.fullmatch(name.removesuffix(".fifo")) or len(name) > 80:
             raise invalid(
                 "Can only include alphanumeric characters, hyphens, or underscores. "
-                "1 to 80 in length"
+                "1 to 80 in length (a FIFO queue's with the .fifo suffix)"
             )
         caller.may(name)
-        attributes = self._attributes_in(params.get("Attributes"))
+        raw_attributes = params.get("Attributes")
+        asks_fifo = isinstance(raw_attributes, dict) and "FifoQueue" in raw_attributes
+        attributes = self._attributes_in(raw_attributes, fifo or asks_fifo, creating=True)
+        if fifo != (attributes.get("FifoQueue") == "true"):
+            raise invalid(
+                "The name of a FIFO queue must end with the .fifo suffix, and a queue so "
+                "named needs the attribute FifoQueue=true."
+                if fifo
+                else "Only a queue whose name ends with .fifo may be a FIFO queue."
+            )
         tags = params.get("tags") or {}
         _check_tags(tags)
         existing = await self.engine.find_queue(name)
@@ -267,19 +294,23 @@ class Actions:
         kept: dict[str, Any] = {k: v for k, v in attributes.items() if k != "VisibilityTimeout"}
         kept.update(CreatedTimestamp=now, LastModifiedTimestamp=now, tags=dict(tags))
         visibility = int(attributes.get("VisibilityTimeout", "30"))
-        # SQS redelivers without limit (a RedrivePolicy sets one): max_attempts 0.
-        options = parse_queue_options(
-            {
-                "timeout": max(1, visibility * 1000),
-                "max_attempts": 0,
-                "configuration": {"sqs": kept},
-            }
-        )
+        # SQS redelivers without limit (a RedrivePolicy sets one): max_attempts 0. A FIFO
+        # queue delivers one message of a group (the task's key) at a time, in order.
+        raw: dict[str, Any] = {
+            "timeout": max(1, visibility * 1000),
+            "max_attempts": 0,
+            "configuration": {"sqs": kept},
+        }
+        if fifo:
+            raw["key_concurrency"] = 1
+            for key, values in _FIFO.items():
+                kept.setdefault(key, values[0])
+        options = parse_queue_options(raw)
         await self.engine.put_queue(name, options)
         return {"QueueUrl": self.url(caller, name)}
 
-    def _attributes_in(self, raw: Any) -> dict[str, str]:
-        """Queue attributes to set, checked."""
+    def _attributes_in(self, raw: Any, fifo: bool, creating: bool = False) -> dict[str, str]:
+        """Queue attributes to set on a queue (``fifo``: a FIFO queue's), checked."""
         if raw is None:
             return {}
         if not isinstance(raw, dict):
@@ -294,9 +325,22 @@ class Actions:
                 raise SqsError(
                     sqs_errors.INVALID_ATTRIBUTE_NAME,
                     f"The attribute {key} is not answered yet by Katar's SQS API "
-                    "(FIFO queues and redrive policies come later).",
+                    "(redrive policies come with Katar's dead-letter queues).",
                 )
-            if key in _BOUNDS:
+            if key in _FIFO:
+                if not fifo or (key == "FifoQueue" and not creating):
+                    raise SqsError(
+                        sqs_errors.INVALID_ATTRIBUTE_NAME,
+                        f"Unknown Attribute {key}."
+                        if not fifo
+                        else "FifoQueue is set when the queue is created, and cannot change.",
+                    )
+                if value not in _FIFO[key]:
+                    raise SqsError(
+                        sqs_errors.INVALID_ATTRIBUTE_VALUE,
+                        f"Invalid value for the parameter {key}: one of {', '.join(_FIFO[key])}.",
+                    )
+            elif key in _BOUNDS:
                 low, high = _BOUNDS[key]
                 if not value.isdigit() or not low <= int(value) <= high:
                     raise SqsError(
@@ -311,7 +355,7 @@ class Actions:
                         sqs_errors.INVALID_ATTRIBUTE_VALUE,
                         "Invalid value for the parameter SqsManagedSseEnabled.",
                     )
-            elif key not in _SETTABLE and key not in _ACCEPTED:
+            elif key not in _SETTABLE and key not in _ACCEPTED and key not in _FIFO:
                 raise SqsError(sqs_errors.INVALID_ATTRIBUTE_NAME, f"Unknown Attribute {key[:100]}.")
             checked[key] = value
         return checked
@@ -321,7 +365,7 @@ class Actions:
         kept = _sqs_config(options)
         shown = {k: str(kept.get(k, v)) for k, v in _DEFAULTS.items()}
         shown["VisibilityTimeout"] = str(options.timeout // 1000)
-        for key in ("Policy", "SqsManagedSseEnabled", *_ACCEPTED):
+        for key in ("Policy", "SqsManagedSseEnabled", *_ACCEPTED, *_FIFO):
             if key in kept:
                 shown[key] = str(kept[key])
         if "SqsManagedSseEnabled" not in shown:
@@ -409,7 +453,7 @@ class Actions:
             raise SqsError(
                 sqs_errors.MISSING_PARAMETER, "The request must contain the parameter Attributes."
             )
-        attributes = self._attributes_in(params.get("Attributes"))
+        attributes = self._attributes_in(params.get("Attributes"), _is_fifo(options))
         kept = dict(_sqs_config(options))
         changes: dict[str, Any] = {}
         for key, value in attributes.items():
@@ -477,26 +521,65 @@ class Actions:
                 f"One or more parameters are invalid. Reason: Message must be shorter than "
                 f"{limit} bytes."
             )
+        config = _sqs_config(options)
+        fifo = config.get("FifoQueue") == "true"
         delay = _integer(entry, "DelaySeconds", 0, MAX_DELAY)
-        if delay is None:
-            delay = int(_sqs_config(options).get("DelaySeconds", 0))
-        if entry.get("MessageDeduplicationId") is not None:
+        if delay is not None and fifo:
             raise invalid(
-                "The request includes parameter MessageDeduplicationId, which is only valid "
-                "for FIFO queues."
+                f"Value {delay} for parameter DelaySeconds is invalid. Reason: The request "
+                "include parameter that is not valid for this queue type (a FIFO queue's "
+                "delay is the queue's DelaySeconds)."
             )
+        if delay is None:
+            delay = int(config.get("DelaySeconds", 0))
         group = _text(entry, "MessageGroupId", required=False)
-        if group is not None and not 1 <= len(group) <= 128:
-            raise invalid("MessageGroupId must be 1 to 128 characters.")
+        if group is not None and not _DEDUPLICATION_ID.fullmatch(group):
+            raise invalid(
+                "MessageGroupId must be 1 to 128 characters: letters, digits and punctuation."
+            )
+        deduplication = _text(entry, "MessageDeduplicationId", required=False)
+        unique_key = None
+        if not fifo:
+            if deduplication is not None:
+                raise invalid(
+                    "The request includes parameter MessageDeduplicationId, which is only "
+                    "valid for FIFO queues."
+                )
+        else:
+            if group is None:
+                raise SqsError(
+                    sqs_errors.MISSING_PARAMETER,
+                    "The request must contain the parameter MessageGroupId.",
+                )
+            if deduplication is None:
+                if config.get("ContentBasedDeduplication") != "true":
+                    raise invalid(
+                        "The queue should either have ContentBasedDeduplication enabled or "
+                        "MessageDeduplicationId provided explicitly"
+                    )
+                deduplication = hashlib.sha256(body.encode()).hexdigest()
+            elif not _DEDUPLICATION_ID.fullmatch(deduplication):
+                raise invalid(
+                    "MessageDeduplicationId must be 1 to 128 characters: letters, digits and "
+                    "punctuation."
+                )
+            # Deduplication: a unique key held for 5 minutes (or while the first message
+            # waits), per queue or per group as DeduplicationScope says.
+            scope = group if config.get("DeduplicationScope") == "messageGroup" else ""
+            unique_key = f"sqs:{len(scope)}:{scope}{deduplication}"
         kept: dict[str, Any] = {}
         if attributes:
             kept["MessageAttributes"] = attributes
         if system:
             kept["MessageSystemAttributes"] = system
+        if fifo:
+            kept["MessageDeduplicationId"] = deduplication
         task = NewTask(
             data=msgspec.Raw(msgspec.json.encode(body)),
             delay_ms=delay * 1000,
             key=group,
+            unique_key=unique_key,
+            unique_for_ms=None if unique_key is None else DEDUPLICATION_MS,
             attributes=msgspec.Raw(msgspec.json.encode(kept)) if kept else None,
         )
         digests: dict[str, Any] = {"MD5OfMessageBody": md5_hex(body.encode())}
@@ -512,7 +595,7 @@ class Actions:
         name, options = await self.queue_of(params, caller)
         task, digests = self._new_task(params, options)
         created = await self.engine.enqueue(name, [task])
-        return {**digests, "MessageId": str(created[0].id)}
+        return {**digests, **_sent(created[0], options)}
 
     async def send_message_batch(self, params: Params, caller: Caller) -> dict[str, Any]:
         name, options = await self.queue_of(params, caller)
@@ -537,7 +620,7 @@ class Actions:
         if accepted:
             created = await self.engine.enqueue(name, [task for _, task, _ in accepted])
             for (entry_id, _, digests), made in zip(accepted, created, strict=True):
-                successful.append({"Id": entry_id, "MessageId": str(made.id), **digests})
+                successful.append({"Id": entry_id, **digests, **_sent(made, options)})
         return {"Successful": successful, "Failed": failed}
 
     async def receive_message(self, params: Params, caller: Caller) -> dict[str, Any]:
@@ -585,6 +668,7 @@ class Actions:
             await self.engine.poll(name, acks, 0)
         if not tasks:
             return {}
+        fifo = _is_fifo(options)
         every = "All" in wanted
         messages = []
         for task in tasks:
@@ -595,16 +679,20 @@ class Actions:
                 "MD5OfBody": md5_hex(body.encode()),
                 "Body": body,
             }
-            kept = _stored_attributes(task)
+            stored = _stored_attributes(task)
             if wanted:
                 attributes = self._system_attributes(task)
-                trace = kept.get("MessageSystemAttributes", {}).get("AWSTraceHeader")
-                if trace is not None:
+                trace = stored.MessageSystemAttributes.get("AWSTraceHeader")
+                if trace is not None and "StringValue" in trace:
                     attributes["AWSTraceHeader"] = trace["StringValue"]
+                if fifo:
+                    attributes["SequenceNumber"] = _sequence(task)
+                    if stored.MessageDeduplicationId is not None:
+                        attributes["MessageDeduplicationId"] = stored.MessageDeduplicationId
                 message["Attributes"] = {
                     k: v for k, v in attributes.items() if every or k in wanted
                 }
-            chosen = _chosen(kept.get("MessageAttributes", {}), names)
+            chosen = _chosen(stored.MessageAttributes, names)
             if chosen:
                 message["MessageAttributes"] = chosen
                 message["MD5OfMessageAttributes"] = md5_of_attributes(chosen)
@@ -710,17 +798,28 @@ class Actions:
         return {"Successful": successful, "Failed": failed}
 
 
-_stored: Final = msgspec.json.Decoder(dict[str, dict[str, dict[str, str]]])
+class _Stored(msgspec.Struct):
+    """What a send keeps with its task (Task.attributes), as the SQS API writes it."""
+
+    MessageAttributes: dict[str, dict[str, str]] = {}
+    MessageSystemAttributes: dict[str, dict[str, str]] = {}
+    MessageDeduplicationId: str | None = None
 
 
-def _stored_attributes(task: Task) -> dict[str, dict[str, dict[str, str]]]:
+_NOTHING_STORED: Final = _Stored()
+_stored: Final = msgspec.json.Decoder(_Stored)
+
+
+def _stored_attributes(task: Task) -> _Stored:
     """The message's attributes as the send stored them (none for a native task)."""
     if task.attributes is None:
-        return {}
+        return _NOTHING_STORED
     try:
         return _stored.decode(task.attributes)
-    except msgspec.DecodeError:  # written by another program: shown as none
-        return {}
+    except msgspec.ValidationError:  # written by another program: shown as none
+        return _NOTHING_STORED
+    except msgspec.DecodeError:
+        return _NOTHING_STORED
 
 
 def _chosen(attributes: dict[str, dict[str, str]], names: list[str]) -> dict[str, dict[str, str]]:
