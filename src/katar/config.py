@@ -357,6 +357,16 @@ def parse(raw: dict[str, Any], where: _Located) -> Settings:
     return settings
 
 
+def _check_queues(queues: list[str], error: typing.Callable[[str, str], ConfigError]) -> None:
+    """Refuse a block's queue name that is not one (``["*"]`` stands for every queue)."""
+    for queue in queues:
+        if queue != ALL_QUEUES:
+            try:
+                check_queue_name(queue)
+            except ValidationError as exc:
+                raise error(exc.message, "queues") from None
+
+
 def _aws_credentials(blocks: list[_AwsCredentialBlock], where: _Located) -> list[AwsCredential]:
     """The [[aws_credentials]] blocks, each with its secret read from the environment
     variable or the file it names (the secret itself is never in the configuration file)."""
@@ -370,12 +380,7 @@ def _aws_credentials(blocks: list[_AwsCredentialBlock], where: _Located) -> list
         if block.access_key_id in seen:
             raise error("the same access_key_id is declared twice", "access_key_id")
         seen.add(block.access_key_id)
-        for queue in block.queues:
-            if queue != ALL_QUEUES:
-                try:
-                    check_queue_name(queue)
-                except ValidationError as exc:
-                    raise error(exc.message, "queues") from None
+        _check_queues(block.queues, error)
         if (block.secret_env is None) == (block.secret_file is None):
             raise error(
                 "name where its secret access key is: secret_env (an environment variable) or"
@@ -424,12 +429,7 @@ def _tokens(blocks: list[_TokenBlock], where: _Located) -> list[Token]:
         if sha256 in seen:
             raise error("the same token_sha256 is declared twice", "token_sha256")
         seen.add(sha256)
-        for queue in block.queues:
-            if queue != ALL_QUEUES:
-                try:
-                    check_queue_name(queue)
-                except ValidationError as exc:
-                    raise error(exc.message, "queues") from None
+        _check_queues(block.queues, error)
         tokens.append(
             Token.declare(
                 sha256=block.token_sha256, role=block.role, queues=block.queues, name=block.name
