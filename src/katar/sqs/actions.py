@@ -182,6 +182,19 @@ def _names(params: Params, name: str) -> list[str]:
     return value
 
 
+def _raw_size(entry: Params) -> int:
+    """About the bytes of an entry's message attributes, before they are checked."""
+    attributes = entry.get("MessageAttributes")
+    if not isinstance(attributes, dict):
+        return 0
+    size = 0
+    for name, value in attributes.items():
+        size += len(str(name).encode())
+        if isinstance(value, dict):
+            size += sum(len(str(v).encode()) for v in value.values())
+    return size
+
+
 def _sent(task: Task, options: QueueOptions) -> dict[str, str]:
     """A sent message's id, and in a FIFO queue its sequence number (a duplicate's: the
     first message's)."""
@@ -600,7 +613,10 @@ class Actions:
     async def send_message_batch(self, params: Params, caller: Caller) -> dict[str, Any]:
         name, options = await self.queue_of(params, caller)
         entries = _entries(params)
-        total = sum(len(str(entry.get("MessageBody", "")).encode()) for entry in entries)
+        # The batch's bytes: its bodies and their attributes' names, types and values.
+        total = sum(
+            len(str(entry.get("MessageBody", "")).encode()) + _raw_size(entry) for entry in entries
+        )
         if total > MAX_MESSAGE_BYTES:
             raise SqsError(
                 sqs_errors.BATCH_TOO_LONG,
