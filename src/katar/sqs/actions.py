@@ -670,7 +670,9 @@ class Actions:
                 self.long_polls -= 1
         else:
             tasks = await self.engine.poll(name, (), limit)
-        if tasks and visibility is not None and visibility * 1000 != options.timeout:
+        if visibility is not None and any(
+            rules.lease_ms(task, options) != visibility * 1000 for task in tasks
+        ):
             # The lease of this receive: a heartbeat of each delivery that sets its end.
             acks = [
                 Ack(
