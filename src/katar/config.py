@@ -35,6 +35,12 @@ name = "mailer"        # optional, for people
 token_sha256 = "..."   # `katar token` prints a token and this block
 role = "worker"        # worker, producer or admin
 queues = ["emails"]    # or ["*"]
+
+[[aws_credentials]]    # an access key that signs requests to the SQS API (docs/sqs.md)
+access_key_id = "AKIAKATARMAILER01"
+role = "producer"      # as for tokens
+queues = ["emails"]
+secret_env = "KATAR_SQS_SECRET"   # or secret_file = "/run/secrets/..."; never the secret here
 ```
 """
 
