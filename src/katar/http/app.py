@@ -203,6 +203,10 @@ class App:
             error = {"error": f"no route for {path}; see /docs"}
             return Admission(template, None, params, None, json_response(error, 404), started)
         route = methods.get(method)
+        if route is None and template == "/":
+            # Only the SQS API's POST is answered at /: anything else there has no route.
+            error = {"error": f"no route for {method} {path}; see /docs"}
+            return Admission(template, None, params, None, json_response(error, 404), started)
         if route is None:
             allowed = ", ".join(methods)
             error = {"error": f"method {method} is not allowed on {path}; allowed: {allowed}"}

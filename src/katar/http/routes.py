@@ -216,6 +216,8 @@ ROUTES: Final[tuple[tuple[str, Mapping[str, Route]], ...]] = (
                         ),
                         400: "An SQS error (its code in the x-amzn-query-error header).",
                         403: "A request not signed by a declared AWS credential.",
+                        404: "This server does not answer the SQS API (an app built"
+                        " without its front, katar.sqs).",
                     },
                     writes=True,
                 ),
