@@ -15,7 +15,7 @@ import enum
 import hashlib
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 #: The ``queues`` entry that stands for every queue.
@@ -86,3 +86,25 @@ def digest(token: str) -> bytes:
 def new_token() -> str:
     """A new random token: 256 bits from the operating system's generator."""
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AwsCredential:
+    """An access key that signs requests to the SQS-compatible API with AWS Signature
+    Version 4 (``[[aws_credentials]]``): its role and queues are a token's. The secret is
+    read at start-up from the environment variable or the file the block names, never from
+    the configuration file itself; it is never shown (``repr=False``) nor logged."""
+
+    access_key_id: str
+    secret: str = field(repr=False)
+    role: Role
+    queues: frozenset[str]
+    name: str = ""
+
+    @property
+    def all_queues(self) -> bool:
+        return ALL_QUEUES in self.queues
+
+    def may_use(self, queue: str) -> bool:
+        """True when the credential's scope covers ``queue``."""
+        return ALL_QUEUES in self.queues or queue in self.queues

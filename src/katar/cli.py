@@ -497,6 +497,7 @@ def serve(args: argparse.Namespace) -> int:
         tls_key=settings.tls_key,
         access_log=settings.access_log,
         allowed_hosts=settings.allowed_hosts,
+        aws_credentials=settings.aws_credentials,
     )
     workers = args.workers
     if workers == 1:

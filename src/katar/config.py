@@ -35,12 +35,19 @@ name = "mailer"        # optional, for people
 token_sha256 = "..."   # `katar token` prints a token and this block
 role = "worker"        # worker, producer or admin
 queues = ["emails"]    # or ["*"]
+
+[[aws_credentials]]    # an access key that signs requests to the SQS API (docs/sqs.md)
+access_key_id = "AKIAKATARMAILER01"
+role = "producer"      # as for tokens
+queues = ["emails"]
+secret_env = "KATAR_SQS_SECRET"   # or secret_file = "/run/secrets/..."; never the secret here
 ```
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import tomllib
 import typing
@@ -54,7 +61,7 @@ from katar import logs
 from katar._defaults import DEFAULT_HOST as DEFAULT_HOST
 from katar._defaults import DEFAULT_PORT as DEFAULT_PORT
 from katar._defaults import DEFAULT_STORE as DEFAULT_STORE
-from katar.auth import ALL_QUEUES, Role, Token
+from katar.auth import ALL_QUEUES, AwsCredential, Role, Token
 from katar.core import typed
 from katar.core.model import QueueOptions, check_queue_name, option_error, queue_options
 from katar.core.schedule import ScheduleSpec, parse_schedule, task_data
@@ -111,6 +118,26 @@ class _TokenBlock(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: str = ""
 
 
+class _AwsCredentialBlock(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    access_key_id: Annotated[
+        str,
+        msgspec.Meta(
+            pattern="^[A-Za-z0-9]{16,128}$",
+            description="the access key id the SDKs sign with (16 to 128 letters and digits)",
+        ),
+    ]
+    role: Annotated[str, _one_of(r.label for r in Role)]
+    queues: Annotated[
+        list[str],
+        msgspec.Meta(min_length=1, description='a list of queue names, or ["*"] for every queue'),
+    ]
+    #: The secret access key is read from this environment variable, or from this file;
+    #: never written in the configuration file itself.
+    secret_env: str | None = None
+    secret_file: str | None = None
+    name: str = ""
+
+
 class _File(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     store: _Store = msgspec.field(default_factory=_Store)
     server: _Server = msgspec.field(default_factory=_Server)
@@ -123,6 +150,10 @@ class _File(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tokens: Annotated[
         list[_TokenBlock],
         msgspec.Meta(description="an array of tables: write each one as [[tokens]]"),
+    ] = msgspec.field(default_factory=list)
+    aws_credentials: Annotated[
+        list[_AwsCredentialBlock],
+        msgspec.Meta(description="an array of tables: write each one as [[aws_credentials]]"),
     ] = msgspec.field(default_factory=list)
 
 
@@ -152,6 +183,8 @@ class Settings:
     #: Without tokens, the Host names answered beside loopback ones (katar.http.sites).
     allowed_hosts: list[str] = field(default_factory=list)
     tokens: list[Token] = field(default_factory=list)  # none: an open server
+    #: The access keys that sign requests to the SQS API (katar.sqs).
+    aws_credentials: list[AwsCredential] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
     queues: dict[str, QueueOptions] = field(default_factory=dict)
     #: Created or updated at start-up; a schedule the store has and the file does not name
@@ -326,7 +359,68 @@ def parse(raw: dict[str, Any], where: _Located) -> Settings:
             raise where.error(("schedules", name, "data"), too_large.message)
         settings.schedules[name] = spec
     settings.tokens = _tokens(file.tokens, where)
+    settings.aws_credentials = _aws_credentials(file.aws_credentials, where)
     return settings
+
+
+def _check_queues(queues: list[str], error: typing.Callable[[str, str], ConfigError]) -> None:
+    """Refuse a block's queue name that is not one (``["*"]`` stands for every queue)."""
+    for queue in queues:
+        if queue != ALL_QUEUES:
+            try:
+                check_queue_name(queue)
+            except ValidationError as exc:
+                raise error(exc.message, "queues") from None
+
+
+def _aws_credentials(blocks: list[_AwsCredentialBlock], where: _Located) -> list[AwsCredential]:
+    """The [[aws_credentials]] blocks, each with its secret read from the environment
+    variable or the file it names (the secret itself is never in the configuration file)."""
+    credentials: list[AwsCredential] = []
+    seen: set[str] = set()
+    for index, block in enumerate(blocks):
+
+        def error(message: str, key: str, index: int = index) -> ConfigError:
+            return where.error(("aws_credentials", index, key), f"block {index + 1}: {message}")
+
+        if block.access_key_id in seen:
+            raise error("the same access_key_id is declared twice", "access_key_id")
+        seen.add(block.access_key_id)
+        _check_queues(block.queues, error)
+        if (block.secret_env is None) == (block.secret_file is None):
+            raise error(
+                "name where its secret access key is: secret_env (an environment variable) or"
+                " secret_file (a file), one of them",
+                "secret_env",
+            )
+        if block.secret_env is not None:
+            secret = os.environ.get(block.secret_env)
+            if not secret:
+                raise error(
+                    f"the environment variable {block.secret_env} (secret_env) is not set",
+                    "secret_env",
+                )
+        else:
+            assert block.secret_file is not None
+            try:
+                secret = Path(block.secret_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise error(
+                    f"cannot read the secret_file {block.secret_file!r}: {exc.strerror}",
+                    "secret_file",
+                ) from None
+            if not secret:
+                raise error(f"the secret_file {block.secret_file!r} is empty", "secret_file")
+        credentials.append(
+            AwsCredential(
+                access_key_id=block.access_key_id,
+                secret=secret,
+                role=Role[block.role.upper()],
+                queues=frozenset(block.queues),
+                name=block.name,
+            )
+        )
+    return credentials
 
 
 def _tokens(blocks: list[_TokenBlock], where: _Located) -> list[Token]:
@@ -341,12 +435,7 @@ def _tokens(blocks: list[_TokenBlock], where: _Located) -> list[Token]:
         if sha256 in seen:
             raise error("the same token_sha256 is declared twice", "token_sha256")
         seen.add(sha256)
-        for queue in block.queues:
-            if queue != ALL_QUEUES:
-                try:
-                    check_queue_name(queue)
-                except ValidationError as exc:
-                    raise error(exc.message, "queues") from None
+        _check_queues(block.queues, error)
         tokens.append(
             Token.declare(
                 sha256=block.token_sha256, role=block.role, queues=block.queues, name=block.name

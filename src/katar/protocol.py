@@ -191,6 +191,20 @@ class Ack(msgspec.Struct, kw_only=True, frozen=True):
     progress: Annotated[
         msgspec.Raw, msgspec.Meta(description="With in progress: any JSON, the task's progress.")
     ] = msgspec.field(default_factory=_absent)
+    #: With "in progress": the lease's new end, in ms from now, instead of the task's lease
+    #: (0 gives the task back to the queue at once, not counted as a failure).
+    lease: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=0,
+                le=2**31 - 1,
+                description="With in progress: the lease's end in ms from now; 0 releases the"
+                " task to the queue at once, not counted as a failed attempt.",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class Poll(msgspec.Struct, frozen=True):
@@ -422,7 +436,8 @@ class Patch(msgspec.Struct, frozen=True):
 # -- answers ----------------------------------------------------------------------------------
 
 
-DeliveryOutcome = Literal["done", "failed", "expired", "cancelled"]
+#: "released": a heartbeat with ``lease`` 0 gave the task back to the queue (not a failure).
+DeliveryOutcome = Literal["done", "failed", "expired", "cancelled", "released"]
 #: The most deliveries a task record's ``history`` shows (the last ones).
 HISTORY_LENGTH: Final = 20
 

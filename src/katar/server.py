@@ -21,6 +21,7 @@ import uvicorn
 
 from katar._version import __version__
 from katar.api import Katar, Queue
+from katar.auth import AwsCredential
 from katar.errors import ConfigError
 from katar.http import App, Limits
 from katar.http.auth import Token
@@ -28,6 +29,7 @@ from katar.http.connection import HttpProtocol, sweep
 from katar.http.sites import check_host_pattern
 from katar.logs import configure as configure_logs
 from katar.logs import mask_credentials
+from katar.sqs import Front
 
 log = logging.getLogger("katar")
 
@@ -124,15 +126,19 @@ class WorkerServer:
         tls_key: str | None = None,
         access_log: bool = False,
         allowed_hosts: Iterable[str] = (),
+        aws_credentials: Iterable[AwsCredential] = (),
     ) -> None:
         """``allowed_hosts``: without tokens, the Host names answered beside loopback names,
-        addresses and ``host`` (katar.http.sites.Hosts)."""
+        addresses and ``host`` (katar.http.sites.Hosts). ``aws_credentials``: the access keys
+        that sign requests to the SQS API (katar.sqs); without them and without tokens, that
+        API is open as the rest is."""
         self.katar = katar
         self.port = port
         self.host = host
         self.insecure = insecure
         self.limits = limits or Limits()
         self.tokens = tuple(tokens)
+        self.aws_credentials = tuple(aws_credentials)
         if (tls_cert is None) != (tls_key is None):
             raise ConfigError("TLS needs both a certificate (tls_cert) and its key (tls_key)")
         self.tls_cert = tls_cert
@@ -153,6 +159,13 @@ class WorkerServer:
             shutdown=katar.close,
             access_log=access_log,
             allowed_hosts=hosts if _is_name(host) else hosts[1:],
+            sqs=Front(
+                katar.engine,
+                credentials=self.aws_credentials,
+                guarded=bool(self.tokens),
+                scheme="https" if tls_cert else "http",
+                limits=self.limits,
+            ),
         )
 
     def config(

@@ -668,9 +668,15 @@ class Model:
         """What an ack for the current delivery does (the task is in progress)."""
         task.updated_at = now
         if ack.status == "in progress":
-            task.lease_until = now + self._lease(task, options)
             if len(ack.progress):  # absent: the last progress stays
                 task.progress = bytes(ack.progress)
+            if ack.lease == 0:  # given back: queued again, not a failure (its error stays)
+                task.state = State.READY
+                task.lease_until = None
+                task.run_at = None
+                return
+            lease = self._lease(task, options) if ack.lease is None else ack.lease
+            task.lease_until = now + lease
             return
         task.lease_until = None
         if ack.status == "done":

@@ -361,8 +361,10 @@ class StoreVersusModel(RuleBasedStateMachine):
             fields["retry"] = retry
         elif status == "done":
             fields["result"] = result
-        elif progress is not None:  # a heartbeat, with progress or without
-            fields["progress"] = progress
+        else:  # a heartbeat, with progress or without, with a lease of its own or not
+            if progress is not None:
+                fields["progress"] = progress
+            fields["lease"] = data.draw(st.sampled_from([None, None, 0, 50, 5000]))
         return Ack(task_id=task_id, status=status, **fields)
 
     def draw_after(self, data: st.DataObject, index: int, spec: NewTask) -> NewTask:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -353,3 +354,57 @@ async def test_a_schedule_on_an_unknown_queue_stops_the_start(tmp_path: Path) ->
     ):
         await katar.open()
     await katar.engine.close()
+
+
+def test_aws_credentials_read_their_secret_from_the_environment_or_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KATAR_TEST_SQS_SECRET", "from-the-environment")
+    (tmp_path / "secret").write_text("from-a-file\n")
+    settings = load(
+        tmp_path,
+        f"""
+[[aws_credentials]]
+access_key_id = "AKIAWORKER000001"
+role = "worker"
+queues = ["jobs"]
+secret_env = "KATAR_TEST_SQS_SECRET"
+
+[[aws_credentials]]
+access_key_id = "AKIAADMIN0000001"
+role = "admin"
+queues = ["*"]
+secret_file = "{tmp_path / "secret"}"
+""",
+    )
+    worker, admin = settings.aws_credentials
+    assert (worker.secret, worker.role, worker.queues) == (
+        "from-the-environment",
+        Role.WORKER,
+        frozenset({"jobs"}),
+    )
+    assert (admin.secret, admin.role) == ("from-a-file", Role.ADMIN)
+    assert "from-a-file" not in repr(admin)  # never shown, never logged
+
+
+@pytest.mark.parametrize(
+    ("block", "fragment"),
+    [
+        ('secret_env = "KATAR_TEST_UNSET_SECRET"', "is not set"),
+        ('secret_file = "/nonexistent/secret"', "cannot read the secret_file"),
+        ("", "secret_env (an environment variable) or secret_file"),
+        ('secret = "inline"', "secret"),
+    ],
+)
+def test_aws_credentials_never_hold_their_secret(tmp_path: Path, block: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        load(
+            tmp_path,
+            f"""
+[[aws_credentials]]
+access_key_id = "AKIAWORKER000001"
+role = "worker"
+queues = ["jobs"]
+{block}
+""",
+        )

@@ -95,6 +95,32 @@ def test_backoff_doubles_up_to_its_ceiling() -> None:
     assert rules.retry_delay(QueueOptions(retry_delay=0), 3) == 0
 
 
+def test_a_heartbeat_may_set_the_lease_or_give_the_task_back() -> None:
+    running = task(State.RUNNING, attempts=2, lease_until=T0 + 100, started_at=T0 - 5)
+    longer = rules.apply_ack(
+        running, Ack(task_id="7", status="in progress", lease=5000), OPTIONS, T0
+    )
+    assert longer is not None
+    assert longer.lease_until == T0 + 5000
+    assert not rules.released(longer)
+    given_back = rules.apply_ack(
+        running, Ack(task_id="7", status="in progress", lease=0), OPTIONS, T0
+    )
+    assert given_back is not None
+    assert (given_back.state, given_back.lease_until, given_back.run_at) == (
+        State.READY,
+        None,
+        None,
+    )
+    assert given_back.attempts == 2  # the next delivery is the third
+    assert rules.released(given_back)
+    assert [d.outcome for d in rules.deliveries(given_back)] == ["released"]
+    # A failed attempt that retries is not a release.
+    failed = rules.apply_ack(running, Ack(task_id="7", status="failed", retry=True), OPTIONS, T0)
+    assert failed is not None
+    assert not rules.released(failed)
+
+
 def test_an_ack_applies_only_to_the_current_delivery() -> None:
     running = task(State.RUNNING, attempts=2, lease_until=T0 + 100)
     done = rules.apply_ack(running, Ack(task_id="7", status="done"), OPTIONS, T0)

@@ -25,7 +25,7 @@ from typing import Any, Final
 
 import msgspec
 
-from katar.core import idempotency
+from katar.core import idempotency, rules
 from katar.core.clock import Clock, SystemClock
 from katar.core.counters import Counters, DeliveryStarts
 from katar.core.listeners import Listener as Listener  # the API names it from here
@@ -993,6 +993,8 @@ class Engine:
         """Count a delivery that ended other than "done" by its ack (those are counted from
         the acks, _count_acks): its lease ran out, or a "failed" ack ended it."""
         counters, queue, state = self.counters, task.queue, task.state
+        if state is READY and rules.released(task):
+            return  # given back by its holder (an SQS visibility of 0): no failure, no retry
         if expired:
             counters.add(counters.lease_expiries, queue)
             self._delivered_at.ended(str(task.id))

@@ -124,6 +124,9 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     history: msgspec.Raw | None = None
     schedule: str | None = None  # the schedule that made the task, if one did
     scheduled_for: int | None = None  # the tick (ms) of that schedule it was made for
+    #: Message attributes (the SQS API's, katar.sqs): a JSON object kept verbatim; None
+    #: for most tasks.
+    attributes: msgspec.Raw | None = None
     #: Not stored: set on an enqueue's answer when the task is an existing one that held the
     #: unique_key asked for (nothing was created for it).
     duplicate: bool = False
@@ -259,6 +262,8 @@ class NewTask(msgspec.Struct, kw_only=True, frozen=True):
     #: What the end of a parent that is not done does to it: "cancel" it (the default), or
     #: "run" it once every parent has ended, whatever the outcome (rules.parent_end).
     after_failure: AfterFailure = "cancel"
+    #: Message attributes (the SQS API's, katar.sqs): a JSON object kept verbatim.
+    attributes: msgspec.Raw | None = None
 
 
 class Edit(msgspec.Struct, kw_only=True, frozen=True):

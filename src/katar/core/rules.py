@@ -69,6 +69,7 @@ def new_task(queue: str, spec: NewTask, task_id: int, now: int) -> Task:
         unique_key=spec.unique_key,
         unique_until=None if spec.unique_for_ms is None else now + spec.unique_for_ms,
         debounce_key=spec.debounce_key,
+        attributes=spec.attributes,
     )
 
 
@@ -92,6 +93,7 @@ def special(spec: NewTask) -> bool:
         or spec.timeout is not None
         or spec.max_attempts is not None
         or spec.expires_in_ms is not None
+        or spec.attributes is not None
     )
 
 
@@ -155,6 +157,14 @@ def archive(task: Task, outcome: str | None = None, now: int | None = None, **ch
     past.append(current)
     history = msgspec.Raw(msgspec.json.encode(past[-HISTORY_LENGTH:]))
     return replace(task, started_at=None, history=history, **changes)
+
+
+def released(task: Task) -> bool:
+    """Whether the task's last delivery ended given back to the queue (a heartbeat with
+    ``lease`` 0), rather than failed or expired: not counted as a failure."""
+    if task.state is not READY or task.started_at is not None or task.history is None:
+        return False
+    return _history_decoder.decode(task.history)[-1].outcome == "released"
 
 
 def deliveries(task: Task) -> list[Delivery]:
@@ -708,7 +718,19 @@ def apply_ack(
     if ack.status == "in progress":
         # A heartbeat with progress replaces the last one; one without keeps it.
         progress = ack.progress if len(ack.progress) else task.progress
-        lease_until = now + lease_ms(task, options)
+        if ack.lease == 0:  # given back (SQS's visibility 0): queued again, no failure
+            return archive(
+                task,
+                "released",
+                now,
+                state=READY,
+                run_at=None,
+                lease_until=None,
+                updated_at=now,
+                progress=progress,
+            )
+        lease = lease_ms(task, options) if ack.lease is None else ack.lease
+        lease_until = now + lease
         return replace(task, lease_until=lease_until, updated_at=now, progress=progress)
     if ack.status == "done":
         return _finish(task, DONE, now, result=ack.result, error=None)

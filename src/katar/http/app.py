@@ -98,6 +98,8 @@ class _Bound(NamedTuple):
 
 #: The route label of requests that match no route.
 UNROUTED: Final = "other"
+#: The route label of the SQS query protocol's requests sent to a queue's URL.
+SQS_QUEUE: Final = "/{account}/{queue}"
 #: The route cache (App._route) remembers paths up to this long (the longest route with a
 #: queue name of the longest kind is about 300 characters)...
 _ROUTE_CACHED_PATH: Final = 512
@@ -119,11 +121,14 @@ class App:
         shutdown: Callable[[], Awaitable[None]] | None = None,
         access_log: bool = False,
         allowed_hosts: Iterable[str] | None = None,
+        sqs: Handler | None = None,
     ) -> None:
         """``allowed_hosts``: on a server without tokens, the Host names answered beside
         loopback names and addresses (katar.http.sites.Hosts); None answers any Host (an app
         called in-process, as tests do; ``katar serve`` always gives a list)."""
         self.engine = engine
+        #: The SQS-compatible API's front (katar.sqs), which the server builds: POST /.
+        self._sqs = sqs
         #: Log a line per answered request (katar.logs.log_access).
         self.access_log = access_log
         #: Store outages, said once each (shared with the engine's background work).
@@ -164,7 +169,8 @@ class App:
                 methods[method] = _Bound(handler, route.access)
                 if not route.store:
                     storeless.add(handler)
-            shape = tuple(None if p.startswith("{") else p for p in path.split("/")[1:])
+            segments = path.split("/")[1:] if path != "/" else []
+            shape = tuple(None if p.startswith("{") else p for p in segments)
             self._by_length.setdefault(len(shape), []).append((path, shape, methods))
         #: The handlers of routes that answer without the store (Route.store): their success
         #: says nothing about an outage's end.
@@ -193,9 +199,18 @@ class App:
             if refusal is not None:
                 return Admission(template, None, params, None, refusal, started)
         if methods is None:
+            queue_path = _queue_url_path(path) if self._sqs is not None else None
+            if queue_path is not None and method == "POST":
+                # The SQS query protocol sends a queue's actions to its URL (katar.sqs): it
+                # authenticates them itself, as POST /.
+                return Admission(SQS_QUEUE, self.sqs, queue_path, None, None, started, headers)
             error = {"error": f"no route for {path}; see /docs"}
             return Admission(template, None, params, None, json_response(error, 404), started)
         route = methods.get(method)
+        if route is None and template == "/":
+            # Only the SQS API's POST is answered at /: anything else there has no route.
+            error = {"error": f"no route for {method} {path}; see /docs"}
+            return Admission(template, None, params, None, json_response(error, 404), started)
         if route is None:
             allowed = ", ".join(methods)
             error = {"error": f"method {method} is not allowed on {path}; allowed: {allowed}"}
@@ -764,6 +779,11 @@ class App:
         await self.engine.delete_task(request.queue, task_id)
         return json_response(TaskDeleted(str(task_id)))
 
+    async def sqs(self, request: Request) -> Response:
+        if self._sqs is None:
+            raise NotFound("this server does not answer the SQS API")
+        return await self._sqs(request)
+
 
 _DOCS_PAGE: Final = openapi.page()
 
@@ -791,6 +811,15 @@ def _release(held: dict[Any, int], key: Any) -> None:
         held[key] = count
     else:
         del held[key]
+
+
+def _queue_url_path(path: str) -> tuple[str, str] | None:
+    """The account and queue name of an SQS queue URL's path (``/000000000000/name``), if
+    ``path`` is one."""
+    parts = path.split("/")
+    if len(parts) != 3 or not parts[1].isdigit() or len(parts[1]) != 12 or not parts[2]:
+        return None
+    return parts[1], unquote(parts[2])
 
 
 def _route_cost(path: str, params: tuple[str, ...]) -> int:

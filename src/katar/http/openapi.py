@@ -321,6 +321,11 @@ def document(routes: Iterable[tuple[str, Mapping[str, Route]]], limits: Limits) 
             {"name": "operators", "description": "Queues and tasks, by hand."},
             {"name": "schedules", "description": "Tasks enqueued at the ticks of a cron."},
             {"name": "server", "description": "Health, documentation and the dashboard."},
+            {
+                "name": "sqs",
+                "description": "The Amazon SQS API, for the AWS SDKs (docs/sqs.md); signed"
+                " with AWS Signature Version 4, not with a bearer token.",
+            },
         ],
         "paths": paths,
         "components": {

@@ -179,6 +179,7 @@ class Handlers(Protocol):
     async def get_task(self, request: Request) -> Response: ...
     async def patch_task(self, request: Request) -> Response: ...
     async def delete_task(self, request: Request) -> Response: ...
+    async def sqs(self, request: Request) -> Response: ...
 
 
 class Route(NamedTuple):
@@ -200,6 +201,35 @@ Op = Operation
 #: access rule here (a test walks this table to check them all), and what the OpenAPI
 #: document says of it.
 ROUTES: Final[tuple[tuple[str, Mapping[str, Route]], ...]] = (
+    (
+        "/",
+        {
+            # The SQS-compatible API (katar.sqs): its own authentication (AWS Signature
+            # Version 4) and its own answers, in SQS's shapes.
+            "POST": Route(
+                Handlers.sqs,
+                Access.OPEN,
+                Op(
+                    summary="The Amazon SQS API (AWS JSON 1.0; see docs/sqs.md)",
+                    operation_id="sqs",
+                    tag="sqs",
+                    body={"type": "object"},
+                    answers={
+                        200: A(
+                            "The action's answer, in SQS's shapes.",
+                            {"type": "object"},
+                            media="application/x-amz-json-1.0",
+                        ),
+                        400: "An SQS error (its code in the x-amzn-query-error header).",
+                        403: "A request not signed by a declared AWS credential.",
+                        404: "This server does not answer the SQS API (an app built"
+                        " without its front, katar.sqs).",
+                    },
+                    writes=True,
+                ),
+            )
+        },
+    ),
     (
         "/healthz",
         {

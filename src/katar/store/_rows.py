@@ -15,7 +15,7 @@ COLUMNS: Final = (
     "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
     " created_at, updated_at, run_at, lease_until, key, cancel_requested, progress, timeout,"
     " max_attempts, expires_at, unique_key, unique_until, started_at, history, schedule,"
-    " scheduled_for, parents, children, dead_letter, debounce_key"
+    " scheduled_for, parents, children, dead_letter, debounce_key, attributes"
 )
 _STATES: Final = STATES  # by value: faster than State(value) on the hot path
 _NAMES: Final = [column.strip() for column in COLUMNS.split(",")]
@@ -61,13 +61,16 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
         children=bool(row[27]),
         dead_letter=None if row[28] is None else decode_dead_letter(row[28]),
         debounce_key=row[29],
+        attributes=None if row[30] is None else msgspec.Raw(row[30]),
     )
 
 
 #: One JSON value, read and not built (sound_json).
 _ONE_VALUE: Final = msgspec.json.Decoder(msgspec.Raw)
-#: The columns of COLUMNS that hold JSON: data, result, progress, history.
-_JSON_COLUMNS: Final = (4, 8, 16, 23)
+#: The columns of COLUMNS that hold JSON: data, result, progress, history, attributes.
+_JSON_COLUMNS: Final = tuple(
+    _NAMES.index(name) for name in ("data", "result", "progress", "history", "attributes")
+)
 
 
 def sound_json(raw: bytes) -> bytes:
@@ -105,12 +108,12 @@ def checked_task_from_row(row: Sequence[Any], queue: str) -> Task:
 CLAIMED_COLUMNS: Final = (
     "id, priority, data, attempts, attempt_base, error, result, created_at, key, timeout,"
     " (coalesce(max_attempts, expires_at, unique_until, unique_key, schedule, dead_letter,"
-    " debounce_key) IS NULL"
+    " debounce_key, attributes) IS NULL"
     " AND parents = 0)"
 )
 OPTIONS_COLUMNS: Final = (
     "max_attempts, expires_at, unique_key, unique_until, parents, children, schedule,"
-    " scheduled_for, dead_letter, debounce_key"
+    " scheduled_for, dead_letter, debounce_key, attributes"
 )
 
 
@@ -162,6 +165,7 @@ def claimed_from_row(
         tick,
         dead_letter,
         debounce,
+        attributes,
     ) = options
     return msgspec.structs.replace(
         task,
@@ -175,6 +179,7 @@ def claimed_from_row(
         scheduled_for=tick,
         dead_letter=None if dead_letter is None else decode_dead_letter(dead_letter),
         debounce_key=debounce,
+        attributes=None if attributes is None else msgspec.Raw(attributes),
     )
 
 

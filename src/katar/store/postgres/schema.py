@@ -11,7 +11,7 @@ from katar.protocol import MAX_DELAY
 if TYPE_CHECKING:
     from katar.store.postgres.connection import Connections
 
-SCHEMA_VERSION: Final = 17
+SCHEMA_VERSION: Final = 18
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -223,6 +223,10 @@ CREATE INDEX IF NOT EXISTS key_buckets_full ON {s}.key_buckets (queue_id, full_a
     # result then holds the parent's outcome, {"status", "result", "error"} (rules.outcome).
     17: """
 ALTER TABLE {s}.deps ADD COLUMN IF NOT EXISTS run boolean NOT NULL DEFAULT false;
+""",
+    # A task's message attributes (the SQS API's, katar.sqs): a JSON object; NULL for most.
+    18: """
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS attributes bytea;
 """,
 }
 

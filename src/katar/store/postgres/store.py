@@ -544,6 +544,7 @@ class PostgresStore(Store):
                     [t.id for t in drafts],
                     [t.error for t in drafts],  # a task cancelled at once: its parent failed
                     [t.debounce_key for t in drafts],
+                    [None if t.attributes is None else bytes(t.attributes) for t in drafts],
                 ),
             )
             ids = sorted(row[0] for row in await cursor.fetchall())

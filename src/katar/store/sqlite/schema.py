@@ -11,8 +11,9 @@ from katar.store._sql import AT_REST, ENDED_KEPT, HAS_EXPIRY, READY, RUNNING, SC
 # 9: schedules; 10: dependencies; 11: the edges by parent, all of them (a task's children);
 # 12: an edge's parent queue, when not the child's; 13: the tasks in progress by key;
 # 14: dead letters (a task's dead_letter record); 15: debounce_key;
-# 16: an edge that runs whatever the parent's outcome (after_failure "run")
-SCHEMA_VERSION: Final = 16
+# 16: an edge that runs whatever the parent's outcome (after_failure "run");
+# 17: a task's message attributes (the SQS API's)
+SCHEMA_VERSION: Final = 17
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS queues (
     id INTEGER PRIMARY KEY,
@@ -50,7 +51,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     parents INTEGER NOT NULL DEFAULT 0,   -- how many tasks it waits for (after)
     children INTEGER NOT NULL DEFAULT 0,  -- tasks that named it unfinished (its end settles them)
     dead_letter BLOB,  -- where it failed for good, when it moved here (JSON: model.DeadLetter)
-    debounce_key TEXT  -- while it waits, never delivered, an enqueue of the key replaces it
+    debounce_key TEXT,  -- while it waits, never delivered, an enqueue of the key replaces it
+    attributes BLOB        -- message attributes (katar.sqs), a JSON object; NULL for most
 );
 -- The claim's order, over READY tasks only: scheduled, running and finished tasks never
 -- slow it down however many there are.
@@ -158,6 +160,7 @@ _ADDED: Final = {
     14: (("tasks", "dead_letter", "BLOB"),),
     15: (("tasks", "debounce_key", "TEXT"),),
     16: (("deps", "run", "INTEGER NOT NULL DEFAULT 0"),),
+    17: (("tasks", "attributes", "BLOB"),),
 }
 
 

@@ -1,0 +1,941 @@
+"""The SQS API's actions over the engine's public operations (docs/sqs.md has the mapping).
+
+A message is a task: its body is the task's ``data`` as a JSON string (a native task whose
+data is not a string is received with its compact JSON as the body); ReceiveMessage is a
+poll whose leases are the visibility timeout; DeleteMessage is a "done" ack of the delivery
+its receipt handle names; ChangeMessageVisibility is a heartbeat that sets the lease's end
+(0 gives the task back to the queue, not counted as a failure). A queue's SQS attributes
+that Katar has no option for (DelaySeconds, ReceiveMessageWaitTimeSeconds,
+MaximumMessageSize, MessageRetentionPeriod, Policy) and its tags are kept in the queue's
+``configuration``, under ``"sqs"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple
+from urllib.parse import quote, unquote, urlsplit
+
+import msgspec
+
+from katar.auth import Access, AwsCredential, Role
+from katar.core import rules
+from katar.core.engine import Engine
+from katar.core.model import NewTask, QueueOptions, State, Task, TaskFilter, parse_queue_options
+from katar.errors import NotFound
+from katar.limits import Limits
+from katar.protocol import Ack
+from katar.sqs import errors as sqs_errors
+from katar.sqs.digest import (
+    attributes_size,
+    check_attributes,
+    check_body,
+    md5_hex,
+    md5_of_attributes,
+)
+from katar.sqs.errors import SqsError, invalid, no_queue
+from katar.sqs.handles import Handles
+
+#: A queue's name as SQS allows it: 1 to 80 letters, digits, "-" and "_" (".fifo" after,
+#: for a FIFO queue).
+_QUEUE_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,80}")
+_BATCH_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,80}")
+#: A MessageGroupId's and a MessageDeduplicationId's characters: alphanumeric and punctuation.
+_DEDUPLICATION_ID: Final = re.compile(r"[!-~]{1,128}")
+MAX_BATCH: Final = 10
+MAX_MESSAGE_BYTES: Final = 262_144
+MAX_WAIT_SECONDS: Final = 20
+MAX_VISIBILITY: Final = 43_200  # 12 hours, in seconds
+MAX_DELAY: Final = 900
+
+#: The attributes a queue has, with SQS's defaults, and the bounds of those that are numbers.
+_DEFAULTS: Final = {
+    "DelaySeconds": "0",
+    "MaximumMessageSize": "262144",
+    "MessageRetentionPeriod": "345600",
+    "ReceiveMessageWaitTimeSeconds": "0",
+}
+_BOUNDS: Final = {
+    "DelaySeconds": (0, MAX_DELAY),
+    "MaximumMessageSize": (1024, MAX_MESSAGE_BYTES),
+    "MessageRetentionPeriod": (60, 1_209_600),
+    "ReceiveMessageWaitTimeSeconds": (0, MAX_WAIT_SECONDS),
+    "VisibilityTimeout": (0, MAX_VISIBILITY),
+}
+_SETTABLE: Final = frozenset({*_BOUNDS, "Policy", "SqsManagedSseEnabled"})
+#: Accepted on a standard queue and answered as SQS does, with no effect in Katar.
+_ACCEPTED: Final = frozenset({"KmsMasterKeyId", "KmsDataKeyReusePeriodSeconds"})
+_LATER: Final = frozenset({"RedrivePolicy", "RedriveAllowPolicy"})
+#: A FIFO queue's attributes, their values and defaults (the first of each).
+_FIFO: Final = {
+    "FifoQueue": ("true",),
+    "ContentBasedDeduplication": ("false", "true"),
+    "DeduplicationScope": ("queue", "messageGroup"),
+    "FifoThroughputLimit": ("perQueue", "perMessageGroupId"),
+}
+#: How long a FIFO queue remembers a message's deduplication id (SQS: 5 minutes).
+DEDUPLICATION_MS: Final = 5 * 60 * 1000
+_READ_ONLY: Final = (
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+    "CreatedTimestamp",
+    "LastModifiedTimestamp",
+    "QueueArn",
+)
+_ALL_QUEUE_ATTRIBUTES: Final = frozenset({*_SETTABLE, *_ACCEPTED, *_LATER, *_READ_ONLY, *_FIFO})
+_MESSAGE_SYSTEM_ATTRIBUTES: Final = (
+    "SenderId",
+    "SentTimestamp",
+    "ApproximateReceiveCount",
+    "ApproximateFirstReceiveTimestamp",
+    "MessageGroupId",
+)
+_ALL_MESSAGE_ATTRIBUTES: Final = frozenset(
+    {
+        *_MESSAGE_SYSTEM_ATTRIBUTES,
+        "All",
+        "AWSTraceHeader",
+        "SequenceNumber",
+        "MessageDeduplicationId",
+        "DeadLetterQueueSourceArn",
+        "SqsManagedSseEnabled",
+    }
+)
+_raw_string: Final = msgspec.json.Decoder(str)
+
+
+class Caller(NamedTuple):
+    """Who calls: the credential (None on an open server), the least role the action
+    needs, the Host the client used (its queue URLs name it), and the hang-up future."""
+
+    credential: AwsCredential | None
+    access: Access
+    host: str
+    hang_up: Callable[[], asyncio.Future[Any]]
+
+    def may(self, queue: str) -> None:
+        """Refuse the call unless the credential's role and queues allow it on ``queue``."""
+        credential = self.credential
+        if credential is None:
+            return
+        needed = Role(self.access.value)
+        if credential.role < needed:
+            raise SqsError(
+                sqs_errors.ACCESS_DENIED,
+                f"the access key {credential.access_key_id} has the role "
+                f"{credential.role.label}; this action needs {needed.label} or above",
+            )
+        if not credential.may_use(queue):
+            raise no_queue()  # as for a queue that does not exist: nothing learnt
+
+    def sees(self, queue: str) -> bool:
+        return self.credential is None or self.credential.may_use(queue)
+
+
+Params = dict[str, Any]
+Handler = Callable[["Actions", Params, Caller], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Action:
+    handler: Handler
+    access: Access
+
+
+def _text(params: Params, name: str, required: bool = True) -> str | None:
+    value = params.get(name)
+    if value is None:
+        if required:
+            raise SqsError(
+                sqs_errors.MISSING_PARAMETER, f"The request must contain the parameter {name}."
+            )
+        return None
+    if not isinstance(value, str):
+        raise invalid(f"The parameter {name} must be a string.")
+    return value
+
+
+def _integer(params: Params, name: str, low: int, high: int) -> int | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise invalid(
+            f"Value {str(value)[:40]} for parameter {name} is invalid. Reason: must be "
+            f"between {low} and {high}."
+        )
+    return value
+
+
+def _names(params: Params, name: str) -> list[str]:
+    value = params.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise invalid(f"The parameter {name} must be a list of strings.")
+    return value
+
+
+def _raw_size(entry: Params) -> int:
+    """About the bytes of an entry's message attributes, before they are checked."""
+    attributes = entry.get("MessageAttributes")
+    if not isinstance(attributes, dict):
+        return 0
+    size = 0
+    for name, value in attributes.items():
+        size += len(str(name).encode())
+        if isinstance(value, dict):
+            size += sum(len(str(v).encode()) for v in value.values())
+    return size
+
+
+def _sent(task: Task, options: QueueOptions) -> dict[str, str]:
+    """A sent message's id, and in a FIFO queue its sequence number (a duplicate's: the
+    first message's)."""
+    if not _is_fifo(options):
+        return {"MessageId": str(task.id)}
+    return {"MessageId": str(task.id), "SequenceNumber": _sequence(task)}
+
+
+def _sequence(task: Task) -> str:
+    """A FIFO message's SequenceNumber: its id, which grows with each message, as SQS's
+    128-bit numbers shown in 20 digits."""
+    return f"{task.id:020d}"
+
+
+def _is_fifo(options: QueueOptions) -> bool:
+    return _sqs_config(options).get("FifoQueue") == "true"
+
+
+def _sqs_config(options: QueueOptions) -> dict[str, Any]:
+    kept = options.configuration.get("sqs")
+    return kept if isinstance(kept, dict) else {}
+
+
+def body_of(task: Task) -> str:
+    """A task's message body: its data when that is a JSON string, else the data's
+    compact JSON."""
+    raw = bytes(task.data)
+    if raw[:1] == b'"':
+        try:
+            return _raw_string.decode(raw)
+        except msgspec.DecodeError:
+            pass
+    return msgspec.json.encode(msgspec.json.decode(raw)).decode()
+
+
+class Actions:
+    """The actions, over one engine."""
+
+    def __init__(
+        self, engine: Engine, handles: Handles, *, scheme: str, account: str, limits: Limits
+    ) -> None:
+        self.engine = engine
+        self.handles = handles
+        self.scheme = scheme
+        self.account = account
+        self.limits = limits
+        self.long_polls = 0
+
+    # -- queues ------------------------------------------------------------------------------
+
+    def url(self, caller: Caller, name: str) -> str:
+        return self.url_of(caller.host, name)
+
+    def url_of(self, host: str, name: str) -> str:
+        """The queue's URL, as a client that reached this server by ``host`` sees it."""
+        return f"{self.scheme}://{host}/{self.account}/{quote(name, safe='')}"
+
+    def arn(self, name: str) -> str:
+        return f"arn:aws:sqs:katar:{self.account}:{name}"
+
+    async def queue_of(self, params: Params, caller: Caller) -> tuple[str, QueueOptions]:
+        """The queue that QueueUrl names (its last path segment; the host and account are
+        not checked, so that a URL built for another endpoint still works)."""
+        url = _text(params, "QueueUrl")
+        assert url is not None
+        path = urlsplit(url).path if "://" in url else url
+        name = unquote(path.rstrip("/").rpartition("/")[2])
+        if not name:
+            raise invalid(f"Value {url[:200]} for parameter QueueUrl is invalid.")
+        caller.may(name)
+        options = await self.engine.find_queue(name)
+        if options is None:
+            raise no_queue()
+        return name, options
+
+    async def create_queue(self, params: Params, caller: Caller) -> dict[str, Any]:
+        name = _text(params, "QueueName")
+        assert name is not None
+        fifo = name.endswith(".fifo")
+        if not _QUEUE_NAME.fullmatch(name.removesuffix(".fifo")) or len(name) > 80:
+            raise invalid(
+                "Can only include alphanumeric characters, hyphens, or underscores. "
+                "1 to 80 in length (a FIFO queue's with the .fifo suffix)"
+            )
+        caller.may(name)
+        raw_attributes = params.get("Attributes")
+        asks_fifo = isinstance(raw_attributes, dict) and "FifoQueue" in raw_attributes
+        attributes = self._attributes_in(raw_attributes, fifo or asks_fifo, creating=True)
+        if fifo != (attributes.get("FifoQueue") == "true"):
+            raise invalid(
+                "The name of a FIFO queue must end with the .fifo suffix, and a queue so "
+                "named needs the attribute FifoQueue=true."
+                if fifo
+                else "Only a queue whose name ends with .fifo may be a FIFO queue."
+            )
+        tags = params.get("tags") or {}
+        _check_tags(tags)
+        existing = await self.engine.find_queue(name)
+        if existing is not None:
+            current = self._settable(existing)
+            for key, value in attributes.items():
+                if current.get(key) != value:
+                    raise SqsError(
+                        sqs_errors.QUEUE_NAME_EXISTS,
+                        f"A queue already exists with the same name and a different value "
+                        f"for attribute {key}",
+                    )
+            return {"QueueUrl": self.url(caller, name)}
+        now = str(self.engine.now_ms() // 1000)
+        kept: dict[str, Any] = {k: v for k, v in attributes.items() if k != "VisibilityTimeout"}
+        kept.update(CreatedTimestamp=now, LastModifiedTimestamp=now, tags=dict(tags))
+        visibility = int(attributes.get("VisibilityTimeout", "30"))
+        # SQS redelivers without limit (a RedrivePolicy sets one): max_attempts 0. A FIFO
+        # queue delivers one message of a group (the task's key) at a time, in order.
+        raw: dict[str, Any] = {
+            "timeout": max(1, visibility * 1000),
+            "max_attempts": 0,
+            "configuration": {"sqs": kept},
+        }
+        if fifo:
+            raw["key_concurrency"] = 1
+            for key, values in _FIFO.items():
+                kept.setdefault(key, values[0])
+        options = parse_queue_options(raw)
+        await self.engine.put_queue(name, options)
+        return {"QueueUrl": self.url(caller, name)}
+
+    def _attributes_in(self, raw: Any, fifo: bool, creating: bool = False) -> dict[str, str]:
+        """Queue attributes to set on a queue (``fifo``: a FIFO queue's), checked."""
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            raise invalid("Attributes must be a map of attribute names to values.")
+        checked: dict[str, str] = {}
+        for key, value in raw.items():
+            if not isinstance(value, str):
+                raise SqsError(
+                    sqs_errors.INVALID_ATTRIBUTE_VALUE, f"Invalid value for the parameter {key}."
+                )
+            if key in _LATER:
+                raise SqsError(
+                    sqs_errors.INVALID_ATTRIBUTE_NAME,
+                    f"The attribute {key} is not answered yet by Katar's SQS API "
+                    "(redrive policies come with Katar's dead-letter queues).",
+                )
+            if key in _FIFO:
+                if not fifo or (key == "FifoQueue" and not creating):
+                    raise SqsError(
+                        sqs_errors.INVALID_ATTRIBUTE_NAME,
+                        f"Unknown Attribute {key}."
+                        if not fifo
+                        else "FifoQueue is set when the queue is created, and cannot change.",
+                    )
+                if value not in _FIFO[key]:
+                    raise SqsError(
+                        sqs_errors.INVALID_ATTRIBUTE_VALUE,
+                        f"Invalid value for the parameter {key}: one of {', '.join(_FIFO[key])}.",
+                    )
+            elif key in _BOUNDS:
+                low, high = _BOUNDS[key]
+                if not value.isdigit() or not low <= int(value) <= high:
+                    raise SqsError(
+                        sqs_errors.INVALID_ATTRIBUTE_VALUE,
+                        f"Invalid value for the parameter {key}: must be a whole number "
+                        f"from {low} to {high}.",
+                    )
+                value = str(int(value))
+            elif key == "SqsManagedSseEnabled":
+                if value not in ("true", "false"):
+                    raise SqsError(
+                        sqs_errors.INVALID_ATTRIBUTE_VALUE,
+                        "Invalid value for the parameter SqsManagedSseEnabled.",
+                    )
+            elif key not in _SETTABLE and key not in _ACCEPTED and key not in _FIFO:
+                raise SqsError(sqs_errors.INVALID_ATTRIBUTE_NAME, f"Unknown Attribute {key[:100]}.")
+            checked[key] = value
+        return checked
+
+    def _settable(self, options: QueueOptions) -> dict[str, str]:
+        """The queue's attributes that a call may set, as SQS shows them."""
+        kept = _sqs_config(options)
+        shown = {k: str(kept.get(k, v)) for k, v in _DEFAULTS.items()}
+        shown["VisibilityTimeout"] = str(options.timeout // 1000)
+        for key in ("Policy", "SqsManagedSseEnabled", *_ACCEPTED, *_FIFO):
+            if key in kept:
+                shown[key] = str(kept[key])
+        if "SqsManagedSseEnabled" not in shown:
+            shown["SqsManagedSseEnabled"] = "false"
+        return shown
+
+    async def get_queue_url(self, params: Params, caller: Caller) -> dict[str, Any]:
+        name = _text(params, "QueueName")
+        assert name is not None
+        if not caller.sees(name) or await self.engine.find_queue(name) is None:
+            raise no_queue()
+        return {"QueueUrl": self.url(caller, name)}
+
+    async def list_queues(self, params: Params, caller: Caller) -> dict[str, Any]:
+        prefix = _text(params, "QueueNamePrefix", required=False) or ""
+        limit = _integer(params, "MaxResults", 1, 1000)
+        token = _text(params, "NextToken", required=False)
+        if token is not None and limit is None:
+            raise invalid("NextToken needs MaxResults.")
+        names = sorted(
+            name
+            for name in self.engine.queue_options()
+            if name.startswith(prefix) and caller.sees(name)
+        )
+        if token:
+            names = [name for name in names if name > unquote(token)]
+        answer: dict[str, Any] = {}
+        if limit is None:
+            names = names[:1000]
+        elif len(names) > limit:
+            names = names[:limit]
+            answer["NextToken"] = quote(names[-1], safe="")
+        if names:
+            answer["QueueUrls"] = [self.url(caller, name) for name in names]
+        return answer
+
+    async def delete_queue(self, params: Params, caller: Caller) -> dict[str, Any]:
+        name, _ = await self.queue_of(params, caller)
+        await self.engine.delete_queue(name)
+        return {}
+
+    async def purge_queue(self, params: Params, caller: Caller) -> dict[str, Any]:
+        name, _ = await self.queue_of(params, caller)
+        await self.engine.bulk(name, "delete", TaskFilter())
+        # Messages in flight too, as SQS purges them.
+        while True:
+            running = await self.engine.list_tasks(name, TaskFilter(states=(State.RUNNING,)), 100)
+            for task in running:
+                with contextlib.suppress(NotFound):
+                    await self.engine.delete_task(name, task.id)
+            if len(running) < 100:
+                return {}
+
+    async def get_queue_attributes(self, params: Params, caller: Caller) -> dict[str, Any]:
+        name, options = await self.queue_of(params, caller)
+        wanted = _names(params, "AttributeNames")
+        for key in wanted:
+            if key != "All" and key not in _ALL_QUEUE_ATTRIBUTES:
+                raise SqsError(sqs_errors.INVALID_ATTRIBUTE_NAME, f"Unknown Attribute {key[:100]}.")
+        if not wanted:
+            return {}
+        every = "All" in wanted
+        kept = _sqs_config(options)
+        shown: dict[str, str] = self._settable(options)
+        counts = (await self.engine.stats()).get(name, {})
+        # The public counts say "queued" for ready and delayed tasks alike: the delayed
+        # ones are counted apart (a count of the queue's tasks with a not-before time).
+        delayed, _ = await self.engine.bulk(
+            name, "cancel", TaskFilter(states=(State.SCHEDULED,)), dry_run=True
+        )
+        queued = counts.get("queued", 0) + counts.get("paused", 0)
+        shown["ApproximateNumberOfMessages"] = str(max(0, queued - delayed))
+        shown["ApproximateNumberOfMessagesNotVisible"] = str(counts.get("in progress", 0))
+        shown["ApproximateNumberOfMessagesDelayed"] = str(delayed)
+        now = str(self.engine.now_ms() // 1000)
+        shown["CreatedTimestamp"] = str(kept.get("CreatedTimestamp", now))
+        shown["LastModifiedTimestamp"] = str(kept.get("LastModifiedTimestamp", now))
+        shown["QueueArn"] = self.arn(name)
+        attributes = {k: v for k, v in shown.items() if every or k in wanted}
+        return {"Attributes": attributes} if attributes else {}
+
+    async def set_queue_attributes(self, params: Params, caller: Caller) -> dict[str, Any]:
+        name, options = await self.queue_of(params, caller)
+        if params.get("Attributes") is None:
+            raise SqsError(
+                sqs_errors.MISSING_PARAMETER, "The request must contain the parameter Attributes."
+            )
+        attributes = self._attributes_in(params.get("Attributes"), _is_fifo(options))
+        kept = dict(_sqs_config(options))
+        changes: dict[str, Any] = {}
+        for key, value in attributes.items():
+            if key == "VisibilityTimeout":
+                changes["timeout"] = max(1, int(value) * 1000)
+            else:
+                kept[key] = value
+        kept["LastModifiedTimestamp"] = str(self.engine.now_ms() // 1000)
+        changes["configuration"] = {**options.configuration, "sqs": kept}
+        await self.engine.patch_queue(name, changes)
+        return {}
+
+    async def tag_queue(self, params: Params, caller: Caller) -> dict[str, Any]:
+        name, options = await self.queue_of(params, caller)
+        tags = params.get("Tags")
+        if tags is None:
+            raise SqsError(
+                sqs_errors.MISSING_PARAMETER, "The request must contain the parameter Tags."
+            )
+        _check_tags(tags)
+        kept = dict(_sqs_config(options))
+        merged = {**kept.get("tags", {}), **tags}
+        if len(merged) > 50:
+            raise invalid("Too many tags added for queue: a queue may have up to 50 tags.")
+        kept["tags"] = merged
+        await self.engine.patch_queue(
+            name, {"configuration": {**options.configuration, "sqs": kept}}
+        )
+        return {}
+
+    async def untag_queue(self, params: Params, caller: Caller) -> dict[str, Any]:
+        name, options = await self.queue_of(params, caller)
+        keys = _names(params, "TagKeys")
+        if "TagKeys" not in params:
+            raise SqsError(
+                sqs_errors.MISSING_PARAMETER, "The request must contain the parameter TagKeys."
+            )
+        kept = dict(_sqs_config(options))
+        kept["tags"] = {k: v for k, v in kept.get("tags", {}).items() if k not in keys}
+        await self.engine.patch_queue(
+            name, {"configuration": {**options.configuration, "sqs": kept}}
+        )
+        return {}
+
+    async def list_queue_tags(self, params: Params, caller: Caller) -> dict[str, Any]:
+        _, options = await self.queue_of(params, caller)
+        tags = _sqs_config(options).get("tags") or {}
+        return {"Tags": tags} if tags else {}
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def _new_task(
+        self, entry: Params, options: QueueOptions, where: str = ""
+    ) -> tuple[NewTask, dict[str, Any]]:
+        """A message to send as a task to enqueue, and the digests of its answer."""
+        body = _text(entry, "MessageBody")
+        assert body is not None
+        check_body(body)
+        attributes = check_attributes(entry.get("MessageAttributes"))
+        system = check_attributes(entry.get("MessageSystemAttributes"), system=True)
+        limit = int(_sqs_config(options).get("MaximumMessageSize", MAX_MESSAGE_BYTES))
+        size = len(body.encode()) + attributes_size(attributes)
+        if size > limit:
+            raise invalid(
+                f"One or more parameters are invalid. Reason: Message must be shorter than "
+                f"{limit} bytes."
+            )
+        config = _sqs_config(options)
+        fifo = config.get("FifoQueue") == "true"
+        delay = _integer(entry, "DelaySeconds", 0, MAX_DELAY)
+        if delay is not None and fifo:
+            raise invalid(
+                f"Value {delay} for parameter DelaySeconds is invalid. Reason: The request "
+                "include parameter that is not valid for this queue type (a FIFO queue's "
+                "delay is the queue's DelaySeconds)."
+            )
+        if delay is None:
+            delay = int(config.get("DelaySeconds", 0))
+        group = _text(entry, "MessageGroupId", required=False)
+        if group is not None and not _DEDUPLICATION_ID.fullmatch(group):
+            raise invalid(
+                "MessageGroupId must be 1 to 128 characters: letters, digits and punctuation."
+            )
+        deduplication = _text(entry, "MessageDeduplicationId", required=False)
+        unique_key = None
+        if not fifo:
+            if deduplication is not None:
+                raise invalid(
+                    "The request includes parameter MessageDeduplicationId, which is only "
+                    "valid for FIFO queues."
+                )
+        else:
+            if group is None:
+                raise SqsError(
+                    sqs_errors.MISSING_PARAMETER,
+                    "The request must contain the parameter MessageGroupId.",
+                )
+            if deduplication is None:
+                if config.get("ContentBasedDeduplication") != "true":
+                    raise invalid(
+                        "The queue should either have ContentBasedDeduplication enabled or "
+                        "MessageDeduplicationId provided explicitly"
+                    )
+                deduplication = hashlib.sha256(body.encode()).hexdigest()
+            elif not _DEDUPLICATION_ID.fullmatch(deduplication):
+                raise invalid(
+                    "MessageDeduplicationId must be 1 to 128 characters: letters, digits and "
+                    "punctuation."
+                )
+            # Deduplication: a unique key held for 5 minutes (or while the first message
+            # waits), per queue or per group as DeduplicationScope says.
+            scope = group if config.get("DeduplicationScope") == "messageGroup" else ""
+            unique_key = f"sqs:{len(scope)}:{scope}{deduplication}"
+        kept: dict[str, Any] = {}
+        if attributes:
+            kept["MessageAttributes"] = attributes
+        if system:
+            kept["MessageSystemAttributes"] = system
+        if fifo:
+            kept["MessageDeduplicationId"] = deduplication
+        task = NewTask(
+            data=msgspec.Raw(msgspec.json.encode(body)),
+            delay_ms=delay * 1000,
+            key=group,
+            unique_key=unique_key,
+            unique_for_ms=None if unique_key is None else DEDUPLICATION_MS,
+            attributes=msgspec.Raw(msgspec.json.encode(kept)) if kept else None,
+        )
+        digests: dict[str, Any] = {"MD5OfMessageBody": md5_hex(body.encode())}
+        md5 = md5_of_attributes(attributes)
+        if md5 is not None:
+            digests["MD5OfMessageAttributes"] = md5
+        md5 = md5_of_attributes(system)
+        if md5 is not None:
+            digests["MD5OfMessageSystemAttributes"] = md5
+        return task, digests
+
+    async def send_message(self, params: Params, caller: Caller) -> dict[str, Any]:
+        name, options = await self.queue_of(params, caller)
+        task, digests = self._new_task(params, options)
+        created = await self.engine.enqueue(name, [task])
+        return {**digests, **_sent(created[0], options)}
+
+    async def send_message_batch(self, params: Params, caller: Caller) -> dict[str, Any]:
+        name, options = await self.queue_of(params, caller)
+        entries = _entries(params)
+        # The batch's bytes: its bodies and their attributes' names, types and values.
+        total = sum(
+            len(str(entry.get("MessageBody", "")).encode()) + _raw_size(entry) for entry in entries
+        )
+        if total > MAX_MESSAGE_BYTES:
+            raise SqsError(
+                sqs_errors.BATCH_TOO_LONG,
+                f"Batch requests cannot be longer than {MAX_MESSAGE_BYTES} bytes. You have "
+                f"sent {total} bytes.",
+            )
+        failed: list[dict[str, Any]] = []
+        accepted: list[tuple[str, NewTask, dict[str, Any]]] = []
+        for entry in entries:
+            try:
+                task, digests = self._new_task(entry, options)
+            except SqsError as exc:
+                failed.append(_failure(entry["Id"], exc))
+                continue
+            accepted.append((entry["Id"], task, digests))
+        successful = []
+        if accepted:
+            created = await self.engine.enqueue(name, [task for _, task, _ in accepted])
+            for (entry_id, _, digests), made in zip(accepted, created, strict=True):
+                successful.append({"Id": entry_id, **digests, **_sent(made, options)})
+        return {"Successful": successful, "Failed": failed}
+
+    async def receive_message(self, params: Params, caller: Caller) -> dict[str, Any]:
+        name, options = await self.queue_of(params, caller)
+        limit = _integer(params, "MaxNumberOfMessages", 1, MAX_BATCH) or 1
+        visibility = _integer(params, "VisibilityTimeout", 0, MAX_VISIBILITY)
+        wait = _integer(params, "WaitTimeSeconds", 0, MAX_WAIT_SECONDS)
+        if wait is None:
+            wait = int(_sqs_config(options).get("ReceiveMessageWaitTimeSeconds", 0))
+        wanted = set(_names(params, "AttributeNames")) | set(
+            _names(params, "MessageSystemAttributeNames")
+        )
+        for key in wanted:
+            if key not in _ALL_MESSAGE_ATTRIBUTES:
+                raise SqsError(sqs_errors.INVALID_ATTRIBUTE_NAME, f"Unknown Attribute {key[:100]}.")
+        names = _names(params, "MessageAttributeNames")
+        request_attempt = _text(params, "ReceiveRequestAttemptId", required=False)
+        if request_attempt is not None and not 1 <= len(request_attempt) <= 128:
+            raise invalid("ReceiveRequestAttemptId must be 1 to 128 characters.")
+        if wait > 0:
+            if self.long_polls >= self.limits.max_long_polls:
+                raise SqsError(
+                    sqs_errors.OVER_LIMIT,
+                    f"this server holds its limit of {self.limits.max_long_polls} long polls; "
+                    "retry in a moment",
+                )
+            self.long_polls += 1
+            try:
+                tasks = await self.engine.poll(name, (), limit, wait, None, caller.hang_up())
+            finally:
+                self.long_polls -= 1
+        else:
+            tasks = await self.engine.poll(name, (), limit)
+        if visibility is not None and any(
+            rules.lease_ms(task, options) != visibility * 1000 for task in tasks
+        ):
+            # The lease of this receive: a heartbeat of each delivery that sets its end.
+            acks = [
+                Ack(
+                    task_id=task.id,
+                    status="in progress",
+                    attempt=task.attempts,
+                    lease=visibility * 1000,
+                )
+                for task in tasks
+            ]
+            await self.engine.poll(name, acks, 0)
+        if not tasks:
+            return {}
+        fifo = _is_fifo(options)
+        every = "All" in wanted
+        messages = []
+        for task in tasks:
+            body = body_of(task)
+            message: dict[str, Any] = {
+                "MessageId": str(task.id),
+                "ReceiptHandle": self.handles.make(name, task.id, task.attempts),
+                "MD5OfBody": md5_hex(body.encode()),
+                "Body": body,
+            }
+            stored = _stored_attributes(task)
+            if wanted:
+                attributes = self._system_attributes(task)
+                trace = stored.MessageSystemAttributes.get("AWSTraceHeader")
+                if trace is not None and "StringValue" in trace:
+                    attributes["AWSTraceHeader"] = trace["StringValue"]
+                if fifo:
+                    attributes["SequenceNumber"] = _sequence(task)
+                    if stored.MessageDeduplicationId is not None:
+                        attributes["MessageDeduplicationId"] = stored.MessageDeduplicationId
+                message["Attributes"] = {
+                    k: v for k, v in attributes.items() if every or k in wanted
+                }
+            chosen = _chosen(stored.MessageAttributes, names)
+            if chosen:
+                message["MessageAttributes"] = chosen
+                message["MD5OfMessageAttributes"] = md5_of_attributes(chosen)
+            messages.append(message)
+        return {"Messages": messages}
+
+    def _system_attributes(self, task: Task) -> dict[str, str]:
+        deliveries = rules.deliveries(task)
+        first = deliveries[0].started_at if deliveries else task.updated_at
+        shown = {
+            "SenderId": self.account,
+            "SentTimestamp": str(task.created_at),
+            "ApproximateReceiveCount": str(task.attempts),
+            "ApproximateFirstReceiveTimestamp": str(first),
+        }
+        if task.key is not None:
+            shown["MessageGroupId"] = task.key
+        return shown
+
+    async def delete_message(self, params: Params, caller: Caller) -> dict[str, Any]:
+        name, _ = await self.queue_of(params, caller)
+        receipt = self.handles.read(name, params.get("ReceiptHandle"))
+        await self._done(name, [receipt])
+        return {}
+
+    async def _done(self, name: str, receipts: list[Any]) -> None:
+        """Finish the deliveries the handles name; a stale one changes nothing."""
+        acks = [Ack(task_id=r.task_id, status="done", attempt=r.attempt) for r in receipts]
+        try:
+            await self.engine.poll(name, acks, 0)
+        except NotFound:  # a task gone (deleted, purged): nothing to do, as SQS answers
+            for ack in acks:
+                with contextlib.suppress(NotFound):
+                    await self.engine.poll(name, [ack], 0)
+
+    async def delete_message_batch(self, params: Params, caller: Caller) -> dict[str, Any]:
+        name, _ = await self.queue_of(params, caller)
+        entries = _entries(params)
+        successful: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        receipts = []
+        ids = []
+        for entry in entries:
+            try:
+                receipts.append(self.handles.read(name, entry.get("ReceiptHandle")))
+                ids.append(entry["Id"])
+            except SqsError as exc:
+                failed.append(_failure(entry["Id"], exc))
+        if receipts:
+            await self._done(name, receipts)
+            successful = [{"Id": entry_id} for entry_id in ids]
+        return {"Successful": successful, "Failed": failed}
+
+    async def _change_visibility(self, name: str, entry: Params) -> None:
+        receipt = self.handles.read(name, entry.get("ReceiptHandle"))
+        value = entry.get("VisibilityTimeout")
+        if value is None:
+            raise SqsError(
+                sqs_errors.MISSING_PARAMETER,
+                "The request must contain the parameter VisibilityTimeout.",
+            )
+        visibility = _integer(entry, "VisibilityTimeout", 0, MAX_VISIBILITY)
+        assert visibility is not None
+        try:
+            task = await self.engine.get_task(name, receipt.task_id)
+        except NotFound:
+            task = None
+        if task is None or task.state is not State.RUNNING or task.attempts != receipt.attempt:
+            raise SqsError(
+                sqs_errors.MESSAGE_NOT_INFLIGHT
+                if task is not None and task.attempts == receipt.attempt
+                else sqs_errors.INVALID_PARAMETER_VALUE,
+                f"Value {str(entry.get('ReceiptHandle'))[:100]} for parameter ReceiptHandle is "
+                "invalid. Reason: Message does not exist or is not available for visibility "
+                "timeout change.",
+            )
+        ack = Ack(
+            task_id=receipt.task_id,
+            status="in progress",
+            attempt=receipt.attempt,
+            lease=visibility * 1000,
+        )
+        await self.engine.poll(name, [ack], 0)
+
+    async def change_message_visibility(self, params: Params, caller: Caller) -> dict[str, Any]:
+        name, _ = await self.queue_of(params, caller)
+        await self._change_visibility(name, params)
+        return {}
+
+    async def change_message_visibility_batch(
+        self, params: Params, caller: Caller
+    ) -> dict[str, Any]:
+        name, _ = await self.queue_of(params, caller)
+        successful: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        for entry in _entries(params):
+            try:
+                await self._change_visibility(name, entry)
+            except SqsError as exc:
+                failed.append(_failure(entry["Id"], exc))
+            else:
+                successful.append({"Id": entry["Id"]})
+        return {"Successful": successful, "Failed": failed}
+
+
+class _Stored(msgspec.Struct):
+    """What a send keeps with its task (Task.attributes), as the SQS API writes it."""
+
+    MessageAttributes: dict[str, dict[str, str]] = {}
+    MessageSystemAttributes: dict[str, dict[str, str]] = {}
+    MessageDeduplicationId: str | None = None
+
+
+_NOTHING_STORED: Final = _Stored()
+_stored: Final = msgspec.json.Decoder(_Stored)
+
+
+def _stored_attributes(task: Task) -> _Stored:
+    """The message's attributes as the send stored them (none for a native task)."""
+    if task.attributes is None:
+        return _NOTHING_STORED
+    try:
+        return _stored.decode(task.attributes)
+    except msgspec.ValidationError:  # written by another program: shown as none
+        return _NOTHING_STORED
+    except msgspec.DecodeError:
+        return _NOTHING_STORED
+
+
+def _chosen(attributes: dict[str, dict[str, str]], names: list[str]) -> dict[str, dict[str, str]]:
+    """The message attributes a receive asked for: ``All`` (or ``.*``), names, and prefixes
+    ``name.*``."""
+    if not attributes or not names:
+        return {}
+    if "All" in names or ".*" in names:
+        return attributes
+    prefixes = tuple(name[:-1] for name in names if name.endswith(".*"))
+    return {
+        name: value
+        for name, value in attributes.items()
+        if name in names or (prefixes and name.startswith(prefixes))
+    }
+
+
+def _entries(params: Params) -> list[Params]:
+    """A batch's entries, checked: 1 to 10, each an object with a distinct valid Id."""
+    entries = params.get("Entries")
+    if entries is None:
+        raise SqsError(
+            sqs_errors.MISSING_PARAMETER, "The request must contain the parameter Entries."
+        )
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise invalid("Entries must be a list of objects.")
+    if not entries:
+        raise SqsError(
+            sqs_errors.EMPTY_BATCH,
+            "There should be at least one SendMessageBatchRequestEntry in the request.",
+        )
+    if len(entries) > MAX_BATCH:
+        raise SqsError(
+            sqs_errors.TOO_MANY_ENTRIES,
+            f"Maximum number of entries per request are {MAX_BATCH}. You have sent {len(entries)}.",
+        )
+    seen: set[str] = set()
+    for entry in entries:
+        entry_id = entry.get("Id")
+        if not isinstance(entry_id, str) or not _BATCH_ID.fullmatch(entry_id):
+            raise SqsError(
+                sqs_errors.INVALID_BATCH_ENTRY_ID,
+                "A batch entry id can only contain alphanumeric characters, hyphens and "
+                "underscores. It can be at most 80 letters long.",
+            )
+        if entry_id in seen:
+            raise SqsError(sqs_errors.BATCH_IDS_NOT_DISTINCT, f"Id {entry_id} repeated.")
+        seen.add(entry_id)
+    return entries
+
+
+def _failure(entry_id: str, exc: SqsError) -> dict[str, Any]:
+    return {
+        "Id": entry_id,
+        "SenderFault": exc.kind.sender,
+        "Code": exc.kind.code,
+        "Message": exc.message,
+    }
+
+
+def _check_tags(tags: Any) -> None:
+    if not isinstance(tags, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and 1 <= len(k) <= 128 and len(v) <= 256
+        for k, v in tags.items()
+    ):
+        raise invalid("Tags must map keys of 1 to 128 characters to values of up to 256.")
+
+
+def _unsupported(what: str) -> Handler:
+    async def refuse(actions: Actions, params: Params, caller: Caller) -> dict[str, Any]:
+        raise SqsError(sqs_errors.UNSUPPORTED_OPERATION, f"{what} is not answered yet by Katar.")
+
+    return refuse
+
+
+#: Each action: its method and the least role it needs (as a token's).
+ACTIONS: Final[Mapping[str, Action]] = {
+    "CreateQueue": Action(Actions.create_queue, Access.ADMIN),
+    "GetQueueUrl": Action(Actions.get_queue_url, Access.WORKER),
+    "ListQueues": Action(Actions.list_queues, Access.WORKER),
+    "DeleteQueue": Action(Actions.delete_queue, Access.ADMIN),
+    "PurgeQueue": Action(Actions.purge_queue, Access.ADMIN),
+    "GetQueueAttributes": Action(Actions.get_queue_attributes, Access.WORKER),
+    "SetQueueAttributes": Action(Actions.set_queue_attributes, Access.ADMIN),
+    "TagQueue": Action(Actions.tag_queue, Access.ADMIN),
+    "UntagQueue": Action(Actions.untag_queue, Access.ADMIN),
+    "ListQueueTags": Action(Actions.list_queue_tags, Access.WORKER),
+    "SendMessage": Action(Actions.send_message, Access.PRODUCER),
+    "SendMessageBatch": Action(Actions.send_message_batch, Access.PRODUCER),
+    "ReceiveMessage": Action(Actions.receive_message, Access.WORKER),
+    "DeleteMessage": Action(Actions.delete_message, Access.WORKER),
+    "DeleteMessageBatch": Action(Actions.delete_message_batch, Access.WORKER),
+    "ChangeMessageVisibility": Action(Actions.change_message_visibility, Access.WORKER),
+    "ChangeMessageVisibilityBatch": Action(Actions.change_message_visibility_batch, Access.WORKER),
+    "ListDeadLetterSourceQueues": Action(_unsupported("ListDeadLetterSourceQueues"), Access.WORKER),
+    "StartMessageMoveTask": Action(_unsupported("StartMessageMoveTask"), Access.ADMIN),
+    "ListMessageMoveTasks": Action(_unsupported("ListMessageMoveTasks"), Access.WORKER),
+    "CancelMessageMoveTask": Action(_unsupported("CancelMessageMoveTask"), Access.ADMIN),
+    "AddPermission": Action(_unsupported("AddPermission"), Access.ADMIN),
+    "RemovePermission": Action(_unsupported("RemovePermission"), Access.ADMIN),
+}

@@ -1,0 +1,105 @@
+"""The SQS query protocol (``Action=...`` forms, XML answers), as older SDKs send it: to the
+endpoint, or to a queue's URL."""
+
+from __future__ import annotations
+
+import hashlib
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.acceptance.conftest import KatarProcess
+
+NS = "{http://queue.amazonaws.com/doc/2012-11-05/}"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[KatarProcess]:
+    process = KatarProcess(tmp_path, "--db", f"sqlite:///{tmp_path / 'katar.db'}").start()
+    yield process
+    process.kill()
+
+
+def call(url: str, **params: str) -> tuple[int, ET.Element]:
+    answer = httpx.post(url, data={"Version": "2012-11-05", **params}, timeout=30)
+    assert answer.headers["content-type"] == "text/xml"
+    return answer.status_code, ET.fromstring(answer.content)
+
+
+def texts(root: ET.Element, path: str) -> list[str]:
+    return [e.text or "" for e in root.iter(NS + path)]
+
+
+def test_the_query_protocol(server: KatarProcess) -> None:
+    status, made = call(
+        server.url + "/",
+        Action="CreateQueue",
+        QueueName="old",
+        **{"Attribute.1.Name": "VisibilityTimeout", "Attribute.1.Value": "40"},
+    )
+    assert status == 200
+    (url,) = texts(made, "QueueUrl")
+    assert url == f"{server.url}/000000000000/old"
+    assert texts(made, "RequestId")
+    # Sent to the queue's URL, as the query protocol does.
+    status, sent = call(
+        url,
+        Action="SendMessage",
+        MessageBody="hello",
+        **{
+            "MessageAttribute.1.Name": "kind",
+            "MessageAttribute.1.Value.DataType": "String",
+            "MessageAttribute.1.Value.StringValue": "greeting",
+        },
+    )
+    assert status == 200
+    assert texts(sent, "MD5OfMessageBody") == [hashlib.md5(b"hello").hexdigest()]
+    status, batch = call(
+        url,
+        Action="SendMessageBatch",
+        **{
+            "SendMessageBatchRequestEntry.1.Id": "a",
+            "SendMessageBatchRequestEntry.1.MessageBody": "one",
+            "SendMessageBatchRequestEntry.2.Id": "b",
+            "SendMessageBatchRequestEntry.2.MessageBody": "\x00",
+        },
+    )
+    assert texts(batch, "Id") == ["a", "b"]
+    assert [e.tag for e in batch.iter() if e.tag.endswith("Entry")] == [
+        NS + "SendMessageBatchResultEntry",
+        NS + "BatchResultErrorEntry",
+    ]
+    status, got = call(
+        url,
+        Action="ReceiveMessage",
+        MaxNumberOfMessages="10",
+        **{"AttributeName.1": "All", "MessageAttributeName.1": "All"},
+    )
+    assert texts(got, "Body") == ["hello", "one"]
+    assert "ApproximateReceiveCount" in texts(got, "Name")
+    assert "greeting" in texts(got, "StringValue")
+    handles = texts(got, "ReceiptHandle")
+    status, deleted = call(
+        server.url + "/",
+        Action="DeleteMessageBatch",
+        QueueUrl=url,
+        **{
+            f"DeleteMessageBatchRequestEntry.{n}.{k}": v
+            for n, handle in enumerate(handles, 1)
+            for k, v in (("Id", f"e{n}"), ("ReceiptHandle", handle))
+        },
+    )
+    assert texts(deleted, "Id") == ["e1", "e2"]
+    status, attributes = call(url, Action="GetQueueAttributes", **{"AttributeName.1": "All"})
+    shown = dict(zip(texts(attributes, "Name"), texts(attributes, "Value"), strict=True))
+    assert shown["VisibilityTimeout"] == "40"
+    assert shown["ApproximateNumberOfMessages"] == "0"
+    status, error = call(server.url + "/", Action="GetQueueUrl", QueueName="missing")
+    assert status == 400
+    assert texts(error, "Code") == ["AWS.SimpleQueueService.NonExistentQueue"]
+    assert texts(error, "Type") == ["Sender"]
+    status, error = call(server.url + "/", Action="Nope")
+    assert (status, texts(error, "Code")) == (400, ["InvalidAction"])
