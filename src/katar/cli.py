@@ -485,6 +485,7 @@ def serve(args: argparse.Namespace) -> int:
         tls_key=settings.tls_key,
         access_log=settings.access_log,
         allowed_hosts=settings.allowed_hosts,
+        push_allow=settings.push_allow,
     )
     workers = args.workers
     if workers == 1:

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import msgspec
 
-from katar.core import idempotency
+from katar.core import idempotency, model
 from katar.core.clock import Clock, SystemClock
 from katar.core.counters import Counters, DeliveryStarts
 from katar.core.model import (
@@ -105,7 +105,9 @@ def _log_overridden(name: str, stored: QueueOptions, declared: QueueOptions) -> 
     """Say at start-up which stored options of a queue its ``[queues.NAME]`` table replaces:
     a queue made or changed over HTTP is otherwise reset in silence by a file that names it
     (every option the table leaves out takes its default)."""
-    old, new = msgspec.to_builtins(stored), msgspec.to_builtins(declared)
+    # Never the push secrets: the log is no place for them.
+    old = msgspec.to_builtins(model.public_options(stored))
+    new = msgspec.to_builtins(model.public_options(declared))
     changes = ", ".join(
         f"{key} {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(old.keys() | new.keys())
@@ -171,6 +173,9 @@ class Engine:
         self._reload_wanted = False
         self._reload_wake_all = False
         self._pruner: asyncio.Task[None] | None = None
+        #: Checks of a queue's options beyond their own bounds, by the fronts that serve
+        #: them (the push dispatcher's outbound safety): each raises ValidationError.
+        self.option_checks: list[Callable[[str, QueueOptions], None]] = []
         #: When this process delivered each task it leased, for katar_run_seconds.
         self._delivered_at = DeliveryStarts()
 
@@ -190,6 +195,7 @@ class Engine:
             if stored is not None and stored.paused and not options.paused:
                 # A pause made during an incident outlasts a restart: only PATCH lifts it.
                 options = msgspec.structs.replace(options, paused=True)
+            options = model.settle_push(stored, options)  # the file names no secret
             if stored is not None and stored != options:
                 _log_overridden(name, stored, options)
             await self.put_queue(name, options)
@@ -261,8 +267,12 @@ class Engine:
     async def put_queue(self, name: str, options: QueueOptions) -> QueueOptions:
         """Create the queue or replace its options."""
         check_queue_name(name)
-        await self.store.save_queue(name, options)
         old = self.queues.get(name)
+        if options.push is not None:
+            options = model.settle_push(old, options)
+            for check in self.option_checks:
+                check(name, options)
+        await self.store.save_queue(name, options)
         if old is None:
             log.info("queue %s created", name)
         elif old.paused != options.paused:
@@ -277,6 +287,11 @@ class Engine:
         ``configuration`` given replaces the whole configuration; null removes a limit)."""
         current = msgspec.to_builtins(self.options(name))
         return await self.put_queue(name, parse_queue_options({**current, **changes}))
+
+    async def rotate_push_secret(self, name: str, grace_ms: int) -> QueueOptions:
+        """Give the push queue a fresh secret; the old one signs too for ``grace_ms``."""
+        options = model.rotated(self.options(name), self.clock.now_ms(), grace_ms)
+        return await self.put_queue(name, options)
 
     async def delete_queue(self, name: str) -> int:
         """Remove the queue and its tasks; the number of tasks removed."""

@@ -1,0 +1,386 @@
+"""The push dispatcher: the server itself delivers a push queue's tasks to its endpoint.
+
+Every ``katar serve`` process runs one, beside the HTTP front, on the engine's public
+operations only: a pusher per push queue claims tasks through ``Engine.poll`` (so the
+queue's concurrency, rate, key_concurrency, key_rate and fair apply exactly as to a poll,
+and on PostgreSQL the claim keeps two servers from holding one task), POSTs each, signed,
+over a keep-alive connection pool of its own, and acks it from the answer through
+``Engine.poll`` again: 2xx is ``done`` (a JSON body is the result), anything else a failed
+attempt retried with the queue's backoff. The lease covers the push in flight (the push
+never waits past the lease, less a margin), so a server killed mid-push leaves the task to
+be pushed again when the lease runs out.
+
+An endpoint that does not answer is not hammered: after a failure the pusher claims one
+task at a time (a probe) and waits before each, doubling from the queue's retry_delay up to
+MAX_PAUSE_S, and longer when a 429 or 503 asks so with ``Retry-After``; a success ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+import httpcore
+import msgspec
+
+from katar.core.counters import PushAnswer
+from katar.core.engine import Engine
+from katar.core.model import Ack, PushOptions, QueueOptions, Task
+from katar.errors import KatarError, QueueNotFound
+from katar.http.responses import delivery
+from katar.push import signing
+from katar.push.safety import Allow, Refused, SafeBackend
+
+log = logging.getLogger("katar.push")
+
+#: Pushes in flight at once per queue and server when the queue sets no concurrency.
+DEFAULT_IN_FLIGHT: Final = 32
+#: Seconds a pusher's claim waits for a task (a long poll: woken as soon as one is ready).
+CLAIM_WAIT_S: Final = 10.0
+#: The most an endpoint's answer may hold; beyond it the answer is cut (and not a result).
+MAX_ANSWER_BYTES: Final = 64 * 1024
+#: The push stops this long before its lease ends, so that its ack finds the lease held.
+LEASE_MARGIN_MS: Final = 1_000
+#: The longest pause between probes of an endpoint that does not answer, and the longest
+#: Retry-After honoured.
+MAX_PAUSE_S: Final = 60.0
+#: Seconds between two looks at the queues' options (push queues made or removed).
+WATCH_INTERVAL_S: Final = 1.0
+#: Seconds a graceful stop lets the pushes in flight end (else their leases run out).
+STOP_GRACE_S: Final = 10.0
+#: Seconds an idle keep-alive connection to an endpoint stays open.
+KEEPALIVE_S: Final = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one push went: the ack to send and what the dashboard and metrics keep."""
+
+    ack: Ack
+    answer: PushAnswer
+    #: Seconds the endpoint asked to be left alone (Retry-After), or None.
+    retry_after: float | None = None
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds from a ``Retry-After`` header: delta seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_PAUSE_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return min(max(when - now, 0.0), MAX_PAUSE_S)
+
+
+def push_body(task: Task) -> bytes:
+    """What a push sends: the task as a poll delivers it, plus its queue's name."""
+    return b'{"queue":' + msgspec.json.encode(task.queue) + b"," + delivery(task)[1:]
+
+
+class QueuePusher:
+    """The pushes of one queue on this server: claims, pushes, acks."""
+
+    def __init__(self, engine: Engine, queue: str, push: PushOptions, allow: Allow) -> None:
+        self.engine = engine
+        self.queue = queue
+        self.push = push
+        self.allow = allow
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Event()
+        self._stopping = False
+        self._gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        #: Failed pushes in a row: while any, one push at a time, after a pause.
+        self.failures = 0
+        self._pause_until = 0.0
+        self._closing: set[asyncio.Task[None]] = set()
+        self.pool = self._pool(push)
+        self.runner = asyncio.create_task(self._run(), name=f"katar-push-{queue}")
+
+    def _pool(self, push: PushOptions) -> httpcore.AsyncConnectionPool:
+        return httpcore.AsyncConnectionPool(
+            ssl_context=ssl.create_default_context(),
+            max_connections=self._capacity(self.engine.queue_options().get(self.queue)),
+            keepalive_expiry=KEEPALIVE_S,
+            http1=True,
+            http2=False,
+            retries=0,
+            network_backend=SafeBackend(),
+        )
+
+    @staticmethod
+    def _capacity(options: QueueOptions | None) -> int:
+        if options is None or options.concurrency is None:
+            return DEFAULT_IN_FLIGHT
+        return min(options.concurrency, 1024)
+
+    def update(self, push: PushOptions) -> None:
+        """The queue's push option changed (its URL, headers, timeout, secret)."""
+        if push.url != self.push.url:
+            old = self.pool
+            self.pool = self._pool(push)
+            self._close_later(old)
+        self.push = push
+        self.failures = 0
+        self._pause_until = 0.0
+        self._room.set()
+
+    def _close_later(self, pool: httpcore.AsyncConnectionPool) -> None:
+        async def close() -> None:
+            if self.in_flight:  # those that use the old pool end first
+                await asyncio.wait(list(self.in_flight), timeout=STOP_GRACE_S)
+            await pool.aclose()
+
+        job = asyncio.create_task(close())
+        self._closing.add(job)
+        job.add_done_callback(self._closing.discard)
+
+    async def stop(self) -> None:
+        """Claim no more; let the pushes in flight end for a while, then drop them (their
+        leases run out and the tasks are pushed again)."""
+        self._stopping = True
+        if not self._gone.done():
+            self._gone.set_result(None)
+        self._room.set()
+        self.runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.runner
+        if self.in_flight:
+            _, pending = await asyncio.wait(self.in_flight, timeout=STOP_GRACE_S)
+            for job in pending:
+                job.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        await self.pool.aclose()
+
+    async def _run(self) -> None:
+        engine = self.engine
+        while not self._stopping and not engine.draining:
+            options = engine.queue_options().get(self.queue)
+            if options is None or options.push is None:
+                return
+            room = self._capacity(options) - len(self.in_flight)
+            if self.failures:
+                room = min(room, 1 - len(self.in_flight))  # a probe, alone
+                pause = self._pause_until - time.monotonic()
+                if pause > 0 and room > 0:
+                    await asyncio.sleep(pause)
+                    continue
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                tasks = await engine.poll(
+                    self.queue, (), room, CLAIM_WAIT_S, "katar-push", self._gone
+                )
+            except QueueNotFound:
+                return
+            except KatarError as exc:  # the store is out: try again in a moment
+                log.warning("push queue %s: cannot claim: %s", self.queue, exc.message)
+                await asyncio.sleep(1.0)
+                continue
+            for task in tasks:
+                job = asyncio.create_task(self._deliver(task))
+                self.in_flight.add(job)
+                job.add_done_callback(self._ended)
+
+    def _ended(self, job: asyncio.Task[None]) -> None:
+        self.in_flight.discard(job)
+        self._room.set()
+        if not job.cancelled() and job.exception() is not None:
+            log.error("push queue %s: a push failed", self.queue, exc_info=job.exception())
+
+    async def _deliver(self, task: Task) -> None:
+        outcome = await self._push(task)
+        answer = outcome.answer
+        self.engine.counters.pushed(self.queue, answer)
+        if answer.outcome == "done":
+            self.failures = 0
+        else:
+            self.failures += 1
+            options = self.engine.queue_options().get(self.queue)
+            first = (options.retry_delay if options is not None else 1000) / 1000
+            pause = min(first * 2 ** min(self.failures - 1, 20), MAX_PAUSE_S)
+            if outcome.retry_after is not None:
+                pause = max(pause, outcome.retry_after)
+            self._pause_until = time.monotonic() + pause
+            log.info(
+                "push queue %s: task %d delivery %d %s: %s",
+                self.queue,
+                task.id,
+                task.attempts,
+                answer.outcome,
+                answer.error,
+            )
+        for wait in (0.1, 0.5, 2.0, 5.0, None):
+            try:
+                await self.engine.poll(self.queue, (outcome.ack,), 0, 0.0, "katar-push")
+                return
+            except QueueNotFound:
+                return
+            except KatarError as exc:  # the store is out: the lease keeps the task safe
+                if wait is None:
+                    log.warning(
+                        "push queue %s: cannot ack task %d (its lease will run out and it "
+                        "will be pushed again): %s",
+                        self.queue,
+                        task.id,
+                        exc.message,
+                    )
+                    return
+                await asyncio.sleep(wait)
+
+    async def _push(self, task: Task) -> Outcome:
+        push = self.push
+        started = time.monotonic()
+        at = self.engine.clock.now_ms()
+        timeout_ms = push.timeout
+        if task.lease_until is not None:
+            timeout_ms = min(timeout_ms, task.lease_until - at - LEASE_MARGIN_MS)
+        seconds = max(timeout_ms, 100) / 1000
+        body = push_body(task)
+        msg_id = f"{task.id}-{task.attempts}"
+        timestamp = int(time.time())
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"user-agent", b"katar-push"),
+            *((name.encode(), value.encode()) for name, value in push.headers.items()),
+            *signing.headers(push.secrets(at), msg_id, timestamp, body),
+        ]
+
+        def failed(outcome: str, error: str, status: int | None = None) -> Outcome:
+            ms = int((time.monotonic() - started) * 1000)
+            ack = Ack(
+                task_id=task.id, status="failed", error=error, attempt=task.attempts, retry=True
+            )
+            return Outcome(ack, PushAnswer(at, outcome, status, ms, error))
+
+        why = self.allow.refused_without_dns(push.url)
+        if why is not None:
+            return failed("refused", f"push refused: the URL {why}; see [push] allow")
+        token = self.allow.opened(push.url)
+        try:
+            async with asyncio.timeout(seconds):
+                extensions: dict[str, Any] = {
+                    "timeout": {
+                        "connect": seconds,
+                        "read": seconds,
+                        "write": seconds,
+                        "pool": seconds,
+                    }
+                }
+                async with self.pool.stream(
+                    "POST", push.url, headers=headers, content=body, extensions=extensions
+                ) as response:
+                    status = response.status
+                    chunks: list[bytes] = []
+                    size = 0
+                    cut = False
+                    async for chunk in response.aiter_stream():
+                        size += len(chunk)
+                        if size > MAX_ANSWER_BYTES:
+                            cut = True
+                            break
+                        chunks.append(chunk)
+                    answer_headers = {
+                        name.decode("latin-1").lower(): value.decode("latin-1")
+                        for name, value in response.headers
+                    }
+        except TimeoutError:
+            return failed("timeout", f"push timed out: no answer within {seconds:g} s")
+        except Refused as exc:
+            return failed("refused", f"push refused: {exc}")
+        except httpcore.TimeoutException as exc:
+            return failed("timeout", f"push timed out: {exc or 'no answer in time'}")
+        except (httpcore.ConnectError, httpcore.NetworkError, OSError) as exc:
+            return failed("unreachable", f"push failed: cannot reach {push.url}: {exc}")
+        except httpcore.ProtocolError as exc:
+            return failed("unreachable", f"push failed: a broken HTTP answer: {exc}")
+        finally:
+            Allow.closed(token)
+        ms = int((time.monotonic() - started) * 1000)
+        if 200 <= status < 300:
+            result = msgspec.Raw(b"null")
+            content = b"".join(chunks)
+            if not cut and content.strip() and "json" in answer_headers.get("content-type", ""):
+                try:
+                    msgspec.json.decode(content)
+                    result = msgspec.Raw(content)
+                except msgspec.DecodeError:
+                    pass
+            ack = Ack(task_id=task.id, status="done", result=result, attempt=task.attempts)
+            return Outcome(ack, PushAnswer(at, "done", status, ms))
+        later = None
+        if status in (429, 503):
+            later = retry_after(answer_headers.get("retry-after"), time.time())
+        text = b"".join(chunks)[:200].decode("utf-8", "replace").strip()
+        error = f"push answered {status}" + (f": {text}" if text else "")
+        outcome = failed("failed", error, status)
+        return Outcome(outcome.ack, outcome.answer, later)
+
+
+class Dispatcher:
+    """Every push queue's pusher on this server, started and stopped as queues come and
+    go (a look at the engine's queues every WATCH_INTERVAL_S)."""
+
+    def __init__(self, engine: Engine, allow: Allow | None = None) -> None:
+        self.engine = engine
+        self.allow = allow if allow is not None else Allow()
+        self.pushers: dict[str, QueuePusher] = {}
+        self._watcher: asyncio.Task[None] | None = None
+        self._stopping: set[asyncio.Task[None]] = set()
+
+    def check(self, name: str, options: QueueOptions) -> None:
+        """The engine's check of a queue's options (Engine.option_checks): a push URL
+        known not to be allowed is bad input (422)."""
+        if options.push is not None:
+            self.allow.check(options.push.url)
+
+    def start(self) -> None:
+        """Start pushing (after the engine is open)."""
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch(), name="katar-push")
+
+    async def stop(self) -> None:
+        """Stop claiming; let the pushes in flight end (see QueuePusher.stop)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        pushers, self.pushers = list(self.pushers.values()), {}
+        await asyncio.gather(*(pusher.stop() for pusher in pushers), *self._stopping)
+
+    async def _watch(self) -> None:
+        while True:
+            self.sync()
+            await asyncio.sleep(WATCH_INTERVAL_S)
+
+    def sync(self) -> None:
+        """Start a pusher for each push queue, update or stop the others."""
+        queues = self.engine.queue_options()
+        for name, options in queues.items():
+            push = options.push
+            if push is None:
+                continue
+            pusher = self.pushers.get(name)
+            if pusher is None:
+                self.pushers[name] = QueuePusher(self.engine, name, push, self.allow)
+            elif pusher.push != push:
+                pusher.update(push)
+        for name in [
+            n for n, p in self.pushers.items() if n not in queues or queues[n].push is None
+        ]:
+            job = asyncio.create_task(self.pushers.pop(name).stop())
+            self._stopping.add(job)
+            job.add_done_callback(self._stopping.discard)
