@@ -52,6 +52,8 @@ def test_the_routes_that_answer_without_the_store() -> None:
         ("/v1/token", "GET"),
         ("/v1/throughput", "GET"),
         ("/v1/queue/{queue}", "GET"),
+        ("/v1/queue/{queue}/push", "GET"),
+        ("/v1/queue/{queue}/push/secret", "GET"),
     }
 
 

@@ -173,8 +173,9 @@ class Engine:
         self._reload_wanted = False
         self._reload_wake_all = False
         self._pruner: asyncio.Task[None] | None = None
-        #: Checks of a queue's options beyond their own bounds, by the fronts that serve
-        #: them (the push dispatcher's outbound safety): each raises ValidationError.
+        #: Called with a queue's new options before they are saved, by the fronts that
+        #: serve them (the push dispatcher: its outbound safety, and a pusher that must stop
+        #: before the change wakes its claim): each may raise ValidationError.
         self.option_checks: list[Callable[[str, QueueOptions], None]] = []
         #: When this process delivered each task it leased, for katar_run_seconds.
         self._delivered_at = DeliveryStarts()
@@ -270,8 +271,8 @@ class Engine:
         old = self.queues.get(name)
         if options.push is not None:
             options = model.settle_push(old, options)
-            for check in self.option_checks:
-                check(name, options)
+        for check in self.option_checks:
+            check(name, options)
         await self.store.save_queue(name, options)
         if old is None:
             log.info("queue %s created", name)
@@ -614,6 +615,8 @@ class Engine:
                     if clock.now_ms() >= deadline:
                         return []
                     # else: a limit's time to look again has come (see _recheck_at)
+            if gone is not None and gone.done():  # woken as the poller left: take nothing
+                return []
             seen = wakes.get(queue, 0)
             options = self.options(queue)
             now = clock.now_ms()

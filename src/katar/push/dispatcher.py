@@ -133,6 +133,7 @@ class QueuePusher:
         self.failures = 0
         self._pause_until = 0.0
         self._room.set()
+        self._interrupt()
 
     def _close_later(self, pool: httpcore.AsyncConnectionPool) -> None:
         async def close() -> None:
@@ -144,12 +145,15 @@ class QueuePusher:
         self._closing.add(job)
         job.add_done_callback(self._closing.discard)
 
+    def halt(self) -> None:
+        """Claim no more, from now on (the parked claim takes nothing when woken)."""
+        self._stopping = True
+        self._interrupt()
+
     async def stop(self) -> None:
         """Claim no more; let the pushes in flight end for a while, then drop them (their
         leases run out and the tasks are pushed again)."""
-        self._stopping = True
-        if not self._gone.done():
-            self._gone.set_result(None)
+        self.halt()
         self._room.set()
         self.runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -179,6 +183,7 @@ class QueuePusher:
                 self._room.clear()
                 await self._room.wait()
                 continue
+            self._gone = asyncio.get_running_loop().create_future()
             try:
                 tasks = await engine.poll(
                     self.queue, (), room, CLAIM_WAIT_S, "katar-push", self._gone
@@ -193,6 +198,12 @@ class QueuePusher:
                 job = asyncio.create_task(self._deliver(task))
                 self.in_flight.add(job)
                 job.add_done_callback(self._ended)
+
+    def _interrupt(self) -> None:
+        """End the claim parked in a long poll without taking anything (Engine.poll's
+        ``gone``): the pusher looks again at its room and its pause."""
+        if not self._gone.done():
+            self._gone.set_result(None)
 
     def _ended(self, job: asyncio.Task[None]) -> None:
         self.in_flight.discard(job)
@@ -214,6 +225,7 @@ class QueuePusher:
             if outcome.retry_after is not None:
                 pause = max(pause, outcome.retry_after)
             self._pause_until = time.monotonic() + pause
+            self._interrupt()  # a claim parked for many tasks takes none: probes now
             log.info(
                 "push queue %s: task %d delivery %d %s: %s",
                 self.queue,
@@ -341,10 +353,20 @@ class Dispatcher:
         self._stopping: set[asyncio.Task[None]] = set()
 
     def check(self, name: str, options: QueueOptions) -> None:
-        """The engine's check of a queue's options (Engine.option_checks): a push URL
-        known not to be allowed is bad input (422)."""
+        """The engine's check of a queue's new options (Engine.option_checks): a push URL
+        known not to be allowed is bad input (422); a queue that stops being a push queue
+        stops its pusher now, before the change wakes the pusher's parked claim."""
         if options.push is not None:
             self.allow.check(options.push.url)
+        elif name in self.pushers:
+            self._retire(name)
+
+    def _retire(self, name: str) -> None:
+        pusher = self.pushers.pop(name)
+        pusher.halt()
+        job = asyncio.create_task(pusher.stop())
+        self._stopping.add(job)
+        job.add_done_callback(self._stopping.discard)
 
     def start(self) -> None:
         """Start pushing (after the engine is open)."""
@@ -378,9 +400,5 @@ class Dispatcher:
                 self.pushers[name] = QueuePusher(self.engine, name, push, self.allow)
             elif pusher.push != push:
                 pusher.update(push)
-        for name in [
-            n for n, p in self.pushers.items() if n not in queues or queues[n].push is None
-        ]:
-            job = asyncio.create_task(self.pushers.pop(name).stop())
-            self._stopping.add(job)
-            job.add_done_callback(self._stopping.discard)
+        for name in [n for n in self.pushers if n not in queues or queues[n].push is None]:
+            self._retire(name)
