@@ -21,12 +21,11 @@ import asyncio
 import contextlib
 import email.utils
 import logging
-import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
-import httpcore
 import msgspec
 
 from katar.core.counters import PushAnswer
@@ -35,7 +34,8 @@ from katar.core.model import Ack, PushOptions, QueueOptions, Task
 from katar.errors import KatarError, QueueNotFound
 from katar.http.responses import delivery
 from katar.push import signing
-from katar.push.safety import Allow, Refused, SafeBackend
+from katar.push.client import Endpoint, Unreachable
+from katar.push.safety import Allow, Refused
 
 log = logging.getLogger("katar.push")
 
@@ -103,18 +103,18 @@ class QueuePusher:
         self.failures = 0
         self._pause_until = 0.0
         self._closing: set[asyncio.Task[None]] = set()
-        self.pool = self._pool(push)
+        #: Acks of ended pushes, sent with the next claim; whether a claim is under way.
+        self._acks: list[Ack] = []
+        self._polling = False
+        self.endpoint = self._endpoint(push)
         self.runner = asyncio.create_task(self._run(), name=f"katar-push-{queue}")
 
-    def _pool(self, push: PushOptions) -> httpcore.AsyncConnectionPool:
-        return httpcore.AsyncConnectionPool(
-            ssl_context=ssl.create_default_context(),
-            max_connections=self._capacity(self.engine.queue_options().get(self.queue)),
-            keepalive_expiry=KEEPALIVE_S,
-            http1=True,
-            http2=False,
-            retries=0,
-            network_backend=SafeBackend(),
+    def _endpoint(self, push: PushOptions) -> Endpoint:
+        return Endpoint(
+            push.url,
+            opened=self.allow.permits(push.url),
+            max_idle=self._capacity(self.engine.queue_options().get(self.queue)),
+            max_bytes=MAX_ANSWER_BYTES,
         )
 
     @staticmethod
@@ -126,8 +126,8 @@ class QueuePusher:
     def update(self, push: PushOptions) -> None:
         """The queue's push option changed (its URL, headers, timeout, secret)."""
         if push.url != self.push.url:
-            old = self.pool
-            self.pool = self._pool(push)
+            old = self.endpoint
+            self.endpoint = self._endpoint(push)
             self._close_later(old)
         self.push = push
         self.failures = 0
@@ -135,11 +135,11 @@ class QueuePusher:
         self._room.set()
         self._interrupt()
 
-    def _close_later(self, pool: httpcore.AsyncConnectionPool) -> None:
+    def _close_later(self, endpoint: Endpoint) -> None:
         async def close() -> None:
-            if self.in_flight:  # those that use the old pool end first
+            if self.in_flight:  # those that use the old endpoint end first
                 await asyncio.wait(list(self.in_flight), timeout=STOP_GRACE_S)
-            await pool.aclose()
+            endpoint.close()
 
         job = asyncio.create_task(close())
         self._closing.add(job)
@@ -164,7 +164,8 @@ class QueuePusher:
                 job.cancel()
             if pending:
                 await asyncio.wait(pending)
-        await self.pool.aclose()
+        await self._flush()
+        self.endpoint.close()
 
     async def _run(self) -> None:
         engine = self.engine
@@ -177,23 +178,30 @@ class QueuePusher:
                 room = min(room, 1 - len(self.in_flight))  # a probe, alone
                 pause = self._pause_until - time.monotonic()
                 if pause > 0 and room > 0:
+                    await self._flush()
                     await asyncio.sleep(pause)
                     continue
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
                 continue
+            # The acks of the pushes that ended ride on the claim: one store transaction.
+            acks, self._acks = self._acks, []
             self._gone = asyncio.get_running_loop().create_future()
+            self._polling = True
             try:
                 tasks = await engine.poll(
-                    self.queue, (), room, CLAIM_WAIT_S, "katar-push", self._gone
+                    self.queue, acks, room, CLAIM_WAIT_S, "katar-push", self._gone
                 )
             except QueueNotFound:
                 return
             except KatarError as exc:  # the store is out: try again in a moment
                 log.warning("push queue %s: cannot claim: %s", self.queue, exc.message)
+                self._acks[:0] = acks  # sent again (acks are idempotent)
                 await asyncio.sleep(1.0)
                 continue
+            finally:
+                self._polling = False
             for task in tasks:
                 job = asyncio.create_task(self._deliver(task))
                 self.in_flight.add(job)
@@ -234,19 +242,32 @@ class QueuePusher:
                 answer.outcome,
                 answer.error,
             )
+        if not (self._polling or self._stopping or self.runner.done()):
+            self._acks.append(outcome.ack)  # the claimer sends it with its next claim
+            return
+        await self._send((outcome.ack,))
+
+    async def _flush(self) -> None:
+        """Send the acks that wait for a claim, when no claim comes soon."""
+        if self._acks:
+            acks, self._acks = self._acks, []
+            await self._send(acks)
+
+    async def _send(self, acks: Sequence[Ack]) -> None:
+        """Apply acks now, retrying a while when the store is out."""
         for wait in (0.1, 0.5, 2.0, 5.0, None):
             try:
-                await self.engine.poll(self.queue, (outcome.ack,), 0, 0.0, "katar-push")
+                await self.engine.poll(self.queue, acks, 0, 0.0, "katar-push")
                 return
             except QueueNotFound:
                 return
             except KatarError as exc:  # the store is out: the lease keeps the task safe
                 if wait is None:
                     log.warning(
-                        "push queue %s: cannot ack task %d (its lease will run out and it "
-                        "will be pushed again): %s",
+                        "push queue %s: cannot ack %d task(s) (their leases will run out "
+                        "and they will be pushed again): %s",
                         self.queue,
-                        task.id,
+                        len(acks),
                         exc.message,
                     )
                     return
@@ -264,8 +285,8 @@ class QueuePusher:
         msg_id = f"{task.id}-{task.attempts}"
         timestamp = int(time.time())
         headers = [
-            (b"content-type", b"application/json"),
-            (b"user-agent", b"katar-push"),
+            (b"Content-Type", b"application/json"),
+            (b"User-Agent", b"katar-push"),
             *((name.encode(), value.encode()) for name, value in push.headers.items()),
             *signing.headers(push.secrets(at), msg_id, timestamp, body),
         ]
@@ -280,46 +301,24 @@ class QueuePusher:
         why = self.allow.refused_without_dns(push.url)
         if why is not None:
             return failed("refused", f"push refused: the URL {why}; see [push] allow")
-        token = self.allow.opened(push.url)
+        endpoint = self.endpoint
         try:
             async with asyncio.timeout(seconds):
-                extensions: dict[str, Any] = {
-                    "timeout": {
-                        "connect": seconds,
-                        "read": seconds,
-                        "write": seconds,
-                        "pool": seconds,
-                    }
-                }
-                async with self.pool.stream(
-                    "POST", push.url, headers=headers, content=body, extensions=extensions
-                ) as response:
-                    status = response.status
-                    chunks: list[bytes] = []
-                    size = 0
-                    cut = False
-                    async for chunk in response.aiter_stream():
-                        size += len(chunk)
-                        if size > MAX_ANSWER_BYTES:
-                            cut = True
-                            break
-                        chunks.append(chunk)
-                    answer_headers = {
-                        name.decode("latin-1").lower(): value.decode("latin-1")
-                        for name, value in response.headers
-                    }
+                answer = await endpoint.post(headers, body)
         except TimeoutError:
             return failed("timeout", f"push timed out: no answer within {seconds:g} s")
         except Refused as exc:
             return failed("refused", f"push refused: {exc}")
-        except httpcore.TimeoutException as exc:
-            return failed("timeout", f"push timed out: {exc or 'no answer in time'}")
-        except (httpcore.ConnectError, httpcore.NetworkError, OSError) as exc:
+        except Unreachable as exc:
+            return failed("unreachable", f"push failed: {exc}")
+        except OSError as exc:
             return failed("unreachable", f"push failed: cannot reach {push.url}: {exc}")
-        except httpcore.ProtocolError as exc:
-            return failed("unreachable", f"push failed: a broken HTTP answer: {exc}")
-        finally:
-            Allow.closed(token)
+        status, answer_headers, chunks, cut = (
+            answer.status,
+            answer.headers,
+            [answer.body],
+            answer.cut,
+        )
         ms = int((time.monotonic() - started) * 1000)
         if 200 <= status < 300:
             result = msgspec.Raw(b"null")

@@ -10,16 +10,10 @@ cannot slip through. The configuration's ``[push] allow`` opens hosts or URL pre
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import ipaddress
-import socket
-import typing
 import urllib.parse
 from collections.abc import Iterable
 from typing import Final
-
-import httpcore
 
 from katar.errors import ValidationError
 
@@ -29,10 +23,6 @@ LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain", "ip6-lo
 METADATA_NAMES: Final = frozenset({"metadata.google.internal", "metadata", "instance-data"})
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-#: Whether the connection being made is to an endpoint the allow list opens (set by the
-#: request, read by the network backend, which the connection pool calls in the same task).
-_opened: contextvars.ContextVar[bool] = contextvars.ContextVar("katar_push_opened", default=False)
 
 
 class Refused(Exception):
@@ -54,7 +44,8 @@ def refused_address(address: Address) -> str | None:
     return None
 
 
-def _literal(host: str) -> Address | None:
+def literal_address(host: str) -> Address | None:
+    """The address ``host`` is written as, or None for a name."""
     try:
         return ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
     except ValueError:
@@ -119,91 +110,9 @@ class Allow:
             return f"names this machine ({host})"
         if host in METADATA_NAMES:
             return f"names a cloud metadata service ({host})"
-        address = _literal(host)
+        address = literal_address(host)
         if address is not None:
             why = refused_address(address)
             if why is not None:
                 return f"is {why} ({address})"
         return None
-
-    def opened(self, url: str) -> contextvars.Token[bool]:
-        """Mark the connection about to be made for ``url`` (see SafeBackend)."""
-        return _opened.set(self.permits(url))
-
-    @staticmethod
-    def closed(token: contextvars.Token[bool]) -> None:
-        _opened.reset(token)
-
-
-class SafeBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend with the check on the connected address: resolve the
-    name, refuse when any of its addresses is refused, connect to a checked address. TLS
-    is started by the pool on that connection with the URL's name (SNI, certificate)."""
-
-    def __init__(self) -> None:
-        self._inner = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        local_address: str | None = None,
-        socket_options: typing.Iterable[typing.Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        addresses = await self._resolve(host, port, timeout)
-        if not _opened.get():
-            for address in addresses:
-                why = refused_address(address)
-                if why is not None:
-                    raise Refused(
-                        f"refused to connect to {host}: it resolves to {why} ({address}); "
-                        "the configuration's [push] allow may open it"
-                    )
-        last: Exception | None = None
-        for address in addresses:
-            try:
-                return await self._inner.connect_tcp(
-                    str(address), port, timeout, local_address, socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                last = exc
-        assert last is not None
-        raise last
-
-    async def _resolve(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None,  # noqa: ASYNC109 (httpcore's, passed on)
-    ) -> list[Address]:
-        literal = _literal(host)
-        if literal is not None:
-            return [literal]
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeout):
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
-        found: list[Address] = []
-        for info in infos:
-            address = _literal(str(info[4][0]))
-            if address is not None and address not in found:
-                found.append(address)
-        if not found:
-            raise httpcore.ConnectError(f"{host} resolves to no address")
-        return found
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        socket_options: typing.Iterable[typing.Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise Refused("a push never goes to a Unix socket")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
