@@ -95,9 +95,19 @@ class Receiver:
 
 
 @contextlib.asynccontextmanager
-async def serving(receiver: Receiver, port: int = 0) -> AsyncIterator[uvicorn.Server]:
+async def serving(
+    receiver: Receiver, port: int = 0, tls: tuple[str, str] | None = None
+) -> AsyncIterator[uvicorn.Server]:
+    """``receiver`` on a loopback port; with ``tls`` (certificate, key files), over HTTPS."""
     config = uvicorn.Config(
-        receiver, host="127.0.0.1", port=port, log_level="error", lifespan="off", loop="none"
+        receiver,
+        host="127.0.0.1",
+        port=port,
+        log_level="error",
+        lifespan="off",
+        loop="none",
+        ssl_certfile=None if tls is None else tls[0],
+        ssl_keyfile=None if tls is None else tls[1],
     )
     server = uvicorn.Server(config)
     job = asyncio.create_task(server.serve())

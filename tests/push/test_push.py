@@ -7,17 +7,20 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from pathlib import Path
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
+import trustme
 
 from katar import Katar
 from katar.core.model import QueueOptions, Task, parse_queue_options
 from katar.errors import ValidationError
 from katar.http import App
 from katar.push import Allow, Dispatcher, safety
+from katar.push.dispatcher import MAX_ANSWER_BYTES
 from tests.http.conftest import app_client, opened
 from tests.push.receiver import Answer, Received, Receiver, serving
 
@@ -382,3 +385,49 @@ async def test_pushes_stop_when_the_option_goes(
     await asyncio.sleep(0.3)
     assert len(receiver.received) == 1
     assert httpx  # the client library is the receiver's peer in the HTTP tests
+
+
+async def test_https_with_the_urls_name_on_the_checked_address(
+    katar: Katar, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    authority = trustme.CA()
+    certificate = authority.issue_cert("localhost")
+    ca_file, cert_file, key_file = (tmp_path / n for n in ("ca.pem", "cert.pem", "key.pem"))
+    authority.cert_pem.write_to_path(str(ca_file))
+    certificate.private_key_pem.write_to_path(str(key_file))
+    certificate.cert_chain_pems[0].write_to_path(str(cert_file))
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # the default context trusts the CA
+    receiver = Receiver()
+    pusher = Dispatcher(katar.engine, Allow(["localhost"]))
+    katar.engine.option_checks.append(pusher.check)
+    async with serving(receiver, tls=(str(cert_file), str(key_file))):
+        made = await katar.engine.put_queue(
+            "hooks",
+            parse_queue_options(
+                {"persistent": True, "push": {"url": f"https://localhost:{receiver.port}/in"}}
+            ),
+        )
+        assert made.push is not None
+        assert made.push.secret is not None
+        receiver.secrets.append(made.push.secret)
+        pusher.start()
+        try:
+            [task_id] = await enqueue(katar, "hooks", "secure")
+            assert (await finished(katar, "hooks", task_id)).status == "done"
+        finally:
+            await pusher.stop()
+    [received] = receiver.received
+    assert received.verified
+    assert received.headers["host"] == f"localhost:{receiver.port}"
+
+
+async def test_an_answer_is_read_up_to_its_bound(
+    katar: Katar, dispatcher: Dispatcher, receiver: Receiver
+) -> None:
+    huge = b'{"pad": "' + b"x" * (MAX_ANSWER_BYTES + 10) + b'"}'
+    receiver.script = lambda received: Answer(200, huge)
+    await push_queue(katar, receiver)
+    [task_id] = await enqueue(katar, "hooks", 1)
+    task = await finished(katar, "hooks", task_id)
+    assert task.status == "done"
+    assert task.result is None or bytes(task.result) == b"null"  # too large to be a result
