@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from pathlib import Path
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
