@@ -41,6 +41,8 @@ log = logging.getLogger("katar.push")
 
 #: Pushes in flight at once per queue and server when the queue sets no concurrency.
 DEFAULT_IN_FLIGHT: Final = 32
+#: A busy pusher claims once this share of its room (1/n) is free.
+CLAIM_SHARE: Final = 8
 #: Seconds a pusher's claim waits for a task (a long poll: woken as soon as one is ready).
 CLAIM_WAIT_S: Final = 10.0
 #: The most an endpoint's answer may hold; beyond it the answer is cut (and not a result).
@@ -173,7 +175,8 @@ class QueuePusher:
             options = engine.queue_options().get(self.queue)
             if options is None or options.push is None:
                 return
-            room = self._capacity(options) - len(self.in_flight)
+            capacity = self._capacity(options)
+            room = capacity - len(self.in_flight)
             if self.failures:
                 room = min(room, 1 - len(self.in_flight))  # a probe, alone
                 pause = self._pause_until - time.monotonic()
@@ -181,7 +184,9 @@ class QueuePusher:
                     await self._flush()
                     await asyncio.sleep(pause)
                     continue
-            if room <= 0:
+            # Under load, claim for a few ended pushes at once rather than for each: one
+            # store transaction then carries their acks and the next tasks.
+            if room <= 0 or (room < capacity // CLAIM_SHARE and self.in_flight):
                 self._room.clear()
                 await self._room.wait()
                 continue
