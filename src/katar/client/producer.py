@@ -41,6 +41,8 @@ from katar.protocol import (
     IDEMPOTENCY_KEY_HEADER,
     BulkDone,
     EnqueueOptions,
+    PushSecret,
+    PushStatus,
     QueueInfo,
     Queues,
     ScheduleRecord,
@@ -159,6 +161,8 @@ def _bulk_body(
 _queue_list: Final = msgspec.json.Decoder(Queues)
 _bulk_done: Final = msgspec.json.Decoder(BulkDone)
 _workers: Final = msgspec.json.Decoder(Workers)
+_push_status: Final = msgspec.json.Decoder(PushStatus)
+_push_secret: Final = msgspec.json.Decoder(PushSecret)
 _schedules: Final = msgspec.json.Decoder(Schedules)
 _schedule: Final = msgspec.json.Decoder(ScheduleRecord)
 
@@ -183,6 +187,22 @@ def _schedule_body(
         "catch_up": catch_up,
         "paused": paused,
     }
+
+
+def _push_body(url: str, timeout: int | None, headers: dict[str, str] | None) -> dict[str, Any]:
+    push: dict[str, Any] = {"url": url}
+    if timeout is not None:
+        push["timeout"] = timeout
+    if headers:
+        push["headers"] = headers
+    return {"push": push}
+
+
+def _new_secret(answer: bytes) -> str | None:
+    """The secret a queue's answer shows: only when the request made one."""
+    push = msgspec.json.decode(answer).get("options", {}).get("push") or {}
+    secret = push.get("secret")
+    return secret if isinstance(secret, str) else None
 
 
 def _many_body(
@@ -403,6 +423,37 @@ class Producer:
     def resume(self, queue: str) -> None:
         """Resume a paused queue."""
         self._send("PATCH", f"/v1/queue/{queue}", {"paused": False})
+
+    def set_push(
+        self,
+        queue: str,
+        url: str,
+        *,
+        timeout_ms: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> str | None:
+        """Make the queue a push queue (an admin token): the server POSTs its tasks to
+        ``url``, waiting ``timeout_ms`` for each answer, with ``headers``. The signing secret
+        when this call made one (the first time: keep it), else None."""
+        answer = self._send("PATCH", f"/v1/queue/{queue}", _push_body(url, timeout_ms, headers))
+        return _new_secret(answer.content)
+
+    def remove_push(self, queue: str) -> None:
+        """Make a push queue an ordinary one again: workers poll it."""
+        self._send("PATCH", f"/v1/queue/{queue}", {"push": None})
+
+    def push_status(self, queue: str) -> PushStatus:
+        """A push queue's endpoint and the server's last pushes to it."""
+        return _push_status.decode(self._send("GET", f"/v1/queue/{queue}/push").content)
+
+    def push_secret(self, queue: str) -> PushSecret:
+        """A push queue's signing secrets (an admin token)."""
+        return _push_secret.decode(self._send("GET", f"/v1/queue/{queue}/push/secret").content)
+
+    def rotate_push_secret(self, queue: str, grace: float = 86_400.0) -> PushSecret:
+        """A new signing secret; the old one signs too for ``grace`` seconds."""
+        answer = self._send("POST", f"/v1/queue/{queue}/push/rotate", {"grace": grace})
+        return _push_secret.decode(answer.content)
 
     def workers(self) -> list[WorkerSeen]:
         """The workers seen in the last hour on the token's queues."""
@@ -629,6 +680,37 @@ class AsyncProducer:
     async def resume(self, queue: str) -> None:
         """Resume a paused queue."""
         await self._send("PATCH", f"/v1/queue/{queue}", {"paused": False})
+
+    async def set_push(
+        self,
+        queue: str,
+        url: str,
+        *,
+        timeout_ms: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> str | None:
+        """Make the queue a push queue (see :meth:`Producer.set_push`)."""
+        body = _push_body(url, timeout_ms, headers)
+        return _new_secret((await self._send("PATCH", f"/v1/queue/{queue}", body)).content)
+
+    async def remove_push(self, queue: str) -> None:
+        """Make a push queue an ordinary one again: workers poll it."""
+        await self._send("PATCH", f"/v1/queue/{queue}", {"push": None})
+
+    async def push_status(self, queue: str) -> PushStatus:
+        """A push queue's endpoint and the server's last pushes to it."""
+        answer = await self._send("GET", f"/v1/queue/{queue}/push")
+        return _push_status.decode(answer.content)
+
+    async def push_secret(self, queue: str) -> PushSecret:
+        """A push queue's signing secrets (an admin token)."""
+        answer = await self._send("GET", f"/v1/queue/{queue}/push/secret")
+        return _push_secret.decode(answer.content)
+
+    async def rotate_push_secret(self, queue: str, grace: float = 86_400.0) -> PushSecret:
+        """A new signing secret; the old one signs too for ``grace`` seconds."""
+        answer = await self._send("POST", f"/v1/queue/{queue}/push/rotate", {"grace": grace})
+        return _push_secret.decode(answer.content)
 
     async def workers(self) -> list[WorkerSeen]:
         """The workers seen in the last hour on the token's queues."""
