@@ -199,7 +199,10 @@ class Engine:
             options = model.settle_push(stored, options)  # the file names no secret
             if stored is not None and stored != options:
                 _log_overridden(name, stored, options)
-            await self.put_queue(name, options)
+            try:
+                await self.put_queue(name, options)
+            except ValidationError as exc:  # a front's check (a push URL not allowed)
+                raise ConfigError(f"[queues.{name}] {exc.message}") from None
         stored_schedules = await self._scheduler.reload()
         for name, spec in (schedules or {}).items():
             kept = stored_schedules.get(name)
