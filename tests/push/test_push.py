@@ -21,6 +21,7 @@ from katar.errors import ValidationError
 from katar.http import App
 from katar.push import Allow, Dispatcher, safety
 from katar.push.dispatcher import MAX_ANSWER_BYTES
+from tests.conftest import store_url
 from tests.http.conftest import app_client, opened
 from tests.push.receiver import Answer, Received, Receiver, serving
 
@@ -431,3 +432,19 @@ async def test_an_answer_is_read_up_to_its_bound(
     task = await finished(katar, "hooks", task_id)
     assert task.status == "done"
     assert task.result is None or bytes(task.result) == b"null"  # too large to be a result
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_the_push_option_and_its_secret_survive_a_restart(kind: str, tmp_path: Path) -> None:
+    url = store_url(kind, tmp_path)
+    push = {"url": "https://hooks.example.com/in", "headers": {"X-A": "b"}}
+    async with opened(Katar(url)) as first:
+        made = await first.engine.put_queue("hooks", parse_queue_options({"push": push}))
+        rotated = await first.engine.rotate_push_secret("hooks", 60_000)
+    async with opened(Katar(url)) as second:
+        kept = second.engine.options("hooks")
+    assert kept == rotated
+    assert kept.push is not None
+    assert made.push is not None
+    assert kept.push.previous_secret == made.push.secret
+    assert kept.timeout == 35_000
