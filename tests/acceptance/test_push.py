@@ -5,27 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
 from katar.client import AsyncProducer, Producer
 from tests.acceptance.conftest import KatarProcess
+from tests.acceptance.test_cli_admin import katar
 from tests.push.receiver import Answer, Receiver, serving
-
-
-def katar(server: KatarProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "katar", *args],
-        cwd=server.cwd,
-        env={**os.environ, "KATAR_URL": server.url},
-        text=True,
-        capture_output=True,
-        timeout=60,
-    )
 
 
 async def test_push_through_the_client_and_the_command(

@@ -17,6 +17,17 @@ TOTAL = 40
 PG_TOTAL = 300
 
 
+async def all_done(http: httpx.AsyncClient, url: str, total: int, seconds: float) -> None:
+    """Wait until the queue "crash" has ``total`` tasks done."""
+    async with asyncio.timeout(seconds):
+        while True:
+            listing = (await http.get(f"{url}/v1/queues")).json()
+            [queue] = [q for q in listing["queues"] if q["name"] == "crash"]
+            if queue["counts"].get("done") == total:
+                return
+            await asyncio.sleep(0.2)
+
+
 async def test_kill_9_mid_push_then_restart(tmp_path: Path, servers: list[KatarProcess]) -> None:
     config = tmp_path / "katar.toml"
     config.write_text('[push]\nallow = ["127.0.0.1"]\n')
@@ -45,13 +56,7 @@ async def test_kill_9_mid_push_then_restart(tmp_path: Path, servers: list[KatarP
         await asyncio.to_thread(server.kill)  # pushes in flight: their answers are lost
         restarted = await asyncio.to_thread(KatarProcess(tmp_path, *args).start)
         servers.append(restarted)
-        async with asyncio.timeout(60):
-            while True:
-                listing = (await http.get(f"{restarted.url}/v1/queues")).json()
-                [queue] = [q for q in listing["queues"] if q["name"] == "crash"]
-                if queue["counts"].get("done") == TOTAL:
-                    break
-                await asyncio.sleep(0.2)
+        await all_done(http, restarted.url, TOTAL, 60)
         done = await http.get(
             f"{restarted.url}/v1/queue/crash/tasks", params={"status": "done", "limit": 100}
         )
@@ -95,13 +100,7 @@ async def test_three_servers_on_postgres_push_each_task_and_survive_a_kill(
         ids = {record["_id"] for record in enqueued.json()["tasks"]}
         await receiver.wait_for(PG_TOTAL // 4)
         await asyncio.to_thread(started[1].kill)
-        async with asyncio.timeout(90):
-            while True:
-                listing = (await http.get(f"{started[0].url}/v1/queues")).json()
-                [queue] = [q for q in listing["queues"] if q["name"] == "crash"]
-                if queue["counts"].get("done") == PG_TOTAL:
-                    break
-                await asyncio.sleep(0.2)
+        await all_done(http, started[0].url, PG_TOTAL, 90)
         for survivor in (started[0], started[2]):  # every server pushes
             status = (await http.get(f"{survivor.url}/v1/queue/crash/push")).json()
             assert status["counts"].get("done", 0) > 0, status
