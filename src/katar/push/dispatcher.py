@@ -43,6 +43,8 @@ log = logging.getLogger("katar.push")
 DEFAULT_IN_FLIGHT: Final = 32
 #: A busy pusher claims once this share of its room (1/n) is free.
 CLAIM_SHARE: Final = 8
+#: The longest an ended push's ack waits for a claim to carry it before it is sent alone.
+ACK_DELAY_S: Final = 0.2
 #: Seconds a pusher's claim waits for a task (a long poll: woken as soon as one is ready).
 CLAIM_WAIT_S: Final = 10.0
 #: The most an endpoint's answer may hold; beyond it the answer is cut (and not a result).
@@ -100,16 +102,25 @@ class QueuePusher:
         self.in_flight: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
         self._stopping = False
-        self._gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        #: The hang-up futures of the claims under way (Engine.poll's ``gone``).
+        self._gones: set[asyncio.Future[None]] = set()
         #: Failed pushes in a row: while any, one push at a time, after a pause.
         self.failures = 0
         self._pause_until = 0.0
         self._closing: set[asyncio.Task[None]] = set()
         #: Acks of ended pushes, sent with the next claim; whether a claim is under way.
         self._acks: list[Ack] = []
-        self._polling = False
+        self._waiting = 0  # claimers waiting for room
+        self._acks_since = 0.0  # when the oldest of self._acks ended
+        #: Room that the claims under way asked for, not yet pushes in flight.
+        self._reserved = 0
         self.endpoint = self._endpoint(push)
-        self.runner = asyncio.create_task(self._run(), name=f"katar-push-{queue}")
+        # On a store that servers share, a claim is a round trip to the database: two
+        # claimers keep one under way while the other's tasks are pushed.
+        claimers = 2 if engine.store.shared else 1
+        self.runners = [
+            asyncio.create_task(self._run(), name=f"katar-push-{queue}") for _ in range(claimers)
+        ]
 
     def _endpoint(self, push: PushOptions) -> Endpoint:
         return Endpoint(
@@ -157,9 +168,11 @@ class QueuePusher:
         leases run out and the tasks are pushed again)."""
         self.halt()
         self._room.set()
-        self.runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.runner
+        for runner in self.runners:
+            runner.cancel()
+        for runner in self.runners:
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
         if self.in_flight:
             _, pending = await asyncio.wait(self.in_flight, timeout=STOP_GRACE_S)
             for job in pending:
@@ -176,9 +189,9 @@ class QueuePusher:
             if options is None or options.push is None:
                 return
             capacity = self._capacity(options)
-            room = capacity - len(self.in_flight)
+            room = capacity - len(self.in_flight) - self._reserved
             if self.failures:
-                room = min(room, 1 - len(self.in_flight))  # a probe, alone
+                room = min(room, 1 - len(self.in_flight) - self._reserved)  # a probe, alone
                 pause = self._pause_until - time.monotonic()
                 if pause > 0 and room > 0:
                     await self._flush()
@@ -186,18 +199,17 @@ class QueuePusher:
                     continue
             # Under load, claim for a few ended pushes at once rather than for each: one
             # store transaction then carries their acks and the next tasks.
-            if room <= 0 or (room < capacity // CLAIM_SHARE and self.in_flight):
-                self._room.clear()
-                await self._room.wait()
+            busy = self.in_flight or self._reserved
+            if room <= 0 or (room < capacity // CLAIM_SHARE and busy):
+                await self._wait_for_room()
                 continue
             # The acks of the pushes that ended ride on the claim: one store transaction.
             acks, self._acks = self._acks, []
-            self._gone = asyncio.get_running_loop().create_future()
-            self._polling = True
+            gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._gones.add(gone)
+            self._reserved += room
             try:
-                tasks = await engine.poll(
-                    self.queue, acks, room, CLAIM_WAIT_S, "katar-push", self._gone
-                )
+                tasks = await engine.poll(self.queue, acks, room, CLAIM_WAIT_S, "katar-push", gone)
             except QueueNotFound:
                 return
             except KatarError as exc:  # the store is out: try again in a moment
@@ -206,17 +218,37 @@ class QueuePusher:
                 await asyncio.sleep(1.0)
                 continue
             finally:
-                self._polling = False
+                self._reserved -= room
+                self._gones.discard(gone)
             for task in tasks:
                 job = asyncio.create_task(self._deliver(task))
                 self.in_flight.add(job)
                 job.add_done_callback(self._ended)
 
+    async def _wait_for_room(self) -> None:
+        """Wait until a push ends; and send the acks that wait for a claim once the oldest
+        has waited ACK_DELAY_S (their leases run: no claim may hold them back long)."""
+        self._room.clear()
+        self._waiting += 1
+        try:
+            if not self._acks:
+                await self._room.wait()
+                return
+            left = self._acks_since + ACK_DELAY_S - time.monotonic()
+            try:
+                async with asyncio.timeout(max(left, 0.0)):
+                    await self._room.wait()
+            except TimeoutError:
+                await self._flush()
+        finally:
+            self._waiting -= 1
+
     def _interrupt(self) -> None:
         """End the claim parked in a long poll without taking anything (Engine.poll's
         ``gone``): the pusher looks again at its room and its pause."""
-        if not self._gone.done():
-            self._gone.set_result(None)
+        for gone in self._gones:
+            if not gone.done():
+                gone.set_result(None)
 
     def _ended(self, job: asyncio.Task[None]) -> None:
         self.in_flight.discard(job)
@@ -247,8 +279,12 @@ class QueuePusher:
                 answer.outcome,
                 answer.error,
             )
-        if not (self._polling or self._stopping or self.runner.done()):
-            self._acks.append(outcome.ack)  # the claimer sends it with its next claim
+        if self._waiting and not self._stopping:
+            # A claimer waits for room: it sends the ack with its next claim, or alone
+            # after ACK_DELAY_S.
+            if not self._acks:
+                self._acks_since = time.monotonic()
+            self._acks.append(outcome.ack)
             return
         await self._send((outcome.ack,))
 
