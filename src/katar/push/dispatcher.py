@@ -44,7 +44,7 @@ DEFAULT_IN_FLIGHT: Final = 32
 #: A busy pusher claims once this share of its room (1/n) is free.
 CLAIM_SHARE: Final = 8
 #: The longest an ended push's ack waits for a claim to carry it before it is sent alone.
-ACK_DELAY_S: Final = 0.2
+ACK_DELAY_S: Final = 0.05
 #: Seconds a pusher's claim waits for a task (a long poll: woken as soon as one is ready).
 CLAIM_WAIT_S: Final = 10.0
 #: The most an endpoint's answer may hold; beyond it the answer is cut (and not a result).
