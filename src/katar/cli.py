@@ -498,6 +498,7 @@ def serve(args: argparse.Namespace) -> int:
         access_log=settings.access_log,
         allowed_hosts=settings.allowed_hosts,
         aws_credentials=settings.aws_credentials,
+        push_allow=settings.push_allow,
     )
     workers = args.workers
     if workers == 1:

@@ -1,5 +1,5 @@
 """The operator's commands of ``katar``: queues, tasks, retry, redrive, pause, resume,
-workers.
+workers, push.
 
 Each one is a call of the Python client (katar.client.Producer) over HTTP, printed as an
 aligned table for people, or as JSON with ``--json`` for scripts. The server's refusals
@@ -35,6 +35,7 @@ COMMANDS: Final = {
     "pause": "pause a queue: its workers' polls take nothing until resumed",
     "resume": "resume a paused queue",
     "workers": "list the workers seen in the last hour",
+    "push": "a push queue: its endpoint and last pushes; --to URL sets it, --rotate, --secret",
 }
 #: The statuses a redrive moves (katar.core.rules.REDRIVE_STATES).
 _REDRIVEN: Final = ("queued", "failed")
@@ -55,6 +56,35 @@ def add_parsers(commands: Any, connection: Callable[[argparse.ArgumentParser], N
         command.add_argument(
             "--json", action="store_true", help="print JSON for scripts instead of a table"
         )
+        if name == "push":
+            command.add_argument("queue", metavar="QUEUE", help="the queue's name")
+            command.add_argument(
+                "--to", metavar="URL", help="make the queue a push queue to this endpoint"
+            )
+            command.add_argument(
+                "--timeout", type=int, metavar="MS", help="with --to: ms to wait for an answer"
+            )
+            command.add_argument(
+                "--header",
+                action="append",
+                default=[],
+                metavar="NAME:VALUE",
+                help="with --to: a header sent with each push (repeat for more)",
+            )
+            command.add_argument("--remove", action="store_true", help="stop pushing the queue")
+            command.add_argument(
+                "--secret", action="store_true", help="print its signing secrets (admin)"
+            )
+            command.add_argument(
+                "--rotate", action="store_true", help="give it a new signing secret (admin)"
+            )
+            command.add_argument(
+                "--grace",
+                type=float,
+                default=86_400.0,
+                metavar="S",
+                help="with --rotate: seconds the old secret still signs (default a day)",
+            )
         if name in ("tasks", "retry", "redrive", "pause", "resume"):
             command.add_argument("queue", metavar="QUEUE", help="the queue's name")
         if name in ("tasks", "retry", "redrive"):
@@ -220,6 +250,50 @@ def _workers(producer: Producer, args: argparse.Namespace) -> int:
     return 0
 
 
+def _push(producer: Producer, args: argparse.Namespace) -> int:
+    if args.to is not None:
+        headers: dict[str, str] = {}
+        for header in args.header:
+            name, colon, value = header.partition(":")
+            if not colon or not name.strip():
+                raise _usage(f"--header {header!r}: write it NAME:VALUE")
+            headers[name.strip()] = value.strip()
+        secret = producer.set_push(args.queue, args.to, timeout_ms=args.timeout, headers=headers)
+        if secret is None:
+            return _said(args, {"push": args.to}, f"{args.queue} pushes to {args.to}")
+        text = f"{args.queue} pushes to {args.to}; its signing secret (shown once): {secret}"
+        return _said(args, {"push": args.to, "secret": secret}, text)
+    if args.remove:
+        producer.remove_push(args.queue)
+        return _said(args, {"push": None}, f"{args.queue} is polled by workers again")
+    if args.secret or args.rotate:
+        if args.rotate:
+            secrets = producer.rotate_push_secret(args.queue, args.grace)
+        else:
+            secrets = producer.push_secret(args.queue)
+        if args.json:
+            return _print_json(msgspec.to_builtins(secrets))
+        print(secrets.secret)
+        if secrets.previous_secret is not None:
+            until = secrets.previous_until
+            print(f"{secrets.previous_secret} (the previous one: signs too until {until})")
+        return 0
+    status = producer.push_status(args.queue)
+    if args.json:
+        return _print_json(msgspec.to_builtins(status))
+    rate = "-" if status.error_rate is None else f"{status.error_rate:.0%}"
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(status.counts.items())) or "none yet"
+    print(f"{args.queue} pushes to {status.url} (timeout {status.timeout} ms)")
+    print(f"pushes by this server: {counts}; error rate of the last ones: {rate}")
+    rows = [
+        [a.at, a.outcome, "-" if a.status is None else str(a.status), str(a.ms), a.error or ""]
+        for a in status.recent
+    ]
+    if rows:
+        _print_table(["AT", "OUTCOME", "STATUS", "MS", "ERROR"], rows)
+    return 0
+
+
 _RUNNERS: Final[dict[str, Callable[[Producer, argparse.Namespace], int]]] = {
     "queues": _queues,
     "tasks": _tasks,
@@ -228,6 +302,7 @@ _RUNNERS: Final[dict[str, Callable[[Producer, argparse.Namespace], int]]] = {
     "pause": _pause,
     "resume": _resume,
     "workers": _workers,
+    "push": _push,
 }
 
 

@@ -25,6 +25,9 @@ timezone = "Europe/Berlin"
 queue = "emails"
 data = { report = "daily" }
 
+[push]                 # optional: what push queues may reach beside public addresses
+allow = ["127.0.0.1:8080", "http://hooks.internal/katar/"]  # hosts, host:port or URL prefixes
+
 [logging]              # optional; the command line's flags win over it
 level = "info"         # debug, info, warning or error
 format = "text"        # or "json": one object a line
@@ -95,6 +98,12 @@ class _Server(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     allowed_hosts: list[_NonEmpty] = msgspec.field(default_factory=list)
 
 
+class _Push(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    #: Hosts, host:port or URL prefixes a push may reach although they are loopback,
+    #: private or link-local addresses (katar.push.safety).
+    allow: list[_NonEmpty] = msgspec.field(default_factory=list)
+
+
 class _Logging(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     level: Annotated[str, _one_of(logs.LEVELS)] = "info"
     format: Annotated[str, _one_of(logs.FORMATS)] = "text"
@@ -145,6 +154,7 @@ class _File(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # QueueOptions, since msgspec's error paths do not name a dict's keys (the queue).
     limits: dict[str, Any] = msgspec.field(default_factory=dict)
     logging: _Logging = msgspec.field(default_factory=_Logging)
+    push: _Push = msgspec.field(default_factory=_Push)
     queues: dict[str, Any] = msgspec.field(default_factory=dict)
     schedules: dict[str, Any] = msgspec.field(default_factory=dict)  # each by parse_schedule
     tokens: Annotated[
@@ -190,6 +200,8 @@ class Settings:
     #: Created or updated at start-up; a schedule the store has and the file does not name
     #: stays as it is (delete it with DELETE /v1/schedules/NAME).
     schedules: dict[str, ScheduleSpec] = field(default_factory=dict)
+    #: [push] allow: where push queues may go beside public addresses.
+    push_allow: list[str] = field(default_factory=list)
     log_level: str = "info"
     log_format: str = "text"
     access_log: bool = False
@@ -332,6 +344,7 @@ def parse(raw: dict[str, Any], where: _Located) -> Settings:
         log_level=file.logging.level,
         log_format=file.logging.format,
         access_log=file.logging.access_log,
+        push_allow=file.push.allow,
     )
     for name, table in file.queues.items():
         try:

@@ -731,6 +731,52 @@ class Health(msgspec.Struct, frozen=True):
     error: str | None = None
 
 
+class PushSecret(msgspec.Struct, frozen=True):
+    """A push queue's signing secrets (admin only): the current one, and the one it
+    replaced while the rotation's grace period runs (both sign until then)."""
+
+    secret: str
+    previous_secret: str | None = None
+    #: When the previous secret stops signing (RFC 3339, UTC).
+    previous_until: str | None = None
+
+
+class PushRotate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A rotation of a push queue's secret: how long the old one keeps signing."""
+
+    grace: Annotated[
+        float,
+        msgspec.Meta(
+            ge=0,
+            le=30 * 86_400,
+            description="Seconds the old secret keeps signing (default a day).",
+        ),
+    ] = 86_400.0
+
+
+class PushAnswerRecord(msgspec.Struct, frozen=True):
+    """One push of the queue by this server, and how its endpoint answered."""
+
+    at: str  # when the push started (RFC 3339, UTC)
+    outcome: Literal["done", "failed", "timeout", "unreachable", "refused"]
+    status: int | None  # the HTTP status; null without an answer
+    ms: int
+    error: str | None = None
+
+
+class PushStatus(msgspec.Struct, frozen=True):
+    """A push queue's endpoint and this server's last pushes to it."""
+
+    url: str
+    timeout: int
+    #: This server's pushes since it started, by outcome.
+    counts: dict[str, int]
+    #: The share of the last answers that were not 2xx (0 to 1); null before any push.
+    error_rate: float | None
+    #: This server's last pushes, newest first.
+    recent: list[PushAnswerRecord]
+
+
 class QueueDeleted(msgspec.Struct, frozen=True):
     """A removed queue, and how many tasks went with it."""
 

@@ -29,6 +29,7 @@ from katar.http.connection import HttpProtocol, sweep
 from katar.http.sites import check_host_pattern
 from katar.logs import configure as configure_logs
 from katar.logs import mask_credentials
+from katar.push import Allow, Dispatcher
 from katar.sqs import Front
 
 log = logging.getLogger("katar")
@@ -60,9 +61,11 @@ class _Uvicorn(uvicorn.Server):
         katar: Katar,
         limits: Limits,
         started: Callable[[int], None],
+        pusher: Dispatcher,
     ) -> None:
         super().__init__(config)
         self.katar = katar
+        self.pusher = pusher
         self.limits = limits
         self.on_started = started
         self._sweeper: asyncio.Task[None] | None = None
@@ -103,6 +106,7 @@ class _Uvicorn(uvicorn.Server):
         log.info("katar stopping: finishing the requests in flight")
         self.katar.engine.begin_shutdown()  # long polls answer now, not when they time out
         await super().shutdown(sockets)
+        await self.pusher.stop()  # the pushes in flight end (or their leases run out)
         await self.katar.close()
         log.info("katar stopped")
         # uvicorn re-raises the signal it caught once it is done, which would end the
@@ -127,11 +131,13 @@ class WorkerServer:
         access_log: bool = False,
         allowed_hosts: Iterable[str] = (),
         aws_credentials: Iterable[AwsCredential] = (),
+        push_allow: Iterable[str] = (),
     ) -> None:
         """``allowed_hosts``: without tokens, the Host names answered beside loopback names,
         addresses and ``host`` (katar.http.sites.Hosts). ``aws_credentials``: the access keys
         that sign requests to the SQS API (katar.sqs); without them and without tokens, that
-        API is open as the rest is."""
+        API is open as the rest is. ``push_allow``: the hosts, host:port and URL prefixes that
+        push queues may reach beside public addresses ([push] allow)."""
         self.katar = katar
         self.port = port
         self.host = host
@@ -151,6 +157,14 @@ class WorkerServer:
                 check_host_pattern(pattern)
             except ValueError as exc:
                 raise ConfigError(f"[server] allowed_hosts (--allowed-host): {exc}") from None
+        try:
+            allow = Allow(push_allow)
+        except ValueError as exc:
+            raise ConfigError(f"[push] allow: {exc}") from None
+        #: The push dispatcher (katar.push): started once Katar is open, stopped before it
+        #: closes; its check refuses push URLs that the outbound safety never allows.
+        self.pusher = Dispatcher(katar.engine, allow)
+        katar.engine.option_checks.append(self.pusher.check)
         self.app = App(
             katar.engine,
             limits=self.limits,
@@ -204,6 +218,7 @@ class WorkerServer:
         ssl = self._ssl_options()
         await self.katar.open()
         self.app.throughput.start()  # the app's lifespan is off: the server runs it
+        self.pusher.start()
         config = uvicorn.Config(
             self.app,
             host=self.host,
@@ -219,10 +234,11 @@ class WorkerServer:
             timeout_graceful_shutdown=30,
             **ssl,
         )
-        server = _Uvicorn(config, self.katar, self.limits, self._started)
+        server = _Uvicorn(config, self.katar, self.limits, self._started, self.pusher)
         try:
             await server.serve(sockets=[listener or self.listen()])
         finally:
+            await self.pusher.stop()
             await self.app.throughput.stop()
             await self.katar.close()
 

@@ -55,6 +55,8 @@ def test_the_routes_that_answer_without_the_store() -> None:
         # A redrive's move job lives in the server's process.
         ("/v1/queue/{queue}/redrive", "GET"),
         ("/v1/queue/{queue}/redrive", "DELETE"),
+        ("/v1/queue/{queue}/push", "GET"),
+        ("/v1/queue/{queue}/push/secret", "GET"),
     }
 
 

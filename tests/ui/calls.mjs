@@ -89,6 +89,19 @@ export const CALLS = [
     route: "GET /v1/queue/{queue}/tasks/{id}/parents",
     path: "/v1/queue/q/tasks/7/parents?limit=20",
   },
+  {
+    name: "getPushStatus",
+    call: () => api.getPushStatus("a/b"),
+    route: "GET /v1/queue/{queue}/push",
+    path: "/v1/queue/a%2Fb/push",
+  },
+  {
+    name: "rotatePushSecret",
+    call: () => api.rotatePushSecret("hooks", 3600),
+    route: "POST /v1/queue/{queue}/push/rotate",
+    path: "/v1/queue/hooks/push/rotate",
+    body: { grace: 3600 },
+  },
   { name: "listWorkers", call: () => api.listWorkers(), route: "GET /v1/workers", path: "/v1/workers" },
   { name: "listSchedules", call: () => api.listSchedules(), route: "GET /v1/schedules", path: "/v1/schedules" },
   {

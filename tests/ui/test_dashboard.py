@@ -130,6 +130,7 @@ RIGHTS = {
         "POST /v1/queue/{queue}/redrive",
     ],
     "pauseSchedule": ["PATCH /v1/schedules/{schedule}"],
+    "rotateSecret": ["POST /v1/queue/{queue}/push/rotate"],
 }
 RANK = {"worker": 0, "producer": 1, "admin": 2}
 

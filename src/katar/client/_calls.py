@@ -32,6 +32,8 @@ from katar.protocol import (
     BulkDone,
     EnqueueOptions,
     MoveJobRecord,
+    PushSecret,
+    PushStatus,
     QueueInfo,
     Queues,
     Redriven,
@@ -114,6 +116,8 @@ _schedules: Final = _decoder(Schedules)
 _schedule: Final = _decoder(ScheduleRecord)
 _redriven: Final = _decoder(Redriven)
 _move_job: Final = _decoder(MoveJobRecord)
+_push_status: Final = _decoder(PushStatus)
+_push_secret: Final = _decoder(PushSecret)
 
 
 def _nothing(_response: httpx.Response) -> None:
@@ -463,3 +467,46 @@ def pause_schedule(name: str, paused: bool) -> Plan[ScheduleRecord]:
 def delete_schedule(name: str) -> Plan[None]:
     """Remove the schedule."""
     return _call(Request("DELETE", f"/v1/schedules/{name}"), _nothing)
+
+
+# -- push queues ---------------------------------------------------------------------------
+
+
+def _new_secret(response: httpx.Response) -> str | None:
+    """The secret a queue's answer shows: only when the request made one."""
+    push = msgspec.json.decode(response.content).get("options", {}).get("push") or {}
+    secret = push.get("secret")
+    return secret if isinstance(secret, str) else None
+
+
+def set_push(
+    queue: str, url: str, timeout_ms: int | None, headers: dict[str, str] | None
+) -> Plan[str | None]:
+    """Make the queue a push queue: the signing secret when this call made one."""
+    push: dict[str, Any] = {"url": url}
+    if timeout_ms is not None:
+        push["timeout"] = timeout_ms
+    if headers:
+        push["headers"] = headers
+    return _call(Request("PATCH", f"/v1/queue/{queue}", {"push": push}), _new_secret)
+
+
+def remove_push(queue: str) -> Plan[None]:
+    """Make a push queue an ordinary one again."""
+    return _call(Request("PATCH", f"/v1/queue/{queue}", {"push": None}), _nothing)
+
+
+def push_status(queue: str) -> Plan[PushStatus]:
+    """A push queue's endpoint and the answering server's last pushes to it."""
+    return _call(Request("GET", f"/v1/queue/{queue}/push"), _push_status)
+
+
+def push_secret(queue: str) -> Plan[PushSecret]:
+    """A push queue's signing secrets."""
+    return _call(Request("GET", f"/v1/queue/{queue}/push/secret"), _push_secret)
+
+
+def rotate_push_secret(queue: str, grace: float) -> Plan[PushSecret]:
+    """A new signing secret; the old one signs too for ``grace`` seconds."""
+    body = {"grace": grace}
+    return _call(Request("POST", f"/v1/queue/{queue}/push/rotate", body), _push_secret)

@@ -31,6 +31,8 @@ from katar.protocol import (
     BulkDone,
     EnqueueOptions,
     MoveJobRecord,
+    PushSecret,
+    PushStatus,
     QueueInfo,
     Redriven,
     ScheduleRecord,
@@ -272,6 +274,36 @@ class Producer:
         """Resume a paused queue."""
         self._run(calls.set_paused(queue, False))
 
+    def set_push(
+        self,
+        queue: str,
+        url: str,
+        *,
+        timeout_ms: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> str | None:
+        """Make the queue a push queue (an admin token): the server POSTs its tasks to
+        ``url``, waiting ``timeout_ms`` for each answer, with ``headers``. The signing secret
+        when this call made one (the first time: keep it), else None."""
+        secret: str | None = self._run(calls.set_push(queue, url, timeout_ms, headers))
+        return secret
+
+    def remove_push(self, queue: str) -> None:
+        """Make a push queue an ordinary one again: workers poll it."""
+        self._run(calls.remove_push(queue))
+
+    def push_status(self, queue: str) -> PushStatus:
+        """A push queue's endpoint and the server's last pushes to it."""
+        return self._run(calls.push_status(queue))
+
+    def push_secret(self, queue: str) -> PushSecret:
+        """A push queue's signing secrets (an admin token)."""
+        return self._run(calls.push_secret(queue))
+
+    def rotate_push_secret(self, queue: str, grace: float = 86_400.0) -> PushSecret:
+        """A new signing secret; the old one signs too for ``grace`` seconds."""
+        return self._run(calls.rotate_push_secret(queue, grace))
+
     def workers(self) -> list[WorkerSeen]:
         """The workers seen in the last hour on the token's queues."""
         return self._run(calls.workers())
@@ -502,6 +534,34 @@ class AsyncProducer:
     async def resume(self, queue: str) -> None:
         """Resume a paused queue."""
         await self._run(calls.set_paused(queue, False))
+
+    async def set_push(
+        self,
+        queue: str,
+        url: str,
+        *,
+        timeout_ms: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> str | None:
+        """Make the queue a push queue (see :meth:`Producer.set_push`)."""
+        secret: str | None = await self._run(calls.set_push(queue, url, timeout_ms, headers))
+        return secret
+
+    async def remove_push(self, queue: str) -> None:
+        """Make a push queue an ordinary one again: workers poll it."""
+        await self._run(calls.remove_push(queue))
+
+    async def push_status(self, queue: str) -> PushStatus:
+        """A push queue's endpoint and the server's last pushes to it."""
+        return await self._run(calls.push_status(queue))
+
+    async def push_secret(self, queue: str) -> PushSecret:
+        """A push queue's signing secrets (an admin token)."""
+        return await self._run(calls.push_secret(queue))
+
+    async def rotate_push_secret(self, queue: str, grace: float = 86_400.0) -> PushSecret:
+        """A new signing secret; the old one signs too for ``grace`` seconds."""
+        return await self._run(calls.rotate_push_secret(queue, grace))
 
     async def workers(self) -> list[WorkerSeen]:
         """The workers seen in the last hour on the token's queues."""

@@ -11,7 +11,7 @@ global registry of figures beside the engine's own.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
@@ -96,6 +96,24 @@ class Histogram:
         return result
 
 
+#: A push's outcomes: answered 2xx; answered otherwise; no answer in time; no connection
+#: (refused, reset, unresolvable); refused by the outbound safety before connecting.
+PUSH_OUTCOMES: Final = ("done", "failed", "timeout", "unreachable", "refused")
+#: The answers of a push queue's endpoint kept for the dashboard.
+PUSH_ANSWERS_KEPT: Final = 50
+
+
+@dataclass(frozen=True, slots=True)
+class PushAnswer:
+    """One push and how its endpoint answered."""
+
+    at: int  # ms since the epoch, when the push started
+    outcome: str  # one of PUSH_OUTCOMES
+    status: int | None  # the HTTP status, None without an answer
+    ms: int  # how long it took
+    error: str | None = None  # what went wrong, in words
+
+
 def _add(counter: dict[str, int], queue: str, n: int = 1) -> None:
     counter[queue] = counter.get(queue, 0) + n
 
@@ -127,6 +145,22 @@ class Counters:
     wait: dict[str, Histogram] = field(default_factory=dict)
     #: Seconds from a delivery to the ack that ended it (done or failed).
     run: dict[str, Histogram] = field(default_factory=dict)
+    #: Pushes this server made (katar.push), per (queue, outcome of PUSH_OUTCOMES).
+    pushes: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Seconds from a push's start to its answer (or its failure).
+    push_latency: dict[str, Histogram] = field(default_factory=dict)
+    #: The last answers of each push queue's endpoint, newest last (for the dashboard).
+    push_answers: dict[str, deque[PushAnswer]] = field(default_factory=dict)
+
+    def pushed(self, queue: str, answer: PushAnswer) -> None:
+        """Count a push's outcome, observe its latency, keep its answer among the last."""
+        key = (queue, answer.outcome)
+        self.pushes[key] = self.pushes.get(key, 0) + 1
+        self.observe(self.push_latency, queue, (answer.ms,))
+        answers = self.push_answers.get(queue)
+        if answers is None:
+            answers = self.push_answers[queue] = deque(maxlen=PUSH_ANSWERS_KEPT)
+        answers.append(answer)
 
     def add(self, counter: dict[str, int], queue: str, n: int = 1) -> None:
         """Add ``n`` to the queue's count in ``counter`` (one of this object's)."""
@@ -158,10 +192,12 @@ class Counters:
             self.redriven,
         ):
             counter.pop(queue, None)
-        for histograms in (self.wait, self.run):
+        for histograms in (self.wait, self.run, self.push_latency):
             histograms.pop(queue, None)
-        for key in [key for key in self.limited_polls if key[0] == queue]:
-            del self.limited_polls[key]
+        self.push_answers.pop(queue, None)
+        for pairs in (self.limited_polls, self.pushes):
+            for key in [key for key in pairs if key[0] == queue]:
+                del pairs[key]
 
 
 class Leased(Protocol):

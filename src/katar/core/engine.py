@@ -25,7 +25,7 @@ from typing import Any, Final
 
 import msgspec
 
-from katar.core import idempotency, rules
+from katar.core import idempotency, model, rules
 from katar.core.clock import Clock, SystemClock
 from katar.core.counters import Counters, DeliveryStarts
 from katar.core.listeners import Listener as Listener  # the API names it from here
@@ -105,7 +105,9 @@ def _log_overridden(name: str, stored: QueueOptions, declared: QueueOptions) -> 
     """Say at start-up which stored options of a queue its ``[queues.NAME]`` table replaces:
     a queue made or changed over HTTP is otherwise reset in silence by a file that names it
     (every option the table leaves out takes its default)."""
-    old, new = msgspec.to_builtins(stored), msgspec.to_builtins(declared)
+    # Never the push secrets: the log is no place for them.
+    old = msgspec.to_builtins(model.public_options(stored))
+    new = msgspec.to_builtins(model.public_options(declared))
     changes = ", ".join(
         f"{key} {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(old.keys() | new.keys())
@@ -170,6 +172,10 @@ class Engine:
         self._listeners = self._events.by_event  # a dict: tested before anything is emitted
         self._emit = self._events.emit
         store.attach(self)
+        #: Called with a queue's new options before they are saved, by the fronts that
+        #: serve them (the push dispatcher: its outbound safety, and a pusher that must stop
+        #: before the change wakes its claim): each may raise ValidationError.
+        self.option_checks: list[Callable[[str, QueueOptions], None]] = []
         #: When this process delivered each task it leased, for katar_run_seconds.
         self._delivered_at = DeliveryStarts()
         #: Redrives (katar.core.moves): those at a rate run in the background.
@@ -196,9 +202,13 @@ class Engine:
             if stored is not None and stored.paused and not options.paused:
                 # A pause made during an incident outlasts a restart: only PATCH lifts it.
                 options = msgspec.structs.replace(options, paused=True)
+            options = model.settle_push(stored, options)  # the file names no secret
             if stored is not None and stored != options:
                 _log_overridden(name, stored, options)
-            await self.put_queue(name, options)
+            try:
+                await self.put_queue(name, options)
+            except ValidationError as exc:  # a front's check (a push URL not allowed)
+                raise ConfigError(f"[queues.{name}] {exc.message}") from None
         stored_schedules = await self._scheduler.reload()
         for name, spec in (schedules or {}).items():
             kept = stored_schedules.get(name)
@@ -266,11 +276,15 @@ class Engine:
         exist is created with default options."""
         check_queue_name(name)
         check_dead_letter(name, options)
+        old = self.queues.get(name)
+        if options.push is not None:
+            options = model.settle_push(old, options)
+        for check in self.option_checks:
+            check(name, options)
         target = options.dead_letter
         if target is not None and await self.find_queue(target) is None:
             await self.put_queue(target, QueueOptions())
         await self.store.save_queue(name, options)
-        old = self.queues.get(name)
         if old is None:
             log.info("queue %s created", name)
         elif old.paused != options.paused:
@@ -285,6 +299,11 @@ class Engine:
         ``configuration`` given replaces the whole configuration; null removes a limit)."""
         current = msgspec.to_builtins(self.options(name))
         return await self.put_queue(name, parse_queue_options({**current, **changes}))
+
+    async def rotate_push_secret(self, name: str, grace_ms: int) -> QueueOptions:
+        """Give the push queue a fresh secret; the old one signs too for ``grace_ms``."""
+        options = model.rotated(self.options(name), self.clock.now_ms(), grace_ms)
+        return await self.put_queue(name, options)
 
     async def delete_queue(self, name: str) -> int:
         """Remove the queue and its tasks; the number of tasks removed."""
@@ -594,6 +613,8 @@ class Engine:
                     if clock.now_ms() >= deadline:
                         return []
                     # else: a limit's time to look again has come (see _recheck_at)
+            if gone is not None and gone.done():  # woken as the poller left: take nothing
+                return []
             seen = wakes.get(queue, 0)
             options = self.options(queue)
             now = clock.now_ms()

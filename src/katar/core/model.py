@@ -6,9 +6,12 @@ task's payload is never decoded or re-encoded on its way from producer to worker
 
 from __future__ import annotations
 
+import base64
 import enum
 import re
+import secrets
 import time
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Final
 
@@ -324,6 +327,109 @@ class Keep(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True
         return self.done if state is DONE else self.failed if state is FAILED else self.cancelled
 
 
+#: A push's answer timeout (ms) when the option names none.
+PUSH_TIMEOUT_MS: Final = 30_000
+#: Added to the push timeout for the lease of a queue whose options name no ``timeout``:
+#: the lease outlasts the push, so a server killed mid-push leaves the task to another.
+PUSH_LEASE_MARGIN_MS: Final = 5_000
+#: The prefix of a Standard Webhooks secret, and the bytes of a generated one.
+SECRET_PREFIX: Final = "whsec_"
+SECRET_BYTES: Final = 32
+#: Headers a push sets itself, which a queue's ``push.headers`` may not name.
+PUSH_OWN_HEADERS: Final = frozenset(
+    {
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "content-type",
+        "content-length",
+        "host",
+        "connection",
+        "transfer-encoding",
+    }
+)
+_SECRET_RE: Final = re.compile(r"^whsec_[A-Za-z0-9+/]{16,}={0,2}$")
+_HEADER_NAME_RE: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")
+
+
+class PushOptions(
+    msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """A push queue's endpoint: the server POSTs each task to ``url`` (see katar.push).
+
+    ``secret`` signs the pushes (Standard Webhooks); generated when the option is set
+    without one, kept across PUTs and PATCHes that name none. ``previous_secret`` signs
+    too until ``previous_until`` (ms since the epoch): the grace period of a rotation.
+    The secrets are never shown but to an admin (see public_options)."""
+
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+    timeout: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = PUSH_TIMEOUT_MS
+    headers: dict[str, Annotated[str, msgspec.Meta(max_length=4096)]] = msgspec.field(
+        default_factory=dict
+    )
+    secret: str | None = None
+    previous_secret: str | None = None
+    previous_until: int | None = None
+
+    def secrets(self, now: int) -> list[str]:
+        """The secrets that sign a push made at ``now``: the current one first."""
+        kept = [self.secret] if self.secret is not None else []
+        if (
+            self.previous_secret is not None
+            and self.previous_until is not None
+            and now < self.previous_until
+        ):
+            kept.append(self.previous_secret)
+        return kept
+
+
+def new_secret() -> str:
+    """A fresh Standard Webhooks secret: ``whsec_`` and base64 of random bytes."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+
+
+def check_push(push: PushOptions) -> None:
+    """Refuse a push option that can never work; raises typed.Invalid under ``push``."""
+    parts = urllib.parse.urlsplit(push.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise typed.Invalid(
+            ("push", "url"), "invalid", "", reason="must be an http:// or https:// URL with a host"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise typed.Invalid(
+            ("push", "url"),
+            "invalid",
+            "",
+            reason="must not carry credentials; send them in push.headers",
+        )
+    try:
+        parts.port  # noqa: B018 (a port out of range raises)
+    except ValueError:
+        raise typed.Invalid(("push", "url"), "invalid", "", reason="has an invalid port") from None
+    for name, value in push.headers.items():
+        if not _HEADER_NAME_RE.match(name) or name.lower() in PUSH_OWN_HEADERS:
+            raise typed.Invalid(
+                ("push", "headers", name),
+                "invalid",
+                "",
+                reason="must be a header name the push does not set itself "
+                f"(not one of {', '.join(sorted(PUSH_OWN_HEADERS))})",
+            )
+        if "\r" in value or "\n" in value:
+            raise typed.Invalid(
+                ("push", "headers", name), "invalid", "", reason="must not hold a line break"
+            )
+    for field in ("secret", "previous_secret"):
+        value = getattr(push, field)
+        if value is not None and not _SECRET_RE.match(value):
+            raise typed.Invalid(
+                ("push", field),
+                "invalid",
+                "",
+                reason="must be whsec_ followed by base64 of at least 12 bytes",
+            )
+
+
 class QueueOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """A queue's options: the keys of a ``[queues.NAME]`` table and of a ``PUT`` body, with
     their defaults and bounds. Build one from plain data with :func:`parse_queue_options`,
@@ -362,6 +468,9 @@ class QueueOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     #: ms: the expires_in of the queue's tasks that give none of their own (a task not
     #: delivered within this time is cancelled); None: tasks wait for ever.
     expires: Annotated[int, msgspec.Meta(ge=1, le=MAX_DELAY * 1000)] | None = None
+    #: The server POSTs the queue's tasks to this endpoint (katar.push); workers do not
+    #: poll a push queue.
+    push: PushOptions | None = None
     #: Sent to workers merged over DEFAULT_CONFIGURATION; its WorkerConfiguration keys are
     #: checked by parse_queue_options.
     configuration: Annotated[
@@ -399,6 +508,12 @@ def queue_options(raw: Any) -> QueueOptions:
     """Queue options from plain data (decoded JSON or TOML, keyword arguments), checked
     against QueueOptions's types and bounds. Raises :class:`typed.Invalid`."""
     options = typed.convert(raw, QueueOptions)
+    if options.push is not None:
+        check_push(options.push)
+        if isinstance(raw, dict) and "timeout" not in raw:
+            # The lease covers the push in flight: the push's timeout and a margin.
+            lease = options.push.timeout + PUSH_LEASE_MARGIN_MS
+            options = msgspec.structs.replace(options, timeout=lease)
     configuration = options.configuration
     if not configuration:
         return options
@@ -631,3 +746,51 @@ def check_text(worker: str | None, acks: Sequence[Ack]) -> None:
         if ack.error is not None and "\x00" in ack.error:
             where = f"tasks[{i}].error"
             raise ValidationError(f"{where} must not contain NUL (\\u0000)", field=where, ack=i)
+
+
+def settle_push(old: QueueOptions | None, new: QueueOptions) -> QueueOptions:
+    """The options to keep when ``new`` replaces ``old``: a push option that names no secret
+    keeps the queue's (and its rotation's grace), or gets a fresh one when it had none."""
+    push = new.push
+    if push is None or push.secret is not None:
+        return new
+    before = None if old is None else old.push
+    if before is not None and before.secret is not None:
+        push = msgspec.structs.replace(
+            push,
+            secret=before.secret,
+            previous_secret=before.previous_secret,
+            previous_until=before.previous_until,
+        )
+    else:
+        push = msgspec.structs.replace(push, secret=new_secret())
+    return msgspec.structs.replace(new, push=push)
+
+
+def rotated(options: QueueOptions, now: int, grace_ms: int) -> QueueOptions:
+    """The options with a fresh push secret; the old one signs too for ``grace_ms``."""
+    push = options.push
+    if push is None:
+        raise ValidationError("the queue has no push option: it has no secret to rotate")
+    push = msgspec.structs.replace(
+        push,
+        secret=new_secret(),
+        previous_secret=push.secret if grace_ms > 0 else None,
+        previous_until=now + grace_ms if grace_ms > 0 else None,
+    )
+    return msgspec.structs.replace(options, push=push)
+
+
+def public_options(options: QueueOptions, show_secret: bool = False) -> QueueOptions:
+    """The options as anyone who may read the queue sees them: the push secrets left out
+    (``show_secret`` keeps the current one, for the answer that made it)."""
+    push = options.push
+    if push is None:
+        return options
+    push = msgspec.structs.replace(
+        push,
+        secret=push.secret if show_secret else None,
+        previous_secret=None,
+        previous_until=None,
+    )
+    return msgspec.structs.replace(options, push=push)

@@ -25,11 +25,19 @@ from katar import ui
 from katar._version import __version__
 from katar.core import rules
 from katar.core.engine import Engine
-from katar.core.model import QueueOptions, State, Task, check_queue_name, parse_queue_options
+from katar.core.model import (
+    QueueOptions,
+    State,
+    Task,
+    check_queue_name,
+    parse_queue_options,
+    public_options,
+)
 from katar.core.moves import MoveJob
 from katar.core.schedule import Schedule, ScheduleSpec, parse_schedule, task_data
 from katar.core.schedule import check_name as check_schedule_name
 from katar.errors import (
+    Conflict,
     Forbidden,
     KatarError,
     NotFound,
@@ -71,6 +79,10 @@ from katar.protocol import (
     Configuration,
     Health,
     MoveJobRecord,
+    PushAnswerRecord,
+    PushRotate,
+    PushSecret,
+    PushStatus,
     QueueDeleted,
     QueueInfo,
     QueueLimits,
@@ -369,6 +381,13 @@ class App:
 
     async def poll(self, request: Request) -> Response:
         acks, limit, wait, worker = parse.parse_poll(request.body, self.limits.max_wait)
+        options = self.engine.queues.get(request.queue)
+        if options is not None and options.push is not None:
+            raise Conflict(
+                f"queue {request.queue!r} is a push queue: the server POSTs its tasks to "
+                "its endpoint (push.url), and workers do not poll it; remove the push "
+                'option (PATCH {"push": null}) to poll it'
+            )
         limit = min(limit, self._max_poll)
         # Tasks to stop (a heartbeat found them cancelled): answered 200 even with no task.
         cancel: list[int] | None = None
@@ -513,7 +532,7 @@ class App:
         queues = [
             QueueInfo(
                 name,
-                msgspec.to_builtins(known[name]),
+                msgspec.to_builtins(public_options(known[name])),
                 counts,
                 await self._limits(name, known[name], counts),
                 None if name not in heads else max(0, now - heads[name]) / 1000,
@@ -556,17 +575,92 @@ class App:
 
     async def put_queue(self, request: Request) -> Response:
         name = check_queue_name(request.queue, self.limits.max_queue_name)
+        before = self.engine.queues.get(name)
         options = parse_queue_options(parse.parse_object(request.body))
-        await self.engine.put_queue(name, options)
-        return json_response(QueueCreated(name, options, options.worker_configuration()))
+        options = await self.engine.put_queue(name, options)
+        return self._queue_answer(name, before, options)
+
+    @staticmethod
+    def _queue_answer(name: str, before: QueueOptions | None, options: QueueOptions) -> Response:
+        """A queue made or changed: its options without the push secret, unless this
+        request made a new one, which its answer shows once."""
+        push = options.push
+        old = None if before is None or before.push is None else before.push.secret
+        new_secret = push is not None and push.secret != old
+        shown = public_options(options, show_secret=new_secret)
+        return json_response(QueueCreated(name, shown, options.worker_configuration()))
+
+    def _push_options(self, queue: str) -> QueueOptions:
+        options = self.engine.options(queue)
+        if options.push is None:
+            raise Conflict(f"queue {queue!r} has no push option")
+        return options
+
+    async def push_status(self, request: Request) -> Response:
+        push = self._push_options(request.queue).push
+        assert push is not None
+        counters = self.engine.counters
+        answers = list(counters.push_answers.get(request.queue, ()))
+        counts = {
+            outcome: count
+            for (queue, outcome), count in counters.pushes.items()
+            if queue == request.queue
+        }
+        failed = sum(1 for answer in answers if answer.outcome != "done")
+        return json_response(
+            PushStatus(
+                push.url,
+                push.timeout,
+                counts,
+                round(failed / len(answers), 3) if answers else None,
+                [
+                    PushAnswerRecord(iso_time(a.at), a.outcome, a.status, a.ms, a.error)  # type: ignore[arg-type]
+                    for a in reversed(answers)
+                ],
+            )
+        )
+
+    async def push_secret(self, request: Request) -> Response:
+        push = self._push_options(request.queue).push
+        assert push is not None
+        assert push.secret is not None
+        now = self.engine.clock.now_ms()
+        previous = push.previous_secret
+        if push.previous_until is None or push.previous_until <= now:
+            previous = None
+        until = None if previous is None or push.previous_until is None else push.previous_until
+        return json_response(
+            PushSecret(push.secret, previous, None if until is None else iso_time(until))
+        )
+
+    async def rotate_push_secret(self, request: Request) -> Response:
+        self._push_options(request.queue)
+        body = request.body.strip() or b"{}"
+        try:
+            rotate = msgspec.json.decode(body, type=PushRotate)
+        except msgspec.ValidationError as exc:
+            raise ValidationError(f"a rotation's body: {exc}") from None
+        except msgspec.DecodeError:
+            raise ValidationError('the body must be JSON, e.g. {"grace": 3600}') from None
+        options = await self.engine.rotate_push_secret(request.queue, int(rotate.grace * 1000))
+        push = options.push
+        assert push is not None
+        assert push.secret is not None
+        until = push.previous_until
+        return json_response(
+            PushSecret(
+                push.secret, push.previous_secret, None if until is None else iso_time(until)
+            )
+        )
 
     async def patch_queue(self, request: Request) -> Response:
         self.engine.options(request.queue)  # an unknown queue is a 404 before a bad body
         if not request.body.strip():
             raise ValidationError('send the options to change, e.g. {"paused": true}')
         changes = parse.parse_object(request.body)
+        before = self.engine.queues.get(request.queue)
         options = await self.engine.patch_queue(request.queue, changes)
-        return json_response(QueueCreated(request.queue, options, options.worker_configuration()))
+        return self._queue_answer(request.queue, before, options)
 
     async def delete_queue(self, request: Request) -> Response:
         count = await self.engine.delete_queue(request.queue)

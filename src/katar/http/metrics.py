@@ -122,6 +122,19 @@ def render(
         counters.run,
     )
     lines += [
+        "# HELP katar_push_total Pushes this server made to push queues' endpoints, by"
+        " outcome (done, failed, timeout, unreachable, refused).",
+        "# TYPE katar_push_total counter",
+    ]
+    for (queue, outcome), count in sorted(counters.pushes.items()):
+        lines.append(f'katar_push_total{{queue="{_label(queue)}",outcome="{outcome}"}} {count}')
+    _histogram(
+        lines,
+        "katar_push_seconds",
+        "Time from a push's start to its endpoint's answer (or its failure), by queue.",
+        counters.push_latency,
+    )
+    lines += [
         "# HELP katar_long_polls Long polls this server holds now.",
         "# TYPE katar_long_polls gauge",
         f"katar_long_polls {long_polls}",

@@ -279,6 +279,12 @@ def _delivery(task: Task, omitted: list[str] | None = None) -> bytes:
     return _DELIVERY_TIMEOUT % (task.id, task.data, task.attempts, task.timeout)
 
 
+def delivery(task: Task) -> bytes:
+    """A delivered task's JSON object, exactly as a poll gives it (the push dispatcher
+    sends it, with the queue's name)."""
+    return _delivery(task)
+
+
 def _delivery_more(task: Task, omitted: list[str] | None = None) -> bytes:
     """The delivery of a task made by a schedule (its name and tick), or that waited for
     others (their results: fan-in, and the parents whose results are left out, see

@@ -32,6 +32,9 @@ from katar.protocol import (
     MoveJobRecord,
     Patch,
     Poll,
+    PushRotate,
+    PushSecret,
+    PushStatus,
     QueueDeleted,
     Queues,
     RedriveBody,
@@ -167,6 +170,9 @@ class Handlers(Protocol):
     async def put_queue(self, request: Request) -> Response: ...
     async def patch_queue(self, request: Request) -> Response: ...
     async def delete_queue(self, request: Request) -> Response: ...
+    async def push_status(self, request: Request) -> Response: ...
+    async def push_secret(self, request: Request) -> Response: ...
+    async def rotate_push_secret(self, request: Request) -> Response: ...
     async def enqueue(self, request: Request) -> Response: ...
     async def list_tasks(self, request: Request) -> Response: ...
     async def bulk(self, request: Request) -> Response: ...
@@ -487,7 +493,8 @@ ROUTES: Final[tuple[tuple[str, Mapping[str, Route]], ...]] = (
                             Deliveries,
                         ),
                         204: "Nothing to take, and nothing to stop.",
-                        409: "An ack for a task never delivered; nothing was applied.",
+                        409: "An ack for a task never delivered, or a poll of a push queue"
+                        " (the server delivers its tasks); nothing was applied.",
                         429: "The server holds its limit of long polls; retry shortly.",
                     },
                     writes=True,
@@ -526,6 +533,64 @@ ROUTES: Final[tuple[tuple[str, Mapping[str, Route]], ...]] = (
                     operation_id="deleteQueue",
                     tag="operators",
                     answers={200: A("Removed.", QueueDeleted)},
+                    writes=True,
+                ),
+            ),
+        },
+    ),
+    (
+        "/v1/queue/{queue}/push",
+        {
+            "GET": Route(
+                Handlers.push_status,
+                Access.PRODUCER,
+                Op(
+                    summary="A push queue's endpoint and this server's last pushes to it",
+                    operation_id="getPushStatus",
+                    tag="operators",
+                    answers={
+                        200: A("The endpoint and its last answers.", PushStatus),
+                        409: "The queue has no push option.",
+                    },
+                ),
+                store=False,
+            ),
+        },
+    ),
+    (
+        "/v1/queue/{queue}/push/secret",
+        {
+            "GET": Route(
+                Handlers.push_secret,
+                Access.ADMIN,
+                Op(
+                    summary="A push queue's signing secrets (admin only)",
+                    operation_id="getPushSecret",
+                    tag="operators",
+                    answers={
+                        200: A("The secrets.", PushSecret),
+                        409: "The queue has no push option.",
+                    },
+                ),
+                store=False,
+            ),
+        },
+    ),
+    (
+        "/v1/queue/{queue}/push/rotate",
+        {
+            "POST": Route(
+                Handlers.rotate_push_secret,
+                Access.ADMIN,
+                Op(
+                    summary="Give a push queue a new secret; the old one signs too for a while",
+                    operation_id="rotatePushSecret",
+                    tag="operators",
+                    body=PushRotate,
+                    answers={
+                        200: A("The new secret, and until when the old one signs.", PushSecret),
+                        409: "The queue has no push option.",
+                    },
                     writes=True,
                 ),
             ),

@@ -217,8 +217,7 @@ MOVE_COLUMNS: Final = (
     " started_at, history, dead_letter"
 )
 LEFT_BEHIND_COLUMNS: Final = (
-    "cancel_requested, progress, max_attempts, expires_at, unique_key, unique_until,"
-    " debounce_key"
+    "cancel_requested, progress, max_attempts, expires_at, unique_key, unique_until, debounce_key"
 )
 
 

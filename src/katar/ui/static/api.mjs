@@ -22,7 +22,7 @@
  * @property {Partial<Record<Status, number>>} counts
  * @property {number | null} oldest_queued_age seconds
  * @property {Limits | null} limits
- * @property {{paused?: boolean, dead_letter?: string | null} | null} options
+ * @property {{paused?: boolean, dead_letter?: string | null, push?: {url: string, timeout?: number} | null} | null} options
  * @property {string[]} [dead_letter_sources] the queues that send it the tasks that fail for good there
  */
 
@@ -221,6 +221,31 @@ function taskPath(queue, id, rest = "") {
 
 // -- one function per endpoint ---------------------------------------------------------------
 
+/**
+ * @typedef {object} PushAnswer One push of a push queue by the server, and its answer.
+ * @property {string} at
+ * @property {"done" | "failed" | "timeout" | "unreachable" | "refused"} outcome
+ * @property {number | null} status the HTTP status; null without an answer
+ * @property {number} ms
+ * @property {string | null} [error]
+ */
+
+/**
+ * @typedef {object} PushStatus GET /v1/queue/{queue}/push.
+ * @property {string} url
+ * @property {number} timeout
+ * @property {Record<string, number>} counts this server's pushes by outcome
+ * @property {number | null} error_rate of the last pushes, 0 to 1
+ * @property {PushAnswer[]} recent newest first
+ */
+
+/**
+ * @typedef {object} PushSecret A push queue's signing secrets (admin only).
+ * @property {string} secret
+ * @property {string | null} previous_secret
+ * @property {string | null} previous_until
+ */
+
 /** GET /v1/token: what the presented token may do. @returns {Promise<Token>} */
 export const whoAmI = () => call("GET", "/v1/token");
 
@@ -233,6 +258,23 @@ export const listQueues = () => call("GET", "/v1/queues");
  * @param {boolean} paused
  */
 export const setQueuePaused = (queue, paused) => call("PATCH", queuePath(queue), { paused });
+
+/**
+ * GET /v1/queue/{queue}/push: a push queue's endpoint and the server's last pushes.
+ * @param {string} queue
+ * @returns {Promise<PushStatus>}
+ */
+export const getPushStatus = (queue) => call("GET", queuePath(queue, "/push"));
+
+/**
+ * POST /v1/queue/{queue}/push/rotate: a new signing secret; the old one signs too for
+ * `grace` seconds.
+ * @param {string} queue
+ * @param {number} grace
+ * @returns {Promise<PushSecret>}
+ */
+export const rotatePushSecret = (queue, grace) =>
+  call("POST", queuePath(queue, "/push/rotate"), { grace });
 
 /**
  * GET /v1/throughput over the last `seconds`.

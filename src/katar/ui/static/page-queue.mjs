@@ -2,7 +2,7 @@
 // A queue's page: its tasks a page at a time, by status and filters; and for a token that
 // may, pause, enqueue, purge, and act on the selected or the matching tasks.
 import { useEffect, useState } from "./hooks.mjs";
-import { bulk, enqueue, listQueues, listTasks, redrive } from "./api.mjs";
+import { bulk, enqueue, getPushStatus, listQueues, listTasks, redrive, rotatePushSecret } from "./api.mjs";
 import { count, duration } from "./format.mjs";
 import { usePoll, useTitle } from "./live.mjs";
 import { may } from "./rights.mjs";
@@ -196,6 +196,97 @@ function Filters({ queue, status, query }) {
   `;
 }
 
+/** The grace period of a rotated secret that the dashboard asks for: a day. */
+const GRACE_S = 86400;
+
+/**
+ * Rotates a push queue's secret after a confirmation, and shows the new one once.
+ * @param {{queue: string, onClose: () => void}} props
+ */
+function RotateDialog({ queue, onClose }) {
+  const [secret, setSecret] = useState(/** @type {import("./api.mjs").PushSecret | null} */ (null));
+  const [error, setError] = useState(/** @type {unknown} */ (null));
+  const [busy, setBusy] = useState(false);
+  async function rotate() {
+    setBusy(true);
+    try {
+      setSecret(await rotatePushSecret(queue, GRACE_S));
+    } catch (e) {
+      setError(e);
+    }
+    setBusy(false);
+  }
+  return html`
+    <${Dialog} title="Rotate the signing secret of ${queue}" onClose=${onClose}>
+      ${!secret &&
+      html`<p>
+        The queue gets a new secret. For a day, both the old and the new one sign each push, so
+        deploy the new one to the receivers within that day.
+      </p>`}
+      ${secret &&
+      html`<p>The new secret (shown once here; an admin can read it again):</p>
+        <p><code class="secret">${secret.secret}</code></p>
+        <p class="muted">The old one signs too until <${Time} iso=${secret.previous_until} />.</p>`}
+      <${Problem} error=${error} />
+      <div class="buttons">
+        <button type="button" onClick=${onClose}>${secret ? "Close" : "Keep the secret"}</button>
+        ${!secret &&
+        html`<button type="button" class="primary" disabled=${busy} onClick=${rotate}>Rotate</button>`}
+      </div>
+    <//>
+  `;
+}
+
+/**
+ * A push queue's endpoint, its error rate and the server's last pushes to it.
+ * @param {{who: import("./rights.mjs").Token, queue: string}} props
+ */
+function PushPanel({ who, queue }) {
+  const [status, error] = usePoll(() => getPushStatus(queue), ["push", queue]);
+  const [rotating, setRotating] = useState(false);
+  return html`
+    <section class="push" aria-label="Push delivery">
+      <h2>Pushed to ${status ? html`<code>${status.url}</code>` : "its endpoint"}</h2>
+      <${Problem} error=${error} />
+      ${status &&
+      html`<p class="muted">
+        Timeout ${count(status.timeout)} ms; error rate of the last pushes:
+        ${status.error_rate === null ? "–" : `${Math.round(status.error_rate * 100)}%`}
+        ${may(who, "rotateSecret") &&
+        html` <button type="button" onClick=${() => setRotating(true)}>Rotate secret…</button>`}
+      </p>`}
+      ${status &&
+      status.recent.length > 0 &&
+      html`<div class="table-wrap">
+        <table>
+          <caption class="visually-hidden">The last pushes, newest first</caption>
+          <thead>
+            <tr>
+              <th scope="col">When</th>
+              <th scope="col">Outcome</th>
+              <th scope="col">Status</th>
+              <th scope="col">ms</th>
+              <th scope="col">Error</th>
+            </tr>
+          </thead>
+          <tbody>
+            ${status.recent.slice(0, 10).map(
+              (answer) => html`<tr>
+                <td><${Time} iso=${answer.at} /></td>
+                <td>${answer.outcome}</td>
+                <td>${answer.status ?? html`<span class="muted">–</span>`}</td>
+                <td>${count(answer.ms)}</td>
+                <td class="error-text" title=${answer.error || ""}>${answer.error || ""}</td>
+              </tr>`,
+            )}
+          </tbody>
+        </table>
+      </div>`}
+      ${rotating && html`<${RotateDialog} queue=${queue} onClose=${() => setRotating(false)} />`}
+    </section>
+  `;
+}
+
 /**
  * @typedef {{kind: "bulk", action: BulkAction, filter: Filter, what: string} | {kind: "enqueue"}
  *   | {kind: "redrive", filter: Filter, what: string}} Open
@@ -278,6 +369,7 @@ export function QueuePage({ who, name, query }) {
           there for good come here.`}
         ${target && html` Tasks that fail here for good move to <a href=${queueLink(target)}>${target}</a>.`}
       </p>`}
+      ${info && info.options && info.options.push && html`<${PushPanel} who=${who} queue=${name} />`}
       <nav class="tabs" aria-label="Status">
         ${/** @type {(Status | "")[]} */ (["", ...STATUSES]).map(
           (s) => html`<a

@@ -26,6 +26,8 @@ export const NEEDS = /** @satisfies {Readonly<Record<string, Role>>} */ (Object.
   changeTasks: "admin",
   /** Pause or resume a schedule. */
   pauseSchedule: "admin",
+  /** Give a push queue a new signing secret. */
+  rotateSecret: "admin",
 }));
 
 /** @typedef {keyof typeof NEEDS} Right */
