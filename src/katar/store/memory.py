@@ -266,11 +266,15 @@ class MemoryStore(Store):
     def _forget_edges(self, task: Task) -> None:
         """A task removed: its own edges go (as a child, and as a parent: the children still
         linked to it were settled when it ended or was deleted)."""
-        self._children.pop(task.id, None)
-        self._named_by.pop(task.id, None)
+        if task.id in self._named_by:  # named as a parent once (_link): its entries go
+            del self._named_by[task.id]
+            self._children.pop(task.id, None)
+            self._waited.pop(task.id, None)
+        edges = self._edges.pop(task.id, None)
+        if edges is None:  # not a child (_link gives every child its edges)
+            return
         self._foreign.pop(task.id, None)
-        self._waited.pop(task.id, None)
-        for parent_id in self._edges.pop(task.id, ()):
+        for parent_id in edges:
             waiting = self._children.get(parent_id)
             if waiting is not None:
                 waiting.pop(task.id, None)
@@ -516,11 +520,12 @@ class MemoryStore(Store):
         per key, kept current as each task is leased), pass over the keys at their
         key_concurrency, keeping their place."""
         heap = self._ready[queue]
+        tasks, leases, in_progress = self._tasks, self._leases, self._running[queue]
         delivered: list[Task] = []
         passed: list[tuple[int, int, int]] = []
         while heap and len(delivered) < limit:
             entry = heapq.heappop(heap)
-            task = self._tasks.get(entry[2])
+            task = tasks.get(entry[2])
             if task is None or task.state is not READY or task.priority != -entry[0]:
                 continue
             if rules.expired(task, now):
@@ -534,10 +539,23 @@ class MemoryStore(Store):
                 passed.append(entry)
                 continue
             leased = rules.claimed(task, options, worker, now)
-            self._put(leased)
-            delivered.append(self._view(leased))
+            # What _put would write for READY -> RUNNING, written here (the hottest write):
+            # the task is in progress until its lease ends; its place (fair), expiry (lifted
+            # by a delivery, rules.expiry) and unique key stay as they were; its queue's
+            # counts of states move once for the whole claim, below.
+            tasks[leased.id] = leased
+            in_progress[leased.id] = None
+            if leased.key is not None:
+                self._key_running(leased, 1)
+            assert leased.lease_until is not None
+            heapq.heappush(leases, (leased.lease_until, leased.id))
+            delivered.append(self._view(leased) if leased.parents else leased)
         for entry in passed:
             heapq.heappush(heap, entry)
+        if delivered:
+            states = self._states[queue]
+            states[READY] -= len(delivered)
+            states[RUNNING] += len(delivered)
         return delivered
 
     def _claim_limited(
