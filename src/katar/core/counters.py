@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import attrgetter
 from typing import Final, Protocol
 
 #: Upper bounds of the histograms' buckets, in seconds (Prometheus's ``le``), from a
@@ -166,6 +168,10 @@ class Leased(Protocol):
     def lease_until(self) -> int | None: ...
 
 
+_id: Final = attrgetter("id")
+_lease_until: Final = attrgetter("lease_until")
+
+
 class DeliveryStarts:
     """When this process delivered each task it leased, for katar_run_seconds: the ack that
     ends the delivery takes its start (ms) out, by the task's id as the wire writes it.
@@ -201,16 +207,24 @@ class DeliveryStarts:
         starts = self._starts
         if self._prune_at is not None and self._prune_at <= now:
             self._prune(now)
-        if len(starts) + len(tasks) > self.limit:
+        if not tasks or len(starts) + len(tasks) > self.limit:
             return
-        stamp: tuple[int, int] | None = None
-        for task in tasks:
-            until = task.lease_until
-            if until is None:
-                continue
-            if stamp is None or stamp[1] != until:  # a task with a timeout of its own
-                stamp = (now, until)
-            starts[str(task.id)] = stamp
+        # A large claim's tasks mostly share one lease (their queue's timeout): then they share
+        # one entry, written in C, without a step per task in Python.
+        ends = set(map(_lease_until, tasks)) if len(tasks) >= _GROUPED else None
+        if ends is not None and len(ends) == 1:
+            (until,) = ends
+            if until is not None:
+                starts.update(zip(map(str, map(_id, tasks)), repeat((now, until))))
+        else:
+            stamp: tuple[int, int] | None = None
+            for task in tasks:
+                until = task.lease_until
+                if until is None:
+                    continue
+                if stamp is None or stamp[1] != until:  # a task with a timeout of its own
+                    stamp = (now, until)
+                starts[str(task.id)] = stamp
         if self._prune_at is None and starts:
             self._prune_at = next(iter(starts.values()))[1]
 
@@ -231,6 +245,19 @@ class DeliveryStarts:
         if not self._starts:
             self._prune_at = None
         return None if stamp is None else stamp[0]
+
+    def ran(self, task_ids: Iterable[str | int], now: int) -> list[int]:
+        """How long (ms, to ``now``) the deliveries of the tasks ran, those known here, each
+        forgotten: ended for a poll's acks at once (ids as the wire or the store has them)."""
+        starts = self._starts
+        ran = []
+        for key in task_ids:
+            stamp = starts.pop(key if isinstance(key, str) else str(key), None)
+            if stamp is not None:
+                ran.append(now - stamp[0])
+        if not starts:
+            self._prune_at = None
+        return ran
 
     def _prune(self, now: int) -> None:
         """Forget the deliveries from the front whose lease has run out by ``now``."""
