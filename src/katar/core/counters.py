@@ -194,7 +194,7 @@ class DeliveryStarts:
         self.limit = limit
         #: Per task id: (start, lease end), both ms. Insertion order is about lease order
         #: (one timeout per queue), which _prune walks from the front. The tasks of one
-        #: delivery share one tuple.
+        #: large claim share one tuple.
         self._starts: dict[str, tuple[int, int]] = {}
         #: The front entry's lease end: no pruning is due before (None: empty).
         self._prune_at: int | None = None
@@ -207,26 +207,35 @@ class DeliveryStarts:
         starts = self._starts
         if self._prune_at is not None and self._prune_at <= now:
             self._prune(now)
-        if not tasks or len(starts) + len(tasks) > self.limit:
+        if len(starts) + len(tasks) > self.limit:
             return
-        # A large claim's tasks mostly share one lease (their queue's timeout): then they share
-        # one entry, written in C, without a step per task in Python.
-        ends = set(map(_lease_until, tasks)) if len(tasks) >= _GROUPED else None
-        if ends is not None and len(ends) == 1:
+        if len(tasks) < _GROUPED:  # one by one: the fewest steps for the seed's one-task poll
+            for task in tasks:
+                if task.lease_until is not None:
+                    starts[str(task.id)] = (now, task.lease_until)
+        else:
+            self._started_many(tasks, now)
+        if self._prune_at is None and starts:
+            self._prune_at = next(iter(starts.values()))[1]
+
+    def _started_many(self, tasks: Sequence[Leased], now: int) -> None:
+        """started for a large claim: its tasks mostly share one lease (their queue's
+        timeout), and then one entry, written in C, without a step per task in Python."""
+        starts = self._starts
+        ends = set(map(_lease_until, tasks))
+        if len(ends) == 1:
             (until,) = ends
             if until is not None:
                 starts.update(zip(map(str, map(_id, tasks)), repeat((now, until))))
-        else:
-            stamp: tuple[int, int] | None = None
-            for task in tasks:
-                until = task.lease_until
-                if until is None:
-                    continue
-                if stamp is None or stamp[1] != until:  # a task with a timeout of its own
-                    stamp = (now, until)
-                starts[str(task.id)] = stamp
-        if self._prune_at is None and starts:
-            self._prune_at = next(iter(starts.values()))[1]
+            return
+        stamp: tuple[int, int] | None = None
+        for task in tasks:
+            until = task.lease_until
+            if until is None:
+                continue
+            if stamp is None or stamp[1] != until:  # a task with a timeout of its own
+                stamp = (now, until)
+            starts[str(task.id)] = stamp
 
     def extended(self, task_id: str, now: int) -> None:
         """A heartbeat for the task was applied here at ``now``: its lease runs as long again
