@@ -92,3 +92,25 @@ def test_past_the_cap_new_deliveries_go_unmeasured() -> None:
     assert len(starts) == 10
     _delivered(starts, range(30, 31), now=2000)  # the earlier leases ran out: room again
     assert len(starts) == 1
+
+
+def test_a_polls_acks_take_their_starts_out_at_once() -> None:
+    starts = DeliveryStarts()
+    _delivered(starts, range(40), now=100)  # a large claim: one lease, written at once
+    # Ids as the wire has them (str) or the store (int); unknown ones are not timed.
+    assert starts.ran(["1", 2, "77"], now=350) == [250, 250]
+    assert starts.ran(["1"], now=400) == []  # once
+    assert len(starts) == 38
+    assert starts.ran([str(i) for i in range(40)], now=500) == [400] * 38
+    assert len(starts) == 0
+
+
+def test_a_large_claim_with_leases_of_their_own_is_pruned_at_each() -> None:
+    starts = DeliveryStarts()
+    # Two leases among a large claim's tasks (not one entry for all): each keeps its own.
+    starts.started([_Task(i, 500 if i < 10 else 5000) for i in range(20)], 0)
+    assert len(starts) == 20
+    _delivered(starts, range(100, 101), now=600)  # prunes the first ten, whose leases ended
+    assert starts.ended("9") is None
+    assert starts.ended("10") == 0
+    assert len(starts) == 10

@@ -663,22 +663,21 @@ class Engine:
         done = 0
         started = self._delivered_at
         counters = self.counters
-        ran: list[int] = []
+        ended: list[str | int] = []
         for ack in acks:
             status = ack.status
             if status == "done":
                 done += 1
-            if started:
-                task_id = ack.task_id
-                key = task_id if isinstance(task_id, str) else str(task_id)
-                if status == "in progress":
-                    started.extended(key, now)
-                    continue
-                at = started.ended(key)
-                if at is not None:
-                    ran.append(now - at)
-        if ran:
-            counters.observe(counters.run, queue, ran)
+            elif status == "in progress":
+                if started:
+                    task_id = ack.task_id
+                    started.extended(task_id if isinstance(task_id, str) else str(task_id), now)
+                continue
+            ended.append(ack.task_id)
+        if ended:
+            ran = started.ran(ended, now)
+            if ran:
+                counters.observe(counters.run, queue, ran)
         if done:
             counters.add(counters.done, queue, done)
 

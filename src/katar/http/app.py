@@ -258,7 +258,11 @@ class App:
                     host=shown,
                 )
             )
-        if method in WRITE_METHODS and cross_site(fetch_site, origin, host):
+        if (
+            (fetch_site is not None or origin is not None)  # else no browser's (cross_site)
+            and method in WRITE_METHODS
+            and cross_site(fetch_site, origin, host)
+        ):
             shown = (origin or b"").decode("latin-1")[:100]
             return error_response(
                 Forbidden(

@@ -51,6 +51,8 @@ _STATUS_LINES: Final = {
 _JSON_HEAD: Final = b"".join(name + b": " + value + b"\r\n" for name, value in JSON_HEADERS)
 _API_HEAD: Final = b"".join(name + b": " + value + b"\r\n" for name, value in API_HEADERS)
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: The request headers that on_header reads, beside keeping them all.
+_NOTED: Final = frozenset({b"expect", b"transfer-encoding", *SITE_HEADERS})
 #: Complete requests a connection may hold behind the one being answered; beyond, it stops
 #: parsing and reading until the queue shortens.
 _PIPELINE: Final = 16
@@ -322,17 +324,22 @@ class HttpProtocol(asyncio.Protocol):
         if cycle.head_size > MAX_HEAD:
             raise HeadTooLarge(f"the request's headers are over {MAX_HEAD} bytes")
         name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
-            cycle.expect_continue = True
-        elif name in SITE_HEADERS:
-            cycle.site[name] = value
-        elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":
-            # llhttp takes any list ending in chunked as chunked, but Katar decodes no
-            # content coding (gzip...): such a body would reach the app still encoded.
-            raise InvalidRequest(
-                f"Transfer-Encoding {value.decode('latin-1')!r} is not supported: send the "
-                "body as it is, with Content-Length or Transfer-Encoding: chunked alone"
-            )
+        if name in _NOTED:  # one lookup for each of the others, which need nothing more
+            if name == b"expect":
+                if value.lower() == b"100-continue":
+                    cycle.expect_continue = True
+            elif name == b"transfer-encoding":
+                if value.strip().lower() != b"chunked":
+                    # llhttp takes any list ending in chunked as chunked, but Katar decodes
+                    # no content coding (gzip...): such a body would reach the app still
+                    # encoded.
+                    raise InvalidRequest(
+                        f"Transfer-Encoding {value.decode('latin-1')!r} is not supported: "
+                        "send the body as it is, with Content-Length or Transfer-Encoding: "
+                        "chunked alone"
+                    )
+            else:
+                cycle.site[name] = value
         cycle.headers.append((name, value))
 
     def on_headers_complete(self) -> None:

@@ -313,15 +313,16 @@ class MemoryStore(Store):
     def _forget_edges(self, task: Task) -> None:
         """A task removed: its own edges go (as a child, and as a parent: the children still
         linked to it were settled when it ended or was deleted)."""
-        self._children.pop(task.id, None)
-        self._named_by.pop(task.id, None)
-        self._foreign.pop(task.id, None)
-        self._waited.pop(task.id, None)
-        parents = self._edges.pop(task.id, None)
-        if parents is None:  # most tasks: no parents, so no after_failure either
+        if task.id in self._named_by:  # named as a parent once (_link): its entries go
+            del self._named_by[task.id]
+            self._children.pop(task.id, None)
+            self._waited.pop(task.id, None)
+        edges = self._edges.pop(task.id, None)
+        if edges is None:  # not a child (_link gives every child its edges)
             return
-        self._run.discard(task.id)
-        for parent_id in parents:
+        self._foreign.pop(task.id, None)
+        self._run.discard(task.id)  # after_failure "run": only a child has it
+        for parent_id in edges:
             waiting = self._children.get(parent_id)
             if waiting is not None:
                 waiting.pop(task.id, None)
@@ -662,13 +663,14 @@ class MemoryStore(Store):
         per key, kept current as each task is leased) or ``rates`` (key_rate's buckets),
         pass over the keys at their key_concurrency or out of tokens, keeping their place."""
         heap = self._ready[queue]
+        tasks, leases, in_progress = self._tasks, self._leases, self._running[queue]
         delivered: list[Task] = []
         passed: list[tuple[int, int, int]] = []
         by_key = running is not None or rates is not None
         left = queue in self._left  # asked once: a plain queue's claim pays nothing per task
         while heap and len(delivered) < limit:
             entry = heapq.heappop(heap)
-            task = self._tasks.get(entry[2])
+            task = tasks.get(entry[2])
             if task is None or task.state is not READY or task.priority != -entry[0]:
                 continue
             if left and task.queue != queue:  # moved away (a redrive) while ready here
@@ -689,10 +691,23 @@ class MemoryStore(Store):
                 passed.append(entry)
                 continue
             leased = rules.claimed(task, options, worker, now)
-            self._put(leased)
-            delivered.append(self._view(leased))
+            # What _put would write for READY -> RUNNING, written here (the hottest write):
+            # the task is in progress until its lease ends; its place (fair), expiry (lifted
+            # by a delivery, rules.expiry) and unique key stay as they were; its queue's
+            # counts of states move once for the whole claim, below.
+            tasks[leased.id] = leased
+            in_progress[leased.id] = None
+            if leased.key is not None:
+                self._key_running(leased, 1)
+            assert leased.lease_until is not None
+            heapq.heappush(leases, (leased.lease_until, leased.id))
+            delivered.append(self._view(leased) if leased.parents else leased)
         for entry in passed:
             heapq.heappush(heap, entry)
+        if delivered:
+            states = self._states[queue]
+            states[READY] -= len(delivered)
+            states[RUNNING] += len(delivered)
         return delivered
 
     def _claim_limited(
