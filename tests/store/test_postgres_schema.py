@@ -42,7 +42,7 @@ async def test_schema_1_is_upgraded_with_its_tasks_kept(tmp_path: Path) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         row = conn.execute(f"SELECT max(version) FROM {schema}.schema_version").fetchone()
         assert row is not None
-        assert row[0] == SCHEMA_VERSION == 13
+        assert row[0] == SCHEMA_VERSION == 14
 
 
 async def test_schema_3_gets_the_columns_of_long_running_work(tmp_path: Path) -> None:

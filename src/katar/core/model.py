@@ -123,6 +123,10 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     history: msgspec.Raw | None = None
     schedule: str | None = None  # the schedule that made the task, if one did
     scheduled_for: int | None = None  # the tick (ms) of that schedule it was made for
+    #: The W3C trace context it was enqueued with, as delivered: the JSON object
+    #: ``{"traceparent": ..., "tracestate": ...}`` (tracestate absent when none), kept as
+    #: bytes so that a delivery splices it in. None for a task enqueued without one.
+    trace: msgspec.Raw | None = None
     #: Not stored: set on an enqueue's answer when the task is an existing one that held the
     #: unique_key asked for (nothing was created for it).
     duplicate: bool = False
@@ -222,6 +226,8 @@ class NewTask(msgspec.Struct, kw_only=True, frozen=True):
     #: earlier tasks of the same enqueue ("$n" on the wire), each before its own place.
     after: tuple[int, ...] = ()
     refs: tuple[int, ...] = ()
+    #: The W3C trace context to store with it (Task.trace's JSON object), or None.
+    trace: msgspec.Raw | None = None
 
 
 #: Milliseconds, or counts, that a 32-bit signed integer holds: what every worker can use.
@@ -410,7 +416,37 @@ def task_options(body: protocol.NewTaskBody, where: str = "task") -> dict[str, A
         "expires_in_ms": None if body.expires_in is None else _ms(body.expires_in),
         "unique_key": body.unique_key,
         "unique_for_ms": None if body.unique_for is None else _ms(body.unique_for),
+        "trace": None
+        if body.trace is None
+        else trace_context(body.trace.traceparent, body.trace.tracestate),
     }
+
+
+_TRACEPARENT: Final = re.compile(protocol.TRACEPARENT_PATTERN)
+_INVALID_TRACEPARENT: Final = re.compile(protocol.INVALID_TRACEPARENT)
+_TRACESTATE: Final = re.compile(protocol.TRACESTATE_PATTERN)
+
+
+def trace_context(traceparent: str | None, tracestate: str | None) -> msgspec.Raw | None:
+    """The trace context a task stores and its deliveries carry (Task.trace), from the W3C
+    ``traceparent`` and ``tracestate``; None when the traceparent is absent or not W3C's:
+    the W3C Trace Context says a receiver ignores a traceparent it cannot parse (and then
+    the tracestate with it), rather than refuse the request. A tracestate that is not
+    printable ASCII or is over its 512 characters is left out, the traceparent kept. Both
+    are stored as given (the PostgreSQL function ``enqueue`` applies the same checks)."""
+    if (
+        traceparent is None
+        or _TRACEPARENT.match(traceparent) is None
+        or _INVALID_TRACEPARENT.match(traceparent) is not None
+    ):
+        return None
+    if (
+        tracestate is None
+        or len(tracestate) > protocol.MAX_TRACESTATE
+        or _TRACESTATE.match(tracestate) is None
+    ):
+        return msgspec.Raw(b'{"traceparent":"%s"}' % traceparent.encode())
+    return msgspec.Raw(msgspec.json.encode({"traceparent": traceparent, "tracestate": tracestate}))
 
 
 def _ms(seconds: float) -> int:

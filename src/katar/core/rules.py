@@ -65,6 +65,7 @@ def new_task(queue: str, spec: NewTask, task_id: int, now: int) -> Task:
         expires_at=None if spec.expires_in_ms is None else now + spec.expires_in_ms,
         unique_key=spec.unique_key,
         unique_until=None if spec.unique_for_ms is None else now + spec.unique_for_ms,
+        trace=spec.trace,
     )
 
 
@@ -78,6 +79,7 @@ def special(spec: NewTask) -> bool:
         or spec.timeout is not None
         or spec.max_attempts is not None
         or spec.expires_in_ms is not None
+        or spec.trace is not None
     )
 
 

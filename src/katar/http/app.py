@@ -25,7 +25,15 @@ from katar import ui
 from katar._version import __version__
 from katar.core import rules
 from katar.core.engine import Engine
-from katar.core.model import QueueOptions, State, Task, check_queue_name, parse_queue_options
+from katar.core.model import (
+    NewTask,
+    QueueOptions,
+    State,
+    Task,
+    check_queue_name,
+    parse_queue_options,
+    trace_context,
+)
 from katar.core.schedule import Schedule, ScheduleSpec, parse_schedule, task_data
 from katar.core.schedule import check_name as check_schedule_name
 from katar.errors import (
@@ -65,6 +73,8 @@ from katar.limits import task_too_large
 from katar.logs import log_access
 from katar.protocol import (
     IDEMPOTENCY_KEY_HEADER,
+    TRACEPARENT_HEADER,
+    TRACESTATE_HEADER,
     BulkDone,
     Configuration,
     Health,
@@ -613,11 +623,20 @@ class App:
             request.body, self.limits.max_tasks_per_enqueue, self.limits.max_task_bytes
         )
         key = None
+        traceparent: bytes | None = None
+        tracestate: list[bytes] = []
         for name, value in request.headers:
             if name == _IDEMPOTENCY_KEY:
                 if key is not None:
                     raise ValidationError("send at most one Idempotency-Key header")
                 key = value.decode("latin-1")
+            elif name == _TRACEPARENT:
+                # Two traceparents: neither is the caller's for sure; W3C: ignore both.
+                traceparent = value if traceparent is None else b""
+            elif name == _TRACESTATE:
+                tracestate.append(value)  # several headers are one list (RFC 9110)
+        if traceparent:
+            new = _traced(new, traceparent, tracestate)
         token = request.token
         may_use = None if token is None or token.all_queues else token.may_use
         created = await self.engine.enqueue(request.queue, new, key, may_use)
@@ -769,3 +788,18 @@ def _route_cost(path: str, params: tuple[str, ...]) -> int:
 
 
 _IDEMPOTENCY_KEY: Final = IDEMPOTENCY_KEY_HEADER.encode()
+_TRACEPARENT: Final = TRACEPARENT_HEADER.encode()
+_TRACESTATE: Final = TRACESTATE_HEADER.encode()
+
+
+def _traced(tasks: list[NewTask], traceparent: bytes, tracestate: list[bytes]) -> list[NewTask]:
+    """The tasks of an enqueue with the request's trace context, each that has none of its
+    own (a batch's ``trace``); as they were when the traceparent is not W3C's."""
+    state = b",".join(tracestate).decode("latin-1") if tracestate else None
+    trace = trace_context(traceparent.decode("latin-1"), state)
+    if trace is None:
+        return tasks
+    return [
+        task if task.trace is not None else msgspec.structs.replace(task, trace=trace)
+        for task in tasks
+    ]

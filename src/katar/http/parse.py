@@ -182,6 +182,7 @@ def _new_task(body: NewTaskBody, where: str, max_bytes: int) -> NewTask:
         and body.expires_in is None
         and body.unique_for is None
         and body.after is None
+        and body.trace is None
     ):  # most tasks: no option of their own, nothing more to convert
         return NewTask(
             data=body.data, priority=priority, delay_ms=delay_ms, run_at=run_at, paused=paused

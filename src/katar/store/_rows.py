@@ -15,7 +15,7 @@ COLUMNS: Final = (
     "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
     " created_at, updated_at, run_at, lease_until, key, cancel_requested, progress, timeout,"
     " max_attempts, expires_at, unique_key, unique_until, started_at, history, schedule,"
-    " scheduled_for, parents, children"
+    " scheduled_for, parents, children, trace"
 )
 _STATES: Final = STATES  # by value: faster than State(value) on the hot path
 #: The edges' columns (the deps table) that lead from a task to its children, or to its
@@ -55,13 +55,14 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
         scheduled_for=row[25],
         parents=row[26],
         children=bool(row[27]),
+        trace=None if row[28] is None else msgspec.Raw(row[28]),
     )
 
 
 #: One JSON value, read and not built (sound_json).
 _ONE_VALUE: Final = msgspec.json.Decoder(msgspec.Raw)
-#: The columns of COLUMNS that hold JSON: data, result, progress, history.
-_JSON_COLUMNS: Final = (4, 8, 16, 23)
+#: The columns of COLUMNS that hold JSON: data, result, progress, history, trace.
+_JSON_COLUMNS: Final = (4, 8, 16, 23, 28)
 
 
 def sound_json(raw: bytes) -> bytes:
@@ -98,11 +99,12 @@ def checked_task_from_row(row: Sequence[Any], queue: str) -> Task:
 #: on every claim.
 CLAIMED_COLUMNS: Final = (
     "id, priority, data, attempts, attempt_base, error, result, created_at, key, timeout,"
-    " (coalesce(max_attempts, expires_at, unique_until, unique_key, schedule) IS NULL"
+    " (coalesce(max_attempts, expires_at, unique_until, unique_key, schedule, trace) IS NULL"
     " AND parents = 0)"
 )
 OPTIONS_COLUMNS: Final = (
-    "max_attempts, expires_at, unique_key, unique_until, parents, children, schedule, scheduled_for"
+    "max_attempts, expires_at, unique_key, unique_until, parents, children, schedule,"
+    " scheduled_for, trace"
 )
 
 
@@ -143,7 +145,10 @@ def claimed_from_row(
     if row[10]:
         return task
     assert options is not None
-    max_attempts, expires_at, unique_key, unique_until, parents, children, schedule, tick = options
+    (max_attempts, expires_at, unique_key, unique_until, parents, children, schedule, tick) = (
+        options[:8]
+    )
+    trace = options[8]
     return msgspec.structs.replace(
         task,
         max_attempts=max_attempts,
@@ -154,6 +159,7 @@ def claimed_from_row(
         children=bool(children),
         schedule=schedule,
         scheduled_for=tick,
+        trace=None if trace is None else msgspec.Raw(trace),
     )
 
 

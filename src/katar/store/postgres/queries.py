@@ -163,10 +163,10 @@ def queries(s: str) -> Queries:
         insert_full=(
             f"INSERT INTO {s}.tasks (queue_id, created_at, updated_at, state, priority,"
             f" data, run_at, key, fair_seq, timeout, max_attempts, expires_at, unique_key,"
-            f" unique_until, parents, id, error) SELECT %s::int, %s::bigint, %s::bigint, *"
-            f" FROM unnest(%s::smallint[], %s::int[], %s::bytea[], %s::bigint[], %s::text[],"
+            f" unique_until, parents, id, error, trace) SELECT %s::int, %s::bigint, %s::bigint,"
+            f" * FROM unnest(%s::smallint[], %s::int[], %s::bytea[], %s::bigint[], %s::text[],"
             f" %s::bigint[], %s::int[], %s::int[], %s::bigint[], %s::text[], %s::bigint[],"
-            f" %s::int[], %s::bigint[], %s::text[]) RETURNING id"
+            f" %s::int[], %s::bigint[], %s::text[], %s::bytea[]) RETURNING id"
         ),
         # One transaction at a time per (queue, unique_key), in one order: no deadlock.
         lock_keys=(

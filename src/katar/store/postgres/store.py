@@ -493,6 +493,7 @@ class PostgresStore(Store):
                     [t.parents for t in drafts],
                     [t.id for t in drafts],
                     [t.error for t in drafts],  # a task cancelled at once: its parent failed
+                    [None if t.trace is None else bytes(t.trace) for t in drafts],
                 ),
             )
             ids = sorted(row[0] for row in await cursor.fetchall())

@@ -10,7 +10,7 @@ from katar.store._sql import AT_REST, ENDED_KEPT, HAS_EXPIRY, READY, RUNNING, SC
 # 4: idempotency keys; 5: key, fair_seq; 6: cancel, progress; 7: options; 8: delivery history;
 # 9: schedules; 10: dependencies; 11: the edges by parent, all of them (a task's children);
 # 12: an edge's parent queue, when not the child's; 13: the tasks in progress by key
-SCHEMA_VERSION: Final = 13
+SCHEMA_VERSION: Final = 14
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS queues (
     id INTEGER PRIMARY KEY,
@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     schedule TEXT,         -- the schedule that made the task
     scheduled_for INTEGER, -- and the tick it was made for
     parents INTEGER NOT NULL DEFAULT 0,   -- how many tasks it waits for (after)
-    children INTEGER NOT NULL DEFAULT 0   -- tasks that named it unfinished (its end settles them)
+    children INTEGER NOT NULL DEFAULT 0,  -- tasks that named it unfinished (its end settles them)
+    trace BLOB  -- the W3C trace context it was enqueued with, as delivered (a JSON object)
 );
 -- The claim's order, over READY tasks only: scheduled, running and finished tasks never
 -- slow it down however many there are.
@@ -143,6 +144,7 @@ _ADDED: Final = {
         ("tasks", "children", "INTEGER NOT NULL DEFAULT 0"),
     ),
     12: (("deps", "parent_queue", "TEXT"),),
+    14: (("tasks", "trace", "BLOB"),),
 }
 
 

@@ -102,7 +102,7 @@ _PLACE_ONE: Final = "UPDATE tasks SET fair_seq=? WHERE id=? AND fair_seq IS NULL
 _INSERT_FULL: Final = (
     "INSERT INTO tasks (id, queue_id, state, priority, data, created_at, updated_at, run_at,"
     " key, fair_seq, timeout, max_attempts, expires_at, unique_key, unique_until, parents,"
-    " error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " error, trace) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 # The task that holds a unique_key (rules.holds_key), if any: by the partial index tasks_unique.
 # The tasks that hold the unique_keys of a batch, by the partial index tasks_unique: one
@@ -358,6 +358,7 @@ class SQLiteStore(Store):
                     t.unique_until,
                     t.parents,
                     t.error,  # a task cancelled at once: its parent had failed
+                    None if t.trace is None else bytearray(t.trace),
                 )
                 for t, place in zip(created, places, strict=True)
             ],
