@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import ipaddress
 import logging
 import socket
@@ -124,9 +125,11 @@ class WorkerServer:
         tls_key: str | None = None,
         access_log: bool = False,
         allowed_hosts: Iterable[str] = (),
+        otlp_endpoint: str | None = None,
     ) -> None:
         """``allowed_hosts``: without tokens, the Host names answered beside loopback names,
-        addresses and ``host`` (katar.http.sites.Hosts)."""
+        addresses and ``host`` (katar.http.sites.Hosts). ``otlp_endpoint``: the collector
+        the server exports its spans to over OTLP/HTTP (katar.tracing; needs katar[otel])."""
         self.katar = katar
         self.port = port
         self.host = host
@@ -137,6 +140,9 @@ class WorkerServer:
             raise ConfigError("TLS needs both a certificate (tls_cert) and its key (tls_key)")
         self.tls_cert = tls_cert
         self.tls_key = tls_key
+        if otlp_endpoint is not None:
+            _check_otlp(otlp_endpoint)
+        self.otlp_endpoint = otlp_endpoint
         #: The port actually bound, once serving (useful with port 0).
         self.bound_port: int | None = None
         hosts = [host, *allowed_hosts]
@@ -189,6 +195,12 @@ class WorkerServer:
         """Open Katar, serve until a signal, shut down gracefully."""
         self.check_exposure()
         ssl = self._ssl_options()
+        if self.otlp_endpoint is not None:
+            # Made here, in the process that serves: the SDK's export thread does not
+            # survive the fork of katar serve --workers N.
+            from katar.tracing import Tracing
+
+            self.app.tracing = Tracing(self.otlp_endpoint)
         await self.katar.open()
         self.app.throughput.start()  # the app's lifespan is off: the server runs it
         config = uvicorn.Config(
@@ -212,6 +224,9 @@ class WorkerServer:
         finally:
             await self.app.throughput.stop()
             await self.katar.close()
+            tracing, self.app.tracing = self.app.tracing, None
+            if tracing is not None:  # the spans queued, exported (in a thread: it blocks)
+                await asyncio.to_thread(tracing.shutdown)
 
     def check_exposure(self) -> None:
         """Refuse an open server on a reachable address; warn about what remains exposed."""
@@ -281,4 +296,20 @@ class WorkerServer:
             mask_credentials(self.katar.store_url),
             access,
             queues,
+        )
+
+
+def _check_otlp(endpoint: str) -> None:
+    """ConfigError unless ``endpoint`` is an http(s) URL and katar[otel] is installed
+    (looked for, not imported: the SDK is loaded only by the process that serves)."""
+    if not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"the OTLP endpoint must be an http:// or https:// URL, not {endpoint[:80]!r}"
+        )
+    if importlib.util.find_spec("opentelemetry.sdk") is None or (
+        importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is None
+    ):
+        raise ConfigError(
+            "an OTLP endpoint needs the OpenTelemetry SDK and its OTLP/HTTP exporter:"
+            " pip install 'katar[otel]'"
         )
