@@ -7,73 +7,27 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from katar import Katar
 from katar.http import App
-from tests.http.conftest import app_client, opened
-
-pytest.importorskip("opentelemetry.sdk")
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-)
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
-
 from katar.tracing import Tracing
+from tests.helpers.otlp import Receiver, attributes, receiving, wait_for_spans
+from tests.http.conftest import app_client, opened
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PRODUCER_SPAN = "b7ad6b7169203331"
 PARENT = f"00-{TRACE_ID}-{PRODUCER_SPAN}-01"
 
 
-class Receiver(ThreadingHTTPServer):
-    """An OTLP/HTTP collector's traces endpoint: POST /v1/traces, protobuf."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.spans: list[tuple[Span, dict[str, Any]]] = []
-        self.paths: list[str] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Receiver
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["content-length"]))
-        request = ExportTraceServiceRequest()
-        request.ParseFromString(body)
-        self.server.paths.append(self.path)
-        for resource_spans in request.resource_spans:
-            resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-            for scope_spans in resource_spans.scope_spans:
-                self.server.spans.extend((span, resource) for span in scope_spans.spans)
-        self.send_response(200)
-        self.send_header("content-type", "application/x-protobuf")
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with receiving() as server:
+        yield server
 
 
 @pytest.fixture
@@ -84,13 +38,6 @@ async def traced(katar: Katar, receiver: Receiver, via: str) -> AsyncIterator[ht
         async with app_client(app, via) as client:
             yield client
     tracing.shutdown()
-
-
-def _attributes(span: Span) -> dict[str, Any]:
-    return {
-        a.key: a.value.string_value if a.value.HasField("string_value") else a.value.int_value
-        for a in span.attributes
-    }
 
 
 async def test_enqueue_receive_settle_share_the_producers_trace(
@@ -109,7 +56,7 @@ async def test_enqueue_receive_settle_share_the_producers_trace(
     # the untraced task: delivered and settled, and no span for it
     (other,) = (await traced.post("/v1/queue/q", json={"max": 1})).json()["tasks"]
     await traced.post("/v1/queue/q", json={"tasks": [{"_id": other["_id"], "status": "done"}]})
-    await _flush(receiver)
+    await wait_for_spans(receiver, names=3)
     spans = {span.name: span for span, _resource in receiver.spans}
     assert sorted(spans) == ["receive q", "send q", "settle q"]
     assert receiver.paths == ["/v1/traces"] * len(receiver.paths)
@@ -126,7 +73,7 @@ async def test_enqueue_receive_settle_share_the_producers_trace(
         (receive, "receive", "poll"),
         (settle, "settle", "done"),
     ):
-        assert _attributes(span) == {
+        assert attributes(span) == {
             "messaging.system": "katar",
             "messaging.operation.type": operation,
             "messaging.operation.name": name,
@@ -145,10 +92,10 @@ async def test_a_batch_span_counts_its_tasks(traced: httpx.AsyncClient, receiver
     response = await traced.post("/v1/queue/q/tasks", json=body, headers={"traceparent": PARENT})
     assert response.status_code == 201
     await traced.post("/v1/queue/q", json={"max": 2})
-    await _flush(receiver)
+    await wait_for_spans(receiver, names=2)
     spans = {span.name: span for span, _resource in receiver.spans}
     receive = spans["receive q"]
-    assert _attributes(receive)["messaging.batch.message_count"] == 2
+    assert attributes(receive)["messaging.batch.message_count"] == 2
     assert receive.trace_id.hex() == TRACE_ID  # the first task's context is the parent
     assert {link.trace_id.hex() for link in receive.links} == {TRACE_ID, other[3:35]}
 
@@ -159,23 +106,8 @@ async def test_an_unsampled_parent_exports_nothing(
     unsampled = PARENT[:-2] + "00"
     await traced.post("/v1/queue/q/tasks", json={"data": 1}, headers={"traceparent": unsampled})
     await traced.post("/v1/queue/q", json={"max": 1})
-    await _flush(receiver)
+    await wait_for_spans(receiver, seconds=2)
     assert receiver.spans == []
-
-
-async def _flush(receiver: Receiver) -> None:
-    """Wait for the batch processor's export (it runs every second, in its thread)."""
-    import asyncio
-
-    for _ in range(100):
-        await asyncio.sleep(0.05)
-        if len(receiver.spans) >= 3 or (receiver.spans and _settled(receiver)):
-            break
-    await asyncio.sleep(0.2)
-
-
-def _settled(receiver: Receiver) -> bool:
-    return any(span.name.startswith("receive") for span, _r in receiver.spans)
 
 
 @pytest.mark.storeless
