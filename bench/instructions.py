@@ -10,6 +10,12 @@ line: the instructions in all, per task and per poll.
 
     python -m bench.instructions --store sqlite --batch 100
     python -m bench.instructions --src ../other/src --store sqlite --batch 100
+    python -m bench.instructions --store sqlite --batch 100 --traced
+
+``--traced``: the server exports spans (``--otlp-endpoint``) to a collector that this process
+runs on loopback (it answers every export 200 and keeps nothing), and every task is enqueued
+with a ``traceparent``, so that every poll and ack makes its spans: what tracing costs, the
+SDK's export thread included (callgrind counts every thread). Needs katar[otel].
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +72,26 @@ def _worker(url: str, batch: int, tasks: int, drained: list[int], lock: threadin
                 return
 
 
-def count(src: Path, store: str, tasks: int, batch: int, connections: int) -> dict[str, Any]:
+class _Sink(BaseHTTPRequestHandler):
+    """An OTLP/HTTP collector that takes every export and keeps nothing."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+#: The producer's context of a traced run: sampled, so that every span is exported.
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def count(
+    src: Path, store: str, tasks: int, batch: int, connections: int, traced: bool = False
+) -> dict[str, Any]:
     """Instructions the server spends on the drain."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
@@ -75,6 +101,14 @@ def count(src: Path, store: str, tasks: int, batch: int, connections: int) -> di
     out = workdir / "callgrind.out"
     env = {**os.environ, "PYTHONPATH": str(src), "PYTHONHASHSEED": "0"}
     db = "memory://" if store == "memory" else "sqlite:///katar.db"
+    extra: list[str] = []
+    headers: dict[str, str] = {}
+    sink = None
+    if traced:
+        sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+        threading.Thread(target=sink.serve_forever, daemon=True).start()
+        extra = ["--otlp-endpoint", f"http://127.0.0.1:{sink.server_address[1]}"]
+        headers = {"traceparent": TRACEPARENT}
     server = subprocess.Popen(
         [
             "valgrind",
@@ -88,6 +122,7 @@ def count(src: Path, store: str, tasks: int, batch: int, connections: int) -> di
             str(port),
             "--db",
             db,
+            *extra,
         ],
         cwd=workdir,
         env=env,
@@ -101,8 +136,10 @@ def count(src: Path, store: str, tasks: int, batch: int, connections: int) -> di
             for start in range(0, tasks, 1000):
                 n = min(1000, tasks - start)
                 body = {"tasks": [{"data": {"n": start + i}} for i in range(n)]}
-                client.post(f"/v1/queue/{QUEUE}/tasks", json=body).raise_for_status()
-        time.sleep(1)  # the fill's last group commit
+                client.post(
+                    f"/v1/queue/{QUEUE}/tasks", json=body, headers=headers
+                ).raise_for_status()
+        time.sleep(2 if traced else 1)  # the fill's last group commit (and its spans' export)
         control = ["callgrind_control"]
         subprocess.run([*control, "-z", str(server.pid)], check=True, capture_output=True)
         drained = [0, 0]
@@ -127,6 +164,7 @@ def count(src: Path, store: str, tasks: int, batch: int, connections: int) -> di
             "store": store,
             "tasks": tasks,
             "batch": batch,
+            "traced": traced,
             "polls": drained[1],
             "instructions": total,
             "per_task": round(total / tasks),
@@ -139,6 +177,8 @@ def count(src: Path, store: str, tasks: int, batch: int, connections: int) -> di
         except subprocess.TimeoutExpired:
             server.kill()
         shutil.rmtree(workdir, ignore_errors=True)
+        if sink is not None:
+            sink.shutdown()
 
 
 def main() -> None:
@@ -148,8 +188,12 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=100, help="max of each poll")
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument(
+        "--traced", action="store_true", help="tasks with a traceparent, spans exported"
+    )
     args = parser.parse_args()
-    print(json.dumps(count(args.src, args.store, args.tasks, args.batch, args.connections)))
+    counted = count(args.src, args.store, args.tasks, args.batch, args.connections, args.traced)
+    print(json.dumps(counted))
 
 
 if __name__ == "__main__":
