@@ -5,6 +5,7 @@ loads no OpenTelemetry module at all."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -14,8 +15,10 @@ import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from katar import Katar
+from katar.errors import ConfigError
 from katar.http import App
-from katar.tracing import Tracing
+from katar.server import WorkerServer
+from katar.tracing import Tracing, otlp_traces_url
 from tests.helpers.otlp import Receiver, attributes, receiving, wait_for_spans
 from tests.http.conftest import app_client, opened
 
@@ -146,3 +149,20 @@ print("ok")
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.storeless
+def test_an_endpoint_is_checked_when_the_server_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="http:// or https://"):
+        WorkerServer(katar=Katar("memory://"), otlp_endpoint="collector:4318")
+    # without katar[otel], the error says what to install
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+    with pytest.raises(ConfigError, match=r"pip install 'katar\[otel\]'"):
+        WorkerServer(katar=Katar("memory://"), otlp_endpoint="http://localhost:4318")
+
+
+@pytest.mark.storeless
+def test_the_traces_url_of_an_endpoint() -> None:
+    assert otlp_traces_url("http://c:4318") == "http://c:4318/v1/traces"
+    assert otlp_traces_url("http://c:4318/") == "http://c:4318/v1/traces"
+    assert otlp_traces_url("http://c/otlp/v1/traces") == "http://c/otlp/v1/traces"
