@@ -201,6 +201,7 @@ class WorkerServer:
             from katar.tracing import Tracing
 
             self.app.tracing = Tracing(self.otlp_endpoint)
+            log.info("exporting spans over OTLP/HTTP to %s", self.app.tracing.endpoint)
         await self.katar.open()
         self.app.throughput.start()  # the app's lifespan is off: the server runs it
         config = uvicorn.Config(
