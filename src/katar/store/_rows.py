@@ -17,6 +17,9 @@ COLUMNS: Final = (
     " max_attempts, expires_at, unique_key, unique_until, started_at, history, schedule,"
     " scheduled_for, parents, children, trace"
 )
+#: The places of ``parents`` and ``children`` in a row of COLUMNS.
+PARENTS_AT: Final = 26
+CHILDREN_AT: Final = 27
 _STATES: Final = STATES  # by value: faster than State(value) on the hot path
 #: The edges' columns (the deps table) that lead from a task to its children, or to its
 #: parents (Store.linked): the task's own, and the other's.
@@ -53,8 +56,8 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
         history=None if row[23] is None else msgspec.Raw(row[23]),
         schedule=row[24],
         scheduled_for=row[25],
-        parents=row[26],
-        children=bool(row[27]),
+        parents=row[PARENTS_AT],
+        children=bool(row[CHILDREN_AT]),
         trace=None if row[28] is None else msgspec.Raw(row[28]),
     )
 

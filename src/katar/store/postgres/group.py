@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 from katar.core import rules
 from katar.core.model import RUNNING, Ack, QueueOptions, Task, parse_task_id
 from katar.core.storage import Change, PollResult
+from katar.store._rows import CHILDREN_AT, PARENTS_AT
 from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
 from katar.store.postgres.connection import Connections
 from katar.store.postgres.deps import Dependencies
@@ -113,8 +114,8 @@ class Done:
         """Of the tasks the statement finished: those with children, with their results
         (their children's edges take them); and those with parents (their edges go when the
         task goes, in a queue without history)."""
-        if watching:  # every column: parents and children are the last two
-            rows = [(row[0], row[-2], row[-1]) for row in rows]
+        if watching:  # every column (COLUMNS): parents and children at their places
+            rows = [(row[0], row[PARENTS_AT], row[CHILDREN_AT]) for row in rows]
         results: dict[int, bytes | None] = {
             task_id: None if ack.result is None else bytes(ack.result)
             for task_id, ack, _worker in self.acks
