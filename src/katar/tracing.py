@@ -45,6 +45,8 @@ BATCH_COUNT: Final = "messaging.batch.message_count"
 #: first): a delivery settled after that many others, or on another server, gets a settle
 #: span only when the ack's poll carries a traceparent of its own.
 REMEMBERED: Final = 100_000
+#: The most parsed trace contexts kept (Tracing._context).
+_CONTEXTS: Final = 10_000
 #: The batch span processor's queue: spans beyond it are dropped rather than waited for.
 MAX_QUEUE: Final = 8192
 
@@ -90,6 +92,8 @@ class Tracing:
         self._link = trace.Link
         self._kinds = trace.SpanKind
         self._propagator = TraceContextTextMapPropagator()
+        #: Stored trace contexts already parsed (_context), at most _CONTEXTS.
+        self._contexts: dict[bytes, Any] = {}
         #: The contexts of the traced tasks delivered lately, by id: what their settle links to.
         self._delivered: OrderedDict[int, bytes] = OrderedDict()
 
@@ -244,11 +248,21 @@ class Tracing:
         return attributes
 
     def _context(self, trace: bytes | msgspec.Raw) -> Any:
-        stored = _trace_decoder.decode(trace)
-        carrier = {"traceparent": stored.traceparent}
-        if stored.tracestate is not None:
-            carrier["tracestate"] = stored.tracestate
-        return self._propagator.extract(carrier)
+        """The OpenTelemetry context of a stored trace context (Task.trace): remembered for
+        the next spans of the same task or trace (a delivery's, its settle's), since a
+        delivery makes a link and often a parent of each."""
+        key = bytes(trace)
+        found = self._contexts.get(key)
+        if found is None:
+            stored = _trace_decoder.decode(key)
+            carrier = {"traceparent": stored.traceparent}
+            if stored.tracestate is not None:
+                carrier["tracestate"] = stored.tracestate
+            found = self._propagator.extract(carrier)
+            if len(self._contexts) >= _CONTEXTS:
+                self._contexts.clear()  # a bound, not a cache policy: the next ones refill it
+            self._contexts[key] = found
+        return found
 
     def _links(self, tasks: Sequence[Message]) -> list[Link]:
         links: list[Link] = []
