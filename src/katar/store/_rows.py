@@ -17,9 +17,11 @@ COLUMNS: Final = (
     " max_attempts, expires_at, unique_key, unique_until, started_at, history, schedule,"
     " scheduled_for, parents, children, trace"
 )
-#: The places of ``parents`` and ``children`` in a row of COLUMNS.
-PARENTS_AT: Final = 26
-CHILDREN_AT: Final = 27
+_NAMES: Final = [name.strip() for name in COLUMNS.split(",")]
+#: The places of some columns in a row of COLUMNS (found by name: columns are added).
+PARENTS_AT: Final = _NAMES.index("parents")
+CHILDREN_AT: Final = _NAMES.index("children")
+TRACE_AT: Final = _NAMES.index("trace")
 _STATES: Final = STATES  # by value: faster than State(value) on the hot path
 #: The edges' columns (the deps table) that lead from a task to its children, or to its
 #: parents (Store.linked): the task's own, and the other's.
@@ -58,14 +60,14 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
         scheduled_for=row[25],
         parents=row[PARENTS_AT],
         children=bool(row[CHILDREN_AT]),
-        trace=None if row[28] is None else msgspec.Raw(row[28]),
+        trace=None if row[TRACE_AT] is None else msgspec.Raw(row[TRACE_AT]),
     )
 
 
 #: One JSON value, read and not built (sound_json).
 _ONE_VALUE: Final = msgspec.json.Decoder(msgspec.Raw)
 #: The columns of COLUMNS that hold JSON: data, result, progress, history, trace.
-_JSON_COLUMNS: Final = (4, 8, 16, 23, 28)
+_JSON_COLUMNS: Final = (4, 8, 16, 23, TRACE_AT)
 
 
 def sound_json(raw: bytes) -> bytes:
