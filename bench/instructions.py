@@ -14,6 +14,13 @@ line: the instructions in all, per task and per poll.
         --options '{"key_rate": {"limit": 1000000, "period": 1000}}'
 
 ``--options`` (JSON) adds queue options; ``--keys N`` gives the tasks N keys, in turn.
+
+    python -m bench.instructions --store sqlite --batch 100 --traced
+
+``--traced``: the server exports spans (``--otlp-endpoint``) to a collector that this process
+runs on loopback (it answers every export 200 and keeps nothing), and every task is enqueued
+with a ``traceparent``, so that every poll and ack makes its spans: what tracing costs, the
+SDK's export thread included (callgrind counts every thread). Needs katar[otel].
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +77,23 @@ def _worker(url: str, batch: int, tasks: int, drained: list[int], lock: threadin
                 return
 
 
+class _Sink(BaseHTTPRequestHandler):
+    """An OTLP/HTTP collector that takes every export and keeps nothing."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+#: The producer's context of a traced run: sampled, so that every span is exported.
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
 def count(
     src: Path,
     store: str,
@@ -77,6 +102,7 @@ def count(
     connections: int,
     options: dict[str, Any] | None = None,
     keys: int = 0,
+    traced: bool = False,
 ) -> dict[str, Any]:
     """Instructions the server spends on the drain."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -87,6 +113,14 @@ def count(
     out = workdir / "callgrind.out"
     env = {**os.environ, "PYTHONPATH": str(src), "PYTHONHASHSEED": "0"}
     db = "memory://" if store == "memory" else "sqlite:///katar.db"
+    extra: list[str] = []
+    headers: dict[str, str] = {}
+    sink = None
+    if traced:
+        sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+        threading.Thread(target=sink.serve_forever, daemon=True).start()
+        extra = ["--otlp-endpoint", f"http://127.0.0.1:{sink.server_address[1]}"]
+        headers = {"traceparent": TRACEPARENT}
     server = subprocess.Popen(
         [
             "valgrind",
@@ -100,6 +134,7 @@ def count(
             str(port),
             "--db",
             db,
+            *extra,
         ],
         cwd=workdir,
         env=env,
@@ -118,8 +153,10 @@ def count(
                     for i, task in enumerate(made):
                         task["key"] = f"customer-{(start + i) % keys}"
                 body = {"tasks": made}
-                client.post(f"/v1/queue/{QUEUE}/tasks", json=body).raise_for_status()
-        time.sleep(1)  # the fill's last group commit
+                client.post(
+                    f"/v1/queue/{QUEUE}/tasks", json=body, headers=headers
+                ).raise_for_status()
+        time.sleep(2 if traced else 1)  # the fill's last group commit (and its spans' export)
         control = ["callgrind_control"]
         subprocess.run([*control, "-z", str(server.pid)], check=True, capture_output=True)
         drained = [0, 0]
@@ -146,6 +183,7 @@ def count(
             "batch": batch,
             "options": options or {},
             "keys": keys,
+            "traced": traced,
             "polls": drained[1],
             "instructions": total,
             "per_task": round(total / tasks),
@@ -158,6 +196,8 @@ def count(
         except subprocess.TimeoutExpired:
             server.kill()
         shutil.rmtree(workdir, ignore_errors=True)
+        if sink is not None:
+            sink.shutdown()
 
 
 def main() -> None:
@@ -169,9 +209,19 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--options", type=json.loads, default={}, help="queue options (JSON)")
     parser.add_argument("--keys", type=int, default=0, help="give the tasks this many keys")
+    parser.add_argument(
+        "--traced", action="store_true", help="tasks with a traceparent, spans exported"
+    )
     args = parser.parse_args()
     figures = count(
-        args.src, args.store, args.tasks, args.batch, args.connections, args.options, args.keys
+        args.src,
+        args.store,
+        args.tasks,
+        args.batch,
+        args.connections,
+        args.options,
+        args.keys,
+        args.traced,
     )
     print(json.dumps(figures))
 

@@ -79,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="log a line per answered request: method, route, status, time, bytes",
     )
+    serve.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="export spans of enqueues, deliveries and acks over OTLP/HTTP to this collector "
+        "(its base URL, e.g. http://localhost:4318; /v1/traces is added); needs katar[otel]. "
+        "Default: [server] otlp_endpoint, else OTEL_EXPORTER_OTLP_ENDPOINT",
+    )
     token = commands.add_parser(
         "token",
         help="make a new token and print the [[tokens]] block for the configuration file",
@@ -476,6 +483,10 @@ def serve(args: argparse.Namespace) -> int:
     if args.log_format is not None:
         settings.log_format = args.log_format
     settings.access_log = settings.access_log or args.access_log
+    if args.otlp_endpoint is not None:
+        settings.otlp_endpoint = args.otlp_endpoint or None
+    elif settings.otlp_endpoint is None:
+        settings.otlp_endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None
     logs.configure(settings.log_level, settings.log_format)
     katar = Katar(settings.store_url)
     for name, options in settings.queues.items():
@@ -499,6 +510,7 @@ def serve(args: argparse.Namespace) -> int:
         allowed_hosts=settings.allowed_hosts,
         aws_credentials=settings.aws_credentials,
         push_allow=settings.push_allow,
+        otlp_endpoint=settings.otlp_endpoint,
     )
     workers = args.workers
     if workers == 1:

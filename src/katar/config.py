@@ -10,6 +10,7 @@ port = 3000
 tls_cert = "/etc/katar/cert.pem"   # both, to serve HTTPS
 tls_key = "/etc/katar/key.pem"
 allowed_hosts = ["queue.internal"]  # without tokens: Host names answered beside localhost
+otlp_endpoint = "http://localhost:4318"  # export spans over OTLP/HTTP (katar[otel])
 
 [limits]               # optional; see katar.limits.Limits for the defaults
 max_body_bytes = 10485760
@@ -96,6 +97,8 @@ class _Server(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tls_key: _NonEmpty | None = None
     #: Host names a server without tokens answers beside loopback names and addresses.
     allowed_hosts: list[_NonEmpty] = msgspec.field(default_factory=list)
+    #: The OTLP/HTTP collector the server exports its spans to (docs/tracing.md).
+    otlp_endpoint: Annotated[str, msgspec.Meta(pattern="^https?://")] | None = None
 
 
 class _Push(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -192,6 +195,8 @@ class Settings:
     tls_key: str | None = None
     #: Without tokens, the Host names answered beside loopback ones (katar.http.sites).
     allowed_hosts: list[str] = field(default_factory=list)
+    #: Export spans over OTLP/HTTP to this collector (katar.tracing); None: no tracing.
+    otlp_endpoint: str | None = None
     tokens: list[Token] = field(default_factory=list)  # none: an open server
     #: The access keys that sign requests to the SQS API (katar.sqs).
     aws_credentials: list[AwsCredential] = field(default_factory=list)
@@ -340,6 +345,7 @@ def parse(raw: dict[str, Any], where: _Located) -> Settings:
         tls_cert=file.server.tls_cert,
         tls_key=file.server.tls_key,
         allowed_hosts=file.server.allowed_hosts,
+        otlp_endpoint=file.server.otlp_endpoint,
         limits=settings_limits,
         log_level=file.logging.level,
         log_format=file.logging.format,

@@ -107,9 +107,18 @@ def configure(level: str = "info", fmt: str = "text", stream: IO[str] | None = N
         logging.getLogger(name).setLevel(max(quiet, logging.getLogger(name).level))
 
 
-def log_access(method: str, route: str, status: int, size: int, started: float | None) -> None:
+def log_access(
+    method: str,
+    route: str,
+    status: int,
+    size: int,
+    started: float | None,
+    trace_id: str | None = None,
+) -> None:
     """One access-log line: the route's template (never the path's values, the query or a
-    header, so no token or secret), the status, the time taken and the body's size."""
+    header, so no token or secret), the status, the time taken and the body's size; and
+    ``trace_id``, the W3C trace id of the request's traceparent, when it has one (so that a
+    log line is found from a trace, and back)."""
     duration = None if started is None else round((time.perf_counter() - started) * 1000, 3)
     shown = "-" if duration is None else f"{duration}ms"
     access_log.info(
@@ -125,6 +134,7 @@ def log_access(method: str, route: str, status: int, size: int, started: float |
             "status": status,
             "duration_ms": duration,
             "bytes": None if size < 0 else size,
+            **({} if trace_id is None else {"trace_id": trace_id}),
         },
     )
 

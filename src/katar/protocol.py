@@ -21,6 +21,9 @@ import msgspec
 LEASE_HEADER: Final = "katar-lease-timeout"
 #: On an enqueue: makes a retry safe (the server creates the tasks once per key).
 IDEMPOTENCY_KEY_HEADER: Final = "idempotency-key"
+#: On an enqueue: the caller's W3C trace context, stored on every task it creates.
+TRACEPARENT_HEADER: Final = "traceparent"
+TRACESTATE_HEADER: Final = "tracestate"
 
 # -- statuses -------------------------------------------------------------------------------
 
@@ -85,6 +88,17 @@ MAX_DEBOUNCE_KEY: Final = MAX_UNIQUE_KEY
 #: A unique_key: printable characters (no control character).
 UNIQUE_KEY_PATTERN: Final = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"
 
+#: A W3C traceparent of version 00 (https://www.w3.org/TR/trace-context/): version,
+#: trace id, parent id and flags in lower-case hex. One that does not match, or that
+#: INVALID_TRACEPARENT matches (version ff, an all-zero id), is ignored, as the W3C says a
+#: receiver does: the task is enqueued without trace context.
+TRACEPARENT_PATTERN: Final = "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+INVALID_TRACEPARENT: Final = "^(ff-|.{3}0{32}-|.{36}0{16}-)"
+#: A tracestate kept with its traceparent: printable ASCII, at most MAX_TRACESTATE
+#: characters (the W3C's bound); another is left out, and the traceparent kept.
+TRACESTATE_PATTERN: Final = "^[ -~]*$"
+MAX_TRACESTATE: Final = 512
+
 NULL: Final = msgspec.Raw(b"null")
 #: The longest task key (a group such as a customer), in characters.
 MAX_TASK_KEY: Final = 255
@@ -130,6 +144,21 @@ WorkerConfiguration = Annotated[
         },
     ),
 ]
+
+
+class TraceContext(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A W3C trace context: the ``traceparent`` and ``tracestate`` headers' values. On an
+    enqueue, a traceparent that is not W3C's is ignored (the task carries none); a task
+    delivered carries the one it was enqueued with, ``tracestate`` absent when none."""
+
+    traceparent: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=256, description="A W3C traceparent: 00-<trace id>-<parent id>-<flags>."
+        ),
+    ]
+    tracestate: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
+
 
 # -- the task options of an enqueue call -------------------------------------------------------
 
@@ -346,6 +375,16 @@ class NewTaskBody(msgspec.Struct, frozen=True):
         ]
         | None
     ) = None
+    trace: (
+        Annotated[
+            TraceContext,
+            msgspec.Meta(
+                description="This task's W3C trace context, instead of the request's "
+                "traceparent and tracestate headers."
+            ),
+        ]
+        | None
+    ) = None
 
 
 BulkAction = Literal["retry", "cancel", "delete"]
@@ -513,6 +552,8 @@ class TaskRecord(msgspec.Struct, frozen=True):
     #: In an enqueue's answer: true when this is an existing task, which waited with the
     #: debounce_key asked for and took this enqueue's data, options and due time.
     debounced: bool = False
+    #: The W3C trace context it was enqueued with; null when none.
+    trace: TraceContext | None = None
 
     @property
     def finished(self) -> bool:
@@ -638,6 +679,8 @@ class DeliveredTask(msgspec.Struct, frozen=True):
     #: for. Absent for other tasks.
     schedule: str | None = None
     scheduled_for: Time | None = None
+    #: The W3C trace context the task was enqueued with. Absent for other tasks.
+    trace: TraceContext | None = None
 
 
 class Deliveries(msgspec.Struct, frozen=True):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import ipaddress
 import logging
 import socket
@@ -132,12 +133,15 @@ class WorkerServer:
         allowed_hosts: Iterable[str] = (),
         aws_credentials: Iterable[AwsCredential] = (),
         push_allow: Iterable[str] = (),
+        otlp_endpoint: str | None = None,
     ) -> None:
         """``allowed_hosts``: without tokens, the Host names answered beside loopback names,
         addresses and ``host`` (katar.http.sites.Hosts). ``aws_credentials``: the access keys
         that sign requests to the SQS API (katar.sqs); without them and without tokens, that
         API is open as the rest is. ``push_allow``: the hosts, host:port and URL prefixes that
-        push queues may reach beside public addresses ([push] allow)."""
+        push queues may reach beside public addresses ([push] allow). ``otlp_endpoint``: the
+        collector the server exports its spans to over OTLP/HTTP (katar.tracing; needs
+        katar[otel])."""
         self.katar = katar
         self.port = port
         self.host = host
@@ -149,6 +153,9 @@ class WorkerServer:
             raise ConfigError("TLS needs both a certificate (tls_cert) and its key (tls_key)")
         self.tls_cert = tls_cert
         self.tls_key = tls_key
+        if otlp_endpoint is not None:
+            _check_otlp(otlp_endpoint)
+        self.otlp_endpoint = otlp_endpoint
         #: The port actually bound, once serving (useful with port 0).
         self.bound_port: int | None = None
         hosts = [host, *allowed_hosts]
@@ -216,6 +223,13 @@ class WorkerServer:
         """Open Katar, serve until a signal, shut down gracefully."""
         self.check_exposure()
         ssl = self._ssl_options()
+        if self.otlp_endpoint is not None:
+            # Made here, in the process that serves: the SDK's export thread does not
+            # survive the fork of katar serve --workers N.
+            from katar.tracing import Tracing
+
+            self.app.tracing = Tracing(self.otlp_endpoint)
+            log.info("exporting spans over OTLP/HTTP to %s", self.app.tracing.endpoint)
         await self.katar.open()
         self.app.throughput.start()  # the app's lifespan is off: the server runs it
         self.pusher.start()
@@ -241,6 +255,9 @@ class WorkerServer:
             await self.pusher.stop()
             await self.app.throughput.stop()
             await self.katar.close()
+            tracing, self.app.tracing = self.app.tracing, None
+            if tracing is not None:  # the spans queued, exported (in a thread: it blocks)
+                await asyncio.to_thread(tracing.shutdown)
 
     def check_exposure(self) -> None:
         """Refuse an open server on a reachable address; warn about what remains exposed."""
@@ -310,4 +327,20 @@ class WorkerServer:
             mask_credentials(self.katar.store_url),
             access,
             queues,
+        )
+
+
+def _check_otlp(endpoint: str) -> None:
+    """ConfigError unless ``endpoint`` is an http(s) URL and katar[otel] is installed
+    (looked for, not imported: the SDK is loaded only by the process that serves)."""
+    if not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"the OTLP endpoint must be an http:// or https:// URL, not {endpoint[:80]!r}"
+        )
+    if importlib.util.find_spec("opentelemetry.sdk") is None or (
+        importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is None
+    ):
+        raise ConfigError(
+            "an OTLP endpoint needs the OpenTelemetry SDK and its OTLP/HTTP exporter:"
+            " pip install 'katar[otel]'"
         )

@@ -14,6 +14,7 @@ from katar import Katar
 from katar.errors import StoreError, StoreUnavailable
 from katar.http import App
 from katar.http.auth import Token, digest
+from katar.logs import JsonFormatter
 from tests.http.conftest import app_client
 
 
@@ -115,6 +116,25 @@ async def test_the_access_log_has_a_line_per_request_and_no_secret(
     text = caplog.text
     for secret_part in (secret, "body-secret", "q-secret", "987654321"):
         assert secret_part not in text
+
+
+async def test_an_access_line_carries_the_requests_trace_id(
+    katar: Katar, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="katar.access")
+    traced = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    async with app_client(App(katar.engine, access_log=True), "asgi") as http:
+        await http.post("/v1/queue/q/tasks", json={"data": 1}, headers=traced)
+        await http.post("/v1/queue/q/tasks", json={"data": 2})
+        await http.post("/v1/queue/q/tasks", json={"data": 3}, headers={"traceparent": "bad"})
+    lines = [r for r in caplog.records if r.name == "katar.access"]
+    assert [getattr(r, "trace_id", None) for r in lines] == [
+        "0af7651916cd43dd8448eb211c80319c",
+        None,
+        None,
+    ]
+    # and the JSON format writes it as a field
+    assert '"trace_id": "0af7651916cd43dd8448eb211c80319c"' in JsonFormatter().format(lines[0])
 
 
 async def test_no_access_log_by_default(katar: Katar, caplog: pytest.LogCaptureFixture) -> None:

@@ -88,7 +88,16 @@ def test_the_document_keeps_what_the_protocol_promises(katar: Katar) -> None:
     limit = next(p for p in item["get"]["parameters"] if p["name"] == "limit")
     assert limit["schema"]["maximum"] == 200
     enqueue = item["post"]
-    assert [p["name"] for p in enqueue["parameters"]] == ["Idempotency-Key"]
+    assert [p["name"] for p in enqueue["parameters"]] == [
+        "Idempotency-Key",
+        "traceparent",
+        "tracestate",
+    ]
+    # The trace context (section 17): a batch task's own, and every delivery's.
+    assert schemas["TraceContext"]["required"] == ["traceparent"]
+    for schema in ("NewTask", "Delivery", "TaskRecord"):
+        trace = schemas[schema]["properties"]["trace"]
+        assert _ref("TraceContext") in trace.get("anyOf", [trace]), schema
     assert {"400", "401", "403", "404", "408", "413", "422", "503", "504"} <= set(
         enqueue["responses"]
     )

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import msgspec
 import psycopg
 import pytest
 
@@ -226,3 +227,33 @@ async def test_rows_written_around_katar_are_never_sent_as_broken_json(katar: Ka
         polled = await http.post("/v1/queue/emails", json={"max": 2})
         assert polled.status_code == 200
         assert [t["data"] for t in polled.json()["tasks"]] == ["not json {{{", '{"a": 1} trailing']
+
+
+_PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (f"'{_PARENT}', 'rojo=1'", {"traceparent": _PARENT, "tracestate": "rojo=1"}),
+        (f"'{_PARENT}'", {"traceparent": _PARENT}),
+        (f"'{_PARENT}', NULL", {"traceparent": _PARENT}),
+        (f"'{_PARENT}', E'bad\\x01'", {"traceparent": _PARENT}),
+        ("'not a traceparent', 'a=b'", None),
+        (f"'{_PARENT.replace('0af7', '0AF7')}'", None),
+        ("NULL", None),
+    ],
+)
+async def test_the_function_takes_a_trace_context(
+    katar: Katar, args: str, expected: dict[str, str] | None
+) -> None:
+    # The six-parameter enqueue: the context checked as the HTTP enqueue checks it (a
+    # traceparent that is not W3C's is ignored), then delivered with the task.
+    conninfo, schema = schema_of(katar)
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as app:
+        await app.execute(f"SELECT {schema}.enqueue('emails', '1', 0, 0, {args})")
+        # the four-parameter call is still the old function's
+        await app.execute(f"SELECT {schema}.enqueue('emails', '2')")
+    first, second = await katar.engine.poll("emails", limit=2, worker="w1")
+    assert (None if first.trace is None else msgspec.json.decode(first.trace)) == expected
+    assert second.trace is None

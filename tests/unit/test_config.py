@@ -32,6 +32,7 @@ url = "sqlite:///data/k.db"
 host = "127.0.0.2"
 port = 4000
 allowed_hosts = ["queue.internal", ".corp"]
+otlp_endpoint = "http://collector:4318"
 
 [limits]
 max_wait = 20
@@ -56,6 +57,7 @@ smtp = {host = "mail", port = 25}
     assert settings.limits.max_wait == 20
     assert settings.limits.max_body_bytes == 1024
     assert settings.allowed_hosts == ["queue.internal", ".corp"]
+    assert settings.otlp_endpoint == "http://collector:4318"
     assert settings.limits.max_long_polls_per_queue == 100
     assert settings.limits.max_long_polls_per_token == 200
     emails = settings.queues["emails"]
@@ -408,3 +410,8 @@ queues = ["jobs"]
 {block}
 """,
         )
+
+
+def test_an_otlp_endpoint_must_be_an_http_url(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="otlp_endpoint"):
+        load(tmp_path, '[server]\notlp_endpoint = "collector:4318"\n')

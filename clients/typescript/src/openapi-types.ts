@@ -76,6 +76,7 @@ export interface Delivery {
   schedule?: string | null;
   scheduled_for?: string | null;
   timeout?: number | null;
+  trace?: TraceContext | null;
 }
 
 /**
@@ -164,6 +165,7 @@ export interface NewTask {
   status?: "paused" | "queued";
   /** This task's lease in ms, instead of the queue's timeout. */
   timeout?: number | null;
+  trace?: TraceContext | null;
   /** Seconds after its creation that the task holds its unique_key whatever its status (needs unique_key). */
   unique_for?: number | null;
   /** While a task of the queue with this key is paused, queued or in progress, an enqueue of the key creates nothing and answers that task. */
@@ -438,6 +440,7 @@ export interface TaskRecord {
   scheduled_for?: string | null;
   status: "cancelled" | "done" | "failed" | "in progress" | "paused" | "queued";
   timeout?: number | null;
+  trace?: TraceContext | null;
   unique_key?: string | null;
   unique_until?: string | null;
   updated_at?: string | null;
@@ -478,6 +481,17 @@ export interface TokenInfo {
   name: string;
   queues: string[];
   role: "admin" | "producer" | "worker";
+}
+
+/**
+ * A W3C trace context: the ``traceparent`` and ``tracestate`` headers' values. On an
+ * enqueue, a traceparent that is not W3C's is ignored (the task carries none); a task
+ * delivered carries the one it was enqueued with, ``tracestate`` absent when none.
+ */
+export interface TraceContext {
+  /** A W3C traceparent: 00-<trace id>-<parent id>-<flags>. */
+  traceparent: string;
+  tracestate?: string | null;
 }
 
 /** A worker that polled in the last hour (by the name its polls give). */
@@ -728,6 +742,10 @@ export interface Operations {
     headers: {
       /** Makes a retry safe: a repeat with the same key on the same queue within 24 hours creates nothing and answers what the first answered; the same key with another body is a 422. */
       "Idempotency-Key"?: string;
+      /** The caller's W3C trace context (https://www.w3.org/TR/trace-context/), stored unchanged on every task the request creates and delivered with it (trace). One that is not W3C's is ignored, as the W3C says a receiver does: the tasks carry none, and the request is not refused. */
+      traceparent?: string;
+      /** Vendor trace data that goes with traceparent, stored with it (left out when it is over 512 characters or not printable ASCII). */
+      tracestate?: string;
     };
     body: Enqueue;
     responses: {

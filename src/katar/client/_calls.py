@@ -25,6 +25,7 @@ from typing import Any, Final, TypeVar
 import httpx
 import msgspec
 
+from katar.client import _otel
 from katar.client._base import backoff, check, is_transient, record, records, transport_error
 from katar.errors import KatarError, TransportError, ValidationError
 from katar.protocol import (
@@ -216,9 +217,10 @@ def enqueue_many(
     caller's, or a fresh one for this call): the server creates the tasks once."""
     body = _many_body(items, options, run_at, unique_keys, afters)
     key = options.get("idempotency_key") or str(uuid.uuid4())
-    request = Request(
-        "POST", f"/v1/queue/{queue}/tasks", body, headers={IDEMPOTENCY_KEY_HEADER: key}
-    )
+    # The caller's trace context, where OpenTelemetry is installed (katar.client._otel):
+    # taken now, when the call starts in the caller's context.
+    headers = {IDEMPOTENCY_KEY_HEADER: key, **_otel.context_headers()}
+    request = Request("POST", f"/v1/queue/{queue}/tasks", body, headers=headers)
     attempt = 0
     while True:
         try:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import os
@@ -52,6 +53,7 @@ from typing import Any, Final
 import httpx
 import msgspec
 
+from katar.client import _otel
 from katar.client._base import (
     Verify,
     backoff,
@@ -63,7 +65,7 @@ from katar.client._base import (
     transport_error,
 )
 from katar.errors import ClientError, KatarError, RequestRejected
-from katar.protocol import DEFAULT_LEASE_MS, LEASE_HEADER, Deliveries
+from katar.protocol import DEFAULT_LEASE_MS, LEASE_HEADER, Deliveries, TraceContext
 
 log = logging.getLogger("katar.client")
 
@@ -77,7 +79,9 @@ class Job:
     whose results did not fit in the server's answer, to read from their own records), and
     ``schedule`` and
     ``scheduled_for`` (the schedule that made it and the tick, ISO 8601 UTC; None for a task
-    no schedule made); and the handler's line to the worker while it runs:
+    no schedule made), ``trace`` (the W3C trace context it was enqueued with, or None; with
+    OpenTelemetry installed the handler runs in a ``process <queue>`` span of that trace,
+    current while it runs); and the handler's line to the worker while it runs:
     :meth:`progress`, :attr:`cancelled`, :attr:`cancel_event`."""
 
     __slots__ = (
@@ -92,6 +96,7 @@ class Job:
         "schedule",
         "scheduled_for",
         "timeout",
+        "trace",
     )
 
     def __init__(
@@ -104,6 +109,7 @@ class Job:
         schedule: str | None = None,
         scheduled_for: str | None = None,
         after_omitted: list[str] | None = None,
+        trace: TraceContext | None = None,
     ) -> None:
         self.id = id
         self.data = data
@@ -118,6 +124,8 @@ class Job:
         self.scheduled_for = scheduled_for
         #: The task's own lease in ms, when its delivery carries one (else the queue's).
         self.timeout = timeout
+        #: The W3C trace context the task was enqueued with (traceparent, tracestate).
+        self.trace = trace
         #: Set once an operator has cancelled the task: a sync handler may wait on it, or
         #: test :attr:`cancelled` between steps, and return early (its result is not sent).
         self.cancel_event = threading.Event()
@@ -217,6 +225,8 @@ class AsyncWorker:
             raise ValueError("concurrency must be at least 1")
         self.url = server_url(url)
         self.queue = queue
+        #: Whether handlers run in spans: only where OpenTelemetry is installed.
+        self._traced = _otel.installed()
         self.handler = handler
         self.concurrency = concurrency
         self.wait = wait
@@ -418,6 +428,7 @@ class AsyncWorker:
                 task.schedule,
                 task.scheduled_for,
                 task.after_omitted,
+                task.trace,
             )
             for task in answer.tasks
         ]
@@ -484,7 +495,9 @@ class AsyncWorker:
 
     async def _execute(self, job: Job) -> None:
         try:
-            if self._is_async:
+            if self._traced:
+                result = await self._run_traced(job)
+            elif self._is_async:
                 result = await self.handler(job)
             else:
                 loop = asyncio.get_running_loop()
@@ -508,6 +521,17 @@ class AsyncWorker:
             else:
                 self.done += 1
         self._acks.append(ack)
+
+    async def _run_traced(self, job: Job) -> Any:
+        """The handler in a ``process <queue>`` span (katar.client._otel), current in the
+        task of an async handler and in the pool's thread of a sync one."""
+        with _otel.processing(self.queue, job.id, job.trace) as span:
+            if self._is_async:
+                return await self.handler(job)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._pool, _otel.in_span, span, functools.partial(self.handler, job)
+            )
 
     def _failure(self, job: Job, ack: dict[str, Any], trace: BaseException | None) -> None:
         self.failed += 1

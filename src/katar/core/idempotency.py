@@ -59,7 +59,9 @@ def check_key(raw: bytes | str) -> str:
 
 
 #: The fields that digest() writes out one by one; any other a task sets goes in as JSON.
-_DIGESTED: Final = frozenset({"data", "priority", "delay_ms", "paused", "run_at"})
+# The fields hashed apart, and the trace context, which says who asked, not what: a retry
+# from another span of the same request is the same request.
+_DIGESTED: Final = frozenset({"data", "priority", "delay_ms", "paused", "run_at", "trace"})
 #: The later fields whose default is neither None nor empty: left out when they have it.
 _DEFAULTS: Final = {"after_failure": "cancel"}
 

@@ -130,6 +130,10 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     #: Message attributes (the SQS API's, katar.sqs): a JSON object kept verbatim; None
     #: for most tasks.
     attributes: msgspec.Raw | None = None
+    #: The W3C trace context it was enqueued with, as delivered: the JSON object
+    #: ``{"traceparent": ..., "tracestate": ...}`` (tracestate absent when none), kept as
+    #: bytes so that a delivery splices it in. None for a task enqueued without one.
+    trace: msgspec.Raw | None = None
     #: Not stored: set on an enqueue's answer when the task is an existing one that held the
     #: unique_key asked for (nothing was created for it).
     duplicate: bool = False
@@ -267,6 +271,9 @@ class NewTask(msgspec.Struct, kw_only=True, frozen=True):
     after_failure: AfterFailure = "cancel"
     #: Message attributes (the SQS API's, katar.sqs): a JSON object kept verbatim.
     attributes: msgspec.Raw | None = None
+
+    #: The W3C trace context to store with it (Task.trace's JSON object), or None.
+    trace: msgspec.Raw | None = None
 
 
 class Edit(msgspec.Struct, kw_only=True, frozen=True):
@@ -616,6 +623,9 @@ def task_options(body: protocol.NewTaskBody, where: str = "task") -> dict[str, A
         "unique_key": body.unique_key,
         "unique_for_ms": None if body.unique_for is None else _ms(body.unique_for),
         "debounce_key": body.debounce_key,
+        "trace": None
+        if body.trace is None
+        else trace_context(body.trace.traceparent, body.trace.tracestate),
     }
 
 
@@ -641,6 +651,33 @@ def check_debounce(where: str, *, delayed: bool, unique: bool, after: bool) -> N
             "time is its delay or run_at",
             field="debounce_key",
         )
+
+
+_TRACEPARENT: Final = re.compile(protocol.TRACEPARENT_PATTERN)
+_INVALID_TRACEPARENT: Final = re.compile(protocol.INVALID_TRACEPARENT)
+_TRACESTATE: Final = re.compile(protocol.TRACESTATE_PATTERN)
+
+
+def trace_context(traceparent: str | None, tracestate: str | None) -> msgspec.Raw | None:
+    """The trace context a task stores and its deliveries carry (Task.trace), from the W3C
+    ``traceparent`` and ``tracestate``; None when the traceparent is absent or not W3C's:
+    the W3C Trace Context says a receiver ignores a traceparent it cannot parse (and then
+    the tracestate with it), rather than refuse the request. A tracestate that is not
+    printable ASCII or is over its 512 characters is left out, the traceparent kept. Both
+    are stored as given (the PostgreSQL function ``enqueue`` applies the same checks)."""
+    if (
+        traceparent is None
+        or _TRACEPARENT.match(traceparent) is None
+        or _INVALID_TRACEPARENT.match(traceparent) is not None
+    ):
+        return None
+    if (
+        tracestate is None
+        or len(tracestate) > protocol.MAX_TRACESTATE
+        or _TRACESTATE.match(tracestate) is None
+    ):
+        return msgspec.Raw(b'{"traceparent":"%s"}' % traceparent.encode())
+    return msgspec.Raw(msgspec.json.encode({"traceparent": traceparent, "tracestate": tracestate}))
 
 
 def _ms(seconds: float) -> int:

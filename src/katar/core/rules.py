@@ -70,6 +70,7 @@ def new_task(queue: str, spec: NewTask, task_id: int, now: int) -> Task:
         unique_until=None if spec.unique_for_ms is None else now + spec.unique_for_ms,
         debounce_key=spec.debounce_key,
         attributes=spec.attributes,
+        trace=spec.trace,
     )
 
 
@@ -94,6 +95,7 @@ def special(spec: NewTask) -> bool:
         or spec.max_attempts is not None
         or spec.expires_in_ms is not None
         or spec.attributes is not None
+        or spec.trace is not None
     )
 
 

@@ -26,12 +26,14 @@ from katar._version import __version__
 from katar.core import rules
 from katar.core.engine import Engine
 from katar.core.model import (
+    NewTask,
     QueueOptions,
     State,
     Task,
     check_queue_name,
     parse_queue_options,
     public_options,
+    trace_context,
 )
 from katar.core.moves import MoveJob
 from katar.core.schedule import Schedule, ScheduleSpec, parse_schedule, task_data
@@ -75,6 +77,9 @@ from katar.limits import task_too_large
 from katar.logs import log_access
 from katar.protocol import (
     IDEMPOTENCY_KEY_HEADER,
+    TRACEPARENT_HEADER,
+    TRACESTATE_HEADER,
+    Ack,
     BulkDone,
     Configuration,
     Health,
@@ -96,6 +101,9 @@ from katar.protocol import (
     Workers,
     WorkerSeen,
 )
+
+if TYPE_CHECKING:
+    from katar.tracing import Tracing
 
 log = logging.getLogger("katar")
 
@@ -134,13 +142,17 @@ class App:
         access_log: bool = False,
         allowed_hosts: Iterable[str] | None = None,
         sqs: Handler | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """``allowed_hosts``: on a server without tokens, the Host names answered beside
         loopback names and addresses (katar.http.sites.Hosts); None answers any Host (an app
-        called in-process, as tests do; ``katar serve`` always gives a list)."""
+        called in-process, as tests do; ``katar serve`` always gives a list). ``tracing``:
+        the server's spans (katar.tracing), when it exports some."""
         self.engine = engine
         #: The SQS-compatible API's front (katar.sqs), which the server builds: POST /.
         self._sqs = sqs
+        #: The spans of enqueues and polls; None (no OTLP endpoint): no work at all.
+        self.tracing = tracing
         #: Log a line per answered request (katar.logs.log_access).
         self.access_log = access_log
         #: Store outages, said once each (shared with the engine's background work).
@@ -338,7 +350,8 @@ class App:
         self.requests[key] = self.requests.get(key, 0) + 1
         if self.access_log:
             started = admission.started if admission is not None else None
-            log_access(method, template, status, size, started)
+            trace_id = None if admission is None else _trace_id(admission.headers)
+            log_access(method, template, status, size, started, trace_id)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry (katar.http.asgi)."""
@@ -397,6 +410,8 @@ class App:
         cancel: list[int] | None = None
         if any(ack.status == "in progress" for ack in acks):
             cancel = []
+        if self.tracing is not None:
+            return await self._traced_poll(request, acks, limit, wait, worker, cancel)
         if wait <= 0:
             tasks = await self.engine.poll(request.queue, acks, limit, wait, worker, None, cancel)
             return self._delivered(tasks, request.token, cancel)
@@ -404,6 +419,37 @@ class App:
             tasks = await self.engine.poll(
                 request.queue, acks, limit, wait, worker, request.hang_up(), cancel
             )
+        return self._delivered(tasks, request.token, cancel)
+
+    async def _traced_poll(
+        self,
+        request: Request,
+        acks: list[Ack],
+        limit: int,
+        wait: float,
+        worker: str | None,
+        cancel: list[int] | None,
+    ) -> Response:
+        """:meth:`poll` on a server that exports spans: its settle span (the acks) and its
+        receive span (the tasks delivered), in the poll's trace context if it has one, else
+        in the tasks'. Apart, so that a server without tracing runs the poll as it was."""
+        tracing = self.tracing
+        assert tracing is not None
+        queue = request.queue
+        traceparent, tracestate = _trace_headers(request)
+        start = time.time_ns()
+        if wait <= 0:
+            tasks = await self.engine.poll(queue, acks, limit, wait, worker, None, cancel)
+        else:
+            with self._long_poll(request):
+                tasks = await self.engine.poll(
+                    queue, acks, limit, wait, worker, request.hang_up(), cancel
+                )
+        if acks:
+            settled = [(_ack_id(ack.task_id), ack.status) for ack in acks]
+            tracing.settle(queue, settled, start, traceparent, tracestate)
+        if tasks:
+            tracing.receive(queue, tasks, start, traceparent, tracestate)
         return self._delivered(tasks, request.token, cancel)
 
     def _delivered(
@@ -736,14 +782,30 @@ class App:
             request.body, self.limits.max_tasks_per_enqueue, self.limits.max_task_bytes
         )
         key = None
+        traceparent: bytes | None = None
+        tracestate: list[bytes] = []
         for name, value in request.headers:
             if name == _IDEMPOTENCY_KEY:
                 if key is not None:
                     raise ValidationError("send at most one Idempotency-Key header")
                 key = value.decode("latin-1")
+            elif name == _TRACEPARENT:
+                # Two traceparents: neither is the caller's for sure; W3C: ignore both.
+                traceparent = value if traceparent is None else b""
+            elif name == _TRACESTATE:
+                tracestate.append(value)  # several headers are one list (RFC 9110)
+        if traceparent:
+            new = _traced(new, traceparent, tracestate)
         token = request.token
         may_use = None if token is None or token.all_queues else token.may_use
-        created = await self.engine.enqueue(request.queue, new, key, may_use)
+        if self.tracing is None:
+            created = await self.engine.enqueue(request.queue, new, key, may_use)
+        else:
+            start = time.time_ns()
+            created = await self.engine.enqueue(request.queue, new, key, may_use)
+            state = b",".join(tracestate).decode("latin-1") if tracestate else None
+            parent = traceparent.decode("latin-1") if traceparent else None
+            self.tracing.send(request.queue, created, start, parent, state)
         # 200 when nothing was created: every task was a duplicate (a unique_key already
         # held) or debounced an existing task (its debounce_key's).
         status = 201 if any(not (t.duplicate or t.debounced) for t in created) else 200
@@ -943,3 +1005,54 @@ def _move_job(job: MoveJob) -> MoveJobRecord:
         None if job.ended_at is None else iso_time(job.ended_at),
         job.error,
     )
+
+
+_TRACEPARENT: Final = TRACEPARENT_HEADER.encode()
+_TRACESTATE: Final = TRACESTATE_HEADER.encode()
+
+
+def _trace_headers(request: Request) -> tuple[str | None, str | None]:
+    """The request's traceparent (None if absent or repeated) and tracestate (its headers
+    joined), as given."""
+    traceparent: str | None = None
+    tracestate: list[str] = []
+    seen = 0
+    for name, value in request.headers:
+        if name == _TRACEPARENT:
+            seen += 1
+            traceparent = value.decode("latin-1")
+        elif name == _TRACESTATE:
+            tracestate.append(value.decode("latin-1"))
+    if seen != 1:
+        return None, None
+    return traceparent, ",".join(tracestate) if tracestate else None
+
+
+def _trace_id(headers: Headers) -> str | None:
+    """The trace id of the request's traceparent, when it has one that is W3C's."""
+    for name, value in headers:
+        if name == _TRACEPARENT:
+            trace = trace_context(value.decode("latin-1"), None)
+            return None if trace is None else value[3:35].decode()
+    return None
+
+
+def _ack_id(task_id: str | int) -> int:
+    """An ack's task id as a number (0 for one that is not: it names no task)."""
+    try:
+        return int(task_id)
+    except ValueError:
+        return 0
+
+
+def _traced(tasks: list[NewTask], traceparent: bytes, tracestate: list[bytes]) -> list[NewTask]:
+    """The tasks of an enqueue with the request's trace context, each that has none of its
+    own (a batch's ``trace``); as they were when the traceparent is not W3C's."""
+    state = b",".join(tracestate).decode("latin-1") if tracestate else None
+    trace = trace_context(traceparent.decode("latin-1"), state)
+    if trace is None:
+        return tasks
+    return [
+        task if task.trace is not None else msgspec.structs.replace(task, trace=trace)
+        for task in tasks
+    ]

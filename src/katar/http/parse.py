@@ -189,6 +189,7 @@ def _new_task(body: NewTaskBody, where: str, max_bytes: int) -> NewTask:
         and body.after is None
         and body.debounce_key is None
         and body.after_failure is None
+        and body.trace is None
     ):  # most tasks: no option of their own, nothing more to convert
         return NewTask(
             data=body.data, priority=priority, delay_ms=delay_ms, run_at=run_at, paused=paused

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgspec
 
@@ -19,6 +19,7 @@ from katar.protocol import (
     DeliveryRecord,
     ScheduleRecord,
     TaskRecord,
+    TraceContext,
     WorkerConfiguration,
 )
 
@@ -175,6 +176,8 @@ def task_record(task: Task, omitted: list[str] | None = None) -> TaskRecord:
         None if task.dead_letter is None else _dead_letter(task.dead_letter),
         task.debounce_key,
         task.debounced,
+        # The stored JSON object, spliced in as it is (a TraceContext encoded).
+        cast("TraceContext | None", task.trace),
     )
 
 
@@ -272,7 +275,7 @@ _DELIVERY_TIMEOUT: Final = b'{"_id":"%d","data":%b,"attempt":%d,"timeout":%d}'
 
 
 def _delivery(task: Task, omitted: list[str] | None = None) -> bytes:
-    if task.after is not None or task.schedule is not None:
+    if task.after is not None or task.schedule is not None or task.trace is not None:
         return _delivery_more(task, omitted)
     if task.timeout is None:
         return _DELIVERY % (task.id, task.data, task.attempts)
@@ -286,9 +289,9 @@ def delivery(task: Task) -> bytes:
 
 
 def _delivery_more(task: Task, omitted: list[str] | None = None) -> bytes:
-    """The delivery of a task made by a schedule (its name and tick), or that waited for
+    """The delivery of a task made by a schedule (its name and tick), that waited for
     others (their results: fan-in, and the parents whose results are left out, see
-    fit_results). Each field is there only when set."""
+    fit_results), or that carries a trace context. Each field is there only when set."""
     more = b"" if task.timeout is None else b',"timeout":%d' % task.timeout
     if task.schedule is not None:
         more += b',"schedule":%b' % encode(task.schedule)
@@ -298,6 +301,8 @@ def _delivery_more(task: Task, omitted: list[str] | None = None) -> bytes:
         more += b',"after":%b' % task.after
     if omitted:
         more += b',"after_omitted":%b' % encode(omitted)
+    if task.trace is not None:
+        more += b',"trace":%b' % task.trace
     return b'{"_id":"%d","data":%b,"attempt":%d%b}' % (task.id, task.data, task.attempts, more)
 
 

@@ -24,6 +24,8 @@ from katar.protocol import (
     IDEMPOTENCY_KEY_PATTERN,
     LEASE_HEADER,
     STATUSES,
+    TRACEPARENT_HEADER,
+    TRACESTATE_HEADER,
     Bulk,
     BulkDone,
     Configuration,
@@ -134,6 +136,33 @@ IDEMPOTENCY_PARAM: Final = {
     ),
     "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
 }
+#: The W3C trace context of an enqueue (protocol section 17): stored on every task it creates
+#: that has no ``trace`` of its own, and delivered with it.
+TRACE_PARAMS: Final = (
+    {
+        "name": TRACEPARENT_HEADER,
+        "in": "header",
+        "description": (
+            "The caller's W3C trace context (https://www.w3.org/TR/trace-context/), stored"
+            " unchanged on every task the request creates and delivered with it (trace). One"
+            " that is not W3C's is ignored, as the W3C says a receiver does: the tasks carry"
+            " none, and the request is not refused."
+        ),
+        "schema": {
+            "type": "string",
+            "example": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        },
+    },
+    {
+        "name": TRACESTATE_HEADER,
+        "in": "header",
+        "description": (
+            "Vendor trace data that goes with traceparent, stored with it (left out when it"
+            " is over 512 characters or not printable ASCII)."
+        ),
+        "schema": {"type": "string"},
+    },
+)
 #: The lease header of GET /v1/queue/{queue}, as the document names it.
 LEASE_HEADERS: Final = {
     "-".join(part.title() for part in LEASE_HEADER.split("-")): {
@@ -608,7 +637,7 @@ ROUTES: Final[tuple[tuple[str, Mapping[str, Route]], ...]] = (
                     tag="producers",
                     body=ENQUEUE_BODY,
                     body_required=True,
-                    parameters=(IDEMPOTENCY_PARAM,),
+                    parameters=(IDEMPOTENCY_PARAM, *TRACE_PARAMS),
                     answers={
                         201: A("The new tasks.", Tasks),
                         200: A(

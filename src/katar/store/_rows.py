@@ -15,13 +15,14 @@ COLUMNS: Final = (
     "id, queue_id, state, priority, data, attempts, attempt_base, error, result, worker,"
     " created_at, updated_at, run_at, lease_until, key, cancel_requested, progress, timeout,"
     " max_attempts, expires_at, unique_key, unique_until, started_at, history, schedule,"
-    " scheduled_for, parents, children, dead_letter, debounce_key, attributes"
+    " scheduled_for, parents, children, dead_letter, debounce_key, attributes, trace"
 )
-_STATES: Final = STATES  # by value: faster than State(value) on the hot path
-_NAMES: Final = [column.strip() for column in COLUMNS.split(",")]
-#: Where a row of COLUMNS holds ``parents`` and ``children``.
+_NAMES: Final = [name.strip() for name in COLUMNS.split(",")]
+#: The places of some columns in a row of COLUMNS (found by name: columns are added).
 PARENTS_AT: Final = _NAMES.index("parents")
 CHILDREN_AT: Final = _NAMES.index("children")
+TRACE_AT: Final = _NAMES.index("trace")
+_STATES: Final = STATES  # by value: faster than State(value) on the hot path
 #: The edges' columns (the deps table) that lead from a task to its children, or to its
 #: parents (Store.linked): the task's own, and the other's.
 CHILDREN: Final = {"this": "parent_id", "other": "child_id"}
@@ -62,14 +63,15 @@ def task_from_row(row: Sequence[Any], queue: str) -> Task:
         dead_letter=None if row[28] is None else decode_dead_letter(row[28]),
         debounce_key=row[29],
         attributes=None if row[30] is None else msgspec.Raw(row[30]),
+        trace=None if row[TRACE_AT] is None else msgspec.Raw(row[TRACE_AT]),
     )
 
 
 #: One JSON value, read and not built (sound_json).
 _ONE_VALUE: Final = msgspec.json.Decoder(msgspec.Raw)
-#: The columns of COLUMNS that hold JSON: data, result, progress, history, attributes.
+#: The columns of COLUMNS that hold JSON: data, result, progress, history, attributes, trace.
 _JSON_COLUMNS: Final = tuple(
-    _NAMES.index(name) for name in ("data", "result", "progress", "history", "attributes")
+    _NAMES.index(name) for name in ("data", "result", "progress", "history", "attributes", "trace")
 )
 
 
@@ -108,12 +110,12 @@ def checked_task_from_row(row: Sequence[Any], queue: str) -> Task:
 CLAIMED_COLUMNS: Final = (
     "id, priority, data, attempts, attempt_base, error, result, created_at, key, timeout,"
     " (coalesce(max_attempts, expires_at, unique_until, unique_key, schedule, dead_letter,"
-    " debounce_key, attributes) IS NULL"
+    " debounce_key, attributes, trace) IS NULL"
     " AND parents = 0)"
 )
 OPTIONS_COLUMNS: Final = (
     "max_attempts, expires_at, unique_key, unique_until, parents, children, schedule,"
-    " scheduled_for, dead_letter, debounce_key, attributes"
+    " scheduled_for, dead_letter, debounce_key, attributes, trace"
 )
 
 
@@ -166,6 +168,7 @@ def claimed_from_row(
         dead_letter,
         debounce,
         attributes,
+        trace,
     ) = options
     return msgspec.structs.replace(
         task,
@@ -180,6 +183,7 @@ def claimed_from_row(
         dead_letter=None if dead_letter is None else decode_dead_letter(dead_letter),
         debounce_key=debounce,
         attributes=None if attributes is None else msgspec.Raw(attributes),
+        trace=None if trace is None else msgspec.Raw(trace),
     )
 
 

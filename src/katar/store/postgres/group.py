@@ -114,7 +114,7 @@ class Done:
         """Of the tasks the statement finished: those with children, with their results
         (their children's edges take them); and those with parents (their edges go when the
         task goes, in a queue without history)."""
-        if watching:  # every column (COLUMNS)
+        if watching:  # every column (COLUMNS): parents and children at their places
             rows = [(row[0], row[PARENTS_AT], row[CHILDREN_AT]) for row in rows]
         results: dict[int, bytes | None] = {
             task_id: None if ack.result is None else bytes(ack.result)

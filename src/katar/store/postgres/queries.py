@@ -196,11 +196,11 @@ def queries(s: str) -> Queries:
         insert_full=(
             f"INSERT INTO {s}.tasks (queue_id, created_at, updated_at, state, priority,"
             f" data, run_at, key, fair_seq, timeout, max_attempts, expires_at, unique_key,"
-            f" unique_until, parents, id, error, debounce_key, attributes) SELECT %s::int,"
-            f" %s::bigint, %s::bigint, * FROM unnest(%s::smallint[], %s::int[], %s::bytea[],"
-            f" %s::bigint[], %s::text[], %s::bigint[], %s::int[], %s::int[], %s::bigint[],"
-            f" %s::text[], %s::bigint[], %s::int[], %s::bigint[], %s::text[], %s::text[],"
-            f" %s::bytea[]) RETURNING id"
+            f" unique_until, parents, id, error, debounce_key, attributes, trace) SELECT"
+            f" %s::int, %s::bigint, %s::bigint, * FROM unnest(%s::smallint[], %s::int[],"
+            f" %s::bytea[], %s::bigint[], %s::text[], %s::bigint[], %s::int[], %s::int[],"
+            f" %s::bigint[], %s::text[], %s::bigint[], %s::int[], %s::bigint[], %s::text[],"
+            f" %s::text[], %s::bytea[], %s::bytea[]) RETURNING id"
         ),
         # The tasks that hold debounce keys (rules.holds_debounce), by the unique index
         # tasks_debounce, locked: a claim (SKIP LOCKED) passes over them until the enqueue

@@ -6,12 +6,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from katar.errors import ConfigError
-from katar.protocol import MAX_DELAY
+from katar.protocol import (
+    INVALID_TRACEPARENT,
+    MAX_DELAY,
+    MAX_TRACESTATE,
+    TRACEPARENT_PATTERN,
+    TRACESTATE_PATTERN,
+)
 
 if TYPE_CHECKING:
     from katar.store.postgres.connection import Connections
 
-SCHEMA_VERSION: Final = 18
+SCHEMA_VERSION: Final = 19
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -228,6 +234,66 @@ ALTER TABLE {s}.deps ADD COLUMN IF NOT EXISTS run boolean NOT NULL DEFAULT false
     18: """
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS attributes bytea;
 """,
+    # Trace context (protocol section 17): the task's W3C traceparent and tracestate, as the
+    # JSON object its deliveries carry; and the transactional enqueue with them. The old
+    # four-parameter function stays as it was (and keeps the rights granted on it): the new
+    # one's traceparent has no default, so a call names one function or the other.
+    19: """
+ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS trace bytea;
+CREATE OR REPLACE FUNCTION {s}.enqueue(
+    queue text, data jsonb, priority integer, delay_s double precision, traceparent text,
+    tracestate text DEFAULT NULL
+) RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $katar$
+DECLARE
+    found_queue integer;
+    now_ms bigint := floor(extract(epoch FROM clock_timestamp()) * 1000);
+    due bigint;
+    created bigint;
+    context bytea;
+BEGIN
+    SELECT id INTO found_queue FROM {s}.queues WHERE name = queue;
+    IF found_queue IS NULL THEN
+        RAISE EXCEPTION 'katar: no queue %; create it first (PUT /v1/queue/%)', queue, queue
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    IF data IS NULL THEN
+        RAISE EXCEPTION 'katar: data must be JSON (''null''::jsonb for none), not SQL NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF delay_s IS NULL OR delay_s < 0 OR delay_s > {max_delay} THEN
+        RAISE EXCEPTION 'katar: delay_s must be from 0 to {max_delay} seconds, not %', delay_s
+            USING ERRCODE = 'numeric_value_out_of_range';
+    END IF;
+    IF delay_s > 0 THEN
+        due := now_ms + ceil(delay_s * 1000);
+    END IF;
+    -- As the HTTP enqueue does (katar.core.model.trace_context): a traceparent that is not W3C's is
+    -- ignored, as the W3C says receivers do; a tracestate goes only with a traceparent,
+    -- and is left out when it is not W3C's.
+    IF traceparent ~ '{traceparent}' AND traceparent !~ '{invalid}' THEN
+        IF tracestate IS NOT NULL AND length(tracestate) <= {max_tracestate}
+                AND tracestate ~ '{tracestate}' THEN
+            context := convert_to(json_build_object('traceparent', traceparent,
+                                                    'tracestate', tracestate)::text, 'UTF8');
+        ELSE
+            context := convert_to(json_build_object('traceparent', traceparent)::text, 'UTF8');
+        END IF;
+    END IF;
+    INSERT INTO {s}.tasks (queue_id, state, priority, data, created_at, updated_at, run_at,
+                           trace)
+        VALUES (found_queue, CASE WHEN due IS NULL THEN 1 ELSE 2 END, coalesce(priority, 0),
+                convert_to(data::text, 'UTF8'), now_ms, now_ms, due, context)
+        RETURNING id INTO created;
+    IF due IS NULL THEN
+        PERFORM pg_notify('{channel}', 'r:1:' || queue);
+    END IF;
+    RETURN created;
+END
+$katar$;
+REVOKE ALL ON FUNCTION {s}.enqueue(text, jsonb, integer, double precision, text, text)
+    FROM PUBLIC;
+""",
 }
 
 
@@ -250,7 +316,15 @@ async def migrate(db: Connections, s: str, channel: str) -> tuple[int, int]:
                 f" this one knows {SCHEMA_VERSION})"
             )
         for version in range(current + 1, SCHEMA_VERSION + 1):
-            sql = _MIGRATIONS[version].format(s=s, channel=channel, max_delay=MAX_DELAY)
+            sql = _MIGRATIONS[version].format(
+                s=s,
+                channel=channel,
+                max_delay=MAX_DELAY,
+                traceparent=TRACEPARENT_PATTERN,
+                invalid=INVALID_TRACEPARENT,
+                tracestate=TRACESTATE_PATTERN,
+                max_tracestate=MAX_TRACESTATE,
+            )
             await conn.execute(sql)
             await conn.execute(f"INSERT INTO {s}.schema_version VALUES (%s)", (version,))
     return current, SCHEMA_VERSION

@@ -545,6 +545,7 @@ class PostgresStore(Store):
                     [t.error for t in drafts],  # a task cancelled at once: its parent failed
                     [t.debounce_key for t in drafts],
                     [None if t.attributes is None else bytes(t.attributes) for t in drafts],
+                    [None if t.trace is None else bytes(t.trace) for t in drafts],
                 ),
             )
             ids = sorted(row[0] for row in await cursor.fetchall())

@@ -12,8 +12,9 @@ from katar.store._sql import AT_REST, ENDED_KEPT, HAS_EXPIRY, READY, RUNNING, SC
 # 12: an edge's parent queue, when not the child's; 13: the tasks in progress by key;
 # 14: dead letters (a task's dead_letter record); 15: debounce_key;
 # 16: an edge that runs whatever the parent's outcome (after_failure "run");
-# 17: a task's message attributes (the SQS API's)
-SCHEMA_VERSION: Final = 17
+# 17: a task's message attributes (the SQS API's);
+# 18: a task's W3C trace context
+SCHEMA_VERSION: Final = 18
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS queues (
     id INTEGER PRIMARY KEY,
@@ -52,7 +53,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     children INTEGER NOT NULL DEFAULT 0,  -- tasks that named it unfinished (its end settles them)
     dead_letter BLOB,  -- where it failed for good, when it moved here (JSON: model.DeadLetter)
     debounce_key TEXT,  -- while it waits, never delivered, an enqueue of the key replaces it
-    attributes BLOB        -- message attributes (katar.sqs), a JSON object; NULL for most
+    attributes BLOB,       -- message attributes (katar.sqs), a JSON object; NULL for most
+    trace BLOB  -- the W3C trace context it was enqueued with, as delivered (a JSON object)
 );
 -- The claim's order, over READY tasks only: scheduled, running and finished tasks never
 -- slow it down however many there are.
@@ -161,6 +163,7 @@ _ADDED: Final = {
     15: (("tasks", "debounce_key", "TEXT"),),
     16: (("deps", "run", "INTEGER NOT NULL DEFAULT 0"),),
     17: (("tasks", "attributes", "BLOB"),),
+    18: (("tasks", "trace", "BLOB"),),
 }
 
 

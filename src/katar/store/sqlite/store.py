@@ -110,7 +110,7 @@ _UNPLACE: Final = "UPDATE tasks SET fair_seq=NULL WHERE id=?"
 _INSERT_FULL: Final = (
     "INSERT INTO tasks (id, queue_id, state, priority, data, created_at, updated_at, run_at,"
     " key, fair_seq, timeout, max_attempts, expires_at, unique_key, unique_until, parents,"
-    " error, debounce_key, attributes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " error, debounce_key, attributes, trace) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 # The task that holds a unique_key (rules.holds_key), if any: by the partial index tasks_unique.
 # The tasks that hold the unique_keys of a batch, by the partial index tasks_unique: one
@@ -430,6 +430,7 @@ class SQLiteStore(Store):
                     t.error,  # a task cancelled at once: its parent had failed
                     t.debounce_key,
                     None if t.attributes is None else bytes(t.attributes),
+                    None if t.trace is None else bytearray(t.trace),
                 )
                 for t, place in zip(created, places, strict=True)
             ],

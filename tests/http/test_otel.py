@@ -1,0 +1,168 @@
+"""Server spans over OTLP/HTTP (katar.tracing): a real OTLP/HTTP receiver on loopback decodes
+what the server exports (ExportTraceServiceRequest, with opentelemetry-proto) and the spans of
+enqueue -> receive -> settle share the producer's trace id; a server without an endpoint
+loads no OpenTelemetry module at all."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from katar import Katar
+from katar.errors import ConfigError
+from katar.http import App
+from katar.server import WorkerServer
+from katar.tracing import Tracing, otlp_traces_url
+from tests.helpers.otlp import Receiver, attributes, receiving, wait_for_spans
+from tests.http.conftest import app_client, opened
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PRODUCER_SPAN = "b7ad6b7169203331"
+PARENT = f"00-{TRACE_ID}-{PRODUCER_SPAN}-01"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with receiving() as server:
+        yield server
+
+
+@pytest.fixture
+async def traced(katar: Katar, receiver: Receiver, via: str) -> AsyncIterator[httpx.AsyncClient]:
+    tracing = Tracing(receiver.url)
+    async with opened(katar):
+        app = App(katar.engine, tracing=tracing)
+        async with app_client(app, via) as client:
+            yield client
+    tracing.shutdown()
+
+
+async def test_enqueue_receive_settle_share_the_producers_trace(
+    traced: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    response = await traced.post(
+        "/v1/queue/q/tasks", json={"data": 1}, headers={"traceparent": PARENT}
+    )
+    assert response.status_code == 201
+    task_id = response.json()["tasks"][0]["_id"]
+    await traced.post("/v1/queue/q/tasks", json={"data": "untraced"})
+    delivered = (await traced.post("/v1/queue/q", json={"max": 1})).json()["tasks"]
+    assert delivered[0]["trace"] == {"traceparent": PARENT}
+    acks = [{"_id": task_id, "status": "done"}]
+    assert (await traced.post("/v1/queue/q", json={"tasks": acks, "max": 0})).status_code == 204
+    # the untraced task: delivered and settled, and no span for it
+    (other,) = (await traced.post("/v1/queue/q", json={"max": 1})).json()["tasks"]
+    await traced.post("/v1/queue/q", json={"tasks": [{"_id": other["_id"], "status": "done"}]})
+    await wait_for_spans(receiver, names=3)
+    spans = {span.name: span for span, _resource in receiver.spans}
+    assert sorted(spans) == ["receive q", "send q", "settle q"]
+    assert receiver.paths == ["/v1/traces"] * len(receiver.paths)
+    assert {resource["service.name"] for _span, resource in receiver.spans} == {"katar"}
+    for span in spans.values():
+        assert span.trace_id.hex() == TRACE_ID
+        assert span.parent_span_id.hex() == PRODUCER_SPAN
+    send, receive, settle = spans["send q"], spans["receive q"], spans["settle q"]
+    assert send.kind == Span.SPAN_KIND_PRODUCER
+    assert receive.kind == Span.SPAN_KIND_CLIENT
+    assert settle.kind == Span.SPAN_KIND_CLIENT
+    for span, operation, name in (
+        (send, "send", "enqueue"),
+        (receive, "receive", "poll"),
+        (settle, "settle", "done"),
+    ):
+        assert attributes(span) == {
+            "messaging.system": "katar",
+            "messaging.operation.type": operation,
+            "messaging.operation.name": name,
+            "messaging.destination.name": "q",
+            "messaging.message.id": task_id,
+        }
+        # linked to the task's creation context
+        assert [(link.trace_id.hex(), link.span_id.hex()) for link in span.links] == [
+            (TRACE_ID, PRODUCER_SPAN)
+        ]
+
+
+async def test_a_batch_span_counts_its_tasks(traced: httpx.AsyncClient, receiver: Receiver) -> None:
+    other = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    body = {"tasks": [{"data": 1}, {"data": 2, "trace": {"traceparent": other}}]}
+    response = await traced.post("/v1/queue/q/tasks", json=body, headers={"traceparent": PARENT})
+    assert response.status_code == 201
+    await traced.post("/v1/queue/q", json={"max": 2})
+    await wait_for_spans(receiver, names=2)
+    spans = {span.name: span for span, _resource in receiver.spans}
+    receive = spans["receive q"]
+    assert attributes(receive)["messaging.batch.message_count"] == 2
+    assert receive.trace_id.hex() == TRACE_ID  # the first task's context is the parent
+    assert {link.trace_id.hex() for link in receive.links} == {TRACE_ID, other[3:35]}
+
+
+async def test_an_unsampled_parent_exports_nothing(
+    traced: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    unsampled = PARENT[:-2] + "00"
+    await traced.post("/v1/queue/q/tasks", json={"data": 1}, headers={"traceparent": unsampled})
+    await traced.post("/v1/queue/q", json={"max": 1})
+    await wait_for_spans(receiver, seconds=2)
+    assert receiver.spans == []
+
+
+@pytest.mark.storeless
+def test_a_server_without_an_endpoint_imports_no_opentelemetry() -> None:
+    code = """
+import asyncio, sys
+import httpx
+from katar import Katar
+from katar.cli import main
+from katar.http import App
+from katar.server import WorkerServer
+from katar.client import Producer, Worker
+
+async def run():
+    katar = Katar("memory://")
+    await katar.open()
+    app = App(katar.engine)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://katar") as client:
+        assert (await client.put("/v1/queue/q", json={})).status_code in (200, 201)
+        headers = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+        r = await client.post("/v1/queue/q/tasks", json={"data": 1}, headers=headers)
+        assert r.status_code == 201, r.text
+        r = await client.post("/v1/queue/q", json={"max": 1})
+        assert r.json()["tasks"][0]["trace"], r.text
+    await katar.close()
+
+WorkerServer(katar=Katar("memory://"))
+asyncio.run(run())
+loaded = sorted(m for m in sys.modules if m.split(".")[0] == "opentelemetry")
+assert not loaded, loaded
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.storeless
+def test_an_endpoint_is_checked_when_the_server_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="http:// or https://"):
+        WorkerServer(katar=Katar("memory://"), otlp_endpoint="collector:4318")
+    # without katar[otel], the error says what to install
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+    with pytest.raises(ConfigError, match=r"pip install 'katar\[otel\]'"):
+        WorkerServer(katar=Katar("memory://"), otlp_endpoint="http://localhost:4318")
+
+
+@pytest.mark.storeless
+def test_the_traces_url_of_an_endpoint() -> None:
+    assert otlp_traces_url("http://c:4318") == "http://c:4318/v1/traces"
+    assert otlp_traces_url("http://c:4318/") == "http://c:4318/v1/traces"
+    assert otlp_traces_url("http://c/otlp/v1/traces") == "http://c/otlp/v1/traces"
