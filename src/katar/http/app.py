@@ -587,7 +587,10 @@ class App:
         push = options.push
         old = None if before is None or before.push is None else before.push.secret
         new_secret = push is not None and push.secret != old
-        shown = public_options(options, show_secret=new_secret)
+        notify = options.notify
+        old_notify = None if before is None or before.notify is None else before.notify.secret
+        new_notify = notify is not None and notify.secret != old_notify
+        shown = public_options(options, show_secret=new_secret, show_notify=new_notify)
         return json_response(QueueCreated(name, shown, options.worker_configuration()))
 
     def _push_options(self, queue: str) -> QueueOptions:

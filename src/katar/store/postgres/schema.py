@@ -11,7 +11,7 @@ from katar.protocol import MAX_DELAY
 if TYPE_CHECKING:
     from katar.store.postgres.connection import Connections
 
-SCHEMA_VERSION: Final = 18
+SCHEMA_VERSION: Final = 19
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -227,6 +227,21 @@ ALTER TABLE {s}.deps ADD COLUMN IF NOT EXISTS run boolean NOT NULL DEFAULT false
     # A task's message attributes (the SQS API's, katar.sqs): a JSON object; NULL for most.
     18: """
 ALTER TABLE {s}.tasks ADD COLUMN IF NOT EXISTS attributes bytea;
+""",
+    # The completion webhooks' outbox (katar.push.notify): events to send, in id order per
+    # task; held_until: taken by a server until then (FOR UPDATE SKIP LOCKED), or a failed
+    # send's backoff.
+    19: """
+CREATE TABLE IF NOT EXISTS {s}.outbox (
+    id bigserial PRIMARY KEY,
+    queue text NOT NULL,
+    task_id bigint NOT NULL,
+    body bytea NOT NULL,
+    attempts integer NOT NULL DEFAULT 0,
+    held_until bigint NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_task ON {s}.outbox (task_id, id);
+CREATE INDEX IF NOT EXISTS outbox_queue ON {s}.outbox (queue, id);
 """,
 }
 
