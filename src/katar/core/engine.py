@@ -315,8 +315,10 @@ class Engine:
 
     # -- the completion webhooks' outbox (katar.push.notify; see Store.outbox_add) --
 
-    async def outbox_add(self, events: Sequence[tuple[str, int, bytes]], keep: int) -> int:
-        """Keep events to send; the number of old ones dropped past ``keep`` per queue."""
+    async def outbox_add(
+        self, events: Sequence[tuple[str, int, bytes]], keep: int
+    ) -> dict[str, int]:
+        """Keep events to send; the number of old ones dropped past ``keep``, by queue."""
         return await self.store.outbox_add(events, keep)
 
     async def outbox_take(self, limit: int, lease_ms: int) -> list[model.OutboxRow]:

@@ -465,14 +465,19 @@ def check_notify(notify: NotifyOptions) -> None:
     parts = urllib.parse.urlsplit(notify.url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise typed.Invalid(
-            ("notify", "url"), "invalid", "", reason="must be an http:// or https:// URL with a host"
+            ("notify", "url"),
+            "invalid",
+            "",
+            reason="must be an http:// or https:// URL with a host",
         )
     if parts.username is not None or parts.password is not None:
         raise typed.Invalid(("notify", "url"), "invalid", "", reason="must not carry credentials")
     try:
         parts.port  # noqa: B018 (a port out of range raises)
     except ValueError:
-        raise typed.Invalid(("notify", "url"), "invalid", "", reason="has an invalid port") from None
+        raise typed.Invalid(
+            ("notify", "url"), "invalid", "", reason="has an invalid port"
+        ) from None
     for i, event in enumerate(notify.events):
         if event not in NOTIFY_EVENTS:
             raise typed.Invalid(

@@ -448,9 +448,11 @@ class Store(abc.ABC):
     # -- the outbox of completion webhooks (katar.push.notify) --
 
     @abc.abstractmethod
-    async def outbox_add(self, events: Sequence[tuple[str, int, bytes]], keep: int) -> int:
+    async def outbox_add(
+        self, events: Sequence[tuple[str, int, bytes]], keep: int
+    ) -> dict[str, int]:
         """Keep the events ``(queue, task id, body)``, in this order, after those kept; then
-        drop the oldest of each queue past ``keep``. The number dropped."""
+        drop the oldest of each queue past ``keep``. The number dropped, by queue."""
 
     @abc.abstractmethod
     async def outbox_take(self, limit: int, now: int, lease_ms: int) -> list[OutboxRow]:

@@ -18,7 +18,6 @@ import msgspec
 from katar.core import idempotency, rules
 from katar.core.idempotency import Idempotency
 from katar.core.model import (
-    OutboxRow,
     DONE,
     FAILED,
     FINAL_STATES,
@@ -30,6 +29,7 @@ from katar.core.model import (
     Ack,
     Edit,
     NewTask,
+    OutboxRow,
     QueueOptions,
     State,
     Task,
@@ -941,17 +941,19 @@ class MemoryStore(Store):
         self.report(also)
         return True
 
-    async def outbox_add(self, events: Sequence[tuple[str, int, bytes]], keep: int) -> int:
+    async def outbox_add(
+        self, events: Sequence[tuple[str, int, bytes]], keep: int
+    ) -> dict[str, int]:
         outbox = self._outbox
         for queue, task_id, body in events:
             self._outbox_id += 1
             outbox[self._outbox_id] = (OutboxRow(self._outbox_id, queue, task_id, body), 0)
-        dropped = 0
+        dropped: dict[str, int] = {}
         for queue in {event[0] for event in events}:
             ids = [i for i, (row, _) in outbox.items() if row.queue == queue]
             for i in ids[: max(len(ids) - keep, 0)]:
                 del outbox[i]
-                dropped += 1
+                dropped[queue] = dropped.get(queue, 0) + 1
         return dropped
 
     async def outbox_take(self, limit: int, now: int, lease_ms: int) -> list[OutboxRow]:

@@ -32,8 +32,8 @@ from katar.core.model import (
     UNFINISHED,
     Ack,
     Edit,
-    OutboxRow,
     NewTask,
+    OutboxRow,
     QueueOptions,
     State,
     Task,
@@ -1374,7 +1374,9 @@ class PostgresStore(Store):
         assert row is not None
         return _schedule(row)
 
-    async def outbox_add(self, events: Sequence[tuple[str, int, bytes]], keep: int) -> int:
+    async def outbox_add(
+        self, events: Sequence[tuple[str, int, bytes]], keep: int
+    ) -> dict[str, int]:
         s = self._schema
         async with self._transaction() as conn:
             async with conn.cursor() as cursor:
@@ -1382,14 +1384,15 @@ class PostgresStore(Store):
                     f"INSERT INTO {s}.outbox (queue, task_id, body) VALUES (%s, %s, %s)",
                     list(events),
                 )
-            dropped = 0
+            dropped: dict[str, int] = {}
             for queue in dict.fromkeys(event[0] for event in events):
                 cursor = await conn.execute(
                     f"DELETE FROM {s}.outbox WHERE queue = %(q)s AND id <= (SELECT id FROM"
                     f" {s}.outbox WHERE queue = %(q)s ORDER BY id DESC LIMIT 1 OFFSET %(k)s)",
                     {"q": queue, "k": keep},
                 )
-                dropped += cursor.rowcount
+                if cursor.rowcount > 0:
+                    dropped[queue] = cursor.rowcount
             return dropped
 
     async def outbox_take(self, limit: int, now: int, lease_ms: int) -> list[OutboxRow]:
@@ -1414,7 +1417,9 @@ class PostgresStore(Store):
 
     async def outbox_delete(self, ids: Sequence[int]) -> None:
         async with self._transaction() as conn:
-            await conn.execute(f"DELETE FROM {self._schema}.outbox WHERE id = ANY(%s)", (list(ids),))
+            await conn.execute(
+                f"DELETE FROM {self._schema}.outbox WHERE id = ANY(%s)", (list(ids),)
+            )
 
     async def outbox_retry(self, event_id: int, until: int) -> None:
         async with self._transaction() as conn:

@@ -18,8 +18,8 @@ from katar.core.model import (
     UNFINISHED,
     Ack,
     Edit,
-    OutboxRow,
     NewTask,
+    OutboxRow,
     QueueOptions,
     State,
     Task,
@@ -1002,16 +1002,20 @@ class SQLiteStore(Store):
 
         return await self._writer.write(op)
 
-    async def outbox_add(self, events: Sequence[tuple[str, int, bytes]], keep: int) -> int:
-        def op(conn: sqlite3.Connection) -> int:
+    async def outbox_add(
+        self, events: Sequence[tuple[str, int, bytes]], keep: int
+    ) -> dict[str, int]:
+        def op(conn: sqlite3.Connection) -> dict[str, int]:
             conn.executemany("INSERT INTO outbox (queue, task_id, body) VALUES (?, ?, ?)", events)
-            dropped = 0
+            dropped: dict[str, int] = {}
             for queue in dict.fromkeys(event[0] for event in events):
-                dropped += conn.execute(
+                count = conn.execute(
                     "DELETE FROM outbox WHERE queue = ?1 AND id <= (SELECT id FROM outbox"
                     " WHERE queue = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
                     (queue, keep),
                 ).rowcount
+                if count > 0:
+                    dropped[queue] = count
             return dropped
 
         return await self._writer.write(op)
