@@ -79,6 +79,9 @@ class Notifier:
         self._paused: dict[str, float] = {}
         self._jobs: list[asyncio.Task[None]] = []
         self._started = False
+        #: Queues given a notify option that the engine may not list yet (its put_queue
+        #: checks before it stores): sync keeps hearing for them.
+        self._coming: set[str] = set()
 
     # -- the engine's side --
 
@@ -88,6 +91,7 @@ class Notifier:
         on, before its first change."""
         if options.notify is not None:
             self.allow.check(options.notify.url)
+            self._coming.add(name)
             self._hear()
 
     def event(self, queue: str, event: str, task: Task) -> None:
@@ -110,7 +114,9 @@ class Notifier:
     def sync(self) -> None:
         """Hear the engine's changes while some queue has a notify option (another server
         may have set one: the dispatcher's look at the queues calls this)."""
-        if any(o.notify is not None for o in self.engine.queue_options().values()):
+        queues = self.engine.queue_options()
+        self._coming = {name for name in self._coming if name not in queues}
+        if self._coming or any(o.notify is not None for o in queues.values()):
             self._hear()
         elif self.engine.notifier is not None and not self._pending:
             self.engine.notifier = None
