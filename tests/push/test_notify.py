@@ -16,9 +16,10 @@ import pytest
 from katar import Katar
 from katar.core.model import Ack, QueueOptions, parse_queue_options
 from katar.errors import ValidationError
+from katar.http import App
 from katar.push import Allow, Dispatcher
 from tests.conftest import store_url
-from tests.http.conftest import opened
+from tests.http.conftest import app_client, opened
 from tests.push.receiver import Received, Receiver, serving
 
 pytestmark = pytest.mark.xdist_group(name="push")
@@ -283,3 +284,53 @@ async def test_a_loopback_notify_url_is_refused_without_allow(katar: Katar) -> N
         await katar.engine.put_queue(
             "jobs", parse_queue_options({"notify": {"url": "http://127.0.0.1:9/x"}})
         )
+
+
+async def test_http_routes_of_a_notify_queue(
+    katar: Katar, dispatcher: Dispatcher, receiver: Receiver
+) -> None:
+    app = App(katar.engine)
+    async with app_client(app, "asgi") as http:
+        url = f"http://127.0.0.1:{receiver.port}/events"
+        made = await http.put("/v1/queue/jobs", json={"notify": {"url": url}})
+        assert made.status_code == 200, made.text
+        notify = made.json()["options"]["notify"]
+        secret = notify["secret"]
+        assert secret.startswith("whsec_")
+        # Shown once: a later change does not show it, nor does the listing.
+        patched = await http.patch("/v1/queue/jobs", json={"concurrency": 4})
+        assert "secret" not in patched.json()["options"]["notify"]
+        listing = (await http.get("/v1/queues")).json()
+        assert secret not in str(listing)
+        assert (await http.get("/v1/queue/jobs/notify/secret")).json() == {
+            "secret": secret,
+            "previous_secret": None,
+            "previous_until": None,
+        }
+        rotated = (await http.post("/v1/queue/jobs/notify/rotate", json={"grace": 60})).json()
+        assert rotated["previous_secret"] == secret
+        assert rotated["secret"] != secret
+        receiver.secrets.append(rotated["secret"])
+        # Workers still poll a notify queue; its end is sent, signed with the new secret.
+        await http.post("/v1/queue/jobs/tasks", json={"data": 1})
+        [task] = (await http.post("/v1/queue/jobs", json={})).json()["tasks"]
+        acked = await http.post(
+            "/v1/queue/jobs", json={"tasks": [{"_id": task["_id"], "status": "done"}], "max": 0}
+        )
+        assert acked.status_code in (200, 204)
+        await receiver.wait_for(1)
+        assert receiver.received[0].verified
+        assert receiver.received[0].task["type"] == "task.done"
+        gone = await http.get("/v1/queue/other/notify/secret")
+        assert gone.status_code == 404
+        await http.put("/v1/queue/plain", json={})
+        assert (await http.get("/v1/queue/plain/notify/secret")).status_code == 409
+        bad = await http.put("/v1/queue/bad", json={"notify": {"url": url, "events": ["x"]}})
+        assert bad.status_code == 422
+        assert "notify.events" in bad.json()["error"]
+        closed = Dispatcher(katar.engine, Allow())
+        katar.engine.option_checks[:] = [closed.check]
+        refused = await http.put("/v1/queue/bad", json={"notify": {"url": "http://10.0.0.1/"}})
+        assert refused.status_code == 422
+        assert "notify.url" in refused.json()["error"]
+        assert "[push] allow" in refused.json()["error"]

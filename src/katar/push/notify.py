@@ -90,7 +90,7 @@ class Notifier:
         known not to be allowed is bad input (422); a queue that sets one is heard from now
         on, before its first change."""
         if options.notify is not None:
-            self.allow.check(options.notify.url)
+            self.allow.check(options.notify.url, "notify")
             self._coming.add(name)
             self._hear()
 
