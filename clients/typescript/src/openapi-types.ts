@@ -7,6 +7,8 @@ export interface Ack {
   _id: string | number;
   attempt?: number | null;
   error?: string | null;
+  /** With in progress: the lease's end in ms from now; 0 releases the task to the queue at once, not counted as a failed attempt. */
+  lease?: number | null;
   /** With in progress: any JSON, the task's progress. */
   progress?: unknown;
   /** With done: any JSON. */
@@ -86,7 +88,7 @@ export interface DeliveryRecord {
   attempt: number;
   ended_at?: string | null;
   error?: string | null;
-  outcome?: "cancelled" | "done" | "expired" | "failed" | null;
+  outcome?: "cancelled" | "done" | "expired" | "failed" | "released" | null;
   started_at: string;
   worker: string | null;
 }
@@ -171,6 +173,20 @@ export interface NewTask {
 }
 
 /**
+ * A queue's completion webhooks: each of ``events`` of a task of the queue is POSTed
+ * to ``url``, signed as pushes are (see katar.push.notify). ``secret`` and its rotation
+ * work as PushOptions's: generated when the option is set, shown once, kept across PUTs
+ * and PATCHes that name none, never shown but to an admin.
+ */
+export interface NotifyOptions {
+  events?: string[];
+  previous_secret?: string | null;
+  previous_until?: number | null;
+  secret?: string | null;
+  url: string;
+}
+
+/**
  * An operator's change to a task's status. With ``"status": "queued"``, ``data``,
  * ``priority`` and ``key`` edit the task as it runs again (edit and retry): a paused,
  * queued, failed or cancelled task takes them and a fresh set of attempts; a task in
@@ -192,6 +208,61 @@ export interface Poll {
   tasks?: Ack[];
   wait?: number;
   worker?: string | null;
+}
+
+/** One push of the queue by this server, and how its endpoint answered. */
+export interface PushAnswerRecord {
+  at: string;
+  error?: string | null;
+  ms: number;
+  outcome: "done" | "failed" | "refused" | "timeout" | "unreachable";
+  status: number | null;
+}
+
+/**
+ * A push queue's endpoint: the server POSTs each task to ``url`` (see katar.push).
+ *
+ * ``secret`` signs the pushes (Standard Webhooks); generated when the option is set
+ * without one, kept across PUTs and PATCHes that name none. ``previous_secret`` signs
+ * too until ``previous_until`` (ms since the epoch): the grace period of a rotation.
+ * The secrets are never shown but to an admin (see public_options).
+ */
+export interface PushOptions {
+  headers?: {
+    [name: string]: string;
+  };
+  previous_secret?: string | null;
+  previous_until?: number | null;
+  secret?: string | null;
+  timeout?: number;
+  url: string;
+}
+
+/** A rotation of a push queue's secret: how long the old one keeps signing. */
+export interface PushRotate {
+  /** Seconds the old secret keeps signing (default a day). */
+  grace?: number;
+}
+
+/**
+ * A push queue's signing secrets (admin only): the current one, and the one it
+ * replaced while the rotation's grace period runs (both sign until then).
+ */
+export interface PushSecret {
+  previous_secret?: string | null;
+  previous_until?: string | null;
+  secret: string;
+}
+
+/** A push queue's endpoint and this server's last pushes to it. */
+export interface PushStatus {
+  counts: {
+    [name: string]: number;
+  };
+  error_rate: number | null;
+  recent: PushAnswerRecord[];
+  timeout: number;
+  url: string;
 }
 
 /** A queue created or changed: its options, and the configuration workers get. */
@@ -254,8 +325,10 @@ export interface QueueOptions {
   key_rate?: Rate | null;
   max_attempts?: number;
   max_batch?: number;
+  notify?: NotifyOptions | null;
   paused?: boolean;
   persistent?: boolean;
+  push?: PushOptions | null;
   rate?: Rate | null;
   retry_delay?: number;
   retry_delay_max?: number;
@@ -279,8 +352,10 @@ export interface QueuePatch {
   key_rate?: Rate | null;
   max_attempts?: number;
   max_batch?: number;
+  notify?: NotifyOptions | null;
   paused?: boolean;
   persistent?: boolean;
+  push?: PushOptions | null;
   rate?: Rate | null;
   retry_delay?: number;
   retry_delay_max?: number;
@@ -783,6 +858,93 @@ export interface Operations {
     };
   };
   /**
+   * The secrets that sign a queue's completion webhooks (admin only)
+   *
+   * With tokens configured: a admin token whose queues include this one.
+   */
+  getNotifySecret: {
+    method: "GET";
+    path: "/v1/queue/{queue}/notify/secret";
+    role: "admin";
+    pathParams: {
+      /** The queue's name: letters, digits, '.', '_', ':' or '-' (up to the server's max_queue_name, 128 by default). */
+      queue: string;
+    };
+    query: Record<string, never>;
+    headers: Record<string, never>;
+    body: never;
+    responses: {
+      /** The secrets. */
+      200: PushSecret;
+      /** No token, or one this server does not know (only when tokens are set). */
+      401: Error;
+      /** The token's role or queues do not allow this. Without tokens: a Host this server does not answer. */
+      403: Error;
+      /** No such queue. */
+      404: Error;
+      /** The queue has no notify option. */
+      409: Error;
+    };
+  };
+  /**
+   * A push queue's signing secrets (admin only)
+   *
+   * With tokens configured: a admin token whose queues include this one.
+   */
+  getPushSecret: {
+    method: "GET";
+    path: "/v1/queue/{queue}/push/secret";
+    role: "admin";
+    pathParams: {
+      /** The queue's name: letters, digits, '.', '_', ':' or '-' (up to the server's max_queue_name, 128 by default). */
+      queue: string;
+    };
+    query: Record<string, never>;
+    headers: Record<string, never>;
+    body: never;
+    responses: {
+      /** The secrets. */
+      200: PushSecret;
+      /** No token, or one this server does not know (only when tokens are set). */
+      401: Error;
+      /** The token's role or queues do not allow this. Without tokens: a Host this server does not answer. */
+      403: Error;
+      /** No such queue. */
+      404: Error;
+      /** The queue has no push option. */
+      409: Error;
+    };
+  };
+  /**
+   * A push queue's endpoint and this server's last pushes to it
+   *
+   * With tokens configured: a producer token (or a higher role) whose queues include this one.
+   */
+  getPushStatus: {
+    method: "GET";
+    path: "/v1/queue/{queue}/push";
+    role: "producer";
+    pathParams: {
+      /** The queue's name: letters, digits, '.', '_', ':' or '-' (up to the server's max_queue_name, 128 by default). */
+      queue: string;
+    };
+    query: Record<string, never>;
+    headers: Record<string, never>;
+    body: never;
+    responses: {
+      /** The endpoint and its last answers. */
+      200: PushStatus;
+      /** No token, or one this server does not know (only when tokens are set). */
+      401: Error;
+      /** The token's role or queues do not allow this. Without tokens: a Host this server does not answer. */
+      403: Error;
+      /** No such queue. */
+      404: Error;
+      /** The queue has no push option. */
+      409: Error;
+    };
+  };
+  /**
    * The queue's last redrive with a rate, on this server
    *
    * With tokens configured: a admin token whose queues include this one.
@@ -1271,7 +1433,7 @@ export interface Operations {
       404: Error;
       /** The body did not arrive within the server's body_timeout. */
       408: Error;
-      /** An ack for a task never delivered; nothing was applied. */
+      /** An ack for a task never delivered, or a poll of a push queue (the server delivers its tasks); nothing was applied. */
       409: Error;
       /** The body is over the size limit. */
       413: Error;
@@ -1397,6 +1559,120 @@ export interface Operations {
       /** The body is over the size limit. */
       413: Error;
       /** A bad filter, to or rate. */
+      422: Error;
+      /** The store is unavailable, or the server is stopping: nothing was done. */
+      503: Error;
+      /** The store's connection was lost while it committed: the outcome is unknown. */
+      504: Error;
+    };
+  };
+  /**
+   * Give a queue's completion webhooks a new secret; the old one signs too for a while
+   *
+   * With tokens configured: a admin token whose queues include this one.
+   */
+  rotateNotifySecret: {
+    method: "POST";
+    path: "/v1/queue/{queue}/notify/rotate";
+    role: "admin";
+    pathParams: {
+      /** The queue's name: letters, digits, '.', '_', ':' or '-' (up to the server's max_queue_name, 128 by default). */
+      queue: string;
+    };
+    query: Record<string, never>;
+    headers: Record<string, never>;
+    body: PushRotate;
+    responses: {
+      /** The new secret, and until when the old one signs. */
+      200: PushSecret;
+      /** The body is not JSON (or not UTF-8, or nested too deeply). */
+      400: Error;
+      /** No token, or one this server does not know (only when tokens are set). */
+      401: Error;
+      /** The token's role or queues do not allow this. Without tokens: a Host this server does not answer. A browser's request from another site's page. */
+      403: Error;
+      /** No such queue. */
+      404: Error;
+      /** The body did not arrive within the server's body_timeout. */
+      408: Error;
+      /** The queue has no notify option. */
+      409: Error;
+      /** The body is over the size limit. */
+      413: Error;
+      /** A field is invalid; the message names it. */
+      422: Error;
+      /** The store is unavailable, or the server is stopping: nothing was done. */
+      503: Error;
+      /** The store's connection was lost while it committed: the outcome is unknown. */
+      504: Error;
+    };
+  };
+  /**
+   * Give a push queue a new secret; the old one signs too for a while
+   *
+   * With tokens configured: a admin token whose queues include this one.
+   */
+  rotatePushSecret: {
+    method: "POST";
+    path: "/v1/queue/{queue}/push/rotate";
+    role: "admin";
+    pathParams: {
+      /** The queue's name: letters, digits, '.', '_', ':' or '-' (up to the server's max_queue_name, 128 by default). */
+      queue: string;
+    };
+    query: Record<string, never>;
+    headers: Record<string, never>;
+    body: PushRotate;
+    responses: {
+      /** The new secret, and until when the old one signs. */
+      200: PushSecret;
+      /** The body is not JSON (or not UTF-8, or nested too deeply). */
+      400: Error;
+      /** No token, or one this server does not know (only when tokens are set). */
+      401: Error;
+      /** The token's role or queues do not allow this. Without tokens: a Host this server does not answer. A browser's request from another site's page. */
+      403: Error;
+      /** No such queue. */
+      404: Error;
+      /** The body did not arrive within the server's body_timeout. */
+      408: Error;
+      /** The queue has no push option. */
+      409: Error;
+      /** The body is over the size limit. */
+      413: Error;
+      /** A field is invalid; the message names it. */
+      422: Error;
+      /** The store is unavailable, or the server is stopping: nothing was done. */
+      503: Error;
+      /** The store's connection was lost while it committed: the outcome is unknown. */
+      504: Error;
+    };
+  };
+  /** The Amazon SQS API (AWS JSON 1.0; see docs/sqs.md) */
+  sqs: {
+    method: "POST";
+    path: "/";
+    role: null;
+    pathParams: Record<string, never>;
+    query: Record<string, never>;
+    headers: Record<string, never>;
+    body: {
+      [name: string]: unknown;
+    };
+    responses: {
+      /** The action's answer, in SQS's shapes. */
+      200: string;
+      /** An SQS error (its code in the x-amzn-query-error header). */
+      400: Error;
+      /** A request not signed by a declared AWS credential. */
+      403: Error;
+      /** This server does not answer the SQS API (an app built without its front, katar.sqs). */
+      404: Error;
+      /** The body did not arrive within the server's body_timeout. */
+      408: Error;
+      /** The body is over the size limit. */
+      413: Error;
+      /** A field is invalid; the message names it. */
       422: Error;
       /** The store is unavailable, or the server is stopping: nothing was done. */
       503: Error;
