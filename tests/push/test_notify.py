@@ -14,6 +14,7 @@ import msgspec
 import pytest
 
 from katar import Katar
+from katar.client import _calls as calls
 from katar.core.model import Ack, QueueOptions, parse_queue_options
 from katar.errors import ValidationError
 from katar.http import App
@@ -334,3 +335,36 @@ async def test_http_routes_of_a_notify_queue(
         assert refused.status_code == 422
         assert "notify.url" in refused.json()["error"]
         assert "[push] allow" in refused.json()["error"]
+
+
+async def test_the_python_clients_notify_calls(
+    katar: Katar, dispatcher: Dispatcher, receiver: Receiver
+) -> None:
+    """The producer's calls (katar.client._calls), each sent to the app as the producers
+    send it."""
+    app = App(katar.engine)
+    async with app_client(app, "asgi") as http:
+
+        async def run(plan: calls.Plan[Any]) -> Any:
+            request = next(plan)
+            while True:
+                response = await http.request(
+                    request.method, request.path, json=request.json, params=request.params
+                )
+                try:
+                    request = plan.send(response)
+                except StopIteration as done:
+                    return done.value
+
+        await http.put("/v1/queue/jobs", json={})
+        url = f"http://127.0.0.1:{receiver.port}/events"
+        secret = await run(calls.set_notify("jobs", url, ["done"]))
+        assert isinstance(secret, str)
+        assert secret.startswith("whsec_")
+        assert await run(calls.set_notify("jobs", url, None)) is None  # kept: not shown
+        assert katar.engine.options("jobs").notify is not None
+        assert (await run(calls.notify_secret("jobs"))).secret == secret
+        rotated = await run(calls.rotate_notify_secret("jobs", 10))
+        assert rotated.previous_secret == secret
+        await run(calls.remove_notify("jobs"))
+        assert katar.engine.options("jobs").notify is None
