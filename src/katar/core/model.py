@@ -431,7 +431,7 @@ def check_push(push: PushOptions) -> None:
 
 
 #: The events a queue's ``notify`` option may ask for (completion webhooks).
-NOTIFY_EVENTS: Final = ("done", "failed", "cancelled", "dead_lettered")
+NOTIFY_EVENTS: Final = protocol.NOTIFY_EVENTS
 
 
 class NotifyOptions(
