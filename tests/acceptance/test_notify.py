@@ -31,7 +31,8 @@ async def test_events_survive_a_kill_of_the_server(
     url = f"http://127.0.0.1:{port}/events"
     first = await asyncio.to_thread(KatarProcess(tmp_path, *args).start)
     servers.append(first)
-    httpx.put(f"{first.url}/v1/queue/jobs", json={"persistent": True}).raise_for_status()
+    async with httpx.AsyncClient(base_url=first.url, timeout=30) as http:
+        (await http.put("/v1/queue/jobs", json={"persistent": True})).raise_for_status()
     made = await asyncio.to_thread(katar, first, "notify", "jobs", "--to", url, "--json")
     assert made.returncode == 0, made.stderr
     secret = json.loads(made.stdout)["secret"]
