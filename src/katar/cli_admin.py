@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from katar.errors import ConfigError
-from katar.protocol import STATUSES, WAITING_COUNT
+from katar.protocol import NOTIFY_EVENTS, STATUSES, WAITING_COUNT
 
 if TYPE_CHECKING:  # loaded when a command runs: `katar serve` needs no HTTP client
     from katar.client import Producer
@@ -36,6 +36,8 @@ COMMANDS: Final = {
     "resume": "resume a paused queue",
     "workers": "list the workers seen in the last hour",
     "push": "a push queue: its endpoint and last pushes; --to URL sets it, --rotate, --secret",
+    "notify": "a queue's completion webhooks: --to URL [--event E] sets them, --remove,"
+    " --secret, --rotate",
 }
 #: The statuses a redrive moves (katar.core.rules.REDRIVE_STATES).
 _REDRIVEN: Final = ("queued", "failed")
@@ -77,6 +79,33 @@ def add_parsers(commands: Any, connection: Callable[[argparse.ArgumentParser], N
             )
             command.add_argument(
                 "--rotate", action="store_true", help="give it a new signing secret (admin)"
+            )
+            command.add_argument(
+                "--grace",
+                type=float,
+                default=86_400.0,
+                metavar="S",
+                help="with --rotate: seconds the old secret still signs (default a day)",
+            )
+        if name == "notify":
+            command.add_argument("queue", metavar="QUEUE", help="the queue's name")
+            command.add_argument(
+                "--to", metavar="URL", help="POST the ends of the queue's tasks to this endpoint"
+            )
+            command.add_argument(
+                "--event",
+                action="append",
+                choices=NOTIFY_EVENTS,
+                metavar="EVENT",
+                help=f"with --to: an event to send (repeat for more): {', '.join(NOTIFY_EVENTS)}"
+                " (default all)",
+            )
+            command.add_argument("--remove", action="store_true", help="stop the webhooks")
+            command.add_argument(
+                "--secret", action="store_true", help="print their signing secrets (admin)"
+            )
+            command.add_argument(
+                "--rotate", action="store_true", help="give them a new signing secret (admin)"
             )
             command.add_argument(
                 "--grace",
@@ -294,6 +323,31 @@ def _push(producer: Producer, args: argparse.Namespace) -> int:
     return 0
 
 
+def _notify(producer: Producer, args: argparse.Namespace) -> int:
+    if args.to is not None:
+        secret = producer.set_notify(args.queue, args.to, events=args.event)
+        if secret is None:
+            return _said(args, {"notify": args.to}, f"{args.queue} notifies {args.to}")
+        text = f"{args.queue} notifies {args.to}; its signing secret (shown once): {secret}"
+        return _said(args, {"notify": args.to, "secret": secret}, text)
+    if args.remove:
+        producer.remove_notify(args.queue)
+        return _said(args, {"notify": None}, f"{args.queue} sends no completion webhooks")
+    if args.rotate:
+        secrets = producer.rotate_notify_secret(args.queue, args.grace)
+    elif args.secret:
+        secrets = producer.notify_secret(args.queue)
+    else:
+        raise _usage("say what to do: --to URL, --remove, --secret or --rotate")
+    if args.json:
+        return _print_json(msgspec.to_builtins(secrets))
+    print(secrets.secret)
+    if secrets.previous_secret is not None:
+        until = secrets.previous_until
+        print(f"{secrets.previous_secret} (the previous one: signs too until {until})")
+    return 0
+
+
 _RUNNERS: Final[dict[str, Callable[[Producer, argparse.Namespace], int]]] = {
     "queues": _queues,
     "tasks": _tasks,
@@ -303,6 +357,7 @@ _RUNNERS: Final[dict[str, Callable[[Producer, argparse.Namespace], int]]] = {
     "resume": _resume,
     "workers": _workers,
     "push": _push,
+    "notify": _notify,
 }
 
 

@@ -56,6 +56,8 @@ MAX_CHILDREN: Final = 10_000
 #: GET /v1/queues counts under this key, apart from "queued", the queued tasks that wait
 #: for others (``after``); their own status stays "queued", with ``waiting_for`` non-empty.
 WAITING_COUNT: Final = "waiting"
+#: The events a queue's ``notify`` option may send (completion webhooks).
+NOTIFY_EVENTS: Final = ("done", "failed", "cancelled", "dead_lettered")
 
 # -- defaults and bounds ----------------------------------------------------------------------
 

@@ -41,6 +41,8 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("/v1/queue/{queue}/push", "GET"): Role.PRODUCER,
     ("/v1/queue/{queue}/push/secret", "GET"): Role.ADMIN,
     ("/v1/queue/{queue}/push/rotate", "POST"): Role.ADMIN,
+    ("/v1/queue/{queue}/notify/secret", "GET"): Role.ADMIN,
+    ("/v1/queue/{queue}/notify/rotate", "POST"): Role.ADMIN,
     ("/v1/queue/{queue}/tasks", "POST"): Role.PRODUCER,
     ("/v1/queue/{queue}/tasks", "GET"): Role.PRODUCER,
     ("/v1/queue/{queue}/tasks/{id}", "GET"): Role.PRODUCER,

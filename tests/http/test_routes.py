@@ -57,6 +57,7 @@ def test_the_routes_that_answer_without_the_store() -> None:
         ("/v1/queue/{queue}/redrive", "DELETE"),
         ("/v1/queue/{queue}/push", "GET"),
         ("/v1/queue/{queue}/push/secret", "GET"),
+        ("/v1/queue/{queue}/notify/secret", "GET"),
     }
 
 

@@ -175,6 +175,20 @@ export interface NewTask {
 }
 
 /**
+ * A queue's completion webhooks: each of ``events`` of a task of the queue is POSTed
+ * to ``url``, signed as pushes are (see katar.push.notify). ``secret`` and its rotation
+ * work as PushOptions's: generated when the option is set, shown once, kept across PUTs
+ * and PATCHes that name none, never shown but to an admin.
+ */
+export interface NotifyOptions {
+  events?: string[];
+  previous_secret?: string | null;
+  previous_until?: number | null;
+  secret?: string | null;
+  url: string;
+}
+
+/**
  * An operator's change to a task's status. With ``"status": "queued"``, ``data``,
  * ``priority`` and ``key`` edit the task as it runs again (edit and retry): a paused,
  * queued, failed or cancelled task takes them and a fresh set of attempts; a task in
@@ -313,6 +327,7 @@ export interface QueueOptions {
   key_rate?: Rate | null;
   max_attempts?: number;
   max_batch?: number;
+  notify?: NotifyOptions | null;
   paused?: boolean;
   persistent?: boolean;
   push?: PushOptions | null;
@@ -339,6 +354,7 @@ export interface QueuePatch {
   key_rate?: Rate | null;
   max_attempts?: number;
   max_batch?: number;
+  notify?: NotifyOptions | null;
   paused?: boolean;
   persistent?: boolean;
   push?: PushOptions | null;

@@ -474,11 +474,15 @@ def delete_schedule(name: str) -> Plan[None]:
 # -- push queues ---------------------------------------------------------------------------
 
 
-def _new_secret(response: httpx.Response) -> str | None:
+def _new_secret(response: httpx.Response, option: str = "push") -> str | None:
     """The secret a queue's answer shows: only when the request made one."""
-    push = msgspec.json.decode(response.content).get("options", {}).get("push") or {}
-    secret = push.get("secret")
+    signer = msgspec.json.decode(response.content).get("options", {}).get(option) or {}
+    secret = signer.get("secret")
     return secret if isinstance(secret, str) else None
+
+
+def _new_notify_secret(response: httpx.Response) -> str | None:
+    return _new_secret(response, "notify")
 
 
 def set_push(
@@ -512,3 +516,30 @@ def rotate_push_secret(queue: str, grace: float) -> Plan[PushSecret]:
     """A new signing secret; the old one signs too for ``grace`` seconds."""
     body = {"grace": grace}
     return _call(Request("POST", f"/v1/queue/{queue}/push/rotate", body), _push_secret)
+
+
+# -- completion webhooks (notify) ----------------------------------------------------------
+
+
+def set_notify(queue: str, url: str, events: Sequence[str] | None) -> Plan[str | None]:
+    """Give the queue completion webhooks: the signing secret when this call made one."""
+    notify: dict[str, Any] = {"url": url}
+    if events is not None:
+        notify["events"] = list(events)
+    return _call(Request("PATCH", f"/v1/queue/{queue}", {"notify": notify}), _new_notify_secret)
+
+
+def remove_notify(queue: str) -> Plan[None]:
+    """Stop the queue's completion webhooks."""
+    return _call(Request("PATCH", f"/v1/queue/{queue}", {"notify": None}), _nothing)
+
+
+def notify_secret(queue: str) -> Plan[PushSecret]:
+    """The secrets that sign the queue's completion webhooks."""
+    return _call(Request("GET", f"/v1/queue/{queue}/notify/secret"), _push_secret)
+
+
+def rotate_notify_secret(queue: str, grace: float) -> Plan[PushSecret]:
+    """A new secret for the completion webhooks; the old one signs too for ``grace`` s."""
+    body = {"grace": grace}
+    return _call(Request("POST", f"/v1/queue/{queue}/notify/rotate", body), _push_secret)

@@ -304,6 +304,27 @@ class Producer:
         """A new signing secret; the old one signs too for ``grace`` seconds."""
         return self._run(calls.rotate_push_secret(queue, grace))
 
+    def set_notify(
+        self, queue: str, url: str, *, events: Sequence[str] | None = None
+    ) -> str | None:
+        """Give the queue completion webhooks (an admin token): each of ``events`` (done,
+        failed, cancelled, dead_lettered; all by default) of its tasks is POSTed to ``url``.
+        The signing secret when this call made one (the first time: keep it), else None."""
+        secret: str | None = self._run(calls.set_notify(queue, url, events))
+        return secret
+
+    def remove_notify(self, queue: str) -> None:
+        """Stop the queue's completion webhooks."""
+        self._run(calls.remove_notify(queue))
+
+    def notify_secret(self, queue: str) -> PushSecret:
+        """The secrets that sign the queue's completion webhooks (an admin token)."""
+        return self._run(calls.notify_secret(queue))
+
+    def rotate_notify_secret(self, queue: str, grace: float = 86_400.0) -> PushSecret:
+        """A new secret for the completion webhooks; the old one signs too for ``grace`` s."""
+        return self._run(calls.rotate_notify_secret(queue, grace))
+
     def workers(self) -> list[WorkerSeen]:
         """The workers seen in the last hour on the token's queues."""
         return self._run(calls.workers())
@@ -562,6 +583,25 @@ class AsyncProducer:
     async def rotate_push_secret(self, queue: str, grace: float = 86_400.0) -> PushSecret:
         """A new signing secret; the old one signs too for ``grace`` seconds."""
         return await self._run(calls.rotate_push_secret(queue, grace))
+
+    async def set_notify(
+        self, queue: str, url: str, *, events: Sequence[str] | None = None
+    ) -> str | None:
+        """Give the queue completion webhooks (see :meth:`Producer.set_notify`)."""
+        secret: str | None = await self._run(calls.set_notify(queue, url, events))
+        return secret
+
+    async def remove_notify(self, queue: str) -> None:
+        """Stop the queue's completion webhooks."""
+        await self._run(calls.remove_notify(queue))
+
+    async def notify_secret(self, queue: str) -> PushSecret:
+        """The secrets that sign the queue's completion webhooks (an admin token)."""
+        return await self._run(calls.notify_secret(queue))
+
+    async def rotate_notify_secret(self, queue: str, grace: float = 86_400.0) -> PushSecret:
+        """A new secret for the completion webhooks; the old one signs too for ``grace`` s."""
+        return await self._run(calls.rotate_notify_secret(queue, grace))
 
     async def workers(self) -> list[WorkerSeen]:
         """The workers seen in the last hour on the token's queues."""

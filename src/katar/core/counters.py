@@ -149,10 +149,18 @@ class Counters:
     run: dict[str, Histogram] = field(default_factory=dict)
     #: Pushes this server made (katar.push), per (queue, outcome of PUSH_OUTCOMES).
     pushes: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Completion webhooks' events by (queue, outcome): sent, failed (a send to retry),
+    #: dropped (past the outbox's bound), refused (the outbound safety).
+    notifies: dict[tuple[str, str], int] = field(default_factory=dict)
     #: Seconds from a push's start to its answer (or its failure).
     push_latency: dict[str, Histogram] = field(default_factory=dict)
     #: The last answers of each push queue's endpoint, newest last (for the dashboard).
     push_answers: dict[str, deque[PushAnswer]] = field(default_factory=dict)
+
+    def notified(self, queue: str, outcome: str, count: int = 1) -> None:
+        """Count completion-webhook events by outcome."""
+        key = (queue, outcome)
+        self.notifies[key] = self.notifies.get(key, 0) + count
 
     def pushed(self, queue: str, answer: PushAnswer) -> None:
         """Count a push's outcome, observe its latency, keep its answer among the last."""
@@ -197,7 +205,7 @@ class Counters:
         for histograms in (self.wait, self.run, self.push_latency):
             histograms.pop(queue, None)
         self.push_answers.pop(queue, None)
-        for pairs in (self.limited_polls, self.pushes):
+        for pairs in (self.limited_polls, self.pushes, self.notifies):
             for key in [key for key in pairs if key[0] == queue]:
                 del pairs[key]
 

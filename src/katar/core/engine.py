@@ -94,6 +94,8 @@ log = logging.getLogger("katar")
 #: The tasks one step of a bulk action takes, in one transaction: small enough that the
 #: polls queued behind it wait milliseconds, large enough that a million tasks take seconds.
 BULK_STEP: Final = 1000
+#: The public statuses that end a task, as completion webhooks name them (notify events).
+_NOTIFIED: Final = frozenset({"done", "failed", "cancelled"})
 #: GET /v1/workers lists the workers seen in this last time (ms).
 WORKERS_SEEN_MS: Final = 3_600_000
 #: The most worker names remembered, for all queues (names are the clients' to choose):
@@ -170,6 +172,11 @@ class Engine:
         self._wake = self._waits.wake
         self._expect = self._reaper.expect
         self._listeners = self._events.by_event  # a dict: tested before anything is emitted
+        #: Completion webhooks (katar.push.notify): called with (queue, event, task) at
+        #: each end of a task (done, failed, cancelled, dead_lettered, the task as it is
+        #: now), right after the store committed it. Set by the sender only while some
+        #: queue has a notify option: a plain server pays one test per change.
+        self.notifier: Callable[[str, str, Task], None] | None = None
         self._emit = self._events.emit
         store.attach(self)
         #: Called with a queue's new options before they are saved, by the fronts that
@@ -277,7 +284,7 @@ class Engine:
         check_queue_name(name)
         check_dead_letter(name, options)
         old = self.queues.get(name)
-        if options.push is not None:
+        if options.push is not None or options.notify is not None:
             options = model.settle_push(old, options)
         for check in self.option_checks:
             check(name, options)
@@ -299,6 +306,32 @@ class Engine:
         ``configuration`` given replaces the whole configuration; null removes a limit)."""
         current = msgspec.to_builtins(self.options(name))
         return await self.put_queue(name, parse_queue_options({**current, **changes}))
+
+    async def rotate_notify_secret(self, name: str, grace_ms: int) -> QueueOptions:
+        """Give the queue's notify option a fresh secret; the old one signs too for
+        ``grace_ms``."""
+        options = model.rotated_notify(self.options(name), self.clock.now_ms(), grace_ms)
+        return await self.put_queue(name, options)
+
+    # -- the completion webhooks' outbox (katar.push.notify; see Store.outbox_add) --
+
+    async def outbox_add(
+        self, events: Sequence[tuple[str, int, bytes]], keep: int
+    ) -> dict[str, int]:
+        """Keep events to send; the number of old ones dropped past ``keep``, by queue."""
+        return await self.store.outbox_add(events, keep)
+
+    async def outbox_take(self, limit: int, lease_ms: int) -> list[model.OutboxRow]:
+        """Events to send now, each the first of its task, held by this server a while."""
+        return await self.store.outbox_take(limit, self.clock.now_ms(), lease_ms)
+
+    async def outbox_delete(self, ids: Sequence[int]) -> None:
+        """Forget events sent."""
+        await self.store.outbox_delete(ids)
+
+    async def outbox_retry(self, event_id: int, delay_ms: int) -> None:
+        """An event's send failed: it is sent again in ``delay_ms``."""
+        await self.store.outbox_retry(event_id, self.clock.now_ms() + delay_ms)
 
     async def rotate_push_secret(self, name: str, grace_ms: int) -> QueueOptions:
         """Give the push queue a fresh secret; the old one signs too for ``grace_ms``."""
@@ -775,7 +808,7 @@ class Engine:
         while True:
             now = self.clock.now_ms()
             # Each change is reported (built) only when someone watches tasks one by one.
-            report = bool(self._listeners or self._outcomes.waiting)
+            report = bool(self._listeners or self._outcomes.waiting or self.notifier)
             step = await self.store.bulk(queue, action, where, now, after, BULK_STEP, report)
             matched += step.matched
             changed += step.changed
@@ -977,6 +1010,8 @@ class Engine:
             if PUBLIC_STATUS[old] != task.status:
                 if self._listeners:
                     self._emit(task)
+                if self.notifier is not None and task.status in _NOTIFIED:
+                    self.notifier(task.queue, task.status, task)
                 if is_final(task) and task.id in self._outcomes.waiting:
                     self._outcomes.settle(task)
         for queue, count in ready.items():
@@ -990,6 +1025,8 @@ class Engine:
         counters = self.counters
         if old is RUNNING:
             counters.add(counters.dead_lettered, origin)
+            if self.notifier is not None:
+                self.notifier(origin, "dead_lettered", task)
             if expired:
                 counters.add(counters.lease_expiries, origin)
                 self._delivered_at.ended(str(task.id))
@@ -1036,4 +1073,8 @@ class Engine:
     def watching(self) -> bool:
         """Whether anyone needs the final version of a task finished "done" (Observer):
         a listener for "done" events, or a wait for a task's outcome."""
-        return bool(self._outcomes.waiting) or self._events.watching_done()
+        return (
+            bool(self._outcomes.waiting)
+            or self._events.watching_done()
+            or self.notifier is not None
+        )

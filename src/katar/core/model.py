@@ -13,7 +13,7 @@ import secrets
 import time
 import urllib.parse
 from collections.abc import Iterable, Sequence
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, NamedTuple
 
 import msgspec
 
@@ -437,6 +437,90 @@ def check_push(push: PushOptions) -> None:
             )
 
 
+#: The events a queue's ``notify`` option may ask for (completion webhooks).
+NOTIFY_EVENTS: Final = protocol.NOTIFY_EVENTS
+
+
+class NotifyOptions(
+    msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """A queue's completion webhooks: each of ``events`` of a task of the queue is POSTed
+    to ``url``, signed as pushes are (see katar.push.notify). ``secret`` and its rotation
+    work as PushOptions's: generated when the option is set, shown once, kept across PUTs
+    and PATCHes that name none, never shown but to an admin."""
+
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+    events: list[str] = msgspec.field(default_factory=lambda: list(NOTIFY_EVENTS))
+    secret: str | None = None
+    previous_secret: str | None = None
+    previous_until: int | None = None
+
+    def secrets(self, now: int) -> list[str]:
+        """The secrets that sign an event sent at ``now``: the current one first."""
+        kept = [self.secret] if self.secret is not None else []
+        if (
+            self.previous_secret is not None
+            and self.previous_until is not None
+            and now < self.previous_until
+        ):
+            kept.append(self.previous_secret)
+        return kept
+
+
+def check_notify(notify: NotifyOptions) -> None:
+    """Refuse a notify option that can never work; raises typed.Invalid under ``notify``."""
+    parts = urllib.parse.urlsplit(notify.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise typed.Invalid(
+            ("notify", "url"),
+            "invalid",
+            "",
+            reason="must be an http:// or https:// URL with a host",
+        )
+    if parts.username is not None or parts.password is not None:
+        raise typed.Invalid(("notify", "url"), "invalid", "", reason="must not carry credentials")
+    try:
+        parts.port  # noqa: B018 (a port out of range raises)
+    except ValueError:
+        raise typed.Invalid(
+            ("notify", "url"), "invalid", "", reason="has an invalid port"
+        ) from None
+    for i, event in enumerate(notify.events):
+        if event not in NOTIFY_EVENTS:
+            raise typed.Invalid(
+                ("notify", "events", str(i)),
+                "invalid",
+                "",
+                reason=f"must be one of {', '.join(NOTIFY_EVENTS)}, not {event!r}",
+            )
+    for field in ("secret", "previous_secret"):
+        value = getattr(notify, field)
+        if value is not None and not _SECRET_RE.match(value):
+            raise typed.Invalid(
+                ("notify", field),
+                "invalid",
+                "",
+                reason="must be whsec_ followed by base64 of at least 12 bytes",
+            )
+
+
+#: The most completion-webhook events kept per queue (the outbox's bound): past it the oldest
+#: are dropped, with a warning and katar_notify_total{outcome="dropped"}.
+NOTIFY_KEPT: Final = 10_000
+
+
+class OutboxRow(NamedTuple):
+    """A completion-webhook event waiting to be sent (the stores' outbox): ``body`` is the
+    JSON sent; ``id`` grows with each event a store keeps, never reused."""
+
+    id: int
+    queue: str
+    task_id: int
+    body: bytes
+    #: The failed sends so far (the backoff between them doubles).
+    attempts: int = 0
+
+
 class QueueOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """A queue's options: the keys of a ``[queues.NAME]`` table and of a ``PUT`` body, with
     their defaults and bounds. Build one from plain data with :func:`parse_queue_options`,
@@ -478,6 +562,9 @@ class QueueOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     #: The server POSTs the queue's tasks to this endpoint (katar.push); workers do not
     #: poll a push queue.
     push: PushOptions | None = None
+    #: Completion webhooks: the server POSTs the queue's tasks' ends to this endpoint
+    #: (katar.push.notify), from an outbox the stores keep.
+    notify: NotifyOptions | None = None
     #: Sent to workers merged over DEFAULT_CONFIGURATION; its WorkerConfiguration keys are
     #: checked by parse_queue_options.
     configuration: Annotated[
@@ -515,6 +602,8 @@ def queue_options(raw: Any) -> QueueOptions:
     """Queue options from plain data (decoded JSON or TOML, keyword arguments), checked
     against QueueOptions's types and bounds. Raises :class:`typed.Invalid`."""
     options = typed.convert(raw, QueueOptions)
+    if options.notify is not None:
+        check_notify(options.notify)
     if options.push is not None:
         check_push(options.push)
         if isinstance(raw, dict) and "timeout" not in raw:
@@ -786,8 +875,10 @@ def check_text(worker: str | None, acks: Sequence[Ack]) -> None:
 
 
 def settle_push(old: QueueOptions | None, new: QueueOptions) -> QueueOptions:
-    """The options to keep when ``new`` replaces ``old``: a push option that names no secret
-    keeps the queue's (and its rotation's grace), or gets a fresh one when it had none."""
+    """The options to keep when ``new`` replaces ``old``: a push or notify option that names
+    no secret keeps the queue's (and its rotation's grace), or gets a fresh one when it had
+    none."""
+    new = _settle_notify(old, new)
     push = new.push
     if push is None or push.secret is not None:
         return new
@@ -804,6 +895,37 @@ def settle_push(old: QueueOptions | None, new: QueueOptions) -> QueueOptions:
     return msgspec.structs.replace(new, push=push)
 
 
+def _settle_notify(old: QueueOptions | None, new: QueueOptions) -> QueueOptions:
+    notify = new.notify
+    if notify is None or notify.secret is not None:
+        return new
+    before = None if old is None else old.notify
+    if before is not None and before.secret is not None:
+        notify = msgspec.structs.replace(
+            notify,
+            secret=before.secret,
+            previous_secret=before.previous_secret,
+            previous_until=before.previous_until,
+        )
+    else:
+        notify = msgspec.structs.replace(notify, secret=new_secret())
+    return msgspec.structs.replace(new, notify=notify)
+
+
+def rotated_notify(options: QueueOptions, now: int, grace_ms: int) -> QueueOptions:
+    """The options with a fresh notify secret; the old one signs too for ``grace_ms``."""
+    notify = options.notify
+    if notify is None:
+        raise ValidationError("the queue has no notify option: it has no secret to rotate")
+    notify = msgspec.structs.replace(
+        notify,
+        secret=new_secret(),
+        previous_secret=notify.secret if grace_ms > 0 else None,
+        previous_until=now + grace_ms if grace_ms > 0 else None,
+    )
+    return msgspec.structs.replace(options, notify=notify)
+
+
 def rotated(options: QueueOptions, now: int, grace_ms: int) -> QueueOptions:
     """The options with a fresh push secret; the old one signs too for ``grace_ms``."""
     push = options.push
@@ -818,9 +940,21 @@ def rotated(options: QueueOptions, now: int, grace_ms: int) -> QueueOptions:
     return msgspec.structs.replace(options, push=push)
 
 
-def public_options(options: QueueOptions, show_secret: bool = False) -> QueueOptions:
+def public_options(
+    options: QueueOptions, show_secret: bool = False, show_notify: bool = False
+) -> QueueOptions:
     """The options as anyone who may read the queue sees them: the push secrets left out
-    (``show_secret`` keeps the current one, for the answer that made it)."""
+    (``show_secret`` keeps the current one, for the answer that made it; ``show_notify``
+    the notify option's)."""
+    notify = options.notify
+    if notify is not None:
+        notify = msgspec.structs.replace(
+            notify,
+            secret=notify.secret if show_notify else None,
+            previous_secret=None,
+            previous_until=None,
+        )
+        options = msgspec.structs.replace(options, notify=notify)
     push = options.push
     if push is None:
         return options

@@ -16,7 +16,16 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 from katar.core.idempotency import Idempotency
-from katar.core.model import Ack, Edit, NewTask, QueueOptions, State, Task, TaskFilter
+from katar.core.model import (
+    Ack,
+    Edit,
+    NewTask,
+    OutboxRow,
+    QueueOptions,
+    State,
+    Task,
+    TaskFilter,
+)
 from katar.core.schedule import Schedule, ScheduleSpec
 
 
@@ -435,6 +444,30 @@ class Store(abc.ABC):
         :meth:`Observer.resync` after a gap in which events may have been missed. A store
         that only one server can use has nothing to tell, and keeps this default."""
         return None
+
+    # -- the outbox of completion webhooks (katar.push.notify) --
+
+    @abc.abstractmethod
+    async def outbox_add(
+        self, events: Sequence[tuple[str, int, bytes]], keep: int
+    ) -> dict[str, int]:
+        """Keep the events ``(queue, task id, body)``, in this order, after those kept; then
+        drop the oldest of each queue past ``keep``. The number dropped, by queue."""
+
+    @abc.abstractmethod
+    async def outbox_take(self, limit: int, now: int, lease_ms: int) -> list[OutboxRow]:
+        """Take up to ``limit`` events to send, the oldest first: each the first kept of its
+        task (a task's next event waits until this one is gone, so that a task's events
+        are sent in order), and none another taker holds; each is held until ``now +
+        lease_ms`` (a sender that dies leaves it to another then)."""
+
+    @abc.abstractmethod
+    async def outbox_delete(self, ids: Sequence[int]) -> None:
+        """Forget events sent."""
+
+    @abc.abstractmethod
+    async def outbox_retry(self, event_id: int, until: int) -> None:
+        """An event's send failed: it waits until ``until``, one more attempt counted."""
 
     @abc.abstractmethod
     async def expire(self, queues: Mapping[str, QueueOptions], now: int) -> list[Change]:

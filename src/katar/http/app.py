@@ -27,6 +27,8 @@ from katar.core import rules
 from katar.core.engine import Engine
 from katar.core.model import (
     NewTask,
+    NotifyOptions,
+    PushOptions,
     QueueOptions,
     State,
     Task,
@@ -637,7 +639,10 @@ class App:
         push = options.push
         old = None if before is None or before.push is None else before.push.secret
         new_secret = push is not None and push.secret != old
-        shown = public_options(options, show_secret=new_secret)
+        notify = options.notify
+        old_notify = None if before is None or before.notify is None else before.notify.secret
+        new_notify = notify is not None and notify.secret != old_notify
+        shown = public_options(options, show_secret=new_secret, show_notify=new_notify)
         return json_response(QueueCreated(name, shown, options.worker_configuration()))
 
     def _push_options(self, queue: str) -> QueueOptions:
@@ -673,18 +678,23 @@ class App:
     async def push_secret(self, request: Request) -> Response:
         push = self._push_options(request.queue).push
         assert push is not None
-        assert push.secret is not None
+        return self._secret(push)
+
+    def _secret(self, signer: PushOptions | NotifyOptions) -> Response:
+        """An admin's view of a push or notify option's secrets."""
+        assert signer.secret is not None
         now = self.engine.clock.now_ms()
-        previous = push.previous_secret
-        if push.previous_until is None or push.previous_until <= now:
+        previous = signer.previous_secret
+        if signer.previous_until is None or signer.previous_until <= now:
             previous = None
-        until = None if previous is None or push.previous_until is None else push.previous_until
+        until = None if previous is None else signer.previous_until
         return json_response(
-            PushSecret(push.secret, previous, None if until is None else iso_time(until))
+            PushSecret(signer.secret, previous, None if until is None else iso_time(until))
         )
 
-    async def rotate_push_secret(self, request: Request) -> Response:
-        self._push_options(request.queue)
+    @staticmethod
+    def _rotation(request: Request) -> int:
+        """A rotation's grace (ms) from its body."""
         body = request.body.strip() or b"{}"
         try:
             rotate = msgspec.json.decode(body, type=PushRotate)
@@ -692,16 +702,39 @@ class App:
             raise ValidationError(f"a rotation's body: {exc}") from None
         except msgspec.DecodeError:
             raise ValidationError('the body must be JSON, e.g. {"grace": 3600}') from None
-        options = await self.engine.rotate_push_secret(request.queue, int(rotate.grace * 1000))
-        push = options.push
-        assert push is not None
-        assert push.secret is not None
-        until = push.previous_until
+        return int(rotate.grace * 1000)
+
+    @staticmethod
+    def _rotated(signer: PushOptions | NotifyOptions | None) -> Response:
+        assert signer is not None
+        assert signer.secret is not None
+        until = signer.previous_until
         return json_response(
             PushSecret(
-                push.secret, push.previous_secret, None if until is None else iso_time(until)
+                signer.secret, signer.previous_secret, None if until is None else iso_time(until)
             )
         )
+
+    async def rotate_push_secret(self, request: Request) -> Response:
+        self._push_options(request.queue)
+        grace = self._rotation(request)
+        options = await self.engine.rotate_push_secret(request.queue, grace)
+        return self._rotated(options.push)
+
+    def _notify_options(self, queue: str) -> NotifyOptions:
+        notify = self.engine.options(queue).notify
+        if notify is None:
+            raise Conflict(f"queue {queue!r} has no notify option")
+        return notify
+
+    async def notify_secret(self, request: Request) -> Response:
+        return self._secret(self._notify_options(request.queue))
+
+    async def rotate_notify_secret(self, request: Request) -> Response:
+        self._notify_options(request.queue)
+        grace = self._rotation(request)
+        options = await self.engine.rotate_notify_secret(request.queue, grace)
+        return self._rotated(options.notify)
 
     async def patch_queue(self, request: Request) -> Response:
         self.engine.options(request.queue)  # an unknown queue is a 404 before a bad body

@@ -128,6 +128,14 @@ def render(
     ]
     for (queue, outcome), count in sorted(counters.pushes.items()):
         lines.append(f'katar_push_total{{queue="{_label(queue)}",outcome="{outcome}"}} {count}')
+    lines += [
+        "# HELP katar_notify_total Completion-webhook events of queues with a notify option,"
+        " by outcome (sent, failed: a send retried later, refused, dropped: past the bound"
+        " of events kept).",
+        "# TYPE katar_notify_total counter",
+    ]
+    for (queue, outcome), count in sorted(counters.notifies.items()):
+        lines.append(f'katar_notify_total{{queue="{_label(queue)}",outcome="{outcome}"}} {count}')
     _histogram(
         lines,
         "katar_push_seconds",

@@ -202,6 +202,8 @@ class Handlers(Protocol):
     async def push_status(self, request: Request) -> Response: ...
     async def push_secret(self, request: Request) -> Response: ...
     async def rotate_push_secret(self, request: Request) -> Response: ...
+    async def notify_secret(self, request: Request) -> Response: ...
+    async def rotate_notify_secret(self, request: Request) -> Response: ...
     async def enqueue(self, request: Request) -> Response: ...
     async def list_tasks(self, request: Request) -> Response: ...
     async def bulk(self, request: Request) -> Response: ...
@@ -619,6 +621,46 @@ ROUTES: Final[tuple[tuple[str, Mapping[str, Route]], ...]] = (
                     answers={
                         200: A("The new secret, and until when the old one signs.", PushSecret),
                         409: "The queue has no push option.",
+                    },
+                    writes=True,
+                ),
+            ),
+        },
+    ),
+    (
+        "/v1/queue/{queue}/notify/secret",
+        {
+            "GET": Route(
+                Handlers.notify_secret,
+                Access.ADMIN,
+                Op(
+                    summary="The secrets that sign a queue's completion webhooks (admin only)",
+                    operation_id="getNotifySecret",
+                    tag="operators",
+                    answers={
+                        200: A("The secrets.", PushSecret),
+                        409: "The queue has no notify option.",
+                    },
+                ),
+                store=False,
+            ),
+        },
+    ),
+    (
+        "/v1/queue/{queue}/notify/rotate",
+        {
+            "POST": Route(
+                Handlers.rotate_notify_secret,
+                Access.ADMIN,
+                Op(
+                    summary="Give a queue's completion webhooks a new secret; the old one signs"
+                    " too for a while",
+                    operation_id="rotateNotifySecret",
+                    tag="operators",
+                    body=PushRotate,
+                    answers={
+                        200: A("The new secret, and until when the old one signs.", PushSecret),
+                        409: "The queue has no notify option.",
                     },
                     writes=True,
                 ),

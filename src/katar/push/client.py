@@ -13,6 +13,7 @@ the outbound safety checked, and keep-alive connections reused in turn.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import socket
 import ssl
 import urllib.parse
@@ -24,8 +25,25 @@ import httptools
 
 from katar.push.safety import Address, Refused, literal_address, refused_address
 
+#: The longest pause between tries of an endpoint that does not answer, and the longest
+#: Retry-After honoured.
+MAX_PAUSE_S: Final = 60.0
 #: Seconds an idle keep-alive connection stays in the pool.
 KEEPALIVE_S: Final = 30.0
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds from a ``Retry-After`` header: delta seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_PAUSE_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return min(max(when - now, 0.0), MAX_PAUSE_S)
 
 
 class Unreachable(Exception):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import logging
 import time
 from collections.abc import Sequence
@@ -34,7 +33,8 @@ from katar.core.model import Ack, PushOptions, QueueOptions, Task
 from katar.errors import KatarError, QueueNotFound
 from katar.http.responses import delivery
 from katar.push import signing
-from katar.push.client import Endpoint, Unreachable
+from katar.push.client import MAX_PAUSE_S, Endpoint, Unreachable, retry_after
+from katar.push.notify import Notifier
 from katar.push.safety import Allow, Refused
 
 log = logging.getLogger("katar.push")
@@ -51,9 +51,6 @@ CLAIM_WAIT_S: Final = 10.0
 MAX_ANSWER_BYTES: Final = 64 * 1024
 #: The push stops this long before its lease ends, so that its ack finds the lease held.
 LEASE_MARGIN_MS: Final = 1_000
-#: The longest pause between probes of an endpoint that does not answer, and the longest
-#: Retry-After honoured.
-MAX_PAUSE_S: Final = 60.0
 #: Seconds between two looks at the queues' options (push queues made or removed).
 WATCH_INTERVAL_S: Final = 1.0
 #: Seconds a graceful stop lets the pushes in flight end (else their leases run out).
@@ -70,20 +67,6 @@ class Outcome:
     answer: PushAnswer
     #: Seconds the endpoint asked to be left alone (Retry-After), or None.
     retry_after: float | None = None
-
-
-def retry_after(value: str | None, now: float) -> float | None:
-    """Seconds from a ``Retry-After`` header: delta seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), MAX_PAUSE_S)
-    try:
-        when = email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return min(max(when - now, 0.0), MAX_PAUSE_S)
 
 
 def push_body(task: Task) -> bytes:
@@ -391,11 +374,14 @@ class Dispatcher:
         self.pushers: dict[str, QueuePusher] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[None]] = set()
+        #: The completion webhooks (katar.push.notify), started and stopped with the pushes.
+        self.notifier = Notifier(engine, self.allow)
 
     def check(self, name: str, options: QueueOptions) -> None:
         """The engine's check of a queue's new options (Engine.option_checks): a push URL
         known not to be allowed is bad input (422); a queue that stops being a push queue
         stops its pusher now, before the change wakes the pusher's parked claim."""
+        self.notifier.check(name, options)
         if options.push is not None:
             self.allow.check(options.push.url)
         elif name in self.pushers:
@@ -412,6 +398,7 @@ class Dispatcher:
         """Start pushing (after the engine is open)."""
         if self._watcher is None:
             self._watcher = asyncio.create_task(self._watch(), name="katar-push")
+            self.notifier.start()
 
     async def stop(self) -> None:
         """Stop claiming; let the pushes in flight end (see QueuePusher.stop)."""
@@ -421,7 +408,9 @@ class Dispatcher:
                 await self._watcher
             self._watcher = None
         pushers, self.pushers = list(self.pushers.values()), {}
-        await asyncio.gather(*(pusher.stop() for pusher in pushers), *self._stopping)
+        await asyncio.gather(
+            *(pusher.stop() for pusher in pushers), *self._stopping, self.notifier.stop()
+        )
 
     async def _watch(self) -> None:
         while True:
@@ -430,6 +419,7 @@ class Dispatcher:
 
     def sync(self) -> None:
         """Start a pusher for each push queue, update or stop the others."""
+        self.notifier.sync()
         queues = self.engine.queue_options()
         for name, options in queues.items():
             push = options.push

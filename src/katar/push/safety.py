@@ -89,16 +89,17 @@ class Allow:
         bracketed = f"[{host}]" if ":" in host else host
         return f"{bracketed}:{port}" in self.hosts
 
-    def check(self, url: str) -> None:
+    def check(self, url: str, option: str = "push") -> None:
         """Refuse, as bad input (422), a URL known not to be allowed without resolving it:
         a literal loopback, private or link-local address, or a name that always means this
-        machine or a metadata service. Other names are checked at connect time."""
+        machine or a metadata service. Other names are checked at connect time. ``option``:
+        the queue option that names it (push, notify)."""
         why = self.refused_without_dns(url)
         if why is not None:
             raise ValidationError(
-                f"queue option 'push.url' {why}; the server pushes to public addresses "
+                f"queue option '{option}.url' {why}; the server calls public addresses "
                 "only unless the configuration's [push] allow names the host or a URL prefix",
-                option="push",
+                option=option,
             )
 
     def refused_without_dns(self, url: str) -> str | None:

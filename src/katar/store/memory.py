@@ -29,6 +29,7 @@ from katar.core.model import (
     Ack,
     Edit,
     NewTask,
+    OutboxRow,
     QueueOptions,
     State,
     Task,
@@ -73,6 +74,9 @@ class MemoryStore(Store):
         self._kept: list[tuple[int, int]] = []
         self._last_id = 0
         self._running: dict[str, dict[int, None]] = {}  # per queue: the tasks in progress
+        # The completion webhooks' outbox, in id order: id -> (the event, held until).
+        self._outbox: dict[int, tuple[OutboxRow, int]] = {}
+        self._outbox_id = 0
         # Per queue: the tasks in progress per key (key_concurrency looks keys up here), and
         # the tasks per state (GET /v1/queues): kept as tasks change, never counted by a scan.
         self._running_keys: dict[str, dict[str, int]] = {}
@@ -951,6 +955,46 @@ class MemoryStore(Store):
         self._remove(task)
         self.report(also)
         return True
+
+    async def outbox_add(
+        self, events: Sequence[tuple[str, int, bytes]], keep: int
+    ) -> dict[str, int]:
+        outbox = self._outbox
+        for queue, task_id, body in events:
+            self._outbox_id += 1
+            outbox[self._outbox_id] = (OutboxRow(self._outbox_id, queue, task_id, body), 0)
+        dropped: dict[str, int] = {}
+        for queue in {event[0] for event in events}:
+            ids = [i for i, (row, _) in outbox.items() if row.queue == queue]
+            for i in ids[: max(len(ids) - keep, 0)]:
+                del outbox[i]
+                dropped[queue] = dropped.get(queue, 0) + 1
+        return dropped
+
+    async def outbox_take(self, limit: int, now: int, lease_ms: int) -> list[OutboxRow]:
+        taken: list[OutboxRow] = []
+        seen: set[int] = set()
+        for row, until in list(self._outbox.values()):
+            if row.task_id in seen:
+                continue
+            seen.add(row.task_id)
+            if until > now:
+                continue
+            self._outbox[row.id] = (row, now + lease_ms)
+            taken.append(row)
+            if len(taken) >= limit:
+                break
+        return taken
+
+    async def outbox_delete(self, ids: Sequence[int]) -> None:
+        for i in ids:
+            self._outbox.pop(i, None)
+
+    async def outbox_retry(self, event_id: int, until: int) -> None:
+        kept = self._outbox.get(event_id)
+        if kept is not None:
+            row = kept[0]
+            self._outbox[event_id] = (row._replace(attempts=row.attempts + 1), until)
 
     async def expire(self, queues: Mapping[str, QueueOptions], now: int) -> list[Change]:
         changes: list[Change] = []

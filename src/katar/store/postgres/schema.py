@@ -17,7 +17,7 @@ from katar.protocol import (
 if TYPE_CHECKING:
     from katar.store.postgres.connection import Connections
 
-SCHEMA_VERSION: Final = 19
+SCHEMA_VERSION: Final = 20
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -293,6 +293,21 @@ END
 $katar$;
 REVOKE ALL ON FUNCTION {s}.enqueue(text, jsonb, integer, double precision, text, text)
     FROM PUBLIC;
+""",
+    # The completion webhooks' outbox (katar.push.notify): events to send, in id order per
+    # task; held_until: taken by a server until then (FOR UPDATE SKIP LOCKED), or a failed
+    # send's backoff.
+    20: """
+CREATE TABLE IF NOT EXISTS {s}.outbox (
+    id bigserial PRIMARY KEY,
+    queue text NOT NULL,
+    task_id bigint NOT NULL,
+    body bytea NOT NULL,
+    attempts integer NOT NULL DEFAULT 0,
+    held_until bigint NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_task ON {s}.outbox (task_id, id);
+CREATE INDEX IF NOT EXISTS outbox_queue ON {s}.outbox (queue, id);
 """,
 }
 

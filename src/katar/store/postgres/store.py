@@ -33,6 +33,7 @@ from katar.core.model import (
     Ack,
     Edit,
     NewTask,
+    OutboxRow,
     QueueOptions,
     State,
     Task,
@@ -1373,6 +1374,61 @@ class PostgresStore(Store):
             await self._notify(conn, "s:")
         assert row is not None
         return _schedule(row)
+
+    async def outbox_add(
+        self, events: Sequence[tuple[str, int, bytes]], keep: int
+    ) -> dict[str, int]:
+        s = self._schema
+        async with self._transaction() as conn:
+            async with conn.cursor() as cursor:
+                await cursor.executemany(
+                    f"INSERT INTO {s}.outbox (queue, task_id, body) VALUES (%s, %s, %s)",
+                    list(events),
+                )
+            dropped: dict[str, int] = {}
+            for queue in dict.fromkeys(event[0] for event in events):
+                cursor = await conn.execute(
+                    f"DELETE FROM {s}.outbox WHERE queue = %(q)s AND id <= (SELECT id FROM"
+                    f" {s}.outbox WHERE queue = %(q)s ORDER BY id DESC LIMIT 1 OFFSET %(k)s)",
+                    {"q": queue, "k": keep},
+                )
+                if cursor.rowcount > 0:
+                    dropped[queue] = cursor.rowcount
+            return dropped
+
+    async def outbox_take(self, limit: int, now: int, lease_ms: int) -> list[OutboxRow]:
+        s = self._schema
+        async with self._transaction() as conn:
+            # The first event of each task, unless held. SKIP LOCKED: of servers taking at
+            # once, each takes other events; one that meets a row another has just taken
+            # (and committed) finds it held. A task's next event is not its first until
+            # this one is deleted, so one server sends a task's events, in order.
+            rows = await (
+                await conn.execute(
+                    f"UPDATE {s}.outbox SET held_until = %(until)s WHERE id IN (SELECT o.id"
+                    f" FROM {s}.outbox o WHERE o.held_until <= %(now)s AND NOT EXISTS"
+                    f" (SELECT 1 FROM {s}.outbox p WHERE p.task_id = o.task_id AND p.id < o.id)"
+                    f" ORDER BY o.id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+                    f" AND held_until <= %(now)s"
+                    " RETURNING id, queue, task_id, body, attempts",
+                    {"until": now + lease_ms, "now": now, "limit": limit},
+                )
+            ).fetchall()
+            return sorted(OutboxRow(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows)
+
+    async def outbox_delete(self, ids: Sequence[int]) -> None:
+        async with self._transaction() as conn:
+            await conn.execute(
+                f"DELETE FROM {self._schema}.outbox WHERE id = ANY(%s)", (list(ids),)
+            )
+
+    async def outbox_retry(self, event_id: int, until: int) -> None:
+        async with self._transaction() as conn:
+            await conn.execute(
+                f"UPDATE {self._schema}.outbox SET held_until = %s, attempts = attempts + 1"
+                " WHERE id = %s",
+                (until, event_id),
+            )
 
     async def delete_schedule(self, name: str) -> bool:
         async with self._transaction() as conn:

@@ -13,8 +13,8 @@ from katar.store._sql import AT_REST, ENDED_KEPT, HAS_EXPIRY, READY, RUNNING, SC
 # 14: dead letters (a task's dead_letter record); 15: debounce_key;
 # 16: an edge that runs whatever the parent's outcome (after_failure "run");
 # 17: a task's message attributes (the SQS API's);
-# 18: a task's W3C trace context
-SCHEMA_VERSION: Final = 18
+# 18: a task's W3C trace context; 19: the completion webhooks' outbox
+SCHEMA_VERSION: Final = 19
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS queues (
     id INTEGER PRIMARY KEY,
@@ -129,6 +129,18 @@ CREATE TABLE IF NOT EXISTS schedules (
     last_tick INTEGER,
     last_task INTEGER
 );
+-- The completion webhooks' outbox (katar.push.notify): events to send, in id order per task;
+-- held_until: taken by a sender until then, or a failed send's backoff.
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: an event's id is never reused
+    queue TEXT NOT NULL,
+    task_id INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    held_until INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_task ON outbox (task_id, id);
+CREATE INDEX IF NOT EXISTS outbox_queue ON outbox (queue, id);
 -- Schema 1 had the index above over every state; schema 2 had it with an IN list. Schema 10
 -- had the edges by parent for those still waiting only (deps_children replaces it).
 DROP INDEX IF EXISTS tasks_queue_state;

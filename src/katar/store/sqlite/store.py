@@ -19,6 +19,7 @@ from katar.core.model import (
     Ack,
     Edit,
     NewTask,
+    OutboxRow,
     QueueOptions,
     State,
     Task,
@@ -1001,6 +1002,53 @@ class SQLiteStore(Store):
             return _schedule(row)
 
         return await self._writer.write(op)
+
+    async def outbox_add(
+        self, events: Sequence[tuple[str, int, bytes]], keep: int
+    ) -> dict[str, int]:
+        def op(conn: sqlite3.Connection) -> dict[str, int]:
+            conn.executemany("INSERT INTO outbox (queue, task_id, body) VALUES (?, ?, ?)", events)
+            dropped: dict[str, int] = {}
+            for queue in dict.fromkeys(event[0] for event in events):
+                count = conn.execute(
+                    "DELETE FROM outbox WHERE queue = ?1 AND id <= (SELECT id FROM outbox"
+                    " WHERE queue = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                    (queue, keep),
+                ).rowcount
+                if count > 0:
+                    dropped[queue] = count
+            return dropped
+
+        return await self._writer.write(op)
+
+    async def outbox_take(self, limit: int, now: int, lease_ms: int) -> list[OutboxRow]:
+        def op(conn: sqlite3.Connection) -> list[OutboxRow]:
+            # The first event of each task, unless held; one writer: none taken twice.
+            rows = conn.execute(
+                "UPDATE outbox SET held_until = ? WHERE id IN (SELECT o.id FROM outbox o"
+                " WHERE o.held_until <= ? AND NOT EXISTS (SELECT 1 FROM outbox p"
+                " WHERE p.task_id = o.task_id AND p.id < o.id) ORDER BY o.id LIMIT ?)"
+                " RETURNING id, queue, task_id, body, attempts",
+                (now + lease_ms, now, limit),
+            ).fetchall()
+            return sorted(OutboxRow(*row) for row in rows)
+
+        return await self._writer.write(op)
+
+    async def outbox_delete(self, ids: Sequence[int]) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+
+        await self._writer.write(op)
+
+    async def outbox_retry(self, event_id: int, until: int) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE outbox SET held_until = ?, attempts = attempts + 1 WHERE id = ?",
+                (until, event_id),
+            )
+
+        await self._writer.write(op)
 
     async def delete_schedule(self, name: str) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
