@@ -13,7 +13,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from katar import Katar
 from katar.core.model import NewTask, trace_context
-from katar.push import Allow, Dispatcher
+from katar.push import Dispatcher
 from katar.tracing import Tracing
 from tests.helpers.otlp import Receiver as Collector
 from tests.helpers.otlp import attributes, receiving
@@ -65,16 +65,16 @@ def collector() -> Iterator[Collector]:
 
 
 @pytest.fixture
-async def traced_dispatcher(katar: Katar, collector: Collector) -> AsyncIterator[Dispatcher]:
+async def traced_dispatcher(
+    dispatcher: Dispatcher, collector: Collector
+) -> AsyncIterator[Dispatcher]:
+    """The dispatcher with the server's spans, as katar serve sets them before any push
+    queue's pusher starts."""
     tracing = Tracing(collector.url)
-    pusher = Dispatcher(katar.engine, Allow(["127.0.0.1"]), tracing)
-    katar.engine.option_checks.append(pusher.check)
-    pusher.start()
-    try:
-        yield pusher
-    finally:
-        await pusher.stop()
-        tracing.shutdown()
+    dispatcher.tracing = tracing
+    yield dispatcher
+    dispatcher.tracing = None
+    tracing.shutdown()
 
 
 async def test_a_traced_push_runs_in_a_process_span_of_the_tasks_trace(
