@@ -229,6 +229,7 @@ class WorkerServer:
             from katar.tracing import Tracing
 
             self.app.tracing = Tracing(self.otlp_endpoint)
+            self.pusher.tracing = self.app.tracing  # each traced push: a process span
             log.info("exporting spans over OTLP/HTTP to %s", self.app.tracing.endpoint)
         await self.katar.open()
         self.app.throughput.start()  # the app's lifespan is off: the server runs it
@@ -256,6 +257,7 @@ class WorkerServer:
             await self.app.throughput.stop()
             await self.katar.close()
             tracing, self.app.tracing = self.app.tracing, None
+            self.pusher.tracing = None
             if tracing is not None:  # the spans queued, exported (in a thread: it blocks)
                 await asyncio.to_thread(tracing.shutdown)
 

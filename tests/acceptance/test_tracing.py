@@ -4,6 +4,8 @@ endpoint is a clear start-up error."""
 
 from __future__ import annotations
 
+import http.server
+import threading
 from pathlib import Path
 
 import httpx
@@ -47,3 +49,59 @@ def test_a_bad_endpoint_stops_the_start(tmp_path: Path) -> None:
     done = run_katar(tmp_path, "serve", "--port", "0", "--otlp-endpoint", "collector:4318")
     assert done.returncode != 0
     assert "http:// or https://" in done.stderr
+
+
+class _Hooks(http.server.ThreadingHTTPServer):
+    """A push endpoint on loopback: keeps each push's headers, answers 204."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _HookHandler)
+        self.headers: list[dict[str, str]] = []
+
+
+class _HookHandler(http.server.BaseHTTPRequestHandler):
+    server: _Hooks
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        self.server.headers.append({k.lower(): v for k, v in self.headers.items()})
+        self.send_response(204)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_served_push_runs_in_a_process_span_whose_context_it_carries(
+    tmp_path: Path, servers: list[KatarProcess]
+) -> None:
+    hooks = _Hooks()
+    thread = threading.Thread(target=hooks.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with receiving() as receiver:
+            config = tmp_path / "katar.toml"
+            config.write_text(f'[push]\nallow = ["127.0.0.1:{hooks.server_address[1]}"]\n')
+            server = KatarProcess(
+                tmp_path, "--db", "sqlite:///k.db", "--config", str(config),
+                "--otlp-endpoint", receiver.url,
+            )  # fmt: skip
+            servers.append(server.start())
+            push = {"url": f"http://127.0.0.1:{hooks.server_address[1]}/hook"}
+            with httpx.Client(base_url=server.url) as client:
+                client.put("/v1/queue/hooks", json={"push": push}).raise_for_status()
+                client.post(
+                    "/v1/queue/hooks/tasks", json={"data": 1}, headers={"traceparent": PARENT}
+                ).raise_for_status()
+                wait_until(lambda: len(hooks.headers) >= 1, 20)
+            assert server.terminate() == 0  # the spans still queued are exported on the way out
+            wait_until(lambda: any(s.name == "process hooks" for s, _r in receiver.spans), 10)
+        (process,) = [span for span, _r in receiver.spans if span.name == "process hooks"]
+        assert process.trace_id.hex() == PARENT[3:35]
+        assert process.parent_span_id.hex() == PARENT[36:52]
+        (headers,) = hooks.headers
+        assert headers["traceparent"] == f"00-{PARENT[3:35]}-{process.span_id.hex()}-01"
+    finally:
+        hooks.shutdown()
+        hooks.server_close()

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
@@ -32,10 +32,14 @@ from katar.core.engine import Engine
 from katar.core.model import Ack, PushOptions, QueueOptions, Task
 from katar.errors import KatarError, QueueNotFound
 from katar.http.responses import delivery
+from katar.protocol import TraceContext
 from katar.push import signing
 from katar.push.client import MAX_PAUSE_S, Endpoint, Unreachable, retry_after
 from katar.push.notify import Notifier
 from katar.push.safety import Allow, Refused
+
+if TYPE_CHECKING:
+    from katar.tracing import Tracing
 
 log = logging.getLogger("katar.push")
 
@@ -58,6 +62,20 @@ STOP_GRACE_S: Final = 10.0
 #: Seconds an idle keep-alive connection to an endpoint stays open.
 KEEPALIVE_S: Final = 30.0
 
+_trace_decoder: Final = msgspec.json.Decoder(TraceContext)
+
+
+def trace_headers(trace: bytes | msgspec.Raw | None) -> dict[str, str]:
+    """The ``traceparent`` and ``tracestate`` headers of a task's stored context (Task.trace),
+    as it was enqueued with: what a push carries when the server makes no span of its own."""
+    if trace is None:
+        return {}
+    stored = _trace_decoder.decode(bytes(trace))
+    headers = {"traceparent": stored.traceparent}
+    if stored.tracestate is not None:
+        headers["tracestate"] = stored.tracestate
+    return headers
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -77,11 +95,20 @@ def push_body(task: Task) -> bytes:
 class QueuePusher:
     """The pushes of one queue on this server: claims, pushes, acks."""
 
-    def __init__(self, engine: Engine, queue: str, push: PushOptions, allow: Allow) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        queue: str,
+        push: PushOptions,
+        allow: Allow,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.engine = engine
         self.queue = queue
         self.push = push
         self.allow = allow
+        #: The server's spans (a ``process <queue>`` span around each traced push), or None.
+        self.tracing = tracing
         self.in_flight: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
         self._stopping = False
@@ -240,7 +267,7 @@ class QueuePusher:
             log.error("push queue %s: a push failed", self.queue, exc_info=job.exception())
 
     async def _deliver(self, task: Task) -> None:
-        outcome = await self._push(task)
+        outcome = await self._traced_push(task)
         answer = outcome.answer
         self.engine.counters.pushed(self.queue, answer)
         if answer.outcome == "done":
@@ -297,7 +324,27 @@ class QueuePusher:
                     return
                 await asyncio.sleep(wait)
 
-    async def _push(self, task: Task) -> Outcome:
+    async def _traced_push(self, task: Task) -> Outcome:
+        """The push, carrying the task's trace context: in a ``process <queue>`` span (whose
+        context the request carries) when the server exports spans, else as enqueued."""
+        tracing = self.tracing
+        if task.trace is None:
+            return await self._push(task, {})
+        if tracing is None:
+            return await self._push(task, trace_headers(task.trace))
+        with tracing.process(self.queue, task) as span:
+            outcome = await self._push(task, tracing.inject(span))
+            if span is not None:
+                answer = outcome.answer
+                if answer.status is not None:
+                    span.set_attribute("http.response.status_code", answer.status)
+                if answer.outcome != "done":
+                    from opentelemetry.trace import Status, StatusCode  # tracing: installed
+
+                    span.set_status(Status(StatusCode.ERROR, answer.error))
+            return outcome
+
+    async def _push(self, task: Task, trace: dict[str, str]) -> Outcome:
         push = self.push
         started = time.monotonic()
         at = self.engine.clock.now_ms()
@@ -311,7 +358,12 @@ class QueuePusher:
         headers = [
             (b"Content-Type", b"application/json"),
             (b"User-Agent", b"katar-push"),
-            *((name.encode(), value.encode()) for name, value in push.headers.items()),
+            *(
+                (name.encode(), value.encode())
+                for name, value in push.headers.items()
+                if not trace or name.lower() not in trace  # the task's context wins
+            ),
+            *((name.encode(), value.encode()) for name, value in trace.items()),
             *signing.headers(push.secrets(at), msg_id, timestamp, body),
         ]
 
@@ -368,9 +420,14 @@ class Dispatcher:
     """Every push queue's pusher on this server, started and stopped as queues come and
     go (a look at the engine's queues every WATCH_INTERVAL_S)."""
 
-    def __init__(self, engine: Engine, allow: Allow | None = None) -> None:
+    def __init__(
+        self, engine: Engine, allow: Allow | None = None, tracing: Tracing | None = None
+    ) -> None:
         self.engine = engine
         self.allow = allow if allow is not None else Allow()
+        #: The server's spans (katar.tracing), or None; set before start (katar serve makes
+        #: its Tracing in the process that serves).
+        self.tracing = tracing
         self.pushers: dict[str, QueuePusher] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[None]] = set()
@@ -427,7 +484,7 @@ class Dispatcher:
                 continue
             pusher = self.pushers.get(name)
             if pusher is None:
-                self.pushers[name] = QueuePusher(self.engine, name, push, self.allow)
+                self.pushers[name] = QueuePusher(self.engine, name, push, self.allow, self.tracing)
             elif pusher.push != push:
                 pusher.update(push)
         for name in [n for n in self.pushers if n not in queues or queues[n].push is None]:

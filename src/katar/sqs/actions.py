@@ -31,6 +31,7 @@ from katar.errors import NotFound
 from katar.limits import Limits
 from katar.protocol import Ack
 from katar.sqs import errors as sqs_errors
+from katar.sqs import trace
 from katar.sqs.digest import (
     attributes_size,
     check_attributes,
@@ -118,6 +119,8 @@ class Caller(NamedTuple):
     access: Access
     host: str
     hang_up: Callable[[], asyncio.Future[Any]]
+    #: The request's own W3C trace context (its traceparent header), if valid.
+    trace: msgspec.Raw | None = None
 
     def may(self, queue: str) -> None:
         """Refuse the call unless the credential's role and queues allow it on ``queue``."""
@@ -519,7 +522,11 @@ class Actions:
     # -- messages ----------------------------------------------------------------------------
 
     def _new_task(
-        self, entry: Params, options: QueueOptions, where: str = ""
+        self,
+        entry: Params,
+        options: QueueOptions,
+        where: str = "",
+        request_trace: msgspec.Raw | None = None,
     ) -> tuple[NewTask, dict[str, Any]]:
         """A message to send as a task to enqueue, and the digests of its answer."""
         body = _text(entry, "MessageBody")
@@ -594,6 +601,7 @@ class Actions:
             unique_key=unique_key,
             unique_for_ms=None if unique_key is None else DEDUPLICATION_MS,
             attributes=msgspec.Raw(msgspec.json.encode(kept)) if kept else None,
+            trace=trace.sent_trace(attributes, system, request_trace),
         )
         digests: dict[str, Any] = {"MD5OfMessageBody": md5_hex(body.encode())}
         md5 = md5_of_attributes(attributes)
@@ -606,7 +614,7 @@ class Actions:
 
     async def send_message(self, params: Params, caller: Caller) -> dict[str, Any]:
         name, options = await self.queue_of(params, caller)
-        task, digests = self._new_task(params, options)
+        task, digests = self._new_task(params, options, request_trace=caller.trace)
         created = await self.engine.enqueue(name, [task])
         return {**digests, **_sent(created[0], options)}
 
@@ -627,7 +635,7 @@ class Actions:
         accepted: list[tuple[str, NewTask, dict[str, Any]]] = []
         for entry in entries:
             try:
-                task, digests = self._new_task(entry, options)
+                task, digests = self._new_task(entry, options, request_trace=caller.trace)
             except SqsError as exc:
                 failed.append(_failure(entry["Id"], exc))
                 continue
@@ -698,11 +706,14 @@ class Actions:
                 "Body": body,
             }
             stored = _stored_attributes(task)
+            context = None if task.trace is None else trace.stored(task.trace)
             if wanted:
                 attributes = self._system_attributes(task)
-                trace = stored.MessageSystemAttributes.get("AWSTraceHeader")
-                if trace is not None and "StringValue" in trace:
-                    attributes["AWSTraceHeader"] = trace["StringValue"]
+                xray = stored.MessageSystemAttributes.get("AWSTraceHeader")
+                if xray is not None and "StringValue" in xray:
+                    attributes["AWSTraceHeader"] = xray["StringValue"]
+                elif context is not None:
+                    attributes["AWSTraceHeader"] = trace.to_xray(context.traceparent)
                 if fifo:
                     attributes["SequenceNumber"] = _sequence(task)
                     if stored.MessageDeduplicationId is not None:
@@ -710,7 +721,10 @@ class Actions:
                 message["Attributes"] = {
                     k: v for k, v in attributes.items() if every or k in wanted
                 }
-            chosen = _chosen(stored.MessageAttributes, names)
+            shown = stored.MessageAttributes
+            if context is not None and names:  # as sent, else the task's (a native one's)
+                shown = {**trace.message_attributes(context), **shown}
+            chosen = _chosen(shown, names)
             if chosen:
                 message["MessageAttributes"] = chosen
                 message["MD5OfMessageAttributes"] = md5_of_attributes(chosen)

@@ -20,6 +20,7 @@ import msgspec
 
 from katar.auth import AwsCredential
 from katar.core.engine import Engine
+from katar.core.model import trace_context
 from katar.errors import KatarError
 from katar.http.request import Request
 from katar.http.responses import API_HEADERS, Response
@@ -114,7 +115,9 @@ class Front:
                 if not isinstance(params, dict):
                     raise sqs_errors.invalid("the body must be a JSON object of the parameters")
             result = await spec.handler(
-                self.actions, params, Caller(caller, spec.access, host, request.hang_up)
+                self.actions,
+                params,
+                Caller(caller, spec.access, host, request.hang_up, _trace(request)),
             )
         except SqsError as exc:
             return _error(exc, request_id, xml)
@@ -170,6 +173,11 @@ def _form(request: Request) -> dict[str, str]:
     ):
         flat.pop(signing, None)
     return flat
+
+
+def _trace(request: Request) -> msgspec.Raw | None:
+    """The request's W3C trace context (a send's, when its messages carry none)."""
+    return trace_context(_header(request, b"traceparent"), _header(request, b"tracestate"))
 
 
 def _header(request: Request, name: bytes) -> str | None:
