@@ -876,6 +876,35 @@ export interface Operations {
     };
   };
   /**
+   * The secrets that sign a queue's completion webhooks (admin only)
+   *
+   * With tokens configured: a admin token whose queues include this one.
+   */
+  getNotifySecret: {
+    method: "GET";
+    path: "/v1/queue/{queue}/notify/secret";
+    role: "admin";
+    pathParams: {
+      /** The queue's name: letters, digits, '.', '_', ':' or '-' (up to the server's max_queue_name, 128 by default). */
+      queue: string;
+    };
+    query: Record<string, never>;
+    headers: Record<string, never>;
+    body: never;
+    responses: {
+      /** The secrets. */
+      200: PushSecret;
+      /** No token, or one this server does not know (only when tokens are set). */
+      401: Error;
+      /** The token's role or queues do not allow this. Without tokens: a Host this server does not answer. */
+      403: Error;
+      /** No such queue. */
+      404: Error;
+      /** The queue has no notify option. */
+      409: Error;
+    };
+  };
+  /**
    * A push queue's signing secrets (admin only)
    *
    * With tokens configured: a admin token whose queues include this one.
@@ -1548,6 +1577,47 @@ export interface Operations {
       /** The body is over the size limit. */
       413: Error;
       /** A bad filter, to or rate. */
+      422: Error;
+      /** The store is unavailable, or the server is stopping: nothing was done. */
+      503: Error;
+      /** The store's connection was lost while it committed: the outcome is unknown. */
+      504: Error;
+    };
+  };
+  /**
+   * Give a queue's completion webhooks a new secret; the old one signs too for a while
+   *
+   * With tokens configured: a admin token whose queues include this one.
+   */
+  rotateNotifySecret: {
+    method: "POST";
+    path: "/v1/queue/{queue}/notify/rotate";
+    role: "admin";
+    pathParams: {
+      /** The queue's name: letters, digits, '.', '_', ':' or '-' (up to the server's max_queue_name, 128 by default). */
+      queue: string;
+    };
+    query: Record<string, never>;
+    headers: Record<string, never>;
+    body: PushRotate;
+    responses: {
+      /** The new secret, and until when the old one signs. */
+      200: PushSecret;
+      /** The body is not JSON (or not UTF-8, or nested too deeply). */
+      400: Error;
+      /** No token, or one this server does not know (only when tokens are set). */
+      401: Error;
+      /** The token's role or queues do not allow this. Without tokens: a Host this server does not answer. A browser's request from another site's page. */
+      403: Error;
+      /** No such queue. */
+      404: Error;
+      /** The body did not arrive within the server's body_timeout. */
+      408: Error;
+      /** The queue has no notify option. */
+      409: Error;
+      /** The body is over the size limit. */
+      413: Error;
+      /** A field is invalid; the message names it. */
       422: Error;
       /** The store is unavailable, or the server is stopping: nothing was done. */
       503: Error;
