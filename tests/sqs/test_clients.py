@@ -115,8 +115,15 @@ def test_aws_cli(server: KatarProcess, tmp_path: Path) -> None:
     }
     # An error: the CLI exits non-zero and says what SQS would.
     missing = subprocess.run(
-        [str(BIN / "aws"), "sqs", "get-queue-url", "--queue-name", "nope", "--endpoint-url"]
-        + [server.url],
+        [
+            str(BIN / "aws"),
+            "sqs",
+            "get-queue-url",
+            "--queue-name",
+            "nope",
+            "--endpoint-url",
+            server.url,
+        ],
         env=client_env(tmp_path),
         capture_output=True,
         text=True,
