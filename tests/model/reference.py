@@ -670,6 +670,13 @@ class Model:
         if ack.status == "in progress":
             if len(ack.progress):  # absent: the last progress stays
                 task.progress = bytes(ack.progress)
+            if ack.lease == 0 and options.dead_letter is not None and self._spent(task, options):
+                # Given back with every delivery spent: it fails for good, and the caller
+                # moves it to its dead-letter queue (SQS's maxReceiveCount).
+                task.state = State.FAILED
+                task.lease_until = None
+                task.error = f"given back after delivery {task.attempts}; all attempts are spent"
+                return
             if ack.lease == 0:  # given back: queued again, not a failure (its error stays)
                 task.state = State.READY
                 task.lease_until = None

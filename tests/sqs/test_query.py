@@ -103,3 +103,36 @@ def test_the_query_protocol(server: KatarProcess) -> None:
     assert texts(error, "Type") == ["Sender"]
     status, error = call(server.url + "/", Action="Nope")
     assert (status, texts(error, "Code")) == (400, ["InvalidAction"])
+
+
+def test_dead_letters_over_the_query_protocol(server: KatarProcess) -> None:
+    base = server.url + "/"
+    call(base, Action="CreateQueue", QueueName="dead")
+    policy = '{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:000000000000:dead","maxReceiveCount":1}'
+    status, _ = call(
+        base,
+        Action="CreateQueue",
+        QueueName="src",
+        **{"Attribute.1.Name": "RedrivePolicy", "Attribute.1.Value": policy},
+    )
+    assert status == 200
+    dead = f"{server.url}/000000000000/dead"
+    status, sources = call(dead, Action="ListDeadLetterSourceQueues")
+    assert status == 200
+    assert texts(sources, "QueueUrl") == [f"{server.url}/000000000000/src"]
+    arn = "arn:aws:sqs:us-east-1:000000000000:dead"
+    status, started = call(
+        base, Action="StartMessageMoveTask", SourceArn=arn, MaxNumberOfMessagesPerSecond="5"
+    )
+    assert status == 200
+    assert texts(started, "TaskHandle")
+    status, listed = call(base, Action="ListMessageMoveTasks", SourceArn=arn)
+    assert status == 200
+    (entry,) = list(listed.iter(NS + "ListMessageMoveTasksResultEntry"))
+    assert texts(entry, "SourceArn") == [arn]
+    assert texts(entry, "MaxNumberOfMessagesPerSecond") == ["5"]
+    status, missing = call(
+        base, Action="ListMessageMoveTasks", SourceArn="arn:aws:sqs:us-east-1:000000000000:no"
+    )
+    assert status == 400
+    assert texts(missing, "Code") == ["ResourceNotFoundException"]

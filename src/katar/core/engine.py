@@ -613,6 +613,7 @@ class Engine:
         result = await self.store.poll(queue, options, acks, limit, worker, now)
         if acks:
             self._count_acks(queue, acks, now)
+            self._heard(acks, now)
         if result.changes:
             self._apply(result.changes)
         if result.held is not None:
@@ -713,6 +714,20 @@ class Engine:
                 counters.observe(counters.run, queue, ran)
         if done:
             counters.add(counters.done, queue, done)
+
+    def _heard(self, acks: Sequence[Ack], now: int) -> None:
+        """Heartbeats that set their lease's end (``lease``, SQS's ChangeMessageVisibility)
+        may end it before the reaper's next deadline: it must wake then, not at the
+        queue's timeout."""
+        shortest = None
+        for ack in acks:
+            lease = ack.lease
+            if lease and (shortest is None or lease < shortest):
+                shortest = lease
+        if shortest is not None:
+            due = self._reaper.due
+            if due is None or now + shortest < due:
+                self._expect(now + shortest)
 
     def _leased(self, tasks: list[Task]) -> None:
         # The lease's end is a deadline, earlier than the known one when the timer is idle

@@ -721,6 +721,17 @@ def apply_ack(
         # A heartbeat with progress replaces the last one; one without keeps it.
         progress = ack.progress if len(ack.progress) else task.progress
         if ack.lease == 0:  # given back (SQS's visibility 0): queued again, no failure
+            if options.dead_letter is not None and _attempts_spent(task, options):
+                # With all its deliveries spent it would be delivered once more than
+                # max_attempts allows: it moves now, as SQS moves a message received
+                # maxReceiveCount times rather than deliver it again.
+                return dead_lettered(
+                    task,
+                    options.dead_letter,
+                    "released",
+                    f"given back after delivery {task.attempts}; all attempts are spent",
+                    now,
+                )
             return archive(
                 task,
                 "released",

@@ -13,8 +13,11 @@ MaximumMessageSize, MessageRetentionPeriod, Policy) and its tags are kept in the
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hashlib
+import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -27,7 +30,8 @@ from katar.auth import Access, AwsCredential, Role
 from katar.core import rules
 from katar.core.engine import Engine
 from katar.core.model import NewTask, QueueOptions, State, Task, TaskFilter, parse_queue_options
-from katar.errors import NotFound
+from katar.core.moves import MoveJob
+from katar.errors import Conflict, NotFound
 from katar.limits import Limits
 from katar.protocol import Ack
 from katar.sqs import errors as sqs_errors
@@ -69,9 +73,20 @@ _BOUNDS: Final = {
     "VisibilityTimeout": (0, MAX_VISIBILITY),
 }
 _SETTABLE: Final = frozenset({*_BOUNDS, "Policy", "SqsManagedSseEnabled"})
+#: The redrive attributes: RedrivePolicy is the queue's ``dead_letter`` and ``max_attempts``;
+#: RedriveAllowPolicy is kept and enforced when a queue names this one as its target.
+_REDRIVE: Final = frozenset({"RedrivePolicy", "RedriveAllowPolicy"})
+MAX_RECEIVE_COUNT: Final = 1000
+#: The most queues a RedriveAllowPolicy's byQueue may name (SQS: 10).
+MAX_ALLOWED_SOURCES: Final = 10
+#: The most messages a second a message move task may move (SQS: 500).
+MAX_MOVE_RATE: Final = 500
+#: A message move task without MaxNumberOfMessagesPerSecond moves as fast as the store
+#: takes them, in the background: the engine's rate for "as fast as it can".
+_FASTEST: Final = 1_000_000.0
+_ARN: Final = re.compile(r"arn:aws[a-z-]*:sqs:[a-z0-9-]*:[0-9]{1,12}:(.+)")
 #: Accepted on a standard queue and answered as SQS does, with no effect in Katar.
 _ACCEPTED: Final = frozenset({"KmsMasterKeyId", "KmsDataKeyReusePeriodSeconds"})
-_LATER: Final = frozenset({"RedrivePolicy", "RedriveAllowPolicy"})
 #: A FIFO queue's attributes, their values and defaults (the first of each).
 _FIFO: Final = {
     "FifoQueue": ("true",),
@@ -89,7 +104,7 @@ _READ_ONLY: Final = (
     "LastModifiedTimestamp",
     "QueueArn",
 )
-_ALL_QUEUE_ATTRIBUTES: Final = frozenset({*_SETTABLE, *_ACCEPTED, *_LATER, *_READ_ONLY, *_FIFO})
+_ALL_QUEUE_ATTRIBUTES: Final = frozenset({*_SETTABLE, *_ACCEPTED, *_REDRIVE, *_READ_ONLY, *_FIFO})
 _MESSAGE_SYSTEM_ATTRIBUTES: Final = (
     "SenderId",
     "SentTimestamp",
@@ -321,6 +336,7 @@ class Actions:
             raw["key_concurrency"] = 1
             for key, values in _FIFO.items():
                 kept.setdefault(key, values[0])
+        raw.update(await self._redrive_options(name, attributes, fifo, caller))
         options = parse_queue_options(raw)
         await self.engine.put_queue(name, options)
         return {"QueueUrl": self.url(caller, name)}
@@ -337,13 +353,11 @@ class Actions:
                 raise SqsError(
                     sqs_errors.INVALID_ATTRIBUTE_VALUE, f"Invalid value for the parameter {key}."
                 )
-            if key in _LATER:
-                raise SqsError(
-                    sqs_errors.INVALID_ATTRIBUTE_NAME,
-                    f"The attribute {key} is not answered yet by Katar's SQS API "
-                    "(redrive policies come with Katar's dead-letter queues).",
-                )
-            if key in _FIFO:
+            if key == "RedrivePolicy":
+                value = _redrive_policy(value)
+            elif key == "RedriveAllowPolicy":
+                value = _redrive_allow_policy(value)
+            elif key in _FIFO:
                 if not fifo or (key == "FifoQueue" and not creating):
                     raise SqsError(
                         sqs_errors.INVALID_ATTRIBUTE_NAME,
@@ -371,7 +385,7 @@ class Actions:
                         sqs_errors.INVALID_ATTRIBUTE_VALUE,
                         "Invalid value for the parameter SqsManagedSseEnabled.",
                     )
-            elif key not in _SETTABLE and key not in _ACCEPTED and key not in _FIFO:
+            elif key not in _SETTABLE and key not in _ACCEPTED and key not in _REDRIVE:
                 raise SqsError(sqs_errors.INVALID_ATTRIBUTE_NAME, f"Unknown Attribute {key[:100]}.")
             checked[key] = value
         return checked
@@ -386,7 +400,64 @@ class Actions:
                 shown[key] = str(kept[key])
         if "SqsManagedSseEnabled" not in shown:
             shown["SqsManagedSseEnabled"] = "false"
+        policy = self._redrive_shown(options)
+        if policy is not None:
+            shown["RedrivePolicy"] = policy
+        if "RedriveAllowPolicy" in kept:
+            shown["RedriveAllowPolicy"] = str(kept["RedriveAllowPolicy"])
         return shown
+
+    def _redrive_shown(self, options: QueueOptions) -> str | None:
+        """The queue's RedrivePolicy, from its ``dead_letter`` and ``max_attempts`` (a
+        native queue's too): as it was set when those still say what it said."""
+        target = options.dead_letter
+        if target is None or options.max_attempts <= 0:
+            return None
+        kept = _sqs_config(options).get("RedrivePolicy")
+        if isinstance(kept, str) and kept:
+            arn, count = _policy_parts(kept)
+            if _arn_name(arn) == target and count == options.max_attempts:
+                return kept
+        return _policy_text(self.arn(target), options.max_attempts)
+
+    async def _redrive_options(
+        self, name: str, attributes: Mapping[str, str], fifo: bool, caller: Caller
+    ) -> dict[str, Any]:
+        """The queue options a RedrivePolicy among ``attributes`` sets (none when it is
+        not there): the target must exist, be of the queue's kind, other than the queue,
+        and allow the queue by its RedriveAllowPolicy."""
+        policy = attributes.get("RedrivePolicy")
+        if policy is None:
+            return {}
+        if policy == "":  # SQS's way to remove a policy
+            return {"dead_letter": None, "max_attempts": 0}
+        arn, count = _policy_parts(policy)
+        target = _arn_name(arn)
+
+        def refuse(reason: str) -> SqsError:
+            return invalid(
+                f"Value {policy[:300]} for parameter RedrivePolicy is invalid. Reason: {reason}"
+            )
+
+        if target == name:
+            raise refuse("A queue cannot be its own dead-letter queue.")
+        caller.may(target)
+        found = await self.engine.find_queue(target)
+        if found is None:
+            raise refuse("Dead letter target does not exist.")
+        if _is_fifo(found) != fifo:
+            raise refuse("Dead-letter queue must be same type of queue as the source.")
+        allow = _sqs_config(found).get("RedriveAllowPolicy")
+        if isinstance(allow, str) and allow:
+            rule = json.loads(allow)
+            permission = rule.get("redrivePermission")
+            sources = {_arn_name(a) for a in rule.get("sourceQueueArns", [])}
+            if permission == "denyAll" or (permission == "byQueue" and name not in sources):
+                raise refuse(
+                    f"Queue {arn} does not allow this queue to use it as a dead-letter "
+                    "queue (its RedriveAllowPolicy)."
+                )
+        return {"dead_letter": target, "max_attempts": count}
 
     async def get_queue_url(self, params: Params, caller: Caller) -> dict[str, Any]:
         name = _text(params, "QueueName")
@@ -469,12 +540,15 @@ class Actions:
             raise SqsError(
                 sqs_errors.MISSING_PARAMETER, "The request must contain the parameter Attributes."
             )
-        attributes = self._attributes_in(params.get("Attributes"), _is_fifo(options))
+        fifo = _is_fifo(options)
+        attributes = self._attributes_in(params.get("Attributes"), fifo)
         kept = dict(_sqs_config(options))
-        changes: dict[str, Any] = {}
+        changes: dict[str, Any] = await self._redrive_options(name, attributes, fifo, caller)
         for key, value in attributes.items():
             if key == "VisibilityTimeout":
                 changes["timeout"] = max(1, int(value) * 1000)
+            elif key in _REDRIVE and value == "":
+                kept.pop(key, None)
             else:
                 kept[key] = value
         kept["LastModifiedTimestamp"] = str(self.engine.now_ms() // 1000)
@@ -829,6 +903,111 @@ class Actions:
                 successful.append({"Id": entry["Id"]})
         return {"Successful": successful, "Failed": failed}
 
+    # -- dead-letter queues and message move tasks -------------------------------------------
+
+    async def list_dead_letter_source_queues(
+        self, params: Params, caller: Caller
+    ) -> dict[str, Any]:
+        name, _ = await self.queue_of(params, caller)
+        limit = _integer(params, "MaxResults", 1, 1000)
+        token = _text(params, "NextToken", required=False)
+        if token is not None and limit is None:
+            raise invalid("NextToken needs MaxResults.")
+        names = [n for n in self.engine.dead_letter_sources(name) if caller.sees(n)]
+        if token:
+            names = [n for n in names if n > unquote(token)]
+        answer: dict[str, Any] = {}
+        if limit is None:
+            names = names[:1000]
+        elif len(names) > limit:
+            names = names[:limit]
+            answer["NextToken"] = quote(names[-1], safe="")
+        answer["queueUrls"] = [self.url(caller, n) for n in names]
+        return answer
+
+    async def _queue_by_arn(self, params: Params, field: str, caller: Caller) -> str:
+        arn = _text(params, field)
+        assert arn is not None
+        name = _arn_name(arn)
+        if not name:
+            raise invalid(f"Value {arn[:200]} for parameter {field} is invalid: not a queue ARN.")
+        caller.may(name)
+        if await self.engine.find_queue(name) is None:
+            raise SqsError(
+                sqs_errors.RESOURCE_NOT_FOUND,
+                f"The resource that you specified for the {field} parameter doesn't exist.",
+            )
+        return name
+
+    async def start_message_move_task(self, params: Params, caller: Caller) -> dict[str, Any]:
+        source = await self._queue_by_arn(params, "SourceArn", caller)
+        to = None
+        if params.get("DestinationArn") is not None:
+            to = await self._queue_by_arn(params, "DestinationArn", caller)
+        rate = _integer(params, "MaxNumberOfMessagesPerSecond", 1, MAX_MOVE_RATE)
+        if not self.engine.dead_letter_sources(source):
+            raise invalid("Source queue must be configured as a Dead Letter Queue.")
+        if to == source:
+            raise invalid("The destination queue must differ from the source queue.")
+        try:
+            job = await self.engine.start_redrive(
+                source,
+                float(rate) if rate is not None else _FASTEST,
+                to,
+                may_use=caller.sees,
+            )
+        except Conflict:
+            raise SqsError(
+                sqs_errors.UNSUPPORTED_OPERATION,
+                "There is already a message movement task running for this source queue: "
+                "cancel it or wait for its end.",
+            ) from None
+        return {"TaskHandle": _task_handle(job)}
+
+    async def cancel_message_move_task(self, params: Params, caller: Caller) -> dict[str, Any]:
+        handle = _text(params, "TaskHandle")
+        assert handle is not None
+        queue, started = _read_task_handle(handle)
+        if not caller.sees(queue):
+            raise _no_task()
+        try:
+            job = self.engine.move_job(queue)
+        except NotFound:
+            raise _no_task() from None
+        if job.started_at != started:
+            raise _no_task()
+        if job.state != "running":
+            raise SqsError(
+                sqs_errors.RESOURCE_NOT_FOUND,
+                f"The message movement task is {job.state.upper()}; only a RUNNING task can "
+                "be cancelled.",
+            )
+        job = await self.engine.cancel_redrive(queue)
+        return {"ApproximateNumberOfMessagesMoved": job.moved}
+
+    async def list_message_move_tasks(self, params: Params, caller: Caller) -> dict[str, Any]:
+        source = await self._queue_by_arn(params, "SourceArn", caller)
+        _integer(params, "MaxResults", 1, 10)
+        try:
+            job = self.engine.move_job(source)
+        except NotFound:
+            return {"Results": []}
+        entry: dict[str, Any] = {}
+        if job.state == "running":
+            entry["TaskHandle"] = _task_handle(job)
+        entry["Status"] = job.state.upper()
+        entry["SourceArn"] = _text(params, "SourceArn")
+        if job.to is not None:
+            entry["DestinationArn"] = self.arn(job.to)
+        if job.rate != _FASTEST:
+            entry["MaxNumberOfMessagesPerSecond"] = int(job.rate)
+        entry["ApproximateNumberOfMessagesMoved"] = job.moved
+        entry["ApproximateNumberOfMessagesToMove"] = job.total
+        if job.error is not None:
+            entry["FailureReason"] = job.error
+        entry["StartedTimestamp"] = job.started_at
+        return {"Results": [entry]}
+
 
 class _Stored(msgspec.Struct):
     """What a send keeps with its task (Task.attributes), as the SQS API writes it."""
@@ -920,6 +1099,136 @@ def _check_tags(tags: Any) -> None:
         raise invalid("Tags must map keys of 1 to 128 characters to values of up to 256.")
 
 
+def _arn_name(arn: str) -> str:
+    """The queue an SQS ARN names (its region and account are not checked, as queue URLs'
+    hosts are not)."""
+    match = _ARN.fullmatch(arn)
+    return match.group(1) if match else ""
+
+
+def _bad_policy(name: str, value: str, reason: str) -> SqsError:
+    return invalid(f"Value {value[:300]} for parameter {name} is invalid. Reason: {reason}")
+
+
+def _policy_parts(policy: str) -> tuple[str, int]:
+    """A checked RedrivePolicy's target ARN and maxReceiveCount."""
+    parsed = json.loads(policy)
+    return str(parsed["deadLetterTargetArn"]), int(parsed["maxReceiveCount"])
+
+
+def _policy_text(arn: str, count: int) -> str:
+    """A RedrivePolicy as SQS shows it: compact JSON, the count a number."""
+    return json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": count}, separators=(",", ":"))
+
+
+def _json_object(name: str, value: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        raise _bad_policy(name, value, f"{name} must be a JSON object.") from None
+    if not isinstance(parsed, dict):
+        raise _bad_policy(name, value, f"{name} must be a JSON object.")
+    return parsed
+
+
+def _redrive_policy(value: str) -> str:
+    """A RedrivePolicy checked, as it is kept and shown (empty: remove the policy)."""
+    if value == "":
+        return value
+    policy = _json_object("RedrivePolicy", value)
+    unknown = set(policy) - {"deadLetterTargetArn", "maxReceiveCount"}
+    if unknown:
+        raise _bad_policy(
+            "RedrivePolicy", value, f"Unknown field {sorted(unknown)[0][:80]} in RedrivePolicy."
+        )
+    arn = policy.get("deadLetterTargetArn")
+    if not isinstance(arn, str) or not _arn_name(arn):
+        raise _bad_policy(
+            "RedrivePolicy",
+            value,
+            "deadLetterTargetArn must be a queue's ARN, "
+            "arn:aws:sqs:<region>:<account>:<queue name>.",
+        )
+    count = policy.get("maxReceiveCount")
+    if isinstance(count, str) and count.isdigit():
+        count = int(count)
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise _bad_policy(
+            "RedrivePolicy", value, "maxReceiveCount must be a whole number (in the policy)."
+        )
+    if not 1 <= count <= MAX_RECEIVE_COUNT:
+        raise _bad_policy(
+            "RedrivePolicy",
+            value,
+            f"Invalid value for maxReceiveCount: {count}, valid values are from 1 to "
+            f"{MAX_RECEIVE_COUNT} both inclusive.",
+        )
+    return _policy_text(arn, count)
+
+
+def _redrive_allow_policy(value: str) -> str:
+    """A RedriveAllowPolicy checked, as it is kept and shown (empty: remove it)."""
+    if value == "":
+        return value
+    policy = _json_object("RedriveAllowPolicy", value)
+    permission = policy.get("redrivePermission")
+    if permission not in ("allowAll", "denyAll", "byQueue"):
+        raise _bad_policy(
+            "RedriveAllowPolicy", value, "redrivePermission must be allowAll, denyAll or byQueue."
+        )
+    sources = policy.get("sourceQueueArns")
+    unknown = set(policy) - {"redrivePermission", "sourceQueueArns"}
+    if unknown:
+        raise _bad_policy(
+            "RedriveAllowPolicy",
+            value,
+            f"Unknown field {sorted(unknown)[0][:80]} in RedriveAllowPolicy.",
+        )
+    if permission == "byQueue":
+        if (
+            not isinstance(sources, list)
+            or not 1 <= len(sources) <= MAX_ALLOWED_SOURCES
+            or not all(isinstance(a, str) and _arn_name(a) for a in sources)
+        ):
+            raise _bad_policy(
+                "RedriveAllowPolicy",
+                value,
+                f"byQueue needs sourceQueueArns: 1 to {MAX_ALLOWED_SOURCES} queue ARNs.",
+            )
+    elif sources is not None:
+        raise _bad_policy(
+            "RedriveAllowPolicy",
+            value,
+            "sourceQueueArns is only allowed with redrivePermission byQueue.",
+        )
+    shown: dict[str, Any] = {"redrivePermission": permission}
+    if sources is not None:
+        shown["sourceQueueArns"] = sources
+    return json.dumps(shown, separators=(",", ":"))
+
+
+def _task_handle(job: MoveJob) -> str:
+    """A message move task's TaskHandle: its queue and start, opaque to the client."""
+    raw = f"{job.started_at}.{job.queue}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _read_task_handle(handle: str) -> tuple[str, int]:
+    """The queue and start a TaskHandle names; ResourceNotFoundException when none."""
+    try:
+        raw = base64.urlsafe_b64decode(handle + "=" * (-len(handle) % 4)).decode()
+    except (binascii.Error, ValueError):
+        raise _no_task() from None
+    started, _, queue = raw.partition(".")
+    if not started.isdigit() or not queue:
+        raise _no_task()
+    return queue, int(started)
+
+
+def _no_task() -> SqsError:
+    return SqsError(sqs_errors.RESOURCE_NOT_FOUND, "The specified TaskHandle does not exist.")
+
+
 def _unsupported(what: str) -> Handler:
     async def refuse(actions: Actions, params: Params, caller: Caller) -> dict[str, Any]:
         raise SqsError(sqs_errors.UNSUPPORTED_OPERATION, f"{what} is not answered yet by Katar.")
@@ -946,10 +1255,10 @@ ACTIONS: Final[Mapping[str, Action]] = {
     "DeleteMessageBatch": Action(Actions.delete_message_batch, Access.WORKER),
     "ChangeMessageVisibility": Action(Actions.change_message_visibility, Access.WORKER),
     "ChangeMessageVisibilityBatch": Action(Actions.change_message_visibility_batch, Access.WORKER),
-    "ListDeadLetterSourceQueues": Action(_unsupported("ListDeadLetterSourceQueues"), Access.WORKER),
-    "StartMessageMoveTask": Action(_unsupported("StartMessageMoveTask"), Access.ADMIN),
-    "ListMessageMoveTasks": Action(_unsupported("ListMessageMoveTasks"), Access.WORKER),
-    "CancelMessageMoveTask": Action(_unsupported("CancelMessageMoveTask"), Access.ADMIN),
+    "ListDeadLetterSourceQueues": Action(Actions.list_dead_letter_source_queues, Access.WORKER),
+    "StartMessageMoveTask": Action(Actions.start_message_move_task, Access.ADMIN),
+    "ListMessageMoveTasks": Action(Actions.list_message_move_tasks, Access.WORKER),
+    "CancelMessageMoveTask": Action(Actions.cancel_message_move_task, Access.ADMIN),
     "AddPermission": Action(_unsupported("AddPermission"), Access.ADMIN),
     "RemovePermission": Action(_unsupported("RemovePermission"), Access.ADMIN),
 }

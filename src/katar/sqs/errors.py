@@ -45,6 +45,7 @@ BATCH_TOO_LONG: Final = Kind("BatchRequestTooLong", "AWS.SimpleQueueService.Batc
 UNSUPPORTED_OPERATION: Final = Kind(
     "UnsupportedOperation", "AWS.SimpleQueueService.UnsupportedOperation"
 )
+RESOURCE_NOT_FOUND: Final = Kind("ResourceNotFoundException", "ResourceNotFoundException")
 OVER_LIMIT: Final = Kind("OverLimit", "OverLimit", 403)
 REQUEST_THROTTLED: Final = Kind("RequestThrottled", "RequestThrottled")
 # The errors common to every AWS service: not in the SQS model, answered as SQS does.

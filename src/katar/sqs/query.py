@@ -22,7 +22,14 @@ XML_TYPE: Final = b"text/xml"
 
 #: The parameters that are whole numbers (the query protocol sends every value as text).
 _INTEGERS: Final = frozenset(
-    {"DelaySeconds", "MaxNumberOfMessages", "VisibilityTimeout", "WaitTimeSeconds", "MaxResults"}
+    {
+        "DelaySeconds",
+        "MaxNumberOfMessages",
+        "VisibilityTimeout",
+        "WaitTimeSeconds",
+        "MaxResults",
+        "MaxNumberOfMessagesPerSecond",
+    }
 )
 #: Each action's entries of a batch, by their flattened name.
 _ENTRIES: Final = {
@@ -155,7 +162,7 @@ def _body(action: str, result: Mapping[str, Any]) -> str:
     """The <ActionResult> element's content."""
     parts: list[str] = []
     for key, value in result.items():
-        if key == "QueueUrls":
+        if key in ("QueueUrls", "queueUrls"):
             parts += [_element("QueueUrl", url) for url in value]
         elif key == "Attributes":
             parts.append(_attributes(value))
@@ -178,6 +185,13 @@ def _body(action: str, result: Mapping[str, Any]) -> str:
             entry = action + "ResultEntry"
             parts += [
                 f"<{entry}>{''.join(_element(k, v) for k, v in e.items())}</{entry}>" for e in value
+            ]
+        elif key == "Results":
+            parts += [
+                "<ListMessageMoveTasksResultEntry>"
+                + "".join(_element(k, v) for k, v in e.items())
+                + "</ListMessageMoveTasksResultEntry>"
+                for e in value
             ]
         elif key == "Failed":
             parts += [

@@ -1,0 +1,60 @@
+"""The AWS SDK for JavaScript v3 (@aws-sdk/client-sqs) and sqs-consumer, unmodified, against
+``katar serve`` (SQLite): tests/sqs/node/sqs.mjs sends, receives and deletes (the SDK checks
+the MD5s of the bodies) and consumes a batch with an sqs-consumer Consumer. The
+packages are pinned by tests/sqs/node/package-lock.json (``npm ci`` there, as .ci/run does);
+the test skips, saying so, when they are not installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.conftest import KatarProcess
+
+NODE_DIR = Path(__file__).parent / "node"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[KatarProcess]:
+    process = KatarProcess(tmp_path, "--db", f"sqlite:///{tmp_path / 'katar.db'}").start()
+    yield process
+    process.kill()
+
+
+def test_javascript_sdk_and_sqs_consumer(server: KatarProcess) -> None:
+    node = shutil.which("node")
+    if node is None or not (NODE_DIR / "node_modules" / "sqs-consumer").is_dir():
+        reason = "node, or tests/sqs/node's packages (npm ci there), are not installed"
+        if os.environ.get("CI"):  # .ci/run installs them: missing there is a failure
+            pytest.fail(reason)
+        pytest.skip(reason)
+    done = subprocess.run(
+        [node, str(NODE_DIR / "sqs.mjs")],
+        env={**os.environ, "KATAR_URL": server.url},
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["queueUrl"] == f"{server.url}/000000000000/node"
+    assert seen["received"] == {
+        "Body": "héllo from node",
+        "MessageId": seen["sent"]["MessageId"],
+        "lang": "en",
+        "blob": [0, 1, 2, 255],
+        "receiveCount": "1",
+    }
+    assert seen["consumed"] == [f"job {i}" for i in range(5)]
+    assert seen["left"] == {
+        "ApproximateNumberOfMessages": "0",
+        "ApproximateNumberOfMessagesNotVisible": "0",
+    }
