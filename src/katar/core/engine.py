@@ -310,7 +310,7 @@ class Engine:
     async def rotate_notify_secret(self, name: str, grace_ms: int) -> QueueOptions:
         """Give the queue's notify option a fresh secret; the old one signs too for
         ``grace_ms``."""
-        options = model.rotated_notify(self.options(name), self.clock.now_ms(), grace_ms)
+        options = model.rotated(self.options(name), self.clock.now_ms(), grace_ms, "notify")
         return await self.put_queue(name, options)
 
     # -- the completion webhooks' outbox (katar.push.notify; see Store.outbox_add) --

@@ -874,70 +874,45 @@ def check_text(worker: str | None, acks: Sequence[Ack]) -> None:
             raise ValidationError(f"{where} must not contain NUL (\\u0000)", field=where, ack=i)
 
 
+#: The options that sign what they send with a secret of their own (Standard Webhooks).
+_SIGNED: Final = ("push", "notify")
+
+
 def settle_push(old: QueueOptions | None, new: QueueOptions) -> QueueOptions:
     """The options to keep when ``new`` replaces ``old``: a push or notify option that names
     no secret keeps the queue's (and its rotation's grace), or gets a fresh one when it had
     none."""
-    new = _settle_notify(old, new)
-    push = new.push
-    if push is None or push.secret is not None:
-        return new
-    before = None if old is None else old.push
-    if before is not None and before.secret is not None:
-        push = msgspec.structs.replace(
-            push,
-            secret=before.secret,
-            previous_secret=before.previous_secret,
-            previous_until=before.previous_until,
-        )
-    else:
-        push = msgspec.structs.replace(push, secret=new_secret())
-    return msgspec.structs.replace(new, push=push)
+    for name in _SIGNED:
+        signer = getattr(new, name)
+        if signer is None or signer.secret is not None:
+            continue
+        before = None if old is None else getattr(old, name)
+        if before is not None and before.secret is not None:
+            signer = msgspec.structs.replace(
+                signer,
+                secret=before.secret,
+                previous_secret=before.previous_secret,
+                previous_until=before.previous_until,
+            )
+        else:
+            signer = msgspec.structs.replace(signer, secret=new_secret())
+        new = msgspec.structs.replace(new, **{name: signer})
+    return new
 
 
-def _settle_notify(old: QueueOptions | None, new: QueueOptions) -> QueueOptions:
-    notify = new.notify
-    if notify is None or notify.secret is not None:
-        return new
-    before = None if old is None else old.notify
-    if before is not None and before.secret is not None:
-        notify = msgspec.structs.replace(
-            notify,
-            secret=before.secret,
-            previous_secret=before.previous_secret,
-            previous_until=before.previous_until,
-        )
-    else:
-        notify = msgspec.structs.replace(notify, secret=new_secret())
-    return msgspec.structs.replace(new, notify=notify)
-
-
-def rotated_notify(options: QueueOptions, now: int, grace_ms: int) -> QueueOptions:
-    """The options with a fresh notify secret; the old one signs too for ``grace_ms``."""
-    notify = options.notify
-    if notify is None:
-        raise ValidationError("the queue has no notify option: it has no secret to rotate")
-    notify = msgspec.structs.replace(
-        notify,
+def rotated(options: QueueOptions, now: int, grace_ms: int, name: str = "push") -> QueueOptions:
+    """The options with a fresh secret for their ``name`` option ("push" or "notify"); the
+    old one signs too for ``grace_ms``."""
+    signer = getattr(options, name)
+    if signer is None:
+        raise ValidationError(f"the queue has no {name} option: it has no secret to rotate")
+    signer = msgspec.structs.replace(
+        signer,
         secret=new_secret(),
-        previous_secret=notify.secret if grace_ms > 0 else None,
+        previous_secret=signer.secret if grace_ms > 0 else None,
         previous_until=now + grace_ms if grace_ms > 0 else None,
     )
-    return msgspec.structs.replace(options, notify=notify)
-
-
-def rotated(options: QueueOptions, now: int, grace_ms: int) -> QueueOptions:
-    """The options with a fresh push secret; the old one signs too for ``grace_ms``."""
-    push = options.push
-    if push is None:
-        raise ValidationError("the queue has no push option: it has no secret to rotate")
-    push = msgspec.structs.replace(
-        push,
-        secret=new_secret(),
-        previous_secret=push.secret if grace_ms > 0 else None,
-        previous_until=now + grace_ms if grace_ms > 0 else None,
-    )
-    return msgspec.structs.replace(options, push=push)
+    return msgspec.structs.replace(options, **{name: signer})
 
 
 def public_options(
@@ -946,22 +921,15 @@ def public_options(
     """The options as anyone who may read the queue sees them: the push secrets left out
     (``show_secret`` keeps the current one, for the answer that made it; ``show_notify``
     the notify option's)."""
-    notify = options.notify
-    if notify is not None:
-        notify = msgspec.structs.replace(
-            notify,
-            secret=notify.secret if show_notify else None,
+    for name, show in (("push", show_secret), ("notify", show_notify)):
+        signer = getattr(options, name)
+        if signer is None:
+            continue
+        signer = msgspec.structs.replace(
+            signer,
+            secret=signer.secret if show else None,
             previous_secret=None,
             previous_until=None,
         )
-        options = msgspec.structs.replace(options, notify=notify)
-    push = options.push
-    if push is None:
-        return options
-    push = msgspec.structs.replace(
-        push,
-        secret=push.secret if show_secret else None,
-        previous_secret=None,
-        previous_until=None,
-    )
-    return msgspec.structs.replace(options, push=push)
+        options = msgspec.structs.replace(options, **{name: signer})
+    return options
