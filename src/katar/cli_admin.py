@@ -74,19 +74,7 @@ def add_parsers(commands: Any, connection: Callable[[argparse.ArgumentParser], N
                 help="with --to: a header sent with each push (repeat for more)",
             )
             command.add_argument("--remove", action="store_true", help="stop pushing the queue")
-            command.add_argument(
-                "--secret", action="store_true", help="print its signing secrets (admin)"
-            )
-            command.add_argument(
-                "--rotate", action="store_true", help="give it a new signing secret (admin)"
-            )
-            command.add_argument(
-                "--grace",
-                type=float,
-                default=86_400.0,
-                metavar="S",
-                help="with --rotate: seconds the old secret still signs (default a day)",
-            )
+            _secret_arguments(command, "its")
         if name == "notify":
             command.add_argument("queue", metavar="QUEUE", help="the queue's name")
             command.add_argument(
@@ -101,19 +89,7 @@ def add_parsers(commands: Any, connection: Callable[[argparse.ArgumentParser], N
                 " (default all)",
             )
             command.add_argument("--remove", action="store_true", help="stop the webhooks")
-            command.add_argument(
-                "--secret", action="store_true", help="print their signing secrets (admin)"
-            )
-            command.add_argument(
-                "--rotate", action="store_true", help="give them a new signing secret (admin)"
-            )
-            command.add_argument(
-                "--grace",
-                type=float,
-                default=86_400.0,
-                metavar="S",
-                help="with --rotate: seconds the old secret still signs (default a day)",
-            )
+            _secret_arguments(command, "their")
         if name in ("tasks", "retry", "redrive", "pause", "resume"):
             command.add_argument("queue", metavar="QUEUE", help="the queue's name")
         if name in ("tasks", "retry", "redrive"):
@@ -155,6 +131,24 @@ def add_parsers(commands: Any, connection: Callable[[argparse.ArgumentParser], N
             )
             command.add_argument("--worker", help="only tasks its worker last held")
             command.add_argument("--after", metavar="ID", help="start after this task id")
+
+
+def _secret_arguments(command: argparse.ArgumentParser, whose: str) -> None:
+    """The signing secret's options of `katar push` and `katar notify`."""
+    command.add_argument(
+        "--secret", action="store_true", help=f"print {whose} signing secrets (admin)"
+    )
+    noun = "it" if whose == "its" else "them"
+    command.add_argument(
+        "--rotate", action="store_true", help=f"give {noun} a new signing secret (admin)"
+    )
+    command.add_argument(
+        "--grace",
+        type=float,
+        default=86_400.0,
+        metavar="S",
+        help="with --rotate: seconds the old secret still signs (default a day)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
