@@ -15,7 +15,7 @@ import pytest
 
 from katar import Katar
 from katar.client import _calls as calls
-from katar.core.model import Ack, QueueOptions, parse_queue_options
+from katar.core.model import Ack, QueueOptions, Task, parse_queue_options
 from katar.errors import ValidationError
 from katar.http import App
 from katar.push import Allow, Dispatcher
@@ -210,29 +210,45 @@ async def test_the_events_are_kept_across_a_restart(tmp_path: Path) -> None:
     assert all(r.verified for r in receiver.received)
 
 
+def body(event: str, task: Task) -> bytes:
+    """An event's body that names it plainly: the tests of the outbox read it back."""
+    return f"{event}:{task.id}".encode()
+
+
 async def test_the_outbox_keeps_a_bounded_number_per_queue(tmp_path: Path) -> None:
     async with opened(Katar(store_url("sqlite", tmp_path))) as katar:
         engine = katar.engine
-        dropped = await engine.outbox_add([("q", n, b"{}") for n in range(5)], 3)
-        assert dropped == {"q": 2}
+        engine.notify_with(body)
+        await engine.put_queue("q", parse_queue_options({"notify": {"url": "https://x.test/"}}))
+        ids = [(await katar.queue("q").enqueue(n)).id for n in range(5)]
+        await settle(katar, "q", [{"status": "done"}] * 5)
+        assert await engine.outbox_trim(3) == {"q": 2}
+        assert await engine.outbox_trim(3) == {}
         taken = await engine.outbox_take(10, 1000)
-        assert [row.task_id for row in taken] == [2, 3, 4]
+        assert [row.task_id for row in taken] == ids[2:]
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite", "postgres"])
 async def test_a_tasks_events_are_taken_one_at_a_time_in_order(kind: str, tmp_path: Path) -> None:
     async with opened(Katar(store_url(kind, tmp_path))) as katar:
         engine = katar.engine
-        await engine.outbox_add([("q", 1, b"a"), ("q", 2, b"b"), ("q", 1, b"c")], 100)
+        engine.notify_with(body)
+        notify = {"url": "https://x.test/"}
+        options = {"persistent": True, "max_attempts": 1, "notify": notify}
+        await engine.put_queue("q", parse_queue_options(options))
+        one, two = [(await katar.queue("q").enqueue(n)).id for n in range(2)]
+        await settle(katar, "q", [{"status": "failed"}, {"status": "done"}])
+        await katar.queue("q").retry(one)
+        await settle(katar, "q", [{"status": "done"}])
         first = await engine.outbox_take(10, 60_000)
-        assert [row.body for row in first] == [b"a", b"b"]
-        assert await engine.outbox_take(10, 60_000) == []  # held, and "c" waits for "a"
+        assert [row.body for row in first] == [f"failed:{one}".encode(), f"done:{two}".encode()]
+        assert await engine.outbox_take(10, 60_000) == []  # held, and "done" waits for "failed"
         await engine.outbox_delete([first[0].id])
         second = await engine.outbox_take(10, 60_000)
-        assert [row.body for row in second] == [b"c"]
+        assert [row.body for row in second] == [f"done:{one}".encode()]
         await engine.outbox_retry(second[0].id, 0)
         again = await engine.outbox_take(10, 60_000)
-        assert [(row.body, row.attempts) for row in again] == [(b"c", 1)]
+        assert [(row.body, row.attempts) for row in again] == [(f"done:{one}".encode(), 1)]
 
 
 async def test_two_postgres_servers_deliver_every_event_in_order(tmp_path: Path) -> None:

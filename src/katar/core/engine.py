@@ -76,7 +76,7 @@ from katar.core.schedule import (
     parse_schedule,
 )
 from katar.core.scheduler import Scheduler
-from katar.core.storage import Change, LimitState, RedriveStep, Store
+from katar.core.storage import Change, Event, LimitState, RedriveStep, Store
 from katar.core.waits import WaitList
 from katar.core.workers import WorkerNames
 from katar.errors import (
@@ -94,8 +94,6 @@ log = logging.getLogger("katar")
 #: The tasks one step of a bulk action takes, in one transaction: small enough that the
 #: polls queued behind it wait milliseconds, large enough that a million tasks take seconds.
 BULK_STEP: Final = 1000
-#: The public statuses that end a task, as completion webhooks name them (notify events).
-_NOTIFIED: Final = frozenset({"done", "failed", "cancelled"})
 #: GET /v1/workers lists the workers seen in this last time (ms).
 WORKERS_SEEN_MS: Final = 3_600_000
 #: The most worker names remembered, for all queues (names are the clients' to choose):
@@ -172,11 +170,13 @@ class Engine:
         self._wake = self._waits.wake
         self._expect = self._reaper.expect
         self._listeners = self._events.by_event  # a dict: tested before anything is emitted
-        #: Completion webhooks (katar.push.notify): called with (queue, event, task) at
-        #: each end of a task (done, failed, cancelled, dead_lettered, the task as it is
-        #: now), right after the store committed it. Set by the sender only while some
-        #: queue has a notify option: a plain server pays one test per change.
-        self.notifier: Callable[[str, str, Task], None] | None = None
+        #: Completion webhooks (katar.push.notify): how an event's body is made from its
+        #: name and the task as it ended, while some queue has a notify option (see
+        #: notify_with); None otherwise, and a plain server pays one test per operation.
+        self.notifier: Callable[[str, Task], bytes] | None = None
+        #: Called after a change that kept events in the outbox (the sender looks).
+        self.outbox_written: Callable[[], None] | None = None
+        self._kept_events = False  # events kept since the last change applied
         self._emit = self._events.emit
         store.attach(self)
         #: Called with a queue's new options before they are saved, by the fronts that
@@ -313,13 +313,39 @@ class Engine:
         options = model.rotated(self.options(name), self.clock.now_ms(), grace_ms, "notify")
         return await self.put_queue(name, options)
 
-    # -- the completion webhooks' outbox (katar.push.notify; see Store.outbox_add) --
+    # -- the completion webhooks' outbox (katar.push.notify; see Store.notify) --
 
-    async def outbox_add(
-        self, events: Sequence[tuple[str, int, bytes]], keep: int
-    ) -> dict[str, int]:
-        """Keep events to send; the number of old ones dropped past ``keep``, by queue."""
-        return await self.store.outbox_add(events, keep)
+    def notify_with(self, body: Callable[[str, Task], bytes] | None) -> None:
+        """Keep the completion webhooks' events from now on, each made by ``body(event,
+        task)``, in the transaction of the task's end (Store.notify); None: keep none."""
+        self.notifier = body
+        self.store.notify = None if body is None else self._ended
+
+    def _ended(self, changes: Sequence[Change]) -> list[Event]:
+        """The events that changes make (Store.notify): each end of a task that rules.ended
+        names and its queue's notify option asks for."""
+        body = self.notifier
+        if body is None:
+            return []
+        queues = self.queues
+        events: list[Event] = []
+        for task, old, origin in changes:
+            ended = rules.ended(task, old, origin)
+            if ended is None:
+                continue
+            queue, event = ended
+            options = queues.get(queue)
+            notify = None if options is None else options.notify
+            if notify is not None and event in notify.events:
+                events.append((queue, task.id, body(event, task)))
+        if events:
+            self._kept_events = True
+        return events
+
+    async def outbox_trim(self, keep: int) -> dict[str, int]:
+        """Drop the oldest events of each notify queue past ``keep``; how many, by queue."""
+        queues = [name for name, options in self.queues.items() if options.notify is not None]
+        return await self.store.outbox_trim(queues, keep) if queues else {}
 
     async def outbox_take(self, limit: int, lease_ms: int) -> list[model.OutboxRow]:
         """Events to send now, each the first of its task, held by this server a while."""
@@ -1025,12 +1051,14 @@ class Engine:
             if PUBLIC_STATUS[old] != task.status:
                 if self._listeners:
                     self._emit(task)
-                if self.notifier is not None and task.status in _NOTIFIED:
-                    self.notifier(task.queue, task.status, task)
                 if is_final(task) and task.id in self._outcomes.waiting:
                     self._outcomes.settle(task)
         for queue, count in ready.items():
             self._wake(queue, count)
+        if self._kept_events:  # committed now: the sender looks
+            self._kept_events = False
+            if self.outbox_written is not None:
+                self.outbox_written()
 
     def _moved(self, task: Task, old: State, origin: str, expired: bool) -> None:
         """A task that moved from ``origin`` to ``task.queue``, queued there: a dead letter
@@ -1040,8 +1068,6 @@ class Engine:
         counters = self.counters
         if old is RUNNING:
             counters.add(counters.dead_lettered, origin)
-            if self.notifier is not None:
-                self.notifier(origin, "dead_lettered", task)
             if expired:
                 counters.add(counters.lease_expiries, origin)
                 self._delivered_at.ended(str(task.id))

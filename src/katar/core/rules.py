@@ -1064,6 +1064,20 @@ def is_final(task: Task) -> bool:
     return task.state in FINAL_STATES
 
 
+def ended(task: Task, old: State, origin: str | None) -> tuple[str, str] | None:
+    """The completion-webhook event (katar.push.notify) a change makes, with the queue whose
+    ``notify`` option hears it: (queue, event), or None when the change ends no task. A
+    task ends "done", "failed" or "cancelled" in its queue when it comes to that state; a
+    task in progress that moved (``origin``: the queue it left) was dead-lettered there. A
+    move of a task at rest (a redrive) ends nothing."""
+    if origin is not None:
+        return (origin, "dead_lettered") if old is RUNNING else None
+    state = task.state
+    if state is not old and state in FINAL_STATES:
+        return task.queue, task.status
+    return None
+
+
 # -- operators: bulk actions and retention ----------------------------------------------------
 
 #: The states each bulk action applies to, as PATCH would (katar.protocol.BULK_ACTIONS):

@@ -39,6 +39,11 @@ class Change(NamedTuple):
     origin: str | None = None
 
 
+#: A completion-webhook event to keep in the outbox (katar.push.notify): (the queue whose
+#: ``notify`` option hears it, the task's id, the body to send).
+Event = tuple[str, int, bytes]
+
+
 class PollResult(NamedTuple):
     """What a worker's poll did: the tasks it now holds and the changes its acks made."""
 
@@ -176,6 +181,14 @@ class Store(abc.ABC):
 
     #: The observer attached (see :meth:`attach`), None before.
     observer: Observer | None = None
+    #: Completion webhooks (katar.push.notify): while some queue has a ``notify`` option, the
+    #: engine's choice of the events that changes make (rules.ended, the queues' options).
+    #: Every operation that changes tasks asks it with its changes (those it returns and
+    #: those it reports, Observer.settled) and adds the events to the outbox in its own
+    #: transaction, before it commits: a task's end and its event are kept together or not
+    #: at all, whatever happens to the server next. It runs on the event loop and must not
+    #: block. None: no queue notifies, and an operation pays one test.
+    notify: Callable[[Sequence[Change]], list[Event]] | None = None
 
     def attach(self, observer: Observer) -> None:
         """Report to ``observer`` from now on: the engine calls it once, before :meth:`open`."""
@@ -448,11 +461,10 @@ class Store(abc.ABC):
     # -- the outbox of completion webhooks (katar.push.notify) --
 
     @abc.abstractmethod
-    async def outbox_add(
-        self, events: Sequence[tuple[str, int, bytes]], keep: int
-    ) -> dict[str, int]:
-        """Keep the events ``(queue, task id, body)``, in this order, after those kept; then
-        drop the oldest of each queue past ``keep``. The number dropped, by queue."""
+    async def outbox_trim(self, queues: Collection[str], keep: int) -> dict[str, int]:
+        """Drop the oldest events of each of ``queues`` past the ``keep`` newest (the bound
+        on what the outbox keeps); the number dropped, by queue (those with none left out).
+        The events themselves are added by the operations that end tasks (:attr:`notify`)."""
 
     @abc.abstractmethod
     async def outbox_take(self, limit: int, now: int, lease_ms: int) -> list[OutboxRow]:

@@ -2,16 +2,14 @@
 with a ``notify`` option is POSTed to its URL, signed per Standard Webhooks as pushes are, as
 ``{"type": "task.<event>", "task": <the task's record, as GET gives it>}``.
 
-How an event travels, and what can lose it:
+How an event travels:
 
-1. The engine calls :meth:`Notifier.event` for each change a store reports, right after the
-   store committed it (``Engine.notifier``). The event is kept in this process's memory.
-2. The writer adds the events to the store's outbox (``Engine.outbox_add``: the memory store's
-   list, a table on SQLite and PostgreSQL) within milliseconds, in the order they happened,
-   retrying while the store is out. A server killed between 1 and 2 (after the task's commit,
-   before the outbox's) loses those events: this is the window, a few milliseconds at most
-   while the store answers. The outbox row is not written in the task's own transaction.
-3. The sender takes events from the outbox (``Engine.outbox_take``): the first of each task
+1. While some queue has a notify option, the engine decides which changes are events
+   (``Engine.notify_with``: rules.ended and the queues' options) and the stores keep them in
+   their outbox (the memory store's list, a table on SQLite and PostgreSQL) in the very
+   transaction that ends the task (``Store.notify``): a task's end is never committed without
+   its event, whatever happens to the server after.
+2. The sender takes events from the outbox (``Engine.outbox_take``): the first of each task
    only, held for LEASE_MS, so that a task's next event waits until this one is sent and one
    server sends a task's events, in order (on PostgreSQL, FOR UPDATE SKIP LOCKED between
    servers). It POSTs each, deletes it on a 2xx answer, and on any other outcome leaves it
@@ -20,9 +18,10 @@ How an event travels, and what can lose it:
    event held until its hold ends; another send then repeats it: at least once, receivers
    deduplicate by ``webhook-id`` (``notify_<event id>``, unique per event).
 
-The outbox keeps at most NOTIFY_KEPT events per queue; past it the oldest are dropped, with a
-warning and ``katar_notify_total{outcome="dropped"}``. Events of a queue whose notify option
-is gone are dropped too.
+The outbox keeps at most NOTIFY_KEPT events per queue: the sender drops the oldest past it
+(``Engine.outbox_trim``, at every look, at least every LOOK_S: a burst may pass the bound for
+that long), with a warning and ``katar_notify_total{outcome="dropped"}``. Events of a queue
+whose notify option is gone are dropped too.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ log = logging.getLogger("katar.push")
 TIMEOUT_S: Final = 10.0
 #: How long a taken event is held by its sender (ms): past its timeout, with a margin.
 LEASE_MS: Final = 30_000
-#: Events taken at once, and the most writes of events at once.
+#: Events taken at once.
 BATCH: Final = 100
 #: Seconds between two looks at the outbox when nothing woke the sender: events that
 #: another server wrote, or whose pause ended.
@@ -64,15 +63,13 @@ def event_body(event: str, task: Task) -> bytes:
 
 
 class Notifier:
-    """This server's completion webhooks: it hears the engine's changes, keeps the events in
-    the outbox, and sends them. Runs only while some queue has a notify option."""
+    """This server's completion webhooks: it has the engine keep the events in the outbox
+    while some queue has a notify option (``Engine.notify_with``), and sends them."""
 
     def __init__(self, engine: Engine, allow: Allow | None = None) -> None:
         self.engine = engine
         self.allow = allow if allow is not None else Allow()
-        self._pending: list[tuple[str, int, bytes]] = []
         self._written = asyncio.Event()  # events were written: the sender looks
-        self._to_write = asyncio.Event()
         self._endpoints: dict[str, Endpoint] = {}
         #: Per queue: failed sends in a row, and until when its events wait.
         self._failures: dict[str, int] = {}
@@ -80,8 +77,10 @@ class Notifier:
         self._jobs: list[asyncio.Task[None]] = []
         self._started = False
         #: Queues given a notify option that the engine may not list yet (its put_queue
-        #: checks before it stores): sync keeps hearing for them.
+        #: checks before it stores): sync keeps the events on for them.
         self._coming: set[str] = set()
+        #: When the sender last dropped the events past the outbox's bound (monotonic s).
+        self._trimmed = 0.0
 
     # -- the engine's side --
 
@@ -94,32 +93,23 @@ class Notifier:
             self._coming.add(name)
             self._hear()
 
-    def event(self, queue: str, event: str, task: Task) -> None:
-        """An end of a task (Engine.notifier): kept if the queue's notify asks for it."""
-        options = self.engine.queues.get(queue)
-        notify = None if options is None else options.notify
-        if notify is None or event not in notify.events:
-            return
-        self._pending.append((queue, task.id, event_body(event, task)))
-        self._to_write.set()
-
     def _hear(self) -> None:
-        self.engine.notifier = self.event
+        engine = self.engine
+        if engine.notifier is None:
+            engine.outbox_written = self._written.set
+            engine.notify_with(event_body)
         if self._started and not self._jobs:
-            self._jobs = [
-                asyncio.create_task(self._write(), name="katar-notify-write"),
-                asyncio.create_task(self._send_all(), name="katar-notify-send"),
-            ]
+            self._jobs = [asyncio.create_task(self._send_all(), name="katar-notify-send")]
 
     def sync(self) -> None:
-        """Hear the engine's changes while some queue has a notify option (another server
-        may have set one: the dispatcher's look at the queues calls this)."""
+        """Keep events while some queue has a notify option (another server may have set
+        one: the dispatcher's look at the queues calls this)."""
         queues = self.engine.queue_options()
         self._coming = {name for name in self._coming if name not in queues}
         if self._coming or any(o.notify is not None for o in queues.values()):
             self._hear()
-        elif self.engine.notifier is not None and not self._pending:
-            self.engine.notifier = None
+        elif self.engine.notifier is not None:
+            self.engine.notify_with(None)
 
     def start(self) -> None:
         """Start (after the engine is open): events left in the outbox are sent."""
@@ -127,46 +117,26 @@ class Notifier:
         self.sync()
 
     async def stop(self) -> None:
-        """Stop sending; write the events heard and not yet kept (one try)."""
-        self.engine.notifier = None
+        """Stop sending. The events go on being kept (by the operations of a server that
+        drains): the next server to start sends them."""
         jobs, self._jobs = self._jobs, []
         for job in jobs:
             job.cancel()
         for job in jobs:
             with contextlib.suppress(asyncio.CancelledError):
                 await job
-        if self._pending:
-            try:
-                await self._flush()
-            except KatarError as exc:
-                log.warning(
-                    "notify: %d event(s) not kept, the store is out: %s",
-                    len(self._pending),
-                    exc.message,
-                )
         for endpoint in self._endpoints.values():
             endpoint.close()
 
-    # -- the writer --
+    # -- the sender --
 
-    async def _write(self) -> None:
-        wait = 0.1
-        while True:
-            await self._to_write.wait()
-            self._to_write.clear()
-            while self._pending:
-                try:
-                    await self._flush()
-                    wait = 0.1
-                except KatarError as exc:  # kept in memory, tried again
-                    log.warning("notify: cannot keep events: %s", exc.message)
-                    await asyncio.sleep(wait)
-                    wait = min(wait * 2, 5.0)
-
-    async def _flush(self) -> None:
-        batch = self._pending[:BATCH]
-        dropped = await self.engine.outbox_add(batch, NOTIFY_KEPT)
-        del self._pending[: len(batch)]
+    async def _trim(self) -> None:
+        """Drop the events past the outbox's bound, at most once every LOOK_S."""
+        now = time.monotonic()
+        if now - self._trimmed < LOOK_S:
+            return
+        self._trimmed = now
+        dropped = await self.engine.outbox_trim(NOTIFY_KEPT)
         for queue, count in dropped.items():
             log.warning(
                 "notify queue %s: %d event(s) dropped, unsent: the outbox keeps %d per queue",
@@ -175,13 +145,11 @@ class Notifier:
                 NOTIFY_KEPT,
             )
             self.engine.counters.notified(queue, "dropped", count)
-        self._written.set()
-
-    # -- the sender --
 
     async def _send_all(self) -> None:
         while True:
             try:
+                await self._trim()
                 rows = await self.engine.outbox_take(BATCH, LEASE_MS)
             except KatarError as exc:
                 log.warning("notify: cannot take events: %s", exc.message)

@@ -229,6 +229,7 @@ class MemoryStore(Store):
         for task_id in ids:
             self._forget_edges(self._tasks.pop(task_id))
             self._seq.pop(task_id, None)
+        self._keep_events(settled)
         self.report(settled)
         for group in [group for group in self._groups if group[0] == name]:
             del self._groups[group]
@@ -647,6 +648,8 @@ class MemoryStore(Store):
             if change is not None and change.task.state != change.old:
                 changes.append(change)
         changes += also
+        if self.notify is not None:
+            self._keep_events(changes)
         now = self.lease_start(now)
         if options.custom_claim and limit > 0:
             limited = self._claim_limited(queue, options, limit, worker, now, changes)
@@ -810,7 +813,9 @@ class MemoryStore(Store):
             for task in deleted:
                 self._settle(task, None, now, also)
                 self._remove(task)
-            self.report([change for change in also if change.task.id in self._tasks])
+            settled = [change for change in also if change.task.id in self._tasks]
+            self._keep_events(settled)
+            self.report(settled)
             return BulkStep(len(selected), len(deleted), last, [])
         changes: list[Change] = []
         for task in selected:
@@ -824,6 +829,7 @@ class MemoryStore(Store):
                 continue  # a retry whose unique_key another task holds now
             if change is not None:
                 changes.append(change)
+        self._keep_events(changes + also)
         return BulkStep(len(selected), len(changes), last, changes + also)
 
     def _select(self, queue: str, where: TaskFilter, after: int, limit: int) -> list[Task]:
@@ -862,6 +868,7 @@ class MemoryStore(Store):
                 created.append(target)
             changes.append(self._move(task, rules.redriven(task, target, now), also))
         moved = len(changes)
+        self._keep_events(changes + also)
         return RedriveStep(len(selected), moved, selected[-1].id, changes + also, tuple(created))
 
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:
@@ -915,6 +922,7 @@ class MemoryStore(Store):
                 heapq.heapify(heap)
         also: list[Change] = []
         change = self._change(queue, task, new, now, also)
+        self._keep_events(also if change is None else [change, *also])
         self.report(also)
         return None if change is None else change._replace(task=self._view(change.task))
 
@@ -953,18 +961,25 @@ class MemoryStore(Store):
         also: list[Change] = []
         self._settle(task, None, now_ms() if now is None else now, also)
         self._remove(task)
+        self._keep_events(also)
         self.report(also)
         return True
 
-    async def outbox_add(
-        self, events: Sequence[tuple[str, int, bytes]], keep: int
-    ) -> dict[str, int]:
+    def _keep_events(self, changes: Sequence[Change]) -> None:
+        """Keep the events the changes make (Store.notify), with the changes: an operation
+        here is atomic, nothing runs between its writes."""
+        notify = self.notify
+        if notify is None or not changes:
+            return
         outbox = self._outbox
-        for queue, task_id, body in events:
+        for queue, task_id, body in notify(changes):
             self._outbox_id += 1
             outbox[self._outbox_id] = (OutboxRow(self._outbox_id, queue, task_id, body), 0)
+
+    async def outbox_trim(self, queues: Collection[str], keep: int) -> dict[str, int]:
+        outbox = self._outbox
         dropped: dict[str, int] = {}
-        for queue in {event[0] for event in events}:
+        for queue in queues:
             ids = [i for i, (row, _) in outbox.items() if row.queue == queue]
             for i in ids[: max(len(ids) - keep, 0)]:
                 del outbox[i]
@@ -1029,6 +1044,7 @@ class MemoryStore(Store):
             change = self._write(task, rules.promote(task, now), queues[task.queue], changes)
             if change is not None:
                 changes.append(change)
+        self._keep_events(changes)
         return changes
 
     async def next_deadline(self) -> int | None:

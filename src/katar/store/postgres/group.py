@@ -175,6 +175,7 @@ class GroupCommit:
         notify_ready: Callable[[Connection, Iterable[Task]], Awaitable[None]],
         watching: Callable[[], bool],
         lease_start: Callable[[int], int],
+        keep_events: Callable[[Connection, Sequence[Change]], Awaitable[None]],
     ) -> None:
         self._sql = sql
         self._db = db
@@ -184,6 +185,9 @@ class GroupCommit:
         #: Whether anybody watches the tasks' changes (Store.watch).
         self._watching = watching
         self._lease_start = lease_start
+        #: The store's keeping of the events that changes make (Store.notify), in the
+        #: group's transaction. It needs the changes: asked only while somebody watches.
+        self._keep_events = keep_events
         #: The polls gathering, per queue, for the next group.
         self._gathering: dict[str, list[_Waiting]] = {}
         #: Groups running, per queue.
@@ -307,6 +311,9 @@ class GroupCommit:
                     raise _Mismatch
                 finished = done.changes(rows, queue, options, now, watching)
                 released = await self.finish_edges(conn, done, rows, options, now, watching)
+                if watching:
+                    ended = [change for change in finished.values() if change is not None]
+                    await self._keep_events(conn, ended + released)
             if workers:
                 # Leases start now: not when the polls arrived, before the waits for the
                 # connection and the locks (Store.lease_start).

@@ -47,6 +47,7 @@ from katar.core.storage import (
     BulkStep,
     Change,
     Enqueued,
+    Event,
     Fired,
     LimitState,
     Observer,
@@ -163,6 +164,7 @@ class PostgresStore(Store):
             self._notify_ready,
             self._watching,
             self.lease_start,
+            self._keep_events,
         )
 
     # -- connections -------------------------------------------------------------------------
@@ -203,6 +205,21 @@ class PostgresStore(Store):
     ) -> None:
         for payload in _ready_payloads(tasks):
             await self._notify(conn, payload)
+
+    async def _keep_events(
+        self, conn: AsyncConnection[tuple[Any, ...]], changes: Sequence[Change]
+    ) -> None:
+        """Keep the events the changes make (Store.notify) in the operation's transaction."""
+        notify = self.notify
+        if notify is None or not changes:
+            return
+        events: list[Event] = notify(changes)
+        if events:
+            async with conn.cursor() as cursor:
+                await cursor.executemany(
+                    f"INSERT INTO {self._schema}.outbox (queue, task_id, body) VALUES (%s, %s, %s)",
+                    events,
+                )
 
     async def listen(self, observer: Observer) -> None:
         listening = asyncio.Event()
@@ -341,6 +358,7 @@ class PostgresStore(Store):
             for row in await cursor.fetchall():
                 await self._deps.settle(conn, task_from_row(row, name), None, when, also)
             settled = [change for change in also if change.task.queue != name]
+            await self._keep_events(conn, settled)
             await self._notify_ready(conn, (change.task for change in settled))
             await conn.execute(
                 f"DELETE FROM {self._schema}.deps WHERE child_id IN (SELECT id FROM"
@@ -747,6 +765,7 @@ class PostgresStore(Store):
                 )
                 assert change is not None
                 changes.append(change)
+            await self._keep_events(conn, changes + also)
             await self._notify_ready(conn, (change.task for change in changes))
         moved = len(changes)
         return RedriveStep(len(rows), moved, rows[-1][0], changes + also, tuple(created))
@@ -846,6 +865,8 @@ class PostgresStore(Store):
                 taken = await claim(conn, self._sql, queue, queue_id, options, workers, now)
                 delivered = [task for _slot, task in taken]
             delivered = await self._deps.views(conn, delivered)
+            if self.notify is not None:
+                await self._keep_events(conn, changes)
             await self._notify_ready(conn, (change.task for change in changes))
         return PollResult(delivered, changes, retry_at, cancel, held)
 
@@ -1085,6 +1106,7 @@ class PostgresStore(Store):
                     await self._delete(conn, deleted, now, also)
                     gone = {task.id for task in deleted} | set(ids)
                     settled = [change for change in also if change.task.id not in gone]
+                    await self._keep_events(conn, settled)
                     await self._notify_ready(conn, (change.task for change in settled))
                     step = step._replace(changed=step.changed + len(deleted))
                 else:
@@ -1143,6 +1165,7 @@ class PostgresStore(Store):
                 continue  # a retry whose unique_key another task holds now
             if change is not None:
                 changes.append(change)
+        await self._keep_events(conn, changes + also)
         await self._notify_ready(conn, (change.task for change in [*changes, *also]))
         return BulkStep(len(rows), len(changes), rows[-1][0], changes + also)
 
@@ -1216,6 +1239,7 @@ class PostgresStore(Store):
                     (bytes(new.data), new.key, task.id),
                 )
             change = await self._change(conn, queue_id, task, new, now, also)
+            await self._keep_events(conn, also if change is None else [change, *also])
             if change is not None:
                 await self._notify_ready(conn, [change.task, *(c.task for c in also)])
                 (viewed,) = await self._deps.views(conn, [change.task])
@@ -1266,6 +1290,7 @@ class PostgresStore(Store):
                 return False
             when = now_ms() if now is None else now
             await self._delete(conn, [task_from_row(row, queue)], when, also)
+            await self._keep_events(conn, also)
             await self._notify_ready(conn, (change.task for change in also))
         self.report(also)
         return True
@@ -1331,6 +1356,7 @@ class PostgresStore(Store):
                 if options is not None and rules.sweepable(task, options, now):
                     await conn.execute(self._sql.delete, (task.id,))
                     await self._deps.forget(conn, [task.id] if task.parents else [])
+            await self._keep_events(conn, changes)
             await self._notify_ready(conn, (change.task for change in changes))
         return changes
 
@@ -1375,18 +1401,11 @@ class PostgresStore(Store):
         assert row is not None
         return _schedule(row)
 
-    async def outbox_add(
-        self, events: Sequence[tuple[str, int, bytes]], keep: int
-    ) -> dict[str, int]:
+    async def outbox_trim(self, queues: Collection[str], keep: int) -> dict[str, int]:
         s = self._schema
+        dropped: dict[str, int] = {}
         async with self._transaction() as conn:
-            async with conn.cursor() as cursor:
-                await cursor.executemany(
-                    f"INSERT INTO {s}.outbox (queue, task_id, body) VALUES (%s, %s, %s)",
-                    list(events),
-                )
-            dropped: dict[str, int] = {}
-            for queue in dict.fromkeys(event[0] for event in events):
+            for queue in queues:
                 cursor = await conn.execute(
                     f"DELETE FROM {s}.outbox WHERE queue = %(q)s AND id <= (SELECT id FROM"
                     f" {s}.outbox WHERE queue = %(q)s ORDER BY id DESC LIMIT 1 OFFSET %(k)s)",
@@ -1394,7 +1413,7 @@ class PostgresStore(Store):
                 )
                 if cursor.rowcount > 0:
                     dropped[queue] = cursor.rowcount
-            return dropped
+        return dropped
 
     async def outbox_take(self, limit: int, now: int, lease_ms: int) -> list[OutboxRow]:
         s = self._schema

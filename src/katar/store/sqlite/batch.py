@@ -15,7 +15,7 @@ import msgspec
 
 from katar.core import rules
 from katar.core.model import DONE, RUNNING, Ack, QueueOptions, Task, parse_task_id
-from katar.core.storage import Change
+from katar.core.storage import Change, Event
 from katar.errors import (
     KatarError,
 )
@@ -144,6 +144,16 @@ _CLAIM_FAIR: Final = (
 )
 
 
+_KEEP_EVENT: Final = "INSERT INTO outbox (queue, task_id, body) VALUES (?, ?, ?)"
+
+
+def keep_events(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
+    """Add completion-webhook events to the outbox (Store.notify), in the transaction that
+    ends their tasks."""
+    if events:
+        conn.executemany(_KEEP_EVENT, events)
+
+
 @dataclass(slots=True)
 class Poll:
     """A poll whose "done" and claim are made with the group's others at the end of its
@@ -180,6 +190,8 @@ class Batches:
         self.lease_start = lease_start
         #: Store.watch, kept bound here (the store's attach sets it): asked on the hot path.
         self.watch: Callable[[], bool] | None = None
+        #: Store.notify, kept here too: the polls' events are kept as they are finished.
+        self.notify: Callable[[Sequence[Change]], list[Event]] | None = None
         self.polls: list[Poll] = []  # the running group's polls, finished together
         # The rate limits' buckets, per queue id: kept in memory (one server per file), and
         # refilled and spent on the loop's thread only.
@@ -241,6 +253,11 @@ class Batches:
                     )
                 except KatarError as exc:
                     poll.error = exc
+        notify = self.notify
+        if notify is not None:  # every change of the polls' acks is known now
+            for poll in polls:
+                if poll.changes:
+                    keep_events(conn, notify(poll.changes))
         for poll in polls:  # the claims start their leases now (Store.lease_start)
             poll.now = self.lease_start(poll.now)
         # (queue, worker, timeout, fair order) -> the polls that one claim statement serves

@@ -33,6 +33,7 @@ from katar.core.storage import (
     BulkStep,
     Change,
     Enqueued,
+    Event,
     Fired,
     LimitState,
     PollResult,
@@ -53,7 +54,7 @@ from katar.store._rows import (
     move_values,
     where_sql,
 )
-from katar.store.sqlite.batch import _KEYS_AT_LIMIT, Batches, Poll
+from katar.store.sqlite.batch import _KEYS_AT_LIMIT, Batches, Poll, keep_events
 from katar.store.sqlite.deps import Dependencies, Edge
 from katar.store.sqlite.queues import Queues
 from katar.store.sqlite.writer import Writer
@@ -192,6 +193,21 @@ class SQLiteStore(Store):
     def watch(self, watch: Callable[[], bool] | None) -> None:
         self._batches.watch = watch
 
+    # Store.notify too: the batches keep the events of the polls they finish.
+    @property
+    def notify(self) -> Callable[[Sequence[Change]], list[Event]] | None:
+        return self._batches.notify
+
+    @notify.setter
+    def notify(self, notify: Callable[[Sequence[Change]], list[Event]] | None) -> None:
+        self._batches.notify = notify
+
+    def _keep_events(self, conn: sqlite3.Connection, changes: Sequence[Change]) -> None:
+        """Keep the events the changes make (Store.notify) in the operation's transaction."""
+        notify = self._batches.notify
+        if notify is not None and changes:
+            keep_events(conn, notify(changes))
+
     async def open(self) -> None:
         await self._writer.open()
         self.schema_change = self._writer.schema_change
@@ -256,6 +272,7 @@ class SQLiteStore(Store):
             ).fetchall():
                 self._deps.settle(conn, self._task(row), None, when, also)
             settled.extend(change for change in also if change.task.queue != name)
+            self._keep_events(conn, settled)
             conn.execute(
                 "DELETE FROM deps WHERE child_id IN (SELECT id FROM tasks WHERE queue_id=?"
                 " AND parents>0)",
@@ -554,7 +571,9 @@ class SQLiteStore(Store):
                 poll = Poll(queue, queue_id, options, worker, limit, now, changes, done)
                 poll.cancel = cancel
                 self._batches.polls.append(poll)
-                return poll
+                return poll  # its events are kept as the group finishes it
+            if changes and self._batches.notify is not None:
+                keep_events(conn, self._batches.notify(changes))
             return PollResult([], changes, cancel=cancel)
 
         outcome = await self._writer.write(op)
@@ -662,7 +681,9 @@ class SQLiteStore(Store):
         def op(conn: sqlite3.Connection) -> BulkStep:
             if not in_sql:
                 rows = conn.execute(f"SELECT {_COLUMNS} {select}", args).fetchall()
-                return self._bulk_by_rules(conn, queue_id, action, rows, now, after)
+                step = self._bulk_by_rules(conn, queue_id, action, rows, now, after)
+                self._keep_events(conn, step.changes)
+                return step
             rows = conn.execute(
                 # A retry of a task with a unique_key or a debounce_key goes by the rules.
                 f"SELECT id, state, coalesce(unique_key, debounce_key), parents + children"
@@ -687,8 +708,10 @@ class SQLiteStore(Store):
                 self._delete(conn, deleted, now, also)
                 gone = {task.id for task in deleted} | set(ids)
                 settled.extend(change for change in also if change.task.id not in gone)
+                self._keep_events(conn, settled)
                 return step._replace(changed=step.changed + len(deleted))
             more = self._bulk_by_rules(conn, queue_id, action, full, now, after)
+            self._keep_events(conn, more.changes)
             return step._replace(changed=step.changed + more.changed, changes=more.changes)
 
         settled: list[Change] = []
@@ -782,6 +805,7 @@ class SQLiteStore(Store):
                 assert change is not None
                 changes.append(change)
             moved = len(changes)
+            self._keep_events(conn, changes + also)
             return RedriveStep(len(rows), moved, rows[-1][0], changes + also, tuple(created))
 
         return await self._writer.write(op)
@@ -869,6 +893,7 @@ class SQLiteStore(Store):
                 # What the UPDATE of a status change leaves: an edit's data and key.
                 conn.execute(_EDIT, (bytes(new.data), new.key, task.id))
             change = self._change(conn, row[1], task, new, now, settled)
+            self._keep_events(conn, settled if change is None else [change, *settled])
             return (
                 None
                 if change is None
@@ -920,6 +945,7 @@ class SQLiteStore(Store):
             if row is None:
                 return False
             self._delete(conn, [self._task(row)], when, settled)
+            self._keep_events(conn, settled)
             return True
 
         settled: list[Change] = []
@@ -973,6 +999,7 @@ class SQLiteStore(Store):
                     conn.execute("DELETE FROM tasks WHERE id=?", (task.id,))
                     if task.parents:
                         self._deps.forget(conn, [task.id])
+            self._keep_events(conn, changes)
             return changes
 
         return await self._writer.write(op)
@@ -1003,13 +1030,10 @@ class SQLiteStore(Store):
 
         return await self._writer.write(op)
 
-    async def outbox_add(
-        self, events: Sequence[tuple[str, int, bytes]], keep: int
-    ) -> dict[str, int]:
+    async def outbox_trim(self, queues: Collection[str], keep: int) -> dict[str, int]:
         def op(conn: sqlite3.Connection) -> dict[str, int]:
-            conn.executemany("INSERT INTO outbox (queue, task_id, body) VALUES (?, ?, ?)", events)
             dropped: dict[str, int] = {}
-            for queue in dict.fromkeys(event[0] for event in events):
+            for queue in queues:
                 count = conn.execute(
                     "DELETE FROM outbox WHERE queue = ?1 AND id <= (SELECT id FROM outbox"
                     " WHERE queue = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
