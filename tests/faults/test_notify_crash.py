@@ -35,9 +35,7 @@ async def work(http: httpx.AsyncClient, url: str, acked: list[str]) -> None:
                 acked.append(tasks[0]["_id"])
 
 
-async def test_kill_9_amid_acks_loses_no_event(
-    tmp_path: Path, servers: list[KatarProcess]
-) -> None:
+async def test_kill_9_amid_acks_loses_no_event(tmp_path: Path, servers: list[KatarProcess]) -> None:
     config = tmp_path / "katar.toml"
     config.write_text('[push]\nallow = ["127.0.0.1"]\n')
     args = ("--config", str(config), "--db", f"sqlite:///{tmp_path / 'katar.db'}")

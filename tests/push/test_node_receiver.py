@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ import pytest
 from katar import Katar
 from katar.core.model import parse_queue_options
 from katar.push import Allow, Dispatcher
-from tests.http.conftest import opened
 
 NODE_RECEIVER = Path(__file__).parents[2] / "examples" / "push" / "node"
 
@@ -24,13 +22,6 @@ NODE_RECEIVER = Path(__file__).parents[2] / "examples" / "push" / "node"
 @pytest.fixture
 def store_kind() -> str:
     return "sqlite"
-
-
-@pytest.fixture
-async def katar(make_url: Callable[[], str]) -> AsyncIterator[Katar]:
-    instance = Katar(make_url(), reap_interval=0.02)
-    async with opened(instance):
-        yield instance
 
 
 def _installed() -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,42 +20,10 @@ from katar.http import App
 from katar.push import Allow, Dispatcher
 from tests.conftest import store_url
 from tests.http.conftest import app_client, opened
+from tests.push.conftest import ALLOW
 from tests.push.receiver import Received, Receiver, serving
 
 pytestmark = pytest.mark.xdist_group(name="push")
-
-ALLOW = Allow(["127.0.0.1"])
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def store_kind(request: pytest.FixtureRequest) -> str:
-    kind: str = request.param
-    return kind
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    found = Receiver()
-    async with serving(found):
-        yield found
-
-
-@pytest.fixture
-async def katar(make_url: Callable[[], str]) -> AsyncIterator[Katar]:
-    instance = Katar(make_url(), reap_interval=0.02)
-    async with opened(instance):
-        yield instance
-
-
-@pytest.fixture
-async def dispatcher(katar: Katar) -> AsyncIterator[Dispatcher]:
-    sender = Dispatcher(katar.engine, ALLOW)
-    katar.engine.option_checks.append(sender.check)
-    sender.start()
-    try:
-        yield sender
-    finally:
-        await sender.stop()
 
 
 async def notify_queue(katar: Katar, port: int, name: str = "jobs", **options: Any) -> QueueOptions:

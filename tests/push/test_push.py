@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,37 +25,6 @@ from tests.http.conftest import app_client, opened
 from tests.push.receiver import Answer, Received, Receiver, serving
 
 pytestmark = pytest.mark.xdist_group(name="push")
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def store_kind(request: pytest.FixtureRequest) -> str:
-    kind: str = request.param
-    return kind
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    found = Receiver()
-    async with serving(found):
-        yield found
-
-
-@pytest.fixture
-async def katar(make_url: Callable[[], str]) -> AsyncIterator[Katar]:
-    instance = Katar(make_url(), reap_interval=0.02)
-    async with opened(instance):
-        yield instance
-
-
-@pytest.fixture
-async def dispatcher(katar: Katar) -> AsyncIterator[Dispatcher]:
-    pusher = Dispatcher(katar.engine, Allow(["127.0.0.1"]))
-    katar.engine.option_checks.append(pusher.check)
-    pusher.start()
-    try:
-        yield pusher
-    finally:
-        await pusher.stop()
 
 
 async def push_queue(

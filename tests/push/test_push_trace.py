@@ -18,9 +18,7 @@ from katar.tracing import Tracing
 from tests.helpers.otlp import Receiver as Collector
 from tests.helpers.otlp import attributes, receiving
 from tests.push.receiver import Answer, Receiver
-from tests.push.test_push import dispatcher, finished, katar, push_queue, receiver, store_kind
-
-__all__ = ["dispatcher", "katar", "receiver", "store_kind"]  # fixtures, used by name
+from tests.push.test_push import finished, push_queue
 
 pytestmark = pytest.mark.xdist_group(name="push")
 
