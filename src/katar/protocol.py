@@ -822,6 +822,36 @@ class PushStatus(msgspec.Struct, frozen=True):
     recent: list[PushAnswerRecord]
 
 
+class NotifyAnswerRecord(msgspec.Struct, frozen=True):
+    """One send of a completion-webhook event by this server, and how its endpoint answered."""
+
+    at: str  # when the send started (RFC 3339, UTC)
+    outcome: Literal["sent", "failed", "refused"]
+    status: int | None  # the HTTP status; null without an answer
+    ms: int
+    #: The task whose end it tells, and the event's type (task.done, ...).
+    task: str
+    type: str
+    error: str | None = None
+
+
+class NotifyStatus(msgspec.Struct, frozen=True):
+    """A queue's completion-webhook endpoint, its outbox, and this server's last sends."""
+
+    url: str
+    events: list[str]
+    #: The queue's events kept in the outbox, not yet answered 2xx (over every server).
+    pending: int
+    #: Of those, the ones whose send failed at least once (they wait for their next try).
+    failing: int
+    #: This server's sends since it started, by outcome (and "dropped": past the bound).
+    counts: dict[str, int]
+    #: The share of the last answers that were not 2xx (0 to 1); null before any send.
+    error_rate: float | None
+    #: This server's last sends, newest first.
+    recent: list[NotifyAnswerRecord]
+
+
 class QueueDeleted(msgspec.Struct, frozen=True):
     """A removed queue, and how many tasks went with it."""
 

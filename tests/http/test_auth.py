@@ -41,6 +41,7 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("/v1/queue/{queue}/push", "GET"): Role.PRODUCER,
     ("/v1/queue/{queue}/push/secret", "GET"): Role.ADMIN,
     ("/v1/queue/{queue}/push/rotate", "POST"): Role.ADMIN,
+    ("/v1/queue/{queue}/notify", "GET"): Role.PRODUCER,
     ("/v1/queue/{queue}/notify/secret", "GET"): Role.ADMIN,
     ("/v1/queue/{queue}/notify/rotate", "POST"): Role.ADMIN,
     ("/v1/queue/{queue}/tasks", "POST"): Role.PRODUCER,

@@ -21,7 +21,7 @@ from katar.push import Allow, Dispatcher
 from tests.conftest import store_url
 from tests.http.conftest import app_client, opened
 from tests.push.conftest import ALLOW
-from tests.push.receiver import Received, Receiver, serving
+from tests.push.receiver import Answer, Received, Receiver, serving
 
 pytestmark = pytest.mark.xdist_group(name="push")
 
@@ -351,3 +351,47 @@ async def test_the_python_clients_notify_calls(
         assert rotated.previous_secret == secret
         await run(calls.remove_notify("jobs"))
         assert katar.engine.options("jobs").notify is None
+
+
+async def test_the_notify_status_shows_the_outbox_and_the_last_answers(
+    katar: Katar, dispatcher: Dispatcher, receiver: Receiver
+) -> None:
+    answers = iter([Answer(500), Answer(200)])
+    receiver.script = lambda received: next(answers)
+    await notify_queue(katar, receiver.port, notify={"events": ["done", "failed"]})
+    (task_id,) = [(await katar.queue("jobs").enqueue(1)).id]
+    app = App(katar.engine)
+    async with app_client(app, "asgi") as http:
+        await http.put("/v1/queue/plain", json={})
+        assert (await http.get("/v1/queue/plain/notify")).status_code == 409
+        quiet = (await http.get("/v1/queue/jobs/notify")).json()
+        assert quiet == {
+            "url": f"http://127.0.0.1:{receiver.port}/events",
+            "events": ["done", "failed"],
+            "pending": 0,
+            "failing": 0,
+            "counts": {},
+            "error_rate": None,
+            "recent": [],
+        }
+        await settle(katar, "jobs", [{"status": "done"}])
+        await receiver.wait_for(1)
+        async with asyncio.timeout(10):
+            while (status := (await http.get("/v1/queue/jobs/notify")).json())["failing"] < 1:  # noqa: ASYNC110 (over HTTP)
+                await asyncio.sleep(0.02)
+        assert status["pending"] == 1
+        [failed] = status["recent"]
+        assert (failed["outcome"], failed["status"], failed["task"], failed["type"]) == (
+            "failed",
+            500,
+            str(task_id),
+            "task.done",
+        )
+        assert failed["error"] == "answered 500"
+        await receiver.wait_for(2)  # sent again after its pause (1 s)
+        async with asyncio.timeout(10):
+            while (status := (await http.get("/v1/queue/jobs/notify")).json())["pending"]:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        assert [a["outcome"] for a in status["recent"]] == ["sent", "failed"]
+        assert status["counts"] == {"sent": 1, "failed": 1}
+        assert status["error_rate"] == 0.5

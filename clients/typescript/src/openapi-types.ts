@@ -174,6 +174,17 @@ export interface NewTask {
   unique_key?: string | null;
 }
 
+/** One send of a completion-webhook event by this server, and how its endpoint answered. */
+export interface NotifyAnswerRecord {
+  at: string;
+  error?: string | null;
+  ms: number;
+  outcome: "failed" | "refused" | "sent";
+  status: number | null;
+  task: string;
+  type: string;
+}
+
 /**
  * A queue's completion webhooks: each of ``events`` of a task of the queue is POSTed
  * to ``url``, signed as pushes are (see katar.push.notify). ``secret`` and its rotation
@@ -185,6 +196,19 @@ export interface NotifyOptions {
   previous_secret?: string | null;
   previous_until?: number | null;
   secret?: string | null;
+  url: string;
+}
+
+/** A queue's completion-webhook endpoint, its outbox, and this server's last sends. */
+export interface NotifyStatus {
+  counts: {
+    [name: string]: number;
+  };
+  error_rate: number | null;
+  events: string[];
+  failing: number;
+  pending: number;
+  recent: NotifyAnswerRecord[];
   url: string;
 }
 
@@ -902,6 +926,37 @@ export interface Operations {
       404: Error;
       /** The queue has no notify option. */
       409: Error;
+    };
+  };
+  /**
+   * A queue's completion-webhook endpoint, its outbox and this server's last sends to it
+   *
+   * With tokens configured: a producer token (or a higher role) whose queues include this one.
+   */
+  getNotifyStatus: {
+    method: "GET";
+    path: "/v1/queue/{queue}/notify";
+    role: "producer";
+    pathParams: {
+      /** The queue's name: letters, digits, '.', '_', ':' or '-' (up to the server's max_queue_name, 128 by default). */
+      queue: string;
+    };
+    query: Record<string, never>;
+    headers: Record<string, never>;
+    body: never;
+    responses: {
+      /** The endpoint, the events pending and the last answers. */
+      200: NotifyStatus;
+      /** No token, or one this server does not know (only when tokens are set). */
+      401: Error;
+      /** The token's role or queues do not allow this. Without tokens: a Host this server does not answer. */
+      403: Error;
+      /** No such queue. */
+      404: Error;
+      /** The queue has no notify option. */
+      409: Error;
+      /** The store is unavailable, or the server is stopping: nothing was done. */
+      503: Error;
     };
   };
   /**

@@ -116,6 +116,24 @@ class PushAnswer:
     error: str | None = None  # what went wrong, in words
 
 
+#: A completion-webhook event's send outcomes (katar.push.notify): answered 2xx; not (an
+#: answer other than 2xx, no answer in time, no connection); refused by the outbound safety.
+NOTIFY_OUTCOMES: Final = ("sent", "failed", "refused")
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyAnswer:
+    """One send of a completion-webhook event and how its endpoint answered."""
+
+    at: int  # ms since the epoch, when the send started
+    outcome: str  # one of NOTIFY_OUTCOMES
+    status: int | None  # the HTTP status, None without an answer
+    ms: int  # how long it took
+    task_id: int  # the task whose end it tells
+    event: str  # its type: task.done, ...
+    error: str | None = None  # what went wrong, in words
+
+
 def _add(counter: dict[str, int], queue: str, n: int = 1) -> None:
     counter[queue] = counter.get(queue, 0) + n
 
@@ -156,11 +174,21 @@ class Counters:
     push_latency: dict[str, Histogram] = field(default_factory=dict)
     #: The last answers of each push queue's endpoint, newest last (for the dashboard).
     push_answers: dict[str, deque[PushAnswer]] = field(default_factory=dict)
+    #: The last answers of each notify queue's endpoint, newest last (for the dashboard).
+    notify_answers: dict[str, deque[NotifyAnswer]] = field(default_factory=dict)
 
     def notified(self, queue: str, outcome: str, count: int = 1) -> None:
         """Count completion-webhook events by outcome."""
         key = (queue, outcome)
         self.notifies[key] = self.notifies.get(key, 0) + count
+
+    def notify_answered(self, queue: str, answer: NotifyAnswer) -> None:
+        """Count an event's send by outcome and keep its answer among the last."""
+        self.notified(queue, answer.outcome)
+        answers = self.notify_answers.get(queue)
+        if answers is None:
+            answers = self.notify_answers[queue] = deque(maxlen=PUSH_ANSWERS_KEPT)
+        answers.append(answer)
 
     def pushed(self, queue: str, answer: PushAnswer) -> None:
         """Count a push's outcome, observe its latency, keep its answer among the last."""
@@ -205,6 +233,7 @@ class Counters:
         for histograms in (self.wait, self.run, self.push_latency):
             histograms.pop(queue, None)
         self.push_answers.pop(queue, None)
+        self.notify_answers.pop(queue, None)
         for pairs in (self.limited_polls, self.pushes, self.notifies):
             for key in [key for key in pairs if key[0] == queue]:
                 del pairs[key]

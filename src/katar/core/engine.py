@@ -347,6 +347,11 @@ class Engine:
         queues = [name for name, options in self.queues.items() if options.notify is not None]
         return await self.store.outbox_trim(queues, keep) if queues else {}
 
+    async def outbox_pending(self, queue: str) -> tuple[int, int]:
+        """The queue's events not yet sent: (how many, those that failed a send)."""
+        self.options(queue)
+        return await self.store.outbox_pending(queue)
+
     async def outbox_take(self, limit: int, lease_ms: int) -> list[model.OutboxRow]:
         """Events to send now, each the first of its task, held by this server a while."""
         return await self.store.outbox_take(limit, self.clock.now_ms(), lease_ms)

@@ -467,6 +467,11 @@ class Store(abc.ABC):
         The events themselves are added by the operations that end tasks (:attr:`notify`)."""
 
     @abc.abstractmethod
+    async def outbox_pending(self, queue: str) -> tuple[int, int]:
+        """The queue's events in the outbox, not yet sent: (how many, how many of those
+        failed a send at least once)."""
+
+    @abc.abstractmethod
     async def outbox_take(self, limit: int, now: int, lease_ms: int) -> list[OutboxRow]:
         """Take up to ``limit`` events to send, the oldest first: each the first kept of its
         task (a task's next event waits until this one is gone, so that a task's events

@@ -86,6 +86,8 @@ from katar.protocol import (
     Configuration,
     Health,
     MoveJobRecord,
+    NotifyAnswerRecord,
+    NotifyStatus,
     PushAnswerRecord,
     PushRotate,
     PushSecret,
@@ -726,6 +728,40 @@ class App:
         if notify is None:
             raise Conflict(f"queue {queue!r} has no notify option")
         return notify
+
+    async def notify_status(self, request: Request) -> Response:
+        notify = self._notify_options(request.queue)
+        pending, failing = await self.engine.outbox_pending(request.queue)
+        counters = self.engine.counters
+        answers = list(counters.notify_answers.get(request.queue, ()))
+        counts = {
+            outcome: count
+            for (queue, outcome), count in counters.notifies.items()
+            if queue == request.queue
+        }
+        failed = sum(1 for answer in answers if answer.outcome != "sent")
+        return json_response(
+            NotifyStatus(
+                notify.url,
+                list(notify.events),
+                pending,
+                failing,
+                counts,
+                round(failed / len(answers), 3) if answers else None,
+                [
+                    NotifyAnswerRecord(
+                        iso_time(a.at),
+                        a.outcome,  # type: ignore[arg-type]
+                        a.status,
+                        a.ms,
+                        str(a.task_id),
+                        a.event,
+                        a.error,
+                    )
+                    for a in reversed(answers)
+                ],
+            )
+        )
 
     async def notify_secret(self, request: Request) -> Response:
         return self._secret(self._notify_options(request.queue))

@@ -32,6 +32,7 @@ from katar.protocol import (
     Deliveries,
     Health,
     MoveJobRecord,
+    NotifyStatus,
     Patch,
     Poll,
     PushRotate,
@@ -202,6 +203,7 @@ class Handlers(Protocol):
     async def push_status(self, request: Request) -> Response: ...
     async def push_secret(self, request: Request) -> Response: ...
     async def rotate_push_secret(self, request: Request) -> Response: ...
+    async def notify_status(self, request: Request) -> Response: ...
     async def notify_secret(self, request: Request) -> Response: ...
     async def rotate_notify_secret(self, request: Request) -> Response: ...
     async def enqueue(self, request: Request) -> Response: ...
@@ -623,6 +625,27 @@ ROUTES: Final[tuple[tuple[str, Mapping[str, Route]], ...]] = (
                         409: "The queue has no push option.",
                     },
                     writes=True,
+                ),
+            ),
+        },
+    ),
+    (
+        "/v1/queue/{queue}/notify",
+        {
+            "GET": Route(
+                Handlers.notify_status,
+                Access.PRODUCER,
+                Op(
+                    summary="A queue's completion-webhook endpoint, its outbox and this"
+                    " server's last sends to it",
+                    operation_id="getNotifyStatus",
+                    tag="operators",
+                    answers={
+                        200: A(
+                            "The endpoint, the events pending and the last answers.", NotifyStatus
+                        ),
+                        409: "The queue has no notify option.",
+                    },
                 ),
             ),
         },

@@ -32,6 +32,7 @@ import logging
 import time
 from typing import Final
 
+from katar.core.counters import NotifyAnswer
 from katar.core.engine import Engine
 from katar.core.model import NOTIFY_KEPT, NotifyOptions, OutboxRow, QueueOptions, Task
 from katar.errors import KatarError
@@ -60,6 +61,15 @@ MAX_IDLE: Final = 8
 def event_body(event: str, task: Task) -> bytes:
     """What an event sends: its type and the task's record."""
     return b'{"type":"task.%s","task":%s}' % (event.encode(), encode(task_record(task)))
+
+
+def _event_type(body: bytes) -> str:
+    """The type an event's body names (event_body writes it first)."""
+    start = body.find(b'"type":"')
+    if start < 0:
+        return ""
+    start += len(b'"type":"')
+    return body[start : body.find(b'"', start)].decode(errors="replace")
 
 
 class Notifier:
@@ -192,8 +202,19 @@ class Notifier:
             if pause > 0:  # the endpoint failed just now: this event waits with the others
                 await engine.outbox_retry(row.id, int(pause * 1000))
                 return
-            outcome, later = await self._post(row, notify)
-            engine.counters.notified(row.queue, outcome)
+            started = time.monotonic()
+            at = engine.clock.now_ms()
+            outcome, later, status, error = await self._post(row, notify)
+            answer = NotifyAnswer(
+                at,
+                outcome,
+                status,
+                round((time.monotonic() - started) * 1000),
+                row.task_id,
+                _event_type(row.body),
+                error,
+            )
+            engine.counters.notify_answered(row.queue, answer)
             if outcome == "sent":
                 self._failures.pop(row.queue, None)
                 self._paused.pop(row.queue, None)
@@ -208,8 +229,11 @@ class Notifier:
         except KatarError as exc:  # the store is out: the event's hold ends, it is sent again
             log.warning("notify queue %s: event %d: %s", row.queue, row.id, exc.message)
 
-    async def _post(self, row: OutboxRow, notify: NotifyOptions) -> tuple[str, float | None]:
-        """POST the event: its outcome (sent, failed, refused) and a Retry-After's seconds."""
+    async def _post(
+        self, row: OutboxRow, notify: NotifyOptions
+    ) -> tuple[str, float | None, int | None, str | None]:
+        """POST the event: its outcome (sent, failed, refused), a Retry-After's seconds, the
+        answer's status (None without one) and what went wrong, in words."""
         msg_id = f"notify_{row.id}"
         headers = [
             (b"Content-Type", b"application/json"),
@@ -234,11 +258,11 @@ class Notifier:
                 error, outcome = str(exc), "failed"
             else:
                 if 200 <= answer.status < 300:
-                    return "sent", None
+                    return "sent", None, answer.status, None
                 later = None
                 if answer.status in (429, 503):
                     later = retry_after(answer.headers.get("retry-after"), time.time())
                 log.info("notify queue %s: event %d answered %d", row.queue, row.id, answer.status)
-                return "failed", later
+                return "failed", later, answer.status, f"answered {answer.status}"
         log.info("notify queue %s: event %d not sent: %s", row.queue, row.id, error)
-        return outcome, None
+        return outcome, None, None, error

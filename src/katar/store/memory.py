@@ -986,6 +986,10 @@ class MemoryStore(Store):
                 dropped[queue] = dropped.get(queue, 0) + 1
         return dropped
 
+    async def outbox_pending(self, queue: str) -> tuple[int, int]:
+        rows = [row for row, _until in self._outbox.values() if row.queue == queue]
+        return len(rows), sum(1 for row in rows if row.attempts)
+
     async def outbox_take(self, limit: int, now: int, lease_ms: int) -> list[OutboxRow]:
         taken: list[OutboxRow] = []
         seen: set[int] = set()

@@ -1415,6 +1415,18 @@ class PostgresStore(Store):
                     dropped[queue] = cursor.rowcount
         return dropped
 
+    async def outbox_pending(self, queue: str) -> tuple[int, int]:
+        async with self._transaction() as conn:
+            row = await (
+                await conn.execute(
+                    f"SELECT count(*), count(*) FILTER (WHERE attempts > 0)"
+                    f" FROM {self._schema}.outbox WHERE queue = %s",
+                    (queue,),
+                )
+            ).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
     async def outbox_take(self, limit: int, now: int, lease_ms: int) -> list[OutboxRow]:
         s = self._schema
         async with self._transaction() as conn:

@@ -1045,6 +1045,16 @@ class SQLiteStore(Store):
 
         return await self._writer.write(op)
 
+    async def outbox_pending(self, queue: str) -> tuple[int, int]:
+        def op(conn: sqlite3.Connection) -> tuple[int, int]:
+            pending, failing = conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE attempts > 0) FROM outbox WHERE queue = ?",
+                (queue,),
+            ).fetchone()
+            return pending, failing
+
+        return await self._writer.read(op)
+
     async def outbox_take(self, limit: int, now: int, lease_ms: int) -> list[OutboxRow]:
         def op(conn: sqlite3.Connection) -> list[OutboxRow]:
             # The first event of each task, unless held; one writer: none taken twice.
