@@ -363,3 +363,35 @@ def test_a_dead_letter_queue_shows_its_sources_and_redrives(
     )
     assert counts(api, "invoices")["queued"] == 2
     assert counts(api, "invoices.dead")["queued"] == 0
+
+
+def test_a_notify_queue_shows_its_endpoint_and_its_outbox(
+    page: Page, server: KatarProcess, api: httpx.Client, routes: dict[str, str | None]
+) -> None:
+    if "GET /v1/queue/{queue}/notify" not in routes:
+        pytest.skip("this server has no notify status route (GET /v1/queue/{queue}/notify)")
+    # A name that never resolves: each send fails, and the event waits in the outbox.
+    url = "https://hooks.invalid/katar-events"
+    notify = {"url": url, "events": ["done", "failed"]}
+    made = api.put("/v1/queue/receipts", json={"persistent": True, "notify": notify})
+    assert made.status_code in (200, 201), made.text
+    api.post("/v1/queue/receipts/tasks", json={"data": 1}).raise_for_status()
+    [task] = api.post("/v1/queue/receipts", json={}).json()["tasks"]
+    acks = [{"_id": task["_id"], "status": "done"}]
+    api.post("/v1/queue/receipts", json={"tasks": acks, "max": 0}).raise_for_status()
+    sign_in(page, server, "admin", f"#/queue/{PRODUCER_QUEUE}")
+    page.goto(f"{server.url}/ui#/queue/receipts")
+    panel = page.get_by_role("region", name="Completion webhooks")
+    expect(panel.get_by_role("heading")).to_contain_text(url)
+    expect(panel).to_contain_text("Events: done, failed.")
+    expect(panel).to_contain_text("Waiting to be sent: 1")
+    # The failed send, among the last answers, once the server tried (the page polls).
+    row = panel.get_by_role("row").filter(has_text="task.done").first
+    expect(row).to_contain_text("failed", timeout=30_000)
+    expect(row.get_by_role("link", name=task["_id"], exact=True)).to_be_visible()
+    expect(panel).to_contain_text("after a failed send")
+    expect(panel).to_contain_text("error rate of the last sends: 100%")
+    # A queue without notify shows no such panel.
+    page.goto(f"{server.url}/ui#/queue/{PRODUCER_QUEUE}")
+    expect(page.get_by_role("heading", name=PRODUCER_QUEUE)).to_be_visible()
+    expect(page.get_by_role("region", name="Completion webhooks")).to_have_count(0)

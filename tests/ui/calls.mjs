@@ -96,6 +96,12 @@ export const CALLS = [
     path: "/v1/queue/a%2Fb/push",
   },
   {
+    name: "getNotifyStatus",
+    call: () => api.getNotifyStatus("a/b"),
+    route: "GET /v1/queue/{queue}/notify",
+    path: "/v1/queue/a%2Fb/notify",
+  },
+  {
     name: "rotatePushSecret",
     call: () => api.rotatePushSecret("hooks", 3600),
     route: "POST /v1/queue/{queue}/push/rotate",

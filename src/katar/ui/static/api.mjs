@@ -22,7 +22,7 @@
  * @property {Partial<Record<Status, number>>} counts
  * @property {number | null} oldest_queued_age seconds
  * @property {Limits | null} limits
- * @property {{paused?: boolean, dead_letter?: string | null, push?: {url: string, timeout?: number} | null} | null} options
+ * @property {{paused?: boolean, dead_letter?: string | null, push?: {url: string, timeout?: number} | null, notify?: {url: string, events?: string[]} | null} | null} options
  * @property {string[]} [dead_letter_sources] the queues that send it the tasks that fail for good there
  */
 
@@ -240,6 +240,28 @@ function taskPath(queue, id, rest = "") {
  */
 
 /**
+ * @typedef {object} NotifyAnswer One send of a completion-webhook event by the server, and its answer.
+ * @property {string} at
+ * @property {"sent" | "failed" | "refused"} outcome
+ * @property {number | null} status the HTTP status; null without an answer
+ * @property {number} ms
+ * @property {string} task the id of the task whose end it tells
+ * @property {string} type task.done, task.failed, task.cancelled or task.dead_lettered
+ * @property {string | null} [error]
+ */
+
+/**
+ * @typedef {object} NotifyStatus GET /v1/queue/{queue}/notify.
+ * @property {string} url
+ * @property {string[]} events
+ * @property {number} pending the queue's events in the outbox, not yet answered 2xx
+ * @property {number} failing of those, the ones whose send failed at least once
+ * @property {Record<string, number>} counts this server's sends by outcome
+ * @property {number | null} error_rate of the last sends, 0 to 1
+ * @property {NotifyAnswer[]} recent newest first
+ */
+
+/**
  * @typedef {object} PushSecret A push queue's signing secrets (admin only).
  * @property {string} secret
  * @property {string | null} previous_secret
@@ -265,6 +287,14 @@ export const setQueuePaused = (queue, paused) => call("PATCH", queuePath(queue),
  * @returns {Promise<PushStatus>}
  */
 export const getPushStatus = (queue) => call("GET", queuePath(queue, "/push"));
+
+/**
+ * GET /v1/queue/{queue}/notify: a queue's completion-webhook endpoint, its outbox and the
+ * server's last sends.
+ * @param {string} queue
+ * @returns {Promise<NotifyStatus>}
+ */
+export const getNotifyStatus = (queue) => call("GET", queuePath(queue, "/notify"));
 
 /**
  * POST /v1/queue/{queue}/push/rotate: a new signing secret; the old one signs too for

@@ -2,7 +2,16 @@
 // A queue's page: its tasks a page at a time, by status and filters; and for a token that
 // may, pause, enqueue, purge, and act on the selected or the matching tasks.
 import { useEffect, useState } from "./hooks.mjs";
-import { bulk, enqueue, getPushStatus, listQueues, listTasks, redrive, rotatePushSecret } from "./api.mjs";
+import {
+  bulk,
+  enqueue,
+  getNotifyStatus,
+  getPushStatus,
+  listQueues,
+  listTasks,
+  redrive,
+  rotatePushSecret,
+} from "./api.mjs";
 import { count, duration } from "./format.mjs";
 import { usePoll, useTitle } from "./live.mjs";
 import { may } from "./rights.mjs";
@@ -288,6 +297,62 @@ function PushPanel({ who, queue }) {
 }
 
 /**
+ * A queue's completion-webhook endpoint, the events waiting in its outbox, and the server's
+ * last sends to it.
+ * @param {{queue: string}} props
+ */
+function NotifyPanel({ queue }) {
+  const [status, error] = usePoll(() => getNotifyStatus(queue), ["notify", queue]);
+  return html`
+    <section class="notify" aria-label="Completion webhooks">
+      <h2>Completion webhooks to ${status ? html`<code>${status.url}</code>` : "its endpoint"}</h2>
+      <${Problem} error=${error} />
+      ${status &&
+      html`<p class="muted">
+        ${`Events: ${status.events.join(", ")}. Waiting to be sent: `}
+        <strong class="pending">${count(status.pending)}</strong>
+        ${status.failing > 0 && ` (${count(status.failing)} after a failed send)`}
+        ${`; error rate of the last sends: `}
+        ${status.error_rate === null ? "–" : `${Math.round(status.error_rate * 100)}%`}
+      </p>`}
+      ${status &&
+      status.recent.length > 0 &&
+      html`<div class="table-wrap">
+        <table>
+          <caption class="visually-hidden">The last sends, newest first</caption>
+          <thead>
+            <tr>
+              <th scope="col">When</th>
+              <th scope="col">Event</th>
+              <th scope="col">Outcome</th>
+              <th scope="col">Status</th>
+              <th scope="col">ms</th>
+              <th scope="col">Error</th>
+            </tr>
+          </thead>
+          <tbody>
+            ${status.recent.slice(0, 10).map(
+              (answer) => html`<tr>
+                <td><${Time} iso=${answer.at} /></td>
+                <td>
+                  ${answer.type}${" "}${answer.type === "task.dead_lettered"
+                    ? answer.task
+                    : html`<a href=${taskLink(queue, answer.task)}>${answer.task}</a>`}
+                </td>
+                <td>${answer.outcome}</td>
+                <td>${answer.status ?? html`<span class="muted">–</span>`}</td>
+                <td>${count(answer.ms)}</td>
+                <td class="error-text" title=${answer.error || ""}>${answer.error || ""}</td>
+              </tr>`,
+            )}
+          </tbody>
+        </table>
+      </div>`}
+    </section>
+  `;
+}
+
+/**
  * @typedef {{kind: "bulk", action: BulkAction, filter: Filter, what: string} | {kind: "enqueue"}
  *   | {kind: "redrive", filter: Filter, what: string}} Open
  */
@@ -370,6 +435,7 @@ export function QueuePage({ who, name, query }) {
         ${target && html` Tasks that fail here for good move to <a href=${queueLink(target)}>${target}</a>.`}
       </p>`}
       ${info && info.options && info.options.push && html`<${PushPanel} who=${who} queue=${name} />`}
+      ${info && info.options && info.options.notify && html`<${NotifyPanel} queue=${name} />`}
       <nav class="tabs" aria-label="Status">
         ${/** @type {(Status | "")[]} */ (["", ...STATUSES]).map(
           (s) => html`<a
