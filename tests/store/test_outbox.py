@@ -141,7 +141,9 @@ async def test_without_notify_nothing_is_kept(kind: str, tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("kind", STORE_KINDS)
-async def test_the_outbox_is_trimmed_to_its_bound_per_queue(kind: str, tmp_path: Path) -> None:
+async def test_the_outbox_is_trimmed_to_its_bound_and_counted_per_queue(
+    kind: str, tmp_path: Path
+) -> None:
     store = open_store(store_url(kind, tmp_path))
     await store.open()
     try:
@@ -152,8 +154,14 @@ async def test_the_outbox_is_trimmed_to_its_bound_per_queue(kind: str, tmp_path:
         (alone,) = await store.enqueue("other", [new(9)], T0)
         await store.bulk("q", "cancel", EVERY_TASK, T0, 0, 100)
         await store.set_status("other", alone.id, "cancelled", T0)
+        assert await store.outbox_pending("q") == (5, 0)
         assert await store.outbox_trim(["q", "other"], 3) == {"q": 2}
+        assert await store.outbox_pending("q") == (3, 0)
         taken = await store.outbox_take(100, T0, 60_000)
         assert [row.task_id for row in taken] == [t.id for t in tasks[2:]] + [alone.id]
+        await store.outbox_retry(taken[0].id, T0 + 1000)
+        assert await store.outbox_pending("q") == (3, 1)
+        await store.outbox_delete([taken[-1].id])
+        assert await store.outbox_pending("other") == (0, 0)
     finally:
         await store.close()
