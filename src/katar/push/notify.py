@@ -129,6 +129,7 @@ class Notifier:
     async def stop(self) -> None:
         """Stop sending. The events go on being kept (by the operations of a server that
         drains): the next server to start sends them."""
+        self._started = False  # a queue given notify while the server drains starts nothing
         jobs, self._jobs = self._jobs, []
         for job in jobs:
             job.cancel()
