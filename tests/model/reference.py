@@ -819,7 +819,7 @@ class Model:
                 return None
             task.cancel_requested = True
             task.updated_at = now
-            return MChange(replace(task), old)
+            return MChange(self.shown(task), old)  # its record, parents' results included
         if (
             status == "queued"
             and old in (State.FAILED, State.CANCELLED)
