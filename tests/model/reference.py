@@ -969,7 +969,8 @@ class Model:
     def _move(self, task: MTask, target: str, now: int) -> None:
         """The task moved to ``target`` (made with default options when there is none), as
         queued, with a fresh set of attempts; what belonged to the queue it left goes (its
-        own max_attempts, expiry and unique_key). Its error stays."""
+        own max_attempts, expiry, unique_key and debounce_key: keys are per queue). Its
+        error stays."""
         if target not in self.queues:
             self.queues[target] = QueueOptions()
         task.queue = target
@@ -981,6 +982,7 @@ class Model:
         task.expires_at = None
         task.unique_key = None
         task.unique_until = None
+        task.debounce_key = None
         task.cancel_requested = False
         task.progress = None
         task.updated_at = now

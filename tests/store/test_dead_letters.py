@@ -364,3 +364,25 @@ async def test_a_redrive_moves_tasks_to_the_allowed_queues_only(store: Store) ->
     assert await store.get_task("dead", task.id) is not None
     step = await store.redrive("dead", None, MOVABLE, T0 + 2, 0, 10, frozenset({"q"}))
     assert (step.matched, step.moved) == (1, 1)
+
+
+async def test_a_moved_task_leaves_its_debounce_key_behind(store: Store) -> None:
+    """Found by the model test (whose moves kept the key): keys are per queue, so a task
+    redriven or dead-lettered takes no debounce_key where it goes, and an enqueue of that
+    key there creates a task instead of replacing the moved one."""
+    await setup(store)
+    debounced = msgspec.structs.replace(new("first"), delay_ms=1000, debounce_key="d")
+    (waiting,) = await store.enqueue("q", [debounced], T0)
+    step = await store.redrive("q", "dead", MOVABLE, T0 + 1, 0, 10)
+    assert step.moved == 1
+    moved = await store.get_task("dead", waiting.id)
+    assert moved is not None
+    assert moved.debounce_key is None
+    (fresh,) = await store.enqueue("dead", [debounced], T0 + 2)
+    assert (fresh.id != waiting.id, fresh.debounced) == (True, False)
+    # A dead-lettered task, delivered in its queue, leaves it behind the same way.
+    (failing,) = await store.enqueue("q", [debounced], T0 + 3)
+    assert failing.id not in (waiting.id, fresh.id)
+    await store.expire({"q": ORIGIN, "dead": DEAD}, T0 + 1003)  # due: queued
+    dead = await fail(store, failing, T0 + 1004, retry=False)
+    assert (dead.queue, dead.debounce_key) == ("dead", None)
