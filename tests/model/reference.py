@@ -17,6 +17,7 @@ store and this method and compares them.
 from __future__ import annotations
 
 import copy
+import heapq
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -769,16 +770,31 @@ class Model:
                 task.run_at = None
                 task.error = message
             changes.append(MChange(replace(task), State.RUNNING))
-        for task in self.tasks.values():
-            if self._expired(task, now):
-                assert task.expires_at is not None
-                old = task.state
-                task.state = State.CANCELLED
-                task.run_at = None
-                task.error = f"expired: not delivered within {(task.expires_at - task.created_at) / 1000:g} s"
-                task.updated_at = now
-                changes.append(MChange(replace(task), old))
-                self._ended(self.tasks, replace(task, state=old), task.state, now, changes)
+        # Each expiry at its moment (section 8), the earliest first: a task that an expiry
+        # releases (it waited for the task that expired, after_failure "run") and whose own
+        # expiry has come meanwhile expires then too, before any later one.
+        due = [(t.expires_at or 0, t.id) for t in self.tasks.values() if self._expired(t, now)]
+        heapq.heapify(due)
+        while due:
+            _at, task_id = heapq.heappop(due)
+            task = self.tasks[task_id]
+            if not self._expired(task, now):  # an earlier expiry cancelled it
+                continue
+            assert task.expires_at is not None
+            old = task.state
+            task.state = State.CANCELLED
+            task.run_at = None
+            task.error = (
+                f"expired: not delivered within {(task.expires_at - task.created_at) / 1000:g} s"
+            )
+            task.updated_at = now
+            changes.append(MChange(replace(task), old))
+            settled: list[MChange] = []
+            self._ended(self.tasks, replace(task, state=old), task.state, now, settled)
+            changes += settled
+            for change in settled:
+                if self._expired(self.tasks[change.task.id], now):
+                    heapq.heappush(due, (change.task.expires_at or 0, change.task.id))
         for task in list(self.tasks.values()):
             options = self.queues[task.queue]
             finished = task.state in (State.DONE, State.FAILED)

@@ -63,6 +63,7 @@ from katar.errors import (
     TaskNotFound,
 )
 from katar.store import _sql
+from katar.store._reap import expiries
 from katar.store._rows import COLUMNS, Dialect, move_values, update_values, view, where_sql
 from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
 from katar.store.postgres.connection import OPTIONS_CHECK, Connections, Listener
@@ -1284,7 +1285,7 @@ class PostgresStore(Store):
                 ),
                 (
                     f"SELECT {COLUMNS} FROM {s}.tasks WHERE {_sql.HAS_EXPIRY} AND expires_at <= %s"
-                    " ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                    " ORDER BY expires_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
                     None,
                 ),
                 (
@@ -1295,7 +1296,9 @@ class PostgresStore(Store):
                 ),
             ):
                 rows = await (await conn.execute(sql, (now, _EXPIRE_BATCH))).fetchall()
-                for task in await self._tasks(conn, rows):
+                tasks = await self._tasks(conn, rows)
+                # Expiries settle the tasks that wait for them: see _reap.
+                for task in expiries(tasks, changes, now) if lease is None else tasks:
                     options = queues.get(task.queue)
                     if options is None:
                         continue
