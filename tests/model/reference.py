@@ -17,6 +17,7 @@ store and this method and compares them.
 from __future__ import annotations
 
 import copy
+import heapq
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -769,16 +770,31 @@ class Model:
                 task.run_at = None
                 task.error = message
             changes.append(MChange(replace(task), State.RUNNING))
-        for task in self.tasks.values():
-            if self._expired(task, now):
-                assert task.expires_at is not None
-                old = task.state
-                task.state = State.CANCELLED
-                task.run_at = None
-                task.error = f"expired: not delivered within {(task.expires_at - task.created_at) / 1000:g} s"
-                task.updated_at = now
-                changes.append(MChange(replace(task), old))
-                self._ended(self.tasks, replace(task, state=old), task.state, now, changes)
+        # Each expiry at its moment (section 8), the earliest first: a task that an expiry
+        # releases (it waited for the task that expired, after_failure "run") and whose own
+        # expiry has come meanwhile expires then too, before any later one.
+        due = [(t.expires_at or 0, t.id) for t in self.tasks.values() if self._expired(t, now)]
+        heapq.heapify(due)
+        while due:
+            _at, task_id = heapq.heappop(due)
+            task = self.tasks[task_id]
+            if not self._expired(task, now):  # an earlier expiry cancelled it
+                continue
+            assert task.expires_at is not None
+            old = task.state
+            task.state = State.CANCELLED
+            task.run_at = None
+            task.error = (
+                f"expired: not delivered within {(task.expires_at - task.created_at) / 1000:g} s"
+            )
+            task.updated_at = now
+            changes.append(MChange(replace(task), old))
+            settled: list[MChange] = []
+            self._ended(self.tasks, replace(task, state=old), task.state, now, settled)
+            changes += settled
+            for change in settled:
+                if self._expired(self.tasks[change.task.id], now):
+                    heapq.heappush(due, (change.task.expires_at or 0, change.task.id))
         for task in list(self.tasks.values()):
             options = self.queues[task.queue]
             finished = task.state in (State.DONE, State.FAILED)
@@ -819,7 +835,7 @@ class Model:
                 return None
             task.cancel_requested = True
             task.updated_at = now
-            return MChange(replace(task), old)
+            return MChange(self.shown(task), old)  # its record, parents' results included
         if (
             status == "queued"
             and old in (State.FAILED, State.CANCELLED)
@@ -969,7 +985,8 @@ class Model:
     def _move(self, task: MTask, target: str, now: int) -> None:
         """The task moved to ``target`` (made with default options when there is none), as
         queued, with a fresh set of attempts; what belonged to the queue it left goes (its
-        own max_attempts, expiry and unique_key). Its error stays."""
+        own max_attempts, expiry, unique_key and debounce_key: keys are per queue). Its
+        error stays."""
         if target not in self.queues:
             self.queues[target] = QueueOptions()
         task.queue = target
@@ -981,6 +998,7 @@ class Model:
         task.expires_at = None
         task.unique_key = None
         task.unique_until = None
+        task.debounce_key = None
         task.cancel_requested = False
         task.progress = None
         task.updated_at = now

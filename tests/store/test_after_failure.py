@@ -156,3 +156,23 @@ async def test_parents_failing_at_once_on_several_servers_release_the_child(
         assert statuses == {"done", "failed"}
         (got,) = (await servers[2].poll("q", KEEP, [], 1, None, T0 + 2)).delivered
         await servers[2].poll("q", KEEP, [ack(got, "done")], 0, None, T0 + 3)
+
+
+async def test_cancelling_the_running_child_answers_its_record_with_the_outcomes(
+    store: Store,
+) -> None:
+    """Found by the model (whose answer left them out): the record a cancel of a task in
+    progress answers is the task's record, with its parents' outcomes in ``after``, as
+    every other answer of a PATCH."""
+    await setup(store)
+    (parent,) = await store.enqueue("q", [new("p")], T0)
+    (waiting,) = await store.enqueue("q", [runs("c", parent.id)], T0)
+    await fail(store, parent, "boom")
+    (running,) = await claim(store, now=T0 + 2)
+    assert running.id == waiting.id
+    change = await store.set_status("q", running.id, "cancelled", T0 + 3)
+    assert change is not None
+    assert change.task.cancel_requested
+    expected = {str(parent.id): {"status": "failed", "result": None, "error": "boom"}}
+    assert results(change.task) == expected
+    assert results(await stored(store, waiting)) == expected

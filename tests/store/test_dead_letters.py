@@ -17,6 +17,7 @@ from katar.core.model import (
     FAILED,
     READY,
     RUNNING,
+    Ack,
     DeadLetter,
     NewTask,
     QueueOptions,
@@ -364,3 +365,62 @@ async def test_a_redrive_moves_tasks_to_the_allowed_queues_only(store: Store) ->
     assert await store.get_task("dead", task.id) is not None
     step = await store.redrive("dead", None, MOVABLE, T0 + 2, 0, 10, frozenset({"q"}))
     assert (step.matched, step.moved) == (1, 1)
+
+
+async def test_a_moved_task_leaves_its_debounce_key_behind(store: Store) -> None:
+    """Found by the model test (whose moves kept the key): keys are per queue, so a task
+    redriven or dead-lettered takes no debounce_key where it goes, and an enqueue of that
+    key there creates a task instead of replacing the moved one."""
+    await setup(store)
+    debounced = msgspec.structs.replace(new("first"), delay_ms=1000, debounce_key="d")
+    (waiting,) = await store.enqueue("q", [debounced], T0)
+    step = await store.redrive("q", "dead", MOVABLE, T0 + 1, 0, 10)
+    assert step.moved == 1
+    moved = await store.get_task("dead", waiting.id)
+    assert moved is not None
+    assert moved.debounce_key is None
+    (fresh,) = await store.enqueue("dead", [debounced], T0 + 2)
+    assert (fresh.id != waiting.id, fresh.debounced) == (True, False)
+    # A dead-lettered task, delivered in its queue, leaves it behind the same way.
+    (failing,) = await store.enqueue("q", [debounced], T0 + 3)
+    assert failing.id not in (waiting.id, fresh.id)
+    await store.expire({"q": ORIGIN, "dead": DEAD}, T0 + 1003)  # due: queued
+    dead = await fail(store, failing, T0 + 1004, retry=False)
+    assert (dead.queue, dead.debounce_key) == ("dead", None)
+
+
+async def test_a_heartbeat_of_a_task_that_moved_away_changes_nothing(store: Store) -> None:
+    """An ack naming a task of another queue is answered as a gone task's is (contract
+    section 2; docs/protocol.md): a heartbeat that comes after, with, or at the same time as
+    the failed ack that moved its task to the dead-letter queue is no error, and leaves the
+    task as the move left it."""
+    await setup(store, msgspec.structs.replace(ORIGIN, max_attempts=1))
+    one, two, three = await store.enqueue("q", [new(1), new(2), new(3)], T0)
+    claimed = (await store.poll("q", ORIGIN, [], 3, "w1", T0)).delivered
+    assert [task.id for task in claimed] == [one.id, two.id, three.id]
+    options = msgspec.structs.replace(ORIGIN, max_attempts=1)
+
+    def failed(task: Task) -> list[Ack]:
+        return [ack(task, "failed", error="boom", retry=False, attempt=1)]
+
+    def beat(task: Task, lease: int | None) -> list[Ack]:
+        return [ack(task, "in progress", lease=lease, attempt=1)]
+
+    # After the move, in the same poll as the move, and at the same time.
+    await store.poll("q", options, failed(claimed[0]), 0, "w1", T0 + 1)
+    later = await store.poll("q", options, beat(claimed[0], 50), 0, "w1", T0 + 2)
+    same = await store.poll(
+        "q", options, [*failed(claimed[1]), *beat(claimed[1], 5000)], 0, "w1", T0 + 2
+    )
+    together = await asyncio.gather(
+        store.poll("q", options, failed(claimed[2]), 0, "w1", T0 + 3),
+        store.poll("q", options, beat(claimed[2], 0), 0, "w1", T0 + 3),
+    )
+    assert later.changes == []
+    assert [change.task.id for change in same.changes] == [two.id]
+    assert sorted(c.task.id for result in together for c in result.changes) == [three.id]
+    for task in (one, two, three):
+        moved = await store.get_task("dead", task.id)
+        assert moved is not None
+        assert (moved.state, moved.lease_until, moved.error) == (READY, None, "boom")
+        assert await store.get_task("q", task.id) is None

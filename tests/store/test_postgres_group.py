@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import psycopg
 import pytest
 
 from katar.core.model import State
 from katar.errors import Conflict
-from katar.store.postgres import PostgresStore
+from katar.store.postgres import PostgresStore, parse_url
+from katar.store.postgres import store as store_module
+from katar.store.postgres.group import claim as group_claim
 from tests.conftest import store_url
 from tests.helpers.store import DROP, KEEP, T0, ack, claim, data, new, setup
 
@@ -124,3 +127,37 @@ async def test_polls_naming_one_task_go_in_different_groups(
     )
     assert sizes == [1, 1]
     assert [len(result.changes) for result in (first, second)] == [1, 0]  # once, then silent
+
+
+async def test_an_ack_that_changes_nothing_leaves_its_task_unlocked(
+    pg: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the model test: an ack of a queued task (a stale delivery's, or one refused)
+    locked the task until its poll's transaction ended, so that the claim of a concurrent
+    poll (SKIP LOCKED) passed over it and delivered a task that comes after it. The ack
+    leaves the task as it is: it takes no lock, as another server sees while the poll runs."""
+    retry = msgspec.structs.replace(KEEP, retry_failed=True, retry_delay=0)
+    await setup(pg, retry)
+    first, _second = await pg.enqueue("q", [new(1, priority=5), new(2)], T0)
+    (delivered,) = (await pg.poll("q", retry, [], 1, "w1", T0)).delivered
+    await pg.poll("q", retry, [ack(delivered, "failed", error="again")], 0, "w1", T0 + 1)
+    conninfo, _pool, schema = parse_url(pg.url)
+    locked: list[bool] = []
+
+    async def seen_from_elsewhere(*args: Any) -> Any:
+        """Whether another connection finds the task locked, while the poll's acks hold
+        what they lock, before its claim."""
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as other:
+            cursor = await other.execute(
+                f"SELECT id FROM {schema}.tasks WHERE id = %s FOR UPDATE SKIP LOCKED",
+                (first.id,),
+            )
+            locked.append(await cursor.fetchone() is None)
+        return await group_claim(*args)
+
+    monkeypatch.setattr(store_module, "claim", seen_from_elsewhere)
+    stale = ack(delivered, "in progress", attempt=1)  # delivery 1 ended: changes nothing
+    result = await pg.poll("q", retry, [stale], 1, "w1", T0 + 2)
+    assert locked == [False]
+    assert [task.id for task in result.delivered] == [first.id]
+    assert result.delivered[0].attempts == 2

@@ -132,6 +132,41 @@ async def test_paused_and_scheduled_tasks_expire_too(store: Store) -> None:
     assert await store.next_deadline() is None
 
 
+async def test_a_task_released_past_its_expiry_expires_in_the_same_reap(store: Store) -> None:
+    """Found by the model test on SQLite and PostgreSQL: an expiry released a task that waited
+    for it (after_failure "run") whose own expiry had come meanwhile, and the reap left it
+    queued until the next one. Each task expires at its moment, the earliest first: one
+    released past its expiry at once, and its own children then as its end says."""
+    await store.save_queue("q", KEEP)
+    (parent,) = await store.enqueue("q", [new("p", paused=True, expires_in_ms=500)], T0)
+    runs = new("c", after=(parent.id,), after_failure="run", expires_in_ms=400)
+    (child,) = await store.enqueue("q", [runs], T0)
+    # One waiting for the child, one paused waiting for it: both end with the child.
+    grandchild, paused = await store.enqueue(
+        "q", [new("g", after=(child.id,)), new("h", after=(child.id,), paused=True)], T0
+    )
+    assert (child.state, grandchild.state, paused.state) == (State.WAITING,) * 2 + (State.PAUSED,)
+    # A paused task of the parent expiring later: the parent's end reaches it first.
+    late = await store.enqueue(
+        "q", [new("l", after=(parent.id,), paused=True, expires_in_ms=900)], T0
+    )
+    await store.expire({"q": KEEP}, T0 + 1000)
+    errors = {}
+    for task in (parent, child, grandchild, paused, *late):
+        got = await store.get_task("q", task.id)
+        assert got is not None
+        assert got.state is State.CANCELLED
+        errors[task.id] = got.error
+    assert errors == {
+        parent.id: "expired: not delivered within 0.5 s",
+        child.id: "expired: not delivered within 0.4 s",
+        grandchild.id: f"cancelled: task {child.id} it waited for was cancelled",
+        paused.id: f"cancelled: task {child.id} it waited for was cancelled",
+        late[0].id: f"cancelled: task {parent.id} it waited for was cancelled",
+    }
+    assert await store.next_deadline() is None
+
+
 async def test_a_task_delivered_before_its_expiry_no_longer_expires(store: Store) -> None:
     await store.save_queue("q", KEEP)
     (task,) = await store.enqueue("q", [new(expires_in_ms=1000)], T0)

@@ -38,6 +38,8 @@ _DONE_MATCH: Final = (
     " AND (v.worker IS NULL OR t.worker IS NULL OR t.worker = v.worker)"
 )
 _NOT_EXPIRED: Final = not_expired("%s")
+# A task in progress, read by its id: "+ 0" again, so that the primary key finds it.
+_RUNNING: Final = f"state + 0 = {RUNNING}"
 T_COLUMNS: Final = ", ".join(f"t.{column.strip()}" for column in COLUMNS.split(","))
 
 
@@ -48,6 +50,7 @@ class Queries:
     task: str
     tasks: str
     lock: str
+    lock_running: str
     lock_many: str
     update: str
     delete: str
@@ -178,7 +181,13 @@ def queries(s: str) -> Queries:
         task=f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = %s",
         tasks=f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = ANY(%s)",
         lock=f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = %s FOR UPDATE",
-        lock_many=f"SELECT 1 FROM {s}.tasks WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+        # An ack changes a task in progress only (rules.apply_ack): the acks lock those, and
+        # read any other without a lock, which would make a concurrent claim (SKIP LOCKED)
+        # pass over a queued task that the ack leaves as it is.
+        lock_running=f"SELECT {COLUMNS} FROM {s}.tasks WHERE id = %s AND {_RUNNING} FOR UPDATE",
+        lock_many=(
+            f"SELECT 1 FROM {s}.tasks WHERE id = ANY(%s) AND {_RUNNING} ORDER BY id FOR UPDATE"
+        ),
         update=(
             f"UPDATE {s}.tasks SET state=%s, priority=%s, attempts=%s, attempt_base=%s,"
             " error=%s, result=%s, worker=%s, updated_at=%s, run_at=%s, lease_until=%s,"

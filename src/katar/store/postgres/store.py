@@ -64,6 +64,7 @@ from katar.errors import (
     TaskNotFound,
 )
 from katar.store import _sql
+from katar.store._reap import expiries
 from katar.store._rows import COLUMNS, Dialect, move_values, update_values, view, where_sql
 from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
 from katar.store.postgres.connection import OPTIONS_CHECK, Connections, Listener
@@ -770,6 +771,20 @@ class PostgresStore(Store):
         moved = len(changes)
         return RedriveStep(len(rows), moved, rows[-1][0], changes + also, tuple(created))
 
+    async def _acked_row(
+        self, conn: AsyncConnection[tuple[Any, ...]], task_id: int
+    ) -> tuple[Any, ...] | None:
+        """The row of a task an ack names, locked when it is in progress. An ack changes
+        no other (rules.apply_ack): such a row is read without a lock, which would make
+        the claim of a concurrent poll (SKIP LOCKED) pass over a queued task that the ack
+        leaves as it is, and deliver one that comes after it."""
+        row = await (await conn.execute(self._sql.lock_running, (task_id,))).fetchone()
+        if row is None:
+            row = await (await conn.execute(self._sql.task, (task_id,))).fetchone()
+            if row is not None and row[2] == _sql.RUNNING:  # delivered since: lock it now
+                row = await (await conn.execute(self._sql.lock, (task_id,))).fetchone()
+        return row
+
     async def _issued(self, conn: AsyncConnection[tuple[Any, ...]], task_id: int) -> bool:
         row = await (await conn.execute(self._sql.issued)).fetchone()
         return row is not None and bool(row[1]) and task_id <= row[0]
@@ -833,7 +848,7 @@ class PostgresStore(Store):
                     continue
                 row = None
                 if task_id is not None:
-                    row = await (await conn.execute(self._sql.lock, (task_id,))).fetchone()
+                    row = await self._acked_row(conn, task_id)
                 if row is None:
                     if task_id is not None and await self._issued(conn, task_id):
                         continue  # finished and gone: a queue without history
@@ -1309,7 +1324,7 @@ class PostgresStore(Store):
                 ),
                 (
                     f"SELECT {COLUMNS} FROM {s}.tasks WHERE {_sql.HAS_EXPIRY} AND expires_at <= %s"
-                    " ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                    " ORDER BY expires_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
                     None,
                 ),
                 (
@@ -1320,7 +1335,9 @@ class PostgresStore(Store):
                 ),
             ):
                 rows = await (await conn.execute(sql, (now, _EXPIRE_BATCH))).fetchall()
-                for task in await self._tasks(conn, rows):
+                tasks = await self._tasks(conn, rows)
+                # Expiries settle the tasks that wait for them: see _reap.
+                for task in expiries(tasks, changes, now) if lease is None else tasks:
                     options = queues.get(task.queue)
                     if options is None:
                         continue

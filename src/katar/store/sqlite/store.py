@@ -47,6 +47,7 @@ from katar.errors import (
 )
 from katar.protocol import HISTORY_LENGTH
 from katar.store import _sql
+from katar.store._reap import expiries
 from katar.store._rows import (
     COLUMNS,
     Dialect,
@@ -967,8 +968,9 @@ class SQLiteStore(Store):
                     False,
                 ),
             ):
-                for row in conn.execute(sql, (now, _EXPIRE_BATCH)).fetchall():
-                    task = self._task(row)
+                tasks = [self._task(row) for row in conn.execute(sql, (now, _EXPIRE_BATCH))]
+                # Expiries settle the tasks that wait for them: see _reap.
+                for task in expiries(tasks, changes, now) if decide is None else tasks:
                     options = queues.get(task.queue)
                     if options is None:
                         continue
@@ -1137,8 +1139,8 @@ def _unfinished(conn: sqlite3.Connection, task_id: int | None) -> bool:
 
 
 # Tasks never delivered whose expiry has come (rules.expiry), by the partial index
-# tasks_expiry.
-_EXPIRED: Final = f"{_sql.HAS_EXPIRY} AND expires_at<=? LIMIT ?"
+# tasks_expiry, in its order: the earliest first (see _reap).
+_EXPIRED: Final = f"{_sql.HAS_EXPIRY} AND expires_at<=? ORDER BY expires_at, id LIMIT ?"
 _KEPT: Final = (
     f"SELECT {COLUMNS} FROM tasks WHERE unique_until IS NOT NULL AND {_sql.ENDED_KEPT}"
     " AND queue_id IN ({ids}) AND unique_until<=? LIMIT ?"
