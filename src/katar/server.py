@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import ipaddress
 import logging
 import socket
@@ -140,8 +139,7 @@ class WorkerServer:
         that sign requests to the SQS API (katar.sqs); without them and without tokens, that
         API is open as the rest is. ``push_allow``: the hosts, host:port and URL prefixes that
         push queues may reach beside public addresses ([push] allow). ``otlp_endpoint``: the
-        collector the server exports its spans to over OTLP/HTTP (katar.tracing; needs
-        katar[otel])."""
+        collector the server exports its spans to over OTLP/HTTP (katar.tracing)."""
         self.katar = katar
         self.port = port
         self.host = host
@@ -224,8 +222,8 @@ class WorkerServer:
         self.check_exposure()
         ssl = self._ssl_options()
         if self.otlp_endpoint is not None:
-            # Made here, in the process that serves: the SDK's export thread does not
-            # survive the fork of katar serve --workers N.
+            # Made here, in the process that serves: the export thread does not survive
+            # the fork of katar serve --workers N.
             from katar.tracing import Tracing
 
             self.app.tracing = Tracing(self.otlp_endpoint)
@@ -333,16 +331,8 @@ class WorkerServer:
 
 
 def _check_otlp(endpoint: str) -> None:
-    """ConfigError unless ``endpoint`` is an http(s) URL and katar[otel] is installed
-    (looked for, not imported: the SDK is loaded only by the process that serves)."""
+    """ConfigError unless ``endpoint`` is an http(s) URL."""
     if not endpoint.startswith(("http://", "https://")):
         raise ConfigError(
             f"the OTLP endpoint must be an http:// or https:// URL, not {endpoint[:80]!r}"
-        )
-    if importlib.util.find_spec("opentelemetry.sdk") is None or (
-        importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is None
-    ):
-        raise ConfigError(
-            "an OTLP endpoint needs the OpenTelemetry SDK and its OTLP/HTTP exporter:"
-            " pip install 'katar[otel]'"
         )

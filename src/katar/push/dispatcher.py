@@ -339,9 +339,7 @@ class QueuePusher:
                 if answer.status is not None:
                     span.set_attribute("http.response.status_code", answer.status)
                 if answer.outcome != "done":
-                    from opentelemetry.trace import Status, StatusCode  # tracing: installed
-
-                    span.set_status(Status(StatusCode.ERROR, answer.error))
+                    span.set_error(answer.error)
             return outcome
 
     async def _push(self, task: Task, trace: dict[str, str]) -> Outcome:
