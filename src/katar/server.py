@@ -228,6 +228,9 @@ class WorkerServer:
 
             self.app.tracing = Tracing(self.otlp_endpoint)
             self.pusher.tracing = self.app.tracing  # each traced push: a process span
+            # An ack may come to another server than the delivery: its settle span takes
+            # the context from the task's row, which the store then hands back.
+            self.katar.engine.trace_settles = self.katar.engine.store.shared
             log.info("exporting spans over OTLP/HTTP to %s", self.app.tracing.endpoint)
         await self.katar.open()
         self.app.throughput.start()  # the app's lifespan is off: the server runs it

@@ -88,6 +88,41 @@ async def test_enqueue_receive_settle_share_the_producers_trace(
         ]
 
 
+async def test_an_ack_to_another_server_settles_in_the_tasks_trace(
+    katar: Katar, receiver: Receiver, via: str
+) -> None:
+    """Two servers on one store: one delivers, the other takes the ack (no traceparent of
+    its own); the settle span finds the task's context in the task's row."""
+    delivering, settling = Tracing(receiver.url), Tracing(receiver.url)
+    async with opened(katar):
+        katar.engine.trace_settles = True  # as katar serve sets it on a shared store
+        async with (
+            app_client(App(katar.engine, tracing=delivering), via) as first,
+            app_client(App(katar.engine, tracing=settling), via) as second,
+        ):
+            body = {"tasks": [{"data": 1}, {"data": 2}]}
+            created = await first.post(
+                "/v1/queue/q/tasks", json=body, headers={"traceparent": PARENT}
+            )
+            ids = [task["_id"] for task in created.json()["tasks"]]
+            delivered = (await first.post("/v1/queue/q", json={"max": 2})).json()["tasks"]
+            acks = [
+                {"_id": delivered[0]["_id"], "status": "done"},
+                {"_id": delivered[1]["_id"], "status": "failed", "error": "no"},
+            ]
+            answer = await second.post("/v1/queue/q", json={"tasks": acks, "max": 0})
+            assert answer.status_code == 204
+    delivering.shutdown()
+    settling.shutdown()
+    await wait_for_spans(receiver, names=3)
+    (settle,) = [span for span, _resource in receiver.spans if span.name == "settle q"]
+    assert settle.trace_id.hex() == TRACE_ID
+    assert settle.parent_span_id.hex() == PRODUCER_SPAN
+    assert attributes(settle)["messaging.operation.name"] == "ack"  # done and failed
+    assert attributes(settle)["messaging.batch.message_count"] == len(ids)
+    assert [link.span_id.hex() for link in settle.links] == [PRODUCER_SPAN] * len(ids)
+
+
 async def test_a_batch_span_counts_its_tasks(traced: httpx.AsyncClient, receiver: Receiver) -> None:
     other = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     body = {"tasks": [{"data": 1}, {"data": 2, "trace": {"traceparent": other}}]}
