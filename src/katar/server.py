@@ -170,6 +170,13 @@ class WorkerServer:
         #: closes; its check refuses push URLs that the outbound safety never allows.
         self.pusher = Dispatcher(katar.engine, allow)
         katar.engine.option_checks.append(self.pusher.check)
+        self.sqs = Front(
+            katar.engine,
+            credentials=self.aws_credentials,
+            guarded=bool(self.tokens),
+            scheme="https" if tls_cert else "http",
+            limits=self.limits,
+        )
         self.app = App(
             katar.engine,
             limits=self.limits,
@@ -178,13 +185,7 @@ class WorkerServer:
             shutdown=katar.close,
             access_log=access_log,
             allowed_hosts=hosts if _is_name(host) else hosts[1:],
-            sqs=Front(
-                katar.engine,
-                credentials=self.aws_credentials,
-                guarded=bool(self.tokens),
-                scheme="https" if tls_cert else "http",
-                limits=self.limits,
-            ),
+            sqs=self.sqs,
         )
 
     def config(
@@ -228,6 +229,7 @@ class WorkerServer:
 
             self.app.tracing = Tracing(self.otlp_endpoint)
             self.pusher.tracing = self.app.tracing  # each traced push: a process span
+            self.sqs.actions.tracing = self.app.tracing
             # An ack may come to another server than the delivery: its settle span takes
             # the context from the task's row, which the store then hands back.
             self.katar.engine.trace_settles = self.katar.engine.store.shared
@@ -258,7 +260,7 @@ class WorkerServer:
             await self.app.throughput.stop()
             await self.katar.close()
             tracing, self.app.tracing = self.app.tracing, None
-            self.pusher.tracing = None
+            self.pusher.tracing = self.sqs.actions.tracing = None
             if tracing is not None:  # the spans queued, exported (in a thread: it blocks)
                 await asyncio.to_thread(tracing.shutdown)
 

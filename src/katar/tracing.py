@@ -241,13 +241,17 @@ class Tracing:
         start_ns: int,
         traceparent: str | None = None,
         tracestate: str | None = None,
+        *,
         name: str = "enqueue",
+        context: bytes | msgspec.Raw | None = None,
     ) -> None:
         """A ``send <queue>`` span (PRODUCER) for an enqueue that began at ``start_ns``:
         under the request's context, else the first traced task's; linked to each task's.
-        ``name``: the operation's (``enqueue``; SQS: ``SendMessage``...)."""
+        ``name``: the operation's (``enqueue``; SQS: ``SendMessage``...). ``context``: the
+        request's, stored as a task's (Task.trace), instead of ``traceparent``."""
         messages = [(t.id, t.trace) for t in tasks if not t.duplicate]
-        self._span("send", name, queue, messages, start_ns, traceparent, tracestate, PRODUCER)
+        parent = self._parent(traceparent, tracestate, context)
+        self._span("send", name, queue, messages, start_ns, parent, PRODUCER)
 
     def receive(
         self,
@@ -256,10 +260,12 @@ class Tracing:
         start_ns: int,
         traceparent: str | None = None,
         tracestate: str | None = None,
+        *,
         name: str = "poll",
+        context: bytes | msgspec.Raw | None = None,
     ) -> None:
         """A ``receive <queue>`` span (CLIENT) for a poll that delivered ``tasks``; their
-        contexts are remembered for their settle."""
+        contexts are remembered for their settle. ``name``, ``context``: as :meth:`send`'s."""
         remembered = self._delivered
         messages: list[Message] = []
         for task in tasks:
@@ -270,7 +276,8 @@ class Tracing:
         if len(remembered) > REMEMBERED:  # the oldest first: a dict keeps its order
             for task_id in list(itertools.islice(remembered, len(remembered) - REMEMBERED)):
                 del remembered[task_id]
-        self._span("receive", name, queue, messages, start_ns, traceparent, tracestate, CLIENT)
+        parent = self._parent(traceparent, tracestate, context)
+        self._span("receive", name, queue, messages, start_ns, parent, CLIENT)
 
     def settle(
         self,
@@ -280,27 +287,36 @@ class Tracing:
         traceparent: str | None = None,
         tracestate: str | None = None,
         tasks: Iterable[Task] = (),
+        *,
+        name: str | None = None,
+        context: bytes | msgspec.Raw | None = None,
     ) -> None:
         """A ``settle <queue>`` span (CLIENT) for the acks (task id, status) that end
-        deliveries ("done", "failed", "deleted"...; "in progress", a heartbeat, settles
-        nothing), linked to the tasks' contexts: those of ``tasks``, the acked tasks as the
-        store handed them back (from any server's delivery), else those this server
-        delivered."""
+        deliveries ("done", "failed"; "in progress", a heartbeat, settles nothing unless
+        ``name`` is given), linked to the tasks' contexts: those of ``tasks``, the acked
+        tasks as the store handed them back (from any server's delivery), else those this
+        server delivered. The operation's name is ``name`` (SQS: ``DeleteMessage``...),
+        else the acks' status ("ack" for several). ``context``: as :meth:`send`'s."""
         stored = {task.id: task.trace for task in tasks}
         remembered = self._delivered
         settled: list[Message] = []
         names: set[str] = set()
         for task_id, status in acks:
             if status == "in progress":
-                continue
+                if name is None:
+                    continue
+                trace = remembered.get(task_id)  # still delivered: its settle is to come
+            else:
+                trace = remembered.pop(task_id, None)
             names.add(status)
-            trace = remembered.pop(task_id, None)
             if task_id in stored:
                 trace = stored[task_id]
             settled.append((task_id, trace))
         if settled:
-            name = names.pop() if len(names) == 1 else "ack"
-            self._span("settle", name, queue, settled, start_ns, traceparent, tracestate, CLIENT)
+            if name is None:
+                name = names.pop() if len(names) == 1 else "ack"
+            parent = self._parent(traceparent, tracestate, context)
+            self._span("settle", name, queue, settled, start_ns, parent, CLIENT)
 
     @contextmanager
     def process(self, queue: str, task: Task) -> Iterator[Span | None]:
@@ -361,15 +377,10 @@ class Tracing:
         queue: str,
         tasks: Sequence[Message],
         start_ns: int,
-        traceparent: str | None,
-        tracestate: str | None,
+        parent: _Context | None,
         kind: int,
     ) -> None:
-        parent: _Context | None = None
-        if traceparent is not None:
-            given = trace_context(traceparent, tracestate)
-            if given is not None:
-                parent = self._context(given)
+        """A span under ``parent``, else under the first traced task's context."""
         links: list[bytes] = []
         context = self._context
         for _id, trace in tasks:
@@ -394,6 +405,15 @@ class Tracing:
                 )
             )
         )  # fmt: skip
+
+    def _parent(
+        self, traceparent: str | None, tracestate: str | None, context: bytes | msgspec.Raw | None
+    ) -> _Context | None:
+        """A request's own trace context: given as stored, or as its headers (ignored when
+        the traceparent is not W3C's)."""
+        if context is None and traceparent is not None:
+            context = trace_context(traceparent, tracestate)
+        return None if context is None else self._context(context)
 
     def _head(self, operation: str, name: str, queue: str, kind: int) -> bytes:
         """A span's name (5), kind (6) and constant attributes (9), encoded once per
