@@ -66,8 +66,9 @@ _CONTEXTS: Final = 10_000
 MAX_QUEUE: Final = 8192
 #: The most spans one export request carries; that many waiting start an export at once.
 MAX_EXPORT: Final = 512
-#: Seconds between exports otherwise.
-EXPORT_EVERY: Final = 1.0
+#: Seconds between exports otherwise (the SDK's batch span processor's default; the
+#: standard variable OTEL_BSP_SCHEDULE_DELAY, in ms, sets it as it does the SDK's).
+EXPORT_EVERY: Final = 5.0
 #: Seconds an export request may take.
 EXPORT_TIMEOUT: Final = 10.0
 
@@ -77,8 +78,6 @@ PRODUCER: Final = 4
 CONSUMER: Final = 5
 
 _trace_decoder: Final = msgspec.json.Decoder(TraceContext)
-#: A task as a span sees it: its id and its stored trace context (Task.trace), if any.
-Message = tuple[int, "bytes | msgspec.Raw | None"]
 
 
 def otlp_traces_url(endpoint: str) -> str:
@@ -214,7 +213,11 @@ class Span:
 class Tracing:
     """The server's spans, exported to ``endpoint`` over OTLP/HTTP (protobuf)."""
 
-    def __init__(self, endpoint: str, *, service_name: str = "katar") -> None:
+    def __init__(
+        self, endpoint: str, *, service_name: str = "katar", export_every: float | None = None
+    ) -> None:
+        """``export_every``: seconds between exports, over OTEL_BSP_SCHEDULE_DELAY (ms) and
+        EXPORT_EVERY."""
         from katar._version import __version__
 
         self.endpoint = otlp_traces_url(endpoint)
@@ -223,7 +226,9 @@ class Tracing:
         resource += _attribute("telemetry.sdk.name", "katar", 0x0A)
         resource += _attribute("telemetry.sdk.language", "python", 0x0A)
         scope = _field(0x0A, _field(0x0A, b"katar") + _field(0x12, __version__.encode()))
-        self._exporter = _Exporter(self.endpoint, _field(0x0A, resource), scope)
+        if export_every is None:
+            export_every = _schedule_delay()
+        self._exporter = _Exporter(self.endpoint, _field(0x0A, resource), scope, export_every)
         #: Stored trace contexts already parsed (_context), at most _CONTEXTS.
         self._contexts: dict[bytes, _Context] = {}
         #: Per (operation, operation name, queue, kind): a span's name, kind and attributes.
@@ -249,9 +254,14 @@ class Tracing:
         under the request's context, else the first traced task's; linked to each task's.
         ``name``: the operation's (``enqueue``; SQS: ``SendMessage``...). ``context``: the
         request's, stored as a task's (Task.trace), instead of ``traceparent``."""
-        messages = [(t.id, t.trace) for t in tasks if not t.duplicate]
-        parent = self._parent(traceparent, tracestate, context)
-        self._span("send", name, queue, messages, start_ns, parent, PRODUCER)
+        created = [t for t in tasks if not t.duplicate]
+        if created:
+            traces = [t.trace for t in created if t.trace is not None]
+            parent = self._parent(traceparent, tracestate, context)
+            self._span(
+                "send", name, queue, len(created), created[0].id, traces, start_ns, parent,
+                PRODUCER,
+            )  # fmt: skip
 
     def receive(
         self,
@@ -266,18 +276,19 @@ class Tracing:
     ) -> None:
         """A ``receive <queue>`` span (CLIENT) for a poll that delivered ``tasks``; their
         contexts are remembered for their settle. ``name``, ``context``: as :meth:`send`'s."""
+        if not tasks:
+            return
+        traced = [(t.id, t.trace) for t in tasks if t.trace is not None]
         remembered = self._delivered
-        messages: list[Message] = []
-        for task in tasks:
-            trace = task.trace
-            if trace is not None:
-                remembered[task.id] = trace
-            messages.append((task.id, trace))
+        remembered.update(traced)
         if len(remembered) > REMEMBERED:  # the oldest first: a dict keeps its order
             for task_id in list(itertools.islice(remembered, len(remembered) - REMEMBERED)):
                 del remembered[task_id]
         parent = self._parent(traceparent, tracestate, context)
-        self._span("receive", name, queue, messages, start_ns, parent, CLIENT)
+        self._span(
+            "receive", name, queue, len(tasks), tasks[0].id, [trace for _id, trace in traced],
+            start_ns, parent, CLIENT,
+        )  # fmt: skip
 
     def settle(
         self,
@@ -297,26 +308,30 @@ class Tracing:
         tasks as the store handed them back (from any server's delivery), else those this
         server delivered. The operation's name is ``name`` (SQS: ``DeleteMessage``...),
         else the acks' status ("ack" for several). ``context``: as :meth:`send`'s."""
-        stored = {task.id: task.trace for task in tasks}
         remembered = self._delivered
-        settled: list[Message] = []
-        names: set[str] = set()
-        for task_id, status in acks:
-            if status == "in progress":
-                if name is None:
-                    continue
-                trace = remembered.get(task_id)  # still delivered: its settle is to come
-            else:
-                trace = remembered.pop(task_id, None)
-            names.add(status)
-            if task_id in stored:
-                trace = stored[task_id]
-            settled.append((task_id, trace))
-        if settled:
-            if name is None:
-                name = names.pop() if len(names) == 1 else "ack"
-            parent = self._parent(traceparent, tracestate, context)
-            self._span("settle", name, queue, settled, start_ns, parent, CLIENT)
+        if name is None:
+            ended = [(task_id, status) for task_id, status in acks if status != "in progress"]
+            if not ended:
+                return
+            statuses = {status for _id, status in ended}
+            name = statuses.pop() if len(statuses) == 1 else "ack"
+            ids = [task_id for task_id, _status in ended]
+            traces = [remembered.pop(task_id, None) for task_id in ids]
+        else:  # a heartbeat's delivery is still on: its settle is to come
+            ids = [task_id for task_id, _status in acks]
+            if not ids:
+                return
+            traces = [remembered.get(task_id) for task_id in ids]
+        stored = {task.id: task.trace for task in tasks}
+        if stored:
+            traces = [
+                stored.get(task_id, trace) for task_id, trace in zip(ids, traces, strict=True)
+            ]
+        parent = self._parent(traceparent, tracestate, context)
+        self._span(
+            "settle", name, queue, len(ids), ids[0], [t for t in traces if t is not None],
+            start_ns, parent, CLIENT,
+        )  # fmt: skip
 
     @contextmanager
     def process(self, queue: str, task: Task) -> Iterator[Span | None]:
@@ -375,33 +390,34 @@ class Tracing:
         operation: str,
         name: str,
         queue: str,
-        tasks: Sequence[Message],
+        count: int,
+        first_id: int,
+        traces: Sequence[bytes | msgspec.Raw],
         start_ns: int,
         parent: _Context | None,
         kind: int,
     ) -> None:
-        """A span under ``parent``, else under the first traced task's context."""
-        links: list[bytes] = []
-        context = self._context
-        for _id, trace in tasks:
-            if trace is not None:
-                found = context(trace)
-                if parent is None:
-                    parent = found
-                links.append(found.link)
-        if parent is None or not parent.sampled:
-            return  # nothing to put the span in, or its trace is not sampled
+        """A span of ``count`` tasks (the first's id ``first_id``), linked to the contexts
+        ``traces`` of those that have one: under ``parent``, else under the first of those."""
         dropped = b""
-        if len(links) > MAX_LINKS:
-            dropped = b"\x70" + _varint(len(links) - MAX_LINKS)
-            del links[MAX_LINKS:]
-        count = _message_id(tasks[0][0]) if len(tasks) == 1 else _batch_count(len(tasks))
+        if len(traces) > MAX_LINKS:
+            dropped = b"\x70" + _varint(len(traces) - MAX_LINKS)
+            traces = traces[:MAX_LINKS]
+        contexts = self._contexts
+        found = [contexts.get(bytes(trace)) or self._context(trace) for trace in traces]
+        if parent is None:
+            if not found:
+                return  # nothing to put the span in
+            parent = found[0]
+        if not parent.sampled:
+            return  # its trace is not sampled: the span would not be exported
+        attribute = _message_id(first_id) if count == 1 else _batch_count(count)
         self._exporter.add(
             b"".join(
                 (
                     parent.child, b"\x12\x08", _span_id(), self._head(operation, name, queue, kind),
-                    count, _TIMES.pack(0x39, start_ns, 0x41, time.time_ns()), *links, dropped,
-                    _SPAN_FLAGS,
+                    attribute, _TIMES.pack(0x39, start_ns, 0x41, time.time_ns()),
+                    *[context.link for context in found], dropped, _SPAN_FLAGS,
                 )
             )
         )  # fmt: skip
@@ -446,16 +462,33 @@ class Tracing:
 
 
 def _message_id(task_id: int) -> bytes:
-    """The ``messaging.message.id`` attribute of one task (its id, a string)."""
+    """The ``messaging.message.id`` attribute of one task (its id, a string): every length
+    fits in one byte (an id has at most 20 digits)."""
     value = b"%d" % task_id
-    kv = _MESSAGE_ID_KEY + b"\x12" + _varint(len(value) + 2) + b"\x0a" + _varint(len(value))
-    return _field(0x4A, kv + value)
+    n = len(value)
+    return (
+        bytes((0x4A, len(_MESSAGE_ID_KEY) + n + 4))
+        + _MESSAGE_ID_KEY
+        + bytes((0x12, n + 2, 0x0A, n))
+        + value
+    )
 
 
 def _batch_count(count: int) -> bytes:
     """The ``messaging.batch.message_count`` attribute."""
     value = b"\x18" + _varint(count)
     return _field(0x4A, _BATCH_COUNT_KEY + b"\x12" + _varint(len(value)) + value)
+
+
+def _schedule_delay() -> float:
+    """OTEL_BSP_SCHEDULE_DELAY (ms) in seconds, else EXPORT_EVERY."""
+    given = os.environ.get("OTEL_BSP_SCHEDULE_DELAY", "").strip()
+    try:
+        delay = float(given) / 1000 if given else EXPORT_EVERY
+    except ValueError:
+        log.warning("OTEL_BSP_SCHEDULE_DELAY=%r is not a number of ms: ignored", given[:40])
+        return EXPORT_EVERY
+    return max(delay, 0.01)
 
 
 def _export_headers() -> dict[str, str]:
@@ -475,10 +508,11 @@ def _export_headers() -> dict[str, str]:
 
 class _Exporter:
     """The export thread: posts the queued spans to the collector in batches of at most
-    MAX_EXPORT, every EXPORT_EVERY seconds or as soon as MAX_EXPORT are waiting."""
+    MAX_EXPORT, every ``every`` seconds or as soon as MAX_EXPORT are waiting."""
 
-    def __init__(self, url: str, resource: bytes, scope: bytes) -> None:
+    def __init__(self, url: str, resource: bytes, scope: bytes, every: float) -> None:
         self.url = url
+        self._every = every
         parts = urllib.parse.urlsplit(url)
         self._https = parts.scheme == "https"
         self._host = parts.hostname or "localhost"
@@ -522,7 +556,7 @@ class _Exporter:
     def _run(self) -> None:
         queue = self._queue
         while True:
-            self._wake.wait(EXPORT_EVERY)
+            self._wake.wait(self._every)
             self._wake.clear()
             stopping = self._stopping
             while queue:

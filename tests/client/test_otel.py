@@ -54,7 +54,7 @@ def receiver() -> Iterator[Receiver]:
 async def test_one_trace_from_the_producer_through_the_server_to_the_handler(
     katar: Katar, receiver: Receiver, spans: InMemorySpanExporter
 ) -> None:
-    tracing = Tracing(receiver.url)
+    tracing = Tracing(receiver.url, export_every=0.2)
     transport = httpx.ASGITransport(app=App(katar.engine, tracing=tracing))
     seen: list[tuple[Any, Any]] = []
 

@@ -34,7 +34,7 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 async def traced(katar: Katar, receiver: Receiver, via: str) -> AsyncIterator[httpx.AsyncClient]:
-    tracing = Tracing(receiver.url)
+    tracing = Tracing(receiver.url, export_every=0.2)
     async with opened(katar):
         app = App(katar.engine, tracing=tracing)
         async with app_client(app, via) as client:
@@ -93,7 +93,10 @@ async def test_an_ack_to_another_server_settles_in_the_tasks_trace(
 ) -> None:
     """Two servers on one store: one delivers, the other takes the ack (no traceparent of
     its own); the settle span finds the task's context in the task's row."""
-    delivering, settling = Tracing(receiver.url), Tracing(receiver.url)
+    delivering, settling = (
+        Tracing(receiver.url, export_every=0.2),
+        Tracing(receiver.url, export_every=0.2),
+    )
     async with opened(katar):
         katar.engine.trace_settles = True  # as katar serve sets it on a shared store
         async with (

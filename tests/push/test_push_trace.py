@@ -70,7 +70,7 @@ async def traced_dispatcher(
 ) -> AsyncIterator[Dispatcher]:
     """The dispatcher with the server's spans, as katar serve sets them before any push
     queue's pusher starts."""
-    tracing = Tracing(collector.url)
+    tracing = Tracing(collector.url, export_every=0.2)
     dispatcher.tracing = tracing
     yield dispatcher
     dispatcher.tracing = None
