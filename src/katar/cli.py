@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         "--otlp-endpoint",
         metavar="URL",
         help="export spans of enqueues, deliveries and acks over OTLP/HTTP to this collector "
-        "(its base URL, e.g. http://localhost:4318; /v1/traces is added); needs katar[otel]. "
+        "(its base URL, e.g. http://localhost:4318; /v1/traces is added). "
         "Default: [server] otlp_endpoint, else OTEL_EXPORTER_OTLP_ENDPOINT",
     )
     token = commands.add_parser(
