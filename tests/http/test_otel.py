@@ -17,7 +17,7 @@ from katar import Katar
 from katar.errors import ConfigError
 from katar.http import App
 from katar.server import WorkerServer
-from katar.tracing import Tracing, otlp_traces_url
+from katar.tracing import MAX_LINKS, Tracing, otlp_traces_url
 from tests.helpers.otlp import Receiver, attributes, receiving, wait_for_spans
 from tests.http.conftest import app_client, opened
 
@@ -138,6 +138,22 @@ async def test_a_batch_span_counts_its_tasks(traced: httpx.AsyncClient, receiver
     assert attributes(receive)["messaging.batch.message_count"] == 2
     assert receive.trace_id.hex() == TRACE_ID  # the first task's context is the parent
     assert {link.trace_id.hex() for link in receive.links} == {TRACE_ID, other[3:35]}
+
+
+async def test_a_batch_span_links_at_most_max_links_tasks(
+    traced: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    count = MAX_LINKS + 8
+    await traced.put("/v1/queue/q", json={"max_batch": count})
+    body = {"tasks": [{"data": n} for n in range(count)]}
+    await traced.post("/v1/queue/q/tasks", json=body, headers={"traceparent": PARENT})
+    assert len((await traced.post("/v1/queue/q", json={"max": count})).json()["tasks"]) == count
+    await wait_for_spans(receiver, names=2)
+    spans = {span.name: span for span, _resource in receiver.spans}
+    for span in (spans["send q"], spans["receive q"]):
+        assert attributes(span)["messaging.batch.message_count"] == count
+        assert len(span.links) == MAX_LINKS
+        assert span.dropped_links_count == 8
 
 
 async def test_an_unsampled_parent_exports_nothing(
