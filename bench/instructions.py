@@ -20,7 +20,12 @@ line: the instructions in all, per task and per poll.
 ``--traced``: the server exports spans (``--otlp-endpoint``) to a collector that this process
 runs on loopback (it answers every export 200 and keeps nothing), and every task is enqueued
 with a ``traceparent``, so that every poll and ack makes its spans: what tracing costs, the
-SDK's export thread included (callgrind counts every thread). Needs katar[otel].
+export thread included (callgrind counts every thread).
+
+    python -m bench.instructions --store sqlite --batch 100 --context
+
+``--context``: every task enqueued with a ``traceparent``, as ``--traced``, on a server
+without an endpoint: the same run as ``--traced`` without the spans.
 """
 
 from __future__ import annotations
@@ -103,6 +108,7 @@ def count(
     options: dict[str, Any] | None = None,
     keys: int = 0,
     traced: bool = False,
+    context: bool = False,
 ) -> dict[str, Any]:
     """Instructions the server spends on the drain."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -120,6 +126,8 @@ def count(
         sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
         threading.Thread(target=sink.serve_forever, daemon=True).start()
         extra = ["--otlp-endpoint", f"http://127.0.0.1:{sink.server_address[1]}"]
+        headers = {"traceparent": TRACEPARENT}
+    if context:
         headers = {"traceparent": TRACEPARENT}
     server = subprocess.Popen(
         [
@@ -184,6 +192,7 @@ def count(
             "options": options or {},
             "keys": keys,
             "traced": traced,
+            "context": traced or context,
             "polls": drained[1],
             "instructions": total,
             "per_task": round(total / tasks),
@@ -212,6 +221,9 @@ def main() -> None:
     parser.add_argument(
         "--traced", action="store_true", help="tasks with a traceparent, spans exported"
     )
+    parser.add_argument(
+        "--context", action="store_true", help="tasks with a traceparent, no endpoint"
+    )
     args = parser.parse_args()
     figures = count(
         args.src,
@@ -222,6 +234,7 @@ def main() -> None:
         args.options,
         args.keys,
         args.traced,
+        args.context,
     )
     print(json.dumps(figures))
 

@@ -17,6 +17,7 @@ from typing import Any, Unpack
 import msgspec
 from msgspec.structs import replace
 
+from katar import _context
 from katar._defaults import DEFAULT_STORE
 from katar.core.clock import Clock
 from katar.core.engine import Engine, Listener
@@ -33,6 +34,7 @@ from katar.core.model import (
     parse_task_id,
     parse_task_options,
     states_of,
+    trace_context,
 )
 from katar.core.schedule import Schedule, ScheduleSpec, check_name, parse_schedule
 from katar.errors import KatarError, TaskNotFound, ValidationError
@@ -180,6 +182,29 @@ class Katar:
         await self.close()
 
 
+def _trace(traceparent: str | None, tracestate: str | None) -> msgspec.Raw | None:
+    """The trace context an enqueue's tasks store: the one given (ValidationError when it
+    is not W3C's: a caller's argument, not a header to ignore), else the current
+    OpenTelemetry context."""
+    if traceparent is None:
+        if tracestate is not None:
+            raise ValidationError("tracestate needs a traceparent")
+        current = _context.context_headers()
+        traceparent, tracestate = current.get("traceparent"), current.get("tracestate")
+        if traceparent is None:
+            return None
+        return trace_context(traceparent, tracestate)
+    trace = trace_context(traceparent, tracestate)
+    if trace is None:
+        raise ValidationError(
+            f"traceparent {traceparent[:100]!r} is not a W3C traceparent "
+            "(00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>)"
+        )
+    if tracestate is not None and b"tracestate" not in bytes(trace):
+        raise ValidationError("tracestate is not a W3C tracestate (at most 512 characters)")
+    return trace
+
+
 class Queue:
     """A handle on one queue of a :class:`Katar`; its methods need Katar open."""
 
@@ -251,8 +276,13 @@ class Queue:
         ``debounce_key`` (with a ``delay``): while a task of the queue with that key waits,
         never delivered, the task replaces it (its data, options and due time) and is
         answered with ``debounced`` true; the latest enqueue of a key wins, within a call
-        too."""
+        too.
+
+        ``traceparent`` (and ``tracestate``): the W3C trace context the tasks carry to their
+        workers (protocol section 17); without one, the current OpenTelemetry context
+        where OpenTelemetry is installed, else none."""
         check_enqueue_options(options, "enqueue_many")
+        trace = _trace(options.get("traceparent"), options.get("tracestate"))
         delay = options.get("delay") or 0
         if delay < 0:
             raise ValidationError("delay must be >= 0 seconds")
@@ -287,6 +317,8 @@ class Queue:
             )
             for i, (item, unique, wait) in enumerate(zip(items, keys, waits, strict=True))
         ]
+        if trace is not None:
+            new = [replace(task, trace=trace) for task in new]
         return await self.katar.engine.enqueue(self.name, new, options.get("idempotency_key"))
 
     async def get(self, task_id: int | str, wait: float = 0) -> Task:

@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         "--otlp-endpoint",
         metavar="URL",
         help="export spans of enqueues, deliveries and acks over OTLP/HTTP to this collector "
-        "(its base URL, e.g. http://localhost:4318; /v1/traces is added); needs katar[otel]. "
+        "(its base URL, e.g. http://localhost:4318; /v1/traces is added). "
         "Default: [server] otlp_endpoint, else OTEL_EXPORTER_OTLP_ENDPOINT",
     )
     token = commands.add_parser(
@@ -187,6 +187,15 @@ def _parser() -> argparse.ArgumentParser:
                 help="with --delay or --run-at: replace the task of the queue with this key"
                 " that waits, never delivered (its data, options and due time; the id printed"
                 " is then that task's); with JSON lines, the last task wins",
+            )
+            command.add_argument(
+                "--traceparent",
+                metavar="TRACEPARENT",
+                help="the W3C trace context the tasks carry (00-<trace id>-<parent id>-<flags>);"
+                " else the current OpenTelemetry context, with katar[otel] configured",
+            )
+            command.add_argument(
+                "--tracestate", help="with --traceparent: the W3C tracestate it goes with"
             )
             command.add_argument("data", help="the task's data as JSON; - reads JSON lines")
     cli_admin.add_parsers(commands, _connection)
@@ -295,6 +304,7 @@ def enqueue(args: argparse.Namespace) -> int:
         raise ConfigError("--debounce-key needs --delay or --run-at")
     if args.debounce_key is not None and args.unique_key is not None:
         raise ConfigError("give --debounce-key or --unique-key, not both")
+    _check_trace(args.traceparent, args.tracestate)
     raw_priority: str | None = args.priority
     priority: int | str | None = raw_priority
     if raw_priority is not None and raw_priority.lstrip("-").isdigit():
@@ -326,10 +336,31 @@ def enqueue(args: argparse.Namespace) -> int:
                     unique_for=args.unique_for,
                     key=args.key,
                     debounce_key=args.debounce_key,
+                    traceparent=args.traceparent,
+                    tracestate=args.tracestate,
                 )
                 print("\n".join(task.id for task in tasks), flush=True)
                 batch = []
     return 0
+
+
+def _check_trace(traceparent: str | None, tracestate: str | None) -> None:
+    """ConfigError unless ``--traceparent`` (and ``--tracestate``) are W3C's: the server
+    would ignore them, and the tasks would carry no context without a word."""
+    from katar.core.model import trace_context
+
+    if traceparent is None:
+        if tracestate is not None:
+            raise ConfigError("--tracestate needs --traceparent")
+        return
+    trace = trace_context(traceparent, tracestate)
+    if trace is None:
+        raise ConfigError(
+            f"--traceparent {traceparent[:100]!r} is not a W3C traceparent"
+            " (00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>)"
+        )
+    if tracestate is not None and b"tracestate" not in bytes(trace):
+        raise ConfigError("--tracestate is not a W3C tracestate (at most 512 characters)")
 
 
 _END: Final = object()

@@ -10,7 +10,7 @@ port = 3000
 tls_cert = "/etc/katar/cert.pem"   # both, to serve HTTPS
 tls_key = "/etc/katar/key.pem"
 allowed_hosts = ["queue.internal"]  # without tokens: Host names answered beside localhost
-otlp_endpoint = "http://localhost:4318"  # export spans over OTLP/HTTP (katar[otel])
+otlp_endpoint = "http://localhost:4318"  # export spans over OTLP/HTTP (docs/tracing.md)
 
 [limits]               # optional; see katar.limits.Limits for the defaults
 max_body_bytes = 10485760

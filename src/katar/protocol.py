@@ -189,6 +189,10 @@ class EnqueueOptions(TaskOptions, total=False):
     delay: float | None  # seconds
     paused: bool
     idempotency_key: str | None
+    #: The W3C trace context the tasks carry (section 17), instead of the current
+    #: OpenTelemetry context (taken when the SDK is installed and neither is given).
+    traceparent: str | None
+    tracestate: str | None
     #: With afters: "run" makes the tasks that wait for others run once those have all
     #: ended, whatever the outcome (section 14); "cancel" (the default) cancels them.
     after_failure: AfterFailure | None

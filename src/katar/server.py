@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import ipaddress
 import logging
 import socket
@@ -140,8 +139,7 @@ class WorkerServer:
         that sign requests to the SQS API (katar.sqs); without them and without tokens, that
         API is open as the rest is. ``push_allow``: the hosts, host:port and URL prefixes that
         push queues may reach beside public addresses ([push] allow). ``otlp_endpoint``: the
-        collector the server exports its spans to over OTLP/HTTP (katar.tracing; needs
-        katar[otel])."""
+        collector the server exports its spans to over OTLP/HTTP (katar.tracing)."""
         self.katar = katar
         self.port = port
         self.host = host
@@ -172,6 +170,13 @@ class WorkerServer:
         #: closes; its check refuses push URLs that the outbound safety never allows.
         self.pusher = Dispatcher(katar.engine, allow)
         katar.engine.option_checks.append(self.pusher.check)
+        self.sqs = Front(
+            katar.engine,
+            credentials=self.aws_credentials,
+            guarded=bool(self.tokens),
+            scheme="https" if tls_cert else "http",
+            limits=self.limits,
+        )
         self.app = App(
             katar.engine,
             limits=self.limits,
@@ -180,13 +185,7 @@ class WorkerServer:
             shutdown=katar.close,
             access_log=access_log,
             allowed_hosts=hosts if _is_name(host) else hosts[1:],
-            sqs=Front(
-                katar.engine,
-                credentials=self.aws_credentials,
-                guarded=bool(self.tokens),
-                scheme="https" if tls_cert else "http",
-                limits=self.limits,
-            ),
+            sqs=self.sqs,
         )
 
     def config(
@@ -224,12 +223,16 @@ class WorkerServer:
         self.check_exposure()
         ssl = self._ssl_options()
         if self.otlp_endpoint is not None:
-            # Made here, in the process that serves: the SDK's export thread does not
-            # survive the fork of katar serve --workers N.
+            # Made here, in the process that serves: the export thread does not survive
+            # the fork of katar serve --workers N.
             from katar.tracing import Tracing
 
             self.app.tracing = Tracing(self.otlp_endpoint)
             self.pusher.tracing = self.app.tracing  # each traced push: a process span
+            self.sqs.actions.tracing = self.app.tracing
+            # An ack may come to another server than the delivery: its settle span takes
+            # the context from the task's row, which the store then hands back.
+            self.katar.engine.trace_settles = self.katar.engine.store.shared
             log.info("exporting spans over OTLP/HTTP to %s", self.app.tracing.endpoint)
         await self.katar.open()
         self.app.throughput.start()  # the app's lifespan is off: the server runs it
@@ -257,7 +260,7 @@ class WorkerServer:
             await self.app.throughput.stop()
             await self.katar.close()
             tracing, self.app.tracing = self.app.tracing, None
-            self.pusher.tracing = None
+            self.pusher.tracing = self.sqs.actions.tracing = None
             if tracing is not None:  # the spans queued, exported (in a thread: it blocks)
                 await asyncio.to_thread(tracing.shutdown)
 
@@ -333,16 +336,8 @@ class WorkerServer:
 
 
 def _check_otlp(endpoint: str) -> None:
-    """ConfigError unless ``endpoint`` is an http(s) URL and katar[otel] is installed
-    (looked for, not imported: the SDK is loaded only by the process that serves)."""
+    """ConfigError unless ``endpoint`` is an http(s) URL."""
     if not endpoint.startswith(("http://", "https://")):
         raise ConfigError(
             f"the OTLP endpoint must be an http:// or https:// URL, not {endpoint[:80]!r}"
-        )
-    if importlib.util.find_spec("opentelemetry.sdk") is None or (
-        importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is None
-    ):
-        raise ConfigError(
-            "an OTLP endpoint needs the OpenTelemetry SDK and its OTLP/HTTP exporter:"
-            " pip install 'katar[otel]'"
         )

@@ -1,38 +1,51 @@
 """Server spans over OTLP/HTTP (protocol section 17), for every front to call.
 
 A server started with an OTLP endpoint (``--otlp-endpoint``, ``OTEL_EXPORTER_OTLP_ENDPOINT``
-or ``[server] otlp_endpoint``) makes one :class:`Tracing`; without one it makes none, and
-nothing here imports OpenTelemetry (``katar[otel]``): the fronts test ``tracing is None``
-and do nothing more. The spans follow the OpenTelemetry messaging conventions: names
-``send <queue>`` (PRODUCER), ``receive <queue>`` and ``settle <queue>`` (CLIENT), ``process
-<queue>`` (CONSUMER, a push); ``messaging.system`` is ``katar``.
+or ``[server] otlp_endpoint``) makes one :class:`Tracing`; without one it makes none: the
+fronts test ``tracing is None`` and do nothing more. The spans follow the OpenTelemetry
+messaging conventions: names ``send <queue>`` (PRODUCER), ``receive <queue>`` and ``settle
+<queue>`` (CLIENT), ``process <queue>`` (CONSUMER, a push); ``messaging.system`` is
+``katar``.
 
 A span is made only where there is a trace to put it in: the request's own ``traceparent``
 (its parent), else the first traced task's context; each task's context is also a link (the
-creation context the conventions link a receive or a settle to). So a queue whose tasks
+creation context the conventions link a receive or a settle to), at most :data:`MAX_LINKS`
+of them (the span's ``dropped_links_count`` says how many more). So a queue whose tasks
 carry no context makes no span, and the sampling is the parent's: a context whose sampled
-flag is off makes no span that is exported (ParentBased).
+flag is off makes no span.
 
-Spans end in a batch span processor: a bounded queue (spans beyond it are dropped, never
-waited for) that a thread of the SDK exports, so the event loop never blocks on the
-collector.
+No OpenTelemetry SDK is involved: its per-span machinery (a span object, its attributes and
+links checked one by one, then a protobuf message built for the export) costs several times
+Katar's own work on a task. A span here is encoded at once into the OTLP protobuf bytes it is
+exported as (``Span`` of opentelemetry/proto/trace/v1/trace.proto), out of parts kept per
+trace context and per queue, and queued; a thread posts the queued spans, in batches, as
+ExportTraceServiceRequest messages to the collector's OTLP/HTTP traces URL. The queue is
+bounded: spans beyond it are dropped rather than waited for, so the event loop never waits
+for the collector.
 """
 
 from __future__ import annotations
 
+import http.client
+import itertools
+import logging
+import os
+import random
+import struct
+import threading
 import time
-from collections import OrderedDict
+import urllib.parse
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import Final, NamedTuple
 
 import msgspec
 
-from katar.core.model import Task
+from katar.core.model import Task, trace_context
 from katar.protocol import TraceContext
 
-if TYPE_CHECKING:
-    from opentelemetry.trace import Link, Span
+log = logging.getLogger("katar.tracing")
 
 #: The attributes' names (OpenTelemetry semantic conventions, messaging).
 SYSTEM: Final = "messaging.system"
@@ -41,18 +54,31 @@ OPERATION_NAME: Final = "messaging.operation.name"
 DESTINATION: Final = "messaging.destination.name"
 MESSAGE_ID: Final = "messaging.message.id"
 BATCH_COUNT: Final = "messaging.batch.message_count"
+#: The most links a span carries: a batch's traced tasks beyond it are counted in the
+#: span's ``dropped_links_count``, not linked. Linking every task of a batch of 100 cost a
+#: traced drain more than the spans themselves; the first 32 show the batch's traces.
+MAX_LINKS: Final = 32
 #: How many delivered tasks' contexts a server keeps for their settle spans (the oldest go
-#: first): a delivery settled after that many others, or on another server, gets a settle
-#: span only when the ack's poll carries a traceparent of its own.
+#: first), for the acks whose task the store does not hand back (see Tracing.settle).
 REMEMBERED: Final = 100_000
 #: The most parsed trace contexts kept (Tracing._context).
 _CONTEXTS: Final = 10_000
-#: The batch span processor's queue: spans beyond it are dropped rather than waited for.
+#: The export queue: spans beyond it are dropped rather than waited for.
 MAX_QUEUE: Final = 8192
+#: The most spans one export request carries; that many waiting start an export at once.
+MAX_EXPORT: Final = 512
+#: Seconds between exports otherwise (the SDK's batch span processor's default; the
+#: standard variable OTEL_BSP_SCHEDULE_DELAY, in ms, sets it as it does the SDK's).
+EXPORT_EVERY: Final = 5.0
+#: Seconds an export request may take.
+EXPORT_TIMEOUT: Final = 10.0
+
+#: The span kinds (trace.proto's SpanKind).
+CLIENT: Final = 3
+PRODUCER: Final = 4
+CONSUMER: Final = 5
 
 _trace_decoder: Final = msgspec.json.Decoder(TraceContext)
-#: A task as a span sees it: its id and its stored trace context (Task.trace), if any.
-Message = tuple[int, "bytes | msgspec.Raw | None"]
 
 
 def otlp_traces_url(endpoint: str) -> str:
@@ -63,39 +89,154 @@ def otlp_traces_url(endpoint: str) -> str:
     return endpoint if endpoint.endswith("/v1/traces") else endpoint + "/v1/traces"
 
 
+# -- protobuf, as much of it as the spans need ---------------------------------------------------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited field (a string, bytes, an embedded message); ``tag`` is the field
+    number shifted left by 3, with wire type 2."""
+    return bytes((tag,)) + _varint(len(payload)) + payload
+
+
+def _attribute(key: str, value: str | int | float | bool, tag: int = 0x4A) -> bytes:
+    """One attribute as a field of tag ``tag`` (a Span's attributes: 0x4A)."""
+    if isinstance(value, bool):
+        any_value = b"\x10" + (b"\x01" if value else b"\x00")
+    elif isinstance(value, int):
+        any_value = b"\x18" + _varint(value & (1 << 64) - 1)
+    elif isinstance(value, float):
+        any_value = b"\x21" + struct.pack("<d", value)
+    else:
+        any_value = _field(0x0A, str(value).encode())
+    return _field(tag, _field(0x0A, key.encode()) + _field(0x12, any_value))
+
+
+#: A span's start and end (fields 7 and 8, fixed64).
+_TIMES: Final = struct.Struct("<BQBQ")
+#: A span's flags (field 16, fixed32): sampled (0x01), its parent's remoteness known (0x100),
+#: its parent remote (0x200): every parent here is a context received, never a span of this
+#: process.
+_SPAN_FLAGS: Final = b"\x85\x01" + struct.pack("<I", 0x301)
+_MESSAGE_ID_KEY: Final = _field(0x0A, MESSAGE_ID.encode())
+_BATCH_COUNT_KEY: Final = _field(0x0A, BATCH_COUNT.encode())
+_ERROR: Final = 2  # Status.code (trace.proto's StatusCode)
+
+
+class _Context(NamedTuple):
+    """A stored trace context, parsed once, with the encoded parts of what refers to it."""
+
+    traceparent: str
+    tracestate: str | None
+    sampled: bool
+    #: A child span's first fields: trace id (1), trace state (3), parent span id (4).
+    child: bytes
+    #: A span's link to it (Span field 13: a Link).
+    link: bytes
+    trace_id: bytes
+
+
+def _parse(stored: TraceContext) -> _Context:
+    """A stored context (valid: trace_context checked it before it was stored)."""
+    traceparent, tracestate = stored.traceparent, stored.tracestate
+    trace_id = bytes.fromhex(traceparent[3:35])
+    span_id = bytes.fromhex(traceparent[36:52])
+    flags = int(traceparent[53:55], 16) & 0x01
+    state = b"" if not tracestate else _field(0x1A, tracestate.encode())
+    child = b"\x0a\x10" + trace_id + state + b"\x22\x08" + span_id
+    # Link: trace id (1), span id (2), trace state (3), flags (6: sampled, remote)
+    link = b"\x0a\x10" + trace_id + b"\x12\x08" + span_id + state
+    link += b"\x35" + struct.pack("<I", flags | 0x300)
+    return _Context(traceparent, tracestate, flags == 1, child, _field(0x6A, link), trace_id)
+
+
+def _span_id() -> bytes:
+    while True:
+        span_id = random.getrandbits(64)
+        if span_id:  # all zeros is not a span id
+            return span_id.to_bytes(8, "big")
+
+
+class Span:
+    """A span being made around work (a push's ``process`` span), ended with the block of
+    :meth:`Tracing.process`. A span whose parent is not sampled records nothing: only its
+    context (the parent's) is passed on."""
+
+    __slots__ = ("_attributes", "_events", "_status", "context", "recording", "span_id")
+
+    def __init__(self, context: _Context) -> None:
+        self.context = context
+        self.recording = context.sampled
+        self.span_id = _span_id() if self.recording else b""
+        self._attributes: list[bytes] = []
+        self._status = b""
+        self._events: list[bytes] = []
+
+    def set_attribute(self, key: str, value: str | int | float | bool) -> None:
+        if self.recording:
+            self._attributes.append(_attribute(key, value))
+
+    def set_error(self, description: str | None = None) -> None:
+        """The span's status: error, with ``description``."""
+        status = b"" if not description else _field(0x12, description[:1024].encode())
+        self._status = _field(0x7A, status + b"\x18" + bytes((_ERROR,)))
+
+    def record_exception(self, exc: BaseException) -> None:
+        """An ``exception`` event (the conventions' exception.type and exception.message)."""
+        event = b"\x09" + struct.pack("<Q", time.time_ns()) + _field(0x12, b"exception")
+        event += _attribute("exception.type", type(exc).__qualname__, 0x1A)
+        event += _attribute("exception.message", str(exc)[:1024], 0x1A)
+        self._events.append(_field(0x5A, event))
+
+    def headers(self) -> dict[str, str]:
+        """The ``traceparent`` and ``tracestate`` headers of this span's context (its
+        parent's, unchanged, when it records nothing)."""
+        context = self.context
+        if self.recording:
+            flags = context.traceparent[53:55]
+            traceparent = f"00-{context.trace_id.hex()}-{self.span_id.hex()}-{flags}"
+        else:
+            traceparent = context.traceparent
+        headers = {"traceparent": traceparent}
+        if context.tracestate:
+            headers["tracestate"] = context.tracestate
+        return headers
+
+
 class Tracing:
     """The server's spans, exported to ``endpoint`` over OTLP/HTTP (protobuf)."""
 
-    def __init__(self, endpoint: str, *, service_name: str = "katar", exporter: Any = None) -> None:
-        """``exporter``: a span exporter instead of OTLP/HTTP's (the tests' in-memory one)."""
-        # Imported here, and only here: a server without an endpoint never loads the SDK.
-        from opentelemetry import trace
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
+    def __init__(
+        self, endpoint: str, *, service_name: str = "katar", export_every: float | None = None
+    ) -> None:
+        """``export_every``: seconds between exports, over OTEL_BSP_SCHEDULE_DELAY (ms) and
+        EXPORT_EVERY."""
         from katar._version import __version__
 
         self.endpoint = otlp_traces_url(endpoint)
-        resource = Resource.create({"service.name": service_name, "service.version": __version__})
-        self._provider = TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_ON))
-        if exporter is None:
-            exporter = OTLPSpanExporter(endpoint=self.endpoint)
-        self._provider.add_span_processor(
-            BatchSpanProcessor(exporter, max_queue_size=MAX_QUEUE, schedule_delay_millis=1000)
-        )
-        self._tracer = self._provider.get_tracer("katar", __version__)
-        self._trace = trace
-        self._link = trace.Link
-        self._kinds = trace.SpanKind
-        self._propagator = TraceContextTextMapPropagator()
+        resource = _attribute("service.name", service_name, 0x0A)
+        resource += _attribute("service.version", __version__, 0x0A)
+        resource += _attribute("telemetry.sdk.name", "katar", 0x0A)
+        resource += _attribute("telemetry.sdk.language", "python", 0x0A)
+        scope = _field(0x0A, _field(0x0A, b"katar") + _field(0x12, __version__.encode()))
+        if export_every is None:
+            export_every = _schedule_delay()
+        self._exporter = _Exporter(self.endpoint, _field(0x0A, resource), scope, export_every)
         #: Stored trace contexts already parsed (_context), at most _CONTEXTS.
-        self._contexts: dict[bytes, Any] = {}
-        #: The contexts of the traced tasks delivered lately, by id: what their settle links to.
-        self._delivered: OrderedDict[int, bytes] = OrderedDict()
+        self._contexts: dict[bytes, _Context] = {}
+        #: Per (operation, operation name, queue, kind): a span's name, kind and attributes.
+        self._heads: dict[tuple[str, str, str, int], bytes] = {}
+        #: The contexts of the traced tasks delivered lately, by id: what their settle links
+        #: to when the store hands back no task for the ack.
+        self._delivered: dict[int, bytes | msgspec.Raw] = {}
 
     # -- what the fronts call ----------------------------------------------------------------
 
@@ -106,13 +247,22 @@ class Tracing:
         start_ns: int,
         traceparent: str | None = None,
         tracestate: str | None = None,
+        *,
+        name: str = "enqueue",
+        context: bytes | msgspec.Raw | None = None,
     ) -> None:
         """A ``send <queue>`` span (PRODUCER) for an enqueue that began at ``start_ns``:
-        under the request's context, else the first traced task's; linked to each task's."""
-        self._span(
-            "send", "enqueue", queue, [(t.id, t.trace) for t in tasks if not t.duplicate],
-            start_ns, traceparent, tracestate, self._kinds.PRODUCER,
-        )  # fmt: skip
+        under the request's context, else the first traced task's; linked to each task's.
+        ``name``: the operation's (``enqueue``; SQS: ``SendMessage``...). ``context``: the
+        request's, stored as a task's (Task.trace), instead of ``traceparent``."""
+        created = [t for t in tasks if not t.duplicate]
+        if created:
+            traces = [t.trace for t in created if t.trace is not None]
+            parent = self._parent(traceparent, tracestate, context)
+            self._span(
+                "send", name, queue, len(created), created[0].id, traces, start_ns, parent,
+                PRODUCER,
+            )  # fmt: skip
 
     def receive(
         self,
@@ -121,19 +271,24 @@ class Tracing:
         start_ns: int,
         traceparent: str | None = None,
         tracestate: str | None = None,
+        *,
+        name: str = "poll",
+        context: bytes | msgspec.Raw | None = None,
     ) -> None:
         """A ``receive <queue>`` span (CLIENT) for a poll that delivered ``tasks``; their
-        contexts are remembered for their settle."""
+        contexts are remembered for their settle. ``name``, ``context``: as :meth:`send`'s."""
+        if not tasks:
+            return
+        traced = [(t.id, t.trace) for t in tasks if t.trace is not None]
         remembered = self._delivered
-        for task in tasks:
-            if task.trace is not None:
-                remembered[task.id] = bytes(task.trace)
-                remembered.move_to_end(task.id)
-        while len(remembered) > REMEMBERED:
-            remembered.popitem(last=False)
+        remembered.update(traced)
+        if len(remembered) > REMEMBERED:  # the oldest first: a dict keeps its order
+            for task_id in list(itertools.islice(remembered, len(remembered) - REMEMBERED)):
+                del remembered[task_id]
+        parent = self._parent(traceparent, tracestate, context)
         self._span(
-            "receive", "poll", queue, [(t.id, t.trace) for t in tasks], start_ns,
-            traceparent, tracestate, self._kinds.CLIENT,
+            "receive", name, queue, len(tasks), tasks[0].id, [trace for _id, trace in traced],
+            start_ns, parent, CLIENT,
         )  # fmt: skip
 
     def settle(
@@ -143,56 +298,91 @@ class Tracing:
         start_ns: int,
         traceparent: str | None = None,
         tracestate: str | None = None,
+        tasks: Iterable[Task] = (),
+        *,
+        name: str | None = None,
+        context: bytes | msgspec.Raw | None = None,
     ) -> None:
-        """A ``settle <queue>`` span (CLIENT) for the acks (task id, status) of a poll that
-        end deliveries ("done", "failed"; a heartbeat settles nothing), linked to the tasks'
-        contexts this server delivered."""
-        settled: list[Message] = []
-        names: set[str] = set()
-        for task_id, status in acks:
-            if status == "in progress":
-                continue
-            names.add(status)
-            trace = self._delivered.pop(task_id, None)
-            settled.append((task_id, trace))
-        if settled:
-            name = names.pop() if len(names) == 1 else "ack"
-            self._span(
-                "settle", name, queue, settled, start_ns, traceparent, tracestate,
-                self._kinds.CLIENT,
-            )  # fmt: skip
+        """A ``settle <queue>`` span (CLIENT) for the acks (task id, status) that end
+        deliveries ("done", "failed"; "in progress", a heartbeat, settles nothing unless
+        ``name`` is given), linked to the tasks' contexts: those of ``tasks``, the acked
+        tasks as the store handed them back (from any server's delivery), else those this
+        server delivered. The operation's name is ``name`` (SQS: ``DeleteMessage``...),
+        else the acks' status ("ack" for several). ``context``: as :meth:`send`'s."""
+        remembered = self._delivered
+        if name is None:
+            ended = [(task_id, status) for task_id, status in acks if status != "in progress"]
+            if not ended:
+                return
+            statuses = {status for _id, status in ended}
+            name = statuses.pop() if len(statuses) == 1 else "ack"
+            ids = [task_id for task_id, _status in ended]
+            traces = [remembered.pop(task_id, None) for task_id in ids]
+        else:  # a heartbeat's delivery is still on: its settle is to come
+            ids = [task_id for task_id, _status in acks]
+            if not ids:
+                return
+            traces = [remembered.get(task_id) for task_id in ids]
+        stored = {task.id: task.trace for task in tasks}
+        if stored:
+            traces = [
+                stored.get(task_id, trace) for task_id, trace in zip(ids, traces, strict=True)
+            ]
+        parent = self._parent(traceparent, tracestate, context)
+        self._span(
+            "settle", name, queue, len(ids), ids[0], [t for t in traces if t is not None],
+            start_ns, parent, CLIENT,
+        )  # fmt: skip
 
     @contextmanager
     def process(self, queue: str, task: Task) -> Iterator[Span | None]:
         """A ``process <queue>`` span (CONSUMER) around a task's handling by the server (a
-        push to an endpoint), under the task's context; None for a task without one. An
-        exception records itself on the span and sets its status to error."""
+        push to an endpoint), under the task's context and linked to it; None for a task
+        without one. An exception records itself on the span, sets its status to error, and
+        goes on."""
         if task.trace is None:
             yield None
             return
-        parent = self._context(task.trace)
-        message = [(task.id, task.trace)]
-        with self._tracer.start_as_current_span(
-            f"process {queue}",
-            context=parent,
-            kind=self._kinds.CONSUMER,
-            attributes=self._attributes("process", "process", queue, message),
-            links=self._links(message),
-        ) as span:
+        context = self._context(task.trace)
+        span = Span(context)
+        start = time.time_ns()
+        try:
             yield span
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_error(f"{type(exc).__qualname__}: {exc}")
+            raise
+        finally:
+            if span.recording:
+                head = self._head("process", "process", queue, CONSUMER)
+                body = b"".join(
+                    (
+                        context.child, b"\x12\x08", span.span_id, head,
+                        _message_id(task.id), *span._attributes,
+                        _TIMES.pack(0x39, start, 0x41, time.time_ns()), context.link,
+                        *span._events, span._status, _SPAN_FLAGS,
+                    )
+                )  # fmt: skip
+                self._exporter.add(body)
 
-    def inject(self, span: Span | None) -> dict[str, str]:
+    @staticmethod
+    def inject(span: Span | None) -> dict[str, str]:
         """The ``traceparent`` and ``tracestate`` headers of ``span``'s context (a push's
         request carries them), or none."""
-        if span is None:
-            return {}
-        headers: dict[str, str] = {}
-        self._propagator.inject(headers, context=self._trace.set_span_in_context(span))
-        return headers
+        return {} if span is None else span.headers()
+
+    def flush(self, timeout: float = EXPORT_TIMEOUT) -> None:
+        """Export what is queued now (blocking: call it from a thread)."""
+        self._exporter.flush(timeout)
 
     def shutdown(self) -> None:
         """Export what is queued, then stop (blocking: call it from a thread)."""
-        self._provider.shutdown()
+        self._exporter.stop()
+
+    @property
+    def dropped(self) -> int:
+        """Spans dropped so far: the queue was full, or their export failed."""
+        return self._exporter.dropped
 
     # -- the spans ------------------------------------------------------------------------------
 
@@ -201,73 +391,223 @@ class Tracing:
         operation: str,
         name: str,
         queue: str,
-        tasks: Sequence[Message],
+        count: int,
+        first_id: int,
+        traces: Sequence[bytes | msgspec.Raw],
         start_ns: int,
-        traceparent: str | None,
-        tracestate: str | None,
-        kind: Any,
+        parent: _Context | None,
+        kind: int,
     ) -> None:
-        links = self._links(tasks)
-        parent: Any = None
-        if traceparent is not None:
-            carrier = {"traceparent": traceparent}
-            if tracestate is not None:
-                carrier["tracestate"] = tracestate
-            parent = self._propagator.extract(carrier)
-            if not self._trace.get_current_span(parent).get_span_context().is_valid:
-                parent = None
+        """A span of ``count`` tasks (the first's id ``first_id``), linked to the contexts
+        ``traces`` of those that have one: under ``parent``, else under the first of those."""
+        dropped = b""
+        if len(traces) > MAX_LINKS:
+            dropped = b"\x70" + _varint(len(traces) - MAX_LINKS)
+            traces = traces[:MAX_LINKS]
+        contexts = self._contexts
+        found = [contexts.get(bytes(trace)) or self._context(trace) for trace in traces]
         if parent is None:
-            first = next((trace for _id, trace in tasks if trace is not None), None)
-            if first is None:
+            if not found:
                 return  # nothing to put the span in
-            parent = self._context(first)
-        span = self._tracer.start_span(
-            f"{operation} {queue}",
-            context=parent,
-            kind=kind,
-            attributes=self._attributes(operation, name, queue, tasks),
-            links=links,
-            start_time=start_ns,
-        )
-        span.end(time.time_ns())
+            parent = found[0]
+        if not parent.sampled:
+            return  # its trace is not sampled: the span would not be exported
+        attribute = _message_id(first_id) if count == 1 else _batch_count(count)
+        self._exporter.add(
+            b"".join(
+                (
+                    parent.child, b"\x12\x08", _span_id(), self._head(operation, name, queue, kind),
+                    attribute, _TIMES.pack(0x39, start_ns, 0x41, time.time_ns()),
+                    *[context.link for context in found], dropped, _SPAN_FLAGS,
+                )
+            )
+        )  # fmt: skip
 
-    @staticmethod
-    def _attributes(
-        operation: str, name: str, queue: str, tasks: Sequence[Message]
-    ) -> dict[str, str | int]:
-        attributes: dict[str, str | int] = {
-            SYSTEM: "katar",
-            OPERATION_TYPE: operation,
-            OPERATION_NAME: name,
-            DESTINATION: queue,
-        }
-        if len(tasks) == 1:
-            attributes[MESSAGE_ID] = str(tasks[0][0])
-        else:
-            attributes[BATCH_COUNT] = len(tasks)
-        return attributes
+    def _parent(
+        self, traceparent: str | None, tracestate: str | None, context: bytes | msgspec.Raw | None
+    ) -> _Context | None:
+        """A request's own trace context: given as stored, or as its headers (ignored when
+        the traceparent is not W3C's)."""
+        if context is None and traceparent is not None:
+            context = trace_context(traceparent, tracestate)
+        return None if context is None else self._context(context)
 
-    def _context(self, trace: bytes | msgspec.Raw) -> Any:
-        """The OpenTelemetry context of a stored trace context (Task.trace): remembered for
-        the next spans of the same task or trace (a delivery's, its settle's), since a
-        delivery makes a link and often a parent of each."""
+    def _head(self, operation: str, name: str, queue: str, kind: int) -> bytes:
+        """A span's name (5), kind (6) and constant attributes (9), encoded once per
+        operation and queue."""
+        key = (operation, name, queue, kind)
+        head = self._heads.get(key)
+        if head is None:
+            head = _field(0x2A, f"{operation} {queue}".encode()) + b"\x30" + bytes((kind,))
+            head += _attribute(SYSTEM, "katar")
+            head += _attribute(OPERATION_TYPE, operation)
+            head += _attribute(OPERATION_NAME, name)
+            head += _attribute(DESTINATION, queue)
+            if len(self._heads) >= _CONTEXTS:
+                self._heads.clear()  # a bound, not a cache policy
+            self._heads[key] = head
+        return head
+
+    def _context(self, trace: bytes | msgspec.Raw) -> _Context:
+        """A stored trace context (Task.trace), parsed: kept for the next spans of the same
+        task or trace (a delivery's, its settle's), since a delivery makes a link and often
+        a parent of each."""
         key = bytes(trace)
         found = self._contexts.get(key)
         if found is None:
-            stored = _trace_decoder.decode(key)
-            carrier = {"traceparent": stored.traceparent}
-            if stored.tracestate is not None:
-                carrier["tracestate"] = stored.tracestate
-            found = self._propagator.extract(carrier)
+            found = _parse(_trace_decoder.decode(key))
             if len(self._contexts) >= _CONTEXTS:
                 self._contexts.clear()  # a bound, not a cache policy: the next ones refill it
             self._contexts[key] = found
         return found
 
-    def _links(self, tasks: Sequence[Message]) -> list[Link]:
-        links: list[Link] = []
-        for _id, trace in tasks:
-            if trace is not None:
-                context = self._trace.get_current_span(self._context(trace))
-                links.append(self._link(context.get_span_context()))
-        return links
+
+def _message_id(task_id: int) -> bytes:
+    """The ``messaging.message.id`` attribute of one task (its id, a string): every length
+    fits in one byte (an id has at most 20 digits)."""
+    value = b"%d" % task_id
+    n = len(value)
+    return (
+        bytes((0x4A, len(_MESSAGE_ID_KEY) + n + 4))
+        + _MESSAGE_ID_KEY
+        + bytes((0x12, n + 2, 0x0A, n))
+        + value
+    )
+
+
+def _batch_count(count: int) -> bytes:
+    """The ``messaging.batch.message_count`` attribute."""
+    value = b"\x18" + _varint(count)
+    return _field(0x4A, _BATCH_COUNT_KEY + b"\x12" + _varint(len(value)) + value)
+
+
+def _schedule_delay() -> float:
+    """OTEL_BSP_SCHEDULE_DELAY (ms) in seconds, else EXPORT_EVERY."""
+    given = os.environ.get("OTEL_BSP_SCHEDULE_DELAY", "").strip()
+    try:
+        delay = float(given) / 1000 if given else EXPORT_EVERY
+    except ValueError:
+        log.warning("OTEL_BSP_SCHEDULE_DELAY=%r is not a number of ms: ignored", given[:40])
+        return EXPORT_EVERY
+    return max(delay, 0.01)
+
+
+def _export_headers() -> dict[str, str]:
+    """The export requests' headers: the protobuf content type, and those the standard
+    variables give (``OTEL_EXPORTER_OTLP_TRACES_HEADERS``, else ``OTEL_EXPORTER_OTLP_HEADERS``:
+    ``name=value`` pairs, comma-separated, URL-encoded), a collector's credentials say."""
+    headers = {"Content-Type": "application/x-protobuf", "User-Agent": "katar"}
+    given = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+    if given is None:
+        given = os.environ.get("OTEL_EXPORTER_OTLP_HEADERS", "")
+    for pair in given.split(","):
+        name, sep, value = pair.partition("=")
+        if sep and name.strip():
+            headers[urllib.parse.unquote(name.strip())] = urllib.parse.unquote(value.strip())
+    return headers
+
+
+class _Exporter:
+    """The export thread: posts the queued spans to the collector in batches of at most
+    MAX_EXPORT, every ``every`` seconds or as soon as MAX_EXPORT are waiting."""
+
+    def __init__(self, url: str, resource: bytes, scope: bytes, every: float) -> None:
+        self.url = url
+        self._every = every
+        parts = urllib.parse.urlsplit(url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or "localhost"
+        self._port = parts.port
+        self._path = parts.path or "/"
+        if parts.query:
+            self._path += "?" + parts.query
+        self._headers = _export_headers()
+        self._resource = resource
+        self._scope = scope
+        #: deque.append and popleft are atomic: the event loop appends, the thread takes.
+        self._queue: deque[bytes] = deque()
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._stopping = False
+        self._connection: http.client.HTTPConnection | None = None
+        self._failing = False
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="katar-otlp", daemon=True)
+        self._thread.start()
+
+    def add(self, span: bytes) -> None:
+        queue = self._queue
+        if len(queue) >= MAX_QUEUE:
+            self.dropped += 1
+            return
+        queue.append(span)
+        if len(queue) == MAX_EXPORT:
+            self._wake.set()
+
+    def flush(self, timeout: float) -> None:
+        self._idle.clear()
+        self._wake.set()
+        self._idle.wait(timeout)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(EXPORT_TIMEOUT + 5)
+
+    def _run(self) -> None:
+        queue = self._queue
+        while True:
+            self._wake.wait(self._every)
+            self._wake.clear()
+            stopping = self._stopping
+            while queue:
+                n = min(len(queue), MAX_EXPORT)
+                spans = [queue.popleft() for _ in range(n)]
+                self._post(spans)
+            self._idle.set()
+            if stopping:
+                if self._connection is not None:
+                    self._connection.close()
+                return
+
+    def _post(self, spans: list[bytes]) -> None:
+        """One ExportTraceServiceRequest: one ResourceSpans of one ScopeSpans."""
+        framed = b"".join(_field(0x12, span) for span in spans)
+        body = _field(0x0A, self._resource + _field(0x12, self._scope + framed))
+        for attempt in range(3):
+            try:
+                status = self._send(body)
+            except (OSError, http.client.HTTPException) as exc:
+                if self._connection is not None:
+                    self._connection.close()
+                    self._connection = None
+                failure = f"{type(exc).__name__}: {exc}"
+            else:
+                if 200 <= status < 300:
+                    if self._failing:
+                        log.info("exporting spans to %s again", self.url)
+                        self._failing = False
+                    return
+                failure = f"answer {status}"
+                if status not in (429, 502, 503, 504):  # OTLP: only these are retried
+                    break
+            if attempt < 2 and not self._stopping:
+                time.sleep(0.5 * 2**attempt)
+        self.dropped += len(spans)
+        if not self._failing:  # once per run of failures, not once per batch
+            log.warning("could not export %d spans to %s (%s)", len(spans), self.url, failure)
+            self._failing = True
+
+    def _send(self, body: bytes) -> int:
+        connection = self._connection
+        if connection is None:
+            kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            connection = kind(self._host, self._port, timeout=EXPORT_TIMEOUT)
+            self._connection = connection
+        connection.request("POST", self._path, body, self._headers)
+        response = connection.getresponse()
+        response.read()
+        if response.will_close:
+            connection.close()
+            self._connection = None
+        return response.status

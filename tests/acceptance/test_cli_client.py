@@ -72,6 +72,24 @@ def test_enqueue_then_work(server: KatarProcess) -> None:
     assert results == sorted([49, *(n * n for n in range(20))])
 
 
+def test_enqueue_takes_a_trace_context(server: KatarProcess) -> None:
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    one = katar(
+        server, "enqueue", "--queue", "jobs", "--traceparent", traceparent,
+        "--tracestate", "rojo=1", '{"n": 1}',
+    )  # fmt: skip
+    out, err = one.communicate(timeout=30)
+    assert one.returncode == 0, err
+    with Producer(server.url) as producer:
+        record = producer.get("jobs", out.strip())
+    assert record.trace is not None
+    assert (record.trace.traceparent, record.trace.tracestate) == (traceparent, "rojo=1")
+    bad = katar(server, "enqueue", "--queue", "jobs", "--traceparent", "00-nope", "1")
+    _, err = bad.communicate(timeout=30)
+    assert bad.returncode != 0
+    assert "not a W3C traceparent" in err
+
+
 def test_a_second_signal_stops_the_worker_at_once(server: KatarProcess) -> None:
     katar(server, "enqueue", "--queue", "jobs", '{"n": 1}').communicate(timeout=30)
     worker = katar(server, "worker", "--queue", "jobs", "jobs:forever")

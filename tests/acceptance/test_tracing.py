@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.acceptance.conftest import KatarProcess, run_katar, wait_until
-from tests.helpers.otlp import receiving
+from tests.helpers.otlp import attributes, receiving
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -96,9 +96,16 @@ def test_a_served_push_runs_in_a_process_span_whose_context_it_carries(
                 ).raise_for_status()
                 wait_until(lambda: len(hooks.headers) >= 1, 20)
             assert server.terminate() == 0  # the spans still queued are exported on the way out
-            wait_until(lambda: any(s.name == "process hooks" for s, _r in receiver.spans), 10)
-        (process,) = [span for span, _r in receiver.spans if span.name == "process hooks"]
-        assert process.trace_id.hex() == PARENT[3:35]
+            wait_until(lambda: any(s.name == "settle hooks" for s, _r in receiver.spans), 10)
+        # the tree: the enqueue, the claim, the push, its outcome; all in the producer's trace
+        by_name = {span.name: span for span, _r in receiver.spans}
+        assert sorted(by_name) == ["process hooks", "receive hooks", "send hooks", "settle hooks"]
+        assert len(receiver.spans) == 4
+        for span in by_name.values():
+            assert span.trace_id.hex() == PARENT[3:35]
+            assert span.parent_span_id.hex() == PARENT[36:52]
+        assert attributes(by_name["settle hooks"])["messaging.operation.name"] == "done"
+        process = by_name["process hooks"]
         assert process.parent_span_id.hex() == PARENT[36:52]
         (headers,) = hooks.headers
         assert headers["traceparent"] == f"00-{PARENT[3:35]}-{process.span_id.hex()}-01"

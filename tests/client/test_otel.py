@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from katar import Katar
+from katar import Katar, _context
 from katar.client import AsyncProducer, AsyncWorker, Job, Producer, _otel
 from katar.http import App
 from katar.tracing import Tracing
@@ -54,7 +54,7 @@ def receiver() -> Iterator[Receiver]:
 async def test_one_trace_from_the_producer_through_the_server_to_the_handler(
     katar: Katar, receiver: Receiver, spans: InMemorySpanExporter
 ) -> None:
-    tracing = Tracing(receiver.url)
+    tracing = Tracing(receiver.url, export_every=0.2)
     transport = httpx.ASGITransport(app=App(katar.engine, tracing=tracing))
     seen: list[tuple[Any, Any]] = []
 
@@ -152,6 +152,7 @@ def test_the_blocking_producer_injects_the_context(
 
 def test_without_opentelemetry_nothing_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_otel, "installed", lambda: False)
+    monkeypatch.setattr(_context, "installed", lambda: False)
     with trace.get_tracer("app").start_as_current_span("request"):
         assert _otel.context_headers() == {}
         with _otel.processing("q", "1", None) as span:

@@ -5,7 +5,6 @@ loads no OpenTelemetry module at all."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +17,7 @@ from katar import Katar
 from katar.errors import ConfigError
 from katar.http import App
 from katar.server import WorkerServer
-from katar.tracing import Tracing, otlp_traces_url
+from katar.tracing import MAX_LINKS, Tracing, otlp_traces_url
 from tests.helpers.otlp import Receiver, attributes, receiving, wait_for_spans
 from tests.http.conftest import app_client, opened
 
@@ -35,7 +34,7 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 async def traced(katar: Katar, receiver: Receiver, via: str) -> AsyncIterator[httpx.AsyncClient]:
-    tracing = Tracing(receiver.url)
+    tracing = Tracing(receiver.url, export_every=0.2)
     async with opened(katar):
         app = App(katar.engine, tracing=tracing)
         async with app_client(app, via) as client:
@@ -89,6 +88,44 @@ async def test_enqueue_receive_settle_share_the_producers_trace(
         ]
 
 
+async def test_an_ack_to_another_server_settles_in_the_tasks_trace(
+    katar: Katar, receiver: Receiver, via: str
+) -> None:
+    """Two servers on one store: one delivers, the other takes the ack (no traceparent of
+    its own); the settle span finds the task's context in the task's row."""
+    delivering, settling = (
+        Tracing(receiver.url, export_every=0.2),
+        Tracing(receiver.url, export_every=0.2),
+    )
+    async with opened(katar):
+        katar.engine.trace_settles = True  # as katar serve sets it on a shared store
+        async with (
+            app_client(App(katar.engine, tracing=delivering), via) as first,
+            app_client(App(katar.engine, tracing=settling), via) as second,
+        ):
+            body = {"tasks": [{"data": 1}, {"data": 2}]}
+            created = await first.post(
+                "/v1/queue/q/tasks", json=body, headers={"traceparent": PARENT}
+            )
+            ids = [task["_id"] for task in created.json()["tasks"]]
+            delivered = (await first.post("/v1/queue/q", json={"max": 2})).json()["tasks"]
+            acks = [
+                {"_id": delivered[0]["_id"], "status": "done"},
+                {"_id": delivered[1]["_id"], "status": "failed", "error": "no"},
+            ]
+            answer = await second.post("/v1/queue/q", json={"tasks": acks, "max": 0})
+            assert answer.status_code == 204
+    delivering.shutdown()
+    settling.shutdown()
+    await wait_for_spans(receiver, names=3)
+    (settle,) = [span for span, _resource in receiver.spans if span.name == "settle q"]
+    assert settle.trace_id.hex() == TRACE_ID
+    assert settle.parent_span_id.hex() == PRODUCER_SPAN
+    assert attributes(settle)["messaging.operation.name"] == "ack"  # done and failed
+    assert attributes(settle)["messaging.batch.message_count"] == len(ids)
+    assert [link.span_id.hex() for link in settle.links] == [PRODUCER_SPAN] * len(ids)
+
+
 async def test_a_batch_span_counts_its_tasks(traced: httpx.AsyncClient, receiver: Receiver) -> None:
     other = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     body = {"tasks": [{"data": 1}, {"data": 2, "trace": {"traceparent": other}}]}
@@ -103,6 +140,22 @@ async def test_a_batch_span_counts_its_tasks(traced: httpx.AsyncClient, receiver
     assert {link.trace_id.hex() for link in receive.links} == {TRACE_ID, other[3:35]}
 
 
+async def test_a_batch_span_links_at_most_max_links_tasks(
+    traced: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    count = MAX_LINKS + 8
+    await traced.put("/v1/queue/q", json={"max_batch": count})
+    body = {"tasks": [{"data": n} for n in range(count)]}
+    await traced.post("/v1/queue/q/tasks", json=body, headers={"traceparent": PARENT})
+    assert len((await traced.post("/v1/queue/q", json={"max": count})).json()["tasks"]) == count
+    await wait_for_spans(receiver, names=2)
+    spans = {span.name: span for span, _resource in receiver.spans}
+    for span in (spans["send q"], spans["receive q"]):
+        assert attributes(span)["messaging.batch.message_count"] == count
+        assert len(span.links) == MAX_LINKS
+        assert span.dropped_links_count == 8
+
+
 async def test_an_unsampled_parent_exports_nothing(
     traced: httpx.AsyncClient, receiver: Receiver
 ) -> None:
@@ -114,7 +167,10 @@ async def test_an_unsampled_parent_exports_nothing(
 
 
 @pytest.mark.storeless
-def test_a_server_without_an_endpoint_imports_no_opentelemetry() -> None:
+@pytest.mark.parametrize("endpoint", [False, True])
+def test_a_server_imports_no_opentelemetry(endpoint: bool) -> None:
+    """Neither a server without an endpoint nor one that exports spans: the spans are
+    encoded and exported by katar.tracing alone."""
     code = """
 import asyncio, sys
 import httpx
@@ -123,11 +179,13 @@ from katar.cli import main
 from katar.http import App
 from katar.server import WorkerServer
 from katar.client import Producer, Worker
+from katar.tracing import Tracing
 
 async def run():
     katar = Katar("memory://")
     await katar.open()
-    app = App(katar.engine)
+    tracing = Tracing(sys.argv[1]) if len(sys.argv) > 1 else None
+    app = App(katar.engine, tracing=tracing)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://katar") as client:
         assert (await client.put("/v1/queue/q", json={})).status_code in (200, 201)
@@ -137,6 +195,8 @@ async def run():
         r = await client.post("/v1/queue/q", json={"max": 1})
         assert r.json()["tasks"][0]["trace"], r.text
     await katar.close()
+    if tracing is not None:
+        tracing.shutdown()
 
 WorkerServer(katar=Katar("memory://"))
 asyncio.run(run())
@@ -144,21 +204,20 @@ loaded = sorted(m for m in sys.modules if m.split(".")[0] == "opentelemetry")
 assert not loaded, loaded
 print("ok")
 """
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
+    with receiving() as receiver:
+        argv = [sys.executable, "-c", code, *([receiver.url] if endpoint else [])]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+    # with an endpoint, the enqueue's and the poll's spans were exported on the way out
+    names = sorted(span.name for span, _resource in receiver.spans)
+    assert names == (["receive q", "send q"] if endpoint else [])
 
 
 @pytest.mark.storeless
-def test_an_endpoint_is_checked_when_the_server_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_endpoint_is_checked_when_the_server_is_made() -> None:
     with pytest.raises(ConfigError, match="http:// or https://"):
         WorkerServer(katar=Katar("memory://"), otlp_endpoint="collector:4318")
-    # without katar[otel], the error says what to install
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
-    with pytest.raises(ConfigError, match=r"pip install 'katar\[otel\]'"):
-        WorkerServer(katar=Katar("memory://"), otlp_endpoint="http://localhost:4318")
 
 
 @pytest.mark.storeless

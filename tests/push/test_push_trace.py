@@ -68,7 +68,7 @@ async def traced_dispatcher(
 ) -> AsyncIterator[Dispatcher]:
     """The dispatcher with the server's spans, as katar serve sets them before any push
     queue's pusher starts."""
-    tracing = Tracing(collector.url)
+    tracing = Tracing(collector.url, export_every=0.2)
     dispatcher.tracing = tracing
     yield dispatcher
     dispatcher.tracing = None
@@ -88,10 +88,20 @@ async def test_a_traced_push_runs_in_a_process_span_of_the_tasks_trace(
     assert task.attempts == 2
     # ASYNC110: the collector's thread appends the spans; it cannot set an asyncio event.
     async with asyncio.timeout(20):  # the batch processor exports every second
-        while len(collector.spans) < 2:  # noqa: ASYNC110
+        while len(collector.spans) < 6:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-    spans = [span for span, _resource in collector.spans]
-    assert [span.name for span in spans] == ["process hooks", "process hooks"]
+    # each delivery: its claim (receive), its push (process), its outcome (settle)
+    names = sorted(span.name for span, _resource in collector.spans)
+    assert names == ["process hooks"] * 2 + ["receive hooks"] * 2 + ["settle hooks"] * 2
+    settles = [span for span, _resource in collector.spans if span.name == "settle hooks"]
+    assert [attributes(span)["messaging.operation.name"] for span in settles] == [
+        "failed",
+        "done",
+    ]
+    for span, _resource in collector.spans:
+        assert span.trace_id.hex() == TRACE_ID
+        assert [link.span_id.hex() for link in span.links] == [PARENT_SPAN]
+    spans = [span for span, _resource in collector.spans if span.name == "process hooks"]
     for span, received in zip(spans, receiver.received, strict=True):
         assert span.kind == Span.SPAN_KIND_CONSUMER
         assert span.trace_id.hex() == TRACE_ID

@@ -211,3 +211,36 @@ async def test_a_declared_queue_that_replaces_stored_options_says_so(
         "queue emails: the configuration file's [queues.emails] replaces its stored options: "
         "configuration {'interval': 1000} -> {}, persistent True -> False"
     )
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+async def test_an_enqueue_carries_the_trace_context_given_or_current(
+    make_url: Callable[[], str],
+) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    async with Katar(make_url()) as katar:
+        queue = await katar.put_queue("q")
+        given = await queue.enqueue(1, traceparent=TRACEPARENT, tracestate="rojo=1")
+        assert msgspec.json.decode(given.trace or b"") == {
+            "traceparent": TRACEPARENT,
+            "tracestate": "rojo=1",
+        }
+        assert (await queue.get(given.id)).trace == given.trace  # stored
+        assert (await queue.enqueue(2)).trace is None  # no context: none
+        # the current OpenTelemetry span's, when none is given
+        tracer = TracerProvider().get_tracer("app")
+        with tracer.start_as_current_span("request") as span:
+            (current,) = await queue.enqueue_many([3])
+        context = span.get_span_context()
+        traceparent = msgspec.json.decode(current.trace or b"")["traceparent"]
+        assert traceparent[:-2] == f"00-{context.trace_id:032x}-{context.span_id:016x}-"
+        assert int(traceparent[-2:], 16) & 1  # sampled
+        assert trace.get_current_span() is not span
+        with pytest.raises(ValidationError, match="not a W3C traceparent"):
+            await queue.enqueue(4, traceparent="00-nope")
+        with pytest.raises(ValidationError, match="tracestate needs a traceparent"):
+            await queue.enqueue(4, tracestate="rojo=1")

@@ -30,6 +30,8 @@ from katar.client._base import backoff, check, is_transient, record, records, tr
 from katar.errors import KatarError, TransportError, ValidationError
 from katar.protocol import (
     IDEMPOTENCY_KEY_HEADER,
+    TRACEPARENT_HEADER,
+    TRACESTATE_HEADER,
     BulkDone,
     EnqueueOptions,
     MoveJobRecord,
@@ -203,6 +205,21 @@ def _retry_in(exc: KatarError, attempt: int, retries: int) -> float | None:
     return backoff(attempt, cap=_RETRY_CAP)
 
 
+def _trace_headers(options: EnqueueOptions) -> dict[str, str]:
+    """The enqueue's trace context headers: the ``traceparent`` (and ``tracestate``) given,
+    else the current OpenTelemetry context (where it is installed)."""
+    traceparent = options.get("traceparent")
+    if traceparent is None:
+        if options.get("tracestate") is not None:
+            raise ValidationError("tracestate needs a traceparent")
+        return _otel.context_headers()
+    headers = {TRACEPARENT_HEADER: traceparent}
+    tracestate = options.get("tracestate")
+    if tracestate is not None:
+        headers[TRACESTATE_HEADER] = tracestate
+    return headers
+
+
 def enqueue_many(
     queue: str,
     items: Iterable[Any],
@@ -219,7 +236,7 @@ def enqueue_many(
     key = options.get("idempotency_key") or str(uuid.uuid4())
     # The caller's trace context, where OpenTelemetry is installed (katar.client._otel):
     # taken now, when the call starts in the caller's context.
-    headers = {IDEMPOTENCY_KEY_HEADER: key, **_otel.context_headers()}
+    headers = {IDEMPOTENCY_KEY_HEADER: key, **_trace_headers(options)}
     request = Request("POST", f"/v1/queue/{queue}/tasks", body, headers=headers)
     attempt = 0
     while True:

@@ -4,45 +4,23 @@ enqueues; the worker runs each handler in a ``process <queue>`` span (CONSUMER) 
 task's context, linked to it.
 
 Without OpenTelemetry, :func:`installed` is False (a look at the installed packages, once,
-that imports nothing) and neither function does anything more.
+that imports nothing) and neither function does anything more (katar._context: the
+current context, shared with the embedded API).
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
+from katar._context import context_headers, installed
 from katar.protocol import TRACEPARENT_HEADER, TRACESTATE_HEADER, TraceContext
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-#: The headers of the W3C trace context, the only ones the producer passes on.
-_HEADERS: Final = (TRACEPARENT_HEADER, TRACESTATE_HEADER)
-
-
-@functools.cache
-def installed() -> bool:
-    """Whether the OpenTelemetry API is installed (looked for, not imported)."""
-    return importlib.util.find_spec("opentelemetry") is not None and (
-        importlib.util.find_spec("opentelemetry.trace") is not None
-    )
-
-
-def context_headers() -> dict[str, str]:
-    """The current trace context as ``traceparent`` and ``tracestate`` headers (through the
-    global propagator, as the application configured it); none without OpenTelemetry or
-    outside a recording span."""
-    if not installed():
-        return {}
-    from opentelemetry import propagate
-
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return {name: carrier[name] for name in _HEADERS if name in carrier}
+__all__ = ["context_headers", "in_span", "installed", "processing"]
 
 
 @contextmanager

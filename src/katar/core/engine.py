@@ -177,6 +177,11 @@ class Engine:
         #: Called after a change that kept events in the outbox (the sender looks).
         self.outbox_written: Callable[[], None] | None = None
         self._kept_events = False  # events kept since the last change applied
+        #: Set by a server that exports spans on a store other servers share: a settle
+        #: span needs the acked task's trace context, which the task's row holds and which
+        #: the server that delivered it may not be this one. The stores then hand back the
+        #: rows of tasks finished "done" (see watching), which they do not otherwise.
+        self.trace_settles = False
         self._emit = self._events.emit
         store.attach(self)
         #: Called with a queue's new options before they are saved, by the fronts that
@@ -618,6 +623,7 @@ class Engine:
         worker: str | None = None,
         gone: asyncio.Future[Any] | None = None,
         cancel: list[int] | None = None,
+        settled: list[Task] | None = None,
     ) -> list[Task]:
         """Apply a worker's acks, then deliver up to ``limit`` tasks (capped by max_batch).
 
@@ -627,7 +633,10 @@ class Engine:
         a future that completes when the client disconnects: the long poll then ends without
         claiming anything. ``cancel``, when given, receives the ids of the tasks that the
         worker must stop: those whose heartbeat in ``acks`` found them cancelled by an
-        operator (a poll that has some answers at once, without waiting).
+        operator (a poll that has some answers at once, without waiting). ``settled``, when
+        given, receives the tasks the acks changed as the store handed them back (their
+        new versions; a task finished "done" only when someone watches, see
+        :meth:`watching`): a settle span's trace contexts.
         """
         options = self.options(queue)
         limit = min(limit, options.max_batch)
@@ -647,6 +656,8 @@ class Engine:
             self._heard(acks, now)
         if result.changes:
             self._apply(result.changes)
+            if settled is not None:
+                settled.extend(change.task for change in result.changes)
         if result.held is not None:
             self.counters.limited(queue, result.held)
         if acks and options.limited:
@@ -1118,9 +1129,11 @@ class Engine:
 
     def watching(self) -> bool:
         """Whether anyone needs the final version of a task finished "done" (Observer):
-        a listener for "done" events, or a wait for a task's outcome."""
+        a listener for "done" events, a wait for a task's outcome, a notifier, or a settle
+        span (trace_settles)."""
         return (
             bool(self._outcomes.waiting)
             or self._events.watching_done()
             or self.notifier is not None
+            or self.trace_settles
         )

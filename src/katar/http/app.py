@@ -442,16 +442,17 @@ class App:
         queue = request.queue
         traceparent, tracestate = _trace_headers(request)
         start = time.time_ns()
+        rows: list[Task] = []  # the acked tasks the store hands back: their contexts
         if wait <= 0:
-            tasks = await self.engine.poll(queue, acks, limit, wait, worker, None, cancel)
+            tasks = await self.engine.poll(queue, acks, limit, wait, worker, None, cancel, rows)
         else:
             with self._long_poll(request):
                 tasks = await self.engine.poll(
-                    queue, acks, limit, wait, worker, request.hang_up(), cancel
+                    queue, acks, limit, wait, worker, request.hang_up(), cancel, rows
                 )
         if acks:
             settled = [(_ack_id(ack.task_id), ack.status) for ack in acks]
-            tracing.settle(queue, settled, start, traceparent, tracestate)
+            tracing.settle(queue, settled, start, traceparent, tracestate, rows)
         if tasks:
             tracing.receive(queue, tasks, start, traceparent, tracestate)
         return self._delivered(tasks, request.token, cancel)

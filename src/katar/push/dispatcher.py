@@ -218,6 +218,7 @@ class QueuePusher:
             gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._gones.add(gone)
             self._reserved += room
+            start = time.time_ns()
             try:
                 tasks = await engine.poll(self.queue, acks, room, CLAIM_WAIT_S, "katar-push", gone)
             except QueueNotFound:
@@ -230,6 +231,8 @@ class QueuePusher:
             finally:
                 self._reserved -= room
                 self._gones.discard(gone)
+            if self.tracing is not None and tasks:  # the claim: a receive span
+                self.tracing.receive(self.queue, tasks, start, name="claim")
             for task in tasks:
                 job = asyncio.create_task(self._deliver(task))
                 self.in_flight.add(job)
@@ -268,6 +271,9 @@ class QueuePusher:
 
     async def _deliver(self, task: Task) -> None:
         outcome = await self._traced_push(task)
+        if self.tracing is not None:  # the push's outcome settles the delivery
+            ack = outcome.ack
+            self.tracing.settle(self.queue, [(task.id, ack.status)], time.time_ns(), tasks=[task])
         answer = outcome.answer
         self.engine.counters.pushed(self.queue, answer)
         if answer.outcome == "done":
@@ -339,9 +345,7 @@ class QueuePusher:
                 if answer.status is not None:
                     span.set_attribute("http.response.status_code", answer.status)
                 if answer.outcome != "done":
-                    from opentelemetry.trace import Status, StatusCode  # tracing: installed
-
-                    span.set_status(Status(StatusCode.ERROR, answer.error))
+                    span.set_error(answer.error)
             return outcome
 
     async def _push(self, task: Task, trace: dict[str, str]) -> Outcome:

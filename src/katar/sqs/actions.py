@@ -19,9 +19,10 @@ import contextlib
 import hashlib
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from urllib.parse import quote, unquote, urlsplit
 
 import msgspec
@@ -45,6 +46,9 @@ from katar.sqs.digest import (
 )
 from katar.sqs.errors import SqsError, invalid, no_queue
 from katar.sqs.handles import Handles
+
+if TYPE_CHECKING:
+    from katar.tracing import Tracing
 
 #: A queue's name as SQS allows it: 1 to 80 letters, digits, "-" and "_" (".fifo" after,
 #: for a FIFO queue).
@@ -260,6 +264,8 @@ class Actions:
         self.account = account
         self.limits = limits
         self.long_polls = 0
+        #: The server's spans (katar.tracing), or None: set by katar serve when it exports.
+        self.tracing: Tracing | None = None
 
     # -- queues ------------------------------------------------------------------------------
 
@@ -689,7 +695,10 @@ class Actions:
     async def send_message(self, params: Params, caller: Caller) -> dict[str, Any]:
         name, options = await self.queue_of(params, caller)
         task, digests = self._new_task(params, options, request_trace=caller.trace)
+        start = time.time_ns()
         created = await self.engine.enqueue(name, [task])
+        if self.tracing is not None:
+            self.tracing.send(name, created, start, name="SendMessage", context=caller.trace)
         return {**digests, **_sent(created[0], options)}
 
     async def send_message_batch(self, params: Params, caller: Caller) -> dict[str, Any]:
@@ -716,7 +725,12 @@ class Actions:
             accepted.append((entry["Id"], task, digests))
         successful = []
         if accepted:
+            start = time.time_ns()
             created = await self.engine.enqueue(name, [task for _, task, _ in accepted])
+            if self.tracing is not None:
+                self.tracing.send(
+                    name, created, start, name="SendMessageBatch", context=caller.trace
+                )
             for (entry_id, _, digests), made in zip(accepted, created, strict=True):
                 successful.append({"Id": entry_id, **digests, **_sent(made, options)})
         return {"Successful": successful, "Failed": failed}
@@ -746,11 +760,13 @@ class Actions:
                     "retry in a moment",
                 )
             self.long_polls += 1
+            start = time.time_ns()
             try:
                 tasks = await self.engine.poll(name, (), limit, wait, None, caller.hang_up())
             finally:
                 self.long_polls -= 1
         else:
+            start = time.time_ns()
             tasks = await self.engine.poll(name, (), limit)
         if visibility is not None and any(
             rules.lease_ms(task, options) != visibility * 1000 for task in tasks
@@ -768,6 +784,8 @@ class Actions:
             await self.engine.poll(name, acks, 0)
         if not tasks:
             return {}
+        if self.tracing is not None:
+            self.tracing.receive(name, tasks, start, name="ReceiveMessage", context=caller.trace)
         fifo = _is_fifo(options)
         every = "All" in wanted
         messages = []
@@ -821,18 +839,26 @@ class Actions:
     async def delete_message(self, params: Params, caller: Caller) -> dict[str, Any]:
         name, _ = await self.queue_of(params, caller)
         receipt = self.handles.read(name, params.get("ReceiptHandle"))
-        await self._done(name, [receipt])
+        await self._done(name, [receipt], "DeleteMessage", caller)
         return {}
 
-    async def _done(self, name: str, receipts: list[Any]) -> None:
+    async def _done(self, name: str, receipts: list[Any], action: str, caller: Caller) -> None:
         """Finish the deliveries the handles name; a stale one changes nothing."""
         acks = [Ack(task_id=r.task_id, status="done", attempt=r.attempt) for r in receipts]
+        start = time.time_ns()
+        # The tasks as the store hands them back: their settle span's contexts.
+        rows: list[Task] | None = None if self.tracing is None else []
         try:
-            await self.engine.poll(name, acks, 0)
+            await self.engine.poll(name, acks, 0, settled=rows)
         except NotFound:  # a task gone (deleted, purged): nothing to do, as SQS answers
             for ack in acks:
                 with contextlib.suppress(NotFound):
-                    await self.engine.poll(name, [ack], 0)
+                    await self.engine.poll(name, [ack], 0, settled=rows)
+        if self.tracing is not None:
+            settled = [(receipt.task_id, "done") for receipt in receipts]
+            self.tracing.settle(
+                name, settled, start, None, None, rows or (), name=action, context=caller.trace
+            )
 
     async def delete_message_batch(self, params: Params, caller: Caller) -> dict[str, Any]:
         name, _ = await self.queue_of(params, caller)
@@ -848,11 +874,13 @@ class Actions:
             except SqsError as exc:
                 failed.append(_failure(entry["Id"], exc))
         if receipts:
-            await self._done(name, receipts)
+            await self._done(name, receipts, "DeleteMessageBatch", caller)
             successful = [{"Id": entry_id} for entry_id in ids]
         return {"Successful": successful, "Failed": failed}
 
-    async def _change_visibility(self, name: str, entry: Params) -> None:
+    async def _change_visibility(
+        self, name: str, entry: Params, action: str, caller: Caller
+    ) -> None:
         receipt = self.handles.read(name, entry.get("ReceiptHandle"))
         value = entry.get("VisibilityTimeout")
         if value is None:
@@ -881,11 +909,17 @@ class Actions:
             attempt=receipt.attempt,
             lease=visibility * 1000,
         )
+        start = time.time_ns()
         await self.engine.poll(name, [ack], 0)
+        if self.tracing is not None:  # the task read above holds its context
+            settled = [(task.id, ack.status)]
+            self.tracing.settle(
+                name, settled, start, None, None, [task], name=action, context=caller.trace
+            )
 
     async def change_message_visibility(self, params: Params, caller: Caller) -> dict[str, Any]:
         name, _ = await self.queue_of(params, caller)
-        await self._change_visibility(name, params)
+        await self._change_visibility(name, params, "ChangeMessageVisibility", caller)
         return {}
 
     async def change_message_visibility_batch(
@@ -896,7 +930,7 @@ class Actions:
         failed: list[dict[str, Any]] = []
         for entry in _entries(params):
             try:
-                await self._change_visibility(name, entry)
+                await self._change_visibility(name, entry, "ChangeMessageVisibilityBatch", caller)
             except SqsError as exc:
                 failed.append(_failure(entry["Id"], exc))
             else:
