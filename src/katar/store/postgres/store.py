@@ -677,7 +677,7 @@ class PostgresStore(Store):
         await self._deps.settle(conn, old, new, new.updated_at, also)
         if new.queue is not old.queue:  # moved (rules.moved: never the same object)
             await self._move(conn, old, new)
-            (view,) = await self._deps.views(conn, [new])
+            view = (await self._deps.views(conn, [new]))[0] if new.parents else new
             return Change(view, old.state, old.queue)
         if rules.discard(new, options):
             await conn.execute(self._sql.delete, (new.id,))
@@ -701,7 +701,10 @@ class PostgresStore(Store):
         values = move_values(task, 0, place, full)[1:]
         sql = self._sql.move_full if full else self._sql.move
         for _attempt in range(3):
-            row = await (await conn.execute(sql, (task.queue, *values))).fetchone()
+            cursor = await conn.execute(sql, (task.queue, *values))
+            if cursor.rowcount > 0 and known is not None:
+                return  # the queue's id known: its row not built (a move costs a retry)
+            row = await cursor.fetchone()
             if row is not None:
                 self._queue_ids[task.queue] = row[0]
                 self._queue_names[row[0]] = task.queue
@@ -910,12 +913,14 @@ class PostgresStore(Store):
             candidates = [(task_id, key) for task_id, key, _full_at in rows]
             if rates is not None:
                 known.update((k, at) for _id, k, at in rows if k is not None and at is not None)
-            met = rules.unseen_keys(candidates, per_key) if extra else []
+            # key_concurrency: the tasks in progress of the keys met (key_rate alone has
+            # its buckets with the candidates).
+            counts = options.key_concurrency is not None
+            met = rules.unseen_keys(candidates, per_key) if counts else []
             if met:
                 per_key.update(dict.fromkeys(met, 0))
-                if options.key_concurrency is not None:
-                    cursor = await conn.execute(sql.running_of_keys, (queue_id, met))
-                    per_key.update(await cursor.fetchall())
+                cursor = await conn.execute(sql.running_of_keys, (queue_id, met))
+                per_key.update(await cursor.fetchall())
             ids = rules.pick_by_key(
                 candidates, want, per_key, options.key_concurrency, taken, rates
             )
