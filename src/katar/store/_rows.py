@@ -233,7 +233,8 @@ _MOVED: Final = (READY_STATE, None, None, None)
 def move_sql(table: str, param: str, full: bool, queue_id: str | None = None) -> str:
     """The UPDATE that moves a task's row to another queue (parameters: move_values), with
     LEFT_BEHIND_COLUMNS when ``full``. ``queue_id``: an expression for the new queue's id
-    instead of a parameter (then move_values' first is left out)."""
+    instead of a parameter (the statement then puts move_values' first elsewhere: the
+    PostgreSQL store's finds the queue by the name given there)."""
     names = MOVE_COLUMNS + (f", {LEFT_BEHIND_COLUMNS}" if full else "")
     sets = [f"{column.strip()}={param}" for column in names.split(",")]
     if queue_id is not None:
@@ -241,13 +242,14 @@ def move_sql(table: str, param: str, full: bool, queue_id: str | None = None) ->
     return f"UPDATE {table} SET {', '.join(sets)}, {MOVE_CONSTANTS} WHERE {table}.id={param}"
 
 
-def move_values(task: Task, queue_id: int, fair_seq: int | None, full: bool) -> tuple[Any, ...]:
-    """The parameters of move_sql for ``task`` as it is in its new queue ``queue_id``, at
-    ``fair_seq`` when that queue is fair."""
+def move_values(task: Task, queue: int | str, fair_seq: int | None, full: bool) -> tuple[Any, ...]:
+    """The parameters of move_sql for ``task`` as it is in its new queue: ``queue`` its id
+    (or, for a statement that finds the queue by its name, the name), at ``fair_seq`` when
+    that queue is fair."""
     # What MOVE_CONSTANTS writes, as rules.moved makes every moved task.
     assert (task.state, task.run_at, task.lease_until, task.started_at) == _MOVED
     values: tuple[Any, ...] = (
-        queue_id,
+        queue,
         fair_seq,
         task.attempt_base,
         task.error,

@@ -116,12 +116,11 @@ class Queries:
 def _move(s: str, full: bool) -> str:
     """A task moved to another queue (a dead letter, a redrive), named: the queue's row is
     locked (FOR SHARE) so that no server deletes it meanwhile; no row moves when there is no
-    such queue (the store creates it, and moves again)."""
+    such queue (the store creates it, and moves again). It returns nothing (its row count
+    says whether it moved): a result's columns cost the driver their loaders, each time."""
     update = move_sql(f"{s}.tasks", "%s", full, queue_id="q.id")
     update = update.replace(" WHERE ", " FROM q WHERE ", 1)
-    return (
-        f"WITH q AS (SELECT id FROM {s}.queues WHERE name = %s FOR SHARE) {update} RETURNING q.id"
-    )
+    return f"WITH q AS (SELECT id FROM {s}.queues WHERE name = %s FOR SHARE) {update}"
 
 
 def _rated(candidates: str, s: str) -> str:

@@ -698,16 +698,17 @@ class PostgresStore(Store):
         if known is not None and known in self._fair:
             (place,) = await self._fair_places(conn, known, [task])
         full = rules.leaves_behind(old)
-        values = move_values(task, 0, place, full)[1:]
+        values = move_values(task, task.queue, place, full)  # the queue by its name
         sql = self._sql.move_full if full else self._sql.move
         for _attempt in range(3):
-            cursor = await conn.execute(sql, (task.queue, *values))
-            if cursor.rowcount > 0 and known is not None:
-                return  # the queue's id known: its row not built (a move costs a retry)
-            row = await cursor.fetchone()
-            if row is not None:
-                self._queue_ids[task.queue] = row[0]
-                self._queue_names[row[0]] = task.queue
+            cursor = await conn.execute(sql, values)
+            if cursor.rowcount > 0:
+                if known is None:  # its id, for what this server does next in that queue
+                    found = await conn.execute(self._sql.queue_id, (task.queue,))
+                    row = await found.fetchone()
+                    if row is not None:
+                        self._queue_ids[task.queue] = row[0]
+                        self._queue_names[row[0]] = task.queue
                 return
             cursor = await conn.execute(self._sql.create_queue, (task.queue, _DEFAULT_OPTIONS))
             if await cursor.fetchone() is not None:
