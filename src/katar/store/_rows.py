@@ -248,26 +248,30 @@ def move_values(task: Task, queue: int | str, fair_seq: int | None, full: bool) 
     that queue is fair."""
     # What MOVE_CONSTANTS writes, as rules.moved makes every moved task.
     assert (task.state, task.run_at, task.lease_until, task.started_at) == _MOVED
-    values: tuple[Any, ...] = (
-        queue,
-        fair_seq,
-        task.attempt_base,
-        task.error,
-        task.updated_at,
-        None if task.history is None else bytes(task.history),
-        encode_dead_letter(task.dead_letter),
-    )
-    if full:
-        values += (
-            task.cancel_requested,
-            None if task.progress is None else bytes(task.progress),
-            task.max_attempts,
-            task.expires_at,
-            task.unique_key,
-            task.unique_until,
-            task.debounce_key,
+    history = None if task.history is None else bytes(task.history)
+    record = encode_dead_letter(task.dead_letter)
+    if not full:  # most moves: one tuple built
+        return (
+            queue,
+            fair_seq,
+            task.attempt_base,
+            task.error,
+            task.updated_at,
+            history,
+            record,
+            task.id,
         )
-    return (*values, task.id)
+    return (
+        *(queue, fair_seq, task.attempt_base, task.error, task.updated_at, history, record),
+        task.cancel_requested,
+        None if task.progress is None else bytes(task.progress),
+        task.max_attempts,
+        task.expires_at,
+        task.unique_key,
+        task.unique_until,
+        task.debounce_key,
+        task.id,
+    )
 
 
 class Dialect(NamedTuple):

@@ -700,8 +700,10 @@ class PostgresStore(Store):
         full = rules.leaves_behind(old)
         values = move_values(task, task.queue, place, full)  # the queue by its name
         sql = self._sql.move_full if full else self._sql.move
+        cursor = await conn.execute(sql, values)
+        if known is not None and cursor.rowcount > 0:
+            return  # the common case, kept short: a move costs no more than a retry
         for _attempt in range(3):
-            cursor = await conn.execute(sql, values)
             if cursor.rowcount > 0:
                 if known is None:  # its id, for what this server does next in that queue
                     found = await conn.execute(self._sql.queue_id, (task.queue,))
@@ -715,6 +717,7 @@ class PostgresStore(Store):
                 await self._notify(conn, f"q:{task.queue}")
             # Else another server made it a moment ago: this statement's snapshot may not
             # see it yet, the move's next statement does.
+            cursor = await conn.execute(sql, values)
         raise StoreError(f"could not move task {task.id} to queue {task.queue!r}")
 
     async def redrive(
