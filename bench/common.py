@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -124,10 +125,33 @@ def postgres_schema() -> Iterator[str]:
 
     schema = f"katar_bench_{uuid.uuid4().hex[:10]}"
     try:
-        yield f"{POSTGRES_URL}?schema={schema}&pool_size=20"
+        # Its connections named after it, so that postgres_cpu finds their backends.
+        yield f"{POSTGRES_URL}?schema={schema}&pool_size=20&application_name={schema}"
     finally:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def postgres_cpu(url: str) -> float:
+    """The CPU seconds that PostgreSQL's backends serving ``url``'s connections (those
+    named by its ``application_name``, as postgres_schema's are) have spent so far: the
+    run time the kernel counts for each (/proc/PID/schedstat, in ns), read on this
+    machine, so PostgreSQL must run here. A backend gone (its connection closed) no longer
+    counts: read it while the store is open."""
+    from urllib.parse import parse_qs, urlsplit
+
+    import psycopg
+
+    name = parse_qs(urlsplit(url).query)["application_name"][0]
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (name,)
+        ).fetchall()
+    spent = 0
+    for (pid,) in rows:
+        with contextlib.suppress(OSError):  # a backend that has just ended
+            spent += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    return spent / 1e9
 
 
 @contextmanager

@@ -7,8 +7,9 @@ moves far less than a wall-clock rate.
 
     python -m bench.key_rate [--store memory|sqlite|postgres] [--repeats R]
 
-On PostgreSQL the server's own CPU is not counted: the wall-clock rate is printed too.
-docs/benchmarks.md keeps the figures.
+On PostgreSQL, the rate per CPU-second of PostgreSQL's backends that served the drain is
+printed too (bench.common.postgres_cpu: PostgreSQL must run on this machine), and the
+wall-clock rate. docs/benchmarks.md keeps the figures.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 
 import msgspec
 
-from bench.common import fresh_store
+from bench.common import fresh_store, postgres_cpu
 from katar.core.model import Ack, NewTask, QueueOptions, parse_queue_options
 from katar.store import open_store
 
@@ -35,8 +36,12 @@ VARIANTS: dict[str, QueueOptions] = {
 }
 
 
-async def drain(url: str, options: QueueOptions, tasks: int, polls: int = 8) -> tuple[float, float]:
-    """Tasks per CPU-second and per wall-clock second of the drain."""
+async def drain(
+    url: str, options: QueueOptions, tasks: int, polls: int = 8
+) -> tuple[float, float, float | None]:
+    """Tasks per CPU-second of this process, per wall-clock second, and on PostgreSQL per
+    CPU-second of its backends, of the drain."""
+    postgres = url.startswith("postgresql")
     store = open_store(url)
     await store.open()
     try:
@@ -47,6 +52,7 @@ async def drain(url: str, options: QueueOptions, tasks: int, polls: int = 8) -> 
             await store.enqueue("q", specs[start : start + 1000], T0)
         acks: list[list[Ack]] = [[] for _ in range(polls)]
         drained = step = 0
+        server = postgres_cpu(url) if postgres else 0.0
         cpu, wall = time.process_time(), time.perf_counter()
         while drained < tasks or any(acks):
             step += 1
@@ -56,7 +62,9 @@ async def drain(url: str, options: QueueOptions, tasks: int, polls: int = 8) -> 
             for i, result in enumerate(results):
                 acks[i] = [Ack(task_id=str(t.id), status="done") for t in result.delivered]
                 drained += len(result.delivered)
-        return tasks / (time.process_time() - cpu), tasks / (time.perf_counter() - wall)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        served = tasks / (postgres_cpu(url) - server) if postgres else None
+        return tasks / cpu, tasks / wall, served
     finally:
         await store.close()
 
@@ -69,20 +77,30 @@ def main() -> None:
     args = parser.parse_args()
     cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
     wall: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    server: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for _ in range(args.repeats):  # alternating, so that a noisy moment hits both
         for name, options in VARIANTS.items():
             sqlite = f"sqlite:///{tempfile.mkdtemp(prefix='katar-bench-')}/katar.db"
             with fresh_store(args.store, sqlite) as url:
-                by_cpu, by_wall = asyncio.run(drain(url, options, args.tasks))
+                by_cpu, by_wall, by_server = asyncio.run(drain(url, options, args.tasks))
             cpu[name].append(by_cpu)
             wall[name].append(by_wall)
-    base_cpu, base_wall = (statistics.median(runs[next(iter(VARIANTS))]) for runs in (cpu, wall))
+            if by_server is not None:
+                server[name].append(by_server)
+    columns = {"tasks per CPU-second": cpu}
+    if args.store == "postgres":
+        columns["tasks per CPU-second of PostgreSQL"] = server
+    columns["tasks/s (wall)"] = wall
     print(f"store {args.store}, {args.tasks} tasks, median of {args.repeats}")
-    print("| variant | tasks per CPU-second | vs none | tasks/s (wall) | vs none |")
-    print("|---|---|---|---|---|")
+    print("| variant | " + " | ".join(f"{column} | vs none" for column in columns) + " |")
+    print("|---|" + "---|---|" * len(columns))
+    first = next(iter(VARIANTS))
     for name in VARIANTS:
-        c, w = statistics.median(cpu[name]), statistics.median(wall[name])
-        print(f"| {name} | {c:,.0f} | {c / base_cpu:.2f} | {w:,.0f} | {w / base_wall:.2f} |")
+        cells = []
+        for runs in columns.values():
+            median, base = statistics.median(runs[name]), statistics.median(runs[first])
+            cells.append(f"{median:,.0f} | {median / base:.2f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

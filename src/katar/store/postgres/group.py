@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from katar.core import rules
 from katar.core.model import RUNNING, Ack, QueueOptions, Task, parse_task_id
@@ -42,10 +42,25 @@ if TYPE_CHECKING:
     PollAlone = Callable[
         [str, QueueOptions, Sequence[Ack], int, str | None, int], Awaitable[PollResult]
     ]
+    #: The store's claim of a limited queue for several polls: connection, queue, its id,
+    #: options, each poll's (limit, worker), now; each poll's share.
+    ClaimLimited = Callable[
+        [Connection, str, int, QueueOptions, Sequence[tuple[int, str | None]], int],
+        Awaitable[list["Share"]],
+    ]
 
 #: Groups of one queue running at once: one gathers while another commits. More would split
 #: the polls into smaller groups (more commits) without more work done in parallel.
 GROUPS_IN_FLIGHT: Final = 2
+
+
+class Share(NamedTuple):
+    """A poll's share of a claim made for several: its tasks, and, when it got less than
+    it asked, what it learns (PollResult.retry_at and held)."""
+
+    delivered: list[Task]
+    retry_at: int | None = None
+    held: str | None = None
 
 
 def plain_dones(acks: Sequence[Ack]) -> list[int] | None:
@@ -172,6 +187,7 @@ class GroupCommit:
         db: Connections,
         deps: Dependencies,
         poll_alone: PollAlone,
+        claim_limited: ClaimLimited,
         notify_ready: Callable[[Connection, Iterable[Task]], Awaitable[None]],
         watching: Callable[[], bool],
         lease_start: Callable[[int], int],
@@ -181,6 +197,7 @@ class GroupCommit:
         self._db = db
         self._deps = deps
         self._poll_alone = poll_alone
+        self._claim_limited = claim_limited
         self._notify_ready = notify_ready
         #: Whether anybody watches the tasks' changes (Store.watch).
         self._watching = watching
@@ -302,6 +319,7 @@ class GroupCommit:
         finished: dict[int, Change | None] = {}
         released: list[Change] = []  # the children that the "done"s release
         taken: list[tuple[int, Task]] = []
+        shares: list[Share] = []  # a limited queue's: each poll's
         async with self._db.transaction() as conn:
             if done.acks:
                 watching = self._watching()
@@ -318,18 +336,28 @@ class GroupCommit:
                 # Leases start now: not when the polls arrived, before the waits for the
                 # connection and the locks (Store.lease_start).
                 now = self._lease_start(now)
-                taken = await claim(conn, self._sql, queue, queue_id, options, workers, now)
+                if options.custom_claim:
+                    asks = [(one.limit, one.worker) for one in group]
+                    shares = await self._claim_limited(conn, queue, queue_id, options, asks, now)
+                    slot = 0
+                    for one, share in zip(group, shares, strict=True):
+                        taken += enumerate(share.delivered, slot)
+                        slot += one.limit
+                else:
+                    taken = await claim(conn, self._sql, queue, queue_id, options, workers, now)
                 tasks = [task for _slot, task in taken]
                 tasks = await self._deps.views(conn, tasks)
                 taken = [(slot, task) for (slot, _t), task in zip(taken, tasks, strict=True)]
             await self._notify_ready(conn, (change.task for change in released))
         first = 0  # each poll's slots: its share of the claim, in the group's order
         by_slot = dict(taken)
-        for one in group:
+        for index, one in enumerate(group):
             delivered = [by_slot[s] for s in range(first, first + one.limit) if s in by_slot]
             first += one.limit
             changes = [change for i in one.ids if (change := finished.get(i)) is not None]
             changes += released  # the engine applies them once: they go with the first poll
             released = []
+            share = shares[index] if shares else Share(delivered)
+            result = PollResult(delivered, changes, share.retry_at, (), share.held)
             if not one.answer.done():
-                one.answer.set_result(PollResult(delivered, changes))
+                one.answer.set_result(result)

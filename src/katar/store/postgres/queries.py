@@ -70,19 +70,21 @@ class Queries:
     candidates: str
     candidates_fair: str
     candidates_unplaced: str
+    candidates_rated: str
+    candidates_fair_rated: str
+    candidates_unplaced_rated: str
     fair_front: str
     fair_lasts: str
     fair_last: str
     insert_fair: str
     place_waiting: str
     take: str
+    take_rated: str
     bulk_delete: str
     bulk_cancel: str
     bulk_retry: str
     prune: str
     save_bucket: str
-    key_buckets: str
-    save_key_buckets: str
     key_buckets_empty: str
     next_ids: str
     options_digest: str
@@ -117,12 +119,21 @@ class Queries:
 def _move(s: str, full: bool) -> str:
     """A task moved to another queue (a dead letter, a redrive), named: the queue's row is
     locked (FOR SHARE) so that no server deletes it meanwhile; no row moves when there is no
-    such queue (the store creates it, and moves again)."""
+    such queue (the store creates it, and moves again). It returns nothing (its row count
+    says whether it moved): a result's columns cost the driver their loaders, each time."""
     update = move_sql(f"{s}.tasks", "%s", full, queue_id="q.id")
     update = update.replace(" WHERE ", " FROM q WHERE ", 1)
-    return (
-        f"WITH q AS (SELECT id FROM {s}.queues WHERE name = %s FOR SHARE) {update} RETURNING q.id"
+    return f"WITH q AS (SELECT id FROM {s}.queues WHERE name = %s FOR SHARE) {update}"
+
+
+def _rated(candidates: str, s: str) -> str:
+    """A claim's candidates with, on each, its key's key_rate bucket (its full_at), if
+    kept: read by the primary key of key_buckets, for the rows the claim returns."""
+    bucket = (
+        f"(SELECT b.full_at FROM {s}.key_buckets AS b"
+        f" WHERE b.queue_id = {s}.tasks.queue_id AND b.key = {s}.tasks.key)"
     )
+    return candidates.replace("SELECT id, key FROM", f"SELECT id, key, {bucket} FROM", 1)
 
 
 def queries(s: str) -> Queries:
@@ -142,6 +153,38 @@ def queries(s: str) -> Queries:
         f" {s}.deps AS d WHERE d.{{this}} = %s AND d.{{other}} > %s AND (SELECT c.queue_id"
         f" FROM {s}.tasks AS c WHERE c.id = d.{{other}}){{queues}} ORDER BY d.{{other}}"
         " LIMIT %s)) ORDER BY id"
+    )
+    # Each passes over the tasks whose expiry has come (rules.expired), and the keys
+    # at their limit by a hashed subplan (NOT IN): "<> ALL(array)" compares each row
+    # with every key, as slow as rows times keys.
+    candidates = (
+        f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = {READY} AND"
+        f" {_NOT_EXPIRED} AND"
+        " (key IS NULL OR key NOT IN (SELECT unnest(%s::text[])))"
+        " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED"
+    )
+    candidates_fair = (
+        f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = {READY} AND"
+        f" {_NOT_EXPIRED} AND"
+        " fair_seq IS NOT NULL AND (key IS NULL OR key NOT IN (SELECT unnest(%s::text[])))"
+        " ORDER BY priority DESC, fair_seq, id LIMIT %s FOR UPDATE SKIP LOCKED"
+    )
+    # Tasks without a place (enqueued as the queue was made fair) come after.
+    candidates_unplaced = (
+        f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = {READY} AND"
+        f" {_NOT_EXPIRED} AND"
+        " fair_seq IS NULL AND (key IS NULL OR key NOT IN (SELECT unnest(%s::text[])))"
+        " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED"
+    )
+    # A limited claim's candidates (rules.pick_by_key) leased, each to its poll's worker.
+    # The tasks are read by the primary key ("id = ANY(ARRAY(...))", as the "done"s): joined
+    # to the pairs alone, the planner hashed a scan of the whole table (20 ms at 20,000).
+    pairs = "w AS (SELECT * FROM unnest(%s::bigint[], %s::text[]) AS w(id, worker))"
+    lease = (
+        f"UPDATE {s}.tasks AS t SET state = {RUNNING}, attempts = t.attempts + 1,"
+        " worker = w.worker, lease_until = %s + coalesce(t.timeout, %s), run_at = NULL,"
+        " progress = NULL, updated_at = %s, started_at = %s FROM w"
+        f" WHERE t.id = ANY(ARRAY(SELECT id FROM w)) AND t.id = w.id RETURNING {T_COLUMNS}"
     )
     anywhere = " IS NOT NULL"
     within = f" = ANY(ARRAY(SELECT id FROM {s}.queues WHERE name = ANY(%s)))"
@@ -259,28 +302,14 @@ def queries(s: str) -> Queries:
             f"SELECT count(*) FROM (SELECT 1 FROM {s}.tasks WHERE queue_id = %s AND"
             f" state = {RUNNING} AND key IS NOT NULL GROUP BY key HAVING count(*) >= %s) AS k"
         ),
-        # Each passes over the tasks whose expiry has come (rules.expired), and the keys
-        # at their limit by a hashed subplan (NOT IN): "<> ALL(array)" compares each row
-        # with every key, as slow as rows times keys.
-        candidates=(
-            f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = {READY} AND"
-            f" {_NOT_EXPIRED} AND"
-            " (key IS NULL OR key NOT IN (SELECT unnest(%s::text[])))"
-            " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED"
-        ),
-        candidates_fair=(
-            f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = {READY} AND"
-            f" {_NOT_EXPIRED} AND"
-            " fair_seq IS NOT NULL AND (key IS NULL OR key NOT IN (SELECT unnest(%s::text[])))"
-            " ORDER BY priority DESC, fair_seq, id LIMIT %s FOR UPDATE SKIP LOCKED"
-        ),
-        # Tasks without a place (enqueued as the queue was made fair) come after.
-        candidates_unplaced=(
-            f"SELECT id, key FROM {s}.tasks WHERE queue_id = %s AND state = {READY} AND"
-            f" {_NOT_EXPIRED} AND"
-            " fair_seq IS NULL AND (key IS NULL OR key NOT IN (SELECT unnest(%s::text[])))"
-            " ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED"
-        ),
+        candidates=candidates,
+        candidates_fair=candidates_fair,
+        candidates_unplaced=candidates_unplaced,
+        # key_rate's: each with its key's bucket, if kept (rules.KeyRates), read under the
+        # queue's lock by the primary key of key_buckets.
+        candidates_rated=_rated(candidates, s),
+        candidates_fair_rated=_rated(candidates_fair, s),
+        candidates_unplaced_rated=_rated(candidates_unplaced, s),
         fair_front=(
             f"SELECT fair_seq FROM {s}.tasks WHERE queue_id = %s AND state = {READY} AND"
             " fair_seq IS NOT NULL ORDER BY priority DESC, fair_seq, id LIMIT 1"
@@ -307,10 +336,17 @@ def queries(s: str) -> Queries:
             " AND fair_seq IS NULL)"
             " AS r WHERE t.id = r.id"
         ),
-        take=(
-            f"UPDATE {s}.tasks SET state={RUNNING}, attempts=attempts+1, worker=%s,"
-            f" lease_until=%s + coalesce(timeout, %s), run_at=NULL, progress=NULL,"
-            f" updated_at=%s, started_at=%s WHERE id = ANY(%s) RETURNING {COLUMNS}"
+        take=f"WITH {pairs} {lease}",
+        # The same, with key_rate's buckets (rules.KeyRates) under the queue's lock: those
+        # the claim spent written, and those full again dropped (a full bucket is no row),
+        # but for the keys just written: one statement.
+        take_rated=(
+            f"WITH {pairs}, took AS ({lease}), pruned AS (DELETE FROM {s}.key_buckets"
+            " WHERE queue_id = %s AND full_at <= %s AND key NOT IN (SELECT unnest(%s::text[]))),"
+            f" saved AS (INSERT INTO {s}.key_buckets (queue_id, key, full_at)"
+            " SELECT %s, * FROM unnest(%s::text[], %s::float8[])"
+            " ON CONFLICT (queue_id, key) DO UPDATE SET full_at = excluded.full_at)"
+            " SELECT * FROM took"
         ),
         # A bulk action's step in SQL (Store.bulk): what rules.bulk_change does. A retry
         # moves the task's last delivery into its history (rules.archive: the old row's
@@ -336,20 +372,6 @@ def queries(s: str) -> Queries:
             " OR unique_until <= %s) ORDER BY id LIMIT %s) RETURNING id, parents"
         ),
         save_bucket=(f"UPDATE {s}.queues SET bucket_tokens = %s, bucket_at = %s WHERE id = %s"),
-        # key_rate's buckets (rules.KeyRates), under the queue's lock: those of the keys a
-        # claim meets; then those it spent written, and those full again dropped (a full
-        # bucket is no row), but for the keys just written.
-        key_buckets=(
-            f"SELECT key, full_at FROM {s}.key_buckets WHERE queue_id = %s"
-            " AND key = ANY(%s::text[])"
-        ),
-        save_key_buckets=(
-            f"WITH pruned AS (DELETE FROM {s}.key_buckets WHERE queue_id = %s AND full_at <= %s"
-            " AND key NOT IN (SELECT unnest(%s::text[])))"
-            f" INSERT INTO {s}.key_buckets (queue_id, key, full_at)"
-            " SELECT %s, * FROM unnest(%s::text[], %s::float8[])"
-            " ON CONFLICT (queue_id, key) DO UPDATE SET full_at = excluded.full_at"
-        ),
         # The keys whose bucket holds no whole token at %s (GET /v1/queues): full_at later
         # than now + (limit - 1) x period / limit.
         key_buckets_empty=(

@@ -69,7 +69,7 @@ from katar.store._rows import COLUMNS, Dialect, move_values, update_values, view
 from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
 from katar.store.postgres.connection import OPTIONS_CHECK, Connections, Listener
 from katar.store.postgres.deps import Dependencies, Edge
-from katar.store.postgres.group import Done, GroupCommit, claim, plain_dones
+from katar.store.postgres.group import Done, GroupCommit, Share, claim, plain_dones
 from katar.store.postgres.literals import byteas, ints, texts
 from katar.store.postgres.queries import Queries, queries
 from katar.store.postgres.schema import migrate
@@ -162,6 +162,7 @@ class PostgresStore(Store):
             self._db,
             self._deps,
             self._poll_alone,
+            self._claim_limited,
             self._notify_ready,
             self._watching,
             self.lease_start,
@@ -695,7 +696,7 @@ class PostgresStore(Store):
         await self._deps.settle(conn, old, new, new.updated_at, also)
         if new.queue is not old.queue:  # moved (rules.moved: never the same object)
             await self._move(conn, old, new)
-            (view,) = await self._deps.views(conn, [new])
+            view = (await self._deps.views(conn, [new]))[0] if new.parents else new
             return Change(view, old.state, old.queue)
         if rules.discard(new, options):
             await conn.execute(self._sql.delete, (new.id,))
@@ -716,19 +717,26 @@ class PostgresStore(Store):
         if known is not None and known in self._fair:
             (place,) = await self._fair_places(conn, known, [task])
         full = rules.leaves_behind(old)
-        values = move_values(task, 0, place, full)[1:]
+        values = move_values(task, task.queue, place, full)  # the queue by its name
         sql = self._sql.move_full if full else self._sql.move
+        cursor = await conn.execute(sql, values)
+        if known is not None and cursor.rowcount > 0:
+            return  # the common case, kept short: a move costs no more than a retry
         for _attempt in range(3):
-            row = await (await conn.execute(sql, (task.queue, *values))).fetchone()
-            if row is not None:
-                self._queue_ids[task.queue] = row[0]
-                self._queue_names[row[0]] = task.queue
+            if cursor.rowcount > 0:
+                if known is None:  # its id, for what this server does next in that queue
+                    found = await conn.execute(self._sql.queue_id, (task.queue,))
+                    row = await found.fetchone()
+                    if row is not None:
+                        self._queue_ids[task.queue] = row[0]
+                        self._queue_names[row[0]] = task.queue
                 return
             cursor = await conn.execute(self._sql.create_queue, (task.queue, _DEFAULT_OPTIONS))
             if await cursor.fetchone() is not None:
                 await self._notify(conn, f"q:{task.queue}")
             # Else another server made it a moment ago: this statement's snapshot may not
             # see it yet, the move's next statement does.
+            cursor = await conn.execute(sql, values)
         raise StoreError(f"could not move task {task.id} to queue {task.queue!r}")
 
     async def redrive(
@@ -799,8 +807,10 @@ class PostgresStore(Store):
         now: int,
     ) -> PollResult:
         queue_id = await self._queue_id(queue)
-        if not options.custom_claim and (ids := plain_dones(acks)) is not None:
-            # The hot path: with the polls that arrive with it (katar.store.postgres.group).
+        grouped = not options.custom_claim or options.key_rate is not None
+        if grouped and (ids := plain_dones(acks)) is not None:
+            # The hot path: with the polls that arrive with it (katar.store.postgres.group);
+            # a key_rate queue's too, whose claim serves the group's polls at once.
             return await self._group.poll(queue, queue_id, options, acks, ids, limit, worker, now)
         return await self._poll_alone(queue, options, acks, limit, worker, now)
 
@@ -872,9 +882,9 @@ class PostgresStore(Store):
             delivered: list[Task] = []
             now = self.lease_start(now)  # after the waits for the connection and the locks
             if limit > 0 and options.custom_claim:
-                delivered, retry_at, held = await self._claim_limited(
-                    conn, queue, queue_id, options, limit, worker, now
-                )
+                asks = [(limit, worker)]
+                (share,) = await self._claim_limited(conn, queue, queue_id, options, asks, now)
+                delivered, retry_at, held = share
             elif limit > 0:
                 workers = [worker] * limit
                 taken = await claim(conn, self._sql, queue, queue_id, options, workers, now)
@@ -891,10 +901,13 @@ class PostgresStore(Store):
         queue: str,
         queue_id: int,
         options: QueueOptions,
-        limit: int,
-        worker: str | None,
+        asks: Sequence[tuple[int, str | None]],
         now: int,
-    ) -> tuple[list[Task], int | None, str | None]:
+    ) -> list[Share]:
+        """The claim of a limited or fair queue (QueueOptions.custom_claim) for polls that
+        share a transaction, each (limit, worker) in ``asks``: one count and one selection
+        for them all, served in their order, so that the limits hold inside a group as
+        between groups. Per poll, its tasks and what it learns (PollResult.retry_at, held)."""
         sql = self._sql
         stored = None
         if options.limited:  # a fair queue alone has nothing to count
@@ -908,19 +921,22 @@ class PostgresStore(Store):
         if options.concurrency is not None:
             row = await (await conn.execute(sql.running, (queue_id,))).fetchone()
             running = row[0] if row else 0
-        plan = rules.ClaimPlan(options, limit, running, bucket)
+        asked = sum(limit for limit, _worker in asks)
+        plan = rules.ClaimPlan(options, asked, running, bucket)
         allowed = plan.allowed
+        # Each slot's worker: the polls' in their order (the claim's n-th task is the n-th).
+        workers = [worker for limit, worker in asks for _ in range(limit)][:allowed]
         per_key: dict[str, int] = {}  # in progress, for the keys met so far
         taken: dict[str, int] = {}
-        lease = (now, options.timeout)  # rules.lease_ms: the task's own timeout, else this
+        lease = (now, options.timeout, now, now)  # rules.lease_ms: the task's own, else this
         delivered: list[Task] = []
         by_key = options.key_concurrency is not None or options.key_rate is not None
         if allowed > 0 and not by_key and queue_id not in self._fair:
             # Nothing to pick by key: the plain claim, cut to what the limits allow.
-            claimed = await claim(conn, sql, queue, queue_id, options, [worker] * allowed, now)
+            claimed = await claim(conn, sql, queue, queue_id, options, workers, now)
             delivered = [task for _slot, task in claimed]
             allowed = 0
-        # key_rate: the buckets of the keys met, read as they are met (the queue's lock,
+        # key_rate: the buckets of the keys met, read with the candidates (the queue's lock,
         # held, keeps every other server's claim of the queue out until this one commits).
         known: dict[str, float] = {}
         rates = None if options.key_rate is None else rules.KeyRates(options.key_rate, now, known)
@@ -933,36 +949,42 @@ class PostgresStore(Store):
             # More than wanted: some may belong to keys at their limit, or that fill up on
             # the way (the next look passes over those keys, and looks further).
             chunk = want + extra
-            candidates = await self._candidates(conn, queue_id, blocked, chunk, now)
-            met = rules.unseen_keys(candidates, per_key) if extra else []
+            rows = await self._candidates(conn, queue_id, blocked, chunk, now, rates is not None)
+            candidates = [(task_id, key) for task_id, key, _full_at in rows]
+            if rates is not None:
+                known.update((k, at) for _id, k, at in rows if k is not None and at is not None)
+            # key_concurrency: the tasks in progress of the keys met (key_rate alone has
+            # its buckets with the candidates).
+            counts = options.key_concurrency is not None
+            met = rules.unseen_keys(candidates, per_key) if counts else []
             if met:
                 per_key.update(dict.fromkeys(met, 0))
-                if options.key_concurrency is not None:
-                    cursor = await conn.execute(sql.running_of_keys, (queue_id, met))
-                    per_key.update(await cursor.fetchall())
-                if rates is not None:
-                    cursor = await conn.execute(sql.key_buckets, (queue_id, met))
-                    known.update(await cursor.fetchall())
+                cursor = await conn.execute(sql.running_of_keys, (queue_id, met))
+                per_key.update(await cursor.fetchall())
             ids = rules.pick_by_key(
                 candidates, want, per_key, options.key_concurrency, taken, rates
             )
+            last = len(delivered) + len(ids) >= allowed or len(rows) < chunk
+            slots = workers[len(delivered) : len(delivered) + len(ids)]
+            if last and rates is not None and rates.taken:
+                # The last take writes the buckets spent and drops those full again, in
+                # the same statement.
+                kept = rates.spent()
+                keys = list(kept)
+                save = (queue_id, now, keys, queue_id, keys, list(kept.values()))
+                cursor = await conn.execute(sql.take_rated, (ids, slots, *lease, *save))
+            elif ids:
+                cursor = await conn.execute(sql.take, (ids, slots, *lease))
             if ids:
-                cursor = await conn.execute(sql.take, (worker, *lease, now, now, ids))
                 took = {row[0]: row for row in await cursor.fetchall()}
                 delivered += [task_from_row(took[i], queue) for i in ids]  # the claim order
-            if len(candidates) < chunk:
+            if last:
                 break  # no more ready tasks that a free key could take
             extra *= 2
         spent = plan.settle(len(delivered))
         if spent is not None:
             await conn.execute(sql.save_bucket, (spent.tokens, spent.at, queue_id))
-        if rates is not None and rates.taken:
-            kept = rates.spent()
-            keys = list(kept)
-            save = (queue_id, now, keys, queue_id, keys, list(kept.values()))
-            await conn.execute(sql.save_key_buckets, save)
-        retry_at = rules.claim_retry_at(plan, limit, len(delivered), now, rates)
-        return delivered, retry_at, rules.claim_held(plan, len(delivered), rates)
+        return _shares(plan, asks, delivered, now, rates)
 
     async def _candidates(
         self,
@@ -971,18 +993,24 @@ class PostgresStore(Store):
         blocked: list[str],
         chunk: int,
         now: int,
-    ) -> list[tuple[int, str | None]]:
+        rated: bool,
+    ) -> list[tuple[int, str | None, float | None]]:
+        """Ready tasks (id, key, and with ``rated`` the full_at of the key's bucket, if
+        kept) in claim order, up to ``chunk``, passing over the ``blocked`` keys."""
+        sql = self._sql
         fair = queue_id in self._fair
-        cursor = await conn.execute(
-            self._sql.candidates_fair if fair else self._sql.candidates,
-            (queue_id, now, blocked, chunk),
-        )
-        rows = [(task_id, key) for task_id, key in await cursor.fetchall()]
+        if fair:
+            statement = sql.candidates_fair_rated if rated else sql.candidates_fair
+        else:
+            statement = sql.candidates_rated if rated else sql.candidates
+        cursor = await conn.execute(statement, (queue_id, now, blocked, chunk))
+        rows: list[tuple[int, str | None, float | None]] = [
+            (row[0], row[1], row[2] if rated else None) for row in await cursor.fetchall()
+        ]
         if fair and len(rows) < chunk:
-            cursor = await conn.execute(
-                self._sql.candidates_unplaced, (queue_id, now, blocked, chunk - len(rows))
-            )
-            rows += [(task_id, key) for task_id, key in await cursor.fetchall()]
+            statement = sql.candidates_unplaced_rated if rated else sql.candidates_unplaced
+            cursor = await conn.execute(statement, (queue_id, now, blocked, chunk - len(rows)))
+            rows += [(row[0], row[1], row[2] if rated else None) for row in await cursor.fetchall()]
         return rows
 
     async def limit_state(self, queue: str, options: QueueOptions, now: int) -> LimitState:
@@ -1521,6 +1549,31 @@ class PostgresStore(Store):
                 f"UPDATE {s}.schedules SET last_task = %s WHERE name = %s", (created.id, name)
             )
         return Fired(True, msgspec.structs.replace(created, schedule=name, scheduled_for=tick))
+
+
+def _shares(
+    plan: rules.ClaimPlan,
+    asks: Sequence[tuple[int, str | None]],
+    delivered: list[Task],
+    now: int,
+    rates: rules.KeyRates | None,
+) -> list[Share]:
+    """Each poll's share of a claim made for several (limit, worker) ``asks``, in their
+    order: a poll that got less than it asked learns, from the claim as a whole, when to
+    look again and what held it back (rules.claim_retry_at, claim_held)."""
+    asked = sum(limit for limit, _worker in asks)
+    got = len(delivered)
+    shares: list[Share] = []
+    start = 0
+    for limit, _worker in asks:
+        mine = delivered[start : start + limit]
+        start += len(mine)
+        if len(mine) < limit:
+            retry_at = rules.claim_retry_at(plan, asked, got, now, rates)
+            shares.append(Share(mine, retry_at, rules.claim_held(plan, got, rates)))
+        else:
+            shares.append(Share(mine))
+    return shares
 
 
 def _bulk_statement(sql: Queries, action: str) -> str:
