@@ -311,3 +311,77 @@ def test_fifo_queues(server: KatarProcess) -> None:
     with pytest.raises(botocore.exceptions.ClientError) as standard:
         sqs.send_message(QueueUrl=plain, MessageBody="x", MessageDeduplicationId="d")
     assert code(standard.value) == "InvalidParameterValue"
+
+
+def test_attributes_native_and_sqs(server: KatarProcess) -> None:
+    """A task enqueued natively is received over SQS with its body and attributes; a message
+    sent over SQS with attributes shows them in its native record, listings and poll."""
+    sqs = client(server.url)
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        http.put("/v1/queue/both", json={"persistent": True}).raise_for_status()
+        native = http.post(
+            "/v1/queue/both/tasks",
+            json={"data": {"order": 7}},
+            headers={"traceparent": traceparent},
+        ).json()["tasks"][0]
+        assert native["attributes"] is None
+        url = sqs.get_queue_url(QueueName="both")["QueueUrl"]
+        (got,) = sqs.receive_message(
+            QueueUrl=url, MessageAttributeNames=["All"], MessageSystemAttributeNames=["All"]
+        )["Messages"]
+        assert (got["MessageId"], got["Body"]) == (native["_id"], '{"order":7}')
+        assert got["MD5OfBody"] == hashlib.md5(b'{"order":7}').hexdigest()
+        # Its trace context is its message attribute, as OpenTelemetry's instrumentations
+        # read it; its system attributes are the task's.
+        assert got["MessageAttributes"] == {
+            "traceparent": {"DataType": "String", "StringValue": traceparent}
+        }
+        assert got["MD5OfMessageAttributes"] == md5_of_attributes(got["MessageAttributes"])
+        assert got["Attributes"]["ApproximateReceiveCount"] == "1"
+        assert got["Attributes"]["AWSTraceHeader"] == (
+            "Root=1-0af76519-16cd43dd8448eb211c80319c;Parent=b7ad6b7169203331;Sampled=1"
+        )
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=got["ReceiptHandle"])
+        assert http.get(f"/v1/queue/both/tasks/{native['_id']}").json()["status"] == "done"
+
+        sent = sqs.send_message(
+            QueueUrl=url,
+            MessageBody="from sqs",
+            MessageAttributes={
+                "lang": {"DataType": "String", "StringValue": "en"},
+                "cents": {"DataType": "Number.int", "StringValue": "1250"},
+                "raw": {"DataType": "Binary", "BinaryValue": b"\x00\x01\xff"},
+            },
+            MessageSystemAttributes={
+                "AWSTraceHeader": {"DataType": "String", "StringValue": "Root=1-5759e988-bd862e3f"}
+            },
+        )
+        kept = {
+            "MessageAttributes": {
+                "lang": {"DataType": "String", "StringValue": "en"},
+                "cents": {"DataType": "Number.int", "StringValue": "1250"},
+                "raw": {"DataType": "Binary", "BinaryValue": "AAH/"},
+            },
+            "MessageSystemAttributes": {
+                "AWSTraceHeader": {"DataType": "String", "StringValue": "Root=1-5759e988-bd862e3f"}
+            },
+        }
+        record = http.get(f"/v1/queue/both/tasks/{sent['MessageId']}").json()
+        assert (record["data"], record["attributes"]) == ("from sqs", kept)
+        listed = http.get("/v1/queue/both/tasks", params={"status": "queued"}).json()["tasks"]
+        assert [(t["_id"], t["attributes"]) for t in listed] == [(sent["MessageId"], kept)]
+        polled = http.post("/v1/queue/both", json={}).json()["tasks"]
+        assert [(t["_id"], t["data"], t["attributes"]) for t in polled] == [
+            (sent["MessageId"], "from sqs", kept)
+        ]
+        # A FIFO queue's message keeps its deduplication id too.
+        fifo = sqs.create_queue(
+            QueueName="both.fifo",
+            Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"},
+        )["QueueUrl"]
+        ordered = sqs.send_message(QueueUrl=fifo, MessageBody="first", MessageGroupId="g")
+        record = http.get(f"/v1/queue/both.fifo/tasks/{ordered['MessageId']}").json()
+        assert record["attributes"] == {
+            "MessageDeduplicationId": hashlib.sha256(b"first").hexdigest()
+        }
