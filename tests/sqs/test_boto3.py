@@ -5,6 +5,7 @@ the same queue used natively and over SQS."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -385,3 +386,111 @@ def test_attributes_native_and_sqs(server: KatarProcess) -> None:
         assert record["attributes"] == {
             "MessageDeduplicationId": hashlib.sha256(b"first").hexdigest()
         }
+
+
+def test_permissions(server: KatarProcess) -> None:
+    """AddPermission and RemovePermission write the queue's Policy as SQS does (Katar keeps
+    it, and does not enforce it)."""
+    sqs = client(server.url)
+    url = sqs.create_queue(QueueName="shared")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    sqs.add_permission(
+        QueueUrl=url, Label="AliceSend", AWSAccountIds=["111122223333"], Actions=["SendMessage"]
+    )
+    sqs.add_permission(
+        QueueUrl=url,
+        Label="Workers",
+        AWSAccountIds=["111122223333", "444455556666"],
+        Actions=["ReceiveMessage", "DeleteMessage"],
+    )
+
+    def policy() -> Any:
+        shown = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])
+        text = shown.get("Attributes", {}).get("Policy")
+        return None if text is None else json.loads(text)
+
+    assert policy() == {
+        "Version": "2012-10-17",
+        "Id": f"{arn}/SQSDefaultPolicy",
+        "Statement": [
+            {
+                "Sid": "AliceSend",
+                "Effect": "Allow",
+                "Principal": {"AWS": "arn:aws:iam::111122223333:root"},
+                "Action": "SQS:SendMessage",
+                "Resource": arn,
+            },
+            {
+                "Sid": "Workers",
+                "Effect": "Allow",
+                "Principal": {
+                    "AWS": ["arn:aws:iam::111122223333:root", "arn:aws:iam::444455556666:root"]
+                },
+                "Action": ["SQS:ReceiveMessage", "SQS:DeleteMessage"],
+                "Resource": arn,
+            },
+        ],
+    }
+    refusals: list[tuple[dict[str, Any], str, str]] = [
+        ({"Label": "AliceSend"}, "InvalidParameterValue", "Already exists"),
+        ({"Label": "bad label!"}, "InvalidParameterValue", "parameter Label"),
+        ({"Label": "x" * 81}, "InvalidParameterValue", "parameter Label"),
+        ({"Actions": ["CreateQueue"]}, "InvalidParameterValue", "Only the queue owner"),
+        ({"Actions": ["Juggle"]}, "InvalidParameterValue", "SQS:Juggle"),
+        ({"Actions": []}, "MissingParameter", "Actions"),
+        ({"Actions": ["SendMessage"] * 8}, "OverLimit", "8 Actions were found"),
+        ({"AWSAccountIds": []}, "InvalidParameterValue", "PrincipalId"),
+        ({"AWSAccountIds": ["alice"]}, "InvalidParameterValue", "PrincipalId"),
+    ]
+    for change, expected, said in refusals:
+        call = {
+            "QueueUrl": url,
+            "Label": "Other",
+            "AWSAccountIds": ["111122223333"],
+            "Actions": ["*"],
+            **change,
+        }
+        with pytest.raises(botocore.exceptions.ClientError) as refused:
+            sqs.add_permission(**call)
+        assert (code(refused.value), said in refused.value.response["Error"]["Message"]) == (
+            expected,
+            True,
+        ), change
+    # 20 statements at most in a queue's policy.
+    for n in range(18):
+        sqs.add_permission(
+            QueueUrl=url, Label=f"p{n}", AWSAccountIds=["111122223333"], Actions=["*"]
+        )
+    with pytest.raises(botocore.exceptions.ClientError) as full:
+        sqs.add_permission(QueueUrl=url, Label="p18", AWSAccountIds=["111122223333"], Actions=["*"])
+    assert code(full.value) == "OverLimit"
+    for n in range(18):
+        sqs.remove_permission(QueueUrl=url, Label=f"p{n}")
+    sqs.remove_permission(QueueUrl=url, Label="AliceSend")
+    assert [s["Sid"] for s in policy()["Statement"]] == ["Workers"]
+    with pytest.raises(botocore.exceptions.ClientError) as unknown:
+        sqs.remove_permission(QueueUrl=url, Label="AliceSend")
+    assert code(unknown.value) == "InvalidParameterValue"
+    assert "can't find label" in unknown.value.response["Error"]["Message"]
+    sqs.remove_permission(QueueUrl=url, Label="Workers")
+    assert policy() is None  # the last statement gone: no policy
+    # A policy set as a whole is kept as given, and AddPermission adds to it.
+    own = {"Version": "2012-10-17", "Statement": [{"Sid": "Mine", "Effect": "Deny"}]}
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(own)})
+    sqs.add_permission(QueueUrl=url, Label="Mine2", AWSAccountIds=["111122223333"], Actions=["*"])
+    assert [s["Sid"] for s in policy()["Statement"]] == ["Mine", "Mine2"]
+    with pytest.raises(botocore.exceptions.ClientError) as taken:
+        sqs.add_permission(
+            QueueUrl=url, Label="Mine", AWSAccountIds=["111122223333"], Actions=["*"]
+        )
+    assert code(taken.value) == "InvalidParameterValue"
+    for bad in ("not json", "[1]", '{"Statement": 3}'):
+        with pytest.raises(botocore.exceptions.ClientError) as refused_policy:
+            sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": bad})
+        assert code(refused_policy.value) == "InvalidAttributeValue", bad
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": ""})
+    assert policy() is None
+    with pytest.raises(sqs.exceptions.QueueDoesNotExist):
+        sqs.remove_permission(QueueUrl=url + "-nope", Label="Mine")
