@@ -917,6 +917,11 @@ class Engine:
         self.options(queue)
         return self._moves.job(queue)
 
+    def move_history(self, queue: str) -> list[MoveJob]:
+        """The queue's last redrives at a rate on this server (up to 10), the last first."""
+        self.options(queue)
+        return self._moves.history(queue)
+
     def move_jobs(self) -> list[MoveJob]:
         """The last redrive at a rate of every queue, on this server."""
         return self._moves.jobs()

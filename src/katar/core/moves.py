@@ -8,7 +8,9 @@ so that a service that just recovered is not flooded with the whole backlog at o
 
 A move job lives in the process of the server that started it: a restart ends it (the
 tasks it moved stay moved; a new redrive moves the rest, since the filter still selects
-them). Each server keeps the last job of each queue it ran, for GET .../redrive.
+them). Each server keeps the last jobs of each queue it ran (MOVE_HISTORY, as SQS lists
+its message move tasks), the last for GET .../redrive. Servers sharing a PostgreSQL
+database do not see each other's jobs: a job is a task of the process that runs it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ MoveState = Literal["running", "completed", "cancelled", "failed"]
 #: The most tasks a second a rated redrive may move (a redrive without a rate moves them as
 #: fast as the store takes them).
 MAX_RATE: Final = 1_000_000.0
+#: The move jobs of a queue that a server keeps, the last first (SQS lists up to 10
+#: message move tasks per source queue).
+MOVE_HISTORY: Final = 10
 #: Seconds a move job waits before it tries again when the store is unavailable.
 RETRY_AFTER: Final = 1.0
 
@@ -85,6 +90,8 @@ class MoveJobs:
         self._moved = moved
         self._step = step
         self._jobs: dict[str, MoveJob] = {}
+        #: Each queue's last jobs, the last first (its last is also in _jobs).
+        self._history: dict[str, list[MoveJob]] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
 
     async def run(
@@ -130,6 +137,7 @@ class MoveJobs:
             queue=queue, to=to, where=where, rate=rate, total=total, started_at=self._clock.now_ms()
         )
         self._jobs[queue] = job
+        self._history[queue] = [job, *self._history.get(queue, [])][:MOVE_HISTORY]
         self._runs[queue] = asyncio.create_task(
             self._run_at_rate(job, allowed), name=f"katar-redrive-{queue}"
         )
@@ -145,6 +153,10 @@ class MoveJobs:
                 queue=queue,
             )
         return job
+
+    def history(self, queue: str) -> list[MoveJob]:
+        """The queue's last move jobs on this server (up to MOVE_HISTORY), the last first."""
+        return list(self._history.get(queue, []))
 
     def jobs(self) -> list[MoveJob]:
         """Every queue's last move job, by queue."""
@@ -170,6 +182,7 @@ class MoveJobs:
         if run is not None:
             run.cancel()
         self._jobs.pop(queue, None)
+        self._history.pop(queue, None)
 
     async def close(self) -> None:
         """Stop every running job (a restart ends them)."""

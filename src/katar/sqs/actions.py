@@ -1092,10 +1092,11 @@ class Actions:
         if not caller.sees(queue):
             raise _no_task()
         try:
-            job = self.engine.move_job(queue)
+            jobs = self.engine.move_history(queue)
         except NotFound:
             raise _no_task() from None
-        if job.started_at != started:
+        job = next((j for j in jobs if j.started_at == started), None)
+        if job is None:
             raise _no_task()
         if job.state != "running":
             raise SqsError(
@@ -1108,26 +1109,26 @@ class Actions:
 
     async def list_message_move_tasks(self, params: Params, caller: Caller) -> dict[str, Any]:
         source = await self._queue_by_arn(params, "SourceArn", caller)
-        _integer(params, "MaxResults", 1, 10)
-        try:
-            job = self.engine.move_job(source)
-        except NotFound:
-            return {"Results": []}
-        entry: dict[str, Any] = {}
-        if job.state == "running":
-            entry["TaskHandle"] = _task_handle(job)
-        entry["Status"] = job.state.upper()
-        entry["SourceArn"] = _text(params, "SourceArn")
-        if job.to is not None:
-            entry["DestinationArn"] = self.arn(job.to)
-        if job.rate != _FASTEST:
-            entry["MaxNumberOfMessagesPerSecond"] = int(job.rate)
-        entry["ApproximateNumberOfMessagesMoved"] = job.moved
-        entry["ApproximateNumberOfMessagesToMove"] = job.total
-        if job.error is not None:
-            entry["FailureReason"] = job.error
-        entry["StartedTimestamp"] = job.started_at
-        return {"Results": [entry]}
+        # SQS answers the most recent task unless asked for more (up to 10).
+        limit = _integer(params, "MaxResults", 1, 10) or 1
+        results = []
+        for job in self.engine.move_history(source)[:limit]:
+            entry: dict[str, Any] = {}
+            if job.state == "running":
+                entry["TaskHandle"] = _task_handle(job)
+            entry["Status"] = job.state.upper()
+            entry["SourceArn"] = _text(params, "SourceArn")
+            if job.to is not None:
+                entry["DestinationArn"] = self.arn(job.to)
+            if job.rate != _FASTEST:
+                entry["MaxNumberOfMessagesPerSecond"] = int(job.rate)
+            entry["ApproximateNumberOfMessagesMoved"] = job.moved
+            entry["ApproximateNumberOfMessagesToMove"] = job.total
+            if job.error is not None:
+                entry["FailureReason"] = job.error
+            entry["StartedTimestamp"] = job.started_at
+            results.append(entry)
+        return {"Results": results}
 
 
 class _Stored(msgspec.Struct):
