@@ -494,3 +494,13 @@ def test_permissions(server: KatarProcess) -> None:
     assert policy() is None
     with pytest.raises(sqs.exceptions.QueueDoesNotExist):
         sqs.remove_permission(QueueUrl=url + "-nope", Label="Mine")
+    # A Policy kept unchecked (written natively, or by an older version): said, not lost.
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        http.patch(
+            "/v1/queue/shared", json={"configuration": {"sqs": {"Policy": "not json"}}}
+        ).raise_for_status()
+    with pytest.raises(botocore.exceptions.ClientError) as unreadable:
+        sqs.add_permission(QueueUrl=url, Label="New", AWSAccountIds=["111122223333"], Actions=["*"])
+    assert code(unreadable.value) == "InvalidParameterValue"
+    shown = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])["Attributes"]
+    assert shown == {"Policy": "not json"}

@@ -627,10 +627,6 @@ class Actions:
             raise invalid(
                 f"Value [{shown}] for parameter PrincipalId is invalid. Reason: Unable to verify."
             )
-        if "Actions" not in params:
-            raise SqsError(
-                sqs_errors.MISSING_PARAMETER, "The request must contain the parameter Actions."
-            )
         actions = _names(params, "Actions")
         if not actions:
             raise SqsError(
@@ -1346,7 +1342,15 @@ def _policy_statements(text: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]
     as an object)."""
     if not isinstance(text, str) or not text:
         return {}, []
-    policy = json.loads(text)  # checked as a JSON object when it was set
+    try:
+        policy = json.loads(text)
+    except ValueError:
+        policy = None
+    if not isinstance(policy, dict):  # kept by a version that did not check it
+        raise invalid(
+            "The queue's Policy is not a JSON object: set one (SetQueueAttributes) or remove "
+            "it (an empty Policy) first."
+        )
     statements = policy.get("Statement", [])
     if isinstance(statements, dict):
         statements = [statements]
