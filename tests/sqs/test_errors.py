@@ -542,3 +542,26 @@ def test_refusals_change_nothing(server: KatarProcess, queues: dict[str, str]) -
     assert "RedriveAllowPolicy" not in shown
     assert ok(server, "ListQueueTags", QueueUrl=queues["url"]) == {}
     assert ok(server, "ListQueues", QueueNamePrefix="bad") == {}
+
+
+def test_a_request_that_names_no_valid_action(server: KatarProcess) -> None:
+    """Another service's target, a form without Action, and a form that is not UTF-8."""
+    other = httpx.post(
+        server.url + "/",
+        content=b"{}",
+        headers={"x-amz-target": "AmazonSNS.Publish", "content-type": "application/x-amz-json-1.0"},
+        timeout=30,
+    )
+    assert (other.status_code, error_code(other)) == (400, "InvalidAction")
+    for form, expected in (
+        (b"Version=2012-11-05", "MissingAction"),
+        (b"Action=ListQueues&QueueNamePrefix=\xff", "InvalidParameterValue"),
+    ):
+        answer = httpx.post(
+            server.url + "/",
+            content=form,
+            headers={"content-type": "application/x-www-form-urlencoded"},
+            timeout=30,
+        )
+        assert answer.status_code == 400, form
+        assert f"<Code>{expected}</Code>" in answer.text, form
