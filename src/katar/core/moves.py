@@ -93,6 +93,8 @@ class MoveJobs:
         #: Each queue's last jobs, the last first (its last is also in _jobs).
         self._history: dict[str, list[MoveJob]] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
+        #: Set to stop a queue's running job between two steps (see cancel).
+        self._stops: dict[str, asyncio.Event] = {}
 
     async def run(
         self,
@@ -138,6 +140,7 @@ class MoveJobs:
         )
         self._jobs[queue] = job
         self._history[queue] = [job, *self._history.get(queue, [])][:MOVE_HISTORY]
+        self._stops[queue] = asyncio.Event()
         self._runs[queue] = asyncio.create_task(
             self._run_at_rate(job, allowed), name=f"katar-redrive-{queue}"
         )
@@ -164,11 +167,14 @@ class MoveJobs:
 
     async def cancel(self, queue: str) -> MoveJob:
         """Stop the queue's running move job (the tasks it moved stay moved): the job as it
-        ends. A job that has ended already is answered as it is."""
+        ends. A job that has ended already is answered as it is.
+
+        The job stops between two steps, not inside one: a step cut off once the store has
+        committed its moves would leave them out of the job's count."""
         job = self.job(queue)
-        run = self._runs.pop(queue, None)
+        run = self._runs.get(queue)
         if run is not None and not run.done():
-            run.cancel()
+            self._stops[queue].set()
             with contextlib.suppress(asyncio.CancelledError):
                 await run
         if job.state == "running":  # cancelled before it ever ran
@@ -183,6 +189,7 @@ class MoveJobs:
             run.cancel()
         self._jobs.pop(queue, None)
         self._history.pop(queue, None)
+        self._stops.pop(queue, None)
 
     async def close(self) -> None:
         """Stop every running job (a restart ends them)."""
@@ -191,27 +198,32 @@ class MoveJobs:
 
     async def _run_at_rate(self, job: MoveJob, allowed: Collection[str] | None) -> None:
         per_step = max(1, min(self._step, math.floor(job.rate)))
+        stop = self._stops[job.queue]
         after = 0
         try:
             while True:
+                if stop.is_set():
+                    job.state = "cancelled"
+                    break
                 began = time.monotonic()
                 try:
                     step = await self._store.redrive(
                         job.queue, job.to, job.where, self._clock.now_ms(), after, per_step, allowed
                     )
                 except StoreUnavailable:
-                    await asyncio.sleep(RETRY_AFTER)
+                    await _until(stop, RETRY_AFTER)
                     continue
-                await self._moved(job.queue, step)
+                # Counted before anything else is awaited: the store has moved them.
                 job.matched += step.matched
                 job.moved += step.moved
                 job.no_origin += step.matched - step.moved
                 after = step.last
+                await self._moved(job.queue, step)
                 if step.matched < per_step:
                     job.state = "completed"
                     break
                 # The step's tasks took their share of the second: wait out the rest.
-                await asyncio.sleep(max(step.matched / job.rate - (time.monotonic() - began), 0))
+                await _until(stop, max(step.matched / job.rate - (time.monotonic() - began), 0))
         except asyncio.CancelledError:
             job.state = "cancelled"
             raise
@@ -221,4 +233,11 @@ class MoveJobs:
             job.error = str(exc) or type(exc).__name__
         finally:
             job.ended_at = self._clock.now_ms()
-            self._runs.pop(job.queue, None)
+            if self._runs.get(job.queue) is asyncio.current_task():
+                self._runs.pop(job.queue, None)
+
+
+async def _until(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less when ``stop`` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
