@@ -162,6 +162,25 @@ class TraceContext(msgspec.Struct, frozen=True, omit_defaults=True):
     tracestate: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
 
 
+class MessageAttributeValue(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A message attribute as the SQS API writes it: its type (``String``, ``Number``,
+    ``Binary``, with an optional ``.suffix``) and its value, ``BinaryValue`` in base64."""
+
+    DataType: str
+    StringValue: str | None = None
+    BinaryValue: str | None = None  # base64
+
+
+class MessageAttributes(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What a send over the SQS API (katar.sqs) keeps with its task: its message attributes,
+    its system attributes (``AWSTraceHeader``) and, on a FIFO queue, its deduplication id.
+    Each is absent when the send gave none."""
+
+    MessageAttributes: dict[str, MessageAttributeValue] = {}
+    MessageSystemAttributes: dict[str, MessageAttributeValue] = {}
+    MessageDeduplicationId: str | None = None
+
+
 # -- the task options of an enqueue call -------------------------------------------------------
 
 
@@ -560,6 +579,9 @@ class TaskRecord(msgspec.Struct, frozen=True):
     debounced: bool = False
     #: The W3C trace context it was enqueued with; null when none.
     trace: TraceContext | None = None
+    #: What a send over the SQS API kept with it (its message attributes); null for a task
+    #: enqueued natively.
+    attributes: MessageAttributes | None = None
 
     @property
     def finished(self) -> bool:
@@ -687,6 +709,9 @@ class DeliveredTask(msgspec.Struct, frozen=True):
     scheduled_for: Time | None = None
     #: The W3C trace context the task was enqueued with. Absent for other tasks.
     trace: TraceContext | None = None
+    #: What a send over the SQS API kept with it (its message attributes). Absent for a
+    #: task enqueued natively.
+    attributes: MessageAttributes | None = None
 
 
 class Deliveries(msgspec.Struct, frozen=True):

@@ -25,6 +25,8 @@ from tests.acceptance.conftest import KatarProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 TOKENS = {"admin": "katar_admin-browser", "producer": "katar_producer-browser"}
+#: An access key of the SQS API (admin, every queue) and its secret, kept in a file.
+AWS_KEY = ("AKIAKATARBROWSER01", "browser-secret")
 #: The producer's one queue; the admin's tests use others.
 PRODUCER_QUEUE = "orders"
 
@@ -38,7 +40,10 @@ def _need_browser() -> None:
 
 
 def config(path: Path) -> Path:
-    """A configuration with an admin token (every queue) and a producer token (one queue)."""
+    """A configuration with an admin token (every queue), a producer token (one queue) and
+    an SQS access key (admin, every queue)."""
+    secret = path.with_name("aws-secret")
+    secret.write_text(AWS_KEY[1], encoding="utf-8")
     path.write_text(
         f"""
 [store]
@@ -58,6 +63,12 @@ name = "shop"
 token_sha256 = "{digest(TOKENS["producer"]).hex()}"
 role = "producer"
 queues = ["{PRODUCER_QUEUE}"]
+
+[[aws_credentials]]
+access_key_id = "{AWS_KEY[0]}"
+role = "admin"
+queues = ["*"]
+secret_file = "{secret}"
 """,
         encoding="utf-8",
     )

@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import re
 
+import boto3
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
 from tests.acceptance.conftest import KatarProcess
-from tests.browser.conftest import PRODUCER_QUEUE, TOKENS, Watch, counts, fail_tasks, sign_in
+from tests.browser.conftest import (
+    AWS_KEY,
+    PRODUCER_QUEUE,
+    TOKENS,
+    Watch,
+    counts,
+    fail_tasks,
+    sign_in,
+)
 
 # Its tests share module-wide fixtures: pytest-xdist runs them in one process (--dist
 # loadgroup), which makes those once.
@@ -395,3 +404,38 @@ def test_a_notify_queue_shows_its_endpoint_and_its_outbox(
     page.goto(f"{server.url}/ui#/queue/{PRODUCER_QUEUE}")
     expect(page.get_by_role("heading", name=PRODUCER_QUEUE)).to_be_visible()
     expect(page.get_by_role("region", name="Completion webhooks")).to_have_count(0)
+
+
+def test_a_message_sent_over_sqs_shows_its_attributes(
+    page: Page, server: KatarProcess, api: httpx.Client
+) -> None:
+    name = queue(api, "sqs-orders")
+    native = api.post(f"/v1/queue/{name}/tasks", json={"data": {"order": 1}}).json()["tasks"][0]
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=server.url,
+        region_name="us-east-1",
+        aws_access_key_id=AWS_KEY[0],
+        aws_secret_access_key=AWS_KEY[1],
+    )
+    url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    sent = sqs.send_message(
+        QueueUrl=url,
+        MessageBody="order 2",
+        MessageAttributes={
+            "SellerName": {"DataType": "String", "StringValue": "Example Store"},
+            "raw": {"DataType": "Binary", "BinaryValue": b"\x00\x01\xff"},
+        },
+    )
+    sign_in(page, server, "admin", f"#/task/{name}/{sent['MessageId']}")
+    expect(page.get_by_role("heading", name=f"Task #{sent['MessageId']}")).to_be_visible()
+    shown = page.get_by_role("region", name="Message attributes")
+    expect(shown.get_by_role("row")).to_have_count(3)  # the header and two attributes
+    expect(shown.get_by_role("row", name="SellerName String Example Store")).to_be_visible()
+    expect(shown.get_by_role("row", name="raw Binary AAH/ (base64)")).to_be_visible()
+    expect(page.get_by_role("region", name="Data")).to_contain_text("order 2")
+    # The native task of the same queue: its data, and no attributes to show.
+    page.goto(f"{server.url}/ui#/task/{name}/{native['_id']}")
+    expect(page.get_by_role("heading", name=f"Task #{native['_id']}")).to_be_visible()
+    expect(page.get_by_role("region", name="Data")).to_contain_text('"order"')
+    expect(page.get_by_role("region", name="Message attributes")).to_have_count(0)

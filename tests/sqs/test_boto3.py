@@ -5,6 +5,7 @@ the same queue used natively and over SQS."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -311,3 +312,195 @@ def test_fifo_queues(server: KatarProcess) -> None:
     with pytest.raises(botocore.exceptions.ClientError) as standard:
         sqs.send_message(QueueUrl=plain, MessageBody="x", MessageDeduplicationId="d")
     assert code(standard.value) == "InvalidParameterValue"
+
+
+def test_attributes_native_and_sqs(server: KatarProcess) -> None:
+    """A task enqueued natively is received over SQS with its body and attributes; a message
+    sent over SQS with attributes shows them in its native record, listings and poll."""
+    sqs = client(server.url)
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        http.put("/v1/queue/both", json={"persistent": True}).raise_for_status()
+        native = http.post(
+            "/v1/queue/both/tasks",
+            json={"data": {"order": 7}},
+            headers={"traceparent": traceparent},
+        ).json()["tasks"][0]
+        assert native["attributes"] is None
+        url = sqs.get_queue_url(QueueName="both")["QueueUrl"]
+        (got,) = sqs.receive_message(
+            QueueUrl=url, MessageAttributeNames=["All"], MessageSystemAttributeNames=["All"]
+        )["Messages"]
+        assert (got["MessageId"], got["Body"]) == (native["_id"], '{"order":7}')
+        assert got["MD5OfBody"] == hashlib.md5(b'{"order":7}').hexdigest()
+        # Its trace context is its message attribute, as OpenTelemetry's instrumentations
+        # read it; its system attributes are the task's.
+        assert got["MessageAttributes"] == {
+            "traceparent": {"DataType": "String", "StringValue": traceparent}
+        }
+        assert got["MD5OfMessageAttributes"] == md5_of_attributes(got["MessageAttributes"])
+        assert got["Attributes"]["ApproximateReceiveCount"] == "1"
+        assert got["Attributes"]["AWSTraceHeader"] == (
+            "Root=1-0af76519-16cd43dd8448eb211c80319c;Parent=b7ad6b7169203331;Sampled=1"
+        )
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=got["ReceiptHandle"])
+        assert http.get(f"/v1/queue/both/tasks/{native['_id']}").json()["status"] == "done"
+
+        sent = sqs.send_message(
+            QueueUrl=url,
+            MessageBody="from sqs",
+            MessageAttributes={
+                "lang": {"DataType": "String", "StringValue": "en"},
+                "cents": {"DataType": "Number.int", "StringValue": "1250"},
+                "raw": {"DataType": "Binary", "BinaryValue": b"\x00\x01\xff"},
+            },
+            MessageSystemAttributes={
+                "AWSTraceHeader": {"DataType": "String", "StringValue": "Root=1-5759e988-bd862e3f"}
+            },
+        )
+        kept = {
+            "MessageAttributes": {
+                "lang": {"DataType": "String", "StringValue": "en"},
+                "cents": {"DataType": "Number.int", "StringValue": "1250"},
+                "raw": {"DataType": "Binary", "BinaryValue": "AAH/"},
+            },
+            "MessageSystemAttributes": {
+                "AWSTraceHeader": {"DataType": "String", "StringValue": "Root=1-5759e988-bd862e3f"}
+            },
+        }
+        record = http.get(f"/v1/queue/both/tasks/{sent['MessageId']}").json()
+        assert (record["data"], record["attributes"]) == ("from sqs", kept)
+        listed = http.get("/v1/queue/both/tasks", params={"status": "queued"}).json()["tasks"]
+        assert [(t["_id"], t["attributes"]) for t in listed] == [(sent["MessageId"], kept)]
+        polled = http.post("/v1/queue/both", json={}).json()["tasks"]
+        assert [(t["_id"], t["data"], t["attributes"]) for t in polled] == [
+            (sent["MessageId"], "from sqs", kept)
+        ]
+        # A FIFO queue's message keeps its deduplication id too.
+        fifo = sqs.create_queue(
+            QueueName="both.fifo",
+            Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"},
+        )["QueueUrl"]
+        ordered = sqs.send_message(QueueUrl=fifo, MessageBody="first", MessageGroupId="g")
+        record = http.get(f"/v1/queue/both.fifo/tasks/{ordered['MessageId']}").json()
+        assert record["attributes"] == {
+            "MessageDeduplicationId": hashlib.sha256(b"first").hexdigest()
+        }
+
+
+def test_permissions(server: KatarProcess) -> None:
+    """AddPermission and RemovePermission write the queue's Policy as SQS does (Katar keeps
+    it, and does not enforce it)."""
+    sqs = client(server.url)
+    url = sqs.create_queue(QueueName="shared")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    sqs.add_permission(
+        QueueUrl=url, Label="AliceSend", AWSAccountIds=["111122223333"], Actions=["SendMessage"]
+    )
+    sqs.add_permission(
+        QueueUrl=url,
+        Label="Workers",
+        AWSAccountIds=["111122223333", "444455556666"],
+        Actions=["ReceiveMessage", "DeleteMessage"],
+    )
+
+    def policy() -> Any:
+        shown = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])
+        text = shown.get("Attributes", {}).get("Policy")
+        return None if text is None else json.loads(text)
+
+    assert policy() == {
+        "Version": "2012-10-17",
+        "Id": f"{arn}/SQSDefaultPolicy",
+        "Statement": [
+            {
+                "Sid": "AliceSend",
+                "Effect": "Allow",
+                "Principal": {"AWS": "arn:aws:iam::111122223333:root"},
+                "Action": "SQS:SendMessage",
+                "Resource": arn,
+            },
+            {
+                "Sid": "Workers",
+                "Effect": "Allow",
+                "Principal": {
+                    "AWS": ["arn:aws:iam::111122223333:root", "arn:aws:iam::444455556666:root"]
+                },
+                "Action": ["SQS:ReceiveMessage", "SQS:DeleteMessage"],
+                "Resource": arn,
+            },
+        ],
+    }
+    refusals: list[tuple[dict[str, Any], str, str]] = [
+        ({"Label": "AliceSend"}, "InvalidParameterValue", "Already exists"),
+        ({"Label": "bad label!"}, "InvalidParameterValue", "parameter Label"),
+        ({"Label": "x" * 81}, "InvalidParameterValue", "parameter Label"),
+        ({"Actions": ["CreateQueue"]}, "InvalidParameterValue", "Only the queue owner"),
+        ({"Actions": ["Juggle"]}, "InvalidParameterValue", "SQS:Juggle"),
+        ({"Actions": []}, "MissingParameter", "Actions"),
+        ({"Actions": ["SendMessage"] * 8}, "OverLimit", "8 Actions were found"),
+        ({"AWSAccountIds": []}, "InvalidParameterValue", "PrincipalId"),
+        ({"AWSAccountIds": ["alice"]}, "InvalidParameterValue", "PrincipalId"),
+    ]
+    for change, expected, said in refusals:
+        call = {
+            "QueueUrl": url,
+            "Label": "Other",
+            "AWSAccountIds": ["111122223333"],
+            "Actions": ["*"],
+            **change,
+        }
+        with pytest.raises(botocore.exceptions.ClientError) as refused:
+            sqs.add_permission(**call)
+        assert (code(refused.value), said in refused.value.response["Error"]["Message"]) == (
+            expected,
+            True,
+        ), change
+    # 20 statements at most in a queue's policy.
+    for n in range(18):
+        sqs.add_permission(
+            QueueUrl=url, Label=f"p{n}", AWSAccountIds=["111122223333"], Actions=["*"]
+        )
+    with pytest.raises(botocore.exceptions.ClientError) as full:
+        sqs.add_permission(QueueUrl=url, Label="p18", AWSAccountIds=["111122223333"], Actions=["*"])
+    assert code(full.value) == "OverLimit"
+    for n in range(18):
+        sqs.remove_permission(QueueUrl=url, Label=f"p{n}")
+    sqs.remove_permission(QueueUrl=url, Label="AliceSend")
+    assert [s["Sid"] for s in policy()["Statement"]] == ["Workers"]
+    with pytest.raises(botocore.exceptions.ClientError) as unknown:
+        sqs.remove_permission(QueueUrl=url, Label="AliceSend")
+    assert code(unknown.value) == "InvalidParameterValue"
+    assert "can't find label" in unknown.value.response["Error"]["Message"]
+    sqs.remove_permission(QueueUrl=url, Label="Workers")
+    assert policy() is None  # the last statement gone: no policy
+    # A policy set as a whole is kept as given, and AddPermission adds to it.
+    own = {"Version": "2012-10-17", "Statement": [{"Sid": "Mine", "Effect": "Deny"}]}
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(own)})
+    sqs.add_permission(QueueUrl=url, Label="Mine2", AWSAccountIds=["111122223333"], Actions=["*"])
+    assert [s["Sid"] for s in policy()["Statement"]] == ["Mine", "Mine2"]
+    with pytest.raises(botocore.exceptions.ClientError) as taken:
+        sqs.add_permission(
+            QueueUrl=url, Label="Mine", AWSAccountIds=["111122223333"], Actions=["*"]
+        )
+    assert code(taken.value) == "InvalidParameterValue"
+    for bad in ("not json", "[1]", '{"Statement": 3}'):
+        with pytest.raises(botocore.exceptions.ClientError) as refused_policy:
+            sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": bad})
+        assert code(refused_policy.value) == "InvalidAttributeValue", bad
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": ""})
+    assert policy() is None
+    with pytest.raises(sqs.exceptions.QueueDoesNotExist):
+        sqs.remove_permission(QueueUrl=url + "-nope", Label="Mine")
+    # A Policy kept unchecked (written natively, or by an older version): said, not lost.
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        http.patch(
+            "/v1/queue/shared", json={"configuration": {"sqs": {"Policy": "not json"}}}
+        ).raise_for_status()
+    with pytest.raises(botocore.exceptions.ClientError) as unreadable:
+        sqs.add_permission(QueueUrl=url, Label="New", AWSAccountIds=["111122223333"], Actions=["*"])
+    assert code(unreadable.value) == "InvalidParameterValue"
+    shown = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])["Attributes"]
+    assert shown == {"Policy": "not json"}

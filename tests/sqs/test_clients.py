@@ -1,5 +1,6 @@
-"""Real SQS clients, unmodified, against ``katar serve`` (SQLite): the AWS command line and
-Celery on kombu's SQS transport. Each runs as its own process, as users run it."""
+"""Real SQS clients, unmodified, against ``katar serve`` on SQLite and PostgreSQL: the AWS
+command line and Celery on kombu's SQS transport. Each runs as its own process, as users run
+it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,8 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[KatarProcess]:
-    process = KatarProcess(tmp_path, "--db", f"sqlite:///{tmp_path / 'katar.db'}").start()
-    yield process
-    process.kill()
+def server(sql_server: KatarProcess) -> KatarProcess:
+    return sql_server
 
 
 def client_env(tmp_path: Path) -> dict[str, str]:

@@ -6,6 +6,7 @@ too), and the test checks that it is still that difference."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -153,6 +154,24 @@ def scenario(url: str) -> dict[str, Any]:
         "attributes": lambda: sqs.get_queue_attributes(
             QueueUrl=queue, AttributeNames=["VisibilityTimeout", "DelaySeconds"]
         ),
+        "add permission": lambda: sqs.add_permission(
+            QueueUrl=queue, Label="share", AWSAccountIds=["111122223333"], Actions=["SendMessage"]
+        ),
+        "add permission again": lambda: sqs.add_permission(
+            QueueUrl=queue, Label="share", AWSAccountIds=["111122223333"], Actions=["SendMessage"]
+        ),
+        "add an owner's permission": lambda: sqs.add_permission(
+            QueueUrl=queue, Label="own", AWSAccountIds=["111122223333"], Actions=["CreateQueue"]
+        ),
+        "add too many actions": lambda: sqs.add_permission(
+            QueueUrl=queue, Label="many", AWSAccountIds=["111122223333"], Actions=["*"] * 8
+        ),
+        "add permission for nobody": lambda: sqs.add_permission(
+            QueueUrl=queue, Label="none", AWSAccountIds=[], Actions=["*"]
+        ),
+        "policy": lambda: sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["Policy"]),
+        "remove permission": lambda: sqs.remove_permission(QueueUrl=queue, Label="share"),
+        "remove unknown permission": lambda: sqs.remove_permission(QueueUrl=queue, Label="share"),
         "list": lambda: sqs.list_queues(QueueNamePrefix="di"),
         "delete queue": lambda: sqs.delete_queue(QueueUrl=queue),
     }
@@ -170,3 +189,36 @@ def test_katar_answers_as_moto(katar: str, moto: str) -> None:
     }
     assert not unexplained, unexplained
     assert set(differences) == set(KNOWN)  # each known difference is still there
+
+
+def policy_of(url: str) -> Any:
+    """The Policy that two AddPermission calls write, the queue's ARN (its region and
+    account are the server's) written ``<arn>``."""
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="AKIDEXAMPLE000000",
+        aws_secret_access_key="any",
+    )
+    queue = sqs.create_queue(QueueName="shared")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    sqs.add_permission(
+        QueueUrl=queue, Label="one", AWSAccountIds=["111122223333"], Actions=["SendMessage"]
+    )
+    sqs.add_permission(
+        QueueUrl=queue,
+        Label="two",
+        AWSAccountIds=["111122223333", "444455556666"],
+        Actions=["ReceiveMessage", "DeleteMessage"],
+    )
+    text = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["Policy"])["Attributes"][
+        "Policy"
+    ]
+    return json.loads(text.replace(arn, "<arn>"))
+
+
+def test_permissions_write_the_policy_as_moto(katar: str, moto: str) -> None:
+    assert policy_of(katar) == policy_of(moto)

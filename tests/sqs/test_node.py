@@ -1,6 +1,6 @@
 """The AWS SDK for JavaScript v3 (@aws-sdk/client-sqs) and sqs-consumer, unmodified, against
-``katar serve`` (SQLite): tests/sqs/node/sqs.mjs sends, receives and deletes (the SDK checks
-the MD5s of the bodies) and consumes a batch with an sqs-consumer Consumer. The
+``katar serve`` on SQLite and PostgreSQL: tests/sqs/node/sqs.mjs sends, receives and deletes
+(the SDK checks the MD5s of the bodies) and consumes a batch with an sqs-consumer Consumer. The
 packages are pinned by tests/sqs/node/package-lock.json (``npm ci`` there, as .ci/run does);
 the test skips, saying so, when they are not installed."""
 
@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,10 +20,8 @@ NODE_DIR = Path(__file__).parent / "node"
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[KatarProcess]:
-    process = KatarProcess(tmp_path, "--db", f"sqlite:///{tmp_path / 'katar.db'}").start()
-    yield process
-    process.kill()
+def server(sql_server: KatarProcess) -> KatarProcess:
+    return sql_server
 
 
 def test_javascript_sdk_and_sqs_consumer(server: KatarProcess) -> None:

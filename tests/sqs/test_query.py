@@ -4,6 +4,7 @@ endpoint, or to a queue's URL."""
 from __future__ import annotations
 
 import hashlib
+import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,3 +137,34 @@ def test_dead_letters_over_the_query_protocol(server: KatarProcess) -> None:
     )
     assert status == 400
     assert texts(missing, "Code") == ["ResourceNotFoundException"]
+
+
+def test_permissions_over_the_query_protocol(server: KatarProcess) -> None:
+    """AddPermission's lists as the query protocol flattens them: AWSAccountId.n, ActionName.n."""
+    status, made = call(server.url + "/", Action="CreateQueue", QueueName="shared")
+    (url,) = texts(made, "QueueUrl")
+    status, _ = call(
+        url,
+        Action="AddPermission",
+        Label="Both",
+        **{
+            "AWSAccountId.1": "111122223333",
+            "AWSAccountId.2": "444455556666",
+            "ActionName.1": "SendMessage",
+            "ActionName.2": "ReceiveMessage",
+        },
+    )
+    assert status == 200
+    status, shown = call(url, Action="GetQueueAttributes", **{"AttributeName.1": "Policy"})
+    (policy,) = [json.loads(v) for v in texts(shown, "Value")]
+    (statement,) = policy["Statement"]
+    assert statement["Principal"]["AWS"] == [
+        "arn:aws:iam::111122223333:root",
+        "arn:aws:iam::444455556666:root",
+    ]
+    assert statement["Action"] == ["SQS:SendMessage", "SQS:ReceiveMessage"]
+    status, refused = call(url, Action="RemovePermission", Label="Nope")
+    assert status == 400
+    assert texts(refused, "Code") == ["InvalidParameterValue"]
+    status, _ = call(url, Action="RemovePermission", Label="Both")
+    assert status == 200

@@ -253,6 +253,27 @@ def test_message_move_tasks(server: KatarProcess) -> None:
     (cancelled,) = sqs.list_message_move_tasks(SourceArn=source)["Results"]
     assert cancelled["Status"] == "CANCELLED"
     assert int(attributes(sqs, elsewhere)["ApproximateNumberOfMessages"]) == moved
+    # The most recent first, as many as MaxResults asks (one by default, as SQS).
+    both = sqs.list_message_move_tasks(SourceArn=source, MaxResults=10)["Results"]
+    assert [(e["Status"], e["ApproximateNumberOfMessagesToMove"]) for e in both] == [
+        ("CANCELLED", 23),
+        ("COMPLETED", 3),
+    ]
+    assert both[0]["StartedTimestamp"] >= both[1]["StartedTimestamp"]
+    first = sqs.list_message_move_tasks(SourceArn=source, MaxResults=2)["Results"]
+    assert [e["Status"] for e in first] == ["CANCELLED", "COMPLETED"]
+    # Nine more (the first moves the rest back where they came from, the others find
+    # none): the source keeps its ten most recent tasks.
+    for _ in range(9):
+        sqs.start_message_move_task(SourceArn=source)
+        wait_for(
+            lambda: (
+                sqs.list_message_move_tasks(SourceArn=source)["Results"][0]["Status"] == "COMPLETED"
+            )
+        )
+    kept = sqs.list_message_move_tasks(SourceArn=source, MaxResults=10)["Results"]
+    assert len(kept) == 10
+    assert [e["Status"] for e in kept[-1:]] == ["CANCELLED"]  # the first one is gone
 
 
 def test_message_move_task_errors(server: KatarProcess) -> None:

@@ -202,3 +202,88 @@ def test_presigned_url() -> None:
     request.url = request.url.replace("ListQueues", "DeleteQueue")
     with pytest.raises(SqsError):
         _verify(request)
+
+
+def test_malformed_signatures_say_what_is_wrong() -> None:
+    """Each malformed part of a signature is refused with the code SQS gives, before any
+    signature is computed."""
+    body = b"{}"
+
+    def replace(request: botocore.awsrequest.AWSRequest, name: str, value: str) -> None:
+        del request.headers[name]
+        request.headers[name] = value
+
+    def authorization(request: botocore.awsrequest.AWSRequest, old: str, new: str) -> None:
+        replace(request, "Authorization", request.headers["Authorization"].replace(old, new))
+
+    def presigned(expires: str = "60") -> Any:
+        request = botocore.awsrequest.AWSRequest(
+            method="GET", url="http://127.0.0.1:3000/?Action=ListQueues&Version=2012-11-05"
+        )
+        request.headers["Host"] = "127.0.0.1:3000"
+        botocore.auth.SigV4QueryAuth(
+            botocore.credentials.Credentials(KEY, SECRET), "sqs", "us-east-1", expires=60
+        ).add_auth(request)
+        request.url = request.url.replace("X-Amz-Expires=60", f"X-Amz-Expires={expires}")
+        request.data = b""
+        return request
+
+    cases: list[tuple[str, Any, str]] = [
+        (
+            "two Authorization headers",
+            lambda r: r.headers.__setitem__("Authorization", r.headers["Authorization"]),
+            "SignatureDoesNotMatch",
+        ),
+        (
+            "another algorithm",
+            lambda r: authorization(r, "AWS4-HMAC-SHA256", "AWS4-HMAC-SHA1"),
+            "InvalidClientTokenId",
+        ),
+        (
+            "a scope without aws4_request",
+            lambda r: authorization(r, "/aws4_request", "/aws5_request"),
+            "InvalidClientTokenId",
+        ),
+        (
+            "no X-Amz-Date",
+            lambda r: r.headers.__delitem__("X-Amz-Date"),
+            "MissingAuthenticationToken",
+        ),
+        (
+            "an X-Amz-Date that is not a time",
+            lambda r: replace(r, "X-Amz-Date", "yesterday"),
+            "SignatureDoesNotMatch",
+        ),
+        (
+            "a scope for another service",
+            lambda r: authorization(r, "/sqs/aws4_request", "/sns/aws4_request"),
+            "SignatureDoesNotMatch",
+        ),
+        (
+            "SignedHeaders without host",
+            lambda r: authorization(r, "host;", ""),
+            "SignatureDoesNotMatch",
+        ),
+        (
+            "an x-amz-content-sha256 that is not the body's",
+            lambda r: r.headers.__setitem__("X-Amz-Content-SHA256", "0" * 64),
+            "SignatureDoesNotMatch",
+        ),
+    ]
+    for what, tamper, expected in cases:
+        request = _signed(body)
+        tamper(request)
+        with pytest.raises(SqsError) as refused:
+            _verify(request)
+        assert refused.value.kind.code == expected, what
+        # Refused for what it is, not as a signature that does not match.
+        assert "signature we calculated" not in refused.value.message, what
+    now = datetime.now(UTC).timestamp()
+    for what, request, at, expected in [
+        ("X-Amz-Expires not a number", presigned("soon"), now, "SignatureDoesNotMatch"),
+        ("X-Amz-Expires over 7 days", presigned("604801"), now, "SignatureDoesNotMatch"),
+        ("a presigned URL past its expiry", presigned("60"), now + 120, "RequestExpired"),
+    ]:
+        with pytest.raises(SqsError) as refused:
+            _verify(request, at)
+        assert refused.value.kind.code == expected, what

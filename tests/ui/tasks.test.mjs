@@ -9,6 +9,7 @@ import {
   earlierWorker,
   filtered,
   listParams,
+  messageAttributes,
   offeredActions,
   redriveDone,
   redriveFilter,
@@ -122,4 +123,28 @@ test("what a redrive did, in words", () => {
     redriveDone({ matched: 3, moved: 2, no_origin: 1 }, n),
     "2 of 3 matching tasks moved back to the queues they came from. 1 stayed: they did not come from another queue.",
   );
+});
+
+test("a task's message attributes: its own by name, then the system's; none for a native task", () => {
+  assert.deepEqual(messageAttributes(task({})), []);
+  assert.deepEqual(messageAttributes(task({ attributes: null })), []);
+  const sent = task({
+    attributes: {
+      MessageAttributes: {
+        "price.raw": { DataType: "Binary", BinaryValue: "AAH/" },
+        SellerName: { DataType: "String", StringValue: "Example Store" },
+        cents: { DataType: "Number.int", StringValue: "1250" },
+      },
+      MessageSystemAttributes: { AWSTraceHeader: { DataType: "String", StringValue: "Root=1-5759e988-bd862e3fe" } },
+      MessageDeduplicationId: "d-1",
+    },
+  });
+  assert.deepEqual(messageAttributes(sent), [
+    { name: "SellerName", type: "String", value: "Example Store", binary: false, system: false },
+    { name: "cents", type: "Number.int", value: "1250", binary: false, system: false },
+    { name: "price.raw", type: "Binary", value: "AAH/", binary: true, system: false },
+    { name: "AWSTraceHeader", type: "String", value: "Root=1-5759e988-bd862e3fe", binary: false, system: true },
+  ]);
+  // A send with only a deduplication id (a FIFO queue) has no attributes to list.
+  assert.deepEqual(messageAttributes(task({ attributes: { MessageDeduplicationId: "d-2" } })), []);
 });

@@ -4,20 +4,22 @@ the outages log, a callback) and works without an engine around it."""
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import msgspec
 import pytest
 
 from katar.core.clock import FakeClock
 from katar.core.listeners import Listeners
-from katar.core.model import DONE, Keep, NewTask, QueueOptions, Task
+from katar.core.model import DONE, Keep, NewTask, QueueOptions, Task, TaskFilter
+from katar.core.moves import MoveJobs
 from katar.core.outcomes import OutcomeWaits
 from katar.core.pruner import Pruner
 from katar.core.reaper import Reaper
 from katar.core.reloader import Reloader
 from katar.core.schedule import parse_schedule
 from katar.core.scheduler import Scheduler
-from katar.core.storage import Change
+from katar.core.storage import Change, RedriveStep, Store
 from katar.core.waits import WaitList
 from katar.core.workers import WorkerNames
 from katar.errors import ValidationError
@@ -221,3 +223,36 @@ async def test_the_pruner_removes_finished_tasks_past_their_queue_s_retention() 
     finally:
         await pruner.stop()
         await store.close()
+
+
+class _OneStepStore:
+    """A store whose redrive moves 5 tasks a step, for ever (only MoveJobs calls it)."""
+
+    async def redrive(self, *args: object) -> RedriveStep:
+        return RedriveStep(matched=5, moved=5, last=5, changes=[])
+
+
+async def test_a_cancelled_move_job_counts_every_step_the_store_committed() -> None:
+    """Cancelled while it tells the engine of a step's moves: that step is counted (the
+    store has moved those tasks), and no step follows."""
+    telling = asyncio.Event()
+    release = asyncio.Event()
+    steps = 0
+
+    async def moved(queue: str, step: RedriveStep) -> None:
+        nonlocal steps
+        steps += 1
+        telling.set()
+        await release.wait()
+
+    jobs = MoveJobs(cast(Store, _OneStepStore()), FakeClock(), moved, 100)
+    job = jobs.start("dlq", None, TaskFilter(), rate=5.0, total=50)
+    async with asyncio.timeout(30):
+        await telling.wait()
+        cancelling = asyncio.create_task(jobs.cancel("dlq"))
+        await asyncio.sleep(0)
+        release.set()
+        ended = await cancelling
+    assert ended is job
+    assert (job.state, job.moved, job.matched, steps) == ("cancelled", 5, 5, 1)
+    assert [j.state for j in jobs.history("dlq")] == ["cancelled"]

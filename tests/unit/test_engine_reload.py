@@ -54,3 +54,48 @@ async def test_a_change_asked_for_during_a_reload_is_read_by_another() -> None:
                 await asyncio.sleep(0.01)
     finally:
         await engine.close()
+
+
+class SlowLoad(MemoryStore):
+    """A store whose read of every queue's options waits until it is let go, having read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def load_queues(self) -> dict[str, QueueOptions]:
+        queues = await super().load_queues()
+        self.reading.set()
+        await self.go.wait()
+        return queues
+
+
+async def test_a_reload_does_not_undo_a_change_made_here_while_it_read() -> None:
+    store = SlowLoad()
+    engine = Engine(store)
+    store.go.set()
+    await engine.open({"q": QueueOptions(), "gone": QueueOptions()})
+    store.go.clear()
+    store.reading.clear()  # set by the read of open()
+    try:
+        engine.queue_changed("q")  # another server changed something: a reload reads
+        async with asyncio.timeout(30):
+            await store.reading.wait()
+        # Meanwhile, this server changes one queue and deletes another, after the read.
+        await engine.patch_queue("q", {"max_batch": 7})
+        await engine.delete_queue("gone")
+        store.go.set()
+        async with asyncio.timeout(30):
+            while engine._reloader._job is not None and not engine._reloader._job.done():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        assert engine.options("q").max_batch == 7
+        assert "gone" not in engine.queue_options()
+        # A later reload reads the store as it is, and takes it.
+        await store.save_queue("q", QueueOptions(max_batch=9))
+        engine.queue_changed("q")
+        async with asyncio.timeout(30):
+            while engine.options("q").max_batch != 9:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    finally:
+        await engine.close()

@@ -73,6 +73,7 @@ export interface Delivery {
   after?: unknown;
   after_omitted?: string[];
   attempt?: number;
+  attributes?: MessageAttributes | null;
   /** Any JSON value, null included. */
   data?: unknown;
   schedule?: string | null;
@@ -125,6 +126,31 @@ export interface Keep {
   cancelled?: number | null;
   done?: number | null;
   failed?: number | null;
+}
+
+/**
+ * A message attribute as the SQS API writes it: its type (``String``, ``Number``,
+ * ``Binary``, with an optional ``.suffix``) and its value, ``BinaryValue`` in base64.
+ */
+export interface MessageAttributeValue {
+  BinaryValue?: string | null;
+  DataType: string;
+  StringValue?: string | null;
+}
+
+/**
+ * What a send over the SQS API (katar.sqs) keeps with its task: its message attributes,
+ * its system attributes (``AWSTraceHeader``) and, on a FIFO queue, its deduplication id.
+ * Each is absent when the send gave none.
+ */
+export interface MessageAttributes {
+  MessageAttributes?: {
+    [name: string]: MessageAttributeValue;
+  };
+  MessageDeduplicationId?: string | null;
+  MessageSystemAttributes?: {
+    [name: string]: MessageAttributeValue;
+  };
 }
 
 /** A redrive at a rate (a move job) as it stands, on the server that runs it. */
@@ -514,6 +540,7 @@ export interface TaskRecord {
   after?: unknown;
   after_omitted?: string[];
   attempts: number;
+  attributes?: MessageAttributes | null;
   cancel_requested?: boolean;
   created_at?: string | null;
   /** Any JSON value, null included. */

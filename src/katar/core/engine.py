@@ -163,7 +163,15 @@ class Engine:
         )
         self._workers = WorkerNames(MAX_WORKERS_SEEN)
         self._events = Listeners()
-        self._reloader = Reloader(store, self.outages, reloaded=self._reloaded)
+        #: This server's own writes of queues' options, numbered, and the number of the last
+        #: one before the reload running began reading: a reload must not undo a write that
+        #: came while it read (the store's notification of that write brings another).
+        self._queue_writes = 0
+        self._written: dict[str, int] = {}
+        self._reload_mark = 0
+        self._reloader = Reloader(
+            store, self.outages, reloaded=self._reloaded, reading=self._reload_reading
+        )
         self._pruner = Pruner(store, self.clock, self.outages, queues=self.queue_options)
         # The collaborators' methods that the operations call, bound once: a poll calls
         # them, and through these names the operations read as before.
@@ -302,6 +310,7 @@ class Engine:
         elif old.paused != options.paused:
             log.info("queue %s %s", name, "paused" if options.paused else "resumed")
         self.queues[name] = options
+        self._wrote(name)
         if old is not None and old != options:
             self._waits.wake_all(name)  # resumed, or a limit moved: the long polls look again
         return options
@@ -379,6 +388,7 @@ class Engine:
         self.options(name)
         count = await self.store.delete_queue(name, self.clock.now_ms())
         self.queues.pop(name, None)
+        self._wrote(name)
         self.counters.forget(name)
         self._moves.forget(name)
         log.info("queue %s deleted with its %d task(s)", name, count)
@@ -949,6 +959,11 @@ class Engine:
         self.options(queue)
         return self._moves.job(queue)
 
+    def move_history(self, queue: str) -> list[MoveJob]:
+        """The queue's last redrives at a rate on this server (up to 10), the last first."""
+        self.options(queue)
+        return self._moves.history(queue)
+
     def move_jobs(self) -> list[MoveJob]:
         """The last redrive at a rate of every queue, on this server."""
         return self._moves.jobs()
@@ -1026,8 +1041,24 @@ class Engine:
     def now_ms(self) -> int:
         return self.clock.now_ms()
 
+    def _wrote(self, name: str) -> None:
+        self._queue_writes += 1
+        self._written[name] = self._queue_writes
+
+    def _reload_reading(self) -> None:
+        self._reload_mark = self._queue_writes
+
     def _reloaded(self, queues: dict[str, QueueOptions], wake_all: bool) -> None:
-        """The queues' options as the reloader read them: this server's from now on."""
+        """The queues' options as the reloader read them: this server's from now on, but for
+        those this server wrote while they were read (what it wrote is newer)."""
+        mark = self._reload_mark
+        newer = {name for name, number in self._written.items() if number > mark}
+        self._written = {name: self._written[name] for name in newer}
+        for name in newer:
+            if name in self.queues:
+                queues[name] = self.queues[name]
+            else:
+                queues.pop(name, None)
         old, self.queues = self.queues, queues
         for queue, options in queues.items():
             if queue in old and old[queue] != options:

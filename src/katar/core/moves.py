@@ -8,7 +8,9 @@ so that a service that just recovered is not flooded with the whole backlog at o
 
 A move job lives in the process of the server that started it: a restart ends it (the
 tasks it moved stay moved; a new redrive moves the rest, since the filter still selects
-them). Each server keeps the last job of each queue it ran, for GET .../redrive.
+them). Each server keeps the last jobs of each queue it ran (MOVE_HISTORY, as SQS lists
+its message move tasks), the last for GET .../redrive. Servers sharing a PostgreSQL
+database do not see each other's jobs: a job is a task of the process that runs it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ MoveState = Literal["running", "completed", "cancelled", "failed"]
 #: The most tasks a second a rated redrive may move (a redrive without a rate moves them as
 #: fast as the store takes them).
 MAX_RATE: Final = 1_000_000.0
+#: The move jobs of a queue that a server keeps, the last first (SQS lists up to 10
+#: message move tasks per source queue).
+MOVE_HISTORY: Final = 10
 #: Seconds a move job waits before it tries again when the store is unavailable.
 RETRY_AFTER: Final = 1.0
 
@@ -85,7 +90,11 @@ class MoveJobs:
         self._moved = moved
         self._step = step
         self._jobs: dict[str, MoveJob] = {}
+        #: Each queue's last jobs, the last first (its last is also in _jobs).
+        self._history: dict[str, list[MoveJob]] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
+        #: Set to stop a queue's running job between two steps (see cancel).
+        self._stops: dict[str, asyncio.Event] = {}
 
     async def run(
         self,
@@ -130,6 +139,8 @@ class MoveJobs:
             queue=queue, to=to, where=where, rate=rate, total=total, started_at=self._clock.now_ms()
         )
         self._jobs[queue] = job
+        self._history[queue] = [job, *self._history.get(queue, [])][:MOVE_HISTORY]
+        self._stops[queue] = asyncio.Event()
         self._runs[queue] = asyncio.create_task(
             self._run_at_rate(job, allowed), name=f"katar-redrive-{queue}"
         )
@@ -146,17 +157,24 @@ class MoveJobs:
             )
         return job
 
+    def history(self, queue: str) -> list[MoveJob]:
+        """The queue's last move jobs on this server (up to MOVE_HISTORY), the last first."""
+        return list(self._history.get(queue, []))
+
     def jobs(self) -> list[MoveJob]:
         """Every queue's last move job, by queue."""
         return [self._jobs[queue] for queue in sorted(self._jobs)]
 
     async def cancel(self, queue: str) -> MoveJob:
         """Stop the queue's running move job (the tasks it moved stay moved): the job as it
-        ends. A job that has ended already is answered as it is."""
+        ends. A job that has ended already is answered as it is.
+
+        The job stops between two steps, not inside one: a step cut off once the store has
+        committed its moves would leave them out of the job's count."""
         job = self.job(queue)
-        run = self._runs.pop(queue, None)
+        run = self._runs.get(queue)
         if run is not None and not run.done():
-            run.cancel()
+            self._stops[queue].set()
             with contextlib.suppress(asyncio.CancelledError):
                 await run
         if job.state == "running":  # cancelled before it ever ran
@@ -170,6 +188,8 @@ class MoveJobs:
         if run is not None:
             run.cancel()
         self._jobs.pop(queue, None)
+        self._history.pop(queue, None)
+        self._stops.pop(queue, None)
 
     async def close(self) -> None:
         """Stop every running job (a restart ends them)."""
@@ -178,27 +198,32 @@ class MoveJobs:
 
     async def _run_at_rate(self, job: MoveJob, allowed: Collection[str] | None) -> None:
         per_step = max(1, min(self._step, math.floor(job.rate)))
+        stop = self._stops[job.queue]
         after = 0
         try:
             while True:
+                if stop.is_set():
+                    job.state = "cancelled"
+                    break
                 began = time.monotonic()
                 try:
                     step = await self._store.redrive(
                         job.queue, job.to, job.where, self._clock.now_ms(), after, per_step, allowed
                     )
                 except StoreUnavailable:
-                    await asyncio.sleep(RETRY_AFTER)
+                    await _until(stop, RETRY_AFTER)
                     continue
-                await self._moved(job.queue, step)
+                # Counted before anything else is awaited: the store has moved them.
                 job.matched += step.matched
                 job.moved += step.moved
                 job.no_origin += step.matched - step.moved
                 after = step.last
+                await self._moved(job.queue, step)
                 if step.matched < per_step:
                     job.state = "completed"
                     break
                 # The step's tasks took their share of the second: wait out the rest.
-                await asyncio.sleep(max(step.matched / job.rate - (time.monotonic() - began), 0))
+                await _until(stop, max(step.matched / job.rate - (time.monotonic() - began), 0))
         except asyncio.CancelledError:
             job.state = "cancelled"
             raise
@@ -208,4 +233,11 @@ class MoveJobs:
             job.error = str(exc) or type(exc).__name__
         finally:
             job.ended_at = self._clock.now_ms()
-            self._runs.pop(job.queue, None)
+            if self._runs.get(job.queue) is asyncio.current_task():
+                self._runs.pop(job.queue, None)
+
+
+async def _until(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less when ``stop`` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

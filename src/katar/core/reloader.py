@@ -36,7 +36,8 @@ class Reloader:
     """Reads the queues' options again when asked, until it succeeds.
 
     ``reloaded(queues, wake_all)`` is given each set of options read, and whether every
-    long poll must look again (events may have been missed).
+    long poll must look again (events may have been missed); ``reading()`` is called as each
+    read starts.
     """
 
     def __init__(
@@ -45,10 +46,13 @@ class Reloader:
         outages: Outages,
         *,
         reloaded: Callable[[dict[str, QueueOptions], bool], None],
+        reading: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.outages = outages
         self._reloaded = reloaded
+        #: Called as each read starts: what the engine writes from then on is newer.
+        self._reading = reading
         #: The reload running, and what the next one must do: run at all, and wake every
         #: long poll.
         self._job: asyncio.Task[None] | None = None
@@ -74,6 +78,7 @@ class Reloader:
             self._wanted = False
             wake_all, self._wake_all = self._wake_all, False
             try:
+                self._reading()
                 queues = await self.store.load_queues()
             except Exception as exc:
                 if isinstance(exc, StoreUnavailable):

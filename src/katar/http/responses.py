@@ -17,6 +17,7 @@ from katar.protocol import LEASE_HEADER as LEASE_HEADER_NAME
 from katar.protocol import (
     DeadLetterRecord,
     DeliveryRecord,
+    MessageAttributes,
     ScheduleRecord,
     TaskRecord,
     TraceContext,
@@ -178,6 +179,8 @@ def task_record(task: Task, omitted: list[str] | None = None) -> TaskRecord:
         task.debounced,
         # The stored JSON object, spliced in as it is (a TraceContext encoded).
         cast("TraceContext | None", task.trace),
+        # The stored JSON object (a MessageAttributes encoded), spliced in too.
+        cast("MessageAttributes | None", task.attributes),
     )
 
 
@@ -275,7 +278,12 @@ _DELIVERY_TIMEOUT: Final = b'{"_id":"%d","data":%b,"attempt":%d,"timeout":%d}'
 
 
 def _delivery(task: Task, omitted: list[str] | None = None) -> bytes:
-    if task.after is not None or task.schedule is not None or task.trace is not None:
+    if (
+        task.after is not None
+        or task.schedule is not None
+        or task.trace is not None
+        or task.attributes is not None
+    ):
         return _delivery_more(task, omitted)
     if task.timeout is None:
         return _DELIVERY % (task.id, task.data, task.attempts)
@@ -291,7 +299,8 @@ def delivery(task: Task) -> bytes:
 def _delivery_more(task: Task, omitted: list[str] | None = None) -> bytes:
     """The delivery of a task made by a schedule (its name and tick), that waited for
     others (their results: fan-in, and the parents whose results are left out, see
-    fit_results), or that carries a trace context. Each field is there only when set."""
+    fit_results), or that carries a trace context or message attributes (a send over SQS).
+    Each field is there only when set."""
     more = b"" if task.timeout is None else b',"timeout":%d' % task.timeout
     if task.schedule is not None:
         more += b',"schedule":%b' % encode(task.schedule)
@@ -303,6 +312,8 @@ def _delivery_more(task: Task, omitted: list[str] | None = None) -> bytes:
         more += b',"after_omitted":%b' % encode(omitted)
     if task.trace is not None:
         more += b',"trace":%b' % task.trace
+    if task.attributes is not None:
+        more += b',"attributes":%b' % task.attributes
     return b'{"_id":"%d","data":%b,"attempt":%d%b}' % (task.id, task.data, task.attempts, more)
 
 

@@ -98,6 +98,28 @@ _FIFO: Final = {
     "DeduplicationScope": ("queue", "messageGroup"),
     "FifoThroughputLimit": ("perQueue", "perMessageGroupId"),
 }
+#: The actions AddPermission may grant another account (SQS's shared-queue actions); the
+#: others only the queue's owner may call.
+_SHARED_ACTIONS: Final = frozenset(
+    {
+        "*",
+        "ChangeMessageVisibility",
+        "DeleteMessage",
+        "GetQueueAttributes",
+        "GetQueueUrl",
+        "ListDeadLetterSourceQueues",
+        "PurgeQueue",
+        "ReceiveMessage",
+        "SendMessage",
+    }
+)
+#: SQS's limits on a queue's policy: actions per statement, statements, principals.
+MAX_POLICY_ACTIONS: Final = 7
+MAX_POLICY_STATEMENTS: Final = 20
+MAX_POLICY_PRINCIPALS: Final = 50
+#: A permission's Label (a statement's Sid): 1 to 80 letters, digits, "-" and "_".
+_LABEL: Final = re.compile(r"[A-Za-z0-9_-]{1,80}")
+_ACCOUNT_ID: Final = re.compile(r"[0-9]{12}")
 #: How long a FIFO queue remembers a message's deduplication id (SQS: 5 minutes).
 DEDUPLICATION_MS: Final = 5 * 60 * 1000
 _READ_ONLY: Final = (
@@ -363,6 +385,8 @@ class Actions:
                 value = _redrive_policy(value)
             elif key == "RedriveAllowPolicy":
                 value = _redrive_allow_policy(value)
+            elif key == "Policy":
+                value = _queue_policy(value)
             elif key in _FIFO:
                 if not fifo or (key == "FifoQueue" and not creating):
                     raise SqsError(
@@ -553,7 +577,7 @@ class Actions:
         for key, value in attributes.items():
             if key == "VisibilityTimeout":
                 changes["timeout"] = max(1, int(value) * 1000)
-            elif key in _REDRIVE and value == "":
+            elif (key in _REDRIVE or key == "Policy") and value == "":
                 kept.pop(key, None)
             else:
                 kept[key] = value
@@ -598,6 +622,99 @@ class Actions:
         _, options = await self.queue_of(params, caller)
         tags = _sqs_config(options).get("tags") or {}
         return {"Tags": tags} if tags else {}
+
+    async def add_permission(self, params: Params, caller: Caller) -> dict[str, Any]:
+        """A statement added to the queue's Policy, as SQS writes it (kept, not enforced)."""
+        name, options = await self.queue_of(params, caller)
+        label = _label(params)
+        accounts = _names(params, "AWSAccountIds")
+        if not accounts or not all(_ACCOUNT_ID.fullmatch(a) for a in accounts):
+            shown = ", ".join(accounts)[:200]
+            raise invalid(
+                f"Value [{shown}] for parameter PrincipalId is invalid. Reason: Unable to verify."
+            )
+        actions = _names(params, "Actions")
+        if not actions:
+            raise SqsError(
+                sqs_errors.MISSING_PARAMETER, "The request must contain the parameter Actions."
+            )
+        if len(actions) > MAX_POLICY_ACTIONS:
+            raise SqsError(
+                sqs_errors.OVER_LIMIT,
+                f"{len(actions)} Actions were found, maximum allowed is {MAX_POLICY_ACTIONS}.",
+            )
+        for action in actions:
+            if action not in _SHARED_ACTIONS:
+                reason = (
+                    "Only the queue owner is allowed to invoke this action."
+                    if action in ACTIONS
+                    else "Please refer to the appropriate WSDL for a list of valid actions."
+                )
+                raise invalid(
+                    f"Value SQS:{action[:100]} for parameter ActionName is invalid. "
+                    f"Reason: {reason}"
+                )
+        kept = dict(_sqs_config(options))
+        policy, statements = _policy_statements(kept.get("Policy"))
+        if any(statement.get("Sid") == label for statement in statements):
+            raise invalid(f"Value {label} for parameter Label is invalid. Reason: Already exists.")
+        if len(statements) >= MAX_POLICY_STATEMENTS:
+            raise SqsError(
+                sqs_errors.OVER_LIMIT,
+                f"{len(statements) + 1} statements were found, maximum allowed is "
+                f"{MAX_POLICY_STATEMENTS}.",
+            )
+        principals = [f"arn:aws:iam::{account}:root" for account in accounts]
+        if _principal_count(statements) + len(principals) > MAX_POLICY_PRINCIPALS:
+            raise SqsError(
+                sqs_errors.OVER_LIMIT,
+                f"The policy would name more than {MAX_POLICY_PRINCIPALS} principals.",
+            )
+        granted = [f"SQS:{action}" for action in actions]
+        arn = self.arn(name)
+        statements.append(
+            {
+                "Sid": label,
+                "Effect": "Allow",
+                "Principal": {"AWS": principals[0] if len(principals) == 1 else principals},
+                "Action": granted[0] if len(granted) == 1 else granted,
+                "Resource": arn,
+            }
+        )
+        if not policy:
+            policy = {"Version": "2012-10-17", "Id": f"{arn}/SQSDefaultPolicy"}
+        policy["Statement"] = statements
+        kept["Policy"] = json.dumps(policy, separators=(",", ":"))
+        await self._keep(name, options, kept)
+        return {}
+
+    async def remove_permission(self, params: Params, caller: Caller) -> dict[str, Any]:
+        """The statement of the queue's Policy with this Label (Sid) removed; the Policy
+        itself once it has no statement left."""
+        name, options = await self.queue_of(params, caller)
+        label = _label(params)
+        kept = dict(_sqs_config(options))
+        policy, statements = _policy_statements(kept.get("Policy"))
+        left = [statement for statement in statements if statement.get("Sid") != label]
+        if len(left) == len(statements):
+            raise invalid(
+                f"Value {label} for parameter Label is invalid. Reason: can't find label on "
+                "existing policy."
+            )
+        if left:
+            policy["Statement"] = left
+            kept["Policy"] = json.dumps(policy, separators=(",", ":"))
+        else:
+            kept.pop("Policy", None)
+        await self._keep(name, options, kept)
+        return {}
+
+    async def _keep(self, name: str, options: QueueOptions, kept: dict[str, Any]) -> None:
+        """The queue's SQS configuration replaced by ``kept``, as changed now."""
+        kept["LastModifiedTimestamp"] = str(self.engine.now_ms() // 1000)
+        await self.engine.patch_queue(
+            name, {"configuration": {**options.configuration, "sqs": kept}}
+        )
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -1005,10 +1122,11 @@ class Actions:
         if not caller.sees(queue):
             raise _no_task()
         try:
-            job = self.engine.move_job(queue)
+            jobs = self.engine.move_history(queue)
         except NotFound:
             raise _no_task() from None
-        if job.started_at != started:
+        job = next((j for j in jobs if j.started_at == started), None)
+        if job is None:
             raise _no_task()
         if job.state != "running":
             raise SqsError(
@@ -1021,26 +1139,26 @@ class Actions:
 
     async def list_message_move_tasks(self, params: Params, caller: Caller) -> dict[str, Any]:
         source = await self._queue_by_arn(params, "SourceArn", caller)
-        _integer(params, "MaxResults", 1, 10)
-        try:
-            job = self.engine.move_job(source)
-        except NotFound:
-            return {"Results": []}
-        entry: dict[str, Any] = {}
-        if job.state == "running":
-            entry["TaskHandle"] = _task_handle(job)
-        entry["Status"] = job.state.upper()
-        entry["SourceArn"] = _text(params, "SourceArn")
-        if job.to is not None:
-            entry["DestinationArn"] = self.arn(job.to)
-        if job.rate != _FASTEST:
-            entry["MaxNumberOfMessagesPerSecond"] = int(job.rate)
-        entry["ApproximateNumberOfMessagesMoved"] = job.moved
-        entry["ApproximateNumberOfMessagesToMove"] = job.total
-        if job.error is not None:
-            entry["FailureReason"] = job.error
-        entry["StartedTimestamp"] = job.started_at
-        return {"Results": [entry]}
+        # SQS answers the most recent task unless asked for more (up to 10).
+        limit = _integer(params, "MaxResults", 1, 10) or 1
+        results = []
+        for job in self.engine.move_history(source)[:limit]:
+            entry: dict[str, Any] = {}
+            if job.state == "running":
+                entry["TaskHandle"] = _task_handle(job)
+            entry["Status"] = job.state.upper()
+            entry["SourceArn"] = _text(params, "SourceArn")
+            if job.to is not None:
+                entry["DestinationArn"] = self.arn(job.to)
+            if job.rate != _FASTEST:
+                entry["MaxNumberOfMessagesPerSecond"] = int(job.rate)
+            entry["ApproximateNumberOfMessagesMoved"] = job.moved
+            entry["ApproximateNumberOfMessagesToMove"] = job.total
+            if job.error is not None:
+                entry["FailureReason"] = job.error
+            entry["StartedTimestamp"] = job.started_at
+            results.append(entry)
+        return {"Results": results}
 
 
 class _Stored(msgspec.Struct):
@@ -1241,6 +1359,65 @@ def _redrive_allow_policy(value: str) -> str:
     return json.dumps(shown, separators=(",", ":"))
 
 
+def _label(params: Params) -> str:
+    """A permission's Label, checked."""
+    label = _text(params, "Label")
+    assert label is not None
+    if not _LABEL.fullmatch(label):
+        raise invalid(
+            f"Value {label[:100]} for parameter Label is invalid. Reason: Can only include "
+            "alphanumeric characters, hyphens, or underscores. 1 to 80 in length."
+        )
+    return label
+
+
+def _policy_statements(text: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A kept Policy (empty: none) and its statements, as a list (IAM allows one statement
+    as an object)."""
+    if not isinstance(text, str) or not text:
+        return {}, []
+    try:
+        policy = json.loads(text)
+    except ValueError:
+        policy = None
+    if not isinstance(policy, dict):  # kept by a version that did not check it
+        raise invalid(
+            "The queue's Policy is not a JSON object: set one (SetQueueAttributes) or remove "
+            "it (an empty Policy) first."
+        )
+    statements = policy.get("Statement", [])
+    if isinstance(statements, dict):
+        statements = [statements]
+    return policy, [s for s in statements if isinstance(s, dict)]
+
+
+def _principal_count(statements: list[dict[str, Any]]) -> int:
+    """The AWS principals the statements name."""
+    count = 0
+    for statement in statements:
+        principal = statement.get("Principal")
+        named = principal.get("AWS") if isinstance(principal, dict) else principal
+        count += len(named) if isinstance(named, list) else 1
+    return count
+
+
+def _queue_policy(value: str) -> str:
+    """A Policy checked: a JSON object, kept as given (empty: remove it)."""
+    if value == "":
+        return value
+    try:
+        policy = json.loads(value)
+    except ValueError:
+        policy = None
+    if not isinstance(policy, dict) or not isinstance(policy.get("Statement", []), list | dict):
+        raise SqsError(
+            sqs_errors.INVALID_ATTRIBUTE_VALUE,
+            "Invalid value for the parameter Policy: a JSON object whose Statement is a list "
+            "of statements.",
+        )
+    return value
+
+
 def _task_handle(job: MoveJob) -> str:
     """A message move task's TaskHandle: its queue and start, opaque to the client."""
     raw = f"{job.started_at}.{job.queue}".encode()
@@ -1261,13 +1438,6 @@ def _read_task_handle(handle: str) -> tuple[str, int]:
 
 def _no_task() -> SqsError:
     return SqsError(sqs_errors.RESOURCE_NOT_FOUND, "The specified TaskHandle does not exist.")
-
-
-def _unsupported(what: str) -> Handler:
-    async def refuse(actions: Actions, params: Params, caller: Caller) -> dict[str, Any]:
-        raise SqsError(sqs_errors.UNSUPPORTED_OPERATION, f"{what} is not answered yet by Katar.")
-
-    return refuse
 
 
 #: Each action: its method and the least role it needs (as a token's).
@@ -1293,6 +1463,6 @@ ACTIONS: Final[Mapping[str, Action]] = {
     "StartMessageMoveTask": Action(Actions.start_message_move_task, Access.ADMIN),
     "ListMessageMoveTasks": Action(Actions.list_message_move_tasks, Access.WORKER),
     "CancelMessageMoveTask": Action(Actions.cancel_message_move_task, Access.ADMIN),
-    "AddPermission": Action(_unsupported("AddPermission"), Access.ADMIN),
-    "RemovePermission": Action(_unsupported("RemovePermission"), Access.ADMIN),
+    "AddPermission": Action(Actions.add_permission, Access.ADMIN),
+    "RemovePermission": Action(Actions.remove_permission, Access.ADMIN),
 }

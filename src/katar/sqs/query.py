@@ -109,6 +109,8 @@ def parameters(action: str, flat: Mapping[str, str], queue_url: str | None) -> d
         ("MessageAttributeName", "MessageAttributeNames"),
         ("MessageSystemAttributeName", "MessageSystemAttributeNames"),
         ("TagKey", "TagKeys"),
+        ("AWSAccountId", "AWSAccountIds"),
+        ("ActionName", "Actions"),
     ):
         values = _groups(flat, flat_name)
         if values:

@@ -70,6 +70,21 @@
  * @property {string[]} waiting_for
  * @property {Record<string, unknown> | null} after
  * @property {DeadLetter | null} [dead_letter]
+ * @property {MessageAttributes | null} [attributes] what a send over the SQS API kept with it
+ */
+
+/**
+ * @typedef {object} MessageAttributeValue A message attribute as the SQS API writes it.
+ * @property {string} DataType "String", "Number", "Binary", with an optional ".suffix"
+ * @property {string} [StringValue]
+ * @property {string} [BinaryValue] base64
+ */
+
+/**
+ * @typedef {object} MessageAttributes What a send over the SQS API kept with its task.
+ * @property {Record<string, MessageAttributeValue>} [MessageAttributes]
+ * @property {Record<string, MessageAttributeValue>} [MessageSystemAttributes]
+ * @property {string} [MessageDeduplicationId]
  */
 
 /** @typedef {{tasks: Task[], next: string | null}} TaskPage A page of tasks and the cursor of the next. */

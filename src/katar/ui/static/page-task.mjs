@@ -7,7 +7,7 @@ import { count, json } from "./format.mjs";
 import { usePoll, useTitle } from "./live.mjs";
 import { may } from "./rights.mjs";
 import { queueLink, taskLink } from "./routes.mjs";
-import { earlierError, earlierWorker, taskActions } from "./tasks.mjs";
+import { earlierError, earlierWorker, messageAttributes, taskActions } from "./tasks.mjs";
 import { Block, Dialog, Problem, Status, Time, html } from "./widgets.mjs";
 
 /** The linked tasks on a page. */
@@ -59,6 +59,34 @@ function Linked({ queue, id, kind, title, children }) {
         <span class="muted">Page ${cursors.length}</span>
         <button type="button" disabled=${!page.next} onClick=${() => setCursors([...cursors, page.next])}>Next ›</button>
       </nav>`}
+    </section>
+  `;
+}
+
+/**
+ * The message attributes a send over the SQS API kept with the task; nothing for a task
+ * enqueued natively, or sent without any.
+ * @param {{task: import("./api.mjs").Task}} props
+ */
+function Attributes({ task }) {
+  const rows = messageAttributes(task);
+  if (rows.length === 0) return null;
+  return html`
+    <section class="block" aria-label="Message attributes">
+      <h2>Message attributes</h2>
+      <p class="hint">Sent with the message over the SQS API, and received with it there.</p>
+      <div class="table-wrap"><table>
+        <thead><tr><th scope="col">Name</th><th scope="col">Type</th><th scope="col">Value</th></tr></thead>
+        <tbody>
+          ${rows.map(
+            (row) => html`<tr key=${`${row.system}:${row.name}`}>
+              <td><code>${row.name}</code>${row.system ? html` <span class="muted">(system)</span>` : ""}</td>
+              <td>${row.type}</td>
+              <td><code>${row.value}</code>${row.binary ? html` <span class="muted">(base64)</span>` : ""}</td>
+            </tr>`,
+          )}
+        </tbody>
+      </table></div>
     </section>
   `;
 }
@@ -195,11 +223,15 @@ export function TaskPage({ who, queue, id }) {
           </div>`}
           ${task.debounce_key &&
           html`<div><dt>Debounce key</dt><dd title="While it waits, never delivered, an enqueue of this key replaces its data and due time"><code>${task.debounce_key}</code></dd></div>`}
+          ${task.attributes &&
+          task.attributes.MessageDeduplicationId &&
+          html`<div><dt>Deduplication id</dt><dd title="The SQS API's MessageDeduplicationId of the message (a FIFO queue)"><code>${task.attributes.MessageDeduplicationId}</code></dd></div>`}
           ${task.schedule &&
           html`<div><dt>Schedule</dt><dd><a href="#/schedules">${task.schedule}</a>, tick <${Time} iso=${task.scheduled_for} /></dd></div>`}
         </dl>
         <${Block} label=${earlierError(task) ? "Error of an earlier attempt" : "Error"} value=${task.error} />
         <${Block} label="Data" value=${task.data} />
+        <${Attributes} task=${task} />
         <${Block} label="Result" value=${task.result} />
         ${task.after !== null &&
         html`<${Linked} queue=${queue} id=${id} kind="parents" title="Tasks it waits for">

@@ -6,6 +6,7 @@
 /** @typedef {import("./api.mjs").Status} Status */
 /** @typedef {import("./api.mjs").Task} Task */
 /** @typedef {import("./api.mjs").BulkAction} BulkAction */
+/** @typedef {import("./api.mjs").MessageAttributeValue} MessageAttributeValue */
 
 /**
  * @typedef {object} Filter A bulk action's filter (POST /v1/queue/{queue}/tasks/bulk).
@@ -182,3 +183,38 @@ export function listParams(status, query, cursor, limit) {
  * @param {URLSearchParams} query
  */
 export const filtered = (query) => FILTERS.some((f) => query.get(f));
+
+/**
+ * @typedef {object} AttributeRow One message attribute of a task, as its page lists it.
+ * @property {string} name
+ * @property {string} type its DataType ("String", "Number", "Binary", with a ".suffix")
+ * @property {string} value its StringValue, or its BinaryValue in base64
+ * @property {boolean} binary
+ * @property {boolean} system a system attribute (AWSTraceHeader), not one the sender named
+ */
+
+/**
+ * The message attributes a send over the SQS API kept with the task, its own first then the
+ * system's, each by name; none for a task enqueued natively.
+ * @param {Task} task
+ * @returns {AttributeRow[]}
+ */
+export function messageAttributes(task) {
+  const kept = task.attributes;
+  if (!kept) return [];
+  /**
+   * @param {Record<string, MessageAttributeValue> | undefined} attributes
+   * @param {boolean} system
+   * @returns {AttributeRow[]}
+   */
+  const rows = (attributes, system) =>
+    Object.keys(attributes || {})
+      .sort()
+      .map((name) => {
+        const attribute = /** @type {Record<string, MessageAttributeValue>} */ (attributes)[name];
+        const binary = attribute.BinaryValue !== undefined;
+        const value = (binary ? attribute.BinaryValue : attribute.StringValue) ?? "";
+        return { name, type: attribute.DataType, value, binary, system };
+      });
+  return [...rows(kept.MessageAttributes, false), ...rows(kept.MessageSystemAttributes, true)];
+}
