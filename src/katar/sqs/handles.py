@@ -15,7 +15,6 @@ nothing, as SQS's stale handles do). Anything else is ``ReceiptHandleIsInvalid``
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -27,6 +26,10 @@ from katar.sqs.errors import RECEIPT_HANDLE_IS_INVALID, SqsError
 
 _MAC_BYTES: Final = 16
 _LABEL: Final = b"katar sqs receipt handle v1"
+#: base64url's two letters of its own, to and from standard base64's (binascii's codecs
+#: are base64.urlsafe_* without their Python layers: a handle is made or read per message).
+_TO_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE: Final = bytes.maketrans(b"-_", b"+/")
 
 
 class Receipt(NamedTuple):
@@ -50,17 +53,19 @@ class Handles:
     """Makes and reads receipt handles under one key."""
 
     def __init__(self, key: bytes) -> None:
-        self._key = key
+        # Keyed once: a copy of it is a fraction of a new HMAC's cost (its key schedule).
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
 
     def _mac(self, queue: str, task_id: int, attempt: int) -> bytes:
-        message = b"%d.%d." % (task_id, attempt) + queue.encode()
-        return hmac.new(self._key, message, hashlib.sha256).digest()[:_MAC_BYTES]
+        mac = self._keyed.copy()
+        mac.update(b"%d.%d." % (task_id, attempt) + queue.encode())
+        return mac.digest()[:_MAC_BYTES]
 
     def make(self, queue: str, task_id: int, attempt: int) -> str:
         """The handle of delivery ``attempt`` of the task."""
         mac = self._mac(queue, task_id, attempt)
         raw = b"%d.%d." % (task_id, attempt) + mac
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        return binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE).decode().rstrip("=")
 
     def read(self, queue: str, handle: object) -> Receipt:
         """The delivery ``handle`` names on ``queue``; ReceiptHandleIsInvalid when it is not
@@ -68,7 +73,10 @@ class Handles:
         if not isinstance(handle, str) or not handle or len(handle) > 1024:
             raise _invalid(handle)
         try:
-            raw = base64.urlsafe_b64decode(handle + "=" * (-len(handle) % 4))
+            # As base64.urlsafe_b64decode: ASCII only, characters outside the alphabet
+            # skipped (ValueError covers a non-ASCII handle's UnicodeEncodeError).
+            padded = (handle + "=" * (-len(handle) % 4)).encode("ascii")
+            raw = binascii.a2b_base64(padded.translate(_FROM_URLSAFE))
         except (binascii.Error, ValueError):
             raise _invalid(handle) from None
         head, _, mac = raw.partition(b".")
