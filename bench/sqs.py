@@ -1,17 +1,29 @@
-"""The SQS API's cost: boto3's send / receive / delete loops against ``katar serve``, beside
-the native protocol's equivalent loops against the same server in the same run, and the
-same boto3 loops against moto's SQS server (a peer, when moto is installed).
+"""The SQS API's cost, in one run: the SDKs' send / receive / delete loops against ``katar
+serve`` and against moto's SQS server, and a wrk drain of a full queue in batches of 10.
 
-Each loop is sequential, one client on one keep-alive connection: send ``batch`` messages
-(SendMessage, or SendMessageBatch of 10), receive them (ReceiveMessage with
-MaxNumberOfMessages = batch), delete them (DeleteMessage, or DeleteMessageBatch). The native
-loop does the same three requests: an enqueue (``POST /v1/queue/<q>/tasks``), a poll
-(``max`` = batch), and a poll that carries the acks "done" (``max`` 0). Figures are messages
-a second through the whole loop (median of ``--repeats`` runs), and the SQS loops' ratio to
-the native one.
+**Loops.** Each is sequential, one client on one keep-alive connection: send ``batch``
+messages (SendMessage, or SendMessageBatch of 10), receive them (ReceiveMessage with
+MaxNumberOfMessages = batch), delete them (DeleteMessage, or DeleteMessageBatch). The
+clients: boto3, and the JavaScript SDK v3 (bench/node/sqs.mjs; skipped until ``npm ci`` in
+bench/node). Beside them, the native protocol's same three requests with httpx: an enqueue,
+a poll (``max`` = batch), and a poll that carries the acks "done". The servers: Katar on
+SQLite, on PostgreSQL (boto3 only; skipped when the server does not answer), and moto's
+server (skipped when moto is not installed). Each repeat measures every loop once, in turn,
+so that the machine's load weighs on Katar's and moto's figures alike; a figure is the
+median of ``--repeats`` runs of ``--messages`` messages, and the ratios are of those medians.
 
-    python -m bench.sqs                       # SQLite, 2,000 messages a loop
-    python -m bench.sqs --store memory --messages 5000
+**Drain.** A queue on SQLite filled with ``--drain-messages`` messages, then drained by wrk
+(bench/sqs_drain.lua, ``--connections``): each response to a ReceiveMessage of 10 is
+followed by one DeleteMessageBatch of its receipt handles. The clock stops when no message
+is left; the figure is messages received and deleted a second, and the server's CPU
+seconds per 10,000. Beside it in the same server, the native protocol's drain
+(bench/drain.lua: a poll of 10 that carries the previous poll's acks).
+
+wrk sends unsigned requests: the server is open (no tokens, no credentials), as on loopback.
+
+    python -m bench.sqs                                  # everything
+    python -m bench.sqs --messages 1000 --repeats 5 --drain-messages 200000
+    python -m bench.sqs --only drain
 """
 
 from __future__ import annotations
@@ -19,21 +31,50 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import boto3
 import httpx
 
-from bench.common import free_port, katar, wait_for_port
+from bench.common import (
+    HERE,
+    Server,
+    free_port,
+    katar,
+    katars,
+    postgres_available,
+    postgres_schema,
+    wait_for_port,
+    wrk,
+)
+from bench.latency import cpu_seconds
+from bench.throughput import drain_servers
 
+#: Messages a second of one run of ``messages`` messages.
+Run = Callable[[int], float]
 Loop = Callable[[int], None]
+NODE = HERE / "node"
+TARGET = "AmazonSQS."
+
+
+def timed(loop: Loop) -> Run:
+    """A Python loop as a run: warmed up once (100 messages), then timed."""
+    loop(100)
+
+    def run(messages: int) -> float:
+        began = time.perf_counter()
+        loop(messages)
+        return messages / (time.perf_counter() - began)
+
+    return run
 
 
 def sqs_loop(url: str, batch: int) -> Loop:
@@ -98,16 +139,33 @@ def native_loop(url: str, batch: int) -> Loop:
     return run
 
 
-def measure(loop: Loop, messages: int, repeats: int) -> float:
-    """Messages a second through ``loop`` (its median over ``repeats`` runs, after one
-    short warm-up run)."""
-    loop(min(messages, 100))
-    rates = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        loop(messages)
-        rates.append(messages / (time.perf_counter() - began))
-    return statistics.median(rates)
+def node_ready() -> bool:
+    return shutil.which("node") is not None and (NODE / "node_modules/@aws-sdk/client-sqs").is_dir()
+
+
+def node_run(url: str, batch: int) -> Run:
+    """The JavaScript SDK's loop (bench/node/sqs.mjs), one Node process a run (it warms up
+    with 100 messages, then times the run)."""
+
+    def run(messages: int) -> float:
+        output = subprocess.run(
+            [
+                "node",
+                str(NODE / "sqs.mjs"),
+                f"--url={url}",
+                f"--batch={batch}",
+                f"--messages={messages}",
+                "--repeats=1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+        ).stdout
+        rate: float = json.loads(output.strip().splitlines()[-1])["rates"][0]
+        return rate
+
+    return run
 
 
 @contextmanager
@@ -131,25 +189,154 @@ def moto_server() -> Iterator[str | None]:
         process.wait(10)
 
 
+def loops(args: argparse.Namespace) -> dict[str, Any]:
+    """Every loop against every server, each repeat running each loop once in turn."""
+    figures: dict[str, Any] = {}
+    with ExitStack() as stack:
+        servers: dict[str, str] = {"Katar SQLite": stack.enter_context(katar("sqlite")).url}
+        if not args.no_postgres and postgres_available():
+            url = stack.enter_context(postgres_schema())
+            servers["Katar PostgreSQL"] = stack.enter_context(katars(url, 1))[0].url
+        moto = stack.enter_context(moto_server())
+        if moto is not None:
+            servers["moto"] = moto
+        runs: dict[str, Run] = {}
+        for batch in (1, 10):
+            for name, url in servers.items():
+                if name != "moto":
+                    runs[f"native, {name}, {batch}"] = timed(native_loop(url, batch))
+                runs[f"boto3, {name}, {batch}"] = timed(sqs_loop(url, batch))
+                if node_ready() and name != "Katar PostgreSQL":
+                    runs[f"JS SDK, {name}, {batch}"] = node_run(url, batch)
+        rates: dict[str, list[float]] = {key: [] for key in runs}
+        for _ in range(args.repeats):
+            for key, run in runs.items():
+                rates[key].append(run(args.messages))
+    medians = {key: statistics.median(values) for key, values in rates.items()}
+    for key, value in medians.items():
+        figures[key] = {"median": round(value), "runs": [round(v) for v in rates[key]]}
+    for key, value in medians.items():
+        client, server, size = key.split(", ")
+        peer = medians.get(f"{client}, moto, {size}")
+        if server != "moto" and client != "native" and peer:
+            figures[f"{client}, {server} / moto, {size}"] = round(value / peer, 2)
+    if not node_ready():
+        figures["JS SDK"] = "skipped: run npm ci in bench/node"
+    return figures
+
+
+def sqs_call(client: httpx.Client, action: str, params: dict[str, Any]) -> dict[str, Any]:
+    """One unsigned AWS JSON 1.0 call."""
+    answer = client.post(
+        "/",
+        json=params,
+        headers={"X-Amz-Target": TARGET + action, "Content-Type": "application/x-amz-json-1.0"},
+    )
+    answer.raise_for_status()
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+def sqs_drain(server: Server, messages: int, connections: int) -> dict[str, float]:
+    """Fill an SQS queue with ``messages`` messages, then drain it with wrk
+    (bench/sqs_drain.lua): receive 10, delete them in one batch. Fails unless wrk received
+    and deleted each message once."""
+    queue = "sqs-drain"
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        url = sqs_call(client, "CreateQueue", {"QueueName": queue})["QueueUrl"]
+        # Filled natively, 1,000 a request: a task whose data is a JSON string is the
+        # message SendMessage makes of that body (no attributes).
+        for start in range(0, messages, 1000):
+            count = min(1000, messages - start)
+            client.post(
+                f"/v1/queue/{queue}/tasks", json={"tasks": [{"data": '{"n": 1}'}] * count}
+            ).raise_for_status()
+        cpu_before = cpu_seconds(server.pid)
+        started = time.perf_counter()
+        run = wrk(
+            f"{server.url}/", HERE / "sqs_drain.lua", 600, connections, {"KATAR_SQS_QUEUE_URL": url}
+        )
+        left = {"status": "queued,in progress", "limit": "1"}
+        try:
+            while client.get(f"/v1/queue/{queue}/tasks", params=left).json()["tasks"]:
+                time.sleep(0.02)
+                if run.poll() is not None:
+                    raise RuntimeError(f"wrk stopped early:\n{run.communicate()[0]}")
+            elapsed = time.perf_counter() - started
+            cpu_used = cpu_seconds(server.pid) - cpu_before
+        finally:
+            run.send_signal(signal.SIGINT)  # wrk then prints its summary and the counts
+            output = run.communicate(timeout=30)[0]
+    counts = {
+        line.split(":")[0]: int(line.split(":")[1])
+        for line in output.splitlines()
+        if line.split(":")[0] in ("received", "deleted", "empty receives", "failed")
+    }
+    if counts.get("received") != messages or counts.get("deleted") != messages:
+        raise RuntimeError(f"{counts} for {messages} messages:\n{output}")
+    if counts.get("failed"):
+        raise RuntimeError(f"failed requests:\n{output}")
+    return {
+        "messages_per_s": round(messages / elapsed),
+        "server_cpu_s_per_10k": round(cpu_used / messages * 10_000, 3),
+        "empty_receives": counts.get("empty receives", 0),
+    }
+
+
+def drains(args: argparse.Namespace) -> dict[str, Any]:
+    """The SQS drain and the native one on one SQLite server, in turn, ``--repeats``
+    times."""
+    sqs: list[dict[str, float]] = []
+    native: list[dict[str, float]] = []
+    for _ in range(args.drain_repeats):
+        with katar("sqlite") as server:
+            sqs.append(sqs_drain(server, args.drain_messages, args.connections))
+        with katar("sqlite") as server:
+            native.append(
+                drain_servers(
+                    [server],
+                    args.drain_messages,
+                    10,
+                    args.connections,
+                    cpu=lambda: cpu_seconds(server.pid),
+                )
+            )
+    sqs_rate = statistics.median(r["messages_per_s"] for r in sqs)
+    native_rate = statistics.median(r["tasks_per_s"] for r in native)
+    return {
+        "drain messages": args.drain_messages,
+        "wrk connections": args.connections,
+        "SQS drain (receive 10, delete batch), msg/s": {
+            "median": round(sqs_rate),
+            "runs": [r["messages_per_s"] for r in sqs],
+            "server CPU s per 10k": [r["server_cpu_s_per_10k"] for r in sqs],
+        },
+        "native drain (poll 10, acks on the next poll), tasks/s": {
+            "median": round(native_rate),
+            "runs": [round(r["tasks_per_s"]) for r in native],
+            "server CPU s per 10k": [
+                round(r["drain_cpu_s"] / args.drain_messages * 10_000, 3) for r in native
+            ],
+        },
+        "SQS / native drain": round(sqs_rate / native_rate, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", choices=["memory", "sqlite"], default="sqlite")
-    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--drain-messages", type=int, default=100_000)
+    parser.add_argument("--drain-repeats", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--only", choices=["loops", "drain"])
     args = parser.parse_args()
-    figures: dict[str, Any] = {"store": args.store, "messages": args.messages}
-    with katar(args.store) as server:
-        for batch in (1, 10):
-            native = measure(native_loop(server.url, batch), args.messages, args.repeats)
-            sqs = measure(sqs_loop(server.url, batch), args.messages, args.repeats)
-            figures[f"native, {batch} a request"] = round(native)
-            figures[f"SQS (boto3), {batch} a request"] = round(sqs)
-            figures[f"SQS / native, {batch} a request"] = round(sqs / native, 2)
-    with moto_server() as moto:
-        if moto is not None:
-            for batch in (1, 10):
-                rate = measure(sqs_loop(moto, batch), args.messages, args.repeats)
-                figures[f"moto (boto3), {batch} a request"] = round(rate)
+    figures: dict[str, Any] = {"messages": args.messages, "repeats": args.repeats}
+    if args.only != "drain":
+        figures.update(loops(args))
+    if args.only != "loops":
+        figures.update(drains(args))
     print(json.dumps(figures, indent=2))
 
 

@@ -15,7 +15,6 @@ nothing, as SQS's stale handles do). Anything else is ``ReceiptHandleIsInvalid``
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -27,6 +26,14 @@ from katar.sqs.errors import RECEIPT_HANDLE_IS_INVALID, SqsError
 
 _MAC_BYTES: Final = 16
 _LABEL: Final = b"katar sqs receipt handle v1"
+#: SHA-256's block, and HMAC's pads of the key (RFC 2104).
+_BLOCK: Final = 64
+_INNER_PAD: Final = bytes(x ^ 0x36 for x in range(256))
+_OUTER_PAD: Final = bytes(x ^ 0x5C for x in range(256))
+#: base64url's two letters of its own, to and from standard base64's (binascii's codecs
+#: are base64.urlsafe_* without their Python layers: a handle is made or read per message).
+_TO_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE: Final = bytes.maketrans(b"-_", b"+/")
 
 
 class Receipt(NamedTuple):
@@ -50,17 +57,28 @@ class Handles:
     """Makes and reads receipt handles under one key."""
 
     def __init__(self, key: bytes) -> None:
-        self._key = key
+        # HMAC-SHA256 (RFC 2104, as the hmac module computes it) from its two hashes, keyed
+        # once: a MAC is then two copies, two updates and two digests, all in C, where
+        # hmac.new redoes the key's schedule and wraps each step in Python (a handle is made
+        # for each message received, and read for each one deleted).
+        if len(key) > _BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(key.translate(_INNER_PAD))
+        self._outer = hashlib.sha256(key.translate(_OUTER_PAD))
 
     def _mac(self, queue: str, task_id: int, attempt: int) -> bytes:
-        message = b"%d.%d." % (task_id, attempt) + queue.encode()
-        return hmac.new(self._key, message, hashlib.sha256).digest()[:_MAC_BYTES]
+        inner = self._inner.copy()
+        inner.update(b"%d.%d." % (task_id, attempt) + queue.encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:_MAC_BYTES]
 
     def make(self, queue: str, task_id: int, attempt: int) -> str:
         """The handle of delivery ``attempt`` of the task."""
         mac = self._mac(queue, task_id, attempt)
         raw = b"%d.%d." % (task_id, attempt) + mac
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        return binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE).decode().rstrip("=")
 
     def read(self, queue: str, handle: object) -> Receipt:
         """The delivery ``handle`` names on ``queue``; ReceiptHandleIsInvalid when it is not
@@ -68,7 +86,10 @@ class Handles:
         if not isinstance(handle, str) or not handle or len(handle) > 1024:
             raise _invalid(handle)
         try:
-            raw = base64.urlsafe_b64decode(handle + "=" * (-len(handle) % 4))
+            # As base64.urlsafe_b64decode: ASCII only, characters outside the alphabet
+            # skipped (ValueError covers a non-ASCII handle's UnicodeEncodeError).
+            padded = (handle + "=" * (-len(handle) % 4)).encode("ascii")
+            raw = binascii.a2b_base64(padded.translate(_FROM_URLSAFE))
         except (binascii.Error, ValueError):
             raise _invalid(handle) from None
         head, _, mac = raw.partition(b".")

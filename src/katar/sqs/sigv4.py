@@ -34,6 +34,8 @@ ALGORITHM: Final = "AWS4-HMAC-SHA256"
 MAX_SKEW: Final = 15 * 60
 #: The longest a presigned URL may be valid (seconds), as AWS allows.
 MAX_EXPIRES: Final = 7 * 24 * 3600
+#: The most signing keys kept (each a credential's, for a date and a region).
+_MAX_KEYS: Final = 1024
 
 Headers = Sequence[tuple[bytes, bytes]]
 
@@ -109,6 +111,18 @@ class Verifier:
     def __init__(self, credentials: Sequence[AwsCredential], service: str = "sqs") -> None:
         self._by_id: Mapping[str, AwsCredential] = {c.access_key_id: c for c in credentials}
         self.service = service
+        #: Signing keys by secret and scope: a client signs a day's requests with one key,
+        #: whose derivation (four HMACs) need not be redone for each request.
+        self._keys: dict[tuple[str, str, str, str], bytes] = {}
+
+    def _signing_key(self, secret: str, date: str, region: str, service: str) -> bytes:
+        scope = (secret, date, region, service)
+        key = self._keys.get(scope)
+        if key is None:
+            if len(self._keys) >= _MAX_KEYS:  # scopes come from requests: bounded
+                self._keys.clear()
+            key = self._keys[scope] = signing_key(secret, date, region, service)
+        return key
 
     def verify(
         self,
@@ -226,7 +240,9 @@ class Verifier:
             ]
         )
         wanted = hmac.new(
-            signing_key(credential.secret, date, region, service), to_sign.encode(), hashlib.sha256
+            self._signing_key(credential.secret, date, region, service),
+            to_sign.encode(),
+            hashlib.sha256,
         ).hexdigest()
         if not hmac.compare_digest(wanted.encode(), signature.encode()):
             raise SqsError(
