@@ -46,7 +46,7 @@ log = logging.getLogger("katar.push")
 #: Pushes in flight at once per queue and server when the queue sets no concurrency.
 DEFAULT_IN_FLIGHT: Final = 32
 #: A busy pusher claims once this share of its room (1/n) is free.
-CLAIM_SHARE: Final = 8
+CLAIM_SHARE: Final = 4
 #: The longest an ended push's ack waits for a claim to carry it before it is sent alone.
 ACK_DELAY_S: Final = 0.05
 #: Seconds a pusher's claim waits for a task (a long poll: woken as soon as one is ready).
