@@ -50,7 +50,7 @@ class Unreachable(Exception):
     """No connection, or it broke before a whole answer came."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Answer:
     """An endpoint's answer: its status, headers (lower-case names), and its body up to the
     bound (``cut`` when there was more)."""
@@ -66,6 +66,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[Answer] | None = None
@@ -139,24 +140,33 @@ class _Connection(asyncio.Protocol):
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(exc)
 
+    def _time_out(self) -> None:
+        self._fail(TimeoutError())
+
     def close(self) -> None:
         self.open = False
         if self.transport is not None:
             self.transport.close()
 
-    async def request(self, message: bytes) -> Answer:
+    async def request(self, message: bytes, deadline: float | None = None) -> Answer:
+        """Send ``message``, wait for its answer: TimeoutError at ``deadline`` (the loop's
+        time), if given (a timer of the loop's, lighter than asyncio.timeout's)."""
         assert self.transport is not None
         self._reset()
         self.used = True
-        self.waiter = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Answer] = self.loop.create_future()
+        self.waiter = waiter
+        timer = None if deadline is None else self.loop.call_at(deadline, self._time_out)
         self.transport.write(message)
         try:
-            return await self.waiter
+            return await waiter
         except BaseException:
-            self.close()  # cancelled (a timeout) or broken: never reused
+            self.close()  # cancelled, timed out or broken: never reused
             raise
         finally:
             self.waiter = None
+            if timer is not None:
+                timer.cancel()
 
     @property
     def answering(self) -> bool:
@@ -184,35 +194,45 @@ class Endpoint:
         self._idle: list[_Connection] = []
         self._tls_context: ssl.SSLContext | None = None
 
-    def message(self, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> bytes:
-        """The request's bytes: a POST of ``body`` with ``headers``."""
+    def head(self, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+        """A POST's request line, Host and ``headers``: what precedes the Content-Length
+        header, the blank line and the body (see :meth:`send`)."""
         lines = [
-            b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n"
-            % (self.target.encode(), self.authority.encode("idna"), len(body))
+            b"POST %s HTTP/1.1\r\nHost: %s\r\n"
+            % (self.target.encode(), self.authority.encode("idna"))
         ]
         lines.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
-        lines.append(b"\r\n")
-        return b"".join(lines) + body
+        return b"".join(lines)
+
+    def message(self, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> bytes:
+        """The request's bytes: a POST of ``body`` with ``headers``."""
+        return b"%sContent-Length: %d\r\n\r\n%s" % (self.head(headers), len(body), body)
 
     async def post(self, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> Answer:
         """POST; the caller bounds the time (asyncio.timeout). Raises Refused, Unreachable."""
-        message = self.message(headers, body)
+        return await self.send(self.message(headers, body))
+
+    async def send(self, message: bytes, seconds: float | None = None) -> Answer:
+        """Send a whole request (see :meth:`message`); TimeoutError when no answer came
+        within ``seconds``, if given. Raises Refused, Unreachable."""
         loop = asyncio.get_running_loop()
+        deadline = None if seconds is None else loop.time() + seconds
         while self._idle:
             connection = self._idle.pop()
             if not connection.open or loop.time() - connection.idle_since > KEEPALIVE_S:
                 connection.close()
                 continue
             try:
-                answer = await connection.request(message)
+                answer = await connection.request(message, deadline)
             except Unreachable:
                 if connection.answering:
                     raise
                 continue  # the endpoint closed the idle connection: a fresh one
             self._release(connection)
             return answer
-        connection = await self._connect()
-        answer = await connection.request(message)
+        async with asyncio.timeout_at(deadline):
+            connection = await self._connect()
+            answer = await connection.request(message)
         self._release(connection)
         return answer
 

@@ -46,7 +46,7 @@ log = logging.getLogger("katar.push")
 #: Pushes in flight at once per queue and server when the queue sets no concurrency.
 DEFAULT_IN_FLIGHT: Final = 32
 #: A busy pusher claims once this share of its room (1/n) is free.
-CLAIM_SHARE: Final = 8
+CLAIM_SHARE: Final = 4
 #: The longest an ended push's ack waits for a claim to carry it before it is sent alone.
 ACK_DELAY_S: Final = 0.05
 #: Seconds a pusher's claim waits for a task (a long poll: woken as soon as one is ready).
@@ -63,6 +63,10 @@ STOP_GRACE_S: Final = 10.0
 KEEPALIVE_S: Final = 30.0
 
 _trace_decoder: Final = msgspec.json.Decoder(TraceContext)
+#: The headers of every push before the queue's own (the request line and Host precede them).
+_CONSTANT_HEADERS: Final = ((b"Content-Type", b"application/json"), (b"User-Agent", b"katar-push"))
+#: The result of a push whose 2xx answer holds no JSON.
+_NO_RESULT: Final = msgspec.Raw(b"null")
 
 
 def trace_headers(trace: bytes | msgspec.Raw | None) -> dict[str, str]:
@@ -77,7 +81,7 @@ def trace_headers(trace: bytes | msgspec.Raw | None) -> dict[str, str]:
     return headers
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """How one push went: the ack to send and what the dashboard and metrics keep."""
 
@@ -85,11 +89,6 @@ class Outcome:
     answer: PushAnswer
     #: Seconds the endpoint asked to be left alone (Retry-After), or None.
     retry_after: float | None = None
-
-
-def push_body(task: Task) -> bytes:
-    """What a push sends: the task as a poll delivers it, plus its queue's name."""
-    return b'{"queue":' + msgspec.json.encode(task.queue) + b"," + delivery(task)[1:]
 
 
 class QueuePusher:
@@ -124,7 +123,14 @@ class QueuePusher:
         self._acks_since = 0.0  # when the oldest of self._acks ended
         #: Room that the claims under way asked for, not yet pushes in flight.
         self._reserved = 0
+        #: Claims under way that do not park (the queue had tasks at the last look): the
+        #: acks of the pushes that end meanwhile wait for the next claim, which comes soon.
+        self._claiming = 0
+        #: Whether the last claim took tasks: the next then takes what is ready without
+        #: waiting, and parks (a long poll) only once one found nothing.
+        self._busy = False
         self.endpoint = self._endpoint(push)
+        self._prepare(push)
         # On a store that servers share, a claim is a round trip to the database: two
         # claimers keep one under way while the other's tasks are pushed.
         claimers = 2 if engine.store.shared else 1
@@ -140,6 +146,26 @@ class QueuePusher:
             max_bytes=MAX_ANSWER_BYTES,
         )
 
+    def _prepare(self, push: PushOptions) -> None:
+        """Make once what every push with these options sends alike: the request's head
+        (request line, Host, the constant headers and the queue's own), the body's start,
+        the secrets' keyed HMACs, and whether the allow list refuses the URL outright (the
+        list is the server's, fixed while it runs)."""
+        endpoint = self.endpoint
+        self._refused = self.allow.refused_without_dns(push.url)
+        self._custom = [
+            (name.lower(), b"%s: %s\r\n" % (name.encode(), value.encode()))
+            for name, value in push.headers.items()
+        ]
+        self._bare_head = endpoint.head(_CONSTANT_HEADERS)
+        self._head = self._bare_head + b"".join(line for _, line in self._custom)
+        self._body_start = b'{"queue":' + msgspec.json.encode(self.queue) + b","
+        self._keyed = {
+            secret: signing.Keyed(secret)
+            for secret in (push.secret, push.previous_secret)
+            if secret is not None
+        }
+
     @staticmethod
     def _capacity(options: QueueOptions | None) -> int:
         if options is None or options.concurrency is None:
@@ -152,6 +178,7 @@ class QueuePusher:
             old = self.endpoint
             self.endpoint = self._endpoint(push)
             self._close_later(old)
+        self._prepare(push)
         self.push = push
         self.failures = 0
         self._pause_until = 0.0
@@ -218,19 +245,31 @@ class QueuePusher:
             gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._gones.add(gone)
             self._reserved += room
+            # A busy queue's claim takes what is ready and comes back: the pushes that end
+            # meanwhile leave their acks to the next claim. Only a claim that found nothing
+            # is followed by a long poll, which the acks do not wait for.
+            parks = not self._busy
+            if not parks:
+                self._claiming += 1
             start = time.time_ns()
             try:
-                tasks = await engine.poll(self.queue, acks, room, CLAIM_WAIT_S, "katar-push", gone)
+                tasks = await engine.poll(
+                    self.queue, acks, room, CLAIM_WAIT_S if parks else 0.0, "katar-push", gone
+                )
             except QueueNotFound:
                 return
             except KatarError as exc:  # the store is out: try again in a moment
                 log.warning("push queue %s: cannot claim: %s", self.queue, exc.message)
                 self._acks[:0] = acks  # sent again (acks are idempotent)
+                self._busy = False
                 await asyncio.sleep(1.0)
                 continue
             finally:
                 self._reserved -= room
                 self._gones.discard(gone)
+                if not parks:
+                    self._claiming -= 1
+            self._busy = bool(tasks)
             if self.tracing is not None and tasks:  # the claim: a receive span
                 self.tracing.receive(self.queue, tasks, start, name="claim")
             for task in tasks:
@@ -270,7 +309,7 @@ class QueuePusher:
             log.error("push queue %s: a push failed", self.queue, exc_info=job.exception())
 
     async def _deliver(self, task: Task) -> None:
-        outcome = await self._traced_push(task)
+        outcome = await (self._push(task, {}) if task.trace is None else self._traced_push(task))
         if self.tracing is not None:  # the push's outcome settles the delivery
             ack = outcome.ack
             self.tracing.settle(self.queue, [(task.id, ack.status)], time.time_ns(), tasks=[task])
@@ -295,9 +334,9 @@ class QueuePusher:
                 answer.outcome,
                 answer.error,
             )
-        if self._waiting and not self._stopping:
-            # A claimer waits for room: it sends the ack with its next claim, or alone
-            # after ACK_DELAY_S.
+        if (self._waiting or self._claiming) and not self._stopping:
+            # A claimer waits for room, or a claim that does not park is under way: the
+            # next claim sends the ack, or the claimer alone after ACK_DELAY_S.
             if not self._acks:
                 self._acks_since = time.monotonic()
             self._acks.append(outcome.ack)
@@ -356,54 +395,56 @@ class QueuePusher:
         if task.lease_until is not None:
             timeout_ms = min(timeout_ms, task.lease_until - at - LEASE_MARGIN_MS)
         seconds = max(timeout_ms, 100) / 1000
-        body = push_body(task)
-        msg_id = f"{task.id}-{task.attempts}"
-        timestamp = int(time.time())
-        headers = [
-            (b"Content-Type", b"application/json"),
-            (b"User-Agent", b"katar-push"),
-            *(
-                (name.encode(), value.encode())
-                for name, value in push.headers.items()
-                if not trace or name.lower() not in trace  # the task's context wins
-            ),
-            *((name.encode(), value.encode()) for name, value in trace.items()),
-            *signing.headers(push.secrets(at), msg_id, timestamp, body),
-        ]
-
-        def failed(outcome: str, error: str, status: int | None = None) -> Outcome:
-            ms = int((time.monotonic() - started) * 1000)
-            ack = Ack(
-                task_id=task.id, status="failed", error=error, attempt=task.attempts, retry=True
-            )
-            return Outcome(ack, PushAnswer(at, outcome, status, ms, error))
-
-        why = self.allow.refused_without_dns(push.url)
+        why = self._refused
         if why is not None:
-            return failed("refused", f"push refused: the URL {why}; see [push] allow")
-        endpoint = self.endpoint
-        try:
-            async with asyncio.timeout(seconds):
-                answer = await endpoint.post(headers, body)
-        except TimeoutError:
-            return failed("timeout", f"push timed out: no answer within {seconds:g} s")
-        except Refused as exc:
-            return failed("refused", f"push refused: {exc}")
-        except Unreachable as exc:
-            return failed("unreachable", f"push failed: {exc}")
-        except OSError as exc:
-            return failed("unreachable", f"push failed: cannot reach {push.url}: {exc}")
-        status, answer_headers, chunks, cut = (
-            answer.status,
-            answer.headers,
-            [answer.body],
-            answer.cut,
+            error = f"push refused: the URL {why}; see [push] allow"
+            return self._failed(task, at, started, "refused", error)
+        # What a push sends: the task as a poll delivers it, plus its queue's name.
+        body = self._body_start + delivery(task)[1:]
+        msg_id = b"%d-%d" % (task.id, task.attempts)
+        timestamp = int(time.time())
+        keyed = self._keyed
+        signature = signing.signed([keyed[s] for s in push.secrets(at)], msg_id, timestamp, body)
+        head = self._head
+        if trace:  # the task's context wins over the queue's headers of the same name
+            head = b"".join(
+                (
+                    self._bare_head,
+                    *(line for name, line in self._custom if name not in trace),
+                    *(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in trace.items()),
+                )
+            )
+        message = b"".join(
+            (
+                head,
+                b"Content-Length: %d\r\nwebhook-id: %s\r\nwebhook-timestamp: %d\r\n"
+                b"webhook-signature: %s\r\n\r\n" % (len(body), msg_id, timestamp, signature),
+                body,
+            )
         )
+        try:
+            answer = await self.endpoint.send(message, seconds)
+        except TimeoutError:
+            error = f"push timed out: no answer within {seconds:g} s"
+            return self._failed(task, at, started, "timeout", error)
+        except Refused as exc:
+            return self._failed(task, at, started, "refused", f"push refused: {exc}")
+        except Unreachable as exc:
+            return self._failed(task, at, started, "unreachable", f"push failed: {exc}")
+        except OSError as exc:
+            error = f"push failed: cannot reach {push.url}: {exc}"
+            return self._failed(task, at, started, "unreachable", error)
+        status = answer.status
         ms = int((time.monotonic() - started) * 1000)
         if 200 <= status < 300:
-            result = msgspec.Raw(b"null")
-            content = b"".join(chunks)
-            if not cut and content.strip() and "json" in answer_headers.get("content-type", ""):
+            result = _NO_RESULT
+            content = answer.body
+            if (
+                content
+                and not answer.cut
+                and "json" in answer.headers.get("content-type", "")
+                and content.strip()
+            ):
                 try:
                     msgspec.json.decode(content)
                     result = msgspec.Raw(content)
@@ -413,11 +454,21 @@ class QueuePusher:
             return Outcome(ack, PushAnswer(at, "done", status, ms))
         later = None
         if status in (429, 503):
-            later = retry_after(answer_headers.get("retry-after"), time.time())
-        text = b"".join(chunks)[:200].decode("utf-8", "replace").strip()
+            later = retry_after(answer.headers.get("retry-after"), time.time())
+        text = answer.body[:200].decode("utf-8", "replace").strip()
         error = f"push answered {status}" + (f": {text}" if text else "")
-        outcome = failed("failed", error, status)
-        return Outcome(outcome.ack, outcome.answer, later)
+        outcome = self._failed(task, at, started, "failed", error, status)
+        outcome.retry_after = later
+        return outcome
+
+    @staticmethod
+    def _failed(
+        task: Task, at: int, started: float, outcome: str, error: str, status: int | None = None
+    ) -> Outcome:
+        """A failed push's outcome: a failed attempt, retried with the queue's backoff."""
+        ms = int((time.monotonic() - started) * 1000)
+        ack = Ack(task_id=task.id, status="failed", error=error, attempt=task.attempts, retry=True)
+        return Outcome(ack, PushAnswer(at, outcome, status, ms, error))
 
 
 class Dispatcher:
