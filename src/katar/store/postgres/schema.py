@@ -216,7 +216,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS tasks_debounce ON {s}.tasks (queue_id, debounc
 -- A key's bucket as the moment (ms) it is full again (rules.KeyRates); no row: full. A claim
 -- of the queue, holding its row's lock, reads the buckets of the keys it meets, writes those
 -- it spent and drops those that are full again (by key_buckets_full): what stays is bounded
--- by the keys taken from within one period.
+-- by the keys taken from within one period. (Migration 21 keeps rows longer: see there.)
 CREATE TABLE IF NOT EXISTS {s}.key_buckets (
     queue_id integer NOT NULL,
     key text NOT NULL,
