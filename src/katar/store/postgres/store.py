@@ -388,6 +388,7 @@ class PostgresStore(Store):
             )
             await self._notify(conn, f"q:{name}")
         self._queue_ids.pop(name, None)
+        self._key_buckets_prune_at.pop(queue_id, None)
         self.report(settled)
         return count
 
