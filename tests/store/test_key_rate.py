@@ -16,6 +16,7 @@ from katar.core.model import NewTask, QueueOptions, Rate, Task
 from katar.store import Store
 from katar.store.memory import MemoryStore
 from katar.store.postgres import PostgresStore
+from katar.store.postgres import store as postgres_store
 from katar.store.sqlite import SQLiteStore
 from tests.helpers.store import T0, ack, claim, new
 
@@ -145,7 +146,8 @@ async def test_key_rate_with_rate_key_concurrency_and_fair(store: Store) -> None
 
 async def test_buckets_of_keys_full_again_are_dropped(store: Store) -> None:
     # A key taken from at t is full by t + period: the store keeps no more than the keys
-    # taken from within the last period, however many keys pass through.
+    # taken from within the last two periods (docs/configuration.md), however many keys
+    # pass through; the waves are 600 ms apart, so that is this wave's and the last three.
     options = limited(key_rate=Rate(limit=2, period=1000))
     await store.save_queue("q", options)
     now = T0
@@ -153,7 +155,7 @@ async def test_buckets_of_keys_full_again_are_dropped(store: Store) -> None:
         tasks = [keyed(n, f"w{wave}-k{n}") for n in range(300)]
         await store.enqueue("q", tasks, now)
         assert len(await claim(store, 300, options=options, now=now)) == 300
-        assert await kept_buckets(store) <= 300 * 2  # this wave's and, at most, the last
+        assert await kept_buckets(store) <= 300 * 4
         now += 600
     await store.enqueue("q", [keyed("last", "last")], now + 5000)
     assert len(await claim(store, 1, options=options, now=now + 5000)) == 1
@@ -205,3 +207,45 @@ async def test_key_rate_holds_across_servers(shared_stores: list[Store]) -> None
     assert await kept_buckets(stores[1]) == 4
     counts = Counter(t for seen in moments.values() for t in seen)
     assert counts[T0] == 12
+
+
+async def test_a_bucket_in_use_keeps_its_row_and_goes_two_periods_after(
+    shared_stores: list[Store],
+) -> None:
+    # PostgreSQL keeps a row until its bucket has been full for half a period, so that a key
+    # in steady use updates its row in place; it is gone two periods after the last take.
+    stores = shared_stores
+    options = limited(key_rate=Rate(limit=2, period=1000))
+    await stores[0].save_queue("q", options)
+    await stores[0].enqueue("q", [keyed(n, "a") for n in range(6)], T0)
+    assert len(await claim(stores[0], 1, options=options, now=T0)) == 1  # full at T0 + 500
+    # Full again since T0 + 500: the full bucket, exactly, from the row kept.
+    assert len(await claim(stores[0], 5, options=options, now=T0 + 900)) == 2
+    assert await claim(stores[1], 5, options=options, now=T0 + 900) == []
+    assert await kept_buckets(stores[0]) == 1  # full at T0 + 1900
+    others = [keyed("b", "b", priority=1), keyed("c", "c", priority=1)]
+    await stores[0].enqueue("q", others, T0 + 2000)
+    # Another server's claim at T0 + 2000 prunes what was full by T0 + 1500: "a" stays.
+    assert values(await claim(stores[1], 1, options=options, now=T0 + 2000)) == ["b"]
+    assert await kept_buckets(stores[0]) == 2
+    # And one at T0 + 2400 what was full by T0 + 1900: "a" goes, "b" stays; "a" gets its
+    # full bucket again.
+    taken = await claim(stores[2], 5, options=options, now=T0 + 2400)
+    assert values(taken) == ["c", 3, 4]
+    assert await kept_buckets(stores[0]) == 3  # "a" again, "b" and "c"
+
+
+async def test_more_stale_buckets_than_a_batch_go_over_the_next_claims(
+    shared_stores: list[Store],
+) -> None:
+    store = shared_stores[0]
+    batch = postgres_store._KEY_BUCKETS_PRUNE_BATCH
+    options = limited(key_rate=Rate(limit=1, period=1000))
+    await store.save_queue("q", options)
+    await store.enqueue("q", [keyed(n, f"k{n}") for n in range(batch + 100)], T0)
+    assert len(await claim(store, batch + 100, options=options, now=T0)) == batch + 100
+    await store.enqueue("q", [keyed("x", "x"), keyed("y", "y")], T0 + 5000)
+    assert len(await claim(store, 1, options=options, now=T0 + 5000)) == 1
+    assert await kept_buckets(store) == 100 + 1  # one batch went: the next claim goes on
+    assert len(await claim(store, 1, options=options, now=T0 + 5001)) == 1
+    assert await kept_buckets(store) == 2

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -35,6 +36,7 @@ from katar.core.model import (
     NewTask,
     OutboxRow,
     QueueOptions,
+    Rate,
     State,
     Task,
     TaskFilter,
@@ -124,6 +126,10 @@ def _created(drafts: Sequence[Task], ids: list[int]) -> list[Task]:
 
 
 _EXPIRE_BATCH: Final = 1000
+#: The most key_rate buckets one prune drops (_prune_key_buckets): a full batch prunes again
+#: at the next claim, so that the pruning keeps up with the keys a claim adds (a poll's limit,
+#: at most).
+_KEY_BUCKETS_PRUNE_BATCH: Final = 4096
 _options_decoder: Final = msgspec.json.Decoder(QueueOptions)
 _spec_decoder: Final = msgspec.json.Decoder(ScheduleSpec)
 
@@ -149,6 +155,8 @@ class PostgresStore(Store):
         self._queue_ids: dict[str, int] = {}
         self._queue_names: dict[int, str] = {}
         self._fair: set[int] = set()  # the ids of the fair queues, as last loaded or saved
+        #: Per key_rate queue id, when this server prunes its buckets next (_prune_key_buckets).
+        self._key_buckets_prune_at: dict[int, int] = {}
         self._channel = f"katar_{self._schema}"
         self._listener = Listener(self._db, self._channel)
         self._listening: asyncio.Task[None] | None = None  # Listener.listen
@@ -380,6 +388,7 @@ class PostgresStore(Store):
             )
             await self._notify(conn, f"q:{name}")
         self._queue_ids.pop(name, None)
+        self._key_buckets_prune_at.pop(queue_id, None)
         self.report(settled)
         return count
 
@@ -939,7 +948,10 @@ class PostgresStore(Store):
         # key_rate: the buckets of the keys met, read with the candidates (the queue's lock,
         # held, keeps every other server's claim of the queue out until this one commits).
         known: dict[str, float] = {}
-        rates = None if options.key_rate is None else rules.KeyRates(options.key_rate, now, known)
+        rates = None
+        if options.key_rate is not None:
+            rates = rules.KeyRates(options.key_rate, now, known)
+            await self._prune_key_buckets(conn, queue_id, options.key_rate, now)
         extra = rules.CLAIM_EXTRA if by_key else 0
         while len(delivered) < allowed:
             want = allowed - len(delivered)
@@ -967,11 +979,9 @@ class PostgresStore(Store):
             last = len(delivered) + len(ids) >= allowed or len(rows) < chunk
             slots = workers[len(delivered) : len(delivered) + len(ids)]
             if last and rates is not None and rates.taken:
-                # The last take writes the buckets spent and drops those full again, in
-                # the same statement.
+                # The last take writes the buckets spent, in the same statement.
                 kept = rates.spent()
-                keys = list(kept)
-                save = (queue_id, now, keys, queue_id, keys, list(kept.values()))
+                save = (queue_id, list(kept), list(kept.values()))
                 cursor = await conn.execute(sql.take_rated, (ids, slots, *lease, *save))
             elif ids:
                 cursor = await conn.execute(sql.take, (ids, slots, *lease))
@@ -985,6 +995,26 @@ class PostgresStore(Store):
         if spent is not None:
             await conn.execute(sql.save_bucket, (spent.tokens, spent.at, queue_id))
         return _shares(plan, asks, delivered, now, rates)
+
+    async def _prune_key_buckets(
+        self, conn: AsyncConnection[tuple[Any, ...]], queue_id: int, rate: Rate, now: int
+    ) -> None:
+        """Drop, under the queue's lock, the key_rate buckets of the queue full for half a
+        period (a full bucket is no row), at most every half period and a bounded batch at a
+        time. A key taken from at t is full by t + period: its row goes by t + 2 x period
+        if the queue is claimed from, and what stays is bounded by the keys taken from within
+        the last two periods. A key in steady use keeps its row, which its claims update in
+        place (take_rated), instead of deleting and inserting it again at every claim."""
+        if now < self._key_buckets_prune_at.get(queue_id, 0):
+            return
+        half = rate.period / 2
+        cursor = await conn.execute(
+            self._sql.prune_key_buckets,
+            (queue_id, queue_id, now - half, _KEY_BUCKETS_PRUNE_BATCH),
+        )
+        # A full batch may have left more: the next claim prunes again.
+        behind = cursor.rowcount >= _KEY_BUCKETS_PRUNE_BATCH
+        self._key_buckets_prune_at[queue_id] = now if behind else now + math.ceil(half)
 
     async def _candidates(
         self,
