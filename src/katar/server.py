@@ -233,6 +233,8 @@ class WorkerServer:
             # An ack may come to another server than the delivery: its settle span takes
             # the context from the task's row, which the store then hands back.
             self.katar.engine.trace_settles = self.katar.engine.store.shared
+            # ... and then the delivery's own contexts need not be remembered for it.
+            self.app.tracing.remember = not self.katar.engine.trace_settles
             log.info("exporting spans over OTLP/HTTP to %s", self.app.tracing.endpoint)
         await self.katar.open()
         self.app.throughput.start()  # the app's lifespan is off: the server runs it

@@ -26,11 +26,12 @@ for the collector.
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import logging
 import os
-import random
+import re
+import socket
+import ssl
 import struct
 import threading
 import time
@@ -38,12 +39,14 @@ import urllib.parse
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from random import getrandbits
 from typing import Final, NamedTuple
 
+import httptools
 import msgspec
 
 from katar.core.model import Task, trace_context
-from katar.protocol import TraceContext
+from katar.protocol import Ack, TraceContext
 
 log = logging.getLogger("katar.tracing")
 
@@ -159,10 +162,24 @@ def _parse(stored: TraceContext) -> _Context:
 
 
 def _span_id() -> bytes:
-    while True:
-        span_id = random.getrandbits(64)
-        if span_id:  # all zeros is not a span id
-            return span_id.to_bytes(8, "big")
+    return (getrandbits(64) or 1).to_bytes(8, "big")  # all zeros is not a span id
+
+
+#: Span ids made at once (_SpanIds), from one draw of random bytes.
+_SPAN_IDS: Final = 512
+_UNPACK_IDS: Final = struct.Struct("8s" * _SPAN_IDS).unpack
+_NO_SPAN_ID: Final = bytes(8)
+
+
+class _SpanIds(list[bytes]):
+    """Random span ids, drawn _SPAN_IDS at a time: an id is then a list's pop."""
+
+    def refill(self) -> bytes:
+        """The next id, the list refilled."""
+        self[:] = _UNPACK_IDS(os.urandom(8 * _SPAN_IDS))
+        while _NO_SPAN_ID in self:  # all zeros is not a span id
+            self.remove(_NO_SPAN_ID)
+        return self.pop() if self else _span_id()
 
 
 class Span:
@@ -212,7 +229,12 @@ class Span:
 
 
 class Tracing:
-    """The server's spans, exported to ``endpoint`` over OTLP/HTTP (protobuf)."""
+    """The server's spans, exported to ``endpoint`` over OTLP/HTTP (protobuf).
+
+    What a span costs a task is most of what tracing costs a drain, so the spans of a poll
+    are made with the fewest steps in Python: a batch's contexts looked at in C (a list's
+    count, a dict's update), a context parsed once and its encoded parts reused, the span
+    id and times packed in one call, the span queued as bytes for the export thread."""
 
     def __init__(
         self, endpoint: str, *, service_name: str = "katar", export_every: float | None = None
@@ -230,13 +252,25 @@ class Tracing:
         if export_every is None:
             export_every = _schedule_delay()
         self._exporter = _Exporter(self.endpoint, _field(0x0A, resource), scope, export_every)
+        self._queue = self._exporter.queue
+        #: Whether a delivery's contexts are remembered for its settle: not when the store
+        #: hands back every acked task (katar serve on a store that servers share).
+        self.remember = True
         #: Stored trace contexts already parsed (_context), at most _CONTEXTS.
         self._contexts: dict[bytes, _Context] = {}
-        #: Per (operation, operation name, queue, kind): a span's name, kind and attributes.
-        self._heads: dict[tuple[str, str, str, int], bytes] = {}
-        #: The contexts of the traced tasks delivered lately, by id: what their settle links
-        #: to when the store hands back no task for the ack.
-        self._delivered: dict[int, bytes | msgspec.Raw] = {}
+        #: The last context parsed and what it was parsed from: the tasks of a poll mostly
+        #: share one (their enqueue's), which an equality test finds without a copy.
+        self._last: tuple[object, _Context] = (_NOTHING, _NO_CONTEXT)
+        #: Per (operation, operation name, queue): a span's name, kind and attributes.
+        self._heads: dict[tuple[str, str, str], bytes] = {}
+        #: The same, of a worker's poll: its receive span's by queue; its settle span's by
+        #: queue and name (fewer steps than a key of three).
+        self._poll_heads: dict[str, bytes] = {}
+        self._settle_heads: dict[str, dict[str, bytes]] = {}
+        self._span_ids = _SpanIds()
+        #: The contexts of the tasks delivered lately, by id (None for a task without one):
+        #: what their settle links to when the store hands back no task for the ack.
+        self._delivered: dict[int, bytes | msgspec.Raw | None] = {}
 
     # -- what the fronts call ----------------------------------------------------------------
 
@@ -257,11 +291,11 @@ class Tracing:
         request's, stored as a task's (Task.trace), instead of ``traceparent``."""
         created = [t for t in tasks if not t.duplicate]
         if created:
-            traces = [t.trace for t in created if t.trace is not None]
             parent = self._parent(traceparent, tracestate, context)
-            self._span(
-                "send", name, queue, len(created), created[0].id, traces, start_ns, parent,
-                PRODUCER,
+            found, links = self._links([t.trace for t in created])
+            self._emit(
+                parent, found, self._head("send", name, queue),
+                _attributed(created[0].id, len(created)), links, start_ns, time.time_ns(),
             )  # fmt: skip
 
     def receive(
@@ -277,19 +311,12 @@ class Tracing:
     ) -> None:
         """A ``receive <queue>`` span (CLIENT) for a poll that delivered ``tasks``; their
         contexts are remembered for their settle. ``name``, ``context``: as :meth:`send`'s."""
-        if not tasks:
-            return
-        traced = [(t.id, t.trace) for t in tasks if t.trace is not None]
-        remembered = self._delivered
-        remembered.update(traced)
-        if len(remembered) > REMEMBERED:  # the oldest first: a dict keeps its order
-            for task_id in list(itertools.islice(remembered, len(remembered) - REMEMBERED)):
-                del remembered[task_id]
-        parent = self._parent(traceparent, tracestate, context)
-        self._span(
-            "receive", name, queue, len(tasks), tasks[0].id, [trace for _id, trace in traced],
-            start_ns, parent, CLIENT,
-        )  # fmt: skip
+        if tasks:
+            parent = self._parent(traceparent, tracestate, context)
+            times = _TIMES.pack(0x39, start_ns, 0x41, time.time_ns())
+            span = self._receive(queue, name, tasks, parent, times)
+            if span is not None:
+                self._add(span)
 
     def settle(
         self,
@@ -309,7 +336,6 @@ class Tracing:
         tasks as the store handed them back (from any server's delivery), else those this
         server delivered. The operation's name is ``name`` (SQS: ``DeleteMessage``...),
         else the acks' status ("ack" for several). ``context``: as :meth:`send`'s."""
-        remembered = self._delivered
         if name is None:
             ended = [(task_id, status) for task_id, status in acks if status != "in progress"]
             if not ended:
@@ -317,22 +343,55 @@ class Tracing:
             statuses = {status for _id, status in ended}
             name = statuses.pop() if len(statuses) == 1 else "ack"
             ids = [task_id for task_id, _status in ended]
-            traces = [remembered.pop(task_id, None) for task_id in ids]
+            traces = self._forget(ids)
         else:  # a heartbeat's delivery is still on: its settle is to come
             ids = [task_id for task_id, _status in acks]
             if not ids:
                 return
-            traces = [remembered.get(task_id) for task_id in ids]
-        stored = {task.id: task.trace for task in tasks}
-        if stored:
-            traces = [
-                stored.get(task_id, trace) for task_id, trace in zip(ids, traces, strict=True)
-            ]
+            traces = list(map(self._delivered.get, ids))
+        if tasks:
+            traces = _stored(tasks, ids, traces)
         parent = self._parent(traceparent, tracestate, context)
-        self._span(
-            "settle", name, queue, len(ids), ids[0], [t for t in traces if t is not None],
-            start_ns, parent, CLIENT,
+        found, links = self._links(traces)
+        self._emit(
+            parent, found, self._head("settle", name, queue), _attributed(ids[0], len(ids)),
+            links, start_ns, time.time_ns(),
         )  # fmt: skip
+
+    def poll(
+        self,
+        queue: str,
+        acks: Sequence[Ack],
+        tasks: Sequence[Task],
+        start_ns: int,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+        settled: Sequence[Task] = (),
+    ) -> None:
+        """A worker's poll: the ``settle <queue>`` span of its acks, as :meth:`settle`'s
+        (``settled``: the acked tasks the store handed back), and the ``receive <queue>``
+        span of the ``tasks`` it delivered, as :meth:`receive`'s."""
+        parent = None if traceparent is None else self._parent(traceparent, tracestate, None)
+        times = _TIMES.pack(0x39, start_ns, 0x41, time.time_ns())
+        queue_ = self._queue  # _add, inline
+        if acks:
+            span = self._settle_acks(queue, acks, parent, times, settled)
+            if span is not None:
+                if len(queue_) < MAX_QUEUE:
+                    queue_.append(span)
+                    if len(queue_) == MAX_EXPORT:
+                        self._exporter.wake()
+                else:
+                    self._exporter.dropped += 1
+        if tasks:
+            span = self._receive(queue, "poll", tasks, parent, times)
+            if span is not None:
+                if len(queue_) < MAX_QUEUE:
+                    queue_.append(span)
+                    if len(queue_) == MAX_EXPORT:
+                        self._exporter.wake()
+                else:
+                    self._exporter.dropped += 1
 
     @contextmanager
     def process(self, queue: str, task: Task) -> Iterator[Span | None]:
@@ -354,7 +413,7 @@ class Tracing:
             raise
         finally:
             if span.recording:
-                head = self._head("process", "process", queue, CONSUMER)
+                head = self._head("process", "process", queue)
                 body = b"".join(
                     (
                         context.child, b"\x12\x08", span.span_id, head,
@@ -363,7 +422,7 @@ class Tracing:
                         *span._events, span._status, _SPAN_FLAGS,
                     )
                 )  # fmt: skip
-                self._exporter.add(body)
+                self._add(body)
 
     @staticmethod
     def inject(span: Span | None) -> dict[str, str]:
@@ -386,42 +445,221 @@ class Tracing:
 
     # -- the spans ------------------------------------------------------------------------------
 
-    def _span(
+    def _receive(
         self,
-        operation: str,
-        name: str,
         queue: str,
-        count: int,
-        first_id: int,
-        traces: Sequence[bytes | msgspec.Raw],
-        start_ns: int,
+        name: str,
+        tasks: Sequence[Task],
         parent: _Context | None,
-        kind: int,
-    ) -> None:
-        """A span of ``count`` tasks (the first's id ``first_id``), linked to the contexts
-        ``traces`` of those that have one: under ``parent``, else under the first of those."""
+        times: bytes,
+    ) -> bytes | None:
+        """:meth:`receive`'s span, under ``parent`` if not None (None: no span)."""
+        remembered = self._delivered
+        if len(tasks) == 1:  # the fewest steps for the one-task poll
+            task = tasks[0]
+            trace = task.trace
+            task_id = task.id
+            if trace is not None:
+                if self.remember:
+                    remembered[task_id] = trace
+                    if len(remembered) > REMEMBERED:
+                        self._forget_oldest()
+                last, found = self._last
+                if trace is not last and trace != last:
+                    found = self._context(trace)
+                links = found.link
+                if parent is None:
+                    parent = found
+            elif parent is None:
+                return None  # nothing to put the span in
+            else:
+                links = b""
+            value = b"%d" % task_id
+            attribute = _MESSAGE_IDS[len(value)]
+        else:
+            traces = [t.trace for t in tasks]
+            if self.remember and (traces[0] is not None or traces.count(None) != len(traces)):
+                remembered.update(zip([t.id for t in tasks], traces, strict=True))
+                if len(remembered) > REMEMBERED:
+                    self._forget_oldest()
+            first, links = self._links(traces)
+            if parent is None:
+                if first is None:
+                    return None
+                parent = first
+            attribute = _BATCH_COUNTS.get(len(tasks)) or _batch_count(len(tasks))
+            value = b""
+        if not parent.sampled:
+            return None  # its trace is not sampled: the span would not be exported
+        if name == "poll":
+            head = self._poll_heads.get(queue) or self._poll_head(queue)
+        else:
+            head = self._heads.get(("receive", name, queue)) or self._head("receive", name, queue)
+        ids = self._span_ids
+        # The fields in any order (protobuf's rule): those that change, last.
+        return b"".join(
+            (
+                parent.child, head, attribute, value, links, _SPAN_FLAGS, times, b"\x12\x08",
+                ids.pop() if ids else ids.refill(),
+            )
+        )  # fmt: skip
+
+    def _forget_oldest(self) -> None:
+        """Forget the oldest remembered contexts beyond REMEMBERED (a dict keeps its order)."""
+        remembered = self._delivered
+        for task_id in list(itertools.islice(remembered, len(remembered) - REMEMBERED)):
+            del remembered[task_id]
+
+    def _poll_head(self, queue: str) -> bytes:
+        """The head of a poll's receive span (:meth:`_head`), kept by queue."""
+        head = self._head("receive", "poll", queue)
+        if len(self._poll_heads) >= _CONTEXTS:
+            self._poll_heads.clear()  # a bound, not a cache policy
+        self._poll_heads[queue] = head
+        return head
+
+    def _settle_head(self, queue: str, name: str) -> bytes:
+        """The head of a poll's settle span (:meth:`_head`), kept by queue and name."""
+        head = self._head("settle", name, queue)
+        if len(self._settle_heads) >= _CONTEXTS:
+            self._settle_heads.clear()  # a bound, not a cache policy
+        self._settle_heads.setdefault(queue, {})[name] = head
+        return head
+
+    def _settle_acks(
+        self,
+        queue: str,
+        acks: Sequence[Ack],
+        parent: _Context | None,
+        times: bytes,
+        settled: Sequence[Task],
+    ) -> bytes | None:
+        """:meth:`poll`'s settle span (None: no span)."""
+        if len(acks) == 1:  # the fewest steps for the one-task poll
+            ack = acks[0]
+            name: str = ack.status
+            if name == "in progress":
+                return None
+            try:
+                task_id = int(ack.task_id)
+            except ValueError:  # it names no task
+                task_id = 0
+            trace = self._delivered.pop(task_id, None)
+            value = ack.task_id.encode() if type(ack.task_id) is str else b"%d" % task_id
+            if settled:
+                trace = _stored(settled, [task_id], [trace])[0]
+            if trace is not None:
+                last, found = self._last
+                if trace is not last and trace != last:
+                    found = self._context(trace)
+                links = found.link
+                if parent is None:
+                    parent = found
+            elif parent is None:
+                return None  # nothing to put the span in
+            else:
+                links = b""
+            attribute = _MESSAGE_IDS[len(value)]
+        else:
+            statuses = {ack.status for ack in acks}
+            if "in progress" in statuses:  # heartbeats: not settled (settle filters them)
+                ids_statuses = [(_task_id(ack.task_id), ack.status) for ack in acks]
+                self.settle(queue, ids_statuses, _start(times), tasks=settled)
+                return None
+            name = statuses.pop() if len(statuses) == 1 else "ack"
+            ids = _task_ids([ack.task_id for ack in acks])
+            traces = self._forget(ids)
+            if settled:
+                traces = _stored(settled, ids, traces)
+            first, links = self._links(traces)
+            if parent is None:
+                if first is None:
+                    return None
+                parent = first
+            attribute = _BATCH_COUNTS.get(len(ids)) or _batch_count(len(ids))
+            value = b""
+        if not parent.sampled:
+            return None
+        heads = self._settle_heads.get(queue)
+        head = heads.get(name) if heads is not None else None
+        if head is None:
+            head = self._settle_head(queue, name)
+        ids_ = self._span_ids
+        return b"".join(
+            (
+                parent.child, head, attribute, value, links, _SPAN_FLAGS, times, b"\x12\x08",
+                ids_.pop() if ids_ else ids_.refill(),
+            )
+        )  # fmt: skip
+
+    def _forget(self, ids: list[int]) -> list[bytes | msgspec.Raw | None]:
+        """The remembered contexts of the tasks ``ids`` (None for those unknown), forgotten:
+        their deliveries ended."""
+        remembered = self._delivered
+        if not remembered:
+            return [None] * len(ids)
+        return list(map(remembered.pop, ids, itertools.repeat(None)))
+
+    def _links(self, traces: Sequence[bytes | msgspec.Raw | None]) -> tuple[_Context | None, bytes]:
+        """The first context of ``traces`` (None for a task without one), and the links to
+        them all: at most MAX_LINKS, the span's dropped_links_count saying how many more."""
+        count = len(traces)
+        first = traces[0]
+        if first is not None and traces.count(first) == count:
+            # One context for every task (a batch enqueued in one trace): parsed once.
+            last, found = self._last
+            if first is not last and first != last:
+                found = self._context(first)
+            if count <= MAX_LINKS:
+                return found, found.link * count
+            return found, found.link * MAX_LINKS + b"\x70" + _varint(count - MAX_LINKS)
+        linked = [trace for trace in traces if trace is not None]
+        if not linked:
+            return None, b""
         dropped = b""
-        if len(traces) > MAX_LINKS:
-            dropped = b"\x70" + _varint(len(traces) - MAX_LINKS)
-            traces = traces[:MAX_LINKS]
+        if len(linked) > MAX_LINKS:
+            dropped = b"\x70" + _varint(len(linked) - MAX_LINKS)
+            linked = linked[:MAX_LINKS]
         contexts = self._contexts
-        found = [contexts.get(bytes(trace)) or self._context(trace) for trace in traces]
+        each = [contexts.get(bytes(trace)) or self._context(trace) for trace in linked]
+        return each[0], b"".join([context.link for context in each]) + dropped
+
+    def _emit(
+        self,
+        parent: _Context | None,
+        first: _Context | None,
+        head: bytes,
+        attribute: bytes,
+        links: bytes,
+        start_ns: int,
+        end_ns: int,
+    ) -> None:
+        """Queue a span for the export: under ``parent``, else under ``first`` (the first
+        task's context); none when there is neither, or when its trace is not sampled."""
         if parent is None:
-            if not found:
+            if first is None:
                 return  # nothing to put the span in
-            parent = found[0]
+            parent = first
         if not parent.sampled:
             return  # its trace is not sampled: the span would not be exported
-        attribute = _message_id(first_id) if count == 1 else _batch_count(count)
-        self._exporter.add(
+        self._add(
             b"".join(
                 (
-                    parent.child, b"\x12\x08", _span_id(), self._head(operation, name, queue, kind),
-                    attribute, _TIMES.pack(0x39, start_ns, 0x41, time.time_ns()),
-                    *[context.link for context in found], dropped, _SPAN_FLAGS,
+                    parent.child, head, attribute, links, _SPAN_FLAGS,
+                    _TIMES.pack(0x39, start_ns, 0x41, end_ns), b"\x12\x08", _span_id(),
                 )
             )
         )  # fmt: skip
+
+    def _add(self, span: bytes) -> None:
+        """Queue an encoded span for the export."""
+        queue = self._queue
+        if len(queue) < MAX_QUEUE:
+            queue.append(span)
+            if len(queue) == MAX_EXPORT:
+                self._exporter.wake()
+        else:
+            self._exporter.dropped += 1
 
     def _parent(
         self, traceparent: str | None, tracestate: str | None, context: bytes | msgspec.Raw | None
@@ -432,13 +670,14 @@ class Tracing:
             context = trace_context(traceparent, tracestate)
         return None if context is None else self._context(context)
 
-    def _head(self, operation: str, name: str, queue: str, kind: int) -> bytes:
+    def _head(self, operation: str, name: str, queue: str) -> bytes:
         """A span's name (5), kind (6) and constant attributes (9), encoded once per
         operation and queue."""
-        key = (operation, name, queue, kind)
+        key = (operation, name, queue)
         head = self._heads.get(key)
         if head is None:
-            head = _field(0x2A, f"{operation} {queue}".encode()) + b"\x30" + bytes((kind,))
+            head = _field(0x2A, f"{operation} {queue}".encode())
+            head += b"\x30" + bytes((_KINDS[operation],))
             head += _attribute(SYSTEM, "katar")
             head += _attribute(OPERATION_TYPE, operation)
             head += _attribute(OPERATION_NAME, name)
@@ -459,26 +698,94 @@ class Tracing:
             if len(self._contexts) >= _CONTEXTS:
                 self._contexts.clear()  # a bound, not a cache policy: the next ones refill it
             self._contexts[key] = found
+        self._last = (trace, found)
         return found
 
 
+#: A span's kind (trace.proto's SpanKind) by operation.
+_KINDS: Final = {"send": PRODUCER, "receive": CLIENT, "settle": CLIENT, "process": CONSUMER}
+#: What no trace is (Tracing._last before any context).
+_NOTHING: Final = object()
+_NO_CONTEXT: Final = _Context("", None, False, b"", b"", b"")
+_ids_decoder: Final = msgspec.json.Decoder(list[int])
+
+
+def _start(times: bytes) -> int:
+    """The start (ns) of a span's times, as packed."""
+    start: int = _TIMES.unpack(times)[1]
+    return start
+
+
+def _task_id(task_id: str | int) -> int:
+    """An ack's task id as a number (0 for one that is not: it names no task)."""
+    try:
+        return int(task_id)
+    except ValueError:
+        return 0
+
+
+def _task_ids(task_ids: list[str | int]) -> list[int]:
+    """Acks' task ids as numbers, as :func:`_task_id`: those of a batch parsed at once, as a
+    JSON array (an id that is not a number, then, one by one)."""
+    try:
+        ids = _ids_decoder.decode(",".join(task_ids).join(("[", "]")))  # type: ignore[arg-type]
+    except (TypeError, msgspec.DecodeError):  # not all strings, or not all numbers
+        return [_task_id(task_id) for task_id in task_ids]
+    if len(ids) != len(task_ids):  # an id with a comma in it
+        return [_task_id(task_id) for task_id in task_ids]
+    return ids
+
+
+def _stored(
+    tasks: Iterable[Task], ids: list[int], traces: list[bytes | msgspec.Raw | None]
+) -> list[bytes | msgspec.Raw | None]:
+    """``traces``, the contexts of the tasks ``ids``, with those of ``tasks`` (the tasks as
+    the store handed them back) instead where there are."""
+    stored = {task.id: task.trace for task in tasks}
+    return list(map(stored.get, ids, traces))
+
+
 def _message_id(task_id: int) -> bytes:
-    """The ``messaging.message.id`` attribute of one task (its id, a string): every length
-    fits in one byte (an id has at most 20 digits)."""
+    """The ``messaging.message.id`` attribute of one task (its id, a string)."""
     value = b"%d" % task_id
-    n = len(value)
-    return (
-        bytes((0x4A, len(_MESSAGE_ID_KEY) + n + 4))
-        + _MESSAGE_ID_KEY
-        + bytes((0x12, n + 2, 0x0A, n))
-        + value
-    )
+    return _MESSAGE_IDS[len(value)] + value
+
+
+def _attributed(first_id: int, count: int) -> bytes:
+    """A span's attribute of its tasks: the message id of one, the count of several."""
+    if count == 1:
+        return _message_id(first_id)
+    return _BATCH_COUNTS.get(count) or _batch_count(count)
+
+
+class _MessageIds(dict[int, bytes]):
+    """What comes before an id of ``n`` characters in its ``messaging.message.id``
+    attribute (an AnyValue's string_value in a KeyValue in the span's field 9), by ``n``:
+    then the id itself."""
+
+    def __missing__(self, n: int) -> bytes:
+        any_value = b"\x0a" + _varint(n)
+        key_value = _MESSAGE_ID_KEY + b"\x12" + _varint(len(any_value) + n) + any_value
+        prefix = b"\x4a" + _varint(len(key_value) + n) + key_value
+        if n < 100:  # any id of ours (the others: none of ours, not kept)
+            self[n] = prefix
+        return prefix
+
+
+_MESSAGE_IDS: Final = _MessageIds()
 
 
 def _batch_count(count: int) -> bytes:
     """The ``messaging.batch.message_count`` attribute."""
     value = b"\x18" + _varint(count)
-    return _field(0x4A, _BATCH_COUNT_KEY + b"\x12" + _varint(len(value)) + value)
+    attribute = _field(0x4A, _BATCH_COUNT_KEY + b"\x12" + _varint(len(value)) + value)
+    if len(_BATCH_COUNTS) < _CONTEXTS:
+        _BATCH_COUNTS[count] = attribute
+    return attribute
+
+
+#: The messaging.batch.message_count attributes encoded so far, by count.
+_BATCH_COUNTS: Final[dict[int, bytes]] = {}
 
 
 def _schedule_delay() -> float:
@@ -507,42 +814,95 @@ def _export_headers() -> dict[str, str]:
     return headers
 
 
+#: An HTTP header's name (RFC 9110's token), and what its value may not hold.
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_NOT_IN_VALUE: Final = re.compile(r"[\x00\r\n]")
+
+
+def _request_head(host: str, path: str, headers: dict[str, str]) -> bytes:
+    """An export request's line and headers, but its Content-Length: the same for every
+    export. A header that HTTP cannot carry is left out (and said once)."""
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}"]
+    for name, value in headers.items():
+        if _TOKEN.fullmatch(name) is None or _NOT_IN_VALUE.search(value) is not None:
+            log.warning("OTLP export header %r left out: not a valid HTTP header", name[:40])
+            continue
+        lines.append(f"{name}: {value}")
+    head = "\r\n".join(lines) + "\r\n"
+    try:
+        return head.encode("latin-1")
+    except UnicodeEncodeError:
+        log.warning("OTLP export headers with characters beyond Latin-1: replaced")
+        return head.encode("latin-1", "replace")
+
+
+class _Answer:
+    """What httptools' parser says of an export's answer, as it reads it (its state is
+    that of the answer only in its callbacks)."""
+
+    __slots__ = ("complete", "keep_alive", "parser", "status")
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0  # its status line and headers are read
+        self.complete = False
+        self.keep_alive = False
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
+
+
+class _Frames(dict[int, bytes]):
+    """A span's field in its ScopeSpans (tag 2, length-delimited): its tag and length, by
+    the span's length, encoded once."""
+
+    def __missing__(self, length: int) -> bytes:
+        frame = b"\x12" + _varint(length)
+        if len(self) < _CONTEXTS:
+            self[length] = frame
+        return frame
+
+
 class _Exporter:
     """The export thread: posts the queued spans to the collector in batches of at most
-    MAX_EXPORT, every ``every`` seconds or as soon as MAX_EXPORT are waiting."""
+    MAX_EXPORT, every ``every`` seconds or as soon as MAX_EXPORT are waiting.
+
+    It speaks HTTP/1.1 itself, on one connection kept open (httptools parses the answers):
+    http.client's request and answer cost the thread several times what the spans of a
+    one-task poll do."""
 
     def __init__(self, url: str, resource: bytes, scope: bytes, every: float) -> None:
         self.url = url
         self._every = every
         parts = urllib.parse.urlsplit(url)
-        self._https = parts.scheme == "https"
+        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
         self._host = parts.hostname or "localhost"
-        self._port = parts.port
-        self._path = parts.path or "/"
+        self._port = parts.port or (443 if self._tls is not None else 80)
+        path = parts.path or "/"
         if parts.query:
-            self._path += "?" + parts.query
-        self._headers = _export_headers()
+            path += "?" + parts.query
+        self._head = _request_head(parts.netloc.rpartition("@")[2], path, _export_headers())
         self._resource = resource
         self._scope = scope
+        self._frames = _Frames()
         #: deque.append and popleft are atomic: the event loop appends, the thread takes.
-        self._queue: deque[bytes] = deque()
+        self.queue: deque[bytes] = deque()
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._stopping = False
-        self._connection: http.client.HTTPConnection | None = None
+        self._socket: socket.socket | None = None
         self._failing = False
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="katar-otlp", daemon=True)
         self._thread.start()
 
-    def add(self, span: bytes) -> None:
-        queue = self._queue
-        if len(queue) >= MAX_QUEUE:
-            self.dropped += 1
-            return
-        queue.append(span)
-        if len(queue) == MAX_EXPORT:
-            self._wake.set()
+    def wake(self) -> None:
+        """Export now: MAX_EXPORT spans are waiting."""
+        self._wake.set()
 
     def flush(self, timeout: float) -> None:
         self._idle.clear()
@@ -555,32 +915,37 @@ class _Exporter:
         self._thread.join(EXPORT_TIMEOUT + 5)
 
     def _run(self) -> None:
-        queue = self._queue
+        queue = self.queue
         while True:
             self._wake.wait(self._every)
             self._wake.clear()
             stopping = self._stopping
             while queue:
                 n = min(len(queue), MAX_EXPORT)
-                spans = [queue.popleft() for _ in range(n)]
-                self._post(spans)
+                self._post(list(itertools.starmap(queue.popleft, itertools.repeat((), n))))
             self._idle.set()
             if stopping:
-                if self._connection is not None:
-                    self._connection.close()
+                self._close()
                 return
 
     def _post(self, spans: list[bytes]) -> None:
         """One ExportTraceServiceRequest: one ResourceSpans of one ScopeSpans."""
-        framed = b"".join(_field(0x12, span) for span in spans)
-        body = _field(0x0A, self._resource + _field(0x12, self._scope + framed))
+        # Each span a field (2) of the ScopeSpans: its tag and length, then the span; joined
+        # without a step per span in Python.
+        parts: list[bytes] = [b""] * (2 * len(spans))
+        parts[::2] = map(self._frames.__getitem__, map(len, spans))
+        parts[1::2] = spans
+        framed = b"".join(parts)
+        scope_spans = b"\x12" + _varint(len(self._scope) + len(framed))
+        resource_length = len(self._resource) + len(scope_spans) + len(self._scope) + len(framed)
+        body = b"".join(
+            (b"\x0a", _varint(resource_length), self._resource, scope_spans, self._scope, framed)
+        )
         for attempt in range(3):
             try:
                 status = self._send(body)
-            except (OSError, http.client.HTTPException) as exc:
-                if self._connection is not None:
-                    self._connection.close()
-                    self._connection = None
+            except (OSError, httptools.HttpParserError) as exc:
+                self._close()
                 failure = f"{type(exc).__name__}: {exc}"
             else:
                 if 200 <= status < 300:
@@ -599,15 +964,70 @@ class _Exporter:
             self._failing = True
 
     def _send(self, body: bytes) -> int:
-        connection = self._connection
-        if connection is None:
-            kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            connection = kind(self._host, self._port, timeout=EXPORT_TIMEOUT)
-            self._connection = connection
-        connection.request("POST", self._path, body, self._headers)
-        response = connection.getresponse()
-        response.read()
-        if response.will_close:
-            connection.close()
-            self._connection = None
-        return response.status
+        """POST ``body``; the answer's status. A connection kept open that the collector
+        has closed meanwhile (nothing answered on it) is opened again at once."""
+        sock = self._socket
+        if sock is not None:
+            try:
+                return self._exchange(sock, body)
+            except _Unanswered:
+                self._close()
+        sock = self._socket = self._connect()
+        try:
+            return self._exchange(sock, body)
+        except _Unanswered as exc:
+            raise ConnectionError(str(exc)) from None
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection((self._host, self._port), timeout=EXPORT_TIMEOUT)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                sock = self._tls.wrap_socket(sock, server_hostname=self._host)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _exchange(self, sock: socket.socket, body: bytes) -> int:
+        """One request and its answer on ``sock``: the answer's status (_Unanswered: no
+        byte of an answer came before the connection closed)."""
+        head = self._head + b"Content-Length: %d\r\n\r\n" % len(body)
+        try:
+            if len(body) < 4096:  # one segment, rather than wait on the first's ack
+                sock.sendall(head + body)
+            else:
+                sock.sendall(head)
+                sock.sendall(body)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise _Unanswered(f"{type(exc).__name__}: {exc}") from None
+        answer = _Answer()
+        received = False
+        while not answer.complete:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError as exc:
+                if received:
+                    raise
+                raise _Unanswered(f"{type(exc).__name__}: {exc}") from None
+            if not data:
+                if answer.status:  # an answer whose end is the connection's
+                    self._close()
+                    return answer.status
+                if received:
+                    raise ConnectionError("the collector closed the connection mid-answer")
+                raise _Unanswered("the collector closed the connection")
+            received = True
+            answer.parser.feed_data(data)
+        if not answer.keep_alive:
+            self._close()
+        return answer.status
+
+    def _close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+
+class _Unanswered(Exception):
+    """A connection closed before any answer to the request sent on it."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
@@ -450,11 +451,7 @@ class App:
                 tasks = await self.engine.poll(
                     queue, acks, limit, wait, worker, request.hang_up(), cancel, rows
                 )
-        if acks:
-            settled = [(_ack_id(ack.task_id), ack.status) for ack in acks]
-            tracing.settle(queue, settled, start, traceparent, tracestate, rows)
-        if tasks:
-            tracing.receive(queue, tasks, start, traceparent, tracestate)
+        tracing.poll(queue, acks, tasks, start, traceparent, tracestate, rows)
         return self._delivered(tasks, request.token, cancel)
 
     def _delivered(
@@ -1079,11 +1076,14 @@ def _move_job(job: MoveJob) -> MoveJobRecord:
 
 _TRACEPARENT: Final = TRACEPARENT_HEADER.encode()
 _TRACESTATE: Final = TRACESTATE_HEADER.encode()
+_NAME: Final = operator.itemgetter(0)
 
 
 def _trace_headers(request: Request) -> tuple[str | None, str | None]:
     """The request's traceparent (None if absent or repeated) and tracestate (its headers
     joined), as given."""
+    if _TRACEPARENT not in map(_NAME, request.headers):
+        return None, None  # most polls: looked for in C, without a step per header
     traceparent: str | None = None
     tracestate: list[str] = []
     seen = 0
@@ -1105,14 +1105,6 @@ def _trace_id(headers: Headers) -> str | None:
             trace = trace_context(value.decode("latin-1"), None)
             return None if trace is None else value[3:35].decode()
     return None
-
-
-def _ack_id(task_id: str | int) -> int:
-    """An ack's task id as a number (0 for one that is not: it names no task)."""
-    try:
-        return int(task_id)
-    except ValueError:
-        return 0
 
 
 def _traced(tasks: list[NewTask], traceparent: bytes, tracestate: list[bytes]) -> list[NewTask]:
