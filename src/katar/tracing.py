@@ -26,12 +26,10 @@ for the collector.
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import logging
 import os
-import re
-import socket
-import ssl
 import struct
 import threading
 import time
@@ -42,7 +40,6 @@ from contextlib import contextmanager
 from random import getrandbits
 from typing import Final, NamedTuple
 
-import httptools
 import msgspec
 
 from katar.core.model import Task, trace_context
@@ -814,48 +811,6 @@ def _export_headers() -> dict[str, str]:
     return headers
 
 
-#: An HTTP header's name (RFC 9110's token), and what its value may not hold.
-_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_NOT_IN_VALUE: Final = re.compile(r"[\x00\r\n]")
-
-
-def _request_head(host: str, path: str, headers: dict[str, str]) -> bytes:
-    """An export request's line and headers, but its Content-Length: the same for every
-    export. A header that HTTP cannot carry is left out (and said once)."""
-    lines = [f"POST {path} HTTP/1.1", f"Host: {host}"]
-    for name, value in headers.items():
-        if _TOKEN.fullmatch(name) is None or _NOT_IN_VALUE.search(value) is not None:
-            log.warning("OTLP export header %r left out: not a valid HTTP header", name[:40])
-            continue
-        lines.append(f"{name}: {value}")
-    head = "\r\n".join(lines) + "\r\n"
-    try:
-        return head.encode("latin-1")
-    except UnicodeEncodeError:
-        log.warning("OTLP export headers with characters beyond Latin-1: replaced")
-        return head.encode("latin-1", "replace")
-
-
-class _Answer:
-    """What httptools' parser says of an export's answer, as it reads it (its state is
-    that of the answer only in its callbacks)."""
-
-    __slots__ = ("complete", "keep_alive", "parser", "status")
-
-    def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.status = 0  # its status line and headers are read
-        self.complete = False
-        self.keep_alive = False
-
-    def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-        self.keep_alive = self.parser.should_keep_alive()
-
-
 class _Frames(dict[int, bytes]):
     """A span's field in its ScopeSpans (tag 2, length-delimited): its tag and length, by
     the span's length, encoded once."""
@@ -869,23 +824,19 @@ class _Frames(dict[int, bytes]):
 
 class _Exporter:
     """The export thread: posts the queued spans to the collector in batches of at most
-    MAX_EXPORT, every ``every`` seconds or as soon as MAX_EXPORT are waiting.
-
-    It speaks HTTP/1.1 itself, on one connection kept open (httptools parses the answers):
-    http.client's request and answer cost the thread several times what the spans of a
-    one-task poll do."""
+    MAX_EXPORT, every ``every`` seconds or as soon as MAX_EXPORT are waiting."""
 
     def __init__(self, url: str, resource: bytes, scope: bytes, every: float) -> None:
         self.url = url
         self._every = every
         parts = urllib.parse.urlsplit(url)
-        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
+        self._https = parts.scheme == "https"
         self._host = parts.hostname or "localhost"
-        self._port = parts.port or (443 if self._tls is not None else 80)
-        path = parts.path or "/"
+        self._port = parts.port
+        self._path = parts.path or "/"
         if parts.query:
-            path += "?" + parts.query
-        self._head = _request_head(parts.netloc.rpartition("@")[2], path, _export_headers())
+            self._path += "?" + parts.query
+        self._headers = _export_headers()
         self._resource = resource
         self._scope = scope
         self._frames = _Frames()
@@ -894,7 +845,7 @@ class _Exporter:
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._stopping = False
-        self._socket: socket.socket | None = None
+        self._connection: http.client.HTTPConnection | None = None
         self._failing = False
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="katar-otlp", daemon=True)
@@ -925,27 +876,31 @@ class _Exporter:
                 self._post(list(itertools.starmap(queue.popleft, itertools.repeat((), n))))
             self._idle.set()
             if stopping:
-                self._close()
+                if self._connection is not None:
+                    self._connection.close()
                 return
 
     def _post(self, spans: list[bytes]) -> None:
         """One ExportTraceServiceRequest: one ResourceSpans of one ScopeSpans."""
-        # Each span a field (2) of the ScopeSpans: its tag and length, then the span; joined
-        # without a step per span in Python.
-        parts: list[bytes] = [b""] * (2 * len(spans))
-        parts[::2] = map(self._frames.__getitem__, map(len, spans))
-        parts[1::2] = spans
-        framed = b"".join(parts)
-        scope_spans = b"\x12" + _varint(len(self._scope) + len(framed))
-        resource_length = len(self._resource) + len(scope_spans) + len(self._scope) + len(framed)
-        body = b"".join(
-            (b"\x0a", _varint(resource_length), self._resource, scope_spans, self._scope, framed)
-        )
+        # Each span a field (2) of the ScopeSpans (its tag and length, then the span), the
+        # whole request made by one join, without a step per span in Python: a copy costs
+        # as much as the bytes copied, and the spans are most of what the thread does.
+        frames = list(map(self._frames.__getitem__, map(len, spans)))
+        scope_length = len(self._scope) + sum(map(len, spans)) + sum(map(len, frames))
+        scope_spans = b"\x12" + _varint(scope_length)
+        resource_length = len(self._resource) + len(scope_spans) + scope_length
+        parts: list[bytes] = [b""] * (2 * len(spans) + 5)
+        parts[:5] = b"\x0a", _varint(resource_length), self._resource, scope_spans, self._scope
+        parts[5::2] = frames
+        parts[6::2] = spans
+        body = b"".join(parts)
         for attempt in range(3):
             try:
                 status = self._send(body)
-            except (OSError, httptools.HttpParserError) as exc:
-                self._close()
+            except (OSError, http.client.HTTPException) as exc:
+                if self._connection is not None:
+                    self._connection.close()
+                    self._connection = None
                 failure = f"{type(exc).__name__}: {exc}"
             else:
                 if 200 <= status < 300:
@@ -964,70 +919,15 @@ class _Exporter:
             self._failing = True
 
     def _send(self, body: bytes) -> int:
-        """POST ``body``; the answer's status. A connection kept open that the collector
-        has closed meanwhile (nothing answered on it) is opened again at once."""
-        sock = self._socket
-        if sock is not None:
-            try:
-                return self._exchange(sock, body)
-            except _Unanswered:
-                self._close()
-        sock = self._socket = self._connect()
-        try:
-            return self._exchange(sock, body)
-        except _Unanswered as exc:
-            raise ConnectionError(str(exc)) from None
-
-    def _connect(self) -> socket.socket:
-        sock = socket.create_connection((self._host, self._port), timeout=EXPORT_TIMEOUT)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._tls is not None:
-                sock = self._tls.wrap_socket(sock, server_hostname=self._host)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-    def _exchange(self, sock: socket.socket, body: bytes) -> int:
-        """One request and its answer on ``sock``: the answer's status (_Unanswered: no
-        byte of an answer came before the connection closed)."""
-        head = self._head + b"Content-Length: %d\r\n\r\n" % len(body)
-        try:
-            if len(body) < 4096:  # one segment, rather than wait on the first's ack
-                sock.sendall(head + body)
-            else:
-                sock.sendall(head)
-                sock.sendall(body)
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise _Unanswered(f"{type(exc).__name__}: {exc}") from None
-        answer = _Answer()
-        received = False
-        while not answer.complete:
-            try:
-                data = sock.recv(65536)
-            except ConnectionResetError as exc:
-                if received:
-                    raise
-                raise _Unanswered(f"{type(exc).__name__}: {exc}") from None
-            if not data:
-                if answer.status:  # an answer whose end is the connection's
-                    self._close()
-                    return answer.status
-                if received:
-                    raise ConnectionError("the collector closed the connection mid-answer")
-                raise _Unanswered("the collector closed the connection")
-            received = True
-            answer.parser.feed_data(data)
-        if not answer.keep_alive:
-            self._close()
-        return answer.status
-
-    def _close(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
-
-
-class _Unanswered(Exception):
-    """A connection closed before any answer to the request sent on it."""
+        connection = self._connection
+        if connection is None:
+            kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            connection = kind(self._host, self._port, timeout=EXPORT_TIMEOUT)
+            self._connection = connection
+        connection.request("POST", self._path, body, self._headers)
+        response = connection.getresponse()
+        response.read()
+        if response.will_close:
+            connection.close()
+            self._connection = None
+        return response.status
