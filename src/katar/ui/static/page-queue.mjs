@@ -265,35 +265,47 @@ function PushPanel({ who, queue }) {
         html` <button type="button" onClick=${() => setRotating(true)}>Rotate secret…</button>`}
       </p>`}
       ${status &&
-      status.recent.length > 0 &&
-      html`<div class="table-wrap">
-        <table>
-          <caption class="visually-hidden">The last pushes, newest first</caption>
-          <thead>
-            <tr>
-              <th scope="col">When</th>
-              <th scope="col">Outcome</th>
-              <th scope="col">Status</th>
-              <th scope="col">ms</th>
-              <th scope="col">Error</th>
-            </tr>
-          </thead>
-          <tbody>
-            ${status.recent.slice(0, 10).map(
-              (answer) => html`<tr>
-                <td><${Time} iso=${answer.at} /></td>
-                <td>${answer.outcome}</td>
-                <td>${answer.status ?? html`<span class="muted">–</span>`}</td>
-                <td>${count(answer.ms)}</td>
-                <td class="error-text" title=${answer.error || ""}>${answer.error || ""}</td>
-              </tr>`,
-            )}
-          </tbody>
-        </table>
-      </div>`}
+      html`<${RecentAnswers} caption="The last pushes, newest first" answers=${status.recent} />`}
       ${rotating && html`<${RotateDialog} queue=${queue} onClose=${() => setRotating(false)} />`}
     </section>
   `;
+}
+
+/**
+ * The server's last answers from an endpoint (a push queue's pushes, a queue's completion
+ * webhooks), newest first, at most ten; with an "Event" column when `event` renders one.
+ * @template {import("./api.mjs").PushAnswer | import("./api.mjs").NotifyAnswer} A
+ * @param {{caption: string, answers: A[], event?: (answer: A) => unknown}} props
+ */
+function RecentAnswers({ caption, answers, event }) {
+  if (answers.length === 0) return null;
+  return html`<div class="table-wrap">
+    <table>
+      <caption class="visually-hidden">${caption}</caption>
+      <thead>
+        <tr>
+          <th scope="col">When</th>
+          ${event && html`<th scope="col">Event</th>`}
+          <th scope="col">Outcome</th>
+          <th scope="col">Status</th>
+          <th scope="col">ms</th>
+          <th scope="col">Error</th>
+        </tr>
+      </thead>
+      <tbody>
+        ${answers.slice(0, 10).map(
+          (answer) => html`<tr>
+            <td><${Time} iso=${answer.at} /></td>
+            ${event && html`<td>${event(answer)}</td>`}
+            <td>${answer.outcome}</td>
+            <td>${answer.status ?? html`<span class="muted">–</span>`}</td>
+            <td>${count(answer.ms)}</td>
+            <td class="error-text" title=${answer.error || ""}>${answer.error || ""}</td>
+          </tr>`,
+        )}
+      </tbody>
+    </table>
+  </div>`;
 }
 
 /**
@@ -316,38 +328,14 @@ function NotifyPanel({ queue }) {
         ${status.error_rate === null ? "–" : `${Math.round(status.error_rate * 100)}%`}
       </p>`}
       ${status &&
-      status.recent.length > 0 &&
-      html`<div class="table-wrap">
-        <table>
-          <caption class="visually-hidden">The last sends, newest first</caption>
-          <thead>
-            <tr>
-              <th scope="col">When</th>
-              <th scope="col">Event</th>
-              <th scope="col">Outcome</th>
-              <th scope="col">Status</th>
-              <th scope="col">ms</th>
-              <th scope="col">Error</th>
-            </tr>
-          </thead>
-          <tbody>
-            ${status.recent.slice(0, 10).map(
-              (answer) => html`<tr>
-                <td><${Time} iso=${answer.at} /></td>
-                <td>
-                  ${answer.type}${" "}${answer.type === "task.dead_lettered"
-                    ? answer.task
-                    : html`<a href=${taskLink(queue, answer.task)}>${answer.task}</a>`}
-                </td>
-                <td>${answer.outcome}</td>
-                <td>${answer.status ?? html`<span class="muted">–</span>`}</td>
-                <td>${count(answer.ms)}</td>
-                <td class="error-text" title=${answer.error || ""}>${answer.error || ""}</td>
-              </tr>`,
-            )}
-          </tbody>
-        </table>
-      </div>`}
+      html`<${RecentAnswers}
+        caption="The last sends, newest first"
+        answers=${status.recent}
+        event=${(/** @type {import("./api.mjs").NotifyAnswer} */ answer) =>
+          html`${answer.type}${" "}${answer.type === "task.dead_lettered"
+            ? answer.task
+            : html`<a href=${taskLink(queue, answer.task)}>${answer.task}</a>`}`}
+      />`}
     </section>
   `;
 }
