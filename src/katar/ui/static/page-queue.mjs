@@ -259,7 +259,7 @@ function PushPanel({ who, queue }) {
       <${Problem} error=${error} />
       ${status &&
       html`<p class="muted">
-        Timeout ${count(status.timeout)} ms; error rate of the last pushes:
+        Timeout ${count(status.timeout)} ms${"; error rate of the last pushes: "}
         ${status.error_rate === null ? "–" : `${Math.round(status.error_rate * 100)}%`}
         ${may(who, "rotateSecret") &&
         html` <button type="button" onClick=${() => setRotating(true)}>Rotate secret…</button>`}
