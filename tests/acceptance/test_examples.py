@@ -216,15 +216,17 @@ def test_each_example_long_polls_runs_tasks_side_by_side_and_heartbeats(
 ) -> None:
     # The examples took one task at a time and slept `interval` between polls. Here the
     # interval is ten minutes, so only a long poll picks the tasks up; the tasks take longer
-    # than their lease, so only heartbeats keep them from being delivered again.
+    # than their lease, so only heartbeats keep them from being delivered again. The lease
+    # leaves a heartbeat (sent every third of it) six seconds of slack: the shell example
+    # runs a jq per field, slow on a loaded machine.
     with httpx.Client(base_url=server.url) as client:
-        body = {"persistent": True, "timeout": 6000, "configuration": {"interval": 600_000}}
+        body = {"persistent": True, "timeout": 9000, "configuration": {"interval": 600_000}}
         client.put("/v1/queue/slow", json=body).raise_for_status()
     example = Example(language, server.url, "slow", tmp_path / "log", concurrency=3)
     try:
         wait_until(example.ready)
         with Producer(server.url) as producer:
-            tasks = producer.enqueue_many("slow", [{"n": n, "ms": 8000} for n in range(3)])
+            tasks = producer.enqueue_many("slow", [{"n": n, "ms": 12000} for n in range(3)])
 
             def running() -> int:
                 return next(q for q in producer.queues() if q.name == "slow").counts["in progress"]
