@@ -198,6 +198,10 @@ class MoveJobs:
             job = await self._store.move_take(self.runner, now, now + self._lease_ms(None))
             if job is None:
                 return taken
+            if job.id in self._runs:
+                # This server's own run, late for a step (a long outage of the store): the
+                # new lease is its, and it goes on; a second run would double the rate.
+                continue
             log.info(
                 "%s: redrive taken over at %g a second (moved %d so far)",
                 job.queue,

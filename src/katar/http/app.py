@@ -1071,6 +1071,8 @@ def _move_job(job: MoveJob) -> MoveJobRecord:
         iso_time(job.started_at),
         None if job.ended_at is None else iso_time(job.ended_at),
         job.error,
+        job.id,
+        job.runner,
     )
 
 

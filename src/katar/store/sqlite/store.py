@@ -73,6 +73,7 @@ from katar.store.sqlite.writer import Writer
 
 _COLUMNS: Final = COLUMNS
 _MOVES: Final = move_statements("move_jobs", "?")
+_LEASE_PASSED: Final = "SELECT 1 FROM move_jobs WHERE state = 'running' AND lease_until < ? LIMIT 1"
 # Parameters on the hot paths are ints and bytearrays only. Python's sqlite3 binds int, float,
 # str and bytearray directly, but asks its adapter registry about anything else, None and
 # bytes included: ~0.5 to 1 us a parameter, measured, which was a third of a bulk enqueue.
@@ -870,6 +871,13 @@ class SQLiteStore(Store):
         return await self._writer.write(op)
 
     async def move_take(self, runner: str, now: int, until: int) -> MoveJob | None:
+        # A read first: the look every few seconds writes only when there is a job to take.
+        if (
+            await self._writer.read(lambda conn: conn.execute(_LEASE_PASSED, (now,)).fetchone())
+            is None
+        ):
+            return None
+
         def op(conn: sqlite3.Connection) -> MoveJob | None:
             row = conn.execute(_MOVES.take, (runner, until, now, now)).fetchone()
             return None if row is None else job_from_row(row)
