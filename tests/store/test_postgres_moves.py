@@ -5,6 +5,7 @@ stopped without finishing is taken over by another server once its lease has pas
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -89,3 +90,14 @@ async def crash(engine: Engine) -> None:
     await background.stop(moves._watch)
     for run in list(moves._runs.values()):
         await background.stop(run)
+
+
+async def test_a_queue_deleted_on_another_server_ends_its_job_there(
+    servers: tuple[Engine, Engine, FakeClock], caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second, _ = servers
+    await first.start_redrive("dead", 1.0, "q")
+    await second.delete_queue("dead")
+    await until(lambda: not first._moves._runs)  # its next step found no job
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert await second.store.move_list("dead", 10) == []

@@ -256,3 +256,31 @@ async def test_a_cancelled_move_job_counts_every_step_the_store_committed() -> N
     assert [j.state for j in await jobs.history("dlq")] == ["cancelled"]
     assert (await store.counts())["q"][State.READY] == 5
     await jobs.close()
+
+
+async def test_a_server_does_not_take_over_the_job_it_runs() -> None:
+    """Its own job, late for a step (the store was out longer than the lease): the lease
+    taken is its own, and the run it has goes on alone."""
+
+    async def moved(queue: str, step: RedriveStep) -> None:
+        return None
+
+    store = MemoryStore()
+    await store.open()
+    for name in ("dlq", "q"):
+        await store.save_queue(name, QueueOptions())
+    await store.enqueue("dlq", [NewTask(data=msgspec.Raw(b"1"))] * 5, 1)
+    clock = FakeClock()
+    jobs = MoveJobs(store, clock, moved, 100)
+    job = await jobs.start("dlq", "q", TaskFilter(), rate=0.01, total=5)
+    await clock.advance(3_600_000)
+    assert await jobs.take_over() == []
+    assert list(jobs._runs) == [job.id]
+    kept = await store.move_get(job.id)
+    assert kept is not None
+    assert (kept.runner, kept.state) == (jobs.runner, "running")
+    assert kept.lease_until > clock.now_ms()
+    await jobs.close()
+    released = await store.move_get(job.id)
+    assert released is not None
+    assert (released.state, released.lease_until) == ("running", 0)

@@ -372,6 +372,9 @@ class PostgresStore(Store):
         # No bound: a queue of millions of tasks takes its time to delete.
         async with self._transaction(limit=0) as conn:
             await conn.execute("SET LOCAL statement_timeout = 0")
+            # Its move jobs first: a job's step locks its job, then the tasks; in that order
+            # here too, so that a step under way and this delete never wait for each other.
+            await conn.execute(self._moves.forget, (name,))
             # The tasks of other queues that wait for this one's are cancelled.
             cursor = await conn.execute(
                 f"SELECT {COLUMNS} FROM {self._schema}.tasks WHERE queue_id = %s AND children"
@@ -400,7 +403,6 @@ class PostgresStore(Store):
             await conn.execute(
                 f"DELETE FROM {self._schema}.idempotency_keys WHERE queue_id = %s", (queue_id,)
             )
-            await conn.execute(self._moves.forget, (name,))
             await self._notify(conn, f"q:{name}")
         self._queue_ids.pop(name, None)
         self._key_buckets_prune_at.pop(queue_id, None)
