@@ -608,7 +608,8 @@ class Redriven(msgspec.Struct, frozen=True):
 
 
 class MoveJobRecord(msgspec.Struct, frozen=True):
-    """A redrive at a rate (a move job) as it stands, on the server that runs it."""
+    """A redrive at a rate (a move job) as it stands, as the store keeps it: the same on
+    every server sharing the store."""
 
     queue: str
     to: str | None  # null: each task back to the queue it came from
@@ -623,6 +624,11 @@ class MoveJobRecord(msgspec.Struct, frozen=True):
     started_at: Time
     ended_at: Time | None = None
     error: str | None = None
+    #: The job's id in the store (it grows: a later job has a higher one).
+    id: int = 0
+    #: The server that runs it, or ran it last ("host:pid:random"); another takes it over
+    #: when that one stops.
+    runner: str | None = None
 
 
 class WorkerSeen(msgspec.Struct, frozen=True):

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import botocore.exceptions
 import pytest
 
 from tests.acceptance.conftest import KatarProcess
+from tests.conftest import store_url
 from tests.sqs.test_boto3 import client, code, server
 
 __all__ = ["server"]  # the fixture, imported for these tests
@@ -311,3 +313,44 @@ def test_message_move_task_errors(server: KatarProcess) -> None:
         with pytest.raises(botocore.exceptions.ClientError) as caught:
             calls[verb](**params)
         assert code(caught.value) == expected, (verb, params)
+
+
+def test_message_move_tasks_are_shared_by_servers(tmp_path: Path) -> None:
+    """Two servers on one PostgreSQL schema: a task started on one is listed, and cancelled,
+    on the other, with the handle the first gave."""
+    url = store_url("postgres", tmp_path)
+    first = KatarProcess(tmp_path, "--db", url).start()
+    try:
+        second = KatarProcess(tmp_path, "--db", url).start()
+        try:
+            on_first, on_second = client(first.url), client(second.url)
+            dlq = on_first.create_queue(QueueName="dlq")["QueueUrl"]
+            work = on_first.create_queue(
+                QueueName="work", Attributes={"RedrivePolicy": policy("dlq", 1)}
+            )["QueueUrl"]
+            dead_letters(on_first, work, dlq, 5)
+            source = attributes(on_first, dlq)["QueueArn"]
+            handle = on_first.start_message_move_task(
+                SourceArn=source, MaxNumberOfMessagesPerSecond=1
+            )["TaskHandle"]
+            (running,) = on_second.list_message_move_tasks(SourceArn=source)["Results"]
+            assert (running["Status"], running["TaskHandle"]) == ("RUNNING", handle)
+            assert running["ApproximateNumberOfMessagesToMove"] == 5
+            with pytest.raises(botocore.exceptions.ClientError) as busy:
+                on_second.start_message_move_task(SourceArn=source)
+            assert code(busy.value) == "AWS.SimpleQueueService.UnsupportedOperation"
+            cancel = on_second.cancel_message_move_task(TaskHandle=handle)
+            moved = cancel["ApproximateNumberOfMessagesMoved"]
+            assert 0 <= moved < 5
+            for sqs in (on_first, on_second):
+                (ended,) = sqs.list_message_move_tasks(SourceArn=source)["Results"]
+                assert ended["Status"] == "CANCELLED"
+                assert ended["ApproximateNumberOfMessagesMoved"] == moved
+            # No step after the cancel was answered: what stayed in the DLQ stays.
+            time.sleep(1.5)  # longer than a step's wait at one message a second
+            assert int(attributes(on_second, work)["ApproximateNumberOfMessages"]) == moved
+            assert int(attributes(on_second, dlq)["ApproximateNumberOfMessages"]) == 5 - moved
+        finally:
+            second.kill()
+    finally:
+        first.kill()

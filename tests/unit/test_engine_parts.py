@@ -4,14 +4,13 @@ the outages log, a callback) and works without an engine around it."""
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 
 import msgspec
 import pytest
 
 from katar.core.clock import FakeClock
 from katar.core.listeners import Listeners
-from katar.core.model import DONE, Keep, NewTask, QueueOptions, Task, TaskFilter
+from katar.core.model import DONE, Keep, NewTask, QueueOptions, State, Task, TaskFilter
 from katar.core.moves import MoveJobs
 from katar.core.outcomes import OutcomeWaits
 from katar.core.pruner import Pruner
@@ -19,7 +18,7 @@ from katar.core.reaper import Reaper
 from katar.core.reloader import Reloader
 from katar.core.schedule import parse_schedule
 from katar.core.scheduler import Scheduler
-from katar.core.storage import Change, RedriveStep, Store
+from katar.core.storage import Change, RedriveStep
 from katar.core.waits import WaitList
 from katar.core.workers import WorkerNames
 from katar.errors import ValidationError
@@ -225,16 +224,10 @@ async def test_the_pruner_removes_finished_tasks_past_their_queue_s_retention() 
         await store.close()
 
 
-class _OneStepStore:
-    """A store whose redrive moves 5 tasks a step, for ever (only MoveJobs calls it)."""
-
-    async def redrive(self, *args: object) -> RedriveStep:
-        return RedriveStep(matched=5, moved=5, last=5, changes=[])
-
-
 async def test_a_cancelled_move_job_counts_every_step_the_store_committed() -> None:
     """Cancelled while it tells the engine of a step's moves: that step is counted (the
-    store has moved those tasks), and no step follows."""
+    store has moved those tasks, and written the job's counts with them), and no step
+    follows."""
     telling = asyncio.Event()
     release = asyncio.Event()
     steps = 0
@@ -245,14 +238,49 @@ async def test_a_cancelled_move_job_counts_every_step_the_store_committed() -> N
         telling.set()
         await release.wait()
 
-    jobs = MoveJobs(cast(Store, _OneStepStore()), FakeClock(), moved, 100)
-    job = jobs.start("dlq", None, TaskFilter(), rate=5.0, total=50)
+    store = MemoryStore()
+    await store.open()
+    for name in ("dlq", "q"):
+        await store.save_queue(name, QueueOptions())
+    await store.enqueue("dlq", [NewTask(data=msgspec.Raw(b"1"))] * 50, 1)
+    jobs = MoveJobs(store, FakeClock(), moved, 100)
+    job = await jobs.start("dlq", "q", TaskFilter(), rate=5.0, total=50)
     async with asyncio.timeout(30):
         await telling.wait()
-        cancelling = asyncio.create_task(jobs.cancel("dlq"))
-        await asyncio.sleep(0)
+        ended = await jobs.cancel("dlq")
+        runs = list(jobs._runs.values())
         release.set()
-        ended = await cancelling
-    assert ended is job
-    assert (job.state, job.moved, job.matched, steps) == ("cancelled", 5, 5, 1)
-    assert [j.state for j in jobs.history("dlq")] == ["cancelled"]
+        await asyncio.gather(*runs)  # the run ends at its wait, without another step
+    assert ended.id == job.id
+    assert (ended.state, ended.moved, ended.matched, steps) == ("cancelled", 5, 5, 1)
+    assert [j.state for j in await jobs.history("dlq")] == ["cancelled"]
+    assert (await store.counts())["q"][State.READY] == 5
+    await jobs.close()
+
+
+async def test_a_server_does_not_take_over_the_job_it_runs() -> None:
+    """Its own job, late for a step (the store was out longer than the lease): the lease
+    taken is its own, and the run it has goes on alone."""
+
+    async def moved(queue: str, step: RedriveStep) -> None:
+        return None
+
+    store = MemoryStore()
+    await store.open()
+    for name in ("dlq", "q"):
+        await store.save_queue(name, QueueOptions())
+    await store.enqueue("dlq", [NewTask(data=msgspec.Raw(b"1"))] * 5, 1)
+    clock = FakeClock()
+    jobs = MoveJobs(store, clock, moved, 100)
+    job = await jobs.start("dlq", "q", TaskFilter(), rate=0.01, total=5)
+    await clock.advance(3_600_000)
+    assert await jobs.take_over() == []
+    assert list(jobs._runs) == [job.id]
+    kept = await store.move_get(job.id)
+    assert kept is not None
+    assert (kept.runner, kept.state) == (jobs.runner, "running")
+    assert kept.lease_until > clock.now_ms()
+    await jobs.close()
+    released = await store.move_get(job.id)
+    assert released is not None
+    assert (released.state, released.lease_until) == ("running", 0)

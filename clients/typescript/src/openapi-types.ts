@@ -153,16 +153,21 @@ export interface MessageAttributes {
   };
 }
 
-/** A redrive at a rate (a move job) as it stands, on the server that runs it. */
+/**
+ * A redrive at a rate (a move job) as it stands, as the store keeps it: the same on
+ * every server sharing the store.
+ */
 export interface MoveJobRecord {
   ended_at?: string | null;
   error?: string | null;
+  id?: number;
   matched: number;
   moved: number;
   no_origin: number;
   queue: string;
   rate: number;
   remaining: number;
+  runner?: string | null;
   started_at: string;
   state: "cancelled" | "completed" | "failed" | "running";
   to: string | null;

@@ -245,6 +245,7 @@ class Engine:
         await self._reaper.start()
         self._pruner.start()
         self._scheduler.start()
+        self._moves.start_watch()
 
     def begin_shutdown(self) -> None:
         """Stop parking long polls and release those parked (they answer 204)."""
@@ -941,8 +942,8 @@ class Engine:
         may_use: Callable[[str], bool] | None = None,
     ) -> MoveJob:
         """:meth:`redrive` at ``rate`` tasks a second, in the background: the move job,
-        which :meth:`move_job` shows and :meth:`cancel_redrive` stops. It lives in this
-        process (a restart ends it). Conflict when one runs for the queue already."""
+        which :meth:`move_job` shows and :meth:`cancel_redrive` stops, from any server
+        sharing the store (katar.core.moves). Conflict when one runs for the queue already."""
         if not 0 < rate <= MAX_RATE:
             raise ValidationError(
                 f"rate must be a number of tasks per second above 0 and at most {MAX_RATE:g}",
@@ -950,28 +951,34 @@ class Engine:
             )
         where = await self._redrive_checks(queue, to, where)
         total = await self.store.count_tasks(queue, where)
-        job = self._moves.start(queue, to, where, rate, total, self._allowed(may_use))
+        job = await self._moves.start(queue, to, where, rate, total, self._allowed(may_use))
         log.info("%s: redrive of %d task(s) started at %g a second", queue, total, rate)
         return job
 
-    def move_job(self, queue: str) -> MoveJob:
-        """The queue's last redrive at a rate on this server; NotFound when none."""
+    async def move_job(self, queue: str) -> MoveJob:
+        """The queue's last redrive at a rate; NotFound when none."""
         self.options(queue)
-        return self._moves.job(queue)
+        return await self._moves.job(queue)
 
-    def move_history(self, queue: str) -> list[MoveJob]:
-        """The queue's last redrives at a rate on this server (up to 10), the last first."""
+    async def move_history(self, queue: str) -> list[MoveJob]:
+        """The queue's last redrives at a rate (up to 10), the last first."""
         self.options(queue)
-        return self._moves.history(queue)
+        return await self._moves.history(queue)
 
-    def move_jobs(self) -> list[MoveJob]:
-        """The last redrive at a rate of every queue, on this server."""
-        return self._moves.jobs()
+    async def find_move_job(self, job_id: int) -> MoveJob | None:
+        """The redrive at a rate with this id (any queue's), or None."""
+        return await self._moves.find(job_id)
 
-    async def cancel_redrive(self, queue: str) -> MoveJob:
-        """Stop the queue's redrive at a rate; the tasks it moved stay moved."""
+    async def cancel_redrive(self, queue: str, job_id: int | None = None) -> MoveJob:
+        """Stop the queue's redrive at a rate (the job ``job_id``, when given), whichever
+        server runs it; the tasks it moved stay moved."""
         self.options(queue)
-        return await self._moves.cancel(queue)
+        return await self._moves.cancel(queue, job_id)
+
+    async def take_over_redrives(self) -> list[MoveJob]:
+        """Run here the redrives at a rate whose server stopped (their lease passed); the
+        background does it every few seconds."""
+        return await self._moves.take_over()
 
     def _allowed(self, may_use: Callable[[str], bool] | None) -> frozenset[str] | None:
         """The queues a caller limited by ``may_use`` may move tasks to: those it may use

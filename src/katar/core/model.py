@@ -13,7 +13,7 @@ import secrets
 import time
 import urllib.parse
 from collections.abc import Iterable, Sequence
-from typing import Annotated, Any, Final, NamedTuple
+from typing import Annotated, Any, Final, Literal, NamedTuple
 
 import msgspec
 
@@ -238,6 +238,65 @@ class TaskFilter(msgspec.Struct, kw_only=True, frozen=True):
 
 
 EVERY_TASK: Final = TaskFilter()
+
+
+MoveState = Literal["running", "completed", "cancelled", "failed"]
+
+
+class MoveJob(msgspec.Struct, kw_only=True, frozen=True):
+    """A redrive at a rate (katar.core.moves), as the store keeps it: every server sharing
+    the store lists it, cancels it, and takes it over when its runner's lease has passed.
+    Times in ms."""
+
+    #: The store's id (0 before the store has kept it).
+    id: int = 0
+    queue: str
+    to: str | None
+    where: TaskFilter
+    #: The queues the job may move tasks to (a token limited to some queues); None: any.
+    allowed: tuple[str, ...] | None = None
+    rate: float
+    state: MoveState = "running"
+    #: The tasks the filter selected when the job started (those it may move).
+    total: int = 0
+    matched: int = 0
+    moved: int = 0
+    no_origin: int = 0
+    #: The highest task id its steps have looked at: the next step starts after it.
+    after: int = 0
+    started_at: int
+    ended_at: int | None = None
+    #: Why the job failed (state "failed"), or None.
+    error: str | None = None
+    #: The server that runs it (katar.core.moves.runner_name), while it is running.
+    runner: str | None = None
+    #: Until then the runner holds it; after, another server may take it over.
+    lease_until: int = 0
+
+    @property
+    def remaining(self) -> int:
+        """The tasks still to look at, as far as the count at the start tells."""
+        return max(self.total - self.matched, 0)
+
+
+def advanced(
+    job: MoveJob, matched: int, moved: int, last: int, limit: int, now: int, lease_until: int
+) -> MoveJob:
+    """``job`` after a step of at most ``limit`` tasks that selected ``matched`` and moved
+    ``moved``, the highest id it looked at ``last``: completed when the step found fewer
+    than its limit (none left), else held by its runner until ``lease_until``. Each store
+    writes it in the step's own transaction, so that the counts are exact after a crash."""
+    done = matched < limit
+    return msgspec.structs.replace(
+        job,
+        matched=job.matched + matched,
+        moved=job.moved + moved,
+        no_origin=job.no_origin + matched - moved,
+        after=max(job.after, last),
+        state="completed" if done else job.state,
+        ended_at=now if done else job.ended_at,
+        lease_until=lease_until,
+    )
 
 
 def states_of(statuses: Iterable[str] | None) -> tuple[State, ...] | None:

@@ -19,6 +19,7 @@ from katar.core.idempotency import Idempotency
 from katar.core.model import (
     Ack,
     Edit,
+    MoveJob,
     NewTask,
     OutboxRow,
     QueueOptions,
@@ -98,6 +99,19 @@ class RedriveStep(NamedTuple):
     #: The target queues that the step created (with default options) because they did
     #: not exist: a task's origin deleted meanwhile.
     created: tuple[str, ...] = ()
+    #: The step of a move job (see :class:`MoveLease`): the job as the step left it. When
+    #: it was no longer running on the lease's runner, the step moved nothing; None when
+    #: the store has no such job (its queue deleted).
+    job: MoveJob | None = None
+
+
+class MoveLease(NamedTuple):
+    """A redrive step's move job: the step runs only if the job is running on ``runner``,
+    and holds it until ``until`` (see :meth:`Store.redrive`)."""
+
+    job: int
+    runner: str
+    until: int
 
 
 class Enqueued(NamedTuple):
@@ -243,8 +257,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def delete_queue(self, name: str, now: int | None = None) -> int:
-        """Remove the queue and its tasks; the number of tasks removed. Tasks of other
-        queues that waited for one of them are cancelled (Observer.settled)."""
+        """Remove the queue, its tasks and its move jobs; the number of tasks removed.
+        Tasks of other queues that waited for one of them are cancelled (Observer.settled)."""
 
     @abc.abstractmethod
     async def enqueue(self, queue: str, tasks: Sequence[NewTask], now: int) -> list[Task]:
@@ -356,13 +370,59 @@ class Store(abc.ABC):
         after: int,
         limit: int,
         allowed: Collection[str] | None = None,
+        job: MoveLease | None = None,
     ) -> RedriveStep:
         """One step of a redrive, in one transaction: take the first ``limit`` tasks that
         ``where`` selects (the engine narrows its states to rules.REDRIVE_STATES) with an id
         above ``after``, and move each to rules.redrive_target(task, ``to``) as
         rules.redriven says, creating that queue with default options when it does not
         exist. A task without a target, or whose target is not among ``allowed`` (None: any
-        queue), stays (counted in ``matched``, not ``moved``)."""
+        queue), stays (counted in ``matched``, not ``moved``).
+
+        With ``job``, the step of that move job: the transaction first reads (and locks)
+        the job; unless it is running on ``job.runner``, the step moves nothing and answers
+        the job as it is (cancelled, taken over). Else it writes the job as
+        model.advanced says (``until``: its new lease) with the moves, and answers it."""
+
+    # -- move jobs (katar.core.moves): redrives at a rate, shared by the servers -----------
+
+    @abc.abstractmethod
+    async def move_start(self, job: MoveJob, keep: int) -> tuple[MoveJob, bool]:
+        """Keep the new move ``job`` (its id given by the store), and forget the oldest
+        ended jobs of its queue past the ``keep`` last: (the job, True). When a job of the
+        queue is running already (on any server), keep nothing: (that job, False)."""
+
+    @abc.abstractmethod
+    async def move_list(self, queue: str, limit: int) -> list[MoveJob]:
+        """The queue's last ``limit`` move jobs, the last first."""
+
+    @abc.abstractmethod
+    async def move_get(self, job_id: int) -> MoveJob | None:
+        """The move job; None when there is none."""
+
+    @abc.abstractmethod
+    async def move_end(
+        self,
+        job_id: int,
+        state: str,
+        now: int,
+        error: str | None = None,
+        runner: str | None = None,
+    ) -> MoveJob | None:
+        """End the running move job with ``state`` ("cancelled", "failed") and ``error``,
+        when it runs (on ``runner`` only, when given); the job as it is then (None: no
+        such job). A step of the job under way commits before, or sees the end."""
+
+    @abc.abstractmethod
+    async def move_take(self, runner: str, now: int, until: int) -> MoveJob | None:
+        """Take over one running move job whose lease ended before ``now``: it runs on
+        ``runner`` until ``until``; None when there is none. Of servers taking at once, one
+        gets each job."""
+
+    @abc.abstractmethod
+    async def move_release(self, job_id: int, runner: str) -> None:
+        """The job's runner stops without ending it (its server shuts down): its lease
+        ends now, for another server to take it over."""
 
     @abc.abstractmethod
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:

@@ -901,7 +901,7 @@ class App:
         return json_response(_move_job(job), 202)
 
     async def redrive_job(self, request: Request) -> Response:
-        return json_response(_move_job(self.engine.move_job(request.queue)))
+        return json_response(_move_job(await self.engine.move_job(request.queue)))
 
     async def cancel_redrive(self, request: Request) -> Response:
         return json_response(_move_job(await self.engine.cancel_redrive(request.queue)))
@@ -1071,6 +1071,8 @@ def _move_job(job: MoveJob) -> MoveJobRecord:
         iso_time(job.started_at),
         None if job.ended_at is None else iso_time(job.ended_at),
         job.error,
+        job.id,
+        job.runner,
     )
 
 

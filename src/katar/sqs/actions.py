@@ -1118,15 +1118,11 @@ class Actions:
     async def cancel_message_move_task(self, params: Params, caller: Caller) -> dict[str, Any]:
         handle = _text(params, "TaskHandle")
         assert handle is not None
-        queue, started = _read_task_handle(handle)
+        queue, job_id = _read_task_handle(handle)
         if not caller.sees(queue):
             raise _no_task()
-        try:
-            jobs = self.engine.move_history(queue)
-        except NotFound:
-            raise _no_task() from None
-        job = next((j for j in jobs if j.started_at == started), None)
-        if job is None:
+        job = await self.engine.find_move_job(job_id)
+        if job is None or job.queue != queue:
             raise _no_task()
         if job.state != "running":
             raise SqsError(
@@ -1134,7 +1130,10 @@ class Actions:
                 f"The message movement task is {job.state.upper()}; only a RUNNING task can "
                 "be cancelled.",
             )
-        job = await self.engine.cancel_redrive(queue)
+        try:
+            job = await self.engine.cancel_redrive(queue, job_id)
+        except NotFound:  # its queue deleted meanwhile
+            raise _no_task() from None
         return {"ApproximateNumberOfMessagesMoved": job.moved}
 
     async def list_message_move_tasks(self, params: Params, caller: Caller) -> dict[str, Any]:
@@ -1142,7 +1141,7 @@ class Actions:
         # SQS answers the most recent task unless asked for more (up to 10).
         limit = _integer(params, "MaxResults", 1, 10) or 1
         results = []
-        for job in self.engine.move_history(source)[:limit]:
+        for job in (await self.engine.move_history(source))[:limit]:
             entry: dict[str, Any] = {}
             if job.state == "running":
                 entry["TaskHandle"] = _task_handle(job)
@@ -1419,21 +1418,23 @@ def _queue_policy(value: str) -> str:
 
 
 def _task_handle(job: MoveJob) -> str:
-    """A message move task's TaskHandle: its queue and start, opaque to the client."""
-    raw = f"{job.started_at}.{job.queue}".encode()
+    """A message move task's TaskHandle: its queue and the store's id of the job, opaque to
+    the client, and the same on every server sharing the store."""
+    raw = f"{job.id}.{job.queue}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _read_task_handle(handle: str) -> tuple[str, int]:
-    """The queue and start a TaskHandle names; ResourceNotFoundException when none."""
+    """The queue and job id a TaskHandle names; ResourceNotFoundException when none."""
     try:
         raw = base64.urlsafe_b64decode(handle + "=" * (-len(handle) % 4)).decode()
     except (binascii.Error, ValueError):
         raise _no_task() from None
-    started, _, queue = raw.partition(".")
-    if not started.isdigit() or not queue:
+    job_id, _, queue = raw.partition(".")
+    # A job id is a store's 64-bit integer: a longer one names no job.
+    if not job_id.isdigit() or len(job_id) > 18 or not queue:
         raise _no_task()
-    return queue, int(started)
+    return queue, int(job_id)
 
 
 def _no_task() -> SqsError:

@@ -28,12 +28,14 @@ from katar.core.model import (
     WAITING,
     Ack,
     Edit,
+    MoveJob,
     NewTask,
     OutboxRow,
     QueueOptions,
     State,
     Task,
     TaskFilter,
+    advanced,
     now_ms,
     parse_task_id,
 )
@@ -44,6 +46,7 @@ from katar.core.storage import (
     Enqueued,
     Fired,
     LimitState,
+    MoveLease,
     PollResult,
     RedriveStep,
     Store,
@@ -110,6 +113,9 @@ class MemoryStore(Store):
         #: The queues that a task left (a dead letter, a redrive): their heaps of ready tasks
         #: may hold its entries, which a claim there must pass over (_claim, _head).
         self._left: set[str] = set()
+        #: The move jobs (katar.core.moves), by id (ids only grow: by id is by age).
+        self._moves: dict[int, MoveJob] = {}
+        self._move_id = 0
 
     async def open(self) -> None:
         return None
@@ -239,6 +245,8 @@ class MemoryStore(Store):
             del self._unique[queue_key]
         for queue_key in [queue_key for queue_key in self._debounce if queue_key[0] == name]:
             del self._debounce[queue_key]
+        for job in [job for job in self._moves.values() if job.queue == name]:
+            del self._moves[job.id]
         return len(ids)
 
     def _ids_of(self, queue: str) -> dict[int, None]:
@@ -852,10 +860,14 @@ class MemoryStore(Store):
         after: int,
         limit: int,
         allowed: Collection[str] | None = None,
+        job: MoveLease | None = None,
     ) -> RedriveStep:
+        held = None
+        if job is not None:
+            held = self._moves.get(job.job)
+            if held is None or held.state != "running" or held.runner != job.runner:
+                return RedriveStep(0, 0, after, [], job=held)
         selected = self._select(queue, where, after, limit)
-        if not selected:
-            return RedriveStep(0, 0, after, [])
         changes: list[Change] = []
         also: list[Change] = []  # none: a redrive moves tasks that do not end
         created: list[str] = []
@@ -869,7 +881,58 @@ class MemoryStore(Store):
             changes.append(self._move(task, rules.redriven(task, target, now), also))
         moved = len(changes)
         self._keep_events(changes + also)
-        return RedriveStep(len(selected), moved, selected[-1].id, changes + also, tuple(created))
+        last = selected[-1].id if selected else after
+        if held is not None and job is not None:
+            held = advanced(held, len(selected), moved, last, limit, now, job.until)
+            self._moves[held.id] = held
+        return RedriveStep(len(selected), moved, last, changes + also, tuple(created), held)
+
+    async def move_start(self, job: MoveJob, keep: int) -> tuple[MoveJob, bool]:
+        for kept in self._moves.values():
+            if kept.queue == job.queue and kept.state == "running":
+                return kept, False
+        self._move_id += 1
+        job = msgspec.structs.replace(job, id=self._move_id)
+        self._moves[job.id] = job
+        ended = [j.id for j in self._moves.values() if j.queue == job.queue]
+        for job_id in ended[: max(len(ended) - keep, 0)]:
+            if self._moves[job_id].state != "running":
+                del self._moves[job_id]
+        return job, True
+
+    async def move_list(self, queue: str, limit: int) -> list[MoveJob]:
+        return [job for job in reversed(self._moves.values()) if job.queue == queue][:limit]
+
+    async def move_get(self, job_id: int) -> MoveJob | None:
+        return self._moves.get(job_id)
+
+    async def move_end(
+        self,
+        job_id: int,
+        state: str,
+        now: int,
+        error: str | None = None,
+        runner: str | None = None,
+    ) -> MoveJob | None:
+        job = self._moves.get(job_id)
+        if job is not None and job.state == "running" and runner in (None, job.runner):
+            ended = "failed" if state == "failed" else "cancelled"
+            job = msgspec.structs.replace(job, state=ended, ended_at=now, error=error)
+            self._moves[job_id] = job
+        return job
+
+    async def move_take(self, runner: str, now: int, until: int) -> MoveJob | None:
+        for job in self._moves.values():
+            if job.state == "running" and job.lease_until < now:
+                job = msgspec.structs.replace(job, runner=runner, lease_until=until)
+                self._moves[job.id] = job
+                return job
+        return None
+
+    async def move_release(self, job_id: int, runner: str) -> None:
+        job = self._moves.get(job_id)
+        if job is not None and job.state == "running" and job.runner == runner:
+            self._moves[job_id] = msgspec.structs.replace(job, lease_until=0)
 
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:
         pruned: list[Task] = []

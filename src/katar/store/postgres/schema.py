@@ -17,7 +17,7 @@ from katar.protocol import (
 if TYPE_CHECKING:
     from katar.store.postgres.connection import Connections
 
-SCHEMA_VERSION: Final = 21
+SCHEMA_VERSION: Final = 22
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -319,6 +319,33 @@ CREATE INDEX IF NOT EXISTS outbox_queue ON {s}.outbox (queue, id);
 -- from within the last two periods.
 DROP INDEX IF EXISTS {s}.key_buckets_full;
 ALTER TABLE {s}.key_buckets SET (fillfactor = 70);
+""",
+    # The move jobs (katar.core.moves): redrives at a rate, shared by the servers, their
+    # counts written by each step. At most one runs per queue (the unique partial index,
+    # which also serves the look for jobs whose lease passed: the running ones are few).
+    22: """
+CREATE TABLE IF NOT EXISTS {s}.move_jobs (
+    id bigserial PRIMARY KEY,  -- a sequence: a TaskHandle never names another job
+    queue text NOT NULL,
+    target text,          -- NULL: each task back to the queue it came from
+    filter bytea NOT NULL,  -- JSON: model.TaskFilter
+    allowed bytea,        -- JSON: the queues it may move tasks to; NULL: any
+    rate double precision NOT NULL,
+    state text NOT NULL,  -- running, completed, cancelled, failed
+    total bigint NOT NULL,
+    matched bigint NOT NULL,
+    moved bigint NOT NULL,
+    no_origin bigint NOT NULL,
+    after_id bigint NOT NULL,  -- the last task id its steps looked at
+    started_at bigint NOT NULL,
+    ended_at bigint,
+    error text,
+    runner text,          -- the server that runs it
+    lease_until bigint NOT NULL  -- after it, another server may take it over
+);
+CREATE INDEX IF NOT EXISTS move_jobs_queue ON {s}.move_jobs (queue, id);
+CREATE UNIQUE INDEX IF NOT EXISTS move_jobs_running ON {s}.move_jobs (queue)
+    WHERE state = 'running';
 """,
 }
 

@@ -33,6 +33,7 @@ from katar.core.model import (
     UNFINISHED,
     Ack,
     Edit,
+    MoveJob,
     NewTask,
     OutboxRow,
     QueueOptions,
@@ -40,6 +41,7 @@ from katar.core.model import (
     State,
     Task,
     TaskFilter,
+    advanced,
     now_ms,
     parse_task_id,
 )
@@ -52,6 +54,7 @@ from katar.core.storage import (
     Event,
     Fired,
     LimitState,
+    MoveLease,
     Observer,
     PollResult,
     RedriveStep,
@@ -66,6 +69,14 @@ from katar.errors import (
     TaskNotFound,
 )
 from katar.store import _sql
+from katar.store._moves import (
+    advance_values,
+    ended,
+    insert_values,
+    job_from_row,
+    move_statements,
+    runs_on,
+)
 from katar.store._reap import expiries
 from katar.store._rows import COLUMNS, Dialect, move_values, update_values, view, where_sql
 from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
@@ -164,6 +175,9 @@ class PostgresStore(Store):
         #: The digest of the queue options last loaded (_options_digest).
         self._options_digest: str | None = None
         self._sql = queries(self._schema)
+        self._moves = move_statements(
+            f"{self._schema}.move_jobs", "%s", " FOR UPDATE", " FOR UPDATE SKIP LOCKED"
+        )
         self._deps = Dependencies(self._sql, self._name)
         self._group = GroupCommit(
             self._sql,
@@ -358,6 +372,9 @@ class PostgresStore(Store):
         # No bound: a queue of millions of tasks takes its time to delete.
         async with self._transaction(limit=0) as conn:
             await conn.execute("SET LOCAL statement_timeout = 0")
+            # Its move jobs first: a job's step locks its job, then the tasks; in that order
+            # here too, so that a step under way and this delete never wait for each other.
+            await conn.execute(self._moves.forget, (name,))
             # The tasks of other queues that wait for this one's are cancelled.
             cursor = await conn.execute(
                 f"SELECT {COLUMNS} FROM {self._schema}.tasks WHERE queue_id = %s AND children"
@@ -757,6 +774,7 @@ class PostgresStore(Store):
         after: int,
         limit: int,
         allowed: Collection[str] | None = None,
+        job: MoveLease | None = None,
     ) -> RedriveStep:
         queue_id = await self._queue_id(queue)
         conditions, params = where_sql(where, _DIALECT)
@@ -767,10 +785,16 @@ class PostgresStore(Store):
         changes: list[Change] = []
         also: list[Change] = []  # none: a redrive moves tasks that do not end
         created: list[str] = []
+        held = None
         async with self._transaction() as conn:
+            if job is not None:
+                # Locked first: a cancel (move_end) waits for this step's commit, or this
+                # step for the cancel's, and then moves nothing.
+                found = await (await conn.execute(self._moves.lock, (job.job,))).fetchone()
+                held = None if found is None else job_from_row(found)
+                if held is None or not runs_on(held, job.runner):
+                    return RedriveStep(0, 0, after, [], job=held)
             rows = await (await conn.execute(select, (queue_id, *params, after, limit))).fetchall()
-            if not rows:
-                return RedriveStep(0, 0, after, [])
             for row in rows:
                 task = task_from_row(row, queue)
                 target = rules.redrive_target(task, to, allowed)
@@ -783,10 +807,62 @@ class PostgresStore(Store):
                 )
                 assert change is not None
                 changes.append(change)
-            await self._keep_events(conn, changes + also)
-            await self._notify_ready(conn, (change.task for change in changes))
+            if changes:
+                await self._keep_events(conn, changes + also)
+                await self._notify_ready(conn, (change.task for change in changes))
+            last = rows[-1][0] if rows else after
+            if held is not None and job is not None:
+                held = advanced(held, len(rows), len(changes), last, limit, now, job.until)
+                await conn.execute(self._moves.advance, advance_values(held))
         moved = len(changes)
-        return RedriveStep(len(rows), moved, rows[-1][0], changes + also, tuple(created))
+        return RedriveStep(len(rows), moved, last, changes + also, tuple(created), held)
+
+    async def move_start(self, job: MoveJob, keep: int) -> tuple[MoveJob, bool]:
+        async with self._transaction() as conn:
+            row = await (await conn.execute(self._moves.insert, insert_values(job))).fetchone()
+            if row is None:
+                running = await (await conn.execute(self._moves.running, (job.queue,))).fetchone()
+                if running is not None:
+                    return job_from_row(running), False
+                raise Conflict(
+                    f"a redrive of queue {job.queue!r} ended as this one started; try again",
+                    queue=job.queue,
+                )
+            await conn.execute(self._moves.prune, (job.queue, job.queue, keep))
+            return job_from_row(row), True
+
+    async def move_list(self, queue: str, limit: int) -> list[MoveJob]:
+        async with self._transaction(writes=False) as conn:
+            rows = await (await conn.execute(self._moves.list, (queue, limit))).fetchall()
+        return [job_from_row(row) for row in rows]
+
+    async def move_get(self, job_id: int) -> MoveJob | None:
+        async with self._transaction(writes=False) as conn:
+            row = await (await conn.execute(self._moves.get, (job_id,))).fetchone()
+        return None if row is None else job_from_row(row)
+
+    async def move_end(
+        self,
+        job_id: int,
+        state: str,
+        now: int,
+        error: str | None = None,
+        runner: str | None = None,
+    ) -> MoveJob | None:
+        async with self._transaction() as conn:
+            await conn.execute(self._moves.end, (ended(state), now, error, job_id, runner))
+            row = await (await conn.execute(self._moves.get, (job_id,))).fetchone()
+        return None if row is None else job_from_row(row)
+
+    async def move_take(self, runner: str, now: int, until: int) -> MoveJob | None:
+        async with self._transaction() as conn:
+            cursor = await conn.execute(self._moves.take, (runner, until, now, now))
+            row = await cursor.fetchone()
+        return None if row is None else job_from_row(row)
+
+    async def move_release(self, job_id: int, runner: str) -> None:
+        async with self._transaction() as conn:
+            await conn.execute(self._moves.release, (job_id, runner))
 
     async def _acked_row(
         self, conn: AsyncConnection[tuple[Any, ...]], task_id: int

@@ -13,8 +13,9 @@ from katar.store._sql import AT_REST, ENDED_KEPT, HAS_EXPIRY, READY, RUNNING, SC
 # 14: dead letters (a task's dead_letter record); 15: debounce_key;
 # 16: an edge that runs whatever the parent's outcome (after_failure "run");
 # 17: a task's message attributes (the SQS API's);
-# 18: a task's W3C trace context; 19: the completion webhooks' outbox
-SCHEMA_VERSION: Final = 19
+# 18: a task's W3C trace context; 19: the completion webhooks' outbox;
+# 20: the move jobs (redrives at a rate)
+SCHEMA_VERSION: Final = 20
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS queues (
     id INTEGER PRIMARY KEY,
@@ -141,6 +142,31 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_task ON outbox (task_id, id);
 CREATE INDEX IF NOT EXISTS outbox_queue ON outbox (queue, id);
+-- The move jobs (katar.core.moves): redrives at a rate, their counts written by each step.
+-- At most one runs per queue (the unique partial index, which also serves the look for
+-- jobs to take over: the running ones are few).
+CREATE TABLE IF NOT EXISTS move_jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: a TaskHandle never names another
+    queue TEXT NOT NULL,
+    target TEXT,         -- NULL: each task back to the queue it came from
+    filter BLOB NOT NULL,  -- JSON: model.TaskFilter
+    allowed BLOB,        -- JSON: the queues it may move tasks to; NULL: any
+    rate REAL NOT NULL,
+    state TEXT NOT NULL,  -- running, completed, cancelled, failed
+    total INTEGER NOT NULL,
+    matched INTEGER NOT NULL,
+    moved INTEGER NOT NULL,
+    no_origin INTEGER NOT NULL,
+    after_id INTEGER NOT NULL,  -- the last task id its steps looked at
+    started_at INTEGER NOT NULL,
+    ended_at INTEGER,
+    error TEXT,
+    runner TEXT,
+    lease_until INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS move_jobs_queue ON move_jobs (queue, id);
+CREATE UNIQUE INDEX IF NOT EXISTS move_jobs_running ON move_jobs (queue)
+    WHERE state = 'running';
 -- Schema 1 had the index above over every state; schema 2 had it with an IN list. Schema 10
 -- had the edges by parent for those still waiting only (deps_children replaces it).
 DROP INDEX IF EXISTS tasks_queue_state;

@@ -18,12 +18,14 @@ from katar.core.model import (
     UNFINISHED,
     Ack,
     Edit,
+    MoveJob,
     NewTask,
     OutboxRow,
     QueueOptions,
     State,
     Task,
     TaskFilter,
+    advanced,
     now_ms,
     parse_task_id,
 )
@@ -36,6 +38,7 @@ from katar.core.storage import (
     Event,
     Fired,
     LimitState,
+    MoveLease,
     PollResult,
     RedriveStep,
     Store,
@@ -47,6 +50,14 @@ from katar.errors import (
 )
 from katar.protocol import HISTORY_LENGTH
 from katar.store import _sql
+from katar.store._moves import (
+    advance_values,
+    ended,
+    insert_values,
+    job_from_row,
+    move_statements,
+    runs_on,
+)
 from katar.store._reap import expiries
 from katar.store._rows import (
     COLUMNS,
@@ -61,6 +72,8 @@ from katar.store.sqlite.queues import Queues
 from katar.store.sqlite.writer import Writer
 
 _COLUMNS: Final = COLUMNS
+_MOVES: Final = move_statements("move_jobs", "?")
+_LEASE_PASSED: Final = "SELECT 1 FROM move_jobs WHERE state = 'running' AND lease_until < ? LIMIT 1"
 # Parameters on the hot paths are ints and bytearrays only. Python's sqlite3 binds int, float,
 # str and bytearray directly, but asks its adapter registry about anything else, None and
 # bytes included: ~0.5 to 1 us a parameter, measured, which was a third of a bulk enqueue.
@@ -282,6 +295,7 @@ class SQLiteStore(Store):
             count: int = conn.execute("DELETE FROM tasks WHERE queue_id=?", (queue_id,)).rowcount
             conn.execute("DELETE FROM queues WHERE id=?", (queue_id,))
             conn.execute("DELETE FROM idempotency_keys WHERE queue_id=?", (queue_id,))
+            conn.execute(_MOVES.forget, (name,))
             del self._queues.ids[name]
             self._batches.key_buckets.pop(queue_id, None)
             # The id -> name entry stays: reads of the old queue's rows may still be in flight.
@@ -781,6 +795,7 @@ class SQLiteStore(Store):
         after: int,
         limit: int,
         allowed: Collection[str] | None = None,
+        job: MoveLease | None = None,
     ) -> RedriveStep:
         queue_id = self._queues.id_of(queue)
         conditions, params = self._where(where)
@@ -788,9 +803,13 @@ class SQLiteStore(Store):
         args = (queue_id, *params, after, limit)
 
         def op(conn: sqlite3.Connection) -> RedriveStep:
+            held = None
+            if job is not None:  # one writer: nothing comes between this read and the step
+                found = conn.execute(_MOVES.get, (job.job,)).fetchone()
+                held = None if found is None else job_from_row(found)
+                if held is None or not runs_on(held, job.runner):
+                    return RedriveStep(0, 0, after, [], job=held)
             rows = conn.execute(f"{select} ORDER BY id LIMIT ?", args).fetchall()
-            if not rows:
-                return RedriveStep(0, 0, after, [])
             changes: list[Change] = []
             also: list[Change] = []  # none: a redrive moves tasks that do not end
             created: list[str] = []
@@ -806,10 +825,70 @@ class SQLiteStore(Store):
                 assert change is not None
                 changes.append(change)
             moved = len(changes)
-            self._keep_events(conn, changes + also)
-            return RedriveStep(len(rows), moved, rows[-1][0], changes + also, tuple(created))
+            if changes:
+                self._keep_events(conn, changes + also)
+            last = rows[-1][0] if rows else after
+            if held is not None and job is not None:
+                held = advanced(held, len(rows), moved, last, limit, now, job.until)
+                conn.execute(_MOVES.advance, advance_values(held))
+            return RedriveStep(len(rows), moved, last, changes + also, tuple(created), held)
 
         return await self._writer.write(op)
+
+    async def move_start(self, job: MoveJob, keep: int) -> tuple[MoveJob, bool]:
+        def op(conn: sqlite3.Connection) -> tuple[MoveJob, bool]:
+            row = conn.execute(_MOVES.insert, insert_values(job)).fetchone()
+            if row is None:
+                return job_from_row(conn.execute(_MOVES.running, (job.queue,)).fetchone()), False
+            conn.execute(_MOVES.prune, (job.queue, job.queue, keep))
+            return job_from_row(row), True
+
+        return await self._writer.write(op)
+
+    async def move_list(self, queue: str, limit: int) -> list[MoveJob]:
+        rows = await self._writer.read(
+            lambda conn: conn.execute(_MOVES.list, (queue, limit)).fetchall()
+        )
+        return [job_from_row(row) for row in rows]
+
+    async def move_get(self, job_id: int) -> MoveJob | None:
+        row = await self._writer.read(lambda conn: conn.execute(_MOVES.get, (job_id,)).fetchone())
+        return None if row is None else job_from_row(row)
+
+    async def move_end(
+        self,
+        job_id: int,
+        state: str,
+        now: int,
+        error: str | None = None,
+        runner: str | None = None,
+    ) -> MoveJob | None:
+        def op(conn: sqlite3.Connection) -> MoveJob | None:
+            conn.execute(_MOVES.end, (ended(state), now, error, job_id, runner))
+            row = conn.execute(_MOVES.get, (job_id,)).fetchone()
+            return None if row is None else job_from_row(row)
+
+        return await self._writer.write(op)
+
+    async def move_take(self, runner: str, now: int, until: int) -> MoveJob | None:
+        # A read first: the look every few seconds writes only when there is a job to take.
+        if (
+            await self._writer.read(lambda conn: conn.execute(_LEASE_PASSED, (now,)).fetchone())
+            is None
+        ):
+            return None
+
+        def op(conn: sqlite3.Connection) -> MoveJob | None:
+            row = conn.execute(_MOVES.take, (runner, until, now, now)).fetchone()
+            return None if row is None else job_from_row(row)
+
+        return await self._writer.write(op)
+
+    async def move_release(self, job_id: int, runner: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(_MOVES.release, (job_id, runner))
+
+        await self._writer.write(op)
 
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:
         queue_id = self._queues.id_of(queue)
