@@ -702,7 +702,7 @@ export interface Operations {
       401: Error;
       /** The token's role or queues do not allow this. Without tokens: a Host this server does not answer. A browser's request from another site's page. */
       403: Error;
-      /** No such queue, or no redrive with a rate of it on this server. */
+      /** No such queue, or no redrive with a rate of it. */
       404: Error;
     };
   };
@@ -1050,7 +1050,7 @@ export interface Operations {
     };
   };
   /**
-   * The queue's last redrive with a rate, on this server
+   * The queue's last redrive with a rate
    *
    * With tokens configured: a admin token whose queues include this one.
    */
@@ -1072,7 +1072,7 @@ export interface Operations {
       401: Error;
       /** The token's role or queues do not allow this. Without tokens: a Host this server does not answer. */
       403: Error;
-      /** No such queue, or no redrive with a rate of it on this server. */
+      /** No such queue, or no redrive with a rate of it. */
       404: Error;
     };
   };

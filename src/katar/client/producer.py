@@ -259,7 +259,8 @@ class Producer:
         return job
 
     def redrive_job(self, queue: str) -> MoveJobRecord:
-        """The queue's last redrive at a rate, as it stands (on the server that runs it)."""
+        """The queue's last redrive at a rate, as it stands (every server sharing the store
+        answers the same)."""
         return self._run(calls.move_job(queue, "GET"))
 
     def cancel_redrive(self, queue: str) -> MoveJobRecord:

@@ -787,12 +787,12 @@ ROUTES: Final[tuple[tuple[str, Mapping[str, Route]], ...]] = (
                 Handlers.redrive_job,
                 Access.ADMIN,
                 Op(
-                    summary="The queue's last redrive with a rate, on this server",
+                    summary="The queue's last redrive with a rate",
                     operation_id="getRedrive",
                     tag="operators",
                     answers={
                         200: A("The move job as it stands.", MoveJobRecord),
-                        404: "No such queue, or no redrive with a rate of it on this server.",
+                        404: "No such queue, or no redrive with a rate of it.",
                     },
                 ),
                 store=False,
@@ -806,7 +806,7 @@ ROUTES: Final[tuple[tuple[str, Mapping[str, Route]], ...]] = (
                     tag="operators",
                     answers={
                         200: A("The move job as it ended.", MoveJobRecord),
-                        404: "No such queue, or no redrive with a rate of it on this server.",
+                        404: "No such queue, or no redrive with a rate of it.",
                     },
                 ),
                 store=False,
