@@ -12,6 +12,7 @@ async with katar:                                # or let WorkerServer.run() ope
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any, Unpack
 
 import msgspec
@@ -22,7 +23,10 @@ from katar._defaults import DEFAULT_STORE
 from katar.core.clock import Clock
 from katar.core.engine import Engine, Listener
 from katar.core.model import (
+    MAX_DELAY,
+    STATES_OF_STATUS,
     Edit,
+    MoveJob,
     NewTask,
     QueueOptions,
     Task,
@@ -36,6 +40,7 @@ from katar.core.model import (
     states_of,
     trace_context,
 )
+from katar.core.moves import Redrive
 from katar.core.schedule import Schedule, ScheduleSpec, check_name, parse_schedule
 from katar.errors import KatarError, TaskNotFound, ValidationError
 from katar.protocol import EnqueueOptions, check_enqueue_options
@@ -238,16 +243,19 @@ class Queue:
         *,
         unique_key: str | None = None,
         after: Sequence[int | str] | None = None,
+        run_at: datetime | None = None,
         **options: Unpack[EnqueueOptions],
     ) -> Task:
-        """Add one task; ``delay`` in seconds; returns the stored task. The task's own
-        options are those of :meth:`enqueue_many`; while a task of the queue holds
-        ``unique_key``, nothing is created and that task is returned, ``duplicate`` true.
-        ``after``: the ids of the tasks (of any queue) it waits for (see enqueue_many)."""
+        """Add one task; ``delay`` in seconds, or ``run_at`` (an aware datetime); returns
+        the stored task. The task's own options are those of :meth:`enqueue_many`; while a
+        task of the queue holds ``unique_key``, nothing is created and that task is
+        returned, ``duplicate`` true. ``after``: the ids of the tasks (of any queue) it
+        waits for (see enqueue_many)."""
         (task,) = await self.enqueue_many(
             [data],
             unique_keys=None if unique_key is None else [unique_key],
             afters=None if after is None else [after],
+            run_at=run_at,
             **options,
         )
         return task
@@ -258,6 +266,7 @@ class Queue:
         *,
         unique_keys: Sequence[str | None] | None = None,
         afters: Sequence[Sequence[int | str] | None] | None = None,
+        run_at: datetime | None = None,
         **options: Unpack[EnqueueOptions],
     ) -> list[Task]:
         """Add many tasks in one transaction; returns them in order. With an
@@ -273,7 +282,11 @@ class Queue:
         ``afters``, one list (or None) per task of the ids of the tasks it waits for, where
         ``"$n"`` names the n-th task of this call (an earlier one): it runs once they are
         all done, with their results in its ``after``, and is cancelled if one fails.
-        ``debounce_key`` (with a ``delay``): while a task of the queue with that key waits,
+        ``delay`` (seconds) or ``run_at`` (an aware datetime; one that has passed means
+        now) hold the tasks back until then.
+
+        ``debounce_key`` (with a ``delay`` or ``run_at``): while a task of the queue with
+        that key waits,
         never delivered, the task replaces it (its data, options and due time) and is
         answered with ``debounced`` true; the latest enqueue of a key wins, within a call
         too.
@@ -286,6 +299,7 @@ class Queue:
         delay = options.get("delay") or 0
         if delay < 0:
             raise ValidationError("delay must be >= 0 seconds")
+        at = None if run_at is None else self._run_at(run_at, delay)
         level = parse_priority(options.get("priority") or 0)
         items = list(items)
         keys = [None] * len(items) if unique_keys is None else list(unique_keys)
@@ -302,6 +316,7 @@ class Queue:
                 data=_raw(item),
                 priority=level,
                 delay_ms=round(delay * 1000),
+                run_at=at,
                 paused=options.get("paused", False),
                 **parse_task_options(
                     timeout=options.get("timeout"),
@@ -311,7 +326,8 @@ class Queue:
                     unique_for=options.get("unique_for"),
                     key=options.get("key"),
                     debounce_key=options.get("debounce_key"),
-                    delay=options.get("delay"),  # debounce_key needs one
+                    delay=options.get("delay"),  # debounce_key needs one, or a run_at
+                    run_at=None if run_at is None else run_at.isoformat(),
                 ),
                 **(parse_after(wait, f"tasks[{i}]", after_failure) if wait else {}),
             )
@@ -320,6 +336,17 @@ class Queue:
         if trace is not None:
             new = [replace(task, trace=trace) for task in new]
         return await self.katar.engine.enqueue(self.name, new, options.get("idempotency_key"))
+
+    def _run_at(self, run_at: datetime, delay: float) -> int:
+        """``run_at`` in ms since the epoch, checked as the HTTP field is."""
+        if delay:
+            raise ValidationError("give delay or run_at, not both")
+        if run_at.tzinfo is None:  # a naive time's zone is a guess: make the caller say it
+            raise ValidationError("run_at needs a time zone, e.g. datetime.now(timezone.utc)")
+        at = round(run_at.timestamp() * 1000)
+        if at > self.katar.engine.clock.now_ms() + MAX_DELAY * 1000:
+            raise ValidationError("run_at must be at most ten years ahead")
+        return at
 
     async def get(self, task_id: int | str, wait: float = 0) -> Task:
         """The task; with ``wait``, wait up to that many seconds for it to finish."""
@@ -371,3 +398,62 @@ class Queue:
     async def delete(self, task_id: int | str) -> None:
         """Remove a task."""
         await self.katar.engine.delete_task(self.name, self._id(task_id))
+
+    async def redrive(
+        self,
+        to: str | None = None,
+        *,
+        status: str | Sequence[str] | None = None,
+        ids: Sequence[int | str] | None = None,
+        key: str | None = None,
+        error: str | None = None,
+    ) -> Redrive:
+        """Move this queue's waiting tasks (queued or failed; those the filter selects) to
+        ``to``, or each back to the queue it was dead-lettered from, queued with fresh
+        attempts, in steps of bounded size (protocol section 14)."""
+        where = self._filter(status, ids, key, error)
+        return await self.katar.engine.redrive(self.name, to, where)
+
+    async def start_redrive(
+        self,
+        rate: float,
+        to: str | None = None,
+        *,
+        status: str | Sequence[str] | None = None,
+        key: str | None = None,
+        error: str | None = None,
+    ) -> MoveJob:
+        """:meth:`redrive` at ``rate`` tasks a second, in the background: the move job,
+        kept by the store (every server sharing it sees it, and one of them finishes it
+        should this one stop), which :meth:`redrive_job` follows and
+        :meth:`cancel_redrive` stops."""
+        where = self._filter(status, None, key, error)
+        return await self.katar.engine.start_redrive(self.name, rate, to, where)
+
+    async def redrive_job(self) -> MoveJob:
+        """The queue's last redrive at a rate, as it stands; NotFound when none."""
+        return await self.katar.engine.move_job(self.name)
+
+    async def cancel_redrive(self) -> MoveJob:
+        """Stop the queue's redrive at a rate; what it moved stays moved."""
+        return await self.katar.engine.cancel_redrive(self.name)
+
+    def _filter(
+        self,
+        status: str | Sequence[str] | None,
+        ids: Sequence[int | str] | None,
+        key: str | None,
+        error: str | None,
+    ) -> TaskFilter:
+        statuses = [status] if isinstance(status, str) else status
+        unknown = sorted(set(statuses or ()) - STATES_OF_STATUS.keys())
+        if unknown:
+            raise ValidationError(
+                f"unknown status {unknown[0]!r}: one of {', '.join(STATES_OF_STATUS)}"
+            )
+        return TaskFilter(
+            states=states_of(statuses),
+            ids=None if ids is None else tuple(self._id(i) for i in ids),
+            key=key,
+            error=error,
+        )

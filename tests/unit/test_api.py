@@ -244,3 +244,60 @@ async def test_an_enqueue_carries_the_trace_context_given_or_current(
             await queue.enqueue(4, traceparent="00-nope")
         with pytest.raises(ValidationError, match="tracestate needs a traceparent"):
             await queue.enqueue(4, tracestate="rojo=1")
+
+
+async def test_run_at_holds_a_task_and_debounces(make_url: Callable[[], str]) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    async with Katar(make_url()) as katar:
+        queue = await katar.put_queue("later", persistent=True)
+        at = datetime.now(UTC) + timedelta(hours=1)
+        task = await queue.enqueue("x", run_at=at)
+        assert task.run_at == round(at.timestamp() * 1000)
+        assert await katar.engine.poll("later") == []  # not due yet
+        first = await queue.enqueue(1, run_at=at, debounce_key="k")
+        second = await queue.enqueue(2, run_at=at + timedelta(minutes=1), debounce_key="k")
+        assert second.id == first.id
+        assert second.debounced
+        assert second.run_at == round((at + timedelta(minutes=1)).timestamp() * 1000)
+        with pytest.raises(ValidationError, match="not both"):
+            await queue.enqueue("x", run_at=at, delay=5)
+        with pytest.raises(ValidationError, match="time zone"):
+            await queue.enqueue("x", run_at=datetime.now())
+        with pytest.raises(ValidationError, match="ten years"):
+            await queue.enqueue("x", run_at=at + timedelta(days=3700))
+        assert len(await queue.tasks()) == 2  # the refused ones changed nothing
+
+
+async def test_redrive_from_python(make_url: Callable[[], str]) -> None:
+    from katar.core.model import Ack
+
+    async with Katar(make_url()) as katar:
+        await katar.put_queue("dead", persistent=True)
+        work = await katar.put_queue("work", persistent=True, max_attempts=1, dead_letter="dead")
+        dead = katar.queue("dead")
+        for n in range(3):
+            await work.enqueue(n)
+        polled = await katar.engine.poll("work", limit=3)
+        acks = [Ack(task_id=str(t.id), status="failed", error="boom") for t in polled]
+        await katar.engine.poll("work", acks, limit=0)
+        assert len(await dead.tasks("queued")) == 3
+        with pytest.raises(ValidationError, match="unknown status"):
+            await dead.redrive(status="nope")
+        one = await dead.redrive(ids=[polled[0].id])
+        assert (one.matched, one.moved) == (1, 1)
+        rest = await dead.redrive(status="queued")
+        assert (rest.matched, rest.moved) == (2, 2)
+        assert len(await work.tasks("queued")) == 3
+        polled = await katar.engine.poll("work", limit=3)
+        acks = [Ack(task_id=str(t.id), status="failed", error="again") for t in polled]
+        await katar.engine.poll("work", acks, limit=0)
+        job = await dead.start_redrive(1000.0, key=None)
+        assert job.queue == "dead"
+        assert job.state in ("running", "completed")
+        assert (await dead.redrive_job()).id == job.id
+        for _ in range(200):  # a rated redrive runs in the background
+            if (await dead.redrive_job()).state == "completed":
+                break
+            await asyncio.sleep(0.05)
+        assert (await dead.redrive_job()).moved == 3
