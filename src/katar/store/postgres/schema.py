@@ -17,7 +17,7 @@ from katar.protocol import (
 if TYPE_CHECKING:
     from katar.store.postgres.connection import Connections
 
-SCHEMA_VERSION: Final = 21
+SCHEMA_VERSION: Final = 23
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -319,6 +319,18 @@ CREATE INDEX IF NOT EXISTS outbox_queue ON {s}.outbox (queue, id);
 -- from within the last two periods.
 DROP INDEX IF EXISTS {s}.key_buckets_full;
 ALTER TABLE {s}.key_buckets SET (fillfactor = 70);
+""",
+    # (22: reserved for a change made beside this one; the merge gives it its statements.)
+    22: "SELECT 1",
+    # key_rate's rows are now dropped once full for an eighth of a period, every eighth of a
+    # period, outside the claims (PostgresStore._prune_key_buckets): a key taken from last
+    # at t has no row by t + 1.25 x period, so what stays is bounded by the keys taken from
+    # within the last period and a quarter (no change to the table).
+    # Which claim wrote a key_rate queue's buckets last, so that a server that made it knows
+    # them all without reading them again (PostgresStore._KeyCache): a random number a claim
+    # that writes buckets sets; NULL: unknown (a change of options, which empties them).
+    23: """
+ALTER TABLE {s}.queues ADD COLUMN IF NOT EXISTS key_epoch bigint;
 """,
 }
 
