@@ -277,3 +277,24 @@ async def test_more_stale_buckets_than_a_batch_all_go(shared_stores: list[Store]
     await store.enqueue("q", [keyed("x", "x")], T0 + 5000)
     assert len(await claim(store, 1, options=options, now=T0 + 5000)) == 1
     assert await kept_buckets(store) == 1
+
+
+async def test_a_server_reads_the_buckets_again_once_another_wrote_them(
+    shared_stores: list[Store],
+) -> None:
+    # A server that made the last claim knows the buckets without reading them; a claim of
+    # another server, or a change of options, makes it read them again.
+    a, b = shared_stores[0], shared_stores[1]
+    options = limited(key_rate=Rate(limit=4, period=60_000))
+    await a.save_queue("q", options)
+    await a.enqueue("q", [keyed(n, "k") for n in range(20)], T0)
+    assert values(await claim(a, 1, options=options, now=T0)) == [0]
+    assert values(await claim(a, 1, options=options, now=T0 + 1)) == [1]
+    assert values(await claim(a, 1, options=options, now=T0 + 2)) == [2]  # from what it knows
+    await b.enqueue("q", [keyed("other", "other", priority=1)], T0 + 3)
+    assert values(await claim(b, 5, options=options, now=T0 + 3)) == ["other", 3]
+    assert await claim(a, 5, options=options, now=T0 + 4) == []  # "k" is spent: b took one
+    await b.save_queue("q", options)  # buckets full again, as a change of options makes them
+    assert values(await claim(a, 5, options=options, now=T0 + 5)) == [4, 5, 6, 7]
+    assert await claim(a, 5, options=options, now=T0 + 6) == []
+    assert await claim(b, 5, options=options, now=T0 + 7) == []
