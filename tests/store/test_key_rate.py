@@ -11,6 +11,7 @@ import random
 from collections import Counter
 
 import msgspec
+import pytest
 
 from katar.core.model import NewTask, QueueOptions, Rate, Task
 from katar.store import Store
@@ -298,3 +299,26 @@ async def test_a_server_reads_the_buckets_again_once_another_wrote_them(
     assert values(await claim(a, 5, options=options, now=T0 + 5)) == [4, 5, 6, 7]
     assert await claim(a, 5, options=options, now=T0 + 6) == []
     assert await claim(b, 5, options=options, now=T0 + 7) == []
+
+
+async def test_more_keys_in_use_than_a_server_keeps_are_read_at_each_claim(
+    shared_stores: list[Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres_store, "_KEY_CACHE_MAX", 3)
+    store = shared_stores[0]
+    assert isinstance(store, PostgresStore)
+    options = limited(key_rate=Rate(limit=2, period=60_000))
+    await store.save_queue("q", options)
+    await store.enqueue("q", [keyed(f"{k}{n}", k) for n in range(3) for k in "abcde"], T0)
+    assert values(await claim(store, 5, options=options, now=T0)) == ["a0", "b0", "c0", "d0", "e0"]
+    # Five buckets kept, more than the server keeps a copy of: it reads them, as another's.
+    assert values(await claim(store, 5, options=options, now=T0 + 1)) == [
+        "a1",
+        "b1",
+        "c1",
+        "d1",
+        "e1",
+    ]
+    assert not store._key_caches[await store._queue_id("q")].complete
+    assert await claim(store, 5, options=options, now=T0 + 2) == []
+    assert await kept_buckets(store) == 5

@@ -355,9 +355,10 @@ def queries(s: str) -> Queries:
             f" epoch AS (UPDATE {s}.queues SET key_epoch = %s WHERE id = %s)"
             " SELECT * FROM took"
         ),
-        # The buckets of a queue not full at %s: all that its rows say (_KeyCache).
+        # The buckets of a queue not full at %s: all that its rows say (_KeyCache), up to %s.
         key_buckets_kept=(
             f"SELECT key, full_at FROM {s}.key_buckets WHERE queue_id = %s AND full_at > %s"
+            " LIMIT %s"
         ),
         # A queue's key_rate buckets full since %s, up to %s of them
         # (PostgresStore._prune_key_buckets): a full bucket is no row. In a transaction of

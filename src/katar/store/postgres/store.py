@@ -136,6 +136,10 @@ _KEY_BUCKETS_PRUNE_BATCH: Final = 1024
 #: A server prunes a key_rate queue's buckets every period / _KEY_BUCKETS_PRUNE_PARTS, of the
 #: rows full for at least as long (_prune_key_buckets).
 _KEY_BUCKETS_PRUNE_PARTS: Final = 8
+#: The most key_rate buckets a server keeps a copy of, per queue (_KeyCache): a queue with
+#: more keys in use than that has its buckets read at each claim instead, so that neither
+#: the server's memory nor the one read of them all (under the queue's lock) grows with them.
+_KEY_CACHE_MAX: Final = 20_000
 _options_decoder: Final = msgspec.json.Decoder(QueueOptions)
 _spec_decoder: Final = msgspec.json.Decoder(ScheduleSpec)
 
@@ -187,6 +191,8 @@ class PostgresStore(Store):
         self._key_buckets_prune_at: dict[int, int] = {}
         #: Per key_rate queue id, what this server knows of its buckets (_KeyCache).
         self._key_caches: dict[int, _KeyCache] = {}
+        #: Per key_rate queue id with more buckets than _KEY_CACHE_MAX, when to try again.
+        self._key_caches_too_many: dict[int, int] = {}
         #: Per key_rate queue id, its prune under way, if any (_prune_key_buckets_soon).
         self._key_buckets_pruning: dict[int, asyncio.Task[None]] = {}
         self._channel = f"katar_{self._schema}"
@@ -427,6 +433,7 @@ class PostgresStore(Store):
         self._queue_ids.pop(name, None)
         self._key_buckets_prune_at.pop(queue_id, None)
         self._key_caches.pop(queue_id, None)
+        self._key_caches_too_many.pop(queue_id, None)
         self.report(settled)
         return count
 
@@ -989,7 +996,7 @@ class PostgresStore(Store):
         rates = cache = None
         probe = False
         if options.key_rate is not None:
-            cache, probe = await self._key_cache(conn, queue_id, stored, now)
+            cache, probe = await self._key_cache(conn, queue_id, options.key_rate, stored, now)
             rates = rules.KeyRates(options.key_rate, now, cache.buckets.full_at)
             self._prune_key_buckets_soon(queue_id, options.key_rate, now)
         extra = rules.CLAIM_EXTRA if by_key else 0
@@ -1050,6 +1057,7 @@ class PostgresStore(Store):
         self,
         conn: AsyncConnection[tuple[Any, ...]],
         queue_id: int,
+        rate: Rate,
         stored: Sequence[Any] | None,
         now: int,
     ) -> tuple[_KeyCache, bool]:
@@ -1058,20 +1066,27 @@ class PostgresStore(Store):
         the buckets of the keys it meets (the candidates' probe) all the same."""
         epoch = None if stored is None else stored[2]
         cache = self._key_caches.get(queue_id)
-        if cache is None or epoch is None or cache.epoch != epoch:
-            # Another server's claim, or a change of options, wrote them since: this claim
-            # reads those it meets, and knows no more.
+        many = now < self._key_caches_too_many.get(queue_id, 0)
+        if cache is None or epoch is None or cache.epoch != epoch or many:
+            # Another server's claim, or a change of options, wrote them since (or there are
+            # too many to keep): this claim reads those it meets, and knows no more.
             cache = self._key_caches[queue_id] = _KeyCache(epoch, rules.KeyBuckets(), False)
             return cache, True
         if not cache.complete:
             # The second claim in a row of this server's: every bucket kept, read once, then
             # known while no other server claims from the queue.
-            cursor = await conn.execute(self._sql.key_buckets_kept, (queue_id, now))
+            args = (queue_id, now, _KEY_CACHE_MAX + 1)
+            rows = await (await conn.execute(self._sql.key_buckets_kept, args)).fetchall()
             cache.buckets = rules.KeyBuckets()
-            cache.buckets.keep(dict(await cursor.fetchall()))
+            cache.buckets.keep(dict(rows))
             cache.complete = True
         else:
             cache.buckets.prune(now)
+        if len(cache.buckets) > _KEY_CACHE_MAX:
+            # Read at each claim for a period, then see again.
+            self._key_caches_too_many[queue_id] = now + rate.period
+            cache = self._key_caches[queue_id] = _KeyCache(None, rules.KeyBuckets(), False)
+            return cache, True
         return cache, False
 
     def _prune_key_buckets_soon(self, queue_id: int, rate: Rate, now: int) -> None:
