@@ -322,3 +322,21 @@ async def test_more_keys_in_use_than_a_server_keeps_are_read_at_each_claim(
     assert not store._key_caches[await store._queue_id("q")].complete
     assert await claim(store, 5, options=options, now=T0 + 2) == []
     assert await kept_buckets(store) == 5
+
+
+async def test_keys_and_workers_with_any_characters(store: Store) -> None:
+    # PostgreSQL sends a key_rate claim's keys, buckets and workers as array literals.
+    options = limited(key_rate=Rate(limit=1, period=60_000))
+    await store.save_queue("q", options)
+    keys = ['a"b', "c\\d", "{x,y}", "NULL", " spaced ", "", "é€", "x,y"]
+    await store.enqueue(
+        "q", [keyed(f"{n}-{m}", key) for m in range(2) for n, key in enumerate(keys)], T0
+    )
+    worker = 'w "1" {a,b} \\ NULL'
+    result = await store.poll("q", options, [], 20, worker, T0)
+    assert sorted(str(task.key) for task in result.delivered) == sorted(keys)
+    assert {task.worker for task in result.delivered} == {worker}
+    again = await store.poll("q", options, [], 20, worker, T0 + 1)
+    assert again.delivered == []  # every key's bucket spent, each passed over by name
+    assert again.held == "key_rate"
+    assert (await store.limit_state("q", options, T0 + 1)).keys_rate_limited == len(keys)
