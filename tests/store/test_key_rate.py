@@ -11,6 +11,7 @@ import random
 from collections import Counter
 
 import msgspec
+import pytest
 
 from katar.core.model import NewTask, QueueOptions, Rate, Task
 from katar.store import Store
@@ -51,6 +52,8 @@ async def kept_buckets(store: Store, queue: str = "q") -> int:
         found = store._batches.key_buckets.get(store._queues.id_of(queue))
         return 0 if found is None else len(found)
     assert isinstance(store, PostgresStore)
+    # Its prunes run beside the claims: those under way end first.
+    await asyncio.gather(*list(store._key_buckets_pruning.values()))
     queue_id = await store._queue_id(queue)
     async with store._transaction(writes=False) as conn:
         cursor = await conn.execute(
@@ -146,8 +149,11 @@ async def test_key_rate_with_rate_key_concurrency_and_fair(store: Store) -> None
 
 async def test_buckets_of_keys_full_again_are_dropped(store: Store) -> None:
     # A key taken from at t is full by t + period: the store keeps no more than the keys
-    # taken from within the last two periods (docs/configuration.md), however many keys
-    # pass through; the waves are 600 ms apart, so that is this wave's and the last three.
+    # taken from within the last period (memory, SQLite) or period and a quarter
+    # (PostgreSQL, docs/configuration.md), however many keys pass through. The waves are
+    # 600 ms apart and a wave's buckets are full 500 ms after it: the last wave's are gone
+    # or going (PostgreSQL drops a bucket full for an eighth of a period), so that this
+    # wave's and the last one's remain at most.
     options = limited(key_rate=Rate(limit=2, period=1000))
     await store.save_queue("q", options)
     now = T0
@@ -155,7 +161,7 @@ async def test_buckets_of_keys_full_again_are_dropped(store: Store) -> None:
         tasks = [keyed(n, f"w{wave}-k{n}") for n in range(300)]
         await store.enqueue("q", tasks, now)
         assert len(await claim(store, 300, options=options, now=now)) == 300
-        assert await kept_buckets(store) <= 300 * 4
+        assert await kept_buckets(store) <= 300 * 2
         now += 600
     await store.enqueue("q", [keyed("last", "last")], now + 5000)
     assert len(await claim(store, 1, options=options, now=now + 5000)) == 1
@@ -209,43 +215,128 @@ async def test_key_rate_holds_across_servers(shared_stores: list[Store]) -> None
     assert counts[T0] == 12
 
 
-async def test_a_bucket_in_use_keeps_its_row_and_goes_two_periods_after(
+async def test_a_bucket_in_use_keeps_its_row_and_goes_once_full_for_an_eighth_of_a_period(
     shared_stores: list[Store],
 ) -> None:
-    # PostgreSQL keeps a row until its bucket has been full for half a period, so that a key
-    # in steady use updates its row in place; it is gone two periods after the last take.
+    # PostgreSQL keeps a row until its bucket has been full for an eighth of a period, so
+    # that a key in steady use updates its row in place; each server prunes every eighth of
+    # a period, beside its claims.
     stores = shared_stores
     options = limited(key_rate=Rate(limit=2, period=1000))
     await stores[0].save_queue("q", options)
     await stores[0].enqueue("q", [keyed(n, "a") for n in range(6)], T0)
     assert len(await claim(stores[0], 1, options=options, now=T0)) == 1  # full at T0 + 500
-    # Full again since T0 + 500: the full bucket, exactly, from the row kept.
+    # Full again since T0 + 500: the full bucket, exactly, whether its row is kept or gone.
     assert len(await claim(stores[0], 5, options=options, now=T0 + 900)) == 2
     assert await claim(stores[1], 5, options=options, now=T0 + 900) == []
     assert await kept_buckets(stores[0]) == 1  # full at T0 + 1900
     others = [keyed("b", "b", priority=1), keyed("c", "c", priority=1)]
     await stores[0].enqueue("q", others, T0 + 2000)
-    # Another server's claim at T0 + 2000 prunes what was full by T0 + 1500: "a" stays.
+    # Another server's claim at T0 + 2000 prunes what was full by T0 + 1875: "a" stays.
     assert values(await claim(stores[1], 1, options=options, now=T0 + 2000)) == ["b"]
     assert await kept_buckets(stores[0]) == 2
-    # And one at T0 + 2400 what was full by T0 + 1900: "a" goes, "b" stays; "a" gets its
+    # And one at T0 + 2100 what was full by T0 + 1975: "a" goes, "b" stays; "a" gets its
     # full bucket again.
-    taken = await claim(stores[2], 5, options=options, now=T0 + 2400)
+    taken = await claim(stores[2], 5, options=options, now=T0 + 2100)
     assert values(taken) == ["c", 3, 4]
     assert await kept_buckets(stores[0]) == 3  # "a" again, "b" and "c"
 
 
-async def test_more_stale_buckets_than_a_batch_go_over_the_next_claims(
+async def test_a_bucket_is_gone_a_period_and_a_quarter_after_its_last_take(
     shared_stores: list[Store],
 ) -> None:
+    store, other = shared_stores[0], shared_stores[1]
+    options = limited(key_rate=Rate(limit=1, period=1000))
+    await store.save_queue("q", options)
+    await store.enqueue("q", [keyed("a", "a"), keyed("b", "b")], T0)
+    assert values(await claim(store, 1, options=options, now=T0)) == ["a"]  # full at T0 + 1000
+    # The prune at T0 + 1050 drops what was full by T0 + 925: "a" stays.
+    assert values(await claim(store, 1, options=options, now=T0 + 1050)) == ["b"]
+    assert await kept_buckets(store) == 2
+    # The next, due an eighth of a period later, drops "a" (full by T0 + 1055).
+    assert await claim(store, 1, options=options, now=T0 + 1175) == []
+    assert await kept_buckets(store) == 1
+    # A queue no longer claimed from is pruned at housekeeping (expire), by any server:
+    # "b", taken at T0 + 1050, is full at T0 + 2050 and gone by T0 + 2175.
+    await other.load_queues()
+    await other.expire({"q": options}, T0 + 2170)
+    assert await kept_buckets(store) == 1
+    await other.expire({"q": options}, T0 + 2300)
+    assert await kept_buckets(store) == 0
+    assert (await store.limit_state("q", options, T0 + 2300)).keys_rate_limited == 0
+
+
+async def test_more_stale_buckets_than_a_batch_all_go(shared_stores: list[Store]) -> None:
+    # A prune drops a batch per transaction, and goes on while a batch was full.
     store = shared_stores[0]
     batch = postgres_store._KEY_BUCKETS_PRUNE_BATCH
     options = limited(key_rate=Rate(limit=1, period=1000))
     await store.save_queue("q", options)
-    await store.enqueue("q", [keyed(n, f"k{n}") for n in range(batch + 100)], T0)
-    assert len(await claim(store, batch + 100, options=options, now=T0)) == batch + 100
-    await store.enqueue("q", [keyed("x", "x"), keyed("y", "y")], T0 + 5000)
+    await store.enqueue("q", [keyed(n, f"k{n}") for n in range(2 * batch + 100)], T0)
+    assert len(await claim(store, 2 * batch + 100, options=options, now=T0)) == 2 * batch + 100
+    assert await kept_buckets(store) == 2 * batch + 100
+    await store.enqueue("q", [keyed("x", "x")], T0 + 5000)
     assert len(await claim(store, 1, options=options, now=T0 + 5000)) == 1
-    assert await kept_buckets(store) == 100 + 1  # one batch went: the next claim goes on
-    assert len(await claim(store, 1, options=options, now=T0 + 5001)) == 1
-    assert await kept_buckets(store) == 2
+    assert await kept_buckets(store) == 1
+
+
+async def test_a_server_reads_the_buckets_again_once_another_wrote_them(
+    shared_stores: list[Store],
+) -> None:
+    # A server that made the last claim knows the buckets without reading them; a claim of
+    # another server, or a change of options, makes it read them again.
+    a, b = shared_stores[0], shared_stores[1]
+    options = limited(key_rate=Rate(limit=4, period=60_000))
+    await a.save_queue("q", options)
+    await a.enqueue("q", [keyed(n, "k") for n in range(20)], T0)
+    assert values(await claim(a, 1, options=options, now=T0)) == [0]
+    assert values(await claim(a, 1, options=options, now=T0 + 1)) == [1]
+    assert values(await claim(a, 1, options=options, now=T0 + 2)) == [2]  # from what it knows
+    await b.enqueue("q", [keyed("other", "other", priority=1)], T0 + 3)
+    assert values(await claim(b, 5, options=options, now=T0 + 3)) == ["other", 3]
+    assert await claim(a, 5, options=options, now=T0 + 4) == []  # "k" is spent: b took one
+    await b.save_queue("q", options)  # buckets full again, as a change of options makes them
+    assert values(await claim(a, 5, options=options, now=T0 + 5)) == [4, 5, 6, 7]
+    assert await claim(a, 5, options=options, now=T0 + 6) == []
+    assert await claim(b, 5, options=options, now=T0 + 7) == []
+
+
+async def test_more_keys_in_use_than_a_server_keeps_are_read_at_each_claim(
+    shared_stores: list[Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres_store, "_KEY_CACHE_MAX", 3)
+    store = shared_stores[0]
+    assert isinstance(store, PostgresStore)
+    options = limited(key_rate=Rate(limit=2, period=60_000))
+    await store.save_queue("q", options)
+    await store.enqueue("q", [keyed(f"{k}{n}", k) for n in range(3) for k in "abcde"], T0)
+    assert values(await claim(store, 5, options=options, now=T0)) == ["a0", "b0", "c0", "d0", "e0"]
+    # Five buckets kept, more than the server keeps a copy of: it reads them, as another's.
+    assert values(await claim(store, 5, options=options, now=T0 + 1)) == [
+        "a1",
+        "b1",
+        "c1",
+        "d1",
+        "e1",
+    ]
+    assert not store._key_caches[await store._queue_id("q")].complete
+    assert await claim(store, 5, options=options, now=T0 + 2) == []
+    assert await kept_buckets(store) == 5
+
+
+async def test_keys_and_workers_with_any_characters(store: Store) -> None:
+    # PostgreSQL sends a key_rate claim's keys, buckets and workers as array literals.
+    options = limited(key_rate=Rate(limit=1, period=60_000))
+    await store.save_queue("q", options)
+    keys = ['a"b', "c\\d", "{x,y}", "NULL", " spaced ", "", "é€", "x,y"]
+    await store.enqueue(
+        "q", [keyed(f"{n}-{m}", key) for m in range(2) for n, key in enumerate(keys)], T0
+    )
+    worker = 'w "1" {a,b} \\ NULL'
+    result = await store.poll("q", options, [], 20, worker, T0)
+    assert sorted(str(task.key) for task in result.delivered) == sorted(keys)
+    assert {task.worker for task in result.delivered} == {worker}
+    again = await store.poll("q", options, [], 20, worker, T0 + 1)
+    assert again.delivered == []  # every key's bucket spent, each passed over by name
+    assert again.held == "key_rate"
+    assert (await store.limit_state("q", options, T0 + 1)).keys_rate_limited == len(keys)

@@ -42,7 +42,7 @@ async def test_schema_1_is_upgraded_with_its_tasks_kept(tmp_path: Path) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         row = conn.execute(f"SELECT max(version) FROM {schema}.schema_version").fetchone()
         assert row is not None
-        assert row[0] == SCHEMA_VERSION == 22
+        assert row[0] == SCHEMA_VERSION == 23
         # 14: a dead-lettered task's record of where it failed for good.
         column = conn.execute(
             "SELECT data_type FROM information_schema.columns WHERE table_schema = %s"

@@ -12,6 +12,12 @@ def ints(values: Sequence[int | None]) -> str:
     return "{" + ",".join(["NULL" if v is None else str(v) for v in values]) + "}"
 
 
+def floats(values: Sequence[float]) -> str:
+    """An array literal of finite floats, each as repr writes it (exact: it reads back the
+    same double)."""
+    return "{" + ",".join([repr(v) for v in values]) + "}"
+
+
 def bools(values: Sequence[bool]) -> str:
     """An array literal of booleans."""
     return "{" + ",".join(["t" if v else "f" for v in values]) + "}"

@@ -87,6 +87,7 @@ class Queries:
     prune: str
     save_bucket: str
     key_buckets_empty: str
+    key_buckets_kept: str
     next_ids: str
     options_digest: str
     parents: str
@@ -290,7 +291,10 @@ def queries(s: str) -> Queries:
         # A limited queue's claim (QueueOptions.limited). The queue's row is locked
         # first: the claims of that queue, on every server, count one after another, so
         # that a concurrency limit is never exceeded, not even for a moment.
-        lock_queue=(f"SELECT bucket_tokens, bucket_at FROM {s}.queues WHERE id = %s FOR UPDATE"),
+        # With the queue's key_epoch: who wrote its key_rate buckets last (_KeyCache).
+        lock_queue=(
+            f"SELECT bucket_tokens, bucket_at, key_epoch FROM {s}.queues WHERE id = %s FOR UPDATE"
+        ),
         running=f"SELECT count(*) FROM {s}.tasks WHERE queue_id = %s AND state = {RUNNING}",
         # The tasks in progress of the keys a claim meets (never every key in progress,
         # whose number has no bound), and the keys at their limit (GET /v1/queues); both
@@ -342,18 +346,30 @@ def queries(s: str) -> Queries:
         # the claim spent written, in the same statement. A key taken again finds its row
         # kept (prune_key_buckets drops only rows full for a while) and updates it in place:
         # full_at is in no index, so that the update is HOT (migration 21).
+        # The queue's key_epoch set to the claim's own (_KeyCache): the row is locked already.
         take_rated=(
             f"WITH {pairs}, took AS ({lease}),"
             f" saved AS (INSERT INTO {s}.key_buckets (queue_id, key, full_at)"
             " SELECT %s, * FROM unnest(%s::text[], %s::float8[])"
-            " ON CONFLICT (queue_id, key) DO UPDATE SET full_at = excluded.full_at)"
+            " ON CONFLICT (queue_id, key) DO UPDATE SET full_at = excluded.full_at),"
+            f" epoch AS (UPDATE {s}.queues SET key_epoch = %s WHERE id = %s)"
             " SELECT * FROM took"
         ),
-        # The key_rate buckets of a queue full since before %s, at most %s of them, under
-        # the queue's lock (PostgresStore._prune_key_buckets): a full bucket is no row.
+        # The buckets of a queue not full at %s: all that its rows say (_KeyCache), up to %s.
+        key_buckets_kept=(
+            f"SELECT key, full_at FROM {s}.key_buckets WHERE queue_id = %s AND full_at > %s"
+            " LIMIT %s"
+        ),
+        # A queue's key_rate buckets full since %s, up to %s of them
+        # (PostgresStore._prune_key_buckets): a full bucket is no row. In a transaction of
+        # its own, not under the queue's lock: SKIP LOCKED, so that it never waits for a
+        # claim that writes a bucket (nor a claim, holding the queue's lock, for it and then
+        # it for that claim); the outer condition is checked again on a row a claim wrote
+        # meanwhile, which then stays.
         prune_key_buckets=(
-            f"DELETE FROM {s}.key_buckets WHERE queue_id = %s AND key IN (SELECT key FROM"
-            f" {s}.key_buckets WHERE queue_id = %s AND full_at <= %s LIMIT %s)"
+            f"DELETE FROM {s}.key_buckets WHERE queue_id = %s AND full_at <= %s AND key ="
+            f" ANY(ARRAY(SELECT key FROM {s}.key_buckets WHERE queue_id = %s AND full_at <= %s"
+            " LIMIT %s FOR UPDATE SKIP LOCKED))"
         ),
         # A bulk action's step in SQL (Store.bulk): what rules.bulk_change does. A retry
         # moves the task's last delivery into its history (rules.archive: the old row's
@@ -382,7 +398,7 @@ def queries(s: str) -> Queries:
         # The keys whose bucket holds no whole token at %s (GET /v1/queues): full_at later
         # than now + (limit - 1) x period / limit. A scan of the queue's kept buckets (no
         # index on full_at, for HOT updates): as many as its keys taken from within the last
-        # two periods.
+        # period and a quarter (PostgresStore._prune_key_buckets).
         key_buckets_empty=(
             f"SELECT count(*) FROM {s}.key_buckets WHERE queue_id = %s AND full_at > %s"
         ),

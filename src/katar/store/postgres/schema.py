@@ -17,7 +17,7 @@ from katar.protocol import (
 if TYPE_CHECKING:
     from katar.store.postgres.connection import Connections
 
-SCHEMA_VERSION: Final = 22
+SCHEMA_VERSION: Final = 23
 _MIGRATIONS: Final = {
     1: """
 CREATE TABLE IF NOT EXISTS {s}.queues (
@@ -346,6 +346,16 @@ CREATE TABLE IF NOT EXISTS {s}.move_jobs (
 CREATE INDEX IF NOT EXISTS move_jobs_queue ON {s}.move_jobs (queue, id);
 CREATE UNIQUE INDEX IF NOT EXISTS move_jobs_running ON {s}.move_jobs (queue)
     WHERE state = 'running';
+""",
+    # key_rate's rows are now dropped once full for an eighth of a period, every eighth of a
+    # period, outside the claims (PostgresStore._prune_key_buckets): a key taken from last
+    # at t has no row by t + 1.25 x period, so what stays is bounded by the keys taken from
+    # within the last period and a quarter (no change to the table).
+    # Which claim wrote a key_rate queue's buckets last, so that a server that made it knows
+    # them all without reading them again (PostgresStore._KeyCache): a random number a claim
+    # that writes buckets sets; NULL: unknown (a change of options, which empties them).
+    23: """
+ALTER TABLE {s}.queues ADD COLUMN IF NOT EXISTS key_epoch bigint;
 """,
 }
 

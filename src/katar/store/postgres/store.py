@@ -20,8 +20,10 @@ import contextlib
 import hashlib
 import logging
 import math
+import secrets
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -66,6 +68,7 @@ from katar.errors import (
     KatarError,
     QueueNotFound,
     StoreError,
+    StoreUnavailable,
     TaskNotFound,
 )
 from katar.store import _sql
@@ -83,7 +86,7 @@ from katar.store._rows import checked_task_from_row as task_from_row  # apps wri
 from katar.store.postgres.connection import OPTIONS_CHECK, Connections, Listener
 from katar.store.postgres.deps import Dependencies, Edge
 from katar.store.postgres.group import Done, GroupCommit, Share, claim, plain_dones
-from katar.store.postgres.literals import byteas, ints, texts
+from katar.store.postgres.literals import byteas, floats, ints, texts
 from katar.store.postgres.queries import Queries, queries
 from katar.store.postgres.schema import migrate
 
@@ -137,12 +140,41 @@ def _created(drafts: Sequence[Task], ids: list[int]) -> list[Task]:
 
 
 _EXPIRE_BATCH: Final = 1000
-#: The most key_rate buckets one prune drops (_prune_key_buckets): a full batch prunes again
-#: at the next claim, so that the pruning keeps up with the keys a claim adds (a poll's limit,
-#: at most).
-_KEY_BUCKETS_PRUNE_BATCH: Final = 4096
+#: The most key_rate buckets one prune's transaction drops (_prune_key_buckets); a full batch
+#: is followed by another, in a transaction of its own: a claim that writes one of those
+#: buckets waits for one short transaction at most.
+_KEY_BUCKETS_PRUNE_BATCH: Final = 1024
+#: A server prunes a key_rate queue's buckets every period / _KEY_BUCKETS_PRUNE_PARTS, of the
+#: rows full for at least as long (_prune_key_buckets).
+_KEY_BUCKETS_PRUNE_PARTS: Final = 8
+#: The most key_rate buckets a server keeps a copy of, per queue (_KeyCache): a queue with
+#: more keys in use than that has its buckets read at each claim instead, so that neither
+#: the server's memory nor the one read of them all (under the queue's lock) grows with them.
+_KEY_CACHE_MAX: Final = 20_000
 _options_decoder: Final = msgspec.json.Decoder(QueueOptions)
 _spec_decoder: Final = msgspec.json.Decoder(ScheduleSpec)
+
+
+@dataclass(slots=True)
+class _KeyCache:
+    """What a server knows of a key_rate queue's buckets (its rows of key_buckets), so that
+    a claim need not read them again. Each claim that writes buckets sets the queue's
+    key_epoch, under the queue's lock, to a new random number: while the row still holds the
+    number this server's last claim set, no other claim has written a bucket since, and what
+    this server wrote is what the rows say (a prune drops only full buckets, the same as no
+    row; a change of options, which empties them, sets key_epoch to NULL). ``complete``: it
+    holds every bucket not full (read once, key_buckets_kept), so that a key it lacks is
+    full; else it holds only what claims read or wrote, and the others must be read. A
+    claim that rolls back leaves the row's old number, which no longer matches."""
+
+    epoch: int | None
+    buckets: rules.KeyBuckets
+    complete: bool
+
+
+def _new_key_epoch() -> int:
+    """A claim's key_epoch: random, so that no two claims set the same (_KeyCache)."""
+    return secrets.randbits(63)
 
 
 class PostgresStore(Store):
@@ -168,6 +200,12 @@ class PostgresStore(Store):
         self._fair: set[int] = set()  # the ids of the fair queues, as last loaded or saved
         #: Per key_rate queue id, when this server prunes its buckets next (_prune_key_buckets).
         self._key_buckets_prune_at: dict[int, int] = {}
+        #: Per key_rate queue id, what this server knows of its buckets (_KeyCache).
+        self._key_caches: dict[int, _KeyCache] = {}
+        #: Per key_rate queue id with more buckets than _KEY_CACHE_MAX, when to try again.
+        self._key_caches_too_many: dict[int, int] = {}
+        #: Per key_rate queue id, its prune under way, if any (_prune_key_buckets_soon).
+        self._key_buckets_pruning: dict[int, asyncio.Task[None]] = {}
         self._channel = f"katar_{self._schema}"
         self._listener = Listener(self._db, self._channel)
         self._listening: asyncio.Task[None] | None = None  # Listener.listen
@@ -210,6 +248,10 @@ class PostgresStore(Store):
                 with contextlib.suppress(asyncio.CancelledError):
                     await job
         self._listening = self._checker = None
+        for job in list(self._key_buckets_pruning.values()):
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
         await self._group.finish()
         await self._db.close()
 
@@ -344,9 +386,10 @@ class PostgresStore(Store):
         async with self._transaction() as conn:
             cursor = await conn.execute(
                 f"INSERT INTO {self._schema}.queues (name, options) VALUES (%s, %s)"
-                # New options: a rate limit starts with a full bucket (NULL: full).
+                # New options: a rate limit starts with a full bucket (NULL: full), key_rate
+                # with none kept (key_epoch NULL: no server knows them, _KeyCache).
                 " ON CONFLICT (name) DO UPDATE SET options = excluded.options,"
-                " bucket_tokens = NULL, bucket_at = NULL RETURNING id",
+                " bucket_tokens = NULL, bucket_at = NULL, key_epoch = NULL RETURNING id",
                 (name, msgspec.json.encode(options)),
             )
             row = await cursor.fetchone()
@@ -406,6 +449,8 @@ class PostgresStore(Store):
             await self._notify(conn, f"q:{name}")
         self._queue_ids.pop(name, None)
         self._key_buckets_prune_at.pop(queue_id, None)
+        self._key_caches.pop(queue_id, None)
+        self._key_caches_too_many.pop(queue_id, None)
         self.report(settled)
         return count
 
@@ -1000,7 +1045,7 @@ class PostgresStore(Store):
             now = self.lease_start(now)  # the lock may have been waited for
         bucket = None
         if options.rate is not None:
-            tokens, at = (None, None) if stored is None else stored
+            tokens, at = (None, None) if stored is None else stored[:2]
             bucket = rules.Bucket.stored(options.rate, now, tokens, at)
         running = 0
         if options.concurrency is not None:
@@ -1021,13 +1066,15 @@ class PostgresStore(Store):
             claimed = await claim(conn, sql, queue, queue_id, options, workers, now)
             delivered = [task for _slot, task in claimed]
             allowed = 0
-        # key_rate: the buckets of the keys met, read with the candidates (the queue's lock,
-        # held, keeps every other server's claim of the queue out until this one commits).
-        known: dict[str, float] = {}
-        rates = None
+        # key_rate: the buckets of the keys met (the queue's lock, held, keeps every other
+        # server's claim of the queue out until this one commits), from what this server
+        # knows of them if it wrote them last, else read with the candidates (_KeyCache).
+        rates = cache = None
+        probe = False
         if options.key_rate is not None:
-            rates = rules.KeyRates(options.key_rate, now, known)
-            await self._prune_key_buckets(conn, queue_id, options.key_rate, now)
+            cache, probe = await self._key_cache(conn, queue_id, options.key_rate, stored, now)
+            rates = rules.KeyRates(options.key_rate, now, cache.buckets.full_at)
+            self._prune_key_buckets_soon(queue_id, options.key_rate, now)
         extra = rules.CLAIM_EXTRA if by_key else 0
         while len(delivered) < allowed:
             want = allowed - len(delivered)
@@ -1037,10 +1084,12 @@ class PostgresStore(Store):
             # More than wanted: some may belong to keys at their limit, or that fill up on
             # the way (the next look passes over those keys, and looks further).
             chunk = want + extra
-            rows = await self._candidates(conn, queue_id, blocked, chunk, now, rates is not None)
+            rows = await self._candidates(conn, queue_id, blocked, chunk, now, probe)
             candidates = [(task_id, key) for task_id, key, _full_at in rows]
-            if rates is not None:
-                known.update((k, at) for _id, k, at in rows if k is not None and at is not None)
+            if probe and cache is not None:
+                cache.buckets.full_at.update(
+                    (k, at) for _id, k, at in rows if k is not None and at is not None
+                )
             # key_concurrency: the tasks in progress of the keys met (key_rate alone has
             # its buckets with the candidates).
             counts = options.key_concurrency is not None
@@ -1054,13 +1103,21 @@ class PostgresStore(Store):
             )
             last = len(delivered) + len(ids) >= allowed or len(rows) < chunk
             slots = workers[len(delivered) : len(delivered) + len(ids)]
-            if last and rates is not None and rates.taken:
-                # The last take writes the buckets spent, in the same statement.
+            # The arrays as literals (katar.store.postgres.literals): the driver's adaptation
+            # of the lists, element by element, cost more than the rest of the claim's Python.
+            pairs = (ints(ids), texts(slots))
+            if last and rates is not None and cache is not None and rates.taken:
+                # The last take writes the buckets spent, and the claim's key_epoch, in the
+                # same statement; this server knows them then (_KeyCache).
                 kept = rates.spent()
-                save = (queue_id, list(kept), list(kept.values()))
-                cursor = await conn.execute(sql.take_rated, (ids, slots, *lease, *save))
+                epoch = _new_key_epoch()
+                save = (queue_id, texts(list(kept)), floats(list(kept.values())))
+                args = (*pairs, *lease, *save, epoch, queue_id)
+                cursor = await conn.execute(sql.take_rated, args)
+                cache.buckets.keep(kept)
+                cache.epoch = epoch
             elif ids:
-                cursor = await conn.execute(sql.take, (ids, slots, *lease))
+                cursor = await conn.execute(sql.take, (*pairs, *lease))
             if ids:
                 took = {row[0]: row for row in await cursor.fetchall()}
                 delivered += [task_from_row(took[i], queue) for i in ids]  # the claim order
@@ -1072,25 +1129,82 @@ class PostgresStore(Store):
             await conn.execute(sql.save_bucket, (spent.tokens, spent.at, queue_id))
         return _shares(plan, asks, delivered, now, rates)
 
-    async def _prune_key_buckets(
-        self, conn: AsyncConnection[tuple[Any, ...]], queue_id: int, rate: Rate, now: int
-    ) -> None:
-        """Drop, under the queue's lock, the key_rate buckets of the queue full for half a
-        period (a full bucket is no row), at most every half period and a bounded batch at a
-        time. A key taken from at t is full by t + period: its row goes by t + 2 x period
-        if the queue is claimed from, and what stays is bounded by the keys taken from within
-        the last two periods. A key in steady use keeps its row, which its claims update in
-        place (take_rated), instead of deleting and inserting it again at every claim."""
-        if now < self._key_buckets_prune_at.get(queue_id, 0):
+    async def _key_cache(
+        self,
+        conn: AsyncConnection[tuple[Any, ...]],
+        queue_id: int,
+        rate: Rate,
+        stored: Sequence[Any] | None,
+        now: int,
+    ) -> tuple[_KeyCache, bool]:
+        """What this server knows of a key_rate queue's buckets, at a claim that holds the
+        queue's lock (``stored``: the row lock_queue read), and whether the claim must read
+        the buckets of the keys it meets (the candidates' probe) all the same."""
+        epoch = None if stored is None else stored[2]
+        cache = self._key_caches.get(queue_id)
+        many = now < self._key_caches_too_many.get(queue_id, 0)
+        if cache is None or epoch is None or cache.epoch != epoch or many:
+            # Another server's claim, or a change of options, wrote them since (or there are
+            # too many to keep): this claim reads those it meets, and knows no more.
+            cache = self._key_caches[queue_id] = _KeyCache(epoch, rules.KeyBuckets(), False)
+            return cache, True
+        if not cache.complete:
+            # The second claim in a row of this server's: every bucket kept, read once, then
+            # known while no other server claims from the queue.
+            args = (queue_id, now, _KEY_CACHE_MAX + 1)
+            rows = await (await conn.execute(self._sql.key_buckets_kept, args)).fetchall()
+            cache.buckets = rules.KeyBuckets()
+            cache.buckets.keep(dict(rows))
+            cache.complete = True
+        else:
+            cache.buckets.prune(now)
+        if len(cache.buckets) > _KEY_CACHE_MAX:
+            # Read at each claim for a period, then see again.
+            self._key_caches_too_many[queue_id] = now + rate.period
+            cache = self._key_caches[queue_id] = _KeyCache(None, rules.KeyBuckets(), False)
+            return cache, True
+        return cache, False
+
+    def _prune_key_buckets_soon(self, queue_id: int, rate: Rate, now: int) -> None:
+        """Prune the queue's key_rate buckets if due (_prune_key_buckets), in a task of its
+        own: not in the claim, whose lock of the queue's row every server's claims of the
+        queue wait for, nor in its transaction."""
+        if not self._key_buckets_due(queue_id, now):
             return
-        half = rate.period / 2
-        cursor = await conn.execute(
-            self._sql.prune_key_buckets,
-            (queue_id, queue_id, now - half, _KEY_BUCKETS_PRUNE_BATCH),
-        )
-        # A full batch may have left more: the next claim prunes again.
-        behind = cursor.rowcount >= _KEY_BUCKETS_PRUNE_BATCH
-        self._key_buckets_prune_at[queue_id] = now if behind else now + math.ceil(half)
+        job = asyncio.create_task(self._prune_key_buckets(queue_id, rate, now))
+        self._key_buckets_pruning[queue_id] = job
+        job.add_done_callback(lambda _job: self._key_buckets_pruning.pop(queue_id, None))
+
+    def _key_buckets_due(self, queue_id: int, now: int) -> bool:
+        """Whether this server prunes the queue's key_rate buckets now: none under way, and
+        the last one an eighth of a period ago (_prune_key_buckets)."""
+        if queue_id in self._key_buckets_pruning:
+            return False
+        return now >= self._key_buckets_prune_at.get(queue_id, 0)
+
+    async def _prune_key_buckets(self, queue_id: int, rate: Rate, now: int) -> None:
+        """Drop the key_rate buckets of the queue that have been full for an eighth of a
+        period (a full bucket is no row), a bounded batch per transaction, every eighth of a
+        period: when a claim finds it due (_prune_key_buckets_soon), and at housekeeping
+        (expire). A key taken from at t is full by t + period: its row goes by
+        t + 1.25 x period while the queue is claimed from, so that what stays is bounded by
+        the keys taken from within the last period and a quarter. A key in steady use keeps
+        its row, which its claims update in place (take_rated), instead of deleting and
+        inserting it again at every claim."""
+        every = math.ceil(rate.period / _KEY_BUCKETS_PRUNE_PARTS)
+        self._key_buckets_prune_at[queue_id] = now + every
+        full_since = now - every
+        args = (queue_id, full_since, queue_id, full_since, _KEY_BUCKETS_PRUNE_BATCH)
+        try:
+            while True:
+                async with self._transaction() as conn:
+                    cursor = await conn.execute(self._sql.prune_key_buckets, args)
+                if cursor.rowcount < _KEY_BUCKETS_PRUNE_BATCH:
+                    return
+        except StoreUnavailable:
+            pass  # the outage is told by what waits for the store; the next prune tries again
+        except Exception:  # housekeeping: the next prune tries again
+            log.exception("pruning key_rate buckets failed")
 
     async def _candidates(
         self,
@@ -1109,13 +1223,14 @@ class PostgresStore(Store):
             statement = sql.candidates_fair_rated if rated else sql.candidates_fair
         else:
             statement = sql.candidates_rated if rated else sql.candidates
-        cursor = await conn.execute(statement, (queue_id, now, blocked, chunk))
+        cursor = await conn.execute(statement, (queue_id, now, texts(blocked), chunk))
         rows: list[tuple[int, str | None, float | None]] = [
             (row[0], row[1], row[2] if rated else None) for row in await cursor.fetchall()
         ]
         if fair and len(rows) < chunk:
             statement = sql.candidates_unplaced_rated if rated else sql.candidates_unplaced
-            cursor = await conn.execute(statement, (queue_id, now, blocked, chunk - len(rows)))
+            args = (queue_id, now, texts(blocked), chunk - len(rows))
+            cursor = await conn.execute(statement, args)
             rows += [(row[0], row[1], row[2] if rated else None) for row in await cursor.fetchall()]
         return rows
 
@@ -1509,6 +1624,13 @@ class PostgresStore(Store):
                     await self._deps.forget(conn, [task.id] if task.parents else [])
             await self._keep_events(conn, changes)
             await self._notify_ready(conn, (change.task for change in changes))
+        # key_rate's buckets, pruned here too (at least every second on a shared store's
+        # housekeeping): a queue no longer claimed from keeps its buckets no longer.
+        for name, options in queues.items():
+            queue_id = self._queue_ids.get(name)
+            rate = options.key_rate
+            if rate is not None and queue_id is not None and self._key_buckets_due(queue_id, now):
+                await self._prune_key_buckets(queue_id, rate, now)
         return changes
 
     async def next_deadline(self) -> int | None:
