@@ -27,6 +27,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import msgspec
 
+from katar.attributes import attributes_size
 from katar.auth import Access, AwsCredential, Role
 from katar.core import rules
 from katar.core.engine import Engine
@@ -38,7 +39,6 @@ from katar.protocol import Ack
 from katar.sqs import errors as sqs_errors
 from katar.sqs import trace
 from katar.sqs.digest import (
-    attributes_size,
     check_attributes,
     check_body,
     md5_hex,
