@@ -13,19 +13,30 @@ and bytes).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import importlib
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from katar import attributes as rule
 from katar.attributes import BAD_CHARACTER, Attributes, InvalidAttribute
 from katar.sqs.errors import INVALID_MESSAGE_CONTENTS, INVALID_PARAMETER_VALUE, SqsError, invalid
 
+try:
+    # CPython's own MD5: most bodies and attributes are small, and OpenSSL's setup
+    # of each new hash (hashlib.md5) costs several times the hashing; large bodies hash
+    # as fast. A build without it (FIPS) has OpenSSL's.
+    _md5: Callable[[bytes], Any] = importlib.import_module("_md5").md5
+except ImportError:  # pragma: no cover - builds without CPython's MD5
+    _md5 = functools.partial(hashlib.md5, usedforsecurity=False)
+
 
 def md5_hex(data: bytes) -> str:
     """The hex MD5 of ``data`` (SQS's digests; not used for any security purpose)."""
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+    digest: str = _md5(data).hexdigest()
+    return digest
 
 
 def check_body(body: str, where: str = "MessageBody") -> None:
