@@ -7,10 +7,11 @@ MaxNumberOfMessages = batch), delete them (DeleteMessage, or DeleteMessageBatch)
 clients: boto3, and the JavaScript SDK v3 (bench/node/sqs.mjs; skipped until ``npm ci`` in
 bench/node). Beside them, the native protocol's same three requests with httpx: an enqueue,
 a poll (``max`` = batch), and a poll that carries the acks "done". The servers: Katar on
-SQLite, on PostgreSQL (boto3 only; skipped when the server does not answer), and moto's
-server (skipped when moto is not installed). Each repeat measures every loop once, in turn,
-so that the machine's load weighs on Katar's and moto's figures alike; a figure is the
-median of ``--repeats`` runs of ``--messages`` messages, and the ratios are of those medians.
+SQLite, in memory (as moto keeps its queues), on PostgreSQL (boto3 only; skipped when the
+server does not answer), and moto's server (skipped when moto is not installed). Each
+repeat measures every loop once, in turn, so that the machine's load weighs on Katar's and
+moto's figures alike; a figure is the median of ``--repeats`` runs of ``--messages``
+messages, and the ratios are of those medians.
 Beside each loop's messages a second, the server's CPU time per message over that loop (its
 process and any children, from the kernel's count: the clients' own CPU left out), so that
 the servers compare with the same clients whatever bounds the loop; on PostgreSQL the
@@ -214,6 +215,8 @@ def loops(args: argparse.Namespace) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     with ExitStack() as stack:
         servers: dict[str, Server] = {"Katar SQLite": stack.enter_context(katar("sqlite"))}
+        # In memory, as moto keeps its queues: the servers' CPU compared without a store's.
+        servers["Katar memory"] = stack.enter_context(katar("memory"))
         backends: dict[str, Callable[[], float]] = {}
         if not args.no_postgres and postgres_available():
             url = stack.enter_context(postgres_schema())
