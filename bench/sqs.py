@@ -7,10 +7,16 @@ MaxNumberOfMessages = batch), delete them (DeleteMessage, or DeleteMessageBatch)
 clients: boto3, and the JavaScript SDK v3 (bench/node/sqs.mjs; skipped until ``npm ci`` in
 bench/node). Beside them, the native protocol's same three requests with httpx: an enqueue,
 a poll (``max`` = batch), and a poll that carries the acks "done". The servers: Katar on
-SQLite, on PostgreSQL (boto3 only; skipped when the server does not answer), and moto's
-server (skipped when moto is not installed). Each repeat measures every loop once, in turn,
-so that the machine's load weighs on Katar's and moto's figures alike; a figure is the
-median of ``--repeats`` runs of ``--messages`` messages, and the ratios are of those medians.
+SQLite, in memory (as moto keeps its queues), on PostgreSQL (boto3 only; skipped when the
+server does not answer), and moto's server (skipped when moto is not installed). Each
+repeat measures every loop once, in turn, so that the machine's load weighs on Katar's and
+moto's figures alike; a figure is the median of ``--repeats`` runs of ``--messages``
+messages, and the ratios are of those medians.
+Beside each loop's messages a second, the server's CPU time per message over that loop (its
+process and any children, from the kernel's count: the clients' own CPU left out), so that
+the servers compare with the same clients whatever bounds the loop; on PostgreSQL the
+backends' CPU is given apart. Each ratio is Katar's over moto's: throughput (higher is
+better for Katar) and moto's CPU per message over Katar's (likewise).
 
 **Drain.** A queue on SQLite filled with ``--drain-messages`` messages, then drained by wrk
 (bench/sqs_drain.lua, ``--connections``): each response to a ReceiveMessage of 10 is
@@ -29,6 +35,7 @@ wrk sends unsigned requests: the server is open (no tokens, no credentials), as 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import signal
@@ -51,6 +58,7 @@ from bench.common import (
     katar,
     katars,
     postgres_available,
+    postgres_cpu,
     postgres_schema,
     wait_for_port,
     wrk,
@@ -58,8 +66,9 @@ from bench.common import (
 from bench.latency import cpu_seconds
 from bench.throughput import drain_servers
 
-#: Messages a second of one run of ``messages`` messages.
-Run = Callable[[int], float]
+#: Messages a second of one run of ``messages`` messages, and the messages it handled in
+#: all (a Node run's warm-up too), for the server's CPU per message.
+Run = Callable[[int], tuple[float, int]]
 Loop = Callable[[int], None]
 NODE = HERE / "node"
 TARGET = "AmazonSQS."
@@ -69,12 +78,24 @@ def timed(loop: Loop) -> Run:
     """A Python loop as a run: warmed up once (100 messages), then timed."""
     loop(100)
 
-    def run(messages: int) -> float:
+    def run(messages: int) -> tuple[float, int]:
         began = time.perf_counter()
         loop(messages)
-        return messages / (time.perf_counter() - began)
+        return messages / (time.perf_counter() - began), messages
 
     return run
+
+
+def process_cpu(pid: int) -> float:
+    """The CPU seconds a server's process and its children (their threads too) have spent:
+    the kernel's count (cpu_seconds), read before and after a loop."""
+    total = cpu_seconds(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that has just ended
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(OSError):
+                    total += process_cpu(int(child))
+    return total
 
 
 def sqs_loop(url: str, batch: int) -> Loop:
@@ -147,7 +168,7 @@ def node_run(url: str, batch: int) -> Run:
     """The JavaScript SDK's loop (bench/node/sqs.mjs), one Node process a run (it warms up
     with 100 messages, then times the run)."""
 
-    def run(messages: int) -> float:
+    def run(messages: int) -> tuple[float, int]:
         output = subprocess.run(
             [
                 "node",
@@ -163,13 +184,13 @@ def node_run(url: str, batch: int) -> Run:
             check=True,
         ).stdout
         rate: float = json.loads(output.strip().splitlines()[-1])["rates"][0]
-        return rate
+        return rate, messages + min(messages, 100)
 
     return run
 
 
 @contextmanager
-def moto_server() -> Iterator[str | None]:
+def moto_server() -> Iterator[Server | None]:
     """moto's server on a loopback port (None when moto is not installed)."""
     program = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
     if not Path(program).exists():
@@ -183,7 +204,7 @@ def moto_server() -> Iterator[str | None]:
     )
     try:
         wait_for_port(port)
-        yield f"http://127.0.0.1:{port}"
+        yield Server(port, process.pid)
     finally:
         process.terminate()
         process.wait(10)
@@ -193,33 +214,63 @@ def loops(args: argparse.Namespace) -> dict[str, Any]:
     """Every loop against every server, each repeat running each loop once in turn."""
     figures: dict[str, Any] = {}
     with ExitStack() as stack:
-        servers: dict[str, str] = {"Katar SQLite": stack.enter_context(katar("sqlite")).url}
+        servers: dict[str, Server] = {"Katar SQLite": stack.enter_context(katar("sqlite"))}
+        # In memory, as moto keeps its queues: the servers' CPU compared without a store's.
+        servers["Katar memory"] = stack.enter_context(katar("memory"))
+        backends: dict[str, Callable[[], float]] = {}
         if not args.no_postgres and postgres_available():
             url = stack.enter_context(postgres_schema())
-            servers["Katar PostgreSQL"] = stack.enter_context(katars(url, 1))[0].url
+            servers["Katar PostgreSQL"] = stack.enter_context(katars(url, 1))[0]
+            backends["Katar PostgreSQL"] = lambda: postgres_cpu(url)
         moto = stack.enter_context(moto_server())
         if moto is not None:
             servers["moto"] = moto
-        runs: dict[str, Run] = {}
+        runs: dict[str, tuple[Run, Server]] = {}
         for batch in (1, 10):
-            for name, url in servers.items():
+            for name, server in servers.items():
                 if name != "moto":
-                    runs[f"native, {name}, {batch}"] = timed(native_loop(url, batch))
-                runs[f"boto3, {name}, {batch}"] = timed(sqs_loop(url, batch))
+                    runs[f"native, {name}, {batch}"] = (
+                        timed(native_loop(server.url, batch)),
+                        server,
+                    )
+                runs[f"boto3, {name}, {batch}"] = (timed(sqs_loop(server.url, batch)), server)
                 if node_ready() and name != "Katar PostgreSQL":
-                    runs[f"JS SDK, {name}, {batch}"] = node_run(url, batch)
+                    runs[f"JS SDK, {name}, {batch}"] = (node_run(server.url, batch), server)
         rates: dict[str, list[float]] = {key: [] for key in runs}
+        cpus: dict[str, list[float]] = {key: [] for key in runs}
+        backend_cpus: dict[str, list[float]] = {key: [] for key in runs}
         for _ in range(args.repeats):
-            for key, run in runs.items():
-                rates[key].append(run(args.messages))
+            for key, (run, server) in runs.items():
+                backend = backends.get(key.split(", ")[1])
+                cpu_before = process_cpu(server.pid)
+                backend_before = backend() if backend else 0.0
+                rate, handled = run(args.messages)
+                rates[key].append(rate)
+                cpus[key].append((process_cpu(server.pid) - cpu_before) / handled * 1e6)
+                if backend:
+                    backend_cpus[key].append((backend() - backend_before) / handled * 1e6)
     medians = {key: statistics.median(values) for key, values in rates.items()}
+    cpu_medians = {key: statistics.median(values) for key, values in cpus.items()}
     for key, value in medians.items():
-        figures[key] = {"median": round(value), "runs": [round(v) for v in rates[key]]}
+        figures[key] = {
+            "median": round(value),
+            "runs": [round(v) for v in rates[key]],
+            "server CPU us/msg": round(cpu_medians[key], 1),
+        }
+        if backend_cpus[key]:
+            figures[key]["PostgreSQL backends CPU us/msg"] = round(
+                statistics.median(backend_cpus[key]), 1
+            )
     for key, value in medians.items():
-        client, server, size = key.split(", ")
-        peer = medians.get(f"{client}, moto, {size}")
-        if server != "moto" and client != "native" and peer:
-            figures[f"{client}, {server} / moto, {size}"] = round(value / peer, 2)
+        client, server_name, size = key.split(", ")
+        peer = f"{client}, moto, {size}"
+        if server_name != "moto" and client != "native" and medians.get(peer):
+            figures[f"{client}, {server_name} / moto, {size}"] = {
+                "throughput": round(value / medians[peer], 2),
+                "server CPU per message (moto / Katar)": round(
+                    cpu_medians[peer] / cpu_medians[key], 2
+                ),
+            }
     if not node_ready():
         figures["JS SDK"] = "skipped: run npm ci in bench/node"
     return figures

@@ -169,6 +169,33 @@ func TestIdempotencyKeysAndTraceContext(t *testing.T) {
 	}
 }
 
+func TestMessageAttributes(t *testing.T) {
+	s := newServer(t, "sqlite", "")
+	s.queue("tagged", nil)
+	p := NewProducer(s.url())
+	given := &MessageAttributes{MessageAttributes: map[string]MessageAttributeValue{
+		"lang": {DataType: "String", StringValue: "en"},
+		"raw":  {DataType: "Binary", BinaryValue: []byte{0, 1, 255}},
+	}}
+	task, err := p.Enqueue(background, "tagged", 1, &EnqueueOptions{Attributes: given})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := p.Get(background, "tagged", task.ID, 0)
+	if err != nil || got.Attributes == nil {
+		t.Fatalf("%v %+v", err, got)
+	}
+	raw := got.Attributes.MessageAttributes["raw"]
+	if got.Attributes.MessageAttributes["lang"].StringValue != "en" || string(raw.BinaryValue) != "\x00\x01\xff" || raw.DataType != "Binary" {
+		t.Fatalf("attributes: %+v", got.Attributes)
+	}
+	bad := &MessageAttributes{MessageAttributes: map[string]MessageAttributeValue{"AWS.x": {DataType: "String", StringValue: "v"}}}
+	_, err = p.Enqueue(background, "tagged", 1, &EnqueueOptions{Attributes: bad})
+	if err == nil || !strings.Contains(err.Error(), "AWS.x") {
+		t.Fatalf("an invalid name was taken: %v", err)
+	}
+}
+
 func TestWorkerRunsTasksSideBySideInBatches(t *testing.T) {
 	eachStore(t, func(t *testing.T, s *server) {
 		s.queue("c", map[string]any{"configuration": map[string]any{"interval": 100}})

@@ -33,6 +33,24 @@ type Task struct {
 	LeaseExpiresAt  *time.Time      `json:"lease_expires_at,omitempty"`
 	ExpiresAt       *time.Time      `json:"expires_at,omitempty"`
 	WaitingFor      []string        `json:"waiting_for,omitempty"`
+	// Attributes are its SQS message attributes (a send over the SQS API, or an enqueue
+	// with EnqueueOptions.Attributes); nil for other tasks.
+	Attributes *MessageAttributes `json:"attributes,omitempty"`
+}
+
+// MessageAttributeValue is an SQS message attribute: its type ("String", "Number",
+// "Binary", with an optional ".suffix") and its value, StringValue or BinaryValue.
+type MessageAttributeValue struct {
+	DataType    string `json:"DataType"`
+	StringValue string `json:"StringValue,omitempty"`
+	BinaryValue []byte `json:"BinaryValue,omitempty"` // base64 on the wire
+}
+
+// MessageAttributes are a task's SQS message attributes (up to 10) and system attributes
+// (AWSTraceHeader), as SendMessage takes them; the server checks them by SQS's rules.
+type MessageAttributes struct {
+	MessageAttributes       map[string]MessageAttributeValue `json:"MessageAttributes,omitempty"`
+	MessageSystemAttributes map[string]MessageAttributeValue `json:"MessageSystemAttributes,omitempty"`
 }
 
 // Decode decodes the task's data into v.
@@ -62,6 +80,8 @@ type EnqueueOptions struct {
 	UniqueKey   string        // no second task with this key while one is waiting or running
 	UniqueFor   time.Duration // with UniqueKey: the key stays taken this long after creation
 	After       []string      // ids of tasks (of the same queue) to wait for
+	// Attributes are SQS message attributes the task carries: an SQS receive returns them.
+	Attributes *MessageAttributes
 
 	// IdempotencyKey makes the enqueue safe to repeat: the same key on the same queue within
 	// 24 hours creates nothing and answers what the first answered. Default: a fresh key per
@@ -109,6 +129,9 @@ func (o *EnqueueOptions) fields(data json.RawMessage) map[string]any {
 	}
 	if len(o.After) > 0 {
 		task["after"] = o.After
+	}
+	if o.Attributes != nil {
+		task["attributes"] = o.Attributes
 	}
 	return task
 }

@@ -20,6 +20,7 @@ from msgspec.structs import replace
 
 from katar import _context
 from katar._defaults import DEFAULT_STORE
+from katar.attributes import check_native
 from katar.core.clock import Clock
 from katar.core.engine import Engine, Listener
 from katar.core.model import (
@@ -293,7 +294,12 @@ class Queue:
 
         ``traceparent`` (and ``tracestate``): the W3C trace context the tasks carry to their
         workers (protocol section 17); without one, the current OpenTelemetry context
-        where OpenTelemetry is installed, else none."""
+        where OpenTelemetry is installed, else none.
+
+        ``attributes``: SQS message attributes the tasks carry, as SendMessage's
+        (``{"MessageAttributes": {name: {"DataType", "StringValue" | "BinaryValue"}},
+        "MessageSystemAttributes": {"AWSTraceHeader": ...}}``), checked by SQS's rules
+        (a ValidationError names the first breach); an SQS receive returns them."""
         check_enqueue_options(options, "enqueue_many")
         trace = _trace(options.get("traceparent"), options.get("tracestate"))
         delay = options.get("delay") or 0
@@ -335,6 +341,12 @@ class Queue:
         ]
         if trace is not None:
             new = [replace(task, trace=trace) for task in new]
+        given = options.get("attributes")
+        if given is not None:
+            kept, _ = check_native(given)  # no size bound here, as on the data
+            if kept:
+                attributes = msgspec.Raw(msgspec.json.encode(kept))
+                new = [replace(task, attributes=attributes) for task in new]
         return await self.katar.engine.enqueue(self.name, new, options.get("idempotency_key"))
 
     def _run_at(self, run_at: datetime, delay: float) -> int:

@@ -197,6 +197,13 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--tracestate", help="with --traceparent: the W3C tracestate it goes with"
             )
+            command.add_argument(
+                "--attributes",
+                type=_json_object,
+                metavar="JSON",
+                help="SQS message attributes the tasks carry, as SendMessage's:"
+                ' {"MessageAttributes": {"name": {"DataType": "String", "StringValue": "..."}}}',
+            )
             command.add_argument("data", help="the task's data as JSON; - reads JSON lines")
     cli_admin.add_parsers(commands, _connection)
     return parser
@@ -233,6 +240,17 @@ def _server_url(text: str) -> str:
         return server_url(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{exc} (from --url or $KATAR_URL)") from None
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """``--attributes``: a JSON object (the server checks what it holds)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("a JSON object, {...}")
+    return value
 
 
 def _iso_time(text: str) -> datetime:
@@ -338,6 +356,7 @@ def enqueue(args: argparse.Namespace) -> int:
                     debounce_key=args.debounce_key,
                     traceparent=args.traceparent,
                     tracestate=args.tracestate,
+                    attributes=args.attributes,
                 )
                 print("\n".join(task.id for task in tasks), flush=True)
                 batch = []

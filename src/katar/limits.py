@@ -55,10 +55,19 @@ class Limits:
         return max(1, (self.max_answer_bytes - 16) // (self.max_task_bytes + _DELIVERY_BYTES))
 
 
-def task_too_large(where: str, size: int, max_task_bytes: int) -> PayloadTooLarge:
-    """The error for a task's data of ``size`` bytes of JSON, over ``max_task_bytes`` (the
-    caller compares): for an enqueue's task, and for a schedule, whose ticks make tasks of
-    its data. ``where`` names it, e.g. "tasks[3]" or "schedule"."""
+def task_too_large(
+    where: str, size: int, max_task_bytes: int, attributes: int = 0
+) -> PayloadTooLarge:
+    """The error for a task's data of ``size`` bytes of JSON, with ``attributes`` bytes of
+    message attributes, over ``max_task_bytes`` (the caller compares): for an enqueue's
+    task, and for a schedule, whose ticks make tasks of its data. ``where`` names it, e.g.
+    "tasks[3]" or "schedule"."""
+    if attributes:
+        return PayloadTooLarge(
+            f"{where}: data ({size} bytes of JSON) and attributes ({attributes} bytes: names, "
+            f"types and values) are {size + attributes} bytes, over the limit of "
+            f"{max_task_bytes}; store large payloads elsewhere and enqueue a reference to them"
+        )
     return PayloadTooLarge(
         f"{where}: data is {size} bytes of JSON, over the limit of {max_task_bytes}; "
         "store large payloads elsewhere and enqueue a reference to them"

@@ -181,6 +181,16 @@ class MessageAttributes(msgspec.Struct, frozen=True, omit_defaults=True):
     MessageDeduplicationId: str | None = None
 
 
+class TaskAttributes(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """The message attributes a native enqueue gives a task, as a send over the SQS API
+    does: up to 10 ``MessageAttributes`` and the system attribute ``AWSTraceHeader``,
+    checked by SQS's rules (names, types, values) and counted towards the task's size as
+    SQS counts them (names, types and values). An SQS receive returns them."""
+
+    MessageAttributes: dict[str, MessageAttributeValue] = {}
+    MessageSystemAttributes: dict[str, MessageAttributeValue] = {}
+
+
 # -- the task options of an enqueue call -------------------------------------------------------
 
 
@@ -197,6 +207,9 @@ class TaskOptions(TypedDict, total=False):
     #: While a task of the queue with this key waits, never delivered, an enqueue of the
     #: key replaces it (its data, options and due time): the latest wins. Needs a delay.
     debounce_key: str | None
+    #: The tasks' SQS message attributes: {"MessageAttributes": {name: {"DataType",
+    #: "StringValue" | "BinaryValue"}}, "MessageSystemAttributes": {"AWSTraceHeader": ...}}.
+    attributes: dict[str, Any] | None
 
 
 class EnqueueOptions(TaskOptions, total=False):
@@ -410,6 +423,16 @@ class NewTaskBody(msgspec.Struct, frozen=True):
         ]
         | None
     ) = None
+    attributes: (
+        Annotated[
+            TaskAttributes,
+            msgspec.Meta(
+                description="SQS message attributes kept with the task, as SendMessage's: "
+                "an SQS receive returns them (with MD5OfMessageAttributes)."
+            ),
+        ]
+        | None
+    ) = None
 
 
 BulkAction = Literal["retry", "cancel", "delete"]
@@ -579,8 +602,8 @@ class TaskRecord(msgspec.Struct, frozen=True):
     debounced: bool = False
     #: The W3C trace context it was enqueued with; null when none.
     trace: TraceContext | None = None
-    #: What a send over the SQS API kept with it (its message attributes); null for a task
-    #: enqueued natively.
+    #: What a send over the SQS API, or an enqueue with ``attributes``, kept with it (its
+    #: message attributes); null for other tasks.
     attributes: MessageAttributes | None = None
 
     @property
@@ -715,8 +738,8 @@ class DeliveredTask(msgspec.Struct, frozen=True):
     scheduled_for: Time | None = None
     #: The W3C trace context the task was enqueued with. Absent for other tasks.
     trace: TraceContext | None = None
-    #: What a send over the SQS API kept with it (its message attributes). Absent for a
-    #: task enqueued natively.
+    #: What a send over the SQS API, or an enqueue with ``attributes``, kept with it (its
+    #: message attributes). Absent for other tasks.
     attributes: MessageAttributes | None = None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -88,6 +89,27 @@ def test_enqueue_takes_a_trace_context(server: KatarProcess) -> None:
     _, err = bad.communicate(timeout=30)
     assert bad.returncode != 0
     assert "not a W3C traceparent" in err
+
+
+def test_enqueue_takes_attributes(server: KatarProcess) -> None:
+    given = {"MessageAttributes": {"lang": {"DataType": "String", "StringValue": "en"}}}
+    one = katar(server, "enqueue", "--queue", "jobs", "--attributes", json.dumps(given), "1")
+    out, err = one.communicate(timeout=30)
+    assert one.returncode == 0, err
+    with Producer(server.url) as producer:
+        record = producer.get("jobs", out.strip())
+    assert record.attributes is not None
+    assert record.attributes.MessageAttributes["lang"].StringValue == "en"
+    # The server checks them: an attribute SQS refuses is a 422, said on stderr.
+    bad = {"MessageAttributes": {"AWS.lang": {"DataType": "String", "StringValue": "en"}}}
+    refused = katar(server, "enqueue", "--queue", "jobs", "--attributes", json.dumps(bad), "1")
+    _, err = refused.communicate(timeout=30)
+    assert refused.returncode != 0
+    assert "Message attribute name 'AWS.lang' is invalid" in err
+    not_object = katar(server, "enqueue", "--queue", "jobs", "--attributes", "[1]", "1")
+    _, err = not_object.communicate(timeout=30)
+    assert not_object.returncode != 0
+    assert "--attributes: a JSON object" in err
 
 
 def test_a_second_signal_stops_the_worker_at_once(server: KatarProcess) -> None:

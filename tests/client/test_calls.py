@@ -51,6 +51,15 @@ def test_an_enqueue_is_sent_again_under_its_key_after_a_transient_failure() -> N
     assert task.id == "1"
 
 
+def test_an_enqueue_sends_the_attributes_with_each_task() -> None:
+    given = {"MessageAttributes": {"lang": {"DataType": "String", "StringValue": "en"}}}
+    plan = calls.enqueue_many("q", [1, 2], {"attributes": given}, None, None, None, retries=0)
+    request = next(plan)
+    assert request.json == {
+        "tasks": [{"data": 1, "attributes": given}, {"data": 2, "attributes": given}]
+    }
+
+
 def test_retries_end_and_a_4xx_is_never_retried() -> None:
     plan = calls.enqueue_many("q", [1], {}, None, None, None, retries=1)
     request = next(plan)

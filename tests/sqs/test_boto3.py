@@ -388,6 +388,48 @@ def test_attributes_native_and_sqs(server: KatarProcess) -> None:
         }
 
 
+def test_native_attributes_received_over_sqs(server: KatarProcess) -> None:
+    """A task enqueued natively with attributes is received over SQS with them, and with
+    the MD5OfMessageAttributes a SendMessage of the same attributes answers."""
+    sqs = client(server.url)
+    url = sqs.create_queue(QueueName="tagged")["QueueUrl"]
+    given = {
+        "lang": {"DataType": "String", "StringValue": "en"},
+        "cents": {"DataType": "Number.int", "StringValue": "1250"},
+        "raw": {"DataType": "Binary", "BinaryValue": b"\x00\x01\xff"},
+    }
+    sent = sqs.send_message(QueueUrl=url, MessageBody="over sqs", MessageAttributes=given)
+    xray = "Root=1-5759e988-bd862e3f1be46a994272793a;Parent=53995c3f42cd8ad8;Sampled=1"
+    native = {
+        "MessageAttributes": {
+            "lang": {"DataType": "String", "StringValue": "en"},
+            "cents": {"DataType": "Number.int", "StringValue": "1250"},
+            "raw": {"DataType": "Binary", "BinaryValue": "AAH/"},
+        },
+        "MessageSystemAttributes": {"AWSTraceHeader": {"DataType": "String", "StringValue": xray}},
+    }
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        created = http.post("/v1/queue/tagged/tasks", json={"data": "native", "attributes": native})
+        assert created.status_code == 201, created.text
+        bad = http.post(
+            "/v1/queue/tagged/tasks",
+            json={"data": 1, "attributes": {"MessageAttributes": {"AWS.x": given["lang"]}}},
+        )
+        assert bad.status_code == 422
+    got = sqs.receive_message(
+        QueueUrl=url,
+        MaxNumberOfMessages=10,
+        MessageAttributeNames=["All"],
+        MessageSystemAttributeNames=["AWSTraceHeader"],
+    )["Messages"]
+    assert [m["Body"] for m in got] == ["over sqs", "native"]
+    for message in got:
+        assert message["MessageAttributes"] == given
+        assert message["MD5OfMessageAttributes"] == sent["MD5OfMessageAttributes"]
+        assert message["MD5OfBody"] == hashlib.md5(message["Body"].encode()).hexdigest()
+    assert got[1]["Attributes"] == {"AWSTraceHeader": xray}
+
+
 def test_permissions(server: KatarProcess) -> None:
     """AddPermission and RemovePermission write the queue's Policy as SQS does (Katar keeps
     it, and does not enforce it)."""

@@ -1,6 +1,7 @@
 """The AWS SDK for JavaScript v3 (@aws-sdk/client-sqs) and sqs-consumer, unmodified, against
 ``katar serve`` on SQLite and PostgreSQL: tests/sqs/node/sqs.mjs sends, receives and deletes
-(the SDK checks the MD5s of the bodies) and consumes a batch with an sqs-consumer Consumer. The
+(the SDK checks the MD5s of the bodies; the script checks those of the attributes, of a
+message sent over SQS and of a task enqueued natively with attributes) and consumes a batch with an sqs-consumer Consumer. The
 packages are pinned by tests/sqs/node/package-lock.json (``npm ci`` there, as .ci/run does);
 the test skips, saying so, when they are not installed."""
 
@@ -49,6 +50,13 @@ def test_javascript_sdk_and_sqs_consumer(server: KatarProcess) -> None:
         "lang": "en",
         "blob": [0, 1, 2, 255],
         "receiveCount": "1",
+    }
+    assert seen["native"] == {
+        "Body": "native",
+        "lang": "en",
+        "blob": [0, 1, 2, 255],
+        "sameDigest": True,
+        "digestChecked": True,
     }
     assert seen["consumed"] == [f"job {i}" for i in range(5)]
     assert seen["left"] == {

@@ -179,6 +179,7 @@ export interface NewTask {
   after?: string[] | null;
   /** With after: what a parent that fails or is cancelled does to this task: "cancel" it (the default), or "run": the task waits until every task it names has ended, whatever the outcome, and is delivered with after holding, per parent, {"status", "result", "error"}. */
   after_failure?: "cancel" | "run" | null;
+  attributes?: TaskAttributes | null;
   /** Any JSON value, null included. */
   data: unknown;
   /** With a delay or run_at: while a task of the queue with this key waits and was never delivered, an enqueue of the key replaces its data and options and moves its due time (answered 200, debounced true): the latest wins. Not with unique_key or after. */
@@ -512,6 +513,21 @@ export interface ScheduleSpec {
 /** Every schedule the caller may see, by name. */
 export interface Schedules {
   schedules: ScheduleRecord[];
+}
+
+/**
+ * The message attributes a native enqueue gives a task, as a send over the SQS API
+ * does: up to 10 ``MessageAttributes`` and the system attribute ``AWSTraceHeader``,
+ * checked by SQS's rules (names, types, values) and counted towards the task's size as
+ * SQS counts them (names, types and values). An SQS receive returns them.
+ */
+export interface TaskAttributes {
+  MessageAttributes?: {
+    [name: string]: MessageAttributeValue;
+  };
+  MessageSystemAttributes?: {
+    [name: string]: MessageAttributeValue;
+  };
 }
 
 /** A removed task. */

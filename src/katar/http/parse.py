@@ -13,6 +13,7 @@ from typing import Any, Final
 import msgspec
 
 from katar import protocol
+from katar.attributes import InvalidAttribute, check_native
 from katar.core.model import (
     Ack,
     Edit,
@@ -57,6 +58,8 @@ _HINTS: Final = {
     "unique_key": f"unique_key is a string of 1 to {MAX_UNIQUE_KEY} printable characters",
     "unique_for": f"unique_for is a number of seconds above 0, at most {MAX_DELAY}",
     "debounce_key": f"debounce_key is a string of 1 to {MAX_DEBOUNCE_KEY} printable characters",
+    "attributes": 'attributes is {"MessageAttributes": {name: {"DataType", "StringValue" or '
+    '"BinaryValue"}}, "MessageSystemAttributes": {"AWSTraceHeader": {...}}}',
 }
 # Where a field's name means something else: an enqueue's "status" is a new task's.
 _HINTS_OF: Final[dict[type, dict[str, str]]] = {
@@ -168,8 +171,12 @@ def _new_task(body: NewTaskBody, where: str, max_bytes: int) -> NewTask:
     size = len(body.data)
     if not size:
         raise ValidationError(f"{where}: data is required (any JSON value, null included)")
-    if size > max_bytes:
-        raise task_too_large(where, size, max_bytes)
+    attributes = None
+    extra = 0
+    if body.attributes is not None:
+        attributes, extra = _attributes(body.attributes, where)
+    if size + extra > max_bytes:
+        raise task_too_large(where, size, max_bytes, extra)
     if size > SHALLOW and too_deep(body.data):
         raise InvalidRequest(_nesting_error(f"{where}: data"))
     try:
@@ -190,6 +197,7 @@ def _new_task(body: NewTaskBody, where: str, max_bytes: int) -> NewTask:
         and body.debounce_key is None
         and body.after_failure is None
         and body.trace is None
+        and attributes is None
     ):  # most tasks: no option of their own, nothing more to convert
         return NewTask(
             data=body.data, priority=priority, delay_ms=delay_ms, run_at=run_at, paused=paused
@@ -201,9 +209,20 @@ def _new_task(body: NewTaskBody, where: str, max_bytes: int) -> NewTask:
         delay_ms=delay_ms,
         run_at=run_at,
         paused=paused,
+        attributes=attributes,
         **task_options(body, where),
         **(parse_after(body.after, where, body.after_failure) if body.after else {}),
     )
+
+
+def _attributes(given: protocol.TaskAttributes, where: str) -> tuple[msgspec.Raw | None, int]:
+    """A task's ``attributes`` checked by SQS's rules (katar.attributes), as the task keeps
+    them (None when they hold none), and the bytes they count towards its size."""
+    try:
+        kept, size = check_native(msgspec.to_builtins(given))
+    except InvalidAttribute as exc:
+        raise ValidationError(f"{where}: attributes: {exc.message}", field="attributes") from None
+    return (msgspec.Raw(msgspec.json.encode(kept)) if kept else None), size
 
 
 def _run_at(body: NewTaskBody, where: str) -> int:

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import json
 import re
@@ -27,6 +28,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import msgspec
 
+from katar.attributes import attributes_size
 from katar.auth import Access, AwsCredential, Role
 from katar.core import rules
 from katar.core.engine import Engine
@@ -38,7 +40,6 @@ from katar.protocol import Ack
 from katar.sqs import errors as sqs_errors
 from katar.sqs import trace
 from katar.sqs.digest import (
-    attributes_size,
     check_attributes,
     check_body,
     md5_hex,
@@ -253,6 +254,25 @@ def _sequence(task: Task) -> str:
     return f"{task.id:020d}"
 
 
+def _queue_name(url: str) -> str:
+    """The queue a QueueUrl names: its path's last segment, unquoted ("" when none). A
+    client sends the same few URLs on every call: each is parsed once, and kept when it is
+    no longer than a queue URL can be (so that odd ones cannot fill the memory)."""
+    if len(url) <= _CACHED_URL:
+        return _cached_queue_name(url)
+    return _parse_queue_name(url)
+
+
+def _parse_queue_name(url: str) -> str:
+    path = urlsplit(url).path if "://" in url else url
+    return unquote(path.rstrip("/").rpartition("/")[2])
+
+
+_cached_queue_name: Final = functools.lru_cache(maxsize=1024)(_parse_queue_name)
+#: The longest QueueUrl kept parsed: a host, the account and an 80-character name, quoted.
+_CACHED_URL: Final = 512
+
+
 def _is_fifo(options: QueueOptions) -> bool:
     return _sqs_config(options).get("FifoQueue") == "true"
 
@@ -306,8 +326,7 @@ class Actions:
         not checked, so that a URL built for another endpoint still works)."""
         url = _text(params, "QueueUrl")
         assert url is not None
-        path = urlsplit(url).path if "://" in url else url
-        name = unquote(path.rstrip("/").rpartition("/")[2])
+        name = _queue_name(url)
         if not name:
             raise invalid(f"Value {url[:200]} for parameter QueueUrl is invalid.")
         caller.may(name)

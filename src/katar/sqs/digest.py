@@ -1,6 +1,7 @@
 """The digests SQS answers with a message (the SDKs recompute and compare them: the Java
 and JavaScript SDKs reject a message whose digest differs), and the checks of a message's
-body and attributes.
+body and attributes (the attributes' rule is katar.attributes, which the native enqueue
+shares).
 
 ``MD5OfMessageAttributes`` is the MD5 of the attributes encoded as SQS documents it
 ("Calculating the MD5 message digest for message attributes"): by name in byte order, each
@@ -12,32 +13,37 @@ and bytes).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
-import re
+import importlib
 import struct
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from katar.sqs.errors import INVALID_MESSAGE_CONTENTS, SqsError, invalid
+from katar import attributes as rule
+from katar.attributes import BAD_CHARACTER, Attributes, InvalidAttribute
+from katar.sqs.errors import INVALID_MESSAGE_CONTENTS, INVALID_PARAMETER_VALUE, SqsError, invalid
 
-#: The characters a body or a string attribute may hold (the SQS API reference).
-_BAD_CHARACTER: Final = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-#: A message attribute's name: letters, digits, "_", "-" and ".", up to 256 characters, not
-#: starting with "AWS." or "Amazon." nor with a period, and no two periods in a row.
-_ATTRIBUTE_NAME: Final = re.compile(r"[A-Za-z0-9_\-.]{1,256}")
-MAX_ATTRIBUTES: Final = 10
+try:
+    # CPython's own MD5: most bodies and attributes are small, and OpenSSL's setup
+    # of each new hash (hashlib.md5) costs several times the hashing; large bodies hash
+    # as fast. A build without it (FIPS) has OpenSSL's.
+    _md5: Callable[[bytes], Any] = importlib.import_module("_md5").md5
+except ImportError:  # pragma: no cover - builds without CPython's MD5
+    _md5 = functools.partial(hashlib.md5, usedforsecurity=False)
 
 
 def md5_hex(data: bytes) -> str:
     """The hex MD5 of ``data`` (SQS's digests; not used for any security purpose)."""
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+    digest: str = _md5(data).hexdigest()
+    return digest
 
 
 def check_body(body: str, where: str = "MessageBody") -> None:
     """Refuse a body with characters SQS does not allow."""
     if not body:
         raise invalid(f"The request must contain the parameter {where}.")
-    bad = _BAD_CHARACTER.search(body)
+    bad = BAD_CHARACTER.search(body)
     if bad is not None:
         raise SqsError(
             INVALID_MESSAGE_CONTENTS,
@@ -47,119 +53,14 @@ def check_body(body: str, where: str = "MessageBody") -> None:
         )
 
 
-def check_attributes(attributes: Any, system: bool = False) -> dict[str, dict[str, str]]:
-    """Message attributes as a request gives them (JSON: {name: {DataType, StringValue |
-    BinaryValue (base64)}}), checked; kept as {name: {"DataType", "StringValue" |
-    "BinaryValue"}} with binary values in base64, as stored and answered."""
-    if attributes is None:
-        return {}
-    if not isinstance(attributes, dict):
-        raise invalid("MessageAttributes must be a map of names to attribute values.")
-    if not system and len(attributes) > MAX_ATTRIBUTES:
-        raise invalid(
-            f"Number of message attributes [{len(attributes)}] exceeds the allowed maximum "
-            f"[{MAX_ATTRIBUTES}]."
-        )
-    checked: dict[str, dict[str, str]] = {}
-    for name, value in attributes.items():
-        if system:
-            if name != "AWSTraceHeader":
-                raise invalid(f"Message system attribute name '{name}' is invalid.")
-        else:
-            _check_name(name)
-        if not isinstance(value, dict):
-            raise invalid(f"The message attribute '{name}' must be an object.")
-        data_type = value.get("DataType")
-        if not isinstance(data_type, str) or not data_type:
-            raise invalid(
-                f"The message attribute '{name}' must contain a non-empty attribute type."
-            )
-        base = data_type.partition(".")[0]
-        if base not in ("String", "Number", "Binary") or len(data_type) > 256:
-            raise invalid(
-                f"The type of message attribute '{name}' is invalid. You must use only the "
-                "following supported type prefixes: Binary, Number, String."
-            )
-        if system and data_type != "String":
-            raise invalid(f"The message system attribute '{name}' must be of type String.")
-        if base == "Binary":
-            raw = value.get("BinaryValue")
-            if not isinstance(raw, str) or value.get("StringValue") is not None:
-                raise invalid(
-                    f"The message attribute '{name}' with type 'Binary' must use field 'Binary'."
-                )
-            try:
-                decoded = base64.b64decode(raw, validate=True)
-            except ValueError:
-                raise invalid(
-                    f"The binary value of message attribute '{name}' is not base64."
-                ) from None
-            if not decoded:
-                raise invalid(
-                    f"The message attribute '{name}' must contain a non-empty value of "
-                    "message attribute type 'Binary'."
-                )
-            checked[name] = {"DataType": data_type, "BinaryValue": raw}
-            continue
-        text = value.get("StringValue")
-        if not isinstance(text, str) or value.get("BinaryValue") is not None:
-            raise invalid(
-                f"The message attribute '{name}' with type '{base}' must use field 'String'."
-            )
-        if not text:
-            raise invalid(
-                f"The message attribute '{name}' must contain a non-empty value of message "
-                f"attribute type '{base}'."
-            )
-        if base == "Number":
-            _check_number(name, text)
-        elif _BAD_CHARACTER.search(text):
-            raise SqsError(
-                INVALID_MESSAGE_CONTENTS,
-                f"The message attribute '{name}' contains characters outside the allowed set.",
-            )
-        checked[name] = {"DataType": data_type, "StringValue": text}
-    return checked
-
-
-def _check_name(name: str) -> None:
-    lowered = name.lower()
-    if (
-        not _ATTRIBUTE_NAME.fullmatch(name)
-        or name.startswith(".")
-        or name.endswith(".")
-        or ".." in name
-        or lowered.startswith("aws.")
-        or lowered.startswith("amazon.")
-    ):
-        raise invalid(
-            f"Message attribute name '{name[:300]}' is invalid: use up to 256 letters, "
-            "digits, '_', '-' and '.', not starting or ending with '.', without '..', and "
-            "not starting with 'AWS.' or 'Amazon.'."
-        )
-
-
-def _check_number(name: str, text: str) -> None:
+def check_attributes(attributes: Any, system: bool = False) -> Attributes:
+    """Message (or, ``system``, system) attributes checked by the one rule
+    (katar.attributes), a breach answered as SQS answers it."""
     try:
-        value = float(text)
-    except ValueError:
-        raise invalid(
-            f"Can't cast the value of message (user) attribute '{name}' to a number."
-        ) from None
-    if value != value or value in (float("inf"), float("-inf")) or len(text.lstrip("+-")) > 38 + 2:
-        raise invalid(f"The value of message attribute '{name}' is not a valid number.")
-
-
-def attributes_size(attributes: Mapping[str, Mapping[str, str]]) -> int:
-    """The bytes the attributes count towards a message's size: names, types and values."""
-    size = 0
-    for name, value in attributes.items():
-        size += len(name.encode()) + len(value["DataType"].encode())
-        if "BinaryValue" in value:
-            size += len(base64.b64decode(value["BinaryValue"]))
-        else:
-            size += len(value["StringValue"].encode())
-    return size
+        return rule.check_attributes(attributes, system)
+    except InvalidAttribute as exc:
+        kind = INVALID_MESSAGE_CONTENTS if exc.contents else INVALID_PARAMETER_VALUE
+        raise SqsError(kind, exc.message) from None
 
 
 def md5_of_attributes(attributes: Mapping[str, Mapping[str, str]]) -> str | None:

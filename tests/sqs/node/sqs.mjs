@@ -11,6 +11,30 @@ import {
   GetQueueAttributesCommand,
 } from "@aws-sdk/client-sqs";
 import { Consumer } from "sqs-consumer";
+import { createHash } from "node:crypto";
+
+// MD5OfMessageAttributes as SQS documents it, written here apart from Katar's (the SDK
+// checks the bodies' digests only): by name in byte order, each name and type as a 4-byte
+// length and bytes, a transport byte (1 string, 2 binary) and the value likewise.
+function md5OfAttributes(attributes) {
+  const hash = createHash("md5");
+  const field = (bytes) => {
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(bytes.length);
+    hash.update(length);
+    hash.update(bytes);
+  };
+  const names = Object.keys(attributes).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+  for (const name of names) {
+    const value = attributes[name];
+    field(Buffer.from(name));
+    field(Buffer.from(value.DataType));
+    const binary = value.BinaryValue !== undefined;
+    hash.update(Buffer.from([binary ? 2 : 1]));
+    field(binary ? Buffer.from(value.BinaryValue) : Buffer.from(value.StringValue));
+  }
+  return hash.digest("hex");
+}
 
 const endpoint = process.env.KATAR_URL;
 const client = new SQSClient({
@@ -50,6 +74,37 @@ seen.received = {
   receiveCount: message.Attributes.ApproximateReceiveCount,
 };
 await client.send(new DeleteMessageCommand({ QueueUrl, ReceiptHandle: message.ReceiptHandle }));
+
+// A task enqueued natively with the same attributes: received with them, the SDK checking
+// its digests.
+const enqueued = await fetch(`${endpoint}/v1/queue/node/tasks`, {
+  method: "POST",
+  headers: { "content-type": "application/json" },
+  body: JSON.stringify({
+    data: "native",
+    attributes: {
+      MessageAttributes: {
+        lang: { DataType: "String", StringValue: "en" },
+        count: { DataType: "Number", StringValue: "3" },
+        blob: { DataType: "Binary", BinaryValue: Buffer.from([0, 1, 2, 255]).toString("base64") },
+      },
+    },
+  }),
+});
+if (enqueued.status !== 201) throw new Error(`native enqueue: ${enqueued.status}`);
+const native = (
+  await client.send(
+    new ReceiveMessageCommand({ QueueUrl, MessageAttributeNames: ["All"], WaitTimeSeconds: 1 }),
+  )
+).Messages[0];
+seen.native = {
+  Body: native.Body,
+  lang: native.MessageAttributes.lang.StringValue,
+  blob: Array.from(native.MessageAttributes.blob.BinaryValue),
+  sameDigest: native.MD5OfMessageAttributes === sent.MD5OfMessageAttributes,
+  digestChecked: native.MD5OfMessageAttributes === md5OfAttributes(native.MessageAttributes),
+};
+await client.send(new DeleteMessageCommand({ QueueUrl, ReceiptHandle: native.ReceiptHandle }));
 
 // sqs-consumer: a batch sent, consumed by a Consumer that deletes each message it handled.
 await client.send(
