@@ -32,6 +32,7 @@ from katar.core.listeners import Listener as Listener  # the API names it from h
 from katar.core.listeners import Listeners
 from katar.core.model import (
     CANCELLED,
+    DONE,
     EVERY_TASK,
     FAILED,
     PAUSED,
@@ -663,7 +664,6 @@ class Engine:
         result = await self.store.poll(queue, options, acks, limit, worker, now)
         if acks:
             self._count_acks(queue, acks, now)
-            self._heard(acks, now)
         if result.changes:
             self._apply(result.changes)
             if settled is not None:
@@ -745,11 +745,15 @@ class Engine:
     def _count_acks(self, queue: str, acks: Sequence[Ack], now: int) -> None:
         """Count the "done" acks of an applied poll, and observe how long each delivery an
         ack ends (done or failed) ran, when this process made it. The failed acks are counted
-        from the changes (_apply), which every store reports, unlike those of "done"."""
+        from the changes (_apply), which every store reports, unlike those of "done".
+        Heartbeats that set their lease's end (``lease``, SQS's ChangeMessageVisibility) may
+        end it before the reaper's next deadline: it must wake then, not at the queue's
+        timeout (looked for here, in the one pass over the acks)."""
         done = 0
         started = self._delivered_at
         counters = self.counters
         ended: list[str | int] = []
+        shortest = None
         for ack in acks:
             status = ack.status
             if status == "done":
@@ -758,6 +762,9 @@ class Engine:
                 if started:
                     task_id = ack.task_id
                     started.extended(task_id if isinstance(task_id, str) else str(task_id), now)
+                lease = ack.lease
+                if lease and (shortest is None or lease < shortest):
+                    shortest = lease
                 continue
             ended.append(ack.task_id)
         if ended:
@@ -766,16 +773,6 @@ class Engine:
                 counters.observe(counters.run, queue, ran)
         if done:
             counters.add(counters.done, queue, done)
-
-    def _heard(self, acks: Sequence[Ack], now: int) -> None:
-        """Heartbeats that set their lease's end (``lease``, SQS's ChangeMessageVisibility)
-        may end it before the reaper's next deadline: it must wake then, not at the
-        queue's timeout."""
-        shortest = None
-        for ack in acks:
-            lease = ack.lease
-            if lease and (shortest is None or lease < shortest):
-                shortest = lease
         if shortest is not None:
             due = self._reaper.due
             if due is None or now + shortest < due:
@@ -1081,24 +1078,26 @@ class Engine:
                 ready[task.queue] = ready.get(task.queue, 0) + 1
                 continue
             state = task.state
-            if old is RUNNING and state is not RUNNING:
-                self._count_end(task, expired)
+            ended = old is RUNNING and state is not RUNNING
+            if ended:
+                if state is not DONE:  # "done" acks are counted from the acks
+                    self._count_end(task, expired)
             elif state is CANCELLED and old is not CANCELLED:
                 self.counters.add(self.counters.cancellations, task.queue)
             elif operator and (old is FAILED or old is CANCELLED) and state is not old:
                 self.counters.add(self.counters.retries, task.queue)
             if state is READY:
                 ready[task.queue] = ready.get(task.queue, 0) + 1
-            elif old is RUNNING and state is not RUNNING:
+            elif ended:
                 options = self.queues.get(task.queue)
                 if options is not None and options.limited:  # room under a limit
                     ready[task.queue] = ready.get(task.queue, 0) + 1
-            if task.state is SCHEDULED:  # a retry's backoff, a resumed delayed task
+            if state is SCHEDULED:  # a retry's backoff, a resumed delayed task
                 self._expect(task.run_at)
-            if PUBLIC_STATUS[old] != task.status:
+            if PUBLIC_STATUS[old] != PUBLIC_STATUS[state]:
                 if self._listeners:
                     self._emit(task)
-                if is_final(task) and task.id in self._outcomes.waiting:
+                if task.id in self._outcomes.waiting and is_final(task):
                     self._outcomes.settle(task)
         for queue, count in ready.items():
             self._wake(queue, count)
