@@ -15,10 +15,11 @@ import msgspec
 
 from katar.core import rules
 from katar.core.model import DONE, RUNNING, Ack, QueueOptions, Task, parse_task_id
-from katar.core.storage import Change, Event
+from katar.core.storage import Change, Event, changed
 from katar.errors import (
     KatarError,
 )
+from katar.store import _settle
 from katar.store import _sql as sql
 from katar.store._rows import (
     CLAIMED_COLUMNS,
@@ -523,20 +524,9 @@ class Batches:
                 changes.extend(change for change in done.values() if change is not None)
                 return
         task = self._queues.find(conn, queue, ack.task_id, index)
-        if task is None:
-            return
-        try:
-            new = rules.apply_ack(task, ack, options, now, worker)
-        except KatarError as exc:
-            exc.details.setdefault("ack", index)
-            raise
-        also: list[Change] = []
-        change = self._deps.store_change(conn, task, new, options, also)
-        if change is not None and change.task.state != change.old:
-            changes.append(change)
-        changes += also
-        if cancel is not None and rules.stops(task if new is None else new, ack, worker):
-            cancel.append(task.id)
+        if task is not None:
+            plan = _settle.ack(task, ack, index, options, now, worker, changes, cancel)
+            self._deps.run(conn, plan)
 
     def _finish_done(
         self,
@@ -575,7 +565,7 @@ class Batches:
                     assert finished is not None
                     assert finished.state is DONE
                     task = finished
-                changes[task.id] = Change(task, RUNNING)
+                changes[task.id] = changed((task, RUNNING, None))
         return changes
 
     @staticmethod
