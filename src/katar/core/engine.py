@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final
@@ -91,6 +92,9 @@ from katar.errors import (
 from katar.logs import Outages
 
 log = logging.getLogger("katar")
+
+#: A delivered task's lease end (a claimed task always has one).
+_LEASE_UNTIL: Final[Callable[[Task], int]] = operator.attrgetter("lease_until")
 
 #: The tasks one step of a bulk action takes, in one transaction: small enough that the
 #: polls queued behind it wait milliseconds, large enough that a million tasks take seconds.
@@ -681,7 +685,8 @@ class Engine:
         if result.delivered:  # _leased, inline: this is every worker's poll
             lease_until = result.delivered[0].lease_until
             if len(result.delivered) > 1:  # tasks with a timeout of their own lease apart
-                lease_until = min(t.lease_until or 0 for t in result.delivered) or None
+                # Every task a claim delivers has its lease's end: their earliest, in C.
+                lease_until = min(map(_LEASE_UNTIL, result.delivered))
             if lease_until is not None and (reaper.due is None or lease_until < reaper.due):
                 self._expect(lease_until)
         if result.delivered or wait <= 0 or limit == 0 or result.cancel:

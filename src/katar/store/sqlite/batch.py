@@ -6,6 +6,7 @@ This is the hot path of every worker's poll: the statements do in SQL what the r
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -144,6 +145,11 @@ _CLAIM_FAIR: Final = (
     f" ORDER BY priority DESC, fair_seq, id LIMIT ?) RETURNING {CLAIMED_COLUMNS}, fair_seq"
 )
 
+
+# A claimed row's id, priority and (a fair claim's) place: the keys of its order.
+_ID: Final = operator.itemgetter(0)
+_PRIORITY: Final = operator.itemgetter(1)
+_LAST: Final = operator.itemgetter(-1)
 
 _KEEP_EVENT: Final = "INSERT INTO outbox (queue, task_id, body) VALUES (?, ?, ?)"
 
@@ -305,13 +311,21 @@ class Batches:
             else:
                 rows = conn.execute(_CLAIM, (worker, *lease)).fetchall()
             if len(rows) > 1:  # RETURNING promises no order
+                # Priority first (highest), then the place (fair) and the id: sorts from the
+                # last key to the first, each stable (reverse too), keyed in C.
+                rows.sort(key=_ID)
                 if fair:
-                    rows.sort(key=lambda row: (-row[1], row[-1], row[0]))
-                else:
-                    rows.sort(key=lambda row: (-row[1], row[0]))
+                    rows.sort(key=_LAST)
+                rows.sort(key=_PRIORITY, reverse=True)
             name = self._queues.names[queue_id]
             lease_until = now + timeout
-            tasks = [self._claimed(conn, row, name, worker, now, lease_until) for row in rows]
+            # A task with no option of its own (row[10]) is the row alone.
+            tasks = [
+                claimed_from_row(row, name, worker, now, lease_until)
+                if row[10]
+                else self._claimed(conn, row, name, worker, now, lease_until)
+                for row in rows
+            ]
             start = 0
             for poll in claiming:
                 poll.delivered = tasks[start : start + poll.take]
@@ -330,10 +344,8 @@ class Batches:
         now: int,
         lease_until: int,
     ) -> Task:
-        """The task a claim returned (see CLAIMED_COLUMNS): its other options of its own
-        are read apart, for the few tasks that have some."""
-        if row[10]:
-            return claimed_from_row(row, queue, worker, now, lease_until)
+        """The task a claim returned (see CLAIMED_COLUMNS) that has other options of its
+        own (row[10] false): they are read apart, for the few tasks that have some."""
         options = conn.execute(_OPTIONS, (row[0],)).fetchone()
         task = claimed_from_row(row, queue, worker, now, lease_until, options)
         return Dependencies.view_of(conn, task)
@@ -596,12 +608,12 @@ class Batches:
             for task_id, ack in acks:
                 parameters += (task_id, ack.attempt or 0, bytearray(ack.result))
             sql = _DONE_MANY.format(rows=",".join(["(?,?,?)"] * len(acks)), returning=returning)
-        elif any(ack.attempt for _id, ack in acks):
+        elif any([ack.attempt for _id, ack in acks]):
             for task_id, ack in acks:
                 parameters += (task_id, ack.attempt or 0)
             sql = _DONE_DROP_MANY.format(rows=",".join(["(?,?)"] * len(acks)), returning=returning)
         else:
-            parameters += (task_id for task_id, _ack in acks)
+            parameters += [task_id for task_id, _ack in acks]
             sql = _DONE_DROP_IDS.format(ids=",".join("?" * len(acks)), returning=returning)
         parameters.append(queue_id)
         return conn.execute(sql, parameters).fetchall()
