@@ -20,7 +20,6 @@ from katar.core.idempotency import Idempotency
 from katar.core.model import (
     DONE,
     FAILED,
-    FINAL_STATES,
     READY,
     RUNNING,
     SCHEDULED,
@@ -472,12 +471,8 @@ class MemoryStore(Store):
             if parent.state is not DONE:
                 self._waited[parent.id] = self._waited.get(parent.id, 0) + 1
             result = None if parent.result is None else bytes(parent.result)
-            if run and parent.state in FINAL_STATES:
-                edges[parent.id] = (True, rules.outcome_of(parent.state, result, parent.error))
-            elif parent.state is DONE:
-                edges[parent.id] = (True, result)
-            else:
-                edges[parent.id] = (False, None)
+            edge = edges[parent.id] = rules.first_edge(parent.state, result, parent.error, run)
+            if not edge[0]:
                 self._children.setdefault(parent.id, {})[task.id] = None
         self._edges[task.id] = edges
         foreign = tuple((p.id, p.queue) for p in parents if p.queue != task.queue)

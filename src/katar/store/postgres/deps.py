@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Collection, Generator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from katar.core import rules
-from katar.core.model import DONE, FINAL_STATES, NewTask, QueueOptions, State, Task
+from katar.core.model import FINAL_STATES, NewTask, QueueOptions, State, Task
 from katar.core.storage import Change
 from katar.store import _settle
 from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
@@ -154,11 +154,7 @@ class Dependencies:
             found[task_id] = (STATES[state], result, await self._name(conn, queue_id), error)
             if STATES[state] not in FINAL_STATES:
                 waited[task_id] = children
-        for index, spec in enumerate(tasks):
-            for parent_id in spec.after:
-                if parent_id not in found:
-                    raise rules.unknown_parent(f"tasks[{index}]", parent_id)
-        rules.check_children(tasks, waited)
+        rules.check_parents(tasks, found, waited)
         return found
 
     @staticmethod
@@ -173,11 +169,7 @@ class Dependencies:
         task = rules.depend(task, [(parent_id, parent[0]) for parent_id, parent in ordered], run)
         edges = []
         for parent_id, (state, result, queue, error) in ordered:
-            settled: tuple[bool, bytes | None] = (False, None)
-            if run and state in FINAL_STATES:
-                settled = (True, rules.outcome_of(state, result, error))
-            elif state is DONE:
-                settled = (True, result)
+            settled = rules.first_edge(state, result, error, run)
             edges.append((parent_id, *settled, foreign_queue(queue, task.queue), run))
         return task, edges
 

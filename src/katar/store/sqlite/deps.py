@@ -14,7 +14,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from katar.core import rules
-from katar.core.model import DONE, FINAL_STATES, NewTask, QueueOptions, State, Task
+from katar.core.model import FINAL_STATES, NewTask, QueueOptions, State, Task
 from katar.core.storage import Change
 from katar.store import _settle
 from katar.store import _sql as sql
@@ -115,7 +115,7 @@ class Dependencies:
         #: in a fair queue).
         self._move = move
 
-    def store_change(
+    def write(
         self,
         conn: sqlite3.Connection,
         old: Task,
@@ -200,11 +200,7 @@ class Dependencies:
             found[task_id] = (sql.STATES[state], result, self._queues.names[queue_id], error)
             if sql.STATES[state] not in FINAL_STATES:
                 waited[task_id] = children
-        for index, spec in enumerate(tasks):
-            for parent_id in spec.after:
-                if parent_id not in found:
-                    raise rules.unknown_parent(f"tasks[{index}]", parent_id)
-        rules.check_children(tasks, waited)
+        rules.check_parents(tasks, found, waited)
         return found
 
     @staticmethod
@@ -281,11 +277,5 @@ def _edge(task: Task, parent_id: int, parent: Parent, run: bool) -> Edge:
     its result) when the parent is; for a task that runs whatever the outcome, ended (with
     the outcome) when the parent has finished in any way."""
     state, result, queue, error = parent
-    settled: tuple[int, bytes | None]
-    if run and state in FINAL_STATES:
-        settled = (1, rules.outcome_of(state, result, error))
-    elif state is DONE:
-        settled = (1, result)
-    else:
-        settled = (0, None)
-    return (task.id, parent_id, *settled, foreign_queue(queue, task.queue), int(run))
+    done, kept = rules.first_edge(state, result, error, run)
+    return (task.id, parent_id, int(done), kept, foreign_queue(queue, task.queue), int(run))
