@@ -26,6 +26,9 @@ export thread included (callgrind counts every thread).
 
 ``--context``: every task enqueued with a ``traceparent``, as ``--traced``, on a server
 without an endpoint: the same run as ``--traced`` without the spans.
+
+``--callgrind-out FILE`` keeps the drain's dump, to read per function with
+``callgrind_annotate --inclusive=yes FILE``.
 """
 
 from __future__ import annotations
@@ -109,6 +112,7 @@ def count(
     keys: int = 0,
     traced: bool = False,
     context: bool = False,
+    callgrind_out: Path | None = None,
 ) -> dict[str, Any]:
     """Instructions the server spends on the drain."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -179,6 +183,8 @@ def count(
             worker.join()
         subprocess.run([*control, "-d", str(server.pid)], check=True, capture_output=True)
         dump = Path(f"{out}.1")
+        if callgrind_out is not None:
+            shutil.copyfile(dump, callgrind_out)
         total = next(
             int(line.split()[1])
             for line in dump.read_text().splitlines()
@@ -224,6 +230,11 @@ def main() -> None:
     parser.add_argument(
         "--context", action="store_true", help="tasks with a traceparent, no endpoint"
     )
+    parser.add_argument(
+        "--callgrind-out",
+        type=Path,
+        help="keep the drain's callgrind dump here (for callgrind_annotate)",
+    )
     args = parser.parse_args()
     figures = count(
         args.src,
@@ -235,6 +246,7 @@ def main() -> None:
         args.keys,
         args.traced,
         args.context,
+        args.callgrind_out,
     )
     print(json.dumps(figures))
 

@@ -11,6 +11,7 @@ Types named here are the contract: a change to one is a change to the protocol.
 
 from __future__ import annotations
 
+import itertools
 from typing import Annotated, Any, Final, Literal, TypedDict, get_args
 
 import msgspec
@@ -108,12 +109,9 @@ MAX_TASK_KEY: Final = 255
 
 # Factories rather than defaults for the Raw fields: the JSON Schema generator cannot write a
 # Raw default (and an absent result means null, absent data means "missing", not a value).
-def _null() -> msgspec.Raw:
-    return NULL
-
-
-def _absent() -> msgspec.Raw:
-    return msgspec.Raw()
+# Both are built-in callables, not functions in Python: every ack of every poll calls them.
+_null: Final = itertools.repeat(NULL).__next__  # the one null, shared (a Raw is immutable)
+_absent: Final = msgspec.Raw  # an empty Raw: absent
 
 
 Count = Annotated[int, msgspec.Meta(ge=0)]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final
@@ -32,6 +33,7 @@ from katar.core.listeners import Listener as Listener  # the API names it from h
 from katar.core.listeners import Listeners
 from katar.core.model import (
     CANCELLED,
+    DONE,
     EVERY_TASK,
     FAILED,
     PAUSED,
@@ -90,6 +92,9 @@ from katar.errors import (
 from katar.logs import Outages
 
 log = logging.getLogger("katar")
+
+#: A delivered task's lease end (a claimed task always has one).
+_LEASE_UNTIL: Final[Callable[[Task], int]] = operator.attrgetter("lease_until")
 
 #: The tasks one step of a bulk action takes, in one transaction: small enough that the
 #: polls queued behind it wait milliseconds, large enough that a million tasks take seconds.
@@ -664,7 +669,6 @@ class Engine:
         result = await self.store.poll(queue, options, acks, limit, worker, now)
         if acks:
             self._count_acks(queue, acks, now)
-            self._heard(acks, now)
         if result.changes:
             self._apply(result.changes)
             if settled is not None:
@@ -682,7 +686,8 @@ class Engine:
         if result.delivered:  # _leased, inline: this is every worker's poll
             lease_until = result.delivered[0].lease_until
             if len(result.delivered) > 1:  # tasks with a timeout of their own lease apart
-                lease_until = min(t.lease_until or 0 for t in result.delivered) or None
+                # Every task a claim delivers has its lease's end: their earliest, in C.
+                lease_until = min(map(_LEASE_UNTIL, result.delivered))
             if lease_until is not None and (reaper.due is None or lease_until < reaper.due):
                 self._expect(lease_until)
         if result.delivered or wait <= 0 or limit == 0 or result.cancel:
@@ -746,11 +751,15 @@ class Engine:
     def _count_acks(self, queue: str, acks: Sequence[Ack], now: int) -> None:
         """Count the "done" acks of an applied poll, and observe how long each delivery an
         ack ends (done or failed) ran, when this process made it. The failed acks are counted
-        from the changes (_apply), which every store reports, unlike those of "done"."""
+        from the changes (_apply), which every store reports, unlike those of "done".
+        Heartbeats that set their lease's end (``lease``, SQS's ChangeMessageVisibility) may
+        end it before the reaper's next deadline: it must wake then, not at the queue's
+        timeout (looked for here, in the one pass over the acks)."""
         done = 0
         started = self._delivered_at
         counters = self.counters
         ended: list[str | int] = []
+        shortest = None
         for ack in acks:
             status = ack.status
             if status == "done":
@@ -759,6 +768,9 @@ class Engine:
                 if started:
                     task_id = ack.task_id
                     started.extended(task_id if isinstance(task_id, str) else str(task_id), now)
+                lease = ack.lease
+                if lease and (shortest is None or lease < shortest):
+                    shortest = lease
                 continue
             ended.append(ack.task_id)
         if ended:
@@ -767,16 +779,6 @@ class Engine:
                 counters.observe(counters.run, queue, ran)
         if done:
             counters.add(counters.done, queue, done)
-
-    def _heard(self, acks: Sequence[Ack], now: int) -> None:
-        """Heartbeats that set their lease's end (``lease``, SQS's ChangeMessageVisibility)
-        may end it before the reaper's next deadline: it must wake then, not at the
-        queue's timeout."""
-        shortest = None
-        for ack in acks:
-            lease = ack.lease
-            if lease and (shortest is None or lease < shortest):
-                shortest = lease
         if shortest is not None:
             due = self._reaper.due
             if due is None or now + shortest < due:
@@ -1088,24 +1090,26 @@ class Engine:
                 ready[task.queue] = ready.get(task.queue, 0) + 1
                 continue
             state = task.state
-            if old is RUNNING and state is not RUNNING:
-                self._count_end(task, expired)
+            ended = old is RUNNING and state is not RUNNING
+            if ended:
+                if state is not DONE:  # "done" acks are counted from the acks
+                    self._count_end(task, expired)
             elif state is CANCELLED and old is not CANCELLED:
                 self.counters.add(self.counters.cancellations, task.queue)
             elif operator and (old is FAILED or old is CANCELLED) and state is not old:
                 self.counters.add(self.counters.retries, task.queue)
             if state is READY:
                 ready[task.queue] = ready.get(task.queue, 0) + 1
-            elif old is RUNNING and state is not RUNNING:
+            elif ended:
                 options = self.queues.get(task.queue)
                 if options is not None and options.limited:  # room under a limit
                     ready[task.queue] = ready.get(task.queue, 0) + 1
-            if task.state is SCHEDULED:  # a retry's backoff, a resumed delayed task
+            if state is SCHEDULED:  # a retry's backoff, a resumed delayed task
                 self._expect(task.run_at)
-            if PUBLIC_STATUS[old] != task.status:
+            if PUBLIC_STATUS[old] != PUBLIC_STATUS[state]:
                 if self._listeners:
                     self._emit(task)
-                if is_final(task) and task.id in self._outcomes.waiting:
+                if task.id in self._outcomes.waiting and is_final(task):
                     self._outcomes.settle(task)
         for queue, count in ready.items():
             self._wake(queue, count)

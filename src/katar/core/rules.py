@@ -1177,6 +1177,33 @@ def check_edges(tasks: Sequence[NewTask]) -> None:
         )
 
 
+def check_parents(
+    tasks: Sequence[NewTask], found: Collection[int], waited: Mapping[int, int]
+) -> None:
+    """Refuse an enqueue that names by id a task that does not exist (not in ``found``,
+    the ids the store found), or that would make too many wait for one (check_children),
+    before anything is written."""
+    for index, spec in enumerate(tasks):
+        for parent_id in spec.after:
+            if parent_id not in found:
+                raise unknown_parent(f"tasks[{index}]", parent_id)
+    check_children(tasks, waited)
+
+
+def first_edge(
+    state: State, result: bytes | None, error: str | None, run: bool
+) -> tuple[bool, bytes | None]:
+    """A new task's edge to a parent in ``state`` (with its ``result`` and ``error``), as
+    it is when the task is enqueued: (done, what it holds). Done, with the parent's result,
+    when the parent is done; for a task that runs whatever the outcome (``run``), done with
+    the parent's outcome (outcome_of) when it has finished in any way; else pending."""
+    if run and state in FINAL_STATES:
+        return True, outcome_of(state, result, error)
+    if state is DONE:
+        return True, result
+    return False, None
+
+
 def check_children(tasks: Sequence[NewTask], waited: Mapping[int, int]) -> None:
     """Refuse an enqueue that would make more than MAX_CHILDREN tasks wait for one task
     (ValidationError, before anything is written). ``waited`` holds, for each unfinished task

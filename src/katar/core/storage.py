@@ -12,8 +12,9 @@ Every store passes the conformance suite in ``tests/store``.
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol, cast
 
 from katar.core.idempotency import Idempotency
 from katar.core.model import (
@@ -38,6 +39,14 @@ class Change(NamedTuple):
     #: The queue the task moved from (a dead letter, a redrive: ``task.queue`` is where it
     #: is now); None when it stayed in its queue.
     origin: str | None = None
+
+
+#: ``Change(task, old)``, given as one ``(task, old, None)`` tuple, made without the named
+#: tuple's ``__new__`` (a function in Python): the stores make one for each task an ack
+#: finishes, on every worker's poll.
+changed: Final = cast(
+    "Callable[[tuple[Task, State, None]], Change]", functools.partial(tuple.__new__, Change)
+)
 
 
 #: A completion-webhook event to keep in the outbox (katar.push.notify): (the queue whose

@@ -412,9 +412,9 @@ class App:
             )
         limit = min(limit, self._max_poll)
         # Tasks to stop (a heartbeat found them cancelled): answered 200 even with no task.
-        cancel: list[int] | None = None
-        if any(ack.status == "in progress" for ack in acks):
-            cancel = []
+        # Only a heartbeat can name one, so a poll without any leaves it empty: no look at
+        # each ack for one here.
+        cancel: list[int] = []
         if self.tracing is not None:
             return await self._traced_poll(request, acks, limit, wait, worker, cancel)
         if wait <= 0:
@@ -433,7 +433,7 @@ class App:
         limit: int,
         wait: float,
         worker: str | None,
-        cancel: list[int] | None,
+        cancel: list[int],
     ) -> Response:
         """:meth:`poll` on a server that exports spans: its settle span (the acks) and its
         receive span (the tasks delivered), in the poll's trace context if it has one, else

@@ -20,7 +20,6 @@ from katar.core.idempotency import Idempotency
 from katar.core.model import (
     DONE,
     FAILED,
-    FINAL_STATES,
     READY,
     RUNNING,
     SCHEDULED,
@@ -50,6 +49,7 @@ from katar.core.storage import (
     PollResult,
     RedriveStep,
     Store,
+    changed,
 )
 from katar.errors import Conflict, KatarError, QueueNotFound, TaskNotFound
 from katar.logs import mask_credentials
@@ -307,7 +307,10 @@ class MemoryStore(Store):
 
     def _remove(self, task: Task) -> None:
         self._detach(task)
-        self._forget_edges(task)
+        # Only a child (_link gives it its edges and a count of parents) or a task named as
+        # a parent has edges: most tasks have neither, and skip the call.
+        if task.parents or task.id in self._named_by:
+            self._forget_edges(task)
 
     def _detach(self, task: Task) -> None:
         """The task out of its queue's books (its edges stay: see _remove, _move)."""
@@ -361,7 +364,7 @@ class MemoryStore(Store):
             self._remove(old)
         else:
             self._put(new)
-        return Change(new, old.state)
+        return changed((new, old.state, None))
 
     def _move(self, old: Task, new: Task, also: list[Change]) -> Change:
         """Move a task to another queue (a dead letter, a redrive), creating that queue with
@@ -476,12 +479,8 @@ class MemoryStore(Store):
             if parent.state is not DONE:
                 self._waited[parent.id] = self._waited.get(parent.id, 0) + 1
             result = None if parent.result is None else bytes(parent.result)
-            if run and parent.state in FINAL_STATES:
-                edges[parent.id] = (True, rules.outcome_of(parent.state, result, parent.error))
-            elif parent.state is DONE:
-                edges[parent.id] = (True, result)
-            else:
-                edges[parent.id] = (False, None)
+            edge = edges[parent.id] = rules.first_edge(parent.state, result, parent.error, run)
+            if not edge[0]:
                 self._children.setdefault(parent.id, {})[task.id] = None
         self._edges[task.id] = edges
         foreign = tuple((p.id, p.queue) for p in parents if p.queue != task.queue)
@@ -612,9 +611,8 @@ class MemoryStore(Store):
         """The task an ack or request names; None when it existed once and is gone, or is
         another queue's (see rules.apply_ack)."""
         task_id = parse_task_id(raw_id)
-        extra = {} if index is None else {"ack": index}
         if task_id is None or task_id > self._last_id:
-            raise TaskNotFound.named(raw_id, queue, **extra)
+            raise TaskNotFound.named(raw_id, queue, **({} if index is None else {"ack": index}))
         task = self._tasks.get(task_id)
         if task is not None and task.queue != queue:
             return None
@@ -637,7 +635,11 @@ class MemoryStore(Store):
             found = self._find(queue, ack.task_id, index)
             if found is None:
                 continue
-            first, current = decided.get(found.id, (found, found))
+            earlier = decided.get(found.id)
+            if earlier is None:
+                first = current = found
+            else:
+                first, current = earlier
             if rules.discard(current, options):
                 continue  # finished by an earlier ack of this poll: gone, as in the SQL stores
             try:
@@ -647,7 +649,10 @@ class MemoryStore(Store):
                 raise
             if new is not None:
                 decided[found.id] = (first, new)
-            if rules.stops(current if new is None else new, ack, worker):
+            # Only a heartbeat can be told to stop: a "done" asks no more (the hot path).
+            if ack.status == "in progress" and rules.stops(
+                current if new is None else new, ack, worker
+            ):
                 cancel.append(found.id)
         changes = []
         also: list[Change] = []

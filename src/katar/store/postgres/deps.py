@@ -15,14 +15,15 @@ servers, the second to take the child's lock sees the first's edge done and rele
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Collection, Generator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from katar.core import rules
-from katar.core.model import DONE, FINAL_STATES, NewTask, State, Task
+from katar.core.model import FINAL_STATES, NewTask, QueueOptions, State, Task
 from katar.core.storage import Change
+from katar.store import _settle
 from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
-from katar.store._rows import foreign_queue, view
+from katar.store._rows import foreign_queue, update_values, view
 from katar.store._sql import STATES
 from katar.store.postgres.literals import bools, byteas, ints, texts
 from katar.store.postgres.queries import Queries
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
     Connection = AsyncConnection[tuple[Any, ...]]
+
+R = TypeVar("R")
 
 #: A parent as an enqueue finds it: its state, its result, its queue, its error.
 Parent = tuple[State, bytes | None, str, str | None]
@@ -44,10 +47,74 @@ class Dependencies:
     """The statements of the dependencies, for the store's operations and its group commit,
     each in the transaction of its caller (``conn``)."""
 
-    def __init__(self, sql: Queries, name: Callable[[Connection, int], Awaitable[str]]) -> None:
+    def __init__(
+        self,
+        sql: Queries,
+        name: Callable[[Connection, int], Awaitable[str]],
+        move: Callable[[Connection, Task, Task], Awaitable[None]],
+    ) -> None:
         self._sql = sql
         #: The name of a queue by its id (the store's cache of names).
         self._name = name
+        #: Write a task's row into another queue (the store's: a queue to create, and tell
+        #: the other servers of, a place in a fair queue).
+        self._move = move
+
+    async def write(
+        self,
+        conn: Connection,
+        old: Task,
+        new: Task | None,
+        options: QueueOptions,
+        also: list[Change],
+    ) -> Change | None:
+        """Write a task's new version; the tasks its end settles go in ``also``
+        (_settle.write)."""
+        return await self.run(conn, _settle.write(old, new, options, also))
+
+    async def run(self, conn: Connection, plan: Generator[_settle.Step, Any, R]) -> R:
+        """Execute a plan of _settle's steps in ``conn``; what it returns."""
+        try:
+            step = next(plan)
+            while True:
+                step = plan.send(await self._step(conn, step))
+        except StopIteration as finished:
+            answer: R = finished.value
+            return answer
+
+    async def _step(self, conn: Connection, step: _settle.Step) -> Any:
+        """One step of a _settle plan, in PostgreSQL; its answer. A parent's end locks its
+        waiting children (in id order) before it marks its edges (see the module's
+        docstring)."""
+        sql = self._sql
+        if isinstance(step, _settle.Update):
+            await conn.execute(sql.update, update_values(step.task))
+        elif isinstance(step, _settle.Delete):
+            await conn.execute(sql.delete, (step.task.id,))
+            if step.task.parents:
+                await self.forget(conn, [step.task.id])
+        elif isinstance(step, _settle.Move):
+            await self._move(conn, step.old, step.new)
+            return (await self.views(conn, [step.new]))[0]
+        elif isinstance(step, _settle.ParentDone):
+            await conn.execute(sql.lock_children, ([step.parent_id],))
+            done = ([step.parent_id], [step.result], [step.outcome])
+            cursor = await conn.execute(sql.parents_done, done)
+            return [row[0] for row in await cursor.fetchall()]
+        elif isinstance(step, _settle.ParentEnded):
+            await conn.execute(sql.lock_children, ([step.parent_id],))
+            ended = (step.outcome, step.parent_id)
+            return [
+                row[0] for row in await (await conn.execute(sql.parent_ended, ended)).fetchall()
+            ]
+        elif isinstance(step, _settle.Release):
+            return await self._released(conn, step.children, step.now)
+        elif isinstance(step, _settle.Orphans):
+            rows = await (await conn.execute(sql.orphans, (step.parent_id,))).fetchall()
+            return [task_from_row(row, await self._name(conn, row[1])) for row in rows]
+        else:
+            await conn.execute(sql.cancel, (step.error, step.now, step.ids))
+        return None
 
     async def linked(
         self,
@@ -87,11 +154,7 @@ class Dependencies:
             found[task_id] = (STATES[state], result, await self._name(conn, queue_id), error)
             if STATES[state] not in FINAL_STATES:
                 waited[task_id] = children
-        for index, spec in enumerate(tasks):
-            for parent_id in spec.after:
-                if parent_id not in found:
-                    raise rules.unknown_parent(f"tasks[{index}]", parent_id)
-        rules.check_children(tasks, waited)
+        rules.check_parents(tasks, found, waited)
         return found
 
     @staticmethod
@@ -106,11 +169,7 @@ class Dependencies:
         task = rules.depend(task, [(parent_id, parent[0]) for parent_id, parent in ordered], run)
         edges = []
         for parent_id, (state, result, queue, error) in ordered:
-            settled: tuple[bool, bytes | None] = (False, None)
-            if run and state in FINAL_STATES:
-                settled = (True, rules.outcome_of(state, result, error))
-            elif state is DONE:
-                settled = (True, result)
+            settled = rules.first_edge(state, result, error, run)
             edges.append((parent_id, *settled, foreign_queue(queue, task.queue), run))
         return task, edges
 
@@ -188,12 +247,16 @@ class Dependencies:
     ) -> None:
         """Children whose edge to a parent just ended: those it was the last to wait for
         are released (rules.release, in SQL)."""
+        also += [Change(task, State.WAITING) for task in await self._released(conn, released, now)]
+
+    async def _released(self, conn: Connection, released: list[int], now: int) -> list[Task]:
         children = sorted(set(released))
-        if children:
-            cursor = await conn.execute(self._sql.release, {"now": now, "ids": children})
-            for row in await cursor.fetchall():
-                task = task_from_row(row, await self._name(conn, row[1]))
-                also.append(Change(task, State.WAITING))
+        if not children:
+            return []
+        cursor = await conn.execute(self._sql.release, {"now": now, "ids": children})
+        return [
+            task_from_row(row, await self._name(conn, row[1])) for row in await cursor.fetchall()
+        ]
 
     async def settle(
         self,
@@ -204,42 +267,7 @@ class Dependencies:
         also: list[Change],
         how: str | None = None,
     ) -> None:
-        """The tasks waiting for ``parent``, now ``new`` (None: deleted): released when it
-        is done and it was their last, cancelled when it failed, was cancelled or deleted
-        (and theirs after them, level by level), released too when they run whatever the
-        outcome (after_failure "run") and it was their last; ``also`` receives their
-        changes. ``how``: how the parent ended, when another change than ``new`` ends it
-        (rules.parent_end: a dead-letter move ends it as "failed")."""
-        if not parent.children:
-            return
-        if how is None:
-            ends = None if new is None else rules.dependants_see(parent, new)
-            how = rules.parent_end(parent.state, ends)
-        if how is None:
-            return
-        if how == "done":
-            assert new is not None
-            result = None if new.result is None else bytes(new.result)
-            await self.parents_done(conn, [(parent.id, result)], now, also)
-            return
-        level = [(parent.id, how, new)]
-        while level:
-            below: list[tuple[int, str, Task | None]] = []
-            for parent_id, ended, version in level:
-                await conn.execute(self._sql.lock_children, ([parent_id],))
-                outcome = rules.outcome(ended, version)
-                cursor = await conn.execute(self._sql.parent_ended, (outcome, parent_id))
-                await self._release(conn, [row[0] for row in await cursor.fetchall()], now, also)
-                rows = await (await conn.execute(self._sql.orphans, (parent_id,))).fetchall()
-                if not rows:
-                    continue
-                error = rules.orphan_error(parent_id, ended)
-                await conn.execute(self._sql.cancel, (error, now, [row[0] for row in rows]))
-                for row in rows:
-                    orphan = task_from_row(row, await self._name(conn, row[1]))
-                    cancelled = rules.orphaned(orphan, parent_id, ended, now)
-                    assert cancelled is not None
-                    also.append(Change(cancelled, orphan.state))
-                    if orphan.children:
-                        below.append((orphan.id, "was cancelled", cancelled))
-            level = below
+        """The tasks waiting for ``parent``, now ``new`` (None: deleted), settled as
+        _settle.settle says; ``also`` receives their changes."""
+        if parent.children:
+            await self.run(conn, _settle.settle(parent, new, now, also, how))

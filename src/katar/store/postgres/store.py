@@ -65,13 +65,12 @@ from katar.core.storage import (
 from katar.errors import (
     ConfigError,
     Conflict,
-    KatarError,
     QueueNotFound,
     StoreError,
     StoreUnavailable,
     TaskNotFound,
 )
-from katar.store import _sql
+from katar.store import _settle, _sql
 from katar.store._moves import (
     advance_values,
     ended,
@@ -81,7 +80,7 @@ from katar.store._moves import (
     runs_on,
 )
 from katar.store._reap import expiries
-from katar.store._rows import COLUMNS, Dialect, move_values, update_values, view, where_sql
+from katar.store._rows import COLUMNS, Dialect, move_values, view, where_sql
 from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
 from katar.store.postgres.connection import OPTIONS_CHECK, Connections, Listener
 from katar.store.postgres.deps import Dependencies, Edge
@@ -216,7 +215,7 @@ class PostgresStore(Store):
         self._moves = move_statements(
             f"{self._schema}.move_jobs", "%s", " FOR UPDATE", " FOR UPDATE SKIP LOCKED"
         )
-        self._deps = Dependencies(self._sql, self._name)
+        self._deps = Dependencies(self._sql, self._name, self._move)
         self._group = GroupCommit(
             self._sql,
             self._db,
@@ -752,34 +751,6 @@ class PostgresStore(Store):
             pruned: int = cursor.rowcount
             return pruned
 
-    async def _write(
-        self,
-        conn: AsyncConnection[tuple[Any, ...]],
-        old: Task,
-        new: Task | None,
-        options: QueueOptions,
-        also: list[Change],
-    ) -> Change | None:
-        """Write a task's new version; the tasks its end settles go in ``also``. A new
-        version in another queue (rules.dead_lettered, rules.redriven) moves the row."""
-        if new is None:
-            return None
-        await self._deps.settle(conn, old, new, new.updated_at, also)
-        if new.queue is not old.queue:  # moved (rules.moved: never the same object)
-            await self._move(conn, old, new)
-            view = (await self._deps.views(conn, [new]))[0] if new.parents else new
-            return Change(view, old.state, old.queue)
-        if rules.discard(new, options):
-            await conn.execute(self._sql.delete, (new.id,))
-            if new.parents:
-                await self._deps.forget(conn, [new.id])
-        else:
-            await conn.execute(
-                self._sql.update,
-                update_values(new),
-            )
-        return Change(new, old.state)
-
     async def _move(self, conn: AsyncConnection[tuple[Any, ...]], old: Task, task: Task) -> None:
         """Write the row of a task moved to another queue, creating that queue with default
         options when there is none (and telling the other servers, as save_queue does)."""
@@ -847,7 +818,7 @@ class PostgresStore(Store):
                     continue
                 if target not in self._queue_ids:
                     created.append(target)
-                change = await self._write(
+                change = await self._deps.write(
                     conn, task, rules.redriven(task, target, now), _KEEP, also
                 )
                 assert change is not None
@@ -996,18 +967,8 @@ class PostgresStore(Store):
                 if row[1] != queue_id:
                     continue  # another queue's: ignored, as a gone one (rules.apply_ack)
                 task = task_from_row(row, queue)
-                try:
-                    new = rules.apply_ack(task, ack, options, now, worker)
-                except KatarError as exc:
-                    exc.details.setdefault("ack", index)
-                    raise
-                also: list[Change] = []
-                change = await self._write(conn, task, new, options, also)
-                if change is not None and change.task.state != change.old:
-                    changes.append(change)
-                changes += also
-                if rules.stops(task if new is None else new, ack, worker):
-                    cancel.append(task.id)
+                plan = _settle.ack(task, ack, index, options, now, worker, changes, cancel)
+                await self._deps.run(conn, plan)
             retry_at = held = None
             delivered: list[Task] = []
             now = self.lease_start(now)  # after the waits for the connection and the locks
@@ -1535,7 +1496,7 @@ class PostgresStore(Store):
             # A retry: out of its debounce, before it waits again (tasks_debounce is unique).
             await conn.execute(self._sql.undebounce, (task.id,))
         # A status change never finishes a task: the history option plays no part.
-        change = await self._write(conn, task, new, _KEEP, also)
+        change = await self._deps.write(conn, task, new, _KEEP, also)
         if change is not None and queue_id in self._fair and change.task.state in UNFINISHED:
             # A retry of a task finished before the queue became fair: it needs a place.
             (place,) = await self._fair_places(conn, queue_id, [change.task])
@@ -1597,7 +1558,7 @@ class PostgresStore(Store):
                         if lease
                         else rules.promote(task, now)
                     )
-                    change = await self._write(conn, task, new, options, changes)
+                    change = await self._deps.write(conn, task, new, options, changes)
                     if change is not None:
                         changes.append(change)
             # Finished tasks kept only while they held their unique_key (rules.discard):

@@ -6,6 +6,7 @@ This is the hot path of every worker's poll: the statements do in SQL what the r
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,10 +16,11 @@ import msgspec
 
 from katar.core import rules
 from katar.core.model import DONE, RUNNING, Ack, QueueOptions, Task, parse_task_id
-from katar.core.storage import Change, Event
+from katar.core.storage import Change, Event, changed
 from katar.errors import (
     KatarError,
 )
+from katar.store import _settle
 from katar.store import _sql as sql
 from katar.store._rows import (
     CLAIMED_COLUMNS,
@@ -143,6 +145,11 @@ _CLAIM_FAIR: Final = (
     f" ORDER BY priority DESC, fair_seq, id LIMIT ?) RETURNING {CLAIMED_COLUMNS}, fair_seq"
 )
 
+
+# A claimed row's id, priority and (a fair claim's) place: the keys of its order.
+_ID: Final = operator.itemgetter(0)
+_PRIORITY: Final = operator.itemgetter(1)
+_LAST: Final = operator.itemgetter(-1)
 
 _KEEP_EVENT: Final = "INSERT INTO outbox (queue, task_id, body) VALUES (?, ?, ?)"
 
@@ -304,13 +311,21 @@ class Batches:
             else:
                 rows = conn.execute(_CLAIM, (worker, *lease)).fetchall()
             if len(rows) > 1:  # RETURNING promises no order
+                # Priority first (highest), then the place (fair) and the id: sorts from the
+                # last key to the first, each stable (reverse too), keyed in C.
+                rows.sort(key=_ID)
                 if fair:
-                    rows.sort(key=lambda row: (-row[1], row[-1], row[0]))
-                else:
-                    rows.sort(key=lambda row: (-row[1], row[0]))
+                    rows.sort(key=_LAST)
+                rows.sort(key=_PRIORITY, reverse=True)
             name = self._queues.names[queue_id]
             lease_until = now + timeout
-            tasks = [self._claimed(conn, row, name, worker, now, lease_until) for row in rows]
+            # A task with no option of its own (row[10]) is the row alone.
+            tasks = [
+                claimed_from_row(row, name, worker, now, lease_until)
+                if row[10]
+                else self._claimed(conn, row, name, worker, now, lease_until)
+                for row in rows
+            ]
             start = 0
             for poll in claiming:
                 poll.delivered = tasks[start : start + poll.take]
@@ -329,10 +344,8 @@ class Batches:
         now: int,
         lease_until: int,
     ) -> Task:
-        """The task a claim returned (see CLAIMED_COLUMNS): its other options of its own
-        are read apart, for the few tasks that have some."""
-        if row[10]:
-            return claimed_from_row(row, queue, worker, now, lease_until)
+        """The task a claim returned (see CLAIMED_COLUMNS) that has other options of its
+        own (row[10] false): they are read apart, for the few tasks that have some."""
         options = conn.execute(_OPTIONS, (row[0],)).fetchone()
         task = claimed_from_row(row, queue, worker, now, lease_until, options)
         return Dependencies.view_of(conn, task)
@@ -523,20 +536,9 @@ class Batches:
                 changes.extend(change for change in done.values() if change is not None)
                 return
         task = self._queues.find(conn, queue, ack.task_id, index)
-        if task is None:
-            return
-        try:
-            new = rules.apply_ack(task, ack, options, now, worker)
-        except KatarError as exc:
-            exc.details.setdefault("ack", index)
-            raise
-        also: list[Change] = []
-        change = self._deps.store_change(conn, task, new, options, also)
-        if change is not None and change.task.state != change.old:
-            changes.append(change)
-        changes += also
-        if cancel is not None and rules.stops(task if new is None else new, ack, worker):
-            cancel.append(task.id)
+        if task is not None:
+            plan = _settle.ack(task, ack, index, options, now, worker, changes, cancel)
+            self._deps.run(conn, plan)
 
     def _finish_done(
         self,
@@ -575,7 +577,7 @@ class Batches:
                     assert finished is not None
                     assert finished.state is DONE
                     task = finished
-                changes[task.id] = Change(task, RUNNING)
+                changes[task.id] = changed((task, RUNNING, None))
         return changes
 
     @staticmethod
@@ -606,12 +608,12 @@ class Batches:
             for task_id, ack in acks:
                 parameters += (task_id, ack.attempt or 0, bytearray(ack.result))
             sql = _DONE_MANY.format(rows=",".join(["(?,?,?)"] * len(acks)), returning=returning)
-        elif any(ack.attempt for _id, ack in acks):
+        elif any([ack.attempt for _id, ack in acks]):
             for task_id, ack in acks:
                 parameters += (task_id, ack.attempt or 0)
             sql = _DONE_DROP_MANY.format(rows=",".join(["(?,?)"] * len(acks)), returning=returning)
         else:
-            parameters += (task_id for task_id, _ack in acks)
+            parameters += [task_id for task_id, _ack in acks]
             sql = _DONE_DROP_IDS.format(ids=",".join("?" * len(acks)), returning=returning)
         parameters.append(queue_id)
         return conn.execute(sql, parameters).fetchall()

@@ -8,14 +8,15 @@ read it: the ``parents`` and ``children`` columns say which tasks need to.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, Final, TypeVar
 
 import msgspec
 
 from katar.core import rules
-from katar.core.model import DONE, FINAL_STATES, NewTask, QueueOptions, State, Task
+from katar.core.model import FINAL_STATES, NewTask, QueueOptions, State, Task
 from katar.core.storage import Change
+from katar.store import _settle
 from katar.store import _sql as sql
 from katar.store._rows import CHILDREN, COLUMNS, PARENTS, foreign_queue, update_values, view
 from katar.store.sqlite.queues import Queues
@@ -90,6 +91,8 @@ _UPDATE: Final = (
 )
 
 
+R = TypeVar("R")
+
 #: An edge as the deps table holds it: child, parent, done, the parent's result (its
 #: outcome, rules.outcome, for a child that runs whatever the outcome), the parent's queue
 #: when it is not the child's (_rows.foreign_queue), and whether the child runs whatever
@@ -112,7 +115,7 @@ class Dependencies:
         #: in a fair queue).
         self._move = move
 
-    def store_change(
+    def write(
         self,
         conn: sqlite3.Connection,
         old: Task,
@@ -120,24 +123,45 @@ class Dependencies:
         options: QueueOptions,
         also: list[Change],
     ) -> Change | None:
-        """Write a task's new version; the tasks its end settles go in ``also``. A new
-        version in another queue (rules.dead_lettered, rules.redriven) moves the row."""
-        if new is None:
-            return None
-        self.settle(conn, old, new, new.updated_at, also)
-        if new.queue is not old.queue:  # moved (rules.moved: never the same object)
-            self._move(conn, old, new)
-            return Change(self.view_of(conn, new), old.state, old.queue)
-        if rules.discard(new, options):
-            conn.execute("DELETE FROM tasks WHERE id=?", (new.id,))
-            if new.parents:
-                self.forget(conn, [new.id])
+        """Write a task's new version; the tasks its end settles go in ``also``
+        (_settle.write)."""
+        return self.run(conn, _settle.write(old, new, options, also))
+
+    def run(self, conn: sqlite3.Connection, plan: Generator[_settle.Step, Any, R]) -> R:
+        """Execute a plan of _settle's steps in ``conn``; what it returns."""
+        try:
+            step = next(plan)
+            while True:
+                step = plan.send(self._step(conn, step))
+        except StopIteration as finished:
+            answer: R = finished.value
+            return answer
+
+    def _step(self, conn: sqlite3.Connection, step: _settle.Step) -> Any:
+        """One step of a _settle plan, in SQLite; its answer."""
+        if isinstance(step, _settle.Update):
+            conn.execute(_UPDATE, update_values(step.task))
+        elif isinstance(step, _settle.Delete):
+            conn.execute("DELETE FROM tasks WHERE id=?", (step.task.id,))
+            if step.task.parents:
+                self.forget(conn, [step.task.id])
+        elif isinstance(step, _settle.Move):
+            self._move(conn, step.old, step.new)
+            return self.view_of(conn, step.new)
+        elif isinstance(step, _settle.ParentDone):
+            done = (step.result, step.outcome, step.parent_id)
+            return [row[0] for row in conn.execute(_PARENT_DONE, done)]
+        elif isinstance(step, _settle.ParentEnded):
+            ended = (step.outcome, step.parent_id)
+            return [row[0] for row in conn.execute(_PARENT_ENDED, ended)]
+        elif isinstance(step, _settle.Release):
+            rows = conn.execute(_RELEASE, (step.now, msgspec.json.encode(step.children)))
+            return [self._task(row) for row in rows.fetchall()]
+        elif isinstance(step, _settle.Orphans):
+            return [self._task(row) for row in conn.execute(_ORPHANS, (step.parent_id,))]
         else:
-            conn.execute(
-                _UPDATE,
-                update_values(new),
-            )
-        return Change(new, old.state)
+            conn.execute(_CANCEL, (step.error, step.now, msgspec.json.encode(step.ids)))
+        return None
 
     def linked(
         self,
@@ -176,11 +200,7 @@ class Dependencies:
             found[task_id] = (sql.STATES[state], result, self._queues.names[queue_id], error)
             if sql.STATES[state] not in FINAL_STATES:
                 waited[task_id] = children
-        for index, spec in enumerate(tasks):
-            for parent_id in spec.after:
-                if parent_id not in found:
-                    raise rules.unknown_parent(f"tasks[{index}]", parent_id)
-        rules.check_children(tasks, waited)
+        rules.check_parents(tasks, found, waited)
         return found
 
     @staticmethod
@@ -246,55 +266,10 @@ class Dependencies:
         also: list[Change],
         how: str | None = None,
     ) -> None:
-        """The tasks waiting for ``parent``, now ``new`` (None: deleted): released when it
-        is done and it was their last, cancelled when it failed, was cancelled or deleted
-        (and theirs after them, level by level), released too when they run whatever the
-        outcome (after_failure "run") and it was their last; ``also`` receives their
-        changes. ``how``: how the parent ended, when another change than ``new`` ends it
-        (rules.parent_end: a dead-letter move ends it as "failed")."""
-        if not parent.children:
-            return
-        if how is None:
-            ends = None if new is None else rules.dependants_see(parent, new)
-            how = rules.parent_end(parent.state, ends)
-        if how is None:
-            return
-        if how == "done":
-            assert new is not None
-            result = None if new.result is None else bytes(new.result)
-            outcome = rules.outcome(how, new)
-            children = [row[0] for row in conn.execute(_PARENT_DONE, (result, outcome, parent.id))]
-            self._release(conn, children, now, also)
-            return
-        level = [(parent.id, how, new)]
-        while level:
-            below: list[tuple[int, str, Task | None]] = []
-            for parent_id, ended, version in level:
-                outcome = rules.outcome(ended, version)
-                runs = [row[0] for row in conn.execute(_PARENT_ENDED, (outcome, parent_id))]
-                self._release(conn, runs, now, also)
-                orphans = [self._task(row) for row in conn.execute(_ORPHANS, (parent_id,))]
-                if not orphans:
-                    continue
-                error = rules.orphan_error(parent_id, ended)
-                ids = msgspec.json.encode([task.id for task in orphans])
-                conn.execute(_CANCEL, (error, now, ids))
-                for orphan in orphans:
-                    cancelled = rules.orphaned(orphan, parent_id, ended, now)
-                    assert cancelled is not None
-                    also.append(Change(cancelled, orphan.state))
-                    if orphan.children:
-                        below.append((orphan.id, "was cancelled", cancelled))
-            level = below
-
-    def _release(
-        self, conn: sqlite3.Connection, children: list[int], now: int, also: list[Change]
-    ) -> None:
-        """Children whose edge to a parent just ended: those it was the last to wait for
-        are released (rules.release, in SQL)."""
-        if children:
-            rows = conn.execute(_RELEASE, (now, msgspec.json.encode(children))).fetchall()
-            also += [Change(self._task(row), State.WAITING) for row in rows]
+        """The tasks waiting for ``parent``, now ``new`` (None: deleted), settled as
+        _settle.settle says; ``also`` receives their changes."""
+        if parent.children:
+            self.run(conn, _settle.settle(parent, new, now, also, how))
 
 
 def _edge(task: Task, parent_id: int, parent: Parent, run: bool) -> Edge:
@@ -302,11 +277,5 @@ def _edge(task: Task, parent_id: int, parent: Parent, run: bool) -> Edge:
     its result) when the parent is; for a task that runs whatever the outcome, ended (with
     the outcome) when the parent has finished in any way."""
     state, result, queue, error = parent
-    settled: tuple[int, bytes | None]
-    if run and state in FINAL_STATES:
-        settled = (1, rules.outcome_of(state, result, error))
-    elif state is DONE:
-        settled = (1, result)
-    else:
-        settled = (0, None)
-    return (task.id, parent_id, *settled, foreign_queue(queue, task.queue), int(run))
+    done, kept = rules.first_edge(state, result, error, run)
+    return (task.id, parent_id, int(done), kept, foreign_queue(queue, task.queue), int(run))

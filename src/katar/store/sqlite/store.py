@@ -774,7 +774,7 @@ class SQLiteStore(Store):
         return BulkStep(len(rows), len(changes), rows[-1][0], changes + also)
 
     def _move(self, conn: sqlite3.Connection, old: Task, task: Task) -> None:
-        """Write the row of a task moved to another queue (Dependencies.store_change),
+        """Write the row of a task moved to another queue (a _settle.Move step),
         ``old`` before, creating that queue with default options when there is none."""
         queue_id = self._queues.ids.get(task.queue)
         if queue_id is None:
@@ -821,7 +821,7 @@ class SQLiteStore(Store):
                 if target not in self._queues.ids:
                     created.append(target)
                 new = rules.redriven(task, target, now)
-                change = self._deps.store_change(conn, task, new, _KEEP, also)
+                change = self._deps.write(conn, task, new, _KEEP, also)
                 assert change is not None
                 changes.append(change)
             moved = len(changes)
@@ -1005,7 +1005,7 @@ class SQLiteStore(Store):
             conn.execute(_UNDEBOUNCE, (task.id,))  # a retry: out of its debounce
         # A status change never finishes a task, so the queue's history option plays no
         # part: any options will do.
-        change = self._deps.store_change(conn, task, new, _KEEP, also)
+        change = self._deps.write(conn, task, new, _KEEP, also)
         if new is not None and new.key != task.key and queue_id in self._queues.fair:
             conn.execute(_UNPLACE, (task.id,))  # an edit's new key: placed as that key's task
         if change is not None and queue_id in self._queues.fair and change.task.state in UNFINISHED:
@@ -1060,7 +1060,7 @@ class SQLiteStore(Store):
                         if decide
                         else rules.promote(task, now)
                     )
-                    change = self._deps.store_change(conn, task, new, options, changes)
+                    change = self._deps.write(conn, task, new, options, changes)
                     if change is not None:
                         changes.append(change)
             # Finished tasks kept only while they held their unique_key (rules.discard):
