@@ -179,6 +179,11 @@ class _SpanIds(list[bytes]):
         return self.pop() if self else _span_id()
 
 
+#: A trace's and queue's parts of the one-task poll's spans (Tracing._hot): the context, the
+#: queue, a receive span's start, a settle span's start by status.
+_HotParts = tuple[_Context, str, bytes, dict[str, bytes]]
+
+
 class Span:
     """A span being made around work (a push's ``process`` span), ended with the block of
     :meth:`Tracing.process`. A span whose parent is not sampled records nothing: only its
@@ -265,6 +270,8 @@ class Tracing:
         self._poll_heads: dict[str, bytes] = {}
         self._settle_heads: dict[str, dict[str, bytes]] = {}
         self._span_ids = _SpanIds()
+        #: The one-task poll's span parts for the last trace and queue (_hot).
+        self._hot_parts: _HotParts = (_NO_CONTEXT, "", b"", {})
         #: The contexts of the tasks delivered lately, by id (None for a task without one):
         #: what their settle links to when the store hands back no task for the ack.
         self._delivered: dict[int, bytes | msgspec.Raw | None] = {}
@@ -368,8 +375,11 @@ class Tracing:
         """A worker's poll: the ``settle <queue>`` span of its acks, as :meth:`settle`'s
         (``settled``: the acked tasks the store handed back), and the ``receive <queue>``
         span of the ``tasks`` it delivered, as :meth:`receive`'s."""
-        parent = None if traceparent is None else self._parent(traceparent, tracestate, None)
         times = _TIMES.pack(0x39, start_ns, 0x41, time.time_ns())
+        if traceparent is None and not settled and len(acks) < 2 and len(tasks) < 2:
+            self._one(queue, acks, tasks, times)  # a worker's poll for one task at a time
+            return
+        parent = None if traceparent is None else self._parent(traceparent, tracestate, None)
         queue_ = self._queue  # _add, inline
         if acks:
             span = self._settle_acks(queue, acks, parent, times, settled)
@@ -389,6 +399,98 @@ class Tracing:
                         self._exporter.wake()
                 else:
                     self._exporter.dropped += 1
+
+    def _one(self, queue: str, acks: Sequence[Ack], tasks: Sequence[Task], times: bytes) -> None:
+        """:meth:`poll`'s spans for a poll with at most one ack and one task, without a
+        trace context of its own (nor acked tasks handed back): each span then goes in its
+        task's trace, and is made of the parts kept for that trace and the queue
+        (:meth:`_hot`), the task's id, the times and a span id. A drain of one task a poll
+        makes two spans a task: these are the fewest steps in Python found for them."""
+        last, found = self._last
+        hot = self._hot_parts
+        ids = self._span_ids
+        queue_ = self._queue
+        if acks:
+            ack = acks[0]
+            status: str = ack.status
+            if status != "in progress":
+                task_id_ = ack.task_id
+                try:
+                    task_id = int(task_id_)
+                except ValueError:  # it names no task
+                    task_id = 0
+                trace = self._delivered.pop(task_id, None)
+                if trace is not None:
+                    if trace is not last and trace != last:
+                        found = self._context(trace)
+                        last = trace
+                    if found.sampled:
+                        if hot[0] is not found or hot[1] != queue:
+                            hot = self._hot(found, queue)
+                        prefix = hot[3].get(status) or self._hot_settle(hot, status)
+                        value = task_id_.encode() if type(task_id_) is str else b"%d" % task_id
+                        span = b"".join(
+                            (
+                                prefix, _MESSAGE_IDS[len(value)], value, times, b"\x12\x08",
+                                ids.pop() if ids else ids.refill(),
+                            )
+                        )  # fmt: skip
+                        if len(queue_) < MAX_QUEUE:
+                            queue_.append(span)
+                            if len(queue_) == MAX_EXPORT:
+                                self._exporter.wake()
+                        else:
+                            self._exporter.dropped += 1
+        if tasks:
+            task = tasks[0]
+            trace = task.trace
+            if trace is not None:
+                task_id = task.id
+                if self.remember:
+                    remembered = self._delivered
+                    remembered[task_id] = trace
+                    if len(remembered) > REMEMBERED:
+                        self._forget_oldest()
+                if trace is not last and trace != last:
+                    found = self._context(trace)
+                if found.sampled:
+                    if hot[0] is not found or hot[1] != queue:
+                        hot = self._hot(found, queue)
+                    value = b"%d" % task_id
+                    span = b"".join(
+                        (
+                            hot[2], _MESSAGE_IDS[len(value)], value, times, b"\x12\x08",
+                            ids.pop() if ids else ids.refill(),
+                        )
+                    )  # fmt: skip
+                    if len(queue_) < MAX_QUEUE:
+                        queue_.append(span)
+                        if len(queue_) == MAX_EXPORT:
+                            self._exporter.wake()
+                    else:
+                        self._exporter.dropped += 1
+
+    def _hot(self, context: _Context, queue: str) -> _HotParts:
+        """The parts of the one-task poll's spans (:meth:`_one`) in ``context``'s trace on
+        ``queue``, kept for the next polls, which are mostly of the same trace and queue: a
+        receive span's fields but the task's id, the times and the span id; the same of the
+        settle spans, by status (:meth:`_hot_settle`)."""
+        receive = b"".join(
+            (context.child, self._head("receive", "poll", queue), context.link, _SPAN_FLAGS)
+        )
+        hot: _HotParts = (context, queue, receive, {})
+        self._hot_parts = hot
+        return hot
+
+    def _hot_settle(self, hot: _HotParts, status: str) -> bytes:
+        """The start of a settle span of ``status`` among :meth:`_hot`'s parts."""
+        context, queue, _receive, settles = hot
+        prefix = b"".join(
+            (context.child, self._head("settle", status, queue), context.link, _SPAN_FLAGS)
+        )
+        if len(settles) < 8:  # the statuses: "done", "failed"; no other reaches here
+            settles[status] = prefix
+        return prefix
 
     @contextmanager
     def process(self, queue: str, task: Task) -> Iterator[Span | None]:
@@ -882,18 +984,15 @@ class _Exporter:
 
     def _post(self, spans: list[bytes]) -> None:
         """One ExportTraceServiceRequest: one ResourceSpans of one ScopeSpans."""
-        # Each span a field (2) of the ScopeSpans (its tag and length, then the span), the
-        # whole request made by one join, without a step per span in Python: a copy costs
-        # as much as the bytes copied, and the spans are most of what the thread does.
-        frames = list(map(self._frames.__getitem__, map(len, spans)))
-        scope_length = len(self._scope) + sum(map(len, spans)) + sum(map(len, frames))
-        scope_spans = b"\x12" + _varint(scope_length)
-        resource_length = len(self._resource) + len(scope_spans) + scope_length
-        parts: list[bytes] = [b""] * (2 * len(spans) + 5)
-        parts[:5] = b"\x0a", _varint(resource_length), self._resource, scope_spans, self._scope
-        parts[5::2] = frames
-        parts[6::2] = spans
-        body = b"".join(parts)
+        # Each span a field (2) of the ScopeSpans (its tag and length, then the span), all
+        # joined at once, without a step per span in Python; the two fields around them
+        # then take their length from the join (a copy costs less than a step per span).
+        framed: list[bytes] = [b""] * (2 * len(spans))
+        framed[::2] = map(self._frames.__getitem__, map(len, spans))
+        framed[1::2] = spans
+        scope_spans = self._scope + b"".join(framed)
+        resource_spans = self._resource + b"\x12" + _varint(len(scope_spans)) + scope_spans
+        body = b"\x0a" + _varint(len(resource_spans)) + resource_spans
         for attempt in range(3):
             try:
                 status = self._send(body)
