@@ -30,6 +30,7 @@ import http.client
 import itertools
 import logging
 import os
+import ssl
 import struct
 import threading
 import time
@@ -43,6 +44,7 @@ from typing import Final, NamedTuple
 import msgspec
 
 from katar.core.model import Task, trace_context
+from katar.errors import ConfigError
 from katar.protocol import Ack, TraceContext
 
 log = logging.getLogger("katar.tracing")
@@ -908,9 +910,52 @@ def _export_headers() -> dict[str, str]:
         given = os.environ.get("OTEL_EXPORTER_OTLP_HEADERS", "")
     for pair in given.split(","):
         name, sep, value = pair.partition("=")
-        if sep and name.strip():
-            headers[urllib.parse.unquote(name.strip())] = urllib.parse.unquote(value.strip())
+        name, value = urllib.parse.unquote(name.strip()), urllib.parse.unquote(value.strip())
+        if not sep or not name:
+            continue
+        try:
+            (name + value).encode("latin-1")
+        except UnicodeEncodeError:  # HTTP/1.1 sends none such; the value is not logged
+            log.warning("OTLP export header %r left out: not Latin-1 text", name[:40])
+            continue
+        headers[name] = value
     return headers
+
+
+def _setting(name: str) -> str | None:
+    """A standard exporter variable: ``OTEL_EXPORTER_OTLP_TRACES_<name>``, else
+    ``OTEL_EXPORTER_OTLP_<name>`` (the traces' own one first, as the specification says)."""
+    for variable in (f"OTEL_EXPORTER_OTLP_TRACES_{name}", f"OTEL_EXPORTER_OTLP_{name}"):
+        given = os.environ.get(variable, "").strip()
+        if given:
+            return given
+    return None
+
+
+def tls_context() -> ssl.SSLContext:
+    """The TLS settings of an https endpoint: the server's certificate verified against the
+    CA bundle ``OTEL_EXPORTER_OTLP_CERTIFICATE`` names (a PEM file), else the system's CAs;
+    a client certificate and key (mutual TLS) when ``OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE``
+    and ``OTEL_EXPORTER_OTLP_CLIENT_KEY`` name them (the ``_TRACES_`` variables first).
+    Raises ConfigError when a file is missing or not what it should be."""
+    ca_file = _setting("CERTIFICATE")
+    cert_file = _setting("CLIENT_CERTIFICATE")
+    key_file = _setting("CLIENT_KEY")
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+        if cert_file is not None:
+            context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"the OTLP exporter's TLS files (OTEL_EXPORTER_OTLP_CERTIFICATE {ca_file!r}, "
+            f"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE {cert_file!r}, "
+            f"OTEL_EXPORTER_OTLP_CLIENT_KEY {key_file!r}) could not be loaded: {exc}"
+        ) from None
+    if cert_file is None and key_file is not None:
+        raise ConfigError(
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY is set without OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"
+        )
+    return context
 
 
 class _Frames(dict[int, bytes]):
@@ -932,7 +977,9 @@ class _Exporter:
         self.url = url
         self._every = every
         parts = urllib.parse.urlsplit(url)
-        self._https = parts.scheme == "https"
+        #: An https endpoint's TLS settings (tls_context), made once: loading the CAs
+        #: costs more than an export.
+        self._tls = tls_context() if parts.scheme == "https" else None
         self._host = parts.hostname or "localhost"
         self._port = parts.port
         self._path = parts.path or "/"
@@ -1020,8 +1067,14 @@ class _Exporter:
     def _send(self, body: bytes) -> int:
         connection = self._connection
         if connection is None:
-            kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            connection = kind(self._host, self._port, timeout=EXPORT_TIMEOUT)
+            if self._tls is not None:
+                connection = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=EXPORT_TIMEOUT, context=self._tls
+                )
+            else:
+                connection = http.client.HTTPConnection(
+                    self._host, self._port, timeout=EXPORT_TIMEOUT
+                )
             self._connection = connection
         connection.request("POST", self._path, body, self._headers)
         response = connection.getresponse()
