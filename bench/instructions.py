@@ -26,6 +26,11 @@ export thread included (callgrind counts every thread).
 
 ``--context``: every task enqueued with a ``traceparent``, as ``--traced``, on a server
 without an endpoint: the same run as ``--traced`` without the spans.
+
+    python -m bench.instructions --store sqlite --batch 1 --traced --profile traced.out
+    callgrind_annotate traced.out | head -60
+
+``--profile FILE``: keep callgrind's output of the drain, per function, in FILE.
 """
 
 from __future__ import annotations
@@ -109,6 +114,7 @@ def count(
     keys: int = 0,
     traced: bool = False,
     context: bool = False,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     """Instructions the server spends on the drain."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -147,10 +153,14 @@ def count(
         cwd=workdir,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=(workdir / "server.log").open("wb"),
     )
     try:
-        _wait_for_server(url, 300)
+        try:
+            _wait_for_server(url, 300)
+        except httpx.HTTPError:
+            log = (workdir / "server.log").read_text(errors="replace")
+            raise SystemExit(f"the server did not start:\n{log[-2000:]}") from None
         with httpx.Client(base_url=url, timeout=600) as client:
             queue = {"max_batch": max(batch, 1), **(options or {})}
             client.put(f"/v1/queue/{QUEUE}", json=queue).raise_for_status()
@@ -184,6 +194,8 @@ def count(
             for line in dump.read_text().splitlines()
             if line.startswith("summary:")
         )
+        if profile is not None:
+            shutil.copyfile(dump, profile)
         return {
             "src": str(src),
             "store": store,
@@ -224,6 +236,9 @@ def main() -> None:
     parser.add_argument(
         "--context", action="store_true", help="tasks with a traceparent, no endpoint"
     )
+    parser.add_argument(
+        "--profile", type=Path, help="keep callgrind's output of the drain in this file"
+    )
     args = parser.parse_args()
     figures = count(
         args.src,
@@ -235,6 +250,7 @@ def main() -> None:
         args.keys,
         args.traced,
         args.context,
+        args.profile,
     )
     print(json.dumps(figures))
 
