@@ -27,6 +27,13 @@ export thread included (callgrind counts every thread).
 ``--context``: every task enqueued with a ``traceparent``, as ``--traced``, on a server
 without an endpoint: the same run as ``--traced`` without the spans.
 
+A traced server exports its spans as soon as 512 wait, or every 5 s. Under callgrind the
+server runs some 50 times slower, so the 5 s export would come 50 times as often for the
+same work as in a real drain (where 512 spans wait long before 5 s): each export's own cost
+(a request) would then weigh on each task 50 times as much, and more the busier the machine.
+So a ``--traced`` run sets OTEL_BSP_SCHEDULE_DELAY to ``--schedule-delay`` (250 s, the 5 s
+stretched as callgrind stretches the rest); ``--schedule-delay 5000`` counts with the 5 s.
+
     python -m bench.instructions --store sqlite --batch 1 --traced --profile traced.out
     callgrind_annotate traced.out | head -60
 
@@ -88,7 +95,10 @@ def _worker(url: str, batch: int, tasks: int, drained: list[int], lock: threadin
 
 
 class _Sink(BaseHTTPRequestHandler):
-    """An OTLP/HTTP collector that takes every export and keeps nothing."""
+    """An OTLP/HTTP collector that takes every export and keeps nothing, on a connection
+    kept open as a collector's is (HTTP/1.0 would count a connection made per export)."""
+
+    protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", "0")))
@@ -115,6 +125,7 @@ def count(
     traced: bool = False,
     context: bool = False,
     profile: Path | None = None,
+    schedule_delay: int = 250_000,
 ) -> dict[str, Any]:
     """Instructions the server spends on the drain."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -132,6 +143,7 @@ def count(
         sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
         threading.Thread(target=sink.serve_forever, daemon=True).start()
         extra = ["--otlp-endpoint", f"http://127.0.0.1:{sink.server_address[1]}"]
+        env["OTEL_BSP_SCHEDULE_DELAY"] = str(schedule_delay)
         headers = {"traceparent": TRACEPARENT}
     if context:
         headers = {"traceparent": TRACEPARENT}
@@ -174,6 +186,14 @@ def count(
                 client.post(
                     f"/v1/queue/{QUEUE}/tasks", json=body, headers=headers
                 ).raise_for_status()
+            if traced:
+                # One export before the count: the first one connects, and the first
+                # connection of a process loads the resolver's libraries, a cost once per
+                # process that is not the drain's. An export starts when 512 spans wait.
+                for _ in range(520):
+                    client.post(
+                        "/v1/queue/warm-up/tasks", json={"data": 0}, headers=headers
+                    ).raise_for_status()
         time.sleep(2 if traced else 1)  # the fill's last group commit (and its spans' export)
         control = ["callgrind_control"]
         subprocess.run([*control, "-z", str(server.pid)], check=True, capture_output=True)
@@ -204,6 +224,7 @@ def count(
             "options": options or {},
             "keys": keys,
             "traced": traced,
+            **({"schedule_delay_ms": schedule_delay} if traced else {}),
             "context": traced or context,
             "polls": drained[1],
             "instructions": total,
@@ -239,6 +260,12 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="keep callgrind's output of the drain in this file"
     )
+    parser.add_argument(
+        "--schedule-delay",
+        type=int,
+        default=250_000,
+        help="ms between a traced server's exports (OTEL_BSP_SCHEDULE_DELAY), see above",
+    )
     args = parser.parse_args()
     figures = count(
         args.src,
@@ -251,6 +278,7 @@ def main() -> None:
         args.traced,
         args.context,
         args.profile,
+        args.schedule_delay,
     )
     print(json.dumps(figures))
 
