@@ -190,6 +190,7 @@ def count(
                 # One export before the count: the first one connects, and the first
                 # connection of a process loads the resolver's libraries, a cost once per
                 # process that is not the drain's. An export starts when 512 spans wait.
+                client.put("/v1/queue/warm-up", json={}).raise_for_status()
                 for _ in range(520):
                     client.post(
                         "/v1/queue/warm-up/tasks", json={"data": 0}, headers=headers
