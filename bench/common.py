@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,10 +95,11 @@ class Server:
 
 
 @contextmanager
-def katar(store: str = "sqlite") -> Iterator[Server]:
-    """A fresh ``katar serve`` in a temporary folder, on its default settings."""
+def katar(store: str = "sqlite", options: Sequence[str] = ()) -> Iterator[Server]:
+    """A fresh ``katar serve`` in a temporary folder, on its default settings but the
+    command-line ``options`` given."""
     url = "memory://" if store == "memory" else "sqlite:///katar.db"
-    with katars(url, 1) as servers:
+    with katars(url, 1, options) as servers:
         yield servers[0]
 
 
@@ -168,15 +169,19 @@ def fresh_store(store: str, sqlite: str = "sqlite:///katar.db") -> Iterator[str]
 
 
 @contextmanager
-def katars(url: str, count: int) -> Iterator[list[Server]]:
-    """``count`` ``katar serve`` processes on the store ``url``, each in its own folder."""
+def katars(url: str, count: int, options: Sequence[str] = ()) -> Iterator[list[Server]]:
+    """``count`` ``katar serve`` processes on the store ``url``, each in its own folder,
+    with the command-line ``options`` given."""
     workdir = Path(tempfile.mkdtemp(prefix="katar-bench-"))
     processes = []
     try:
         for _ in range(count):
             port = free_port()
             process = subprocess.Popen(
-                [sys.executable, "-m", "katar", "serve", "--port", str(port), "--db", url],
+                [
+                    *(sys.executable, "-m", "katar", "serve"),
+                    *("--port", str(port), "--db", url, *options),
+                ],
                 cwd=workdir,
                 stderr=subprocess.DEVNULL,
             )

@@ -27,8 +27,17 @@ export thread included (callgrind counts every thread).
 ``--context``: every task enqueued with a ``traceparent``, as ``--traced``, on a server
 without an endpoint: the same run as ``--traced`` without the spans.
 
-``--callgrind-out FILE`` keeps the drain's dump, to read per function with
-``callgrind_annotate --inclusive=yes FILE``.
+A traced server exports its spans as soon as 512 wait, or every 5 s. Under callgrind the
+server runs some 50 times slower, so the 5 s export would come 50 times as often for the
+same work as in a real drain (where 512 spans wait long before 5 s): each export's own cost
+(a request) would then weigh on each task 50 times as much, and more the busier the machine.
+So a ``--traced`` run sets OTEL_BSP_SCHEDULE_DELAY to ``--schedule-delay`` (250 s, the 5 s
+stretched as callgrind stretches the rest); ``--schedule-delay 5000`` counts with the 5 s.
+
+    python -m bench.instructions --store sqlite --batch 1 --traced --profile traced.out
+    callgrind_annotate traced.out | head -60
+
+``--profile FILE``: keep callgrind's output of the drain, per function, in FILE.
 """
 
 from __future__ import annotations
@@ -86,7 +95,10 @@ def _worker(url: str, batch: int, tasks: int, drained: list[int], lock: threadin
 
 
 class _Sink(BaseHTTPRequestHandler):
-    """An OTLP/HTTP collector that takes every export and keeps nothing."""
+    """An OTLP/HTTP collector that takes every export and keeps nothing, on a connection
+    kept open as a collector's is (HTTP/1.0 would count a connection made per export)."""
+
+    protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", "0")))
@@ -112,7 +124,8 @@ def count(
     keys: int = 0,
     traced: bool = False,
     context: bool = False,
-    callgrind_out: Path | None = None,
+    profile: Path | None = None,
+    schedule_delay: int = 250_000,
 ) -> dict[str, Any]:
     """Instructions the server spends on the drain."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -130,6 +143,7 @@ def count(
         sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
         threading.Thread(target=sink.serve_forever, daemon=True).start()
         extra = ["--otlp-endpoint", f"http://127.0.0.1:{sink.server_address[1]}"]
+        env["OTEL_BSP_SCHEDULE_DELAY"] = str(schedule_delay)
         headers = {"traceparent": TRACEPARENT}
     if context:
         headers = {"traceparent": TRACEPARENT}
@@ -151,10 +165,14 @@ def count(
         cwd=workdir,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=(workdir / "server.log").open("wb"),
     )
     try:
-        _wait_for_server(url, 300)
+        try:
+            _wait_for_server(url, 300)
+        except httpx.HTTPError:
+            log = (workdir / "server.log").read_text(errors="replace")
+            raise SystemExit(f"the server did not start:\n{log[-2000:]}") from None
         with httpx.Client(base_url=url, timeout=600) as client:
             queue = {"max_batch": max(batch, 1), **(options or {})}
             client.put(f"/v1/queue/{QUEUE}", json=queue).raise_for_status()
@@ -168,6 +186,15 @@ def count(
                 client.post(
                     f"/v1/queue/{QUEUE}/tasks", json=body, headers=headers
                 ).raise_for_status()
+            if traced:
+                # One export before the count: the first one connects, and the first
+                # connection of a process loads the resolver's libraries, a cost once per
+                # process that is not the drain's. An export starts when 512 spans wait.
+                client.put("/v1/queue/warm-up", json={}).raise_for_status()
+                for _ in range(520):
+                    client.post(
+                        "/v1/queue/warm-up/tasks", json={"data": 0}, headers=headers
+                    ).raise_for_status()
         time.sleep(2 if traced else 1)  # the fill's last group commit (and its spans' export)
         control = ["callgrind_control"]
         subprocess.run([*control, "-z", str(server.pid)], check=True, capture_output=True)
@@ -183,13 +210,13 @@ def count(
             worker.join()
         subprocess.run([*control, "-d", str(server.pid)], check=True, capture_output=True)
         dump = Path(f"{out}.1")
-        if callgrind_out is not None:
-            shutil.copyfile(dump, callgrind_out)
         total = next(
             int(line.split()[1])
             for line in dump.read_text().splitlines()
             if line.startswith("summary:")
         )
+        if profile is not None:
+            shutil.copyfile(dump, profile)
         return {
             "src": str(src),
             "store": store,
@@ -198,6 +225,7 @@ def count(
             "options": options or {},
             "keys": keys,
             "traced": traced,
+            **({"schedule_delay_ms": schedule_delay} if traced else {}),
             "context": traced or context,
             "polls": drained[1],
             "instructions": total,
@@ -231,9 +259,13 @@ def main() -> None:
         "--context", action="store_true", help="tasks with a traceparent, no endpoint"
     )
     parser.add_argument(
-        "--callgrind-out",
-        type=Path,
-        help="keep the drain's callgrind dump here (for callgrind_annotate)",
+        "--profile", type=Path, help="keep callgrind's output of the drain in this file"
+    )
+    parser.add_argument(
+        "--schedule-delay",
+        type=int,
+        default=250_000,
+        help="ms between a traced server's exports (OTEL_BSP_SCHEDULE_DELAY), see above",
     )
     args = parser.parse_args()
     figures = count(
@@ -246,7 +278,8 @@ def main() -> None:
         args.keys,
         args.traced,
         args.context,
-        args.callgrind_out,
+        args.profile,
+        args.schedule_delay,
     )
     print(json.dumps(figures))
 

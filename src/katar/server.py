@@ -338,8 +338,13 @@ class WorkerServer:
 
 
 def _check_otlp(endpoint: str) -> None:
-    """ConfigError unless ``endpoint`` is an http(s) URL."""
+    """ConfigError unless ``endpoint`` is an http(s) URL, and, for https, unless the TLS
+    files the standard variables name load (katar.tracing.tls_context)."""
     if not endpoint.startswith(("http://", "https://")):
         raise ConfigError(
             f"the OTLP endpoint must be an http:// or https:// URL, not {endpoint[:80]!r}"
         )
+    if endpoint.startswith("https://"):
+        from katar.tracing import tls_context
+
+        tls_context()

@@ -30,6 +30,7 @@ import http.client
 import itertools
 import logging
 import os
+import ssl
 import struct
 import threading
 import time
@@ -43,6 +44,7 @@ from typing import Final, NamedTuple
 import msgspec
 
 from katar.core.model import Task, trace_context
+from katar.errors import ConfigError
 from katar.protocol import Ack, TraceContext
 
 log = logging.getLogger("katar.tracing")
@@ -179,6 +181,11 @@ class _SpanIds(list[bytes]):
         return self.pop() if self else _span_id()
 
 
+#: A trace's and queue's parts of the one-task poll's spans (Tracing._hot): the context, the
+#: queue, a receive span's start, a settle span's start by status.
+_HotParts = tuple[_Context, str, bytes, dict[str, bytes]]
+
+
 class Span:
     """A span being made around work (a push's ``process`` span), ended with the block of
     :meth:`Tracing.process`. A span whose parent is not sampled records nothing: only its
@@ -265,6 +272,8 @@ class Tracing:
         self._poll_heads: dict[str, bytes] = {}
         self._settle_heads: dict[str, dict[str, bytes]] = {}
         self._span_ids = _SpanIds()
+        #: The one-task poll's span parts for the last trace and queue (_hot).
+        self._hot_parts: _HotParts = (_NO_CONTEXT, "", b"", {})
         #: The contexts of the tasks delivered lately, by id (None for a task without one):
         #: what their settle links to when the store hands back no task for the ack.
         self._delivered: dict[int, bytes | msgspec.Raw | None] = {}
@@ -368,8 +377,11 @@ class Tracing:
         """A worker's poll: the ``settle <queue>`` span of its acks, as :meth:`settle`'s
         (``settled``: the acked tasks the store handed back), and the ``receive <queue>``
         span of the ``tasks`` it delivered, as :meth:`receive`'s."""
-        parent = None if traceparent is None else self._parent(traceparent, tracestate, None)
         times = _TIMES.pack(0x39, start_ns, 0x41, time.time_ns())
+        if traceparent is None and not settled and len(acks) < 2 and len(tasks) < 2:
+            self._one(queue, acks, tasks, times)  # a worker's poll for one task at a time
+            return
+        parent = None if traceparent is None else self._parent(traceparent, tracestate, None)
         queue_ = self._queue  # _add, inline
         if acks:
             span = self._settle_acks(queue, acks, parent, times, settled)
@@ -389,6 +401,98 @@ class Tracing:
                         self._exporter.wake()
                 else:
                     self._exporter.dropped += 1
+
+    def _one(self, queue: str, acks: Sequence[Ack], tasks: Sequence[Task], times: bytes) -> None:
+        """:meth:`poll`'s spans for a poll with at most one ack and one task, without a
+        trace context of its own (nor acked tasks handed back): each span then goes in its
+        task's trace, and is made of the parts kept for that trace and the queue
+        (:meth:`_hot`), the task's id, the times and a span id. A drain of one task a poll
+        makes two spans a task: these are the fewest steps in Python found for them."""
+        last, found = self._last
+        hot = self._hot_parts
+        ids = self._span_ids
+        queue_ = self._queue
+        if acks:
+            ack = acks[0]
+            status: str = ack.status
+            if status != "in progress":
+                task_id_ = ack.task_id
+                try:
+                    task_id = int(task_id_)
+                except ValueError:  # it names no task
+                    task_id = 0
+                trace = self._delivered.pop(task_id, None)
+                if trace is not None:
+                    if trace is not last and trace != last:
+                        found = self._context(trace)
+                        last = trace
+                    if found.sampled:
+                        if hot[0] is not found or hot[1] != queue:
+                            hot = self._hot(found, queue)
+                        prefix = hot[3].get(status) or self._hot_settle(hot, status)
+                        value = task_id_.encode() if type(task_id_) is str else b"%d" % task_id
+                        span = b"".join(
+                            (
+                                prefix, _MESSAGE_IDS[len(value)], value, times, b"\x12\x08",
+                                ids.pop() if ids else ids.refill(),
+                            )
+                        )  # fmt: skip
+                        if len(queue_) < MAX_QUEUE:
+                            queue_.append(span)
+                            if len(queue_) == MAX_EXPORT:
+                                self._exporter.wake()
+                        else:
+                            self._exporter.dropped += 1
+        if tasks:
+            task = tasks[0]
+            trace = task.trace
+            if trace is not None:
+                task_id = task.id
+                if self.remember:
+                    remembered = self._delivered
+                    remembered[task_id] = trace
+                    if len(remembered) > REMEMBERED:
+                        self._forget_oldest()
+                if trace is not last and trace != last:
+                    found = self._context(trace)
+                if found.sampled:
+                    if hot[0] is not found or hot[1] != queue:
+                        hot = self._hot(found, queue)
+                    value = b"%d" % task_id
+                    span = b"".join(
+                        (
+                            hot[2], _MESSAGE_IDS[len(value)], value, times, b"\x12\x08",
+                            ids.pop() if ids else ids.refill(),
+                        )
+                    )  # fmt: skip
+                    if len(queue_) < MAX_QUEUE:
+                        queue_.append(span)
+                        if len(queue_) == MAX_EXPORT:
+                            self._exporter.wake()
+                    else:
+                        self._exporter.dropped += 1
+
+    def _hot(self, context: _Context, queue: str) -> _HotParts:
+        """The parts of the one-task poll's spans (:meth:`_one`) in ``context``'s trace on
+        ``queue``, kept for the next polls, which are mostly of the same trace and queue: a
+        receive span's fields but the task's id, the times and the span id; the same of the
+        settle spans, by status (:meth:`_hot_settle`)."""
+        receive = b"".join(
+            (context.child, self._head("receive", "poll", queue), context.link, _SPAN_FLAGS)
+        )
+        hot: _HotParts = (context, queue, receive, {})
+        self._hot_parts = hot
+        return hot
+
+    def _hot_settle(self, hot: _HotParts, status: str) -> bytes:
+        """The start of a settle span of ``status`` among :meth:`_hot`'s parts."""
+        context, queue, _receive, settles = hot
+        prefix = b"".join(
+            (context.child, self._head("settle", status, queue), context.link, _SPAN_FLAGS)
+        )
+        if len(settles) < 8:  # the statuses: "done", "failed"; no other reaches here
+            settles[status] = prefix
+        return prefix
 
     @contextmanager
     def process(self, queue: str, task: Task) -> Iterator[Span | None]:
@@ -806,9 +910,52 @@ def _export_headers() -> dict[str, str]:
         given = os.environ.get("OTEL_EXPORTER_OTLP_HEADERS", "")
     for pair in given.split(","):
         name, sep, value = pair.partition("=")
-        if sep and name.strip():
-            headers[urllib.parse.unquote(name.strip())] = urllib.parse.unquote(value.strip())
+        name, value = urllib.parse.unquote(name.strip()), urllib.parse.unquote(value.strip())
+        if not sep or not name:
+            continue
+        try:
+            (name + value).encode("latin-1")
+        except UnicodeEncodeError:  # HTTP/1.1 sends none such; the value is not logged
+            log.warning("OTLP export header %r left out: not Latin-1 text", name[:40])
+            continue
+        headers[name] = value
     return headers
+
+
+def _setting(name: str) -> str | None:
+    """A standard exporter variable: ``OTEL_EXPORTER_OTLP_TRACES_<name>``, else
+    ``OTEL_EXPORTER_OTLP_<name>`` (the traces' own one first, as the specification says)."""
+    for variable in (f"OTEL_EXPORTER_OTLP_TRACES_{name}", f"OTEL_EXPORTER_OTLP_{name}"):
+        given = os.environ.get(variable, "").strip()
+        if given:
+            return given
+    return None
+
+
+def tls_context() -> ssl.SSLContext:
+    """The TLS settings of an https endpoint: the server's certificate verified against the
+    CA bundle ``OTEL_EXPORTER_OTLP_CERTIFICATE`` names (a PEM file), else the system's CAs;
+    a client certificate and key (mutual TLS) when ``OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE``
+    and ``OTEL_EXPORTER_OTLP_CLIENT_KEY`` name them (the ``_TRACES_`` variables first).
+    Raises ConfigError when a file is missing or not what it should be."""
+    ca_file = _setting("CERTIFICATE")
+    cert_file = _setting("CLIENT_CERTIFICATE")
+    key_file = _setting("CLIENT_KEY")
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+        if cert_file is not None:
+            context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"the OTLP exporter's TLS files (OTEL_EXPORTER_OTLP_CERTIFICATE {ca_file!r}, "
+            f"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE {cert_file!r}, "
+            f"OTEL_EXPORTER_OTLP_CLIENT_KEY {key_file!r}) could not be loaded: {exc}"
+        ) from None
+    if cert_file is None and key_file is not None:
+        raise ConfigError(
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY is set without OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"
+        )
+    return context
 
 
 class _Frames(dict[int, bytes]):
@@ -830,7 +977,9 @@ class _Exporter:
         self.url = url
         self._every = every
         parts = urllib.parse.urlsplit(url)
-        self._https = parts.scheme == "https"
+        #: An https endpoint's TLS settings (tls_context), made once: loading the CAs
+        #: costs more than an export.
+        self._tls = tls_context() if parts.scheme == "https" else None
         self._host = parts.hostname or "localhost"
         self._port = parts.port
         self._path = parts.path or "/"
@@ -921,8 +1070,14 @@ class _Exporter:
     def _send(self, body: bytes) -> int:
         connection = self._connection
         if connection is None:
-            kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            connection = kind(self._host, self._port, timeout=EXPORT_TIMEOUT)
+            if self._tls is not None:
+                connection = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=EXPORT_TIMEOUT, context=self._tls
+                )
+            else:
+                connection = http.client.HTTPConnection(
+                    self._host, self._port, timeout=EXPORT_TIMEOUT
+                )
             self._connection = connection
         connection.request("POST", self._path, body, self._headers)
         response = connection.getresponse()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,16 +16,32 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 
 class Receiver(ThreadingHTTPServer):
-    """An OTLP/HTTP collector's traces endpoint: POST /v1/traces, protobuf."""
+    """An OTLP/HTTP collector's traces endpoint: POST /v1/traces, protobuf; over HTTPS with
+    ``tls`` (a server context holding its certificate)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
+        self.tls = tls
         self.spans: list[tuple[Span, dict[str, Any]]] = []
         self.paths: list[str] = []
+        #: Each export request's headers, names in lower case.
+        self.headers: list[dict[str, str]] = []
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, address = super().get_request()
+        if self.tls is not None:
+            # A handshake the client refuses raises an OSError here, which the server
+            # takes as a connection lost, and serves on.
+            sock = self.tls.wrap_socket(sock, server_side=True)
+        return sock, address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a refused handshake: the exporter's side is what the tests look at
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://127.0.0.1:{self.server_address[1]}"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -35,6 +52,7 @@ class _Handler(BaseHTTPRequestHandler):
         request = ExportTraceServiceRequest()
         request.ParseFromString(body)
         self.server.paths.append(self.path)
+        self.server.headers.append({k.lower(): v for k, v in self.headers.items()})
         for resource_spans in request.resource_spans:
             resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:
@@ -49,9 +67,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def receiving() -> Iterator[Receiver]:
+def receiving(tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
     """A :class:`Receiver` serving, in a thread, while the block runs."""
-    server = Receiver()
+    server = Receiver(tls)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server

@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
+import msgspec
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from katar import Katar
+from katar.core.model import State, Task
 from katar.errors import ConfigError
 from katar.http import App
+from katar.protocol import Ack
 from katar.server import WorkerServer
-from katar.tracing import MAX_LINKS, Tracing, otlp_traces_url
+from katar.tracing import MAX_LINKS, MESSAGE_ID, Tracing, otlp_traces_url
 from tests.helpers.otlp import Receiver, attributes, receiving, wait_for_spans
 from tests.http.conftest import app_client, opened
 
@@ -225,3 +229,56 @@ def test_the_traces_url_of_an_endpoint() -> None:
     assert otlp_traces_url("http://c:4318") == "http://c:4318/v1/traces"
     assert otlp_traces_url("http://c:4318/") == "http://c:4318/v1/traces"
     assert otlp_traces_url("http://c/otlp/v1/traces") == "http://c/otlp/v1/traces"
+
+
+@pytest.mark.storeless
+def test_one_task_polls_of_two_traces_and_two_queues_keep_each_spans_apart(
+    receiver: Receiver,
+) -> None:
+    # The one-task poll's spans are made of parts kept for the last trace and queue: polls
+    # that alternate between traces and queues must each get their own.
+    other_trace = "1af7651916cd43dd8448eb211c80319d"
+    contexts = {
+        "a": f'{{"traceparent":"{PARENT}"}}',
+        "b": f'{{"traceparent":"00-{other_trace}-c7ad6b7169203332-01","tracestate":"k=v"}}',
+    }
+    tracing = Tracing(receiver.url, export_every=60)
+    try:
+        previous: dict[str, int] = {}
+        for task_id, (queue, key) in enumerate(
+            [("q1", "a"), ("q2", "b"), ("q1", "b"), ("q2", "a"), ("q1", "a")], start=1
+        ):
+            task = Task(
+                id=task_id, queue=queue, state=State.RUNNING, priority=0,
+                data=msgspec.Raw(b"1"), created_at=1, updated_at=1,
+                trace=msgspec.Raw(contexts[key].encode()),
+            )  # fmt: skip
+            acks = []
+            if queue in previous:  # the ack of this queue's last task, on the same poll
+                acks = [Ack(task_id=str(previous[queue]), status="done")]
+            tracing.poll(queue, acks, [task], time.time_ns())
+            previous[queue] = task_id
+        tracing.flush(10)
+    finally:
+        tracing.shutdown()
+    made = {
+        (span.name, attributes(span)[MESSAGE_ID]): (
+            span.trace_id.hex(), span.parent_span_id.hex(), span.trace_state,
+            [(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
+        )
+        for span, _resource in receiver.spans
+    }  # fmt: skip
+    a = (TRACE_ID, PRODUCER_SPAN, "", [(TRACE_ID, PRODUCER_SPAN)])
+    b = (other_trace, "c7ad6b7169203332", "k=v", [(other_trace, "c7ad6b7169203332")])
+    assert made == {
+        ("receive q1", "1"): a,
+        ("receive q2", "2"): b,
+        ("receive q1", "3"): b,
+        ("settle q1", "1"): a,
+        ("receive q2", "4"): a,
+        ("settle q2", "2"): b,
+        ("receive q1", "5"): a,
+        ("settle q1", "3"): b,
+    }
+    assert len({span.span_id for span, _resource in receiver.spans}) == 8
+    assert {span.kind for span, _resource in receiver.spans} == {Span.SPAN_KIND_CLIENT}
