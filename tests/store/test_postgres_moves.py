@@ -16,7 +16,7 @@ import pytest
 from katar.core import background
 from katar.core.clock import FakeClock
 from katar.core.engine import Engine
-from katar.core.model import READY, NewTask, QueueOptions
+from katar.core.model import READY, MoveJob, NewTask, QueueOptions, TaskFilter
 from katar.core.moves import LEASE
 from katar.store import open_store
 from tests.conftest import store_url
@@ -101,3 +101,34 @@ async def test_a_queue_deleted_on_another_server_ends_its_job_there(
     await until(lambda: not first._moves._runs)  # its next step found no job
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert await second.store.move_list("dead", 10) == []
+
+
+async def test_a_job_left_behind_by_a_delete_ends_once_taken_over(
+    servers: tuple[Engine, Engine, FakeClock], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A start whose checks passed before another server deleted the queue writes its job
+    # after the delete took the queue's jobs: the job names a queue that is gone. Its first
+    # step ends it as failed, rather than each server taking it over again and again.
+    first, second, clock = servers
+    await second.delete_queue("dead")
+    draft = MoveJob(
+        queue="dead",
+        to="q",
+        where=TaskFilter(),
+        rate=1.0,
+        started_at=clock.now_ms(),
+        runner="gone",
+        lease_until=clock.now_ms(),
+    )
+    job, created = await first.store.move_start(draft, 10)
+    assert created
+    await clock.advance(1000)
+    taken = await first.take_over_redrives()
+    assert [j.id for j in taken] == [job.id]
+    await until(lambda: not first._moves._runs)
+    ended = await first.store.move_get(job.id)
+    assert ended is not None
+    assert (ended.state, ended.error) == ("failed", "queue 'dead' was deleted")
+    await clock.advance(int((LEASE + 2) * 1000))
+    assert await second.take_over_redrives() == []  # nothing left to take over
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

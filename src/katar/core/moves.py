@@ -172,8 +172,12 @@ class MoveJobs:
         moves anything after it: the counts answered are the job's last."""
         if job_id is None:
             job_id = (await self.job(queue)).id
+        else:  # another queue's job is not this one's to cancel: checked before the write
+            found = await self._store.move_get(job_id)
+            if found is None or found.queue != queue:
+                raise NotFound(f"no redrive with a rate of queue {queue!r}", queue=queue)
         job = await self._store.move_end(job_id, "cancelled", self._clock.now_ms())
-        if job is None or job.queue != queue:
+        if job is None:
             raise NotFound(f"no redrive with a rate of queue {queue!r}", queue=queue)
         stop = self._stops.get(job_id)
         if stop is not None:  # this server runs it: its wait ends now
@@ -272,7 +276,18 @@ class MoveJobs:
         except asyncio.CancelledError:
             raise  # a shutdown or a deleted queue: the job stays as the store has it
         except QueueNotFound:
-            pass  # deleted on another server, with its jobs
+            # Deleted on another server, with its jobs; or deleted between the start's
+            # checks and its write, which left this job behind: it ends here, else every
+            # server would take it over again and again (and run it on a queue of the same
+            # name made later).
+            with contextlib.suppress(StoreUnavailable):
+                await self._store.move_end(
+                    job.id,
+                    "failed",
+                    self._clock.now_ms(),
+                    f"queue {job.queue!r} was deleted",
+                    self.runner,
+                )
         except Exception as exc:  # a bug or a bad row: the job says so, the server goes on
             log.exception("redrive of queue %s failed", job.queue)
             with contextlib.suppress(StoreUnavailable):
