@@ -325,7 +325,7 @@ def enqueue(args: argparse.Namespace) -> int:
     _check_trace(args.traceparent, args.tracestate)
     raw_priority: str | None = args.priority
     priority: int | str | None = raw_priority
-    if raw_priority is not None and raw_priority.lstrip("-").isdigit():
+    if raw_priority is not None and raw_priority.isascii() and raw_priority.lstrip("-").isdigit():
         priority = int(raw_priority)
     if args.data == "-":
         items: Iterable[Any] = _json_lines(sys.stdin)

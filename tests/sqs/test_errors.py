@@ -141,6 +141,12 @@ CASES: list[tuple[str, str, dict[str, Any], str]] = [
         "InvalidAttributeValue",
     ),
     (
+        "a number attribute of digits that are not ASCII",
+        "SetQueueAttributes",
+        {"QueueUrl": "{url}", "Attributes": {"DelaySeconds": "\u00b2"}},
+        "InvalidAttributeValue",
+    ),
+    (
         "SqsManagedSseEnabled not a boolean",
         "SetQueueAttributes",
         {"QueueUrl": "{url}", "Attributes": {"SqsManagedSseEnabled": "yes"}},

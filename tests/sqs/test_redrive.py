@@ -4,6 +4,7 @@ tasks (Start/List/CancelMessageMoveTask) over the engine's redrive."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
@@ -292,6 +293,12 @@ def test_message_move_task_errors(server: KatarProcess) -> None:
         ("list", {"SourceArn": arn, "MaxResults": 11}, "InvalidParameterValue"),
         ("cancel", {"TaskHandle": "bm90IGEgaGFuZGxl"}, "ResourceNotFoundException"),
         ("cancel", {"TaskHandle": "!!"}, "ResourceNotFoundException"),
+        # A digit that is not ASCII ("²"): no job id, and no 500.
+        (
+            "cancel",
+            {"TaskHandle": base64.urlsafe_b64encode("².plain".encode()).decode()},
+            "ResourceNotFoundException",
+        ),
     ]
     sqs.create_queue(QueueName="feeds", Attributes={"RedrivePolicy": policy("plain", 2)})
     cases.append(

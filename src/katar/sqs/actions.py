@@ -421,7 +421,7 @@ class Actions:
                     )
             elif key in _BOUNDS:
                 low, high = _BOUNDS[key]
-                if not value.isdigit() or not low <= int(value) <= high:
+                if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
                     raise SqsError(
                         sqs_errors.INVALID_ATTRIBUTE_VALUE,
                         f"Invalid value for the parameter {key}: must be a whole number "
@@ -1320,7 +1320,7 @@ def _redrive_policy(value: str) -> str:
             "arn:aws:sqs:<region>:<account>:<queue name>.",
         )
     count = policy.get("maxReceiveCount")
-    if isinstance(count, str) and count.isdigit():
+    if isinstance(count, str) and count.isascii() and count.isdigit():
         count = int(count)
     if isinstance(count, bool) or not isinstance(count, int):
         raise _bad_policy(
@@ -1451,7 +1451,7 @@ def _read_task_handle(handle: str) -> tuple[str, int]:
         raise _no_task() from None
     job_id, _, queue = raw.partition(".")
     # A job id is a store's 64-bit integer: a longer one names no job.
-    if not job_id.isdigit() or len(job_id) > 18 or not queue:
+    if not (job_id.isascii() and job_id.isdigit()) or len(job_id) > 18 or not queue:
         raise _no_task()
     return queue, int(job_id)
 
