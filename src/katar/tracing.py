@@ -932,6 +932,15 @@ def _setting(name: str) -> str | None:
     return None
 
 
+def _no_password() -> str:
+    """Asked for when the client key is encrypted: without it OpenSSL would prompt on the
+    terminal, and a server starting there would wait for an answer."""
+    raise ConfigError(
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY names an encrypted key: give the key unencrypted "
+        "(e.g. openssl pkey -in key.pem -out plain.pem), readable by the server only"
+    )
+
+
 def tls_context() -> ssl.SSLContext:
     """The TLS settings of an https endpoint: the server's certificate verified against the
     CA bundle ``OTEL_EXPORTER_OTLP_CERTIFICATE`` names (a PEM file), else the system's CAs;
@@ -944,7 +953,7 @@ def tls_context() -> ssl.SSLContext:
     try:
         context = ssl.create_default_context(cafile=ca_file)
         if cert_file is not None:
-            context.load_cert_chain(cert_file, key_file)
+            context.load_cert_chain(cert_file, key_file, password=_no_password)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(
             f"the OTLP exporter's TLS files (OTEL_EXPORTER_OTLP_CERTIFICATE {ca_file!r}, "

@@ -109,6 +109,28 @@ def test_a_missing_ca_bundle_stops_the_start(
     WorkerServer(katar=Katar("memory://"), otlp_endpoint="http://127.0.0.1:4318")
 
 
+@pytest.mark.storeless
+def test_an_encrypted_client_key_stops_the_start_without_a_prompt(
+    ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # OpenSSL would ask for the key's password on the terminal: a server would wait there.
+    from cryptography.hazmat.primitives import serialization
+
+    client = ca.issue_cert("katar-client")
+    key = serialization.load_pem_private_key(client.private_key_pem.bytes(), password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"a password"),
+    )
+    (tmp_path / "cert.pem").write_bytes(client.cert_chain_pems[0].bytes())
+    (tmp_path / "key.pem").write_bytes(encrypted)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", str(tmp_path / "cert.pem"))
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_KEY", str(tmp_path / "key.pem"))
+    with pytest.raises(ConfigError, match="encrypted key"):
+        WorkerServer(katar=Katar("memory://"), otlp_endpoint="https://127.0.0.1:4318")
+
+
 def test_a_client_certificate_is_presented(
     ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
