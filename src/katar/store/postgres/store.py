@@ -146,6 +146,9 @@ _KEY_BUCKETS_PRUNE_BATCH: Final = 1024
 #: A server prunes a key_rate queue's buckets every period / _KEY_BUCKETS_PRUNE_PARTS, of the
 #: rows full for at least as long (_prune_key_buckets).
 _KEY_BUCKETS_PRUNE_PARTS: Final = 8
+#: The most prune transactions one housekeeping pass runs for a queue (expire): lease
+#: expiries wait for it.
+_HOUSEKEEPING_PRUNES: Final = 4
 #: The most key_rate buckets a server keeps a copy of, per queue (_KeyCache): a queue with
 #: more keys in use than that has its buckets read at each claim instead, so that neither
 #: the server's memory nor the one read of them all (under the queue's lock) grows with them.
@@ -1143,7 +1146,9 @@ class PostgresStore(Store):
             return False
         return now >= self._key_buckets_prune_at.get(queue_id, 0)
 
-    async def _prune_key_buckets(self, queue_id: int, rate: Rate, now: int) -> None:
+    async def _prune_key_buckets(
+        self, queue_id: int, rate: Rate, now: int, batches: int | None = None
+    ) -> None:
         """Drop the key_rate buckets of the queue that have been full for an eighth of a
         period (a full bucket is no row), a bounded batch per transaction, every eighth of a
         period: when a claim finds it due (_prune_key_buckets_soon), and at housekeeping
@@ -1151,17 +1156,21 @@ class PostgresStore(Store):
         t + 1.25 x period while the queue is claimed from, so that what stays is bounded by
         the keys taken from within the last period and a quarter. A key in steady use keeps
         its row, which its claims update in place (take_rated), instead of deleting and
-        inserting it again at every claim."""
+        inserting it again at every claim. ``batches``: the most transactions it runs (the
+        housekeeping's bound, so that expiries never wait long behind it; the next prune
+        goes on)."""
         every = math.ceil(rate.period / _KEY_BUCKETS_PRUNE_PARTS)
         self._key_buckets_prune_at[queue_id] = now + every
         full_since = now - every
         args = (queue_id, full_since, queue_id, full_since, _KEY_BUCKETS_PRUNE_BATCH)
         try:
-            while True:
+            while batches is None or batches > 0:
                 async with self._transaction() as conn:
                     cursor = await conn.execute(self._sql.prune_key_buckets, args)
                 if cursor.rowcount < _KEY_BUCKETS_PRUNE_BATCH:
                     return
+                if batches is not None:
+                    batches -= 1
         except StoreUnavailable:
             pass  # the outage is told by what waits for the store; the next prune tries again
         except Exception:  # housekeeping: the next prune tries again
@@ -1591,7 +1600,7 @@ class PostgresStore(Store):
             queue_id = self._queue_ids.get(name)
             rate = options.key_rate
             if rate is not None and queue_id is not None and self._key_buckets_due(queue_id, now):
-                await self._prune_key_buckets(queue_id, rate, now)
+                await self._prune_key_buckets(queue_id, rate, now, _HOUSEKEEPING_PRUNES)
         return changes
 
     async def next_deadline(self) -> int | None:
