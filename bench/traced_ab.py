@@ -1,13 +1,14 @@
 """Wall-clock drains with and without tracing, in one sitting, alternating: the seed drain
 (one task a poll) and the batched drain (``max`` 100) of ``katar serve`` on SQLite (wrk,
-bench/drain.lua), each run plain (no endpoint, tasks without trace context) and traced
-(``--otlp-endpoint`` to a cheap OTLP receiver, bench/otlp_sink.py, and every task enqueued
-with a sampled ``traceparent``, so that every poll makes its spans).
+bench/drain.lua), each run plain (no endpoint, tasks without trace context), with context
+(the same server, every task enqueued with a sampled ``traceparent``, delivered with it) and
+traced (that, with ``--otlp-endpoint`` to a cheap OTLP receiver, bench/otlp_sink.py, so
+that every poll makes its spans).
 
     python -m bench.traced_ab [--rounds 5] [--seed-tasks 20000] [--batched-tasks 200000]
 
-Each round runs the four drains, plain and traced in turn, the order swapped every round so
-that a drift of the machine's load does not favour one. After each traced drain the server
+Each round runs the six drains, plain, with context and traced in turn, the order reversed
+every round so that a drift of the machine's load does not favour one. After each traced drain the server
 is stopped (it exports what it still holds) and the receiver's count of spans is checked
 against the polls' (a receive span a delivery, a settle span an ack). Prints one JSON line a
 drain, then the medians and the traced/plain ratios of the medians, with each round's own
@@ -44,13 +45,16 @@ def _spans(sink: str) -> int:
     return counted
 
 
-def run(tasks: int, batch: int, connections: int, sink: str | None) -> dict[str, Any]:
-    """One drain: plain (``sink`` None) or traced, exporting to ``sink``."""
+def run(
+    tasks: int, batch: int, connections: int, sink: str | None, context: bool = True
+) -> dict[str, Any]:
+    """One drain: plain (``sink`` None), or traced, exporting to ``sink``; the tasks carry
+    a trace context when ``context`` (always when traced)."""
     options = () if sink is None else ("--otlp-endpoint", sink)
     before = 0 if sink is None else _spans(sink)
     with katar("sqlite", options) as server:
         figures = drain_servers(
-            [server], tasks, batch, connections, extra=None if sink is None else _traced
+            [server], tasks, batch, connections, extra=_traced if context else None
         )
     result: dict[str, Any] = {"tasks_per_s": figures["tasks_per_s"]}
     if sink is not None:
@@ -84,10 +88,18 @@ def main() -> None:
         wait_for_port(port)
         drains = {"seed": (args.seed_tasks, 1), "batched": (args.batched_tasks, 100)}
         for round_ in range(args.rounds):
-            order = ["plain", "traced"] if round_ % 2 == 0 else ["traced", "plain"]
+            order = ["plain", "context", "traced"]
+            if round_ % 2:
+                order.reverse()
             for drain, (tasks, batch) in drains.items():
                 for mode in order:
-                    result = run(tasks, batch, args.connections, sink if mode == "traced" else None)
+                    result = run(
+                        tasks,
+                        batch,
+                        args.connections,
+                        sink if mode == "traced" else None,
+                        context=mode != "plain",
+                    )
                     name = f"{drain}_{mode}"
                     runs.setdefault(name, []).append(result["tasks_per_s"])
                     print(json.dumps({"round": round_, "drain": name, **result}), flush=True)
@@ -101,10 +113,20 @@ def main() -> None:
             round(t / p, 3)
             for t, p in zip(runs[f"{drain}_traced"], runs[f"{drain}_plain"], strict=True)
         ]
+        against_context = [
+            round(t / c, 3)
+            for t, c in zip(runs[f"{drain}_traced"], runs[f"{drain}_context"], strict=True)
+        ]
         ratios[drain] = {
             "of_medians": round(medians[f"{drain}_traced"] / medians[f"{drain}_plain"], 3),
             "each_round": each,
             "median_of_rounds": statistics.median(each),
+            # The same tasks, each with its trace context, on a server without an endpoint:
+            # what exporting spans costs, apart from carrying the context.
+            "vs_context_of_medians": round(
+                medians[f"{drain}_traced"] / medians[f"{drain}_context"], 3
+            ),
+            "vs_context_each_round": against_context,
         }
     print(json.dumps({"medians": medians, "ratios": ratios, "runs": runs}, indent=1))
 
