@@ -8,11 +8,12 @@ that every poll makes its spans).
     python -m bench.traced_ab [--rounds 5] [--seed-tasks 20000] [--batched-tasks 200000]
 
 Each round runs the six drains, plain, with context and traced in turn, the order reversed
-every round so that a drift of the machine's load does not favour one. After each traced drain the server
-is stopped (it exports what it still holds) and the receiver's count of spans is checked
-against the polls' (a receive span a delivery, a settle span an ack). Prints one JSON line a
-drain, then the medians and the traced/plain ratios of the medians, with each round's own
-ratio beside them to show how noisy the sitting was.
+every round so that a drift of the machine's load does not favour one. After each traced
+drain the server is stopped (it exports what it still holds) and the receiver's count of
+spans is checked against the polls' (a receive span a delivery, a settle span an ack).
+Prints one JSON line a drain, then the medians and the traced/plain and traced/context
+ratios of the medians, with each round's own ratio beside them to show how noisy the
+sitting was.
 """
 
 from __future__ import annotations
