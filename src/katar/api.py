@@ -24,7 +24,6 @@ from katar.attributes import check_native
 from katar.core.clock import Clock
 from katar.core.engine import Engine, Listener
 from katar.core.model import (
-    MAX_DELAY,
     STATES_OF_STATUS,
     Edit,
     MoveJob,
@@ -33,6 +32,7 @@ from katar.core.model import (
     Task,
     TaskFilter,
     check_queue_name,
+    check_run_at,
     parse_after,
     parse_priority,
     parse_queue_options,
@@ -343,9 +343,8 @@ class Queue:
             new = [replace(task, trace=trace) for task in new]
         given = options.get("attributes")
         if given is not None:
-            kept, _ = check_native(given)  # no size bound here, as on the data
-            if kept:
-                attributes = msgspec.Raw(msgspec.json.encode(kept))
+            attributes, _ = check_native(given)  # no size bound here, as on the data
+            if attributes is not None:
                 new = [replace(task, attributes=attributes) for task in new]
         return await self.katar.engine.enqueue(self.name, new, options.get("idempotency_key"))
 
@@ -355,10 +354,7 @@ class Queue:
             raise ValidationError("give delay or run_at, not both")
         if run_at.tzinfo is None:  # a naive time's zone is a guess: make the caller say it
             raise ValidationError("run_at needs a time zone, e.g. datetime.now(timezone.utc)")
-        at = round(run_at.timestamp() * 1000)
-        if at > self.katar.engine.clock.now_ms() + MAX_DELAY * 1000:
-            raise ValidationError("run_at must be at most ten years ahead")
-        return at
+        return check_run_at(round(run_at.timestamp() * 1000), self.katar.engine.clock.now_ms())
 
     async def get(self, task_id: int | str, wait: float = 0) -> Task:
         """The task; with ``wait``, wait up to that many seconds for it to finish."""

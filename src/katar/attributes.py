@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
+import msgspec
+
 from katar.errors import ValidationError
 
 #: The characters a body or a string attribute may hold (the SQS API reference).
@@ -156,11 +158,11 @@ def attributes_size(attributes: Mapping[str, Mapping[str, str]]) -> int:
     return size
 
 
-def check_native(attributes: Any) -> tuple[dict[str, Attributes], int]:
+def check_native(attributes: Any) -> tuple[msgspec.Raw | None, int]:
     """A native enqueue's ``attributes`` (``{"MessageAttributes": {...},
     "MessageSystemAttributes": {"AWSTraceHeader": ...}}``, each optional), checked as a
-    send over SQS checks them: what to keep with the task (empty: nothing) and the bytes
-    they count towards its size."""
+    send over SQS checks them: what to keep with the task, as JSON (None: nothing), and the
+    bytes they count towards its size."""
     if not isinstance(attributes, dict):
         raise InvalidAttribute(
             'attributes must be an object: {"MessageAttributes": {...}, '
@@ -180,4 +182,4 @@ def check_native(attributes: Any) -> tuple[dict[str, Attributes], int]:
     system = check_attributes(attributes.get("MessageSystemAttributes"), system=True)
     if system:
         kept["MessageSystemAttributes"] = system
-    return kept, size
+    return (msgspec.Raw(msgspec.json.encode(kept)) if kept else None), size

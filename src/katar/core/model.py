@@ -783,6 +783,15 @@ def task_options(body: protocol.NewTaskBody, where: str = "task") -> dict[str, A
     }
 
 
+def check_run_at(run_at: int, now: int, where: str = "") -> int:
+    """A task's ``run_at`` (ms since the epoch), refused more than ten years (MAX_DELAY)
+    after ``now``; one that has passed is kept (it means now)."""
+    if run_at > now + MAX_DELAY * 1000:
+        prefix = f"{where}: " if where else ""
+        raise ValidationError(f"{prefix}run_at must be at most ten years ahead")
+    return run_at
+
+
 def check_debounce(where: str, *, delayed: bool, unique: bool, after: bool) -> None:
     """Refuse a debounce_key without the time the task waits for more of its key (a delay
     or run_at), or beside an option it contradicts: a unique_key (the first enqueue wins

@@ -21,6 +21,7 @@ from katar.core.model import (
     TaskFilter,
     check_after_failure,
     check_queue_name,
+    check_run_at,
     now_ms,
     parse_after,
     parse_priority,
@@ -219,10 +220,9 @@ def _attributes(given: protocol.TaskAttributes, where: str) -> tuple[msgspec.Raw
     """A task's ``attributes`` checked by SQS's rules (katar.attributes), as the task keeps
     them (None when they hold none), and the bytes they count towards its size."""
     try:
-        kept, size = check_native(msgspec.to_builtins(given))
+        return check_native(msgspec.to_builtins(given))
     except InvalidAttribute as exc:
         raise ValidationError(f"{where}: attributes: {exc.message}", field="attributes") from None
-    return (msgspec.Raw(msgspec.json.encode(kept)) if kept else None), size
 
 
 def _run_at(body: NewTaskBody, where: str) -> int:
@@ -230,10 +230,7 @@ def _run_at(body: NewTaskBody, where: str) -> int:
     if body.delay is not None:
         raise ValidationError(f"{where}: give delay or run_at, not both")
     assert body.run_at is not None
-    run_at = parse_time(body.run_at, "run_at", where)
-    if run_at > now_ms() + MAX_DELAY * 1000:
-        raise ValidationError(f"{where}: run_at must be at most ten years ahead")
-    return run_at
+    return check_run_at(parse_time(body.run_at, "run_at", where), now_ms(), where)
 
 
 def parse_time(text: str, name: str, where: str = "") -> int:
