@@ -444,9 +444,7 @@ class App:
         tracing.poll(queue, acks, tasks, start, traceparent, tracestate, rows)
         return self._delivered(tasks, request.token, cancel)
 
-    def _delivered(
-        self, tasks: list[Task], token: Token | None, cancel: list[int] | None
-    ) -> Response:
+    def _delivered(self, tasks: list[Task], token: Token | None, cancel: list[int]) -> Response:
         """A poll's answer: its deliveries as the token may see them (no parent of a queue
         outside its scope), the cancels it asked for; 204 when there is neither."""
         if token is not None and not token.all_queues:
