@@ -305,6 +305,16 @@ def advanced(
     )
 
 
+def runs_on(job: MoveJob | None, runner: str) -> bool:
+    """Whether a step of ``job`` by ``runner`` may run: it is running there."""
+    return job is not None and job.state == "running" and job.runner == runner
+
+
+def move_end_state(state: str) -> MoveState:
+    """The state an end (Store.move_end) writes: "failed", or "cancelled"."""
+    return "failed" if state == "failed" else "cancelled"
+
+
 def states_of(statuses: Iterable[str] | None) -> tuple[State, ...] | None:
     """The stored states of some public statuses (None: every state)."""
     if statuses is None:

@@ -134,13 +134,3 @@ def advance_values(job: MoveJob) -> tuple[Any, ...]:
         job.lease_until,
         job.id,
     )
-
-
-def runs_on(job: MoveJob | None, runner: str) -> bool:
-    """Whether a step of ``job`` by ``runner`` may run: it is running there."""
-    return job is not None and job.state == "running" and job.runner == runner
-
-
-def ended(state: str) -> str:
-    """The state an end (Store.move_end) writes: "failed", or "cancelled"."""
-    return "failed" if state == "failed" else "cancelled"

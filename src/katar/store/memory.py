@@ -35,8 +35,10 @@ from katar.core.model import (
     Task,
     TaskFilter,
     advanced,
+    move_end_state,
     now_ms,
     parse_task_id,
+    runs_on,
 )
 from katar.core.schedule import Schedule, ScheduleSpec
 from katar.core.storage import (
@@ -870,7 +872,7 @@ class MemoryStore(Store):
         held = None
         if job is not None:
             held = self._moves.get(job.job)
-            if held is None or held.state != "running" or held.runner != job.runner:
+            if not runs_on(held, job.runner):
                 return RedriveStep(0, 0, after, [], job=held)
         selected = self._select(queue, where, after, limit)
         changes: list[Change] = []
@@ -921,8 +923,9 @@ class MemoryStore(Store):
     ) -> MoveJob | None:
         job = self._moves.get(job_id)
         if job is not None and job.state == "running" and runner in (None, job.runner):
-            ended = "failed" if state == "failed" else "cancelled"
-            job = msgspec.structs.replace(job, state=ended, ended_at=now, error=error)
+            job = msgspec.structs.replace(
+                job, state=move_end_state(state), ended_at=now, error=error
+            )
             self._moves[job_id] = job
         return job
 
@@ -936,7 +939,7 @@ class MemoryStore(Store):
 
     async def move_release(self, job_id: int, runner: str) -> None:
         job = self._moves.get(job_id)
-        if job is not None and job.state == "running" and job.runner == runner:
+        if job is not None and runs_on(job, runner):
             self._moves[job_id] = msgspec.structs.replace(job, lease_until=0)
 
     async def prune(self, queue: str, state: State, before: int, now: int, limit: int) -> int:

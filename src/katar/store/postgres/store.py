@@ -44,8 +44,10 @@ from katar.core.model import (
     Task,
     TaskFilter,
     advanced,
+    move_end_state,
     now_ms,
     parse_task_id,
+    runs_on,
 )
 from katar.core.schedule import Schedule, ScheduleSpec
 from katar.core.schedule import stored as stored_schedule
@@ -71,14 +73,7 @@ from katar.errors import (
     TaskNotFound,
 )
 from katar.store import _settle, _sql
-from katar.store._moves import (
-    advance_values,
-    ended,
-    insert_values,
-    job_from_row,
-    move_statements,
-    runs_on,
-)
+from katar.store._moves import advance_values, insert_values, job_from_row, move_statements
 from katar.store._reap import expiries
 from katar.store._rows import COLUMNS, Dialect, move_values, view, where_sql
 from katar.store._rows import checked_task_from_row as task_from_row  # apps write here too
@@ -869,7 +864,7 @@ class PostgresStore(Store):
         runner: str | None = None,
     ) -> MoveJob | None:
         async with self._transaction() as conn:
-            await conn.execute(self._moves.end, (ended(state), now, error, job_id, runner))
+            await conn.execute(self._moves.end, (move_end_state(state), now, error, job_id, runner))
             row = await (await conn.execute(self._moves.get, (job_id,))).fetchone()
         return None if row is None else job_from_row(row)
 

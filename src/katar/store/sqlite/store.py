@@ -26,8 +26,10 @@ from katar.core.model import (
     Task,
     TaskFilter,
     advanced,
+    move_end_state,
     now_ms,
     parse_task_id,
+    runs_on,
 )
 from katar.core.schedule import Schedule, ScheduleSpec
 from katar.core.schedule import stored as stored_schedule
@@ -50,14 +52,7 @@ from katar.errors import (
 )
 from katar.protocol import HISTORY_LENGTH
 from katar.store import _sql
-from katar.store._moves import (
-    advance_values,
-    ended,
-    insert_values,
-    job_from_row,
-    move_statements,
-    runs_on,
-)
+from katar.store._moves import advance_values, insert_values, job_from_row, move_statements
 from katar.store._reap import expiries
 from katar.store._rows import (
     COLUMNS,
@@ -864,7 +859,7 @@ class SQLiteStore(Store):
         runner: str | None = None,
     ) -> MoveJob | None:
         def op(conn: sqlite3.Connection) -> MoveJob | None:
-            conn.execute(_MOVES.end, (ended(state), now, error, job_id, runner))
+            conn.execute(_MOVES.end, (move_end_state(state), now, error, job_id, runner))
             row = conn.execute(_MOVES.get, (job_id,)).fetchone()
             return None if row is None else job_from_row(row)
 
